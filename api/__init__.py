@@ -1,0 +1,1 @@
+"""HTTP edge: routes, content negotiation, FHIR and JSON error bodies."""

@@ -1,0 +1,74 @@
+"""The ASGI app: `uvicorn api.app:app`. Settings, engine and migrations happen at start-up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from api import errors
+from api.fhir_routes import router as fhir_router
+from service import migrate
+from service.db import make_engine
+from service.fhir_store import FhirStore
+from service.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; nothing touches the environment or the database until start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        conf = settings or Settings()
+        logging.basicConfig(
+            level=conf.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        engine = make_engine(conf)
+        if conf.auto_migrate:
+            await run_in_threadpool(migrate.upgrade, engine)
+        app.state.settings = conf
+        app.state.engine = engine
+        app.state.store = FhirStore(engine, conf)
+        try:
+            yield
+        finally:
+            engine.dispose()
+
+    app = FastAPI(
+        title="trialbridge",
+        summary="FHIR R4 ingest and trial events for NCT06088771 and the dupilumab-cirAE cohort",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(fhir_router)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="Readiness: database reachable and migrated")
+    async def readyz() -> Response:
+        """Ready when the database answers and is at the head revision."""
+
+        def check() -> str | None:
+            with app.state.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return migrate.current_revision(app.state.engine)
+
+        try:
+            revision = await run_in_threadpool(check)
+        except Exception as exc:  # any failure to reach the database means not ready
+            return errors.json_error(503, "database_unavailable", str(exc).splitlines()[0])
+        return JSONResponse({"status": "ready", "schema_revision": revision})
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,151 @@
+"""`trialbridge serve | migrate | load PATH...` — the service's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Never
+
+import orjson
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from fhir_mapping.issues import InvalidContentError
+from fhir_mapping.json_codec import decode_text, loads
+from service import migrate
+from service.db import make_engine
+from service.errors import FhirError
+from service.fhir_store import FhirStore
+from service.ingest import EntryResult
+from service.settings import Settings
+
+_SUFFIXES = (".json", ".ndjson")
+
+
+def _files(paths: Sequence[str]) -> Iterator[Path]:
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _SUFFIXES)
+        elif path.is_file():
+            yield path
+        else:
+            raise FileNotFoundError(raw)
+
+
+def _count_resources(path: Path) -> int:
+    if path.suffix == ".ndjson":
+        with path.open("rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError:
+        return 1
+    entries = (
+        doc.get("entry") if isinstance(doc, dict) and doc.get("resourceType") == "Bundle" else None
+    )
+    return len(entries) if isinstance(entries, list) else 1
+
+
+def _load_file(
+    store: FhirStore, path: Path, bar: tqdm[Never], tally: Counter[str], errors: list[str]
+) -> None:
+    ctx = store.context(f"cli load {path.name}")
+    text = decode_text(path.read_bytes())
+    if path.suffix == ".ndjson":
+        for outcome in store.import_lines(text.splitlines(), ctx=ctx, progress=bar.update):
+            _record(outcome.result, f"{path}:{outcome.line}", tally, errors)
+        return
+    doc = loads(text.encode())
+    if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
+        _, results = store.bundle(doc, ctx=ctx)
+        for i, result in enumerate(results):
+            _record(result, f"{path}#entry[{i}]", tally, errors)
+        bar.update(len(results))
+        return
+    for outcome in store.import_lines([text.replace("\n", " ")], ctx=ctx, progress=bar.update):
+        _record(outcome.result, str(path), tally, errors)
+
+
+def _record(result: EntryResult, where: str, tally: Counter[str], errors: list[str]) -> None:
+    if result.status < 300:
+        tally[result.change] += 1
+        return
+    tally["rejected"] += 1
+    reasons = [i.diagnostics for i in result.issues]
+    errors.append(f"{where}: {result.status} {'; '.join(reasons)}")
+
+
+def cmd_load(settings: Settings, paths: Sequence[str]) -> int:
+    """Load bundle JSON / NDJSON files or folders through the same ingest as the API."""
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    store = FhirStore(engine, settings)
+    try:
+        files = list(_files(paths))
+    except FileNotFoundError as exc:
+        print(f"trialbridge load: no such file or folder: {exc}", file=sys.stderr)
+        return 2
+    tally: Counter[str] = Counter()
+    errors: list[str] = []
+    total = sum(_count_resources(p) for p in files)
+    with tqdm(total=total, unit="res", desc="loading", disable=None) as bar:
+        for path in files:
+            try:
+                _load_file(store, path, bar, tally, errors)
+            except (FhirError, InvalidContentError) as exc:
+                tally["rejected"] += 1
+                errors.append(f"{path}: {exc}")
+    engine.dispose()
+    for line in errors:
+        print(line, file=sys.stderr)
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(tally.items())) or "nothing"
+    print(f"loaded {len(files)} file(s): {summary}")
+    return 1 if errors else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `trialbridge` console script."""
+    parser = argparse.ArgumentParser(prog="trialbridge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP service (migrates first)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    sub.add_parser("migrate", help="bring the database schema to the latest revision")
+    load = sub.add_parser("load", help="load FHIR bundle JSON / NDJSON files or folders")
+    load.add_argument("paths", nargs="+", metavar="PATH")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"trialbridge: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "migrate":
+        engine = make_engine(settings)
+        migrate.upgrade(engine)
+        print(f"database at revision {migrate.current_revision(engine)}")
+        engine.dispose()
+        return 0
+    if args.command == "load":
+        return cmd_load(settings, args.paths)
+    import uvicorn
+
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    engine.dispose()
+    uvicorn.run(
+        "api.app:app", host=args.host, port=args.port, workers=args.workers, proxy_headers=True
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

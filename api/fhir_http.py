@@ -1,0 +1,152 @@
+"""Request bodies and FHIR responses: size limits before parsing, media types, ETags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from fhir_mapping.issues import Issue, operation_outcome
+from fhir_mapping.json_codec import dumps
+from service.errors import FhirError
+from service.fhir_time import http_date
+from service.ingest import EntryResult
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
+NDJSON_TYPES = ("application/fhir+ndjson", "application/x-ndjson", "application/ndjson")
+_R4_VERSIONS = ("4.0", "4.0.0", "4.0.1")
+
+
+def media_type(request: Request) -> tuple[str, dict[str, str]]:
+    """Content-Type without parameters, and its parameters."""
+    raw = request.headers.get("content-type", "")
+    main, *params = [p.strip() for p in raw.split(";")]
+    parsed = {}
+    for p in params:
+        if "=" in p:
+            k, v = p.split("=", 1)
+            parsed[k.strip().lower()] = v.strip().strip('"')
+    return main.lower(), parsed
+
+
+def require_media_type(request: Request, accepted: tuple[str, ...]) -> None:
+    """415 unless the body is one of the accepted media types, as FHIR R4."""
+    main, params = media_type(request)
+    if main not in accepted:
+        shown = main or "no Content-Type"
+        raise FhirError.of(
+            415, "not-supported", f"{shown} is not accepted here; send {accepted[0]}"
+        )
+    version = params.get("fhirversion")
+    if version is not None and version not in _R4_VERSIONS:
+        raise FhirError.of(
+            415,
+            "not-supported",
+            f"fhirVersion={version} is not served here; this server speaks FHIR R4 (4.0)",
+        )
+
+
+def check_accept(request: Request) -> None:
+    """406 when the client accepts no JSON (we do not serve XML or Turtle)."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None and fmt not in ("json", *JSON_TYPES):
+        raise FhirError.of(
+            406, "not-supported", f"_format={fmt} is not served; this server speaks JSON only"
+        )
+    accept = request.headers.get("accept")
+    if not accept:
+        return
+    kinds = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if not any(k in (*JSON_TYPES, "*/*", "application/*") for k in kinds):
+        raise FhirError.of(
+            406,
+            "not-supported",
+            f"Accept: {accept} cannot be served; this server speaks application/fhir+json",
+        )
+
+
+def _too_large(limit: int) -> FhirError:
+    return FhirError.of(
+        413,
+        "too-long",
+        f"request body exceeds the limit of {limit} bytes; split it into smaller bundles",
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed the limit (before parsing)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise FhirError.of(400, "structure", "the request body is empty")
+    return body
+
+
+def fhir_response(
+    body: bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A response with the FHIR JSON media type."""
+    return Response(content=body, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def outcome_response(
+    status: int, issues: list[Issue], headers: dict[str, str] | None = None
+) -> Response:
+    """An OperationOutcome response."""
+    return fhir_response(dumps(operation_outcome(issues)), status, headers)
+
+
+def resource_headers(result: EntryResult, base: str) -> dict[str, str]:
+    """ETag, Last-Modified and Location for a single-resource response."""
+    headers: dict[str, str] = {}
+    if result.version_id:
+        headers["ETag"] = f'W/"{result.version_id}"'
+    if result.last_updated is not None:
+        headers["Last-Modified"] = http_date(result.last_updated)
+    if result.location and result.status in (200, 201):
+        headers["Location"] = f"{base}/{result.location}"
+    return headers
+
+
+def prefer_return(request: Request, default: str) -> str:
+    """The `Prefer: return=` the client asked for (minimal, representation, OperationOutcome)."""
+    for part in request.headers.get("prefer", "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key.strip() == "return" and value.strip() in (
+            "minimal",
+            "representation",
+            "OperationOutcome",
+        ):
+            return value.strip()
+    return default
+
+
+def write_response(request: Request, result: EntryResult, base: str) -> Response:
+    """Response for POST/PUT of one resource, honouring Prefer."""
+    headers = resource_headers(result, base)
+    wanted = prefer_return(request, "representation")
+    if wanted == "minimal" or result.content is None:
+        return Response(status_code=result.status, headers=headers)
+    if wanted == "OperationOutcome":
+        what = "created" if result.status == 201 else "unchanged or updated"
+        info = Issue("informational", f"{result.location} {what}", severity="information")
+        return outcome_response(result.status, [info], headers)
+    return fhir_response(result.content.encode(), result.status, headers)
+
+
+def json_body(parsed: Any) -> dict[str, Any]:
+    """A parsed body must be a JSON object to be a FHIR resource."""
+    if not isinstance(parsed, dict):
+        raise FhirError.of(400, "structure", "the body must be a JSON object (a FHIR resource)")
+    return parsed

@@ -1,0 +1,210 @@
+"""The FHIR R4 REST endpoints under /fhir."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import BaseDep, SettingsDep, StoreDep
+from api.fhir_http import (
+    JSON_TYPES,
+    NDJSON_TYPES,
+    check_accept,
+    fhir_response,
+    json_body,
+    prefer_return,
+    read_body,
+    require_media_type,
+    resource_headers,
+    write_response,
+)
+from fhir_mapping.json_codec import decode_text, dumps, loads
+from service import responses
+from service.capability import capability_statement
+from service.ingest import EntryResult
+
+router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
+
+
+def _version() -> str:
+    try:
+        return version("trialbridge")
+    except PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+def _source(request: Request) -> str:
+    client = request.client.host if request.client else "?"
+    return f"rest {request.method} {request.url.path} from {client}"
+
+
+async def _json(request: Request, settings: SettingsDep) -> object:
+    require_media_type(request, JSON_TYPES)
+    return loads(await read_body(request, settings.max_body_bytes))
+
+
+@router.get("/metadata", summary="CapabilityStatement")
+async def metadata(request: Request, base: BaseDep) -> Response:
+    """What this server supports, truthfully."""
+    check_accept(request)
+    return fhir_response(dumps(capability_statement(base_url=base, version=_version())))
+
+
+@router.post("/$import", summary="Import NDJSON (one resource per line)")
+async def import_ndjson(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
+    """Upsert every line on its own; a batch-response with one entry per line."""
+    check_accept(request)
+    require_media_type(request, NDJSON_TYPES)
+    text = decode_text(await read_body(request, settings.max_body_bytes))
+    ctx = store.context(_source(request))
+
+    def work() -> bytes:
+        outcomes = sorted(store.import_lines(text.splitlines(), ctx=ctx), key=lambda o: o.line)
+        return responses.response_bundle(
+            "batch-response", [o.result for o in outcomes], representation=False
+        )
+
+    return fhir_response(await run_in_threadpool(work))
+
+
+@router.post("", summary="Transaction, batch, collection or message Bundle")
+async def post_bundle(
+    request: Request, store: StoreDep, settings: SettingsDep, base: BaseDep
+) -> Response:
+    """Process a Bundle: transaction (atomic), batch (per entry), collection/message (atomic upsert)."""
+    check_accept(request)
+    body = await _json(request, settings)
+    ctx = store.context(_source(request), base_url=base)
+    representation = prefer_return(request, "minimal") == "representation"
+    kind, results = await run_in_threadpool(store.bundle, body, ctx=ctx)
+    return fhir_response(responses.response_bundle(kind, results, representation=representation))
+
+
+@router.get("/{resource_type}", summary="Search")
+async def search(request: Request, resource_type: str, store: StoreDep, base: BaseDep) -> Response:
+    """Search current resources of one type; a searchset Bundle with cursor paging."""
+    check_accept(request)
+    params = list(request.query_params.multi_items())
+    return fhir_response(await run_in_threadpool(store.search, resource_type, params, base=base))
+
+
+@router.post("/{resource_type}", summary="Create")
+async def create(
+    request: Request, resource_type: str, store: StoreDep, settings: SettingsDep, base: BaseDep
+) -> Response:
+    """Create; If-None-Exist for a conditional create. Identical content returns the original."""
+    check_accept(request)
+    store.check_type(resource_type)
+    body = json_body(await _json(request, settings))
+    ctx = store.context(_source(request), base_url=base)
+    result = await run_in_threadpool(
+        store.create,
+        resource_type,
+        body,
+        if_none_exist=request.headers.get("if-none-exist"),
+        ctx=ctx,
+    )
+    return write_response(request, result, base)
+
+
+@router.put("/{resource_type}", summary="Conditional update")
+async def conditional_update(
+    request: Request, resource_type: str, store: StoreDep, settings: SettingsDep, base: BaseDep
+) -> Response:
+    """Update the one resource matching the query (create when none does)."""
+    check_accept(request)
+    store.check_type(resource_type)
+    body = json_body(await _json(request, settings))
+    ctx = store.context(_source(request), base_url=base)
+    params = list(request.query_params.multi_items())
+    result = await run_in_threadpool(store.update_conditional, resource_type, params, body, ctx=ctx)
+    return write_response(request, result, base)
+
+
+@router.delete("/{resource_type}", summary="Conditional delete")
+async def conditional_delete(
+    request: Request, resource_type: str, store: StoreDep, base: BaseDep
+) -> Response:
+    """Delete the one resource matching the query; 412 when several match."""
+    check_accept(request)
+    ctx = store.context(_source(request), base_url=base)
+    params = list(request.query_params.multi_items())
+    await run_in_threadpool(store.delete_conditional, resource_type, params, ctx=ctx)
+    return Response(status_code=204)
+
+
+@router.get("/{resource_type}/{resource_id}", summary="Read")
+async def read(
+    request: Request, resource_type: str, resource_id: str, store: StoreDep, base: BaseDep
+) -> Response:
+    """The current version, served as stored."""
+    check_accept(request)
+    result = await run_in_threadpool(store.read, resource_type, resource_id)
+    return _read_response(request, result, base)
+
+
+@router.get("/{resource_type}/{resource_id}/_history/{version_id}", summary="Version read")
+async def vread(
+    request: Request,
+    resource_type: str,
+    resource_id: str,
+    version_id: str,
+    store: StoreDep,
+    base: BaseDep,
+) -> Response:
+    """One version, served as stored."""
+    check_accept(request)
+    result = await run_in_threadpool(store.read, resource_type, resource_id, version_id)
+    return _read_response(request, result, base)
+
+
+@router.put("/{resource_type}/{resource_id}", summary="Update or create")
+async def update(
+    request: Request,
+    resource_type: str,
+    resource_id: str,
+    store: StoreDep,
+    settings: SettingsDep,
+    base: BaseDep,
+) -> Response:
+    """Update (or create with this id); If-Match for a versioned update."""
+    check_accept(request)
+    store.check_type(resource_type)
+    body = json_body(await _json(request, settings))
+    ctx = store.context(_source(request), base_url=base)
+    result = await run_in_threadpool(
+        store.update,
+        resource_type,
+        resource_id,
+        body,
+        if_match=request.headers.get("if-match"),
+        ctx=ctx,
+    )
+    return write_response(request, result, base)
+
+
+@router.delete("/{resource_type}/{resource_id}", summary="Delete")
+async def delete(
+    request: Request, resource_type: str, resource_id: str, store: StoreDep, base: BaseDep
+) -> Response:
+    """Delete (a tombstone version); deleting an absent resource is not an error."""
+    check_accept(request)
+    ctx = store.context(_source(request), base_url=base)
+    result = await run_in_threadpool(
+        store.delete, resource_type, resource_id, if_match=request.headers.get("if-match"), ctx=ctx
+    )
+    headers = {"ETag": f'W/"{result.version_id}"'} if result.version_id else {}
+    return Response(status_code=204, headers=headers)
+
+
+def _read_response(request: Request, result: EntryResult, base: str) -> Response:
+    assert result.content is not None
+    headers = resource_headers(result, base)
+    headers.pop("Location", None)
+    etag = headers.get("ETag")
+    if etag and request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return fhir_response(result.content.encode(), 200, headers)

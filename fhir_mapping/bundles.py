@@ -1,0 +1,337 @@
+"""Turn a Bundle (or one resource, or an NDJSON line) into validated write/read entries."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+from fhir_mapping.issues import InvalidContentError, Issue
+from fhir_mapping.json_codec import content_hash
+from fhir_mapping.references import is_valid_id, parse_reference
+from fhir_mapping.resource_types import SUPPORTED_TYPES
+from fhir_mapping.validation import CheckedResource, validate_resource
+
+Method = Literal["GET", "POST", "PUT", "DELETE", "UPSERT"]
+BundleKind = Literal["transaction", "batch", "collection", "message"]
+ACCEPTED_BUNDLE_TYPES: tuple[BundleKind, ...] = ("transaction", "batch", "collection", "message")
+
+# Namespace for ids the server derives from content, so that a replayed create finds its twin.
+_CONTENT_NS = uuid.UUID("5b1e2f1e-6a43-4f0c-9a3e-4e0b6b7a2c11")
+
+
+@dataclass(slots=True)
+class Entry:
+    """One requested interaction, with its resource already validated."""
+
+    index: int
+    path: str
+    method: Method
+    resource_type: str | None = None
+    resource_id: str | None = None
+    version_id: str | None = None
+    query: list[tuple[str, str]] | None = None
+    full_url: str | None = None
+    resource: dict[str, Any] | None = None
+    references: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
+    if_none_exist: list[tuple[str, str]] | None = None
+    if_match: int | None = None
+    derived_id: str | None = None
+
+    @property
+    def urn_uuid(self) -> str | None:
+        """The uuid of a `urn:uuid:` fullUrl, when it is also a valid FHIR id."""
+        if self.full_url and self.full_url.startswith("urn:uuid:"):
+            candidate = self.full_url[len("urn:uuid:") :].lower()
+            if is_valid_id(candidate):
+                return candidate
+        return None
+
+
+def derived_id(resource_type: str, resource: dict[str, Any]) -> str:
+    """Server-assigned id for a create: a UUID of the content, so identical replays collide."""
+    return str(uuid.uuid5(_CONTENT_NS, f"{resource_type}/{content_hash(resource)}"))
+
+
+def parse_etag(value: str | None, where: str) -> int | None:
+    """Version number from an ETag such as W/"3"; None when absent."""
+    if value is None:
+        return None
+    text = value.strip()
+    text = text.removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise InvalidContentError(
+            [Issue("invalid", f'{where}: {value!r} is not a version ETag like W/"3"', (where,))]
+        )
+    return int(text)
+
+
+def parse_conditional(text: str, resource_type: str, where: str) -> list[tuple[str, str]]:
+    """Search parameters of an If-None-Exist / conditional URL (with or without `Type?`)."""
+    query = text.split("?", 1)[1] if "?" in text else text
+    if "?" in text and text.split("?", 1)[0] not in ("", resource_type):
+        raise InvalidContentError(
+            [Issue("invalid", f"{where}: {text!r} searches another type", (where,))]
+        )
+    params = parse_qsl(query, keep_blank_values=True)
+    if not params:
+        raise InvalidContentError(
+            [Issue("invalid", f"{where}: {text!r} has no search criteria", (where,))]
+        )
+    return params
+
+
+def _checked(resource: Any, path: str) -> tuple[dict[str, Any], CheckedResource]:
+    checked = validate_resource(resource, path=path)
+    assert isinstance(resource, dict)
+    return resource, checked
+
+
+def _with_refs(entry: Entry, checked: CheckedResource) -> Entry:
+    entry.references = [
+        (p, ref, ref["reference"])
+        for p, ref in checked.references
+        if isinstance(ref.get("reference"), str)
+    ]
+    return entry
+
+
+def resource_entry(
+    resource: Any, *, method: Method, path: str, index: int = 0, resource_id: str | None = None
+) -> Entry:
+    """An entry for a single-resource interaction or an NDJSON line."""
+    res, checked = _checked(resource, path)
+    rid = res.get("id")
+    if rid is not None and not (isinstance(rid, str) and is_valid_id(rid)):
+        raise InvalidContentError(
+            [
+                Issue(
+                    "value",
+                    f"{path or checked.resource_type}.id is not a valid FHIR id",
+                    (f"{path}.id",),
+                )
+            ]
+        )
+    entry = Entry(index, path, method, checked.resource_type, resource_id or rid, resource=res)
+    if method == "POST" or (method == "UPSERT" and rid is None):
+        entry.derived_id = derived_id(checked.resource_type, res)
+    return _with_refs(entry, checked)
+
+
+def _request_target(
+    url: str, where: str
+) -> tuple[str, str | None, str | None, list[tuple[str, str]] | None]:
+    """(type, id, version, conditional query) of a Bundle.entry.request.url."""
+    path, _, query = url.partition("?")
+    parts = [p for p in path.split("/") if p]
+    bad = InvalidContentError(
+        [Issue("invalid", f"{where}: {url!r} is not a relative FHIR URL", (where,))]
+    )
+    if not parts or url.startswith(("http://", "https://")):
+        raise bad
+    rtype = parts[0]
+    if len(parts) == 1:
+        return rtype, None, None, parse_qsl(query, keep_blank_values=True) if query else None
+    if query or not is_valid_id(parts[1]):
+        raise bad
+    if len(parts) == 2:
+        return rtype, parts[1], None, None
+    if len(parts) == 4 and parts[2] == "_history" and is_valid_id(parts[3]):
+        return rtype, parts[1], parts[3], None
+    raise bad
+
+
+def _bundle_entry(raw: Any, i: int, kind: BundleKind) -> Entry:
+    path = f"Bundle.entry[{i}]"
+    if not isinstance(raw, dict):
+        raise InvalidContentError([Issue("structure", f"{path} must be a JSON object", (path,))])
+    full_url = raw.get("fullUrl")
+    if full_url is not None and not isinstance(full_url, str):
+        raise InvalidContentError(
+            [Issue("value", f"{path}.fullUrl must be a string", (f"{path}.fullUrl",))]
+        )
+    resource = raw.get("resource")
+    if kind in ("collection", "message"):
+        if resource is None:
+            raise InvalidContentError(
+                [Issue("required", f"{path} has no resource", (f"{path}.resource",))]
+            )
+        entry = resource_entry(resource, method="UPSERT", path=f"{path}.resource", index=i)
+        entry.full_url = full_url
+        if entry.resource_id is None and entry.urn_uuid is None and full_url:
+            parsed = parse_reference(full_url)
+            if (
+                parsed.kind in ("absolute", "literal")
+                and parsed.resource_type == entry.resource_type
+            ):
+                entry.resource_id = parsed.resource_id
+        return entry
+    request = raw.get("request")
+    if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+        raise InvalidContentError(
+            [
+                Issue(
+                    "required",
+                    f"{path}.request.method is required in a {kind}",
+                    (f"{path}.request",),
+                )
+            ]
+        )
+    method = request["method"]
+    url = request.get("url")
+    if not isinstance(url, str):
+        raise InvalidContentError(
+            [Issue("required", f"{path}.request.url is required", (f"{path}.request.url",))]
+        )
+    if method not in ("GET", "POST", "PUT", "DELETE"):
+        raise InvalidContentError(
+            [
+                Issue(
+                    "not-supported",
+                    f"{path}.request.method {method!r} is not supported (GET, POST, PUT, DELETE)",
+                    (f"{path}.request.method",),
+                )
+            ]
+        )
+    where = f"{path}.request.url"
+    rtype, rid, vid, query = _request_target(url, where)
+    if rtype not in SUPPORTED_TYPES:
+        raise InvalidContentError(
+            [
+                Issue(
+                    "not-supported",
+                    f"{where}: resource type {rtype!r} is not accepted by this server",
+                    (where,),
+                )
+            ]
+        )
+    if_match = parse_etag(request.get("ifMatch"), f"{path}.request.ifMatch")
+    if method in ("POST", "PUT"):
+        if resource is None:
+            raise InvalidContentError(
+                [Issue("required", f"{path} has no resource for {method}", (f"{path}.resource",))]
+            )
+        entry = resource_entry(resource, method=method, path=f"{path}.resource", index=i)
+        if entry.resource_type != rtype:
+            raise InvalidContentError(
+                [
+                    Issue(
+                        "invalid",
+                        f"{path}: request.url names {rtype} but the resource is a {entry.resource_type}",
+                        (where,),
+                    )
+                ]
+            )
+        if method == "POST":
+            if rid is not None or query:
+                raise InvalidContentError(
+                    [Issue("invalid", f"{where}: POST goes to the type, e.g. {rtype!r}", (where,))]
+                )
+            entry.resource_id = None
+            ine = request.get("ifNoneExist")
+            if ine is not None:
+                entry.if_none_exist = parse_conditional(
+                    str(ine), rtype, f"{path}.request.ifNoneExist"
+                )
+        else:
+            if rid is None and not query:
+                raise InvalidContentError(
+                    [Issue("invalid", f"{where}: PUT needs Type/id or Type?criteria", (where,))]
+                )
+            body_id = resource.get("id")
+            if rid is not None and body_id != rid:
+                raise InvalidContentError(
+                    [
+                        Issue(
+                            "invalid",
+                            f"{path}.resource.id {body_id!r} must equal the id in request.url ({rid!r})",
+                            (f"{path}.resource.id",),
+                        )
+                    ]
+                )
+            entry.resource_id, entry.query = rid if rid is not None else body_id, query
+        entry.full_url, entry.if_match = full_url, if_match
+        return entry
+    if resource is not None:
+        raise InvalidContentError(
+            [
+                Issue(
+                    "invalid",
+                    f"{path}: a {method} entry carries no resource",
+                    (f"{path}.resource",),
+                )
+            ]
+        )
+    if method == "DELETE" and (vid is not None or (rid is None and not query)):
+        raise InvalidContentError(
+            [Issue("invalid", f"{where}: DELETE needs Type/id or Type?criteria", (where,))]
+        )
+    return Entry(i, path, method, rtype, rid, vid, query, full_url, if_match=if_match)
+
+
+def parse_bundle(obj: Any) -> tuple[BundleKind, list[Entry], list[tuple[int, InvalidContentError]]]:
+    """Bundle type, its valid entries, and the entries that failed (with why) — in entry order."""
+    if not isinstance(obj, dict) or obj.get("resourceType") != "Bundle":
+        raise InvalidContentError([Issue("invalid", "POST /fhir takes a Bundle", ("Bundle",))])
+    known = {
+        "resourceType",
+        "id",
+        "meta",
+        "implicitRules",
+        "language",
+        "identifier",
+        "type",
+        "timestamp",
+        "total",
+        "link",
+        "entry",
+        "signature",
+    }
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise InvalidContentError(
+            [
+                Issue("structure", f"Bundle: unknown element {k!r}", (f"Bundle.{k}",))
+                for k in unknown
+            ]
+        )
+    kind = obj.get("type")
+    if kind not in ACCEPTED_BUNDLE_TYPES:
+        raise InvalidContentError(
+            [
+                Issue(
+                    "not-supported",
+                    f"Bundle.type {kind!r} is not accepted; send one of {', '.join(ACCEPTED_BUNDLE_TYPES)}",
+                    ("Bundle.type",),
+                )
+            ]
+        )
+    raw_entries = obj.get("entry", [])
+    if not isinstance(raw_entries, list):
+        raise InvalidContentError(
+            [Issue("structure", "Bundle.entry must be a JSON array", ("Bundle.entry",))]
+        )
+    entries: list[Entry] = []
+    failures: list[tuple[int, InvalidContentError]] = []
+    start = 0
+    if kind == "message":
+        first = raw_entries[0] if raw_entries else None
+        header = first.get("resource") if isinstance(first, dict) else None
+        if not isinstance(header, dict) or header.get("resourceType") != "MessageHeader":
+            raise InvalidContentError(
+                [
+                    Issue(
+                        "invalid",
+                        "a message Bundle starts with a MessageHeader entry",
+                        ("Bundle.entry[0]",),
+                    )
+                ]
+            )
+        start = 1  # the envelope: validated by its presence, not stored
+    for i in range(start, len(raw_entries)):
+        try:
+            entries.append(_bundle_entry(raw_entries[i], i, kind))
+        except InvalidContentError as exc:
+            failures.append((i, exc))
+    return kind, entries, failures

@@ -1,0 +1,118 @@
+"""Lossless FHIR JSON: keep decimals' lexical form, refuse what RFC 8259 and FHIR refuse."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from fhir_mapping.issues import InvalidContentError, Issue
+
+
+class LexicalDecimal(Decimal):
+    """A JSON number that remembers how it was written (`0.10` is not `0.1` in FHIR)."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> LexicalDecimal:
+        value = super().__new__(cls, text)
+        value.text = text
+        return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dupes = sorted({k for k, _ in pairs if k in seen or seen.add(k)})  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key(s) {', '.join(map(repr, dupes))} in one JSON object")
+    return obj
+
+
+_DECODER = json.JSONDecoder(
+    parse_float=LexicalDecimal,
+    parse_constant=_reject_constant,
+    object_pairs_hook=_unique_keys,
+    strict=True,
+)
+
+
+def _syntax_issue(message: str) -> InvalidContentError:
+    return InvalidContentError([Issue("structure", message)])
+
+
+def decode_text(data: bytes) -> str:
+    """Decode a UTF-8 body, refusing a byte-order mark and invalid bytes."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise _syntax_issue("body starts with a UTF-8 byte-order mark; send JSON without a BOM")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _syntax_issue(f"body is not valid UTF-8 (byte {exc.start})") from exc
+
+
+def loads_text(text: str, *, where: str = "") -> Any:
+    """Parse one JSON document from text; decimals stay lexical."""
+    try:
+        obj, end = _DECODER.raw_decode(text, _skip_ws(text, 0))
+    except json.JSONDecodeError as exc:
+        raise _syntax_issue(
+            f"{where}malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    except ValueError as exc:  # duplicate keys, NaN/Infinity, overflow
+        raise _syntax_issue(f"{where}{exc}") from exc
+    if _skip_ws(text, end) != len(text):
+        raise _syntax_issue(f"{where}malformed JSON: extra data after the document")
+    return obj
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def loads(data: bytes) -> Any:
+    """Parse a whole request body as one JSON document."""
+    return loads_text(decode_text(data))
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, LexicalDecimal):
+        return orjson.Fragment(obj.text)
+    if isinstance(obj, Decimal):
+        return orjson.Fragment(str(obj))
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def dumps(obj: Any, *, sort_keys: bool = False) -> bytes:
+    """Serialise compactly, writing each decimal exactly as it was received."""
+    option = orjson.OPT_SORT_KEYS if sort_keys else 0
+    try:
+        return orjson.dumps(obj, default=_default, option=option)
+    except orjson.JSONEncodeError as exc:  # e.g. an unpaired surrogate escape in a string
+        raise InvalidContentError(
+            [Issue("value", f"content cannot be stored as UTF-8 JSON: {exc}")]
+        ) from exc
+
+
+def content_hash(resource: dict[str, Any]) -> str:
+    """SHA-256 of the content that matters: key order, id and server meta do not count."""
+    meta = resource.get("meta")
+    if isinstance(meta, dict) and ("versionId" in meta or "lastUpdated" in meta):
+        meta = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+        resource = (
+            {**resource, "meta": meta}
+            if meta
+            else {k: v for k, v in resource.items() if k != "meta"}
+        )
+    body = {k: v for k, v in resource.items() if k != "id"}
+    return hashlib.sha256(dumps(body, sort_keys=True)).hexdigest()

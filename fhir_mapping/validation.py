@@ -1,0 +1,291 @@
+"""Validate one FHIR R4 resource strictly: JSON types, required codes, modifiers, then the model.
+
+fhir.resources coerces `"5"` to a number and `"true"` to a boolean even in strict mode, does not
+enforce required code bindings, and accepts any modifierExtension. FHIR JSON allows none of that,
+so a walk over the JSON driven by the models' own field metadata runs first, collecting every
+Reference on the way (the ingest needs them to rewrite and index).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from fhir_mapping.issues import InvalidContentError, Issue
+from fhir_mapping.required_codes import REQUIRED_CODES
+from fhir_mapping.resource_types import SUPPORTED_TYPES
+
+# Elements renamed or added after R4; naming them turns "unknown element" into a useful hint.
+_LATER_VERSION_HINT = " (not an R4 element: is this an R5 or R4B payload?)"
+_EARLIER_VERSION_HINT = " (not an R4 element: is this a DSTU2 or STU3 payload?)"
+_VERSION_HINTS: dict[str, str] = {
+    "occurenceDateTime": _LATER_VERSION_HINT,
+    "occurencePeriod": _LATER_VERSION_HINT,
+    "occurrenceDateTime": _LATER_VERSION_HINT,
+    "occurrencePeriod": _LATER_VERSION_HINT,
+    "medication": _LATER_VERSION_HINT,
+    "statusReason": _LATER_VERSION_HINT,
+    "reasonCodeableConcept": _EARLIER_VERSION_HINT,
+    "reasonReference": _LATER_VERSION_HINT,
+    "context": _EARLIER_VERSION_HINT,
+    "taken": _EARLIER_VERSION_HINT,
+    "animal": _EARLIER_VERSION_HINT,
+    "assertedDate": _EARLIER_VERSION_HINT,
+    "abatementBoolean": _EARLIER_VERSION_HINT,
+}
+
+_STRING, _BOOLEAN, _INTEGER, _DECIMAL, _COMPLEX, _RESOURCE, _PRIMITIVE_EXT = range(7)
+_JSON_TYPE_NAMES = {
+    _STRING: "a JSON string",
+    _BOOLEAN: "a JSON boolean",
+    _INTEGER: "a JSON integer",
+    _DECIMAL: "a JSON number",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    kind: int
+    many: bool
+    model: type[Any] | None = None
+    codes: frozenset[str] | None = None
+
+
+@dataclass(slots=True)
+class CheckedResource:
+    """What validation learned on the way: every Reference element, by FHIRPath, as a live dict."""
+
+    resource_type: str
+    references: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def _kind_of(tp: Any) -> tuple[int, type[Any] | None]:
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _kind_of(typing.get_args(tp)[0])
+    if tp is bool:
+        return _BOOLEAN, None
+    if tp is int:
+        return _INTEGER, None
+    if tp is decimal.Decimal:
+        return _DECIMAL, None
+    if tp in (str, dt.date, dt.datetime, dt.time, bytes):
+        return _STRING, None
+    name = getattr(tp, "__name__", "")
+    if name == "ResourceType":
+        return _RESOURCE, None
+    if name == "FHIRPrimitiveExtensionType":
+        return _PRIMITIVE_EXT, tp.get_model_klass()
+    if hasattr(tp, "get_model_klass"):
+        return _COMPLEX, tp.get_model_klass()
+    return _STRING, None  # AnyUrl-like leaf types are strings on the wire
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    many = False
+    tp = annotation
+    while True:
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(args) == 1:
+                tp = args[0]
+                continue
+            # fhir_comments-style unions are not FHIR elements; treat as string
+            return str, many
+        if origin in (list, typing.List):  # noqa: UP006
+            many = True
+            tp = typing.get_args(tp)[0]
+            continue
+        return tp, many
+
+
+@cache
+def _schema(model: type[Any]) -> dict[str, _Field]:
+    """JSON key -> field description for one fhir.resources model class."""
+    out: dict[str, _Field] = {}
+    for name, info in model.model_fields.items():
+        if name == "fhir_comments":
+            continue
+        key = info.alias or name
+        tp, many = _unwrap(info.annotation)
+        kind, sub = _kind_of(tp)
+        codes = REQUIRED_CODES.get((model.__name__, key))
+        out[key] = _Field(kind, many, sub, codes)
+    return out
+
+
+def _wrong_type(path: str, value: Any, kind: int) -> Issue:
+    shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    return Issue("value", f"{path} must be {_JSON_TYPE_NAMES[kind]}, got {shown}", (path,))
+
+
+def _check_leaf(value: Any, spec: _Field, path: str, issues: list[Issue]) -> None:
+    kind = spec.kind
+    if kind == _STRING:
+        if not isinstance(value, str):
+            issues.append(_wrong_type(path, value, kind))
+        elif spec.codes is not None and value not in spec.codes:
+            allowed = ", ".join(sorted(spec.codes))
+            issues.append(
+                Issue(
+                    "code-invalid", f"{path}: unknown code {value!r}; R4 allows {allowed}", (path,)
+                )
+            )
+    elif kind == _BOOLEAN:
+        if not isinstance(value, bool):
+            issues.append(_wrong_type(path, value, kind))
+    elif kind == _INTEGER:
+        if isinstance(value, bool) or not isinstance(value, int):
+            issues.append(_wrong_type(path, value, kind))
+    elif kind == _DECIMAL and (
+        isinstance(value, bool) or not isinstance(value, int | decimal.Decimal)
+    ):
+        issues.append(_wrong_type(path, value, kind))
+
+
+class _Walker:
+    __slots__ = ("issues", "references")
+
+    def __init__(self) -> None:
+        self.issues: list[Issue] = []
+        self.references: list[tuple[str, dict[str, Any]]] = []
+
+    def resource(self, obj: Any, path: str) -> str | None:
+        if not isinstance(obj, dict):
+            self.issues.append(Issue("structure", f"{path} must be a JSON object", (path,)))
+            return None
+        rtype = obj.get("resourceType")
+        if not isinstance(rtype, str):
+            where = path or "resource"
+            self.issues.append(Issue("required", f"{where} has no resourceType", (where,)))
+            return None
+        if rtype not in SUPPORTED_TYPES:
+            path = path or rtype
+            self.issues.append(
+                Issue(
+                    "not-supported",
+                    f"{path}: resource type {rtype!r} is not accepted by this server "
+                    "(see the CapabilityStatement at /fhir/metadata)",
+                    (path,),
+                )
+            )
+            return None
+        model = get_fhir_model_class(rtype)
+        self.element(obj, model, rtype if path == "" else path, is_resource=True)
+        return rtype
+
+    def element(self, obj: Any, model: type[Any], path: str, *, is_resource: bool = False) -> None:
+        if not isinstance(obj, dict):
+            self.issues.append(Issue("structure", f"{path} must be a JSON object", (path,)))
+            return
+        schema = _schema(model)  # type: ignore[arg-type]  # model classes are hashable
+        if model.__name__ == "Reference":
+            self.references.append((path, obj))
+        for key, value in obj.items():
+            if is_resource and key == "resourceType":
+                continue
+            spec = schema.get(key)
+            if spec is None:
+                hint = _VERSION_HINTS.get(key, "")
+                self.issues.append(
+                    Issue("structure", f"{path}: unknown element {key!r}{hint}", (f"{path}.{key}",))
+                )
+                continue
+            child = f"{path}.{key.removeprefix('_')}"
+            if key == "modifierExtension" and value:
+                self.issues.append(self._modifier_issue(value, child))
+                continue
+            if spec.many:
+                if not isinstance(value, list):
+                    self.issues.append(
+                        Issue("structure", f"{child} must be a JSON array", (child,))
+                    )
+                    continue
+                if not value:
+                    self.issues.append(
+                        Issue("structure", f"{child} must not be an empty array", (child,))
+                    )
+                for i, item in enumerate(value):
+                    if item is None and spec.kind not in (_COMPLEX, _RESOURCE):
+                        continue  # a primitive array slot whose value lives in the `_x` twin
+                    self.value(item, spec, f"{child}[{i}]")
+            else:
+                self.value(value, spec, child)
+
+    def value(self, value: Any, spec: _Field, path: str) -> None:
+        if value is None:
+            if spec.kind != _PRIMITIVE_EXT:
+                self.issues.append(Issue("structure", f"{path} must not be null", (path,)))
+            return
+        if spec.kind == _COMPLEX or spec.kind == _PRIMITIVE_EXT:
+            assert spec.model is not None
+            self.element(value, spec.model, path)
+        elif spec.kind == _RESOURCE:
+            self.resource(value, path)
+        else:
+            _check_leaf(value, spec, path, self.issues)
+
+    @staticmethod
+    def _modifier_issue(value: Any, path: str) -> Issue:
+        urls = (
+            [e.get("url") for e in value if isinstance(e, dict)] if isinstance(value, list) else []
+        )
+        shown = ", ".join(repr(u) for u in urls) or "?"
+        return Issue(
+            "extension",
+            f"{path}: modifier extension {shown} is not understood by this server; "
+            "it could change the meaning of the resource, so the resource is refused",
+            (path,),
+        )
+
+
+def _loc_to_path(root: str, loc: tuple[int | str, ...]) -> str:
+    out = root
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = str(part)
+            if name.endswith("__ext"):
+                name = name[: -len("__ext")]
+            out += f".{name.removeprefix('_')}"
+    return out
+
+
+def _pydantic_issues(exc: ValidationError, root: str) -> list[Issue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if p != "__root__")
+        path = _loc_to_path(root, loc)
+        err_type = err.get("type", "")
+        code = "required" if "missing" in err_type or "required" in err_type else "value"
+        shown = err.get("input")
+        got = f" (got {shown!r})" if isinstance(shown, str | int | decimal.Decimal) else ""
+        issues.append(Issue(code, f"{path}: {err['msg']}{got}", (path,)))
+    return issues
+
+
+def validate_resource(obj: Any, *, path: str = "") -> CheckedResource:
+    """Validate one resource as FHIR R4 JSON; raise InvalidContentError naming every bad element."""
+    walker = _Walker()
+    rtype = walker.resource(obj, path)
+    if walker.issues or rtype is None:
+        raise InvalidContentError(walker.issues)
+    model = get_fhir_model_class(rtype)
+    try:
+        model.model_validate(obj)
+    except ValidationError as exc:
+        raise InvalidContentError(_pydantic_issues(exc, path or rtype)) from exc
+    except (ValueError, TypeError) as exc:  # fhir.resources raises plain errors for some checks
+        raise InvalidContentError(
+            [Issue("value", f"{path or rtype}: {exc}", (path or rtype,))]
+        ) from exc
+    return CheckedResource(rtype, walker.references)

@@ -1,0 +1,1 @@
+"""Alembic migrations for the trialbridge schema (run with `trialbridge migrate`)."""

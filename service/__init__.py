@@ -1,0 +1,1 @@
+"""Use cases: ingest, search, persistence and configuration of the trial service."""

@@ -1,0 +1,410 @@
+"""The FHIR store's use cases, each one unit of work, retried when a concurrent writer won."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlmodel import Session
+
+from fhir_mapping.bundles import Entry, parse_bundle, parse_conditional, parse_etag, resource_entry
+from fhir_mapping.issues import InvalidContentError
+from fhir_mapping.json_codec import loads_text
+from fhir_mapping.references import is_valid_id
+from fhir_mapping.resource_types import SUPPORTED_TYPES
+from service import responses, store
+from service.db import session_scope
+from service.errors import FhirError, WriteConflictError
+from service.fhir_time import utcnow
+from service.ingest import EntryResult, WriteContext, apply_entries, failure
+from service.search import encode_cursor, parse_search, run_search
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# SQLSTATEs that mean "another transaction won, try again": unique, serialization, deadlock.
+_RETRY_SQLSTATES = {"23505", "40001", "40P01"}
+IMPORT_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class LineOutcome:
+    """What happened to one NDJSON line (1-based)."""
+
+    line: int
+    result: EntryResult
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, WriteConflictError):
+        return True
+    if isinstance(exc, IntegrityError):
+        code = getattr(exc.orig, "sqlstate", None)
+        return code is None or code in _RETRY_SQLSTATES  # SQLite gives no SQLSTATE
+    if isinstance(exc, DBAPIError):
+        return getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
+    return False
+
+
+class FhirStore:
+    """Read, search and write FHIR resources; the API and the CLI both go through here."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    # -- units of work -------------------------------------------------------------------------
+
+    def _write(self, work: Callable[[Session], T]) -> T:
+        attempts = self.settings.write_retries
+        for attempt in range(1, attempts + 1):
+            try:
+                with session_scope(self.engine) as session:
+                    return work(session)
+            except (IntegrityError, WriteConflictError, DBAPIError) as exc:
+                if _retryable(exc) and attempt < attempts:
+                    time.sleep(random.uniform(0, 0.02 * 2**attempt))
+                    continue
+                if _retryable(exc):
+                    raise FhirError.of(
+                        409,
+                        "conflict",
+                        "the same resources were being written concurrently; retry the request",
+                    ) from exc
+                if isinstance(exc, OperationalError):
+                    log.warning("database unavailable: %s", exc)
+                    raise FhirError.of(
+                        503,
+                        "transient",
+                        "the database is unavailable; nothing was written, retry later",
+                    ) from exc
+                raise
+        raise AssertionError("unreachable")
+
+    def _read(self, work: Callable[[Session], T]) -> T:
+        try:
+            with Session(self.engine) as session:
+                return work(session)
+        except OperationalError as exc:
+            raise FhirError.of(
+                503, "transient", "the database is unavailable; retry later"
+            ) from exc
+
+    def context(
+        self,
+        source: str,
+        *,
+        base_url: str | None = None,
+        conditional_refs: bool = True,
+        strict_urns: bool = True,
+    ) -> WriteContext:
+        """A write context stamped now, for one request."""
+        return WriteContext(
+            now=utcnow(),
+            source=source,
+            request_id=str(uuid.uuid4()),
+            base_url=self.settings.base_url or base_url,
+            resolve_conditional_references=conditional_refs,
+            require_urn_targets=strict_urns,
+        )
+
+    # -- single-resource interactions ----------------------------------------------------------
+
+    def read(
+        self, resource_type: str, resource_id: str, version_id: str | None = None
+    ) -> EntryResult:
+        """Current (or given) version; 404 unknown, 410 deleted."""
+        self.check_type(resource_type)
+        vid: int | None = None
+        if version_id is not None:
+            if not version_id.isdigit():
+                raise FhirError.of(
+                    404, "not-found", f"{resource_type}/{resource_id} has no version {version_id!r}"
+                )
+            vid = int(version_id)
+        if not is_valid_id(resource_id):
+            raise FhirError.of(404, "not-found", f"{resource_id!r} is not a valid FHIR id")
+        found = self._read(lambda s: store.read_version(s, resource_type, resource_id, vid))
+        label = f"{resource_type}/{resource_id}" + (f"/_history/{version_id}" if version_id else "")
+        if found is None:
+            raise FhirError.of(404, "not-found", f"{label} is not known")
+        if found.deleted:
+            raise FhirError.of(410, "deleted", f"{label} was deleted")
+        return EntryResult(
+            200,
+            "read",
+            resource_type,
+            resource_id,
+            found.version_id,
+            found.last_updated,
+            found.content,
+        )
+
+    def create(
+        self, resource_type: str, body: Any, *, if_none_exist: str | None, ctx: WriteContext
+    ) -> EntryResult:
+        """POST /fhir/{type}: content-identified create (an identical replay returns the original)."""
+        self.check_type(resource_type)
+        entry = self._single(body, "POST", resource_type)
+        entry.resource_id = None
+        if if_none_exist is not None:
+            entry.if_none_exist = self._conditional(if_none_exist, resource_type, "If-None-Exist")
+        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+
+    def update(
+        self,
+        resource_type: str,
+        resource_id: str,
+        body: Any,
+        *,
+        if_match: str | None,
+        ctx: WriteContext,
+    ) -> EntryResult:
+        """PUT /fhir/{type}/{id}: update or create with that id; If-Match for versioned updates."""
+        self.check_type(resource_type)
+        if not is_valid_id(resource_id):
+            raise FhirError.of(400, "invalid", f"{resource_id!r} is not a valid FHIR id")
+        entry = self._single(body, "PUT", resource_type)
+        if body.get("id") != resource_id:
+            raise FhirError.of(
+                400,
+                "invalid",
+                f"the resource id {body.get('id')!r} must equal the id in the URL ({resource_id!r})",
+                f"{resource_type}.id",
+            )
+        entry.resource_id = resource_id
+        entry.if_match = self._etag(if_match)
+        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+
+    def delete(
+        self, resource_type: str, resource_id: str, *, if_match: str | None, ctx: WriteContext
+    ) -> EntryResult:
+        """DELETE /fhir/{type}/{id}: a tombstone version; deleting twice is harmless."""
+        self.check_type(resource_type)
+        if not is_valid_id(resource_id):
+            raise FhirError.of(400, "invalid", f"{resource_id!r} is not a valid FHIR id")
+        entry = Entry(
+            0, resource_type, "DELETE", resource_type, resource_id, if_match=self._etag(if_match)
+        )
+        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+
+    def update_conditional(
+        self, resource_type: str, params: list[tuple[str, str]], body: Any, *, ctx: WriteContext
+    ) -> EntryResult:
+        """PUT /fhir/{type}?criteria: update the single match, create when none, 412 when many."""
+        self.check_type(resource_type)
+        entry = self._single(body, "PUT", resource_type)
+        entry.query = self._criteria(params, resource_type)
+        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+
+    def delete_conditional(
+        self, resource_type: str, params: list[tuple[str, str]], *, ctx: WriteContext
+    ) -> EntryResult:
+        """DELETE /fhir/{type}?criteria: delete the single match; 412 when several match."""
+        self.check_type(resource_type)
+        entry = Entry(
+            0, resource_type, "DELETE", resource_type, query=self._criteria(params, resource_type)
+        )
+        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+
+    def search(self, resource_type: str, params: list[tuple[str, str]], *, base: str) -> bytes:
+        """GET /fhir/{type}?…: a searchset Bundle with a cursor `next` link."""
+        self.check_type(resource_type)
+        query = parse_search(
+            resource_type,
+            params,
+            default_count=self.settings.search_default_count,
+            max_count=self.settings.search_max_count,
+        )
+
+        def work(session: Session) -> tuple[list[tuple[str, str, str]], int, str | None]:
+            ids, total, cursor = run_search(session, query)
+            found = store.read_current_many(session, [(resource_type, i) for i in ids])
+            return [(v.resource_type, v.resource_id, v.content or "") for v in found], total, cursor
+
+        found, total, cursor = self._read(work)
+        echo = [*query.echo, ("_count", str(query.count))]
+        if query.cursor:
+            echo.append(("_cursor", encode_cursor(query.cursor)))
+        self_url = f"{base}/{resource_type}?{urlencode(echo)}"
+        next_url = None
+        if cursor:
+            next_params = [(k, v) for k, v in echo if k != "_cursor"] + [("_cursor", cursor)]
+            next_url = f"{base}/{resource_type}?{urlencode(next_params)}"
+        return responses.searchset(
+            found, total=total, self_url=self_url, next_url=next_url, full_url_base=base
+        )
+
+    # -- bundles and bulk ----------------------------------------------------------------------
+
+    def bundle(self, body: Any, *, ctx: WriteContext) -> tuple[str, list[EntryResult]]:
+        """POST /fhir with a Bundle: the response Bundle type and one result per entry."""
+        try:
+            kind, entries, failures = parse_bundle(body)
+        except InvalidContentError as exc:
+            raise FhirError.from_invalid(exc) from exc
+        if kind == "batch":
+            return "batch-response", self._batch(entries, failures, ctx)
+        if failures:
+            raise FhirError.from_invalid(
+                InvalidContentError([i for _, exc in failures for i in exc.issues])
+            )
+        if (
+            kind != "transaction"
+        ):  # collection / message: atomic upsert, conditional refs kept as sent
+            ctx = WriteContext(
+                ctx.now,
+                ctx.source,
+                ctx.request_id,
+                ctx.base_url,
+                resolve_conditional_references=False,
+            )
+        return "transaction-response", self._write(lambda s: apply_entries(s, entries, ctx))
+
+    def _batch(
+        self,
+        entries: list[Entry],
+        failures: list[tuple[int, InvalidContentError]],
+        ctx: WriteContext,
+    ) -> list[EntryResult]:
+        def work(session: Session) -> dict[int, EntryResult]:
+            out: dict[int, EntryResult] = {}
+            for entry in entries:
+                try:
+                    with session.begin_nested():
+                        out[entry.index] = apply_entries(session, [entry], ctx)[0]
+                except FhirError as exc:
+                    out[entry.index] = failure(exc)
+            return out
+
+        done = self._write(work)
+        done.update((i, failure(exc)) for i, exc in failures)
+        return [done[i] for i in sorted(done)]
+
+    def import_lines(
+        self,
+        lines: Iterable[str],
+        *,
+        ctx: WriteContext,
+        progress: Callable[[int], object] | None = None,
+    ) -> Iterator[LineOutcome]:
+        """NDJSON: each line upserted on its own merits; written in chunks for speed."""
+        upsert_ctx = WriteContext(
+            ctx.now,
+            ctx.source,
+            ctx.request_id,
+            ctx.base_url,
+            resolve_conditional_references=False,
+            require_urn_targets=False,
+        )
+        chunk: list[tuple[int, Entry]] = []
+        keys: set[tuple[str, str]] = set()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = resource_entry(
+                    loads_text(line, where=f"line {number}: "),
+                    method="UPSERT",
+                    path="",
+                    index=number,
+                )
+            except InvalidContentError as exc:
+                issues = [
+                    i
+                    if i.diagnostics.startswith("line ")
+                    else replace(i, diagnostics=f"line {number}: {i.diagnostics}")
+                    for i in exc.issues
+                ]
+                yield LineOutcome(number, failure(InvalidContentError(issues)))
+                continue
+            key = (entry.resource_type or "", entry.resource_id or entry.derived_id or "")
+            if key in keys or len(chunk) >= IMPORT_CHUNK:
+                yield from self._import_chunk(chunk, upsert_ctx, progress)
+                chunk, keys = [], set()
+            chunk.append((number, entry))
+            keys.add(key)
+        if chunk:
+            yield from self._import_chunk(chunk, upsert_ctx, progress)
+
+    def _import_chunk(
+        self,
+        chunk: list[tuple[int, Entry]],
+        ctx: WriteContext,
+        progress: Callable[[int], object] | None,
+    ) -> Iterator[LineOutcome]:
+        try:
+            results = self._write(lambda s: apply_entries(s, [e for _, e in chunk], ctx))
+        except FhirError:
+            if len(chunk) == 1:
+                raise
+            # One bad line must not sink its neighbours: write them one by one.
+            for item in chunk:
+                try:
+                    yield from self._import_chunk([item], ctx, progress)
+                except FhirError as exc:
+                    yield LineOutcome(item[0], failure(exc))
+            return
+        if progress:
+            progress(len(chunk))
+        for (number, _), result in zip(chunk, results, strict=True):
+            yield LineOutcome(number, result)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def check_type(resource_type: str) -> None:
+        """404 for a type we do not serve (FHIR: unknown resource type)."""
+        if resource_type not in SUPPORTED_TYPES:
+            raise FhirError.of(
+                404,
+                "not-supported",
+                f"resource type {resource_type!r} is not supported by this server (see /fhir/metadata)",
+            )
+
+    @staticmethod
+    def _single(body: Any, method: str, resource_type: str) -> Entry:
+        try:
+            entry = resource_entry(body, method="PUT" if method == "PUT" else "POST", path="")
+        except InvalidContentError as exc:
+            raise FhirError.from_invalid(exc) from exc
+        if entry.resource_type != resource_type:
+            raise FhirError.of(
+                400,
+                "invalid",
+                f"the body is a {entry.resource_type}, the URL says {resource_type}",
+                "resourceType",
+            )
+        return entry
+
+    @staticmethod
+    def _conditional(text: str, resource_type: str, where: str) -> list[tuple[str, str]]:
+        try:
+            return parse_conditional(text, resource_type, where)
+        except InvalidContentError as exc:
+            raise FhirError.from_invalid(exc) from exc
+
+    @staticmethod
+    def _etag(value: str | None) -> int | None:
+        try:
+            return parse_etag(value, "If-Match")
+        except InvalidContentError as exc:
+            raise FhirError.from_invalid(exc) from exc
+
+    @staticmethod
+    def _criteria(params: list[tuple[str, str]], resource_type: str) -> list[tuple[str, str]]:
+        criteria = [(k, v) for k, v in params if k not in ("_format", "_pretty")]
+        if not criteria:
+            raise FhirError.of(
+                400, "invalid", f"a conditional operation on {resource_type} needs search criteria"
+            )
+        return criteria

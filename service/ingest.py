@@ -1,0 +1,385 @@
+"""Write use cases: apply validated entries to the store in one unit of work.
+
+Order-independent by construction (FHIR transaction rules): identities are resolved first
+(DELETE, conditional POST/PUT), then every fullUrl is mapped to its final id, references are
+rewritten, and only then are versions written, in bulk. Reads (GET entries) see the result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlmodel import Session
+
+from fhir_mapping.bundles import Entry
+from fhir_mapping.issues import InvalidContentError, Issue
+from fhir_mapping.json_codec import content_hash, dumps
+from fhir_mapping.references import identifier_index, parse_reference, reference_index
+from service import store
+from service.errors import FhirError
+from service.fhir_time import fhir_instant
+from service.search import match_ids
+
+
+@dataclass(frozen=True, slots=True)
+class WriteContext:
+    """Who is writing, when, and how references to this server look."""
+
+    now: dt.datetime
+    source: str
+    request_id: str
+    base_url: str | None = None
+    resolve_conditional_references: bool = True
+    require_urn_targets: bool = True
+
+
+Change = Literal["created", "updated", "unchanged", "deleted", "none", "read", "failed"]
+
+
+@dataclass(slots=True)
+class EntryResult:
+    """The outcome of one entry: HTTP status, what changed, where it lives, optional body."""
+
+    status: int
+    change: Change = "none"
+    resource_type: str | None = None
+    resource_id: str | None = None
+    version_id: int | None = None
+    last_updated: dt.datetime | None = None
+    content: str | None = None
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def location(self) -> str | None:
+        """Relative versioned location, e.g. Patient/1/_history/2."""
+        if self.resource_type and self.resource_id and self.version_id:
+            return f"{self.resource_type}/{self.resource_id}/_history/{self.version_id}"
+        return None
+
+
+@dataclass(slots=True)
+class _Plan:
+    entry: Entry
+    target_id: str | None = None
+    found_existing: bool = False  # ifNoneExist matched: nothing to write
+    noop_delete: bool = False
+
+
+def _multiple(entry: Entry, what: str, n: int) -> FhirError:
+    return FhirError.of(
+        412,
+        "multiple-matches",
+        f"{entry.path}: {what} matched {n} resources; it must match one",
+        entry.path,
+    )
+
+
+def _resolve_identities(session: Session, entries: list[Entry]) -> list[_Plan]:
+    plans = []
+    for e in entries:
+        plan = _Plan(e)
+        assert e.resource_type is not None
+        if e.method == "DELETE":
+            if e.query:
+                ids = match_ids(session, e.resource_type, e.query)
+                if len(ids) > 1:
+                    raise _multiple(e, "conditional delete", len(ids))
+                plan.target_id = ids[0] if ids else None
+                plan.noop_delete = not ids
+            else:
+                plan.target_id = e.resource_id
+        elif e.method == "POST":
+            ids = match_ids(session, e.resource_type, e.if_none_exist) if e.if_none_exist else []
+            if len(ids) > 1:
+                raise _multiple(e, "ifNoneExist", len(ids))
+            if ids:
+                plan.target_id, plan.found_existing = ids[0], True
+            else:
+                plan.target_id = e.urn_uuid or e.derived_id
+        elif e.method == "PUT":
+            if e.query:
+                ids = match_ids(session, e.resource_type, e.query)
+                if len(ids) > 1:
+                    raise _multiple(e, "conditional update", len(ids))
+                body_id = e.resource.get("id") if e.resource else None
+                if ids and body_id is not None and body_id != ids[0]:
+                    raise FhirError.of(
+                        400,
+                        "invalid",
+                        f"{e.path}: resource.id {body_id!r} differs from the matched {ids[0]!r}",
+                        e.path,
+                    )
+                plan.target_id = ids[0] if ids else (body_id or e.urn_uuid or str(uuid.uuid4()))
+            else:
+                plan.target_id = e.resource_id
+        elif e.method == "UPSERT":
+            plan.target_id = e.resource_id or e.urn_uuid or e.derived_id
+        plans.append(plan)
+    return plans
+
+
+def _writes(plans: list[_Plan]) -> list[_Plan]:
+    return [
+        p
+        for p in plans
+        if p.entry.method in ("POST", "PUT", "UPSERT", "DELETE")
+        and not p.found_existing
+        and not p.noop_delete
+    ]
+
+
+def _check_overlaps(plans: list[_Plan]) -> None:
+    urls = Counter(p.entry.full_url for p in plans if p.entry.full_url)
+    dup_urls = sorted(u for u, n in urls.items() if n > 1)
+    if dup_urls:
+        raise FhirError.of(
+            400,
+            "duplicate",
+            f"fullUrl {dup_urls[0]!r} appears on more than one entry",
+            "Bundle.entry",
+        )
+    seen: dict[tuple[str, str], _Plan] = {}
+    for p in _writes(plans):
+        assert p.entry.resource_type is not None
+        assert p.target_id is not None
+        key = (p.entry.resource_type, p.target_id)
+        if key in seen:
+            first = seen[key].entry.path
+            raise FhirError.of(
+                400,
+                "duplicate",
+                f"{first} and {p.entry.path} both write {key[0]}/{key[1]}; one identity per request",
+                first,
+                p.entry.path,
+            )
+        seen[key] = p
+
+
+class _Rewriter:
+    """Maps fullUrls and conditional references to final `Type/id` references."""
+
+    def __init__(self, session: Session, plans: list[_Plan], ctx: WriteContext) -> None:
+        self.session, self.ctx = session, ctx
+        self.map: dict[str, str] = {}
+        for p in plans:
+            if p.entry.full_url and p.target_id and p.entry.method != "DELETE":
+                self.map[p.entry.full_url] = f"{p.entry.resource_type}/{p.target_id}"
+        self.conditional: dict[str, str] = {}
+
+    def rewrite(self, plans: list[_Plan]) -> None:
+        for p in plans:
+            for path, ref, original in p.entry.references:
+                ref["reference"] = self._target(original, f"{path}.reference")
+
+    def _target(self, original: str, where: str) -> str:
+        mapped = self.map.get(original)
+        if mapped is not None:
+            return mapped
+        if original.startswith(("urn:uuid:", "urn:oid:")):
+            if self.ctx.require_urn_targets:
+                raise FhirError.of(
+                    400,
+                    "not-found",
+                    f"{where}: {original} matches no fullUrl in this Bundle",
+                    where,
+                )
+            return original
+        if "?" in original and self.ctx.resolve_conditional_references:
+            parsed = parse_reference(original)
+            if parsed.kind == "conditional":
+                return self._conditional(
+                    original, parsed.resource_type or "", list(parsed.query), where
+                )
+        return original
+
+    def _conditional(
+        self, original: str, rtype: str, query: list[tuple[str, str]], where: str
+    ) -> str:
+        if original not in self.conditional:
+            ids = match_ids(self.session, rtype, query)
+            if not ids:
+                raise FhirError.of(
+                    422,
+                    "not-found",
+                    f"{where}: conditional reference {original} matches no resource",
+                    where,
+                )
+            if len(ids) > 1:
+                raise FhirError.of(
+                    412,
+                    "multiple-matches",
+                    f"{where}: conditional reference {original} matches more than one resource",
+                    where,
+                )
+            self.conditional[original] = f"{rtype}/{ids[0]}"
+        return self.conditional[original]
+
+
+def _stamp(resource: dict[str, Any], rid: str, vid: int, now: dt.datetime) -> dict[str, Any]:
+    """The resource as stored: server id and meta first, then everything as received."""
+    meta = resource.get("meta")
+    meta = (
+        {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+        if isinstance(meta, dict)
+        else {}
+    )
+    out: dict[str, Any] = {
+        "resourceType": resource["resourceType"],
+        "id": rid,
+        "meta": {"versionId": str(vid), "lastUpdated": fhir_instant(now), **meta},
+    }
+    out.update((k, v) for k, v in resource.items() if k not in out)
+    return out
+
+
+def apply_entries(session: Session, entries: list[Entry], ctx: WriteContext) -> list[EntryResult]:
+    """Apply entries atomically (the caller owns the transaction); results in entry order."""
+    plans = _resolve_identities(session, entries)
+    _check_overlaps(plans)
+    writes = _writes(plans)
+    heads = store.load_heads(
+        session, [(p.entry.resource_type or "", p.target_id or "") for p in writes]
+    )
+    rewriter = _Rewriter(session, plans, ctx)
+    rewriter.rewrite(plans)
+    # A content-derived id already used by different content (or deleted) gets a fresh id.
+    clashed = False
+    for p in writes:
+        key = (p.entry.resource_type or "", p.target_id or "")
+        head = heads.get(key)
+        if (
+            p.entry.method in ("POST", "UPSERT")
+            and p.target_id == p.entry.derived_id
+            and head is not None
+        ):
+            assert p.entry.resource is not None
+            if head.deleted or head.content_hash != content_hash(p.entry.resource):
+                p.target_id, clashed = str(uuid.uuid4()), True
+    if clashed:
+        rewriter = _Rewriter(session, plans, ctx)
+        rewriter.rewrite(plans)
+        heads = store.load_heads(
+            session, [(p.entry.resource_type or "", p.target_id or "") for p in writes]
+        )
+
+    results: dict[int, EntryResult] = {}
+    rows: list[store.VersionRow] = []
+    unchanged: list[tuple[int, tuple[str, str]]] = []
+    for p in writes:
+        e = p.entry
+        rtype, rid = e.resource_type or "", p.target_id or ""
+        head = heads.get((rtype, rid))
+        live = head is not None and not head.deleted
+        if e.if_match is not None and (not live or head is None or head.version_id != e.if_match):
+            current = f'W/"{head.version_id}"' if live and head else "no current version"
+            raise FhirError.of(
+                412,
+                "conflict",
+                f'{e.path}: If-Match W/"{e.if_match}" but {rtype}/{rid} is at {current}',
+                e.path,
+            )
+        next_vid = head.version_id + 1 if head else 1
+        if e.method == "DELETE":
+            if not live:
+                results[e.index] = EntryResult(204, "none", rtype, rid)
+                continue
+            rows.append(store.VersionRow(rtype, rid, next_vid, ctx.now, "", None, [], []))
+            results[e.index] = EntryResult(204, "deleted", rtype, rid, next_vid, ctx.now)
+            continue
+        assert e.resource is not None
+        digest = content_hash(e.resource)
+        if live and head is not None and head.content_hash == digest:
+            results[e.index] = EntryResult(
+                200, "unchanged", rtype, rid, head.version_id, head.last_updated
+            )
+            unchanged.append((e.index, (rtype, rid)))
+            continue
+        stored = _stamp(e.resource, rid, next_vid, ctx.now)
+        rows.append(
+            store.VersionRow(
+                rtype,
+                rid,
+                next_vid,
+                ctx.now,
+                digest,
+                dumps(stored).decode(),
+                identifier_index(stored),
+                reference_index(rtype, stored, ctx.base_url),
+            )
+        )
+        results[e.index] = EntryResult(
+            200 if live else 201,
+            "updated" if live else "created",
+            rtype,
+            rid,
+            next_vid,
+            ctx.now,
+            rows[-1].content,
+        )
+    store.write_versions(session, rows, heads, source=ctx.source, request_id=ctx.request_id)
+
+    if unchanged:
+        contents = {
+            (v.resource_type, v.resource_id): v.content
+            for v in store.read_current_many(session, [k for _, k in unchanged])
+        }
+        for index, key in unchanged:
+            results[index].content = contents[key]
+    for p in plans:
+        e = p.entry
+        if p.found_existing or p.noop_delete:
+            if p.noop_delete:
+                results[e.index] = EntryResult(204, "none", e.resource_type)
+                continue
+            found = store.read_version(session, e.resource_type or "", p.target_id or "")
+            assert found is not None
+            results[e.index] = EntryResult(
+                200,
+                "unchanged",
+                found.resource_type,
+                found.resource_id,
+                found.version_id,
+                found.last_updated,
+                found.content,
+            )
+        elif e.method == "GET":
+            results[e.index] = _read_entry(session, e)
+    return [results[e.index] for e in entries]
+
+
+def _read_entry(session: Session, e: Entry) -> EntryResult:
+    if e.resource_id is None:
+        raise FhirError.of(
+            400,
+            "not-supported",
+            f"{e.path}: searches inside a Bundle are not supported; use GET /fhir/{e.resource_type}?…",
+            e.path,
+        )
+    vid = int(e.version_id) if e.version_id and e.version_id.isdigit() else None
+    if e.version_id is not None and vid is None:
+        raise FhirError.of(404, "not-found", f"{e.path}: no version {e.version_id!r}", e.path)
+    found = store.read_version(session, e.resource_type or "", e.resource_id, vid)
+    if found is None or found.deleted:
+        status, code = (410, "deleted") if found else (404, "not-found")
+        raise FhirError.of(
+            status, code, f"{e.path}: {e.resource_type}/{e.resource_id} is not available", e.path
+        )
+    return EntryResult(
+        200,
+        "read",
+        found.resource_type,
+        found.resource_id,
+        found.version_id,
+        found.last_updated,
+        found.content,
+    )
+
+
+def failure(exc: FhirError | InvalidContentError) -> EntryResult:
+    """An entry that failed on its own (batch, import): its status and issues."""
+    err = exc if isinstance(exc, FhirError) else FhirError.from_invalid(exc)
+    return EntryResult(err.status, "failed", issues=err.issues)

@@ -1,0 +1,111 @@
+"""Tables: every resource version as received, the current head, and the search indexes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Text,
+    TypeDecorator,
+)
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware in and out on every backend (SQLite has no zones of its own)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused: timezone-aware datetimes only")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class ResourceVersion(SQLModel, table=True):
+    """One version of one resource, with the JSON exactly as stored and served."""
+
+    __tablename__ = "fhir_resource_version"
+
+    resource_type: str = Field(primary_key=True, max_length=64)
+    resource_id: str = Field(primary_key=True, max_length=64)
+    version_id: int = Field(primary_key=True)
+    last_updated: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    content_hash: str = Field(max_length=64)
+    deleted: bool = Field(default=False)
+    content: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
+    source: str = Field(max_length=200)
+    request_id: str = Field(max_length=36, index=True)
+
+
+class ResourceHead(SQLModel, table=True):
+    """The current version of each resource; the target of search and the write lock."""
+
+    __tablename__ = "fhir_resource"
+    __table_args__ = (
+        Index("ix_fhir_resource_type_updated", "resource_type", "last_updated"),
+        Index("ix_fhir_resource_type_hash", "resource_type", "content_hash"),
+    )
+
+    resource_type: str = Field(primary_key=True, max_length=64)
+    resource_id: str = Field(primary_key=True, max_length=64)
+    version_id: int
+    last_updated: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    content_hash: str = Field(max_length=64)
+    deleted: bool = Field(default=False)
+
+
+class ResourceIdentifier(SQLModel, table=True):
+    """Identifier (system, value) of a current resource, for `identifier=` and conditional refs."""
+
+    __tablename__ = "fhir_identifier"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["resource_type", "resource_id"],
+            ["fhir_resource.resource_type", "fhir_resource.resource_id"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_fhir_identifier_lookup", "resource_type", "value", "system"),
+        Index("ix_fhir_identifier_owner", "resource_type", "resource_id"),
+    )
+
+    pk: int | None = Field(default=None, primary_key=True)
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+    system: str | None = Field(default=None, max_length=1024)
+    value: str = Field(max_length=1024)
+
+
+class ResourceReference(SQLModel, table=True):
+    """A reference search parameter of a current resource (e.g. Observation.patient)."""
+
+    __tablename__ = "fhir_reference"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["resource_type", "resource_id"],
+            ["fhir_resource.resource_type", "fhir_resource.resource_id"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_fhir_reference_lookup", "resource_type", "param", "target_type", "target_id"),
+        Index("ix_fhir_reference_owner", "resource_type", "resource_id"),
+    )
+
+    pk: int | None = Field(default=None, primary_key=True)
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
+    param: str = Field(max_length=64)
+    target_type: str = Field(max_length=64)
+    target_id: str = Field(max_length=64)

@@ -1,0 +1,71 @@
+"""Settings read from the environment once, at start-up, and validated before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///./var/trialbridge.db"
+
+
+class Settings(BaseSettings):
+    """Process configuration; every field can be set as an environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="TRIALBRIDGE_", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices("DATABASE_URL", "TRIALBRIDGE_DATABASE_URL"),
+        description="SQLAlchemy URL: sqlite:///path or postgresql://user@host/db",
+    )
+    max_body_bytes: int = Field(default=50 * 1024 * 1024, gt=0, description="Largest request body")
+    base_url: str | None = Field(
+        default=None, description="Public base URL of /fhir, used in Location and fullUrl"
+    )
+    auto_migrate: bool = Field(default=True, description="Run migrations when the app starts")
+    search_default_count: int = Field(default=50, ge=1, le=1000)
+    search_max_count: int = Field(default=1000, ge=1, le=10000)
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    write_retries: int = Field(default=5, ge=1, le=50, description="Attempts on a write conflict")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        """Fail at start-up, not at the first request, on a URL we cannot serve."""
+        scheme = value.split(":", 1)[0]
+        if scheme.startswith("postgres"):
+            if "://" not in value:
+                raise ValueError("DATABASE_URL for PostgreSQL must look like postgresql://host/db")
+            rest = value.split("://", 1)[1]
+            return f"postgresql+psycopg://{rest}"
+        if scheme.startswith("sqlite"):
+            if not value.startswith(("sqlite:///", "sqlite+pysqlite:///")):
+                raise ValueError(
+                    "DATABASE_URL for SQLite must be sqlite:///relative/or//abs/path.db"
+                )
+            return value
+        raise ValueError(f"DATABASE_URL scheme {scheme!r} is not supported (sqlite or postgresql)")
+
+    @field_validator("base_url")
+    @classmethod
+    def _absolute_base(cls, value: str | None) -> str | None:
+        """A base URL that is not absolute would produce broken Location headers."""
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("TRIALBRIDGE_BASE_URL must be an absolute http(s) URL")
+        return value.rstrip("/") if value else value
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True for the embedded database."""
+        return self.database_url.startswith("sqlite")
+
+    def sqlite_path(self) -> Path | None:
+        """File behind a SQLite URL, or None for in-memory/PostgreSQL."""
+        if not self.is_sqlite:
+            return None
+        path = self.database_url.split(":///", 1)[1]
+        return None if path in ("", ":memory:") else Path(path)
