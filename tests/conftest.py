@@ -1,0 +1,159 @@
+"""Shared fixtures: each test runs on a real SQLite file and a real PostgreSQL, over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+from sqlalchemy import Engine, text
+
+from api.app import create_app
+from service import migrate, store
+from service.db import make_engine
+from service.settings import Settings
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+STORE_TABLES = ("fhir_identifier", "fhir_reference", "fhir_resource_version", "fhir_resource")
+FHIR_JSON = {"content-type": "application/fhir+json"}
+
+
+def _admin_connect() -> psycopg.Connection[tuple[object, ...]]:
+    try:
+        return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:  # fail loudly: PostgreSQL is part of the test bed
+        raise RuntimeError(
+            f"PostgreSQL is required for the tests and is not reachable at {POSTGRES_ADMIN_URL}: "
+            f"{exc}. Start it or set TEST_POSTGRES_URL."
+        ) from exc
+
+
+def _pg_url(dbname: str) -> str:
+    base, _, _ = POSTGRES_ADMIN_URL.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def new_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Factory: a fresh, empty database URL of the given backend, dropped at the end."""
+    created: list[str] = []
+
+    def make(backend: str) -> str:
+        name = f"tb_test_{uuid.uuid4().hex[:12]}"
+        if backend == "sqlite":
+            return f"sqlite:///{tmp_path_factory.mktemp('db') / (name + '.db')}"
+        with _admin_connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+        created.append(name)
+        return _pg_url(name)
+
+    yield make
+    with _admin_connect() as conn:
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database backend under test; every dependent test runs on both."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def database_url(backend: str, new_database: object) -> str:
+    """A migrated database of the current backend, shared by the tests of this backend."""
+    url = new_database(backend)  # type: ignore[operator]
+    engine = make_engine(Settings(database_url=url))
+    migrate.upgrade(engine)
+    engine.dispose()
+    return str(url)
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    """A direct engine on the test database, for asserting what was (not) written."""
+    eng = make_engine(Settings(database_url=database_url))
+    yield eng
+    eng.dispose()
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """A uvicorn server running the real app on a loopback port."""
+
+    url: str
+    settings: Settings
+
+    @property
+    def fhir(self) -> str:
+        """Base URL of the FHIR endpoint."""
+        return f"{self.url}/fhir"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """Start the app in uvicorn on a free loopback port; returns once it accepts requests."""
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def server(database_url: str) -> Iterator[LiveServer]:
+    """The app served over real HTTP on the current backend."""
+    settings = Settings(database_url=database_url)
+    srv, thread, url = start_server(settings)
+    yield LiveServer(url, settings)
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def clear_store(engine: Engine) -> None:
+    """Empty every store table (children first)."""
+    with engine.begin() as conn:
+        for table in STORE_TABLES:
+            conn.execute(text(f"DELETE FROM {table}"))
+
+
+@pytest.fixture
+def fhir(server: LiveServer, engine: Engine) -> Iterator[httpx.Client]:
+    """An HTTP client on /fhir of an empty store."""
+    clear_store(engine)
+    with httpx.Client(base_url=server.fhir, headers=FHIR_JSON, timeout=60) as client:
+        yield client
+
+
+def counts(engine: Engine) -> dict[str, int]:
+    """Rows in every store table."""
+    from sqlmodel import Session
+
+    with Session(engine) as session:
+        return store.table_counts(session)
