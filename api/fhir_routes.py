@@ -71,6 +71,7 @@ async def import_ndjson(request: Request, store: StoreDep, settings: SettingsDep
 
 
 @router.post("", summary="Transaction, batch, collection or message Bundle")
+@router.post("/", include_in_schema=False)
 async def post_bundle(
     request: Request, store: StoreDep, settings: SettingsDep, base: BaseDep
 ) -> Response:

@@ -56,14 +56,14 @@ def new_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         if backend == "sqlite":
             return f"sqlite:///{tmp_path_factory.mktemp('db') / (name + '.db')}"
         with _admin_connect() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+            conn.execute(f'CREATE DATABASE "{name}"')
         created.append(name)
         return _pg_url(name)
 
     yield make
     with _admin_connect() as conn:
         for name in created:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])

@@ -1,0 +1,141 @@
+"""Concurrent identical writes leave one copy; a lost database leaves nothing half-written."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from sqlalchemy import Engine, event
+
+from service import migrate
+from service.db import make_engine
+from service.errors import FhirError
+from service.fhir_store import FhirStore
+from service.settings import Settings
+from tests.conftest import POSTGRES_ADMIN_URL, counts
+from tests.helpers import bundle, entry, observation, patient
+
+P_URN = "urn:uuid:0b7c2a4e-5f6d-4e3c-8b2a-9d8e7f6a5b01"
+
+
+def _transaction() -> bytes:
+    return bundle(
+        "transaction",
+        entry(patient("conc"), "POST", "Patient", P_URN),
+        entry(observation(P_URN, 12.5), "POST", "Observation"),  # no fullUrl: id from content
+        entry(
+            {
+                "resourceType": "Encounter",
+                "id": "enc-1",
+                "status": "finished",
+                "class": {"code": "AMB"},
+            },
+            "PUT",
+            "Encounter/enc-1",
+        ),
+    )
+
+
+def test_same_transaction_posted_8_times_at_once_leaves_one_copy(
+    server: Any, engine: Engine, fhir: httpx.Client
+) -> None:
+    body = _transaction()
+
+    def post(_: int) -> httpx.Response:
+        with httpx.Client(
+            base_url=server.fhir, headers={"content-type": "application/fhir+json"}, timeout=60
+        ) as client:
+            return client.post("/", content=body)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(post, range(8)))
+
+    assert all(r.status_code in (200, 409, 412) for r in responses), [
+        r.status_code for r in responses
+    ]
+    ok = [r.json() for r in responses if r.status_code == 200]
+    assert ok, "at least one of the eight must succeed"
+    locations = {
+        tuple(e["response"]["location"].split("/_history")[0] for e in b["entry"]) for b in ok
+    }
+    assert len(locations) == 1  # every success reports the same three resources
+    created = [
+        s for b in ok for s in (e["response"]["status"] for e in b["entry"]) if s.startswith("201")
+    ]
+    assert len(created) == 3  # each resource was created by exactly one request
+    assert counts(engine) == {
+        "fhir_resource": 3,
+        "fhir_resource_version": 3,
+        "fhir_identifier": 1,
+        "fhir_reference": 2,
+    }
+
+
+def test_replay_after_a_lost_response_returns_the_same_ids(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    first = fhir.post("/", content=_transaction()).json()
+    replay = fhir.post("/", content=_transaction()).json()
+    assert [e["response"]["location"] for e in replay["entry"]] == [
+        e["response"]["location"] for e in first["entry"]
+    ]
+    assert counts(engine)["fhir_resource_version"] == 3
+
+
+def test_identical_creates_in_parallel_give_one_resource(
+    server: Any, engine: Engine, fhir: httpx.Client
+) -> None:
+    body = patient("same-content", active=True)
+
+    def post(_: int) -> httpx.Response:
+        with httpx.Client(base_url=server.fhir, timeout=60) as client:
+            return client.post(
+                "/Patient", json=body, headers={"content-type": "application/fhir+json"}
+            )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(post, range(8)))
+    assert sorted(r.status_code for r in responses) == [200] * 7 + [201]
+    assert len({r.headers["location"] for r in responses}) == 1
+    assert counts(engine)["fhir_resource"] == 1
+
+
+def test_database_lost_mid_transaction_writes_nothing_and_says_transient(new_database: Any) -> None:
+    url = new_database("postgres")
+    settings = Settings(database_url=url, write_retries=1)
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    store = FhirStore(engine, settings)
+
+    def kill_connection(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO fhir_resource_version"):
+            pid = conn.connection.dbapi_connection.info.backend_pid
+            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    event.listen(engine, "before_cursor_execute", kill_connection)
+    from fhir_mapping.json_codec import loads
+
+    with pytest.raises(FhirError) as caught:
+        store.bundle(loads(_transaction()), ctx=store.context("test"))
+    event.remove(engine, "before_cursor_execute", kill_connection)
+    assert caught.value.status == 503
+    assert caught.value.issues[0].code == "transient"
+    assert counts(engine) == {
+        "fhir_resource": 0,
+        "fhir_resource_version": 0,
+        "fhir_identifier": 0,
+        "fhir_reference": 0,
+    }
+    engine.dispose()
+
+
+def test_unreachable_database_is_a_transient_error() -> None:
+    settings = Settings(database_url="postgresql://postgres@127.0.0.1:1/none", write_retries=1)
+    store = FhirStore(make_engine(settings), settings)
+    with pytest.raises(FhirError) as caught:
+        store.create("Patient", patient("x"), if_none_exist=None, ctx=store.context("test"))
+    assert (caught.value.status, caught.value.issues[0].code) == (503, "transient")

@@ -1,0 +1,120 @@
+"""Search: identifier, patient/subject, _id, _lastUpdated, paging; unknown parameters refused."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import httpx
+import pytest
+
+from tests.helpers import observation, patient
+
+
+def _ids(bundle: dict[str, object]) -> list[str]:
+    return [e["resource"]["id"] for e in bundle.get("entry", [])]  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def seeded(fhir: httpx.Client) -> httpx.Client:
+    fhir.put("/Patient/a", json=patient("1", id="a"))
+    both = [{"system": "urn:mrn", "value": "2"}, {"system": "urn:other", "value": "1"}]
+    fhir.put("/Patient/b", json=patient("2", id="b", identifier=both))
+    for i in range(5):
+        fhir.put(f"/Observation/oa{i}", json=observation("Patient/a", i, id=f"oa{i}"))
+    fhir.put("/Observation/ob", json=observation("Patient/b", id="ob"))
+    fhir.put("/Observation/og", json=observation("Group/a", id="og"))
+    return fhir
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("identifier=urn:mrn|1", ["a"]),
+        ("identifier=1", ["a", "b"]),
+        ("identifier=urn:other|", ["b"]),
+        ("identifier=urn:mrn|1,urn:mrn|2", ["a", "b"]),
+        ("identifier=urn:mrn|3", []),
+        ("_id=b", ["b"]),
+        ("_id=a,b", ["a", "b"]),
+    ],
+)
+def test_patient_search(seeded: httpx.Client, query: str, expected: list[str]) -> None:
+    result = seeded.get(f"/Patient?{query}").json()
+    assert result["type"] == "searchset"
+    assert result["total"] == len(expected)
+    assert _ids(result) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("patient=a", ["oa0", "oa1", "oa2", "oa3", "oa4"]),
+        ("patient=Patient/b", ["ob"]),
+        ("subject=Group/a", ["og"]),
+        ("subject=a", ["oa0", "oa1", "oa2", "oa3", "oa4", "og"]),
+        ("subject:Patient=a", ["oa0", "oa1", "oa2", "oa3", "oa4"]),
+        ("patient=a&_id=oa3", ["oa3"]),
+    ],
+)
+def test_reference_search(seeded: httpx.Client, query: str, expected: list[str]) -> None:
+    assert _ids(seeded.get(f"/Observation?{query}").json()) == expected
+
+
+def test_paging_follows_next_links_and_sees_each_match_once(seeded: httpx.Client) -> None:
+    url: str | None = "/Observation?patient=a&_count=2"
+    pages: list[list[str]] = []
+    while url:
+        page = seeded.get(url).json()
+        assert page["total"] == 5
+        pages.append(_ids(page))
+        nxt = [link["url"] for link in page["link"] if link["relation"] == "next"]
+        url = nxt[0] if nxt else None
+    assert pages == [["oa0", "oa1"], ["oa2", "oa3"], ["oa4"]]
+
+
+def test_count_zero_gives_only_the_total(seeded: httpx.Client) -> None:
+    result = seeded.get("/Observation?patient=a&_count=0").json()
+    assert (result["total"], result["entry"]) == (5, [])
+
+
+def test_last_updated_bounds(seeded: httpx.Client) -> None:
+    today = dt.datetime.now(dt.UTC).date()
+    assert seeded.get(f"/Patient?_lastUpdated=ge{today.isoformat()}").json()["total"] == 2
+    assert seeded.get(f"/Patient?_lastUpdated=lt{today.isoformat()}").json()["total"] == 0
+    assert seeded.get(f"/Patient?_lastUpdated={today.year}").json()["total"] == 2
+    assert seeded.get(f"/Patient?_lastUpdated=gt{today.year}").json()["total"] == 0
+
+
+def test_deleted_resources_are_not_found(seeded: httpx.Client) -> None:
+    seeded.delete("/Observation/oa0")
+    assert _ids(seeded.get("/Observation?patient=a").json()) == ["oa1", "oa2", "oa3", "oa4"]
+
+
+def test_updates_move_the_index(seeded: httpx.Client) -> None:
+    seeded.put("/Observation/ob", json=observation("Patient/a", id="ob"))
+    assert seeded.get("/Observation?patient=b").json()["total"] == 0
+    assert seeded.get("/Observation?patient=a").json()["total"] == 6
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "code"),
+    [
+        ("date=2025", 400, "not-supported"),
+        ("identifier:text=x", 400, "not-supported"),
+        ("_count=-1", 400, "invalid"),
+        ("_lastUpdated=yesterday", 400, "invalid"),
+        ("_cursor=%%%", 400, "invalid"),
+        ("patient=Group/a", 400, "invalid"),
+    ],
+)
+def test_bad_search_parameters_are_refused(
+    seeded: httpx.Client, query: str, status: int, code: str
+) -> None:
+    response = seeded.get(f"/Observation?{query}")
+    assert response.status_code == status
+    assert response.json()["issue"][0]["code"] == code
+
+
+def test_unknown_resource_type_is_404(fhir: httpx.Client) -> None:
+    response = fhir.get("/Composition?_id=x")
+    assert (response.status_code, response.json()["issue"][0]["code"]) == (404, "not-supported")

@@ -1,0 +1,211 @@
+"""Transaction semantics: atomic, order-independent, references rewritten, conditional logic."""
+
+from __future__ import annotations
+
+import httpx
+from sqlalchemy import Engine
+
+from tests.conftest import counts
+from tests.helpers import bundle, entry, observation, patient, statuses
+
+P_URN = "urn:uuid:6d1bd0a8-0a8e-4b8e-9f3a-1f6f0c1e2a01"
+O_URN = "urn:uuid:6d1bd0a8-0a8e-4b8e-9f3a-1f6f0c1e2a02"
+
+
+def _post(fhir: httpx.Client, body: bytes) -> httpx.Response:
+    return fhir.post("", content=body)
+
+
+def test_urn_references_are_rewritten_whatever_the_entry_order(fhir: httpx.Client) -> None:
+    # The Observation comes first and points forward at the Patient.
+    body = bundle(
+        "transaction",
+        entry(observation(P_URN), "POST", "Observation", O_URN),
+        entry(patient("123"), "POST", "Patient", P_URN),
+    )
+    response = _post(fhir, body)
+    assert response.status_code == 200
+    result = response.json()
+    assert result["type"] == "transaction-response"
+    assert statuses(result) == ["201 Created", "201 Created"]
+    obs_location, patient_location = (e["response"]["location"] for e in result["entry"])
+    patient_id = patient_location.split("/")[1]
+    assert patient_id == P_URN.removeprefix("urn:uuid:")
+    stored = fhir.get(obs_location.split("/_history")[0]).json()
+    assert stored["subject"] == {"reference": f"Patient/{patient_id}"}
+
+
+def test_reference_cycles_between_entries_resolve(fhir: httpx.Client) -> None:
+    a = {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"code": "AMB"},
+        "partOf": {"reference": O_URN},
+    }
+    b = {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"code": "AMB"},
+        "partOf": {"reference": P_URN},
+    }
+    response = _post(
+        fhir,
+        bundle(
+            "transaction",
+            entry(a, "POST", "Encounter", P_URN),
+            entry(b, "POST", "Encounter", O_URN),
+        ),
+    )
+    assert response.status_code == 200
+    first = fhir.get(f"/Encounter/{P_URN[9:]}").json()
+    second = fhir.get(f"/Encounter/{O_URN[9:]}").json()
+    assert first["partOf"]["reference"] == f"Encounter/{O_URN[9:]}"
+    assert second["partOf"]["reference"] == f"Encounter/{P_URN[9:]}"
+
+
+def test_replaying_a_transaction_returns_the_same_ids_and_writes_nothing(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    body = bundle(
+        "transaction",
+        entry(patient("123"), "POST", "Patient", P_URN),
+        entry(observation(P_URN), "POST", "Observation", O_URN),
+    )
+    first = _post(fhir, body).json()
+    before = counts(engine)
+    second = _post(fhir, body).json()
+    assert statuses(second) == ["200 OK", "200 OK"]
+    assert [e["response"]["location"] for e in second["entry"]] == [
+        e["response"]["location"] for e in first["entry"]
+    ]
+    assert counts(engine) == before
+
+
+def test_if_none_exist_reuses_the_match_and_references_point_at_it(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    existing = fhir.put("/Patient/known", json=patient("777", id="known"))
+    assert existing.status_code == 201
+    body = bundle(
+        "transaction",
+        entry(
+            patient("777", active=True),
+            "POST",
+            "Patient",
+            P_URN,
+            ifNoneExist="identifier=urn:mrn|777",
+        ),
+        entry(observation(P_URN), "POST", "Observation", O_URN),
+    )
+    result = _post(fhir, body).json()
+    assert statuses(result) == ["200 OK", "201 Created"]
+    assert result["entry"][0]["response"]["location"] == "Patient/known/_history/1"
+    assert fhir.get(f"/Observation/{O_URN[9:]}").json()["subject"]["reference"] == "Patient/known"
+    assert counts(engine)["fhir_resource"] == 2
+
+
+def test_conditional_reference_resolves_to_the_single_match(fhir: httpx.Client) -> None:
+    fhir.put("/Patient/p1", json=patient("555", id="p1"))
+    body = bundle(
+        "transaction",
+        entry(observation("Patient?identifier=urn:mrn|555"), "POST", "Observation", O_URN),
+    )
+    assert _post(fhir, body).status_code == 200
+    assert fhir.get(f"/Observation/{O_URN[9:]}").json()["subject"]["reference"] == "Patient/p1"
+
+
+def test_put_update_delete_and_get_are_processed_in_spec_order(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    fhir.put("/Patient/gone", json=patient("1", id="gone"))
+    fhir.put("/Patient/kept", json=patient("2", id="kept"))
+    body = bundle(
+        "transaction",
+        {"request": {"method": "GET", "url": "Patient/kept"}},
+        entry(patient("2", id="kept", active=True), "PUT", "Patient/kept"),
+        {"request": {"method": "DELETE", "url": "Patient/gone"}},
+    )
+    result = _post(fhir, body).json()
+    assert statuses(result) == ["200 OK", "200 OK", "204 No Content"]
+    assert (
+        result["entry"][0]["response"]["etag"] == 'W/"2"'
+    )  # GET sees the PUT of the same transaction
+    assert fhir.get("/Patient/gone").status_code == 410
+    assert fhir.get("/Patient/kept").json()["active"] is True
+    assert counts(engine)["fhir_resource_version"] == 4
+
+
+def test_if_match_on_the_current_version_updates(fhir: httpx.Client) -> None:
+    fhir.put("/Patient/v", json=patient("9", id="v"))
+    body = bundle(
+        "transaction",
+        entry(patient("9", id="v", active=False), "PUT", "Patient/v", ifMatch='W/"1"'),
+    )
+    result = _post(fhir, body).json()
+    assert result["entry"][0]["response"]["etag"] == 'W/"2"'
+
+
+def test_conditional_update_and_delete_inside_a_transaction(fhir: httpx.Client) -> None:
+    fhir.put("/Patient/c1", json=patient("c1", id="c1"))
+    body = bundle(
+        "transaction",
+        entry(patient("c1", active=True), "PUT", "Patient?identifier=urn:mrn|c1"),
+        entry(patient("new"), "PUT", "Patient?identifier=urn:mrn|new", P_URN),
+    )
+    result = _post(fhir, body).json()
+    assert statuses(result) == ["200 OK", "201 Created"]
+    assert result["entry"][0]["response"]["location"] == "Patient/c1/_history/2"
+    deleting = bundle(
+        "transaction", {"request": {"method": "DELETE", "url": "Patient?identifier=urn:mrn|c1"}}
+    )
+    assert statuses(_post(fhir, deleting).json()) == ["204 No Content"]
+    assert fhir.get("/Patient/c1").status_code == 410
+
+
+def test_delete_then_recreate_continues_the_version_history(fhir: httpx.Client) -> None:
+    assert fhir.put("/Patient/r", json=patient("r", id="r")).status_code == 201
+    assert fhir.delete("/Patient/r").status_code == 204
+    recreated = fhir.put("/Patient/r", json=patient("r", id="r"))
+    assert recreated.status_code == 201
+    assert recreated.headers["etag"] == 'W/"3"'
+    assert fhir.get("/Patient/r/_history/2").status_code == 410
+    assert fhir.get("/Patient/r/_history/1").json()["meta"]["versionId"] == "1"
+
+
+def test_collection_is_an_atomic_upsert(fhir: httpx.Client, engine: Engine) -> None:
+    body = bundle(
+        "collection",
+        {"fullUrl": P_URN, "resource": patient("col")},
+        {"fullUrl": "http://hospital.example/fhir/Observation/o-1", "resource": observation(P_URN)},
+    )
+    result = _post(fhir, body).json()
+    assert statuses(result) == ["201 Created", "201 Created"]
+    assert fhir.get("/Observation/o-1").json()["subject"]["reference"] == f"Patient/{P_URN[9:]}"
+    again = _post(fhir, body).json()
+    assert statuses(again) == ["200 OK", "200 OK"]
+    assert counts(engine)["fhir_resource_version"] == 2
+
+
+def test_message_stores_everything_but_the_header(fhir: httpx.Client, engine: Engine) -> None:
+    header = {
+        "resourceType": "MessageHeader",
+        "eventCoding": {"code": "admin-notify"},
+        "source": {"endpoint": "urn:x"},
+    }
+    body = bundle("message", {"resource": header}, {"fullUrl": P_URN, "resource": patient("msg")})
+    result = _post(fhir, body).json()
+    assert statuses(result) == ["201 Created"]
+    assert counts(engine)["fhir_resource"] == 1
+
+
+def test_empty_transaction_answers_an_empty_response(fhir: httpx.Client) -> None:
+    result = _post(fhir, bundle("transaction"))
+    assert result.status_code == 200
+    assert result.json()["entry"] == []
+
+
+def test_prefer_representation_returns_the_stored_resources(fhir: httpx.Client) -> None:
+    body = bundle("transaction", entry(patient("rep"), "POST", "Patient", P_URN))
+    result = fhir.post("", content=body, headers={"prefer": "return=representation"}).json()
+    assert result["entry"][0]["resource"]["id"] == P_URN[9:]
+    assert result["entry"][0]["resource"]["meta"]["versionId"] == "1"
