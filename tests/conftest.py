@@ -103,7 +103,7 @@ class LiveServer:
         return f"{self.url}/fhir"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -111,7 +111,7 @@ def _free_port() -> int:
 
 def start_server(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, str]:
     """Start the app in uvicorn on a free loopback port; returns once it accepts requests."""
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
     )

@@ -1,0 +1,211 @@
+"""Pure FHIR logic: lossless JSON, strict validation, references, Bundle parsing (no database)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fhir_mapping.bundles import derived_id, parse_bundle, parse_etag
+from fhir_mapping.issues import InvalidContentError
+from fhir_mapping.json_codec import content_hash, dumps, loads
+from fhir_mapping.references import identifier_index, parse_reference, reference_index
+from fhir_mapping.validation import validate_resource
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"v":0.10}',
+        b'{"v":1e5}',
+        b'{"v":-0.0}',
+        b'{"v":123456789012345678901234567890.123456789}',
+        b'{"d":"2025-06","t":"2016-12-31T23:59:60Z","o":"2025-01-01T00:30:00+14:00"}',
+        b'{"u":"\\u00e9\\ud83d\\ude00","n":null,"b":[true,false]}',
+    ],
+)
+def test_round_trip_keeps_the_lexical_form(text: bytes) -> None:
+    assert dumps(loads(text)) == text.replace(b"\\u00e9", "é".encode()).replace(
+        b"\\ud83d\\ude00", "😀".encode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (b'{"a":1,"a":2}', "duplicate key"),
+        (b'{"a":NaN}', "NaN"),
+        (b'{"a":-Infinity}', "-Infinity"),
+        (b"\xef\xbb\xbf{}", "byte-order mark"),
+        (b'{"a":1} {}', "extra data"),
+        (b"\xff", "not valid UTF-8"),
+        (b'{"a":', "malformed JSON"),
+    ],
+)
+def test_refused_json(text: bytes, needle: str) -> None:
+    with pytest.raises(InvalidContentError) as caught:
+        loads(text)
+    assert needle in str(caught.value)
+    assert caught.value.issues[0].code == "structure"
+
+
+def test_content_hash_ignores_key_order_id_and_server_meta() -> None:
+    a = loads(b'{"resourceType":"Patient","id":"1","active":true,"meta":{"versionId":"3"}}')
+    b = loads(b'{"active":true,"resourceType":"Patient","id":"2"}')
+    c = loads(b'{"resourceType":"Patient","active":true,"meta":{"source":"x"}}')
+    assert content_hash(a) == content_hash(b)
+    assert content_hash(a) != content_hash(c)
+    assert content_hash(loads(b'{"v":0.10}')) != content_hash(loads(b'{"v":0.1}'))
+
+
+def test_derived_id_is_a_stable_uuid_of_the_content() -> None:
+    one = loads(b'{"resourceType":"Patient","active":true}')
+    assert derived_id("Patient", one) == derived_id("Patient", dict(one))
+    assert derived_id("Patient", one) != derived_id("Patient", {**one, "active": False})
+
+
+def _issues(resource: dict[str, Any]) -> list[tuple[str, tuple[str, ...]]]:
+    with pytest.raises(InvalidContentError) as caught:
+        validate_resource(resource)
+    return [(i.code, i.expression) for i in caught.value.issues]
+
+
+OBS: dict[str, Any] = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [
+        (
+            {**OBS, "valueQuantity": {"value": "5"}},
+            [("value", ("Observation.valueQuantity.value",))],
+        ),
+        ({**OBS, "valueInteger": 1.5}, [("value", ("Observation.valueInteger",))]),
+        ({**OBS, "valueBoolean": 1}, [("value", ("Observation.valueBoolean",))]),
+        ({**OBS, "status": "done"}, [("code-invalid", ("Observation.status",))]),
+        (
+            {**OBS, "effectiveDateTime": "2025-01-01T10:00:00"},
+            [("value", ("Observation.effectiveDateTime",))],
+        ),
+        ({**OBS, "bogus": 1}, [("structure", ("Observation.bogus",))]),
+        ({**OBS, "category": []}, [("structure", ("Observation.category",))]),
+        ({**OBS, "category": {"text": "x"}}, [("structure", ("Observation.category",))]),
+        ({**OBS, "note": [None]}, [("structure", ("Observation.note[0]",))]),
+        (
+            {"resourceType": "Observation", "code": {"text": "x"}},
+            [("required", ("Observation.status",))],
+        ),
+        (
+            {**OBS, "modifierExtension": [{"url": "http://x", "valueBoolean": True}]},
+            [("extension", ("Observation.modifierExtension",))],
+        ),
+        (
+            {**OBS, "component": [{"code": {"text": "c"}, "valueQuantity": {"value": True}}]},
+            [("value", ("Observation.component[0].valueQuantity.value",))],
+        ),
+        (
+            {**OBS, "contained": [{"resourceType": "Patient", "id": "p", "gender": "F"}]},
+            [("code-invalid", ("Observation.contained[0].gender",))],
+        ),
+        ({"resourceType": "Composition"}, [("not-supported", ("Composition",))]),
+        ({"status": "final"}, [("required", ("resource",))]),
+    ],
+)
+def test_validation_names_the_element(
+    resource: dict[str, Any], expected: list[tuple[str, tuple[str, ...]]]
+) -> None:
+    assert _issues(resource) == expected
+
+
+def test_validation_accepts_primitive_extensions_and_collects_references() -> None:
+    resource = {
+        "resourceType": "Patient",
+        "name": [
+            {
+                "given": ["A", None],
+                "_given": [None, {"extension": [{"url": "u", "valueString": "B"}]}],
+            }
+        ],
+        "generalPractitioner": [{"reference": "Practitioner/1"}],
+        "managingOrganization": {"reference": "Organization?identifier=x|1"},
+        "birthDate": "1970-06",
+    }
+    checked = validate_resource(resource)
+    assert [path for path, _ in checked.references] == [
+        "Patient.generalPractitioner[0]",
+        "Patient.managingOrganization",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ref", "kind", "rtype", "rid", "vid"),
+    [
+        ("Patient/123", "literal", "Patient", "123", None),
+        ("Patient/123/_history/4", "literal", "Patient", "123", "4"),
+        ("https://h.example/fhir/Patient/123", "absolute", "Patient", "123", None),
+        ("urn:uuid:9c1f6c9e-0000-4000-8000-000000000000", "urn", None, None, None),
+        ("Patient?identifier=urn:mrn|1", "conditional", "Patient", None, None),
+        ("#med1", "contained", None, "med1", None),
+        ("not a reference", "other", None, None, None),
+    ],
+)
+def test_parse_reference(
+    ref: str, kind: str, rtype: str | None, rid: str | None, vid: str | None
+) -> None:
+    parsed = parse_reference(ref)
+    assert (parsed.kind, parsed.resource_type, parsed.resource_id, parsed.version_id) == (
+        kind,
+        rtype,
+        rid,
+        vid,
+    )
+
+
+def test_indexes() -> None:
+    obs = {
+        **OBS,
+        "subject": {"reference": "Patient/p1"},
+        "identifier": [{"system": "s", "value": "v"}, {"value": "w"}],
+    }
+    assert reference_index("Observation", obs) == [
+        ("patient", "Patient", "p1"),
+        ("subject", "Patient", "p1"),
+    ]
+    group = {**OBS, "subject": {"reference": "Group/g"}}
+    assert reference_index("Observation", group) == [("subject", "Group", "g")]
+    assert identifier_index(obs) == [(None, "w"), ("s", "v")]
+
+
+def test_parse_etag() -> None:
+    assert parse_etag('W/"3"', "x") == 3
+    assert parse_etag('"12"', "x") == 12
+    assert parse_etag(None, "x") is None
+    with pytest.raises(InvalidContentError):
+        parse_etag("W/abc", "If-Match")
+
+
+def test_parse_bundle_collects_every_bad_entry() -> None:
+    kind, entries, failures = parse_bundle(
+        {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                {"resource": {**OBS}, "request": {"method": "POST", "url": "Observation"}},
+                {
+                    "resource": {**OBS, "status": "x"},
+                    "request": {"method": "POST", "url": "Observation"},
+                },
+                {"request": {"method": "PATCH", "url": "Observation/1"}},
+                {"request": {"method": "GET", "url": "Observation/1/_history/2"}},
+            ],
+        }
+    )
+    assert kind == "batch"
+    assert [(e.index, e.method, e.version_id) for e in entries] == [
+        (0, "POST", None),
+        (3, "GET", "2"),
+    ]
+    assert [(i, exc.issues[0].code) for i, exc in failures] == [
+        (1, "code-invalid"),
+        (2, "not-supported"),
+    ]
