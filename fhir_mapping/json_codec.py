@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -45,6 +46,11 @@ _DECODER = json.JSONDecoder(
 )
 
 
+# FHIR strings SHALL NOT contain characters below U+0020 other than tab, CR and LF. Raw ones are
+# already refused by the strict decoder; this finds escaped ones (an even run of backslashes first).
+_CONTROL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u00(?:0[0-8bBcCeEfF]|1[0-9a-fA-F])")
+
+
 def _syntax_issue(message: str) -> InvalidContentError:
     return InvalidContentError([Issue("structure", message)])
 
@@ -69,8 +75,21 @@ def loads_text(text: str, *, where: str = "") -> Any:
         ) from exc
     except ValueError as exc:  # duplicate keys, NaN/Infinity, overflow
         raise _syntax_issue(f"{where}{exc}") from exc
+    except RecursionError as exc:
+        raise _syntax_issue(f"{where}JSON is nested too deeply") from exc
     if _skip_ws(text, end) != len(text):
         raise _syntax_issue(f"{where}malformed JSON: extra data after the document")
+    control = _CONTROL_ESCAPE.search(text)
+    if control:
+        escape = control.group(0).lstrip("\\")
+        raise InvalidContentError(
+            [
+                Issue(
+                    "value",
+                    f"{where}strings may not contain control character \\{escape} (FHIR string rules)",
+                )
+            ]
+        )
     return obj
 
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 from fhir_mapping.resource_types import PATIENT_ONLY_PARAMS, REFERENCE_PARAMS
 
 ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_TYPE = r"[A-Z][A-Za-z]+"
+_TYPE = r"[A-Z][A-Za-z]{1,63}"
 _RELATIVE = re.compile(
     rf"(?:(?P<base>https?://.+)/)?(?P<type>{_TYPE})/(?P<id>[A-Za-z0-9\-.]{{1,64}})(?:/_history/(?P<vid>[A-Za-z0-9\-.]{{1,64}}))?"
 )
@@ -82,12 +82,18 @@ def reference_index(
     return sorted(rows)
 
 
+# Longer identifier systems/values are stored with the resource but not indexed for search.
+INDEXED_TEXT_MAX = 1024
+
+
 def identifier_index(resource: dict[str, Any]) -> list[tuple[str | None, str]]:
-    """(system, value) of each top-level identifier that has a value."""
+    """(system, value) of each top-level identifier that has a value short enough to index."""
     value = resource.get("identifier")
     rows: set[tuple[str | None, str]] = set()
     for ident in value if isinstance(value, list) else [value]:
         if isinstance(ident, dict) and isinstance(ident.get("value"), str):
             system = ident.get("system")
-            rows.add((system if isinstance(system, str) else None, ident["value"]))
+            system = system if isinstance(system, str) else None
+            if len(ident["value"]) <= INDEXED_TEXT_MAX and len(system or "") <= INDEXED_TEXT_MAX:
+                rows.add((system, ident["value"]))
     return sorted(rows, key=lambda r: (r[0] or "", r[1]))

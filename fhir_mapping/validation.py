@@ -276,12 +276,22 @@ def _pydantic_issues(exc: ValidationError, root: str) -> list[Issue]:
 def validate_resource(obj: Any, *, path: str = "") -> CheckedResource:
     """Validate one resource as FHIR R4 JSON; raise InvalidContentError naming every bad element."""
     walker = _Walker()
-    rtype = walker.resource(obj, path)
+    try:
+        rtype = walker.resource(obj, path)
+    except RecursionError as exc:
+        where = path or "resource"
+        raise InvalidContentError(
+            [Issue("structure", f"{where} is nested too deeply", (where,))]
+        ) from exc
     if walker.issues or rtype is None:
         raise InvalidContentError(walker.issues)
     model = get_fhir_model_class(rtype)
     try:
         model.model_validate(obj)
+    except RecursionError as exc:
+        raise InvalidContentError(
+            [Issue("structure", f"{path or rtype} is nested too deeply", (path or rtype,))]
+        ) from exc
     except ValidationError as exc:
         raise InvalidContentError(_pydantic_issues(exc, path or rtype)) from exc
     except (ValueError, TypeError) as exc:  # fhir.resources raises plain errors for some checks

@@ -22,9 +22,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+WRITE = {"trialbridge_write": True}
+
+
 def _sqlite_begin(conn: Any) -> None:
-    # IMMEDIATE takes the write lock up front, so two writers queue instead of deadlocking.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers BEGIN IMMEDIATE: they take the write lock up front and queue instead of failing to
+    # upgrade a read lock; readers BEGIN DEFERRED and, with WAL, never wait for a writer.
+    write = conn.get_execution_options().get("trialbridge_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -50,8 +55,8 @@ def make_engine(settings: Settings) -> Engine:
 
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any error."""
-    with Session(engine, expire_on_commit=False) as session:
+    """One unit of work that writes: commit on success, roll back on any error."""
+    with Session(engine.execution_options(**WRITE), expire_on_commit=False) as session:
         try:
             yield session
             session.commit()

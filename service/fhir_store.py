@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Session
 
 from fhir_mapping.bundles import Entry, parse_bundle, parse_conditional, parse_etag, resource_entry
@@ -79,6 +79,13 @@ class FhirStore:
                         409,
                         "conflict",
                         "the same resources were being written concurrently; retry the request",
+                    ) from exc
+                if isinstance(
+                    exc, DataError
+                ):  # a value our validation let through but the DB refuses
+                    log.warning("value refused by the database: %s", exc)
+                    raise FhirError.of(
+                        400, "value", "a value cannot be stored by this server; nothing was written"
                     ) from exc
                 if isinstance(exc, OperationalError):
                     log.warning("database unavailable: %s", exc)

@@ -1,0 +1,750 @@
+"""FHIR input that breaks naive code: refused with the right OperationOutcome, nothing half-written.
+
+Every test seeds the store, records the row counts, sends one bad request over real HTTP and checks
+the exact status, the OperationOutcome issue code and the FHIRPath of the offending element, then
+that the store is exactly as before. Runs on SQLite and PostgreSQL (the `backend` fixture).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpcore
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from service.settings import Settings
+from tests.conftest import LiveServer, counts
+
+MIB = 1024 * 1024
+SEEDED = {
+    "fhir_resource": 1,
+    "fhir_resource_version": 1,
+    "fhir_identifier": 1,
+    "fhir_reference": 0,
+}
+VALID_PATIENT = b'{"resourceType":"Patient","identifier":[{"system":"urn:mrn","value":"new-1"}]}'
+
+
+@pytest.fixture(autouse=True)
+def no_server_errors(fhir: httpx.Client) -> None:
+    """No request in this file may be answered with a 5xx."""
+
+    def check(response: httpx.Response) -> None:
+        if response.status_code >= 500:
+            response.read()
+            raise AssertionError(
+                f"{response.request.method} {response.request.url} -> "
+                f"{response.status_code}: {response.text}"
+            )
+
+    fhir.event_hooks["response"].append(check)
+
+
+def seed(fhir: httpx.Client, engine: Engine) -> dict[str, int]:
+    """One valid Patient (identifier urn:mrn|seed); returns the counts afterwards."""
+    created = fhir.post(
+        "/Patient",
+        content=b'{"resourceType":"Patient","identifier":[{"system":"urn:mrn","value":"seed"}],"active":true}',
+    )
+    assert created.status_code == 201, created.text
+    before = counts(engine)
+    assert before == SEEDED
+    return before
+
+
+def put_patient(fhir: httpx.Client, rid: str, mrn: str) -> None:
+    """Create Patient/{rid} with identifier urn:mrn|{mrn} at version 1."""
+    body = {
+        "resourceType": "Patient",
+        "id": rid,
+        "identifier": [{"system": "urn:mrn", "value": mrn}],
+    }
+    created = fhir.put(f"/Patient/{rid}", content=json.dumps(body).encode())
+    assert created.status_code == 201, created.text
+    assert created.headers["etag"] == 'W/"1"'
+
+
+def seed_twins(fhir: httpx.Client, engine: Engine) -> dict[str, int]:
+    """The seed plus Patient/a and Patient/b, both with identifier urn:mrn|twin."""
+    seed(fhir, engine)
+    put_patient(fhir, "a", "twin")
+    put_patient(fhir, "b", "twin")
+    before = counts(engine)
+    assert before == {
+        "fhir_resource": 3,
+        "fhir_resource_version": 3,
+        "fhir_identifier": 3,
+        "fhir_reference": 0,
+    }
+    return before
+
+
+def assert_outcome(
+    response: httpx.Response, status: int, code: str, expression: str | None = None
+) -> dict[str, Any]:
+    """Exact status, an OperationOutcome, issue[0].code, and (when given) the element named."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    assert body["issue"][0]["code"] == code, body
+    if expression is not None:
+        named = [e for issue in body["issue"] for e in issue.get("expression", [])]
+        assert expression in named, body
+    return body
+
+
+def transaction(*entries: dict[str, Any], kind: str = "transaction") -> bytes:
+    """A Bundle of the given type as a request body."""
+    return json.dumps({"resourceType": "Bundle", "type": kind, "entry": list(entries)}).encode()
+
+
+def post_entry(resource: dict[str, Any], **request: str) -> dict[str, Any]:
+    """A POST entry for the resource's type."""
+    return {
+        "resource": resource,
+        "request": {"method": "POST", "url": resource["resourceType"], **request},
+    }
+
+
+def observation(subject_reference: str) -> dict[str, Any]:
+    """A minimal valid Observation about the given subject."""
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "weight"},
+        "subject": {"reference": subject_reference},
+    }
+
+
+# -- JSON that is not (FHIR) JSON ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/Patient", b'{"resourceType":', id="malformed"),
+        pytest.param("/Patient", b'\xef\xbb\xbf{"resourceType":"Patient"}', id="utf8-bom"),
+        pytest.param(
+            "/Patient", b'{"resourceType":"Patient","active":true,"active":false}', id="dup-keys"
+        ),
+        pytest.param(
+            "/Observation",
+            b'{"resourceType":"Observation","status":"final","code":{"text":"w"},'
+            b'"valueQuantity":{"value":NaN}}',
+            id="nan",
+        ),
+        pytest.param(
+            "/Observation",
+            b'{"resourceType":"Observation","status":"final","code":{"text":"w"},'
+            b'"valueQuantity":{"value":Infinity}}',
+            id="infinity",
+        ),
+        pytest.param("/Patient", b"", id="empty-body"),
+        pytest.param("/Patient", b'[{"resourceType":"Patient"}]', id="json-array"),
+    ],
+)
+def test_unparseable_json_is_a_structure_error(
+    fhir: httpx.Client, engine: Engine, path: str, body: bytes
+) -> None:
+    before = seed(fhir, engine)
+    response = fhir.post(path, content=body)
+    assert_outcome(response, 400, "structure")
+    assert counts(engine) == before
+
+
+def test_unpaired_surrogate_escape_is_a_value_error(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    response = fhir.post(
+        "/Patient", content=b'{"resourceType":"Patient","name":[{"text":"\\ud800"}]}'
+    )
+    assert_outcome(response, 400, "value")
+    assert counts(engine) == before
+
+
+# -- media types --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        pytest.param("application/xml", id="xml"),
+        pytest.param("text/plain", id="text-plain"),
+        pytest.param(None, id="no-content-type"),
+        pytest.param("application/fhir+json; fhirVersion=5.0", id="fhirVersion-5.0"),
+    ],
+)
+def test_wrong_content_type_is_unsupported_media_type(
+    fhir: httpx.Client, engine: Engine, content_type: str | None
+) -> None:
+    before = seed(fhir, engine)
+    request = fhir.build_request("POST", "/Patient", content=VALID_PATIENT)
+    if content_type is None:
+        del request.headers["content-type"]
+    else:
+        request.headers["content-type"] = content_type
+    response = fhir.send(request)
+    assert_outcome(response, 415, "not-supported")
+    assert counts(engine) == before
+
+
+def test_plain_application_json_is_accepted(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    response = fhir.post(
+        "/Patient", content=VALID_PATIENT, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["resourceType"] == "Patient"
+    assert counts(engine) == {
+        "fhir_resource": before["fhir_resource"] + 1,
+        "fhir_resource_version": before["fhir_resource_version"] + 1,
+        "fhir_identifier": before["fhir_identifier"] + 1,
+        "fhir_reference": before["fhir_reference"],
+    }
+
+
+def test_accept_xml_only_is_not_acceptable(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    response = fhir.post(
+        "/Patient", content=VALID_PATIENT, headers={"accept": "application/fhir+xml"}
+    )
+    assert_outcome(response, 406, "not-supported")
+    assert counts(engine) == before
+
+
+# -- schema violations --------------------------------------------------------------------------
+
+_OBS = '"resourceType":"Observation","code":{"text":"weight"}'
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "code", "expression"),
+    [
+        pytest.param(
+            "/Observation",
+            "{" + _OBS + ',"status":"final","effectiveDateTime":"2025-01-01T10:00:00"}',
+            "value",
+            "Observation.effectiveDateTime",
+            id="datetime-without-zone",
+        ),
+        pytest.param(
+            "/Observation",
+            "{" + _OBS + ',"status":"final","valueQuantity":{"value":"5","unit":"kg"}}',
+            "value",
+            "Observation.valueQuantity.value",
+            id="string-for-number",
+        ),
+        pytest.param(
+            "/Patient",
+            '{"resourceType":"Patient","active":"true"}',
+            "value",
+            "Patient.active",
+            id="string-for-boolean",
+        ),
+        pytest.param(
+            "/Patient",
+            '{"resourceType":"Patient","foo":1}',
+            "structure",
+            "Patient.foo",
+            id="unknown-element",
+        ),
+        pytest.param(
+            "/Observation",
+            "{" + _OBS + ',"status":"bogus"}',
+            "code-invalid",
+            "Observation.status",
+            id="unknown-status-code",
+        ),
+        pytest.param(
+            "/Patient",
+            '{"resourceType":"Patient","birthDate":"2025-02-30"}',
+            "value",
+            "Patient.birthDate",
+            id="february-30",
+        ),
+        pytest.param(
+            "/Observation",
+            "{" + _OBS + "}",
+            "required",
+            "Observation.status",
+            id="missing-status",
+        ),
+    ],
+)
+def test_schema_violation_is_refused(
+    fhir: httpx.Client, engine: Engine, path: str, body: str, code: str, expression: str
+) -> None:
+    before = seed(fhir, engine)
+    response = fhir.post(path, content=body.encode())
+    assert_outcome(response, 400, code, expression)
+    assert counts(engine) == before
+
+
+# -- not R4, not ours ---------------------------------------------------------------------------
+
+
+def test_r5_element_is_refused_with_a_hint(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    body = {
+        "resourceType": "MedicationAdministration",
+        "status": "completed",
+        "medicationCodeableConcept": {"text": "dupilumab 300 mg"},
+        "subject": {"reference": "Patient/seed"},
+        "occurenceDateTime": "2025-01-01T10:00:00Z",
+    }
+    response = fhir.post("/MedicationAdministration", content=json.dumps(body).encode())
+    outcome = assert_outcome(
+        response, 400, "structure", "MedicationAdministration.occurenceDateTime"
+    )
+    assert "R5" in outcome["issue"][0]["diagnostics"]
+    assert counts(engine) == before
+
+
+def test_unaccepted_resource_type_is_not_found(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    body = {
+        "resourceType": "Composition",
+        "status": "final",
+        "type": {"text": "summary"},
+        "date": "2025-01-01",
+        "author": [{"display": "x"}],
+        "title": "t",
+    }
+    response = fhir.post("/Composition", content=json.dumps(body).encode())
+    assert_outcome(response, 404, "not-supported")
+    assert counts(engine) == before
+
+
+def test_body_type_differing_from_url_type_is_invalid(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    body = "{" + _OBS + ',"status":"final"}'
+    response = fhir.post("/Patient", content=body.encode())
+    assert_outcome(response, 400, "invalid", "resourceType")
+    assert counts(engine) == before
+
+
+def test_unknown_modifier_extension_is_refused(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    body = {
+        "resourceType": "Patient",
+        "modifierExtension": [
+            {
+                "url": "http://example.org/fhir/StructureDefinition/not-a-patient",
+                "valueBoolean": True,
+            }
+        ],
+        "active": True,
+    }
+    response = fhir.post("/Patient", content=json.dumps(body).encode())
+    assert_outcome(response, 422, "extension", "Patient.modifierExtension")
+    assert counts(engine) == before
+
+
+# -- transaction Bundles ------------------------------------------------------------------------
+
+
+def test_dangling_urn_uuid_fails_the_transaction(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    body = transaction(
+        post_entry(
+            {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "tx-1"}]}
+        ),
+        post_entry(observation("urn:uuid:6f1c1a8e-27a4-4c55-9a3b-2f8d1d0c0001")),
+    )
+    response = fhir.post("", content=body)
+    assert_outcome(response, 400, "not-found", "Bundle.entry[1].resource.subject.reference")
+    assert counts(engine) == before
+
+
+def test_conditional_reference_without_match_fails(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    body = transaction(post_entry(observation("Patient?identifier=urn:mrn|nobody")))
+    response = fhir.post("", content=body)
+    assert_outcome(response, 422, "not-found", "Bundle.entry[0].resource.subject.reference")
+    assert counts(engine) == before
+
+
+def test_conditional_reference_with_two_matches_fails(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed_twins(fhir, engine)
+    body = transaction(post_entry(observation("Patient?identifier=urn:mrn|twin")))
+    response = fhir.post("", content=body)
+    assert_outcome(response, 412, "multiple-matches", "Bundle.entry[0].resource.subject.reference")
+    assert counts(engine) == before
+
+
+def test_two_entries_with_one_identity_are_duplicates(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    body = transaction(
+        {
+            "resource": {"resourceType": "Patient", "id": "x", "active": True},
+            "request": {"method": "PUT", "url": "Patient/x"},
+        },
+        {
+            "resource": {"resourceType": "Patient", "id": "x", "active": False},
+            "request": {"method": "PUT", "url": "Patient/x"},
+        },
+    )
+    response = fhir.post("", content=body)
+    outcome = assert_outcome(response, 400, "duplicate", "Bundle.entry[0].resource")
+    assert outcome["issue"][0]["expression"] == [
+        "Bundle.entry[0].resource",
+        "Bundle.entry[1].resource",
+    ]
+    assert counts(engine) == before
+
+
+def test_two_entries_with_one_full_url_are_duplicates(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    full_url = "urn:uuid:6f1c1a8e-27a4-4c55-9a3b-2f8d1d0c0002"
+    first = post_entry(
+        {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "tx-2"}]}
+    )
+    second = post_entry(
+        {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "tx-3"}]}
+    )
+    body = transaction({"fullUrl": full_url, **first}, {"fullUrl": full_url, **second})
+    response = fhir.post("", content=body)
+    assert_outcome(response, 400, "duplicate", "Bundle.entry")
+    assert counts(engine) == before
+
+
+def test_one_invalid_entry_sinks_the_whole_transaction(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    body = transaction(
+        post_entry(
+            {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "tx-ok"}]}
+        ),
+        post_entry({"resourceType": "Patient", "active": "yes"}),
+    )
+    response = fhir.post("", content=body)
+    assert_outcome(response, 400, "value", "Bundle.entry[1].resource.active")
+    assert counts(engine) == before
+    found = fhir.get("/Patient", params={"identifier": "urn:mrn|tx-ok"})
+    assert found.status_code == 200
+    assert found.json()["total"] == 0
+
+
+def test_if_match_on_a_stale_version_is_a_conflict(fhir: httpx.Client, engine: Engine) -> None:
+    seed(fhir, engine)
+    put_patient(fhir, "x", "x-1")
+    before = counts(engine)
+    body = transaction(
+        {
+            "resource": {
+                "resourceType": "Patient",
+                "id": "x",
+                "identifier": [{"system": "urn:mrn", "value": "x-2"}],
+            },
+            "request": {"method": "PUT", "url": "Patient/x", "ifMatch": 'W/"9"'},
+        }
+    )
+    response = fhir.post("", content=body)
+    assert_outcome(response, 412, "conflict", "Bundle.entry[0].resource")
+    assert counts(engine) == before
+    current = fhir.get("/Patient/x")
+    assert current.headers["etag"] == 'W/"1"'
+
+
+def test_if_none_exist_with_two_matches_fails(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed_twins(fhir, engine)
+    body = transaction(
+        post_entry(
+            {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "twin"}]},
+            ifNoneExist="identifier=urn:mrn|twin",
+        )
+    )
+    response = fhir.post("", content=body)
+    assert_outcome(response, 412, "multiple-matches", "Bundle.entry[0].resource")
+    assert counts(engine) == before
+
+
+@pytest.mark.parametrize("kind", ["document", "searchset"])
+def test_unaccepted_bundle_type_is_refused(fhir: httpx.Client, engine: Engine, kind: str) -> None:
+    before = seed(fhir, engine)
+    body = transaction(
+        {
+            "fullUrl": "urn:uuid:6f1c1a8e-27a4-4c55-9a3b-2f8d1d0c0003",
+            "resource": {"resourceType": "Patient", "active": True},
+        },
+        kind=kind,
+    )
+    response = fhir.post("", content=body)
+    assert_outcome(response, 422, "not-supported", "Bundle.type")
+    assert counts(engine) == before
+
+
+# -- batch Bundles ------------------------------------------------------------------------------
+
+
+def test_batch_reports_each_entry_and_writes_only_the_good_one(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    before = seed(fhir, engine)
+    body = transaction(
+        post_entry(
+            {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "batch-ok"}]}
+        ),
+        post_entry({"resourceType": "Patient", "active": "yes"}),
+        kind="batch",
+    )
+    response = fhir.post("", content=body)
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert bundle["resourceType"] == "Bundle"
+    assert bundle["type"] == "batch-response"
+    assert len(bundle["entry"]) == 2
+    good, bad = (e["response"] for e in bundle["entry"])
+    assert good["status"].startswith("201")
+    assert "outcome" not in good
+    assert bad["status"].startswith("400")
+    assert bad["outcome"]["resourceType"] == "OperationOutcome"
+    assert bad["outcome"]["issue"][0]["code"] == "value"
+    assert "Bundle.entry[1].resource.active" in bad["outcome"]["issue"][0]["expression"]
+    assert counts(engine) == {
+        "fhir_resource": before["fhir_resource"] + 1,
+        "fhir_resource_version": before["fhir_resource_version"] + 1,
+        "fhir_identifier": before["fhir_identifier"] + 1,
+        "fhir_reference": before["fhir_reference"],
+    }
+
+
+# -- bodies over the limit ----------------------------------------------------------------------
+
+
+def test_default_body_limit_is_50_mib(server: LiveServer) -> None:
+    assert Settings().max_body_bytes == 50 * MIB
+    assert server.settings.max_body_bytes == 50 * MIB
+
+
+def test_declared_oversize_body_is_refused_before_reading(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    before = seed(fhir, engine)
+
+    def first_chunk_only() -> Iterator[bytes]:
+        # The client pushes the body on its own; after the first chunk it behaves as if the
+        # connection broke. A server that read past the first chunk before deciding would wait
+        # for bytes that never come, and this request would time out instead of getting a 413.
+        yield b'{"resourceType":"Bundle","type":"transaction","entry":['
+        raise httpcore.WriteError("the test sends only the first chunk")
+
+    response = fhir.post(
+        "",
+        content=first_chunk_only(),
+        headers={"content-length": str(60 * MIB)},
+        timeout=20,
+    )
+    assert_outcome(response, 413, "too-long")
+    assert counts(engine) == before
+
+
+def test_chunked_oversize_body_is_refused_before_parsing(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    before = seed(fhir, engine)
+
+    def not_json() -> Iterator[bytes]:
+        chunk = b"this is not JSON at all " * (MIB // 24) + b"\xff" * (MIB % 24)
+        assert len(chunk) == MIB
+        for _ in range(51):
+            yield chunk
+
+    response = fhir.post("", content=not_json())
+    assert "content-length" not in response.request.headers
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert_outcome(response, 413, "too-long")
+    assert counts(engine) == before
+
+
+def test_oversize_import_is_refused(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    line = b'{"resourceType":"Patient","active":true}\n'
+    body = line * (51 * MIB // len(line) + 1)
+    assert len(body) > 51 * MIB
+    response = fhir.post(
+        "/$import", content=body, headers={"content-type": "application/fhir+ndjson"}
+    )
+    assert_outcome(response, 413, "too-long")
+    assert counts(engine) == before
+
+
+# -- $import --------------------------------------------------------------------------------------
+
+
+def test_import_reports_each_line_and_writes_only_the_good_one(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    before = seed(fhir, engine)
+    body = (
+        b'{"resourceType":"Patient","identifier":[{"system":"urn:mrn","value":"import-1"}]}\n'
+        b'{"resourceType":"Patient","active":"yes"}\n'
+        b'{"resourceType":"Patient",\n'
+    )
+    response = fhir.post(
+        "/$import", content=body, headers={"content-type": "application/fhir+ndjson"}
+    )
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert bundle["resourceType"] == "Bundle"
+    assert bundle["type"] == "batch-response"
+    statuses = [e["response"]["status"].split(" ")[0] for e in bundle["entry"]]
+    assert statuses == ["201", "400", "400"]
+    assert "outcome" not in bundle["entry"][0]["response"]
+    for number, entry in ((2, bundle["entry"][1]), (3, bundle["entry"][2])):
+        outcome = entry["response"]["outcome"]
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert outcome["issue"][0]["diagnostics"].startswith(f"line {number}:"), outcome
+    assert bundle["entry"][1]["response"]["outcome"]["issue"][0]["code"] == "value"
+    assert bundle["entry"][2]["response"]["outcome"]["issue"][0]["code"] == "structure"
+    assert counts(engine) == {
+        "fhir_resource": before["fhir_resource"] + 1,
+        "fhir_resource_version": before["fhir_resource_version"] + 1,
+        "fhir_identifier": before["fhir_identifier"] + 1,
+        "fhir_reference": before["fhir_reference"],
+    }
+
+
+# -- odd but valid: accepted and kept exactly -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "kept"),
+    [
+        pytest.param(
+            "/Observation",
+            "{" + _OBS + ',"status":"final","effectiveDateTime":"2016-12-31T23:59:60Z"}',
+            '"effectiveDateTime":"2016-12-31T23:59:60Z"',
+            id="leap-second",
+        ),
+        pytest.param(
+            "/Observation",
+            "{" + _OBS + ',"status":"final","effectiveDateTime":"2025-01-01T23:30:00+14:00"}',
+            '"effectiveDateTime":"2025-01-01T23:30:00+14:00"',
+            id="offset-plus-14",
+        ),
+        pytest.param(
+            "/Observation",
+            "{" + _OBS + ',"status":"final","effectiveDateTime":"2025-01-01T00:30:00-12:00"}',
+            '"effectiveDateTime":"2025-01-01T00:30:00-12:00"',
+            id="offset-minus-12",
+        ),
+        pytest.param(
+            "/Patient",
+            '{"resourceType":"Patient","birthDate":"2025"}',
+            '"birthDate":"2025"',
+            id="year-only",
+        ),
+        pytest.param(
+            "/Patient",
+            '{"resourceType":"Patient","birthDate":"2025-06"}',
+            '"birthDate":"2025-06"',
+            id="year-month",
+        ),
+        pytest.param(
+            "/Observation",
+            "{" + _OBS + ',"status":"final","valueQuantity":{"value":0.10,"unit":"%"}}',
+            '"value":0.10,',
+            id="decimal-0.10",
+        ),
+    ],
+)
+def test_odd_but_valid_values_are_kept_lexically(
+    fhir: httpx.Client, engine: Engine, path: str, body: str, kept: str
+) -> None:
+    before = seed(fhir, engine)
+    created = fhir.post(path, content=body.encode())
+    assert created.status_code == 201, created.text
+    location = created.headers["location"].split("/fhir/", 1)[1].split("/_history")[0]
+    read = fhir.get(f"/{location}")
+    assert read.status_code == 200, read.text
+    assert kept.encode() in read.content, read.text
+    assert counts(engine) == {
+        "fhir_resource": before["fhir_resource"] + 1,
+        "fhir_resource_version": before["fhir_resource_version"] + 1,
+        "fhir_identifier": before["fhir_identifier"],
+        "fhir_reference": before["fhir_reference"],
+    }
+
+
+def test_decimal_0_1_differs_from_0_10(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    template = (
+        '{"resourceType":"Observation","id":"dec","status":"final","code":{"text":"weight"},'
+        '"valueQuantity":{"value":VALUE,"unit":"%"}}'
+    )
+    first = fhir.put("/Observation/dec", content=template.replace("VALUE", "0.10").encode())
+    assert first.status_code == 201, first.text
+    assert first.headers["etag"] == 'W/"1"'
+    second = fhir.put("/Observation/dec", content=template.replace("VALUE", "0.1").encode())
+    assert second.status_code == 200, second.text
+    assert second.headers["etag"] == 'W/"2"'
+    current = fhir.get("/Observation/dec")
+    assert b'"value":0.1,' in current.content
+    assert fhir.get("/Observation/dec/_history/1").content.count(b'"value":0.10,') == 1
+    assert counts(engine) == {
+        "fhir_resource": before["fhir_resource"] + 1,
+        "fhir_resource_version": before["fhir_resource_version"] + 2,
+        "fhir_identifier": before["fhir_identifier"],
+        "fhir_reference": before["fhir_reference"],
+    }
+
+
+def test_control_character_escape_is_refused(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    response = fhir.post(
+        "/Patient", content=b'{"resourceType":"Patient","name":[{"family":"a\\u0000b"}]}'
+    )
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["code"] == "value"
+    assert "\\u0000" in response.json()["issue"][0]["diagnostics"]
+    assert counts(engine) == before
+
+
+def test_deeply_nested_json_is_refused(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    response = fhir.post("/Patient", content=b"[" * 50_000 + b"]" * 50_000)
+    assert (response.status_code, response.json()["issue"][0]["code"]) == (400, "structure")
+    depth = 3000  # valid FHIR shape (extensions within extensions), far deeper than any real feed
+    body = (
+        b'{"resourceType":"Patient","extension":['
+        + b'{"url":"http://x","extension":[' * depth
+        + b'{"url":"http://x","valueString":"leaf"}'
+        + b"]}" * depth
+        + b"]}"
+    )
+    response = fhir.post("/Patient", content=body)
+    assert (response.status_code, response.json()["issue"][0]["code"]) == (400, "structure")
+    assert counts(engine) == before
+
+
+def test_oversized_identifier_is_stored_but_not_indexed(fhir: httpx.Client, engine: Engine) -> None:
+    before = seed(fhir, engine)
+    value = "v" * 5000
+    response = fhir.put(
+        "/Patient/long",
+        json={"resourceType": "Patient", "id": "long", "identifier": [{"value": value}]},
+    )
+    assert response.status_code == 201
+    assert fhir.get("/Patient/long").json()["identifier"][0]["value"] == value
+    after = counts(engine)
+    assert after["fhir_resource"] == before["fhir_resource"] + 1
+    assert after["fhir_identifier"] == before["fhir_identifier"]
+
+
+def test_overlong_type_name_in_a_reference_is_kept_not_indexed(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    before = seed(fhir, engine)
+    ref = "A" + "b" * 100 + "/x"
+    body = {
+        "resourceType": "Observation",
+        "id": "o",
+        "status": "final",
+        "code": {"text": "c"},
+        "subject": {"reference": ref},
+    }
+    assert fhir.put("/Observation/o", json=body).status_code == 201
+    assert counts(engine)["fhir_reference"] == before["fhir_reference"]
