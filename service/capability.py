@@ -41,7 +41,7 @@ def capability_statement(*, base_url: str, version: str) -> dict[str, Any]:
             "updateCreate": True,
             "conditionalCreate": True,
             "conditionalRead": "not-supported",
-            "conditionalUpdate": False,
+            "conditionalUpdate": True,
             "conditionalDelete": "single",
             "referencePolicy": ["literal", "logical", "local"],
             "searchParam": _search_params(rtype),

@@ -265,16 +265,8 @@ class FhirStore:
             raise FhirError.from_invalid(
                 InvalidContentError([i for _, exc in failures for i in exc.issues])
             )
-        if (
-            kind != "transaction"
-        ):  # collection / message: atomic upsert, conditional refs kept as sent
-            ctx = WriteContext(
-                ctx.now,
-                ctx.source,
-                ctx.request_id,
-                ctx.base_url,
-                resolve_conditional_references=False,
-            )
+        if kind != "transaction":  # collection / message: atomic upsert, conditional refs as sent
+            ctx = replace(ctx, resolve_conditional_references=False)
         return "transaction-response", self._write(lambda s: apply_entries(s, entries, ctx))
 
     def _batch(
@@ -305,14 +297,7 @@ class FhirStore:
         progress: Callable[[int], object] | None = None,
     ) -> Iterator[LineOutcome]:
         """NDJSON: each line upserted on its own merits; written in chunks for speed."""
-        upsert_ctx = WriteContext(
-            ctx.now,
-            ctx.source,
-            ctx.request_id,
-            ctx.base_url,
-            resolve_conditional_references=False,
-            require_urn_targets=False,
-        )
+        upsert_ctx = replace(ctx, resolve_conditional_references=False, require_urn_targets=False)
         chunk: list[tuple[int, Entry]] = []
         keys: set[tuple[str, str]] = set()
         for number, line in enumerate(lines, start=1):

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select, tuple_, update
+from sqlalchemy import delete, func, insert, select, tuple_, update
 from sqlmodel import Session
 
 from service.models import ResourceHead, ResourceIdentifier, ResourceReference, ResourceVersion
@@ -157,12 +157,7 @@ def write_versions(
         insert(_VERSION),
         [
             {
-                "resource_type": r.resource_type,
-                "resource_id": r.resource_id,
-                "version_id": r.version_id,
-                "last_updated": r.last_updated,
-                "content_hash": r.content_hash,
-                "deleted": r.deleted,
+                **_head_values(r),
                 "content": r.content,
                 "source": source[:200],
                 "request_id": request_id,
@@ -173,20 +168,7 @@ def write_versions(
     new_heads = [r for r in rows if (r.resource_type, r.resource_id) not in heads]
     moved = [r for r in rows if (r.resource_type, r.resource_id) in heads]
     if new_heads:
-        session.execute(
-            insert(_HEAD),
-            [
-                {
-                    "resource_type": r.resource_type,
-                    "resource_id": r.resource_id,
-                    "version_id": r.version_id,
-                    "last_updated": r.last_updated,
-                    "content_hash": r.content_hash,
-                    "deleted": r.deleted,
-                }
-                for r in new_heads
-            ],
-        )
+        session.execute(insert(_HEAD), [_head_values(r) for r in new_heads])
     for r in moved:
         session.execute(
             update(_HEAD)
@@ -194,14 +176,21 @@ def write_versions(
                 _HEAD.c.resource_type == r.resource_type,
                 _HEAD.c.resource_id == r.resource_id,
             )
-            .values(
-                version_id=r.version_id,
-                last_updated=r.last_updated,
-                content_hash=r.content_hash,
-                deleted=r.deleted,
-            )
+            .values(_head_values(r))
         )
     _replace_indexes(session, moved, rows)
+
+
+def _head_values(r: VersionRow) -> dict[str, Any]:
+    """The columns a version shares with its head."""
+    return {
+        "resource_type": r.resource_type,
+        "resource_id": r.resource_id,
+        "version_id": r.version_id,
+        "last_updated": r.last_updated,
+        "content_hash": r.content_hash,
+        "deleted": r.deleted,
+    }
 
 
 def _replace_indexes(
@@ -240,9 +229,7 @@ def _replace_indexes(
 
 
 def table_counts(session: Session) -> dict[str, int]:
-    """Row count of every store table (used by health checks and tests)."""
-    from sqlalchemy import func
-
+    """Row count of every store table (used by tests and operators)."""
     return {
         t.name: int(session.execute(select(func.count()).select_from(t)).scalar_one())
         for t in (_HEAD, _VERSION, _IDENT, _REF)
