@@ -130,6 +130,16 @@ def _request_target(
     )
     if not parts or url.startswith(("http://", "https://")):
         raise bad
+    if any(p.startswith("$") for p in parts):
+        raise InvalidContentError(
+            [
+                Issue(
+                    "not-supported",
+                    f"{where}: operations such as {url!r} are not supported inside a Bundle",
+                    (where,),
+                )
+            ]
+        )
     rtype = parts[0]
     if len(parts) == 1:
         return rtype, None, None, parse_qsl(query, keep_blank_values=True) if query else None

@@ -158,7 +158,8 @@ class _Walker:
         self.issues: list[Issue] = []
         self.references: list[tuple[str, dict[str, Any]]] = []
 
-    def resource(self, obj: Any, path: str) -> str | None:
+    def resource(self, obj: Any, path: str, *, stored: bool = True) -> str | None:
+        """Check a resource; `stored=False` for one inside another (contained), any R4 type."""
         if not isinstance(obj, dict):
             self.issues.append(Issue("structure", f"{path} must be a JSON object", (path,)))
             return None
@@ -167,7 +168,7 @@ class _Walker:
             where = path or "resource"
             self.issues.append(Issue("required", f"{where} has no resourceType", (where,)))
             return None
-        if rtype not in SUPPORTED_TYPES:
+        if stored and rtype not in SUPPORTED_TYPES:
             path = path or rtype
             self.issues.append(
                 Issue(
@@ -178,7 +179,13 @@ class _Walker:
                 )
             )
             return None
-        model = get_fhir_model_class(rtype)
+        try:
+            model = get_fhir_model_class(rtype)
+        except ValueError:
+            self.issues.append(
+                Issue("structure", f"{path}: {rtype!r} is not a FHIR R4 resource type", (path,))
+            )
+            return None
         self.element(obj, model, rtype if path == "" else path, is_resource=True)
         return rtype
 
@@ -229,7 +236,7 @@ class _Walker:
             assert spec.model is not None
             self.element(value, spec.model, path)
         elif spec.kind == _RESOURCE:
-            self.resource(value, path)
+            self.resource(value, path, stored=False)
         else:
             _check_leaf(value, spec, path, self.issues)
 

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
-from urllib.parse import urlencode
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
@@ -20,12 +19,19 @@ from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import loads_text
 from fhir_mapping.references import is_valid_id
 from fhir_mapping.resource_types import SUPPORTED_TYPES
-from service import responses, store
+from service import store
 from service.db import session_scope
 from service.errors import FhirError, WriteConflictError
 from service.fhir_time import utcnow
-from service.ingest import EntryResult, WriteContext, apply_entries, failure
-from service.search import encode_cursor, parse_search, run_search
+from service.ingest import (
+    EntryResult,
+    WriteContext,
+    apply_entries,
+    apply_upserts,
+    failure,
+    upsert_identity,
+)
+from service.search import search_bundle
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -120,6 +126,8 @@ class FhirStore:
             source=source,
             request_id=str(uuid.uuid4()),
             base_url=self.settings.base_url or base_url,
+            search_default_count=self.settings.search_default_count,
+            search_max_count=self.settings.search_max_count,
             resolve_conditional_references=conditional_refs,
             require_urn_targets=strict_urns,
         )
@@ -226,29 +234,15 @@ class FhirStore:
     def search(self, resource_type: str, params: list[tuple[str, str]], *, base: str) -> bytes:
         """GET /fhir/{type}?…: a searchset Bundle with a cursor `next` link."""
         self.check_type(resource_type)
-        query = parse_search(
-            resource_type,
-            params,
-            default_count=self.settings.search_default_count,
-            max_count=self.settings.search_max_count,
-        )
-
-        def work(session: Session) -> tuple[list[tuple[str, str, str]], int, str | None]:
-            ids, total, cursor = run_search(session, query)
-            found = store.read_current_many(session, [(resource_type, i) for i in ids])
-            return [(v.resource_type, v.resource_id, v.content or "") for v in found], total, cursor
-
-        found, total, cursor = self._read(work)
-        echo = [*query.echo, ("_count", str(query.count))]
-        if query.cursor:
-            echo.append(("_cursor", encode_cursor(query.cursor)))
-        self_url = f"{base}/{resource_type}?{urlencode(echo)}"
-        next_url = None
-        if cursor:
-            next_params = [(k, v) for k, v in echo if k != "_cursor"] + [("_cursor", cursor)]
-            next_url = f"{base}/{resource_type}?{urlencode(next_params)}"
-        return responses.searchset(
-            found, total=total, self_url=self_url, next_url=next_url, full_url_base=base
+        return self._read(
+            lambda session: search_bundle(
+                session,
+                resource_type,
+                params,
+                base=base,
+                default_count=self.settings.search_default_count,
+                max_count=self.settings.search_max_count,
+            )
         )
 
     # -- bundles and bulk ----------------------------------------------------------------------
@@ -265,9 +259,11 @@ class FhirStore:
             raise FhirError.from_invalid(
                 InvalidContentError([i for _, exc in failures for i in exc.issues])
             )
-        if kind != "transaction":  # collection / message: atomic upsert, conditional refs as sent
-            ctx = replace(ctx, resolve_conditional_references=False)
-        return "transaction-response", self._write(lambda s: apply_entries(s, entries, ctx))
+        if kind == "transaction":
+            return "transaction-response", self._write(lambda s: apply_entries(s, entries, ctx))
+        # collection / message: one atomic upsert, conditional references kept as sent
+        upsert_ctx = replace(ctx, resolve_conditional_references=False)
+        return "transaction-response", self._write(lambda s: apply_upserts(s, entries, upsert_ctx))
 
     def _batch(
         self,
@@ -319,7 +315,7 @@ class FhirStore:
                 ]
                 yield LineOutcome(number, failure(InvalidContentError(issues)))
                 continue
-            key = (entry.resource_type or "", entry.resource_id or entry.derived_id or "")
+            key = upsert_identity(entry)
             if key in keys or len(chunk) >= IMPORT_CHUNK:
                 yield from self._import_chunk(chunk, upsert_ctx, progress)
                 chunk, keys = [], set()

@@ -22,7 +22,7 @@ from fhir_mapping.references import identifier_index, parse_reference, reference
 from service import store
 from service.errors import FhirError
 from service.fhir_time import fhir_instant
-from service.search import match_ids
+from service.search import match_ids, search_bundle
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,8 @@ class WriteContext:
     base_url: str | None = None
     resolve_conditional_references: bool = True
     require_urn_targets: bool = True
+    search_default_count: int = 50
+    search_max_count: int = 1000
 
 
 Change = Literal["created", "updated", "unchanged", "deleted", "none", "read", "failed"]
@@ -162,9 +164,15 @@ def _check_overlaps(plans: list[_Plan]) -> None:
 class _Rewriter:
     """Maps fullUrls and conditional references to final `Type/id` references."""
 
-    def __init__(self, session: Session, plans: list[_Plan], ctx: WriteContext) -> None:
+    def __init__(
+        self,
+        session: Session,
+        plans: list[_Plan],
+        ctx: WriteContext,
+        known: dict[str, str] | None = None,
+    ) -> None:
         self.session, self.ctx = session, ctx
-        self.map: dict[str, str] = {}
+        self.map: dict[str, str] = dict(known or {})
         for p in plans:
             if p.entry.full_url and p.target_id and p.entry.method != "DELETE":
                 self.map[p.entry.full_url] = f"{p.entry.resource_type}/{p.target_id}"
@@ -236,7 +244,43 @@ def _stamp(resource: dict[str, Any], rid: str, vid: int, now: dt.datetime) -> di
     return out
 
 
-def apply_entries(session: Session, entries: list[Entry], ctx: WriteContext) -> list[EntryResult]:
+def upsert_identity(entry: Entry) -> tuple[str, str]:
+    """Where an upsert (collection, message, import) puts its resource: id, urn:uuid, or content."""
+    return entry.resource_type or "", entry.resource_id or entry.urn_uuid or entry.derived_id or ""
+
+
+def apply_upserts(session: Session, entries: list[Entry], ctx: WriteContext) -> list[EntryResult]:
+    """Upsert entries in order; a resource carried twice (FHIR bdl-7) becomes successive versions."""
+    known = {e.full_url: "/".join(upsert_identity(e)) for e in entries if e.full_url}
+    generations: list[list[Entry]] = []
+    for e in entries:
+        key = upsert_identity(e)
+        level = next(
+            (
+                i
+                for i in range(len(generations) - 1, -1, -1)
+                if key in {upsert_identity(x) for x in generations[i]}
+            ),
+            -1,
+        )
+        if level + 1 == len(generations):
+            generations.append([])
+        generations[level + 1].append(e)
+    results: dict[int, EntryResult] = {}
+    for generation in generations:
+        for e, result in zip(
+            generation, apply_entries(session, generation, ctx, known), strict=True
+        ):
+            results[e.index] = result
+    return [results[e.index] for e in entries]
+
+
+def apply_entries(
+    session: Session,
+    entries: list[Entry],
+    ctx: WriteContext,
+    known_urls: dict[str, str] | None = None,
+) -> list[EntryResult]:
     """Apply entries atomically (the caller owns the transaction); results in entry order."""
     plans = _resolve_identities(session, entries)
     _check_overlaps(plans)
@@ -244,7 +288,7 @@ def apply_entries(session: Session, entries: list[Entry], ctx: WriteContext) -> 
     heads = store.load_heads(
         session, [(p.entry.resource_type or "", p.target_id or "") for p in writes]
     )
-    rewriter = _Rewriter(session, plans, ctx)
+    rewriter = _Rewriter(session, plans, ctx, known_urls)
     rewriter.rewrite(plans)
     # A content-derived id already used by different content (or deleted) gets a fresh id.
     clashed = False
@@ -260,7 +304,7 @@ def apply_entries(session: Session, entries: list[Entry], ctx: WriteContext) -> 
             if head.deleted or head.content_hash != content_hash(p.entry.resource):
                 p.target_id, clashed = str(uuid.uuid4()), True
     if clashed:
-        rewriter = _Rewriter(session, plans, ctx)
+        rewriter = _Rewriter(session, plans, ctx, known_urls)
         rewriter.rewrite(plans)
         heads = store.load_heads(
             session, [(p.entry.resource_type or "", p.target_id or "") for p in writes]
@@ -347,18 +391,21 @@ def apply_entries(session: Session, entries: list[Entry], ctx: WriteContext) -> 
                 found.content,
             )
         elif e.method == "GET":
-            results[e.index] = _read_entry(session, e)
+            results[e.index] = _read_entry(session, e, ctx)
     return [results[e.index] for e in entries]
 
 
-def _read_entry(session: Session, e: Entry) -> EntryResult:
-    if e.resource_id is None:
-        raise FhirError.of(
-            400,
-            "not-supported",
-            f"{e.path}: searches inside a Bundle are not supported; use GET /fhir/{e.resource_type}?…",
-            e.path,
+def _read_entry(session: Session, e: Entry, ctx: WriteContext) -> EntryResult:
+    if e.resource_id is None:  # a search: the entry's resource is the searchset Bundle
+        searchset = search_bundle(
+            session,
+            e.resource_type or "",
+            e.query or [],
+            base=ctx.base_url or "",
+            default_count=ctx.search_default_count,
+            max_count=ctx.search_max_count,
         )
+        return EntryResult(200, "read", content=searchset.decode())
     vid = int(e.version_id) if e.version_id and e.version_id.isdigit() else None
     if e.version_id is not None and vid is None:
         raise FhirError.of(404, "not-found", f"{e.path}: no version {e.version_id!r}", e.path)

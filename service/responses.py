@@ -51,7 +51,7 @@ def response_bundle(kind: str, results: list[EntryResult], *, representation: bo
         entry: dict[str, Any] = {}
         if r.resource_type and r.resource_id:
             entry["fullUrl"] = f"{r.resource_type}/{r.resource_id}"
-        if representation and r.content is not None:
+        if r.content is not None and (representation or r.change == "read"):
             entry["resource"] = resource_fragment(r.content)
         entry["response"] = response
         entries.append(entry)
@@ -60,38 +60,6 @@ def response_bundle(kind: str, results: list[EntryResult], *, representation: bo
         "id": str(uuid.uuid4()),
         "type": kind,
         "timestamp": fhir_instant(utcnow()),
-        "entry": entries,
-    }
-    return orjson.dumps(doc)
-
-
-def searchset(
-    found: list[tuple[str, str, str]],
-    *,
-    total: int,
-    self_url: str,
-    next_url: str | None,
-    full_url_base: str,
-) -> bytes:
-    """A searchset Bundle of (type, id, stored JSON) whose resources are the stored bytes."""
-    links = [{"relation": "self", "url": self_url}]
-    if next_url:
-        links.append({"relation": "next", "url": next_url})
-    entries = [
-        {
-            "fullUrl": f"{full_url_base}/{rtype}/{rid}",
-            "resource": resource_fragment(content),
-            "search": {"mode": "match"},
-        }
-        for rtype, rid, content in found
-    ]
-    doc = {
-        "resourceType": "Bundle",
-        "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": fhir_instant(utcnow())},
-        "type": "searchset",
-        "total": total,
-        "link": links,
         "entry": entries,
     }
     return orjson.dumps(doc)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
+import orjson
 from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select
 from sqlmodel import Session
 
 from fhir_mapping.references import is_valid_id
 from fhir_mapping.resource_types import PATIENT_ONLY_PARAMS, REFERENCE_PARAMS
+from service import store
 from service.errors import FhirError
-from service.fhir_time import date_param_range
+from service.fhir_time import date_param_range, fhir_instant, utcnow
 from service.models import ResourceHead, ResourceIdentifier, ResourceReference
 
 _HEAD = ResourceHead.__table__  # type: ignore[attr-defined]
@@ -183,7 +187,7 @@ def _filtered(query: SearchQuery) -> Any:
 
 
 def run_search(session: Session, query: SearchQuery) -> tuple[list[str], int, str | None]:
-    """Ids on this page (by id order), the total match count, and the next cursor if any."""
+    """Ids on this page (by id order), the total match count, and the last id when more follow."""
     where = _filtered(query)
     total = int(session.execute(select(func.count()).select_from(_HEAD).where(*where)).scalar_one())
     if query.count == 0:
@@ -199,7 +203,7 @@ def run_search(session: Session, query: SearchQuery) -> tuple[list[str], int, st
     )
     more = len(ids) > query.count
     ids = ids[: query.count]
-    return ids, total, encode_cursor(ids[-1]) if more else None
+    return ids, total, ids[-1] if more else None
 
 
 def match_ids(
@@ -219,3 +223,46 @@ def match_ids(
             .limit(limit)
         ).scalars()
     )
+
+
+def search_bundle(
+    session: Session,
+    resource_type: str,
+    params: list[tuple[str, str]],
+    *,
+    base: str,
+    default_count: int,
+    max_count: int,
+) -> bytes:
+    """Run a search and answer a searchset Bundle of the stored bytes, with a cursor `next` link."""
+    query = parse_search(resource_type, params, default_count=default_count, max_count=max_count)
+    ids, total, cursor = run_search(session, query)
+    found = store.read_current_many(session, [(resource_type, i) for i in ids])
+    echo = [*query.echo, ("_count", str(query.count))]
+    links = [{"relation": "self", "url": _page_url(base, resource_type, echo, query.cursor)}]
+    if cursor:
+        links.append({"relation": "next", "url": _page_url(base, resource_type, echo, cursor)})
+    doc = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"lastUpdated": fhir_instant(utcnow())},
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": [
+            {
+                "fullUrl": f"{base}/{v.resource_type}/{v.resource_id}",
+                "resource": orjson.Fragment((v.content or "").encode()),
+                "search": {"mode": "match"},
+            }
+            for v in found
+        ],
+    }
+    return orjson.dumps(doc)
+
+
+def _page_url(
+    base: str, resource_type: str, echo: list[tuple[str, str]], cursor: str | None
+) -> str:
+    params = echo + ([("_cursor", encode_cursor(cursor))] if cursor else [])
+    return f"{base}/{resource_type}?{urlencode(params)}"

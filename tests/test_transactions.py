@@ -209,3 +209,22 @@ def test_prefer_representation_returns_the_stored_resources(fhir: httpx.Client) 
     result = fhir.post("", content=body, headers={"prefer": "return=representation"}).json()
     assert result["entry"][0]["resource"]["id"] == P_URN[9:]
     assert result["entry"][0]["resource"]["meta"]["versionId"] == "1"
+
+
+def test_batch_reads_and_searches_answer_with_their_resources(fhir: httpx.Client) -> None:
+    fhir.put("/Patient/s1", json=patient("s1", id="s1"))
+    fhir.put("/Observation/o1", json=observation("Patient/s1", id="o1"))
+    body = bundle(
+        "batch",
+        {"request": {"method": "GET", "url": "Observation?patient=s1"}},
+        {"request": {"method": "GET", "url": "Patient/s1"}},
+        {"request": {"method": "GET", "url": "Patient/none"}},
+        {"request": {"method": "POST", "url": "ValueSet/$lookup"}},
+    )
+    result = fhir.post("/", content=body).json()
+    assert statuses(result) == ["200 OK", "200 OK", "404 Not Found", "422 Unprocessable Entity"]
+    searchset = result["entry"][0]["resource"]
+    assert (searchset["type"], searchset["total"]) == ("searchset", 1)
+    assert searchset["entry"][0]["resource"]["id"] == "o1"
+    assert result["entry"][1]["resource"]["id"] == "s1"
+    assert result["entry"][3]["response"]["outcome"]["issue"][0]["code"] == "not-supported"

@@ -1,0 +1,126 @@
+"""The installed `trialbridge` console script, run as a real subprocess on a fresh database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from service.db import make_engine
+from service.settings import Settings
+from tests.conftest import SHARED_DATA, counts
+
+TRIALBRIDGE = str(Path(sys.executable).parent / "trialbridge")
+SYNTHEA_DIR = SHARED_DATA / "synthea-10"
+SYNTHEA_FILES = 9
+SYNTHEA_LINES = 5842
+
+
+def _run(database_url: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALBRIDGE_")}
+    env["DATABASE_URL"] = database_url
+    return subprocess.run(
+        [TRIALBRIDGE, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def _engine(database_url: str) -> Engine:
+    return make_engine(Settings(database_url=database_url))
+
+
+def _store_counts(database_url: str) -> dict[str, int]:
+    engine = _engine(database_url)
+    try:
+        return counts(engine)
+    finally:
+        engine.dispose()
+
+
+def test_load_synthea_then_reload_is_unchanged(
+    backend: str, new_database: object, tmp_path: Path
+) -> None:
+    url = str(new_database(backend))  # type: ignore[operator]
+    first = _run(url, "load", str(SYNTHEA_DIR), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == f"loaded {SYNTHEA_FILES} file(s): {SYNTHEA_LINES} created\n"
+    assert _store_counts(url)["fhir_resource_version"] == SYNTHEA_LINES
+    assert _store_counts(url)["fhir_resource"] == SYNTHEA_LINES
+
+    second = _run(url, "load", str(SYNTHEA_DIR), cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == f"loaded {SYNTHEA_FILES} file(s): {SYNTHEA_LINES} unchanged\n"
+    assert _store_counts(url)["fhir_resource_version"] == SYNTHEA_LINES
+
+
+def test_load_names_the_bad_line_and_keeps_the_good_ones(
+    backend: str, new_database: object, tmp_path: Path
+) -> None:
+    url = str(new_database(backend))  # type: ignore[operator]
+    folder = tmp_path / "feed"
+    folder.mkdir()
+    good = [
+        {
+            "resourceType": "Patient",
+            "id": "p1",
+            "identifier": [{"system": "urn:mrn", "value": "1"}],
+        },
+        {
+            "resourceType": "Patient",
+            "id": "p3",
+            "identifier": [{"system": "urn:mrn", "value": "3"}],
+        },
+    ]
+    bad_file = folder / "file.ndjson"
+    bad_file.write_text(
+        json.dumps(good[0])
+        + "\n"
+        + '{"resourceType": "Patient", "id": \n'
+        + json.dumps(good[1])
+        + "\n"
+    )
+    result = _run(url, "load", str(folder), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout == "loaded 1 file(s): 2 created, 1 rejected\n"
+    errors = [line for line in result.stderr.splitlines() if line.startswith(str(bad_file))]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"{bad_file}:2: 400 line 2: malformed JSON"), errors[0]
+    assert f"{bad_file}:1" not in result.stderr
+    assert f"{bad_file}:3" not in result.stderr
+    assert _store_counts(url)["fhir_resource"] == 2
+
+
+def test_migrate_a_fresh_database_reports_the_revision(
+    backend: str, new_database: object, tmp_path: Path
+) -> None:
+    url = str(new_database(backend))  # type: ignore[operator]
+    result = _run(url, "migrate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "database at revision 0001\n"
+    assert _store_counts(url) == {
+        "fhir_resource": 0,
+        "fhir_resource_version": 0,
+        "fhir_identifier": 0,
+        "fhir_reference": 0,
+    }
+    again = _run(url, "migrate", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "database at revision 0001\n"
+
+
+def test_unsupported_database_url_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    result = _run("mysql://x", "load", str(SYNTHEA_DIR), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""
+    assert "DATABASE_URL" in result.stderr
+    assert "'mysql'" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no default SQLite file was created either
