@@ -43,7 +43,8 @@ def _source(request: Request) -> str:
 
 async def _json(request: Request, settings: SettingsDep) -> object:
     require_media_type(request, JSON_TYPES)
-    return loads(await read_body(request, settings.max_body_bytes))
+    body = await read_body(request, settings.max_body_bytes)
+    return await run_in_threadpool(loads, body)  # CPU work stays off the event loop
 
 
 @router.get("/metadata", summary="CapabilityStatement")

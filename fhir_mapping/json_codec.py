@@ -79,7 +79,7 @@ def loads_text(text: str, *, where: str = "") -> Any:
         raise _syntax_issue(f"{where}JSON is nested too deeply") from exc
     if _skip_ws(text, end) != len(text):
         raise _syntax_issue(f"{where}malformed JSON: extra data after the document")
-    control = _CONTROL_ESCAPE.search(text)
+    control = ("\\u000" in text or "\\u001" in text) and _CONTROL_ESCAPE.search(text)
     if control:
         escape = control.group(0).lstrip("\\")
         raise InvalidContentError(
