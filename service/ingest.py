@@ -71,6 +71,14 @@ class _Plan:
     noop_delete: bool = False
 
 
+def _at_most_one(session: Session, e: Entry, query: list[tuple[str, str]], what: str) -> str | None:
+    """The single resource a conditional query matches, None for none, 412 for several."""
+    ids = match_ids(session, e.resource_type or "", query)
+    if len(ids) > 1:
+        raise _multiple(e, what, len(ids))
+    return ids[0] if ids else None
+
+
 def _multiple(entry: Entry, what: str, n: int) -> FhirError:
     return FhirError.of(
         412,
@@ -87,35 +95,30 @@ def _resolve_identities(session: Session, entries: list[Entry]) -> list[_Plan]:
         assert e.resource_type is not None
         if e.method == "DELETE":
             if e.query:
-                ids = match_ids(session, e.resource_type, e.query)
-                if len(ids) > 1:
-                    raise _multiple(e, "conditional delete", len(ids))
-                plan.target_id = ids[0] if ids else None
-                plan.noop_delete = not ids
+                plan.target_id = _at_most_one(session, e, e.query, "conditional delete")
+                plan.noop_delete = plan.target_id is None
             else:
                 plan.target_id = e.resource_id
         elif e.method == "POST":
-            ids = match_ids(session, e.resource_type, e.if_none_exist) if e.if_none_exist else []
-            if len(ids) > 1:
-                raise _multiple(e, "ifNoneExist", len(ids))
-            if ids:
-                plan.target_id, plan.found_existing = ids[0], True
-            else:
-                plan.target_id = e.urn_uuid or e.derived_id
+            match = (
+                _at_most_one(session, e, e.if_none_exist, "ifNoneExist")
+                if e.if_none_exist
+                else None
+            )
+            plan.found_existing = match is not None
+            plan.target_id = match or e.urn_uuid or e.derived_id
         elif e.method == "PUT":
             if e.query:
-                ids = match_ids(session, e.resource_type, e.query)
-                if len(ids) > 1:
-                    raise _multiple(e, "conditional update", len(ids))
+                match = _at_most_one(session, e, e.query, "conditional update")
                 body_id = e.resource.get("id") if e.resource else None
-                if ids and body_id is not None and body_id != ids[0]:
+                if match and body_id is not None and body_id != match:
                     raise FhirError.of(
                         400,
                         "invalid",
-                        f"{e.path}: resource.id {body_id!r} differs from the matched {ids[0]!r}",
+                        f"{e.path}: resource.id {body_id!r} differs from the matched {match!r}",
                         e.path,
                     )
-                plan.target_id = ids[0] if ids else (body_id or e.urn_uuid or str(uuid.uuid4()))
+                plan.target_id = match or body_id or e.urn_uuid or str(uuid.uuid4())
             else:
                 plan.target_id = e.resource_id
         elif e.method == "UPSERT":

@@ -90,29 +90,37 @@ def load_heads(session: Session, keys: Iterable[Key]) -> dict[Key, Head]:
     return out
 
 
+def _stored_versions() -> Any:
+    v = _VERSION.c
+    return select(
+        v.resource_type, v.resource_id, v.version_id, v.last_updated, v.deleted, v.content
+    )
+
+
+def _current_versions() -> Any:
+    """Versions joined to their head: only the current one of each resource."""
+    v = _VERSION.c
+    return _stored_versions().join(
+        _HEAD,
+        (_HEAD.c.resource_type == v.resource_type)
+        & (_HEAD.c.resource_id == v.resource_id)
+        & (_HEAD.c.version_id == v.version_id),
+    )
+
+
 def read_version(
     session: Session, resource_type: str, resource_id: str, version_id: int | None = None
 ) -> StoredVersion | None:
     """A given version, or the current one when version_id is None."""
     v = _VERSION.c
-    query = select(
-        v.resource_type, v.resource_id, v.version_id, v.last_updated, v.deleted, v.content
-    )
     if version_id is None:
-        query = query.join(
-            _HEAD,
-            (_HEAD.c.resource_type == v.resource_type)
-            & (_HEAD.c.resource_id == v.resource_id)
-            & (_HEAD.c.version_id == v.version_id),
-        )
+        query = _current_versions()
     else:
-        query = query.where(v.version_id == version_id)
+        query = _stored_versions().where(v.version_id == version_id)
     row = session.execute(
         query.where(v.resource_type == resource_type, v.resource_id == resource_id)
     ).first()
-    if row is None:
-        return None
-    return StoredVersion(*row)
+    return None if row is None else StoredVersion(*row)
 
 
 def read_current_many(session: Session, keys: Sequence[Key]) -> list[StoredVersion]:
@@ -121,16 +129,9 @@ def read_current_many(session: Session, keys: Sequence[Key]) -> list[StoredVersi
     found: dict[Key, StoredVersion] = {}
     for chunk in _chunks(list(keys)):
         rows = session.execute(
-            select(
-                v.resource_type, v.resource_id, v.version_id, v.last_updated, v.deleted, v.content
+            _current_versions().where(
+                tuple_(v.resource_type, v.resource_id).in_(list(chunk)), v.deleted.is_(False)
             )
-            .join(
-                _HEAD,
-                (_HEAD.c.resource_type == v.resource_type)
-                & (_HEAD.c.resource_id == v.resource_id)
-                & (_HEAD.c.version_id == v.version_id),
-            )
-            .where(tuple_(v.resource_type, v.resource_id).in_(list(chunk)), v.deleted.is_(False))
         )
         for r in rows:
             found[(r.resource_type, r.resource_id)] = StoredVersion(*r)
