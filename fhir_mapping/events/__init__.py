@@ -1,0 +1,1 @@
+"""FHIR resources → typed trial events: one module per resource type, one explicit registry."""

@@ -1,0 +1,103 @@
+"""FHIR date/dateTime/instant values as clinical dates that keep their precision and local day."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Precision = Literal["year", "month", "day", "time"]
+
+_DATE_RE = re.compile(
+    r"(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
+    r"(?:T(?P<h>\d{2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:\.\d+)?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PartialDate:
+    """A recorded date: its text, its precision, and the calendar days it can mean.
+
+    `first`/`last` are the local calendar days the value covers (the same day for day or time
+    precision). A datetime's day is the day *where it was recorded*: 23:30-05:00 is that evening,
+    not the next UTC day.
+    """
+
+    text: str
+    precision: Precision
+    first: dt.date
+    last: dt.date
+    instant: dt.datetime | None = None
+
+    @property
+    def day(self) -> dt.date | None:
+        """The calendar day when the precision is a day or finer, else None."""
+        return self.first if self.precision in ("day", "time") else None
+
+    def sort_key(self) -> tuple[dt.date, dt.datetime]:
+        """Order by local day first, then by instant when there is one."""
+        moment = self.instant or dt.datetime.combine(self.first, dt.time(), tzinfo=dt.UTC)
+        return self.first, moment
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire shape used in events and API responses."""
+        return {
+            "value": self.text,
+            "precision": self.precision,
+            "first_day": self.first.isoformat(),
+            "last_day": self.last.isoformat(),
+        }
+
+
+def parse_partial_date(value: Any) -> PartialDate | None:
+    """Parse a FHIR date/dateTime/instant string; None for anything that is not one."""
+    if not isinstance(value, str):
+        return None
+    m = _DATE_RE.fullmatch(value)
+    if m is None:
+        return None
+    try:
+        year = int(m["y"])
+        if m["m"] is None:
+            return PartialDate(value, "year", dt.date(year, 1, 1), dt.date(year, 12, 31))
+        month = int(m["m"])
+        if m["d"] is None:
+            last = calendar.monthrange(year, month)[1]
+            return PartialDate(value, "month", dt.date(year, month, 1), dt.date(year, month, last))
+        day = dt.date(year, month, int(m["d"]))
+        if m["h"] is None:
+            return PartialDate(value, "day", day, day)
+        second = min(int(m["s"] or 0), 59)  # a leap second :60 still names this day
+        tz = (
+            dt.UTC
+            if m["tz"] in (None, "Z")
+            else dt.datetime.strptime(m["tz"].replace(":", ""), "%z").tzinfo
+        )
+        local = dt.datetime(year, month, day.day, int(m["h"]), int(m["mi"]), second, tzinfo=tz)
+        return PartialDate(value, "time", day, day, local)
+    except ValueError:
+        return None
+
+
+def first_date(*values: Any) -> PartialDate | None:
+    """The first of several candidate elements that holds a parseable date."""
+    for value in values:
+        parsed = parse_partial_date(value)
+        if parsed is not None:
+            return parsed
+    return None
+
+
+def period_bounds(period: Any) -> tuple[PartialDate | None, PartialDate | None]:
+    """(start, end) of a FHIR Period, each None when absent or unreadable."""
+    if not isinstance(period, dict):
+        return None, None
+    return parse_partial_date(period.get("start")), parse_partial_date(period.get("end"))
+
+
+def study_day(day: dt.date, day1: dt.date) -> int:
+    """CDISC study day: Day 1 is the reference day, the day before is Day -1; there is no Day 0."""
+    delta = (day - day1).days
+    return delta + 1 if delta >= 0 else delta

@@ -1,0 +1,204 @@
+"""Value sets as data: codes, code prefixes and name patterns, and how a concept matched."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MatchedBy = Literal["code", "name"]
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+ATC = "http://www.whocc.no/atc"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+UCUM = "http://unitsofmeasure.org"
+
+# Systems whose codes are written with or without the dot (C34.90 = C3490).
+_DOTLESS_SYSTEMS = frozenset({ICD10CM, ICD10, "http://www.cms.gov/Medicare/Coding/ICD10"})
+
+
+def normal_code(system: str | None, code: str) -> str:
+    """Compare codes the way their code system does (ICD-10 ignores the dot and case)."""
+    code = code.strip()
+    if system in _DOTLESS_SYSTEMS:
+        return code.replace(".", "").upper()
+    return code
+
+
+class CodeEntry(BaseModel):
+    """One code of a value set, with how sure we are of it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    system: str = Field(min_length=1)
+    code: str | None = Field(default=None, min_length=1)
+    prefix: str | None = Field(default=None, min_length=1)
+    display: str | None = None
+    status: Literal["verified", "secondary", "site"] = "site"
+
+    @model_validator(mode="after")
+    def _one_of(self) -> CodeEntry:
+        if (self.code is None) == (self.prefix is None):
+            raise ValueError("give exactly one of `code` or `prefix`")
+        return self
+
+
+class ValueSetDefinition(BaseModel):
+    """A named concept: codes and name patterns (matched on coding display and text)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str = Field(min_length=1)
+    codes: tuple[CodeEntry, ...] = ()
+    names: tuple[str, ...] = ()
+    exclude_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConceptMatch:
+    """A concept found in a CodeableConcept, and the coding or text that matched it."""
+
+    concept: str
+    matched_by: MatchedBy
+    system: str | None
+    code: str | None
+    text: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire shape used in events and evidence."""
+        return {
+            "concept": self.concept,
+            "matched_by": self.matched_by,
+            "system": self.system,
+            "code": self.code,
+            "text": self.text,
+        }
+
+
+def _phrase_regex(phrases: Iterable[str]) -> re.Pattern[str] | None:
+    parts = sorted({p.strip().lower() for p in phrases if p.strip()}, key=len, reverse=True)
+    if not parts:
+        return None
+    body = "|".join(re.escape(p).replace(r"\ ", r"[\s\-_]+") for p in parts)
+    return re.compile(rf"(?<![a-z0-9])(?:{body})(?![a-z0-9])", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    codes: frozenset[tuple[str, str]]
+    prefixes: tuple[tuple[str, str], ...]
+    names: re.Pattern[str] | None
+    excludes: re.Pattern[str] | None
+
+
+def codings(concept: Any) -> Iterator[dict[str, Any]]:
+    """The codings of a CodeableConcept (or of a bare Coding), skipping anything malformed."""
+    if not isinstance(concept, dict):
+        return
+    if "code" in concept and "coding" not in concept:
+        yield concept
+        return
+    for coding in concept.get("coding") or ():
+        if isinstance(coding, dict):
+            yield coding
+
+
+def concept_texts(concept: Any) -> Iterator[str]:
+    """Every human-readable text of a CodeableConcept: its text, then each coding display."""
+    if not isinstance(concept, dict):
+        return
+    if isinstance(concept.get("text"), str):
+        yield concept["text"]
+    for coding in codings(concept):
+        if isinstance(coding.get("display"), str):
+            yield coding["display"]
+
+
+@dataclass(frozen=True)
+class Terminology:
+    """All value sets in force, compiled for matching; built once per (re)load."""
+
+    definitions: Mapping[str, ValueSetDefinition]
+    _compiled: dict[str, _Compiled] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for concept_id, vs in self.definitions.items():
+            self._compiled[concept_id] = _Compiled(
+                codes=frozenset(
+                    (e.system, normal_code(e.system, e.code)) for e in vs.codes if e.code
+                ),
+                prefixes=tuple(
+                    (e.system, normal_code(e.system, e.prefix)) for e in vs.codes if e.prefix
+                ),
+                names=_phrase_regex(vs.names),
+                excludes=_phrase_regex(vs.exclude_names),
+            )
+
+    def __contains__(self, concept_id: object) -> bool:
+        return concept_id in self.definitions
+
+    def match(self, concept_id: str, concept: Any) -> ConceptMatch | None:
+        """How `concept` belongs to value set `concept_id`: by code first, else by name, else None."""
+        compiled = self._compiled.get(concept_id)
+        if compiled is None:
+            raise KeyError(f"unknown value set {concept_id!r}")
+        for coding in codings(concept):
+            system, code = coding.get("system"), coding.get("code")
+            if not isinstance(system, str) or not isinstance(code, str):
+                continue
+            norm = normal_code(system, code)
+            if (system, norm) in compiled.codes or any(
+                system == s and norm.startswith(p) for s, p in compiled.prefixes
+            ):
+                display = coding.get("display")
+                return ConceptMatch(
+                    concept_id, "code", system, code, display if isinstance(display, str) else None
+                )
+        if compiled.names is None:
+            return None
+        for text in concept_texts(concept):
+            if compiled.names.search(text) and not (
+                compiled.excludes and compiled.excludes.search(text)
+            ):
+                return ConceptMatch(concept_id, "name", None, None, text)
+        return None
+
+    def matches(self, concept: Any, concept_ids: Iterable[str]) -> list[ConceptMatch]:
+        """Every listed value set that `concept` belongs to, in the order asked."""
+        found = (self.match(c, concept) for c in concept_ids)
+        return [m for m in found if m is not None]
+
+    def first(self, concept: Any, concept_ids: Iterable[str]) -> ConceptMatch | None:
+        """The first listed value set that `concept` belongs to."""
+        for concept_id in concept_ids:
+            found = self.match(concept_id, concept)
+            if found is not None:
+                return found
+        return None
+
+
+def merge_definitions(
+    base: Mapping[str, ValueSetDefinition], extra: Mapping[str, ValueSetDefinition]
+) -> dict[str, ValueSetDefinition]:
+    """A site's additions extend a value set of the same id (codes and names are added)."""
+    merged = dict(base)
+    for concept_id, vs in extra.items():
+        old = merged.get(concept_id)
+        if old is None:
+            merged[concept_id] = vs
+            continue
+        merged[concept_id] = old.model_copy(
+            update={
+                "codes": old.codes + tuple(c for c in vs.codes if c not in old.codes),
+                "names": old.names + tuple(n for n in vs.names if n not in old.names),
+                "exclude_names": old.exclude_names
+                + tuple(n for n in vs.exclude_names if n not in old.exclude_names),
+            }
+        )
+    return merged
