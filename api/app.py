@@ -13,10 +13,13 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.fhir_routes import router as fhir_router
+from api.study_routes import router as study_router
 from service import migrate
+from service.catalog import load_catalog
 from service.db import make_engine
 from service.fhir_store import FhirStore
 from service.settings import Settings
+from service.studies import StudyReader
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -28,12 +31,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logging.basicConfig(
             level=conf.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        catalog = load_catalog(conf)  # a broken protocol file stops start-up, naming the key
         engine = make_engine(conf)
         if conf.auto_migrate:
             await run_in_threadpool(migrate.upgrade, engine)
         app.state.settings = conf
         app.state.engine = engine
-        app.state.store = FhirStore(engine, conf)
+        app.state.store = FhirStore(engine, conf, catalog.derivation)
+        app.state.studies = StudyReader(engine, catalog.protocols)
         try:
             yield
         finally:
@@ -47,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(fhir_router)
+    app.include_router(study_router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:

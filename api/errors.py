@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.fhir_http import outcome_response
 from fhir_mapping.issues import InvalidContentError, Issue
-from service.errors import FhirError
+from service.errors import ApiError, FhirError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ def install(app: FastAPI) -> None:
         if _is_fhir(request):
             return outcome_response(exc.status, exc.issues)
         return json_error(exc.status, exc.issues[0].code, str(exc))
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return json_error(exc.status, exc.code, exc.message, exc.details)
 
     @app.exception_handler(InvalidContentError)
     async def _invalid(request: Request, exc: InvalidContentError) -> Response:

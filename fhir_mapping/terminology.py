@@ -21,6 +21,14 @@ UCUM = "http://unitsofmeasure.org"
 
 # Systems whose codes are written with or without the dot (C34.90 = C3490).
 _DOTLESS_SYSTEMS = frozenset({ICD10CM, ICD10, "http://www.cms.gov/Medicare/Coding/ICD10"})
+# WHO ICD-10 and ICD-10-CM share their categories (C34, C77–C79, M05 …): a value set written in
+# one matches codes sent in the other.
+_SYSTEM_ALIASES = {ICD10: ICD10CM, "http://www.cms.gov/Medicare/Coding/ICD10": ICD10CM}
+
+
+def normal_system(system: str) -> str:
+    """The system a code is compared under (ICD-10 variants are compared as ICD-10-CM)."""
+    return _SYSTEM_ALIASES.get(system, system)
 
 
 def normal_code(system: str | None, code: str) -> str:
@@ -57,6 +65,7 @@ class ValueSetDefinition(BaseModel):
     title: str = Field(min_length=1)
     codes: tuple[CodeEntry, ...] = ()
     names: tuple[str, ...] = ()
+    abbreviations: tuple[str, ...] = ()
     exclude_names: tuple[str, ...] = ()
 
 
@@ -81,12 +90,15 @@ class ConceptMatch:
         }
 
 
-def _phrase_regex(phrases: Iterable[str]) -> re.Pattern[str] | None:
-    parts = sorted({p.strip().lower() for p in phrases if p.strip()}, key=len, reverse=True)
+def _phrase_regex(
+    phrases: Iterable[str], *, case_sensitive: bool = False
+) -> re.Pattern[str] | None:
+    parts = sorted({p.strip() for p in phrases if p.strip()}, key=len, reverse=True)
     if not parts:
         return None
     body = "|".join(re.escape(p).replace(r"\ ", r"[\s\-_]+") for p in parts)
-    return re.compile(rf"(?<![a-z0-9])(?:{body})(?![a-z0-9])", re.IGNORECASE)
+    flags = 0 if case_sensitive else re.IGNORECASE
+    return re.compile(rf"(?<![A-Za-z0-9])(?:{body})(?![A-Za-z0-9])", flags)
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,7 @@ class _Compiled:
     codes: frozenset[tuple[str, str]]
     prefixes: tuple[tuple[str, str], ...]
     names: re.Pattern[str] | None
+    abbreviations: re.Pattern[str] | None
     excludes: re.Pattern[str] | None
 
 
@@ -101,10 +114,11 @@ def codings(concept: Any) -> Iterator[dict[str, Any]]:
     """The codings of a CodeableConcept (or of a bare Coding), skipping anything malformed."""
     if not isinstance(concept, dict):
         return
-    if "code" in concept and "coding" not in concept:
-        yield concept
+    if "coding" not in concept and ("code" in concept or "display" in concept):
+        yield concept  # a bare Coding
         return
-    for coding in concept.get("coding") or ():
+    found = concept.get("coding")
+    for coding in found if isinstance(found, list) else ():
         if isinstance(coding, dict):
             yield coding
 
@@ -131,12 +145,17 @@ class Terminology:
         for concept_id, vs in self.definitions.items():
             self._compiled[concept_id] = _Compiled(
                 codes=frozenset(
-                    (e.system, normal_code(e.system, e.code)) for e in vs.codes if e.code
+                    (normal_system(e.system), normal_code(e.system, e.code))
+                    for e in vs.codes
+                    if e.code
                 ),
                 prefixes=tuple(
-                    (e.system, normal_code(e.system, e.prefix)) for e in vs.codes if e.prefix
+                    (normal_system(e.system), normal_code(e.system, e.prefix))
+                    for e in vs.codes
+                    if e.prefix
                 ),
                 names=_phrase_regex(vs.names),
+                abbreviations=_phrase_regex(vs.abbreviations, case_sensitive=True),
                 excludes=_phrase_regex(vs.exclude_names),
             )
 
@@ -152,20 +171,21 @@ class Terminology:
             system, code = coding.get("system"), coding.get("code")
             if not isinstance(system, str) or not isinstance(code, str):
                 continue
-            norm = normal_code(system, code)
-            if (system, norm) in compiled.codes or any(
-                system == s and norm.startswith(p) for s, p in compiled.prefixes
+            norm, nsys = normal_code(system, code), normal_system(system)
+            if (nsys, norm) in compiled.codes or any(
+                nsys == s and norm.startswith(p) for s, p in compiled.prefixes
             ):
                 display = coding.get("display")
                 return ConceptMatch(
                     concept_id, "code", system, code, display if isinstance(display, str) else None
                 )
-        if compiled.names is None:
+        if compiled.names is None and compiled.abbreviations is None:
             return None
         for text in concept_texts(concept):
-            if compiled.names.search(text) and not (
-                compiled.excludes and compiled.excludes.search(text)
-            ):
+            named = (compiled.names and compiled.names.search(text)) or (
+                compiled.abbreviations and compiled.abbreviations.search(text)
+            )
+            if named and not (compiled.excludes and compiled.excludes.search(text)):
                 return ConceptMatch(concept_id, "name", None, None, text)
         return None
 
@@ -197,6 +217,8 @@ def merge_definitions(
             update={
                 "codes": old.codes + tuple(c for c in vs.codes if c not in old.codes),
                 "names": old.names + tuple(n for n in vs.names if n not in old.names),
+                "abbreviations": old.abbreviations
+                + tuple(n for n in vs.abbreviations if n not in old.abbreviations),
                 "exclude_names": old.exclude_names
                 + tuple(n for n in vs.exclude_names if n not in old.exclude_names),
             }

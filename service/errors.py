@@ -28,3 +28,16 @@ class FhirError(Exception):
 
 class WriteConflictError(Exception):
     """Another request changed the same resource first; the unit of work is retried."""
+
+
+class ApiError(Exception):
+    """A JSON-API request we refuse: status, a stable machine code, and a message for people."""
+
+    def __init__(
+        self, status: int, code: str, message: str, details: list[dict[str, object]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or []

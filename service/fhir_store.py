@@ -20,7 +20,9 @@ from fhir_mapping.json_codec import loads_text
 from fhir_mapping.references import is_valid_id
 from fhir_mapping.resource_types import SUPPORTED_TYPES
 from service import store
+from service.catalog import load_catalog
 from service.db import session_scope
+from service.derivation import Derivation
 from service.errors import FhirError, WriteConflictError
 from service.fhir_time import utcnow
 from service.ingest import (
@@ -64,9 +66,12 @@ def _retryable(exc: BaseException) -> bool:
 class FhirStore:
     """Read, search and write FHIR resources; the API and the CLI both go through here."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(
+        self, engine: Engine, settings: Settings, derivation: Derivation | None = None
+    ) -> None:
         self.engine = engine
         self.settings = settings
+        self.derivation = derivation or load_catalog(settings).derivation
 
     # -- units of work -------------------------------------------------------------------------
 
@@ -75,7 +80,9 @@ class FhirStore:
         for attempt in range(1, attempts + 1):
             try:
                 with session_scope(self.engine) as session:
-                    return work(session)
+                    result = work(session)
+                    self.derivation.after_write(session)  # events change with their sources
+                    return result
             except (IntegrityError, WriteConflictError, DBAPIError) as exc:
                 if _retryable(exc) and attempt < attempts:
                     time.sleep(random.uniform(0, 0.02 * 2**attempt))

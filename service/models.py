@@ -7,11 +7,13 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Date,
     DateTime,
     ForeignKeyConstraint,
     Index,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlmodel import Field, SQLModel
 
@@ -109,3 +111,62 @@ class ResourceReference(SQLModel, table=True):
     param: str = Field(max_length=64)
     target_type: str = Field(max_length=64)
     target_id: str = Field(max_length=64)
+
+
+class TrialEventRow(SQLModel, table=True):
+    """A trial event derived from one resource version; replaced whenever that resource changes."""
+
+    __tablename__ = "trial_event"
+    __table_args__ = (
+        Index("ix_trial_event_patient_day", "patient_id", "first_day"),
+        Index("ix_trial_event_source", "source_type", "source_id"),
+    )
+
+    pk: int | None = Field(default=None, primary_key=True)
+    source_type: str = Field(max_length=64)
+    source_id: str = Field(max_length=64)
+    source_version: int
+    seq: int
+    patient_id: str | None = Field(default=None, max_length=64)
+    kind: str = Field(max_length=32)
+    first_day: dt.date | None = Field(default=None, sa_column=Column(Date(), nullable=True))
+    payload: str = Field(sa_column=Column(Text(), nullable=False))
+
+
+class EventDependency(SQLModel, table=True):
+    """A resource (or identifier) a source's events were computed from: change it, remap the source."""
+
+    __tablename__ = "trial_event_dependency"
+    __table_args__ = (Index("ix_trial_event_dependency_target", "target"),)
+
+    source_type: str = Field(primary_key=True, max_length=64)
+    source_id: str = Field(primary_key=True, max_length=64)
+    target: str = Field(primary_key=True, max_length=512)
+
+
+class StudySubject(SQLModel, table=True):
+    """A patient who is a subject of a study, under a pseudonymous id."""
+
+    __tablename__ = "study_subject"
+    __table_args__ = (
+        UniqueConstraint("study_id", "subject_id", name="uq_study_subject_subject_id"),
+        Index("ix_study_subject_number", "study_id", "subject_number"),
+    )
+
+    study_id: str = Field(primary_key=True, max_length=64)
+    patient_id: str = Field(primary_key=True, max_length=64)
+    subject_id: str = Field(max_length=32)
+    subject_number: str | None = Field(default=None, max_length=256)
+    status: str = Field(max_length=32)
+    enrolled_on: dt.date | None = Field(default=None, sa_column=Column(Date(), nullable=True))
+    day1: dt.date | None = Field(default=None, sa_column=Column(Date(), nullable=True))
+    updated_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class ServiceSecret(SQLModel, table=True):
+    """Secrets the service generates once and keeps (e.g. the subject pseudonym key)."""
+
+    __tablename__ = "service_secret"
+
+    name: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=256)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/trialbridge.db"
@@ -31,6 +31,27 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     write_retries: int = Field(default=5, ge=1, le=50, description="Attempts on a write conflict")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    protocol_dir: Path | None = Field(
+        default=None, description="Folder of site protocol files (*.toml); same id replaces"
+    )
+    terminology_dir: Path | None = Field(
+        default=None, description="Folder of site value-set files (*.toml) extending ours"
+    )
+    pseudonym_key: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Key for subject ids; by default one is generated once and kept in the DB",
+    )
+    api_default_limit: int = Field(default=50, ge=1, le=1000)
+    api_max_limit: int = Field(default=500, ge=1, le=10000)
+
+    @field_validator("protocol_dir", "terminology_dir")
+    @classmethod
+    def _existing_dir(cls, value: Path | None) -> Path | None:
+        """A configured folder that is missing is a deployment error, caught at start-up."""
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value
 
     @field_validator("database_url")
     @classmethod

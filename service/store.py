@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, tuple_, update
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
 
 from service.models import ResourceHead, ResourceIdentifier, ResourceReference, ResourceVersion
 
 Key = tuple[str, str]
 _CHUNK = 400
+# session.info key: the (type, id) of every resource written in this unit of work.
+WRITTEN_KEYS = "trialbridge_written_keys"
 
 _HEAD = ResourceHead.__table__  # type: ignore[attr-defined]
 _VERSION = ResourceVersion.__table__  # type: ignore[attr-defined]
@@ -154,6 +156,9 @@ def write_versions(
     """
     if not rows:
         return
+    session.info.setdefault(WRITTEN_KEYS, set()).update(
+        (r.resource_type, r.resource_id) for r in rows
+    )
     session.execute(
         insert(_VERSION),
         [
@@ -230,8 +235,9 @@ def _replace_indexes(
 
 
 def table_counts(session: Session) -> dict[str, int]:
-    """Row count of every store table (used by tests and operators)."""
+    """Row count of every table the service writes (used by tests and operators)."""
     return {
         t.name: int(session.execute(select(func.count()).select_from(t)).scalar_one())
-        for t in (_HEAD, _VERSION, _IDENT, _REF)
+        for t in SQLModel.metadata.sorted_tables
+        if t.name != "service_secret"  # created once, on first use, by design
     }

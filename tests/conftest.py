@@ -27,7 +27,15 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-STORE_TABLES = ("fhir_identifier", "fhir_reference", "fhir_resource_version", "fhir_resource")
+STORE_TABLES = (
+    "study_subject",
+    "trial_event_dependency",
+    "trial_event",
+    "fhir_identifier",
+    "fhir_reference",
+    "fhir_resource_version",
+    "fhir_resource",
+)
 FHIR_JSON = {"content-type": "application/fhir+json"}
 
 

@@ -25,6 +25,9 @@ SEEDED = {
     "fhir_resource_version": 1,
     "fhir_identifier": 1,
     "fhir_reference": 0,
+    "trial_event": 1,
+    "trial_event_dependency": 0,
+    "study_subject": 0,
 }
 VALID_PATIENT = b'{"resourceType":"Patient","identifier":[{"system":"urn:mrn","value":"new-1"}]}'
 
@@ -79,6 +82,9 @@ def seed_twins(fhir: httpx.Client, engine: Engine) -> dict[str, int]:
         "fhir_resource_version": 3,
         "fhir_identifier": 3,
         "fhir_reference": 0,
+        "trial_event": 3,
+        "trial_event_dependency": 0,
+        "study_subject": 0,
     }
     return before
 
@@ -203,6 +209,9 @@ def test_plain_application_json_is_accepted(fhir: httpx.Client, engine: Engine) 
         "fhir_resource_version": before["fhir_resource_version"] + 1,
         "fhir_identifier": before["fhir_identifier"] + 1,
         "fhir_reference": before["fhir_reference"],
+        "trial_event": before["trial_event"] + 1,
+        "trial_event_dependency": before["trial_event_dependency"],
+        "study_subject": before["study_subject"],
     }
 
 
@@ -508,6 +517,9 @@ def test_batch_reports_each_entry_and_writes_only_the_good_one(
         "fhir_resource_version": before["fhir_resource_version"] + 1,
         "fhir_identifier": before["fhir_identifier"] + 1,
         "fhir_reference": before["fhir_reference"],
+        "trial_event": before["trial_event"] + 1,
+        "trial_event_dependency": before["trial_event_dependency"],
+        "study_subject": before["study_subject"],
     }
 
 
@@ -604,6 +616,9 @@ def test_import_reports_each_line_and_writes_only_the_good_one(
         "fhir_resource_version": before["fhir_resource_version"] + 1,
         "fhir_identifier": before["fhir_identifier"] + 1,
         "fhir_reference": before["fhir_reference"],
+        "trial_event": before["trial_event"] + 1,
+        "trial_event_dependency": before["trial_event_dependency"],
+        "study_subject": before["study_subject"],
     }
 
 
@@ -666,6 +681,9 @@ def test_odd_but_valid_values_are_kept_lexically(
         "fhir_resource_version": before["fhir_resource_version"] + 1,
         "fhir_identifier": before["fhir_identifier"],
         "fhir_reference": before["fhir_reference"],
+        "trial_event": before["trial_event"] + (path == "/Patient"),
+        "trial_event_dependency": before["trial_event_dependency"],
+        "study_subject": before["study_subject"],
     }
 
 
@@ -689,6 +707,9 @@ def test_decimal_0_1_differs_from_0_10(fhir: httpx.Client, engine: Engine) -> No
         "fhir_resource_version": before["fhir_resource_version"] + 2,
         "fhir_identifier": before["fhir_identifier"],
         "fhir_reference": before["fhir_reference"],
+        "trial_event": before["trial_event"],
+        "trial_event_dependency": before["trial_event_dependency"],
+        "study_subject": before["study_subject"],
     }
 
 

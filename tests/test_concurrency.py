@@ -71,6 +71,9 @@ def test_same_transaction_posted_8_times_at_once_leaves_one_copy(
         "fhir_resource_version": 3,
         "fhir_identifier": 1,
         "fhir_reference": 2,
+        "trial_event": 3,  # demographics, viable tumour, encounter: derived once too
+        "trial_event_dependency": 0,
+        "study_subject": 0,
     }
 
 
@@ -129,6 +132,9 @@ def test_database_lost_mid_transaction_writes_nothing_and_says_transient(new_dat
         "fhir_resource_version": 0,
         "fhir_identifier": 0,
         "fhir_reference": 0,
+        "trial_event": 0,
+        "trial_event_dependency": 0,
+        "study_subject": 0,
     }
     engine.dispose()
 

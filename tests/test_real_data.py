@@ -31,6 +31,9 @@ EMPTY_STORE = {
     "fhir_resource_version": 0,
     "fhir_identifier": 0,
     "fhir_reference": 0,
+    "trial_event": 0,
+    "trial_event_dependency": 0,
+    "study_subject": 0,
 }
 # A resource type in a request URL: the first CamelCase path segment ("Patient", "ValueSet").
 _TYPE_SEGMENT = re.compile(r"^[A-Z][A-Za-z]+$")

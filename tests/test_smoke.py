@@ -26,4 +26,7 @@ def test_create_then_read_round_trips_bytes(fhir: httpx.Client, engine: Engine) 
         "fhir_resource_version": 1,
         "fhir_identifier": 0,
         "fhir_reference": 0,
+        "trial_event": 0,
+        "trial_event_dependency": 0,
+        "study_subject": 0,
     }

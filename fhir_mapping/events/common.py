@@ -96,7 +96,8 @@ def dose_in_mg(quantity: Any) -> dict[str, Any] | None:
     raw = quantity.get("value")
     unit = quantity.get("unit") if isinstance(quantity.get("unit"), str) else None
     code = quantity.get("code") if isinstance(quantity.get("code"), str) else None
-    out: dict[str, Any] = {"value": str(raw), "unit": unit, "code": code, "mg": None, "flag": None}
+    text = getattr(raw, "text", None) or str(raw)  # the number as it was written
+    out: dict[str, Any] = {"value": text, "unit": unit, "code": code, "mg": None, "flag": None}
     try:
         value = Decimal(str(raw))
     except InvalidOperation:
@@ -109,7 +110,7 @@ def dose_in_mg(quantity: Any) -> dict[str, Any] | None:
     if factor is None:
         out["flag"] = f"UCUM unit {code!r} is not a mass: not converted"
         return out
-    out["mg"] = str((value * factor).normalize()) if value else "0"
+    out["mg"] = format((value * factor).normalize(), "f") if value else "0"
     return out
 
 

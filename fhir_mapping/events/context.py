@@ -85,11 +85,15 @@ class MappingContext:
                     self.lookup.by_id(parsed.resource_type, parsed.resource_id) if fetch else None
                 )
                 return Resolved(parsed.resource_type, parsed.resource_id, content)
-            return None
+            if local or parsed.kind != "absolute":
+                return None
+            # an address on another server (never fetched): fall back to its identifier, if any
         identifier = reference.get("identifier")
         if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
             rtype = reference.get("type")
-            types = (rtype,) if isinstance(rtype, str) and rtype in expected else expected
+            if isinstance(rtype, str) and rtype not in expected:
+                return None  # a declared type we were not asked for (e.g. a Group)
+            types = (rtype,) if isinstance(rtype, str) else expected
             system = identifier.get("system")
             found = self.lookup.by_identifier(
                 types, system if isinstance(system, str) else None, identifier["value"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from fhir_mapping.partial_dates import PartialDate
+from fhir_mapping.partial_dates import PartialDate, parse_partial_date
 from fhir_mapping.terminology import ConceptMatch
 
 
@@ -78,3 +78,24 @@ class TrialEvent:
             "concepts": [c.to_json() for c in self.concepts],
             "source": self.source.to_json(),
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], patient_id: str | None) -> TrialEvent:
+        """Rebuild an event from its stored wire shape."""
+        src = data["source"]
+        return cls(
+            kind=EventKind(data["kind"]),
+            patient_id=patient_id,
+            source=SourceRef(src["resource_type"], src["id"], int(src["version"])),
+            date=_date(data.get("date")),
+            end=_date(data.get("end")),
+            values=data.get("values") or {},
+            concepts=tuple(
+                ConceptMatch(c["concept"], c["matched_by"], c["system"], c["code"], c["text"])
+                for c in data.get("concepts") or ()
+            ),
+        )
+
+
+def _date(data: Any) -> PartialDate | None:
+    return parse_partial_date(data["value"]) if isinstance(data, Mapping) else None

@@ -1,0 +1,67 @@
+"""The study API under /api/v1: studies, subjects, timelines (JSON for trial software)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import SettingsDep
+from api.schemas import ERRORS, StudyDetail, StudyList, SubjectPage, Timeline
+from service.studies import StudyReader, study_detail, study_summary
+
+router = APIRouter(prefix="/api/v1", tags=["studies"], responses=ERRORS)
+
+
+def _reader(request: Request) -> StudyReader:
+    reader: StudyReader = request.app.state.studies
+    return reader
+
+
+@router.get("/studies", response_model=StudyList, summary="Studies this deployment serves")
+async def list_studies(request: Request) -> dict[str, Any]:
+    """Every loaded protocol: id, version, title, kind."""
+    reader = _reader(request)
+    return {"studies": [study_summary(p) for _, p in sorted(reader.protocols.items())]}
+
+
+@router.get(
+    "/studies/{study_id}", response_model=StudyDetail, summary="A study and its protocol settings"
+)
+async def get_study(request: Request, study_id: str) -> dict[str, Any]:
+    """The protocol file as loaded: schedule, eligibility, deviation rules, outcomes, choices."""
+    return study_detail(_reader(request).protocol(study_id))
+
+
+@router.get(
+    "/studies/{study_id}/subjects", response_model=SubjectPage, summary="Subjects of a study"
+)
+async def list_subjects(
+    request: Request,
+    settings: SettingsDep,
+    study_id: str,
+    status: Annotated[str | None, Query(description="e.g. on-study, candidate, included")] = None,
+    subject_number: Annotated[str | None, Query(description="The study's own number")] = None,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="Page size")] = None,
+) -> dict[str, Any]:
+    """Subjects in a stable order, filtered, a page at a time."""
+    size = min(limit or settings.api_default_limit, settings.api_max_limit)
+    reader = _reader(request)
+    return await run_in_threadpool(
+        lambda: reader.subjects(
+            study_id, cursor=cursor, limit=size, status=status, subject_number=subject_number
+        )
+    )
+
+
+@router.get(
+    "/studies/{study_id}/subjects/{subject_id}/timeline",
+    response_model=Timeline,
+    summary="A subject's trial events in study-day order",
+)
+async def subject_timeline(request: Request, study_id: str, subject_id: str) -> dict[str, Any]:
+    """Every event with its date (and precision), study day, values and FHIR evidence."""
+    reader = _reader(request)
+    return await run_in_threadpool(lambda: reader.timeline(study_id, subject_id))

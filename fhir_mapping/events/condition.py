@@ -1,0 +1,117 @@
+"""Condition → condition: diagnoses for eligibility (NSCLC, metastases, autoimmunity), cirAEs, Charlson."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fhir_mapping.events.adverse_event import ctcae_grade, has_grade_extension
+from fhir_mapping.events.common import as_dict, concept_json, is_void
+from fhir_mapping.events.context import MappingContext
+from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.partial_dates import first_date, period_bounds
+from fhir_mapping.terminology import ICD10, ICD10CM, codings
+
+# The value sets a Condition's code is tested against, in the order events list them.
+CONDITION_CONCEPTS = (
+    "nsclc",
+    "lung_cancer",
+    "metastatic_disease",
+    "autoimmune_disease",
+    "cutaneous_irae",
+)
+_ICD10_SYSTEMS = frozenset({ICD10CM, ICD10})
+_ADVERSE_EVENT = re.compile(r"(?<![a-z0-9])adverse[\s\-_]*events?(?![a-z0-9])", re.IGNORECASE)
+
+
+def _items(value: Any) -> list[Any]:
+    """The value when it is a JSON array, else an empty one (malformed input maps to nothing)."""
+    return value if isinstance(value, list) else []
+
+
+def _code_of(concept: Any) -> str | None:
+    """The first code of a status-like CodeableConcept (clinicalStatus, verificationStatus)."""
+    for coding in codings(concept):
+        if isinstance(coding.get("code"), str):
+            return str(coding["code"])
+    return None
+
+
+def _category_codes(resource: dict[str, Any]) -> list[str]:
+    """Every category code, in the order written."""
+    return [
+        str(coding["code"])
+        for category in _items(resource.get("category"))
+        for coding in codings(category)
+        if isinstance(coding.get("code"), str)
+    ]
+
+
+def _icd10_codes(code: Any) -> list[str]:
+    """ICD-10(-CM) codes exactly as written, for the Charlson index downstream."""
+    return [
+        str(coding["code"])
+        for coding in codings(code)
+        if coding.get("system") in _ICD10_SYSTEMS and isinstance(coding.get("code"), str)
+    ]
+
+
+def _category_says_adverse_event(resource: dict[str, Any]) -> bool:
+    """A category code, display or text names an adverse event ('adverse-event', 'Adverse event')."""
+    for category in _items(resource.get("category")):
+        category = as_dict(category)
+        texts = [category.get("text")]
+        for coding in codings(category):
+            texts += [coding.get("code"), coding.get("display")]
+        if any(isinstance(t, str) and _ADVERSE_EVENT.search(t) for t in texts):
+            return True
+    return False
+
+
+def _patient_id(resource: dict[str, Any], ctx: MappingContext) -> str | None:
+    """The subject's Patient id; a subject typed as a Group has none."""
+    subject = resource.get("subject")
+    declared = as_dict(subject).get("type")
+    if isinstance(declared, str) and declared != "Patient":
+        return None
+    return ctx.patient_id(subject, resource)
+
+
+def map_condition(
+    resource: dict[str, Any], source: SourceRef, ctx: MappingContext
+) -> list[TrialEvent]:
+    """One event per asserted condition (not void, not refuted), with the value sets it is in."""
+    verification = _code_of(resource.get("verificationStatus"))
+    if is_void(resource) or verification == "refuted":
+        return []
+    code = resource.get("code")
+    onset_start, _ = period_bounds(resource.get("onsetPeriod"))
+    _, abatement_end = period_bounds(resource.get("abatementPeriod"))
+    graded = has_grade_extension(resource)
+    values: dict[str, Any] = {
+        "code": concept_json(code),
+        "clinical_status": _code_of(resource.get("clinicalStatus")),
+        "verification_status": verification,
+        "categories": _category_codes(resource),
+        "icd10": _icd10_codes(code),
+        "is_adverse_event": graded or _category_says_adverse_event(resource),
+        "grade": ctcae_grade(resource, ctx) if graded else None,
+        "stage": [
+            summary
+            for stage in _items(resource.get("stage"))
+            if (summary := concept_json(as_dict(stage).get("summary"))) is not None
+        ],
+    }
+    return [
+        TrialEvent(
+            kind=EventKind.CONDITION,
+            patient_id=_patient_id(resource, ctx),
+            source=source,
+            date=first_date(resource.get("onsetDateTime"))
+            or onset_start
+            or first_date(resource.get("recordedDate")),
+            end=first_date(resource.get("abatementDateTime")) or abatement_end,
+            values=values,
+            concepts=tuple(ctx.terminology.matches(code, CONDITION_CONCEPTS)),
+        )
+    ]

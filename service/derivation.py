@@ -1,0 +1,204 @@
+"""Keep trial events and study subjects in step with the FHIR store, inside each write."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlmodel import Session
+
+from fhir_mapping.events.context import MappingContext
+from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.events.registry import MAPPERS, map_resource
+from fhir_mapping.json_codec import LexicalDecimal
+from fhir_mapping.terminology import Terminology
+from service import event_store, store
+from service.fhir_time import utcnow
+from service.membership import membership, pseudonym
+from service.protocol import CohortProtocol, TrialProtocol
+from service.store import Key
+from service.terminology_files import VALUESET_URL_PREFIX, build_terminology
+
+log = logging.getLogger(__name__)
+
+# Stored content was validated on the way in: a plain decoder that keeps decimals' text suffices.
+_STORED = json.JSONDecoder(parse_float=LexicalDecimal)
+PSEUDONYM_SECRET = "subject-pseudonym-key"
+# Event kinds that decide study membership (read back for every touched patient).
+MEMBERSHIP_KINDS = (EventKind.ENROLLMENT, EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE)
+
+
+@dataclass
+class _RecordingLookup:
+    """Reads current resources for a mapper and remembers what it read (the dependencies)."""
+
+    session: Session
+    targets: set[str] = field(default_factory=set)
+
+    def by_id(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        """The current content of a stored resource."""
+        self.targets.add(f"{resource_type}/{resource_id}")
+        found = store.read_version(self.session, resource_type, resource_id)
+        if found is None or found.content is None:
+            return None
+        content: dict[str, Any] = _STORED.decode(found.content)
+        return content
+
+    def by_identifier(
+        self, resource_types: tuple[str, ...], system: str | None, value: str
+    ) -> tuple[str, str, dict[str, Any]] | None:
+        """The single current resource of those types carrying this identifier."""
+        self.targets.add(event_store.identifier_target(value))
+        hits = event_store.identifier_matches(self.session, resource_types, system, value)
+        if len(hits) != 1:
+            return None
+        rtype, rid = hits[0]
+        content = self.by_id(rtype, rid)
+        return (rtype, rid, content) if content is not None else None
+
+
+class Derivation:
+    """Maps written resources to events and recomputes the subjects they touch."""
+
+    def __init__(
+        self,
+        protocols: dict[str, TrialProtocol | CohortProtocol],
+        *,
+        terminology_dir: Any = None,
+        base_url: str | None = None,
+        pseudonym_key: str | None = None,
+    ) -> None:
+        self.protocols = protocols
+        self.terminology_dir = terminology_dir
+        self.base_url = base_url
+        self._pseudonym_key = pseudonym_key.encode() if pseudonym_key else None
+        self._lock = threading.Lock()
+        self._terminology = build_terminology(terminology_dir)
+        self._generation: tuple[int, Any] = (0, None)
+
+    # -- terminology ------------------------------------------------------------------------------
+
+    def terminology(self, session: Session) -> tuple[Terminology, bool]:
+        """The value sets in force (site ValueSets included) and whether they just changed."""
+        generation = event_store.valueset_generation(session)
+        with self._lock:
+            if generation == self._generation:
+                return self._terminology, False
+        keys = event_store.all_keys(session, ["ValueSet"])
+        valuesets = [
+            _STORED.decode(v.content)
+            for v in store.read_current_many(session, keys)
+            if v.content is not None and VALUESET_URL_PREFIX in v.content
+        ]
+        built = build_terminology(self.terminology_dir, valuesets)
+        with self._lock:
+            changed = built.definitions != self._terminology.definitions
+            self._terminology, self._generation = built, generation
+        return built, changed
+
+    # -- the hook ---------------------------------------------------------------------------------
+
+    def after_write(self, session: Session) -> None:
+        """Run inside the write transaction, before commit: remap what changed, re-list subjects."""
+        written: set[Key] = session.info.pop(store.WRITTEN_KEYS, set())
+        if not written:
+            return
+        terminology, changed = self.terminology(session)
+        if changed or any(t == "ValueSet" for t, _ in written):
+            keys = set(event_store.all_keys(session, sorted(MAPPERS))) | written
+        else:
+            keys = set(written)
+            targets = {f"{t}/{i}" for t, i in keys} | event_store.identifier_targets(
+                session, sorted(keys)
+            )
+            keys |= event_store.dependents(session, targets)
+        self.remap(session, sorted(keys), terminology)
+
+    def remap(self, session: Session, keys: Sequence[Key], terminology: Terminology) -> None:
+        """Replace the events of these sources with what their current versions map to."""
+        mapped_keys = [k for k in keys if k[0] in MAPPERS]
+        touched = event_store.patients_of(session, mapped_keys)
+        event_store.delete_events(session, mapped_keys)
+        lookup = _RecordingLookup(session)
+        ctx = MappingContext(terminology, lookup, self.base_url)
+        events: list[TrialEvent] = []
+        deps: list[tuple[str, str, str]] = []
+        for version in store.read_current_many(session, mapped_keys):
+            lookup.targets = set()
+            source = SourceRef(version.resource_type, version.resource_id, version.version_id)
+            found = self._map_one(version.resource_type, version.content, source, ctx)
+            events.extend(found)
+            deps.extend((source.resource_type, source.resource_id, t) for t in lookup.targets)
+        event_store.insert_events(session, events, deps)
+        touched.update(e.patient_id for e in events if e.patient_id)
+        self.refresh_subjects(session, sorted(touched))
+
+    @staticmethod
+    def _map_one(
+        resource_type: str, content: str | None, source: SourceRef, ctx: MappingContext
+    ) -> list[TrialEvent]:
+        if content is None:
+            return []
+        try:
+            return map_resource(resource_type, _STORED.decode(content), source, ctx)
+        except Exception:  # a mapper bug must not refuse valid FHIR; the resource stays stored
+            log.exception(
+                "mapping %s/%s failed; it yields no events",
+                source.resource_type,
+                source.resource_id,
+            )
+            return []
+
+    # -- subjects ---------------------------------------------------------------------------------
+
+    def pseudonym_key(self, session: Session) -> bytes:
+        """The configured key, else one generated once and kept in the database."""
+        if self._pseudonym_key is None:
+            value = event_store.get_or_create_secret(
+                session,
+                PSEUDONYM_SECRET,
+                lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+            )
+            self._pseudonym_key = value.encode()
+        return self._pseudonym_key
+
+    def refresh_subjects(self, session: Session, patient_ids: Sequence[str]) -> None:
+        """Recompute every study's membership for these patients."""
+        if not patient_ids:
+            return
+        events = event_store.events_of(session, patient_ids, MEMBERSHIP_KINDS)
+        existing = event_store.subjects_of(session, patient_ids)
+        key = self.pseudonym_key(session)
+        now = utcnow()
+        for study_id, protocol in sorted(self.protocols.items()):
+            for patient_id in patient_ids:
+                facts = membership(protocol, events.get(patient_id, []))
+                row = existing.get((study_id, patient_id))
+                if facts is None:
+                    if row is not None:
+                        event_store.delete_subject(session, study_id, patient_id)
+                    continue
+                values = {
+                    "study_id": study_id,
+                    "patient_id": patient_id,
+                    "subject_id": pseudonym(key, study_id, patient_id),
+                    "subject_number": facts.subject_number,
+                    "status": facts.status,
+                    "enrolled_on": facts.enrolled_on,
+                    "day1": facts.day1,
+                }
+                if row is not None and all(getattr(row, k) == v for k, v in values.items()):
+                    continue
+                event_store.upsert_subject(session, {**values, "updated_at": now}, row is not None)
+
+
+def remap_all(derivation: Derivation, session: Session) -> None:
+    """Recompute every event and subject (after a terminology or mapping change)."""
+    terminology, _ = derivation.terminology(session)
+    derivation.remap(session, event_store.all_keys(session, sorted(MAPPERS)), terminology)

@@ -1,0 +1,246 @@
+"""All SQL for trial events, their dependencies and study subjects. Nothing here commits."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlmodel import Session
+
+from fhir_mapping.events.model import EventKind, TrialEvent
+from service.models import (
+    EventDependency,
+    ResourceHead,
+    ResourceIdentifier,
+    ServiceSecret,
+    StudySubject,
+    TrialEventRow,
+)
+from service.store import Key
+
+_EVENT = TrialEventRow.__table__  # type: ignore[attr-defined]
+_DEP = EventDependency.__table__  # type: ignore[attr-defined]
+_SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
+_SECRET = ServiceSecret.__table__  # type: ignore[attr-defined]
+_IDENT = ResourceIdentifier.__table__  # type: ignore[attr-defined]
+_HEAD = ResourceHead.__table__  # type: ignore[attr-defined]
+_CHUNK = 400
+
+
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def identifier_targets(session: Session, keys: Sequence[Key]) -> set[str]:
+    """Dependency targets for the identifiers the given resources carry now."""
+    out: set[str] = set()
+    c = _IDENT.c
+    for chunk in _chunks(list(keys)):
+        rows = session.execute(
+            select(c.value).where(tuple_(c.resource_type, c.resource_id).in_(list(chunk)))
+        )
+        out.update(identifier_target(r.value) for r in rows)
+    return out
+
+
+def identifier_target(value: str) -> str:
+    """The dependency target of an identifier lookup (by value: over-approximate, never miss)."""
+    return f"identifier:{value}"[:512]
+
+
+def identifier_matches(
+    session: Session, resource_types: Sequence[str], system: str | None, value: str
+) -> list[Key]:
+    """Up to two current resources of these types carrying the identifier (system optional)."""
+    c = _IDENT.c
+    query = select(c.resource_type, c.resource_id).where(
+        c.resource_type.in_(list(resource_types)), c.value == value
+    )
+    if system is not None:
+        query = query.where(c.system == system)
+    rows = session.execute(query.distinct().limit(2))
+    return [(r.resource_type, r.resource_id) for r in rows]
+
+
+def dependents(session: Session, targets: Iterable[str]) -> set[Key]:
+    """Sources whose events were computed from any of these targets."""
+    out: set[Key] = set()
+    c = _DEP.c
+    for chunk in _chunks(sorted(targets)):
+        rows = session.execute(select(c.source_type, c.source_id).where(c.target.in_(list(chunk))))
+        out.update((r.source_type, r.source_id) for r in rows)
+    return out
+
+
+def patients_of(session: Session, keys: Sequence[Key]) -> set[str]:
+    """Patients that currently have events from these sources."""
+    out: set[str] = set()
+    c = _EVENT.c
+    for chunk in _chunks(list(keys)):
+        rows = session.execute(
+            select(c.patient_id)
+            .where(tuple_(c.source_type, c.source_id).in_(list(chunk)), c.patient_id.is_not(None))
+            .distinct()
+        )
+        out.update(r.patient_id for r in rows)
+    return out
+
+
+def delete_events(session: Session, keys: Sequence[Key]) -> None:
+    """Forget the events and dependencies of these sources."""
+    for chunk in _chunks(list(keys)):
+        session.execute(
+            delete(_EVENT).where(tuple_(_EVENT.c.source_type, _EVENT.c.source_id).in_(list(chunk)))
+        )
+        session.execute(
+            delete(_DEP).where(tuple_(_DEP.c.source_type, _DEP.c.source_id).in_(list(chunk)))
+        )
+
+
+def insert_events(
+    session: Session, events: Sequence[TrialEvent], deps: Iterable[tuple[str, str, str]]
+) -> None:
+    """Store events (payload = their wire shape) and what they were computed from."""
+    rows = [
+        {
+            "source_type": e.source.resource_type,
+            "source_id": e.source.resource_id,
+            "source_version": e.source.version_id,
+            "seq": seq,
+            "patient_id": e.patient_id,
+            "kind": e.kind.value,
+            "first_day": e.date.first if e.date else None,
+            "payload": orjson.dumps(e.to_json()).decode(),
+        }
+        for seq, e in enumerate(events)
+    ]
+    if rows:
+        session.execute(insert(_EVENT), rows)
+    dep_rows = [{"source_type": s, "source_id": i, "target": t} for s, i, t in sorted(set(deps))]
+    if dep_rows:
+        session.execute(insert(_DEP), dep_rows)
+
+
+def events_of(
+    session: Session, patient_ids: Sequence[str], kinds: Sequence[EventKind] | None = None
+) -> dict[str, list[TrialEvent]]:
+    """Events per patient, optionally only some kinds."""
+    out: dict[str, list[TrialEvent]] = {p: [] for p in patient_ids}
+    c = _EVENT.c
+    for chunk in _chunks(list(patient_ids)):
+        query = select(c.patient_id, c.payload).where(c.patient_id.in_(list(chunk)))
+        if kinds is not None:
+            query = query.where(c.kind.in_([k.value for k in kinds]))
+        for row in session.execute(query.order_by(c.pk)):
+            out[row.patient_id].append(
+                TrialEvent.from_json(orjson.loads(row.payload), row.patient_id)
+            )
+    return out
+
+
+def event_count(session: Session) -> int:
+    """How many events are stored (operators and tests)."""
+
+    return int(session.execute(select(func.count()).select_from(_EVENT)).scalar_one())
+
+
+# -- subjects --------------------------------------------------------------------------------------
+
+
+def subjects_of(session: Session, patient_ids: Sequence[str]) -> dict[tuple[str, str], Any]:
+    """Current subject rows for these patients, keyed by (study, patient)."""
+    out: dict[tuple[str, str], Any] = {}
+    c = _SUBJECT.c
+    for chunk in _chunks(list(patient_ids)):
+        for row in session.execute(select(_SUBJECT).where(c.patient_id.in_(list(chunk)))):
+            out[(row.study_id, row.patient_id)] = row
+    return out
+
+
+def upsert_subject(session: Session, values: dict[str, Any], exists: bool) -> None:
+    """Insert or update one subject row."""
+    if exists:
+        c = _SUBJECT.c
+        session.execute(
+            update(_SUBJECT)
+            .where(c.study_id == values["study_id"], c.patient_id == values["patient_id"])
+            .values(values)
+        )
+    else:
+        session.execute(insert(_SUBJECT), [values])
+
+
+def delete_subject(session: Session, study_id: str, patient_id: str) -> None:
+    """A patient who no longer qualifies is no longer listed."""
+    c = _SUBJECT.c
+    session.execute(delete(_SUBJECT).where(c.study_id == study_id, c.patient_id == patient_id))
+
+
+def list_subjects(
+    session: Session,
+    study_id: str,
+    *,
+    after: str | None,
+    limit: int,
+    status: str | None = None,
+    subject_number: str | None = None,
+) -> list[Any]:
+    """A page of subjects in subject_id order (cursor = the last subject_id seen)."""
+    c = _SUBJECT.c
+    query = select(_SUBJECT).where(c.study_id == study_id)
+    if after is not None:
+        query = query.where(c.subject_id > after)
+    if status is not None:
+        query = query.where(c.status == status)
+    if subject_number is not None:
+        query = query.where(c.subject_number == subject_number)
+    return list(session.execute(query.order_by(c.subject_id).limit(limit)))
+
+
+def find_subject(session: Session, study_id: str, subject_id: str) -> Any | None:
+    """One subject by its pseudonymous id."""
+    c = _SUBJECT.c
+    return session.execute(
+        select(_SUBJECT).where(c.study_id == study_id, c.subject_id == subject_id)
+    ).first()
+
+
+# -- secrets and terminology generation ----------------------------------------------------------
+
+
+def get_or_create_secret(session: Session, name: str, make: Any) -> str:
+    """A service secret, created once; a concurrent creator makes this unit of work retry."""
+    row = session.execute(select(_SECRET.c.value).where(_SECRET.c.name == name)).first()
+    if row is not None:
+        return str(row.value)
+    value = str(make())
+    session.execute(insert(_SECRET), [{"name": name, "value": value}])
+    return value
+
+
+def valueset_generation(session: Session) -> tuple[int, dt.datetime | None]:
+    """(count, newest lastUpdated) of ValueSet heads: changes whenever a ValueSet is written."""
+
+    c = _HEAD.c
+    row = session.execute(
+        select(func.count(), func.max(c.last_updated)).where(c.resource_type == "ValueSet")
+    ).one()
+    newest = row[1]
+    if isinstance(newest, dt.datetime) and newest.tzinfo is None:
+        newest = newest.replace(tzinfo=dt.UTC)
+    return int(row[0]), newest
+
+
+def all_keys(session: Session, resource_types: Sequence[str]) -> list[Key]:
+    """Every current, non-deleted resource of these types (a full remap)."""
+    c = _HEAD.c
+    rows = session.execute(
+        select(c.resource_type, c.resource_id).where(
+            c.resource_type.in_(list(resource_types)), c.deleted.is_(False)
+        )
+    )
+    return [(r.resource_type, r.resource_id) for r in rows]

@@ -1,0 +1,163 @@
+"""Read use cases of the study API: studies, their subjects, and a subject's timeline."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
+
+from fhir_mapping.events.model import TrialEvent
+from fhir_mapping.partial_dates import study_day
+from service import event_store
+from service.errors import ApiError
+from service.fhir_time import utcnow
+from service.protocol import CohortProtocol, TrialProtocol
+
+Protocol = TrialProtocol | CohortProtocol
+_HEADER_KEYS = ("kind", "id", "version", "title", "sources")
+
+
+def study_summary(protocol: Protocol) -> dict[str, Any]:
+    """What a list of studies shows."""
+    return {
+        "id": protocol.id,
+        "version": protocol.version,
+        "title": protocol.title,
+        "kind": protocol.kind,
+    }
+
+
+def study_detail(protocol: Protocol) -> dict[str, Any]:
+    """The study with every protocol setting (windows, doses, criteria, choices)."""
+    dumped = protocol.model_dump(mode="json")
+    settings = {k: v for k, v in dumped.items() if k not in _HEADER_KEYS}
+    return {**study_summary(protocol), "sources": list(protocol.sources), "settings": settings}
+
+
+def encode_cursor(subject_id: str) -> str:
+    """An opaque cursor: clients pass it back, never build it."""
+    return base64.urlsafe_b64encode(subject_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The subject id a cursor stands for; a cursor we did not issue is a 400."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, "invalid_cursor", "the cursor is not one this service issued") from exc
+    if not text.startswith("S-"):
+        raise ApiError(400, "invalid_cursor", "the cursor is not one this service issued")
+    return text
+
+
+def _subject_json(row: Any) -> dict[str, Any]:
+    return {
+        "subject_id": row.subject_id,
+        "subject_number": row.subject_number,
+        "status": row.status,
+        "enrolled_on": row.enrolled_on.isoformat() if row.enrolled_on else None,
+        "day1": row.day1.isoformat() if row.day1 else None,
+        "updated_at": row.updated_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def _event_json(event: TrialEvent, day1: dt.date | None) -> dict[str, Any]:
+    body = event.to_json()
+    day = event.date.day if event.date else None
+    body["study_day"] = study_day(day, day1) if day is not None and day1 is not None else None
+    return body
+
+
+def _timeline_key(event: TrialEvent) -> tuple[Any, ...]:
+    if event.date is None:
+        return (1, dt.date.max, dt.datetime.max.replace(tzinfo=dt.UTC), event.kind.value, "")
+    first, moment = event.date.sort_key()
+    return (0, first, moment, event.kind.value, event.source.resource_id)
+
+
+@dataclass(frozen=True)
+class StudyReader:
+    """Reads for the study API, over one engine and the loaded protocols."""
+
+    engine: Engine
+    protocols: dict[str, Protocol]
+
+    def _session(self) -> Session:
+        return Session(self.engine)
+
+    def protocol(self, study_id: str) -> Protocol:
+        """The protocol of a study this deployment serves, else 404."""
+        found = self.protocols.get(study_id)
+        if found is None:
+            raise ApiError(
+                404,
+                "study_not_found",
+                f"no study {study_id!r}; known: {', '.join(sorted(self.protocols))}",
+            )
+        return found
+
+    def _read(self, work: Any) -> Any:
+        try:
+            with self._session() as session:
+                return work(session)
+        except OperationalError as exc:
+            raise ApiError(503, "database_unavailable", "the database is unavailable") from exc
+
+    def subjects(
+        self,
+        study_id: str,
+        *,
+        cursor: str | None,
+        limit: int,
+        status: str | None,
+        subject_number: str | None,
+    ) -> dict[str, Any]:
+        """A page of a study's subjects, with the cursor of the next page."""
+        protocol = self.protocol(study_id)
+        after = decode_cursor(cursor) if cursor else None
+        rows = self._read(
+            lambda s: event_store.list_subjects(
+                s,
+                study_id,
+                after=after,
+                limit=limit + 1,
+                status=status,
+                subject_number=subject_number,
+            )
+        )
+        page = rows[:limit]
+        more = len(rows) > limit
+        return {
+            "study": {"id": protocol.id, "version": protocol.version},
+            "subjects": [_subject_json(r) for r in page],
+            "next_cursor": encode_cursor(page[-1].subject_id) if more and page else None,
+        }
+
+    def timeline(self, study_id: str, subject_id: str) -> dict[str, Any]:
+        """A subject's events in study-day order, each with its evidence."""
+        protocol = self.protocol(study_id)
+
+        def work(session: Session) -> tuple[Any, list[TrialEvent]]:
+            row = event_store.find_subject(session, study_id, subject_id)
+            if row is None:
+                return None, []
+            return row, event_store.events_of(session, [row.patient_id])[row.patient_id]
+
+        row, events = self._read(work)
+        if row is None:
+            raise ApiError(
+                404, "subject_not_found", f"no subject {subject_id!r} in study {study_id}"
+            )
+        ordered = sorted(events, key=_timeline_key)
+        return {
+            "study": {"id": protocol.id, "version": protocol.version},
+            "subject": _subject_json(row),
+            "computed_at": utcnow().isoformat().replace("+00:00", "Z"),
+            "events": [_event_json(e, row.day1) for e in ordered],
+        }

@@ -1,0 +1,210 @@
+"""Known answers for the Encounter mapper: contacts that took place (follow-up, last data point)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from fhir_mapping.events.context import MappingContext, MemoryLookup
+from fhir_mapping.events.encounter import map_encounter
+from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.json_codec import loads
+from service.terminology_files import build_terminology
+from tests.conftest import SHARED_DATA
+
+TERMINOLOGY = build_terminology()
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+SNOMED = "http://snomed.info/sct"
+NSCLC_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"
+
+
+def _ctx(*stored: dict[str, Any]) -> MappingContext:
+    """A mapping context whose lookup holds these resources."""
+    return MappingContext(TERMINOLOGY, MemoryLookup(list(stored)))
+
+
+def _src(resource_id: str = "enc1") -> SourceRef:
+    """The Encounter version every fixture event claims to come from."""
+    return SourceRef("Encounter", resource_id, 1)
+
+
+def _start(event: TrialEvent) -> tuple[dt.date, dt.datetime]:
+    """Sort key of an event's start (every Synthea encounter has one)."""
+    assert event.date is not None
+    return event.date.sort_key()
+
+
+def _encounter(**extra: Any) -> dict[str, Any]:
+    """A finished ambulatory post-operative visit of patient p1 on 2025-04-21."""
+    return {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": ACT_CODE, "code": "AMB", "display": "ambulatory"},
+        "type": [
+            {
+                "coding": [
+                    {"system": SNOMED, "code": "185349003", "display": "Encounter for check up"}
+                ],
+                "text": "Post-operative follow-up",
+            },
+            {"coding": [{"system": SNOMED, "code": "390906007", "display": "Follow-up encounter"}]},
+        ],
+        "serviceType": {"text": "Thoracic surgery"},
+        "subject": {"reference": "Patient/p1"},
+        "period": {"start": "2025-04-21T14:00:00-04:00", "end": "2025-04-21T14:30:00-04:00"},
+        **extra,
+    }
+
+
+def test_finished_encounter_exactly() -> None:
+    """A finished visit is a contact: class, type labels, service and period come through."""
+    [event] = map_encounter(_encounter(), _src(), _ctx())
+    assert event.patient_id == "p1"
+    assert event.to_json() == {
+        "kind": "encounter",
+        "date": {
+            "value": "2025-04-21T14:00:00-04:00",
+            "precision": "time",
+            "first_day": "2025-04-21",
+            "last_day": "2025-04-21",
+        },
+        "end": {
+            "value": "2025-04-21T14:30:00-04:00",
+            "precision": "time",
+            "first_day": "2025-04-21",
+            "last_day": "2025-04-21",
+        },
+        "values": {
+            "class": "AMB",
+            "type": ["Post-operative follow-up", "Follow-up encounter"],
+            "status": "finished",
+            "service_type": "Thoracic surgery",
+        },
+        "concepts": [],
+        "source": {
+            "resource_type": "Encounter",
+            "id": "enc1",
+            "version": "1",
+            "reference": "Encounter/enc1/_history/1",
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "events"),
+    [
+        ("finished", 1),
+        ("in-progress", 1),
+        ("arrived", 1),
+        ("triaged", 1),
+        ("onleave", 1),
+        ("planned", 0),
+        ("cancelled", 0),
+        ("entered-in-error", 0),
+        ("unknown", 0),
+    ],
+)
+def test_only_contacts_that_happened(status: str, events: int) -> None:
+    """A cancelled or merely planned visit is not the follow-up contact the protocol asks for."""
+    found = map_encounter(_encounter(status=status), _src(), _ctx())
+    assert [(e.kind, e.values["status"]) for e in found] == [(EventKind.ENCOUNTER, status)] * events
+
+
+@pytest.mark.parametrize(
+    ("period", "date", "precision", "end"),
+    [
+        ({"start": "2025-03-01T23:30:00-05:00"}, "2025-03-01", "time", None),
+        ({"start": "2025-03-02T00:30:00+14:00"}, "2025-03-02", "time", None),
+        ({"start": "2025-04"}, "2025-04-01", "month", None),
+        ({"start": "2025-04-21", "end": "2025-04-25"}, "2025-04-21", "day", "2025-04-25"),
+        (None, None, None, None),
+    ],
+    ids=["evening-minus5", "morning-plus14", "month", "stay", "undated"],
+)
+def test_encounter_dates(
+    period: dict[str, str] | None, date: str | None, precision: str | None, end: str | None
+) -> None:
+    """The follow-up window is counted in local days: the visit's day and precision must be exact."""
+    resource = _encounter()
+    del resource["period"]
+    if period is not None:
+        resource["period"] = period
+    [event] = map_encounter(resource, _src(), _ctx())
+    assert (
+        event.date.first.isoformat() if event.date else None,
+        event.date.precision if event.date else None,
+        event.end.text if event.end else None,
+    ) == (date, precision, end)
+
+
+def test_minimal_encounter() -> None:
+    """Absent class, type and service type give None / empty, never a crash."""
+    [event] = map_encounter(
+        {"resourceType": "Encounter", "status": "finished", "subject": {"reference": "Patient/p1"}},
+        _src(),
+        _ctx(),
+    )
+    assert dict(event.values) == {
+        "class": None,
+        "type": [],
+        "status": "finished",
+        "service_type": None,
+    }
+
+
+def test_subject_by_identifier_only() -> None:
+    """An encounter naming its patient by MRN only must land on the stored Patient id."""
+    patient = {
+        "resourceType": "Patient",
+        "id": "pat-42",
+        "identifier": [{"system": "urn:mrn", "value": "A-77"}],
+    }
+    subject = {"identifier": {"system": "urn:mrn", "value": "A-77"}}
+    [event] = map_encounter(_encounter(subject=subject), _src(), _ctx(patient))
+    assert event.patient_id == "pat-42"
+
+
+def test_synthea_nsclc_patient_encounters() -> None:
+    """Synthea's NSCLC patient: 90 finished contacts, the last a death certification visit."""
+    ctx = _ctx()
+    events: list[TrialEvent] = []
+    with (SHARED_DATA / "synthea-10" / "Encounter.000.ndjson").open("rb") as lines:
+        for line in lines:
+            if NSCLC_PATIENT.encode() in line:
+                resource = loads(line.strip())
+                events += map_encounter(resource, _src(resource["id"]), ctx)
+    assert Counter(e.kind for e in events) == {EventKind.ENCOUNTER: 90}
+    assert Counter(e.values["class"] for e in events) == {"IMP": 45, "AMB": 41, "EMER": 3, "HH": 1}
+    assert {e.patient_id for e in events} == {NSCLC_PATIENT}
+    last = max(events, key=_start)
+    assert last.to_json() == {
+        "kind": "encounter",
+        "date": {
+            "value": "1989-05-13T23:58:16-04:00",
+            "precision": "time",
+            "first_day": "1989-05-13",
+            "last_day": "1989-05-13",
+        },
+        "end": {
+            "value": "1989-05-14T00:13:16-04:00",
+            "precision": "time",
+            "first_day": "1989-05-14",
+            "last_day": "1989-05-14",
+        },
+        "values": {
+            "class": "AMB",
+            "type": ["Death Certification"],
+            "status": "finished",
+            "service_type": None,
+        },
+        "concepts": [],
+        "source": {
+            "resource_type": "Encounter",
+            "id": "443ea916-cdcc-8baa-5cce-c9ca11bb6dba",
+            "version": "1",
+            "reference": "Encounter/443ea916-cdcc-8baa-5cce-c9ca11bb6dba/_history/1",
+        },
+    }

@@ -1,0 +1,482 @@
+"""Known answers for Procedure and ServiceRequest: lung resection, biopsy, generic procedures."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from fhir_mapping.events.context import MappingContext, MemoryLookup
+from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.events.procedure import map_procedure, map_service_request
+from fhir_mapping.json_codec import loads
+from service.terminology_files import build_terminology
+from tests.conftest import SHARED_DATA
+
+TERMINOLOGY = build_terminology()
+SNOMED = "http://snomed.info/sct"
+NSCLC_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"
+LOBECTOMY = {"coding": [{"system": SNOMED, "code": "173171007", "display": "Lobectomy of lung"}]}
+PARTIAL_LOBECTOMY = {
+    "coding": [{"system": SNOMED, "code": "359615001", "display": "Partial lobectomy of lung"}]
+}
+WEDGE = {"text": "Right upper lobe wedge resection"}
+CORE_BIOPSY = {"text": "CT-guided percutaneous core needle biopsy, right upper lobe"}
+LUNG_BIOPSY = {"coding": [{"system": SNOMED, "code": "78603008", "display": "Biopsy of lung"}]}
+RUL = {
+    "coding": [
+        {"system": SNOMED, "code": "45653009", "display": "Structure of upper lobe of right lung"}
+    ],
+    "text": "Right upper lobe",
+}
+
+
+def _ctx(*stored: dict[str, Any]) -> MappingContext:
+    """A mapping context whose lookup holds these resources."""
+    return MappingContext(TERMINOLOGY, MemoryLookup(list(stored)))
+
+
+def _src(resource_type: str = "Procedure", resource_id: str = "pr1") -> SourceRef:
+    """The source version every fixture event claims to come from."""
+    return SourceRef(resource_type, resource_id, 1)
+
+
+def _procedure(code: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A completed Procedure of patient p1 performed on 2025-03-17."""
+    return {
+        "resourceType": "Procedure",
+        "status": "completed",
+        "code": code,
+        "subject": {"reference": "Patient/p1"},
+        "performedDateTime": "2025-03-17T08:05:00-04:00",
+        **extra,
+    }
+
+
+def _request(code: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """An active ServiceRequest (order) of patient p1 written on 2025-02-27."""
+    return {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "code": code,
+        "subject": {"reference": "Patient/p1"},
+        "authoredOn": "2025-02-27",
+        **extra,
+    }
+
+
+def _code_value(code: dict[str, Any]) -> dict[str, Any]:
+    """The values shape of a fixture code: its codings (always a list), then its text if any."""
+    out: dict[str, Any] = {"coding": code.get("coding", [])}
+    if "text" in code:
+        out["text"] = code["text"]
+    return out
+
+
+def _concepts(event: TrialEvent) -> list[tuple[str, str]]:
+    """(concept, matched_by) pairs in order."""
+    return [(c.concept, c.matched_by) for c in event.concepts]
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "specific", "concepts"),
+    [
+        (
+            LOBECTOMY,
+            EventKind.LUNG_RESECTION,
+            {"resection_type": "lobectomy"},
+            [("lung_resection", "code"), ("lobectomy", "code")],
+        ),
+        (
+            PARTIAL_LOBECTOMY,
+            EventKind.LUNG_RESECTION,
+            {"resection_type": "partial_lobectomy"},
+            [("lung_resection", "code"), ("partial_lobectomy", "code")],
+        ),
+        (
+            {"text": "Partial lobectomy, left lower lobe"},
+            EventKind.LUNG_RESECTION,
+            {"resection_type": "partial_lobectomy"},
+            [("lung_resection", "name"), ("partial_lobectomy", "name")],
+        ),
+        (
+            WEDGE,
+            EventKind.LUNG_RESECTION,
+            {"resection_type": "wedge_resection"},
+            [("lung_resection", "name"), ("wedge_resection", "name")],
+        ),
+        (
+            {"coding": [{"system": SNOMED, "code": "49795001", "display": "Pneumonectomy"}]},
+            EventKind.LUNG_RESECTION,
+            {"resection_type": "pneumonectomy"},
+            [("lung_resection", "code"), ("pneumonectomy", "code")],
+        ),
+        (
+            {"text": "VATS anatomic segmentectomy"},
+            EventKind.LUNG_RESECTION,
+            {"resection_type": "segmentectomy"},
+            [("lung_resection", "name"), ("segmentectomy", "name")],
+        ),
+        (
+            {"text": "Robotic-assisted pulmonary resection"},
+            EventKind.LUNG_RESECTION,
+            {"resection_type": "other"},
+            [("lung_resection", "name")],
+        ),
+        (
+            CORE_BIOPSY,
+            EventKind.BIOPSY,
+            {"core_needle": True, "site": None},
+            [("core_needle_biopsy", "name")],
+        ),
+        (
+            LUNG_BIOPSY,
+            EventKind.BIOPSY,
+            {"core_needle": False, "site": None},
+            [("lung_biopsy", "code")],
+        ),
+        (
+            {"text": "Core needle biopsy of lung"},
+            EventKind.BIOPSY,
+            {"core_needle": True, "site": None},
+            [("core_needle_biopsy", "name"), ("lung_biopsy", "name")],
+        ),
+        ({"text": "Thyroid lobectomy"}, EventKind.PROCEDURE, {}, []),
+        (
+            {
+                "coding": [
+                    {
+                        "system": SNOMED,
+                        "code": "122548005",
+                        "display": "Biopsy of breast (procedure)",
+                    }
+                ]
+            },
+            EventKind.PROCEDURE,
+            {},
+            [],
+        ),
+        ({"text": "Plain chest X-ray"}, EventKind.PROCEDURE, {}, []),
+    ],
+    ids=[
+        "lobectomy-code",
+        "partial-lobectomy-code",
+        "partial-lobectomy-name",
+        "wedge-name",
+        "pneumonectomy-code",
+        "segmentectomy-name",
+        "resection-other",
+        "core-needle-name",
+        "lung-biopsy-code",
+        "core-needle-lung",
+        "thyroid-excluded",
+        "breast-biopsy",
+        "generic",
+    ],
+)
+def test_procedure_kind_by_code_or_name(
+    code: dict[str, Any], kind: EventKind, specific: dict[str, Any], concepts: list[tuple[str, str]]
+) -> None:
+    """Surgery and screening biopsies are found by code or by name; partial before plain lobectomy."""
+    [event] = map_procedure(_procedure(code), _src(), _ctx())
+    assert event.kind is kind
+    assert dict(event.values) == {
+        "code": _code_value(code),
+        "status": "completed",
+        "planned": False,
+        "body_site": [],
+        **specific,
+    }
+    assert _concepts(event) == concepts
+    assert event.patient_id == "p1"
+
+
+def test_biopsy_site_from_body_site() -> None:
+    """The biopsy site is read from bodySite so the rule can tell a lung biopsy from another."""
+    [event] = map_procedure(_procedure(CORE_BIOPSY, bodySite=[RUL]), _src(), _ctx())
+    assert (event.values["site"], event.values["body_site"], event.values["core_needle"]) == (
+        "Right upper lobe",
+        ["Right upper lobe"],
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "planned"),
+    [
+        ("preparation", True),
+        ("in-progress", True),
+        ("completed", False),
+        ("on-hold", False),
+        ("stopped", False),
+        ("unknown", False),
+    ],
+)
+def test_procedure_planned_flag(status: str, planned: bool) -> None:
+    """A resection in preparation is evidence of surgical candidacy, not of surgery on that day."""
+    [event] = map_procedure(_procedure(LOBECTOMY, status=status), _src(), _ctx())
+    assert (event.kind, event.values["status"], event.values["planned"]) == (
+        EventKind.LUNG_RESECTION,
+        status,
+        planned,
+    )
+
+
+@pytest.mark.parametrize("status", ["not-done", "entered-in-error"])
+def test_procedure_not_done_or_void(status: str) -> None:
+    """A resection that did not happen must neither count as surgery nor as surgical candidacy."""
+    assert map_procedure(_procedure(LOBECTOMY, status=status), _src(), _ctx()) == []
+
+
+@pytest.mark.parametrize(
+    ("timing", "date", "precision", "end"),
+    [
+        ({"performedDateTime": "2025-03-01T23:30:00-05:00"}, "2025-03-01", "time", None),
+        ({"performedDateTime": "2025-03-02T00:30:00+14:00"}, "2025-03-02", "time", None),
+        ({"performedDateTime": "2025-03"}, "2025-03-01", "month", None),
+        ({"performedDateTime": "2025"}, "2025-01-01", "year", None),
+        (
+            {
+                "performedPeriod": {
+                    "start": "2025-03-17T08:05:00-04:00",
+                    "end": "2025-03-17T11:40:00-04:00",
+                }
+            },
+            "2025-03-17",
+            "time",
+            "2025-03-17T11:40:00-04:00",
+        ),
+    ],
+    ids=["evening-minus5", "morning-plus14", "month", "year", "period"],
+)
+def test_procedure_dates(
+    timing: dict[str, Any], date: str, precision: str, end: str | None
+) -> None:
+    """The surgery window is counted in local days: the day and precision must be the recorded ones."""
+    resource = _procedure(LOBECTOMY)
+    del resource["performedDateTime"]
+    [event] = map_procedure({**resource, **timing}, _src(), _ctx())
+    assert event.date is not None
+    assert (event.date.first.isoformat(), event.date.precision) == (date, precision)
+    assert (event.end.text if event.end else None) == end
+
+
+def test_subject_by_identifier_only() -> None:
+    """A procedure naming its patient by MRN only must land on the stored Patient id."""
+    patient = {
+        "resourceType": "Patient",
+        "id": "pat-42",
+        "identifier": [{"system": "urn:mrn", "value": "A-77"}],
+    }
+    subject = {"identifier": {"system": "urn:mrn", "value": "A-77"}}
+    ctx = _ctx(patient)
+    [done] = map_procedure(_procedure(WEDGE, subject=subject), _src(), ctx)
+    [asked] = map_service_request(_request(WEDGE, subject=subject), _src("ServiceRequest"), ctx)
+    assert (done.patient_id, asked.patient_id) == ("pat-42", "pat-42")
+
+
+def test_service_request_for_resection_exactly() -> None:
+    """A surgery order is evidence the resection is planned, dated when it is to occur."""
+    resource = _request(PARTIAL_LOBECTOMY, occurrenceDateTime="2025-03-18", bodySite=[RUL])
+    [event] = map_service_request(resource, _src("ServiceRequest", "sr1"), _ctx())
+    assert event.to_json() == {
+        "kind": "lung_resection",
+        "date": {
+            "value": "2025-03-18",
+            "precision": "day",
+            "first_day": "2025-03-18",
+            "last_day": "2025-03-18",
+        },
+        "end": None,
+        "values": {
+            "code": PARTIAL_LOBECTOMY,
+            "status": "active",
+            "planned": True,
+            "body_site": ["Right upper lobe"],
+            "intent": "order",
+            "resection_type": "partial_lobectomy",
+        },
+        "concepts": [
+            {
+                "concept": "lung_resection",
+                "matched_by": "code",
+                "system": SNOMED,
+                "code": "359615001",
+                "text": "Partial lobectomy of lung",
+            },
+            {
+                "concept": "partial_lobectomy",
+                "matched_by": "code",
+                "system": SNOMED,
+                "code": "359615001",
+                "text": "Partial lobectomy of lung",
+            },
+        ],
+        "source": {
+            "resource_type": "ServiceRequest",
+            "id": "sr1",
+            "version": "1",
+            "reference": "ServiceRequest/sr1/_history/1",
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("timing", "date", "end"),
+    [
+        ({}, "2025-02-27", None),
+        ({"occurrenceDateTime": "2025-03"}, "2025-03", None),
+        (
+            {"occurrencePeriod": {"start": "2025-03-10", "end": "2025-03-14"}},
+            "2025-03-10",
+            "2025-03-14",
+        ),
+    ],
+    ids=["authored", "occurrence", "period"],
+)
+def test_service_request_dates(timing: dict[str, Any], date: str, end: str | None) -> None:
+    """When it is to occur wins over when it was written."""
+    [event] = map_service_request(_request(CORE_BIOPSY, **timing), _src("ServiceRequest"), _ctx())
+    assert event.date is not None
+    assert (event.date.text, event.end.text if event.end else None) == (date, end)
+    assert (event.kind, event.values["core_needle"], event.values["planned"]) == (
+        EventKind.BIOPSY,
+        True,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        _request({"text": "CT chest with contrast"}),
+        _request(LOBECTOMY, status="revoked"),
+        _request(LOBECTOMY, status="entered-in-error"),
+        _request(LOBECTOMY, doNotPerform=True),
+    ],
+    ids=["generic", "revoked", "void", "do-not-perform"],
+)
+def test_service_request_without_event(resource: dict[str, Any]) -> None:
+    """Generic, withdrawn, void or 'do not perform' requests are no evidence of a planned resection."""
+    assert map_service_request(resource, _src("ServiceRequest"), _ctx()) == []
+
+
+@pytest.mark.parametrize("intent", ["proposal", "plan", "order"])
+def test_service_request_intent_is_kept(intent: str) -> None:
+    """A proposal is weaker evidence than an order; the rule sees which it was."""
+    [event] = map_service_request(_request(WEDGE, intent=intent), _src("ServiceRequest"), _ctx())
+    assert (event.kind, event.values["intent"], event.values["resection_type"]) == (
+        EventKind.LUNG_RESECTION,
+        intent,
+        "wedge_resection",
+    )
+
+
+def test_official_example_procedure_f002() -> None:
+    """The HL7 NSCLC case: partial lobectomy of f001 on 2013-03-08 (+01:00), by SNOMED code."""
+    resource = json.loads((SHARED_DATA / "fhir-r4-examples" / "Procedure-f002.json").read_bytes())
+    events = map_procedure(resource, _src("Procedure", "f002"), _ctx())
+    assert [e.to_json() for e in events] == [
+        {
+            "kind": "lung_resection",
+            "date": {
+                "value": "2013-03-08T09:00:10+01:00",
+                "precision": "time",
+                "first_day": "2013-03-08",
+                "last_day": "2013-03-08",
+            },
+            "end": {
+                "value": "2013-03-08T09:30:10+01:00",
+                "precision": "time",
+                "first_day": "2013-03-08",
+                "last_day": "2013-03-08",
+            },
+            "values": {
+                "code": PARTIAL_LOBECTOMY,
+                "status": "completed",
+                "planned": False,
+                "body_site": ["Lung structure"],
+                "resection_type": "partial_lobectomy",
+            },
+            "concepts": [
+                {
+                    "concept": "lung_resection",
+                    "matched_by": "code",
+                    "system": SNOMED,
+                    "code": "359615001",
+                    "text": "Partial lobectomy of lung",
+                },
+                {
+                    "concept": "partial_lobectomy",
+                    "matched_by": "code",
+                    "system": SNOMED,
+                    "code": "359615001",
+                    "text": "Partial lobectomy of lung",
+                },
+            ],
+            "source": {
+                "resource_type": "Procedure",
+                "id": "f002",
+                "version": "1",
+                "reference": "Procedure/f002/_history/1",
+            },
+        }
+    ]
+    assert events[0].patient_id == "f001"
+
+
+def test_synthea_nsclc_patient_procedures() -> None:
+    """Synthea's NSCLC patient had chemoradiation, no resection: every procedure stays generic."""
+    ctx = _ctx()
+    events: list[TrialEvent] = []
+    with (SHARED_DATA / "synthea-10" / "Procedure.000.ndjson").open("rb") as lines:
+        for line in lines:
+            if NSCLC_PATIENT.encode() in line:
+                resource = loads(line.strip())
+                events += map_procedure(resource, _src("Procedure", resource["id"]), ctx)
+    assert Counter(e.kind for e in events) == {EventKind.PROCEDURE: 587}
+    assert sum(1 for e in events if e.concepts) == 0
+    assert {e.patient_id for e in events} == {NSCLC_PATIENT}
+    [breast_biopsy] = [
+        e for e in events if e.values["code"]["text"] == "Biopsy of breast (procedure)"
+    ]
+    assert breast_biopsy.to_json() == {
+        "kind": "procedure",
+        "date": {
+            "value": "1989-04-10T00:49:59-04:00",
+            "precision": "time",
+            "first_day": "1989-04-10",
+            "last_day": "1989-04-10",
+        },
+        "end": {
+            "value": "1989-04-10T01:18:07-04:00",
+            "precision": "time",
+            "first_day": "1989-04-10",
+            "last_day": "1989-04-10",
+        },
+        "values": {
+            "code": {
+                "coding": [
+                    {
+                        "system": SNOMED,
+                        "code": "122548005",
+                        "display": "Biopsy of breast (procedure)",
+                    }
+                ],
+                "text": "Biopsy of breast (procedure)",
+            },
+            "status": "completed",
+            "planned": False,
+            "body_site": [],
+        },
+        "concepts": [],
+        "source": {
+            "resource_type": "Procedure",
+            "id": "515a5d84-6a39-452a-aac9-7b955188dca6",
+            "version": "1",
+            "reference": "Procedure/515a5d84-6a39-452a-aac9-7b955188dca6/_history/1",
+        },
+    }

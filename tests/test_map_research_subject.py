@@ -1,0 +1,251 @@
+"""Known answers for the ResearchSubject mapper: enrollment in which study, when, in which status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fhir_mapping.events.context import MappingContext, MemoryLookup
+from fhir_mapping.events.model import EventKind, SourceRef
+from fhir_mapping.events.research_subject import map_research_subject
+from service.terminology_files import build_terminology
+
+TERMINOLOGY = build_terminology()
+CT_GOV = "https://clinicaltrials.gov"
+NCT = {"system": CT_GOV, "value": "NCT06088771"}
+SITE_PROTOCOL = {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.12", "value": "GCO 23-1234"}
+STUDY = {
+    "resourceType": "ResearchStudy",
+    "id": "rs-1",
+    "status": "active",
+    "identifier": [NCT, SITE_PROTOCOL],
+}
+PATIENT = {
+    "resourceType": "Patient",
+    "id": "pat-7",
+    "identifier": [{"system": "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.0", "value": "MRN0042"}],
+}
+
+
+def _ctx(*stored: dict[str, Any]) -> MappingContext:
+    """A mapping context whose lookup holds these resources."""
+    return MappingContext(TERMINOLOGY, MemoryLookup(list(stored)))
+
+
+def _src() -> SourceRef:
+    """The ResearchSubject version every fixture event claims to come from."""
+    return SourceRef("ResearchSubject", "sub-1", 3)
+
+
+def _subject(**extra: Any) -> dict[str, Any]:
+    """An on-study ResearchSubject of Patient/pat-7 with a site subject number and arms."""
+    return {
+        "resourceType": "ResearchSubject",
+        "status": "on-study",
+        "identifier": [{"system": "urn:trial:NCT06088771:subject", "value": "001-004"}],
+        "period": {"start": "2025-02-24", "end": "2025-09-30"},
+        "individual": {"reference": "Patient/pat-7"},
+        "assignedArm": "Neoadjuvant dupilumab + cemiplimab",
+        "actualArm": "Neoadjuvant dupilumab + cemiplimab",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("study", "stored", "identifiers", "reference", "display"),
+    [
+        (
+            {"reference": "ResearchStudy/rs-1"},
+            [STUDY],
+            [NCT, SITE_PROTOCOL],
+            "ResearchStudy/rs-1",
+            None,
+        ),
+        (
+            {
+                "type": "ResearchStudy",
+                "identifier": NCT,
+                "display": "Dupilumab + cemiplimab in NSCLC",
+            },
+            [],
+            [NCT],
+            None,
+            "Dupilumab + cemiplimab in NSCLC",
+        ),
+        ({"identifier": NCT}, [STUDY], [NCT, SITE_PROTOCOL], None, None),
+        (
+            {"reference": "ResearchStudy/rs-404", "display": "NCT06088771"},
+            [],
+            [],
+            "ResearchStudy/rs-404",
+            "NCT06088771",
+        ),
+        (
+            {
+                "reference": "ResearchStudy/rs-1",
+                "identifier": {"system": CT_GOV, "value": "NCT06088771"},
+            },
+            [STUDY],
+            [NCT, SITE_PROTOCOL],
+            "ResearchStudy/rs-1",
+            None,
+        ),
+    ],
+    ids=[
+        "stored-study",
+        "reference-identifier",
+        "identifier-resolved",
+        "unresolved-display",
+        "both-deduplicated",
+    ],
+)
+def test_study_is_recognisable_by_any_identifier(
+    study: dict[str, Any],
+    stored: list[dict[str, Any]],
+    identifiers: list[dict[str, str]],
+    reference: str | None,
+    display: str | None,
+) -> None:
+    """Sites name the study by NCT number on the ResearchStudy or on the reference: both must count."""
+    [event] = map_research_subject(_subject(study=study), _src(), _ctx(*stored))
+    assert event.values["study_identifiers"] == identifiers
+    assert (event.values["study_reference"], event.values["study_display"]) == (reference, display)
+
+
+def test_enrollment_event_exactly() -> None:
+    """The full enrollment event: patient, dates, status, subject number and arms."""
+    [event] = map_research_subject(
+        _subject(study={"reference": "ResearchStudy/rs-1"}), _src(), _ctx(STUDY)
+    )
+    assert event.kind is EventKind.ENROLLMENT
+    assert event.patient_id == "pat-7"
+    assert event.to_json() == {
+        "kind": "enrollment",
+        "date": {
+            "value": "2025-02-24",
+            "precision": "day",
+            "first_day": "2025-02-24",
+            "last_day": "2025-02-24",
+        },
+        "end": {
+            "value": "2025-09-30",
+            "precision": "day",
+            "first_day": "2025-09-30",
+            "last_day": "2025-09-30",
+        },
+        "values": {
+            "status": "on-study",
+            "study_identifiers": [NCT, SITE_PROTOCOL],
+            "study_display": None,
+            "study_reference": "ResearchStudy/rs-1",
+            "subject_numbers": [{"system": "urn:trial:NCT06088771:subject", "value": "001-004"}],
+            "assigned_arm": "Neoadjuvant dupilumab + cemiplimab",
+            "actual_arm": "Neoadjuvant dupilumab + cemiplimab",
+        },
+        "concepts": [],
+        "source": {
+            "resource_type": "ResearchSubject",
+            "id": "sub-1",
+            "version": "3",
+            "reference": "ResearchSubject/sub-1/_history/3",
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        "candidate",
+        "eligible",
+        "follow-up",
+        "ineligible",
+        "not-registered",
+        "off-study",
+        "on-study",
+        "on-study-intervention",
+        "on-study-observation",
+        "pending-on-study",
+        "potential-candidate",
+        "screening",
+        "withdrawn",
+    ],
+)
+def test_every_r4_status_maps_and_is_kept(status: str) -> None:
+    """The enrollment rule decides what each status means; the mapper must not drop any of them."""
+    [event] = map_research_subject(
+        _subject(status=status, study={"identifier": NCT}), _src(), _ctx()
+    )
+    assert event.values["status"] == status
+
+
+def test_individual_by_identifier_only() -> None:
+    """A ResearchSubject that names its patient by MRN only must land on the stored Patient id."""
+    individual = {
+        "identifier": {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.0", "value": "MRN0042"}
+    }
+    [event] = map_research_subject(
+        _subject(individual=individual, study={"identifier": NCT}), _src(), _ctx(PATIENT)
+    )
+    assert event.patient_id == "pat-7"
+
+
+@pytest.mark.parametrize(
+    ("period", "start", "precision", "end"),
+    [
+        ({"start": "2025-02"}, "2025-02-01", "month", None),
+        ({"start": "2025-03-01T23:30:00-05:00"}, "2025-03-01", "time", None),
+        ({"start": "2025-03-02T00:30:00+14:00"}, "2025-03-02", "time", None),
+        ({"end": "2025-09-30"}, None, None, "2025-09-30"),
+    ],
+    ids=["month", "evening-minus5", "morning-plus14", "end-only"],
+)
+def test_enrollment_dates(
+    period: dict[str, str], start: str | None, precision: str | None, end: str | None
+) -> None:
+    """Enrollment anchors the 56-day look-back: its local day and precision must be exact."""
+    [event] = map_research_subject(
+        _subject(period=period, study={"identifier": NCT}), _src(), _ctx()
+    )
+    assert (
+        event.date.first.isoformat() if event.date else None,
+        event.date.precision if event.date else None,
+    ) == (
+        start,
+        precision,
+    )
+    assert (event.end.text if event.end else None) == end
+
+
+def test_void_subject_has_no_event() -> None:
+    """R4 has no entered-in-error status here, but a feed that sends it means the record is void."""
+    assert (
+        map_research_subject(
+            _subject(status="entered-in-error", study={"identifier": NCT}), _src(), _ctx()
+        )
+        == []
+    )
+
+
+def test_minimal_subject_without_arms_or_numbers() -> None:
+    """Absent optional elements become None or empty lists, never a crash or a guess."""
+    [event] = map_research_subject(
+        {
+            "resourceType": "ResearchSubject",
+            "status": "candidate",
+            "study": {"reference": "ResearchStudy/rs-1"},
+            "individual": {"reference": "Patient/pat-7"},
+        },
+        _src(),
+        _ctx(),
+    )
+    assert (event.date, event.end) == (None, None)
+    assert dict(event.values) == {
+        "status": "candidate",
+        "study_identifiers": [],
+        "study_display": None,
+        "study_reference": "ResearchStudy/rs-1",
+        "subject_numbers": [],
+        "assigned_arm": None,
+        "actual_arm": None,
+    }

@@ -1,0 +1,458 @@
+"""The study API over real HTTP: studies, subjects, timelines, and events kept in step with FHIR."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from service.settings import Settings
+from tests.conftest import LiveServer, counts, start_server
+from tests.helpers import bundle, entry
+
+NCT = "NCT06088771"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+UCUM = "http://unitsofmeasure.org"
+SNOMED = "http://snomed.info/sct"
+
+
+@pytest.fixture
+def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
+    """A client on /api/v1 of an empty store (the `fhir` fixture empties it)."""
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=60) as client:
+        yield client
+
+
+def _patient(pid: str, mrn: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": [{"system": "urn:mrn", "value": mrn}],
+        "gender": "female",
+        "birthDate": "1961-04-02",
+    }
+
+
+def _dose(mid: str, pid: str, drug: str, value: float, unit: str, when: str) -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationAdministration",
+        "id": mid,
+        "status": "completed",
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": "999999", "display": drug}]
+        },
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": when,
+        "dosage": {"dose": {"value": value, "unit": unit, "system": UCUM, "code": unit}},
+    }
+
+
+def _procedure(prid: str, pid: str, text: str, when: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Procedure",
+        "id": prid,
+        "status": "completed",
+        "code": {"text": text},
+        "subject": {"reference": f"Patient/{pid}"},
+        "performedDateTime": when,
+        **extra,
+    }
+
+
+def _research_subject(rsid: str, pid: str, number: str, start: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "ResearchSubject",
+        "id": rsid,
+        "status": "on-study",
+        "identifier": [{"system": "urn:study:nct06088771:subject", "value": number}],
+        "period": {"start": start},
+        "study": {"reference": "ResearchStudy/rs-nct"},
+        "individual": {"reference": f"Patient/{pid}"},
+        **extra,
+    }
+
+
+STUDY = {
+    "resourceType": "ResearchStudy",
+    "id": "rs-nct",
+    "status": "active",
+    "identifier": [{"system": "https://clinicaltrials.gov", "value": NCT}],
+}
+
+
+def _put(*resources: dict[str, Any]) -> bytes:
+    return bundle(
+        "transaction",
+        *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in resources),
+    )
+
+
+def _enrolled_patient(fhir: httpx.Client, pid: str = "p1", number: str = "001-003") -> None:
+    response = fhir.post(
+        "",
+        content=_put(
+            STUDY,
+            _patient(pid, f"MRN-{pid}"),
+            _research_subject(f"rs-{pid}", pid, number, "2025-03-03"),
+            _dose(
+                f"{pid}-dupi-a",
+                pid,
+                "dupilumab 300 MG in 2 ML Prefilled Syringe",
+                300,
+                "mg",
+                "2025-03-10T09:00:00-05:00",
+            ),
+            _dose(
+                f"{pid}-dupi-b",
+                pid,
+                "dupilumab 300 MG in 2 ML Prefilled Syringe",
+                300,
+                "mg",
+                "2025-03-10T09:05:00-05:00",
+            ),
+            _dose(f"{pid}-cemi", pid, "Libtayo", 0.35, "g", "2025-03-10T10:00:00-05:00"),
+            _procedure(f"{pid}-cnb", pid, "CT-guided core needle biopsy of lung", "2025-02-20"),
+            _procedure(f"{pid}-lob", pid, "Right upper lobectomy", "2025-03-27T23:30:00-05:00"),
+        ),
+    )
+    assert response.status_code == 200, response.text
+
+
+def _subjects(api: httpx.Client, study: str = NCT, **params: Any) -> dict[str, Any]:
+    response = api.get(f"/studies/{study}/subjects", params=params)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _timeline(api: httpx.Client, subject_id: str, study: str = NCT) -> list[dict[str, Any]]:
+    response = api.get(f"/studies/{study}/subjects/{subject_id}/timeline")
+    assert response.status_code == 200, response.text
+    events: list[dict[str, Any]] = response.json()["events"]
+    return events
+
+
+def _brief(events: list[dict[str, Any]]) -> list[tuple[str, str | None, int | None, str]]:
+    return [
+        (
+            e["kind"],
+            e["date"]["value"] if e["date"] else None,
+            e["study_day"],
+            e["source"]["reference"],
+        )
+        for e in events
+    ]
+
+
+# -- studies --------------------------------------------------------------------------------------
+
+
+def test_studies_are_listed_with_their_protocol_versions(api: httpx.Client) -> None:
+    """Trial software discovers which studies (and protocol versions) it is talking to."""
+    response = api.get("/studies")
+    assert response.status_code == 200
+    assert response.json() == {
+        "studies": [
+            {
+                "id": NCT,
+                "version": "1.0.0",
+                "title": response.json()["studies"][0]["title"],
+                "kind": "interventional",
+            },
+            {
+                "id": "cirae-dupilumab",
+                "version": "1.0.0",
+                "title": response.json()["studies"][1]["title"],
+                "kind": "cohort",
+            },
+        ]
+    }
+    assert "cemiplimab" in response.json()["studies"][0]["title"]
+
+
+def test_study_exposes_every_choice_as_a_setting(api: httpx.Client) -> None:
+    """The choices of CLINICAL.md are visible settings, not constants hidden in code."""
+    body = api.get(f"/studies/{NCT}").json()
+    settings = body["settings"]
+    schedule = settings["schedule"]
+    assert schedule["surgery_window"] == {"start": 15, "end": 22}
+    assert schedule["dose_tolerance_pct"] == "10"
+    assert schedule["screening"]["window_days_before_day1"] == 28
+    assert schedule["screening"]["core_biopsies"] == {"min": 3, "max": 6}
+    assert schedule["followup"] == {"days_after_surgery": 30, "tolerance_days": 7}
+    assert [(d["id"], d["dose_mg"], d["route"]) for d in schedule["study_drugs"]] == [
+        ("cemiplimab", "350", "IV"),
+        ("dupilumab", "600", "SC"),
+    ]
+    assert [c["id"] for c in settings["eligibility"]] == [
+        "nsclc",
+        "stage",
+        "resectable",
+        "biopsy",
+        "autoimmune",
+        "metastatic",
+        "driver",
+        "immunomodulators",
+        "never_smoker",
+    ]
+    assert settings["eligibility"][0]["lung_cancer_without_histology"] == "unknown"
+    assert [(d["code"], d["severity"]) for d in settings["deviations"]] == [
+        ("ineligible_enrolled", "major"),
+        ("dose_mismatch", "major"),
+        ("dose_missing", "major"),
+        ("dose_extra", "major"),
+        ("surgery_window", "major"),
+        ("screening_biopsy_count", "minor"),
+        ("screening_stool_missing", "minor"),
+        ("followup_visit", "minor"),
+        ("prohibited_medication", "major"),
+    ]
+    cohort = api.get("/studies/cirae-dupilumab").json()["settings"]["cohort"]
+    assert cohort["matching"]["calipers"] == {"age_years": "5", "charlson": 1, "icb_year": 1}
+    assert cohort["matching"]["exact"] == ["sex", "race", "icb_type"]
+
+
+def test_unknown_study_and_subject_give_the_documented_error(api: httpx.Client) -> None:
+    """Every error of the JSON API has one shape, with a stable code."""
+    response = api.get("/studies/NCT00000000")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "study_not_found"
+    assert response.json()["error"]["status"] == 404
+    response = api.get(f"/studies/{NCT}/subjects/S-NOPE/timeline")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "subject_not_found"
+    response = api.get(f"/studies/{NCT}/subjects", params={"cursor": "!!!"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_cursor"
+    response = api.get(f"/studies/{NCT}/subjects", params={"limit": 0})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+# -- subjects and timelines -------------------------------------------------------------------------
+
+
+def test_research_subject_makes_a_pseudonymous_subject_with_day1(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """A ResearchSubject for the study lists the patient, under an id that is neither MRN nor FHIR id."""
+    _enrolled_patient(fhir)
+    page = _subjects(api)
+    assert len(page["subjects"]) == 1
+    subject = page["subjects"][0]
+    assert subject["subject_number"] == "001-003"
+    assert subject["status"] == "on-study"
+    assert subject["enrolled_on"] == "2025-03-03"
+    assert subject["day1"] == "2025-03-10"
+    assert subject["subject_id"].startswith("S-")
+    assert "p1" not in subject["subject_id"]
+    assert "MRN" not in subject["subject_id"]
+    assert page["next_cursor"] is None
+    # cemiplimab is a PD-1 inhibitor, so the same patient is in the ICB cohort of the other study,
+    # under a different pseudonym (ids are per study and cannot be linked without the key)
+    cohort = _subjects(api, "cirae-dupilumab")["subjects"]
+    assert [(s["status"], s["day1"]) for s in cohort] == [("included", "2025-03-10")]
+    assert cohort[0]["subject_id"] != subject["subject_id"]
+
+
+def test_timeline_orders_events_by_study_day_with_evidence(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Events come in date order, with CDISC study days (no Day 0) and their exact source version."""
+    _enrolled_patient(fhir)
+    subject_id = _subjects(api)["subjects"][0]["subject_id"]
+    events = _timeline(api, subject_id)
+    assert _brief(events) == [
+        ("demographics", "1961-04-02", -23353, "Patient/p1/_history/1"),
+        ("biopsy", "2025-02-20", -18, "Procedure/p1-cnb/_history/1"),
+        ("enrollment", "2025-03-03", -7, "ResearchSubject/rs-p1/_history/1"),
+        (
+            "drug_administration",
+            "2025-03-10T09:00:00-05:00",
+            1,
+            "MedicationAdministration/p1-dupi-a/_history/1",
+        ),
+        (
+            "drug_administration",
+            "2025-03-10T09:05:00-05:00",
+            1,
+            "MedicationAdministration/p1-dupi-b/_history/1",
+        ),
+        (
+            "drug_administration",
+            "2025-03-10T10:00:00-05:00",
+            1,
+            "MedicationAdministration/p1-cemi/_history/1",
+        ),
+        ("lung_resection", "2025-03-27T23:30:00-05:00", 18, "Procedure/p1-lob/_history/1"),
+    ]
+    cemi = events[5]
+    assert cemi["values"]["dose"]["mg"] == "350"
+    assert cemi["values"]["dose"]["value"] == "0.35"
+    assert [(c["concept"], c["matched_by"]) for c in cemi["concepts"]][:2] == [
+        ("cemiplimab", "name"),
+        ("pd1_inhibitor", "name"),
+    ]
+    assert events[6]["date"]["first_day"] == "2025-03-27"  # the local day, not the UTC one
+    assert events[6]["values"]["resection_type"] == "lobectomy"
+    assert events[1]["values"]["core_needle"] is True
+
+
+def test_subject_list_filters_and_pages(api: httpx.Client, fhir: httpx.Client) -> None:
+    """Staff find a subject by the study's own number, or by status, a page at a time."""
+    for i in range(3):
+        _enrolled_patient(fhir, pid=f"p{i}", number=f"001-00{i}")
+    first = _subjects(api, limit=2)
+    assert len(first["subjects"]) == 2
+    second = _subjects(api, limit=2, cursor=first["next_cursor"])
+    assert len(second["subjects"]) == 1
+    assert second["next_cursor"] is None
+    seen = [s["subject_id"] for s in first["subjects"] + second["subjects"]]
+    assert seen == sorted(seen)
+    assert len(set(seen)) == 3
+    by_number = _subjects(api, subject_number="001-001")["subjects"]
+    assert [s["subject_number"] for s in by_number] == ["001-001"]
+    assert _subjects(api, status="withdrawn")["subjects"] == []
+    assert len(_subjects(api, status="on-study")["subjects"]) == 3
+
+
+def test_entered_in_error_retracts_only_that_resources_events(
+    api: httpx.Client, fhir: httpx.Client, engine: Engine
+) -> None:
+    """Marking a record entered-in-error removes its events in the same transaction, nothing else."""
+    _enrolled_patient(fhir)
+    subject_id = _subjects(api)["subjects"][0]["subject_id"]
+    before = _brief(_timeline(api, subject_id))
+    lob = _procedure("p1-lob", "p1", "Right upper lobectomy", "2025-03-27T23:30:00-05:00")
+    lob["status"] = "entered-in-error"
+    assert fhir.put("/Procedure/p1-lob", content=json.dumps(lob)).status_code == 200
+    after = _brief(_timeline(api, subject_id))
+    assert after == before[:-1]
+    assert counts(engine)["trial_event"] == len(after)
+
+
+def test_deleting_doses_moves_day1_and_deleting_the_enrollment_removes_the_subject(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Day 1 and membership are recomputed from the data whenever it changes."""
+    _enrolled_patient(fhir)
+    subject_id = _subjects(api)["subjects"][0]["subject_id"]
+    for mid in ("p1-dupi-a", "p1-dupi-b", "p1-cemi"):
+        assert fhir.delete(f"/MedicationAdministration/{mid}").status_code in (200, 204)
+    subject = _subjects(api)["subjects"][0]
+    assert subject["subject_id"] == subject_id  # stable across recomputation
+    assert subject["day1"] is None
+    assert all(e["study_day"] is None for e in _timeline(api, subject_id))
+    rs = _research_subject("rs-p1", "p1", "001-003", "2025-03-03", status="withdrawn")
+    assert fhir.put("/ResearchSubject/rs-p1", content=json.dumps(rs)).status_code == 200
+    assert [s["status"] for s in _subjects(api)["subjects"]] == ["withdrawn"]
+    assert fhir.delete("/ResearchSubject/rs-p1").status_code in (200, 204)
+    assert _subjects(api)["subjects"] == []
+
+
+def test_reference_by_identifier_resolves_when_the_patient_arrives_later(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """An event whose subject is named only by MRN joins the patient once that Patient is posted."""
+    early = _dose("early", "x", "Keytruda 100 MG/4ML", 200, "mg", "2024-01-05")
+    early["subject"] = {"identifier": {"system": "urn:mrn", "value": "MRN-late"}}
+    assert fhir.put("/MedicationAdministration/early", content=json.dumps(early)).status_code == 201
+    assert _subjects(api, "cirae-dupilumab")["subjects"] == []
+    late = _patient("late", "MRN-late")
+    assert fhir.put("/Patient/late", content=json.dumps(late)).status_code == 201
+    cohort = _subjects(api, "cirae-dupilumab")["subjects"]
+    assert [(s["status"], s["day1"], s["enrolled_on"]) for s in cohort] == [
+        ("included", "2024-01-05", "2024-01-05")
+    ]
+    kinds = [e["kind"] for e in _timeline(api, cohort[0]["subject_id"], "cirae-dupilumab")]
+    assert kinds == ["demographics", "drug_administration"]
+
+
+def test_failed_transaction_writes_no_events(fhir: httpx.Client, engine: Engine) -> None:
+    """A refused transaction leaves no events or subjects behind either."""
+    body = _put(STUDY, _patient("p9", "MRN-9"))
+    broken = json.loads(body)
+    broken["entry"].append(
+        entry({"resourceType": "Patient", "id": "bad", "active": "yes"}, "PUT", "Patient/bad")
+    )
+    assert fhir.post("", content=json.dumps(broken)).status_code == 400
+    assert counts(engine)["trial_event"] == 0
+    assert counts(engine)["study_subject"] == 0
+
+
+# -- terminology extended by a site -----------------------------------------------------------------
+
+
+def _local_dose(pid: str) -> dict[str, Any]:
+    dose = _dose("local", pid, "", 300, "mg", "2025-03-10")
+    dose["medicationCodeableConcept"] = {
+        "coding": [{"system": "urn:site:pharmacy", "code": "DUPI-300"}]
+    }
+    return dose
+
+
+def test_site_extends_a_value_set_with_a_fhir_valueset(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Posting a ValueSet with our canonical url adds a local code and remaps what was stored."""
+    assert (
+        fhir.put(
+            "/MedicationAdministration/local", content=json.dumps(_local_dose("p1"))
+        ).status_code
+        == 201
+    )
+    valueset = {
+        "resourceType": "ValueSet",
+        "id": "site-dupilumab",
+        "url": "urn:trialbridge:valueset:dupilumab",
+        "status": "active",
+        "compose": {
+            "include": [{"system": "urn:site:pharmacy", "concept": [{"code": "DUPI-300"}]}]
+        },
+    }
+    assert fhir.put("/ValueSet/site-dupilumab", content=json.dumps(valueset)).status_code == 201
+    _enrolled_patient(fhir)
+    subject_id = _subjects(api)["subjects"][0]["subject_id"]
+    local = [e for e in _timeline(api, subject_id) if e["source"]["id"] == "local"]
+    assert [(c["concept"], c["matched_by"], c["code"]) for c in local[0]["concepts"]] == [
+        ("dupilumab", "code", "DUPI-300")
+    ]
+    valueset["status"] = "retired"
+    assert fhir.put("/ValueSet/site-dupilumab", content=json.dumps(valueset)).status_code == 200
+    local = [e for e in _timeline(api, subject_id) if e["source"]["id"] == "local"]
+    assert local[0]["concepts"] == []
+
+
+def test_site_extends_a_value_set_with_a_file(tmp_path: Path, new_database: Any) -> None:
+    """A site's value-set file adds codes without a code change."""
+    site = tmp_path / "terminology"
+    site.mkdir()
+    (site / "local.toml").write_text(
+        '[dupilumab]\ntitle = "site codes"\ncodes = [{ system = "urn:site:pharmacy", code = "DUPI-300" }]\n'
+    )
+    settings = Settings(database_url=new_database("sqlite"), terminology_dir=site)
+    srv, thread, url = start_server(settings)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            body = _put(
+                STUDY,
+                _patient("p1", "MRN-1"),
+                _research_subject("rs-p1", "p1", "7", "2025-03-01"),
+                _local_dose("p1"),
+            )
+            assert (
+                client.post(
+                    "/fhir", content=body, headers={"content-type": "application/fhir+json"}
+                ).status_code
+                == 200
+            )
+            subject = client.get(f"/api/v1/studies/{NCT}/subjects").json()["subjects"][0]
+            assert subject["day1"] == "2025-03-10"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
