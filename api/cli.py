@@ -16,12 +16,16 @@ from tqdm import tqdm
 
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import decode_text, loads
-from service import migrate
-from service.db import make_engine
+from service import event_store, migrate
+from service.catalog import load_catalog
+from service.db import make_engine, session_scope
+from service.derivation import Derivation, remap_all
 from service.errors import FhirError
 from service.fhir_store import FhirStore
 from service.ingest import EntryResult
+from service.protocol import ProtocolError
 from service.settings import Settings
+from service.terminology_files import TerminologyError
 
 _SUFFIXES = (".json", ".ndjson")
 
@@ -80,11 +84,11 @@ def _record(result: EntryResult, where: str, tally: Counter[str], errors: list[s
     errors.append(f"{where}: {result.status} {'; '.join(reasons)}")
 
 
-def cmd_load(settings: Settings, paths: Sequence[str]) -> int:
+def cmd_load(settings: Settings, paths: Sequence[str], derivation: Derivation) -> int:
     """Load bundle JSON / NDJSON files or folders through the same ingest as the API."""
     engine = make_engine(settings)
     migrate.upgrade(engine)
-    store = FhirStore(engine, settings)
+    store = FhirStore(engine, settings, derivation)
     try:
         files = list(_files(paths))
     except FileNotFoundError as exc:
@@ -119,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("migrate", help="bring the database schema to the latest revision")
     load = sub.add_parser("load", help="load FHIR bundle JSON / NDJSON files or folders")
     load.add_argument("paths", nargs="+", metavar="PATH")
+    sub.add_parser(
+        "remap",
+        help="recompute every trial event and subject (after an upgrade or a value-set change)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -128,6 +136,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command in ("serve", "load", "remap"):
+        try:
+            catalog = load_catalog(settings)  # fail before serving, naming the file and key
+        except (ProtocolError, TerminologyError) as exc:
+            print(f"trialbridge: {exc}", file=sys.stderr)
+            return 2
+    if args.command == "remap":
+        engine = make_engine(settings)
+        migrate.upgrade(engine)
+        with session_scope(engine) as session:
+            remap_all(catalog.derivation, session)
+            totals = event_store.totals(session)
+        engine.dispose()
+        print(f"remapped: {totals['events']} event(s), {totals['subjects']} subject(s)")
+        return 0
     if args.command == "migrate":
         engine = make_engine(settings)
         migrate.upgrade(engine)
@@ -135,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine.dispose()
         return 0
     if args.command == "load":
-        return cmd_load(settings, args.paths)
+        return cmd_load(settings, args.paths, catalog.derivation)
     import uvicorn
 
     engine = make_engine(settings)

@@ -142,10 +142,12 @@ def events_of(
     return out
 
 
-def event_count(session: Session) -> int:
-    """How many events are stored (operators and tests)."""
-
-    return int(session.execute(select(func.count()).select_from(_EVENT)).scalar_one())
+def totals(session: Session) -> dict[str, int]:
+    """How many events and subjects are stored (operators and tests)."""
+    return {
+        "events": int(session.execute(select(func.count()).select_from(_EVENT)).scalar_one()),
+        "subjects": int(session.execute(select(func.count()).select_from(_SUBJECT)).scalar_one()),
+    }
 
 
 # -- subjects --------------------------------------------------------------------------------------
@@ -224,7 +226,6 @@ def get_or_create_secret(session: Session, name: str, make: Any) -> str:
 
 def valueset_generation(session: Session) -> tuple[int, dt.datetime | None]:
     """(count, newest lastUpdated) of ValueSet heads: changes whenever a ValueSet is written."""
-
     c = _HEAD.c
     row = session.execute(
         select(func.count(), func.max(c.last_updated)).where(c.resource_type == "ValueSet")

@@ -127,3 +127,34 @@ def test_unsupported_database_url_is_refused_before_anything_runs(tmp_path: Path
     assert "DATABASE_URL" in result.stderr
     assert "'mysql'" in result.stderr
     assert list(tmp_path.iterdir()) == []  # no default SQLite file was created either
+
+
+def test_remap_recomputes_the_same_events_and_subjects(
+    backend: str, new_database: object, tmp_path: Path
+) -> None:
+    """`trialbridge remap` (after an upgrade) rebuilds events from the stored data, idempotently."""
+    url = str(new_database(backend))  # type: ignore[operator]
+    feed = tmp_path / "feed.ndjson"
+    feed.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in (
+                {"resourceType": "Patient", "id": "p1", "gender": "male"},
+                {
+                    "resourceType": "MedicationAdministration",
+                    "id": "ma1",
+                    "status": "completed",
+                    "medicationCodeableConcept": {"text": "Opdivo 240 MG"},
+                    "subject": {"reference": "Patient/p1"},
+                    "effectiveDateTime": "2024-05-02",
+                },
+            )
+        )
+    )
+    assert _run(url, "load", str(feed), cwd=tmp_path).returncode == 0
+    before = _store_counts(url)
+    assert (before["trial_event"], before["study_subject"]) == (2, 1)
+    result = _run(url, "remap", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "remapped: 2 event(s), 1 subject(s)\n"
+    assert _store_counts(url) == before

@@ -14,9 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
+from fhir_mapping.events.context import MappingContext, MemoryLookup
+from fhir_mapping.events.model import SourceRef
+from fhir_mapping.events.registry import map_resource
 from fhir_mapping.resource_types import SUPPORTED_TYPES
+from service.terminology_files import build_terminology
 from tests.conftest import SHARED_DATA, counts
 
 EXAMPLES_DIR = SHARED_DATA / "fhir-r4-examples"
@@ -328,3 +332,36 @@ def test_synthea_encounters_of_a_patient_are_found_and_paged(fhir: httpx.Client)
     assert page_sizes == [50, 40]
     assert Counter(seen) == Counter(expected)
     assert len(set(seen)) == len(seen)
+
+
+def _pure_events_by_kind() -> Counter[str]:
+    """Map the Synthea export in memory, with no database, as the reference answer."""
+    resources = [json.loads(line) for p in SYNTHEA_FILES for line in p.read_bytes().splitlines()]
+    ctx = MappingContext(build_terminology(), MemoryLookup(resources))
+    kinds: Counter[str] = Counter()
+    for r in resources:
+        source = SourceRef(r["resourceType"], r["id"], 1)
+        kinds.update(e.kind.value for e in map_resource(r["resourceType"], r, source, ctx))
+    return kinds
+
+
+def test_synthea_events_derived_on_ingest_equal_the_pure_mapping(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    """What ingest derives inside its transactions is exactly what the mappers say, once."""
+    expected = _pure_events_by_kind()
+    assert expected["demographics"] == 13  # Patient.000.ndjson has 13 patients
+    assert _import_all(fhir) == {"201 Created": SYNTHEA_LINES}
+    with engine.connect() as conn:
+        stored = Counter(
+            {
+                row.kind: int(row.n)
+                for row in conn.execute(
+                    text("SELECT kind, count(*) AS n FROM trial_event GROUP BY kind")
+                )
+            }
+        )
+    assert stored == expected
+    assert counts(engine)["study_subject"] == 0  # no ResearchSubject and no checkpoint inhibitor
+    assert _import_all(fhir) == {"200 OK": SYNTHEA_LINES}
+    assert counts(engine)["trial_event"] == sum(expected.values())

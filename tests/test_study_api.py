@@ -456,3 +456,46 @@ def test_site_extends_a_value_set_with_a_file(tmp_path: Path, new_database: Any)
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def test_urn_uuid_references_map_to_the_created_patient(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Within a transaction, urn:uuid references are rewritten before mapping, so events join up."""
+    p_urn = "urn:uuid:6c0f3b7e-3d1b-4c55-9f0e-2a1b3c4d5e6f"
+    dose = _dose("x", "x", "Tecentriq 1200 MG/20ML", 1200, "mg", "2024-02-01")
+    del dose["id"]
+    dose["subject"] = {"reference": p_urn}
+    body = bundle(
+        "transaction",
+        entry({"resourceType": "Patient", "gender": "male"}, "POST", "Patient", p_urn),
+        entry(dose, "POST", "MedicationAdministration"),
+    )
+    response = fhir.post("", content=body)
+    assert response.status_code == 200, response.text
+    patient_id = response.json()["entry"][0]["response"]["location"].split("/")[1]
+    cohort = _subjects(api, "cirae-dupilumab")["subjects"]
+    assert len(cohort) == 1
+    events = _timeline(api, cohort[0]["subject_id"], "cirae-dupilumab")
+    assert [(e["kind"], e["study_day"]) for e in events] == [
+        ("drug_administration", 1),
+        ("demographics", None),  # no birth date: undated events come last
+    ]
+    assert events[1]["source"]["id"] == patient_id
+    assert [c["concept"] for c in events[0]["concepts"]] == ["pdl1_inhibitor"]
+
+
+def test_out_of_order_versions_leave_the_latest_content_in_force(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Whatever order corrections arrive in, the timeline shows the current version only, once."""
+    _enrolled_patient(fhir)
+    subject_id = _subjects(api)["subjects"][0]["subject_id"]
+    original = _procedure("p1-lob", "p1", "Right upper lobectomy", "2025-03-27T23:30:00-05:00")
+    corrected = _procedure("p1-lob", "p1", "Right upper lobectomy", "2025-03-31")
+    assert fhir.put("/Procedure/p1-lob", content=json.dumps(corrected)).status_code == 200
+    assert fhir.put("/Procedure/p1-lob", content=json.dumps(original)).status_code == 200
+    surgery = [e for e in _timeline(api, subject_id) if e["kind"] == "lung_resection"]
+    assert [(e["date"]["value"], e["study_day"], e["source"]["version"]) for e in surgery] == [
+        ("2025-03-27T23:30:00-05:00", 18, "3")
+    ]
