@@ -499,3 +499,29 @@ def test_out_of_order_versions_leave_the_latest_content_in_force(
     assert [(e["date"]["value"], e["study_day"], e["source"]["version"]) for e in surgery] == [
         ("2025-03-27T23:30:00-05:00", 18, "3")
     ]
+
+
+def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer) -> None:
+    """Trial software can generate a client: every route, its response and error bodies are described."""
+    schema = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+    paths = {p for p in schema["paths"] if p.startswith("/api/v1")}
+    assert paths == {
+        "/api/v1/studies",
+        "/api/v1/studies/{study_id}",
+        "/api/v1/studies/{study_id}/subjects",
+        "/api/v1/studies/{study_id}/subjects/{subject_id}/timeline",
+    }
+    for path in paths:
+        responses = schema["paths"][path]["get"]["responses"]
+        assert set(responses) == {"200", "400", "404", "422", "503"}
+        assert responses["404"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorBody"
+        }
+    event = schema["components"]["schemas"]["Event"]["properties"]
+    assert event["values"]["examples"][0]["route_class"] == "systemic"
+    assert set(schema["components"]["schemas"]["ErrorDetail"]["properties"]) == {
+        "status",
+        "code",
+        "message",
+        "details",
+    }
