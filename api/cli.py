@@ -19,7 +19,7 @@ from fhir_mapping.json_codec import decode_text, loads
 from service import event_store, migrate
 from service.catalog import load_catalog
 from service.db import make_engine, session_scope
-from service.derivation import Derivation, remap_all
+from service.derivation import Derivation, reevaluate_all, remap_all
 from service.errors import FhirError
 from service.fhir_store import FhirStore
 from service.ingest import EntryResult
@@ -124,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = sub.add_parser("load", help="load FHIR bundle JSON / NDJSON files or folders")
     load.add_argument("paths", nargs="+", metavar="PATH")
     sub.add_parser(
+        "reevaluate",
+        help="re-screen every candidate as of today (run daily from cron or a CronJob)",
+    )
+    sub.add_parser(
         "remap",
         help="recompute every trial event and subject (after an upgrade or a value-set change)",
     )
@@ -136,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.command in ("serve", "load", "remap"):
+    if args.command in ("serve", "load", "remap", "reevaluate"):
         try:
             catalog = load_catalog(settings)  # fail before serving, naming the file and key
         except (ProtocolError, TerminologyError) as exc:
@@ -150,6 +154,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             totals = event_store.totals(session)
         engine.dispose()
         print(f"remapped: {totals['events']} event(s), {totals['subjects']} subject(s)")
+        return 0
+    if args.command == "reevaluate":
+        engine = make_engine(settings)
+        migrate.upgrade(engine)
+        with session_scope(engine) as session:
+            patients = reevaluate_all(catalog.derivation, session)
+        engine.dispose()
+        print(f"re-evaluated {patients} patient(s)")
         return 0
     if args.command == "migrate":
         engine = make_engine(settings)

@@ -134,3 +134,65 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "Invalid query parameters"},
     503: {"model": ErrorBody, "description": "Database unavailable"},
 }
+
+
+class VerdictCounts(BaseModel):
+    """How many criteria have each verdict."""
+
+    met: int
+    not_met: int
+    unknown: int
+
+
+class Candidate(BaseModel):
+    """One row of the screening list."""
+
+    subject_id: str
+    overall: Literal["eligible", "ineligible", "indeterminate"]
+    counts: VerdictCounts
+    at_enrollment: Literal["eligible", "ineligible", "indeterminate"] | None = Field(
+        description="Overall status on the enrollment day (null when not enrolled)"
+    )
+    as_of: str
+    computed_at: str
+
+
+class ScreeningPage(BaseModel):
+    """One page of the screening list; pass `next_cursor` back as `cursor` for the next."""
+
+    study: StudyRef
+    candidates: list[Candidate]
+    next_cursor: str | None
+
+
+class CriterionEvidence(Evidence):
+    """A resource version that decided a verdict, and the deciding value."""
+
+    value: str = Field(examples=["EGFR positive (ctDNA)", "T1a", "prednisone 49 days before"])
+
+
+class CriterionOut(BaseModel):
+    """One criterion's verdict with its reason and evidence."""
+
+    id: str = Field(examples=["driver"])
+    number: int
+    type: Literal["inclusion", "exclusion"]
+    title: str
+    verdict: Literal["met", "not_met", "unknown"]
+    reason: str
+    evidence: list[CriterionEvidence]
+    missing: str | None = Field(description="What data would settle an unknown verdict")
+
+
+class EligibilityOut(BaseModel):
+    """A candidate's eligibility as of a day: every criterion and the overall status."""
+
+    study: StudyRef
+    subject_id: str
+    computed_at: str
+    as_of: str
+    overall: Literal["eligible", "ineligible", "indeterminate"]
+    counts: VerdictCounts
+    criteria: list[CriterionOut]
+    missing: list[str]
+    at_enrollment: Literal["eligible", "ineligible", "indeterminate"] | None

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import SettingsDep
-from api.schemas import ERRORS, StudyDetail, StudyList, SubjectPage, Timeline
+from api.schemas import (
+    ERRORS,
+    EligibilityOut,
+    ScreeningPage,
+    StudyDetail,
+    StudyList,
+    SubjectPage,
+    Timeline,
+)
 from service.studies import StudyReader, study_detail, study_summary
 
 router = APIRouter(prefix="/api/v1", tags=["studies"], responses=ERRORS)
@@ -65,3 +73,46 @@ async def subject_timeline(request: Request, study_id: str, subject_id: str) -> 
     """Every event with its date (and precision), study day, values and FHIR evidence."""
     reader = _reader(request)
     return await run_in_threadpool(lambda: reader.timeline(study_id, subject_id))
+
+
+@router.get(
+    "/studies/{study_id}/eligibility",
+    response_model=ScreeningPage,
+    summary="Screening list: every candidate's eligibility",
+)
+async def screening_list(
+    request: Request,
+    settings: SettingsDep,
+    study_id: str,
+    status: Annotated[
+        Literal["eligible", "ineligible", "indeterminate"] | None,
+        Query(description="Only candidates with this overall status"),
+    ] = None,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="Page size")] = None,
+) -> dict[str, Any]:
+    """Candidates (a lung-cancer condition or a ResearchSubject), kept current on ingest."""
+    size = min(limit or settings.api_default_limit, settings.api_max_limit)
+    reader = _reader(request)
+    return await run_in_threadpool(
+        lambda: reader.screening(study_id, cursor=cursor, limit=size, overall=status)
+    )
+
+
+@router.get(
+    "/studies/{study_id}/subjects/{subject_id}/eligibility",
+    response_model=EligibilityOut,
+    summary="A candidate's criteria, verdicts and evidence, as of a day",
+)
+async def subject_eligibility(
+    request: Request,
+    study_id: str,
+    subject_id: str,
+    as_of: Annotated[
+        str | None,
+        Query(description="A day (2025-03-15) or zoned dateTime; data dated later is ignored"),
+    ] = None,
+) -> dict[str, Any]:
+    """Stored result (kept current on ingest) by default; computed on demand for a given as_of."""
+    reader = _reader(request)
+    return await run_in_threadpool(lambda: reader.subject_eligibility(study_id, subject_id, as_of))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import logging
 import secrets
@@ -19,8 +20,9 @@ from fhir_mapping.events.registry import MAPPERS, map_resource
 from fhir_mapping.json_codec import LexicalDecimal
 from fhir_mapping.terminology import Terminology
 from service import event_store, store
+from service.eligibility import evaluate, is_candidate
 from service.fhir_time import utcnow
-from service.membership import membership, pseudonym
+from service.membership import SubjectFacts, membership, pseudonym
 from service.protocol import CohortProtocol, TrialProtocol
 from service.store import Key
 from service.terminology_files import VALUESET_URL_PREFIX, build_terminology
@@ -30,8 +32,13 @@ log = logging.getLogger(__name__)
 # Stored content was validated on the way in: a plain decoder that keeps decimals' text suffices.
 _STORED = json.JSONDecoder(parse_float=LexicalDecimal)
 PSEUDONYM_SECRET = "subject-pseudonym-key"
-# Event kinds that decide study membership (read back for every touched patient).
-MEMBERSHIP_KINDS = (EventKind.ENROLLMENT, EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE)
+# Event kinds that decide study membership and candidacy (read back for every touched patient).
+MEMBERSHIP_KINDS = (
+    EventKind.ENROLLMENT,
+    EventKind.DRUG_ADMINISTRATION,
+    EventKind.DRUG_EXPOSURE,
+    EventKind.CONDITION,
+)
 
 
 @dataclass
@@ -196,9 +203,90 @@ class Derivation:
                 if row is not None and all(getattr(row, k) == v for k, v in values.items()):
                     continue
                 event_store.upsert_subject(session, {**values, "updated_at": now}, row is not None)
+        self.refresh_eligibility(session, patient_ids, events, now)
+
+    def refresh_eligibility(
+        self,
+        session: Session,
+        patient_ids: Sequence[str],
+        brief: dict[str, list[TrialEvent]],
+        now: dt.datetime,
+    ) -> None:
+        """Re-screen the candidates among these patients as of today; drop non-candidates."""
+        key = self.pseudonym_key(session)
+        for study_id, protocol in sorted(self.protocols.items()):
+            if not isinstance(protocol, TrialProtocol):
+                continue
+            stored = event_store.eligibility_of(session, study_id, patient_ids)
+            candidates = []
+            for patient_id in patient_ids:
+                facts = membership(protocol, brief.get(patient_id, []))
+                if is_candidate(protocol, brief.get(patient_id, []), facts is not None):
+                    candidates.append((patient_id, facts))
+                elif patient_id in stored:
+                    event_store.delete_eligibility(session, study_id, patient_id)
+            if not candidates:
+                continue
+            full = event_store.events_of(session, [p for p, _ in candidates])
+            for patient_id, facts in candidates:
+                values = screening_row(
+                    protocol,
+                    full[patient_id],
+                    subject_id=pseudonym(key, study_id, patient_id),
+                    patient_id=patient_id,
+                    facts=facts,
+                    now=now,
+                )
+                event_store.save_eligibility(session, values, patient_id in stored)
+
+
+def screening_row(
+    protocol: TrialProtocol,
+    events: Sequence[TrialEvent],
+    *,
+    subject_id: str,
+    patient_id: str,
+    facts: SubjectFacts | None,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """The stored screening result: as of today, plus the verdict on the enrollment day."""
+    enrolled_on = facts.enrolled_on if facts else None
+    day1 = facts.day1 if facts else None
+    today = now.date()
+    result = evaluate(protocol, events, as_of=today, enrolled_on=enrolled_on, day1=day1)
+    at_enrollment = None
+    if enrolled_on is not None and enrolled_on <= today:
+        at_enrollment = evaluate(
+            protocol, events, as_of=enrolled_on, enrolled_on=enrolled_on, day1=day1
+        ).overall
+    counts = result.counts()
+    payload = {**result.to_json(), "at_enrollment": at_enrollment}
+    return {
+        "study_id": protocol.id,
+        "patient_id": patient_id,
+        "subject_id": subject_id,
+        "overall": result.overall,
+        "n_met": counts["met"],
+        "n_not_met": counts["not_met"],
+        "n_unknown": counts["unknown"],
+        "at_enrollment": at_enrollment,
+        "protocol_version": protocol.version,
+        "as_of": today,
+        "computed_at": now,
+        "payload": json.dumps(payload, separators=(",", ":")),
+    }
 
 
 def remap_all(derivation: Derivation, session: Session) -> None:
     """Recompute every event and subject (after a terminology or mapping change)."""
     terminology, _ = derivation.terminology(session)
     derivation.remap(session, event_store.all_keys(session, sorted(MAPPERS)), terminology)
+
+
+def reevaluate_all(derivation: Derivation, session: Session) -> int:
+    """Re-screen every candidate as of today (time passing changes time-relative verdicts)."""
+    patients = event_store.patients_with_events(
+        session, (EventKind.CONDITION, EventKind.ENROLLMENT)
+    )
+    derivation.refresh_subjects(session, patients)
+    return len(patients)

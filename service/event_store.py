@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from fhir_mapping.events.model import EventKind, TrialEvent
 from service.models import (
+    EligibilityRow,
     EventDependency,
     ResourceHead,
     ResourceIdentifier,
@@ -25,6 +26,7 @@ _EVENT = TrialEventRow.__table__  # type: ignore[attr-defined]
 _DEP = EventDependency.__table__  # type: ignore[attr-defined]
 _SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
 _SECRET = ServiceSecret.__table__  # type: ignore[attr-defined]
+_ELIGIBILITY = EligibilityRow.__table__  # type: ignore[attr-defined]
 _IDENT = ResourceIdentifier.__table__  # type: ignore[attr-defined]
 _HEAD = ResourceHead.__table__  # type: ignore[attr-defined]
 _CHUNK = 400
@@ -245,3 +247,81 @@ def all_keys(session: Session, resource_types: Sequence[str]) -> list[Key]:
         )
     )
     return [(r.resource_type, r.resource_id) for r in rows]
+
+
+# -- eligibility -----------------------------------------------------------------------------------
+
+
+def eligibility_of(session: Session, study_id: str, patient_ids: Sequence[str]) -> dict[str, Any]:
+    """Stored eligibility rows of these patients, by patient id."""
+    c = _ELIGIBILITY.c
+    out: dict[str, Any] = {}
+    for chunk in _chunks(list(patient_ids)):
+        rows = session.execute(
+            select(_ELIGIBILITY).where(c.study_id == study_id, c.patient_id.in_(list(chunk)))
+        )
+        out.update((r.patient_id, r) for r in rows)
+    return out
+
+
+def save_eligibility(session: Session, values: dict[str, Any], exists: bool) -> None:
+    """Insert or replace one candidate's result."""
+    c = _ELIGIBILITY.c
+    if exists:
+        session.execute(
+            update(_ELIGIBILITY)
+            .where(c.study_id == values["study_id"], c.patient_id == values["patient_id"])
+            .values(values)
+        )
+    else:
+        session.execute(insert(_ELIGIBILITY), [values])
+
+
+def delete_eligibility(session: Session, study_id: str, patient_id: str) -> None:
+    """A patient who is no longer a candidate leaves the screening list."""
+    c = _ELIGIBILITY.c
+    session.execute(delete(_ELIGIBILITY).where(c.study_id == study_id, c.patient_id == patient_id))
+
+
+def list_eligibility(
+    session: Session, study_id: str, *, after: str | None, limit: int, overall: str | None
+) -> list[Any]:
+    """A page of the screening list in subject_id order."""
+    c = _ELIGIBILITY.c
+    query = select(_ELIGIBILITY).where(c.study_id == study_id)
+    if after is not None:
+        query = query.where(c.subject_id > after)
+    if overall is not None:
+        query = query.where(c.overall == overall)
+    return list(session.execute(query.order_by(c.subject_id).limit(limit)))
+
+
+def find_eligibility(session: Session, study_id: str, subject_id: str) -> Any | None:
+    """One candidate's stored result by subject id."""
+    c = _ELIGIBILITY.c
+    return session.execute(
+        select(_ELIGIBILITY).where(c.study_id == study_id, c.subject_id == subject_id)
+    ).first()
+
+
+def candidate_patients(session: Session, study_id: str) -> list[str]:
+    """Every patient on the screening list or listed as a subject (for a full re-evaluation)."""
+    e, s = _ELIGIBILITY.c, _SUBJECT.c
+    ids = {
+        r.patient_id for r in session.execute(select(e.patient_id).where(e.study_id == study_id))
+    }
+    ids |= {
+        r.patient_id for r in session.execute(select(s.patient_id).where(s.study_id == study_id))
+    }
+    return sorted(ids)
+
+
+def patients_with_events(session: Session, kinds: Sequence[EventKind]) -> list[str]:
+    """Patients having any event of these kinds."""
+    c = _EVENT.c
+    rows = session.execute(
+        select(c.patient_id)
+        .where(c.kind.in_([k.value for k in kinds]), c.patient_id.is_not(None))
+        .distinct()
+    )
+    return sorted(r.patient_id for r in rows)

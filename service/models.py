@@ -170,3 +170,26 @@ class ServiceSecret(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=64)
     value: str = Field(max_length=256)
+
+
+class EligibilityRow(SQLModel, table=True):
+    """A candidate's latest screening result, kept current on ingest so reads are cheap."""
+
+    __tablename__ = "eligibility_result"
+    __table_args__ = (
+        UniqueConstraint("study_id", "subject_id", name="uq_eligibility_subject_id"),
+        Index("ix_eligibility_overall", "study_id", "overall"),
+    )
+
+    study_id: str = Field(primary_key=True, max_length=64)
+    patient_id: str = Field(primary_key=True, max_length=64)
+    subject_id: str = Field(max_length=32)
+    overall: str = Field(max_length=16)
+    n_met: int
+    n_not_met: int
+    n_unknown: int
+    at_enrollment: str | None = Field(default=None, max_length=16)
+    protocol_version: str = Field(max_length=64)
+    as_of: dt.date = Field(sa_column=Column(Date(), nullable=False))
+    computed_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    payload: str = Field(sa_column=Column(Text(), nullable=False))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +15,12 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from fhir_mapping.events.model import TrialEvent
-from fhir_mapping.partial_dates import study_day
+from fhir_mapping.partial_dates import parse_partial_date, study_day
 from service import event_store
+from service.eligibility import evaluate
 from service.errors import ApiError
 from service.fhir_time import utcnow
+from service.membership import trial_membership
 from service.protocol import CohortProtocol, TrialProtocol
 
 Protocol = TrialProtocol | CohortProtocol
@@ -161,3 +165,105 @@ class StudyReader:
             "computed_at": utcnow().isoformat().replace("+00:00", "Z"),
             "events": [_event_json(e, row.day1) for e in ordered],
         }
+
+    # -- eligibility --------------------------------------------------------------------------------
+
+    def trial(self, study_id: str) -> TrialProtocol:
+        """The protocol of an interventional study; eligibility is not defined for a cohort."""
+        protocol = self.protocol(study_id)
+        if not isinstance(protocol, TrialProtocol):
+            raise ApiError(
+                404,
+                "not_applicable",
+                f"study {study_id} is a retrospective cohort: it has no eligibility criteria",
+            )
+        return protocol
+
+    def screening(
+        self, study_id: str, *, cursor: str | None, limit: int, overall: str | None
+    ) -> dict[str, Any]:
+        """The screening list: every candidate's overall status and verdict counts."""
+        protocol = self.trial(study_id)
+        after = decode_cursor(cursor) if cursor else None
+        rows = self._read(
+            lambda s: event_store.list_eligibility(
+                s, study_id, after=after, limit=limit + 1, overall=overall
+            )
+        )
+        page = rows[:limit]
+        return {
+            "study": {"id": protocol.id, "version": protocol.version},
+            "candidates": [
+                {
+                    "subject_id": r.subject_id,
+                    "overall": r.overall,
+                    "counts": {"met": r.n_met, "not_met": r.n_not_met, "unknown": r.n_unknown},
+                    "at_enrollment": r.at_enrollment,
+                    "as_of": r.as_of.isoformat(),
+                    "computed_at": _instant(r.computed_at),
+                }
+                for r in page
+            ],
+            "next_cursor": encode_cursor(page[-1].subject_id)
+            if len(rows) > limit and page
+            else None,
+        }
+
+    def subject_eligibility(
+        self, study_id: str, subject_id: str, as_of: str | None
+    ) -> dict[str, Any]:
+        """A candidate's criteria: the stored result, or computed on demand for a given day."""
+        protocol = self.trial(study_id)
+        day = parse_as_of(as_of) if as_of is not None else None
+
+        def work(session: Session) -> tuple[Any, list[TrialEvent]]:
+            row = event_store.find_eligibility(session, study_id, subject_id)
+            if row is None or day is None:
+                return row, []
+            return row, event_store.events_of(session, [row.patient_id])[row.patient_id]
+
+        row, events = self._read(work)
+        if row is None:
+            raise ApiError(
+                404,
+                "subject_not_found",
+                f"no screening candidate {subject_id!r} in study {study_id}",
+            )
+        head = {"study": {"id": protocol.id, "version": protocol.version}, "subject_id": subject_id}
+        if day is None:
+            stored = json.loads(row.payload)
+            return {**head, "computed_at": _instant(row.computed_at), **stored}
+        facts = trial_membership(protocol, events)
+        result = evaluate(
+            protocol,
+            events,
+            as_of=day,
+            enrolled_on=facts.enrolled_on if facts else None,
+            day1=facts.day1 if facts else None,
+        )
+        return {
+            **head,
+            "computed_at": _instant(utcnow()),
+            **result.to_json(),
+            "at_enrollment": row.at_enrollment,
+        }
+
+
+def _instant(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+_ZONE = re.compile(r"(?:Z|[+-]\d{2}:\d{2})$")
+
+
+def parse_as_of(text: str) -> dt.date:
+    """An as-of day: a full date, or a dateTime with its zone (its local day is used)."""
+    parsed = parse_partial_date(text)
+    zoned = parsed is not None and (parsed.precision != "time" or _ZONE.search(text) is not None)
+    if parsed is None or parsed.day is None or not zoned:
+        raise ApiError(
+            400,
+            "invalid_as_of",
+            f"as_of {text!r} must be a date (2025-03-15) or a dateTime with a zone",
+        )
+    return parsed.day

@@ -28,6 +28,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 STORE_TABLES = (
+    "eligibility_result",
     "study_subject",
     "trial_event_dependency",
     "trial_event",

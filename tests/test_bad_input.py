@@ -28,6 +28,7 @@ SEEDED = {
     "trial_event": 1,
     "trial_event_dependency": 0,
     "study_subject": 0,
+    "eligibility_result": 0,
 }
 VALID_PATIENT = b'{"resourceType":"Patient","identifier":[{"system":"urn:mrn","value":"new-1"}]}'
 
@@ -85,6 +86,7 @@ def seed_twins(fhir: httpx.Client, engine: Engine) -> dict[str, int]:
         "trial_event": 3,
         "trial_event_dependency": 0,
         "study_subject": 0,
+        "eligibility_result": 0,
     }
     return before
 
@@ -212,6 +214,7 @@ def test_plain_application_json_is_accepted(fhir: httpx.Client, engine: Engine) 
         "trial_event": before["trial_event"] + 1,
         "trial_event_dependency": before["trial_event_dependency"],
         "study_subject": before["study_subject"],
+        "eligibility_result": before["eligibility_result"],
     }
 
 
@@ -520,6 +523,7 @@ def test_batch_reports_each_entry_and_writes_only_the_good_one(
         "trial_event": before["trial_event"] + 1,
         "trial_event_dependency": before["trial_event_dependency"],
         "study_subject": before["study_subject"],
+        "eligibility_result": before["eligibility_result"],
     }
 
 
@@ -619,6 +623,7 @@ def test_import_reports_each_line_and_writes_only_the_good_one(
         "trial_event": before["trial_event"] + 1,
         "trial_event_dependency": before["trial_event_dependency"],
         "study_subject": before["study_subject"],
+        "eligibility_result": before["eligibility_result"],
     }
 
 
@@ -684,6 +689,7 @@ def test_odd_but_valid_values_are_kept_lexically(
         "trial_event": before["trial_event"] + (path == "/Patient"),
         "trial_event_dependency": before["trial_event_dependency"],
         "study_subject": before["study_subject"],
+        "eligibility_result": before["eligibility_result"],
     }
 
 
@@ -710,6 +716,7 @@ def test_decimal_0_1_differs_from_0_10(fhir: httpx.Client, engine: Engine) -> No
         "trial_event": before["trial_event"],
         "trial_event_dependency": before["trial_event_dependency"],
         "study_subject": before["study_subject"],
+        "eligibility_result": before["eligibility_result"],
     }
 
 

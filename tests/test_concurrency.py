@@ -74,6 +74,7 @@ def test_same_transaction_posted_8_times_at_once_leaves_one_copy(
         "trial_event": 3,  # demographics, viable tumour, encounter: derived once too
         "trial_event_dependency": 0,
         "study_subject": 0,
+        "eligibility_result": 0,
     }
 
 
@@ -135,6 +136,7 @@ def test_database_lost_mid_transaction_writes_nothing_and_says_transient(new_dat
         "trial_event": 0,
         "trial_event_dependency": 0,
         "study_subject": 0,
+        "eligibility_result": 0,
     }
     engine.dispose()
 

@@ -297,6 +297,7 @@ def test_service_request_for_resection_exactly() -> None:
             "planned": True,
             "body_site": ["Right upper lobe"],
             "intent": "order",
+            "authored_on": "2025-02-27",
             "resection_type": "partial_lobectomy",
         },
         "concepts": [

@@ -38,6 +38,7 @@ EMPTY_STORE = {
     "trial_event": 0,
     "trial_event_dependency": 0,
     "study_subject": 0,
+    "eligibility_result": 0,
 }
 # A resource type in a request URL: the first CamelCase path segment ("Patient", "ValueSet").
 _TYPE_SEGMENT = re.compile(r"^[A-Z][A-Za-z]+$")

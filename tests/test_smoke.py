@@ -29,4 +29,5 @@ def test_create_then_read_round_trips_bytes(fhir: httpx.Client, engine: Engine) 
         "trial_event": 0,
         "trial_event_dependency": 0,
         "study_subject": 0,
+        "eligibility_result": 0,
     }

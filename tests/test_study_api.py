@@ -510,6 +510,8 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
         "/api/v1/studies/{study_id}",
         "/api/v1/studies/{study_id}/subjects",
         "/api/v1/studies/{study_id}/subjects/{subject_id}/timeline",
+        "/api/v1/studies/{study_id}/eligibility",
+        "/api/v1/studies/{study_id}/subjects/{subject_id}/eligibility",
     }
     for path in paths:
         responses = schema["paths"][path]["get"]["responses"]

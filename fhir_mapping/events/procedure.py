@@ -116,12 +116,14 @@ def map_service_request(
     if when is None:
         when = first_date(resource.get("authoredOn"))
     intent = resource.get("intent")
+    authored = first_date(resource.get("authoredOn"))
     values: dict[str, Any] = {
         "code": concept_json(code),
         "status": status,
         "planned": True,
         "body_site": body_sites,
         "intent": intent if isinstance(intent, str) else None,
+        "authored_on": authored.text if authored else None,
         **specific,
     }
     return [
