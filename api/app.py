@@ -12,14 +12,17 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
+from api.deviation_routes import router as deviation_router
 from api.fhir_routes import router as fhir_router
 from api.study_routes import router as study_router
 from service import migrate
 from service.catalog import load_catalog
 from service.db import make_engine
+from service.deviation_log import DeviationLog
 from service.fhir_store import FhirStore
 from service.settings import Settings
 from service.studies import StudyReader
+from service.webhooks import Dispatcher, policy_from
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,9 +42,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.store = FhirStore(engine, conf, catalog.derivation)
         app.state.studies = StudyReader(engine, catalog.protocols)
+        app.state.deviations = DeviationLog(
+            engine, catalog.protocols, allow_private_webhooks=conf.webhook_allow_private
+        )
+        dispatcher = None
+        if conf.webhook_interval_seconds > 0:
+            dispatcher = Dispatcher(engine, policy_from(conf), conf.webhook_interval_seconds)
+            dispatcher.start()
         try:
             yield
         finally:
+            if dispatcher is not None:
+                dispatcher.stop()
             engine.dispose()
 
     app = FastAPI(
@@ -53,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(fhir_router)
     app.include_router(study_router)
+    app.include_router(deviation_router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:

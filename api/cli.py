@@ -26,6 +26,7 @@ from service.ingest import EntryResult
 from service.protocol import ProtocolError
 from service.settings import Settings
 from service.terminology_files import TerminologyError
+from service.webhooks import deliver_due, policy_from
 
 _SUFFIXES = (".json", ".ndjson")
 
@@ -123,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("migrate", help="bring the database schema to the latest revision")
     load = sub.add_parser("load", help="load FHIR bundle JSON / NDJSON files or folders")
     load.add_argument("paths", nargs="+", metavar="PATH")
+    sub.add_parser("deliver", help="deliver due webhook notifications once (cron-friendly)")
     sub.add_parser(
         "reevaluate",
         help="re-screen every candidate as of today (run daily from cron or a CronJob)",
@@ -154,6 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             totals = event_store.totals(session)
         engine.dispose()
         print(f"remapped: {totals['events']} event(s), {totals['subjects']} subject(s)")
+        return 0
+    if args.command == "deliver":
+        engine = make_engine(settings)
+        migrate.upgrade(engine)
+        tally = deliver_due(engine, policy_from(settings))
+        engine.dispose()
+        print(", ".join(f"{n} {k}" for k, n in tally.items()))
         return 0
     if args.command == "reevaluate":
         engine = make_engine(settings)

@@ -196,3 +196,96 @@ class EligibilityOut(BaseModel):
     criteria: list[CriterionOut]
     missing: list[str]
     at_enrollment: Literal["eligible", "ineligible", "indeterminate"] | None
+
+
+class HistoryEntry(BaseModel):
+    """One change to a deviation."""
+
+    at: str
+    actor: str = Field(examples=["system", "j.doe@site.org"])
+    action: Literal["opened", "updated", "resolved", "reopened", "acknowledged", "commented"]
+    detail: dict[str, Any]
+
+
+class DeviationOut(BaseModel):
+    """A protocol deviation, computed from the data and annotated by staff."""
+
+    id: str = Field(examples=["DEV-MFRGGZDFMZTWQ2LK"])
+    study_id: str
+    subject_id: str
+    rule: Literal[
+        "ineligible_enrolled",
+        "dose_mismatch",
+        "dose_missing",
+        "dose_extra",
+        "surgery_window",
+        "screening_biopsy_count",
+        "screening_stool_missing",
+        "followup_visit",
+        "prohibited_medication",
+    ]
+    severity: Literal["major", "minor"]
+    status: Literal["open", "acknowledged", "resolved"]
+    study_day: int | None
+    date: str | None
+    message: str = Field(examples=["surgery on Day 31; window Day 15–22"])
+    evidence: list[Evidence]
+    detected_at: str
+    updated_at: str
+    acknowledged_by: str | None
+    acknowledged_at: str | None
+    resolved_at: str | None
+    resolution: str | None
+    version: int
+
+
+class DeviationDetail(DeviationOut):
+    """A deviation with every change ever made to it."""
+
+    history: list[HistoryEntry]
+
+
+class DeviationPage(BaseModel):
+    """One page of the deviation log."""
+
+    study: StudyRef
+    deviations: list[DeviationOut]
+    next_cursor: str | None
+
+
+class DeviationPatch(BaseModel):
+    """Staff handling: acknowledge and/or comment (send If-Match with the ETag)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field(min_length=1, max_length=200, examples=["j.doe@site.org"])
+    status: Literal["acknowledged"] | None = None
+    comment: str | None = Field(default=None, min_length=1, max_length=4000)
+
+
+class SubscriptionIn(BaseModel):
+    """A webhook receiver: URL, events, and optionally your own secret."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(examples=["https://ctms.example.org/hooks/trialbridge"])
+    events: list[str] = Field(
+        examples=[["deviation.opened", "deviation.resolved", "eligibility.changed"]]
+    )
+    secret: str | None = Field(default=None, min_length=16, max_length=400)
+
+
+class SubscriptionOut(BaseModel):
+    """A subscription (the secret is only shown when it is created)."""
+
+    id: str
+    url: str
+    events: list[str]
+    created_at: str
+    secret: str | None = None
+
+
+class SubscriptionList(BaseModel):
+    """Every subscription."""
+
+    subscriptions: list[SubscriptionOut]

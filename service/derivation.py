@@ -19,7 +19,9 @@ from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.registry import MAPPERS, map_resource
 from fhir_mapping.json_codec import LexicalDecimal
 from fhir_mapping.terminology import Terminology
-from service import event_store, store
+from service import deviation_store, event_store, store
+from service.deviation_sync import sync_subject
+from service.deviations import Finding, SubjectContext, detect
 from service.eligibility import evaluate, is_candidate
 from service.fhir_time import utcnow
 from service.membership import SubjectFacts, membership, pseudonym
@@ -205,7 +207,7 @@ class Derivation:
                 event_store.upsert_subject(session, {**values, "updated_at": now}, row is not None)
         self.refresh_eligibility(session, patient_ids, events, now)
 
-    def refresh_eligibility(
+    def refresh_eligibility(  # and the deviations of the subjects among them
         self,
         session: Session,
         patient_ids: Sequence[str],
@@ -223,21 +225,68 @@ class Derivation:
                 facts = membership(protocol, brief.get(patient_id, []))
                 if is_candidate(protocol, brief.get(patient_id, []), facts is not None):
                     candidates.append((patient_id, facts))
-                elif patient_id in stored:
+                    continue
+                if patient_id in stored:
                     event_store.delete_eligibility(session, study_id, patient_id)
+                # not a candidate (so not a subject): any deviations it had are resolved
+                sync_subject(
+                    session,
+                    protocol,
+                    key=key,
+                    patient_id=patient_id,
+                    subject_id=None,
+                    findings=(),
+                    now=now,
+                )
             if not candidates:
                 continue
             full = event_store.events_of(session, [p for p, _ in candidates])
             for patient_id, facts in candidates:
+                subject_id = pseudonym(key, study_id, patient_id)
                 values = screening_row(
                     protocol,
                     full[patient_id],
-                    subject_id=pseudonym(key, study_id, patient_id),
+                    subject_id=subject_id,
                     patient_id=patient_id,
                     facts=facts,
                     now=now,
                 )
-                event_store.save_eligibility(session, values, patient_id in stored)
+                old = stored.get(patient_id)
+                event_store.save_eligibility(session, values, old is not None)
+                if old is None or old.overall != values["overall"]:
+                    before = old.overall if old is not None else None
+                    deviation_store.enqueue(
+                        session,
+                        "eligibility.changed",
+                        f"eligibility.changed.{subject_id}.{now.isoformat()}",
+                        {
+                            "study_id": study_id,
+                            "subject_id": subject_id,
+                            "previous": before,
+                            "overall": values["overall"],
+                            "as_of": values["as_of"].isoformat(),
+                        },
+                        now,
+                    )
+                findings: list[Finding] = []
+                if facts is not None:
+                    context = SubjectContext(
+                        day1=facts.day1,
+                        enrolled_on=facts.enrolled_on,
+                        status=facts.status,
+                        eligible_at_enrollment=values["at_enrollment"],
+                        enrollment_source=facts.evidence[0] if facts.evidence else None,
+                    )
+                    findings = detect(protocol, full[patient_id], context, as_of=now.date())
+                sync_subject(
+                    session,
+                    protocol,
+                    key=key,
+                    patient_id=patient_id,
+                    subject_id=subject_id if facts is not None else None,
+                    findings=findings,
+                    now=now,
+                )
 
 
 def screening_row(

@@ -6,12 +6,12 @@ Pure functions over trial events: no database, no clock (the as-of day is an arg
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fhir_mapping.events.model import EventKind, TrialEvent
+from fhir_mapping.events.observation import parse_tnm
 from fhir_mapping.partial_dates import parse_partial_date
 from service.protocol import (
     BiopsyPlanned,
@@ -196,6 +196,17 @@ def _nsclc(c: NsclcDiagnosis, events: Sequence[TrialEvent], ref: dt.date) -> Cri
     )
 
 
+def _t_ranks(category: str, order: Sequence[str]) -> list[int]:
+    """Positions in the T order a category can mean: itself, or each subcategory (T2: T2a, T2b)."""
+    if category in order:
+        return [order.index(category)]
+    return [
+        i
+        for i, known in enumerate(order)
+        if known.startswith(category) and known[len(category) :].isalpha()
+    ]
+
+
 def _t_category(c: TCategoryAtLeast, events: Sequence[TrialEvent], ref: dt.date) -> CriterionResult:
     t_events = [e for e in _of(events, EventKind.TNM_CATEGORY) if e.values.get("axis") == "T"]
     latest = _latest(t_events)
@@ -222,7 +233,8 @@ def _t_category(c: TCategoryAtLeast, events: Sequence[TrialEvent], ref: dt.date)
             evidence,
             "an assessable T category" if c.t0 == "unknown" else None,
         )
-    if category not in c.order:
+    ranks = _t_ranks(str(category), c.order) if category else []
+    if not ranks:
         return CriterionResult(
             c,
             "unknown",
@@ -230,7 +242,17 @@ def _t_category(c: TCategoryAtLeast, events: Sequence[TrialEvent], ref: dt.date)
             evidence,
             "a readable T category",
         )
-    met = c.order.index(str(category)) >= c.order.index(c.minimum)
+    floor = c.order.index(c.minimum)
+    if min(ranks) < floor <= max(ranks):
+        subcategories = "/".join(c.order[i] for i in ranks)
+        return CriterionResult(
+            c,
+            "unknown",
+            f"{category} without its subcategory may be below {c.minimum}",
+            evidence,
+            f"the T subcategory ({subcategories})",
+        )
+    met = min(ranks) >= floor
     word = "at least" if met else "below"
     return CriterionResult(
         c, "met" if met else "not_met", f"{category} is {word} {c.minimum}", evidence
@@ -300,7 +322,20 @@ def _condition_history(
     )
 
 
-_STAGE_IV = re.compile(r"(?<![A-Za-z])(?:stage\s*)?(?:IV|4)[ABC]?(?![A-Za-z0-9])", re.IGNORECASE)
+def _stage_groups(summary: Any) -> list[str]:
+    """Stage groups a Condition.stage summary states, read from its text, displays and codes."""
+    if not isinstance(summary, dict):
+        return []
+    texts = [summary.get("text")]
+    for coding in summary.get("coding") or ():
+        if isinstance(coding, dict):
+            texts += [coding.get("display"), coding.get("code")]
+    found = []
+    for text in texts:
+        parsed = parse_tnm(text, "stage_group") if isinstance(text, str) else None
+        if parsed is not None:
+            found.append(parsed[1])
+    return found
 
 
 def _metastatic(
@@ -322,12 +357,11 @@ def _metastatic(
     for e in _of(events, EventKind.CONDITION):
         if c.condition_valueset in e.concept_ids:
             hits.append(Evidence(e, _concept_text(e, c.condition_valueset)))
-        elif any(
-            _STAGE_IV.search(str(s.get("text") or ""))
-            for s in e.values.get("stage") or ()
-            if isinstance(s, dict)
-        ):
-            hits.append(Evidence(e, "stage IV"))
+            continue
+        stated = [g for s in e.values.get("stage") or () for g in _stage_groups(s)]
+        metastatic = [g for g in stated if g in c.stage_groups]
+        if metastatic:
+            hits.append(Evidence(e, f"stage {metastatic[0]}"))
     if hits:
         return CriterionResult(c, "met", f"metastatic disease: {hits[0].value}", tuple(hits))
     latest_m = _latest(m_events)
@@ -423,7 +457,9 @@ def _recent_medication(
 
 
 def _never_smoker(c: NeverSmoker, events: Sequence[TrialEvent], ref: dt.date) -> CriterionResult:
-    latest = _latest(_of(events, EventKind.SMOKING_STATUS))
+    recorded = _of(events, EventKind.SMOKING_STATUS)
+    known = [e for e in recorded if e.values.get("status") in ("never", "ever")]
+    latest = _latest(known or recorded)  # a later "unknown" does not erase a known status
     if latest is None:
         return CriterionResult(
             c, "unknown", "no smoking status recorded", (), "smoking status (LOINC 72166-2)"

@@ -193,3 +193,84 @@ class EligibilityRow(SQLModel, table=True):
     as_of: dt.date = Field(sa_column=Column(Date(), nullable=False))
     computed_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     payload: str = Field(sa_column=Column(Text(), nullable=False))
+
+
+class DeviationRow(SQLModel, table=True):
+    """A protocol deviation: computed from data, annotated by staff, never deleted."""
+
+    __tablename__ = "deviation"
+    __table_args__ = (
+        Index("ix_deviation_study_subject", "study_id", "subject_id"),
+        Index("ix_deviation_study_status", "study_id", "status"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    study_id: str = Field(max_length=64)
+    patient_id: str = Field(max_length=64)
+    subject_id: str = Field(max_length=32)
+    rule: str = Field(max_length=32)
+    cause: str = Field(max_length=200)
+    severity: str = Field(max_length=16)
+    study_day: int | None = None
+    occurred_on: dt.date | None = Field(default=None, sa_column=Column(Date(), nullable=True))
+    message: str = Field(sa_column=Column(Text(), nullable=False))
+    evidence: str = Field(sa_column=Column(Text(), nullable=False))
+    status: str = Field(max_length=16)
+    detected_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    acknowledged_by: str | None = Field(default=None, max_length=200)
+    acknowledged_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+    resolved_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+    resolution: str | None = Field(default=None, max_length=400)
+    version: int
+
+
+class DeviationHistoryRow(SQLModel, table=True):
+    """Every change to a deviation, by the system or by staff, in order."""
+
+    __tablename__ = "deviation_history"
+    __table_args__ = (Index("ix_deviation_history_deviation", "deviation_id", "pk"),)
+
+    pk: int | None = Field(default=None, primary_key=True)
+    deviation_id: str = Field(max_length=40)
+    at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    actor: str = Field(max_length=200)
+    action: str = Field(max_length=32)
+    detail: str = Field(sa_column=Column(Text(), nullable=False))
+
+
+class SubscriptionRow(SQLModel, table=True):
+    """A webhook receiver and the events it wants."""
+
+    __tablename__ = "webhook_subscription"
+
+    id: str = Field(primary_key=True, max_length=40)
+    url: str = Field(max_length=2000)
+    events: str = Field(max_length=400)
+    secret: str = Field(max_length=400)
+    created_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class OutboxRow(SQLModel, table=True):
+    """A notification written in the same transaction as its cause; delivered at least once."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (Index("ix_webhook_outbox_due", "delivered_at", "next_attempt_at"),)
+
+    pk: int | None = Field(default=None, primary_key=True)
+    subscription_id: str = Field(max_length=40)
+    event_type: str = Field(max_length=40)
+    idempotency_key: str = Field(max_length=80, unique=True)
+    payload: str = Field(sa_column=Column(Text(), nullable=False))
+    created_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    attempts: int = 0
+    next_attempt_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    delivered_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+    failed: bool = False
+    last_error: str | None = Field(default=None, max_length=1000)

@@ -42,6 +42,15 @@ class Settings(BaseSettings):
         min_length=16,
         description="Key for subject ids; by default one is generated once and kept in the DB",
     )
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow webhook URLs that reach internal addresses"
+    )
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_backoff_seconds: float = Field(default=5.0, gt=0, le=3600)
+    webhook_interval_seconds: float = Field(
+        default=2.0, ge=0, le=3600, description="Outbox delivery poll interval; 0 = off"
+    )
     api_default_limit: int = Field(default=50, ge=1, le=1000)
     api_max_limit: int = Field(default=500, ge=1, le=10000)
 

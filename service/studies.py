@@ -49,13 +49,13 @@ def encode_cursor(subject_id: str) -> str:
     return base64.urlsafe_b64encode(subject_id.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> str:
-    """The subject id a cursor stands for; a cursor we did not issue is a 400."""
+def decode_cursor(cursor: str, prefix: str = "S-") -> str:
+    """The id a cursor stands for; a cursor we did not issue is a 400."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, "invalid_cursor", "the cursor is not one this service issued") from exc
-    if not text.startswith("S-"):
+    if not text.startswith(prefix):
         raise ApiError(400, "invalid_cursor", "the cursor is not one this service issued")
     return text
 

@@ -28,6 +28,10 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 STORE_TABLES = (
+    "webhook_outbox",
+    "webhook_subscription",
+    "deviation_history",
+    "deviation",
     "eligibility_result",
     "study_subject",
     "trial_event_dependency",

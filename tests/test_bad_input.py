@@ -29,6 +29,10 @@ SEEDED = {
     "trial_event_dependency": 0,
     "study_subject": 0,
     "eligibility_result": 0,
+    "deviation": 0,
+    "deviation_history": 0,
+    "webhook_subscription": 0,
+    "webhook_outbox": 0,
 }
 VALID_PATIENT = b'{"resourceType":"Patient","identifier":[{"system":"urn:mrn","value":"new-1"}]}'
 
@@ -87,6 +91,10 @@ def seed_twins(fhir: httpx.Client, engine: Engine) -> dict[str, int]:
         "trial_event_dependency": 0,
         "study_subject": 0,
         "eligibility_result": 0,
+        "deviation": 0,
+        "deviation_history": 0,
+        "webhook_subscription": 0,
+        "webhook_outbox": 0,
     }
     return before
 
@@ -215,6 +223,10 @@ def test_plain_application_json_is_accepted(fhir: httpx.Client, engine: Engine) 
         "trial_event_dependency": before["trial_event_dependency"],
         "study_subject": before["study_subject"],
         "eligibility_result": before["eligibility_result"],
+        "deviation": before["deviation"],
+        "deviation_history": before["deviation_history"],
+        "webhook_subscription": before["webhook_subscription"],
+        "webhook_outbox": before["webhook_outbox"],
     }
 
 
@@ -524,6 +536,10 @@ def test_batch_reports_each_entry_and_writes_only_the_good_one(
         "trial_event_dependency": before["trial_event_dependency"],
         "study_subject": before["study_subject"],
         "eligibility_result": before["eligibility_result"],
+        "deviation": before["deviation"],
+        "deviation_history": before["deviation_history"],
+        "webhook_subscription": before["webhook_subscription"],
+        "webhook_outbox": before["webhook_outbox"],
     }
 
 
@@ -624,6 +640,10 @@ def test_import_reports_each_line_and_writes_only_the_good_one(
         "trial_event_dependency": before["trial_event_dependency"],
         "study_subject": before["study_subject"],
         "eligibility_result": before["eligibility_result"],
+        "deviation": before["deviation"],
+        "deviation_history": before["deviation_history"],
+        "webhook_subscription": before["webhook_subscription"],
+        "webhook_outbox": before["webhook_outbox"],
     }
 
 
@@ -690,6 +710,10 @@ def test_odd_but_valid_values_are_kept_lexically(
         "trial_event_dependency": before["trial_event_dependency"],
         "study_subject": before["study_subject"],
         "eligibility_result": before["eligibility_result"],
+        "deviation": before["deviation"],
+        "deviation_history": before["deviation_history"],
+        "webhook_subscription": before["webhook_subscription"],
+        "webhook_outbox": before["webhook_outbox"],
     }
 
 
@@ -717,6 +741,10 @@ def test_decimal_0_1_differs_from_0_10(fhir: httpx.Client, engine: Engine) -> No
         "trial_event_dependency": before["trial_event_dependency"],
         "study_subject": before["study_subject"],
         "eligibility_result": before["eligibility_result"],
+        "deviation": before["deviation"],
+        "deviation_history": before["deviation_history"],
+        "webhook_subscription": before["webhook_subscription"],
+        "webhook_outbox": before["webhook_outbox"],
     }
 
 

@@ -75,6 +75,10 @@ def test_same_transaction_posted_8_times_at_once_leaves_one_copy(
         "trial_event_dependency": 0,
         "study_subject": 0,
         "eligibility_result": 0,
+        "deviation": 0,
+        "deviation_history": 0,
+        "webhook_subscription": 0,
+        "webhook_outbox": 0,
     }
 
 
@@ -137,6 +141,10 @@ def test_database_lost_mid_transaction_writes_nothing_and_says_transient(new_dat
         "trial_event_dependency": 0,
         "study_subject": 0,
         "eligibility_result": 0,
+        "deviation": 0,
+        "deviation_history": 0,
+        "webhook_subscription": 0,
+        "webhook_outbox": 0,
     }
     engine.dispose()
 

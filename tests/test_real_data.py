@@ -39,6 +39,10 @@ EMPTY_STORE = {
     "trial_event_dependency": 0,
     "study_subject": 0,
     "eligibility_result": 0,
+    "deviation": 0,
+    "deviation_history": 0,
+    "webhook_subscription": 0,
+    "webhook_outbox": 0,
 }
 # A resource type in a request URL: the first CamelCase path segment ("Patient", "ValueSet").
 _TYPE_SEGMENT = re.compile(r"^[A-Z][A-Za-z]+$")

@@ -30,4 +30,8 @@ def test_create_then_read_round_trips_bytes(fhir: httpx.Client, engine: Engine) 
         "trial_event_dependency": 0,
         "study_subject": 0,
         "eligibility_result": 0,
+        "deviation": 0,
+        "deviation_history": 0,
+        "webhook_subscription": 0,
+        "webhook_outbox": 0,
     }

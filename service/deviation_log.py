@@ -1,0 +1,202 @@
+"""Use cases of the deviation log: list, read with history, acknowledge/comment; subscriptions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
+
+from service import deviation_store, webhooks
+from service.db import session_scope
+from service.deviation_sync import deviation_json
+from service.errors import ApiError
+from service.fhir_time import utcnow
+from service.protocol import CohortProtocol, TrialProtocol
+from service.studies import decode_cursor, encode_cursor
+
+
+def etag(version: int) -> str:
+    """The deviation's version as an HTTP entity tag."""
+    return f'W/"{version}"'
+
+
+def parse_if_match(value: str | None) -> int:
+    """The version an If-Match names; missing → 428, malformed → 400."""
+    if value is None:
+        raise ApiError(
+            428, "precondition_required", "send If-Match with the deviation's ETag to change it"
+        )
+    text = value.strip()
+    text = text[2:] if text.startswith("W/") else text
+    text = text.strip('"')
+    if not text.isdigit():
+        raise ApiError(400, "invalid_if_match", f"If-Match {value!r} is not an ETag of ours")
+    return int(text)
+
+
+def _history_json(rows: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "at": r.at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+            "actor": r.actor,
+            "action": r.action,
+            "detail": json.loads(r.detail),
+        }
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True)
+class DeviationLog:
+    """The deviation log and webhook subscriptions over one engine."""
+
+    engine: Engine
+    protocols: dict[str, TrialProtocol | CohortProtocol]
+    allow_private_webhooks: bool = False
+
+    def _trial(self, study_id: str) -> TrialProtocol:
+        protocol = self.protocols.get(study_id)
+        if protocol is None:
+            raise ApiError(404, "study_not_found", f"no study {study_id!r}")
+        if not isinstance(protocol, TrialProtocol):
+            raise ApiError(
+                404, "not_applicable", f"study {study_id} is a cohort study: it has no deviations"
+            )
+        return protocol
+
+    def _read(self, work: Any) -> Any:
+        try:
+            with Session(self.engine) as session:
+                return work(session)
+        except OperationalError as exc:
+            raise ApiError(503, "database_unavailable", "the database is unavailable") from exc
+
+    def _write(self, work: Any) -> Any:
+        try:
+            with session_scope(self.engine) as session:
+                return work(session)
+        except OperationalError as exc:
+            raise ApiError(503, "database_unavailable", "the database is unavailable") from exc
+
+    def page(
+        self,
+        study_id: str,
+        *,
+        cursor: str | None,
+        limit: int,
+        filters: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A filtered page of deviations (cursor paging by id)."""
+        protocol = self._trial(study_id)
+        after = decode_cursor(cursor, prefix="DEV-") if cursor else None
+        rows = self._read(
+            lambda s: deviation_store.list_deviations(
+                s, study_id, after=after, limit=limit + 1, **filters
+            )
+        )
+        page = rows[:limit]
+        return {
+            "study": {"id": protocol.id, "version": protocol.version},
+            "deviations": [deviation_json(r) for r in page],
+            "next_cursor": encode_cursor(page[-1].id) if len(rows) > limit and page else None,
+        }
+
+    def get(self, study_id: str, deviation_id: str) -> dict[str, Any]:
+        """One deviation with its full history."""
+        self._trial(study_id)
+
+        def work(session: Session) -> tuple[Any, list[Any]]:
+            row = deviation_store.get_deviation(session, study_id, deviation_id)
+            return row, deviation_store.history_of(session, deviation_id) if row else []
+
+        row, history = self._read(work)
+        if row is None:
+            raise ApiError(
+                404, "deviation_not_found", f"no deviation {deviation_id!r} in {study_id}"
+            )
+        return {**deviation_json(row), "history": _history_json(history)}
+
+    def annotate(
+        self,
+        study_id: str,
+        deviation_id: str,
+        *,
+        if_match: str | None,
+        by: str,
+        status: str | None,
+        comment: str | None,
+    ) -> dict[str, Any]:
+        """Acknowledge and/or comment, only if the caller saw the current version."""
+        self._trial(study_id)
+        expected = parse_if_match(if_match)
+        if status is None and comment is None:
+            raise ApiError(400, "nothing_to_change", "send status 'acknowledged' and/or a comment")
+
+        def work(session: Session) -> None:
+            row = deviation_store.get_deviation(session, study_id, deviation_id)
+            if row is None:
+                raise ApiError(
+                    404, "deviation_not_found", f"no deviation {deviation_id!r} in {study_id}"
+                )
+            if row.version != expected:
+                raise ApiError(
+                    412,
+                    "version_mismatch",
+                    f"the deviation is at version {row.version}, not {expected}; re-read it",
+                    [{"current_etag": etag(row.version)}],
+                )
+            now = utcnow()
+            values: dict[str, Any] = {"updated_at": now}
+            if status == "acknowledged":
+                if row.status == "resolved":
+                    raise ApiError(
+                        409, "already_resolved", "a resolved deviation cannot be acknowledged"
+                    )
+                values |= {"status": "acknowledged", "acknowledged_by": by, "acknowledged_at": now}
+            if not deviation_store.update_deviation(session, deviation_id, values, expected):
+                raise ApiError(
+                    412, "version_mismatch", "the deviation changed meanwhile; re-read it"
+                )
+            if status == "acknowledged":
+                deviation_store.add_history(session, deviation_id, now, by, "acknowledged", {})
+            if comment is not None:
+                deviation_store.add_history(
+                    session, deviation_id, now, by, "commented", {"comment": comment}
+                )
+
+        self._write(work)
+        return self.get(study_id, deviation_id)
+
+    # -- subscriptions ------------------------------------------------------------------------------
+
+    def subscribe(self, *, url: str, events: list[str], secret: str | None) -> dict[str, Any]:
+        """Register a webhook receiver."""
+        return dict(
+            self._write(
+                lambda s: webhooks.create(
+                    s,
+                    url=url,
+                    events=events,
+                    secret=secret,
+                    allow_private=self.allow_private_webhooks,
+                )
+            )
+        )
+
+    def subscriptions(self) -> list[dict[str, Any]]:
+        """Every subscription (secrets are never shown again)."""
+        return list(
+            self._read(
+                lambda s: deviation_store.subscriptions_json(deviation_store.list_subscriptions(s))
+            )
+        )
+
+    def unsubscribe(self, subscription_id: str) -> None:
+        """Remove a subscription and its pending notifications."""
+        if not self._write(lambda s: deviation_store.delete_subscription(s, subscription_id)):
+            raise ApiError(404, "subscription_not_found", f"no subscription {subscription_id!r}")
