@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import sys
 from collections import Counter
@@ -125,9 +126,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = sub.add_parser("load", help="load FHIR bundle JSON / NDJSON files or folders")
     load.add_argument("paths", nargs="+", metavar="PATH")
     sub.add_parser("deliver", help="deliver due webhook notifications once (cron-friendly)")
-    sub.add_parser(
+    reevaluate = sub.add_parser(
         "reevaluate",
-        help="re-screen every candidate as of today (run daily from cron or a CronJob)",
+        help="re-screen every candidate and re-check deviations as of today (daily from cron)",
+    )
+    reevaluate.add_argument(
+        "--as-of",
+        type=dt.date.fromisoformat,
+        default=None,
+        help="evaluate as of this day instead of today (backfills, rehearsals)",
     )
     sub.add_parser(
         "remap",
@@ -167,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "reevaluate":
         engine = make_engine(settings)
         migrate.upgrade(engine)
+        if args.as_of is not None:
+            moment = dt.datetime.combine(args.as_of, dt.time(12), tzinfo=dt.UTC)
+            catalog.derivation.clock = lambda: moment
         with session_scope(engine) as session:
             patients = reevaluate_all(catalog.derivation, session)
         engine.dispose()

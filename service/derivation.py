@@ -8,7 +8,7 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,8 +82,10 @@ class Derivation:
         terminology_dir: Any = None,
         base_url: str | None = None,
         pseudonym_key: str | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.protocols = protocols
+        self.clock = clock  # "now" for time-relative rules; a test or a backfill may set it
         self.terminology_dir = terminology_dir
         self.base_url = base_url
         self._pseudonym_key = pseudonym_key.encode() if pseudonym_key else None
@@ -184,7 +186,7 @@ class Derivation:
         events = event_store.events_of(session, patient_ids, MEMBERSHIP_KINDS)
         existing = event_store.subjects_of(session, patient_ids)
         key = self.pseudonym_key(session)
-        now = utcnow()
+        now = self.clock()
         for study_id, protocol in sorted(self.protocols.items()):
             for patient_id in patient_ids:
                 facts = membership(protocol, events.get(patient_id, []))
