@@ -47,13 +47,22 @@ def _log(request: Request) -> DeviationLog:
     return log
 
 
+def _cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet will not run as a formula."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def _csv(page: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for d in page["deviations"]:
         row = {**d, "evidence": " ".join(e["reference"] for e in d["evidence"])}
-        writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+        writer.writerow([_cell(row[c]) for c in CSV_COLUMNS])
     return out.getvalue()
 
 
@@ -93,9 +102,11 @@ async def list_deviations(
         lambda: log.page(study_id, cursor=cursor, limit=size, filters=filters)
     )
     if accept and "text/csv" in accept and "application/json" not in accept:
-        headers = (
-            {"Link": f'<?cursor={page["next_cursor"]}>; rel="next"'} if page["next_cursor"] else {}
-        )
+        headers = {}
+        if page["next_cursor"]:
+            # the same query (filters, limit) with the next cursor: `?cursor=` alone would drop them
+            query = request.url.include_query_params(cursor=page["next_cursor"]).query
+            headers["Link"] = f'<?{query}>; rel="next"'
         return Response(_csv(page), media_type="text/csv; charset=utf-8", headers=headers)
     return page
 

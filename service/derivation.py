@@ -8,6 +8,7 @@ import json
 import logging
 import secrets
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -260,7 +261,7 @@ class Derivation:
                     deviation_store.enqueue(
                         session,
                         "eligibility.changed",
-                        f"eligibility.changed.{subject_id}.{now.isoformat()}",
+                        f"eligibility.changed.{subject_id}.{uuid.uuid4().hex}",
                         {
                             "study_id": study_id,
                             "subject_id": subject_id,

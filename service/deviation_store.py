@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ _DEV = DeviationRow.__table__  # type: ignore[attr-defined]
 _HIST = DeviationHistoryRow.__table__  # type: ignore[attr-defined]
 _SUB = SubscriptionRow.__table__  # type: ignore[attr-defined]
 _OUT = OutboxRow.__table__  # type: ignore[attr-defined]
+KEY_LENGTH = 80  # webhook_outbox.idempotency_key
 
 
 def _dumps(value: Any) -> str:
@@ -142,6 +144,19 @@ def delete_subscription(session: Session, subscription_id: str) -> bool:
 # -- outbox ---------------------------------------------------------------------------------------------
 
 
+def _idempotency_key(event_id: str, subscription_id: str) -> str:
+    """Unique per event and subscription, within the column's 80 characters.
+
+    Cutting a longer key would drop the subscription id (eligibility event ids are ~70
+    characters), so two subscriptions could get the same key and the write would fail.
+    """
+    key = f"{event_id}.{subscription_id}"
+    if len(key) <= KEY_LENGTH:
+        return key
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return f"{event_id[: KEY_LENGTH - len(digest) - 1]}.{digest}"
+
+
 def enqueue(
     session: Session, event_type: str, event_id: str, payload: dict[str, Any], now: dt.datetime
 ) -> int:
@@ -150,7 +165,7 @@ def enqueue(
         {
             "subscription_id": sub.id,
             "event_type": event_type,
-            "idempotency_key": f"{event_id}.{sub.id}"[:80],
+            "idempotency_key": _idempotency_key(event_id, sub.id),
             "payload": _dumps({**payload, "id": event_id, "type": event_type}),
             "created_at": now,
             "attempts": 0,

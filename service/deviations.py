@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -55,6 +55,15 @@ def _day(event: TrialEvent) -> dt.date | None:
     return event.date.day if event.date else None
 
 
+_UNDATED = (dt.date.min, dt.datetime.min.replace(tzinfo=dt.UTC))
+
+
+def _chronological(event: TrialEvent) -> tuple[Any, ...]:
+    when = event.date.sort_key() if event.date else _UNDATED
+    src = event.source
+    return (when, src.resource_type, src.resource_id, src.version_id)
+
+
 def _sd(day: dt.date, day1: dt.date) -> int:
     return study_day(day, day1)
 
@@ -80,9 +89,16 @@ def _performed(event: TrialEvent) -> bool:
     )
 
 
-def surgery(events: Sequence[TrialEvent]) -> TrialEvent | None:
-    """The first performed lung resection."""
-    done = [e for e in events if e.kind is EventKind.LUNG_RESECTION and _performed(e) and _day(e)]
+def surgery(events: Sequence[TrialEvent], day1: dt.date | None = None) -> TrialEvent | None:
+    """The first performed lung resection (on or after Day 1: an earlier one is history)."""
+    done = [
+        e
+        for e in events
+        if e.kind is EventKind.LUNG_RESECTION
+        and _performed(e)
+        and (d := _day(e)) is not None
+        and (day1 is None or d >= day1)
+    ]
     return min(done, key=lambda e: (_day(e), e.source.resource_id)) if done else None
 
 
@@ -194,7 +210,7 @@ def _surgery_window(
         return []
     window = protocol.schedule.surgery_window
     label = f"window Day {window.start}–{window.end}"
-    op = surgery(events)
+    op = surgery(events, ctx.day1)
     if op is not None:
         day = _day(op)
         assert day is not None
@@ -206,14 +222,15 @@ def _surgery_window(
                 "surgery_window", "surgery", f"surgery on Day {sd}; {label}", sd, day, (op.source,)
             )
         ]
-    today = _sd(as_of, ctx.day1)
-    if today > window.end:
+    if _sd(as_of, ctx.day1) > window.end:
         last = ctx.day1 + dt.timedelta(days=window.end - 1)
+        # No as-of day in the message: it would change every day the rules run (a new version,
+        # an "updated" history entry and a stale ETag daily) while the cause stays the same.
         return [
             Finding(
                 "surgery_window",
                 "surgery",
-                f"no surgery by Day {window.end} (as of Day {today}); {label}",
+                f"no surgery by Day {window.end}; {label}",
                 window.end,
                 last,
                 (),
@@ -250,7 +267,8 @@ def _screening(
             Finding(
                 "screening_biopsy_count",
                 "screening",
-                f"{len(biopsies)} core needle biopsies in the {label}; plan {rng.min}–{rng.max}",
+                f"{len(biopsies)} core needle {'biopsy' if len(biopsies) == 1 else 'biopsies'} "
+                f"in the {label}; plan {rng.min}–{rng.max}",
                 None,
                 ctx.day1 - dt.timedelta(days=1),
                 tuple(e.source for e in biopsies),
@@ -280,7 +298,7 @@ def _screening(
 def _followup(
     protocol: TrialProtocol, events: Sequence[TrialEvent], ctx: SubjectContext, as_of: dt.date
 ) -> list[Finding]:
-    op = surgery(events)
+    op = surgery(events, ctx.day1)
     if op is None:
         return []
     op_day = _day(op)
@@ -321,7 +339,7 @@ def _followup(
 def _prohibited(events: Sequence[TrialEvent], ctx: SubjectContext, as_of: dt.date) -> list[Finding]:
     if ctx.day1 is None:
         return []
-    op = surgery(events)
+    op = surgery(events, ctx.day1)
     end = (_day(op) if op else None) or as_of
     irae_onsets = sorted(
         d
@@ -369,14 +387,22 @@ def detect(
     protocol: TrialProtocol, events: Sequence[TrialEvent], ctx: SubjectContext, *, as_of: dt.date
 ) -> list[Finding]:
     """Every deviation of one subject as of a day, for the rules the protocol lists."""
-    known = [e for e in events if e.date is None or e.date.first <= as_of]
+    # In date order (then by source), whatever order storage returned them in: messages and
+    # evidence must not change when an unrelated re-mapping reorders the stored events.
+    known = sorted(
+        (e for e in events if e.date is None or e.date.first <= as_of), key=_chronological
+    )
+    # Day 1 comes from every recorded dose; as of an earlier day it has not happened yet, and the
+    # schedule cannot be judged (else each study drug would be "never given" until Day 1 arrives:
+    # a backfill as of a past day, or a dose charted east of UTC before the UTC date turns).
+    schedule = ctx if ctx.day1 is None or ctx.day1 <= as_of else replace(ctx, day1=None)
     found = (
-        _ineligible_enrolled(ctx)
-        + _doses(protocol, known, ctx)
-        + _surgery_window(protocol, known, ctx, as_of)
-        + _screening(protocol, known, ctx)
-        + _followup(protocol, known, ctx, as_of)
-        + _prohibited(known, ctx, as_of)
+        _ineligible_enrolled(schedule)
+        + _doses(protocol, known, schedule)
+        + _surgery_window(protocol, known, schedule, as_of)
+        + _screening(protocol, known, schedule)
+        + _followup(protocol, known, schedule, as_of)
+        + _prohibited(known, schedule, as_of)
     )
     wanted = {d.code for d in protocol.deviations}
     return [f for f in found if f.rule in wanted]

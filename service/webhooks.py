@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 EVENT_TYPES = ("deviation.opened", "deviation.resolved", "eligibility.changed")
 SIGNATURE_HEADER = "X-Trialbridge-Signature"
+MAX_URL_LENGTH = 2000  # webhook_subscription.url
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -52,11 +53,18 @@ def _internal(address: str) -> bool:
 
 def check_url(url: str, *, allow_private: bool) -> None:
     """Refuse URLs that are not http(s), carry credentials, or reach internal addresses."""
+    if len(url) > MAX_URL_LENGTH:  # the column's size: longer would be a database error
+        raise ApiError(400, "invalid_url", f"the webhook url is longer than {MAX_URL_LENGTH}")
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ApiError(400, "invalid_url", "the webhook url must be an absolute http(s) URL")
     if parts.username or parts.password:
         raise ApiError(400, "invalid_url", "the webhook url must not carry credentials")
+    try:  # what the HTTP client would refuse at every delivery must be refused now
+        _ = parts.port
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise ApiError(400, "invalid_url", f"the webhook url is malformed: {exc}") from None
     if allow_private:
         return
     host = parts.hostname
@@ -67,7 +75,7 @@ def check_url(url: str, *, allow_private: bool) -> None:
             raise ApiError(400, "url_not_allowed", f"{host} is an internal host") from None
         try:
             addresses = resolve_host(host)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # IDNA refuses empty or over-long labels
             raise ApiError(400, "invalid_url", f"{host} does not resolve") from exc
     bad = [a for a in addresses if _internal(a)]
     if bad:
@@ -161,7 +169,7 @@ def _post(client: httpx.Client, row: Any, policy: DeliveryPolicy) -> str | None:
         )
     except ApiError as exc:
         return f"url refused: {exc.message}"
-    except httpx.HTTPError as exc:
+    except Exception as exc:  # HTTPError, InvalidURL, …: one bad row must not lose the batch
         return f"{type(exc).__name__}: {exc}"
     if 200 <= response.status_code < 300:
         return None

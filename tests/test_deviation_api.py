@@ -1,0 +1,843 @@
+"""The deviation log over real HTTP, on both backends, with the derivation's clock frozen.
+
+A hand-checked cohort of eight patients goes in through the FHIR API; the log must list exactly
+the deviations written in the table below. Then one deviation goes through its life: staff
+acknowledge and comment (optimistic locking), the data is corrected (resolved by the system), broken
+again (reopened, same id), and `trialbridge reevaluate --as-of` raises what only time reveals.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from service.db import make_engine
+from service.derivation import Derivation
+from service.deviation_sync import RESOLVED_BY_DATA
+from service.settings import Settings
+from tests.conftest import FHIR_JSON, clear_store, start_server
+from tests.helpers import bundle, entry
+
+NCT = "NCT06088771"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+UCUM = "http://unitsofmeasure.org"
+HL7 = "http://terminology.hl7.org/CodeSystem"
+TRIALBRIDGE = str(Path(sys.executable).parent / "trialbridge")
+
+DAY1 = dt.date(2025, 3, 10)  # every subject's first study-drug day
+ENROLLED = "2025-03-03"
+NOW = dt.datetime(2025, 6, 30, 12, 0, tzinfo=dt.UTC)  # every window of the cohort has closed
+NOW_TEXT = "2025-06-30T12:00:00Z"
+PREDNISONE = "predniSONE 20 MG Oral Tablet"
+
+Resources = list[dict[str, Any]]
+
+
+def day(n: int) -> dt.date:
+    """The calendar date of study day n (CDISC: no Day 0)."""
+    return DAY1 + dt.timedelta(days=n - 1 if n > 0 else n)
+
+
+# -- a server of our own, whose derivation clock the tests set ---------------------------------------
+
+
+@dataclass
+class Live:
+    """A running app on its own database, and the clock its derivation reads."""
+
+    url: str
+    database_url: str
+    engine: Engine
+    derivation: Derivation
+    now: dt.datetime = field(default=NOW)
+
+
+@pytest.fixture(scope="module")
+def live(backend: str, new_database: Any) -> Iterator[Live]:
+    """The real app over HTTP with webhook delivery off and "now" under the test's control."""
+    url = str(new_database(backend))
+    settings = Settings(database_url=url, webhook_interval_seconds=0)
+    server, thread, base = start_server(settings)
+    engine = make_engine(settings)
+    state = Live(base, url, engine, derivation_of(server))
+    state.derivation.clock = lambda: state.now
+    yield state
+    _stop(server, thread)
+    engine.dispose()
+
+
+def derivation_of(server: uvicorn.Server) -> Derivation:
+    """The derivation the running app writes with (its clock decides "now")."""
+    app = server.config.app
+    assert isinstance(app, FastAPI)
+    derivation = app.state.store.derivation
+    assert isinstance(derivation, Derivation)
+    return derivation
+
+
+def _stop(server: uvicorn.Server, thread: threading.Thread) -> None:
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def api(live: Live) -> Iterator[httpx.Client]:
+    """A client on /api/v1 of an empty store, with the clock at NOW."""
+    clear_store(live.engine)
+    live.now = NOW
+    with httpx.Client(base_url=f"{live.url}/api/v1", timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def fhir(live: Live, api: httpx.Client) -> Iterator[httpx.Client]:
+    """A client on /fhir of the same (emptied) store."""
+    with httpx.Client(base_url=f"{live.url}/fhir", headers=FHIR_JSON, timeout=60) as client:
+        yield client
+
+
+# -- FHIR builders (every resource id starts with its patient's id) ----------------------------------
+
+STUDY = {
+    "resourceType": "ResearchStudy",
+    "id": "rs-nct",
+    "status": "active",
+    "identifier": [{"system": "https://clinicaltrials.gov", "value": NCT}],
+}
+
+
+def patient(pid: str, **extra: Any) -> dict[str, Any]:
+    """A Patient with an MRN."""
+    return {
+        "resourceType": "Patient",
+        "id": pid,
+        "identifier": [{"system": "urn:mrn", "value": f"MRN-{pid}"}],
+        "gender": "female",
+        "birthDate": "1956-02-11",
+        **extra,
+    }
+
+
+def research_subject(pid: str, number: str) -> dict[str, Any]:
+    """The patient's on-study enrollment record."""
+    return {
+        "resourceType": "ResearchSubject",
+        "id": f"{pid}-rs",
+        "status": "on-study",
+        "identifier": [{"system": "urn:study:nct06088771:subject", "value": number}],
+        "period": {"start": ENROLLED},
+        "study": {"reference": "ResearchStudy/rs-nct"},
+        "individual": {"reference": f"Patient/{pid}"},
+    }
+
+
+def dose(
+    pid: str, key: str, drug: str, mg: float, when: str, route: str | None = None
+) -> dict[str, Any]:
+    """A completed MedicationAdministration with a dose in mg."""
+    dosage: dict[str, Any] = {"dose": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}}
+    if route is not None:
+        dosage["route"] = {"text": route}
+    return {
+        "resourceType": "MedicationAdministration",
+        "id": f"{pid}-{key}",
+        "status": "completed",
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": "999999", "display": drug}]
+        },
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": when,
+        "dosage": dosage,
+    }
+
+
+def procedure(pid: str, key: str, text: str, when: dt.date, **extra: Any) -> dict[str, Any]:
+    """A completed Procedure named by text."""
+    return {
+        "resourceType": "Procedure",
+        "id": f"{pid}-{key}",
+        "status": "completed",
+        "code": {"text": text},
+        "subject": {"reference": f"Patient/{pid}"},
+        "performedDateTime": when.isoformat(),
+        **extra,
+    }
+
+
+def surgery(pid: str, when: dt.date, **extra: Any) -> dict[str, Any]:
+    """The lung resection."""
+    return procedure(pid, "surgery", "Right upper lobectomy", when, **extra)
+
+
+def encounter(pid: str, when: dt.date) -> dict[str, Any]:
+    """A finished outpatient visit."""
+    return {
+        "resourceType": "Encounter",
+        "id": f"{pid}-postop",
+        "status": "finished",
+        "class": {"code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "period": {"start": f"{when.isoformat()}T10:00:00-04:00"},
+    }
+
+
+def condition(pid: str, key: str, code: dict[str, Any], onset: str) -> dict[str, Any]:
+    """A confirmed, active Condition."""
+    return {
+        "resourceType": "Condition",
+        "id": f"{pid}-{key}",
+        "clinicalStatus": {"coding": [{"system": f"{HL7}/condition-clinical", "code": "active"}]},
+        "verificationStatus": {
+            "coding": [{"system": f"{HL7}/condition-ver-status", "code": "confirmed"}]
+        },
+        "code": code,
+        "subject": {"reference": f"Patient/{pid}"},
+        "onsetDateTime": onset,
+    }
+
+
+def subject(
+    pid: str,
+    number: str,
+    *,
+    surgery_day: int | None = 18,
+    followup_after: int | None = 30,
+    dupilumab: tuple[float, ...] = (300, 300),
+    cemiplimab: bool = True,
+    biopsies: int = 3,
+    stool: bool = True,
+    extra: Resources | None = None,
+) -> Resources:
+    """An enrolled subject who follows the schedule except where told otherwise."""
+    out: Resources = [patient(pid), research_subject(pid, number)]
+    for i, mg in enumerate(dupilumab):
+        syringe = "dupilumab 300 MG in 2 ML Prefilled Syringe"
+        out.append(dose(pid, f"dupi-{'ab'[i]}", syringe, mg, f"2025-03-10T09:0{5 * i}:00-04:00"))
+    if cemiplimab:
+        out.append(dose(pid, "cemi", "Libtayo 350 MG", 350, "2025-03-10T10:00:00-04:00"))
+    for i in range(1, biopsies + 1):
+        out.append(procedure(pid, f"cnb-{i}", "CT-guided core needle biopsy of lung", day(-20)))
+    if stool:
+        out.append(
+            {
+                "resourceType": "Specimen",
+                "id": f"{pid}-stool",
+                "type": {"text": "Stool specimen"},
+                "subject": {"reference": f"Patient/{pid}"},
+                "collection": {"collectedDateTime": day(-5).isoformat()},
+            }
+        )
+    if surgery_day is not None:
+        out.append(surgery(pid, day(surgery_day)))
+        if followup_after is not None:
+            out.append(encounter(pid, day(surgery_day) + dt.timedelta(days=followup_after)))
+    return out + (extra or [])
+
+
+def put(fhir: httpx.Client, *resources: dict[str, Any]) -> None:
+    """PUT the resources in one transaction Bundle."""
+    body = bundle(
+        "transaction",
+        *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in resources),
+    )
+    response = fhir.post("", content=body)
+    assert response.status_code == 200, response.text
+
+
+# -- reading the log -----------------------------------------------------------------------------------
+
+
+def subject_ids(api: httpx.Client) -> dict[str, str]:
+    """subject_number → pseudonymous subject_id."""
+    response = api.get(f"/studies/{NCT}/subjects", params={"limit": 100})
+    assert response.status_code == 200, response.text
+    return {s["subject_number"]: s["subject_id"] for s in response.json()["subjects"]}
+
+
+def deviations(api: httpx.Client, **params: Any) -> list[dict[str, Any]]:
+    """Every deviation matching the filters (one big page)."""
+    response = api.get(f"/studies/{NCT}/deviations", params={"limit": 500, **params})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["next_cursor"] is None
+    found: list[dict[str, Any]] = body["deviations"]
+    return found
+
+
+def one(api: httpx.Client, deviation_id: str) -> tuple[dict[str, Any], str]:
+    """A deviation with its history, and its ETag."""
+    response = api.get(f"/studies/{NCT}/deviations/{deviation_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body, response.headers["etag"]
+
+
+def history(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """(action, actor) of each change, oldest first."""
+    return [(h["action"], h["actor"]) for h in body["history"]]
+
+
+# -- the cohort -------------------------------------------------------------------------------------
+
+Row = tuple[str, str, str, int | None, str, str, tuple[str, ...]]
+# subject number, rule, severity, study day, date, message, evidence references
+
+
+def cohort() -> list[Resources]:
+    """Eight patients: one clean subject, six with known deviations, one non-subject candidate."""
+    rheumatoid = {
+        "coding": [{"system": ICD10CM, "code": "M05.79", "display": "Rheumatoid arthritis"}]
+    }
+    nsclc = {"coding": [{"system": "http://snomed.info/sct", "code": "254637007"}]}
+    extra_dose = dose(
+        "p6", "dupi-c", "Dupixent 300 MG", 300, f"{day(8).isoformat()}T09:00:00-04:00"
+    )
+    steroid = dose("p5", "pred", PREDNISONE, 20, day(5).isoformat(), route="oral")
+    return [
+        subject("p1", "001-001"),
+        subject("p2", "001-002", surgery_day=31),
+        subject("p3", "001-003", dupilumab=(300, 239), cemiplimab=False),
+        subject("p4", "001-004", biopsies=2, stool=False),
+        subject("p5", "001-005", surgery_day=None, extra=[steroid]),
+        subject(
+            "p6",
+            "001-006",
+            extra=[condition("p6", "ra", rheumatoid, "2019-05-01"), extra_dose],
+        ),
+        subject("p7", "001-007", followup_after=None),
+        # a screening candidate, never enrolled: prednisone and no surgery are not deviations
+        [
+            patient("p8"),
+            condition("p8", "dx", nsclc, "2025-02-01"),
+            dose("p8", "pred", PREDNISONE, 20, "2025-03-12", route="oral"),
+        ],
+    ]
+
+
+EXPECTED: list[Row] = [
+    ("001-002", "surgery_window", "major", 31, "2025-04-09",
+     "surgery on Day 31; window Day 15–22",
+     ("Procedure/p2-surgery/_history/1",)),
+    ("001-003", "dose_mismatch", "major", 1, "2025-03-10",
+     "dupilumab Day-1 total 539 mg (300 + 239); plan 600 mg ± 10 % (540–660 mg)",
+     ("MedicationAdministration/p3-dupi-a/_history/1",
+      "MedicationAdministration/p3-dupi-b/_history/1")),
+    ("001-003", "dose_missing", "major", 1, "2025-03-10",
+     "cemiplimab not given on Day 1 (never given); plan 350 mg IV",
+     ()),
+    ("001-004", "screening_biopsy_count", "minor", None, "2025-03-09",
+     "2 core needle biopsies in the screening window Day -28 to Day -1; plan 3–6",
+     ("Procedure/p4-cnb-1/_history/1", "Procedure/p4-cnb-2/_history/1")),
+    ("001-004", "screening_stool_missing", "minor", None, "2025-03-09",
+     "no stool sample in the screening window Day -28 to Day -1",
+     ()),
+    ("001-005", "surgery_window", "major", 22, "2025-03-31",
+     "no surgery by Day 22; window Day 15–22",
+     ()),
+    ("001-005", "prohibited_medication", "major", 5, "2025-03-14",
+     f"{PREDNISONE} on Day 5, between Day 1 and surgery, with no immune-related adverse event before it",
+     ("MedicationAdministration/p5-pred/_history/1",)),
+    ("001-006", "ineligible_enrolled", "major", -7, "2025-03-03",
+     "enrolled on 2025-03-03 while ineligible on that day",
+     ("ResearchSubject/p6-rs/_history/1",)),
+    ("001-006", "dose_extra", "major", 8, "2025-03-17",
+     "dupilumab given again on Day 8; the protocol gives it on Day 1 only",
+     ("MedicationAdministration/p6-dupi-c/_history/1",)),
+    ("001-007", "followup_visit", "minor", 55, "2025-05-03",
+     "no contact in the post-operative window 2025-04-19 to 2025-05-03 (30 ± 7 days after surgery)",
+     ("Procedure/p7-surgery/_history/1",)),
+]  # fmt: skip
+
+
+def load_cohort(fhir: httpx.Client) -> None:
+    """Write the study, then each patient in its own transaction."""
+    put(fhir, STUDY)
+    for resources in cohort():
+        put(fhir, *resources)
+
+
+def rows(found: list[dict[str, Any]], numbers: dict[str, str]) -> list[Row]:
+    """The log as table rows, in table order (subject number, then the table's rule order)."""
+    by_subject = {v: k for k, v in numbers.items()}
+    order = {(r[0], r[1]): i for i, r in enumerate(EXPECTED)}
+    out = [
+        (
+            by_subject[d["subject_id"]],
+            d["rule"],
+            d["severity"],
+            d["study_day"],
+            d["date"],
+            d["message"],
+            tuple(e["reference"] for e in d["evidence"]),
+        )
+        for d in found
+    ]
+    return sorted(out, key=lambda r: order.get((r[0], r[1]), len(order)))
+
+
+def test_cohort_log_is_exactly_the_hand_checked_table(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Every rule fires on the subject built to break it, and nowhere else (major/minor, day, text)."""
+    load_cohort(fhir)
+    numbers = subject_ids(api)
+    assert sorted(numbers) == [f"001-00{i}" for i in range(1, 8)]  # p8 is not a subject
+    found = deviations(api)
+    assert rows(found, numbers) == EXPECTED
+    assert [d["id"] for d in found] == sorted(d["id"] for d in found)  # the log is in id order
+    for d in found:
+        assert d["study_id"] == NCT
+        assert d["status"] == "open"
+        assert d["detected_at"] == d["updated_at"] == NOW_TEXT
+        assert (d["acknowledged_by"], d["acknowledged_at"], d["resolved_at"]) == (None,) * 3
+        assert d["resolution"] is None
+        assert d["version"] == 1
+        assert d["id"].startswith("DEV-")
+
+
+def test_cohort_filters(api: httpx.Client, fhir: httpx.Client) -> None:
+    """Monitors slice the log by subject, rule, severity, status and date; filters combine."""
+    load_cohort(fhir)
+    numbers = subject_ids(api)
+
+    def table(**params: Any) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in rows(deviations(api, **params), numbers)]
+
+    assert table(subject=numbers["001-003"]) == [
+        ("001-003", "dose_mismatch"),
+        ("001-003", "dose_missing"),
+    ]
+    assert table(subject=numbers["001-001"]) == []
+    assert table(rule="surgery_window") == [
+        ("001-002", "surgery_window"),
+        ("001-005", "surgery_window"),
+    ]
+    assert table(severity="minor") == [
+        ("001-004", "screening_biopsy_count"),
+        ("001-004", "screening_stool_missing"),
+        ("001-007", "followup_visit"),
+    ]
+    assert len(table(severity="major")) == 7
+    assert len(table(status="open")) == 10
+    assert table(status="resolved") == []
+    assert table(date_from="2025-03-10", date_to="2025-03-17") == [
+        ("001-003", "dose_mismatch"),
+        ("001-003", "dose_missing"),
+        ("001-005", "prohibited_medication"),
+        ("001-006", "dose_extra"),
+    ]
+    assert table(date_from="2025-03-31") == [
+        ("001-002", "surgery_window"),
+        ("001-005", "surgery_window"),
+        ("001-007", "followup_visit"),
+    ]
+    assert table(date_to="2025-03-09") == [
+        ("001-004", "screening_biopsy_count"),
+        ("001-004", "screening_stool_missing"),
+        ("001-006", "ineligible_enrolled"),
+    ]
+    assert table(severity="major", date_from="2025-03-31") == [
+        ("001-002", "surgery_window"),
+        ("001-005", "surgery_window"),
+    ]
+    assert table(subject=numbers["001-005"], rule="prohibited_medication") == [
+        ("001-005", "prohibited_medication")
+    ]
+
+
+def test_cohort_filter_values_are_checked(api: httpx.Client, fhir: httpx.Client) -> None:
+    """A misspelt enum or date is an error, not silently an empty (or unfiltered) log."""
+    load_cohort(fhir)
+    for params in ({"severity": "critical"}, {"status": "closed"}, {"date_from": "03/10/2025"}):
+        response = api.get(f"/studies/{NCT}/deviations", params=params)
+        assert response.status_code == 422, params
+        assert response.json()["error"]["code"] == "invalid_request"
+    bad_cursor = api.get(f"/studies/{NCT}/deviations", params={"cursor": "bm90LW91cnM"})
+    assert bad_cursor.status_code == 400
+    assert bad_cursor.json()["error"]["code"] == "invalid_cursor"
+    cohort_study = api.get("/studies/cirae-dupilumab/deviations")
+    assert cohort_study.status_code == 404
+    assert cohort_study.json()["error"]["code"] == "not_applicable"
+    unknown = api.get(f"/studies/{NCT}/deviations/DEV-NOSUCHTHING")
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "deviation_not_found"
+
+
+def test_cohort_cursor_paging(api: httpx.Client, fhir: httpx.Client) -> None:
+    """Pages of 3 walk the whole log once, in id order, and the last page says there is no more."""
+    load_cohort(fhir)
+    everything = [d["id"] for d in deviations(api)]
+    seen: list[str] = []
+    sizes: list[int] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        body = api.get(f"/studies/{NCT}/deviations", params=params).json()
+        sizes.append(len(body["deviations"]))
+        seen += [d["id"] for d in body["deviations"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert sizes == [3, 3, 3, 1]
+    assert seen == everything
+    minor = api.get(f"/studies/{NCT}/deviations", params={"limit": 2, "severity": "minor"}).json()
+    rest = api.get(
+        f"/studies/{NCT}/deviations",
+        params={"limit": 2, "severity": "minor", "cursor": minor["next_cursor"]},
+    ).json()
+    assert len(minor["deviations"]) == 2
+    assert len(rest["deviations"]) == 1
+    assert rest["next_cursor"] is None
+    assert all(d["severity"] == "minor" for d in minor["deviations"] + rest["deviations"])
+
+
+def test_cohort_as_csv(api: httpx.Client, fhir: httpx.Client) -> None:
+    """Accept: text/csv gives a spreadsheet: a header row and one exact row per deviation."""
+    load_cohort(fhir)
+    numbers = subject_ids(api)
+    ids = {(r[0], r[1]): d["id"] for d in deviations(api) for r in rows([d], numbers)}
+    response = api.get(f"/studies/{NCT}/deviations", headers={"Accept": "text/csv"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    assert "link" not in response.headers
+    table = list(csv.reader(io.StringIO(response.text)))
+    assert table[0] == [
+        "id",
+        "subject_id",
+        "rule",
+        "severity",
+        "status",
+        "study_day",
+        "date",
+        "message",
+        "evidence",
+        "detected_at",
+        "updated_at",
+        "acknowledged_by",
+        "resolved_at",
+        "resolution",
+    ]
+    expected = [
+        [
+            ids[(number, rule)],
+            numbers[number],
+            rule,
+            severity,
+            "open",
+            "" if study_day is None else str(study_day),
+            date,
+            message,
+            " ".join(evidence),
+            NOW_TEXT,
+            NOW_TEXT,
+            "",
+            "",
+            "",
+        ]
+        for number, rule, severity, study_day, date, message, evidence in EXPECTED
+    ]
+    assert table[1:] == sorted(expected)  # rows in id order, like the JSON log
+
+
+def test_csv_pages_follow_the_link_header_with_the_same_filters(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """A spreadsheet export walks its pages by `Link: rel=next`, which keeps filters and limit."""
+    load_cohort(fhir)
+    url = f"/studies/{NCT}/deviations"
+    csv_only = {"Accept": "text/csv"}
+    majors = [d["id"] for d in deviations(api, severity="major")]
+    assert len(majors) == 7
+    json_first = api.get(url, params={"limit": 4, "severity": "major"}).json()
+    first = api.get(url, params={"limit": 4, "severity": "major"}, headers=csv_only)
+    next_cursor = json_first["next_cursor"]
+    assert first.headers["link"] == (f'<?limit=4&severity=major&cursor={next_cursor}>; rel="next"')
+    link = first.headers["link"].removeprefix("<").split(">", 1)[0]
+    second = api.get(url + link, headers=csv_only)
+    assert second.status_code == 200
+    assert "link" not in second.headers
+    ids = [
+        row[0]
+        for text_ in (first.text, second.text)
+        for row in list(csv.reader(io.StringIO(text_)))[1:]
+    ]
+    assert ids == majors
+
+
+# -- one deviation's life -----------------------------------------------------------------------------
+
+
+def late_surgery_subject(fhir: httpx.Client) -> None:
+    """p1 operated on Day 31 (visit on 2025-05-03, inside the window of Day 31 and of Day 20)."""
+    put(fhir, STUDY)
+    put(
+        fhir,
+        *subject("p1", "001-001", surgery_day=31, followup_after=None),
+        encounter("p1", dt.date(2025, 5, 3)),
+    )
+
+
+def test_acknowledge_needs_the_current_etag(api: httpx.Client, fhir: httpx.Client) -> None:
+    """Staff may only change what they saw: 428 without If-Match, 412 with a stale one."""
+    late_surgery_subject(fhir)
+    [found] = deviations(api)
+    assert (found["rule"], found["message"]) == (
+        "surgery_window",
+        "surgery on Day 31; window Day 15–22",
+    )
+    body, etag = one(api, found["id"])
+    assert etag == 'W/"1"'
+    assert history(body) == [("opened", "system")]
+    assert body["history"][0]["at"] == NOW_TEXT
+    assert body["history"][0]["detail"] == {"message": "surgery on Day 31; window Day 15–22"}
+    url = f"/studies/{NCT}/deviations/{found['id']}"
+    patch = {"by": "j.doe@site.org", "status": "acknowledged", "comment": "surgeon on leave"}
+
+    missing = api.patch(url, json=patch)
+    assert missing.status_code == 428
+    assert missing.json()["error"]["code"] == "precondition_required"
+    stale = api.patch(url, json=patch, headers={"If-Match": 'W/"7"'})
+    assert stale.status_code == 412
+    assert stale.json()["error"]["code"] == "version_mismatch"
+    assert stale.json()["error"]["details"] == [{"current_etag": 'W/"1"'}]
+    garbage = api.patch(url, json=patch, headers={"If-Match": "yesterday"})
+    assert garbage.status_code == 400
+    assert garbage.json()["error"]["code"] == "invalid_if_match"
+    empty = api.patch(url, json={"by": "j.doe@site.org"}, headers={"If-Match": etag})
+    assert empty.status_code == 400
+    assert empty.json()["error"]["code"] == "nothing_to_change"
+    unchanged, _ = one(api, found["id"])
+    assert (unchanged["version"], history(unchanged)) == (1, [("opened", "system")])
+
+    done = api.patch(url, json=patch, headers={"If-Match": etag})
+    assert done.status_code == 200, done.text
+    assert done.headers["etag"] == 'W/"2"'
+    after = done.json()
+    assert after["status"] == "acknowledged"
+    assert after["acknowledged_by"] == "j.doe@site.org"
+    assert after["acknowledged_at"] is not None
+    assert after["version"] == 2
+    assert history(after) == [
+        ("opened", "system"),
+        ("acknowledged", "j.doe@site.org"),
+        ("commented", "j.doe@site.org"),
+    ]
+    assert after["history"][2]["detail"] == {"comment": "surgeon on leave"}
+    replay = api.patch(url, json=patch, headers={"If-Match": etag})  # a double-click
+    assert replay.status_code == 412
+    assert deviations(api, status="acknowledged") == [
+        {k: v for k, v in after.items() if k != "history"}
+    ]
+
+
+def test_correction_resolves_keeps_annotations_and_rebreaking_reopens(
+    live: Live, api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """A fixed record resolves the deviation by itself; staff notes survive; a relapse reopens it."""
+    late_surgery_subject(fhir)
+    [found] = deviations(api)
+    dev_id = found["id"]
+    _, etag = one(api, dev_id)
+    url = f"/studies/{NCT}/deviations/{dev_id}"
+    patch = {"by": "j.doe@site.org", "status": "acknowledged", "comment": "date under query"}
+    assert api.patch(url, json=patch, headers={"If-Match": etag}).status_code == 200
+
+    corrected_at = dt.datetime(2025, 7, 1, 9, 30, tzinfo=dt.UTC)
+    live.now = corrected_at
+    put(fhir, surgery("p1", day(20)))  # the site corrects the surgery date
+    body, etag = one(api, dev_id)
+    assert body["status"] == "resolved"
+    assert body["resolved_at"] == "2025-07-01T09:30:00Z"
+    assert body["resolution"] == RESOLVED_BY_DATA
+    assert body["acknowledged_by"] == "j.doe@site.org"
+    assert body["message"] == "surgery on Day 31; window Day 15–22"  # what it was about
+    assert history(body) == [
+        ("opened", "system"),
+        ("acknowledged", "j.doe@site.org"),
+        ("commented", "j.doe@site.org"),
+        ("resolved", "system"),
+    ]
+    assert body["history"][2]["detail"] == {"comment": "date under query"}
+    assert body["history"][3] == {
+        "at": "2025-07-01T09:30:00Z",
+        "actor": "system",
+        "action": "resolved",
+        "detail": {"reason": RESOLVED_BY_DATA},
+    }
+    assert etag == f'W/"{body["version"]}"'
+    assert deviations(api, status="open") == []
+    assert [d["id"] for d in deviations(api, status="resolved")] == [dev_id]
+    exported = api.get(
+        f"/studies/{NCT}/deviations", params={"status": "resolved"}, headers={"Accept": "text/csv"}
+    )
+    assert list(csv.reader(io.StringIO(exported.text)))[1][4:] == [
+        "resolved",
+        "31",
+        "2025-04-09",
+        "surgery on Day 31; window Day 15–22",
+        "Procedure/p1-surgery/_history/1",
+        NOW_TEXT,
+        "2025-07-01T09:30:00Z",
+        "j.doe@site.org",
+        "2025-07-01T09:30:00Z",
+        RESOLVED_BY_DATA,
+    ]
+    refused = api.patch(url, json={"by": "x", "status": "acknowledged"}, headers={"If-Match": etag})
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "already_resolved"
+
+    live.now = dt.datetime(2025, 7, 2, 8, 0, tzinfo=dt.UTC)
+    put(fhir, surgery("p1", day(31)))  # the correction is undone
+    [reopened] = deviations(api)
+    assert reopened["id"] == dev_id
+    body, _ = one(api, dev_id)
+    assert body["status"] == "open"
+    assert (body["resolved_at"], body["resolution"]) == (None, None)
+    assert body["evidence"][0]["reference"] == "Procedure/p1-surgery/_history/3"
+    assert history(body) == [
+        ("opened", "system"),
+        ("acknowledged", "j.doe@site.org"),
+        ("commented", "j.doe@site.org"),
+        ("resolved", "system"),
+        ("reopened", "system"),
+    ]
+    assert body["history"][4]["at"] == "2025-07-02T08:00:00Z"
+
+
+def test_same_cause_keeps_the_same_id_across_recomputation(
+    live: Live, api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Unrelated updates recompute the subject without touching the deviation; evidence updates it."""
+    put(fhir, STUDY)
+    put(fhir, *subject("p3", "001-003", dupilumab=(300, 239)))
+    [before] = deviations(api)
+    assert before["message"] == (
+        "dupilumab Day-1 total 539 mg (300 + 239); plan 600 mg ± 10 % (540–660 mg)"
+    )
+
+    live.now = NOW + dt.timedelta(days=1)
+    put(fhir, patient("p3", gender="male"))  # nothing a rule reads
+    put(fhir, encounter("p3", day(50)))  # another visit inside the follow-up window
+    [same] = deviations(api)
+    assert same == before
+
+    # A new version of the first syringe's record (a note only): same cause, same id and message;
+    # only the evidence now names version 2.
+    first = dose(
+        "p3",
+        "dupi-a",
+        "dupilumab 300 MG in 2 ML Prefilled Syringe",
+        300,
+        "2025-03-10T09:00:00-04:00",
+    )
+    put(fhir, {**first, "note": [{"text": "lot 4711"}]})
+    [updated] = deviations(api)
+    assert updated["id"] == before["id"]
+    assert updated["message"] == before["message"]
+    assert [e["reference"] for e in updated["evidence"]] == [
+        "MedicationAdministration/p3-dupi-a/_history/2",
+        "MedicationAdministration/p3-dupi-b/_history/1",
+    ]
+    assert updated["version"] == 2
+    body, _ = one(api, before["id"])
+    assert history(body) == [("opened", "system"), ("updated", "system")]
+
+
+def test_two_subjects_with_the_same_cause_have_different_ids(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """The id is per subject (keyed hash), so two late surgeries are two deviations."""
+    put(fhir, STUDY)
+    put(fhir, *subject("p1", "001-001", surgery_day=31))
+    put(fhir, *subject("p2", "001-002", surgery_day=31))
+    found = deviations(api, rule="surgery_window")
+    assert len({d["id"] for d in found}) == 2
+    assert len({d["subject_id"] for d in found}) == 2
+
+
+def test_deleting_the_subject_record_resolves_its_deviations(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """A patient who stops being a subject keeps a log entry, resolved with the reason."""
+    put(fhir, STUDY)
+    put(fhir, *subject("p2", "001-002", surgery_day=31))
+    [found] = deviations(api)
+    assert fhir.delete("ResearchSubject/p2-rs").status_code == 204
+    body, _ = one(api, found["id"])
+    assert body["status"] == "resolved"
+    assert body["resolution"] == (
+        "resolved by the system: the patient is no longer a subject of the study"
+    )
+
+
+# -- time passing: trialbridge reevaluate --as-of -------------------------------------------------------
+
+
+def reevaluate(live: Live, as_of: str) -> str:
+    """Run the installed console script against the test database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALBRIDGE_")}
+    env["DATABASE_URL"] = live.database_url
+    result = subprocess.run(
+        [TRIALBRIDGE, "reevaluate", "--as-of", as_of],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_reevaluate_as_of_raises_no_surgery_once_the_window_closed(
+    live: Live, api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Nothing is written on Day 23, yet the deviation must appear: the daily re-check raises it."""
+    live.now = dt.datetime(2025, 3, 29, 15, 0, tzinfo=dt.UTC)  # Day 20: surgery may still come
+    put(fhir, STUDY)
+    put(fhir, *subject("p5", "001-005", surgery_day=None))
+    assert deviations(api) == []
+
+    assert reevaluate(live, "2025-03-31") == "re-evaluated 1 patient(s)\n"  # Day 22
+    assert deviations(api) == []
+
+    assert reevaluate(live, "2025-04-01") == "re-evaluated 1 patient(s)\n"  # Day 23
+    [found] = deviations(api)
+    assert (found["rule"], found["severity"], found["study_day"], found["date"]) == (
+        "surgery_window",
+        "major",
+        22,
+        "2025-03-31",
+    )
+    assert found["message"] == "no surgery by Day 22; window Day 15–22"
+    assert found["detected_at"] == "2025-04-01T12:00:00Z"
+    assert found["evidence"] == []
+
+    # Re-checking on later days keeps the deviation as it is: no new version, no noise.
+    assert reevaluate(live, "2025-04-02") == "re-evaluated 1 patient(s)\n"
+    body, etag = one(api, found["id"])
+    assert (body["version"], etag) == (1, 'W/"1"')
+    assert history(body) == [("opened", "system")]
+
+    live.now = dt.datetime(2025, 4, 3, 10, 0, tzinfo=dt.UTC)
+    put(fhir, surgery("p5", day(25)))  # operated late after all: the cause is now the date
+    [late] = deviations(api)
+    assert late["id"] == found["id"]
+    assert late["message"] == "surgery on Day 25; window Day 15–22"
+    assert late["status"] == "open"

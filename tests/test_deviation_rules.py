@@ -1,0 +1,773 @@
+"""Known answers for the NCT06088771 deviation rules, on events the real mappers derive.
+
+One on-protocol subject (Day 1 = 2025-03-10) is built from hand-written FHIR; each test changes one
+thing on either side of a rule's boundary and states the exact findings: rule, cause, message, study
+day, date and evidence.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from fhir_mapping.events.context import MappingContext, MemoryLookup
+from fhir_mapping.events.model import SourceRef, TrialEvent
+from fhir_mapping.events.registry import map_resource
+from service.deviations import Finding, SubjectContext, detect
+from service.eligibility import evaluate
+from service.membership import trial_membership
+from service.protocol import TrialProtocol, load_protocols
+from service.terminology_files import build_terminology
+
+TERMINOLOGY = build_terminology()
+_LOADED = load_protocols(TERMINOLOGY)["NCT06088771"]
+assert isinstance(_LOADED, TrialProtocol)
+PROTOCOL: TrialProtocol = _LOADED
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+UCUM = "http://unitsofmeasure.org"
+HL7 = "http://terminology.hl7.org/CodeSystem"
+
+DAY1 = dt.date(2025, 3, 10)
+ENROLLED = dt.date(2025, 3, 3)
+LATER = dt.date(2025, 12, 31)  # every window has closed
+SUBJECT = {"reference": "Patient/p1"}
+Resources = dict[str, dict[str, Any]]
+
+
+def day(n: int) -> dt.date:
+    """The calendar date of study day n (CDISC: no Day 0)."""
+    return DAY1 + dt.timedelta(days=n - 1 if n > 0 else n)
+
+
+def ref(resource_type: str, resource_id: str) -> SourceRef:
+    """Evidence: version 1 of a resource (every test resource is a first version)."""
+    return SourceRef(resource_type, resource_id, 1)
+
+
+# -- FHIR builders ------------------------------------------------------------------------------------
+
+
+def study() -> dict[str, Any]:
+    """The ResearchStudy the ResearchSubject names."""
+    return {
+        "resourceType": "ResearchStudy",
+        "id": "rs-nct",
+        "status": "active",
+        "identifier": [{"system": "https://clinicaltrials.gov", "value": "NCT06088771"}],
+    }
+
+
+def research_subject(status: str = "on-study") -> dict[str, Any]:
+    """p1's enrollment record, starting 2025-03-03."""
+    return {
+        "resourceType": "ResearchSubject",
+        "id": "rs-p1",
+        "status": status,
+        "identifier": [{"system": "urn:study:nct06088771:subject", "value": "001-001"}],
+        "period": {"start": ENROLLED.isoformat()},
+        "study": {"reference": "ResearchStudy/rs-nct"},
+        "individual": SUBJECT,
+    }
+
+
+def dose(
+    rid: str, drug: str, value: float, unit: str, when: dt.date | str, route: str | None = None
+) -> dict[str, Any]:
+    """A completed MedicationAdministration with a UCUM-coded dose."""
+    dosage: dict[str, Any] = {"dose": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
+    if route is not None:
+        dosage["route"] = {"text": route}
+    return {
+        "resourceType": "MedicationAdministration",
+        "id": rid,
+        "status": "completed",
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": "999999", "display": drug}]
+        },
+        "subject": SUBJECT,
+        "effectiveDateTime": when if isinstance(when, str) else when.isoformat(),
+        "dosage": dosage,
+    }
+
+
+def procedure(rid: str, text: str, when: dt.date, status: str = "completed") -> dict[str, Any]:
+    """A Procedure named by text, performed on a day."""
+    return {
+        "resourceType": "Procedure",
+        "id": rid,
+        "status": status,
+        "code": {"text": text},
+        "subject": SUBJECT,
+        "performedDateTime": when.isoformat(),
+    }
+
+
+def biopsy(rid: str, when: dt.date) -> dict[str, Any]:
+    """A CT-guided core needle biopsy of the lung."""
+    return procedure(rid, "CT-guided core needle biopsy of lung", when)
+
+
+def surgery(when: dt.date) -> dict[str, Any]:
+    """The lung resection."""
+    return procedure("surgery", "Right upper lobectomy", when)
+
+
+def stool(when: dt.date) -> dict[str, Any]:
+    """A stool specimen collected on a day."""
+    return {
+        "resourceType": "Specimen",
+        "id": "stool",
+        "status": "available",
+        "type": {"text": "Stool specimen"},
+        "subject": SUBJECT,
+        "collection": {"collectedDateTime": when.isoformat()},
+    }
+
+
+def encounter(rid: str, when: dt.date) -> dict[str, Any]:
+    """A finished outpatient visit on a day."""
+    return {
+        "resourceType": "Encounter",
+        "id": rid,
+        "status": "finished",
+        "class": {"code": "AMB"},
+        "subject": SUBJECT,
+        "period": {"start": f"{when.isoformat()}T10:00:00-05:00"},
+    }
+
+
+def condition(rid: str, code: dict[str, Any], onset: dt.date) -> dict[str, Any]:
+    """A confirmed, active Condition of p1."""
+    return {
+        "resourceType": "Condition",
+        "id": rid,
+        "clinicalStatus": {"coding": [{"system": f"{HL7}/condition-clinical", "code": "active"}]},
+        "verificationStatus": {
+            "coding": [{"system": f"{HL7}/condition-ver-status", "code": "confirmed"}]
+        },
+        "code": code,
+        "subject": SUBJECT,
+        "onsetDateTime": onset.isoformat(),
+    }
+
+
+# Surgery on Day 18; the post-operative window is then 2025-04-19 .. 2025-05-03 (Day 41 .. Day 55).
+SURGERY_DAY = day(18)
+FOLLOWUP_FIRST = SURGERY_DAY + dt.timedelta(days=23)
+FOLLOWUP_LAST = SURGERY_DAY + dt.timedelta(days=37)
+WINDOW_TEXT = "post-operative window 2025-04-19 to 2025-05-03 (30 ± 7 days after surgery)"
+
+
+def on_protocol() -> Resources:
+    """A subject who followed the schedule exactly: no deviation at any as-of day."""
+    resources = [
+        study(),
+        {"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1957-06-14"},
+        research_subject(),
+        dose("dupi-a", "dupilumab 300 MG in 2 ML Prefilled Syringe", 300, "mg", "2025-03-10T09:00:00-05:00"),
+        dose("dupi-b", "dupilumab 300 MG in 2 ML Prefilled Syringe", 300, "mg", "2025-03-10T09:05:00-05:00"),
+        dose("cemi", "Libtayo 350 MG in 7 ML Injection", 0.35, "g", "2025-03-10T10:00:00-05:00"),
+        biopsy("cnb-1", day(-20)),
+        biopsy("cnb-2", day(-20)),
+        biopsy("cnb-3", day(-19)),
+        stool(day(-5)),
+        surgery(SURGERY_DAY),
+        encounter("postop", SURGERY_DAY + dt.timedelta(days=30)),
+    ]  # fmt: skip
+    return {r["id"]: r for r in resources}
+
+
+SECOND_SYRINGE = "2025-03-10T09:05:00-05:00"
+
+
+def with_(base: Resources, *resources: dict[str, Any]) -> Resources:
+    """The resources, with these added or replacing those of the same id."""
+    return {**base, **{r["id"]: r for r in resources}}
+
+
+def without(base: Resources, *ids: str) -> Resources:
+    """The resources, without these ids."""
+    return {k: v for k, v in base.items() if k not in ids}
+
+
+def events_of(resources: Resources) -> list[TrialEvent]:
+    """What the real mappers derive from the resources (each at version 1)."""
+    ctx = MappingContext(TERMINOLOGY, MemoryLookup(list(resources.values())))
+    out: list[TrialEvent] = []
+    for r in resources.values():
+        out += map_resource(r["resourceType"], r, ref(r["resourceType"], r["id"]), ctx)
+    return out
+
+
+def context(events: list[TrialEvent]) -> SubjectContext:
+    """What the service derives besides events: membership, Day 1, eligibility at enrollment."""
+    facts = trial_membership(PROTOCOL, events)
+    assert facts is not None
+    at_enrollment = None
+    if facts.enrolled_on is not None:
+        at_enrollment = evaluate(
+            PROTOCOL,
+            events,
+            as_of=facts.enrolled_on,
+            enrolled_on=facts.enrolled_on,
+            day1=facts.day1,
+        ).overall
+    return SubjectContext(
+        day1=facts.day1,
+        enrolled_on=facts.enrolled_on,
+        status=facts.status,
+        eligible_at_enrollment=at_enrollment,
+        enrollment_source=facts.evidence[0] if facts.evidence else None,
+    )
+
+
+def findings(resources: Resources, as_of: dt.date = LATER) -> list[Finding]:
+    """Every deviation the resources show as of a day."""
+    events = events_of(resources)
+    return detect(PROTOCOL, events, context(events), as_of=as_of)
+
+
+def only(rule: str, found: Iterable[Finding]) -> list[Finding]:
+    """The findings of one rule."""
+    return [f for f in found if f.rule == rule]
+
+
+# -- the baseline -------------------------------------------------------------------------------------
+
+
+def test_on_protocol_subject_has_no_deviation_on_any_day() -> None:
+    """The baseline every other test changes must be clean, or their exact lists prove nothing."""
+    events = events_of(on_protocol())
+    ctx = context(events)
+    assert ctx.day1 == DAY1
+    assert ctx.enrolled_on == ENROLLED
+    assert ctx.status == "on-study"
+    for as_of in (day(1), day(22), day(23), FOLLOWUP_LAST, FOLLOWUP_LAST + dt.timedelta(1), LATER):
+        assert detect(PROTOCOL, events, ctx, as_of=as_of) == [], as_of
+
+
+def test_no_day1_means_no_time_relative_rule_fires() -> None:
+    """Before the first dose there is no Day 1: schedule rules cannot be placed and must stay quiet."""
+    base = without(on_protocol(), "dupi-a", "dupi-b", "cemi")
+    assert findings(base) == []
+
+
+def test_nothing_is_judged_as_of_a_day_before_day1() -> None:
+    """As of Day −1 the doses are still to come, not "never given" (backfills; doses east of UTC)."""
+    assert findings(on_protocol(), as_of=day(-1)) == []
+    east = with_(
+        on_protocol(),
+        dose("dupi-a", "Dupixent", 300, "mg", "2025-03-10T08:00:00+09:00"),
+        dose("dupi-b", "Dupixent", 300, "mg", "2025-03-10T08:05:00+09:00"),
+        dose("cemi", "Libtayo", 350, "mg", "2025-03-10T09:00:00+09:00"),
+    )
+    assert findings(east, as_of=dt.date(2025, 3, 9)) == []  # 2025-03-09T23:00Z
+    assert findings(east, as_of=DAY1) == []
+
+
+def test_ineligible_enrollment_before_day1_has_no_study_day_yet() -> None:
+    """As of a day before the first dose the deviation is known, but not its study day."""
+    base = with_(on_protocol(), rheumatoid_arthritis(dt.date(2019, 5, 1)))
+    assert [(f.rule, f.study_day) for f in findings(base, as_of=dt.date(2025, 3, 5))] == [
+        ("ineligible_enrolled", None)
+    ]
+    assert [(f.rule, f.study_day) for f in findings(base, as_of=DAY1)] == [
+        ("ineligible_enrolled", -7)
+    ]
+
+
+def test_findings_do_not_depend_on_the_order_events_arrive_in() -> None:
+    """Storage may return events in any order; messages and evidence must come out the same."""
+    base = with_(
+        without(on_protocol(), "cnb-3"),
+        dose("dupi-b", "Dupixent", 239, "mg", SECOND_SYRINGE),
+        dose("dupi-c", "Dupixent", 300, "mg", day(8)),
+    )
+    events = events_of(base)
+    ctx = context(events)
+    expected = detect(PROTOCOL, events, ctx, as_of=LATER)
+    assert [f.rule for f in expected] == ["dose_mismatch", "dose_extra", "screening_biopsy_count"]
+    assert detect(PROTOCOL, list(reversed(events)), ctx, as_of=LATER) == expected
+    assert detect(PROTOCOL, events[3:] + events[:3], ctx, as_of=LATER) == expected
+
+
+# -- surgery_window -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("study_day", "date"), [(15, day(15)), (22, day(22))])
+def test_surgery_on_the_window_edges_is_on_protocol(study_day: int, date: dt.date) -> None:
+    """Day 15 and Day 22 are both inside the inclusive window Day 15–22."""
+    assert date == DAY1 + dt.timedelta(days=study_day - 1)
+    assert findings(with_(on_protocol(), surgery(date))) == []
+
+
+@pytest.mark.parametrize(
+    ("date", "message", "study_day"),
+    [
+        (dt.date(2025, 4, 1), "surgery on Day 23; window Day 15–22", 23),
+        (dt.date(2025, 3, 23), "surgery on Day 14; window Day 15–22", 14),
+    ],
+    ids=["day23", "day14"],
+)
+def test_surgery_one_day_outside_the_window(date: dt.date, message: str, study_day: int) -> None:
+    """One day past either edge is a major deviation naming the day and the window."""
+    assert findings(with_(on_protocol(), surgery(date))) == [
+        Finding(
+            "surgery_window", "surgery", message, study_day, date, (ref("Procedure", "surgery"),)
+        )
+    ]
+
+
+def test_no_surgery_is_raised_only_once_day_22_has_passed() -> None:
+    """Missing surgery is not a deviation while it can still happen in the window (Day 22)."""
+    base = without(on_protocol(), "surgery")
+    assert findings(base, as_of=dt.date(2025, 3, 31)) == []  # Day 22
+    assert findings(base, as_of=dt.date(2025, 4, 1)) == [  # Day 23
+        Finding(
+            "surgery_window",
+            "surgery",
+            "no surgery by Day 22; window Day 15–22",
+            22,
+            dt.date(2025, 3, 31),
+            (),
+        )
+    ]
+
+
+def test_planned_surgery_is_not_surgery() -> None:
+    """A resection still in preparation has not happened: Day 23 without one is a deviation."""
+    base = with_(
+        on_protocol(), procedure("surgery", "Right upper lobectomy", day(25), "preparation")
+    )
+    assert findings(base, as_of=day(23)) == [
+        Finding(
+            "surgery_window",
+            "surgery",
+            "no surgery by Day 22; window Day 15–22",
+            22,
+            day(22),
+            (),
+        )
+    ]
+
+
+def test_surgery_recorded_after_the_as_of_day_is_not_known_yet() -> None:
+    """Evaluating as of a past day ignores a surgery dated later (backfills are honest)."""
+    base = with_(on_protocol(), surgery(day(31)))
+    assert only("surgery_window", findings(base, as_of=day(30))) == [
+        Finding(
+            "surgery_window",
+            "surgery",
+            "no surgery by Day 22; window Day 15–22",
+            22,
+            day(22),
+            (),
+        )
+    ]
+    assert only("surgery_window", findings(base, as_of=day(31))) == [
+        Finding(
+            "surgery_window",
+            "surgery",
+            "surgery on Day 31; window Day 15–22",
+            31,
+            dt.date(2025, 4, 9),
+            (ref("Procedure", "surgery"),),
+        )
+    ]
+
+
+# -- doses ----------------------------------------------------------------------------------------------
+
+
+def test_two_syringes_of_300_mg_are_the_600_mg_plan() -> None:
+    """Dupilumab is often charted as 2 × 300 mg: the Day-1 total is what counts."""
+    events = events_of(on_protocol())
+    doses = [e.values["dose"]["mg"] for e in events if "dupilumab" in e.concept_ids]
+    assert doses == ["300", "300"]
+    assert findings(on_protocol()) == []
+
+
+def test_540_mg_is_within_ten_percent_of_600() -> None:
+    """The lower tolerance edge (600 − 10 % = 540 mg) is on-protocol."""
+    base = with_(on_protocol(), dose("dupi-b", "Dupixent", 240, "mg", SECOND_SYRINGE))
+    assert findings(base) == []
+
+
+def test_539_mg_is_a_dose_mismatch() -> None:
+    """One milligram under the tolerance is a major deviation that shows the sum and the range."""
+    base = with_(on_protocol(), dose("dupi-b", "Dupixent", 239, "mg", SECOND_SYRINGE))
+    assert findings(base) == [
+        Finding(
+            "dose_mismatch",
+            "dupilumab",
+            "dupilumab Day-1 total 539 mg (300 + 239); plan 600 mg ± 10 % (540–660 mg)",
+            1,
+            DAY1,
+            (ref("MedicationAdministration", "dupi-a"), ref("MedicationAdministration", "dupi-b")),
+        )
+    ]
+
+
+def test_661_mg_is_a_dose_mismatch_and_660_is_not() -> None:
+    """The upper tolerance edge is inclusive too."""
+    at_edge = with_(on_protocol(), dose("dupi-b", "Dupixent", 360, "mg", SECOND_SYRINGE))
+    assert findings(at_edge) == []
+    over = with_(on_protocol(), dose("dupi-b", "Dupixent", 361, "mg", SECOND_SYRINGE))
+    assert [(f.rule, f.message) for f in findings(over)] == [
+        (
+            "dose_mismatch",
+            "dupilumab Day-1 total 661 mg (300 + 361); plan 600 mg ± 10 % (540–660 mg)",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "unit"), [(350, "mg"), (0.35, "g"), (350000, "ug")], ids=["mg", "g", "ug"]
+)
+def test_cemiplimab_doses_are_normalised_to_mg(value: float, unit: str) -> None:
+    """350 mg, 0.35 g and 350000 ug are the same dose (UCUM units are converted before checking)."""
+    base = with_(on_protocol(), dose("cemi", "Libtayo", value, unit, day(1)))
+    assert findings(base) == []
+
+
+def test_cemiplimab_in_grams_below_tolerance() -> None:
+    """0.3 g is 300 mg: outside 315–385 mg, and the message speaks mg."""
+    base = with_(on_protocol(), dose("cemi", "Libtayo", 0.3, "g", day(1)))
+    assert findings(base) == [
+        Finding(
+            "dose_mismatch",
+            "cemiplimab",
+            "cemiplimab Day-1 total 300 mg (300); plan 350 mg ± 10 % (315–385 mg)",
+            1,
+            DAY1,
+            (ref("MedicationAdministration", "cemi"),),
+        )
+    ]
+
+
+def test_dose_in_a_non_mass_unit_cannot_be_checked() -> None:
+    """A dose in mL cannot be compared with a mg plan: flagged, not silently accepted."""
+    base = with_(on_protocol(), dose("cemi", "Libtayo", 7, "mL", day(1)))
+    assert findings(base) == [
+        Finding(
+            "dose_mismatch",
+            "cemiplimab",
+            "cemiplimab Day-1 dose not in a mass unit; plan 350 mg",
+            1,
+            DAY1,
+            (ref("MedicationAdministration", "cemi"),),
+        )
+    ]
+
+
+def test_study_drug_never_given() -> None:
+    """A study drug with no administration at all is dose_missing on Day 1, with no evidence."""
+    base = without(on_protocol(), "cemi")
+    assert findings(base) == [
+        Finding(
+            "dose_missing",
+            "cemiplimab",
+            "cemiplimab not given on Day 1 (never given); plan 350 mg IV",
+            1,
+            DAY1,
+            (),
+        )
+    ]
+
+
+def test_study_drug_first_given_on_day_3_is_missing_not_extra() -> None:
+    """A late first dose is one deviation (dose_missing naming the day), not also a dose_extra."""
+    base = with_(on_protocol(), dose("cemi", "Libtayo", 350, "mg", day(3)))
+    assert findings(base) == [
+        Finding(
+            "dose_missing",
+            "cemiplimab",
+            "cemiplimab not given on Day 1 (first given on Day 3); plan 350 mg IV",
+            1,
+            DAY1,
+            (ref("MedicationAdministration", "cemi"),),
+        )
+    ]
+
+
+def test_study_drug_given_again_on_day_8() -> None:
+    """A second course is dose_extra on the day it was given; the Day-1 total is still fine."""
+    base = with_(on_protocol(), dose("dupi-c", "Dupixent", 300, "mg", day(8)))
+    assert findings(base) == [
+        Finding(
+            "dose_extra",
+            "dupilumab:day8",
+            "dupilumab given again on Day 8; the protocol gives it on Day 1 only",
+            8,
+            dt.date(2025, 3, 17),
+            (ref("MedicationAdministration", "dupi-c"),),
+        )
+    ]
+
+
+def test_not_done_administration_is_not_a_dose() -> None:
+    """A charted-but-not-given dose (status not-done) is neither a dose nor an extra dose."""
+    skipped = {**dose("dupi-c", "Dupixent", 300, "mg", day(8)), "status": "not-done"}
+    assert findings(with_(on_protocol(), skipped)) == []
+
+
+# -- screening ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("count", "deviation"), [(2, True), (3, False), (6, False), (7, True)], ids=str
+)
+def test_core_biopsy_count_boundaries(count: int, deviation: bool) -> None:
+    """3–6 core biopsies in the screening window are on-protocol; 2 and 7 are minor deviations."""
+    base = without(on_protocol(), "cnb-1", "cnb-2", "cnb-3")
+    ids = [f"cnb-{i}" for i in range(1, count + 1)]
+    base = with_(base, *(biopsy(i, day(-10)) for i in ids))
+    expected = [
+        Finding(
+            "screening_biopsy_count",
+            "screening",
+            f"{count} core needle biopsies in the screening window Day -28 to Day -1; plan 3–6",
+            None,
+            day(-1),
+            tuple(ref("Procedure", i) for i in ids),
+        )
+    ]
+    assert findings(base) == (expected if deviation else [])
+
+
+def test_biopsy_on_day_minus_28_counts_and_day_minus_29_does_not() -> None:
+    """The screening window is the 28 days before Day 1: Day −28 is in, Day −29 is out."""
+    assert findings(with_(on_protocol(), biopsy("cnb-3", day(-28)))) == []
+    outside = with_(on_protocol(), biopsy("cnb-3", day(-29)))
+    assert day(-29) == dt.date(2025, 2, 9)
+    assert findings(outside) == [
+        Finding(
+            "screening_biopsy_count",
+            "screening",
+            "2 core needle biopsies in the screening window Day -28 to Day -1; plan 3–6",
+            None,
+            dt.date(2025, 3, 9),
+            (ref("Procedure", "cnb-1"), ref("Procedure", "cnb-2")),
+        )
+    ]
+
+
+def test_a_lung_biopsy_that_is_not_core_needle_does_not_count() -> None:
+    """A bronchoscopic lung biopsy is not one of the planned core needle biopsies."""
+    base = with_(on_protocol(), procedure("cnb-3", "Biopsy of lung", day(-19)))
+    assert [(f.rule, f.evidence) for f in findings(base)] == [
+        ("screening_biopsy_count", (ref("Procedure", "cnb-1"), ref("Procedure", "cnb-2")))
+    ]
+
+
+def test_stool_missing_vs_present_on_day_minus_5() -> None:
+    """The stool sample is required in the screening window; Day −5 is inside it."""
+    assert findings(with_(on_protocol(), stool(day(-5)))) == []
+    assert findings(without(on_protocol(), "stool")) == [
+        Finding(
+            "screening_stool_missing",
+            "screening",
+            "no stool sample in the screening window Day -28 to Day -1",
+            None,
+            dt.date(2025, 3, 9),
+            (),
+        )
+    ]
+
+
+def test_stool_collected_on_day_1_is_not_a_screening_sample() -> None:
+    """Screening is before Day 1: a sample on the dosing day does not satisfy it."""
+    assert [f.rule for f in findings(with_(on_protocol(), stool(day(1))))] == [
+        "screening_stool_missing"
+    ]
+
+
+# -- followup_visit ---------------------------------------------------------------------------------
+
+
+def test_followup_at_surgery_plus_23_is_inside_the_window() -> None:
+    """30 − 7 = 23 days after surgery is the first day of the post-operative window."""
+    base = with_(on_protocol(), encounter("postop", SURGERY_DAY + dt.timedelta(days=23)))
+    assert findings(base) == []
+
+
+def test_followup_at_surgery_plus_22_is_outside_once_the_window_has_passed() -> None:
+    """An early contact is a deviation, but only once the window closed without one inside it."""
+    early = SURGERY_DAY + dt.timedelta(days=22)
+    base = with_(on_protocol(), encounter("postop", early))
+    assert findings(base, as_of=FOLLOWUP_LAST) == []  # a visit may still come
+    assert findings(base, as_of=FOLLOWUP_LAST + dt.timedelta(days=1)) == [
+        Finding(
+            "followup_visit",
+            "followup",
+            f"post-operative contact on 2025-04-18, outside the {WINDOW_TEXT}",
+            55,
+            dt.date(2025, 5, 3),
+            (ref("Encounter", "postop"), ref("Procedure", "surgery")),
+        )
+    ]
+
+
+def test_no_followup_contact_at_all() -> None:
+    """No contact after surgery is raised the day after the window ends, never before."""
+    base = without(on_protocol(), "postop")
+    assert findings(base, as_of=dt.date(2025, 5, 3)) == []
+    assert findings(base, as_of=dt.date(2025, 5, 4)) == [
+        Finding(
+            "followup_visit",
+            "followup",
+            f"no contact in the {WINDOW_TEXT}",
+            55,
+            dt.date(2025, 5, 3),
+            (ref("Procedure", "surgery"),),
+        )
+    ]
+
+
+def test_followup_at_surgery_plus_37_is_inside_and_38_is_not() -> None:
+    """30 + 7 = 37 days after surgery is the last day of the window."""
+    assert findings(with_(on_protocol(), encounter("postop", FOLLOWUP_LAST))) == []
+    late = with_(on_protocol(), encounter("postop", FOLLOWUP_LAST + dt.timedelta(days=1)))
+    assert [(f.rule, f.message) for f in findings(late)] == [
+        ("followup_visit", f"post-operative contact on 2025-05-04, outside the {WINDOW_TEXT}")
+    ]
+
+
+def test_planned_encounter_is_not_a_contact() -> None:
+    """A booked (planned) visit inside the window is not a contact that took place."""
+    planned = {**encounter("postop", SURGERY_DAY + dt.timedelta(days=30)), "status": "planned"}
+    assert [f.message for f in findings(with_(on_protocol(), planned))] == [
+        f"no contact in the {WINDOW_TEXT}"
+    ]
+
+
+# -- prohibited_medication --------------------------------------------------------------------------
+
+
+PREDNISONE = "predniSONE 20 MG Oral Tablet"
+
+
+def test_prednisone_between_day1_and_surgery_is_prohibited() -> None:
+    """Systemic glucocorticoid before surgery with no irAE is a major deviation, per administration."""
+    base = with_(on_protocol(), dose("pred", PREDNISONE, 20, "mg", day(3), route="oral"))
+    assert findings(base) == [
+        Finding(
+            "prohibited_medication",
+            "MedicationAdministration/pred",
+            f"{PREDNISONE} on Day 3, between Day 1 and surgery, with no immune-related "
+            "adverse event before it",
+            3,
+            dt.date(2025, 3, 12),
+            (ref("MedicationAdministration", "pred"),),
+        )
+    ]
+
+
+def test_prednisone_after_an_irae_onset_is_allowed() -> None:
+    """Treating an immune-related adverse event (rash on Day 2) is not a protocol deviation."""
+    rash = condition("rash", {"text": "Maculopapular rash"}, day(2))
+    base = with_(on_protocol(), rash, dose("pred", PREDNISONE, 20, "mg", day(3), route="oral"))
+    assert findings(base) == []
+
+
+def test_prednisone_before_the_irae_onset_is_still_prohibited() -> None:
+    """An irAE that starts after the steroid does not justify it."""
+    rash = condition("rash", {"text": "Maculopapular rash"}, day(4))
+    base = with_(on_protocol(), rash, dose("pred", PREDNISONE, 20, "mg", day(3), route="oral"))
+    assert [(f.rule, f.study_day) for f in findings(base)] == [("prohibited_medication", 3)]
+
+
+def test_topical_steroid_is_allowed() -> None:
+    """A cream is local, not systemic immunosuppression."""
+    cream = dose("hc", "hydrocortisone 10 MG/ML Topical Cream", 1, "g", day(3), route="topical")
+    assert findings(with_(on_protocol(), cream)) == []
+
+
+def test_prednisone_after_surgery_is_not_this_rule() -> None:
+    """The rule covers Day 1 to surgery; post-operative steroids are outside it."""
+    base = with_(on_protocol(), dose("pred", PREDNISONE, 20, "mg", day(19), route="oral"))
+    assert findings(base) == []
+
+
+def test_prednisone_on_the_day_of_surgery_is_inside_the_rule() -> None:
+    """The surgery day is the last day of the period (inclusive)."""
+    base = with_(on_protocol(), dose("pred", PREDNISONE, 20, "mg", SURGERY_DAY, route="oral"))
+    assert [(f.rule, f.study_day) for f in findings(base)] == [("prohibited_medication", 18)]
+
+
+def test_prednisone_before_day1_is_not_this_rule() -> None:
+    """Before Day 1 it is the eligibility washout's business, not this deviation's."""
+    base = with_(on_protocol(), dose("pred", PREDNISONE, 20, "mg", day(-3), route="oral"))
+    assert only("prohibited_medication", findings(base)) == []
+
+
+# -- ineligible_enrolled ------------------------------------------------------------------------------
+
+
+def rheumatoid_arthritis(onset: dt.date) -> dict[str, Any]:
+    """An autoimmune condition: exclusion 5 makes the patient ineligible from its onset."""
+    code = {
+        "coding": [
+            {"system": ICD10CM, "code": "M05.79", "display": "Rheumatoid arthritis, multiple sites"}
+        ]
+    }
+    return condition("ra", code, onset)
+
+
+def test_enrolled_while_ineligible_on_the_enrollment_day() -> None:
+    """An on-study subject who was ineligible on the enrollment day is a major deviation."""
+    base = with_(on_protocol(), rheumatoid_arthritis(dt.date(2019, 5, 1)))
+    events = events_of(base)
+    assert context(events).eligible_at_enrollment == "ineligible"
+    assert findings(base) == [
+        Finding(
+            "ineligible_enrolled",
+            "enrollment",
+            "enrolled on 2025-03-03 while ineligible on that day",
+            -7,
+            ENROLLED,
+            (ref("ResearchSubject", "rs-p1"),),
+        )
+    ]
+
+
+def test_ineligibility_that_appears_after_enrollment_is_not_this_deviation() -> None:
+    """Eligibility is judged on the enrollment day: a diagnosis dated later does not count."""
+    base = with_(on_protocol(), rheumatoid_arthritis(day(5)))
+    assert context(events_of(base)).eligible_at_enrollment != "ineligible"
+    assert findings(base) == []
+
+
+def test_ineligible_candidate_who_was_never_enrolled_is_not_a_deviation() -> None:
+    """A screen failure (status candidate) was not enrolled: nothing to deviate from."""
+    base = with_(
+        on_protocol(), research_subject("candidate"), rheumatoid_arthritis(dt.date(2019, 5, 1))
+    )
+    assert context(events_of(base)).eligible_at_enrollment == "ineligible"
+    assert only("ineligible_enrolled", findings(base)) == []
+
+
+# -- several rules at once ---------------------------------------------------------------------------
+
+
+def test_several_deviations_are_listed_in_rule_order() -> None:
+    """One subject can break several rules; each is its own finding with its own cause."""
+    base = without(on_protocol(), "stool")
+    base = with_(
+        base,
+        surgery(day(31)),
+        dose("dupi-c", "Dupixent", 300, "mg", day(8)),
+        dose("pred", PREDNISONE, 20, "mg", day(10), route="oral"),
+    )
+    assert [(f.rule, f.cause, f.study_day) for f in findings(base)] == [
+        ("dose_extra", "dupilumab:day8", 8),
+        ("surgery_window", "surgery", 31),
+        ("screening_stool_missing", "screening", None),
+        ("followup_visit", "followup", 68),
+        ("prohibited_medication", "MedicationAdministration/pred", 10),
+    ]

@@ -1,0 +1,881 @@
+"""Webhooks end to end: subscriptions over HTTP, the outbox written with the data, signed delivery.
+
+The app runs for real (both backends) with its dispatcher off, so each test drives `deliver_due`
+itself with a chosen `now`. Only the receiver is mocked (respx patches httpx in this process), and
+DNS is stubbed at `service.webhooks.resolve_host`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import respx
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import Engine, text
+from sqlmodel import Session
+
+from service import deviation_store, webhooks
+from service.db import make_engine
+from service.derivation import Derivation
+from service.settings import Settings
+from service.webhooks import DeliveryPolicy, Dispatcher, deliver_due
+from tests.conftest import FHIR_JSON, clear_store, start_server
+from tests.helpers import bundle, entry
+
+NCT = "NCT06088771"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+SNOMED = "http://snomed.info/sct"
+UCUM = "http://unitsofmeasure.org"
+
+NOW = dt.datetime(2025, 6, 30, 12, 0, tzinfo=dt.UTC)  # the derivation's clock
+T0 = NOW + dt.timedelta(minutes=5)  # the first delivery pass
+POLICY = DeliveryPolicy(
+    timeout_seconds=2, max_attempts=3, backoff_base_seconds=10, backoff_max_seconds=3600
+)
+LEASE = dt.timedelta(seconds=32)  # timeout + 30 s
+
+HOST = "ctms.example.org"
+URL_A = f"https://{HOST}/hooks/a"
+URL_B = f"https://{HOST}/hooks/b"
+URL_C = f"https://{HOST}/hooks/c"
+PUBLIC = "93.184.215.14"
+DNS = {
+    HOST: [PUBLIC],
+    "intranet.example.org": ["10.1.2.3"],
+    "mixed.example.org": [PUBLIC, "192.168.7.1"],
+}
+SECRET_A = "receiver-a-shared-secret-0001"
+REAL_RESOLVER = webhooks.resolve_host  # captured at import, before any test stubs it
+
+
+# -- the app, DNS and the outbox -------------------------------------------------------------------------
+
+
+@dataclass
+class Live:
+    """A running app on its own database, and the clock its derivation reads."""
+
+    url: str
+    database_url: str
+    engine: Engine
+    derivation: Derivation
+    now: dt.datetime = field(default=NOW)
+
+
+def derivation_of(server: uvicorn.Server) -> Derivation:
+    """The derivation the running app writes with (its clock decides "now")."""
+    app = server.config.app
+    assert isinstance(app, FastAPI)
+    derivation = app.state.store.derivation
+    assert isinstance(derivation, Derivation)
+    return derivation
+
+
+def _stop(server: uvicorn.Server, thread: threading.Thread) -> None:
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def fake_dns(host: str) -> list[str]:
+    """Stand-in for DNS: the hosts above, and nothing else resolves."""
+    if host not in DNS:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    return sorted(DNS[host])
+
+
+@pytest.fixture(autouse=True)
+def dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test resolves names through fake_dns."""
+    monkeypatch.setattr(webhooks, "resolve_host", fake_dns)
+
+
+@pytest.fixture(scope="module")
+def live(backend: str, new_database: Any) -> Iterator[Live]:
+    """The real app with the dispatcher off (interval 0) and "now" under the test's control."""
+    url = str(new_database(backend))
+    settings = Settings(database_url=url, webhook_interval_seconds=0)
+    server, thread, base = start_server(settings)
+    engine = make_engine(settings)
+    state = Live(base, url, engine, derivation_of(server))
+    state.derivation.clock = lambda: state.now
+    yield state
+    _stop(server, thread)
+    engine.dispose()
+
+
+@pytest.fixture
+def api(live: Live) -> Iterator[httpx.Client]:
+    """A client on /api/v1 of an empty store (no subscriptions, no outbox), clock at NOW."""
+    clear_store(live.engine)
+    live.now = NOW
+    with httpx.Client(base_url=f"{live.url}/api/v1", timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def fhir(live: Live, api: httpx.Client) -> Iterator[httpx.Client]:
+    """A client on /fhir of the same store."""
+    with httpx.Client(base_url=f"{live.url}/fhir", headers=FHIR_JSON, timeout=60) as client:
+        yield client
+
+
+def outbox(engine: Engine) -> list[Any]:
+    """Every notification row, in the order written."""
+    with Session(engine) as session:
+        return deviation_store.outbox_state(session)
+
+
+def subscribe(
+    api: httpx.Client, url: str, events: list[str], secret: str | None = None
+) -> dict[str, Any]:
+    """POST a subscription; it must be created."""
+    body: dict[str, Any] = {"url": url, "events": events}
+    if secret is not None:
+        body["secret"] = secret
+    response = api.post("/subscriptions", json=body)
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+# -- the receiver -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    """A trial system's endpoint: checks the signature, applies each delivery once (by key)."""
+
+    secret: str
+    requests: list[httpx.Request] = field(default_factory=list)
+    effects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    script: list[httpx.Response | Exception] = field(default_factory=list)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        """Answer as scripted (500, timeout …), then 200 for good, signed requests."""
+        self.requests.append(request)
+        if self.script:
+            step = self.script.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            return step
+        if not verify(self.secret, request):
+            return httpx.Response(401)
+        body = json.loads(request.content)
+        self.effects.setdefault(request.headers["Idempotency-Key"], body)  # dedupe by key
+        return httpx.Response(200)
+
+    def keys(self) -> list[str]:
+        """The Idempotency-Key of every request received, in order."""
+        return [r.headers["Idempotency-Key"] for r in self.requests]
+
+
+def verify(secret: str, request: httpx.Request) -> bool:
+    """What a receiver does: recompute HMAC-SHA256 over `timestamp.body` with the shared secret."""
+    timestamp = request.headers["X-Trialbridge-Timestamp"]
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + request.content, hashlib.sha256)
+    expected = "sha256=" + mac.hexdigest()
+    return hmac.compare_digest(expected, request.headers["X-Trialbridge-Signature"])
+
+
+def deliver(
+    engine: Engine,
+    at: dt.datetime,
+    receivers: Mapping[str, Callable[[httpx.Request], httpx.Response]],
+    policy: DeliveryPolicy = POLICY,
+) -> dict[str, int]:
+    """One delivery pass at `at`, with only the receivers' URLs answering."""
+    with respx.mock(assert_all_called=False) as router:
+        for url, handler in receivers.items():
+            router.post(url).mock(side_effect=handler)
+        return deliver_due(engine, policy, now=lambda: at)
+
+
+NOTHING = {"delivered": 0, "retry": 0, "failed": 0}
+
+
+# -- FHIR data ----------------------------------------------------------------------------------------------
+
+STUDY = {
+    "resourceType": "ResearchStudy",
+    "id": "rs-nct",
+    "status": "active",
+    "identifier": [{"system": "https://clinicaltrials.gov", "value": NCT}],
+}
+
+
+def dose(pid: str, key: str, drug: str, mg: float, when: str) -> dict[str, Any]:
+    """A completed MedicationAdministration with a dose in mg."""
+    return {
+        "resourceType": "MedicationAdministration",
+        "id": f"{pid}-{key}",
+        "status": "completed",
+        "medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": "999999", "display": drug}]
+        },
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": when,
+        "dosage": {"dose": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}},
+    }
+
+
+def procedure(pid: str, key: str, text_: str, when: str) -> dict[str, Any]:
+    """A completed Procedure named by text."""
+    return {
+        "resourceType": "Procedure",
+        "id": f"{pid}-{key}",
+        "status": "completed",
+        "code": {"text": text_},
+        "subject": {"reference": f"Patient/{pid}"},
+        "performedDateTime": when,
+    }
+
+
+def surgery(pid: str, when: str) -> dict[str, Any]:
+    """The lung resection (Day 1 is 2025-03-10: Day 20 = 03-29, Day 31 = 04-09)."""
+    return procedure(pid, "surgery", "Right upper lobectomy", when)
+
+
+def enrolled(pid: str, surgery_on: str = "2025-04-09") -> list[dict[str, Any]]:
+    """A subject on schedule except the surgery, which by default is on Day 31 (one deviation)."""
+    return [
+        STUDY,
+        {"resourceType": "Patient", "id": pid, "gender": "male", "birthDate": "1950-01-02"},
+        {
+            "resourceType": "ResearchSubject",
+            "id": f"{pid}-rs",
+            "status": "on-study",
+            "period": {"start": "2025-03-03"},
+            "study": {"reference": "ResearchStudy/rs-nct"},
+            "individual": {"reference": f"Patient/{pid}"},
+        },
+        dose(pid, "dupi", "Dupixent 300 MG", 300, "2025-03-10T09:00:00-04:00"),
+        dose(pid, "dupi2", "Dupixent 300 MG", 300, "2025-03-10T09:05:00-04:00"),
+        dose(pid, "cemi", "Libtayo 350 MG", 350, "2025-03-10T10:00:00-04:00"),
+        *(procedure(pid, f"cnb{i}", "core needle biopsy of lung", "2025-02-20") for i in range(3)),
+        {
+            "resourceType": "Specimen",
+            "id": f"{pid}-stool",
+            "type": {"text": "Stool specimen"},
+            "subject": {"reference": f"Patient/{pid}"},
+            "collection": {"collectedDateTime": "2025-03-05"},
+        },
+        surgery(pid, surgery_on),
+        {
+            "resourceType": "Encounter",
+            "id": f"{pid}-postop",
+            "status": "finished",
+            "class": {"code": "AMB"},
+            "subject": {"reference": f"Patient/{pid}"},
+            "period": {"start": "2025-05-03T10:00:00-04:00"},  # inside both post-op windows
+        },
+    ]
+
+
+def put(fhir: httpx.Client, *resources: dict[str, Any], status: int = 200) -> httpx.Response:
+    """PUT the resources in one transaction Bundle; expect the given status."""
+    body = bundle(
+        "transaction",
+        *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in resources),
+    )
+    response = fhir.post("", content=body)
+    assert response.status_code == status, response.text
+    return response
+
+
+def the_deviation(api: httpx.Client) -> dict[str, Any]:
+    """The single deviation in the log."""
+    found = api.get(f"/studies/{NCT}/deviations").json()["deviations"]
+    assert len(found) == 1, found
+    only: dict[str, Any] = found[0]
+    return only
+
+
+# -- subscriptions ------------------------------------------------------------------------------------------
+
+
+def test_subscription_create_list_delete(api: httpx.Client) -> None:
+    """The secret is shown once, at creation; listing never reveals it; delete removes it."""
+    first = subscribe(api, URL_A, ["deviation.resolved", "deviation.opened", "deviation.opened"])
+    assert set(first) == {"id", "url", "events", "created_at", "secret"}
+    assert first["url"] == URL_A
+    assert first["events"] == ["deviation.opened", "deviation.resolved"]  # sorted, deduplicated
+    assert first["id"].startswith("SUB-")
+    generated = first["secret"]
+    assert len(generated) == 43  # token_urlsafe(32)
+    second = subscribe(api, URL_B, ["eligibility.changed"], secret=SECRET_A)
+    assert second["secret"] == SECRET_A
+    assert first["secret"] != second["secret"]
+
+    listed = api.get("/subscriptions")
+    assert listed.status_code == 200
+    assert listed.json() == {
+        "subscriptions": [
+            {k: v for k, v in s.items() if k != "secret"} | {"secret": None}
+            for s in (first, second)
+        ]
+    }
+    assert generated not in listed.text
+    assert SECRET_A not in listed.text
+
+    assert api.delete(f"/subscriptions/{first['id']}").status_code == 204
+    assert [s["id"] for s in api.get("/subscriptions").json()["subscriptions"]] == [second["id"]]
+    again = api.delete(f"/subscriptions/{first['id']}")
+    assert again.status_code == 404
+    assert again.json()["error"]["code"] == "subscription_not_found"
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("ftp://ctms.example.org/hooks", "invalid_url"),
+        ("/hooks/relative", "invalid_url"),
+        ("https://user:secret@ctms.example.org/hooks", "invalid_url"),
+        ("https://ctms.example.org:99999/hooks", "invalid_url"),
+        ("https://ctms.example.org:http/hooks", "invalid_url"),
+        ("https://nowhere.example.org/hooks", "invalid_url"),
+        (f"https://{HOST}/{'x' * 2000}", "invalid_url"),
+        ("http://127.0.0.1/", "url_not_allowed"),
+        ("http://10.0.0.5/", "url_not_allowed"),
+        ("http://[::1]:8080/hooks", "url_not_allowed"),
+        ("http://169.254.169.254/latest/meta-data", "url_not_allowed"),
+        ("http://localhost:8080/hooks", "url_not_allowed"),
+        ("https://intranet.example.org/hooks", "url_not_allowed"),
+        ("https://mixed.example.org/hooks", "url_not_allowed"),
+    ],
+    ids=[
+        "ftp",
+        "relative",
+        "credentials",
+        "port-out-of-range",
+        "port-not-a-number",
+        "does-not-resolve",
+        "too-long",
+        "loopback",
+        "private",
+        "ipv6-loopback",
+        "link-local-metadata",
+        "localhost",
+        "resolves-private",
+        "resolves-public-and-private",
+    ],
+)
+def test_bad_urls_are_refused(api: httpx.Client, url: str, code: str) -> None:
+    """No other schemes, no credentials, nothing undeliverable, nothing reaching inside the network."""
+    response = api.post("/subscriptions", json={"url": url, "events": ["deviation.opened"]})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == code
+    assert api.get("/subscriptions").json() == {"subscriptions": []}
+
+
+def test_host_name_idna_cannot_encode_is_a_400(
+    api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With real name resolution, a host like `a..b` makes IDNA raise: that is a bad URL, not a 500."""
+    monkeypatch.setattr(webhooks, "resolve_host", REAL_RESOLVER)
+    response = api.post(
+        "/subscriptions", json={"url": "https://a..b/hooks", "events": ["deviation.opened"]}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_url"
+
+
+def test_private_urls_are_allowed_when_configured(backend: str, new_database: Any) -> None:
+    """A deployment inside a hospital network may opt in to internal receivers."""
+    settings = Settings(
+        database_url=str(new_database(backend)),
+        webhook_interval_seconds=0,
+        webhook_allow_private=True,
+    )
+    server, thread, base = start_server(settings)
+    try:
+        with httpx.Client(base_url=f"{base}/api/v1", timeout=60) as client:
+            for url in ("http://10.0.0.5/", "https://intranet.example.org/hooks"):
+                response = client.post(
+                    "/subscriptions", json={"url": url, "events": ["deviation.opened"]}
+                )
+                assert response.status_code == 201, response.text
+            for url in ("ftp://10.0.0.5/", "http://u:p@10.0.0.5/"):
+                refused = client.post(
+                    "/subscriptions", json={"url": url, "events": ["deviation.opened"]}
+                )
+                assert refused.status_code == 400
+                assert refused.json()["error"]["code"] == "invalid_url"
+    finally:
+        _stop(server, thread)
+
+
+@pytest.mark.parametrize(
+    "events",
+    [["deviation.created"], ["deviation.opened", "Deviation.Resolved"], []],
+    ids=["unknown", "wrong-case", "empty"],
+)
+def test_unknown_event_names_are_refused(api: httpx.Client, events: list[str]) -> None:
+    """A typo would subscribe to nothing and fail silently: refuse it."""
+    response = api.post("/subscriptions", json={"url": URL_A, "events": events})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_events"
+    assert "deviation.opened, deviation.resolved, eligibility.changed" in error["message"]
+    assert api.get("/subscriptions").json() == {"subscriptions": []}
+
+
+def test_subscription_body_is_validated(api: httpx.Client) -> None:
+    """A short secret or an unknown field is refused before anything is stored."""
+    short = api.post(
+        "/subscriptions", json={"url": URL_A, "events": ["deviation.opened"], "secret": "x"}
+    )
+    assert short.status_code == 422
+    extra = api.post(
+        "/subscriptions", json={"url": URL_A, "events": ["deviation.opened"], "active": True}
+    )
+    assert extra.status_code == 422
+    assert api.get("/subscriptions").json() == {"subscriptions": []}
+
+
+# -- the outbox ---------------------------------------------------------------------------------------------
+
+
+def test_write_enqueues_one_row_per_interested_subscription(
+    live: Live, api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """The notification is written with the data, once per subscription that asked for it."""
+    a = subscribe(api, URL_A, ["deviation.opened", "deviation.resolved"], SECRET_A)
+    b = subscribe(api, URL_B, ["deviation.opened"])
+    c = subscribe(api, URL_C, ["eligibility.changed"])
+    put(fhir, *enrolled("p1"))
+    dev = the_deviation(api)
+    event_id = f"deviation.opened.{dev['id']}.v1"
+    rows = outbox(live.engine)
+    assert sorted((r.subscription_id, r.event_type) for r in rows) == sorted(
+        [
+            (a["id"], "deviation.opened"),
+            (b["id"], "deviation.opened"),
+            (c["id"], "eligibility.changed"),
+        ]
+    )
+    opened = {r.subscription_id: r for r in rows if r.event_type == "deviation.opened"}
+    assert opened[a["id"]].idempotency_key == f"{event_id}.{a['id']}"
+    assert opened[b["id"]].idempotency_key == f"{event_id}.{b['id']}"
+    for row in rows:
+        assert (row.created_at, row.next_attempt_at) == (NOW, NOW)
+        assert (row.attempts, row.delivered_at, row.failed, row.last_error) == (
+            0,
+            None,
+            False,
+            None,
+        )
+    assert json.loads(opened[a["id"]].payload) == {
+        "id": event_id,
+        "type": "deviation.opened",
+        "deviation": dev,
+    }
+
+    # A transaction that fails (a stale If-Match on its last entry) leaves neither data nor mail.
+    stale = {
+        "resource": {"resourceType": "Patient", "id": "p1", "gender": "female"},
+        "request": {"method": "PUT", "url": "Patient/p1", "ifMatch": 'W/"9"'},
+    }
+    body = bundle(
+        "transaction",
+        *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in enrolled("p2")),
+        stale,
+    )
+    assert fhir.post("", content=body).status_code == 412
+    assert [r.pk for r in outbox(live.engine)] == [r.pk for r in rows]
+    assert the_deviation(api)["id"] == dev["id"]
+
+    # Resolving it notifies the one subscription that asked for resolutions.
+    live.now = NOW + dt.timedelta(hours=1)
+    put(fhir, surgery("p1", "2025-03-29"))
+    resolved = [r for r in outbox(live.engine) if r.event_type == "deviation.resolved"]
+    assert [(r.subscription_id, r.idempotency_key) for r in resolved] == [
+        (a["id"], f"deviation.resolved.{dev['id']}.v2.{a['id']}")
+    ]
+    assert json.loads(resolved[0].payload)["deviation"]["status"] == "resolved"
+
+
+def test_no_subscription_no_outbox(live: Live, api: httpx.Client, fhir: httpx.Client) -> None:
+    """Without subscribers nothing accumulates in the outbox."""
+    put(fhir, *enrolled("p1"))
+    assert the_deviation(api)["rule"] == "surgery_window"
+    assert outbox(live.engine) == []
+
+
+# -- delivery -----------------------------------------------------------------------------------------------
+
+
+def test_delivery_is_signed_and_verifiable_with_the_secret(
+    live: Live, api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """The receiver checks the HMAC-SHA256 of `timestamp.body` with its secret, independently."""
+    sub = subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
+    put(fhir, *enrolled("p1"))
+    dev = the_deviation(api)
+    receiver = Receiver(SECRET_A)
+    assert deliver(live.engine, T0, {URL_A: receiver}) == {"delivered": 1, "retry": 0, "failed": 0}
+
+    [request] = receiver.requests
+    key = f"deviation.opened.{dev['id']}.v1.{sub['id']}"
+    assert request.method == "POST"
+    assert str(request.url) == URL_A
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["X-Trialbridge-Event"] == "deviation.opened"
+    assert request.headers["Idempotency-Key"] == key
+    assert request.headers["X-Trialbridge-Delivery"] == key
+    timestamp = request.headers["X-Trialbridge-Timestamp"]
+    assert abs(int(timestamp) - time.time()) < 120
+    mac = hmac.new(SECRET_A.encode(), f"{timestamp}.".encode() + request.content, hashlib.sha256)
+    assert request.headers["X-Trialbridge-Signature"] == f"sha256={mac.hexdigest()}"
+    assert not verify("another-secret-entirely", request)
+    tampered = httpx.Request(
+        "POST",
+        URL_A,
+        headers=request.headers,
+        content=request.content.replace(b"Day 31", b"Day 21"),
+    )
+    assert not verify(SECRET_A, tampered)
+    assert json.loads(request.content) == {
+        "id": f"deviation.opened.{dev['id']}.v1",
+        "type": "deviation.opened",
+        "deviation": dev,
+    }
+    assert receiver.effects == {key: json.loads(request.content)}
+
+    [row] = outbox(live.engine)
+    assert (row.delivered_at, row.attempts, row.last_error) == (T0, 1, None)
+    assert deliver(live.engine, T0 + dt.timedelta(days=1), {URL_A: receiver}) == NOTHING
+    assert len(receiver.requests) == 1
+
+
+def test_retries_after_500_and_timeout_with_backoff(
+    live: Live, api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """A failing receiver is retried later (10 s, then 20 s), never early, with the same key."""
+    subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
+    put(fhir, *enrolled("p1"))
+    receiver = Receiver(
+        SECRET_A, script=[httpx.Response(500), httpx.TimeoutException("read timed out")]
+    )
+    hooks = {URL_A: receiver}
+
+    assert deliver(live.engine, T0, hooks) == {"delivered": 0, "retry": 1, "failed": 0}
+    [row] = outbox(live.engine)
+    assert (row.attempts, row.next_attempt_at, row.last_error) == (
+        1,
+        T0 + dt.timedelta(seconds=10),
+        "HTTP 500",
+    )
+    assert (row.delivered_at, row.failed) == (None, False)
+    assert deliver(live.engine, T0 + dt.timedelta(seconds=9), hooks) == NOTHING
+    assert len(receiver.requests) == 1
+
+    second = T0 + dt.timedelta(seconds=10)
+    assert deliver(live.engine, second, hooks) == {"delivered": 0, "retry": 1, "failed": 0}
+    [row] = outbox(live.engine)
+    assert (row.attempts, row.next_attempt_at, row.last_error) == (
+        2,
+        second + dt.timedelta(seconds=20),
+        "TimeoutException: read timed out",
+    )
+    assert deliver(live.engine, second + dt.timedelta(seconds=19), hooks) == NOTHING
+    assert len(receiver.requests) == 2
+
+    third = second + dt.timedelta(seconds=20)
+    assert deliver(live.engine, third, hooks) == {"delivered": 1, "retry": 0, "failed": 0}
+    [row] = outbox(live.engine)
+    assert (row.attempts, row.delivered_at, row.failed) == (3, third, False)
+    assert len(set(receiver.keys())) == 1
+    assert len(receiver.requests) == 3
+    assert len(receiver.effects) == 1
+
+
+def test_gives_up_after_max_attempts(live: Live, api: httpx.Client, fhir: httpx.Client) -> None:
+    """A receiver that never recovers is tried max_attempts times, then marked failed and left alone."""
+    subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
+    put(fhir, *enrolled("p1"))
+    receiver = Receiver(SECRET_A, script=[httpx.Response(503) for _ in range(10)])
+    hooks = {URL_A: receiver}
+    assert deliver(live.engine, T0, hooks) == {"delivered": 0, "retry": 1, "failed": 0}
+    assert deliver(live.engine, T0 + dt.timedelta(seconds=10), hooks)["retry"] == 1
+    last = deliver(live.engine, T0 + dt.timedelta(seconds=30), hooks)
+    assert last == {"delivered": 0, "retry": 0, "failed": 1}
+    [row] = outbox(live.engine)
+    assert (row.attempts, row.failed, row.delivered_at, row.last_error) == (
+        3,
+        True,
+        None,
+        "HTTP 503",
+    )
+    assert deliver(live.engine, T0 + dt.timedelta(days=30), hooks) == NOTHING
+    assert len(receiver.requests) == 3
+
+
+def test_url_is_checked_again_at_delivery(
+    live: Live, api: httpx.Client, fhir: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the receiver's name later resolves inside the network, nothing is sent there."""
+    subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
+    put(fhir, *enrolled("p1"))
+    monkeypatch.setitem(DNS, HOST, ["10.9.8.7"])
+    receiver = Receiver(SECRET_A)
+    assert deliver(live.engine, T0, {URL_A: receiver}) == {"delivered": 0, "retry": 1, "failed": 0}
+    assert receiver.requests == []
+    [row] = outbox(live.engine)
+    assert row.last_error == (
+        f"url refused: {HOST} resolves to an internal address (10.9.8.7); "
+        "set TRIALBRIDGE_WEBHOOK_ALLOW_PRIVATE=true to allow it"
+    )
+
+
+def test_one_undeliverable_row_does_not_sink_the_batch(
+    live: Live, api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """A URL the HTTP client refuses is that row's failure; the others are delivered and recorded."""
+    bad = subscribe(api, URL_B, ["deviation.opened"])
+    subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
+    with live.engine.begin() as conn:  # stored before URLs were checked this strictly
+        conn.execute(
+            text("UPDATE webhook_subscription SET url = :url WHERE id = :id"),
+            {"url": f"https://{HOST}:http/hooks", "id": bad["id"]},
+        )
+    put(fhir, *enrolled("p1"))
+    receiver = Receiver(SECRET_A)
+    assert deliver(live.engine, T0, {URL_A: receiver}) == {"delivered": 1, "retry": 1, "failed": 0}
+    assert len(receiver.effects) == 1
+    rows = {r.subscription_id: r for r in outbox(live.engine)}
+    assert rows[bad["id"]].last_error.startswith("url refused: the webhook url is malformed")
+    assert rows[bad["id"]].attempts == 1
+
+
+def test_nothing_is_lost_across_a_restart(backend: str, new_database: Any) -> None:
+    """Committed with nothing delivering; a new process (fresh engine and app) still delivers it."""
+    settings = Settings(database_url=str(new_database(backend)), webhook_interval_seconds=0)
+    server, thread, base = start_server(settings)
+    try:
+        with httpx.Client(base_url=f"{base}/api/v1", timeout=60) as client:
+            sub = subscribe(client, URL_A, ["deviation.opened"], SECRET_A)
+        with httpx.Client(base_url=f"{base}/fhir", headers=FHIR_JSON, timeout=60) as client:
+            put(client, *enrolled("p1"))
+    finally:
+        _stop(server, thread)  # its engine is disposed at shutdown
+
+    # A new app on the same database, and a dispatcher thread of a new engine, like a new process.
+    server, thread, base = start_server(settings)
+    engine = make_engine(settings)
+    receiver = Receiver(SECRET_A)
+    try:
+        with httpx.Client(base_url=f"{base}/api/v1", timeout=60) as client:
+            dev = the_deviation(client)
+        with respx.mock(assert_all_called=False) as router:
+            router.post(URL_A).mock(side_effect=receiver)
+            dispatcher = Dispatcher(engine, POLICY, interval_seconds=0.05)
+            dispatcher.start()
+            deadline = time.monotonic() + 20
+            while not receiver.effects and time.monotonic() < deadline:
+                time.sleep(0.05)
+            dispatcher.stop()
+        assert len(receiver.requests) == 1
+        assert list(receiver.effects) == [f"deviation.opened.{dev['id']}.v1.{sub['id']}"]
+        [row] = outbox(engine)
+        assert row.attempts == 1
+        assert row.delivered_at is not None
+    finally:
+        _stop(server, thread)
+        engine.dispose()
+
+
+def test_redelivery_after_a_crash_has_one_effect(
+    live: Live, api: httpx.Client, fhir: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the POST but before recording it means a second POST, with the same key."""
+    subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
+    put(fhir, *enrolled("p1"))
+    receiver = Receiver(SECRET_A)
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("process killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(deviation_store, "mark_delivered", crash)
+        with pytest.raises(RuntimeError, match="process killed"):
+            deliver(live.engine, T0, {URL_A: receiver})
+    assert len(receiver.requests) == 1
+    [row] = outbox(live.engine)
+    assert (row.delivered_at, row.attempts, row.next_attempt_at) == (None, 0, T0 + LEASE)
+
+    # Leased: no one sends it again until the lease ends, then it goes out once more.
+    assert deliver(live.engine, T0 + dt.timedelta(seconds=31), {URL_A: receiver}) == NOTHING
+    done = deliver(live.engine, T0 + LEASE, {URL_A: receiver})
+    assert done == {"delivered": 1, "retry": 0, "failed": 0}
+    assert len(receiver.requests) == 2
+    assert receiver.keys()[0] == receiver.keys()[1]
+    assert len(receiver.effects) == 1  # the receiver's dedupe by Idempotency-Key
+
+    # The same by hand: forget that it was delivered, deliver again: same key, still one effect.
+    with live.engine.begin() as conn:
+        conn.execute(text("UPDATE webhook_outbox SET delivered_at = NULL"))
+    assert deliver(live.engine, T0 + dt.timedelta(minutes=5), {URL_A: receiver})["delivered"] == 1
+    assert len(set(receiver.keys())) == 1
+    assert len(receiver.requests) == 3
+    assert len(receiver.effects) == 1
+
+
+def test_a_row_in_flight_is_not_sent_by_a_second_worker(
+    live: Live, api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """The claim is committed before the POST, so a worker running meanwhile finds nothing due."""
+    subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
+    put(fhir, *enrolled("p1"))
+    receiver = Receiver(SECRET_A)
+    meanwhile: list[dict[str, int]] = []
+
+    def slow_receiver(request: httpx.Request) -> httpx.Response:
+        meanwhile.append(deliver_due(live.engine, POLICY, now=lambda: T0 + dt.timedelta(seconds=1)))
+        return receiver(request)
+
+    assert deliver(live.engine, T0, {URL_A: slow_receiver})["delivered"] == 1
+    assert meanwhile == [NOTHING]
+    assert len(receiver.requests) == 1
+
+
+def test_eligibility_changed_is_delivered_when_the_overall_status_changes(
+    live: Live, api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Screening systems hear about a candidate's first verdict and each change, not every write."""
+    subscribe(api, URL_C, ["eligibility.changed"], SECRET_A)
+    nsclc = {"coding": [{"system": SNOMED, "code": "254637007", "display": "NSCLC"}]}
+    rheumatoid = {
+        "coding": [{"system": ICD10CM, "code": "M05.79", "display": "Rheumatoid arthritis"}]
+    }
+
+    def condition(key: str, code: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "resourceType": "Condition",
+            "id": f"p9-{key}",
+            "verificationStatus": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                        "code": "confirmed",
+                    }
+                ]
+            },
+            "code": code,
+            "subject": {"reference": "Patient/p9"},
+            "onsetDateTime": "2025-01-15",
+        }
+
+    put(fhir, {"resourceType": "Patient", "id": "p9", "gender": "female"}, condition("dx", nsclc))
+    live.now = NOW + dt.timedelta(days=1)
+    put(fhir, {"resourceType": "Patient", "id": "p9", "gender": "female", "birthDate": "1960"})
+    live.now = NOW + dt.timedelta(days=2)
+    put(fhir, condition("ra", rheumatoid))
+    assert [r.event_type for r in outbox(live.engine)] == ["eligibility.changed"] * 2
+
+    receiver = Receiver(SECRET_A)
+    assert deliver(live.engine, T0 + dt.timedelta(days=3), {URL_C: receiver})["delivered"] == 2
+    bodies = [json.loads(r.content) for r in receiver.requests]
+    subject_id = bodies[0]["subject_id"]
+    assert subject_id.startswith("S-")
+    assert [(b["previous"], b["overall"], b["as_of"]) for b in bodies] == [
+        (None, "indeterminate", "2025-06-30"),
+        ("indeterminate", "ineligible", "2025-07-02"),
+    ]
+    for body in bodies:
+        assert body["type"] == "eligibility.changed"
+        assert body["study_id"] == NCT
+        assert body["subject_id"] == subject_id
+    assert [r.headers["X-Trialbridge-Event"] for r in receiver.requests] == [
+        "eligibility.changed"
+    ] * 2
+    assert all(verify(SECRET_A, r) for r in receiver.requests)
+
+
+def test_subscriptions_with_similar_ids_each_get_their_own_eligibility_row(
+    live: Live, api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Long event ids must not make two subscriptions' keys collide (which would fail the write)."""
+    with Session(live.engine) as session, session.begin():
+        for n in (1, 2):
+            deviation_store.create_subscription(
+                session,
+                {
+                    "id": f"SUB-0123456789ab000{n}",
+                    "url": URL_C,
+                    "events": '["eligibility.changed"]',
+                    "secret": SECRET_A,
+                    "created_at": NOW,
+                },
+            )
+    live.now = dt.datetime(2025, 6, 30, 12, 0, 0, 123000, tzinfo=dt.UTC)  # like utcnow()
+    nsclc = {"coding": [{"system": SNOMED, "code": "254637007", "display": "NSCLC"}]}
+    put(
+        fhir,
+        {"resourceType": "Patient", "id": "p9"},
+        {
+            "resourceType": "Condition",
+            "id": "p9-dx",
+            "code": nsclc,
+            "subject": {"reference": "Patient/p9"},
+            "onsetDateTime": "2025-01-15",
+        },
+    )
+    rows = outbox(live.engine)
+    subs = ["SUB-0123456789ab0001", "SUB-0123456789ab0002"]
+    assert [r.subscription_id for r in rows] == subs
+    event_id = json.loads(rows[0].payload)["id"]
+    assert re.fullmatch(r"eligibility\.changed\.S-[A-Z2-7]{16}\.[0-9a-f]{32}", event_id)
+    assert len(event_id) == 71  # + ".SUB-…" is 92: more than the column's 80
+    assert [r.idempotency_key for r in rows] == [
+        event_id[:47] + "." + hashlib.sha256(f"{event_id}.{sub}".encode()).hexdigest()[:32]
+        for sub in subs
+    ]
+
+
+def test_deleting_a_subscription_drops_its_pending_notifications(
+    live: Live, api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """After DELETE nothing more goes to that receiver, including what was already queued."""
+    a = subscribe(api, URL_A, ["deviation.opened", "deviation.resolved"], SECRET_A)
+    b = subscribe(api, URL_B, ["deviation.opened", "deviation.resolved"], SECRET_A)
+    put(fhir, *enrolled("p1"))
+    receiver_a, receiver_b = Receiver(SECRET_A), Receiver(SECRET_A)
+    hooks = {URL_A: receiver_a, URL_B: receiver_b}
+    assert deliver(live.engine, T0, hooks)["delivered"] == 2
+
+    live.now = NOW + dt.timedelta(hours=1)
+    put(fhir, surgery("p1", "2025-03-29"))  # resolves the deviation: one row each, pending
+    pending = [(r.subscription_id, r.event_type) for r in outbox(live.engine) if not r.delivered_at]
+    assert sorted(pending) == sorted(
+        [(a["id"], "deviation.resolved"), (b["id"], "deviation.resolved")]
+    )
+
+    assert api.delete(f"/subscriptions/{a['id']}").status_code == 204
+    left = [(r.subscription_id, r.event_type, r.delivered_at is None) for r in outbox(live.engine)]
+    assert sorted(left) == sorted(
+        [
+            (a["id"], "deviation.opened", False),  # already delivered: kept as a record
+            (b["id"], "deviation.opened", False),
+            (b["id"], "deviation.resolved", True),
+        ]
+    )
+    assert deliver(live.engine, T0 + dt.timedelta(hours=2), hooks)["delivered"] == 1
+    assert [r.headers["X-Trialbridge-Event"] for r in receiver_a.requests] == ["deviation.opened"]
+    assert [r.headers["X-Trialbridge-Event"] for r in receiver_b.requests] == [
+        "deviation.opened",
+        "deviation.resolved",
+    ]
