@@ -289,3 +289,32 @@ class SubscriptionList(BaseModel):
     """Every subscription."""
 
     subscriptions: list[SubscriptionOut]
+
+
+class TimeToEventOut(BaseModel):
+    """Days from Day 1 to the event, or to censoring at the last data point."""
+
+    days: int | None
+    event: bool
+    censored: bool | None
+    event_type: str | None = Field(examples=["death", "progression_or_recurrence"])
+    date: str | None
+    evidence: Evidence | None
+
+
+class SubjectOutcomesOut(BaseModel):
+    """Per-subject endpoints of NCT06088771 (time origin Day 1)."""
+
+    study: StudyRef
+    subject_id: str
+    computed_at: str
+    day1: str | None
+    time_to_surgery_days: int | None
+    surgery: dict[str, Any] | None
+    on_time_surgery: bool | None
+    mpr: dict[str, Any] = Field(examples=[{"result": "met", "viable_pct": "5"}])
+    pcr: dict[str, Any] = Field(examples=[{"result": "not_evaluable"}])
+    efs: TimeToEventOut | None
+    os: TimeToEventOut | None
+    safety: dict[str, Any] | None
+    reason: str | None = None

@@ -14,6 +14,7 @@ from api.schemas import (
     ScreeningPage,
     StudyDetail,
     StudyList,
+    SubjectOutcomesOut,
     SubjectPage,
     Timeline,
 )
@@ -116,3 +117,14 @@ async def subject_eligibility(
     """Stored result (kept current on ingest) by default; computed on demand for a given as_of."""
     reader = _reader(request)
     return await run_in_threadpool(lambda: reader.subject_eligibility(study_id, subject_id, as_of))
+
+
+@router.get(
+    "/studies/{study_id}/subjects/{subject_id}/outcomes",
+    response_model=SubjectOutcomesOut,
+    summary="A subject's endpoints: time to surgery, MPR, pCR, EFS, OS, safety",
+)
+async def subject_outcomes(request: Request, study_id: str, subject_id: str) -> dict[str, Any]:
+    """Computed from the subject's current events, with the evidence of each endpoint."""
+    reader = _reader(request)
+    return await run_in_threadpool(lambda: reader.outcomes(study_id, subject_id))

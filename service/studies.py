@@ -21,6 +21,7 @@ from service.eligibility import evaluate
 from service.errors import ApiError
 from service.fhir_time import utcnow
 from service.membership import trial_membership
+from service.outcomes import subject_outcomes
 from service.protocol import CohortProtocol, TrialProtocol
 
 Protocol = TrialProtocol | CohortProtocol
@@ -168,6 +169,10 @@ class StudyReader:
 
     # -- eligibility --------------------------------------------------------------------------------
 
+    def outcomes(self, study_id: str, subject_id: str) -> dict[str, Any]:
+        """Per-subject endpoints: time to surgery, MPR, pCR, EFS, OS, safety."""
+        return _subject_outcomes(self, study_id, subject_id)
+
     def trial(self, study_id: str) -> TrialProtocol:
         """The protocol of an interventional study; eligibility is not defined for a cohort."""
         protocol = self.protocol(study_id)
@@ -267,3 +272,24 @@ def parse_as_of(text: str) -> dt.date:
             f"as_of {text!r} must be a date (2025-03-15) or a dateTime with a zone",
         )
     return parsed.day
+
+
+def _subject_outcomes(reader: StudyReader, study_id: str, subject_id: str) -> dict[str, Any]:
+    """A subject's endpoints computed from its events (one subject: cheap to compute on read)."""
+    protocol = reader.trial(study_id)
+
+    def work(session: Session) -> tuple[Any, list[TrialEvent]]:
+        row = event_store.find_subject(session, study_id, subject_id)
+        if row is None:
+            return None, []
+        return row, event_store.events_of(session, [row.patient_id])[row.patient_id]
+
+    row, events = reader._read(work)
+    if row is None:
+        raise ApiError(404, "subject_not_found", f"no subject {subject_id!r} in study {study_id}")
+    return {
+        "study": {"id": protocol.id, "version": protocol.version},
+        "subject_id": subject_id,
+        "computed_at": _instant(utcnow()),
+        **subject_outcomes(protocol, events, row.day1),
+    }

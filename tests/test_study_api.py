@@ -512,6 +512,7 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
         "/api/v1/studies/{study_id}/subjects/{subject_id}/timeline",
         "/api/v1/studies/{study_id}/eligibility",
         "/api/v1/studies/{study_id}/subjects/{subject_id}/eligibility",
+        "/api/v1/studies/{study_id}/subjects/{subject_id}/outcomes",
         "/api/v1/studies/{study_id}/deviations",
         "/api/v1/studies/{study_id}/deviations/{deviation_id}",
         "/api/v1/subscriptions",

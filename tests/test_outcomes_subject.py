@@ -1,0 +1,273 @@
+"""Per-subject endpoints of NCT06088771: known answers from hand-written FHIR, and the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from fhir_mapping.events.context import MappingContext, MemoryLookup
+from fhir_mapping.events.model import SourceRef, TrialEvent
+from fhir_mapping.events.registry import map_resource
+from service.outcomes import subject_outcomes
+from service.protocol import TrialProtocol, load_protocols
+from service.terminology_files import build_terminology
+from tests.conftest import LiveServer
+from tests.helpers import bundle, entry
+
+TERMS = build_terminology()
+
+
+def _nct() -> TrialProtocol:
+    protocol = load_protocols(TERMS)["NCT06088771"]
+    assert isinstance(protocol, TrialProtocol)
+    return protocol
+
+
+NCT = _nct()
+DAY1 = dt.date(2025, 3, 10)
+UCUM = "http://unitsofmeasure.org"
+GRADE = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/ae-grade"
+
+
+def _dose(rid: str, drug: str, mg: int, when: str) -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationAdministration",
+        "id": rid,
+        "status": "completed",
+        "medicationCodeableConcept": {"text": drug},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": when,
+        "dosage": {"dose": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}},
+    }
+
+
+def _viable(rid: str, text: str, pct: int, when: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": "final",
+        "code": {"text": text},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": when,
+        "valueQuantity": {"value": pct, "unit": "%", "system": UCUM, "code": "%"},
+    }
+
+
+def _base() -> list[dict[str, Any]]:
+    return [
+        {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1958-02-01"},
+        _dose("dupi-a", "Dupixent 300 MG", 300, "2025-03-10T09:00:00-04:00"),
+        _dose("dupi-b", "Dupixent 300 MG", 300, "2025-03-10T09:10:00-04:00"),
+        _dose("cemi", "cemiplimab 350 MG/7ML", 350, "2025-03-10T10:00:00-04:00"),
+        {
+            "resourceType": "Procedure",
+            "id": "lob",
+            "status": "completed",
+            "code": {"text": "Left lower lobectomy"},
+            "subject": {"reference": "Patient/p1"},
+            "performedDateTime": "2025-03-27",
+        },
+        {
+            "resourceType": "Encounter",
+            "id": "visit",
+            "status": "finished",
+            "class": {"code": "AMB"},
+            "subject": {"reference": "Patient/p1"},
+            "period": {"start": "2025-04-28", "end": "2025-04-28"},
+        },
+    ]
+
+
+def _events(resources: list[dict[str, Any]]) -> list[TrialEvent]:
+    ctx = MappingContext(TERMS, MemoryLookup(resources))
+    return [
+        e
+        for r in resources
+        for e in map_resource(r["resourceType"], r, SourceRef(r["resourceType"], r["id"], 1), ctx)
+    ]
+
+
+def _outcomes(*extra: dict[str, Any]) -> dict[str, Any]:
+    return subject_outcomes(NCT, _events(_base() + list(extra)), DAY1)
+
+
+def test_time_to_surgery_and_on_time_surgery() -> None:
+    """Time to surgery is surgery date − Day 1 (17 days = Day 18, inside Day 15–22)."""
+    out = _outcomes()
+    assert out["time_to_surgery_days"] == 17
+    assert out["surgery"]["study_day"] == 18
+    assert out["on_time_surgery"] is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "mpr", "pcr"),
+    [
+        ([], "not_evaluable", "not_evaluable"),
+        ([_viable("v", "Percent viable tumor, primary", 10, "2025-04-02")], "met", "not_met"),
+        ([_viable("v", "Percent viable tumor, primary", 11, "2025-04-02")], "not_met", "not_met"),
+        ([_viable("v", "Percent viable tumor, primary", 0, "2025-04-02")], "met", "not_evaluable"),
+        (
+            [
+                _viable("v", "Percent viable tumor, primary", 0, "2025-04-02"),
+                _viable("n", "Percent viable tumor in lymph nodes", 0, "2025-04-02"),
+            ],
+            "met",
+            "met",
+        ),
+        (
+            [
+                _viable("v", "Percent viable tumor, primary", 0, "2025-04-02"),
+                _viable("n", "Percent viable tumor in lymph nodes", 3, "2025-04-02"),
+            ],
+            "met",
+            "not_met",
+        ),
+        (
+            [
+                _viable("v", "Percent viable tumour, primary", 0, "2025-04-02"),
+                {
+                    "resourceType": "Observation",
+                    "id": "ypn",
+                    "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "21900-6"}]},
+                    "subject": {"reference": "Patient/p1"},
+                    "effectiveDateTime": "2025-04-02",
+                    "valueCodeableConcept": {"text": "ypN0"},
+                },
+            ],
+            "met",
+            "met",
+        ),
+    ],
+)
+def test_mpr_and_pcr(extra: list[dict[str, Any]], mpr: str, pcr: str) -> None:
+    """MPR at ≤ 10 % viable tumour; pCR needs 0 % in the primary and nodal proof (ypN0 or 0 %)."""
+    out = _outcomes(*extra)
+    assert (out["mpr"]["result"], out["pcr"]["result"]) == (mpr, pcr)
+
+
+def test_efs_event_is_recurrence_and_os_is_censored_at_the_last_data_point() -> None:
+    """Recurrence on 2025-09-01 is an EFS event at 175 days; OS is censored at the last fact."""
+    recurrence = {
+        "resourceType": "Observation",
+        "id": "rec",
+        "status": "final",
+        "code": {"text": "Cancer disease status"},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2025-09-01",
+        "valueCodeableConcept": {"text": "Recurrence of disease"},
+    }
+    out = _outcomes(recurrence)
+    assert out["efs"] == {
+        "days": 175,
+        "event": True,
+        "censored": False,
+        "event_type": "progression_or_recurrence",
+        "date": "2025-09-01",
+        "evidence": {
+            "resource_type": "Observation",
+            "id": "rec",
+            "version": "1",
+            "reference": "Observation/rec/_history/1",
+        },
+    }
+    assert (out["os"]["days"], out["os"]["event"], out["os"]["date"]) == (175, False, "2025-09-01")
+
+
+def test_death_is_an_event_for_both_efs_and_os() -> None:
+    """Death on 2026-01-10 (306 days after Day 1) ends both EFS and OS."""
+    patient = dict(_base()[0], deceasedDateTime="2026-01-10T08:00:00-05:00")
+    events = _events([patient, *_base()[1:]])
+    out = subject_outcomes(NCT, events, DAY1)
+    assert (out["os"]["days"], out["os"]["event"], out["os"]["event_type"]) == (306, True, "death")
+    assert (out["efs"]["days"], out["efs"]["event"]) == (306, True)
+
+
+def test_safety_counts_grades_and_the_30_day_window() -> None:
+    """AEs by CTCAE grade; grade ≥ 3; within 30 days after the last study-drug dose."""
+
+    def ae(rid: str, term: str, grade: str, when: str) -> dict[str, Any]:
+        return {
+            "resourceType": "AdverseEvent",
+            "id": rid,
+            "actuality": "actual",
+            "subject": {"reference": "Patient/p1"},
+            "event": {"text": term},
+            "date": when,
+            "extension": [{"url": GRADE, "valueCodeableConcept": {"coding": [{"code": grade}]}}],
+        }
+
+    out = _outcomes(
+        ae("ae1", "Pneumonitis", "3", "2025-03-20"),
+        ae("ae2", "Rash maculo-papular", "1", "2025-04-09"),
+        ae("ae3", "Fatigue", "2", "2025-04-10"),
+    )
+    safety = out["safety"]
+    assert safety["by_grade"] == {"1": 1, "2": 1, "3": 1}
+    assert safety["grade_3_or_higher"] == 1
+    assert safety["window_end"] == "2025-04-09"
+    assert [(a["term"], a["study_day"], a["within_window"]) for a in safety["adverse_events"]] == [
+        ("Pneumonitis", 11, True),
+        ("Rash maculo-papular", 31, True),
+        ("Fatigue", 32, False),
+    ]
+
+
+def test_without_day1_only_time_free_endpoints_are_given() -> None:
+    """No study drug given: no time origin, so no EFS/OS/time to surgery, and it says why."""
+    out = subject_outcomes(NCT, _events(_base()[:1]), None)
+    assert (out["efs"], out["os"], out["time_to_surgery_days"]) == (None, None, None)
+    assert out["reason"] == "no study-drug administration: Day 1 is unknown"
+
+
+# -- over HTTP -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
+    """A client on /api/v1 of an empty store."""
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=60) as client:
+        yield client
+
+
+def test_subject_outcomes_endpoint(api: httpx.Client, fhir: httpx.Client) -> None:
+    """The endpoint answers the same endpoints for an enrolled subject, and 404s the cohort study."""
+    study = {
+        "resourceType": "ResearchStudy",
+        "id": "rs",
+        "status": "active",
+        "identifier": [{"value": "NCT06088771"}],
+    }
+    subject = {
+        "resourceType": "ResearchSubject",
+        "id": "sub",
+        "status": "on-study",
+        "study": {"reference": "ResearchStudy/rs"},
+        "individual": {"reference": "Patient/p1"},
+        "period": {"start": "2025-03-03"},
+    }
+    resources: list[dict[str, Any]] = [study, subject, *_base()]
+    body = bundle(
+        "transaction", *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in resources)
+    )
+    assert fhir.post("", content=body).status_code == 200
+    subject_id = api.get("/studies/NCT06088771/subjects").json()["subjects"][0]["subject_id"]
+    response = api.get(f"/studies/NCT06088771/subjects/{subject_id}/outcomes")
+    assert response.status_code == 200, response.text
+    out = response.json()
+    assert (out["day1"], out["time_to_surgery_days"], out["on_time_surgery"]) == (
+        "2025-03-10",
+        17,
+        True,
+    )
+    assert out["os"]["event"] is False
+    assert out["os"]["date"] == "2025-04-28"  # the follow-up visit is the last data point
+    assert json.dumps(out["mpr"]["result"]) == '"not_evaluable"'
+    cohort = api.get(f"/studies/cirae-dupilumab/subjects/{subject_id}/outcomes")
+    assert cohort.status_code == 404
+    assert cohort.json()["error"]["code"] == "not_applicable"
