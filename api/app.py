@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.fhir_routes import router as fhir_router
+from api.process import settle_process
 from service import migrate
 from service.db import make_engine
 from service.fhir_store import FhirStore
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = conf
         app.state.engine = engine
         app.state.store = FhirStore(engine, conf)
+        await run_in_threadpool(settle_process)
         try:
             yield
         finally:

@@ -14,6 +14,7 @@ import orjson
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from api.process import settle_process
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import decode_text, loads
 from service import migrate
@@ -85,6 +86,7 @@ def cmd_load(settings: Settings, paths: Sequence[str]) -> int:
     engine = make_engine(settings)
     migrate.upgrade(engine)
     store = FhirStore(engine, settings)
+    settle_process()
     try:
         files = list(_files(paths))
     except FileNotFoundError as exc:
