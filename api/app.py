@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from api import errors
 from api.deviation_routes import router as deviation_router
 from api.fhir_routes import router as fhir_router
+from api.process import settle_process
 from api.study_routes import router as study_router
 from service import migrate
 from service.catalog import load_catalog
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if conf.webhook_interval_seconds > 0:
             dispatcher = Dispatcher(engine, policy_from(conf), conf.webhook_interval_seconds)
             dispatcher.start()
+        await run_in_threadpool(settle_process)
         try:
             yield
         finally:

@@ -15,6 +15,7 @@ import orjson
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from api.process import settle_process
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import decode_text, loads
 from service import event_store, migrate
@@ -91,6 +92,7 @@ def cmd_load(settings: Settings, paths: Sequence[str], derivation: Derivation) -
     engine = make_engine(settings)
     migrate.upgrade(engine)
     store = FhirStore(engine, settings, derivation)
+    settle_process()
     try:
         files = list(_files(paths))
     except FileNotFoundError as exc:

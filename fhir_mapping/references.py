@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
@@ -35,8 +36,9 @@ def is_valid_id(value: str) -> bool:
     return ID_RE.fullmatch(value) is not None
 
 
+@lru_cache(maxsize=4096)
 def parse_reference(ref: str) -> ParsedReference:
-    """Classify a Reference.reference value."""
+    """Classify a Reference.reference value (memoised: a Bundle names the same targets often)."""
     if ref.startswith("#"):
         return ParsedReference("contained", resource_id=ref[1:])
     if ref.startswith(("urn:uuid:", "urn:oid:")):

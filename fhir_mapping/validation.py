@@ -122,6 +122,17 @@ def _schema(model: type[Any]) -> dict[str, _Field]:
     return out
 
 
+def preload_models() -> None:
+    """Import the accepted types' models and build their walk schemas before the first request."""
+    seen: set[type[Any]] = set()
+    pending = [get_fhir_model_class(t) for t in sorted(SUPPORTED_TYPES)]
+    while pending:
+        model = pending.pop()
+        if model not in seen:
+            seen.add(model)
+            pending.extend(f.model for f in _schema(model).values() if f.model is not None)
+
+
 def _wrong_type(path: str, value: Any, kind: int) -> Issue:
     shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
     return Issue("value", f"{path} must be {_JSON_TYPE_NAMES[kind]}, got {shown}", (path,))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from functools import lru_cache
 
 _DATE_PARAM = re.compile(
     r"(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})(?:T(?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)"
@@ -17,8 +18,9 @@ def utcnow() -> dt.datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+@lru_cache(maxsize=256)
 def fhir_instant(value: dt.datetime) -> str:
-    """FHIR instant text, e.g. 2025-06-01T10:00:00.123Z."""
+    """FHIR instant text, e.g. 2025-06-01T10:00:00.123Z (memoised: one request, one instant)."""
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy import Connection, delete, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel
 
 from service.models import ResourceHead, ResourceIdentifier, ResourceReference, ResourceVersion
@@ -64,32 +65,48 @@ class VersionRow:
         return self.content is None
 
 
-def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
+def _by_type(keys: Iterable[Key]) -> Iterator[tuple[str, list[str]]]:
+    """(type, up to _CHUNK ids) groups of distinct keys.
+
+    One type per query keeps `resource_id IN (...)` on the primary key: PostgreSQL plans a
+    row-value `(type, id) IN (...)` list as a filter over every row of the type, so such a lookup
+    grows with the table instead of with the request.
+    """
+    ids: dict[str, set[str]] = {}
+    for rtype, rid in keys:
+        ids.setdefault(rtype, set()).add(rid)
+    for rtype in sorted(ids):
+        wanted = sorted(ids[rtype])
+        for i in range(0, len(wanted), _CHUNK):
+            yield rtype, wanted[i : i + _CHUNK]
 
 
 def load_heads(session: Session, keys: Iterable[Key]) -> dict[Key, Head]:
     """Current heads of the given resources, in as few queries as possible."""
-    wanted = sorted(set(keys))
+    conn = session.connection()
     out: dict[Key, Head] = {}
-    cols = (_HEAD.c.resource_type, _HEAD.c.resource_id)
-    for chunk in _chunks(wanted):
-        rows = session.execute(
-            select(
-                _HEAD.c.resource_type,
-                _HEAD.c.resource_id,
-                _HEAD.c.version_id,
-                _HEAD.c.last_updated,
-                _HEAD.c.content_hash,
-                _HEAD.c.deleted,
-            ).where(tuple_(*cols).in_(list(chunk)))
-        )
-        for r in rows:
-            out[(r.resource_type, r.resource_id)] = Head(
-                r.version_id, r.last_updated, r.content_hash, r.deleted
+    for rtype, ids in _by_type(keys):
+        if conn.dialect.name == "postgresql":
+            rows: Iterable[Any] = _pg_heads(conn, rtype, ids)
+        else:
+            rows = session.execute(
+                select(*(_HEAD.c[name] for name in _HEAD_COLUMNS)).where(
+                    _HEAD.c.resource_type == rtype, _HEAD.c.resource_id.in_(ids)
+                )
             )
+        for rt, rid, vid, last_updated, digest, deleted in rows:
+            out[(rt, rid)] = Head(vid, last_updated, digest, deleted)
     return out
+
+
+def _pg_heads(conn: Connection, rtype: str, ids: list[str]) -> list[tuple[Any, ...]]:
+    """One array parameter instead of an IN list: a single statement text, prepared once."""
+    rows = conn.exec_driver_sql(
+        f"SELECT {', '.join(_HEAD_COLUMNS)} FROM fhir_resource "
+        "WHERE resource_type = %s AND resource_id = ANY(%s)",
+        (rtype, ids),
+    )
+    return [(*r[:3], r[3].astimezone(dt.UTC), *r[4:]) for r in rows]
 
 
 def _stored_versions() -> Any:
@@ -129,10 +146,10 @@ def read_current_many(session: Session, keys: Sequence[Key]) -> list[StoredVersi
     """Current, non-deleted versions for keys, in the order given."""
     v = _VERSION.c
     found: dict[Key, StoredVersion] = {}
-    for chunk in _chunks(list(keys)):
+    for rtype, ids in _by_type(keys):
         rows = session.execute(
             _current_versions().where(
-                tuple_(v.resource_type, v.resource_id).in_(list(chunk)), v.deleted.is_(False)
+                v.resource_type == rtype, v.resource_id.in_(ids), v.deleted.is_(False)
             )
         )
         for r in rows:
@@ -152,86 +169,175 @@ def write_versions(
 
     The primary key of fhir_resource_version (type, id, version) is what makes concurrent writers
     safe: the second writer of version n+1 fails with an integrity error and its unit of work is
-    retried, never check-then-insert.
+    retried, never check-then-insert. Rows go straight to the driver (executemany, or COPY on
+    PostgreSQL): at thousands of rows per request the Core compiler would cost more than the SQL.
     """
     if not rows:
         return
     session.info.setdefault(WRITTEN_KEYS, set()).update(
         (r.resource_type, r.resource_id) for r in rows
     )
-    session.execute(
-        insert(_VERSION),
-        [
-            {
-                **_head_values(r),
-                "content": r.content,
-                "source": source[:200],
-                "request_id": request_id,
-            }
-            for r in rows
-        ],
+    conn = session.connection()
+    instant = _instant_binder(conn)
+    source = source[:200]
+    _execute_many(
+        conn,
+        _VERSION,
+        _VERSION_COLUMNS,
+        [(*_head_tuple(r, instant), r.content, source, request_id) for r in rows],
     )
-    new_heads = [r for r in rows if (r.resource_type, r.resource_id) not in heads]
     moved = [r for r in rows if (r.resource_type, r.resource_id) in heads]
-    if new_heads:
-        session.execute(insert(_HEAD), [_head_values(r) for r in new_heads])
-    for r in moved:
-        session.execute(
-            update(_HEAD)
-            .where(
-                _HEAD.c.resource_type == r.resource_type,
-                _HEAD.c.resource_id == r.resource_id,
-            )
-            .values(_head_values(r))
+    new_heads = [
+        _head_tuple(r, instant) for r in rows if (r.resource_type, r.resource_id) not in heads
+    ]
+    _bulk_insert(conn, _HEAD, _HEAD_COLUMNS, new_heads)
+    _refresh_statistics(conn, len(new_heads))
+    if moved:
+        conn.exec_driver_sql(
+            _MOVE_HEAD.format(p=_mark(conn)),
+            [
+                (
+                    r.version_id,
+                    instant(r.last_updated),
+                    r.content_hash,
+                    r.deleted,
+                    r.resource_type,
+                    r.resource_id,
+                )
+                for r in moved
+            ],
         )
     _replace_indexes(session, moved, rows)
 
 
-def _head_values(r: VersionRow) -> dict[str, Any]:
-    """The columns a version shares with its head."""
-    return {
-        "resource_type": r.resource_type,
-        "resource_id": r.resource_id,
-        "version_id": r.version_id,
-        "last_updated": r.last_updated,
-        "content_hash": r.content_hash,
-        "deleted": r.deleted,
-    }
+_HEAD_COLUMNS = (
+    "resource_type",
+    "resource_id",
+    "version_id",
+    "last_updated",
+    "content_hash",
+    "deleted",
+)
+_VERSION_COLUMNS = (*_HEAD_COLUMNS, "content", "source", "request_id")
+_IDENT_COLUMNS = ("resource_type", "resource_id", "system", "value")
+_REF_COLUMNS = ("resource_type", "resource_id", "param", "target_type", "target_id")
+_MOVE_HEAD = (
+    "UPDATE fhir_resource SET version_id = {p}, last_updated = {p}, content_hash = {p}, "
+    "deleted = {p} WHERE resource_type = {p} AND resource_id = {p}"
+)
+
+
+def _mark(conn: Connection) -> str:
+    """The driver's positional placeholder (sqlite3: ?, psycopg: %s)."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _instant_binder(conn: Connection) -> Callable[[dt.datetime], Any]:
+    """What the driver is given for a timestamp (SQLite stores text in SQLAlchemy's format)."""
+    column_type = _HEAD.c.last_updated.type
+    process = column_type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    if process is None:
+        return lambda value: value
+    cache: dict[dt.datetime, Any] = {}
+
+    def bind(value: dt.datetime) -> Any:
+        if value not in cache:
+            cache[value] = process(value)
+        return cache[value]
+
+    return bind
+
+
+def _head_tuple(r: VersionRow, instant: Callable[[dt.datetime], Any]) -> tuple[Any, ...]:
+    """The columns a version shares with its head, in _HEAD_COLUMNS order."""
+    return (
+        r.resource_type,
+        r.resource_id,
+        r.version_id,
+        instant(r.last_updated),
+        r.content_hash,
+        r.deleted,
+    )
+
+
+def _execute_many(
+    conn: Connection, table: Any, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """A plain multi-row INSERT through the driver's executemany (psycopg pipelines it)."""
+    if rows:
+        marks = ", ".join([_mark(conn)] * len(columns))
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})", list(rows)
+        )
+
+
+def _bulk_insert(
+    conn: Connection, table: Any, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Many rows into one table: COPY on PostgreSQL (one stream), executemany elsewhere."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        _execute_many(conn, table, columns, rows)
+        return
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    dbapi_conn: Any = conn.connection.dbapi_connection
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        with dbapi_conn.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except dbapi_error as exc:
+        # Same exception types as every other statement, so the retry and 503 logic hold.
+        if conn.dialect.is_disconnect(exc, dbapi_conn, None):
+            conn.invalidate(exc)
+        raise DBAPIError.instance(statement, None, exc, dbapi_error) from exc
+
+
+# Writes with fewer new resources than this never trigger a statistics refresh (one catalog read).
+ANALYZE_MIN_NEW = 200
+
+
+def _refresh_statistics(conn: Connection, added: int) -> None:
+    """ANALYZE the head table on PostgreSQL when this write at least doubles it.
+
+    PostgreSQL plans the foreign-key check of every index row once per connection and keeps the
+    plan until the table's statistics change. Planned on a young table, that check walks every
+    head of a type (`ix_fhir_resource_type_updated`) instead of one primary-key entry, so a bulk
+    load into a new database slows down with its own size until autovacuum's first ANALYZE. An
+    ANALYZE at each doubling (a bounded sample, so cheap) replans the checks in time.
+    """
+    if conn.dialect.name != "postgresql" or added < ANALYZE_MIN_NEW:
+        return
+    estimate = conn.exec_driver_sql(
+        "SELECT reltuples FROM pg_class WHERE oid = 'fhir_resource'::regclass"
+    ).scalar()
+    if estimate is None or estimate < added:
+        conn.exec_driver_sql("ANALYZE fhir_resource")
 
 
 def _replace_indexes(
     session: Session, moved: Sequence[VersionRow], rows: Sequence[VersionRow]
 ) -> None:
-    moved_keys = [(r.resource_type, r.resource_id) for r in moved]
     for table in (_IDENT, _REF):
-        for chunk in _chunks(moved_keys):
+        for rtype, ids in _by_type([(r.resource_type, r.resource_id) for r in moved]):
             session.execute(
-                delete(table).where(
-                    tuple_(table.c.resource_type, table.c.resource_id).in_(list(chunk))
-                )
+                delete(table).where(table.c.resource_type == rtype, table.c.resource_id.in_(ids))
             )
-    idents = [
-        {"resource_type": r.resource_type, "resource_id": r.resource_id, "system": s, "value": v}
-        for r in rows
-        if not r.deleted
-        for s, v in r.identifiers
-    ]
-    refs = [
-        {
-            "resource_type": r.resource_type,
-            "resource_id": r.resource_id,
-            "param": p,
-            "target_type": tt,
-            "target_id": ti,
-        }
-        for r in rows
-        if not r.deleted
-        for p, tt, ti in r.references
-    ]
-    if idents:
-        session.execute(insert(_IDENT), idents)
-    if refs:
-        session.execute(insert(_REF), refs)
+    live = [r for r in rows if not r.deleted]
+    conn = session.connection()
+    _bulk_insert(
+        conn,
+        _IDENT,
+        _IDENT_COLUMNS,
+        [(r.resource_type, r.resource_id, s, v) for r in live for s, v in r.identifiers],
+    )
+    _bulk_insert(
+        conn,
+        _REF,
+        _REF_COLUMNS,
+        [(r.resource_type, r.resource_id, *ref) for r in live for ref in r.references],
+    )
 
 
 def table_counts(session: Session) -> dict[str, int]:
