@@ -294,26 +294,45 @@ def _bulk_insert(
         raise DBAPIError.instance(statement, None, exc, dbapi_error) from exc
 
 
-# Writes with fewer new resources than this never trigger a statistics refresh (one catalog read).
+# Statistics are looked at once this many new resources (or as many as the table held at the
+# last look, whichever is more) have been written by this process: O(log n) catalog reads.
 ANALYZE_MIN_NEW = 200
 
 
+@dataclass(slots=True)
+class _Growth:
+    """New heads this process wrote to one database since it last looked at the statistics."""
+
+    pending: int = 0
+    known: float = 0.0
+
+
+_GROWTH: dict[str, _Growth] = {}
+
+
 def _refresh_statistics(conn: Connection, added: int) -> None:
-    """ANALYZE the head table on PostgreSQL when this write at least doubles it.
+    """ANALYZE the head table on PostgreSQL whenever it has at least doubled since its statistics.
 
     PostgreSQL plans the foreign-key check of every index row once per connection and keeps the
     plan until the table's statistics change. Planned on a young table, that check walks every
     head of a type (`ix_fhir_resource_type_updated`) instead of one primary-key entry, so a bulk
-    load into a new database slows down with its own size until autovacuum's first ANALYZE. An
-    ANALYZE at each doubling (a bounded sample, so cheap) replans the checks in time.
+    load into a new database slows down with its own size until autovacuum's first ANALYZE (a
+    minute or more). An ANALYZE at each doubling (a bounded sample, so cheap) replans in time.
     """
-    if conn.dialect.name != "postgresql" or added < ANALYZE_MIN_NEW:
+    if conn.dialect.name != "postgresql" or not added:
+        return
+    growth = _GROWTH.setdefault(str(conn.engine.url), _Growth())
+    growth.pending += added
+    if growth.pending < max(ANALYZE_MIN_NEW, growth.known):
         return
     estimate = conn.exec_driver_sql(
         "SELECT reltuples FROM pg_class WHERE oid = 'fhir_resource'::regclass"
     ).scalar()
-    if estimate is None or estimate < added:
+    known = float(estimate) if estimate is not None else -1.0
+    if known < growth.pending:
         conn.exec_driver_sql("ANALYZE fhir_resource")
+        known = max(known, 0.0) + growth.pending
+    growth.known, growth.pending = known, 0
 
 
 def _replace_indexes(
