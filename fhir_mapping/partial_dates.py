@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -51,10 +52,27 @@ class PartialDate:
         }
 
 
+@functools.lru_cache(maxsize=256)
+def _zone(text: str | None) -> dt.tzinfo:
+    """A fixed-offset zone from '+05:30' / 'Z' (few distinct values: cached)."""
+    if text in (None, "Z"):
+        return dt.UTC
+    assert text is not None
+    sign = -1 if text[0] == "-" else 1
+    hours, minutes = int(text[1:3]), int(text[4:6])
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"offset {text} out of range")
+    return dt.timezone(sign * dt.timedelta(hours=hours, minutes=minutes))
+
+
 def parse_partial_date(value: Any) -> PartialDate | None:
     """Parse a FHIR date/dateTime/instant string; None for anything that is not one."""
-    if not isinstance(value, str):
-        return None
+    return _parse(value) if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse(value: str) -> PartialDate | None:
+    """The parse itself; feeds repeat the same dates, so results are cached (they are frozen)."""
     m = _DATE_RE.fullmatch(value)
     if m is None:
         return None
@@ -70,11 +88,7 @@ def parse_partial_date(value: Any) -> PartialDate | None:
         if m["h"] is None:
             return PartialDate(value, "day", day, day)
         second = min(int(m["s"] or 0), 59)  # a leap second :60 still names this day
-        tz = (
-            dt.UTC
-            if m["tz"] in (None, "Z")
-            else dt.datetime.strptime(m["tz"].replace(":", ""), "%z").tzinfo
-        )
+        tz = _zone(m["tz"])
         local = dt.datetime(year, month, day.day, int(m["h"]), int(m["mi"]), second, tzinfo=tz)
         return PartialDate(value, "time", day, day, local)
     except ValueError:

@@ -7,9 +7,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MatchedBy = Literal["code", "name"]
+_MEMO_MAX = 50_000
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 SNOMED = "http://snomed.info/sct"
@@ -140,6 +142,9 @@ class Terminology:
 
     definitions: Mapping[str, ValueSetDefinition]
     _compiled: dict[str, _Compiled] = field(default_factory=dict, init=False, repr=False)
+    _memo: dict[tuple[bytes, tuple[str, ...]], tuple[ConceptMatch, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         for concept_id, vs in self.definitions.items():
@@ -164,6 +169,11 @@ class Terminology:
 
     def match(self, concept_id: str, concept: Any) -> ConceptMatch | None:
         """How `concept` belongs to value set `concept_id`: by code first, else by name, else None."""
+        found = self.matches(concept, (concept_id,))
+        return found[0] if found else None
+
+    def _match(self, concept_id: str, concept: Any) -> ConceptMatch | None:
+        """The uncached match."""
         compiled = self._compiled.get(concept_id)
         if compiled is None:
             raise KeyError(f"unknown value set {concept_id!r}")
@@ -190,9 +200,24 @@ class Terminology:
         return None
 
     def matches(self, concept: Any, concept_ids: Iterable[str]) -> list[ConceptMatch]:
-        """Every listed value set that `concept` belongs to, in the order asked."""
-        found = (self.match(c, concept) for c in concept_ids)
-        return [m for m in found if m is not None]
+        """Every listed value set that `concept` belongs to, in the order asked.
+
+        Feeds repeat the same codings thousands of times, so answers are memoised per
+        (concept, value sets); the cache is bounded and belongs to this (immutable) terminology.
+        """
+        ids = tuple(concept_ids)
+        try:
+            key = (orjson.dumps(concept, option=orjson.OPT_SORT_KEYS), ids)
+        except TypeError:  # not plain JSON (never for a CodeableConcept): no caching
+            key = None
+        if key is not None and (hit := self._memo.get(key)) is not None:
+            return list(hit)
+        found = [m for m in (self._match(c, concept) for c in ids) if m is not None]
+        if key is not None:
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()
+            self._memo[key] = tuple(found)
+        return found
 
     def first(self, concept: Any, concept_ids: Iterable[str]) -> ConceptMatch | None:
         """The first listed value set that `concept` belongs to."""

@@ -7,10 +7,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlmodel import Session
 
 from fhir_mapping.events.model import EventKind, TrialEvent
+from service import store
 from service.models import (
     EligibilityRow,
     EventDependency,
@@ -37,13 +38,24 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield items[i : i + _CHUNK]
 
 
+def _by_type(keys: Sequence[Key]) -> Iterable[tuple[str, Sequence[str]]]:
+    """(type, ids) chunks: `type = ? AND id IN (…)` uses the (type, id) indexes on every backend,
+    where a row-value `(type, id) IN (…)` is planned as a scan on some."""
+    grouped: dict[str, list[str]] = {}
+    for rtype, rid in keys:
+        grouped.setdefault(rtype, []).append(rid)
+    for rtype, ids in sorted(grouped.items()):
+        for chunk in _chunks(ids):
+            yield rtype, chunk
+
+
 def identifier_targets(session: Session, keys: Sequence[Key]) -> set[str]:
     """Dependency targets for the identifiers the given resources carry now."""
     out: set[str] = set()
     c = _IDENT.c
-    for chunk in _chunks(list(keys)):
+    for rtype, ids in _by_type(keys):
         rows = session.execute(
-            select(c.value).where(tuple_(c.resource_type, c.resource_id).in_(list(chunk)))
+            select(c.value).where(c.resource_type == rtype, c.resource_id.in_(list(ids)))
         )
         out.update(identifier_target(r.value) for r in rows)
     return out
@@ -82,10 +94,10 @@ def patients_of(session: Session, keys: Sequence[Key]) -> set[str]:
     """Patients that currently have events from these sources."""
     out: set[str] = set()
     c = _EVENT.c
-    for chunk in _chunks(list(keys)):
+    for rtype, ids in _by_type(keys):
         rows = session.execute(
             select(c.patient_id)
-            .where(tuple_(c.source_type, c.source_id).in_(list(chunk)), c.patient_id.is_not(None))
+            .where(c.source_type == rtype, c.source_id.in_(list(ids)), c.patient_id.is_not(None))
             .distinct()
         )
         out.update(r.patient_id for r in rows)
@@ -94,13 +106,25 @@ def patients_of(session: Session, keys: Sequence[Key]) -> set[str]:
 
 def delete_events(session: Session, keys: Sequence[Key]) -> None:
     """Forget the events and dependencies of these sources."""
-    for chunk in _chunks(list(keys)):
+    for rtype, ids in _by_type(keys):
         session.execute(
-            delete(_EVENT).where(tuple_(_EVENT.c.source_type, _EVENT.c.source_id).in_(list(chunk)))
+            delete(_EVENT).where(_EVENT.c.source_type == rtype, _EVENT.c.source_id.in_(list(ids)))
         )
         session.execute(
-            delete(_DEP).where(tuple_(_DEP.c.source_type, _DEP.c.source_id).in_(list(chunk)))
+            delete(_DEP).where(_DEP.c.source_type == rtype, _DEP.c.source_id.in_(list(ids)))
         )
+
+
+_EVENT_COLUMNS = (
+    "source_type",
+    "source_id",
+    "source_version",
+    "seq",
+    "patient_id",
+    "kind",
+    "first_day",
+    "payload",
+)
 
 
 def insert_events(
@@ -108,23 +132,20 @@ def insert_events(
 ) -> None:
     """Store events (payload = their wire shape) and what they were computed from."""
     rows = [
-        {
-            "source_type": e.source.resource_type,
-            "source_id": e.source.resource_id,
-            "source_version": e.source.version_id,
-            "seq": seq,
-            "patient_id": e.patient_id,
-            "kind": e.kind.value,
-            "first_day": e.date.first if e.date else None,
-            "payload": orjson.dumps(e.to_json()).decode(),
-        }
+        (
+            e.source.resource_type,
+            e.source.resource_id,
+            e.source.version_id,
+            seq,
+            e.patient_id,
+            e.kind.value,
+            e.date.first.isoformat() if e.date else None,  # the Date column's stored form
+            orjson.dumps(e.to_json()).decode(),
+        )
         for seq, e in enumerate(events)
     ]
-    if rows:
-        session.execute(insert(_EVENT), rows)
-    dep_rows = [{"source_type": s, "source_id": i, "target": t} for s, i, t in sorted(set(deps))]
-    if dep_rows:
-        session.execute(insert(_DEP), dep_rows)
+    store.bulk_insert(session, _EVENT, _EVENT_COLUMNS, rows)
+    store.bulk_insert(session, _DEP, ("source_type", "source_id", "target"), sorted(set(deps)))
 
 
 def events_of(

@@ -271,6 +271,13 @@ def _execute_many(
         )
 
 
+def bulk_insert(
+    session: Session, table: Any, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Many rows into one table, straight to the driver (COPY on PostgreSQL)."""
+    _bulk_insert(session.connection(), table, columns, rows)
+
+
 def _bulk_insert(
     conn: Connection, table: Any, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
