@@ -188,9 +188,11 @@ class Derivation:
         existing = event_store.subjects_of(session, patient_ids)
         key = self.pseudonym_key(session)
         now = self.clock()
+        facts_of: dict[tuple[str, str], SubjectFacts | None] = {}
         for study_id, protocol in sorted(self.protocols.items()):
             for patient_id in patient_ids:
                 facts = membership(protocol, events.get(patient_id, []))
+                facts_of[(study_id, patient_id)] = facts
                 row = existing.get((study_id, patient_id))
                 if facts is None:
                     if row is not None:
@@ -208,13 +210,14 @@ class Derivation:
                 if row is not None and all(getattr(row, k) == v for k, v in values.items()):
                     continue
                 event_store.upsert_subject(session, {**values, "updated_at": now}, row is not None)
-        self.refresh_eligibility(session, patient_ids, events, now)
+        self.refresh_eligibility(session, patient_ids, events, facts_of, now)
 
     def refresh_eligibility(  # and the deviations of the subjects among them
         self,
         session: Session,
         patient_ids: Sequence[str],
         brief: dict[str, list[TrialEvent]],
+        facts_of: dict[tuple[str, str], SubjectFacts | None],
         now: dt.datetime,
     ) -> None:
         """Re-screen the candidates among these patients as of today; drop non-candidates."""
@@ -225,7 +228,7 @@ class Derivation:
             stored = event_store.eligibility_of(session, study_id, patient_ids)
             candidates = []
             for patient_id in patient_ids:
-                facts = membership(protocol, brief.get(patient_id, []))
+                facts = facts_of[(study_id, patient_id)]
                 if is_candidate(protocol, brief.get(patient_id, []), facts is not None):
                     candidates.append((patient_id, facts))
                     continue

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +14,9 @@ from service import deviation_store, webhooks
 from service.db import session_scope
 from service.deviation_sync import deviation_json
 from service.errors import ApiError
-from service.fhir_time import utcnow
+from service.fhir_time import iso_utc, utcnow
 from service.protocol import CohortProtocol, TrialProtocol
-from service.studies import decode_cursor, encode_cursor
+from service.studies import decode_cursor, encode_cursor, read, trial_protocol
 
 
 def etag(version: int) -> str:
@@ -42,7 +41,7 @@ def parse_if_match(value: str | None) -> int:
 def _history_json(rows: list[Any]) -> list[dict[str, Any]]:
     return [
         {
-            "at": r.at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+            "at": iso_utc(r.at),
             "actor": r.actor,
             "action": r.action,
             "detail": json.loads(r.detail),
@@ -60,21 +59,10 @@ class DeviationLog:
     allow_private_webhooks: bool = False
 
     def _trial(self, study_id: str) -> TrialProtocol:
-        protocol = self.protocols.get(study_id)
-        if protocol is None:
-            raise ApiError(404, "study_not_found", f"no study {study_id!r}")
-        if not isinstance(protocol, TrialProtocol):
-            raise ApiError(
-                404, "not_applicable", f"study {study_id} is a cohort study: it has no deviations"
-            )
-        return protocol
+        return trial_protocol(self.protocols, study_id, "deviations")
 
     def _read(self, work: Any) -> Any:
-        try:
-            with Session(self.engine) as session:
-                return work(session)
-        except OperationalError as exc:
-            raise ApiError(503, "database_unavailable", "the database is unavailable") from exc
+        return read(self.engine, work)
 
     def _write(self, work: Any) -> Any:
         try:

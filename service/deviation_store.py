@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlmodel import Session
 
+from service.fhir_time import iso_utc
 from service.models import DeviationHistoryRow, DeviationRow, OutboxRow, SubscriptionRow
 
 _DEV = DeviationRow.__table__  # type: ignore[attr-defined]
@@ -235,7 +236,7 @@ def subscriptions_json(rows: Sequence[Any]) -> list[dict[str, Any]]:
             "id": r.id,
             "url": r.url,
             "events": json.loads(r.events),
-            "created_at": r.created_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+            "created_at": iso_utc(r.created_at),
         }
         for r in rows
     ]

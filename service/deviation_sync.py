@@ -14,6 +14,7 @@ from sqlmodel import Session
 
 from service import deviation_store
 from service.deviations import Finding
+from service.fhir_time import iso_utc
 from service.protocol import TrialProtocol
 
 SYSTEM = "system"
@@ -32,7 +33,7 @@ def deviation_json(row: Any) -> dict[str, Any]:
     """The wire shape of one deviation."""
 
     def instant(value: dt.datetime | None) -> str | None:
-        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if value else None
+        return iso_utc(value) if value else None
 
     return {
         "id": row.id,

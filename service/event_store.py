@@ -38,22 +38,11 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield items[i : i + _CHUNK]
 
 
-def _by_type(keys: Sequence[Key]) -> Iterable[tuple[str, Sequence[str]]]:
-    """(type, ids) chunks: `type = ? AND id IN (…)` uses the (type, id) indexes on every backend,
-    where a row-value `(type, id) IN (…)` is planned as a scan on some."""
-    grouped: dict[str, list[str]] = {}
-    for rtype, rid in keys:
-        grouped.setdefault(rtype, []).append(rid)
-    for rtype, ids in sorted(grouped.items()):
-        for chunk in _chunks(ids):
-            yield rtype, chunk
-
-
 def identifier_targets(session: Session, keys: Sequence[Key]) -> set[str]:
     """Dependency targets for the identifiers the given resources carry now."""
     out: set[str] = set()
     c = _IDENT.c
-    for rtype, ids in _by_type(keys):
+    for rtype, ids in store.by_type(keys):
         rows = session.execute(
             select(c.value).where(c.resource_type == rtype, c.resource_id.in_(list(ids)))
         )
@@ -94,7 +83,7 @@ def patients_of(session: Session, keys: Sequence[Key]) -> set[str]:
     """Patients that currently have events from these sources."""
     out: set[str] = set()
     c = _EVENT.c
-    for rtype, ids in _by_type(keys):
+    for rtype, ids in store.by_type(keys):
         rows = session.execute(
             select(c.patient_id)
             .where(c.source_type == rtype, c.source_id.in_(list(ids)), c.patient_id.is_not(None))
@@ -106,7 +95,7 @@ def patients_of(session: Session, keys: Sequence[Key]) -> set[str]:
 
 def delete_events(session: Session, keys: Sequence[Key]) -> None:
     """Forget the events and dependencies of these sources."""
-    for rtype, ids in _by_type(keys):
+    for rtype, ids in store.by_type(keys):
         session.execute(
             delete(_EVENT).where(_EVENT.c.source_type == rtype, _EVENT.c.source_id.in_(list(ids)))
         )
@@ -186,23 +175,33 @@ def subjects_of(session: Session, patient_ids: Sequence[str]) -> dict[tuple[str,
     return out
 
 
-def upsert_subject(session: Session, values: dict[str, Any], exists: bool) -> None:
-    """Insert or update one subject row."""
+def _save_per_patient(session: Session, table: Any, values: dict[str, Any], exists: bool) -> None:
+    """Insert or update one row of a (study_id, patient_id)-keyed table."""
     if exists:
-        c = _SUBJECT.c
+        c = table.c
         session.execute(
-            update(_SUBJECT)
+            update(table)
             .where(c.study_id == values["study_id"], c.patient_id == values["patient_id"])
             .values(values)
         )
     else:
-        session.execute(insert(_SUBJECT), [values])
+        session.execute(insert(table), [values])
+
+
+def _delete_per_patient(session: Session, table: Any, study_id: str, patient_id: str) -> None:
+    """Delete one row of a (study_id, patient_id)-keyed table."""
+    c = table.c
+    session.execute(delete(table).where(c.study_id == study_id, c.patient_id == patient_id))
+
+
+def upsert_subject(session: Session, values: dict[str, Any], exists: bool) -> None:
+    """Insert or update one subject row."""
+    _save_per_patient(session, _SUBJECT, values, exists)
 
 
 def delete_subject(session: Session, study_id: str, patient_id: str) -> None:
     """A patient who no longer qualifies is no longer listed."""
-    c = _SUBJECT.c
-    session.execute(delete(_SUBJECT).where(c.study_id == study_id, c.patient_id == patient_id))
+    _delete_per_patient(session, _SUBJECT, study_id, patient_id)
 
 
 def list_subjects(
@@ -287,21 +286,12 @@ def eligibility_of(session: Session, study_id: str, patient_ids: Sequence[str]) 
 
 def save_eligibility(session: Session, values: dict[str, Any], exists: bool) -> None:
     """Insert or replace one candidate's result."""
-    c = _ELIGIBILITY.c
-    if exists:
-        session.execute(
-            update(_ELIGIBILITY)
-            .where(c.study_id == values["study_id"], c.patient_id == values["patient_id"])
-            .values(values)
-        )
-    else:
-        session.execute(insert(_ELIGIBILITY), [values])
+    _save_per_patient(session, _ELIGIBILITY, values, exists)
 
 
 def delete_eligibility(session: Session, study_id: str, patient_id: str) -> None:
     """A patient who is no longer a candidate leaves the screening list."""
-    c = _ELIGIBILITY.c
-    session.execute(delete(_ELIGIBILITY).where(c.study_id == study_id, c.patient_id == patient_id))
+    _delete_per_patient(session, _ELIGIBILITY, study_id, patient_id)
 
 
 def list_eligibility(

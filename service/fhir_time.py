@@ -24,6 +24,11 @@ def fhir_instant(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def iso_utc(value: dt.datetime) -> str:
+    """ISO 8601 in UTC with a Z, as the JSON API writes instants."""
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 def http_date(value: dt.datetime) -> str:
     """RFC 9110 date for Last-Modified."""
     return value.astimezone(dt.UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")

@@ -65,7 +65,7 @@ class VersionRow:
         return self.content is None
 
 
-def _by_type(keys: Iterable[Key]) -> Iterator[tuple[str, list[str]]]:
+def by_type(keys: Iterable[Key]) -> Iterator[tuple[str, list[str]]]:
     """(type, up to _CHUNK ids) groups of distinct keys.
 
     One type per query keeps `resource_id IN (...)` on the primary key: PostgreSQL plans a
@@ -85,7 +85,7 @@ def load_heads(session: Session, keys: Iterable[Key]) -> dict[Key, Head]:
     """Current heads of the given resources, in as few queries as possible."""
     conn = session.connection()
     out: dict[Key, Head] = {}
-    for rtype, ids in _by_type(keys):
+    for rtype, ids in by_type(keys):
         if conn.dialect.name == "postgresql":
             rows: Iterable[Any] = _pg_heads(conn, rtype, ids)
         else:
@@ -146,7 +146,7 @@ def read_current_many(session: Session, keys: Sequence[Key]) -> list[StoredVersi
     """Current, non-deleted versions for keys, in the order given."""
     v = _VERSION.c
     found: dict[Key, StoredVersion] = {}
-    for rtype, ids in _by_type(keys):
+    for rtype, ids in by_type(keys):
         rows = session.execute(
             _current_versions().where(
                 v.resource_type == rtype, v.resource_id.in_(ids), v.deleted.is_(False)
@@ -346,7 +346,7 @@ def _replace_indexes(
     session: Session, moved: Sequence[VersionRow], rows: Sequence[VersionRow]
 ) -> None:
     for table in (_IDENT, _REF):
-        for rtype, ids in _by_type([(r.resource_type, r.resource_id) for r in moved]):
+        for rtype, ids in by_type([(r.resource_type, r.resource_id) for r in moved]):
             session.execute(
                 delete(table).where(table.c.resource_type == rtype, table.c.resource_id.in_(ids))
             )

@@ -7,8 +7,9 @@ import binascii
 import datetime as dt
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
@@ -19,12 +20,13 @@ from fhir_mapping.partial_dates import parse_partial_date, study_day
 from service import event_store
 from service.eligibility import evaluate
 from service.errors import ApiError
-from service.fhir_time import utcnow
+from service.fhir_time import iso_utc, utcnow
 from service.membership import trial_membership
 from service.outcomes import subject_outcomes
 from service.protocol import CohortProtocol, TrialProtocol
 
 Protocol = TrialProtocol | CohortProtocol
+T = TypeVar("T")
 _HEADER_KEYS = ("kind", "id", "version", "title", "sources")
 
 
@@ -43,6 +45,39 @@ def study_detail(protocol: Protocol) -> dict[str, Any]:
     dumped = protocol.model_dump(mode="json")
     settings = {k: v for k, v in dumped.items() if k not in _HEADER_KEYS}
     return {**study_summary(protocol), "sources": list(protocol.sources), "settings": settings}
+
+
+def find_protocol(protocols: dict[str, Protocol], study_id: str) -> Protocol:
+    """The protocol of a study this deployment serves, else 404 naming the known ones."""
+    found = protocols.get(study_id)
+    if found is None:
+        raise ApiError(
+            404,
+            "study_not_found",
+            f"no study {study_id!r}; known: {', '.join(sorted(protocols))}",
+        )
+    return found
+
+
+def trial_protocol(protocols: dict[str, Protocol], study_id: str, lacks: str) -> TrialProtocol:
+    """An interventional study's protocol; a cohort study has no `lacks` (404 not_applicable)."""
+    protocol = find_protocol(protocols, study_id)
+    if not isinstance(protocol, TrialProtocol):
+        raise ApiError(
+            404,
+            "not_applicable",
+            f"study {study_id} is a retrospective cohort: it has no {lacks}",
+        )
+    return protocol
+
+
+def read(engine: Engine, work: Callable[[Session], T]) -> T:
+    """Run a read; an unreachable database is a 503 in the JSON error shape."""
+    try:
+        with Session(engine) as session:
+            return work(session)
+    except OperationalError as exc:
+        raise ApiError(503, "database_unavailable", "the database is unavailable") from exc
 
 
 def encode_cursor(subject_id: str) -> str:
@@ -68,7 +103,7 @@ def _subject_json(row: Any) -> dict[str, Any]:
         "status": row.status,
         "enrolled_on": row.enrolled_on.isoformat() if row.enrolled_on else None,
         "day1": row.day1.isoformat() if row.day1 else None,
-        "updated_at": row.updated_at.isoformat().replace("+00:00", "Z"),
+        "updated_at": iso_utc(row.updated_at),
     }
 
 
@@ -93,26 +128,12 @@ class StudyReader:
     engine: Engine
     protocols: dict[str, Protocol]
 
-    def _session(self) -> Session:
-        return Session(self.engine)
-
     def protocol(self, study_id: str) -> Protocol:
         """The protocol of a study this deployment serves, else 404."""
-        found = self.protocols.get(study_id)
-        if found is None:
-            raise ApiError(
-                404,
-                "study_not_found",
-                f"no study {study_id!r}; known: {', '.join(sorted(self.protocols))}",
-            )
-        return found
+        return find_protocol(self.protocols, study_id)
 
     def _read(self, work: Any) -> Any:
-        try:
-            with self._session() as session:
-                return work(session)
-        except OperationalError as exc:
-            raise ApiError(503, "database_unavailable", "the database is unavailable") from exc
+        return read(self.engine, work)
 
     def subjects(
         self,
@@ -163,7 +184,7 @@ class StudyReader:
         return {
             "study": {"id": protocol.id, "version": protocol.version},
             "subject": _subject_json(row),
-            "computed_at": utcnow().isoformat().replace("+00:00", "Z"),
+            "computed_at": iso_utc(utcnow()),
             "events": [_event_json(e, row.day1) for e in ordered],
         }
 
@@ -173,16 +194,9 @@ class StudyReader:
         """Per-subject endpoints: time to surgery, MPR, pCR, EFS, OS, safety."""
         return _subject_outcomes(self, study_id, subject_id)
 
-    def trial(self, study_id: str) -> TrialProtocol:
-        """The protocol of an interventional study; eligibility is not defined for a cohort."""
-        protocol = self.protocol(study_id)
-        if not isinstance(protocol, TrialProtocol):
-            raise ApiError(
-                404,
-                "not_applicable",
-                f"study {study_id} is a retrospective cohort: it has no eligibility criteria",
-            )
-        return protocol
+    def trial(self, study_id: str, lacks: str = "eligibility criteria") -> TrialProtocol:
+        """The protocol of an interventional study; 404 for a cohort, which has none of `lacks`."""
+        return trial_protocol(self.protocols, study_id, lacks)
 
     def screening(
         self, study_id: str, *, cursor: str | None, limit: int, overall: str | None
@@ -205,7 +219,7 @@ class StudyReader:
                     "counts": {"met": r.n_met, "not_met": r.n_not_met, "unknown": r.n_unknown},
                     "at_enrollment": r.at_enrollment,
                     "as_of": r.as_of.isoformat(),
-                    "computed_at": _instant(r.computed_at),
+                    "computed_at": iso_utc(r.computed_at),
                 }
                 for r in page
             ],
@@ -237,7 +251,7 @@ class StudyReader:
         head = {"study": {"id": protocol.id, "version": protocol.version}, "subject_id": subject_id}
         if day is None:
             stored = json.loads(row.payload)
-            return {**head, "computed_at": _instant(row.computed_at), **stored}
+            return {**head, "computed_at": iso_utc(row.computed_at), **stored}
         facts = trial_membership(protocol, events)
         result = evaluate(
             protocol,
@@ -248,14 +262,10 @@ class StudyReader:
         )
         return {
             **head,
-            "computed_at": _instant(utcnow()),
+            "computed_at": iso_utc(utcnow()),
             **result.to_json(),
             "at_enrollment": row.at_enrollment,
         }
-
-
-def _instant(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 _ZONE = re.compile(r"(?:Z|[+-]\d{2}:\d{2})$")
@@ -276,7 +286,7 @@ def parse_as_of(text: str) -> dt.date:
 
 def _subject_outcomes(reader: StudyReader, study_id: str, subject_id: str) -> dict[str, Any]:
     """A subject's endpoints computed from its events (one subject: cheap to compute on read)."""
-    protocol = reader.trial(study_id)
+    protocol = reader.trial(study_id, "per-subject trial outcomes")
 
     def work(session: Session) -> tuple[Any, list[TrialEvent]]:
         row = event_store.find_subject(session, study_id, subject_id)
@@ -290,6 +300,6 @@ def _subject_outcomes(reader: StudyReader, study_id: str, subject_id: str) -> di
     return {
         "study": {"id": protocol.id, "version": protocol.version},
         "subject_id": subject_id,
-        "computed_at": _instant(utcnow()),
+        "computed_at": iso_utc(utcnow()),
         **subject_outcomes(protocol, events, row.day1),
     }
