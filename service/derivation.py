@@ -49,11 +49,14 @@ class _RecordingLookup:
     """Reads current resources for a mapper and remembers what it read (the dependencies)."""
 
     session: Session
+    known: store.Written = field(default_factory=dict)
     targets: set[str] = field(default_factory=set)
 
     def by_id(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
-        """The current content of a stored resource."""
+        """The current content of a stored resource (just written, or read back)."""
         self.targets.add(f"{resource_type}/{resource_id}")
+        if (resource_type, resource_id) in self.known:
+            return self.known[(resource_type, resource_id)][1]
         found = store.read_version(self.session, resource_type, resource_id)
         if found is None or found.content is None:
             return None
@@ -118,34 +121,53 @@ class Derivation:
 
     def after_write(self, session: Session) -> None:
         """Run inside the write transaction, before commit: remap what changed, re-list subjects."""
-        written: set[Key] = session.info.pop(store.WRITTEN_KEYS, set())
+        written: store.Written = session.info.pop(store.WRITTEN_KEYS, {})
         if not written:
             return
         terminology, changed = self.terminology(session)
         if changed or any(t == "ValueSet" for t, _ in written):
-            keys = set(event_store.all_keys(session, sorted(MAPPERS))) | written
+            keys = set(event_store.all_keys(session, sorted(MAPPERS))) | set(written)
         else:
             keys = set(written)
             targets = {f"{t}/{i}" for t, i in keys} | event_store.identifier_targets(
                 session, sorted(keys)
             )
             keys |= event_store.dependents(session, targets)
-        self.remap(session, sorted(keys), terminology)
+        self.remap(session, sorted(keys), terminology, written)
 
-    def remap(self, session: Session, keys: Sequence[Key], terminology: Terminology) -> None:
-        """Replace the events of these sources with what their current versions map to."""
+    def remap(
+        self,
+        session: Session,
+        keys: Sequence[Key],
+        terminology: Terminology,
+        written: store.Written | None = None,
+    ) -> None:
+        """Replace the events of these sources with what their current versions map to.
+
+        `written` is content this unit of work has just stored (current by construction); only the
+        other keys are read back from the database.
+        """
+        known = written or {}
         mapped_keys = [k for k in keys if k[0] in MAPPERS]
         touched = event_store.patients_of(session, mapped_keys)
         event_store.delete_events(session, mapped_keys)
-        lookup = _RecordingLookup(session)
+        lookup = _RecordingLookup(session, known)
         ctx = MappingContext(terminology, lookup, self.base_url)
         events: list[TrialEvent] = []
         deps: list[tuple[str, str, str]] = []
-        for version in store.read_current_many(session, mapped_keys):
+        current: dict[Key, tuple[int, dict[str, Any] | None]] = {
+            k: known[k] for k in mapped_keys if k in known
+        }
+        for v in store.read_current_many(session, [k for k in mapped_keys if k not in known]):
+            content = _STORED.decode(v.content) if v.content is not None else None
+            current[(v.resource_type, v.resource_id)] = (v.version_id, content)
+        for key in mapped_keys:
+            version_id, content = current.get(key, (0, None))
+            if content is None:  # deleted, or not stored
+                continue
+            source = SourceRef(key[0], key[1], version_id)
             lookup.targets = set()
-            source = SourceRef(version.resource_type, version.resource_id, version.version_id)
-            found = self._map_one(version.resource_type, version.content, source, ctx)
-            events.extend(found)
+            events.extend(self._map_one(content, source, ctx))
             deps.extend((source.resource_type, source.resource_id, t) for t in lookup.targets)
         event_store.insert_events(session, events, deps)
         touched.update(e.patient_id for e in events if e.patient_id)
@@ -153,12 +175,10 @@ class Derivation:
 
     @staticmethod
     def _map_one(
-        resource_type: str, content: str | None, source: SourceRef, ctx: MappingContext
+        content: dict[str, Any], source: SourceRef, ctx: MappingContext
     ) -> list[TrialEvent]:
-        if content is None:
-            return []
         try:
-            return map_resource(resource_type, _STORED.decode(content), source, ctx)
+            return map_resource(source.resource_type, content, source, ctx)
         except Exception:  # a mapper bug must not refuse valid FHIR; the resource stays stored
             log.exception(
                 "mapping %s/%s failed; it yields no events",

@@ -281,10 +281,12 @@ class FhirStore:
         def work(session: Session) -> dict[int, EntryResult]:
             out: dict[int, EntryResult] = {}
             for entry in entries:
+                before = dict(store.written(session))
                 try:
                     with session.begin_nested():
                         out[entry.index] = apply_entries(session, [entry], ctx)[0]
                 except FhirError as exc:
+                    session.info[store.WRITTEN_KEYS] = before  # what the savepoint undid
                     out[entry.index] = failure(exc)
             return out
 

@@ -356,6 +356,7 @@ def apply_entries(
                 dumps(stored).decode(),
                 identifier_index(stored),
                 reference_index(rtype, stored, ctx.base_url),
+                stored,
             )
         )
         results[e.index] = EntryResult(

@@ -16,7 +16,9 @@ from service.models import ResourceHead, ResourceIdentifier, ResourceReference, 
 Key = tuple[str, str]
 _CHUNK = 400
 # session.info key: the (type, id) of every resource written in this unit of work.
-WRITTEN_KEYS = "trialbridge_written_keys"
+# session.info key: what this unit of work wrote, {(type, id): (version, content as a dict | None)}.
+# Event derivation maps that content directly instead of reading back and decoding what it just wrote.
+WRITTEN_KEYS = "trialbridge_written"
 
 _HEAD = ResourceHead.__table__  # type: ignore[attr-defined]
 _VERSION = ResourceVersion.__table__  # type: ignore[attr-defined]
@@ -58,11 +60,21 @@ class VersionRow:
     content: str | None
     identifiers: list[tuple[str | None, str]]
     references: list[tuple[str, str, str]]
+    resource: dict[str, Any] | None = None  # the parsed content, handed on to event derivation
 
     @property
     def deleted(self) -> bool:
         """A version without content is a deletion."""
         return self.content is None
+
+
+Written = dict[Key, tuple[int, dict[str, Any] | None]]
+
+
+def written(session: Session) -> Written:
+    """What this unit of work has written so far (kept in the session, cleared by derivation)."""
+    found: Written = session.info.setdefault(WRITTEN_KEYS, {})
+    return found
 
 
 def by_type(keys: Iterable[Key]) -> Iterator[tuple[str, list[str]]]:
@@ -174,8 +186,8 @@ def write_versions(
     """
     if not rows:
         return
-    session.info.setdefault(WRITTEN_KEYS, set()).update(
-        (r.resource_type, r.resource_id) for r in rows
+    written(session).update(
+        ((r.resource_type, r.resource_id), (r.version_id, r.resource)) for r in rows
     )
     conn = session.connection()
     instant = _instant_binder(conn)
