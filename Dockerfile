@@ -14,6 +14,8 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER 10001
 WORKDIR /home/trialbridge
+# matplotlib's font cache, built once here rather than on the first figure request
+RUN python -c "import matplotlib.font_manager"
 ENV DATABASE_URL=sqlite:////home/trialbridge/var/trialbridge.db \
     PYTHONUNBUFFERED=1
 EXPOSE 8000

@@ -14,10 +14,12 @@ from starlette.concurrency import run_in_threadpool
 from api import errors
 from api.deviation_routes import router as deviation_router
 from api.fhir_routes import router as fhir_router
+from api.outcome_routes import router as outcome_router
 from api.process import settle_process
 from api.study_routes import router as study_router
 from service import migrate
 from service.catalog import load_catalog
+from service.cohort_reports import CohortReports
 from service.db import make_engine
 from service.deviation_log import DeviationLog
 from service.fhir_store import FhirStore
@@ -43,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.store = FhirStore(engine, conf, catalog.derivation)
         app.state.studies = StudyReader(engine, catalog.protocols)
+        app.state.reports = CohortReports(engine, catalog.protocols)
         app.state.deviations = DeviationLog(
             engine, catalog.protocols, allow_private_webhooks=conf.webhook_allow_private
         )
@@ -68,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fhir_router)
     app.include_router(study_router)
     app.include_router(deviation_router)
+    app.include_router(outcome_router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -318,3 +318,37 @@ class SubjectOutcomesOut(BaseModel):
     os: TimeToEventOut | None
     safety: dict[str, Any] | None
     reason: str | None = None
+
+
+class CohortOutcomesOut(BaseModel):
+    """A study's cohort outcomes; the shape of `outcomes` depends on the study kind (README)."""
+
+    study: dict[str, str] = Field(
+        examples=[{"id": "NCT06088771", "version": "1.0.0", "kind": "interventional"}]
+    )
+    computed_at: str
+    plots: dict[str, dict[str, str]] = Field(
+        description="Figure name → format → URL",
+        examples=[
+            {
+                "os": {
+                    "png": "/api/v1/studies/NCT06088771/outcomes/plots/os.png",
+                    "svg": "/api/v1/studies/NCT06088771/outcomes/plots/os.svg",
+                }
+            }
+        ],
+    )
+    outcomes: dict[str, Any] = Field(
+        examples=[
+            {
+                "mpr": {
+                    "successes": 3,
+                    "n": 6,
+                    "rate": 0.5,
+                    "ci_lower": 0.1181,
+                    "ci_upper": 0.8819,
+                },
+                "os": {"n": 6, "events": 1, "median_days": None, "median_reached": False},
+            }
+        ]
+    )

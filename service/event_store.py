@@ -336,3 +336,21 @@ def patients_with_events(session: Session, kinds: Sequence[EventKind]) -> list[s
         .distinct()
     )
     return sorted(r.patient_id for r in rows)
+
+
+def study_subjects(session: Session, study_id: str) -> list[Any]:
+    """Every subject row of a study, in subject_id order (cohort-level outcomes read them all)."""
+    c = _SUBJECT.c
+    return list(
+        session.execute(select(_SUBJECT).where(c.study_id == study_id).order_by(c.subject_id))
+    )
+
+
+def fingerprint(session: Session, study_id: str) -> tuple[Any, ...]:
+    """Changes whenever any event or any of the study's subjects changes (a cache key)."""
+    e, s = _EVENT.c, _SUBJECT.c
+    events = session.execute(select(func.count(), func.max(e.pk))).one()
+    subjects = session.execute(
+        select(func.count(), func.max(s.updated_at)).where(s.study_id == study_id)
+    ).one()
+    return (*events, *subjects)

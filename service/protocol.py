@@ -305,12 +305,19 @@ class CohortStudy(_Strict):
     groups: tuple[Literal["dupilumab", "control_1", "control_2"], ...]
     matching: Matching
     charlson: Literal["quan_icd10"]
+    # **choice**: "charlson" = original Charlson 1987 weights on the Quan 2005 ICD-10 coding.
+    charlson_weighting: Literal["charlson", "quan"]
+    # **choice**: ICB classes first given within this many days of initiation make it a combination.
+    icb_combination_window_days: int = Field(ge=0)
     resolution: dict[str, Literal["complete", "partial", "none"]]
     glucocorticoid: Glucocorticoid
     adjustment: tuple[
         Literal["sex", "race", "age", "icb_type", "charlson", "cancer_type", "stage"], ...
     ]
     confidence_level: Decimal = Field(gt=0, lt=1)
+    # **choice**: fewer deaths than this per estimated Cox parameter → "not estimable".
+    min_events_per_parameter: int = Field(ge=1)
+    survival_timepoints_months: tuple[int, ...] = Field(min_length=1)
 
 
 class CohortProtocol(_Strict):

@@ -513,14 +513,18 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
         "/api/v1/studies/{study_id}/eligibility",
         "/api/v1/studies/{study_id}/subjects/{subject_id}/eligibility",
         "/api/v1/studies/{study_id}/subjects/{subject_id}/outcomes",
+        "/api/v1/studies/{study_id}/outcomes",
+        "/api/v1/studies/{study_id}/outcomes/plots/{plot}",
         "/api/v1/studies/{study_id}/deviations",
         "/api/v1/studies/{study_id}/deviations/{deviation_id}",
         "/api/v1/subscriptions",
         "/api/v1/subscriptions/{subscription_id}",
     }
+    plot = "/api/v1/studies/{study_id}/outcomes/plots/{plot}"
     for path in paths - {"/api/v1/subscriptions/{subscription_id}"}:
         responses = schema["paths"][path]["get"]["responses"]
-        assert set(responses) == {"200", "400", "404", "422", "503"}
+        cached = {"304"} if path == plot else set()
+        assert set(responses) == {"200", "400", "404", "422", "503"} | cached
         assert responses["404"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ErrorBody"
         }

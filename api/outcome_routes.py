@@ -1,0 +1,49 @@
+"""Study-level outcomes under /api/v1: cohort statistics as JSON and figures as PNG/SVG."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.schemas import ERRORS, CohortOutcomesOut
+from service.cohort_reports import CohortReports
+
+router = APIRouter(prefix="/api/v1", tags=["outcomes"], responses=ERRORS)
+
+
+def _reports(request: Request) -> CohortReports:
+    reports: CohortReports = request.app.state.reports
+    return reports
+
+
+@router.get(
+    "/studies/{study_id}/outcomes",
+    response_model=CohortOutcomesOut,
+    summary="Cohort outcomes: rates with exact CIs, Kaplan–Meier, Cox models",
+)
+async def study_outcomes(request: Request, study_id: str) -> dict[str, Any]:
+    """Computed from every subject's current events; cached until the data changes."""
+    reports = _reports(request)
+    return await run_in_threadpool(lambda: reports.outcomes(study_id))
+
+
+@router.get(
+    "/studies/{study_id}/outcomes/plots/{plot}",
+    summary="A figure of the study's outcomes: {name}.png or {name}.svg",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}, "image/svg+xml": {}}, "description": "The figure"},
+        304: {"description": "Unchanged since the ETag sent in If-None-Match"},
+    },
+)
+async def study_plot(request: Request, study_id: str, plot: str) -> Response:
+    """KM curves (efs, os) with CI band, censor marks and numbers at risk; the swimmer plot."""
+    name, _, fmt = plot.rpartition(".")
+    reports = _reports(request)
+    figure = await run_in_threadpool(lambda: reports.plot(study_id, name, fmt))
+    headers = {"ETag": figure.etag, "Cache-Control": "no-cache"}
+    if request.headers.get("if-none-match") == figure.etag:
+        return Response(status_code=304, headers=headers)
+    return Response(figure.body, media_type=figure.media_type, headers=headers)

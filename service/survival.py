@@ -1,0 +1,217 @@
+"""Cohort statistics: exact binomial CIs and Kaplan–Meier summaries (JSON-safe, no NaN or inf).
+
+Numbers: probabilities, rates and times are rounded to `DECIMALS` decimal places so the wire shape
+is stable and readable; anything not estimable is None, with a reason or note saying why.
+Kaplan–Meier comes from lifelines (product-limit estimate; pointwise CIs by lifelines' default
+exponential Greenwood, i.e. log(-log), method; median CI from those bands).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from lifelines import KaplanMeierFitter
+from lifelines.utils import median_survival_times
+from scipy.stats import binomtest
+
+DECIMALS = 4
+# Survival in months: the mean Gregorian month (a Julian year of 365.25 days / 12), the usual
+# convention of survival reports, so 12 months = 365.25 days.
+DAYS_PER_MONTH = 365.25 / 12
+KM_CI_METHOD = "log(-log) (exponential Greenwood), lifelines default"
+
+
+def _num(value: Any) -> float | None:
+    """A rounded float, or None for missing/NaN/inf, so JSON never carries NaN or Infinity."""
+    if value is None:
+        return None
+    number = float(value)
+    return round(number, DECIMALS) if math.isfinite(number) else None
+
+
+def proportion_ci(successes: int, n: int, level: float = 0.95) -> dict[str, Any]:
+    """A rate with its exact Clopper–Pearson CI: small trials need exact, not Wald, intervals."""
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    out: dict[str, Any] = {
+        "successes": successes,
+        "n": n,
+        "rate": None,
+        "ci_lower": None,
+        "ci_upper": None,
+        "level": level,
+        "method": "clopper-pearson",
+    }
+    if n == 0:
+        return {**out, "reason": "no subjects"}
+    ci = binomtest(successes, n).proportion_ci(confidence_level=level, method="exact")
+    return {
+        **out,
+        "rate": _num(successes / n),
+        "ci_lower": _num(ci.low),
+        "ci_upper": _num(ci.high),
+    }
+
+
+def _validated(
+    durations: Sequence[float], events: Sequence[bool]
+) -> tuple[list[float], list[bool]]:
+    """Equal lengths, finite non-negative times: bad input fails loudly, not as a NaN later."""
+    if len(durations) != len(events):
+        raise ValueError(f"{len(durations)} durations but {len(events)} event flags")
+    times = [float(d) for d in durations]
+    bad = [d for d in times if not math.isfinite(d) or d < 0]
+    if bad:
+        raise ValueError(f"durations must be finite and >= 0, got {bad[:3]}")
+    return times, [bool(e) for e in events]
+
+
+def km_fitter(
+    durations: Sequence[float], events: Sequence[bool], label: str = "all", level: float = 0.95
+) -> KaplanMeierFitter:
+    """The fitted lifelines estimator, shared by the summary and the plots (needs n >= 1)."""
+    times, flags = _validated(durations, events)
+    if not times:
+        raise ValueError("Kaplan–Meier needs at least one subject")
+    return KaplanMeierFitter(alpha=1 - level).fit(times, event_observed=flags, label=label)
+
+
+def at_risk(fitter: KaplanMeierFitter, time: float) -> int:
+    """Subjects still at risk just before `time` (follow-up >= time), as KM tables show them."""
+    table = fitter.event_table
+    gone = table.loc[table.index < time, "removed"].sum()
+    return int(table["at_risk"].iloc[0] - gone)
+
+
+def _median(fitter: KaplanMeierFitter) -> dict[str, Any]:
+    """The median survival time and its CI; a bound the band never crosses is None, with a note."""
+    median = _num(fitter.median_survival_time_)
+    bounds = median_survival_times(fitter.confidence_interval_)
+    lower, upper = (_num(v) for v in bounds.iloc[0].tolist())
+    missing = [name for name, v in (("lower", lower), ("upper", upper)) if v is None]
+    note = (
+        f"{' and '.join(missing)} confidence bound not reached (survival band stays above 0.5)"
+        if missing
+        else None
+    )
+    return {
+        "median_days": median,
+        "median_reached": median is not None,
+        "median_ci": {"lower_days": lower, "upper_days": upper, "note": note},
+    }
+
+
+def _at_times(fitter: KaplanMeierFitter, times: Sequence[float]) -> list[dict[str, Any]]:
+    """Survival with CI at each time; past the last follow-up the curve says nothing."""
+    last = float(fitter.durations.max())
+    estimates = fitter.survival_function_at_times(list(times)).tolist()
+    bands = fitter.confidence_interval_.reindex(list(times), method="ffill")
+    out = []
+    for t, s, (lo, hi) in zip(times, estimates, bands.itertuples(index=False), strict=True):
+        beyond = t > last
+        out.append(
+            {
+                "days": _num(t),
+                "survival": None if beyond else _num(s),
+                "ci_lower": None if beyond else _num(lo),
+                "ci_upper": None if beyond else _num(hi),
+                "at_risk": at_risk(fitter, t),
+                "reason": "beyond follow-up" if beyond else None,
+            }
+        )
+    return out
+
+
+def kaplan_meier(
+    durations: Sequence[float],
+    events: Sequence[bool],
+    *,
+    level: float = 0.95,
+    timepoints_days: Sequence[float] = (),
+    label: str = "all",
+) -> dict[str, Any]:
+    """A Kaplan–Meier summary (median, landmark survival, numbers at risk) safe to send as JSON."""
+    times, flags = _validated(durations, events)
+    n_events = sum(flags)
+    base: dict[str, Any] = {
+        "label": label,
+        "n": len(times),
+        "events": n_events,
+        "censored": len(times) - n_events,
+        "level": level,
+        "method": "kaplan-meier",
+        "ci_method": KM_CI_METHOD,
+    }
+    points = [float(t) for t in timepoints_days]
+    if not times:
+        return {
+            **base,
+            "estimable": False,
+            "reason": "no subjects: not estimable",
+            "median_days": None,
+            "median_reached": False,
+            "median_ci": {"lower_days": None, "upper_days": None, "note": "not estimable"},
+            "timepoints": [
+                {
+                    "days": _num(t),
+                    "survival": None,
+                    "ci_lower": None,
+                    "ci_upper": None,
+                    "at_risk": 0,
+                    "reason": "not estimable",
+                }
+                for t in points
+            ],
+            "at_risk": [{"days": _num(t), "at_risk": 0} for t in [0.0, *points]],
+        }
+    fitter = km_fitter(times, flags, label, level)
+    return {
+        **base,
+        "estimable": True,
+        "reason": None,
+        **_median(fitter),
+        "timepoints": _at_times(fitter, points),
+        "at_risk": [{"days": _num(t), "at_risk": at_risk(fitter, t)} for t in [0.0, *points]],
+    }
+
+
+def km_in_months(
+    label: str,
+    durations: Sequence[float],
+    events: Sequence[bool],
+    *,
+    months: Sequence[int],
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """A KM summary at landmarks given in months, with times in both days and months."""
+    out = kaplan_meier(
+        durations,
+        events,
+        level=level,
+        timepoints_days=[m * DAYS_PER_MONTH for m in months],
+        label=label,
+    )
+    median = out["median_days"]
+    ci = out["median_ci"]
+    return {
+        **out,
+        "days_per_month": DAYS_PER_MONTH,
+        "median_months": _months(median),
+        "median_ci": {
+            **ci,
+            "lower_months": _months(ci["lower_days"]),
+            "upper_months": _months(ci["upper_days"]),
+        },
+        "timepoints": [
+            {"months": m, **point} for m, point in zip(months, out["timepoints"], strict=True)
+        ],
+    }
+
+
+def _months(days: float | None) -> float | None:
+    """Days as months for display, to 2 decimals (days stay the exact, 4-decimal figure)."""
+    return round(days / DAYS_PER_MONTH, 2) if days is not None else None

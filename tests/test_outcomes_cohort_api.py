@@ -1,0 +1,191 @@
+"""Cohort outcomes of NCT06088771 over HTTP: figures from posted FHIR, plots, caching, errors."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from scipy.stats import binomtest
+
+from tests.conftest import LiveServer
+from tests.helpers import bundle, entry
+
+UCUM = "http://unitsofmeasure.org"
+
+
+def _subject(
+    pid: str, *, dosed: bool, viable: int | None, died: str | None
+) -> list[dict[str, Any]]:
+    """One enrolled patient: Day 1 on 2025-03-10, lobectomy on Day 18, a visit on 2025-04-28."""
+    patient: dict[str, Any] = {"resourceType": "Patient", "id": pid, "gender": "female"}
+    if died:
+        patient["deceasedDateTime"] = died
+    ref = {"reference": f"Patient/{pid}"}
+    out: list[dict[str, Any]] = [
+        patient,
+        {
+            "resourceType": "ResearchSubject",
+            "id": f"{pid}-rs",
+            "status": "on-study",
+            "study": {"reference": "ResearchStudy/nct"},
+            "individual": ref,
+            "period": {"start": "2025-03-03"},
+        },
+        {
+            "resourceType": "Encounter",
+            "id": f"{pid}-visit",
+            "status": "finished",
+            "class": {"code": "AMB"},
+            "subject": ref,
+            "period": {"start": "2025-04-28", "end": "2025-04-28"},
+        },
+    ]
+    if not dosed:
+        return out
+    for drug, mg in (("Dupixent 300 MG", 300), ("Dupixent 300 MG", 300), ("cemiplimab", 350)):
+        out.append(
+            {
+                "resourceType": "MedicationAdministration",
+                "id": f"{pid}-dose-{len(out)}",
+                "status": "completed",
+                "medicationCodeableConcept": {"text": drug},
+                "subject": ref,
+                "effectiveDateTime": "2025-03-10T09:00:00-04:00",
+                "dosage": {"dose": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}},
+            }
+        )
+    out.append(
+        {
+            "resourceType": "Procedure",
+            "id": f"{pid}-lob",
+            "status": "completed",
+            "code": {"text": "Left lower lobectomy"},
+            "subject": ref,
+            "performedDateTime": "2025-03-27",
+        }
+    )
+    if viable is not None:
+        out.append(
+            {
+                "resourceType": "Observation",
+                "id": f"{pid}-viable",
+                "status": "final",
+                "code": {"text": "Percent viable tumor, primary"},
+                "subject": ref,
+                "effectiveDateTime": "2025-04-02",
+                "valueQuantity": {"value": viable, "unit": "%", "system": UCUM, "code": "%"},
+            }
+        )
+    return out
+
+
+STUDY = {
+    "resourceType": "ResearchStudy",
+    "id": "nct",
+    "status": "active",
+    "identifier": [{"value": "NCT06088771"}],
+}
+
+
+def _post(fhir: httpx.Client, resources: list[dict[str, Any]]) -> None:
+    body = bundle(
+        "transaction", *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in resources)
+    )
+    response = fhir.post("", content=body)
+    assert response.status_code == 200, response.text
+
+
+@pytest.fixture
+def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
+    """A client on /api/v1 over a store holding four enrolled subjects."""
+    _post(
+        fhir,
+        [
+            STUDY,
+            *_subject("a", dosed=True, viable=5, died=None),
+            *_subject("b", dosed=True, viable=50, died="2025-09-01T10:00:00Z"),
+            *_subject("c", dosed=True, viable=None, died=None),
+            *_subject("d", dosed=False, viable=None, died=None),
+        ],
+    )
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=120) as client:
+        yield client
+
+
+def _exact(k: int, n: int) -> tuple[float, float]:
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return round(float(ci.low), 4), round(float(ci.high), 4)
+
+
+def test_trial_cohort_outcomes_from_posted_fhir(api: httpx.Client) -> None:
+    """4 enrolled, 3 dosed, 3 operated on Day 18; MPR 1/3; 1 death; figures from stored events."""
+    response = api.get("/studies/NCT06088771/outcomes")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["study"] == {"id": "NCT06088771", "version": "1.0.0", "kind": "interventional"}
+    assert set(body["plots"]) == {"efs", "os", "swimmer"}
+    assert body["plots"]["os"]["svg"] == "/api/v1/studies/NCT06088771/outcomes/plots/os.svg"
+    out = body["outcomes"]
+    counts = out["counts"]
+    assert (counts["subjects"], counts["dosed"], counts["operated"]) == (4, 3, 3)
+    assert counts["with_response_assessment"] == 2
+    mpr = out["mpr"]
+    assert (mpr["met"], mpr["not_met"], mpr["not_evaluable"]) == (1, 1, 1)
+    assert (mpr["rate"]["successes"], mpr["rate"]["n"]) == (1, 3)
+    assert (mpr["rate"]["ci_lower"], mpr["rate"]["ci_upper"]) == _exact(1, 3)
+    assert (mpr["evaluable_rate"]["successes"], mpr["evaluable_rate"]["n"]) == (1, 2)
+    assert out["feasibility"]["successes"] == 3
+    assert out["time_to_surgery"]["median_days"] == 17
+    assert (out["os"]["n"], out["os"]["events"], out["os"]["censored"]) == (3, 1, 2)
+    assert len(out["swimmer"]) == 3
+
+
+def test_report_follows_new_data(api: httpx.Client, fhir: httpx.Client) -> None:
+    """The cached report is recomputed once a write changes the study's events."""
+    first = api.get("/studies/NCT06088771/outcomes").json()
+    assert api.get("/studies/NCT06088771/outcomes").json()["computed_at"] == first["computed_at"]
+    _post(fhir, _subject("e", dosed=True, viable=0, died=None))
+    second = api.get("/studies/NCT06088771/outcomes").json()["outcomes"]
+    assert (second["counts"]["subjects"], second["counts"]["dosed"]) == (5, 4)
+    assert second["mpr"]["rate"]["successes"] == 2
+
+
+@pytest.mark.parametrize("name", ["efs", "os", "swimmer"])
+def test_plots_render_as_png_and_svg(api: httpx.Client, name: str) -> None:
+    """Each figure is a real PNG and a parseable SVG, with an ETag that answers 304 when unchanged."""
+    png = api.get(f"/studies/NCT06088771/outcomes/plots/{name}.png")
+    assert png.status_code == 200, png.text
+    assert png.headers["content-type"] == "image/png"
+    assert png.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png.content) > 10_000
+    svg = api.get(f"/studies/NCT06088771/outcomes/plots/{name}.svg")
+    assert svg.headers["content-type"].startswith("image/svg+xml")
+    root = ET.fromstring(svg.content)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert len(root.findall(".//{http://www.w3.org/2000/svg}path")) > 10
+    again = api.get(
+        f"/studies/NCT06088771/outcomes/plots/{name}.svg",
+        headers={"If-None-Match": svg.headers["etag"]},
+    )
+    assert (again.status_code, again.content) == (304, b"")
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/studies/NCT06088771/outcomes/plots/kaplan.png", "plot_not_found"),
+        ("/studies/NCT06088771/outcomes/plots/os.gif", "plot_not_found"),
+        ("/studies/NCT06088771/outcomes/plots/os", "plot_not_found"),
+        ("/studies/cirae-dupilumab/outcomes/plots/swimmer.png", "plot_not_found"),
+        ("/studies/NCT0000/outcomes", "study_not_found"),
+        ("/studies/NCT0000/outcomes/plots/os.png", "study_not_found"),
+    ],
+)
+def test_unknown_plots_and_studies_are_404(api: httpx.Client, path: str, code: str) -> None:
+    """Unknown figures, formats and studies answer the documented error body."""
+    response = api.get(path)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == code

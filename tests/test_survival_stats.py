@@ -1,0 +1,186 @@
+"""Exact binomial CIs and Kaplan–Meier summaries: textbook formulas and hand-computed answers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from lifelines import KaplanMeierFitter
+from lifelines.utils import median_survival_times
+from scipy.stats import beta
+
+from service.survival import DECIMALS, at_risk, kaplan_meier, km_fitter, proportion_ci
+
+TOL = 0.5 * 10**-DECIMALS  # outputs are rounded to DECIMALS places
+
+
+def _clopper_pearson(k: int, n: int, level: float) -> tuple[float, float]:
+    """The textbook definition: beta quantiles, with the bound pinned at 0 / 1 at the edges."""
+    alpha = 1 - level
+    lower = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    upper = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lower, upper
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "level"),
+    [(0, 5, 0.95), (5, 5, 0.95), (1, 5, 0.95), (3, 12, 0.95), (7, 21, 0.9), (20, 21, 0.99)],
+)
+def test_clopper_pearson_matches_the_beta_quantile_definition(k: int, n: int, level: float) -> None:
+    """Exact CI bounds equal the beta-quantile formula, including 0/n and n/n."""
+    out = proportion_ci(k, n, level)
+    lower, upper = _clopper_pearson(k, n, level)
+    assert (out["successes"], out["n"], out["level"], out["method"]) == (
+        k,
+        n,
+        level,
+        "clopper-pearson",
+    )
+    assert out["rate"] == pytest.approx(k / n, abs=TOL)
+    assert out["ci_lower"] == pytest.approx(lower, abs=TOL)
+    assert out["ci_upper"] == pytest.approx(upper, abs=TOL)
+
+
+def test_clopper_pearson_closed_forms_at_the_edges() -> None:
+    """0/10: upper = 1 − 0.025^(1/10) = 0.3085; 10/10: lower = 0.025^(1/10) = 0.6915."""
+    none, all_ = proportion_ci(0, 10), proportion_ci(10, 10)
+    assert (none["rate"], none["ci_lower"], none["ci_upper"]) == (0.0, 0.0, 0.3085)
+    assert (all_["rate"], all_["ci_lower"], all_["ci_upper"]) == (1.0, 0.6915, 1.0)
+
+
+def test_proportion_with_no_subjects_says_why() -> None:
+    """n = 0: no rate and no CI, a reason instead of a division by zero."""
+    out = proportion_ci(0, 0)
+    assert (out["rate"], out["ci_lower"], out["ci_upper"]) == (None, None, None)
+    assert out["reason"] == "no subjects"
+
+
+@pytest.mark.parametrize(("k", "n"), [(-1, 3), (4, 3), (0, -1)])
+def test_proportion_rejects_impossible_counts(k: int, n: int) -> None:
+    """More successes than subjects (or negatives) is a caller bug."""
+    with pytest.raises(ValueError, match="successes"):
+        proportion_ci(k, n)
+
+
+# -- Kaplan–Meier ------------------------------------------------------------------------------------
+
+# Hand-computed product-limit case (censoring at a tied time comes after the event):
+#   t=2: 5 at risk, 1 event  -> S = 4/5           = 0.8
+#   t=3: 4 at risk, 1 event (+1 censored at 3) -> S = 0.8 * 3/4 = 0.6
+#   t=5: 2 at risk (5 and 8), 1 event -> S = 0.6 * 1/2 = 0.3
+#   t=8: censored, S stays 0.3. Median = first t with S <= 0.5 = 5.
+#   At risk (follow-up >= t): t=0 -> 5, t=4 -> 2, t=6 -> 1, t=9 -> 0 (beyond follow-up).
+HAND_T = [2.0, 3.0, 3.0, 5.0, 8.0]
+HAND_E = [True, True, False, True, False]
+
+
+def test_km_known_answer_by_hand() -> None:
+    """The product-limit estimate, median and numbers at risk of the hand-computed case."""
+    out = kaplan_meier(HAND_T, HAND_E, timepoints_days=[4, 6, 9])
+    assert (out["n"], out["events"], out["censored"], out["estimable"]) == (5, 3, 2, True)
+    assert (out["median_days"], out["median_reached"]) == (5.0, True)
+    assert [(p["days"], p["survival"], p["at_risk"], p["reason"]) for p in out["timepoints"]] == [
+        (4.0, 0.6, 2, None),
+        (6.0, 0.3, 1, None),
+        (9.0, None, 0, "beyond follow-up"),
+    ]
+    assert out["timepoints"][2]["ci_lower"] is None
+    assert out["at_risk"] == [
+        {"days": 0.0, "at_risk": 5},
+        {"days": 4.0, "at_risk": 2},
+        {"days": 6.0, "at_risk": 1},
+        {"days": 9.0, "at_risk": 0},
+    ]
+
+
+def test_km_agrees_with_lifelines_fitted_in_the_test() -> None:
+    """Median, its CI and landmark survival with CI agree with lifelines on the same data."""
+    durations = [5, 12, 30, 30, 41, 60, 75, 90, 120, 150, 200, 240]
+    events = [True, False, True, True, False, True, False, True, True, True, True, False]
+    times = [10.0, 45.0, 100.0, 230.0]
+    out = kaplan_meier(durations, events, level=0.9, timepoints_days=times, label="efs")
+    reference = KaplanMeierFitter(alpha=0.1).fit(durations, events)
+    ci = median_survival_times(reference.confidence_interval_).iloc[0].tolist()
+    assert out["median_days"] == pytest.approx(reference.median_survival_time_)
+    assert out["median_ci"]["lower_days"] == pytest.approx(ci[0])
+    assert out["median_ci"]["upper_days"] == pytest.approx(ci[1])
+    assert out["median_ci"]["note"] is None
+    for point, t in zip(out["timepoints"], times, strict=True):
+        s = reference.survival_function_.loc[:t].iloc[-1, 0]  # right-continuous step
+        band = reference.confidence_interval_.loc[:t].iloc[-1]
+        assert point["survival"] == pytest.approx(s, abs=TOL)
+        assert point["ci_lower"] == pytest.approx(band.iloc[0], abs=TOL)
+        assert point["ci_upper"] == pytest.approx(band.iloc[1], abs=TOL)
+        assert point["at_risk"] == sum(1 for d in durations if d >= t)
+
+
+def test_km_median_not_reached() -> None:
+    """One early event in four: S stays at 0.75, so no median and the upper bound is unknown."""
+    out = kaplan_meier([10, 20, 30, 40], [True, False, False, False], timepoints_days=[25])
+    assert (out["median_days"], out["median_reached"]) == (None, False)
+    assert out["median_ci"]["upper_days"] is None
+    assert "upper" in out["median_ci"]["note"]
+    assert out["timepoints"][0]["survival"] == 0.75
+    json.dumps(out, allow_nan=False)
+
+
+def test_km_all_censored() -> None:
+    """No events: survival 1 throughout, no median, neither median bound."""
+    out = kaplan_meier([3, 7, 9], [False, False, False], timepoints_days=[5])
+    assert (out["events"], out["censored"], out["median_days"]) == (0, 3, None)
+    assert (out["median_ci"]["lower_days"], out["median_ci"]["upper_days"]) == (None, None)
+    assert out["median_ci"]["note"].startswith("lower and upper")
+    point = out["timepoints"][0]
+    assert (point["survival"], point["ci_lower"], point["ci_upper"], point["at_risk"]) == (
+        1.0,
+        1.0,
+        1.0,
+        2,
+    )
+    json.dumps(out, allow_nan=False)
+
+
+def test_km_all_events_at_once_has_no_nan() -> None:
+    """Survival falling to 0 is where variance formulas give NaN; the output must stay JSON."""
+    out = kaplan_meier([4, 4], [True, True], timepoints_days=[2, 4])
+    assert [p["survival"] for p in out["timepoints"]] == [1.0, 0.0]
+    assert out["median_days"] == 4.0
+    json.dumps(out, allow_nan=False)
+
+
+def test_km_without_subjects_is_not_estimable() -> None:
+    """n = 0 gives the same keys, all empty, and a reason; never an exception or NaN."""
+    out = kaplan_meier([], [], timepoints_days=[365.25])
+    assert (out["n"], out["estimable"], out["median_days"], out["median_reached"]) == (
+        0,
+        False,
+        None,
+        False,
+    )
+    assert out["reason"] == "no subjects: not estimable"
+    assert out["timepoints"][0]["survival"] is None
+    assert out["at_risk"] == [{"days": 0.0, "at_risk": 0}, {"days": 365.25, "at_risk": 0}]
+    json.dumps(out, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    ("durations", "events", "message"),
+    [
+        ([1.0, 2.0], [True], "2 durations but 1"),
+        ([-1.0], [True], ">= 0"),
+        ([math.nan], [True], ">= 0"),
+    ],
+)
+def test_km_rejects_bad_input(durations: list[float], events: list[bool], message: str) -> None:
+    """Mismatched lengths, negative or NaN times fail loudly rather than as NaN output."""
+    with pytest.raises(ValueError, match=message):
+        kaplan_meier(durations, events)
+
+
+def test_fitter_and_at_risk_for_plots() -> None:
+    """The shared fitter carries label and level; at_risk counts follow-up >= t."""
+    fitter = km_fitter(HAND_T, HAND_E, "efs", 0.9)
+    assert fitter.survival_function_.columns.tolist() == ["efs"]
+    assert fitter.alpha == pytest.approx(0.1)
+    assert [at_risk(fitter, t) for t in (0, 2, 2.5, 3, 3.5, 8, 8.5)] == [5, 5, 4, 4, 2, 1, 0]
