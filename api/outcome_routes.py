@@ -14,6 +14,7 @@ router = APIRouter(prefix="/api/v1", tags=["outcomes"], responses=ERRORS)
 
 
 def _reports(request: Request) -> CohortReports:
+    """The app's cohort-report cache (built at start-up)."""
     reports: CohortReports = request.app.state.reports
     return reports
 

@@ -339,16 +339,25 @@ class CohortOutcomesOut(BaseModel):
         ],
     )
     outcomes: dict[str, Any] = Field(
+        description="NCT06088771: counts, mpr, pcr, time_to_surgery, feasibility, safety, efs, os, "
+        "subjects, swimmer. cirae-dupilumab: groups, resolution, matching, cox, survival, km_groups.",
         examples=[
             {
                 "mpr": {
-                    "successes": 3,
-                    "n": 6,
-                    "rate": 0.5,
-                    "ci_lower": 0.1181,
-                    "ci_upper": 0.8819,
+                    "met": 1,
+                    "not_met": 1,
+                    "not_evaluable": 1,
+                    "rate": {
+                        "successes": 1,
+                        "n": 3,
+                        "rate": 0.3333,
+                        "ci_lower": 0.0084,
+                        "ci_upper": 0.9057,
+                        "level": 0.95,
+                        "method": "clopper-pearson",
+                    },
                 },
-                "os": {"n": 6, "events": 1, "median_days": None, "median_reached": False},
+                "os": {"n": 3, "events": 1, "censored": 2, "median_days": None},
             }
-        ]
+        ],
     )

@@ -48,7 +48,8 @@ class _Report:
     rendered: dict[tuple[str, str], Figure] = field(default_factory=dict)
 
 
-def _km(curves: Curves, title: str) -> Callable[[Format], bytes]:
+def _km(curves: Curves, title: str, origin: str = "Day 1") -> Callable[[Format], bytes]:
+    """A deferred KM figure: drawn on the first request for it, then kept with the report."""
     return lambda fmt: km_plot(curves, title=title, fmt=fmt)
 
 
@@ -82,7 +83,7 @@ class CohortReports:
     def __init__(self, engine: Engine, protocols: dict[str, Protocol]) -> None:
         self.engine = engine
         self.protocols = protocols
-        self._lock = threading.Lock()
+        self._locks = {study_id: threading.Lock() for study_id in protocols}
         self._cache: dict[str, tuple[tuple[Any, ...], _Report]] = {}
 
     def outcomes(self, study_id: str) -> dict[str, Any]:
@@ -124,29 +125,32 @@ class CohortReports:
         return figure
 
     def _report(self, protocol: Protocol) -> _Report:
-        """The cached report while the data is unchanged; else recomputed (one at a time)."""
-        with self._lock:
-            stamp = read(self.engine, lambda s: event_store.fingerprint(s, protocol.id))
+        """The cached report while the data is unchanged; else recomputed once per study."""
+        stamp = read(self.engine, lambda s: event_store.fingerprint(s, protocol.id))
+        cached = self._cache.get(protocol.id)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        with self._locks[protocol.id]:  # concurrent requests wait for one computation
             cached = self._cache.get(protocol.id)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
             stamp, rows, events = read(self.engine, lambda s: _load(s, protocol.id))
-            if isinstance(protocol, TrialProtocol):
-                report = trial_report(
-                    protocol,
-                    [
-                        CohortInput(r.subject_id, r.status, r.day1, events[r.patient_id])
-                        for r in rows
-                    ],
-                )
-            else:
-                report = cirae_report(
-                    protocol,
-                    [CohortPatient(r.patient_id, r.subject_id, events[r.patient_id]) for r in rows],
-                )
+            report = _compute(protocol, rows, events)
             report.body["computed_at"] = iso_utc(utcnow())
             self._cache[protocol.id] = (stamp, report)
             return report
+
+
+def _compute(protocol: Protocol, rows: list[Any], events: dict[str, Any]) -> _Report:
+    """The study's report from its subject rows and their events."""
+    if isinstance(protocol, TrialProtocol):
+        return trial_report(
+            protocol,
+            [CohortInput(r.subject_id, r.status, r.day1, events[r.patient_id]) for r in rows],
+        )
+    return cirae_report(
+        protocol, [CohortPatient(r.patient_id, r.subject_id, events[r.patient_id]) for r in rows]
+    )
 
 
 def _load(session: Session, study_id: str) -> tuple[tuple[Any, ...], list[Any], dict[str, Any]]:

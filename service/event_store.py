@@ -347,9 +347,16 @@ def study_subjects(session: Session, study_id: str) -> list[Any]:
 
 
 def fingerprint(session: Session, study_id: str) -> tuple[Any, ...]:
-    """Changes whenever any event or any of the study's subjects changes (a cache key)."""
+    """Moves whenever the study's subjects or any of their events change (a cache key).
+
+    Event ids are never reused (migration 0005), so a replaced event raises the id sum even when
+    the count stays; a removed one lowers the count. Subjects: count and latest change.
+    """
     e, s = _EVENT.c, _SUBJECT.c
-    events = session.execute(select(func.count(), func.max(e.pk))).one()
+    members = select(s.patient_id).where(s.study_id == study_id)
+    events = session.execute(
+        select(func.count(), func.coalesce(func.sum(e.pk), 0)).where(e.patient_id.in_(members))
+    ).one()
     subjects = session.execute(
         select(func.count(), func.max(s.updated_at)).where(s.study_id == study_id)
     ).one()

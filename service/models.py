@@ -120,6 +120,7 @@ class TrialEventRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_trial_event_patient_day", "patient_id", "first_day"),
         Index("ix_trial_event_source", "source_type", "source_id"),
+        {"sqlite_autoincrement": True},  # ids never reused: caches see replaced events (0005)
     )
 
     pk: int | None = Field(default=None, primary_key=True)

@@ -19,16 +19,9 @@ from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import SourceRef, TrialEvent
 from fhir_mapping.events.registry import map_resource
 from fhir_mapping.validation import validate_resource
-from service.cirae_analysis import (
-    Interval,
-    build_design,
-    cirae_outcomes,
-    cox_model,
-    km_groups,
-    reference_level,
-    tv_intervals,
-)
+from service.cirae_analysis import cirae_outcomes, km_groups
 from service.cirae_cohort import CohortPatient, build_cohort
+from service.cirae_cox import Interval, build_design, cox_model, reference_level, tv_intervals
 from service.cirae_model import CirAESubject, Group, Resolution
 from service.protocol import CohortProtocol, load_protocols
 from service.terminology_files import build_terminology

@@ -153,6 +153,23 @@ def test_report_follows_new_data(api: httpx.Client, fhir: httpx.Client) -> None:
     assert second["mpr"]["rate"]["successes"] == 2
 
 
+def test_report_follows_an_update_of_the_newest_resource(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Re-deriving the newest event rows (same count, same last id on SQLite) invalidates too."""
+    resources = _subject("e", dosed=True, viable=0, died=None)
+    viable = next(r for r in resources if r["id"] == "e-viable")
+    _post(fhir, [r for r in resources if r is not viable])
+    _post(fhir, [viable])  # its event is now the newest row
+    before = api.get("/studies/NCT06088771/outcomes").json()["outcomes"]
+    assert before["mpr"]["rate"]["successes"] == 2
+    changed = {**viable, "valueQuantity": {**viable["valueQuantity"], "value": 60}}
+    assert fhir.put("Observation/e-viable", json=changed).status_code == 200
+    after = api.get("/studies/NCT06088771/outcomes").json()["outcomes"]
+    assert after["mpr"]["rate"]["successes"] == 1
+    assert (after["mpr"]["met"], after["mpr"]["not_met"]) == (1, 2)
+
+
 @pytest.mark.parametrize("name", ["efs", "os", "swimmer"])
 def test_plots_render_as_png_and_svg(api: httpx.Client, name: str) -> None:
     """Each figure is a real PNG and a parseable SVG, with an ETag that answers 304 when unchanged."""

@@ -65,7 +65,7 @@ def test_image_command_serves_a_fresh_sqlite_database(tmp_path: Path) -> None:
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
-        assert ready.json() == {"status": "ready", "schema_revision": "0004"}
+        assert ready.json() == {"status": "ready", "schema_revision": "0005"}
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
         assert (tmp_path / "var" / "trialbridge.db").is_file()
     finally:
