@@ -300,6 +300,16 @@ class TimeToEventOut(BaseModel):
     event_type: str | None = Field(examples=["death", "progression_or_recurrence"])
     date: str | None
     evidence: Evidence | None
+    reason: str | None = Field(
+        default=None,
+        description="Why `days` is null (a death before Day 1, a death without a date)",
+        examples=["death recorded before Day 1 (2025-03-01)"],
+    )
+    imputed_from: str | None = Field(
+        default=None,
+        description="The partial death date as recorded when `date` was imputed from it",
+        examples=["2025-09"],
+    )
 
 
 class SubjectOutcomesOut(BaseModel):

@@ -5,20 +5,50 @@ Decisions (each also noted where it is made):
 * Time origin: ICB initiation is `membership.cohort_membership`'s Day 1 (the earliest administration
   or order of an ICB carrying a day-precision date), so the cohort and the service agree on who is
   in the study. The protocol's membership value sets must therefore be exactly its ICB classes.
-* Timing uses day-precision dates only (a month or a year cannot say whether it falls before or
-  after a day), except "known to be before/on a day": a coarser date counts when its last possible
-  day is before/on that day (Charlson history, stage).
-* cirAE onset on the ICB start day counts as after initiation; dupilumab on the cirAE onset day
-  counts as after onset.
+* Who is reported: a patient with no ICB at all is not in the cohort. Every ICB-treated patient is
+  either a subject or an `Exclusion` with the first reason found, checked in this order: ICB only
+  coarsely dated (no time origin); death without a date; death before ICB start; cirAE group
+  indeterminate; dupilumab only before cirAE onset; undated dupilumab.
+* Dates: a date is the interval of days it can mean ([first, last]; one day for a day or a time).
+  "Known on or before a day" means last <= that day (Charlson history, stage, cancer type).
+* cirAE onset: a cirAE is after ICB initiation when its whole interval is on or after ICB start
+  (the ICB start day itself counts as after); its onset is then the interval's first day (a month-
+  only onset on the first of that month: the earliest it can be). Wholly before → not the cirAE. An
+  interval containing ICB start, or no date, makes the group indeterminate (excluded) unless another
+  cirAE is known to start on or after ICB start, which is then the index cirAE.
+* Dupilumab: each administration, order or statement is an exposure interval from its date's first
+  day to its end's last day (no end: its date's last day, i.e. only the day or interval recorded).
+  Exposure reaching cirAE onset → dupilumab group, dupilumab_start = max(exposure start, onset);
+  exposure only between ICB start and onset → excluded ("dupilumab before cirAE onset": neither
+  group of CLINICAL.md); exposure that ended before ICB start (and before onset) is history and
+  ignored; an undated dupilumab record with no exposure reaching onset → excluded (control 1 cannot
+  be shown); no cirAE → control 2 whatever dupilumab was given.
 * Resolution is read from the index cirAE only: Condition.clinicalStatus, or AdverseEvent.outcome,
   looked up in the protocol's resolution table; no status, or one the table does not list → "none"
   (CLINICAL.md: "otherwise none"). Subjects without a cirAE have no resolution (None).
-* Glucocorticoid exposure starts on or after ICB initiation and no later than the same calendar date
-  `window_years` later (29 Feb → 28 Feb); an unknown route counts as systemic, only "local" is out.
+* Glucocorticoids: an exposure with a day-precision start counts when [start, end] overlaps
+  [ICB start, the same calendar date `window_years` later] (29 Feb → 28 Feb), from max(start, ICB
+  start): a course running at ICB start counts from ICB start. An open-ended order or statement (no
+  end) is its start day only, so it counts only when it starts inside the window (its length is
+  unknown, and assuming it ran on would date any old prescription from ICB start). An unknown route
+  counts as systemic, only "local" is out; a start coarser than a day cannot time the covariate.
 * Age is (ICB start − birth date) / 365.25 days; a birth date known only to the month or year is
-  taken at the middle of that month or year.
-* last_seen is the latest start date of any event, never before ICB initiation; a death with no
-  day-precision date leaves `death` None (the subject is then censored at last_seen).
+  taken at the middle of that month or year; a birth date after ICB start (a negative age) is a data
+  error and gives None.
+* last_seen is the latest day-precision fact, never before ICB start: not the Patient's birth date
+  (demographics), not a death, and not a request (an order, plan or proposal: its date can be a
+  planned start, not a day the patient was seen); a subject who died has last_seen >= death.
+* Death: the earliest dated death. A partial date (year or month) is imputed as the first day of its
+  interval not before the last fact inside it: max(first, min(last fact, last)) (the patient was
+  alive on their last recorded fact). A death before ICB start, or a death with no date at all
+  (deceasedBoolean), excludes the patient: neither can give an OS interval from ICB start.
+* Race keys on the first OMB category code (e.g. "2106-3"); without one, a display or text naming an
+  OMB category (any case) maps to that category's code, other text is case-folded, so "White",
+  "white" and "2106-3" are one category. Matching stays exact on that key.
+* Cancer type: the latest primary malignancy (not C44 skin, not secondary C77–C79/C7B) known to be
+  diagnosed on or before ICB start; else the earliest one that may be diagnosed within 90 days after
+  ICB start (a diagnosis made during the ICB work-up); else "unknown". Undated diagnoses cannot be
+  placed and are not used.
 * Ties (same day) are broken by the source reference, so the result does not depend on event order.
 """
 
@@ -41,12 +71,24 @@ from service.protocol import CohortProtocol
 
 _DRUG_KINDS = frozenset({EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE})
 _CIRAE_KINDS = frozenset({EventKind.CONDITION, EventKind.ADVERSE_EVENT})
+# Kinds that are not a day the patient was seen: the birth date, and the death (imputed from facts).
+_NOT_FACTS = frozenset({EventKind.DEMOGRAPHICS, EventKind.DEATH})
 _STAGE = re.compile(r"IV|III|II|I|0")
-# Malignant neoplasm categories (C00–C97, and ICD-10-CM's primary neuroendocrine C7A) and the
-# secondary ones that are never the primary cancer (C77–C79, and ICD-10-CM's secondary C7B).
+# Malignant neoplasm categories (C00–C97, and ICD-10-CM's primary neuroendocrine C7A); the ones that
+# are never the cancer treated: non-melanoma skin (C44) and secondary ones (C77–C79, ICD-10-CM C7B).
 _PRIMARY = re.compile(r"C(?:\d\d|7A)")
-_SECONDARY = frozenset({"C77", "C78", "C79", "C7B"})
+_NOT_CANCER_TYPE = frozenset({"C44", "C77", "C78", "C79", "C7B"})
+# Choice: a primary cancer first diagnosed up to 90 days after ICB start is the one being treated.
+_CANCER_AFTER_ICB_DAYS = 90
 _DAYS_PER_YEAR = 365.25
+# The five OMB race categories (US Core ombCategory, urn:oid:2.16.840.1.113883.6.238), by name.
+_OMB_RACE = {
+    "american indian or alaska native": "1002-5",
+    "asian": "2028-9",
+    "black or african american": "2054-5",
+    "native hawaiian or other pacific islander": "2076-8",
+    "white": "2106-3",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +101,44 @@ class CohortPatient:
 
 
 @dataclass(frozen=True, slots=True)
+class Exclusion:
+    """An ICB-treated patient left out of the analysis and why: no patient disappears silently."""
+
+    subject_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CohortBuild:
+    """The analysis records and the ICB-treated patients excluded from them, each by subject id."""
+
+    subjects: tuple[CirAESubject, ...]
+    excluded: tuple[Exclusion, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _Draft:
     """A cohort subject before the batched Charlson call, with the codes that call needs."""
 
     subject: CirAESubject
     history_codes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Dated:
+    """An event and the day the analysis gives it (cirAE onset, dupilumab start)."""
+
+    event: TrialEvent
+    day: dt.date
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """The days a drug exposure can cover, so exposure running across a boundary is seen."""
+
+    event: TrialEvent
+    first: dt.date
+    last: dt.date
 
 
 # -- small helpers -------------------------------------------------------------------------------
@@ -99,6 +174,11 @@ def _first_day(events: Iterable[TrialEvent]) -> dt.date | None:
     return _day(first) if first is not None else None
 
 
+def _earliest_dated(found: Iterable[_Dated]) -> _Dated | None:
+    """The earliest of several dated choices, ties broken by source."""
+    return min(found, key=lambda d: (d.day, _source_key(d.event.source)), default=None)
+
+
 def _known_on_or_before(date: PartialDate | None, day: dt.date) -> bool:
     """Whether every day the recorded date can mean is on or before `day`."""
     return date is not None and date.last <= day
@@ -115,6 +195,19 @@ def _add_years(day: dt.date, years: int) -> dt.date:
 def _drugs(events: Iterable[TrialEvent], valueset: str) -> list[TrialEvent]:
     """Administrations and orders/statements of a drug value set."""
     return [e for e in events if e.kind in _DRUG_KINDS and valueset in e.concept_ids]
+
+
+def _span(event: TrialEvent) -> _Span | None:
+    """From the date's first day to the end's (else the date's) last day; None when undated."""
+    if event.date is None:
+        return None
+    stop = event.end if event.end is not None else event.date
+    return _Span(event, event.date.first, max(event.date.first, stop.last))
+
+
+def _is_request(event: TrialEvent) -> bool:
+    """An order, plan or proposal: its date may be a planned start, not a day of contact."""
+    return isinstance(event.values.get("intent"), str)
 
 
 # -- ICB -----------------------------------------------------------------------------------------
@@ -145,26 +238,45 @@ def _icb_type(protocol: CohortProtocol, events: Sequence[TrialEvent], start: dt.
         for label, valueset in labelled
         if (first := _first_day(_drugs(events, valueset))) is not None and first <= limit
     ]
-    assert started, "ICB initiation is an ICB-class event, so one class always starts"
+    if not started:
+        raise ValueError(
+            f"{protocol.id}: ICB started on {start} but no ICB class starts by {limit}"
+        )
     return started[0] if len(started) == 1 else "combination"
 
 
 # -- cirAE and dupilumab ---------------------------------------------------------------------------
 
 
+def _cirae_events(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> list[TrialEvent]:
+    """Conditions and AdverseEvents in the protocol's cirAE value set, dated or not."""
+    valueset = protocol.cohort.cirae_valueset
+    return [e for e in events if e.kind in _CIRAE_KINDS and valueset in e.concept_ids]
+
+
 def _index_cirae(
     protocol: CohortProtocol, events: Sequence[TrialEvent], icb_start: dt.date
-) -> TrialEvent | None:
-    """The earliest cirAE (Condition or AdverseEvent), on or after ICB start when the protocol says so."""
-    candidates = [
-        e
-        for e in events
-        if e.kind in _CIRAE_KINDS
-        and protocol.cohort.cirae_valueset in e.concept_ids
-        and (day := _day(e)) is not None
-        and (not protocol.cohort.cirae_onset_after_icb or day >= icb_start)
-    ]
-    return _earliest(candidates)
+) -> _Dated | None:
+    """The earliest cirAE wholly on/after ICB start (if the protocol says so), at its first day."""
+    after_only = protocol.cohort.cirae_onset_after_icb
+    return _earliest_dated(
+        _Dated(e, e.date.first)
+        for e in _cirae_events(protocol, events)
+        if e.date is not None and (not after_only or e.date.first >= icb_start)
+    )
+
+
+def _indeterminate_cirae(
+    protocol: CohortProtocol, events: Sequence[TrialEvent], icb_start: dt.date
+) -> str | None:
+    """Why a cirAE neither before nor after ICB start leaves the group unknown, else None."""
+    dates = [e.date for e in _cirae_events(protocol, events)]
+    if any(date is None for date in dates):
+        return "cirAE without a date: group indeterminate"
+    after_only = protocol.cohort.cirae_onset_after_icb
+    if after_only and any(d is not None and d.first < icb_start <= d.last for d in dates):
+        return "cirAE dated only to a month or year containing ICB start: group indeterminate"
+    return None
 
 
 def _resolution(protocol: CohortProtocol, cirae: TrialEvent) -> Resolution:
@@ -176,15 +288,38 @@ def _resolution(protocol: CohortProtocol, cirae: TrialEvent) -> Resolution:
     return protocol.cohort.resolution.get(status, "none")
 
 
+def _dupilumab_spans(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> list[_Span]:
+    """Every dated dupilumab exposure as the days it can cover."""
+    given = _drugs(events, protocol.cohort.treatment_valueset)
+    return [s for e in given if (s := _span(e)) is not None]
+
+
 def _dupilumab(
     protocol: CohortProtocol, events: Sequence[TrialEvent], onset: dt.date
-) -> TrialEvent | None:
-    """The first dupilumab administration or order on or after cirAE onset."""
+) -> _Dated | None:
+    """The first dupilumab exposure reaching cirAE onset, started no earlier than onset."""
+    return _earliest_dated(
+        _Dated(s.event, max(s.first, onset))
+        for s in _dupilumab_spans(protocol, events)
+        if s.last >= onset
+    )
+
+
+def _dupilumab_before_onset(
+    protocol: CohortProtocol, events: Sequence[TrialEvent], icb_start: dt.date, onset: dt.date
+) -> bool:
+    """Dupilumab between ICB start and cirAE onset: exposure CLINICAL.md's groups do not allow."""
+    origin = min(icb_start, onset)
+    return any(origin <= s.last < onset for s in _dupilumab_spans(protocol, events))
+
+
+def _undated_dupilumab(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> bool:
+    """Whether a dupilumab record has no date, so control 1 ('no dupilumab') cannot be shown."""
     given = _drugs(events, protocol.cohort.treatment_valueset)
-    return _earliest(e for e in given if (day := _day(e)) is not None and day >= onset)
+    return any(e.date is None for e in given)
 
 
-def _group(cirae: TrialEvent | None, dupilumab: TrialEvent | None) -> Group:
+def _group(cirae: _Dated | None, dupilumab: _Dated | None) -> Group:
     """dupilumab after a cirAE; a cirAE without it → control 1; no cirAE → control 2."""
     if cirae is None:
         return "control_2"
@@ -204,27 +339,37 @@ def _demographics(events: Sequence[TrialEvent]) -> Mapping[str, Any]:
 
 
 def _text(value: Any) -> str | None:
-    """A non-blank string, else None."""
-    return value if isinstance(value, str) and value.strip() else None
+    """A non-blank string, stripped, else None."""
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _race_key(label: str) -> str:
+    """An OMB category name (any case) as its code, other text case-folded: one key per race."""
+    folded = " ".join(label.split()).casefold()
+    return _OMB_RACE.get(folded, folded)
 
 
 def _race(demographics: Mapping[str, Any]) -> str | None:
-    """The first OMB race category (display, else code), else the race text."""
-    for category in demographics.get("race") or ():
-        if isinstance(category, dict):
-            label = _text(category.get("display")) or _text(category.get("code"))
-            if label is not None:
-                return label
-    return _text(demographics.get("race_text"))
+    """The first OMB category code; else the first display, else the race text, as a key."""
+    categories = [c for c in demographics.get("race") or () if isinstance(c, dict)]
+    for category in categories:
+        if (code := _text(category.get("code"))) is not None:
+            return code
+    for category in categories:
+        if (display := _text(category.get("display"))) is not None:
+            return _race_key(display)
+    text = _text(demographics.get("race_text"))
+    return _race_key(text) if text is not None else None
 
 
 def _age_years(demographics: Mapping[str, Any], icb_start: dt.date) -> float | None:
-    """Age at ICB start; a month- or year-only birth date is taken at its middle."""
+    """Age at ICB start (month/year birth: its middle); None when unknown or negative (bad data)."""
     birth = parse_partial_date(demographics.get("birth_date"))
     if birth is None:
         return None
     middle = birth.first + (birth.last - birth.first) / 2
-    return (icb_start - middle).days / _DAYS_PER_YEAR
+    days = (icb_start - middle).days
+    return days / _DAYS_PER_YEAR if days >= 0 else None
 
 
 # -- history: Charlson codes, cancer type, stage --------------------------------------------------
@@ -247,23 +392,28 @@ def _history_codes(events: Sequence[TrialEvent], icb_start: dt.date) -> tuple[st
 
 
 def _primary_category(code: str) -> str | None:
-    """The 3-character category of a primary malignancy code (C00–C97 without C77–C79)."""
+    """The 3-character category of a primary malignancy that can be the cancer type, else None."""
     category = normalise_code(code)[:3]
-    if not _PRIMARY.fullmatch(category) or category in _SECONDARY or category > "C97":
+    if not _PRIMARY.fullmatch(category) or category in _NOT_CANCER_TYPE or category > "C97":
         return None
     return category
 
 
-def _cancer_type(events: Sequence[TrialEvent]) -> str:
-    """The earliest-diagnosed primary malignancy's ICD-10 category; 'unknown' when there is none."""
-    found = [
-        (e.date.first if e.date else dt.date.max, category)  # undated diagnoses go last
+def _cancer_type(events: Sequence[TrialEvent], icb_start: dt.date) -> str:
+    """The cancer treated: latest primary known by ICB start, else first within 90 days after."""
+    dated = [
+        (e.date, _source_key(e.source), category)
         for e in events
-        if e.kind is EventKind.CONDITION
+        if e.kind is EventKind.CONDITION and e.date is not None
         for code in _icd10(e)
         if (category := _primary_category(code)) is not None
     ]
-    return min(found)[1] if found else "unknown"
+    before = [d for d in dated if d[0].last <= icb_start]
+    if before:
+        return max(before, key=lambda d: (d[0].sort_key(), d[1], d[2]))[2]
+    horizon = icb_start + dt.timedelta(days=_CANCER_AFTER_ICB_DAYS)
+    soon = [d for d in dated if d[0].first <= horizon]
+    return min(soon, key=lambda d: (d[0].sort_key(), d[1], d[2]))[2] if soon else "unknown"
 
 
 def _collapse_stage(group: Any) -> str | None:
@@ -317,43 +467,94 @@ def _stage(events: Sequence[TrialEvent], icb_start: dt.date) -> str:
 def _glucocorticoid_start(
     protocol: CohortProtocol, events: Sequence[TrialEvent], icb_start: dt.date
 ) -> dt.date | None:
-    """First systemic glucocorticoid from ICB start to `window_years` later (the Cox covariate)."""
+    """First day of systemic glucocorticoid exposure in [ICB start, +window] (the Cox covariate)."""
     settings = protocol.cohort.glucocorticoid
-    end = _add_years(icb_start, settings.window_years)
-    given = [
-        e
+    window_end = _add_years(icb_start, settings.window_years)
+    starts = [
+        max(s.first, icb_start)
         for e in _drugs(events, settings.valueset)
         if not (settings.systemic_only and e.values.get("route_class") == "local")
-        and (day := _day(e)) is not None
-        and icb_start <= day <= end
+        and _day(e) is not None
+        and (s := _span(e)) is not None
+        and s.first <= window_end
+        and s.last >= icb_start
     ]
-    return _first_day(given)
+    return min(starts, default=None)
 
 
-def _death(events: Sequence[TrialEvent]) -> dt.date | None:
-    """The recorded day of death (a death without a day cannot end an OS interval)."""
-    return _first_day(e for e in events if e.kind is EventKind.DEATH)
-
-
-def _last_seen(events: Sequence[TrialEvent], icb_start: dt.date) -> dt.date:
-    """The latest day any event happened, never before ICB initiation (OS censoring)."""
-    days = [d for e in events if (d := _day(e)) is not None]
+def _last_fact(events: Sequence[TrialEvent], icb_start: dt.date) -> dt.date:
+    """The latest day the patient is known to have been seen, never before ICB initiation."""
+    days = [
+        d
+        for e in events
+        if e.kind not in _NOT_FACTS and not _is_request(e) and (d := _day(e)) is not None
+    ]
     return max([icb_start, *days])
+
+
+def _impute_death(date: PartialDate, last_fact: dt.date) -> dt.date:
+    """The first day of the interval not before the last fact in it (the patient was alive then)."""
+    return max(date.first, min(last_fact, date.last))
+
+
+def _death(events: Sequence[TrialEvent], last_fact: dt.date) -> dt.date | None:
+    """The earliest dated death, a partial date imputed; None when no death has a date."""
+    return min(
+        (
+            _impute_death(e.date, last_fact)
+            for e in events
+            if e.kind is EventKind.DEATH and e.date is not None
+        ),
+        default=None,
+    )
+
+
+def _undated_death(events: Sequence[TrialEvent]) -> bool:
+    """Whether a death is recorded without a (readable) date, e.g. deceasedBoolean."""
+    return any(e.kind is EventKind.DEATH and e.date is None for e in events)
 
 
 # -- assembly ----------------------------------------------------------------------------------------
 
 
-def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | None:
-    """Everything about one patient, Charlson still 0; None when no ICB was started."""
+def _exclusion_reason(
+    protocol: CohortProtocol,
+    events: Sequence[TrialEvent],
+    icb_start: dt.date,
+    death: dt.date | None,
+    cirae: _Dated | None,
+    dupilumab: _Dated | None,
+) -> str | None:
+    """Why an ICB-treated patient cannot be analysed (the first reason found), else None."""
+    if death is None and _undated_death(events):
+        return "death recorded without a date"
+    if death is not None and death < icb_start:
+        return "death before ICB start"
+    if cirae is None:
+        return _indeterminate_cirae(protocol, events, icb_start)
+    if dupilumab is None and _dupilumab_before_onset(protocol, events, icb_start, cirae.day):
+        return "dupilumab before cirAE onset"
+    if dupilumab is None and _undated_dupilumab(protocol, events):
+        return "dupilumab without a date: group indeterminate"
+    return None
+
+
+def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclusion | None:
+    """One patient as a subject (Charlson still 0) or an exclusion; None when no ICB was given."""
     events = _canonical(patient.events)
     facts = cohort_membership(protocol, events)
-    if facts is None or facts.day1 is None:
+    if facts is None:
         return None
+    if facts.day1 is None:
+        return Exclusion(patient.subject_id, "ICB without a day-precision date: no time origin")
     start = facts.day1
+    last_fact = _last_fact(events, start)
+    death = _death(events, last_fact)
     cirae = _index_cirae(protocol, events, start)
-    onset = _day(cirae) if cirae is not None else None
-    dupilumab = _dupilumab(protocol, events, onset) if onset is not None else None
+    dupilumab = _dupilumab(protocol, events, cirae.day) if cirae is not None else None
+    reason = _exclusion_reason(protocol, events, start, death, cirae, dupilumab)
+    if reason is not None:
+        return Exclusion(patient.subject_id, reason)
     demographics = _demographics(events)
     subject = CirAESubject(
         patient_id=patient.patient_id,
@@ -365,29 +566,42 @@ def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | None:
         race=_race(demographics),
         age_years=_age_years(demographics, start),
         charlson=0,
-        cancer_type=_cancer_type(events),
+        cancer_type=_cancer_type(events, start),
         stage=_stage(events, start),
-        cirae_onset=onset,
-        resolution=_resolution(protocol, cirae) if cirae is not None else None,
-        dupilumab_start=_day(dupilumab) if dupilumab is not None else None,
+        cirae_onset=cirae.day if cirae is not None else None,
+        resolution=_resolution(protocol, cirae.event) if cirae is not None else None,
+        dupilumab_start=dupilumab.day if dupilumab is not None else None,
         glucocorticoid_start=_glucocorticoid_start(protocol, events, start),
-        death=_death(events),
-        last_seen=_last_seen(events, start),
-        evidence=(facts.evidence[0], *(e.source for e in (cirae, dupilumab) if e is not None)),
+        death=death,
+        last_seen=max(last_fact, death) if death is not None else last_fact,
+        evidence=(
+            facts.evidence[0],
+            *(d.event.source for d in (cirae, dupilumab) if d is not None),
+        ),
     )
     return _Draft(subject, _history_codes(events, start))
 
 
-def build_cohort(protocol: CohortProtocol, patients: Sequence[CohortPatient]) -> list[CirAESubject]:
-    """Every ICB-treated patient as an analysis record, sorted by subject id (one Charlson batch)."""
+def build_cohort_report(protocol: CohortProtocol, patients: Sequence[CohortPatient]) -> CohortBuild:
+    """Every ICB-treated patient as a subject or a reported exclusion, by subject id."""
     _check_membership(protocol)
     dupes = sorted(i for i, n in Counter(p.subject_id for p in patients).items() if n > 1)
     if dupes:
         raise ValueError(f"duplicate subject ids: {dupes}")
-    drafts = [d for p in patients if (d := _subject(protocol, p)) is not None]
+    outcomes = [o for p in patients if (o := _subject(protocol, p)) is not None]
+    drafts = [o for o in outcomes if isinstance(o, _Draft)]
+    excluded = [o for o in outcomes if isinstance(o, Exclusion)]
     charlson = charlson_indices(
         {d.subject.subject_id: d.history_codes for d in drafts},
         protocol.cohort.charlson_weighting,
     )
     subjects = [replace(d.subject, charlson=charlson[d.subject.subject_id]) for d in drafts]
-    return sorted(subjects, key=lambda s: s.subject_id)
+    return CohortBuild(
+        subjects=tuple(sorted(subjects, key=lambda s: s.subject_id)),
+        excluded=tuple(sorted(excluded, key=lambda x: x.subject_id)),
+    )
+
+
+def build_cohort(protocol: CohortProtocol, patients: Sequence[CohortPatient]) -> list[CirAESubject]:
+    """The subjects of `build_cohort_report`, for callers that do not report exclusions."""
+    return list(build_cohort_report(protocol, patients).subjects)

@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from service import event_store
 from service.cirae_analysis import cirae_outcomes
-from service.cirae_cohort import CohortPatient, build_cohort
+from service.cirae_cohort import CohortPatient, build_cohort_report
 from service.errors import ApiError
 from service.fhir_time import iso_utc, utcnow
 from service.plots import km_plot, swimmer_plot
@@ -48,20 +48,21 @@ class _Report:
     rendered: dict[tuple[str, str], Figure] = field(default_factory=dict)
 
 
-def _km(curves: Curves, title: str, origin: str = "Day 1") -> Callable[[Format], bytes]:
+def _km(curves: Curves, title: str, level: float, origin: str) -> Callable[[Format], bytes]:
     """A deferred KM figure: drawn on the first request for it, then kept with the report."""
-    return lambda fmt: km_plot(curves, title=title, fmt=fmt)
+    return lambda fmt: km_plot(curves, title=title, fmt=fmt, level=level, origin=origin)
 
 
 def trial_report(protocol: TrialProtocol, subjects: Sequence[CohortInput]) -> _Report:
     """NCT06088771: cohort figures, KM of EFS and OS, and the swimmer plot."""
     figures, data = cohort_report(protocol, subjects)
+    level = data.level
     efs, os_ = data.km["efs"], data.km["os"]
     return _Report(
         figures,
         {
-            "efs": _km([efs], f"{protocol.id}: event-free survival from Day 1"),
-            "os": _km([os_], f"{protocol.id}: overall survival from Day 1"),
+            "efs": _km([efs], f"{protocol.id}: event-free survival", level, "Day 1"),
+            "os": _km([os_], f"{protocol.id}: overall survival", level, "Day 1"),
             "swimmer": lambda fmt: swimmer_plot(data.swimmer, fmt=fmt),
         },
     )
@@ -69,12 +70,18 @@ def trial_report(protocol: TrialProtocol, subjects: Sequence[CohortInput]) -> _R
 
 def cirae_report(protocol: CohortProtocol, patients: Sequence[CohortPatient]) -> _Report:
     """The cirAE cohort: groups, resolution, matching, Cox models, KM of OS by group."""
-    figures = cirae_outcomes(protocol, build_cohort(protocol, patients))
+    built = build_cohort_report(protocol, patients)
+    figures = cirae_outcomes(protocol, built.subjects)
+    figures["excluded"] = {
+        "n": len(built.excluded),
+        "subjects": [{"subject_id": e.subject_id, "reason": e.reason} for e in built.excluded],
+    }
     curves: Curves = [
         (g["label"], g["durations_days"], g["events"]) for g in figures["km_groups"] if g["events"]
     ]
     title = "Overall survival from ICB initiation, by group"
-    return _Report(figures, {"os": _km(curves, title)})
+    level = float(protocol.cohort.confidence_level)
+    return _Report(figures, {"os": _km(curves, title, level, "ICB initiation")})
 
 
 class CohortReports:

@@ -13,6 +13,8 @@ from typing import Literal, NamedTuple
 
 import matplotlib as mpl
 import numpy as np
+import numpy.typing as npt
+from lifelines import KaplanMeierFitter
 from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -49,6 +51,7 @@ class _Marker(NamedTuple):
     colour: str
     size: float
     label: str
+    edge: str = "white"  # a white rim separates filled markers from the bar; glyphs need their own
 
 
 MARKERS = {
@@ -57,6 +60,7 @@ MARKERS = {
     "event": _Marker("D", "#D55E00", 8, "Progression/recurrence"),
     "death": _Marker("X", "#000000", 9, "Death"),
     "ongoing": _Marker(">", "#444444", 8, "Alive at last follow-up"),
+    "unknown": _Marker("$?$", "#000000", 10, "EFS/OS time unknown (see listing)", "#000000"),
 }
 
 
@@ -125,6 +129,31 @@ def _at_risk_table(
             table.text(tick, y, str(count), transform=where, ha="center", va="center")
 
 
+class KmSteps(NamedTuple):
+    """What one KM curve draws: step times in the plotted unit, survival and its CI band."""
+
+    x: npt.NDArray[np.float64]
+    survival: npt.NDArray[np.float64]
+    lower: npt.NDArray[np.float64]
+    upper: npt.NDArray[np.float64]
+
+
+def km_steps(fitter: KaplanMeierFitter, scale: float) -> KmSteps:
+    """The curve and band at the fitter's own level, so the band drawn is the one asked for."""
+    band = fitter.confidence_interval_.to_numpy(dtype=float)
+    return KmSteps(
+        fitter.survival_function_.index.to_numpy(dtype=float) / scale,
+        fitter.survival_function_.to_numpy(dtype=float)[:, 0],
+        band[:, 0],
+        band[:, 1],
+    )
+
+
+def axis_label(origin: str, time_unit: str) -> str:
+    """The x-axis label: the time origin differs by study (Day 1, ICB initiation)."""
+    return f"Time since {origin} ({time_unit})"
+
+
 def km_plot(
     curves: Sequence[tuple[str, Sequence[float], Sequence[bool]]],
     *,
@@ -132,8 +161,13 @@ def km_plot(
     fmt: Format,
     time_unit: str = "months",
     level: float = 0.95,
+    origin: str = "Day 1",
 ) -> bytes:
-    """Kaplan–Meier curve(s) with CI bands, censor ticks and a numbers-at-risk table (days in)."""
+    """Kaplan–Meier curve(s) with CI bands, censor ticks and a numbers-at-risk table (days in).
+
+    `level` is the CI level of the bands (the caller passes its protocol's); `origin` names the
+    time origin on the x axis (Day 1 for the trial, ICB initiation for the cirAE cohort).
+    """
     scale = _scale(time_unit)
     drawn = [(label, km_fitter(d, e, label, level)) for label, d, e in curves if len(d) > 0]
     if not drawn:
@@ -144,14 +178,14 @@ def km_plot(
     table = fig.add_subplot(grid[1], sharex=ax)
     for i, (label, fitter) in enumerate(drawn):
         colour = PALETTE[i % len(PALETTE)]
-        times = fitter.survival_function_.index.to_numpy(dtype=float)
-        x = times / scale
-        band = fitter.confidence_interval_.to_numpy(dtype=float)
+        steps = km_steps(fitter, scale)
         n, events = len(fitter.durations), int(fitter.event_observed.sum())
-        ax.fill_between(x, band[:, 0], band[:, 1], step="post", color=colour, alpha=0.15, lw=0)
+        ax.fill_between(
+            steps.x, steps.lower, steps.upper, step="post", color=colour, alpha=0.15, lw=0
+        )
         ax.step(
-            x,
-            fitter.survival_function_.to_numpy(dtype=float)[:, 0],
+            steps.x,
+            steps.survival,
             where="post",
             color=colour,
             lw=2,
@@ -174,7 +208,7 @@ def km_plot(
     ax.xaxis.set_major_locator(_locator(time_unit, ax.get_xlim()[1]))
     ticks = [float(t) for t in ax.get_xticks() if 0 <= t <= ax.get_xlim()[1]]
     ax.set_xticks(ticks)
-    ax.set_xlabel(f"Time since Day 1 ({time_unit})")
+    ax.set_xlabel(axis_label(origin, time_unit))
     ax.set_ylabel("Survival probability")
     ax.set_title(title)
     _tidy(ax)
@@ -224,7 +258,7 @@ def swimmer_plot(
             marker=style.marker,
             color=style.colour,
             ms=style.size,
-            mec="white",
+            mec=style.edge,
             mew=0.6,
             zorder=3,
             clip_on=False,  # a Day-1 dose sits on the axis; don't cut it in half
@@ -245,11 +279,13 @@ def swimmer_plot(
             mark("death", [row.death_day], y)
         elif row.os_censored:
             mark("ongoing", [_end(row)], y)
+        if row.problem is not None:
+            mark("unknown", [_end(row)], y)
     ax.set_yticks(range(len(rows)), [r.subject_id for r in reversed(rows)])
     ax.set_ylim(-0.7, len(rows) - 0.3)
     longest = max(_end(r) for r in rows) / scale
     ax.set_xlim(0, longest * 1.06 if longest > 0 else 1.0)
-    ax.set_xlabel(f"Time since Day 1 ({time_unit})")
+    ax.set_xlabel(axis_label("Day 1", time_unit))
     ax.set_ylabel("Subject")
     ax.set_title(title)
     _tidy(ax)

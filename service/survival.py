@@ -105,14 +105,24 @@ def _median(fitter: KaplanMeierFitter) -> dict[str, Any]:
     }
 
 
+def _reached_zero(fitter: KaplanMeierFitter) -> bool:
+    """The curve ended at 0: everyone had the event, so S(t) = 0 is known for every later t."""
+    return float(fitter.survival_function_.iloc[-1, 0]) == 0.0
+
+
 def _at_times(fitter: KaplanMeierFitter, times: Sequence[float]) -> list[dict[str, Any]]:
-    """Survival with CI at each time; past the last follow-up the curve says nothing."""
+    """Survival with CI at each time; past a censored last follow-up the curve says nothing.
+
+    Past the last observation the estimate is only known when that observation ended the curve
+    at 0 (an event with no one left at risk): it stays 0, with lifelines' band there, [0, 0].
+    """
     last = float(fitter.durations.max())
+    known_after_last = _reached_zero(fitter)
     estimates = fitter.survival_function_at_times(list(times)).tolist()
     bands = fitter.confidence_interval_.reindex(list(times), method="ffill")
     out = []
     for t, s, (lo, hi) in zip(times, estimates, bands.itertuples(index=False), strict=True):
-        beyond = t > last
+        beyond = t > last and not known_after_last
         out.append(
             {
                 "days": _num(t),

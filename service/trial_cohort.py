@@ -3,7 +3,10 @@
 Pure functions: the caller loads each subject's events and Day 1; nothing here reads the store.
 Analysis population: dosed subjects (Day 1 known = at least one study-drug administration).
 Proportions carry exact (Clopper–Pearson) CIs at the protocol's confidence level; time-to-event
-endpoints are Kaplan–Meier estimates from Day 1 (see service.survival).
+endpoints are Kaplan–Meier estimates from Day 1 (see service.survival). A subject whose time to
+event is unknown (death recorded before Day 1, death without a date) stays out of that curve and
+is listed, with the reason, under the endpoint's `excluded`. Safety figures count
+treatment-emergent AEs (service.outcomes.treatment_emergent); pre-dose AEs are counted apart.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from fhir_mapping.events.model import EventKind, TrialEvent
-from service.outcomes import last_data_point, subject_outcomes
+from service.outcomes import TREATMENT_EMERGENT, last_data_point, subject_outcomes
 from service.protocol import TrialProtocol
 from service.survival import km_in_months, proportion_ci
 
@@ -48,6 +51,7 @@ class SwimmerRow:
     death_day: int | None
     os_censored: bool
     mpr: str
+    problem: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The wire shape."""
@@ -62,6 +66,7 @@ class SwimmerRow:
             "death_day": self.death_day,
             "os_censored": self.os_censored,
             "mpr": self.mpr,
+            "problem": self.problem,
         }
 
 
@@ -75,10 +80,11 @@ class KmCurve(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class CohortPlotData:
-    """What the figures need: KM curves keyed "efs"/"os" and one swimmer row per dosed subject."""
+    """What the figures need: KM curves keyed "efs"/"os", swimmer rows, and the CI level."""
 
     km: Mapping[str, KmCurve]
     swimmer: tuple[SwimmerRow, ...]
+    level: float = 0.95
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +163,19 @@ def _grade_key(item: Mapping[str, Any]) -> str:
     return str(grade) if grade is not None else "unknown"
 
 
+def _emergent(e: _Evaluated) -> list[Mapping[str, Any]]:
+    """A dosed subject's treatment-emergent AEs (the ones the safety figures count)."""
+    return [i for i in e.out["safety"]["adverse_events"] if i["treatment_emergent"]]
+
+
+def _pre_dose(e: _Evaluated) -> int:
+    """How many of a dosed subject's AEs started before Day 1."""
+    return int(e.out["safety"]["pre_dose"])
+
+
 def _safety(protocol: TrialProtocol, dosed: list[_Evaluated], level: float) -> dict[str, Any]:
-    """AE table by CTCAE grade (subjects by worst grade, event counts) and the grade ≥ N rate."""
-    per_subject = [list(e.out["safety"]["adverse_events"]) for e in dosed]
+    """Treatment-emergent AE table by CTCAE grade, the grade ≥ N rate, pre-dose AEs apart."""
+    per_subject = [_emergent(e) for e in dosed]
     worst = Counter(w for items in per_subject if (w := _worst(items)) is not None)
     events = Counter(_grade_key(i) for items in per_subject for i in items)
     in_window = Counter(_grade_key(i) for items in per_subject for i in items if i["within_window"])
@@ -167,8 +183,9 @@ def _safety(protocol: TrialProtocol, dosed: list[_Evaluated], level: float) -> d
     high = sum(1 for items in per_subject if any((_grade_of(i) or 0) >= threshold for i in items))
     return {
         "population": POPULATION,
-        "note": "worst grade per subject; a subject with graded and ungraded AEs counts by the "
-        "worst known grade",
+        "treatment_emergent_definition": TREATMENT_EMERGENT,
+        "note": "treatment-emergent AEs only; worst grade per subject; a subject with graded and "
+        "ungraded AEs counts by the worst known grade",
         "by_grade": [
             {
                 "grade": g,
@@ -184,13 +201,21 @@ def _safety(protocol: TrialProtocol, dosed: list[_Evaluated], level: float) -> d
         "window_days_after_last_dose": protocol.schedule.ae_window_days,
         "high_grade_min": threshold,
         "subjects_high_grade": proportion_ci(high, len(dosed), level),
+        "pre_dose_events": sum(_pre_dose(e) for e in dosed),
+        "subjects_with_pre_dose_ae": sum(1 for e in dosed if _pre_dose(e)),
     }
 
 
+def _timed(tte: Mapping[str, Any]) -> bool:
+    """A time to event a KM curve can take: the days are known (a death's may not be)."""
+    return tte["days"] is not None
+
+
 def _curve(dosed: list[_Evaluated], key: str, label: str) -> KmCurve:
-    """Durations and event flags of one endpoint, in subject order."""
-    durations = tuple(float(e.out[key]["days"]) for e in dosed)
-    return KmCurve(label, durations, tuple(bool(e.out[key]["event"]) for e in dosed))
+    """Durations and event flags of one endpoint, in subject order, timed subjects only."""
+    timed = [e.out[key] for e in dosed if _timed(e.out[key])]
+    durations = tuple(float(t["days"]) for t in timed)
+    return KmCurve(label, durations, tuple(bool(t["event"]) for t in timed))
 
 
 def _curves(dosed: list[_Evaluated]) -> dict[str, KmCurve]:
@@ -198,6 +223,25 @@ def _curves(dosed: list[_Evaluated]) -> dict[str, KmCurve]:
     return {
         "efs": _curve(dosed, "efs", "Event-free survival"),
         "os": _curve(dosed, "os", "Overall survival"),
+    }
+
+
+def _excluded(dosed: list[_Evaluated], key: str) -> list[dict[str, Any]]:
+    """Dosed subjects left out of one KM curve, each with the reason."""
+    return [
+        {"subject_id": e.subject.subject_id, "reason": e.out[key]["reason"]}
+        for e in dosed
+        if not _timed(e.out[key])
+    ]
+
+
+def _km_section(
+    dosed: list[_Evaluated], key: str, curve: KmCurve, months: Sequence[int], level: float
+) -> dict[str, Any]:
+    """One endpoint's KM summary, with the subjects it could not include."""
+    return {
+        **km_in_months(*curve, months=months, level=level),
+        "excluded": _excluded(dosed, key),
     }
 
 
@@ -217,10 +261,14 @@ def _dose_days(protocol: TrialProtocol, events: Sequence[TrialEvent], day1: dt.d
     )
 
 
-def _swimmer_row(protocol: TrialProtocol, e: _Evaluated) -> SwimmerRow:
+def _problem(efs: Mapping[str, Any], os_: Mapping[str, Any]) -> str | None:
+    """Why a subject's timeline lacks an EFS or OS time (the two reasons, once if the same)."""
+    reasons = dict.fromkeys(r for t in (efs, os_) if not _timed(t) and (r := t["reason"]))
+    return "; ".join(reasons) or None
+
+
+def _swimmer_row(protocol: TrialProtocol, e: _Evaluated, day1: dt.date) -> SwimmerRow:
     """One dosed subject's timeline, from the endpoints already computed."""
-    day1 = e.subject.day1
-    assert day1 is not None
     efs, os_ = e.out["efs"], e.out["os"]
     last = last_data_point(e.subject.events, day1)
     return SwimmerRow(
@@ -230,10 +278,18 @@ def _swimmer_row(protocol: TrialProtocol, e: _Evaluated) -> SwimmerRow:
         last_followup_day=(last[0] - day1).days if last else 0,
         efs_event_day=efs["days"] if efs["event"] else None,
         efs_event_type=efs["event_type"],
-        efs_censored=not efs["event"],
+        efs_censored=efs["censored"] is True,
         death_day=os_["days"] if os_["event"] else None,
-        os_censored=not os_["event"],
+        os_censored=os_["censored"] is True,
         mpr=e.out["mpr"]["result"],
+        problem=_problem(efs, os_),
+    )
+
+
+def _swimmer(protocol: TrialProtocol, dosed: list[_Evaluated]) -> tuple[SwimmerRow, ...]:
+    """One timeline per dosed subject (Day 1 known, so the row has an origin)."""
+    return tuple(
+        _swimmer_row(protocol, e, day1) for e in dosed if (day1 := e.subject.day1) is not None
     )
 
 
@@ -254,8 +310,9 @@ def _subject_row(e: _Evaluated) -> dict[str, Any]:
         "viable_pct": out["mpr"]["viable_pct"],
         "efs": _tte(out["efs"]),
         "os": _tte(out["os"]),
-        "adverse_events": len(safety["adverse_events"]) if safety else None,
-        "worst_ae_grade": _worst(safety["adverse_events"]) if safety else None,
+        "adverse_events": safety["treatment_emergent"] if safety else None,
+        "pre_dose_adverse_events": safety["pre_dose"] if safety else None,
+        "worst_ae_grade": _worst(_emergent(e)) if safety else None,
     }
 
 
@@ -263,7 +320,7 @@ def _tte(tte: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A time-to-event result without its evidence (the subject endpoint has that)."""
     if tte is None:
         return None
-    return {k: tte[k] for k in ("days", "event", "event_type", "date")}
+    return {k: tte[k] for k in ("days", "event", "event_type", "date", "reason", "imputed_from")}
 
 
 def cohort_outcomes(protocol: TrialProtocol, subjects: Sequence[CohortInput]) -> dict[str, Any]:
@@ -277,7 +334,7 @@ def cohort_report(
     """The figures and the plot inputs from one pass over the per-subject endpoints."""
     evaluated = _evaluate(protocol, subjects)
     dosed = [e for e in evaluated if e.dosed]
-    swimmer = tuple(_swimmer_row(protocol, e) for e in dosed)
+    swimmer = _swimmer(protocol, dosed)
     level = _level(protocol)
     window = protocol.schedule.surgery_window
     on_time = sum(1 for e in dosed if e.out["on_time_surgery"] is True)
@@ -320,12 +377,12 @@ def cohort_report(
             **proportion_ci(on_time, len(dosed), level),
         },
         "safety": _safety(protocol, dosed, level),
-        "efs": km_in_months(*curves["efs"], months=months, level=level),
-        "os": km_in_months(*curves["os"], months=months, level=level),
+        "efs": _km_section(dosed, "efs", curves["efs"], months, level),
+        "os": _km_section(dosed, "os", curves["os"], months, level),
         "subjects": [_subject_row(e) for e in evaluated],
         "swimmer": [row.to_json() for row in swimmer],
     }
-    return figures, CohortPlotData(km=curves, swimmer=swimmer)
+    return figures, CohortPlotData(km=curves, swimmer=swimmer, level=level)
 
 
 def cohort_plot_data(protocol: TrialProtocol, subjects: Sequence[CohortInput]) -> CohortPlotData:

@@ -47,6 +47,7 @@ def test_planted_glucocorticoid_hazard_ratio_through_the_service(
         assert gc["ci_lower"] > 1.0, gc
         matching = out["matching"][control_group]
         assert model["n_subjects"] == matching["sets"] + matching["matched_controls"]
+    assert out["excluded"] == {"n": 0, "subjects": []}
     survival = out["survival"]
     assert {g: s["n"] for g, s in survival.items()} == out["groups"]
     png = api.get("/studies/cirae-dupilumab/outcomes/plots/os.png")
@@ -56,13 +57,40 @@ def test_planted_glucocorticoid_hazard_ratio_through_the_service(
 
 
 def test_a_tiny_cohort_is_not_estimable_not_an_error(api: httpx.Client, fhir: httpx.Client) -> None:
-    """Six patients, none given dupilumab: both models say why they are not estimable; plots render."""
+    """Six patients without dupilumab and one excluded: models say why not estimable; plots render."""
     small = generate(6, seed=7)
     _post_all(fhir, small)
+    undated_death = {
+        "resourceType": "Patient",
+        "id": "undated-death",
+        "gender": "male",
+        "birthDate": "1950-01-01",
+        "deceasedBoolean": True,
+    }
+    icb = {
+        "resourceType": "MedicationAdministration",
+        "id": "undated-death-icb",
+        "status": "completed",
+        "medicationCodeableConcept": {"text": "pembrolizumab"},
+        "subject": {"reference": "Patient/undated-death"},
+        "effectiveDateTime": "2021-03-01",
+    }
+    body = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            for r in (undated_death, icb)
+        ],
+    }
+    assert fhir.post("", content=json.dumps(body)).status_code == 200
     response = api.get("/studies/cirae-dupilumab/outcomes")
     assert response.status_code == 200, response.text
     out = response.json()["outcomes"]
     assert out["groups"] == {"dupilumab": 0, "control_1": 3, "control_2": 3}
+    excluded = out["excluded"]
+    assert excluded["n"] == 1
+    assert excluded["subjects"][0]["reason"] == "death recorded without a date"
     for control_group in ("control_1", "control_2"):
         model = out["cox"][control_group]
         assert model["estimable"] is False

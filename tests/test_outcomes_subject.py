@@ -169,6 +169,8 @@ def test_efs_event_is_recurrence_and_os_is_censored_at_the_last_data_point() -> 
         "censored": False,
         "event_type": "progression_or_recurrence",
         "date": "2025-09-01",
+        "reason": None,
+        "imputed_from": None,
         "evidence": {
             "resource_type": "Observation",
             "id": "rec",
@@ -188,20 +190,105 @@ def test_death_is_an_event_for_both_efs_and_os() -> None:
     assert (out["efs"]["days"], out["efs"]["event"]) == (306, True)
 
 
+def _with_patient(**patient: Any) -> dict[str, Any]:
+    """The endpoints with extra Patient elements (e.g. a death) on the base subject."""
+    events = _events([dict(_base()[0], **patient), *_base()[1:]])
+    return subject_outcomes(NCT, events, DAY1)
+
+
+def _tte(out: dict[str, Any]) -> tuple[Any, ...]:
+    """The parts of a time-to-event result a KM curve depends on, and the reason."""
+    return (out["days"], out["event"], out["censored"], out["event_type"], out["date"])
+
+
+def test_death_before_day1_gives_no_time_and_says_why() -> None:
+    """A death 9 days before Day 1 cannot be a negative survival time: no time, and the reason."""
+    out = _with_patient(deceasedDateTime="2025-03-01")
+    for key in ("os", "efs"):
+        assert _tte(out[key]) == (None, True, None, "death", "2025-03-01")
+        assert out[key]["reason"] == "death recorded before Day 1 (2025-03-01)"
+        assert out[key]["imputed_from"] is None
+
+
+@pytest.mark.parametrize(
+    ("recorded", "date", "days"),
+    [
+        # last dated fact 2025-04-28 (the visit) lies in the interval: death not before it
+        ("2025", "2025-04-28", 49),
+        ("2025-04", "2025-04-28", 49),
+        # the interval starts after the last fact: its first day
+        ("2025-09", "2025-09-01", 175),
+        # the last fact is after the interval: clamped to the interval's last day
+        ("2025-03", "2025-03-31", 21),
+    ],
+)
+def test_partial_death_date_is_imputed_not_before_the_last_data_point(
+    recorded: str, date: str, days: int
+) -> None:
+    """Imputed day = max(first, min(last data point, last)); the recorded text is kept."""
+    out = _with_patient(deceasedDateTime=recorded)
+    for key in ("os", "efs"):
+        assert _tte(out[key]) == (days, True, False, "death", date)
+        assert (out[key]["reason"], out[key]["imputed_from"]) == (None, recorded)
+
+
+def test_partial_death_date_wholly_before_day1_is_reported() -> None:
+    """ "2024" ends on 2024-12-31, before Day 1 (2025-03-10): no time, and the recorded text."""
+    out = _with_patient(deceasedDateTime="2024")
+    assert _tte(out["os"]) == (None, True, None, "death", "2024-12-31")
+    assert (out["os"]["reason"], out["os"]["imputed_from"]) == (
+        "death recorded before Day 1 (2024)",
+        "2024",
+    )
+
+
+def test_death_without_a_date_is_an_event_on_an_unknown_day() -> None:
+    """deceasedBoolean: OS is an event with no day (not censored as if alive), and says why."""
+    out = _with_patient(deceasedBoolean=True)
+    for key in ("os", "efs"):
+        assert _tte(out[key]) == (None, True, None, "death", None)
+        assert out[key]["reason"] == "death date unknown"
+
+
+def test_undated_death_after_a_dated_recurrence_keeps_the_efs_time() -> None:
+    """The recurrence (175 days) was observed alive, so it is the EFS event; OS day unknown."""
+    recurrence = {
+        "resourceType": "Observation",
+        "id": "rec",
+        "status": "final",
+        "code": {"text": "Cancer disease status"},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2025-09-01",
+        "valueCodeableConcept": {"text": "Recurrence of disease"},
+    }
+    events = _events([dict(_base()[0], deceasedBoolean=True), *_base()[1:], recurrence])
+    out = subject_outcomes(NCT, events, DAY1)
+    assert _tte(out["efs"]) == (175, True, False, "progression_or_recurrence", "2025-09-01")
+    assert (out["os"]["days"], out["os"]["event"], out["os"]["reason"]) == (
+        None,
+        True,
+        "death date unknown",
+    )
+
+
+def _ae(rid: str, term: str, grade: str, when: str | None) -> dict[str, Any]:
+    """An AdverseEvent of the base patient with a CTCAE grade; `when` None leaves it undated."""
+    resource: dict[str, Any] = {
+        "resourceType": "AdverseEvent",
+        "id": rid,
+        "actuality": "actual",
+        "subject": {"reference": "Patient/p1"},
+        "event": {"text": term},
+        "extension": [{"url": GRADE, "valueCodeableConcept": {"coding": [{"code": grade}]}}],
+    }
+    if when is not None:
+        resource["date"] = when
+    return resource
+
+
 def test_safety_counts_grades_and_the_30_day_window() -> None:
     """AEs by CTCAE grade; grade ≥ 3; within 30 days after the last study-drug dose."""
-
-    def ae(rid: str, term: str, grade: str, when: str) -> dict[str, Any]:
-        return {
-            "resourceType": "AdverseEvent",
-            "id": rid,
-            "actuality": "actual",
-            "subject": {"reference": "Patient/p1"},
-            "event": {"text": term},
-            "date": when,
-            "extension": [{"url": GRADE, "valueCodeableConcept": {"coding": [{"code": grade}]}}],
-        }
-
+    ae = _ae
     out = _outcomes(
         ae("ae1", "Pneumonitis", "3", "2025-03-20"),
         ae("ae2", "Rash maculo-papular", "1", "2025-04-09"),
@@ -216,6 +303,33 @@ def test_safety_counts_grades_and_the_30_day_window() -> None:
         ("Rash maculo-papular", 31, True),
         ("Fatigue", 32, False),
     ]
+    assert (safety["treatment_emergent"], safety["pre_dose"]) == (3, 0)
+
+
+def test_safety_counts_treatment_emergent_aes_and_lists_pre_dose_ones() -> None:
+    """Pre-dose AEs (before Day 1, or a partial date wholly before it) are listed, not counted.
+
+    G3 on 2025-03-01 and G4 in "2025-02" are pre-dose; G2 on Day 11, G1 in "2025-03" (may be on
+    or after Day 1) and an undated G1 count as treatment-emergent (conservative choice).
+    """
+    out = _outcomes(
+        _ae("pre", "Cough", "3", "2025-03-01"),
+        _ae("te", "Pneumonitis", "2", "2025-03-20"),
+        _ae("feb", "Hypertension", "4", "2025-02"),
+        _ae("mar", "Fatigue", "1", "2025-03"),
+        _ae("undated", "Nausea", "1", None),
+    )
+    safety = out["safety"]
+    assert [(a["term"], a["date"], a["treatment_emergent"]) for a in safety["adverse_events"]] == [
+        ("Cough", "2025-03-01", False),
+        ("Pneumonitis", "2025-03-20", True),
+        ("Hypertension", None, False),
+        ("Fatigue", None, True),
+        ("Nausea", None, True),
+    ]
+    assert safety["by_grade"] == {"1": 2, "2": 1}
+    assert (safety["grade_3_or_higher"], safety["within_window"]) == (0, 1)
+    assert (safety["treatment_emergent"], safety["pre_dose"]) == (3, 2)
 
 
 def test_without_day1_only_time_free_endpoints_are_given() -> None:
@@ -271,3 +385,48 @@ def test_subject_outcomes_endpoint(api: httpx.Client, fhir: httpx.Client) -> Non
     cohort = api.get(f"/studies/cirae-dupilumab/subjects/{subject_id}/outcomes")
     assert cohort.status_code == 404
     assert cohort.json()["error"]["code"] == "not_applicable"
+
+
+def test_cohort_endpoint_answers_with_a_death_before_day1(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """A posted death dated before Day 1 once made the cohort 500; now it is listed, not fitted."""
+    study = {
+        "resourceType": "ResearchStudy",
+        "id": "rs",
+        "status": "active",
+        "identifier": [{"value": "NCT06088771"}],
+    }
+    subject = {
+        "resourceType": "ResearchSubject",
+        "id": "sub",
+        "status": "on-study",
+        "study": {"reference": "ResearchStudy/rs"},
+        "individual": {"reference": "Patient/p1"},
+        "period": {"start": "2025-03-03"},
+    }
+    patient = dict(_base()[0], deceasedDateTime="2025-03-01")
+    resources: list[dict[str, Any]] = [study, subject, patient, *_base()[1:]]
+    body = bundle(
+        "transaction", *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in resources)
+    )
+    assert fhir.post("", content=body).status_code == 200
+    response = api.get("/studies/NCT06088771/outcomes")
+    assert response.status_code == 200, response.text
+    out = response.json()["outcomes"]
+    subject_id = out["subjects"][0]["subject_id"]
+    reason = "death recorded before Day 1 (2025-03-01)"
+    for key in ("os", "efs"):
+        assert (out[key]["n"], out[key]["estimable"]) == (0, False)
+        assert out[key]["excluded"] == [{"subject_id": subject_id, "reason": reason}]
+    for name in ("os.svg", "swimmer.png"):
+        assert api.get(f"/studies/NCT06088771/outcomes/plots/{name}").status_code == 200
+    single = api.get(f"/studies/NCT06088771/subjects/{subject_id}/outcomes")
+    assert single.status_code == 200, single.text
+    os_ = single.json()["os"]
+    assert (os_["days"], os_["event"], os_["censored"], os_["date"]) == (
+        None,
+        True,
+        None,
+        "2025-03-01",
+    )

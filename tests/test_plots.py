@@ -8,9 +8,12 @@ import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy.stats import norm
 
-from service.plots import km_plot, swimmer_plot
+from service.plots import km_plot, km_steps, swimmer_plot
+from service.survival import km_fitter
 from service.trial_cohort import SwimmerRow
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -75,6 +78,32 @@ def test_km_in_days_uses_the_unit() -> None:
         km_plot([EFS], title="EFS", fmt="svg", time_unit="fortnights")
 
 
+def test_km_axis_names_the_time_origin() -> None:
+    """The cirAE cohort counts from ICB initiation, not Day 1; Day 1 stays the default."""
+    text = _texts(km_plot([OS], title="OS", fmt="svg", origin="ICB initiation"))
+    assert "Time since ICB initiation (months)" in text
+    assert "Time since Day 1" not in text
+
+
+def _log_log_band(s: float, greenwood: float, level: float) -> tuple[float, float]:
+    """The textbook exponential Greenwood (log(-log)) pointwise CI of a KM estimate."""
+    z = float(norm.ppf(1 - (1 - level) / 2))
+    spread = z * np.sqrt(greenwood / np.log(s) ** 2)
+    return s ** np.exp(spread), s ** np.exp(-spread)
+
+
+@pytest.mark.parametrize("level", [0.8, 0.95])
+def test_km_band_is_drawn_at_the_requested_level(level: float) -> None:
+    """Five subjects, one event at 2: S = 0.8, Greenwood sum 1/(5·4); the band follows `level`."""
+    steps = km_steps(km_fitter([2.0, 4.0, 6.0, 8.0, 10.0], [True] + [False] * 4, "x", level), 1.0)
+    lower, upper = _log_log_band(0.8, 1 / 20, level)
+    assert steps.x.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    assert steps.survival.tolist() == pytest.approx([1.0, 0.8, 0.8, 0.8, 0.8, 0.8])
+    assert steps.lower[1:].tolist() == pytest.approx([lower] * 5)
+    assert steps.upper[1:].tolist() == pytest.approx([upper] * 5)
+    assert f"{level:.0%} CI" in _texts(km_plot([EFS], title="EFS", fmt="svg", level=level))
+
+
 def test_svg_and_png_are_deterministic() -> None:
     """Rendering twice gives identical bytes (fixed hash salt, no date, no version text)."""
     assert km_plot([EFS, OS], title="t", fmt="svg") == km_plot([EFS, OS], title="t", fmt="svg")
@@ -103,6 +132,16 @@ def test_swimmer_png_and_svg() -> None:
         assert label in text
     assert "s1" in text
     assert "s4" in text
+
+
+def test_swimmer_marks_a_subject_without_an_efs_or_os_time() -> None:
+    """A death before Day 1 or without a date gets a '?' marker and a legend entry."""
+    row = SwimmerRow(
+        "s9", (0,), None, 30, None, None, False, None, False, "not_evaluable", "death date unknown"
+    )
+    text = _texts(swimmer_plot([*ROWS, row], fmt="svg"))
+    assert "EFS/OS time unknown (see listing)" in text
+    assert "EFS/OS time unknown" not in _texts(swimmer_plot(ROWS, fmt="svg"))
 
 
 def test_swimmer_without_rows_says_no_data() -> None:

@@ -10,7 +10,15 @@ from lifelines import KaplanMeierFitter
 from lifelines.utils import median_survival_times
 from scipy.stats import beta
 
-from service.survival import DECIMALS, at_risk, kaplan_meier, km_fitter, proportion_ci
+from service.survival import (
+    DAYS_PER_MONTH,
+    DECIMALS,
+    at_risk,
+    kaplan_meier,
+    km_fitter,
+    km_in_months,
+    proportion_ci,
+)
 
 TOL = 0.5 * 10**-DECIMALS  # outputs are rounded to DECIMALS places
 
@@ -147,6 +155,57 @@ def test_km_all_events_at_once_has_no_nan() -> None:
     assert [p["survival"] for p in out["timepoints"]] == [1.0, 0.0]
     assert out["median_days"] == 4.0
     json.dumps(out, allow_nan=False)
+
+
+@pytest.mark.parametrize(
+    ("durations", "events", "later"),
+    [
+        # one subject, event at 10: S = 0 from day 10 on
+        ([10.0], [True], 365.25),
+        # 2 E, 5 C, 9 E: S = 2/3 after 2, then 0 at 9 (1 at risk, 1 event)
+        ([2.0, 5.0, 9.0], [True, False, True], 20.0),
+    ],
+)
+def test_km_landmark_after_the_curve_reached_zero_is_zero(
+    durations: list[float], events: list[bool], later: float
+) -> None:
+    """Once everyone has had the event S stays 0: a later landmark is 0 with CI [0, 0]."""
+    point = kaplan_meier(durations, events, timepoints_days=[later])["timepoints"][0]
+    assert (point["survival"], point["ci_lower"], point["ci_upper"]) == (0.0, 0.0, 0.0)
+    assert (point["at_risk"], point["reason"]) == (0, None)
+
+
+def test_km_12_month_survival_of_one_early_death_is_zero() -> None:
+    """durations [10], events [True]: 12-month survival is 0.0, not None."""
+    out = km_in_months("os", [10.0], [True], months=[12])
+    assert out["timepoints"] == [
+        {
+            "months": 12,
+            "days": 365.25,
+            "survival": 0.0,
+            "ci_lower": 0.0,
+            "ci_upper": 0.0,
+            "at_risk": 0,
+            "reason": None,
+        }
+    ]
+    assert (out["median_days"], out["days_per_month"]) == (10.0, DAYS_PER_MONTH)
+
+
+@pytest.mark.parametrize(
+    ("durations", "events"),
+    [
+        ([10.0], [False]),  # last observation censored
+        ([5.0, 5.0], [True, False]),  # event and censoring tied last: S = 0.5 stays above 0
+    ],
+)
+def test_km_landmark_after_a_censored_last_observation_is_beyond_follow_up(
+    durations: list[float], events: list[bool]
+) -> None:
+    """Past a censored last follow-up the curve says nothing: None with the reason."""
+    point = kaplan_meier(durations, events, timepoints_days=[30])["timepoints"][0]
+    assert (point["survival"], point["ci_lower"], point["ci_upper"]) == (None, None, None)
+    assert (point["at_risk"], point["reason"]) == (0, "beyond follow-up")
 
 
 def test_km_without_subjects_is_not_estimable() -> None:

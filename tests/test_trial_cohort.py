@@ -39,11 +39,17 @@ def _on(days: int) -> str:
 class Subject:
     """Builds one patient's FHIR resources, each id prefixed by the patient id."""
 
-    def __init__(self, pid: str, deceased_after: int | None = None) -> None:
+    def __init__(
+        self, pid: str, deceased_after: int | None = None, *, deceased: str | bool | None = None
+    ) -> None:
         self.pid = pid
         patient: dict[str, Any] = {"resourceType": "Patient", "id": pid, "gender": "male"}
         if deceased_after is not None:
             patient["deceasedDateTime"] = _on(deceased_after)
+        if isinstance(deceased, str):
+            patient["deceasedDateTime"] = deceased
+        elif deceased is not None:
+            patient["deceasedBoolean"] = deceased
         self.resources: list[dict[str, Any]] = [patient]
 
     def _add(self, rtype: str, **body: Any) -> Subject:
@@ -257,6 +263,7 @@ def test_adverse_event_table_by_worst_grade() -> None:
         "unknown": 0,
     }
     assert (safety["events"], safety["events_within_window"], safety["high_grade_min"]) == (7, 4, 3)
+    assert (safety["pre_dose_events"], safety["subjects_with_pre_dose_ae"]) == (0, 0)
     _assert_rate(safety["subjects_with_any_ae"], 4, 5)
     _assert_rate(safety["subjects_high_grade"], 2, 5)
     assert [r["worst_ae_grade"] for r in OUT["subjects"]] == ["3", "2", None, "2", "4", None]
@@ -278,6 +285,7 @@ def test_event_free_survival_kaplan_meier() -> None:
         (60, 1826.25, None, 0),
     ]
     assert efs["timepoints"][1]["reason"] == "beyond follow-up"
+    assert efs["excluded"] == []
 
 
 def test_overall_survival_kaplan_meier() -> None:
@@ -303,6 +311,8 @@ def test_swimmer_rows_and_plot_inputs() -> None:
     assert data.swimmer[4] == SwimmerRow(
         "s5", (0,), None, 92, 20, "progression_or_recurrence", False, 92, False, "not_evaluable"
     )
+    assert data.swimmer[2].problem is None
+    assert data.level == 0.95
     assert data.km["efs"].durations == (375.0, 266.0, 58.0, 184.0, 20.0)
     assert data.km["efs"].events == (False, True, False, False, True)
     assert data.km["os"].events == (False, True, False, False, True)
@@ -335,3 +345,104 @@ def test_duplicate_subject_ids_are_rejected() -> None:
     """Two inputs with one id would double-count a subject."""
     with pytest.raises(ValueError, match="duplicate subject_id"):
         cohort_outcomes(NCT, [COHORT[0], COHORT[0]])
+
+
+def _edge_cohort() -> list[CohortInput]:
+    """Deaths a KM curve cannot take, a partial death date, and pre-dose AEs (Day 1 = day 0).
+
+    e1: alive, last visit +100; AEs G3 at -3 (pre-dose) and G1 at +10.
+    e2: death recorded 5 days before Day 1; visit +30.
+    e3: deceasedBoolean (death, no date); visit +60; AE G2 at -1 (pre-dose) only.
+    e4: death recorded as "2025-09", last visit +100 (2025-06-18) -> imputed 2025-09-01 = 175 days.
+    """
+    e1 = Subject("e1").dosed().ae("Cough", 3, -3).ae("Rash", 1, 10).visit(100)
+    e2 = Subject("e2", deceased_after=-5).dosed().visit(30)
+    e3 = Subject("e3", deceased=True).dosed().ae("Dyspnoea", 2, -1).visit(60)
+    e4 = Subject("e4", deceased="2025-09").dosed().visit(100)
+    return [CohortInput(s.pid, "on-study", DAY1, s.events()) for s in (e1, e2, e3, e4)]
+
+
+EDGE = _edge_cohort()
+
+
+def test_unusable_deaths_are_listed_and_left_out_of_the_curves() -> None:
+    """e2 (death before Day 1) and e3 (no date) are excluded with reasons; the rest are fitted.
+
+    OS: 100 C (e1), 175 D (e4, imputed) -> S = 0 after 175 with no one left at risk, so the
+    12-month survival is 0 (not "beyond follow-up"); median 175 days.
+    """
+    out = cohort_outcomes(NCT, EDGE)
+    excluded = [
+        {"subject_id": "e2", "reason": "death recorded before Day 1 (2025-03-05)"},
+        {"subject_id": "e3", "reason": "death date unknown"},
+    ]
+    for key in ("os", "efs"):
+        section = out[key]
+        assert (section["n"], section["events"], section["censored"]) == (2, 1, 1)
+        assert section["excluded"] == excluded
+        assert section["median_days"] == 175.0
+        twelve = section["timepoints"][0]
+        assert (twelve["months"], twelve["survival"], twelve["at_risk"], twelve["reason"]) == (
+            12,
+            0.0,
+            0,
+            None,
+        )
+        assert (twelve["ci_lower"], twelve["ci_upper"]) == (0.0, 0.0)
+    rows = {r["subject_id"]: r["os"] for r in out["subjects"]}
+    assert rows["e4"] == {
+        "days": 175,
+        "event": True,
+        "event_type": "death",
+        "date": "2025-09-01",
+        "reason": None,
+        "imputed_from": "2025-09",
+    }
+    assert (rows["e3"]["days"], rows["e3"]["event"]) == (None, True)
+    json.dumps(out, allow_nan=False)
+
+
+def test_plot_inputs_leave_out_unusable_deaths_and_swimmer_says_why() -> None:
+    """The KM inputs hold e1 and e4 only; e2 and e3 keep a swimmer row with the problem."""
+    data = cohort_plot_data(NCT, EDGE)
+    assert (data.km["os"].durations, data.km["os"].events) == ((100.0, 175.0), (False, True))
+    assert data.swimmer[1] == SwimmerRow(
+        "e2",
+        (0,),
+        None,
+        30,
+        None,
+        "death",
+        False,
+        None,
+        False,
+        "not_evaluable",
+        "death recorded before Day 1 (2025-03-05)",
+    )
+    assert data.swimmer[2].problem == "death date unknown"
+    assert (data.swimmer[2].death_day, data.swimmer[2].os_censored) == (None, False)
+    assert data.swimmer[3].death_day == 175
+
+
+def test_safety_counts_treatment_emergent_aes_and_pre_dose_apart() -> None:
+    """Only e1's G1 on +10 is treatment-emergent: 1/4 with any AE, 0/4 grade ≥ 3; 2 pre-dose."""
+    safety = cohort_outcomes(NCT, EDGE)["safety"]
+    table = {
+        row["grade"]: (row["subjects_worst_grade"], row["events"]) for row in safety["by_grade"]
+    }
+    assert table == {
+        "1": (1, 1),
+        "2": (0, 0),
+        "3": (0, 0),
+        "4": (0, 0),
+        "5": (0, 0),
+        "unknown": (0, 0),
+    }
+    assert safety["events"] == 1
+    _assert_rate(safety["subjects_with_any_ae"], 1, 4)
+    _assert_rate(safety["subjects_high_grade"], 0, 4)
+    assert (safety["pre_dose_events"], safety["subjects_with_pre_dose_ae"]) == (2, 2)
+    rows = cohort_outcomes(NCT, EDGE)["subjects"]
+    assert [
+        (r["adverse_events"], r["pre_dose_adverse_events"], r["worst_ae_grade"]) for r in rows
+    ] == [(1, 1, "1"), (0, 0, None), (0, 1, None), (0, 0, None)]
