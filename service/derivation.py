@@ -56,7 +56,7 @@ class _RecordingLookup:
         """The current content of a stored resource (just written, or read back)."""
         self.targets.add(f"{resource_type}/{resource_id}")
         if (resource_type, resource_id) in self.known:
-            return self.known[(resource_type, resource_id)][1]
+            return self.known[(resource_type, resource_id)].resource
         found = store.read_version(self.session, resource_type, resource_id)
         if found is None or found.content is None:
             return None
@@ -129,9 +129,11 @@ class Derivation:
             keys = set(event_store.all_keys(session, sorted(MAPPERS))) | set(written)
         else:
             keys = set(written)
-            targets = {f"{t}/{i}" for t, i in keys} | event_store.identifier_targets(
-                session, sorted(keys)
-            )
+            targets = {f"{t}/{i}" for t, i in keys} | {
+                event_store.identifier_target(value)
+                for w in written.values()
+                for _, value in w.identifiers
+            }
             keys |= event_store.dependents(session, targets)
         self.remap(session, sorted(keys), terminology, written)
 
@@ -149,14 +151,16 @@ class Derivation:
         """
         known = written or {}
         mapped_keys = [k for k in keys if k[0] in MAPPERS]
-        touched = event_store.patients_of(session, mapped_keys)
-        event_store.delete_events(session, mapped_keys)
+        # A resource created by this unit of work has no events yet: nothing to look up or delete.
+        derived_before = [k for k in mapped_keys if k not in known or not known[k].created]
+        touched = event_store.patients_of(session, derived_before)
+        event_store.delete_events(session, derived_before)
         lookup = _RecordingLookup(session, known)
         ctx = MappingContext(terminology, lookup, self.base_url)
         events: list[TrialEvent] = []
         deps: list[tuple[str, str, str]] = []
         current: dict[Key, tuple[int, dict[str, Any] | None]] = {
-            k: known[k] for k in mapped_keys if k in known
+            k: (known[k].version_id, known[k].resource) for k in mapped_keys if k in known
         }
         for v in store.read_current_many(session, [k for k in mapped_keys if k not in known]):
             content = _STORED.decode(v.content) if v.content is not None else None

@@ -38,18 +38,6 @@ def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
         yield items[i : i + _CHUNK]
 
 
-def identifier_targets(session: Session, keys: Sequence[Key]) -> set[str]:
-    """Dependency targets for the identifiers the given resources carry now."""
-    out: set[str] = set()
-    c = _IDENT.c
-    for rtype, ids in store.by_type(keys):
-        rows = session.execute(
-            select(c.value).where(c.resource_type == rtype, c.resource_id.in_(list(ids)))
-        )
-        out.update(identifier_target(r.value) for r in rows)
-    return out
-
-
 def identifier_target(value: str) -> str:
     """The dependency target of an identifier lookup (by value: over-approximate, never miss)."""
     return f"identifier:{value}"[:512]

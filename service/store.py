@@ -16,7 +16,7 @@ from service.models import ResourceHead, ResourceIdentifier, ResourceReference, 
 Key = tuple[str, str]
 _CHUNK = 400
 # session.info key: the (type, id) of every resource written in this unit of work.
-# session.info key: what this unit of work wrote, {(type, id): (version, content as a dict | None)}.
+# session.info key: what this unit of work wrote, {(type, id): WrittenVersion}.
 # Event derivation maps that content directly instead of reading back and decoding what it just wrote.
 WRITTEN_KEYS = "trialbridge_written"
 
@@ -68,7 +68,21 @@ class VersionRow:
         return self.content is None
 
 
-Written = dict[Key, tuple[int, dict[str, Any] | None]]
+@dataclass(frozen=True, slots=True)
+class WrittenVersion:
+    """A version this unit of work stored: its number, content (None: deleted) and identifiers."""
+
+    version_id: int
+    resource: dict[str, Any] | None
+    identifiers: list[tuple[str | None, str]]
+
+    @property
+    def created(self) -> bool:
+        """The first version ever: nothing was derived from this resource before."""
+        return self.version_id == 1
+
+
+Written = dict[Key, WrittenVersion]
 
 
 def written(session: Session) -> Written:
@@ -187,7 +201,8 @@ def write_versions(
     if not rows:
         return
     written(session).update(
-        ((r.resource_type, r.resource_id), (r.version_id, r.resource)) for r in rows
+        ((r.resource_type, r.resource_id), WrittenVersion(r.version_id, r.resource, r.identifiers))
+        for r in rows
     )
     conn = session.connection()
     instant = _instant_binder(conn)
