@@ -37,6 +37,14 @@ class PartialDate:
         """The calendar day when the precision is a day or finer, else None."""
         return self.first if self.precision in ("day", "time") else None
 
+    def day_not_before(self, alive_on: dt.date) -> dt.date:
+        """The day a date of death stands for: its first day not before a day known alive.
+
+        A partial date ("2025", "2025-09") covers an interval; the person was alive on `alive_on`,
+        so the day is max(first, min(alive_on, last)). An exact date is its own day.
+        """
+        return max(self.first, min(alive_on, self.last))
+
     def sort_key(self) -> tuple[dt.date, dt.datetime]:
         """Order by local day first, then by instant when there is one."""
         moment = self.instant or dt.datetime.combine(self.first, dt.time(), tzinfo=dt.UTC)

@@ -492,16 +492,11 @@ def _last_fact(events: Sequence[TrialEvent], icb_start: dt.date) -> dt.date:
     return max([icb_start, *days])
 
 
-def _impute_death(date: PartialDate, last_fact: dt.date) -> dt.date:
-    """The first day of the interval not before the last fact in it (the patient was alive then)."""
-    return max(date.first, min(last_fact, date.last))
-
-
 def _death(events: Sequence[TrialEvent], last_fact: dt.date) -> dt.date | None:
     """The earliest dated death, a partial date imputed; None when no death has a date."""
     return min(
         (
-            _impute_death(e.date, last_fact)
+            e.date.day_not_before(last_fact)
             for e in events
             if e.kind is EventKind.DEATH and e.date is not None
         ),

@@ -80,8 +80,9 @@ def cirae_report(protocol: CohortProtocol, patients: Sequence[CohortPatient]) ->
         (g["label"], g["durations_days"], g["events"]) for g in figures["km_groups"] if g["events"]
     ]
     title = "Overall survival from ICB initiation, by group"
-    level = float(protocol.cohort.confidence_level)
-    return _Report(figures, {"os": _km(curves, title, level, "ICB initiation")})
+    return _Report(
+        figures, {"os": _km(curves, title, figures["confidence_level"], "ICB initiation")}
+    )
 
 
 class CohortReports:

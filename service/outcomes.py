@@ -115,11 +115,6 @@ def last_data_point(
     return max(dated, key=lambda p: (p[0], p[1].source.resource_id)) if dated else None
 
 
-def impute_day(first: dt.date, last: dt.date, alive_on: dt.date) -> dt.date:
-    """A partial date's day: the first of the interval not before a day known alive, clamped."""
-    return max(first, min(alive_on, last))
-
-
 def _death(event: TrialEvent, alive_on: dt.date) -> Death:
     """One death event's day: exact, imputed from a partial date, or unknown."""
     date = event.date
@@ -127,7 +122,7 @@ def _death(event: TrialEvent, alive_on: dt.date) -> Death:
         return Death(None, None, event)
     if date.day is not None:
         return Death(date.day, None, event)
-    return Death(impute_day(date.first, date.last, alive_on), date.text, event)
+    return Death(date.day_not_before(alive_on), date.text, event)
 
 
 def first_death(events: Sequence[TrialEvent], day1: dt.date) -> Death | None:
