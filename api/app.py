@@ -23,6 +23,7 @@ from service.cohort_reports import CohortReports
 from service.db import make_engine
 from service.deviation_log import DeviationLog
 from service.fhir_store import FhirStore
+from service.model_checks import ModelChecks
 from service.settings import Settings
 from service.studies import StudyReader
 from service.webhooks import Dispatcher, policy_from
@@ -43,7 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(migrate.upgrade, engine)
         app.state.settings = conf
         app.state.engine = engine
-        app.state.store = FhirStore(engine, conf, catalog.derivation)
+        model_checks = ModelChecks.for_settings(conf)
+        app.state.store = FhirStore(engine, conf, catalog.derivation, model_checks)
         app.state.studies = StudyReader(engine, catalog.protocols)
         app.state.reports = CohortReports(engine, catalog.protocols)
         app.state.deviations = DeviationLog(
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if dispatcher is not None:
                 dispatcher.stop()
+            await run_in_threadpool(model_checks.close)
             engine.dispose()
 
     app = FastAPI(

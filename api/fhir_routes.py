@@ -78,10 +78,12 @@ async def post_bundle(
 ) -> Response:
     """Process a Bundle: transaction (atomic), batch (per entry), collection/message (atomic upsert)."""
     check_accept(request)
-    body = await _json(request, settings)
+    require_media_type(request, JSON_TYPES)
+    raw = await read_body(request, settings.max_body_bytes)
+    body = await run_in_threadpool(loads, raw)
     ctx = store.context(_source(request), base_url=base)
     representation = prefer_return(request, "minimal") == "representation"
-    kind, results = await run_in_threadpool(store.bundle, body, ctx=ctx)
+    kind, results = await run_in_threadpool(store.bundle, body, ctx=ctx, raw=raw)
     return fhir_response(responses.response_bundle(kind, results, representation=representation))
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from fhir_mapping.issues import InvalidContentError, Issue
-from fhir_mapping.json_codec import content_hash
+from fhir_mapping.json_codec import content_hash, loads
 from fhir_mapping.references import is_valid_id, parse_reference
 from fhir_mapping.resource_types import SUPPORTED_TYPES
-from fhir_mapping.validation import CheckedResource, validate_resource
+from fhir_mapping.validation import CheckedResource, model_issues, validate_resource
 
 Method = Literal["GET", "POST", "PUT", "DELETE", "UPSERT"]
 BundleKind = Literal["transaction", "batch", "collection", "message"]
@@ -82,8 +83,31 @@ def parse_conditional(text: str, resource_type: str, where: str) -> list[tuple[s
     return params
 
 
-def _checked(resource: Any, path: str) -> tuple[dict[str, Any], CheckedResource]:
-    checked = validate_resource(resource, path=path)
+@dataclass(frozen=True, slots=True)
+class ParsedBundle:
+    """A Bundle's type, its valid entries and its failed ones (with why), in entry order.
+
+    `models_owed` holds the entries whose JSON walk passed but whose model check was left to the
+    caller (`parse_bundle(check_models=False)`); `settle_models` applies the verdicts.
+    """
+
+    kind: BundleKind
+    entries: list[Entry]
+    failures: list[tuple[int, InvalidContentError]]
+    models_owed: frozenset[int] = frozenset()
+
+
+def _entry_path(index: int) -> str:
+    return f"Bundle.entry[{index}]"
+
+
+def _checked(
+    resource: Any, path: str, owed: tuple[set[int], int] | None = None
+) -> tuple[dict[str, Any], CheckedResource]:
+    """Validate; with `owed` (a set, this entry's index) only walk, and note the model as owed."""
+    checked = validate_resource(resource, path=path, model=owed is None)
+    if owed is not None:
+        owed[0].add(owed[1])
     assert isinstance(resource, dict)
     return resource, checked
 
@@ -98,10 +122,16 @@ def _with_refs(entry: Entry, checked: CheckedResource) -> Entry:
 
 
 def resource_entry(
-    resource: Any, *, method: Method, path: str, index: int = 0, resource_id: str | None = None
+    resource: Any,
+    *,
+    method: Method,
+    path: str,
+    index: int = 0,
+    resource_id: str | None = None,
+    owed: set[int] | None = None,
 ) -> Entry:
-    """An entry for a single-resource interaction or an NDJSON line."""
-    res, checked = _checked(resource, path)
+    """An entry for a single-resource interaction or an NDJSON line (see `_checked` for owed)."""
+    res, checked = _checked(resource, path, None if owed is None else (owed, index))
     rid = res.get("id")
     if rid is not None and not (isinstance(rid, str) and is_valid_id(rid)):
         raise InvalidContentError(
@@ -152,8 +182,8 @@ def _request_target(
     raise bad
 
 
-def _bundle_entry(raw: Any, i: int, kind: BundleKind) -> Entry:
-    path = f"Bundle.entry[{i}]"
+def _bundle_entry(raw: Any, i: int, kind: BundleKind, owed: set[int] | None) -> Entry:
+    path = _entry_path(i)
     if not isinstance(raw, dict):
         raise InvalidContentError([Issue("structure", f"{path} must be a JSON object", (path,))])
     full_url = raw.get("fullUrl")
@@ -167,7 +197,9 @@ def _bundle_entry(raw: Any, i: int, kind: BundleKind) -> Entry:
             raise InvalidContentError(
                 [Issue("required", f"{path} has no resource", (f"{path}.resource",))]
             )
-        entry = resource_entry(resource, method="UPSERT", path=f"{path}.resource", index=i)
+        entry = resource_entry(
+            resource, method="UPSERT", path=f"{path}.resource", index=i, owed=owed
+        )
         entry.full_url = full_url
         if entry.resource_id is None and entry.urn_uuid is None and full_url:
             parsed = parse_reference(full_url)
@@ -222,7 +254,7 @@ def _bundle_entry(raw: Any, i: int, kind: BundleKind) -> Entry:
             raise InvalidContentError(
                 [Issue("required", f"{path} has no resource for {method}", (f"{path}.resource",))]
             )
-        entry = resource_entry(resource, method=method, path=f"{path}.resource", index=i)
+        entry = resource_entry(resource, method=method, path=f"{path}.resource", index=i, owed=owed)
         if entry.resource_type != rtype:
             raise InvalidContentError(
                 [
@@ -280,8 +312,12 @@ def _bundle_entry(raw: Any, i: int, kind: BundleKind) -> Entry:
     return Entry(i, path, method, rtype, rid, vid, query, full_url, if_match=if_match)
 
 
-def parse_bundle(obj: Any) -> tuple[BundleKind, list[Entry], list[tuple[int, InvalidContentError]]]:
-    """Bundle type, its valid entries, and the entries that failed (with why) — in entry order."""
+def parse_bundle(obj: Any, *, check_models: bool = True) -> ParsedBundle:
+    """Bundle type, its valid entries, and the entries that failed (with why) — in entry order.
+
+    `check_models=False` leaves every entry's fhir.resources model check to the caller, who must
+    settle it (`model_verdicts`, `settle_models`) before keeping anything.
+    """
     if not isinstance(obj, dict) or obj.get("resourceType") != "Bundle":
         raise InvalidContentError([Issue("invalid", "POST /fhir takes a Bundle", ("Bundle",))])
     known = {
@@ -324,6 +360,7 @@ def parse_bundle(obj: Any) -> tuple[BundleKind, list[Entry], list[tuple[int, Inv
         )
     entries: list[Entry] = []
     failures: list[tuple[int, InvalidContentError]] = []
+    owed: set[int] | None = None if check_models else set()
     start = 0
     if kind == "message":
         first = raw_entries[0] if raw_entries else None
@@ -341,7 +378,44 @@ def parse_bundle(obj: Any) -> tuple[BundleKind, list[Entry], list[tuple[int, Inv
         start = 1  # the envelope: validated by its presence, not stored
     for i in range(start, len(raw_entries)):
         try:
-            entries.append(_bundle_entry(raw_entries[i], i, kind))
+            entries.append(_bundle_entry(raw_entries[i], i, kind, owed))
         except InvalidContentError as exc:
             failures.append((i, exc))
-    return kind, entries, failures
+    return ParsedBundle(kind, entries, failures, frozenset(owed or ()))
+
+
+def model_verdicts(raw: bytes) -> dict[int, list[Issue]]:
+    """The model issues of every entry resource in a Bundle's JSON, by entry index (none: valid).
+
+    Parses the bytes itself, exactly as the request was parsed, so it can run in another process
+    while the request is written; only entries of accepted types are checked.
+    """
+    obj = loads(raw)
+    raw_entries = obj.get("entry") if isinstance(obj, dict) else None
+    out: dict[int, list[Issue]] = {}
+    for i, raw_entry in enumerate(raw_entries if isinstance(raw_entries, list) else []):
+        resource = raw_entry.get("resource") if isinstance(raw_entry, dict) else None
+        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+        if isinstance(resource, dict) and isinstance(rtype, str) and rtype in SUPPORTED_TYPES:
+            issues = model_issues(resource, rtype, path=f"{_entry_path(i)}.resource")
+            if issues:
+                out[i] = issues
+    return out
+
+
+def settle_models(parsed: ParsedBundle, verdicts: Mapping[int, list[Issue]]) -> ParsedBundle:
+    """The Bundle as `parse_bundle` with models checked in place would have returned it.
+
+    An entry whose model fails reports the model's issues, even where a later check (request URL,
+    id) had failed it too: in place, the model check comes first and stops the entry there.
+    """
+    failed = {i: issues for i, issues in verdicts.items() if i in parsed.models_owed and issues}
+    failures = [
+        (i, InvalidContentError(failed[i]) if i in failed else e) for i, e in parsed.failures
+    ]
+    failures += [
+        (e.index, InvalidContentError(failed[e.index])) for e in parsed.entries if e.index in failed
+    ]
+    failures.sort(key=lambda f: f[0])
+    entries = [e for e in parsed.entries if e.index not in failed]
+    return ParsedBundle(parsed.kind, entries, failures)

@@ -291,8 +291,26 @@ def _pydantic_issues(exc: ValidationError, root: str) -> list[Issue]:
     return issues
 
 
-def validate_resource(obj: Any, *, path: str = "") -> CheckedResource:
-    """Validate one resource as FHIR R4 JSON; raise InvalidContentError naming every bad element."""
+def model_issues(obj: dict[str, Any], resource_type: str, *, path: str = "") -> list[Issue]:
+    """What the fhir.resources model finds wrong with a resource whose JSON walk passed."""
+    root = path or resource_type
+    try:
+        get_fhir_model_class(resource_type).model_validate(obj)
+    except RecursionError:
+        return [Issue("structure", f"{root} is nested too deeply", (root,))]
+    except ValidationError as exc:
+        return _pydantic_issues(exc, root)
+    except (ValueError, TypeError) as exc:  # fhir.resources raises plain errors for some checks
+        return [Issue("value", f"{root}: {exc}", (root,))]
+    return []
+
+
+def validate_resource(obj: Any, *, path: str = "", model: bool = True) -> CheckedResource:
+    """Validate one resource as FHIR R4 JSON; raise InvalidContentError naming every bad element.
+
+    `model=False` stops after the JSON walk, for a caller that has the model check done elsewhere
+    (see `model_issues`) and will not keep the resource if that check fails.
+    """
     walker = _Walker()
     try:
         rtype = walker.resource(obj, path)
@@ -303,17 +321,8 @@ def validate_resource(obj: Any, *, path: str = "") -> CheckedResource:
         ) from exc
     if walker.issues or rtype is None:
         raise InvalidContentError(walker.issues)
-    model = get_fhir_model_class(rtype)
-    try:
-        model.model_validate(obj)
-    except RecursionError as exc:
-        raise InvalidContentError(
-            [Issue("structure", f"{path or rtype} is nested too deeply", (path or rtype,))]
-        ) from exc
-    except ValidationError as exc:
-        raise InvalidContentError(_pydantic_issues(exc, path or rtype)) from exc
-    except (ValueError, TypeError) as exc:  # fhir.resources raises plain errors for some checks
-        raise InvalidContentError(
-            [Issue("value", f"{path or rtype}: {exc}", (path or rtype,))]
-        ) from exc
+    if model:
+        issues = model_issues(obj, rtype, path=path)
+        if issues:
+            raise InvalidContentError(issues)
     return CheckedResource(rtype, walker.references)

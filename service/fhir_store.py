@@ -14,7 +14,15 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Session
 
-from fhir_mapping.bundles import Entry, parse_bundle, parse_conditional, parse_etag, resource_entry
+from fhir_mapping.bundles import (
+    Entry,
+    ParsedBundle,
+    parse_bundle,
+    parse_conditional,
+    parse_etag,
+    resource_entry,
+    settle_models,
+)
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import loads_text
 from fhir_mapping.references import is_valid_id
@@ -33,6 +41,7 @@ from service.ingest import (
     failure,
     upsert_identity,
 )
+from service.model_checks import ModelChecks, PendingVerdicts
 from service.search import search_bundle
 from service.settings import Settings
 
@@ -63,25 +72,65 @@ def _retryable(exc: BaseException) -> bool:
     return False
 
 
+def _refuse(parsed: ParsedBundle) -> None:
+    """Raise the 400 for a Bundle with failed entries, every entry's issues in entry order."""
+    if parsed.failures:
+        raise FhirError.from_invalid(
+            InvalidContentError([i for _, exc in parsed.failures for i in exc.issues])
+        )
+
+
+class _ModelGate:
+    """Refuses a Bundle whose models failed in the worker: called before commit, or on error."""
+
+    def __init__(self, parsed: ParsedBundle, pending: PendingVerdicts) -> None:
+        self._parsed, self._pending = parsed, pending
+
+    def settled(self) -> ParsedBundle:
+        """The Bundle as if its models had been checked in place."""
+        return settle_models(self._parsed, self._pending.result())
+
+    def __call__(self) -> None:
+        _refuse(self.settled())
+
+
 class FhirStore:
     """Read, search and write FHIR resources; the API and the CLI both go through here."""
 
     def __init__(
-        self, engine: Engine, settings: Settings, derivation: Derivation | None = None
+        self,
+        engine: Engine,
+        settings: Settings,
+        derivation: Derivation | None = None,
+        model_checks: ModelChecks | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.derivation = derivation or load_catalog(settings).derivation
+        self.model_checks = model_checks or ModelChecks(0, 0)
 
     # -- units of work -------------------------------------------------------------------------
 
-    def _write(self, work: Callable[[Session], T]) -> T:
+    def _write(self, work: Callable[[Session], T], gate: Callable[[], None] | None = None) -> T:
+        """Run `work` and the derivation in one transaction; `gate` may still refuse the commit.
+
+        The gate settles what was checked elsewhere meanwhile (the models of a Bundle); it is
+        also asked first when the work fails, so a client hears of invalid content before it
+        hears of anything the invalid content ran into, just as if it had been checked first.
+        """
         attempts = self.settings.write_retries
         for attempt in range(1, attempts + 1):
             try:
                 with session_scope(self.engine) as session:
-                    result = work(session)
-                    self.derivation.after_write(session)  # events change with their sources
+                    try:
+                        result = work(session)
+                        self.derivation.after_write(session)  # events change with their sources
+                    except Exception:
+                        if gate is not None:
+                            gate()
+                        raise
+                    if gate is not None:
+                        gate()  # raising here rolls the whole unit of work back
                     return result
             except (IntegrityError, WriteConflictError, DBAPIError) as exc:
                 if _retryable(exc) and attempt < attempts:
@@ -254,23 +303,45 @@ class FhirStore:
 
     # -- bundles and bulk ----------------------------------------------------------------------
 
-    def bundle(self, body: Any, *, ctx: WriteContext) -> tuple[str, list[EntryResult]]:
-        """POST /fhir with a Bundle: the response Bundle type and one result per entry."""
+    def bundle(
+        self, body: Any, *, ctx: WriteContext, raw: bytes | None = None
+    ) -> tuple[str, list[EntryResult]]:
+        """POST /fhir with a Bundle: the response Bundle type and one result per entry.
+
+        Given the request bytes, a large atomic Bundle has its models checked in a worker process
+        while it is written (see `service.model_checks`); the answer is the same either way.
+        """
+        pending = self._offload(body, raw)
         try:
-            kind, entries, failures = parse_bundle(body)
+            parsed = parse_bundle(body, check_models=pending is None)
         except InvalidContentError as exc:
+            if pending is not None:
+                pending.cancel()
             raise FhirError.from_invalid(exc) from exc
-        if kind == "batch":
-            return "batch-response", self._batch(entries, failures, ctx)
-        if failures:
-            raise FhirError.from_invalid(
-                InvalidContentError([i for _, exc in failures for i in exc.issues])
+        if parsed.kind == "batch":
+            return "batch-response", self._batch(parsed.entries, parsed.failures, ctx)
+        gate = None if pending is None else _ModelGate(parsed, pending)
+        if parsed.failures:
+            _refuse(parsed if gate is None else gate.settled())
+        entries = parsed.entries
+        if parsed.kind == "transaction":
+            return "transaction-response", self._write(
+                lambda s: apply_entries(s, entries, ctx), gate
             )
-        if kind == "transaction":
-            return "transaction-response", self._write(lambda s: apply_entries(s, entries, ctx))
         # collection / message: one atomic upsert, conditional references kept as sent
         upsert_ctx = replace(ctx, resolve_conditional_references=False)
-        return "transaction-response", self._write(lambda s: apply_upserts(s, entries, upsert_ctx))
+        return "transaction-response", self._write(
+            lambda s: apply_upserts(s, entries, upsert_ctx), gate
+        )
+
+    def _offload(self, body: Any, raw: bytes | None) -> PendingVerdicts | None:
+        """Send an atomic Bundle's model checks to a worker when it is big enough to pay."""
+        if raw is None or not isinstance(body, dict) or body.get("type") == "batch":
+            return None  # a batch keeps each entry's check with the entry (savepoints)
+        entries = body.get("entry")
+        if not isinstance(entries, list) or not self.model_checks.wanted(len(entries)):
+            return None
+        return self.model_checks.submit(raw)
 
     def _batch(
         self,

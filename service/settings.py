@@ -30,6 +30,16 @@ class Settings(BaseSettings):
     search_max_count: int = Field(default=1000, ge=1, le=10000)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     write_retries: int = Field(default=5, ge=1, le=50, description="Attempts on a write conflict")
+    model_check_processes: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="Worker processes checking large Bundles' models while they are written; "
+        "unset: 1 when the process may use two or more CPUs, else 0 (check in place)",
+    )
+    model_check_min_entries: int = Field(
+        default=20, ge=1, description="Smallest Bundle whose models go to a worker process"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     protocol_dir: Path | None = Field(
         default=None, description="Folder of site protocol files (*.toml); same id replaces"

@@ -185,7 +185,7 @@ def test_parse_etag() -> None:
 
 
 def test_parse_bundle_collects_every_bad_entry() -> None:
-    kind, entries, failures = parse_bundle(
+    parsed = parse_bundle(
         {
             "resourceType": "Bundle",
             "type": "batch",
@@ -200,12 +200,13 @@ def test_parse_bundle_collects_every_bad_entry() -> None:
             ],
         }
     )
-    assert kind == "batch"
-    assert [(e.index, e.method, e.version_id) for e in entries] == [
+    assert parsed.kind == "batch"
+    assert parsed.models_owed == frozenset()
+    assert [(e.index, e.method, e.version_id) for e in parsed.entries] == [
         (0, "POST", None),
         (3, "GET", "2"),
     ]
-    assert [(i, exc.issues[0].code) for i, exc in failures] == [
+    assert [(i, exc.issues[0].code) for i, exc in parsed.failures] == [
         (1, "code-invalid"),
         (2, "not-supported"),
     ]

@@ -1,0 +1,249 @@
+"""Bundles whose models are checked in a worker process answer and store exactly as in place.
+
+Two live servers on the same database: one checks every model in place, the other sends every
+atomic Bundle's model checks to its worker process. The same requests must get the same status,
+the same OperationOutcome and the same rows, bad and good alike.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import Engine
+
+from service.model_checks import ModelChecks
+from service.settings import Settings
+from tests.conftest import FHIR_JSON, clear_store, counts, start_server
+from tests.helpers import bundle, entry, observation, patient, statuses
+
+NO_ZONE = "2020-01-01T10:00:00"  # valid JSON, a valid string: only the model refuses it
+
+
+@dataclass
+class Served:
+    """A live server and its model-check pool."""
+
+    client: httpx.Client
+    checks: ModelChecks
+
+
+@pytest.fixture(scope="module")
+def servers(database_url: str) -> Iterator[tuple[Served, Served]]:
+    """(models in place, models in a worker) on the backend's database."""
+    started: list[tuple[uvicorn.Server, Any]] = []
+    served = []
+    for processes in (0, 1):
+        settings = Settings(
+            database_url=database_url, model_check_processes=processes, model_check_min_entries=1
+        )
+        srv, thread, url = start_server(settings)
+        started.append((srv, thread))
+        app = srv.config.app
+        assert isinstance(app, FastAPI)
+        checks: ModelChecks = app.state.store.model_checks
+        assert checks.processes == processes
+        assert checks.wait_ready(120) is (processes == 1)
+        served.append(Served(httpx.Client(base_url=f"{url}/fhir", headers=FHIR_JSON), checks))
+    yield served[0], served[1]
+    pids = served[1].checks.worker_pids()
+    for (srv, thread), s in zip(started, served, strict=True):
+        s.client.close()
+        srv.should_exit = True
+        thread.join(timeout=30)
+    for pid in pids:  # the worker stopped with its server
+        with pytest.raises(ProcessLookupError):
+            _wait_gone(pid)
+
+
+def _wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        os.kill(pid, 0)
+        time.sleep(0.05)
+
+
+def _post_both(
+    servers: tuple[Served, Served], engine: Engine, body: bytes, *, offloaded: bool = True
+) -> tuple[httpx.Response, httpx.Response, dict[str, int], dict[str, int]]:
+    """Post to each server on an empty store; responses and row counts after each."""
+    out: list[Any] = []
+    for served in servers:
+        clear_store(engine)
+        before = served.checks.submitted
+        response = served.client.post("", content=body)
+        sent = served.checks.submitted - before
+        assert sent == (served.checks.processes if offloaded else 0)
+        out.append((response, counts(engine)))
+    (in_place, in_place_rows), (worker, worker_rows) = out
+    return in_place, worker, in_place_rows, worker_rows
+
+
+def _empty(engine: Engine) -> dict[str, int]:
+    clear_store(engine)
+    return counts(engine)
+
+
+URN = "urn:uuid:6f1c1a8e-27a4-4c55-9a3b-2f8d1d0c0101"
+REFUSED = {
+    "model only": (
+        bundle(
+            "transaction",
+            entry(patient("m-1"), "POST", "Patient", URN),
+            entry(observation(URN, effectiveDateTime=NO_ZONE), "POST", "Observation"),
+        ),
+        400,
+        ["Bundle.entry[1].resource.effectiveDateTime"],
+    ),
+    "walk and model": (
+        bundle(
+            "transaction",
+            entry(patient("m-2", active="yes"), "POST", "Patient"),
+            entry(observation("Patient/x"), "POST", "Observation"),
+            entry({"resourceType": "Observation", "status": "final"}, "POST", "Observation"),
+        ),
+        400,
+        ["Bundle.entry[0].resource.active", "Bundle.entry[2].resource.code"],
+    ),
+    # in place the model fails first, so the dangling urn:uuid is never reached
+    "model before a dangling reference": (
+        bundle(
+            "transaction",
+            entry(
+                observation("urn:uuid:00000000-0000-4000-8000-00000000dead"), "POST", "Observation"
+            ),
+            entry(observation("Patient/x", effectiveDateTime=NO_ZONE), "POST", "Observation"),
+        ),
+        400,
+        ["Bundle.entry[1].resource.effectiveDateTime"],
+    ),
+    "model before a missing conditional match": (
+        bundle(
+            "transaction",
+            entry(
+                observation("Patient?identifier=urn:mrn|nobody", effectiveDateTime=NO_ZONE),
+                "POST",
+                "Observation",
+            ),
+        ),
+        400,
+        ["Bundle.entry[0].resource.effectiveDateTime"],
+    ),
+    "dangling reference, models valid": (
+        bundle(
+            "transaction",
+            entry(
+                observation("urn:uuid:00000000-0000-4000-8000-00000000dead"), "POST", "Observation"
+            ),
+        ),
+        400,
+        ["Bundle.entry[0].resource.subject.reference"],
+    ),
+    "collection": (
+        bundle(
+            "collection",
+            {"resource": {**patient("m-3"), "id": "m3"}},
+            {"resource": {**patient("m-4"), "birthDate": "2020-13-45"}},
+        ),
+        400,
+        ["Bundle.entry[1].resource.birthDate"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_refusals_are_the_same_and_write_nothing(
+    servers: tuple[Served, Served], engine: Engine, case: str
+) -> None:
+    body, status, where = REFUSED[case]
+    empty = _empty(engine)
+    in_place, worker, in_place_rows, worker_rows = _post_both(servers, engine, body)
+    assert in_place.status_code == worker.status_code == status
+    assert worker.headers["content-type"].startswith("application/fhir+json")
+    assert worker.json() == in_place.json()
+    assert [i["expression"][0] for i in worker.json()["issue"]] == where
+    assert worker_rows == in_place_rows == empty
+
+
+def _big_transaction(n_observations: int) -> bytes:
+    return bundle(
+        "transaction",
+        entry({**patient("big"), "id": "big"}, "PUT", "Patient/big"),
+        *(
+            entry(observation("Patient/big", value=i), "POST", "Observation")
+            for i in range(n_observations)
+        ),
+    )
+
+
+def test_a_valid_bundle_is_stored_the_same(servers: tuple[Served, Served], engine: Engine) -> None:
+    in_place, worker, in_place_rows, worker_rows = _post_both(servers, engine, _big_transaction(40))
+    assert in_place.status_code == worker.status_code == 200
+    assert statuses(worker.json()) == statuses(in_place.json()) == ["201 Created"] * 41
+    assert worker_rows == in_place_rows
+    assert worker_rows["fhir_resource"] == 41
+    assert worker_rows["fhir_reference"] == 80  # each subject indexed as `subject` and `patient`
+
+
+def test_a_lost_worker_costs_speed_not_requests(
+    servers: tuple[Served, Served], engine: Engine
+) -> None:
+    _, offloaded = servers
+    [pid] = offloaded.checks.worker_pids()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ProcessLookupError):
+        _wait_gone(pid)
+    clear_store(engine)
+    # the first Bundle after the loss is checked in place (or, caught mid-job, checked again)
+    response = offloaded.client.post("", content=_big_transaction(25))
+    assert response.status_code == 200
+    assert statuses(response.json()) == ["201 Created"] * 26
+    refused = offloaded.client.post("", content=REFUSED["model only"][0])
+    assert refused.status_code == 400
+    assert refused.json()["issue"][0]["expression"] == [
+        "Bundle.entry[1].resource.effectiveDateTime"
+    ]
+    assert counts(engine)["fhir_resource"] == 26
+    # and a fresh worker takes over
+    assert offloaded.checks.wait_ready(120)
+    [fresh] = offloaded.checks.worker_pids()
+    assert fresh != pid
+    before = offloaded.checks.submitted
+    again = offloaded.client.post("", content=REFUSED["model only"][0])
+    assert again.status_code == 400
+    assert offloaded.checks.submitted == before + 1
+
+
+def test_a_batch_keeps_its_checks_in_place(servers: tuple[Served, Served], engine: Engine) -> None:
+    body = bundle(
+        "batch",
+        entry(patient("b-1"), "POST", "Patient"),
+        entry({**patient("b-2"), "birthDate": "2020-13-45"}, "POST", "Patient"),
+    )
+    in_place, worker, in_place_rows, worker_rows = _post_both(
+        servers, engine, body, offloaded=False
+    )
+    assert in_place.status_code == worker.status_code == 200
+    assert statuses(worker.json()) == statuses(in_place.json())
+    assert statuses(worker.json())[0] == "201 Created"
+    assert statuses(worker.json())[1].startswith("400")
+    assert worker_rows == in_place_rows
+    assert worker_rows["fhir_resource"] == 1
+
+
+def test_small_bundles_stay_in_place(database_url: str) -> None:
+    checks = ModelChecks.for_settings(
+        Settings(database_url=database_url, model_check_processes=2, model_check_min_entries=20)
+    )
+    assert (checks.processes, checks.min_entries) == (2, 20)
+    assert not checks.wanted(19)
+    assert checks.wanted(20)
+    assert not ModelChecks(0, 1).wanted(10_000)
