@@ -94,7 +94,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             revision = await run_in_threadpool(check)
         except Exception as exc:  # any failure to reach the database means not ready
             return errors.json_error(503, "database_unavailable", str(exc).splitlines()[0])
-        return JSONResponse({"status": "ready", "schema_revision": revision})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "schema_revision": revision,
+                "model_checks": app.state.store.model_checks.state(),
+            }
+        )
 
     return app
 

@@ -11,7 +11,9 @@ What is measured, for SQLite and for PostgreSQL in one run:
   `201 Created` for all of them). Conditional references (`Practitioner?identifier=…`) become
   display-only, since their targets are not in this export. Bundles are POSTed with httpx
   (keep-alive) by `--concurrency` client threads for `--seconds`, after a warm-up; the rate is
-  resources written per wall-clock second.
+  resources written per wall-clock second. The service runs as configured by default: on two or
+  more CPUs one worker process checks the models of large Bundles while they are written;
+  `--model-check-processes 0` measures the single-process service.
 * validation only: exactly the resources that were POSTed, validated in this process by
   fhir.resources alone, `get_fhir_model_class(resourceType).model_validate_json(raw_bytes)`.
   That is the floor every FHIR service on fhir.resources pays; the ratio end-to-end ÷
@@ -247,10 +249,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running_service(database_url: str, log_path: Path) -> Iterator[str]:
+def running_service(
+    database_url: str, log_path: Path, model_check_processes: int | None = None
+) -> Iterator[str]:
     """`python -m uvicorn api.app:app` on a free port; yields its base URL, stops it after."""
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": database_url}
+    if model_check_processes is not None:
+        env["TRIALBRIDGE_MODEL_CHECK_PROCESSES"] = str(model_check_processes)
     command = [sys.executable, "-m", "uvicorn", "api.app:app"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("wb") as log:
@@ -325,6 +331,16 @@ def warm_up(base_url: str, templates: Sequence[BundleTemplate]) -> list[bytes]:
             if not needed and len(posted) >= 2:
                 break
     return posted
+
+
+def model_checks_settled(base_url: str, timeout: float = 120.0) -> str:
+    """Wait until the service's model-check workers are ready (or off); their state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = str(httpx.get(f"{base_url}/readyz", timeout=10).json().get("model_checks"))
+        if state in ("ready", "off") or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
 
 
 @dataclass(slots=True)
@@ -478,10 +494,14 @@ def bench_backend(
     log_path: Path,
 ) -> Result:
     """Start the service on `database_url`, warm up, drive it, then validate the same resources."""
-    with running_service(database_url, log_path) as base_url:
+    with running_service(database_url, log_path, args.model_check_processes) as base_url:
         warmed = warm_up(base_url, templates)
+        checks = model_checks_settled(base_url)
         validate_all(resource_payloads(warmed))  # same warm-up for the in-process side
-        print(f"{backend}: warmed up with {len(warmed)} bundles; timing {args.seconds:g} s ...")
+        print(
+            f"{backend}: warmed up with {len(warmed)} bundles, model checks {checks}; "
+            f"timing {args.seconds:g} s ..."
+        )
         run = drive(base_url, templates, args.seconds, args.concurrency)
     payloads = resource_payloads(run.bundles)
     return Result(backend, len(run.bundles), run.resources, run.seconds, validate_all(payloads))
@@ -496,6 +516,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="server URL, no database")
     parser.add_argument(
         "--backend", choices=("sqlite", "postgresql"), action="append", help="default: both"
+    )
+    parser.add_argument(
+        "--model-check-processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the service's TRIALBRIDGE_MODEL_CHECK_PROCESSES (default: its own; 0 = in place)",
     )
     args = parser.parse_args(argv)
     if args.quick:

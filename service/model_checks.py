@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Literal
 
 from fhir_mapping.bundles import model_verdicts
 from fhir_mapping.issues import Issue
@@ -118,6 +119,15 @@ class ModelChecks:
                 return None
         used = pool
         return PendingVerdicts(future, raw, lambda: self.lost(used))
+
+    def state(self) -> Literal["off", "idle", "starting", "ready"]:
+        """Off (no workers configured), idle (not started yet), starting, or ready."""
+        with self._lock:
+            if self.processes <= 0:
+                return "off"
+            if self._pool is None:
+                return "idle"
+            return "ready" if all(f.done() for f in self._warm) else "starting"
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Start the workers if needed and wait until they have loaded the models."""
