@@ -56,6 +56,7 @@ def _worker_start() -> None:
 
 
 def _worker_ready() -> int:
+    """A first job: done once the initializer has loaded the models, so the worker is warm."""
     return os.getpid()
 
 

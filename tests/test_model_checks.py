@@ -18,9 +18,10 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from service.model_checks import ModelChecks
+from service.model_checks import ModelChecks, default_processes
 from service.settings import Settings
 from tests.conftest import FHIR_JSON, clear_store, counts, start_server
 from tests.helpers import bundle, entry, observation, patient, statuses
@@ -247,3 +248,28 @@ def test_small_bundles_stay_in_place(database_url: str) -> None:
     assert not checks.wanted(19)
     assert checks.wanted(20)
     assert not ModelChecks(0, 1).wanted(10_000)
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [({0}, 0), ({0, 1}, 1), (set(range(16)), 1)])
+def test_one_worker_when_a_second_cpu_is_usable(
+    monkeypatch: pytest.MonkeyPatch, cpus: set[int], expected: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: cpus, raising=False)
+    assert default_processes() == expected
+    assert ModelChecks.for_settings(Settings()).processes == expected
+    assert ModelChecks.for_settings(Settings(model_check_processes=3)).processes == 3
+
+
+def test_worker_settings_are_validated() -> None:
+    with pytest.raises(ValidationError, match="model_check_processes"):
+        Settings(model_check_processes=-1)
+    with pytest.raises(ValidationError, match="model_check_min_entries"):
+        Settings(model_check_min_entries=0)
+
+
+def test_a_pool_without_workers_is_off() -> None:
+    checks = ModelChecks(0, 1)
+    assert checks.state() == "off"
+    assert checks.submit(b"{}") is None
+    assert checks.wait_ready(1) is False
+    assert checks.submitted == 0
