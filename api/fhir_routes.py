@@ -80,10 +80,9 @@ async def post_bundle(
     check_accept(request)
     require_media_type(request, JSON_TYPES)
     raw = await read_body(request, settings.max_body_bytes)
-    body = await run_in_threadpool(loads, raw)
     ctx = store.context(_source(request), base_url=base)
     representation = prefer_return(request, "minimal") == "representation"
-    kind, results = await run_in_threadpool(store.bundle, body, ctx=ctx, raw=raw)
+    kind, results = await run_in_threadpool(store.bundle_json, raw, ctx=ctx)
     return fhir_response(responses.response_bundle(kind, results, representation=representation))
 
 

@@ -312,12 +312,9 @@ def _bundle_entry(raw: Any, i: int, kind: BundleKind, owed: set[int] | None) -> 
     return Entry(i, path, method, rtype, rid, vid, query, full_url, if_match=if_match)
 
 
-def parse_bundle(obj: Any, *, check_models: bool = True) -> ParsedBundle:
-    """Bundle type, its valid entries, and the entries that failed (with why) — in entry order.
-
-    `check_models=False` leaves every entry's fhir.resources model check to the caller, who must
-    settle it (`model_verdicts`, `settle_models`) before keeping anything.
-    """
+def bundle_envelope(obj: Any) -> tuple[BundleKind, list[Any], int]:
+    """The Bundle's type, its raw entries and the first one that is content (a message's header
+    is not); raises for what is wrong with the Bundle as a whole, before any entry is looked at."""
     if not isinstance(obj, dict) or obj.get("resourceType") != "Bundle":
         raise InvalidContentError([Issue("invalid", "POST /fhir takes a Bundle", ("Bundle",))])
     known = {
@@ -358,9 +355,6 @@ def parse_bundle(obj: Any, *, check_models: bool = True) -> ParsedBundle:
         raise InvalidContentError(
             [Issue("structure", "Bundle.entry must be a JSON array", ("Bundle.entry",))]
         )
-    entries: list[Entry] = []
-    failures: list[tuple[int, InvalidContentError]] = []
-    owed: set[int] | None = None if check_models else set()
     start = 0
     if kind == "message":
         first = raw_entries[0] if raw_entries else None
@@ -376,6 +370,19 @@ def parse_bundle(obj: Any, *, check_models: bool = True) -> ParsedBundle:
                 ]
             )
         start = 1  # the envelope: validated by its presence, not stored
+    return kind, raw_entries, start
+
+
+def parse_bundle(obj: Any, *, check_models: bool = True) -> ParsedBundle:
+    """Bundle type, its valid entries, and the entries that failed (with why) — in entry order.
+
+    `check_models=False` leaves every entry's fhir.resources model check to the caller, who must
+    settle it (`model_verdicts`, `settle_models`) before keeping anything.
+    """
+    kind, raw_entries, start = bundle_envelope(obj)
+    entries: list[Entry] = []
+    failures: list[tuple[int, InvalidContentError]] = []
+    owed: set[int] | None = None if check_models else set()
     for i in range(start, len(raw_entries)):
         try:
             entries.append(_bundle_entry(raw_entries[i], i, kind, owed))
@@ -384,22 +391,56 @@ def parse_bundle(obj: Any, *, check_models: bool = True) -> ParsedBundle:
     return ParsedBundle(kind, entries, failures, frozenset(owed or ()))
 
 
-def model_verdicts(raw: bytes) -> dict[int, list[Issue]]:
+Verdicts = dict[int, list[Issue]]
+
+
+def model_verdicts(raw: bytes) -> Verdicts:
     """The model issues of every entry resource in a Bundle's JSON, by entry index (none: valid).
 
     Parses the bytes itself, exactly as the request was parsed, so it can run in another process
-    while the request is written; only entries of accepted types are checked.
+    while the request is written. Only resources that pass the JSON walk reach their model, as in
+    place: the walk's own refusals are the request thread's to report.
     """
     obj = loads(raw)
     raw_entries = obj.get("entry") if isinstance(obj, dict) else None
-    out: dict[int, list[Issue]] = {}
+    out: Verdicts = {}
     for i, raw_entry in enumerate(raw_entries if isinstance(raw_entries, list) else []):
         resource = raw_entry.get("resource") if isinstance(raw_entry, dict) else None
-        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
-        if isinstance(resource, dict) and isinstance(rtype, str) and rtype in SUPPORTED_TYPES:
-            issues = model_issues(resource, rtype, path=f"{_entry_path(i)}.resource")
-            if issues:
-                out[i] = issues
+        path = f"{_entry_path(i)}.resource"
+        try:
+            rtype = validate_resource(resource, path=path, model=False).resource_type
+        except InvalidContentError:
+            continue
+        assert isinstance(resource, dict)  # the walk passed
+        issues = model_issues(resource, rtype, path=path)
+        if issues:
+            out[i] = issues
+    return out
+
+
+def owed_verdicts(body: Any, parsed: ParsedBundle) -> Verdicts:
+    """The owed model verdicts computed here, on the parsed Bundle, with references as received.
+
+    For when the worker cannot answer: the written entries' references have been rewritten in
+    place since, so each is put back as sent while its resource is checked.
+    """
+    written = {e.index: e for e in parsed.entries}
+    out: Verdicts = {}
+    for i in sorted(parsed.models_owed):
+        resource = body["entry"][i]["resource"]
+        refs = written[i].references if i in written else []
+        now = [ref["reference"] for _, ref, _ in refs]
+        for _, ref, original in refs:
+            ref["reference"] = original
+        try:
+            issues = model_issues(
+                resource, resource["resourceType"], path=f"{_entry_path(i)}.resource"
+            )
+        finally:
+            for (_, ref, _), value in zip(refs, now, strict=True):
+                ref["reference"] = value
+        if issues:
+            out[i] = issues
     return out
 
 

@@ -162,12 +162,21 @@ def _check_leaf(value: Any, spec: _Field, path: str, issues: list[Issue]) -> Non
         issues.append(_wrong_type(path, value, kind))
 
 
+# Deepest element nesting accepted (a resource is level 1). Real resources stay far below it; the
+# fhir.resources models spend ~7 stack frames a level, so refusing here keeps every resource that
+# reaches the model well clear of the recursion limit, wherever the check runs (request thread or
+# worker process): the answer depends on the content, never on the caller's stack.
+MAX_DEPTH = 64
+
+
 class _Walker:
-    __slots__ = ("issues", "references")
+    __slots__ = ("depth", "issues", "references", "too_deep")
 
     def __init__(self) -> None:
         self.issues: list[Issue] = []
         self.references: list[tuple[str, dict[str, Any]]] = []
+        self.depth = 0
+        self.too_deep = False
 
     def resource(self, obj: Any, path: str, *, stored: bool = True) -> str | None:
         """Check a resource; `stored=False` for one inside another (contained), any R4 type."""
@@ -204,6 +213,20 @@ class _Walker:
         if not isinstance(obj, dict):
             self.issues.append(Issue("structure", f"{path} must be a JSON object", (path,)))
             return
+        if self.depth >= MAX_DEPTH:
+            if not self.too_deep:
+                self.too_deep = True
+                self.issues.append(
+                    Issue(
+                        "structure", f"{path} is nested more than {MAX_DEPTH} levels deep", (path,)
+                    )
+                )
+            return
+        self.depth += 1
+        self._members(obj, model, path, is_resource)
+        self.depth -= 1  # (an exception abandons the whole walk, so no finally is needed)
+
+    def _members(self, obj: dict[str, Any], model: type[Any], path: str, is_resource: bool) -> None:
         schema = _schema(model)  # type: ignore[arg-type]  # model classes are hashable
         if model.__name__ == "Reference":
             self.references.append((path, obj))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import event
 from sqlmodel import Session
 
 from fhir_mapping.events.context import MappingContext
@@ -114,7 +115,12 @@ class Derivation:
         built = build_terminology(self.terminology_dir, valuesets)
         with self._lock:
             changed = built.definitions != self._terminology.definitions
-            self._terminology, self._generation = built, generation
+
+        def keep() -> None:
+            with self._lock:
+                self._terminology, self._generation = built, generation
+
+        _once_committed(session, keep)  # a rolled-back ValueSet must not become the baseline
         return built, changed
 
     # -- the hook ---------------------------------------------------------------------------------
@@ -195,14 +201,23 @@ class Derivation:
 
     def pseudonym_key(self, session: Session) -> bytes:
         """The configured key, else one generated once and kept in the database."""
-        if self._pseudonym_key is None:
-            value = event_store.get_or_create_secret(
+        if self._pseudonym_key is not None:
+            return self._pseudonym_key
+        key: bytes | None = session.info.get(_SESSION_PSEUDONYM_KEY)
+        if key is None:
+            key = event_store.get_or_create_secret(
                 session,
                 PSEUDONYM_SECRET,
                 lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
-            )
-            self._pseudonym_key = value.encode()
-        return self._pseudonym_key
+            ).encode()
+            session.info[_SESSION_PSEUDONYM_KEY] = key
+            kept = key
+
+            def keep() -> None:
+                self._pseudonym_key = kept
+
+            _once_committed(session, keep)  # a generated key counts once it is stored
+        return key
 
     def refresh_subjects(self, session: Session, patient_ids: Sequence[str]) -> None:
         """Recompute every study's membership for these patients."""
@@ -354,6 +369,14 @@ def screening_row(
         "computed_at": now,
         "payload": json.dumps(payload, separators=(",", ":")),
     }
+
+
+_SESSION_PSEUDONYM_KEY = "trialbridge_pseudonym_key"
+
+
+def _once_committed(session: Session, then: Callable[[], None]) -> None:
+    """Run `then` after this session's transaction commits; never if it rolls back."""
+    event.listen(session, "after_commit", lambda _session: then(), once=True)
 
 
 def remap_all(derivation: Derivation, session: Session) -> None:

@@ -17,6 +17,8 @@ from sqlmodel import Session
 from fhir_mapping.bundles import (
     Entry,
     ParsedBundle,
+    bundle_envelope,
+    owed_verdicts,
     parse_bundle,
     parse_conditional,
     parse_etag,
@@ -24,7 +26,7 @@ from fhir_mapping.bundles import (
     settle_models,
 )
 from fhir_mapping.issues import InvalidContentError
-from fhir_mapping.json_codec import loads_text
+from fhir_mapping.json_codec import loads, loads_text
 from fhir_mapping.references import is_valid_id
 from fhir_mapping.resource_types import SUPPORTED_TYPES
 from service import store
@@ -81,14 +83,15 @@ def _refuse(parsed: ParsedBundle) -> None:
 
 
 class _ModelGate:
-    """Refuses a Bundle whose models failed in the worker: called before commit, or on error."""
+    """Refuses a Bundle whose models failed in the worker: asked after the writes, or on error."""
 
-    def __init__(self, parsed: ParsedBundle, pending: PendingVerdicts) -> None:
-        self._parsed, self._pending = parsed, pending
+    def __init__(self, body: Any, parsed: ParsedBundle, pending: PendingVerdicts) -> None:
+        self._body, self._parsed, self._pending = body, parsed, pending
 
     def settled(self) -> ParsedBundle:
         """The Bundle as if its models had been checked in place."""
-        return settle_models(self._parsed, self._pending.result())
+        verdicts = self._pending.result(lambda: owed_verdicts(self._body, self._parsed))
+        return settle_models(self._parsed, verdicts)
 
     def __call__(self) -> None:
         _refuse(self.settled())
@@ -112,11 +115,12 @@ class FhirStore:
     # -- units of work -------------------------------------------------------------------------
 
     def _write(self, work: Callable[[Session], T], gate: Callable[[], None] | None = None) -> T:
-        """Run `work` and the derivation in one transaction; `gate` may still refuse the commit.
+        """Run `work` and the derivation in one transaction; `gate` may refuse it in between.
 
-        The gate settles what was checked elsewhere meanwhile (the models of a Bundle); it is
-        also asked first when the work fails, so a client hears of invalid content before it
-        hears of anything the invalid content ran into, just as if it had been checked first.
+        The gate settles what was checked elsewhere meanwhile (the models of a Bundle): after the
+        writes, before anything is derived from them, and also first when the work fails, so a
+        client hears of invalid content before anything the invalid content ran into, just as if
+        it had been checked first.
         """
         attempts = self.settings.write_retries
         for attempt in range(1, attempts + 1):
@@ -124,13 +128,13 @@ class FhirStore:
                 with session_scope(self.engine) as session:
                     try:
                         result = work(session)
-                        self.derivation.after_write(session)  # events change with their sources
                     except Exception:
                         if gate is not None:
                             gate()
                         raise
                     if gate is not None:
                         gate()  # raising here rolls the whole unit of work back
+                    self.derivation.after_write(session)  # events change with their sources
                     return result
             except (IntegrityError, WriteConflictError, DBAPIError) as exc:
                 if _retryable(exc) and attempt < attempts:
@@ -303,24 +307,35 @@ class FhirStore:
 
     # -- bundles and bulk ----------------------------------------------------------------------
 
-    def bundle(
-        self, body: Any, *, ctx: WriteContext, raw: bytes | None = None
-    ) -> tuple[str, list[EntryResult]]:
-        """POST /fhir with a Bundle: the response Bundle type and one result per entry.
+    def bundle(self, body: Any, *, ctx: WriteContext) -> tuple[str, list[EntryResult]]:
+        """POST /fhir with a Bundle: the response Bundle type and one result per entry."""
+        return self._bundle(body, None, ctx)
 
-        Given the request bytes, a large atomic Bundle has its models checked in a worker process
-        while it is written (see `service.model_checks`); the answer is the same either way.
-        """
-        pending = self._offload(body, raw)
+    def bundle_json(self, raw: bytes, *, ctx: WriteContext) -> tuple[str, list[EntryResult]]:
+        """`bundle` for the request bytes: a large atomic Bundle has its models checked in a worker
+        process while it is written (see `service.model_checks`); the answer is the same."""
         try:
+            body = loads(raw)
+        except InvalidContentError as exc:
+            raise FhirError.from_invalid(exc) from exc
+        return self._bundle(body, raw, ctx)
+
+    def _bundle(
+        self, body: Any, raw: bytes | None, ctx: WriteContext
+    ) -> tuple[str, list[EntryResult]]:
+        pending: PendingVerdicts | None = None
+        try:
+            kind, raw_entries, _ = bundle_envelope(body)
+            if raw is not None and kind != "batch" and self.model_checks.wanted(len(raw_entries)):
+                pending = self.model_checks.submit(raw)  # None: no idle worker, check in place
             parsed = parse_bundle(body, check_models=pending is None)
         except InvalidContentError as exc:
             if pending is not None:
                 pending.cancel()
             raise FhirError.from_invalid(exc) from exc
-        if parsed.kind == "batch":
+        if parsed.kind == "batch":  # each entry keeps its own check (savepoints)
             return "batch-response", self._batch(parsed.entries, parsed.failures, ctx)
-        gate = None if pending is None else _ModelGate(parsed, pending)
+        gate = None if pending is None else _ModelGate(body, parsed, pending)
         if parsed.failures:
             _refuse(parsed if gate is None else gate.settled())
         entries = parsed.entries
@@ -333,15 +348,6 @@ class FhirStore:
         return "transaction-response", self._write(
             lambda s: apply_upserts(s, entries, upsert_ctx), gate
         )
-
-    def _offload(self, body: Any, raw: bytes | None) -> PendingVerdicts | None:
-        """Send an atomic Bundle's model checks to a worker when it is big enough to pay."""
-        if raw is None or not isinstance(body, dict) or body.get("type") == "batch":
-            return None  # a batch keeps each entry's check with the entry (savepoints)
-        entries = body.get("entry")
-        if not isinstance(entries, list) or not self.model_checks.wanted(len(entries)):
-            return None
-        return self.model_checks.submit(raw)
 
     def _batch(
         self,

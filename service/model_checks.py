@@ -3,12 +3,18 @@
 Model validation is the largest single cost of an ingest and it holds the GIL, so in one process
 it cannot overlap with anything. A worker process parses the same request bytes and checks every
 entry against its model while the request thread walks, rewrites and writes the Bundle in its
-transaction; the transaction waits for the verdict before it commits and rolls back when a model
-fails, so what the client sees, and what is stored, is the same as checking in place.
+transaction; the transaction waits for the verdicts before the derivation and the commit, and
+rolls back when a model fails, so what the client sees, and what is stored, is the same as
+checking in place.
 
-The pool starts on the first Bundle that qualifies; until its workers have loaded the models,
-and whenever a worker has died, Bundles are checked in place, so nothing waits on a start-up and
-a lost worker costs speed, not requests.
+A Bundle goes to a worker only when one is idle: a queue would hold the request's transaction
+(and SQLite's write lock) open while it waits. Until the workers have loaded the models, and
+whenever a worker has died or failed, Bundles are checked in place, so nothing waits on a start-up
+and a lost worker costs speed, never a request.
+
+The workers are spawned, so they import the server's main module: the service's own entry points
+(`trialbridge`, `uvicorn api.app:app`) are safe; a script embedding the app must guard its start
+with `if __name__ == "__main__":`, as multiprocessing requires.
 """
 
 from __future__ import annotations
@@ -18,20 +24,27 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Literal
 
-from fhir_mapping.bundles import model_verdicts
-from fhir_mapping.issues import Issue
+from fhir_mapping.bundles import Verdicts, model_verdicts
 from fhir_mapping.validation import preload_models
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Verdicts = dict[int, list[Issue]]
+# A worker parses at a different stack depth than the request thread did; this margin lets it
+# parse whatever the request thread could (resources themselves are depth-capped by the walk).
+_WORKER_EXTRA_RECURSION = 500
+# After a pool failed to start, Bundles are checked in place this long before the next attempt.
+RESTART_BACKOFF_SECONDS = 30.0
+
+State = Literal["off", "idle", "starting", "ready", "failed"]
 
 
 def usable_cpus() -> int:
@@ -50,6 +63,7 @@ def default_processes() -> int:
 def _worker_start() -> None:
     """Load every model once and keep it out of the collector's walks, as the server does."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    sys.setrecursionlimit(sys.getrecursionlimit() + _WORKER_EXTRA_RECURSION)
     preload_models()
     gc.collect()
     gc.freeze()
@@ -61,20 +75,24 @@ def _worker_ready() -> int:
 
 
 class PendingVerdicts:
-    """The model verdicts of one Bundle, computed elsewhere; `result()` waits for them."""
+    """The model verdicts of one Bundle, computed in a worker; `result()` waits for them."""
 
-    def __init__(self, future: Future[Verdicts], raw: bytes, on_lost: Callable[[], None]) -> None:
-        self._future, self._raw, self._on_lost = future, raw, on_lost
+    def __init__(self, future: Future[Verdicts], on_lost: Callable[[], None]) -> None:
+        self._future, self._on_lost = future, on_lost
         self._result: Verdicts | None = None
 
-    def result(self) -> Verdicts:
-        """The verdicts (the same answer each call); checked in place if the worker was lost."""
+    def result(self, in_place: Callable[[], Verdicts]) -> Verdicts:
+        """The verdicts (the same answer each call); `in_place()` if the worker could not answer."""
         if self._result is None:
             try:
                 self._result = self._future.result()
-            except (BrokenProcessPool, CancelledError):  # lost, or cancelled with its pool
+            except (BrokenProcessPool, CancelledError):  # the worker died, or its pool was dropped
+                log.warning("a model-check worker was lost; checking this Bundle in place")
                 self._on_lost()
-                self._result = model_verdicts(self._raw)
+                self._result = in_place()
+            except Exception:  # the job itself failed: never the client's fault, keep the pool
+                log.exception("a model-check job failed; checking this Bundle in place")
+                self._result = in_place()
         return self._result
 
     def cancel(self) -> None:
@@ -88,10 +106,14 @@ class ModelChecks:
     def __init__(self, processes: int, min_entries: int) -> None:
         self.processes = processes
         self.min_entries = min_entries
-        self._lock = threading.Lock()
+        self.submitted = 0  # Bundles sent to a worker so far (for operators and tests)
+        # Re-entrant: cancelling a pool's jobs runs their done-callbacks in the cancelling thread.
+        self._lock = threading.RLock()
         self._pool: ProcessPoolExecutor | None = None
         self._warm: list[Future[int]] = []
-        self.submitted = 0  # Bundles sent to a worker so far (for operators and tests)
+        self._jobs: set[Future[Verdicts]] = set()  # in flight on the current pool
+        self._closed = False
+        self._retry_at = 0.0
 
     @classmethod
     def for_settings(cls, settings: Settings) -> ModelChecks:
@@ -107,59 +129,82 @@ class ModelChecks:
         return self.processes > 0 and entries >= self.min_entries
 
     def submit(self, raw: bytes) -> PendingVerdicts | None:
-        """Start checking a Bundle's models in a worker; None means: check them in place."""
+        """Start checking a Bundle's models in an idle worker; None means: check them in place."""
         with self._lock:
             pool = self._started()
-            if pool is None or not all(f.done() for f in self._warm):
+            if pool is None or len(self._jobs) >= self.processes or not self._warmed():
                 return None
             try:
                 future = pool.submit(model_verdicts, raw)
-                self.submitted += 1
-            except (BrokenProcessPool, RuntimeError):  # a worker died, or we are shutting down
+            except RuntimeError:  # a worker died (BrokenProcessPool), or we are shutting down
                 self._discard()
                 return None
-        used = pool
-        return PendingVerdicts(future, raw, lambda: self.lost(used))
+            self._jobs.add(future)
+            self.submitted += 1
+        future.add_done_callback(self._job_done)
+        return PendingVerdicts(future, lambda: self.lost(pool))
 
-    def state(self) -> Literal["off", "idle", "starting", "ready"]:
-        """Off (no workers configured), idle (not started yet), starting, or ready."""
+    def state(self) -> State:
+        """Off (none configured, or closed), idle (not started yet), starting, ready, or failed."""
         with self._lock:
-            if self.processes <= 0:
+            if self.processes <= 0 or self._closed:
                 return "off"
             if self._pool is None:
-                return "idle"
-            return "ready" if all(f.done() for f in self._warm) else "starting"
+                return "failed" if self._retry_at > time.monotonic() else "idle"
+            if not all(f.done() for f in self._warm):
+                return "starting"
+            return "ready" if self._warmed() else "failed"
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """Start the workers if needed and wait until they have loaded the models."""
+        """Start the workers if needed and wait (in all at most `timeout` s) until they are warm."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._started()
             warm = list(self._warm)
         for future in warm:
-            future.result(timeout)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            future.result(left)
         return bool(warm)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the warm workers (for operators and tests)."""
         with self._lock:
-            return [f.result() for f in self._warm if f.done() and not f.exception()]
+            return [f.result() for f in self._warm if f.done() and f.exception() is None]
 
     def lost(self, pool: ProcessPoolExecutor) -> None:
-        """A worker of `pool` died: drop that pool (once); the next Bundle starts a fresh one."""
+        """A worker of `pool` died or failed: drop that pool (once); a later Bundle starts anew."""
         with self._lock:
             if pool is self._pool:
-                log.warning("a model-check worker process was lost; starting a new pool")
+                log.warning("dropping the model-check pool; the next large Bundle starts a new one")
                 self._discard()
 
     def close(self) -> None:
-        """Stop the workers (at shutdown)."""
+        """Stop the workers for good (at shutdown); later Bundles are checked in place."""
         with self._lock:
-            pool, self._pool, self._warm = self._pool, None, []
+            self._closed = True
+            pool, self._pool, self._warm, self._jobs = self._pool, None, [], set()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def _job_done(self, future: Future[Verdicts]) -> None:
+        """A worker is free again (a job of a dropped pool is simply not in the set any more)."""
+        with self._lock:
+            self._jobs.discard(future)
+
+    def _warmed(self) -> bool:
+        """Every worker has loaded the models; a failed start drops the pool and backs off."""
+        if not all(f.done() for f in self._warm):
+            return False
+        if any(f.cancelled() or f.exception() is not None for f in self._warm):
+            log.error("model-check workers failed to start; checking in place for a while")
+            self._discard()
+            self._retry_at = time.monotonic() + RESTART_BACKOFF_SECONDS
+            return False
+        return True
+
     def _started(self) -> ProcessPoolExecutor | None:
-        if self.processes <= 0:
+        """The current pool, started if there is none (unless off, closed or backing off)."""
+        if self.processes <= 0 or self._closed or time.monotonic() < self._retry_at:
             return None
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
@@ -171,6 +216,7 @@ class ModelChecks:
         return self._pool
 
     def _discard(self) -> None:
-        pool, self._pool, self._warm = self._pool, None, []
+        """Drop the current pool without waiting for it (its jobs are cancelled or abandoned)."""
+        pool, self._pool, self._warm, self._jobs = self._pool, None, [], set()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)

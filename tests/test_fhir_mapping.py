@@ -10,7 +10,7 @@ from fhir_mapping.bundles import derived_id, parse_bundle, parse_etag
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import content_hash, dumps, loads
 from fhir_mapping.references import identifier_index, parse_reference, reference_index
-from fhir_mapping.validation import validate_resource
+from fhir_mapping.validation import MAX_DEPTH, validate_resource
 
 
 @pytest.mark.parametrize(
@@ -210,3 +210,28 @@ def test_parse_bundle_collects_every_bad_entry() -> None:
         (1, "code-invalid"),
         (2, "not-supported"),
     ]
+
+
+def _nested_extensions(levels: int) -> dict[str, Any]:
+    ext: dict[str, Any] = {"url": "http://x", "valueString": "leaf"}
+    for _ in range(levels - 1):
+        ext = {"url": "http://x", "extension": [ext]}
+    return {"resourceType": "Patient", "extension": [ext]}
+
+
+def _from_depth(frames: int, call: Any) -> Any:
+    return call() if frames == 0 else _from_depth(frames - 1, call)
+
+
+@pytest.mark.parametrize("stack", [0, 400])
+def test_nesting_is_capped_by_content_not_by_the_callers_stack(stack: int) -> None:
+    deepest = _nested_extensions(MAX_DEPTH - 1)  # the resource is level 1
+    assert _from_depth(stack, lambda: validate_resource(deepest)).resource_type == "Patient"
+    with pytest.raises(InvalidContentError) as caught:
+        _from_depth(stack, lambda: validate_resource(_nested_extensions(MAX_DEPTH)))
+    [issue] = caught.value.issues  # one issue, however many branches are too deep
+    assert issue.code == "structure"
+    assert issue.diagnostics.endswith(f"is nested more than {MAX_DEPTH} levels deep")
+    assert issue.expression[0].startswith(
+        "Patient.extension[0]" + ".extension[0]" * (MAX_DEPTH - 3)
+    )

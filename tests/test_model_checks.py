@@ -11,6 +11,8 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +22,12 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 from sqlalchemy import Engine
+from sqlmodel import Session
 
-from service.model_checks import ModelChecks, default_processes
+from fhir_mapping.issues import Issue
+from service.errors import FhirError
+from service.fhir_store import FhirStore
+from service.model_checks import ModelChecks, PendingVerdicts, default_processes
 from service.settings import Settings
 from tests.conftest import FHIR_JSON, clear_store, counts, start_server
 from tests.helpers import bundle, entry, observation, patient, statuses
@@ -273,3 +279,88 @@ def test_a_pool_without_workers_is_off() -> None:
     assert checks.submit(b"{}") is None
     assert checks.wait_ready(1) is False
     assert checks.submitted == 0
+
+
+def _done(value: Any = None, error: BaseException | None = None) -> Future[Any]:
+    future: Future[Any] = Future()
+    if error is None:
+        future.set_result(value)
+    else:
+        future.set_exception(error)
+    return future
+
+
+@pytest.mark.parametrize(
+    ("error", "pool_dropped"),
+    [(BrokenProcessPool("worker died"), True), (ValueError("job failed"), False)],
+)
+def test_a_worker_that_cannot_answer_is_replaced_by_the_check_in_place(
+    error: BaseException, pool_dropped: bool
+) -> None:
+    lost: list[bool] = []
+    pending = PendingVerdicts(_done(error=error), lambda: lost.append(True))
+    in_place = {3: [Issue("value", "checked here")]}
+    assert pending.result(lambda: in_place) == in_place
+    assert pending.result(lambda: {}) == in_place  # settled once
+    assert lost == ([True] if pool_dropped else [])
+
+
+def test_a_worker_answer_is_taken_as_it_is() -> None:
+    answer = {1: [Issue("required", "from the worker")]}
+    pending = PendingVerdicts(_done(answer), lambda: None)
+    assert pending.result(lambda: pytest.fail("not needed")) == answer
+
+
+def test_a_bundle_goes_to_a_worker_only_when_one_is_idle() -> None:
+    checks = ModelChecks(1, 1)
+    try:
+        assert checks.state() == "idle"
+        assert checks.submit(b"{}") is None  # starts the pool; not warm yet: in place
+        assert checks.wait_ready(120)
+        assert checks.state() == "ready"
+        big = _big_transaction(3000)
+        first = checks.submit(big)
+        assert first is not None
+        assert checks.submit(big) is None  # the only worker is busy: check in place
+        verdicts = first.result(lambda: pytest.fail("the worker answers"))
+        assert verdicts == {}
+        deadline = time.monotonic() + 10
+        while (again := checks.submit(b"{}")) is None:  # free once its done-callback has run
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert again.result(lambda: pytest.fail("the worker answers")) == {}
+        assert checks.submitted == 2
+    finally:
+        checks.close()
+    assert checks.state() == "off"
+    assert checks.submit(b"{}") is None  # closed for good
+    assert checks.submitted == 2
+
+
+def test_refused_content_never_reaches_the_derivation(
+    database_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks = ModelChecks(1, 1)
+    store = FhirStore(engine, Settings(database_url=database_url), model_checks=checks)
+    derived: list[int] = []
+    after_write = store.derivation.after_write
+
+    def spy(session: Session) -> None:
+        derived.append(1)
+        after_write(session)
+
+    monkeypatch.setattr(store.derivation, "after_write", spy)
+    try:
+        assert checks.wait_ready(120)
+        clear_store(engine)
+        refused_body, _, where = REFUSED["model only"]
+        with pytest.raises(FhirError) as caught:
+            store.bundle_json(refused_body, ctx=store.context("test"))
+        assert caught.value.status == 400
+        assert [i.expression[0] for i in caught.value.issues] == where
+        assert (checks.submitted, derived) == (1, [])  # checked in the worker, derived nothing
+        kind, results = store.bundle_json(_big_transaction(2), ctx=store.context("test"))
+        assert (kind, [r.status for r in results]) == ("transaction-response", [201] * 3)
+        assert (checks.submitted, derived) == (2, [1])
+    finally:
+        checks.close()

@@ -6,8 +6,15 @@ from typing import Any
 
 import pytest
 
-from fhir_mapping.bundles import ParsedBundle, model_verdicts, parse_bundle, settle_models
-from fhir_mapping.issues import Issue
+from fhir_mapping.bundles import (
+    ParsedBundle,
+    bundle_envelope,
+    model_verdicts,
+    owed_verdicts,
+    parse_bundle,
+    settle_models,
+)
+from fhir_mapping.issues import InvalidContentError, Issue
 from fhir_mapping.json_codec import dumps
 
 PATIENT = {"resourceType": "Patient", "id": "p1", "gender": "female"}
@@ -103,3 +110,50 @@ def test_verdicts_of_entries_that_were_not_owed_are_ignored() -> None:
     walked = parse_bundle(CASES["all valid"], check_models=False)
     made_up = {5: [Issue("value", "not an entry of this Bundle")]}
     assert _seen(settle_models(walked, made_up)) == _seen(parse_bundle(CASES["all valid"]))
+
+
+def test_the_worker_reports_only_what_the_walk_let_through() -> None:
+    # entry 0 fails the walk: its issues are the request thread's, the worker says nothing of it
+    assert list(model_verdicts(dumps(CASES["walk and model in two entries"]))) == [2]
+
+
+URN = "urn:uuid:6f1c1a8e-27a4-4c55-9a3b-2f8d1d0c0201"
+
+
+def _with_references() -> dict[str, Any]:
+    return _bundle(
+        "transaction",
+        {**_post(PATIENT), "fullUrl": URN},
+        _post({**NO_ZONE, "subject": {"reference": URN}}),
+        _post({**OBS, "subject": {"reference": URN}}),
+    )
+
+
+def test_owed_verdicts_in_place_check_the_references_as_received() -> None:
+    bundle = _with_references()
+    walked = parse_bundle(bundle, check_models=False)
+    rewritten = [ref for e in walked.entries for _, ref, _ in e.references]
+    assert len(rewritten) == 2
+    for ref in rewritten:  # what the transaction's rewrite does before the gate asks
+        ref["reference"] = "Patient/server-id"
+    verdicts = owed_verdicts(bundle, walked)
+    assert verdicts == model_verdicts(dumps(_with_references()))
+    assert set(verdicts) == {1}
+    assert [ref["reference"] for ref in rewritten] == ["Patient/server-id"] * 2  # put back
+    assert _seen(settle_models(walked, verdicts)) == _seen(parse_bundle(_with_references()))
+
+
+def test_owed_verdicts_cover_entries_that_failed_a_later_check() -> None:
+    bundle = CASES["model before the request checks"]
+    walked = parse_bundle(bundle, check_models=False)
+    assert walked.entries == []
+    assert owed_verdicts(bundle, walked) == model_verdicts(dumps(bundle))
+
+
+def test_a_bundle_envelope_is_checked_before_any_entry() -> None:
+    kind, raw_entries, start = bundle_envelope(CASES["message"])
+    assert (kind, len(raw_entries), start) == ("message", 3, 1)
+    with pytest.raises(InvalidContentError, match="MessageHeader"):
+        bundle_envelope(_bundle("message", {"resource": PATIENT}))
+    with pytest.raises(InvalidContentError, match=r"Bundle\.type"):
+        bundle_envelope(_bundle("searchset"))

@@ -1,0 +1,86 @@
+"""What derivation remembers between units of work is only ever what was committed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+from sqlmodel import Session
+
+from fhir_mapping.bundles import resource_entry
+from service import migrate
+from service.catalog import load_catalog
+from service.db import make_engine
+from service.fhir_time import utcnow
+from service.ingest import WriteContext, apply_entries
+from service.settings import Settings
+
+SITE_VALUESET = {
+    "resourceType": "ValueSet",
+    "id": "site-dupilumab",
+    "url": "urn:trialbridge:valueset:dupilumab",
+    "status": "active",
+    "compose": {"include": [{"system": "urn:site:pharmacy", "concept": [{"code": "DUPI-300"}]}]},
+}
+
+
+def _fresh(new_database: Any, backend: str) -> tuple[Any, Any]:
+    settings = Settings(database_url=new_database(backend))
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    return engine, load_catalog(settings).derivation
+
+
+def _stored_keys(engine: Any) -> list[str]:
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(text("SELECT value FROM service_secret"))]
+
+
+def test_a_pseudonym_key_made_in_a_rolled_back_transaction_is_forgotten(
+    new_database: Any, backend: str
+) -> None:
+    engine, derivation = _fresh(new_database, backend)
+    try:
+        with Session(engine) as session:
+            discarded = derivation.pseudonym_key(session)
+            assert derivation.pseudonym_key(session) == discarded  # one key per unit of work
+            session.rollback()
+        assert _stored_keys(engine) == []
+        with Session(engine) as session:
+            kept = derivation.pseudonym_key(session)
+            session.commit()
+        assert kept != discarded
+        assert [k.encode() for k in _stored_keys(engine)] == [kept]
+        with Session(engine) as session:
+            assert derivation.pseudonym_key(session) == kept
+    finally:
+        engine.dispose()
+
+
+def test_a_rolled_back_valueset_does_not_become_the_terminology_baseline(
+    new_database: Any, backend: str
+) -> None:
+    engine, derivation = _fresh(new_database, backend)
+    ctx = WriteContext(now=utcnow(), source="test", request_id="r")
+    entry = resource_entry(SITE_VALUESET, method="PUT", path="", resource_id="site-dupilumab")
+    try:
+        with Session(engine) as session:
+            apply_entries(session, [entry], ctx)
+            _, changed = derivation.terminology(session)
+            assert changed  # the site code is new
+            session.rollback()
+        with Session(engine) as session:
+            _, changed = derivation.terminology(session)
+            assert not changed  # compared with what is committed: nothing changed
+            session.commit()
+        entry = resource_entry(SITE_VALUESET, method="PUT", path="", resource_id="site-dupilumab")
+        with Session(engine) as session:
+            apply_entries(session, [entry], ctx)
+            _, changed = derivation.terminology(session)
+            assert changed
+            session.commit()
+        with Session(engine) as session:
+            _, changed = derivation.terminology(session)
+            assert not changed  # committed: now the baseline
+    finally:
+        engine.dispose()
