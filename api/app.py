@@ -15,7 +15,6 @@ from api import errors
 from api.deviation_routes import router as deviation_router
 from api.fhir_routes import router as fhir_router
 from api.outcome_routes import router as outcome_router
-from api.process import settle_process
 from api.study_routes import router as study_router
 from service import migrate
 from service.catalog import load_catalog
@@ -24,6 +23,7 @@ from service.db import make_engine
 from service.deviation_log import DeviationLog
 from service.fhir_store import FhirStore
 from service.model_checks import ModelChecks
+from service.process import settle_process
 from service.settings import Settings
 from service.studies import StudyReader
 from service.webhooks import Dispatcher, policy_from

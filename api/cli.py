@@ -15,7 +15,6 @@ import orjson
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from api.process import settle_process
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import decode_text, loads
 from service import event_store, migrate
@@ -25,6 +24,7 @@ from service.derivation import Derivation, reevaluate_all, remap_all
 from service.errors import FhirError
 from service.fhir_store import FhirStore
 from service.ingest import EntryResult
+from service.process import settle_process
 from service.protocol import ProtocolError
 from service.settings import Settings
 from service.terminology_files import TerminologyError

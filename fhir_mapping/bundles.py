@@ -98,16 +98,17 @@ class ParsedBundle:
 
 
 def _entry_path(index: int) -> str:
+    """Where an entry is, as every issue about it says."""
     return f"Bundle.entry[{index}]"
 
 
 def _checked(
-    resource: Any, path: str, owed: tuple[set[int], int] | None = None
+    resource: Any, path: str, index: int, owed: set[int] | None
 ) -> tuple[dict[str, Any], CheckedResource]:
-    """Validate; with `owed` (a set, this entry's index) only walk, and note the model as owed."""
+    """Validate; given `owed`, only walk, and note this entry's model check as owed."""
     checked = validate_resource(resource, path=path, model=owed is None)
     if owed is not None:
-        owed[0].add(owed[1])
+        owed.add(index)
     assert isinstance(resource, dict)
     return resource, checked
 
@@ -131,7 +132,7 @@ def resource_entry(
     owed: set[int] | None = None,
 ) -> Entry:
     """An entry for a single-resource interaction or an NDJSON line (see `_checked` for owed)."""
-    res, checked = _checked(resource, path, None if owed is None else (owed, index))
+    res, checked = _checked(resource, path, index, owed)
     rid = res.get("id")
     if rid is not None and not (isinstance(rid, str) and is_valid_id(rid)):
         raise InvalidContentError(

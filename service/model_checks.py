@@ -19,7 +19,6 @@ with `if __name__ == "__main__":`, as multiprocessing requires.
 
 from __future__ import annotations
 
-import gc
 import logging
 import multiprocessing
 import os
@@ -33,7 +32,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Literal
 
 from fhir_mapping.bundles import Verdicts, model_verdicts
-from fhir_mapping.validation import preload_models
+from service.process import settle_process
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,9 +63,7 @@ def _worker_start() -> None:
     """Load every model once and keep it out of the collector's walks, as the server does."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     sys.setrecursionlimit(sys.getrecursionlimit() + _WORKER_EXTRA_RECURSION)
-    preload_models()
-    gc.collect()
-    gc.freeze()
+    settle_process()
 
 
 def _worker_ready() -> int:

@@ -1,4 +1,4 @@
-"""Process-wide preparation for ingest, shared by the HTTP app and the CLI."""
+"""Process-wide preparation for ingest, shared by the HTTP app, the CLI and model-check workers."""
 
 from __future__ import annotations
 
