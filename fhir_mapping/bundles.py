@@ -399,23 +399,19 @@ def model_verdicts(raw: bytes) -> Verdicts:
     """The model issues of every entry resource in a Bundle's JSON, by entry index (none: valid).
 
     Parses the bytes itself, exactly as the request was parsed, so it can run in another process
-    while the request is written. Only resources that pass the JSON walk reach their model, as in
-    place: the walk's own refusals are the request thread's to report.
+    while the request is written. It checks every resource of an accepted type, including ones
+    the JSON walk will refuse: only the entries the walk passed (`models_owed`) are consulted.
     """
     obj = loads(raw)
     raw_entries = obj.get("entry") if isinstance(obj, dict) else None
     out: Verdicts = {}
     for i, raw_entry in enumerate(raw_entries if isinstance(raw_entries, list) else []):
         resource = raw_entry.get("resource") if isinstance(raw_entry, dict) else None
-        path = f"{_entry_path(i)}.resource"
-        try:
-            rtype = validate_resource(resource, path=path, model=False).resource_type
-        except InvalidContentError:
-            continue
-        assert isinstance(resource, dict)  # the walk passed
-        issues = model_issues(resource, rtype, path=path)
-        if issues:
-            out[i] = issues
+        rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+        if isinstance(resource, dict) and isinstance(rtype, str) and rtype in SUPPORTED_TYPES:
+            issues = model_issues(resource, rtype, path=f"{_entry_path(i)}.resource")
+            if issues:
+                out[i] = issues
     return out
 
 

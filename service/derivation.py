@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import secrets
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -177,7 +178,7 @@ class Derivation:
                 continue
             source = SourceRef(key[0], key[1], version_id)
             lookup.targets = set()
-            events.extend(self._map_one(content, source, ctx))
+            events.extend(self._map_one(session, content, source, ctx))
             deps.extend((source.resource_type, source.resource_id, t) for t in lookup.targets)
         event_store.insert_events(session, events, deps)
         touched.update(e.patient_id for e in events if e.patient_id)
@@ -185,16 +186,22 @@ class Derivation:
 
     @staticmethod
     def _map_one(
-        content: dict[str, Any], source: SourceRef, ctx: MappingContext
+        session: Session, content: dict[str, Any], source: SourceRef, ctx: MappingContext
     ) -> list[TrialEvent]:
         try:
             return map_resource(source.resource_type, content, source, ctx)
         except Exception:  # a mapper bug must not refuse valid FHIR; the resource stays stored
-            log.exception(
-                "mapping %s/%s failed; it yields no events",
-                source.resource_type,
-                source.resource_id,
-            )
+            failure = sys.exc_info()
+
+            def report() -> None:  # only for content that is kept, not a refused Bundle's
+                log.error(
+                    "mapping %s/%s failed; it yields no events",
+                    source.resource_type,
+                    source.resource_id,
+                    exc_info=failure,
+                )
+
+            _once_committed(session, report)
             return []
 
     # -- subjects ---------------------------------------------------------------------------------

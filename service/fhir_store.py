@@ -115,12 +115,12 @@ class FhirStore:
     # -- units of work -------------------------------------------------------------------------
 
     def _write(self, work: Callable[[Session], T], gate: Callable[[], None] | None = None) -> T:
-        """Run `work` and the derivation in one transaction; `gate` may refuse it in between.
+        """Run `work` and the derivation in one transaction; `gate` may still refuse the commit.
 
-        The gate settles what was checked elsewhere meanwhile (the models of a Bundle): after the
-        writes, before anything is derived from them, and also first when the work fails, so a
-        client hears of invalid content before anything the invalid content ran into, just as if
-        it had been checked first.
+        The gate settles what was checked elsewhere meanwhile (the models of a Bundle): before the
+        commit, and also first when the work fails, so a client hears of invalid content before
+        anything the invalid content ran into, just as if it had been checked first. Derivation
+        keeps nothing of a transaction that does not commit (caches and reports wait for it).
         """
         attempts = self.settings.write_retries
         for attempt in range(1, attempts + 1):
@@ -128,13 +128,13 @@ class FhirStore:
                 with session_scope(self.engine) as session:
                     try:
                         result = work(session)
+                        self.derivation.after_write(session)  # events change with their sources
                     except Exception:
                         if gate is not None:
                             gate()
                         raise
                     if gate is not None:
                         gate()  # raising here rolls the whole unit of work back
-                    self.derivation.after_write(session)  # events change with their sources
                     return result
             except (IntegrityError, WriteConflictError, DBAPIError) as exc:
                 if _retryable(exc) and attempt < attempts:

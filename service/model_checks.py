@@ -3,9 +3,9 @@
 Model validation is the largest single cost of an ingest and it holds the GIL, so in one process
 it cannot overlap with anything. A worker process parses the same request bytes and checks every
 entry against its model while the request thread walks, rewrites and writes the Bundle in its
-transaction; the transaction waits for the verdicts before the derivation and the commit, and
-rolls back when a model fails, so what the client sees, and what is stored, is the same as
-checking in place.
+transaction and derives its events; the transaction waits for the verdicts before it commits
+and rolls back when a model fails, so what the client sees, and what is stored, is the same as
+checking in place (the derivation keeps nothing in memory, and logs nothing, until a commit).
 
 A Bundle goes to a worker only when one is idle: a queue would hold the request's transaction
 (and SQLite's write lock) open while it waits. Until the workers have loaded the models, and
@@ -23,7 +23,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,9 +36,6 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# A worker parses at a different stack depth than the request thread did; this margin lets it
-# parse whatever the request thread could (resources themselves are depth-capped by the walk).
-_WORKER_EXTRA_RECURSION = 500
 # After a pool failed to start, Bundles are checked in place this long before the next attempt.
 RESTART_BACKOFF_SECONDS = 30.0
 
@@ -62,7 +58,6 @@ def default_processes() -> int:
 def _worker_start() -> None:
     """Load every model once and keep it out of the collector's walks, as the server does."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    sys.setrecursionlimit(sys.getrecursionlimit() + _WORKER_EXTRA_RECURSION)
     settle_process()
 
 

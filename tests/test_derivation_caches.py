@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
 from fhir_mapping.bundles import resource_entry
+from service import derivation as derivation_module
 from service import migrate
 from service.catalog import load_catalog
 from service.db import make_engine
@@ -82,5 +85,39 @@ def test_a_rolled_back_valueset_does_not_become_the_terminology_baseline(
         with Session(engine) as session:
             _, changed = derivation.terminology(session)
             assert not changed  # committed: now the baseline
+    finally:
+        engine.dispose()
+
+
+def test_a_mapping_failure_is_reported_only_for_content_that_is_kept(
+    new_database: Any,
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine, derivation = _fresh(new_database, backend)
+
+    def broken(*_args: Any) -> list[Any]:
+        raise ValueError("mapper bug")
+
+    monkeypatch.setattr(derivation_module, "map_resource", broken)
+    ctx = WriteContext(now=utcnow(), source="test", request_id="r")
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female"}
+    try:
+        for outcome in ("rollback", "commit"):
+            caplog.clear()
+            with caplog.at_level(logging.ERROR, logger="service.derivation"), Session(engine) as s:
+                apply_entries(
+                    s, [resource_entry(patient, method="PUT", path="", resource_id="p1")], ctx
+                )
+                derivation.after_write(s)
+                assert caplog.records == []  # not yet: the transaction may still be refused
+                getattr(s, outcome)()
+            reported = [r.getMessage() for r in caplog.records]
+            if outcome == "rollback":
+                assert reported == []
+            else:
+                assert reported == ["mapping Patient/p1 failed; it yields no events"]
+                assert caplog.records[0].exc_info is not None
     finally:
         engine.dispose()

@@ -21,10 +21,11 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
-from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlalchemy import Engine, text
 
 from fhir_mapping.issues import Issue
+from service import migrate
+from service.db import make_engine
 from service.errors import FhirError
 from service.fhir_store import FhirStore
 from service.model_checks import ModelChecks, PendingVerdicts, default_processes
@@ -337,30 +338,33 @@ def test_a_bundle_goes_to_a_worker_only_when_one_is_idle() -> None:
     assert checks.submitted == 2
 
 
-def test_refused_content_never_reaches_the_derivation(
-    database_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_refused_bundle_leaves_nothing_behind(new_database: Any, backend: str) -> None:
+    settings = Settings(database_url=new_database(backend))
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
     checks = ModelChecks(1, 1)
-    store = FhirStore(engine, Settings(database_url=database_url), model_checks=checks)
-    derived: list[int] = []
-    after_write = store.derivation.after_write
-
-    def spy(session: Session) -> None:
-        derived.append(1)
-        after_write(session)
-
-    monkeypatch.setattr(store.derivation, "after_write", spy)
+    store = FhirStore(engine, settings, model_checks=checks)
     try:
         assert checks.wait_ready(120)
-        clear_store(engine)
+        empty = counts(engine)
         refused_body, _, where = REFUSED["model only"]
         with pytest.raises(FhirError) as caught:
             store.bundle_json(refused_body, ctx=store.context("test"))
         assert caught.value.status == 400
         assert [i.expression[0] for i in caught.value.issues] == where
-        assert (checks.submitted, derived) == (1, [])  # checked in the worker, derived nothing
+        assert checks.submitted == 1  # checked in the worker
+        assert counts(engine) == empty
+        assert _secrets(engine) == 0  # the subject key its derivation made was rolled back too
         kind, results = store.bundle_json(_big_transaction(2), ctx=store.context("test"))
         assert (kind, [r.status for r in results]) == ("transaction-response", [201] * 3)
-        assert (checks.submitted, derived) == (2, [1])
+        assert checks.submitted == 2
+        assert counts(engine)["fhir_resource"] == 3
+        assert _secrets(engine) == 1  # the same derivation, committed this time
     finally:
         checks.close()
+        engine.dispose()
+
+
+def _secrets(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM service_secret")).scalar_one())

@@ -112,9 +112,13 @@ def test_verdicts_of_entries_that_were_not_owed_are_ignored() -> None:
     assert _seen(settle_models(walked, made_up)) == _seen(parse_bundle(CASES["all valid"]))
 
 
-def test_the_worker_reports_only_what_the_walk_let_through() -> None:
-    # entry 0 fails the walk: its issues are the request thread's, the worker says nothing of it
-    assert list(model_verdicts(dumps(CASES["walk and model in two entries"]))) == [2]
+def test_verdicts_on_entries_the_walk_refused_are_ignored() -> None:
+    bundle = CASES["walk and model in two entries"]
+    verdicts = model_verdicts(dumps(bundle))
+    assert sorted(verdicts) == [0, 2]  # the model refuses the unknown element too, in its words
+    settled = settle_models(parse_bundle(bundle, check_models=False), verdicts)
+    first = settled.failures[0][1].issues
+    assert [i.diagnostics for i in first] == ["Bundle.entry[0].resource: unknown element 'foo'"]
 
 
 URN = "urn:uuid:6f1c1a8e-27a4-4c55-9a3b-2f8d1d0c0201"
