@@ -83,7 +83,7 @@ def _refuse(parsed: ParsedBundle) -> None:
 
 
 class _ModelGate:
-    """Refuses a Bundle whose models failed in the worker: asked after the writes, or on error."""
+    """Refuses a Bundle whose models failed in the worker: asked before commit, or on error."""
 
     def __init__(self, body: Any, parsed: ParsedBundle, pending: PendingVerdicts) -> None:
         self._body, self._parsed, self._pending = body, parsed, pending
@@ -323,16 +323,15 @@ class FhirStore:
     def _bundle(
         self, body: Any, raw: bytes | None, ctx: WriteContext
     ) -> tuple[str, list[EntryResult]]:
-        pending: PendingVerdicts | None = None
         try:
             kind, raw_entries, _ = bundle_envelope(body)
-            if raw is not None and kind != "batch" and self.model_checks.wanted(len(raw_entries)):
-                pending = self.model_checks.submit(raw)  # None: no idle worker, check in place
-            parsed = parse_bundle(body, check_models=pending is None)
         except InvalidContentError as exc:
-            if pending is not None:
-                pending.cancel()
             raise FhirError.from_invalid(exc) from exc
+        pending: PendingVerdicts | None = None
+        if raw is not None and kind != "batch" and self.model_checks.wanted(len(raw_entries)):
+            pending = self.model_checks.submit(raw)  # None: no idle worker, check in place
+        # the envelope passed, so this collects each entry's failure instead of raising
+        parsed = parse_bundle(body, check_models=pending is None)
         if parsed.kind == "batch":  # each entry keeps its own check (savepoints)
             return "batch-response", self._batch(parsed.entries, parsed.failures, ctx)
         gate = None if pending is None else _ModelGate(body, parsed, pending)

@@ -87,10 +87,6 @@ class PendingVerdicts:
                 self._result = in_place()
         return self._result
 
-    def cancel(self) -> None:
-        """Not needed any more (the Bundle failed before its models mattered)."""
-        self._future.cancel()
-
 
 class ModelChecks:
     """A small process pool for `model_verdicts`, started on first use."""
