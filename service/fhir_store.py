@@ -314,22 +314,24 @@ class FhirStore:
     def bundle_json(self, raw: bytes, *, ctx: WriteContext) -> tuple[str, list[EntryResult]]:
         """`bundle` for the request bytes: a large atomic Bundle has its models checked in a worker
         process while it is written (see `service.model_checks`); the answer is the same."""
+        # The worker starts on the bytes at once and parses them alongside this thread; if they
+        # turn out not to be an atomic Bundle, its answer is never asked for.
+        pending = self.model_checks.submit(raw) if self.model_checks.wanted(raw) else None
         try:
             body = loads(raw)
         except InvalidContentError as exc:
             raise FhirError.from_invalid(exc) from exc
-        return self._bundle(body, raw, ctx)
+        return self._bundle(body, pending, ctx)
 
     def _bundle(
-        self, body: Any, raw: bytes | None, ctx: WriteContext
+        self, body: Any, pending: PendingVerdicts | None, ctx: WriteContext
     ) -> tuple[str, list[EntryResult]]:
         try:
-            kind, raw_entries, _ = bundle_envelope(body)
+            kind, _, _ = bundle_envelope(body)
         except InvalidContentError as exc:
             raise FhirError.from_invalid(exc) from exc
-        pending: PendingVerdicts | None = None
-        if raw is not None and kind != "batch" and self.model_checks.wanted(len(raw_entries)):
-            pending = self.model_checks.submit(raw)  # None: no idle worker, check in place
+        if kind == "batch":  # checked entry by entry in place; a worker's answer is not needed
+            pending = None
         # the envelope passed, so this collects each entry's failure instead of raising
         parsed = parse_bundle(body, check_models=pending is None)
         if parsed.kind == "batch":  # each entry keeps its own check (savepoints)

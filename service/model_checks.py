@@ -30,7 +30,7 @@ from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Literal
 
-from fhir_mapping.bundles import Verdicts, model_verdicts
+from fhir_mapping.bundles import Verdicts, estimated_atomic_entries, model_verdicts
 from service.process import settle_process
 from service.settings import Settings
 
@@ -112,9 +112,9 @@ class ModelChecks:
             settings.model_check_min_entries,
         )
 
-    def wanted(self, entries: int) -> bool:
-        """Whether a Bundle of this many entries is worth sending to a worker."""
-        return self.processes > 0 and entries >= self.min_entries
+    def wanted(self, raw: bytes) -> bool:
+        """Whether a request body looks like an atomic Bundle worth sending to a worker."""
+        return self.processes > 0 and estimated_atomic_entries(raw) >= self.min_entries
 
     def submit(self, raw: bytes) -> PendingVerdicts | None:
         """Start checking a Bundle's models in an idle worker; None means: check them in place."""
@@ -153,6 +153,11 @@ class ModelChecks:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             future.result(left)
         return bool(warm)
+
+    def busy(self) -> int:
+        """Jobs in flight on the current pool, answers nobody waits for included."""
+        with self._lock:
+            return len(self._jobs)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the warm workers (for operators and tests)."""

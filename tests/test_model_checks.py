@@ -7,6 +7,7 @@ the same OperationOutcome and the same rows, bad and good alike.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -79,6 +80,14 @@ def _wait_gone(pid: int) -> None:
         time.sleep(0.05)
 
 
+def _wait_idle(checks: ModelChecks) -> None:
+    """Until no job is in flight (an answer nobody asked for may still be running)."""
+    deadline = time.monotonic() + 30
+    while checks.busy():
+        assert time.monotonic() < deadline, "a model-check job never finished"
+        time.sleep(0.01)
+
+
 def _post_both(
     servers: tuple[Served, Served], engine: Engine, body: bytes, *, offloaded: bool = True
 ) -> tuple[httpx.Response, httpx.Response, dict[str, int], dict[str, int]]:
@@ -86,6 +95,7 @@ def _post_both(
     out: list[Any] = []
     for served in servers:
         clear_store(engine)
+        _wait_idle(served.checks)
         before = served.checks.submitted
         response = served.client.post("", content=body)
         sent = served.checks.submitted - before
@@ -247,14 +257,60 @@ def test_a_batch_keeps_its_checks_in_place(servers: tuple[Served, Served], engin
     assert worker_rows["fhir_resource"] == 1
 
 
+LOOK_ALIKES = {
+    # the worker starts on the bytes before they are parsed; its answer is then never asked for
+    "malformed": (
+        b'{"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": '
+        b"{}}, " * 3 + b"]}",
+        400,
+    ),
+    "not a Bundle": (
+        json.dumps({**patient("la-1"), "note": [{"resource": 1}]}).encode(),
+        400,
+    ),
+    "a batch, spelled with an escape": (
+        bundle(
+            "batch",
+            entry(patient("la-2"), "POST", "Patient"),
+            entry({**patient("la-3"), "birthDate": "2020-13-45"}, "POST", "Patient"),
+        ).replace(b'"batch"', b'"b\\u0061tch"'),
+        200,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LOOK_ALIKES))
+def test_bodies_that_only_look_like_atomic_bundles(
+    servers: tuple[Served, Served], engine: Engine, case: str
+) -> None:
+    body, status = LOOK_ALIKES[case]
+    in_place, worker, in_place_rows, worker_rows = _post_both(servers, engine, body)
+    assert in_place.status_code == worker.status_code == status
+    if status == 200:  # a batch-response: one outcome per entry (and its own timestamps)
+        assert statuses(worker.json()) == statuses(in_place.json())
+        assert statuses(worker.json())[0] == "201 Created"
+        assert statuses(worker.json())[1].startswith("400")
+    else:
+        assert worker.json() == in_place.json()
+    assert worker_rows == in_place_rows
+    assert worker_rows["fhir_resource"] == (1 if status == 200 else 0)
+    _wait_idle(servers[1].checks)  # and the worker takes the next Bundle
+    before = servers[1].checks.submitted
+    assert servers[1].client.post("", content=_big_transaction(2)).status_code == 200
+    assert servers[1].checks.submitted == before + 1
+
+
 def test_small_bundles_stay_in_place(database_url: str) -> None:
     checks = ModelChecks.for_settings(
         Settings(database_url=database_url, model_check_processes=2, model_check_min_entries=20)
     )
     assert (checks.processes, checks.min_entries) == (2, 20)
-    assert not checks.wanted(19)
-    assert checks.wanted(20)
-    assert not ModelChecks(0, 1).wanted(10_000)
+    patients = [entry(patient(f"s-{i}"), "POST", "Patient") for i in range(20)]
+    assert not checks.wanted(bundle("transaction", *patients[:19]))
+    assert checks.wanted(bundle("transaction", *patients))
+    assert checks.wanted(bundle("collection", *patients))
+    assert not checks.wanted(bundle("batch", *patients))
+    assert not ModelChecks(0, 1).wanted(bundle("transaction", *patients * 500))
 
 
 @pytest.mark.parametrize(("cpus", "expected"), [({0}, 0), ({0, 1}, 1), (set(range(16)), 1)])

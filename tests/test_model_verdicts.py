@@ -9,6 +9,7 @@ import pytest
 from fhir_mapping.bundles import (
     ParsedBundle,
     bundle_envelope,
+    estimated_atomic_entries,
     model_verdicts,
     owed_verdicts,
     parse_bundle,
@@ -161,3 +162,19 @@ def test_a_bundle_envelope_is_checked_before_any_entry() -> None:
         bundle_envelope(_bundle("message", {"resource": PATIENT}))
     with pytest.raises(InvalidContentError, match=r"Bundle\.type"):
         bundle_envelope(_bundle("searchset"))
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (dumps(_bundle("transaction", *[_post(OBS)] * 3)), 3),
+        (dumps(_bundle("collection", *[{"resource": PATIENT}] * 2)), 2),
+        (b'{"resourceType": "Bundle", "type" :\n "transaction", "entry": []}', 0),
+        (dumps(_bundle("batch", *[_post(OBS)] * 3)), 0),
+        (b'{"type" : "batch", "entry": [{"resource": {}}]}', 0),  # spaced like any JSON
+        (dumps(PATIENT), 0),
+        (b"not JSON at all", 0),
+    ],
+)
+def test_entries_are_estimated_from_the_bytes(body: bytes, expected: int) -> None:
+    assert estimated_atomic_entries(body) == expected
