@@ -196,7 +196,8 @@ def write_versions(
     The primary key of fhir_resource_version (type, id, version) is what makes concurrent writers
     safe: the second writer of version n+1 fails with an integrity error and its unit of work is
     retried, never check-then-insert. Rows go straight to the driver (executemany, or COPY on
-    PostgreSQL): at thousands of rows per request the Core compiler would cost more than the SQL.
+    PostgreSQL, where a duplicate key fails the COPY just the same): at thousands of rows per
+    request the Core compiler would cost more than the SQL.
     """
     if not rows:
         return
@@ -207,7 +208,7 @@ def write_versions(
     conn = session.connection()
     instant = _instant_binder(conn)
     source = source[:200]
-    _execute_many(
+    _bulk_insert(
         conn,
         _VERSION,
         _VERSION_COLUMNS,
