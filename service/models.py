@@ -57,10 +57,7 @@ class ResourceHead(SQLModel, table=True):
     """The current version of each resource; the target of search and the write lock."""
 
     __tablename__ = "fhir_resource"
-    __table_args__ = (
-        Index("ix_fhir_resource_type_updated", "resource_type", "last_updated"),
-        Index("ix_fhir_resource_type_hash", "resource_type", "content_hash"),
-    )
+    __table_args__ = (Index("ix_fhir_resource_type_updated", "resource_type", "last_updated"),)
 
     resource_type: str = Field(primary_key=True, max_length=64)
     resource_id: str = Field(primary_key=True, max_length=64)

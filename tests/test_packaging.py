@@ -82,7 +82,7 @@ def test_image_command_serves_a_fresh_sqlite_database(tmp_path: Path) -> None:
                 time.sleep(0.2)
         assert ready.json() == {
             "status": "ready",
-            "schema_revision": "0005",
+            "schema_revision": "0006",
             "model_checks": "idle",
         }
         assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
