@@ -9,7 +9,6 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
-    ForeignKeyConstraint,
     Index,
     Text,
     TypeDecorator,
@@ -68,15 +67,14 @@ class ResourceHead(SQLModel, table=True):
 
 
 class ResourceIdentifier(SQLModel, table=True):
-    """Identifier (system, value) of a current resource, for `identifier=` and conditional refs."""
+    """Identifier (system, value) of a current resource, for `identifier=` and conditional refs.
+
+    Written with its head in one unit of work (`store.write_versions`); heads are never deleted,
+    so no foreign key checks it (0006).
+    """
 
     __tablename__ = "fhir_identifier"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["resource_type", "resource_id"],
-            ["fhir_resource.resource_type", "fhir_resource.resource_id"],
-            ondelete="CASCADE",
-        ),
         Index("ix_fhir_identifier_lookup", "resource_type", "value", "system"),
         Index("ix_fhir_identifier_owner", "resource_type", "resource_id"),
     )
@@ -89,15 +87,13 @@ class ResourceIdentifier(SQLModel, table=True):
 
 
 class ResourceReference(SQLModel, table=True):
-    """A reference search parameter of a current resource (e.g. Observation.patient)."""
+    """A reference search parameter of a current resource (e.g. Observation.patient).
+
+    Kept like `ResourceIdentifier`: with its head, without a foreign key.
+    """
 
     __tablename__ = "fhir_reference"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["resource_type", "resource_id"],
-            ["fhir_resource.resource_type", "fhir_resource.resource_id"],
-            ondelete="CASCADE",
-        ),
         Index("ix_fhir_reference_lookup", "resource_type", "param", "target_type", "target_id"),
         Index("ix_fhir_reference_owner", "resource_type", "resource_id"),
     )

@@ -219,7 +219,6 @@ def write_versions(
         _head_tuple(r, instant) for r in rows if (r.resource_type, r.resource_id) not in heads
     ]
     _bulk_insert(conn, _HEAD, _HEAD_COLUMNS, new_heads)
-    _refresh_statistics(conn, len(new_heads))
     if moved:
         conn.exec_driver_sql(
             _MOVE_HEAD.format(p=_mark(conn)),
@@ -327,47 +326,6 @@ def _bulk_insert(
         if conn.dialect.is_disconnect(exc, dbapi_conn, None):
             conn.invalidate(exc)
         raise DBAPIError.instance(statement, None, exc, dbapi_error) from exc
-
-
-# Statistics are looked at once this many new resources (or as many as the table held at the
-# last look, whichever is more) have been written by this process: O(log n) catalog reads.
-ANALYZE_MIN_NEW = 200
-
-
-@dataclass(slots=True)
-class _Growth:
-    """New heads this process wrote to one database since it last looked at the statistics."""
-
-    pending: int = 0
-    known: float = 0.0
-
-
-_GROWTH: dict[str, _Growth] = {}
-
-
-def _refresh_statistics(conn: Connection, added: int) -> None:
-    """ANALYZE the head table on PostgreSQL whenever it has at least doubled since its statistics.
-
-    PostgreSQL plans the foreign-key check of every index row once per connection and keeps the
-    plan until the table's statistics change. Planned on a young table, that check walks every
-    head of a type (`ix_fhir_resource_type_updated`) instead of one primary-key entry, so a bulk
-    load into a new database slows down with its own size until autovacuum's first ANALYZE (a
-    minute or more). An ANALYZE at each doubling (a bounded sample, so cheap) replans in time.
-    """
-    if conn.dialect.name != "postgresql" or not added:
-        return
-    growth = _GROWTH.setdefault(str(conn.engine.url), _Growth())
-    growth.pending += added
-    if growth.pending < max(ANALYZE_MIN_NEW, growth.known):
-        return
-    estimate = conn.exec_driver_sql(
-        "SELECT reltuples FROM pg_class WHERE oid = 'fhir_resource'::regclass"
-    ).scalar()
-    known = float(estimate) if estimate is not None else -1.0
-    if known < growth.pending:
-        conn.exec_driver_sql("ANALYZE fhir_resource")
-        known = max(known, 0.0) + growth.pending
-    growth.known, growth.pending = known, 0
 
 
 def _replace_indexes(

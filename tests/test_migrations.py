@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from service import migrate
 from service.db import make_engine
@@ -35,16 +35,41 @@ def test_upgrade_is_idempotent(new_database: Any) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-def test_the_unused_hash_index_goes_and_comes_back(new_database: Any, kind: str) -> None:
+def test_0006_drops_what_only_writes_paid_for_and_keeps_the_rows(
+    new_database: Any, kind: str
+) -> None:
     engine = make_engine(Settings(database_url=new_database(kind)))
 
-    def head_indexes() -> set[str]:
-        return {str(i["name"]) for i in inspect(engine).get_indexes("fhir_resource")}
+    def shape() -> tuple[set[str], int, int]:
+        found = inspect(engine)  # a fresh look after each migration
+        return (
+            {str(i["name"]) for i in found.get_indexes("fhir_resource")},
+            len(found.get_foreign_keys("fhir_identifier")),
+            len(found.get_foreign_keys("fhir_reference")),
+        )
 
     migrate.upgrade(engine, "0005")
-    assert "ix_fhir_resource_type_hash" in head_indexes()
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO fhir_resource (resource_type, resource_id, version_id, last_updated,"
+                " content_hash, deleted) VALUES ('Patient', 'p1', 1, '2026-01-01 00:00:00', 'h',"
+                " false)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO fhir_identifier (resource_type, resource_id, system, value)"
+                " VALUES ('Patient', 'p1', 'urn:mrn', '7')"
+            )
+        )
+    both = {"ix_fhir_resource_type_updated", "ix_fhir_resource_type_hash"}
+    assert shape() == (both, 1, 1)
     migrate.upgrade(engine)
-    assert head_indexes() == {"ix_fhir_resource_type_updated"}
+    assert shape() == ({"ix_fhir_resource_type_updated"}, 0, 0)
+    with engine.connect() as conn:
+        kept = conn.execute(text("SELECT resource_id, value FROM fhir_identifier")).all()
+    assert [tuple(r) for r in kept] == [("p1", "7")]
     migrate.downgrade(engine, "0005")
-    assert head_indexes() == {"ix_fhir_resource_type_updated", "ix_fhir_resource_type_hash"}
+    assert shape() == (both, 1, 1)
     engine.dispose()
