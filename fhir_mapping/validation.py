@@ -162,6 +162,22 @@ def _check_leaf(value: Any, spec: _Field, path: str, issues: list[Issue]) -> Non
         issues.append(_wrong_type(path, value, kind))
 
 
+def _leaf_ok(value: Any, spec: _Field) -> bool:
+    """The common case of `_check_leaf` without building a path: a value of the right JSON type."""
+    kind, cls = spec.kind, type(value)
+    if kind == _STRING:
+        return cls is str and (spec.codes is None or value in spec.codes)
+    if kind == _BOOLEAN:
+        return cls is bool
+    if kind == _INTEGER:
+        return cls is int
+    return cls is int or isinstance(value, decimal.Decimal)
+
+
+def _child(path: str, key: str) -> str:
+    return f"{path}.{key.removeprefix('_')}"
+
+
 # Deepest element nesting accepted (a resource is level 1). Real resources stay far below it; the
 # fhir.resources models spend ~7 stack frames a level, so refusing here keeps every resource that
 # reaches the model well clear of the recursion limit, wherever the check runs (request thread or
@@ -240,26 +256,30 @@ class _Walker:
                     Issue("structure", f"{path}: unknown element {key!r}{hint}", (f"{path}.{key}",))
                 )
                 continue
-            child = f"{path}.{key.removeprefix('_')}"
             if key == "modifierExtension" and value:
-                self.issues.append(self._modifier_issue(value, child))
+                self.issues.append(self._modifier_issue(value, f"{path}.{key}"))
                 continue
+            # Leaves are most of a resource: their path is only spelled out for an issue.
+            leaf = spec.kind <= _DECIMAL
             if spec.many:
                 if not isinstance(value, list):
+                    child = _child(path, key)
                     self.issues.append(
                         Issue("structure", f"{child} must be a JSON array", (child,))
                     )
                     continue
                 if not value:
+                    child = _child(path, key)
                     self.issues.append(
                         Issue("structure", f"{child} must not be an empty array", (child,))
                     )
                 for i, item in enumerate(value):
                     if item is None and spec.kind not in (_COMPLEX, _RESOURCE):
                         continue  # a primitive array slot whose value lives in the `_x` twin
-                    self.value(item, spec, f"{child}[{i}]")
-            else:
-                self.value(value, spec, child)
+                    if not (leaf and _leaf_ok(item, spec)):
+                        self.value(item, spec, f"{_child(path, key)}[{i}]")
+            elif not (leaf and _leaf_ok(value, spec)):
+                self.value(value, spec, _child(path, key))
 
     def value(self, value: Any, spec: _Field, path: str) -> None:
         if value is None:
