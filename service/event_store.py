@@ -31,6 +31,8 @@ _ELIGIBILITY = EligibilityRow.__table__  # type: ignore[attr-defined]
 _IDENT = ResourceIdentifier.__table__  # type: ignore[attr-defined]
 _HEAD = ResourceHead.__table__  # type: ignore[attr-defined]
 _CHUNK = 400
+# session.info key: {payload: event} of the events this session stored (see `events_of`).
+_STORED_EVENTS = "trialbridge_stored_events"
 
 
 def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
@@ -116,19 +118,23 @@ def insert_events(
     session: Session, events: Sequence[TrialEvent], deps: Iterable[tuple[str, str, str]]
 ) -> None:
     """Store events (payload = their wire shape) and what they were computed from."""
-    rows = [
-        (
-            e.source.resource_type,
-            e.source.resource_id,
-            e.source.version_id,
-            seq,
-            e.patient_id,
-            e.kind.value,
-            e.date.first.isoformat() if e.date else None,  # the Date column's stored form
-            orjson.dumps(e.to_json()).decode(),
+    stored: dict[str, TrialEvent] = session.info.setdefault(_STORED_EVENTS, {})
+    rows = []
+    for seq, e in enumerate(events):
+        payload = orjson.dumps(e.to_json()).decode()
+        stored[payload] = e
+        rows.append(
+            (
+                e.source.resource_type,
+                e.source.resource_id,
+                e.source.version_id,
+                seq,
+                e.patient_id,
+                e.kind.value,
+                e.date.first.isoformat() if e.date else None,  # the Date column's stored form
+                payload,
+            )
         )
-        for seq, e in enumerate(events)
-    ]
     store.bulk_insert(session, _EVENT, _EVENT_COLUMNS, rows)
     store.bulk_insert(session, _DEP, ("source_type", "source_id", "target"), sorted(set(deps)))
 
@@ -136,17 +142,22 @@ def insert_events(
 def events_of(
     session: Session, patient_ids: Sequence[str], kinds: Sequence[EventKind] | None = None
 ) -> dict[str, list[TrialEvent]]:
-    """Events per patient, optionally only some kinds."""
+    """Events per patient, optionally only some kinds.
+
+    Events this session stored itself are not decoded again: the same payload is the same event.
+    """
     out: dict[str, list[TrialEvent]] = {p: [] for p in patient_ids}
+    stored: dict[str, TrialEvent] = session.info.get(_STORED_EVENTS, {})
     c = _EVENT.c
     for chunk in _chunks(list(patient_ids)):
         query = select(c.patient_id, c.payload).where(c.patient_id.in_(list(chunk)))
         if kinds is not None:
             query = query.where(c.kind.in_([k.value for k in kinds]))
-        for row in session.execute(query.order_by(c.pk)):
-            out[row.patient_id].append(
-                TrialEvent.from_json(orjson.loads(row.payload), row.patient_id)
-            )
+        for patient_id, payload in session.execute(query.order_by(c.pk)):
+            event = stored.get(payload)
+            if event is None or event.patient_id != patient_id:
+                event = TrialEvent.from_json(orjson.loads(payload), patient_id)
+            out[patient_id].append(event)
     return out
 
 

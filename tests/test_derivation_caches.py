@@ -10,13 +10,16 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from fhir_mapping.bundles import resource_entry
+from fhir_mapping.json_codec import loads
+from fhir_mapping.resource_types import SUPPORTED_TYPES
 from service import derivation as derivation_module
-from service import migrate
+from service import event_store, migrate
 from service.catalog import load_catalog
 from service.db import make_engine
 from service.fhir_time import utcnow
 from service.ingest import WriteContext, apply_entries
 from service.settings import Settings
+from tests.conftest import SHARED_DATA
 
 SITE_VALUESET = {
     "resourceType": "ValueSet",
@@ -119,5 +122,45 @@ def test_a_mapping_failure_is_reported_only_for_content_that_is_kept(
             else:
                 assert reported == ["mapping Patient/p1 failed; it yields no events"]
                 assert caplog.records[0].exc_info is not None
+    finally:
+        engine.dispose()
+
+
+def test_events_read_back_in_the_writing_session_are_the_events_decoded_later(
+    new_database: Any, backend: str
+) -> None:
+    # events_of hands back the events a session stored instead of decoding their payloads again:
+    # that is only right if every payload decodes to the very event it was made from.
+    engine, derivation = _fresh(new_database, backend)
+    # as `trialbridge load` does: conditional references to practitioners are kept as sent
+    ctx = WriteContext(
+        now=utcnow(), source="test", request_id="r", resolve_conditional_references=False
+    )
+    resources = [
+        loads(line)
+        for path in sorted((SHARED_DATA / "synthea-10").glob("*.ndjson"))
+        for line in path.read_bytes().splitlines()
+        if line.strip()
+    ]
+    entries = [
+        resource_entry(r, method="PUT", path="", resource_id=r["id"])
+        for r in resources
+        if r["resourceType"] in SUPPORTED_TYPES
+    ]
+    patients = sorted(r["id"] for r in resources if r["resourceType"] == "Patient")
+    try:
+        with Session(engine) as session:
+            apply_entries(session, entries, ctx)
+            derivation.after_write(session)
+            mapped = {id(e) for e in session.info[event_store._STORED_EVENTS].values()}
+            in_session = event_store.events_of(session, patients)
+            session.commit()
+        with Session(engine) as session:
+            decoded = event_store.events_of(session, patients)
+            stored = session.execute(text("SELECT count(*) FROM trial_event")).scalar_one()
+        served = [e for events in in_session.values() for e in events]
+        assert len(served) == len(mapped) == stored  # every event came from memory, none decoded
+        assert all(id(e) in mapped for e in served)
+        assert in_session == decoded
     finally:
         engine.dispose()
