@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl
@@ -410,17 +410,21 @@ def estimated_atomic_entries(raw: bytes) -> int:
     return raw.count(b'"resource"')
 
 
-def model_verdicts(raw: bytes) -> Verdicts:
+def model_verdicts(raw: bytes, claim: Callable[[int], bool] | None = None) -> Verdicts:
     """The model issues of every entry resource in a Bundle's JSON, by entry index (none: valid).
 
     Parses the bytes itself, exactly as the request was parsed, so it can run in another process
     while the request is written. It checks every resource of an accepted type, including ones
     the JSON walk will refuse: only the entries the walk passed (`models_owed`) are consulted.
+    `claim(i)` is asked before entry i, in order; False stops the checks there (someone else
+    checks the rest).
     """
     obj = loads(raw)
     raw_entries = obj.get("entry") if isinstance(obj, dict) else None
     out: Verdicts = {}
     for i, raw_entry in enumerate(raw_entries if isinstance(raw_entries, list) else []):
+        if claim is not None and not claim(i):
+            break
         resource = raw_entry.get("resource") if isinstance(raw_entry, dict) else None
         rtype = resource.get("resourceType") if isinstance(resource, dict) else None
         if isinstance(resource, dict) and isinstance(rtype, str) and rtype in SUPPORTED_TYPES:
@@ -430,30 +434,40 @@ def model_verdicts(raw: bytes) -> Verdicts:
     return out
 
 
-def owed_verdicts(body: Any, parsed: ParsedBundle) -> Verdicts:
-    """The owed model verdicts computed here, on the parsed Bundle, with references as received.
+def owed_verdicts(body: Any, parsed: ParsedBundle, only: Iterable[int] | None = None) -> Verdicts:
+    """The owed model verdicts computed here, on the parsed Bundle, with references as received."""
+    return owed_checker(body, parsed)(only)
 
-    For when the worker cannot answer: the written entries' references have been rewritten in
-    place since, so each is put back as sent while its resource is checked.
+
+def owed_checker(body: Any, parsed: ParsedBundle) -> Callable[[Iterable[int] | None], Verdicts]:
+    """Checks owed models here: all of them (None), or only some entries, any number of times.
+
+    For when the worker cannot answer, or is behind: the written entries' references have been
+    rewritten in place since, so each is put back as sent while its resource is checked.
     """
     written = {e.index: e for e in parsed.entries}
-    out: Verdicts = {}
-    for i in sorted(parsed.models_owed):
-        resource = body["entry"][i]["resource"]
-        refs = written[i].references if i in written else []
-        now = [ref["reference"] for _, ref, _ in refs]
-        for _, ref, original in refs:
-            ref["reference"] = original
-        try:
-            issues = model_issues(
-                resource, resource["resourceType"], path=f"{_entry_path(i)}.resource"
-            )
-        finally:
-            for (_, ref, _), value in zip(refs, now, strict=True):
-                ref["reference"] = value
-        if issues:
-            out[i] = issues
-    return out
+
+    def check(only: Iterable[int] | None) -> Verdicts:
+        out: Verdicts = {}
+        wanted = parsed.models_owed if only is None else parsed.models_owed.intersection(only)
+        for i in sorted(wanted):
+            resource = body["entry"][i]["resource"]
+            refs = written[i].references if i in written else []
+            now = [ref["reference"] for _, ref, _ in refs]
+            for _, ref, original in refs:
+                ref["reference"] = original
+            try:
+                issues = model_issues(
+                    resource, resource["resourceType"], path=f"{_entry_path(i)}.resource"
+                )
+            finally:
+                for (_, ref, _), value in zip(refs, now, strict=True):
+                    ref["reference"] = value
+            if issues:
+                out[i] = issues
+        return out
+
+    return check
 
 
 def settle_models(parsed: ParsedBundle, verdicts: Mapping[int, list[Issue]]) -> ParsedBundle:

@@ -18,7 +18,7 @@ from fhir_mapping.bundles import (
     Entry,
     ParsedBundle,
     bundle_envelope,
-    owed_verdicts,
+    owed_checker,
     parse_bundle,
     parse_conditional,
     parse_etag,
@@ -90,7 +90,9 @@ class _ModelGate:
 
     def settled(self) -> ParsedBundle:
         """The Bundle as if its models had been checked in place."""
-        verdicts = self._pending.result(lambda: owed_verdicts(self._body, self._parsed))
+        verdicts = self._pending.result(
+            owed_checker(self._body, self._parsed), len(self._body["entry"])
+        )
         return settle_models(self._parsed, verdicts)
 
     def __call__(self) -> None:

@@ -7,6 +7,10 @@ transaction and derives its events; the transaction waits for the verdicts befor
 and rolls back when a model fails, so what the client sees, and what is stored, is the same as
 checking in place (the derivation keeps nothing in memory, and logs nothing, until a commit).
 
+When the request thread is ready to commit before the worker is done, it does not just wait: it
+checks entries from the end of the Bundle while the worker goes on from the front, each claiming
+one entry at a time in a small shared array (`Claims`), until they meet.
+
 A Bundle goes to a worker only when one is idle: a queue would hold the request's transaction
 (and SQLite's write lock) open while it waits. Until the workers have loaded the models, and
 whenever a worker has died or failed, Bundles are checked in place, so nothing waits on a start-up
@@ -25,10 +29,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Literal
+from typing import Any, Literal
 
 from fhir_mapping.bundles import Verdicts, estimated_atomic_entries, model_verdicts
 from service.process import settle_process
@@ -55,10 +59,64 @@ def default_processes() -> int:
     return 1 if usable_cpus() >= 2 else 0
 
 
-def _worker_start() -> None:
+# Larger than any entry index: "the worker may go on to the end".
+_OPEN = 2**62
+
+
+class Claims:
+    """Who checks which entries of one Bundle: the worker from the front, the request from the back.
+
+    Two cells per worker slot in shared memory: `front`, the first entry the worker has not
+    claimed, written only by the worker, and `back`, the first entry the request thread claimed,
+    written only by it. Each side claims one entry at a time after reading the other's cell, and
+    each cell only moves towards the other, so a stale read can make both sides check the same
+    entry (the same verdict twice) but never leave one out: when both have stopped, `front` >=
+    `back`.
+    """
+
+    def __init__(self, cells: Any, slot: int) -> None:
+        self._cells, self._front, self._back = cells, 2 * slot, 2 * slot + 1
+
+    def reset(self) -> None:
+        """A new Bundle: nothing claimed, the worker may check every entry."""
+        self._cells[self._front], self._cells[self._back] = 0, _OPEN
+
+    def take_front(self, index: int) -> bool:
+        """The worker's claim on `index` (asked in order); False once the request has it."""
+        if index >= self._cells[self._back]:
+            return False
+        self._cells[self._front] = index + 1
+        return True
+
+    def take_back(self, entries: int) -> int | None:
+        """The request thread's next entry, from the end of `entries`; None once they have met."""
+        index = int(min(self._cells[self._back], entries)) - 1
+        if index < self._cells[self._front]:
+            return None
+        self._cells[self._back] = index
+        return index
+
+    def front(self) -> int:
+        """Entries below this were (or are being) checked by the worker."""
+        return int(self._cells[self._front])
+
+
+_CELLS: Any = None  # the worker's view of the pool's shared claims
+
+
+def _worker_start(cells: Any) -> None:
     """Load every model once and keep it out of the collector's walks, as the server does."""
+    global _CELLS
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     settle_process()
+    _CELLS = cells
+
+
+def _checked_in_worker(raw: bytes, slot: int) -> tuple[Verdicts, int]:
+    """A Bundle's verdicts from the front, and where the worker stopped (the request has the rest)."""
+    claims = Claims(_CELLS, slot)
+    verdicts = model_verdicts(raw, claims.take_front)
+    return verdicts, claims.front()
 
 
 def _worker_ready() -> int:
@@ -66,25 +124,44 @@ def _worker_ready() -> int:
     return os.getpid()
 
 
+InPlace = Callable[[Iterable[int] | None], Verdicts]
+
+
 class PendingVerdicts:
     """The model verdicts of one Bundle, computed in a worker; `result()` waits for them."""
 
-    def __init__(self, future: Future[Verdicts], on_lost: Callable[[], None]) -> None:
-        self._future, self._on_lost = future, on_lost
+    def __init__(
+        self,
+        future: Future[tuple[Verdicts, int]],
+        on_lost: Callable[[], None],
+        claims: Claims | None = None,
+    ) -> None:
+        self._future, self._on_lost, self._claims = future, on_lost, claims
         self._result: Verdicts | None = None
 
-    def result(self, in_place: Callable[[], Verdicts]) -> Verdicts:
-        """The verdicts (the same answer each call); `in_place()` if the worker could not answer."""
+    def result(self, in_place: InPlace, entries: int = 0) -> Verdicts:
+        """The verdicts (the same answer each call).
+
+        While the worker is still busy, this thread checks the Bundle's `entries` from the back
+        with `in_place(indexes)`; `in_place(None)` checks them all if the worker cannot answer.
+        """
         if self._result is None:
+            here: Verdicts = {}
+            while self._claims is not None and not self._future.done():
+                index = self._claims.take_back(entries)
+                if index is None:
+                    break
+                here.update(in_place([index]))
             try:
-                self._result = self._future.result()
+                verdicts, _ = self._future.result()
+                self._result = {**here, **verdicts}  # the worker's front meets our back
             except (BrokenProcessPool, CancelledError):  # the worker died, or its pool was dropped
                 log.warning("a model-check worker was lost; checking this Bundle in place")
                 self._on_lost()
-                self._result = in_place()
+                self._result = in_place(None)
             except Exception:  # the job itself failed: never the client's fault, keep the pool
                 log.exception("a model-check job failed; checking this Bundle in place")
-                self._result = in_place()
+                self._result = in_place(None)
         return self._result
 
 
@@ -99,7 +176,8 @@ class ModelChecks:
         self._lock = threading.RLock()
         self._pool: ProcessPoolExecutor | None = None
         self._warm: list[Future[int]] = []
-        self._jobs: set[Future[Verdicts]] = set()  # in flight on the current pool
+        self._jobs: dict[Future[tuple[Verdicts, int]], int] = {}  # in flight: their claims slot
+        self._cells: Any = None  # the current pool's shared claims, two cells per worker
         self._closed = False
         self._retry_at = 0.0
 
@@ -122,15 +200,18 @@ class ModelChecks:
             pool = self._started()
             if pool is None or len(self._jobs) >= self.processes or not self._warmed():
                 return None
+            slot = min(set(range(self.processes)) - set(self._jobs.values()))
+            claims = Claims(self._cells, slot)
+            claims.reset()
             try:
-                future = pool.submit(model_verdicts, raw)
+                future = pool.submit(_checked_in_worker, raw, slot)
             except RuntimeError:  # a worker died (BrokenProcessPool), or we are shutting down
                 self._discard()
                 return None
-            self._jobs.add(future)
+            self._jobs[future] = slot
             self.submitted += 1
         future.add_done_callback(self._job_done)
-        return PendingVerdicts(future, lambda: self.lost(pool))
+        return PendingVerdicts(future, lambda: self.lost(pool), claims)
 
     def state(self) -> State:
         """Off (none configured, or closed), idle (not started yet), starting, ready, or failed."""
@@ -175,14 +256,14 @@ class ModelChecks:
         """Stop the workers for good (at shutdown); later Bundles are checked in place."""
         with self._lock:
             self._closed = True
-            pool, self._pool, self._warm, self._jobs = self._pool, None, [], set()
+            pool, self._pool, self._warm, self._jobs = self._pool, None, [], {}
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _job_done(self, future: Future[Verdicts]) -> None:
+    def _job_done(self, future: Future[tuple[Verdicts, int]]) -> None:
         """A worker is free again (a job of a dropped pool is simply not in the set any more)."""
         with self._lock:
-            self._jobs.discard(future)
+            self._jobs.pop(future, None)
 
     def _warmed(self) -> bool:
         """Every worker has loaded the models; a failed start drops the pool and backs off."""
@@ -200,16 +281,19 @@ class ModelChecks:
         if self.processes <= 0 or self._closed or time.monotonic() < self._retry_at:
             return None
         if self._pool is None:
+            context = multiprocessing.get_context("spawn")  # never fork a threaded server
+            self._cells = context.RawArray("q", 2 * self.processes)
             self._pool = ProcessPoolExecutor(
                 max_workers=self.processes,
-                mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded server
+                mp_context=context,
                 initializer=_worker_start,
+                initargs=(self._cells,),
             )
             self._warm = [self._pool.submit(_worker_ready) for _ in range(self.processes)]
         return self._pool
 
     def _discard(self) -> None:
         """Drop the current pool without waiting for it (its jobs are cancelled or abandoned)."""
-        pool, self._pool, self._warm, self._jobs = self._pool, None, [], set()
+        pool, self._pool, self._warm, self._jobs = self._pool, None, [], {}
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -8,6 +8,7 @@ the same OperationOutcome and the same rows, bad and good alike.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import time
@@ -24,12 +25,14 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from sqlalchemy import Engine, text
 
+from fhir_mapping.bundles import owed_checker, owed_verdicts, parse_bundle
 from fhir_mapping.issues import Issue
+from fhir_mapping.json_codec import loads
 from service import migrate
 from service.db import make_engine
 from service.errors import FhirError
 from service.fhir_store import FhirStore
-from service.model_checks import ModelChecks, PendingVerdicts, default_processes
+from service.model_checks import Claims, ModelChecks, PendingVerdicts, default_processes
 from service.settings import Settings
 from tests.conftest import FHIR_JSON, clear_store, counts, start_server
 from tests.helpers import bundle, entry, observation, patient, statuses
@@ -357,15 +360,117 @@ def test_a_worker_that_cannot_answer_is_replaced_by_the_check_in_place(
     lost: list[bool] = []
     pending = PendingVerdicts(_done(error=error), lambda: lost.append(True))
     in_place = {3: [Issue("value", "checked here")]}
-    assert pending.result(lambda: in_place) == in_place
-    assert pending.result(lambda: {}) == in_place  # settled once
+    asked: list[Any] = []
+
+    def check_here(only: Any) -> dict[int, list[Issue]]:
+        asked.append(only)
+        return in_place
+
+    assert pending.result(check_here, 5) == in_place
+    assert pending.result(lambda only: {}) == in_place  # settled once
+    assert asked == [None]  # every entry, checked here
     assert lost == ([True] if pool_dropped else [])
 
 
 def test_a_worker_answer_is_taken_as_it_is() -> None:
     answer = {1: [Issue("required", "from the worker")]}
-    pending = PendingVerdicts(_done(answer), lambda: None)
-    assert pending.result(lambda: pytest.fail("not needed")) == answer
+    pending = PendingVerdicts(_done((answer, 7)), lambda: None)
+    assert pending.result(lambda only: pytest.fail("not needed"), 7) == answer
+
+
+def _cells(slots: int = 1) -> Any:
+    return multiprocessing.get_context("spawn").RawArray("q", 2 * slots)
+
+
+def test_claims_meet_and_leave_no_entry_out() -> None:
+    for entries in range(8):
+        for worker_steps in range(
+            entries + 2
+        ):  # the worker runs ahead this far, then they alternate
+            claims = Claims(_cells(), 0)
+            claims.reset()
+            worker: list[int] = []
+            here: list[int] = []
+            turn, worker_done, here_done = 0, False, False
+            while not (worker_done and here_done):
+                if not worker_done and (turn < worker_steps or turn % 2 or here_done):
+                    ahead = len(worker)
+                    if ahead < entries and claims.take_front(ahead):
+                        worker.append(ahead)
+                    else:
+                        worker_done = True
+                elif not here_done:
+                    behind = claims.take_back(entries)
+                    if behind is None:
+                        here_done = True
+                    else:
+                        here.append(behind)
+                turn += 1
+            assert sorted(worker + here) == list(range(entries))  # each entry checked exactly once
+            assert claims.front() == len(worker)
+
+
+def test_a_second_slot_is_claimed_apart_from_the_first() -> None:
+    cells = _cells(2)
+    first, second = Claims(cells, 0), Claims(cells, 1)
+    first.reset()
+    second.reset()
+    assert first.take_front(0)
+    assert first.take_front(1)
+    assert second.take_back(4) == 3
+    assert (first.front(), second.front()) == (2, 0)
+    assert first.take_back(4) == 3  # the first slot's back is still open
+
+
+def test_the_request_checks_from_the_back_while_the_worker_is_busy() -> None:
+    claims = Claims(_cells(), 0)
+    claims.reset()
+    assert claims.take_front(0)
+    assert claims.take_front(1)  # the worker is on entry 1
+    future: Future[tuple[dict[int, list[Issue]], int]] = Future()
+    asked: list[Any] = []
+
+    def in_place(only: Any) -> dict[int, list[Issue]]:
+        asked.append(only)
+        if only == [2]:  # they meet: the worker finds nothing left and answers
+            assert not claims.take_front(2)
+            future.set_result(({0: [Issue("value", "worker")]}, claims.front()))
+        return {only[0]: [Issue("value", "here")]} if only == [4] else {}
+
+    pending = PendingVerdicts(future, lambda: None, claims)
+    verdicts = pending.result(in_place, 6)
+    assert asked == [[5], [4], [3], [2]]
+    assert verdicts == {0: [Issue("value", "worker")], 4: [Issue("value", "here")]}
+
+
+def test_a_busy_worker_and_the_request_thread_share_a_bundle() -> None:
+    body = _big_transaction(1500)
+    obj = json.loads(body)
+    for i in (1, 700, 1500):  # model failures at the front, in the middle and at the back
+        obj["entry"][i]["resource"]["effectiveDateTime"] = NO_ZONE
+    raw = json.dumps(obj).encode()
+    parsed = parse_bundle(loads(raw), check_models=False)
+    expected = owed_verdicts(loads(raw), parsed)
+    assert sorted(expected) == [1, 700, 1500]
+    checks = ModelChecks(1, 1)
+    try:
+        assert checks.wait_ready(120)
+        pending = checks.submit(raw)
+        assert pending is not None
+        here: list[int] = []
+        check_here = owed_checker(loads(raw), parsed)
+
+        def in_place(only: Any) -> dict[int, list[Issue]]:
+            assert only is not None, "the worker answers"
+            here.extend(only)
+            return check_here(only)
+
+        # asked at once, while the worker is still parsing: this thread takes entries at the back
+        assert pending.result(in_place, len(obj["entry"])) == expected
+        assert here == list(range(len(obj["entry"]) - 1, len(obj["entry"]) - 1 - len(here), -1))
+        assert here  # some, from the back down, in order
+    finally:
+        checks.close()
 
 
 def test_a_bundle_goes_to_a_worker_only_when_one_is_idle() -> None:
@@ -379,13 +484,13 @@ def test_a_bundle_goes_to_a_worker_only_when_one_is_idle() -> None:
         first = checks.submit(big)
         assert first is not None
         assert checks.submit(big) is None  # the only worker is busy: check in place
-        verdicts = first.result(lambda: pytest.fail("the worker answers"))
+        verdicts = first.result(lambda only: pytest.fail("the worker answers"))
         assert verdicts == {}
         deadline = time.monotonic() + 10
         while (again := checks.submit(b"{}")) is None:  # free once its done-callback has run
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        assert again.result(lambda: pytest.fail("the worker answers")) == {}
+        assert again.result(lambda only: pytest.fail("the worker answers")) == {}
         assert checks.submitted == 2
     finally:
         checks.close()
