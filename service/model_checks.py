@@ -100,6 +100,10 @@ class Claims:
         """Entries below this were (or are being) checked by the worker."""
         return int(self._cells[self._front])
 
+    def all_taken_back(self) -> bool:
+        """The request thread has claimed every entry (the worker had not started on any)."""
+        return int(self._cells[self._back]) == 0
+
 
 _CELLS: Any = None  # the worker's view of the pool's shared claims
 
@@ -152,6 +156,9 @@ class PendingVerdicts:
                 if index is None:
                     break
                 here.update(in_place([index]))
+            if self._claims is not None and self._claims.all_taken_back():
+                self._result = here  # checked here from first to last: no need to wait
+                return self._result
             try:
                 verdicts, _ = self._future.result()
                 self._result = {**here, **verdicts}  # the worker's front meets our back

@@ -443,6 +443,23 @@ def test_the_request_checks_from_the_back_while_the_worker_is_busy() -> None:
     assert verdicts == {0: [Issue("value", "worker")], 4: [Issue("value", "here")]}
 
 
+def test_a_request_that_checked_every_entry_does_not_wait_for_the_worker() -> None:
+    claims = Claims(_cells(), 0)
+    claims.reset()
+    never: Future[tuple[dict[int, list[Issue]], int]] = Future()  # a worker still parsing
+    asked: list[Any] = []
+
+    def in_place(only: Any) -> dict[int, list[Issue]]:
+        asked.append(only)
+        return {1: [Issue("value", "here")]} if only == [1] else {}
+
+    pending = PendingVerdicts(never, lambda: pytest.fail("not lost"), claims)
+    assert pending.result(in_place, 3) == {1: [Issue("value", "here")]}
+    assert asked == [[2], [1], [0]]
+    assert not claims.take_front(0)  # the worker, when it gets there, stops at once
+    assert claims.front() == 0
+
+
 def test_a_busy_worker_and_the_request_thread_share_a_bundle() -> None:
     body = _big_transaction(1500)
     obj = json.loads(body)
