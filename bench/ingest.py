@@ -11,9 +11,10 @@ What is measured, for SQLite and for PostgreSQL in one run:
   `201 Created` for all of them). Conditional references (`Practitioner?identifier=…`) become
   display-only, since their targets are not in this export. Each round's Bundles are made
   before its clock starts. They are POSTed with httpx (keep-alive) by `--concurrency` client
-  threads for `--seconds`, after a warm-up; the rate is resources written per wall-clock second. The service runs as configured by default: on two or
-  more CPUs one worker process checks the models of large Bundles while they are written;
-  `--model-check-processes 0` measures the single-process service.
+  threads for `--seconds`, after a warm-up; the rate is resources written per wall-clock second.
+  The service runs as configured by default: on two or more CPUs one worker process checks the
+  models of large Bundles while they are written; `--model-check-processes 0` measures the
+  single-process service.
 * validation only: exactly the resources that were POSTed, validated in this process by
   fhir.resources alone, `get_fhir_model_class(resourceType).model_validate_json(raw_bytes)`,
   each round's resources right after that round (rounds of ~5 s alternate between the two

@@ -434,11 +434,6 @@ def model_verdicts(raw: bytes, claim: Callable[[int], bool] | None = None) -> Ve
     return out
 
 
-def owed_verdicts(body: Any, parsed: ParsedBundle, only: Iterable[int] | None = None) -> Verdicts:
-    """The owed model verdicts computed here, on the parsed Bundle, with references as received."""
-    return owed_checker(body, parsed)(only)
-
-
 def owed_checker(body: Any, parsed: ParsedBundle) -> Callable[[Iterable[int] | None], Verdicts]:
     """Checks owed models here: all of them (None), or only some entries, any number of times.
 

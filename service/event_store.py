@@ -61,8 +61,6 @@ def identifier_matches(
 
 def dependents(session: Session, targets: Iterable[str]) -> set[Key]:
     """Sources whose events were computed from any of these targets."""
-    out: set[Key] = set()
-    c = _DEP.c
     wanted = sorted(targets)
     conn = session.connection()
     if conn.dialect.name == "postgresql":  # one array parameter: one statement text, prepared once
@@ -71,6 +69,8 @@ def dependents(session: Session, targets: Iterable[str]) -> set[Key]:
             (wanted,),
         )
         return {(r[0], r[1]) for r in rows}
+    out: set[Key] = set()
+    c = _DEP.c
     for chunk in _chunks(wanted):
         rows = session.execute(select(c.source_type, c.source_id).where(c.target.in_(list(chunk))))
         out.update((r.source_type, r.source_id) for r in rows)

@@ -116,11 +116,9 @@ def _worker_start(cells: Any) -> None:
     _CELLS = cells
 
 
-def _checked_in_worker(raw: bytes, slot: int) -> tuple[Verdicts, int]:
-    """A Bundle's verdicts from the front, and where the worker stopped (the request has the rest)."""
-    claims = Claims(_CELLS, slot)
-    verdicts = model_verdicts(raw, claims.take_front)
-    return verdicts, claims.front()
+def _checked_in_worker(raw: bytes, slot: int) -> Verdicts:
+    """A Bundle's verdicts from the front, up to where the request thread took over."""
+    return model_verdicts(raw, Claims(_CELLS, slot).take_front)
 
 
 def _worker_ready() -> int:
@@ -136,7 +134,7 @@ class PendingVerdicts:
 
     def __init__(
         self,
-        future: Future[tuple[Verdicts, int]],
+        future: Future[Verdicts],
         on_lost: Callable[[], None],
         claims: Claims | None = None,
     ) -> None:
@@ -160,8 +158,7 @@ class PendingVerdicts:
                 self._result = here  # checked here from first to last: no need to wait
                 return self._result
             try:
-                verdicts, _ = self._future.result()
-                self._result = {**here, **verdicts}  # the worker's front meets our back
+                self._result = {**here, **self._future.result()}  # its front meets our back
             except (BrokenProcessPool, CancelledError):  # the worker died, or its pool was dropped
                 log.warning("a model-check worker was lost; checking this Bundle in place")
                 self._on_lost()
@@ -183,7 +180,7 @@ class ModelChecks:
         self._lock = threading.RLock()
         self._pool: ProcessPoolExecutor | None = None
         self._warm: list[Future[int]] = []
-        self._jobs: dict[Future[tuple[Verdicts, int]], int] = {}  # in flight: their claims slot
+        self._jobs: dict[Future[Verdicts], int] = {}  # in flight: their claims slot
         self._cells: Any = None  # the current pool's shared claims, two cells per worker
         self._closed = False
         self._retry_at = 0.0
@@ -267,7 +264,7 @@ class ModelChecks:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _job_done(self, future: Future[tuple[Verdicts, int]]) -> None:
+    def _job_done(self, future: Future[Verdicts]) -> None:
         """A worker is free again (a job of a dropped pool is simply not in the set any more)."""
         with self._lock:
             self._jobs.pop(future, None)

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from sqlalchemy import Engine, text
 
-from fhir_mapping.bundles import owed_checker, owed_verdicts, parse_bundle
+from fhir_mapping.bundles import owed_checker, parse_bundle
 from fhir_mapping.issues import Issue
 from fhir_mapping.json_codec import loads
 from service import migrate
@@ -374,7 +374,7 @@ def test_a_worker_that_cannot_answer_is_replaced_by_the_check_in_place(
 
 def test_a_worker_answer_is_taken_as_it_is() -> None:
     answer = {1: [Issue("required", "from the worker")]}
-    pending = PendingVerdicts(_done((answer, 7)), lambda: None)
+    pending = PendingVerdicts(_done(answer), lambda: None)
     assert pending.result(lambda only: pytest.fail("not needed"), 7) == answer
 
 
@@ -427,14 +427,14 @@ def test_the_request_checks_from_the_back_while_the_worker_is_busy() -> None:
     claims.reset()
     assert claims.take_front(0)
     assert claims.take_front(1)  # the worker is on entry 1
-    future: Future[tuple[dict[int, list[Issue]], int]] = Future()
+    future: Future[dict[int, list[Issue]]] = Future()
     asked: list[Any] = []
 
     def in_place(only: Any) -> dict[int, list[Issue]]:
         asked.append(only)
         if only == [2]:  # they meet: the worker finds nothing left and answers
             assert not claims.take_front(2)
-            future.set_result(({0: [Issue("value", "worker")]}, claims.front()))
+            future.set_result({0: [Issue("value", "worker")]})
         return {only[0]: [Issue("value", "here")]} if only == [4] else {}
 
     pending = PendingVerdicts(future, lambda: None, claims)
@@ -446,7 +446,7 @@ def test_the_request_checks_from_the_back_while_the_worker_is_busy() -> None:
 def test_a_request_that_checked_every_entry_does_not_wait_for_the_worker() -> None:
     claims = Claims(_cells(), 0)
     claims.reset()
-    never: Future[tuple[dict[int, list[Issue]], int]] = Future()  # a worker still parsing
+    never: Future[dict[int, list[Issue]]] = Future()  # a worker still parsing
     asked: list[Any] = []
 
     def in_place(only: Any) -> dict[int, list[Issue]]:
@@ -467,7 +467,7 @@ def test_a_busy_worker_and_the_request_thread_share_a_bundle() -> None:
         obj["entry"][i]["resource"]["effectiveDateTime"] = NO_ZONE
     raw = json.dumps(obj).encode()
     parsed = parse_bundle(loads(raw), check_models=False)
-    expected = owed_verdicts(loads(raw), parsed)
+    expected = owed_checker(loads(raw), parsed)(None)
     assert sorted(expected) == [1, 700, 1500]
     checks = ModelChecks(1, 1)
     try:

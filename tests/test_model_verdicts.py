@@ -11,7 +11,7 @@ from fhir_mapping.bundles import (
     bundle_envelope,
     estimated_atomic_entries,
     model_verdicts,
-    owed_verdicts,
+    owed_checker,
     parse_bundle,
     settle_models,
 )
@@ -141,7 +141,7 @@ def test_owed_verdicts_in_place_check_the_references_as_received() -> None:
     assert len(rewritten) == 2
     for ref in rewritten:  # what the transaction's rewrite does before the gate asks
         ref["reference"] = "Patient/server-id"
-    verdicts = owed_verdicts(bundle, walked)
+    verdicts = owed_checker(bundle, walked)(None)
     assert verdicts == model_verdicts(dumps(_with_references()))
     assert set(verdicts) == {1}
     assert [ref["reference"] for ref in rewritten] == ["Patient/server-id"] * 2  # put back
@@ -152,7 +152,7 @@ def test_owed_verdicts_cover_entries_that_failed_a_later_check() -> None:
     bundle = CASES["model before the request checks"]
     walked = parse_bundle(bundle, check_models=False)
     assert walked.entries == []
-    assert owed_verdicts(bundle, walked) == model_verdicts(dumps(bundle))
+    assert owed_checker(bundle, walked)(None) == model_verdicts(dumps(bundle))
 
 
 def test_a_bundle_envelope_is_checked_before_any_entry() -> None:
