@@ -394,6 +394,8 @@ def parse_bundle(obj: Any, *, check_models: bool = True) -> ParsedBundle:
 
 
 Verdicts = dict[int, list[Issue]]
+# The Verdicts key for the request body itself: present when `loads` refused it (see model_verdicts).
+BODY = -1
 
 
 _BATCH_TYPE = re.compile(rb'"type"\s*:\s*"batch"')
@@ -417,9 +419,13 @@ def model_verdicts(raw: bytes, claim: Callable[[int], bool] | None = None) -> Ve
     while the request is written. It checks every resource of an accepted type, including ones
     the JSON walk will refuse: only the entries the walk passed (`models_owed`) are consulted.
     `claim(i)` is asked before entry i, in order; False stops the checks there (someone else
-    checks the rest).
+    checks the rest). Bytes that `loads` refuses get `{BODY: its issues}` and nothing else: the
+    request thread may have parsed them without that check (`loads_unguarded`).
     """
-    obj = loads(raw)
+    try:
+        obj = loads(raw)
+    except InvalidContentError as exc:
+        return {BODY: exc.issues}
     raw_entries = obj.get("entry") if isinstance(obj, dict) else None
     out: Verdicts = {}
     for i, raw_entry in enumerate(raw_entries if isinstance(raw_entries, list) else []):

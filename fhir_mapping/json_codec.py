@@ -8,6 +8,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import orjson
 
 from fhir_mapping.issues import InvalidContentError, Issue
@@ -102,6 +103,25 @@ def _skip_ws(text: str, pos: int) -> int:
 def loads(data: bytes) -> Any:
     """Parse a whole request body as one JSON document."""
     return loads_text(decode_text(data))
+
+
+_UNGUARDED = msgspec.json.Decoder(float_hook=LexicalDecimal)
+
+
+def loads_unguarded(data: bytes) -> Any | None:
+    """`loads` at under half the cost, except that a duplicate key is not refused (the last wins).
+
+    Only for a caller that has the same bytes parsed by `loads` elsewhere before it keeps anything
+    (a model-check worker does). Decimals stay lexical just the same. None for anything but plain
+    JSON: a BOM, bad UTF-8, NaN, an escaped control character, a huge integer, deep nesting,
+    malformed text; `loads` then gives its own answer.
+    """
+    if b"\\u000" in data or b"\\u001" in data:  # maybe an escaped control character
+        return None
+    try:
+        return _UNGUARDED.decode(data)
+    except (msgspec.MsgspecError, RecursionError, ValueError):
+        return None
 
 
 def _default(obj: Any) -> Any:

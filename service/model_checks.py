@@ -140,6 +140,7 @@ class PendingVerdicts:
     ) -> None:
         self._future, self._on_lost, self._claims = future, on_lost, claims
         self._result: Verdicts | None = None
+        self.answered_by_worker = False  # after `result()`: the worker parsed the bytes itself
 
     def result(self, in_place: InPlace, entries: int = 0) -> Verdicts:
         """The verdicts (the same answer each call).
@@ -159,6 +160,7 @@ class PendingVerdicts:
                 return self._result
             try:
                 self._result = {**here, **self._future.result()}  # its front meets our back
+                self.answered_by_worker = True
             except (BrokenProcessPool, CancelledError):  # the worker died, or its pool was dropped
                 log.warning("a model-check worker was lost; checking this Bundle in place")
                 self._on_lost()

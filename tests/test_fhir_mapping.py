@@ -8,9 +8,10 @@ import pytest
 
 from fhir_mapping.bundles import derived_id, parse_bundle, parse_etag
 from fhir_mapping.issues import InvalidContentError
-from fhir_mapping.json_codec import content_hash, dumps, loads
+from fhir_mapping.json_codec import content_hash, dumps, loads, loads_unguarded
 from fhir_mapping.references import identifier_index, parse_reference, reference_index
 from fhir_mapping.validation import MAX_DEPTH, validate_resource
+from tests.conftest import SHARED_DATA
 
 
 @pytest.mark.parametrize(
@@ -47,6 +48,60 @@ def test_refused_json(text: bytes, needle: str) -> None:
         loads(text)
     assert needle in str(caught.value)
     assert caught.value.issues[0].code == "structure"
+
+
+ACCEPTED_BOTH_WAYS = [
+    b'{"v":0.10,"w":1e5,"x":-0.0,"y":1.50e-3,"z":1E400}',
+    b'{"v":123456789012345678901234567890.123456789,"i":-12345678901234567}',
+    b'{"u":"\\u00e9\\ud83d\\ude00","n":null,"b":[true,false],"t":"a\\tb\\nc"}',
+    b' {"nested":[{"a":[1,2,{"b":{}}]}],"empty":[]} \n',
+]
+
+
+@pytest.mark.parametrize("text", ACCEPTED_BOTH_WAYS)
+def test_unguarded_parse_is_the_strict_parse(text: bytes) -> None:
+    fast, strict = loads_unguarded(text), loads(text)
+    assert fast == strict
+    assert dumps(fast) == dumps(strict)  # decimals keep their lexical form too
+
+
+def test_unguarded_parse_keeps_integers_beyond_64_bits() -> None:
+    text = b'{"i":123456789012345678901234567890}'
+    assert loads_unguarded(text) == loads(text) == {"i": 123456789012345678901234567890}
+
+
+def test_unguarded_parse_agrees_on_the_synthea_export() -> None:
+    files = sorted((SHARED_DATA / "synthea-10").glob("*.ndjson"))
+    assert len(files) == 9
+    for path in files:
+        raw = b"[" + b",".join(path.read_bytes().splitlines()) + b"]"
+        fast = loads_unguarded(raw)
+        assert fast is not None, path.name
+        assert dumps(fast) == dumps(loads(raw)), path.name
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a":NaN}',
+        b'{"a":-Infinity}',
+        b"\xef\xbb\xbf{}",
+        b'{"a":1} {}',
+        b"\xff",
+        b'{"a":',
+        b'{"a":"\\u0001"}',  # an escaped control character: FHIR strings refuse it
+        b'{"a":"\\ud800"}',  # a lone surrogate: `loads` keeps it, this parser cannot
+        b'{"a":' + b"9" * 5000 + b"}",
+        b"[" * 5000 + b"]" * 5000,
+    ],
+)
+def test_unguarded_parse_leaves_anything_unusual_to_the_strict_parse(text: bytes) -> None:
+    assert loads_unguarded(text) is None
+
+
+def test_unguarded_parse_keeps_the_last_of_duplicate_keys() -> None:
+    """Why only a caller whose bytes `loads` also parses may use it."""
+    assert loads_unguarded(b'{"a":1,"a":2}') == {"a": 2}
 
 
 def test_content_hash_ignores_key_order_id_and_server_meta() -> None:

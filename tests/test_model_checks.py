@@ -303,6 +303,99 @@ def test_bodies_that_only_look_like_atomic_bundles(
     assert servers[1].checks.submitted == before + 1
 
 
+def _twice(body: bytes, member: bytes, nth: int = 1) -> bytes:
+    """`body` with the `nth` occurrence of `"key": value` written twice (a duplicate key)."""
+    at = -1
+    for _ in range(nth):
+        at = body.index(member, at + 1)
+    return body[:at] + member + b", " + body[at:]
+
+
+DUPLICATE_KEYS = {
+    # strictly parsed, each body is refused for its duplicate key before anything else is looked at
+    "in one entry": _twice(_big_transaction(3), b'"status": "final"', nth=2),
+    "and a model failure": _twice(
+        bundle(
+            "transaction",
+            entry(observation("Patient/x", effectiveDateTime=NO_ZONE), "POST", "Observation"),
+            entry(observation("Patient/y"), "POST", "Observation"),
+        ),
+        b'"status": "final"',
+        nth=2,
+    ),
+    "and a walk failure": _twice(
+        bundle(
+            "transaction",
+            entry(patient("dk-1", active="yes"), "POST", "Patient"),
+            entry(observation("Patient/y"), "POST", "Observation"),
+        ),
+        b'"status": "final"',
+    ),
+    "and a dangling urn:uuid": _twice(
+        bundle(
+            "transaction",
+            entry(
+                observation("urn:uuid:00000000-0000-4000-8000-00000000dead"), "POST", "Observation"
+            ),
+        ),
+        b'"status": "final"',
+    ),
+    "that would make it a batch": _big_transaction(2).replace(
+        b'"type": "transaction"', b'"type": "transaction", "type": "b\\u0061tch"'
+    ),
+    "in the envelope": _big_transaction(2).replace(
+        b'"resourceType": "Bundle"', b'"resourceType": "Patient", "resourceType": "Bundle"'
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DUPLICATE_KEYS))
+def test_duplicate_keys_are_refused_before_anything_else(
+    servers: tuple[Served, Served], engine: Engine, case: str
+) -> None:
+    """The request thread parses a worker's Bundle without the duplicate-key check; the worker's
+    strict parse answers for it."""
+    body = DUPLICATE_KEYS[case]
+    empty = _empty(engine)
+    in_place, worker, in_place_rows, worker_rows = _post_both(servers, engine, body)
+    assert in_place.status_code == worker.status_code == 400
+    assert worker.json() == in_place.json()
+    [issue] = worker.json()["issue"]
+    assert issue["code"] == "structure"
+    assert "duplicate key(s)" in issue["diagnostics"]
+    assert worker_rows == in_place_rows == empty
+
+
+class _AnswerlessChecks(ModelChecks):
+    """A pool whose worker is lost during every job: each Bundle's checks fall back in place."""
+
+    def __init__(self) -> None:
+        super().__init__(1, 1)
+
+    def wanted(self, raw: bytes) -> bool:
+        return True
+
+    def submit(self, raw: bytes) -> PendingVerdicts | None:
+        self.submitted += 1
+        return PendingVerdicts(_done(error=BrokenProcessPool("lost")), lambda: None)
+
+
+def test_without_the_workers_answer_the_bytes_are_parsed_strictly_here(
+    engine: Engine, database_url: str
+) -> None:
+    checks = _AnswerlessChecks()
+    store = FhirStore(engine, Settings(database_url=database_url), model_checks=checks)
+    empty = _empty(engine)
+    with pytest.raises(FhirError) as caught:
+        store.bundle_json(DUPLICATE_KEYS["in one entry"], ctx=store.context("test"))
+    assert caught.value.status == 400
+    assert "duplicate key(s) 'status'" in caught.value.issues[0].diagnostics
+    assert counts(engine) == empty
+    kind, results = store.bundle_json(_big_transaction(3), ctx=store.context("test"))
+    assert (kind, [r.status for r in results]) == ("transaction-response", [201] * 4)
+    assert checks.submitted == 2
+
+
 def test_small_bundles_stay_in_place(database_url: str) -> None:
     checks = ModelChecks.for_settings(
         Settings(database_url=database_url, model_check_processes=2, model_check_min_entries=20)
@@ -370,12 +463,15 @@ def test_a_worker_that_cannot_answer_is_replaced_by_the_check_in_place(
     assert pending.result(lambda only: {}) == in_place  # settled once
     assert asked == [None]  # every entry, checked here
     assert lost == ([True] if pool_dropped else [])
+    assert not pending.answered_by_worker  # so the bytes were not parsed strictly there either
 
 
 def test_a_worker_answer_is_taken_as_it_is() -> None:
     answer = {1: [Issue("required", "from the worker")]}
     pending = PendingVerdicts(_done(answer), lambda: None)
+    assert not pending.answered_by_worker  # not asked yet
     assert pending.result(lambda only: pytest.fail("not needed"), 7) == answer
+    assert pending.answered_by_worker
 
 
 def _cells(slots: int = 1) -> Any:
@@ -456,6 +552,7 @@ def test_a_request_that_checked_every_entry_does_not_wait_for_the_worker() -> No
     pending = PendingVerdicts(never, lambda: pytest.fail("not lost"), claims)
     assert pending.result(in_place, 3) == {1: [Issue("value", "here")]}
     assert asked == [[2], [1], [0]]
+    assert not pending.answered_by_worker
     assert not claims.take_front(0)  # the worker, when it gets there, stops at once
     assert claims.front() == 0
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from fhir_mapping.bundles import (
+    BODY,
     ParsedBundle,
     bundle_envelope,
     estimated_atomic_entries,
@@ -178,3 +179,23 @@ def test_a_bundle_envelope_is_checked_before_any_entry() -> None:
 )
 def test_entries_are_estimated_from_the_bytes(body: bytes, expected: int) -> None:
     assert estimated_atomic_entries(body) == expected
+
+
+def test_bytes_the_strict_parse_refuses_get_one_verdict_for_the_body() -> None:
+    raw = dumps(_bundle("transaction", _post(NO_ZONE), _post(OBS))).replace(
+        b'"status":"final"', b'"status":"final","status":"final"', 1
+    )
+    asked: list[int] = []
+
+    def claim(index: int) -> bool:
+        asked.append(index)
+        return True
+
+    verdicts = model_verdicts(raw, claim)
+    assert list(verdicts) == [BODY]  # and no entry was checked
+    [issue] = verdicts[BODY]
+    assert (issue.code, issue.diagnostics) == (
+        "structure",
+        "duplicate key(s) 'status' in one JSON object",
+    )
+    assert asked == []
