@@ -15,7 +15,6 @@ from service.models import ResourceHead, ResourceIdentifier, ResourceReference, 
 
 Key = tuple[str, str]
 _CHUNK = 400
-# session.info key: the (type, id) of every resource written in this unit of work.
 # session.info key: what this unit of work wrote, {(type, id): WrittenVersion}.
 # Event derivation maps that content directly instead of reading back and decoding what it just wrote.
 WRITTEN_KEYS = "trialbridge_written"
