@@ -184,7 +184,7 @@ class BundleFeed:
     understates the service).
     """
 
-    FIRST_ROUND = 60
+    FIRST_ROUND = 120
 
     def __init__(self, templates: Sequence[BundleTemplate]) -> None:
         self._templates = itertools.cycle(templates)
