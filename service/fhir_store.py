@@ -349,9 +349,8 @@ class FhirStore:
         try:
             return self._bundle(body, pending, ctx, unguarded=raw)
         except FhirError:
-            _parsed_strictly(
-                raw
-            )  # bytes that `loads` refuses get that answer, whatever else failed
+            # bytes that `loads` refuses get that answer, whatever else failed
+            _parsed_strictly(raw)
             raise
 
     def _bundle(

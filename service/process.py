@@ -9,7 +9,7 @@ from fhir_mapping.validation import preload_models
 # A young-generation collection after this many net container allocations instead of 700.
 # A large Bundle allocates millions of dicts and lists that live until its response is sent, so
 # with the default every collection found nothing to free, and the full collections they
-# triggered walked the whole request (~10 % of ingest time). Cycles are still collected.
+# triggered walked the whole request (~12 % of the request thread). Cycles are still collected.
 YOUNG_COLLECTION_THRESHOLD = 50_000
 OLDER_COLLECTION_THRESHOLDS = (20, 100)
 
