@@ -349,8 +349,8 @@ def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
         yield client
 
 
-def test_subject_outcomes_endpoint(api: httpx.Client, fhir: httpx.Client) -> None:
-    """The endpoint answers the same endpoints for an enrolled subject, and 404s the cohort study."""
+def _enroll(fhir: httpx.Client, resources: list[dict[str, Any]]) -> None:
+    """PUT NCT06088771's ResearchStudy, Patient/p1's on-study ResearchSubject and `resources`."""
     study = {
         "resourceType": "ResearchStudy",
         "id": "rs",
@@ -365,11 +365,16 @@ def test_subject_outcomes_endpoint(api: httpx.Client, fhir: httpx.Client) -> Non
         "individual": {"reference": "Patient/p1"},
         "period": {"start": "2025-03-03"},
     }
-    resources: list[dict[str, Any]] = [study, subject, *_base()]
+    everything: list[dict[str, Any]] = [study, subject, *resources]
     body = bundle(
-        "transaction", *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in resources)
+        "transaction", *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in everything)
     )
     assert fhir.post("", content=body).status_code == 200
+
+
+def test_subject_outcomes_endpoint(api: httpx.Client, fhir: httpx.Client) -> None:
+    """The endpoint answers the same endpoints for an enrolled subject, and 404s the cohort study."""
+    _enroll(fhir, _base())
     subject_id = api.get("/studies/NCT06088771/subjects").json()["subjects"][0]["subject_id"]
     response = api.get(f"/studies/NCT06088771/subjects/{subject_id}/outcomes")
     assert response.status_code == 200, response.text
@@ -391,26 +396,7 @@ def test_cohort_endpoint_answers_with_a_death_before_day1(
     api: httpx.Client, fhir: httpx.Client
 ) -> None:
     """A posted death dated before Day 1 once made the cohort 500; now it is listed, not fitted."""
-    study = {
-        "resourceType": "ResearchStudy",
-        "id": "rs",
-        "status": "active",
-        "identifier": [{"value": "NCT06088771"}],
-    }
-    subject = {
-        "resourceType": "ResearchSubject",
-        "id": "sub",
-        "status": "on-study",
-        "study": {"reference": "ResearchStudy/rs"},
-        "individual": {"reference": "Patient/p1"},
-        "period": {"start": "2025-03-03"},
-    }
-    patient = dict(_base()[0], deceasedDateTime="2025-03-01")
-    resources: list[dict[str, Any]] = [study, subject, patient, *_base()[1:]]
-    body = bundle(
-        "transaction", *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in resources)
-    )
-    assert fhir.post("", content=body).status_code == 200
+    _enroll(fhir, [dict(_base()[0], deceasedDateTime="2025-03-01"), *_base()[1:]])
     response = api.get("/studies/NCT06088771/outcomes")
     assert response.status_code == 200, response.text
     out = response.json()["outcomes"]
