@@ -14,8 +14,9 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER 10001
 WORKDIR /home/trialbridge
-# matplotlib's font cache, built once here rather than on the first figure request
-RUN python -c "import matplotlib.font_manager"
+# The SQLite directory, owned by the service's user (a named volume mounted there inherits that),
+# and matplotlib's font cache, built once here rather than on the first figure request
+RUN mkdir -p /home/trialbridge/var && python -c "import matplotlib.font_manager"
 ENV DATABASE_URL=sqlite:////home/trialbridge/var/trialbridge.db \
     PYTHONUNBUFFERED=1
 EXPOSE 8000

@@ -64,7 +64,7 @@ def _load_file(
     ctx = store.context(f"cli load {path.name}")
     text = decode_text(path.read_bytes())
     if path.suffix == ".ndjson":
-        for outcome in store.import_lines(text.splitlines(), ctx=ctx, progress=bar.update):
+        for outcome in store.import_lines(text.split("\n"), ctx=ctx, progress=bar.update):
             _record(outcome.result, f"{path}:{outcome.line}", tally, errors)
         return
     doc = loads(text.encode())
@@ -120,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trialbridge` console script."""
     parser = argparse.ArgumentParser(prog="trialbridge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP service (migrates first)")
+    serve = sub.add_parser(
+        "serve", help="run the HTTP service (migrates first unless TRIALBRIDGE_AUTO_MIGRATE=false)"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
@@ -194,9 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_load(settings, args.paths, catalog.derivation)
     import uvicorn
 
-    engine = make_engine(settings)
-    migrate.upgrade(engine)
-    engine.dispose()
+    if settings.auto_migrate:  # once, before any of --workers N starts
+        engine = make_engine(settings)
+        migrate.upgrade(engine)
+        engine.dispose()
     uvicorn.run(
         "api.app:app", host=args.host, port=args.port, workers=args.workers, proxy_headers=True
     )

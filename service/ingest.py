@@ -148,7 +148,9 @@ def _check_overlaps(plans: list[_Plan]) -> None:
             "Bundle.entry",
         )
     seen: dict[tuple[str, str], _Plan] = {}
-    for p in _writes(plans):
+    # Resolved identities count too: an ifNoneExist match is the resource that entry stands for.
+    identities = [*_writes(plans), *(p for p in plans if p.found_existing)]
+    for p in sorted(identities, key=lambda p: p.entry.index):
         assert p.entry.resource_type is not None
         assert p.target_id is not None
         key = (p.entry.resource_type, p.target_id)
@@ -157,7 +159,7 @@ def _check_overlaps(plans: list[_Plan]) -> None:
             raise FhirError.of(
                 400,
                 "duplicate",
-                f"{first} and {p.entry.path} both write {key[0]}/{key[1]}; one identity per request",
+                f"{first} and {p.entry.path} both name {key[0]}/{key[1]}; one identity per request",
                 first,
                 p.entry.path,
             )
@@ -293,15 +295,16 @@ def apply_entries(
     )
     rewriter = _Rewriter(session, plans, ctx, known_urls)
     rewriter.rewrite(plans)
-    # A content-derived id already used by different content (or deleted) gets a fresh id.
+    # A create never overwrites: an id taken from its urn:uuid or derived from its content that
+    # already holds different content (or was deleted) gets a fresh id. So does a content-derived
+    # upsert; an upsert by id or urn:uuid names its target on purpose.
     clashed = False
     for p in writes:
         key = (p.entry.resource_type or "", p.target_id or "")
         head = heads.get(key)
-        if (
-            p.entry.method in ("POST", "UPSERT")
-            and p.target_id == p.entry.derived_id
-            and head is not None
+        if head is not None and (
+            p.entry.method == "POST"
+            or (p.entry.method == "UPSERT" and p.target_id == p.entry.derived_id)
         ):
             assert p.entry.resource is not None
             if head.deleted or head.content_hash != content_hash(p.entry.resource):
@@ -410,7 +413,8 @@ def _read_entry(session: Session, e: Entry, ctx: WriteContext) -> EntryResult:
             max_count=ctx.search_max_count,
         )
         return EntryResult(200, "read", content=searchset.decode())
-    vid = int(e.version_id) if e.version_id and e.version_id.isdigit() else None
+    digits = e.version_id is not None and e.version_id.isascii() and e.version_id.isdigit()
+    vid = int(e.version_id) if digits and e.version_id else None
     if e.version_id is not None and vid is None:
         raise FhirError.of(404, "not-found", f"{e.path}: no version {e.version_id!r}", e.path)
     found = store.read_version(session, e.resource_type or "", e.resource_id, vid)

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from service.protocol import CohortProtocol, TrialProtocol
 
+# The width of study_subject.subject_number: a longer identifier is no subject number (it stays in
+# the resource), so the same ResearchSubject is accepted alike on SQLite and PostgreSQL.
+SUBJECT_NUMBER_MAX = 256
+
 
 @dataclass(frozen=True, slots=True)
 class SubjectFacts:
@@ -75,7 +79,7 @@ def trial_membership(protocol: TrialProtocol, events: Sequence[TrialEvent]) -> S
     numbers = [
         str(n["value"])
         for n in latest.values.get("subject_numbers") or ()
-        if isinstance(n, dict) and n.get("value")
+        if isinstance(n, dict) and n.get("value") and len(str(n["value"])) <= SUBJECT_NUMBER_MAX
     ]
     drugs = {d.valueset for d in protocol.schedule.study_drugs}
     doses = [e for e in events if e.kind is EventKind.DRUG_ADMINISTRATION and e.concept_ids & drugs]

@@ -10,6 +10,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 from sqlmodel import SQLModel
 
@@ -19,10 +20,11 @@ import service.models  # noqa: F401  (tables on the metadata)
 _LOCK_KEY = 0x7472_6961_6C62  # "trialb": one advisory lock id for every replica
 
 
-def _config(connection: Connection) -> Config:
+def _config(connection: Connection | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
-    cfg.attributes["connection"] = connection
+    if connection is not None:
+        cfg.attributes["connection"] = connection
     return cfg
 
 
@@ -59,6 +61,11 @@ def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, or None when it was never migrated."""
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The revision this release's code expects: the newest packaged migration."""
+    return ScriptDirectory.from_config(_config()).get_current_head()
 
 
 def drift(engine: Engine) -> list[object]:

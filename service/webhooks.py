@@ -22,7 +22,7 @@ import httpx
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from service import deviation_store
+from service import deviation_store, migrate
 from service.db import session_scope
 from service.errors import ApiError
 from service.fhir_time import utcnow
@@ -237,6 +237,7 @@ class Dispatcher:
         self.interval = interval_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
+        self._waiting_logged = False
 
     def start(self) -> None:
         """Begin delivering."""
@@ -248,8 +249,23 @@ class Dispatcher:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        schema_ready = False
         while not self._stop.wait(self.interval):
             try:
-                deliver_due(self.engine, self.policy)
+                schema_ready = schema_ready or self._schema_ready()
+                if schema_ready:
+                    deliver_due(self.engine, self.policy)
             except Exception:  # the database may be briefly down; the outbox keeps everything
                 log.exception("webhook delivery pass failed; will retry")
+
+    def _schema_ready(self) -> bool:
+        """Whether the outbox exists yet: a server may start before the release step migrates."""
+        revision, head = migrate.current_revision(self.engine), migrate.head_revision()
+        if revision != head and not self._waiting_logged:
+            log.warning(
+                "webhook delivery waits for the schema: at revision %s, this release needs %s",
+                revision or "none",
+                head,
+            )
+            self._waiting_logged = True
+        return revision == head

@@ -52,34 +52,42 @@ def _transaction(*observations: dict[str, object]) -> bytes:
     )
 
 
-def test_image_command_serves_a_fresh_sqlite_database(tmp_path: Path) -> None:
+def _serve(tmp_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`trialbridge serve` (the image's command) on a free port, from `tmp_path`."""
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path}/var/trialbridge.db",
-        "TRIALBRIDGE_MODEL_CHECK_PROCESSES": "1",
-        "TRIALBRIDGE_MODEL_CHECK_MIN_ENTRIES": "2",
-    }
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(BIN / "trialbridge"), "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=tmp_path,
-            env=env,
+            env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/var/trialbridge.db", **env},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    base = f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}", log
+
+
+def _first_readyz(proc: subprocess.Popen[bytes], base: str, log: Path) -> httpx.Response:
+    """The first answer of /readyz, once the server listens."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return httpx.get(f"{base}/readyz", timeout=2)
+        except httpx.TransportError:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+
+def test_image_command_serves_a_fresh_sqlite_database(tmp_path: Path) -> None:
+    proc, base, log = _serve(
+        tmp_path,
+        TRIALBRIDGE_MODEL_CHECK_PROCESSES="1",
+        TRIALBRIDGE_MODEL_CHECK_MIN_ENTRIES="2",
+    )
     try:
         deadline = time.monotonic() + 60
-        while True:
-            try:
-                ready = httpx.get(f"{base}/readyz", timeout=2)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+        ready = _first_readyz(proc, base, log)
         assert ready.json() == {
             "status": "ready",
             "schema_revision": "0006",
@@ -114,6 +122,35 @@ def test_image_command_serves_a_fresh_sqlite_database(tmp_path: Path) -> None:
         ]
         found = httpx.get(f"{base}/fhir/Observation", params={"subject": "Patient/pkg"})
         assert found.json()["total"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "Traceback" not in log.read_text()
+
+
+def test_serve_leaves_the_schema_to_a_release_step_when_told(tmp_path: Path) -> None:
+    proc, base, log = _serve(tmp_path, TRIALBRIDGE_AUTO_MIGRATE="false")
+    try:
+        unready = _first_readyz(proc, base, log)
+        assert unready.status_code == 503
+        assert unready.json()["error"] == {
+            "status": 503,
+            "code": "schema_not_current",
+            "message": "database schema at revision none, this release needs 0006: "
+            "run `trialbridge migrate`",
+            "details": [],
+        }
+        subprocess.run(
+            [str(BIN / "trialbridge"), "migrate"],
+            cwd=tmp_path,
+            env={**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/var/trialbridge.db"},
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert ready.status_code == 200
+        assert ready.json()["schema_revision"] == "0006"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

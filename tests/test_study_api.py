@@ -536,3 +536,16 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
         "message",
         "details",
     }
+
+
+def test_an_identifier_too_long_for_a_subject_number_is_passed_over(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Accepted alike on both databases; the next identifier that fits is the subject number."""
+    rs = _research_subject("rs-long", "p9", "S" * 257, "2025-03-03")
+    rs["identifier"].append({"system": "urn:study:nct06088771:subject", "value": "001-009"})
+    response = fhir.post("", content=_put(STUDY, _patient("p9", "MRN-p9"), rs))
+    assert response.status_code == 200, response.text
+    assert [s["subject_number"] for s in _subjects(api)["subjects"]] == ["001-009"]
+    stored = fhir.get("/ResearchSubject/rs-long").json()
+    assert stored["identifier"][0]["value"] == "S" * 257

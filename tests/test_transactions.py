@@ -228,3 +228,57 @@ def test_batch_reads_and_searches_answer_with_their_resources(fhir: httpx.Client
     assert searchset["entry"][0]["resource"]["id"] == "o1"
     assert result["entry"][1]["resource"]["id"] == "s1"
     assert result["entry"][3]["response"]["outcome"]["issue"][0]["code"] == "not-supported"
+
+
+def test_a_create_never_overwrites_the_resource_its_urn_uuid_names(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    taken = P_URN.removeprefix("urn:uuid:")
+    assert fhir.put(f"/Patient/{taken}", json=patient("owner", id=taken)).status_code == 201
+    body = bundle(
+        "transaction",
+        entry(patient("stranger"), "POST", "Patient", P_URN),
+        entry(observation(P_URN), "POST", "Observation", O_URN),
+    )
+    result = _post(fhir, body).json()
+    assert statuses(result) == ["201 Created", "201 Created"]
+    new_id = result["entry"][0]["response"]["location"].split("/")[1]
+    assert new_id != taken
+    assert result["entry"][0]["response"]["location"] == f"Patient/{new_id}/_history/1"
+    kept = fhir.get(f"/Patient/{taken}").json()
+    assert (kept["meta"]["versionId"], kept["identifier"][0]["value"]) == ("1", "owner")
+    assert fhir.get(f"/Observation/{O_URN[9:]}").json()["subject"] == {
+        "reference": f"Patient/{new_id}"
+    }
+    assert counts(engine)["fhir_resource_version"] == 3
+
+
+def test_a_create_does_not_continue_a_deleted_resource(fhir: httpx.Client) -> None:
+    taken = P_URN.removeprefix("urn:uuid:")
+    assert fhir.put(f"/Patient/{taken}", json=patient("owner", id=taken)).status_code == 201
+    assert fhir.delete(f"/Patient/{taken}").status_code == 204
+    result = _post(fhir, bundle("transaction", entry(patient("owner"), "POST", "Patient", P_URN)))
+    location = result.json()["entry"][0]["response"]["location"]
+    assert location.endswith("/_history/1")
+    assert location.split("/")[1] != taken
+    assert fhir.get(f"/Patient/{taken}").status_code == 410
+
+
+def test_an_if_none_exist_match_and_a_put_of_it_overlap(fhir: httpx.Client, engine: Engine) -> None:
+    assert fhir.put("/Patient/ov1", json=patient("ov1", id="ov1")).status_code == 201
+    before = counts(engine)
+    body = bundle(
+        "transaction",
+        entry(patient("ov1"), "POST", "Patient", P_URN, ifNoneExist="identifier=urn:mrn|ov1"),
+        entry(patient("ov1", id="ov1", active=True), "PUT", "Patient/ov1"),
+    )
+    response = _post(fhir, body)
+    assert response.status_code == 400
+    issue = response.json()["issue"][0]
+    assert issue["code"] == "duplicate"
+    assert issue["expression"] == ["Bundle.entry[0].resource", "Bundle.entry[1].resource"]
+    assert issue["diagnostics"] == (
+        "Bundle.entry[0].resource and Bundle.entry[1].resource both name Patient/ov1; "
+        "one identity per request"
+    )
+    assert counts(engine) == before

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import re
 import socket
 import threading
@@ -27,7 +28,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from service import deviation_store, webhooks
+from service import deviation_store, migrate, webhooks
 from service.db import make_engine
 from service.derivation import Derivation
 from service.settings import Settings
@@ -879,3 +880,26 @@ def test_deleting_a_subscription_drops_its_pending_notifications(
         "deviation.opened",
         "deviation.resolved",
     ]
+
+
+def test_delivery_waits_for_the_schema_without_failing(
+    backend: str, new_database: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before the release step migrates: one warning, no failing passes, before or after it."""
+    engine = make_engine(Settings(database_url=str(new_database(backend))))
+    try:
+        with caplog.at_level(logging.WARNING, logger="service.webhooks"):
+            dispatcher = Dispatcher(engine, POLICY, interval_seconds=0.02)
+            dispatcher.start()
+            time.sleep(0.3)
+            migrate.upgrade(engine)
+            time.sleep(0.5)  # ~25 passes on the migrated schema
+            dispatcher.stop()
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+            (
+                "WARNING",
+                "webhook delivery waits for the schema: at revision none, this release needs 0006",
+            )
+        ]
+    finally:
+        engine.dispose()
