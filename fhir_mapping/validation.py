@@ -348,6 +348,28 @@ def model_issues(obj: dict[str, Any], resource_type: str, *, path: str = "") -> 
     return []
 
 
+def _dangling_contained(
+    resource: dict[str, Any], references: list[tuple[str, dict[str, Any]]]
+) -> list[Issue]:
+    """FHIR invariant ref-1: a `#id` reference names a resource in the root's `contained`."""
+    contained = resource.get("contained")
+    ids = {c.get("id") for c in contained if isinstance(c, dict)} if contained else set()
+    issues = []
+    for path, ref in references:
+        target = ref.get("reference")
+        if isinstance(target, str) and target.startswith("#") and target != "#":
+            if target[1:] not in ids:
+                where = f"{path}.reference"
+                issues.append(
+                    Issue(
+                        "invariant",
+                        f"{where}: {target!r} names no contained resource (ref-1)",
+                        (where,),
+                    )
+                )
+    return issues
+
+
 def validate_resource(obj: Any, *, path: str = "", model: bool = True) -> CheckedResource:
     """Validate one resource as FHIR R4 JSON; raise InvalidContentError naming every bad element.
 
@@ -364,6 +386,9 @@ def validate_resource(obj: Any, *, path: str = "", model: bool = True) -> Checke
         ) from exc
     if walker.issues or rtype is None:
         raise InvalidContentError(walker.issues)
+    dangling = _dangling_contained(obj, walker.references)
+    if dangling:
+        raise InvalidContentError(dangling)
     if model:
         issues = model_issues(obj, rtype, path=path)
         if issues:

@@ -367,6 +367,43 @@ def test_unknown_modifier_extension_is_refused(fhir: httpx.Client, engine: Engin
     assert counts(engine) == before
 
 
+def _with_contained_medication(reference: str) -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": "Patient/p1"},
+        "contained": [{"resourceType": "Medication", "id": "med1", "code": {"text": "Dupixent"}}],
+        "medicationReference": {"reference": reference},
+    }
+
+
+def test_contained_reference_resolves_and_a_dangling_one_is_refused(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    before = seed(fhir, engine)
+    dangling = json.dumps(_with_contained_medication("#med2")).encode()
+    response = fhir.post("/MedicationRequest", content=dangling)
+    assert_outcome(response, 400, "invariant", "MedicationRequest.medicationReference.reference")
+    assert response.json()["issue"][0]["diagnostics"] == (
+        "MedicationRequest.medicationReference.reference: '#med2' names no contained resource "
+        "(ref-1)"
+    )
+    in_bundle = transaction(post_entry(_with_contained_medication("#nope")))
+    response = fhir.post("", content=in_bundle)
+    assert_outcome(
+        response, 400, "invariant", "Bundle.entry[0].resource.medicationReference.reference"
+    )
+    assert counts(engine) == before
+    resolved = fhir.post(
+        "/MedicationRequest", content=json.dumps(_with_contained_medication("#med1"))
+    )
+    assert resolved.status_code == 201, resolved.text
+    assert fhir.get(resolved.headers["location"]).json()["medicationReference"] == {
+        "reference": "#med1"
+    }
+
+
 # -- transaction Bundles ------------------------------------------------------------------------
 
 
