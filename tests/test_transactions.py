@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import respx
 from sqlalchemy import Engine
 
 from tests.conftest import counts
@@ -282,3 +283,19 @@ def test_an_if_none_exist_match_and_a_put_of_it_overlap(fhir: httpx.Client, engi
         "one identity per request"
     )
     assert counts(engine) == before
+
+
+def test_absolute_references_are_kept_and_never_fetched(fhir: httpx.Client, engine: Engine) -> None:
+    """A reference to another server is stored as sent; nothing leaves the service to resolve it."""
+    remote = "https://other-hospital.example/fhir/Patient/remote-1"
+    body = bundle("transaction", entry(observation(remote), "POST", "Observation", O_URN))
+    # Any other host would be refused by respx (assert_all_mocked), failing the request.
+    with respx.mock(assert_all_called=False) as outside:
+        outside.route(host="127.0.0.1").pass_through()
+        other = outside.route(host="other-hospital.example").respond(200, json={})
+        response = _post(fhir, body)
+        stored = fhir.get(f"/Observation/{O_URN[9:]}")
+    assert response.status_code == 200, response.text
+    assert stored.json()["subject"] == {"reference": remote}
+    assert other.call_count == 0
+    assert counts(engine)["fhir_resource"] == 1
