@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
 
+from fhir_mapping.bundles import ascii_int
 from fhir_mapping.issues import Issue, operation_outcome
 from fhir_mapping.json_codec import dumps
 from service.errors import FhirError
@@ -78,8 +80,17 @@ def _too_large(limit: int) -> FhirError:
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed the limit (before parsing)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    if declared is not None:
+        size = ascii_int(declared)
+        if size is None:
+            raise FhirError.of(
+                400,
+                "invalid",
+                f"Content-Length {declared!r} is not a number of bytes",
+                "Content-Length",
+            )
+        if size > limit:
+            raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -117,6 +128,20 @@ def resource_headers(result: EntryResult, base: str) -> dict[str, str]:
     if result.location and result.status in (200, 201):
         headers["Location"] = f"{base}/{result.location}"
     return headers
+
+
+_ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"')
+
+
+def if_none_match(header: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag`: `*`, or any entity tag in its list equal to
+    it by weak comparison (RFC 9110 13.1.2: `"1"`, `W/"1"` both match `W/"1"`)."""
+    if header is None:
+        return False
+    if header.strip() == "*":
+        return True
+    ours = _ENTITY_TAG.fullmatch(etag)
+    return ours is not None and ours[1] in _ENTITY_TAG.findall(header)
 
 
 def prefer_return(request: Request, default: str) -> str:

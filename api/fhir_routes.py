@@ -14,6 +14,7 @@ from api.fhir_http import (
     NDJSON_TYPES,
     check_accept,
     fhir_response,
+    if_none_match,
     json_body,
     prefer_return,
     read_body,
@@ -63,7 +64,7 @@ async def import_ndjson(request: Request, store: StoreDep, settings: SettingsDep
     ctx = store.context(_source(request))
 
     def work() -> bytes:
-        outcomes = sorted(store.import_lines(text.splitlines(), ctx=ctx), key=lambda o: o.line)
+        outcomes = sorted(store.import_lines(text.split("\n"), ctx=ctx), key=lambda o: o.line)
         return responses.response_bundle(
             "batch-response", [o.result for o in outcomes], representation=False
         )
@@ -208,6 +209,6 @@ def _read_response(request: Request, result: EntryResult, base: str) -> Response
     headers = resource_headers(result, base)
     headers.pop("Location", None)
     etag = headers.get("ETag")
-    if etag and request.headers.get("if-none-match") == etag:
+    if etag and if_none_match(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return fhir_response(result.content.encode(), 200, headers)

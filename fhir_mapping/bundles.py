@@ -56,17 +56,34 @@ def derived_id(resource_type: str, resource: dict[str, Any]) -> str:
     return str(uuid.uuid5(_CONTENT_NS, f"{resource_type}/{content_hash(resource)}"))
 
 
+# More significant digits than any count, size or version id could have (int() refuses > 4300).
+_MAX_DIGITS = 100
+
+
+def ascii_int(text: str) -> int | None:
+    """`text` as a number when it is ASCII digits 0-9 only, else None.
+
+    `str.isdigit()` alone also passes '²' or '٣', which `int()` refuses (a 500) or reads as
+    another digit. More than `_MAX_DIGITS` significant digits is None as well.
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    significant = text.lstrip("0")
+    return int(significant or "0") if len(significant) <= _MAX_DIGITS else None
+
+
 def parse_etag(value: str | None, where: str) -> int | None:
     """Version number from an ETag such as W/"3"; None when absent."""
     if value is None:
         return None
     text = value.strip()
     text = text.removeprefix("W/").strip('"')
-    if not text.isdigit():
+    version = ascii_int(text)
+    if version is None:
         raise InvalidContentError(
             [Issue("invalid", f'{where}: {value!r} is not a version ETag like W/"3"', (where,))]
         )
-    return int(text)
+    return version
 
 
 def parse_conditional(text: str, resource_type: str, where: str) -> list[tuple[str, str]]:
@@ -184,6 +201,10 @@ def _request_target(
     raise bad
 
 
+# Bundle.entry.request elements besides method and url; each is a JSON string when present.
+_REQUEST_STRINGS = ("ifNoneMatch", "ifModifiedSince", "ifMatch", "ifNoneExist")
+
+
 def _bundle_entry(raw: Any, i: int, kind: BundleKind, owed: set[int] | None) -> Entry:
     path = _entry_path(i)
     if not isinstance(raw, dict):
@@ -222,6 +243,13 @@ def _bundle_entry(raw: Any, i: int, kind: BundleKind, owed: set[int] | None) -> 
                 )
             ]
         )
+    for key in _REQUEST_STRINGS:
+        if key in request and not isinstance(request[key], str):
+            where = f"{path}.request.{key}"
+            code, what = (
+                ("structure", "not be null") if request[key] is None else ("value", "be a string")
+            )
+            raise InvalidContentError([Issue(code, f"{where} must {what}", (where,))])
     method = request["method"]
     url = request.get("url")
     if not isinstance(url, str):
@@ -275,9 +303,7 @@ def _bundle_entry(raw: Any, i: int, kind: BundleKind, owed: set[int] | None) -> 
             entry.resource_id = None
             ine = request.get("ifNoneExist")
             if ine is not None:
-                entry.if_none_exist = parse_conditional(
-                    str(ine), rtype, f"{path}.request.ifNoneExist"
-                )
+                entry.if_none_exist = parse_conditional(ine, rtype, f"{path}.request.ifNoneExist")
         else:
             if rid is None and not query:
                 raise InvalidContentError(
@@ -342,6 +368,12 @@ def bundle_envelope(obj: Any) -> tuple[BundleKind, list[Any], int]:
             ]
         )
     kind = obj.get("type")
+    if kind is None:
+        raise InvalidContentError([Issue("required", "Bundle.type is required", ("Bundle.type",))])
+    if not isinstance(kind, str):
+        raise InvalidContentError(
+            [Issue("value", "Bundle.type must be a JSON string", ("Bundle.type",))]
+        )
     if kind not in ACCEPTED_BUNDLE_TYPES:
         raise InvalidContentError(
             [

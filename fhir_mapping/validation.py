@@ -357,16 +357,15 @@ def _dangling_contained(
     issues = []
     for path, ref in references:
         target = ref.get("reference")
-        if isinstance(target, str) and target.startswith("#") and target != "#":
-            if target[1:] not in ids:
-                where = f"{path}.reference"
-                issues.append(
-                    Issue(
-                        "invariant",
-                        f"{where}: {target!r} names no contained resource (ref-1)",
-                        (where,),
-                    )
+        if isinstance(target, str) and target[:1] == "#" and target[1:] and target[1:] not in ids:
+            where = f"{path}.reference"
+            issues.append(
+                Issue(
+                    "invariant",
+                    f"{where}: {target!r} names no contained resource (ref-1)",
+                    (where,),
                 )
+            )
     return issues
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
+from fhir_mapping.bundles import ascii_int
 from service import deviation_store, webhooks
 from service.db import session_scope
 from service.deviation_sync import deviation_json
@@ -32,10 +33,10 @@ def parse_if_match(value: str | None) -> int:
         )
     text = value.strip()
     text = text[2:] if text.startswith("W/") else text
-    text = text.strip('"')
-    if not text.isdigit():
+    version = ascii_int(text.strip('"'))
+    if version is None:
         raise ApiError(400, "invalid_if_match", f"If-Match {value!r} is not an ETag of ours")
-    return int(text)
+    return version
 
 
 def _history_json(rows: list[Any]) -> list[dict[str, Any]]:

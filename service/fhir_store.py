@@ -18,6 +18,7 @@ from fhir_mapping.bundles import (
     BODY,
     Entry,
     ParsedBundle,
+    ascii_int,
     bundle_envelope,
     owed_checker,
     parse_bundle,
@@ -73,6 +74,14 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         return getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
     return False
+
+
+def _unstorable(exc: DataError) -> FhirError:
+    """A value our validation let through but the database refuses (too long, out of range)."""
+    log.warning("value refused by the database: %s", exc)
+    return FhirError.of(
+        400, "value", "a value cannot be stored by this server; nothing was written"
+    )
 
 
 def _refuse(parsed: ParsedBundle) -> None:
@@ -170,13 +179,8 @@ class FhirStore:
                         "conflict",
                         "the same resources were being written concurrently; retry the request",
                     ) from exc
-                if isinstance(
-                    exc, DataError
-                ):  # a value our validation let through but the DB refuses
-                    log.warning("value refused by the database: %s", exc)
-                    raise FhirError.of(
-                        400, "value", "a value cannot be stored by this server; nothing was written"
-                    ) from exc
+                if isinstance(exc, DataError):
+                    raise _unstorable(exc) from exc
                 if isinstance(exc, OperationalError):
                     log.warning("database unavailable: %s", exc)
                     raise FhirError.of(
@@ -225,11 +229,11 @@ class FhirStore:
         self.check_type(resource_type)
         vid: int | None = None
         if version_id is not None:
-            if not version_id.isdigit():
+            vid = ascii_int(version_id)
+            if vid is None:
                 raise FhirError.of(
                     404, "not-found", f"{resource_type}/{resource_id} has no version {version_id!r}"
                 )
-            vid = int(version_id)
         if not is_valid_id(resource_id):
             raise FhirError.of(404, "not-found", f"{resource_id!r} is not a valid FHIR id")
         found = self._read(lambda s: store.read_version(s, resource_type, resource_id, vid))
@@ -291,9 +295,7 @@ class FhirStore:
         self.check_type(resource_type)
         if not is_valid_id(resource_id):
             raise FhirError.of(400, "invalid", f"{resource_id!r} is not a valid FHIR id")
-        entry = Entry(
-            0, resource_type, "DELETE", resource_type, resource_id, if_match=self._etag(if_match)
-        )
+        entry = Entry(0, "", "DELETE", resource_type, resource_id, if_match=self._etag(if_match))
         return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
 
     def update_conditional(
@@ -310,9 +312,7 @@ class FhirStore:
     ) -> EntryResult:
         """DELETE /fhir/{type}?criteria: delete the single match; 412 when several match."""
         self.check_type(resource_type)
-        entry = Entry(
-            0, resource_type, "DELETE", resource_type, query=self._criteria(params, resource_type)
-        )
+        entry = Entry(0, "", "DELETE", resource_type, query=self._criteria(params, resource_type))
         return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
 
     def search(self, resource_type: str, params: list[tuple[str, str]], *, base: str) -> bytes:
@@ -399,9 +399,11 @@ class FhirStore:
                 try:
                     with session.begin_nested():
                         out[entry.index] = apply_entries(session, [entry], ctx)[0]
-                except FhirError as exc:
+                except (FhirError, DataError) as exc:
                     session.info[store.WRITTEN_KEYS] = before  # what the savepoint undid
-                    out[entry.index] = failure(exc)
+                    out[entry.index] = failure(
+                        exc if isinstance(exc, FhirError) else _unstorable(exc)
+                    )
             return out
 
         done = self._write(work)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import re
 from functools import lru_cache
 
 _DATE_PARAM = re.compile(
     r"(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})(?:T(?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)"
-    r"(?P<tz>Z|[+-]\d{2}:\d{2}))?)?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2}))?)?)?",
+    re.ASCII,  # ASCII digits only: int() would read '２０２５' as 2025
 )
+# The instants a datetime can hold; date_param_range clamps bounds beyond them to them.
+INSTANT_MIN = dt.datetime.min.replace(tzinfo=dt.UTC)
+INSTANT_MAX = dt.datetime.max.replace(tzinfo=dt.UTC)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def utcnow() -> dt.datetime:
@@ -34,8 +40,23 @@ def http_date(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
+def _clamped(since_epoch: dt.timedelta) -> dt.datetime:
+    """The UTC instant `since_epoch` after 1970, clamped to [INSTANT_MIN, INSTANT_MAX]."""
+    if since_epoch <= INSTANT_MIN - _EPOCH:
+        return INSTANT_MIN
+    if since_epoch >= INSTANT_MAX - _EPOCH:
+        return INSTANT_MAX
+    return _EPOCH + since_epoch
+
+
 def date_param_range(text: str) -> tuple[dt.datetime, dt.datetime] | None:
-    """[start, end) instants covered by a FHIR date search value with its precision kept."""
+    """[start, end) UTC instants covered by a FHIR date search value with its precision kept.
+
+    A bound beyond what a datetime holds (the end of 9999-12-31, or 0001-01-01T00:00+01:00 in
+    UTC) is clamped to INSTANT_MIN / INSTANT_MAX. Stored instants are server-clock milliseconds,
+    so none lies outside [INSTANT_MIN, INSTANT_MAX): comparing with a clamped bound is exact,
+    which makes the open end unbounded (`le9999-12-31` matches everything, `gt9999-12-31` nothing).
+    """
     m = _DATE_PARAM.fullmatch(text)
     if not m:
         return None
@@ -43,18 +64,21 @@ def date_param_range(text: str) -> tuple[dt.datetime, dt.datetime] | None:
         if m["time"] is not None:
             tz = dt.UTC if m["tz"] == "Z" else dt.datetime.strptime(m["tz"], "%z").tzinfo
             time = m["time"] if m["time"].count(":") == 2 else m["time"] + ":00"
-            start = dt.datetime.fromisoformat(f"{m['y']}-{m['m']}-{m['d']}T{time}").replace(
+            local = dt.datetime.fromisoformat(f"{m['y']}-{m['m']}-{m['d']}T{time}").replace(
                 tzinfo=tz
             )
             step = dt.timedelta(seconds=1) if "." not in time else dt.timedelta(milliseconds=1)
-            return start, start + step
+            since = local - _EPOCH  # timedelta arithmetic: no overflow at either end of time
+            return _clamped(since), _clamped(since + step)
         year, month, day = int(m["y"]), int(m["m"] or 1), int(m["d"] or 1)
         start = dt.datetime(year, month, day, tzinfo=dt.UTC)
         if m["d"]:
-            return start, start + dt.timedelta(days=1)
-        if m["m"]:
-            nxt = dt.datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=dt.UTC)
-            return start, nxt
-        return start, dt.datetime(year + 1, 1, 1, tzinfo=dt.UTC)
+            days = 1
+        elif m["m"]:
+            days = calendar.monthrange(year, month)[1]
+        else:
+            days = 366 if calendar.isleap(year) else 365
+        since = start - _EPOCH
+        return _clamped(since), _clamped(since + dt.timedelta(days=days))
     except ValueError:
         return None

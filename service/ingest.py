@@ -10,12 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from sqlmodel import Session
 
-from fhir_mapping.bundles import Entry
+from fhir_mapping.bundles import Entry, ascii_int
 from fhir_mapping.issues import InvalidContentError, Issue
 from fhir_mapping.json_codec import content_hash, dumps
 from fhir_mapping.references import identifier_index, parse_reference, reference_index
@@ -71,20 +71,48 @@ class _Plan:
     noop_delete: bool = False
 
 
+def _matches(
+    session: Session, resource_type: str, query: list[tuple[str, str]], where: str
+) -> list[str]:
+    """`match_ids`, with a refused criterion located at the element that carries it."""
+    try:
+        return match_ids(session, resource_type, query)
+    except FhirError as exc:
+        if not where:  # a header of a single-resource request: the parameter names it
+            raise
+        issues = [
+            replace(i, diagnostics=f"{where}: {i.diagnostics}", expression=(where,))
+            for i in exc.issues
+        ]
+        raise FhirError(exc.status, issues) from exc
+
+
+def _criteria_path(e: Entry, what: str) -> str:
+    """Where a Bundle entry's conditional criteria are written ("" outside a Bundle)."""
+    if not e.path.startswith("Bundle.entry["):
+        return ""
+    field = "ifNoneExist" if what == "ifNoneExist" else "url"
+    return f"Bundle.entry[{e.index}].request.{field}"
+
+
 def _at_most_one(session: Session, e: Entry, query: list[tuple[str, str]], what: str) -> str | None:
     """The single resource a conditional query matches, None for none, 412 for several."""
-    ids = match_ids(session, e.resource_type or "", query)
+    ids = _matches(session, e.resource_type or "", query, _criteria_path(e, what))
     if len(ids) > 1:
         raise _multiple(e, what, len(ids))
     return ids[0] if ids else None
 
 
+def _at_entry(status: int, code: str, entry: Entry, text: str) -> FhirError:
+    """An error of one entry, located at its path (a single-resource request has none)."""
+    if not entry.path:
+        return FhirError.of(status, code, text)
+    return FhirError.of(status, code, f"{entry.path}: {text}", entry.path)
+
+
 def _multiple(entry: Entry, what: str, n: int) -> FhirError:
-    return FhirError.of(
-        412,
-        "multiple-matches",
-        f"{entry.path}: {what} matched {n} resources; it must match one",
-        entry.path,
+    return _at_entry(
+        412, "multiple-matches", entry, f"{what} matched {n} resources; it must match one"
     )
 
 
@@ -213,7 +241,7 @@ class _Rewriter:
         self, original: str, rtype: str, query: list[tuple[str, str]], where: str
     ) -> str:
         if original not in self.conditional:
-            ids = match_ids(self.session, rtype, query)
+            ids = _matches(self.session, rtype, query, where)
             if not ids:
                 raise FhirError.of(
                     422,
@@ -326,11 +354,8 @@ def apply_entries(
         live = head is not None and not head.deleted
         if e.if_match is not None and (not live or head is None or head.version_id != e.if_match):
             current = f'W/"{head.version_id}"' if live and head else "no current version"
-            raise FhirError.of(
-                412,
-                "conflict",
-                f'{e.path}: If-Match W/"{e.if_match}" but {rtype}/{rid} is at {current}',
-                e.path,
+            raise _at_entry(
+                412, "conflict", e, f'If-Match W/"{e.if_match}" but {rtype}/{rid} is at {current}'
             )
         next_vid = head.version_id + 1 if head else 1
         if e.method == "DELETE":
@@ -413,8 +438,7 @@ def _read_entry(session: Session, e: Entry, ctx: WriteContext) -> EntryResult:
             max_count=ctx.search_max_count,
         )
         return EntryResult(200, "read", content=searchset.decode())
-    digits = e.version_id is not None and e.version_id.isascii() and e.version_id.isdigit()
-    vid = int(e.version_id) if digits and e.version_id else None
+    vid = ascii_int(e.version_id) if e.version_id is not None else None
     if e.version_id is not None and vid is None:
         raise FhirError.of(404, "not-found", f"{e.path}: no version {e.version_id!r}", e.path)
     found = store.read_version(session, e.resource_type or "", e.resource_id, vid)

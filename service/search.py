@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select
 from sqlmodel import Session
 
+from fhir_mapping.bundles import ascii_int
 from fhir_mapping.references import is_valid_id
 from fhir_mapping.resource_types import PATIENT_ONLY_PARAMS, REFERENCE_PARAMS
 from service import store
@@ -127,10 +128,10 @@ def parse_search(
     ref_params = REFERENCE_PARAMS.get(resource_type, {})
     for name, raw in params:
         base, _, modifier = name.partition(":")
+        if "\x00" in raw:  # PostgreSQL text cannot hold NUL: refuse it alike on every backend
+            raise _bad(base, "value contains the NUL character (U+0000)")
         if base == "_count":
-            if not raw.isdigit():
-                raise _bad("_count", f"{raw!r} is not a non-negative integer")
-            query.count = min(int(raw), max_count)
+            query.count = _parse_count(raw, max_count)
             continue
         if base == "_cursor":
             query.cursor = _decode_cursor(raw)
@@ -161,6 +162,14 @@ def parse_search(
                 name,
             )
     return query
+
+
+def _parse_count(raw: str, max_count: int) -> int:
+    """ASCII digits only (str.isdigit() also takes '²'), capped at max_count however long."""
+    if not (raw.isascii() and raw.isdigit()):
+        raise _bad("_count", f"{raw!r} is not a non-negative integer")
+    count = ascii_int(raw)  # None: more digits than any page size
+    return max_count if count is None else min(count, max_count)
 
 
 def _decode_cursor(raw: str) -> str:

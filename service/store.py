@@ -152,11 +152,21 @@ def _current_versions() -> Any:
     )
 
 
+# The largest version_id the column holds (INTEGER: 32 bits on PostgreSQL).
+MAX_VERSION_ID = 2**31 - 1
+
+
 def read_version(
     session: Session, resource_type: str, resource_id: str, version_id: int | None = None
 ) -> StoredVersion | None:
-    """A given version, or the current one when version_id is None."""
+    """A given version, or the current one when version_id is None.
+
+    A version_id the column cannot hold is no stored version: None, without asking the database
+    (which would refuse the parameter: out of range on PostgreSQL, too large for SQLite).
+    """
     v = _VERSION.c
+    if version_id is not None and not 0 < version_id <= MAX_VERSION_ID:
+        return None
     if version_id is None:
         query = _current_versions()
     else:

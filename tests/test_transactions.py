@@ -299,3 +299,30 @@ def test_absolute_references_are_kept_and_never_fetched(fhir: httpx.Client, engi
     assert stored.json()["subject"] == {"reference": remote}
     assert other.call_count == 0
     assert counts(engine)["fhir_resource"] == 1
+
+
+def test_a_refused_criterion_is_located_in_its_entry(fhir: httpx.Client, engine: Engine) -> None:
+    before = counts(engine)
+    cases = [
+        (
+            entry(patient("x"), "POST", "Patient", P_URN, ifNoneExist="birthdate=2000"),
+            "Bundle.entry[0].request.ifNoneExist",
+        ),
+        (
+            entry(patient("x"), "PUT", "Patient?birthdate=2000"),
+            "Bundle.entry[0].request.url",
+        ),
+        (
+            entry(observation("Patient?birthdate=2000"), "POST", "Observation", O_URN),
+            "Bundle.entry[0].resource.subject.reference",
+        ),
+    ]
+    for sent, where in cases:
+        response = _post(fhir, bundle("transaction", sent))
+        assert response.status_code == 400, response.text
+        [issue] = response.json()["issue"]
+        assert (issue["code"], issue["expression"]) == ("not-supported", [where])
+        assert issue["diagnostics"].startswith(
+            f"{where}: search parameter 'birthdate' is not supported for Patient"
+        )
+    assert counts(engine) == before
