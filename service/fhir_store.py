@@ -422,7 +422,7 @@ class FhirStore:
         chunk: list[tuple[int, Entry]] = []
         keys: set[tuple[str, str]] = set()
         for number, line in enumerate(lines, start=1):
-            if not line.strip():
+            if not line.strip(" \t\r"):  # JSON whitespace only: U+2028 alone is not blank
                 continue
             try:
                 entry = resource_entry(

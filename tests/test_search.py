@@ -60,6 +60,21 @@ def test_reference_search(seeded: httpx.Client, query: str, expected: list[str])
     assert _ids(seeded.get(f"/Observation?{query}").json()) == expected
 
 
+def test_absolute_references_name_local_resources_only_under_our_base(
+    seeded: httpx.Client,
+) -> None:
+    ours = str(seeded.base_url).rstrip("/")
+    other = "https://other-hospital.example/fhir"
+
+    def found(query: str) -> list[str]:
+        return _ids(seeded.get("/Observation", params={"subject": query}).json())
+
+    assert found(f"{ours}/Patient/b") == ["ob"]
+    assert found(f"{ours}/Patient/b/_history/1") == ["ob"]
+    assert found(f"{other}/Patient/b") == []
+    assert found(f"{other}/Patient/a,Patient/b") == ["ob"]
+
+
 def test_paging_follows_next_links_and_sees_each_match_once(seeded: httpx.Client) -> None:
     url: str | None = "/Observation?patient=a&_count=2"
     pages: list[list[str]] = []

@@ -24,6 +24,8 @@ TRIALBRIDGE = str(Path(sys.executable).parent / "trialbridge")
 #   1 good, with raw U+2028 inside a string     4 malformed JSON
 #   2 blank (skipped, still counted)            5 raw U+001C inside a string (JSON forbids it)
 #   3 good, raw U+2029 and U+0085, ends "\r\n"  6 good
+#   7 only a raw U+2028: not JSON whitespace, so not blank: malformed
+#   8 spaces and a tab: blank (skipped, still counted)
 NAMES = {"x": "a\u2028b", "y": "c\u2029d\u0085e", "w": "plain"}
 NDJSON_BODY = (
     json.dumps(
@@ -37,7 +39,7 @@ NDJSON_BODY = (
     + '{"resourceType":"Patient",\n'
     + '{"resourceType":"Patient","id":"v","name":[{"text":"f\x1cg"}]}\n'
     + json.dumps({"resourceType": "Patient", "id": "w", "name": [{"text": NAMES["w"]}]})
-    + "\n"
+    + "\n\u2028\n \t\n"
 ).encode()
 
 
@@ -221,19 +223,29 @@ def test_import_splits_lines_at_newline_only(fhir: httpx.Client, engine: Engine)
     bundle = response.json()
     assert bundle["type"] == "batch-response"
     entries = [e["response"] for e in bundle["entry"]]
-    assert [e["status"].split(" ")[0] for e in entries] == ["201", "201", "400", "400", "201"]
+    assert [e["status"].split(" ")[0] for e in entries] == [
+        "201",
+        "201",
+        "400",
+        "400",
+        "201",
+        "400",
+    ]
     assert [e.get("location") for e in entries] == [
         "Patient/x/_history/1",
         "Patient/y/_history/1",
         None,
         None,
         "Patient/w/_history/1",
+        None,
     ]
-    bad = [e["outcome"]["issue"][0] for e in entries[2:4]]
+    bad = [e["outcome"]["issue"][0] for e in (*entries[2:4], entries[5])]
     assert bad[0]["code"] == "structure"
     assert bad[0]["diagnostics"].startswith("line 4: malformed JSON"), bad[0]
     assert bad[1]["code"] == "structure"
     assert bad[1]["diagnostics"].startswith("line 5: malformed JSON: Invalid control"), bad[1]
+    assert bad[2]["code"] == "structure"
+    assert bad[2]["diagnostics"].startswith("line 7: malformed JSON: Expecting value"), bad[2]
     assert stored_names(engine) == NAMES
     for rid, name in NAMES.items():
         read = fhir.get(f"/Patient/{rid}")
@@ -264,11 +276,12 @@ def test_cli_load_splits_ndjson_lines_at_newline_only(
     feed.write_bytes(NDJSON_BODY)
     result = _run_load(url, str(feed), cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert result.stdout == "loaded 1 file(s): 3 created, 2 rejected\n"
-    errors = [line for line in result.stderr.splitlines() if line.startswith(str(feed))]
-    assert len(errors) == 2, result.stderr
+    assert result.stdout == "loaded 1 file(s): 3 created, 3 rejected\n"
+    errors = [line for line in result.stderr.split("\n") if line.startswith(str(feed))]
+    assert len(errors) == 3, result.stderr
     assert errors[0].startswith(f"{feed}:4: 400 line 4: malformed JSON"), errors[0]
     assert errors[1].startswith(f"{feed}:5: 400 line 5: malformed JSON: Invalid control"), errors[1]
+    assert errors[2].startswith(f"{feed}:7: 400 line 7: malformed JSON: Expecting value"), errors[2]
     engine = make_engine(Settings(database_url=url))
     try:
         assert stored_names(engine) == NAMES

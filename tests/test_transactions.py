@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import respx
 from sqlalchemy import Engine
@@ -326,3 +328,20 @@ def test_a_refused_criterion_is_located_in_its_entry(fhir: httpx.Client, engine:
             f"{where}: search parameter 'birthdate' is not supported for Patient"
         )
     assert counts(engine) == before
+
+
+def test_a_ten_thousand_entry_transaction_is_stored_whole(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    observations = [
+        entry(observation(P_URN, i), "POST", "Observation", f"urn:uuid:{uuid.UUID(int=i)}")
+        for i in range(1, 10_000)
+    ]
+    body = bundle("transaction", entry(patient("big"), "POST", "Patient", P_URN), *observations)
+    response = _post(fhir, body)
+    assert response.status_code == 200, response.text[:2000]
+    assert statuses(response.json()) == ["201 Created"] * 10_000
+    patient_id = P_URN.removeprefix("urn:uuid:")
+    found = fhir.get("/Observation", params={"subject": f"Patient/{patient_id}", "_count": "0"})
+    assert found.json()["total"] == 9_999
+    assert counts(engine)["fhir_resource"] == 10_000
