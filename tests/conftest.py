@@ -156,6 +156,20 @@ def clear_store(engine: Engine) -> None:
             conn.execute(text(f"DELETE FROM {table}"))
 
 
+def refuse_server_errors(client: httpx.Client) -> None:
+    """Make any 5xx answer to this client fail the test that sent the request."""
+
+    def check(response: httpx.Response) -> None:
+        if response.status_code >= 500:
+            response.read()
+            raise AssertionError(
+                f"{response.request.method} {response.request.url} -> "
+                f"{response.status_code}: {response.text}"
+            )
+
+    client.event_hooks["response"].append(check)
+
+
 @pytest.fixture
 def fhir(server: LiveServer, engine: Engine) -> Iterator[httpx.Client]:
     """An HTTP client on /fhir of an empty store."""

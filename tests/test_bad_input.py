@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import Engine
 
 from service.settings import Settings
-from tests.conftest import LiveServer, counts
+from tests.conftest import LiveServer, counts, refuse_server_errors
 
 MIB = 1024 * 1024
 SEEDED = {
@@ -40,16 +40,7 @@ VALID_PATIENT = b'{"resourceType":"Patient","identifier":[{"system":"urn:mrn","v
 @pytest.fixture(autouse=True)
 def no_server_errors(fhir: httpx.Client) -> None:
     """No request in this file may be answered with a 5xx."""
-
-    def check(response: httpx.Response) -> None:
-        if response.status_code >= 500:
-            response.read()
-            raise AssertionError(
-                f"{response.request.method} {response.request.url} -> "
-                f"{response.status_code}: {response.text}"
-            )
-
-    fhir.event_hooks["response"].append(check)
+    refuse_server_errors(fhir)
 
 
 def seed(fhir: httpx.Client, engine: Engine) -> dict[str, int]:

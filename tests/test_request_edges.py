@@ -23,7 +23,7 @@ from api.fhir_http import read_body
 from service.errors import FhirError
 from service.model_checks import ModelChecks
 from service.settings import Settings
-from tests.conftest import FHIR_JSON, LiveServer, counts, start_server
+from tests.conftest import FHIR_JSON, LiveServer, counts, refuse_server_errors, start_server
 
 NCT = "NCT06088771"
 # If-Match bytes as sent; HTTP headers are Latin-1: '²' and '¹' pass str.isdigit(), int() fails.
@@ -33,16 +33,7 @@ HEADER_TAGS = (b'W/"\xb2"', b'W/"\xb9"', b'"\xb9"')
 @pytest.fixture(autouse=True)
 def no_server_errors(fhir: httpx.Client) -> None:
     """No FHIR request in this file may be answered with a 5xx."""
-
-    def check(response: httpx.Response) -> None:
-        if response.status_code >= 500:
-            response.read()
-            raise AssertionError(
-                f"{response.request.method} {response.request.url} -> "
-                f"{response.status_code}: {response.text}"
-            )
-
-    fhir.event_hooks["response"].append(check)
+    refuse_server_errors(fhir)
 
 
 def put_patient(fhir: httpx.Client, rid: str = "p1", **extra: Any) -> httpx.Response:
