@@ -7,6 +7,27 @@ Keyed by the fhir.resources model class name and the JSON element name.
 from __future__ import annotations
 
 _PUBLICATION_STATUS = ("draft", "active", "retired", "unknown")
+_ENCOUNTER_STATUS = (
+    "planned",
+    "arrived",
+    "triaged",
+    "in-progress",
+    "onleave",
+    "finished",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+)
+_QUANTITY_COMPARATOR = ("<", "<=", ">=", ">")
+_DAYS_OF_WEEK = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_UNITS_OF_TIME = ("s", "min", "h", "d", "wk", "mo", "a")
+_REQUEST_PRIORITY = ("routine", "urgent", "asap", "stat")
+# event-timing: the FHIR codes plus those it includes from v3 TimingEvent
+_EVENT_TIMING = (
+    *("MORN", "MORN.early", "MORN.late", "NOON", "AFT", "AFT.early", "AFT.late"),
+    *("EVE", "EVE.early", "EVE.late", "NIGHT", "PHS"),
+    *("HS", "WAKE", "C", "CM", "CD", "CV", "AC", "ACM", "ACD", "ACV", "PC", "PCM", "PCD", "PCV"),
+)
 
 REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
     key: frozenset(codes)
@@ -89,17 +110,9 @@ REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
         ("Medication", "status"): ("active", "inactive", "entered-in-error"),
         ("AdverseEvent", "actuality"): ("actual", "potential"),
         ("Specimen", "status"): ("available", "unavailable", "unsatisfactory", "entered-in-error"),
-        ("Encounter", "status"): (
-            "planned",
-            "arrived",
-            "triaged",
-            "in-progress",
-            "onleave",
-            "finished",
-            "cancelled",
-            "entered-in-error",
-            "unknown",
-        ),
+        ("Encounter", "status"): _ENCOUNTER_STATUS,
+        ("EncounterStatusHistory", "status"): _ENCOUNTER_STATUS,
+        ("EncounterLocation", "status"): ("planned", "active", "reserved", "completed"),
         ("ResearchSubject", "status"): (
             "candidate",
             "eligible",
@@ -179,7 +192,32 @@ REQUIRED_CODES: dict[tuple[str, str], frozenset[str]] = {
         ("ContactPoint", "use"): ("home", "work", "temp", "old", "mobile"),
         ("Address", "use"): ("home", "work", "temp", "old", "billing"),
         ("Address", "type"): ("postal", "physical", "both"),
-        ("Quantity", "comparator"): ("<", "<=", ">=", ">"),
+        ("Quantity", "comparator"): _QUANTITY_COMPARATOR,
+        ("Age", "comparator"): _QUANTITY_COMPARATOR,
+        ("Count", "comparator"): _QUANTITY_COMPARATOR,
+        ("Distance", "comparator"): _QUANTITY_COMPARATOR,
+        ("Duration", "comparator"): _QUANTITY_COMPARATOR,
+        ("TimingRepeat", "durationUnit"): _UNITS_OF_TIME,
+        ("TimingRepeat", "periodUnit"): _UNITS_OF_TIME,
+        ("TimingRepeat", "dayOfWeek"): _DAYS_OF_WEEK,
+        ("TimingRepeat", "when"): _EVENT_TIMING,
+        ("AllergyIntoleranceReaction", "severity"): ("mild", "moderate", "severe"),
+        ("MedicationRequest", "priority"): _REQUEST_PRIORITY,
+        ("ServiceRequest", "priority"): _REQUEST_PRIORITY,
+        ("Location", "status"): ("active", "suspended", "inactive"),
+        ("Location", "mode"): ("instance", "kind"),
+        ("LocationHoursOfOperation", "daysOfWeek"): _DAYS_OF_WEEK,
+        ("PractitionerRoleAvailableTime", "daysOfWeek"): _DAYS_OF_WEEK,
+        ("ProvenanceEntity", "role"): ("derivation", "revision", "quotation", "source", "removal"),
+        ("ValueSetComposeIncludeFilter", "op"): (
+            *("=", "is-a", "descendent-of", "is-not-a", "regex", "in", "not-in"),
+            *("generalizes", "exists"),
+        ),
+        ("BundleEntrySearch", "mode"): ("match", "include", "outcome"),
+        ("RelatedArtifact", "type"): (
+            *("documentation", "justification", "citation", "predecessor", "successor"),
+            *("derived-from", "depends-on", "composed-of"),
+        ),
         ("Narrative", "status"): ("generated", "extensions", "additional", "empty"),
     }.items()
 }

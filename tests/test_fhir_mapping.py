@@ -172,6 +172,77 @@ def test_validation_names_the_element(
     assert _issues(resource) == expected
 
 
+MED_REQUEST: dict[str, Any] = {
+    "resourceType": "MedicationRequest",
+    "status": "active",
+    "intent": "order",
+    "subject": {"reference": "Patient/1"},
+    "medicationCodeableConcept": {"text": "dupilumab"},
+}
+
+
+def _repeat(**repeat: Any) -> dict[str, Any]:
+    return {**MED_REQUEST, "dosageInstruction": [{"timing": {"repeat": repeat}}]}
+
+
+REPEAT = "MedicationRequest.dosageInstruction[0].timing.repeat"
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [
+        ({**MED_REQUEST, "priority": "soon"}, [("code-invalid", ("MedicationRequest.priority",))]),
+        (_repeat(periodUnit="day", period=1), [("code-invalid", (f"{REPEAT}.periodUnit",))]),
+        (
+            _repeat(dayOfWeek=["mon", "funday"]),
+            [("code-invalid", (f"{REPEAT}.dayOfWeek[1]",))],
+        ),
+        (_repeat(when=["ACM", "LUNCH"]), [("code-invalid", (f"{REPEAT}.when[1]",))]),
+        (
+            {**OBS, "valueQuantity": {"value": 1, "comparator": "~"}},
+            [("code-invalid", ("Observation.valueQuantity.comparator",))],
+        ),
+        (
+            {
+                "resourceType": "Encounter",
+                "status": "finished",
+                "class": {"code": "AMB"},
+                "statusHistory": [{"status": "done", "period": {"start": "2025-01-01"}}],
+            },
+            [("code-invalid", ("Encounter.statusHistory[0].status",))],
+        ),
+    ],
+)
+def test_required_bindings_beyond_status_are_checked(
+    resource: dict[str, Any], expected: list[tuple[str, tuple[str, ...]]]
+) -> None:
+    assert _issues(resource) == expected
+
+
+def test_every_code_of_those_bindings_is_accepted() -> None:
+    """The whole R4 value sets (units-of-time, days-of-week, event-timing, request-priority)."""
+    every = _repeat(
+        periodUnit="a",
+        durationUnit="s",
+        duration=1,
+        period=1,
+        dayOfWeek=["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+        when=[
+            *("MORN", "MORN.early", "MORN.late", "NOON", "AFT", "AFT.early", "AFT.late", "EVE"),
+            *("EVE.early", "EVE.late", "NIGHT", "PHS", "HS", "WAKE", "C", "CM", "CD", "CV"),
+            *("AC", "ACM", "ACD", "ACV", "PC", "PCM", "PCD", "PCV"),
+        ],
+    )
+    for priority in ("routine", "urgent", "asap", "stat"):
+        assert validate_resource({**every, "priority": priority}).resource_type == (
+            "MedicationRequest"
+        )
+    for unit in ("s", "min", "h", "d", "wk", "mo", "a"):
+        assert validate_resource(_repeat(periodUnit=unit, period=1)).resource_type == (
+            "MedicationRequest"
+        )
+
+
 def test_validation_accepts_primitive_extensions_and_collects_references() -> None:
     resource = {
         "resourceType": "Patient",
