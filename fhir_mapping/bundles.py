@@ -13,7 +13,12 @@ from fhir_mapping.issues import InvalidContentError, Issue
 from fhir_mapping.json_codec import content_hash, loads
 from fhir_mapping.references import is_valid_id, parse_reference
 from fhir_mapping.resource_types import SUPPORTED_TYPES
-from fhir_mapping.validation import CheckedResource, model_issues, validate_resource
+from fhir_mapping.validation import (
+    CheckedResource,
+    envelope_issues,
+    model_issues,
+    validate_resource,
+)
 
 Method = Literal["GET", "POST", "PUT", "DELETE", "UPSERT"]
 BundleKind = Literal["transaction", "batch", "collection", "message"]
@@ -345,28 +350,6 @@ def bundle_envelope(obj: Any) -> tuple[BundleKind, list[Any], int]:
     is not); raises for what is wrong with the Bundle as a whole, before any entry is looked at."""
     if not isinstance(obj, dict) or obj.get("resourceType") != "Bundle":
         raise InvalidContentError([Issue("invalid", "POST /fhir takes a Bundle", ("Bundle",))])
-    known = {
-        "resourceType",
-        "id",
-        "meta",
-        "implicitRules",
-        "language",
-        "identifier",
-        "type",
-        "timestamp",
-        "total",
-        "link",
-        "entry",
-        "signature",
-    }
-    unknown = sorted(set(obj) - known)
-    if unknown:
-        raise InvalidContentError(
-            [
-                Issue("structure", f"Bundle: unknown element {k!r}", (f"Bundle.{k}",))
-                for k in unknown
-            ]
-        )
     kind = obj.get("type")
     if kind is None:
         raise InvalidContentError([Issue("required", "Bundle.type is required", ("Bundle.type",))])
@@ -384,6 +367,9 @@ def bundle_envelope(obj: Any) -> tuple[BundleKind, list[Any], int]:
                 )
             ]
         )
+    issues = envelope_issues(obj)  # everything but the entries, against the R4 Bundle
+    if issues:
+        raise InvalidContentError(issues)
     raw_entries = obj.get("entry", [])
     if not isinstance(raw_entries, list):
         raise InvalidContentError(

@@ -348,6 +348,14 @@ def model_issues(obj: dict[str, Any], resource_type: str, *, path: str = "") -> 
     return []
 
 
+def envelope_issues(bundle: dict[str, Any]) -> list[Issue]:
+    """A Bundle without its entries, walked and modelled (entries are checked one by one)."""
+    walker = _Walker()
+    envelope = {k: v for k, v in bundle.items() if k != "entry"}
+    walker.element(envelope, get_fhir_model_class("Bundle"), "Bundle", is_resource=True)
+    return walker.issues or model_issues(envelope, "Bundle")
+
+
 def _dangling_contained(
     resource: dict[str, Any], references: list[tuple[str, dict[str, Any]]]
 ) -> list[Issue]:

@@ -398,6 +398,37 @@ def test_contained_reference_resolves_and_a_dangling_one_is_refused(
 # -- transaction Bundles ------------------------------------------------------------------------
 
 
+def _enveloped(**envelope: Any) -> bytes:
+    body = json.loads(transaction(post_entry(observation("Patient/p1"))))
+    return json.dumps({**body, **envelope}).encode()
+
+
+@pytest.mark.parametrize(
+    ("envelope", "code", "where"),
+    [
+        ({"timestamp": "2025-01-01T10:00:00"}, "value", "Bundle.timestamp"),
+        ({"meta": {"lastUpdated": "yesterday"}}, "value", "Bundle.meta.lastUpdated"),
+        ({"total": "3"}, "value", "Bundle.total"),
+        ({"identifier": {"value": 1}}, "value", "Bundle.identifier.value"),
+        ({"link": [{"relation": "self"}]}, "required", "Bundle.link[0].url"),
+    ],
+)
+def test_the_bundle_envelope_is_validated_too(
+    fhir: httpx.Client, engine: Engine, envelope: dict[str, Any], code: str, where: str
+) -> None:
+    before = seed(fhir, engine)
+    assert_outcome(fhir.post("", content=_enveloped(**envelope)), 400, code, where)
+    assert counts(engine) == before
+
+
+def test_an_envelope_with_primitive_extensions_is_accepted(fhir: httpx.Client) -> None:
+    note = {"extension": [{"url": "http://example.org/clock", "valueString": "site A"}]}
+    body = _enveloped(id="b1", timestamp="2025-01-01T10:00:00Z", _timestamp=note)
+    response = fhir.post("", content=body)
+    assert response.status_code == 200, response.text
+    assert [e["response"]["status"] for e in response.json()["entry"]] == ["201 Created"]
+
+
 def test_dangling_urn_uuid_fails_the_transaction(fhir: httpx.Client, engine: Engine) -> None:
     before = seed(fhir, engine)
     body = transaction(
