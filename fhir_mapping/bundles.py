@@ -197,13 +197,27 @@ def _request_target(
     rtype = parts[0]
     if len(parts) == 1:
         return rtype, None, None, parse_qsl(query, keep_blank_values=True) if query else None
-    if query or not is_valid_id(parts[1]):
+    if not is_valid_id(parts[1]):
         raise bad
-    if len(parts) == 2:
+    if len(parts) == 2 and not query:
         return rtype, parts[1], None, None
-    if len(parts) == 4 and parts[2] == "_history" and is_valid_id(parts[3]):
+    if len(parts) == 4 and parts[2] == "_history" and is_valid_id(parts[3]) and not query:
         return rtype, parts[1], parts[3], None
-    raise bad
+    if len(parts) == 2 or (len(parts) == 4 and parts[2] == "_history" and is_valid_id(parts[3])):
+        unsupported = "parameters on a read"
+    elif len(parts) == 3:
+        unsupported = "history" if parts[2] == "_history" else "compartment search"
+    else:
+        raise bad
+    raise InvalidContentError(
+        [
+            Issue(
+                "not-supported",
+                f"{where}: {url!r} ({unsupported}) is not supported inside a Bundle",
+                (where,),
+            )
+        ]
+    )
 
 
 # Bundle.entry.request elements besides method and url; each is a JSON string when present.

@@ -233,6 +233,27 @@ def test_batch_reads_and_searches_answer_with_their_resources(fhir: httpx.Client
     assert result["entry"][3]["response"]["outcome"]["issue"][0]["code"] == "not-supported"
 
 
+def test_batch_gets_we_do_not_serve_are_not_supported_rather_than_malformed(
+    fhir: httpx.Client,
+) -> None:
+    fhir.put("/Patient/s1", json=patient("s1", id="s1"))
+    urls = [
+        ("Patient/s1/_history", "history"),
+        ("Patient/s1/Observation", "compartment search"),
+        ("Patient/s1?_summary=true", "parameters on a read"),
+        ("Patient/s1/_history/1?_format=json", "parameters on a read"),
+    ]
+    body = bundle("batch", *({"request": {"method": "GET", "url": url}} for url, _ in urls))
+    result = fhir.post("/", content=body).json()
+    assert statuses(result) == ["422 Unprocessable Entity"] * 4
+    for i, (url, what) in enumerate(urls):
+        [issue] = result["entry"][i]["response"]["outcome"]["issue"]
+        assert (issue["code"], issue["diagnostics"]) == (
+            "not-supported",
+            f"Bundle.entry[{i}].request.url: {url!r} ({what}) is not supported inside a Bundle",
+        )
+
+
 def test_a_create_never_overwrites_the_resource_its_urn_uuid_names(
     fhir: httpx.Client, engine: Engine
 ) -> None:
