@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    app.add_middleware(errors.ApiBodyLimit)
     app.include_router(fhir_router)
     app.include_router(study_router)
     app.include_router(deviation_router)

@@ -6,8 +6,18 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.errors import ApiError
 from service.fhir_store import FhirStore
 from service.settings import Settings
+
+# A path id with U+0000 names nothing we could have stored: the resource's own 404.
+_NOT_FOUND = {
+    "study_id": ("study_not_found", "study"),
+    "subject_id": ("subject_not_found", "subject"),
+    "deviation_id": ("deviation_not_found", "deviation"),
+    "subscription_id": ("subscription_not_found", "subscription"),
+    "plot": ("plot_not_found", "plot"),
+}
 
 
 def _store(request: Request) -> FhirStore:
@@ -24,6 +34,21 @@ def fhir_base(request: Request) -> str:
     """Public base URL of /fhir: configured, or as the client reached us."""
     settings: Settings = request.app.state.settings
     return settings.base_url or str(request.base_url).rstrip("/") + "/fhir"
+
+
+def reject_nul(request: Request) -> None:
+    """PostgreSQL cannot hold or compare U+0000: refuse it before any query sees it (not a 500)."""
+    for name, value in request.path_params.items():
+        if "\x00" in str(value):
+            code, what = _NOT_FOUND.get(name, ("http_error", "resource"))
+            raise ApiError(404, code, f"no {what} {str(value)[:100]!r}")
+    bad: list[dict[str, object]] = [
+        {"loc": ["query", key], "msg": "must not contain U+0000"}
+        for key, value in request.query_params.multi_items()
+        if "\x00" in key or "\x00" in value
+    ]
+    if bad:
+        raise ApiError(422, "invalid_request", "the request is not valid", bad)
 
 
 StoreDep = Annotated[FhirStore, Depends(_store)]

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
+import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SettingsDep
+from api.deps import SettingsDep, reject_nul
 from api.schemas import (
     ERRORS,
     DeviationDetail,
     DeviationPage,
     DeviationPatch,
+    ErrorBody,
+    IsoDay,
     SubscriptionIn,
     SubscriptionList,
     SubscriptionOut,
 )
 from service.deviation_log import DeviationLog, etag
+from service.errors import ApiError
 
-router = APIRouter(prefix="/api/v1", responses=ERRORS)
+router = APIRouter(prefix="/api/v1", responses=ERRORS, dependencies=[Depends(reject_nul)])
 CSV_COLUMNS = (
     "id",
     "subject_id",
@@ -37,9 +40,65 @@ CSV_COLUMNS = (
     "detected_at",
     "updated_at",
     "acknowledged_by",
+    "acknowledged_at",
     "resolved_at",
     "resolution",
 )
+
+
+JSON = "application/json"
+CSV = "text/csv"
+_QVALUE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")
+
+
+def _media_ranges(accept: str) -> list[tuple[str, str, float]]:
+    """(type, subtype, q) of each well-formed media range; a malformed one is skipped."""
+    ranges: list[tuple[str, str, float]] = []
+    for part in accept.split(","):
+        kind, *params = (p.strip() for p in part.split(";"))
+        main, slash, sub = kind.lower().partition("/")
+        if not slash or not main or not sub or (main == "*" and sub != "*"):
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                value = value.strip()
+                q = float(value) if _QVALUE.fullmatch(value) else -1.0
+        if q >= 0:
+            ranges.append((main, sub, q))
+    return ranges
+
+
+def _quality(ranges: list[tuple[str, str, float]], offer: str) -> float:
+    """The q the most specific matching range gives `offer` (RFC 9110 12.5.1); 0 when none."""
+    main, _, sub = offer.partition("/")
+    best = (-1, 0.0)
+    for r_main, r_sub, q in ranges:
+        if (r_main, r_sub) == (main, sub):
+            specificity = 2
+        elif (r_main, r_sub) == (main, "*"):
+            specificity = 1
+        elif (r_main, r_sub) == ("*", "*"):
+            specificity = 0
+        else:
+            continue
+        if specificity > best[0]:
+            best = (specificity, q)
+    return best[1]
+
+
+def negotiate(accept: str | None) -> str | None:
+    """JSON or CSV for an Accept header: CSV only when preferred over JSON; None if neither fits."""
+    if accept is None or not accept.strip():
+        return JSON
+    ranges = _media_ranges(accept)
+    if not ranges:  # nothing readable in it: answer the default rather than refuse
+        return JSON
+    json_q, csv_q = _quality(ranges, JSON), _quality(ranges, CSV)
+    if json_q <= 0 and csv_q <= 0:
+        return None
+    return CSV if csv_q > json_q else JSON
 
 
 def _log(request: Request) -> DeviationLog:
@@ -71,23 +130,40 @@ def _csv(page: dict[str, Any]) -> str:
     response_model=DeviationPage,
     tags=["deviations"],
     summary="The deviation log (JSON, or CSV with Accept: text/csv)",
-    responses={200: {"content": {"text/csv": {}}}},
+    responses={
+        200: {"content": {"text/csv": {}}},
+        406: {"model": ErrorBody, "description": "Accept allows neither JSON nor CSV"},
+    },
 )
 async def list_deviations(
     request: Request,
+    response: Response,
     settings: SettingsDep,
     study_id: str,
     subject: Annotated[str | None, Query(description="subject_id")] = None,
     rule: Annotated[str | None, Query()] = None,
     severity: Annotated[Literal["major", "minor"] | None, Query()] = None,
     status: Annotated[Literal["open", "acknowledged", "resolved"] | None, Query()] = None,
-    date_from: Annotated[dt.date | None, Query(description="deviation date on or after")] = None,
-    date_to: Annotated[dt.date | None, Query(description="deviation date on or before")] = None,
+    date_from: Annotated[
+        IsoDay | None, Query(description="deviation date on or after (YYYY-MM-DD)")
+    ] = None,
+    date_to: Annotated[
+        IsoDay | None, Query(description="deviation date on or before (YYYY-MM-DD)")
+    ] = None,
     cursor: Annotated[str | None, Query()] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Any:
     """Filter by subject, rule, severity, status and date; page with `cursor`."""
+    accept = ", ".join(request.headers.getlist("accept")) or None  # repeated headers are one list
+    wanted = negotiate(accept)
+    if wanted is None:
+        shown = accept if accept is None or len(accept) <= 100 else accept[:100] + "…"
+        raise ApiError(
+            406,
+            "not_acceptable",
+            f"Accept: {shown} cannot be served; this list is application/json or text/csv",
+        )
     size = min(limit or settings.api_default_limit, settings.api_max_limit)
     filters = {
         "subject_id": subject,
@@ -101,13 +177,14 @@ async def list_deviations(
     page = await run_in_threadpool(
         lambda: log.page(study_id, cursor=cursor, limit=size, filters=filters)
     )
-    if accept and "text/csv" in accept and "application/json" not in accept:
-        headers = {}
+    if wanted == CSV:
+        headers = {"Vary": "Accept"}
         if page["next_cursor"]:
             # the same query (filters, limit) with the next cursor: `?cursor=` alone would drop them
             query = request.url.include_query_params(cursor=page["next_cursor"]).query
             headers["Link"] = f'<?{query}>; rel="next"'
         return Response(_csv(page), media_type="text/csv; charset=utf-8", headers=headers)
+    response.headers["Vary"] = "Accept"
     return page
 
 

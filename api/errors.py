@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.fhir_http import outcome_response
+from fhir_mapping.bundles import ascii_int
 from fhir_mapping.issues import InvalidContentError, Issue
 from service.errors import ApiError, FhirError
 
 log = logging.getLogger(__name__)
 
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported", 415: "not-supported"}
+# FastAPI's 400 when json.loads fails other than with JSONDecodeError (bytes that are not UTF-8,
+# nesting deep enough for a RecursionError); malformed JSON itself is a 422 validation error.
+_UNPARSEABLE_BODY = "There was an error parsing the body"
+API_PREFIX = "/api/v1"
 
 
 def _is_fhir(request: Request) -> bool:
@@ -23,13 +30,67 @@ def _is_fhir(request: Request) -> bool:
 
 
 def json_error(
-    status: int, code: str, message: str, details: list[dict[str, object]] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, object]] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """The JSON API's error body: {"error": {"status", "code", "message", "details"}}."""
     return JSONResponse(
         {"error": {"status": status, "code": code, "message": message, "details": details or []}},
         status_code=status,
+        headers=headers,
     )
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while reading a body past the limit; FastAPI passes HTTPExceptions on unchanged."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
+
+
+class ApiBodyLimit:
+    """TRIALBRIDGE_MAX_BODY_BYTES on /api/v1 (/fhir checks it in read_body): never read it all."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+        limit: int = scope["app"].state.settings.max_body_bytes
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None:
+            size = ascii_int(declared.decode("latin-1"))
+            refusal = None
+            if size is None:
+                refusal = json_error(
+                    400,
+                    "invalid_request",
+                    "the request is not valid",
+                    [{"loc": ["header", "content-length"], "msg": "must be ASCII digits"}],
+                )
+            elif size > limit:
+                refusal = json_error(413, "body_too_large", BodyTooLarge(limit).detail)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def install(app: FastAPI) -> None:
@@ -58,7 +119,17 @@ def install(app: FastAPI) -> None:
             return outcome_response(
                 exc.status_code, [Issue(code, f"{request.method} {request.url.path}: {text}")]
             )
-        return json_error(exc.status_code, "http_error", str(exc.detail))
+        if exc.status_code == 400 and exc.detail == _UNPARSEABLE_BODY:
+            problem = "cannot be parsed as JSON (bytes that are not UTF-8, or nested too deeply)"
+            return json_error(
+                422,
+                "invalid_request",
+                "the request is not valid",
+                [{"loc": ["body"], "msg": problem}],
+            )
+        if isinstance(exc, BodyTooLarge):
+            return json_error(413, "body_too_large", str(exc.detail))
+        return json_error(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from api.deps import reject_nul
+from api.fhir_http import if_none_match
 from api.schemas import ERRORS, CohortOutcomesOut
 from service.cohort_reports import CohortReports
 
-router = APIRouter(prefix="/api/v1", tags=["outcomes"], responses=ERRORS)
+router = APIRouter(
+    prefix="/api/v1", tags=["outcomes"], responses=ERRORS, dependencies=[Depends(reject_nul)]
+)
 
 
 def _reports(request: Request) -> CohortReports:
@@ -45,6 +49,6 @@ async def study_plot(request: Request, study_id: str, plot: str) -> Response:
     reports = _reports(request)
     figure = await run_in_threadpool(lambda: reports.plot(study_id, name, fmt))
     headers = {"ETag": figure.etag, "Cache-Control": "no-cache"}
-    if request.headers.get("if-none-match") == figure.etag:
+    if if_none_match(request.headers.get("if-none-match"), figure.etag):  # weak, lists, `*`
         return Response(status_code=304, headers=headers)
     return Response(figure.body, media_type=figure.media_type, headers=headers)

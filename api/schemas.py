@@ -2,9 +2,54 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import datetime as dt
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+from pydantic_core import PydanticCustomError
+
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _storable(value: str) -> str:
+    """Text PostgreSQL can store: it refuses U+0000 (a 500 instead of a 422 otherwise)."""
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain U+0000")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    """A name or secret made only of whitespace says nothing: refuse it rather than store it."""
+    if not value.strip():
+        raise PydanticCustomError("blank_string", "must not be only whitespace")
+    return value
+
+
+def _iso_day(value: object) -> dt.date:
+    """Only YYYY-MM-DD in ASCII: pydantic's lax date would read 86400 or a datetime as a day."""
+    if not isinstance(value, str) or not _ISO_DAY.fullmatch(value):
+        raise PydanticCustomError("day_format", "must be a day written YYYY-MM-DD")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise PydanticCustomError("day_value", "must be a day of the calendar") from exc
+
+
+# Markers for body strings; put them after any StringConstraints so lengths are checked first.
+STORABLE = AfterValidator(_storable)
+NOT_BLANK = AfterValidator(_not_blank)
+StorableText = Annotated[str, STORABLE]
+"""A body string either database can store (no U+0000)."""
+IsoDay = Annotated[dt.date, BeforeValidator(_iso_day)]
+"""A query day written YYYY-MM-DD in ASCII digits, nothing looser."""
 
 
 class ErrorDetail(BaseModel):
@@ -258,9 +303,13 @@ class DeviationPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    by: str = Field(min_length=1, max_length=200, examples=["j.doe@site.org"])
+    by: Annotated[str, StringConstraints(min_length=1, max_length=200), STORABLE, NOT_BLANK] = (
+        Field(examples=["j.doe@site.org"])
+    )
     status: Literal["acknowledged"] | None = None
-    comment: str | None = Field(default=None, min_length=1, max_length=4000)
+    comment: Annotated[str, StringConstraints(min_length=1, max_length=4000), STORABLE] | None = (
+        None
+    )
 
 
 class SubscriptionIn(BaseModel):
@@ -268,11 +317,13 @@ class SubscriptionIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(examples=["https://ctms.example.org/hooks/trialbridge"])
-    events: list[str] = Field(
+    url: StorableText = Field(examples=["https://ctms.example.org/hooks/trialbridge"])
+    events: list[StorableText] = Field(
         examples=[["deviation.opened", "deviation.resolved", "eligibility.changed"]]
     )
-    secret: str | None = Field(default=None, min_length=16, max_length=400)
+    secret: (
+        Annotated[str, StringConstraints(min_length=16, max_length=400), STORABLE, NOT_BLANK] | None
+    ) = None
 
 
 class SubscriptionOut(BaseModel):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SettingsDep
+from api.deps import SettingsDep, reject_nul
 from api.schemas import (
     ERRORS,
     EligibilityOut,
@@ -20,7 +20,9 @@ from api.schemas import (
 )
 from service.studies import StudyReader, study_detail, study_summary
 
-router = APIRouter(prefix="/api/v1", tags=["studies"], responses=ERRORS)
+router = APIRouter(
+    prefix="/api/v1", tags=["studies"], responses=ERRORS, dependencies=[Depends(reject_nul)]
+)
 
 
 def _reader(request: Request) -> StudyReader:

@@ -66,6 +66,7 @@ from fhir_mapping.events.observation import parse_tnm
 from fhir_mapping.partial_dates import PartialDate, parse_partial_date
 from service.charlson import charlson_indices, normalise_code
 from service.cirae_model import CirAESubject, Group, IcbType, Resolution
+from service.fhir_time import shift_day
 from service.membership import cohort_membership
 from service.protocol import CohortProtocol
 
@@ -185,11 +186,15 @@ def _known_on_or_before(date: PartialDate | None, day: dt.date) -> bool:
 
 
 def _add_years(day: dt.date, years: int) -> dt.date:
-    """The same calendar date `years` later (29 Feb → 28 Feb in a common year)."""
+    """The same calendar date `years` later (29 Feb → 28 Feb in a common year); held at the
+    calendar's ends like `shift_day`, so a window past year 9999 is open, not an error."""
+    year = day.year + years
+    if not dt.MINYEAR <= year <= dt.MAXYEAR:
+        return dt.date.max if years > 0 else dt.date.min
     try:
-        return day.replace(year=day.year + years)
+        return day.replace(year=year)
     except ValueError:
-        return day.replace(year=day.year + years, day=28)
+        return day.replace(year=year, day=28)
 
 
 def _drugs(events: Iterable[TrialEvent], valueset: str) -> list[TrialEvent]:
@@ -227,7 +232,7 @@ def _check_membership(protocol: CohortProtocol) -> None:
 def _icb_type(protocol: CohortProtocol, events: Sequence[TrialEvent], start: dt.date) -> IcbType:
     """The class started, or 'combination' when several start within the window of initiation."""
     classes = protocol.cohort.icb_classes
-    limit = start + dt.timedelta(days=protocol.cohort.icb_combination_window_days)
+    limit = shift_day(start, protocol.cohort.icb_combination_window_days)
     labelled: tuple[tuple[IcbType, str], ...] = (
         ("PD-1", classes.pd1),
         ("PD-L1", classes.pdl1),
@@ -382,7 +387,7 @@ def _icd10(event: TrialEvent) -> list[str]:
 
 def _history_codes(events: Sequence[TrialEvent], icb_start: dt.date) -> tuple[str, ...]:
     """ICD-10 codes of conditions known to start before ICB initiation (the Charlson input)."""
-    before = icb_start - dt.timedelta(days=1)
+    before = shift_day(icb_start, -1)
     return tuple(
         code
         for e in events
@@ -411,7 +416,7 @@ def _cancer_type(events: Sequence[TrialEvent], icb_start: dt.date) -> str:
     before = [d for d in dated if d[0].last <= icb_start]
     if before:
         return max(before, key=lambda d: (d[0].sort_key(), d[1], d[2]))[2]
-    horizon = icb_start + dt.timedelta(days=_CANCER_AFTER_ICB_DAYS)
+    horizon = shift_day(icb_start, _CANCER_AFTER_ICB_DAYS)
     soon = [d for d in dated if d[0].first <= horizon]
     return min(soon, key=lambda d: (d[0].sort_key(), d[1], d[2]))[2] if soon else "unknown"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,18 +26,43 @@ def etag(version: int) -> str:
     return f'W/"{version}"'
 
 
-def parse_if_match(value: str | None) -> int:
-    """The version an If-Match names; missing → 428, malformed → 400."""
+_OUR_TAG = re.compile(r'(?:W/)?"([^"]*)"')
+
+
+def parse_if_match(value: str | None) -> frozenset[int] | None:
+    """The versions an If-Match names (None for `*`: any); missing → 428, malformed → 400."""
     if value is None:
         raise ApiError(
             428, "precondition_required", "send If-Match with the deviation's ETag to change it"
         )
-    text = value.strip()
-    text = text[2:] if text.startswith("W/") else text
-    version = ascii_int(text.strip('"'))
-    if version is None:
-        raise ApiError(400, "invalid_if_match", f"If-Match {value!r} is not an ETag of ours")
-    return version
+    if value.strip() == "*":
+        return None
+    versions: set[int] = set()
+    for member in value.split(","):
+        tag = _OUR_TAG.fullmatch(member.strip())
+        version = ascii_int(tag[1]) if tag else None
+        if version is None:
+            shown = value if len(value) <= 100 else value[:100] + "…"  # never echo a huge header
+            raise ApiError(
+                400,
+                "invalid_if_match",
+                f'If-Match {shown!r} is not an ETag of ours (W/"<version>"), a list of them, or *',
+            )
+        versions.add(version)
+    return frozenset(versions)
+
+
+def check_filters(protocol: TrialProtocol, filters: dict[str, Any]) -> None:
+    """422 for a filter that could only ever select nothing: an unknown rule, dates out of order."""
+    problems: list[dict[str, object]] = []
+    rules = sorted(str(d.code) for d in protocol.deviations)
+    if filters.get("rule") is not None and filters["rule"] not in rules:
+        problems.append({"loc": ["query", "rule"], "msg": f"must be one of {', '.join(rules)}"})
+    first, last = filters.get("date_from"), filters.get("date_to")
+    if first is not None and last is not None and first > last:
+        problems.append({"loc": ["query", "date_from"], "msg": "must not be after date_to"})
+    if problems:
+        raise ApiError(422, "invalid_request", "the request is not valid", problems)
 
 
 def _history_json(rows: list[Any]) -> list[dict[str, Any]]:
@@ -82,6 +108,7 @@ class DeviationLog:
     ) -> dict[str, Any]:
         """A filtered page of deviations (cursor paging by id)."""
         protocol = self._trial(study_id)
+        check_filters(protocol, filters)
         after = decode_cursor(cursor, prefix="DEV-") if cursor else None
         rows = self._read(
             lambda s: deviation_store.list_deviations(
@@ -132,11 +159,12 @@ class DeviationLog:
                 raise ApiError(
                     404, "deviation_not_found", f"no deviation {deviation_id!r} in {study_id}"
                 )
-            if row.version != expected:
+            if expected is not None and row.version not in expected:
+                named = ", ".join(str(v) for v in sorted(expected))
                 raise ApiError(
                     412,
                     "version_mismatch",
-                    f"the deviation is at version {row.version}, not {expected}; re-read it",
+                    f"the deviation is at version {row.version}, not {named}; re-read it",
                     [{"current_etag": etag(row.version)}],
                 )
             now = utcnow()
@@ -146,8 +174,15 @@ class DeviationLog:
                     raise ApiError(
                         409, "already_resolved", "a resolved deviation cannot be acknowledged"
                     )
+                if row.status == "acknowledged":  # keep who acknowledged first, and one entry
+                    raise ApiError(
+                        409,
+                        "already_acknowledged",
+                        f"the deviation was acknowledged by {row.acknowledged_by}; "
+                        "send a comment alone to add to it",
+                    )
                 values |= {"status": "acknowledged", "acknowledged_by": by, "acknowledged_at": now}
-            if not deviation_store.update_deviation(session, deviation_id, values, expected):
+            if not deviation_store.update_deviation(session, deviation_id, values, row.version):
                 raise ApiError(
                     412, "version_mismatch", "the deviation changed meanwhile; re-read it"
                 )

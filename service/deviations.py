@@ -15,6 +15,7 @@ from typing import Any
 
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.partial_dates import study_day
+from service.fhir_time import shift_day
 from service.protocol import DeviationCode, TrialProtocol
 
 # ResearchSubject statuses that mean the patient was actually enrolled.
@@ -154,7 +155,7 @@ def _doses(
                     f"{drug.id}",
                     f"{drug.id} not given on Day {drug.day} ({detail}); plan {_fmt(drug.dose_mg)} mg {drug.route}",
                     drug.day,
-                    day1 + dt.timedelta(days=drug.day - 1),
+                    shift_day(day1, drug.day - 1),
                     tuple(e.source for e in given),
                 )
             )
@@ -223,7 +224,7 @@ def _surgery_window(
             )
         ]
     if _sd(as_of, ctx.day1) > window.end:
-        last = ctx.day1 + dt.timedelta(days=window.end - 1)
+        last = shift_day(ctx.day1, window.end - 1)
         # No as-of day in the message: it would change every day the rules run (a new version,
         # an "updated" history entry and a stale ETag daily) while the cause stays the same.
         return [
@@ -270,7 +271,7 @@ def _screening(
                 f"{len(biopsies)} core needle {'biopsy' if len(biopsies) == 1 else 'biopsies'} "
                 f"in the {label}; plan {rng.min}–{rng.max}",
                 None,
-                ctx.day1 - dt.timedelta(days=1),
+                shift_day(ctx.day1, -1),
                 tuple(e.source for e in biopsies),
             )
         )
@@ -288,7 +289,7 @@ def _screening(
                 "screening",
                 f"no stool sample in the {label}",
                 None,
-                ctx.day1 - dt.timedelta(days=1),
+                shift_day(ctx.day1, -1),
                 (),
             )
         )
@@ -304,8 +305,8 @@ def _followup(
     op_day = _day(op)
     assert op_day is not None
     plan = protocol.schedule.followup
-    lo = op_day + dt.timedelta(days=plan.days_after_surgery - plan.tolerance_days)
-    hi = op_day + dt.timedelta(days=plan.days_after_surgery + plan.tolerance_days)
+    lo = shift_day(op_day, plan.days_after_surgery - plan.tolerance_days)
+    hi = shift_day(op_day, plan.days_after_surgery + plan.tolerance_days)
     label = (
         f"post-operative window {lo.isoformat()} to {hi.isoformat()} "
         f"({plan.days_after_surgery} ± {plan.tolerance_days} days after surgery)"

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from fhir_mapping.events.model import EventKind, TrialEvent
 from fhir_mapping.events.observation import parse_tnm
 from fhir_mapping.partial_dates import parse_partial_date
+from service.fhir_time import shift_day
 from service.protocol import (
     BiopsyPlanned,
     ConditionHistory,
@@ -414,7 +415,7 @@ def _driver(c: DriverAlteration, events: Sequence[TrialEvent], ref: dt.date) -> 
 def _recent_medication(
     c: RecentMedication, events: Sequence[TrialEvent], ref: dt.date
 ) -> CriterionResult:
-    start = ref - dt.timedelta(days=c.days_before_enrollment)
+    start = shift_day(ref, -c.days_before_enrollment)
     drugs = [
         e for e in events if e.kind in (EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE)
     ]

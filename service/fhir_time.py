@@ -40,6 +40,15 @@ def http_date(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
 
 
+def shift_day(day: dt.date, days: int) -> dt.date:
+    """`day` moved by `days`, held at the calendar's ends: FHIR allows years 1 and 9999, and a
+    window reaching past them is simply open on that side, never an OverflowError."""
+    try:
+        return day + dt.timedelta(days=days)
+    except OverflowError:
+        return dt.date.max if days > 0 else dt.date.min
+
+
 def _clamped(since_epoch: dt.timedelta) -> dt.datetime:
     """The UTC instant `since_epoch` after 1970, clamped to [INSTANT_MIN, INSTANT_MAX]."""
     if since_epoch <= INSTANT_MIN - _EPOCH:

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from fhir_mapping.events.model import EventKind, TrialEvent
 from fhir_mapping.partial_dates import study_day
 from service.deviations import surgery
+from service.fhir_time import shift_day
 from service.protocol import TrialProtocol
 
 Response = Literal["met", "not_met", "not_evaluable"]
@@ -286,7 +287,7 @@ def safety(protocol: TrialProtocol, events: Sequence[TrialEvent], day1: dt.date)
         for e in events
         if e.kind is EventKind.DRUG_ADMINISTRATION and e.concept_ids & drugs and (d := _day(e))
     ]
-    window_end = max(doses, default=day1) + dt.timedelta(days=protocol.schedule.ae_window_days)
+    window_end = shift_day(max(doses, default=day1), protocol.schedule.ae_window_days)
     aes = [
         e
         for e in events

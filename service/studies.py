@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from fhir_mapping.events.model import TrialEvent
 from fhir_mapping.partial_dates import parse_partial_date, study_day
+from fhir_mapping.required_codes import REQUIRED_CODES
 from service import event_store
 from service.eligibility import evaluate
 from service.errors import ApiError
@@ -91,9 +92,16 @@ def decode_cursor(cursor: str, prefix: str = "S-") -> str:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, "invalid_cursor", "the cursor is not one this service issued") from exc
-    if not text.startswith(prefix):
+    if not text.startswith(prefix) or "\x00" in text:  # ours never hold U+0000 (PostgreSQL 500)
         raise ApiError(400, "invalid_cursor", "the cursor is not one this service issued")
     return text
+
+
+def subject_statuses(protocol: Protocol) -> frozenset[str]:
+    """Statuses membership can give (ResearchSubject's or `unknown`; `included`): others match none."""
+    if isinstance(protocol, TrialProtocol):
+        return REQUIRED_CODES[("ResearchSubject", "status")] | {"unknown"}
+    return frozenset({"included"})
 
 
 def _subject_json(row: Any) -> dict[str, Any]:
@@ -146,6 +154,14 @@ class StudyReader:
     ) -> dict[str, Any]:
         """A page of a study's subjects, with the cursor of the next page."""
         protocol = self.protocol(study_id)
+        known = subject_statuses(protocol)
+        if status is not None and status not in known:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "the request is not valid",
+                [{"loc": ["query", "status"], "msg": f"must be one of {', '.join(sorted(known))}"}],
+            )
         after = decode_cursor(cursor) if cursor else None
         rows = self._read(
             lambda s: event_store.list_subjects(
@@ -269,17 +285,28 @@ class StudyReader:
 
 
 _ZONE = re.compile(r"(?:Z|[+-]\d{2}:\d{2})$")
+# Eligibility counts back weeks from the as-of day (and forward from dates near it): keep it far
+# from date.min and date.max so no date arithmetic can overflow.
+AS_OF_FIRST = dt.date(1900, 1, 1)
+AS_OF_LAST = dt.date(9000, 12, 31)
 
 
 def parse_as_of(text: str) -> dt.date:
     """An as-of day: a full date, or a dateTime with its zone (its local day is used)."""
-    parsed = parse_partial_date(text)
+    parsed = parse_partial_date(text) if text.isascii() else None  # `\d` also matches '٢'
     zoned = parsed is not None and (parsed.precision != "time" or _ZONE.search(text) is not None)
-    if parsed is None or parsed.day is None or not zoned:
+    if (
+        parsed is None
+        or parsed.day is None
+        or not zoned
+        or not AS_OF_FIRST <= parsed.day <= AS_OF_LAST
+    ):
+        shown = text if len(text) <= 100 else text[:100] + "…"
         raise ApiError(
             400,
             "invalid_as_of",
-            f"as_of {text!r} must be a date (2025-03-15) or a dateTime with a zone",
+            f"as_of {shown!r} must be a date (2025-03-15) or a dateTime with a zone, "
+            f"from {AS_OF_FIRST.isoformat()} to {AS_OF_LAST.isoformat()}",
         )
     return parsed.day
 

@@ -530,6 +530,7 @@ def test_cohort_as_csv(api: httpx.Client, fhir: httpx.Client) -> None:
         "detected_at",
         "updated_at",
         "acknowledged_by",
+        "acknowledged_at",
         "resolved_at",
         "resolution",
     ]
@@ -546,6 +547,7 @@ def test_cohort_as_csv(api: httpx.Client, fhir: httpx.Client) -> None:
             " ".join(evidence),
             NOW_TEXT,
             NOW_TEXT,
+            "",
             "",
             "",
             "",
@@ -695,6 +697,7 @@ def test_correction_resolves_keeps_annotations_and_rebreaking_reopens(
         NOW_TEXT,
         "2025-07-01T09:30:00Z",
         "j.doe@site.org",
+        body["acknowledged_at"],  # staff actions are stamped by the wall clock
         "2025-07-01T09:30:00Z",
         RESOLVED_BY_DATA,
     ]

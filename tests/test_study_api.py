@@ -524,7 +524,8 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
     for path in paths - {"/api/v1/subscriptions/{subscription_id}"}:
         responses = schema["paths"][path]["get"]["responses"]
         cached = {"304"} if path == plot else set()
-        assert set(responses) == {"200", "400", "404", "422", "503"} | cached
+        negotiated = {"406"} if path == "/api/v1/studies/{study_id}/deviations" else set()
+        assert set(responses) == {"200", "400", "404", "422", "503"} | cached | negotiated
         assert responses["404"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ErrorBody"
         }
@@ -549,3 +550,47 @@ def test_an_identifier_too_long_for_a_subject_number_is_passed_over(
     assert [s["subject_number"] for s in _subjects(api)["subjects"]] == ["001-009"]
     stored = fhir.get("/ResearchSubject/rs-long").json()
     assert stored["identifier"][0]["value"] == "S" * 257
+
+
+@pytest.mark.parametrize("day", ["0001-01-01", "0001-01-05", "9999-12-30", "9999-12-31"])
+def test_dates_at_the_ends_of_the_calendar_are_stored_and_derived(
+    api: httpx.Client, fhir: httpx.Client, day: str
+) -> None:
+    """FHIR allows years 1 and 9999: windows counted from them are open at the calendar's end."""
+    when = f"{day}T10:00:00Z"
+    dupilumab = "dupilumab 300 MG in 2 ML Prefilled Syringe"
+    response = fhir.post(
+        "",
+        content=_put(
+            STUDY,
+            {**_patient("edge", "MRN-edge"), "deceasedDateTime": when},
+            _research_subject("rs-edge", "edge", "001-099", day),
+            _dose("edge-dupi", "edge", dupilumab, 300, "mg", when),
+            _dose("edge-cemi", "edge", "Libtayo", 350, "mg", when),
+            _procedure("edge-lob", "edge", "Right upper lobectomy", day),
+            {
+                "resourceType": "AdverseEvent",
+                "id": "edge-ae",
+                "actuality": "actual",
+                "subject": {"reference": "Patient/edge"},
+                "event": {"text": "dermatitis"},
+                "date": when,
+            },
+        ),
+    )
+    assert response.status_code == 200, response.text
+    [subject] = _subjects(api)["subjects"]
+    assert subject["day1"] == day
+    sid = subject["subject_id"]
+    for path in (
+        f"/studies/{NCT}/subjects/{sid}/timeline",
+        f"/studies/{NCT}/subjects/{sid}/eligibility",
+        f"/studies/{NCT}/subjects/{sid}/outcomes",
+        f"/studies/{NCT}/eligibility",
+        f"/studies/{NCT}/deviations",
+        f"/studies/{NCT}/outcomes",
+        "/studies/cirae-dupilumab/outcomes",
+        f"/studies/{NCT}/outcomes/plots/swimmer.svg",
+    ):
+        answer = api.get(path)
+        assert answer.status_code == 200, (path, answer.text[:500])

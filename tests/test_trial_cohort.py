@@ -12,6 +12,7 @@ from scipy.stats import binomtest
 from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import SourceRef, TrialEvent
 from fhir_mapping.events.registry import map_resource
+from service.fhir_time import shift_day
 from service.protocol import TrialProtocol, load_protocols
 from service.survival import DAYS_PER_MONTH
 from service.terminology_files import build_terminology
@@ -446,3 +447,11 @@ def test_safety_counts_treatment_emergent_aes_and_pre_dose_apart() -> None:
     assert [
         (r["adverse_events"], r["pre_dose_adverse_events"], r["worst_ae_grade"]) for r in rows
     ] == [(1, 1, "1"), (0, 0, None), (0, 1, None), (0, 0, None)]
+
+
+def test_shift_day_is_held_at_the_ends_of_the_calendar() -> None:
+    """Windows are counted with it: one reaching past year 1 or 9999 is open on that side."""
+    assert shift_day(dt.date(2025, 3, 10), 56) == dt.date(2025, 5, 5)
+    assert shift_day(dt.date(2025, 3, 10), -56) == dt.date(2025, 1, 13)
+    assert shift_day(dt.date(1, 1, 5), -56) == dt.date.min
+    assert shift_day(dt.date(9999, 12, 30), 30) == dt.date.max
