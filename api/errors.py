@@ -69,7 +69,7 @@ class ApiBodyLimit:
             refusal = None
             if size is None:
                 refusal = json_error(
-                    400,
+                    422,
                     "invalid_request",
                     "the request is not valid",
                     [{"loc": ["header", "content-length"], "msg": "must be ASCII digits"}],
