@@ -44,7 +44,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(migrate.upgrade, engine)
         app.state.settings = conf
         app.state.engine = engine
-        app.state.head_revision = migrate.head_revision()
         model_checks = ModelChecks.for_settings(conf)
         app.state.store = FhirStore(engine, conf, catalog.derivation, model_checks)
         app.state.studies = StudyReader(engine, catalog.protocols)
@@ -96,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             revision = await run_in_threadpool(check)
         except Exception as exc:  # any failure to reach the database means not ready
             return errors.json_error(503, "database_unavailable", str(exc).splitlines()[0])
-        head = app.state.head_revision
+        head = migrate.head_revision()
         if revision != head:  # e.g. TRIALBRIDGE_AUTO_MIGRATE=false before the release step ran
             return errors.json_error(
                 503,

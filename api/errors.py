@@ -12,8 +12,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.fhir_http import outcome_response
-from fhir_mapping.bundles import ascii_int
 from fhir_mapping.issues import InvalidContentError, Issue
+from fhir_mapping.tokens import ascii_int
 from service.errors import ApiError, FhirError
 
 log = logging.getLogger(__name__)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
 
-from fhir_mapping.bundles import ascii_int
 from fhir_mapping.issues import Issue, operation_outcome
 from fhir_mapping.json_codec import dumps
+from fhir_mapping.tokens import ENTITY_TAG, ascii_int
 from service.errors import FhirError
 from service.fhir_time import http_date
 from service.ingest import EntryResult
@@ -130,9 +129,6 @@ def resource_headers(result: EntryResult, base: str) -> dict[str, str]:
     return headers
 
 
-_ENTITY_TAG = re.compile(r'(?:W/)?"([^"]*)"')
-
-
 def if_none_match(header: str | None, etag: str) -> bool:
     """Whether an If-None-Match header names `etag`: `*`, or any entity tag in its list equal to
     it by weak comparison (RFC 9110 13.1.2: `"1"`, `W/"1"` both match `W/"1"`)."""
@@ -140,8 +136,8 @@ def if_none_match(header: str | None, etag: str) -> bool:
         return False
     if header.strip() == "*":
         return True
-    ours = _ENTITY_TAG.fullmatch(etag)
-    return ours is not None and ours[1] in _ENTITY_TAG.findall(header)
+    ours = ENTITY_TAG.fullmatch(etag)
+    return ours is not None and ours[1] in ENTITY_TAG.findall(header)
 
 
 def prefer_return(request: Request, default: str) -> str:

@@ -13,6 +13,7 @@ from fhir_mapping.issues import InvalidContentError, Issue
 from fhir_mapping.json_codec import content_hash, loads
 from fhir_mapping.references import is_valid_id, parse_reference
 from fhir_mapping.resource_types import SUPPORTED_TYPES
+from fhir_mapping.tokens import ascii_int
 from fhir_mapping.validation import (
     CheckedResource,
     envelope_issues,
@@ -59,22 +60,6 @@ class Entry:
 def derived_id(resource_type: str, resource: dict[str, Any]) -> str:
     """Server-assigned id for a create: a UUID of the content, so identical replays collide."""
     return str(uuid.uuid5(_CONTENT_NS, f"{resource_type}/{content_hash(resource)}"))
-
-
-# More significant digits than any count, size or version id could have (int() refuses > 4300).
-_MAX_DIGITS = 100
-
-
-def ascii_int(text: str) -> int | None:
-    """`text` as a number when it is ASCII digits 0-9 only, else None.
-
-    `str.isdigit()` alone also passes '²' or '٣', which `int()` refuses (a 500) or reads as
-    another digit. More than `_MAX_DIGITS` significant digits is None as well.
-    """
-    if not (text.isascii() and text.isdigit()):
-        return None
-    significant = text.lstrip("0")
-    return int(significant or "0") if len(significant) <= _MAX_DIGITS else None
 
 
 def parse_etag(value: str | None, where: str) -> int | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from fhir_mapping.bundles import ascii_int
+from fhir_mapping.tokens import ENTITY_TAG, ascii_int
 from service import deviation_store, webhooks
 from service.db import session_scope
 from service.deviation_sync import deviation_json
@@ -26,9 +25,6 @@ def etag(version: int) -> str:
     return f'W/"{version}"'
 
 
-_OUR_TAG = re.compile(r'(?:W/)?"([^"]*)"')
-
-
 def parse_if_match(value: str | None) -> frozenset[int] | None:
     """The versions an If-Match names (None for `*`: any); missing → 428, malformed → 400."""
     if value is None:
@@ -39,7 +35,7 @@ def parse_if_match(value: str | None) -> frozenset[int] | None:
         return None
     versions: set[int] = set()
     for member in value.split(","):
-        tag = _OUR_TAG.fullmatch(member.strip())
+        tag = ENTITY_TAG.fullmatch(member.strip())
         version = ascii_int(tag[1]) if tag else None
         if version is None:
             shown = value if len(value) <= 100 else value[:100] + "…"  # never echo a huge header

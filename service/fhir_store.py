@@ -18,7 +18,6 @@ from fhir_mapping.bundles import (
     BODY,
     Entry,
     ParsedBundle,
-    ascii_int,
     bundle_envelope,
     owed_checker,
     parse_bundle,
@@ -31,6 +30,7 @@ from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import loads, loads_text, loads_unguarded
 from fhir_mapping.references import is_valid_id
 from fhir_mapping.resource_types import SUPPORTED_TYPES
+from fhir_mapping.tokens import ascii_int
 from service import store
 from service.catalog import load_catalog
 from service.db import session_scope

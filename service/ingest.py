@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 from sqlmodel import Session
 
-from fhir_mapping.bundles import Entry, ascii_int
+from fhir_mapping.bundles import Entry
 from fhir_mapping.issues import InvalidContentError, Issue
 from fhir_mapping.json_codec import content_hash, dumps
 from fhir_mapping.references import identifier_index, parse_reference, reference_index
+from fhir_mapping.tokens import ascii_int
 from service import store
 from service.errors import FhirError
 from service.fhir_time import fhir_instant

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -63,8 +64,9 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+@cache
 def head_revision() -> str | None:
-    """The revision this release's code expects: the newest packaged migration."""
+    """The revision this release's code expects: the newest packaged migration (read once)."""
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 

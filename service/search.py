@@ -12,9 +12,9 @@ import orjson
 from sqlalchemy import ColumnElement, and_, false, func, or_, select
 from sqlmodel import Session
 
-from fhir_mapping.bundles import ascii_int
 from fhir_mapping.references import is_valid_id
 from fhir_mapping.resource_types import PATIENT_ONLY_PARAMS, REFERENCE_PARAMS
+from fhir_mapping.tokens import ascii_int
 from service import store
 from service.errors import FhirError
 from service.fhir_time import date_param_range, fhir_instant, utcnow
