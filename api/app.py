@@ -16,17 +16,17 @@ from api.deviation_routes import router as deviation_router
 from api.fhir_routes import router as fhir_router
 from api.outcome_routes import router as outcome_router
 from api.study_routes import router as study_router
-from service import migrate
-from service.catalog import load_catalog
-from service.cohort_reports import CohortReports
-from service.db import make_engine
-from service.deviation_log import DeviationLog
-from service.fhir_store import FhirStore
-from service.model_checks import ModelChecks
-from service.process import settle_process
-from service.settings import Settings
-from service.studies import StudyReader
-from service.webhooks import Dispatcher, policy_from
+from service.derivation.catalog import load_catalog
+from service.fhir.interactions import FhirStore
+from service.fhir.validation_workers import ModelChecks
+from service.infra import migrate
+from service.infra.db import make_engine
+from service.infra.process import settle_process
+from service.infra.settings import Settings
+from service.notifications.webhooks import Dispatcher, policy_from
+from service.reads.cohort_reports import CohortReports
+from service.reads.deviation_log import DeviationLog
+from service.reads.study_reader import StudyReader
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

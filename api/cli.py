@@ -17,18 +17,20 @@ from tqdm import tqdm
 
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import decode_text, loads
-from service import event_store, migrate
-from service.catalog import load_catalog
-from service.db import make_engine, session_scope
-from service.derivation import Derivation, reevaluate_all, remap_all
+from service.derivation.catalog import load_catalog
+from service.derivation.refresh import Derivation, reevaluate_all, remap_all
 from service.errors import FhirError
-from service.fhir_store import FhirStore
-from service.ingest import EntryResult
-from service.process import settle_process
-from service.protocol import ProtocolError
-from service.settings import Settings
-from service.terminology_files import TerminologyError
-from service.webhooks import deliver_due, policy_from
+from service.fhir.ingest import EntryResult
+from service.fhir.interactions import FhirStore
+from service.infra import migrate
+from service.infra.db import make_engine
+from service.infra.process import settle_process
+from service.infra.settings import Settings
+from service.notifications.webhooks import deliver_due, policy_from
+from service.protocol.schema import ProtocolError
+from service.protocol.terminology import TerminologyError
+from service.repositories import trial_events
+from service.repositories.unit_of_work import unit_of_work
 
 _SUFFIXES = (".json", ".ndjson")
 
@@ -162,9 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "remap":
         engine = make_engine(settings)
         migrate.upgrade(engine)
-        with session_scope(engine) as session:
-            remap_all(catalog.derivation, session)
-            totals = event_store.totals(session)
+        with unit_of_work(engine) as uow:
+            remap_all(catalog.derivation, uow)
+            totals = trial_events.totals(uow.session)
         engine.dispose()
         print(f"remapped: {totals['events']} event(s), {totals['subjects']} subject(s)")
         return 0
@@ -181,8 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.as_of is not None:
             moment = dt.datetime.combine(args.as_of, dt.time(12), tzinfo=dt.UTC)
             catalog.derivation.clock = lambda: moment
-        with session_scope(engine) as session:
-            patients = reevaluate_all(catalog.derivation, session)
+        with unit_of_work(engine) as uow:
+            patients = reevaluate_all(catalog.derivation, uow)
         engine.dispose()
         print(f"re-evaluated {patients} patient(s)")
         return 0

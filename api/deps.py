@@ -1,14 +1,20 @@
-"""Typed dependencies: the store and settings the app was started with."""
+"""Typed dependencies: every service object the app was started with, for routes to declare."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
 from service.errors import ApiError
-from service.fhir_store import FhirStore
-from service.settings import Settings
+from service.fhir.interactions import FhirStore
+from service.infra.settings import Settings
+from service.reads.cohort_reports import CohortReports
+from service.reads.deviation_log import DeviationLog
+from service.reads.study_reader import StudyReader
+
+T = TypeVar("T")
 
 # A path id with U+0000 names nothing we could have stored: the resource's own 404.
 _NOT_FOUND = {
@@ -20,14 +26,16 @@ _NOT_FOUND = {
 }
 
 
-def _store(request: Request) -> FhirStore:
-    store: FhirStore = request.app.state.store
-    return store
+def _state(name: str, kind: type[T]) -> Callable[[Request], T]:
+    """A dependency handing out the `app.state.<name>` that the lifespan built at start-up."""
 
+    def get(request: Request) -> T:
+        found = getattr(request.app.state, name)
+        assert isinstance(found, kind)
+        return found
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    get.__name__ = f"state_{name}"
+    return get
 
 
 def fhir_base(request: Request) -> str:
@@ -51,6 +59,9 @@ def reject_nul(request: Request) -> None:
         raise ApiError(422, "invalid_request", "the request is not valid", bad)
 
 
-StoreDep = Annotated[FhirStore, Depends(_store)]
-SettingsDep = Annotated[Settings, Depends(_settings)]
+StoreDep = Annotated[FhirStore, Depends(_state("store", FhirStore))]
+SettingsDep = Annotated[Settings, Depends(_state("settings", Settings))]
+ReaderDep = Annotated[StudyReader, Depends(_state("studies", StudyReader))]
+ReportsDep = Annotated[CohortReports, Depends(_state("reports", CohortReports))]
+DeviationLogDep = Annotated[DeviationLog, Depends(_state("deviations", DeviationLog))]
 BaseDep = Annotated[str, Depends(fhir_base)]

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SettingsDep, reject_nul
+from api import views
+from api.deps import DeviationLogDep, SettingsDep, reject_nul
 from api.schemas import (
     ERRORS,
     DeviationDetail,
@@ -23,8 +24,8 @@ from api.schemas import (
     SubscriptionList,
     SubscriptionOut,
 )
-from service.deviation_log import DeviationLog, etag
 from service.errors import ApiError
+from service.reads.deviation_log import etag
 
 router = APIRouter(prefix="/api/v1", responses=ERRORS, dependencies=[Depends(reject_nul)])
 CSV_COLUMNS = (
@@ -101,11 +102,6 @@ def negotiate(accept: str | None) -> str | None:
     return CSV if csv_q > json_q else JSON
 
 
-def _log(request: Request) -> DeviationLog:
-    log: DeviationLog = request.app.state.deviations
-    return log
-
-
 def _cell(value: Any) -> Any:
     """A CSV cell that a spreadsheet will not run as a formula."""
     if value is None:
@@ -137,6 +133,7 @@ def _csv(page: dict[str, Any]) -> str:
 )
 async def list_deviations(
     request: Request,
+    log: DeviationLogDep,
     response: Response,
     settings: SettingsDep,
     study_id: str,
@@ -173,9 +170,10 @@ async def list_deviations(
         "date_from": date_from,
         "date_to": date_to,
     }
-    log = _log(request)
-    page = await run_in_threadpool(
-        lambda: log.page(study_id, cursor=cursor, limit=size, filters=filters)
+    page = views.deviation_page(
+        await run_in_threadpool(
+            lambda: log.page(study_id, cursor=cursor, limit=size, filters=filters)
+        )
     )
     if wanted == CSV:
         headers = {"Vary": "Accept"}
@@ -194,11 +192,12 @@ async def list_deviations(
     tags=["deviations"],
     summary="One deviation with its history (ETag for PATCH)",
 )
-async def get_deviation(request: Request, study_id: str, deviation_id: str) -> Response:
+async def get_deviation(
+    request: Request, log: DeviationLogDep, study_id: str, deviation_id: str
+) -> Response:
     """The deviation, every change to it, and its ETag."""
-    log = _log(request)
-    body = await run_in_threadpool(lambda: log.get(study_id, deviation_id))
-    return JSONResponse(body, headers={"ETag": etag(body["version"])})
+    detail = await run_in_threadpool(lambda: log.get(study_id, deviation_id))
+    return JSONResponse(views.deviation_detail(detail), headers={"ETag": etag(detail.version)})
 
 
 @router.patch(
@@ -213,14 +212,14 @@ async def get_deviation(request: Request, study_id: str, deviation_id: str) -> R
 )
 async def patch_deviation(
     request: Request,
+    log: DeviationLogDep,
     study_id: str,
     deviation_id: str,
     patch: DeviationPatch,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Staff handling survives recomputation; every change is kept in the history."""
-    log = _log(request)
-    body = await run_in_threadpool(
+    detail = await run_in_threadpool(
         lambda: log.annotate(
             study_id,
             deviation_id,
@@ -230,7 +229,7 @@ async def patch_deviation(
             comment=patch.comment,
         )
     )
-    return JSONResponse(body, headers={"ETag": etag(body["version"])})
+    return JSONResponse(views.deviation_detail(detail), headers={"ETag": etag(detail.version)})
 
 
 @router.post(
@@ -240,12 +239,12 @@ async def patch_deviation(
     tags=["subscriptions"],
     summary="Subscribe a webhook receiver",
 )
-async def subscribe(request: Request, body: SubscriptionIn) -> dict[str, Any]:
+async def subscribe(request: Request, log: DeviationLogDep, body: SubscriptionIn) -> dict[str, Any]:
     """Deliveries are POSTs signed with HMAC-SHA256 (see the README), retried with backoff."""
-    log = _log(request)
-    return await run_in_threadpool(
+    created = await run_in_threadpool(
         lambda: log.subscribe(url=body.url, events=body.events, secret=body.secret)
     )
+    return views.subscription(created)
 
 
 @router.get(
@@ -254,10 +253,10 @@ async def subscribe(request: Request, body: SubscriptionIn) -> dict[str, Any]:
     tags=["subscriptions"],
     summary="Subscriptions",
 )
-async def subscriptions(request: Request) -> dict[str, Any]:
+async def subscriptions(request: Request, log: DeviationLogDep) -> dict[str, Any]:
     """Every subscription (without secrets)."""
-    log = _log(request)
-    return {"subscriptions": await run_in_threadpool(log.subscriptions)}
+    found = await run_in_threadpool(log.subscriptions)
+    return {"subscriptions": [views.subscription(s) for s in found]}
 
 
 @router.delete(
@@ -266,8 +265,7 @@ async def subscriptions(request: Request) -> dict[str, Any]:
     tags=["subscriptions"],
     summary="Remove a subscription",
 )
-async def unsubscribe(request: Request, subscription_id: str) -> Response:
+async def unsubscribe(request: Request, log: DeviationLogDep, subscription_id: str) -> Response:
     """Stops deliveries, including pending ones."""
-    log = _log(request)
     await run_in_threadpool(lambda: log.unsubscribe(subscription_id))
     return Response(status_code=204)

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.fhir_http import outcome_response
 from fhir_mapping.issues import InvalidContentError, Issue
 from fhir_mapping.tokens import ascii_int
-from service.errors import ApiError, FhirError
+from service.errors import ApiError, DatabaseUnavailableError, FhirError, TrialbridgeError
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +93,25 @@ class ApiBodyLimit:
         await self.app(scope, counted, send)
 
 
+def render(exc: TrialbridgeError, *, fhir: bool) -> Response:
+    """A refusal as the endpoint's error shape: OperationOutcome under /fhir, else JSON."""
+    if isinstance(exc, DatabaseUnavailableError) and not fhir:
+        return json_error(exc.status, "database_unavailable", "the database is unavailable")
+    if isinstance(exc, FhirError):
+        if fhir:
+            return outcome_response(exc.status, exc.issues)
+        return json_error(exc.status, exc.issues[0].code, str(exc))
+    if isinstance(exc, ApiError):
+        return json_error(exc.status, exc.code, exc.message, exc.details)
+    return json_error(exc.status, "refused", str(exc))
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on the app."""
 
-    @app.exception_handler(FhirError)
-    async def _fhir_error(request: Request, exc: FhirError) -> Response:
-        if _is_fhir(request):
-            return outcome_response(exc.status, exc.issues)
-        return json_error(exc.status, exc.issues[0].code, str(exc))
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> Response:
-        return json_error(exc.status, exc.code, exc.message, exc.details)
+    @app.exception_handler(TrialbridgeError)
+    async def _refused(request: Request, exc: TrialbridgeError) -> Response:
+        return render(exc, fhir=_is_fhir(request))
 
     @app.exception_handler(InvalidContentError)
     async def _invalid(request: Request, exc: InvalidContentError) -> Response:

@@ -11,8 +11,8 @@ from fhir_mapping.issues import Issue, operation_outcome
 from fhir_mapping.json_codec import dumps
 from fhir_mapping.tokens import ENTITY_TAG, ascii_int
 from service.errors import FhirError
-from service.fhir_time import http_date
-from service.ingest import EntryResult
+from service.fhir.ingest import EntryResult
+from service.infra.clock import http_date
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")

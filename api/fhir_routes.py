@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -23,11 +23,12 @@ from api.fhir_http import (
     write_response,
 )
 from fhir_mapping.json_codec import decode_text, dumps, loads
-from service import responses
-from service.capability import capability_statement
-from service.ingest import EntryResult
+from service.fhir import responses
+from service.fhir.capability import capability_statement
+from service.fhir.ingest import EntryResult
 
-router = APIRouter(prefix="/fhir", tags=["FHIR R4"])
+# Every /fhir answer is JSON: a client that accepts none hears 406 before anything else runs.
+router = APIRouter(prefix="/fhir", tags=["FHIR R4"], dependencies=[Depends(check_accept)])
 
 
 def _version() -> str:
@@ -51,14 +52,12 @@ async def _json(request: Request, settings: SettingsDep) -> object:
 @router.get("/metadata", summary="CapabilityStatement")
 async def metadata(request: Request, base: BaseDep) -> Response:
     """What this server supports, truthfully."""
-    check_accept(request)
     return fhir_response(dumps(capability_statement(base_url=base, version=_version())))
 
 
 @router.post("/$import", summary="Import NDJSON (one resource per line)")
 async def import_ndjson(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
     """Upsert every line on its own; a batch-response with one entry per line."""
-    check_accept(request)
     require_media_type(request, NDJSON_TYPES)
     text = decode_text(await read_body(request, settings.max_body_bytes))
     ctx = store.context(_source(request))
@@ -78,7 +77,6 @@ async def post_bundle(
     request: Request, store: StoreDep, settings: SettingsDep, base: BaseDep
 ) -> Response:
     """Process a Bundle: transaction (atomic), batch (per entry), collection/message (atomic upsert)."""
-    check_accept(request)
     require_media_type(request, JSON_TYPES)
     raw = await read_body(request, settings.max_body_bytes)
     ctx = store.context(_source(request), base_url=base)
@@ -90,7 +88,6 @@ async def post_bundle(
 @router.get("/{resource_type}", summary="Search")
 async def search(request: Request, resource_type: str, store: StoreDep, base: BaseDep) -> Response:
     """Search current resources of one type; a searchset Bundle with cursor paging."""
-    check_accept(request)
     params = list(request.query_params.multi_items())
     return fhir_response(await run_in_threadpool(store.search, resource_type, params, base=base))
 
@@ -100,7 +97,6 @@ async def create(
     request: Request, resource_type: str, store: StoreDep, settings: SettingsDep, base: BaseDep
 ) -> Response:
     """Create; If-None-Exist for a conditional create. Identical content returns the original."""
-    check_accept(request)
     store.check_type(resource_type)
     body = json_body(await _json(request, settings))
     ctx = store.context(_source(request), base_url=base)
@@ -119,7 +115,6 @@ async def conditional_update(
     request: Request, resource_type: str, store: StoreDep, settings: SettingsDep, base: BaseDep
 ) -> Response:
     """Update the one resource matching the query (create when none does)."""
-    check_accept(request)
     store.check_type(resource_type)
     body = json_body(await _json(request, settings))
     ctx = store.context(_source(request), base_url=base)
@@ -133,7 +128,6 @@ async def conditional_delete(
     request: Request, resource_type: str, store: StoreDep, base: BaseDep
 ) -> Response:
     """Delete the one resource matching the query; 412 when several match."""
-    check_accept(request)
     ctx = store.context(_source(request), base_url=base)
     params = list(request.query_params.multi_items())
     await run_in_threadpool(store.delete_conditional, resource_type, params, ctx=ctx)
@@ -145,7 +139,6 @@ async def read(
     request: Request, resource_type: str, resource_id: str, store: StoreDep, base: BaseDep
 ) -> Response:
     """The current version, served as stored."""
-    check_accept(request)
     result = await run_in_threadpool(store.read, resource_type, resource_id)
     return _read_response(request, result, base)
 
@@ -160,7 +153,6 @@ async def vread(
     base: BaseDep,
 ) -> Response:
     """One version, served as stored."""
-    check_accept(request)
     result = await run_in_threadpool(store.read, resource_type, resource_id, version_id)
     return _read_response(request, result, base)
 
@@ -175,7 +167,6 @@ async def update(
     base: BaseDep,
 ) -> Response:
     """Update (or create with this id); If-Match for a versioned update."""
-    check_accept(request)
     store.check_type(resource_type)
     body = json_body(await _json(request, settings))
     ctx = store.context(_source(request), base_url=base)
@@ -195,7 +186,6 @@ async def delete(
     request: Request, resource_type: str, resource_id: str, store: StoreDep, base: BaseDep
 ) -> Response:
     """Delete (a tombstone version); deleting an absent resource is not an error."""
-    check_accept(request)
     ctx = store.context(_source(request), base_url=base)
     result = await run_in_threadpool(
         store.delete, resource_type, resource_id, if_match=request.headers.get("if-match"), ctx=ctx

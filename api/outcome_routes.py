@@ -7,20 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import reject_nul
+from api import views
+from api.deps import ReportsDep, reject_nul
 from api.fhir_http import if_none_match
 from api.schemas import ERRORS, CohortOutcomesOut
-from service.cohort_reports import CohortReports
 
 router = APIRouter(
     prefix="/api/v1", tags=["outcomes"], responses=ERRORS, dependencies=[Depends(reject_nul)]
 )
-
-
-def _reports(request: Request) -> CohortReports:
-    """The app's cohort-report cache (built at start-up)."""
-    reports: CohortReports = request.app.state.reports
-    return reports
 
 
 @router.get(
@@ -28,10 +22,9 @@ def _reports(request: Request) -> CohortReports:
     response_model=CohortOutcomesOut,
     summary="Cohort outcomes: rates with exact CIs, Kaplan–Meier, Cox models",
 )
-async def study_outcomes(request: Request, study_id: str) -> dict[str, Any]:
+async def study_outcomes(request: Request, reports: ReportsDep, study_id: str) -> dict[str, Any]:
     """Computed from every subject's current events; cached until the data changes."""
-    reports = _reports(request)
-    return await run_in_threadpool(lambda: reports.outcomes(study_id))
+    return views.cohort_outcomes(await run_in_threadpool(lambda: reports.outcomes(study_id)))
 
 
 @router.get(
@@ -43,10 +36,9 @@ async def study_outcomes(request: Request, study_id: str) -> dict[str, Any]:
         304: {"description": "Unchanged since the ETag sent in If-None-Match"},
     },
 )
-async def study_plot(request: Request, study_id: str, plot: str) -> Response:
+async def study_plot(request: Request, reports: ReportsDep, study_id: str, plot: str) -> Response:
     """KM curves (efs, os) with CI band, censor marks and numbers at risk; the swimmer plot."""
     name, _, fmt = plot.rpartition(".")
-    reports = _reports(request)
     figure = await run_in_threadpool(lambda: reports.plot(study_id, name, fmt))
     headers = {"ETag": figure.etag, "Cache-Control": "no-cache"}
     if if_none_match(request.headers.get("if-none-match"), figure.etag):  # weak, lists, `*`

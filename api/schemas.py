@@ -16,6 +16,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from service.studies.interventional.protocol import DeviationCode
+
 _ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
@@ -258,17 +260,7 @@ class DeviationOut(BaseModel):
     id: str = Field(examples=["DEV-MFRGGZDFMZTWQ2LK"])
     study_id: str
     subject_id: str
-    rule: Literal[
-        "ineligible_enrolled",
-        "dose_mismatch",
-        "dose_missing",
-        "dose_extra",
-        "surgery_window",
-        "screening_biopsy_count",
-        "screening_stool_missing",
-        "followup_visit",
-        "prohibited_medication",
-    ]
+    rule: DeviationCode
     severity: Literal["major", "minor"]
     status: Literal["open", "acknowledged", "resolved"]
     study_day: int | None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SettingsDep, reject_nul
+from api import views
+from api.deps import ReaderDep, SettingsDep, reject_nul
 from api.schemas import (
     ERRORS,
     EligibilityOut,
@@ -18,38 +19,31 @@ from api.schemas import (
     SubjectPage,
     Timeline,
 )
-from service.studies import StudyReader, study_detail, study_summary
 
 router = APIRouter(
     prefix="/api/v1", tags=["studies"], responses=ERRORS, dependencies=[Depends(reject_nul)]
 )
 
 
-def _reader(request: Request) -> StudyReader:
-    reader: StudyReader = request.app.state.studies
-    return reader
-
-
 @router.get("/studies", response_model=StudyList, summary="Studies this deployment serves")
-async def list_studies(request: Request) -> dict[str, Any]:
+async def list_studies(reader: ReaderDep) -> dict[str, Any]:
     """Every loaded protocol: id, version, title, kind."""
-    reader = _reader(request)
-    return {"studies": [study_summary(p) for _, p in sorted(reader.protocols.items())]}
+    return {"studies": [views.study_summary(p) for _, p in sorted(reader.protocols.items())]}
 
 
 @router.get(
     "/studies/{study_id}", response_model=StudyDetail, summary="A study and its protocol settings"
 )
-async def get_study(request: Request, study_id: str) -> dict[str, Any]:
+async def get_study(reader: ReaderDep, study_id: str) -> dict[str, Any]:
     """The protocol file as loaded: schedule, eligibility, deviation rules, outcomes, choices."""
-    return study_detail(_reader(request).protocol(study_id))
+    return views.study_detail(reader.protocol(study_id))
 
 
 @router.get(
     "/studies/{study_id}/subjects", response_model=SubjectPage, summary="Subjects of a study"
 )
 async def list_subjects(
-    request: Request,
+    reader: ReaderDep,
     settings: SettingsDep,
     study_id: str,
     status: Annotated[str | None, Query(description="e.g. on-study, candidate, included")] = None,
@@ -59,12 +53,12 @@ async def list_subjects(
 ) -> dict[str, Any]:
     """Subjects in a stable order, filtered, a page at a time."""
     size = min(limit or settings.api_default_limit, settings.api_max_limit)
-    reader = _reader(request)
-    return await run_in_threadpool(
+    page = await run_in_threadpool(
         lambda: reader.subjects(
             study_id, cursor=cursor, limit=size, status=status, subject_number=subject_number
         )
     )
+    return views.subject_page(page)
 
 
 @router.get(
@@ -72,10 +66,9 @@ async def list_subjects(
     response_model=Timeline,
     summary="A subject's trial events in study-day order",
 )
-async def subject_timeline(request: Request, study_id: str, subject_id: str) -> dict[str, Any]:
+async def subject_timeline(reader: ReaderDep, study_id: str, subject_id: str) -> dict[str, Any]:
     """Every event with its date (and precision), study day, values and FHIR evidence."""
-    reader = _reader(request)
-    return await run_in_threadpool(lambda: reader.timeline(study_id, subject_id))
+    return views.timeline(await run_in_threadpool(lambda: reader.timeline(study_id, subject_id)))
 
 
 @router.get(
@@ -84,7 +77,7 @@ async def subject_timeline(request: Request, study_id: str, subject_id: str) -> 
     summary="Screening list: every candidate's eligibility",
 )
 async def screening_list(
-    request: Request,
+    reader: ReaderDep,
     settings: SettingsDep,
     study_id: str,
     status: Annotated[
@@ -96,10 +89,10 @@ async def screening_list(
 ) -> dict[str, Any]:
     """Candidates (a lung-cancer condition or a ResearchSubject), kept current on ingest."""
     size = min(limit or settings.api_default_limit, settings.api_max_limit)
-    reader = _reader(request)
-    return await run_in_threadpool(
+    page = await run_in_threadpool(
         lambda: reader.screening(study_id, cursor=cursor, limit=size, overall=status)
     )
+    return views.screening_page(page)
 
 
 @router.get(
@@ -108,7 +101,7 @@ async def screening_list(
     summary="A candidate's criteria, verdicts and evidence, as of a day",
 )
 async def subject_eligibility(
-    request: Request,
+    reader: ReaderDep,
     study_id: str,
     subject_id: str,
     as_of: Annotated[
@@ -117,8 +110,8 @@ async def subject_eligibility(
     ] = None,
 ) -> dict[str, Any]:
     """Stored result (kept current on ingest) by default; computed on demand for a given as_of."""
-    reader = _reader(request)
-    return await run_in_threadpool(lambda: reader.subject_eligibility(study_id, subject_id, as_of))
+    found = await run_in_threadpool(lambda: reader.subject_eligibility(study_id, subject_id, as_of))
+    return views.candidate_eligibility(found)
 
 
 @router.get(
@@ -126,7 +119,7 @@ async def subject_eligibility(
     response_model=SubjectOutcomesOut,
     summary="A subject's endpoints: time to surgery, MPR, pCR, EFS, OS, safety",
 )
-async def subject_outcomes(request: Request, study_id: str, subject_id: str) -> dict[str, Any]:
+async def subject_outcomes(reader: ReaderDep, study_id: str, subject_id: str) -> dict[str, Any]:
     """Computed from the subject's current events, with the evidence of each endpoint."""
-    reader = _reader(request)
-    return await run_in_threadpool(lambda: reader.outcomes(study_id, subject_id))
+    found = await run_in_threadpool(lambda: reader.outcomes(study_id, subject_id))
+    return views.subject_endpoints(found)

@@ -1,12 +1,26 @@
-"""Errors that carry their HTTP status and FHIR issues, so one handler can render them all."""
+"""One error hierarchy: every refusal carries the HTTP status it answers with; `api/` renders it.
+
+`TrialbridgeError` is the base. `FhirError` carries OperationOutcome issues (FHIR endpoints),
+`ApiError` a stable code, message and details (the JSON API), and `DatabaseUnavailableError` is the
+one way any use case says the database cannot be reached: api/errors.py renders it as the FHIR
+`transient` outcome or the JSON `database_unavailable` error, by endpoint.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from fhir_mapping.issues import InvalidContentError, Issue
 
 
-class FhirError(Exception):
-    """A request we refuse: HTTP status plus OperationOutcome issues."""
+class TrialbridgeError(Exception):
+    """A request the service refuses on purpose, with the HTTP status that says why."""
+
+    status: int = 500
+
+
+class FhirError(TrialbridgeError):
+    """A FHIR request we refuse: HTTP status plus OperationOutcome issues."""
 
     def __init__(self, status: int, issues: list[Issue]) -> None:
         super().__init__("; ".join(i.diagnostics for i in issues))
@@ -26,11 +40,7 @@ class FhirError(Exception):
         return cls(status, exc.issues)
 
 
-class WriteConflictError(Exception):
-    """Another request changed the same resource first; the unit of work is retried."""
-
-
-class ApiError(Exception):
+class ApiError(TrialbridgeError):
     """A JSON-API request we refuse: status, a stable machine code, and a message for people."""
 
     def __init__(
@@ -41,3 +51,16 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.details = details or []
+
+
+class DatabaseUnavailableError(FhirError):
+    """The database could not be reached; during a write, nothing was written.
+
+    A FhirError (a `transient` issue) so FHIR use cases treat it like any refusal; the JSON API
+    renders it as `database_unavailable`.
+    """
+
+    def __init__(self, during: Literal["read", "write"]) -> None:
+        retry = "nothing was written, retry later" if during == "write" else "retry later"
+        super().__init__(503, [Issue("transient", f"the database is unavailable; {retry}")])
+        self.during = during

@@ -18,9 +18,10 @@ import uvicorn
 from sqlalchemy import Engine, text
 
 from api.app import create_app
-from service import migrate, store
-from service.db import make_engine
-from service.settings import Settings
+from service.infra import migrate
+from service.infra.db import make_engine
+from service.infra.settings import Settings
+from service.repositories import fhir_versions
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -183,4 +184,4 @@ def counts(engine: Engine) -> dict[str, int]:
     from sqlmodel import Session
 
     with Session(engine) as session:
-        return store.table_counts(session)
+        return fhir_versions.table_counts(session)

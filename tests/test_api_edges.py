@@ -14,8 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from service import webhooks
-from service.settings import Settings
+from service.infra.settings import Settings
+from service.notifications import webhooks
 from tests.conftest import LiveServer, counts, refuse_server_errors, start_server
 from tests.test_deviation_api import NCT, deviations, late_surgery_subject, one
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from service.settings import Settings
+from service.infra.settings import Settings
 from tests.conftest import LiveServer, counts, refuse_server_errors
 
 MIB = 1024 * 1024

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from service.charlson import Weighting, charlson_index, charlson_indices, normalise_code
+from service.studies.cirae.charlson import (
+    Weighting,
+    charlson_index,
+    charlson_indices,
+    normalise_code,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,12 +19,19 @@ from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import SourceRef, TrialEvent
 from fhir_mapping.events.registry import map_resource
 from fhir_mapping.validation import validate_resource
-from service.cirae_analysis import cirae_outcomes, km_groups
-from service.cirae_cohort import CohortPatient, build_cohort
-from service.cirae_cox import Interval, build_design, cox_model, reference_level, tv_intervals
-from service.cirae_model import CirAESubject, Group, Resolution
-from service.protocol import CohortProtocol, load_protocols
-from service.terminology_files import build_terminology
+from service.protocol.terminology import build_terminology
+from service.studies.cirae.analysis import cirae_outcomes, km_groups
+from service.studies.cirae.cohort import CohortPatient, build_cohort
+from service.studies.cirae.cox import (
+    Interval,
+    build_design,
+    cox_model,
+    reference_level,
+    tv_intervals,
+)
+from service.studies.cirae.protocol import CohortProtocol
+from service.studies.cirae.records import CirAESubject, Group, Resolution
+from service.studies.registry import load_protocols
 from tests.synthetic_cirae import generate
 
 TERMS = build_terminology()

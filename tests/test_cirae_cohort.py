@@ -12,7 +12,8 @@ from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import SourceRef, TrialEvent
 from fhir_mapping.events.registry import map_resource
 from fhir_mapping.terminology import ICD10CM, LOINC
-from service.cirae_cohort import (
+from service.protocol.terminology import build_terminology
+from service.studies.cirae.cohort import (
     CohortBuild,
     CohortPatient,
     Exclusion,
@@ -20,9 +21,9 @@ from service.cirae_cohort import (
     build_cohort,
     build_cohort_report,
 )
-from service.cirae_model import CirAESubject
-from service.protocol import CohortProtocol, load_protocols
-from service.terminology_files import build_terminology
+from service.studies.cirae.protocol import CohortProtocol
+from service.studies.cirae.records import CirAESubject
+from service.studies.registry import load_protocols
 
 TERMS = build_terminology()
 US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"

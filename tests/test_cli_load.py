@@ -10,8 +10,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from service.db import make_engine
-from service.settings import Settings
+from service.infra.db import make_engine
+from service.infra.settings import Settings
 from tests.conftest import SHARED_DATA, counts
 
 TRIALBRIDGE = str(Path(sys.executable).parent / "trialbridge")

@@ -10,11 +10,11 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, event
 
-from service import migrate
-from service.db import make_engine
 from service.errors import FhirError
-from service.fhir_store import FhirStore
-from service.settings import Settings
+from service.fhir.interactions import FhirStore
+from service.infra import migrate
+from service.infra.db import make_engine
+from service.infra.settings import Settings
 from tests.conftest import POSTGRES_ADMIN_URL, counts
 from tests.helpers import bundle, entry, observation, patient
 

@@ -12,13 +12,15 @@ from sqlmodel import Session
 from fhir_mapping.bundles import resource_entry
 from fhir_mapping.json_codec import loads
 from fhir_mapping.resource_types import SUPPORTED_TYPES
-from service import derivation as derivation_module
-from service import event_store, migrate
-from service.catalog import load_catalog
-from service.db import make_engine
-from service.fhir_time import utcnow
-from service.ingest import WriteContext, apply_entries
-from service.settings import Settings
+from service.derivation import refresh as derivation_module
+from service.derivation.catalog import load_catalog
+from service.fhir.ingest import WriteContext, apply_entries
+from service.infra import migrate
+from service.infra.clock import utcnow
+from service.infra.db import make_engine
+from service.infra.settings import Settings
+from service.repositories import trial_events
+from service.repositories.unit_of_work import UnitOfWork
 from tests.conftest import SHARED_DATA
 
 SITE_VALUESET = {
@@ -48,17 +50,19 @@ def test_a_pseudonym_key_made_in_a_rolled_back_transaction_is_forgotten(
     engine, derivation = _fresh(new_database, backend)
     try:
         with Session(engine) as session:
-            discarded = derivation.pseudonym_key(session)
-            assert derivation.pseudonym_key(session) == discarded  # one key per unit of work
-            session.rollback()
+            uow = UnitOfWork(session)
+            discarded = derivation.pseudonym_key(uow)
+            assert derivation.pseudonym_key(uow) == discarded  # one key per unit of work
+            uow.rollback()
         assert _stored_keys(engine) == []
         with Session(engine) as session:
-            kept = derivation.pseudonym_key(session)
-            session.commit()
+            uow = UnitOfWork(session)
+            kept = derivation.pseudonym_key(uow)
+            uow.commit()
         assert kept != discarded
         assert [k.encode() for k in _stored_keys(engine)] == [kept]
         with Session(engine) as session:
-            assert derivation.pseudonym_key(session) == kept
+            assert derivation.pseudonym_key(UnitOfWork(session)) == kept
     finally:
         engine.dispose()
 
@@ -71,22 +75,25 @@ def test_a_rolled_back_valueset_does_not_become_the_terminology_baseline(
     entry = resource_entry(SITE_VALUESET, method="PUT", path="", resource_id="site-dupilumab")
     try:
         with Session(engine) as session:
-            apply_entries(session, [entry], ctx)
-            _, changed = derivation.terminology(session)
+            uow = UnitOfWork(session)
+            apply_entries(uow, [entry], ctx)
+            _, changed = derivation.terminology(uow)
             assert changed  # the site code is new
-            session.rollback()
+            uow.rollback()
         with Session(engine) as session:
-            _, changed = derivation.terminology(session)
+            uow = UnitOfWork(session)
+            _, changed = derivation.terminology(uow)
             assert not changed  # compared with what is committed: nothing changed
-            session.commit()
+            uow.commit()
         entry = resource_entry(SITE_VALUESET, method="PUT", path="", resource_id="site-dupilumab")
         with Session(engine) as session:
-            apply_entries(session, [entry], ctx)
-            _, changed = derivation.terminology(session)
+            uow = UnitOfWork(session)
+            apply_entries(uow, [entry], ctx)
+            _, changed = derivation.terminology(uow)
             assert changed
-            session.commit()
+            uow.commit()
         with Session(engine) as session:
-            _, changed = derivation.terminology(session)
+            _, changed = derivation.terminology(UnitOfWork(session))
             assert not changed  # committed: now the baseline
     finally:
         engine.dispose()
@@ -109,13 +116,17 @@ def test_a_mapping_failure_is_reported_only_for_content_that_is_kept(
     try:
         for outcome in ("rollback", "commit"):
             caplog.clear()
-            with caplog.at_level(logging.ERROR, logger="service.derivation"), Session(engine) as s:
+            with (
+                caplog.at_level(logging.ERROR, logger="service.derivation.refresh"),
+                Session(engine) as s,
+            ):
+                uow = UnitOfWork(s)
                 apply_entries(
-                    s, [resource_entry(patient, method="PUT", path="", resource_id="p1")], ctx
+                    uow, [resource_entry(patient, method="PUT", path="", resource_id="p1")], ctx
                 )
-                derivation.after_write(s)
+                derivation.after_write(uow)
                 assert caplog.records == []  # not yet: the transaction may still be refused
-                getattr(s, outcome)()
+                getattr(uow, outcome)()
             reported = [r.getMessage() for r in caplog.records]
             if outcome == "rollback":
                 assert reported == []
@@ -150,13 +161,14 @@ def test_events_read_back_in_the_writing_session_are_the_events_decoded_later(
     patients = sorted(r["id"] for r in resources if r["resourceType"] == "Patient")
     try:
         with Session(engine) as session:
-            apply_entries(session, entries, ctx)
-            derivation.after_write(session)
-            mapped = {id(e) for e in session.info[event_store._STORED_EVENTS].values()}
-            in_session = event_store.events_of(session, patients)
-            session.commit()
+            uow = UnitOfWork(session)
+            apply_entries(uow, entries, ctx)
+            derivation.after_write(uow)
+            mapped = {id(e) for e in uow.stored_events.values()}
+            in_session = trial_events.events_of(session, patients, stored=uow.stored_events)
+            uow.commit()
         with Session(engine) as session:
-            decoded = event_store.events_of(session, patients)
+            decoded = trial_events.events_of(session, patients)
             stored = session.execute(text("SELECT count(*) FROM trial_event")).scalar_one()
         served = [e for events in in_session.values() for e in events]
         assert len(served) == len(mapped) == stored  # every event came from memory, none decoded

@@ -26,10 +26,10 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from service.db import make_engine
-from service.derivation import Derivation
-from service.deviation_sync import RESOLVED_BY_DATA
-from service.settings import Settings
+from service.derivation.refresh import Derivation
+from service.infra.db import make_engine
+from service.infra.settings import Settings
+from service.studies.interventional.deviation_sync import RESOLVED_BY_DATA
 from tests.conftest import FHIR_JSON, clear_store, start_server
 from tests.helpers import bundle, entry
 

@@ -12,10 +12,16 @@ import pytest
 from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import SourceRef, TrialEvent
 from fhir_mapping.events.registry import map_resource
-from service.eligibility import CriterionResult, EligibilityResult, Verdict, evaluate
-from service.membership import trial_membership
-from service.protocol import TrialProtocol, load_protocols
-from service.terminology_files import build_terminology
+from service.protocol.terminology import build_terminology
+from service.studies.interventional.eligibility import (
+    CriterionResult,
+    EligibilityResult,
+    Verdict,
+    evaluate,
+)
+from service.studies.interventional.membership import trial_membership
+from service.studies.interventional.protocol import TrialProtocol
+from service.studies.registry import load_protocols
 
 TERMINOLOGY = build_terminology()
 _LOADED = load_protocols(TERMINOLOGY)["NCT06088771"]

@@ -12,7 +12,7 @@ from fhir_mapping.events.condition import map_condition
 from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.json_codec import loads
-from service.terminology_files import build_terminology
+from service.protocol.terminology import build_terminology
 from tests.conftest import SHARED_DATA
 
 TERMINOLOGY = build_terminology()

@@ -17,7 +17,7 @@ from fhir_mapping.events.medication_exposure import (
 )
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.json_codec import LexicalDecimal, loads
-from service.terminology_files import build_terminology
+from service.protocol.terminology import build_terminology
 from tests.conftest import SHARED_DATA
 
 TERMINOLOGY = build_terminology()

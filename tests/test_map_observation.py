@@ -11,7 +11,7 @@ from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.observation import map_observation, parse_tnm
 from fhir_mapping.json_codec import LexicalDecimal, loads
-from service.terminology_files import build_terminology
+from service.protocol.terminology import build_terminology
 from tests.conftest import SHARED_DATA
 
 TERMINOLOGY = build_terminology()

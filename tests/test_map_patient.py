@@ -15,7 +15,7 @@ from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.patient import map_patient
 from fhir_mapping.events.procedure import map_procedure
 from fhir_mapping.json_codec import loads
-from service.terminology_files import build_terminology
+from service.protocol.terminology import build_terminology
 from tests.conftest import SHARED_DATA
 
 TERMINOLOGY = build_terminology()

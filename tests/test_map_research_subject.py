@@ -9,7 +9,7 @@ import pytest
 from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import EventKind, SourceRef
 from fhir_mapping.events.research_subject import map_research_subject
-from service.terminology_files import build_terminology
+from service.protocol.terminology import build_terminology
 
 TERMINOLOGY = build_terminology()
 CT_GOV = "https://clinicaltrials.gov"

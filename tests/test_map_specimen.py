@@ -9,7 +9,7 @@ import pytest
 from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.specimen import map_specimen
-from service.terminology_files import build_terminology
+from service.protocol.terminology import build_terminology
 
 TERMINOLOGY = build_terminology()
 V2_0487 = "http://terminology.hl7.org/CodeSystem/v2-0487"

@@ -9,10 +9,11 @@ from fractions import Fraction
 
 import pytest
 
-from service.cirae_model import CirAESubject, Group, IcbType, MatchedSet, MatchResult
-from service.matching import distance, match
-from service.protocol import Calipers, CohortProtocol, Matching, load_protocols
-from service.terminology_files import build_terminology
+from service.protocol.terminology import build_terminology
+from service.studies.cirae.matching import distance, match
+from service.studies.cirae.protocol import Calipers, CohortProtocol, Matching
+from service.studies.cirae.records import CirAESubject, Group, IcbType, MatchedSet, MatchResult
+from service.studies.registry import load_protocols
 
 
 def _settings() -> Matching:

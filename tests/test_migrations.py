@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect, text
 
-from service import migrate
-from service.db import make_engine
-from service.settings import Settings
+from service.infra import migrate
+from service.infra.db import make_engine
+from service.infra.settings import Settings
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

@@ -28,12 +28,12 @@ from sqlalchemy import Engine, text
 from fhir_mapping.bundles import owed_checker, parse_bundle
 from fhir_mapping.issues import Issue
 from fhir_mapping.json_codec import loads
-from service import migrate
-from service.db import make_engine
 from service.errors import FhirError
-from service.fhir_store import FhirStore
-from service.model_checks import Claims, ModelChecks, PendingVerdicts, default_processes
-from service.settings import Settings
+from service.fhir.interactions import FhirStore
+from service.fhir.validation_workers import Claims, ModelChecks, PendingVerdicts, default_processes
+from service.infra import migrate
+from service.infra.db import make_engine
+from service.infra.settings import Settings
 from tests.conftest import FHIR_JSON, clear_store, counts, start_server
 from tests.helpers import bundle, entry, observation, patient, statuses
 

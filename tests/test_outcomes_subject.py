@@ -13,9 +13,10 @@ import pytest
 from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import SourceRef, TrialEvent
 from fhir_mapping.events.registry import map_resource
-from service.outcomes import subject_outcomes
-from service.protocol import TrialProtocol, load_protocols
-from service.terminology_files import build_terminology
+from service.protocol.terminology import build_terminology
+from service.studies.interventional.protocol import TrialProtocol
+from service.studies.interventional.subject_outcomes import subject_outcomes
+from service.studies.registry import load_protocols
 from tests.conftest import LiveServer
 from tests.helpers import bundle, entry
 

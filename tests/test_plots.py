@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from service.plots import km_plot, km_steps, swimmer_plot
-from service.survival import km_fitter
-from service.trial_cohort import SwimmerRow
+from service.stats.plots import SwimmerRow, km_plot, km_steps, swimmer_plot
+from service.stats.survival import km_fitter
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SVG = "{http://www.w3.org/2000/svg}"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.process import (
+from service.infra.process import (
     OLDER_COLLECTION_THRESHOLDS,
     YOUNG_COLLECTION_THRESHOLD,
     settle_process,

@@ -11,14 +11,16 @@ import pytest
 
 from fhir_mapping.partial_dates import parse_partial_date, study_day
 from fhir_mapping.terminology import ICD10, ICD10CM, Terminology, ValueSetDefinition
-from service.catalog import load_catalog
-from service.protocol import ProtocolError, TrialProtocol, load_protocols, parse_protocol
-from service.settings import Settings
-from service.terminology_files import (
+from service.derivation.catalog import load_catalog
+from service.infra.settings import Settings
+from service.protocol.schema import ProtocolError
+from service.protocol.terminology import (
     TerminologyError,
     build_terminology,
     packaged_definitions,
 )
+from service.studies.interventional.protocol import TrialProtocol
+from service.studies.registry import load_protocols, parse_protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 NCT_FILE = ROOT / "service" / "protocols" / "nct06088771.toml"

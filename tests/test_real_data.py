@@ -20,7 +20,7 @@ from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import SourceRef
 from fhir_mapping.events.registry import map_resource
 from fhir_mapping.resource_types import SUPPORTED_TYPES
-from service.terminology_files import build_terminology
+from service.protocol.terminology import build_terminology
 from tests.conftest import SHARED_DATA, counts
 
 EXAMPLES_DIR = SHARED_DATA / "fhir-r4-examples"

@@ -21,8 +21,8 @@ from starlette.requests import Request
 
 from api.fhir_http import read_body
 from service.errors import FhirError
-from service.model_checks import ModelChecks
-from service.settings import Settings
+from service.fhir.validation_workers import ModelChecks
+from service.infra.settings import Settings
 from tests.conftest import FHIR_JSON, LiveServer, counts, refuse_server_errors, start_server
 
 NCT = "NCT06088771"

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from service.db import make_engine
-from service.settings import Settings
+from service.infra.db import make_engine
+from service.infra.settings import Settings
 from tests.conftest import counts
 
 NDJSON = {"content-type": "application/fhir+ndjson"}

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from service.settings import Settings
+from service.infra.settings import Settings
 from tests.conftest import LiveServer, counts, start_server
 from tests.helpers import bundle, entry
 

@@ -10,7 +10,7 @@ from lifelines import KaplanMeierFitter
 from lifelines.utils import median_survival_times
 from scipy.stats import beta
 
-from service.survival import (
+from service.stats.survival import (
     DAYS_PER_MONTH,
     DECIMALS,
     at_risk,

@@ -12,16 +12,17 @@ from scipy.stats import binomtest
 from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import SourceRef, TrialEvent
 from fhir_mapping.events.registry import map_resource
-from service.fhir_time import shift_day
-from service.protocol import TrialProtocol, load_protocols
-from service.survival import DAYS_PER_MONTH
-from service.terminology_files import build_terminology
-from service.trial_cohort import (
+from service.infra.clock import shift_day
+from service.protocol.terminology import build_terminology
+from service.stats.plots import SwimmerRow
+from service.stats.survival import DAYS_PER_MONTH
+from service.studies.interventional.cohort_statistics import (
     CohortInput,
-    SwimmerRow,
     cohort_outcomes,
     cohort_plot_data,
 )
+from service.studies.interventional.protocol import TrialProtocol
+from service.studies.registry import load_protocols
 
 TERMS = build_terminology()
 PROTOCOL = load_protocols(TERMS)["NCT06088771"]

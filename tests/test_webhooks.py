@@ -28,11 +28,13 @@ from fastapi import FastAPI
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from service import deviation_store, migrate, webhooks
-from service.db import make_engine
-from service.derivation import Derivation
-from service.settings import Settings
-from service.webhooks import DeliveryPolicy, Dispatcher, deliver_due
+from service.derivation.refresh import Derivation
+from service.infra import migrate
+from service.infra.db import make_engine
+from service.infra.settings import Settings
+from service.notifications import webhooks
+from service.notifications.webhooks import DeliveryPolicy, Dispatcher, deliver_due
+from service.repositories import webhook_outbox
 from tests.conftest import FHIR_JSON, clear_store, start_server
 from tests.helpers import bundle, entry
 
@@ -137,7 +139,7 @@ def fhir(live: Live, api: httpx.Client) -> Iterator[httpx.Client]:
 def outbox(engine: Engine) -> list[Any]:
     """Every notification row, in the order written."""
     with Session(engine) as session:
-        return deviation_store.outbox_state(session)
+        return webhook_outbox.outbox_state(session)
 
 
 def subscribe(
@@ -711,7 +713,7 @@ def test_redelivery_after_a_crash_has_one_effect(
         raise RuntimeError("process killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(deviation_store, "mark_delivered", crash)
+        patch.setattr(webhook_outbox, "mark_delivered", crash)
         with pytest.raises(RuntimeError, match="process killed"):
             deliver(live.engine, T0, {URL_A: receiver})
     assert len(receiver.requests) == 1
@@ -812,7 +814,7 @@ def test_subscriptions_with_similar_ids_each_get_their_own_eligibility_row(
     """Long event ids must not make two subscriptions' keys collide (which would fail the write)."""
     with Session(live.engine) as session, session.begin():
         for n in (1, 2):
-            deviation_store.create_subscription(
+            webhook_outbox.create_subscription(
                 session,
                 {
                     "id": f"SUB-0123456789ab000{n}",
@@ -888,7 +890,7 @@ def test_delivery_waits_for_the_schema_without_failing(
     """Before the release step migrates: one warning, no failing passes, before or after it."""
     engine = make_engine(Settings(database_url=str(new_database(backend))))
     try:
-        with caplog.at_level(logging.WARNING, logger="service.webhooks"):
+        with caplog.at_level(logging.WARNING, logger="service.notifications.webhooks"):
             dispatcher = Dispatcher(engine, POLICY, interval_seconds=0.02)
             dispatcher.start()
             time.sleep(0.3)

@@ -1,0 +1,167 @@
+"""JSON shapes of the study API: typed service results in, wire dictionaries out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.infra.clock import iso_utc
+from service.protocol.schema import StudyProtocol
+from service.reads.results import (
+    CandidateEligibility,
+    CohortOutcomes,
+    DeviationDetail,
+    DeviationPage,
+    ScreeningPage,
+    StudyRef,
+    Subject,
+    SubjectEndpoints,
+    SubjectPage,
+    Timeline,
+    TimelineEntry,
+)
+from service.repositories.webhook_outbox import Subscription
+from service.stats.plots import MEDIA_TYPES
+
+_HEADER_KEYS = ("kind", "id", "version", "title", "sources")
+
+
+def study_summary(protocol: StudyProtocol) -> dict[str, Any]:
+    """What a list of studies shows."""
+    return {
+        "id": protocol.id,
+        "version": protocol.version,
+        "title": protocol.title,
+        "kind": protocol.kind,
+    }
+
+
+def study_detail(protocol: StudyProtocol) -> dict[str, Any]:
+    """The study with every protocol setting (windows, doses, criteria, choices)."""
+    dumped = protocol.model_dump(mode="json")
+    settings = {k: v for k, v in dumped.items() if k not in _HEADER_KEYS}
+    return {**study_summary(protocol), "sources": list(protocol.sources), "settings": settings}
+
+
+def _study(ref: StudyRef) -> dict[str, str]:
+    return {"id": ref.id, "version": ref.version}
+
+
+def _subject(s: Subject) -> dict[str, Any]:
+    return {
+        "subject_id": s.subject_id,
+        "subject_number": s.subject_number,
+        "status": s.status,
+        "enrolled_on": s.enrolled_on.isoformat() if s.enrolled_on else None,
+        "day1": s.day1.isoformat() if s.day1 else None,
+        "updated_at": iso_utc(s.updated_at),
+    }
+
+
+def subject_page(page: SubjectPage) -> dict[str, Any]:
+    """GET /studies/{id}/subjects."""
+    return {
+        "study": _study(page.study),
+        "subjects": [_subject(s) for s in page.subjects],
+        "next_cursor": page.next_cursor,
+    }
+
+
+def _timeline_entry(entry: TimelineEntry) -> dict[str, Any]:
+    return {**entry.event.to_json(), "study_day": entry.study_day}
+
+
+def timeline(t: Timeline) -> dict[str, Any]:
+    """GET /studies/{id}/subjects/{subject}/timeline."""
+    return {
+        "study": _study(t.study),
+        "subject": _subject(t.subject),
+        "computed_at": iso_utc(t.computed_at),
+        "events": [_timeline_entry(e) for e in t.events],
+    }
+
+
+def subject_endpoints(o: SubjectEndpoints) -> dict[str, Any]:
+    """GET /studies/{id}/subjects/{subject}/outcomes."""
+    return {
+        "study": _study(o.study),
+        "subject_id": o.subject_id,
+        "computed_at": iso_utc(o.computed_at),
+        **o.endpoints,
+    }
+
+
+def screening_page(page: ScreeningPage) -> dict[str, Any]:
+    """GET /studies/{id}/eligibility."""
+    return {
+        "study": _study(page.study),
+        "candidates": [
+            {
+                "subject_id": c.subject_id,
+                "overall": c.overall,
+                "counts": {"met": c.met, "not_met": c.not_met, "unknown": c.unknown},
+                "at_enrollment": c.at_enrollment,
+                "as_of": c.as_of.isoformat(),
+                "computed_at": iso_utc(c.computed_at),
+            }
+            for c in page.candidates
+        ],
+        "next_cursor": page.next_cursor,
+    }
+
+
+def candidate_eligibility(e: CandidateEligibility) -> dict[str, Any]:
+    """GET /studies/{id}/eligibility/{subject}."""
+    return {
+        "study": _study(e.study),
+        "subject_id": e.subject_id,
+        "computed_at": iso_utc(e.computed_at),
+        **e.verdicts,
+        "at_enrollment": e.at_enrollment,
+    }
+
+
+def cohort_outcomes(o: CohortOutcomes) -> dict[str, Any]:
+    """GET /studies/{id}/outcomes: the figures and where to fetch each plot."""
+    return {
+        "study": {**_study(o.study), "kind": o.kind},
+        "computed_at": o.computed_at,
+        "plots": {
+            name: {
+                fmt: f"/api/v1/studies/{o.study.id}/outcomes/plots/{name}.{fmt}"
+                for fmt in MEDIA_TYPES
+            }
+            for name in o.plots
+        },
+        "outcomes": dict(o.outcomes),
+    }
+
+
+def deviation_page(page: DeviationPage) -> dict[str, Any]:
+    """GET /studies/{id}/deviations."""
+    return {
+        "study": _study(page.study),
+        "deviations": [dict(d) for d in page.deviations],
+        "next_cursor": page.next_cursor,
+    }
+
+
+def deviation_detail(d: DeviationDetail) -> dict[str, Any]:
+    """GET/PATCH /studies/{id}/deviations/{deviation}: the deviation and its history."""
+    history = [
+        {"at": iso_utc(h.at), "actor": h.actor, "action": h.action, "detail": dict(h.detail)}
+        for h in d.history
+    ]
+    return {**d.deviation, "history": history}
+
+
+def subscription(s: Subscription) -> dict[str, Any]:
+    """A webhook subscription; its secret only in the answer that created it."""
+    body: dict[str, Any] = {
+        "id": s.id,
+        "url": s.url,
+        "events": list(s.events),
+        "created_at": iso_utc(s.created_at),
+    }
+    if s.secret is not None:
+        body["secret"] = s.secret
+    return body

@@ -1,0 +1,87 @@
+"""The CapabilityStatement: what this server really does, derived from the same tables it uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_mapping.bundles import ACCEPTED_BUNDLE_TYPES
+from fhir_mapping.resource_types import REFERENCE_PARAMS, SUPPORTED_TYPES
+from service.infra.clock import fhir_instant, utcnow
+
+_PARAM_DOCS = {
+    "_id": ("token", "Logical id, comma-separated for any of several"),
+    "identifier": ("token", "system|value, |value, system| or value"),
+    "_lastUpdated": (
+        "date",
+        "When the current version was stored; prefixes eq ne gt lt ge le sa eb",
+    ),
+}
+_CAPABILITY_DATE = "2026-11-21"
+
+
+def _search_params(rtype: str) -> list[dict[str, str]]:
+    params = [
+        {"name": name, "type": kind, "documentation": doc}
+        for name, (kind, doc) in _PARAM_DOCS.items()
+    ]
+    for name in sorted(REFERENCE_PARAMS.get(rtype, {})):
+        params.append({"name": name, "type": "reference", "documentation": "Type/id or id"})
+    return params
+
+
+def capability_statement(*, base_url: str, version: str) -> dict[str, Any]:
+    """CapabilityStatement (kind=instance) for FHIR R4 4.0.1, JSON only."""
+    interactions = ["read", "vread", "update", "delete", "create", "search-type"]
+    resources = [
+        {
+            "type": rtype,
+            "interaction": [{"code": code} for code in interactions],
+            "versioning": "versioned-update",
+            "readHistory": True,
+            "updateCreate": True,
+            "conditionalCreate": True,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": True,
+            "conditionalDelete": "single",
+            "referencePolicy": ["literal", "logical", "local"],
+            "searchParam": _search_params(rtype),
+        }
+        for rtype in sorted(SUPPORTED_TYPES)
+    ]
+    doc = (
+        "FHIR R4 store for clinical-trial ingest. Only the resource types listed are accepted; "
+        "others are refused with OperationOutcome not-supported. Bundle types accepted at the base: "
+        + ", ".join(ACCEPTED_BUNDLE_TYPES)
+        + ". collection and message Bundles are stored atomically as an upsert of every resource "
+        "they carry (the MessageHeader of a message is not stored). POST with identical content "
+        "returns the existing resource (200) instead of a copy; updates with identical content "
+        "create no new version. Unknown search parameters and modifierExtensions are refused."
+    )
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": _CAPABILITY_DATE,
+        "publisher": "trialbridge",
+        "kind": "instance",
+        "software": {"name": "trialbridge", "version": version},
+        "implementation": {"description": "trialbridge FHIR R4 endpoint", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": doc,
+                "resource": resources,
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+                "operation": [
+                    {
+                        "name": "import",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/import",
+                        "documentation": "POST application/fhir+ndjson; one resource per line, each "
+                        "upserted on its own; answers a batch-response with one entry per line",
+                    }
+                ],
+            }
+        ],
+        "meta": {"lastUpdated": fhir_instant(utcnow())},
+    }

@@ -1,0 +1,488 @@
+"""Write use cases: apply validated entries to the store in one unit of work.
+
+Order-independent by construction (FHIR transaction rules): identities are resolved first
+(DELETE, conditional POST/PUT), then every fullUrl is mapped to its final id, references are
+rewritten, and only then are versions written, in bulk. Reads (GET entries) see the result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from sqlmodel import Session
+
+from fhir_mapping.bundles import Entry
+from fhir_mapping.issues import InvalidContentError, Issue
+from fhir_mapping.json_codec import content_hash, dumps
+from fhir_mapping.references import identifier_index, parse_reference, reference_index
+from fhir_mapping.tokens import ascii_int
+from service.errors import FhirError
+from service.infra.clock import fhir_instant
+from service.repositories import fhir_versions
+from service.repositories.fhir_search import match_ids, search_bundle
+from service.repositories.fhir_versions import Key
+from service.repositories.unit_of_work import UnitOfWork
+
+
+@dataclass(frozen=True, slots=True)
+class WriteContext:
+    """Who is writing, when, and how references to this server look."""
+
+    now: dt.datetime
+    source: str
+    request_id: str
+    base_url: str | None = None
+    resolve_conditional_references: bool = True
+    require_urn_targets: bool = True
+    search_default_count: int = 50
+    search_max_count: int = 1000
+
+
+Change = Literal["created", "updated", "unchanged", "deleted", "none", "read", "failed"]
+
+
+@dataclass(slots=True)
+class EntryResult:
+    """The outcome of one entry: HTTP status, what changed, where it lives, optional body."""
+
+    status: int
+    change: Change = "none"
+    resource_type: str | None = None
+    resource_id: str | None = None
+    version_id: int | None = None
+    last_updated: dt.datetime | None = None
+    content: str | None = None
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def location(self) -> str | None:
+        """Relative versioned location, e.g. Patient/1/_history/2."""
+        if self.resource_type and self.resource_id and self.version_id:
+            return f"{self.resource_type}/{self.resource_id}/_history/{self.version_id}"
+        return None
+
+
+@dataclass(slots=True)
+class _Plan:
+    entry: Entry
+    target_id: str | None = None
+    found_existing: bool = False  # ifNoneExist matched: nothing to write
+    noop_delete: bool = False
+
+
+def _matches(
+    session: Session, resource_type: str, query: list[tuple[str, str]], where: str
+) -> list[str]:
+    """`match_ids`, with a refused criterion located at the element that carries it."""
+    try:
+        return match_ids(session, resource_type, query)
+    except FhirError as exc:
+        if not where:  # a header of a single-resource request: the parameter names it
+            raise
+        issues = [
+            replace(i, diagnostics=f"{where}: {i.diagnostics}", expression=(where,))
+            for i in exc.issues
+        ]
+        raise FhirError(exc.status, issues) from exc
+
+
+def _criteria_path(e: Entry, what: str) -> str:
+    """Where a Bundle entry's conditional criteria are written ("" outside a Bundle)."""
+    if not e.path.startswith("Bundle.entry["):
+        return ""
+    field = "ifNoneExist" if what == "ifNoneExist" else "url"
+    return f"Bundle.entry[{e.index}].request.{field}"
+
+
+def _at_most_one(session: Session, e: Entry, query: list[tuple[str, str]], what: str) -> str | None:
+    """The single resource a conditional query matches, None for none, 412 for several."""
+    ids = _matches(session, e.resource_type or "", query, _criteria_path(e, what))
+    if len(ids) > 1:
+        raise _multiple(e, what, len(ids))
+    return ids[0] if ids else None
+
+
+def _at_entry(status: int, code: str, entry: Entry, text: str) -> FhirError:
+    """An error of one entry, located at its path (a single-resource request has none)."""
+    if not entry.path:
+        return FhirError.of(status, code, text)
+    return FhirError.of(status, code, f"{entry.path}: {text}", entry.path)
+
+
+def _multiple(entry: Entry, what: str, n: int) -> FhirError:
+    return _at_entry(
+        412, "multiple-matches", entry, f"{what} matched {n} resources; it must match one"
+    )
+
+
+def _resolve_identities(session: Session, entries: list[Entry]) -> list[_Plan]:
+    plans = []
+    for e in entries:
+        plan = _Plan(e)
+        assert e.resource_type is not None
+        if e.method == "DELETE":
+            if e.query:
+                plan.target_id = _at_most_one(session, e, e.query, "conditional delete")
+                plan.noop_delete = plan.target_id is None
+            else:
+                plan.target_id = e.resource_id
+        elif e.method == "POST":
+            match = (
+                _at_most_one(session, e, e.if_none_exist, "ifNoneExist")
+                if e.if_none_exist
+                else None
+            )
+            plan.found_existing = match is not None
+            plan.target_id = match or e.urn_uuid or e.derived_id
+        elif e.method == "PUT":
+            if e.query:
+                match = _at_most_one(session, e, e.query, "conditional update")
+                body_id = e.resource.get("id") if e.resource else None
+                if match and body_id is not None and body_id != match:
+                    raise FhirError.of(
+                        400,
+                        "invalid",
+                        f"{e.path}: resource.id {body_id!r} differs from the matched {match!r}",
+                        e.path,
+                    )
+                plan.target_id = match or body_id or e.urn_uuid or str(uuid.uuid4())
+            else:
+                plan.target_id = e.resource_id
+        elif e.method == "UPSERT":
+            plan.target_id = e.resource_id or e.urn_uuid or e.derived_id
+        plans.append(plan)
+    return plans
+
+
+def _writes(plans: list[_Plan]) -> list[_Plan]:
+    return [
+        p
+        for p in plans
+        if p.entry.method in ("POST", "PUT", "UPSERT", "DELETE")
+        and not p.found_existing
+        and not p.noop_delete
+    ]
+
+
+def _check_overlaps(plans: list[_Plan]) -> None:
+    urls = Counter(p.entry.full_url for p in plans if p.entry.full_url)
+    dup_urls = sorted(u for u, n in urls.items() if n > 1)
+    if dup_urls:
+        raise FhirError.of(
+            400,
+            "duplicate",
+            f"fullUrl {dup_urls[0]!r} appears on more than one entry",
+            "Bundle.entry",
+        )
+    seen: dict[tuple[str, str], _Plan] = {}
+    # Resolved identities count too: an ifNoneExist match is the resource that entry stands for.
+    identities = [*_writes(plans), *(p for p in plans if p.found_existing)]
+    for p in sorted(identities, key=lambda p: p.entry.index):
+        assert p.entry.resource_type is not None
+        assert p.target_id is not None
+        key = (p.entry.resource_type, p.target_id)
+        if key in seen:
+            first = seen[key].entry.path
+            raise FhirError.of(
+                400,
+                "duplicate",
+                f"{first} and {p.entry.path} both name {key[0]}/{key[1]}; one identity per request",
+                first,
+                p.entry.path,
+            )
+        seen[key] = p
+
+
+class _Rewriter:
+    """Maps fullUrls and conditional references to final `Type/id` references."""
+
+    def __init__(
+        self,
+        session: Session,
+        plans: list[_Plan],
+        ctx: WriteContext,
+        known: dict[str, str] | None = None,
+    ) -> None:
+        self.session, self.ctx = session, ctx
+        self.map: dict[str, str] = dict(known or {})
+        for p in plans:
+            if p.entry.full_url and p.target_id and p.entry.method != "DELETE":
+                self.map[p.entry.full_url] = f"{p.entry.resource_type}/{p.target_id}"
+        self.conditional: dict[str, str] = {}
+
+    def rewrite(self, plans: list[_Plan]) -> None:
+        for p in plans:
+            for path, ref, original in p.entry.references:
+                ref["reference"] = self._target(original, f"{path}.reference")
+
+    def _target(self, original: str, where: str) -> str:
+        mapped = self.map.get(original)
+        if mapped is not None:
+            return mapped
+        if original.startswith(("urn:uuid:", "urn:oid:")):
+            if self.ctx.require_urn_targets:
+                raise FhirError.of(
+                    400,
+                    "not-found",
+                    f"{where}: {original} matches no fullUrl in this Bundle",
+                    where,
+                )
+            return original
+        if "?" in original and self.ctx.resolve_conditional_references:
+            parsed = parse_reference(original)
+            if parsed.kind == "conditional":
+                return self._conditional(
+                    original, parsed.resource_type or "", list(parsed.query), where
+                )
+        return original
+
+    def _conditional(
+        self, original: str, rtype: str, query: list[tuple[str, str]], where: str
+    ) -> str:
+        if original not in self.conditional:
+            ids = _matches(self.session, rtype, query, where)
+            if not ids:
+                raise FhirError.of(
+                    422,
+                    "not-found",
+                    f"{where}: conditional reference {original} matches no resource",
+                    where,
+                )
+            if len(ids) > 1:
+                raise FhirError.of(
+                    412,
+                    "multiple-matches",
+                    f"{where}: conditional reference {original} matches more than one resource",
+                    where,
+                )
+            self.conditional[original] = f"{rtype}/{ids[0]}"
+        return self.conditional[original]
+
+
+def _stamp(resource: dict[str, Any], rid: str, vid: int, now: dt.datetime) -> dict[str, Any]:
+    """The resource as stored: server id and meta first, then everything as received."""
+    meta = resource.get("meta")
+    meta = (
+        {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+        if isinstance(meta, dict)
+        else {}
+    )
+    out: dict[str, Any] = {
+        "resourceType": resource["resourceType"],
+        "id": rid,
+        "meta": {"versionId": str(vid), "lastUpdated": fhir_instant(now), **meta},
+    }
+    out.update((k, v) for k, v in resource.items() if k not in out)
+    return out
+
+
+def upsert_identity(entry: Entry) -> tuple[str, str]:
+    """Where an upsert (collection, message, import) puts its resource: id, urn:uuid, or content."""
+    return entry.resource_type or "", entry.resource_id or entry.urn_uuid or entry.derived_id or ""
+
+
+def apply_upserts(uow: UnitOfWork, entries: list[Entry], ctx: WriteContext) -> list[EntryResult]:
+    """Upsert entries in order; a resource carried twice (FHIR bdl-7) becomes successive versions."""
+    known = {e.full_url: "/".join(upsert_identity(e)) for e in entries if e.full_url}
+    generations: list[list[Entry]] = []
+    for e in entries:
+        key = upsert_identity(e)
+        level = next(
+            (
+                i
+                for i in range(len(generations) - 1, -1, -1)
+                if key in {upsert_identity(x) for x in generations[i]}
+            ),
+            -1,
+        )
+        if level + 1 == len(generations):
+            generations.append([])
+        generations[level + 1].append(e)
+    results: dict[int, EntryResult] = {}
+    for generation in generations:
+        for e, result in zip(generation, apply_entries(uow, generation, ctx, known), strict=True):
+            results[e.index] = result
+    return [results[e.index] for e in entries]
+
+
+def apply_entries(
+    uow: UnitOfWork,
+    entries: list[Entry],
+    ctx: WriteContext,
+    known_urls: dict[str, str] | None = None,
+) -> list[EntryResult]:
+    """Apply entries atomically (the caller owns the transaction); results in entry order.
+
+    Plan (identities and targets), rewrite references, write the versions, then complete the
+    results of what wrote nothing (unchanged content, ifNoneExist matches, reads).
+    """
+    session = uow.session
+    plans, writes, heads = _plan(session, entries, ctx, known_urls)
+    results: dict[int, EntryResult] = {}
+    rows: list[fhir_versions.VersionRow] = []
+    unchanged: list[tuple[int, Key]] = []
+    for p in writes:
+        row, results[p.entry.index] = _version_of(p, heads, ctx)
+        if row is not None:
+            rows.append(row)
+        elif results[p.entry.index].change == "unchanged":
+            unchanged.append((p.entry.index, (p.entry.resource_type or "", p.target_id or "")))
+    fhir_versions.write_versions(session, rows, heads, source=ctx.source, request_id=ctx.request_id)
+    uow.record(rows)
+    _complete(session, plans, results, unchanged, ctx)
+    return [results[e.index] for e in entries]
+
+
+def _plan(
+    session: Session, entries: list[Entry], ctx: WriteContext, known_urls: dict[str, str] | None
+) -> tuple[list[_Plan], list[_Plan], dict[Key, fhir_versions.Head]]:
+    """Every entry's target, references rewritten to them, and the current heads of the writes."""
+    plans = _resolve_identities(session, entries)
+    _check_overlaps(plans)
+    writes = _writes(plans)
+    heads = fhir_versions.load_heads(session, [_key(p) for p in writes])
+    _Rewriter(session, plans, ctx, known_urls).rewrite(plans)
+    # A create never overwrites: an id taken from its urn:uuid or derived from its content that
+    # already holds different content (or was deleted) gets a fresh id. So does a content-derived
+    # upsert; an upsert by id or urn:uuid names its target on purpose.
+    clashed = False
+    for p in writes:
+        head = heads.get(_key(p))
+        if head is not None and (
+            p.entry.method == "POST"
+            or (p.entry.method == "UPSERT" and p.target_id == p.entry.derived_id)
+        ):
+            assert p.entry.resource is not None
+            if head.deleted or head.content_hash != content_hash(p.entry.resource):
+                p.target_id, clashed = str(uuid.uuid4()), True
+    if clashed:
+        _Rewriter(session, plans, ctx, known_urls).rewrite(plans)
+        heads = fhir_versions.load_heads(session, [_key(p) for p in writes])
+    return plans, writes, heads
+
+
+def _key(p: _Plan) -> Key:
+    return p.entry.resource_type or "", p.target_id or ""
+
+
+def _version_of(
+    p: _Plan, heads: dict[Key, fhir_versions.Head], ctx: WriteContext
+) -> tuple[fhir_versions.VersionRow | None, EntryResult]:
+    """The version one write adds (None: nothing to add) and its entry's result."""
+    e = p.entry
+    rtype, rid = _key(p)
+    head = heads.get((rtype, rid))
+    live = head is not None and not head.deleted
+    if e.if_match is not None and (not live or head is None or head.version_id != e.if_match):
+        current = f'W/"{head.version_id}"' if live and head else "no current version"
+        raise _at_entry(
+            412, "conflict", e, f'If-Match W/"{e.if_match}" but {rtype}/{rid} is at {current}'
+        )
+    next_vid = head.version_id + 1 if head else 1
+    if e.method == "DELETE":
+        if not live:
+            return None, EntryResult(204, "none", rtype, rid)
+        row = fhir_versions.VersionRow(rtype, rid, next_vid, ctx.now, "", None, [], [])
+        return row, EntryResult(204, "deleted", rtype, rid, next_vid, ctx.now)
+    assert e.resource is not None
+    digest = content_hash(e.resource)
+    if live and head is not None and head.content_hash == digest:
+        return None, EntryResult(200, "unchanged", rtype, rid, head.version_id, head.last_updated)
+    stored = _stamp(e.resource, rid, next_vid, ctx.now)
+    row = fhir_versions.VersionRow(
+        rtype,
+        rid,
+        next_vid,
+        ctx.now,
+        digest,
+        dumps(stored).decode(),
+        identifier_index(stored),
+        reference_index(rtype, stored, ctx.base_url),
+        stored,
+    )
+    result = EntryResult(
+        200 if live else 201,
+        "updated" if live else "created",
+        rtype,
+        rid,
+        next_vid,
+        ctx.now,
+        row.content,
+    )
+    return row, result
+
+
+def _complete(
+    session: Session,
+    plans: list[_Plan],
+    results: dict[int, EntryResult],
+    unchanged: list[tuple[int, Key]],
+    ctx: WriteContext,
+) -> None:
+    """Fill in the results of entries that wrote nothing: unchanged, matched, no-op, read."""
+    if unchanged:
+        contents = {
+            (v.resource_type, v.resource_id): v.content
+            for v in fhir_versions.read_current_many(session, [k for _, k in unchanged])
+        }
+        for index, key in unchanged:
+            results[index].content = contents[key]
+    for p in plans:
+        e = p.entry
+        if p.noop_delete:
+            results[e.index] = EntryResult(204, "none", e.resource_type)
+        elif p.found_existing:
+            found = fhir_versions.read_version(session, e.resource_type or "", p.target_id or "")
+            assert found is not None
+            results[e.index] = EntryResult(
+                200,
+                "unchanged",
+                found.resource_type,
+                found.resource_id,
+                found.version_id,
+                found.last_updated,
+                found.content,
+            )
+        elif e.method == "GET":
+            results[e.index] = _read_entry(session, e, ctx)
+
+
+def _read_entry(session: Session, e: Entry, ctx: WriteContext) -> EntryResult:
+    if e.resource_id is None:  # a search: the entry's resource is the searchset Bundle
+        searchset = search_bundle(
+            session,
+            e.resource_type or "",
+            e.query or [],
+            base=ctx.base_url or "",
+            default_count=ctx.search_default_count,
+            max_count=ctx.search_max_count,
+        )
+        return EntryResult(200, "read", content=searchset.decode())
+    vid = ascii_int(e.version_id) if e.version_id is not None else None
+    if e.version_id is not None and vid is None:
+        raise FhirError.of(404, "not-found", f"{e.path}: no version {e.version_id!r}", e.path)
+    found = fhir_versions.read_version(session, e.resource_type or "", e.resource_id, vid)
+    if found is None or found.deleted:
+        status, code = (410, "deleted") if found else (404, "not-found")
+        raise FhirError.of(
+            status, code, f"{e.path}: {e.resource_type}/{e.resource_id} is not available", e.path
+        )
+    return EntryResult(
+        200,
+        "read",
+        found.resource_type,
+        found.resource_id,
+        found.version_id,
+        found.last_updated,
+        found.content,
+    )
+
+
+def failure(exc: FhirError | InvalidContentError) -> EntryResult:
+    """An entry that failed on its own (batch, import): its status and issues."""
+    err = exc if isinstance(exc, FhirError) else FhirError.from_invalid(exc)
+    return EntryResult(err.status, "failed", issues=err.issues)

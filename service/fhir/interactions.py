@@ -1,0 +1,513 @@
+"""The FHIR store's use cases, each one unit of work, retried when a concurrent writer won."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlmodel import Session
+
+from fhir_mapping.bundles import (
+    BODY,
+    Entry,
+    ParsedBundle,
+    bundle_envelope,
+    owed_checker,
+    parse_bundle,
+    parse_conditional,
+    parse_etag,
+    resource_entry,
+    settle_models,
+)
+from fhir_mapping.issues import InvalidContentError
+from fhir_mapping.json_codec import loads, loads_text, loads_unguarded
+from fhir_mapping.references import is_valid_id
+from fhir_mapping.resource_types import SUPPORTED_TYPES
+from fhir_mapping.tokens import ascii_int
+from service.derivation.catalog import load_catalog
+from service.derivation.refresh import Derivation
+from service.errors import DatabaseUnavailableError, FhirError
+from service.fhir.ingest import (
+    EntryResult,
+    WriteContext,
+    apply_entries,
+    apply_upserts,
+    failure,
+    upsert_identity,
+)
+from service.fhir.validation_workers import ModelChecks, PendingVerdicts
+from service.infra.clock import utcnow
+from service.infra.db import reading
+from service.infra.settings import Settings
+from service.repositories import fhir_versions
+from service.repositories.fhir_search import search_bundle
+from service.repositories.unit_of_work import UnitOfWork, unit_of_work
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# SQLSTATEs that mean "another transaction won, try again": unique, serialization, deadlock.
+_RETRY_SQLSTATES = {"23505", "40001", "40P01"}
+IMPORT_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class LineOutcome:
+    """What happened to one NDJSON line (1-based)."""
+
+    line: int
+    result: EntryResult
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, IntegrityError):
+        code = getattr(exc.orig, "sqlstate", None)
+        return code is None or code in _RETRY_SQLSTATES  # SQLite gives no SQLSTATE
+    if isinstance(exc, DBAPIError):
+        return getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
+    return False
+
+
+def _unstorable(exc: DataError) -> FhirError:
+    """A value our validation let through but the database refuses (too long, out of range)."""
+    log.warning("value refused by the database: %s", exc)
+    return FhirError.of(
+        400, "value", "a value cannot be stored by this server; nothing was written"
+    )
+
+
+def _refuse(parsed: ParsedBundle) -> None:
+    """Raise the 400 for a Bundle with failed entries, every entry's issues in entry order."""
+    if parsed.failures:
+        raise FhirError.from_invalid(
+            InvalidContentError([i for _, exc in parsed.failures for i in exc.issues])
+        )
+
+
+def _parsed_strictly(raw: bytes) -> Any:
+    """The body as `loads` parses it; its refusal as the 400 a client gets."""
+    try:
+        return loads(raw)
+    except InvalidContentError as exc:
+        raise FhirError.from_invalid(exc) from exc
+
+
+class _ModelGate:
+    """Refuses a Bundle whose models failed in the worker: asked before commit, or on error.
+
+    Given `unguarded` (the bytes, parsed here by `loads_unguarded`), it first makes sure `loads`
+    accepts them too: by the worker's answer, or by parsing them here when the worker gave none.
+    """
+
+    def __init__(
+        self, body: Any, parsed: ParsedBundle, pending: PendingVerdicts, unguarded: bytes | None
+    ) -> None:
+        self._body, self._parsed, self._pending = body, parsed, pending
+        self._unguarded = unguarded
+
+    def settled(self) -> ParsedBundle:
+        """The Bundle as if it had been parsed strictly and its models checked in place."""
+        verdicts = self._pending.result(
+            owed_checker(self._body, self._parsed), len(self._body["entry"])
+        )
+        if self._unguarded is not None:
+            if BODY in verdicts:
+                raise FhirError.from_invalid(InvalidContentError(verdicts[BODY]))
+            if not self._pending.answered_by_worker:
+                _parsed_strictly(self._unguarded)
+            self._unguarded = None  # confirmed
+        return settle_models(self._parsed, verdicts)
+
+    def __call__(self) -> None:
+        _refuse(self.settled())
+
+
+class FhirStore:
+    """Read, search and write FHIR resources; the API and the CLI both go through here."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        derivation: Derivation | None = None,
+        model_checks: ModelChecks | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.derivation = derivation or load_catalog(settings).derivation
+        self.model_checks = model_checks or ModelChecks(0, 0)
+
+    # -- units of work -------------------------------------------------------------------------
+
+    def _write(self, work: Callable[[UnitOfWork], T], gate: Callable[[], None] | None = None) -> T:
+        """Run `work` and the derivation in one transaction; `gate` may still refuse the commit.
+
+        The gate settles what was checked elsewhere meanwhile (the models of a Bundle): before the
+        commit, and also first when the work fails, so a client hears of invalid content before
+        anything the invalid content ran into, just as if it had been checked first. Derivation
+        keeps nothing of a transaction that does not commit (caches and reports wait for it).
+        """
+        attempts = self.settings.write_retries
+        for attempt in range(1, attempts + 1):
+            try:
+                with unit_of_work(self.engine) as uow:
+                    try:
+                        result = work(uow)
+                        self.derivation.after_write(uow)  # events change with their sources
+                    except Exception:
+                        if gate is not None:
+                            gate()
+                        raise
+                    if gate is not None:
+                        gate()  # raising here rolls the whole unit of work back
+                    return result
+            except DBAPIError as exc:  # IntegrityError and OperationalError among them
+                if _retryable(exc) and attempt < attempts:
+                    time.sleep(random.uniform(0, 0.02 * 2**attempt))
+                    continue
+                if _retryable(exc):
+                    raise FhirError.of(
+                        409,
+                        "conflict",
+                        "the same resources were being written concurrently; retry the request",
+                    ) from exc
+                if isinstance(exc, DataError):
+                    raise _unstorable(exc) from exc
+                if isinstance(exc, OperationalError):
+                    log.warning("database unavailable: %s", exc)
+                    raise DatabaseUnavailableError("write") from exc
+                raise
+        raise AssertionError("unreachable")
+
+    def _read(self, work: Callable[[Session], T]) -> T:
+        with reading(self.engine) as session:
+            return work(session)
+
+    def context(
+        self,
+        source: str,
+        *,
+        base_url: str | None = None,
+        conditional_refs: bool = True,
+        strict_urns: bool = True,
+    ) -> WriteContext:
+        """A write context stamped now, for one request."""
+        return WriteContext(
+            now=utcnow(),
+            source=source,
+            request_id=str(uuid.uuid4()),
+            base_url=self.settings.base_url or base_url,
+            search_default_count=self.settings.search_default_count,
+            search_max_count=self.settings.search_max_count,
+            resolve_conditional_references=conditional_refs,
+            require_urn_targets=strict_urns,
+        )
+
+    # -- single-resource interactions ----------------------------------------------------------
+
+    def read(
+        self, resource_type: str, resource_id: str, version_id: str | None = None
+    ) -> EntryResult:
+        """Current (or given) version; 404 unknown, 410 deleted."""
+        self.check_type(resource_type)
+        vid: int | None = None
+        if version_id is not None:
+            vid = ascii_int(version_id)
+            if vid is None:
+                raise FhirError.of(
+                    404, "not-found", f"{resource_type}/{resource_id} has no version {version_id!r}"
+                )
+        if not is_valid_id(resource_id):
+            raise FhirError.of(404, "not-found", f"{resource_id!r} is not a valid FHIR id")
+        found = self._read(lambda s: fhir_versions.read_version(s, resource_type, resource_id, vid))
+        label = f"{resource_type}/{resource_id}" + (f"/_history/{version_id}" if version_id else "")
+        if found is None:
+            raise FhirError.of(404, "not-found", f"{label} is not known")
+        if found.deleted:
+            raise FhirError.of(410, "deleted", f"{label} was deleted")
+        return EntryResult(
+            200,
+            "read",
+            resource_type,
+            resource_id,
+            found.version_id,
+            found.last_updated,
+            found.content,
+        )
+
+    def create(
+        self, resource_type: str, body: Any, *, if_none_exist: str | None, ctx: WriteContext
+    ) -> EntryResult:
+        """POST /fhir/{type}: content-identified create (an identical replay returns the original)."""
+        self.check_type(resource_type)
+        entry = self._single(body, "POST", resource_type)
+        entry.resource_id = None
+        if if_none_exist is not None:
+            entry.if_none_exist = self._conditional(if_none_exist, resource_type, "If-None-Exist")
+        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+
+    def update(
+        self,
+        resource_type: str,
+        resource_id: str,
+        body: Any,
+        *,
+        if_match: str | None,
+        ctx: WriteContext,
+    ) -> EntryResult:
+        """PUT /fhir/{type}/{id}: update or create with that id; If-Match for versioned updates."""
+        self.check_type(resource_type)
+        if not is_valid_id(resource_id):
+            raise FhirError.of(400, "invalid", f"{resource_id!r} is not a valid FHIR id")
+        entry = self._single(body, "PUT", resource_type)
+        if body.get("id") != resource_id:
+            raise FhirError.of(
+                400,
+                "invalid",
+                f"the resource id {body.get('id')!r} must equal the id in the URL ({resource_id!r})",
+                f"{resource_type}.id",
+            )
+        entry.resource_id = resource_id
+        entry.if_match = self._etag(if_match)
+        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+
+    def delete(
+        self, resource_type: str, resource_id: str, *, if_match: str | None, ctx: WriteContext
+    ) -> EntryResult:
+        """DELETE /fhir/{type}/{id}: a tombstone version; deleting twice is harmless."""
+        self.check_type(resource_type)
+        if not is_valid_id(resource_id):
+            raise FhirError.of(400, "invalid", f"{resource_id!r} is not a valid FHIR id")
+        entry = Entry(0, "", "DELETE", resource_type, resource_id, if_match=self._etag(if_match))
+        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+
+    def update_conditional(
+        self, resource_type: str, params: list[tuple[str, str]], body: Any, *, ctx: WriteContext
+    ) -> EntryResult:
+        """PUT /fhir/{type}?criteria: update the single match, create when none, 412 when many."""
+        self.check_type(resource_type)
+        entry = self._single(body, "PUT", resource_type)
+        entry.query = self._criteria(params, resource_type)
+        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+
+    def delete_conditional(
+        self, resource_type: str, params: list[tuple[str, str]], *, ctx: WriteContext
+    ) -> EntryResult:
+        """DELETE /fhir/{type}?criteria: delete the single match; 412 when several match."""
+        self.check_type(resource_type)
+        entry = Entry(0, "", "DELETE", resource_type, query=self._criteria(params, resource_type))
+        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+
+    def search(self, resource_type: str, params: list[tuple[str, str]], *, base: str) -> bytes:
+        """GET /fhir/{type}?…: a searchset Bundle with a cursor `next` link."""
+        self.check_type(resource_type)
+        return self._read(
+            lambda session: search_bundle(
+                session,
+                resource_type,
+                params,
+                base=base,
+                default_count=self.settings.search_default_count,
+                max_count=self.settings.search_max_count,
+            )
+        )
+
+    # -- bundles and bulk ----------------------------------------------------------------------
+
+    def bundle(self, body: Any, *, ctx: WriteContext) -> tuple[str, list[EntryResult]]:
+        """POST /fhir with a Bundle: the response Bundle type and one result per entry."""
+        return self._bundle(body, None, ctx)
+
+    def bundle_json(self, raw: bytes, *, ctx: WriteContext) -> tuple[str, list[EntryResult]]:
+        """`bundle` for the request bytes: a large atomic Bundle has its models checked in a worker
+        process while it is written (see `service.model_checks`); the answer is the same."""
+        # The worker starts on the bytes at once and parses them alongside this thread; if they
+        # turn out not to be an atomic Bundle, its answer is never asked for. Since the worker
+        # parses them strictly, this thread parses them without the duplicate-key check, at under
+        # half the cost, and the worker's answer on the bytes comes before anything is kept.
+        pending = self.model_checks.submit(raw) if self.model_checks.wanted(raw) else None
+        body = loads_unguarded(raw) if pending is not None else None
+        if body is None:
+            return self._bundle(_parsed_strictly(raw), pending, ctx)
+        try:
+            return self._bundle(body, pending, ctx, unguarded=raw)
+        except FhirError:
+            # bytes that `loads` refuses get that answer, whatever else failed
+            _parsed_strictly(raw)
+            raise
+
+    def _bundle(
+        self,
+        body: Any,
+        pending: PendingVerdicts | None,
+        ctx: WriteContext,
+        unguarded: bytes | None = None,
+    ) -> tuple[str, list[EntryResult]]:
+        try:
+            kind, _, _ = bundle_envelope(body)
+        except InvalidContentError as exc:
+            raise FhirError.from_invalid(exc) from exc
+        if kind == "batch":  # checked entry by entry in place; a worker's answer is not needed
+            pending = None
+            if unguarded is not None:  # nor asked for: parse strictly here
+                body, unguarded = _parsed_strictly(unguarded), None
+        # the envelope passed, so this collects each entry's failure instead of raising
+        parsed = parse_bundle(body, check_models=pending is None)
+        if parsed.kind == "batch":  # each entry keeps its own check (savepoints)
+            return "batch-response", self._batch(parsed.entries, parsed.failures, ctx)
+        gate = None if pending is None else _ModelGate(body, parsed, pending, unguarded)
+        if parsed.failures:
+            _refuse(parsed if gate is None else gate.settled())
+        entries = parsed.entries
+        if parsed.kind == "transaction":
+            return "transaction-response", self._write(
+                lambda s: apply_entries(s, entries, ctx), gate
+            )
+        # collection / message: one atomic upsert, conditional references kept as sent
+        upsert_ctx = replace(ctx, resolve_conditional_references=False)
+        return "transaction-response", self._write(
+            lambda s: apply_upserts(s, entries, upsert_ctx), gate
+        )
+
+    def _batch(
+        self,
+        entries: list[Entry],
+        failures: list[tuple[int, InvalidContentError]],
+        ctx: WriteContext,
+    ) -> list[EntryResult]:
+        def work(uow: UnitOfWork) -> dict[int, EntryResult]:
+            out: dict[int, EntryResult] = {}
+            for entry in entries:
+                before = dict(uow.written)
+                try:
+                    with uow.session.begin_nested():
+                        out[entry.index] = apply_entries(uow, [entry], ctx)[0]
+                except (FhirError, DataError) as exc:
+                    uow.written = before  # what the savepoint undid
+                    out[entry.index] = failure(
+                        exc if isinstance(exc, FhirError) else _unstorable(exc)
+                    )
+            return out
+
+        done = self._write(work)
+        done.update((i, failure(exc)) for i, exc in failures)
+        return [done[i] for i in sorted(done)]
+
+    def import_lines(
+        self,
+        lines: Iterable[str],
+        *,
+        ctx: WriteContext,
+        progress: Callable[[int], object] | None = None,
+    ) -> Iterator[LineOutcome]:
+        """NDJSON: each line upserted on its own merits; written in chunks for speed."""
+        upsert_ctx = replace(ctx, resolve_conditional_references=False, require_urn_targets=False)
+        chunk: list[tuple[int, Entry]] = []
+        keys: set[tuple[str, str]] = set()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip(" \t\r"):  # JSON whitespace only: U+2028 alone is not blank
+                continue
+            try:
+                entry = resource_entry(
+                    loads_text(line, where=f"line {number}: "),
+                    method="UPSERT",
+                    path="",
+                    index=number,
+                )
+            except InvalidContentError as exc:
+                issues = [
+                    i
+                    if i.diagnostics.startswith("line ")
+                    else replace(i, diagnostics=f"line {number}: {i.diagnostics}")
+                    for i in exc.issues
+                ]
+                yield LineOutcome(number, failure(InvalidContentError(issues)))
+                continue
+            key = upsert_identity(entry)
+            if key in keys or len(chunk) >= IMPORT_CHUNK:
+                yield from self._import_chunk(chunk, upsert_ctx, progress)
+                chunk, keys = [], set()
+            chunk.append((number, entry))
+            keys.add(key)
+        if chunk:
+            yield from self._import_chunk(chunk, upsert_ctx, progress)
+
+    def _import_chunk(
+        self,
+        chunk: list[tuple[int, Entry]],
+        ctx: WriteContext,
+        progress: Callable[[int], object] | None,
+    ) -> Iterator[LineOutcome]:
+        try:
+            results = self._write(lambda s: apply_entries(s, [e for _, e in chunk], ctx))
+        except FhirError:
+            if len(chunk) == 1:
+                raise
+            # One bad line must not sink its neighbours: write them one by one.
+            for item in chunk:
+                try:
+                    yield from self._import_chunk([item], ctx, progress)
+                except FhirError as exc:
+                    yield LineOutcome(item[0], failure(exc))
+            return
+        if progress:
+            progress(len(chunk))
+        for (number, _), result in zip(chunk, results, strict=True):
+            yield LineOutcome(number, result)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def check_type(resource_type: str) -> None:
+        """404 for a type we do not serve (FHIR: unknown resource type)."""
+        if resource_type not in SUPPORTED_TYPES:
+            raise FhirError.of(
+                404,
+                "not-supported",
+                f"resource type {resource_type!r} is not supported by this server (see /fhir/metadata)",
+            )
+
+    @staticmethod
+    def _single(body: Any, method: str, resource_type: str) -> Entry:
+        try:
+            entry = resource_entry(body, method="PUT" if method == "PUT" else "POST", path="")
+        except InvalidContentError as exc:
+            raise FhirError.from_invalid(exc) from exc
+        if entry.resource_type != resource_type:
+            raise FhirError.of(
+                400,
+                "invalid",
+                f"the body is a {entry.resource_type}, the URL says {resource_type}",
+                "resourceType",
+            )
+        return entry
+
+    @staticmethod
+    def _conditional(text: str, resource_type: str, where: str) -> list[tuple[str, str]]:
+        try:
+            return parse_conditional(text, resource_type, where)
+        except InvalidContentError as exc:
+            raise FhirError.from_invalid(exc) from exc
+
+    @staticmethod
+    def _etag(value: str | None) -> int | None:
+        try:
+            return parse_etag(value, "If-Match")
+        except InvalidContentError as exc:
+            raise FhirError.from_invalid(exc) from exc
+
+    @staticmethod
+    def _criteria(params: list[tuple[str, str]], resource_type: str) -> list[tuple[str, str]]:
+        criteria = [(k, v) for k, v in params if k not in ("_format", "_pretty")]
+        if not criteria:
+            raise FhirError.of(
+                400, "invalid", f"a conditional operation on {resource_type} needs search criteria"
+            )
+        return criteria

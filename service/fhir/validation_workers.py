@@ -1,0 +1,305 @@
+"""fhir.resources model checks of large Bundles in worker processes, while the request is written.
+
+Model validation is the largest single cost of an ingest and it holds the GIL, so in one process
+it cannot overlap with anything. A worker process parses the same request bytes and checks every
+entry against its model while the request thread walks, rewrites and writes the Bundle in its
+transaction and derives its events; the transaction waits for the verdicts before it commits
+and rolls back when a model fails, so what the client sees, and what is stored, is the same as
+checking in place (the derivation keeps nothing in memory, and logs nothing, until a commit).
+
+When the request thread is ready to commit before the worker is done, it does not just wait: it
+checks entries from the end of the Bundle while the worker goes on from the front, each claiming
+one entry at a time in a small shared array (`Claims`), until they meet.
+
+A Bundle goes to a worker only when one is idle: a queue would hold the request's transaction
+(and SQLite's write lock) open while it waits. Until the workers have loaded the models, and
+whenever a worker has died or failed, Bundles are checked in place, so nothing waits on a start-up
+and a lost worker costs speed, never a request.
+
+The workers are spawned, so they import the server's main module: the service's own entry points
+(`trialbridge`, `uvicorn api.app:app`) are safe; a script embedding the app must guard its start
+with `if __name__ == "__main__":`, as multiprocessing requires.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Literal
+
+from fhir_mapping.bundles import Verdicts, estimated_atomic_entries, model_verdicts
+from service.infra.process import settle_process
+from service.infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# After a pool failed to start, Bundles are checked in place this long before the next attempt.
+RESTART_BACKOFF_SECONDS = 30.0
+
+State = Literal["off", "idle", "starting", "ready", "failed"]
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_processes() -> int:
+    """One worker when there is a second CPU for it, none on a single CPU."""
+    return 1 if usable_cpus() >= 2 else 0
+
+
+# Larger than any entry index: "the worker may go on to the end".
+_OPEN = 2**62
+
+
+class Claims:
+    """Who checks which entries of one Bundle: the worker from the front, the request from the back.
+
+    Two cells per worker slot in shared memory: `front`, the first entry the worker has not
+    claimed, written only by the worker, and `back`, the first entry the request thread claimed,
+    written only by it. Each side claims one entry at a time after reading the other's cell, and
+    each cell only moves towards the other, so a stale read can make both sides check the same
+    entry (the same verdict twice) but never leave one out: when both have stopped, `front` >=
+    `back`.
+    """
+
+    def __init__(self, cells: Any, slot: int) -> None:
+        self._cells, self._front, self._back = cells, 2 * slot, 2 * slot + 1
+
+    def reset(self) -> None:
+        """A new Bundle: nothing claimed, the worker may check every entry."""
+        self._cells[self._front], self._cells[self._back] = 0, _OPEN
+
+    def take_front(self, index: int) -> bool:
+        """The worker's claim on `index` (asked in order); False once the request has it."""
+        if index >= self._cells[self._back]:
+            return False
+        self._cells[self._front] = index + 1
+        return True
+
+    def take_back(self, entries: int) -> int | None:
+        """The request thread's next entry, from the end of `entries`; None once they have met."""
+        index = int(min(self._cells[self._back], entries)) - 1
+        if index < self._cells[self._front]:
+            return None
+        self._cells[self._back] = index
+        return index
+
+    def front(self) -> int:
+        """Entries below this were (or are being) checked by the worker."""
+        return int(self._cells[self._front])
+
+    def all_taken_back(self) -> bool:
+        """The request thread has claimed every entry (the worker had not started on any)."""
+        return int(self._cells[self._back]) == 0
+
+
+_CELLS: Any = None  # the worker's view of the pool's shared claims
+
+
+def _worker_start(cells: Any) -> None:
+    """Load every model once and keep it out of the collector's walks, as the server does."""
+    global _CELLS
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    settle_process()
+    _CELLS = cells
+
+
+def _checked_in_worker(raw: bytes, slot: int) -> Verdicts:
+    """A Bundle's verdicts from the front, up to where the request thread took over."""
+    return model_verdicts(raw, Claims(_CELLS, slot).take_front)
+
+
+def _worker_ready() -> int:
+    """A first job: done once the initializer has loaded the models, so the worker is warm."""
+    return os.getpid()
+
+
+InPlace = Callable[[Iterable[int] | None], Verdicts]
+
+
+class PendingVerdicts:
+    """The model verdicts of one Bundle, computed in a worker; `result()` waits for them."""
+
+    def __init__(
+        self,
+        future: Future[Verdicts],
+        on_lost: Callable[[], None],
+        claims: Claims | None = None,
+    ) -> None:
+        self._future, self._on_lost, self._claims = future, on_lost, claims
+        self._result: Verdicts | None = None
+        self.answered_by_worker = False  # after `result()`: the worker parsed the bytes itself
+
+    def result(self, in_place: InPlace, entries: int = 0) -> Verdicts:
+        """The verdicts (the same answer each call).
+
+        While the worker is still busy, this thread checks the Bundle's `entries` from the back
+        with `in_place(indexes)`; `in_place(None)` checks them all if the worker cannot answer.
+        """
+        if self._result is None:
+            here: Verdicts = {}
+            while self._claims is not None and not self._future.done():
+                index = self._claims.take_back(entries)
+                if index is None:
+                    break
+                here.update(in_place([index]))
+            if self._claims is not None and self._claims.all_taken_back():
+                self._result = here  # checked here from first to last: no need to wait
+                return self._result
+            try:
+                self._result = {**here, **self._future.result()}  # its front meets our back
+                self.answered_by_worker = True
+            except (BrokenProcessPool, CancelledError):  # the worker died, or its pool was dropped
+                log.warning("a model-check worker was lost; checking this Bundle in place")
+                self._on_lost()
+                self._result = in_place(None)
+            except Exception:  # the job itself failed: never the client's fault, keep the pool
+                log.exception("a model-check job failed; checking this Bundle in place")
+                self._result = in_place(None)
+        return self._result
+
+
+class ModelChecks:
+    """A small process pool for `model_verdicts`, started on first use."""
+
+    def __init__(self, processes: int, min_entries: int) -> None:
+        self.processes = processes
+        self.min_entries = min_entries
+        self.submitted = 0  # Bundles sent to a worker so far (for operators and tests)
+        # Re-entrant: cancelling a pool's jobs runs their done-callbacks in the cancelling thread.
+        self._lock = threading.RLock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._warm: list[Future[int]] = []
+        self._jobs: dict[Future[Verdicts], int] = {}  # in flight: their claims slot
+        self._cells: Any = None  # the current pool's shared claims, two cells per worker
+        self._closed = False
+        self._retry_at = 0.0
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ModelChecks:
+        """The pool the settings ask for (unset processes: `default_processes()`)."""
+        processes = settings.model_check_processes
+        return cls(
+            default_processes() if processes is None else processes,
+            settings.model_check_min_entries,
+        )
+
+    def wanted(self, raw: bytes) -> bool:
+        """Whether a request body looks like an atomic Bundle worth sending to a worker."""
+        return self.processes > 0 and estimated_atomic_entries(raw) >= self.min_entries
+
+    def submit(self, raw: bytes) -> PendingVerdicts | None:
+        """Start checking a Bundle's models in an idle worker; None means: check them in place."""
+        with self._lock:
+            pool = self._started()
+            if pool is None or len(self._jobs) >= self.processes or not self._warmed():
+                return None
+            slot = min(set(range(self.processes)) - set(self._jobs.values()))
+            claims = Claims(self._cells, slot)
+            claims.reset()
+            try:
+                future = pool.submit(_checked_in_worker, raw, slot)
+            except RuntimeError:  # a worker died (BrokenProcessPool), or we are shutting down
+                self._discard()
+                return None
+            self._jobs[future] = slot
+            self.submitted += 1
+        future.add_done_callback(self._job_done)
+        return PendingVerdicts(future, lambda: self.lost(pool), claims)
+
+    def state(self) -> State:
+        """Off (none configured, or closed), idle (not started yet), starting, ready, or failed."""
+        with self._lock:
+            if self.processes <= 0 or self._closed:
+                return "off"
+            if self._pool is None:
+                return "failed" if self._retry_at > time.monotonic() else "idle"
+            if not all(f.done() for f in self._warm):
+                return "starting"
+            return "ready" if self._warmed() else "failed"
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Start the workers if needed and wait (in all at most `timeout` s) until they are warm."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._started()
+            warm = list(self._warm)
+        for future in warm:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            future.result(left)
+        return bool(warm)
+
+    def busy(self) -> int:
+        """Jobs in flight on the current pool, answers nobody waits for included."""
+        with self._lock:
+            return len(self._jobs)
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the warm workers (for operators and tests)."""
+        with self._lock:
+            return [f.result() for f in self._warm if f.done() and f.exception() is None]
+
+    def lost(self, pool: ProcessPoolExecutor) -> None:
+        """A worker of `pool` died or failed: drop that pool (once); a later Bundle starts anew."""
+        with self._lock:
+            if pool is self._pool:
+                log.warning("dropping the model-check pool; the next large Bundle starts a new one")
+                self._discard()
+
+    def close(self) -> None:
+        """Stop the workers for good (at shutdown); later Bundles are checked in place."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool, self._warm, self._jobs = self._pool, None, [], {}
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _job_done(self, future: Future[Verdicts]) -> None:
+        """A worker is free again (a job of a dropped pool is simply not in the set any more)."""
+        with self._lock:
+            self._jobs.pop(future, None)
+
+    def _warmed(self) -> bool:
+        """Every worker has loaded the models; a failed start drops the pool and backs off."""
+        if not all(f.done() for f in self._warm):
+            return False
+        if any(f.cancelled() or f.exception() is not None for f in self._warm):
+            log.error("model-check workers failed to start; checking in place for a while")
+            self._discard()
+            self._retry_at = time.monotonic() + RESTART_BACKOFF_SECONDS
+            return False
+        return True
+
+    def _started(self) -> ProcessPoolExecutor | None:
+        """The current pool, started if there is none (unless off, closed or backing off)."""
+        if self.processes <= 0 or self._closed or time.monotonic() < self._retry_at:
+            return None
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")  # never fork a threaded server
+            self._cells = context.RawArray("q", 2 * self.processes)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.processes,
+                mp_context=context,
+                initializer=_worker_start,
+                initargs=(self._cells,),
+            )
+            self._warm = [self._pool.submit(_worker_ready) for _ in range(self.processes)]
+        return self._pool
+
+    def _discard(self) -> None:
+        """Drop the current pool without waiting for it (its jobs are cancelled or abandoned)."""
+        pool, self._pool, self._warm, self._jobs = self._pool, None, [], {}
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,272 @@
+"""Webhook subscriptions and at-least-once delivery from the transactional outbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from service.errors import ApiError
+from service.infra import migrate
+from service.infra.clock import utcnow
+from service.infra.db import session_scope
+from service.infra.settings import Settings
+from service.repositories import webhook_outbox
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = ("deviation.opened", "deviation.resolved", "eligibility.changed")
+SIGNATURE_HEADER = "X-Trialbridge-Signature"
+MAX_URL_LENGTH = 2000  # webhook_subscription.url
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """HMAC-SHA256 over `timestamp.body`: receivers recompute it with the shared secret."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def resolve_host(host: str) -> list[str]:
+    """The addresses a host name resolves to (a seam: tests stand in for DNS here)."""
+    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None)})
+
+
+def _internal(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    return not ip.is_global
+
+
+def check_url(url: str, *, allow_private: bool) -> None:
+    """Refuse URLs that are not http(s), carry credentials, or reach internal addresses."""
+    if len(url) > MAX_URL_LENGTH:  # the column's size: longer would be a database error
+        raise ApiError(400, "invalid_url", f"the webhook url is longer than {MAX_URL_LENGTH}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ApiError(400, "invalid_url", "the webhook url must be an absolute http(s) URL")
+    if parts.username or parts.password:
+        raise ApiError(400, "invalid_url", "the webhook url must not carry credentials")
+    try:  # what the HTTP client would refuse at every delivery must be refused now
+        _ = parts.port
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise ApiError(400, "invalid_url", f"the webhook url is malformed: {exc}") from None
+    if allow_private:
+        return
+    host = parts.hostname
+    try:
+        addresses = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+            raise ApiError(400, "url_not_allowed", f"{host} is an internal host") from None
+        try:
+            addresses = resolve_host(host)
+        except (OSError, UnicodeError) as exc:  # IDNA refuses empty or over-long labels
+            raise ApiError(400, "invalid_url", f"{host} does not resolve") from exc
+    bad = [a for a in addresses if _internal(a)]
+    if bad:
+        raise ApiError(
+            400,
+            "url_not_allowed",
+            f"{host} resolves to an internal address ({bad[0]}); "
+            "set TRIALBRIDGE_WEBHOOK_ALLOW_PRIVATE=true to allow it",
+        )
+
+
+# -- subscriptions ------------------------------------------------------------------------------------
+
+
+def create(
+    session: Session, *, url: str, events: list[str], secret: str | None, allow_private: bool
+) -> webhook_outbox.Subscription:
+    """A new subscription; the secret (given or generated) is shown once, here."""
+    unknown = sorted(set(events) - set(EVENT_TYPES))
+    if not events or unknown:
+        raise ApiError(
+            400,
+            "invalid_events",
+            f"events must be a non-empty list of {', '.join(EVENT_TYPES)}"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else ""),
+        )
+    check_url(url, allow_private=allow_private)
+    sub_id = "SUB-" + uuid.uuid4().hex[:16]
+    key = secret or secrets.token_urlsafe(32)
+    values = {
+        "id": sub_id,
+        "url": url,
+        "events": json.dumps(sorted(set(events))),
+        "secret": key,
+        "created_at": utcnow(),
+    }
+    webhook_outbox.create_subscription(session, values)
+    row = webhook_outbox.get_subscription(session, sub_id)
+    return replace(webhook_outbox.subscription_of(row), secret=key)
+
+
+# -- delivery -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How hard to try: timeout, attempts, exponential backoff bounds."""
+
+    timeout_seconds: float = 5.0
+    max_attempts: int = 8
+    backoff_base_seconds: float = 5.0
+    backoff_max_seconds: float = 3600.0
+    allow_private: bool = False
+
+    def backoff(self, attempts: int) -> dt.timedelta:
+        """Wait before the next try: base × 2^(attempts−1), capped."""
+        seconds = min(
+            self.backoff_base_seconds * 2 ** max(attempts - 1, 0), self.backoff_max_seconds
+        )
+        return dt.timedelta(seconds=seconds)
+
+
+def policy_from(settings: Settings) -> DeliveryPolicy:
+    """The delivery policy the deployment configured."""
+    return DeliveryPolicy(
+        timeout_seconds=settings.webhook_timeout_seconds,
+        max_attempts=settings.webhook_max_attempts,
+        backoff_base_seconds=settings.webhook_backoff_seconds,
+        allow_private=settings.webhook_allow_private,
+    )
+
+
+def _post(client: httpx.Client, row: Any, policy: DeliveryPolicy) -> str | None:
+    """One attempt; None on a 2xx, else the reason it failed."""
+    body = row.payload.encode()
+    timestamp = str(int(time.time()))
+    try:
+        check_url(row.url, allow_private=policy.allow_private)  # DNS may have changed since
+        response = client.post(
+            row.url,
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-Trialbridge-Event": row.event_type,
+                "X-Trialbridge-Delivery": row.idempotency_key,
+                "Idempotency-Key": row.idempotency_key,
+                "X-Trialbridge-Timestamp": timestamp,
+                SIGNATURE_HEADER: sign(row.secret, timestamp, body),
+            },
+            timeout=policy.timeout_seconds,
+        )
+    except ApiError as exc:
+        return f"url refused: {exc.message}"
+    except Exception as exc:  # HTTPError, InvalidURL, …: one bad row must not lose the batch
+        return f"{type(exc).__name__}: {exc}"
+    if 200 <= response.status_code < 300:
+        return None
+    return f"HTTP {response.status_code}"
+
+
+def deliver_due(
+    engine: Engine,
+    policy: DeliveryPolicy,
+    *,
+    limit: int = 100,
+    now: Callable[[], dt.datetime] = utcnow,
+) -> dict[str, int]:
+    """Send what is due; safe from several processes at once, never holding a lock while sending.
+
+    A short transaction claims a batch (leases it for the timeout plus a margin); the POSTs happen
+    outside any transaction; a second short transaction records each result. A crash between a
+    POST and its record means one more delivery later, with the same idempotency key.
+    """
+    tally = {"delivered": 0, "retry": 0, "failed": 0}
+    with Session(engine) as peek:  # a plain read first: an idle outbox takes no write lock
+        if not webhook_outbox.due(peek, now(), 1, lock=False):
+            return tally
+    lease = dt.timedelta(seconds=policy.timeout_seconds + 30)
+    with session_scope(engine) as session:
+        start = now()
+        rows = webhook_outbox.due(session, start, limit, lock=engine.dialect.name == "postgresql")
+        for row in rows:
+            webhook_outbox.lease(session, row.pk, start + lease)
+    if not rows:
+        return tally
+    results: list[tuple[Any, str | None, dt.datetime]] = []
+    with httpx.Client() as client:
+        for row in rows:
+            error = _post(client, row, policy)
+            results.append((row, error, now()))
+    with session_scope(engine) as session:
+        for row, error, at in results:
+            if error is None:
+                webhook_outbox.mark_delivered(session, row.pk, at)
+                tally["delivered"] += 1
+                continue
+            attempts = row.attempts + 1
+            give_up = attempts >= policy.max_attempts
+            webhook_outbox.mark_retry(
+                session, row.pk, next_at=at + policy.backoff(attempts), error=error, give_up=give_up
+            )
+            tally["failed" if give_up else "retry"] += 1
+            log.warning(
+                "webhook %s to %s failed (attempt %d): %s",
+                row.idempotency_key,
+                row.url,
+                attempts,
+                error,
+            )
+    return tally
+
+
+class Dispatcher:
+    """A background thread that delivers the outbox every few seconds."""
+
+    def __init__(self, engine: Engine, policy: DeliveryPolicy, interval_seconds: float) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.interval = interval_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
+        self._waiting_logged = False
+
+    def start(self) -> None:
+        """Begin delivering."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the current batch and stop."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        schema_ready = False
+        while not self._stop.wait(self.interval):
+            try:
+                schema_ready = schema_ready or self._schema_ready()
+                if schema_ready:
+                    deliver_due(self.engine, self.policy)
+            except Exception:  # the database may be briefly down; the outbox keeps everything
+                log.exception("webhook delivery pass failed; will retry")
+
+    def _schema_ready(self) -> bool:
+        """Whether the outbox exists yet: a server may start before the release step migrates."""
+        revision, head = migrate.current_revision(self.engine), migrate.head_revision()
+        if revision != head and not self._waiting_logged:
+            log.warning(
+                "webhook delivery waits for the schema: at revision %s, this release needs %s",
+                revision or "none",
+                head,
+            )
+            self._waiting_logged = True
+        return revision == head

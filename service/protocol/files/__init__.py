@@ -1,0 +1,1 @@
+"""The packaged protocol and value-set files (TOML), read with importlib.resources."""

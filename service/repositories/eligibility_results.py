@@ -1,0 +1,74 @@
+"""All SQL for stored screening results, one row per candidate and study. Nothing here commits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from service.infra.tables import (
+    EligibilityRow,
+    StudySubject,
+)
+from service.repositories.sql import chunks
+from service.repositories.study_subjects import delete_per_patient, save_per_patient
+
+_SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
+_ELIGIBILITY = EligibilityRow.__table__  # type: ignore[attr-defined]
+
+
+def eligibility_of(session: Session, study_id: str, patient_ids: Sequence[str]) -> dict[str, Any]:
+    """Stored eligibility rows of these patients, by patient id."""
+    c = _ELIGIBILITY.c
+    out: dict[str, Any] = {}
+    for chunk in chunks(list(patient_ids)):
+        rows = session.execute(
+            select(_ELIGIBILITY).where(c.study_id == study_id, c.patient_id.in_(list(chunk)))
+        )
+        out.update((r.patient_id, r) for r in rows)
+    return out
+
+
+def save_eligibility(session: Session, values: dict[str, Any], exists: bool) -> None:
+    """Insert or replace one candidate's result."""
+    save_per_patient(session, _ELIGIBILITY, values, exists)
+
+
+def delete_eligibility(session: Session, study_id: str, patient_id: str) -> None:
+    """A patient who is no longer a candidate leaves the screening list."""
+    delete_per_patient(session, _ELIGIBILITY, study_id, patient_id)
+
+
+def list_eligibility(
+    session: Session, study_id: str, *, after: str | None, limit: int, overall: str | None
+) -> list[Any]:
+    """A page of the screening list in subject_id order."""
+    c = _ELIGIBILITY.c
+    query = select(_ELIGIBILITY).where(c.study_id == study_id)
+    if after is not None:
+        query = query.where(c.subject_id > after)
+    if overall is not None:
+        query = query.where(c.overall == overall)
+    return list(session.execute(query.order_by(c.subject_id).limit(limit)))
+
+
+def find_eligibility(session: Session, study_id: str, subject_id: str) -> Any | None:
+    """One candidate's stored result by subject id."""
+    c = _ELIGIBILITY.c
+    return session.execute(
+        select(_ELIGIBILITY).where(c.study_id == study_id, c.subject_id == subject_id)
+    ).first()
+
+
+def candidate_patients(session: Session, study_id: str) -> list[str]:
+    """Every patient on the screening list or listed as a subject (for a full re-evaluation)."""
+    e, s = _ELIGIBILITY.c, _SUBJECT.c
+    ids = {
+        r.patient_id for r in session.execute(select(e.patient_id).where(e.study_id == study_id))
+    }
+    ids |= {
+        r.patient_id for r in session.execute(select(s.patient_id).where(s.study_id == study_id))
+    }
+    return sorted(ids)

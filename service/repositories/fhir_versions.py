@@ -1,0 +1,386 @@
+"""All SQL for the FHIR store. Services call these; nothing here commits."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, select
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session, SQLModel
+
+from service.infra.tables import (
+    ResourceHead,
+    ResourceIdentifier,
+    ResourceReference,
+    ResourceVersion,
+)
+from service.repositories.sql import CHUNK
+
+Key = tuple[str, str]
+
+
+_HEAD = ResourceHead.__table__  # type: ignore[attr-defined]
+_VERSION = ResourceVersion.__table__  # type: ignore[attr-defined]
+_IDENT = ResourceIdentifier.__table__  # type: ignore[attr-defined]
+_REF = ResourceReference.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The current state of one resource, as the write path needs it."""
+
+    version_id: int
+    last_updated: dt.datetime
+    content_hash: str
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """One stored version, content as text (None for a deletion)."""
+
+    resource_type: str
+    resource_id: str
+    version_id: int
+    last_updated: dt.datetime
+    deleted: bool
+    content: str | None
+
+
+@dataclass(slots=True)
+class VersionRow:
+    """A version to insert, with the index rows of the new current state."""
+
+    resource_type: str
+    resource_id: str
+    version_id: int
+    last_updated: dt.datetime
+    content_hash: str
+    content: str | None
+    identifiers: list[tuple[str | None, str]]
+    references: list[tuple[str, str, str]]
+    resource: dict[str, Any] | None = None  # the parsed content, handed on to event derivation
+
+    @property
+    def deleted(self) -> bool:
+        """A version without content is a deletion."""
+        return self.content is None
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenVersion:
+    """A version this unit of work stored: its number, content (None: deleted) and identifiers."""
+
+    version_id: int
+    resource: dict[str, Any] | None
+    identifiers: list[tuple[str | None, str]]
+
+    @property
+    def created(self) -> bool:
+        """The first version ever: nothing was derived from this resource before."""
+        return self.version_id == 1
+
+
+Written = dict[Key, WrittenVersion]
+
+
+def by_type(keys: Iterable[Key]) -> Iterator[tuple[str, list[str]]]:
+    """(type, up to CHUNK ids) groups of distinct keys.
+
+    One type per query keeps `resource_id IN (...)` on the primary key: PostgreSQL plans a
+    row-value `(type, id) IN (...)` list as a filter over every row of the type, so such a lookup
+    grows with the table instead of with the request.
+    """
+    ids: dict[str, set[str]] = {}
+    for rtype, rid in keys:
+        ids.setdefault(rtype, set()).add(rid)
+    for rtype in sorted(ids):
+        wanted = sorted(ids[rtype])
+        for i in range(0, len(wanted), CHUNK):
+            yield rtype, wanted[i : i + CHUNK]
+
+
+def load_heads(session: Session, keys: Iterable[Key]) -> dict[Key, Head]:
+    """Current heads of the given resources, in as few queries as possible."""
+    conn = session.connection()
+    out: dict[Key, Head] = {}
+    for rtype, ids in by_type(keys):
+        if conn.dialect.name == "postgresql":
+            rows: Iterable[Any] = _pg_heads(conn, rtype, ids)
+        else:
+            rows = session.execute(
+                select(*(_HEAD.c[name] for name in _HEAD_COLUMNS)).where(
+                    _HEAD.c.resource_type == rtype, _HEAD.c.resource_id.in_(ids)
+                )
+            )
+        for rt, rid, vid, last_updated, digest, deleted in rows:
+            out[(rt, rid)] = Head(vid, last_updated, digest, deleted)
+    return out
+
+
+def _pg_heads(conn: Connection, rtype: str, ids: list[str]) -> list[tuple[Any, ...]]:
+    """One array parameter instead of an IN list: a single statement text, prepared once."""
+    rows = conn.exec_driver_sql(
+        f"SELECT {', '.join(_HEAD_COLUMNS)} FROM fhir_resource "
+        "WHERE resource_type = %s AND resource_id = ANY(%s)",
+        (rtype, ids),
+    )
+    return [(*r[:3], r[3].astimezone(dt.UTC), *r[4:]) for r in rows]
+
+
+def _stored_versions() -> Any:
+    v = _VERSION.c
+    return select(
+        v.resource_type, v.resource_id, v.version_id, v.last_updated, v.deleted, v.content
+    )
+
+
+def _current_versions() -> Any:
+    """Versions joined to their head: only the current one of each resource."""
+    v = _VERSION.c
+    return _stored_versions().join(
+        _HEAD,
+        (_HEAD.c.resource_type == v.resource_type)
+        & (_HEAD.c.resource_id == v.resource_id)
+        & (_HEAD.c.version_id == v.version_id),
+    )
+
+
+# The largest version_id the column holds (INTEGER: 32 bits on PostgreSQL).
+MAX_VERSION_ID = 2**31 - 1
+
+
+def read_version(
+    session: Session, resource_type: str, resource_id: str, version_id: int | None = None
+) -> StoredVersion | None:
+    """A given version, or the current one when version_id is None.
+
+    A version_id the column cannot hold is no stored version: None, without asking the database
+    (which would refuse the parameter: out of range on PostgreSQL, too large for SQLite).
+    """
+    v = _VERSION.c
+    if version_id is not None and not 0 < version_id <= MAX_VERSION_ID:
+        return None
+    if version_id is None:
+        query = _current_versions()
+    else:
+        query = _stored_versions().where(v.version_id == version_id)
+    row = session.execute(
+        query.where(v.resource_type == resource_type, v.resource_id == resource_id)
+    ).first()
+    return None if row is None else StoredVersion(*row)
+
+
+def read_current_many(session: Session, keys: Sequence[Key]) -> list[StoredVersion]:
+    """Current, non-deleted versions for keys, in the order given."""
+    v = _VERSION.c
+    found: dict[Key, StoredVersion] = {}
+    for rtype, ids in by_type(keys):
+        rows = session.execute(
+            _current_versions().where(
+                v.resource_type == rtype, v.resource_id.in_(ids), v.deleted.is_(False)
+            )
+        )
+        for r in rows:
+            found[(r.resource_type, r.resource_id)] = StoredVersion(*r)
+    return [found[k] for k in keys if k in found]
+
+
+def write_versions(
+    session: Session,
+    rows: Sequence[VersionRow],
+    heads: dict[Key, Head],
+    *,
+    source: str,
+    request_id: str,
+) -> None:
+    """Insert versions, move heads and replace index rows, in bulk.
+
+    The primary key of fhir_resource_version (type, id, version) is what makes concurrent writers
+    safe: the second writer of version n+1 fails with an integrity error and its unit of work is
+    retried, never check-then-insert. Rows go straight to the driver (executemany, or COPY on
+    PostgreSQL, where a duplicate key fails the COPY just the same): at thousands of rows per
+    request the Core compiler would cost more than the SQL.
+    """
+    if not rows:
+        return
+    conn = session.connection()
+    instant = _instant_binder(conn)
+    source = source[:200]
+    _bulk_insert(
+        conn,
+        _VERSION,
+        _VERSION_COLUMNS,
+        [(*_head_tuple(r, instant), r.content, source, request_id) for r in rows],
+    )
+    moved = [r for r in rows if (r.resource_type, r.resource_id) in heads]
+    new_heads = [
+        _head_tuple(r, instant) for r in rows if (r.resource_type, r.resource_id) not in heads
+    ]
+    _bulk_insert(conn, _HEAD, _HEAD_COLUMNS, new_heads)
+    if moved:
+        conn.exec_driver_sql(
+            _MOVE_HEAD.format(p=_mark(conn)),
+            [
+                (
+                    r.version_id,
+                    instant(r.last_updated),
+                    r.content_hash,
+                    r.deleted,
+                    r.resource_type,
+                    r.resource_id,
+                )
+                for r in moved
+            ],
+        )
+    _replace_indexes(session, moved, rows)
+
+
+_HEAD_COLUMNS = (
+    "resource_type",
+    "resource_id",
+    "version_id",
+    "last_updated",
+    "content_hash",
+    "deleted",
+)
+_VERSION_COLUMNS = (*_HEAD_COLUMNS, "content", "source", "request_id")
+_IDENT_COLUMNS = ("resource_type", "resource_id", "system", "value")
+_REF_COLUMNS = ("resource_type", "resource_id", "param", "target_type", "target_id")
+_MOVE_HEAD = (
+    "UPDATE fhir_resource SET version_id = {p}, last_updated = {p}, content_hash = {p}, "
+    "deleted = {p} WHERE resource_type = {p} AND resource_id = {p}"
+)
+
+
+def _mark(conn: Connection) -> str:
+    """The driver's positional placeholder (sqlite3: ?, psycopg: %s)."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _instant_binder(conn: Connection) -> Callable[[dt.datetime], Any]:
+    """What the driver is given for a timestamp (SQLite stores text in SQLAlchemy's format)."""
+    column_type = _HEAD.c.last_updated.type
+    process = column_type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    if process is None:
+        return lambda value: value
+    cache: dict[dt.datetime, Any] = {}
+
+    def bind(value: dt.datetime) -> Any:
+        if value not in cache:
+            cache[value] = process(value)
+        return cache[value]
+
+    return bind
+
+
+def _head_tuple(r: VersionRow, instant: Callable[[dt.datetime], Any]) -> tuple[Any, ...]:
+    """The columns a version shares with its head, in _HEAD_COLUMNS order."""
+    return (
+        r.resource_type,
+        r.resource_id,
+        r.version_id,
+        instant(r.last_updated),
+        r.content_hash,
+        r.deleted,
+    )
+
+
+def _execute_many(
+    conn: Connection, table: Any, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """A plain multi-row INSERT through the driver's executemany (psycopg pipelines it)."""
+    if rows:
+        marks = ", ".join([_mark(conn)] * len(columns))
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})", list(rows)
+        )
+
+
+def bulk_insert(
+    session: Session, table: Any, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Many rows into one table, straight to the driver (COPY on PostgreSQL)."""
+    _bulk_insert(session.connection(), table, columns, rows)
+
+
+def _bulk_insert(
+    conn: Connection, table: Any, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Many rows into one table: COPY on PostgreSQL (one stream), executemany elsewhere."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        _execute_many(conn, table, columns, rows)
+        return
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    dbapi_conn: Any = conn.connection.dbapi_connection
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        with dbapi_conn.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except dbapi_error as exc:
+        # Same exception types as every other statement, so the retry and 503 logic hold.
+        if conn.dialect.is_disconnect(exc, dbapi_conn, None):
+            conn.invalidate(exc)
+        raise DBAPIError.instance(statement, None, exc, dbapi_error) from exc
+
+
+def _replace_indexes(
+    session: Session, moved: Sequence[VersionRow], rows: Sequence[VersionRow]
+) -> None:
+    for table in (_IDENT, _REF):
+        for rtype, ids in by_type([(r.resource_type, r.resource_id) for r in moved]):
+            session.execute(
+                delete(table).where(table.c.resource_type == rtype, table.c.resource_id.in_(ids))
+            )
+    live = [r for r in rows if not r.deleted]
+    conn = session.connection()
+    _bulk_insert(
+        conn,
+        _IDENT,
+        _IDENT_COLUMNS,
+        [(r.resource_type, r.resource_id, s, v) for r in live for s, v in r.identifiers],
+    )
+    _bulk_insert(
+        conn,
+        _REF,
+        _REF_COLUMNS,
+        [(r.resource_type, r.resource_id, *ref) for r in live for ref in r.references],
+    )
+
+
+def table_counts(session: Session) -> dict[str, int]:
+    """Row count of every table the service writes (used by tests and operators)."""
+    return {
+        t.name: int(session.execute(select(func.count()).select_from(t)).scalar_one())
+        for t in SQLModel.metadata.sorted_tables
+        if t.name != "service_secret"  # created once, on first use, by design
+    }
+
+
+def valueset_generation(session: Session) -> tuple[int, dt.datetime | None]:
+    """(count, newest lastUpdated) of ValueSet heads: changes whenever a ValueSet is written."""
+    c = _HEAD.c
+    row = session.execute(
+        select(func.count(), func.max(c.last_updated)).where(c.resource_type == "ValueSet")
+    ).one()
+    newest = row[1]
+    if isinstance(newest, dt.datetime) and newest.tzinfo is None:
+        newest = newest.replace(tzinfo=dt.UTC)
+    return int(row[0]), newest
+
+
+def all_keys(session: Session, resource_types: Sequence[str]) -> list[Key]:
+    """Every current, non-deleted resource of these types (a full remap)."""
+    c = _HEAD.c
+    rows = session.execute(
+        select(c.resource_type, c.resource_id).where(
+            c.resource_type.in_(list(resource_types)), c.deleted.is_(False)
+        )
+    )
+    return [(r.resource_type, r.resource_id) for r in rows]

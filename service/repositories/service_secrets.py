@@ -1,0 +1,22 @@
+"""All SQL for the service's own generated secrets (e.g. the pseudonym key). Nothing here commits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlmodel import Session
+
+from service.infra.tables import ServiceSecret
+
+_SECRET = ServiceSecret.__table__  # type: ignore[attr-defined]
+
+
+def get_or_create_secret(session: Session, name: str, make: Any) -> str:
+    """A service secret, created once; a concurrent creator makes this unit of work retry."""
+    row = session.execute(select(_SECRET.c.value).where(_SECRET.c.name == name)).first()
+    if row is not None:
+        return str(row.value)
+    value = str(make())
+    session.execute(insert(_SECRET), [{"name": name, "value": value}])
+    return value

@@ -1,0 +1,111 @@
+"""All SQL for study subjects (who is in which study, pseudonymous id, Day 1). Nothing here commits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlmodel import Session
+
+from service.infra.tables import (
+    StudySubject,
+    TrialEventRow,
+)
+from service.repositories.sql import chunks
+
+_EVENT = TrialEventRow.__table__  # type: ignore[attr-defined]
+_SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
+
+
+def subjects_of(session: Session, patient_ids: Sequence[str]) -> dict[tuple[str, str], Any]:
+    """Current subject rows for these patients, keyed by (study, patient)."""
+    out: dict[tuple[str, str], Any] = {}
+    c = _SUBJECT.c
+    for chunk in chunks(list(patient_ids)):
+        for row in session.execute(select(_SUBJECT).where(c.patient_id.in_(list(chunk)))):
+            out[(row.study_id, row.patient_id)] = row
+    return out
+
+
+def save_per_patient(session: Session, table: Any, values: dict[str, Any], exists: bool) -> None:
+    """Insert or update one row of a (study_id, patient_id)-keyed table."""
+    if exists:
+        c = table.c
+        session.execute(
+            update(table)
+            .where(c.study_id == values["study_id"], c.patient_id == values["patient_id"])
+            .values(values)
+        )
+    else:
+        session.execute(insert(table), [values])
+
+
+def delete_per_patient(session: Session, table: Any, study_id: str, patient_id: str) -> None:
+    """Delete one row of a (study_id, patient_id)-keyed table."""
+    c = table.c
+    session.execute(delete(table).where(c.study_id == study_id, c.patient_id == patient_id))
+
+
+def upsert_subject(session: Session, values: dict[str, Any], exists: bool) -> None:
+    """Insert or update one subject row."""
+    save_per_patient(session, _SUBJECT, values, exists)
+
+
+def delete_subject(session: Session, study_id: str, patient_id: str) -> None:
+    """A patient who no longer qualifies is no longer listed."""
+    delete_per_patient(session, _SUBJECT, study_id, patient_id)
+
+
+def list_subjects(
+    session: Session,
+    study_id: str,
+    *,
+    after: str | None,
+    limit: int,
+    status: str | None = None,
+    subject_number: str | None = None,
+) -> list[Any]:
+    """A page of subjects in subject_id order (cursor = the last subject_id seen)."""
+    c = _SUBJECT.c
+    query = select(_SUBJECT).where(c.study_id == study_id)
+    if after is not None:
+        query = query.where(c.subject_id > after)
+    if status is not None:
+        query = query.where(c.status == status)
+    if subject_number is not None:
+        query = query.where(c.subject_number == subject_number)
+    return list(session.execute(query.order_by(c.subject_id).limit(limit)))
+
+
+def find_subject(session: Session, study_id: str, subject_id: str) -> Any | None:
+    """One subject by its pseudonymous id."""
+    c = _SUBJECT.c
+    return session.execute(
+        select(_SUBJECT).where(c.study_id == study_id, c.subject_id == subject_id)
+    ).first()
+
+
+def study_subjects(session: Session, study_id: str) -> list[Any]:
+    """Every subject row of a study, in subject_id order (cohort-level outcomes read them all)."""
+    c = _SUBJECT.c
+    return list(
+        session.execute(select(_SUBJECT).where(c.study_id == study_id).order_by(c.subject_id))
+    )
+
+
+def fingerprint(session: Session, study_id: str) -> tuple[Any, ...]:
+    """Moves whenever the study's subjects or any of their events change (a cache key).
+
+    Event ids are never reused (migration 0005), so a replaced event raises the id sum even when
+    the count stays; a removed one lowers the count. Subjects: count and latest change.
+    """
+    e, s = _EVENT.c, _SUBJECT.c
+    members = select(s.patient_id).where(s.study_id == study_id)
+    events = session.execute(
+        select(func.count(), func.coalesce(func.sum(e.pk), 0)).where(e.patient_id.in_(members))
+    ).one()
+    subjects = session.execute(
+        select(func.count(), func.max(s.updated_at)).where(s.study_id == study_id)
+    ).one()
+    return (*events, *subjects)

@@ -1,0 +1,178 @@
+"""All SQL for trial events and what they were derived from. Nothing here commits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, func, select
+from sqlmodel import Session
+
+from fhir_mapping.events.model import EventKind, TrialEvent
+from service.infra.tables import (
+    EventDependency,
+    ResourceIdentifier,
+    StudySubject,
+    TrialEventRow,
+)
+from service.repositories import fhir_versions
+from service.repositories.fhir_versions import Key
+from service.repositories.sql import chunks
+
+_EVENT = TrialEventRow.__table__  # type: ignore[attr-defined]
+_DEP = EventDependency.__table__  # type: ignore[attr-defined]
+_SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
+_IDENT = ResourceIdentifier.__table__  # type: ignore[attr-defined]
+
+
+def identifier_target(value: str) -> str:
+    """The dependency target of an identifier lookup (by value: over-approximate, never miss)."""
+    return f"identifier:{value}"[:512]
+
+
+def identifier_matches(
+    session: Session, resource_types: Sequence[str], system: str | None, value: str
+) -> list[Key]:
+    """Up to two current resources of these types carrying the identifier (system optional)."""
+    c = _IDENT.c
+    query = select(c.resource_type, c.resource_id).where(
+        c.resource_type.in_(list(resource_types)), c.value == value
+    )
+    if system is not None:
+        query = query.where(c.system == system)
+    rows = session.execute(query.distinct().limit(2))
+    return [(r.resource_type, r.resource_id) for r in rows]
+
+
+def dependents(session: Session, targets: Iterable[str]) -> set[Key]:
+    """Sources whose events were computed from any of these targets."""
+    wanted = sorted(targets)
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":  # one array parameter: one statement text, prepared once
+        rows: Iterable[Any] = conn.exec_driver_sql(
+            "SELECT source_type, source_id FROM trial_event_dependency WHERE target = ANY(%s)",
+            (wanted,),
+        )
+        return {(r[0], r[1]) for r in rows}
+    out: set[Key] = set()
+    c = _DEP.c
+    for chunk in chunks(wanted):
+        rows = session.execute(select(c.source_type, c.source_id).where(c.target.in_(list(chunk))))
+        out.update((r.source_type, r.source_id) for r in rows)
+    return out
+
+
+def patients_of(session: Session, keys: Sequence[Key]) -> set[str]:
+    """Patients that currently have events from these sources."""
+    out: set[str] = set()
+    c = _EVENT.c
+    for rtype, ids in fhir_versions.by_type(keys):
+        rows = session.execute(
+            select(c.patient_id)
+            .where(c.source_type == rtype, c.source_id.in_(list(ids)), c.patient_id.is_not(None))
+            .distinct()
+        )
+        out.update(r.patient_id for r in rows)
+    return out
+
+
+def delete_events(session: Session, keys: Sequence[Key]) -> None:
+    """Forget the events and dependencies of these sources."""
+    for rtype, ids in fhir_versions.by_type(keys):
+        session.execute(
+            delete(_EVENT).where(_EVENT.c.source_type == rtype, _EVENT.c.source_id.in_(list(ids)))
+        )
+        session.execute(
+            delete(_DEP).where(_DEP.c.source_type == rtype, _DEP.c.source_id.in_(list(ids)))
+        )
+
+
+_EVENT_COLUMNS = (
+    "source_type",
+    "source_id",
+    "source_version",
+    "seq",
+    "patient_id",
+    "kind",
+    "first_day",
+    "payload",
+)
+
+
+def insert_events(
+    session: Session,
+    events: Sequence[TrialEvent],
+    deps: Iterable[tuple[str, str, str]],
+    stored: dict[str, TrialEvent],
+) -> None:
+    """Store events (payload = their wire shape) and what they were computed from.
+
+    Each event is also put in `stored` under its payload, so reading it back in the same unit of
+    work needs no decoding (see `events_of`).
+    """
+    rows = []
+    for seq, e in enumerate(events):
+        payload = orjson.dumps(e.to_json()).decode()
+        stored[payload] = e
+        rows.append(
+            (
+                e.source.resource_type,
+                e.source.resource_id,
+                e.source.version_id,
+                seq,
+                e.patient_id,
+                e.kind.value,
+                e.date.first.isoformat() if e.date else None,  # the Date column's stored form
+                payload,
+            )
+        )
+    fhir_versions.bulk_insert(session, _EVENT, _EVENT_COLUMNS, rows)
+    fhir_versions.bulk_insert(
+        session, _DEP, ("source_type", "source_id", "target"), sorted(set(deps))
+    )
+
+
+def events_of(
+    session: Session,
+    patient_ids: Sequence[str],
+    kinds: Sequence[EventKind] | None = None,
+    stored: dict[str, TrialEvent] | None = None,
+) -> dict[str, list[TrialEvent]]:
+    """Events per patient, optionally only some kinds.
+
+    Events in `stored` (those this unit of work inserted) are not decoded again: the same payload
+    is the same event.
+    """
+    out: dict[str, list[TrialEvent]] = {p: [] for p in patient_ids}
+    stored = stored or {}
+    c = _EVENT.c
+    for chunk in chunks(list(patient_ids)):
+        query = select(c.patient_id, c.payload).where(c.patient_id.in_(list(chunk)))
+        if kinds is not None:
+            query = query.where(c.kind.in_([k.value for k in kinds]))
+        for patient_id, payload in session.execute(query.order_by(c.pk)):
+            event = stored.get(payload)
+            if event is None or event.patient_id != patient_id:
+                event = TrialEvent.from_json(orjson.loads(payload), patient_id)
+            out[patient_id].append(event)
+    return out
+
+
+def totals(session: Session) -> dict[str, int]:
+    """How many events and subjects are stored (operators and tests)."""
+    return {
+        "events": int(session.execute(select(func.count()).select_from(_EVENT)).scalar_one()),
+        "subjects": int(session.execute(select(func.count()).select_from(_SUBJECT)).scalar_one()),
+    }
+
+
+def patients_with_events(session: Session, kinds: Sequence[EventKind]) -> list[str]:
+    """Patients having any event of these kinds."""
+    c = _EVENT.c
+    rows = session.execute(
+        select(c.patient_id)
+        .where(c.kind.in_([k.value for k in kinds]), c.patient_id.is_not(None))
+        .distinct()
+    )
+    return sorted(r.patient_id for r in rows)

@@ -1,0 +1,75 @@
+"""The retrospective cirAE cohort's protocol: groups, matching, covariates, analysis choices."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import Field
+
+from service.protocol.schema import Strict, StudyProtocol
+
+
+class Calipers(Strict):
+    """Matching calipers (**choice**)."""
+
+    age_years: Decimal = Field(ge=0)
+    charlson: int = Field(ge=0)
+    icb_year: int = Field(ge=0)
+
+
+class Matching(Strict):
+    """1:k matching of cases to controls (**choice**: exact keys, calipers, greedy, no replacement)."""
+
+    ratio: int = Field(ge=1)
+    exact: tuple[Literal["sex", "race", "icb_type"], ...]
+    calipers: Calipers
+    method: Literal["greedy_nearest_neighbour_without_replacement"]
+
+
+class IcbClasses(Strict):
+    """Which value set defines each checkpoint-inhibitor class."""
+
+    pd1: str
+    pdl1: str
+    ctla4: str
+
+
+class Glucocorticoid(Strict):
+    """Systemic glucocorticoid exposure, a time-varying covariate."""
+
+    valueset: str
+    systemic_only: bool
+    window_years: int = Field(ge=1)
+
+
+class CohortStudy(Strict):
+    """The retrospective cohort: who is in it and how it is analysed."""
+
+    icb_classes: IcbClasses
+    cirae_valueset: str
+    cirae_onset_after_icb: bool
+    treatment_valueset: str
+    groups: tuple[Literal["dupilumab", "control_1", "control_2"], ...]
+    matching: Matching
+    charlson: Literal["quan_icd10"]
+    # **choice**: "charlson" = original Charlson 1987 weights on the Quan 2005 ICD-10 coding.
+    charlson_weighting: Literal["charlson", "quan"]
+    # **choice**: ICB classes first given within this many days of initiation make it a combination.
+    icb_combination_window_days: int = Field(ge=0)
+    resolution: dict[str, Literal["complete", "partial", "none"]]
+    glucocorticoid: Glucocorticoid
+    adjustment: tuple[
+        Literal["sex", "race", "age", "icb_type", "charlson", "cancer_type", "stage"], ...
+    ]
+    confidence_level: Decimal = Field(gt=0, lt=1)
+    # **choice**: fewer deaths than this per estimated Cox parameter → "not estimable".
+    min_events_per_parameter: int = Field(ge=1)
+    survival_timepoints_months: tuple[int, ...] = Field(min_length=1)
+
+
+class CohortProtocol(StudyProtocol):
+    """A retrospective cohort study built from whatever FHIR data the service holds."""
+
+    kind: Literal["cohort"]
+    cohort: CohortStudy
