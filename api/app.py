@@ -17,7 +17,7 @@ from api.fhir_routes import router as fhir_router
 from api.outcome_routes import router as outcome_router
 from api.study_routes import router as study_router
 from service.derivation.catalog import load_catalog
-from service.fhir.interactions import FhirStore
+from service.fhir.interactions import FhirService
 from service.fhir.validation_workers import ModelChecks
 from service.infra import migrate
 from service.infra.db import make_engine
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = conf
         app.state.engine = engine
         model_checks = ModelChecks.for_settings(conf)
-        app.state.store = FhirStore(engine, conf, catalog.derivation, model_checks)
+        app.state.store = FhirService(engine, conf, catalog.derivation, model_checks)
         app.state.studies = StudyReader(engine, catalog.protocols)
         app.state.reports = CohortReports(engine, catalog.protocols)
         app.state.deviations = DeviationLog(

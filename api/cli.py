@@ -21,7 +21,7 @@ from service.derivation.catalog import load_catalog
 from service.derivation.refresh import Derivation, reevaluate_all, remap_all
 from service.errors import FhirError
 from service.fhir.ingest import EntryResult
-from service.fhir.interactions import FhirStore
+from service.fhir.interactions import FhirService
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.process import settle_process
@@ -61,7 +61,7 @@ def _count_resources(path: Path) -> int:
 
 
 def _load_file(
-    store: FhirStore, path: Path, bar: tqdm[Never], tally: Counter[str], errors: list[str]
+    store: FhirService, path: Path, bar: tqdm[Never], tally: Counter[str], errors: list[str]
 ) -> None:
     ctx = store.context(f"cli load {path.name}")
     text = decode_text(path.read_bytes())
@@ -93,7 +93,7 @@ def cmd_load(settings: Settings, paths: Sequence[str], derivation: Derivation) -
     """Load bundle JSON / NDJSON files or folders through the same ingest as the API."""
     engine = make_engine(settings)
     migrate.upgrade(engine)
-    store = FhirStore(engine, settings, derivation)
+    store = FhirService(engine, settings, derivation)
     settle_process()
     try:
         files = list(_files(paths))

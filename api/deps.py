@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
 from service.errors import ApiError
-from service.fhir.interactions import FhirStore
+from service.fhir.interactions import FhirService
 from service.infra.settings import Settings
 from service.reads.cohort_reports import CohortReports
 from service.reads.deviation_log import DeviationLog
@@ -26,10 +26,10 @@ _NOT_FOUND = {
 }
 
 
-def _state(name: str, kind: type[T]) -> Callable[[Request], T]:
+def _state(name: str, kind: type[T]) -> Callable[[Request], Awaitable[T]]:
     """A dependency handing out the `app.state.<name>` that the lifespan built at start-up."""
 
-    def get(request: Request) -> T:
+    async def get(request: Request) -> T:
         found = getattr(request.app.state, name)
         assert isinstance(found, kind)
         return found
@@ -59,7 +59,7 @@ def reject_nul(request: Request) -> None:
         raise ApiError(422, "invalid_request", "the request is not valid", bad)
 
 
-StoreDep = Annotated[FhirStore, Depends(_state("store", FhirStore))]
+StoreDep = Annotated[FhirService, Depends(_state("store", FhirService))]
 SettingsDep = Annotated[Settings, Depends(_state("settings", Settings))]
 ReaderDep = Annotated[StudyReader, Depends(_state("studies", StudyReader))]
 ReportsDep = Annotated[CohortReports, Depends(_state("reports", CohortReports))]

@@ -103,6 +103,8 @@ def render(exc: TrialbridgeError, *, fhir: bool) -> Response:
         return json_error(exc.status, exc.issues[0].code, str(exc))
     if isinstance(exc, ApiError):
         return json_error(exc.status, exc.code, exc.message, exc.details)
+    if fhir:
+        return outcome_response(exc.status, [Issue("processing", str(exc))])
     return json_error(exc.status, "refused", str(exc))
 
 

@@ -49,7 +49,7 @@ def require_media_type(request: Request, accepted: tuple[str, ...]) -> None:
         )
 
 
-def check_accept(request: Request) -> None:
+async def check_accept(request: Request) -> None:
     """406 when the client accepts no JSON (we do not serve XML or Turtle)."""
     fmt = request.query_params.get("_format")
     if fmt is not None and fmt not in ("json", *JSON_TYPES):

@@ -124,7 +124,7 @@ def cohort_outcomes(o: CohortOutcomes) -> dict[str, Any]:
     """GET /studies/{id}/outcomes: the figures and where to fetch each plot."""
     return {
         "study": {**_study(o.study), "kind": o.kind},
-        "computed_at": o.computed_at,
+        "computed_at": iso_utc(o.computed_at),
         "plots": {
             name: {
                 fmt: f"/api/v1/studies/{o.study.id}/outcomes/plots/{name}.{fmt}"

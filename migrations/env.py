@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection `service.migrate` hands over."""
+"""Alembic environment: runs on the connection `service.infra.migrate` hands over."""
 
 from __future__ import annotations
 
@@ -23,5 +23,5 @@ def _run(connection: object) -> None:
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("run migrations through `trialbridge migrate` (service.migrate)")
+    raise RuntimeError("run migrations through `trialbridge migrate` (service.infra.migrate)")
 _run(connection)

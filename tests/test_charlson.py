@@ -114,7 +114,7 @@ def test_empty_batch() -> None:
 def test_no_process_wide_warning_filter_is_left_behind() -> None:
     """comorbidipy's import-time 'ignore SettingWithCopyWarning' does not leak into the process."""
     script = (
-        "import warnings, pandas.errors, service.charlson\n"
+        "import warnings, pandas.errors, service.studies.cirae.charlson\n"
         "print(any(f[0] == 'ignore' and f[2] is pandas.errors.SettingWithCopyWarning"
         " for f in warnings.filters))"
     )

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, event
 
 from service.errors import FhirError
-from service.fhir.interactions import FhirStore
+from service.fhir.interactions import FhirService
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
@@ -116,7 +116,7 @@ def test_database_lost_mid_transaction_writes_nothing_and_says_transient(new_dat
     settings = Settings(database_url=url, write_retries=1)
     engine = make_engine(settings)
     migrate.upgrade(engine)
-    store = FhirStore(engine, settings)
+    store = FhirService(engine, settings)
 
     def kill_connection(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         # the resources are written (COPY) by now: derivation is the first to ask for events
@@ -152,7 +152,7 @@ def test_database_lost_mid_transaction_writes_nothing_and_says_transient(new_dat
 
 def test_unreachable_database_is_a_transient_error() -> None:
     settings = Settings(database_url="postgresql://postgres@127.0.0.1:1/none", write_retries=1)
-    store = FhirStore(make_engine(settings), settings)
+    store = FhirService(make_engine(settings), settings)
     with pytest.raises(FhirError) as caught:
         store.create("Patient", patient("x"), if_none_exist=None, ctx=store.context("test"))
     assert (caught.value.status, caught.value.issues[0].code) == (503, "transient")

@@ -29,7 +29,7 @@ from fhir_mapping.bundles import owed_checker, parse_bundle
 from fhir_mapping.issues import Issue
 from fhir_mapping.json_codec import loads
 from service.errors import FhirError
-from service.fhir.interactions import FhirStore
+from service.fhir.interactions import FhirService
 from service.fhir.validation_workers import Claims, ModelChecks, PendingVerdicts, default_processes
 from service.infra import migrate
 from service.infra.db import make_engine
@@ -384,7 +384,7 @@ def test_without_the_workers_answer_the_bytes_are_parsed_strictly_here(
     engine: Engine, database_url: str
 ) -> None:
     checks = _AnswerlessChecks()
-    store = FhirStore(engine, Settings(database_url=database_url), model_checks=checks)
+    store = FhirService(engine, Settings(database_url=database_url), model_checks=checks)
     empty = _empty(engine)
     with pytest.raises(FhirError) as caught:
         store.bundle_json(DUPLICATE_KEYS["in one entry"], ctx=store.context("test"))
@@ -618,7 +618,7 @@ def test_a_refused_bundle_leaves_nothing_behind(new_database: Any, backend: str)
     engine = make_engine(settings)
     migrate.upgrade(engine)
     checks = ModelChecks(1, 1)
-    store = FhirStore(engine, settings, model_checks=checks)
+    store = FhirService(engine, settings, model_checks=checks)
     try:
         assert checks.wait_ready(120)
         empty = counts(engine)

@@ -34,7 +34,11 @@ def test_wheel_contains_what_the_image_needs(tmp_path: Path) -> None:
     for required in (
         "api/app.py",
         "api/cli.py",
-        "service/fhir_store.py",
+        "service/fhir/interactions.py",
+        "service/studies/registry.py",
+        "service/protocol/files/valuesets.toml",
+        "service/protocol/files/studies/nct06088771.toml",
+        "service/protocol/files/studies/cirae_dupilumab.toml",
         "fhir_mapping/validation.py",
         "migrations/env.py",
         "migrations/script.py.mako",

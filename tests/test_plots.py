@@ -161,8 +161,7 @@ def test_rendering_never_imports_pyplot() -> None:
     """pyplot keeps global figure state; a fresh interpreter renders both figures without it."""
     code = (
         "import sys\n"
-        "from service.plots import km_plot, swimmer_plot\n"
-        "from service.trial_cohort import SwimmerRow\n"
+        "from service.stats.plots import SwimmerRow, km_plot, swimmer_plot\n"
         "km_plot([('a', [1.0, 2.0], [True, False])], title='t', fmt='png')\n"
         "swimmer_plot([SwimmerRow('s', (0,), 1, 2, None, None, True, None, True, 'met')],"
         " fmt='svg')\n"

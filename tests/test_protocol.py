@@ -23,7 +23,7 @@ from service.studies.interventional.protocol import TrialProtocol
 from service.studies.registry import load_protocols, parse_protocol
 
 ROOT = Path(__file__).resolve().parent.parent
-NCT_FILE = ROOT / "service" / "protocols" / "nct06088771.toml"
+NCT_FILE = ROOT / "service" / "protocol" / "files" / "studies" / "nct06088771.toml"
 TERMS = build_terminology()
 
 

@@ -2,7 +2,7 @@
 
 The app runs for real (both backends) with its dispatcher off, so each test drives `deliver_due`
 itself with a chosen `now`. Only the receiver is mocked (respx patches httpx in this process), and
-DNS is stubbed at `service.webhooks.resolve_host`.
+DNS is stubbed at `service.notifications.webhooks.resolve_host`.
 """
 
 from __future__ import annotations

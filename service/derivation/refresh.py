@@ -16,7 +16,7 @@ from typing import Any
 from sqlmodel import Session
 
 from fhir_mapping.events.context import MappingContext
-from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.events.model import SourceRef, TrialEvent
 from fhir_mapping.events.registry import MAPPERS, map_resource
 from fhir_mapping.json_codec import LexicalDecimal
 from fhir_mapping.terminology import Terminology
@@ -27,20 +27,13 @@ from service.repositories import fhir_versions, service_secrets, study_subjects,
 from service.repositories.fhir_versions import Key
 from service.repositories.unit_of_work import UnitOfWork
 from service.studies.kind import SubjectBatch, SubjectFacts, pseudonym
-from service.studies.registry import kind_of, membership
+from service.studies.registry import kind_of, membership, membership_events, reevaluate_events
 
-# Stored content was validated on the way in: a plain decoder that keeps decimals' text suffices.
 log = logging.getLogger(__name__)
 
+# Stored content was validated on the way in: a plain decoder that keeps decimals' text suffices.
 _STORED = json.JSONDecoder(parse_float=LexicalDecimal)
 PSEUDONYM_SECRET = "subject-pseudonym-key"
-# Event kinds that decide study membership and candidacy (read back for every touched patient).
-MEMBERSHIP_KINDS = (
-    EventKind.ENROLLMENT,
-    EventKind.DRUG_ADMINISTRATION,
-    EventKind.DRUG_EXPOSURE,
-    EventKind.CONDITION,
-)
 
 
 @dataclass
@@ -233,7 +226,8 @@ class Derivation:
         if not patient_ids:
             return
         session = uow.session
-        events = trial_events.events_of(session, patient_ids, MEMBERSHIP_KINDS, uow.stored_events)
+        brief = membership_events()  # what decides membership and candidacy, nothing more
+        events = trial_events.events_of(session, patient_ids, brief, uow.stored_events)
         existing = study_subjects.subjects_of(session, patient_ids)
         key = self.pseudonym_key(uow)
         now = self.clock()
@@ -283,8 +277,6 @@ def remap_all(derivation: Derivation, uow: UnitOfWork) -> None:
 
 def reevaluate_all(derivation: Derivation, uow: UnitOfWork) -> int:
     """Re-screen every candidate as of today (time passing changes time-relative verdicts)."""
-    patients = trial_events.patients_with_events(
-        uow.session, (EventKind.CONDITION, EventKind.ENROLLMENT)
-    )
+    patients = trial_events.patients_with_events(uow.session, reevaluate_events())
     derivation.refresh_subjects(uow, patients)
     return len(patients)

@@ -129,7 +129,7 @@ class _ModelGate:
         _refuse(self.settled())
 
 
-class FhirStore:
+class FhirService:
     """Read, search and write FHIR resources; the API and the CLI both go through here."""
 
     def __init__(
@@ -251,7 +251,7 @@ class FhirStore:
         entry.resource_id = None
         if if_none_exist is not None:
             entry.if_none_exist = self._conditional(if_none_exist, resource_type, "If-None-Exist")
-        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+        return self._write(lambda uow: apply_entries(uow, [entry], ctx))[0]
 
     def update(
         self,
@@ -276,7 +276,7 @@ class FhirStore:
             )
         entry.resource_id = resource_id
         entry.if_match = self._etag(if_match)
-        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+        return self._write(lambda uow: apply_entries(uow, [entry], ctx))[0]
 
     def delete(
         self, resource_type: str, resource_id: str, *, if_match: str | None, ctx: WriteContext
@@ -286,7 +286,7 @@ class FhirStore:
         if not is_valid_id(resource_id):
             raise FhirError.of(400, "invalid", f"{resource_id!r} is not a valid FHIR id")
         entry = Entry(0, "", "DELETE", resource_type, resource_id, if_match=self._etag(if_match))
-        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+        return self._write(lambda uow: apply_entries(uow, [entry], ctx))[0]
 
     def update_conditional(
         self, resource_type: str, params: list[tuple[str, str]], body: Any, *, ctx: WriteContext
@@ -295,7 +295,7 @@ class FhirStore:
         self.check_type(resource_type)
         entry = self._single(body, "PUT", resource_type)
         entry.query = self._criteria(params, resource_type)
-        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+        return self._write(lambda uow: apply_entries(uow, [entry], ctx))[0]
 
     def delete_conditional(
         self, resource_type: str, params: list[tuple[str, str]], *, ctx: WriteContext
@@ -303,7 +303,7 @@ class FhirStore:
         """DELETE /fhir/{type}?criteria: delete the single match; 412 when several match."""
         self.check_type(resource_type)
         entry = Entry(0, "", "DELETE", resource_type, query=self._criteria(params, resource_type))
-        return self._write(lambda s: apply_entries(s, [entry], ctx))[0]
+        return self._write(lambda uow: apply_entries(uow, [entry], ctx))[0]
 
     def search(self, resource_type: str, params: list[tuple[str, str]], *, base: str) -> bytes:
         """GET /fhir/{type}?…: a searchset Bundle with a cursor `next` link."""
@@ -327,7 +327,7 @@ class FhirStore:
 
     def bundle_json(self, raw: bytes, *, ctx: WriteContext) -> tuple[str, list[EntryResult]]:
         """`bundle` for the request bytes: a large atomic Bundle has its models checked in a worker
-        process while it is written (see `service.model_checks`); the answer is the same."""
+        process while it is written (see `service.fhir.validation_workers`); the answer is the same."""
         # The worker starts on the bytes at once and parses them alongside this thread; if they
         # turn out not to be an atomic Bundle, its answer is never asked for. Since the worker
         # parses them strictly, this thread parses them without the duplicate-key check, at under
@@ -368,12 +368,12 @@ class FhirStore:
         entries = parsed.entries
         if parsed.kind == "transaction":
             return "transaction-response", self._write(
-                lambda s: apply_entries(s, entries, ctx), gate
+                lambda uow: apply_entries(uow, entries, ctx), gate
             )
         # collection / message: one atomic upsert, conditional references kept as sent
         upsert_ctx = replace(ctx, resolve_conditional_references=False)
         return "transaction-response", self._write(
-            lambda s: apply_upserts(s, entries, upsert_ctx), gate
+            lambda uow: apply_upserts(uow, entries, upsert_ctx), gate
         )
 
     def _batch(
@@ -446,7 +446,7 @@ class FhirStore:
         progress: Callable[[int], object] | None,
     ) -> Iterator[LineOutcome]:
         try:
-            results = self._write(lambda s: apply_entries(s, [e for _, e in chunk], ctx))
+            results = self._write(lambda uow: apply_entries(uow, [e for _, e in chunk], ctx))
         except FhirError:
             if len(chunk) == 1:
                 raise

@@ -69,7 +69,7 @@ class ResourceHead(SQLModel, table=True):
 class ResourceIdentifier(SQLModel, table=True):
     """Identifier (system, value) of a current resource, for `identifier=` and conditional refs.
 
-    Written with its head in one unit of work (`store.write_versions`); heads are never deleted,
+    Written with its head in one unit of work (`repositories.fhir_versions.write_versions`); heads are never deleted,
     so no foreign key checks it (0006).
     """
 

@@ -1,4 +1,4 @@
 """Webhook subscriptions and at-least-once delivery from the transactional outbox (signing,
-SSRF checks, retries with back-off, leases). May import `service.repositories` and
-`service.infra`.
+SSRF checks, retries with back-off, leases). May import `service.repositories`,
+`service.infra` and `service.errors`.
 """

@@ -6,7 +6,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -43,31 +43,21 @@ class CountRange(Strict):
         return self
 
 
-class Membership(Strict):
-    """How a patient becomes a subject: a ResearchSubject for the study, or the cohort rule."""
-
-    kind: Literal["research_subject", "cohort"]
-    research_study_identifiers: tuple[str, ...] = ()
-    cohort_valuesets: tuple[str, ...] = ()
-
-    @model_validator(mode="after")
-    def _complete(self) -> Membership:
-        if self.kind == "research_subject" and not self.research_study_identifiers:
-            raise ValueError("research_subject membership needs research_study_identifiers")
-        if self.kind == "cohort" and not self.cohort_valuesets:
-            raise ValueError("cohort membership needs cohort_valuesets")
-        return self
-
-
 class StudyProtocol(Strict):
-    """The header every study kind's protocol has; each kind subclasses it with its own settings."""
+    """The header every study kind's protocol has; each kind subclasses it with its own settings.
+
+    A kind's subclass narrows `kind` to its name and declares `membership` (how a patient becomes
+    a subject) with its own model, then its settings.
+    """
+
+    # Keys below these dotted prefixes name value sets though their names do not say so.
+    VALUESET_PREFIXES: ClassVar[tuple[str, ...]] = ()
 
     kind: str
     id: str = Field(min_length=1)
     version: str = Field(min_length=1)
     title: str = Field(min_length=1)
     sources: tuple[str, ...] = ()
-    membership: Membership
 
 
 ProtocolModels = Mapping[str, type[StudyProtocol]]
@@ -77,18 +67,22 @@ class ProtocolError(ValueError):
     """A protocol file that cannot be used; the message names the file and the key."""
 
 
-def _valuesets_named(value: Any, key: str = "") -> Iterable[tuple[str, str]]:
+def _valuesets_named(
+    value: Any, prefixes: tuple[str, ...], key: str = ""
+) -> Iterable[tuple[str, str]]:
     """(dotted key, value-set id) for every field naming a value set."""
     if isinstance(value, BaseModel):
         for name in type(value).model_fields:
-            yield from _valuesets_named(getattr(value, name), f"{key}.{name}" if key else name)
+            yield from _valuesets_named(
+                getattr(value, name), prefixes, f"{key}.{name}" if key else name
+            )
     elif isinstance(value, tuple):
         for i, item in enumerate(value):
-            yield from _valuesets_named(item, f"{key}.{i}")
+            yield from _valuesets_named(item, prefixes, f"{key}.{i}")
     elif isinstance(value, str) and (
         key.endswith("valueset")
         or key.rpartition(".")[0].endswith("valuesets")
-        or key.startswith("cohort.icb_classes.")
+        or key.startswith(prefixes)
     ):
         yield key, value
 
@@ -103,9 +97,16 @@ def parse_protocol(
         raise ProtocolError(f"{where}: not valid TOML: {exc}") from exc
     kind = raw.get("kind")
     model = models.get(kind) if isinstance(kind, str) else None
-    if model is None:
-        known = ", ".join(repr(k) for k in models)
-        raise ProtocolError(f"{where}: kind: must be one of {known}, not {kind!r}")
+    if model is None:  # worded as pydantic words a discriminated union's refusal
+        if kind is None:
+            problem = "Unable to extract tag using discriminator 'kind'"
+        else:
+            tags = ", ".join(repr(k) for k in models)
+            problem = (
+                f"Input tag '{kind}' found using 'kind' does not match any of the expected "
+                f"tags: {tags}"
+            )
+        raise ProtocolError(f"{where}: (top level): {problem}")
     try:
         protocol = model.model_validate(raw)
     except ValidationError as exc:
@@ -114,7 +115,7 @@ def parse_protocol(
             loc = [str(p) for p in err["loc"]]
             lines.append(f"{'.'.join(loc) or '(top level)'}: {err['msg']}")
         raise ProtocolError(f"{where}: " + "; ".join(lines)) from exc
-    for key, valueset in _valuesets_named(protocol):
+    for key, valueset in _valuesets_named(protocol, protocol.VALUESET_PREFIXES):
         if valueset not in terminology:
             raise ProtocolError(f"{where}: {key}: unknown value set {valueset!r}")
     return protocol
@@ -125,12 +126,11 @@ def load_protocols(
 ) -> dict[str, StudyProtocol]:
     """The packaged protocols, then a site's files (same id replaces, new id adds)."""
     found: dict[str, StudyProtocol] = {}
-    package = resources.files("service.protocol.files")
+    package = resources.files("service.protocol.files").joinpath("studies")
     for item in sorted(package.iterdir(), key=lambda p: p.name):
-        if item.name.endswith(".toml") and item.name != "valuesets.toml":
-            p = parse_protocol(
-                item.read_text("utf-8"), f"service/protocol/files/{item.name}", terminology, models
-            )
+        if item.name.endswith(".toml"):
+            where = f"service/protocol/files/studies/{item.name}"
+            p = parse_protocol(item.read_text("utf-8"), where, terminology, models)
             found[p.id] = p
     if directory is not None:
         if not directory.is_dir():

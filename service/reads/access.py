@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -11,10 +11,11 @@ from sqlmodel import Session
 from service.errors import ApiError
 from service.infra.db import reading
 from service.protocol.schema import StudyProtocol
-from service.studies.kind import StudyKind
 from service.studies.registry import kind_of
 
 T = TypeVar("T")
+# the optional parts of a StudyKind (see service.studies.kind)
+Feature = Literal["screening", "subject_outcomes", "deviation_rules"]
 
 
 def find_protocol(protocols: dict[str, StudyProtocol], study_id: str) -> StudyProtocol:
@@ -30,9 +31,9 @@ def find_protocol(protocols: dict[str, StudyProtocol], study_id: str) -> StudyPr
 
 
 def capability(
-    protocols: dict[str, StudyProtocol], study_id: str, feature: str, lacks: str
-) -> tuple[StudyProtocol, StudyKind[Any], Any]:
-    """The study, its kind and the kind's `feature`; a kind without it has no `lacks` (404)."""
+    protocols: dict[str, StudyProtocol], study_id: str, feature: Feature, lacks: str
+) -> tuple[StudyProtocol, Any]:
+    """The study and its kind's `feature`; a kind without it has no `lacks` (404)."""
     protocol = find_protocol(protocols, study_id)
     kind = kind_of(protocol)
     found = getattr(kind, feature)
@@ -42,7 +43,7 @@ def capability(
             "not_applicable",
             f"study {study_id} is a {kind.title}: it has no {lacks}",
         )
-    return protocol, kind, found
+    return protocol, found
 
 
 def read(engine: Engine, work: Callable[[Session], T]) -> T:

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from service.errors import ApiError
-from service.infra.clock import iso_utc, utcnow
+from service.infra.clock import utcnow
 from service.protocol.schema import StudyProtocol
 from service.reads.access import find_protocol, read
 from service.reads.results import CohortOutcomes, StudyRef
@@ -38,11 +38,11 @@ class CohortReports:
         protocol = find_protocol(self.protocols, study_id)
         report = self._report(protocol)
         return CohortOutcomes(
-            study=StudyRef(protocol.id, protocol.version),
+            study=StudyRef.of(protocol),
             kind=protocol.kind,
-            computed_at=report.body.get("computed_at"),
+            computed_at=report.computed_at or utcnow(),
             plots=sorted(report.plots),
-            outcomes={k: v for k, v in report.body.items() if k != "computed_at"},
+            outcomes=report.body,
         )
 
     def plot(self, study_id: str, name: str, fmt: str) -> RenderedFigure:
@@ -78,7 +78,7 @@ class CohortReports:
                 return cached[1]
             stamp, rows, events = read(self.engine, lambda s: _load(s, protocol.id))
             report = _compute(protocol, rows, events)
-            report.body["computed_at"] = iso_utc(utcnow())
+            report.computed_at = utcnow()
             self._cache[protocol.id] = (stamp, report)
             return report
 

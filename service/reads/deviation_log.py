@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,8 +67,7 @@ def check_filters(rules: tuple[str, ...], filters: dict[str, Any]) -> None:
 
 
 def _history(row: Any) -> HistoryEntry:
-    at = row.at if row.at.tzinfo is not None else row.at.replace(tzinfo=dt.UTC)  # SQLite: naive UTC
-    return HistoryEntry(at, row.actor, row.action, json.loads(row.detail))
+    return HistoryEntry(row.at, row.actor, row.action, json.loads(row.detail))
 
 
 @dataclass(frozen=True)
@@ -82,9 +80,7 @@ class DeviationLog:
 
     def _study(self, study_id: str) -> tuple[StudyProtocol, tuple[str, ...]]:
         """The study and its deviation codes; 404 for a kind that keeps no deviation log."""
-        protocol, _, rules_of = capability(
-            self.protocols, study_id, "deviation_rules", "deviations"
-        )
+        protocol, rules_of = capability(self.protocols, study_id, "deviation_rules", "deviations")
         return protocol, rules_of(protocol)
 
     def _read(self, work: Callable[[Session], T]) -> T:
@@ -113,7 +109,7 @@ class DeviationLog:
         )
         page = rows[:limit]
         return DeviationPage(
-            StudyRef(protocol.id, protocol.version),
+            StudyRef.of(protocol),
             [deviation_json(r) for r in page],
             encode_cursor(page[-1].id) if len(rows) > limit and page else None,
         )

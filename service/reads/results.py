@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhir_mapping.events.model import TrialEvent
+from service.protocol.schema import StudyProtocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,11 @@ class StudyRef:
 
     id: str
     version: str
+
+    @classmethod
+    def of(cls, protocol: StudyProtocol) -> StudyRef:
+        """The reference of a loaded protocol."""
+        return cls(protocol.id, protocol.version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +117,7 @@ class CohortOutcomes:
 
     study: StudyRef
     kind: str
-    computed_at: str | None
+    computed_at: dt.datetime
     plots: Sequence[str]
     outcomes: Mapping[str, Any]
 

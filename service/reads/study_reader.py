@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -32,14 +33,12 @@ from service.reads.results import (
 from service.repositories import eligibility_results, study_subjects, trial_events
 from service.studies.registry import kind_of
 
+T = TypeVar("T")
+
 
 def subject_statuses(protocol: StudyProtocol) -> frozenset[str]:
     """Statuses membership can give in this study's kind: others match no subject."""
     return kind_of(protocol).subject_statuses
-
-
-def _ref(protocol: StudyProtocol) -> StudyRef:
-    return StudyRef(protocol.id, protocol.version)
 
 
 def _subject(row: Any) -> Subject:
@@ -78,7 +77,7 @@ class StudyReader:
         """The protocol of a study this deployment serves, else 404."""
         return find_protocol(self.protocols, study_id)
 
-    def _read(self, work: Any) -> Any:
+    def _read(self, work: Callable[[Session], T]) -> T:
         return read(self.engine, work)
 
     def _subject_events(self, study_id: str, subject_id: str) -> tuple[Any, list[TrialEvent]]:
@@ -130,7 +129,7 @@ class StudyReader:
         page = rows[:limit]
         more = len(rows) > limit
         return SubjectPage(
-            _ref(protocol),
+            StudyRef.of(protocol),
             [_subject(r) for r in page],
             encode_cursor(page[-1].subject_id) if more and page else None,
         )
@@ -141,23 +140,23 @@ class StudyReader:
         row, events = self._subject_events(study_id, subject_id)
         ordered = sorted(events, key=_timeline_key)
         return Timeline(
-            _ref(protocol), _subject(row), utcnow(), [_entry(e, row.day1) for e in ordered]
+            StudyRef.of(protocol), _subject(row), utcnow(), [_entry(e, row.day1) for e in ordered]
         )
 
     def outcomes(self, study_id: str, subject_id: str) -> SubjectEndpoints:
         """Per-subject endpoints: time to surgery, MPR, pCR, EFS, OS, safety."""
-        protocol, _, outcomes_of = capability(
+        protocol, outcomes_of = capability(
             self.protocols, study_id, "subject_outcomes", "per-subject trial outcomes"
         )
         row, events = self._subject_events(study_id, subject_id)
         endpoints = outcomes_of(protocol, events, row.day1)
-        return SubjectEndpoints(_ref(protocol), subject_id, utcnow(), endpoints)
+        return SubjectEndpoints(StudyRef.of(protocol), subject_id, utcnow(), endpoints)
 
     def screening(
         self, study_id: str, *, cursor: str | None, limit: int, overall: str | None
     ) -> ScreeningPage:
         """The screening list: every candidate's overall status and verdict counts."""
-        protocol, _, _ = capability(self.protocols, study_id, "screening", "eligibility criteria")
+        protocol, _ = capability(self.protocols, study_id, "screening", "eligibility criteria")
         after = decode_cursor(cursor) if cursor else None
         rows = self._read(
             lambda s: eligibility_results.list_eligibility(
@@ -180,14 +179,14 @@ class StudyReader:
         ]
         more = len(rows) > limit and page
         return ScreeningPage(
-            _ref(protocol), candidates, encode_cursor(page[-1].subject_id) if more else None
+            StudyRef.of(protocol), candidates, encode_cursor(page[-1].subject_id) if more else None
         )
 
     def subject_eligibility(
         self, study_id: str, subject_id: str, as_of: str | None
     ) -> CandidateEligibility:
         """A candidate's criteria: the stored result, or computed on demand for a given day."""
-        protocol, _, screening = capability(
+        protocol, screening = capability(
             self.protocols, study_id, "screening", "eligibility criteria"
         )
         day = parse_as_of(as_of) if as_of is not None else None
@@ -209,11 +208,11 @@ class StudyReader:
             stored = json.loads(row.payload)
             stored.pop("at_enrollment", None)
             return CandidateEligibility(
-                _ref(protocol), subject_id, row.computed_at, stored, row.at_enrollment
+                StudyRef.of(protocol), subject_id, row.computed_at, stored, row.at_enrollment
             )
         verdicts = screening(protocol, events, day)
         return CandidateEligibility(
-            _ref(protocol), subject_id, utcnow(), verdicts, row.at_enrollment
+            StudyRef.of(protocol), subject_id, utcnow(), verdicts, row.at_enrollment
         )
 
 

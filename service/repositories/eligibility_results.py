@@ -12,8 +12,7 @@ from service.infra.tables import (
     EligibilityRow,
     StudySubject,
 )
-from service.repositories.sql import chunks
-from service.repositories.study_subjects import delete_per_patient, save_per_patient
+from service.repositories.sql import chunks, delete_per_patient, save_per_patient
 
 _SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
 _ELIGIBILITY = EligibilityRow.__table__  # type: ignore[attr-defined]
@@ -60,15 +59,3 @@ def find_eligibility(session: Session, study_id: str, subject_id: str) -> Any | 
     return session.execute(
         select(_ELIGIBILITY).where(c.study_id == study_id, c.subject_id == subject_id)
     ).first()
-
-
-def candidate_patients(session: Session, study_id: str) -> list[str]:
-    """Every patient on the screening list or listed as a subject (for a full re-evaluation)."""
-    e, s = _ELIGIBILITY.c, _SUBJECT.c
-    ids = {
-        r.patient_id for r in session.execute(select(e.patient_id).where(e.study_id == study_id))
-    }
-    ids |= {
-        r.patient_id for r in session.execute(select(s.patient_id).where(s.study_id == study_id))
-    }
-    return sorted(ids)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from sqlalchemy import insert, select
 from sqlmodel import Session
@@ -12,7 +12,7 @@ from service.infra.tables import ServiceSecret
 _SECRET = ServiceSecret.__table__  # type: ignore[attr-defined]
 
 
-def get_or_create_secret(session: Session, name: str, make: Any) -> str:
+def get_or_create_secret(session: Session, name: str, make: Callable[[], str]) -> str:
     """A service secret, created once; a concurrent creator makes this unit of work retry."""
     row = session.execute(select(_SECRET.c.value).where(_SECRET.c.name == name)).first()
     if row is not None:

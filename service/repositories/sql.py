@@ -1,10 +1,13 @@
-"""Helpers every repository shares: bounded IN-lists and compact JSON columns."""
+"""Helpers the repositories share: bounded IN-lists, compact JSON columns, per-patient rows."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from sqlalchemy import Table, delete, insert, update
+from sqlmodel import Session
 
 # Bound parameters per IN-list: under SQLite's limit, and plans stay cheap on PostgreSQL.
 CHUNK = 400
@@ -19,3 +22,22 @@ def chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
 def compact_json(value: Any) -> str:
     """Stable, compact JSON for text columns (sorted keys; dates as their ISO text)."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def save_per_patient(session: Session, table: Table, values: dict[str, Any], exists: bool) -> None:
+    """Insert or update one row of a (study_id, patient_id)-keyed table."""
+    if exists:
+        c = table.c
+        session.execute(
+            update(table)
+            .where(c.study_id == values["study_id"], c.patient_id == values["patient_id"])
+            .values(values)
+        )
+    else:
+        session.execute(insert(table), [values])
+
+
+def delete_per_patient(session: Session, table: Table, study_id: str, patient_id: str) -> None:
+    """Delete one row of a (study_id, patient_id)-keyed table."""
+    c = table.c
+    session.execute(delete(table).where(c.study_id == study_id, c.patient_id == patient_id))

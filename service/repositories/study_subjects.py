@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from service.infra.tables import (
     StudySubject,
     TrialEventRow,
 )
-from service.repositories.sql import chunks
+from service.repositories.sql import chunks, delete_per_patient, save_per_patient
 
 _EVENT = TrialEventRow.__table__  # type: ignore[attr-defined]
 _SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
@@ -26,25 +26,6 @@ def subjects_of(session: Session, patient_ids: Sequence[str]) -> dict[tuple[str,
         for row in session.execute(select(_SUBJECT).where(c.patient_id.in_(list(chunk)))):
             out[(row.study_id, row.patient_id)] = row
     return out
-
-
-def save_per_patient(session: Session, table: Any, values: dict[str, Any], exists: bool) -> None:
-    """Insert or update one row of a (study_id, patient_id)-keyed table."""
-    if exists:
-        c = table.c
-        session.execute(
-            update(table)
-            .where(c.study_id == values["study_id"], c.patient_id == values["patient_id"])
-            .values(values)
-        )
-    else:
-        session.execute(insert(table), [values])
-
-
-def delete_per_patient(session: Session, table: Any, study_id: str, patient_id: str) -> None:
-    """Delete one row of a (study_id, patient_id)-keyed table."""
-    c = table.c
-    session.execute(delete(table).where(c.study_id == study_id, c.patient_id == patient_id))
 
 
 def upsert_subject(session: Session, values: dict[str, Any], exists: bool) -> None:

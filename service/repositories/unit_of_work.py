@@ -58,8 +58,9 @@ class UnitOfWork:
         self.committed()
 
     def rollback(self) -> None:
-        """Roll back and forget what waited for a commit."""
+        """Roll back and forget everything this transaction held: its writes, events and waiters."""
         self.session.rollback()
+        self.written, self.stored_events, self.pseudonym_key = {}, {}, None
         self._after_commit.clear()
 
     def committed(self) -> None:

@@ -140,7 +140,4 @@ class Subscription:
 
 def subscription_of(row: Any) -> Subscription:
     """The typed subscription of a row (without its secret)."""
-    created = row.created_at
-    if created.tzinfo is None:  # SQLite hands back naive UTC
-        created = created.replace(tzinfo=dt.UTC)
-    return Subscription(row.id, row.url, tuple(json.loads(row.events)), created)
+    return Subscription(row.id, row.url, tuple(json.loads(row.events)), row.created_at)

@@ -1,3 +1,4 @@
-"""Statistics and figures with no clinical knowledge: Kaplan-Meier, confidence intervals, plots.
-Pure functions over numbers; may import `service.infra` only.
+"""Statistics and figures: Kaplan-Meier, confidence intervals, and the plots (KM curves, the
+swimmer plot of the rows it is given). Pure functions over numbers and rows; no study kind's
+logic. May import `service.infra` only.
 """

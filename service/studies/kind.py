@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from fhir_mapping.events.model import SourceRef, TrialEvent
+from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from service.protocol.schema import StudyProtocol
 from service.repositories.unit_of_work import UnitOfWork
 from service.stats.plots import Draw, RenderedFigure
@@ -87,6 +87,7 @@ class CohortReport:
 
     body: dict[str, Any]
     plots: dict[str, Draw]
+    computed_at: dt.datetime | None = None  # set by whoever computed it
     rendered: dict[tuple[str, str], RenderedFigure] = field(default_factory=dict)
 
 
@@ -104,6 +105,8 @@ class StudyKind(Generic[P]):
     protocol_model: type[P]
     subject_statuses: frozenset[str]
     membership: Callable[[P, Sequence[TrialEvent]], SubjectFacts | None]
+    # the event kinds `membership` (and `refresh`'s candidacy check) read: only these are loaded
+    membership_events: frozenset[EventKind]
     cohort_report: Callable[[P, Sequence[Member]], CohortReport]
     refresh: Callable[[UnitOfWork, P, SubjectBatch], None] | None = None
     screening: Callable[[P, Sequence[TrialEvent], dt.date], dict[str, Any]] | None = None
@@ -111,3 +114,5 @@ class StudyKind(Generic[P]):
         None
     )
     deviation_rules: Callable[[P], tuple[str, ...]] | None = None
+    # patients with events of these kinds are re-evaluated daily (time-relative verdicts)
+    reevaluate_events: frozenset[EventKind] = frozenset()

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fhir_mapping.events.model import TrialEvent
+from fhir_mapping.events.model import EventKind, TrialEvent
 from fhir_mapping.terminology import Terminology
 from service.protocol import schema
 from service.protocol.schema import StudyProtocol
@@ -26,6 +26,16 @@ KINDS: Mapping[str, StudyKind[Any]] = {
 def protocol_models() -> dict[str, type[StudyProtocol]]:
     """The protocol model of each kind, by the `kind` a protocol file names."""
     return {name: kind.protocol_model for name, kind in KINDS.items()}
+
+
+def membership_events() -> tuple[EventKind, ...]:
+    """Every event kind some study's membership reads (loaded for each touched patient)."""
+    return tuple(sorted({e for kind in KINDS.values() for e in kind.membership_events}))
+
+
+def reevaluate_events() -> tuple[EventKind, ...]:
+    """Event kinds whose patients some study re-evaluates as days pass."""
+    return tuple(sorted({e for kind in KINDS.values() for e in kind.reevaluate_events}))
 
 
 def kind_of(protocol: StudyProtocol) -> StudyKind[Any]:

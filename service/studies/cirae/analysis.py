@@ -1,6 +1,6 @@
 """Study 2 (dupilumab for cutaneous irAEs): group sizes, resolution, matching, KM and Cox models.
 
-The Cox modelling decisions are in service.cirae_cox. One caveat of the design the study defines is
+The Cox modelling decisions are in service.studies.cirae.cox. One caveat of the design the study defines is
 stated in every model's output: the groups are fixed at ICB initiation but defined by later events
 (a dupilumab case had to live until its cirAE and its dupilumab), so the group hazard ratio carries
 immortal-time bias towards the treated group; the glucocorticoid term, time-varying, does not.

@@ -2,7 +2,7 @@
 
 Decisions (each also noted where it is made):
 
-* Time origin: ICB initiation is `membership.cohort_membership`'s Day 1 (the earliest administration
+* Time origin: ICB initiation is `service.studies.cirae.membership.cohort_membership`'s Day 1 (the earliest administration
   or order of an ICB carrying a day-precision date), so the cohort and the service agree on who is
   in the study. The protocol's membership value sets must therefore be exactly its ICB classes.
 * Who is reported: a patient with no ICB at all is not in the cohort. Every ICB-treated patient is

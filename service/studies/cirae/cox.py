@@ -8,7 +8,7 @@ Modelling decisions (the output names each of them next to the numbers they prod
   last data point (`CirAESubject.os_days`). Zero follow-up is set to `ZERO_FOLLOWUP_DAYS` because a
   Cox risk set cannot hold an interval of length 0.
 - Systemic glucocorticoid exposure is time-varying: 0 on (0, g], 1 on (g, end] where g is the day of
-  the first glucocorticoid (the protocol window is applied upstream, by cirae_cohort). Covariate
+  the first glucocorticoid (the protocol window is applied upstream, by service.studies.cirae.cohort). Covariate
   values hold over (start, stop]: a death on day g itself counts as unexposed; g <= 0 means
   exposed from the start.
 - Covariates: group (dupilumab = 1), glucocorticoid, then the protocol's adjustment set. age and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fhir_mapping.events.model import EventKind
 from service.stats.plots import Curves, km_figure
 from service.studies.cirae.analysis import cirae_outcomes
 from service.studies.cirae.cohort import CohortPatient, build_cohort_report
@@ -36,5 +37,6 @@ CIRAE_COHORT: StudyKind[CohortProtocol] = StudyKind(
     protocol_model=CohortProtocol,
     subject_statuses=frozenset({"included"}),
     membership=cohort_membership,
+    membership_events=frozenset({EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE}),
     cohort_report=cirae_report,
 )

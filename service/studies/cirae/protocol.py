@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from service.protocol.schema import Strict, StudyProtocol
 
@@ -68,8 +68,25 @@ class CohortStudy(Strict):
     survival_timepoints_months: tuple[int, ...] = Field(min_length=1)
 
 
+class CohortMembership(Strict):
+    """A patient is in the cohort when given or ordered a drug of these value sets."""
+
+    kind: Literal["cohort"]
+    cohort_valuesets: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _complete(self) -> CohortMembership:
+        if not self.cohort_valuesets:
+            raise ValueError("cohort membership needs cohort_valuesets")
+        return self
+
+
 class CohortProtocol(StudyProtocol):
     """A retrospective cohort study built from whatever FHIR data the service holds."""
 
+    # the ICB class fields name value sets without saying "valueset"
+    VALUESET_PREFIXES: ClassVar[tuple[str, ...]] = ("cohort.icb_classes.",)
+
     kind: Literal["cohort"]
+    membership: CohortMembership
     cohort: CohortStudy

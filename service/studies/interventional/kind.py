@@ -6,15 +6,15 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from fhir_mapping.events.model import TrialEvent
+from fhir_mapping.events.model import EventKind, TrialEvent
 from fhir_mapping.required_codes import REQUIRED_CODES
 from service.stats.plots import km_figure, swimmer_plot
 from service.studies.interventional.cohort_statistics import CohortInput, cohort_report
 from service.studies.interventional.eligibility import evaluate
 from service.studies.interventional.membership import trial_membership
 from service.studies.interventional.protocol import TrialProtocol
+from service.studies.interventional.screening import refresh_screening
 from service.studies.interventional.subject_outcomes import subject_outcomes
-from service.studies.interventional.subject_refresh import refresh_subjects
 from service.studies.kind import CohortReport, Member, StudyKind
 
 
@@ -61,9 +61,14 @@ INTERVENTIONAL: StudyKind[TrialProtocol] = StudyKind(
     # membership gives the ResearchSubject's status, or `unknown`
     subject_statuses=REQUIRED_CODES[("ResearchSubject", "status")] | {"unknown"},
     membership=trial_membership,
+    # enrollment and Day 1 (first study drug); a lung-cancer condition makes a candidate
+    membership_events=frozenset(
+        {EventKind.ENROLLMENT, EventKind.DRUG_ADMINISTRATION, EventKind.CONDITION}
+    ),
     cohort_report=trial_report,
-    refresh=refresh_subjects,
+    refresh=refresh_screening,
     screening=eligibility_on,
     subject_outcomes=subject_outcomes,
     deviation_rules=deviation_rules,
+    reevaluate_events=frozenset({EventKind.CONDITION, EventKind.ENROLLMENT}),
 )

@@ -183,10 +183,24 @@ class TrialOutcomes(Strict):
     confidence_level: Decimal = Field(gt=0, lt=1)
 
 
+class ResearchSubjectMembership(Strict):
+    """A patient becomes a subject through a ResearchSubject for the study."""
+
+    kind: Literal["research_subject"]
+    research_study_identifiers: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _complete(self) -> ResearchSubjectMembership:
+        if not self.research_study_identifiers:
+            raise ValueError("research_subject membership needs research_study_identifiers")
+        return self
+
+
 class TrialProtocol(StudyProtocol):
     """An interventional study: schedule, eligibility, deviations, outcomes."""
 
     kind: Literal["interventional"]
+    membership: ResearchSubjectMembership
     schedule: Schedule
     eligibility: tuple[Criterion, ...] = Field(min_length=1)
     deviations: tuple[DeviationRule, ...]

@@ -18,7 +18,7 @@ from service.studies.interventional.protocol import TrialProtocol
 from service.studies.kind import SubjectBatch, SubjectFacts, pseudonym
 
 
-def refresh_subjects(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBatch) -> None:
+def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBatch) -> None:
     """Re-screen the candidates among these patients as of today; drop non-candidates."""
     session = uow.session
     study_id = protocol.id
