@@ -22,7 +22,7 @@ from service import migrate, store
 from service.db import make_engine
 from service.settings import Settings
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"  # real FHIR data: see data/README.md
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

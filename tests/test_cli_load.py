@@ -12,10 +12,10 @@ from sqlalchemy import Engine
 
 from service.db import make_engine
 from service.settings import Settings
-from tests.conftest import SHARED_DATA, counts
+from tests.conftest import TEST_DATA, counts
 
 TRIALBRIDGE = str(Path(sys.executable).parent / "trialbridge")
-SYNTHEA_DIR = SHARED_DATA / "synthea-10"
+SYNTHEA_DIR = TEST_DATA / "synthea-10"
 SYNTHEA_FILES = 9
 SYNTHEA_LINES = 5842
 

@@ -19,7 +19,7 @@ from service.db import make_engine
 from service.fhir_time import utcnow
 from service.ingest import WriteContext, apply_entries
 from service.settings import Settings
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 
 SITE_VALUESET = {
     "resourceType": "ValueSet",
@@ -138,7 +138,7 @@ def test_events_read_back_in_the_writing_session_are_the_events_decoded_later(
     )
     resources = [
         loads(line)
-        for path in sorted((SHARED_DATA / "synthea-10").glob("*.ndjson"))
+        for path in sorted((TEST_DATA / "synthea-10").glob("*.ndjson"))
         for line in path.read_bytes().splitlines()
         if line.strip()
     ]

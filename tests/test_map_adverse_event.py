@@ -12,10 +12,10 @@ from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 
 TERMINOLOGY = build_terminology()
-EXAMPLES = SHARED_DATA / "fhir-r4-examples"
+EXAMPLES = TEST_DATA / "fhir-r4-examples"
 SNOMED = "http://snomed.info/sct"
 MEDDRA = "https://www.meddra.org"
 MDR = "http://terminology.hl7.org/CodeSystem/mdr"

@@ -13,10 +13,10 @@ from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 
 TERMINOLOGY = build_terminology()
-EXAMPLES = SHARED_DATA / "fhir-r4-examples"
+EXAMPLES = TEST_DATA / "fhir-r4-examples"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 SNOMED = "http://snomed.info/sct"

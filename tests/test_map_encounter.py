@@ -13,7 +13,7 @@ from fhir_mapping.events.encounter import map_encounter
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 
 TERMINOLOGY = build_terminology()
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -171,7 +171,7 @@ def test_synthea_nsclc_patient_encounters() -> None:
     """Synthea's NSCLC patient: 90 finished contacts, the last a death certification visit."""
     ctx = _ctx()
     events: list[TrialEvent] = []
-    with (SHARED_DATA / "synthea-10" / "Encounter.000.ndjson").open("rb") as lines:
+    with (TEST_DATA / "synthea-10" / "Encounter.000.ndjson").open("rb") as lines:
         for line in lines:
             if NSCLC_PATIENT.encode() in line:
                 resource = loads(line.strip())

@@ -18,7 +18,7 @@ from fhir_mapping.events.medication_exposure import (
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.json_codec import LexicalDecimal, loads
 from service.terminology_files import build_terminology
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 
 TERMINOLOGY = build_terminology()
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -597,7 +597,7 @@ def test_synthea_nsclc_patient_medication_requests() -> None:
     """Synthea's NSCLC patient: chemotherapy orders are exposures but match no study drug set."""
     ctx = _ctx()
     events: list[TrialEvent] = []
-    with (SHARED_DATA / "synthea-10" / "MedicationRequest.000.ndjson").open("rb") as lines:
+    with (TEST_DATA / "synthea-10" / "MedicationRequest.000.ndjson").open("rb") as lines:
         for line in lines:
             if NSCLC_PATIENT.encode() in line:
                 resource = loads(line.strip())

@@ -12,10 +12,10 @@ from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.observation import map_observation, parse_tnm
 from fhir_mapping.json_codec import LexicalDecimal, loads
 from service.terminology_files import build_terminology
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 
 TERMINOLOGY = build_terminology()
-EXAMPLES = SHARED_DATA / "fhir-r4-examples"
+EXAMPLES = TEST_DATA / "fhir-r4-examples"
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 UCUM = "http://unitsofmeasure.org"

@@ -16,7 +16,7 @@ from fhir_mapping.events.patient import map_patient
 from fhir_mapping.events.procedure import map_procedure
 from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 
 TERMINOLOGY = build_terminology()
 OMB = "urn:oid:2.16.840.1.113883.6.238"
@@ -211,7 +211,7 @@ def test_patient_without_us_core_data() -> None:
 
 def test_official_example_patient_f001() -> None:
     """The HL7 NSCLC case patient (f001): alive, male, born 1944-11-17, no US Core race data."""
-    resource = json.loads((SHARED_DATA / "fhir-r4-examples" / "Patient-f001.json").read_bytes())
+    resource = json.loads((TEST_DATA / "fhir-r4-examples" / "Patient-f001.json").read_bytes())
     events = map_patient(resource, _src("f001"), _ctx())
     assert [e.to_json() for e in events] == [
         {
@@ -248,7 +248,7 @@ def _synthea_events(resource_type: str, mapper: Any) -> list[TrialEvent]:
     """Every event of the Synthea NSCLC patient's lines of one resource type."""
     ctx = _ctx()
     events: list[TrialEvent] = []
-    path = SHARED_DATA / "synthea-10" / f"{resource_type}.000.ndjson"
+    path = TEST_DATA / "synthea-10" / f"{resource_type}.000.ndjson"
     with path.open("rb") as lines:
         for line in lines:
             if NSCLC_PATIENT.encode() in line:

@@ -13,7 +13,7 @@ from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.procedure import map_procedure, map_service_request
 from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 
 TERMINOLOGY = build_terminology()
 SNOMED = "http://snomed.info/sct"
@@ -378,7 +378,7 @@ def test_service_request_intent_is_kept(intent: str) -> None:
 
 def test_official_example_procedure_f002() -> None:
     """The HL7 NSCLC case: partial lobectomy of f001 on 2013-03-08 (+01:00), by SNOMED code."""
-    resource = json.loads((SHARED_DATA / "fhir-r4-examples" / "Procedure-f002.json").read_bytes())
+    resource = json.loads((TEST_DATA / "fhir-r4-examples" / "Procedure-f002.json").read_bytes())
     events = map_procedure(resource, _src("Procedure", "f002"), _ctx())
     assert [e.to_json() for e in events] == [
         {
@@ -433,7 +433,7 @@ def test_synthea_nsclc_patient_procedures() -> None:
     """Synthea's NSCLC patient had chemoradiation, no resection: every procedure stays generic."""
     ctx = _ctx()
     events: list[TrialEvent] = []
-    with (SHARED_DATA / "synthea-10" / "Procedure.000.ndjson").open("rb") as lines:
+    with (TEST_DATA / "synthea-10" / "Procedure.000.ndjson").open("rb") as lines:
         for line in lines:
             if NSCLC_PATIENT.encode() in line:
                 resource = loads(line.strip())

@@ -21,10 +21,10 @@ from fhir_mapping.events.model import SourceRef
 from fhir_mapping.events.registry import map_resource
 from fhir_mapping.resource_types import SUPPORTED_TYPES
 from service.terminology_files import build_terminology
-from tests.conftest import SHARED_DATA, counts
+from tests.conftest import TEST_DATA, counts
 
-EXAMPLES_DIR = SHARED_DATA / "fhir-r4-examples"
-SYNTHEA_DIR = SHARED_DATA / "synthea-10"
+EXAMPLES_DIR = TEST_DATA / "fhir-r4-examples"
+SYNTHEA_DIR = TEST_DATA / "synthea-10"
 EXAMPLE_FILES = sorted(EXAMPLES_DIR.glob("*.json"))
 SYNTHEA_FILES = sorted(SYNTHEA_DIR.glob("*.ndjson"))
 SYNTHEA_LINES = 5842
