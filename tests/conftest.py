@@ -21,6 +21,7 @@ from api.app import create_app
 from service import migrate, store
 from service.db import make_engine
 from service.settings import Settings
+from tests.kit.clock import check_on_frozen_days, frozen
 
 TEST_DATA = Path(__file__).resolve().parent / "data"  # real FHIR data: see data/README.md
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -42,6 +43,19 @@ STORE_TABLES = (
     "fhir_resource",
 )
 FHIR_JSON = {"content-type": "application/fhir+json"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def frozen_clock() -> Iterator[None]:
+    """The whole session, its servers and databases, runs at the kit's frozen instant in New York."""
+    with frozen():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def on_frozen_days(frozen_clock: None) -> None:
+    """Each test starts on the frozen days: a guard, not a reset, since time only moves on."""
+    check_on_frozen_days()
 
 
 def _admin_connect() -> psycopg.Connection[tuple[object, ...]]:

@@ -32,6 +32,7 @@ from service.deviation_sync import RESOLVED_BY_DATA
 from service.settings import Settings
 from tests.conftest import FHIR_JSON, clear_store, start_server
 from tests.helpers import bundle, entry
+from tests.kit.clock import FROZEN_INSTANT
 
 NCT = "NCT06088771"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -633,7 +634,8 @@ def test_acknowledge_needs_the_current_etag(api: httpx.Client, fhir: httpx.Clien
     after = done.json()
     assert after["status"] == "acknowledged"
     assert after["acknowledged_by"] == "j.doe@site.org"
-    assert after["acknowledged_at"] is not None
+    acknowledged_at = dt.datetime.fromisoformat(after["acknowledged_at"])  # the wall clock's
+    assert FROZEN_INSTANT <= acknowledged_at <= dt.datetime.now(dt.UTC)
     assert after["version"] == 2
     assert history(after) == [
         ("opened", "system"),

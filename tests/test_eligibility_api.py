@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import LiveServer
 from tests.helpers import bundle, entry
+from tests.kit.clock import FROZEN_DATE
 
 NCT = "NCT06088771"
 LOINC = "http://loinc.org"
@@ -445,12 +446,6 @@ def rows(found: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     ]
 
 
-def today_window() -> set[str]:
-    """The server's as-of day (UTC today; yesterday too in case the test straddles midnight)."""
-    now = dt.datetime.now(dt.UTC).date()
-    return {now.isoformat(), (now - dt.timedelta(days=1)).isoformat()}
-
-
 def subject_by_number(api: httpx.Client, number: str) -> str:
     """The pseudonymous subject id of a study subject number."""
     subjects = get_json(api, f"/studies/{NCT}/subjects", subject_number=number)["subjects"]
@@ -496,7 +491,7 @@ def test_screening_list_matches_the_hand_worked_cohort(
         for pid, sid in ids.items()
     }
     assert got == EXPECTED
-    assert {c["as_of"] for c in candidates} <= today_window()
+    assert {c["as_of"] for c in candidates} == {FROZEN_DATE.isoformat()}  # the server's UTC day
     for pid, sid in ids.items():
         body = eligibility(api, sid)
         want = EXPECTED[pid]
@@ -610,7 +605,7 @@ def test_as_of_reads_and_corrections(api: httpx.Client, fhir: httpx.Client) -> N
     assert (zoned["as_of"], zoned["overall"]) == ("2025-05-31", "ineligible")
 
     stored = eligibility(api, sid)
-    assert stored["as_of"] in today_window()
+    assert stored["as_of"] == FROZEN_DATE.isoformat()
     assert (stored["overall"], stored["at_enrollment"]) == ("ineligible", "eligible")
     assert rows(criterion(stored, "driver")) == [
         ("Observation", "m1-egfr-may", "1", EGFR_MAY, "EGFR positive (ctDNA)")

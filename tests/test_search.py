@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import httpx
 import pytest
 
 from tests.helpers import observation, patient
+from tests.kit.clock import FROZEN_DATE, FROZEN_LOCAL_DATE
 
 
 def _ids(bundle: dict[str, object]) -> list[str]:
@@ -93,7 +92,9 @@ def test_count_zero_gives_only_the_total(seeded: httpx.Client) -> None:
 
 
 def test_last_updated_bounds(seeded: httpx.Client) -> None:
-    today = dt.datetime.now(dt.UTC).date()
+    today = FROZEN_DATE  # the server stamps UTC instants; the process's local day is the one before
+    assert seeded.get(f"/Patient?_lastUpdated={today.isoformat()}").json()["total"] == 2
+    assert seeded.get(f"/Patient?_lastUpdated={FROZEN_LOCAL_DATE.isoformat()}").json()["total"] == 0
     assert seeded.get(f"/Patient?_lastUpdated=ge{today.isoformat()}").json()["total"] == 2
     assert seeded.get(f"/Patient?_lastUpdated=lt{today.isoformat()}").json()["total"] == 0
     assert seeded.get(f"/Patient?_lastUpdated={today.year}").json()["total"] == 2
