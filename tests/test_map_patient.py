@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.encounter import map_encounter
 from fhir_mapping.events.medication_exposure import map_medication_request
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
@@ -17,79 +17,63 @@ from fhir_mapping.events.procedure import map_procedure
 from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
 from tests.conftest import TEST_DATA
+from tests.kit.fhir import OMB, US_CORE_BIRTHSEX, US_CORE_ETHNICITY, US_CORE_RACE, patient
+from tests.kit.mapping import context
 
 TERMINOLOGY = build_terminology()
-OMB = "urn:oid:2.16.840.1.113883.6.238"
-RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
-ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
 NSCLC_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"
+SRC = SourceRef("Patient", "pat-1", 1)  # the Patient version the events come from
 
-
-def _ctx() -> MappingContext:
-    """A mapping context that knows no other resources (a Patient needs none)."""
-    return MappingContext(TERMINOLOGY, MemoryLookup([]))
-
-
-def _src(resource_id: str = "pat-1") -> SourceRef:
-    """The Patient version the events come from; its id is the patient id."""
-    return SourceRef("Patient", resource_id, 1)
-
-
-def _us_core_patient(**extra: Any) -> dict[str, Any]:
-    """A US Core Patient with two OMB race categories, an ethnicity and a month-precision birth date."""
-    return {
-        "resourceType": "Patient",
-        "id": "pat-1",
-        "extension": [
-            {
-                "url": RACE,
-                "extension": [
-                    {
-                        "url": "ombCategory",
-                        "valueCoding": {
-                            "system": OMB,
-                            "code": "2054-5",
-                            "display": "Black or African American",
-                        },
+# A US Core Patient with two OMB race categories, an ethnicity and a month-precision birth date.
+us_core_patient = partial(
+    patient,
+    id="pat-1",
+    gender="female",
+    birth_date="1958-04",
+    extension=[
+        {
+            "url": US_CORE_RACE,
+            "extension": [
+                {
+                    "url": "ombCategory",
+                    "valueCoding": {
+                        "system": OMB,
+                        "code": "2054-5",
+                        "display": "Black or African American",
                     },
-                    {
-                        "url": "ombCategory",
-                        "valueCoding": {"system": OMB, "code": "2106-3", "display": "White"},
+                },
+                {
+                    "url": "ombCategory",
+                    "valueCoding": {"system": OMB, "code": "2106-3", "display": "White"},
+                },
+                {
+                    "url": "detailed",
+                    "valueCoding": {
+                        "system": OMB,
+                        "code": "2058-6",
+                        "display": "African American",
                     },
-                    {
-                        "url": "detailed",
-                        "valueCoding": {
-                            "system": OMB,
-                            "code": "2058-6",
-                            "display": "African American",
-                        },
+                },
+                {"url": "text", "valueString": "Black and White"},
+            ],
+        },
+        {
+            "url": US_CORE_ETHNICITY,
+            "extension": [
+                {
+                    "url": "ombCategory",
+                    "valueCoding": {
+                        "system": OMB,
+                        "code": "2135-2",
+                        "display": "Hispanic or Latino",
                     },
-                    {"url": "text", "valueString": "Black and White"},
-                ],
-            },
-            {
-                "url": ETHNICITY,
-                "extension": [
-                    {
-                        "url": "ombCategory",
-                        "valueCoding": {
-                            "system": OMB,
-                            "code": "2135-2",
-                            "display": "Hispanic or Latino",
-                        },
-                    },
-                    {"url": "text", "valueString": "Hispanic"},
-                ],
-            },
-            {
-                "url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex",
-                "valueCode": "F",
-            },
-        ],
-        "gender": "female",
-        "birthDate": "1958-04",
-        **extra,
-    }
+                },
+                {"url": "text", "valueString": "Hispanic"},
+            ],
+        },
+        {"url": US_CORE_BIRTHSEX, "valueCode": "F"},
+    ],
+)
 
 
 def _kinds(events: list[TrialEvent]) -> list[EventKind]:
@@ -99,7 +83,7 @@ def _kinds(events: list[TrialEvent]) -> list[EventKind]:
 
 def test_demographics_from_us_core_extensions() -> None:
     """Matching uses sex and race exactly: OMB categories and the text must come through as sent."""
-    [event] = map_patient(_us_core_patient(), _src(), _ctx())
+    [event] = map_patient(us_core_patient(), SRC, context(TERMINOLOGY))
     assert event.kind is EventKind.DEMOGRAPHICS
     assert event.patient_id == "pat-1"
     assert event.date is not None
@@ -165,7 +149,7 @@ def test_death_event(
     deceased: dict[str, Any], death_date: dict[str, Any] | None, death_source: str
 ) -> None:
     """Overall survival needs the death date on the local day, or at least the fact of death."""
-    events = map_patient(_us_core_patient(**deceased), _src(), _ctx())
+    events = map_patient(us_core_patient(**deceased), SRC, context(TERMINOLOGY))
     assert _kinds(events) == [EventKind.DEMOGRAPHICS, EventKind.DEATH]
     demographics, death = events
     assert demographics.values["deceased"] is True
@@ -177,26 +161,30 @@ def test_death_event(
 @pytest.mark.parametrize("deceased", [{}, {"deceasedBoolean": False}], ids=["absent", "false"])
 def test_alive_patient_has_no_death_event(deceased: dict[str, Any]) -> None:
     """No death element (or an explicit false) must not censor or end anyone's survival."""
-    events = map_patient(_us_core_patient(**deceased), _src(), _ctx())
+    events = map_patient(us_core_patient(**deceased), SRC, context(TERMINOLOGY))
     assert _kinds(events) == [EventKind.DEMOGRAPHICS]
     assert events[0].values["deceased"] is False
 
 
 def test_inactive_patient_still_maps() -> None:
     """Patient.active false means the record is not in use, not that the facts are wrong."""
-    events = map_patient(_us_core_patient(active=False), _src(), _ctx())
+    events = map_patient(us_core_patient(active=False), SRC, context(TERMINOLOGY))
     assert _kinds(events) == [EventKind.DEMOGRAPHICS]
 
 
 def test_patient_id_comes_from_the_source_version() -> None:
     """The stored id (assigned on ingest) is authoritative, not whatever id the body carries."""
-    [event] = map_patient(_us_core_patient(id="client-side-id"), _src("server-id"), _ctx())
+    [event] = map_patient(
+        us_core_patient(id="client-side-id"),
+        SourceRef("Patient", "server-id", 1),
+        context(TERMINOLOGY),
+    )
     assert event.patient_id == "server-id"
 
 
 def test_patient_without_us_core_data() -> None:
     """A bare Patient still yields demographics, with empty race/ethnicity rather than guesses."""
-    [event] = map_patient({"resourceType": "Patient"}, _src(), _ctx())
+    [event] = map_patient(patient(), SRC, context(TERMINOLOGY))
     assert event.date is None
     assert dict(event.values) == {
         "gender": None,
@@ -212,7 +200,7 @@ def test_patient_without_us_core_data() -> None:
 def test_official_example_patient_f001() -> None:
     """The HL7 NSCLC case patient (f001): alive, male, born 1944-11-17, no US Core race data."""
     resource = json.loads((TEST_DATA / "fhir-r4-examples" / "Patient-f001.json").read_bytes())
-    events = map_patient(resource, _src("f001"), _ctx())
+    events = map_patient(resource, SourceRef("Patient", "f001", 1), context(TERMINOLOGY))
     assert [e.to_json() for e in events] == [
         {
             "kind": "demographics",
@@ -246,7 +234,7 @@ def test_official_example_patient_f001() -> None:
 
 def _synthea_events(resource_type: str, mapper: Any) -> list[TrialEvent]:
     """Every event of the Synthea NSCLC patient's lines of one resource type."""
-    ctx = _ctx()
+    ctx = context(TERMINOLOGY)
     events: list[TrialEvent] = []
     path = TEST_DATA / "synthea-10" / f"{resource_type}.000.ndjson"
     with path.open("rb") as lines:

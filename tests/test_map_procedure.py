@@ -4,27 +4,31 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.procedure import map_procedure, map_service_request
 from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
 from tests.conftest import TEST_DATA
+from tests.kit.fhir import (
+    LOBECTOMY,
+    LUNG_BIOPSY,
+    PARTIAL_LOBECTOMY,
+    SNOMED,
+    patient,
+    procedure,
+    service_request,
+)
+from tests.kit.mapping import concept_matches, context
 
 TERMINOLOGY = build_terminology()
-SNOMED = "http://snomed.info/sct"
 NSCLC_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"
-LOBECTOMY = {"coding": [{"system": SNOMED, "code": "173171007", "display": "Lobectomy of lung"}]}
-PARTIAL_LOBECTOMY = {
-    "coding": [{"system": SNOMED, "code": "359615001", "display": "Partial lobectomy of lung"}]
-}
 WEDGE = {"text": "Right upper lobe wedge resection"}
 CORE_BIOPSY = {"text": "CT-guided percutaneous core needle biopsy, right upper lobe"}
-LUNG_BIOPSY = {"coding": [{"system": SNOMED, "code": "78603008", "display": "Biopsy of lung"}]}
 RUL = {
     "coding": [
         {"system": SNOMED, "code": "45653009", "display": "Structure of upper lobe of right lung"}
@@ -33,39 +37,22 @@ RUL = {
 }
 
 
-def _ctx(*stored: dict[str, Any]) -> MappingContext:
-    """A mapping context whose lookup holds these resources."""
-    return MappingContext(TERMINOLOGY, MemoryLookup(list(stored)))
-
-
-def _src(resource_type: str = "Procedure", resource_id: str = "pr1") -> SourceRef:
-    """The source version every fixture event claims to come from."""
-    return SourceRef(resource_type, resource_id, 1)
-
-
-def _procedure(code: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """A completed Procedure of patient p1 performed on 2025-03-17."""
-    return {
-        "resourceType": "Procedure",
-        "status": "completed",
-        "code": code,
-        "subject": {"reference": "Patient/p1"},
-        "performedDateTime": "2025-03-17T08:05:00-04:00",
-        **extra,
+SRC = SourceRef("Procedure", "pr1", 1)  # the source version every fixture event claims
+# A completed Procedure of patient p1 performed on 2025-03-17.
+performed = partial(procedure, performed="2025-03-17T08:05:00-04:00")
+# An active ServiceRequest (order) of patient p1 written on 2025-02-27.
+requested = partial(service_request, authored="2025-02-27")
+# How a partial lobectomy's code matches, as events and evidence show it.
+PARTIAL_LOBECTOMY_MATCHES = [
+    {
+        "concept": concept,
+        "matched_by": "code",
+        "system": SNOMED,
+        "code": "359615001",
+        "text": "Partial lobectomy of lung",
     }
-
-
-def _request(code: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """An active ServiceRequest (order) of patient p1 written on 2025-02-27."""
-    return {
-        "resourceType": "ServiceRequest",
-        "status": "active",
-        "intent": "order",
-        "code": code,
-        "subject": {"reference": "Patient/p1"},
-        "authoredOn": "2025-02-27",
-        **extra,
-    }
+    for concept in ("lung_resection", "partial_lobectomy")
+]
 
 
 def _code_value(code: dict[str, Any]) -> dict[str, Any]:
@@ -74,11 +61,6 @@ def _code_value(code: dict[str, Any]) -> dict[str, Any]:
     if "text" in code:
         out["text"] = code["text"]
     return out
-
-
-def _concepts(event: TrialEvent) -> list[tuple[str, str]]:
-    """(concept, matched_by) pairs in order."""
-    return [(c.concept, c.matched_by) for c in event.concepts]
 
 
 @pytest.mark.parametrize(
@@ -181,7 +163,7 @@ def test_procedure_kind_by_code_or_name(
     code: dict[str, Any], kind: EventKind, specific: dict[str, Any], concepts: list[tuple[str, str]]
 ) -> None:
     """Surgery and screening biopsies are found by code or by name; partial before plain lobectomy."""
-    [event] = map_procedure(_procedure(code), _src(), _ctx())
+    [event] = map_procedure(performed(code=code), SRC, context(TERMINOLOGY))
     assert event.kind is kind
     assert dict(event.values) == {
         "code": _code_value(code),
@@ -190,13 +172,13 @@ def test_procedure_kind_by_code_or_name(
         "body_site": [],
         **specific,
     }
-    assert _concepts(event) == concepts
+    assert concept_matches(event) == concepts
     assert event.patient_id == "p1"
 
 
 def test_biopsy_site_from_body_site() -> None:
     """The biopsy site is read from bodySite so the rule can tell a lung biopsy from another."""
-    [event] = map_procedure(_procedure(CORE_BIOPSY, bodySite=[RUL]), _src(), _ctx())
+    [event] = map_procedure(performed(code=CORE_BIOPSY, bodySite=[RUL]), SRC, context(TERMINOLOGY))
     assert (event.values["site"], event.values["body_site"], event.values["core_needle"]) == (
         "Right upper lobe",
         ["Right upper lobe"],
@@ -217,7 +199,7 @@ def test_biopsy_site_from_body_site() -> None:
 )
 def test_procedure_planned_flag(status: str, planned: bool) -> None:
     """A resection in preparation is evidence of surgical candidacy, not of surgery on that day."""
-    [event] = map_procedure(_procedure(LOBECTOMY, status=status), _src(), _ctx())
+    [event] = map_procedure(performed(code=LOBECTOMY, status=status), SRC, context(TERMINOLOGY))
     assert (event.kind, event.values["status"], event.values["planned"]) == (
         EventKind.LUNG_RESECTION,
         status,
@@ -228,7 +210,7 @@ def test_procedure_planned_flag(status: str, planned: bool) -> None:
 @pytest.mark.parametrize("status", ["not-done", "entered-in-error"])
 def test_procedure_not_done_or_void(status: str) -> None:
     """A resection that did not happen must neither count as surgery nor as surgical candidacy."""
-    assert map_procedure(_procedure(LOBECTOMY, status=status), _src(), _ctx()) == []
+    assert map_procedure(performed(code=LOBECTOMY, status=status), SRC, context(TERMINOLOGY)) == []
 
 
 @pytest.mark.parametrize(
@@ -256,9 +238,9 @@ def test_procedure_dates(
     timing: dict[str, Any], date: str, precision: str, end: str | None
 ) -> None:
     """The surgery window is counted in local days: the day and precision must be the recorded ones."""
-    resource = _procedure(LOBECTOMY)
+    resource = performed(code=LOBECTOMY)
     del resource["performedDateTime"]
-    [event] = map_procedure({**resource, **timing}, _src(), _ctx())
+    [event] = map_procedure({**resource, **timing}, SRC, context(TERMINOLOGY))
     assert event.date is not None
     assert (event.date.first.isoformat(), event.date.precision) == (date, precision)
     assert (event.end.text if event.end else None) == end
@@ -266,22 +248,22 @@ def test_procedure_dates(
 
 def test_subject_by_identifier_only() -> None:
     """A procedure naming its patient by MRN only must land on the stored Patient id."""
-    patient = {
-        "resourceType": "Patient",
-        "id": "pat-42",
-        "identifier": [{"system": "urn:mrn", "value": "A-77"}],
-    }
+    stored = patient(id="pat-42", mrn="A-77")
     subject = {"identifier": {"system": "urn:mrn", "value": "A-77"}}
-    ctx = _ctx(patient)
-    [done] = map_procedure(_procedure(WEDGE, subject=subject), _src(), ctx)
-    [asked] = map_service_request(_request(WEDGE, subject=subject), _src("ServiceRequest"), ctx)
+    ctx = context(TERMINOLOGY, stored)
+    [done] = map_procedure(performed(code=WEDGE, subject=subject), SRC, ctx)
+    [asked] = map_service_request(
+        requested(code=WEDGE, subject=subject), SourceRef("ServiceRequest", "pr1", 1), ctx
+    )
     assert (done.patient_id, asked.patient_id) == ("pat-42", "pat-42")
 
 
 def test_service_request_for_resection_exactly() -> None:
     """A surgery order is evidence the resection is planned, dated when it is to occur."""
-    resource = _request(PARTIAL_LOBECTOMY, occurrenceDateTime="2025-03-18", bodySite=[RUL])
-    [event] = map_service_request(resource, _src("ServiceRequest", "sr1"), _ctx())
+    resource = requested(code=PARTIAL_LOBECTOMY, occurrenceDateTime="2025-03-18", bodySite=[RUL])
+    [event] = map_service_request(
+        resource, SourceRef("ServiceRequest", "sr1", 1), context(TERMINOLOGY)
+    )
     assert event.to_json() == {
         "kind": "lung_resection",
         "date": {
@@ -300,22 +282,7 @@ def test_service_request_for_resection_exactly() -> None:
             "authored_on": "2025-02-27",
             "resection_type": "partial_lobectomy",
         },
-        "concepts": [
-            {
-                "concept": "lung_resection",
-                "matched_by": "code",
-                "system": SNOMED,
-                "code": "359615001",
-                "text": "Partial lobectomy of lung",
-            },
-            {
-                "concept": "partial_lobectomy",
-                "matched_by": "code",
-                "system": SNOMED,
-                "code": "359615001",
-                "text": "Partial lobectomy of lung",
-            },
-        ],
+        "concepts": PARTIAL_LOBECTOMY_MATCHES,
         "source": {
             "resource_type": "ServiceRequest",
             "id": "sr1",
@@ -340,7 +307,11 @@ def test_service_request_for_resection_exactly() -> None:
 )
 def test_service_request_dates(timing: dict[str, Any], date: str, end: str | None) -> None:
     """When it is to occur wins over when it was written."""
-    [event] = map_service_request(_request(CORE_BIOPSY, **timing), _src("ServiceRequest"), _ctx())
+    [event] = map_service_request(
+        requested(code=CORE_BIOPSY, **timing),
+        SourceRef("ServiceRequest", "pr1", 1),
+        context(TERMINOLOGY),
+    )
     assert event.date is not None
     assert (event.date.text, event.end.text if event.end else None) == (date, end)
     assert (event.kind, event.values["core_needle"], event.values["planned"]) == (
@@ -353,22 +324,29 @@ def test_service_request_dates(timing: dict[str, Any], date: str, end: str | Non
 @pytest.mark.parametrize(
     "resource",
     [
-        _request({"text": "CT chest with contrast"}),
-        _request(LOBECTOMY, status="revoked"),
-        _request(LOBECTOMY, status="entered-in-error"),
-        _request(LOBECTOMY, doNotPerform=True),
+        requested(code={"text": "CT chest with contrast"}),
+        requested(code=LOBECTOMY, status="revoked"),
+        requested(code=LOBECTOMY, status="entered-in-error"),
+        requested(code=LOBECTOMY, doNotPerform=True),
     ],
     ids=["generic", "revoked", "void", "do-not-perform"],
 )
 def test_service_request_without_event(resource: dict[str, Any]) -> None:
     """Generic, withdrawn, void or 'do not perform' requests are no evidence of a planned resection."""
-    assert map_service_request(resource, _src("ServiceRequest"), _ctx()) == []
+    assert (
+        map_service_request(resource, SourceRef("ServiceRequest", "pr1", 1), context(TERMINOLOGY))
+        == []
+    )
 
 
 @pytest.mark.parametrize("intent", ["proposal", "plan", "order"])
 def test_service_request_intent_is_kept(intent: str) -> None:
     """A proposal is weaker evidence than an order; the rule sees which it was."""
-    [event] = map_service_request(_request(WEDGE, intent=intent), _src("ServiceRequest"), _ctx())
+    [event] = map_service_request(
+        requested(code=WEDGE, intent=intent),
+        SourceRef("ServiceRequest", "pr1", 1),
+        context(TERMINOLOGY),
+    )
     assert (event.kind, event.values["intent"], event.values["resection_type"]) == (
         EventKind.LUNG_RESECTION,
         intent,
@@ -379,7 +357,7 @@ def test_service_request_intent_is_kept(intent: str) -> None:
 def test_official_example_procedure_f002() -> None:
     """The HL7 NSCLC case: partial lobectomy of f001 on 2013-03-08 (+01:00), by SNOMED code."""
     resource = json.loads((TEST_DATA / "fhir-r4-examples" / "Procedure-f002.json").read_bytes())
-    events = map_procedure(resource, _src("Procedure", "f002"), _ctx())
+    events = map_procedure(resource, SourceRef("Procedure", "f002", 1), context(TERMINOLOGY))
     assert [e.to_json() for e in events] == [
         {
             "kind": "lung_resection",
@@ -402,22 +380,7 @@ def test_official_example_procedure_f002() -> None:
                 "body_site": ["Lung structure"],
                 "resection_type": "partial_lobectomy",
             },
-            "concepts": [
-                {
-                    "concept": "lung_resection",
-                    "matched_by": "code",
-                    "system": SNOMED,
-                    "code": "359615001",
-                    "text": "Partial lobectomy of lung",
-                },
-                {
-                    "concept": "partial_lobectomy",
-                    "matched_by": "code",
-                    "system": SNOMED,
-                    "code": "359615001",
-                    "text": "Partial lobectomy of lung",
-                },
-            ],
+            "concepts": PARTIAL_LOBECTOMY_MATCHES,
             "source": {
                 "resource_type": "Procedure",
                 "id": "f002",
@@ -431,13 +394,13 @@ def test_official_example_procedure_f002() -> None:
 
 def test_synthea_nsclc_patient_procedures() -> None:
     """Synthea's NSCLC patient had chemoradiation, no resection: every procedure stays generic."""
-    ctx = _ctx()
+    ctx = context(TERMINOLOGY)
     events: list[TrialEvent] = []
     with (TEST_DATA / "synthea-10" / "Procedure.000.ndjson").open("rb") as lines:
         for line in lines:
             if NSCLC_PATIENT.encode() in line:
                 resource = loads(line.strip())
-                events += map_procedure(resource, _src("Procedure", resource["id"]), ctx)
+                events += map_procedure(resource, SourceRef("Procedure", resource["id"], 1), ctx)
     assert Counter(e.kind for e in events) == {EventKind.PROCEDURE: 587}
     assert sum(1 for e in events if e.concepts) == 0
     assert {e.patient_id for e in events} == {NSCLC_PATIENT}
