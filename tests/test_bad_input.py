@@ -18,22 +18,10 @@ from sqlalchemy import Engine
 
 from service.settings import Settings
 from tests.conftest import LiveServer, counts, refuse_server_errors
+from tests.kit.store import grown, store_counts
 
 MIB = 1024 * 1024
-SEEDED = {
-    "fhir_resource": 1,
-    "fhir_resource_version": 1,
-    "fhir_identifier": 1,
-    "fhir_reference": 0,
-    "trial_event": 1,
-    "trial_event_dependency": 0,
-    "study_subject": 0,
-    "eligibility_result": 0,
-    "deviation": 0,
-    "deviation_history": 0,
-    "webhook_subscription": 0,
-    "webhook_outbox": 0,
-}
+SEEDED = store_counts(fhir_resource=1, fhir_resource_version=1, fhir_identifier=1, trial_event=1)
 VALID_PATIENT = b'{"resourceType":"Patient","identifier":[{"system":"urn:mrn","value":"new-1"}]}'
 
 
@@ -73,20 +61,9 @@ def seed_twins(fhir: httpx.Client, engine: Engine) -> dict[str, int]:
     put_patient(fhir, "a", "twin")
     put_patient(fhir, "b", "twin")
     before = counts(engine)
-    assert before == {
-        "fhir_resource": 3,
-        "fhir_resource_version": 3,
-        "fhir_identifier": 3,
-        "fhir_reference": 0,
-        "trial_event": 3,
-        "trial_event_dependency": 0,
-        "study_subject": 0,
-        "eligibility_result": 0,
-        "deviation": 0,
-        "deviation_history": 0,
-        "webhook_subscription": 0,
-        "webhook_outbox": 0,
-    }
+    assert before == store_counts(
+        fhir_resource=3, fhir_resource_version=3, fhir_identifier=3, trial_event=3
+    )
     return before
 
 
@@ -205,20 +182,9 @@ def test_plain_application_json_is_accepted(fhir: httpx.Client, engine: Engine) 
     )
     assert response.status_code == 201, response.text
     assert response.json()["resourceType"] == "Patient"
-    assert counts(engine) == {
-        "fhir_resource": before["fhir_resource"] + 1,
-        "fhir_resource_version": before["fhir_resource_version"] + 1,
-        "fhir_identifier": before["fhir_identifier"] + 1,
-        "fhir_reference": before["fhir_reference"],
-        "trial_event": before["trial_event"] + 1,
-        "trial_event_dependency": before["trial_event_dependency"],
-        "study_subject": before["study_subject"],
-        "eligibility_result": before["eligibility_result"],
-        "deviation": before["deviation"],
-        "deviation_history": before["deviation_history"],
-        "webhook_subscription": before["webhook_subscription"],
-        "webhook_outbox": before["webhook_outbox"],
-    }
+    assert counts(engine) == grown(
+        before, fhir_resource=1, fhir_resource_version=1, fhir_identifier=1, trial_event=1
+    )
 
 
 def test_accept_xml_only_is_not_acceptable(fhir: httpx.Client, engine: Engine) -> None:
@@ -586,20 +552,9 @@ def test_batch_reports_each_entry_and_writes_only_the_good_one(
     assert bad["outcome"]["resourceType"] == "OperationOutcome"
     assert bad["outcome"]["issue"][0]["code"] == "value"
     assert "Bundle.entry[1].resource.active" in bad["outcome"]["issue"][0]["expression"]
-    assert counts(engine) == {
-        "fhir_resource": before["fhir_resource"] + 1,
-        "fhir_resource_version": before["fhir_resource_version"] + 1,
-        "fhir_identifier": before["fhir_identifier"] + 1,
-        "fhir_reference": before["fhir_reference"],
-        "trial_event": before["trial_event"] + 1,
-        "trial_event_dependency": before["trial_event_dependency"],
-        "study_subject": before["study_subject"],
-        "eligibility_result": before["eligibility_result"],
-        "deviation": before["deviation"],
-        "deviation_history": before["deviation_history"],
-        "webhook_subscription": before["webhook_subscription"],
-        "webhook_outbox": before["webhook_outbox"],
-    }
+    assert counts(engine) == grown(
+        before, fhir_resource=1, fhir_resource_version=1, fhir_identifier=1, trial_event=1
+    )
 
 
 # -- bodies over the limit ----------------------------------------------------------------------
@@ -690,20 +645,9 @@ def test_import_reports_each_line_and_writes_only_the_good_one(
         assert outcome["issue"][0]["diagnostics"].startswith(f"line {number}:"), outcome
     assert bundle["entry"][1]["response"]["outcome"]["issue"][0]["code"] == "value"
     assert bundle["entry"][2]["response"]["outcome"]["issue"][0]["code"] == "structure"
-    assert counts(engine) == {
-        "fhir_resource": before["fhir_resource"] + 1,
-        "fhir_resource_version": before["fhir_resource_version"] + 1,
-        "fhir_identifier": before["fhir_identifier"] + 1,
-        "fhir_reference": before["fhir_reference"],
-        "trial_event": before["trial_event"] + 1,
-        "trial_event_dependency": before["trial_event_dependency"],
-        "study_subject": before["study_subject"],
-        "eligibility_result": before["eligibility_result"],
-        "deviation": before["deviation"],
-        "deviation_history": before["deviation_history"],
-        "webhook_subscription": before["webhook_subscription"],
-        "webhook_outbox": before["webhook_outbox"],
-    }
+    assert counts(engine) == grown(
+        before, fhir_resource=1, fhir_resource_version=1, fhir_identifier=1, trial_event=1
+    )
 
 
 # -- odd but valid: accepted and kept exactly -----------------------------------------------------
@@ -760,20 +704,9 @@ def test_odd_but_valid_values_are_kept_lexically(
     read = fhir.get(f"/{location}")
     assert read.status_code == 200, read.text
     assert kept.encode() in read.content, read.text
-    assert counts(engine) == {
-        "fhir_resource": before["fhir_resource"] + 1,
-        "fhir_resource_version": before["fhir_resource_version"] + 1,
-        "fhir_identifier": before["fhir_identifier"],
-        "fhir_reference": before["fhir_reference"],
-        "trial_event": before["trial_event"] + (path == "/Patient"),
-        "trial_event_dependency": before["trial_event_dependency"],
-        "study_subject": before["study_subject"],
-        "eligibility_result": before["eligibility_result"],
-        "deviation": before["deviation"],
-        "deviation_history": before["deviation_history"],
-        "webhook_subscription": before["webhook_subscription"],
-        "webhook_outbox": before["webhook_outbox"],
-    }
+    assert counts(engine) == grown(
+        before, fhir_resource=1, fhir_resource_version=1, trial_event=(path == "/Patient")
+    )
 
 
 def test_decimal_0_1_differs_from_0_10(fhir: httpx.Client, engine: Engine) -> None:
@@ -791,20 +724,7 @@ def test_decimal_0_1_differs_from_0_10(fhir: httpx.Client, engine: Engine) -> No
     current = fhir.get("/Observation/dec")
     assert b'"value":0.1,' in current.content
     assert fhir.get("/Observation/dec/_history/1").content.count(b'"value":0.10,') == 1
-    assert counts(engine) == {
-        "fhir_resource": before["fhir_resource"] + 1,
-        "fhir_resource_version": before["fhir_resource_version"] + 2,
-        "fhir_identifier": before["fhir_identifier"],
-        "fhir_reference": before["fhir_reference"],
-        "trial_event": before["trial_event"],
-        "trial_event_dependency": before["trial_event_dependency"],
-        "study_subject": before["study_subject"],
-        "eligibility_result": before["eligibility_result"],
-        "deviation": before["deviation"],
-        "deviation_history": before["deviation_history"],
-        "webhook_subscription": before["webhook_subscription"],
-        "webhook_outbox": before["webhook_outbox"],
-    }
+    assert counts(engine) == grown(before, fhir_resource=1, fhir_resource_version=2)
 
 
 def test_control_character_escape_is_refused(fhir: httpx.Client, engine: Engine) -> None:

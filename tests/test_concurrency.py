@@ -17,6 +17,7 @@ from service.fhir_store import FhirStore
 from service.settings import Settings
 from tests.conftest import POSTGRES_ADMIN_URL, counts
 from tests.helpers import bundle, entry, observation, patient
+from tests.kit.store import store_counts
 
 P_URN = "urn:uuid:0b7c2a4e-5f6d-4e3c-8b2a-9d8e7f6a5b01"
 
@@ -66,20 +67,13 @@ def test_same_transaction_posted_8_times_at_once_leaves_one_copy(
         s for b in ok for s in (e["response"]["status"] for e in b["entry"]) if s.startswith("201")
     ]
     assert len(created) == 3  # each resource was created by exactly one request
-    assert counts(engine) == {
-        "fhir_resource": 3,
-        "fhir_resource_version": 3,
-        "fhir_identifier": 1,
-        "fhir_reference": 2,
-        "trial_event": 3,  # demographics, viable tumour, encounter: derived once too
-        "trial_event_dependency": 0,
-        "study_subject": 0,
-        "eligibility_result": 0,
-        "deviation": 0,
-        "deviation_history": 0,
-        "webhook_subscription": 0,
-        "webhook_outbox": 0,
-    }
+    assert counts(engine) == store_counts(
+        fhir_resource=3,
+        fhir_resource_version=3,
+        fhir_identifier=1,
+        fhir_reference=2,
+        trial_event=3,  # demographics, viable tumour, encounter: derived once too
+    )
 
 
 def test_replay_after_a_lost_response_returns_the_same_ids(
@@ -133,20 +127,7 @@ def test_database_lost_mid_transaction_writes_nothing_and_says_transient(new_dat
     event.remove(engine, "before_cursor_execute", kill_connection)
     assert caught.value.status == 503
     assert caught.value.issues[0].code == "transient"
-    assert counts(engine) == {
-        "fhir_resource": 0,
-        "fhir_resource_version": 0,
-        "fhir_identifier": 0,
-        "fhir_reference": 0,
-        "trial_event": 0,
-        "trial_event_dependency": 0,
-        "study_subject": 0,
-        "eligibility_result": 0,
-        "deviation": 0,
-        "deviation_history": 0,
-        "webhook_subscription": 0,
-        "webhook_outbox": 0,
-    }
+    assert counts(engine) == store_counts()
     engine.dispose()
 
 

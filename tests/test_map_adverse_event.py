@@ -14,6 +14,7 @@ from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
 from tests.conftest import TEST_DATA
+from tests.kit.expected import day_json, match_json, source_json
 from tests.kit.fhir import (
     AE_BACKPORT,
     AE_GRADE,
@@ -288,12 +289,7 @@ def test_official_example() -> None:
     )
     assert event.to_json() == {
         "kind": "adverse_event",
-        "date": {
-            "value": "2017-01-29T12:34:56+00:00",
-            "precision": "time",
-            "first_day": "2017-01-29",
-            "last_day": "2017-01-29",
-        },
+        "date": day_json("2017-01-29T12:34:56+00:00", "time", "2017-01-29"),
         "end": None,
         "values": {
             "term": {
@@ -309,20 +305,9 @@ def test_official_example() -> None:
             "resolution_date": None,
         },
         "concepts": [
-            {
-                "concept": "cutaneous_irae",
-                "matched_by": "name",
-                "system": None,
-                "code": None,
-                "text": "This was a mild rash on the left forearm",
-            }
+            match_json("cutaneous_irae", "name", "This was a mild rash on the left forearm")
         ],
-        "source": {
-            "resource_type": "AdverseEvent",
-            "id": "example",
-            "version": "1",
-            "reference": "AdverseEvent/example/_history/1",
-        },
+        "source": source_json("AdverseEvent", "example"),
     }
     assert event.patient_id == "example"
 

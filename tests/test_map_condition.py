@@ -14,6 +14,7 @@ from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
 from tests.conftest import TEST_DATA
+from tests.kit.expected import day_json, match_json, source_json
 from tests.kit.fhir import (
     AE_GRADE,
     BONE_METASTASIS,
@@ -320,12 +321,7 @@ def test_official_example_f002_nsclc() -> None:
     [event] = map_condition(resource, SourceRef("Condition", "f002", 1), context(TERMINOLOGY))
     assert event.to_json() == {
         "kind": "condition",
-        "date": {
-            "value": "2011-05-05",
-            "precision": "day",
-            "first_day": "2011-05-05",
-            "last_day": "2011-05-05",
-        },
+        "date": day_json("2011-05-05", "day", "2011-05-05"),
         "end": None,
         "values": {
             "code": {
@@ -353,20 +349,9 @@ def test_official_example_f002_nsclc() -> None:
                 "code": "254637007",
                 "text": "NSCLC - Non-small cell lung cancer",
             },
-            {
-                "concept": "lung_cancer",
-                "matched_by": "name",
-                "system": None,
-                "code": None,
-                "text": "NSCLC - Non-small cell lung cancer",
-            },
+            match_json("lung_cancer", "name", "NSCLC - Non-small cell lung cancer"),
         ],
-        "source": {
-            "resource_type": "Condition",
-            "id": "f002",
-            "version": "1",
-            "reference": "Condition/f002/_history/1",
-        },
+        "source": source_json("Condition", "f002"),
     }
     assert event.patient_id == "f001"
 

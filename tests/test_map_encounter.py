@@ -10,14 +10,12 @@ import pytest
 
 from fhir_mapping.events.encounter import map_encounter
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
-from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
-from tests.conftest import TEST_DATA
+from tests.kit.expected import day_json, source_json
 from tests.kit.fhir import ACT_CODE, SNOMED, coded, encounter, patient
-from tests.kit.mapping import context
+from tests.kit.mapping import NSCLC_PATIENT, context, synthea_events
 
 TERMINOLOGY = build_terminology()
-NSCLC_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"
 
 
 SRC = SourceRef("Encounter", "enc1", 1)  # the Encounter version every fixture event claims
@@ -54,18 +52,8 @@ def test_finished_encounter_exactly() -> None:
     assert event.patient_id == "p1"
     assert event.to_json() == {
         "kind": "encounter",
-        "date": {
-            "value": "2025-04-21T14:00:00-04:00",
-            "precision": "time",
-            "first_day": "2025-04-21",
-            "last_day": "2025-04-21",
-        },
-        "end": {
-            "value": "2025-04-21T14:30:00-04:00",
-            "precision": "time",
-            "first_day": "2025-04-21",
-            "last_day": "2025-04-21",
-        },
+        "date": day_json("2025-04-21T14:00:00-04:00", "time", "2025-04-21"),
+        "end": day_json("2025-04-21T14:30:00-04:00", "time", "2025-04-21"),
         "values": {
             "class": "AMB",
             "type": ["Post-operative follow-up", "Follow-up encounter"],
@@ -73,12 +61,7 @@ def test_finished_encounter_exactly() -> None:
             "service_type": "Thoracic surgery",
         },
         "concepts": [],
-        "source": {
-            "resource_type": "Encounter",
-            "id": "enc1",
-            "version": "1",
-            "reference": "Encounter/enc1/_history/1",
-        },
+        "source": source_json("Encounter", "enc1"),
     }
 
 
@@ -154,31 +137,15 @@ def test_subject_by_identifier_only() -> None:
 
 def test_synthea_nsclc_patient_encounters() -> None:
     """Synthea's NSCLC patient: 90 finished contacts, the last a death certification visit."""
-    ctx = context(TERMINOLOGY)
-    events: list[TrialEvent] = []
-    with (TEST_DATA / "synthea-10" / "Encounter.000.ndjson").open("rb") as lines:
-        for line in lines:
-            if NSCLC_PATIENT.encode() in line:
-                resource = loads(line.strip())
-                events += map_encounter(resource, SourceRef("Encounter", resource["id"], 1), ctx)
+    events = synthea_events(TERMINOLOGY, "Encounter", map_encounter)
     assert Counter(e.kind for e in events) == {EventKind.ENCOUNTER: 90}
     assert Counter(e.values["class"] for e in events) == {"IMP": 45, "AMB": 41, "EMER": 3, "HH": 1}
     assert {e.patient_id for e in events} == {NSCLC_PATIENT}
     last = max(events, key=_start)
     assert last.to_json() == {
         "kind": "encounter",
-        "date": {
-            "value": "1989-05-13T23:58:16-04:00",
-            "precision": "time",
-            "first_day": "1989-05-13",
-            "last_day": "1989-05-13",
-        },
-        "end": {
-            "value": "1989-05-14T00:13:16-04:00",
-            "precision": "time",
-            "first_day": "1989-05-14",
-            "last_day": "1989-05-14",
-        },
+        "date": day_json("1989-05-13T23:58:16-04:00", "time", "1989-05-13"),
+        "end": day_json("1989-05-14T00:13:16-04:00", "time", "1989-05-14"),
         "values": {
             "class": "AMB",
             "type": ["Death Certification"],
@@ -186,10 +153,5 @@ def test_synthea_nsclc_patient_encounters() -> None:
             "service_type": None,
         },
         "concepts": [],
-        "source": {
-            "resource_type": "Encounter",
-            "id": "443ea916-cdcc-8baa-5cce-c9ca11bb6dba",
-            "version": "1",
-            "reference": "Encounter/443ea916-cdcc-8baa-5cce-c9ca11bb6dba/_history/1",
-        },
+        "source": source_json("Encounter", "443ea916-cdcc-8baa-5cce-c9ca11bb6dba"),
     }

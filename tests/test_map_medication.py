@@ -15,10 +15,10 @@ from fhir_mapping.events.medication_exposure import (
     map_medication_request,
     map_medication_statement,
 )
-from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.events.model import EventKind, SourceRef
 from fhir_mapping.json_codec import LexicalDecimal, loads
 from service.terminology_files import build_terminology
-from tests.conftest import TEST_DATA
+from tests.kit.expected import day_json, match_json, source_json
 from tests.kit.fhir import (
     ATC,
     RXNORM,
@@ -32,10 +32,9 @@ from tests.kit.fhir import (
     patient,
     quantity,
 )
-from tests.kit.mapping import concept_matches, context
+from tests.kit.mapping import NSCLC_PATIENT, concept_matches, context, synthea_events
 
 TERMINOLOGY = build_terminology()
-NSCLC_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"
 
 # A clinical-drug (SCD) coding as feeds send it. The code is a stand-in (CLINICAL.md: the dupilumab
 # RxNorm codes are unverified); it is in no value set, so only the display can match.
@@ -116,13 +115,9 @@ def test_scd_match_records_the_display_it_matched() -> None:
         _src("MedicationRequest"),
         context(TERMINOLOGY),
     )
-    assert event.concepts[0].to_json() == {
-        "concept": "dupilumab",
-        "matched_by": "name",
-        "system": None,
-        "code": None,
-        "text": "dupilumab 300 MG in 2 ML Prefilled Syringe",
-    }
+    assert event.concepts[0].to_json() == match_json(
+        "dupilumab", "name", "dupilumab 300 MG in 2 ML Prefilled Syringe"
+    )
 
 
 @pytest.mark.parametrize(
@@ -352,18 +347,8 @@ def test_request_values_exactly() -> None:
     [event] = map_medication_request(resource, _src("MedicationRequest"), context(TERMINOLOGY))
     assert event.to_json() == {
         "kind": "drug_exposure",
-        "date": {
-            "value": "2025-03-05",
-            "precision": "day",
-            "first_day": "2025-03-05",
-            "last_day": "2025-03-05",
-        },
-        "end": {
-            "value": "2025-03-09",
-            "precision": "day",
-            "first_day": "2025-03-09",
-            "last_day": "2025-03-09",
-        },
+        "date": day_json("2025-03-05", "day", "2025-03-05"),
+        "end": day_json("2025-03-09", "day", "2025-03-09"),
         "values": {
             "resource_type": "MedicationRequest",
             "medication": "Prednisone 5 MG Oral Tablet",
@@ -379,27 +364,10 @@ def test_request_values_exactly() -> None:
             "dose": {"value": "0.04", "unit": "g", "code": "g", "mg": "40", "flag": None},
         },
         "concepts": [
-            {
-                "concept": "systemic_glucocorticoid",
-                "matched_by": "name",
-                "system": None,
-                "code": None,
-                "text": "Prednisone 5 MG Oral Tablet",
-            },
-            {
-                "concept": "route_systemic",
-                "matched_by": "name",
-                "system": None,
-                "code": None,
-                "text": "Oral",
-            },
+            match_json("systemic_glucocorticoid", "name", "Prednisone 5 MG Oral Tablet"),
+            match_json("route_systemic", "name", "Oral"),
         ],
-        "source": {
-            "resource_type": "MedicationRequest",
-            "id": "r1",
-            "version": "1",
-            "reference": "MedicationRequest/r1/_history/1",
-        },
+        "source": source_json("MedicationRequest", "r1"),
     }
     assert event.patient_id == "p1"
 
@@ -590,15 +558,7 @@ def test_subject_by_identifier_only() -> None:
 
 def test_synthea_nsclc_patient_medication_requests() -> None:
     """Synthea's NSCLC patient: chemotherapy orders are exposures but match no study drug set."""
-    ctx = context(TERMINOLOGY)
-    events: list[TrialEvent] = []
-    with (TEST_DATA / "synthea-10" / "MedicationRequest.000.ndjson").open("rb") as lines:
-        for line in lines:
-            if NSCLC_PATIENT.encode() in line:
-                resource = loads(line.strip())
-                events += map_medication_request(
-                    resource, _src("MedicationRequest", resource["id"]), ctx
-                )
+    events = synthea_events(TERMINOLOGY, "MedicationRequest", map_medication_request)
     assert Counter(e.kind for e in events) == {EventKind.DRUG_EXPOSURE: 447}
     assert {e.patient_id for e in events} == {NSCLC_PATIENT}
     drug_sets = {
@@ -624,12 +584,7 @@ def test_synthea_nsclc_patient_medication_requests() -> None:
     [active] = [e for e in events if e.values["status"] == "active"]
     assert json.loads(json.dumps(active.to_json())) == {
         "kind": "drug_exposure",
-        "date": {
-            "value": "1977-05-28T23:58:16-04:00",
-            "precision": "time",
-            "first_day": "1977-05-28",
-            "last_day": "1977-05-28",
-        },
+        "date": day_json("1977-05-28T23:58:16-04:00", "time", "1977-05-28"),
         "end": None,
         "values": {
             "resource_type": "MedicationRequest",
@@ -650,10 +605,5 @@ def test_synthea_nsclc_patient_medication_requests() -> None:
             "dose": None,
         },
         "concepts": [],
-        "source": {
-            "resource_type": "MedicationRequest",
-            "id": "45ff735c-2ad8-a96c-a1fa-79a5ea4a9a59",
-            "version": "1",
-            "reference": "MedicationRequest/45ff735c-2ad8-a96c-a1fa-79a5ea4a9a59/_history/1",
-        },
+        "source": source_json("MedicationRequest", "45ff735c-2ad8-a96c-a1fa-79a5ea4a9a59"),
     }

@@ -14,6 +14,7 @@ from fhir_mapping.events.observation import map_observation, parse_tnm
 from fhir_mapping.json_codec import LexicalDecimal, loads
 from service.terminology_files import build_terminology
 from tests.conftest import TEST_DATA
+from tests.kit.expected import day_json, match_json, source_json
 from tests.kit.fhir import (
     ABSENT,
     AJCC,
@@ -666,12 +667,7 @@ def test_official_genetics_1_egfr_positive() -> None:
     )
     assert event.to_json() == {
         "kind": "genomic_finding",
-        "date": {
-            "value": "2013-04-03T15:30:10+01:00",
-            "precision": "time",
-            "first_day": "2013-04-03",
-            "last_day": "2013-04-03",
-        },
+        "date": day_json("2013-04-03T15:30:10+01:00", "time", "2013-04-03"),
         "end": None,
         "values": {
             "genes": ["EGFR"],
@@ -682,27 +678,10 @@ def test_official_genetics_1_egfr_positive() -> None:
             "status": "final",
         },
         "concepts": [
-            {
-                "concept": "egfr_gene",
-                "matched_by": "name",
-                "system": None,
-                "code": None,
-                "text": "EGFR",
-            },
-            {
-                "concept": "result_positive",
-                "matched_by": "name",
-                "system": None,
-                "code": None,
-                "text": "Positive",
-            },
+            match_json("egfr_gene", "name", "EGFR"),
+            match_json("result_positive", "name", "Positive"),
         ],
-        "source": {
-            "resource_type": "Observation",
-            "id": "example-genetics-1",
-            "version": "1",
-            "reference": "Observation/example-genetics-1/_history/1",
-        },
+        "source": source_json("Observation", "example-genetics-1"),
     }
     assert event.patient_id == "example"
 

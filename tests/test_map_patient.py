@@ -14,14 +14,13 @@ from fhir_mapping.events.medication_exposure import map_medication_request
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.patient import map_patient
 from fhir_mapping.events.procedure import map_procedure
-from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
 from tests.conftest import TEST_DATA
+from tests.kit.expected import day_json, source_json
 from tests.kit.fhir import OMB, US_CORE_BIRTHSEX, US_CORE_ETHNICITY, US_CORE_RACE, patient
-from tests.kit.mapping import context
+from tests.kit.mapping import NSCLC_PATIENT, context, synthea_events
 
 TERMINOLOGY = build_terminology()
-NSCLC_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"
 SRC = SourceRef("Patient", "pat-1", 1)  # the Patient version the events come from
 
 # A US Core Patient with two OMB race categories, an ethnicity and a month-precision birth date.
@@ -87,12 +86,7 @@ def test_demographics_from_us_core_extensions() -> None:
     assert event.kind is EventKind.DEMOGRAPHICS
     assert event.patient_id == "pat-1"
     assert event.date is not None
-    assert event.date.to_json() == {
-        "value": "1958-04",
-        "precision": "month",
-        "first_day": "1958-04-01",
-        "last_day": "1958-04-30",
-    }
+    assert event.date.to_json() == day_json("1958-04", "month", "1958-04-01", "1958-04-30")
     assert dict(event.values) == {
         "gender": "female",
         "birth_date": "1958-04",
@@ -113,32 +107,17 @@ def test_demographics_from_us_core_extensions() -> None:
     [
         (
             {"deceasedDateTime": "2025-03-01T23:30:00-05:00"},
-            {
-                "value": "2025-03-01T23:30:00-05:00",
-                "precision": "time",
-                "first_day": "2025-03-01",
-                "last_day": "2025-03-01",
-            },
+            day_json("2025-03-01T23:30:00-05:00", "time", "2025-03-01"),
             "deceasedDateTime",
         ),
         (
             {"deceasedDateTime": "2025-03-02T00:30:00+14:00"},
-            {
-                "value": "2025-03-02T00:30:00+14:00",
-                "precision": "time",
-                "first_day": "2025-03-02",
-                "last_day": "2025-03-02",
-            },
+            day_json("2025-03-02T00:30:00+14:00", "time", "2025-03-02"),
             "deceasedDateTime",
         ),
         (
             {"deceasedDateTime": "2025"},
-            {
-                "value": "2025",
-                "precision": "year",
-                "first_day": "2025-01-01",
-                "last_day": "2025-12-31",
-            },
+            day_json("2025", "year", "2025-01-01", "2025-12-31"),
             "deceasedDateTime",
         ),
         ({"deceasedBoolean": True}, None, "deceasedBoolean"),
@@ -204,12 +183,7 @@ def test_official_example_patient_f001() -> None:
     assert [e.to_json() for e in events] == [
         {
             "kind": "demographics",
-            "date": {
-                "value": "1944-11-17",
-                "precision": "day",
-                "first_day": "1944-11-17",
-                "last_day": "1944-11-17",
-            },
+            "date": day_json("1944-11-17", "day", "1944-11-17"),
             "end": None,
             "values": {
                 "gender": "male",
@@ -221,28 +195,10 @@ def test_official_example_patient_f001() -> None:
                 "deceased": False,
             },
             "concepts": [],
-            "source": {
-                "resource_type": "Patient",
-                "id": "f001",
-                "version": "1",
-                "reference": "Patient/f001/_history/1",
-            },
+            "source": source_json("Patient", "f001"),
         }
     ]
     assert events[0].patient_id == "f001"
-
-
-def _synthea_events(resource_type: str, mapper: Any) -> list[TrialEvent]:
-    """Every event of the Synthea NSCLC patient's lines of one resource type."""
-    ctx = context(TERMINOLOGY)
-    events: list[TrialEvent] = []
-    path = TEST_DATA / "synthea-10" / f"{resource_type}.000.ndjson"
-    with path.open("rb") as lines:
-        for line in lines:
-            if NSCLC_PATIENT.encode() in line:
-                resource = loads(line.strip())
-                events += mapper(resource, SourceRef(resource_type, resource["id"], 1), ctx)
-    return events
 
 
 def test_synthea_nsclc_patient_all_events() -> None:
@@ -255,7 +211,7 @@ def test_synthea_nsclc_patient_all_events() -> None:
             ("MedicationRequest", map_medication_request),
             ("Encounter", map_encounter),
         )
-        for event in _synthea_events(resource_type, mapper)
+        for event in synthea_events(TERMINOLOGY, resource_type, mapper)
     ]
     assert Counter(e.kind for e in events) == {
         EventKind.DEMOGRAPHICS: 1,
@@ -269,7 +225,7 @@ def test_synthea_nsclc_patient_all_events() -> None:
 
 def test_synthea_nsclc_patient_demographics_and_death() -> None:
     """Synthea's NSCLC patient: white, not Hispanic, female, died 1989-05-09 (local day)."""
-    events = _synthea_events("Patient", map_patient)
+    events = synthea_events(TERMINOLOGY, "Patient", map_patient)
     source = {
         "resource_type": "Patient",
         "id": NSCLC_PATIENT,
@@ -279,12 +235,7 @@ def test_synthea_nsclc_patient_demographics_and_death() -> None:
     assert [e.to_json() for e in events] == [
         {
             "kind": "demographics",
-            "date": {
-                "value": "1927-05-21",
-                "precision": "day",
-                "first_day": "1927-05-21",
-                "last_day": "1927-05-21",
-            },
+            "date": day_json("1927-05-21", "day", "1927-05-21"),
             "end": None,
             "values": {
                 "gender": "female",
@@ -300,12 +251,7 @@ def test_synthea_nsclc_patient_demographics_and_death() -> None:
         },
         {
             "kind": "death",
-            "date": {
-                "value": "1989-05-09T20:35:22-04:00",
-                "precision": "time",
-                "first_day": "1989-05-09",
-                "last_day": "1989-05-09",
-            },
+            "date": day_json("1989-05-09T20:35:22-04:00", "time", "1989-05-09"),
             "end": None,
             "values": {"source": "deceasedDateTime"},
             "concepts": [],

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.events.model import EventKind, SourceRef
 from fhir_mapping.events.procedure import map_procedure, map_service_request
-from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
 from tests.conftest import TEST_DATA
+from tests.kit.expected import day_json, source_json
 from tests.kit.fhir import (
     LOBECTOMY,
     LUNG_BIOPSY,
@@ -23,10 +23,9 @@ from tests.kit.fhir import (
     procedure,
     service_request,
 )
-from tests.kit.mapping import concept_matches, context
+from tests.kit.mapping import NSCLC_PATIENT, concept_matches, context, synthea_events
 
 TERMINOLOGY = build_terminology()
-NSCLC_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"
 WEDGE = {"text": "Right upper lobe wedge resection"}
 CORE_BIOPSY = {"text": "CT-guided percutaneous core needle biopsy, right upper lobe"}
 RUL = {
@@ -266,12 +265,7 @@ def test_service_request_for_resection_exactly() -> None:
     )
     assert event.to_json() == {
         "kind": "lung_resection",
-        "date": {
-            "value": "2025-03-18",
-            "precision": "day",
-            "first_day": "2025-03-18",
-            "last_day": "2025-03-18",
-        },
+        "date": day_json("2025-03-18", "day", "2025-03-18"),
         "end": None,
         "values": {
             "code": PARTIAL_LOBECTOMY,
@@ -283,12 +277,7 @@ def test_service_request_for_resection_exactly() -> None:
             "resection_type": "partial_lobectomy",
         },
         "concepts": PARTIAL_LOBECTOMY_MATCHES,
-        "source": {
-            "resource_type": "ServiceRequest",
-            "id": "sr1",
-            "version": "1",
-            "reference": "ServiceRequest/sr1/_history/1",
-        },
+        "source": source_json("ServiceRequest", "sr1"),
     }
 
 
@@ -361,18 +350,8 @@ def test_official_example_procedure_f002() -> None:
     assert [e.to_json() for e in events] == [
         {
             "kind": "lung_resection",
-            "date": {
-                "value": "2013-03-08T09:00:10+01:00",
-                "precision": "time",
-                "first_day": "2013-03-08",
-                "last_day": "2013-03-08",
-            },
-            "end": {
-                "value": "2013-03-08T09:30:10+01:00",
-                "precision": "time",
-                "first_day": "2013-03-08",
-                "last_day": "2013-03-08",
-            },
+            "date": day_json("2013-03-08T09:00:10+01:00", "time", "2013-03-08"),
+            "end": day_json("2013-03-08T09:30:10+01:00", "time", "2013-03-08"),
             "values": {
                 "code": PARTIAL_LOBECTOMY,
                 "status": "completed",
@@ -381,12 +360,7 @@ def test_official_example_procedure_f002() -> None:
                 "resection_type": "partial_lobectomy",
             },
             "concepts": PARTIAL_LOBECTOMY_MATCHES,
-            "source": {
-                "resource_type": "Procedure",
-                "id": "f002",
-                "version": "1",
-                "reference": "Procedure/f002/_history/1",
-            },
+            "source": source_json("Procedure", "f002"),
         }
     ]
     assert events[0].patient_id == "f001"
@@ -394,13 +368,7 @@ def test_official_example_procedure_f002() -> None:
 
 def test_synthea_nsclc_patient_procedures() -> None:
     """Synthea's NSCLC patient had chemoradiation, no resection: every procedure stays generic."""
-    ctx = context(TERMINOLOGY)
-    events: list[TrialEvent] = []
-    with (TEST_DATA / "synthea-10" / "Procedure.000.ndjson").open("rb") as lines:
-        for line in lines:
-            if NSCLC_PATIENT.encode() in line:
-                resource = loads(line.strip())
-                events += map_procedure(resource, SourceRef("Procedure", resource["id"], 1), ctx)
+    events = synthea_events(TERMINOLOGY, "Procedure", map_procedure)
     assert Counter(e.kind for e in events) == {EventKind.PROCEDURE: 587}
     assert sum(1 for e in events if e.concepts) == 0
     assert {e.patient_id for e in events} == {NSCLC_PATIENT}
@@ -409,18 +377,8 @@ def test_synthea_nsclc_patient_procedures() -> None:
     ]
     assert breast_biopsy.to_json() == {
         "kind": "procedure",
-        "date": {
-            "value": "1989-04-10T00:49:59-04:00",
-            "precision": "time",
-            "first_day": "1989-04-10",
-            "last_day": "1989-04-10",
-        },
-        "end": {
-            "value": "1989-04-10T01:18:07-04:00",
-            "precision": "time",
-            "first_day": "1989-04-10",
-            "last_day": "1989-04-10",
-        },
+        "date": day_json("1989-04-10T00:49:59-04:00", "time", "1989-04-10"),
+        "end": day_json("1989-04-10T01:18:07-04:00", "time", "1989-04-10"),
         "values": {
             "code": {
                 "coding": [
@@ -437,10 +395,5 @@ def test_synthea_nsclc_patient_procedures() -> None:
             "body_site": [],
         },
         "concepts": [],
-        "source": {
-            "resource_type": "Procedure",
-            "id": "515a5d84-6a39-452a-aac9-7b955188dca6",
-            "version": "1",
-            "reference": "Procedure/515a5d84-6a39-452a-aac9-7b955188dca6/_history/1",
-        },
+        "source": source_json("Procedure", "515a5d84-6a39-452a-aac9-7b955188dca6"),
     }

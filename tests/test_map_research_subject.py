@@ -10,6 +10,7 @@ import pytest
 from fhir_mapping.events.model import EventKind, SourceRef
 from fhir_mapping.events.research_subject import map_research_subject
 from service.terminology_files import build_terminology
+from tests.kit.expected import day_json, source_json
 from tests.kit.fhir import CT_GOV, patient, research_study, research_subject
 from tests.kit.mapping import context
 
@@ -104,18 +105,8 @@ def test_enrollment_event_exactly() -> None:
     assert event.patient_id == "pat-7"
     assert event.to_json() == {
         "kind": "enrollment",
-        "date": {
-            "value": "2025-02-24",
-            "precision": "day",
-            "first_day": "2025-02-24",
-            "last_day": "2025-02-24",
-        },
-        "end": {
-            "value": "2025-09-30",
-            "precision": "day",
-            "first_day": "2025-09-30",
-            "last_day": "2025-09-30",
-        },
+        "date": day_json("2025-02-24", "day", "2025-02-24"),
+        "end": day_json("2025-09-30", "day", "2025-09-30"),
         "values": {
             "status": "on-study",
             "study_identifiers": [NCT, SITE_PROTOCOL],
@@ -126,12 +117,7 @@ def test_enrollment_event_exactly() -> None:
             "actual_arm": "Neoadjuvant dupilumab + cemiplimab",
         },
         "concepts": [],
-        "source": {
-            "resource_type": "ResearchSubject",
-            "id": "sub-1",
-            "version": "3",
-            "reference": "ResearchSubject/sub-1/_history/3",
-        },
+        "source": source_json("ResearchSubject", "sub-1", 3),
     }
 
 

@@ -10,6 +10,7 @@ import pytest
 from fhir_mapping.events.model import EventKind, SourceRef
 from fhir_mapping.events.specimen import map_specimen
 from service.terminology_files import build_terminology
+from tests.kit.expected import day_json, match_json, source_json
 from tests.kit.fhir import SNOMED, V2_0487, coded, patient, specimen
 from tests.kit.mapping import concept_matches, context
 
@@ -96,12 +97,7 @@ def test_stool_specimen_exactly() -> None:
     assert event.patient_id == "p1"
     assert event.to_json() == {
         "kind": "specimen_collection",
-        "date": {
-            "value": "2025-02-20T10:00:00-05:00",
-            "precision": "time",
-            "first_day": "2025-02-20",
-            "last_day": "2025-02-20",
-        },
+        "date": day_json("2025-02-20T10:00:00-05:00", "time", "2025-02-20"),
         "end": None,
         "values": {
             "specimen_type": "stool",
@@ -112,21 +108,8 @@ def test_stool_specimen_exactly() -> None:
             "status": "available",
             "parent": [],
         },
-        "concepts": [
-            {
-                "concept": "stool_specimen",
-                "matched_by": "name",
-                "system": None,
-                "code": None,
-                "text": "Stool",
-            }
-        ],
-        "source": {
-            "resource_type": "Specimen",
-            "id": "sp1",
-            "version": "1",
-            "reference": "Specimen/sp1/_history/1",
-        },
+        "concepts": [match_json("stool_specimen", "name", "Stool")],
+        "source": source_json("Specimen", "sp1"),
     }
 
 

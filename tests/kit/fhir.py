@@ -299,6 +299,28 @@ def medication_administration(
     return _resource("MedicationAdministration", id, elements, extra)
 
 
+def dose(
+    *,
+    id: str | None = None,
+    drug: str,
+    amount: Any,
+    unit: str = "mg",
+    when: Date,
+    route: Concept | None = None,
+    patient: str | None = "p1",
+    code: str = PLACEHOLDER_RXCUI,
+) -> Json:
+    """A completed administration of a drug named by its RxNorm display, with a UCUM dose."""
+    return medication_administration(
+        id=id,
+        medication=coded(RXNORM, code, drug),
+        patient=patient,
+        effective=when,
+        dose=quantity(amount, unit),
+        route=route,
+    )
+
+
 def medication_request(
     *,
     id: str | None = None,

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.registry import map_resource
+from fhir_mapping.json_codec import loads
 from fhir_mapping.terminology import Terminology
+from tests.conftest import TEST_DATA
+
+NSCLC_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"  # Synthea's patient with NSCLC
 
 
 def context(terminology: Terminology, *stored: dict[str, Any]) -> MappingContext:
@@ -41,3 +45,20 @@ def single(events: list[TrialEvent], kind: EventKind | None = None) -> TrialEven
     if kind is not None:
         assert events[0].kind is kind, events[0].kind
     return events[0]
+
+
+def synthea_events(
+    terminology: Terminology,
+    resource_type: str,
+    mapper: Callable[[dict[str, Any], SourceRef, MappingContext], list[TrialEvent]],
+    patient_id: str = NSCLC_PATIENT,
+) -> list[TrialEvent]:
+    """Every event one mapper derives from a Synthea patient's lines of one resource type."""
+    ctx = context(terminology)
+    events: list[TrialEvent] = []
+    with (TEST_DATA / "synthea-10" / f"{resource_type}.000.ndjson").open("rb") as lines:
+        for line in lines:
+            if patient_id.encode() in line:
+                resource = loads(line.strip())
+                events += mapper(resource, SourceRef(resource_type, resource["id"], 1), ctx)
+    return events
