@@ -276,6 +276,48 @@ def observation(
     return _resource("Observation", id, elements, extra)
 
 
+def genomic_variant(
+    *,
+    id: str | None = None,
+    gene: Json,
+    present: bool,
+    patient: str | None = "p1",
+    effective: Date | None = None,
+    **extra: Any,
+) -> Json:
+    """An mCODE genomic variant assessment (LOINC 69548-6) of one gene studied: present or absent."""
+    return observation(
+        id=id,
+        code=GENETIC_VARIANT,
+        patient=patient,
+        effective=effective,
+        component=[{"code": GENE_STUDIED, "valueCodeableConcept": gene}],
+        valueCodeableConcept=PRESENT if present else ABSENT,
+        **extra,
+    )
+
+
+def smoking_status(
+    *,
+    id: str | None = None,
+    finding: Concept,
+    patient: str | None = "p1",
+    effective: Date | None = None,
+    **extra: Any,
+) -> Json:
+    """A US Core smoking-status Observation (LOINC 72166-2) in the social-history category."""
+    category = [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "social-history"}]}]
+    return observation(
+        id=id,
+        code=SMOKING_STATUS,
+        patient=patient,
+        effective=effective,
+        valueCodeableConcept=concept(finding),
+        category=category,
+        **extra,
+    )
+
+
 def medication_administration(
     *,
     id: str | None = None,
