@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.helpers import observation, patient
 from tests.kit.clock import FROZEN_DATE, FROZEN_LOCAL_DATE
+from tests.kit.fhir import patient, viable_tumour
 
 
 def _ids(bundle: dict[str, object]) -> list[str]:
@@ -15,13 +15,15 @@ def _ids(bundle: dict[str, object]) -> list[str]:
 
 @pytest.fixture
 def seeded(fhir: httpx.Client) -> httpx.Client:
-    fhir.put("/Patient/a", json=patient("1", id="a"))
+    fhir.put("/Patient/a", json=patient(mrn="1", id="a"))
     both = [{"system": "urn:mrn", "value": "2"}, {"system": "urn:other", "value": "1"}]
-    fhir.put("/Patient/b", json=patient("2", id="b", identifier=both))
+    fhir.put("/Patient/b", json=patient(mrn="2", id="b", identifier=both))
     for i in range(5):
-        fhir.put(f"/Observation/oa{i}", json=observation("Patient/a", i, id=f"oa{i}"))
-    fhir.put("/Observation/ob", json=observation("Patient/b", id="ob"))
-    fhir.put("/Observation/og", json=observation("Group/a", id="og"))
+        fhir.put(
+            f"/Observation/oa{i}", json=viable_tumour(subject="Patient/a", value=i, id=f"oa{i}")
+        )
+    fhir.put("/Observation/ob", json=viable_tumour(subject="Patient/b", id="ob"))
+    fhir.put("/Observation/og", json=viable_tumour(subject="Group/a", id="og"))
     return fhir
 
 
@@ -107,7 +109,7 @@ def test_deleted_resources_are_not_found(seeded: httpx.Client) -> None:
 
 
 def test_updates_move_the_index(seeded: httpx.Client) -> None:
-    seeded.put("/Observation/ob", json=observation("Patient/a", id="ob"))
+    seeded.put("/Observation/ob", json=viable_tumour(subject="Patient/a", id="ob"))
     assert seeded.get("/Observation?patient=b").json()["total"] == 0
     assert seeded.get("/Observation?patient=a").json()["total"] == 6
 

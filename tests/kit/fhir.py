@@ -276,6 +276,17 @@ def observation(
     return _resource("Observation", id, elements, extra)
 
 
+def viable_tumour(*, subject: str, value: Any = 1, **extra: Any) -> Json:
+    """A final percent-viable-tumour Observation about any literal reference (urn:uuid:, search)."""
+    return observation(
+        code="percent viable tumour",
+        patient=None,
+        subject=reference(subject),
+        valueQuantity=quantity(value, "%", ucum=False),
+        **extra,
+    )
+
+
 def genomic_variant(
     *,
     id: str | None = None,
