@@ -10,14 +10,26 @@ from typing import Any
 import httpx
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
-from fhir_mapping.events.model import SourceRef, TrialEvent
-from fhir_mapping.events.registry import map_resource
+from fhir_mapping.events.model import TrialEvent
 from service.outcomes import subject_outcomes
 from service.protocol import TrialProtocol, load_protocols
 from service.terminology_files import build_terminology
 from tests.conftest import LiveServer
-from tests.helpers import bundle, entry
+from tests.kit.client import put_resources
+from tests.kit.fhir import (
+    LOINC,
+    adverse_event,
+    coded,
+    encounter,
+    medication_administration,
+    observation,
+    patient,
+    procedure,
+    quantity,
+    research_study,
+    research_subject,
+)
+from tests.kit.mapping import events_of
 
 TERMS = build_terminology()
 
@@ -30,66 +42,43 @@ def _nct() -> TrialProtocol:
 
 NCT = _nct()
 DAY1 = dt.date(2025, 3, 10)
-UCUM = "http://unitsofmeasure.org"
-GRADE = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/ae-grade"
 
 
-def _dose(rid: str, drug: str, mg: int, when: str) -> dict[str, Any]:
-    return {
-        "resourceType": "MedicationAdministration",
-        "id": rid,
-        "status": "completed",
-        "medicationCodeableConcept": {"text": drug},
-        "subject": {"reference": "Patient/p1"},
-        "effectiveDateTime": when,
-        "dosage": {"dose": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}},
-    }
+# Recurrence seen on 2025-09-01: an EFS event 175 days after Day 1.
+RECURRENCE = observation(
+    id="rec",
+    code="Cancer disease status",
+    effective="2025-09-01",
+    valueCodeableConcept={"text": "Recurrence of disease"},
+)
 
 
-def _viable(rid: str, text: str, pct: int, when: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
-        "code": {"text": text},
-        "subject": {"reference": "Patient/p1"},
-        "effectiveDateTime": when,
-        "valueQuantity": {"value": pct, "unit": "%", "system": UCUM, "code": "%"},
-    }
+def _viable(rid: str, text: str, pct: int) -> dict[str, Any]:
+    """The percent viable tumour found at surgery (pathology on 2025-04-02)."""
+    return observation(id=rid, code=text, effective="2025-04-02", valueQuantity=quantity(pct, "%"))
 
 
 def _base() -> list[dict[str, Any]]:
     return [
-        {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1958-02-01"},
-        _dose("dupi-a", "Dupixent 300 MG", 300, "2025-03-10T09:00:00-04:00"),
-        _dose("dupi-b", "Dupixent 300 MG", 300, "2025-03-10T09:10:00-04:00"),
-        _dose("cemi", "cemiplimab 350 MG/7ML", 350, "2025-03-10T10:00:00-04:00"),
-        {
-            "resourceType": "Procedure",
-            "id": "lob",
-            "status": "completed",
-            "code": {"text": "Left lower lobectomy"},
-            "subject": {"reference": "Patient/p1"},
-            "performedDateTime": "2025-03-27",
-        },
-        {
-            "resourceType": "Encounter",
-            "id": "visit",
-            "status": "finished",
-            "class": {"code": "AMB"},
-            "subject": {"reference": "Patient/p1"},
-            "period": {"start": "2025-04-28", "end": "2025-04-28"},
-        },
+        patient(id="p1", gender="female", birth_date="1958-02-01"),
+        *(
+            medication_administration(
+                id=rid, medication=drug, effective=when, dose=quantity(mg, "mg")
+            )
+            for rid, drug, mg, when in (
+                ("dupi-a", "Dupixent 300 MG", 300, "2025-03-10T09:00:00-04:00"),
+                ("dupi-b", "Dupixent 300 MG", 300, "2025-03-10T09:10:00-04:00"),
+                ("cemi", "cemiplimab 350 MG/7ML", 350, "2025-03-10T10:00:00-04:00"),
+            )
+        ),
+        procedure(id="lob", code="Left lower lobectomy", performed="2025-03-27"),
+        encounter(id="visit", start="2025-04-28", end="2025-04-28"),
     ]
 
 
 def _events(resources: list[dict[str, Any]]) -> list[TrialEvent]:
-    ctx = MappingContext(TERMS, MemoryLookup(resources))
-    return [
-        e
-        for r in resources
-        for e in map_resource(r["resourceType"], r, SourceRef(r["resourceType"], r["id"], 1), ctx)
-    ]
+    """The events the real mappers derive from the resources."""
+    return events_of(TERMS, resources)
 
 
 def _outcomes(*extra: dict[str, Any]) -> dict[str, Any]:
@@ -108,37 +97,34 @@ def test_time_to_surgery_and_on_time_surgery() -> None:
     ("extra", "mpr", "pcr"),
     [
         ([], "not_evaluable", "not_evaluable"),
-        ([_viable("v", "Percent viable tumor, primary", 10, "2025-04-02")], "met", "not_met"),
-        ([_viable("v", "Percent viable tumor, primary", 11, "2025-04-02")], "not_met", "not_met"),
-        ([_viable("v", "Percent viable tumor, primary", 0, "2025-04-02")], "met", "not_evaluable"),
+        ([_viable("v", "Percent viable tumor, primary", 10)], "met", "not_met"),
+        ([_viable("v", "Percent viable tumor, primary", 11)], "not_met", "not_met"),
+        ([_viable("v", "Percent viable tumor, primary", 0)], "met", "not_evaluable"),
         (
             [
-                _viable("v", "Percent viable tumor, primary", 0, "2025-04-02"),
-                _viable("n", "Percent viable tumor in lymph nodes", 0, "2025-04-02"),
+                _viable("v", "Percent viable tumor, primary", 0),
+                _viable("n", "Percent viable tumor in lymph nodes", 0),
             ],
             "met",
             "met",
         ),
         (
             [
-                _viable("v", "Percent viable tumor, primary", 0, "2025-04-02"),
-                _viable("n", "Percent viable tumor in lymph nodes", 3, "2025-04-02"),
+                _viable("v", "Percent viable tumor, primary", 0),
+                _viable("n", "Percent viable tumor in lymph nodes", 3),
             ],
             "met",
             "not_met",
         ),
         (
             [
-                _viable("v", "Percent viable tumour, primary", 0, "2025-04-02"),
-                {
-                    "resourceType": "Observation",
-                    "id": "ypn",
-                    "status": "final",
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "21900-6"}]},
-                    "subject": {"reference": "Patient/p1"},
-                    "effectiveDateTime": "2025-04-02",
-                    "valueCodeableConcept": {"text": "ypN0"},
-                },
+                _viable("v", "Percent viable tumour, primary", 0),
+                observation(
+                    id="ypn",
+                    code=coded(LOINC, "21900-6"),
+                    effective="2025-04-02",
+                    valueCodeableConcept={"text": "ypN0"},
+                ),
             ],
             "met",
             "met",
@@ -153,16 +139,7 @@ def test_mpr_and_pcr(extra: list[dict[str, Any]], mpr: str, pcr: str) -> None:
 
 def test_efs_event_is_recurrence_and_os_is_censored_at_the_last_data_point() -> None:
     """Recurrence on 2025-09-01 is an EFS event at 175 days; OS is censored at the last fact."""
-    recurrence = {
-        "resourceType": "Observation",
-        "id": "rec",
-        "status": "final",
-        "code": {"text": "Cancer disease status"},
-        "subject": {"reference": "Patient/p1"},
-        "effectiveDateTime": "2025-09-01",
-        "valueCodeableConcept": {"text": "Recurrence of disease"},
-    }
-    out = _outcomes(recurrence)
+    out = _outcomes(RECURRENCE)
     assert out["efs"] == {
         "days": 175,
         "event": True,
@@ -252,16 +229,7 @@ def test_death_without_a_date_is_an_event_on_an_unknown_day() -> None:
 
 def test_undated_death_after_a_dated_recurrence_keeps_the_efs_time() -> None:
     """The recurrence (175 days) was observed alive, so it is the EFS event; OS day unknown."""
-    recurrence = {
-        "resourceType": "Observation",
-        "id": "rec",
-        "status": "final",
-        "code": {"text": "Cancer disease status"},
-        "subject": {"reference": "Patient/p1"},
-        "effectiveDateTime": "2025-09-01",
-        "valueCodeableConcept": {"text": "Recurrence of disease"},
-    }
-    events = _events([dict(_base()[0], deceasedBoolean=True), *_base()[1:], recurrence])
+    events = _events([dict(_base()[0], deceasedBoolean=True), *_base()[1:], RECURRENCE])
     out = subject_outcomes(NCT, events, DAY1)
     assert _tte(out["efs"]) == (175, True, False, "progression_or_recurrence", "2025-09-01")
     assert (out["os"]["days"], out["os"]["event"], out["os"]["reason"]) == (
@@ -273,17 +241,7 @@ def test_undated_death_after_a_dated_recurrence_keeps_the_efs_time() -> None:
 
 def _ae(rid: str, term: str, grade: str, when: str | None) -> dict[str, Any]:
     """An AdverseEvent of the base patient with a CTCAE grade; `when` None leaves it undated."""
-    resource: dict[str, Any] = {
-        "resourceType": "AdverseEvent",
-        "id": rid,
-        "actuality": "actual",
-        "subject": {"reference": "Patient/p1"},
-        "event": {"text": term},
-        "extension": [{"url": GRADE, "valueCodeableConcept": {"coding": [{"code": grade}]}}],
-    }
-    if when is not None:
-        resource["date"] = when
-    return resource
+    return adverse_event(id=rid, event=term, grade=grade, date=when)
 
 
 def test_safety_counts_grades_and_the_30_day_window() -> None:
@@ -351,25 +309,9 @@ def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
 
 def _enroll(fhir: httpx.Client, resources: list[dict[str, Any]]) -> None:
     """PUT NCT06088771's ResearchStudy, Patient/p1's on-study ResearchSubject and `resources`."""
-    study = {
-        "resourceType": "ResearchStudy",
-        "id": "rs",
-        "status": "active",
-        "identifier": [{"value": "NCT06088771"}],
-    }
-    subject = {
-        "resourceType": "ResearchSubject",
-        "id": "sub",
-        "status": "on-study",
-        "study": {"reference": "ResearchStudy/rs"},
-        "individual": {"reference": "Patient/p1"},
-        "period": {"start": "2025-03-03"},
-    }
-    everything: list[dict[str, Any]] = [study, subject, *resources]
-    body = bundle(
-        "transaction", *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in everything)
-    )
-    assert fhir.post("", content=body).status_code == 200
+    study = research_study(id="rs", system=None)
+    subject = research_subject(id="sub", study_id="rs", start="2025-03-03")
+    put_resources(fhir, study, subject, *resources)
 
 
 def test_subject_outcomes_endpoint(api: httpx.Client, fhir: httpx.Client) -> None:
