@@ -15,9 +15,7 @@ from lifelines import CoxPHFitter, CoxTimeVaryingFitter
 from lifelines.statistics import proportional_hazard_test
 from scipy.stats import binomtest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
-from fhir_mapping.events.model import SourceRef, TrialEvent
-from fhir_mapping.events.registry import map_resource
+from fhir_mapping.events.model import TrialEvent
 from fhir_mapping.validation import validate_resource
 from service.cirae_analysis import cirae_outcomes, km_groups
 from service.cirae_cohort import CohortPatient, build_cohort
@@ -25,6 +23,7 @@ from service.cirae_cox import Interval, build_design, cox_model, reference_level
 from service.cirae_model import CirAESubject, Group, Resolution
 from service.protocol import CohortProtocol, load_protocols
 from service.terminology_files import build_terminology
+from tests.kit.mapping import events_of
 from tests.synthetic_cirae import generate
 
 TERMS = build_terminology()
@@ -402,12 +401,10 @@ def test_missing_age_excludes_the_subject_and_says_so() -> None:
 
 
 def _events(resources: Sequence[dict[str, Any]]) -> dict[str, list[TrialEvent]]:
-    ctx = MappingContext(TERMS, MemoryLookup(list(resources)))
     by_patient: dict[str, list[TrialEvent]] = {}
-    for r in resources:
-        for e in map_resource(r["resourceType"], r, SourceRef(r["resourceType"], r["id"], 1), ctx):
-            assert e.patient_id is not None
-            by_patient.setdefault(e.patient_id, []).append(e)
+    for e in events_of(TERMS, resources):
+        assert e.patient_id is not None
+        by_patient.setdefault(e.patient_id, []).append(e)
     return by_patient
 
 
