@@ -26,24 +26,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from tests.kit.fhir import (
-    ACT_CODE,
-    ICD10CM,
-    ORAL,
-    RXNORM,
-    bundle,
-    coded,
-    condition,
-    condition_category,
-    encounter,
-    medication_administration,
-    medication_request,
-    patient,
-    period,
-    put_entry,
-    quantity,
-    us_core_race,
-)
+from tests.kit import fhir as kit
 
 GC_HR = 2.0
 DUPILUMAB_HR = 1.0
@@ -128,7 +111,7 @@ class SyntheticCohort:
         out = []
         for i in range(0, len(self.per_patient), per_bundle):
             group = self.per_patient[i : i + per_bundle]
-            out.append(bundle(*(put_entry(r) for resources in group for r in resources)))
+            out.append(kit.bundle(*(kit.put_entry(r) for resources in group for r in resources)))
         return out
 
 
@@ -213,13 +196,13 @@ def _patient(truth: Truth) -> dict[str, Any]:
     """Patient with gender, birth date, US Core race and (when dead) the date of death."""
     display = {code: name for code, name, _ in RACES}[truth.race]
     death = {"deceasedDateTime": truth.death.isoformat()} if truth.death is not None else {}
-    return patient(
+    return kit.patient(
         id=truth.patient_id,
         mrn=truth.patient_id,
         mrn_system="urn:synthetic:cirae",
         gender=truth.sex,
         birth_date=truth.birth_date.isoformat(),
-        extension=[us_core_race(code=truth.race, display=display, text=display)],
+        extension=[kit.us_core_race(code=truth.race, display=display, text=display)],
         **death,
     )
 
@@ -228,13 +211,13 @@ def _administration(
     truth: Truth, rid: str, text: str, day: dt.date, route: str, mg: int
 ) -> dict[str, Any]:
     """A completed MedicationAdministration named by text (real feeds often only have names)."""
-    return medication_administration(
+    return kit.medication_administration(
         id=f"{truth.patient_id}-{rid}",
         patient=truth.patient_id,
         medication=text,
         effective=day,
         route=route,
-        dose=quantity(mg, "mg"),
+        dose=kit.quantity(mg, "mg"),
     )
 
 
@@ -253,12 +236,12 @@ def _condition(
     truth: Truth, rid: str, code: dict[str, Any], onset: dt.date, status: str, **extra: Any
 ) -> dict[str, Any]:
     """A confirmed problem-list Condition with a clinical status and a day-precision onset."""
-    return condition(
+    return kit.condition(
         id=f"{truth.patient_id}-{rid}",
         patient=truth.patient_id,
         code=code,
         clinical=status,
-        category=condition_category("problem-list-item"),
+        category=kit.condition_category("problem-list-item"),
         onset=onset,
         **extra,
     )
@@ -272,7 +255,7 @@ def _history(truth: Truth) -> list[dict[str, Any]]:
         _condition(
             truth,
             "cancer",
-            coded(ICD10CM, truth.cancer_icd10, cancer_name, text=cancer_name),
+            kit.coded(kit.ICD10CM, truth.cancer_icd10, cancer_name, text=cancer_name),
             diagnosed,
             "active",
             stage=[{"summary": {"text": truth.stage}}],
@@ -280,7 +263,7 @@ def _history(truth: Truth) -> list[dict[str, Any]]:
     ]
     names = dict(COMORBIDITIES)
     for i, code in enumerate(truth.comorbidities):
-        concept = coded(ICD10CM, code, names[code])
+        concept = kit.coded(kit.ICD10CM, code, names[code])
         onset = truth.icb_start - dt.timedelta(days=400 + 30 * i)
         out.append(_condition(truth, f"comorbidity-{i}", concept, onset, "active"))
     return out
@@ -316,14 +299,17 @@ def _glucocorticoid(truth: Truth, index: int) -> list[dict[str, Any]]:
             _administration(truth, "prednisone", "prednisone 20 MG oral tablet", day, "oral", 40)
         ]
     return [
-        medication_request(
+        kit.medication_request(
             id=f"{truth.patient_id}-prednisone",
             patient=truth.patient_id,
             status="completed",
-            medication=coded(RXNORM, "8640", "prednisone", text="prednisone"),
+            medication=kit.coded(kit.RXNORM, "8640", "prednisone", text="prednisone"),
             authored=day,
             dosageInstruction=[
-                {"route": ORAL, "timing": {"repeat": {"boundsPeriod": period(day, _day(day, 13))}}}
+                {
+                    "route": kit.ORAL,
+                    "timing": {"repeat": {"boundsPeriod": kit.period(day, _day(day, 13))}},
+                }
             ],
         )
     ]
@@ -331,10 +317,10 @@ def _glucocorticoid(truth: Truth, index: int) -> list[dict[str, Any]]:
 
 def _last_contact(truth: Truth) -> dict[str, Any]:
     """The last outpatient visit (the censoring day of a survivor; the day of death otherwise)."""
-    return encounter(
+    return kit.encounter(
         id=f"{truth.patient_id}-last-contact",
         patient=truth.patient_id,
-        klass={"system": ACT_CODE, "code": "AMB", "display": "ambulatory"},
+        klass={"system": kit.ACT_CODE, "code": "AMB", "display": "ambulatory"},
         start=truth.last_contact,
         end=truth.last_contact,
     )

@@ -18,35 +18,15 @@ from service.cirae_cohort import (
     build_cohort_report,
 )
 from service.cirae_model import CirAESubject
-from service.protocol import CohortProtocol, load_protocols
 from service.terminology_files import build_terminology
-from tests.kit.fhir import (
-    ICD10CM,
-    LOINC,
-    adverse_event,
-    coded,
-    condition,
-    encounter,
-    medication_administration,
-    medication_request,
-    medication_statement,
-    observation,
-    patient,
-    period,
-    us_core_race,
-)
+from tests.kit import fhir as kit
 from tests.kit.mapping import events_of
+from tests.kit.protocols import cohort_protocol
 
 TERMS = build_terminology()
 
 
-def _cirae_protocol() -> CohortProtocol:
-    protocol = load_protocols(TERMS)["cirae-dupilumab"]
-    assert isinstance(protocol, CohortProtocol)
-    return protocol
-
-
-PROTOCOL = _cirae_protocol()
+PROTOCOL = cohort_protocol(TERMS)
 
 
 # -- the seven patients --------------------------------------------------------------------------
@@ -55,74 +35,74 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
     # dupilumab group: PD-1; Charlson from pre-ICB lung cancer (2) + diabetes with complications (2);
     # the post-ICB MI is ignored; Condition.stage IIIA before ICB; resolved cirAE; oral prednisone.
     "p1": [
-        patient(
+        kit.patient(
             id="p1",
             gender="female",
             birth_date="1960-03-01",
-            extension=[us_core_race(code="2106-3", display="White", text="White")],
+            extension=[kit.us_core_race(code="2106-3", display="White", text="White")],
         ),
-        medication_administration(
+        kit.medication_administration(
             id="p1-pembro",
             patient="p1",
             medication="pembrolizumab 200 MG",
             effective="2021-03-01T10:00:00-05:00",
             route="IV",
         ),
-        medication_administration(
+        kit.medication_administration(
             id="p1-pembro2", patient="p1", medication="pembrolizumab 200 MG", effective="2021-03-22"
         ),
-        condition(
+        kit.condition(
             id="p1-lung",
             patient="p1",
-            code=coded(ICD10CM, "C34.90", text="Lung adenocarcinoma"),
+            code=kit.coded(kit.ICD10CM, "C34.90", text="Lung adenocarcinoma"),
             onset="2020-11-15",
             verification=None,
             stage=[{"summary": {"text": "Stage IIIA"}}],
         ),
-        condition(
+        kit.condition(
             id="p1-dm",
             patient="p1",
-            code=coded(ICD10CM, "E11.22", text="Type 2 diabetes with CKD"),
+            code=kit.coded(kit.ICD10CM, "E11.22", text="Type 2 diabetes with CKD"),
             onset="2015-06-01",
             verification=None,
         ),
-        condition(
+        kit.condition(
             id="p1-mi",
             patient="p1",
-            code=coded(ICD10CM, "I21.4", text="NSTEMI"),
+            code=kit.coded(kit.ICD10CM, "I21.4", text="NSTEMI"),
             onset="2022-01-10",
             verification=None,
         ),
-        condition(
+        kit.condition(
             id="p1-rash",
             patient="p1",
-            code=coded(ICD10CM, "L27.0", text="Maculopapular rash"),
+            code=kit.coded(kit.ICD10CM, "L27.0", text="Maculopapular rash"),
             onset="2021-04-10",
             clinical="resolved",
             verification=None,
         ),
-        medication_request(
+        kit.medication_request(
             id="p1-pred",
             patient="p1",
             medication="prednisone 20 MG Oral Tablet",
             authored="2021-04-12",
             route="oral",
         ),
-        medication_administration(
+        kit.medication_administration(
             id="p1-dupi",
             patient="p1",
             medication="Dupixent 300 MG/2ML",
             effective="2021-05-01",
             route="subcutaneous",
         ),
-        medication_administration(
+        kit.medication_administration(
             id="p1-dupi2",
             patient="p1",
             medication="Dupixent 300 MG/2ML",
             effective="2021-05-15",
             route="subcutaneous",
         ),
-        encounter(id="p1-visit", patient="p1", start="2022-06-01", end="2022-06-01"),
+        kit.encounter(id="p1-visit", patient="p1", start="2022-06-01", end="2022-06-01"),
     ],
     # control 1: nivolumab + ipilimumab on one day → combination; an eczema before ICB is not the
     # cirAE; the AE pruritus is (outcome 'recovering' is not in the resolution table → none);
@@ -130,51 +110,51 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
     # topical hydrocortisone is not systemic; melanoma stage IV before ICB (the later IIIB is
     # ignored); the C78 recorded after ICB does not enter Charlson; race text only → case-folded.
     "p2": [
-        patient(
+        kit.patient(
             id="p2",
             gender="male",
             birth_date="1955",
             deceasedDateTime="2021-02-01",
-            extension=[us_core_race(text="Asian Indian")],
+            extension=[kit.us_core_race(text="Asian Indian")],
         ),
-        medication_administration(
+        kit.medication_administration(
             id="p2-nivo",
             patient="p2",
             medication="Opdivo (nivolumab) 240 MG",
             effective="2020-06-01",
         ),
-        medication_administration(
+        kit.medication_administration(
             id="p2-ipi", patient="p2", medication="Yervoy 50 MG/10ML", effective="2020-06-01"
         ),
-        condition(
+        kit.condition(
             id="p2-mel",
             patient="p2",
-            code=coded(ICD10CM, "C43.9", text="Melanoma of skin"),
+            code=kit.coded(kit.ICD10CM, "C43.9", text="Melanoma of skin"),
             onset="2020-05-01",
             verification=None,
         ),
-        condition(
+        kit.condition(
             id="p2-mets",
             patient="p2",
-            code=coded(ICD10CM, "C78.00", text="Secondary malignancy of lung"),
+            code=kit.coded(kit.ICD10CM, "C78.00", text="Secondary malignancy of lung"),
             onset="2020-08-01",
             verification=None,
         ),
-        observation(
+        kit.observation(
             id="p2-stage",
             patient="p2",
-            code=coded(LOINC, "21908-9"),
+            code=kit.coded(kit.LOINC, "21908-9"),
             effective="2020-05-20",
             valueCodeableConcept={"text": "Stage IV"},
         ),
-        observation(
+        kit.observation(
             id="p2-restage",
             patient="p2",
-            code=coded(LOINC, "21908-9"),
+            code=kit.coded(kit.LOINC, "21908-9"),
             effective="2020-09-01",
             valueCodeableConcept={"text": "Stage IIIB"},
         ),
-        condition(
+        kit.condition(
             id="p2-ecz",
             patient="p2",
             code="Eczema",
@@ -182,13 +162,13 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
             clinical="resolved",
             verification=None,
         ),
-        medication_administration(
+        kit.medication_administration(
             id="p2-dupi", patient="p2", medication="dupilumab 300 MG", effective="2019-06-01"
         ),
-        adverse_event(
+        kit.adverse_event(
             id="p2-itch", patient="p2", event="Pruritus", date="2020-07-15", outcome="recovering"
         ),
-        medication_request(
+        kit.medication_request(
             id="p2-hc",
             patient="p2",
             medication="hydrocortisone 1 % topical cream",
@@ -199,11 +179,11 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
     # no race; stage only after ICB → unknown; the lung cancer diagnosed 22 days after ICB start is
     # the cancer type (none before; within 90 days); prednisone one day past the 2-year window.
     "p3": [
-        patient(id="p3", gender="female", birth_date="1970-05-15"),
-        medication_request(
+        kit.patient(id="p3", gender="female", birth_date="1970-05-15"),
+        kit.medication_request(
             id="p3-atezo", patient="p3", medication="Tecentriq 1200 MG", authored="2022-01-10"
         ),
-        condition(
+        kit.condition(
             id="p3-erupt",
             patient="p3",
             code="Drug eruption",
@@ -211,15 +191,15 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
             clinical="resolved",
             verification=None,
         ),
-        condition(
+        kit.condition(
             id="p3-lung",
             patient="p3",
-            code=coded(ICD10CM, "C34.1", text="Lung cancer"),
+            code=kit.coded(kit.ICD10CM, "C34.1", text="Lung cancer"),
             onset="2022-02-01",
             verification=None,
             stage=[{"summary": {"text": "Stage IIB"}}],
         ),
-        medication_administration(
+        kit.medication_administration(
             id="p3-pred",
             patient="p3",
             medication="prednisone 40 MG",
@@ -231,13 +211,13 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
     # bullous pemphigoid in remission → partial; IV dexamethasone exactly 2 years after start counts;
     # no Patient resource → no sex, race or age; no cancer condition → unknown.
     "p4": [
-        medication_administration(
+        kit.medication_administration(
             id="p4-cemi", patient="p4", medication="Libtayo 350 MG", effective="2019-02-01"
         ),
-        medication_administration(
+        kit.medication_administration(
             id="p4-ipi", patient="p4", medication="ipilimumab 50 MG", effective="2019-03-01"
         ),
-        condition(
+        kit.condition(
             id="p4-bp",
             patient="p4",
             code="Bullous pemphigoid",
@@ -245,7 +225,7 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
             clinical="remission",
             verification=None,
         ),
-        medication_administration(
+        kit.medication_administration(
             id="p4-dex",
             patient="p4",
             medication="dexamethasone 10 MG",
@@ -255,39 +235,44 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
     ],
     # no ICB: not in the cohort, whatever else happened.
     "p5": [
-        patient(id="p5", gender="male", birth_date="1980-01-01"),
-        condition(id="p5-rash", patient="p5", code="Rash", onset="2022-03-01", verification=None),
-        medication_administration(
+        kit.patient(id="p5", gender="male", birth_date="1980-01-01"),
+        kit.condition(
+            id="p5-rash", patient="p5", code="Rash", onset="2022-03-01", verification=None
+        ),
+        kit.medication_administration(
             id="p5-dupi", patient="p5", medication="Dupixent 300 MG", effective="2022-04-01"
         ),
     ],
     # dupilumab group: ipilimumab, then nivolumab exactly 21 days later → combination; an active
     # lichenoid dermatitis → none; a dupilumab order on the onset day counts; coded stage group.
     "p6": [
-        patient(
-            id="p6", gender="male", birth_date="1948-12-31", extension=[us_core_race(code="2054-5")]
+        kit.patient(
+            id="p6",
+            gender="male",
+            birth_date="1948-12-31",
+            extension=[kit.us_core_race(code="2054-5")],
         ),
-        medication_administration(
+        kit.medication_administration(
             id="p6-ipi", patient="p6", medication="Yervoy 50 MG", effective="2023-01-05"
         ),
-        medication_administration(
+        kit.medication_administration(
             id="p6-nivo", patient="p6", medication="nivolumab 240 MG", effective="2023-01-26"
         ),
-        condition(
+        kit.condition(
             id="p6-rcc",
             patient="p6",
-            code=coded(ICD10CM, "C64.1", text="Renal cell carcinoma"),
+            code=kit.coded(kit.ICD10CM, "C64.1", text="Renal cell carcinoma"),
             onset="2022-10-01",
             verification=None,
         ),
-        observation(
+        kit.observation(
             id="p6-stage",
             patient="p6",
-            code=coded(LOINC, "21908-9"),
+            code=kit.coded(kit.LOINC, "21908-9"),
             effective="2022-10-15",
             valueCodeableConcept={"text": "3"},
         ),
-        condition(
+        kit.condition(
             id="p6-lich",
             patient="p6",
             code="Lichenoid dermatitis",
@@ -295,7 +280,7 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
             clinical="active",
             verification=None,
         ),
-        medication_request(
+        kit.medication_request(
             id="p6-dupi",
             patient="p6",
             medication="dupilumab 300 MG/2ML prefilled syringe",
@@ -305,33 +290,33 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
     # control 2, CTLA-4 alone: breast cancer is the primary even though the bone secondary was
     # diagnosed first; a month-precision stage before ICB counts ('Stage 2B' → II).
     "p7": [
-        patient(
+        kit.patient(
             id="p7",
             gender="female",
             birth_date="1965-07-20",
-            extension=[us_core_race(code="2106-3", display="White")],
+            extension=[kit.us_core_race(code="2106-3", display="White")],
         ),
-        medication_administration(
+        kit.medication_administration(
             id="p7-ipi", patient="p7", medication="tremelimumab 300 MG", effective="2024-04-02"
         ),
-        condition(
+        kit.condition(
             id="p7-bone",
             patient="p7",
-            code=coded(ICD10CM, "C79.51", text="Secondary malignancy of bone"),
+            code=kit.coded(kit.ICD10CM, "C79.51", text="Secondary malignancy of bone"),
             onset="2023-12-01",
             verification=None,
         ),
-        condition(
+        kit.condition(
             id="p7-breast",
             patient="p7",
-            code=coded(ICD10CM, "C50.911", text="Breast cancer"),
+            code=kit.coded(kit.ICD10CM, "C50.911", text="Breast cancer"),
             onset="2024-01-15",
             verification=None,
         ),
-        observation(
+        kit.observation(
             id="p7-stage",
             patient="p7",
-            code=coded(LOINC, "21908-9"),
+            code=kit.coded(kit.LOINC, "21908-9"),
             effective="2024-03",
             valueCodeableConcept={"text": "Stage 2B"},
         ),
@@ -542,8 +527,8 @@ def test_duplicate_subject_ids_are_refused() -> None:
 def _base(pid: str, icb: str = "2021-03-01", birth: str = "1960-01-01", **extra: Any) -> list[Any]:
     """A Patient and a first pembrolizumab dose (ICB start), the start of every edge patient."""
     return [
-        patient(id=pid, gender="female", birth_date=birth, **extra),
-        medication_administration(
+        kit.patient(id=pid, gender="female", birth_date=birth, **extra),
+        kit.medication_administration(
             id=f"{pid}-icb", patient=pid, medication="pembrolizumab 200 MG", effective=icb
         ),
     ]
@@ -553,22 +538,22 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # deaths: a year-only date is imputed at the last fact inside the year.
     "d1": [
         *_base("d1", deceasedDateTime="2022"),
-        encounter(id="d1-visit", patient="d1", start="2022-05-10", end="2022-05-10"),
+        kit.encounter(id="d1-visit", patient="d1", start="2022-05-10", end="2022-05-10"),
     ],
     # a month-only death after the last fact: the month's first day.
     "d2": [
         *_base("d2", deceasedDateTime="2022-05"),
-        encounter(id="d2-visit", patient="d2", start="2021-12-01", end="2021-12-01"),
+        kit.encounter(id="d2-visit", patient="d2", start="2021-12-01", end="2021-12-01"),
     ],
     # a month-only death before a (later) fact: the last day of the month.
     "d3": [
         *_base("d3", deceasedDateTime="2022-05"),
-        encounter(id="d3-visit", patient="d3", start="2022-07-01", end="2022-07-01"),
+        kit.encounter(id="d3-visit", patient="d3", start="2022-07-01", end="2022-07-01"),
     ],
     # deceasedBoolean without a date: not alive, not analysable.
     "d4": [
         *_base("d4", deceasedBoolean=True),
-        encounter(id="d4-visit", patient="d4", start="2021-06-01", end="2021-06-01"),
+        kit.encounter(id="d4-visit", patient="d4", start="2021-06-01", end="2021-06-01"),
     ],
     # deaths before ICB start, to the day and to the year.
     "d5": _base("d5", deceasedDateTime="2020-12-01"),
@@ -578,7 +563,7 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # cirAE onset known to the month only, the month starting on the ICB start day → after.
     "c1": [
         *_base("c1"),
-        condition(
+        kit.condition(
             id="c1-rash",
             patient="c1",
             code="Maculopapular rash",
@@ -589,7 +574,7 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # a cirAE month wholly before ICB start → not the cirAE (control 2).
     "c2": [
         *_base("c2"),
-        condition(
+        kit.condition(
             id="c2-rash",
             patient="c2",
             code="Maculopapular rash",
@@ -600,7 +585,7 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # a cirAE month containing ICB start (15 March) → group indeterminate.
     "c3": [
         *_base("c3", icb="2021-03-15"),
-        condition(
+        kit.condition(
             id="c3-rash",
             patient="c3",
             code="Maculopapular rash",
@@ -611,32 +596,32 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # a cirAE year containing ICB start, but a dated cirAE after it: the dated one is the index.
     "c4": [
         *_base("c4"),
-        condition(
+        kit.condition(
             id="c4-rash", patient="c4", code="Maculopapular rash", onset="2021", verification=None
         ),
-        condition(
+        kit.condition(
             id="c4-itch", patient="c4", code="Pruritus", onset="2021-05-01", verification=None
         ),
     ],
     # a cirAE without any date → group indeterminate.
     "c5": [
         *_base("c5"),
-        condition(id="c5-rash", patient="c5", code="Maculopapular rash", verification=None),
+        kit.condition(id="c5-rash", patient="c5", code="Maculopapular rash", verification=None),
     ],
     # a cirAE year wholly after ICB start: onset on 1 January.
     "c6": [
         *_base("c6"),
-        condition(
+        kit.condition(
             id="c6-rash", patient="c6", code="Maculopapular rash", onset="2022", verification=None
         ),
     ],
     # dupilumab only between ICB start and the cirAE → excluded.
     "e1": [
         *_base("e1"),
-        medication_administration(
+        kit.medication_administration(
             id="e1-dupi", patient="e1", medication="Dupixent 300 MG", effective="2021-03-20"
         ),
-        condition(
+        kit.condition(
             id="e1-rash",
             patient="e1",
             code="Maculopapular rash",
@@ -647,14 +632,14 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # dupilumab taken from before ICB start until after the cirAE → dupilumab from onset.
     "e2": [
         *_base("e2"),
-        medication_statement(
+        kit.medication_statement(
             id="e2-dupi",
             patient="e2",
             medication="dupilumab 300 MG",
             status="completed",
-            effectivePeriod=period("2021-01-01", "2021-06-30"),
+            effectivePeriod=kit.period("2021-01-01", "2021-06-30"),
         ),
-        condition(
+        kit.condition(
             id="e2-rash",
             patient="e2",
             code="Maculopapular rash",
@@ -665,13 +650,13 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # dupilumab before the cirAE and again after it → dupilumab group, from the later dose.
     "e3": [
         *_base("e3"),
-        medication_administration(
+        kit.medication_administration(
             id="e3-dupi", patient="e3", medication="Dupixent 300 MG", effective="2021-03-20"
         ),
-        medication_administration(
+        kit.medication_administration(
             id="e3-dupi2", patient="e3", medication="Dupixent 300 MG", effective="2021-05-01"
         ),
-        condition(
+        kit.condition(
             id="e3-rash",
             patient="e3",
             code="Maculopapular rash",
@@ -682,14 +667,14 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # dupilumab that ended before ICB start → control 1 (no exposure from ICB start on).
     "e4": [
         *_base("e4"),
-        medication_statement(
+        kit.medication_statement(
             id="e4-dupi",
             patient="e4",
             medication="dupilumab 300 MG",
             status="completed",
-            effectivePeriod=period("2020-10-01", "2021-02-28"),
+            effectivePeriod=kit.period("2020-10-01", "2021-02-28"),
         ),
-        condition(
+        kit.condition(
             id="e4-rash",
             patient="e4",
             code="Maculopapular rash",
@@ -700,8 +685,8 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # a dupilumab administration without any date, and no dated one after the cirAE → excluded.
     "e5": [
         *_base("e5"),
-        medication_administration(id="e5-dupi", patient="e5", medication="Dupixent 300 MG"),
-        condition(
+        kit.medication_administration(id="e5-dupi", patient="e5", medication="Dupixent 300 MG"),
+        kit.condition(
             id="e5-rash",
             patient="e5",
             code="Maculopapular rash",
@@ -712,47 +697,47 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # prednisone started before ICB start and still taken on it → exposed from ICB start.
     "g1": [
         *_base("g1"),
-        medication_statement(
+        kit.medication_statement(
             id="g1-pred",
             patient="g1",
             medication="prednisone 10 MG",
             status="completed",
             route="oral",
-            effectivePeriod=period("2020-12-01", "2021-03-10"),
+            effectivePeriod=kit.period("2020-12-01", "2021-03-10"),
         ),
     ],
     # an open-ended order before ICB start, a course ended the day before ICB start, and a
     # month-only statement (cannot time the covariate) → unexposed.
     "g2": [
         *_base("g2"),
-        medication_request(
+        kit.medication_request(
             id="g2-pred",
             patient="g2",
             medication="prednisone 20 MG",
             authored="2021-01-15",
             route="oral",
         ),
-        medication_statement(
+        kit.medication_statement(
             id="g2-pred2",
             patient="g2",
             medication="prednisone 10 MG",
             status="completed",
             route="oral",
-            effectivePeriod=period("2020-11-01", "2021-02-28"),
+            effectivePeriod=kit.period("2020-11-01", "2021-02-28"),
         ),
-        medication_statement(
+        kit.medication_statement(
             id="g2-pred3",
             patient="g2",
             medication="prednisone 10 MG",
             status="active",
             route="oral",
-            effectivePeriod=period("2021-05"),
+            effectivePeriod=kit.period("2021-05"),
         ),
     ],
     # an open-ended order inside the window counts from its start.
     "g3": [
         *_base("g3"),
-        medication_request(
+        kit.medication_request(
             id="g3-pred",
             patient="g3",
             medication="prednisone 20 MG",
@@ -761,45 +746,45 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
         ),
     ],
     # race: the code, a display in lower case, and a text in upper case are one category.
-    "r1": _base("r1", extension=[us_core_race(code="2106-3", display="White", text="White")]),
-    "r2": _base("r2", extension=[us_core_race(display="white")]),
-    "r3": _base("r3", extension=[us_core_race(text="WHITE ")]),
-    "r4": _base("r4", extension=[us_core_race(text="Asian  Indian")]),
+    "r1": _base("r1", extension=[kit.us_core_race(code="2106-3", display="White", text="White")]),
+    "r2": _base("r2", extension=[kit.us_core_race(display="white")]),
+    "r3": _base("r3", extension=[kit.us_core_race(text="WHITE ")]),
+    "r4": _base("r4", extension=[kit.us_core_race(text="Asian  Indian")]),
     # cancer type: the latest primary by ICB start; C44 (skin), C78 and post-ICB C50 do not count.
     "k1": [
         *_base("k1"),
-        condition(
+        kit.condition(
             id="k1-mel",
             patient="k1",
-            code=coded(ICD10CM, "C43.9", text="Melanoma"),
+            code=kit.coded(kit.ICD10CM, "C43.9", text="Melanoma"),
             onset="2015-01-01",
             verification=None,
         ),
-        condition(
+        kit.condition(
             id="k1-lung",
             patient="k1",
-            code=coded(ICD10CM, "C34.90", text="Lung cancer"),
+            code=kit.coded(kit.ICD10CM, "C34.90", text="Lung cancer"),
             onset="2020-06-01",
             verification=None,
         ),
-        condition(
+        kit.condition(
             id="k1-bcc",
             patient="k1",
-            code=coded(ICD10CM, "C44.91", text="Basal cell carcinoma"),
+            code=kit.coded(kit.ICD10CM, "C44.91", text="Basal cell carcinoma"),
             onset="2021-01-10",
             verification=None,
         ),
-        condition(
+        kit.condition(
             id="k1-mets",
             patient="k1",
-            code=coded(ICD10CM, "C78.00", text="Secondary malignancy of lung"),
+            code=kit.coded(kit.ICD10CM, "C78.00", text="Secondary malignancy of lung"),
             onset="2021-02-01",
             verification=None,
         ),
-        condition(
+        kit.condition(
             id="k1-breast",
             patient="k1",
-            code=coded(ICD10CM, "C50.911", text="Breast cancer"),
+            code=kit.coded(kit.ICD10CM, "C50.911", text="Breast cancer"),
             onset="2021-04-01",
             verification=None,
         ),
@@ -807,17 +792,17 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # none by ICB start: the earliest within 90 days after (61 days), not the later one.
     "k2": [
         *_base("k2"),
-        condition(
+        kit.condition(
             id="k2-colon",
             patient="k2",
-            code=coded(ICD10CM, "C18.9", text="Colon cancer"),
+            code=kit.coded(kit.ICD10CM, "C18.9", text="Colon cancer"),
             onset="2021-05-20",
             verification=None,
         ),
-        condition(
+        kit.condition(
             id="k2-prostate",
             patient="k2",
-            code=coded(ICD10CM, "C61", text="Prostate cancer"),
+            code=kit.coded(kit.ICD10CM, "C61", text="Prostate cancer"),
             onset="2021-05-01",
             verification=None,
         ),
@@ -825,17 +810,17 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # only C44 before and a cancer 96 days after → unknown.
     "k3": [
         *_base("k3"),
-        condition(
+        kit.condition(
             id="k3-bcc",
             patient="k3",
-            code=coded(ICD10CM, "C44.91", text="Basal cell carcinoma"),
+            code=kit.coded(kit.ICD10CM, "C44.91", text="Basal cell carcinoma"),
             onset="2020-01-01",
             verification=None,
         ),
-        condition(
+        kit.condition(
             id="k3-prostate",
             patient="k3",
-            code=coded(ICD10CM, "C61", text="Prostate cancer"),
+            code=kit.coded(kit.ICD10CM, "C61", text="Prostate cancer"),
             onset="2021-06-05",
             verification=None,
         ),
@@ -843,8 +828,8 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # a birth date after ICB start, and a planned ICB order after the last visit.
     "a1": [
         *_base("a1", birth="2023-01-01"),
-        encounter(id="a1-visit", patient="a1", start="2022-06-01", end="2022-06-01"),
-        medication_request(
+        kit.encounter(id="a1-visit", patient="a1", start="2022-06-01", end="2022-06-01"),
+        kit.medication_request(
             id="a1-plan",
             patient="a1",
             medication="pembrolizumab 200 MG",
@@ -854,15 +839,15 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     ],
     # ICB known only to the month: no time origin.
     "m1": [
-        patient(id="m1", gender="male", birth_date="1950-01-01"),
-        medication_administration(
+        kit.patient(id="m1", gender="male", birth_date="1950-01-01"),
+        kit.medication_administration(
             id="m1-icb", patient="m1", medication="pembrolizumab 200 MG", effective="2021-03"
         ),
     ],
     # no ICB: neither a subject nor an exclusion.
     "n1": [
-        patient(id="n1", gender="male", birth_date="1950-01-01"),
-        condition(
+        kit.patient(id="n1", gender="male", birth_date="1950-01-01"),
+        kit.condition(
             id="n1-rash",
             patient="n1",
             code="Maculopapular rash",

@@ -27,22 +27,10 @@ from service.derivation import Derivation
 from service.deviation_sync import RESOLVED_BY_DATA
 from service.settings import Settings
 from tests.conftest import FHIR_JSON, clear_store, start_server
+from tests.kit import fhir as kit
 from tests.kit.cli import run_trialbridge
 from tests.kit.client import put_resources
 from tests.kit.clock import FROZEN_INSTANT
-from tests.kit.fhir import (
-    NSCLC,
-    PREDNISONE,
-    RHEUMATOID_ARTHRITIS,
-    condition,
-    dose,
-    encounter,
-    patient,
-    procedure,
-    research_study,
-    research_subject,
-    specimen,
-)
 
 NCT = "NCT06088771"
 
@@ -121,7 +109,7 @@ def fhir(live: Live, api: httpx.Client) -> Iterator[httpx.Client]:
 
 # -- FHIR builders (every resource id starts with its patient's id) ----------------------------------
 
-STUDY = research_study()
+STUDY = kit.research_study()
 
 
 def subject(
@@ -138,12 +126,12 @@ def subject(
 ) -> Resources:
     """An enrolled subject who follows the schedule except where told otherwise."""
     out: Resources = [
-        patient(id=pid, mrn=f"MRN-{pid}", gender="female", birth_date="1956-02-11"),
-        research_subject(id=f"{pid}-rs", patient=pid, number=number, start=ENROLLED),
+        kit.patient(id=pid, mrn=f"MRN-{pid}", gender="female", birth_date="1956-02-11"),
+        kit.research_subject(id=f"{pid}-rs", patient=pid, number=number, start=ENROLLED),
     ]
     for i, mg in enumerate(dupilumab):
         out.append(
-            dose(
+            kit.dose(
                 id=f"{pid}-dupi-{'ab'[i]}",
                 patient=pid,
                 drug=SYRINGE,
@@ -153,7 +141,7 @@ def subject(
         )
     if cemiplimab:
         out.append(
-            dose(
+            kit.dose(
                 id=f"{pid}-cemi",
                 patient=pid,
                 drug="Libtayo 350 MG",
@@ -163,7 +151,7 @@ def subject(
         )
     for i in range(1, biopsies + 1):
         out.append(
-            procedure(
+            kit.procedure(
                 id=f"{pid}-cnb-{i}",
                 patient=pid,
                 code="CT-guided core needle biopsy of lung",
@@ -172,15 +160,17 @@ def subject(
         )
     if stool:
         out.append(
-            specimen(id=f"{pid}-stool", patient=pid, type="Stool specimen", collected=day(-5))
+            kit.specimen(id=f"{pid}-stool", patient=pid, type="Stool specimen", collected=day(-5))
         )
     if surgery_day is not None:
         out.append(
-            procedure(id=f"{pid}-surgery", patient=pid, code=SURGERY, performed=day(surgery_day))
+            kit.procedure(
+                id=f"{pid}-surgery", patient=pid, code=SURGERY, performed=day(surgery_day)
+            )
         )
         if followup_after is not None:
             out.append(
-                encounter(
+                kit.encounter(
                     id=f"{pid}-postop",
                     patient=pid,
                     start=f"{day(surgery_day) + dt.timedelta(days=followup_after)}T10:00:00-04:00",
@@ -230,17 +220,17 @@ Row = tuple[str, str, str, int | None, str, str, tuple[str, ...]]
 
 def cohort() -> list[Resources]:
     """Eight patients: one clean subject, six with known deviations, one non-subject candidate."""
-    extra_dose = dose(
+    extra_dose = kit.dose(
         id="p6-dupi-c",
         patient="p6",
         drug="Dupixent 300 MG",
         amount=300,
         when=f"{day(8).isoformat()}T09:00:00-04:00",
     )
-    steroid = dose(
+    steroid = kit.dose(
         id="p5-pred",
         patient="p5",
-        drug=PREDNISONE,
+        drug=kit.PREDNISONE,
         amount=20,
         when=day(5).isoformat(),
         route="oral",
@@ -255,19 +245,21 @@ def cohort() -> list[Resources]:
             "p6",
             "001-006",
             extra=[
-                condition(id="p6-ra", patient="p6", code=RHEUMATOID_ARTHRITIS, onset="2019-05-01"),
+                kit.condition(
+                    id="p6-ra", patient="p6", code=kit.RHEUMATOID_ARTHRITIS, onset="2019-05-01"
+                ),
                 extra_dose,
             ],
         ),
         subject("p7", "001-007", followup_after=None),
         # a screening candidate, never enrolled: prednisone and no surgery are not deviations
         [
-            patient(id="p8", mrn="MRN-p8", gender="female", birth_date="1956-02-11"),
-            condition(id="p8-dx", patient="p8", code=NSCLC, onset="2025-02-01"),
-            dose(
+            kit.patient(id="p8", mrn="MRN-p8", gender="female", birth_date="1956-02-11"),
+            kit.condition(id="p8-dx", patient="p8", code=kit.NSCLC, onset="2025-02-01"),
+            kit.dose(
                 id="p8-pred",
                 patient="p8",
-                drug=PREDNISONE,
+                drug=kit.PREDNISONE,
                 amount=20,
                 when="2025-03-12",
                 route="oral",
@@ -297,7 +289,7 @@ EXPECTED: list[Row] = [
      "no surgery by Day 22; window Day 15–22",
      ()),
     ("001-005", "prohibited_medication", "major", 5, "2025-03-14",
-     f"{PREDNISONE} on Day 5, between Day 1 and surgery, with no immune-related adverse event before it",
+     f"{kit.PREDNISONE} on Day 5, between Day 1 and surgery, with no immune-related adverse event before it",
      ("MedicationAdministration/p5-pred/_history/1",)),
     ("001-006", "ineligible_enrolled", "major", -7, "2025-03-03",
      "enrolled on 2025-03-03 while ineligible on that day",
@@ -537,7 +529,7 @@ def late_surgery_subject(fhir: httpx.Client) -> None:
     put_resources(
         fhir,
         *subject("p1", "001-001", surgery_day=31, followup_after=None),
-        encounter(id="p1-postop", patient="p1", start=f"{dt.date(2025, 5, 3)}T10:00:00-04:00"),
+        kit.encounter(id="p1-postop", patient="p1", start=f"{dt.date(2025, 5, 3)}T10:00:00-04:00"),
     )
 
 
@@ -610,7 +602,7 @@ def test_correction_resolves_keeps_annotations_and_rebreaking_reopens(
     corrected_at = dt.datetime(2025, 7, 1, 9, 30, tzinfo=dt.UTC)
     live.now = corrected_at
     put_resources(
-        fhir, procedure(id="p1-surgery", patient="p1", code=SURGERY, performed=day(20))
+        fhir, kit.procedure(id="p1-surgery", patient="p1", code=SURGERY, performed=day(20))
     )  # the site corrects the surgery date
     body, etag = one(api, dev_id)
     assert body["status"] == "resolved"
@@ -656,7 +648,7 @@ def test_correction_resolves_keeps_annotations_and_rebreaking_reopens(
 
     live.now = dt.datetime(2025, 7, 2, 8, 0, tzinfo=dt.UTC)
     put_resources(
-        fhir, procedure(id="p1-surgery", patient="p1", code=SURGERY, performed=day(31))
+        fhir, kit.procedure(id="p1-surgery", patient="p1", code=SURGERY, performed=day(31))
     )  # the correction is undone
     [reopened] = deviations(api)
     assert reopened["id"] == dev_id
@@ -687,20 +679,20 @@ def test_same_cause_keeps_the_same_id_across_recomputation(
 
     live.now = NOW + dt.timedelta(days=1)
     put_resources(
-        fhir, patient(id="p3", mrn="MRN-p3", gender="male", birth_date="1956-02-11")
+        fhir, kit.patient(id="p3", mrn="MRN-p3", gender="male", birth_date="1956-02-11")
     )  # nothing a rule reads
     put_resources(
-        fhir, encounter(id="p3-postop", patient="p3", start=f"{day(50)}T10:00:00-04:00")
+        fhir, kit.encounter(id="p3-postop", patient="p3", start=f"{day(50)}T10:00:00-04:00")
     )  # another visit inside the follow-up window
     [same] = deviations(api)
     assert same == before
 
     # A new version of the first syringe's record (a note only): same cause, same id and message;
     # only the evidence now names version 2.
-    first = dose(
+    first = kit.dose(
         id="p3-dupi-a",
         patient="p3",
-        drug="dupilumab 300 MG in 2 ML Prefilled Syringe",
+        drug=SYRINGE,
         amount=300,
         when="2025-03-10T09:00:00-04:00",
     )
@@ -786,7 +778,7 @@ def test_reevaluate_as_of_raises_no_surgery_once_the_window_closed(
 
     live.now = dt.datetime(2025, 4, 3, 10, 0, tzinfo=dt.UTC)
     put_resources(
-        fhir, procedure(id="p5-surgery", patient="p5", code=SURGERY, performed=day(25))
+        fhir, kit.procedure(id="p5-surgery", patient="p5", code=SURGERY, performed=day(25))
     )  # operated late after all: the cause is now the date
     [late] = deviations(api)
     assert late["id"] == found["id"]

@@ -18,26 +18,13 @@ from fhir_mapping.events.model import SourceRef, TrialEvent
 from service.deviations import Finding, SubjectContext, detect
 from service.eligibility import evaluate
 from service.membership import trial_membership
-from service.protocol import TrialProtocol, load_protocols
 from service.terminology_files import build_terminology
-from tests.kit.fhir import (
-    PREDNISONE,
-    RHEUMATOID_ARTHRITIS,
-    condition,
-    dose,
-    encounter,
-    patient,
-    procedure,
-    research_study,
-    research_subject,
-    specimen,
-)
+from tests.kit import fhir as kit
 from tests.kit.mapping import events_of as map_all
+from tests.kit.protocols import trial_protocol
 
 TERMINOLOGY = build_terminology()
-_LOADED = load_protocols(TERMINOLOGY)["NCT06088771"]
-assert isinstance(_LOADED, TrialProtocol)
-PROTOCOL: TrialProtocol = _LOADED
+PROTOCOL = trial_protocol(TERMINOLOGY)
 
 DAY1 = dt.date(2025, 3, 10)
 ENROLLED = dt.date(2025, 3, 3)
@@ -57,10 +44,10 @@ def ref(resource_type: str, resource_id: str) -> SourceRef:
 
 # -- p1's FHIR: the kit's builders with this subject's defaults ---------------------------------------
 
-enrollment = partial(research_subject, id="rs-p1", number="001-001", start=ENROLLED)
-biopsy = partial(procedure, code="CT-guided core needle biopsy of lung")
-surgery = partial(procedure, id="surgery", code="Right upper lobectomy")
-stool = partial(specimen, id="stool", status="available", type="Stool specimen")
+enrollment = partial(kit.research_subject, id="rs-p1", number="001-001", start=ENROLLED)
+biopsy = partial(kit.procedure, code="CT-guided core needle biopsy of lung")
+surgery = partial(kit.procedure, id="surgery", code="Right upper lobectomy")
+stool = partial(kit.specimen, id="stool", status="available", type="Stool specimen")
 
 
 def at_ten(day: dt.date) -> str:
@@ -78,22 +65,22 @@ WINDOW_TEXT = "post-operative window 2025-04-19 to 2025-05-03 (30 ± 7 days afte
 def on_protocol() -> Resources:
     """A subject who followed the schedule exactly: no deviation at any as-of day."""
     resources = [
-        research_study(),
-        patient(id="p1", gender="male", birth_date="1957-06-14"),
+        kit.research_study(),
+        kit.patient(id="p1", gender="male", birth_date="1957-06-14"),
         enrollment(),
-        dose(
+        kit.dose(
             id="dupi-a",
             drug="dupilumab 300 MG in 2 ML Prefilled Syringe",
             amount=300,
             when="2025-03-10T09:00:00-05:00",
         ),
-        dose(
+        kit.dose(
             id="dupi-b",
             drug="dupilumab 300 MG in 2 ML Prefilled Syringe",
             amount=300,
             when="2025-03-10T09:05:00-05:00",
         ),
-        dose(
+        kit.dose(
             id="cemi",
             drug="Libtayo 350 MG in 7 ML Injection",
             amount=0.35,
@@ -105,7 +92,7 @@ def on_protocol() -> Resources:
         biopsy(id="cnb-3", performed=day(-19)),
         stool(collected=day(-5)),
         surgery(performed=SURGERY_DAY),
-        encounter(id="postop", start=at_ten(SURGERY_DAY + dt.timedelta(days=30))),
+        kit.encounter(id="postop", start=at_ten(SURGERY_DAY + dt.timedelta(days=30))),
     ]
     return {r["id"]: r for r in resources}
 
@@ -186,9 +173,9 @@ def test_nothing_is_judged_as_of_a_day_before_day1() -> None:
     assert findings(on_protocol(), as_of=day(-1)) == []
     east = with_(
         on_protocol(),
-        dose(id="dupi-a", drug="Dupixent", amount=300, when="2025-03-10T08:00:00+09:00"),
-        dose(id="dupi-b", drug="Dupixent", amount=300, when="2025-03-10T08:05:00+09:00"),
-        dose(id="cemi", drug="Libtayo", amount=350, when="2025-03-10T09:00:00+09:00"),
+        kit.dose(id="dupi-a", drug="Dupixent", amount=300, when="2025-03-10T08:00:00+09:00"),
+        kit.dose(id="dupi-b", drug="Dupixent", amount=300, when="2025-03-10T08:05:00+09:00"),
+        kit.dose(id="cemi", drug="Libtayo", amount=350, when="2025-03-10T09:00:00+09:00"),
     )
     assert findings(east, as_of=dt.date(2025, 3, 9)) == []  # 2025-03-09T23:00Z
     assert findings(east, as_of=DAY1) == []
@@ -209,8 +196,8 @@ def test_findings_do_not_depend_on_the_order_events_arrive_in() -> None:
     """Storage may return events in any order; messages and evidence must come out the same."""
     base = with_(
         without(on_protocol(), "cnb-3"),
-        dose(id="dupi-b", drug="Dupixent", amount=239, when=SECOND_SYRINGE),
-        dose(id="dupi-c", drug="Dupixent", amount=300, when=day(8)),
+        kit.dose(id="dupi-b", drug="Dupixent", amount=239, when=SECOND_SYRINGE),
+        kit.dose(id="dupi-c", drug="Dupixent", amount=300, when=day(8)),
     )
     events = events_of(base)
     ctx = context(events)
@@ -267,7 +254,7 @@ def test_planned_surgery_is_not_surgery() -> None:
     """A resection still in preparation has not happened: Day 23 without one is a deviation."""
     base = with_(
         on_protocol(),
-        procedure(
+        kit.procedure(
             id="surgery", code="Right upper lobectomy", performed=day(25), status="preparation"
         ),
     )
@@ -321,13 +308,17 @@ def test_two_syringes_of_300_mg_are_the_600_mg_plan() -> None:
 
 def test_540_mg_is_within_ten_percent_of_600() -> None:
     """The lower tolerance edge (600 − 10 % = 540 mg) is on-protocol."""
-    base = with_(on_protocol(), dose(id="dupi-b", drug="Dupixent", amount=240, when=SECOND_SYRINGE))
+    base = with_(
+        on_protocol(), kit.dose(id="dupi-b", drug="Dupixent", amount=240, when=SECOND_SYRINGE)
+    )
     assert findings(base) == []
 
 
 def test_539_mg_is_a_dose_mismatch() -> None:
     """One milligram under the tolerance is a major deviation that shows the sum and the range."""
-    base = with_(on_protocol(), dose(id="dupi-b", drug="Dupixent", amount=239, when=SECOND_SYRINGE))
+    base = with_(
+        on_protocol(), kit.dose(id="dupi-b", drug="Dupixent", amount=239, when=SECOND_SYRINGE)
+    )
     assert findings(base) == [
         Finding(
             "dose_mismatch",
@@ -343,10 +334,12 @@ def test_539_mg_is_a_dose_mismatch() -> None:
 def test_661_mg_is_a_dose_mismatch_and_660_is_not() -> None:
     """The upper tolerance edge is inclusive too."""
     at_edge = with_(
-        on_protocol(), dose(id="dupi-b", drug="Dupixent", amount=360, when=SECOND_SYRINGE)
+        on_protocol(), kit.dose(id="dupi-b", drug="Dupixent", amount=360, when=SECOND_SYRINGE)
     )
     assert findings(at_edge) == []
-    over = with_(on_protocol(), dose(id="dupi-b", drug="Dupixent", amount=361, when=SECOND_SYRINGE))
+    over = with_(
+        on_protocol(), kit.dose(id="dupi-b", drug="Dupixent", amount=361, when=SECOND_SYRINGE)
+    )
     assert [(f.rule, f.message) for f in findings(over)] == [
         (
             "dose_mismatch",
@@ -361,39 +354,69 @@ def test_661_mg_is_a_dose_mismatch_and_660_is_not() -> None:
 def test_cemiplimab_doses_are_normalised_to_mg(value: float, unit: str) -> None:
     """350 mg, 0.35 g and 350000 ug are the same dose (UCUM units are converted before checking)."""
     base = with_(
-        on_protocol(), dose(id="cemi", drug="Libtayo", amount=value, unit=unit, when=day(1))
+        on_protocol(), kit.dose(id="cemi", drug="Libtayo", amount=value, unit=unit, when=day(1))
     )
     assert findings(base) == []
 
 
-def test_cemiplimab_in_grams_below_tolerance() -> None:
-    """0.3 g is 300 mg: outside 315–385 mg, and the message speaks mg."""
-    base = with_(on_protocol(), dose(id="cemi", drug="Libtayo", amount=0.3, unit="g", when=day(1)))
-    assert findings(base) == [
-        Finding(
-            "dose_mismatch",
-            "cemiplimab",
-            "cemiplimab Day-1 total 300 mg (300); plan 350 mg ± 10 % (315–385 mg)",
-            1,
-            DAY1,
-            (ref("MedicationAdministration", "cemi"),),
-        )
-    ]
-
-
-def test_dose_in_a_non_mass_unit_cannot_be_checked() -> None:
-    """A dose in mL cannot be compared with a mg plan: flagged, not silently accepted."""
-    base = with_(on_protocol(), dose(id="cemi", drug="Libtayo", amount=7, unit="mL", when=day(1)))
-    assert findings(base) == [
-        Finding(
-            "dose_mismatch",
-            "cemiplimab",
-            "cemiplimab Day-1 dose not in a mass unit; plan 350 mg",
-            1,
-            DAY1,
-            (ref("MedicationAdministration", "cemi"),),
-        )
-    ]
+@pytest.mark.parametrize(
+    ("changed", "expected"),
+    [
+        pytest.param(
+            kit.dose(id="cemi", drug="Libtayo", amount=0.3, unit="g", when=day(1)),
+            Finding(
+                "dose_mismatch",
+                "cemiplimab",
+                "cemiplimab Day-1 total 300 mg (300); plan 350 mg ± 10 % (315–385 mg)",
+                1,
+                DAY1,
+                (ref("MedicationAdministration", "cemi"),),
+            ),
+            id="cemiplimab-in-grams-below-tolerance",
+        ),
+        pytest.param(
+            kit.dose(id="cemi", drug="Libtayo", amount=7, unit="mL", when=day(1)),
+            Finding(
+                "dose_mismatch",
+                "cemiplimab",
+                "cemiplimab Day-1 dose not in a mass unit; plan 350 mg",
+                1,
+                DAY1,
+                (ref("MedicationAdministration", "cemi"),),
+            ),
+            id="dose-in-a-non-mass-unit-cannot-be-checked",
+        ),
+        pytest.param(
+            kit.dose(id="cemi", drug="Libtayo", amount=350, when=day(3)),
+            Finding(
+                "dose_missing",
+                "cemiplimab",
+                "cemiplimab not given on Day 1 (first given on Day 3); plan 350 mg IV",
+                1,
+                DAY1,
+                (ref("MedicationAdministration", "cemi"),),
+            ),
+            id="first-given-on-day-3-is-missing-not-extra",
+        ),
+        pytest.param(
+            kit.dose(id="dupi-c", drug="Dupixent", amount=300, when=day(8)),
+            Finding(
+                "dose_extra",
+                "dupilumab:day8",
+                "dupilumab given again on Day 8; the protocol gives it on Day 1 only",
+                8,
+                dt.date(2025, 3, 17),
+                (ref("MedicationAdministration", "dupi-c"),),
+            ),
+            id="given-again-on-day-8",
+        ),
+    ],
+)
+def test_one_changed_dose_is_exactly_one_finding(
+    changed: dict[str, Any], expected: Finding
+) -> None:
+    """One finding per change: g said in mg, mL unchecked, a late first dose missing, a rerun extra."""
+    assert findings(with_(on_protocol(), changed)) == [expected]
 
 
 def test_study_drug_never_given() -> None:
@@ -411,39 +434,12 @@ def test_study_drug_never_given() -> None:
     ]
 
 
-def test_study_drug_first_given_on_day_3_is_missing_not_extra() -> None:
-    """A late first dose is one deviation (dose_missing naming the day), not also a dose_extra."""
-    base = with_(on_protocol(), dose(id="cemi", drug="Libtayo", amount=350, when=day(3)))
-    assert findings(base) == [
-        Finding(
-            "dose_missing",
-            "cemiplimab",
-            "cemiplimab not given on Day 1 (first given on Day 3); plan 350 mg IV",
-            1,
-            DAY1,
-            (ref("MedicationAdministration", "cemi"),),
-        )
-    ]
-
-
-def test_study_drug_given_again_on_day_8() -> None:
-    """A second course is dose_extra on the day it was given; the Day-1 total is still fine."""
-    base = with_(on_protocol(), dose(id="dupi-c", drug="Dupixent", amount=300, when=day(8)))
-    assert findings(base) == [
-        Finding(
-            "dose_extra",
-            "dupilumab:day8",
-            "dupilumab given again on Day 8; the protocol gives it on Day 1 only",
-            8,
-            dt.date(2025, 3, 17),
-            (ref("MedicationAdministration", "dupi-c"),),
-        )
-    ]
-
-
 def test_not_done_administration_is_not_a_dose() -> None:
     """A charted-but-not-given dose (status not-done) is neither a dose nor an extra dose."""
-    skipped = {**dose(id="dupi-c", drug="Dupixent", amount=300, when=day(8)), "status": "not-done"}
+    skipped = {
+        **kit.dose(id="dupi-c", drug="Dupixent", amount=300, when=day(8)),
+        "status": "not-done",
+    }
     assert findings(with_(on_protocol(), skipped)) == []
 
 
@@ -490,7 +486,9 @@ def test_biopsy_on_day_minus_28_counts_and_day_minus_29_does_not() -> None:
 
 def test_a_lung_biopsy_that_is_not_core_needle_does_not_count() -> None:
     """A bronchoscopic lung biopsy is not one of the planned core needle biopsies."""
-    base = with_(on_protocol(), procedure(id="cnb-3", code="Biopsy of lung", performed=day(-19)))
+    base = with_(
+        on_protocol(), kit.procedure(id="cnb-3", code="Biopsy of lung", performed=day(-19))
+    )
     assert [(f.rule, f.evidence) for f in findings(base)] == [
         ("screening_biopsy_count", (ref("Procedure", "cnb-1"), ref("Procedure", "cnb-2")))
     ]
@@ -524,7 +522,7 @@ def test_stool_collected_on_day_1_is_not_a_screening_sample() -> None:
 def test_followup_at_surgery_plus_23_is_inside_the_window() -> None:
     """30 − 7 = 23 days after surgery is the first day of the post-operative window."""
     base = with_(
-        on_protocol(), encounter(id="postop", start=at_ten(SURGERY_DAY + dt.timedelta(days=23)))
+        on_protocol(), kit.encounter(id="postop", start=at_ten(SURGERY_DAY + dt.timedelta(days=23)))
     )
     assert findings(base) == []
 
@@ -532,7 +530,7 @@ def test_followup_at_surgery_plus_23_is_inside_the_window() -> None:
 def test_followup_at_surgery_plus_22_is_outside_once_the_window_has_passed() -> None:
     """An early contact is a deviation, but only once the window closed without one inside it."""
     early = SURGERY_DAY + dt.timedelta(days=22)
-    base = with_(on_protocol(), encounter(id="postop", start=at_ten(early)))
+    base = with_(on_protocol(), kit.encounter(id="postop", start=at_ten(early)))
     assert findings(base, as_of=FOLLOWUP_LAST) == []  # a visit may still come
     assert findings(base, as_of=FOLLOWUP_LAST + dt.timedelta(days=1)) == [
         Finding(
@@ -564,9 +562,13 @@ def test_no_followup_contact_at_all() -> None:
 
 def test_followup_at_surgery_plus_37_is_inside_and_38_is_not() -> None:
     """30 + 7 = 37 days after surgery is the last day of the window."""
-    assert findings(with_(on_protocol(), encounter(id="postop", start=at_ten(FOLLOWUP_LAST)))) == []
+    assert (
+        findings(with_(on_protocol(), kit.encounter(id="postop", start=at_ten(FOLLOWUP_LAST))))
+        == []
+    )
     late = with_(
-        on_protocol(), encounter(id="postop", start=at_ten(FOLLOWUP_LAST + dt.timedelta(days=1)))
+        on_protocol(),
+        kit.encounter(id="postop", start=at_ten(FOLLOWUP_LAST + dt.timedelta(days=1))),
     )
     assert [(f.rule, f.message) for f in findings(late)] == [
         ("followup_visit", f"post-operative contact on 2025-05-04, outside the {WINDOW_TEXT}")
@@ -576,7 +578,7 @@ def test_followup_at_surgery_plus_37_is_inside_and_38_is_not() -> None:
 def test_planned_encounter_is_not_a_contact() -> None:
     """A booked (planned) visit inside the window is not a contact that took place."""
     planned = {
-        **encounter(id="postop", start=at_ten(SURGERY_DAY + dt.timedelta(days=30))),
+        **kit.encounter(id="postop", start=at_ten(SURGERY_DAY + dt.timedelta(days=30))),
         "status": "planned",
     }
     assert [f.message for f in findings(with_(on_protocol(), planned))] == [
@@ -590,13 +592,14 @@ def test_planned_encounter_is_not_a_contact() -> None:
 def test_prednisone_between_day1_and_surgery_is_prohibited() -> None:
     """Systemic glucocorticoid before surgery with no irAE is a major deviation, per administration."""
     base = with_(
-        on_protocol(), dose(id="pred", drug=PREDNISONE, amount=20, when=day(3), route="oral")
+        on_protocol(),
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=day(3), route="oral"),
     )
     assert findings(base) == [
         Finding(
             "prohibited_medication",
             "MedicationAdministration/pred",
-            f"{PREDNISONE} on Day 3, between Day 1 and surgery, with no immune-related "
+            f"{kit.PREDNISONE} on Day 3, between Day 1 and surgery, with no immune-related "
             "adverse event before it",
             3,
             dt.date(2025, 3, 12),
@@ -607,25 +610,29 @@ def test_prednisone_between_day1_and_surgery_is_prohibited() -> None:
 
 def test_prednisone_after_an_irae_onset_is_allowed() -> None:
     """Treating an immune-related adverse event (rash on Day 2) is not a protocol deviation."""
-    rash = condition(id="rash", code={"text": "Maculopapular rash"}, onset=day(2))
+    rash = kit.condition(id="rash", code={"text": "Maculopapular rash"}, onset=day(2))
     base = with_(
-        on_protocol(), rash, dose(id="pred", drug=PREDNISONE, amount=20, when=day(3), route="oral")
+        on_protocol(),
+        rash,
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=day(3), route="oral"),
     )
     assert findings(base) == []
 
 
 def test_prednisone_before_the_irae_onset_is_still_prohibited() -> None:
     """An irAE that starts after the steroid does not justify it."""
-    rash = condition(id="rash", code={"text": "Maculopapular rash"}, onset=day(4))
+    rash = kit.condition(id="rash", code={"text": "Maculopapular rash"}, onset=day(4))
     base = with_(
-        on_protocol(), rash, dose(id="pred", drug=PREDNISONE, amount=20, when=day(3), route="oral")
+        on_protocol(),
+        rash,
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=day(3), route="oral"),
     )
     assert [(f.rule, f.study_day) for f in findings(base)] == [("prohibited_medication", 3)]
 
 
 def test_topical_steroid_is_allowed() -> None:
     """A cream is local, not systemic immunosuppression."""
-    cream = dose(
+    cream = kit.dose(
         id="hc",
         drug="hydrocortisone 10 MG/ML Topical Cream",
         amount=1,
@@ -639,7 +646,8 @@ def test_topical_steroid_is_allowed() -> None:
 def test_prednisone_after_surgery_is_not_this_rule() -> None:
     """The rule covers Day 1 to surgery; post-operative steroids are outside it."""
     base = with_(
-        on_protocol(), dose(id="pred", drug=PREDNISONE, amount=20, when=day(19), route="oral")
+        on_protocol(),
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=day(19), route="oral"),
     )
     assert findings(base) == []
 
@@ -647,7 +655,8 @@ def test_prednisone_after_surgery_is_not_this_rule() -> None:
 def test_prednisone_on_the_day_of_surgery_is_inside_the_rule() -> None:
     """The surgery day is the last day of the period (inclusive)."""
     base = with_(
-        on_protocol(), dose(id="pred", drug=PREDNISONE, amount=20, when=SURGERY_DAY, route="oral")
+        on_protocol(),
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=SURGERY_DAY, route="oral"),
     )
     assert [(f.rule, f.study_day) for f in findings(base)] == [("prohibited_medication", 18)]
 
@@ -655,7 +664,8 @@ def test_prednisone_on_the_day_of_surgery_is_inside_the_rule() -> None:
 def test_prednisone_before_day1_is_not_this_rule() -> None:
     """Before Day 1 it is the eligibility washout's business, not this deviation's."""
     base = with_(
-        on_protocol(), dose(id="pred", drug=PREDNISONE, amount=20, when=day(-3), route="oral")
+        on_protocol(),
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=day(-3), route="oral"),
     )
     assert only("prohibited_medication", findings(base)) == []
 
@@ -665,7 +675,7 @@ def test_prednisone_before_day1_is_not_this_rule() -> None:
 
 def rheumatoid_arthritis(onset: dt.date) -> dict[str, Any]:
     """An autoimmune condition: exclusion 5 makes the patient ineligible from its onset."""
-    return condition(id="ra", code=RHEUMATOID_ARTHRITIS, onset=onset)
+    return kit.condition(id="ra", code=kit.RHEUMATOID_ARTHRITIS, onset=onset)
 
 
 def test_enrolled_while_ineligible_on_the_enrollment_day() -> None:
@@ -710,8 +720,8 @@ def test_several_deviations_are_listed_in_rule_order() -> None:
     base = with_(
         base,
         surgery(performed=day(31)),
-        dose(id="dupi-c", drug="Dupixent", amount=300, when=day(8)),
-        dose(id="pred", drug=PREDNISONE, amount=20, when=day(10), route="oral"),
+        kit.dose(id="dupi-c", drug="Dupixent", amount=300, when=day(8)),
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=day(10), route="oral"),
     )
     assert [(f.rule, f.cause, f.study_day) for f in findings(base)] == [
         ("dose_extra", "dupilumab:day8", 8),

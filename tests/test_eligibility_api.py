@@ -13,51 +13,14 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
+from tests.kit import fhir as kit
 from tests.kit.client import put_resources
 from tests.kit.clock import FROZEN_DATE
-from tests.kit.fhir import (
-    AJCC,
-    ALK,
-    BONE_METASTASIS,
-    EGFR,
-    HYPERTENSION,
-    ICD10CM,
-    LOBECTOMY,
-    LUNG_BIOPSY,
-    LUNG_CANCER_C34_90,
-    LUNG_METASTASIS,
-    M_CLINICAL,
-    NSCLC,
-    ORAL,
-    PARTIAL_LOBECTOMY,
-    PREDNISONE,
-    RHEUMATOID_ARTHRITIS,
-    ROS1,
-    RXNORM,
-    SNOMED,
-    STAGE_CLINICAL,
-    T_CLINICAL,
-    coded,
-    condition,
-    condition_category,
-    dose,
-    genomic_variant,
-    medication_administration,
-    medication_request,
-    observation,
-    patient,
-    procedure,
-    quantity,
-    research_study,
-    research_subject,
-    service_request,
-    smoking_status,
-)
 
 NCT = "NCT06088771"
 
 ENROLLED = dt.date(2025, 3, 3)
-STUDY = research_study(title="Neoadjuvant dupilumab + cemiplimab in resectable NSCLC")
+STUDY = kit.research_study(title="Neoadjuvant dupilumab + cemiplimab in resectable NSCLC")
 
 Resources = dict[str, dict[str, Any]]
 
@@ -72,13 +35,13 @@ def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
 # -- FHIR, one patient at a time (every resource id starts with the patient id) ---------------------
 
 candidate = partial(
-    patient,
+    kit.patient,
     mrn_system="urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14",
     gender="female",
     birth_date="1958-11-30",
 )
-problem = partial(condition, category=condition_category("problem-list-item"))
-prednisone = partial(dose, drug=PREDNISONE, code="312617", amount=40, route=ORAL)
+problem = partial(kit.condition, category=kit.condition_category("problem-list-item"))
+prednisone = partial(kit.dose, drug=kit.PREDNISONE, code="312617", amount=40, route=kit.ORAL)
 
 
 def before_enrollment(days: int) -> str:
@@ -89,7 +52,7 @@ def before_enrollment(days: int) -> str:
 def enrollment(pid: str, number: str) -> Resources:
     """A ResearchSubject (enrolled 2025-03-03) and the Day-1 study drugs on 2025-03-10."""
     resources: list[dict[str, Any]] = [
-        research_subject(id=f"{pid}-rs", patient=pid, number=number, start=ENROLLED)
+        kit.research_subject(id=f"{pid}-rs", patient=pid, number=number, start=ENROLLED)
     ]
     for key, drug, mg, at in (
         ("dupi-a", "dupilumab 300 MG/2ML Prefilled Syringe", 300, "09:00"),
@@ -97,20 +60,20 @@ def enrollment(pid: str, number: str) -> Resources:
         ("cemi", "Libtayo 350 MG/7ML Injection", 350, "10:00"),
     ):
         resources.append(
-            medication_administration(
+            kit.medication_administration(
                 id=f"{pid}-{key}",
                 patient=pid,
                 medication=drug,
                 effective=f"2025-03-10T{at}:00-05:00",
-                dose=quantity(mg, "mg"),
+                dose=kit.quantity(mg, "mg"),
             )
         )
     return {r["id"]: r for r in resources}
 
 
-C34_90 = LUNG_CANCER_C34_90
-C34_90 = coded(
-    ICD10CM, "C34.90", "Malignant neoplasm of unspecified part of unspecified bronchus or lung"
+C34_90 = kit.LUNG_CANCER_C34_90
+C34_90 = kit.coded(
+    kit.ICD10CM, "C34.90", "Malignant neoplasm of unspecified part of unspecified bronchus or lung"
 )
 PLASMA = {"display": "Plasma cell-free DNA"}
 
@@ -119,55 +82,57 @@ def work_up(pid: str) -> Resources:
     """A complete screening work-up settling every criterion in the patient's favour (eligible)."""
     resources = [
         candidate(id=pid, mrn=f"MRN{pid.upper()}"),
-        problem(id=f"{pid}-dx", patient=pid, code=NSCLC, onset="2025-01-20", recorded="2025-01-20"),
+        problem(
+            id=f"{pid}-dx", patient=pid, code=kit.NSCLC, onset="2025-01-20", recorded="2025-01-20"
+        ),
         problem(
             id=f"{pid}-htn",
             patient=pid,
-            code=HYPERTENSION,
+            code=kit.HYPERTENSION,
             onset="2016-02-02",
             recorded="2016-02-02",
         ),
-        observation(
+        kit.observation(
             id=f"{pid}-t",
             patient=pid,
-            code=T_CLINICAL,
+            code=kit.T_CLINICAL,
             effective="2025-02-12",
             valueCodeableConcept={"text": "cT2a"},
         ),
-        observation(
+        kit.observation(
             id=f"{pid}-m",
             patient=pid,
-            code=M_CLINICAL,
+            code=kit.M_CLINICAL,
             effective="2025-02-12",
-            valueCodeableConcept=coded(AJCC, "cM0", "cM0"),
+            valueCodeableConcept=kit.coded(kit.AJCC, "cM0", "cM0"),
         ),
-        service_request(
+        kit.service_request(
             id=f"{pid}-sr",
             patient=pid,
-            code={**LOBECTOMY, "text": "VATS right upper lobectomy"},
+            code={**kit.LOBECTOMY, "text": "VATS right upper lobectomy"},
             authored="2025-02-25",
             occurrence="2025-03-25",
         ),
-        procedure(
+        kit.procedure(
             id=f"{pid}-bx",
             patient=pid,
             code="CT-guided core needle biopsy, right upper lobe of lung",
             performed="2025-02-20",
         ),
-        genomic_variant(
-            id=f"{pid}-egfr", patient=pid, gene=EGFR, present=False, effective="2025-02-14"
+        kit.genomic_variant(
+            id=f"{pid}-egfr", patient=pid, gene=kit.EGFR, present=False, effective="2025-02-14"
         ),
-        genomic_variant(
-            id=f"{pid}-alk", patient=pid, gene=ALK, present=False, effective="2025-02-14"
+        kit.genomic_variant(
+            id=f"{pid}-alk", patient=pid, gene=kit.ALK, present=False, effective="2025-02-14"
         ),
-        genomic_variant(
-            id=f"{pid}-ros1", patient=pid, gene=ROS1, present=False, effective="2025-02-14"
+        kit.genomic_variant(
+            id=f"{pid}-ros1", patient=pid, gene=kit.ROS1, present=False, effective="2025-02-14"
         ),
         prednisone(id=f"{pid}-pred", patient=pid, when=before_enrollment(63)),
-        smoking_status(
+        kit.smoking_status(
             id=f"{pid}-smk",
             patient=pid,
-            finding=coded(SNOMED, "8517006", "Former smoker (finding)"),
+            finding=kit.coded(kit.SNOMED, "8517006", "Former smoker (finding)"),
             effective="2025-02-03",
         ),
     ]
@@ -185,8 +150,8 @@ def cohort() -> Resources:
     e2["e2-dx"] = problem(
         id="e2-dx",
         patient="e2",
-        code=coded(
-            ICD10CM,
+        code=kit.coded(
+            kit.ICD10CM,
             "C34.11",
             "Malignant neoplasm of upper lobe, right bronchus or lung",
             text="Adenocarcinoma of lung",
@@ -194,43 +159,47 @@ def cohort() -> Resources:
         onset="2025-01-20",
         recorded="2025-01-20",
     )
-    e2["e2-t"]["valueCodeableConcept"] = coded(AJCC, "cT3", "cT3")
-    e2["e2-sr"] = procedure(
+    e2["e2-t"]["valueCodeableConcept"] = kit.coded(kit.AJCC, "cT3", "cT3")
+    e2["e2-sr"] = kit.procedure(
         id="e2-sr",
         patient="e2",
-        code=PARTIAL_LOBECTOMY,
+        code=kit.PARTIAL_LOBECTOMY,
         status="preparation",
         performed="2025-03-28",
     )
-    e2["e2-bx"] = service_request(
-        id="e2-bx", patient="e2", code=LUNG_BIOPSY, authored="2025-02-18", occurrence="2025-02-24"
+    e2["e2-bx"] = kit.service_request(
+        id="e2-bx",
+        patient="e2",
+        code=kit.LUNG_BIOPSY,
+        authored="2025-02-18",
+        occurrence="2025-02-24",
     )
-    e2["e2-m"] = observation(
+    e2["e2-m"] = kit.observation(
         id="e2-m",
         patient="e2",
-        code=STAGE_CLINICAL,
+        code=kit.STAGE_CLINICAL,
         effective="2025-02-12",
-        valueCodeableConcept=coded(AJCC, "3A", "Stage 3A"),
+        valueCodeableConcept=kit.coded(kit.AJCC, "3A", "Stage 3A"),
     )
     for gene in ("egfr", "alk", "ros1"):
         del e2[f"e2-{gene}"]
-    e2["e2-ngs"] = observation(
+    e2["e2-ngs"] = kit.observation(
         id="e2-ngs",
         patient="e2",
         code={"text": "NSCLC NGS panel (EGFR, ALK, ROS1)"},
         effective="2025-02-14",
         valueCodeableConcept={"text": "Negative"},
     )
-    e2["e2-pred"] = medication_request(
+    e2["e2-pred"] = kit.medication_request(
         id="e2-pred",
         patient="e2",
-        medication=coded(RXNORM, "106258", "hydrocortisone 1 % Topical Cream"),
+        medication=kit.coded(kit.RXNORM, "106258", "hydrocortisone 1 % Topical Cream"),
         authored="2025-02-10",
     )
-    e2["e2-smk"] = smoking_status(
+    e2["e2-smk"] = kit.smoking_status(
         id="e2-smk",
         patient="e2",
-        finding=coded(SNOMED, "77176002", "Smoker"),
+        finding=kit.coded(kit.SNOMED, "77176002", "Smoker"),
         effective="2025-02-03",
     )
     out |= e2
@@ -239,7 +208,7 @@ def cohort() -> Resources:
     out["i1-ra"] = problem(
         id="i1-ra",
         patient="i1",
-        code=RHEUMATOID_ARTHRITIS,
+        code=kit.RHEUMATOID_ARTHRITIS,
         onset="2019-06-01",
         recorded="2019-06-01",
     )
@@ -248,27 +217,32 @@ def cohort() -> Resources:
     out["i2-t"]["valueCodeableConcept"] = {"text": "cT1a"}
     # i3: EGFR positive in ctDNA
     out |= work_up("i3")
-    out["i3-egfr"] = genomic_variant(
-        id="i3-egfr", patient="i3", gene=EGFR, present=True, effective="2025-02-14", specimen=PLASMA
+    out["i3-egfr"] = kit.genomic_variant(
+        id="i3-egfr",
+        patient="i3",
+        gene=kit.EGFR,
+        present=True,
+        effective="2025-02-14",
+        specimen=PLASMA,
     )
     # i4: never smoker
     out |= work_up("i4")
-    out["i4-smk"] = smoking_status(
+    out["i4-smk"] = kit.smoking_status(
         id="i4-smk",
         patient="i4",
-        finding=coded(SNOMED, "266919005", "Never smoker"),
+        finding=kit.coded(kit.SNOMED, "266919005", "Never smoker"),
         effective="2025-02-03",
     )
     # i5: NSCLC and a bone metastasis, nothing else
     out |= {
         "i5": candidate(id="i5", mrn="MRNI5"),
         "i5-dx": problem(
-            id="i5-dx", patient="i5", code=NSCLC, onset="2025-01-20", recorded="2025-01-20"
+            id="i5-dx", patient="i5", code=kit.NSCLC, onset="2025-01-20", recorded="2025-01-20"
         ),
         "i5-met": problem(
             id="i5-met",
             patient="i5",
-            code=LUNG_METASTASIS,
+            code=kit.LUNG_METASTASIS,
             onset="2025-01-20",
             recorded="2025-01-20",
         ),
@@ -299,14 +273,14 @@ def cohort() -> Resources:
         "x1-htn": problem(
             id="x1-htn",
             patient="x1",
-            code=HYPERTENSION,
+            code=kit.HYPERTENSION,
             onset="2025-01-20",
             recorded="2025-01-20",
         ),
-        "x1-smk": smoking_status(
+        "x1-smk": kit.smoking_status(
             id="x1-smk",
             patient="x1",
-            finding=coded(SNOMED, "266919005", "Never smoker"),
+            finding=kit.coded(kit.SNOMED, "266919005", "Never smoker"),
             effective="2025-02-03",
         ),
     }
@@ -518,10 +492,10 @@ NEGATIVES = [
 def test_as_of_reads_and_corrections(api: httpx.Client, fhir: httpx.Client) -> None:
     """Eligible in March, ineligible in May (EGFR+ in May); entered-in-error on that result restores eligibility on the next read."""
     m1 = work_up("m1") | enrollment("m1", "002-001")
-    egfr_may = genomic_variant(
+    egfr_may = kit.genomic_variant(
         id="m1-egfr-may",
         patient="m1",
-        gene=EGFR,
+        gene=kit.EGFR,
         present=True,
         effective="2025-05-12",
         specimen=PLASMA,
@@ -581,7 +555,7 @@ def test_metastasis_found_in_may(api: httpx.Client, fhir: httpx.Client) -> None:
     m2["m2-met"] = problem(
         id="m2-met",
         patient="m2",
-        code=BONE_METASTASIS,
+        code=kit.BONE_METASTASIS,
         onset="2025-05-20",
         recorded="2025-05-20",
     )

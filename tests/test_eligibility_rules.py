@@ -12,56 +12,14 @@ import pytest
 
 from service.eligibility import CriterionResult, EligibilityResult, Verdict, evaluate
 from service.membership import trial_membership
-from service.protocol import TrialProtocol, load_protocols
+from service.protocol import TrialProtocol
 from service.terminology_files import build_terminology
-from tests.kit.fhir import (
-    ABSENT,
-    AJCC,
-    EGFR,
-    HL7,
-    HYPERTENSION,
-    ICD10CM,
-    LOBECTOMY,
-    LOINC,
-    LUNG_BIOPSY,
-    LUNG_CANCER_C34_90,
-    LUNG_METASTASIS,
-    M_CLINICAL,
-    NSCLC,
-    ORAL,
-    PARTIAL_LOBECTOMY,
-    PREDNISONE,
-    PRESENT,
-    RHEUMATOID_ARTHRITIS,
-    RXNORM,
-    SNOMED,
-    STAGE_CLINICAL,
-    SUBCUTANEOUS,
-    T_CLINICAL,
-    T_PATHOLOGICAL,
-    UCUM,
-    coded,
-    condition,
-    condition_category,
-    dose,
-    genomic_variant,
-    medication_request,
-    observation,
-    period,
-    procedure,
-    reference,
-    research_study,
-    research_subject,
-    service_request,
-    smoking_status,
-    specimen,
-)
+from tests.kit import fhir as kit
 from tests.kit.mapping import events_of
+from tests.kit.protocols import trial_protocol
 
 TERMINOLOGY = build_terminology()
-_LOADED = load_protocols(TERMINOLOGY)["NCT06088771"]
-assert isinstance(_LOADED, TrialProtocol)
-PROTOCOL: TrialProtocol = _LOADED
+PROTOCOL = trial_protocol(TERMINOLOGY)
 
 AS_OF = dt.date(2025, 3, 31)
 ENROLLED = dt.date(2025, 3, 3)
@@ -73,57 +31,59 @@ EvidenceRow = tuple[str, str, str, str]  # resource type, id, version, deciding 
 # -- p1's FHIR, shaped like hospital feeds: the kit's builders with this file's defaults ----------
 
 problem = partial(
-    condition,
-    category=condition_category("problem-list-item", "Problem List Item"),
+    kit.condition,
+    category=kit.condition_category("problem-list-item", "Problem List Item"),
     onset="2025-01-20",
 )
-t_category = partial(observation, code=T_CLINICAL, effective="2025-02-12")
-m_category = partial(observation, code=M_CLINICAL, effective="2025-02-12")
-stage_group = partial(observation, code=STAGE_CLINICAL, effective="2025-02-12")
-egfr = partial(genomic_variant, gene=EGFR, effective="2025-02-14")
+t_category = partial(kit.observation, code=kit.T_CLINICAL, effective="2025-02-12")
+m_category = partial(kit.observation, code=kit.M_CLINICAL, effective="2025-02-12")
+stage_group = partial(kit.observation, code=kit.STAGE_CLINICAL, effective="2025-02-12")
+egfr = partial(kit.genomic_variant, gene=kit.EGFR, effective="2025-02-14")
 # ALK rearrangement by FISH (LOINC 78205-2) on the tumour block
 alk = partial(
-    observation,
-    code=coded(
-        LOINC, "78205-2", "ALK gene rearrangements [Presence] in Blood or Tissue by FISH Nominal"
+    kit.observation,
+    code=kit.coded(
+        kit.LOINC,
+        "78205-2",
+        "ALK gene rearrangements [Presence] in Blood or Tissue by FISH Nominal",
     ),
     effective="2025-02-14",
-    specimen=reference("Specimen/p1-block"),
+    specimen={"reference": "Specimen/p1-block"},
 )
 # ROS1 named only in the local test name (no LOINC code is verified for it)
 ros1 = partial(
-    observation,
-    code=coded("urn:oid:1.2.840.114350.1", "LAB8841", text="ROS1 gene rearrangement, FISH"),
+    kit.observation,
+    code=kit.coded("urn:oid:1.2.840.114350.1", "LAB8841", text="ROS1 gene rearrangement, FISH"),
     effective="2025-02-14",
 )
-TUMOUR_BLOCK = specimen(
+TUMOUR_BLOCK = kit.specimen(
     id="p1-block", type="Lung tissue, core biopsy (FFPE block)", collected="2025-02-20"
 )
-smoking = partial(smoking_status, effective="2025-02-03")
-LOBECTOMY_VATS = {**LOBECTOMY, "text": "VATS right upper lobectomy"}
+smoking = partial(kit.smoking_status, effective="2025-02-03")
+LOBECTOMY_VATS = {**kit.LOBECTOMY, "text": "VATS right upper lobectomy"}
 CORE_BIOPSY = {"text": "CT-guided core needle biopsy, right upper lobe of lung"}
-prednisone = partial(dose, drug=PREDNISONE, code="312617", amount=40, route=ORAL)
-STUDY = research_study()
+prednisone = partial(kit.dose, drug=kit.PREDNISONE, code="312617", amount=40, route=kit.ORAL)
+STUDY = kit.research_study()
 
 
-def before(days: int, reference: dt.date = ENROLLED) -> str:
+def before(days: int, day: dt.date = ENROLLED) -> str:
     """08:15 in New York, `days` days before the reference day (a morning dose)."""
-    return f"{(reference - dt.timedelta(days=days)).isoformat()}T08:15:00-05:00"
+    return f"{(day - dt.timedelta(days=days)).isoformat()}T08:15:00-05:00"
 
 
 def outpatient_order(
     *, id: str, display: str, code: str, start: str, end: str | None
 ) -> dict[str, Any]:
     """A completed outpatient order of a drug with a dosing period (feeds send it twice daily)."""
-    return medication_request(
+    return kit.medication_request(
         id=id,
-        medication=coded(RXNORM, code, display, text=display),
+        medication=kit.coded(kit.RXNORM, code, display, text=display),
         status="completed",
         authored=start,
         dosageInstruction=[
             {
                 "text": "apply twice daily",
-                "timing": {"repeat": {"boundsPeriod": period(start, end)}},
+                "timing": {"repeat": {"boundsPeriod": kit.period(start, end)}},
             }
         ],
     )
@@ -183,8 +143,8 @@ def check(criterion_id: str, case: Case, **kw: Any) -> None:
 
 # -- 1. NSCLC ----------------------------------------------------------------------------------------
 
-C34_90 = LUNG_CANCER_C34_90
-NSCLC_SCT = NSCLC
+C34_90 = kit.LUNG_CANCER_C34_90
+NSCLC_SCT = kit.NSCLC
 
 NSCLC_CASES = [
     pytest.param(
@@ -211,8 +171,8 @@ NSCLC_CASES = [
             [
                 problem(
                     id="dx",
-                    code=coded(
-                        ICD10CM,
+                    code=kit.coded(
+                        kit.ICD10CM,
                         "C34.11",
                         "Malignant neoplasm of upper lobe, right bronchus or lung",
                         text="Adenocarcinoma of lung",
@@ -227,7 +187,7 @@ NSCLC_CASES = [
     ),
     pytest.param(
         Case(
-            [problem(id="htn", code=HYPERTENSION)],
+            [problem(id="htn", code=kit.HYPERTENSION)],
             "unknown",
             "no lung cancer diagnosis recorded",
             [],
@@ -242,7 +202,7 @@ NSCLC_CASES = [
                     id="dx",
                     code=NSCLC_SCT,
                     verificationStatus={
-                        "coding": [{"system": f"{HL7}/condition-ver-status", "code": "refuted"}]
+                        "coding": [{"system": f"{kit.HL7}/condition-ver-status", "code": "refuted"}]
                     },
                 )
             ],
@@ -302,7 +262,7 @@ STAGE_CASES = [
     ),
     pytest.param(
         Case(
-            [t_category(id="t", code=T_PATHOLOGICAL, valueCodeableConcept={"text": "ypT2a"})],
+            [t_category(id="t", code=kit.T_PATHOLOGICAL, valueCodeableConcept={"text": "ypT2a"})],
             "met",
             "T2a is at least T1b",
             [("Observation", "t", "1", "ypT2a")],
@@ -392,7 +352,7 @@ RESECTABLE_CASES = [
     pytest.param(
         Case(
             [
-                service_request(
+                kit.service_request(
                     id="sr", code=LOBECTOMY_VATS, authored="2025-02-25", occurrence="2025-03-25"
                 )
             ],
@@ -405,8 +365,11 @@ RESECTABLE_CASES = [
     pytest.param(
         Case(
             [
-                procedure(
-                    id="pr", code=PARTIAL_LOBECTOMY, status="preparation", performed="2025-03-25"
+                kit.procedure(
+                    id="pr",
+                    code=kit.PARTIAL_LOBECTOMY,
+                    status="preparation",
+                    performed="2025-03-25",
                 )
             ],
             "met",
@@ -428,15 +391,15 @@ RESECTABLE_CASES = [
     pytest.param(
         Case(
             [
-                service_request(
+                kit.service_request(
                     id="sr",
                     code=LOBECTOMY_VATS,
                     authored="2025-02-25",
                     occurrence="2025-03-25",
                     status="revoked",
                 ),
-                procedure(
-                    id="pr", code=PARTIAL_LOBECTOMY, status="stopped", performed="2025-03-25"
+                kit.procedure(
+                    id="pr", code=kit.PARTIAL_LOBECTOMY, status="stopped", performed="2025-03-25"
                 ),
             ],
             "unknown",
@@ -460,7 +423,7 @@ def test_resection_planned(case: Case) -> None:
 BIOPSY_CASES = [
     pytest.param(
         Case(
-            [procedure(id="bx", code=CORE_BIOPSY, status="completed", performed="2025-02-20")],
+            [kit.procedure(id="bx", code=CORE_BIOPSY, status="completed", performed="2025-02-20")],
             "met",
             "biopsy planned or done on 2025-02-20",
             [("Procedure", "bx", "1", "Procedure completed")],
@@ -470,8 +433,8 @@ BIOPSY_CASES = [
     pytest.param(
         Case(
             [
-                service_request(
-                    id="bxo", code=LUNG_BIOPSY, authored="2025-03-01", occurrence="2025-03-06"
+                kit.service_request(
+                    id="bxo", code=kit.LUNG_BIOPSY, authored="2025-03-01", occurrence="2025-03-06"
                 )
             ],
             "met",
@@ -486,7 +449,7 @@ BIOPSY_CASES = [
     ),
     pytest.param(
         Case(
-            [procedure(id="bx", code=CORE_BIOPSY, status="not-done", performed="2025-02-20")],
+            [kit.procedure(id="bx", code=CORE_BIOPSY, status="not-done", performed="2025-02-20")],
             "unknown",
             "no biopsy planned or done",
             [],
@@ -505,10 +468,10 @@ def test_screening_biopsy(case: Case) -> None:
 
 # -- 5. autoimmune -----------------------------------------------------------------------------------
 
-RA = RHEUMATOID_ARTHRITIS
-PSORIASIS = coded(ICD10CM, "L40.0", "Psoriasis vulgaris")
-T1DM = coded(ICD10CM, "E10.9", "Type 1 diabetes mellitus without complications")
-T2DM = coded(ICD10CM, "E11.9", "Type 2 diabetes mellitus without complications")
+RA = kit.RHEUMATOID_ARTHRITIS
+PSORIASIS = kit.coded(kit.ICD10CM, "L40.0", "Psoriasis vulgaris")
+T1DM = kit.coded(kit.ICD10CM, "E10.9", "Type 1 diabetes mellitus without complications")
+T2DM = kit.coded(kit.ICD10CM, "E11.9", "Type 2 diabetes mellitus without complications")
 
 AUTOIMMUNE_CASES = [
     pytest.param(
@@ -542,12 +505,12 @@ AUTOIMMUNE_CASES = [
         Case(
             [
                 problem(id="dx", code=NSCLC_SCT),
-                problem(id="htn", code=HYPERTENSION, onset="2016-02-02"),
+                problem(id="htn", code=kit.HYPERTENSION, onset="2016-02-02"),
                 problem(id="dm", code=T2DM, onset="2018-07-07"),
                 problem(
                     id="fh",
-                    code=coded(
-                        ICD10CM,
+                    code=kit.coded(
+                        kit.ICD10CM,
                         "Z82.61",
                         "Family history of arthritis",
                         text="Family history of rheumatoid arthritis",
@@ -577,12 +540,12 @@ def test_autoimmune_history(case: Case) -> None:
 
 # -- 6. metastatic disease ---------------------------------------------------------------------------
 
-C78_01 = LUNG_METASTASIS
+C78_01 = kit.LUNG_METASTASIS
 
 METASTATIC_CASES = [
     pytest.param(
         Case(
-            [m_category(id="m", valueCodeableConcept=coded(AJCC, "cM1a", "cM1a"))],
+            [m_category(id="m", valueCodeableConcept=kit.coded(kit.AJCC, "cM1a", "cM1a"))],
             "met",
             "metastatic disease: M1a",
             [("Observation", "m", "1", "M1a")],
@@ -600,7 +563,7 @@ METASTATIC_CASES = [
     ),
     pytest.param(
         Case(
-            [m_category(id="m", valueCodeableConcept=coded(AJCC, "cM0", "cM0"))],
+            [m_category(id="m", valueCodeableConcept=kit.coded(kit.AJCC, "cM0", "cM0"))],
             "not_met",
             "no distant metastasis (M0)",
             [("Observation", "m", "1", "M0")],
@@ -609,7 +572,7 @@ METASTATIC_CASES = [
     ),
     pytest.param(
         Case(
-            [stage_group(id="sg", valueCodeableConcept=coded(AJCC, "4", "Stage 4"))],
+            [stage_group(id="sg", valueCodeableConcept=kit.coded(kit.AJCC, "4", "Stage 4"))],
             "met",
             "metastatic disease: IV",
             [("Observation", "sg", "1", "IV")],
@@ -618,7 +581,7 @@ METASTATIC_CASES = [
     ),
     pytest.param(
         Case(
-            [stage_group(id="sg", valueCodeableConcept=coded(AJCC, "3A", "Stage 3A"))],
+            [stage_group(id="sg", valueCodeableConcept=kit.coded(kit.AJCC, "3A", "Stage 3A"))],
             "not_met",
             "stage group IIIA",
             [("Observation", "sg", "1", "IIIA")],
@@ -627,7 +590,13 @@ METASTATIC_CASES = [
     ),
     pytest.param(
         Case(
-            [problem(id="dx", code=NSCLC_SCT, stage=[{"summary": coded(AJCC, "4A", "Stage 4A")}])],
+            [
+                problem(
+                    id="dx",
+                    code=NSCLC_SCT,
+                    stage=[{"summary": kit.coded(kit.AJCC, "4A", "Stage 4A")}],
+                )
+            ],
             "met",
             "metastatic disease: stage IVA",
             [("Condition", "dx", "1", "stage IVA")],
@@ -681,7 +650,7 @@ DRIVER_CASES = [
     ),
     pytest.param(
         Case(
-            [TUMOUR_BLOCK, alk(id="alk", valueCodeableConcept=PRESENT)],
+            [TUMOUR_BLOCK, alk(id="alk", valueCodeableConcept=kit.PRESENT)],
             "met",
             "driver alteration: ALK positive (tissue)",
             [("Observation", "alk", "1", "ALK positive (tissue)")],
@@ -702,7 +671,7 @@ DRIVER_CASES = [
             [
                 egfr(id="egfr", present=False),
                 TUMOUR_BLOCK,
-                alk(id="alk", valueCodeableConcept=ABSENT),
+                alk(id="alk", valueCodeableConcept=kit.ABSENT),
                 ros1(id="ros1", valueString="Negative"),
             ],
             "not_met",
@@ -731,7 +700,7 @@ DRIVER_CASES = [
                 egfr(id="egfr-tissue", present=False),
                 egfr(id="egfr-plasma", present=True, effective="2025-02-27", specimen=PLASMA),
                 TUMOUR_BLOCK,
-                alk(id="alk", valueCodeableConcept=ABSENT),
+                alk(id="alk", valueCodeableConcept=kit.ABSENT),
             ],
             "met",
             "driver alteration: EGFR positive (ctDNA)",
@@ -742,10 +711,10 @@ DRIVER_CASES = [
     pytest.param(
         Case(
             [
-                observation(
+                kit.observation(
                     id="gfr",
-                    code=coded(
-                        LOINC,
+                    code=kit.coded(
+                        kit.LOINC,
                         "33914-3",
                         "Glomerular filtration rate/1.73 sq M.predicted [Volume Rate/Area] in Serum or Plasma by Creatinine-based formula (MDRD)",
                         text="eGFR",
@@ -754,10 +723,12 @@ DRIVER_CASES = [
                     valueQuantity={
                         "value": 52,
                         "unit": "mL/min/{1.73_m2}",
-                        "system": UCUM,
+                        "system": kit.UCUM,
                         "code": "mL/min/{1.73_m2}",
                     },
-                    interpretation=[coded(f"{HL7}/v3-ObservationInterpretation", "L", "Low")],
+                    interpretation=[
+                        kit.coded(f"{kit.HL7}/v3-ObservationInterpretation", "L", "Low")
+                    ],
                 )
             ],
             "unknown",
@@ -779,13 +750,13 @@ def test_driver_alteration(case: Case) -> None:
 # -- 8. immunomodulators before enrollment ------------------------------------------------------------
 
 NO_IMMUNOMODULATOR = "no listed drug in the 56 days before 2025-03-03"
-METFORMIN = dose(
+METFORMIN = kit.dose(
     id="met",
     code="861007",
     drug="metFORMIN 500 MG Oral Tablet",
     amount=40,
     when="2025-02-27T08:00:00-05:00",
-    route=ORAL,
+    route=kit.ORAL,
 )
 
 MEDICATION_CASES = [
@@ -886,26 +857,26 @@ def test_immunomodulator_within_8_weeks(case: Case) -> None:
 
 
 STUDY_DOSES = (
-    dose(
+    kit.dose(
         id="d1a",
         drug="dupilumab 300 MG/2ML Prefilled Syringe",
         amount=300,
         when="2025-03-10T09:00:00-05:00",
-        route=SUBCUTANEOUS,
+        route=kit.SUBCUTANEOUS,
     ),
-    dose(
+    kit.dose(
         id="d1b",
         drug="dupilumab 300 MG/2ML Prefilled Syringe",
         amount=300,
         when="2025-03-10T09:04:00-05:00",
-        route=SUBCUTANEOUS,
+        route=kit.SUBCUTANEOUS,
     ),
-    dose(
+    kit.dose(
         id="d1c",
         drug="Libtayo 350 MG/7ML Injection",
         amount=350,
         when="2025-03-10T10:00:00-05:00",
-        route=SUBCUTANEOUS,
+        route=kit.SUBCUTANEOUS,
     ),
 )
 
@@ -946,17 +917,22 @@ def test_reference_day_is_enrollment_else_day1(
     rows: list[EvidenceRow],
 ) -> None:
     """Prednisone 52 days before ResearchSubject.period.start counts; without that date Day 1 (59 days) is used."""
-    pred = dose(
+    pred = kit.dose(
         id="pred",
         code="312617",
         drug="predniSONE 20 MG Oral Tablet",
         amount=40,
         when="2025-01-10",
-        route=ORAL,
+        route=kit.ORAL,
     )
     events = events_of(
         TERMINOLOGY,
-        [STUDY, research_subject(id="p1-rs", number="001-007", start=start), *STUDY_DOSES, pred],
+        [
+            STUDY,
+            kit.research_subject(id="p1-rs", number="001-007", start=start),
+            *STUDY_DOSES,
+            pred,
+        ],
     )
     facts = trial_membership(PROTOCOL, events)
     assert facts is not None
@@ -984,7 +960,7 @@ def test_reference_day_is_as_of_before_enrollment() -> None:
 SMOKING_CASES = [
     pytest.param(
         Case(
-            [smoking(id="smk", finding=coded(SNOMED, "266919005", "Never smoker"))],
+            [smoking(id="smk", finding=kit.coded(kit.SNOMED, "266919005", "Never smoker"))],
             "met",
             "never smoker",
             [("Observation", "smk", "1", "never")],
@@ -993,7 +969,11 @@ SMOKING_CASES = [
     ),
     pytest.param(
         Case(
-            [smoking(id="smk", finding=coded(SNOMED, "8517006", "Former smoker (finding)"))],
+            [
+                smoking(
+                    id="smk", finding=kit.coded(kit.SNOMED, "8517006", "Former smoker (finding)")
+                )
+            ],
             "not_met",
             "current or former smoker",
             [("Observation", "smk", "1", "ever")],
@@ -1002,7 +982,11 @@ SMOKING_CASES = [
     ),
     pytest.param(
         Case(
-            [smoking(id="smk", finding=coded(SNOMED, "266927001", "Unknown if ever smoked"))],
+            [
+                smoking(
+                    id="smk", finding=kit.coded(kit.SNOMED, "266927001", "Unknown if ever smoked")
+                )
+            ],
             "unknown",
             "smoking status unknown",
             [("Observation", "smk", "1", "unknown")],
@@ -1019,12 +1003,12 @@ SMOKING_CASES = [
             [
                 smoking(
                     id="smk-2023",
-                    finding=coded(SNOMED, "8517006", "Former smoker (finding)"),
+                    finding=kit.coded(kit.SNOMED, "8517006", "Former smoker (finding)"),
                     effective="2023-05-02",
                 ),
                 smoking(
                     id="smk-2025",
-                    finding=coded(SNOMED, "266927001", "Unknown if ever smoked"),
+                    finding=kit.coded(kit.SNOMED, "266927001", "Unknown if ever smoked"),
                     effective="2025-02-03",
                 ),
             ],
@@ -1050,19 +1034,19 @@ def eligible_patient() -> dict[str, dict[str, Any]]:
     """A complete screening work-up that settles every criterion in the patient's favour."""
     resources = [
         problem(id="dx", code=NSCLC_SCT),
-        problem(id="htn", code=HYPERTENSION, onset="2016-02-02"),
+        problem(id="htn", code=kit.HYPERTENSION, onset="2016-02-02"),
         t_category(id="t", valueCodeableConcept={"text": "cT2a"}),
-        m_category(id="m", valueCodeableConcept=coded(AJCC, "cM0", "cM0")),
-        service_request(
+        m_category(id="m", valueCodeableConcept=kit.coded(kit.AJCC, "cM0", "cM0")),
+        kit.service_request(
             id="sr", code=LOBECTOMY_VATS, authored="2025-02-25", occurrence="2025-03-25"
         ),
-        procedure(id="bx", code=CORE_BIOPSY, status="completed", performed="2025-02-20"),
+        kit.procedure(id="bx", code=CORE_BIOPSY, status="completed", performed="2025-02-20"),
         TUMOUR_BLOCK,
         egfr(id="egfr", present=False),
-        alk(id="alk", valueCodeableConcept=ABSENT),
+        alk(id="alk", valueCodeableConcept=kit.ABSENT),
         ros1(id="ros1", valueString="Negative"),
         prednisone(id="pred", when=before(63)),
-        smoking(id="smk", finding=coded(SNOMED, "8517006", "Former smoker (finding)")),
+        smoking(id="smk", finding=kit.coded(kit.SNOMED, "8517006", "Former smoker (finding)")),
     ]
     return {r["id"]: r for r in resources}
 
@@ -1176,7 +1160,7 @@ def test_data_dated_after_as_of_is_ignored() -> None:
         egfr(id="egfr-may", present=True, effective="2025-05-12", specimen=PLASMA),
         problem(
             id="met-may",
-            code=coded(ICD10CM, "C79.51", "Secondary malignant neoplasm of bone"),
+            code=kit.coded(kit.ICD10CM, "C79.51", "Secondary malignant neoplasm of bone"),
             onset="2025-05-20",
         ),
         t_category(id="t-may", valueCodeableConcept={"text": "cT1a"}, effective="2025-05-02"),
@@ -1196,7 +1180,7 @@ def test_data_dated_after_as_of_is_ignored() -> None:
 
 def test_an_order_counts_from_when_it_was_written() -> None:
     """A resection order written after the as-of day is unknown then, even though surgery is planned for later."""
-    order = service_request(
+    order = kit.service_request(
         id="sr", code=LOBECTOMY_VATS, authored="2025-04-02", occurrence="2025-04-20"
     )
     before = criterion(screen(order, as_of=AS_OF), "resectable")
@@ -1207,8 +1191,8 @@ def test_an_order_counts_from_when_it_was_written() -> None:
 
 def test_a_procedure_in_preparation_counts_whatever_its_planned_date() -> None:
     """A Procedure in preparation carries only its planned date, so it is known on any as-of day."""
-    planned = procedure(
-        id="pr", code=PARTIAL_LOBECTOMY, status="preparation", performed="2025-06-10"
+    planned = kit.procedure(
+        id="pr", code=kit.PARTIAL_LOBECTOMY, status="preparation", performed="2025-06-10"
     )
     got = criterion(screen(planned, as_of=AS_OF), "resectable")
     assert (got.verdict, got.reason) == ("met", "lung resection planned or performed on 2025-06-10")
@@ -1216,7 +1200,7 @@ def test_a_procedure_in_preparation_counts_whatever_its_planned_date() -> None:
 
 def test_evidence_names_the_resource_version() -> None:
     """Evidence points at the exact version the verdict came from, not just the resource."""
-    smk = smoking(id="smk", finding=coded(SNOMED, "8517006", "Former smoker (finding)"))
+    smk = smoking(id="smk", finding=kit.coded(kit.SNOMED, "8517006", "Former smoker (finding)"))
     smk["meta"] = {"versionId": "3"}
     got = criterion(screen(smk), "never_smoker")
     assert [e.to_json() for e in got.evidence] == [

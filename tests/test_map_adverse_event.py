@@ -14,35 +14,21 @@ from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
 from tests.conftest import TEST_DATA
+from tests.kit import fhir as kit
 from tests.kit.expected import day_json, match_json, source_json
-from tests.kit.fhir import (
-    AE_BACKPORT,
-    AE_GRADE,
-    AE_OUTCOME,
-    AE_SERIOUSNESS,
-    LEGACY_CTCAE_GRADE,
-    MDR,
-    MEDDRA,
-    NCIT,
-    SNOMED,
-    adverse_event,
-    medication,
-    medication_administration,
-    patient,
-)
 from tests.kit.mapping import context, single
 
 TERMINOLOGY = build_terminology()
 EXAMPLES = TEST_DATA / "fhir-r4-examples"
 ALT_INCREASED = {
     "coding": [
-        {"system": MEDDRA, "code": "10001551", "display": "Alanine aminotransferase increased"}
+        {"system": kit.MEDDRA, "code": "10001551", "display": "Alanine aminotransferase increased"}
     ],
     "text": "ALT increased to 200",
 }
 SRC = SourceRef("AdverseEvent", "ae1", 1)  # the source version every fixture event claims
 # An actual AdverseEvent of patient p1 on 2025-03-20 (ALT increased, MedDRA coded).
-reported = partial(adverse_event, event=ALT_INCREASED, date="2025-03-20")
+reported = partial(kit.adverse_event, event=ALT_INCREASED, date="2025-03-20")
 
 
 def _one(resource: dict[str, Any], ctx: MappingContext | None = None) -> TrialEvent:
@@ -56,20 +42,20 @@ def _one(resource: dict[str, Any], ctx: MappingContext | None = None) -> TrialEv
     ("extension", "grade"),
     [
         pytest.param(
-            {"url": AE_GRADE, "valueCodeableConcept": {"coding": [{"code": "3"}]}},
+            {"url": kit.AE_GRADE, "valueCodeableConcept": {"coding": [{"code": "3"}]}},
             3,
             id="ae-grade-code-3",
         ),
         pytest.param(
-            {"url": AE_GRADE, "valueCodeableConcept": {"coding": [{"display": "Grade 3"}]}},
+            {"url": kit.AE_GRADE, "valueCodeableConcept": {"coding": [{"display": "Grade 3"}]}},
             3,
             id="ae-grade-display-Grade-3",
         ),
         pytest.param(
             {
-                "url": AE_GRADE,
+                "url": kit.AE_GRADE,
                 "valueCodeableConcept": {
-                    "coding": [{"system": NCIT, "code": "C41337"}],
+                    "coding": [{"system": kit.NCIT, "code": "C41337"}],
                     "text": "Grade 4 Life Threatening or Disabling Adverse Event",
                 },
             },
@@ -78,23 +64,27 @@ def _one(resource: dict[str, Any], ctx: MappingContext | None = None) -> TrialEv
         ),
         pytest.param(
             {
-                "url": AE_GRADE,
-                "valueCodeableConcept": {"coding": [{"system": NCIT, "code": "C48275"}]},
+                "url": kit.AE_GRADE,
+                "valueCodeableConcept": {"coding": [{"system": kit.NCIT, "code": "C48275"}]},
             },
             5,
             id="ae-grade-NCIt-code-only",
         ),
-        pytest.param({"url": LEGACY_CTCAE_GRADE, "valueInteger": 2}, 2, id="ctcae-grade-integer"),
         pytest.param(
-            {"url": LEGACY_CTCAE_GRADE, "valueString": "Grade 1"}, 1, id="ctcae-grade-string"
+            {"url": kit.LEGACY_CTCAE_GRADE, "valueInteger": 2}, 2, id="ctcae-grade-integer"
         ),
         pytest.param(
-            {"url": LEGACY_CTCAE_GRADE, "valueCodeableConcept": {"text": "CTCAE grade III"}},
+            {"url": kit.LEGACY_CTCAE_GRADE, "valueString": "Grade 1"}, 1, id="ctcae-grade-string"
+        ),
+        pytest.param(
+            {"url": kit.LEGACY_CTCAE_GRADE, "valueCodeableConcept": {"text": "CTCAE grade III"}},
             3,
             id="ctcae-grade-roman",
         ),
-        pytest.param({"url": LEGACY_CTCAE_GRADE, "valueInteger": 7}, None, id="out-of-range"),
-        pytest.param({"url": LEGACY_CTCAE_GRADE, "valueString": "severe"}, None, id="not-a-grade"),
+        pytest.param({"url": kit.LEGACY_CTCAE_GRADE, "valueInteger": 7}, None, id="out-of-range"),
+        pytest.param(
+            {"url": kit.LEGACY_CTCAE_GRADE, "valueString": "severe"}, None, id="not-a-grade"
+        ),
         pytest.param(
             {"url": "http://example.org/fhir/StructureDefinition/grade-note", "valueInteger": 3},
             None,
@@ -118,7 +108,7 @@ def test_grade_from_text(text: str, grade: int | None) -> None:
 
 @pytest.mark.parametrize(
     "system",
-    [MEDDRA, MDR, "http://example.org/fhir/CodeSystem/MDRAE"],
+    [kit.MEDDRA, kit.MDR, "http://example.org/fhir/CodeSystem/MDRAE"],
 )
 def test_meddra_code_from_each_system(system: str) -> None:
     """CLINICAL.md accepts three MedDRA system spellings; each yields the code."""
@@ -128,27 +118,27 @@ def test_meddra_code_from_each_system(system: str) -> None:
 
 def test_non_meddra_code_is_not_meddra() -> None:
     """A SNOMED-coded term has no MedDRA code (None, not the SNOMED code)."""
-    event_concept = {"coding": [{"system": SNOMED, "code": "271807003", "display": "Eruption"}]}
+    event_concept = {"coding": [{"system": kit.SNOMED, "code": "271807003", "display": "Eruption"}]}
     assert _one(reported(event=event_concept)).values["meddra"] is None
 
 
 def test_all_values_of_a_graded_cirae() -> None:
     """A graded, MedDRA-coded rash carries every value safety tables and the cirAE cohort read."""
-    stored = medication(id="med-cemi", code="cemiplimab-rwlc 350 MG in 7 ML Injection")
+    stored = kit.medication(id="med-cemi", code="cemiplimab-rwlc 350 MG in 7 ML Injection")
     resource = reported(
         event={
-            "coding": [{"system": MDR, "code": "10037868", "display": "Rash maculo-papular"}],
+            "coding": [{"system": kit.MDR, "code": "10037868", "display": "Rash maculo-papular"}],
             "text": "Maculopapular rash, trunk",
         },
         date="2025-03-01T23:30:00-05:00",
-        seriousness={"coding": [{"system": AE_SERIOUSNESS, "code": "non-serious"}]},
-        outcome={"coding": [{"system": AE_OUTCOME, "code": "resolved", "display": "Resolved"}]},
+        seriousness={"coding": [{"system": kit.AE_SERIOUSNESS, "code": "non-serious"}]},
+        outcome={"coding": [{"system": kit.AE_OUTCOME, "code": "resolved", "display": "Resolved"}]},
         extension=[
             {
-                "url": AE_GRADE,
-                "valueCodeableConcept": {"coding": [{"system": NCIT, "code": "C41339"}]},
+                "url": kit.AE_GRADE,
+                "valueCodeableConcept": {"coding": [{"system": kit.NCIT, "code": "C41339"}]},
             },
-            {"url": f"{AE_BACKPORT}/resolve-date", "valueDateTime": "2025-04-02"},
+            {"url": f"{kit.AE_BACKPORT}/resolve-date", "valueDateTime": "2025-04-02"},
         ],
         suspectEntity=[
             {"instance": {"reference": "Medication/med-cemi"}},
@@ -159,7 +149,7 @@ def test_all_values_of_a_graded_cirae() -> None:
     event = _one(resource, context(TERMINOLOGY, stored))
     assert dict(event.values) == {
         "term": {
-            "coding": [{"system": MDR, "code": "10037868", "display": "Rash maculo-papular"}],
+            "coding": [{"system": kit.MDR, "code": "10037868", "display": "Rash maculo-papular"}],
             "text": "Maculopapular rash, trunk",
         },
         "term_text": "Maculopapular rash, trunk",
@@ -181,13 +171,13 @@ def test_all_values_of_a_graded_cirae() -> None:
 
 def test_backport_suspect_entity_extension() -> None:
     """The backport IG moves suspects into an extension; the medicine still names the suspect."""
-    administration = medication_administration(
+    administration = kit.medication_administration(
         id="ma-dupi", medication="dupilumab 300 MG/2 ML prefilled syringe", patient=None
     )
     resource = reported(
         extension=[
             {
-                "url": f"{AE_BACKPORT}/suspect-entity",
+                "url": f"{kit.AE_BACKPORT}/suspect-entity",
                 "extension": [
                     {
                         "url": "instance",
@@ -215,7 +205,7 @@ def test_backport_suspect_entity_extension() -> None:
     [
         "http://example.org/fhir/StructureDefinition/resolveDate",
         "http://example.org/fhir/StructureDefinition/resolution-date",
-        f"{AE_BACKPORT}/resolve-date",
+        f"{kit.AE_BACKPORT}/resolve-date",
     ],
 )
 def test_resolution_date_extension_styles(url: str) -> None:
@@ -255,7 +245,7 @@ def test_adverse_event_date_order(extra: dict[str, Any], expected: str) -> None:
         pytest.param(
             reported(
                 modifierExtension=[
-                    {"url": f"{AE_BACKPORT}/status", "valueCode": "entered-in-error"},
+                    {"url": f"{kit.AE_BACKPORT}/status", "valueCode": "entered-in-error"},
                 ]
             ),
             id="backport-status-entered-in-error",
@@ -270,7 +260,7 @@ def test_potential_or_void_adverse_event_yields_nothing(resource: dict[str, Any]
 
 def test_identifier_only_subject_resolves_to_the_patient() -> None:
     """AE feeds from safety systems often carry only the MRN; the event still finds its Patient."""
-    stored = patient(id="pat-9", mrn="MRN-9")
+    stored = kit.patient(id="pat-9", mrn="MRN-9")
     resource = reported(subject={"identifier": {"system": "urn:mrn", "value": "MRN-9"}})
     assert _one(resource, context(TERMINOLOGY, stored)).patient_id == "pat-9"
 
@@ -293,7 +283,9 @@ def test_official_example() -> None:
         "end": None,
         "values": {
             "term": {
-                "coding": [{"system": SNOMED, "code": "304386008", "display": "O/E - itchy rash"}],
+                "coding": [
+                    {"system": kit.SNOMED, "code": "304386008", "display": "O/E - itchy rash"}
+                ],
                 "text": "This was a mild rash on the left forearm",
             },
             "term_text": "This was a mild rash on the left forearm",
@@ -315,7 +307,7 @@ def test_official_example() -> None:
 def test_official_example_suspect_resolved_from_store() -> None:
     """The example's suspect has no display; once Medication/example is held, its name is used."""
     resource = loads((EXAMPLES / "AdverseEvent-example.json").read_bytes())
-    stored = medication(
+    stored = kit.medication(
         id="example", code={"coding": [{"display": "Amoxicillin 250 MG Oral Capsule"}]}
     )
     [event] = map_adverse_event(

@@ -14,23 +14,8 @@ from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.json_codec import loads
 from service.terminology_files import build_terminology
 from tests.conftest import TEST_DATA
+from tests.kit import fhir as kit
 from tests.kit.expected import day_json, match_json, source_json
-from tests.kit.fhir import (
-    AE_GRADE,
-    BONE_METASTASIS,
-    ICD10,
-    ICD10CM,
-    LEGACY_CTCAE_GRADE,
-    LUNG_CANCER_C34_90,
-    LUNG_METASTASIS,
-    NCIT,
-    RHEUMATOID_ARTHRITIS,
-    SNOMED,
-    coded,
-    condition,
-    condition_category,
-    patient,
-)
 from tests.kit.mapping import concept_matches, context, single
 
 TERMINOLOGY = build_terminology()
@@ -38,7 +23,7 @@ EXAMPLES = TEST_DATA / "fhir-r4-examples"
 SRC = SourceRef("Condition", "c1", 1)  # the source version every fixture event claims
 # An active, confirmed encounter diagnosis of patient p1 recorded on 2025-02-10.
 diagnosis = partial(
-    condition, category=condition_category("encounter-diagnosis"), recorded="2025-02-10"
+    kit.condition, category=kit.condition_category("encounter-diagnosis"), recorded="2025-02-10"
 )
 
 
@@ -56,12 +41,12 @@ def _concepts(event: TrialEvent) -> list[tuple[Any, ...]]:
     ("code", "expected"),
     [
         pytest.param(
-            LUNG_CANCER_C34_90,
+            kit.LUNG_CANCER_C34_90,
             [("lung_cancer", "code", "C34.90")],
             id="C34.90-lung-cancer-without-histology",
         ),
         pytest.param(
-            coded(SNOMED, "254637007", "Non-small cell lung cancer (disorder)"),
+            kit.coded(kit.SNOMED, "254637007", "Non-small cell lung cancer (disorder)"),
             [("nsclc", "code", "254637007"), ("lung_cancer", "name", None)],
             id="NSCLC-snomed-code",
         ),
@@ -76,39 +61,41 @@ def _concepts(event: TrialEvent) -> list[tuple[Any, ...]]:
             id="name-only-coding",
         ),
         pytest.param(
-            LUNG_METASTASIS,
+            kit.LUNG_METASTASIS,
             [("metastatic_disease", "code", "C78.01")],
             id="C78.01-lung-metastasis",
         ),
         pytest.param(
-            BONE_METASTASIS,
+            kit.BONE_METASTASIS,
             [("metastatic_disease", "code", "C79.51")],
             id="C79.51-bone-metastasis",
         ),
         pytest.param(
-            RHEUMATOID_ARTHRITIS,
+            kit.RHEUMATOID_ARTHRITIS,
             [("autoimmune_disease", "code", "M05.79")],
             id="M05.79-rheumatoid-arthritis",
         ),
         pytest.param(
-            coded(
-                ICD10CM, "M0579", "Rheumatoid arthritis with rheumatoid factor of multiple sites"
+            kit.coded(
+                kit.ICD10CM,
+                "M0579",
+                "Rheumatoid arthritis with rheumatoid factor of multiple sites",
             ),
             [("autoimmune_disease", "code", "M0579")],
             id="M0579-dotless",
         ),
         pytest.param(
-            coded(ICD10CM, "L40.0", "Psoriasis vulgaris"),
+            kit.coded(kit.ICD10CM, "L40.0", "Psoriasis vulgaris"),
             [("autoimmune_disease", "code", "L40.0")],
             id="L40.0-psoriasis-is-not-a-cirAE-term",
         ),
         pytest.param(
-            coded(ICD10CM, "E10.9", "Type 1 diabetes mellitus without complications"),
+            kit.coded(kit.ICD10CM, "E10.9", "Type 1 diabetes mellitus without complications"),
             [("autoimmune_disease", "code", "E10.9")],
             id="E10.9-type-1-diabetes",
         ),
         pytest.param(
-            coded(SNOMED, None, "Maculopapular rash"),
+            kit.coded(kit.SNOMED, None, "Maculopapular rash"),
             [("cutaneous_irae", "name", None)],
             id="cirAE-maculopapular-rash",
         ),
@@ -177,7 +164,7 @@ def test_cirae_with_month_onset_keeps_the_month() -> None:
         ),
         pytest.param(
             diagnosis(
-                code=coded(ICD10CM, "M05.79", "Rheumatoid arthritis"),
+                code=kit.coded(kit.ICD10CM, "M05.79", "Rheumatoid arthritis"),
                 verification="refuted",
             ),
             id="refuted",
@@ -193,9 +180,9 @@ def test_icd10_codes_kept_as_written_for_charlson() -> None:
     """Charlson scoring needs every ICD-10(-CM/WHO) code exactly as sent, and nothing else."""
     code = {
         "coding": [
-            {"system": ICD10CM, "code": "E11.9", "display": "Type 2 diabetes mellitus"},
-            {"system": SNOMED, "code": "44054006", "display": "Diabetes mellitus type 2"},
-            {"system": ICD10, "code": "E11.9"},
+            {"system": kit.ICD10CM, "code": "E11.9", "display": "Type 2 diabetes mellitus"},
+            {"system": kit.SNOMED, "code": "44054006", "display": "Diabetes mellitus type 2"},
+            {"system": kit.ICD10, "code": "E11.9"},
         ]
     }
     event = _one(diagnosis(code=code))
@@ -222,7 +209,7 @@ def test_icd10_codes_kept_as_written_for_charlson() -> None:
             {
                 "extension": [
                     {
-                        "url": LEGACY_CTCAE_GRADE,
+                        "url": kit.LEGACY_CTCAE_GRADE,
                         "valueInteger": 3,
                     }
                 ]
@@ -235,9 +222,9 @@ def test_icd10_codes_kept_as_written_for_charlson() -> None:
             {
                 "extension": [
                     {
-                        "url": AE_GRADE,
+                        "url": kit.AE_GRADE,
                         "valueCodeableConcept": {
-                            "coding": [{"system": NCIT, "code": "C41339"}],
+                            "coding": [{"system": kit.NCIT, "code": "C41339"}],
                         },
                     }
                 ]
@@ -301,7 +288,7 @@ def test_condition_dates(extra: dict[str, Any], date: str, end: str | None) -> N
 
 def test_identifier_only_subject_resolves_to_the_patient() -> None:
     """Feeds that reference the patient by MRN only must still attach the event to that Patient."""
-    stored = patient(id="pat-42", mrn="MRN-0042")
+    stored = kit.patient(id="pat-42", mrn="MRN-0042")
     resource = diagnosis(
         code="Bullous pemphigoid",
         subject={"identifier": {"system": "urn:mrn", "value": "MRN-0042"}},
@@ -327,7 +314,7 @@ def test_official_example_f002_nsclc() -> None:
             "code": {
                 "coding": [
                     {
-                        "system": SNOMED,
+                        "system": kit.SNOMED,
                         "code": "254637007",
                         "display": "NSCLC - Non-small cell lung cancer",
                     }
@@ -339,13 +326,15 @@ def test_official_example_f002_nsclc() -> None:
             "icd10": [],
             "is_adverse_event": False,
             "grade": None,
-            "stage": [{"coding": [{"system": SNOMED, "code": "258219007", "display": "stage II"}]}],
+            "stage": [
+                {"coding": [{"system": kit.SNOMED, "code": "258219007", "display": "stage II"}]}
+            ],
         },
         "concepts": [
             {
                 "concept": "nsclc",
                 "matched_by": "code",
-                "system": SNOMED,
+                "system": kit.SNOMED,
                 "code": "254637007",
                 "text": "NSCLC - Non-small cell lung cancer",
             },

@@ -67,7 +67,7 @@ reported = medication_statement
 
 
 @pytest.mark.parametrize(
-    ("medication", "expected"),
+    ("drug", "expected"),
     [
         (DUPILUMAB_SCD, [("dupilumab", "name"), ("route_systemic", "name")]),
         (DUPILUMAB_ATC, [("dupilumab", "code")]),
@@ -96,11 +96,11 @@ reported = medication_statement
     ],
 )
 def test_request_concepts_by_code_and_by_name(
-    medication: dict[str, Any], expected: list[tuple[str, str]]
+    drug: dict[str, Any], expected: list[tuple[str, str]]
 ) -> None:
     """Real feeds code drugs as SCDs or brands: each must land in its value set, saying how."""
     [event] = map_medication_request(
-        prescribed(medicationCodeableConcept=medication),
+        prescribed(medicationCodeableConcept=drug),
         _src("MedicationRequest"),
         context(TERMINOLOGY),
     )
@@ -220,7 +220,7 @@ def test_two_syringes_of_dupilumab_on_day_one() -> None:
 
 
 @pytest.mark.parametrize(
-    ("route", "medication", "expected"),
+    ("route", "drug", "expected"),
     [
         (ROUTE_IV, {"text": "Libtayo"}, ("systemic", ("route_systemic", "name"))),
         (
@@ -235,23 +235,23 @@ def test_two_syringes_of_dupilumab_on_day_one() -> None:
     ids=["iv", "topical-route", "cream-form", "tablet-form", "unknown"],
 )
 def test_route_class_from_route_else_dose_form(
-    route: dict[str, Any] | None, medication: dict[str, Any], expected: tuple[str | None, Any]
+    route: dict[str, Any] | None, drug: dict[str, Any], expected: tuple[str | None, Any]
 ) -> None:
     """Glucocorticoid exposure counts only when systemic: the route says so, else the dose form."""
     dosage: dict[str, Any] = {"route": route} if route else {}
     ctx = context(TERMINOLOGY)
     [given] = map_medication_administration(
-        administered(medicationCodeableConcept=medication, dosage=dosage),
+        administered(medicationCodeableConcept=drug, dosage=dosage),
         _src("MedicationAdministration"),
         ctx,
     )
     [ordered] = map_medication_request(
-        prescribed(medicationCodeableConcept=medication, dosageInstruction=[dosage]),
+        prescribed(medicationCodeableConcept=drug, dosageInstruction=[dosage]),
         _src("MedicationRequest"),
         ctx,
     )
     [stated] = map_medication_statement(
-        reported(medicationCodeableConcept=medication, dosage=[dosage]),
+        reported(medicationCodeableConcept=drug, dosage=[dosage]),
         _src("MedicationStatement"),
         ctx,
     )

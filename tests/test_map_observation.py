@@ -14,38 +14,15 @@ from fhir_mapping.events.observation import map_observation, parse_tnm
 from fhir_mapping.json_codec import LexicalDecimal, loads
 from service.terminology_files import build_terminology
 from tests.conftest import TEST_DATA
+from tests.kit import fhir as kit
 from tests.kit.expected import day_json, match_json, source_json
-from tests.kit.fhir import (
-    ABSENT,
-    AJCC,
-    ALK,
-    EGFR,
-    GENE_STUDIED,
-    GENETIC_VARIANT,
-    LOINC,
-    M_CLINICAL,
-    N_CLINICAL,
-    PRESENT,
-    SMOKING_STATUS,
-    SNOMED,
-    STAGE_CLINICAL,
-    STAGE_PATHOLOGICAL,
-    T_CLINICAL,
-    T_PATHOLOGICAL,
-    UCUM,
-    coded,
-    observation,
-    patient,
-    quantity,
-    specimen,
-)
 from tests.kit.mapping import concept_matches, context, single
 
 TERMINOLOGY = build_terminology()
 EXAMPLES = TEST_DATA / "fhir-r4-examples"
 SRC = SourceRef("Observation", "o1", 1)  # the source version every fixture event claims
 # A final Observation of patient p1 taken on 2025-02-12.
-measured = partial(observation, effective="2025-02-12")
+measured = partial(kit.observation, effective="2025-02-12")
 
 
 def _one(resource: dict[str, Any], ctx: MappingContext | None = None) -> TrialEvent:
@@ -63,7 +40,7 @@ def _wire(concept: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-CT_SNOMED_NAME = coded(SNOMED, None, "cT category (observable entity)")
+CT_SNOMED_NAME = kit.coded(kit.SNOMED, None, "cT category (observable entity)")
 
 
 # --- TNM ---------------------------------------------------------------------------------------
@@ -73,59 +50,59 @@ CT_SNOMED_NAME = coded(SNOMED, None, "cT category (observable entity)")
     ("code", "value", "expected", "concepts"),
     [
         pytest.param(
-            T_CLINICAL,
-            {"valueCodeableConcept": coded(AJCC, "cT1a", "cT1a")},
+            kit.T_CLINICAL,
+            {"valueCodeableConcept": kit.coded(kit.AJCC, "cT1a", "cT1a")},
             ("T", "clinical", "cT1a", "T1a", "c"),
             [("tnm_t", "code")],
             id="cT1a-AJCC-code",
         ),
         pytest.param(
-            T_CLINICAL,
+            kit.T_CLINICAL,
             {"valueCodeableConcept": {"text": "T1b"}},
             ("T", "clinical", "T1b", "T1b", None),
             [("tnm_t", "code")],
             id="T1b-text-no-prefix",
         ),
         pytest.param(
-            T_CLINICAL,
-            {"valueCodeableConcept": coded(AJCC, "ypT2a", None)},
+            kit.T_CLINICAL,
+            {"valueCodeableConcept": kit.coded(kit.AJCC, "ypT2a", None)},
             ("T", "pathological", "ypT2a", "T2a", "yp"),
             [("tnm_t", "code")],
             id="ypT2a-prefix-makes-it-pathological",
         ),
         pytest.param(
-            T_PATHOLOGICAL,
+            kit.T_PATHOLOGICAL,
             {"valueString": "T2a"},
             ("T", "pathological", "T2a", "T2a", None),
             [("tnm_t", "code"), ("tnm_pathological", "code")],
             id="pathological-LOINC-code",
         ),
         pytest.param(
-            T_CLINICAL,
-            {"valueCodeableConcept": coded(AJCC, "TX", "TX")},
+            kit.T_CLINICAL,
+            {"valueCodeableConcept": kit.coded(kit.AJCC, "TX", "TX")},
             ("T", "clinical", "TX", "TX", None),
             [("tnm_t", "code")],
             id="TX",
         ),
         pytest.param(
-            T_CLINICAL,
-            {"valueCodeableConcept": coded(AJCC, "pTis", None)},
+            kit.T_CLINICAL,
+            {"valueCodeableConcept": kit.coded(kit.AJCC, "pTis", None)},
             ("T", "pathological", "pTis", "Tis", "p"),
             [("tnm_t", "code")],
             id="pTis",
         ),
         pytest.param(
             CT_SNOMED_NAME,
-            {"valueCodeableConcept": coded(SNOMED, None, "T1b category (finding)")},
+            {"valueCodeableConcept": kit.coded(kit.SNOMED, None, "T1b category (finding)")},
             ("T", "clinical", "T1b category (finding)", "T1b", None),
             [("tnm_t", "name")],
             id="SNOMED-display-style-name-only",
         ),
         pytest.param(
-            T_CLINICAL,
+            kit.T_CLINICAL,
             {
-                "valueCodeableConcept": coded(
-                    SNOMED, None, "American Joint Committee on Cancer cT1mi (qualifier value)"
+                "valueCodeableConcept": kit.coded(
+                    kit.SNOMED, None, "American Joint Committee on Cancer cT1mi (qualifier value)"
                 )
             },
             (
@@ -139,42 +116,42 @@ CT_SNOMED_NAME = coded(SNOMED, None, "cT category (observable entity)")
             id="AJCC-qualifier-display-T1mi",
         ),
         pytest.param(
-            N_CLINICAL,
+            kit.N_CLINICAL,
             {"valueString": "cT1bN0M0"},
             ("N", "clinical", "cT1bN0M0", "N0", None),
             [("tnm_n", "code")],
             id="N-from-run-together-TNM",
         ),
         pytest.param(
-            M_CLINICAL,
-            {"valueCodeableConcept": coded(AJCC, "cM1a", "M1a")},
+            kit.M_CLINICAL,
+            {"valueCodeableConcept": kit.coded(kit.AJCC, "cM1a", "M1a")},
             ("M", "clinical", "cM1a", "M1a", "c"),
             [("tnm_m", "code")],
             id="M1a",
         ),
         pytest.param(
-            STAGE_CLINICAL,
+            kit.STAGE_CLINICAL,
             {"valueCodeableConcept": {"text": "IV"}},
             ("stage_group", "clinical", "IV", "IV", None),
             [("tnm_stage_group", "code")],
             id="stage-group-IV",
         ),
         pytest.param(
-            STAGE_PATHOLOGICAL,
-            {"valueCodeableConcept": coded(AJCC, "3A", "IIIA")},
+            kit.STAGE_PATHOLOGICAL,
+            {"valueCodeableConcept": kit.coded(kit.AJCC, "3A", "IIIA")},
             ("stage_group", "pathological", "3A", "IIIA", None),
             [("tnm_stage_group", "code"), ("tnm_pathological", "code")],
             id="stage-group-AJCC-code-3A",
         ),
         pytest.param(
             {"text": "Clinical TNM stage grouping"},
-            {"valueCodeableConcept": coded(SNOMED, None, "Stage 2B (qualifier value)")},
+            {"valueCodeableConcept": kit.coded(kit.SNOMED, None, "Stage 2B (qualifier value)")},
             ("stage_group", "clinical", "Stage 2B (qualifier value)", "IIB", None),
             [("tnm_stage_group", "name")],
             id="stage-group-arabic-SNOMED-display",
         ),
         pytest.param(
-            T_CLINICAL,
+            kit.T_CLINICAL,
             {"valueString": "see pathology report"},
             ("T", "clinical", "see pathology report", None, None),
             [("tnm_t", "code")],
@@ -230,11 +207,13 @@ def test_parse_tnm(text: str, axis: str, expected: Any) -> None:
 
 # --- genomic findings ---------------------------------------------------------------------------
 
-ALK_FISH = coded(LOINC, "78205-2", "ALK gene rearrangements [Presence] in Blood or Tissue by FISH")
-TISSUE_SPECIMEN = specimen(
-    id="sp-core-1", type=coded(None, None, "Tissue core biopsy"), patient=None
+ALK_FISH = kit.coded(
+    kit.LOINC, "78205-2", "ALK gene rearrangements [Presence] in Blood or Tissue by FISH"
 )
-PLASMA_SPECIMEN = specimen(id="sp-plasma-1", type="Plasma (Streck tube)", patient=None)
+TISSUE_SPECIMEN = kit.specimen(
+    id="sp-core-1", type=kit.coded(None, None, "Tissue core biopsy"), patient=None
+)
+PLASMA_SPECIMEN = kit.specimen(id="sp-plasma-1", type="Plasma (Streck tube)", patient=None)
 
 
 @pytest.mark.parametrize(
@@ -242,14 +221,14 @@ PLASMA_SPECIMEN = specimen(id="sp-plasma-1", type="Plasma (Streck tube)", patien
     [
         pytest.param(
             measured(
-                code=GENETIC_VARIANT,
-                valueCodeableConcept=PRESENT,
+                code=kit.GENETIC_VARIANT,
+                valueCodeableConcept=kit.PRESENT,
                 method={"text": "Next generation sequencing"},
                 specimen={"display": "Peripheral blood: ctDNA"},
                 component=[
                     {
-                        "code": GENE_STUDIED,
-                        "valueCodeableConcept": EGFR,
+                        "code": kit.GENE_STUDIED,
+                        "valueCodeableConcept": kit.EGFR,
                     }
                 ],
             ),
@@ -258,7 +237,7 @@ PLASMA_SPECIMEN = specimen(id="sp-plasma-1", type="Plasma (Streck tube)", patien
                 "result": "positive",
                 "method": "NGS",
                 "specimen_kind": "ctDNA",
-                "value": PRESENT,
+                "value": kit.PRESENT,
             },
             [
                 ("genetic_variant_assessment", "code"),
@@ -325,9 +304,9 @@ PLASMA_SPECIMEN = specimen(id="sp-plasma-1", type="Plasma (Streck tube)", patien
         ),
         pytest.param(
             measured(
-                code=GENETIC_VARIANT,
-                valueCodeableConcept=ABSENT,
-                component=[{"code": GENE_STUDIED, "valueCodeableConcept": ALK}],
+                code=kit.GENETIC_VARIANT,
+                valueCodeableConcept=kit.ABSENT,
+                component=[{"code": kit.GENE_STUDIED, "valueCodeableConcept": kit.ALK}],
                 interpretation=[{"text": "Positive"}],
             ),
             {
@@ -335,7 +314,7 @@ PLASMA_SPECIMEN = specimen(id="sp-plasma-1", type="Plasma (Streck tube)", patien
                 "result": "negative",
                 "method": None,
                 "specimen_kind": None,
-                "value": ABSENT,
+                "value": kit.ABSENT,
             },
             [
                 ("genetic_variant_assessment", "code"),
@@ -378,7 +357,7 @@ def test_genomic_finding(
         pytest.param(
             measured(
                 code="eGFR",
-                valueQuantity={"value": 72, "unit": "mL/min/{1.73_m2}", "system": UCUM},
+                valueQuantity={"value": 72, "unit": "mL/min/{1.73_m2}", "system": kit.UCUM},
                 interpretation=[{"text": "Abnormal"}],
             ),
             id="kidney-eGFR",
@@ -407,33 +386,33 @@ def test_labs_that_share_a_gene_symbol_are_not_genomic(resource: dict[str, Any])
 
 # --- smoking --------------------------------------------------------------------------------------
 
-SMOKING = SMOKING_STATUS
+SMOKING = kit.SMOKING_STATUS
 
 
 @pytest.mark.parametrize(
     ("value", "status", "matched"),
     [
         pytest.param(
-            coded(SNOMED, "266919005", "Never smoked tobacco (finding)"),
+            kit.coded(kit.SNOMED, "266919005", "Never smoked tobacco (finding)"),
             "never",
             ("never_smoker", "code"),
             id="never-snomed",
         ),
         pytest.param(
-            coded(SNOMED, "8517006", "Ex-smoker (finding)"),
+            kit.coded(kit.SNOMED, "8517006", "Ex-smoker (finding)"),
             "ever",
             ("ever_smoker", "code"),
             id="ex",
         ),
         pytest.param(
-            coded(SNOMED, "266927001", "Unknown if ever smoked"),
+            kit.coded(kit.SNOMED, "266927001", "Unknown if ever smoked"),
             "unknown",
             ("smoking_unknown", "code"),
             id="unknown-snomed",
         ),
         pytest.param({"text": "Former smoker"}, "ever", ("ever_smoker", "name"), id="former-text"),
         pytest.param(
-            coded(SNOMED, None, "Smokes tobacco daily (finding)"),
+            kit.coded(kit.SNOMED, None, "Smokes tobacco daily (finding)"),
             "ever",
             ("ever_smoker", "name"),
             id="daily-smoker-display",
@@ -458,11 +437,11 @@ def test_smoking_status(value: dict[str, Any], status: str | None, matched: Any)
 
 
 @pytest.mark.parametrize(
-    ("code_text", "quantity", "percent", "site", "flag"),
+    ("code_text", "value", "percent", "site", "flag"),
     [
         pytest.param(
             "Percent viable tumor in primary tumor bed",
-            quantity(LexicalDecimal("5.0"), "%"),
+            kit.quantity(LexicalDecimal("5.0"), "%"),
             "5.0",
             "primary",
             None,
@@ -470,7 +449,7 @@ def test_smoking_status(value: dict[str, Any], status: str | None, matched: Any)
         ),
         pytest.param(
             "Residual viable tumour in lymph nodes",
-            quantity(0, "%"),
+            kit.quantity(0, "%"),
             "0",
             "nodal",
             None,
@@ -478,7 +457,7 @@ def test_smoking_status(value: dict[str, Any], status: str | None, matched: Any)
         ),
         pytest.param(
             "Residual viable tumor, largest focus",
-            quantity(LexicalDecimal("3"), "mm"),
+            kit.quantity(LexicalDecimal("3"), "mm"),
             None,
             "primary",
             "unit 'mm' is not %: percent not read",
@@ -495,10 +474,10 @@ def test_smoking_status(value: dict[str, Any], status: str | None, matched: Any)
     ],
 )
 def test_viable_tumour(
-    code_text: str, quantity: Any, percent: str | None, site: str, flag: str | None
+    code_text: str, value: Any, percent: str | None, site: str, flag: str | None
 ) -> None:
     """MPR/pCR read the lexical percent of viable tumour in the primary and the nodes."""
-    extra = {"valueQuantity": quantity} if quantity else {"valueString": "pending"}
+    extra = {"valueQuantity": value} if value else {"valueString": "pending"}
     event = _one(measured(code={"text": code_text}, **extra))
     assert event.kind is EventKind.VIABLE_TUMOUR
     assert dict(event.values) == {"percent": percent, "site": site, "flag": flag, "status": "final"}
@@ -513,14 +492,14 @@ def test_viable_tumour(
     [
         pytest.param(
             {"text": "Cancer disease status"},
-            coded(SNOMED, None, "Local recurrence of malignant tumor of lung"),
+            kit.coded(kit.SNOMED, None, "Local recurrence of malignant tumor of lung"),
             True,
             "Local recurrence of malignant tumor of lung",
             id="recurrence",
         ),
         pytest.param(
-            coded(LOINC, "97509-4", "Cancer disease progression"),
-            coded(SNOMED, None, "Patient's condition worsened (finding)"),
+            kit.coded(kit.LOINC, "97509-4", "Cancer disease progression"),
+            kit.coded(kit.SNOMED, None, "Patient's condition worsened (finding)"),
             True,
             "Patient's condition worsened (finding)",
             id="mCODE-worsened",
@@ -561,14 +540,14 @@ def test_disease_status(
 @pytest.mark.parametrize("status", ["entered-in-error", "cancelled", "unknown"])
 def test_void_or_cancelled_observation_yields_nothing(status: str) -> None:
     """A retracted, cancelled or status-unknown result must not stage or exclude anyone."""
-    resource = measured(code=M_CLINICAL, status=status, valueString="M1a")
+    resource = measured(code=kit.M_CLINICAL, status=status, valueString="M1a")
     assert map_observation(resource, SRC, context(TERMINOLOGY)) == []
 
 
 @pytest.mark.parametrize("status", ["registered", "preliminary", "final", "amended", "corrected"])
 def test_kept_statuses_are_recorded(status: str) -> None:
     """Amended and corrected results stand, and the event says which status it came from."""
-    event = _one(measured(code=M_CLINICAL, status=status, valueString="M1a"))
+    event = _one(measured(code=kit.M_CLINICAL, status=status, valueString="M1a"))
     assert event.values["status"] == status
 
 
@@ -605,7 +584,7 @@ def test_observation_dates(
     extra: dict[str, Any], date: tuple[str, dt.date], end: str | None
 ) -> None:
     """Effective time is read in FHIR's order and keeps the day where it was recorded."""
-    event = _one(measured(code=M_CLINICAL, valueString="M0", **extra))
+    event = _one(measured(code=kit.M_CLINICAL, valueString="M0", **extra))
     assert event.date is not None
     assert (event.date.text, event.date.first) == date
     assert (event.end.text if event.end else None) == end
@@ -613,7 +592,7 @@ def test_observation_dates(
 
 def test_identifier_only_subject_resolves_to_the_patient() -> None:
     """A result that names the patient by MRN only still belongs to that Patient."""
-    stored = patient(id="pat-7", mrn="MRN-7")
+    stored = kit.patient(id="pat-7", mrn="MRN-7")
     resource = measured(
         code=SMOKING,
         valueCodeableConcept={"text": "Never smoker"},
@@ -625,7 +604,7 @@ def test_identifier_only_subject_resolves_to_the_patient() -> None:
 def test_unrelated_observation_yields_nothing() -> None:
     """Vital signs and other labs are not trial events."""
     resource = measured(
-        code=coded(LOINC, "8867-4", "Heart rate"),
+        code=kit.coded(kit.LOINC, "8867-4", "Heart rate"),
         valueQuantity={"value": 72, "unit": "/min", "code": "/min"},
     )
     assert map_observation(resource, SRC, context(TERMINOLOGY)) == []
@@ -674,7 +653,9 @@ def test_official_genetics_1_egfr_positive() -> None:
             "result": "positive",
             "method": None,
             "specimen_kind": "tissue",
-            "value": {"coding": [{"system": SNOMED, "code": "10828004", "display": "Positive"}]},
+            "value": {
+                "coding": [{"system": kit.SNOMED, "code": "10828004", "display": "Positive"}]
+            },
             "status": "final",
         },
         "concepts": [
@@ -707,7 +688,7 @@ def test_official_genetics_brcapat_has_no_study_gene() -> None:
 def test_malformed_elements_map_to_nothing_not_an_error() -> None:
     """A wrong-shaped element (number for an array) must not crash ingest; it just reads as absent."""
     resource = measured(
-        code=GENETIC_VARIANT, component=1, interpretation=True, extension="x", specimen=[1]
+        code=kit.GENETIC_VARIANT, component=1, interpretation=True, extension="x", specimen=[1]
     )
     assert dict(_one(resource).values) == {
         "genes": [],

@@ -13,16 +13,8 @@ from fhir_mapping.events.model import EventKind, SourceRef
 from fhir_mapping.events.procedure import map_procedure, map_service_request
 from service.terminology_files import build_terminology
 from tests.conftest import TEST_DATA
+from tests.kit import fhir as kit
 from tests.kit.expected import day_json, source_json
-from tests.kit.fhir import (
-    LOBECTOMY,
-    LUNG_BIOPSY,
-    PARTIAL_LOBECTOMY,
-    SNOMED,
-    patient,
-    procedure,
-    service_request,
-)
 from tests.kit.mapping import NSCLC_PATIENT, concept_matches, context, synthea_events
 
 TERMINOLOGY = build_terminology()
@@ -30,7 +22,11 @@ WEDGE = {"text": "Right upper lobe wedge resection"}
 CORE_BIOPSY = {"text": "CT-guided percutaneous core needle biopsy, right upper lobe"}
 RUL = {
     "coding": [
-        {"system": SNOMED, "code": "45653009", "display": "Structure of upper lobe of right lung"}
+        {
+            "system": kit.SNOMED,
+            "code": "45653009",
+            "display": "Structure of upper lobe of right lung",
+        }
     ],
     "text": "Right upper lobe",
 }
@@ -38,15 +34,15 @@ RUL = {
 
 SRC = SourceRef("Procedure", "pr1", 1)  # the source version every fixture event claims
 # A completed Procedure of patient p1 performed on 2025-03-17.
-performed = partial(procedure, performed="2025-03-17T08:05:00-04:00")
+performed = partial(kit.procedure, performed="2025-03-17T08:05:00-04:00")
 # An active ServiceRequest (order) of patient p1 written on 2025-02-27.
-requested = partial(service_request, authored="2025-02-27")
+requested = partial(kit.service_request, authored="2025-02-27")
 # How a partial lobectomy's code matches, as events and evidence show it.
 PARTIAL_LOBECTOMY_MATCHES = [
     {
         "concept": concept,
         "matched_by": "code",
-        "system": SNOMED,
+        "system": kit.SNOMED,
         "code": "359615001",
         "text": "Partial lobectomy of lung",
     }
@@ -66,13 +62,13 @@ def _code_value(code: dict[str, Any]) -> dict[str, Any]:
     ("code", "kind", "specific", "concepts"),
     [
         (
-            LOBECTOMY,
+            kit.LOBECTOMY,
             EventKind.LUNG_RESECTION,
             {"resection_type": "lobectomy"},
             [("lung_resection", "code"), ("lobectomy", "code")],
         ),
         (
-            PARTIAL_LOBECTOMY,
+            kit.PARTIAL_LOBECTOMY,
             EventKind.LUNG_RESECTION,
             {"resection_type": "partial_lobectomy"},
             [("lung_resection", "code"), ("partial_lobectomy", "code")],
@@ -90,7 +86,7 @@ def _code_value(code: dict[str, Any]) -> dict[str, Any]:
             [("lung_resection", "name"), ("wedge_resection", "name")],
         ),
         (
-            {"coding": [{"system": SNOMED, "code": "49795001", "display": "Pneumonectomy"}]},
+            {"coding": [{"system": kit.SNOMED, "code": "49795001", "display": "Pneumonectomy"}]},
             EventKind.LUNG_RESECTION,
             {"resection_type": "pneumonectomy"},
             [("lung_resection", "code"), ("pneumonectomy", "code")],
@@ -114,7 +110,7 @@ def _code_value(code: dict[str, Any]) -> dict[str, Any]:
             [("core_needle_biopsy", "name")],
         ),
         (
-            LUNG_BIOPSY,
+            kit.LUNG_BIOPSY,
             EventKind.BIOPSY,
             {"core_needle": False, "site": None},
             [("lung_biopsy", "code")],
@@ -130,7 +126,7 @@ def _code_value(code: dict[str, Any]) -> dict[str, Any]:
             {
                 "coding": [
                     {
-                        "system": SNOMED,
+                        "system": kit.SNOMED,
                         "code": "122548005",
                         "display": "Biopsy of breast (procedure)",
                     }
@@ -198,7 +194,7 @@ def test_biopsy_site_from_body_site() -> None:
 )
 def test_procedure_planned_flag(status: str, planned: bool) -> None:
     """A resection in preparation is evidence of surgical candidacy, not of surgery on that day."""
-    [event] = map_procedure(performed(code=LOBECTOMY, status=status), SRC, context(TERMINOLOGY))
+    [event] = map_procedure(performed(code=kit.LOBECTOMY, status=status), SRC, context(TERMINOLOGY))
     assert (event.kind, event.values["status"], event.values["planned"]) == (
         EventKind.LUNG_RESECTION,
         status,
@@ -209,7 +205,9 @@ def test_procedure_planned_flag(status: str, planned: bool) -> None:
 @pytest.mark.parametrize("status", ["not-done", "entered-in-error"])
 def test_procedure_not_done_or_void(status: str) -> None:
     """A resection that did not happen must neither count as surgery nor as surgical candidacy."""
-    assert map_procedure(performed(code=LOBECTOMY, status=status), SRC, context(TERMINOLOGY)) == []
+    assert (
+        map_procedure(performed(code=kit.LOBECTOMY, status=status), SRC, context(TERMINOLOGY)) == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -237,7 +235,7 @@ def test_procedure_dates(
     timing: dict[str, Any], date: str, precision: str, end: str | None
 ) -> None:
     """The surgery window is counted in local days: the day and precision must be the recorded ones."""
-    resource = performed(code=LOBECTOMY)
+    resource = performed(code=kit.LOBECTOMY)
     del resource["performedDateTime"]
     [event] = map_procedure({**resource, **timing}, SRC, context(TERMINOLOGY))
     assert event.date is not None
@@ -247,7 +245,7 @@ def test_procedure_dates(
 
 def test_subject_by_identifier_only() -> None:
     """A procedure naming its patient by MRN only must land on the stored Patient id."""
-    stored = patient(id="pat-42", mrn="A-77")
+    stored = kit.patient(id="pat-42", mrn="A-77")
     subject = {"identifier": {"system": "urn:mrn", "value": "A-77"}}
     ctx = context(TERMINOLOGY, stored)
     [done] = map_procedure(performed(code=WEDGE, subject=subject), SRC, ctx)
@@ -259,7 +257,9 @@ def test_subject_by_identifier_only() -> None:
 
 def test_service_request_for_resection_exactly() -> None:
     """A surgery order is evidence the resection is planned, dated when it is to occur."""
-    resource = requested(code=PARTIAL_LOBECTOMY, occurrenceDateTime="2025-03-18", bodySite=[RUL])
+    resource = requested(
+        code=kit.PARTIAL_LOBECTOMY, occurrenceDateTime="2025-03-18", bodySite=[RUL]
+    )
     [event] = map_service_request(
         resource, SourceRef("ServiceRequest", "sr1", 1), context(TERMINOLOGY)
     )
@@ -268,7 +268,7 @@ def test_service_request_for_resection_exactly() -> None:
         "date": day_json("2025-03-18", "day", "2025-03-18"),
         "end": None,
         "values": {
-            "code": PARTIAL_LOBECTOMY,
+            "code": kit.PARTIAL_LOBECTOMY,
             "status": "active",
             "planned": True,
             "body_site": ["Right upper lobe"],
@@ -314,9 +314,9 @@ def test_service_request_dates(timing: dict[str, Any], date: str, end: str | Non
     "resource",
     [
         requested(code={"text": "CT chest with contrast"}),
-        requested(code=LOBECTOMY, status="revoked"),
-        requested(code=LOBECTOMY, status="entered-in-error"),
-        requested(code=LOBECTOMY, doNotPerform=True),
+        requested(code=kit.LOBECTOMY, status="revoked"),
+        requested(code=kit.LOBECTOMY, status="entered-in-error"),
+        requested(code=kit.LOBECTOMY, doNotPerform=True),
     ],
     ids=["generic", "revoked", "void", "do-not-perform"],
 )
@@ -353,7 +353,7 @@ def test_official_example_procedure_f002() -> None:
             "date": day_json("2013-03-08T09:00:10+01:00", "time", "2013-03-08"),
             "end": day_json("2013-03-08T09:30:10+01:00", "time", "2013-03-08"),
             "values": {
-                "code": PARTIAL_LOBECTOMY,
+                "code": kit.PARTIAL_LOBECTOMY,
                 "status": "completed",
                 "planned": False,
                 "body_site": ["Lung structure"],
@@ -383,7 +383,7 @@ def test_synthea_nsclc_patient_procedures() -> None:
             "code": {
                 "coding": [
                     {
-                        "system": SNOMED,
+                        "system": kit.SNOMED,
                         "code": "122548005",
                         "display": "Biopsy of breast (procedure)",
                     }

@@ -35,7 +35,7 @@ from service.fhir_store import FhirStore
 from service.model_checks import Claims, ModelChecks, PendingVerdicts, default_processes
 from service.settings import Settings
 from tests.conftest import FHIR_JSON, clear_store, counts, start_server
-from tests.kit.fhir import entry, patient, post_entry, statuses, transaction, viable_tumour
+from tests.kit import fhir as kit
 
 NO_ZONE = "2020-01-01T10:00:00"  # valid JSON, a valid string: only the model refuses it
 
@@ -116,18 +116,18 @@ def _empty(engine: Engine) -> dict[str, int]:
 URN = "urn:uuid:6f1c1a8e-27a4-4c55-9a3b-2f8d1d0c0101"
 REFUSED = {
     "model only": (
-        transaction(
-            post_entry(patient(mrn="m-1"), full_url=URN),
-            post_entry(viable_tumour(subject=URN, effectiveDateTime=NO_ZONE)),
+        kit.transaction(
+            kit.post_entry(kit.patient(mrn="m-1"), full_url=URN),
+            kit.post_entry(kit.viable_tumour(subject=URN, effectiveDateTime=NO_ZONE)),
         ),
         400,
         ["Bundle.entry[1].resource.effectiveDateTime"],
     ),
     "walk and model": (
-        transaction(
-            post_entry(patient(mrn="m-2", active="yes")),
-            post_entry(viable_tumour(subject="Patient/x")),
-            entry(
+        kit.transaction(
+            kit.post_entry(kit.patient(mrn="m-2", active="yes")),
+            kit.post_entry(kit.viable_tumour(subject="Patient/x")),
+            kit.entry(
                 method="POST",
                 url="Observation",
                 resource={"resourceType": "Observation", "status": "final"},
@@ -138,17 +138,19 @@ REFUSED = {
     ),
     # in place the model fails first, so the dangling urn:uuid is never reached
     "model before a dangling reference": (
-        transaction(
-            post_entry(viable_tumour(subject="urn:uuid:00000000-0000-4000-8000-00000000dead")),
-            post_entry(viable_tumour(subject="Patient/x", effectiveDateTime=NO_ZONE)),
+        kit.transaction(
+            kit.post_entry(
+                kit.viable_tumour(subject="urn:uuid:00000000-0000-4000-8000-00000000dead")
+            ),
+            kit.post_entry(kit.viable_tumour(subject="Patient/x", effectiveDateTime=NO_ZONE)),
         ),
         400,
         ["Bundle.entry[1].resource.effectiveDateTime"],
     ),
     "model before a missing conditional match": (
-        transaction(
-            post_entry(
-                viable_tumour(
+        kit.transaction(
+            kit.post_entry(
+                kit.viable_tumour(
                     subject="Patient?identifier=urn:mrn|nobody", effectiveDateTime=NO_ZONE
                 )
             )
@@ -157,16 +159,18 @@ REFUSED = {
         ["Bundle.entry[0].resource.effectiveDateTime"],
     ),
     "dangling reference, models valid": (
-        transaction(
-            post_entry(viable_tumour(subject="urn:uuid:00000000-0000-4000-8000-00000000dead"))
+        kit.transaction(
+            kit.post_entry(
+                kit.viable_tumour(subject="urn:uuid:00000000-0000-4000-8000-00000000dead")
+            )
         ),
         400,
         ["Bundle.entry[0].resource.subject.reference"],
     ),
     "collection": (
-        transaction(
-            {"resource": {**patient(mrn="m-3"), "id": "m3"}},
-            {"resource": {**patient(mrn="m-4"), "birthDate": "2020-13-45"}},
+        kit.transaction(
+            {"resource": {**kit.patient(mrn="m-3"), "id": "m3"}},
+            {"resource": {**kit.patient(mrn="m-4"), "birthDate": "2020-13-45"}},
             type="collection",
         ),
         400,
@@ -190,16 +194,21 @@ def test_refusals_are_the_same_and_write_nothing(
 
 
 def _big_transaction(n_observations: int) -> bytes:
-    return transaction(
-        entry(method="PUT", url="Patient/big", resource={**patient(mrn="big"), "id": "big"}),
-        *(post_entry(viable_tumour(subject="Patient/big", value=i)) for i in range(n_observations)),
+    return kit.transaction(
+        kit.entry(
+            method="PUT", url="Patient/big", resource={**kit.patient(mrn="big"), "id": "big"}
+        ),
+        *(
+            kit.post_entry(kit.viable_tumour(subject="Patient/big", value=i))
+            for i in range(n_observations)
+        ),
     )
 
 
 def test_a_valid_bundle_is_stored_the_same(servers: tuple[Served, Served], engine: Engine) -> None:
     in_place, worker, in_place_rows, worker_rows = _post_both(servers, engine, _big_transaction(40))
     assert in_place.status_code == worker.status_code == 200
-    assert statuses(worker.json()) == statuses(in_place.json()) == ["201 Created"] * 41
+    assert kit.statuses(worker.json()) == kit.statuses(in_place.json()) == ["201 Created"] * 41
     assert worker_rows == in_place_rows
     assert worker_rows["fhir_resource"] == 41
     assert worker_rows["fhir_reference"] == 80  # each subject indexed as `subject` and `patient`
@@ -217,7 +226,7 @@ def test_a_lost_worker_costs_speed_not_requests(
     # the first Bundle after the loss is checked in place (or, caught mid-job, checked again)
     response = offloaded.client.post("", content=_big_transaction(25))
     assert response.status_code == 200
-    assert statuses(response.json()) == ["201 Created"] * 26
+    assert kit.statuses(response.json()) == ["201 Created"] * 26
     refused = offloaded.client.post("", content=REFUSED["model only"][0])
     assert refused.status_code == 400
     assert refused.json()["issue"][0]["expression"] == [
@@ -235,18 +244,18 @@ def test_a_lost_worker_costs_speed_not_requests(
 
 
 def test_a_batch_keeps_its_checks_in_place(servers: tuple[Served, Served], engine: Engine) -> None:
-    body = transaction(
-        post_entry(patient(mrn="b-1")),
-        post_entry({**patient(mrn="b-2"), "birthDate": "2020-13-45"}),
+    body = kit.transaction(
+        kit.post_entry(kit.patient(mrn="b-1")),
+        kit.post_entry({**kit.patient(mrn="b-2"), "birthDate": "2020-13-45"}),
         type="batch",
     )
     in_place, worker, in_place_rows, worker_rows = _post_both(
         servers, engine, body, offloaded=False
     )
     assert in_place.status_code == worker.status_code == 200
-    assert statuses(worker.json()) == statuses(in_place.json())
-    assert statuses(worker.json())[0] == "201 Created"
-    assert statuses(worker.json())[1].startswith("400")
+    assert kit.statuses(worker.json()) == kit.statuses(in_place.json())
+    assert kit.statuses(worker.json())[0] == "201 Created"
+    assert kit.statuses(worker.json())[1].startswith("400")
     assert worker_rows == in_place_rows
     assert worker_rows["fhir_resource"] == 1
 
@@ -259,13 +268,13 @@ LOOK_ALIKES = {
         400,
     ),
     "not a Bundle": (
-        json.dumps({**patient(mrn="la-1"), "note": [{"resource": 1}]}).encode(),
+        json.dumps({**kit.patient(mrn="la-1"), "note": [{"resource": 1}]}).encode(),
         400,
     ),
     "a batch, spelled with an escape": (
-        transaction(
-            post_entry(patient(mrn="la-2")),
-            post_entry({**patient(mrn="la-3"), "birthDate": "2020-13-45"}),
+        kit.transaction(
+            kit.post_entry(kit.patient(mrn="la-2")),
+            kit.post_entry({**kit.patient(mrn="la-3"), "birthDate": "2020-13-45"}),
             type="batch",
         ).replace(b'"batch"', b'"b\\u0061tch"'),
         200,
@@ -281,9 +290,9 @@ def test_bodies_that_only_look_like_atomic_bundles(
     in_place, worker, in_place_rows, worker_rows = _post_both(servers, engine, body)
     assert in_place.status_code == worker.status_code == status
     if status == 200:  # a batch-response: one outcome per entry (and its own timestamps)
-        assert statuses(worker.json()) == statuses(in_place.json())
-        assert statuses(worker.json())[0] == "201 Created"
-        assert statuses(worker.json())[1].startswith("400")
+        assert kit.statuses(worker.json()) == kit.statuses(in_place.json())
+        assert kit.statuses(worker.json())[0] == "201 Created"
+        assert kit.statuses(worker.json())[1].startswith("400")
     else:
         assert worker.json() == in_place.json()
     assert worker_rows == in_place_rows
@@ -306,23 +315,25 @@ DUPLICATE_KEYS = {
     # strictly parsed, each body is refused for its duplicate key before anything else is looked at
     "in one entry": _twice(_big_transaction(3), b'"status": "final"', nth=2),
     "and a model failure": _twice(
-        transaction(
-            post_entry(viable_tumour(subject="Patient/x", effectiveDateTime=NO_ZONE)),
-            post_entry(viable_tumour(subject="Patient/y")),
+        kit.transaction(
+            kit.post_entry(kit.viable_tumour(subject="Patient/x", effectiveDateTime=NO_ZONE)),
+            kit.post_entry(kit.viable_tumour(subject="Patient/y")),
         ),
         b'"status": "final"',
         nth=2,
     ),
     "and a walk failure": _twice(
-        transaction(
-            post_entry(patient(mrn="dk-1", active="yes")),
-            post_entry(viable_tumour(subject="Patient/y")),
+        kit.transaction(
+            kit.post_entry(kit.patient(mrn="dk-1", active="yes")),
+            kit.post_entry(kit.viable_tumour(subject="Patient/y")),
         ),
         b'"status": "final"',
     ),
     "and a dangling urn:uuid": _twice(
-        transaction(
-            post_entry(viable_tumour(subject="urn:uuid:00000000-0000-4000-8000-00000000dead"))
+        kit.transaction(
+            kit.post_entry(
+                kit.viable_tumour(subject="urn:uuid:00000000-0000-4000-8000-00000000dead")
+            )
         ),
         b'"status": "final"',
     ),
@@ -387,12 +398,12 @@ def test_small_bundles_stay_in_place(database_url: str) -> None:
         Settings(database_url=database_url, model_check_processes=2, model_check_min_entries=20)
     )
     assert (checks.processes, checks.min_entries) == (2, 20)
-    patients = [post_entry(patient(mrn=f"s-{i}")) for i in range(20)]
-    assert not checks.wanted(transaction(*patients[:19]))
-    assert checks.wanted(transaction(*patients))
-    assert checks.wanted(transaction(*patients, type="collection"))
-    assert not checks.wanted(transaction(*patients, type="batch"))
-    assert not ModelChecks(0, 1).wanted(transaction(*patients * 500))
+    patients = [kit.post_entry(kit.patient(mrn=f"s-{i}")) for i in range(20)]
+    assert not checks.wanted(kit.transaction(*patients[:19]))
+    assert checks.wanted(kit.transaction(*patients))
+    assert checks.wanted(kit.transaction(*patients, type="collection"))
+    assert not checks.wanted(kit.transaction(*patients, type="batch"))
+    assert not ModelChecks(0, 1).wanted(kit.transaction(*patients * 500))
 
 
 @pytest.mark.parametrize(("cpus", "expected"), [({0}, 0), ({0, 1}, 1), (set(range(16)), 1)])

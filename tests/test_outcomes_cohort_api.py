@@ -11,17 +11,8 @@ import pytest
 from scipy.stats import binomtest
 
 from tests.conftest import LiveServer
+from tests.kit import fhir as kit
 from tests.kit.client import put_resources
-from tests.kit.fhir import (
-    encounter,
-    medication_administration,
-    observation,
-    patient,
-    procedure,
-    quantity,
-    research_study,
-    research_subject,
-)
 
 
 def _subject(
@@ -29,41 +20,43 @@ def _subject(
 ) -> list[dict[str, Any]]:
     """One enrolled patient: Day 1 on 2025-03-10, lobectomy on Day 18, a visit on 2025-04-28."""
     out: list[dict[str, Any]] = [
-        patient(id=pid, gender="female", deceasedDateTime=died)
+        kit.patient(id=pid, gender="female", deceasedDateTime=died)
         if died
-        else patient(id=pid, gender="female"),
-        research_subject(id=f"{pid}-rs", patient=pid, study_id="nct", start="2025-03-03"),
-        encounter(id=f"{pid}-visit", patient=pid, start="2025-04-28", end="2025-04-28"),
+        else kit.patient(id=pid, gender="female"),
+        kit.research_subject(id=f"{pid}-rs", patient=pid, study_id="nct", start="2025-03-03"),
+        kit.encounter(id=f"{pid}-visit", patient=pid, start="2025-04-28", end="2025-04-28"),
     ]
     if not dosed:
         return out
     for drug, mg in (("Dupixent 300 MG", 300), ("Dupixent 300 MG", 300), ("cemiplimab", 350)):
         out.append(
-            medication_administration(
+            kit.medication_administration(
                 id=f"{pid}-dose-{len(out)}",
                 patient=pid,
                 medication=drug,
                 effective="2025-03-10T09:00:00-04:00",
-                dose=quantity(mg, "mg"),
+                dose=kit.quantity(mg, "mg"),
             )
         )
     out.append(
-        procedure(id=f"{pid}-lob", patient=pid, code="Left lower lobectomy", performed="2025-03-27")
+        kit.procedure(
+            id=f"{pid}-lob", patient=pid, code="Left lower lobectomy", performed="2025-03-27"
+        )
     )
     if viable is not None:
         out.append(
-            observation(
+            kit.observation(
                 id=f"{pid}-viable",
                 patient=pid,
                 code="Percent viable tumor, primary",
                 effective="2025-04-02",
-                valueQuantity=quantity(viable, "%"),
+                valueQuantity=kit.quantity(viable, "%"),
             )
         )
     return out
 
 
-STUDY = research_study(id="nct", system=None)
+STUDY = kit.research_study(id="nct", system=None)
 
 
 @pytest.fixture

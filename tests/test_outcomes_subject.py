@@ -12,40 +12,22 @@ import pytest
 
 from fhir_mapping.events.model import TrialEvent
 from service.outcomes import subject_outcomes
-from service.protocol import TrialProtocol, load_protocols
 from service.terminology_files import build_terminology
 from tests.conftest import LiveServer
+from tests.kit import fhir as kit
 from tests.kit.client import put_resources
-from tests.kit.fhir import (
-    LOINC,
-    adverse_event,
-    coded,
-    encounter,
-    medication_administration,
-    observation,
-    patient,
-    procedure,
-    quantity,
-    research_study,
-    research_subject,
-)
 from tests.kit.mapping import events_of
+from tests.kit.protocols import trial_protocol
 
 TERMS = build_terminology()
 
 
-def _nct() -> TrialProtocol:
-    protocol = load_protocols(TERMS)["NCT06088771"]
-    assert isinstance(protocol, TrialProtocol)
-    return protocol
-
-
-NCT = _nct()
+NCT = trial_protocol(TERMS)
 DAY1 = dt.date(2025, 3, 10)
 
 
 # Recurrence seen on 2025-09-01: an EFS event 175 days after Day 1.
-RECURRENCE = observation(
+RECURRENCE = kit.observation(
     id="rec",
     code="Cancer disease status",
     effective="2025-09-01",
@@ -55,15 +37,17 @@ RECURRENCE = observation(
 
 def _viable(rid: str, text: str, pct: int) -> dict[str, Any]:
     """The percent viable tumour found at surgery (pathology on 2025-04-02)."""
-    return observation(id=rid, code=text, effective="2025-04-02", valueQuantity=quantity(pct, "%"))
+    return kit.observation(
+        id=rid, code=text, effective="2025-04-02", valueQuantity=kit.quantity(pct, "%")
+    )
 
 
 def _base() -> list[dict[str, Any]]:
     return [
-        patient(id="p1", gender="female", birth_date="1958-02-01"),
+        kit.patient(id="p1", gender="female", birth_date="1958-02-01"),
         *(
-            medication_administration(
-                id=rid, medication=drug, effective=when, dose=quantity(mg, "mg")
+            kit.medication_administration(
+                id=rid, medication=drug, effective=when, dose=kit.quantity(mg, "mg")
             )
             for rid, drug, mg, when in (
                 ("dupi-a", "Dupixent 300 MG", 300, "2025-03-10T09:00:00-04:00"),
@@ -71,8 +55,8 @@ def _base() -> list[dict[str, Any]]:
                 ("cemi", "cemiplimab 350 MG/7ML", 350, "2025-03-10T10:00:00-04:00"),
             )
         ),
-        procedure(id="lob", code="Left lower lobectomy", performed="2025-03-27"),
-        encounter(id="visit", start="2025-04-28", end="2025-04-28"),
+        kit.procedure(id="lob", code="Left lower lobectomy", performed="2025-03-27"),
+        kit.encounter(id="visit", start="2025-04-28", end="2025-04-28"),
     ]
 
 
@@ -119,9 +103,9 @@ def test_time_to_surgery_and_on_time_surgery() -> None:
         (
             [
                 _viable("v", "Percent viable tumour, primary", 0),
-                observation(
+                kit.observation(
                     id="ypn",
-                    code=coded(LOINC, "21900-6"),
+                    code=kit.coded(kit.LOINC, "21900-6"),
                     effective="2025-04-02",
                     valueCodeableConcept={"text": "ypN0"},
                 ),
@@ -160,16 +144,16 @@ def test_efs_event_is_recurrence_and_os_is_censored_at_the_last_data_point() -> 
 
 def test_death_is_an_event_for_both_efs_and_os() -> None:
     """Death on 2026-01-10 (306 days after Day 1) ends both EFS and OS."""
-    patient = dict(_base()[0], deceasedDateTime="2026-01-10T08:00:00-05:00")
-    events = _events([patient, *_base()[1:]])
+    dead = dict(_base()[0], deceasedDateTime="2026-01-10T08:00:00-05:00")
+    events = _events([dead, *_base()[1:]])
     out = subject_outcomes(NCT, events, DAY1)
     assert (out["os"]["days"], out["os"]["event"], out["os"]["event_type"]) == (306, True, "death")
     assert (out["efs"]["days"], out["efs"]["event"]) == (306, True)
 
 
-def _with_patient(**patient: Any) -> dict[str, Any]:
+def _with_patient(**elements: Any) -> dict[str, Any]:
     """The endpoints with extra Patient elements (e.g. a death) on the base subject."""
-    events = _events([dict(_base()[0], **patient), *_base()[1:]])
+    events = _events([dict(_base()[0], **elements), *_base()[1:]])
     return subject_outcomes(NCT, events, DAY1)
 
 
@@ -241,7 +225,7 @@ def test_undated_death_after_a_dated_recurrence_keeps_the_efs_time() -> None:
 
 def _ae(rid: str, term: str, grade: str, when: str | None) -> dict[str, Any]:
     """An AdverseEvent of the base patient with a CTCAE grade; `when` None leaves it undated."""
-    return adverse_event(id=rid, event=term, grade=grade, date=when)
+    return kit.adverse_event(id=rid, event=term, grade=grade, date=when)
 
 
 def test_safety_counts_grades_and_the_30_day_window() -> None:
@@ -309,8 +293,8 @@ def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
 
 def _enroll(fhir: httpx.Client, resources: list[dict[str, Any]]) -> None:
     """PUT NCT06088771's ResearchStudy, Patient/p1's on-study ResearchSubject and `resources`."""
-    study = research_study(id="rs", system=None)
-    subject = research_subject(id="sub", study_id="rs", start="2025-03-03")
+    study = kit.research_study(id="rs", system=None)
+    subject = kit.research_subject(id="sub", study_id="rs", start="2025-03-03")
     put_resources(fhir, study, subject, *resources)
 
 

@@ -14,20 +14,7 @@ from sqlalchemy import Engine
 
 from service.settings import Settings
 from tests.conftest import LiveServer, counts, start_server
-from tests.kit.fhir import (
-    dose,
-    medication_administration,
-    patient,
-    post_entry,
-    procedure,
-    put_all,
-    put_entry,
-    quantity,
-    reference,
-    research_study,
-    research_subject,
-    transaction,
-)
+from tests.kit import fhir as kit
 
 NCT = "NCT06088771"
 
@@ -39,50 +26,47 @@ def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
         yield client
 
 
-member = partial(patient, gender="female", birth_date="1961-04-02")
-STUDY = research_study()
+member = partial(kit.patient, gender="female", birth_date="1961-04-02")
+STUDY = kit.research_study()
+
+
+DAY1_DOSES = (  # two dupilumab syringes and cemiplimab (in g) on 2025-03-10, New York (EST)
+    (
+        "dupi-a",
+        "dupilumab 300 MG in 2 ML Prefilled Syringe",
+        300,
+        "mg",
+        "2025-03-10T09:00:00-05:00",
+    ),
+    (
+        "dupi-b",
+        "dupilumab 300 MG in 2 ML Prefilled Syringe",
+        300,
+        "mg",
+        "2025-03-10T09:05:00-05:00",
+    ),
+    ("cemi", "Libtayo", 0.35, "g", "2025-03-10T10:00:00-05:00"),
+)
+PROCEDURES = (  # the screening biopsy and the lobectomy, late on Day 18
+    ("cnb", "CT-guided core needle biopsy of lung", "2025-02-20"),
+    ("lob", "Right upper lobectomy", "2025-03-27T23:30:00-05:00"),
+)
 
 
 def _enrolled_patient(fhir: httpx.Client, pid: str = "p1", number: str = "001-003") -> None:
     response = fhir.post(
         "",
-        content=put_all(
+        content=kit.put_all(
             STUDY,
             member(id=pid, mrn=f"MRN-{pid}"),
-            research_subject(id=f"rs-{pid}", patient=pid, number=number, start="2025-03-03"),
-            dose(
-                id=f"{pid}-dupi-a",
-                patient=pid,
-                drug="dupilumab 300 MG in 2 ML Prefilled Syringe",
-                amount=300,
-                when="2025-03-10T09:00:00-05:00",
+            kit.research_subject(id=f"rs-{pid}", patient=pid, number=number, start="2025-03-03"),
+            *(
+                kit.dose(id=f"{pid}-{key}", patient=pid, drug=drug, amount=n, unit=unit, when=at)
+                for key, drug, n, unit, at in DAY1_DOSES
             ),
-            dose(
-                id=f"{pid}-dupi-b",
-                patient=pid,
-                drug="dupilumab 300 MG in 2 ML Prefilled Syringe",
-                amount=300,
-                when="2025-03-10T09:05:00-05:00",
-            ),
-            dose(
-                id=f"{pid}-cemi",
-                patient=pid,
-                drug="Libtayo",
-                amount=0.35,
-                unit="g",
-                when="2025-03-10T10:00:00-05:00",
-            ),
-            procedure(
-                id=f"{pid}-cnb",
-                patient=pid,
-                code="CT-guided core needle biopsy of lung",
-                performed="2025-02-20",
-            ),
-            procedure(
-                id=f"{pid}-lob",
-                patient=pid,
-                code="Right upper lobectomy",
-                performed="2025-03-27T23:30:00-05:00",
+            *(
+                kit.procedure(id=f"{pid}-{key}", patient=pid, code=text, performed=at)
+                for key, text, at in PROCEDURES
             ),
         ),
     )
@@ -294,7 +278,7 @@ def test_entered_in_error_retracts_only_that_resources_events(
     _enrolled_patient(fhir)
     subject_id = _subjects(api)["subjects"][0]["subject_id"]
     before = _brief(_timeline(api, subject_id))
-    lob = procedure(
+    lob = kit.procedure(
         id="p1-lob",
         patient="p1",
         code="Right upper lobectomy",
@@ -319,7 +303,7 @@ def test_deleting_doses_moves_day1_and_deleting_the_enrollment_removes_the_subje
     assert subject["subject_id"] == subject_id  # stable across recomputation
     assert subject["day1"] is None
     assert all(e["study_day"] is None for e in _timeline(api, subject_id))
-    rs = research_subject(
+    rs = kit.research_subject(
         id="rs-p1", patient="p1", number="001-003", start="2025-03-03", status="withdrawn"
     )
     assert fhir.put("/ResearchSubject/rs-p1", content=json.dumps(rs)).status_code == 200
@@ -332,7 +316,9 @@ def test_reference_by_identifier_resolves_when_the_patient_arrives_later(
     api: httpx.Client, fhir: httpx.Client
 ) -> None:
     """An event whose subject is named only by MRN joins the patient once that Patient is posted."""
-    early = dose(id="early", patient="x", drug="Keytruda 100 MG/4ML", amount=200, when="2024-01-05")
+    early = kit.dose(
+        id="early", patient="x", drug="Keytruda 100 MG/4ML", amount=200, when="2024-01-05"
+    )
     early["subject"] = {"identifier": {"system": "urn:mrn", "value": "MRN-late"}}
     assert fhir.put("/MedicationAdministration/early", content=json.dumps(early)).status_code == 201
     assert _subjects(api, "cirae-dupilumab")["subjects"] == []
@@ -348,9 +334,9 @@ def test_reference_by_identifier_resolves_when_the_patient_arrives_later(
 
 def test_failed_transaction_writes_no_events(fhir: httpx.Client, engine: Engine) -> None:
     """A refused transaction leaves no events or subjects behind either."""
-    body = put_all(STUDY, member(id="p9", mrn="MRN-9"))
+    body = kit.put_all(STUDY, member(id="p9", mrn="MRN-9"))
     broken = json.loads(body)
-    broken["entry"].append(put_entry({"resourceType": "Patient", "id": "bad", "active": "yes"}))
+    broken["entry"].append(kit.put_entry({"resourceType": "Patient", "id": "bad", "active": "yes"}))
     assert fhir.post("", content=json.dumps(broken)).status_code == 400
     assert counts(engine)["trial_event"] == 0
     assert counts(engine)["study_subject"] == 0
@@ -362,11 +348,11 @@ def test_failed_transaction_writes_no_events(fhir: httpx.Client, engine: Engine)
 # a dose coded only in the site's pharmacy system
 LOCAL_DUPILUMAB = {"coding": [{"system": "urn:site:pharmacy", "code": "DUPI-300"}]}
 local_dose = partial(
-    medication_administration,
+    kit.medication_administration,
     id="local",
     medication=LOCAL_DUPILUMAB,
     effective="2025-03-10",
-    dose=quantity(300, "mg"),
+    dose=kit.quantity(300, "mg"),
 )
 
 
@@ -413,10 +399,10 @@ def test_site_extends_a_value_set_with_a_file(tmp_path: Path, new_database: Any)
     srv, thread, url = start_server(settings)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
-            body = put_all(
+            body = kit.put_all(
                 STUDY,
                 member(id="p1", mrn="MRN-1"),
-                research_subject(id="rs-p1", patient="p1", number="7", start="2025-03-01"),
+                kit.research_subject(id="rs-p1", patient="p1", number="7", start="2025-03-01"),
                 local_dose(patient="p1"),
             )
             assert (
@@ -437,11 +423,11 @@ def test_urn_uuid_references_map_to_the_created_patient(
 ) -> None:
     """Within a transaction, urn:uuid references are rewritten before mapping, so events join up."""
     p_urn = "urn:uuid:6c0f3b7e-3d1b-4c55-9f0e-2a1b3c4d5e6f"
-    given = dose(drug="Tecentriq 1200 MG/20ML", amount=1200, when="2024-02-01", patient=None)
-    given["subject"] = reference(p_urn)
-    body = transaction(
-        post_entry(patient(gender="male"), full_url=p_urn),
-        post_entry(given),
+    given = kit.dose(drug="Tecentriq 1200 MG/20ML", amount=1200, when="2024-02-01", patient=None)
+    given["subject"] = kit.reference(p_urn)
+    body = kit.transaction(
+        kit.post_entry(kit.patient(gender="male"), full_url=p_urn),
+        kit.post_entry(given),
     )
     response = fhir.post("", content=body)
     assert response.status_code == 200, response.text
@@ -463,13 +449,13 @@ def test_out_of_order_versions_leave_the_latest_content_in_force(
     """Whatever order corrections arrive in, the timeline shows the current version only, once."""
     _enrolled_patient(fhir)
     subject_id = _subjects(api)["subjects"][0]["subject_id"]
-    original = procedure(
+    original = kit.procedure(
         id="p1-lob",
         patient="p1",
         code="Right upper lobectomy",
         performed="2025-03-27T23:30:00-05:00",
     )
-    corrected = procedure(
+    corrected = kit.procedure(
         id="p1-lob", patient="p1", code="Right upper lobectomy", performed="2025-03-31"
     )
     assert fhir.put("/Procedure/p1-lob", content=json.dumps(corrected)).status_code == 200
@@ -522,9 +508,9 @@ def test_an_identifier_too_long_for_a_subject_number_is_passed_over(
     api: httpx.Client, fhir: httpx.Client
 ) -> None:
     """Accepted alike on both databases; the next identifier that fits is the subject number."""
-    rs = research_subject(id="rs-long", patient="p9", number="S" * 257, start="2025-03-03")
+    rs = kit.research_subject(id="rs-long", patient="p9", number="S" * 257, start="2025-03-03")
     rs["identifier"].append({"system": "urn:study:nct06088771:subject", "value": "001-009"})
-    response = fhir.post("", content=put_all(STUDY, member(id="p9", mrn="MRN-p9"), rs))
+    response = fhir.post("", content=kit.put_all(STUDY, member(id="p9", mrn="MRN-p9"), rs))
     assert response.status_code == 200, response.text
     assert [s["subject_number"] for s in _subjects(api)["subjects"]] == ["001-009"]
     stored = fhir.get("/ResearchSubject/rs-long").json()
@@ -540,13 +526,15 @@ def test_dates_at_the_ends_of_the_calendar_are_stored_and_derived(
     dupilumab = "dupilumab 300 MG in 2 ML Prefilled Syringe"
     response = fhir.post(
         "",
-        content=put_all(
+        content=kit.put_all(
             STUDY,
             {**member(id="edge", mrn="MRN-edge"), "deceasedDateTime": when},
-            research_subject(id="rs-edge", patient="edge", number="001-099", start=day),
-            dose(id="edge-dupi", patient="edge", drug=dupilumab, amount=300, when=when),
-            dose(id="edge-cemi", patient="edge", drug="Libtayo", amount=350, when=when),
-            procedure(id="edge-lob", patient="edge", code="Right upper lobectomy", performed=day),
+            kit.research_subject(id="rs-edge", patient="edge", number="001-099", start=day),
+            kit.dose(id="edge-dupi", patient="edge", drug=dupilumab, amount=300, when=when),
+            kit.dose(id="edge-cemi", patient="edge", drug="Libtayo", amount=350, when=when),
+            kit.procedure(
+                id="edge-lob", patient="edge", code="Right upper lobectomy", performed=day
+            ),
             {
                 "resourceType": "AdverseEvent",
                 "id": "edge-ae",

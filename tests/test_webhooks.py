@@ -35,22 +35,9 @@ from service.derivation import Derivation
 from service.settings import Settings
 from service.webhooks import DeliveryPolicy, Dispatcher, deliver_due
 from tests.conftest import FHIR_JSON, clear_store, start_server
+from tests.kit import fhir as kit
 from tests.kit.client import put_resources
 from tests.kit.clock import FROZEN_INSTANT
-from tests.kit.fhir import (
-    NSCLC,
-    RHEUMATOID_ARTHRITIS,
-    condition,
-    dose,
-    encounter,
-    patient,
-    procedure,
-    put_entry,
-    research_study,
-    research_subject,
-    specimen,
-    transaction,
-)
 
 NCT = "NCT06088771"
 
@@ -222,43 +209,33 @@ NOTHING = {"delivered": 0, "retry": 0, "failed": 0}
 
 # -- FHIR data ----------------------------------------------------------------------------------------------
 
-STUDY = research_study()
+STUDY = kit.research_study()
+DAY1_DOSES = (  # two dupilumab syringes and cemiplimab on 2025-03-10 (New York, EDT)
+    ("dupi", "Dupixent 300 MG", 300, "09:00:00-04:00"),
+    ("dupi2", "Dupixent 300 MG", 300, "09:05:00-04:00"),
+    ("cemi", "Libtayo 350 MG", 350, "10:00:00-04:00"),
+)
 
 
 def surgery(pid: str, when: str) -> dict[str, Any]:
     """The lung resection (Day 1 is 2025-03-10: Day 20 = 03-29, Day 31 = 04-09)."""
-    return procedure(id=f"{pid}-surgery", patient=pid, code="Right upper lobectomy", performed=when)
+    return kit.procedure(
+        id=f"{pid}-surgery", patient=pid, code="Right upper lobectomy", performed=when
+    )
 
 
 def enrolled(pid: str, surgery_on: str = "2025-04-09") -> list[dict[str, Any]]:
     """A subject on schedule except the surgery, which by default is on Day 31 (one deviation)."""
     return [
         STUDY,
-        patient(id=pid, gender="male", birth_date="1950-01-02"),
-        research_subject(id=f"{pid}-rs", patient=pid, start="2025-03-03"),
-        dose(
-            id=f"{pid}-dupi",
-            patient=pid,
-            drug="Dupixent 300 MG",
-            amount=300,
-            when="2025-03-10T09:00:00-04:00",
-        ),
-        dose(
-            id=f"{pid}-dupi2",
-            patient=pid,
-            drug="Dupixent 300 MG",
-            amount=300,
-            when="2025-03-10T09:05:00-04:00",
-        ),
-        dose(
-            id=f"{pid}-cemi",
-            patient=pid,
-            drug="Libtayo 350 MG",
-            amount=350,
-            when="2025-03-10T10:00:00-04:00",
+        kit.patient(id=pid, gender="male", birth_date="1950-01-02"),
+        kit.research_subject(id=f"{pid}-rs", patient=pid, start="2025-03-03"),
+        *(
+            kit.dose(id=f"{pid}-{key}", patient=pid, drug=drug, amount=mg, when=f"2025-03-10T{at}")
+            for key, drug, mg, at in DAY1_DOSES
         ),
         *(
-            procedure(
+            kit.procedure(
                 id=f"{pid}-cnb{i}",
                 patient=pid,
                 code="core needle biopsy of lung",
@@ -266,10 +243,10 @@ def enrolled(pid: str, surgery_on: str = "2025-04-09") -> list[dict[str, Any]]:
             )
             for i in range(3)
         ),
-        specimen(id=f"{pid}-stool", patient=pid, type="Stool specimen", collected="2025-03-05"),
+        kit.specimen(id=f"{pid}-stool", patient=pid, type="Stool specimen", collected="2025-03-05"),
         surgery(pid, surgery_on),
         # the visit is inside both post-op windows
-        encounter(id=f"{pid}-postop", patient=pid, start="2025-05-03T10:00:00-04:00"),
+        kit.encounter(id=f"{pid}-postop", patient=pid, start="2025-05-03T10:00:00-04:00"),
     ]
 
 
@@ -462,8 +439,8 @@ def test_write_enqueues_one_row_per_interested_subscription(
     }
 
     # A transaction that fails (a stale If-Match on its last entry) leaves neither data nor mail.
-    stale = put_entry(patient(id="p1", gender="female"), ifMatch='W/"9"')
-    body = transaction(*(put_entry(r) for r in enrolled("p2")), stale)
+    stale = kit.put_entry(kit.patient(id="p1", gender="female"), ifMatch='W/"9"')
+    body = kit.transaction(*(kit.put_entry(r) for r in enrolled("p2")), stale)
     assert fhir.post("", content=body).status_code == 412
     assert [r.pk for r in outbox(live.engine)] == [r.pk for r in rows]
     assert the_deviation(api)["id"] == dev["id"]
@@ -728,13 +705,15 @@ def test_eligibility_changed_is_delivered_when_the_overall_status_changes(
     """Screening systems hear about a candidate's first verdict and each change, not every write."""
     subscribe(api, URL_C, ["eligibility.changed"], SECRET_A)
     # p9's diagnoses, confirmed but with no clinical status
-    diagnosis = partial(condition, patient="p9", onset="2025-01-15", clinical=None)
+    diagnosis = partial(kit.condition, patient="p9", onset="2025-01-15", clinical=None)
 
-    put_resources(fhir, patient(id="p9", gender="female"), diagnosis(id="p9-dx", code=NSCLC))
+    put_resources(
+        fhir, kit.patient(id="p9", gender="female"), diagnosis(id="p9-dx", code=kit.NSCLC)
+    )
     live.now = NOW + dt.timedelta(days=1)
-    put_resources(fhir, patient(id="p9", gender="female", birth_date="1960"))
+    put_resources(fhir, kit.patient(id="p9", gender="female", birth_date="1960"))
     live.now = NOW + dt.timedelta(days=2)
-    put_resources(fhir, diagnosis(id="p9-ra", code=RHEUMATOID_ARTHRITIS))
+    put_resources(fhir, diagnosis(id="p9-ra", code=kit.RHEUMATOID_ARTHRITIS))
     assert [r.event_type for r in outbox(live.engine)] == ["eligibility.changed"] * 2
 
     receiver = Receiver(SECRET_A)
@@ -775,11 +754,11 @@ def test_subscriptions_with_similar_ids_each_get_their_own_eligibility_row(
     live.now = dt.datetime(2025, 6, 30, 12, 0, 0, 123000, tzinfo=dt.UTC)  # like utcnow()
     put_resources(
         fhir,
-        patient(id="p9"),
-        condition(
+        kit.patient(id="p9"),
+        kit.condition(
             id="p9-dx",
             patient="p9",
-            code=NSCLC,
+            code=kit.NSCLC,
             onset="2025-01-15",
             clinical=None,
             verification=None,

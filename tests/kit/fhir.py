@@ -118,11 +118,6 @@ def period(start: Date | None = None, end: Date | None = None) -> Json:
     return _present({"start": _iso(start), "end": _iso(end)})
 
 
-def drug(display: str, code: str = PLACEHOLDER_RXCUI) -> Json:
-    """An RxNorm-coded drug; the default code is in no value set, so only the display matches."""
-    return coded(RXNORM, code, display)
-
-
 def us_core_race(
     *, code: str | None = None, display: str | None = None, text: str | None = None
 ) -> Json:
@@ -156,7 +151,6 @@ LUNG_BIOPSY = coded(SNOMED, "78603008", "Biopsy of lung")
 ORAL = coded(SNOMED, "26643006", "Oral route")
 SUBCUTANEOUS = coded(SNOMED, "34206005", "Subcutaneous route")
 PREDNISONE = "predniSONE 20 MG Oral Tablet"
-PREDNISONE_ORAL = coded(RXNORM, "312617", PREDNISONE)
 T_CLINICAL = coded(LOINC, "21905-5", "Primary tumor.clinical [Class] Cancer")
 T_PATHOLOGICAL = coded(LOINC, "21899-0", "Primary tumor.pathology [Class] Cancer")
 N_CLINICAL = coded(LOINC, "21906-3", "Regional lymph nodes.clinical [Class] Cancer")
