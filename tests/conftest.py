@@ -22,8 +22,9 @@ from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
 from service.repositories import fhir_versions
+from tests.kit.clock import check_on_frozen_days, frozen
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"  # real FHIR data: see data/README.md
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -43,6 +44,19 @@ STORE_TABLES = (
     "fhir_resource",
 )
 FHIR_JSON = {"content-type": "application/fhir+json"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def frozen_clock() -> Iterator[None]:
+    """The whole session, its servers and databases, runs at the kit's frozen instant in New York."""
+    with frozen():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def on_frozen_days(frozen_clock: None) -> None:
+    """Each test starts on the frozen days: a guard, not a reset, since time only moves on."""
+    check_on_frozen_days()
 
 
 def _admin_connect() -> psycopg.Connection[tuple[object, ...]]:

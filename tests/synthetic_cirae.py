@@ -26,6 +26,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from tests.kit import fhir as kit
+
 GC_HR = 2.0
 DUPILUMAB_HR = 1.0
 BASELINE_HAZARD_PER_DAY = math.log(2) / 1000  # median survival 1000 days without glucocorticoids
@@ -34,14 +36,6 @@ ICB_FIRST_DAY = dt.date(2019, 1, 1)
 ICB_LAST_DAY = dt.date(2020, 12, 31)
 GC_LAST_DAY = 700  # days after ICB initiation: inside the protocol's 2-year window
 
-US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
-OMB_RACE = "urn:oid:2.16.840.1.113883.6.238"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
-CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 
 RACES = (("2106-3", "White", 0.8), ("2054-5", "Black or African American", 0.2))
 CANCERS: tuple[tuple[str, str, float], ...] = (
@@ -116,15 +110,8 @@ class SyntheticCohort:
             raise ValueError(f"per_bundle must be >= 1, got {per_bundle}")
         out = []
         for i in range(0, len(self.per_patient), per_bundle):
-            entries = [
-                {
-                    "resource": r,
-                    "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-                }
-                for group in self.per_patient[i : i + per_bundle]
-                for r in group
-            ]
-            out.append({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+            group = self.per_patient[i : i + per_bundle]
+            out.append(kit.bundle(*(kit.put_entry(r) for resources in group for r in resources)))
         return out
 
 
@@ -205,54 +192,33 @@ def _draw(rng: random.Random, index: int) -> Truth:
 # -- FHIR resources ---------------------------------------------------------------------------------
 
 
-def _subject(truth: Truth) -> dict[str, str]:
-    """The reference every resource of the patient carries."""
-    return {"reference": f"Patient/{truth.patient_id}"}
-
-
 def _patient(truth: Truth) -> dict[str, Any]:
     """Patient with gender, birth date, US Core race and (when dead) the date of death."""
     display = {code: name for code, name, _ in RACES}[truth.race]
-    resource: dict[str, Any] = {
-        "resourceType": "Patient",
-        "id": truth.patient_id,
-        "extension": [
-            {
-                "url": US_CORE_RACE,
-                "extension": [
-                    {
-                        "url": "ombCategory",
-                        "valueCoding": {"system": OMB_RACE, "code": truth.race, "display": display},
-                    },
-                    {"url": "text", "valueString": display},
-                ],
-            }
-        ],
-        "identifier": [{"system": "urn:synthetic:cirae", "value": truth.patient_id}],
-        "gender": truth.sex,
-        "birthDate": truth.birth_date.isoformat(),
-    }
-    if truth.death is not None:
-        resource["deceasedDateTime"] = truth.death.isoformat()
-    return resource
+    death = {"deceasedDateTime": truth.death.isoformat()} if truth.death is not None else {}
+    return kit.patient(
+        id=truth.patient_id,
+        mrn=truth.patient_id,
+        mrn_system="urn:synthetic:cirae",
+        gender=truth.sex,
+        birth_date=truth.birth_date.isoformat(),
+        extension=[kit.us_core_race(code=truth.race, display=display, text=display)],
+        **death,
+    )
 
 
 def _administration(
     truth: Truth, rid: str, text: str, day: dt.date, route: str, mg: int
 ) -> dict[str, Any]:
     """A completed MedicationAdministration named by text (real feeds often only have names)."""
-    return {
-        "resourceType": "MedicationAdministration",
-        "id": f"{truth.patient_id}-{rid}",
-        "status": "completed",
-        "medicationCodeableConcept": {"text": text},
-        "subject": _subject(truth),
-        "effectiveDateTime": day.isoformat(),
-        "dosage": {
-            "route": {"text": route},
-            "dose": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"},
-        },
-    }
+    return kit.medication_administration(
+        id=f"{truth.patient_id}-{rid}",
+        patient=truth.patient_id,
+        medication=text,
+        effective=day,
+        route=route,
+        dose=kit.quantity(mg, "mg"),
+    )
 
 
 def _icb(truth: Truth) -> list[dict[str, Any]]:
@@ -269,18 +235,16 @@ def _icb(truth: Truth) -> list[dict[str, Any]]:
 def _condition(
     truth: Truth, rid: str, code: dict[str, Any], onset: dt.date, status: str, **extra: Any
 ) -> dict[str, Any]:
-    """A confirmed Condition with a clinical status and a day-precision onset."""
-    return {
-        "resourceType": "Condition",
-        "id": f"{truth.patient_id}-{rid}",
-        "clinicalStatus": {"coding": [{"system": CLINICAL, "code": status}]},
-        "verificationStatus": {"coding": [{"system": VERIFICATION, "code": "confirmed"}]},
-        "category": [{"coding": [{"system": CATEGORY, "code": "problem-list-item"}]}],
-        "code": code,
-        "subject": _subject(truth),
-        "onsetDateTime": onset.isoformat(),
+    """A confirmed problem-list Condition with a clinical status and a day-precision onset."""
+    return kit.condition(
+        id=f"{truth.patient_id}-{rid}",
+        patient=truth.patient_id,
+        code=code,
+        clinical=status,
+        category=kit.condition_category("problem-list-item"),
+        onset=onset,
         **extra,
-    }
+    )
 
 
 def _history(truth: Truth) -> list[dict[str, Any]]:
@@ -291,10 +255,7 @@ def _history(truth: Truth) -> list[dict[str, Any]]:
         _condition(
             truth,
             "cancer",
-            {
-                "coding": [{"system": ICD10CM, "code": truth.cancer_icd10, "display": cancer_name}],
-                "text": cancer_name,
-            },
+            kit.coded(kit.ICD10CM, truth.cancer_icd10, cancer_name, text=cancer_name),
             diagnosed,
             "active",
             stage=[{"summary": {"text": truth.stage}}],
@@ -302,7 +263,7 @@ def _history(truth: Truth) -> list[dict[str, Any]]:
     ]
     names = dict(COMORBIDITIES)
     for i, code in enumerate(truth.comorbidities):
-        concept = {"coding": [{"system": ICD10CM, "code": code, "display": names[code]}]}
+        concept = kit.coded(kit.ICD10CM, code, names[code])
         onset = truth.icb_start - dt.timedelta(days=400 + 30 * i)
         out.append(_condition(truth, f"comorbidity-{i}", concept, onset, "active"))
     return out
@@ -338,56 +299,31 @@ def _glucocorticoid(truth: Truth, index: int) -> list[dict[str, Any]]:
             _administration(truth, "prednisone", "prednisone 20 MG oral tablet", day, "oral", 40)
         ]
     return [
-        {
-            "resourceType": "MedicationRequest",
-            "id": f"{truth.patient_id}-prednisone",
-            "status": "completed",
-            "intent": "order",
-            "medicationCodeableConcept": {
-                "coding": [
-                    {
-                        "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
-                        "code": "8640",
-                        "display": "prednisone",
-                    }
-                ],
-                "text": "prednisone",
-            },
-            "subject": _subject(truth),
-            "authoredOn": day.isoformat(),
-            "dosageInstruction": [
+        kit.medication_request(
+            id=f"{truth.patient_id}-prednisone",
+            patient=truth.patient_id,
+            status="completed",
+            medication=kit.coded(kit.RXNORM, "8640", "prednisone", text="prednisone"),
+            authored=day,
+            dosageInstruction=[
                 {
-                    "route": {
-                        "coding": [{"system": SNOMED, "code": "26643006", "display": "Oral route"}]
-                    },
-                    "timing": {
-                        "repeat": {
-                            "boundsPeriod": {
-                                "start": day.isoformat(),
-                                "end": _day(day, 13),
-                            }
-                        }
-                    },
+                    "route": kit.ORAL,
+                    "timing": {"repeat": {"boundsPeriod": kit.period(day, _day(day, 13))}},
                 }
             ],
-        }
+        )
     ]
 
 
 def _last_contact(truth: Truth) -> dict[str, Any]:
     """The last outpatient visit (the censoring day of a survivor; the day of death otherwise)."""
-    return {
-        "resourceType": "Encounter",
-        "id": f"{truth.patient_id}-last-contact",
-        "status": "finished",
-        "class": {
-            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-            "code": "AMB",
-            "display": "ambulatory",
-        },
-        "subject": _subject(truth),
-        "period": {"start": truth.last_contact.isoformat(), "end": truth.last_contact.isoformat()},
-    }
+    return kit.encounter(
+        id=f"{truth.patient_id}-last-contact",
+        patient=truth.patient_id,
+        klass={"system": kit.ACT_CODE, "code": "AMB", "display": "ambulatory"},
+        start=truth.last_contact,
+        end=truth.last_contact,
+    )
 
 
 def patient_resources(truth: Truth, index: int) -> tuple[dict[str, Any], ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httpcore
@@ -18,22 +19,17 @@ from sqlalchemy import Engine
 
 from service.infra.settings import Settings
 from tests.conftest import LiveServer, counts, refuse_server_errors
+from tests.kit.fhir import (
+    medication_administration,
+    observation,
+    post_entry,
+    reference,
+    transaction,
+)
+from tests.kit.store import grown, store_counts
 
 MIB = 1024 * 1024
-SEEDED = {
-    "fhir_resource": 1,
-    "fhir_resource_version": 1,
-    "fhir_identifier": 1,
-    "fhir_reference": 0,
-    "trial_event": 1,
-    "trial_event_dependency": 0,
-    "study_subject": 0,
-    "eligibility_result": 0,
-    "deviation": 0,
-    "deviation_history": 0,
-    "webhook_subscription": 0,
-    "webhook_outbox": 0,
-}
+SEEDED = store_counts(fhir_resource=1, fhir_resource_version=1, fhir_identifier=1, trial_event=1)
 VALID_PATIENT = b'{"resourceType":"Patient","identifier":[{"system":"urn:mrn","value":"new-1"}]}'
 
 
@@ -73,20 +69,9 @@ def seed_twins(fhir: httpx.Client, engine: Engine) -> dict[str, int]:
     put_patient(fhir, "a", "twin")
     put_patient(fhir, "b", "twin")
     before = counts(engine)
-    assert before == {
-        "fhir_resource": 3,
-        "fhir_resource_version": 3,
-        "fhir_identifier": 3,
-        "fhir_reference": 0,
-        "trial_event": 3,
-        "trial_event_dependency": 0,
-        "study_subject": 0,
-        "eligibility_result": 0,
-        "deviation": 0,
-        "deviation_history": 0,
-        "webhook_subscription": 0,
-        "webhook_outbox": 0,
-    }
+    assert before == store_counts(
+        fhir_resource=3, fhir_resource_version=3, fhir_identifier=3, trial_event=3
+    )
     return before
 
 
@@ -104,27 +89,8 @@ def assert_outcome(
     return body
 
 
-def transaction(*entries: dict[str, Any], kind: str = "transaction") -> bytes:
-    """A Bundle of the given type as a request body."""
-    return json.dumps({"resourceType": "Bundle", "type": kind, "entry": list(entries)}).encode()
-
-
-def post_entry(resource: dict[str, Any], **request: str) -> dict[str, Any]:
-    """A POST entry for the resource's type."""
-    return {
-        "resource": resource,
-        "request": {"method": "POST", "url": resource["resourceType"], **request},
-    }
-
-
-def observation(subject_reference: str) -> dict[str, Any]:
-    """A minimal valid Observation about the given subject."""
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": {"text": "weight"},
-        "subject": {"reference": subject_reference},
-    }
+# A minimal valid Observation: status, a code, and the subject it is about.
+weight = partial(observation, code="weight", patient=None)
 
 
 # -- JSON that is not (FHIR) JSON ---------------------------------------------------------------
@@ -205,20 +171,9 @@ def test_plain_application_json_is_accepted(fhir: httpx.Client, engine: Engine) 
     )
     assert response.status_code == 201, response.text
     assert response.json()["resourceType"] == "Patient"
-    assert counts(engine) == {
-        "fhir_resource": before["fhir_resource"] + 1,
-        "fhir_resource_version": before["fhir_resource_version"] + 1,
-        "fhir_identifier": before["fhir_identifier"] + 1,
-        "fhir_reference": before["fhir_reference"],
-        "trial_event": before["trial_event"] + 1,
-        "trial_event_dependency": before["trial_event_dependency"],
-        "study_subject": before["study_subject"],
-        "eligibility_result": before["eligibility_result"],
-        "deviation": before["deviation"],
-        "deviation_history": before["deviation_history"],
-        "webhook_subscription": before["webhook_subscription"],
-        "webhook_outbox": before["webhook_outbox"],
-    }
+    assert counts(engine) == grown(
+        before, fhir_resource=1, fhir_resource_version=1, fhir_identifier=1, trial_event=1
+    )
 
 
 def test_accept_xml_only_is_not_acceptable(fhir: httpx.Client, engine: Engine) -> None:
@@ -303,13 +258,9 @@ def test_schema_violation_is_refused(
 
 def test_r5_element_is_refused_with_a_hint(fhir: httpx.Client, engine: Engine) -> None:
     before = seed(fhir, engine)
-    body = {
-        "resourceType": "MedicationAdministration",
-        "status": "completed",
-        "medicationCodeableConcept": {"text": "dupilumab 300 mg"},
-        "subject": {"reference": "Patient/seed"},
-        "occurenceDateTime": "2025-01-01T10:00:00Z",
-    }
+    body = medication_administration(  # with R5's occurence[x] in place of R4's effective[x]
+        medication="dupilumab 300 mg", patient="seed", occurenceDateTime="2025-01-01T10:00:00Z"
+    )
     response = fhir.post("/MedicationAdministration", content=json.dumps(body).encode())
     outcome = assert_outcome(
         response, 400, "structure", "MedicationAdministration.occurenceDateTime"
@@ -399,7 +350,7 @@ def test_contained_reference_resolves_and_a_dangling_one_is_refused(
 
 
 def _enveloped(**envelope: Any) -> bytes:
-    body = json.loads(transaction(post_entry(observation("Patient/p1"))))
+    body = json.loads(transaction(post_entry(weight(subject=reference("Patient/p1")))))
     return json.dumps({**body, **envelope}).encode()
 
 
@@ -435,26 +386,27 @@ def test_dangling_urn_uuid_fails_the_transaction(fhir: httpx.Client, engine: Eng
         post_entry(
             {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "tx-1"}]}
         ),
-        post_entry(observation("urn:uuid:6f1c1a8e-27a4-4c55-9a3b-2f8d1d0c0001")),
+        post_entry(weight(subject=reference("urn:uuid:6f1c1a8e-27a4-4c55-9a3b-2f8d1d0c0001"))),
     )
     response = fhir.post("", content=body)
     assert_outcome(response, 400, "not-found", "Bundle.entry[1].resource.subject.reference")
     assert counts(engine) == before
 
 
-def test_conditional_reference_without_match_fails(fhir: httpx.Client, engine: Engine) -> None:
-    before = seed(fhir, engine)
-    body = transaction(post_entry(observation("Patient?identifier=urn:mrn|nobody")))
+@pytest.mark.parametrize(
+    ("twins", "subject", "status", "code"),
+    [
+        pytest.param(False, "Patient?identifier=urn:mrn|nobody", 422, "not-found", id="no-match"),
+        pytest.param(True, "Patient?identifier=urn:mrn|twin", 412, "multiple-matches", id="two"),
+    ],
+)
+def test_conditional_reference_without_exactly_one_match_fails(
+    fhir: httpx.Client, engine: Engine, twins: bool, subject: str, status: int, code: str
+) -> None:
+    before = seed_twins(fhir, engine) if twins else seed(fhir, engine)
+    body = transaction(post_entry(weight(subject=reference(subject))))
     response = fhir.post("", content=body)
-    assert_outcome(response, 422, "not-found", "Bundle.entry[0].resource.subject.reference")
-    assert counts(engine) == before
-
-
-def test_conditional_reference_with_two_matches_fails(fhir: httpx.Client, engine: Engine) -> None:
-    before = seed_twins(fhir, engine)
-    body = transaction(post_entry(observation("Patient?identifier=urn:mrn|twin")))
-    response = fhir.post("", content=body)
-    assert_outcome(response, 412, "multiple-matches", "Bundle.entry[0].resource.subject.reference")
+    assert_outcome(response, status, code, "Bundle.entry[0].resource.subject.reference")
     assert counts(engine) == before
 
 
@@ -552,7 +504,7 @@ def test_unaccepted_bundle_type_is_refused(fhir: httpx.Client, engine: Engine, k
             "fullUrl": "urn:uuid:6f1c1a8e-27a4-4c55-9a3b-2f8d1d0c0003",
             "resource": {"resourceType": "Patient", "active": True},
         },
-        kind=kind,
+        type=kind,
     )
     response = fhir.post("", content=body)
     assert_outcome(response, 422, "not-supported", "Bundle.type")
@@ -571,7 +523,7 @@ def test_batch_reports_each_entry_and_writes_only_the_good_one(
             {"resourceType": "Patient", "identifier": [{"system": "urn:mrn", "value": "batch-ok"}]}
         ),
         post_entry({"resourceType": "Patient", "active": "yes"}),
-        kind="batch",
+        type="batch",
     )
     response = fhir.post("", content=body)
     assert response.status_code == 200, response.text
@@ -586,20 +538,9 @@ def test_batch_reports_each_entry_and_writes_only_the_good_one(
     assert bad["outcome"]["resourceType"] == "OperationOutcome"
     assert bad["outcome"]["issue"][0]["code"] == "value"
     assert "Bundle.entry[1].resource.active" in bad["outcome"]["issue"][0]["expression"]
-    assert counts(engine) == {
-        "fhir_resource": before["fhir_resource"] + 1,
-        "fhir_resource_version": before["fhir_resource_version"] + 1,
-        "fhir_identifier": before["fhir_identifier"] + 1,
-        "fhir_reference": before["fhir_reference"],
-        "trial_event": before["trial_event"] + 1,
-        "trial_event_dependency": before["trial_event_dependency"],
-        "study_subject": before["study_subject"],
-        "eligibility_result": before["eligibility_result"],
-        "deviation": before["deviation"],
-        "deviation_history": before["deviation_history"],
-        "webhook_subscription": before["webhook_subscription"],
-        "webhook_outbox": before["webhook_outbox"],
-    }
+    assert counts(engine) == grown(
+        before, fhir_resource=1, fhir_resource_version=1, fhir_identifier=1, trial_event=1
+    )
 
 
 # -- bodies over the limit ----------------------------------------------------------------------
@@ -690,20 +631,9 @@ def test_import_reports_each_line_and_writes_only_the_good_one(
         assert outcome["issue"][0]["diagnostics"].startswith(f"line {number}:"), outcome
     assert bundle["entry"][1]["response"]["outcome"]["issue"][0]["code"] == "value"
     assert bundle["entry"][2]["response"]["outcome"]["issue"][0]["code"] == "structure"
-    assert counts(engine) == {
-        "fhir_resource": before["fhir_resource"] + 1,
-        "fhir_resource_version": before["fhir_resource_version"] + 1,
-        "fhir_identifier": before["fhir_identifier"] + 1,
-        "fhir_reference": before["fhir_reference"],
-        "trial_event": before["trial_event"] + 1,
-        "trial_event_dependency": before["trial_event_dependency"],
-        "study_subject": before["study_subject"],
-        "eligibility_result": before["eligibility_result"],
-        "deviation": before["deviation"],
-        "deviation_history": before["deviation_history"],
-        "webhook_subscription": before["webhook_subscription"],
-        "webhook_outbox": before["webhook_outbox"],
-    }
+    assert counts(engine) == grown(
+        before, fhir_resource=1, fhir_resource_version=1, fhir_identifier=1, trial_event=1
+    )
 
 
 # -- odd but valid: accepted and kept exactly -----------------------------------------------------
@@ -760,20 +690,9 @@ def test_odd_but_valid_values_are_kept_lexically(
     read = fhir.get(f"/{location}")
     assert read.status_code == 200, read.text
     assert kept.encode() in read.content, read.text
-    assert counts(engine) == {
-        "fhir_resource": before["fhir_resource"] + 1,
-        "fhir_resource_version": before["fhir_resource_version"] + 1,
-        "fhir_identifier": before["fhir_identifier"],
-        "fhir_reference": before["fhir_reference"],
-        "trial_event": before["trial_event"] + (path == "/Patient"),
-        "trial_event_dependency": before["trial_event_dependency"],
-        "study_subject": before["study_subject"],
-        "eligibility_result": before["eligibility_result"],
-        "deviation": before["deviation"],
-        "deviation_history": before["deviation_history"],
-        "webhook_subscription": before["webhook_subscription"],
-        "webhook_outbox": before["webhook_outbox"],
-    }
+    assert counts(engine) == grown(
+        before, fhir_resource=1, fhir_resource_version=1, trial_event=(path == "/Patient")
+    )
 
 
 def test_decimal_0_1_differs_from_0_10(fhir: httpx.Client, engine: Engine) -> None:
@@ -791,20 +710,7 @@ def test_decimal_0_1_differs_from_0_10(fhir: httpx.Client, engine: Engine) -> No
     current = fhir.get("/Observation/dec")
     assert b'"value":0.1,' in current.content
     assert fhir.get("/Observation/dec/_history/1").content.count(b'"value":0.10,') == 1
-    assert counts(engine) == {
-        "fhir_resource": before["fhir_resource"] + 1,
-        "fhir_resource_version": before["fhir_resource_version"] + 2,
-        "fhir_identifier": before["fhir_identifier"],
-        "fhir_reference": before["fhir_reference"],
-        "trial_event": before["trial_event"],
-        "trial_event_dependency": before["trial_event_dependency"],
-        "study_subject": before["study_subject"],
-        "eligibility_result": before["eligibility_result"],
-        "deviation": before["deviation"],
-        "deviation_history": before["deviation_history"],
-        "webhook_subscription": before["webhook_subscription"],
-        "webhook_outbox": before["webhook_outbox"],
-    }
+    assert counts(engine) == grown(before, fhir_resource=1, fhir_resource_version=2)
 
 
 def test_control_character_escape_is_refused(fhir: httpx.Client, engine: Engine) -> None:

@@ -15,9 +15,7 @@ from lifelines import CoxPHFitter, CoxTimeVaryingFitter
 from lifelines.statistics import proportional_hazard_test
 from scipy.stats import binomtest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
-from fhir_mapping.events.model import SourceRef, TrialEvent
-from fhir_mapping.events.registry import map_resource
+from fhir_mapping.events.model import TrialEvent
 from fhir_mapping.validation import validate_resource
 from service.protocol.terminology import build_terminology
 from service.studies.cirae.analysis import cirae_outcomes, km_groups
@@ -29,22 +27,16 @@ from service.studies.cirae.cox import (
     reference_level,
     tv_intervals,
 )
-from service.studies.cirae.protocol import CohortProtocol
 from service.studies.cirae.records import CirAESubject, Group, Resolution
-from service.studies.registry import load_protocols
+from tests.kit.mapping import events_of
+from tests.kit.protocols import cohort_protocol
 from tests.synthetic_cirae import generate
 
 TERMS = build_terminology()
 ICB = dt.date(2020, 1, 1)
 
 
-def _protocol() -> CohortProtocol:
-    protocol = load_protocols(TERMS)["cirae-dupilumab"]
-    assert isinstance(protocol, CohortProtocol)
-    return protocol
-
-
-PROTOCOL = _protocol()
+PROTOCOL = cohort_protocol(TERMS)
 UNADJUSTED = PROTOCOL.model_copy(
     update={"cohort": PROTOCOL.cohort.model_copy(update={"adjustment": ()})}
 )
@@ -89,19 +81,11 @@ def _subject(
 # (subject id, group, days, died): 4 cases, 8 controls, distinct times, 8 deaths. All share sex,
 # race, ICB type, age, Charlson and year, so 1:2 matching uses every control (d1→c1,c2; d2→c3,c4 …).
 FIXED: tuple[tuple[str, Group, int, bool], ...] = (
-    ("d1", "dupilumab", 100, True),
-    ("d2", "dupilumab", 250, True),
-    ("d3", "dupilumab", 400, False),
-    ("d4", "dupilumab", 180, True),
-    ("c1", "control_1", 90, True),
-    ("c2", "control_1", 150, True),
-    ("c3", "control_1", 300, False),
-    ("c4", "control_1", 60, True),
-    ("c5", "control_1", 500, False),
-    ("c6", "control_1", 220, True),
-    ("c7", "control_1", 350, True),
-    ("c8", "control_1", 130, False),
-)
+    ("d1", "dupilumab", 100, True), ("d2", "dupilumab", 250, True), ("d3", "dupilumab", 400, False),
+    ("d4", "dupilumab", 180, True), ("c1", "control_1", 90, True), ("c2", "control_1", 150, True),
+    ("c3", "control_1", 300, False), ("c4", "control_1", 60, True), ("c5", "control_1", 500, False),
+    ("c6", "control_1", 220, True), ("c7", "control_1", 350, True), ("c8", "control_1", 130, False),
+)  # fmt: skip
 # Glucocorticoid days: exposed and unexposed subjects die while both are at risk (no separation).
 GC_DAYS = {"d1": 40, "d2": 50, "d3": 0, "c2": 30, "c3": 100, "c5": 200}
 # Independent fits run to the same convergence as the module (lifelines defaults stop ~1e-5 early).
@@ -409,12 +393,10 @@ def test_missing_age_excludes_the_subject_and_says_so() -> None:
 
 
 def _events(resources: Sequence[dict[str, Any]]) -> dict[str, list[TrialEvent]]:
-    ctx = MappingContext(TERMS, MemoryLookup(list(resources)))
     by_patient: dict[str, list[TrialEvent]] = {}
-    for r in resources:
-        for e in map_resource(r["resourceType"], r, SourceRef(r["resourceType"], r["id"], 1), ctx):
-            assert e.patient_id is not None
-            by_patient.setdefault(e.patient_id, []).append(e)
+    for e in events_of(TERMS, resources):
+        assert e.patient_id is not None
+        by_patient.setdefault(e.patient_id, []).append(e)
     return by_patient
 
 

@@ -10,6 +10,8 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
+from tests.kit.client import put_resources
+from tests.kit.fhir import medication_administration, patient
 from tests.synthetic_cirae import SyntheticCohort, generate
 
 SYNTHETIC = generate(600, seed=20250612)
@@ -60,30 +62,16 @@ def test_a_tiny_cohort_is_not_estimable_not_an_error(api: httpx.Client, fhir: ht
     """Six patients without dupilumab and one excluded: models say why not estimable; plots render."""
     small = generate(6, seed=7)
     _post_all(fhir, small)
-    undated_death = {
-        "resourceType": "Patient",
-        "id": "undated-death",
-        "gender": "male",
-        "birthDate": "1950-01-01",
-        "deceasedBoolean": True,
-    }
-    icb = {
-        "resourceType": "MedicationAdministration",
-        "id": "undated-death-icb",
-        "status": "completed",
-        "medicationCodeableConcept": {"text": "pembrolizumab"},
-        "subject": {"reference": "Patient/undated-death"},
-        "effectiveDateTime": "2021-03-01",
-    }
-    body = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-            for r in (undated_death, icb)
-        ],
-    }
-    assert fhir.post("", content=json.dumps(body)).status_code == 200
+    undated_death = patient(
+        id="undated-death", gender="male", birth_date="1950-01-01", deceasedBoolean=True
+    )
+    icb = medication_administration(
+        id="undated-death-icb",
+        patient="undated-death",
+        medication="pembrolizumab",
+        effective="2021-03-01",
+    )
+    put_resources(fhir, undated_death, icb)
     response = api.get("/studies/cirae-dupilumab/outcomes")
     assert response.status_code == 200, response.text
     out = response.json()["outcomes"]

@@ -8,10 +8,7 @@ from typing import Any
 
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import SourceRef, TrialEvent
-from fhir_mapping.events.registry import map_resource
-from fhir_mapping.terminology import ICD10CM, LOINC
 from service.protocol.terminology import build_terminology
 from service.studies.cirae.cohort import (
     CohortBuild,
@@ -21,164 +18,15 @@ from service.studies.cirae.cohort import (
     build_cohort,
     build_cohort_report,
 )
-from service.studies.cirae.protocol import CohortProtocol
 from service.studies.cirae.records import CirAESubject
-from service.studies.registry import load_protocols
+from tests.kit import fhir as kit
+from tests.kit.mapping import events_of
+from tests.kit.protocols import cohort_protocol
 
 TERMS = build_terminology()
-US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
-OMB = "urn:oid:2.16.840.1.113883.6.238"
 
 
-def _cirae_protocol() -> CohortProtocol:
-    protocol = load_protocols(TERMS)["cirae-dupilumab"]
-    assert isinstance(protocol, CohortProtocol)
-    return protocol
-
-
-PROTOCOL = _cirae_protocol()
-
-
-# -- FHIR builders ---------------------------------------------------------------------------------
-
-
-def _patient(pid: str, gender: str, birth: str, **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Patient", "id": pid, "gender": gender, "birthDate": birth, **extra}
-
-
-def _race(code: str | None, display: str | None, text: str | None) -> dict[str, Any]:
-    parts: list[dict[str, Any]] = []
-    if code or display:
-        parts.append(
-            {"url": "ombCategory", "valueCoding": {"system": OMB, "code": code, "display": display}}
-        )
-    if text:
-        parts.append({"url": "text", "valueString": text})
-    return {"extension": [{"url": US_CORE_RACE, "extension": parts}]}
-
-
-def _given(rid: str, pid: str, drug: str, when: str, route: str | None = None) -> dict[str, Any]:
-    dosage: dict[str, Any] = {"route": {"text": route}} if route else {}
-    return {
-        "resourceType": "MedicationAdministration",
-        "id": rid,
-        "status": "completed",
-        "medicationCodeableConcept": {"text": drug},
-        "subject": {"reference": f"Patient/{pid}"},
-        "effectiveDateTime": when,
-        "dosage": dosage,
-    }
-
-
-def _ordered(
-    rid: str, pid: str, drug: str, authored: str, route: str | None = None, intent: str = "order"
-) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "resourceType": "MedicationRequest",
-        "id": rid,
-        "status": "active",
-        "intent": intent,
-        "medicationCodeableConcept": {"text": drug},
-        "subject": {"reference": f"Patient/{pid}"},
-        "authoredOn": authored,
-    }
-    if route:
-        out["dosageInstruction"] = [{"route": {"text": route}}]
-    return out
-
-
-def _statement(
-    rid: str, pid: str, drug: str, start: str, end: str | None = None, route: str | None = None
-) -> dict[str, Any]:
-    """A MedicationStatement over a period (no end: open-ended)."""
-    period = {"start": start, "end": end} if end else {"start": start}
-    out: dict[str, Any] = {
-        "resourceType": "MedicationStatement",
-        "id": rid,
-        "status": "completed" if end else "active",
-        "medicationCodeableConcept": {"text": drug},
-        "subject": {"reference": f"Patient/{pid}"},
-        "effectivePeriod": period,
-    }
-    if route:
-        out["dosage"] = [{"route": {"text": route}}]
-    return out
-
-
-def _condition(
-    rid: str,
-    pid: str,
-    text: str,
-    onset: str | None,
-    icd10: str | None = None,
-    status: str | None = "active",
-    stage: str | None = None,
-) -> dict[str, Any]:
-    code: dict[str, Any] = {"text": text}
-    if icd10:
-        code["coding"] = [{"system": ICD10CM, "code": icd10}]
-    out: dict[str, Any] = {
-        "resourceType": "Condition",
-        "id": rid,
-        "code": code,
-        "subject": {"reference": f"Patient/{pid}"},
-    }
-    if onset:
-        out["onsetDateTime"] = onset
-    if status:
-        out["clinicalStatus"] = {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
-                    "code": status,
-                }
-            ]
-        }
-    if stage:
-        out["stage"] = [{"summary": {"text": stage}}]
-    return out
-
-
-def _stage_group(rid: str, pid: str, value: str, when: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
-        "code": {"coding": [{"system": LOINC, "code": "21908-9"}]},
-        "subject": {"reference": f"Patient/{pid}"},
-        "effectiveDateTime": when,
-        "valueCodeableConcept": {"text": value},
-    }
-
-
-def _adverse_event(rid: str, pid: str, term: str, when: str, outcome: str) -> dict[str, Any]:
-    return {
-        "resourceType": "AdverseEvent",
-        "id": rid,
-        "actuality": "actual",
-        "event": {"text": term},
-        "subject": {"reference": f"Patient/{pid}"},
-        "date": when,
-        "outcome": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/adverse-event-outcome",
-                    "code": outcome,
-                }
-            ]
-        },
-    }
-
-
-def _encounter(rid: str, pid: str, when: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Encounter",
-        "id": rid,
-        "status": "finished",
-        "class": {"code": "AMB"},
-        "subject": {"reference": f"Patient/{pid}"},
-        "period": {"start": when, "end": when},
-    }
+PROTOCOL = cohort_protocol(TERMS)
 
 
 # -- the seven patients --------------------------------------------------------------------------
@@ -187,19 +35,74 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
     # dupilumab group: PD-1; Charlson from pre-ICB lung cancer (2) + diabetes with complications (2);
     # the post-ICB MI is ignored; Condition.stage IIIA before ICB; resolved cirAE; oral prednisone.
     "p1": [
-        _patient("p1", "female", "1960-03-01", **_race("2106-3", "White", "White")),
-        _given("p1-pembro", "p1", "pembrolizumab 200 MG", "2021-03-01T10:00:00-05:00", "IV"),
-        _given("p1-pembro2", "p1", "pembrolizumab 200 MG", "2021-03-22"),
-        _condition(
-            "p1-lung", "p1", "Lung adenocarcinoma", "2020-11-15", "C34.90", stage="Stage IIIA"
+        kit.patient(
+            id="p1",
+            gender="female",
+            birth_date="1960-03-01",
+            extension=[kit.us_core_race(code="2106-3", display="White", text="White")],
         ),
-        _condition("p1-dm", "p1", "Type 2 diabetes with CKD", "2015-06-01", "E11.22"),
-        _condition("p1-mi", "p1", "NSTEMI", "2022-01-10", "I21.4"),
-        _condition("p1-rash", "p1", "Maculopapular rash", "2021-04-10", "L27.0", status="resolved"),
-        _ordered("p1-pred", "p1", "prednisone 20 MG Oral Tablet", "2021-04-12", "oral"),
-        _given("p1-dupi", "p1", "Dupixent 300 MG/2ML", "2021-05-01", "subcutaneous"),
-        _given("p1-dupi2", "p1", "Dupixent 300 MG/2ML", "2021-05-15", "subcutaneous"),
-        _encounter("p1-visit", "p1", "2022-06-01"),
+        kit.medication_administration(
+            id="p1-pembro",
+            patient="p1",
+            medication="pembrolizumab 200 MG",
+            effective="2021-03-01T10:00:00-05:00",
+            route="IV",
+        ),
+        kit.medication_administration(
+            id="p1-pembro2", patient="p1", medication="pembrolizumab 200 MG", effective="2021-03-22"
+        ),
+        kit.condition(
+            id="p1-lung",
+            patient="p1",
+            code=kit.coded(kit.ICD10CM, "C34.90", text="Lung adenocarcinoma"),
+            onset="2020-11-15",
+            verification=None,
+            stage=[{"summary": {"text": "Stage IIIA"}}],
+        ),
+        kit.condition(
+            id="p1-dm",
+            patient="p1",
+            code=kit.coded(kit.ICD10CM, "E11.22", text="Type 2 diabetes with CKD"),
+            onset="2015-06-01",
+            verification=None,
+        ),
+        kit.condition(
+            id="p1-mi",
+            patient="p1",
+            code=kit.coded(kit.ICD10CM, "I21.4", text="NSTEMI"),
+            onset="2022-01-10",
+            verification=None,
+        ),
+        kit.condition(
+            id="p1-rash",
+            patient="p1",
+            code=kit.coded(kit.ICD10CM, "L27.0", text="Maculopapular rash"),
+            onset="2021-04-10",
+            clinical="resolved",
+            verification=None,
+        ),
+        kit.medication_request(
+            id="p1-pred",
+            patient="p1",
+            medication="prednisone 20 MG Oral Tablet",
+            authored="2021-04-12",
+            route="oral",
+        ),
+        kit.medication_administration(
+            id="p1-dupi",
+            patient="p1",
+            medication="Dupixent 300 MG/2ML",
+            effective="2021-05-01",
+            route="subcutaneous",
+        ),
+        kit.medication_administration(
+            id="p1-dupi2",
+            patient="p1",
+            medication="Dupixent 300 MG/2ML",
+            effective="2021-05-15",
+            route="subcutaneous",
+        ),
+        kit.encounter(id="p1-visit", patient="p1", start="2022-06-01", end="2022-06-01"),
     ],
     # control 1: nivolumab + ipilimumab on one day → combination; an eczema before ICB is not the
     # cirAE; the AE pruritus is (outcome 'recovering' is not in the resolution table → none);
@@ -207,75 +110,223 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
     # topical hydrocortisone is not systemic; melanoma stage IV before ICB (the later IIIB is
     # ignored); the C78 recorded after ICB does not enter Charlson; race text only → case-folded.
     "p2": [
-        _patient(
-            "p2", "male", "1955", deceasedDateTime="2021-02-01", **_race(None, None, "Asian Indian")
+        kit.patient(
+            id="p2",
+            gender="male",
+            birth_date="1955",
+            deceasedDateTime="2021-02-01",
+            extension=[kit.us_core_race(text="Asian Indian")],
         ),
-        _given("p2-nivo", "p2", "Opdivo (nivolumab) 240 MG", "2020-06-01"),
-        _given("p2-ipi", "p2", "Yervoy 50 MG/10ML", "2020-06-01"),
-        _condition("p2-mel", "p2", "Melanoma of skin", "2020-05-01", "C43.9"),
-        _condition("p2-mets", "p2", "Secondary malignancy of lung", "2020-08-01", "C78.00"),
-        _stage_group("p2-stage", "p2", "Stage IV", "2020-05-20"),
-        _stage_group("p2-restage", "p2", "Stage IIIB", "2020-09-01"),
-        _condition("p2-ecz", "p2", "Eczema", "2019-01-01", status="resolved"),
-        _given("p2-dupi", "p2", "dupilumab 300 MG", "2019-06-01"),
-        _adverse_event("p2-itch", "p2", "Pruritus", "2020-07-15", "recovering"),
-        _ordered("p2-hc", "p2", "hydrocortisone 1 % topical cream", "2020-07-20"),
+        kit.medication_administration(
+            id="p2-nivo",
+            patient="p2",
+            medication="Opdivo (nivolumab) 240 MG",
+            effective="2020-06-01",
+        ),
+        kit.medication_administration(
+            id="p2-ipi", patient="p2", medication="Yervoy 50 MG/10ML", effective="2020-06-01"
+        ),
+        kit.condition(
+            id="p2-mel",
+            patient="p2",
+            code=kit.coded(kit.ICD10CM, "C43.9", text="Melanoma of skin"),
+            onset="2020-05-01",
+            verification=None,
+        ),
+        kit.condition(
+            id="p2-mets",
+            patient="p2",
+            code=kit.coded(kit.ICD10CM, "C78.00", text="Secondary malignancy of lung"),
+            onset="2020-08-01",
+            verification=None,
+        ),
+        kit.observation(
+            id="p2-stage",
+            patient="p2",
+            code=kit.coded(kit.LOINC, "21908-9"),
+            effective="2020-05-20",
+            valueCodeableConcept={"text": "Stage IV"},
+        ),
+        kit.observation(
+            id="p2-restage",
+            patient="p2",
+            code=kit.coded(kit.LOINC, "21908-9"),
+            effective="2020-09-01",
+            valueCodeableConcept={"text": "Stage IIIB"},
+        ),
+        kit.condition(
+            id="p2-ecz",
+            patient="p2",
+            code="Eczema",
+            onset="2019-01-01",
+            clinical="resolved",
+            verification=None,
+        ),
+        kit.medication_administration(
+            id="p2-dupi", patient="p2", medication="dupilumab 300 MG", effective="2019-06-01"
+        ),
+        kit.adverse_event(
+            id="p2-itch", patient="p2", event="Pruritus", date="2020-07-15", outcome="recovering"
+        ),
+        kit.medication_request(
+            id="p2-hc",
+            patient="p2",
+            medication="hydrocortisone 1 % topical cream",
+            authored="2020-07-20",
+        ),
     ],
     # control 2: an atezolizumab order starts ICB; the drug eruption before it is not a cirAE;
     # no race; stage only after ICB → unknown; the lung cancer diagnosed 22 days after ICB start is
     # the cancer type (none before; within 90 days); prednisone one day past the 2-year window.
     "p3": [
-        _patient("p3", "female", "1970-05-15"),
-        _ordered("p3-atezo", "p3", "Tecentriq 1200 MG", "2022-01-10"),
-        _condition("p3-erupt", "p3", "Drug eruption", "2021-12-01", status="resolved"),
-        _condition("p3-lung", "p3", "Lung cancer", "2022-02-01", "C34.1", stage="Stage IIB"),
-        _given("p3-pred", "p3", "prednisone 40 MG", "2024-01-11", "PO"),
+        kit.patient(id="p3", gender="female", birth_date="1970-05-15"),
+        kit.medication_request(
+            id="p3-atezo", patient="p3", medication="Tecentriq 1200 MG", authored="2022-01-10"
+        ),
+        kit.condition(
+            id="p3-erupt",
+            patient="p3",
+            code="Drug eruption",
+            onset="2021-12-01",
+            clinical="resolved",
+            verification=None,
+        ),
+        kit.condition(
+            id="p3-lung",
+            patient="p3",
+            code=kit.coded(kit.ICD10CM, "C34.1", text="Lung cancer"),
+            onset="2022-02-01",
+            verification=None,
+            stage=[{"summary": {"text": "Stage IIB"}}],
+        ),
+        kit.medication_administration(
+            id="p3-pred",
+            patient="p3",
+            medication="prednisone 40 MG",
+            effective="2024-01-11",
+            route="PO",
+        ),
     ],
     # control 1: cemiplimab, then ipilimumab 28 days later (outside 21 days) → PD-1;
     # bullous pemphigoid in remission → partial; IV dexamethasone exactly 2 years after start counts;
     # no Patient resource → no sex, race or age; no cancer condition → unknown.
     "p4": [
-        _given("p4-cemi", "p4", "Libtayo 350 MG", "2019-02-01"),
-        _given("p4-ipi", "p4", "ipilimumab 50 MG", "2019-03-01"),
-        _condition("p4-bp", "p4", "Bullous pemphigoid", "2019-05-05", status="remission"),
-        _given("p4-dex", "p4", "dexamethasone 10 MG", "2021-02-01", "IV"),
+        kit.medication_administration(
+            id="p4-cemi", patient="p4", medication="Libtayo 350 MG", effective="2019-02-01"
+        ),
+        kit.medication_administration(
+            id="p4-ipi", patient="p4", medication="ipilimumab 50 MG", effective="2019-03-01"
+        ),
+        kit.condition(
+            id="p4-bp",
+            patient="p4",
+            code="Bullous pemphigoid",
+            onset="2019-05-05",
+            clinical="remission",
+            verification=None,
+        ),
+        kit.medication_administration(
+            id="p4-dex",
+            patient="p4",
+            medication="dexamethasone 10 MG",
+            effective="2021-02-01",
+            route="IV",
+        ),
     ],
     # no ICB: not in the cohort, whatever else happened.
     "p5": [
-        _patient("p5", "male", "1980-01-01"),
-        _condition("p5-rash", "p5", "Rash", "2022-03-01"),
-        _given("p5-dupi", "p5", "Dupixent 300 MG", "2022-04-01"),
+        kit.patient(id="p5", gender="male", birth_date="1980-01-01"),
+        kit.condition(
+            id="p5-rash", patient="p5", code="Rash", onset="2022-03-01", verification=None
+        ),
+        kit.medication_administration(
+            id="p5-dupi", patient="p5", medication="Dupixent 300 MG", effective="2022-04-01"
+        ),
     ],
     # dupilumab group: ipilimumab, then nivolumab exactly 21 days later → combination; an active
     # lichenoid dermatitis → none; a dupilumab order on the onset day counts; coded stage group.
     "p6": [
-        _patient("p6", "male", "1948-12-31", **_race("2054-5", None, None)),
-        _given("p6-ipi", "p6", "Yervoy 50 MG", "2023-01-05"),
-        _given("p6-nivo", "p6", "nivolumab 240 MG", "2023-01-26"),
-        _condition("p6-rcc", "p6", "Renal cell carcinoma", "2022-10-01", "C64.1"),
-        _stage_group("p6-stage", "p6", "3", "2022-10-15"),
-        _condition("p6-lich", "p6", "Lichenoid dermatitis", "2023-03-01", status="active"),
-        _ordered("p6-dupi", "p6", "dupilumab 300 MG/2ML prefilled syringe", "2023-03-01"),
+        kit.patient(
+            id="p6",
+            gender="male",
+            birth_date="1948-12-31",
+            extension=[kit.us_core_race(code="2054-5")],
+        ),
+        kit.medication_administration(
+            id="p6-ipi", patient="p6", medication="Yervoy 50 MG", effective="2023-01-05"
+        ),
+        kit.medication_administration(
+            id="p6-nivo", patient="p6", medication="nivolumab 240 MG", effective="2023-01-26"
+        ),
+        kit.condition(
+            id="p6-rcc",
+            patient="p6",
+            code=kit.coded(kit.ICD10CM, "C64.1", text="Renal cell carcinoma"),
+            onset="2022-10-01",
+            verification=None,
+        ),
+        kit.observation(
+            id="p6-stage",
+            patient="p6",
+            code=kit.coded(kit.LOINC, "21908-9"),
+            effective="2022-10-15",
+            valueCodeableConcept={"text": "3"},
+        ),
+        kit.condition(
+            id="p6-lich",
+            patient="p6",
+            code="Lichenoid dermatitis",
+            onset="2023-03-01",
+            clinical="active",
+            verification=None,
+        ),
+        kit.medication_request(
+            id="p6-dupi",
+            patient="p6",
+            medication="dupilumab 300 MG/2ML prefilled syringe",
+            authored="2023-03-01",
+        ),
     ],
     # control 2, CTLA-4 alone: breast cancer is the primary even though the bone secondary was
     # diagnosed first; a month-precision stage before ICB counts ('Stage 2B' → II).
     "p7": [
-        _patient("p7", "female", "1965-07-20", **_race("2106-3", "White", None)),
-        _given("p7-ipi", "p7", "tremelimumab 300 MG", "2024-04-02"),
-        _condition("p7-bone", "p7", "Secondary malignancy of bone", "2023-12-01", "C79.51"),
-        _condition("p7-breast", "p7", "Breast cancer", "2024-01-15", "C50.911"),
-        _stage_group("p7-stage", "p7", "Stage 2B", "2024-03"),
+        kit.patient(
+            id="p7",
+            gender="female",
+            birth_date="1965-07-20",
+            extension=[kit.us_core_race(code="2106-3", display="White")],
+        ),
+        kit.medication_administration(
+            id="p7-ipi", patient="p7", medication="tremelimumab 300 MG", effective="2024-04-02"
+        ),
+        kit.condition(
+            id="p7-bone",
+            patient="p7",
+            code=kit.coded(kit.ICD10CM, "C79.51", text="Secondary malignancy of bone"),
+            onset="2023-12-01",
+            verification=None,
+        ),
+        kit.condition(
+            id="p7-breast",
+            patient="p7",
+            code=kit.coded(kit.ICD10CM, "C50.911", text="Breast cancer"),
+            onset="2024-01-15",
+            verification=None,
+        ),
+        kit.observation(
+            id="p7-stage",
+            patient="p7",
+            code=kit.coded(kit.LOINC, "21908-9"),
+            effective="2024-03",
+            valueCodeableConcept={"text": "Stage 2B"},
+        ),
     ],
 }
 
 
 def _events(resources: list[dict[str, Any]]) -> list[TrialEvent]:
-    ctx = MappingContext(TERMS, MemoryLookup(resources))
-    return [
-        e
-        for r in resources
-        for e in map_resource(r["resourceType"], r, SourceRef(r["resourceType"], r["id"], 1), ctx)
-    ]
+    """The events the real mappers derive from one patient's resources."""
+    return events_of(TERMS, resources)
 
 
 def _patients() -> list[CohortPatient]:
@@ -476,8 +527,10 @@ def test_duplicate_subject_ids_are_refused() -> None:
 def _base(pid: str, icb: str = "2021-03-01", birth: str = "1960-01-01", **extra: Any) -> list[Any]:
     """A Patient and a first pembrolizumab dose (ICB start), the start of every edge patient."""
     return [
-        _patient(pid, "female", birth, **extra),
-        _given(f"{pid}-icb", pid, "pembrolizumab 200 MG", icb),
+        kit.patient(id=pid, gender="female", birth_date=birth, **extra),
+        kit.medication_administration(
+            id=f"{pid}-icb", patient=pid, medication="pembrolizumab 200 MG", effective=icb
+        ),
     ]
 
 
@@ -485,135 +538,322 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
     # deaths: a year-only date is imputed at the last fact inside the year.
     "d1": [
         *_base("d1", deceasedDateTime="2022"),
-        _encounter("d1-visit", "d1", "2022-05-10"),
+        kit.encounter(id="d1-visit", patient="d1", start="2022-05-10", end="2022-05-10"),
     ],
     # a month-only death after the last fact: the month's first day.
     "d2": [
         *_base("d2", deceasedDateTime="2022-05"),
-        _encounter("d2-visit", "d2", "2021-12-01"),
+        kit.encounter(id="d2-visit", patient="d2", start="2021-12-01", end="2021-12-01"),
     ],
     # a month-only death before a (later) fact: the last day of the month.
     "d3": [
         *_base("d3", deceasedDateTime="2022-05"),
-        _encounter("d3-visit", "d3", "2022-07-01"),
+        kit.encounter(id="d3-visit", patient="d3", start="2022-07-01", end="2022-07-01"),
     ],
     # deceasedBoolean without a date: not alive, not analysable.
-    "d4": [*_base("d4", deceasedBoolean=True), _encounter("d4-visit", "d4", "2021-06-01")],
+    "d4": [
+        *_base("d4", deceasedBoolean=True),
+        kit.encounter(id="d4-visit", patient="d4", start="2021-06-01", end="2021-06-01"),
+    ],
     # deaths before ICB start, to the day and to the year.
     "d5": _base("d5", deceasedDateTime="2020-12-01"),
     "d6": _base("d6", deceasedDateTime="2020"),
     # a death year containing ICB start, with no later fact: ICB start itself (OS 0).
     "d7": _base("d7", deceasedDateTime="2021"),
     # cirAE onset known to the month only, the month starting on the ICB start day → after.
-    "c1": [*_base("c1"), _condition("c1-rash", "c1", "Maculopapular rash", "2021-03")],
+    "c1": [
+        *_base("c1"),
+        kit.condition(
+            id="c1-rash",
+            patient="c1",
+            code="Maculopapular rash",
+            onset="2021-03",
+            verification=None,
+        ),
+    ],
     # a cirAE month wholly before ICB start → not the cirAE (control 2).
-    "c2": [*_base("c2"), _condition("c2-rash", "c2", "Maculopapular rash", "2021-02")],
+    "c2": [
+        *_base("c2"),
+        kit.condition(
+            id="c2-rash",
+            patient="c2",
+            code="Maculopapular rash",
+            onset="2021-02",
+            verification=None,
+        ),
+    ],
     # a cirAE month containing ICB start (15 March) → group indeterminate.
     "c3": [
         *_base("c3", icb="2021-03-15"),
-        _condition("c3-rash", "c3", "Maculopapular rash", "2021-03"),
+        kit.condition(
+            id="c3-rash",
+            patient="c3",
+            code="Maculopapular rash",
+            onset="2021-03",
+            verification=None,
+        ),
     ],
     # a cirAE year containing ICB start, but a dated cirAE after it: the dated one is the index.
     "c4": [
         *_base("c4"),
-        _condition("c4-rash", "c4", "Maculopapular rash", "2021"),
-        _condition("c4-itch", "c4", "Pruritus", "2021-05-01"),
+        kit.condition(
+            id="c4-rash", patient="c4", code="Maculopapular rash", onset="2021", verification=None
+        ),
+        kit.condition(
+            id="c4-itch", patient="c4", code="Pruritus", onset="2021-05-01", verification=None
+        ),
     ],
     # a cirAE without any date → group indeterminate.
-    "c5": [*_base("c5"), _condition("c5-rash", "c5", "Maculopapular rash", None)],
+    "c5": [
+        *_base("c5"),
+        kit.condition(id="c5-rash", patient="c5", code="Maculopapular rash", verification=None),
+    ],
     # a cirAE year wholly after ICB start: onset on 1 January.
-    "c6": [*_base("c6"), _condition("c6-rash", "c6", "Maculopapular rash", "2022")],
+    "c6": [
+        *_base("c6"),
+        kit.condition(
+            id="c6-rash", patient="c6", code="Maculopapular rash", onset="2022", verification=None
+        ),
+    ],
     # dupilumab only between ICB start and the cirAE → excluded.
     "e1": [
         *_base("e1"),
-        _given("e1-dupi", "e1", "Dupixent 300 MG", "2021-03-20"),
-        _condition("e1-rash", "e1", "Maculopapular rash", "2021-04-10"),
+        kit.medication_administration(
+            id="e1-dupi", patient="e1", medication="Dupixent 300 MG", effective="2021-03-20"
+        ),
+        kit.condition(
+            id="e1-rash",
+            patient="e1",
+            code="Maculopapular rash",
+            onset="2021-04-10",
+            verification=None,
+        ),
     ],
     # dupilumab taken from before ICB start until after the cirAE → dupilumab from onset.
     "e2": [
         *_base("e2"),
-        _statement("e2-dupi", "e2", "dupilumab 300 MG", "2021-01-01", "2021-06-30"),
-        _condition("e2-rash", "e2", "Maculopapular rash", "2021-04-10"),
+        kit.medication_statement(
+            id="e2-dupi",
+            patient="e2",
+            medication="dupilumab 300 MG",
+            status="completed",
+            effectivePeriod=kit.period("2021-01-01", "2021-06-30"),
+        ),
+        kit.condition(
+            id="e2-rash",
+            patient="e2",
+            code="Maculopapular rash",
+            onset="2021-04-10",
+            verification=None,
+        ),
     ],
     # dupilumab before the cirAE and again after it → dupilumab group, from the later dose.
     "e3": [
         *_base("e3"),
-        _given("e3-dupi", "e3", "Dupixent 300 MG", "2021-03-20"),
-        _given("e3-dupi2", "e3", "Dupixent 300 MG", "2021-05-01"),
-        _condition("e3-rash", "e3", "Maculopapular rash", "2021-04-10"),
+        kit.medication_administration(
+            id="e3-dupi", patient="e3", medication="Dupixent 300 MG", effective="2021-03-20"
+        ),
+        kit.medication_administration(
+            id="e3-dupi2", patient="e3", medication="Dupixent 300 MG", effective="2021-05-01"
+        ),
+        kit.condition(
+            id="e3-rash",
+            patient="e3",
+            code="Maculopapular rash",
+            onset="2021-04-10",
+            verification=None,
+        ),
     ],
     # dupilumab that ended before ICB start → control 1 (no exposure from ICB start on).
     "e4": [
         *_base("e4"),
-        _statement("e4-dupi", "e4", "dupilumab 300 MG", "2020-10-01", "2021-02-28"),
-        _condition("e4-rash", "e4", "Maculopapular rash", "2021-04-10"),
+        kit.medication_statement(
+            id="e4-dupi",
+            patient="e4",
+            medication="dupilumab 300 MG",
+            status="completed",
+            effectivePeriod=kit.period("2020-10-01", "2021-02-28"),
+        ),
+        kit.condition(
+            id="e4-rash",
+            patient="e4",
+            code="Maculopapular rash",
+            onset="2021-04-10",
+            verification=None,
+        ),
     ],
     # a dupilumab administration without any date, and no dated one after the cirAE → excluded.
     "e5": [
         *_base("e5"),
-        {
-            k: v
-            for k, v in _given("e5-dupi", "e5", "Dupixent 300 MG", "").items()
-            if k != "effectiveDateTime"
-        },
-        _condition("e5-rash", "e5", "Maculopapular rash", "2021-04-10"),
+        kit.medication_administration(id="e5-dupi", patient="e5", medication="Dupixent 300 MG"),
+        kit.condition(
+            id="e5-rash",
+            patient="e5",
+            code="Maculopapular rash",
+            onset="2021-04-10",
+            verification=None,
+        ),
     ],
     # prednisone started before ICB start and still taken on it → exposed from ICB start.
     "g1": [
         *_base("g1"),
-        _statement("g1-pred", "g1", "prednisone 10 MG", "2020-12-01", "2021-03-10", "oral"),
+        kit.medication_statement(
+            id="g1-pred",
+            patient="g1",
+            medication="prednisone 10 MG",
+            status="completed",
+            route="oral",
+            effectivePeriod=kit.period("2020-12-01", "2021-03-10"),
+        ),
     ],
     # an open-ended order before ICB start, a course ended the day before ICB start, and a
     # month-only statement (cannot time the covariate) → unexposed.
     "g2": [
         *_base("g2"),
-        _ordered("g2-pred", "g2", "prednisone 20 MG", "2021-01-15", "oral"),
-        _statement("g2-pred2", "g2", "prednisone 10 MG", "2020-11-01", "2021-02-28", "oral"),
-        _statement("g2-pred3", "g2", "prednisone 10 MG", "2021-05", None, "oral"),
+        kit.medication_request(
+            id="g2-pred",
+            patient="g2",
+            medication="prednisone 20 MG",
+            authored="2021-01-15",
+            route="oral",
+        ),
+        kit.medication_statement(
+            id="g2-pred2",
+            patient="g2",
+            medication="prednisone 10 MG",
+            status="completed",
+            route="oral",
+            effectivePeriod=kit.period("2020-11-01", "2021-02-28"),
+        ),
+        kit.medication_statement(
+            id="g2-pred3",
+            patient="g2",
+            medication="prednisone 10 MG",
+            status="active",
+            route="oral",
+            effectivePeriod=kit.period("2021-05"),
+        ),
     ],
     # an open-ended order inside the window counts from its start.
-    "g3": [*_base("g3"), _ordered("g3-pred", "g3", "prednisone 20 MG", "2021-06-01", "oral")],
+    "g3": [
+        *_base("g3"),
+        kit.medication_request(
+            id="g3-pred",
+            patient="g3",
+            medication="prednisone 20 MG",
+            authored="2021-06-01",
+            route="oral",
+        ),
+    ],
     # race: the code, a display in lower case, and a text in upper case are one category.
-    "r1": _base("r1", **_race("2106-3", "White", "White")),
-    "r2": _base("r2", **_race(None, "white", None)),
-    "r3": _base("r3", **_race(None, None, "WHITE ")),
-    "r4": _base("r4", **_race(None, None, "Asian  Indian")),
+    "r1": _base("r1", extension=[kit.us_core_race(code="2106-3", display="White", text="White")]),
+    "r2": _base("r2", extension=[kit.us_core_race(display="white")]),
+    "r3": _base("r3", extension=[kit.us_core_race(text="WHITE ")]),
+    "r4": _base("r4", extension=[kit.us_core_race(text="Asian  Indian")]),
     # cancer type: the latest primary by ICB start; C44 (skin), C78 and post-ICB C50 do not count.
     "k1": [
         *_base("k1"),
-        _condition("k1-mel", "k1", "Melanoma", "2015-01-01", "C43.9"),
-        _condition("k1-lung", "k1", "Lung cancer", "2020-06-01", "C34.90"),
-        _condition("k1-bcc", "k1", "Basal cell carcinoma", "2021-01-10", "C44.91"),
-        _condition("k1-mets", "k1", "Secondary malignancy of lung", "2021-02-01", "C78.00"),
-        _condition("k1-breast", "k1", "Breast cancer", "2021-04-01", "C50.911"),
+        kit.condition(
+            id="k1-mel",
+            patient="k1",
+            code=kit.coded(kit.ICD10CM, "C43.9", text="Melanoma"),
+            onset="2015-01-01",
+            verification=None,
+        ),
+        kit.condition(
+            id="k1-lung",
+            patient="k1",
+            code=kit.coded(kit.ICD10CM, "C34.90", text="Lung cancer"),
+            onset="2020-06-01",
+            verification=None,
+        ),
+        kit.condition(
+            id="k1-bcc",
+            patient="k1",
+            code=kit.coded(kit.ICD10CM, "C44.91", text="Basal cell carcinoma"),
+            onset="2021-01-10",
+            verification=None,
+        ),
+        kit.condition(
+            id="k1-mets",
+            patient="k1",
+            code=kit.coded(kit.ICD10CM, "C78.00", text="Secondary malignancy of lung"),
+            onset="2021-02-01",
+            verification=None,
+        ),
+        kit.condition(
+            id="k1-breast",
+            patient="k1",
+            code=kit.coded(kit.ICD10CM, "C50.911", text="Breast cancer"),
+            onset="2021-04-01",
+            verification=None,
+        ),
     ],
     # none by ICB start: the earliest within 90 days after (61 days), not the later one.
     "k2": [
         *_base("k2"),
-        _condition("k2-colon", "k2", "Colon cancer", "2021-05-20", "C18.9"),
-        _condition("k2-prostate", "k2", "Prostate cancer", "2021-05-01", "C61"),
+        kit.condition(
+            id="k2-colon",
+            patient="k2",
+            code=kit.coded(kit.ICD10CM, "C18.9", text="Colon cancer"),
+            onset="2021-05-20",
+            verification=None,
+        ),
+        kit.condition(
+            id="k2-prostate",
+            patient="k2",
+            code=kit.coded(kit.ICD10CM, "C61", text="Prostate cancer"),
+            onset="2021-05-01",
+            verification=None,
+        ),
     ],
     # only C44 before and a cancer 96 days after → unknown.
     "k3": [
         *_base("k3"),
-        _condition("k3-bcc", "k3", "Basal cell carcinoma", "2020-01-01", "C44.91"),
-        _condition("k3-prostate", "k3", "Prostate cancer", "2021-06-05", "C61"),
+        kit.condition(
+            id="k3-bcc",
+            patient="k3",
+            code=kit.coded(kit.ICD10CM, "C44.91", text="Basal cell carcinoma"),
+            onset="2020-01-01",
+            verification=None,
+        ),
+        kit.condition(
+            id="k3-prostate",
+            patient="k3",
+            code=kit.coded(kit.ICD10CM, "C61", text="Prostate cancer"),
+            onset="2021-06-05",
+            verification=None,
+        ),
     ],
     # a birth date after ICB start, and a planned ICB order after the last visit.
     "a1": [
         *_base("a1", birth="2023-01-01"),
-        _encounter("a1-visit", "a1", "2022-06-01"),
-        _ordered("a1-plan", "a1", "pembrolizumab 200 MG", "2022-09-01", intent="plan"),
+        kit.encounter(id="a1-visit", patient="a1", start="2022-06-01", end="2022-06-01"),
+        kit.medication_request(
+            id="a1-plan",
+            patient="a1",
+            medication="pembrolizumab 200 MG",
+            authored="2022-09-01",
+            intent="plan",
+        ),
     ],
     # ICB known only to the month: no time origin.
     "m1": [
-        _patient("m1", "male", "1950-01-01"),
-        _given("m1-icb", "m1", "pembrolizumab 200 MG", "2021-03"),
+        kit.patient(id="m1", gender="male", birth_date="1950-01-01"),
+        kit.medication_administration(
+            id="m1-icb", patient="m1", medication="pembrolizumab 200 MG", effective="2021-03"
+        ),
     ],
     # no ICB: neither a subject nor an exclusion.
     "n1": [
-        _patient("n1", "male", "1950-01-01"),
-        _condition("n1-rash", "n1", "Maculopapular rash", "2021-04-10"),
+        kit.patient(id="n1", gender="male", birth_date="1950-01-01"),
+        kit.condition(
+            id="n1-rash",
+            patient="n1",
+            code="Maculopapular rash",
+            onset="2021-04-10",
+            verification=None,
+        ),
     ],
 }
 

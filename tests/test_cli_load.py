@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from sqlalchemy import Engine
 
 from service.infra.db import make_engine
 from service.infra.settings import Settings
-from tests.conftest import SHARED_DATA, counts
+from tests.conftest import TEST_DATA, counts
+from tests.kit.cli import run_trialbridge
+from tests.kit.store import store_counts
 
-TRIALBRIDGE = str(Path(sys.executable).parent / "trialbridge")
-SYNTHEA_DIR = SHARED_DATA / "synthea-10"
+SYNTHEA_DIR = TEST_DATA / "synthea-10"
 SYNTHEA_FILES = 9
 SYNTHEA_LINES = 5842
-
-
-def _run(database_url: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALBRIDGE_")}
-    env["DATABASE_URL"] = database_url
-    return subprocess.run(
-        [TRIALBRIDGE, *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
 
 
 def _engine(database_url: str) -> Engine:
@@ -50,13 +34,13 @@ def test_load_synthea_then_reload_is_unchanged(
     backend: str, new_database: object, tmp_path: Path
 ) -> None:
     url = str(new_database(backend))  # type: ignore[operator]
-    first = _run(url, "load", str(SYNTHEA_DIR), cwd=tmp_path)
+    first = run_trialbridge(url, "load", str(SYNTHEA_DIR), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout == f"loaded {SYNTHEA_FILES} file(s): {SYNTHEA_LINES} created\n"
     assert _store_counts(url)["fhir_resource_version"] == SYNTHEA_LINES
     assert _store_counts(url)["fhir_resource"] == SYNTHEA_LINES
 
-    second = _run(url, "load", str(SYNTHEA_DIR), cwd=tmp_path)
+    second = run_trialbridge(url, "load", str(SYNTHEA_DIR), cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert second.stdout == f"loaded {SYNTHEA_FILES} file(s): {SYNTHEA_LINES} unchanged\n"
     assert _store_counts(url)["fhir_resource_version"] == SYNTHEA_LINES
@@ -88,7 +72,7 @@ def test_load_names_the_bad_line_and_keeps_the_good_ones(
         + json.dumps(good[1])
         + "\n"
     )
-    result = _run(url, "load", str(folder), cwd=tmp_path)
+    result = run_trialbridge(url, "load", str(folder), cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout == "loaded 1 file(s): 2 created, 1 rejected\n"
     errors = [line for line in result.stderr.splitlines() if line.startswith(str(bad_file))]
@@ -103,30 +87,17 @@ def test_migrate_a_fresh_database_reports_the_revision(
     backend: str, new_database: object, tmp_path: Path
 ) -> None:
     url = str(new_database(backend))  # type: ignore[operator]
-    result = _run(url, "migrate", cwd=tmp_path)
+    result = run_trialbridge(url, "migrate", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "database at revision 0006\n"
-    assert _store_counts(url) == {
-        "fhir_resource": 0,
-        "fhir_resource_version": 0,
-        "fhir_identifier": 0,
-        "fhir_reference": 0,
-        "trial_event": 0,
-        "trial_event_dependency": 0,
-        "study_subject": 0,
-        "eligibility_result": 0,
-        "deviation": 0,
-        "deviation_history": 0,
-        "webhook_subscription": 0,
-        "webhook_outbox": 0,
-    }
-    again = _run(url, "migrate", cwd=tmp_path)
+    assert _store_counts(url) == store_counts()
+    again = run_trialbridge(url, "migrate", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout == "database at revision 0006\n"
 
 
 def test_unsupported_database_url_is_refused_before_anything_runs(tmp_path: Path) -> None:
-    result = _run("mysql://x", "load", str(SYNTHEA_DIR), cwd=tmp_path)
+    result = run_trialbridge("mysql://x", "load", str(SYNTHEA_DIR), cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stdout == ""
     assert "DATABASE_URL" in result.stderr
@@ -156,10 +127,10 @@ def test_remap_recomputes_the_same_events_and_subjects(
             )
         )
     )
-    assert _run(url, "load", str(feed), cwd=tmp_path).returncode == 0
+    assert run_trialbridge(url, "load", str(feed), cwd=tmp_path).returncode == 0
     before = _store_counts(url)
     assert (before["trial_event"], before["study_subject"]) == (2, 1)
-    result = _run(url, "remap", cwd=tmp_path)
+    result = run_trialbridge(url, "remap", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "remapped: 2 event(s), 1 subject(s)\n"
     assert _store_counts(url) == before

@@ -16,25 +16,25 @@ from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
 from tests.conftest import POSTGRES_ADMIN_URL, counts
-from tests.helpers import bundle, entry, observation, patient
+from tests.kit.fhir import entry, patient, post_entry, transaction, viable_tumour
+from tests.kit.store import store_counts
 
 P_URN = "urn:uuid:0b7c2a4e-5f6d-4e3c-8b2a-9d8e7f6a5b01"
 
 
 def _transaction() -> bytes:
-    return bundle(
-        "transaction",
-        entry(patient("conc"), "POST", "Patient", P_URN),
-        entry(observation(P_URN, 12.5), "POST", "Observation"),  # no fullUrl: id from content
+    return transaction(
+        post_entry(patient(mrn="conc"), full_url=P_URN),
+        post_entry(viable_tumour(subject=P_URN, value=12.5)),
         entry(
-            {
+            method="PUT",
+            url="Encounter/enc-1",
+            resource={
                 "resourceType": "Encounter",
                 "id": "enc-1",
                 "status": "finished",
                 "class": {"code": "AMB"},
             },
-            "PUT",
-            "Encounter/enc-1",
         ),
     )
 
@@ -66,20 +66,13 @@ def test_same_transaction_posted_8_times_at_once_leaves_one_copy(
         s for b in ok for s in (e["response"]["status"] for e in b["entry"]) if s.startswith("201")
     ]
     assert len(created) == 3  # each resource was created by exactly one request
-    assert counts(engine) == {
-        "fhir_resource": 3,
-        "fhir_resource_version": 3,
-        "fhir_identifier": 1,
-        "fhir_reference": 2,
-        "trial_event": 3,  # demographics, viable tumour, encounter: derived once too
-        "trial_event_dependency": 0,
-        "study_subject": 0,
-        "eligibility_result": 0,
-        "deviation": 0,
-        "deviation_history": 0,
-        "webhook_subscription": 0,
-        "webhook_outbox": 0,
-    }
+    assert counts(engine) == store_counts(
+        fhir_resource=3,
+        fhir_resource_version=3,
+        fhir_identifier=1,
+        fhir_reference=2,
+        trial_event=3,  # demographics, viable tumour, encounter: derived once too
+    )
 
 
 def test_replay_after_a_lost_response_returns_the_same_ids(
@@ -96,7 +89,7 @@ def test_replay_after_a_lost_response_returns_the_same_ids(
 def test_identical_creates_in_parallel_give_one_resource(
     server: Any, engine: Engine, fhir: httpx.Client
 ) -> None:
-    body = patient("same-content", active=True)
+    body = patient(mrn="same-content", active=True)
 
     def post(_: int) -> httpx.Response:
         with httpx.Client(base_url=server.fhir, timeout=60) as client:
@@ -133,20 +126,7 @@ def test_database_lost_mid_transaction_writes_nothing_and_says_transient(new_dat
     event.remove(engine, "before_cursor_execute", kill_connection)
     assert caught.value.status == 503
     assert caught.value.issues[0].code == "transient"
-    assert counts(engine) == {
-        "fhir_resource": 0,
-        "fhir_resource_version": 0,
-        "fhir_identifier": 0,
-        "fhir_reference": 0,
-        "trial_event": 0,
-        "trial_event_dependency": 0,
-        "study_subject": 0,
-        "eligibility_result": 0,
-        "deviation": 0,
-        "deviation_history": 0,
-        "webhook_subscription": 0,
-        "webhook_outbox": 0,
-    }
+    assert counts(engine) == store_counts()
     engine.dispose()
 
 
@@ -154,5 +134,5 @@ def test_unreachable_database_is_a_transient_error() -> None:
     settings = Settings(database_url="postgresql://postgres@127.0.0.1:1/none", write_retries=1)
     store = FhirService(make_engine(settings), settings)
     with pytest.raises(FhirError) as caught:
-        store.create("Patient", patient("x"), if_none_exist=None, ctx=store.context("test"))
+        store.create("Patient", patient(mrn="x"), if_none_exist=None, ctx=store.context("test"))
     assert (caught.value.status, caught.value.issues[0].code) == (503, "transient")

@@ -21,7 +21,7 @@ from service.infra.db import make_engine
 from service.infra.settings import Settings
 from service.repositories import trial_events
 from service.repositories.unit_of_work import UnitOfWork
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 
 SITE_VALUESET = {
     "resourceType": "ValueSet",
@@ -149,7 +149,7 @@ def test_events_read_back_in_the_writing_session_are_the_events_decoded_later(
     )
     resources = [
         loads(line)
-        for path in sorted((SHARED_DATA / "synthea-10").glob("*.ndjson"))
+        for path in sorted((TEST_DATA / "synthea-10").glob("*.ndjson"))
         for line in path.read_bytes().splitlines()
         if line.strip()
     ]

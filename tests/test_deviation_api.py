@@ -11,13 +11,9 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,20 +27,19 @@ from service.infra.db import make_engine
 from service.infra.settings import Settings
 from service.studies.interventional.deviation_sync import RESOLVED_BY_DATA
 from tests.conftest import FHIR_JSON, clear_store, start_server
-from tests.helpers import bundle, entry
+from tests.kit import fhir as kit
+from tests.kit.cli import run_trialbridge
+from tests.kit.client import put_resources
+from tests.kit.clock import FROZEN_INSTANT
 
 NCT = "NCT06088771"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-UCUM = "http://unitsofmeasure.org"
-HL7 = "http://terminology.hl7.org/CodeSystem"
-TRIALBRIDGE = str(Path(sys.executable).parent / "trialbridge")
 
 DAY1 = dt.date(2025, 3, 10)  # every subject's first study-drug day
 ENROLLED = "2025-03-03"
 NOW = dt.datetime(2025, 6, 30, 12, 0, tzinfo=dt.UTC)  # every window of the cohort has closed
 NOW_TEXT = "2025-06-30T12:00:00Z"
-PREDNISONE = "predniSONE 20 MG Oral Tablet"
+SYRINGE = "dupilumab 300 MG in 2 ML Prefilled Syringe"
+SURGERY = "Right upper lobectomy"
 
 Resources = list[dict[str, Any]]
 
@@ -114,102 +109,7 @@ def fhir(live: Live, api: httpx.Client) -> Iterator[httpx.Client]:
 
 # -- FHIR builders (every resource id starts with its patient's id) ----------------------------------
 
-STUDY = {
-    "resourceType": "ResearchStudy",
-    "id": "rs-nct",
-    "status": "active",
-    "identifier": [{"system": "https://clinicaltrials.gov", "value": NCT}],
-}
-
-
-def patient(pid: str, **extra: Any) -> dict[str, Any]:
-    """A Patient with an MRN."""
-    return {
-        "resourceType": "Patient",
-        "id": pid,
-        "identifier": [{"system": "urn:mrn", "value": f"MRN-{pid}"}],
-        "gender": "female",
-        "birthDate": "1956-02-11",
-        **extra,
-    }
-
-
-def research_subject(pid: str, number: str) -> dict[str, Any]:
-    """The patient's on-study enrollment record."""
-    return {
-        "resourceType": "ResearchSubject",
-        "id": f"{pid}-rs",
-        "status": "on-study",
-        "identifier": [{"system": "urn:study:nct06088771:subject", "value": number}],
-        "period": {"start": ENROLLED},
-        "study": {"reference": "ResearchStudy/rs-nct"},
-        "individual": {"reference": f"Patient/{pid}"},
-    }
-
-
-def dose(
-    pid: str, key: str, drug: str, mg: float, when: str, route: str | None = None
-) -> dict[str, Any]:
-    """A completed MedicationAdministration with a dose in mg."""
-    dosage: dict[str, Any] = {"dose": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}}
-    if route is not None:
-        dosage["route"] = {"text": route}
-    return {
-        "resourceType": "MedicationAdministration",
-        "id": f"{pid}-{key}",
-        "status": "completed",
-        "medicationCodeableConcept": {
-            "coding": [{"system": RXNORM, "code": "999999", "display": drug}]
-        },
-        "subject": {"reference": f"Patient/{pid}"},
-        "effectiveDateTime": when,
-        "dosage": dosage,
-    }
-
-
-def procedure(pid: str, key: str, text: str, when: dt.date, **extra: Any) -> dict[str, Any]:
-    """A completed Procedure named by text."""
-    return {
-        "resourceType": "Procedure",
-        "id": f"{pid}-{key}",
-        "status": "completed",
-        "code": {"text": text},
-        "subject": {"reference": f"Patient/{pid}"},
-        "performedDateTime": when.isoformat(),
-        **extra,
-    }
-
-
-def surgery(pid: str, when: dt.date, **extra: Any) -> dict[str, Any]:
-    """The lung resection."""
-    return procedure(pid, "surgery", "Right upper lobectomy", when, **extra)
-
-
-def encounter(pid: str, when: dt.date) -> dict[str, Any]:
-    """A finished outpatient visit."""
-    return {
-        "resourceType": "Encounter",
-        "id": f"{pid}-postop",
-        "status": "finished",
-        "class": {"code": "AMB"},
-        "subject": {"reference": f"Patient/{pid}"},
-        "period": {"start": f"{when.isoformat()}T10:00:00-04:00"},
-    }
-
-
-def condition(pid: str, key: str, code: dict[str, Any], onset: str) -> dict[str, Any]:
-    """A confirmed, active Condition."""
-    return {
-        "resourceType": "Condition",
-        "id": f"{pid}-{key}",
-        "clinicalStatus": {"coding": [{"system": f"{HL7}/condition-clinical", "code": "active"}]},
-        "verificationStatus": {
-            "coding": [{"system": f"{HL7}/condition-ver-status", "code": "confirmed"}]
-        },
-        "code": code,
-        "subject": {"reference": f"Patient/{pid}"},
-        "onsetDateTime": onset,
-    }
+STUDY = kit.research_study()
 
 
 def subject(
@@ -225,39 +125,58 @@ def subject(
     extra: Resources | None = None,
 ) -> Resources:
     """An enrolled subject who follows the schedule except where told otherwise."""
-    out: Resources = [patient(pid), research_subject(pid, number)]
+    out: Resources = [
+        kit.patient(id=pid, mrn=f"MRN-{pid}", gender="female", birth_date="1956-02-11"),
+        kit.research_subject(id=f"{pid}-rs", patient=pid, number=number, start=ENROLLED),
+    ]
     for i, mg in enumerate(dupilumab):
-        syringe = "dupilumab 300 MG in 2 ML Prefilled Syringe"
-        out.append(dose(pid, f"dupi-{'ab'[i]}", syringe, mg, f"2025-03-10T09:0{5 * i}:00-04:00"))
+        out.append(
+            kit.dose(
+                id=f"{pid}-dupi-{'ab'[i]}",
+                patient=pid,
+                drug=SYRINGE,
+                amount=mg,
+                when=f"2025-03-10T09:0{5 * i}:00-04:00",
+            )
+        )
     if cemiplimab:
-        out.append(dose(pid, "cemi", "Libtayo 350 MG", 350, "2025-03-10T10:00:00-04:00"))
+        out.append(
+            kit.dose(
+                id=f"{pid}-cemi",
+                patient=pid,
+                drug="Libtayo 350 MG",
+                amount=350,
+                when="2025-03-10T10:00:00-04:00",
+            )
+        )
     for i in range(1, biopsies + 1):
-        out.append(procedure(pid, f"cnb-{i}", "CT-guided core needle biopsy of lung", day(-20)))
+        out.append(
+            kit.procedure(
+                id=f"{pid}-cnb-{i}",
+                patient=pid,
+                code="CT-guided core needle biopsy of lung",
+                performed=day(-20),
+            )
+        )
     if stool:
         out.append(
-            {
-                "resourceType": "Specimen",
-                "id": f"{pid}-stool",
-                "type": {"text": "Stool specimen"},
-                "subject": {"reference": f"Patient/{pid}"},
-                "collection": {"collectedDateTime": day(-5).isoformat()},
-            }
+            kit.specimen(id=f"{pid}-stool", patient=pid, type="Stool specimen", collected=day(-5))
         )
     if surgery_day is not None:
-        out.append(surgery(pid, day(surgery_day)))
+        out.append(
+            kit.procedure(
+                id=f"{pid}-surgery", patient=pid, code=SURGERY, performed=day(surgery_day)
+            )
+        )
         if followup_after is not None:
-            out.append(encounter(pid, day(surgery_day) + dt.timedelta(days=followup_after)))
+            out.append(
+                kit.encounter(
+                    id=f"{pid}-postop",
+                    patient=pid,
+                    start=f"{day(surgery_day) + dt.timedelta(days=followup_after)}T10:00:00-04:00",
+                )
+            )
     return out + (extra or [])
-
-
-def put(fhir: httpx.Client, *resources: dict[str, Any]) -> None:
-    """PUT the resources in one transaction Bundle."""
-    body = bundle(
-        "transaction",
-        *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in resources),
-    )
-    response = fhir.post("", content=body)
-    assert response.status_code == 200, response.text
 
 
 # -- reading the log -----------------------------------------------------------------------------------
@@ -301,14 +220,21 @@ Row = tuple[str, str, str, int | None, str, str, tuple[str, ...]]
 
 def cohort() -> list[Resources]:
     """Eight patients: one clean subject, six with known deviations, one non-subject candidate."""
-    rheumatoid = {
-        "coding": [{"system": ICD10CM, "code": "M05.79", "display": "Rheumatoid arthritis"}]
-    }
-    nsclc = {"coding": [{"system": "http://snomed.info/sct", "code": "254637007"}]}
-    extra_dose = dose(
-        "p6", "dupi-c", "Dupixent 300 MG", 300, f"{day(8).isoformat()}T09:00:00-04:00"
+    extra_dose = kit.dose(
+        id="p6-dupi-c",
+        patient="p6",
+        drug="Dupixent 300 MG",
+        amount=300,
+        when=f"{day(8).isoformat()}T09:00:00-04:00",
     )
-    steroid = dose("p5", "pred", PREDNISONE, 20, day(5).isoformat(), route="oral")
+    steroid = kit.dose(
+        id="p5-pred",
+        patient="p5",
+        drug=kit.PREDNISONE,
+        amount=20,
+        when=day(5).isoformat(),
+        route="oral",
+    )
     return [
         subject("p1", "001-001"),
         subject("p2", "001-002", surgery_day=31),
@@ -318,14 +244,26 @@ def cohort() -> list[Resources]:
         subject(
             "p6",
             "001-006",
-            extra=[condition("p6", "ra", rheumatoid, "2019-05-01"), extra_dose],
+            extra=[
+                kit.condition(
+                    id="p6-ra", patient="p6", code=kit.RHEUMATOID_ARTHRITIS, onset="2019-05-01"
+                ),
+                extra_dose,
+            ],
         ),
         subject("p7", "001-007", followup_after=None),
         # a screening candidate, never enrolled: prednisone and no surgery are not deviations
         [
-            patient("p8"),
-            condition("p8", "dx", nsclc, "2025-02-01"),
-            dose("p8", "pred", PREDNISONE, 20, "2025-03-12", route="oral"),
+            kit.patient(id="p8", mrn="MRN-p8", gender="female", birth_date="1956-02-11"),
+            kit.condition(id="p8-dx", patient="p8", code=kit.NSCLC, onset="2025-02-01"),
+            kit.dose(
+                id="p8-pred",
+                patient="p8",
+                drug=kit.PREDNISONE,
+                amount=20,
+                when="2025-03-12",
+                route="oral",
+            ),
         ],
     ]
 
@@ -351,7 +289,7 @@ EXPECTED: list[Row] = [
      "no surgery by Day 22; window Day 15–22",
      ()),
     ("001-005", "prohibited_medication", "major", 5, "2025-03-14",
-     f"{PREDNISONE} on Day 5, between Day 1 and surgery, with no immune-related adverse event before it",
+     f"{kit.PREDNISONE} on Day 5, between Day 1 and surgery, with no immune-related adverse event before it",
      ("MedicationAdministration/p5-pred/_history/1",)),
     ("001-006", "ineligible_enrolled", "major", -7, "2025-03-03",
      "enrolled on 2025-03-03 while ineligible on that day",
@@ -367,9 +305,9 @@ EXPECTED: list[Row] = [
 
 def load_cohort(fhir: httpx.Client) -> None:
     """Write the study, then each patient in its own transaction."""
-    put(fhir, STUDY)
+    put_resources(fhir, STUDY)
     for resources in cohort():
-        put(fhir, *resources)
+        put_resources(fhir, *resources)
 
 
 def rows(found: list[dict[str, Any]], numbers: dict[str, str]) -> list[Row]:
@@ -587,11 +525,11 @@ def test_csv_pages_follow_the_link_header_with_the_same_filters(
 
 def late_surgery_subject(fhir: httpx.Client) -> None:
     """p1 operated on Day 31 (visit on 2025-05-03, inside the window of Day 31 and of Day 20)."""
-    put(fhir, STUDY)
-    put(
+    put_resources(fhir, STUDY)
+    put_resources(
         fhir,
         *subject("p1", "001-001", surgery_day=31, followup_after=None),
-        encounter("p1", dt.date(2025, 5, 3)),
+        kit.encounter(id="p1-postop", patient="p1", start=f"{dt.date(2025, 5, 3)}T10:00:00-04:00"),
     )
 
 
@@ -633,7 +571,8 @@ def test_acknowledge_needs_the_current_etag(api: httpx.Client, fhir: httpx.Clien
     after = done.json()
     assert after["status"] == "acknowledged"
     assert after["acknowledged_by"] == "j.doe@site.org"
-    assert after["acknowledged_at"] is not None
+    acknowledged_at = dt.datetime.fromisoformat(after["acknowledged_at"])  # the wall clock's
+    assert FROZEN_INSTANT <= acknowledged_at <= dt.datetime.now(dt.UTC)
     assert after["version"] == 2
     assert history(after) == [
         ("opened", "system"),
@@ -662,7 +601,9 @@ def test_correction_resolves_keeps_annotations_and_rebreaking_reopens(
 
     corrected_at = dt.datetime(2025, 7, 1, 9, 30, tzinfo=dt.UTC)
     live.now = corrected_at
-    put(fhir, surgery("p1", day(20)))  # the site corrects the surgery date
+    put_resources(
+        fhir, kit.procedure(id="p1-surgery", patient="p1", code=SURGERY, performed=day(20))
+    )  # the site corrects the surgery date
     body, etag = one(api, dev_id)
     assert body["status"] == "resolved"
     assert body["resolved_at"] == "2025-07-01T09:30:00Z"
@@ -706,7 +647,9 @@ def test_correction_resolves_keeps_annotations_and_rebreaking_reopens(
     assert refused.json()["error"]["code"] == "already_resolved"
 
     live.now = dt.datetime(2025, 7, 2, 8, 0, tzinfo=dt.UTC)
-    put(fhir, surgery("p1", day(31)))  # the correction is undone
+    put_resources(
+        fhir, kit.procedure(id="p1-surgery", patient="p1", code=SURGERY, performed=day(31))
+    )  # the correction is undone
     [reopened] = deviations(api)
     assert reopened["id"] == dev_id
     body, _ = one(api, dev_id)
@@ -727,29 +670,33 @@ def test_same_cause_keeps_the_same_id_across_recomputation(
     live: Live, api: httpx.Client, fhir: httpx.Client
 ) -> None:
     """Unrelated updates recompute the subject without touching the deviation; evidence updates it."""
-    put(fhir, STUDY)
-    put(fhir, *subject("p3", "001-003", dupilumab=(300, 239)))
+    put_resources(fhir, STUDY)
+    put_resources(fhir, *subject("p3", "001-003", dupilumab=(300, 239)))
     [before] = deviations(api)
     assert before["message"] == (
         "dupilumab Day-1 total 539 mg (300 + 239); plan 600 mg ± 10 % (540–660 mg)"
     )
 
     live.now = NOW + dt.timedelta(days=1)
-    put(fhir, patient("p3", gender="male"))  # nothing a rule reads
-    put(fhir, encounter("p3", day(50)))  # another visit inside the follow-up window
+    put_resources(
+        fhir, kit.patient(id="p3", mrn="MRN-p3", gender="male", birth_date="1956-02-11")
+    )  # nothing a rule reads
+    put_resources(
+        fhir, kit.encounter(id="p3-postop", patient="p3", start=f"{day(50)}T10:00:00-04:00")
+    )  # another visit inside the follow-up window
     [same] = deviations(api)
     assert same == before
 
     # A new version of the first syringe's record (a note only): same cause, same id and message;
     # only the evidence now names version 2.
-    first = dose(
-        "p3",
-        "dupi-a",
-        "dupilumab 300 MG in 2 ML Prefilled Syringe",
-        300,
-        "2025-03-10T09:00:00-04:00",
+    first = kit.dose(
+        id="p3-dupi-a",
+        patient="p3",
+        drug=SYRINGE,
+        amount=300,
+        when="2025-03-10T09:00:00-04:00",
     )
-    put(fhir, {**first, "note": [{"text": "lot 4711"}]})
+    put_resources(fhir, {**first, "note": [{"text": "lot 4711"}]})
     [updated] = deviations(api)
     assert updated["id"] == before["id"]
     assert updated["message"] == before["message"]
@@ -766,9 +713,9 @@ def test_two_subjects_with_the_same_cause_have_different_ids(
     api: httpx.Client, fhir: httpx.Client
 ) -> None:
     """The id is per subject (keyed hash), so two late surgeries are two deviations."""
-    put(fhir, STUDY)
-    put(fhir, *subject("p1", "001-001", surgery_day=31))
-    put(fhir, *subject("p2", "001-002", surgery_day=31))
+    put_resources(fhir, STUDY)
+    put_resources(fhir, *subject("p1", "001-001", surgery_day=31))
+    put_resources(fhir, *subject("p2", "001-002", surgery_day=31))
     found = deviations(api, rule="surgery_window")
     assert len({d["id"] for d in found}) == 2
     assert len({d["subject_id"] for d in found}) == 2
@@ -778,8 +725,8 @@ def test_deleting_the_subject_record_resolves_its_deviations(
     api: httpx.Client, fhir: httpx.Client
 ) -> None:
     """A patient who stops being a subject keeps a log entry, resolved with the reason."""
-    put(fhir, STUDY)
-    put(fhir, *subject("p2", "001-002", surgery_day=31))
+    put_resources(fhir, STUDY)
+    put_resources(fhir, *subject("p2", "001-002", surgery_day=31))
     [found] = deviations(api)
     assert fhir.delete("ResearchSubject/p2-rs").status_code == 204
     body, _ = one(api, found["id"])
@@ -794,16 +741,7 @@ def test_deleting_the_subject_record_resolves_its_deviations(
 
 def reevaluate(live: Live, as_of: str) -> str:
     """Run the installed console script against the test database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALBRIDGE_")}
-    env["DATABASE_URL"] = live.database_url
-    result = subprocess.run(
-        [TRIALBRIDGE, "reevaluate", "--as-of", as_of],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_trialbridge(live.database_url, "reevaluate", "--as-of", as_of, timeout=300)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -813,8 +751,8 @@ def test_reevaluate_as_of_raises_no_surgery_once_the_window_closed(
 ) -> None:
     """Nothing is written on Day 23, yet the deviation must appear: the daily re-check raises it."""
     live.now = dt.datetime(2025, 3, 29, 15, 0, tzinfo=dt.UTC)  # Day 20: surgery may still come
-    put(fhir, STUDY)
-    put(fhir, *subject("p5", "001-005", surgery_day=None))
+    put_resources(fhir, STUDY)
+    put_resources(fhir, *subject("p5", "001-005", surgery_day=None))
     assert deviations(api) == []
 
     assert reevaluate(live, "2025-03-31") == "re-evaluated 1 patient(s)\n"  # Day 22
@@ -839,7 +777,9 @@ def test_reevaluate_as_of_raises_no_surgery_once_the_window_closed(
     assert history(body) == [("opened", "system")]
 
     live.now = dt.datetime(2025, 4, 3, 10, 0, tzinfo=dt.UTC)
-    put(fhir, surgery("p5", day(25)))  # operated late after all: the cause is now the date
+    put_resources(
+        fhir, kit.procedure(id="p5-surgery", patient="p5", code=SURGERY, performed=day(25))
+    )  # operated late after all: the cause is now the date
     [late] = deviations(api)
     assert late["id"] == found["id"]
     assert late["message"] == "surgery on Day 25; window Day 15–22"

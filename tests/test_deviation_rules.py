@@ -9,34 +9,26 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import SourceRef, TrialEvent
-from fhir_mapping.events.registry import map_resource
 from service.protocol.terminology import build_terminology
 from service.studies.interventional.deviation_rules import Finding, SubjectContext, detect
 from service.studies.interventional.eligibility import evaluate
 from service.studies.interventional.membership import trial_membership
-from service.studies.interventional.protocol import TrialProtocol
-from service.studies.registry import load_protocols
+from tests.kit import fhir as kit
+from tests.kit.mapping import events_of as map_all
+from tests.kit.protocols import trial_protocol
 
 TERMINOLOGY = build_terminology()
-_LOADED = load_protocols(TERMINOLOGY)["NCT06088771"]
-assert isinstance(_LOADED, TrialProtocol)
-PROTOCOL: TrialProtocol = _LOADED
-
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-UCUM = "http://unitsofmeasure.org"
-HL7 = "http://terminology.hl7.org/CodeSystem"
+PROTOCOL = trial_protocol(TERMINOLOGY)
 
 DAY1 = dt.date(2025, 3, 10)
 ENROLLED = dt.date(2025, 3, 3)
 LATER = dt.date(2025, 12, 31)  # every window has closed
-SUBJECT = {"reference": "Patient/p1"}
 Resources = dict[str, dict[str, Any]]
 
 
@@ -50,111 +42,17 @@ def ref(resource_type: str, resource_id: str) -> SourceRef:
     return SourceRef(resource_type, resource_id, 1)
 
 
-# -- FHIR builders ------------------------------------------------------------------------------------
+# -- p1's FHIR: the kit's builders with this subject's defaults ---------------------------------------
+
+enrollment = partial(kit.research_subject, id="rs-p1", number="001-001", start=ENROLLED)
+biopsy = partial(kit.procedure, code="CT-guided core needle biopsy of lung")
+surgery = partial(kit.procedure, id="surgery", code="Right upper lobectomy")
+stool = partial(kit.specimen, id="stool", status="available", type="Stool specimen")
 
 
-def study() -> dict[str, Any]:
-    """The ResearchStudy the ResearchSubject names."""
-    return {
-        "resourceType": "ResearchStudy",
-        "id": "rs-nct",
-        "status": "active",
-        "identifier": [{"system": "https://clinicaltrials.gov", "value": "NCT06088771"}],
-    }
-
-
-def research_subject(status: str = "on-study") -> dict[str, Any]:
-    """p1's enrollment record, starting 2025-03-03."""
-    return {
-        "resourceType": "ResearchSubject",
-        "id": "rs-p1",
-        "status": status,
-        "identifier": [{"system": "urn:study:nct06088771:subject", "value": "001-001"}],
-        "period": {"start": ENROLLED.isoformat()},
-        "study": {"reference": "ResearchStudy/rs-nct"},
-        "individual": SUBJECT,
-    }
-
-
-def dose(
-    rid: str, drug: str, value: float, unit: str, when: dt.date | str, route: str | None = None
-) -> dict[str, Any]:
-    """A completed MedicationAdministration with a UCUM-coded dose."""
-    dosage: dict[str, Any] = {"dose": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
-    if route is not None:
-        dosage["route"] = {"text": route}
-    return {
-        "resourceType": "MedicationAdministration",
-        "id": rid,
-        "status": "completed",
-        "medicationCodeableConcept": {
-            "coding": [{"system": RXNORM, "code": "999999", "display": drug}]
-        },
-        "subject": SUBJECT,
-        "effectiveDateTime": when if isinstance(when, str) else when.isoformat(),
-        "dosage": dosage,
-    }
-
-
-def procedure(rid: str, text: str, when: dt.date, status: str = "completed") -> dict[str, Any]:
-    """A Procedure named by text, performed on a day."""
-    return {
-        "resourceType": "Procedure",
-        "id": rid,
-        "status": status,
-        "code": {"text": text},
-        "subject": SUBJECT,
-        "performedDateTime": when.isoformat(),
-    }
-
-
-def biopsy(rid: str, when: dt.date) -> dict[str, Any]:
-    """A CT-guided core needle biopsy of the lung."""
-    return procedure(rid, "CT-guided core needle biopsy of lung", when)
-
-
-def surgery(when: dt.date) -> dict[str, Any]:
-    """The lung resection."""
-    return procedure("surgery", "Right upper lobectomy", when)
-
-
-def stool(when: dt.date) -> dict[str, Any]:
-    """A stool specimen collected on a day."""
-    return {
-        "resourceType": "Specimen",
-        "id": "stool",
-        "status": "available",
-        "type": {"text": "Stool specimen"},
-        "subject": SUBJECT,
-        "collection": {"collectedDateTime": when.isoformat()},
-    }
-
-
-def encounter(rid: str, when: dt.date) -> dict[str, Any]:
-    """A finished outpatient visit on a day."""
-    return {
-        "resourceType": "Encounter",
-        "id": rid,
-        "status": "finished",
-        "class": {"code": "AMB"},
-        "subject": SUBJECT,
-        "period": {"start": f"{when.isoformat()}T10:00:00-05:00"},
-    }
-
-
-def condition(rid: str, code: dict[str, Any], onset: dt.date) -> dict[str, Any]:
-    """A confirmed, active Condition of p1."""
-    return {
-        "resourceType": "Condition",
-        "id": rid,
-        "clinicalStatus": {"coding": [{"system": f"{HL7}/condition-clinical", "code": "active"}]},
-        "verificationStatus": {
-            "coding": [{"system": f"{HL7}/condition-ver-status", "code": "confirmed"}]
-        },
-        "code": code,
-        "subject": SUBJECT,
-        "onsetDateTime": onset.isoformat(),
-    }
+def at_ten(day: dt.date) -> str:
+    """10:00 on a day in New York (EST), when the clinic charts its visits."""
+    return f"{day.isoformat()}T10:00:00-05:00"
 
 
 # Surgery on Day 18; the post-operative window is then 2025-04-19 .. 2025-05-03 (Day 41 .. Day 55).
@@ -167,19 +65,35 @@ WINDOW_TEXT = "post-operative window 2025-04-19 to 2025-05-03 (30 ± 7 days afte
 def on_protocol() -> Resources:
     """A subject who followed the schedule exactly: no deviation at any as-of day."""
     resources = [
-        study(),
-        {"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1957-06-14"},
-        research_subject(),
-        dose("dupi-a", "dupilumab 300 MG in 2 ML Prefilled Syringe", 300, "mg", "2025-03-10T09:00:00-05:00"),
-        dose("dupi-b", "dupilumab 300 MG in 2 ML Prefilled Syringe", 300, "mg", "2025-03-10T09:05:00-05:00"),
-        dose("cemi", "Libtayo 350 MG in 7 ML Injection", 0.35, "g", "2025-03-10T10:00:00-05:00"),
-        biopsy("cnb-1", day(-20)),
-        biopsy("cnb-2", day(-20)),
-        biopsy("cnb-3", day(-19)),
-        stool(day(-5)),
-        surgery(SURGERY_DAY),
-        encounter("postop", SURGERY_DAY + dt.timedelta(days=30)),
-    ]  # fmt: skip
+        kit.research_study(),
+        kit.patient(id="p1", gender="male", birth_date="1957-06-14"),
+        enrollment(),
+        kit.dose(
+            id="dupi-a",
+            drug="dupilumab 300 MG in 2 ML Prefilled Syringe",
+            amount=300,
+            when="2025-03-10T09:00:00-05:00",
+        ),
+        kit.dose(
+            id="dupi-b",
+            drug="dupilumab 300 MG in 2 ML Prefilled Syringe",
+            amount=300,
+            when="2025-03-10T09:05:00-05:00",
+        ),
+        kit.dose(
+            id="cemi",
+            drug="Libtayo 350 MG in 7 ML Injection",
+            amount=0.35,
+            unit="g",
+            when="2025-03-10T10:00:00-05:00",
+        ),
+        biopsy(id="cnb-1", performed=day(-20)),
+        biopsy(id="cnb-2", performed=day(-20)),
+        biopsy(id="cnb-3", performed=day(-19)),
+        stool(collected=day(-5)),
+        surgery(performed=SURGERY_DAY),
+        kit.encounter(id="postop", start=at_ten(SURGERY_DAY + dt.timedelta(days=30))),
+    ]
     return {r["id"]: r for r in resources}
 
 
@@ -198,11 +112,7 @@ def without(base: Resources, *ids: str) -> Resources:
 
 def events_of(resources: Resources) -> list[TrialEvent]:
     """What the real mappers derive from the resources (each at version 1)."""
-    ctx = MappingContext(TERMINOLOGY, MemoryLookup(list(resources.values())))
-    out: list[TrialEvent] = []
-    for r in resources.values():
-        out += map_resource(r["resourceType"], r, ref(r["resourceType"], r["id"]), ctx)
-    return out
+    return map_all(TERMINOLOGY, resources.values())
 
 
 def context(events: list[TrialEvent]) -> SubjectContext:
@@ -263,9 +173,9 @@ def test_nothing_is_judged_as_of_a_day_before_day1() -> None:
     assert findings(on_protocol(), as_of=day(-1)) == []
     east = with_(
         on_protocol(),
-        dose("dupi-a", "Dupixent", 300, "mg", "2025-03-10T08:00:00+09:00"),
-        dose("dupi-b", "Dupixent", 300, "mg", "2025-03-10T08:05:00+09:00"),
-        dose("cemi", "Libtayo", 350, "mg", "2025-03-10T09:00:00+09:00"),
+        kit.dose(id="dupi-a", drug="Dupixent", amount=300, when="2025-03-10T08:00:00+09:00"),
+        kit.dose(id="dupi-b", drug="Dupixent", amount=300, when="2025-03-10T08:05:00+09:00"),
+        kit.dose(id="cemi", drug="Libtayo", amount=350, when="2025-03-10T09:00:00+09:00"),
     )
     assert findings(east, as_of=dt.date(2025, 3, 9)) == []  # 2025-03-09T23:00Z
     assert findings(east, as_of=DAY1) == []
@@ -286,8 +196,8 @@ def test_findings_do_not_depend_on_the_order_events_arrive_in() -> None:
     """Storage may return events in any order; messages and evidence must come out the same."""
     base = with_(
         without(on_protocol(), "cnb-3"),
-        dose("dupi-b", "Dupixent", 239, "mg", SECOND_SYRINGE),
-        dose("dupi-c", "Dupixent", 300, "mg", day(8)),
+        kit.dose(id="dupi-b", drug="Dupixent", amount=239, when=SECOND_SYRINGE),
+        kit.dose(id="dupi-c", drug="Dupixent", amount=300, when=day(8)),
     )
     events = events_of(base)
     ctx = context(events)
@@ -304,7 +214,7 @@ def test_findings_do_not_depend_on_the_order_events_arrive_in() -> None:
 def test_surgery_on_the_window_edges_is_on_protocol(study_day: int, date: dt.date) -> None:
     """Day 15 and Day 22 are both inside the inclusive window Day 15–22."""
     assert date == DAY1 + dt.timedelta(days=study_day - 1)
-    assert findings(with_(on_protocol(), surgery(date))) == []
+    assert findings(with_(on_protocol(), surgery(performed=date))) == []
 
 
 @pytest.mark.parametrize(
@@ -317,7 +227,7 @@ def test_surgery_on_the_window_edges_is_on_protocol(study_day: int, date: dt.dat
 )
 def test_surgery_one_day_outside_the_window(date: dt.date, message: str, study_day: int) -> None:
     """One day past either edge is a major deviation naming the day and the window."""
-    assert findings(with_(on_protocol(), surgery(date))) == [
+    assert findings(with_(on_protocol(), surgery(performed=date))) == [
         Finding(
             "surgery_window", "surgery", message, study_day, date, (ref("Procedure", "surgery"),)
         )
@@ -343,7 +253,10 @@ def test_no_surgery_is_raised_only_once_day_22_has_passed() -> None:
 def test_planned_surgery_is_not_surgery() -> None:
     """A resection still in preparation has not happened: Day 23 without one is a deviation."""
     base = with_(
-        on_protocol(), procedure("surgery", "Right upper lobectomy", day(25), "preparation")
+        on_protocol(),
+        kit.procedure(
+            id="surgery", code="Right upper lobectomy", performed=day(25), status="preparation"
+        ),
     )
     assert findings(base, as_of=day(23)) == [
         Finding(
@@ -359,7 +272,7 @@ def test_planned_surgery_is_not_surgery() -> None:
 
 def test_surgery_recorded_after_the_as_of_day_is_not_known_yet() -> None:
     """Evaluating as of a past day ignores a surgery dated later (backfills are honest)."""
-    base = with_(on_protocol(), surgery(day(31)))
+    base = with_(on_protocol(), surgery(performed=day(31)))
     assert only("surgery_window", findings(base, as_of=day(30))) == [
         Finding(
             "surgery_window",
@@ -395,13 +308,17 @@ def test_two_syringes_of_300_mg_are_the_600_mg_plan() -> None:
 
 def test_540_mg_is_within_ten_percent_of_600() -> None:
     """The lower tolerance edge (600 − 10 % = 540 mg) is on-protocol."""
-    base = with_(on_protocol(), dose("dupi-b", "Dupixent", 240, "mg", SECOND_SYRINGE))
+    base = with_(
+        on_protocol(), kit.dose(id="dupi-b", drug="Dupixent", amount=240, when=SECOND_SYRINGE)
+    )
     assert findings(base) == []
 
 
 def test_539_mg_is_a_dose_mismatch() -> None:
     """One milligram under the tolerance is a major deviation that shows the sum and the range."""
-    base = with_(on_protocol(), dose("dupi-b", "Dupixent", 239, "mg", SECOND_SYRINGE))
+    base = with_(
+        on_protocol(), kit.dose(id="dupi-b", drug="Dupixent", amount=239, when=SECOND_SYRINGE)
+    )
     assert findings(base) == [
         Finding(
             "dose_mismatch",
@@ -416,9 +333,13 @@ def test_539_mg_is_a_dose_mismatch() -> None:
 
 def test_661_mg_is_a_dose_mismatch_and_660_is_not() -> None:
     """The upper tolerance edge is inclusive too."""
-    at_edge = with_(on_protocol(), dose("dupi-b", "Dupixent", 360, "mg", SECOND_SYRINGE))
+    at_edge = with_(
+        on_protocol(), kit.dose(id="dupi-b", drug="Dupixent", amount=360, when=SECOND_SYRINGE)
+    )
     assert findings(at_edge) == []
-    over = with_(on_protocol(), dose("dupi-b", "Dupixent", 361, "mg", SECOND_SYRINGE))
+    over = with_(
+        on_protocol(), kit.dose(id="dupi-b", drug="Dupixent", amount=361, when=SECOND_SYRINGE)
+    )
     assert [(f.rule, f.message) for f in findings(over)] == [
         (
             "dose_mismatch",
@@ -432,38 +353,70 @@ def test_661_mg_is_a_dose_mismatch_and_660_is_not() -> None:
 )
 def test_cemiplimab_doses_are_normalised_to_mg(value: float, unit: str) -> None:
     """350 mg, 0.35 g and 350000 ug are the same dose (UCUM units are converted before checking)."""
-    base = with_(on_protocol(), dose("cemi", "Libtayo", value, unit, day(1)))
+    base = with_(
+        on_protocol(), kit.dose(id="cemi", drug="Libtayo", amount=value, unit=unit, when=day(1))
+    )
     assert findings(base) == []
 
 
-def test_cemiplimab_in_grams_below_tolerance() -> None:
-    """0.3 g is 300 mg: outside 315–385 mg, and the message speaks mg."""
-    base = with_(on_protocol(), dose("cemi", "Libtayo", 0.3, "g", day(1)))
-    assert findings(base) == [
-        Finding(
-            "dose_mismatch",
-            "cemiplimab",
-            "cemiplimab Day-1 total 300 mg (300); plan 350 mg ± 10 % (315–385 mg)",
-            1,
-            DAY1,
-            (ref("MedicationAdministration", "cemi"),),
-        )
-    ]
-
-
-def test_dose_in_a_non_mass_unit_cannot_be_checked() -> None:
-    """A dose in mL cannot be compared with a mg plan: flagged, not silently accepted."""
-    base = with_(on_protocol(), dose("cemi", "Libtayo", 7, "mL", day(1)))
-    assert findings(base) == [
-        Finding(
-            "dose_mismatch",
-            "cemiplimab",
-            "cemiplimab Day-1 dose not in a mass unit; plan 350 mg",
-            1,
-            DAY1,
-            (ref("MedicationAdministration", "cemi"),),
-        )
-    ]
+@pytest.mark.parametrize(
+    ("changed", "expected"),
+    [
+        pytest.param(
+            kit.dose(id="cemi", drug="Libtayo", amount=0.3, unit="g", when=day(1)),
+            Finding(
+                "dose_mismatch",
+                "cemiplimab",
+                "cemiplimab Day-1 total 300 mg (300); plan 350 mg ± 10 % (315–385 mg)",
+                1,
+                DAY1,
+                (ref("MedicationAdministration", "cemi"),),
+            ),
+            id="cemiplimab-in-grams-below-tolerance",
+        ),
+        pytest.param(
+            kit.dose(id="cemi", drug="Libtayo", amount=7, unit="mL", when=day(1)),
+            Finding(
+                "dose_mismatch",
+                "cemiplimab",
+                "cemiplimab Day-1 dose not in a mass unit; plan 350 mg",
+                1,
+                DAY1,
+                (ref("MedicationAdministration", "cemi"),),
+            ),
+            id="dose-in-a-non-mass-unit-cannot-be-checked",
+        ),
+        pytest.param(
+            kit.dose(id="cemi", drug="Libtayo", amount=350, when=day(3)),
+            Finding(
+                "dose_missing",
+                "cemiplimab",
+                "cemiplimab not given on Day 1 (first given on Day 3); plan 350 mg IV",
+                1,
+                DAY1,
+                (ref("MedicationAdministration", "cemi"),),
+            ),
+            id="first-given-on-day-3-is-missing-not-extra",
+        ),
+        pytest.param(
+            kit.dose(id="dupi-c", drug="Dupixent", amount=300, when=day(8)),
+            Finding(
+                "dose_extra",
+                "dupilumab:day8",
+                "dupilumab given again on Day 8; the protocol gives it on Day 1 only",
+                8,
+                dt.date(2025, 3, 17),
+                (ref("MedicationAdministration", "dupi-c"),),
+            ),
+            id="given-again-on-day-8",
+        ),
+    ],
+)
+def test_one_changed_dose_is_exactly_one_finding(
+    changed: dict[str, Any], expected: Finding
+) -> None:
+    """One finding per change: g said in mg, mL unchecked, a late first dose missing, a rerun extra."""
+    assert findings(with_(on_protocol(), changed)) == [expected]
 
 
 def test_study_drug_never_given() -> None:
@@ -481,39 +434,12 @@ def test_study_drug_never_given() -> None:
     ]
 
 
-def test_study_drug_first_given_on_day_3_is_missing_not_extra() -> None:
-    """A late first dose is one deviation (dose_missing naming the day), not also a dose_extra."""
-    base = with_(on_protocol(), dose("cemi", "Libtayo", 350, "mg", day(3)))
-    assert findings(base) == [
-        Finding(
-            "dose_missing",
-            "cemiplimab",
-            "cemiplimab not given on Day 1 (first given on Day 3); plan 350 mg IV",
-            1,
-            DAY1,
-            (ref("MedicationAdministration", "cemi"),),
-        )
-    ]
-
-
-def test_study_drug_given_again_on_day_8() -> None:
-    """A second course is dose_extra on the day it was given; the Day-1 total is still fine."""
-    base = with_(on_protocol(), dose("dupi-c", "Dupixent", 300, "mg", day(8)))
-    assert findings(base) == [
-        Finding(
-            "dose_extra",
-            "dupilumab:day8",
-            "dupilumab given again on Day 8; the protocol gives it on Day 1 only",
-            8,
-            dt.date(2025, 3, 17),
-            (ref("MedicationAdministration", "dupi-c"),),
-        )
-    ]
-
-
 def test_not_done_administration_is_not_a_dose() -> None:
     """A charted-but-not-given dose (status not-done) is neither a dose nor an extra dose."""
-    skipped = {**dose("dupi-c", "Dupixent", 300, "mg", day(8)), "status": "not-done"}
+    skipped = {
+        **kit.dose(id="dupi-c", drug="Dupixent", amount=300, when=day(8)),
+        "status": "not-done",
+    }
     assert findings(with_(on_protocol(), skipped)) == []
 
 
@@ -527,7 +453,7 @@ def test_core_biopsy_count_boundaries(count: int, deviation: bool) -> None:
     """3–6 core biopsies in the screening window are on-protocol; 2 and 7 are minor deviations."""
     base = without(on_protocol(), "cnb-1", "cnb-2", "cnb-3")
     ids = [f"cnb-{i}" for i in range(1, count + 1)]
-    base = with_(base, *(biopsy(i, day(-10)) for i in ids))
+    base = with_(base, *(biopsy(id=i, performed=day(-10)) for i in ids))
     expected = [
         Finding(
             "screening_biopsy_count",
@@ -543,8 +469,8 @@ def test_core_biopsy_count_boundaries(count: int, deviation: bool) -> None:
 
 def test_biopsy_on_day_minus_28_counts_and_day_minus_29_does_not() -> None:
     """The screening window is the 28 days before Day 1: Day −28 is in, Day −29 is out."""
-    assert findings(with_(on_protocol(), biopsy("cnb-3", day(-28)))) == []
-    outside = with_(on_protocol(), biopsy("cnb-3", day(-29)))
+    assert findings(with_(on_protocol(), biopsy(id="cnb-3", performed=day(-28)))) == []
+    outside = with_(on_protocol(), biopsy(id="cnb-3", performed=day(-29)))
     assert day(-29) == dt.date(2025, 2, 9)
     assert findings(outside) == [
         Finding(
@@ -560,7 +486,9 @@ def test_biopsy_on_day_minus_28_counts_and_day_minus_29_does_not() -> None:
 
 def test_a_lung_biopsy_that_is_not_core_needle_does_not_count() -> None:
     """A bronchoscopic lung biopsy is not one of the planned core needle biopsies."""
-    base = with_(on_protocol(), procedure("cnb-3", "Biopsy of lung", day(-19)))
+    base = with_(
+        on_protocol(), kit.procedure(id="cnb-3", code="Biopsy of lung", performed=day(-19))
+    )
     assert [(f.rule, f.evidence) for f in findings(base)] == [
         ("screening_biopsy_count", (ref("Procedure", "cnb-1"), ref("Procedure", "cnb-2")))
     ]
@@ -568,7 +496,7 @@ def test_a_lung_biopsy_that_is_not_core_needle_does_not_count() -> None:
 
 def test_stool_missing_vs_present_on_day_minus_5() -> None:
     """The stool sample is required in the screening window; Day −5 is inside it."""
-    assert findings(with_(on_protocol(), stool(day(-5)))) == []
+    assert findings(with_(on_protocol(), stool(collected=day(-5)))) == []
     assert findings(without(on_protocol(), "stool")) == [
         Finding(
             "screening_stool_missing",
@@ -583,7 +511,7 @@ def test_stool_missing_vs_present_on_day_minus_5() -> None:
 
 def test_stool_collected_on_day_1_is_not_a_screening_sample() -> None:
     """Screening is before Day 1: a sample on the dosing day does not satisfy it."""
-    assert [f.rule for f in findings(with_(on_protocol(), stool(day(1))))] == [
+    assert [f.rule for f in findings(with_(on_protocol(), stool(collected=day(1))))] == [
         "screening_stool_missing"
     ]
 
@@ -593,14 +521,16 @@ def test_stool_collected_on_day_1_is_not_a_screening_sample() -> None:
 
 def test_followup_at_surgery_plus_23_is_inside_the_window() -> None:
     """30 − 7 = 23 days after surgery is the first day of the post-operative window."""
-    base = with_(on_protocol(), encounter("postop", SURGERY_DAY + dt.timedelta(days=23)))
+    base = with_(
+        on_protocol(), kit.encounter(id="postop", start=at_ten(SURGERY_DAY + dt.timedelta(days=23)))
+    )
     assert findings(base) == []
 
 
 def test_followup_at_surgery_plus_22_is_outside_once_the_window_has_passed() -> None:
     """An early contact is a deviation, but only once the window closed without one inside it."""
     early = SURGERY_DAY + dt.timedelta(days=22)
-    base = with_(on_protocol(), encounter("postop", early))
+    base = with_(on_protocol(), kit.encounter(id="postop", start=at_ten(early)))
     assert findings(base, as_of=FOLLOWUP_LAST) == []  # a visit may still come
     assert findings(base, as_of=FOLLOWUP_LAST + dt.timedelta(days=1)) == [
         Finding(
@@ -632,8 +562,14 @@ def test_no_followup_contact_at_all() -> None:
 
 def test_followup_at_surgery_plus_37_is_inside_and_38_is_not() -> None:
     """30 + 7 = 37 days after surgery is the last day of the window."""
-    assert findings(with_(on_protocol(), encounter("postop", FOLLOWUP_LAST))) == []
-    late = with_(on_protocol(), encounter("postop", FOLLOWUP_LAST + dt.timedelta(days=1)))
+    assert (
+        findings(with_(on_protocol(), kit.encounter(id="postop", start=at_ten(FOLLOWUP_LAST))))
+        == []
+    )
+    late = with_(
+        on_protocol(),
+        kit.encounter(id="postop", start=at_ten(FOLLOWUP_LAST + dt.timedelta(days=1))),
+    )
     assert [(f.rule, f.message) for f in findings(late)] == [
         ("followup_visit", f"post-operative contact on 2025-05-04, outside the {WINDOW_TEXT}")
     ]
@@ -641,7 +577,10 @@ def test_followup_at_surgery_plus_37_is_inside_and_38_is_not() -> None:
 
 def test_planned_encounter_is_not_a_contact() -> None:
     """A booked (planned) visit inside the window is not a contact that took place."""
-    planned = {**encounter("postop", SURGERY_DAY + dt.timedelta(days=30)), "status": "planned"}
+    planned = {
+        **kit.encounter(id="postop", start=at_ten(SURGERY_DAY + dt.timedelta(days=30))),
+        "status": "planned",
+    }
     assert [f.message for f in findings(with_(on_protocol(), planned))] == [
         f"no contact in the {WINDOW_TEXT}"
     ]
@@ -650,17 +589,17 @@ def test_planned_encounter_is_not_a_contact() -> None:
 # -- prohibited_medication --------------------------------------------------------------------------
 
 
-PREDNISONE = "predniSONE 20 MG Oral Tablet"
-
-
 def test_prednisone_between_day1_and_surgery_is_prohibited() -> None:
     """Systemic glucocorticoid before surgery with no irAE is a major deviation, per administration."""
-    base = with_(on_protocol(), dose("pred", PREDNISONE, 20, "mg", day(3), route="oral"))
+    base = with_(
+        on_protocol(),
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=day(3), route="oral"),
+    )
     assert findings(base) == [
         Finding(
             "prohibited_medication",
             "MedicationAdministration/pred",
-            f"{PREDNISONE} on Day 3, between Day 1 and surgery, with no immune-related "
+            f"{kit.PREDNISONE} on Day 3, between Day 1 and surgery, with no immune-related "
             "adverse event before it",
             3,
             dt.date(2025, 3, 12),
@@ -671,39 +610,63 @@ def test_prednisone_between_day1_and_surgery_is_prohibited() -> None:
 
 def test_prednisone_after_an_irae_onset_is_allowed() -> None:
     """Treating an immune-related adverse event (rash on Day 2) is not a protocol deviation."""
-    rash = condition("rash", {"text": "Maculopapular rash"}, day(2))
-    base = with_(on_protocol(), rash, dose("pred", PREDNISONE, 20, "mg", day(3), route="oral"))
+    rash = kit.condition(id="rash", code={"text": "Maculopapular rash"}, onset=day(2))
+    base = with_(
+        on_protocol(),
+        rash,
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=day(3), route="oral"),
+    )
     assert findings(base) == []
 
 
 def test_prednisone_before_the_irae_onset_is_still_prohibited() -> None:
     """An irAE that starts after the steroid does not justify it."""
-    rash = condition("rash", {"text": "Maculopapular rash"}, day(4))
-    base = with_(on_protocol(), rash, dose("pred", PREDNISONE, 20, "mg", day(3), route="oral"))
+    rash = kit.condition(id="rash", code={"text": "Maculopapular rash"}, onset=day(4))
+    base = with_(
+        on_protocol(),
+        rash,
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=day(3), route="oral"),
+    )
     assert [(f.rule, f.study_day) for f in findings(base)] == [("prohibited_medication", 3)]
 
 
 def test_topical_steroid_is_allowed() -> None:
     """A cream is local, not systemic immunosuppression."""
-    cream = dose("hc", "hydrocortisone 10 MG/ML Topical Cream", 1, "g", day(3), route="topical")
+    cream = kit.dose(
+        id="hc",
+        drug="hydrocortisone 10 MG/ML Topical Cream",
+        amount=1,
+        unit="g",
+        when=day(3),
+        route="topical",
+    )
     assert findings(with_(on_protocol(), cream)) == []
 
 
 def test_prednisone_after_surgery_is_not_this_rule() -> None:
     """The rule covers Day 1 to surgery; post-operative steroids are outside it."""
-    base = with_(on_protocol(), dose("pred", PREDNISONE, 20, "mg", day(19), route="oral"))
+    base = with_(
+        on_protocol(),
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=day(19), route="oral"),
+    )
     assert findings(base) == []
 
 
 def test_prednisone_on_the_day_of_surgery_is_inside_the_rule() -> None:
     """The surgery day is the last day of the period (inclusive)."""
-    base = with_(on_protocol(), dose("pred", PREDNISONE, 20, "mg", SURGERY_DAY, route="oral"))
+    base = with_(
+        on_protocol(),
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=SURGERY_DAY, route="oral"),
+    )
     assert [(f.rule, f.study_day) for f in findings(base)] == [("prohibited_medication", 18)]
 
 
 def test_prednisone_before_day1_is_not_this_rule() -> None:
     """Before Day 1 it is the eligibility washout's business, not this deviation's."""
-    base = with_(on_protocol(), dose("pred", PREDNISONE, 20, "mg", day(-3), route="oral"))
+    base = with_(
+        on_protocol(),
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=day(-3), route="oral"),
+    )
     assert only("prohibited_medication", findings(base)) == []
 
 
@@ -712,12 +675,7 @@ def test_prednisone_before_day1_is_not_this_rule() -> None:
 
 def rheumatoid_arthritis(onset: dt.date) -> dict[str, Any]:
     """An autoimmune condition: exclusion 5 makes the patient ineligible from its onset."""
-    code = {
-        "coding": [
-            {"system": ICD10CM, "code": "M05.79", "display": "Rheumatoid arthritis, multiple sites"}
-        ]
-    }
-    return condition("ra", code, onset)
+    return kit.condition(id="ra", code=kit.RHEUMATOID_ARTHRITIS, onset=onset)
 
 
 def test_enrolled_while_ineligible_on_the_enrollment_day() -> None:
@@ -747,7 +705,7 @@ def test_ineligibility_that_appears_after_enrollment_is_not_this_deviation() -> 
 def test_ineligible_candidate_who_was_never_enrolled_is_not_a_deviation() -> None:
     """A screen failure (status candidate) was not enrolled: nothing to deviate from."""
     base = with_(
-        on_protocol(), research_subject("candidate"), rheumatoid_arthritis(dt.date(2019, 5, 1))
+        on_protocol(), enrollment(status="candidate"), rheumatoid_arthritis(dt.date(2019, 5, 1))
     )
     assert context(events_of(base)).eligible_at_enrollment == "ineligible"
     assert only("ineligible_enrolled", findings(base)) == []
@@ -761,9 +719,9 @@ def test_several_deviations_are_listed_in_rule_order() -> None:
     base = without(on_protocol(), "stool")
     base = with_(
         base,
-        surgery(day(31)),
-        dose("dupi-c", "Dupixent", 300, "mg", day(8)),
-        dose("pred", PREDNISONE, 20, "mg", day(10), route="oral"),
+        surgery(performed=day(31)),
+        kit.dose(id="dupi-c", drug="Dupixent", amount=300, when=day(8)),
+        kit.dose(id="pred", drug=kit.PREDNISONE, amount=20, when=day(10), route="oral"),
     )
     assert [(f.rule, f.cause, f.study_day) for f in findings(base)] == [
         ("dose_extra", "dupilumab:day8", 8),

@@ -6,32 +6,21 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import LiveServer
-from tests.helpers import bundle, entry
+from tests.kit import fhir as kit
+from tests.kit.client import put_resources
+from tests.kit.clock import FROZEN_DATE
 
 NCT = "NCT06088771"
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-HGNC = "http://www.genenames.org/geneId"
-AJCC = "http://cancerstaging.org"
-UCUM = "http://unitsofmeasure.org"
-HL7 = "http://terminology.hl7.org/CodeSystem"
 
 ENROLLED = dt.date(2025, 3, 3)
-STUDY = {
-    "resourceType": "ResearchStudy",
-    "id": "rs-nct",
-    "status": "active",
-    "identifier": [{"system": "https://clinicaltrials.gov", "value": NCT}],
-    "title": "Neoadjuvant dupilumab + cemiplimab in resectable NSCLC",
-}
+STUDY = kit.research_study(title="Neoadjuvant dupilumab + cemiplimab in resectable NSCLC")
 
 Resources = dict[str, dict[str, Any]]
 
@@ -43,130 +32,27 @@ def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
         yield client
 
 
-# -- FHIR builders, one patient at a time (every resource id starts with the patient id) ------------
+# -- FHIR, one patient at a time (every resource id starts with the patient id) ---------------------
+
+candidate = partial(
+    kit.patient,
+    mrn_system="urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14",
+    gender="female",
+    birth_date="1958-11-30",
+)
+problem = partial(kit.condition, category=kit.condition_category("problem-list-item"))
+prednisone = partial(kit.dose, drug=kit.PREDNISONE, code="312617", amount=40, route=kit.ORAL)
 
 
-def coded(system: str, code: str, display: str, text: str | None = None) -> dict[str, Any]:
-    """A CodeableConcept with one coding and an optional text."""
-    concept: dict[str, Any] = {"coding": [{"system": system, "code": code, "display": display}]}
-    if text is not None:
-        concept["text"] = text
-    return concept
-
-
-def patient(pid: str) -> dict[str, Any]:
-    """A Patient with an MRN."""
-    return {
-        "resourceType": "Patient",
-        "id": pid,
-        "identifier": [
-            {
-                "system": "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14",
-                "value": f"MRN{pid.upper()}",
-            }
-        ],
-        "gender": "female",
-        "birthDate": "1958-11-30",
-    }
-
-
-def condition(
-    pid: str, key: str, code: dict[str, Any], onset: str = "2025-01-20"
-) -> dict[str, Any]:
-    """A confirmed problem-list Condition."""
-    return {
-        "resourceType": "Condition",
-        "id": f"{pid}-{key}",
-        "clinicalStatus": {"coding": [{"system": f"{HL7}/condition-clinical", "code": "active"}]},
-        "verificationStatus": {
-            "coding": [{"system": f"{HL7}/condition-ver-status", "code": "confirmed"}]
-        },
-        "category": [
-            {"coding": [{"system": f"{HL7}/condition-category", "code": "problem-list-item"}]}
-        ],
-        "code": code,
-        "subject": {"reference": f"Patient/{pid}"},
-        "onsetDateTime": onset,
-        "recordedDate": onset,
-    }
-
-
-def observation(
-    pid: str, key: str, code: dict[str, Any], when: str = "2025-02-12", **value: Any
-) -> dict[str, Any]:
-    """A final Observation with the given value element(s)."""
-    return {
-        "resourceType": "Observation",
-        "id": f"{pid}-{key}",
-        "status": "final",
-        "code": code,
-        "subject": {"reference": f"Patient/{pid}"},
-        "effectiveDateTime": when,
-        **value,
-    }
-
-
-def variant(
-    pid: str, key: str, hgnc: str, gene: str, present: bool, when: str = "2025-02-14", **extra: Any
-) -> dict[str, Any]:
-    """An mCODE genomic variant Observation (69548-6 with a gene-studied component)."""
-    answer = coded(LOINC, "LA9633-4", "Present") if present else coded(LOINC, "LA9634-2", "Absent")
-    return observation(
-        pid,
-        key,
-        coded(LOINC, "69548-6", "Genetic variant assessment"),
-        when,
-        component=[
-            {
-                "code": coded(LOINC, "48018-6", "Gene studied [ID]"),
-                "valueCodeableConcept": coded(HGNC, hgnc, gene),
-            }
-        ],
-        valueCodeableConcept=answer,
-        **extra,
-    )
-
-
-def smoking(pid: str, code: str, display: str) -> dict[str, Any]:
-    """A US Core smoking-status Observation."""
-    return observation(
-        pid,
-        "smk",
-        coded(LOINC, "72166-2", "Tobacco smoking status"),
-        "2025-02-03",
-        valueCodeableConcept=coded(SNOMED, code, display),
-    )
-
-
-def prednisone(pid: str, days_before_enrollment: int) -> dict[str, Any]:
-    """Prednisone by mouth, given the given number of days before 2025-03-03."""
-    when = ENROLLED - dt.timedelta(days=days_before_enrollment)
-    return {
-        "resourceType": "MedicationAdministration",
-        "id": f"{pid}-pred",
-        "status": "completed",
-        "medicationCodeableConcept": coded(RXNORM, "312617", "predniSONE 20 MG Oral Tablet"),
-        "subject": {"reference": f"Patient/{pid}"},
-        "effectiveDateTime": f"{when.isoformat()}T08:15:00-05:00",
-        "dosage": {
-            "route": coded(SNOMED, "26643006", "Oral route"),
-            "dose": {"value": 40, "unit": "mg", "system": UCUM, "code": "mg"},
-        },
-    }
+def before_enrollment(days: int) -> str:
+    """08:15 in New York, `days` days before the enrollment day (a morning dose)."""
+    return f"{(ENROLLED - dt.timedelta(days=days)).isoformat()}T08:15:00-05:00"
 
 
 def enrollment(pid: str, number: str) -> Resources:
     """A ResearchSubject (enrolled 2025-03-03) and the Day-1 study drugs on 2025-03-10."""
     resources: list[dict[str, Any]] = [
-        {
-            "resourceType": "ResearchSubject",
-            "id": f"{pid}-rs",
-            "status": "on-study",
-            "identifier": [{"system": "urn:study:nct06088771:subject", "value": number}],
-            "period": {"start": ENROLLED.isoformat()},
-            "study": {"reference": "ResearchStudy/rs-nct"},
-            "individual": {"reference": f"Patient/{pid}"},
-        }
+        kit.research_subject(id=f"{pid}-rs", patient=pid, number=number, start=ENROLLED)
     ]
     for key, drug, mg, at in (
         ("dupi-a", "dupilumab 300 MG/2ML Prefilled Syringe", 300, "09:00"),
@@ -174,22 +60,20 @@ def enrollment(pid: str, number: str) -> Resources:
         ("cemi", "Libtayo 350 MG/7ML Injection", 350, "10:00"),
     ):
         resources.append(
-            {
-                "resourceType": "MedicationAdministration",
-                "id": f"{pid}-{key}",
-                "status": "completed",
-                "medicationCodeableConcept": {"text": drug},
-                "subject": {"reference": f"Patient/{pid}"},
-                "effectiveDateTime": f"2025-03-10T{at}:00-05:00",
-                "dosage": {"dose": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}},
-            }
+            kit.medication_administration(
+                id=f"{pid}-{key}",
+                patient=pid,
+                medication=drug,
+                effective=f"2025-03-10T{at}:00-05:00",
+                dose=kit.quantity(mg, "mg"),
+            )
         )
     return {r["id"]: r for r in resources}
 
 
-NSCLC = coded(SNOMED, "254637007", "Non-small cell lung cancer")
-C34_90 = coded(
-    ICD10CM, "C34.90", "Malignant neoplasm of unspecified part of unspecified bronchus or lung"
+C34_90 = kit.LUNG_CANCER_C34_90
+C34_90 = kit.coded(
+    kit.ICD10CM, "C34.90", "Malignant neoplasm of unspecified part of unspecified bronchus or lung"
 )
 PLASMA = {"display": "Plasma cell-free DNA"}
 
@@ -197,46 +81,60 @@ PLASMA = {"display": "Plasma cell-free DNA"}
 def work_up(pid: str) -> Resources:
     """A complete screening work-up settling every criterion in the patient's favour (eligible)."""
     resources = [
-        patient(pid),
-        condition(pid, "dx", NSCLC),
-        condition(
-            pid, "htn", coded(ICD10CM, "I10", "Essential (primary) hypertension"), "2016-02-02"
+        candidate(id=pid, mrn=f"MRN{pid.upper()}"),
+        problem(
+            id=f"{pid}-dx", patient=pid, code=kit.NSCLC, onset="2025-01-20", recorded="2025-01-20"
         ),
-        observation(
-            pid,
-            "t",
-            coded(LOINC, "21905-5", "Primary tumor.clinical [Class] Cancer"),
+        problem(
+            id=f"{pid}-htn",
+            patient=pid,
+            code=kit.HYPERTENSION,
+            onset="2016-02-02",
+            recorded="2016-02-02",
+        ),
+        kit.observation(
+            id=f"{pid}-t",
+            patient=pid,
+            code=kit.T_CLINICAL,
+            effective="2025-02-12",
             valueCodeableConcept={"text": "cT2a"},
         ),
-        observation(
-            pid,
-            "m",
-            coded(LOINC, "21907-1", "Distant metastases.clinical [Class] Cancer"),
-            valueCodeableConcept=coded(AJCC, "cM0", "cM0"),
+        kit.observation(
+            id=f"{pid}-m",
+            patient=pid,
+            code=kit.M_CLINICAL,
+            effective="2025-02-12",
+            valueCodeableConcept=kit.coded(kit.AJCC, "cM0", "cM0"),
         ),
-        {
-            "resourceType": "ServiceRequest",
-            "id": f"{pid}-sr",
-            "status": "active",
-            "intent": "order",
-            "code": coded(SNOMED, "173171007", "Lobectomy of lung", "VATS right upper lobectomy"),
-            "subject": {"reference": f"Patient/{pid}"},
-            "authoredOn": "2025-02-25",
-            "occurrenceDateTime": "2025-03-25",
-        },
-        {
-            "resourceType": "Procedure",
-            "id": f"{pid}-bx",
-            "status": "completed",
-            "code": {"text": "CT-guided core needle biopsy, right upper lobe of lung"},
-            "subject": {"reference": f"Patient/{pid}"},
-            "performedDateTime": "2025-02-20",
-        },
-        variant(pid, "egfr", "HGNC:3236", "EGFR", False),
-        variant(pid, "alk", "HGNC:427", "ALK", False),
-        variant(pid, "ros1", "HGNC:10261", "ROS1", False),
-        prednisone(pid, 63),
-        smoking(pid, "8517006", "Former smoker (finding)"),
+        kit.service_request(
+            id=f"{pid}-sr",
+            patient=pid,
+            code={**kit.LOBECTOMY, "text": "VATS right upper lobectomy"},
+            authored="2025-02-25",
+            occurrence="2025-03-25",
+        ),
+        kit.procedure(
+            id=f"{pid}-bx",
+            patient=pid,
+            code="CT-guided core needle biopsy, right upper lobe of lung",
+            performed="2025-02-20",
+        ),
+        kit.genomic_variant(
+            id=f"{pid}-egfr", patient=pid, gene=kit.EGFR, present=False, effective="2025-02-14"
+        ),
+        kit.genomic_variant(
+            id=f"{pid}-alk", patient=pid, gene=kit.ALK, present=False, effective="2025-02-14"
+        ),
+        kit.genomic_variant(
+            id=f"{pid}-ros1", patient=pid, gene=kit.ROS1, present=False, effective="2025-02-14"
+        ),
+        prednisone(id=f"{pid}-pred", patient=pid, when=before_enrollment(63)),
+        kit.smoking_status(
+            id=f"{pid}-smk",
+            patient=pid,
+            finding=kit.coded(kit.SNOMED, "8517006", "Former smoker (finding)"),
+            effective="2025-02-03",
+        ),
     ]
     return {r["id"]: r for r in resources}
 
@@ -249,95 +147,116 @@ def cohort() -> Resources:
     # e2: NSCLC by histology name, T3 coded, resection in preparation, biopsy ordered, stage IIIA,
     # one NGS panel negative for all three genes, only a topical steroid, current smoker
     e2 = work_up("e2")
-    e2["e2-dx"] = condition(
-        "e2",
-        "dx",
-        coded(
-            ICD10CM,
+    e2["e2-dx"] = problem(
+        id="e2-dx",
+        patient="e2",
+        code=kit.coded(
+            kit.ICD10CM,
             "C34.11",
             "Malignant neoplasm of upper lobe, right bronchus or lung",
-            "Adenocarcinoma of lung",
+            text="Adenocarcinoma of lung",
         ),
+        onset="2025-01-20",
+        recorded="2025-01-20",
     )
-    e2["e2-t"]["valueCodeableConcept"] = coded(AJCC, "cT3", "cT3")
-    e2["e2-sr"] = {
-        "resourceType": "Procedure",
-        "id": "e2-sr",
-        "status": "preparation",
-        "code": coded(SNOMED, "359615001", "Partial lobectomy of lung"),
-        "subject": {"reference": "Patient/e2"},
-        "performedDateTime": "2025-03-28",
-    }
-    e2["e2-bx"] = {
-        "resourceType": "ServiceRequest",
-        "id": "e2-bx",
-        "status": "active",
-        "intent": "order",
-        "code": coded(SNOMED, "78603008", "Biopsy of lung"),
-        "subject": {"reference": "Patient/e2"},
-        "authoredOn": "2025-02-18",
-        "occurrenceDateTime": "2025-02-24",
-    }
-    e2["e2-m"] = observation(
-        "e2",
-        "m",
-        coded(LOINC, "21908-9", "Stage group.clinical Cancer"),
-        valueCodeableConcept=coded(AJCC, "3A", "Stage 3A"),
+    e2["e2-t"]["valueCodeableConcept"] = kit.coded(kit.AJCC, "cT3", "cT3")
+    e2["e2-sr"] = kit.procedure(
+        id="e2-sr",
+        patient="e2",
+        code=kit.PARTIAL_LOBECTOMY,
+        status="preparation",
+        performed="2025-03-28",
+    )
+    e2["e2-bx"] = kit.service_request(
+        id="e2-bx",
+        patient="e2",
+        code=kit.LUNG_BIOPSY,
+        authored="2025-02-18",
+        occurrence="2025-02-24",
+    )
+    e2["e2-m"] = kit.observation(
+        id="e2-m",
+        patient="e2",
+        code=kit.STAGE_CLINICAL,
+        effective="2025-02-12",
+        valueCodeableConcept=kit.coded(kit.AJCC, "3A", "Stage 3A"),
     )
     for gene in ("egfr", "alk", "ros1"):
         del e2[f"e2-{gene}"]
-    e2["e2-ngs"] = observation(
-        "e2",
-        "ngs",
-        {"text": "NSCLC NGS panel (EGFR, ALK, ROS1)"},
-        "2025-02-14",
+    e2["e2-ngs"] = kit.observation(
+        id="e2-ngs",
+        patient="e2",
+        code={"text": "NSCLC NGS panel (EGFR, ALK, ROS1)"},
+        effective="2025-02-14",
         valueCodeableConcept={"text": "Negative"},
     )
-    e2["e2-pred"] = {
-        "resourceType": "MedicationRequest",
-        "id": "e2-pred",
-        "status": "active",
-        "intent": "order",
-        "medicationCodeableConcept": coded(RXNORM, "106258", "hydrocortisone 1 % Topical Cream"),
-        "subject": {"reference": "Patient/e2"},
-        "authoredOn": "2025-02-10",
-    }
-    e2["e2-smk"] = smoking("e2", "77176002", "Smoker")
+    e2["e2-pred"] = kit.medication_request(
+        id="e2-pred",
+        patient="e2",
+        medication=kit.coded(kit.RXNORM, "106258", "hydrocortisone 1 % Topical Cream"),
+        authored="2025-02-10",
+    )
+    e2["e2-smk"] = kit.smoking_status(
+        id="e2-smk",
+        patient="e2",
+        finding=kit.coded(kit.SNOMED, "77176002", "Smoker"),
+        effective="2025-02-03",
+    )
     out |= e2
     # i1: rheumatoid arthritis
     out |= work_up("i1")
-    out["i1-ra"] = condition(
-        "i1",
-        "ra",
-        coded(
-            ICD10CM,
-            "M05.79",
-            "Rheumatoid arthritis with rheumatoid factor of multiple sites without organ or systems involvement",
-        ),
-        "2019-06-01",
+    out["i1-ra"] = problem(
+        id="i1-ra",
+        patient="i1",
+        code=kit.RHEUMATOID_ARTHRITIS,
+        onset="2019-06-01",
+        recorded="2019-06-01",
     )
     # i2: cT1a
     out |= work_up("i2")
     out["i2-t"]["valueCodeableConcept"] = {"text": "cT1a"}
     # i3: EGFR positive in ctDNA
     out |= work_up("i3")
-    out["i3-egfr"] = variant("i3", "egfr", "HGNC:3236", "EGFR", True, specimen=PLASMA)
+    out["i3-egfr"] = kit.genomic_variant(
+        id="i3-egfr",
+        patient="i3",
+        gene=kit.EGFR,
+        present=True,
+        effective="2025-02-14",
+        specimen=PLASMA,
+    )
     # i4: never smoker
     out |= work_up("i4")
-    out["i4-smk"] = smoking("i4", "266919005", "Never smoker")
+    out["i4-smk"] = kit.smoking_status(
+        id="i4-smk",
+        patient="i4",
+        finding=kit.coded(kit.SNOMED, "266919005", "Never smoker"),
+        effective="2025-02-03",
+    )
     # i5: NSCLC and a bone metastasis, nothing else
     out |= {
-        "i5": patient("i5"),
-        "i5-dx": condition("i5", "dx", NSCLC),
-        "i5-met": condition(
-            "i5", "met", coded(ICD10CM, "C78.01", "Secondary malignant neoplasm of right lung")
+        "i5": candidate(id="i5", mrn="MRNI5"),
+        "i5-dx": problem(
+            id="i5-dx", patient="i5", code=kit.NSCLC, onset="2025-01-20", recorded="2025-01-20"
+        ),
+        "i5-met": problem(
+            id="i5-met",
+            patient="i5",
+            code=kit.LUNG_METASTASIS,
+            onset="2025-01-20",
+            recorded="2025-01-20",
         ),
     }
     # i6: prednisone 7 weeks before enrollment, enrolled
     out |= work_up("i6") | enrollment("i6", "001-006")
-    out["i6-pred"] = prednisone("i6", 49)
+    out["i6-pred"] = prednisone(id="i6-pred", patient="i6", when=before_enrollment(49))
     # n1: C34.90 without histology, nothing else
-    out |= {"n1": patient("n1"), "n1-dx": condition("n1", "dx", C34_90)}
+    out |= {
+        "n1": candidate(id="n1", mrn="MRNN1"),
+        "n1-dx": problem(
+            id="n1-dx", patient="n1", code=C34_90, onset="2025-01-20", recorded="2025-01-20"
+        ),
+    }
     # n2: no smoking status
     n2 = work_up("n2")
     del n2["n2-smk"]
@@ -347,12 +266,23 @@ def cohort() -> Resources:
     del n3["n3-alk"], n3["n3-ros1"]
     out |= n3
     # r1: a ResearchSubject and Day-1 doses, no clinical data: a candidate by enrollment alone
-    out |= {"r1": patient("r1")} | enrollment("r1", "001-011")
+    out |= {"r1": candidate(id="r1", mrn="MRNR1")} | enrollment("r1", "001-011")
     # x1: no lung cancer and no ResearchSubject: not a candidate
     out |= {
-        "x1": patient("x1"),
-        "x1-htn": condition("x1", "htn", coded(ICD10CM, "I10", "Essential (primary) hypertension")),
-        "x1-smk": smoking("x1", "266919005", "Never smoker"),
+        "x1": candidate(id="x1", mrn="MRNX1"),
+        "x1-htn": problem(
+            id="x1-htn",
+            patient="x1",
+            code=kit.HYPERTENSION,
+            onset="2025-01-20",
+            recorded="2025-01-20",
+        ),
+        "x1-smk": kit.smoking_status(
+            id="x1-smk",
+            patient="x1",
+            finding=kit.coded(kit.SNOMED, "266919005", "Never smoker"),
+            effective="2025-02-03",
+        ),
     }
     return out
 
@@ -387,16 +317,6 @@ SUBJECT_NUMBERS = {"e1": "001-001", "i6": "001-006", "r1": "001-011"}
 
 
 # -- HTTP helpers ------------------------------------------------------------------------------------
-
-
-def put_all(fhir: httpx.Client, resources: Resources) -> None:
-    """PUT every resource in one transaction Bundle."""
-    body = bundle(
-        "transaction",
-        *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in resources.values()),
-    )
-    response = fhir.post("", content=body)
-    assert response.status_code == 200, response.text
 
 
 def get_json(api: httpx.Client, path: str, **params: Any) -> dict[str, Any]:
@@ -445,12 +365,6 @@ def rows(found: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     ]
 
 
-def today_window() -> set[str]:
-    """The server's as-of day (UTC today; yesterday too in case the test straddles midnight)."""
-    now = dt.datetime.now(dt.UTC).date()
-    return {now.isoformat(), (now - dt.timedelta(days=1)).isoformat()}
-
-
 def subject_by_number(api: httpx.Client, number: str) -> str:
     """The pseudonymous subject id of a study subject number."""
     subjects = get_json(api, f"/studies/{NCT}/subjects", subject_number=number)["subjects"]
@@ -479,7 +393,7 @@ def test_screening_list_matches_the_hand_worked_cohort(
     api: httpx.Client, fhir: httpx.Client
 ) -> None:
     """Every candidate's stored overall status, verdict counts and enrollment-day status are as worked out by hand."""
-    put_all(fhir, cohort())
+    put_resources(fhir, *cohort().values())
     candidates = screening(api)
     ids = identify(api, candidates)
     assert sorted(ids) == sorted(EXPECTED)  # x1 (no lung cancer, not enrolled) is not screened
@@ -496,7 +410,7 @@ def test_screening_list_matches_the_hand_worked_cohort(
         for pid, sid in ids.items()
     }
     assert got == EXPECTED
-    assert {c["as_of"] for c in candidates} <= today_window()
+    assert {c["as_of"] for c in candidates} == {FROZEN_DATE.isoformat()}  # the server's UTC day
     for pid, sid in ids.items():
         body = eligibility(api, sid)
         want = EXPECTED[pid]
@@ -511,7 +425,7 @@ def test_screening_list_matches_the_hand_worked_cohort(
 
 def test_screening_list_filters_by_status_and_pages(api: httpx.Client, fhir: httpx.Client) -> None:
     """Staff list only the eligible (or ineligible, indeterminate) candidates, a page at a time."""
-    put_all(fhir, cohort())
+    put_resources(fhir, *cohort().values())
     ids = identify(api, screening(api))
     for status in ("eligible", "ineligible", "indeterminate"):
         listed = [c["subject_id"] for c in screening(api, status=status)]
@@ -578,9 +492,16 @@ NEGATIVES = [
 def test_as_of_reads_and_corrections(api: httpx.Client, fhir: httpx.Client) -> None:
     """Eligible in March, ineligible in May (EGFR+ in May); entered-in-error on that result restores eligibility on the next read."""
     m1 = work_up("m1") | enrollment("m1", "002-001")
-    egfr_may = variant("m1", "egfr-may", "HGNC:3236", "EGFR", True, "2025-05-12", specimen=PLASMA)
+    egfr_may = kit.genomic_variant(
+        id="m1-egfr-may",
+        patient="m1",
+        gene=kit.EGFR,
+        present=True,
+        effective="2025-05-12",
+        specimen=PLASMA,
+    )
     m1[egfr_may["id"]] = egfr_may
-    put_all(fhir, {"rs-nct": STUDY} | m1)
+    put_resources(fhir, *({"rs-nct": STUDY} | m1).values())
     sid = subject_by_number(api, "002-001")
 
     march = eligibility(api, sid, as_of="2025-03-31")
@@ -610,7 +531,7 @@ def test_as_of_reads_and_corrections(api: httpx.Client, fhir: httpx.Client) -> N
     assert (zoned["as_of"], zoned["overall"]) == ("2025-05-31", "ineligible")
 
     stored = eligibility(api, sid)
-    assert stored["as_of"] in today_window()
+    assert stored["as_of"] == FROZEN_DATE.isoformat()
     assert (stored["overall"], stored["at_enrollment"]) == ("ineligible", "eligible")
     assert rows(criterion(stored, "driver")) == [
         ("Observation", "m1-egfr-may", "1", EGFR_MAY, "EGFR positive (ctDNA)")
@@ -631,10 +552,14 @@ def test_as_of_reads_and_corrections(api: httpx.Client, fhir: httpx.Client) -> N
 def test_metastasis_found_in_may(api: httpx.Client, fhir: httpx.Client) -> None:
     """A bone metastasis with onset in May leaves the March answer eligible and makes May's ineligible."""
     m2 = work_up("m2")
-    m2["m2-met"] = condition(
-        "m2", "met", coded(ICD10CM, "C79.51", "Secondary malignant neoplasm of bone"), "2025-05-20"
+    m2["m2-met"] = problem(
+        id="m2-met",
+        patient="m2",
+        code=kit.BONE_METASTASIS,
+        onset="2025-05-20",
+        recorded="2025-05-20",
     )
-    put_all(fhir, m2)
+    put_resources(fhir, *m2.values())
     (row,) = screening(api)
     sid = row["subject_id"]
     assert (row["overall"], row["at_enrollment"]) == ("ineligible", None)
@@ -658,7 +583,7 @@ def test_at_enrollment_is_the_status_on_the_enrollment_day(
     late = work_up("l1") | enrollment("l1", "003-001")
     late["l1-bx"]["performedDateTime"] = "2025-03-05"
     late["l1-sr"]["authoredOn"] = "2025-03-06"
-    put_all(fhir, {"rs-nct": STUDY} | late)
+    put_resources(fhir, *({"rs-nct": STUDY} | late).values())
     sid = subject_by_number(api, "003-001")
     stored = eligibility(api, sid)
     assert (stored["overall"], stored["at_enrollment"]) == ("eligible", "indeterminate")
@@ -683,7 +608,17 @@ def test_eligibility_errors_have_the_documented_codes(
     api: httpx.Client, fhir: httpx.Client
 ) -> None:
     """Bad as_of is 400 invalid_as_of, a cohort study has no eligibility (404 not_applicable), unknown subject 404."""
-    put_all(fhir, {"n1": patient("n1"), "n1-dx": condition("n1", "dx", C34_90)})
+    put_resources(
+        fhir,
+        *(
+            {
+                "n1": candidate(id="n1", mrn="MRNN1"),
+                "n1-dx": problem(
+                    id="n1-dx", patient="n1", code=C34_90, onset="2025-01-20", recorded="2025-01-20"
+                ),
+            }
+        ).values(),
+    )
     (row,) = screening(api)
     path = f"/studies/{NCT}/subjects/{row['subject_id']}/eligibility"
     for bad in ("2025-13-01", "2025-03-31T10:00:00", "2025-03", "yesterday"):

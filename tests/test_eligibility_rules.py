@@ -5,13 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
-from fhir_mapping.events.model import SourceRef, TrialEvent
-from fhir_mapping.events.registry import map_resource
 from service.protocol.terminology import build_terminology
 from service.studies.interventional.eligibility import (
     CriterionResult,
@@ -21,332 +19,82 @@ from service.studies.interventional.eligibility import (
 )
 from service.studies.interventional.membership import trial_membership
 from service.studies.interventional.protocol import TrialProtocol
-from service.studies.registry import load_protocols
+from tests.kit import fhir as kit
+from tests.kit.mapping import events_of
+from tests.kit.protocols import trial_protocol
 
 TERMINOLOGY = build_terminology()
-_LOADED = load_protocols(TERMINOLOGY)["NCT06088771"]
-assert isinstance(_LOADED, TrialProtocol)
-PROTOCOL: TrialProtocol = _LOADED
-
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-HGNC = "http://www.genenames.org/geneId"
-AJCC = "http://cancerstaging.org"
-UCUM = "http://unitsofmeasure.org"
-HL7 = "http://terminology.hl7.org/CodeSystem"
+PROTOCOL = trial_protocol(TERMINOLOGY)
 
 AS_OF = dt.date(2025, 3, 31)
 ENROLLED = dt.date(2025, 3, 3)
 DAY1 = dt.date(2025, 3, 10)
-SUBJECT = {"reference": "Patient/p1", "display": "Alvarez, Maria"}
 
 EvidenceRow = tuple[str, str, str, str]  # resource type, id, version, deciding value
 
 
-# -- FHIR builders (shaped like hospital feeds: codes with displays, texts, statuses, dates) ------
+# -- p1's FHIR, shaped like hospital feeds: the kit's builders with this file's defaults ----------
 
-
-def coded(system: str, code: str, display: str, text: str | None = None) -> dict[str, Any]:
-    """A CodeableConcept with one coding and an optional text."""
-    concept: dict[str, Any] = {"coding": [{"system": system, "code": code, "display": display}]}
-    if text is not None:
-        concept["text"] = text
-    return concept
-
-
-def condition(
-    cid: str,
-    code: dict[str, Any],
-    onset: str = "2025-01-20",
-    clinical: str = "active",
-    **extra: Any,
-) -> dict[str, Any]:
-    """A confirmed problem-list Condition of p1."""
-    return {
-        "resourceType": "Condition",
-        "id": cid,
-        "meta": {"lastUpdated": f"{onset}T10:00:00Z"},
-        "clinicalStatus": {"coding": [{"system": f"{HL7}/condition-clinical", "code": clinical}]},
-        "verificationStatus": {
-            "coding": [{"system": f"{HL7}/condition-ver-status", "code": "confirmed"}]
-        },
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": f"{HL7}/condition-category",
-                        "code": "problem-list-item",
-                        "display": "Problem List Item",
-                    }
-                ]
-            }
-        ],
-        "code": code,
-        "subject": SUBJECT,
-        "onsetDateTime": onset,
-        "recordedDate": onset,
-        **extra,
-    }
-
-
-def observation(
-    oid: str, code: dict[str, Any], when: str = "2025-02-12", **value: Any
-) -> dict[str, Any]:
-    """A final laboratory/survey Observation of p1 with the given value element(s)."""
-    return {
-        "resourceType": "Observation",
-        "id": oid,
-        "status": "final",
-        "code": code,
-        "subject": SUBJECT,
-        "effectiveDateTime": when,
-        "issued": f"{when}T16:42:00-05:00",
-        **value,
-    }
-
-
-def t_category(
-    oid: str, text: str, when: str = "2025-02-12", *, loinc: str = "21905-5"
-) -> dict[str, Any]:
-    """A TNM primary-tumour Observation whose category is written as text (cT1a, ypT2a …)."""
-    display = (
-        "Primary tumor.clinical [Class] Cancer"
-        if loinc == "21905-5"
-        else "Primary tumor.pathology [Class] Cancer"
-    )
-    return observation(oid, coded(LOINC, loinc, display), when, valueCodeableConcept={"text": text})
-
-
-def m_category(oid: str, ajcc: str, when: str = "2025-02-12") -> dict[str, Any]:
-    """A clinical M category Observation coded with its AJCC code (cM0, cM1a …)."""
-    return observation(
-        oid,
-        coded(LOINC, "21907-1", "Distant metastases.clinical [Class] Cancer"),
-        when,
-        valueCodeableConcept=coded(AJCC, ajcc, ajcc),
-    )
-
-
-def stage_group(oid: str, ajcc: str, display: str, when: str = "2025-02-12") -> dict[str, Any]:
-    """A clinical stage group Observation (AJCC code, e.g. 4 / Stage 4)."""
-    return observation(
-        oid,
-        coded(LOINC, "21908-9", "Stage group.clinical Cancer"),
-        when,
-        valueCodeableConcept=coded(AJCC, ajcc, display),
-    )
-
-
-def variant(
-    oid: str,
-    hgnc: str,
-    gene: str,
-    present: bool,
-    when: str = "2025-02-14",
-    specimen: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """An mCODE genomic variant Observation: 69548-6 with a gene-studied component."""
-    answer = coded(LOINC, "LA9633-4", "Present") if present else coded(LOINC, "LA9634-2", "Absent")
-    resource = observation(
-        oid,
-        coded(LOINC, "69548-6", "Genetic variant assessment"),
-        when,
-        component=[
-            {
-                "code": coded(LOINC, "48018-6", "Gene studied [ID]"),
-                "valueCodeableConcept": coded(HGNC, hgnc, gene),
-            }
-        ],
-        valueCodeableConcept=answer,
-    )
-    if specimen is not None:
-        resource["specimen"] = specimen
-    return resource
-
-
-def egfr(oid: str, present: bool, when: str = "2025-02-14", **kw: Any) -> dict[str, Any]:
-    """EGFR variant assessment."""
-    return variant(oid, "HGNC:3236", "EGFR", present, when, **kw)
-
-
-def alk(oid: str, present: bool, when: str = "2025-02-14") -> dict[str, Any]:
-    """ALK rearrangement by FISH (LOINC 78205-2) on the tumour block."""
-    answer = coded(LOINC, "LA9633-4", "Present") if present else coded(LOINC, "LA9634-2", "Absent")
-    return observation(
-        oid,
-        coded(
-            LOINC,
-            "78205-2",
-            "ALK gene rearrangements [Presence] in Blood or Tissue by FISH Nominal",
-        ),
-        when,
-        specimen={"reference": "Specimen/p1-block"},
-        valueCodeableConcept=answer,
-    )
-
-
-def ros1(oid: str, result: str, when: str = "2025-02-14") -> dict[str, Any]:
-    """ROS1 named only in the local test name (no LOINC code is verified for it)."""
-    return observation(
-        oid,
-        {
-            "coding": [{"system": "urn:oid:1.2.840.114350.1", "code": "LAB8841"}],
-            "text": "ROS1 gene rearrangement, FISH",
-        },
-        when,
-        valueString=result,
-    )
-
-
-TUMOUR_BLOCK = {
-    "resourceType": "Specimen",
-    "id": "p1-block",
-    "type": {"text": "Lung tissue, core biopsy (FFPE block)"},
-    "subject": SUBJECT,
-    "collection": {"collectedDateTime": "2025-02-20"},
-}
-
-
-def smoking(oid: str, code: str, display: str, when: str = "2025-02-03") -> dict[str, Any]:
-    """A US Core smoking-status Observation (LOINC 72166-2)."""
-    resource = observation(
-        oid,
-        coded(LOINC, "72166-2", "Tobacco smoking status"),
-        when,
-        valueCodeableConcept=coded(SNOMED, code, display),
-    )
-    resource["category"] = [
-        {"coding": [{"system": f"{HL7}/observation-category", "code": "social-history"}]}
-    ]
-    return resource
-
-
-def procedure(prid: str, code: dict[str, Any], status: str, when: str) -> dict[str, Any]:
-    """A Procedure of p1."""
-    return {
-        "resourceType": "Procedure",
-        "id": prid,
-        "status": status,
-        "code": code,
-        "subject": SUBJECT,
-        "performedDateTime": when,
-    }
-
-
-def service_request(
-    srid: str, code: dict[str, Any], authored: str, occurrence: str, status: str = "active"
-) -> dict[str, Any]:
-    """An order for a procedure, authored on one day for another."""
-    return {
-        "resourceType": "ServiceRequest",
-        "id": srid,
-        "status": status,
-        "intent": "order",
-        "code": code,
-        "subject": SUBJECT,
-        "authoredOn": authored,
-        "occurrenceDateTime": occurrence,
-        "requester": {"display": "Dr. Chen, Thoracic Surgery"},
-    }
-
-
-LOBECTOMY = coded(SNOMED, "173171007", "Lobectomy of lung", "VATS right upper lobectomy")
-PARTIAL_LOBECTOMY = coded(SNOMED, "359615001", "Partial lobectomy of lung")
+problem = partial(
+    kit.condition,
+    category=kit.condition_category("problem-list-item", "Problem List Item"),
+    onset="2025-01-20",
+)
+t_category = partial(kit.observation, code=kit.T_CLINICAL, effective="2025-02-12")
+m_category = partial(kit.observation, code=kit.M_CLINICAL, effective="2025-02-12")
+stage_group = partial(kit.observation, code=kit.STAGE_CLINICAL, effective="2025-02-12")
+egfr = partial(kit.genomic_variant, gene=kit.EGFR, effective="2025-02-14")
+# ALK rearrangement by FISH (LOINC 78205-2) on the tumour block
+alk = partial(
+    kit.observation,
+    code=kit.coded(
+        kit.LOINC,
+        "78205-2",
+        "ALK gene rearrangements [Presence] in Blood or Tissue by FISH Nominal",
+    ),
+    effective="2025-02-14",
+    specimen={"reference": "Specimen/p1-block"},
+)
+# ROS1 named only in the local test name (no LOINC code is verified for it)
+ros1 = partial(
+    kit.observation,
+    code=kit.coded("urn:oid:1.2.840.114350.1", "LAB8841", text="ROS1 gene rearrangement, FISH"),
+    effective="2025-02-14",
+)
+TUMOUR_BLOCK = kit.specimen(
+    id="p1-block", type="Lung tissue, core biopsy (FFPE block)", collected="2025-02-20"
+)
+smoking = partial(kit.smoking_status, effective="2025-02-03")
+LOBECTOMY_VATS = {**kit.LOBECTOMY, "text": "VATS right upper lobectomy"}
 CORE_BIOPSY = {"text": "CT-guided core needle biopsy, right upper lobe of lung"}
-LUNG_BIOPSY = coded(SNOMED, "78603008", "Biopsy of lung")
-ORAL = coded(SNOMED, "26643006", "Oral route")
+prednisone = partial(kit.dose, drug=kit.PREDNISONE, code="312617", amount=40, route=kit.ORAL)
+STUDY = kit.research_study()
 
 
-def administration(
-    mid: str, code: str, display: str, when: str, route: dict[str, Any] = ORAL
+def before(days: int, day: dt.date = ENROLLED) -> str:
+    """08:15 in New York, `days` days before the reference day (a morning dose)."""
+    return f"{(day - dt.timedelta(days=days)).isoformat()}T08:15:00-05:00"
+
+
+def outpatient_order(
+    *, id: str, display: str, code: str, start: str, end: str | None
 ) -> dict[str, Any]:
-    """A completed MedicationAdministration of p1 (RxNorm clinical-drug code)."""
-    return {
-        "resourceType": "MedicationAdministration",
-        "id": mid,
-        "status": "completed",
-        "medicationCodeableConcept": coded(RXNORM, code, display),
-        "subject": SUBJECT,
-        "effectiveDateTime": when,
-        "dosage": {
-            "route": route,
-            "dose": {"value": 40, "unit": "mg", "system": UCUM, "code": "mg"},
-        },
-    }
-
-
-def prednisone(mid: str, days_before: int, reference: dt.date = ENROLLED) -> dict[str, Any]:
-    """Prednisone 40 mg by mouth given `days_before` days before the reference day."""
-    when = (reference - dt.timedelta(days=days_before)).isoformat()
-    return administration(mid, "312617", "predniSONE 20 MG Oral Tablet", f"{when}T08:15:00-05:00")
-
-
-def medication_request(
-    mid: str, display: str, code: str, start: str, end: str | None, status: str = "completed"
-) -> dict[str, Any]:
-    """An outpatient order with a dosing period."""
-    bounds = {"start": start, **({"end": end} if end else {})}
-    return {
-        "resourceType": "MedicationRequest",
-        "id": mid,
-        "status": status,
-        "intent": "order",
-        "medicationCodeableConcept": coded(RXNORM, code, display, display),
-        "subject": SUBJECT,
-        "authoredOn": start,
-        "dosageInstruction": [
-            {"text": "apply twice daily", "timing": {"repeat": {"boundsPeriod": bounds}}}
+    """A completed outpatient order of a drug with a dosing period (feeds send it twice daily)."""
+    return kit.medication_request(
+        id=id,
+        medication=kit.coded(kit.RXNORM, code, display, text=display),
+        status="completed",
+        authored=start,
+        dosageInstruction=[
+            {
+                "text": "apply twice daily",
+                "timing": {"repeat": {"boundsPeriod": kit.period(start, end)}},
+            }
         ],
-    }
-
-
-STUDY = {
-    "resourceType": "ResearchStudy",
-    "id": "rs-nct",
-    "status": "active",
-    "identifier": [{"system": "https://clinicaltrials.gov", "value": "NCT06088771"}],
-}
-
-
-def research_subject(start: str | None) -> dict[str, Any]:
-    """p1 on study NCT06088771, with or without an enrollment date."""
-    resource: dict[str, Any] = {
-        "resourceType": "ResearchSubject",
-        "id": "p1-rs",
-        "status": "on-study",
-        "identifier": [{"system": "urn:study:nct06088771:subject", "value": "001-007"}],
-        "study": {"reference": "ResearchStudy/rs-nct"},
-        "individual": SUBJECT,
-    }
-    if start is not None:
-        resource["period"] = {"start": start}
-    return resource
-
-
-def study_dose(mid: str, display: str, mg: int, when: str) -> dict[str, Any]:
-    """A study-drug administration (defines Day 1)."""
-    dose = administration(
-        mid, "999999", display, when, coded(SNOMED, "34206005", "Subcutaneous route")
     )
-    dose["dosage"]["dose"]["value"] = mg
-    return dose
 
 
 # -- running the real mappers and the evaluator ----------------------------------------------------
-
-
-def events_of(*resources: dict[str, Any]) -> list[TrialEvent]:
-    """Every event the registered mappers derive from these resources (version from meta, else 1)."""
-    ctx = MappingContext(TERMINOLOGY, MemoryLookup(list(resources)))
-    out: list[TrialEvent] = []
-    for r in resources:
-        version = int(r.get("meta", {}).get("versionId", 1))
-        out += map_resource(
-            r["resourceType"], r, SourceRef(r["resourceType"], r["id"], version), ctx
-        )
-    return out
 
 
 def screen(
@@ -358,7 +106,7 @@ def screen(
 ) -> EligibilityResult:
     """The evaluator's result on the mapped resources."""
     return evaluate(
-        protocol, events_of(*resources), as_of=as_of, enrolled_on=enrolled_on, day1=day1
+        protocol, events_of(TERMINOLOGY, resources), as_of=as_of, enrolled_on=enrolled_on, day1=day1
     )
 
 
@@ -400,16 +148,13 @@ def check(criterion_id: str, case: Case, **kw: Any) -> None:
 
 # -- 1. NSCLC ----------------------------------------------------------------------------------------
 
-C34_90 = coded(
-    ICD10CM, "C34.90", "Malignant neoplasm of unspecified part of unspecified bronchus or lung"
-)
-NSCLC_SCT = coded(SNOMED, "254637007", "Non-small cell lung cancer")
-HYPERTENSION = coded(ICD10CM, "I10", "Essential (primary) hypertension")
+C34_90 = kit.LUNG_CANCER_C34_90
+NSCLC_SCT = kit.NSCLC
 
 NSCLC_CASES = [
     pytest.param(
         Case(
-            [condition("dx", C34_90)],
+            [problem(id="dx", code=C34_90)],
             "unknown",
             "lung cancer recorded without a histology (e.g. ICD-10 C34)",
             [("Condition", "dx", "1", "C34.90")],
@@ -419,7 +164,7 @@ NSCLC_CASES = [
     ),
     pytest.param(
         Case(
-            [condition("dx", NSCLC_SCT)],
+            [problem(id="dx", code=NSCLC_SCT)],
             "met",
             "NSCLC recorded on 2025-01-20",
             [("Condition", "dx", "1", "254637007")],
@@ -429,13 +174,13 @@ NSCLC_CASES = [
     pytest.param(
         Case(
             [
-                condition(
-                    "dx",
-                    coded(
-                        ICD10CM,
+                problem(
+                    id="dx",
+                    code=kit.coded(
+                        kit.ICD10CM,
                         "C34.11",
                         "Malignant neoplasm of upper lobe, right bronchus or lung",
-                        "Adenocarcinoma of lung",
+                        text="Adenocarcinoma of lung",
                     ),
                 )
             ],
@@ -447,7 +192,7 @@ NSCLC_CASES = [
     ),
     pytest.param(
         Case(
-            [condition("htn", HYPERTENSION)],
+            [problem(id="htn", code=kit.HYPERTENSION)],
             "unknown",
             "no lung cancer diagnosis recorded",
             [],
@@ -458,11 +203,11 @@ NSCLC_CASES = [
     pytest.param(
         Case(
             [
-                condition(
-                    "dx",
-                    NSCLC_SCT,
+                problem(
+                    id="dx",
+                    code=NSCLC_SCT,
                     verificationStatus={
-                        "coding": [{"system": f"{HL7}/condition-ver-status", "code": "refuted"}]
+                        "coding": [{"system": f"{kit.HL7}/condition-ver-status", "code": "refuted"}]
                     },
                 )
             ],
@@ -489,7 +234,7 @@ def test_nsclc_choice_is_a_protocol_setting() -> None:
     check(
         "nsclc",
         Case(
-            [condition("dx", C34_90)],
+            [problem(id="dx", code=C34_90)],
             "not_met",
             "lung cancer recorded without a histology (e.g. ICD-10 C34)",
             [("Condition", "dx", "1", "C34.90")],
@@ -504,7 +249,7 @@ def test_nsclc_choice_is_a_protocol_setting() -> None:
 STAGE_CASES = [
     pytest.param(
         Case(
-            [t_category("t", "cT1a")],
+            [t_category(id="t", valueCodeableConcept={"text": "cT1a"})],
             "not_met",
             "T1a is below T1b",
             [("Observation", "t", "1", "cT1a")],
@@ -513,7 +258,7 @@ STAGE_CASES = [
     ),
     pytest.param(
         Case(
-            [t_category("t", "T1b")],
+            [t_category(id="t", valueCodeableConcept={"text": "T1b"})],
             "met",
             "T1b is at least T1b",
             [("Observation", "t", "1", "T1b")],
@@ -522,7 +267,7 @@ STAGE_CASES = [
     ),
     pytest.param(
         Case(
-            [t_category("t", "ypT2a", loinc="21899-0")],
+            [t_category(id="t", code=kit.T_PATHOLOGICAL, valueCodeableConcept={"text": "ypT2a"})],
             "met",
             "T2a is at least T1b",
             [("Observation", "t", "1", "ypT2a")],
@@ -531,7 +276,7 @@ STAGE_CASES = [
     ),
     pytest.param(
         Case(
-            [t_category("t", "TX")],
+            [t_category(id="t", valueCodeableConcept={"text": "TX"})],
             "unknown",
             "primary tumour cannot be assessed (TX)",
             [("Observation", "t", "1", "TX")],
@@ -541,7 +286,7 @@ STAGE_CASES = [
     ),
     pytest.param(
         Case(
-            [t_category("t", "T0")],
+            [t_category(id="t", valueCodeableConcept={"text": "T0"})],
             "not_met",
             "no evidence of primary tumour (T0)",
             [("Observation", "t", "1", "T0")],
@@ -554,7 +299,7 @@ STAGE_CASES = [
     ),
     pytest.param(
         Case(
-            [t_category("t", "cT2")],
+            [t_category(id="t", valueCodeableConcept={"text": "cT2"})],
             "met",
             "T2 is at least T1b",
             [("Observation", "t", "1", "cT2")],
@@ -563,7 +308,7 @@ STAGE_CASES = [
     ),
     pytest.param(
         Case(
-            [t_category("t", "cT1")],
+            [t_category(id="t", valueCodeableConcept={"text": "cT1"})],
             "unknown",
             "T1 without its subcategory may be below T1b",
             [("Observation", "t", "1", "cT1")],
@@ -573,7 +318,7 @@ STAGE_CASES = [
     ),
     pytest.param(
         Case(
-            [t_category("t", "see pathology report")],
+            [t_category(id="t", valueCodeableConcept={"text": "see pathology report"})],
             "unknown",
             "T category 'see pathology report' could not be read",
             [("Observation", "t", "1", "see pathology report")],
@@ -584,8 +329,12 @@ STAGE_CASES = [
     pytest.param(
         Case(
             [
-                t_category("t-jan", "cT1a", "2025-01-22"),
-                t_category("t-feb", "cT2a", "2025-02-12"),
+                t_category(
+                    id="t-jan", valueCodeableConcept={"text": "cT1a"}, effective="2025-01-22"
+                ),
+                t_category(
+                    id="t-feb", valueCodeableConcept={"text": "cT2a"}, effective="2025-02-12"
+                ),
             ],
             "met",
             "T2a is at least T1b",
@@ -607,7 +356,11 @@ def test_t_category_at_least_t1b(case: Case) -> None:
 RESECTABLE_CASES = [
     pytest.param(
         Case(
-            [service_request("sr", LOBECTOMY, "2025-02-25", "2025-03-25")],
+            [
+                kit.service_request(
+                    id="sr", code=LOBECTOMY_VATS, authored="2025-02-25", occurrence="2025-03-25"
+                )
+            ],
             "met",
             "lung resection planned or performed on 2025-03-25",
             [("ServiceRequest", "sr", "1", "ServiceRequest active")],
@@ -616,7 +369,14 @@ RESECTABLE_CASES = [
     ),
     pytest.param(
         Case(
-            [procedure("pr", PARTIAL_LOBECTOMY, "preparation", "2025-03-25")],
+            [
+                kit.procedure(
+                    id="pr",
+                    code=kit.PARTIAL_LOBECTOMY,
+                    status="preparation",
+                    performed="2025-03-25",
+                )
+            ],
             "met",
             "lung resection planned or performed on 2025-03-25",
             [("Procedure", "pr", "1", "Procedure preparation")],
@@ -636,8 +396,16 @@ RESECTABLE_CASES = [
     pytest.param(
         Case(
             [
-                service_request("sr", LOBECTOMY, "2025-02-25", "2025-03-25", status="revoked"),
-                procedure("pr", PARTIAL_LOBECTOMY, "stopped", "2025-03-25"),
+                kit.service_request(
+                    id="sr",
+                    code=LOBECTOMY_VATS,
+                    authored="2025-02-25",
+                    occurrence="2025-03-25",
+                    status="revoked",
+                ),
+                kit.procedure(
+                    id="pr", code=kit.PARTIAL_LOBECTOMY, status="stopped", performed="2025-03-25"
+                ),
             ],
             "unknown",
             "no planned or performed lung resection",
@@ -660,7 +428,7 @@ def test_resection_planned(case: Case) -> None:
 BIOPSY_CASES = [
     pytest.param(
         Case(
-            [procedure("bx", CORE_BIOPSY, "completed", "2025-02-20")],
+            [kit.procedure(id="bx", code=CORE_BIOPSY, status="completed", performed="2025-02-20")],
             "met",
             "biopsy planned or done on 2025-02-20",
             [("Procedure", "bx", "1", "Procedure completed")],
@@ -669,7 +437,11 @@ BIOPSY_CASES = [
     ),
     pytest.param(
         Case(
-            [service_request("bxo", LUNG_BIOPSY, "2025-03-01", "2025-03-06")],
+            [
+                kit.service_request(
+                    id="bxo", code=kit.LUNG_BIOPSY, authored="2025-03-01", occurrence="2025-03-06"
+                )
+            ],
             "met",
             "biopsy planned or done on 2025-03-06",
             [("ServiceRequest", "bxo", "1", "ServiceRequest active")],
@@ -682,7 +454,7 @@ BIOPSY_CASES = [
     ),
     pytest.param(
         Case(
-            [procedure("bx", CORE_BIOPSY, "not-done", "2025-02-20")],
+            [kit.procedure(id="bx", code=CORE_BIOPSY, status="not-done", performed="2025-02-20")],
             "unknown",
             "no biopsy planned or done",
             [],
@@ -701,19 +473,15 @@ def test_screening_biopsy(case: Case) -> None:
 
 # -- 5. autoimmune -----------------------------------------------------------------------------------
 
-RA = coded(
-    ICD10CM,
-    "M05.79",
-    "Rheumatoid arthritis with rheumatoid factor of multiple sites without organ or systems involvement",
-)
-PSORIASIS = coded(ICD10CM, "L40.0", "Psoriasis vulgaris")
-T1DM = coded(ICD10CM, "E10.9", "Type 1 diabetes mellitus without complications")
-T2DM = coded(ICD10CM, "E11.9", "Type 2 diabetes mellitus without complications")
+RA = kit.RHEUMATOID_ARTHRITIS
+PSORIASIS = kit.coded(kit.ICD10CM, "L40.0", "Psoriasis vulgaris")
+T1DM = kit.coded(kit.ICD10CM, "E10.9", "Type 1 diabetes mellitus without complications")
+T2DM = kit.coded(kit.ICD10CM, "E11.9", "Type 2 diabetes mellitus without complications")
 
 AUTOIMMUNE_CASES = [
     pytest.param(
         Case(
-            [condition("dx", NSCLC_SCT), condition("ai", RA, "2019-06-01")],
+            [problem(id="dx", code=NSCLC_SCT), problem(id="ai", code=RA, onset="2019-06-01")],
             "met",
             "M05.79 recorded on 2019-06-01",
             [("Condition", "ai", "1", "M05.79")],
@@ -722,7 +490,7 @@ AUTOIMMUNE_CASES = [
     ),
     pytest.param(
         Case(
-            [condition("ai", PSORIASIS, "2012-04-11", clinical="inactive")],
+            [problem(id="ai", code=PSORIASIS, onset="2012-04-11", clinical="inactive")],
             "met",
             "L40.0 recorded on 2012-04-11",
             [("Condition", "ai", "1", "L40.0")],
@@ -731,7 +499,7 @@ AUTOIMMUNE_CASES = [
     ),
     pytest.param(
         Case(
-            [condition("ai", T1DM, "1998-09-30")],
+            [problem(id="ai", code=T1DM, onset="1998-09-30")],
             "met",
             "E10.9 recorded on 1998-09-30",
             [("Condition", "ai", "1", "E10.9")],
@@ -741,18 +509,18 @@ AUTOIMMUNE_CASES = [
     pytest.param(
         Case(
             [
-                condition("dx", NSCLC_SCT),
-                condition("htn", HYPERTENSION, "2016-02-02"),
-                condition("dm", T2DM, "2018-07-07"),
-                condition(
-                    "fh",
-                    coded(
-                        ICD10CM,
+                problem(id="dx", code=NSCLC_SCT),
+                problem(id="htn", code=kit.HYPERTENSION, onset="2016-02-02"),
+                problem(id="dm", code=T2DM, onset="2018-07-07"),
+                problem(
+                    id="fh",
+                    code=kit.coded(
+                        kit.ICD10CM,
                         "Z82.61",
                         "Family history of arthritis",
-                        "Family history of rheumatoid arthritis",
+                        text="Family history of rheumatoid arthritis",
                     ),
-                    "2020-01-01",
+                    onset="2020-01-01",
                 ),
             ],
             "not_met",
@@ -777,12 +545,12 @@ def test_autoimmune_history(case: Case) -> None:
 
 # -- 6. metastatic disease ---------------------------------------------------------------------------
 
-C78_01 = coded(ICD10CM, "C78.01", "Secondary malignant neoplasm of right lung")
+C78_01 = kit.LUNG_METASTASIS
 
 METASTATIC_CASES = [
     pytest.param(
         Case(
-            [m_category("m", "cM1a")],
+            [m_category(id="m", valueCodeableConcept=kit.coded(kit.AJCC, "cM1a", "cM1a"))],
             "met",
             "metastatic disease: M1a",
             [("Observation", "m", "1", "M1a")],
@@ -791,7 +559,7 @@ METASTATIC_CASES = [
     ),
     pytest.param(
         Case(
-            [condition("dx", NSCLC_SCT), condition("met", C78_01, "2025-02-18")],
+            [problem(id="dx", code=NSCLC_SCT), problem(id="met", code=C78_01, onset="2025-02-18")],
             "met",
             "metastatic disease: C78.01",
             [("Condition", "met", "1", "C78.01")],
@@ -800,7 +568,7 @@ METASTATIC_CASES = [
     ),
     pytest.param(
         Case(
-            [m_category("m", "cM0")],
+            [m_category(id="m", valueCodeableConcept=kit.coded(kit.AJCC, "cM0", "cM0"))],
             "not_met",
             "no distant metastasis (M0)",
             [("Observation", "m", "1", "M0")],
@@ -809,7 +577,7 @@ METASTATIC_CASES = [
     ),
     pytest.param(
         Case(
-            [stage_group("sg", "4", "Stage 4")],
+            [stage_group(id="sg", valueCodeableConcept=kit.coded(kit.AJCC, "4", "Stage 4"))],
             "met",
             "metastatic disease: IV",
             [("Observation", "sg", "1", "IV")],
@@ -818,7 +586,7 @@ METASTATIC_CASES = [
     ),
     pytest.param(
         Case(
-            [stage_group("sg", "3A", "Stage 3A")],
+            [stage_group(id="sg", valueCodeableConcept=kit.coded(kit.AJCC, "3A", "Stage 3A"))],
             "not_met",
             "stage group IIIA",
             [("Observation", "sg", "1", "IIIA")],
@@ -827,7 +595,13 @@ METASTATIC_CASES = [
     ),
     pytest.param(
         Case(
-            [condition("dx", NSCLC_SCT, stage=[{"summary": coded(AJCC, "4A", "Stage 4A")}])],
+            [
+                problem(
+                    id="dx",
+                    code=NSCLC_SCT,
+                    stage=[{"summary": kit.coded(kit.AJCC, "4A", "Stage 4A")}],
+                )
+            ],
             "met",
             "metastatic disease: stage IVA",
             [("Condition", "dx", "1", "stage IVA")],
@@ -837,9 +611,9 @@ METASTATIC_CASES = [
     pytest.param(
         Case(
             [
-                condition(
-                    "dx",
-                    NSCLC_SCT,
+                problem(
+                    id="dx",
+                    code=NSCLC_SCT,
                     stage=[{"summary": {"text": "Stage IIIA, 4 cm mass, 4/12 nodes"}}],
                 )
             ],
@@ -872,7 +646,7 @@ PLASMA = {"display": "Plasma cell-free DNA (Guardant360 CDx)"}
 DRIVER_CASES = [
     pytest.param(
         Case(
-            [egfr("egfr", True, specimen=PLASMA)],
+            [egfr(id="egfr", present=True, specimen=PLASMA)],
             "met",
             "driver alteration: EGFR positive (ctDNA)",
             [("Observation", "egfr", "1", "EGFR positive (ctDNA)")],
@@ -881,7 +655,7 @@ DRIVER_CASES = [
     ),
     pytest.param(
         Case(
-            [TUMOUR_BLOCK, alk("alk", True)],
+            [TUMOUR_BLOCK, alk(id="alk", valueCodeableConcept=kit.PRESENT)],
             "met",
             "driver alteration: ALK positive (tissue)",
             [("Observation", "alk", "1", "ALK positive (tissue)")],
@@ -890,7 +664,7 @@ DRIVER_CASES = [
     ),
     pytest.param(
         Case(
-            [ros1("ros1", "Positive: ROS1 rearrangement detected (CD74-ROS1)")],
+            [ros1(id="ros1", valueString="Positive: ROS1 rearrangement detected (CD74-ROS1)")],
             "met",
             "driver alteration: ROS1 positive (specimen not stated)",
             [("Observation", "ros1", "1", "ROS1 positive (specimen not stated)")],
@@ -899,7 +673,12 @@ DRIVER_CASES = [
     ),
     pytest.param(
         Case(
-            [egfr("egfr", False), TUMOUR_BLOCK, alk("alk", False), ros1("ros1", "Negative")],
+            [
+                egfr(id="egfr", present=False),
+                TUMOUR_BLOCK,
+                alk(id="alk", valueCodeableConcept=kit.ABSENT),
+                ros1(id="ros1", valueString="Negative"),
+            ],
             "not_met",
             "no driver alteration: EGFR negative, ALK negative, ROS1 negative",
             [
@@ -912,7 +691,7 @@ DRIVER_CASES = [
     ),
     pytest.param(
         Case(
-            [egfr("egfr", False)],
+            [egfr(id="egfr", present=False)],
             "unknown",
             "no result for ALK, ROS1",
             [("Observation", "egfr", "1", "EGFR negative (specimen not stated)")],
@@ -923,10 +702,10 @@ DRIVER_CASES = [
     pytest.param(
         Case(
             [
-                egfr("egfr-tissue", False),
-                egfr("egfr-plasma", True, "2025-02-27", specimen=PLASMA),
+                egfr(id="egfr-tissue", present=False),
+                egfr(id="egfr-plasma", present=True, effective="2025-02-27", specimen=PLASMA),
                 TUMOUR_BLOCK,
-                alk("alk", False),
+                alk(id="alk", valueCodeableConcept=kit.ABSENT),
             ],
             "met",
             "driver alteration: EGFR positive (ctDNA)",
@@ -937,21 +716,24 @@ DRIVER_CASES = [
     pytest.param(
         Case(
             [
-                observation(
-                    "gfr",
-                    coded(
-                        LOINC,
+                kit.observation(
+                    id="gfr",
+                    code=kit.coded(
+                        kit.LOINC,
                         "33914-3",
                         "Glomerular filtration rate/1.73 sq M.predicted [Volume Rate/Area] in Serum or Plasma by Creatinine-based formula (MDRD)",
-                        "eGFR",
+                        text="eGFR",
                     ),
+                    effective="2025-02-12",
                     valueQuantity={
                         "value": 52,
                         "unit": "mL/min/{1.73_m2}",
-                        "system": UCUM,
+                        "system": kit.UCUM,
                         "code": "mL/min/{1.73_m2}",
                     },
-                    interpretation=[coded(f"{HL7}/v3-ObservationInterpretation", "L", "Low")],
+                    interpretation=[
+                        kit.coded(f"{kit.HL7}/v3-ObservationInterpretation", "L", "Low")
+                    ],
                 )
             ],
             "unknown",
@@ -973,18 +755,23 @@ def test_driver_alteration(case: Case) -> None:
 # -- 8. immunomodulators before enrollment ------------------------------------------------------------
 
 NO_IMMUNOMODULATOR = "no listed drug in the 56 days before 2025-03-03"
-METFORMIN = administration(
-    "met", "861007", "metFORMIN 500 MG Oral Tablet", "2025-02-27T08:00:00-05:00"
+METFORMIN = kit.dose(
+    id="met",
+    code="861007",
+    drug="metFORMIN 500 MG Oral Tablet",
+    amount=40,
+    when="2025-02-27T08:00:00-05:00",
+    route=kit.ORAL,
 )
 
 MEDICATION_CASES = [
     pytest.param(
-        Case([prednisone("pred", 63)], "not_met", NO_IMMUNOMODULATOR),
+        Case([prednisone(id="pred", when=before(63))], "not_met", NO_IMMUNOMODULATOR),
         id="prednisone-9-weeks-before",
     ),
     pytest.param(
         Case(
-            [prednisone("pred", 49)],
+            [prednisone(id="pred", when=before(49))],
             "met",
             "predniSONE 20 MG Oral Tablet 49 days before the reference day 2025-03-03",
             [
@@ -1000,7 +787,7 @@ MEDICATION_CASES = [
     ),
     pytest.param(
         Case(
-            [prednisone("pred", 56)],
+            [prednisone(id="pred", when=before(56))],
             "met",
             "predniSONE 20 MG Oral Tablet 56 days before the reference day 2025-03-03",
             [
@@ -1015,18 +802,18 @@ MEDICATION_CASES = [
         id="exactly-56-days",
     ),
     pytest.param(
-        Case([prednisone("pred", 57)], "not_met", NO_IMMUNOMODULATOR),
+        Case([prednisone(id="pred", when=before(57))], "not_met", NO_IMMUNOMODULATOR),
         id="57-days",
     ),
     pytest.param(
         Case(
             [
-                medication_request(
-                    "cream",
-                    "hydrocortisone 1 % Topical Cream",
-                    "106258",
-                    "2025-02-10",
-                    "2025-02-24",
+                outpatient_order(
+                    id="cream",
+                    display="hydrocortisone 1 % Topical Cream",
+                    code="106258",
+                    start="2025-02-10",
+                    end="2025-02-24",
                 )
             ],
             "not_met",
@@ -1037,8 +824,12 @@ MEDICATION_CASES = [
     pytest.param(
         Case(
             [
-                medication_request(
-                    "mtx", "methotrexate 2.5 MG Oral Tablet", "105586", "2024-10-01", "2025-01-15"
+                outpatient_order(
+                    id="mtx",
+                    display="methotrexate 2.5 MG Oral Tablet",
+                    code="105586",
+                    start="2024-10-01",
+                    end="2025-01-15",
                 )
             ],
             "met",
@@ -1071,9 +862,27 @@ def test_immunomodulator_within_8_weeks(case: Case) -> None:
 
 
 STUDY_DOSES = (
-    study_dose("d1a", "dupilumab 300 MG/2ML Prefilled Syringe", 300, "2025-03-10T09:00:00-05:00"),
-    study_dose("d1b", "dupilumab 300 MG/2ML Prefilled Syringe", 300, "2025-03-10T09:04:00-05:00"),
-    study_dose("d1c", "Libtayo 350 MG/7ML Injection", 350, "2025-03-10T10:00:00-05:00"),
+    kit.dose(
+        id="d1a",
+        drug="dupilumab 300 MG/2ML Prefilled Syringe",
+        amount=300,
+        when="2025-03-10T09:00:00-05:00",
+        route=kit.SUBCUTANEOUS,
+    ),
+    kit.dose(
+        id="d1b",
+        drug="dupilumab 300 MG/2ML Prefilled Syringe",
+        amount=300,
+        when="2025-03-10T09:04:00-05:00",
+        route=kit.SUBCUTANEOUS,
+    ),
+    kit.dose(
+        id="d1c",
+        drug="Libtayo 350 MG/7ML Injection",
+        amount=350,
+        when="2025-03-10T10:00:00-05:00",
+        route=kit.SUBCUTANEOUS,
+    ),
 )
 
 
@@ -1113,8 +922,23 @@ def test_reference_day_is_enrollment_else_day1(
     rows: list[EvidenceRow],
 ) -> None:
     """Prednisone 52 days before ResearchSubject.period.start counts; without that date Day 1 (59 days) is used."""
-    pred = administration("pred", "312617", "predniSONE 20 MG Oral Tablet", "2025-01-10")
-    events = events_of(STUDY, research_subject(start), *STUDY_DOSES, pred)
+    pred = kit.dose(
+        id="pred",
+        code="312617",
+        drug="predniSONE 20 MG Oral Tablet",
+        amount=40,
+        when="2025-01-10",
+        route=kit.ORAL,
+    )
+    events = events_of(
+        TERMINOLOGY,
+        [
+            STUDY,
+            kit.research_subject(id="p1-rs", number="001-007", start=start),
+            *STUDY_DOSES,
+            pred,
+        ],
+    )
     facts = trial_membership(PROTOCOL, events)
     assert facts is not None
     assert (facts.enrolled_on, facts.day1) == reference
@@ -1125,7 +949,9 @@ def test_reference_day_is_enrollment_else_day1(
 
 def test_reference_day_is_as_of_before_enrollment() -> None:
     """Screening before enrollment counts back from the as-of day, since enrollment has not happened yet."""
-    result = screen(prednisone("pred", 60), as_of=dt.date(2025, 1, 20), enrolled_on=ENROLLED)
+    result = screen(
+        prednisone(id="pred", when=before(60)), as_of=dt.date(2025, 1, 20), enrolled_on=ENROLLED
+    )
     got = criterion(result, "immunomodulators")
     assert (got.verdict, got.reason, evidence(got)) == (
         "met",
@@ -1139,7 +965,7 @@ def test_reference_day_is_as_of_before_enrollment() -> None:
 SMOKING_CASES = [
     pytest.param(
         Case(
-            [smoking("smk", "266919005", "Never smoker")],
+            [smoking(id="smk", finding=kit.coded(kit.SNOMED, "266919005", "Never smoker"))],
             "met",
             "never smoker",
             [("Observation", "smk", "1", "never")],
@@ -1148,7 +974,11 @@ SMOKING_CASES = [
     ),
     pytest.param(
         Case(
-            [smoking("smk", "8517006", "Former smoker (finding)")],
+            [
+                smoking(
+                    id="smk", finding=kit.coded(kit.SNOMED, "8517006", "Former smoker (finding)")
+                )
+            ],
             "not_met",
             "current or former smoker",
             [("Observation", "smk", "1", "ever")],
@@ -1157,7 +987,11 @@ SMOKING_CASES = [
     ),
     pytest.param(
         Case(
-            [smoking("smk", "266927001", "Unknown if ever smoked")],
+            [
+                smoking(
+                    id="smk", finding=kit.coded(kit.SNOMED, "266927001", "Unknown if ever smoked")
+                )
+            ],
             "unknown",
             "smoking status unknown",
             [("Observation", "smk", "1", "unknown")],
@@ -1172,8 +1006,16 @@ SMOKING_CASES = [
     pytest.param(
         Case(
             [
-                smoking("smk-2023", "8517006", "Former smoker (finding)", "2023-05-02"),
-                smoking("smk-2025", "266927001", "Unknown if ever smoked", "2025-02-03"),
+                smoking(
+                    id="smk-2023",
+                    finding=kit.coded(kit.SNOMED, "8517006", "Former smoker (finding)"),
+                    effective="2023-05-02",
+                ),
+                smoking(
+                    id="smk-2025",
+                    finding=kit.coded(kit.SNOMED, "266927001", "Unknown if ever smoked"),
+                    effective="2025-02-03",
+                ),
             ],
             "not_met",
             "current or former smoker",
@@ -1196,18 +1038,20 @@ def test_never_smoker(case: Case) -> None:
 def eligible_patient() -> dict[str, dict[str, Any]]:
     """A complete screening work-up that settles every criterion in the patient's favour."""
     resources = [
-        condition("dx", NSCLC_SCT),
-        condition("htn", HYPERTENSION, "2016-02-02"),
-        t_category("t", "cT2a"),
-        m_category("m", "cM0"),
-        service_request("sr", LOBECTOMY, "2025-02-25", "2025-03-25"),
-        procedure("bx", CORE_BIOPSY, "completed", "2025-02-20"),
+        problem(id="dx", code=NSCLC_SCT),
+        problem(id="htn", code=kit.HYPERTENSION, onset="2016-02-02"),
+        t_category(id="t", valueCodeableConcept={"text": "cT2a"}),
+        m_category(id="m", valueCodeableConcept=kit.coded(kit.AJCC, "cM0", "cM0")),
+        kit.service_request(
+            id="sr", code=LOBECTOMY_VATS, authored="2025-02-25", occurrence="2025-03-25"
+        ),
+        kit.procedure(id="bx", code=CORE_BIOPSY, status="completed", performed="2025-02-20"),
         TUMOUR_BLOCK,
-        egfr("egfr", False),
-        alk("alk", False),
-        ros1("ros1", "Negative"),
-        prednisone("pred", 63),
-        smoking("smk", "8517006", "Former smoker (finding)"),
+        egfr(id="egfr", present=False),
+        alk(id="alk", valueCodeableConcept=kit.ABSENT),
+        ros1(id="ros1", valueString="Negative"),
+        prednisone(id="pred", when=before(63)),
+        smoking(id="smk", finding=kit.coded(kit.SNOMED, "8517006", "Former smoker (finding)")),
     ]
     return {r["id"]: r for r in resources}
 
@@ -1247,7 +1091,7 @@ def test_any_exclusion_met_is_ineligible_even_with_unknowns() -> None:
     """One met exclusion decides: ineligible although other criteria are still unknown."""
     patient = eligible_patient()
     del patient["smk"], patient["sr"]
-    patient["egfr"] = egfr("egfr", True, specimen=PLASMA)
+    patient["egfr"] = egfr(id="egfr", present=True, specimen=PLASMA)
     result = screen(*patient.values())
     assert verdicts(result) == {
         **ELIGIBLE_VERDICTS,
@@ -1263,7 +1107,7 @@ def test_any_inclusion_not_met_is_ineligible_even_with_unknowns() -> None:
     """One inclusion not met decides: ineligible although other criteria are still unknown."""
     patient = eligible_patient()
     del patient["bx"]
-    patient["t"] = t_category("t", "cT1a")
+    patient["t"] = t_category(id="t", valueCodeableConcept={"text": "cT1a"})
     result = screen(*patient.values())
     assert verdicts(result) == {**ELIGIBLE_VERDICTS, "stage": "not_met", "biopsy": "unknown"}
     assert result.overall == "ineligible"
@@ -1274,7 +1118,7 @@ def test_unsettled_is_indeterminate_with_the_exact_missing_list() -> None:
     """Nothing decides against the patient but some criteria are unknown: indeterminate, listing what is missing."""
     patient = eligible_patient()
     del patient["smk"], patient["alk"], patient["ros1"], patient["sr"]
-    patient["dx"] = condition("dx", C34_90)
+    patient["dx"] = problem(id="dx", code=C34_90)
     result = screen(*patient.values())
     assert verdicts(result) == {
         **ELIGIBLE_VERDICTS,
@@ -1318,13 +1162,13 @@ def test_data_dated_after_as_of_is_ignored() -> None:
     """A May EGFR result and a May metastasis do not count as of March; they do as of May."""
     patient = eligible_patient()
     later = [
-        egfr("egfr-may", True, "2025-05-12", specimen=PLASMA),
-        condition(
-            "met-may",
-            coded(ICD10CM, "C79.51", "Secondary malignant neoplasm of bone"),
-            "2025-05-20",
+        egfr(id="egfr-may", present=True, effective="2025-05-12", specimen=PLASMA),
+        problem(
+            id="met-may",
+            code=kit.coded(kit.ICD10CM, "C79.51", "Secondary malignant neoplasm of bone"),
+            onset="2025-05-20",
         ),
-        t_category("t-may", "cT1a", "2025-05-02"),
+        t_category(id="t-may", valueCodeableConcept={"text": "cT1a"}, effective="2025-05-02"),
     ]
     march = screen(*patient.values(), *later, as_of=AS_OF)
     assert verdicts(march) == ELIGIBLE_VERDICTS
@@ -1341,7 +1185,9 @@ def test_data_dated_after_as_of_is_ignored() -> None:
 
 def test_an_order_counts_from_when_it_was_written() -> None:
     """A resection order written after the as-of day is unknown then, even though surgery is planned for later."""
-    order = service_request("sr", LOBECTOMY, "2025-04-02", "2025-04-20")
+    order = kit.service_request(
+        id="sr", code=LOBECTOMY_VATS, authored="2025-04-02", occurrence="2025-04-20"
+    )
     before = criterion(screen(order, as_of=AS_OF), "resectable")
     after = criterion(screen(order, as_of=dt.date(2025, 4, 2)), "resectable")
     assert (before.verdict, after.verdict) == ("unknown", "met")
@@ -1350,14 +1196,16 @@ def test_an_order_counts_from_when_it_was_written() -> None:
 
 def test_a_procedure_in_preparation_counts_whatever_its_planned_date() -> None:
     """A Procedure in preparation carries only its planned date, so it is known on any as-of day."""
-    planned = procedure("pr", PARTIAL_LOBECTOMY, "preparation", "2025-06-10")
+    planned = kit.procedure(
+        id="pr", code=kit.PARTIAL_LOBECTOMY, status="preparation", performed="2025-06-10"
+    )
     got = criterion(screen(planned, as_of=AS_OF), "resectable")
     assert (got.verdict, got.reason) == ("met", "lung resection planned or performed on 2025-06-10")
 
 
 def test_evidence_names_the_resource_version() -> None:
     """Evidence points at the exact version the verdict came from, not just the resource."""
-    smk = smoking("smk", "8517006", "Former smoker (finding)")
+    smk = smoking(id="smk", finding=kit.coded(kit.SNOMED, "8517006", "Former smoker (finding)"))
     smk["meta"] = {"versionId": "3"}
     got = criterion(screen(smk), "never_smoker")
     assert [e.to_json() for e in got.evidence] == [

@@ -11,7 +11,7 @@ from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import content_hash, dumps, loads, loads_unguarded
 from fhir_mapping.references import identifier_index, parse_reference, reference_index
 from fhir_mapping.validation import MAX_DEPTH, validate_resource
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_unguarded_parse_keeps_integers_beyond_64_bits() -> None:
 
 
 def test_unguarded_parse_agrees_on_the_synthea_export() -> None:
-    files = sorted((SHARED_DATA / "synthea-10").glob("*.ndjson"))
+    files = sorted((TEST_DATA / "synthea-10").glob("*.ndjson"))
     assert len(files) == 9
     for path in files:
         raw = b"[" + b",".join(path.read_bytes().splitlines()) + b"]"

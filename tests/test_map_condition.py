@@ -3,92 +3,50 @@
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fhir_mapping.events.condition import map_condition
-from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.json_codec import loads
 from service.protocol.terminology import build_terminology
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
+from tests.kit import fhir as kit
+from tests.kit.expected import day_json, match_json, source_json
+from tests.kit.mapping import concept_matches, context, single
 
 TERMINOLOGY = build_terminology()
-EXAMPLES = SHARED_DATA / "fhir-r4-examples"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-ICD10 = "http://hl7.org/fhir/sid/icd-10"
-SNOMED = "http://snomed.info/sct"
-CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
-NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
-AE_GRADE = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/ae-grade"
+EXAMPLES = TEST_DATA / "fhir-r4-examples"
+SRC = SourceRef("Condition", "c1", 1)  # the source version every fixture event claims
+# An active, confirmed encounter diagnosis of patient p1 recorded on 2025-02-10.
+diagnosis = partial(
+    kit.condition, category=kit.condition_category("encounter-diagnosis"), recorded="2025-02-10"
+)
 
 
-def _ctx(*stored: dict[str, Any]) -> MappingContext:
-    """A mapping context whose lookup holds these resources (references resolve in memory)."""
-    return MappingContext(TERMINOLOGY, MemoryLookup(list(stored)))
+def _one(resource: dict[str, Any], *stored: dict[str, Any]) -> TrialEvent:
+    """The single condition event a Condition must yield (references resolve to `stored`)."""
+    return single(map_condition(resource, SRC, context(TERMINOLOGY, *stored)), EventKind.CONDITION)
 
 
-def _src(resource_id: str = "c1") -> SourceRef:
-    """The source version every fixture event claims to come from."""
-    return SourceRef("Condition", resource_id, 1)
-
-
-def _cond(code: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """An active, confirmed encounter diagnosis of patient p1 recorded on 2025-02-10."""
-    return {
-        "resourceType": "Condition",
-        "clinicalStatus": {"coding": [{"system": CLINICAL, "code": "active"}]},
-        "verificationStatus": {"coding": [{"system": VERIFICATION, "code": "confirmed"}]},
-        "category": [{"coding": [{"system": CATEGORY, "code": "encounter-diagnosis"}]}],
-        "code": code,
-        "subject": {"reference": "Patient/p1"},
-        "recordedDate": "2025-02-10",
-        **extra,
-    }
-
-
-def _one(resource: dict[str, Any], ctx: MappingContext | None = None) -> TrialEvent:
-    """The single event a Condition must yield."""
-    events = map_condition(resource, _src(), ctx or _ctx())
-    assert len(events) == 1
-    assert events[0].kind is EventKind.CONDITION
-    return events[0]
-
-
-def _concepts(event: TrialEvent) -> list[tuple[str, str, str | None]]:
+def _concepts(event: TrialEvent) -> list[tuple[Any, ...]]:
     """(concept, matched_by, code) triples in order: what eligibility and the cohort read."""
-    return [(c.concept, c.matched_by, c.code) for c in event.concepts]
-
-
-def _icd(code: str, display: str, system: str = ICD10CM) -> dict[str, Any]:
-    """An ICD-10 coded diagnosis as billing feeds send it."""
-    return {"coding": [{"system": system, "code": code, "display": display}]}
+    return concept_matches(event, "concept", "matched_by", "code")
 
 
 @pytest.mark.parametrize(
     ("code", "expected"),
     [
         pytest.param(
-            _icd(
-                "C34.90", "Malignant neoplasm of unspecified part of unspecified bronchus or lung"
-            ),
+            kit.LUNG_CANCER_C34_90,
             [("lung_cancer", "code", "C34.90")],
             id="C34.90-lung-cancer-without-histology",
         ),
         pytest.param(
-            {
-                "coding": [
-                    {
-                        "system": SNOMED,
-                        "code": "254637007",
-                        "display": "Non-small cell lung cancer (disorder)",
-                    }
-                ]
-            },
+            kit.coded(kit.SNOMED, "254637007", "Non-small cell lung cancer (disorder)"),
             [("nsclc", "code", "254637007"), ("lung_cancer", "name", None)],
             id="NSCLC-snomed-code",
         ),
@@ -103,41 +61,41 @@ def _icd(code: str, display: str, system: str = ICD10CM) -> dict[str, Any]:
             id="name-only-coding",
         ),
         pytest.param(
-            _icd("C78.01", "Secondary malignant neoplasm of right lung"),
+            kit.LUNG_METASTASIS,
             [("metastatic_disease", "code", "C78.01")],
             id="C78.01-lung-metastasis",
         ),
         pytest.param(
-            _icd("C79.51", "Secondary malignant neoplasm of bone"),
+            kit.BONE_METASTASIS,
             [("metastatic_disease", "code", "C79.51")],
             id="C79.51-bone-metastasis",
         ),
         pytest.param(
-            _icd(
-                "M05.79",
-                "Rheumatoid arthritis with rheumatoid factor of multiple sites without organ "
-                "or systems involvement",
-            ),
+            kit.RHEUMATOID_ARTHRITIS,
             [("autoimmune_disease", "code", "M05.79")],
             id="M05.79-rheumatoid-arthritis",
         ),
         pytest.param(
-            _icd("M0579", "Rheumatoid arthritis with rheumatoid factor of multiple sites"),
+            kit.coded(
+                kit.ICD10CM,
+                "M0579",
+                "Rheumatoid arthritis with rheumatoid factor of multiple sites",
+            ),
             [("autoimmune_disease", "code", "M0579")],
             id="M0579-dotless",
         ),
         pytest.param(
-            _icd("L40.0", "Psoriasis vulgaris"),
+            kit.coded(kit.ICD10CM, "L40.0", "Psoriasis vulgaris"),
             [("autoimmune_disease", "code", "L40.0")],
             id="L40.0-psoriasis-is-not-a-cirAE-term",
         ),
         pytest.param(
-            _icd("E10.9", "Type 1 diabetes mellitus without complications"),
+            kit.coded(kit.ICD10CM, "E10.9", "Type 1 diabetes mellitus without complications"),
             [("autoimmune_disease", "code", "E10.9")],
             id="E10.9-type-1-diabetes",
         ),
         pytest.param(
-            {"coding": [{"system": SNOMED, "display": "Maculopapular rash"}]},
+            kit.coded(kit.SNOMED, None, "Maculopapular rash"),
             [("cutaneous_irae", "name", None)],
             id="cirAE-maculopapular-rash",
         ),
@@ -160,16 +118,16 @@ def _icd(code: str, display: str, system: str = ICD10CM) -> dict[str, Any]:
 )
 def test_concepts_of_condition_codes(code: dict[str, Any], expected: list[Any]) -> None:
     """Each diagnosis lands in exactly the value sets eligibility and the cirAE cohort expect."""
-    assert _concepts(_one(_cond(code))) == expected
+    assert _concepts(_one(diagnosis(code=code))) == expected
 
 
 def test_cirae_with_month_onset_keeps_the_month() -> None:
     """A cirAE dated '2025-06' covers the whole month, so onset-after-ICB checks stay honest."""
     event = _one(
-        _cond(
-            {"text": "Maculopapular rash"},
+        diagnosis(
+            code="Maculopapular rash",
             onsetDateTime="2025-06",
-            clinicalStatus={"coding": [{"system": CLINICAL, "code": "resolved"}]},
+            clinical="resolved",
             abatementDateTime="2025-08-14",
         )
     )
@@ -198,18 +156,16 @@ def test_cirae_with_month_onset_keeps_the_month() -> None:
     "resource",
     [
         pytest.param(
-            _cond(
-                {"text": "Bullous pemphigoid"},
-                verificationStatus={
-                    "coding": [{"system": VERIFICATION, "code": "entered-in-error"}]
-                },
+            diagnosis(
+                code="Bullous pemphigoid",
+                verification="entered-in-error",
             ),
             id="entered-in-error",
         ),
         pytest.param(
-            _cond(
-                _icd("M05.79", "Rheumatoid arthritis"),
-                verificationStatus={"coding": [{"system": VERIFICATION, "code": "refuted"}]},
+            diagnosis(
+                code=kit.coded(kit.ICD10CM, "M05.79", "Rheumatoid arthritis"),
+                verification="refuted",
             ),
             id="refuted",
         ),
@@ -217,19 +173,19 @@ def test_cirae_with_month_onset_keeps_the_month() -> None:
 )
 def test_void_or_refuted_condition_yields_nothing(resource: dict[str, Any]) -> None:
     """A retracted or ruled-out diagnosis must not exclude anyone or count as a cirAE."""
-    assert map_condition(resource, _src(), _ctx()) == []
+    assert map_condition(resource, SRC, context(TERMINOLOGY)) == []
 
 
 def test_icd10_codes_kept_as_written_for_charlson() -> None:
     """Charlson scoring needs every ICD-10(-CM/WHO) code exactly as sent, and nothing else."""
     code = {
         "coding": [
-            {"system": ICD10CM, "code": "E11.9", "display": "Type 2 diabetes mellitus"},
-            {"system": SNOMED, "code": "44054006", "display": "Diabetes mellitus type 2"},
-            {"system": ICD10, "code": "E11.9"},
+            {"system": kit.ICD10CM, "code": "E11.9", "display": "Type 2 diabetes mellitus"},
+            {"system": kit.SNOMED, "code": "44054006", "display": "Diabetes mellitus type 2"},
+            {"system": kit.ICD10, "code": "E11.9"},
         ]
     }
-    event = _one(_cond(code))
+    event = _one(diagnosis(code=code))
     assert event.values["icd10"] == ["E11.9", "E11.9"]
     assert event.concepts == ()
 
@@ -253,7 +209,7 @@ def test_icd10_codes_kept_as_written_for_charlson() -> None:
             {
                 "extension": [
                     {
-                        "url": "http://example.org/fhir/StructureDefinition/ctcae-grade",
+                        "url": kit.LEGACY_CTCAE_GRADE,
                         "valueInteger": 3,
                     }
                 ]
@@ -266,9 +222,9 @@ def test_icd10_codes_kept_as_written_for_charlson() -> None:
             {
                 "extension": [
                     {
-                        "url": AE_GRADE,
+                        "url": kit.AE_GRADE,
                         "valueCodeableConcept": {
-                            "coding": [{"system": NCIT, "code": "C41339"}],
+                            "coding": [{"system": kit.NCIT, "code": "C41339"}],
                         },
                     }
                 ]
@@ -282,13 +238,13 @@ def test_icd10_codes_kept_as_written_for_charlson() -> None:
 )
 def test_condition_flagged_as_adverse_event(extra: dict[str, Any], is_ae: bool, grade: Any) -> None:
     """Safety tables count Conditions flagged as AEs, graded by the same extensions as AdverseEvent."""
-    event = _one(_cond({"text": "Pruritus"}, **extra))
+    event = _one(diagnosis(code="Pruritus", **extra))
     assert (event.values["is_adverse_event"], event.values["grade"]) == (is_ae, grade)
 
 
 def test_onset_with_offset_keeps_the_local_day() -> None:
     """23:30 at -05:00 is still 1 March where it was recorded, not 2 March UTC."""
-    event = _one(_cond({"text": "Pruritus"}, onsetDateTime="2025-03-01T23:30:00-05:00"))
+    event = _one(diagnosis(code="Pruritus", onsetDateTime="2025-03-01T23:30:00-05:00"))
     assert event.date is not None
     assert (event.date.day, event.date.precision) == (dt.date(2025, 3, 1), "time")
 
@@ -324,7 +280,7 @@ def test_onset_with_offset_keeps_the_local_day() -> None:
 )
 def test_condition_dates(extra: dict[str, Any], date: str, end: str | None) -> None:
     """Only date-typed onset/abatement elements date a condition; anything else uses recordedDate."""
-    event = _one(_cond({"text": "Pruritus"}, **extra))
+    event = _one(diagnosis(code="Pruritus", **extra))
     assert event.date is not None
     assert event.date.text == date
     assert (event.end.text if event.end else None) == end
@@ -332,42 +288,33 @@ def test_condition_dates(extra: dict[str, Any], date: str, end: str | None) -> N
 
 def test_identifier_only_subject_resolves_to_the_patient() -> None:
     """Feeds that reference the patient by MRN only must still attach the event to that Patient."""
-    patient = {
-        "resourceType": "Patient",
-        "id": "pat-42",
-        "identifier": [{"system": "urn:mrn", "value": "MRN-0042"}],
-    }
-    resource = _cond(
-        {"text": "Bullous pemphigoid"},
+    stored = kit.patient(id="pat-42", mrn="MRN-0042")
+    resource = diagnosis(
+        code="Bullous pemphigoid",
         subject={"identifier": {"system": "urn:mrn", "value": "MRN-0042"}},
     )
-    assert _one(resource, _ctx(patient)).patient_id == "pat-42"
+    assert _one(resource, stored).patient_id == "pat-42"
 
 
 def test_group_subject_has_no_patient() -> None:
     """A Condition about a Group is no one patient's diagnosis."""
-    resource = _cond({"text": "Pruritus"}, subject={"reference": "Group/g1"})
+    resource = diagnosis(code="Pruritus", subject={"reference": "Group/g1"})
     assert _one(resource).patient_id is None
 
 
 def test_official_example_f002_nsclc() -> None:
     """The HL7 NSCLC example (Condition-f002) maps to exactly this event."""
     resource = loads((EXAMPLES / "Condition-f002.json").read_bytes())
-    [event] = map_condition(resource, _src("f002"), _ctx())
+    [event] = map_condition(resource, SourceRef("Condition", "f002", 1), context(TERMINOLOGY))
     assert event.to_json() == {
         "kind": "condition",
-        "date": {
-            "value": "2011-05-05",
-            "precision": "day",
-            "first_day": "2011-05-05",
-            "last_day": "2011-05-05",
-        },
+        "date": day_json("2011-05-05", "day", "2011-05-05"),
         "end": None,
         "values": {
             "code": {
                 "coding": [
                     {
-                        "system": SNOMED,
+                        "system": kit.SNOMED,
                         "code": "254637007",
                         "display": "NSCLC - Non-small cell lung cancer",
                     }
@@ -379,30 +326,21 @@ def test_official_example_f002_nsclc() -> None:
             "icd10": [],
             "is_adverse_event": False,
             "grade": None,
-            "stage": [{"coding": [{"system": SNOMED, "code": "258219007", "display": "stage II"}]}],
+            "stage": [
+                {"coding": [{"system": kit.SNOMED, "code": "258219007", "display": "stage II"}]}
+            ],
         },
         "concepts": [
             {
                 "concept": "nsclc",
                 "matched_by": "code",
-                "system": SNOMED,
+                "system": kit.SNOMED,
                 "code": "254637007",
                 "text": "NSCLC - Non-small cell lung cancer",
             },
-            {
-                "concept": "lung_cancer",
-                "matched_by": "name",
-                "system": None,
-                "code": None,
-                "text": "NSCLC - Non-small cell lung cancer",
-            },
+            match_json("lung_cancer", "name", "NSCLC - Non-small cell lung cancer"),
         ],
-        "source": {
-            "resource_type": "Condition",
-            "id": "f002",
-            "version": "1",
-            "reference": "Condition/f002/_history/1",
-        },
+        "source": source_json("Condition", "f002"),
     }
     assert event.patient_id == "f001"
 
@@ -412,7 +350,9 @@ def test_official_examples_other_than_f002_touch_no_study_value_set() -> None:
     found: dict[str, tuple[list[Any], str | None]] = {}
     for path in sorted(EXAMPLES.glob("Condition-*.json")):
         resource = loads(Path(path).read_bytes())
-        [event] = map_condition(resource, _src(resource["id"]), _ctx())
+        [event] = map_condition(
+            resource, SourceRef("Condition", resource["id"], 1), context(TERMINOLOGY)
+        )
         found[resource["id"]] = (_concepts(event), event.date.text if event.date else None)
     assert found == {
         "example": ([], "2012-05-24"),
@@ -432,6 +372,6 @@ def test_official_examples_other_than_f002_touch_no_study_value_set() -> None:
 
 def test_malformed_elements_map_to_nothing_not_an_error() -> None:
     """A wrong-shaped element (number for an array) must not crash ingest; it just reads as absent."""
-    resource = _cond({"text": "Pruritus"}, category=1, stage=True, extension={"url": 3})
+    resource = diagnosis(code="Pruritus", category=1, stage=True, extension={"url": 3})
     values = _one(resource).values
     assert (values["categories"], values["stage"], values["is_adverse_event"]) == ([], [], False)

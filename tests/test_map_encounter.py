@@ -4,31 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from typing import Any
+from functools import partial
 
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.encounter import map_encounter
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
-from fhir_mapping.json_codec import loads
 from service.protocol.terminology import build_terminology
-from tests.conftest import SHARED_DATA
+from tests.kit.expected import day_json, source_json
+from tests.kit.fhir import ACT_CODE, SNOMED, coded, encounter, patient
+from tests.kit.mapping import NSCLC_PATIENT, context, synthea_events
 
 TERMINOLOGY = build_terminology()
-ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-SNOMED = "http://snomed.info/sct"
-NSCLC_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"
 
 
-def _ctx(*stored: dict[str, Any]) -> MappingContext:
-    """A mapping context whose lookup holds these resources."""
-    return MappingContext(TERMINOLOGY, MemoryLookup(list(stored)))
-
-
-def _src(resource_id: str = "enc1") -> SourceRef:
-    """The Encounter version every fixture event claims to come from."""
-    return SourceRef("Encounter", resource_id, 1)
+SRC = SourceRef("Encounter", "enc1", 1)  # the Encounter version every fixture event claims
 
 
 def _start(event: TrialEvent) -> tuple[dt.date, dt.datetime]:
@@ -37,46 +27,33 @@ def _start(event: TrialEvent) -> tuple[dt.date, dt.datetime]:
     return event.date.sort_key()
 
 
-def _encounter(**extra: Any) -> dict[str, Any]:
-    """A finished ambulatory post-operative visit of patient p1 on 2025-04-21."""
-    return {
-        "resourceType": "Encounter",
-        "status": "finished",
-        "class": {"system": ACT_CODE, "code": "AMB", "display": "ambulatory"},
-        "type": [
-            {
-                "coding": [
-                    {"system": SNOMED, "code": "185349003", "display": "Encounter for check up"}
-                ],
-                "text": "Post-operative follow-up",
-            },
-            {"coding": [{"system": SNOMED, "code": "390906007", "display": "Follow-up encounter"}]},
-        ],
-        "serviceType": {"text": "Thoracic surgery"},
-        "subject": {"reference": "Patient/p1"},
-        "period": {"start": "2025-04-21T14:00:00-04:00", "end": "2025-04-21T14:30:00-04:00"},
-        **extra,
-    }
+# A finished ambulatory post-operative visit of patient p1 on 2025-04-21.
+followup = partial(
+    encounter,
+    klass={"system": ACT_CODE, "code": "AMB", "display": "ambulatory"},
+    type=[
+        {
+            "coding": [
+                {"system": SNOMED, "code": "185349003", "display": "Encounter for check up"}
+            ],
+            "text": "Post-operative follow-up",
+        },
+        coded(SNOMED, "390906007", "Follow-up encounter"),
+    ],
+    serviceType={"text": "Thoracic surgery"},
+    start="2025-04-21T14:00:00-04:00",
+    end="2025-04-21T14:30:00-04:00",
+)
 
 
 def test_finished_encounter_exactly() -> None:
     """A finished visit is a contact: class, type labels, service and period come through."""
-    [event] = map_encounter(_encounter(), _src(), _ctx())
+    [event] = map_encounter(followup(), SRC, context(TERMINOLOGY))
     assert event.patient_id == "p1"
     assert event.to_json() == {
         "kind": "encounter",
-        "date": {
-            "value": "2025-04-21T14:00:00-04:00",
-            "precision": "time",
-            "first_day": "2025-04-21",
-            "last_day": "2025-04-21",
-        },
-        "end": {
-            "value": "2025-04-21T14:30:00-04:00",
-            "precision": "time",
-            "first_day": "2025-04-21",
-            "last_day": "2025-04-21",
-        },
+        "date": day_json("2025-04-21T14:00:00-04:00", "time", "2025-04-21"),
+        "end": day_json("2025-04-21T14:30:00-04:00", "time", "2025-04-21"),
         "values": {
             "class": "AMB",
             "type": ["Post-operative follow-up", "Follow-up encounter"],
@@ -84,12 +61,7 @@ def test_finished_encounter_exactly() -> None:
             "service_type": "Thoracic surgery",
         },
         "concepts": [],
-        "source": {
-            "resource_type": "Encounter",
-            "id": "enc1",
-            "version": "1",
-            "reference": "Encounter/enc1/_history/1",
-        },
+        "source": source_json("Encounter", "enc1"),
     }
 
 
@@ -109,7 +81,7 @@ def test_finished_encounter_exactly() -> None:
 )
 def test_only_contacts_that_happened(status: str, events: int) -> None:
     """A cancelled or merely planned visit is not the follow-up contact the protocol asks for."""
-    found = map_encounter(_encounter(status=status), _src(), _ctx())
+    found = map_encounter(followup(status=status), SRC, context(TERMINOLOGY))
     assert [(e.kind, e.values["status"]) for e in found] == [(EventKind.ENCOUNTER, status)] * events
 
 
@@ -128,11 +100,11 @@ def test_encounter_dates(
     period: dict[str, str] | None, date: str | None, precision: str | None, end: str | None
 ) -> None:
     """The follow-up window is counted in local days: the visit's day and precision must be exact."""
-    resource = _encounter()
+    resource = followup()
     del resource["period"]
     if period is not None:
         resource["period"] = period
-    [event] = map_encounter(resource, _src(), _ctx())
+    [event] = map_encounter(resource, SRC, context(TERMINOLOGY))
     assert (
         event.date.first.isoformat() if event.date else None,
         event.date.precision if event.date else None,
@@ -143,9 +115,9 @@ def test_encounter_dates(
 def test_minimal_encounter() -> None:
     """Absent class, type and service type give None / empty, never a crash."""
     [event] = map_encounter(
-        {"resourceType": "Encounter", "status": "finished", "subject": {"reference": "Patient/p1"}},
-        _src(),
-        _ctx(),
+        encounter(klass=None),
+        SRC,
+        context(TERMINOLOGY),
     )
     assert dict(event.values) == {
         "class": None,
@@ -157,43 +129,23 @@ def test_minimal_encounter() -> None:
 
 def test_subject_by_identifier_only() -> None:
     """An encounter naming its patient by MRN only must land on the stored Patient id."""
-    patient = {
-        "resourceType": "Patient",
-        "id": "pat-42",
-        "identifier": [{"system": "urn:mrn", "value": "A-77"}],
-    }
+    stored = patient(id="pat-42", mrn="A-77")
     subject = {"identifier": {"system": "urn:mrn", "value": "A-77"}}
-    [event] = map_encounter(_encounter(subject=subject), _src(), _ctx(patient))
+    [event] = map_encounter(followup(subject=subject), SRC, context(TERMINOLOGY, stored))
     assert event.patient_id == "pat-42"
 
 
 def test_synthea_nsclc_patient_encounters() -> None:
     """Synthea's NSCLC patient: 90 finished contacts, the last a death certification visit."""
-    ctx = _ctx()
-    events: list[TrialEvent] = []
-    with (SHARED_DATA / "synthea-10" / "Encounter.000.ndjson").open("rb") as lines:
-        for line in lines:
-            if NSCLC_PATIENT.encode() in line:
-                resource = loads(line.strip())
-                events += map_encounter(resource, _src(resource["id"]), ctx)
+    events = synthea_events(TERMINOLOGY, "Encounter", map_encounter)
     assert Counter(e.kind for e in events) == {EventKind.ENCOUNTER: 90}
     assert Counter(e.values["class"] for e in events) == {"IMP": 45, "AMB": 41, "EMER": 3, "HH": 1}
     assert {e.patient_id for e in events} == {NSCLC_PATIENT}
     last = max(events, key=_start)
     assert last.to_json() == {
         "kind": "encounter",
-        "date": {
-            "value": "1989-05-13T23:58:16-04:00",
-            "precision": "time",
-            "first_day": "1989-05-13",
-            "last_day": "1989-05-13",
-        },
-        "end": {
-            "value": "1989-05-14T00:13:16-04:00",
-            "precision": "time",
-            "first_day": "1989-05-14",
-            "last_day": "1989-05-14",
-        },
+        "date": day_json("1989-05-13T23:58:16-04:00", "time", "1989-05-13"),
+        "end": day_json("1989-05-14T00:13:16-04:00", "time", "1989-05-14"),
         "values": {
             "class": "AMB",
             "type": ["Death Certification"],
@@ -201,10 +153,5 @@ def test_synthea_nsclc_patient_encounters() -> None:
             "service_type": None,
         },
         "concepts": [],
-        "source": {
-            "resource_type": "Encounter",
-            "id": "443ea916-cdcc-8baa-5cce-c9ca11bb6dba",
-            "version": "1",
-            "reference": "Encounter/443ea916-cdcc-8baa-5cce-c9ca11bb6dba/_history/1",
-        },
+        "source": source_json("Encounter", "443ea916-cdcc-8baa-5cce-c9ca11bb6dba"),
     }

@@ -5,27 +5,36 @@ from __future__ import annotations
 import json
 from collections import Counter
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.medication_administration import map_medication_administration
 from fhir_mapping.events.medication_exposure import (
     map_medication_request,
     map_medication_statement,
 )
-from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.events.model import EventKind, SourceRef
 from fhir_mapping.json_codec import LexicalDecimal, loads
 from service.protocol.terminology import build_terminology
-from tests.conftest import SHARED_DATA
+from tests.kit.expected import day_json, match_json, source_json
+from tests.kit.fhir import (
+    ATC,
+    RXNORM,
+    SNOMED,
+    UCUM,
+    coded,
+    medication,
+    medication_administration,
+    medication_request,
+    medication_statement,
+    patient,
+    quantity,
+)
+from tests.kit.mapping import NSCLC_PATIENT, concept_matches, context, synthea_events
 
 TERMINOLOGY = build_terminology()
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-ATC = "http://www.whocc.no/atc"
-UCUM = "http://unitsofmeasure.org"
-SNOMED = "http://snomed.info/sct"
-NSCLC_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"
 
 # A clinical-drug (SCD) coding as feeds send it. The code is a stand-in (CLINICAL.md: the dupilumab
 # RxNorm codes are unverified); it is in no value set, so only the display can match.
@@ -38,18 +47,12 @@ DUPILUMAB_SCD = {
         }
     ]
 }
-DUPILUMAB_ATC = {"coding": [{"system": ATC, "code": "D11AH05", "display": "Dupilumab"}]}
-PREDNISONE_TABLET = {
-    "coding": [{"system": RXNORM, "code": "312617", "display": "Prednisone 5 MG Oral Tablet"}],
-    "text": "Prednisone 5 MG Oral Tablet",
-}
-ROUTE_IV = {"coding": [{"system": SNOMED, "code": "47625008", "display": "Intravenous route"}]}
-ROUTE_TOPICAL = {"coding": [{"system": SNOMED, "code": "6064005", "display": "Topical route"}]}
-
-
-def _ctx(*stored: dict[str, Any]) -> MappingContext:
-    """A mapping context whose lookup holds these resources (references resolve in memory)."""
-    return MappingContext(TERMINOLOGY, MemoryLookup(list(stored)))
+DUPILUMAB_ATC = coded(ATC, "D11AH05", "Dupilumab")
+PREDNISONE_TABLET = coded(
+    RXNORM, "312617", "Prednisone 5 MG Oral Tablet", text="Prednisone 5 MG Oral Tablet"
+)
+ROUTE_IV = coded(SNOMED, "47625008", "Intravenous route")
+ROUTE_TOPICAL = coded(SNOMED, "6064005", "Topical route")
 
 
 def _src(resource_type: str, resource_id: str = "r1") -> SourceRef:
@@ -57,46 +60,14 @@ def _src(resource_type: str, resource_id: str = "r1") -> SourceRef:
     return SourceRef(resource_type, resource_id, 1)
 
 
-def _concepts(event: TrialEvent) -> list[tuple[str, str]]:
-    """(concept, matched_by) pairs in order, the part of a match the trial logic reads."""
-    return [(c.concept, c.matched_by) for c in event.concepts]
-
-
-def _ma(**extra: Any) -> dict[str, Any]:
-    """A completed MedicationAdministration of patient p1 on 2025-03-03."""
-    return {
-        "resourceType": "MedicationAdministration",
-        "status": "completed",
-        "subject": {"reference": "Patient/p1"},
-        "effectiveDateTime": "2025-03-03T09:15:00-05:00",
-        **extra,
-    }
-
-
-def _mr(**extra: Any) -> dict[str, Any]:
-    """An active MedicationRequest (order) of patient p1 written on 2025-02-20."""
-    return {
-        "resourceType": "MedicationRequest",
-        "status": "active",
-        "intent": "order",
-        "subject": {"reference": "Patient/p1"},
-        "authoredOn": "2025-02-20",
-        **extra,
-    }
-
-
-def _ms(**extra: Any) -> dict[str, Any]:
-    """A completed MedicationStatement of patient p1 (no effective time unless given)."""
-    return {
-        "resourceType": "MedicationStatement",
-        "status": "completed",
-        "subject": {"reference": "Patient/p1"},
-        **extra,
-    }
+# Patient p1's drugs: given on 2025-03-03, ordered on 2025-02-20, reported without a date.
+administered = partial(medication_administration, effective="2025-03-03T09:15:00-05:00")
+prescribed = partial(medication_request, authored="2025-02-20")
+reported = medication_statement
 
 
 @pytest.mark.parametrize(
-    ("medication", "expected"),
+    ("drug", "expected"),
     [
         (DUPILUMAB_SCD, [("dupilumab", "name"), ("route_systemic", "name")]),
         (DUPILUMAB_ATC, [("dupilumab", "code")]),
@@ -125,43 +96,43 @@ def _ms(**extra: Any) -> dict[str, Any]:
     ],
 )
 def test_request_concepts_by_code_and_by_name(
-    medication: dict[str, Any], expected: list[tuple[str, str]]
+    drug: dict[str, Any], expected: list[tuple[str, str]]
 ) -> None:
     """Real feeds code drugs as SCDs or brands: each must land in its value set, saying how."""
     [event] = map_medication_request(
-        _mr(medicationCodeableConcept=medication), _src("MedicationRequest"), _ctx()
+        prescribed(medicationCodeableConcept=drug),
+        _src("MedicationRequest"),
+        context(TERMINOLOGY),
     )
     assert event.kind is EventKind.DRUG_EXPOSURE
-    assert _concepts(event) == expected
+    assert concept_matches(event) == expected
 
 
 def test_scd_match_records_the_display_it_matched() -> None:
     """Evidence must show which text matched when no code did (a reviewer checks it)."""
     [event] = map_medication_request(
-        _mr(medicationCodeableConcept=DUPILUMAB_SCD), _src("MedicationRequest"), _ctx()
+        prescribed(medicationCodeableConcept=DUPILUMAB_SCD),
+        _src("MedicationRequest"),
+        context(TERMINOLOGY),
     )
-    assert event.concepts[0].to_json() == {
-        "concept": "dupilumab",
-        "matched_by": "name",
-        "system": None,
-        "code": None,
-        "text": "dupilumab 300 MG in 2 ML Prefilled Syringe",
-    }
+    assert event.concepts[0].to_json() == match_json(
+        "dupilumab", "name", "dupilumab 300 MG in 2 ML Prefilled Syringe"
+    )
 
 
 @pytest.mark.parametrize(
     ("quantity", "expected"),
     [
         (
-            {"value": LexicalDecimal("0.35"), "unit": "g", "system": UCUM, "code": "g"},
+            quantity(LexicalDecimal("0.35"), "g"),
             {"value": "0.35", "unit": "g", "code": "g", "mg": "350", "flag": None},
         ),
         (
-            {"value": 600000, "unit": "ug", "system": UCUM, "code": "ug"},
+            quantity(600000, "ug"),
             {"value": "600000", "unit": "ug", "code": "ug", "mg": "600", "flag": None},
         ),
         (
-            {"value": 300, "unit": "mg", "system": UCUM, "code": "mg"},
+            quantity(300, "mg"),
             {"value": "300", "unit": "mg", "code": "mg", "mg": "300", "flag": None},
         ),
         (
@@ -175,7 +146,7 @@ def test_scd_match_records_the_display_it_matched() -> None:
             },
         ),
         (
-            {"value": 2, "unit": "mL", "system": UCUM, "code": "mL"},
+            quantity(2, "mL"),
             {
                 "value": "2",
                 "unit": "mL",
@@ -189,8 +160,12 @@ def test_scd_match_records_the_display_it_matched() -> None:
 )
 def test_administered_dose_in_mg(quantity: dict[str, Any], expected: dict[str, Any]) -> None:
     """Dose checks compare mg; units that cannot be converted are flagged, never guessed."""
-    resource = _ma(medicationCodeableConcept={"text": "Libtayo"}, dosage={"dose": quantity})
-    [event] = map_medication_administration(resource, _src("MedicationAdministration"), _ctx())
+    resource = administered(
+        medicationCodeableConcept={"text": "Libtayo"}, dosage={"dose": quantity}
+    )
+    [event] = map_medication_administration(
+        resource, _src("MedicationAdministration"), context(TERMINOLOGY)
+    )
     assert event.values["dose"] == expected
 
 
@@ -202,7 +177,9 @@ def test_dose_parsed_from_json_keeps_its_text() -> None:
         b'"medicationCodeableConcept":{"text":"cemiplimab-rwlc"},'
         b'"dosage":{"dose":{"value":350.0,"unit":"mg","system":"http://unitsofmeasure.org","code":"mg"}}}'
     )
-    [event] = map_medication_administration(resource, _src("MedicationAdministration"), _ctx())
+    [event] = map_medication_administration(
+        resource, _src("MedicationAdministration"), context(TERMINOLOGY)
+    )
     assert event.values["dose"] == {
         "value": "350.0",
         "unit": "mg",
@@ -214,13 +191,13 @@ def test_dose_parsed_from_json_keeps_its_text() -> None:
 
 def test_two_syringes_of_dupilumab_on_day_one() -> None:
     """600 mg is usually recorded as 2 × 300 mg: both administrations map, same day, mg each."""
-    ctx = _ctx()
-    dose = {"value": 300, "unit": "mg", "system": UCUM, "code": "mg"}
+    ctx = context(TERMINOLOGY)
+    dose = quantity(300, "mg")
     events = [
         event
         for i, when in enumerate(["2025-03-03T09:15:00-05:00", "2025-03-03T09:20:00-05:00"])
         for event in map_medication_administration(
-            _ma(
+            administered(
                 medicationCodeableConcept=DUPILUMAB_SCD,
                 effectiveDateTime=when,
                 dosage={"dose": dose, "route": {"text": "Subcutaneous"}},
@@ -235,7 +212,7 @@ def test_two_syringes_of_dupilumab_on_day_one() -> None:
         "2025-03-03",
     ]
     assert sum(Decimal(e.values["dose"]["mg"]) for e in events) == Decimal(600)
-    assert [_concepts(e) for e in events] == [
+    assert [concept_matches(e) for e in events] == [
         [("dupilumab", "name"), ("route_systemic", "name")]
     ] * 2
     assert [e.values["route_class"] for e in events] == ["systemic", "systemic"]
@@ -243,7 +220,7 @@ def test_two_syringes_of_dupilumab_on_day_one() -> None:
 
 
 @pytest.mark.parametrize(
-    ("route", "medication", "expected"),
+    ("route", "drug", "expected"),
     [
         (ROUTE_IV, {"text": "Libtayo"}, ("systemic", ("route_systemic", "name"))),
         (
@@ -258,26 +235,28 @@ def test_two_syringes_of_dupilumab_on_day_one() -> None:
     ids=["iv", "topical-route", "cream-form", "tablet-form", "unknown"],
 )
 def test_route_class_from_route_else_dose_form(
-    route: dict[str, Any] | None, medication: dict[str, Any], expected: tuple[str | None, Any]
+    route: dict[str, Any] | None, drug: dict[str, Any], expected: tuple[str | None, Any]
 ) -> None:
     """Glucocorticoid exposure counts only when systemic: the route says so, else the dose form."""
     dosage: dict[str, Any] = {"route": route} if route else {}
-    ctx = _ctx()
+    ctx = context(TERMINOLOGY)
     [given] = map_medication_administration(
-        _ma(medicationCodeableConcept=medication, dosage=dosage),
+        administered(medicationCodeableConcept=drug, dosage=dosage),
         _src("MedicationAdministration"),
         ctx,
     )
     [ordered] = map_medication_request(
-        _mr(medicationCodeableConcept=medication, dosageInstruction=[dosage]),
+        prescribed(medicationCodeableConcept=drug, dosageInstruction=[dosage]),
         _src("MedicationRequest"),
         ctx,
     )
     [stated] = map_medication_statement(
-        _ms(medicationCodeableConcept=medication, dosage=[dosage]), _src("MedicationStatement"), ctx
+        reported(medicationCodeableConcept=drug, dosage=[dosage]),
+        _src("MedicationStatement"),
+        ctx,
     )
     for event in (given, ordered, stated):
-        route_concepts = [m for m in _concepts(event) if m[0].startswith("route_")]
+        route_concepts = [m for m in concept_matches(event) if m[0].startswith("route_")]
         assert (
             event.values["route_class"],
             route_concepts[0] if route_concepts else None,
@@ -289,31 +268,31 @@ def test_route_class_from_route_else_dose_form(
     [
         (
             map_medication_administration,
-            _ma(status="not-done", medicationCodeableConcept=DUPILUMAB_SCD),
+            administered(status="not-done", medicationCodeableConcept=DUPILUMAB_SCD),
         ),
         (
             map_medication_administration,
-            _ma(status="entered-in-error", medicationCodeableConcept=DUPILUMAB_SCD),
+            administered(status="entered-in-error", medicationCodeableConcept=DUPILUMAB_SCD),
         ),
         (
             map_medication_request,
-            _mr(status="cancelled", medicationCodeableConcept=PREDNISONE_TABLET),
+            prescribed(status="cancelled", medicationCodeableConcept=PREDNISONE_TABLET),
         ),
         (
             map_medication_request,
-            _mr(status="entered-in-error", medicationCodeableConcept=PREDNISONE_TABLET),
+            prescribed(status="entered-in-error", medicationCodeableConcept=PREDNISONE_TABLET),
         ),
         (
             map_medication_request,
-            _mr(doNotPerform=True, medicationCodeableConcept=PREDNISONE_TABLET),
+            prescribed(doNotPerform=True, medicationCodeableConcept=PREDNISONE_TABLET),
         ),
         (
             map_medication_statement,
-            _ms(status="not-taken", medicationCodeableConcept=PREDNISONE_TABLET),
+            reported(status="not-taken", medicationCodeableConcept=PREDNISONE_TABLET),
         ),
         (
             map_medication_statement,
-            _ms(status="entered-in-error", medicationCodeableConcept=PREDNISONE_TABLET),
+            reported(status="entered-in-error", medicationCodeableConcept=PREDNISONE_TABLET),
         ),
     ],
     ids=[
@@ -328,23 +307,23 @@ def test_route_class_from_route_else_dose_form(
 )
 def test_no_exposure_no_event(mapper: Any, resource: dict[str, Any]) -> None:
     """Drugs not given, not taken, withdrawn or entered in error must not count as exposure."""
-    assert mapper(resource, _src(resource["resourceType"]), _ctx()) == []
+    assert mapper(resource, _src(resource["resourceType"]), context(TERMINOLOGY)) == []
 
 
 @pytest.mark.parametrize("intent", ["order", "plan", "proposal"])
 def test_request_intent_is_kept(intent: str) -> None:
     """Plans and proposals still map (the rule decides), but they must be told apart from orders."""
     [event] = map_medication_request(
-        _mr(intent=intent, medicationCodeableConcept=PREDNISONE_TABLET),
+        prescribed(intent=intent, medicationCodeableConcept=PREDNISONE_TABLET),
         _src("MedicationRequest"),
-        _ctx(),
+        context(TERMINOLOGY),
     )
     assert (event.values["intent"], event.values["status"]) == (intent, "active")
 
 
 def test_request_values_exactly() -> None:
     """The full values shape of an order with dosing bounds, route and a dose in g."""
-    resource = _mr(
+    resource = prescribed(
         medicationCodeableConcept=PREDNISONE_TABLET,
         dosageInstruction=[
             {
@@ -365,21 +344,11 @@ def test_request_values_exactly() -> None:
             }
         ],
     )
-    [event] = map_medication_request(resource, _src("MedicationRequest"), _ctx())
+    [event] = map_medication_request(resource, _src("MedicationRequest"), context(TERMINOLOGY))
     assert event.to_json() == {
         "kind": "drug_exposure",
-        "date": {
-            "value": "2025-03-05",
-            "precision": "day",
-            "first_day": "2025-03-05",
-            "last_day": "2025-03-05",
-        },
-        "end": {
-            "value": "2025-03-09",
-            "precision": "day",
-            "first_day": "2025-03-09",
-            "last_day": "2025-03-09",
-        },
+        "date": day_json("2025-03-05", "day", "2025-03-05"),
+        "end": day_json("2025-03-09", "day", "2025-03-09"),
         "values": {
             "resource_type": "MedicationRequest",
             "medication": "Prednisone 5 MG Oral Tablet",
@@ -395,27 +364,10 @@ def test_request_values_exactly() -> None:
             "dose": {"value": "0.04", "unit": "g", "code": "g", "mg": "40", "flag": None},
         },
         "concepts": [
-            {
-                "concept": "systemic_glucocorticoid",
-                "matched_by": "name",
-                "system": None,
-                "code": None,
-                "text": "Prednisone 5 MG Oral Tablet",
-            },
-            {
-                "concept": "route_systemic",
-                "matched_by": "name",
-                "system": None,
-                "code": None,
-                "text": "Oral",
-            },
+            match_json("systemic_glucocorticoid", "name", "Prednisone 5 MG Oral Tablet"),
+            match_json("route_systemic", "name", "Oral"),
         ],
-        "source": {
-            "resource_type": "MedicationRequest",
-            "id": "r1",
-            "version": "1",
-            "reference": "MedicationRequest/r1/_history/1",
-        },
+        "source": source_json("MedicationRequest", "r1"),
     }
     assert event.patient_id == "p1"
 
@@ -462,9 +414,9 @@ def test_request_dates_from_bounds_else_authored(
 ) -> None:
     """Exposure starts when dosing starts (earliest bound) and ends only if every bound ends."""
     [event] = map_medication_request(
-        _mr(medicationCodeableConcept=PREDNISONE_TABLET, dosageInstruction=dosages),
+        prescribed(medicationCodeableConcept=PREDNISONE_TABLET, dosageInstruction=dosages),
         _src("MedicationRequest"),
-        _ctx(),
+        context(TERMINOLOGY),
     )
     assert event.date is not None
     assert (event.date.text, event.end.text if event.end else None) == (start, end)
@@ -507,9 +459,11 @@ def test_statement_dates_keep_precision_and_local_day(
 ) -> None:
     """Reported use is often 'since 2025': keep the precision, and the day where it was recorded."""
     [event] = map_medication_statement(
-        _ms(medicationCodeableConcept={"text": "methotrexate 2.5 MG Oral Tablet"}, **effective),
+        reported(
+            medicationCodeableConcept={"text": "methotrexate 2.5 MG Oral Tablet"}, **effective
+        ),
         _src("MedicationStatement"),
-        _ctx(),
+        context(TERMINOLOGY),
     )
     assert event.date is not None
     assert (
@@ -525,32 +479,34 @@ def test_statement_dates_keep_precision_and_local_day(
     )
     assert (event.end.text if event.end else None) == end
     assert (event.values["resource_type"], event.values["intent"]) == ("MedicationStatement", None)
-    assert _concepts(event) == [("immunosuppressant", "name"), ("route_systemic", "name")]
+    assert concept_matches(event) == [("immunosuppressant", "name"), ("route_systemic", "name")]
 
 
 def test_medication_reference_to_contained_medication() -> None:
     """Feeds often put the Medication in `contained`; its code decides the drug."""
-    resource = _mr(
-        contained=[{"resourceType": "Medication", "id": "med1", "code": DUPILUMAB_ATC}],
+    resource = prescribed(
+        contained=[medication(id="med1", code=DUPILUMAB_ATC)],
         medicationReference={"reference": "#med1"},
     )
-    [event] = map_medication_request(resource, _src("MedicationRequest"), _ctx())
-    assert (event.values["medication"], _concepts(event)) == ("Dupilumab", [("dupilumab", "code")])
+    [event] = map_medication_request(resource, _src("MedicationRequest"), context(TERMINOLOGY))
+    assert (event.values["medication"], concept_matches(event)) == (
+        "Dupilumab",
+        [("dupilumab", "code")],
+    )
 
 
 def test_medication_reference_to_stored_medication() -> None:
     """A reference to a stored Medication is followed through the lookup."""
-    stored = {
-        "resourceType": "Medication",
-        "id": "med-9",
-        "code": {"text": "Libtayo 350 MG/7 ML Injection"},
-    }
+    stored = medication(id="med-9", code="Libtayo 350 MG/7 ML Injection")
     for mapper, resource in (
-        (map_medication_administration, _ma(medicationReference={"reference": "Medication/med-9"})),
-        (map_medication_statement, _ms(medicationReference={"reference": "Medication/med-9"})),
+        (
+            map_medication_administration,
+            administered(medicationReference={"reference": "Medication/med-9"}),
+        ),
+        (map_medication_statement, reported(medicationReference={"reference": "Medication/med-9"})),
     ):
-        [event] = mapper(resource, _src(resource["resourceType"]), _ctx(stored))
-        assert (event.values["medication"], _concepts(event)) == (
+        [event] = mapper(resource, _src(resource["resourceType"]), context(TERMINOLOGY, stored))
+        assert (event.values["medication"], concept_matches(event)) == (
             "Libtayo 350 MG/7 ML Injection",
             [("cemiplimab", "name"), ("pd1_inhibitor", "name"), ("route_systemic", "name")],
         )
@@ -558,32 +514,39 @@ def test_medication_reference_to_stored_medication() -> None:
 
 def test_unresolvable_medication_reference_falls_back_to_display() -> None:
     """When the Medication is not held, the reference display is the only name there is."""
-    resource = _ms(medicationReference={"reference": "Medication/absent", "display": "Dupixent"})
-    [event] = map_medication_statement(resource, _src("MedicationStatement"), _ctx())
-    assert (event.values["medication"], _concepts(event)) == ("Dupixent", [("dupilumab", "name")])
+    resource = reported(
+        medicationReference={"reference": "Medication/absent", "display": "Dupixent"}
+    )
+    [event] = map_medication_statement(resource, _src("MedicationStatement"), context(TERMINOLOGY))
+    assert (event.values["medication"], concept_matches(event)) == (
+        "Dupixent",
+        [("dupilumab", "name")],
+    )
 
 
 def test_subject_by_identifier_only() -> None:
     """Feeds that reference the patient by MRN only must still land on the stored Patient id."""
-    patient = {
-        "resourceType": "Patient",
-        "id": "pat-42",
-        "identifier": [{"system": "urn:mrn", "value": "A-77"}],
-    }
+    stored = patient(id="pat-42", mrn="A-77")
     subject = {"type": "Patient", "identifier": {"system": "urn:mrn", "value": "A-77"}}
-    ctx = _ctx(patient)
+    ctx = context(TERMINOLOGY, stored)
     for mapper, resource in (
         (
             map_medication_administration,
-            _ma(subject=subject, medicationCodeableConcept=DUPILUMAB_ATC),
+            administered(subject=subject, medicationCodeableConcept=DUPILUMAB_ATC),
         ),
-        (map_medication_request, _mr(subject=subject, medicationCodeableConcept=DUPILUMAB_ATC)),
-        (map_medication_statement, _ms(subject=subject, medicationCodeableConcept=DUPILUMAB_ATC)),
+        (
+            map_medication_request,
+            prescribed(subject=subject, medicationCodeableConcept=DUPILUMAB_ATC),
+        ),
+        (
+            map_medication_statement,
+            reported(subject=subject, medicationCodeableConcept=DUPILUMAB_ATC),
+        ),
     ):
         [event] = mapper(resource, _src(resource["resourceType"]), ctx)
         assert event.patient_id == "pat-42"
     [unknown] = map_medication_request(
-        _mr(
+        prescribed(
             subject={"identifier": {"system": "urn:mrn", "value": "nobody"}},
             medicationCodeableConcept=DUPILUMAB_ATC,
         ),
@@ -595,15 +558,7 @@ def test_subject_by_identifier_only() -> None:
 
 def test_synthea_nsclc_patient_medication_requests() -> None:
     """Synthea's NSCLC patient: chemotherapy orders are exposures but match no study drug set."""
-    ctx = _ctx()
-    events: list[TrialEvent] = []
-    with (SHARED_DATA / "synthea-10" / "MedicationRequest.000.ndjson").open("rb") as lines:
-        for line in lines:
-            if NSCLC_PATIENT.encode() in line:
-                resource = loads(line.strip())
-                events += map_medication_request(
-                    resource, _src("MedicationRequest", resource["id"]), ctx
-                )
+    events = synthea_events(TERMINOLOGY, "MedicationRequest", map_medication_request)
     assert Counter(e.kind for e in events) == {EventKind.DRUG_EXPOSURE: 447}
     assert {e.patient_id for e in events} == {NSCLC_PATIENT}
     drug_sets = {
@@ -629,12 +584,7 @@ def test_synthea_nsclc_patient_medication_requests() -> None:
     [active] = [e for e in events if e.values["status"] == "active"]
     assert json.loads(json.dumps(active.to_json())) == {
         "kind": "drug_exposure",
-        "date": {
-            "value": "1977-05-28T23:58:16-04:00",
-            "precision": "time",
-            "first_day": "1977-05-28",
-            "last_day": "1977-05-28",
-        },
+        "date": day_json("1977-05-28T23:58:16-04:00", "time", "1977-05-28"),
         "end": None,
         "values": {
             "resource_type": "MedicationRequest",
@@ -655,10 +605,5 @@ def test_synthea_nsclc_patient_medication_requests() -> None:
             "dose": None,
         },
         "concepts": [],
-        "source": {
-            "resource_type": "MedicationRequest",
-            "id": "45ff735c-2ad8-a96c-a1fa-79a5ea4a9a59",
-            "version": "1",
-            "reference": "MedicationRequest/45ff735c-2ad8-a96c-a1fa-79a5ea4a9a59/_history/1",
-        },
+        "source": source_json("MedicationRequest", "45ff735c-2ad8-a96c-a1fa-79a5ea4a9a59"),
     }

@@ -3,76 +3,31 @@
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 from typing import Any
 
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
+from fhir_mapping.events.context import MappingContext
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.observation import map_observation, parse_tnm
 from fhir_mapping.json_codec import LexicalDecimal, loads
 from service.protocol.terminology import build_terminology
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
+from tests.kit import fhir as kit
+from tests.kit.expected import day_json, match_json, source_json
+from tests.kit.mapping import concept_matches, context, single
 
 TERMINOLOGY = build_terminology()
-EXAMPLES = SHARED_DATA / "fhir-r4-examples"
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
-AJCC = "http://cancerstaging.org"
-HGNC = "http://www.genenames.org/geneId"
-
-
-def _ctx(*stored: dict[str, Any]) -> MappingContext:
-    """A mapping context whose lookup holds these resources (references resolve in memory)."""
-    return MappingContext(TERMINOLOGY, MemoryLookup(list(stored)))
-
-
-def _src(resource_id: str = "o1") -> SourceRef:
-    """The source version every fixture event claims to come from."""
-    return SourceRef("Observation", resource_id, 1)
-
-
-def _loinc(code: str, display: str) -> dict[str, Any]:
-    """A LOINC-coded Observation.code."""
-    return {"coding": [{"system": LOINC, "code": code, "display": display}]}
-
-
-def _obs(code: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """A final Observation of patient p1 taken on 2025-02-12."""
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": code,
-        "subject": {"reference": "Patient/p1"},
-        "effectiveDateTime": "2025-02-12",
-        **extra,
-    }
+EXAMPLES = TEST_DATA / "fhir-r4-examples"
+SRC = SourceRef("Observation", "o1", 1)  # the source version every fixture event claims
+# A final Observation of patient p1 taken on 2025-02-12.
+measured = partial(kit.observation, effective="2025-02-12")
 
 
 def _one(resource: dict[str, Any], ctx: MappingContext | None = None) -> TrialEvent:
     """The single event an Observation must yield."""
-    events = map_observation(resource, _src(), ctx or _ctx())
-    assert len(events) == 1
-    return events[0]
-
-
-def _concepts(event: TrialEvent) -> list[tuple[str, str]]:
-    """(concept, matched_by) pairs in order: the evidence a verdict will cite."""
-    return [(c.concept, c.matched_by) for c in event.concepts]
-
-
-def _cc(*codings: tuple[str | None, str | None, str | None], text: str | None = None) -> Any:
-    """A CodeableConcept from (system, code, display) triples, dropping absent parts."""
-    out: dict[str, Any] = {
-        "coding": [
-            {k: v for k, v in zip(("system", "code", "display"), c, strict=True) if v is not None}
-            for c in codings
-        ]
-    }
-    if text is not None:
-        out["text"] = text
-    return out
+    return single(map_observation(resource, SRC, ctx or context(TERMINOLOGY)))
 
 
 def _wire(concept: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -85,13 +40,7 @@ def _wire(concept: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-T_CLINICAL = _loinc("21905-5", "Primary tumor.clinical [Class] Cancer")
-T_PATHOLOGICAL = _loinc("21899-0", "Primary tumor.pathology [Class] Cancer")
-N_CLINICAL = _loinc("21906-3", "Regional lymph nodes.clinical [Class] Cancer")
-M_CLINICAL = _loinc("21907-1", "Distant metastases.clinical [Class] Cancer")
-STAGE_CLINICAL = _loinc("21908-9", "Stage group.clinical Cancer")
-STAGE_PATHOLOGICAL = _loinc("21902-2", "Stage group.pathology Cancer")
-CT_SNOMED_NAME = _cc((SNOMED, None, "cT category (observable entity)"))
+CT_SNOMED_NAME = kit.coded(kit.SNOMED, None, "cT category (observable entity)")
 
 
 # --- TNM ---------------------------------------------------------------------------------------
@@ -101,59 +50,59 @@ CT_SNOMED_NAME = _cc((SNOMED, None, "cT category (observable entity)"))
     ("code", "value", "expected", "concepts"),
     [
         pytest.param(
-            T_CLINICAL,
-            {"valueCodeableConcept": _cc((AJCC, "cT1a", "cT1a"))},
+            kit.T_CLINICAL,
+            {"valueCodeableConcept": kit.coded(kit.AJCC, "cT1a", "cT1a")},
             ("T", "clinical", "cT1a", "T1a", "c"),
             [("tnm_t", "code")],
             id="cT1a-AJCC-code",
         ),
         pytest.param(
-            T_CLINICAL,
+            kit.T_CLINICAL,
             {"valueCodeableConcept": {"text": "T1b"}},
             ("T", "clinical", "T1b", "T1b", None),
             [("tnm_t", "code")],
             id="T1b-text-no-prefix",
         ),
         pytest.param(
-            T_CLINICAL,
-            {"valueCodeableConcept": _cc((AJCC, "ypT2a", None))},
+            kit.T_CLINICAL,
+            {"valueCodeableConcept": kit.coded(kit.AJCC, "ypT2a", None)},
             ("T", "pathological", "ypT2a", "T2a", "yp"),
             [("tnm_t", "code")],
             id="ypT2a-prefix-makes-it-pathological",
         ),
         pytest.param(
-            T_PATHOLOGICAL,
+            kit.T_PATHOLOGICAL,
             {"valueString": "T2a"},
             ("T", "pathological", "T2a", "T2a", None),
             [("tnm_t", "code"), ("tnm_pathological", "code")],
             id="pathological-LOINC-code",
         ),
         pytest.param(
-            T_CLINICAL,
-            {"valueCodeableConcept": _cc((AJCC, "TX", "TX"))},
+            kit.T_CLINICAL,
+            {"valueCodeableConcept": kit.coded(kit.AJCC, "TX", "TX")},
             ("T", "clinical", "TX", "TX", None),
             [("tnm_t", "code")],
             id="TX",
         ),
         pytest.param(
-            T_CLINICAL,
-            {"valueCodeableConcept": _cc((AJCC, "pTis", None))},
+            kit.T_CLINICAL,
+            {"valueCodeableConcept": kit.coded(kit.AJCC, "pTis", None)},
             ("T", "pathological", "pTis", "Tis", "p"),
             [("tnm_t", "code")],
             id="pTis",
         ),
         pytest.param(
             CT_SNOMED_NAME,
-            {"valueCodeableConcept": _cc((SNOMED, None, "T1b category (finding)"))},
+            {"valueCodeableConcept": kit.coded(kit.SNOMED, None, "T1b category (finding)")},
             ("T", "clinical", "T1b category (finding)", "T1b", None),
             [("tnm_t", "name")],
             id="SNOMED-display-style-name-only",
         ),
         pytest.param(
-            T_CLINICAL,
+            kit.T_CLINICAL,
             {
-                "valueCodeableConcept": _cc(
-                    (SNOMED, None, "American Joint Committee on Cancer cT1mi (qualifier value)")
+                "valueCodeableConcept": kit.coded(
+                    kit.SNOMED, None, "American Joint Committee on Cancer cT1mi (qualifier value)"
                 )
             },
             (
@@ -167,42 +116,42 @@ CT_SNOMED_NAME = _cc((SNOMED, None, "cT category (observable entity)"))
             id="AJCC-qualifier-display-T1mi",
         ),
         pytest.param(
-            N_CLINICAL,
+            kit.N_CLINICAL,
             {"valueString": "cT1bN0M0"},
             ("N", "clinical", "cT1bN0M0", "N0", None),
             [("tnm_n", "code")],
             id="N-from-run-together-TNM",
         ),
         pytest.param(
-            M_CLINICAL,
-            {"valueCodeableConcept": _cc((AJCC, "cM1a", "M1a"))},
+            kit.M_CLINICAL,
+            {"valueCodeableConcept": kit.coded(kit.AJCC, "cM1a", "M1a")},
             ("M", "clinical", "cM1a", "M1a", "c"),
             [("tnm_m", "code")],
             id="M1a",
         ),
         pytest.param(
-            STAGE_CLINICAL,
+            kit.STAGE_CLINICAL,
             {"valueCodeableConcept": {"text": "IV"}},
             ("stage_group", "clinical", "IV", "IV", None),
             [("tnm_stage_group", "code")],
             id="stage-group-IV",
         ),
         pytest.param(
-            STAGE_PATHOLOGICAL,
-            {"valueCodeableConcept": _cc((AJCC, "3A", "IIIA"))},
+            kit.STAGE_PATHOLOGICAL,
+            {"valueCodeableConcept": kit.coded(kit.AJCC, "3A", "IIIA")},
             ("stage_group", "pathological", "3A", "IIIA", None),
             [("tnm_stage_group", "code"), ("tnm_pathological", "code")],
             id="stage-group-AJCC-code-3A",
         ),
         pytest.param(
             {"text": "Clinical TNM stage grouping"},
-            {"valueCodeableConcept": _cc((SNOMED, None, "Stage 2B (qualifier value)"))},
+            {"valueCodeableConcept": kit.coded(kit.SNOMED, None, "Stage 2B (qualifier value)")},
             ("stage_group", "clinical", "Stage 2B (qualifier value)", "IIB", None),
             [("tnm_stage_group", "name")],
             id="stage-group-arabic-SNOMED-display",
         ),
         pytest.param(
-            T_CLINICAL,
+            kit.T_CLINICAL,
             {"valueString": "see pathology report"},
             ("T", "clinical", "see pathology report", None, None),
             [("tnm_t", "code")],
@@ -214,7 +163,7 @@ def test_tnm_category(
     code: dict[str, Any], value: dict[str, Any], expected: tuple[Any, ...], concepts: list[Any]
 ) -> None:
     """T/N/M/stage categories are read with their prefix, so 'stage >= T1b' and M1 checks work."""
-    resource = _obs(code, **value)
+    resource = measured(code=code, **value)
     event = _one(resource)
     assert event.kind is EventKind.TNM_CATEGORY
     axis, setting, raw, category, prefix = expected
@@ -227,7 +176,7 @@ def test_tnm_category(
         "value": _wire(resource.get("valueCodeableConcept")),
         "status": "final",
     }
-    assert _concepts(event) == concepts
+    assert concept_matches(event) == concepts
 
 
 @pytest.mark.parametrize(
@@ -258,35 +207,28 @@ def test_parse_tnm(text: str, axis: str, expected: Any) -> None:
 
 # --- genomic findings ---------------------------------------------------------------------------
 
-GENETIC_VARIANT = _loinc("69548-6", "Genetic variant assessment")
-GENE_STUDIED = _loinc("48018-6", "Gene studied [ID]")
-ALK_FISH = _loinc("78205-2", "ALK gene rearrangements [Presence] in Blood or Tissue by FISH")
-PRESENT = _cc((LOINC, "LA9633-4", "Present"))
-TISSUE_SPECIMEN = {
-    "resourceType": "Specimen",
-    "id": "sp-core-1",
-    "type": {"coding": [{"display": "Tissue core biopsy"}]},
-}
-PLASMA_SPECIMEN = {
-    "resourceType": "Specimen",
-    "id": "sp-plasma-1",
-    "type": {"text": "Plasma (Streck tube)"},
-}
+ALK_FISH = kit.coded(
+    kit.LOINC, "78205-2", "ALK gene rearrangements [Presence] in Blood or Tissue by FISH"
+)
+TISSUE_SPECIMEN = kit.specimen(
+    id="sp-core-1", type=kit.coded(None, None, "Tissue core biopsy"), patient=None
+)
+PLASMA_SPECIMEN = kit.specimen(id="sp-plasma-1", type="Plasma (Streck tube)", patient=None)
 
 
 @pytest.mark.parametrize(
     ("resource", "expected", "concepts"),
     [
         pytest.param(
-            _obs(
-                GENETIC_VARIANT,
-                valueCodeableConcept=PRESENT,
+            measured(
+                code=kit.GENETIC_VARIANT,
+                valueCodeableConcept=kit.PRESENT,
                 method={"text": "Next generation sequencing"},
                 specimen={"display": "Peripheral blood: ctDNA"},
                 component=[
                     {
-                        "code": GENE_STUDIED,
-                        "valueCodeableConcept": _cc((HGNC, "HGNC:3236", "EGFR")),
+                        "code": kit.GENE_STUDIED,
+                        "valueCodeableConcept": kit.EGFR,
                     }
                 ],
             ),
@@ -295,7 +237,7 @@ PLASMA_SPECIMEN = {
                 "result": "positive",
                 "method": "NGS",
                 "specimen_kind": "ctDNA",
-                "value": PRESENT,
+                "value": kit.PRESENT,
             },
             [
                 ("genetic_variant_assessment", "code"),
@@ -305,8 +247,8 @@ PLASMA_SPECIMEN = {
             id="EGFR-positive-ctDNA-mCODE-variant",
         ),
         pytest.param(
-            _obs(
-                ALK_FISH,
+            measured(
+                code=ALK_FISH,
                 valueCodeableConcept={"text": "Positive"},
                 specimen={"reference": "Specimen/sp-core-1"},
             ),
@@ -325,8 +267,8 @@ PLASMA_SPECIMEN = {
             id="ALK-by-FISH-78205-2-positive-tissue",
         ),
         pytest.param(
-            _obs(
-                {"text": "ROS1 gene"},
+            measured(
+                code="ROS1 gene",
                 valueString="Rearranged",
                 specimen={"reference": "Specimen/sp-plasma-1"},
             ),
@@ -341,8 +283,8 @@ PLASMA_SPECIMEN = {
             id="ROS1-by-gene-name-only-plasma-specimen",
         ),
         pytest.param(
-            _obs(
-                {"text": "EGFR exon 19/21 mutation analysis"},
+            measured(
+                code="EGFR exon 19/21 mutation analysis",
                 method={"coding": [{"display": "Real-time PCR"}]},
                 valueCodeableConcept={"text": "Not detected"},
             ),
@@ -361,12 +303,10 @@ PLASMA_SPECIMEN = {
             id="EGFR-not-detected-is-negative",
         ),
         pytest.param(
-            _obs(
-                GENETIC_VARIANT,
-                valueCodeableConcept=_cc((LOINC, "LA9634-2", "Absent")),
-                component=[
-                    {"code": GENE_STUDIED, "valueCodeableConcept": _cc((HGNC, "HGNC:427", "ALK"))}
-                ],
+            measured(
+                code=kit.GENETIC_VARIANT,
+                valueCodeableConcept=kit.ABSENT,
+                component=[{"code": kit.GENE_STUDIED, "valueCodeableConcept": kit.ALK}],
                 interpretation=[{"text": "Positive"}],
             ),
             {
@@ -374,7 +314,7 @@ PLASMA_SPECIMEN = {
                 "result": "negative",
                 "method": None,
                 "specimen_kind": None,
-                "value": _cc((LOINC, "LA9634-2", "Absent")),
+                "value": kit.ABSENT,
             },
             [
                 ("genetic_variant_assessment", "code"),
@@ -384,8 +324,8 @@ PLASMA_SPECIMEN = {
             id="value-wins-over-interpretation",
         ),
         pytest.param(
-            _obs(
-                {"text": "KRAS G12C mutation"},
+            measured(
+                code="KRAS G12C mutation",
                 valueCodeableConcept={"text": "Detected"},
                 interpretation=[{"coding": [{"code": "POS", "display": "Positive"}]}],
             ),
@@ -405,74 +345,74 @@ def test_genomic_finding(
     resource: dict[str, Any], expected: dict[str, Any], concepts: list[Any]
 ) -> None:
     """EGFR/ALK/ROS1 results with method and specimen decide exclusion 7 (tissue or ctDNA)."""
-    event = _one(resource, _ctx(TISSUE_SPECIMEN, PLASMA_SPECIMEN))
+    event = _one(resource, context(TERMINOLOGY, TISSUE_SPECIMEN, PLASMA_SPECIMEN))
     assert event.kind is EventKind.GENOMIC_FINDING
     assert dict(event.values) == {**expected, "status": "final"}
-    assert _concepts(event) == concepts
+    assert concept_matches(event) == concepts
 
 
 @pytest.mark.parametrize(
     "resource",
     [
         pytest.param(
-            _obs(
-                {"text": "eGFR"},
-                valueQuantity={"value": 72, "unit": "mL/min/{1.73_m2}", "system": UCUM},
+            measured(
+                code="eGFR",
+                valueQuantity={"value": 72, "unit": "mL/min/{1.73_m2}", "system": kit.UCUM},
                 interpretation=[{"text": "Abnormal"}],
             ),
             id="kidney-eGFR",
         ),
         pytest.param(
-            _obs(
-                {"text": "EGFR (NON-AFRICAN AMERICAN)"},
+            measured(
+                code="EGFR (NON-AFRICAN AMERICAN)",
                 valueQuantity={"value": 58, "unit": "mL/min"},
             ),
             id="kidney-EGFR-upper-case-with-qualifier",
         ),
         pytest.param(
-            _obs({"text": "EGFR"}, valueQuantity={"value": 61, "unit": "mL/min/1.73m2"}),
+            measured(code="EGFR", valueQuantity={"value": 61, "unit": "mL/min/1.73m2"}),
             id="bare-EGFR-number",
         ),
         pytest.param(
-            _obs({"text": "Alk Phos"}, valueQuantity={"value": 88, "unit": "U/L"}),
+            measured(code="Alk Phos", valueQuantity={"value": 88, "unit": "U/L"}),
             id="alkaline-phosphatase",
         ),
     ],
 )
 def test_labs_that_share_a_gene_symbol_are_not_genomic(resource: dict[str, Any]) -> None:
     """An eGFR or 'Alk Phos' lab must never look like an EGFR/ALK variant (it would exclude people)."""
-    assert map_observation(resource, _src(), _ctx()) == []
+    assert map_observation(resource, SRC, context(TERMINOLOGY)) == []
 
 
 # --- smoking --------------------------------------------------------------------------------------
 
-SMOKING = _loinc("72166-2", "Tobacco smoking status")
+SMOKING = kit.SMOKING_STATUS
 
 
 @pytest.mark.parametrize(
     ("value", "status", "matched"),
     [
         pytest.param(
-            _cc((SNOMED, "266919005", "Never smoked tobacco (finding)")),
+            kit.coded(kit.SNOMED, "266919005", "Never smoked tobacco (finding)"),
             "never",
             ("never_smoker", "code"),
             id="never-snomed",
         ),
         pytest.param(
-            _cc((SNOMED, "8517006", "Ex-smoker (finding)")),
+            kit.coded(kit.SNOMED, "8517006", "Ex-smoker (finding)"),
             "ever",
             ("ever_smoker", "code"),
             id="ex",
         ),
         pytest.param(
-            _cc((SNOMED, "266927001", "Unknown if ever smoked")),
+            kit.coded(kit.SNOMED, "266927001", "Unknown if ever smoked"),
             "unknown",
             ("smoking_unknown", "code"),
             id="unknown-snomed",
         ),
         pytest.param({"text": "Former smoker"}, "ever", ("ever_smoker", "name"), id="former-text"),
         pytest.param(
-            _cc((SNOMED, None, "Smokes tobacco daily (finding)")),
+            kit.coded(kit.SNOMED, None, "Smokes tobacco daily (finding)"),
             "ever",
             ("ever_smoker", "name"),
             id="daily-smoker-display",
@@ -483,25 +423,25 @@ SMOKING = _loinc("72166-2", "Tobacco smoking status")
 )
 def test_smoking_status(value: dict[str, Any], status: str | None, matched: Any) -> None:
     """Never vs ever vs unknown decides exclusion 9; never is tested before 'smoker' can match."""
-    event = _one(_obs(SMOKING, valueCodeableConcept=value))
+    event = _one(measured(code=SMOKING, valueCodeableConcept=value))
     assert event.kind is EventKind.SMOKING_STATUS
     assert dict(event.values) == {
         "status": status,
         "value": _wire(value),
         "observation_status": "final",
     }
-    assert _concepts(event) == [("smoking_status", "code"), *([matched] if matched else [])]
+    assert concept_matches(event) == [("smoking_status", "code"), *([matched] if matched else [])]
 
 
 # --- viable tumour --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("code_text", "quantity", "percent", "site", "flag"),
+    ("code_text", "value", "percent", "site", "flag"),
     [
         pytest.param(
             "Percent viable tumor in primary tumor bed",
-            {"value": LexicalDecimal("5.0"), "unit": "%", "system": UCUM, "code": "%"},
+            kit.quantity(LexicalDecimal("5.0"), "%"),
             "5.0",
             "primary",
             None,
@@ -509,7 +449,7 @@ def test_smoking_status(value: dict[str, Any], status: str | None, matched: Any)
         ),
         pytest.param(
             "Residual viable tumour in lymph nodes",
-            {"value": 0, "unit": "%", "system": UCUM, "code": "%"},
+            kit.quantity(0, "%"),
             "0",
             "nodal",
             None,
@@ -517,7 +457,7 @@ def test_smoking_status(value: dict[str, Any], status: str | None, matched: Any)
         ),
         pytest.param(
             "Residual viable tumor, largest focus",
-            {"value": LexicalDecimal("3"), "unit": "mm", "system": UCUM, "code": "mm"},
+            kit.quantity(LexicalDecimal("3"), "mm"),
             None,
             "primary",
             "unit 'mm' is not %: percent not read",
@@ -534,14 +474,14 @@ def test_smoking_status(value: dict[str, Any], status: str | None, matched: Any)
     ],
 )
 def test_viable_tumour(
-    code_text: str, quantity: Any, percent: str | None, site: str, flag: str | None
+    code_text: str, value: Any, percent: str | None, site: str, flag: str | None
 ) -> None:
     """MPR/pCR read the lexical percent of viable tumour in the primary and the nodes."""
-    extra = {"valueQuantity": quantity} if quantity else {"valueString": "pending"}
-    event = _one(_obs({"text": code_text}, **extra))
+    extra = {"valueQuantity": value} if value else {"valueString": "pending"}
+    event = _one(measured(code={"text": code_text}, **extra))
     assert event.kind is EventKind.VIABLE_TUMOUR
     assert dict(event.values) == {"percent": percent, "site": site, "flag": flag, "status": "final"}
-    assert _concepts(event)[0] == ("viable_tumour", "name")
+    assert concept_matches(event)[0] == ("viable_tumour", "name")
 
 
 # --- disease status ------------------------------------------------------------------------------
@@ -552,14 +492,14 @@ def test_viable_tumour(
     [
         pytest.param(
             {"text": "Cancer disease status"},
-            _cc((SNOMED, None, "Local recurrence of malignant tumor of lung")),
+            kit.coded(kit.SNOMED, None, "Local recurrence of malignant tumor of lung"),
             True,
             "Local recurrence of malignant tumor of lung",
             id="recurrence",
         ),
         pytest.param(
-            _loinc("97509-4", "Cancer disease progression"),
-            _cc((SNOMED, None, "Patient's condition worsened (finding)")),
+            kit.coded(kit.LOINC, "97509-4", "Cancer disease progression"),
+            kit.coded(kit.SNOMED, None, "Patient's condition worsened (finding)"),
             True,
             "Patient's condition worsened (finding)",
             id="mCODE-worsened",
@@ -584,7 +524,7 @@ def test_disease_status(
     code: dict[str, Any], value: dict[str, Any], is_event: bool, text: str
 ) -> None:
     """Recurrence/progression are EFS events; 'no evidence of recurrence' is not."""
-    event = _one(_obs(code, valueCodeableConcept=value))
+    event = _one(measured(code=code, valueCodeableConcept=value))
     assert event.kind is EventKind.DISEASE_STATUS
     assert dict(event.values) == {
         "finding": _wire(value),
@@ -600,14 +540,14 @@ def test_disease_status(
 @pytest.mark.parametrize("status", ["entered-in-error", "cancelled", "unknown"])
 def test_void_or_cancelled_observation_yields_nothing(status: str) -> None:
     """A retracted, cancelled or status-unknown result must not stage or exclude anyone."""
-    resource = _obs(M_CLINICAL, status=status, valueString="M1a")
-    assert map_observation(resource, _src(), _ctx()) == []
+    resource = measured(code=kit.M_CLINICAL, status=status, valueString="M1a")
+    assert map_observation(resource, SRC, context(TERMINOLOGY)) == []
 
 
 @pytest.mark.parametrize("status", ["registered", "preliminary", "final", "amended", "corrected"])
 def test_kept_statuses_are_recorded(status: str) -> None:
     """Amended and corrected results stand, and the event says which status it came from."""
-    event = _one(_obs(M_CLINICAL, status=status, valueString="M1a"))
+    event = _one(measured(code=kit.M_CLINICAL, status=status, valueString="M1a"))
     assert event.values["status"] == status
 
 
@@ -644,7 +584,7 @@ def test_observation_dates(
     extra: dict[str, Any], date: tuple[str, dt.date], end: str | None
 ) -> None:
     """Effective time is read in FHIR's order and keeps the day where it was recorded."""
-    event = _one(_obs(M_CLINICAL, valueString="M0", **extra))
+    event = _one(measured(code=kit.M_CLINICAL, valueString="M0", **extra))
     assert event.date is not None
     assert (event.date.text, event.date.first) == date
     assert (event.end.text if event.end else None) == end
@@ -652,25 +592,22 @@ def test_observation_dates(
 
 def test_identifier_only_subject_resolves_to_the_patient() -> None:
     """A result that names the patient by MRN only still belongs to that Patient."""
-    patient = {
-        "resourceType": "Patient",
-        "id": "pat-7",
-        "identifier": [{"system": "urn:mrn", "value": "MRN-7"}],
-    }
-    resource = _obs(
-        SMOKING,
+    stored = kit.patient(id="pat-7", mrn="MRN-7")
+    resource = measured(
+        code=SMOKING,
         valueCodeableConcept={"text": "Never smoker"},
         subject={"type": "Patient", "identifier": {"system": "urn:mrn", "value": "MRN-7"}},
     )
-    assert _one(resource, _ctx(patient)).patient_id == "pat-7"
+    assert _one(resource, context(TERMINOLOGY, stored)).patient_id == "pat-7"
 
 
 def test_unrelated_observation_yields_nothing() -> None:
     """Vital signs and other labs are not trial events."""
-    resource = _obs(
-        _loinc("8867-4", "Heart rate"), valueQuantity={"value": 72, "unit": "/min", "code": "/min"}
+    resource = measured(
+        code=kit.coded(kit.LOINC, "8867-4", "Heart rate"),
+        valueQuantity={"value": 72, "unit": "/min", "code": "/min"},
     )
-    assert map_observation(resource, _src(), _ctx()) == []
+    assert map_observation(resource, SRC, context(TERMINOLOGY)) == []
 
 
 # --- official HL7 examples ---------------------------------------------------------------------
@@ -681,7 +618,9 @@ def test_official_observation_examples() -> None:
     found: dict[str, list[str]] = {}
     for path in sorted(EXAMPLES.glob("Observation-*.json")):
         resource = loads(path.read_bytes())
-        events = map_observation(resource, _src(resource["id"]), _ctx())
+        events = map_observation(
+            resource, SourceRef("Observation", resource["id"], 1), context(TERMINOLOGY)
+        )
         if events:
             found[resource["id"]] = [e.kind.value for e in events]
     assert found == {
@@ -693,52 +632,37 @@ def test_official_observation_examples() -> None:
 def test_official_second_hand_smoke_is_not_smoking_status() -> None:
     """Second-hand smoke exposure (Observation-secondsmoke) says nothing about the patient smoking."""
     resource = loads((EXAMPLES / "Observation-secondsmoke.json").read_bytes())
-    assert map_observation(resource, _src("secondsmoke"), _ctx()) == []
+    assert (
+        map_observation(resource, SourceRef("Observation", "secondsmoke", 1), context(TERMINOLOGY))
+        == []
+    )
 
 
 def test_official_genetics_1_egfr_positive() -> None:
     """The HL7 EGFR example names the gene in the core geneticsGene extension: a positive EGFR finding."""
     resource = loads((EXAMPLES / "Observation-example-genetics-1.json").read_bytes())
-    [event] = map_observation(resource, _src("example-genetics-1"), _ctx())
+    [event] = map_observation(
+        resource, SourceRef("Observation", "example-genetics-1", 1), context(TERMINOLOGY)
+    )
     assert event.to_json() == {
         "kind": "genomic_finding",
-        "date": {
-            "value": "2013-04-03T15:30:10+01:00",
-            "precision": "time",
-            "first_day": "2013-04-03",
-            "last_day": "2013-04-03",
-        },
+        "date": day_json("2013-04-03T15:30:10+01:00", "time", "2013-04-03"),
         "end": None,
         "values": {
             "genes": ["EGFR"],
             "result": "positive",
             "method": None,
             "specimen_kind": "tissue",
-            "value": {"coding": [{"system": SNOMED, "code": "10828004", "display": "Positive"}]},
+            "value": {
+                "coding": [{"system": kit.SNOMED, "code": "10828004", "display": "Positive"}]
+            },
             "status": "final",
         },
         "concepts": [
-            {
-                "concept": "egfr_gene",
-                "matched_by": "name",
-                "system": None,
-                "code": None,
-                "text": "EGFR",
-            },
-            {
-                "concept": "result_positive",
-                "matched_by": "name",
-                "system": None,
-                "code": None,
-                "text": "Positive",
-            },
+            match_json("egfr_gene", "name", "EGFR"),
+            match_json("result_positive", "name", "Positive"),
         ],
-        "source": {
-            "resource_type": "Observation",
-            "id": "example-genetics-1",
-            "version": "1",
-            "reference": "Observation/example-genetics-1/_history/1",
-        },
+        "source": source_json("Observation", "example-genetics-1"),
     }
     assert event.patient_id == "example"
 
@@ -746,7 +670,9 @@ def test_official_genetics_1_egfr_positive() -> None:
 def test_official_genetics_brcapat_has_no_study_gene() -> None:
     """A BRCA result is a genomic finding but names none of EGFR/ALK/ROS1, so it cannot exclude."""
     resource = loads((EXAMPLES / "Observation-example-genetics-brcapat.json").read_bytes())
-    [event] = map_observation(resource, _src("example-genetics-brcapat"), _ctx())
+    [event] = map_observation(
+        resource, SourceRef("Observation", "example-genetics-brcapat", 1), context(TERMINOLOGY)
+    )
     assert (event.date, event.patient_id) == (None, "brcapat")
     assert dict(event.values) == {
         "genes": [],
@@ -756,12 +682,14 @@ def test_official_genetics_brcapat_has_no_study_gene() -> None:
         "value": None,
         "status": "final",
     }
-    assert _concepts(event) == [("genetic_variant_assessment", "name")]
+    assert concept_matches(event) == [("genetic_variant_assessment", "name")]
 
 
 def test_malformed_elements_map_to_nothing_not_an_error() -> None:
     """A wrong-shaped element (number for an array) must not crash ingest; it just reads as absent."""
-    resource = _obs(GENETIC_VARIANT, component=1, interpretation=True, extension="x", specimen=[1])
+    resource = measured(
+        code=kit.GENETIC_VARIANT, component=1, interpretation=True, extension="x", specimen=[1]
+    )
     assert dict(_one(resource).values) == {
         "genes": [],
         "result": None,

@@ -4,92 +4,75 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.encounter import map_encounter
 from fhir_mapping.events.medication_exposure import map_medication_request
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.patient import map_patient
 from fhir_mapping.events.procedure import map_procedure
-from fhir_mapping.json_codec import loads
 from service.protocol.terminology import build_terminology
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
+from tests.kit.expected import day_json, source_json
+from tests.kit.fhir import OMB, US_CORE_BIRTHSEX, US_CORE_ETHNICITY, US_CORE_RACE, patient
+from tests.kit.mapping import NSCLC_PATIENT, context, synthea_events
 
 TERMINOLOGY = build_terminology()
-OMB = "urn:oid:2.16.840.1.113883.6.238"
-RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
-ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
-NSCLC_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"
+SRC = SourceRef("Patient", "pat-1", 1)  # the Patient version the events come from
 
-
-def _ctx() -> MappingContext:
-    """A mapping context that knows no other resources (a Patient needs none)."""
-    return MappingContext(TERMINOLOGY, MemoryLookup([]))
-
-
-def _src(resource_id: str = "pat-1") -> SourceRef:
-    """The Patient version the events come from; its id is the patient id."""
-    return SourceRef("Patient", resource_id, 1)
-
-
-def _us_core_patient(**extra: Any) -> dict[str, Any]:
-    """A US Core Patient with two OMB race categories, an ethnicity and a month-precision birth date."""
-    return {
-        "resourceType": "Patient",
-        "id": "pat-1",
-        "extension": [
-            {
-                "url": RACE,
-                "extension": [
-                    {
-                        "url": "ombCategory",
-                        "valueCoding": {
-                            "system": OMB,
-                            "code": "2054-5",
-                            "display": "Black or African American",
-                        },
+# A US Core Patient with two OMB race categories, an ethnicity and a month-precision birth date.
+us_core_patient = partial(
+    patient,
+    id="pat-1",
+    gender="female",
+    birth_date="1958-04",
+    extension=[
+        {
+            "url": US_CORE_RACE,
+            "extension": [
+                {
+                    "url": "ombCategory",
+                    "valueCoding": {
+                        "system": OMB,
+                        "code": "2054-5",
+                        "display": "Black or African American",
                     },
-                    {
-                        "url": "ombCategory",
-                        "valueCoding": {"system": OMB, "code": "2106-3", "display": "White"},
+                },
+                {
+                    "url": "ombCategory",
+                    "valueCoding": {"system": OMB, "code": "2106-3", "display": "White"},
+                },
+                {
+                    "url": "detailed",
+                    "valueCoding": {
+                        "system": OMB,
+                        "code": "2058-6",
+                        "display": "African American",
                     },
-                    {
-                        "url": "detailed",
-                        "valueCoding": {
-                            "system": OMB,
-                            "code": "2058-6",
-                            "display": "African American",
-                        },
+                },
+                {"url": "text", "valueString": "Black and White"},
+            ],
+        },
+        {
+            "url": US_CORE_ETHNICITY,
+            "extension": [
+                {
+                    "url": "ombCategory",
+                    "valueCoding": {
+                        "system": OMB,
+                        "code": "2135-2",
+                        "display": "Hispanic or Latino",
                     },
-                    {"url": "text", "valueString": "Black and White"},
-                ],
-            },
-            {
-                "url": ETHNICITY,
-                "extension": [
-                    {
-                        "url": "ombCategory",
-                        "valueCoding": {
-                            "system": OMB,
-                            "code": "2135-2",
-                            "display": "Hispanic or Latino",
-                        },
-                    },
-                    {"url": "text", "valueString": "Hispanic"},
-                ],
-            },
-            {
-                "url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex",
-                "valueCode": "F",
-            },
-        ],
-        "gender": "female",
-        "birthDate": "1958-04",
-        **extra,
-    }
+                },
+                {"url": "text", "valueString": "Hispanic"},
+            ],
+        },
+        {"url": US_CORE_BIRTHSEX, "valueCode": "F"},
+    ],
+)
 
 
 def _kinds(events: list[TrialEvent]) -> list[EventKind]:
@@ -99,16 +82,11 @@ def _kinds(events: list[TrialEvent]) -> list[EventKind]:
 
 def test_demographics_from_us_core_extensions() -> None:
     """Matching uses sex and race exactly: OMB categories and the text must come through as sent."""
-    [event] = map_patient(_us_core_patient(), _src(), _ctx())
+    [event] = map_patient(us_core_patient(), SRC, context(TERMINOLOGY))
     assert event.kind is EventKind.DEMOGRAPHICS
     assert event.patient_id == "pat-1"
     assert event.date is not None
-    assert event.date.to_json() == {
-        "value": "1958-04",
-        "precision": "month",
-        "first_day": "1958-04-01",
-        "last_day": "1958-04-30",
-    }
+    assert event.date.to_json() == day_json("1958-04", "month", "1958-04-01", "1958-04-30")
     assert dict(event.values) == {
         "gender": "female",
         "birth_date": "1958-04",
@@ -129,32 +107,17 @@ def test_demographics_from_us_core_extensions() -> None:
     [
         (
             {"deceasedDateTime": "2025-03-01T23:30:00-05:00"},
-            {
-                "value": "2025-03-01T23:30:00-05:00",
-                "precision": "time",
-                "first_day": "2025-03-01",
-                "last_day": "2025-03-01",
-            },
+            day_json("2025-03-01T23:30:00-05:00", "time", "2025-03-01"),
             "deceasedDateTime",
         ),
         (
             {"deceasedDateTime": "2025-03-02T00:30:00+14:00"},
-            {
-                "value": "2025-03-02T00:30:00+14:00",
-                "precision": "time",
-                "first_day": "2025-03-02",
-                "last_day": "2025-03-02",
-            },
+            day_json("2025-03-02T00:30:00+14:00", "time", "2025-03-02"),
             "deceasedDateTime",
         ),
         (
             {"deceasedDateTime": "2025"},
-            {
-                "value": "2025",
-                "precision": "year",
-                "first_day": "2025-01-01",
-                "last_day": "2025-12-31",
-            },
+            day_json("2025", "year", "2025-01-01", "2025-12-31"),
             "deceasedDateTime",
         ),
         ({"deceasedBoolean": True}, None, "deceasedBoolean"),
@@ -165,7 +128,7 @@ def test_death_event(
     deceased: dict[str, Any], death_date: dict[str, Any] | None, death_source: str
 ) -> None:
     """Overall survival needs the death date on the local day, or at least the fact of death."""
-    events = map_patient(_us_core_patient(**deceased), _src(), _ctx())
+    events = map_patient(us_core_patient(**deceased), SRC, context(TERMINOLOGY))
     assert _kinds(events) == [EventKind.DEMOGRAPHICS, EventKind.DEATH]
     demographics, death = events
     assert demographics.values["deceased"] is True
@@ -177,26 +140,30 @@ def test_death_event(
 @pytest.mark.parametrize("deceased", [{}, {"deceasedBoolean": False}], ids=["absent", "false"])
 def test_alive_patient_has_no_death_event(deceased: dict[str, Any]) -> None:
     """No death element (or an explicit false) must not censor or end anyone's survival."""
-    events = map_patient(_us_core_patient(**deceased), _src(), _ctx())
+    events = map_patient(us_core_patient(**deceased), SRC, context(TERMINOLOGY))
     assert _kinds(events) == [EventKind.DEMOGRAPHICS]
     assert events[0].values["deceased"] is False
 
 
 def test_inactive_patient_still_maps() -> None:
     """Patient.active false means the record is not in use, not that the facts are wrong."""
-    events = map_patient(_us_core_patient(active=False), _src(), _ctx())
+    events = map_patient(us_core_patient(active=False), SRC, context(TERMINOLOGY))
     assert _kinds(events) == [EventKind.DEMOGRAPHICS]
 
 
 def test_patient_id_comes_from_the_source_version() -> None:
     """The stored id (assigned on ingest) is authoritative, not whatever id the body carries."""
-    [event] = map_patient(_us_core_patient(id="client-side-id"), _src("server-id"), _ctx())
+    [event] = map_patient(
+        us_core_patient(id="client-side-id"),
+        SourceRef("Patient", "server-id", 1),
+        context(TERMINOLOGY),
+    )
     assert event.patient_id == "server-id"
 
 
 def test_patient_without_us_core_data() -> None:
     """A bare Patient still yields demographics, with empty race/ethnicity rather than guesses."""
-    [event] = map_patient({"resourceType": "Patient"}, _src(), _ctx())
+    [event] = map_patient(patient(), SRC, context(TERMINOLOGY))
     assert event.date is None
     assert dict(event.values) == {
         "gender": None,
@@ -211,17 +178,12 @@ def test_patient_without_us_core_data() -> None:
 
 def test_official_example_patient_f001() -> None:
     """The HL7 NSCLC case patient (f001): alive, male, born 1944-11-17, no US Core race data."""
-    resource = json.loads((SHARED_DATA / "fhir-r4-examples" / "Patient-f001.json").read_bytes())
-    events = map_patient(resource, _src("f001"), _ctx())
+    resource = json.loads((TEST_DATA / "fhir-r4-examples" / "Patient-f001.json").read_bytes())
+    events = map_patient(resource, SourceRef("Patient", "f001", 1), context(TERMINOLOGY))
     assert [e.to_json() for e in events] == [
         {
             "kind": "demographics",
-            "date": {
-                "value": "1944-11-17",
-                "precision": "day",
-                "first_day": "1944-11-17",
-                "last_day": "1944-11-17",
-            },
+            "date": day_json("1944-11-17", "day", "1944-11-17"),
             "end": None,
             "values": {
                 "gender": "male",
@@ -233,28 +195,10 @@ def test_official_example_patient_f001() -> None:
                 "deceased": False,
             },
             "concepts": [],
-            "source": {
-                "resource_type": "Patient",
-                "id": "f001",
-                "version": "1",
-                "reference": "Patient/f001/_history/1",
-            },
+            "source": source_json("Patient", "f001"),
         }
     ]
     assert events[0].patient_id == "f001"
-
-
-def _synthea_events(resource_type: str, mapper: Any) -> list[TrialEvent]:
-    """Every event of the Synthea NSCLC patient's lines of one resource type."""
-    ctx = _ctx()
-    events: list[TrialEvent] = []
-    path = SHARED_DATA / "synthea-10" / f"{resource_type}.000.ndjson"
-    with path.open("rb") as lines:
-        for line in lines:
-            if NSCLC_PATIENT.encode() in line:
-                resource = loads(line.strip())
-                events += mapper(resource, SourceRef(resource_type, resource["id"], 1), ctx)
-    return events
 
 
 def test_synthea_nsclc_patient_all_events() -> None:
@@ -267,7 +211,7 @@ def test_synthea_nsclc_patient_all_events() -> None:
             ("MedicationRequest", map_medication_request),
             ("Encounter", map_encounter),
         )
-        for event in _synthea_events(resource_type, mapper)
+        for event in synthea_events(TERMINOLOGY, resource_type, mapper)
     ]
     assert Counter(e.kind for e in events) == {
         EventKind.DEMOGRAPHICS: 1,
@@ -281,7 +225,7 @@ def test_synthea_nsclc_patient_all_events() -> None:
 
 def test_synthea_nsclc_patient_demographics_and_death() -> None:
     """Synthea's NSCLC patient: white, not Hispanic, female, died 1989-05-09 (local day)."""
-    events = _synthea_events("Patient", map_patient)
+    events = synthea_events(TERMINOLOGY, "Patient", map_patient)
     source = {
         "resource_type": "Patient",
         "id": NSCLC_PATIENT,
@@ -291,12 +235,7 @@ def test_synthea_nsclc_patient_demographics_and_death() -> None:
     assert [e.to_json() for e in events] == [
         {
             "kind": "demographics",
-            "date": {
-                "value": "1927-05-21",
-                "precision": "day",
-                "first_day": "1927-05-21",
-                "last_day": "1927-05-21",
-            },
+            "date": day_json("1927-05-21", "day", "1927-05-21"),
             "end": None,
             "values": {
                 "gender": "female",
@@ -312,12 +251,7 @@ def test_synthea_nsclc_patient_demographics_and_death() -> None:
         },
         {
             "kind": "death",
-            "date": {
-                "value": "1989-05-09T20:35:22-04:00",
-                "precision": "time",
-                "first_day": "1989-05-09",
-                "last_day": "1989-05-09",
-            },
+            "date": day_json("1989-05-09T20:35:22-04:00", "time", "1989-05-09"),
             "end": None,
             "values": {"source": "deceasedDateTime"},
             "concepts": [],

@@ -4,68 +4,50 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from functools import partial
 from typing import Any
 
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
-from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.events.model import EventKind, SourceRef
 from fhir_mapping.events.procedure import map_procedure, map_service_request
-from fhir_mapping.json_codec import loads
 from service.protocol.terminology import build_terminology
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
+from tests.kit import fhir as kit
+from tests.kit.expected import day_json, source_json
+from tests.kit.mapping import NSCLC_PATIENT, concept_matches, context, synthea_events
 
 TERMINOLOGY = build_terminology()
-SNOMED = "http://snomed.info/sct"
-NSCLC_PATIENT = "129c6ac7-8d06-89de-ad63-0204a93e76c3"
-LOBECTOMY = {"coding": [{"system": SNOMED, "code": "173171007", "display": "Lobectomy of lung"}]}
-PARTIAL_LOBECTOMY = {
-    "coding": [{"system": SNOMED, "code": "359615001", "display": "Partial lobectomy of lung"}]
-}
 WEDGE = {"text": "Right upper lobe wedge resection"}
 CORE_BIOPSY = {"text": "CT-guided percutaneous core needle biopsy, right upper lobe"}
-LUNG_BIOPSY = {"coding": [{"system": SNOMED, "code": "78603008", "display": "Biopsy of lung"}]}
 RUL = {
     "coding": [
-        {"system": SNOMED, "code": "45653009", "display": "Structure of upper lobe of right lung"}
+        {
+            "system": kit.SNOMED,
+            "code": "45653009",
+            "display": "Structure of upper lobe of right lung",
+        }
     ],
     "text": "Right upper lobe",
 }
 
 
-def _ctx(*stored: dict[str, Any]) -> MappingContext:
-    """A mapping context whose lookup holds these resources."""
-    return MappingContext(TERMINOLOGY, MemoryLookup(list(stored)))
-
-
-def _src(resource_type: str = "Procedure", resource_id: str = "pr1") -> SourceRef:
-    """The source version every fixture event claims to come from."""
-    return SourceRef(resource_type, resource_id, 1)
-
-
-def _procedure(code: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """A completed Procedure of patient p1 performed on 2025-03-17."""
-    return {
-        "resourceType": "Procedure",
-        "status": "completed",
-        "code": code,
-        "subject": {"reference": "Patient/p1"},
-        "performedDateTime": "2025-03-17T08:05:00-04:00",
-        **extra,
+SRC = SourceRef("Procedure", "pr1", 1)  # the source version every fixture event claims
+# A completed Procedure of patient p1 performed on 2025-03-17.
+performed = partial(kit.procedure, performed="2025-03-17T08:05:00-04:00")
+# An active ServiceRequest (order) of patient p1 written on 2025-02-27.
+requested = partial(kit.service_request, authored="2025-02-27")
+# How a partial lobectomy's code matches, as events and evidence show it.
+PARTIAL_LOBECTOMY_MATCHES = [
+    {
+        "concept": concept,
+        "matched_by": "code",
+        "system": kit.SNOMED,
+        "code": "359615001",
+        "text": "Partial lobectomy of lung",
     }
-
-
-def _request(code: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """An active ServiceRequest (order) of patient p1 written on 2025-02-27."""
-    return {
-        "resourceType": "ServiceRequest",
-        "status": "active",
-        "intent": "order",
-        "code": code,
-        "subject": {"reference": "Patient/p1"},
-        "authoredOn": "2025-02-27",
-        **extra,
-    }
+    for concept in ("lung_resection", "partial_lobectomy")
+]
 
 
 def _code_value(code: dict[str, Any]) -> dict[str, Any]:
@@ -76,22 +58,17 @@ def _code_value(code: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _concepts(event: TrialEvent) -> list[tuple[str, str]]:
-    """(concept, matched_by) pairs in order."""
-    return [(c.concept, c.matched_by) for c in event.concepts]
-
-
 @pytest.mark.parametrize(
     ("code", "kind", "specific", "concepts"),
     [
         (
-            LOBECTOMY,
+            kit.LOBECTOMY,
             EventKind.LUNG_RESECTION,
             {"resection_type": "lobectomy"},
             [("lung_resection", "code"), ("lobectomy", "code")],
         ),
         (
-            PARTIAL_LOBECTOMY,
+            kit.PARTIAL_LOBECTOMY,
             EventKind.LUNG_RESECTION,
             {"resection_type": "partial_lobectomy"},
             [("lung_resection", "code"), ("partial_lobectomy", "code")],
@@ -109,7 +86,7 @@ def _concepts(event: TrialEvent) -> list[tuple[str, str]]:
             [("lung_resection", "name"), ("wedge_resection", "name")],
         ),
         (
-            {"coding": [{"system": SNOMED, "code": "49795001", "display": "Pneumonectomy"}]},
+            {"coding": [{"system": kit.SNOMED, "code": "49795001", "display": "Pneumonectomy"}]},
             EventKind.LUNG_RESECTION,
             {"resection_type": "pneumonectomy"},
             [("lung_resection", "code"), ("pneumonectomy", "code")],
@@ -133,7 +110,7 @@ def _concepts(event: TrialEvent) -> list[tuple[str, str]]:
             [("core_needle_biopsy", "name")],
         ),
         (
-            LUNG_BIOPSY,
+            kit.LUNG_BIOPSY,
             EventKind.BIOPSY,
             {"core_needle": False, "site": None},
             [("lung_biopsy", "code")],
@@ -149,7 +126,7 @@ def _concepts(event: TrialEvent) -> list[tuple[str, str]]:
             {
                 "coding": [
                     {
-                        "system": SNOMED,
+                        "system": kit.SNOMED,
                         "code": "122548005",
                         "display": "Biopsy of breast (procedure)",
                     }
@@ -181,7 +158,7 @@ def test_procedure_kind_by_code_or_name(
     code: dict[str, Any], kind: EventKind, specific: dict[str, Any], concepts: list[tuple[str, str]]
 ) -> None:
     """Surgery and screening biopsies are found by code or by name; partial before plain lobectomy."""
-    [event] = map_procedure(_procedure(code), _src(), _ctx())
+    [event] = map_procedure(performed(code=code), SRC, context(TERMINOLOGY))
     assert event.kind is kind
     assert dict(event.values) == {
         "code": _code_value(code),
@@ -190,13 +167,13 @@ def test_procedure_kind_by_code_or_name(
         "body_site": [],
         **specific,
     }
-    assert _concepts(event) == concepts
+    assert concept_matches(event) == concepts
     assert event.patient_id == "p1"
 
 
 def test_biopsy_site_from_body_site() -> None:
     """The biopsy site is read from bodySite so the rule can tell a lung biopsy from another."""
-    [event] = map_procedure(_procedure(CORE_BIOPSY, bodySite=[RUL]), _src(), _ctx())
+    [event] = map_procedure(performed(code=CORE_BIOPSY, bodySite=[RUL]), SRC, context(TERMINOLOGY))
     assert (event.values["site"], event.values["body_site"], event.values["core_needle"]) == (
         "Right upper lobe",
         ["Right upper lobe"],
@@ -217,7 +194,7 @@ def test_biopsy_site_from_body_site() -> None:
 )
 def test_procedure_planned_flag(status: str, planned: bool) -> None:
     """A resection in preparation is evidence of surgical candidacy, not of surgery on that day."""
-    [event] = map_procedure(_procedure(LOBECTOMY, status=status), _src(), _ctx())
+    [event] = map_procedure(performed(code=kit.LOBECTOMY, status=status), SRC, context(TERMINOLOGY))
     assert (event.kind, event.values["status"], event.values["planned"]) == (
         EventKind.LUNG_RESECTION,
         status,
@@ -228,7 +205,9 @@ def test_procedure_planned_flag(status: str, planned: bool) -> None:
 @pytest.mark.parametrize("status", ["not-done", "entered-in-error"])
 def test_procedure_not_done_or_void(status: str) -> None:
     """A resection that did not happen must neither count as surgery nor as surgical candidacy."""
-    assert map_procedure(_procedure(LOBECTOMY, status=status), _src(), _ctx()) == []
+    assert (
+        map_procedure(performed(code=kit.LOBECTOMY, status=status), SRC, context(TERMINOLOGY)) == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -256,9 +235,9 @@ def test_procedure_dates(
     timing: dict[str, Any], date: str, precision: str, end: str | None
 ) -> None:
     """The surgery window is counted in local days: the day and precision must be the recorded ones."""
-    resource = _procedure(LOBECTOMY)
+    resource = performed(code=kit.LOBECTOMY)
     del resource["performedDateTime"]
-    [event] = map_procedure({**resource, **timing}, _src(), _ctx())
+    [event] = map_procedure({**resource, **timing}, SRC, context(TERMINOLOGY))
     assert event.date is not None
     assert (event.date.first.isoformat(), event.date.precision) == (date, precision)
     assert (event.end.text if event.end else None) == end
@@ -266,33 +245,30 @@ def test_procedure_dates(
 
 def test_subject_by_identifier_only() -> None:
     """A procedure naming its patient by MRN only must land on the stored Patient id."""
-    patient = {
-        "resourceType": "Patient",
-        "id": "pat-42",
-        "identifier": [{"system": "urn:mrn", "value": "A-77"}],
-    }
+    stored = kit.patient(id="pat-42", mrn="A-77")
     subject = {"identifier": {"system": "urn:mrn", "value": "A-77"}}
-    ctx = _ctx(patient)
-    [done] = map_procedure(_procedure(WEDGE, subject=subject), _src(), ctx)
-    [asked] = map_service_request(_request(WEDGE, subject=subject), _src("ServiceRequest"), ctx)
+    ctx = context(TERMINOLOGY, stored)
+    [done] = map_procedure(performed(code=WEDGE, subject=subject), SRC, ctx)
+    [asked] = map_service_request(
+        requested(code=WEDGE, subject=subject), SourceRef("ServiceRequest", "pr1", 1), ctx
+    )
     assert (done.patient_id, asked.patient_id) == ("pat-42", "pat-42")
 
 
 def test_service_request_for_resection_exactly() -> None:
     """A surgery order is evidence the resection is planned, dated when it is to occur."""
-    resource = _request(PARTIAL_LOBECTOMY, occurrenceDateTime="2025-03-18", bodySite=[RUL])
-    [event] = map_service_request(resource, _src("ServiceRequest", "sr1"), _ctx())
+    resource = requested(
+        code=kit.PARTIAL_LOBECTOMY, occurrenceDateTime="2025-03-18", bodySite=[RUL]
+    )
+    [event] = map_service_request(
+        resource, SourceRef("ServiceRequest", "sr1", 1), context(TERMINOLOGY)
+    )
     assert event.to_json() == {
         "kind": "lung_resection",
-        "date": {
-            "value": "2025-03-18",
-            "precision": "day",
-            "first_day": "2025-03-18",
-            "last_day": "2025-03-18",
-        },
+        "date": day_json("2025-03-18", "day", "2025-03-18"),
         "end": None,
         "values": {
-            "code": PARTIAL_LOBECTOMY,
+            "code": kit.PARTIAL_LOBECTOMY,
             "status": "active",
             "planned": True,
             "body_site": ["Right upper lobe"],
@@ -300,28 +276,8 @@ def test_service_request_for_resection_exactly() -> None:
             "authored_on": "2025-02-27",
             "resection_type": "partial_lobectomy",
         },
-        "concepts": [
-            {
-                "concept": "lung_resection",
-                "matched_by": "code",
-                "system": SNOMED,
-                "code": "359615001",
-                "text": "Partial lobectomy of lung",
-            },
-            {
-                "concept": "partial_lobectomy",
-                "matched_by": "code",
-                "system": SNOMED,
-                "code": "359615001",
-                "text": "Partial lobectomy of lung",
-            },
-        ],
-        "source": {
-            "resource_type": "ServiceRequest",
-            "id": "sr1",
-            "version": "1",
-            "reference": "ServiceRequest/sr1/_history/1",
-        },
+        "concepts": PARTIAL_LOBECTOMY_MATCHES,
+        "source": source_json("ServiceRequest", "sr1"),
     }
 
 
@@ -340,7 +296,11 @@ def test_service_request_for_resection_exactly() -> None:
 )
 def test_service_request_dates(timing: dict[str, Any], date: str, end: str | None) -> None:
     """When it is to occur wins over when it was written."""
-    [event] = map_service_request(_request(CORE_BIOPSY, **timing), _src("ServiceRequest"), _ctx())
+    [event] = map_service_request(
+        requested(code=CORE_BIOPSY, **timing),
+        SourceRef("ServiceRequest", "pr1", 1),
+        context(TERMINOLOGY),
+    )
     assert event.date is not None
     assert (event.date.text, event.end.text if event.end else None) == (date, end)
     assert (event.kind, event.values["core_needle"], event.values["planned"]) == (
@@ -353,22 +313,29 @@ def test_service_request_dates(timing: dict[str, Any], date: str, end: str | Non
 @pytest.mark.parametrize(
     "resource",
     [
-        _request({"text": "CT chest with contrast"}),
-        _request(LOBECTOMY, status="revoked"),
-        _request(LOBECTOMY, status="entered-in-error"),
-        _request(LOBECTOMY, doNotPerform=True),
+        requested(code={"text": "CT chest with contrast"}),
+        requested(code=kit.LOBECTOMY, status="revoked"),
+        requested(code=kit.LOBECTOMY, status="entered-in-error"),
+        requested(code=kit.LOBECTOMY, doNotPerform=True),
     ],
     ids=["generic", "revoked", "void", "do-not-perform"],
 )
 def test_service_request_without_event(resource: dict[str, Any]) -> None:
     """Generic, withdrawn, void or 'do not perform' requests are no evidence of a planned resection."""
-    assert map_service_request(resource, _src("ServiceRequest"), _ctx()) == []
+    assert (
+        map_service_request(resource, SourceRef("ServiceRequest", "pr1", 1), context(TERMINOLOGY))
+        == []
+    )
 
 
 @pytest.mark.parametrize("intent", ["proposal", "plan", "order"])
 def test_service_request_intent_is_kept(intent: str) -> None:
     """A proposal is weaker evidence than an order; the rule sees which it was."""
-    [event] = map_service_request(_request(WEDGE, intent=intent), _src("ServiceRequest"), _ctx())
+    [event] = map_service_request(
+        requested(code=WEDGE, intent=intent),
+        SourceRef("ServiceRequest", "pr1", 1),
+        context(TERMINOLOGY),
+    )
     assert (event.kind, event.values["intent"], event.values["resection_type"]) == (
         EventKind.LUNG_RESECTION,
         intent,
@@ -378,52 +345,22 @@ def test_service_request_intent_is_kept(intent: str) -> None:
 
 def test_official_example_procedure_f002() -> None:
     """The HL7 NSCLC case: partial lobectomy of f001 on 2013-03-08 (+01:00), by SNOMED code."""
-    resource = json.loads((SHARED_DATA / "fhir-r4-examples" / "Procedure-f002.json").read_bytes())
-    events = map_procedure(resource, _src("Procedure", "f002"), _ctx())
+    resource = json.loads((TEST_DATA / "fhir-r4-examples" / "Procedure-f002.json").read_bytes())
+    events = map_procedure(resource, SourceRef("Procedure", "f002", 1), context(TERMINOLOGY))
     assert [e.to_json() for e in events] == [
         {
             "kind": "lung_resection",
-            "date": {
-                "value": "2013-03-08T09:00:10+01:00",
-                "precision": "time",
-                "first_day": "2013-03-08",
-                "last_day": "2013-03-08",
-            },
-            "end": {
-                "value": "2013-03-08T09:30:10+01:00",
-                "precision": "time",
-                "first_day": "2013-03-08",
-                "last_day": "2013-03-08",
-            },
+            "date": day_json("2013-03-08T09:00:10+01:00", "time", "2013-03-08"),
+            "end": day_json("2013-03-08T09:30:10+01:00", "time", "2013-03-08"),
             "values": {
-                "code": PARTIAL_LOBECTOMY,
+                "code": kit.PARTIAL_LOBECTOMY,
                 "status": "completed",
                 "planned": False,
                 "body_site": ["Lung structure"],
                 "resection_type": "partial_lobectomy",
             },
-            "concepts": [
-                {
-                    "concept": "lung_resection",
-                    "matched_by": "code",
-                    "system": SNOMED,
-                    "code": "359615001",
-                    "text": "Partial lobectomy of lung",
-                },
-                {
-                    "concept": "partial_lobectomy",
-                    "matched_by": "code",
-                    "system": SNOMED,
-                    "code": "359615001",
-                    "text": "Partial lobectomy of lung",
-                },
-            ],
-            "source": {
-                "resource_type": "Procedure",
-                "id": "f002",
-                "version": "1",
-                "reference": "Procedure/f002/_history/1",
-            },
+            "concepts": PARTIAL_LOBECTOMY_MATCHES,
+            "source": source_json("Procedure", "f002"),
         }
     ]
     assert events[0].patient_id == "f001"
@@ -431,13 +368,7 @@ def test_official_example_procedure_f002() -> None:
 
 def test_synthea_nsclc_patient_procedures() -> None:
     """Synthea's NSCLC patient had chemoradiation, no resection: every procedure stays generic."""
-    ctx = _ctx()
-    events: list[TrialEvent] = []
-    with (SHARED_DATA / "synthea-10" / "Procedure.000.ndjson").open("rb") as lines:
-        for line in lines:
-            if NSCLC_PATIENT.encode() in line:
-                resource = loads(line.strip())
-                events += map_procedure(resource, _src("Procedure", resource["id"]), ctx)
+    events = synthea_events(TERMINOLOGY, "Procedure", map_procedure)
     assert Counter(e.kind for e in events) == {EventKind.PROCEDURE: 587}
     assert sum(1 for e in events if e.concepts) == 0
     assert {e.patient_id for e in events} == {NSCLC_PATIENT}
@@ -446,23 +377,13 @@ def test_synthea_nsclc_patient_procedures() -> None:
     ]
     assert breast_biopsy.to_json() == {
         "kind": "procedure",
-        "date": {
-            "value": "1989-04-10T00:49:59-04:00",
-            "precision": "time",
-            "first_day": "1989-04-10",
-            "last_day": "1989-04-10",
-        },
-        "end": {
-            "value": "1989-04-10T01:18:07-04:00",
-            "precision": "time",
-            "first_day": "1989-04-10",
-            "last_day": "1989-04-10",
-        },
+        "date": day_json("1989-04-10T00:49:59-04:00", "time", "1989-04-10"),
+        "end": day_json("1989-04-10T01:18:07-04:00", "time", "1989-04-10"),
         "values": {
             "code": {
                 "coding": [
                     {
-                        "system": SNOMED,
+                        "system": kit.SNOMED,
                         "code": "122548005",
                         "display": "Biopsy of breast (procedure)",
                     }
@@ -474,10 +395,5 @@ def test_synthea_nsclc_patient_procedures() -> None:
             "body_site": [],
         },
         "concepts": [],
-        "source": {
-            "resource_type": "Procedure",
-            "id": "515a5d84-6a39-452a-aac9-7b955188dca6",
-            "version": "1",
-            "reference": "Procedure/515a5d84-6a39-452a-aac9-7b955188dca6/_history/1",
-        },
+        "source": source_json("Procedure", "515a5d84-6a39-452a-aac9-7b955188dca6"),
     }

@@ -2,54 +2,37 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
 from fhir_mapping.events.model import EventKind, SourceRef
 from fhir_mapping.events.research_subject import map_research_subject
 from service.protocol.terminology import build_terminology
+from tests.kit.expected import day_json, source_json
+from tests.kit.fhir import CT_GOV, patient, research_study, research_subject
+from tests.kit.mapping import context
 
 TERMINOLOGY = build_terminology()
-CT_GOV = "https://clinicaltrials.gov"
 NCT = {"system": CT_GOV, "value": "NCT06088771"}
 SITE_PROTOCOL = {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.12", "value": "GCO 23-1234"}
-STUDY = {
-    "resourceType": "ResearchStudy",
-    "id": "rs-1",
-    "status": "active",
-    "identifier": [NCT, SITE_PROTOCOL],
-}
-PATIENT = {
-    "resourceType": "Patient",
-    "id": "pat-7",
-    "identifier": [{"system": "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.0", "value": "MRN0042"}],
-}
-
-
-def _ctx(*stored: dict[str, Any]) -> MappingContext:
-    """A mapping context whose lookup holds these resources."""
-    return MappingContext(TERMINOLOGY, MemoryLookup(list(stored)))
-
-
-def _src() -> SourceRef:
-    """The ResearchSubject version every fixture event claims to come from."""
-    return SourceRef("ResearchSubject", "sub-1", 3)
-
-
-def _subject(**extra: Any) -> dict[str, Any]:
-    """An on-study ResearchSubject of Patient/pat-7 with a site subject number and arms."""
-    return {
-        "resourceType": "ResearchSubject",
-        "status": "on-study",
-        "identifier": [{"system": "urn:trial:NCT06088771:subject", "value": "001-004"}],
-        "period": {"start": "2025-02-24", "end": "2025-09-30"},
-        "individual": {"reference": "Patient/pat-7"},
-        "assignedArm": "Neoadjuvant dupilumab + cemiplimab",
-        "actualArm": "Neoadjuvant dupilumab + cemiplimab",
-        **extra,
-    }
+STUDY = research_study(id="rs-1", identifier=[NCT, SITE_PROTOCOL])
+PATIENT = patient(
+    id="pat-7", mrn="MRN0042", mrn_system="urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.0"
+)
+SRC = SourceRef("ResearchSubject", "sub-1", 3)  # the version every fixture event claims
+# An on-study ResearchSubject of Patient/pat-7 with a site subject number and arms.
+enrolled = partial(
+    research_subject,
+    patient="pat-7",
+    number="001-004",
+    number_system="urn:trial:NCT06088771:subject",
+    start="2025-02-24",
+    end="2025-09-30",
+    assignedArm="Neoadjuvant dupilumab + cemiplimab",
+    actualArm="Neoadjuvant dupilumab + cemiplimab",
+)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +91,7 @@ def test_study_is_recognisable_by_any_identifier(
     display: str | None,
 ) -> None:
     """Sites name the study by NCT number on the ResearchStudy or on the reference: both must count."""
-    [event] = map_research_subject(_subject(study=study), _src(), _ctx(*stored))
+    [event] = map_research_subject(enrolled(study=study), SRC, context(TERMINOLOGY, *stored))
     assert event.values["study_identifiers"] == identifiers
     assert (event.values["study_reference"], event.values["study_display"]) == (reference, display)
 
@@ -116,24 +99,14 @@ def test_study_is_recognisable_by_any_identifier(
 def test_enrollment_event_exactly() -> None:
     """The full enrollment event: patient, dates, status, subject number and arms."""
     [event] = map_research_subject(
-        _subject(study={"reference": "ResearchStudy/rs-1"}), _src(), _ctx(STUDY)
+        enrolled(study={"reference": "ResearchStudy/rs-1"}), SRC, context(TERMINOLOGY, STUDY)
     )
     assert event.kind is EventKind.ENROLLMENT
     assert event.patient_id == "pat-7"
     assert event.to_json() == {
         "kind": "enrollment",
-        "date": {
-            "value": "2025-02-24",
-            "precision": "day",
-            "first_day": "2025-02-24",
-            "last_day": "2025-02-24",
-        },
-        "end": {
-            "value": "2025-09-30",
-            "precision": "day",
-            "first_day": "2025-09-30",
-            "last_day": "2025-09-30",
-        },
+        "date": day_json("2025-02-24", "day", "2025-02-24"),
+        "end": day_json("2025-09-30", "day", "2025-09-30"),
         "values": {
             "status": "on-study",
             "study_identifiers": [NCT, SITE_PROTOCOL],
@@ -144,12 +117,7 @@ def test_enrollment_event_exactly() -> None:
             "actual_arm": "Neoadjuvant dupilumab + cemiplimab",
         },
         "concepts": [],
-        "source": {
-            "resource_type": "ResearchSubject",
-            "id": "sub-1",
-            "version": "3",
-            "reference": "ResearchSubject/sub-1/_history/3",
-        },
+        "source": source_json("ResearchSubject", "sub-1", 3),
     }
 
 
@@ -174,7 +142,7 @@ def test_enrollment_event_exactly() -> None:
 def test_every_r4_status_maps_and_is_kept(status: str) -> None:
     """The enrollment rule decides what each status means; the mapper must not drop any of them."""
     [event] = map_research_subject(
-        _subject(status=status, study={"identifier": NCT}), _src(), _ctx()
+        enrolled(status=status, study={"identifier": NCT}), SRC, context(TERMINOLOGY)
     )
     assert event.values["status"] == status
 
@@ -185,7 +153,9 @@ def test_individual_by_identifier_only() -> None:
         "identifier": {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.0", "value": "MRN0042"}
     }
     [event] = map_research_subject(
-        _subject(individual=individual, study={"identifier": NCT}), _src(), _ctx(PATIENT)
+        enrolled(individual=individual, study={"identifier": NCT}),
+        SRC,
+        context(TERMINOLOGY, PATIENT),
     )
     assert event.patient_id == "pat-7"
 
@@ -205,7 +175,7 @@ def test_enrollment_dates(
 ) -> None:
     """Enrollment anchors the 56-day look-back: its local day and precision must be exact."""
     [event] = map_research_subject(
-        _subject(period=period, study={"identifier": NCT}), _src(), _ctx()
+        enrolled(period=period, study={"identifier": NCT}), SRC, context(TERMINOLOGY)
     )
     assert (
         event.date.first.isoformat() if event.date else None,
@@ -221,7 +191,9 @@ def test_void_subject_has_no_event() -> None:
     """R4 has no entered-in-error status here, but a feed that sends it means the record is void."""
     assert (
         map_research_subject(
-            _subject(status="entered-in-error", study={"identifier": NCT}), _src(), _ctx()
+            enrolled(status="entered-in-error", study={"identifier": NCT}),
+            SRC,
+            context(TERMINOLOGY),
         )
         == []
     )
@@ -230,14 +202,9 @@ def test_void_subject_has_no_event() -> None:
 def test_minimal_subject_without_arms_or_numbers() -> None:
     """Absent optional elements become None or empty lists, never a crash or a guess."""
     [event] = map_research_subject(
-        {
-            "resourceType": "ResearchSubject",
-            "status": "candidate",
-            "study": {"reference": "ResearchStudy/rs-1"},
-            "individual": {"reference": "Patient/pat-7"},
-        },
-        _src(),
-        _ctx(),
+        research_subject(status="candidate", patient="pat-7", study_id="rs-1"),
+        SRC,
+        context(TERMINOLOGY),
     )
     assert (event.date, event.end) == (None, None)
     assert dict(event.values) == {

@@ -2,53 +2,30 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
-from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.events.model import EventKind, SourceRef
 from fhir_mapping.events.specimen import map_specimen
 from service.protocol.terminology import build_terminology
+from tests.kit.expected import day_json, match_json, source_json
+from tests.kit.fhir import SNOMED, V2_0487, coded, patient, specimen
+from tests.kit.mapping import concept_matches, context
 
 TERMINOLOGY = build_terminology()
-V2_0487 = "http://terminology.hl7.org/CodeSystem/v2-0487"
-SNOMED = "http://snomed.info/sct"
 STOOL = {
     "coding": [{"system": V2_0487, "code": "STL", "display": "Stool = Fecal"}],
     "text": "Stool",
 }
-TISSUE = {"coding": [{"system": V2_0487, "code": "TISS", "display": "Tissue"}]}
-BLOOD = {"coding": [{"system": V2_0487, "code": "BLDV", "display": "Blood venous"}]}
+TISSUE = coded(V2_0487, "TISS", "Tissue")
+BLOOD = coded(V2_0487, "BLDV", "Blood venous")
 
 
-def _ctx(*stored: dict[str, Any]) -> MappingContext:
-    """A mapping context whose lookup holds these resources."""
-    return MappingContext(TERMINOLOGY, MemoryLookup(list(stored)))
-
-
-def _src(resource_id: str = "sp1") -> SourceRef:
-    """The Specimen version every fixture event claims to come from."""
-    return SourceRef("Specimen", resource_id, 1)
-
-
-def _specimen(specimen_type: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
-    """An available Specimen of patient p1 collected on 2025-02-20."""
-    out: dict[str, Any] = {
-        "resourceType": "Specimen",
-        "status": "available",
-        "subject": {"reference": "Patient/p1"},
-        "collection": {"collectedDateTime": "2025-02-20T10:00:00-05:00"},
-        **extra,
-    }
-    if specimen_type is not None:
-        out["type"] = specimen_type
-    return out
-
-
-def _concepts(event: TrialEvent) -> list[tuple[str, str]]:
-    """(concept, matched_by) pairs in order."""
-    return [(c.concept, c.matched_by) for c in event.concepts]
+SRC = SourceRef("Specimen", "sp1", 1)  # the Specimen version every fixture event claims
+# An available Specimen of patient p1 collected on 2025-02-20.
+sample = partial(specimen, status="available", collected="2025-02-20T10:00:00-05:00")
 
 
 @pytest.mark.parametrize(
@@ -104,28 +81,23 @@ def test_specimen_type(
     concepts: list[tuple[str, str]],
 ) -> None:
     """Screening needs a stool sample and fresh tissue: the type, else the collection says which."""
-    resource = _specimen(
-        specimen_type,
+    resource = sample(
+        type=specimen_type,
         collection={"collectedDateTime": "2025-02-20T10:00:00-05:00", **collection},
     )
-    [event] = map_specimen(resource, _src(), _ctx())
+    [event] = map_specimen(resource, SRC, context(TERMINOLOGY))
     assert event.kind is EventKind.SPECIMEN_COLLECTION
     assert event.values["specimen_type"] == expected
-    assert _concepts(event) == concepts
+    assert concept_matches(event) == concepts
 
 
 def test_stool_specimen_exactly() -> None:
     """The full event of a screening stool sample."""
-    [event] = map_specimen(_specimen(STOOL), _src(), _ctx())
+    [event] = map_specimen(sample(type=STOOL), SRC, context(TERMINOLOGY))
     assert event.patient_id == "p1"
     assert event.to_json() == {
         "kind": "specimen_collection",
-        "date": {
-            "value": "2025-02-20T10:00:00-05:00",
-            "precision": "time",
-            "first_day": "2025-02-20",
-            "last_day": "2025-02-20",
-        },
+        "date": day_json("2025-02-20T10:00:00-05:00", "time", "2025-02-20"),
         "end": None,
         "values": {
             "specimen_type": "stool",
@@ -136,30 +108,17 @@ def test_stool_specimen_exactly() -> None:
             "status": "available",
             "parent": [],
         },
-        "concepts": [
-            {
-                "concept": "stool_specimen",
-                "matched_by": "name",
-                "system": None,
-                "code": None,
-                "text": "Stool",
-            }
-        ],
-        "source": {
-            "resource_type": "Specimen",
-            "id": "sp1",
-            "version": "1",
-            "reference": "Specimen/sp1/_history/1",
-        },
+        "concepts": [match_json("stool_specimen", "name", "Stool")],
+        "source": source_json("Specimen", "sp1"),
     }
 
 
 def test_tissue_aliquot_keeps_its_parent() -> None:
     """Aliquots of one biopsy point at their parent so they are not counted as extra biopsies."""
     [event] = map_specimen(
-        _specimen(TISSUE, parent=[{"reference": "Specimen/sp0"}, {"display": "no reference"}]),
-        _src(),
-        _ctx(),
+        sample(type=TISSUE, parent=[{"reference": "Specimen/sp0"}, {"display": "no reference"}]),
+        SRC,
+        context(TERMINOLOGY),
     )
     assert (event.values["specimen_type"], event.values["parent"]) == ("tissue", ["Specimen/sp0"])
 
@@ -170,7 +129,7 @@ def test_tissue_aliquot_keeps_its_parent() -> None:
 )
 def test_only_void_specimens_are_dropped(status: str, events: int) -> None:
     """A used-up or unsatisfactory sample was still collected; only entered-in-error is no fact."""
-    found = map_specimen(_specimen(STOOL, status=status), _src(), _ctx())
+    found = map_specimen(sample(type=STOOL, status=status), SRC, context(TERMINOLOGY))
     assert len(found) == events
     assert [e.values["status"] for e in found] == [status] * events
 
@@ -196,7 +155,7 @@ def test_collection_dates(
     collection: dict[str, Any], date: str | None, precision: str | None, end: str | None
 ) -> None:
     """The screening window is counted in local days: collection day and precision must be exact."""
-    [event] = map_specimen(_specimen(STOOL, collection=collection), _src(), _ctx())
+    [event] = map_specimen(sample(type=STOOL, collection=collection), SRC, context(TERMINOLOGY))
     assert (
         event.date.first.isoformat() if event.date else None,
         event.date.precision if event.date else None,
@@ -229,10 +188,6 @@ def test_collection_dates(
 )
 def test_only_patient_subjects_give_a_patient(subject: Any, expected: str | None) -> None:
     """Specimen.subject may be a Group, Device or Location: only a Patient is a trial subject."""
-    patient = {
-        "resourceType": "Patient",
-        "id": "pat-42",
-        "identifier": [{"system": "urn:mrn", "value": "A-77"}],
-    }
-    [event] = map_specimen(_specimen(STOOL, subject=subject), _src(), _ctx(patient))
+    stored = patient(id="pat-42", mrn="A-77")
+    [event] = map_specimen(sample(type=STOOL, subject=subject), SRC, context(TERMINOLOGY, stored))
     assert event.patient_id == expected

@@ -35,7 +35,7 @@ from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
 from tests.conftest import FHIR_JSON, clear_store, counts, start_server
-from tests.helpers import bundle, entry, observation, patient, statuses
+from tests.kit import fhir as kit
 
 NO_ZONE = "2020-01-01T10:00:00"  # valid JSON, a valid string: only the model refuses it
 
@@ -116,63 +116,62 @@ def _empty(engine: Engine) -> dict[str, int]:
 URN = "urn:uuid:6f1c1a8e-27a4-4c55-9a3b-2f8d1d0c0101"
 REFUSED = {
     "model only": (
-        bundle(
-            "transaction",
-            entry(patient("m-1"), "POST", "Patient", URN),
-            entry(observation(URN, effectiveDateTime=NO_ZONE), "POST", "Observation"),
+        kit.transaction(
+            kit.post_entry(kit.patient(mrn="m-1"), full_url=URN),
+            kit.post_entry(kit.viable_tumour(subject=URN, effectiveDateTime=NO_ZONE)),
         ),
         400,
         ["Bundle.entry[1].resource.effectiveDateTime"],
     ),
     "walk and model": (
-        bundle(
-            "transaction",
-            entry(patient("m-2", active="yes"), "POST", "Patient"),
-            entry(observation("Patient/x"), "POST", "Observation"),
-            entry({"resourceType": "Observation", "status": "final"}, "POST", "Observation"),
+        kit.transaction(
+            kit.post_entry(kit.patient(mrn="m-2", active="yes")),
+            kit.post_entry(kit.viable_tumour(subject="Patient/x")),
+            kit.entry(
+                method="POST",
+                url="Observation",
+                resource={"resourceType": "Observation", "status": "final"},
+            ),
         ),
         400,
         ["Bundle.entry[0].resource.active", "Bundle.entry[2].resource.code"],
     ),
     # in place the model fails first, so the dangling urn:uuid is never reached
     "model before a dangling reference": (
-        bundle(
-            "transaction",
-            entry(
-                observation("urn:uuid:00000000-0000-4000-8000-00000000dead"), "POST", "Observation"
+        kit.transaction(
+            kit.post_entry(
+                kit.viable_tumour(subject="urn:uuid:00000000-0000-4000-8000-00000000dead")
             ),
-            entry(observation("Patient/x", effectiveDateTime=NO_ZONE), "POST", "Observation"),
+            kit.post_entry(kit.viable_tumour(subject="Patient/x", effectiveDateTime=NO_ZONE)),
         ),
         400,
         ["Bundle.entry[1].resource.effectiveDateTime"],
     ),
     "model before a missing conditional match": (
-        bundle(
-            "transaction",
-            entry(
-                observation("Patient?identifier=urn:mrn|nobody", effectiveDateTime=NO_ZONE),
-                "POST",
-                "Observation",
-            ),
+        kit.transaction(
+            kit.post_entry(
+                kit.viable_tumour(
+                    subject="Patient?identifier=urn:mrn|nobody", effectiveDateTime=NO_ZONE
+                )
+            )
         ),
         400,
         ["Bundle.entry[0].resource.effectiveDateTime"],
     ),
     "dangling reference, models valid": (
-        bundle(
-            "transaction",
-            entry(
-                observation("urn:uuid:00000000-0000-4000-8000-00000000dead"), "POST", "Observation"
-            ),
+        kit.transaction(
+            kit.post_entry(
+                kit.viable_tumour(subject="urn:uuid:00000000-0000-4000-8000-00000000dead")
+            )
         ),
         400,
         ["Bundle.entry[0].resource.subject.reference"],
     ),
     "collection": (
-        bundle(
-            "collection",
-            {"resource": {**patient("m-3"), "id": "m3"}},
-            {"resource": {**patient("m-4"), "birthDate": "2020-13-45"}},
+        kit.transaction(
+            {"resource": {**kit.patient(mrn="m-3"), "id": "m3"}},
+            {"resource": {**kit.patient(mrn="m-4"), "birthDate": "2020-13-45"}},
+            type="collection",
         ),
         400,
         ["Bundle.entry[1].resource.birthDate"],
@@ -195,11 +194,12 @@ def test_refusals_are_the_same_and_write_nothing(
 
 
 def _big_transaction(n_observations: int) -> bytes:
-    return bundle(
-        "transaction",
-        entry({**patient("big"), "id": "big"}, "PUT", "Patient/big"),
+    return kit.transaction(
+        kit.entry(
+            method="PUT", url="Patient/big", resource={**kit.patient(mrn="big"), "id": "big"}
+        ),
         *(
-            entry(observation("Patient/big", value=i), "POST", "Observation")
+            kit.post_entry(kit.viable_tumour(subject="Patient/big", value=i))
             for i in range(n_observations)
         ),
     )
@@ -208,7 +208,7 @@ def _big_transaction(n_observations: int) -> bytes:
 def test_a_valid_bundle_is_stored_the_same(servers: tuple[Served, Served], engine: Engine) -> None:
     in_place, worker, in_place_rows, worker_rows = _post_both(servers, engine, _big_transaction(40))
     assert in_place.status_code == worker.status_code == 200
-    assert statuses(worker.json()) == statuses(in_place.json()) == ["201 Created"] * 41
+    assert kit.statuses(worker.json()) == kit.statuses(in_place.json()) == ["201 Created"] * 41
     assert worker_rows == in_place_rows
     assert worker_rows["fhir_resource"] == 41
     assert worker_rows["fhir_reference"] == 80  # each subject indexed as `subject` and `patient`
@@ -226,7 +226,7 @@ def test_a_lost_worker_costs_speed_not_requests(
     # the first Bundle after the loss is checked in place (or, caught mid-job, checked again)
     response = offloaded.client.post("", content=_big_transaction(25))
     assert response.status_code == 200
-    assert statuses(response.json()) == ["201 Created"] * 26
+    assert kit.statuses(response.json()) == ["201 Created"] * 26
     refused = offloaded.client.post("", content=REFUSED["model only"][0])
     assert refused.status_code == 400
     assert refused.json()["issue"][0]["expression"] == [
@@ -244,18 +244,18 @@ def test_a_lost_worker_costs_speed_not_requests(
 
 
 def test_a_batch_keeps_its_checks_in_place(servers: tuple[Served, Served], engine: Engine) -> None:
-    body = bundle(
-        "batch",
-        entry(patient("b-1"), "POST", "Patient"),
-        entry({**patient("b-2"), "birthDate": "2020-13-45"}, "POST", "Patient"),
+    body = kit.transaction(
+        kit.post_entry(kit.patient(mrn="b-1")),
+        kit.post_entry({**kit.patient(mrn="b-2"), "birthDate": "2020-13-45"}),
+        type="batch",
     )
     in_place, worker, in_place_rows, worker_rows = _post_both(
         servers, engine, body, offloaded=False
     )
     assert in_place.status_code == worker.status_code == 200
-    assert statuses(worker.json()) == statuses(in_place.json())
-    assert statuses(worker.json())[0] == "201 Created"
-    assert statuses(worker.json())[1].startswith("400")
+    assert kit.statuses(worker.json()) == kit.statuses(in_place.json())
+    assert kit.statuses(worker.json())[0] == "201 Created"
+    assert kit.statuses(worker.json())[1].startswith("400")
     assert worker_rows == in_place_rows
     assert worker_rows["fhir_resource"] == 1
 
@@ -268,14 +268,14 @@ LOOK_ALIKES = {
         400,
     ),
     "not a Bundle": (
-        json.dumps({**patient("la-1"), "note": [{"resource": 1}]}).encode(),
+        json.dumps({**kit.patient(mrn="la-1"), "note": [{"resource": 1}]}).encode(),
         400,
     ),
     "a batch, spelled with an escape": (
-        bundle(
-            "batch",
-            entry(patient("la-2"), "POST", "Patient"),
-            entry({**patient("la-3"), "birthDate": "2020-13-45"}, "POST", "Patient"),
+        kit.transaction(
+            kit.post_entry(kit.patient(mrn="la-2")),
+            kit.post_entry({**kit.patient(mrn="la-3"), "birthDate": "2020-13-45"}),
+            type="batch",
         ).replace(b'"batch"', b'"b\\u0061tch"'),
         200,
     ),
@@ -290,9 +290,9 @@ def test_bodies_that_only_look_like_atomic_bundles(
     in_place, worker, in_place_rows, worker_rows = _post_both(servers, engine, body)
     assert in_place.status_code == worker.status_code == status
     if status == 200:  # a batch-response: one outcome per entry (and its own timestamps)
-        assert statuses(worker.json()) == statuses(in_place.json())
-        assert statuses(worker.json())[0] == "201 Created"
-        assert statuses(worker.json())[1].startswith("400")
+        assert kit.statuses(worker.json()) == kit.statuses(in_place.json())
+        assert kit.statuses(worker.json())[0] == "201 Created"
+        assert kit.statuses(worker.json())[1].startswith("400")
     else:
         assert worker.json() == in_place.json()
     assert worker_rows == in_place_rows
@@ -315,28 +315,25 @@ DUPLICATE_KEYS = {
     # strictly parsed, each body is refused for its duplicate key before anything else is looked at
     "in one entry": _twice(_big_transaction(3), b'"status": "final"', nth=2),
     "and a model failure": _twice(
-        bundle(
-            "transaction",
-            entry(observation("Patient/x", effectiveDateTime=NO_ZONE), "POST", "Observation"),
-            entry(observation("Patient/y"), "POST", "Observation"),
+        kit.transaction(
+            kit.post_entry(kit.viable_tumour(subject="Patient/x", effectiveDateTime=NO_ZONE)),
+            kit.post_entry(kit.viable_tumour(subject="Patient/y")),
         ),
         b'"status": "final"',
         nth=2,
     ),
     "and a walk failure": _twice(
-        bundle(
-            "transaction",
-            entry(patient("dk-1", active="yes"), "POST", "Patient"),
-            entry(observation("Patient/y"), "POST", "Observation"),
+        kit.transaction(
+            kit.post_entry(kit.patient(mrn="dk-1", active="yes")),
+            kit.post_entry(kit.viable_tumour(subject="Patient/y")),
         ),
         b'"status": "final"',
     ),
     "and a dangling urn:uuid": _twice(
-        bundle(
-            "transaction",
-            entry(
-                observation("urn:uuid:00000000-0000-4000-8000-00000000dead"), "POST", "Observation"
-            ),
+        kit.transaction(
+            kit.post_entry(
+                kit.viable_tumour(subject="urn:uuid:00000000-0000-4000-8000-00000000dead")
+            )
         ),
         b'"status": "final"',
     ),
@@ -401,12 +398,12 @@ def test_small_bundles_stay_in_place(database_url: str) -> None:
         Settings(database_url=database_url, model_check_processes=2, model_check_min_entries=20)
     )
     assert (checks.processes, checks.min_entries) == (2, 20)
-    patients = [entry(patient(f"s-{i}"), "POST", "Patient") for i in range(20)]
-    assert not checks.wanted(bundle("transaction", *patients[:19]))
-    assert checks.wanted(bundle("transaction", *patients))
-    assert checks.wanted(bundle("collection", *patients))
-    assert not checks.wanted(bundle("batch", *patients))
-    assert not ModelChecks(0, 1).wanted(bundle("transaction", *patients * 500))
+    patients = [kit.post_entry(kit.patient(mrn=f"s-{i}")) for i in range(20)]
+    assert not checks.wanted(kit.transaction(*patients[:19]))
+    assert checks.wanted(kit.transaction(*patients))
+    assert checks.wanted(kit.transaction(*patients, type="collection"))
+    assert not checks.wanted(kit.transaction(*patients, type="batch"))
+    assert not ModelChecks(0, 1).wanted(kit.transaction(*patients * 500))
 
 
 @pytest.mark.parametrize(("cpus", "expected"), [({0}, 0), ({0, 1}, 1), (set(range(16)), 1)])

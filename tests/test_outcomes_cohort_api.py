@@ -11,105 +11,64 @@ import pytest
 from scipy.stats import binomtest
 
 from tests.conftest import LiveServer
-from tests.helpers import bundle, entry
-
-UCUM = "http://unitsofmeasure.org"
+from tests.kit import fhir as kit
+from tests.kit.client import put_resources
 
 
 def _subject(
     pid: str, *, dosed: bool, viable: int | None, died: str | None
 ) -> list[dict[str, Any]]:
     """One enrolled patient: Day 1 on 2025-03-10, lobectomy on Day 18, a visit on 2025-04-28."""
-    patient: dict[str, Any] = {"resourceType": "Patient", "id": pid, "gender": "female"}
-    if died:
-        patient["deceasedDateTime"] = died
-    ref = {"reference": f"Patient/{pid}"}
     out: list[dict[str, Any]] = [
-        patient,
-        {
-            "resourceType": "ResearchSubject",
-            "id": f"{pid}-rs",
-            "status": "on-study",
-            "study": {"reference": "ResearchStudy/nct"},
-            "individual": ref,
-            "period": {"start": "2025-03-03"},
-        },
-        {
-            "resourceType": "Encounter",
-            "id": f"{pid}-visit",
-            "status": "finished",
-            "class": {"code": "AMB"},
-            "subject": ref,
-            "period": {"start": "2025-04-28", "end": "2025-04-28"},
-        },
+        kit.patient(id=pid, gender="female", deceasedDateTime=died)
+        if died
+        else kit.patient(id=pid, gender="female"),
+        kit.research_subject(id=f"{pid}-rs", patient=pid, study_id="nct", start="2025-03-03"),
+        kit.encounter(id=f"{pid}-visit", patient=pid, start="2025-04-28", end="2025-04-28"),
     ]
     if not dosed:
         return out
     for drug, mg in (("Dupixent 300 MG", 300), ("Dupixent 300 MG", 300), ("cemiplimab", 350)):
         out.append(
-            {
-                "resourceType": "MedicationAdministration",
-                "id": f"{pid}-dose-{len(out)}",
-                "status": "completed",
-                "medicationCodeableConcept": {"text": drug},
-                "subject": ref,
-                "effectiveDateTime": "2025-03-10T09:00:00-04:00",
-                "dosage": {"dose": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}},
-            }
+            kit.medication_administration(
+                id=f"{pid}-dose-{len(out)}",
+                patient=pid,
+                medication=drug,
+                effective="2025-03-10T09:00:00-04:00",
+                dose=kit.quantity(mg, "mg"),
+            )
         )
     out.append(
-        {
-            "resourceType": "Procedure",
-            "id": f"{pid}-lob",
-            "status": "completed",
-            "code": {"text": "Left lower lobectomy"},
-            "subject": ref,
-            "performedDateTime": "2025-03-27",
-        }
+        kit.procedure(
+            id=f"{pid}-lob", patient=pid, code="Left lower lobectomy", performed="2025-03-27"
+        )
     )
     if viable is not None:
         out.append(
-            {
-                "resourceType": "Observation",
-                "id": f"{pid}-viable",
-                "status": "final",
-                "code": {"text": "Percent viable tumor, primary"},
-                "subject": ref,
-                "effectiveDateTime": "2025-04-02",
-                "valueQuantity": {"value": viable, "unit": "%", "system": UCUM, "code": "%"},
-            }
+            kit.observation(
+                id=f"{pid}-viable",
+                patient=pid,
+                code="Percent viable tumor, primary",
+                effective="2025-04-02",
+                valueQuantity=kit.quantity(viable, "%"),
+            )
         )
     return out
 
 
-STUDY = {
-    "resourceType": "ResearchStudy",
-    "id": "nct",
-    "status": "active",
-    "identifier": [{"value": "NCT06088771"}],
-}
-
-
-def _post(fhir: httpx.Client, resources: list[dict[str, Any]]) -> None:
-    body = bundle(
-        "transaction", *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in resources)
-    )
-    response = fhir.post("", content=body)
-    assert response.status_code == 200, response.text
+STUDY = kit.research_study(id="nct", system=None)
 
 
 @pytest.fixture
 def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
     """A client on /api/v1 over a store holding four enrolled subjects."""
-    _post(
+    put_resources(
         fhir,
-        [
-            STUDY,
-            *_subject("a", dosed=True, viable=5, died=None),
-            *_subject("b", dosed=True, viable=50, died="2025-09-01T10:00:00Z"),
-            *_subject("c", dosed=True, viable=None, died=None),
-            *_subject("d", dosed=False, viable=None, died=None),
-        ],
+        STUDY,
+        *_subject("a", dosed=True, viable=5, died=None),
+        *_subject("b", dosed=True, viable=50, died="2025-09-01T10:00:00Z"),
+        *_subject("c", dosed=True, viable=None, died=None),
+        *_subject("d", dosed=False, viable=None, died=None),
     )
     with httpx.Client(base_url=f"{server.url}/api/v1", timeout=120) as client:
         yield client
@@ -147,7 +106,7 @@ def test_report_follows_new_data(api: httpx.Client, fhir: httpx.Client) -> None:
     """The cached report is recomputed once a write changes the study's events."""
     first = api.get("/studies/NCT06088771/outcomes").json()
     assert api.get("/studies/NCT06088771/outcomes").json()["computed_at"] == first["computed_at"]
-    _post(fhir, _subject("e", dosed=True, viable=0, died=None))
+    put_resources(fhir, *_subject("e", dosed=True, viable=0, died=None))
     second = api.get("/studies/NCT06088771/outcomes").json()["outcomes"]
     assert (second["counts"]["subjects"], second["counts"]["dosed"]) == (5, 4)
     assert second["mpr"]["rate"]["successes"] == 2
@@ -159,8 +118,8 @@ def test_report_follows_an_update_of_the_newest_resource(
     """Re-deriving the newest event rows (same count, same last id on SQLite) invalidates too."""
     resources = _subject("e", dosed=True, viable=0, died=None)
     viable = next(r for r in resources if r["id"] == "e-viable")
-    _post(fhir, [r for r in resources if r is not viable])
-    _post(fhir, [viable])  # its event is now the newest row
+    put_resources(fhir, *[r for r in resources if r is not viable])
+    put_resources(fhir, viable)  # its event is now the newest row
     before = api.get("/studies/NCT06088771/outcomes").json()["outcomes"]
     assert before["mpr"]["rate"]["successes"] == 2
     changed = {**viable, "valueQuantity": {**viable["valueQuantity"], "value": 60}}

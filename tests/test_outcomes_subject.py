@@ -10,87 +10,59 @@ from typing import Any
 import httpx
 import pytest
 
-from fhir_mapping.events.context import MappingContext, MemoryLookup
-from fhir_mapping.events.model import SourceRef, TrialEvent
-from fhir_mapping.events.registry import map_resource
+from fhir_mapping.events.model import TrialEvent
 from service.protocol.terminology import build_terminology
-from service.studies.interventional.protocol import TrialProtocol
 from service.studies.interventional.subject_outcomes import subject_outcomes
-from service.studies.registry import load_protocols
 from tests.conftest import LiveServer
-from tests.helpers import bundle, entry
+from tests.kit import fhir as kit
+from tests.kit.client import put_resources
+from tests.kit.mapping import events_of
+from tests.kit.protocols import trial_protocol
 
 TERMS = build_terminology()
 
 
-def _nct() -> TrialProtocol:
-    protocol = load_protocols(TERMS)["NCT06088771"]
-    assert isinstance(protocol, TrialProtocol)
-    return protocol
-
-
-NCT = _nct()
+NCT = trial_protocol(TERMS)
 DAY1 = dt.date(2025, 3, 10)
-UCUM = "http://unitsofmeasure.org"
-GRADE = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/ae-grade"
 
 
-def _dose(rid: str, drug: str, mg: int, when: str) -> dict[str, Any]:
-    return {
-        "resourceType": "MedicationAdministration",
-        "id": rid,
-        "status": "completed",
-        "medicationCodeableConcept": {"text": drug},
-        "subject": {"reference": "Patient/p1"},
-        "effectiveDateTime": when,
-        "dosage": {"dose": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}},
-    }
+# Recurrence seen on 2025-09-01: an EFS event 175 days after Day 1.
+RECURRENCE = kit.observation(
+    id="rec",
+    code="Cancer disease status",
+    effective="2025-09-01",
+    valueCodeableConcept={"text": "Recurrence of disease"},
+)
 
 
-def _viable(rid: str, text: str, pct: int, when: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": rid,
-        "status": "final",
-        "code": {"text": text},
-        "subject": {"reference": "Patient/p1"},
-        "effectiveDateTime": when,
-        "valueQuantity": {"value": pct, "unit": "%", "system": UCUM, "code": "%"},
-    }
+def _viable(rid: str, text: str, pct: int) -> dict[str, Any]:
+    """The percent viable tumour found at surgery (pathology on 2025-04-02)."""
+    return kit.observation(
+        id=rid, code=text, effective="2025-04-02", valueQuantity=kit.quantity(pct, "%")
+    )
 
 
 def _base() -> list[dict[str, Any]]:
     return [
-        {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1958-02-01"},
-        _dose("dupi-a", "Dupixent 300 MG", 300, "2025-03-10T09:00:00-04:00"),
-        _dose("dupi-b", "Dupixent 300 MG", 300, "2025-03-10T09:10:00-04:00"),
-        _dose("cemi", "cemiplimab 350 MG/7ML", 350, "2025-03-10T10:00:00-04:00"),
-        {
-            "resourceType": "Procedure",
-            "id": "lob",
-            "status": "completed",
-            "code": {"text": "Left lower lobectomy"},
-            "subject": {"reference": "Patient/p1"},
-            "performedDateTime": "2025-03-27",
-        },
-        {
-            "resourceType": "Encounter",
-            "id": "visit",
-            "status": "finished",
-            "class": {"code": "AMB"},
-            "subject": {"reference": "Patient/p1"},
-            "period": {"start": "2025-04-28", "end": "2025-04-28"},
-        },
+        kit.patient(id="p1", gender="female", birth_date="1958-02-01"),
+        *(
+            kit.medication_administration(
+                id=rid, medication=drug, effective=when, dose=kit.quantity(mg, "mg")
+            )
+            for rid, drug, mg, when in (
+                ("dupi-a", "Dupixent 300 MG", 300, "2025-03-10T09:00:00-04:00"),
+                ("dupi-b", "Dupixent 300 MG", 300, "2025-03-10T09:10:00-04:00"),
+                ("cemi", "cemiplimab 350 MG/7ML", 350, "2025-03-10T10:00:00-04:00"),
+            )
+        ),
+        kit.procedure(id="lob", code="Left lower lobectomy", performed="2025-03-27"),
+        kit.encounter(id="visit", start="2025-04-28", end="2025-04-28"),
     ]
 
 
 def _events(resources: list[dict[str, Any]]) -> list[TrialEvent]:
-    ctx = MappingContext(TERMS, MemoryLookup(resources))
-    return [
-        e
-        for r in resources
-        for e in map_resource(r["resourceType"], r, SourceRef(r["resourceType"], r["id"], 1), ctx)
-    ]
+    """The events the real mappers derive from the resources."""
+    return events_of(TERMS, resources)
 
 
 def _outcomes(*extra: dict[str, Any]) -> dict[str, Any]:
@@ -109,37 +81,34 @@ def test_time_to_surgery_and_on_time_surgery() -> None:
     ("extra", "mpr", "pcr"),
     [
         ([], "not_evaluable", "not_evaluable"),
-        ([_viable("v", "Percent viable tumor, primary", 10, "2025-04-02")], "met", "not_met"),
-        ([_viable("v", "Percent viable tumor, primary", 11, "2025-04-02")], "not_met", "not_met"),
-        ([_viable("v", "Percent viable tumor, primary", 0, "2025-04-02")], "met", "not_evaluable"),
+        ([_viable("v", "Percent viable tumor, primary", 10)], "met", "not_met"),
+        ([_viable("v", "Percent viable tumor, primary", 11)], "not_met", "not_met"),
+        ([_viable("v", "Percent viable tumor, primary", 0)], "met", "not_evaluable"),
         (
             [
-                _viable("v", "Percent viable tumor, primary", 0, "2025-04-02"),
-                _viable("n", "Percent viable tumor in lymph nodes", 0, "2025-04-02"),
+                _viable("v", "Percent viable tumor, primary", 0),
+                _viable("n", "Percent viable tumor in lymph nodes", 0),
             ],
             "met",
             "met",
         ),
         (
             [
-                _viable("v", "Percent viable tumor, primary", 0, "2025-04-02"),
-                _viable("n", "Percent viable tumor in lymph nodes", 3, "2025-04-02"),
+                _viable("v", "Percent viable tumor, primary", 0),
+                _viable("n", "Percent viable tumor in lymph nodes", 3),
             ],
             "met",
             "not_met",
         ),
         (
             [
-                _viable("v", "Percent viable tumour, primary", 0, "2025-04-02"),
-                {
-                    "resourceType": "Observation",
-                    "id": "ypn",
-                    "status": "final",
-                    "code": {"coding": [{"system": "http://loinc.org", "code": "21900-6"}]},
-                    "subject": {"reference": "Patient/p1"},
-                    "effectiveDateTime": "2025-04-02",
-                    "valueCodeableConcept": {"text": "ypN0"},
-                },
+                _viable("v", "Percent viable tumour, primary", 0),
+                kit.observation(
+                    id="ypn",
+                    code=kit.coded(kit.LOINC, "21900-6"),
+                    effective="2025-04-02",
+                    valueCodeableConcept={"text": "ypN0"},
+                ),
             ],
             "met",
             "met",
@@ -154,16 +123,7 @@ def test_mpr_and_pcr(extra: list[dict[str, Any]], mpr: str, pcr: str) -> None:
 
 def test_efs_event_is_recurrence_and_os_is_censored_at_the_last_data_point() -> None:
     """Recurrence on 2025-09-01 is an EFS event at 175 days; OS is censored at the last fact."""
-    recurrence = {
-        "resourceType": "Observation",
-        "id": "rec",
-        "status": "final",
-        "code": {"text": "Cancer disease status"},
-        "subject": {"reference": "Patient/p1"},
-        "effectiveDateTime": "2025-09-01",
-        "valueCodeableConcept": {"text": "Recurrence of disease"},
-    }
-    out = _outcomes(recurrence)
+    out = _outcomes(RECURRENCE)
     assert out["efs"] == {
         "days": 175,
         "event": True,
@@ -184,16 +144,16 @@ def test_efs_event_is_recurrence_and_os_is_censored_at_the_last_data_point() -> 
 
 def test_death_is_an_event_for_both_efs_and_os() -> None:
     """Death on 2026-01-10 (306 days after Day 1) ends both EFS and OS."""
-    patient = dict(_base()[0], deceasedDateTime="2026-01-10T08:00:00-05:00")
-    events = _events([patient, *_base()[1:]])
+    dead = dict(_base()[0], deceasedDateTime="2026-01-10T08:00:00-05:00")
+    events = _events([dead, *_base()[1:]])
     out = subject_outcomes(NCT, events, DAY1)
     assert (out["os"]["days"], out["os"]["event"], out["os"]["event_type"]) == (306, True, "death")
     assert (out["efs"]["days"], out["efs"]["event"]) == (306, True)
 
 
-def _with_patient(**patient: Any) -> dict[str, Any]:
+def _with_patient(**elements: Any) -> dict[str, Any]:
     """The endpoints with extra Patient elements (e.g. a death) on the base subject."""
-    events = _events([dict(_base()[0], **patient), *_base()[1:]])
+    events = _events([dict(_base()[0], **elements), *_base()[1:]])
     return subject_outcomes(NCT, events, DAY1)
 
 
@@ -253,16 +213,7 @@ def test_death_without_a_date_is_an_event_on_an_unknown_day() -> None:
 
 def test_undated_death_after_a_dated_recurrence_keeps_the_efs_time() -> None:
     """The recurrence (175 days) was observed alive, so it is the EFS event; OS day unknown."""
-    recurrence = {
-        "resourceType": "Observation",
-        "id": "rec",
-        "status": "final",
-        "code": {"text": "Cancer disease status"},
-        "subject": {"reference": "Patient/p1"},
-        "effectiveDateTime": "2025-09-01",
-        "valueCodeableConcept": {"text": "Recurrence of disease"},
-    }
-    events = _events([dict(_base()[0], deceasedBoolean=True), *_base()[1:], recurrence])
+    events = _events([dict(_base()[0], deceasedBoolean=True), *_base()[1:], RECURRENCE])
     out = subject_outcomes(NCT, events, DAY1)
     assert _tte(out["efs"]) == (175, True, False, "progression_or_recurrence", "2025-09-01")
     assert (out["os"]["days"], out["os"]["event"], out["os"]["reason"]) == (
@@ -274,17 +225,7 @@ def test_undated_death_after_a_dated_recurrence_keeps_the_efs_time() -> None:
 
 def _ae(rid: str, term: str, grade: str, when: str | None) -> dict[str, Any]:
     """An AdverseEvent of the base patient with a CTCAE grade; `when` None leaves it undated."""
-    resource: dict[str, Any] = {
-        "resourceType": "AdverseEvent",
-        "id": rid,
-        "actuality": "actual",
-        "subject": {"reference": "Patient/p1"},
-        "event": {"text": term},
-        "extension": [{"url": GRADE, "valueCodeableConcept": {"coding": [{"code": grade}]}}],
-    }
-    if when is not None:
-        resource["date"] = when
-    return resource
+    return kit.adverse_event(id=rid, event=term, grade=grade, date=when)
 
 
 def test_safety_counts_grades_and_the_30_day_window() -> None:
@@ -352,25 +293,9 @@ def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
 
 def _enroll(fhir: httpx.Client, resources: list[dict[str, Any]]) -> None:
     """PUT NCT06088771's ResearchStudy, Patient/p1's on-study ResearchSubject and `resources`."""
-    study = {
-        "resourceType": "ResearchStudy",
-        "id": "rs",
-        "status": "active",
-        "identifier": [{"value": "NCT06088771"}],
-    }
-    subject = {
-        "resourceType": "ResearchSubject",
-        "id": "sub",
-        "status": "on-study",
-        "study": {"reference": "ResearchStudy/rs"},
-        "individual": {"reference": "Patient/p1"},
-        "period": {"start": "2025-03-03"},
-    }
-    everything: list[dict[str, Any]] = [study, subject, *resources]
-    body = bundle(
-        "transaction", *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in everything)
-    )
-    assert fhir.post("", content=body).status_code == 200
+    study = kit.research_study(id="rs", system=None)
+    subject = kit.research_subject(id="sub", study_id="rs", start="2025-03-03")
+    put_resources(fhir, study, subject, *resources)
 
 
 def test_subject_outcomes_endpoint(api: httpx.Client, fhir: httpx.Client) -> None:

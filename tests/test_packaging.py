@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import FHIR_JSON, free_port
-from tests.helpers import bundle, entry, observation, patient
+from tests.kit.fhir import entry, patient, transaction, viable_tumour
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -49,10 +49,9 @@ def test_wheel_contains_what_the_image_needs(tmp_path: Path) -> None:
 
 
 def _transaction(*observations: dict[str, object]) -> bytes:
-    return bundle(
-        "transaction",
-        entry({**patient("pkg"), "id": "pkg"}, "PUT", "Patient/pkg"),
-        *(entry(o, "POST", "Observation") for o in observations),
+    return transaction(
+        entry(method="PUT", url="Patient/pkg", resource={**patient(mrn="pkg"), "id": "pkg"}),
+        *(entry(method="POST", url="Observation", resource=o) for o in observations),
     )
 
 
@@ -104,7 +103,7 @@ def test_image_command_serves_a_fresh_sqlite_database(tmp_path: Path) -> None:
         # and is checked in place meanwhile; once the worker is ready, Bundles go to it.
         first = httpx.post(
             f"{base}/fhir",
-            content=_transaction(observation("Patient/pkg")),
+            content=_transaction(viable_tumour(subject="Patient/pkg")),
             headers=FHIR_JSON,
             timeout=60,
         )
@@ -113,10 +112,10 @@ def test_image_command_serves_a_fresh_sqlite_database(tmp_path: Path) -> None:
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline + 60
             time.sleep(0.2)
-        bad = observation("Patient/pkg", effectiveDateTime="2020-01-01T10:00:00")
+        bad = viable_tumour(subject="Patient/pkg", effectiveDateTime="2020-01-01T10:00:00")
         refused = httpx.post(
             f"{base}/fhir",
-            content=_transaction(observation("Patient/pkg"), bad),
+            content=_transaction(viable_tumour(subject="Patient/pkg"), bad),
             headers=FHIR_JSON,
             timeout=60,
         )

@@ -21,29 +21,17 @@ from fhir_mapping.events.model import SourceRef
 from fhir_mapping.events.registry import map_resource
 from fhir_mapping.resource_types import SUPPORTED_TYPES
 from service.protocol.terminology import build_terminology
-from tests.conftest import SHARED_DATA, counts
+from tests.conftest import TEST_DATA, counts
+from tests.kit.store import store_counts
 
-EXAMPLES_DIR = SHARED_DATA / "fhir-r4-examples"
-SYNTHEA_DIR = SHARED_DATA / "synthea-10"
+EXAMPLES_DIR = TEST_DATA / "fhir-r4-examples"
+SYNTHEA_DIR = TEST_DATA / "synthea-10"
 EXAMPLE_FILES = sorted(EXAMPLES_DIR.glob("*.json"))
 SYNTHEA_FILES = sorted(SYNTHEA_DIR.glob("*.ndjson"))
 SYNTHEA_LINES = 5842
 ACCEPTED_BUNDLE_TYPES = ("transaction", "batch", "collection", "message")
 NDJSON = {"content-type": "application/fhir+ndjson"}
-EMPTY_STORE = {
-    "fhir_resource": 0,
-    "fhir_resource_version": 0,
-    "fhir_identifier": 0,
-    "fhir_reference": 0,
-    "trial_event": 0,
-    "trial_event_dependency": 0,
-    "study_subject": 0,
-    "eligibility_result": 0,
-    "deviation": 0,
-    "deviation_history": 0,
-    "webhook_subscription": 0,
-    "webhook_outbox": 0,
-}
+EMPTY_STORE = store_counts()
 # A resource type in a request URL: the first CamelCase path segment ("Patient", "ValueSet").
 _TYPE_SEGMENT = re.compile(r"^[A-Z][A-Za-z]+$")
 

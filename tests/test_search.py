@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import httpx
 import pytest
 
-from tests.helpers import observation, patient
+from tests.kit.clock import FROZEN_DATE, FROZEN_LOCAL_DATE
+from tests.kit.fhir import patient, viable_tumour
 
 
 def _ids(bundle: dict[str, object]) -> list[str]:
@@ -16,13 +15,15 @@ def _ids(bundle: dict[str, object]) -> list[str]:
 
 @pytest.fixture
 def seeded(fhir: httpx.Client) -> httpx.Client:
-    fhir.put("/Patient/a", json=patient("1", id="a"))
+    fhir.put("/Patient/a", json=patient(mrn="1", id="a"))
     both = [{"system": "urn:mrn", "value": "2"}, {"system": "urn:other", "value": "1"}]
-    fhir.put("/Patient/b", json=patient("2", id="b", identifier=both))
+    fhir.put("/Patient/b", json=patient(mrn="2", id="b", identifier=both))
     for i in range(5):
-        fhir.put(f"/Observation/oa{i}", json=observation("Patient/a", i, id=f"oa{i}"))
-    fhir.put("/Observation/ob", json=observation("Patient/b", id="ob"))
-    fhir.put("/Observation/og", json=observation("Group/a", id="og"))
+        fhir.put(
+            f"/Observation/oa{i}", json=viable_tumour(subject="Patient/a", value=i, id=f"oa{i}")
+        )
+    fhir.put("/Observation/ob", json=viable_tumour(subject="Patient/b", id="ob"))
+    fhir.put("/Observation/og", json=viable_tumour(subject="Group/a", id="og"))
     return fhir
 
 
@@ -93,7 +94,9 @@ def test_count_zero_gives_only_the_total(seeded: httpx.Client) -> None:
 
 
 def test_last_updated_bounds(seeded: httpx.Client) -> None:
-    today = dt.datetime.now(dt.UTC).date()
+    today = FROZEN_DATE  # the server stamps UTC instants; the process's local day is the one before
+    assert seeded.get(f"/Patient?_lastUpdated={today.isoformat()}").json()["total"] == 2
+    assert seeded.get(f"/Patient?_lastUpdated={FROZEN_LOCAL_DATE.isoformat()}").json()["total"] == 0
     assert seeded.get(f"/Patient?_lastUpdated=ge{today.isoformat()}").json()["total"] == 2
     assert seeded.get(f"/Patient?_lastUpdated=lt{today.isoformat()}").json()["total"] == 0
     assert seeded.get(f"/Patient?_lastUpdated={today.year}").json()["total"] == 2
@@ -106,7 +109,7 @@ def test_deleted_resources_are_not_found(seeded: httpx.Client) -> None:
 
 
 def test_updates_move_the_index(seeded: httpx.Client) -> None:
-    seeded.put("/Observation/ob", json=observation("Patient/a", id="ob"))
+    seeded.put("/Observation/ob", json=viable_tumour(subject="Patient/a", id="ob"))
     assert seeded.get("/Observation?patient=b").json()["total"] == 0
     assert seeded.get("/Observation?patient=a").json()["total"] == 6
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +13,9 @@ from sqlalchemy import Engine, text
 from service.infra.db import make_engine
 from service.infra.settings import Settings
 from tests.conftest import counts
+from tests.kit.cli import run_trialbridge
 
 NDJSON = {"content-type": "application/fhir+ndjson"}
-TRIALBRIDGE = str(Path(sys.executable).parent / "trialbridge")
 
 # One NDJSON body, lines numbered as a client counts them (split at "\n" only):
 #   1 good, with raw U+2028 inside a string     4 malformed JSON
@@ -254,27 +251,13 @@ def test_import_splits_lines_at_newline_only(fhir: httpx.Client, engine: Engine)
     assert counts(engine)["fhir_resource"] == 3
 
 
-def _run_load(database_url: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIALBRIDGE_")}
-    env["DATABASE_URL"] = database_url
-    return subprocess.run(
-        [TRIALBRIDGE, "load", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-
-
 def test_cli_load_splits_ndjson_lines_at_newline_only(
     backend: str, new_database: object, tmp_path: Path
 ) -> None:
     url = str(new_database(backend))  # type: ignore[operator]
     feed = tmp_path / "feed.ndjson"
     feed.write_bytes(NDJSON_BODY)
-    result = _run_load(url, str(feed), cwd=tmp_path)
+    result = run_trialbridge(url, "load", str(feed), cwd=tmp_path, timeout=600)
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout == "loaded 1 file(s): 3 created, 3 rejected\n"
     errors = [line for line in result.stderr.split("\n") if line.startswith(str(feed))]

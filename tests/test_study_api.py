@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,9 @@ from sqlalchemy import Engine
 
 from service.infra.settings import Settings
 from tests.conftest import LiveServer, counts, start_server
-from tests.helpers import bundle, entry
+from tests.kit import fhir as kit
 
 NCT = "NCT06088771"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-UCUM = "http://unitsofmeasure.org"
-SNOMED = "http://snomed.info/sct"
 
 
 @pytest.fixture
@@ -28,96 +26,48 @@ def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
         yield client
 
 
-def _patient(pid: str, mrn: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Patient",
-        "id": pid,
-        "identifier": [{"system": "urn:mrn", "value": mrn}],
-        "gender": "female",
-        "birthDate": "1961-04-02",
-    }
+member = partial(kit.patient, gender="female", birth_date="1961-04-02")
+STUDY = kit.research_study()
 
 
-def _dose(mid: str, pid: str, drug: str, value: float, unit: str, when: str) -> dict[str, Any]:
-    return {
-        "resourceType": "MedicationAdministration",
-        "id": mid,
-        "status": "completed",
-        "medicationCodeableConcept": {
-            "coding": [{"system": RXNORM, "code": "999999", "display": drug}]
-        },
-        "subject": {"reference": f"Patient/{pid}"},
-        "effectiveDateTime": when,
-        "dosage": {"dose": {"value": value, "unit": unit, "system": UCUM, "code": unit}},
-    }
-
-
-def _procedure(prid: str, pid: str, text: str, when: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "resourceType": "Procedure",
-        "id": prid,
-        "status": "completed",
-        "code": {"text": text},
-        "subject": {"reference": f"Patient/{pid}"},
-        "performedDateTime": when,
-        **extra,
-    }
-
-
-def _research_subject(rsid: str, pid: str, number: str, start: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "resourceType": "ResearchSubject",
-        "id": rsid,
-        "status": "on-study",
-        "identifier": [{"system": "urn:study:nct06088771:subject", "value": number}],
-        "period": {"start": start},
-        "study": {"reference": "ResearchStudy/rs-nct"},
-        "individual": {"reference": f"Patient/{pid}"},
-        **extra,
-    }
-
-
-STUDY = {
-    "resourceType": "ResearchStudy",
-    "id": "rs-nct",
-    "status": "active",
-    "identifier": [{"system": "https://clinicaltrials.gov", "value": NCT}],
-}
-
-
-def _put(*resources: dict[str, Any]) -> bytes:
-    return bundle(
-        "transaction",
-        *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in resources),
-    )
+DAY1_DOSES = (  # two dupilumab syringes and cemiplimab (in g) on 2025-03-10, New York (EST)
+    (
+        "dupi-a",
+        "dupilumab 300 MG in 2 ML Prefilled Syringe",
+        300,
+        "mg",
+        "2025-03-10T09:00:00-05:00",
+    ),
+    (
+        "dupi-b",
+        "dupilumab 300 MG in 2 ML Prefilled Syringe",
+        300,
+        "mg",
+        "2025-03-10T09:05:00-05:00",
+    ),
+    ("cemi", "Libtayo", 0.35, "g", "2025-03-10T10:00:00-05:00"),
+)
+PROCEDURES = (  # the screening biopsy and the lobectomy, late on Day 18
+    ("cnb", "CT-guided core needle biopsy of lung", "2025-02-20"),
+    ("lob", "Right upper lobectomy", "2025-03-27T23:30:00-05:00"),
+)
 
 
 def _enrolled_patient(fhir: httpx.Client, pid: str = "p1", number: str = "001-003") -> None:
     response = fhir.post(
         "",
-        content=_put(
+        content=kit.put_all(
             STUDY,
-            _patient(pid, f"MRN-{pid}"),
-            _research_subject(f"rs-{pid}", pid, number, "2025-03-03"),
-            _dose(
-                f"{pid}-dupi-a",
-                pid,
-                "dupilumab 300 MG in 2 ML Prefilled Syringe",
-                300,
-                "mg",
-                "2025-03-10T09:00:00-05:00",
+            member(id=pid, mrn=f"MRN-{pid}"),
+            kit.research_subject(id=f"rs-{pid}", patient=pid, number=number, start="2025-03-03"),
+            *(
+                kit.dose(id=f"{pid}-{key}", patient=pid, drug=drug, amount=n, unit=unit, when=at)
+                for key, drug, n, unit, at in DAY1_DOSES
             ),
-            _dose(
-                f"{pid}-dupi-b",
-                pid,
-                "dupilumab 300 MG in 2 ML Prefilled Syringe",
-                300,
-                "mg",
-                "2025-03-10T09:05:00-05:00",
+            *(
+                kit.procedure(id=f"{pid}-{key}", patient=pid, code=text, performed=at)
+                for key, text, at in PROCEDURES
             ),
-            _dose(f"{pid}-cemi", pid, "Libtayo", 0.35, "g", "2025-03-10T10:00:00-05:00"),
-            _procedure(f"{pid}-cnb", pid, "CT-guided core needle biopsy of lung", "2025-02-20"),
-            _procedure(f"{pid}-lob", pid, "Right upper lobectomy", "2025-03-27T23:30:00-05:00"),
         ),
     )
     assert response.status_code == 200, response.text
@@ -328,7 +278,12 @@ def test_entered_in_error_retracts_only_that_resources_events(
     _enrolled_patient(fhir)
     subject_id = _subjects(api)["subjects"][0]["subject_id"]
     before = _brief(_timeline(api, subject_id))
-    lob = _procedure("p1-lob", "p1", "Right upper lobectomy", "2025-03-27T23:30:00-05:00")
+    lob = kit.procedure(
+        id="p1-lob",
+        patient="p1",
+        code="Right upper lobectomy",
+        performed="2025-03-27T23:30:00-05:00",
+    )
     lob["status"] = "entered-in-error"
     assert fhir.put("/Procedure/p1-lob", content=json.dumps(lob)).status_code == 200
     after = _brief(_timeline(api, subject_id))
@@ -348,7 +303,9 @@ def test_deleting_doses_moves_day1_and_deleting_the_enrollment_removes_the_subje
     assert subject["subject_id"] == subject_id  # stable across recomputation
     assert subject["day1"] is None
     assert all(e["study_day"] is None for e in _timeline(api, subject_id))
-    rs = _research_subject("rs-p1", "p1", "001-003", "2025-03-03", status="withdrawn")
+    rs = kit.research_subject(
+        id="rs-p1", patient="p1", number="001-003", start="2025-03-03", status="withdrawn"
+    )
     assert fhir.put("/ResearchSubject/rs-p1", content=json.dumps(rs)).status_code == 200
     assert [s["status"] for s in _subjects(api)["subjects"]] == ["withdrawn"]
     assert fhir.delete("/ResearchSubject/rs-p1").status_code in (200, 204)
@@ -359,11 +316,13 @@ def test_reference_by_identifier_resolves_when_the_patient_arrives_later(
     api: httpx.Client, fhir: httpx.Client
 ) -> None:
     """An event whose subject is named only by MRN joins the patient once that Patient is posted."""
-    early = _dose("early", "x", "Keytruda 100 MG/4ML", 200, "mg", "2024-01-05")
+    early = kit.dose(
+        id="early", patient="x", drug="Keytruda 100 MG/4ML", amount=200, when="2024-01-05"
+    )
     early["subject"] = {"identifier": {"system": "urn:mrn", "value": "MRN-late"}}
     assert fhir.put("/MedicationAdministration/early", content=json.dumps(early)).status_code == 201
     assert _subjects(api, "cirae-dupilumab")["subjects"] == []
-    late = _patient("late", "MRN-late")
+    late = member(id="late", mrn="MRN-late")
     assert fhir.put("/Patient/late", content=json.dumps(late)).status_code == 201
     cohort = _subjects(api, "cirae-dupilumab")["subjects"]
     assert [(s["status"], s["day1"], s["enrolled_on"]) for s in cohort] == [
@@ -375,11 +334,9 @@ def test_reference_by_identifier_resolves_when_the_patient_arrives_later(
 
 def test_failed_transaction_writes_no_events(fhir: httpx.Client, engine: Engine) -> None:
     """A refused transaction leaves no events or subjects behind either."""
-    body = _put(STUDY, _patient("p9", "MRN-9"))
+    body = kit.put_all(STUDY, member(id="p9", mrn="MRN-9"))
     broken = json.loads(body)
-    broken["entry"].append(
-        entry({"resourceType": "Patient", "id": "bad", "active": "yes"}, "PUT", "Patient/bad")
-    )
+    broken["entry"].append(kit.put_entry({"resourceType": "Patient", "id": "bad", "active": "yes"}))
     assert fhir.post("", content=json.dumps(broken)).status_code == 400
     assert counts(engine)["trial_event"] == 0
     assert counts(engine)["study_subject"] == 0
@@ -388,12 +345,15 @@ def test_failed_transaction_writes_no_events(fhir: httpx.Client, engine: Engine)
 # -- terminology extended by a site -----------------------------------------------------------------
 
 
-def _local_dose(pid: str) -> dict[str, Any]:
-    dose = _dose("local", pid, "", 300, "mg", "2025-03-10")
-    dose["medicationCodeableConcept"] = {
-        "coding": [{"system": "urn:site:pharmacy", "code": "DUPI-300"}]
-    }
-    return dose
+# a dose coded only in the site's pharmacy system
+LOCAL_DUPILUMAB = {"coding": [{"system": "urn:site:pharmacy", "code": "DUPI-300"}]}
+local_dose = partial(
+    kit.medication_administration,
+    id="local",
+    medication=LOCAL_DUPILUMAB,
+    effective="2025-03-10",
+    dose=kit.quantity(300, "mg"),
+)
 
 
 def test_site_extends_a_value_set_with_a_fhir_valueset(
@@ -402,7 +362,7 @@ def test_site_extends_a_value_set_with_a_fhir_valueset(
     """Posting a ValueSet with our canonical url adds a local code and remaps what was stored."""
     assert (
         fhir.put(
-            "/MedicationAdministration/local", content=json.dumps(_local_dose("p1"))
+            "/MedicationAdministration/local", content=json.dumps(local_dose(patient="p1"))
         ).status_code
         == 201
     )
@@ -439,11 +399,11 @@ def test_site_extends_a_value_set_with_a_file(tmp_path: Path, new_database: Any)
     srv, thread, url = start_server(settings)
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
-            body = _put(
+            body = kit.put_all(
                 STUDY,
-                _patient("p1", "MRN-1"),
-                _research_subject("rs-p1", "p1", "7", "2025-03-01"),
-                _local_dose("p1"),
+                member(id="p1", mrn="MRN-1"),
+                kit.research_subject(id="rs-p1", patient="p1", number="7", start="2025-03-01"),
+                local_dose(patient="p1"),
             )
             assert (
                 client.post(
@@ -463,13 +423,11 @@ def test_urn_uuid_references_map_to_the_created_patient(
 ) -> None:
     """Within a transaction, urn:uuid references are rewritten before mapping, so events join up."""
     p_urn = "urn:uuid:6c0f3b7e-3d1b-4c55-9f0e-2a1b3c4d5e6f"
-    dose = _dose("x", "x", "Tecentriq 1200 MG/20ML", 1200, "mg", "2024-02-01")
-    del dose["id"]
-    dose["subject"] = {"reference": p_urn}
-    body = bundle(
-        "transaction",
-        entry({"resourceType": "Patient", "gender": "male"}, "POST", "Patient", p_urn),
-        entry(dose, "POST", "MedicationAdministration"),
+    given = kit.dose(drug="Tecentriq 1200 MG/20ML", amount=1200, when="2024-02-01", patient=None)
+    given["subject"] = kit.reference(p_urn)
+    body = kit.transaction(
+        kit.post_entry(kit.patient(gender="male"), full_url=p_urn),
+        kit.post_entry(given),
     )
     response = fhir.post("", content=body)
     assert response.status_code == 200, response.text
@@ -491,8 +449,15 @@ def test_out_of_order_versions_leave_the_latest_content_in_force(
     """Whatever order corrections arrive in, the timeline shows the current version only, once."""
     _enrolled_patient(fhir)
     subject_id = _subjects(api)["subjects"][0]["subject_id"]
-    original = _procedure("p1-lob", "p1", "Right upper lobectomy", "2025-03-27T23:30:00-05:00")
-    corrected = _procedure("p1-lob", "p1", "Right upper lobectomy", "2025-03-31")
+    original = kit.procedure(
+        id="p1-lob",
+        patient="p1",
+        code="Right upper lobectomy",
+        performed="2025-03-27T23:30:00-05:00",
+    )
+    corrected = kit.procedure(
+        id="p1-lob", patient="p1", code="Right upper lobectomy", performed="2025-03-31"
+    )
     assert fhir.put("/Procedure/p1-lob", content=json.dumps(corrected)).status_code == 200
     assert fhir.put("/Procedure/p1-lob", content=json.dumps(original)).status_code == 200
     surgery = [e for e in _timeline(api, subject_id) if e["kind"] == "lung_resection"]
@@ -543,9 +508,9 @@ def test_an_identifier_too_long_for_a_subject_number_is_passed_over(
     api: httpx.Client, fhir: httpx.Client
 ) -> None:
     """Accepted alike on both databases; the next identifier that fits is the subject number."""
-    rs = _research_subject("rs-long", "p9", "S" * 257, "2025-03-03")
+    rs = kit.research_subject(id="rs-long", patient="p9", number="S" * 257, start="2025-03-03")
     rs["identifier"].append({"system": "urn:study:nct06088771:subject", "value": "001-009"})
-    response = fhir.post("", content=_put(STUDY, _patient("p9", "MRN-p9"), rs))
+    response = fhir.post("", content=kit.put_all(STUDY, member(id="p9", mrn="MRN-p9"), rs))
     assert response.status_code == 200, response.text
     assert [s["subject_number"] for s in _subjects(api)["subjects"]] == ["001-009"]
     stored = fhir.get("/ResearchSubject/rs-long").json()
@@ -561,13 +526,15 @@ def test_dates_at_the_ends_of_the_calendar_are_stored_and_derived(
     dupilumab = "dupilumab 300 MG in 2 ML Prefilled Syringe"
     response = fhir.post(
         "",
-        content=_put(
+        content=kit.put_all(
             STUDY,
-            {**_patient("edge", "MRN-edge"), "deceasedDateTime": when},
-            _research_subject("rs-edge", "edge", "001-099", day),
-            _dose("edge-dupi", "edge", dupilumab, 300, "mg", when),
-            _dose("edge-cemi", "edge", "Libtayo", 350, "mg", when),
-            _procedure("edge-lob", "edge", "Right upper lobectomy", day),
+            {**member(id="edge", mrn="MRN-edge"), "deceasedDateTime": when},
+            kit.research_subject(id="rs-edge", patient="edge", number="001-099", start=day),
+            kit.dose(id="edge-dupi", patient="edge", drug=dupilumab, amount=300, when=when),
+            kit.dose(id="edge-cemi", patient="edge", drug="Libtayo", amount=350, when=when),
+            kit.procedure(
+                id="edge-lob", patient="edge", code="Right upper lobectomy", performed=day
+            ),
             {
                 "resourceType": "AdverseEvent",
                 "id": "edge-ae",

@@ -9,7 +9,7 @@ import respx
 from sqlalchemy import Engine
 
 from tests.conftest import counts
-from tests.helpers import bundle, entry, observation, patient, statuses
+from tests.kit import fhir as kit
 
 P_URN = "urn:uuid:6d1bd0a8-0a8e-4b8e-9f3a-1f6f0c1e2a01"
 O_URN = "urn:uuid:6d1bd0a8-0a8e-4b8e-9f3a-1f6f0c1e2a02"
@@ -21,16 +21,15 @@ def _post(fhir: httpx.Client, body: bytes) -> httpx.Response:
 
 def test_urn_references_are_rewritten_whatever_the_entry_order(fhir: httpx.Client) -> None:
     # The Observation comes first and points forward at the Patient.
-    body = bundle(
-        "transaction",
-        entry(observation(P_URN), "POST", "Observation", O_URN),
-        entry(patient("123"), "POST", "Patient", P_URN),
+    body = kit.transaction(
+        kit.post_entry(kit.viable_tumour(subject=P_URN), full_url=O_URN),
+        kit.post_entry(kit.patient(mrn="123"), full_url=P_URN),
     )
     response = _post(fhir, body)
     assert response.status_code == 200
     result = response.json()
     assert result["type"] == "transaction-response"
-    assert statuses(result) == ["201 Created", "201 Created"]
+    assert kit.statuses(result) == ["201 Created", "201 Created"]
     obs_location, patient_location = (e["response"]["location"] for e in result["entry"])
     patient_id = patient_location.split("/")[1]
     assert patient_id == P_URN.removeprefix("urn:uuid:")
@@ -53,10 +52,9 @@ def test_reference_cycles_between_entries_resolve(fhir: httpx.Client) -> None:
     }
     response = _post(
         fhir,
-        bundle(
-            "transaction",
-            entry(a, "POST", "Encounter", P_URN),
-            entry(b, "POST", "Encounter", O_URN),
+        kit.transaction(
+            kit.entry(method="POST", url="Encounter", resource=a, full_url=P_URN),
+            kit.entry(method="POST", url="Encounter", resource=b, full_url=O_URN),
         ),
     )
     assert response.status_code == 200
@@ -69,15 +67,14 @@ def test_reference_cycles_between_entries_resolve(fhir: httpx.Client) -> None:
 def test_replaying_a_transaction_returns_the_same_ids_and_writes_nothing(
     fhir: httpx.Client, engine: Engine
 ) -> None:
-    body = bundle(
-        "transaction",
-        entry(patient("123"), "POST", "Patient", P_URN),
-        entry(observation(P_URN), "POST", "Observation", O_URN),
+    body = kit.transaction(
+        kit.post_entry(kit.patient(mrn="123"), full_url=P_URN),
+        kit.post_entry(kit.viable_tumour(subject=P_URN), full_url=O_URN),
     )
     first = _post(fhir, body).json()
     before = counts(engine)
     second = _post(fhir, body).json()
-    assert statuses(second) == ["200 OK", "200 OK"]
+    assert kit.statuses(second) == ["200 OK", "200 OK"]
     assert [e["response"]["location"] for e in second["entry"]] == [
         e["response"]["location"] for e in first["entry"]
     ]
@@ -87,31 +84,27 @@ def test_replaying_a_transaction_returns_the_same_ids_and_writes_nothing(
 def test_if_none_exist_reuses_the_match_and_references_point_at_it(
     fhir: httpx.Client, engine: Engine
 ) -> None:
-    existing = fhir.put("/Patient/known", json=patient("777", id="known"))
+    existing = fhir.put("/Patient/known", json=kit.patient(mrn="777", id="known"))
     assert existing.status_code == 201
-    body = bundle(
-        "transaction",
-        entry(
-            patient("777", active=True),
-            "POST",
-            "Patient",
-            P_URN,
+    body = kit.transaction(
+        kit.post_entry(
+            kit.patient(mrn="777", active=True),
+            full_url=P_URN,
             ifNoneExist="identifier=urn:mrn|777",
         ),
-        entry(observation(P_URN), "POST", "Observation", O_URN),
+        kit.post_entry(kit.viable_tumour(subject=P_URN), full_url=O_URN),
     )
     result = _post(fhir, body).json()
-    assert statuses(result) == ["200 OK", "201 Created"]
+    assert kit.statuses(result) == ["200 OK", "201 Created"]
     assert result["entry"][0]["response"]["location"] == "Patient/known/_history/1"
     assert fhir.get(f"/Observation/{O_URN[9:]}").json()["subject"]["reference"] == "Patient/known"
     assert counts(engine)["fhir_resource"] == 2
 
 
 def test_conditional_reference_resolves_to_the_single_match(fhir: httpx.Client) -> None:
-    fhir.put("/Patient/p1", json=patient("555", id="p1"))
-    body = bundle(
-        "transaction",
-        entry(observation("Patient?identifier=urn:mrn|555"), "POST", "Observation", O_URN),
+    fhir.put("/Patient/p1", json=kit.patient(mrn="555", id="p1"))
+    body = kit.transaction(
+        kit.post_entry(kit.viable_tumour(subject="Patient?identifier=urn:mrn|555"), full_url=O_URN)
     )
     assert _post(fhir, body).status_code == 200
     assert fhir.get(f"/Observation/{O_URN[9:]}").json()["subject"]["reference"] == "Patient/p1"
@@ -120,16 +113,15 @@ def test_conditional_reference_resolves_to_the_single_match(fhir: httpx.Client) 
 def test_put_update_delete_and_get_are_processed_in_spec_order(
     fhir: httpx.Client, engine: Engine
 ) -> None:
-    fhir.put("/Patient/gone", json=patient("1", id="gone"))
-    fhir.put("/Patient/kept", json=patient("2", id="kept"))
-    body = bundle(
-        "transaction",
+    fhir.put("/Patient/gone", json=kit.patient(mrn="1", id="gone"))
+    fhir.put("/Patient/kept", json=kit.patient(mrn="2", id="kept"))
+    body = kit.transaction(
         {"request": {"method": "GET", "url": "Patient/kept"}},
-        entry(patient("2", id="kept", active=True), "PUT", "Patient/kept"),
+        kit.put_entry(kit.patient(mrn="2", id="kept", active=True)),
         {"request": {"method": "DELETE", "url": "Patient/gone"}},
     )
     result = _post(fhir, body).json()
-    assert statuses(result) == ["200 OK", "200 OK", "204 No Content"]
+    assert kit.statuses(result) == ["200 OK", "200 OK", "204 No Content"]
     assert (
         result["entry"][0]["response"]["etag"] == 'W/"2"'
     )  # GET sees the PUT of the same transaction
@@ -139,36 +131,43 @@ def test_put_update_delete_and_get_are_processed_in_spec_order(
 
 
 def test_if_match_on_the_current_version_updates(fhir: httpx.Client) -> None:
-    fhir.put("/Patient/v", json=patient("9", id="v"))
-    body = bundle(
-        "transaction",
-        entry(patient("9", id="v", active=False), "PUT", "Patient/v", ifMatch='W/"1"'),
+    fhir.put("/Patient/v", json=kit.patient(mrn="9", id="v"))
+    body = kit.transaction(
+        kit.put_entry(kit.patient(mrn="9", id="v", active=False), ifMatch='W/"1"')
     )
     result = _post(fhir, body).json()
     assert result["entry"][0]["response"]["etag"] == 'W/"2"'
 
 
 def test_conditional_update_and_delete_inside_a_transaction(fhir: httpx.Client) -> None:
-    fhir.put("/Patient/c1", json=patient("c1", id="c1"))
-    body = bundle(
-        "transaction",
-        entry(patient("c1", active=True), "PUT", "Patient?identifier=urn:mrn|c1"),
-        entry(patient("new"), "PUT", "Patient?identifier=urn:mrn|new", P_URN),
+    fhir.put("/Patient/c1", json=kit.patient(mrn="c1", id="c1"))
+    body = kit.transaction(
+        kit.entry(
+            method="PUT",
+            url="Patient?identifier=urn:mrn|c1",
+            resource=kit.patient(mrn="c1", active=True),
+        ),
+        kit.entry(
+            method="PUT",
+            url="Patient?identifier=urn:mrn|new",
+            resource=kit.patient(mrn="new"),
+            full_url=P_URN,
+        ),
     )
     result = _post(fhir, body).json()
-    assert statuses(result) == ["200 OK", "201 Created"]
+    assert kit.statuses(result) == ["200 OK", "201 Created"]
     assert result["entry"][0]["response"]["location"] == "Patient/c1/_history/2"
-    deleting = bundle(
-        "transaction", {"request": {"method": "DELETE", "url": "Patient?identifier=urn:mrn|c1"}}
+    deleting = kit.transaction(
+        {"request": {"method": "DELETE", "url": "Patient?identifier=urn:mrn|c1"}}
     )
-    assert statuses(_post(fhir, deleting).json()) == ["204 No Content"]
+    assert kit.statuses(_post(fhir, deleting).json()) == ["204 No Content"]
     assert fhir.get("/Patient/c1").status_code == 410
 
 
 def test_delete_then_recreate_continues_the_version_history(fhir: httpx.Client) -> None:
-    assert fhir.put("/Patient/r", json=patient("r", id="r")).status_code == 201
+    assert fhir.put("/Patient/r", json=kit.patient(mrn="r", id="r")).status_code == 201
     assert fhir.delete("/Patient/r").status_code == 204
-    recreated = fhir.put("/Patient/r", json=patient("r", id="r"))
+    recreated = fhir.put("/Patient/r", json=kit.patient(mrn="r", id="r"))
     assert recreated.status_code == 201
     assert recreated.headers["etag"] == 'W/"3"'
     assert fhir.get("/Patient/r/_history/2").status_code == 410
@@ -176,16 +175,19 @@ def test_delete_then_recreate_continues_the_version_history(fhir: httpx.Client) 
 
 
 def test_collection_is_an_atomic_upsert(fhir: httpx.Client, engine: Engine) -> None:
-    body = bundle(
-        "collection",
-        {"fullUrl": P_URN, "resource": patient("col")},
-        {"fullUrl": "http://hospital.example/fhir/Observation/o-1", "resource": observation(P_URN)},
+    body = kit.transaction(
+        {"fullUrl": P_URN, "resource": kit.patient(mrn="col")},
+        {
+            "fullUrl": "http://hospital.example/fhir/Observation/o-1",
+            "resource": kit.viable_tumour(subject=P_URN),
+        },
+        type="collection",
     )
     result = _post(fhir, body).json()
-    assert statuses(result) == ["201 Created", "201 Created"]
+    assert kit.statuses(result) == ["201 Created", "201 Created"]
     assert fhir.get("/Observation/o-1").json()["subject"]["reference"] == f"Patient/{P_URN[9:]}"
     again = _post(fhir, body).json()
-    assert statuses(again) == ["200 OK", "200 OK"]
+    assert kit.statuses(again) == ["200 OK", "200 OK"]
     assert counts(engine)["fhir_resource_version"] == 2
 
 
@@ -195,37 +197,39 @@ def test_message_stores_everything_but_the_header(fhir: httpx.Client, engine: En
         "eventCoding": {"code": "admin-notify"},
         "source": {"endpoint": "urn:x"},
     }
-    body = bundle("message", {"resource": header}, {"fullUrl": P_URN, "resource": patient("msg")})
+    body = kit.transaction(
+        {"resource": header}, {"fullUrl": P_URN, "resource": kit.patient(mrn="msg")}, type="message"
+    )
     result = _post(fhir, body).json()
-    assert statuses(result) == ["201 Created"]
+    assert kit.statuses(result) == ["201 Created"]
     assert counts(engine)["fhir_resource"] == 1
 
 
 def test_empty_transaction_answers_an_empty_response(fhir: httpx.Client) -> None:
-    result = _post(fhir, bundle("transaction"))
+    result = _post(fhir, kit.transaction())
     assert result.status_code == 200
     assert result.json()["entry"] == []
 
 
 def test_prefer_representation_returns_the_stored_resources(fhir: httpx.Client) -> None:
-    body = bundle("transaction", entry(patient("rep"), "POST", "Patient", P_URN))
+    body = kit.transaction(kit.post_entry(kit.patient(mrn="rep"), full_url=P_URN))
     result = fhir.post("", content=body, headers={"prefer": "return=representation"}).json()
     assert result["entry"][0]["resource"]["id"] == P_URN[9:]
     assert result["entry"][0]["resource"]["meta"]["versionId"] == "1"
 
 
 def test_batch_reads_and_searches_answer_with_their_resources(fhir: httpx.Client) -> None:
-    fhir.put("/Patient/s1", json=patient("s1", id="s1"))
-    fhir.put("/Observation/o1", json=observation("Patient/s1", id="o1"))
-    body = bundle(
-        "batch",
+    fhir.put("/Patient/s1", json=kit.patient(mrn="s1", id="s1"))
+    fhir.put("/Observation/o1", json=kit.viable_tumour(subject="Patient/s1", id="o1"))
+    body = kit.transaction(
         {"request": {"method": "GET", "url": "Observation?patient=s1"}},
         {"request": {"method": "GET", "url": "Patient/s1"}},
         {"request": {"method": "GET", "url": "Patient/none"}},
         {"request": {"method": "POST", "url": "ValueSet/$lookup"}},
+        type="batch",
     )
     result = fhir.post("/", content=body).json()
-    assert statuses(result) == ["200 OK", "200 OK", "404 Not Found", "422 Unprocessable Entity"]
+    assert kit.statuses(result) == ["200 OK", "200 OK", "404 Not Found", "422 Unprocessable Entity"]
     searchset = result["entry"][0]["resource"]
     assert (searchset["type"], searchset["total"]) == ("searchset", 1)
     assert searchset["entry"][0]["resource"]["id"] == "o1"
@@ -236,16 +240,18 @@ def test_batch_reads_and_searches_answer_with_their_resources(fhir: httpx.Client
 def test_batch_gets_we_do_not_serve_are_not_supported_rather_than_malformed(
     fhir: httpx.Client,
 ) -> None:
-    fhir.put("/Patient/s1", json=patient("s1", id="s1"))
+    fhir.put("/Patient/s1", json=kit.patient(mrn="s1", id="s1"))
     urls = [
         ("Patient/s1/_history", "history"),
         ("Patient/s1/Observation", "compartment search"),
         ("Patient/s1?_summary=true", "parameters on a read"),
         ("Patient/s1/_history/1?_format=json", "parameters on a read"),
     ]
-    body = bundle("batch", *({"request": {"method": "GET", "url": url}} for url, _ in urls))
+    body = kit.transaction(
+        *({"request": {"method": "GET", "url": url}} for url, _ in urls), type="batch"
+    )
     result = fhir.post("/", content=body).json()
-    assert statuses(result) == ["422 Unprocessable Entity"] * 4
+    assert kit.statuses(result) == ["422 Unprocessable Entity"] * 4
     for i, (url, what) in enumerate(urls):
         [issue] = result["entry"][i]["response"]["outcome"]["issue"]
         assert (issue["code"], issue["diagnostics"]) == (
@@ -258,14 +264,13 @@ def test_a_create_never_overwrites_the_resource_its_urn_uuid_names(
     fhir: httpx.Client, engine: Engine
 ) -> None:
     taken = P_URN.removeprefix("urn:uuid:")
-    assert fhir.put(f"/Patient/{taken}", json=patient("owner", id=taken)).status_code == 201
-    body = bundle(
-        "transaction",
-        entry(patient("stranger"), "POST", "Patient", P_URN),
-        entry(observation(P_URN), "POST", "Observation", O_URN),
+    assert fhir.put(f"/Patient/{taken}", json=kit.patient(mrn="owner", id=taken)).status_code == 201
+    body = kit.transaction(
+        kit.post_entry(kit.patient(mrn="stranger"), full_url=P_URN),
+        kit.post_entry(kit.viable_tumour(subject=P_URN), full_url=O_URN),
     )
     result = _post(fhir, body).json()
-    assert statuses(result) == ["201 Created", "201 Created"]
+    assert kit.statuses(result) == ["201 Created", "201 Created"]
     new_id = result["entry"][0]["response"]["location"].split("/")[1]
     assert new_id != taken
     assert result["entry"][0]["response"]["location"] == f"Patient/{new_id}/_history/1"
@@ -279,9 +284,9 @@ def test_a_create_never_overwrites_the_resource_its_urn_uuid_names(
 
 def test_a_create_does_not_continue_a_deleted_resource(fhir: httpx.Client) -> None:
     taken = P_URN.removeprefix("urn:uuid:")
-    assert fhir.put(f"/Patient/{taken}", json=patient("owner", id=taken)).status_code == 201
+    assert fhir.put(f"/Patient/{taken}", json=kit.patient(mrn="owner", id=taken)).status_code == 201
     assert fhir.delete(f"/Patient/{taken}").status_code == 204
-    result = _post(fhir, bundle("transaction", entry(patient("owner"), "POST", "Patient", P_URN)))
+    result = _post(fhir, kit.transaction(kit.post_entry(kit.patient(mrn="owner"), full_url=P_URN)))
     location = result.json()["entry"][0]["response"]["location"]
     assert location.endswith("/_history/1")
     assert location.split("/")[1] != taken
@@ -289,12 +294,13 @@ def test_a_create_does_not_continue_a_deleted_resource(fhir: httpx.Client) -> No
 
 
 def test_an_if_none_exist_match_and_a_put_of_it_overlap(fhir: httpx.Client, engine: Engine) -> None:
-    assert fhir.put("/Patient/ov1", json=patient("ov1", id="ov1")).status_code == 201
+    assert fhir.put("/Patient/ov1", json=kit.patient(mrn="ov1", id="ov1")).status_code == 201
     before = counts(engine)
-    body = bundle(
-        "transaction",
-        entry(patient("ov1"), "POST", "Patient", P_URN, ifNoneExist="identifier=urn:mrn|ov1"),
-        entry(patient("ov1", id="ov1", active=True), "PUT", "Patient/ov1"),
+    body = kit.transaction(
+        kit.post_entry(
+            kit.patient(mrn="ov1"), full_url=P_URN, ifNoneExist="identifier=urn:mrn|ov1"
+        ),
+        kit.put_entry(kit.patient(mrn="ov1", id="ov1", active=True)),
     )
     response = _post(fhir, body)
     assert response.status_code == 400
@@ -311,7 +317,7 @@ def test_an_if_none_exist_match_and_a_put_of_it_overlap(fhir: httpx.Client, engi
 def test_absolute_references_are_kept_and_never_fetched(fhir: httpx.Client, engine: Engine) -> None:
     """A reference to another server is stored as sent; nothing leaves the service to resolve it."""
     remote = "https://other-hospital.example/fhir/Patient/remote-1"
-    body = bundle("transaction", entry(observation(remote), "POST", "Observation", O_URN))
+    body = kit.transaction(kit.post_entry(kit.viable_tumour(subject=remote), full_url=O_URN))
     # Any other host would be refused by respx (assert_all_mocked), failing the request.
     with respx.mock(assert_all_called=False) as outside:
         outside.route(host="127.0.0.1").pass_through()
@@ -328,20 +334,20 @@ def test_a_refused_criterion_is_located_in_its_entry(fhir: httpx.Client, engine:
     before = counts(engine)
     cases = [
         (
-            entry(patient("x"), "POST", "Patient", P_URN, ifNoneExist="birthdate=2000"),
+            kit.post_entry(kit.patient(mrn="x"), full_url=P_URN, ifNoneExist="birthdate=2000"),
             "Bundle.entry[0].request.ifNoneExist",
         ),
         (
-            entry(patient("x"), "PUT", "Patient?birthdate=2000"),
+            kit.entry(method="PUT", url="Patient?birthdate=2000", resource=kit.patient(mrn="x")),
             "Bundle.entry[0].request.url",
         ),
         (
-            entry(observation("Patient?birthdate=2000"), "POST", "Observation", O_URN),
+            kit.post_entry(kit.viable_tumour(subject="Patient?birthdate=2000"), full_url=O_URN),
             "Bundle.entry[0].resource.subject.reference",
         ),
     ]
     for sent, where in cases:
-        response = _post(fhir, bundle("transaction", sent))
+        response = _post(fhir, kit.transaction(sent))
         assert response.status_code == 400, response.text
         [issue] = response.json()["issue"]
         assert (issue["code"], issue["expression"]) == ("not-supported", [where])
@@ -355,13 +361,15 @@ def test_a_ten_thousand_entry_transaction_is_stored_whole(
     fhir: httpx.Client, engine: Engine
 ) -> None:
     observations = [
-        entry(observation(P_URN, i), "POST", "Observation", f"urn:uuid:{uuid.UUID(int=i)}")
+        kit.post_entry(
+            kit.viable_tumour(subject=P_URN, value=i), full_url=f"urn:uuid:{uuid.UUID(int=i)}"
+        )
         for i in range(1, 10_000)
     ]
-    body = bundle("transaction", entry(patient("big"), "POST", "Patient", P_URN), *observations)
+    body = kit.transaction(kit.post_entry(kit.patient(mrn="big"), full_url=P_URN), *observations)
     response = _post(fhir, body)
     assert response.status_code == 200, response.text[:2000]
-    assert statuses(response.json()) == ["201 Created"] * 10_000
+    assert kit.statuses(response.json()) == ["201 Created"] * 10_000
     patient_id = P_URN.removeprefix("urn:uuid:")
     found = fhir.get("/Observation", params={"subject": f"Patient/{patient_id}", "_count": "0"})
     assert found.json()["total"] == 9_999

@@ -21,13 +21,10 @@ from service.studies.interventional.cohort_statistics import (
     cohort_outcomes,
     cohort_plot_data,
 )
-from service.studies.interventional.protocol import TrialProtocol
-from service.studies.registry import load_protocols
+from tests.kit.protocols import trial_protocol
 
 TERMS = build_terminology()
-PROTOCOL = load_protocols(TERMS)["NCT06088771"]
-assert isinstance(PROTOCOL, TrialProtocol)
-NCT: TrialProtocol = PROTOCOL
+NCT = trial_protocol(TERMS)
 DAY1 = dt.date(2025, 3, 10)
 UCUM = "http://unitsofmeasure.org"
 GRADE = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/ae-grade"
@@ -240,29 +237,15 @@ def test_adverse_event_table_by_worst_grade() -> None:
     """Worst grades s1 G3, s2 G2, s4 G2, s5 G4; events G1 1, G2 3, G3 1, G4 1, ungraded 1."""
     safety = OUT["safety"]
     table = {row["grade"]: row for row in safety["by_grade"]}
-    assert {g: r["subjects_worst_grade"] for g, r in table.items()} == {
-        "1": 0,
-        "2": 2,
-        "3": 1,
-        "4": 1,
-        "5": 0,
-        "unknown": 0,
-    }
-    assert {g: r["events"] for g, r in table.items()} == {
-        "1": 1,
-        "2": 3,
-        "3": 1,
-        "4": 1,
-        "5": 0,
-        "unknown": 1,
-    }
-    assert {g: r["events_within_window"] for g, r in table.items()} == {
-        "1": 0,
-        "2": 2,
-        "3": 1,
-        "4": 1,
-        "5": 0,
-        "unknown": 0,
+    columns = ("subjects_worst_grade", "events", "events_within_window")
+    # grade: (subjects whose worst grade it is, events, events within the 30-day window)
+    assert {g: tuple(r[c] for c in columns) for g, r in table.items()} == {
+        "1": (0, 1, 0),
+        "2": (2, 3, 2),
+        "3": (1, 1, 1),
+        "4": (1, 1, 1),
+        "5": (0, 0, 0),
+        "unknown": (0, 1, 0),
     }
     assert (safety["events"], safety["events_within_window"], safety["high_grade_min"]) == (7, 4, 3)
     assert (safety["pre_dose_events"], safety["subjects_with_pre_dose_ae"]) == (0, 0)

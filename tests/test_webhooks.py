@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx
@@ -36,13 +37,11 @@ from service.notifications import webhooks
 from service.notifications.webhooks import DeliveryPolicy, Dispatcher, deliver_due
 from service.repositories import webhook_outbox
 from tests.conftest import FHIR_JSON, clear_store, start_server
-from tests.helpers import bundle, entry
+from tests.kit import fhir as kit
+from tests.kit.client import put_resources
+from tests.kit.clock import FROZEN_INSTANT
 
 NCT = "NCT06088771"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
 
 NOW = dt.datetime(2025, 6, 30, 12, 0, tzinfo=dt.UTC)  # the derivation's clock
 T0 = NOW + dt.timedelta(minutes=5)  # the first delivery pass
@@ -212,91 +211,45 @@ NOTHING = {"delivered": 0, "retry": 0, "failed": 0}
 
 # -- FHIR data ----------------------------------------------------------------------------------------------
 
-STUDY = {
-    "resourceType": "ResearchStudy",
-    "id": "rs-nct",
-    "status": "active",
-    "identifier": [{"system": "https://clinicaltrials.gov", "value": NCT}],
-}
-
-
-def dose(pid: str, key: str, drug: str, mg: float, when: str) -> dict[str, Any]:
-    """A completed MedicationAdministration with a dose in mg."""
-    return {
-        "resourceType": "MedicationAdministration",
-        "id": f"{pid}-{key}",
-        "status": "completed",
-        "medicationCodeableConcept": {
-            "coding": [{"system": RXNORM, "code": "999999", "display": drug}]
-        },
-        "subject": {"reference": f"Patient/{pid}"},
-        "effectiveDateTime": when,
-        "dosage": {"dose": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}},
-    }
-
-
-def procedure(pid: str, key: str, text_: str, when: str) -> dict[str, Any]:
-    """A completed Procedure named by text."""
-    return {
-        "resourceType": "Procedure",
-        "id": f"{pid}-{key}",
-        "status": "completed",
-        "code": {"text": text_},
-        "subject": {"reference": f"Patient/{pid}"},
-        "performedDateTime": when,
-    }
+STUDY = kit.research_study()
+DAY1_DOSES = (  # two dupilumab syringes and cemiplimab on 2025-03-10 (New York, EDT)
+    ("dupi", "Dupixent 300 MG", 300, "09:00:00-04:00"),
+    ("dupi2", "Dupixent 300 MG", 300, "09:05:00-04:00"),
+    ("cemi", "Libtayo 350 MG", 350, "10:00:00-04:00"),
+)
 
 
 def surgery(pid: str, when: str) -> dict[str, Any]:
     """The lung resection (Day 1 is 2025-03-10: Day 20 = 03-29, Day 31 = 04-09)."""
-    return procedure(pid, "surgery", "Right upper lobectomy", when)
+    return kit.procedure(
+        id=f"{pid}-surgery", patient=pid, code="Right upper lobectomy", performed=when
+    )
 
 
 def enrolled(pid: str, surgery_on: str = "2025-04-09") -> list[dict[str, Any]]:
     """A subject on schedule except the surgery, which by default is on Day 31 (one deviation)."""
     return [
         STUDY,
-        {"resourceType": "Patient", "id": pid, "gender": "male", "birthDate": "1950-01-02"},
-        {
-            "resourceType": "ResearchSubject",
-            "id": f"{pid}-rs",
-            "status": "on-study",
-            "period": {"start": "2025-03-03"},
-            "study": {"reference": "ResearchStudy/rs-nct"},
-            "individual": {"reference": f"Patient/{pid}"},
-        },
-        dose(pid, "dupi", "Dupixent 300 MG", 300, "2025-03-10T09:00:00-04:00"),
-        dose(pid, "dupi2", "Dupixent 300 MG", 300, "2025-03-10T09:05:00-04:00"),
-        dose(pid, "cemi", "Libtayo 350 MG", 350, "2025-03-10T10:00:00-04:00"),
-        *(procedure(pid, f"cnb{i}", "core needle biopsy of lung", "2025-02-20") for i in range(3)),
-        {
-            "resourceType": "Specimen",
-            "id": f"{pid}-stool",
-            "type": {"text": "Stool specimen"},
-            "subject": {"reference": f"Patient/{pid}"},
-            "collection": {"collectedDateTime": "2025-03-05"},
-        },
+        kit.patient(id=pid, gender="male", birth_date="1950-01-02"),
+        kit.research_subject(id=f"{pid}-rs", patient=pid, start="2025-03-03"),
+        *(
+            kit.dose(id=f"{pid}-{key}", patient=pid, drug=drug, amount=mg, when=f"2025-03-10T{at}")
+            for key, drug, mg, at in DAY1_DOSES
+        ),
+        *(
+            kit.procedure(
+                id=f"{pid}-cnb{i}",
+                patient=pid,
+                code="core needle biopsy of lung",
+                performed="2025-02-20",
+            )
+            for i in range(3)
+        ),
+        kit.specimen(id=f"{pid}-stool", patient=pid, type="Stool specimen", collected="2025-03-05"),
         surgery(pid, surgery_on),
-        {
-            "resourceType": "Encounter",
-            "id": f"{pid}-postop",
-            "status": "finished",
-            "class": {"code": "AMB"},
-            "subject": {"reference": f"Patient/{pid}"},
-            "period": {"start": "2025-05-03T10:00:00-04:00"},  # inside both post-op windows
-        },
+        # the visit is inside both post-op windows
+        kit.encounter(id=f"{pid}-postop", patient=pid, start="2025-05-03T10:00:00-04:00"),
     ]
-
-
-def put(fhir: httpx.Client, *resources: dict[str, Any], status: int = 200) -> httpx.Response:
-    """PUT the resources in one transaction Bundle; expect the given status."""
-    body = bundle(
-        "transaction",
-        *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in resources),
-    )
-    response = fhir.post("", content=body)
-    assert response.status_code == status, response.text
-    return response
 
 
 def the_deviation(api: httpx.Client) -> dict[str, Any]:
@@ -459,7 +412,7 @@ def test_write_enqueues_one_row_per_interested_subscription(
     a = subscribe(api, URL_A, ["deviation.opened", "deviation.resolved"], SECRET_A)
     b = subscribe(api, URL_B, ["deviation.opened"])
     c = subscribe(api, URL_C, ["eligibility.changed"])
-    put(fhir, *enrolled("p1"))
+    put_resources(fhir, *enrolled("p1"))
     dev = the_deviation(api)
     event_id = f"deviation.opened.{dev['id']}.v1"
     rows = outbox(live.engine)
@@ -488,22 +441,15 @@ def test_write_enqueues_one_row_per_interested_subscription(
     }
 
     # A transaction that fails (a stale If-Match on its last entry) leaves neither data nor mail.
-    stale = {
-        "resource": {"resourceType": "Patient", "id": "p1", "gender": "female"},
-        "request": {"method": "PUT", "url": "Patient/p1", "ifMatch": 'W/"9"'},
-    }
-    body = bundle(
-        "transaction",
-        *(entry(r, "PUT", f"{r['resourceType']}/{r['id']}") for r in enrolled("p2")),
-        stale,
-    )
+    stale = kit.put_entry(kit.patient(id="p1", gender="female"), ifMatch='W/"9"')
+    body = kit.transaction(*(kit.put_entry(r) for r in enrolled("p2")), stale)
     assert fhir.post("", content=body).status_code == 412
     assert [r.pk for r in outbox(live.engine)] == [r.pk for r in rows]
     assert the_deviation(api)["id"] == dev["id"]
 
     # Resolving it notifies the one subscription that asked for resolutions.
     live.now = NOW + dt.timedelta(hours=1)
-    put(fhir, surgery("p1", "2025-03-29"))
+    put_resources(fhir, surgery("p1", "2025-03-29"))
     resolved = [r for r in outbox(live.engine) if r.event_type == "deviation.resolved"]
     assert [(r.subscription_id, r.idempotency_key) for r in resolved] == [
         (a["id"], f"deviation.resolved.{dev['id']}.v2.{a['id']}")
@@ -513,7 +459,7 @@ def test_write_enqueues_one_row_per_interested_subscription(
 
 def test_no_subscription_no_outbox(live: Live, api: httpx.Client, fhir: httpx.Client) -> None:
     """Without subscribers nothing accumulates in the outbox."""
-    put(fhir, *enrolled("p1"))
+    put_resources(fhir, *enrolled("p1"))
     assert the_deviation(api)["rule"] == "surgery_window"
     assert outbox(live.engine) == []
 
@@ -526,7 +472,7 @@ def test_delivery_is_signed_and_verifiable_with_the_secret(
 ) -> None:
     """The receiver checks the HMAC-SHA256 of `timestamp.body` with its secret, independently."""
     sub = subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
-    put(fhir, *enrolled("p1"))
+    put_resources(fhir, *enrolled("p1"))
     dev = the_deviation(api)
     receiver = Receiver(SECRET_A)
     assert deliver(live.engine, T0, {URL_A: receiver}) == {"delivered": 1, "retry": 0, "failed": 0}
@@ -540,7 +486,7 @@ def test_delivery_is_signed_and_verifiable_with_the_secret(
     assert request.headers["Idempotency-Key"] == key
     assert request.headers["X-Trialbridge-Delivery"] == key
     timestamp = request.headers["X-Trialbridge-Timestamp"]
-    assert abs(int(timestamp) - time.time()) < 120
+    assert FROZEN_INSTANT.timestamp() <= int(timestamp) <= time.time()  # signed on the test clock
     mac = hmac.new(SECRET_A.encode(), f"{timestamp}.".encode() + request.content, hashlib.sha256)
     assert request.headers["X-Trialbridge-Signature"] == f"sha256={mac.hexdigest()}"
     assert not verify("another-secret-entirely", request)
@@ -569,7 +515,7 @@ def test_retries_after_500_and_timeout_with_backoff(
 ) -> None:
     """A failing receiver is retried later (10 s, then 20 s), never early, with the same key."""
     subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
-    put(fhir, *enrolled("p1"))
+    put_resources(fhir, *enrolled("p1"))
     receiver = Receiver(
         SECRET_A, script=[httpx.Response(500), httpx.TimeoutException("read timed out")]
     )
@@ -609,7 +555,7 @@ def test_retries_after_500_and_timeout_with_backoff(
 def test_gives_up_after_max_attempts(live: Live, api: httpx.Client, fhir: httpx.Client) -> None:
     """A receiver that never recovers is tried max_attempts times, then marked failed and left alone."""
     subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
-    put(fhir, *enrolled("p1"))
+    put_resources(fhir, *enrolled("p1"))
     receiver = Receiver(SECRET_A, script=[httpx.Response(503) for _ in range(10)])
     hooks = {URL_A: receiver}
     assert deliver(live.engine, T0, hooks) == {"delivered": 0, "retry": 1, "failed": 0}
@@ -632,7 +578,7 @@ def test_url_is_checked_again_at_delivery(
 ) -> None:
     """If the receiver's name later resolves inside the network, nothing is sent there."""
     subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
-    put(fhir, *enrolled("p1"))
+    put_resources(fhir, *enrolled("p1"))
     monkeypatch.setitem(DNS, HOST, ["10.9.8.7"])
     receiver = Receiver(SECRET_A)
     assert deliver(live.engine, T0, {URL_A: receiver}) == {"delivered": 0, "retry": 1, "failed": 0}
@@ -655,7 +601,7 @@ def test_one_undeliverable_row_does_not_sink_the_batch(
             text("UPDATE webhook_subscription SET url = :url WHERE id = :id"),
             {"url": f"https://{HOST}:http/hooks", "id": bad["id"]},
         )
-    put(fhir, *enrolled("p1"))
+    put_resources(fhir, *enrolled("p1"))
     receiver = Receiver(SECRET_A)
     assert deliver(live.engine, T0, {URL_A: receiver}) == {"delivered": 1, "retry": 1, "failed": 0}
     assert len(receiver.effects) == 1
@@ -672,7 +618,7 @@ def test_nothing_is_lost_across_a_restart(backend: str, new_database: Any) -> No
         with httpx.Client(base_url=f"{base}/api/v1", timeout=60) as client:
             sub = subscribe(client, URL_A, ["deviation.opened"], SECRET_A)
         with httpx.Client(base_url=f"{base}/fhir", headers=FHIR_JSON, timeout=60) as client:
-            put(client, *enrolled("p1"))
+            put_resources(client, *enrolled("p1"))
     finally:
         _stop(server, thread)  # its engine is disposed at shutdown
 
@@ -706,7 +652,7 @@ def test_redelivery_after_a_crash_has_one_effect(
 ) -> None:
     """A crash after the POST but before recording it means a second POST, with the same key."""
     subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
-    put(fhir, *enrolled("p1"))
+    put_resources(fhir, *enrolled("p1"))
     receiver = Receiver(SECRET_A)
 
     def crash(*args: Any, **kwargs: Any) -> None:
@@ -742,7 +688,7 @@ def test_a_row_in_flight_is_not_sent_by_a_second_worker(
 ) -> None:
     """The claim is committed before the POST, so a worker running meanwhile finds nothing due."""
     subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
-    put(fhir, *enrolled("p1"))
+    put_resources(fhir, *enrolled("p1"))
     receiver = Receiver(SECRET_A)
     meanwhile: list[dict[str, int]] = []
 
@@ -760,33 +706,16 @@ def test_eligibility_changed_is_delivered_when_the_overall_status_changes(
 ) -> None:
     """Screening systems hear about a candidate's first verdict and each change, not every write."""
     subscribe(api, URL_C, ["eligibility.changed"], SECRET_A)
-    nsclc = {"coding": [{"system": SNOMED, "code": "254637007", "display": "NSCLC"}]}
-    rheumatoid = {
-        "coding": [{"system": ICD10CM, "code": "M05.79", "display": "Rheumatoid arthritis"}]
-    }
+    # p9's diagnoses, confirmed but with no clinical status
+    diagnosis = partial(kit.condition, patient="p9", onset="2025-01-15", clinical=None)
 
-    def condition(key: str, code: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "resourceType": "Condition",
-            "id": f"p9-{key}",
-            "verificationStatus": {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-                        "code": "confirmed",
-                    }
-                ]
-            },
-            "code": code,
-            "subject": {"reference": "Patient/p9"},
-            "onsetDateTime": "2025-01-15",
-        }
-
-    put(fhir, {"resourceType": "Patient", "id": "p9", "gender": "female"}, condition("dx", nsclc))
+    put_resources(
+        fhir, kit.patient(id="p9", gender="female"), diagnosis(id="p9-dx", code=kit.NSCLC)
+    )
     live.now = NOW + dt.timedelta(days=1)
-    put(fhir, {"resourceType": "Patient", "id": "p9", "gender": "female", "birthDate": "1960"})
+    put_resources(fhir, kit.patient(id="p9", gender="female", birth_date="1960"))
     live.now = NOW + dt.timedelta(days=2)
-    put(fhir, condition("ra", rheumatoid))
+    put_resources(fhir, diagnosis(id="p9-ra", code=kit.RHEUMATOID_ARTHRITIS))
     assert [r.event_type for r in outbox(live.engine)] == ["eligibility.changed"] * 2
 
     receiver = Receiver(SECRET_A)
@@ -825,17 +754,17 @@ def test_subscriptions_with_similar_ids_each_get_their_own_eligibility_row(
                 },
             )
     live.now = dt.datetime(2025, 6, 30, 12, 0, 0, 123000, tzinfo=dt.UTC)  # like utcnow()
-    nsclc = {"coding": [{"system": SNOMED, "code": "254637007", "display": "NSCLC"}]}
-    put(
+    put_resources(
         fhir,
-        {"resourceType": "Patient", "id": "p9"},
-        {
-            "resourceType": "Condition",
-            "id": "p9-dx",
-            "code": nsclc,
-            "subject": {"reference": "Patient/p9"},
-            "onsetDateTime": "2025-01-15",
-        },
+        kit.patient(id="p9"),
+        kit.condition(
+            id="p9-dx",
+            patient="p9",
+            code=kit.NSCLC,
+            onset="2025-01-15",
+            clinical=None,
+            verification=None,
+        ),
     )
     rows = outbox(live.engine)
     subs = ["SUB-0123456789ab0001", "SUB-0123456789ab0002"]
@@ -855,13 +784,15 @@ def test_deleting_a_subscription_drops_its_pending_notifications(
     """After DELETE nothing more goes to that receiver, including what was already queued."""
     a = subscribe(api, URL_A, ["deviation.opened", "deviation.resolved"], SECRET_A)
     b = subscribe(api, URL_B, ["deviation.opened", "deviation.resolved"], SECRET_A)
-    put(fhir, *enrolled("p1"))
+    put_resources(fhir, *enrolled("p1"))
     receiver_a, receiver_b = Receiver(SECRET_A), Receiver(SECRET_A)
     hooks = {URL_A: receiver_a, URL_B: receiver_b}
     assert deliver(live.engine, T0, hooks)["delivered"] == 2
 
     live.now = NOW + dt.timedelta(hours=1)
-    put(fhir, surgery("p1", "2025-03-29"))  # resolves the deviation: one row each, pending
+    put_resources(
+        fhir, surgery("p1", "2025-03-29")
+    )  # resolves the deviation: one row each, pending
     pending = [(r.subscription_id, r.event_type) for r in outbox(live.engine) if not r.delivered_at]
     assert sorted(pending) == sorted(
         [(a["id"], "deviation.resolved"), (b["id"], "deviation.resolved")]

@@ -1,0 +1,1 @@
+"""Shared test kit: builders and helpers every test file uses instead of writing its own."""
