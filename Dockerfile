@@ -1,7 +1,7 @@
 # trialbridge: FHIR R4 ingest and trial events. Build: docker build -t trialbridge .
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY api ./api
 COPY service ./service
 COPY fhir_mapping ./fhir_mapping

@@ -154,14 +154,19 @@ def start_server(settings: Settings) -> tuple[uvicorn.Server, threading.Thread, 
     return server, thread, f"http://127.0.0.1:{port}"
 
 
+def stop_server(server: uvicorn.Server, thread: threading.Thread) -> None:
+    """Ask uvicorn to finish its requests and stop, and wait for its thread."""
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def server(database_url: str) -> Iterator[LiveServer]:
     """The app served over real HTTP on the current backend."""
     settings = Settings(database_url=database_url)
     srv, thread, url = start_server(settings)
     yield LiveServer(url, settings)
-    srv.should_exit = True
-    thread.join(timeout=10)
+    stop_server(srv, thread)
 
 
 def clear_store(engine: Engine) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from service.infra.settings import Settings
 from service.notifications import webhooks
-from tests.conftest import LiveServer, counts, refuse_server_errors, start_server
+from tests.conftest import LiveServer, counts, refuse_server_errors, start_server, stop_server
 from tests.test_deviation_api import NCT, deviations, late_surgery_subject, one
 
 SUBSCRIPTION = {"url": "https://ctms.example.org/hooks", "events": ["deviation.opened"]}
@@ -185,8 +185,7 @@ def small_limit(database_url: str) -> Iterator[str]:
     settings = Settings(database_url=database_url, max_body_bytes=1000, webhook_interval_seconds=0)
     srv, thread, url = start_server(settings)
     yield f"{url}/api/v1"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    stop_server(srv, thread)
 
 
 def test_bodies_over_the_limit_are_413_declared_or_streamed(

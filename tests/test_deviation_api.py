@@ -11,26 +11,18 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
-from sqlalchemy import Engine
 
-from service.derivation.refresh import Derivation
-from service.infra.db import make_engine
-from service.infra.settings import Settings
 from service.studies.interventional.deviation_sync import RESOLVED_BY_DATA
-from tests.conftest import FHIR_JSON, clear_store, start_server
 from tests.kit import fhir as kit
 from tests.kit.cli import run_trialbridge
 from tests.kit.client import put_resources
 from tests.kit.clock import FROZEN_INSTANT
+from tests.kit.live import Live, api_client, fhir_client, live_app
 
 NCT = "NCT06088771"
 
@@ -52,58 +44,24 @@ def day(n: int) -> dt.date:
 # -- a server of our own, whose derivation clock the tests set ---------------------------------------
 
 
-@dataclass
-class Live:
-    """A running app on its own database, and the clock its derivation reads."""
-
-    url: str
-    database_url: str
-    engine: Engine
-    derivation: Derivation
-    now: dt.datetime = field(default=NOW)
-
-
 @pytest.fixture(scope="module")
 def live(backend: str, new_database: Any) -> Iterator[Live]:
     """The real app over HTTP with webhook delivery off and "now" under the test's control."""
-    url = str(new_database(backend))
-    settings = Settings(database_url=url, webhook_interval_seconds=0)
-    server, thread, base = start_server(settings)
-    engine = make_engine(settings)
-    state = Live(base, url, engine, derivation_of(server))
-    state.derivation.clock = lambda: state.now
-    yield state
-    _stop(server, thread)
-    engine.dispose()
-
-
-def derivation_of(server: uvicorn.Server) -> Derivation:
-    """The derivation the running app writes with (its clock decides "now")."""
-    app = server.config.app
-    assert isinstance(app, FastAPI)
-    derivation = app.state.store.derivation
-    assert isinstance(derivation, Derivation)
-    return derivation
-
-
-def _stop(server: uvicorn.Server, thread: threading.Thread) -> None:
-    server.should_exit = True
-    thread.join(timeout=10)
+    with live_app(str(new_database(backend)), NOW) as state:
+        yield state
 
 
 @pytest.fixture
 def api(live: Live) -> Iterator[httpx.Client]:
     """A client on /api/v1 of an empty store, with the clock at NOW."""
-    clear_store(live.engine)
-    live.now = NOW
-    with httpx.Client(base_url=f"{live.url}/api/v1", timeout=60) as client:
+    with api_client(live, NOW) as client:
         yield client
 
 
 @pytest.fixture
 def fhir(live: Live, api: httpx.Client) -> Iterator[httpx.Client]:
     """A client on /fhir of the same (emptied) store."""
-    with httpx.Client(base_url=f"{live.url}/fhir", headers=FHIR_JSON, timeout=60) as client:
+    with fhir_client(live) as client:
         yield client
 
 

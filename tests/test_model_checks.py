@@ -34,7 +34,7 @@ from service.fhir.validation_workers import Claims, ModelChecks, PendingVerdicts
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
-from tests.conftest import FHIR_JSON, clear_store, counts, start_server
+from tests.conftest import FHIR_JSON, clear_store, counts, start_server, stop_server
 from tests.kit import fhir as kit
 
 NO_ZONE = "2020-01-01T10:00:00"  # valid JSON, a valid string: only the model refuses it
@@ -69,8 +69,7 @@ def servers(database_url: str) -> Iterator[tuple[Served, Served]]:
     pids = served[1].checks.worker_pids()
     for (srv, thread), s in zip(started, served, strict=True):
         s.client.close()
-        srv.should_exit = True
-        thread.join(timeout=30)
+        stop_server(srv, thread)
     for pid in pids:  # the worker stopped with its server
         with pytest.raises(ProcessLookupError):
             _wait_gone(pid)

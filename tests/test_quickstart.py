@@ -151,9 +151,8 @@ def _serve_argv(start: str, port: int) -> list[str]:
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
     """`trialbridge serve` from the quickstart, in a fresh folder holding the examples."""
-    for tool in ("curl", "jq"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"the quickstart needs {tool}")
+    missing = [tool for tool in ("curl", "jq") if shutil.which(tool) is None]
+    assert not missing, f"the quickstart needs {', '.join(missing)} (README: test prerequisites)"
     start, _ = quickstart()
     shutil.copytree(EXAMPLES, tmp_path / "examples")
     port = free_port()

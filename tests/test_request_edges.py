@@ -23,7 +23,14 @@ from api.fhir_http import read_body
 from service.errors import FhirError
 from service.fhir.validation_workers import ModelChecks
 from service.infra.settings import Settings
-from tests.conftest import FHIR_JSON, LiveServer, counts, refuse_server_errors, start_server
+from tests.conftest import (
+    FHIR_JSON,
+    LiveServer,
+    counts,
+    refuse_server_errors,
+    start_server,
+    stop_server,
+)
 
 NCT = "NCT06088771"
 # If-Match bytes as sent; HTTP headers are Latin-1: '²' and '¹' pass str.isdigit(), int() fails.
@@ -301,8 +308,7 @@ def offloaded(database_url: str) -> Iterator[tuple[httpx.Client, ModelChecks]]:
     assert checks.wait_ready(120)
     with httpx.Client(base_url=f"{url}/fhir", headers=FHIR_JSON, timeout=60) as client:
         yield client, checks
-    srv.should_exit = True
-    thread.join(timeout=30)
+    stop_server(srv, thread)
 
 
 def test_large_transaction_with_a_numeric_if_match_is_a_value_error(

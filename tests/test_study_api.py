@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine
 
 from service.infra.settings import Settings
-from tests.conftest import LiveServer, counts, start_server
+from tests.conftest import LiveServer, counts, start_server, stop_server
 from tests.kit import fhir as kit
 
 NCT = "NCT06088771"
@@ -414,8 +414,7 @@ def test_site_extends_a_value_set_with_a_file(tmp_path: Path, new_database: Any)
             subject = client.get(f"/api/v1/studies/{NCT}/subjects").json()["subjects"][0]
             assert subject["day1"] == "2025-03-10"
     finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+        stop_server(srv, thread)
 
 
 def test_urn_uuid_references_map_to_the_created_patient(

@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,22 +23,20 @@ from typing import Any
 import httpx
 import pytest
 import respx
-import uvicorn
-from fastapi import FastAPI
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
-from service.derivation.refresh import Derivation
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
 from service.notifications import webhooks
 from service.notifications.webhooks import DeliveryPolicy, Dispatcher, deliver_due
 from service.repositories import webhook_outbox
-from tests.conftest import FHIR_JSON, clear_store, start_server
+from tests.conftest import FHIR_JSON, start_server, stop_server
 from tests.kit import fhir as kit
 from tests.kit.client import put_resources
 from tests.kit.clock import FROZEN_INSTANT
+from tests.kit.live import Live, api_client, fhir_client, live_app
 
 NCT = "NCT06088771"
 
@@ -67,31 +64,6 @@ REAL_RESOLVER = webhooks.resolve_host  # captured at import, before any test stu
 # -- the app, DNS and the outbox -------------------------------------------------------------------------
 
 
-@dataclass
-class Live:
-    """A running app on its own database, and the clock its derivation reads."""
-
-    url: str
-    database_url: str
-    engine: Engine
-    derivation: Derivation
-    now: dt.datetime = field(default=NOW)
-
-
-def derivation_of(server: uvicorn.Server) -> Derivation:
-    """The derivation the running app writes with (its clock decides "now")."""
-    app = server.config.app
-    assert isinstance(app, FastAPI)
-    derivation = app.state.store.derivation
-    assert isinstance(derivation, Derivation)
-    return derivation
-
-
-def _stop(server: uvicorn.Server, thread: threading.Thread) -> None:
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
 def fake_dns(host: str) -> list[str]:
     """Stand-in for DNS: the hosts above, and nothing else resolves."""
     if host not in DNS:
@@ -107,31 +79,22 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def live(backend: str, new_database: Any) -> Iterator[Live]:
-    """The real app with the dispatcher off (interval 0) and "now" under the test's control."""
-    url = str(new_database(backend))
-    settings = Settings(database_url=url, webhook_interval_seconds=0)
-    server, thread, base = start_server(settings)
-    engine = make_engine(settings)
-    state = Live(base, url, engine, derivation_of(server))
-    state.derivation.clock = lambda: state.now
-    yield state
-    _stop(server, thread)
-    engine.dispose()
+    """The real app over HTTP with webhook delivery off and "now" under the test's control."""
+    with live_app(str(new_database(backend)), NOW) as state:
+        yield state
 
 
 @pytest.fixture
 def api(live: Live) -> Iterator[httpx.Client]:
-    """A client on /api/v1 of an empty store (no subscriptions, no outbox), clock at NOW."""
-    clear_store(live.engine)
-    live.now = NOW
-    with httpx.Client(base_url=f"{live.url}/api/v1", timeout=60) as client:
+    """A client on /api/v1 of an empty store, with the clock at NOW."""
+    with api_client(live, NOW) as client:
         yield client
 
 
 @pytest.fixture
 def fhir(live: Live, api: httpx.Client) -> Iterator[httpx.Client]:
-    """A client on /fhir of the same store."""
-    with httpx.Client(base_url=f"{live.url}/fhir", headers=FHIR_JSON, timeout=60) as client:
+    """A client on /fhir of the same (emptied) store."""
+    with fhir_client(live) as client:
         yield client
 
 
@@ -371,7 +334,7 @@ def test_private_urls_are_allowed_when_configured(backend: str, new_database: An
                 assert refused.status_code == 400
                 assert refused.json()["error"]["code"] == "invalid_url"
     finally:
-        _stop(server, thread)
+        stop_server(server, thread)
 
 
 @pytest.mark.parametrize(
@@ -620,7 +583,7 @@ def test_nothing_is_lost_across_a_restart(backend: str, new_database: Any) -> No
         with httpx.Client(base_url=f"{base}/fhir", headers=FHIR_JSON, timeout=60) as client:
             put_resources(client, *enrolled("p1"))
     finally:
-        _stop(server, thread)  # its engine is disposed at shutdown
+        stop_server(server, thread)  # its engine is disposed at shutdown
 
     # A new app on the same database, and a dispatcher thread of a new engine, like a new process.
     server, thread, base = start_server(settings)
@@ -643,7 +606,7 @@ def test_nothing_is_lost_across_a_restart(backend: str, new_database: Any) -> No
         assert row.attempts == 1
         assert row.delivered_at is not None
     finally:
-        _stop(server, thread)
+        stop_server(server, thread)
         engine.dispose()
 
 
