@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -12,10 +13,14 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
+from api.auth import router as auth_router
 from api.deviation_routes import router as deviation_router
+from api.fhir_routes import open_router as fhir_open_router
 from api.fhir_routes import router as fhir_router
 from api.outcome_routes import router as outcome_router
 from api.study_routes import router as study_router
+from service.access.clients import bootstrap_admin
+from service.access.tokens import TokenService
 from service.derivation.catalog import load_catalog
 from service.fhir.interactions import FhirService
 from service.fhir.validation_workers import ModelChecks
@@ -27,6 +32,14 @@ from service.notifications.webhooks import Dispatcher, policy_from
 from service.reads.cohort_reports import CohortReports
 from service.reads.deviation_log import DeviationLog
 from service.reads.study_reader import StudyReader
+
+log = logging.getLogger(__name__)
+
+
+def _admin_key_default(settings: Settings) -> Path:
+    """Beside the SQLite database: the data folder a new install already has."""
+    database = settings.sqlite_path()
+    return (database.parent if database else Path("var")) / "admin-key.jwk"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,6 +57,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(migrate.upgrade, engine)
         app.state.settings = conf
         app.state.engine = engine
+        app.state.tokens = TokenService(
+            engine,
+            lifetime_seconds=conf.token_lifetime_seconds,
+            skew_seconds=conf.clock_skew_seconds,
+        )
+        if conf.auth_disabled:
+            log.warning(
+                "authentication is OFF (TRIALBRIDGE_AUTH_DISABLED=true): anyone who reaches "
+                "this process reads and writes everything; bind to loopback only"
+            )
+        elif conf.is_sqlite:
+            key_file = conf.admin_key_file or _admin_key_default(conf)
+            await run_in_threadpool(bootstrap_admin, engine, key_file)
         model_checks = ModelChecks.for_settings(conf)
         app.state.store = FhirService(engine, conf, catalog.derivation, model_checks)
         app.state.studies = StudyReader(engine, catalog.protocols)
@@ -72,6 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(errors.ApiBodyLimit)
+    app.include_router(auth_router)
+    app.include_router(fhir_open_router)  # /fhir/metadata before /fhir/{resource_type}
     app.include_router(fhir_router)
     app.include_router(study_router)
     app.include_router(deviation_router)

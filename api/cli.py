@@ -1,4 +1,4 @@
-"""`trialbridge serve | migrate | load PATH...` — the service's command line."""
+"""`trialbridge serve | migrate | load | client | token ...` — the service's command line."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import orjson
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from api import cli_access
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import decode_text, loads
 from service.derivation.catalog import load_catalog
@@ -146,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "remap",
         help="recompute every trial event and subject (after an upgrade or a value-set change)",
     )
+    cli_access.add_parsers(sub)
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -155,6 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command in ("client", "token"):
+        return cli_access.run(args, settings)
+    if args.command == "serve" and (
+        refusal := cli_access.refuse_unauthenticated_bind(settings, args.host)
+    ):
+        print(f"trialbridge: {refusal}", file=sys.stderr)
+        return 2
     if args.command in ("serve", "load", "remap", "reevaluate"):
         try:
             catalog = load_catalog(settings)  # fail before serving, naming the file and key

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api import views
+from api.auth import PrincipalDep, readable_study, require, study_scope
 from api.deps import DeviationLogDep, SettingsDep, reject_nul
 from api.schemas import (
     ERRORS,
@@ -27,7 +28,9 @@ from api.schemas import (
 from service.errors import ApiError
 from service.reads.deviation_log import etag
 
-router = APIRouter(prefix="/api/v1", responses=ERRORS, dependencies=[Depends(reject_nul)])
+router = APIRouter(
+    prefix="/api/v1", responses=ERRORS, dependencies=[Depends(reject_nul), Depends(readable_study)]
+)
 CSV_COLUMNS = (
     "id",
     "subject_id",
@@ -216,9 +219,11 @@ async def patch_deviation(
     study_id: str,
     deviation_id: str,
     patch: DeviationPatch,
+    who: PrincipalDep,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Staff handling survives recomputation; every change is kept in the history."""
+    study_scope(who, study_id, "deviations.write")
     detail = await run_in_threadpool(
         lambda: log.annotate(
             study_id,
@@ -239,8 +244,11 @@ async def patch_deviation(
     tags=["subscriptions"],
     summary="Subscribe a webhook receiver",
 )
-async def subscribe(request: Request, log: DeviationLogDep, body: SubscriptionIn) -> dict[str, Any]:
+async def subscribe(
+    request: Request, log: DeviationLogDep, body: SubscriptionIn, who: PrincipalDep
+) -> dict[str, Any]:
     """Deliveries are POSTs signed with HMAC-SHA256 (see the README), retried with backoff."""
+    require(who, who.scopes.admin, "admin")
     created = await run_in_threadpool(
         lambda: log.subscribe(url=body.url, events=body.events, secret=body.secret)
     )
@@ -253,8 +261,11 @@ async def subscribe(request: Request, log: DeviationLogDep, body: SubscriptionIn
     tags=["subscriptions"],
     summary="Subscriptions",
 )
-async def subscriptions(request: Request, log: DeviationLogDep) -> dict[str, Any]:
+async def subscriptions(
+    request: Request, log: DeviationLogDep, who: PrincipalDep
+) -> dict[str, Any]:
     """Every subscription (without secrets)."""
+    require(who, who.scopes.admin, "admin")
     found = await run_in_threadpool(log.subscriptions)
     return {"subscriptions": [views.subscription(s) for s in found]}
 
@@ -265,7 +276,10 @@ async def subscriptions(request: Request, log: DeviationLogDep) -> dict[str, Any
     tags=["subscriptions"],
     summary="Remove a subscription",
 )
-async def unsubscribe(request: Request, log: DeviationLogDep, subscription_id: str) -> Response:
+async def unsubscribe(
+    request: Request, log: DeviationLogDep, subscription_id: str, who: PrincipalDep
+) -> Response:
     """Stops deliveries, including pending ones."""
+    require(who, who.scopes.admin, "admin")
     await run_in_threadpool(lambda: log.unsubscribe(subscription_id))
     return Response(status_code=204)

@@ -14,7 +14,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.fhir_http import outcome_response
 from fhir_mapping.issues import InvalidContentError, Issue
 from fhir_mapping.tokens import ascii_int
-from service.errors import ApiError, DatabaseUnavailableError, FhirError, TrialbridgeError
+from service.errors import (
+    ApiError,
+    AuthError,
+    DatabaseUnavailableError,
+    FhirError,
+    OAuthError,
+    TrialbridgeError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +102,21 @@ class ApiBodyLimit:
 
 def render(exc: TrialbridgeError, *, fhir: bool) -> Response:
     """A refusal as the endpoint's error shape: OperationOutcome under /fhir, else JSON."""
+    if isinstance(exc, OAuthError):  # RFC 6749 §5.2, whatever the path
+        return JSONResponse(
+            {"error": exc.error, "error_description": exc.description},
+            status_code=exc.status,
+            headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+        )
+    if isinstance(exc, AuthError):
+        challenge = f'Bearer error="{exc.code}"'
+        if exc.status == 401 and exc.code == "invalid_token" and "required" in exc.message:
+            challenge = "Bearer"  # RFC 6750 §3.1: no error code when no token was sent
+        headers = {"WWW-Authenticate": challenge}
+        if fhir:
+            code = "login" if exc.status == 401 else "forbidden"
+            return outcome_response(exc.status, [Issue(code, exc.message)], headers)
+        return json_error(exc.status, exc.code, exc.message, headers=headers)
     if isinstance(exc, DatabaseUnavailableError) and not fhir:
         return json_error(exc.status, "database_unavailable", "the database is unavailable")
     if isinstance(exc, FhirError):

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import PrincipalDep, principal, require_fhir
 from api.deps import BaseDep, SettingsDep, StoreDep
 from api.fhir_http import (
     JSON_TYPES,
@@ -28,7 +29,11 @@ from service.fhir.capability import capability_statement
 from service.fhir.ingest import EntryResult
 
 # Every /fhir answer is JSON: a client that accepts none hears 406 before anything else runs.
-router = APIRouter(prefix="/fhir", tags=["FHIR R4"], dependencies=[Depends(check_accept)])
+router = APIRouter(
+    prefix="/fhir", tags=["FHIR R4"], dependencies=[Depends(check_accept), Depends(principal)]
+)
+# What needs no token: the CapabilityStatement (it tells clients how to get one).
+open_router = APIRouter(prefix="/fhir", tags=["FHIR R4"], dependencies=[Depends(check_accept)])
 
 
 def _version() -> str:
@@ -49,18 +54,20 @@ async def _json(request: Request, settings: SettingsDep) -> object:
     return await run_in_threadpool(loads, body)  # CPU work stays off the event loop
 
 
-@router.get("/metadata", summary="CapabilityStatement")
+@open_router.get("/metadata", summary="CapabilityStatement")
 async def metadata(request: Request, base: BaseDep) -> Response:
     """What this server supports, truthfully."""
     return fhir_response(dumps(capability_statement(base_url=base, version=_version())))
 
 
 @router.post("/$import", summary="Import NDJSON (one resource per line)")
-async def import_ndjson(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
+async def import_ndjson(
+    request: Request, store: StoreDep, settings: SettingsDep, who: PrincipalDep
+) -> Response:
     """Upsert every line on its own; a batch-response with one entry per line."""
     require_media_type(request, NDJSON_TYPES)
     text = decode_text(await read_body(request, settings.max_body_bytes))
-    ctx = store.context(_source(request))
+    ctx = store.context(_source(request), permits=who.scopes.fhir)
 
     def work() -> bytes:
         outcomes = sorted(store.import_lines(text.split("\n"), ctx=ctx), key=lambda o: o.line)
@@ -74,30 +81,40 @@ async def import_ndjson(request: Request, store: StoreDep, settings: SettingsDep
 @router.post("", summary="Transaction, batch, collection or message Bundle")
 @router.post("/", include_in_schema=False)
 async def post_bundle(
-    request: Request, store: StoreDep, settings: SettingsDep, base: BaseDep
+    request: Request, store: StoreDep, settings: SettingsDep, base: BaseDep, who: PrincipalDep
 ) -> Response:
     """Process a Bundle: transaction (atomic), batch (per entry), collection/message (atomic upsert)."""
     require_media_type(request, JSON_TYPES)
     raw = await read_body(request, settings.max_body_bytes)
-    ctx = store.context(_source(request), base_url=base)
+    ctx = store.context(_source(request), base_url=base, permits=who.scopes.fhir)
     representation = prefer_return(request, "minimal") == "representation"
     kind, results = await run_in_threadpool(store.bundle_json, raw, ctx=ctx)
     return fhir_response(responses.response_bundle(kind, results, representation=representation))
 
 
 @router.get("/{resource_type}", summary="Search")
-async def search(request: Request, resource_type: str, store: StoreDep, base: BaseDep) -> Response:
+async def search(
+    request: Request, resource_type: str, store: StoreDep, base: BaseDep, who: PrincipalDep
+) -> Response:
     """Search current resources of one type; a searchset Bundle with cursor paging."""
+    store.check_type(resource_type)
+    require_fhir(who, resource_type, "s")
     params = list(request.query_params.multi_items())
     return fhir_response(await run_in_threadpool(store.search, resource_type, params, base=base))
 
 
 @router.post("/{resource_type}", summary="Create")
 async def create(
-    request: Request, resource_type: str, store: StoreDep, settings: SettingsDep, base: BaseDep
+    request: Request,
+    resource_type: str,
+    store: StoreDep,
+    settings: SettingsDep,
+    base: BaseDep,
+    who: PrincipalDep,
 ) -> Response:
     """Create; If-None-Exist for a conditional create. Identical content returns the original."""
     store.check_type(resource_type)
+    require_fhir(who, resource_type, "c")
     body = json_body(await _json(request, settings))
     ctx = store.context(_source(request), base_url=base)
     result = await run_in_threadpool(
@@ -112,10 +129,16 @@ async def create(
 
 @router.put("/{resource_type}", summary="Conditional update")
 async def conditional_update(
-    request: Request, resource_type: str, store: StoreDep, settings: SettingsDep, base: BaseDep
+    request: Request,
+    resource_type: str,
+    store: StoreDep,
+    settings: SettingsDep,
+    base: BaseDep,
+    who: PrincipalDep,
 ) -> Response:
     """Update the one resource matching the query (create when none does)."""
     store.check_type(resource_type)
+    require_fhir(who, resource_type, "u")
     body = json_body(await _json(request, settings))
     ctx = store.context(_source(request), base_url=base)
     params = list(request.query_params.multi_items())
@@ -125,9 +148,11 @@ async def conditional_update(
 
 @router.delete("/{resource_type}", summary="Conditional delete")
 async def conditional_delete(
-    request: Request, resource_type: str, store: StoreDep, base: BaseDep
+    request: Request, resource_type: str, store: StoreDep, base: BaseDep, who: PrincipalDep
 ) -> Response:
     """Delete the one resource matching the query; 412 when several match."""
+    store.check_type(resource_type)
+    require_fhir(who, resource_type, "d")
     ctx = store.context(_source(request), base_url=base)
     params = list(request.query_params.multi_items())
     await run_in_threadpool(store.delete_conditional, resource_type, params, ctx=ctx)
@@ -136,9 +161,16 @@ async def conditional_delete(
 
 @router.get("/{resource_type}/{resource_id}", summary="Read")
 async def read(
-    request: Request, resource_type: str, resource_id: str, store: StoreDep, base: BaseDep
+    request: Request,
+    resource_type: str,
+    resource_id: str,
+    store: StoreDep,
+    base: BaseDep,
+    who: PrincipalDep,
 ) -> Response:
     """The current version, served as stored."""
+    store.check_type(resource_type)
+    require_fhir(who, resource_type, "r")
     result = await run_in_threadpool(store.read, resource_type, resource_id)
     return _read_response(request, result, base)
 
@@ -151,8 +183,11 @@ async def vread(
     version_id: str,
     store: StoreDep,
     base: BaseDep,
+    who: PrincipalDep,
 ) -> Response:
     """One version, served as stored."""
+    store.check_type(resource_type)
+    require_fhir(who, resource_type, "r")
     result = await run_in_threadpool(store.read, resource_type, resource_id, version_id)
     return _read_response(request, result, base)
 
@@ -165,9 +200,11 @@ async def update(
     store: StoreDep,
     settings: SettingsDep,
     base: BaseDep,
+    who: PrincipalDep,
 ) -> Response:
     """Update (or create with this id); If-Match for a versioned update."""
     store.check_type(resource_type)
+    require_fhir(who, resource_type, "u")
     body = json_body(await _json(request, settings))
     ctx = store.context(_source(request), base_url=base)
     result = await run_in_threadpool(
@@ -183,9 +220,16 @@ async def update(
 
 @router.delete("/{resource_type}/{resource_id}", summary="Delete")
 async def delete(
-    request: Request, resource_type: str, resource_id: str, store: StoreDep, base: BaseDep
+    request: Request,
+    resource_type: str,
+    resource_id: str,
+    store: StoreDep,
+    base: BaseDep,
+    who: PrincipalDep,
 ) -> Response:
     """Delete (a tombstone version); deleting an absent resource is not an error."""
+    store.check_type(resource_type)
+    require_fhir(who, resource_type, "d")
     ctx = store.context(_source(request), base_url=base)
     result = await run_in_threadpool(
         store.delete, resource_type, resource_id, if_match=request.headers.get("if-match"), ctx=ctx

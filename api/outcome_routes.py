@@ -8,12 +8,16 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api import views
+from api.auth import readable_study
 from api.deps import ReportsDep, reject_nul
 from api.fhir_http import if_none_match
 from api.schemas import ERRORS, CohortOutcomesOut
 
 router = APIRouter(
-    prefix="/api/v1", tags=["outcomes"], responses=ERRORS, dependencies=[Depends(reject_nul)]
+    prefix="/api/v1",
+    tags=["outcomes"],
+    responses=ERRORS,
+    dependencies=[Depends(reject_nul), Depends(readable_study)],
 )
 
 

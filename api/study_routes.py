@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from starlette.concurrency import run_in_threadpool
 
 from api import views
+from api.auth import PrincipalDep, readable_study, visible_studies
 from api.deps import ReaderDep, SettingsDep, reject_nul
 from api.schemas import (
     ERRORS,
@@ -21,14 +22,18 @@ from api.schemas import (
 )
 
 router = APIRouter(
-    prefix="/api/v1", tags=["studies"], responses=ERRORS, dependencies=[Depends(reject_nul)]
+    prefix="/api/v1",
+    tags=["studies"],
+    responses=ERRORS,
+    dependencies=[Depends(reject_nul), Depends(readable_study)],
 )
 
 
 @router.get("/studies", response_model=StudyList, summary="Studies this deployment serves")
-async def list_studies(reader: ReaderDep) -> dict[str, Any]:
-    """Every loaded protocol: id, version, title, kind."""
-    return {"studies": [views.study_summary(p) for _, p in sorted(reader.protocols.items())]}
+async def list_studies(reader: ReaderDep, who: PrincipalDep) -> dict[str, Any]:
+    """Every loaded protocol the token may read: id, version, title, kind."""
+    visible = visible_studies(who, list(reader.protocols))
+    return {"studies": [views.study_summary(reader.protocols[s]) for s in visible]}
 
 
 @router.get(

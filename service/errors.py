@@ -64,3 +64,23 @@ class DatabaseUnavailableError(FhirError):
         retry = "nothing was written, retry later" if during == "write" else "retry later"
         super().__init__(503, [Issue("transient", f"the database is unavailable; {retry}")])
         self.during = during
+
+
+class AuthError(TrialbridgeError):
+    """A request without a valid token (401 `invalid_token`) or without the scope (403)."""
+
+    def __init__(self, status: Literal[401, 403], code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class OAuthError(TrialbridgeError):
+    """A token request refused per RFC 6749 §5.2: `{"error", "error_description"}`."""
+
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description

@@ -24,12 +24,20 @@ from service.infra.settings import Settings
 from service.repositories import fhir_versions
 from tests.kit.clock import check_on_frozen_days, frozen
 
+# The tests of everything but access control run their servers on loopback with authentication
+# off, the one configuration where TRIALBRIDGE_AUTH_DISABLED is allowed; tests/test_auth.py and
+# the quickstart test run with it on (they pass auth_disabled=False, or drop the variable).
+os.environ["TRIALBRIDGE_AUTH_DISABLED"] = "true"
+
 TEST_DATA = Path(__file__).resolve().parent / "data"  # real FHIR data: see data/README.md
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 STORE_TABLES = (
+    "signing_key",
+    "client_assertion",
+    "api_client",
     "webhook_outbox",
     "webhook_subscription",
     "deviation_history",

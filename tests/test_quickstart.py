@@ -139,6 +139,17 @@ class Service:
 
     url: str
     workdir: Path
+    token: str  # the local admin's, as the quickstart gets it
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization header of the admin's token."""
+        return {"authorization": f"Bearer {self.token}"}
+
+
+def _default_env() -> dict[str, str]:
+    """The environment without the test suite's authentication switch: the service's default."""
+    return {k: v for k, v in os.environ.items() if k != "TRIALBRIDGE_AUTH_DISABLED"}
 
 
 def _serve_argv(start: str, port: int) -> list[str]:
@@ -155,9 +166,10 @@ def service(tmp_path: Path) -> Iterator[Service]:
     assert not missing, f"the quickstart needs {', '.join(missing)} (README: test prerequisites)"
     start, _ = quickstart()
     shutil.copytree(EXAMPLES, tmp_path / "examples")
+    (tmp_path / ".venv").symlink_to(BIN.parent)  # the quickstart runs .venv/bin/trialbridge
     port = free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/var/trialbridge.db"}
+    env = {**_default_env(), "DATABASE_URL": f"sqlite:///{tmp_path}/var/trialbridge.db"}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             _serve_argv(start, port),
@@ -179,7 +191,24 @@ def service(tmp_path: Path) -> Iterator[Service]:
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        yield Service(url, tmp_path)
+        minted = subprocess.run(
+            [
+                str(BIN / "trialbridge"),
+                "token",
+                "admin",
+                "--key",
+                "var/admin-key.jwk",
+                "--url",
+                url,
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert minted.returncode == 0, minted.stderr
+        yield Service(url, tmp_path, minted.stdout.strip())
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -195,7 +224,7 @@ def run_steps(service: Service, script_steps: list[Step]) -> list[str]:
     result = subprocess.run(
         ["bash", "-c", f"set -eo pipefail\n{marker}\n"],
         cwd=service.workdir,
-        env={**os.environ, "TB": service.url},
+        env={**_default_env(), "TB": service.url, "AUTH": f"Authorization: Bearer {service.token}"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -211,7 +240,9 @@ def run_steps(service: Service, script_steps: list[Step]) -> list[str]:
 
 
 def _get(service: Service, path: str, **params: Any) -> Any:
-    response = httpx.get(f"{service.url}/api/v1{path}", params=params, timeout=30)
+    response = httpx.get(
+        f"{service.url}/api/v1{path}", params=params, headers=service.auth, timeout=30
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -244,7 +275,7 @@ def test_quickstart_runs_as_written(service: Service) -> None:
     again = httpx.post(
         f"{service.url}/fhir",
         content=(EXAMPLES / "nct06088771-patient.json").read_bytes(),
-        headers={"content-type": "application/fhir+json"},
+        headers={"content-type": "application/fhir+json", **service.auth},
         timeout=60,
     )
     assert again.status_code == 200, again.text

@@ -29,6 +29,32 @@ def _search_params(rtype: str) -> list[dict[str, str]]:
     return params
 
 
+def _security(base_url: str) -> dict[str, Any]:
+    """SMART on FHIR (Backend Services): where to get a token, advertised as the spec asks."""
+    token_url = base_url.removesuffix("/fhir") + "/auth/token"
+    return {
+        "cors": False,
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ]
+            }
+        ],
+        "description": "Bearer tokens from the token endpoint (SMART Backend Services: "
+        "client_credentials with an RS384/ES384 client assertion); system scopes per resource type",
+        "extension": [
+            {
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{"url": "token", "valueUri": token_url}],
+            }
+        ],
+    }
+
+
 def capability_statement(*, base_url: str, version: str) -> dict[str, Any]:
     """CapabilityStatement (kind=instance) for FHIR R4 4.0.1, JSON only."""
     interactions = ["read", "vread", "update", "delete", "create", "search-type"]
@@ -71,6 +97,7 @@ def capability_statement(*, base_url: str, version: str) -> dict[str, Any]:
             {
                 "mode": "server",
                 "documentation": doc,
+                "security": _security(base_url),
                 "resource": resources,
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
                 "operation": [

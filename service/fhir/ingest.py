@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -40,6 +41,33 @@ class WriteContext:
     require_urn_targets: bool = True
     search_default_count: int = 50
     search_max_count: int = 1000
+    # May the requester do this interaction ("c", "r", "u", "d", "s") on this resource type?
+    # None: everything (the command line, or a server without authentication).
+    permits: Callable[[str, str], bool] | None = None
+
+
+def interactions_of(entry: Entry) -> str:
+    """The interactions an entry performs, as SMART scope letters."""
+    if entry.method == "GET":
+        return "r" if entry.resource_id else "s"
+    return {"POST": "c", "PUT": "u", "DELETE": "d", "UPSERT": "cu"}.get(entry.method, "cruds")
+
+
+def out_of_scope(entry: Entry, ctx: WriteContext) -> FhirError | None:
+    """A 403 `forbidden` naming the entry when the requester's scopes do not cover it."""
+    if ctx.permits is None:
+        return None
+    rtype = entry.resource_type or ""
+    missing = [i for i in interactions_of(entry) if not ctx.permits(rtype, i)]
+    if not missing:
+        return None
+    where = f"Bundle.entry[{entry.index}]" if entry.path else f"line {entry.index}"
+    return FhirError.of(
+        403,
+        "forbidden",
+        f"{where}: the token's scopes do not allow {''.join(missing)!r} on {rtype}",
+        where,
+    )
 
 
 Change = Literal["created", "updated", "unchanged", "deleted", "none", "read", "failed"]

@@ -40,6 +40,7 @@ from service.fhir.ingest import (
     apply_entries,
     apply_upserts,
     failure,
+    out_of_scope,
     upsert_identity,
 )
 from service.fhir.validation_workers import ModelChecks, PendingVerdicts
@@ -197,6 +198,7 @@ class FhirService:
         base_url: str | None = None,
         conditional_refs: bool = True,
         strict_urns: bool = True,
+        permits: Callable[[str, str], bool] | None = None,
     ) -> WriteContext:
         """A write context stamped now, for one request."""
         return WriteContext(
@@ -208,6 +210,7 @@ class FhirService:
             search_max_count=self.settings.search_max_count,
             resolve_conditional_references=conditional_refs,
             require_urn_targets=strict_urns,
+            permits=permits,
         )
 
     # -- single-resource interactions ----------------------------------------------------------
@@ -360,8 +363,16 @@ class FhirService:
                 body, unguarded = _parsed_strictly(unguarded), None
         # the envelope passed, so this collects each entry's failure instead of raising
         parsed = parse_bundle(body, check_models=pending is None)
+        refused = [(e, err) for e in parsed.entries if (err := out_of_scope(e, ctx)) is not None]
         if parsed.kind == "batch":  # each entry keeps its own check (savepoints)
-            return "batch-response", self._batch(parsed.entries, parsed.failures, ctx)
+            allowed = [e for e in parsed.entries if out_of_scope(e, ctx) is None]
+            failures: list[tuple[int, FhirError | InvalidContentError]] = [
+                *parsed.failures,
+                *((e.index, err) for e, err in refused),
+            ]
+            return "batch-response", self._batch(allowed, failures, ctx)
+        if refused:  # a transaction is refused whole: nothing of it is written
+            raise FhirError(403, [issue for _, err in refused for issue in err.issues])
         gate = None if pending is None else _ModelGate(body, parsed, pending, unguarded)
         if parsed.failures:
             _refuse(parsed if gate is None else gate.settled())
@@ -379,7 +390,7 @@ class FhirService:
     def _batch(
         self,
         entries: list[Entry],
-        failures: list[tuple[int, InvalidContentError]],
+        failures: list[tuple[int, FhirError | InvalidContentError]],
         ctx: WriteContext,
     ) -> list[EntryResult]:
         def work(uow: UnitOfWork) -> dict[int, EntryResult]:
@@ -429,6 +440,10 @@ class FhirService:
                     for i in exc.issues
                 ]
                 yield LineOutcome(number, failure(InvalidContentError(issues)))
+                continue
+            refused = out_of_scope(entry, upsert_ctx)
+            if refused is not None:
+                yield LineOutcome(number, failure(refused))
                 continue
             key = upsert_identity(entry)
             if key in keys or len(chunk) >= IMPORT_CHUNK:

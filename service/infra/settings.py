@@ -63,6 +63,21 @@ class Settings(BaseSettings):
     )
     api_default_limit: int = Field(default=50, ge=1, le=1000)
     api_max_limit: int = Field(default=500, ge=1, le=10000)
+    auth_disabled: bool = Field(
+        default=False,
+        description="No authentication at all: refused unless the server binds only to loopback",
+    )
+    token_lifetime_seconds: int = Field(
+        default=300, ge=30, le=300, description="Access tokens live at most 5 minutes (SMART)"
+    )
+    clock_skew_seconds: int = Field(
+        default=60, ge=0, le=300, description="Tolerance on exp, nbf and iat of tokens"
+    )
+    admin_key_file: Path | None = Field(
+        default=None,
+        description="Where the first start writes the local admin client's private key "
+        "(default: beside the SQLite database)",
+    )
 
     @field_validator("protocol_dir", "terminology_dir")
     @classmethod

@@ -268,3 +268,38 @@ class OutboxRow(SQLModel, table=True):
     )
     failed: bool = False
     last_error: str | None = Field(default=None, max_length=1000)
+
+
+class ApiClient(SQLModel, table=True):
+    """A registered API client (SMART Backend Services): its scopes and the keys it signs with."""
+
+    __tablename__ = "api_client"
+
+    name: str = Field(primary_key=True, max_length=64)
+    scopes: str = Field(sa_column=Column(Text(), nullable=False))
+    jwks: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
+    jwks_url: str | None = Field(default=None, max_length=2000)
+    created_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    revoked_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+
+
+class ClientAssertion(SQLModel, table=True):
+    """A client assertion's `jti`, kept until it expires so no replica accepts it twice."""
+
+    __tablename__ = "client_assertion"
+
+    client: str = Field(primary_key=True, max_length=64)
+    jti: str = Field(primary_key=True, max_length=256)
+    expires_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+
+
+class SigningKey(SQLModel, table=True):
+    """The keys this service signs its access tokens with (private JWK), newest first in use."""
+
+    __tablename__ = "signing_key"
+
+    kid: str = Field(primary_key=True, max_length=64)
+    private_jwk: str = Field(sa_column=Column(Text(), nullable=False))
+    created_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

@@ -1,0 +1,127 @@
+"""`trialbridge client add|list|revoke` and `trialbridge token`: clients and tokens for curl."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from joserfc import jwt
+from joserfc.jwk import ECKey, RSAKey
+
+from service.access.clients import add_client, list_clients, revoke_client
+from service.access.tokens import ASSERTION_TYPE, GRANT_TYPE
+from service.errors import ApiError
+from service.infra import migrate
+from service.infra.db import make_engine
+from service.infra.settings import Settings
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The `client` and `token` subcommands."""
+    client = sub.add_parser("client", help="register, list or revoke API clients")
+    actions = client.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="register a client and the public keys it signs with")
+    add.add_argument("name")
+    add.add_argument("--scope", action="append", required=True, help="repeat for each scope")
+    add.add_argument("--jwks", type=Path, required=True, help="a JSON Web Key Set (public keys)")
+    actions.add_parser("list", help="every client, its scopes and key ids")
+    revoke = actions.add_parser("revoke", help="refuse the client's assertions from now on")
+    revoke.add_argument("name")
+    token = sub.add_parser("token", help="mint a client assertion, exchange it, print a token")
+    token.add_argument("name")
+    token.add_argument("--key", type=Path, required=True, help="the client's private JWK")
+    token.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
+    token.add_argument("--scope", action="append", help="scopes to ask for (default: all)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Carry out `client ...` or `token ...`; errors go to stderr with exit code 1."""
+    try:
+        if args.command == "token":
+            print(_token(args, settings))
+            return 0
+        engine = make_engine(settings)
+        migrate.upgrade(engine)
+        try:
+            if args.action == "add":
+                jwks = json.loads(args.jwks.read_text("utf-8"))
+                made = add_client(engine, args.name, args.scope, jwks=jwks)
+                print(f"client {made.name}: {' '.join(made.scopes)}")
+            elif args.action == "list":
+                for c in list_clients(engine):
+                    state = "revoked" if c.revoked else "active"
+                    print(f"{c.name}\t{state}\t{' '.join(c.scopes)}\tkeys: {', '.join(c.key_ids)}")
+            else:
+                revoke_client(engine, args.name)
+                print(f"client {args.name} revoked")
+        finally:
+            engine.dispose()
+    except (ApiError, OSError, ValueError, httpx.HTTPError) as exc:
+        print(f"trialbridge: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _token(args: argparse.Namespace, settings: Settings) -> str:
+    """An access token for `args.name`, from the service at `args.url`."""
+    raw = json.loads(args.key.read_text("utf-8"))
+    key = ECKey.import_key(raw) if raw.get("kty") == "EC" else RSAKey.import_key(raw)
+    alg = "ES384" if raw.get("kty") == "EC" else "RS384"
+    scopes = args.scope
+    if not scopes:  # everything the client was granted
+        engine = make_engine(settings)
+        try:
+            found = list_clients(engine, only=args.name)
+        finally:
+            engine.dispose()
+        if not found:
+            raise ValueError(f"no client {args.name!r} in this database; pass --scope")
+        scopes = list(found[0].scopes)
+    token_url = args.url.rstrip("/") + "/auth/token"
+    now = int(time.time())
+    claims = {
+        "iss": args.name,
+        "sub": args.name,
+        "aud": token_url,
+        "exp": now + 240,
+        "jti": uuid.uuid4().hex,
+    }
+    assertion = jwt.encode(
+        {"alg": alg, "kid": key.kid, "typ": "JWT"}, claims, key, algorithms=[alg]
+    )
+    answer = httpx.post(
+        token_url,
+        data={
+            "grant_type": GRANT_TYPE,
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion,
+            "scope": " ".join(scopes),
+        },
+        timeout=30,
+    )
+    body = answer.json()
+    if answer.status_code != 200:
+        raise ValueError(f"{body.get('error')}: {body.get('error_description')}")
+    return str(body["access_token"])
+
+
+def refuse_unauthenticated_bind(settings: Settings, host: str) -> str | None:
+    """Why `serve` must not start: authentication off on an address beyond this machine."""
+    if not settings.auth_disabled:
+        return None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"TRIALBRIDGE_AUTH_DISABLED=true is allowed only on a loopback address, not {host!r}: "
+        "anyone who can reach the port would read and write all patient data"
+    )

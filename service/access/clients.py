@@ -1,0 +1,118 @@
+"""Registering, listing and revoking API clients, and the local admin client of a new install."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from joserfc.jwk import ECKey, KeySet
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+
+from service.access.scopes import is_scope
+from service.errors import ApiError
+from service.infra.clock import utcnow
+from service.infra.db import reading, writing
+from service.repositories import api_clients
+
+log = logging.getLogger(__name__)
+
+ADMIN = "admin"
+# The local admin may do everything: every FHIR interaction, every study, clients and the audit.
+ADMIN_SCOPES = ("system/*.cruds", "study/*.read", "study/*.deviations.write", "admin", "audit")
+
+
+@dataclass(frozen=True)
+class Client:
+    """A registered client as `trialbridge client list` shows it (never a private key)."""
+
+    name: str
+    scopes: tuple[str, ...]
+    key_ids: tuple[str, ...]
+    jwks_url: str | None
+    revoked: bool
+
+
+def _client(row: Any) -> Client:
+    kids = tuple(str(k.get("kid", "?")) for k in json.loads(row.jwks or "{}").get("keys", []))
+    return Client(
+        row.name, tuple(row.scopes.split()), kids, row.jwks_url, row.revoked_at is not None
+    )
+
+
+def _checked_jwks(jwks: dict[str, Any]) -> str:
+    """A public JWKS of RSA or EC keys, each with a kid; private parts are refused."""
+    try:
+        keys = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise ApiError(400, "invalid_jwks", f"not a JWKS: {exc}") from exc
+    for key in keys:
+        if key.key_type not in ("RSA", "EC") or not key.kid or key.is_private:
+            raise ApiError(
+                400, "invalid_jwks", "every key must be a public RSA or EC key with a kid"
+            )
+    return json.dumps(keys.as_dict(private=False))
+
+
+def add_client(engine: Engine, name: str, scopes: list[str], *, jwks: dict[str, Any]) -> Client:
+    """Register a client with the scopes it may ask for and the public keys it signs with."""
+    unknown = sorted(s for s in scopes if not is_scope(s))
+    if not scopes or unknown:
+        raise ApiError(400, "invalid_scope", f"unknown scopes: {' '.join(unknown) or '(none)'}")
+    values = {
+        "name": name,
+        "scopes": " ".join(sorted(set(scopes))),
+        "jwks": _checked_jwks(jwks),
+        "jwks_url": None,
+        "created_at": utcnow(),
+        "revoked_at": None,
+    }
+    try:
+        with writing(engine) as session:
+            api_clients.insert_client(session, values)
+    except IntegrityError as exc:
+        raise ApiError(409, "client_exists", f"a client named {name!r} exists") from exc
+    return list_clients(engine, only=name)[0]
+
+
+def list_clients(engine: Engine, only: str | None = None) -> list[Client]:
+    """Every client (or one), by name."""
+    with reading(engine) as session:
+        rows = api_clients.list_clients(session)
+    return [_client(r) for r in rows if only is None or r.name == only]
+
+
+def revoke_client(engine: Engine, name: str) -> None:
+    """Refuse the client's assertions from now on (its tokens expire within minutes)."""
+    with writing(engine) as session:
+        if not api_clients.revoke_client(session, name, utcnow()):
+            raise ApiError(404, "client_not_found", f"no active client {name!r}")
+
+
+def bootstrap_admin(engine: Engine, key_file: Path) -> bool:
+    """On an install with no clients yet: register `admin` and write its private key (0600)."""
+    with reading(engine) as session:
+        if api_clients.count_clients(session):
+            return False
+    key = ECKey.generate_key("P-384", parameters={"use": "sig", "alg": "ES384"})
+    key = ECKey.import_key({**key.as_dict(private=True), "kid": key.thumbprint()})
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+        out.write(json.dumps(key.as_dict(private=True)))
+    os.chmod(key_file, 0o600)  # also when the file existed with looser bits
+    public = {"keys": [key.as_dict(private=False)]}
+    try:
+        add_client(engine, ADMIN, list(ADMIN_SCOPES), jwks=public)
+    except ApiError:
+        return False  # another process registered it first
+    log.warning(
+        "created the local admin client; get a token with: trialbridge token %s --key %s",
+        ADMIN,
+        key_file,
+    )
+    return True

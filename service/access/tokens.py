@@ -1,0 +1,235 @@
+"""SMART Backend Services: client assertions exchanged for short access tokens, and verified.
+
+All JOSE work is joserfc's; what this module adds is policy: algorithms pinned to RS384 and
+ES384 (never `none`, never an HMAC keyed with a public key), a key only from the client's own
+JWKS and chosen by `kid`, `iss` = `sub` = the client, `aud` = the token URL, assertions of at
+most five minutes whose `jti` is kept until they expire (so no replica accepts one twice), and
+access tokens of at most five minutes signed by a key kept in the database (so replicas agree).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet
+from joserfc.jws import extract_compact
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+
+from service.access.scopes import Scopes
+from service.errors import AuthError, OAuthError
+from service.infra.clock import utcnow
+from service.infra.db import reading, writing
+from service.repositories import api_clients
+
+# Pinned: what a client assertion may be signed with, and what our own tokens are signed with.
+ASSERTION_ALGORITHMS = ["RS384", "ES384"]
+TOKEN_ALGORITHM = "ES384"
+MAX_ASSERTION_SECONDS = 300
+ISSUER = "urn:trialbridge:token-service"
+AUDIENCE = "urn:trialbridge:api"
+GRANT_TYPE = "client_credentials"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: the client and the scopes its token grants."""
+
+    client: str
+    scopes: Scopes
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """An access token as the token endpoint answers it."""
+
+    access_token: str
+    expires_in: int
+    scope: str
+
+
+def _now_s(now: dt.datetime) -> int:
+    return int(now.timestamp())
+
+
+class TokenService:
+    """Issues and verifies this deployment's access tokens."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        lifetime_seconds: int = 300,
+        skew_seconds: int = 60,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.lifetime = lifetime_seconds
+        self.skew = skew_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._keys: tuple[ECKey, KeySet] | None = None
+
+    # -- our signing key --------------------------------------------------------------------------
+
+    def _signing(self) -> tuple[ECKey, KeySet]:
+        """The newest signing key and every key's public half, made once per deployment."""
+        with self._lock:
+            if self._keys is not None:
+                return self._keys
+        with reading(self.engine) as session:
+            rows = api_clients.signing_keys(session)
+        if not rows:
+            key = ECKey.generate_key("P-384", parameters={"use": "sig", "alg": TOKEN_ALGORITHM})
+            kid = key.thumbprint()
+            private = ECKey.import_key({**key.as_dict(private=True), "kid": kid})
+            try:
+                with writing(self.engine) as session:
+                    api_clients.insert_signing_key(
+                        session, kid, json.dumps(private.as_dict(private=True)), self.clock()
+                    )
+            except IntegrityError:
+                pass  # another process made one first: use what is stored
+            with reading(self.engine) as session:
+                rows = api_clients.signing_keys(session)
+        keys = [ECKey.import_key(json.loads(r.private_jwk)) for r in rows]
+        public = KeySet([ECKey.import_key(k.as_dict(private=False)) for k in keys])
+        with self._lock:
+            self._keys = (keys[0], public)
+        return keys[0], public
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys our tokens are signed with."""
+        return dict(self._signing()[1].as_dict())
+
+    # -- the token endpoint -----------------------------------------------------------------------
+
+    def exchange(self, form: Mapping[str, str], token_url: str) -> TokenGrant:
+        """A client_credentials request with a signed client assertion, answered with a token."""
+        if form.get("grant_type") != GRANT_TYPE:
+            raise OAuthError("unsupported_grant_type", f"grant_type must be {GRANT_TYPE}")
+        if form.get("client_assertion_type") != ASSERTION_TYPE:
+            raise OAuthError("invalid_request", f"client_assertion_type must be {ASSERTION_TYPE}")
+        assertion = form.get("client_assertion")
+        if not assertion:
+            raise OAuthError("invalid_request", "client_assertion is required")
+        requested = Scopes.parse(form.get("scope", ""))
+        if not requested.granted:
+            raise OAuthError("invalid_scope", "scope is required")
+        client_id = _claimed_client(assertion)
+        with reading(self.engine) as session:
+            client = api_clients.get_client(session, client_id)
+        if client is None or client.revoked_at is not None or not client.jwks:
+            raise OAuthError("invalid_client", "unknown or revoked client", 401)
+        claims = self._verified_assertion(assertion, client, token_url)
+        allowed = Scopes.parse(client.scopes)
+        refused = sorted(s for s in requested.granted if not allowed.covers(s))
+        if refused:
+            raise OAuthError("invalid_scope", f"not granted to this client: {' '.join(refused)}")
+        expires = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
+        with writing(self.engine) as session:
+            fresh = api_clients.remember_assertion(session, client_id, str(claims["jti"]), expires)
+        if not fresh:
+            raise OAuthError("invalid_client", "client assertion replayed (jti seen before)", 401)
+        return self._issue(client_id, requested)
+
+    def _verified_assertion(self, assertion: str, client: Any, token_url: str) -> dict[str, Any]:
+        """The assertion's claims, checked against the client's keys and the SMART rules."""
+        try:
+            keys = KeySet.import_key_set(json.loads(client.jwks))
+            token = jwt.decode(assertion, keys, algorithms=ASSERTION_ALGORITHMS)
+        except (JoseError, ValueError, KeyError, TypeError) as exc:
+            raise OAuthError(
+                "invalid_client", f"client assertion not verified: {exc}", 401
+            ) from exc
+        if "kid" not in token.header:
+            raise OAuthError("invalid_client", "client assertion header needs a kid", 401)
+        claims = dict(token.claims)
+        now = _now_s(self.clock())
+        problems = []
+        if claims.get("iss") != client.name or claims.get("sub") != client.name:
+            problems.append("iss and sub must be the client id")
+        audience = claims.get("aud")
+        if audience != token_url and not (isinstance(audience, list) and token_url in audience):
+            problems.append(f"aud must be {token_url}")
+        exp = claims.get("exp")
+        if not isinstance(exp, int) or isinstance(exp, bool):
+            problems.append("exp is required")
+        elif exp < now - self.skew:
+            problems.append("expired")
+        elif exp > now + MAX_ASSERTION_SECONDS + self.skew:
+            problems.append(f"exp is more than {MAX_ASSERTION_SECONDS} s ahead")
+        nbf = claims.get("nbf")
+        if nbf is not None and (not isinstance(nbf, int | float) or nbf > now + self.skew):
+            problems.append("not yet valid")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti or len(jti) > 256:
+            problems.append("jti is required (at most 256 characters)")
+        if problems:
+            raise OAuthError("invalid_client", "client assertion: " + "; ".join(problems), 401)
+        return claims
+
+    def _issue(self, client_id: str, scopes: Scopes) -> TokenGrant:
+        key, _ = self._signing()
+        now = _now_s(self.clock())
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": client_id,
+            "scope": str(scopes),
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.lifetime,
+            "jti": uuid.uuid4().hex,
+        }
+        header = {"alg": TOKEN_ALGORITHM, "kid": key.kid, "typ": "at+jwt"}
+        token = jwt.encode(header, claims, key, algorithms=[TOKEN_ALGORITHM])
+        return TokenGrant(token, self.lifetime, str(scopes))
+
+    # -- bearer tokens ----------------------------------------------------------------------------
+
+    def verify(self, token: str) -> Principal:
+        """The principal of a bearer token, or 401 `invalid_token` (the reason is not echoed)."""
+        _, public = self._signing()
+        try:
+            decoded = jwt.decode(token, public, algorithms=[TOKEN_ALGORITHM])
+        except (JoseError, ValueError, KeyError, TypeError) as exc:
+            raise AuthError(401, "invalid_token", "the access token is not valid") from exc
+        claims = decoded.claims
+        now = _now_s(self.clock())
+        valid = (
+            claims.get("iss") == ISSUER
+            and claims.get("aud") == AUDIENCE
+            and isinstance(claims.get("sub"), str)
+            and isinstance(claims.get("scope"), str)
+            and isinstance(claims.get("exp"), int)
+            and claims["exp"] >= now - self.skew
+            and isinstance(claims.get("nbf", 0), int)
+            and claims.get("nbf", 0) <= now + self.skew
+            and isinstance(claims.get("iat", 0), int)
+            and claims.get("iat", 0) <= now + self.skew
+        )
+        if not valid:
+            raise AuthError(401, "invalid_token", "the access token is not valid")
+        return Principal(claims["sub"], Scopes.parse(claims["scope"]))
+
+
+def _claimed_client(assertion: str) -> str:
+    """The `iss` an assertion claims (unverified: it only says whose keys to verify it with)."""
+    try:
+        claims = json.loads(extract_compact(assertion.encode()).payload)
+    except (JoseError, ValueError, UnicodeDecodeError) as exc:
+        raise OAuthError("invalid_client", "client_assertion is not a compact JWS", 401) from exc
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    if not isinstance(issuer, str) or not issuer:
+        raise OAuthError("invalid_client", "client assertion has no iss", 401)
+    return issuer

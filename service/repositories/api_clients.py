@@ -1,0 +1,73 @@
+"""All SQL for API clients, the client-assertion ids seen, and token signing keys. Never commits."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from service.infra.tables import ApiClient, ClientAssertion, SigningKey
+
+_CLIENT = ApiClient.__table__  # type: ignore[attr-defined]
+_ASSERTION = ClientAssertion.__table__  # type: ignore[attr-defined]
+_KEY = SigningKey.__table__  # type: ignore[attr-defined]
+
+
+def get_client(session: Session, name: str) -> Any | None:
+    """One client by name (revoked ones too: the caller decides)."""
+    return session.execute(select(_CLIENT).where(_CLIENT.c.name == name)).first()
+
+
+def list_clients(session: Session) -> list[Any]:
+    """Every client, by name."""
+    return list(session.execute(select(_CLIENT).order_by(_CLIENT.c.name)))
+
+
+def count_clients(session: Session) -> int:
+    """How many clients were ever registered (an empty database has none)."""
+    return len(session.execute(select(_CLIENT.c.name).limit(1)).all())
+
+
+def insert_client(session: Session, values: dict[str, Any]) -> None:
+    """Register a client; a taken name fails with an integrity error."""
+    session.execute(insert(_CLIENT), [values])
+
+
+def revoke_client(session: Session, name: str, now: dt.datetime) -> bool:
+    """Mark a client revoked; False when there is no such (unrevoked) client."""
+    done = session.execute(
+        update(_CLIENT)
+        .where(_CLIENT.c.name == name, _CLIENT.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+def remember_assertion(session: Session, client: str, jti: str, expires_at: dt.datetime) -> bool:
+    """Record a client assertion's id; False when it was seen before (a replay)."""
+    session.execute(delete(_ASSERTION).where(_ASSERTION.c.expires_at < expires_at - _KEEP))
+    try:
+        with session.begin_nested():
+            session.execute(
+                insert(_ASSERTION), [{"client": client, "jti": jti, "expires_at": expires_at}]
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+# an assertion lives at most 5 minutes: rows older than this behind the newest can go
+_KEEP = dt.timedelta(minutes=10)
+
+
+def signing_keys(session: Session) -> list[Any]:
+    """The token signing keys, newest first."""
+    return list(session.execute(select(_KEY).order_by(_KEY.c.created_at.desc(), _KEY.c.kid)))
+
+
+def insert_signing_key(session: Session, kid: str, private_jwk: str, now: dt.datetime) -> None:
+    """Keep a new signing key; a concurrent creator makes this unit of work retry."""
+    session.execute(insert(_KEY), [{"kid": kid, "private_jwk": private_jwk, "created_at": now}])
