@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from api import errors
+from api import errors, request_log
 from api.auth import router as auth_router
 from api.deviation_routes import router as deviation_router
 from api.fhir_routes import open_router as fhir_open_router
@@ -48,9 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         conf = settings or Settings()
-        logging.basicConfig(
-            level=conf.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        request_log.configure(conf.log_level)
         catalog = load_catalog(conf)  # a broken protocol file stops start-up, naming the key
         engine = make_engine(conf)
         if conf.auto_migrate:
@@ -98,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(errors.ApiBodyLimit)
+    app.add_middleware(request_log.RequestLog)  # outermost: every answer has its request id
     app.include_router(auth_router)
     app.include_router(fhir_open_router)  # /fhir/metadata before /fhir/{resource_type}
     app.include_router(fhir_router)

@@ -36,12 +36,15 @@ async def principal(request: Request, _: Annotated[object, Depends(_BEARER)] = N
     """Who is asking: the verified bearer token's client and scopes, else 401 invalid_token."""
     settings: Settings = request.app.state.settings
     if settings.auth_disabled:
+        request.state.client = "local"
         return Principal("local", _EVERYTHING)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError(401, "invalid_token", "an access token is required (Authorization: Bearer)")
     tokens: TokenService = request.app.state.tokens
-    return await run_in_threadpool(tokens.verify, token.strip())
+    who = await run_in_threadpool(tokens.verify, token.strip())
+    request.state.client = who.client  # for the access log
+    return who
 
 
 PrincipalDep = Annotated[Principal, Depends(principal)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -15,7 +14,7 @@ import orjson
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from api import cli_access
+from api import cli_access, request_log
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import decode_text, loads
 from service.derivation.catalog import load_catalog
@@ -154,9 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"trialbridge: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    request_log.configure(settings.log_level)
     if args.command in ("client", "token"):
         return cli_access.run(args, settings)
     if args.command == "serve" and (
@@ -212,7 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         migrate.upgrade(engine)
         engine.dispose()
     uvicorn.run(
-        "api.app:app", host=args.host, port=args.port, workers=args.workers, proxy_headers=True
+        "api.app:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        proxy_headers=True,
+        access_log=False,  # uvicorn's prints paths and query strings; ours (request_log) does not
     )
     return 0
 

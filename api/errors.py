@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.fhir_http import outcome_response
+from api.request_log import route_of
 from fhir_mapping.issues import InvalidContentError, Issue
 from fhir_mapping.tokens import ascii_int
 from service.errors import (
@@ -174,7 +175,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s", request.method, route_of(request.scope))
         if _is_fhir(request):
             return outcome_response(
                 500, [Issue("exception", "internal error; nothing was written")]

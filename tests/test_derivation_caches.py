@@ -131,7 +131,7 @@ def test_a_mapping_failure_is_reported_only_for_content_that_is_kept(
             if outcome == "rollback":
                 assert reported == []
             else:
-                assert reported == ["mapping Patient/p1 failed; it yields no events"]
+                assert reported == ["mapping a Patient (version 1) failed; it yields no events"]
                 assert caplog.records[0].exc_info is not None
     finally:
         engine.dispose()

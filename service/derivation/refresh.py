@@ -189,10 +189,10 @@ class Derivation:
             failure = sys.exc_info()
 
             def report() -> None:  # only for content that is kept, not a refused Bundle's
-                log.error(
-                    "mapping %s/%s failed; it yields no events",
+                log.error(  # no FHIR id in logs: the request id finds the request
+                    "mapping a %s (version %d) failed; it yields no events",
                     source.resource_type,
-                    source.resource_id,
+                    source.version_id,
                     exc_info=failure,
                 )
 

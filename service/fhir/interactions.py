@@ -78,7 +78,12 @@ def _retryable(exc: BaseException) -> bool:
 
 def _unstorable(exc: DataError) -> FhirError:
     """A value our validation let through but the database refuses (too long, out of range)."""
-    log.warning("value refused by the database: %s", exc)
+    # the driver's message quotes the value, which may be patient data: name the error only
+    log.warning(
+        "value refused by the database: %s (SQLSTATE %s)",
+        type(exc.orig).__name__,
+        getattr(exc.orig, "sqlstate", None),
+    )
     return FhirError.of(
         400, "value", "a value cannot be stored by this server; nothing was written"
     )

@@ -1,0 +1,148 @@
+"""Logs carry no patient data: one JSON access line per request, by route template, with its id.
+
+A patient named "Zyxwvut Qwerty" with MRN "MRN-ZQ-777" is posted, searched by identifier, read,
+and read through the study API, with authentication on. No line the service logs may contain the
+name, the MRN or the patient's FHIR id, and no study API answer the name or the MRN.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.request_log import JsonFormatter
+from service.access.clients import add_client
+from service.infra.db import make_engine
+from service.infra.settings import Settings
+from tests.conftest import FHIR_JSON, start_server, stop_server
+from tests.kit.auth import access_token, bearer, ec_key, jwks
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nct06088771-patient.json"
+NCT = "NCT06088771"
+MRN = "MRN-ZQ-777"
+SECRETS = ("Zyxwvut", "Qwerty", MRN)
+KEY = ec_key("ehr-1")
+SERVICE_LOGGERS = ("api", "service", "trialbridge", "uvicorn")
+
+
+@dataclass
+class App:
+    """A running app with authentication on and one client's token."""
+
+    url: str
+    token: str
+
+    def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """A request with the client's token."""
+        headers = {**bearer(self.token), **kw.pop("headers", {})}
+        return httpx.request(method, f"{self.url}{path}", headers=headers, timeout=60, **kw)
+
+
+@pytest.fixture(scope="module")
+def app(backend: str, new_database: Any) -> Iterator[App]:
+    """The app with authentication on and an EHR client allowed everything it needs."""
+    settings = Settings(
+        database_url=str(new_database(backend)), auth_disabled=False, webhook_interval_seconds=0
+    )
+    server, thread, url = start_server(settings)
+    engine = make_engine(settings)
+    try:
+        scopes = ["system/*.cruds", "study/*.read"]
+        add_client(engine, "ehr", scopes, jwks=jwks(KEY))
+        yield App(url, access_token(url, KEY, "ehr", " ".join(scopes)))
+    finally:
+        stop_server(server, thread)
+        engine.dispose()
+
+
+def _service_lines(records: list[logging.LogRecord]) -> list[str]:
+    formatter = JsonFormatter()
+    return [formatter.format(r) for r in records if r.name.startswith(SERVICE_LOGGERS)]
+
+
+def test_no_patient_data_reaches_a_log_line_or_a_study_answer(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    bundle = (
+        EXAMPLE.read_text()
+        .replace("EX-0042117", MRN)
+        .replace('"Synthetic"', '"Qwerty"')
+        .replace('"Example"', '"Zyxwvut"')
+        .replace("Example Synthetic", "Zyxwvut Qwerty")
+    )
+    posted = app.call("POST", "/fhir", content=bundle, headers=FHIR_JSON)
+    assert posted.status_code == 200, posted.text
+    found = app.call("GET", "/fhir/Patient", params={"identifier": MRN})
+    (entry,) = found.json()["entry"]
+    patient_id = entry["resource"]["id"]
+    assert app.call("GET", f"/fhir/Patient/{patient_id}").status_code == 200
+    subjects = app.call("GET", f"/api/v1/studies/{NCT}/subjects").json()["subjects"]
+    sid = subjects[0]["subject_id"]
+    answers = [
+        app.call("GET", path)
+        for path in (
+            f"/api/v1/studies/{NCT}/subjects",
+            f"/api/v1/studies/{NCT}/subjects/{sid}/timeline",
+            f"/api/v1/studies/{NCT}/subjects/{sid}/eligibility",
+            f"/api/v1/studies/{NCT}/subjects/{sid}/outcomes",
+            f"/api/v1/studies/{NCT}/eligibility",
+            f"/api/v1/studies/{NCT}/deviations",
+            f"/api/v1/studies/{NCT}/outcomes",
+        )
+    ]
+    assert [a.status_code for a in answers] == [200] * 7
+    for answer in answers:
+        for secret in SECRETS:
+            assert secret not in answer.text, (answer.url, secret)
+
+    lines = _service_lines(caplog.records)
+    for secret in (*SECRETS, patient_id):
+        leaking = [line for line in lines if secret in line]
+        assert leaking == [], secret
+    access = [json.loads(line) for line in lines if '"logger": "trialbridge.access"' in line]
+    assert [(a["method"], a["route"], a["status"], a["client"]) for a in access] == [
+        ("POST", "/fhir", 200, "ehr"),
+        ("GET", "/fhir/{resource_type}", 200, "ehr"),
+        ("GET", "/fhir/{resource_type}/{resource_id}", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/subjects", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/subjects", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/subjects/{subject_id}/timeline", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/subjects/{subject_id}/eligibility", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/subjects/{subject_id}/outcomes", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/eligibility", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/deviations", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/outcomes", 200, "ehr"),
+    ]
+    assert len({a["request_id"] for a in access}) == len(access)  # one id per request
+
+
+def test_the_request_id_is_echoed_kept_when_well_formed_and_on_refusals(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    kept = app.call("GET", "/api/v1/studies", headers={"x-request-id": "ctms.batch-42"})
+    assert kept.headers["x-request-id"] == "ctms.batch-42"
+    replaced = httpx.get(
+        f"{app.url}/api/v1/studies", headers={"x-request-id": "a b\tc"}, timeout=30
+    )  # no token either: refused, and still answered with an id
+    assert replaced.status_code == 401
+    made = replaced.headers["x-request-id"]
+    assert len(made) == 32
+    assert made != "a b\tc"
+    access = [
+        json.loads(line)
+        for line in _service_lines(caplog.records)
+        if '"logger": "trialbridge.access"' in line
+    ]
+    assert [(a["request_id"], a["status"], a["client"]) for a in access] == [
+        ("ctms.batch-42", 200, "ehr"),
+        (made, 401, None),
+    ]
