@@ -59,6 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine,
             lifetime_seconds=conf.token_lifetime_seconds,
             skew_seconds=conf.clock_skew_seconds,
+            issuers=conf.auth_issuers,
+            allow_private=conf.webhook_allow_private,
         )
         if conf.auth_disabled:
             log.warning(

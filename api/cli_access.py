@@ -29,7 +29,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add = actions.add_parser("add", help="register a client and the public keys it signs with")
     add.add_argument("name")
     add.add_argument("--scope", action="append", required=True, help="repeat for each scope")
-    add.add_argument("--jwks", type=Path, required=True, help="a JSON Web Key Set (public keys)")
+    keys = add.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--jwks", type=Path, help="a JSON Web Key Set file (public keys)")
+    keys.add_argument("--jwks-url", help="where the client publishes its JWKS (fetched, cached)")
     actions.add_parser("list", help="every client, its scopes and key ids")
     revoke = actions.add_parser("revoke", help="refuse the client's assertions from now on")
     revoke.add_argument("name")
@@ -50,13 +52,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         migrate.upgrade(engine)
         try:
             if args.action == "add":
-                jwks = json.loads(args.jwks.read_text("utf-8"))
-                made = add_client(engine, args.name, args.scope, jwks=jwks)
+                jwks = json.loads(args.jwks.read_text("utf-8")) if args.jwks else None
+                made = add_client(
+                    engine,
+                    args.name,
+                    args.scope,
+                    jwks=jwks,
+                    jwks_url=args.jwks_url,
+                    allow_private=settings.webhook_allow_private,
+                )
                 print(f"client {made.name}: {' '.join(made.scopes)}")
             elif args.action == "list":
                 for c in list_clients(engine):
                     state = "revoked" if c.revoked else "active"
-                    print(f"{c.name}\t{state}\t{' '.join(c.scopes)}\tkeys: {', '.join(c.key_ids)}")
+                    keys = c.jwks_url or ", ".join(c.key_ids)
+                    print(f"{c.name}\t{state}\t{' '.join(c.scopes)}\tkeys: {keys}")
             else:
                 revoke_client(engine, args.name)
                 print(f"client {args.name} revoked")

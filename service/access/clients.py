@@ -17,6 +17,7 @@ from service.access.scopes import is_scope
 from service.errors import ApiError
 from service.infra.clock import utcnow
 from service.infra.db import reading, writing
+from service.notifications.webhooks import check_url
 from service.repositories import api_clients
 
 log = logging.getLogger(__name__)
@@ -58,16 +59,28 @@ def _checked_jwks(jwks: dict[str, Any]) -> str:
     return json.dumps(keys.as_dict(private=False))
 
 
-def add_client(engine: Engine, name: str, scopes: list[str], *, jwks: dict[str, Any]) -> Client:
-    """Register a client with the scopes it may ask for and the public keys it signs with."""
+def add_client(
+    engine: Engine,
+    name: str,
+    scopes: list[str],
+    *,
+    jwks: dict[str, Any] | None = None,
+    jwks_url: str | None = None,
+    allow_private: bool = False,
+) -> Client:
+    """Register a client with the scopes it may ask for and its public keys (or where they are)."""
+    if (jwks is None) == (jwks_url is None):
+        raise ApiError(400, "invalid_client", "give the client's JWKS or its JWKS URL, not both")
+    if jwks_url is not None:
+        check_url(jwks_url, allow_private=allow_private)  # the webhook rules: no internal hosts
     unknown = sorted(s for s in scopes if not is_scope(s))
     if not scopes or unknown:
         raise ApiError(400, "invalid_scope", f"unknown scopes: {' '.join(unknown) or '(none)'}")
     values = {
         "name": name,
         "scopes": " ".join(sorted(set(scopes))),
-        "jwks": _checked_jwks(jwks),
-        "jwks_url": None,
+        "jwks": _checked_jwks(jwks) if jwks is not None else None,
+        "jwks_url": jwks_url,
         "created_at": utcnow(),
         "revoked_at": None,
     }

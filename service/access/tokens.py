@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +24,12 @@ from joserfc.jws import extract_compact
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
+from service.access.keysets import KeySets, KeySetUnavailable
 from service.access.scopes import Scopes
 from service.errors import AuthError, OAuthError
 from service.infra.clock import utcnow
 from service.infra.db import reading, writing
+from service.infra.settings import TrustedIssuer
 from service.repositories import api_clients
 
 # Pinned: what a client assertion may be signed with, and what our own tokens are signed with.
@@ -70,9 +72,13 @@ class TokenService:
         *,
         lifetime_seconds: int = 300,
         skew_seconds: int = 60,
+        issuers: Sequence[TrustedIssuer] = (),
+        allow_private: bool = False,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.engine = engine
+        self.issuers = {i.issuer: i for i in issuers if i.issuer != ISSUER}
+        self.keysets = KeySets(allow_private=allow_private)
         self.lifetime = lifetime_seconds
         self.skew = skew_seconds
         self.clock = clock
@@ -128,7 +134,7 @@ class TokenService:
         client_id = _claimed_client(assertion)
         with reading(self.engine) as session:
             client = api_clients.get_client(session, client_id)
-        if client is None or client.revoked_at is not None or not client.jwks:
+        if client is None or client.revoked_at is not None or not (client.jwks or client.jwks_url):
             raise OAuthError("invalid_client", "unknown or revoked client", 401)
         claims = self._verified_assertion(assertion, client, token_url)
         allowed = Scopes.parse(client.scopes)
@@ -145,8 +151,13 @@ class TokenService:
     def _verified_assertion(self, assertion: str, client: Any, token_url: str) -> dict[str, Any]:
         """The assertion's claims, checked against the client's keys and the SMART rules."""
         try:
-            keys = KeySet.import_key_set(json.loads(client.jwks))
+            if client.jwks_url:
+                keys = self.keysets.from_url(client.jwks_url)
+            else:
+                keys = KeySet.import_key_set(json.loads(client.jwks))
             token = jwt.decode(assertion, keys, algorithms=ASSERTION_ALGORITHMS)
+        except KeySetUnavailable as exc:
+            raise OAuthError("invalid_client", "the client's keys cannot be fetched", 401) from exc
         except (JoseError, ValueError, KeyError, TypeError) as exc:
             raise OAuthError(
                 "invalid_client", f"client assertion not verified: {exc}", 401
@@ -199,6 +210,10 @@ class TokenService:
 
     def verify(self, token: str) -> Principal:
         """The principal of a bearer token, or 401 `invalid_token` (the reason is not echoed)."""
+        issuer = _unverified_claims(token).get("iss") if token.count(".") == 2 else None
+        trusted = self.issuers.get(issuer) if isinstance(issuer, str) else None
+        if trusted is not None:
+            return self._verify_external(token, trusted)
         _, public = self._signing()
         try:
             decoded = jwt.decode(token, public, algorithms=[TOKEN_ALGORITHM])
@@ -221,6 +236,49 @@ class TokenService:
         if not valid:
             raise AuthError(401, "invalid_token", "the access token is not valid")
         return Principal(claims["sub"], Scopes.parse(claims["scope"]))
+
+    def _verify_external(self, token: str, trusted: TrustedIssuer) -> Principal:
+        """A token of a configured authorization server: its keys, algorithms and audience."""
+        refused = AuthError(401, "invalid_token", "the access token is not valid")
+        try:
+            if trusted.jwks_file is not None:
+                keys = self.keysets.from_file(trusted.jwks_file)
+            else:
+                keys = self.keysets.from_url(str(trusted.jwks_url))
+            claims = jwt.decode(token, keys, algorithms=list(trusted.algorithms)).claims
+        except (KeySetUnavailable, JoseError, ValueError, KeyError, TypeError) as exc:
+            raise refused from exc
+        now = _now_s(self.clock())
+        audience = claims.get("aud")
+        scope = claims.get("scope", claims.get("scp"))
+        scopes = scope.split() if isinstance(scope, str) else scope
+        who = claims.get("client_id", claims.get("sub"))
+        valid = (
+            claims.get("iss") == trusted.issuer
+            and (
+                audience == trusted.audience
+                or (isinstance(audience, list) and trusted.audience in audience)
+            )
+            and isinstance(claims.get("exp"), int)
+            and claims["exp"] >= now - self.skew
+            and isinstance(claims.get("nbf", 0), int)
+            and claims.get("nbf", 0) <= now + self.skew
+            and isinstance(who, str)
+            and isinstance(scopes, list)
+            and all(isinstance(s, str) for s in scopes)
+        )
+        if not valid:
+            raise refused
+        return Principal(str(who), Scopes.of(scopes))  # type: ignore[arg-type]
+
+
+def _unverified_claims(token: str) -> dict[str, Any]:
+    """A compact JWS's claims before verification (to know whose keys verify it), or {}."""
+    try:
+        claims = json.loads(extract_compact(token.encode()).payload)
+    except (JoseError, ValueError, UnicodeError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 def _claimed_client(assertion: str) -> str:

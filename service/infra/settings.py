@@ -5,10 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/trialbridge.db"
+
+
+class TrustedIssuer(BaseModel):
+    """An external authorization server whose access tokens the service accepts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str = Field(min_length=1, description="the tokens' `iss`, exactly")
+    audience: str = Field(min_length=1, description="the `aud` its tokens must carry for us")
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    algorithms: tuple[Literal["RS256", "RS384", "ES256", "ES384"], ...] = ("RS384", "ES384")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> TrustedIssuer:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError(f"issuer {self.issuer}: give exactly one of jwks_file and jwks_url")
+        return self
 
 
 class Settings(BaseSettings):
@@ -72,6 +98,10 @@ class Settings(BaseSettings):
     )
     clock_skew_seconds: int = Field(
         default=60, ge=0, le=300, description="Tolerance on exp, nbf and iat of tokens"
+    )
+    auth_issuers: tuple[TrustedIssuer, ...] = Field(
+        default=(),
+        description="external authorization servers whose tokens are accepted (JSON list)",
     )
     admin_key_file: Path | None = Field(
         default=None,

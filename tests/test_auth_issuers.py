@@ -1,0 +1,153 @@
+"""Tokens of a hospital's own authorization server, and clients that publish their keys at a URL.
+
+The app trusts two external issuers: one whose keys are in a file, one whose JWKS is fetched from
+a URL (respx plays that server; DNS is stubbed so the outbound-URL rules can run). Each token is
+accepted only with its issuer's keys, algorithms and audience.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from service.access.clients import add_client
+from service.errors import ApiError
+from service.infra.db import make_engine
+from service.infra.settings import Settings, TrustedIssuer
+from service.notifications import webhooks
+from tests.conftest import start_server, stop_server
+from tests.kit.auth import assertion, bearer, ec_key, jwks, rsa_key, signed, token_request
+
+FILE_ISSUER = "https://idp.hospital.example"
+URL_ISSUER = "https://login.partner.example"
+KEYS_URL = "https://keys.partner.example/jwks.json"
+CLIENT_KEYS_URL = "https://ctms.partner.example/.well-known/jwks.json"
+AUDIENCE = "https://trialbridge.hospital.example"
+FILE_KEY, URL_KEY, CLIENT_KEY = rsa_key("hosp-1"), ec_key("partner-1"), ec_key("ctms-1")
+IMPOSTOR = rsa_key("hosp-1")  # same kid as the file issuer's key, another key
+PUBLIC = {"keys.partner.example": ["93.184.215.14"], "ctms.partner.example": ["93.184.215.14"]}
+
+
+@dataclass
+class App:
+    """The app trusting the two issuers."""
+
+    url: str
+    engine: Any
+
+    def patients(self, token: str) -> httpx.Response:
+        """A search a token with `system/Patient.rs` may do."""
+        return httpx.get(f"{self.url}/fhir/Patient", headers=bearer(token), timeout=30)
+
+
+@pytest.fixture(autouse=True)
+def dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Public addresses for the partner's hosts; nothing else resolves."""
+
+    def resolve(host: str) -> list[str]:
+        if host not in PUBLIC:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return PUBLIC[host]
+
+    monkeypatch.setattr(webhooks, "resolve_host", resolve)
+
+
+@pytest.fixture(scope="module")
+def app(backend: str, new_database: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    """The app with authentication on and two trusted issuers."""
+    keys_file = tmp_path_factory.mktemp("idp") / "jwks.json"
+    keys_file.write_text(json.dumps(jwks(FILE_KEY)))
+    settings = Settings(
+        database_url=str(new_database(backend)),
+        auth_disabled=False,
+        webhook_interval_seconds=0,
+        auth_issuers=(
+            TrustedIssuer(
+                issuer=FILE_ISSUER, audience=AUDIENCE, jwks_file=keys_file, algorithms=("RS256",)
+            ),
+            TrustedIssuer(issuer=URL_ISSUER, audience=AUDIENCE, jwks_url=KEYS_URL),
+        ),
+    )
+    server, thread, url = start_server(settings)
+    engine = make_engine(settings)
+    try:
+        yield App(url, engine)
+    finally:
+        stop_server(server, thread)
+        engine.dispose()
+
+
+def _claims(issuer: str, **changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    body = {
+        "iss": issuer,
+        "aud": AUDIENCE,
+        "sub": "svc-ehr",
+        "client_id": "svc-ehr",
+        "scope": "system/Patient.rs",
+        "iat": now,
+        "exp": now + 300,
+        "jti": uuid.uuid4().hex,
+        **changes,
+    }
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def test_a_file_issuers_token_is_accepted_with_its_keys_alone(app: App) -> None:
+    good = signed(FILE_KEY, _claims(FILE_ISSUER), alg="RS256")
+    assert app.patients(good).status_code == 200
+    refused = {
+        "wrong audience": signed(FILE_KEY, _claims(FILE_ISSUER, aud="https://other"), alg="RS256"),
+        "expired": signed(FILE_KEY, _claims(FILE_ISSUER, exp=int(time.time()) - 600), alg="RS256"),
+        "same kid, other key": signed(IMPOSTOR, _claims(FILE_ISSUER), alg="RS256"),
+        "algorithm not pinned": signed(FILE_KEY, _claims(FILE_ISSUER), alg="RS384"),
+        "no scope": signed(FILE_KEY, _claims(FILE_ISSUER, scope=None), alg="RS256"),
+        "untrusted issuer": signed(FILE_KEY, _claims("https://evil.example"), alg="RS256"),
+    }
+    for why, token in refused.items():
+        answer = app.patients(token)
+        assert answer.status_code == 401, why
+        assert answer.headers["www-authenticate"] == 'Bearer error="invalid_token"', why
+    narrow = signed(FILE_KEY, _claims(FILE_ISSUER, scope="system/Observation.rs"), alg="RS256")
+    assert app.patients(narrow).status_code == 403
+
+
+def test_a_url_issuers_keys_are_fetched_once_and_checked(app: App) -> None:
+    with respx.mock(assert_all_mocked=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        keys = mock.get(KEYS_URL).respond(200, json=jwks(URL_KEY))
+        token = signed(URL_KEY, _claims(URL_ISSUER, scp=["system/*.rs"], scope=None))
+        assert app.patients(token).status_code == 200
+        assert app.patients(token).status_code == 200
+        assert keys.call_count == 1  # kept, not fetched per request
+        other = signed(FILE_KEY, _claims(URL_ISSUER), alg="RS256")  # the other issuer's key
+        assert app.patients(other).status_code == 401
+
+
+def test_a_client_may_publish_its_keys_at_a_url(app: App) -> None:
+    add_client(app.engine, "ctms", ["system/Patient.rs"], jwks_url=CLIENT_KEYS_URL)
+    with pytest.raises(ApiError) as internal:
+        add_client(app.engine, "lan", ["system/*.rs"], jwks_url="https://10.0.0.8/jwks")
+    assert internal.value.code == "url_not_allowed"
+    token_url = f"{app.url}/auth/token"
+    with respx.mock(assert_all_mocked=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        mock.get(CLIENT_KEYS_URL).respond(200, json=jwks(CLIENT_KEY))
+        answer = token_request(
+            app.url, assertion(CLIENT_KEY, "ctms", token_url), "system/Patient.rs"
+        )
+        assert answer.status_code == 200, answer.text
+        assert app.patients(answer.json()["access_token"]).status_code == 200
+        forged = token_request(
+            app.url, assertion(ec_key("ctms-1"), "ctms", token_url), "system/Patient.rs"
+        )
+        assert (forged.status_code, forged.json()["error"]) == (401, "invalid_client")
