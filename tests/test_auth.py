@@ -26,7 +26,7 @@ from joserfc.jwk import ECKey, OctKey, RSAKey
 from sqlalchemy import Engine, text
 
 from service.access.clients import add_client, bootstrap_admin, list_clients, revoke_client
-from service.access.tokens import AUDIENCE, ISSUER
+from service.access.tokens import AUDIENCE, ISSUER, REVOCATION_CHECK_SECONDS
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
@@ -179,6 +179,22 @@ def test_every_forged_token_is_refused_alike(secured: Secured, path: str) -> Non
         assert MRN not in answer.text, why
         assert "Zyxwvut" not in answer.text, why
         assert why not in answer.text  # the reason is logged, never told
+
+
+def test_a_revoked_clients_tokens_stop_working(secured: Secured) -> None:
+    engine = secured.engine
+    key, scopes = EHR_KEY, ["system/*.rs", f"study/{NCT}.read"]
+    add_client(engine, "temp", scopes, jwks=jwks(key))
+    token = access_token(secured.url, key, "temp", " ".join(scopes))
+    for path in PROTECTED:
+        assert secured.get(path, token).status_code == 200, path
+    revoke_client(engine, "temp")
+    time.sleep(REVOCATION_CHECK_SECONDS + 0.2)  # how long a replica may trust its last look
+    for path in PROTECTED:
+        refused = secured.get(path, token)
+        assert refused.status_code == 401, path
+        assert refused.headers["www-authenticate"] == 'Bearer error="invalid_token"', path
+    assert secured.get(PROTECTED[0], secured.tokens["gone"]).status_code == 401
 
 
 def test_a_valid_token_reads_and_its_scopes_limit_it(secured: Secured) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ MAX_ASSERTION_SECONDS = 300
 ISSUER = "urn:trialbridge:token-service"
 AUDIENCE = "urn:trialbridge:api"
 GRANT_TYPE = "client_credentials"
+# A revoked client's tokens stop working within this long on every replica.
+REVOCATION_CHECK_SECONDS = 1.0
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
@@ -84,6 +87,7 @@ class TokenService:
         self.clock = clock
         self._lock = threading.Lock()
         self._keys: tuple[ECKey, KeySet] | None = None
+        self._revoked: dict[str, tuple[float, bool]] = {}  # client -> (checked at, revoked)
 
     # -- our signing key --------------------------------------------------------------------------
 
@@ -233,9 +237,23 @@ class TokenService:
             and isinstance(claims.get("iat", 0), int)
             and claims.get("iat", 0) <= now + self.skew
         )
-        if not valid:
+        if not valid or self._is_revoked(claims["sub"]):
             raise AuthError(401, "invalid_token", "the access token is not valid")
         return Principal(claims["sub"], Scopes.parse(claims["scope"]))
+
+    def _is_revoked(self, client: str) -> bool:
+        """Whether the client is revoked (or gone), asked of the database at most once a second."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._revoked.get(client)
+        if hit is not None and now - hit[0] < REVOCATION_CHECK_SECONDS:
+            return hit[1]
+        with reading(self.engine) as session:
+            row = api_clients.get_client(session, client)
+        revoked = row is None or row.revoked_at is not None
+        with self._lock:
+            self._revoked[client] = (now, revoked)
+        return revoked
 
     def _verify_external(self, token: str, trusted: TrustedIssuer) -> Principal:
         """A token of a configured authorization server: its keys, algorithms and audience."""
