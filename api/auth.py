@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 from urllib.parse import parse_qsl
 
@@ -10,14 +11,16 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from service.access.clients import ADMIN_SCOPES
 from service.access.scopes import PLAIN, Interaction, Scopes, StudyAction
 from service.access.tokens import ASSERTION_ALGORITHMS, Principal, TokenService
 from service.errors import ApiError, AuthError, OAuthError
 from service.infra.settings import Settings
 
 TOKEN_PATH = "/auth/token"
+MAX_TOKEN_REQUEST_BYTES = 64 * 1024  # an assertion is a few kilobytes
 # Loopback without authentication (TRIALBRIDGE_AUTH_DISABLED): everything is allowed.
-_EVERYTHING = Scopes.of(["system/*.cruds", "study/*.read", "study/*.deviations.write", *PLAIN])
+_EVERYTHING = Scopes.of(ADMIN_SCOPES)
 # Declares the scheme in the OpenAPI document so /docs can authorize; checking is ours.
 _BEARER = HTTPBearer(auto_error=False, description="An access token from POST /auth/token")
 
@@ -35,7 +38,10 @@ def public_base(request: Request) -> str:
 async def principal(request: Request, _: Annotated[object, Depends(_BEARER)] = None) -> Principal:
     """Who is asking: the verified bearer token's client and scopes, else 401 invalid_token."""
     settings: Settings = request.app.state.settings
-    if settings.auth_disabled:
+    if settings.auth_disabled:  # `serve` refuses this beyond loopback; each request is checked too
+        peer = request.client.host if request.client else ""
+        if not _loopback(peer):
+            raise AuthError(401, "invalid_token", "authentication is off: loopback clients only")
         request.state.client = "local"
         return Principal("local", _EVERYTHING)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -48,6 +54,13 @@ async def principal(request: Request, _: Annotated[object, Depends(_BEARER)] = N
 
 
 PrincipalDep = Annotated[Principal, Depends(principal)]
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def require_fhir(who: Principal, resource_type: str, interaction: Interaction) -> None:
@@ -92,11 +105,18 @@ async def token(request: Request) -> JSONResponse:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise OAuthError("invalid_request", "send application/x-www-form-urlencoded")
-    body = await request.body()
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_TOKEN_REQUEST_BYTES:
+            raise OAuthError("invalid_request", "the token request is too large", 413)
     try:
-        form = dict(parse_qsl(body.decode("ascii"), keep_blank_values=True, strict_parsing=False))
+        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True)
     except UnicodeDecodeError as exc:
         raise OAuthError("invalid_request", "the form must be ASCII (percent-encoded)") from exc
+    form = dict(pairs)
+    if len(form) != len(pairs):  # RFC 6749 §3.2: a parameter must not be repeated
+        raise OAuthError("invalid_request", "a parameter is repeated")
     tokens: TokenService = request.app.state.tokens
     url = public_base(request) + TOKEN_PATH
     grant = await run_in_threadpool(tokens.exchange, form, url)

@@ -125,8 +125,8 @@ def refuse_unauthenticated_bind(settings: Settings, host: str) -> str | None:
     """Why `serve` must not start: authentication off on an address beyond this machine."""
     if not settings.auth_disabled:
         return None
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    try:  # an address, not a name: /etc/hosts may map `localhost` anywhere
+        loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if loopback:

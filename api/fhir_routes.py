@@ -116,7 +116,7 @@ async def create(
     store.check_type(resource_type)
     require_fhir(who, resource_type, "c")
     body = json_body(await _json(request, settings))
-    ctx = store.context(_source(request), base_url=base)
+    ctx = store.context(_source(request), base_url=base, permits=who.scopes.fhir)
     result = await run_in_threadpool(
         store.create,
         resource_type,
@@ -140,7 +140,7 @@ async def conditional_update(
     store.check_type(resource_type)
     require_fhir(who, resource_type, "u")
     body = json_body(await _json(request, settings))
-    ctx = store.context(_source(request), base_url=base)
+    ctx = store.context(_source(request), base_url=base, permits=who.scopes.fhir)
     params = list(request.query_params.multi_items())
     result = await run_in_threadpool(store.update_conditional, resource_type, params, body, ctx=ctx)
     return write_response(request, result, base)
@@ -153,7 +153,7 @@ async def conditional_delete(
     """Delete the one resource matching the query; 412 when several match."""
     store.check_type(resource_type)
     require_fhir(who, resource_type, "d")
-    ctx = store.context(_source(request), base_url=base)
+    ctx = store.context(_source(request), base_url=base, permits=who.scopes.fhir)
     params = list(request.query_params.multi_items())
     await run_in_threadpool(store.delete_conditional, resource_type, params, ctx=ctx)
     return Response(status_code=204)
@@ -206,7 +206,7 @@ async def update(
     store.check_type(resource_type)
     require_fhir(who, resource_type, "u")
     body = json_body(await _json(request, settings))
-    ctx = store.context(_source(request), base_url=base)
+    ctx = store.context(_source(request), base_url=base, permits=who.scopes.fhir)
     result = await run_in_threadpool(
         store.update,
         resource_type,
@@ -230,7 +230,7 @@ async def delete(
     """Delete (a tombstone version); deleting an absent resource is not an error."""
     store.check_type(resource_type)
     require_fhir(who, resource_type, "d")
-    ctx = store.context(_source(request), base_url=base)
+    ctx = store.context(_source(request), base_url=base, permits=who.scopes.fhir)
     result = await run_in_threadpool(
         store.delete, resource_type, resource_id, if_match=request.headers.get("if-match"), ctx=ctx
     )

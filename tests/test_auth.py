@@ -425,3 +425,85 @@ def test_the_client_commands_round_trip(tmp_path: Path, new_database: Any) -> No
     assert cli("client", "revoke", "ctms").stdout == "client ctms revoked\n"
     assert cli("client", "list").stdout.startswith("ctms\trevoked\t")
     assert cli("client", "revoke", "ctms").returncode == 1
+
+
+CONDITIONAL_CLIENTS: dict[str, tuple[ECKey | RSAKey, list[str]]] = {
+    "creator": (ec_key("cr-1"), ["system/Patient.c", "system/Observation.c"]),
+    "updater": (ec_key("up-1"), ["system/Patient.u"]),
+    "feed": (ec_key("fd-1"), ["system/Patient.crs", "system/Observation.c"]),
+}
+
+
+def _tokens_for(
+    secured: Secured, clients: dict[str, tuple[ECKey | RSAKey, list[str]]]
+) -> dict[str, str]:
+    tokens = {}
+    for name, (key, scopes) in clients.items():
+        if not any(c.name == name for c in list_clients(secured.engine)):
+            add_client(secured.engine, name, scopes, jwks=jwks(key))
+        tokens[name] = access_token(secured.url, key, name, " ".join(scopes))
+    return tokens
+
+
+def test_conditional_operations_need_the_search_and_read_they_perform(secured: Secured) -> None:
+    tokens = _tokens_for(secured, CONDITIONAL_CLIENTS)
+
+    def call(method: str, path: str, token: str, body: Any, **headers: str) -> httpx.Response:
+        return httpx.request(
+            method,
+            f"{secured.url}{path}",
+            json=body,
+            headers={**FHIR_JSON, **bearer(token), **headers},
+            timeout=30,
+        )
+
+    before = counts(secured.engine)
+    probe = {"If-None-Exist": f"identifier={MRN}"}
+    leaked = call("POST", "/fhir/Patient", tokens["creator"], kit.patient(), **probe)
+    assert leaked.status_code == 403  # a create-only token may not learn what matches
+    assert "Zyxwvut" not in leaked.text
+    matched = call("POST", "/fhir/Patient", tokens["feed"], kit.patient(), **probe)
+    assert (matched.status_code, matched.json()["id"]) == (200, "zq")
+    by_reference = kit.observation(
+        code="weight", patient=None, subject={"reference": f"Patient?identifier={MRN}"}
+    )
+    refused = call("POST", "/fhir/Observation", tokens["creator"], by_reference)
+    assert refused.status_code == 403
+    assert "Patient/zq" not in refused.text
+    assert call("POST", "/fhir/Observation", tokens["feed"], by_reference).status_code == 201
+    created_by_update = call(
+        "PUT", "/fhir/Patient/new-1", tokens["updater"], kit.patient(id="new-1")
+    )
+    assert created_by_update.status_code == 403  # an update that creates is a create
+    conditional = call(
+        "PUT", f"/fhir/Patient?identifier={MRN}", tokens["updater"], kit.patient(mrn=MRN)
+    )
+    assert conditional.status_code == 403  # it searches first
+    grown = counts(secured.engine)
+    assert grown["fhir_resource"] == before["fhir_resource"] + 1  # the feed's Observation only
+
+
+def test_token_requests_are_small_and_never_repeat_a_parameter(secured: Secured) -> None:
+    url = f"{secured.url}/auth/token"
+    good = assertion(EHR_KEY, "ehr", url)
+    repeated = httpx.post(
+        url,
+        content=(
+            "grant_type=client_credentials&grant_type=client_credentials"
+            "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+            f"&client_assertion={good}&scope=system%2F%2A.rs"
+        ),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        timeout=30,
+    )
+    assert (repeated.status_code, repeated.json()["error"]) == (400, "invalid_request")
+    huge = httpx.post(
+        url,
+        content=b"scope=" + b"a" * (70 * 1024),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        timeout=30,
+    )
+    assert (huge.status_code, huge.json()["error"]) == (413, "invalid_request")
+    unknown = token_request(secured.url, assertion(EHR_KEY, "nobody", url), "system/*.rs")
+    wrong_key = token_request(secured.url, assertion(STATS_KEY, "ehr", url), "system/*.rs")
+    assert unknown.json() == wrong_key.json()  # client names cannot be probed

@@ -107,22 +107,28 @@ def revoke_client(engine: Engine, name: str) -> None:
 
 
 def bootstrap_admin(engine: Engine, key_file: Path) -> bool:
-    """On an install with no clients yet: register `admin` and write its private key (0600)."""
+    """On an install with no clients yet: register `admin` and write its private key (0600).
+
+    The client is registered first; only the process whose registration won writes the key file,
+    to a fresh temporary file (created 0600, never following a link) renamed into place, so
+    processes starting together never leave a key file that does not match the registered key.
+    """
     with reading(engine) as session:
-        if api_clients.count_clients(session):
+        if api_clients.has_clients(session):
             return False
     key = ECKey.generate_key("P-384", parameters={"use": "sig", "alg": "ES384"})
     key = ECKey.import_key({**key.as_dict(private=True), "kid": key.thumbprint()})
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-        out.write(json.dumps(key.as_dict(private=True)))
-    os.chmod(key_file, 0o600)  # also when the file existed with looser bits
-    public = {"keys": [key.as_dict(private=False)]}
     try:
-        add_client(engine, ADMIN, list(ADMIN_SCOPES), jwks=public)
+        add_client(engine, ADMIN, list(ADMIN_SCOPES), jwks={"keys": [key.as_dict(private=False)]})
     except ApiError:
         return False  # another process registered it first
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = key_file.with_name(f".{key_file.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    descriptor = os.open(temporary, flags, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+        out.write(json.dumps(key.as_dict(private=True)))
+    os.replace(temporary, key_file)
     log.warning(
         "created the local admin client; get a token with: trialbridge token %s --key %s",
         ADMIN,

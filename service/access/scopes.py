@@ -48,6 +48,8 @@ class Scopes:
 
     def fhir(self, resource_type: str, interaction: Interaction | str) -> bool:
         """May the token perform this interaction (c, r, u, d or s) on this resource type?"""
+        if len(interaction) != 1 or interaction not in "cruds":
+            return False  # one interaction at a time; anything else is no interaction
         for scope in self.granted:
             found = _SYSTEM.fullmatch(scope)
             if found is None or found.group(1) not in ("*", resource_type):

@@ -40,6 +40,7 @@ MAX_ASSERTION_SECONDS = 300
 ISSUER = "urn:trialbridge:token-service"
 AUDIENCE = "urn:trialbridge:api"
 GRANT_TYPE = "client_credentials"
+CLIENT_REFUSED = "client authentication failed"
 # A revoked client's tokens stop working within this long on every replica.
 REVOCATION_CHECK_SECONDS = 1.0
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -87,39 +88,52 @@ class TokenService:
         self.clock = clock
         self._lock = threading.Lock()
         self._keys: tuple[ECKey, KeySet] | None = None
+        self._loaded_at = 0.0
         self._revoked: dict[str, tuple[float, bool]] = {}  # client -> (checked at, revoked)
 
     # -- our signing key --------------------------------------------------------------------------
 
-    def _signing(self) -> tuple[ECKey, KeySet]:
-        """The newest signing key and every key's public half, made once per deployment."""
+    def _signing(self, *, reload: bool = False) -> tuple[ECKey, KeySet]:
+        """The signing key and every key's public half, made once per deployment.
+
+        Processes starting together on an empty database may each store a key; every process
+        then signs with the oldest stored key, and reloads the keys when a token names a `kid`
+        it has not seen, so all of them accept each other's tokens.
+        """
         with self._lock:
-            if self._keys is not None:
+            if self._keys is not None and not reload:
                 return self._keys
         with reading(self.engine) as session:
             rows = api_clients.signing_keys(session)
         if not rows:
             key = ECKey.generate_key("P-384", parameters={"use": "sig", "alg": TOKEN_ALGORITHM})
-            kid = key.thumbprint()
-            private = ECKey.import_key({**key.as_dict(private=True), "kid": kid})
+            private = ECKey.import_key({**key.as_dict(private=True), "kid": key.thumbprint()})
             try:
                 with writing(self.engine) as session:
                     api_clients.insert_signing_key(
-                        session, kid, json.dumps(private.as_dict(private=True)), self.clock()
+                        session,
+                        str(private.kid),
+                        json.dumps(private.as_dict(private=True)),
+                        self.clock(),
                     )
             except IntegrityError:
-                pass  # another process made one first: use what is stored
+                pass  # stored already: use what is stored
             with reading(self.engine) as session:
                 rows = api_clients.signing_keys(session)
         keys = [ECKey.import_key(json.loads(r.private_jwk)) for r in rows]
         public = KeySet([ECKey.import_key(k.as_dict(private=False)) for k in keys])
         with self._lock:
             self._keys = (keys[0], public)
+            self._loaded_at = time.monotonic()
         return keys[0], public
 
-    def jwks(self) -> dict[str, Any]:
-        """The public keys our tokens are signed with."""
-        return dict(self._signing()[1].as_dict())
+    def _public_for(self, kid: object) -> KeySet:
+        """Our public keys, reloaded (at most once a second) when `kid` is not among them."""
+        _, public = self._signing()
+        known = {k.kid for k in public}
+        if kid in known or time.monotonic() - self._loaded_at < REVOCATION_CHECK_SECONDS:
+            return public
+        return self._signing(reload=True)[1]
 
     # -- the token endpoint -----------------------------------------------------------------------
 
@@ -139,7 +153,7 @@ class TokenService:
         with reading(self.engine) as session:
             client = api_clients.get_client(session, client_id)
         if client is None or client.revoked_at is not None or not (client.jwks or client.jwks_url):
-            raise OAuthError("invalid_client", "unknown or revoked client", 401)
+            raise OAuthError("invalid_client", CLIENT_REFUSED, 401)
         claims = self._verified_assertion(assertion, client, token_url)
         allowed = Scopes.parse(client.scopes)
         refused = sorted(s for s in requested.granted if not allowed.covers(s))
@@ -147,7 +161,9 @@ class TokenService:
             raise OAuthError("invalid_scope", f"not granted to this client: {' '.join(refused)}")
         expires = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
         with writing(self.engine) as session:
-            fresh = api_clients.remember_assertion(session, client_id, str(claims["jti"]), expires)
+            fresh = api_clients.remember_assertion(
+                session, client_id, str(claims["jti"]), expires, self.clock()
+            )
         if not fresh:
             raise OAuthError("invalid_client", "client assertion replayed (jti seen before)", 401)
         return self._issue(client_id, requested)
@@ -160,12 +176,9 @@ class TokenService:
             else:
                 keys = KeySet.import_key_set(json.loads(client.jwks))
             token = jwt.decode(assertion, keys, algorithms=ASSERTION_ALGORITHMS)
-        except KeySetUnavailable as exc:
-            raise OAuthError("invalid_client", "the client's keys cannot be fetched", 401) from exc
-        except (JoseError, ValueError, KeyError, TypeError) as exc:
-            raise OAuthError(
-                "invalid_client", f"client assertion not verified: {exc}", 401
-            ) from exc
+        except (KeySetUnavailable, JoseError, ValueError, KeyError, TypeError) as exc:
+            # the same words as for an unknown client: client names cannot be probed
+            raise OAuthError("invalid_client", CLIENT_REFUSED, 401) from exc
         if "kid" not in token.header:
             raise OAuthError("invalid_client", "client assertion header needs a kid", 401)
         claims = dict(token.claims)
@@ -218,8 +231,9 @@ class TokenService:
         trusted = self.issuers.get(issuer) if isinstance(issuer, str) else None
         if trusted is not None:
             return self._verify_external(token, trusted)
-        _, public = self._signing()
         try:
+            kid = extract_compact(token.encode()).protected.get("kid")
+            public = self._public_for(kid)
             decoded = jwt.decode(token, public, algorithms=[TOKEN_ALGORITHM])
         except (JoseError, ValueError, KeyError, TypeError) as exc:
             raise AuthError(401, "invalid_token", "the access token is not valid") from exc

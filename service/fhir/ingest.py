@@ -47,10 +47,33 @@ class WriteContext:
 
 
 def interactions_of(entry: Entry) -> str:
-    """The interactions an entry performs, as SMART scope letters."""
+    """The interactions an entry performs, as SMART scope letters.
+
+    A conditional operation searches (`s`); a conditional create answers with the resource it
+    matched, so it reads (`r`) too. An update that creates needs `c` as well: that is checked
+    when the write finds no current version (see `_version_of`).
+    """
     if entry.method == "GET":
         return "r" if entry.resource_id else "s"
-    return {"POST": "c", "PUT": "u", "DELETE": "d", "UPSERT": "cu"}.get(entry.method, "cruds")
+    letters = {"POST": "c", "PUT": "u", "DELETE": "d", "UPSERT": "cu"}.get(entry.method, "cruds")
+    if entry.if_none_exist:
+        letters += "rs"
+    elif entry.query:
+        letters += "s"
+    return letters
+
+
+def forbidden(entry: Entry, rtype: str, letters: str) -> FhirError:
+    """403 `forbidden`, located at the Bundle entry or $import line when there is one."""
+    where = (
+        f"Bundle.entry[{entry.index}]"
+        if entry.path
+        else (f"line {entry.index}" if entry.method == "UPSERT" else "")
+    )
+    text = f"the token's scopes do not allow {letters!r} on {rtype}"
+    if not where:
+        return FhirError.of(403, "forbidden", text)
+    return FhirError.of(403, "forbidden", f"{where}: {text}", where)
 
 
 def out_of_scope(entry: Entry, ctx: WriteContext) -> FhirError | None:
@@ -58,16 +81,8 @@ def out_of_scope(entry: Entry, ctx: WriteContext) -> FhirError | None:
     if ctx.permits is None:
         return None
     rtype = entry.resource_type or ""
-    missing = [i for i in interactions_of(entry) if not ctx.permits(rtype, i)]
-    if not missing:
-        return None
-    where = f"Bundle.entry[{entry.index}]" if entry.path else f"line {entry.index}"
-    return FhirError.of(
-        403,
-        "forbidden",
-        f"{where}: the token's scopes do not allow {''.join(missing)!r} on {rtype}",
-        where,
-    )
+    missing = "".join(i for i in interactions_of(entry) if not ctx.permits(rtype, i))
+    return forbidden(entry, rtype, missing) if missing else None
 
 
 Change = Literal["created", "updated", "unchanged", "deleted", "none", "read", "failed"]
@@ -272,6 +287,14 @@ class _Rewriter:
         self, original: str, rtype: str, query: list[tuple[str, str]], where: str
     ) -> str:
         if original not in self.conditional:
+            if self.ctx.permits is not None and not self.ctx.permits(rtype, "s"):
+                raise FhirError.of(
+                    403,
+                    "forbidden",
+                    f"{where}: a conditional reference searches {rtype}; the token's scopes "
+                    "do not allow 's' on it",
+                    where,
+                )
             ids = _matches(self.session, rtype, query, where)
             if not ids:
                 raise FhirError.of(
@@ -349,6 +372,9 @@ def apply_entries(
     results of what wrote nothing (unchanged content, ifNoneExist matches, reads).
     """
     session = uow.session
+    for e in entries:  # Bundles were checked whole before; single interactions are checked here
+        if (refused := out_of_scope(e, ctx)) is not None:
+            raise refused
     plans, writes, heads = _plan(session, entries, ctx, known_urls)
     results: dict[int, EntryResult] = {}
     rows: list[fhir_versions.VersionRow] = []
@@ -411,6 +437,8 @@ def _version_of(
             412, "conflict", e, f'If-Match W/"{e.if_match}" but {rtype}/{rid} is at {current}'
         )
     next_vid = head.version_id + 1 if head else 1
+    if e.method == "PUT" and not live and ctx.permits is not None and not ctx.permits(rtype, "c"):
+        raise forbidden(e, rtype, "c")  # an update that creates is a create
     if e.method == "DELETE":
         if not live:
             return None, EntryResult(204, "none", rtype, rid)

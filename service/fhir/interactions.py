@@ -187,7 +187,7 @@ class FhirService:
                 if isinstance(exc, DataError):
                     raise _unstorable(exc) from exc
                 if isinstance(exc, OperationalError):
-                    log.warning("database unavailable: %s", exc)
+                    log.warning("database unavailable: %s", type(exc.orig).__name__)
                     raise DatabaseUnavailableError("write") from exc
                 raise
         raise AssertionError("unreachable")

@@ -26,9 +26,9 @@ def list_clients(session: Session) -> list[Any]:
     return list(session.execute(select(_CLIENT).order_by(_CLIENT.c.name)))
 
 
-def count_clients(session: Session) -> int:
-    """How many clients were ever registered (an empty database has none)."""
-    return len(session.execute(select(_CLIENT.c.name).limit(1)).all())
+def has_clients(session: Session) -> bool:
+    """Whether any client was ever registered (an empty install has none)."""
+    return session.execute(select(_CLIENT.c.name).limit(1)).first() is not None
 
 
 def insert_client(session: Session, values: dict[str, Any]) -> None:
@@ -46,9 +46,15 @@ def revoke_client(session: Session, name: str, now: dt.datetime) -> bool:
     return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
-def remember_assertion(session: Session, client: str, jti: str, expires_at: dt.datetime) -> bool:
-    """Record a client assertion's id; False when it was seen before (a replay)."""
-    session.execute(delete(_ASSERTION).where(_ASSERTION.c.expires_at < expires_at - _KEEP))
+def remember_assertion(
+    session: Session, client: str, jti: str, expires_at: dt.datetime, now: dt.datetime
+) -> bool:
+    """Record a client assertion's id; False when it was seen before (a replay).
+
+    Ids of assertions expired for `_KEEP` by the server's clock are dropped (never by a time the
+    caller chose: that could purge ids still in force).
+    """
+    session.execute(delete(_ASSERTION).where(_ASSERTION.c.expires_at < now - _KEEP))
     try:
         with session.begin_nested():
             session.execute(
@@ -59,13 +65,13 @@ def remember_assertion(session: Session, client: str, jti: str, expires_at: dt.d
     return True
 
 
-# an assertion lives at most 5 minutes: rows older than this behind the newest can go
+# longer than any accepted clock skew (at most 5 minutes) past an assertion's expiry
 _KEEP = dt.timedelta(minutes=10)
 
 
 def signing_keys(session: Session) -> list[Any]:
-    """The token signing keys, newest first."""
-    return list(session.execute(select(_KEY).order_by(_KEY.c.created_at.desc(), _KEY.c.kid)))
+    """The token signing keys, oldest first (the one every process signs with comes first)."""
+    return list(session.execute(select(_KEY).order_by(_KEY.c.created_at, _KEY.c.kid)))
 
 
 def insert_signing_key(session: Session, kid: str, private_jwk: str, now: dt.datetime) -> None:
