@@ -308,6 +308,11 @@ def test_the_token_endpoint_refuses_what_smart_refuses(secured: Secured) -> None
             "invalid_client",
         ),
         "no jti": (assertion(EHR_KEY, "ehr", url, jti=None), "system/*.rs", "invalid_client"),
+        "issued in the future": (
+            assertion(EHR_KEY, "ehr", url, iat=int(time.time()) + 3600),
+            "system/*.rs",
+            "invalid_client",
+        ),
         "another's key": (assertion(STATS_KEY, "ehr", url), "system/*.rs", "invalid_client"),
         "sub is not iss": (
             assertion(EHR_KEY, "ehr", url, sub="admin"),

@@ -111,6 +111,9 @@ def test_a_file_issuers_token_is_accepted_with_its_keys_alone(app: App) -> None:
         "same kid, other key": signed(IMPOSTOR, _claims(FILE_ISSUER), alg="RS256"),
         "algorithm not pinned": signed(FILE_KEY, _claims(FILE_ISSUER), alg="RS384"),
         "no scope": signed(FILE_KEY, _claims(FILE_ISSUER, scope=None), alg="RS256"),
+        "issued in the future": signed(
+            FILE_KEY, _claims(FILE_ISSUER, iat=int(time.time()) + 3600), alg="RS256"
+        ),
         "untrusted issuer": signed(FILE_KEY, _claims("https://evil.example"), alg="RS256"),
     }
     for why, token in refused.items():

@@ -199,6 +199,9 @@ class TokenService:
         nbf = claims.get("nbf")
         if nbf is not None and (not isinstance(nbf, int | float) or nbf > now + self.skew):
             problems.append("not yet valid")
+        iat = claims.get("iat")
+        if iat is not None and (not isinstance(iat, int | float) or iat > now + self.skew):
+            problems.append("issued in the future")
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti or len(jti) > 256:
             problems.append("jti is required (at most 256 characters)")
@@ -295,6 +298,8 @@ class TokenService:
             and claims["exp"] >= now - self.skew
             and isinstance(claims.get("nbf", 0), int)
             and claims.get("nbf", 0) <= now + self.skew
+            and isinstance(claims.get("iat", 0), int)
+            and claims.get("iat", 0) <= now + self.skew
             and isinstance(who, str)
             and isinstance(scopes, list)
             and all(isinstance(s, str) for s in scopes)
