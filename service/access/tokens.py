@@ -186,8 +186,7 @@ class TokenService:
         problems = []
         if claims.get("iss") != client.name or claims.get("sub") != client.name:
             problems.append("iss and sub must be the client id")
-        audience = claims.get("aud")
-        if audience != token_url and not (isinstance(audience, list) and token_url in audience):
+        if not _addressed_to(claims, token_url):
             problems.append(f"aud must be {token_url}")
         exp = claims.get("exp")
         if not isinstance(exp, int) or isinstance(exp, bool):
@@ -241,22 +240,29 @@ class TokenService:
         except (JoseError, ValueError, KeyError, TypeError) as exc:
             raise AuthError(401, "invalid_token", "the access token is not valid") from exc
         claims = decoded.claims
-        now = _now_s(self.clock())
         valid = (
             claims.get("iss") == ISSUER
             and claims.get("aud") == AUDIENCE
             and isinstance(claims.get("sub"), str)
             and isinstance(claims.get("scope"), str)
-            and isinstance(claims.get("exp"), int)
-            and claims["exp"] >= now - self.skew
-            and isinstance(claims.get("nbf", 0), int)
-            and claims.get("nbf", 0) <= now + self.skew
-            and isinstance(claims.get("iat", 0), int)
-            and claims.get("iat", 0) <= now + self.skew
+            and self._current(claims)
         )
         if not valid or self._is_revoked(claims["sub"]):
             raise AuthError(401, "invalid_token", "the access token is not valid")
         return Principal(claims["sub"], Scopes.parse(claims["scope"]))
+
+    def _current(self, claims: Mapping[str, Any]) -> bool:
+        """An access token's times: `exp` required and not past, `nbf`/`iat` not ahead (skew)."""
+        now = _now_s(self.clock())
+        exp, nbf, iat = claims.get("exp"), claims.get("nbf", 0), claims.get("iat", 0)
+        return (
+            isinstance(exp, int)
+            and exp >= now - self.skew
+            and isinstance(nbf, int)
+            and nbf <= now + self.skew
+            and isinstance(iat, int)
+            and iat <= now + self.skew
+        )
 
     def _is_revoked(self, client: str) -> bool:
         """Whether the client is revoked (or gone), asked of the database at most once a second."""
@@ -283,23 +289,13 @@ class TokenService:
             claims = jwt.decode(token, keys, algorithms=list(trusted.algorithms)).claims
         except (KeySetUnavailable, JoseError, ValueError, KeyError, TypeError) as exc:
             raise refused from exc
-        now = _now_s(self.clock())
-        audience = claims.get("aud")
         scope = claims.get("scope", claims.get("scp"))
         scopes = scope.split() if isinstance(scope, str) else scope
         who = claims.get("client_id", claims.get("sub"))
         valid = (
             claims.get("iss") == trusted.issuer
-            and (
-                audience == trusted.audience
-                or (isinstance(audience, list) and trusted.audience in audience)
-            )
-            and isinstance(claims.get("exp"), int)
-            and claims["exp"] >= now - self.skew
-            and isinstance(claims.get("nbf", 0), int)
-            and claims.get("nbf", 0) <= now + self.skew
-            and isinstance(claims.get("iat", 0), int)
-            and claims.get("iat", 0) <= now + self.skew
+            and _addressed_to(claims, trusted.audience)
+            and self._current(claims)
             and isinstance(who, str)
             and isinstance(scopes, list)
             and all(isinstance(s, str) for s in scopes)
@@ -307,6 +303,12 @@ class TokenService:
         if not valid:
             raise refused
         return Principal(str(who), Scopes.of(scopes))  # type: ignore[arg-type]
+
+
+def _addressed_to(claims: Mapping[str, Any], audience: str) -> bool:
+    """`aud` is this audience, or a list holding it (RFC 7519 §4.1.3)."""
+    found = claims.get("aud")
+    return found == audience or (isinstance(found, list) and audience in found)
 
 
 def _unverified_claims(token: str) -> dict[str, Any]:
@@ -320,11 +322,7 @@ def _unverified_claims(token: str) -> dict[str, Any]:
 
 def _claimed_client(assertion: str) -> str:
     """The `iss` an assertion claims (unverified: it only says whose keys to verify it with)."""
-    try:
-        claims = json.loads(extract_compact(assertion.encode()).payload)
-    except (JoseError, ValueError, UnicodeDecodeError) as exc:
-        raise OAuthError("invalid_client", "client_assertion is not a compact JWS", 401) from exc
-    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    issuer = _unverified_claims(assertion).get("iss")
     if not isinstance(issuer, str) or not issuer:
         raise OAuthError("invalid_client", "client assertion has no iss", 401)
     return issuer

@@ -372,7 +372,7 @@ def apply_entries(
     results of what wrote nothing (unchanged content, ifNoneExist matches, reads).
     """
     session = uow.session
-    for e in entries:  # Bundles were checked whole before; single interactions are checked here
+    for e in entries:  # the one scope check of every write path (single, Bundle, $import)
         if (refused := out_of_scope(e, ctx)) is not None:
             raise refused
     plans, writes, heads = _plan(session, entries, ctx, known_urls)

@@ -368,16 +368,10 @@ class FhirService:
                 body, unguarded = _parsed_strictly(unguarded), None
         # the envelope passed, so this collects each entry's failure instead of raising
         parsed = parse_bundle(body, check_models=pending is None)
-        refused = [(e, err) for e in parsed.entries if (err := out_of_scope(e, ctx)) is not None]
+        # Scopes are checked entry by entry where entries are applied (`apply_entries`): a
+        # refused entry fails alone in a batch and sinks a transaction whole.
         if parsed.kind == "batch":  # each entry keeps its own check (savepoints)
-            allowed = [e for e in parsed.entries if out_of_scope(e, ctx) is None]
-            failures: list[tuple[int, FhirError | InvalidContentError]] = [
-                *parsed.failures,
-                *((e.index, err) for e, err in refused),
-            ]
-            return "batch-response", self._batch(allowed, failures, ctx)
-        if refused:  # a transaction is refused whole: nothing of it is written
-            raise FhirError(403, [issue for _, err in refused for issue in err.issues])
+            return "batch-response", self._batch(parsed.entries, parsed.failures, ctx)
         gate = None if pending is None else _ModelGate(body, parsed, pending, unguarded)
         if parsed.failures:
             _refuse(parsed if gate is None else gate.settled())
@@ -395,7 +389,7 @@ class FhirService:
     def _batch(
         self,
         entries: list[Entry],
-        failures: list[tuple[int, FhirError | InvalidContentError]],
+        failures: list[tuple[int, InvalidContentError]],
         ctx: WriteContext,
     ) -> list[EntryResult]:
         def work(uow: UnitOfWork) -> dict[int, EntryResult]:
@@ -446,6 +440,8 @@ class FhirService:
                 ]
                 yield LineOutcome(number, failure(InvalidContentError(issues)))
                 continue
+            # apply_entries would refuse it too, but only after sinking its whole chunk into
+            # line-by-line retries: leave it out of the chunk instead
             refused = out_of_scope(entry, upsert_ctx)
             if refused is not None:
                 yield LineOutcome(number, failure(refused))
