@@ -30,7 +30,7 @@ from service.access.tokens import AUDIENCE, ISSUER, REVOCATION_CHECK_SECONDS
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
-from tests.conftest import FHIR_JSON, counts, start_server, stop_server
+from tests.conftest import FHIR_JSON, counts
 from tests.kit import fhir as kit
 from tests.kit.auth import (
     access_token,
@@ -43,6 +43,7 @@ from tests.kit.auth import (
     token_request,
     unsigned,
 )
+from tests.kit.live import served
 
 NCT = "NCT06088771"
 CIRAE = "cirae-dupilumab"
@@ -81,13 +82,8 @@ def secured(backend: str, new_database: Any) -> Iterator[Secured]:
     settings = Settings(
         database_url=str(new_database(backend)), auth_disabled=False, webhook_interval_seconds=0
     )
-    server, thread, url = start_server(settings)
-    engine = make_engine(settings)
-    try:
-        yield _secure(url, engine)
-    finally:
-        stop_server(server, thread)
-        engine.dispose()
+    with served(settings) as running:
+        yield _secure(running.url, running.engine)
 
 
 def _secure(url: str, engine: Engine) -> Secured:

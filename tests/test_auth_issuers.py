@@ -21,11 +21,10 @@ import respx
 
 from service.access.clients import add_client
 from service.errors import ApiError
-from service.infra.db import make_engine
 from service.infra.settings import Settings, TrustedIssuer
 from service.notifications import webhooks
-from tests.conftest import start_server, stop_server
 from tests.kit.auth import assertion, bearer, ec_key, jwks, rsa_key, signed, token_request
+from tests.kit.live import served
 
 FILE_ISSUER = "https://idp.hospital.example"
 URL_ISSUER = "https://login.partner.example"
@@ -77,13 +76,8 @@ def app(backend: str, new_database: Any, tmp_path_factory: pytest.TempPathFactor
             TrustedIssuer(issuer=URL_ISSUER, audience=AUDIENCE, jwks_url=KEYS_URL),
         ),
     )
-    server, thread, url = start_server(settings)
-    engine = make_engine(settings)
-    try:
-        yield App(url, engine)
-    finally:
-        stop_server(server, thread)
-        engine.dispose()
+    with served(settings) as running:
+        yield App(running.url, running.engine)
 
 
 def _claims(issuer: str, **changes: Any) -> dict[str, Any]:

@@ -19,10 +19,10 @@ import pytest
 
 from api.request_log import JsonFormatter
 from service.access.clients import add_client
-from service.infra.db import make_engine
 from service.infra.settings import Settings
-from tests.conftest import FHIR_JSON, start_server, stop_server
+from tests.conftest import FHIR_JSON
 from tests.kit.auth import access_token, bearer, ec_key, jwks
+from tests.kit.live import served
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nct06088771-patient.json"
 NCT = "NCT06088771"
@@ -51,15 +51,10 @@ def app(backend: str, new_database: Any) -> Iterator[App]:
     settings = Settings(
         database_url=str(new_database(backend)), auth_disabled=False, webhook_interval_seconds=0
     )
-    server, thread, url = start_server(settings)
-    engine = make_engine(settings)
-    try:
+    with served(settings) as running:
         scopes = ["system/*.cruds", "study/*.read"]
-        add_client(engine, "ehr", scopes, jwks=jwks(KEY))
-        yield App(url, access_token(url, KEY, "ehr", " ".join(scopes)))
-    finally:
-        stop_server(server, thread)
-        engine.dispose()
+        add_client(running.engine, "ehr", scopes, jwks=jwks(KEY))
+        yield App(running.url, access_token(running.url, KEY, "ehr", " ".join(scopes)))
 
 
 def _service_lines(records: list[logging.LogRecord]) -> list[str]:

@@ -28,23 +28,39 @@ class Live:
     now: dt.datetime
 
 
+@dataclass(frozen=True)
+class Served:
+    """A running app, its URL, and an engine on its database for asserting what it stored."""
+
+    url: str
+    engine: Engine
+    app: FastAPI
+
+
 @contextmanager
-def live_app(database_url: str, now: dt.datetime) -> Iterator[Live]:
-    """The real app over HTTP with webhook delivery off and "now" under the test's control."""
-    settings = Settings(database_url=database_url, webhook_interval_seconds=0)
+def served(settings: Settings) -> Iterator[Served]:
+    """The real app over HTTP with these settings; stopped and its engine disposed after."""
     server, thread, base = start_server(settings)
     engine = make_engine(settings)
     app = server.config.app
     assert isinstance(app, FastAPI)
-    derivation = app.state.store.derivation
-    assert isinstance(derivation, Derivation)
-    state = Live(base, database_url, engine, derivation, now)
-    derivation.clock = lambda: state.now  # the running app's "now" is the test's
     try:
-        yield state
+        yield Served(base, engine, app)
     finally:
         stop_server(server, thread)
         engine.dispose()
+
+
+@contextmanager
+def live_app(database_url: str, now: dt.datetime) -> Iterator[Live]:
+    """The real app over HTTP with webhook delivery off and "now" under the test's control."""
+    settings = Settings(database_url=database_url, webhook_interval_seconds=0)
+    with served(settings) as running:
+        derivation = running.app.state.store.derivation
+        assert isinstance(derivation, Derivation)
+        state = Live(running.url, database_url, running.engine, derivation, now)
+        derivation.clock = lambda: state.now  # the running app's "now" is the test's
+        yield state
 
 
 @contextmanager
