@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 Interaction = Literal["c", "r", "u", "d", "s"]
@@ -46,17 +47,22 @@ class Scopes:
     def __str__(self) -> str:
         return " ".join(sorted(self.granted))
 
+    @cached_property
+    def _system(self) -> dict[str, str]:
+        """The interactions granted per resource type (`*` for every type), parsed once."""
+        letters: dict[str, str] = {}
+        for scope in self.granted:
+            found = _SYSTEM.fullmatch(scope)
+            if found is not None:
+                kind = found.group(1)
+                letters[kind] = letters.get(kind, "") + _V1.get(found.group(2), found.group(2))
+        return letters
+
     def fhir(self, resource_type: str, interaction: Interaction | str) -> bool:
         """May the token perform this interaction (c, r, u, d or s) on this resource type?"""
         if len(interaction) != 1 or interaction not in "cruds":
             return False  # one interaction at a time; anything else is no interaction
-        for scope in self.granted:
-            found = _SYSTEM.fullmatch(scope)
-            if found is None or found.group(1) not in ("*", resource_type):
-                continue
-            if interaction in _V1.get(found.group(2), found.group(2)):
-                return True
-        return False
+        return interaction in self._system.get(resource_type, "") or self._all_types(interaction)
 
     def study(self, study_id: str, action: StudyAction) -> bool:
         """May the token do `action` in this study (`study/<id>.<action>` or `study/*.<action>`)?"""
@@ -80,15 +86,7 @@ class Scopes:
 
     def _all_types(self, interaction: str) -> bool:
         """A `system/*` grant for this interaction (a narrower type grant is not enough)."""
-        for scope in self.granted:
-            found = _SYSTEM.fullmatch(scope)
-            if (
-                found
-                and found.group(1) == "*"
-                and interaction in _V1.get(found.group(2), found.group(2))
-            ):
-                return True
-        return False
+        return interaction in self._system.get("*", "")
 
     @property
     def admin(self) -> bool:
