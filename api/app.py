@@ -13,14 +13,17 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from api import errors, request_log
+from api.audit import AuditRequests
 from api.auth import router as auth_router
 from api.deviation_routes import router as deviation_router
+from api.fhir_routes import audit_router
 from api.fhir_routes import open_router as fhir_open_router
 from api.fhir_routes import router as fhir_router
 from api.outcome_routes import router as outcome_router
 from api.study_routes import router as study_router
 from service.access.clients import bootstrap_admin
 from service.access.tokens import TokenService
+from service.audit.trail import AuditTrail
 from service.derivation.catalog import load_catalog
 from service.fhir.interactions import FhirService
 from service.fhir.validation_workers import ModelChecks
@@ -29,6 +32,7 @@ from service.infra.db import make_engine
 from service.infra.process import settle_process
 from service.infra.settings import Settings
 from service.notifications.webhooks import Dispatcher, policy_from
+from service.reads.audit_log import AuditLog
 from service.reads.cohort_reports import CohortReports
 from service.reads.deviation_log import DeviationLog
 from service.reads.study_reader import StudyReader
@@ -70,6 +74,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         elif conf.is_sqlite:
             key_file = conf.admin_key_file or _admin_key_default(conf)
             await run_in_threadpool(bootstrap_admin, engine, key_file)
+        app.state.audit = AuditTrail(engine)
+        app.state.audit.start()
+        app.state.audit_log = AuditLog(
+            engine,
+            default_count=conf.search_default_count,
+            max_count=conf.search_max_count,
+        )
         model_checks = ModelChecks.for_settings(conf)
         app.state.store = FhirService(engine, conf, catalog.derivation, model_checks)
         app.state.studies = StudyReader(engine, catalog.protocols)
@@ -88,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if dispatcher is not None:
                 dispatcher.stop()
             await run_in_threadpool(model_checks.close)
+            await run_in_threadpool(app.state.audit.stop)
             engine.dispose()
 
     app = FastAPI(
@@ -98,9 +110,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(errors.ApiBodyLimit)
+    app.add_middleware(AuditRequests)  # inside the request log: records carry the request id
     app.add_middleware(request_log.RequestLog)  # outermost: every answer has its request id
     app.include_router(auth_router)
     app.include_router(fhir_open_router)  # /fhir/metadata before /fhir/{resource_type}
+    app.include_router(audit_router)  # so are /fhir/AuditEvent and /fhir/Provenance
     app.include_router(fhir_router)
     app.include_router(study_router)
     app.include_router(deviation_router)

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from service.errors import ApiError
 from service.fhir.interactions import FhirService
 from service.infra.settings import Settings
+from service.reads.audit_log import AuditLog
 from service.reads.cohort_reports import CohortReports
 from service.reads.deviation_log import DeviationLog
 from service.reads.study_reader import StudyReader
@@ -64,4 +65,5 @@ SettingsDep = Annotated[Settings, Depends(_state("settings", Settings))]
 ReaderDep = Annotated[StudyReader, Depends(_state("studies", StudyReader))]
 ReportsDep = Annotated[CohortReports, Depends(_state("reports", CohortReports))]
 DeviationLogDep = Annotated[DeviationLog, Depends(_state("deviations", DeviationLog))]
+AuditLogDep = Annotated[AuditLog, Depends(_state("audit_log", AuditLog))]
 BaseDep = Annotated[str, Depends(fhir_base)]

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import PrincipalDep, principal, require_fhir
-from api.deps import BaseDep, SettingsDep, StoreDep
+from api.audit import audit_note
+from api.auth import PrincipalDep, principal, require, require_fhir
+from api.deps import AuditLogDep, BaseDep, SettingsDep, StoreDep
 from api.fhir_http import (
     JSON_TYPES,
     NDJSON_TYPES,
@@ -23,14 +24,23 @@ from api.fhir_http import (
     resource_headers,
     write_response,
 )
+from api.request_log import route_of
 from fhir_mapping.json_codec import decode_text, dumps, loads
+from service.access.tokens import Principal
+from service.audit.events import Entity
+from service.errors import FhirError
 from service.fhir import responses
 from service.fhir.capability import capability_statement
-from service.fhir.ingest import EntryResult
+from service.fhir.ingest import EntryResult, WriteContext
+from service.fhir.interactions import FhirService
 
 # Every /fhir answer is JSON: a client that accepts none hears 406 before anything else runs.
 router = APIRouter(
     prefix="/fhir", tags=["FHIR R4"], dependencies=[Depends(check_accept), Depends(principal)]
+)
+# The audit trail: read-only, for holders of the `audit` scope (before /fhir/{resource_type}).
+audit_router = APIRouter(
+    prefix="/fhir", tags=["FHIR R4: audit trail"], dependencies=[Depends(check_accept)]
 )
 # What needs no token: the CapabilityStatement (it tells clients how to get one).
 open_router = APIRouter(prefix="/fhir", tags=["FHIR R4"], dependencies=[Depends(check_accept)])
@@ -44,8 +54,73 @@ def _version() -> str:
 
 
 def _source(request: Request) -> str:
+    """Stored with each version: the route (never the path: its ids and values) and the peer."""
     client = request.client.host if request.client else "?"
-    return f"rest {request.method} {request.url.path} from {client}"
+    return f"rest {request.method} {route_of(request.scope)} from {client}"
+
+
+def _context(
+    request: Request, store: FhirService, who: Principal, base: str | None = None
+) -> WriteContext:
+    """A write for this request: its scopes, its client, and its audit note (same transaction)."""
+    return store.context(
+        _source(request),
+        base_url=base,
+        permits=who.scopes.fhir,
+        client=who.client,
+        audit=audit_note(request),
+    )
+
+
+def _require_audit(who: Principal) -> None:
+    require(who, who.scopes.audit, "audit")
+
+
+@audit_router.get("/AuditEvent", summary="Search the audit trail (scope: audit)")
+async def search_audit_events(
+    request: Request, log: AuditLogDep, base: BaseDep, who: PrincipalDep
+) -> Response:
+    """AuditEvents, newest first: by `agent` (client id), `entity` (Type/id or system|value), `date`."""
+    _require_audit(who)
+    params = list(request.query_params.multi_items())
+    return fhir_response(await run_in_threadpool(log.search, "AuditEvent", params, base=base))
+
+
+@audit_router.get("/AuditEvent/{record_id}", summary="Read an AuditEvent (scope: audit)")
+async def read_audit_event(record_id: str, log: AuditLogDep, who: PrincipalDep) -> Response:
+    """One AuditEvent."""
+    _require_audit(who)
+    return fhir_response(await run_in_threadpool(log.read, "AuditEvent", record_id))
+
+
+@audit_router.get("/Provenance", summary="Search write provenance (scope: audit)")
+async def search_provenance(
+    request: Request, log: AuditLogDep, base: BaseDep, who: PrincipalDep
+) -> Response:
+    """Provenance of every write, newest first: by `agent` (client id), `target`, `recorded`."""
+    _require_audit(who)
+    params = list(request.query_params.multi_items())
+    return fhir_response(await run_in_threadpool(log.search, "Provenance", params, base=base))
+
+
+@audit_router.get("/Provenance/{record_id}", summary="Read a Provenance (scope: audit)")
+async def read_provenance(
+    request: Request,
+    record_id: str,
+    log: AuditLogDep,
+    store: StoreDep,
+    base: BaseDep,
+    who: PrincipalDep,
+) -> Response:
+    """One Provenance: recorded by this server, else as a client sent it."""
+    _require_audit(who)
+    try:
+        return fhir_response(await run_in_threadpool(log.read, "Provenance", record_id))
+    except FhirError as exc:
+        if exc.status != 404:
+            raise
+    result = await run_in_threadpool(store.read, "Provenance", record_id)
+    return _read_response(request, result, base)
 
 
 async def _json(request: Request, settings: SettingsDep) -> object:
@@ -67,10 +142,16 @@ async def import_ndjson(
     """Upsert every line on its own; a batch-response with one entry per line."""
     require_media_type(request, NDJSON_TYPES)
     text = decode_text(await read_body(request, settings.max_body_bytes))
-    ctx = store.context(_source(request), permits=who.scopes.fhir)
+    ctx = _context(request, store, who)
 
     def work() -> bytes:
         outcomes = sorted(store.import_lines(text.split("\n"), ctx=ctx), key=lambda o: o.line)
+        if ctx.audit is not None:  # its AuditEvent follows the chunks: it names what they wrote
+            ctx.audit.entities.extend(
+                Entity(r.location)
+                for o in outcomes
+                if (r := o.result).change in ("created", "updated", "deleted") and r.location
+            )
         return responses.response_bundle(
             "batch-response", [o.result for o in outcomes], representation=False
         )
@@ -86,7 +167,7 @@ async def post_bundle(
     """Process a Bundle: transaction (atomic), batch (per entry), collection/message (atomic upsert)."""
     require_media_type(request, JSON_TYPES)
     raw = await read_body(request, settings.max_body_bytes)
-    ctx = store.context(_source(request), base_url=base, permits=who.scopes.fhir)
+    ctx = _context(request, store, who, base)
     representation = prefer_return(request, "minimal") == "representation"
     kind, results = await run_in_threadpool(store.bundle_json, raw, ctx=ctx)
     return fhir_response(responses.response_bundle(kind, results, representation=representation))
@@ -116,7 +197,7 @@ async def create(
     store.check_type(resource_type)
     require_fhir(who, resource_type, "c")
     body = json_body(await _json(request, settings))
-    ctx = store.context(_source(request), base_url=base, permits=who.scopes.fhir)
+    ctx = _context(request, store, who, base)
     result = await run_in_threadpool(
         store.create,
         resource_type,
@@ -140,7 +221,7 @@ async def conditional_update(
     store.check_type(resource_type)
     require_fhir(who, resource_type, "u")
     body = json_body(await _json(request, settings))
-    ctx = store.context(_source(request), base_url=base, permits=who.scopes.fhir)
+    ctx = _context(request, store, who, base)
     params = list(request.query_params.multi_items())
     result = await run_in_threadpool(store.update_conditional, resource_type, params, body, ctx=ctx)
     return write_response(request, result, base)
@@ -153,7 +234,7 @@ async def conditional_delete(
     """Delete the one resource matching the query; 412 when several match."""
     store.check_type(resource_type)
     require_fhir(who, resource_type, "d")
-    ctx = store.context(_source(request), base_url=base, permits=who.scopes.fhir)
+    ctx = _context(request, store, who, base)
     params = list(request.query_params.multi_items())
     await run_in_threadpool(store.delete_conditional, resource_type, params, ctx=ctx)
     return Response(status_code=204)
@@ -206,7 +287,7 @@ async def update(
     store.check_type(resource_type)
     require_fhir(who, resource_type, "u")
     body = json_body(await _json(request, settings))
-    ctx = store.context(_source(request), base_url=base, permits=who.scopes.fhir)
+    ctx = _context(request, store, who, base)
     result = await run_in_threadpool(
         store.update,
         resource_type,
@@ -230,7 +311,7 @@ async def delete(
     """Delete (a tombstone version); deleting an absent resource is not an error."""
     store.check_type(resource_type)
     require_fhir(who, resource_type, "d")
-    ctx = store.context(_source(request), base_url=base, permits=who.scopes.fhir)
+    ctx = _context(request, store, who, base)
     result = await run_in_threadpool(
         store.delete, resource_type, resource_id, if_match=request.headers.get("if-match"), ctx=ctx
     )

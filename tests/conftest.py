@@ -51,6 +51,7 @@ STORE_TABLES = (
     "fhir_resource_version",
     "fhir_resource",
 )
+AUDIT_TABLES = ("audit_record", "audit_entity")
 FHIR_JSON = {"content-type": "application/fhir+json"}
 
 
@@ -207,8 +208,9 @@ def fhir(server: LiveServer, engine: Engine) -> Iterator[httpx.Client]:
 
 
 def counts(engine: Engine) -> dict[str, int]:
-    """Rows in every store table."""
+    """Rows in every store table (the audit trail, which every request adds to, has its own tests)."""
     from sqlmodel import Session
 
     with Session(engine) as session:
-        return fhir_versions.table_counts(session)
+        found = fhir_versions.table_counts(session)
+    return {t: n for t, n in found.items() if t not in AUDIT_TABLES}

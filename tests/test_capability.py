@@ -19,7 +19,9 @@ def capability(fhir: httpx.Client) -> dict[str, object]:
 def test_types_and_interactions(capability: dict[str, object]) -> None:
     rest = capability["rest"][0]  # type: ignore[index]
     assert capability["fhirVersion"] == "4.0.1"
-    assert {r["type"] for r in rest["resource"]} == set(SUPPORTED_TYPES)
+    assert {r["type"] for r in rest["resource"]} == {*SUPPORTED_TYPES, "AuditEvent"}
+    audit = next(r for r in rest["resource"] if r["type"] == "AuditEvent")
+    assert [i["code"] for i in audit["interaction"]] == ["read", "search-type"]  # never written
     assert [i["code"] for i in rest["interaction"]] == ["transaction", "batch"]
     assert [o["name"] for o in rest["operation"]] == ["import"]
 

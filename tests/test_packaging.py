@@ -93,7 +93,7 @@ def test_image_command_serves_a_fresh_sqlite_database(tmp_path: Path) -> None:
         ready = _first_readyz(proc, base, log)
         assert ready.json() == {
             "status": "ready",
-            "schema_revision": "0007",
+            "schema_revision": "0008",
             "model_checks": "idle",
         }
         assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
@@ -139,7 +139,7 @@ def test_serve_leaves_the_schema_to_a_release_step_when_told(tmp_path: Path) -> 
         assert unready.json()["error"] == {
             "status": 503,
             "code": "schema_not_current",
-            "message": "database schema at revision none, this release needs 0007: "
+            "message": "database schema at revision none, this release needs 0008: "
             "run `trialbridge migrate`",
             "details": [],
         }
@@ -153,7 +153,7 @@ def test_serve_leaves_the_schema_to_a_release_step_when_told(tmp_path: Path) -> 
         )
         ready = httpx.get(f"{base}/readyz", timeout=10)
         assert ready.status_code == 200
-        assert ready.json()["schema_revision"] == "0007"
+        assert ready.json()["schema_revision"] == "0008"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

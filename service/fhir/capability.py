@@ -19,7 +19,24 @@ _PARAM_DOCS = {
 _CAPABILITY_DATE = "2026-11-21"
 
 
+# The audit trail's own search parameters (service.reads.audit_log), `audit` scope only.
+_AUDIT_PARAMS = {
+    "AuditEvent": [
+        ("agent", "reference", "Client id (or urn:trialbridge:client|id) that made the request"),
+        ("entity", "reference", "Type/id, or :identifier system|value of a study or subject"),
+        ("date", "date", "When the request was answered; prefixes eq gt lt ge le sa eb"),
+    ],
+    "Provenance": [
+        ("agent", "reference", "Client id (or urn:trialbridge:client|id) that wrote"),
+        ("target", "reference", "Type/id of a resource written"),
+        ("recorded", "date", "When the write committed; prefixes eq gt lt ge le sa eb"),
+    ],
+}
+
+
 def _search_params(rtype: str) -> list[dict[str, str]]:
+    if rtype in _AUDIT_PARAMS:
+        return [{"name": n, "type": t, "documentation": d} for n, t, d in _AUDIT_PARAMS[rtype]]
     params = [
         {"name": name, "type": kind, "documentation": doc}
         for name, (kind, doc) in _PARAM_DOCS.items()
@@ -74,6 +91,21 @@ def capability_statement(*, base_url: str, version: str) -> dict[str, Any]:
         }
         for rtype in sorted(SUPPORTED_TYPES)
     ]
+    resources.append(
+        {
+            "type": "AuditEvent",
+            "documentation": "The audit trail, recorded by this server (scope `audit`)",
+            "interaction": [{"code": "read"}, {"code": "search-type"}],
+            "searchParam": _search_params("AuditEvent"),
+        }
+    )
+    resources.sort(key=lambda r: str(r["type"]))
+    for resource in resources:
+        if resource["type"] == "Provenance":
+            resource["documentation"] = (
+                "Search answers the Provenance this server records for every write (scope "
+                "`audit`); Provenance a client sends is stored as received and read by id"
+            )
     doc = (
         "FHIR R4 store for clinical-trial ingest. Only the resource types listed are accepted; "
         "others are refused with OperationOutcome not-supported. Bundle types accepted at the base: "

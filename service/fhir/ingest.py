@@ -21,9 +21,11 @@ from fhir_mapping.issues import InvalidContentError, Issue
 from fhir_mapping.json_codec import content_hash, dumps
 from fhir_mapping.references import identifier_index, parse_reference, reference_index
 from fhir_mapping.tokens import ascii_int
+from service.audit.events import CLI_CLIENT, AuditNote, Entity, audit_event, provenance
 from service.errors import FhirError
 from service.infra.clock import fhir_instant
 from service.repositories import fhir_versions
+from service.repositories.audit_records import insert_records
 from service.repositories.fhir_search import match_ids, search_bundle
 from service.repositories.fhir_versions import Key
 from service.repositories.unit_of_work import UnitOfWork
@@ -44,6 +46,39 @@ class WriteContext:
     # May the requester do this interaction ("c", "r", "u", "d", "s") on this resource type?
     # None: everything (the command line, or a server without authentication).
     permits: Callable[[str, str], bool] | None = None
+    # who writes (a client id; the command line has its own) and, for an HTTP request, its audit
+    # note: the request's AuditEvent is then recorded in the write's own transaction
+    client: str = CLI_CLIENT
+    audit: AuditNote | None = None
+
+
+def record_write(uow: UnitOfWork, ctx: WriteContext) -> None:
+    """The transaction's Provenance (what it wrote) and the request's AuditEvent, in the transaction."""
+    records = []
+    if uow.versions:
+        records.append(
+            provenance(
+                client=ctx.client,
+                request_id=ctx.request_id,
+                recorded=ctx.now,
+                targets=uow.versions,
+            )
+        )
+    note = ctx.audit
+    if note is not None:
+        written = [Entity(f"{t}/{i}/_history/{v}") for t, i, v, _ in uow.versions]
+        records.append(
+            audit_event(
+                note,
+                action=note.action or "E",
+                subtype=note.subtype or "operation",
+                status=None,
+                recorded=ctx.now,
+                entities=[*note.entities, *written],
+            )
+        )
+        uow.after_commit(note.mark_recorded)
+    insert_records(uow.session, records)
 
 
 def interactions_of(entry: Entry) -> str:

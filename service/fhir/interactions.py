@@ -31,6 +31,7 @@ from fhir_mapping.json_codec import loads, loads_text, loads_unguarded
 from fhir_mapping.references import is_valid_id
 from fhir_mapping.resource_types import SUPPORTED_TYPES
 from fhir_mapping.tokens import ascii_int
+from service.audit.events import CLI_CLIENT, AuditNote
 from service.derivation.catalog import load_catalog
 from service.derivation.refresh import Derivation
 from service.errors import DatabaseUnavailableError, FhirError
@@ -41,6 +42,7 @@ from service.fhir.ingest import (
     apply_upserts,
     failure,
     out_of_scope,
+    record_write,
     upsert_identity,
 )
 from service.fhir.validation_workers import ModelChecks, PendingVerdicts
@@ -152,7 +154,12 @@ class FhirService:
 
     # -- units of work -------------------------------------------------------------------------
 
-    def _write(self, work: Callable[[UnitOfWork], T], gate: Callable[[], None] | None = None) -> T:
+    def _write(
+        self,
+        work: Callable[[UnitOfWork], T],
+        ctx: WriteContext,
+        gate: Callable[[], None] | None = None,
+    ) -> T:
         """Run `work` and the derivation in one transaction; `gate` may still refuse the commit.
 
         The gate settles what was checked elsewhere meanwhile (the models of a Bundle): before the
@@ -173,6 +180,7 @@ class FhirService:
                         raise
                     if gate is not None:
                         gate()  # raising here rolls the whole unit of work back
+                    record_write(uow, ctx)
                     return result
             except DBAPIError as exc:  # IntegrityError and OperationalError among them
                 if _retryable(exc) and attempt < attempts:
@@ -204,12 +212,16 @@ class FhirService:
         conditional_refs: bool = True,
         strict_urns: bool = True,
         permits: Callable[[str, str], bool] | None = None,
+        client: str = CLI_CLIENT,
+        audit: AuditNote | None = None,
     ) -> WriteContext:
-        """A write context stamped now, for one request."""
+        """A write context stamped now, for one request (the HTTP request's id when it has one)."""
         return WriteContext(
             now=utcnow(),
             source=source,
-            request_id=str(uuid.uuid4()),
+            request_id=audit.request_id if audit is not None else str(uuid.uuid4()),
+            client=client,
+            audit=audit,
             base_url=self.settings.base_url or base_url,
             search_default_count=self.settings.search_default_count,
             search_max_count=self.settings.search_max_count,
@@ -259,7 +271,7 @@ class FhirService:
         entry.resource_id = None
         if if_none_exist is not None:
             entry.if_none_exist = self._conditional(if_none_exist, resource_type, "If-None-Exist")
-        return self._write(lambda uow: apply_entries(uow, [entry], ctx))[0]
+        return self._write(lambda uow: apply_entries(uow, [entry], ctx), ctx)[0]
 
     def update(
         self,
@@ -284,7 +296,7 @@ class FhirService:
             )
         entry.resource_id = resource_id
         entry.if_match = self._etag(if_match)
-        return self._write(lambda uow: apply_entries(uow, [entry], ctx))[0]
+        return self._write(lambda uow: apply_entries(uow, [entry], ctx), ctx)[0]
 
     def delete(
         self, resource_type: str, resource_id: str, *, if_match: str | None, ctx: WriteContext
@@ -294,7 +306,7 @@ class FhirService:
         if not is_valid_id(resource_id):
             raise FhirError.of(400, "invalid", f"{resource_id!r} is not a valid FHIR id")
         entry = Entry(0, "", "DELETE", resource_type, resource_id, if_match=self._etag(if_match))
-        return self._write(lambda uow: apply_entries(uow, [entry], ctx))[0]
+        return self._write(lambda uow: apply_entries(uow, [entry], ctx), ctx)[0]
 
     def update_conditional(
         self, resource_type: str, params: list[tuple[str, str]], body: Any, *, ctx: WriteContext
@@ -303,7 +315,7 @@ class FhirService:
         self.check_type(resource_type)
         entry = self._single(body, "PUT", resource_type)
         entry.query = self._criteria(params, resource_type)
-        return self._write(lambda uow: apply_entries(uow, [entry], ctx))[0]
+        return self._write(lambda uow: apply_entries(uow, [entry], ctx), ctx)[0]
 
     def delete_conditional(
         self, resource_type: str, params: list[tuple[str, str]], *, ctx: WriteContext
@@ -311,7 +323,7 @@ class FhirService:
         """DELETE /fhir/{type}?criteria: delete the single match; 412 when several match."""
         self.check_type(resource_type)
         entry = Entry(0, "", "DELETE", resource_type, query=self._criteria(params, resource_type))
-        return self._write(lambda uow: apply_entries(uow, [entry], ctx))[0]
+        return self._write(lambda uow: apply_entries(uow, [entry], ctx), ctx)[0]
 
     def search(self, resource_type: str, params: list[tuple[str, str]], *, base: str) -> bytes:
         """GET /fhir/{type}?…: a searchset Bundle with a cursor `next` link."""
@@ -370,6 +382,8 @@ class FhirService:
         parsed = parse_bundle(body, check_models=pending is None)
         # Scopes are checked entry by entry where entries are applied (`apply_entries`): a
         # refused entry fails alone in a batch and sinks a transaction whole.
+        if ctx.audit is not None:
+            ctx.audit.subtype = "batch" if parsed.kind == "batch" else "transaction"
         if parsed.kind == "batch":  # each entry keeps its own check (savepoints)
             return "batch-response", self._batch(parsed.entries, parsed.failures, ctx)
         gate = None if pending is None else _ModelGate(body, parsed, pending, unguarded)
@@ -378,12 +392,12 @@ class FhirService:
         entries = parsed.entries
         if parsed.kind == "transaction":
             return "transaction-response", self._write(
-                lambda uow: apply_entries(uow, entries, ctx), gate
+                lambda uow: apply_entries(uow, entries, ctx), ctx, gate
             )
         # collection / message: one atomic upsert, conditional references kept as sent
         upsert_ctx = replace(ctx, resolve_conditional_references=False)
         return "transaction-response", self._write(
-            lambda uow: apply_upserts(uow, entries, upsert_ctx), gate
+            lambda uow: apply_upserts(uow, entries, upsert_ctx), upsert_ctx, gate
         )
 
     def _batch(
@@ -395,18 +409,19 @@ class FhirService:
         def work(uow: UnitOfWork) -> dict[int, EntryResult]:
             out: dict[int, EntryResult] = {}
             for entry in entries:
-                before = dict(uow.written)
+                before, versions = dict(uow.written), len(uow.versions)
                 try:
                     with uow.session.begin_nested():
                         out[entry.index] = apply_entries(uow, [entry], ctx)[0]
                 except (FhirError, DataError) as exc:
                     uow.written = before  # what the savepoint undid
+                    del uow.versions[versions:]
                     out[entry.index] = failure(
                         exc if isinstance(exc, FhirError) else _unstorable(exc)
                     )
             return out
 
-        done = self._write(work)
+        done = self._write(work, ctx)
         done.update((i, failure(exc)) for i, exc in failures)
         return [done[i] for i in sorted(done)]
 
@@ -418,7 +433,10 @@ class FhirService:
         progress: Callable[[int], object] | None = None,
     ) -> Iterator[LineOutcome]:
         """NDJSON: each line upserted on its own merits; written in chunks for speed."""
-        upsert_ctx = replace(ctx, resolve_conditional_references=False, require_urn_targets=False)
+        # each chunk records its Provenance; the request's AuditEvent follows the last chunk
+        upsert_ctx = replace(
+            ctx, resolve_conditional_references=False, require_urn_targets=False, audit=None
+        )
         chunk: list[tuple[int, Entry]] = []
         keys: set[tuple[str, str]] = set()
         for number, line in enumerate(lines, start=1):
@@ -462,7 +480,7 @@ class FhirService:
         progress: Callable[[int], object] | None,
     ) -> Iterator[LineOutcome]:
         try:
-            results = self._write(lambda uow: apply_entries(uow, [e for _, e in chunk], ctx))
+            results = self._write(lambda uow: apply_entries(uow, [e for _, e in chunk], ctx), ctx)
         except FhirError:
             if len(chunk) == 1:
                 raise

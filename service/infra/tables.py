@@ -303,3 +303,27 @@ class SigningKey(SQLModel, table=True):
     kid: str = Field(primary_key=True, max_length=64)
     private_jwk: str = Field(sa_column=Column(Text(), nullable=False))
     created_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class AuditRecord(SQLModel, table=True):
+    """One AuditEvent or Provenance as served: written once, never changed, never deleted."""
+
+    __tablename__ = "audit_record"
+    __table_args__ = (Index("ix_audit_record_kind_seq", "kind", "seq"),)
+
+    seq: int | None = Field(default=None, primary_key=True)  # the order records were written in
+    id: str = Field(max_length=64, unique=True)
+    kind: str = Field(max_length=16)  # AuditEvent | Provenance
+    recorded: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))
+    agent: str = Field(max_length=64, index=True)  # the client id, or "anonymous"
+    request_id: str = Field(max_length=64)
+    content: str = Field(sa_column=Column(Text(), nullable=False))
+
+
+class AuditEntity(SQLModel, table=True):
+    """What an audit record names, for search: `Type/id`, or `system|value` of an identifier."""
+
+    __tablename__ = "audit_entity"
+
+    record_id: str = Field(primary_key=True, max_length=64)
+    entity: str = Field(primary_key=True, max_length=300, index=True)

@@ -27,6 +27,8 @@ class UnitOfWork:
     session: Session
     # what this unit of work has written, {(type, id): version}: derivation maps it directly
     written: Written = field(default_factory=dict)
+    # every version written, (type, id, version, deleted), kept for the Provenance at the end
+    versions: list[tuple[str, str, int, bool]] = field(default_factory=list)
     # {payload: event} of the events stored here: reading them back needs no decoding
     stored_events: dict[str, TrialEvent] = field(default_factory=dict)
     # the pseudonym key, once read or generated in this transaction
@@ -41,6 +43,9 @@ class UnitOfWork:
                 WrittenVersion(r.version_id, r.resource, r.identifiers),
             )
             for r in rows
+        )
+        self.versions.extend(
+            (r.resource_type, r.resource_id, r.version_id, r.deleted) for r in rows
         )
 
     def take_written(self) -> Written:
@@ -61,6 +66,7 @@ class UnitOfWork:
         """Roll back and forget everything this transaction held: its writes, events and waiters."""
         self.session.rollback()
         self.written, self.stored_events, self.pseudonym_key = {}, {}, None
+        self.versions = []
         self._after_commit.clear()
 
     def committed(self) -> None:

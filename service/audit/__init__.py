@@ -1,0 +1,1 @@
+"""The audit trail: an AuditEvent for every request that touches patient data, a Provenance per write."""

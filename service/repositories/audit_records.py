@@ -1,0 +1,129 @@
+"""The audit trail's table: records are inserted, searched and exported; never changed or deleted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, func, insert, select
+from sqlmodel import Session
+
+from service.infra.tables import AuditEntity, AuditRecord
+
+_RECORD = AuditRecord.__table__  # type: ignore[attr-defined]
+_ENTITY = AuditEntity.__table__  # type: ignore[attr-defined]
+EXPORT_BATCH = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """An audit record ready to store: the resource, and what it is searched by."""
+
+    id: str
+    kind: Literal["AuditEvent", "Provenance"]
+    recorded: dt.datetime
+    agent: str
+    request_id: str
+    resource: dict[str, Any]
+    entities: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """A search of one kind of record: every condition given must hold."""
+
+    kind: str
+    agents: tuple[str, ...] = ()  # any of these clients
+    entities: tuple[str, ...] = ()  # naming any of these (`Type/id` or `system|value`)
+    # bounds on `recorded`: (">=", t) at or after t, ("<", t) strictly before t
+    recorded: tuple[tuple[Literal[">=", "<"], dt.datetime], ...] = ()
+    count: int = 50
+    after_seq: int | None = None  # the page after this record (newest first)
+
+
+def insert_records(session: Session, records: Sequence[Recorded]) -> None:
+    """Store records and their search keys, in the caller's transaction."""
+    if not records:
+        return
+    session.execute(
+        insert(_RECORD),
+        [
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "recorded": r.recorded,
+                "agent": r.agent[:64],
+                "request_id": r.request_id[:64],
+                "content": json.dumps(r.resource, separators=(",", ":")),
+            }
+            for r in records
+        ],
+    )
+    keys = [{"record_id": r.id, "entity": key} for r in records for key in r.entities]
+    if keys:
+        session.execute(insert(_ENTITY), keys)
+
+
+def _conditions(query: AuditQuery) -> list[ColumnElement[bool]]:
+    c = _RECORD.c
+    where: list[ColumnElement[bool]] = [c.kind == query.kind]
+    if query.agents:
+        where.append(c.agent.in_(query.agents))
+    if query.entities:
+        where.append(
+            c.id.in_(select(_ENTITY.c.record_id).where(_ENTITY.c.entity.in_(query.entities)))
+        )
+    for op, instant in query.recorded:
+        where.append(c.recorded >= instant if op == ">=" else c.recorded < instant)
+    return where
+
+
+def search(session: Session, query: AuditQuery) -> tuple[list[str], int, int | None]:
+    """This page's records (newest first), the total matching, and the cursor when more follow."""
+    c = _RECORD.c
+    where = _conditions(query)
+    total = int(session.execute(select(func.count()).where(*where)).scalar_one())
+    if query.count == 0:
+        return [], total, None
+    page = [*where, c.seq < query.after_seq] if query.after_seq is not None else where
+    rows = session.execute(
+        select(c.seq, c.content).where(*page).order_by(c.seq.desc()).limit(query.count + 1)
+    ).all()
+    more = len(rows) > query.count
+    rows = rows[: query.count]
+    return [r.content for r in rows], total, rows[-1].seq if more else None
+
+
+def read_record(session: Session, kind: str, record_id: str) -> str | None:
+    """One record's resource text, or None."""
+    c = _RECORD.c
+    found = session.execute(
+        select(c.content).where(c.kind == kind, c.id == record_id)
+    ).scalar_one_or_none()
+    return None if found is None else str(found)
+
+
+def export(session: Session, since: dt.datetime) -> Iterator[str]:
+    """Every record recorded at or after `since`, oldest first, read in batches."""
+    c = _RECORD.c
+    last = 0
+    while True:
+        rows = session.execute(
+            select(c.seq, c.content)
+            .where(c.recorded >= since, c.seq > last)
+            .order_by(c.seq)
+            .limit(EXPORT_BATCH)
+        ).all()
+        if not rows:
+            return
+        for row in rows:
+            yield str(row.content)
+        last = rows[-1].seq
+
+
+def count_records(session: Session) -> int:
+    """How many records the trail holds."""
+    return int(session.execute(select(func.count()).select_from(_RECORD)).scalar_one())
