@@ -37,6 +37,10 @@ _FHIR_INTERACTIONS: dict[tuple[str, str], tuple[Action, str]] = {
     ("DELETE", "/fhir/{resource_type}/{resource_id}"): ("D", "delete"),
     ("POST", "/fhir"): ("E", "transaction"),
     ("POST", "/fhir/$import"): ("E", "operation"),
+    ("GET", "/fhir/AuditEvent"): ("E", "search-type"),
+    ("GET", "/fhir/AuditEvent/{record_id}"): ("R", "read"),
+    ("GET", "/fhir/Provenance"): ("E", "search-type"),
+    ("GET", "/fhir/Provenance/{record_id}"): ("R", "read"),
 }
 _BY_METHOD: dict[str, Action] = {"GET": "R", "HEAD": "R", "POST": "C", "PUT": "U", "PATCH": "U"}
 _SEARCHES = frozenset({"search-type"})
@@ -55,7 +59,18 @@ def audit_note(request: Request) -> AuditNote | None:
     return note if isinstance(note, AuditNote) else None
 
 
-def _entities(params: dict[str, Any]) -> list[Entity]:
+def for_write(request: Request, client: str) -> AuditNote | None:
+    """The note a write path records in its transaction: its client, action and subtype set."""
+    note = audit_note(request)
+    if note is not None:
+        note.client = client
+        note.action, note.subtype, named = describe(request.scope, note)
+        if not request.url.path.startswith("/fhir"):  # a FHIR write names the versions it wrote
+            note.entities = named
+    return note
+
+
+def _entities(params: dict[str, Any], route: str) -> list[Entity]:
     """What the path names: a FHIR resource (or version), a study, its subject or deviation."""
     rtype, rid, vid = (
         params.get("resource_type"),
@@ -64,6 +79,9 @@ def _entities(params: dict[str, Any]) -> list[Entity]:
     )
     if isinstance(rtype, str) and isinstance(rid, str):
         return [Entity(f"{rtype}/{rid}" + (f"/_history/{vid}" if isinstance(vid, str) else ""))]
+    record = params.get("record_id")
+    if isinstance(record, str):  # /fhir/AuditEvent/{id} or /fhir/Provenance/{id}
+        return [Entity(f"{route.split('/')[2]}/{record}")]
     study = params.get("study_id")
     if not isinstance(study, str):
         return []
@@ -92,7 +110,7 @@ def describe(scope: Scope, note: AuditNote) -> tuple[Action, str, list[Entity]]:
     return (
         note.action or action,
         note.subtype or subtype,
-        [*_entities(params), *note.entities],
+        [*_entities(params, route), *note.entities],
     )
 
 

@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trialbridge: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     request_log.configure(settings.log_level)
-    if args.command in ("client", "token"):
+    if args.command in ("client", "token", "audit"):
         return cli_access.run(args, settings)
     if args.command == "serve" and (
         refusal := cli_access.refuse_unauthenticated_bind(settings, args.host)

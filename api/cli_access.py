@@ -1,14 +1,16 @@
-"""`trialbridge client add|list|revoke` and `trialbridge token`: clients and tokens for curl."""
+"""`trialbridge client add|list|revoke`, `trialbridge token` (for curl), `trialbridge audit export`."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import ipaddress
 import json
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 from joserfc import jwt
@@ -20,6 +22,7 @@ from service.errors import ApiError
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
+from service.reads.audit_log import AuditLog
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,13 +43,56 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     token.add_argument("--key", type=Path, required=True, help="the client's private JWK")
     token.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
     token.add_argument("--scope", action="append", help="scopes to ask for (default: all)")
+    audit = sub.add_parser("audit", help="the audit trail, for a SIEM")
+    audit_actions = audit.add_subparsers(dest="action", required=True)
+    export = audit_actions.add_parser(
+        "export", help="AuditEvent and Provenance records as NDJSON on stdout, oldest first"
+    )
+    export.add_argument(
+        "--since",
+        type=_instant,
+        required=True,
+        help="records at or after this instant (ISO 8601 with offset) or date (UTC)",
+    )
+
+
+def _instant(text: str) -> dt.datetime:
+    """An ISO 8601 instant with its offset (or Z), or a date meaning its start in UTC."""
+    try:
+        if len(text) == 10:
+            return dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), tzinfo=dt.UTC)
+        value = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date or instant") from exc
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs an offset, e.g. Z or +01:00")
+    return value
+
+
+def export_audit(settings: Settings, since: dt.datetime, out: TextIO) -> int:
+    """Write every audit record since `since` to `out`, one JSON document per line."""
+    engine = make_engine(settings)
+    try:
+        migrate.upgrade(engine)
+        written = 0
+        log = AuditLog(engine, default_count=1, max_count=1)
+        for line in log.export(since):
+            out.write(line + "\n")
+            written += 1
+        return written
+    finally:
+        engine.dispose()
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Carry out `client ...` or `token ...`; errors go to stderr with exit code 1."""
+    """Carry out `client ...`, `token ...` or `audit ...`; errors go to stderr with exit code 1."""
     try:
         if args.command == "token":
             print(_token(args, settings))
+            return 0
+        if args.command == "audit":
+            written = export_audit(settings, args.since, sys.stdout)
+            print(f"exported {written} audit record(s)", file=sys.stderr)
             return 0
         engine = make_engine(settings)
         migrate.upgrade(engine)

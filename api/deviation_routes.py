@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api import views
+from api.audit import for_write
 from api.auth import PrincipalDep, readable_study, require, study_scope
 from api.deps import DeviationLogDep, SettingsDep, reject_nul
 from api.schemas import (
@@ -232,6 +233,7 @@ async def patch_deviation(
             by=patch.by,
             status=patch.status,
             comment=patch.comment,
+            audit=for_write(request, who.client),
         )
     )
     return JSONResponse(views.deviation_detail(detail), headers={"ETag": etag(detail.version)})

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from api.audit import audit_note
+from api.audit import for_write
 from api.auth import PrincipalDep, principal, require, require_fhir
 from api.deps import AuditLogDep, BaseDep, SettingsDep, StoreDep
 from api.fhir_http import (
@@ -68,7 +68,7 @@ def _context(
         base_url=base,
         permits=who.scopes.fhir,
         client=who.client,
-        audit=audit_note(request),
+        audit=for_write(request, who.client),
     )
 
 

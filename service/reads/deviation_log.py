@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from fhir_mapping.tokens import ENTITY_TAG, ascii_int
+from service.audit.events import AuditNote, audit_event
 from service.errors import ApiError
 from service.infra.clock import utcnow
 from service.infra.db import writing
@@ -20,6 +21,7 @@ from service.reads.access import capability, read
 from service.reads.paging import decode_cursor, encode_cursor
 from service.reads.results import DeviationDetail, DeviationPage, HistoryEntry, StudyRef
 from service.repositories import deviation_records, webhook_outbox
+from service.repositories.audit_records import insert_records
 from service.repositories.deviation_records import deviation_json
 from service.repositories.webhook_outbox import Subscription
 
@@ -138,8 +140,12 @@ class DeviationLog:
         by: str,
         status: str | None,
         comment: str | None,
+        audit: AuditNote | None = None,
     ) -> DeviationDetail:
-        """Acknowledge and/or comment, only if the caller saw the current version."""
+        """Acknowledge and/or comment, only if the caller saw the current version.
+
+        The request's AuditEvent, when it has one, is stored in the same transaction.
+        """
         self._study(study_id)
         expected = parse_if_match(if_match)
         if status is None and comment is None:
@@ -184,8 +190,20 @@ class DeviationLog:
                 deviation_records.add_history(
                     session, deviation_id, now, by, "commented", {"comment": comment}
                 )
+            if audit is not None:
+                event = audit_event(
+                    audit,
+                    action=audit.action or "U",
+                    subtype=audit.subtype or "PATCH",
+                    status=None,
+                    recorded=now,
+                    entities=audit.entities,
+                )
+                insert_records(session, [event])
 
         self._write(work)
+        if audit is not None:
+            audit.mark_recorded()
         return self.get(study_id, deviation_id)
 
     # -- subscriptions ------------------------------------------------------------------------------

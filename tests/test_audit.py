@@ -1,0 +1,433 @@
+"""The audit trail over real HTTP on both backends: one AuditEvent per request, Provenance per write.
+
+Expectations come from FHIR R4 (AuditEvent.action C/R/U/D/E, outcome 0 success, 4 minor failure,
+8 serious failure) and from the issue: every request touching patient data is recorded, refused
+ones included, and a write's record is stored with the write.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from service.access.clients import add_client
+from service.infra.db import make_engine
+from service.infra.settings import Settings
+from tests.conftest import FHIR_JSON
+from tests.kit import fhir as kit
+from tests.kit.auth import access_token, bearer, ec_key, jwks
+from tests.kit.live import served
+
+NCT = "NCT06088771"
+BIN = Path(sys.executable).parent
+KEYS = {name: ec_key(f"{name}-1") for name in ("ehr", "monitor", "auditor")}
+SCOPES = {
+    "ehr": ["system/*.cruds"],
+    "monitor": [f"study/{NCT}.read"],
+    "auditor": ["audit"],
+}
+
+
+@dataclass
+class Audited:
+    """A running app with authentication on, an engine on its database, and a token per client."""
+
+    url: str
+    engine: Engine
+    tokens: dict[str, str]
+
+    def call(
+        self, client: str | None, method: str, path: str, body: Any = None, **headers: str
+    ) -> tuple[str, httpx.Response]:
+        """One request with its own X-Request-Id: (that id, the answer)."""
+        rid = uuid.uuid4().hex
+        sent = {"x-request-id": rid, **headers}
+        if client is not None:
+            sent.update(bearer(self.tokens[client]))
+        if body is not None:
+            sent.update(FHIR_JSON)
+        answer = httpx.request(
+            method,
+            f"{self.url}{path}",
+            headers=sent,
+            content=None if body is None else json.dumps(body).encode(),
+            timeout=30,
+        )
+        assert answer.headers["x-request-id"] == rid
+        return rid, answer
+
+    def events(self, kind: str = "AuditEvent") -> list[dict[str, Any]]:
+        """Every record of this kind in the database, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT content FROM audit_record WHERE kind = :k ORDER BY seq"), {"k": kind}
+            ).scalars()
+            return [json.loads(r) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def audited(backend: str, new_database: Any) -> Iterator[Audited]:
+    settings = Settings(
+        database_url=str(new_database(backend)), auth_disabled=False, webhook_interval_seconds=0
+    )
+    with served(settings) as running:
+        for name, key in KEYS.items():
+            add_client(running.engine, name, SCOPES[name], jwks=jwks(key))
+        tokens = {
+            name: access_token(running.url, key, name, " ".join(SCOPES[name]))
+            for name, key in KEYS.items()
+        }
+        yield Audited(running.url, running.engine, tokens)
+
+
+def _request_id(event: dict[str, Any]) -> str:
+    for entity in event["entity"]:
+        identifier = entity.get("what", {}).get("identifier", {})
+        if identifier.get("system") == "urn:trialbridge:request-id":
+            return str(identifier["value"])
+    raise AssertionError(f"no request id in {event['id']}")
+
+
+def _summary(event: dict[str, Any]) -> tuple[str, str, str, str]:
+    agent = event["agent"][0]
+    return (
+        agent["who"]["identifier"]["value"],
+        event["action"],
+        event["outcome"],
+        event["subtype"][0]["code"],
+    )
+
+
+def _references(event: dict[str, Any]) -> list[str]:
+    return [e["what"]["reference"] for e in event["entity"] if "reference" in e.get("what", {})]
+
+
+def test_thirty_requests_by_two_clients_leave_one_audit_event_each(audited: Audited) -> None:
+    pid = f"p-{uuid.uuid4().hex[:8]}"
+    patient = kit.patient(id=pid, mrn=f"MRN-{pid}")
+    obs = kit.observation(id=f"o-{pid}", code="Hemoglobin", patient=pid)
+    batch = kit.bundle(
+        kit.put_entry(kit.patient(id=f"{pid}-b", mrn=f"MRN-{pid}-b")),
+        kit.entry(method="GET", url="Patient/nobody-here"),
+        type="batch",
+    )
+    transaction = kit.bundle(kit.put_entry(kit.patient(id=f"{pid}-t")))
+    enrolled = f"/api/v1/studies/{NCT}/subjects"
+    # (client, method, path, body, headers) -> expected (agent, action, outcome, subtype)
+    script: list[tuple[str, str, str, Any, dict[str, str], tuple[str, str, str, str]]] = [
+        ("ehr", "PUT", f"/fhir/Patient/{pid}", patient, {}, ("ehr", "U", "0", "update")),
+        ("ehr", "PUT", f"/fhir/Patient/{pid}", patient, {}, ("ehr", "U", "0", "update")),
+        ("ehr", "GET", f"/fhir/Patient/{pid}", None, {}, ("ehr", "R", "0", "read")),
+        ("ehr", "GET", f"/fhir/Patient/{pid}/_history/1", None, {}, ("ehr", "R", "0", "vread")),
+        ("ehr", "GET", f"/fhir/Patient/{pid}/_history/9", None, {}, ("ehr", "R", "4", "vread")),
+        ("ehr", "GET", "/fhir/Patient/not-there", None, {}, ("ehr", "R", "4", "read")),
+        (
+            "ehr",
+            "GET",
+            f"/fhir/Patient?identifier=MRN-{pid}",
+            None,
+            {},
+            ("ehr", "E", "0", "search-type"),
+        ),
+        ("ehr", "GET", "/fhir/Patient?name=x", None, {}, ("ehr", "E", "4", "search-type")),
+        ("ehr", "POST", "/fhir/Observation", obs, {}, ("ehr", "C", "0", "create")),
+        (
+            "ehr",
+            "POST",
+            "/fhir/Observation",
+            {"resourceType": "Observation"},
+            {},
+            ("ehr", "C", "4", "create"),
+        ),
+        ("ehr", "PUT", f"/fhir/Observation/o-{pid}", obs, {}, ("ehr", "U", "0", "update")),
+        (
+            "ehr",
+            "PUT",
+            f"/fhir/Patient/{pid}",
+            patient,
+            {"if-match": 'W/"7"'},
+            ("ehr", "U", "4", "update"),
+        ),
+        ("ehr", "POST", "/fhir", batch, {}, ("ehr", "E", "0", "batch")),
+        ("ehr", "POST", "/fhir", transaction, {}, ("ehr", "E", "0", "transaction")),
+        ("ehr", "DELETE", f"/fhir/Observation/o-{pid}", None, {}, ("ehr", "D", "0", "delete")),
+        ("ehr", "GET", f"/fhir/Observation/o-{pid}", None, {}, ("ehr", "R", "4", "read")),
+        (
+            "ehr",
+            "GET",
+            enrolled,
+            None,
+            {},
+            ("ehr", "R", "4", f"GET {enrolled.replace(NCT, '{study_id}')}"),
+        ),
+        ("ehr", "GET", "/fhir/AuditEvent", None, {}, ("ehr", "E", "4", "search-type")),
+        ("ehr", "GET", "/fhir/Composition/x", None, {}, ("ehr", "R", "4", "read")),
+        ("ehr", "DELETE", f"/fhir/Patient/{pid}-b", None, {}, ("ehr", "D", "0", "delete")),
+        (
+            "monitor",
+            "GET",
+            enrolled,
+            None,
+            {},
+            ("monitor", "R", "0", "GET /api/v1/studies/{study_id}/subjects"),
+        ),
+        (
+            "monitor",
+            "GET",
+            f"{enrolled}/S-nobody/timeline",
+            None,
+            {},
+            ("monitor", "R", "4", "GET /api/v1/studies/{study_id}/subjects/{subject_id}/timeline"),
+        ),
+        (
+            "monitor",
+            "GET",
+            "/api/v1/studies/cirae-dupilumab/subjects",
+            None,
+            {},
+            ("monitor", "R", "4", "GET /api/v1/studies/{study_id}/subjects"),
+        ),
+        ("monitor", "GET", f"/fhir/Patient/{pid}", None, {}, ("monitor", "R", "4", "read")),
+        (
+            "monitor",
+            "GET",
+            f"/fhir/Patient?identifier=MRN-{pid}",
+            None,
+            {},
+            ("monitor", "E", "4", "search-type"),
+        ),
+        ("monitor", "PUT", f"/fhir/Patient/{pid}", patient, {}, ("monitor", "U", "4", "update")),
+        ("monitor", "POST", "/fhir", transaction, {}, ("monitor", "E", "4", "transaction")),
+        ("monitor", "DELETE", f"/fhir/Patient/{pid}", None, {}, ("monitor", "D", "4", "delete")),
+        (
+            "monitor",
+            "GET",
+            "/api/v1/studies",
+            None,
+            {},
+            ("monitor", "R", "0", "GET /api/v1/studies"),
+        ),
+        (
+            "monitor",
+            "GET",
+            f"/api/v1/studies/{NCT}/deviations",
+            None,
+            {},
+            ("monitor", "R", "0", "GET /api/v1/studies/{study_id}/deviations"),
+        ),
+    ]
+    assert len(script) == 30
+    before = len(audited.events())
+    expected: dict[str, tuple[str, str, str, str]] = {}
+    for client, method, path, body, headers, want in script:
+        rid, answer = audited.call(client, method, path, body, **headers)
+        assert (answer.status_code < 400) == (want[2] == "0"), (method, path, answer.text)
+        expected[rid] = want
+    events = audited.events()[before:]
+    assert len(events) == 30  # exactly one each: none lost, none doubled
+    assert {_request_id(e): _summary(e) for e in events} == expected
+    for event in events:
+        client_agent = event["agent"][0]
+        assert client_agent["requestor"] is True
+        assert client_agent["network"] == {"address": "127.0.0.1", "type": "2"}
+        assert event["type"]["code"] == "rest"
+
+
+def test_a_write_records_its_audit_event_and_provenance_with_the_versions(
+    audited: Audited,
+) -> None:
+    pid = f"w-{uuid.uuid4().hex[:8]}"
+    rid, created = audited.call("ehr", "PUT", f"/fhir/Patient/{pid}", kit.patient(id=pid))
+    assert created.status_code == 201, created.text
+    event = next(e for e in audited.events() if _request_id(e) == rid)
+    assert _references(event) == [f"Patient/{pid}/_history/1"]
+    assert "outcomeDesc" not in event  # recorded in the write's transaction, before any status
+    provenance = [
+        p
+        for p in audited.events("Provenance")
+        if p["entity"][0]["what"]["identifier"]["value"] == rid
+    ]
+    assert [p["target"] for p in provenance] == [[{"reference": f"Patient/{pid}/_history/1"}]]
+    assert provenance[0]["agent"][0]["who"]["identifier"]["value"] == "ehr"
+    assert provenance[0]["activity"]["coding"][0]["code"] == "CREATE"
+    with audited.engine.connect() as conn:  # the version and its records: one request, one write
+        stamped = conn.execute(
+            text(
+                "SELECT request_id FROM fhir_resource_version "
+                "WHERE resource_type = 'Patient' AND resource_id = :id"
+            ),
+            {"id": pid},
+        ).scalar_one()
+    assert stamped == rid
+
+
+def test_a_refused_write_has_an_audit_event_and_no_provenance(audited: Audited) -> None:
+    pid = f"r-{uuid.uuid4().hex[:8]}"
+    before = len(audited.events("Provenance"))
+    rid, refused = audited.call("monitor", "PUT", f"/fhir/Patient/{pid}", kit.patient(id=pid))
+    assert refused.status_code == 403
+    event = next(e for e in audited.events() if _request_id(e) == rid)
+    assert (_summary(event), event["outcomeDesc"]) == (("monitor", "U", "4", "update"), "HTTP 403")
+    assert _references(event) == [f"Patient/{pid}"]  # what was attempted
+    assert len(audited.events("Provenance")) == before
+
+
+def test_an_anonymous_request_is_recorded_without_an_agent_id(audited: Audited) -> None:
+    rid, answer = audited.call(None, "GET", "/fhir/Patient?identifier=MRN-x")
+    assert answer.status_code == 401
+    event = next(e for e in audited.events() if _request_id(e) == rid)
+    assert _summary(event) == ("anonymous", "E", "4", "search-type")
+    query = next(e["query"] for e in event["entity"] if "query" in e)
+    assert base64.b64decode(query).decode() == "identifier=MRN-x"
+
+
+def test_the_trail_is_read_with_the_audit_scope_only(audited: Audited) -> None:
+    pid = f"s-{uuid.uuid4().hex[:8]}"
+    audited.call("ehr", "PUT", f"/fhir/Patient/{pid}", kit.patient(id=pid))
+    reads = [audited.call("monitor", "GET", f"/fhir/Patient/{pid}")[0] for _ in range(3)]
+    for client in ("ehr", "monitor"):
+        for path in ("/fhir/AuditEvent", "/fhir/Provenance", "/fhir/AuditEvent/x"):
+            assert audited.call(client, "GET", path)[1].status_code == 403, (client, path)
+
+    _, found = audited.call(
+        "auditor", "GET", f"/fhir/AuditEvent?entity=Patient/{pid}&agent=monitor"
+    )
+    bundle = found.json()
+    assert (found.status_code, bundle["type"], bundle["total"]) == (200, "searchset", 3)
+    assert {_request_id(e["resource"]) for e in bundle["entry"]} == set(reads)
+
+    _, page = audited.call("auditor", "GET", f"/fhir/AuditEvent?entity=Patient/{pid}&_count=2")
+    first = page.json()
+    assert (first["total"], len(first["entry"])) == (4, 2)  # the write and three reads
+    following = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    rest = httpx.get(following, headers=bearer(audited.tokens["auditor"]), timeout=30).json()
+    assert len(rest["entry"]) == 2
+    assert not [x for x in rest["link"] if x["relation"] == "next"]
+    seen = [e["resource"]["id"] for e in first["entry"] + rest["entry"]]
+    assert len(set(seen)) == 4
+
+    one = first["entry"][0]["resource"]
+    _, read = audited.call("auditor", "GET", f"/fhir/AuditEvent/{one['id']}")
+    assert read.json() == one
+
+    _, provenance = audited.call("auditor", "GET", f"/fhir/Provenance?target=Patient/{pid}")
+    assert [e["resource"]["target"] for e in provenance.json()["entry"]] == [
+        [{"reference": f"Patient/{pid}/_history/1"}]
+    ]
+    _, none_later = audited.call("auditor", "GET", "/fhir/AuditEvent?date=gt2999-01-01")
+    assert none_later.json()["total"] == 0
+    _, unknown = audited.call("auditor", "GET", "/fhir/AuditEvent?patient=x")
+    assert (unknown.status_code, unknown.json()["issue"][0]["code"]) == (400, "not-supported")
+
+
+def test_the_export_writes_every_record_as_ndjson(audited: Audited, tmp_path: Path) -> None:
+    audited.call("ehr", "GET", "/fhir/Patient?identifier=anything")
+    url = audited.engine.url.render_as_string(hide_password=False)
+    env = {**os.environ, "TRIALBRIDGE_DATABASE_URL": url}
+
+    def export(since: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "trialbridge"), "audit", "export", "--since", since],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+
+    everything = export("2000-01-01")
+    assert everything.returncode == 0, everything.stderr
+    lines = everything.stdout.splitlines()
+    with audited.engine.connect() as conn:
+        stored = conn.execute(text("SELECT count(*) FROM audit_record")).scalar_one()
+    assert len(lines) >= stored - 1  # a read of this test may be recorded while it exports
+    kinds = {json.loads(line)["resourceType"] for line in lines}
+    assert kinds == {"AuditEvent", "Provenance"}
+    assert export("2999-01-01T00:00:00Z").stdout == ""
+    naive = export("2026-01-01T00:00:00")
+    assert naive.returncode == 2
+    assert "needs an offset" in naive.stderr
+
+
+def test_no_answered_read_is_lost_when_the_process_is_killed(tmp_path: Path) -> None:
+    database = tmp_path / "crash.db"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "TRIALBRIDGE_DATABASE_URL": f"sqlite:///{database}",
+        "TRIALBRIDGE_AUTH_DISABLED": "true",
+        "TRIALBRIDGE_WEBHOOK_INTERVAL_SECONDS": "0",
+    }
+    server = subprocess.Popen(
+        [str(BIN / "trialbridge"), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        answered = []
+        for n in range(20):
+            rid = f"crash-{n}"
+            got = httpx.get(f"{base}/fhir/Patient/p{n}", headers={"x-request-id": rid}, timeout=10)
+            assert got.status_code == 404
+            answered.append(rid)
+        server.send_signal(signal.SIGKILL)  # no shutdown, no flush: whatever was not stored is gone
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    engine = make_engine(Settings(database_url=f"sqlite:///{database}"))
+    try:
+        with engine.connect() as conn:
+            recorded = set(
+                conn.execute(text("SELECT request_id FROM audit_record WHERE kind = 'AuditEvent'"))
+                .scalars()
+                .all()
+            )
+    finally:
+        engine.dispose()
+    assert recorded == set(answered)
+
+
+def test_a_read_whose_audit_record_cannot_be_stored_is_not_answered(
+    backend: str, new_database: Any
+) -> None:
+    settings = Settings(database_url=str(new_database(backend)), webhook_interval_seconds=0)
+    with served(settings) as running:
+        written = httpx.put(
+            f"{running.url}/fhir/Patient/zq",
+            json=kit.patient(id="zq", name=[{"family": "Qwerty"}]),
+            headers=FHIR_JSON,
+            timeout=30,
+        )
+        assert written.status_code == 201
+        with running.engine.begin() as conn:  # the trail's table is gone: nothing can be recorded
+            conn.execute(text("DROP TABLE audit_entity"))
+        for path in ("/fhir/Patient/zq", f"/api/v1/studies/{NCT}/subjects"):
+            answer = httpx.get(f"{running.url}{path}", timeout=60)
+            assert answer.status_code == 503, (path, answer.text)
+            assert "Qwerty" not in answer.text
