@@ -74,8 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         elif conf.is_sqlite:
             key_file = conf.admin_key_file or _admin_key_default(conf)
             await run_in_threadpool(bootstrap_admin, engine, key_file)
-        app.state.audit = AuditTrail(engine)
-        app.state.audit.start()
+        app.state.audit = AuditTrail(engine, conf.spool_dir())
+        await run_in_threadpool(app.state.audit.start)
         app.state.audit_log = AuditLog(
             engine,
             default_count=conf.search_default_count,

@@ -18,6 +18,7 @@ from joserfc.jwk import ECKey, RSAKey
 
 from service.access.clients import add_client, list_clients, revoke_client
 from service.access.tokens import ASSERTION_TYPE, GRANT_TYPE
+from service.audit.trail import recover
 from service.errors import ApiError
 from service.infra import migrate
 from service.infra.db import make_engine
@@ -74,6 +75,7 @@ def export_audit(settings: Settings, since: dt.datetime, out: TextIO) -> int:
     engine = make_engine(settings)
     try:
         migrate.upgrade(engine)
+        recover(engine, settings.spool_dir())  # what a crashed process journaled is exported too
         written = 0
         log = AuditLog(engine, default_count=1, max_count=1)
         for line in log.export(since):

@@ -72,8 +72,10 @@ def _context(
     )
 
 
-def _require_audit(who: Principal) -> None:
+async def _require_audit(request: Request, who: Principal) -> None:
+    """The `audit` scope; then this process's journal is stored, so what it answered is found."""
     require(who, who.scopes.audit, "audit")
+    await run_in_threadpool(request.app.state.audit.flush)
 
 
 @audit_router.get("/AuditEvent", summary="Search the audit trail (scope: audit)")
@@ -81,15 +83,17 @@ async def search_audit_events(
     request: Request, log: AuditLogDep, base: BaseDep, who: PrincipalDep
 ) -> Response:
     """AuditEvents, newest first: by `agent` (client id), `entity` (Type/id or system|value), `date`."""
-    _require_audit(who)
+    await _require_audit(request, who)
     params = list(request.query_params.multi_items())
     return fhir_response(await run_in_threadpool(log.search, "AuditEvent", params, base=base))
 
 
 @audit_router.get("/AuditEvent/{record_id}", summary="Read an AuditEvent (scope: audit)")
-async def read_audit_event(record_id: str, log: AuditLogDep, who: PrincipalDep) -> Response:
+async def read_audit_event(
+    request: Request, record_id: str, log: AuditLogDep, who: PrincipalDep
+) -> Response:
     """One AuditEvent."""
-    _require_audit(who)
+    await _require_audit(request, who)
     return fhir_response(await run_in_threadpool(log.read, "AuditEvent", record_id))
 
 
@@ -98,7 +102,7 @@ async def search_provenance(
     request: Request, log: AuditLogDep, base: BaseDep, who: PrincipalDep
 ) -> Response:
     """Provenance of every write, newest first: by `agent` (client id), `target`, `recorded`."""
-    _require_audit(who)
+    await _require_audit(request, who)
     params = list(request.query_params.multi_items())
     return fhir_response(await run_in_threadpool(log.search, "Provenance", params, base=base))
 
@@ -113,7 +117,7 @@ async def read_provenance(
     who: PrincipalDep,
 ) -> Response:
     """One Provenance: recorded by this server, else as a client sent it."""
-    _require_audit(who)
+    await _require_audit(request, who)
     try:
         return fhir_response(await run_in_threadpool(log.read, "Provenance", record_id))
     except FhirError as exc:

@@ -263,7 +263,8 @@ def running_service(
 ) -> Iterator[str]:
     """`python -m uvicorn api.app:app` on a free port; yields its base URL, stops it after."""
     port = _free_port()
-    env = {**os.environ, "DATABASE_URL": database_url}
+    # loopback only, so authentication may be off: the token check is not what this measures
+    env = {**os.environ, "DATABASE_URL": database_url, "TRIALBRIDGE_AUTH_DISABLED": "true"}
     if model_check_processes is not None:
         env["TRIALBRIDGE_MODEL_CHECK_PROCESSES"] = str(model_check_processes)
     command = [sys.executable, "-m", "uvicorn", "api.app:app"]

@@ -23,9 +23,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import Engine, text
 
 from service.access.clients import add_client
+from service.audit.trail import _Segment
 from service.infra.db import make_engine
 from service.infra.settings import Settings
 from tests.conftest import FHIR_JSON
@@ -50,6 +52,7 @@ class Audited:
     url: str
     engine: Engine
     tokens: dict[str, str]
+    app: FastAPI
 
     def call(
         self, client: str | None, method: str, path: str, body: Any = None, **headers: str
@@ -72,7 +75,8 @@ class Audited:
         return rid, answer
 
     def events(self, kind: str = "AuditEvent") -> list[dict[str, Any]]:
-        """Every record of this kind in the database, oldest first."""
+        """Every record of this kind in the database, oldest first (the journal stored first)."""
+        self.app.state.audit.flush()
         with self.engine.connect() as conn:
             rows = conn.execute(
                 text("SELECT content FROM audit_record WHERE kind = :k ORDER BY seq"), {"k": kind}
@@ -92,7 +96,7 @@ def audited(backend: str, new_database: Any) -> Iterator[Audited]:
             name: access_token(running.url, key, name, " ".join(SCOPES[name]))
             for name, key in KEYS.items()
         }
-        yield Audited(running.url, running.engine, tokens)
+        yield Audited(running.url, running.engine, tokens, running.app)
 
 
 def _request_id(event: dict[str, Any]) -> str:
@@ -363,14 +367,14 @@ def test_the_export_writes_every_record_as_ndjson(audited: Audited, tmp_path: Pa
     assert "needs an offset" in naive.stderr
 
 
-def test_no_answered_read_is_lost_when_the_process_is_killed(tmp_path: Path) -> None:
-    database = tmp_path / "crash.db"
+def _serve(database: Path, spool: Path) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {
         **os.environ,
         "TRIALBRIDGE_DATABASE_URL": f"sqlite:///{database}",
+        "TRIALBRIDGE_AUDIT_SPOOL_DIR": str(spool),
         "TRIALBRIDGE_AUTH_DISABLED": "true",
         "TRIALBRIDGE_WEBHOOK_INTERVAL_SECONDS": "0",
     }
@@ -381,42 +385,62 @@ def test_no_answered_read_is_lost_when_the_process_is_killed(tmp_path: Path) -> 
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        answered = []
-        for n in range(20):
-            rid = f"crash-{n}"
-            got = httpx.get(f"{base}/fhir/Patient/p{n}", headers={"x-request-id": rid}, timeout=10)
-            assert got.status_code == 404
-            answered.append(rid)
-        server.send_signal(signal.SIGKILL)  # no shutdown, no flush: whatever was not stored is gone
-        server.wait(timeout=30)
-    finally:
-        if server.poll() is None:
-            server.kill()
+    for _ in range(600):
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.kill()
+    raise AssertionError("the service did not start")
+
+
+def _audited_request_ids(database: Path) -> list[str]:
     engine = make_engine(Settings(database_url=f"sqlite:///{database}"))
     try:
         with engine.connect() as conn:
-            recorded = set(
+            return list(
                 conn.execute(text("SELECT request_id FROM audit_record WHERE kind = 'AuditEvent'"))
                 .scalars()
                 .all()
             )
     finally:
         engine.dispose()
-    assert recorded == set(answered)
 
 
-def test_a_read_whose_audit_record_cannot_be_stored_is_not_answered(
-    backend: str, new_database: Any
+def test_no_answered_read_is_lost_when_the_process_is_killed(tmp_path: Path) -> None:
+    database, spool = tmp_path / "crash.db", tmp_path / "spool"
+    server, base = _serve(database, spool)
+    try:
+        answered = []
+        for n in range(20):
+            rid = f"crash-{n}"
+            got = httpx.get(f"{base}/fhir/Patient/p{n}", headers={"x-request-id": rid}, timeout=10)
+            assert got.status_code == 404
+            answered.append(rid)
+        server.send_signal(signal.SIGKILL)  # no shutdown, no flush: what is only in memory is gone
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    # The next start stores what the killed process journaled: every answered read, once.
+    again, _ = _serve(database, spool)
+    again.terminate()
+    again.wait(timeout=30)
+    recorded = _audited_request_ids(database)
+    assert sorted(recorded) == sorted(answered)
+    assert list(spool.glob("*.ndjson")) == []
+
+
+def test_a_read_whose_audit_record_cannot_be_journaled_is_not_answered(
+    backend: str, new_database: Any, tmp_path: Path
 ) -> None:
-    settings = Settings(database_url=str(new_database(backend)), webhook_interval_seconds=0)
+    settings = Settings(
+        database_url=str(new_database(backend)),
+        webhook_interval_seconds=0,
+        audit_spool_dir=tmp_path / "spool",
+    )
     with served(settings) as running:
         written = httpx.put(
             f"{running.url}/fhir/Patient/zq",
@@ -425,9 +449,16 @@ def test_a_read_whose_audit_record_cannot_be_stored_is_not_answered(
             timeout=30,
         )
         assert written.status_code == 201
-        with running.engine.begin() as conn:  # the trail's table is gone: nothing can be recorded
-            conn.execute(text("DROP TABLE audit_entity"))
-        for path in ("/fhir/Patient/zq", f"/api/v1/studies/{NCT}/subjects"):
-            answer = httpx.get(f"{running.url}{path}", timeout=60)
-            assert answer.status_code == 503, (path, answer.text)
-            assert "Qwerty" not in answer.text
+        trail = running.app.state.audit
+        full = os.open("/dev/full", os.O_WRONLY)
+        try:
+            segment = _Segment(tmp_path / "spool")  # a journal whose disk is full
+            os.dup2(full, segment.fd)
+            with trail._lock:
+                trail._segment = segment
+            for path in ("/fhir/Patient/zq", f"/api/v1/studies/{NCT}/subjects"):
+                answer = httpx.get(f"{running.url}{path}", timeout=60)
+                assert answer.status_code == 503, (path, answer.text)
+                assert "Qwerty" not in answer.text
+        finally:
+            os.close(full)

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 from service.infra.clock import fhir_instant
 from service.repositories.audit_records import Recorded
 
@@ -212,14 +214,9 @@ def audit_event(
         },
         "entity": what,
     }
+    content = orjson.dumps(resource).decode()
     return Recorded(
-        rid,
-        "AuditEvent",
-        recorded,
-        note.client,
-        note.request_id,
-        resource,
-        _keys(entities),
+        rid, "AuditEvent", recorded, note.client, note.request_id, content, _keys(entities)
     )
 
 
@@ -286,4 +283,5 @@ def provenance(
             }
         ],
     }
-    return Recorded(rid, "Provenance", recorded, client, request_id, resource, _keys(references))
+    content = orjson.dumps(resource).decode()
+    return Recorded(rid, "Provenance", recorded, client, request_id, content, _keys(references))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -103,6 +104,11 @@ class Settings(BaseSettings):
         default=(),
         description="external authorization servers whose tokens are accepted (JSON list)",
     )
+    audit_spool_dir: Path | None = Field(
+        default=None,
+        description="The local journal of audit records not yet in the database; keep it on a "
+        "persistent volume (default: beside the SQLite database, else under ./var/audit-spool)",
+    )
     admin_key_file: Path | None = Field(
         default=None,
         description="Where the first start writes the local admin client's private key "
@@ -147,6 +153,17 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         """True for the embedded database."""
         return self.database_url.startswith("sqlite")
+
+    def spool_dir(self) -> Path:
+        """Where this deployment journals audit records."""
+        if self.audit_spool_dir is not None:
+            return self.audit_spool_dir
+        database = self.sqlite_path()
+        if database is not None:
+            return database.parent / f"{database.stem}-audit-spool"
+        # one journal per database: two deployments sharing ./var never mix their records
+        named = hashlib.sha256(self.database_url.encode()).hexdigest()[:16]
+        return Path("var") / "audit-spool" / named
 
     def sqlite_path(self) -> Path | None:
         """File behind a SQLite URL, or None for in-memory/PostgreSQL."""

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, func, insert, select
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from service.infra.tables import AuditEntity, AuditRecord
+from service.repositories import fhir_versions
 
 _RECORD = AuditRecord.__table__  # type: ignore[attr-defined]
 _ENTITY = AuditEntity.__table__  # type: ignore[attr-defined]
@@ -27,7 +28,7 @@ class Recorded:
     recorded: dt.datetime
     agent: str
     request_id: str
-    resource: dict[str, Any]
+    content: str  # the resource's JSON, as served
     entities: tuple[str, ...]
 
 
@@ -44,27 +45,41 @@ class AuditQuery:
     after_seq: int | None = None  # the page after this record (newest first)
 
 
-def insert_records(session: Session, records: Sequence[Recorded]) -> None:
-    """Store records and their search keys, in the caller's transaction."""
+def insert_records(
+    session: Session, records: Sequence[Recorded], *, idempotent: bool = False
+) -> None:
+    """Store records and their search keys, in the caller's transaction.
+
+    Straight to the driver (COPY on PostgreSQL); `idempotent`: a record already stored (the same
+    id) is left as it is instead of failing the transaction, at the cost of a slower statement.
+    """
     if not records:
         return
-    session.execute(
-        insert(_RECORD),
-        [
-            {
-                "id": r.id,
-                "kind": r.kind,
-                "recorded": r.recorded,
-                "agent": r.agent[:64],
-                "request_id": r.request_id[:64],
-                "content": json.dumps(r.resource, separators=(",", ":")),
-            }
-            for r in records
-        ],
-    )
-    keys = [{"record_id": r.id, "entity": key} for r in records for key in r.entities]
-    if keys:
-        session.execute(insert(_ENTITY), keys)
+    keys = [(r.id, key) for r in records for key in r.entities]
+    if idempotent:
+        dialect = session.get_bind().dialect.name
+        make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        session.execute(
+            make(_RECORD).on_conflict_do_nothing(),
+            [dict(zip(_RECORD_COLUMNS, _row(r), strict=True)) for r in records],
+        )
+        if keys:
+            session.execute(
+                make(_ENTITY).on_conflict_do_nothing(),
+                [{"record_id": i, "entity": k} for i, k in keys],
+            )
+        return
+    instant = fhir_versions.instant_binder(session)
+    rows = [(*_row(r)[:2], instant(r.recorded), *_row(r)[3:]) for r in records]
+    fhir_versions.bulk_insert(session, _RECORD, _RECORD_COLUMNS, rows)
+    fhir_versions.bulk_insert(session, _ENTITY, ("record_id", "entity"), keys)
+
+
+_RECORD_COLUMNS = ("id", "kind", "recorded", "agent", "request_id", "content")
+
+
+def _row(r: Recorded) -> tuple[Any, ...]:
+    return (r.id, r.kind, r.recorded, r.agent[:64], r.request_id[:64], r.content)
 
 
 def _conditions(query: AuditQuery) -> list[ColumnElement[bool]]:

@@ -261,6 +261,11 @@ def _mark(conn: Connection) -> str:
     return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
 
+def instant_binder(session: Session) -> Callable[[dt.datetime], Any]:
+    """What `bulk_insert` is given for a timestamp column on this session's database."""
+    return _instant_binder(session.connection())
+
+
 def _instant_binder(conn: Connection) -> Callable[[dt.datetime], Any]:
     """What the driver is given for a timestamp (SQLite stores text in SQLAlchemy's format)."""
     column_type = _HEAD.c.last_updated.type
