@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.auth import TOKEN_PATH
 from api.errors import render
 from api.request_log import REQUEST_ID, route_of
 from service.audit.events import ANONYMOUS, Action, AuditNote, Entity, audit_event
@@ -41,15 +42,18 @@ _FHIR_INTERACTIONS: dict[tuple[str, str], tuple[Action, str]] = {
     ("GET", "/fhir/AuditEvent/{record_id}"): ("R", "read"),
     ("GET", "/fhir/Provenance"): ("E", "search-type"),
     ("GET", "/fhir/Provenance/{record_id}"): ("R", "read"),
+    ("POST", TOKEN_PATH): ("E", "login"),
 }
 _BY_METHOD: dict[str, Action] = {"GET": "R", "HEAD": "R", "POST": "C", "PUT": "U", "PATCH": "U"}
 _SEARCHES = frozenset({"search-type"})
 
 
 def audited(path: str) -> bool:
-    """Requests about patient data, the trial API and the audit trail itself."""
+    """Requests about patient data, the trial API, the audit trail itself, and logins."""
     if path in _OPEN:
         return False
+    if path == TOKEN_PATH:
+        return True
     return path in ("/fhir", API_PREFIX) or path.startswith(("/fhir/", API_PREFIX + "/"))
 
 

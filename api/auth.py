@@ -120,6 +120,7 @@ async def token(request: Request) -> JSONResponse:
     tokens: TokenService = request.app.state.tokens
     url = public_base(request) + TOKEN_PATH
     grant = await run_in_threadpool(tokens.exchange, form, url)
+    request.state.client = grant.client  # the audit trail's agent of this login
     return JSONResponse(
         {
             "access_token": grant.access_token,

@@ -32,7 +32,7 @@ from service.infra.db import make_engine
 from service.infra.settings import Settings
 from tests.conftest import FHIR_JSON
 from tests.kit import fhir as kit
-from tests.kit.auth import access_token, bearer, ec_key, jwks
+from tests.kit.auth import access_token, assertion, bearer, ec_key, jwks, token_request
 from tests.kit.live import served
 
 NCT = "NCT06088771"
@@ -300,6 +300,18 @@ def test_an_anonymous_request_is_recorded_without_an_agent_id(audited: Audited) 
     assert base64.b64decode(query).decode() == "identifier=MRN-x"
 
 
+def test_token_requests_are_audited_as_logins(audited: Audited) -> None:
+    url = f"{audited.url}/auth/token"
+    granted = token_request(audited.url, assertion(KEYS["ehr"], "ehr", url), "system/*.rs")
+    refused = token_request(audited.url, assertion(ec_key("ehr-1"), "ehr", url), "system/*.rs")
+    assert (granted.status_code, refused.status_code) == (200, 401)
+    found = {_request_id(e): e for e in audited.events()}
+    ok, bad = found[granted.headers["x-request-id"]], found[refused.headers["x-request-id"]]
+    assert _summary(ok) == ("ehr", "E", "0", "110122")  # DICOM Login
+    assert _summary(bad) == ("anonymous", "E", "4", "110122")  # an unproven claim names no one
+    assert ok["type"]["code"] == bad["type"]["code"] == "110114"  # User Authentication
+
+
 def test_the_trail_is_read_with_the_audit_scope_only(audited: Audited) -> None:
     pid = f"s-{uuid.uuid4().hex[:8]}"
     audited.call("ehr", "PUT", f"/fhir/Patient/{pid}", kit.patient(id=pid))
@@ -340,7 +352,10 @@ def test_the_trail_is_read_with_the_audit_scope_only(audited: Audited) -> None:
 
 
 def test_the_export_writes_every_record_as_ndjson(audited: Audited, tmp_path: Path) -> None:
+    pid = f"x-{uuid.uuid4().hex[:8]}"
+    audited.call("ehr", "PUT", f"/fhir/Patient/{pid}", kit.patient(id=pid))  # a Provenance too
     audited.call("ehr", "GET", "/fhir/Patient?identifier=anything")
+    audited.app.state.audit.flush()
     url = audited.engine.url.render_as_string(hide_password=False)
     env = {**os.environ, "TRIALBRIDGE_DATABASE_URL": url}
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from service.studies.interventional.deviation_sync import RESOLVED_BY_DATA
 from tests.kit import fhir as kit
@@ -491,7 +493,9 @@ def late_surgery_subject(fhir: httpx.Client) -> None:
     )
 
 
-def test_acknowledge_needs_the_current_etag(api: httpx.Client, fhir: httpx.Client) -> None:
+def test_acknowledge_needs_the_current_etag(
+    api: httpx.Client, fhir: httpx.Client, live: Live
+) -> None:
     """Staff may only change what they saw: 428 without If-Match, 412 with a stale one."""
     late_surgery_subject(fhir)
     [found] = deviations(api)
@@ -538,6 +542,15 @@ def test_acknowledge_needs_the_current_etag(api: httpx.Client, fhir: httpx.Clien
         ("commented", "j.doe@site.org"),
     ]
     assert after["history"][2]["detail"] == {"comment": "surgeon on leave"}
+    with live.engine.connect() as conn:  # stored with the change, in its transaction
+        [recorded] = conn.execute(
+            text("SELECT content FROM audit_record WHERE request_id = :r"),
+            {"r": done.headers["x-request-id"]},
+        ).scalars()
+    event = json.loads(recorded)
+    assert (event["action"], event["outcome"], "outcomeDesc" in event) == ("U", "0", False)
+    named = [e["what"]["identifier"]["value"] for e in event["entity"] if "what" in e]
+    assert named[:2] == [NCT, found["id"]]
     replay = api.patch(url, json=patch, headers={"If-Match": etag})  # a double-click
     assert replay.status_code == 412
     assert deviations(api, status="acknowledged") == [

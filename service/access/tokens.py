@@ -61,6 +61,7 @@ class TokenGrant:
     access_token: str
     expires_in: int
     scope: str
+    client: str
 
 
 def _now_s(now: dt.datetime) -> int:
@@ -223,7 +224,7 @@ class TokenService:
         }
         header = {"alg": TOKEN_ALGORITHM, "kid": key.kid, "typ": "at+jwt"}
         token = jwt.encode(header, claims, key, algorithms=[TOKEN_ALGORITHM])
-        return TokenGrant(token, self.lifetime, str(scopes))
+        return TokenGrant(token, self.lifetime, str(scopes), client_id)
 
     # -- bearer tokens ----------------------------------------------------------------------------
 

@@ -143,6 +143,8 @@ def _entity(entity: Entity) -> dict[str, Any]:
 
 
 def _subtype(subtype: str) -> dict[str, str]:
+    if subtype == "login":  # a token request
+        return _coding(_DCM, "110122", "Login")
     if subtype in _REST_INTERACTIONS:
         return _coding("http://hl7.org/fhir/restful-interaction", subtype, subtype)
     return _coding("urn:trialbridge:api-operation", subtype)  # e.g. "GET /api/v1/studies/{…}"
@@ -178,7 +180,9 @@ def audit_event(
     resource: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "id": rid,
-        "type": _coding(
+        "type": _coding(_DCM, "110114", "User Authentication")
+        if subtype == "login"
+        else _coding(
             "http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "RESTful Operation"
         ),
         "subtype": [_subtype(subtype)],
