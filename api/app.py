@@ -32,6 +32,7 @@ from service.infra.db import make_engine
 from service.infra.process import settle_process
 from service.infra.settings import Settings
 from service.notifications.webhooks import Dispatcher, policy_from
+from service.privacy.evidence import EvidenceCodec
 from service.reads.audit_log import AuditLog
 from service.reads.cohort_reports import CohortReports
 from service.reads.deviation_log import DeviationLog
@@ -74,6 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         elif conf.is_sqlite:
             key_file = conf.admin_key_file or _admin_key_default(conf)
             await run_in_threadpool(bootstrap_admin, engine, key_file)
+        app.state.evidence = EvidenceCodec(engine)
+        if conf.auto_migrate:  # else the release step has not made its table yet: read it lazily
+            await run_in_threadpool(app.state.evidence.load)
         app.state.audit = AuditTrail(engine, conf.spool_dir())
         await run_in_threadpool(app.state.audit.start)
         app.state.audit_log = AuditLog(

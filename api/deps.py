@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from service.errors import ApiError
 from service.fhir.interactions import FhirService
 from service.infra.settings import Settings
+from service.privacy.evidence import Cited, EvidenceCodec
 from service.reads.audit_log import AuditLog
 from service.reads.cohort_reports import CohortReports
 from service.reads.deviation_log import DeviationLog
@@ -67,3 +68,13 @@ ReportsDep = Annotated[CohortReports, Depends(_state("reports", CohortReports))]
 DeviationLogDep = Annotated[DeviationLog, Depends(_state("deviations", DeviationLog))]
 AuditLogDep = Annotated[AuditLog, Depends(_state("audit_log", AuditLog))]
 BaseDep = Annotated[str, Depends(fhir_base)]
+
+
+async def evidence_seal(request: Request, study_id: str) -> Callable[[Cited], str]:
+    """The path's study's evidence ids: answers cite evidence through these, never FHIR ids."""
+    codec: EvidenceCodec = request.app.state.evidence
+    return lambda cited: codec.seal(study_id, cited)
+
+
+SealDep = Annotated[Callable[[Cited], str], Depends(evidence_seal)]
+EvidenceDep = Annotated[EvidenceCodec, Depends(_state("evidence", EvidenceCodec))]

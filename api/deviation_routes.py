@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from api import views
 from api.audit import for_write
 from api.auth import PrincipalDep, readable_study, require, study_scope
-from api.deps import DeviationLogDep, SettingsDep, reject_nul
+from api.deps import DeviationLogDep, SealDep, SettingsDep, reject_nul
 from api.schemas import (
     ERRORS,
     DeviationDetail,
@@ -120,7 +120,7 @@ def _csv(page: dict[str, Any]) -> str:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for d in page["deviations"]:
-        row = {**d, "evidence": " ".join(e["reference"] for e in d["evidence"])}
+        row = {**d, "evidence": " ".join(e["evidence_id"] for e in d["evidence"])}
         writer.writerow([_cell(row[c]) for c in CSV_COLUMNS])
     return out.getvalue()
 
@@ -140,6 +140,7 @@ async def list_deviations(
     log: DeviationLogDep,
     response: Response,
     settings: SettingsDep,
+    seal: SealDep,
     study_id: str,
     subject: Annotated[str | None, Query(description="subject_id")] = None,
     rule: Annotated[str | None, Query()] = None,
@@ -177,7 +178,8 @@ async def list_deviations(
     page = views.deviation_page(
         await run_in_threadpool(
             lambda: log.page(study_id, cursor=cursor, limit=size, filters=filters)
-        )
+        ),
+        seal,
     )
     if wanted == CSV:
         headers = {"Vary": "Accept"}
@@ -197,11 +199,12 @@ async def list_deviations(
     summary="One deviation with its history (ETag for PATCH)",
 )
 async def get_deviation(
-    request: Request, log: DeviationLogDep, study_id: str, deviation_id: str
+    request: Request, log: DeviationLogDep, seal: SealDep, study_id: str, deviation_id: str
 ) -> Response:
     """The deviation, every change to it, and its ETag."""
     detail = await run_in_threadpool(lambda: log.get(study_id, deviation_id))
-    return JSONResponse(views.deviation_detail(detail), headers={"ETag": etag(detail.version)})
+    body = views.deviation_detail(detail, seal)
+    return JSONResponse(body, headers={"ETag": etag(detail.version)})
 
 
 @router.patch(
@@ -221,6 +224,7 @@ async def patch_deviation(
     deviation_id: str,
     patch: DeviationPatch,
     who: PrincipalDep,
+    seal: SealDep,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Staff handling survives recomputation; every change is kept in the history."""
@@ -236,7 +240,8 @@ async def patch_deviation(
             audit=for_write(request, who.client),
         )
     )
-    return JSONResponse(views.deviation_detail(detail), headers={"ETag": etag(detail.version)})
+    body = views.deviation_detail(detail, seal)
+    return JSONResponse(body, headers={"ETag": etag(detail.version)})
 
 
 @router.post(

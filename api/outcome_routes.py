@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import views
 from api.auth import readable_study
-from api.deps import ReportsDep, reject_nul
+from api.deps import ReportsDep, SealDep, reject_nul
 from api.fhir_http import if_none_match
 from api.schemas import ERRORS, CohortOutcomesOut
 
@@ -26,9 +26,12 @@ router = APIRouter(
     response_model=CohortOutcomesOut,
     summary="Cohort outcomes: rates with exact CIs, Kaplan–Meier, Cox models",
 )
-async def study_outcomes(request: Request, reports: ReportsDep, study_id: str) -> dict[str, Any]:
+async def study_outcomes(
+    request: Request, reports: ReportsDep, seal: SealDep, study_id: str
+) -> dict[str, Any]:
     """Computed from every subject's current events; cached until the data changes."""
-    return views.cohort_outcomes(await run_in_threadpool(lambda: reports.outcomes(study_id)))
+    found = await run_in_threadpool(lambda: reports.outcomes(study_id))
+    return views.cohort_outcomes(found, seal)
 
 
 @router.get(

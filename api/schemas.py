@@ -130,12 +130,26 @@ class DateValue(BaseModel):
 
 
 class Evidence(BaseModel):
-    """The exact resource version an event came from."""
+    """The exact resource version an event came from, cited without its FHIR id.
 
+    `GET /api/v1/studies/{study}/evidence/{evidence_id}` resolves it to the FHIR reference for a
+    token that may read that resource under /fhir (source-data verification).
+    """
+
+    evidence_id: str = Field(
+        examples=["EV-3q2x0H8Qn9p5cA1xL0wLr1x2tX5u8d0Kk2m4b6c8e0g2i4k6m8o0q2s4u6w8y0"],
+        description="Opaque and stable: the same resource version always has the same id",
+    )
     resource_type: str = Field(examples=["MedicationAdministration"])
-    id: str
-    version: str
-    reference: str = Field(examples=["MedicationAdministration/ma-1/_history/1"])
+
+
+class EvidenceOut(BaseModel):
+    """An evidence id resolved: the FHIR resource version it cites, and where to read it."""
+
+    evidence_id: str
+    resource_type: str = Field(examples=["Observation"])
+    reference: str = Field(examples=["Observation/obs-1/_history/2"])
+    url: str = Field(examples=["https://trialbridge.example/fhir/Observation/obs-1/_history/2"])
 
 
 class ConceptMatchOut(BaseModel):

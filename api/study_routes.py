@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from api import views
-from api.auth import PrincipalDep, readable_study, visible_studies
-from api.deps import ReaderDep, SettingsDep, reject_nul
+from api.audit import audit_note
+from api.auth import PrincipalDep, readable_study, require, visible_studies
+from api.deps import EvidenceDep, ReaderDep, SealDep, SettingsDep, fhir_base, reject_nul
 from api.schemas import (
     ERRORS,
     EligibilityOut,
+    EvidenceOut,
     ScreeningPage,
     StudyDetail,
     StudyList,
@@ -20,6 +22,8 @@ from api.schemas import (
     SubjectPage,
     Timeline,
 )
+from service.audit.events import Entity
+from service.errors import ApiError
 
 router = APIRouter(
     prefix="/api/v1",
@@ -71,9 +75,12 @@ async def list_subjects(
     response_model=Timeline,
     summary="A subject's trial events in study-day order",
 )
-async def subject_timeline(reader: ReaderDep, study_id: str, subject_id: str) -> dict[str, Any]:
-    """Every event with its date (and precision), study day, values and FHIR evidence."""
-    return views.timeline(await run_in_threadpool(lambda: reader.timeline(study_id, subject_id)))
+async def subject_timeline(
+    reader: ReaderDep, seal: SealDep, study_id: str, subject_id: str
+) -> dict[str, Any]:
+    """Every event with its date (and precision), study day, values and evidence id."""
+    found = await run_in_threadpool(lambda: reader.timeline(study_id, subject_id))
+    return views.timeline(found, seal)
 
 
 @router.get(
@@ -107,6 +114,7 @@ async def screening_list(
 )
 async def subject_eligibility(
     reader: ReaderDep,
+    seal: SealDep,
     study_id: str,
     subject_id: str,
     as_of: Annotated[
@@ -116,7 +124,7 @@ async def subject_eligibility(
 ) -> dict[str, Any]:
     """Stored result (kept current on ingest) by default; computed on demand for a given as_of."""
     found = await run_in_threadpool(lambda: reader.subject_eligibility(study_id, subject_id, as_of))
-    return views.candidate_eligibility(found)
+    return views.candidate_eligibility(found, seal)
 
 
 @router.get(
@@ -124,7 +132,39 @@ async def subject_eligibility(
     response_model=SubjectOutcomesOut,
     summary="A subject's endpoints: time to surgery, MPR, pCR, EFS, OS, safety",
 )
-async def subject_outcomes(reader: ReaderDep, study_id: str, subject_id: str) -> dict[str, Any]:
+async def subject_outcomes(
+    reader: ReaderDep, seal: SealDep, study_id: str, subject_id: str
+) -> dict[str, Any]:
     """Computed from the subject's current events, with the evidence of each endpoint."""
     found = await run_in_threadpool(lambda: reader.outcomes(study_id, subject_id))
-    return views.subject_endpoints(found)
+    return views.subject_endpoints(found, seal)
+
+
+@router.get(
+    "/studies/{study_id}/evidence/{evidence_id}",
+    response_model=EvidenceOut,
+    summary="The FHIR resource version an evidence id cites (source-data verification)",
+)
+async def resolve_evidence(
+    request: Request, codec: EvidenceDep, who: PrincipalDep, study_id: str, evidence_id: str
+) -> dict[str, Any]:
+    """Only for a token that may read that resource under /fhir (else 403); audited."""
+    cited = codec.open(study_id, evidence_id)
+    if cited is None:
+        raise ApiError(
+            404, "evidence_not_found", f"no evidence {evidence_id[:100]!r} in {study_id}"
+        )
+    require(
+        who,
+        who.scopes.fhir(cited.resource_type, "r"),
+        f"system/{cited.resource_type}.r (to read the resource under /fhir)",
+    )
+    note = audit_note(request)
+    if note is not None:  # a re-identification: the audit trail names the resource
+        note.entities.append(Entity(cited.reference))
+    return {
+        "evidence_id": evidence_id,
+        "resource_type": cited.resource_type,
+        "reference": cited.reference,
+        "url": f"{fhir_base(request)}/{cited.reference}",
+    }

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from service.infra.clock import iso_utc
+from service.privacy.ages import whole_years
+from service.privacy.evidence import Cited, minimised
 from service.protocol.schema import StudyProtocol
 from service.reads.results import (
     CandidateEligibility,
@@ -23,6 +27,7 @@ from service.repositories.webhook_outbox import Subscription
 from service.stats.plots import MEDIA_TYPES
 
 _HEADER_KEYS = ("kind", "id", "version", "title", "sources")
+Seal = Callable[[Cited], str]  # a study's evidence ids (service.privacy.evidence)
 
 
 def study_summary(protocol: StudyProtocol) -> dict[str, Any]:
@@ -66,27 +71,47 @@ def subject_page(page: SubjectPage) -> dict[str, Any]:
     }
 
 
-def _timeline_entry(entry: TimelineEntry) -> dict[str, Any]:
-    return {**entry.event.to_json(), "study_day": entry.study_day}
+def _timeline_entry(entry: TimelineEntry, anchor: dt.date | None, seal: Seal) -> dict[str, Any]:
+    body = {**entry.event.to_json(), "study_day": entry.study_day}
+    if body["kind"] == "demographics":
+        body = _ages_not_birth_dates(body, anchor)
+    return dict(minimised(body, seal))
 
 
-def timeline(t: Timeline) -> dict[str, Any]:
-    """GET /studies/{id}/subjects/{subject}/timeline."""
+def _ages_not_birth_dates(body: dict[str, Any], anchor: dt.date | None) -> dict[str, Any]:
+    """The demographics event without the birth date: age in whole years at enrollment instead.
+
+    Enrollment is the interventional study's consent day, and the cohort's ICB initiation.
+    """
+    born = body.get("date")
+    age = None
+    if isinstance(born, dict) and anchor is not None:
+        first = dt.date.fromisoformat(born["first_day"])
+        last = dt.date.fromisoformat(born["last_day"])
+        age = whole_years(first, last, anchor)
+    values = {k: v for k, v in body["values"].items() if k != "birth_date"}
+    values["age_at_enrollment"] = age
+    return {**body, "date": None, "end": None, "study_day": None, "values": values}
+
+
+def timeline(t: Timeline, seal: Seal) -> dict[str, Any]:
+    """GET /studies/{id}/subjects/{subject}/timeline: evidence ids, and an age, not a birth date."""
+    anchor = t.subject.enrolled_on or t.subject.day1
     return {
         "study": _study(t.study),
         "subject": _subject(t.subject),
         "computed_at": iso_utc(t.computed_at),
-        "events": [_timeline_entry(e) for e in t.events],
+        "events": [_timeline_entry(e, anchor, seal) for e in t.events],
     }
 
 
-def subject_endpoints(o: SubjectEndpoints) -> dict[str, Any]:
+def subject_endpoints(o: SubjectEndpoints, seal: Seal) -> dict[str, Any]:
     """GET /studies/{id}/subjects/{subject}/outcomes."""
     return {
         "study": _study(o.study),
         "subject_id": o.subject_id,
         "computed_at": iso_utc(o.computed_at),
-        **o.endpoints,
+        **minimised(dict(o.endpoints), seal),
     }
 
 
@@ -109,18 +134,18 @@ def screening_page(page: ScreeningPage) -> dict[str, Any]:
     }
 
 
-def candidate_eligibility(e: CandidateEligibility) -> dict[str, Any]:
+def candidate_eligibility(e: CandidateEligibility, seal: Seal) -> dict[str, Any]:
     """GET /studies/{id}/eligibility/{subject}."""
     return {
         "study": _study(e.study),
         "subject_id": e.subject_id,
         "computed_at": iso_utc(e.computed_at),
-        **e.verdicts,
+        **minimised(dict(e.verdicts), seal),
         "at_enrollment": e.at_enrollment,
     }
 
 
-def cohort_outcomes(o: CohortOutcomes) -> dict[str, Any]:
+def cohort_outcomes(o: CohortOutcomes, seal: Seal) -> dict[str, Any]:
     """GET /studies/{id}/outcomes: the figures and where to fetch each plot."""
     return {
         "study": {**_study(o.study), "kind": o.kind},
@@ -132,26 +157,31 @@ def cohort_outcomes(o: CohortOutcomes) -> dict[str, Any]:
             }
             for name in o.plots
         },
-        "outcomes": dict(o.outcomes),
+        "outcomes": minimised(dict(o.outcomes), seal),
     }
 
 
-def deviation_page(page: DeviationPage) -> dict[str, Any]:
+def deviation_page(page: DeviationPage, seal: Seal) -> dict[str, Any]:
     """GET /studies/{id}/deviations."""
     return {
         "study": _study(page.study),
-        "deviations": [dict(d) for d in page.deviations],
+        "deviations": [minimised(dict(d), seal) for d in page.deviations],
         "next_cursor": page.next_cursor,
     }
 
 
-def deviation_detail(d: DeviationDetail) -> dict[str, Any]:
+def deviation_detail(d: DeviationDetail, seal: Seal) -> dict[str, Any]:
     """GET/PATCH /studies/{id}/deviations/{deviation}: the deviation and its history."""
     history = [
-        {"at": iso_utc(h.at), "actor": h.actor, "action": h.action, "detail": dict(h.detail)}
+        {
+            "at": iso_utc(h.at),
+            "actor": h.actor,
+            "action": h.action,
+            "detail": minimised(dict(h.detail), seal),
+        }
         for h in d.history
     ]
-    return {**d.deviation, "history": history}
+    return {**minimised(dict(d.deviation), seal), "history": history}
 
 
 def subscription(s: Subscription) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from tests.kit import fhir as kit
 from tests.kit.cli import run_trialbridge
 from tests.kit.client import put_resources
 from tests.kit.clock import FROZEN_INSTANT
+from tests.kit.evidence import cited
 from tests.kit.live import Live, api_client, fhir_client, live_app
 
 NCT = "NCT06088771"
@@ -270,8 +271,11 @@ def load_cohort(fhir: httpx.Client) -> None:
         put_resources(fhir, *resources)
 
 
-def rows(found: list[dict[str, Any]], numbers: dict[str, str]) -> list[Row]:
-    """The log as table rows, in table order (subject number, then the table's rule order)."""
+def rows(api: httpx.Client, found: list[dict[str, Any]], numbers: dict[str, str]) -> list[Row]:
+    """The log as table rows, in table order (subject number, then the table's rule order).
+
+    Evidence is cited by opaque ids; each is resolved to the version it cites, as a monitor would.
+    """
     by_subject = {v: k for k, v in numbers.items()}
     order = {(r[0], r[1]): i for i, r in enumerate(EXPECTED)}
     out = [
@@ -282,7 +286,7 @@ def rows(found: list[dict[str, Any]], numbers: dict[str, str]) -> list[Row]:
             d["study_day"],
             d["date"],
             d["message"],
-            tuple(e["reference"] for e in d["evidence"]),
+            tuple(e["reference"] for e in cited(api, NCT, d["evidence"])),
         )
         for d in found
     ]
@@ -297,7 +301,7 @@ def test_cohort_log_is_exactly_the_hand_checked_table(
     numbers = subject_ids(api)
     assert sorted(numbers) == [f"001-00{i}" for i in range(1, 8)]  # p8 is not a subject
     found = deviations(api)
-    assert rows(found, numbers) == EXPECTED
+    assert rows(api, found, numbers) == EXPECTED
     assert [d["id"] for d in found] == sorted(d["id"] for d in found)  # the log is in id order
     for d in found:
         assert d["study_id"] == NCT
@@ -315,7 +319,7 @@ def test_cohort_filters(api: httpx.Client, fhir: httpx.Client) -> None:
     numbers = subject_ids(api)
 
     def table(**params: Any) -> list[tuple[str, str]]:
-        return [(r[0], r[1]) for r in rows(deviations(api, **params), numbers)]
+        return [(r[0], r[1]) for r in rows(api, deviations(api, **params), numbers)]
 
     assert table(subject=numbers["001-003"]) == [
         ("001-003", "dose_mismatch"),
@@ -409,7 +413,11 @@ def test_cohort_as_csv(api: httpx.Client, fhir: httpx.Client) -> None:
     """Accept: text/csv gives a spreadsheet: a header row and one exact row per deviation."""
     load_cohort(fhir)
     numbers = subject_ids(api)
-    ids = {(r[0], r[1]): d["id"] for d in deviations(api) for r in rows([d], numbers)}
+    logged = {(r[0], r[1]): d for d in deviations(api) for r in rows(api, [d], numbers)}
+    ids = {key: d["id"] for key, d in logged.items()}
+    sealed = {  # the CSV cites evidence as the JSON does: by evidence id, in the same order
+        key: " ".join(e["evidence_id"] for e in d["evidence"]) for key, d in logged.items()
+    }
     response = api.get(f"/studies/{NCT}/deviations", headers={"Accept": "text/csv"})
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/csv; charset=utf-8"
@@ -442,7 +450,7 @@ def test_cohort_as_csv(api: httpx.Client, fhir: httpx.Client) -> None:
             "" if study_day is None else str(study_day),
             date,
             message,
-            " ".join(evidence),
+            sealed[(number, rule)],
             NOW_TEXT,
             NOW_TEXT,
             "",
@@ -597,6 +605,7 @@ def test_correction_resolves_keeps_annotations_and_rebreaking_reopens(
     assert etag == f'W/"{body["version"]}"'
     assert deviations(api, status="open") == []
     assert [d["id"] for d in deviations(api, status="resolved")] == [dev_id]
+    assert cited(api, NCT, body["evidence"])[0]["reference"] == "Procedure/p1-surgery/_history/1"
     exported = api.get(
         f"/studies/{NCT}/deviations", params={"status": "resolved"}, headers={"Accept": "text/csv"}
     )
@@ -605,7 +614,7 @@ def test_correction_resolves_keeps_annotations_and_rebreaking_reopens(
         "31",
         "2025-04-09",
         "surgery on Day 31; window Day 15–22",
-        "Procedure/p1-surgery/_history/1",
+        body["evidence"][0]["evidence_id"],  # cited as the JSON log cites it
         NOW_TEXT,
         "2025-07-01T09:30:00Z",
         "j.doe@site.org",
@@ -626,7 +635,7 @@ def test_correction_resolves_keeps_annotations_and_rebreaking_reopens(
     body, _ = one(api, dev_id)
     assert body["status"] == "open"
     assert (body["resolved_at"], body["resolution"]) == (None, None)
-    assert body["evidence"][0]["reference"] == "Procedure/p1-surgery/_history/3"
+    assert cited(api, NCT, body["evidence"])[0]["reference"] == "Procedure/p1-surgery/_history/3"
     assert history(body) == [
         ("opened", "system"),
         ("acknowledged", "j.doe@site.org"),
@@ -671,7 +680,7 @@ def test_same_cause_keeps_the_same_id_across_recomputation(
     [updated] = deviations(api)
     assert updated["id"] == before["id"]
     assert updated["message"] == before["message"]
-    assert [e["reference"] for e in updated["evidence"]] == [
+    assert [e["reference"] for e in cited(api, NCT, updated["evidence"])] == [
         "MedicationAdministration/p3-dupi-a/_history/2",
         "MedicationAdministration/p3-dupi-b/_history/1",
     ]

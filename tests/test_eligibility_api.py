@@ -16,6 +16,7 @@ from tests.conftest import LiveServer
 from tests.kit import fhir as kit
 from tests.kit.client import put_resources
 from tests.kit.clock import FROZEN_DATE
+from tests.kit.evidence import cited
 
 NCT = "NCT06088771"
 
@@ -341,8 +342,10 @@ def screening(api: httpx.Client, **params: Any) -> list[dict[str, Any]]:
 
 
 def eligibility(api: httpx.Client, subject_id: str, **params: Any) -> dict[str, Any]:
-    """One candidate's eligibility (stored, or as of a day)."""
-    return get_json(api, f"/studies/{NCT}/subjects/{subject_id}/eligibility", **params)
+    """One candidate's eligibility (stored, or as of a day), its evidence ids resolved."""
+    body = get_json(api, f"/studies/{NCT}/subjects/{subject_id}/eligibility", **params)
+    resolved: dict[str, Any] = cited(api, NCT, body)
+    return resolved
 
 
 def evidence_patients(body: dict[str, Any]) -> set[str]:

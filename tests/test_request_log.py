@@ -28,7 +28,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nct06088771-patien
 NCT = "NCT06088771"
 MRN = "MRN-ZQ-777"
 SECRETS = ("Zyxwvut", "Qwerty", MRN)
-KEY = ec_key("ehr-1")
+BIRTH_DATE = "1959-08-14"  # the example patient's
+KEY, STATS_KEY = ec_key("ehr-1"), ec_key("stats-1")
 SERVICE_LOGGERS = ("api", "service", "trialbridge", "uvicorn")
 
 
@@ -38,6 +39,7 @@ class App:
 
     url: str
     token: str
+    statistician: str  # study/*.read only: no /fhir access
 
     def call(self, method: str, path: str, **kw: Any) -> httpx.Response:
         """A request with the client's token."""
@@ -54,7 +56,12 @@ def app(backend: str, new_database: Any) -> Iterator[App]:
     with served(settings) as running:
         scopes = ["system/*.cruds", "study/*.read"]
         add_client(running.engine, "ehr", scopes, jwks=jwks(KEY))
-        yield App(running.url, access_token(running.url, KEY, "ehr", " ".join(scopes)))
+        add_client(running.engine, "stats", ["study/*.read"], jwks=jwks(STATS_KEY))
+        yield App(
+            running.url,
+            access_token(running.url, KEY, "ehr", " ".join(scopes)),
+            access_token(running.url, STATS_KEY, "stats", "study/*.read"),
+        )
 
 
 def _service_lines(records: list[logging.LogRecord]) -> list[str]:
@@ -75,15 +82,19 @@ def test_no_patient_data_reaches_a_log_line_or_a_study_answer(
     )
     posted = app.call("POST", "/fhir", content=bundle, headers=FHIR_JSON)
     assert posted.status_code == 200, posted.text
+    fhir_ids = [e["response"]["location"].split("/")[1] for e in posted.json()["entry"]]
+    assert len(fhir_ids) == len(set(fhir_ids)) > 20
     found = app.call("GET", "/fhir/Patient", params={"identifier": MRN})
     (entry,) = found.json()["entry"]
     patient_id = entry["resource"]["id"]
     assert app.call("GET", f"/fhir/Patient/{patient_id}").status_code == 200
     subjects = app.call("GET", f"/api/v1/studies/{NCT}/subjects").json()["subjects"]
     sid = subjects[0]["subject_id"]
+    deviation = app.call("GET", f"/api/v1/studies/{NCT}/deviations").json()["deviations"][0]["id"]
     answers = [
         app.call("GET", path)
         for path in (
+            f"/api/v1/studies/{NCT}/deviations/{deviation}",
             f"/api/v1/studies/{NCT}/subjects",
             f"/api/v1/studies/{NCT}/subjects/{sid}/timeline",
             f"/api/v1/studies/{NCT}/subjects/{sid}/eligibility",
@@ -93,21 +104,44 @@ def test_no_patient_data_reaches_a_log_line_or_a_study_answer(
             f"/api/v1/studies/{NCT}/outcomes",
         )
     ]
-    assert [a.status_code for a in answers] == [200] * 7
+    assert [a.status_code for a in answers] == [200] * 8
     for answer in answers:
-        for secret in SECRETS:
-            assert secret not in answer.text, (answer.url, secret)
+        for secret in (*SECRETS, BIRTH_DATE, *fhir_ids):
+            at = answer.text.find(secret)
+            assert at < 0, (answer.url, secret, answer.text[max(0, at - 300) : at + 60])
+    assert '"age_at_enrollment":65' in answers[2].text  # born 1959-08-14, enrolled 2025-02-24
+
+    # Evidence ids name the resource only for a token that may read it under /fhir.
+    evidence = answers[3].json()["criteria"][1]["evidence"][0]["evidence_id"]
+    resolved = app.call("GET", f"/api/v1/studies/{NCT}/evidence/{evidence}")
+    assert resolved.status_code == 200
+    assert resolved.json()["reference"].split("/")[1] in fhir_ids
+    statistician = httpx.get(
+        f"{app.url}/api/v1/studies/{NCT}/evidence/{evidence}",
+        headers=bearer(app.statistician),
+        timeout=30,
+    )
+    assert (statistician.status_code, statistician.json()["error"]["code"]) == (
+        403,
+        "insufficient_scope",
+    )
+    assert not [i for i in fhir_ids if i in statistician.text]
+    elsewhere = app.call("GET", f"/api/v1/studies/cirae-dupilumab/evidence/{evidence}")
+    assert elsewhere.status_code == 404  # an id is bound to the study it was issued in
 
     lines = _service_lines(caplog.records)
-    for secret in (*SECRETS, patient_id):
+    for secret in (*SECRETS, BIRTH_DATE, *fhir_ids):
         leaking = [line for line in lines if secret in line]
         assert leaking == [], secret
+    assert patient_id in fhir_ids
     access = [json.loads(line) for line in lines if '"logger": "trialbridge.access"' in line]
     assert [(a["method"], a["route"], a["status"], a["client"]) for a in access] == [
         ("POST", "/fhir", 200, "ehr"),
         ("GET", "/fhir/{resource_type}", 200, "ehr"),
         ("GET", "/fhir/{resource_type}/{resource_id}", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/subjects", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/deviations", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/deviations/{deviation_id}", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/subjects", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/subjects/{subject_id}/timeline", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/subjects/{subject_id}/eligibility", 200, "ehr"),
@@ -115,6 +149,9 @@ def test_no_patient_data_reaches_a_log_line_or_a_study_answer(
         ("GET", "/api/v1/studies/{study_id}/eligibility", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/deviations", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/outcomes", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/evidence/{evidence_id}", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/evidence/{evidence_id}", 403, "stats"),
+        ("GET", "/api/v1/studies/{study_id}/evidence/{evidence_id}", 404, "ehr"),
     ]
     assert len({a["request_id"] for a in access}) == len(access)  # one id per request
 

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from service.infra.settings import Settings
 from tests.conftest import LiveServer, counts, start_server, stop_server
 from tests.kit import fhir as kit
+from tests.kit.evidence import cited
 
 NCT = "NCT06088771"
 
@@ -83,7 +84,7 @@ def _subjects(api: httpx.Client, study: str = NCT, **params: Any) -> dict[str, A
 def _timeline(api: httpx.Client, subject_id: str, study: str = NCT) -> list[dict[str, Any]]:
     response = api.get(f"/studies/{study}/subjects/{subject_id}/timeline")
     assert response.status_code == 200, response.text
-    events: list[dict[str, Any]] = response.json()["events"]
+    events: list[dict[str, Any]] = cited(api, study, response.json()["events"])
     return events
 
 
@@ -218,7 +219,7 @@ def test_timeline_orders_events_by_study_day_with_evidence(
     subject_id = _subjects(api)["subjects"][0]["subject_id"]
     events = _timeline(api, subject_id)
     assert _brief(events) == [
-        ("demographics", "1961-04-02", -23353, "Patient/p1/_history/1"),
+        ("demographics", None, None, "Patient/p1/_history/1"),  # no birth date: an age
         ("biopsy", "2025-02-20", -18, "Procedure/p1-cnb/_history/1"),
         ("enrollment", "2025-03-03", -7, "ResearchSubject/rs-p1/_history/1"),
         (
@@ -241,6 +242,9 @@ def test_timeline_orders_events_by_study_day_with_evidence(
         ),
         ("lung_resection", "2025-03-27T23:30:00-05:00", 18, "Procedure/p1-lob/_history/1"),
     ]
+    # born 1961-04-02, enrolled 2025-03-03: 63 whole years (the birthday is a month away)
+    assert events[0]["values"]["age_at_enrollment"] == 63
+    assert "birth_date" not in events[0]["values"]
     cemi = events[5]
     assert cemi["values"]["dose"]["mg"] == "350"
     assert cemi["values"]["dose"]["value"] == "0.35"
@@ -481,6 +485,7 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
         "/api/v1/studies/{study_id}/outcomes/plots/{plot}",
         "/api/v1/studies/{study_id}/deviations",
         "/api/v1/studies/{study_id}/deviations/{deviation_id}",
+        "/api/v1/studies/{study_id}/evidence/{evidence_id}",
         "/api/v1/subscriptions",
         "/api/v1/subscriptions/{subscription_id}",
     }

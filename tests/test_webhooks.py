@@ -402,6 +402,8 @@ def test_write_enqueues_one_row_per_interested_subscription(
         "type": "deviation.opened",
         "deviation": dev,
     }
+    # receivers are trial software too: evidence ids, as in the API, never FHIR ids
+    assert [set(e) for e in dev["evidence"]] == [{"evidence_id", "resource_type"}]
 
     # A transaction that fails (a stale If-Match on its last entry) leaves neither data nor mail.
     stale = kit.put_entry(kit.patient(id="p1", gender="female"), ifMatch='W/"9"')

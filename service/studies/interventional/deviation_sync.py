@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from service.privacy.evidence import minimised, session_sealer
 from service.repositories import deviation_records, webhook_outbox
 from service.repositories.deviation_records import deviation_json
 from service.studies.interventional.deviation_rules import Finding
@@ -38,7 +39,11 @@ def _fresh(session: Session, study_id: str, dev_id: str) -> Any:
 def _notify(
     session: Session, kind: str, row_id: str, version: int, now: dt.datetime, body: dict[str, Any]
 ) -> None:
-    webhook_outbox.enqueue(session, kind, f"{kind}.{row_id}.v{version}", {"deviation": body}, now)
+    seal = session_sealer(
+        session, str(body["study_id"])
+    )  # receivers get evidence ids, not FHIR ids
+    payload = {"deviation": minimised(body, seal)}
+    webhook_outbox.enqueue(session, kind, f"{kind}.{row_id}.v{version}", payload, now)
 
 
 def sync_subject(

@@ -1,0 +1,1 @@
+"""What the trial API and its webhooks may show of a patient: opaque evidence ids, ages, no FHIR ids."""
