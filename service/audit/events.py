@@ -128,17 +128,21 @@ def _what(entity: Entity) -> dict[str, Any]:
     return {"identifier": {"system": entity.system, "value": clean(entity.value or "")}}
 
 
+_PERSON = _coding(_ENTITY_TYPE, "1", "Person")
+_SYSTEM_OBJECT = _coding(_ENTITY_TYPE, "2", "System Object")
+_PATIENT_ROLE = _coding(_OBJECT_ROLE, "1", "Patient")
+_RESOURCE_ROLE = _coding(_OBJECT_ROLE, "4", "Domain Resource")
+
+
 def _entity(entity: Entity) -> dict[str, Any]:
-    person = entity.reference is not None and entity.reference.startswith("Patient/")
-    subject = entity.system == SUBJECT_SYSTEM
+    """One entity element (the codings are shared: a write can name thousands of versions)."""
+    person = entity.system == SUBJECT_SYSTEM or (
+        entity.reference is not None and entity.reference.startswith("Patient/")
+    )
     return {
         "what": _what(entity),
-        "type": _coding(_ENTITY_TYPE, "1", "Person")
-        if person or subject
-        else _coding(_ENTITY_TYPE, "2", "System Object"),
-        "role": _coding(_OBJECT_ROLE, "1", "Patient")
-        if person or subject
-        else _coding(_OBJECT_ROLE, "4", "Domain Resource"),
+        "type": _PERSON if person else _SYSTEM_OBJECT,
+        "role": _PATIENT_ROLE if person else _RESOURCE_ROLE,
     }
 
 

@@ -102,7 +102,8 @@ class AuditTrail:
     def __init__(self, engine: Engine, spool_dir: Path) -> None:
         self.engine = engine
         self.spool_dir = spool_dir
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the current segment and the list of unstored ones
+        self._storing = threading.Lock()  # one store at a time: a flush waits for one in flight
         self._segment: _Segment | None = None
         self._unstored: list[_Segment] = []  # closed, waiting for (another try at) the database
         self._wake = threading.Event()
@@ -142,7 +143,11 @@ class AuditTrail:
             self._wake.set()
 
     def flush(self) -> None:
-        """Store everything journaled so far, now (a search must see what was just answered)."""
+        """Store everything journaled so far, now (a search must see what was just answered).
+
+        When it returns, every record appended before the call is in the database: a batch the
+        writer thread was storing meanwhile is waited for.
+        """
         self._rotate()
         self._store()
 
@@ -156,6 +161,10 @@ class AuditTrail:
             self._unstored.append(segment)
 
     def _store(self) -> None:
+        with self._storing:
+            self._store_waiting()
+
+    def _store_waiting(self) -> None:
         with self._lock:
             waiting, self._unstored = self._unstored, []
         failed: list[_Segment] = []
