@@ -8,12 +8,14 @@ rewritten, and only then are versions written, in bulk. Reads (GET entries) see 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from sqlalchemy import text
 from sqlmodel import Session
 
 from fhir_mapping.bundles import Entry
@@ -197,7 +199,68 @@ def _multiple(entry: Entry, what: str, n: int) -> FhirError:
     )
 
 
+def _criteria(e: Entry) -> list[tuple[str, str]] | None:
+    """The criteria of an entry that may create what it did not find (ifNoneExist, or a
+    conditional update)."""
+    if e.method == "POST":
+        return e.if_none_exist or None
+    if e.method == "PUT":
+        return e.query or None
+    return None
+
+
+def _criteria_key(resource_type: str, criteria: list[tuple[str, str]]) -> str:
+    """The criteria as one text, whatever the order their parameters were given in."""
+    return resource_type + "?" + "&".join(f"{k}={v}" for k, v in sorted(criteria))
+
+
+def _claim_criteria(session: Session, entries: list[Entry]) -> None:
+    """Serialise the writers that may create on the same criteria, so a search-then-create
+    cannot run twice at once and create two (PostgreSQL: transaction-scoped advisory locks on
+    the criteria's hash, taken in one order; waiting writers search again after the holder
+    commits, and find what it created). SQLite writers are serialised already (BEGIN
+    IMMEDIATE). Criteria written differently (`identifier=X`, `identifier=sys|X`) are not
+    recognised as the same: the lock is on the text.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted(
+        {
+            int.from_bytes(
+                hashlib.sha256(_criteria_key(e.resource_type or "", c).encode()).digest()[:8],
+                "big",
+                signed=True,
+            )
+            for e in entries
+            if (c := _criteria(e)) is not None
+        }
+    )
+    for key in keys:
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _refuse_repeated_criteria(entries: list[Entry]) -> None:
+    """Two conditional creates with the same criteria in one transaction would create twice."""
+    seen: dict[str, Entry] = {}
+    for e in entries:
+        if e.method != "POST" or not e.if_none_exist:
+            continue
+        key = _criteria_key(e.resource_type or "", e.if_none_exist)
+        first = seen.setdefault(key, e)
+        if first is not e:
+            where = _criteria_path(e, "ifNoneExist")
+            raise FhirError.of(
+                400,
+                "duplicate",
+                f"{where}: ifNoneExist {key!r} repeats {_criteria_path(first, 'ifNoneExist')}: a "
+                "transaction creates a resource once (use one entry and reference its fullUrl)",
+                where,
+            )
+
+
 def _resolve_identities(session: Session, entries: list[Entry]) -> list[_Plan]:
+    _refuse_repeated_criteria(entries)
+    _claim_criteria(session, entries)
     plans = []
     for e in entries:
         plan = _Plan(e)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
@@ -14,7 +19,7 @@ from sqlalchemy import Engine
 from service.derivation.refresh import Derivation
 from service.infra.db import make_engine
 from service.infra.settings import Settings
-from tests.conftest import FHIR_JSON, clear_store, start_server, stop_server
+from tests.conftest import FHIR_JSON, clear_store, free_port, start_server, stop_server
 
 
 @dataclass
@@ -77,3 +82,56 @@ def fhir_client(live: Live) -> Iterator[httpx.Client]:
     """A client on /fhir of the same store."""
     with httpx.Client(base_url=f"{live.url}/fhir", headers=FHIR_JSON, timeout=60) as client:
         yield client
+
+
+@contextmanager
+def server_processes(database_url: str, count: int, spool: Path) -> Iterator[list[str]]:
+    """`count` real `trialbridge serve` processes on one database (authentication off, loopback),
+    each with its own audit journal under `spool`; their base URLs."""
+    started: list[tuple[subprocess.Popen[bytes], str]] = []
+    try:
+        for n in range(count):
+            port = free_port()
+            env = {
+                **os.environ,
+                "TRIALBRIDGE_DATABASE_URL": database_url,
+                "TRIALBRIDGE_AUDIT_SPOOL_DIR": str(spool / str(n)),
+                "TRIALBRIDGE_AUTH_DISABLED": "true",
+                "TRIALBRIDGE_WEBHOOK_INTERVAL_SECONDS": "0",
+                "TRIALBRIDGE_MODEL_CHECK_PROCESSES": "0",
+            }
+            command = [
+                str(Path(sys.executable).parent / "trialbridge"),
+                "serve",
+                "--port",
+                str(port),
+            ]
+            process = subprocess.Popen(
+                command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            started.append((process, f"http://127.0.0.1:{port}"))
+        for process, base in started:
+            _wait_ready(process, base)
+        yield [base for _, base in started]
+    finally:
+        for process, _ in started:
+            process.terminate()
+        for process, _ in started:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _wait_ready(process: subprocess.Popen[bytes], base: str) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server at {base} exited with {process.returncode}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the server at {base} did not become ready")
