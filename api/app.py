@@ -141,7 +141,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             revision = await run_in_threadpool(check)
         except Exception as exc:  # any failure to reach the database means not ready
-            return errors.json_error(503, "database_unavailable", str(exc).splitlines()[0])
+            # the reason names hosts and ports: for the log, not for whoever asks
+            log.warning("not ready: %s", str(exc).splitlines()[0])
+            return errors.json_error(503, "database_unavailable", "the database is unavailable")
         head = migrate.head_revision()
         if revision != head:  # e.g. TRIALBRIDGE_AUTO_MIGRATE=false before the release step ran
             return errors.json_error(

@@ -40,6 +40,11 @@ def require_media_type(request: Request, accepted: tuple[str, ...]) -> None:
         raise FhirError.of(
             415, "not-supported", f"{shown} is not accepted here; send {accepted[0]}"
         )
+    charset = params.get("charset")
+    if charset is not None and charset.strip('"').lower() not in ("utf-8", "utf8"):
+        raise FhirError.of(
+            415, "not-supported", f"charset={charset} is not accepted; FHIR JSON is UTF-8"
+        )
     version = params.get("fhirversion")
     if version is not None and version not in _R4_VERSIONS:
         raise FhirError.of(

@@ -22,8 +22,24 @@ class LexicalDecimal(Decimal):
 
     def __new__(cls, text: str) -> LexicalDecimal:
         value = super().__new__(cls, text)
+        if value and not _DECIMAL_MIN <= abs(value) <= _DECIMAL_MAX:
+            raise ValueError(f"{text} is outside the range of a FHIR decimal")
         value.text = text
         return value
+
+
+# What a FHIR decimal can hold: the range of an IEEE 754 double, which FHIR's own JSON relies on
+# (FHIR R4 datatypes: decimal "as a JSON number"); 1e400 or 1e-400 would be infinity or zero.
+_DECIMAL_MAX = Decimal("1.7976931348623157e308")
+_DECIMAL_MIN = Decimal("2.2250738585072014e-308")
+
+
+def _bounded_int(text: str) -> int:
+    """An integer: a FHIR integer is 32-bit, integer64 64-bit; a decimal written without a point
+    is still bounded like one."""
+    if len(text.lstrip("-")) > 309:
+        raise ValueError(f"{text[:20]}… ({len(text)} digits) is outside the range of a FHIR number")
+    return int(text)
 
 
 def _reject_constant(name: str) -> Any:
@@ -41,6 +57,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 _DECODER = json.JSONDecoder(
     parse_float=LexicalDecimal,
+    parse_int=_bounded_int,
     parse_constant=_reject_constant,
     object_pairs_hook=_unique_keys,
     strict=True,
@@ -57,9 +74,9 @@ def _syntax_issue(message: str) -> InvalidContentError:
 
 
 def decode_text(data: bytes) -> str:
-    """Decode a UTF-8 body, refusing a byte-order mark and invalid bytes."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        raise _syntax_issue("body starts with a UTF-8 byte-order mark; send JSON without a BOM")
+    """Decode a UTF-8 body, refusing invalid bytes; a leading byte-order mark is dropped (RFC 8259
+    §8.1 lets a parser ignore it; SMART Health Cards and the HL7 validator's files carry one)."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

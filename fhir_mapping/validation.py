@@ -377,6 +377,23 @@ def _dangling_contained(
     return issues
 
 
+def _nested_contained(resource: dict[str, Any], root: str) -> list[Issue]:
+    """FHIR invariant dom-2: a contained resource SHALL NOT contain additional resources."""
+    contained = resource.get("contained")
+    issues = []
+    for i, inner in enumerate(contained if isinstance(contained, list) else ()):
+        if isinstance(inner, dict) and "contained" in inner:
+            where = f"{root}.contained[{i}].contained"
+            issues.append(
+                Issue(
+                    "invariant",
+                    f"{where}: a contained resource may not contain resources (dom-2)",
+                    (where,),
+                )
+            )
+    return issues
+
+
 def validate_resource(obj: Any, *, path: str = "", model: bool = True) -> CheckedResource:
     """Validate one resource as FHIR R4 JSON; raise InvalidContentError naming every bad element.
 
@@ -393,9 +410,9 @@ def validate_resource(obj: Any, *, path: str = "", model: bool = True) -> Checke
         ) from exc
     if walker.issues or rtype is None:
         raise InvalidContentError(walker.issues)
-    dangling = _dangling_contained(obj, walker.references)
-    if dangling:
-        raise InvalidContentError(dangling)
+    broken = _nested_contained(obj, path or rtype) + _dangling_contained(obj, walker.references)
+    if broken:
+        raise InvalidContentError(broken)
     if model:
         issues = model_issues(obj, rtype, path=path)
         if issues:

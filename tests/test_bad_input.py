@@ -100,7 +100,12 @@ weight = partial(observation, code="weight", patient=None)
     ("path", "body"),
     [
         pytest.param("/Patient", b'{"resourceType":', id="malformed"),
-        pytest.param("/Patient", b'\xef\xbb\xbf{"resourceType":"Patient"}', id="utf8-bom"),
+        pytest.param(
+            "/Observation",
+            b'{"resourceType":"Observation","status":"final","code":{"text":"w"},'
+            b'"valueQuantity":{"value":1e400}}',
+            id="decimal-beyond-range",
+        ),
         pytest.param(
             "/Patient", b'{"resourceType":"Patient","active":true,"active":false}', id="dup-keys"
         ),
@@ -129,6 +134,37 @@ def test_unparseable_json_is_a_structure_error(
     assert counts(engine) == before
 
 
+def test_a_leading_byte_order_mark_is_dropped(fhir: httpx.Client, engine: Engine) -> None:
+    """RFC 8259 lets a parser ignore it; files from the HL7 validator and SMART Health Cards
+    carry one. A declared charset of UTF-8 is accepted too."""
+    before = seed(fhir, engine)
+    response = fhir.post(
+        "/Patient",
+        content=b"\xef\xbb\xbf" + VALID_PATIENT,
+        headers={"content-type": "application/fhir+json; charset=UTF-8"},
+    )
+    assert response.status_code == 201, response.text
+    assert counts(engine) == grown(
+        before, fhir_resource=1, fhir_resource_version=1, fhir_identifier=1, trial_event=1
+    )
+
+
+def test_a_resource_contained_in_a_contained_resource_is_refused(
+    fhir: httpx.Client, engine: Engine
+) -> None:
+    """FHIR invariant dom-2: a contained resource SHALL NOT contain additional resources."""
+    before = seed(fhir, engine)
+    inner = {"resourceType": "Organization", "id": "o2", "name": "inner"}
+    body = {
+        "resourceType": "Patient",
+        "contained": [{"resourceType": "Organization", "id": "o1", "contained": [inner]}],
+        "managingOrganization": {"reference": "#o1"},
+    }
+    response = fhir.post("/Patient", content=json.dumps(body).encode())
+    assert_outcome(response, 400, "invariant", "Patient.contained[0].contained")
+    assert counts(engine) == before
+
+
 def test_unpaired_surrogate_escape_is_a_value_error(fhir: httpx.Client, engine: Engine) -> None:
     before = seed(fhir, engine)
     response = fhir.post(
@@ -148,6 +184,8 @@ def test_unpaired_surrogate_escape_is_a_value_error(fhir: httpx.Client, engine: 
         pytest.param("text/plain", id="text-plain"),
         pytest.param(None, id="no-content-type"),
         pytest.param("application/fhir+json; fhirVersion=5.0", id="fhirVersion-5.0"),
+        pytest.param("application/fhir+json; charset=latin-1", id="charset-latin-1"),
+        pytest.param('application/json; charset="ISO-8859-1"', id="charset-iso-8859-1"),
     ],
 )
 def test_wrong_content_type_is_unsupported_media_type(

@@ -37,8 +37,10 @@ def test_round_trip_keeps_the_lexical_form(text: bytes) -> None:
         (b'{"a":1,"a":2}', "duplicate key"),
         (b'{"a":NaN}', "NaN"),
         (b'{"a":-Infinity}', "-Infinity"),
-        (b"\xef\xbb\xbf{}", "byte-order mark"),
         (b'{"a":1} {}', "extra data"),
+        (b'{"valueQuantity":{"value":1e400}}', "outside the range of a FHIR decimal"),
+        (b'{"value":-1.5e-400}', "outside the range of a FHIR decimal"),
+        (b'{"value":' + b"9" * 310 + b"}", "outside the range of a FHIR number"),
         (b"\xff", "not valid UTF-8"),
         (b'{"a":', "malformed JSON"),
     ],
@@ -51,7 +53,7 @@ def test_refused_json(text: bytes, needle: str) -> None:
 
 
 ACCEPTED_BOTH_WAYS = [
-    b'{"v":0.10,"w":1e5,"x":-0.0,"y":1.50e-3,"z":1E400}',
+    b'{"v":0.10,"w":1e5,"x":-0.0,"y":1.50e-3,"z":1E300,"m":1.7976931348623157e308}',
     b'{"v":123456789012345678901234567890.123456789,"i":-12345678901234567}',
     b'{"u":"\\u00e9\\ud83d\\ude00","n":null,"b":[true,false],"t":"a\\tb\\nc"}',
     b' {"nested":[{"a":[1,2,{"b":{}}]}],"empty":[]} \n',
@@ -63,6 +65,13 @@ def test_unguarded_parse_is_the_strict_parse(text: bytes) -> None:
     fast, strict = loads_unguarded(text), loads(text)
     assert fast == strict
     assert dumps(fast) == dumps(strict)  # decimals keep their lexical form too
+
+
+def test_a_leading_byte_order_mark_is_dropped() -> None:
+    """RFC 8259 §8.1 lets a parser ignore it; SMART Health Cards carry one."""
+    assert loads(b'\xef\xbb\xbf{"resourceType":"Patient"}') == {"resourceType": "Patient"}
+    with pytest.raises(InvalidContentError):  # only at the start: elsewhere it is not whitespace
+        loads(b'{"a":1}\xef\xbb\xbf')
 
 
 def test_unguarded_parse_keeps_integers_beyond_64_bits() -> None:

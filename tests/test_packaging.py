@@ -12,8 +12,10 @@ from pathlib import Path
 
 import httpx
 
+from service.infra.settings import Settings
 from tests.conftest import FHIR_JSON, free_port
 from tests.kit.fhir import entry, patient, transaction, viable_tumour
+from tests.kit.live import served
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -158,3 +160,19 @@ def test_serve_leaves_the_schema_to_a_release_step_when_told(tmp_path: Path) -> 
         proc.terminate()
         proc.wait(timeout=30)
     assert "Traceback" not in log.read_text()
+
+
+def test_readiness_does_not_tell_who_asks_where_the_database_is(tmp_path: Path) -> None:
+    """The connection error names the host and port: it goes to the log, not to the client."""
+    settings = Settings(
+        database_url="postgresql://postgres@127.0.0.1:9/nowhere",
+        auto_migrate=False,
+        audit_spool_dir=tmp_path / "spool",
+        webhook_interval_seconds=0,
+    )
+    with served(settings) as running:
+        answer = httpx.get(f"{running.url}/readyz", timeout=30)
+    assert (answer.status_code, answer.json()["error"]["code"]) == (503, "database_unavailable")
+    assert answer.json()["error"]["message"] == "the database is unavailable"
+    assert "127.0.0.1" not in answer.text
+    assert ":9" not in answer.text
