@@ -7,6 +7,7 @@ DNS is stubbed at `service.notifications.webhooks.resolve_host`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -16,6 +17,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -610,6 +612,40 @@ def test_nothing_is_lost_across_a_restart(backend: str, new_database: Any) -> No
     finally:
         stop_server(server, thread)
         engine.dispose()
+
+
+def test_two_processes_behind_a_slow_receiver_deliver_each_notification_once(
+    live: Live, api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Each notification is leased just before its own POST: a batch leased at once expired
+    behind a slow receiver, and the other process sent the rest again (20 sent 32 times)."""
+    subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
+    for n in range(6):
+        put_resources(fhir, *enrolled(f"p{n}"))
+    assert len(outbox(live.engine)) == 6
+    receiver = Receiver(SECRET_A)
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        time.sleep(0.3)  # each answer takes a while, a batch of six much longer than a lease
+        return receiver(request)
+
+    tight = dataclasses.replace(POLICY, timeout_seconds=1, lease_margin_seconds=0)
+
+    def worker(_: int) -> None:  # a process's dispatcher, passing until nothing is left
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(
+            r.delivered_at is None for r in outbox(live.engine)
+        ):
+            deliver_due(live.engine, tight)
+            time.sleep(0.05)
+
+    with respx.mock(assert_all_called=False) as router:
+        router.post(URL_A).mock(side_effect=slow)
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(worker, range(2)))
+    assert sorted(receiver.keys()) == sorted(r.idempotency_key for r in outbox(live.engine))
+    assert len(receiver.requests) == 6  # each once: none sent by both
+    assert all(r.delivered_at is not None and r.attempts == 1 for r in outbox(live.engine))
 
 
 def test_redelivery_after_a_crash_has_one_effect(

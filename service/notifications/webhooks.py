@@ -130,6 +130,8 @@ class DeliveryPolicy:
     backoff_base_seconds: float = 5.0
     backoff_max_seconds: float = 3600.0
     allow_private: bool = False
+    # A lease outlasts its attempt by this much: no other process sends a notification in flight.
+    lease_margin_seconds: float = 30.0
 
     def backoff(self, attempts: int) -> dt.timedelta:
         """Wait before the next try: base × 2^(attempts−1), capped."""
@@ -186,47 +188,54 @@ def deliver_due(
 ) -> dict[str, int]:
     """Send what is due; safe from several processes at once, never holding a lock while sending.
 
-    A short transaction claims a batch (leases it for the timeout plus a margin); the POSTs happen
-    outside any transaction; a second short transaction records each result. A crash between a
+    Each notification is claimed on its own, just before it is sent: a short transaction leases it
+    for the attempt's timeout plus a margin (others skip it meanwhile), the POST happens outside
+    any transaction, and a second short transaction records the result. A batch leased at once
+    would expire behind a slow receiver and be sent again by another process. A crash between a
     POST and its record means one more delivery later, with the same idempotency key.
     """
     tally = {"delivered": 0, "retry": 0, "failed": 0}
     with Session(engine) as peek:  # a plain read first: an idle outbox takes no write lock
         if not webhook_outbox.due(peek, now(), 1, lock=False):
             return tally
-    lease = dt.timedelta(seconds=policy.timeout_seconds + 30)
-    with session_scope(engine) as session:
-        start = now()
-        rows = webhook_outbox.due(session, start, limit, lock=engine.dialect.name == "postgresql")
-        for row in rows:
-            webhook_outbox.lease(session, row.pk, start + lease)
-    if not rows:
-        return tally
-    results: list[tuple[Any, str | None, dt.datetime]] = []
+    lease = dt.timedelta(seconds=policy.timeout_seconds + policy.lease_margin_seconds)
     with httpx.Client() as client:
-        for row in rows:
+        for _ in range(limit):
+            row = _claim(engine, now(), lease)
+            if row is None:
+                break
             error = _post(client, row, policy)
-            results.append((row, error, now()))
-    with session_scope(engine) as session:
-        for row, error, at in results:
-            if error is None:
-                webhook_outbox.mark_delivered(session, row.pk, at)
-                tally["delivered"] += 1
-                continue
-            attempts = row.attempts + 1
-            give_up = attempts >= policy.max_attempts
-            webhook_outbox.mark_retry(
-                session, row.pk, next_at=at + policy.backoff(attempts), error=error, give_up=give_up
-            )
-            tally["failed" if give_up else "retry"] += 1
-            log.warning(
-                "webhook %s to %s failed (attempt %d): %s",
-                row.idempotency_key,
-                row.url,
-                attempts,
-                error,
-            )
+            tally[_record(engine, row, error, now(), policy)] += 1
     return tally
+
+
+def _claim(engine: Engine, start: dt.datetime, lease: dt.timedelta) -> Any | None:
+    """The next due notification, leased to this process; None when none is due."""
+    with session_scope(engine) as session:
+        rows = webhook_outbox.due(session, start, 1, lock=engine.dialect.name == "postgresql")
+        if not rows:
+            return None
+        webhook_outbox.lease(session, rows[0].pk, start + lease)
+        return rows[0]
+
+
+def _record(
+    engine: Engine, row: Any, error: str | None, at: dt.datetime, policy: DeliveryPolicy
+) -> str:
+    """Store one attempt's result: delivered, or when to retry (or that it failed for good)."""
+    with session_scope(engine) as session:
+        if error is None:
+            webhook_outbox.mark_delivered(session, row.pk, at)
+            return "delivered"
+        attempts = row.attempts + 1
+        give_up = attempts >= policy.max_attempts
+        webhook_outbox.mark_retry(
+            session, row.pk, next_at=at + policy.backoff(attempts), error=error, give_up=give_up
+        )
+    log.warning(
+        "webhook %s to %s failed (attempt %d): %s", row.idempotency_key, row.url, attempts, error
+    )
+    return "failed" if give_up else "retry"
 
 
 class Dispatcher:
