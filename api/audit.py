@@ -118,6 +118,12 @@ def describe(scope: Scope, note: AuditNote) -> tuple[Action, str, list[Entity]]:
     )
 
 
+def _route_path(scope: Scope) -> str:
+    """The path the app routes on: without the root path a proxy or a mount put in front."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 class AuditRequests:
     """ASGI middleware: one AuditEvent per audited request, committed before the answer starts."""
 
@@ -125,7 +131,7 @@ class AuditRequests:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not audited(scope.get("path", "")):
+        if scope["type"] != "http" or not audited(_route_path(scope)):
             await self.app(scope, receive, send)
             return
         peer = scope.get("client")
@@ -160,7 +166,7 @@ class AuditRequests:
                     await record(message["status"])
                 except DatabaseUnavailableError as exc:
                     refused = True
-                    path = scope.get("path", "")
+                    path = _route_path(scope)
                     fhir = path == "/fhir" or path.startswith("/fhir/")
                     await render(exc, fhir=fhir)(scope, receive, send)
                     return

@@ -52,8 +52,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     export.add_argument(
         "--since",
         type=_instant,
-        required=True,
         help="records at or after this instant (ISO 8601 with offset) or date (UTC)",
+    )
+    export.add_argument(
+        "--after-seq",
+        type=int,
+        help="records stored after this one (the seq the last export printed): nothing missed",
     )
 
 
@@ -70,18 +74,21 @@ def _instant(text: str) -> dt.datetime:
     return value
 
 
-def export_audit(settings: Settings, since: dt.datetime, out: TextIO) -> int:
-    """Write every audit record since `since` to `out`, one JSON document per line."""
+def export_audit(
+    settings: Settings, since: dt.datetime | None, after_seq: int | None, out: TextIO
+) -> tuple[int, int | None]:
+    """Write the audit records asked for to `out`, one JSON document per line: (how many, the
+    last one's seq)."""
     engine = make_engine(settings)
     try:
         migrate.upgrade(engine)
         recover(engine, settings.spool_dir())  # what a crashed process journaled is exported too
-        written = 0
+        written, last = 0, after_seq
         log = AuditLog(engine, default_count=1, max_count=1)
-        for line in log.export(since):
+        for seq, line in log.export(since, after_seq):
             out.write(line + "\n")
-            written += 1
-        return written
+            written, last = written + 1, seq
+        return written, last
     finally:
         engine.dispose()
 
@@ -93,8 +100,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(_token(args, settings))
             return 0
         if args.command == "audit":
-            written = export_audit(settings, args.since, sys.stdout)
-            print(f"exported {written} audit record(s)", file=sys.stderr)
+            if args.since is None and args.after_seq is None:
+                print("trialbridge: audit export needs --since or --after-seq", file=sys.stderr)
+                return 2
+            written, last = export_audit(settings, args.since, args.after_seq, sys.stdout)
+            follow = f"; next time: --after-seq {last}" if last is not None else ""
+            print(f"exported {written} audit record(s){follow}", file=sys.stderr)
             return 0
         engine = make_engine(settings)
         migrate.upgrade(engine)

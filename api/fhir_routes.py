@@ -38,9 +38,20 @@ from service.fhir.interactions import FhirService
 router = APIRouter(
     prefix="/fhir", tags=["FHIR R4"], dependencies=[Depends(check_accept), Depends(principal)]
 )
+
+
+def _no_nul(request: Request) -> None:
+    """An id with U+0000 names no record (PostgreSQL cannot even compare it): 404, not a 500."""
+    for value in request.path_params.values():
+        if "\x00" in str(value):
+            raise FhirError.of(404, "not-found", "no record has an id with U+0000")
+
+
 # The audit trail: read-only, for holders of the `audit` scope (before /fhir/{resource_type}).
 audit_router = APIRouter(
-    prefix="/fhir", tags=["FHIR R4: audit trail"], dependencies=[Depends(check_accept)]
+    prefix="/fhir",
+    tags=["FHIR R4: audit trail"],
+    dependencies=[Depends(check_accept), Depends(_no_nul)],
 )
 # What needs no token: the CapabilityStatement (it tells clients how to get one).
 open_router = APIRouter(prefix="/fhir", tags=["FHIR R4"], dependencies=[Depends(check_accept)])
@@ -123,6 +134,7 @@ async def read_provenance(
     except FhirError as exc:
         if exc.status != 404:
             raise
+    require_fhir(who, "Provenance", "r")  # one a client sent: a FHIR read like any other
     result = await run_in_threadpool(store.read, "Provenance", record_id)
     return _read_response(request, result, base)
 

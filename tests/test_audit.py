@@ -349,6 +349,34 @@ def test_the_trail_is_read_with_the_audit_scope_only(audited: Audited) -> None:
     assert none_later.json()["total"] == 0
     _, unknown = audited.call("auditor", "GET", "/fhir/AuditEvent?patient=x")
     assert (unknown.status_code, unknown.json()["issue"][0]["code"]) == (400, "not-supported")
+    # What a client can send is answered, never a 500: a NUL id, a cursor past any seq.
+    assert audited.call("auditor", "GET", "/fhir/AuditEvent/%00")[1].status_code == 404
+    beyond = base64.urlsafe_b64encode(b"9" * 19).decode().rstrip("=")
+    assert (
+        audited.call("auditor", "GET", f"/fhir/AuditEvent?_cursor={beyond}")[1].status_code == 400
+    )
+    largest = base64.urlsafe_b64encode(b"9" * 18).decode().rstrip("=")
+    assert (
+        audited.call("auditor", "GET", f"/fhir/AuditEvent?_cursor={largest}")[1].status_code == 200
+    )
+    _, padded = audited.call("auditor", "GET", f"/fhir/AuditEvent?entity=Patient/{pid}&_count=0003")
+    assert len(padded.json()["entry"]) == 3
+
+
+def test_a_provenance_a_client_sent_needs_a_fhir_read_scope_too(audited: Audited) -> None:
+    pid = f"v-{uuid.uuid4().hex[:8]}"
+    audited.call("ehr", "PUT", f"/fhir/Patient/{pid}", kit.patient(id=pid))
+    sent = {
+        "resourceType": "Provenance",
+        "id": f"prov-{pid}",
+        "target": [{"reference": f"Patient/{pid}"}],
+        "recorded": "2025-03-01T10:00:00Z",
+        "agent": [{"who": {"display": "EHR feed"}}],
+    }
+    _, stored = audited.call("ehr", "PUT", f"/fhir/Provenance/prov-{pid}", sent)
+    assert stored.status_code == 201, stored.text
+    _, refused = audited.call("auditor", "GET", f"/fhir/Provenance/prov-{pid}")
+    assert refused.status_code == 403  # `audit` reads the trail, not the clinical record
 
 
 def test_the_export_writes_every_record_as_ndjson(audited: Audited, tmp_path: Path) -> None:
@@ -359,27 +387,39 @@ def test_the_export_writes_every_record_as_ndjson(audited: Audited, tmp_path: Pa
     url = audited.engine.url.render_as_string(hide_password=False)
     env = {**os.environ, "TRIALBRIDGE_DATABASE_URL": url}
 
-    def export(since: str) -> subprocess.CompletedProcess[str]:
+    def export(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "trialbridge"), "audit", "export", "--since", since],
+            [str(BIN / "trialbridge"), "audit", "export", *args],
             capture_output=True,
             text=True,
             env=env,
             timeout=120,
         )
 
-    everything = export("2000-01-01")
+    everything = export("--since", "2000-01-01")
     assert everything.returncode == 0, everything.stderr
     lines = everything.stdout.splitlines()
-    with audited.engine.connect() as conn:
+    with audited.engine.connect() as conn:  # nothing is in flight: the count is exact
         stored = conn.execute(text("SELECT count(*) FROM audit_record")).scalar_one()
-    assert len(lines) >= stored - 1  # a read of this test may be recorded while it exports
+        last = conn.execute(text("SELECT max(seq) FROM audit_record")).scalar_one()
+    assert len(lines) == stored
+    assert everything.stderr.splitlines()[-1] == (
+        f"exported {stored} audit record(s); next time: --after-seq {last}"
+    )
     kinds = {json.loads(line)["resourceType"] for line in lines}
     assert kinds == {"AuditEvent", "Provenance"}
-    assert export("2999-01-01T00:00:00Z").stdout == ""
-    naive = export("2026-01-01T00:00:00")
+
+    # A SIEM exporting on a schedule resumes after the last seq: nothing twice, nothing missed.
+    rid, _ = audited.call("ehr", "GET", "/fhir/Patient?identifier=later")
+    audited.app.state.audit.flush()
+    following = export("--after-seq", str(last))
+    assert [_request_id(json.loads(line)) for line in following.stdout.splitlines()] == [rid]
+
+    assert export("--since", "2999-01-01T00:00:00Z").stdout == ""
+    naive = export("--since", "2026-01-01T00:00:00")
     assert naive.returncode == 2
     assert "needs an offset" in naive.stderr
+    assert export().returncode == 2  # neither --since nor --after-seq
 
 
 def _serve(database: Path, spool: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -75,7 +75,14 @@ def test_minimised_replaces_every_cited_source_and_reference() -> None:
         ],
         "values": {
             "study_reference": "ResearchStudy/rs-9",
-            "parent": ["https://ehr.example/fhir/Specimen/s1/_history/4", "urn:uuid:1f2e"],
+            "parent": [
+                "https://ehr.example/fhir/Specimen/s1/_history/4",
+                "urn:uuid:1f2e",
+                "Specimen?identifier=https://lab.example/accession|ACC-998877",
+                "Specimen/sp-0#x",
+                "HTTPS://EHR.EXAMPLE/fhir/Patient/p1",
+                "Patient/p1/_history/current",
+            ],
             "route": "IV/SC",
             "text": "lobectomy, right upper lobe",
             "count": 3,
@@ -91,7 +98,8 @@ def test_minimised_replaces_every_cited_source_and_reference() -> None:
     values = out["values"]
     assert codec.open("S", values["study_reference"]) == Cited("ResearchStudy", "rs-9", 0)
     assert codec.open("S", values["parent"][0]) == Cited("Specimen", "s1", 4)
-    assert values["parent"][1] is None
+    assert codec.open("S", values["parent"][4]) == Cited("Patient", "p1", 0)
+    assert values["parent"][1:4] + values["parent"][5:] == [None, None, None, None]
     assert (values["route"], values["text"], values["count"]) == (
         "IV/SC",
         "lobectomy, right upper lobe",

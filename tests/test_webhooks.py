@@ -38,6 +38,7 @@ from tests.conftest import FHIR_JSON, start_server, stop_server
 from tests.kit import fhir as kit
 from tests.kit.client import put_resources
 from tests.kit.clock import FROZEN_INSTANT
+from tests.kit.evidence import cited
 from tests.kit.live import Live, api_client, fhir_client, live_app
 
 NCT = "NCT06088771"
@@ -646,6 +647,36 @@ def test_two_processes_behind_a_slow_receiver_deliver_each_notification_once(
     assert sorted(receiver.keys()) == sorted(r.idempotency_key for r in outbox(live.engine))
     assert len(receiver.requests) == 6  # each once: none sent by both
     assert all(r.delivered_at is not None and r.attempts == 1 for r in outbox(live.engine))
+
+
+def test_a_notification_queued_before_evidence_ids_is_sent_without_fhir_ids(
+    live: Live, api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """An outbox row written by the previous release cites FHIR references: sealed on sending."""
+    subscribe(api, URL_A, ["deviation.opened"], SECRET_A)
+    put_resources(fhir, *enrolled("p1"))
+    [row] = outbox(live.engine)
+    old = json.loads(row.payload)
+    old["deviation"]["evidence"] = [
+        {
+            "resource_type": "Procedure",
+            "id": "p1-surgery",
+            "version": "1",
+            "reference": "Procedure/p1-surgery/_history/1",
+        }
+    ]
+    with live.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE webhook_outbox SET payload = :p WHERE pk = :pk"),
+            {"p": json.dumps(old), "pk": row.pk},
+        )
+    receiver = Receiver(SECRET_A)
+    assert deliver(live.engine, T0, {URL_A: receiver})["delivered"] == 1
+    [sent] = receiver.requests
+    assert b"p1-surgery" not in sent.content
+    [evidence] = json.loads(sent.content)["deviation"]["evidence"]
+    assert set(evidence) == {"evidence_id", "resource_type"}
+    assert cited(api, NCT, [evidence])[0]["reference"] == "Procedure/p1-surgery/_history/1"
 
 
 def test_redelivery_after_a_crash_has_one_effect(

@@ -79,9 +79,12 @@ class _Segment:
     """One journal file, locked by its process while open for appending."""
 
     def __init__(self, folder: Path) -> None:
-        self.path = folder / f"audit-{os.getpid()}-{uuid.uuid4().hex}{SEGMENT_SUFFIX}"
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        name = f"audit-{os.getpid()}-{uuid.uuid4().hex}{SEGMENT_SUFFIX}"
+        making = folder / f".{name}.new"  # invisible to recovery until it is locked
+        self.fd = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.path = folder / name
+        os.rename(making, self.path)
         self.records: list[Recorded] = []
 
     def append(self, record: Recorded) -> None:
@@ -192,12 +195,17 @@ class AuditTrail:
             self._wake.clear()
             self.flush()
         self.flush()
-        with self._lock:
-            if self._segment is not None:  # empty: nothing to keep
-                self._segment.close()
-                with contextlib.suppress(FileNotFoundError):
-                    self._segment.path.unlink()
-                self._segment = None
+        with self._lock:  # appended meanwhile: stored below; empty: nothing to keep
+            last, self._segment = self._segment, None
+        if last is not None and last.records:
+            last.close()
+            with self._lock:
+                self._unstored.append(last)
+            self._store()
+        elif last is not None:
+            last.close()
+            with contextlib.suppress(FileNotFoundError):
+                last.path.unlink()
 
 
 def _orphans(spool_dir: Path) -> Iterator[tuple[Path, int]]:

@@ -6,10 +6,12 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Date,
     DateTime,
     Index,
+    Integer,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -311,7 +313,13 @@ class AuditRecord(SQLModel, table=True):
     __tablename__ = "audit_record"
     __table_args__ = (Index("ix_audit_record_kind_seq", "kind", "seq"),)
 
-    seq: int | None = Field(default=None, primary_key=True)  # the order records were written in
+    # the order records were written in; 64-bit (one row per request), SQLite's rowid there
+    seq: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
     id: str = Field(max_length=64, unique=True)
     kind: str = Field(max_length=16)  # AuditEvent | Provenance
     recorded: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False, index=True))

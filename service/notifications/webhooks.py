@@ -27,6 +27,7 @@ from service.infra import migrate
 from service.infra.clock import utcnow
 from service.infra.db import session_scope
 from service.infra.settings import Settings
+from service.privacy.evidence import EvidenceCodec, minimised
 from service.repositories import webhook_outbox
 
 log = logging.getLogger(__name__)
@@ -151,9 +152,24 @@ def policy_from(settings: Settings) -> DeliveryPolicy:
     )
 
 
-def _post(client: httpx.Client, row: Any, policy: DeliveryPolicy) -> str | None:
+def _payload(row: Any, codec: EvidenceCodec) -> bytes:
+    """The body to send. A notification queued by a release before evidence ids cites FHIR
+    references: it is sealed now, as the API would show it (receivers never see a FHIR id)."""
+    if '"reference"' not in row.payload:
+        return str(row.payload).encode()
+    body = json.loads(row.payload)
+    deviation = body.get("deviation")
+    if isinstance(deviation, dict) and isinstance(deviation.get("study_id"), str):
+        study = deviation["study_id"]
+        body["deviation"] = minimised(deviation, lambda cited: codec.seal(study, cited))
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _post(
+    client: httpx.Client, row: Any, policy: DeliveryPolicy, codec: EvidenceCodec
+) -> str | None:
     """One attempt; None on a 2xx, else the reason it failed."""
-    body = row.payload.encode()
+    body = _payload(row, codec)
     timestamp = str(int(time.time()))
     try:
         check_url(row.url, allow_private=policy.allow_private)  # DNS may have changed since
@@ -199,12 +215,13 @@ def deliver_due(
         if not webhook_outbox.due(peek, now(), 1, lock=False):
             return tally
     lease = dt.timedelta(seconds=policy.timeout_seconds + policy.lease_margin_seconds)
+    codec = EvidenceCodec(engine)
     with httpx.Client() as client:
         for _ in range(limit):
             row = _claim(engine, now(), lease)
             if row is None:
                 break
-            error = _post(client, row, policy)
+            error = _post(client, row, policy, codec)
             tally[_record(engine, row, error, now(), policy)] += 1
     return tally
 

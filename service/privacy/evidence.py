@@ -35,7 +35,7 @@ _SOURCE_KEYS = frozenset({"resource_type", "id", "version", "reference"})
 # A reference inside an event's values (a specimen's parent, the ResearchStudy of an enrollment):
 # relative or absolute, versioned or not; or a urn:uuid that names a resource of the feed.
 _REFERENCE = re.compile(
-    r"(?:[a-z][a-z0-9+.-]*://\S*/)?([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/([0-9]{1,9}))?"
+    r"(?:(?i:[a-z][a-z0-9+.-]*://)\S*/)?([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})(?:/_history/([0-9]{1,9}))?"
 )
 _REFERABLE = SUPPORTED_TYPES | {
     "BodyStructure",
@@ -53,6 +53,8 @@ _REFERABLE = SUPPORTED_TYPES | {
     "Task",
 }
 _URN = re.compile(r"urn:(?:uuid|oid):\S+", re.IGNORECASE)
+# Anything else naming a resource (`Specimen?identifier=…|ACC-1`, `Patient/p1#x`, `…/_history/x`)
+_LOOSE = re.compile(r"(?<![A-Za-z])(" + "|".join(sorted(_REFERABLE)) + r")[/?]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +148,17 @@ def minimised(body: Any, seal: Callable[[Cited], str]) -> Any:
 
 
 def _opaque_reference(text: str, seal: Callable[[Cited], str]) -> str | None:
-    """A string that is a FHIR reference becomes an evidence id (a urn: one, nothing); else as is."""
+    """A string that is a FHIR reference becomes an evidence id; one that names a resource in a
+    way no id can stand for (urn:uuid, a conditional reference, a fragment) becomes None; any
+    other text is kept as it is."""
     if "/" not in text and text[:4].lower() != "urn:":
         return text
     if _URN.fullmatch(text):
         return None
     found = _REFERENCE.fullmatch(text)
-    if found is None:
-        return text
-    rtype, rid, version = found.groups()
-    if rtype not in _REFERABLE:  # "IV/SC", "EGFR/ALK": clinical text, not a reference
-        return text
-    return seal(Cited(rtype, rid, int(version) if version else 0))
+    if found is not None and found.group(1) in _REFERABLE:
+        rtype, rid, version = found.groups()
+        return seal(Cited(rtype, rid, int(version) if version else 0))
+    if _LOOSE.search(text):  # a reference we cannot seal (a conditional one): it goes, whole
+        return None
+    return text  # "IV/SC", "EGFR/ALK": clinical text, not a reference

@@ -76,7 +76,7 @@ def parse_audit_search(
         if base == "_count":
             if not (raw.isascii() and raw.isdigit()):
                 raise _bad("_count", f"{raw!r} is not a non-negative integer")
-            count = min(int(raw[:9]), max_count)
+            count = max_count if len(raw) > 9 else min(int(raw), max_count)
             continue
         if base == "_cursor":
             after = _decode_cursor(raw)
@@ -170,10 +170,17 @@ class AuditLog:
             raise FhirError.of(404, "not-found", f"{kind}/{record_id[:64]} is not known")
         return found.encode()
 
-    def export(self, since: dt.datetime) -> Iterator[str]:
-        """Every record since `since`, oldest first, one JSON document per item (NDJSON lines)."""
+    def export(
+        self, since: dt.datetime | None, after_seq: int | None = None
+    ) -> Iterator[tuple[int, str]]:
+        """(seq, JSON) of every record since `since` / after `after_seq`, in the order stored.
+
+        A SIEM that exports on a schedule passes the last seq it got: a record journaled before
+        the last export but stored after it (or recovered after a crash) has a recorded time
+        before the last one exported, yet a later seq.
+        """
         with reading(self.engine) as session:
-            yield from audit_records.export(session, since)
+            yield from audit_records.export(session, since, after_seq)
 
 
 def _page(base: str, kind: str, echo: list[tuple[str, str]], cursor: int | None) -> str:

@@ -121,21 +121,24 @@ def read_record(session: Session, kind: str, record_id: str) -> str | None:
     return None if found is None else str(found)
 
 
-def export(session: Session, since: dt.datetime) -> Iterator[str]:
-    """Every record recorded at or after `since`, oldest first, read in batches."""
+def export(
+    session: Session, since: dt.datetime | None, after_seq: int | None
+) -> Iterator[tuple[int, str]]:
+    """(seq, resource) of every record recorded at or after `since` and stored after `after_seq`,
+    in the order they were stored, read in batches."""
     c = _RECORD.c
-    last = 0
+    last = after_seq or 0
     while True:
+        where = [c.seq > last]
+        if since is not None:
+            where.append(c.recorded >= since)
         rows = session.execute(
-            select(c.seq, c.content)
-            .where(c.recorded >= since, c.seq > last)
-            .order_by(c.seq)
-            .limit(EXPORT_BATCH)
+            select(c.seq, c.content).where(*where).order_by(c.seq).limit(EXPORT_BATCH)
         ).all()
         if not rows:
             return
         for row in rows:
-            yield str(row.content)
+            yield int(row.seq), str(row.content)
         last = rows[-1].seq
 
 
