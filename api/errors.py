@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
@@ -101,6 +102,25 @@ class ApiBodyLimit:
         await self.app(scope, counted, send)
 
 
+def _template_pattern(path: str) -> re.Pattern[str]:
+    """A route template (`/fhir/{resource_type}/{resource_id}`) as the paths it matches."""
+    parts = re.split(r"(\{[^/}]+\})", path)
+    return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts) + "$")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods any route serves at this request's path, from the app's OpenAPI paths."""
+    table: list[tuple[re.Pattern[str], list[str]]] | None = getattr(
+        request.app.state, "allowed_methods", None
+    )
+    if table is None:
+        paths = request.app.openapi()["paths"]
+        table = [(_template_pattern(p), [m.upper() for m in ops]) for p, ops in paths.items()]
+        request.app.state.allowed_methods = table
+    path = request.url.path.removesuffix("/") or "/"
+    return sorted({m for pattern, methods in table if pattern.match(path) for m in methods})
+
+
 def render(exc: TrialbridgeError, *, fhir: bool) -> Response:
     """A refusal as the endpoint's error shape: OperationOutcome under /fhir, else JSON."""
     if isinstance(exc, OAuthError):  # RFC 6749 §5.2, whatever the path
@@ -145,11 +165,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110: every method served at this path, not one route's
+            headers["Allow"] = ", ".join(allowed_methods(request))
         if _is_fhir(request):
             code = _HTTP_CODES.get(exc.status_code, "processing")
             text = "no such FHIR endpoint" if exc.status_code == 404 else str(exc.detail)
             return outcome_response(
-                exc.status_code, [Issue(code, f"{request.method} {request.url.path}: {text}")]
+                exc.status_code,
+                [Issue(code, f"{request.method} {request.url.path}: {text}")],
+                headers or None,
             )
         if exc.status_code == 400 and exc.detail == _UNPARSEABLE_BODY:
             problem = "cannot be parsed as JSON (bytes that are not UTF-8, or nested too deeply)"
@@ -161,7 +186,7 @@ def install(app: FastAPI) -> None:
             )
         if isinstance(exc, BodyTooLarge):
             return json_error(413, "body_too_large", str(exc.detail))
-        return json_error(exc.status_code, "http_error", str(exc.detail), headers=exc.headers)
+        return json_error(exc.status_code, "http_error", str(exc.detail), headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
