@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -208,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine = make_engine(settings)
         migrate.upgrade(engine)
         engine.dispose()
+    os.environ["TRIALBRIDGE_BIND_HOST"] = args.host  # the Host a client may name by default
     uvicorn.run(
         "api.app:app",
         host=args.host,

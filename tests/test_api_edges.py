@@ -224,9 +224,7 @@ def test_wrong_method_names_the_allowed_ones(api: httpx.Client) -> None:
     assert answer.headers["allow"] == "GET"
 
 
-def test_a_405_lists_every_method_served_at_the_path(
-    api: httpx.Client, fhir: httpx.Client
-) -> None:
+def test_a_405_lists_every_method_served_at_the_path(api: httpx.Client, fhir: httpx.Client) -> None:
     """Not only the first route's: /subscriptions serves GET and POST from two routes."""
     subscriptions = api.put("/subscriptions", json={})
     assert (subscriptions.status_code, subscriptions.headers["allow"]) == (405, "GET, POST")

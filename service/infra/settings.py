@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     base_url: str | None = Field(
         default=None, description="Public base URL of /fhir, used in Location and fullUrl"
     )
+    allowed_hosts: str | None = Field(
+        default=None,
+        description="Comma-separated Host names that may shape URLs (`*.example.org` allowed); "
+        "default: localhost names and the address `serve` binds to, unless base_url is set",
+    )
+    bind_host: str | None = Field(
+        default=None, description="Set by `trialbridge serve`: the address it listens on"
+    )
     auto_migrate: bool = Field(default=True, description="Run migrations when the app starts")
     search_default_count: int = Field(default=50, ge=1, le=1000)
     search_max_count: int = Field(default=1000, ge=1, le=10000)
@@ -153,6 +161,16 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         """True for the embedded database."""
         return self.database_url.startswith("sqlite")
+
+    def host_allow_list(self) -> list[str] | None:
+        """Hosts a request may name; None when URLs never come from the Host header."""
+        if self.allowed_hosts:
+            return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
+        if self.base_url:
+            return None  # every URL comes from the configured base
+        local = ["localhost", "127.0.0.1", "::1"]
+        bound = (self.bind_host or "").strip("[]").lower()
+        return local + ([bound] if bound and bound not in ("0.0.0.0", "::") else [])
 
     def spool_dir(self) -> Path:
         """Where this deployment journals audit records."""
