@@ -273,6 +273,10 @@ def test_subscription_create_list_delete(api: httpx.Client) -> None:
         ("http://127.0.0.1/", "url_not_allowed"),
         ("http://10.0.0.5/", "url_not_allowed"),
         ("http://[::1]:8080/hooks", "url_not_allowed"),
+        ("http://[64:ff9b::a00:1]/hooks", "url_not_allowed"),  # NAT64 of 10.0.0.1
+        ("http://[2002:a00:1::1]/hooks", "url_not_allowed"),  # 6to4 of 10.0.0.1
+        ("http://[::10.0.0.1]/hooks", "url_not_allowed"),  # IPv4-compatible
+        ("http://[::ffff:192.168.0.1]/hooks", "url_not_allowed"),  # IPv4-mapped
         ("http://169.254.169.254/latest/meta-data", "url_not_allowed"),
         ("http://localhost:8080/hooks", "url_not_allowed"),
         ("https://intranet.example.org/hooks", "url_not_allowed"),
@@ -289,6 +293,10 @@ def test_subscription_create_list_delete(api: httpx.Client) -> None:
         "loopback",
         "private",
         "ipv6-loopback",
+        "nat64-of-private",
+        "6to4-of-private",
+        "ipv4-compatible-private",
+        "ipv4-mapped-private",
         "link-local-metadata",
         "localhost",
         "resolves-private",

@@ -48,9 +48,27 @@ def resolve_host(host: str) -> list[str]:
     return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None)})
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 one reaches: mapped, NAT64, 6to4, Teredo, IPv4-compatible."""
+    found = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    if ip in _NAT64 or (ip.packed[:12] == bytes(12) and int(ip) > 0xFFFF):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
 def _internal(address: str) -> bool:
+    """Not a public address, or an IPv6 one that carries a non-public IPv4 inside it."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return not ip.is_global
+    if not ip.is_global:
+        return True
+    return isinstance(ip, ipaddress.IPv6Address) and any(
+        not v4.is_global for v4 in _embedded_ipv4(ip)
+    )
 
 
 def check_url(url: str, *, allow_private: bool) -> None:
