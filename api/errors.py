@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.fhir_http import outcome_response
@@ -197,6 +198,15 @@ def install(app: FastAPI) -> None:
             ]
             return outcome_response(400, issues)
         return json_error(422, "invalid_request", "the request is not valid", problems)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        # Not a server error: the client went away mid-body. One line, no traceback; the status
+        # (nginx's 499) is what the access log and the audit trail record, nobody receives it.
+        log.info(
+            "client disconnected before its request body arrived (%s)", route_of(request.scope)
+        )
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

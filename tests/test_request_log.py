@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,3 +180,30 @@ def test_the_request_id_is_echoed_kept_when_well_formed_and_on_refusals(
         ("ctms.batch-42", 200, "ehr"),
         (made, 401, None),
     ]
+
+
+def test_a_client_that_disconnects_mid_body_leaves_one_info_line(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not an unhandled error with tracebacks: the client went away, that is all."""
+    caplog.set_level(logging.INFO)
+    host, port = app.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(
+            b"POST /fhir/Patient HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer " + app.token.encode() + b"\r\n"
+            b"Content-Type: application/fhir+json\r\nContent-Length: 1000\r\n\r\n"
+            b'{"resourceType":'
+        )
+        time.sleep(0.3)  # the server is now waiting for the rest of the body
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+        "disconnected" in r.getMessage() for r in caplog.records
+    ):
+        time.sleep(0.05)
+    lines = [r for r in caplog.records if r.name.startswith(SERVICE_LOGGERS)]
+    gone = [r for r in lines if "disconnected" in r.getMessage()]
+    assert [(r.levelname, r.getMessage()) for r in gone] == [
+        ("INFO", "client disconnected before its request body arrived (/fhir/{resource_type})")
+    ]
+    assert [r for r in lines if r.levelno >= logging.ERROR or r.exc_info] == []
