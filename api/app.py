@@ -21,6 +21,7 @@ from api.fhir_routes import open_router as fhir_open_router
 from api.fhir_routes import router as fhir_router
 from api.host_guard import HostGuard
 from api.outcome_routes import router as outcome_router
+from api.security_headers import SecurityHeaders
 from api.study_routes import router as study_router
 from service.access.clients import bootstrap_admin
 from service.access.tokens import TokenService
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(errors.ApiBodyLimit)
     app.add_middleware(HostGuard)  # a Host that may not shape URLs is refused before anything runs
+    app.add_middleware(SecurityHeaders)  # on every answer, refusals included
     app.add_middleware(AuditRequests)  # inside the request log: records carry the request id
     app.add_middleware(request_log.RequestLog)  # outermost: every answer has its request id
     app.include_router(auth_router)
