@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from api import errors, request_log
 from api.audit import AuditRequests
 from api.auth import router as auth_router
+from api.cors import Cors
 from api.deviation_routes import router as deviation_router
 from api.fhir_routes import audit_router
 from api.fhir_routes import open_router as fhir_open_router
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HostGuard)  # a Host that may not shape URLs is refused before anything runs
     app.add_middleware(SecurityHeaders)  # on every answer, refusals included
     app.add_middleware(AuditRequests)  # inside the request log: records carry the request id
+    app.add_middleware(Cors)  # preflights are answered before anything is audited
     app.add_middleware(request_log.RequestLog)  # outermost: every answer has its request id
     app.include_router(auth_router)
     app.include_router(fhir_open_router)  # /fhir/metadata before /fhir/{resource_type}

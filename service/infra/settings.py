@@ -57,6 +57,10 @@ class Settings(BaseSettings):
         description="Comma-separated Host names that may shape URLs (`*.example.org` allowed); "
         "default: localhost names and the address `serve` binds to, unless base_url is set",
     )
+    cors_origins: str | None = Field(
+        default=None,
+        description="Comma-separated browser origins allowed to call the API (CORS); none: off",
+    )
     bind_host: str | None = Field(
         default=None, description="Set by `trialbridge serve`: the address it listens on"
     )
@@ -161,6 +165,10 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         """True for the embedded database."""
         return self.database_url.startswith("sqlite")
+
+    def cors_allow_list(self) -> list[str]:
+        """Origins a browser may call the API from (exact `https://host[:port]`); none by default."""
+        return [o.strip().rstrip("/") for o in (self.cors_origins or "").split(",") if o.strip()]
 
     def host_allow_list(self) -> list[str] | None:
         """Hosts a request may name; None when URLs never come from the Host header."""
