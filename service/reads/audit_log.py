@@ -5,19 +5,18 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import uuid
 from collections.abc import Iterator
 from typing import Literal
 from urllib.parse import urlencode
 
-import orjson
 from sqlalchemy import Engine
 
 from service.errors import FhirError
-from service.infra.clock import date_param_range, fhir_instant, utcnow
+from service.infra.clock import date_param_range
 from service.infra.db import reading
 from service.repositories import audit_records
 from service.repositories.audit_records import AuditQuery
+from service.repositories.fhir_search import searchset
 
 Kind = Literal["AuditEvent", "Provenance"]
 # search parameter -> what it filters, per kind (R4 names: AuditEvent.date, Provenance.recorded)
@@ -144,23 +143,7 @@ class AuditLog:
         links = [{"relation": "self", "url": _page(base, kind, echo, query.after_seq)}]
         if cursor is not None:
             links.append({"relation": "next", "url": _page(base, kind, echo, cursor)})
-        doc = {
-            "resourceType": "Bundle",
-            "id": str(uuid.uuid4()),
-            "meta": {"lastUpdated": fhir_instant(utcnow())},
-            "type": "searchset",
-            "total": total,
-            "link": links,
-            "entry": [
-                {
-                    "fullUrl": f"{base}/{kind}/{orjson.loads(content)['id']}",
-                    "resource": orjson.Fragment(content.encode()),
-                    "search": {"mode": "match"},
-                }
-                for content in found
-            ],
-        }
-        return orjson.dumps(doc)
+        return searchset(total, links, [(f"{base}/{kind}/{i}", text) for i, text in found])
 
     def read(self, kind: Kind, record_id: str) -> bytes:
         """One record; 404 when there is none of this kind with this id."""

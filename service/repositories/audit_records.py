@@ -96,8 +96,9 @@ def _conditions(query: AuditQuery) -> list[ColumnElement[bool]]:
     return where
 
 
-def search(session: Session, query: AuditQuery) -> tuple[list[str], int, int | None]:
-    """This page's records (newest first), the total matching, and the cursor when more follow."""
+def search(session: Session, query: AuditQuery) -> tuple[list[tuple[str, str]], int, int | None]:
+    """This page's (id, resource) records, newest first; the total matching; the cursor when
+    more follow."""
     c = _RECORD.c
     where = _conditions(query)
     total = int(session.execute(select(func.count()).where(*where)).scalar_one())
@@ -105,11 +106,11 @@ def search(session: Session, query: AuditQuery) -> tuple[list[str], int, int | N
         return [], total, None
     page = [*where, c.seq < query.after_seq] if query.after_seq is not None else where
     rows = session.execute(
-        select(c.seq, c.content).where(*page).order_by(c.seq.desc()).limit(query.count + 1)
+        select(c.seq, c.id, c.content).where(*page).order_by(c.seq.desc()).limit(query.count + 1)
     ).all()
     more = len(rows) > query.count
     rows = rows[: query.count]
-    return [r.content for r in rows], total, rows[-1].seq if more else None
+    return [(r.id, r.content) for r in rows], total, rows[-1].seq if more else None
 
 
 def read_record(session: Session, kind: str, record_id: str) -> str | None:
@@ -140,8 +141,3 @@ def export(
         for row in rows:
             yield int(row.seq), str(row.content)
         last = rows[-1].seq
-
-
-def count_records(session: Session) -> int:
-    """How many records the trail holds."""
-    return int(session.execute(select(func.count()).select_from(_RECORD)).scalar_one())

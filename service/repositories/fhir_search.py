@@ -272,6 +272,12 @@ def search_bundle(
     links = [{"relation": "self", "url": _page_url(base, resource_type, echo, query.cursor)}]
     if cursor:
         links.append({"relation": "next", "url": _page_url(base, resource_type, echo, cursor)})
+    entries = [(f"{base}/{v.resource_type}/{v.resource_id}", v.content or "") for v in found]
+    return searchset(total, links, entries)
+
+
+def searchset(total: int, links: list[dict[str, str]], entries: list[tuple[str, str]]) -> bytes:
+    """A searchset Bundle of (fullUrl, stored resource text) entries, the text sent as stored."""
     doc = {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
@@ -281,11 +287,11 @@ def search_bundle(
         "link": links,
         "entry": [
             {
-                "fullUrl": f"{base}/{v.resource_type}/{v.resource_id}",
-                "resource": orjson.Fragment((v.content or "").encode()),
+                "fullUrl": url,
+                "resource": orjson.Fragment(content.encode()),
                 "search": {"mode": "match"},
             }
-            for v in found
+            for url, content in entries
         ],
     }
     return orjson.dumps(doc)
