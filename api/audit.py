@@ -16,7 +16,7 @@ from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import TOKEN_PATH
-from api.errors import render
+from api.errors import is_fhir_path, render
 from api.request_log import REQUEST_ID, route_of
 from service.audit.events import ANONYMOUS, Action, AuditNote, Entity, audit_event
 from service.audit.trail import AuditTrail
@@ -166,8 +166,7 @@ class AuditRequests:
                     await record(message["status"])
                 except DatabaseUnavailableError as exc:
                     refused = True
-                    path = _route_path(scope)
-                    fhir = path == "/fhir" or path.startswith("/fhir/")
+                    fhir = is_fhir_path(_route_path(scope))
                     await render(exc, fhir=fhir)(scope, receive, send)
                     return
             await send(message)

@@ -35,8 +35,13 @@ _UNPARSEABLE_BODY = "There was an error parsing the body"
 API_PREFIX = "/api/v1"
 
 
+def is_fhir_path(path: str) -> bool:
+    """Answered with OperationOutcomes (FHIR), not the JSON error body."""
+    return path == "/fhir" or path.startswith("/fhir/")
+
+
 def _is_fhir(request: Request) -> bool:
-    return request.url.path == "/fhir" or request.url.path.startswith("/fhir/")
+    return is_fhir_path(request.url.path)
 
 
 def json_error(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import json_error
+from api.errors import is_fhir_path, json_error
 from api.fhir_http import outcome_response
 from fhir_mapping.issues import Issue
 
@@ -55,8 +55,7 @@ class HostGuard:
             f"Host {sent[:100]!r} is not one this service answers to; set TRIALBRIDGE_BASE_URL "
             "(or TRIALBRIDGE_ALLOWED_HOSTS) to the name clients use"
         )
-        path = str(scope.get("path", ""))
-        if path == "/fhir" or path.startswith("/fhir/"):
+        if is_fhir_path(str(scope.get("path", ""))):
             refusal = outcome_response(400, [Issue("invalid", message)])
         else:
             refusal = json_error(400, "invalid_host", message)
