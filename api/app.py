@@ -21,6 +21,7 @@ from api.fhir_routes import audit_router
 from api.fhir_routes import open_router as fhir_open_router
 from api.fhir_routes import router as fhir_router
 from api.host_guard import HostGuard
+from api.metrics import router as metrics_router
 from api.outcome_routes import router as outcome_router
 from api.security_headers import SecurityHeaders
 from api.study_routes import router as study_router
@@ -30,7 +31,7 @@ from service.audit.trail import AuditTrail
 from service.derivation.catalog import load_catalog
 from service.fhir.interactions import FhirService
 from service.fhir.validation_workers import ModelChecks
-from service.infra import migrate
+from service.infra import metrics, migrate
 from service.infra.db import make_engine
 from service.infra.process import settle_process
 from service.infra.settings import Settings
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request_log.configure(conf.log_level)
         catalog = load_catalog(conf)  # a broken protocol file stops start-up, naming the key
         engine = make_engine(conf)
+        metrics.watch_pool(engine)
         if conf.auto_migrate:
             await run_in_threadpool(migrate.upgrade, engine)
         app.state.settings = conf
@@ -108,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(model_checks.close)
             await run_in_threadpool(app.state.audit.stop)
             engine.dispose()
+            metrics.process_ended()
 
     app = FastAPI(
         title="trialbridge",
@@ -129,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(study_router)
     app.include_router(deviation_router)
     app.include_router(outcome_router)
+    app.include_router(metrics_router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -23,7 +23,7 @@ from service.derivation.refresh import Derivation, reevaluate_all, remap_all
 from service.errors import FhirError
 from service.fhir.ingest import EntryResult
 from service.fhir.interactions import FhirService
-from service.infra import migrate
+from service.infra import metrics, migrate
 from service.infra.db import make_engine
 from service.infra.process import settle_process
 from service.infra.settings import Settings
@@ -210,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         migrate.upgrade(engine)
         engine.dispose()
     os.environ["TRIALBRIDGE_BIND_HOST"] = args.host  # the Host a client may name by default
+    if args.workers > 1:  # the workers' metrics meet in files, so any one of them answers for all
+        os.environ[metrics.MULTIPROCESS_ENV] = metrics.fresh_multiprocess_dir(settings.metrics_dir)
     uvicorn.run(
         "api.app:app",
         host=args.host,
@@ -217,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         proxy_headers=True,
         access_log=False,  # uvicorn's prints paths and query strings; ours (request_log) does not
+        # a worker still importing on a busy host answers no ping; uvicorn's 5 s kills it in a loop
+        timeout_worker_healthcheck=60,
     )
     return 0
 

@@ -14,6 +14,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.fhir_http import outcome_response
+from api.metrics import count_refusal
 from api.request_log import route_of
 from fhir_mapping.issues import InvalidContentError, Issue
 from fhir_mapping.tokens import ascii_int
@@ -162,11 +163,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(TrialbridgeError)
     async def _refused(request: Request, exc: TrialbridgeError) -> Response:
+        if isinstance(exc, FhirError):
+            count_refusal(request, exc.status)
         return render(exc, fhir=_is_fhir(request))
 
     @app.exception_handler(InvalidContentError)
     async def _invalid(request: Request, exc: InvalidContentError) -> Response:
         err = FhirError.from_invalid(exc)
+        count_refusal(request, err.status)
         return outcome_response(err.status, err.issues)
 
     @app.exception_handler(StarletteHTTPException)

@@ -24,6 +24,7 @@ from api.fhir_http import (
     resource_headers,
     write_response,
 )
+from api.metrics import count_results
 from api.request_log import route_of
 from fhir_mapping.json_codec import decode_text, dumps, loads
 from service.access.tokens import Principal
@@ -162,6 +163,7 @@ async def import_ndjson(
 
     def work() -> bytes:
         outcomes = sorted(store.import_lines(text.split("\n"), ctx=ctx), key=lambda o: o.line)
+        count_results(o.result for o in outcomes)
         if ctx.audit is not None:  # its AuditEvent follows the chunks: it names what they wrote
             ctx.audit.entities.extend(
                 Entity(r.location)
@@ -186,6 +188,7 @@ async def post_bundle(
     ctx = _context(request, store, who, base)
     representation = prefer_return(request, "minimal") == "representation"
     kind, results = await run_in_threadpool(store.bundle_json, raw, ctx=ctx)
+    count_results(results)
     return fhir_response(responses.response_bundle(kind, results, representation=representation))
 
 

@@ -3,7 +3,7 @@
 Without `TRIALBRIDGE_BASE_URL` the service builds its URLs from the request's Host header, so an
 attacker's `Host: evil.example` would come back in `Location` and Bundle `fullUrl`s (and be
 cached, or followed by a client). A request naming another host gets 400 before any route runs;
-health checks are exempt (probes name the pod's address).
+health checks and metrics are exempt (probes and scrapers name the pod's address).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from api.errors import is_fhir_path, json_error
 from api.fhir_http import outcome_response
 from fhir_mapping.issues import Issue
 
-_EXEMPT = frozenset({"/healthz", "/readyz"})
+_EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def host_of(header: str) -> str:

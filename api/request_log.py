@@ -20,6 +20,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.infra.metrics import observe_request
+
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _WELL_FORMED = re.compile(r"[A-Za-z0-9._-]{1,64}")
 access = logging.getLogger("trialbridge.access")
@@ -103,15 +105,18 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            route = route_of(scope)
+            observe_request(scope.get("method"), route, status, elapsed)
             client = scope.get("state", {}).get("client")
             access.info(
                 "request",
                 extra={
                     "fields": {
                         "method": scope.get("method"),
-                        "route": route_of(scope),
+                        "route": route,
                         "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                        "duration_ms": round(elapsed * 1000, 1),
                         "client": client,
                     }
                 },

@@ -20,11 +20,12 @@ from fhir_mapping.events.model import SourceRef, TrialEvent
 from fhir_mapping.events.registry import MAPPERS, map_resource
 from fhir_mapping.json_codec import LexicalDecimal
 from fhir_mapping.terminology import Terminology
+from service.infra import metrics
 from service.infra.clock import utcnow
 from service.protocol.schema import StudyProtocol
 from service.protocol.terminology import VALUESET_URL_PREFIX, build_terminology
 from service.repositories import fhir_versions, service_secrets, study_subjects, trial_events
-from service.repositories.fhir_versions import Key
+from service.repositories.fhir_versions import Key, Written
 from service.repositories.unit_of_work import UnitOfWork
 from service.studies.kind import SubjectBatch, SubjectFacts, pseudonym
 from service.studies.registry import kind_of, membership, membership_events, reevaluate_events
@@ -122,6 +123,10 @@ class Derivation:
         written = uow.take_written()
         if not written:
             return
+        with metrics.DERIVATION_SECONDS.time():
+            self._derive(uow, written)
+
+    def _derive(self, uow: UnitOfWork, written: Written) -> None:
         session = uow.session
         terminology, changed = self.terminology(uow)
         if changed or any(t == "ValueSet" for t, _ in written):

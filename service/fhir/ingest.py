@@ -636,7 +636,7 @@ def _read_entry(session: Session, e: Entry, ctx: WriteContext) -> EntryResult:
     )
 
 
-def failure(exc: FhirError | InvalidContentError) -> EntryResult:
-    """An entry that failed on its own (batch, import): its status and issues."""
+def failure(exc: FhirError | InvalidContentError, resource_type: str | None = None) -> EntryResult:
+    """An entry that failed on its own (batch, import): its status, issues and type when known."""
     err = exc if isinstance(exc, FhirError) else FhirError.from_invalid(exc)
-    return EntryResult(err.status, "failed", issues=err.issues)
+    return EntryResult(err.status, "failed", resource_type, issues=err.issues)

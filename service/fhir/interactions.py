@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
@@ -46,6 +47,7 @@ from service.fhir.ingest import (
     upsert_identity,
 )
 from service.fhir.validation_workers import ModelChecks, PendingVerdicts
+from service.infra import metrics
 from service.infra.clock import utcnow
 from service.infra.db import reading
 from service.infra.settings import Settings
@@ -181,6 +183,7 @@ class FhirService:
                     if gate is not None:
                         gate()  # raising here rolls the whole unit of work back
                     record_write(uow, ctx)
+                    uow.after_commit(partial(metrics.count_written, list(uow.versions)))
                     return result
             except DBAPIError as exc:  # IntegrityError and OperationalError among them
                 if _retryable(exc) and attempt < attempts:
@@ -385,7 +388,8 @@ class FhirService:
         if ctx.audit is not None:
             ctx.audit.subtype = "batch" if parsed.kind == "batch" else "transaction"
         if parsed.kind == "batch":  # each entry keeps its own check (savepoints)
-            return "batch-response", self._batch(parsed.entries, parsed.failures, ctx)
+            failures = [(i, exc, _sent_type(body, i)) for i, exc in parsed.failures]
+            return "batch-response", self._batch(parsed.entries, failures, ctx)
         gate = None if pending is None else _ModelGate(body, parsed, pending, unguarded)
         if parsed.failures:
             _refuse(parsed if gate is None else gate.settled())
@@ -403,7 +407,7 @@ class FhirService:
     def _batch(
         self,
         entries: list[Entry],
-        failures: list[tuple[int, InvalidContentError]],
+        failures: list[tuple[int, InvalidContentError, str | None]],
         ctx: WriteContext,
     ) -> list[EntryResult]:
         def work(uow: UnitOfWork) -> dict[int, EntryResult]:
@@ -417,12 +421,13 @@ class FhirService:
                     uow.written = before  # what the savepoint undid
                     del uow.versions[versions:]
                     out[entry.index] = failure(
-                        exc if isinstance(exc, FhirError) else _unstorable(exc)
+                        exc if isinstance(exc, FhirError) else _unstorable(exc),
+                        entry.resource_type,
                     )
             return out
 
         done = self._write(work, ctx)
-        done.update((i, failure(exc)) for i, exc in failures)
+        done.update((i, failure(exc, sent)) for i, exc, sent in failures)
         return [done[i] for i in sorted(done)]
 
     def import_lines(
@@ -462,7 +467,7 @@ class FhirService:
             # line-by-line retries: leave it out of the chunk instead
             refused = out_of_scope(entry, upsert_ctx)
             if refused is not None:
-                yield LineOutcome(number, failure(refused))
+                yield LineOutcome(number, failure(refused, entry.resource_type))
                 continue
             key = upsert_identity(entry)
             if key in keys or len(chunk) >= IMPORT_CHUNK:
@@ -489,7 +494,7 @@ class FhirService:
                 try:
                     yield from self._import_chunk([item], ctx, progress)
                 except FhirError as exc:
-                    yield LineOutcome(item[0], failure(exc))
+                    yield LineOutcome(item[0], failure(exc, item[1].resource_type))
             return
         if progress:
             progress(len(chunk))
@@ -545,3 +550,12 @@ class FhirService:
                 400, "invalid", f"a conditional operation on {resource_type} needs search criteria"
             )
         return criteria
+
+
+def _sent_type(bundle: Any, index: int) -> str | None:
+    """The resourceType an entry that failed to parse claims, if it names one (for metrics)."""
+    try:
+        sent = bundle["entry"][index]["resource"]["resourceType"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return sent if isinstance(sent, str) and sent.isalpha() and len(sent) <= 64 else None

@@ -65,6 +65,16 @@ class Settings(BaseSettings):
         default=None, description="Set by `trialbridge serve`: the address it listens on"
     )
     auto_migrate: bool = Field(default=True, description="Run migrations when the app starts")
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token Prometheus must send to GET /metrics; unset: /metrics is open",
+    )
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="Folder where `serve --workers N` keeps the workers' metric files (emptied at "
+        "start); unset: a new temporary folder",
+    )
     search_default_count: int = Field(default=50, ge=1, le=1000)
     search_max_count: int = Field(default=1000, ge=1, le=10000)
     db_pool_size: int = Field(default=10, ge=1, le=200)

@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from service.errors import ApiError
-from service.infra import migrate
+from service.infra import metrics, migrate
 from service.infra.clock import utcnow
 from service.infra.db import session_scope
 from service.infra.settings import Settings
@@ -240,8 +240,16 @@ def deliver_due(
             if row is None:
                 break
             error = _post(client, row, policy, codec)
-            tally[_record(engine, row, error, now(), policy)] += 1
+            outcome = _record(engine, row, error, now(), policy)
+            tally[outcome] += 1
+            metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
     return tally
+
+
+def outbox_backlog(engine: Engine) -> webhook_outbox.Backlog:
+    """What is still to deliver and how old it is: the numbers an outbox alert watches."""
+    with Session(engine) as session:
+        return webhook_outbox.backlog(session)
 
 
 def _claim(engine: Engine, start: dt.datetime, lease: dt.timedelta) -> Any | None:
