@@ -1,4 +1,4 @@
-"""`trialbridge serve | migrate | load | client | token ...` — the service's command line."""
+"""`trialbridge serve | migrate | load | client | keys | token ...` — the service's command line."""
 
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trialbridge: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     request_log.configure(settings.log_level)
-    if args.command in ("client", "token", "audit"):
+    if args.command in ("client", "keys", "token", "audit"):
         return cli_access.run(args, settings)
     if args.command == "serve" and (
         refusal := cli_access.refuse_unauthenticated_bind(settings, args.host)

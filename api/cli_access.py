@@ -15,9 +15,15 @@ from typing import TextIO
 import httpx
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
+from sqlalchemy import Engine
 
-from service.access.clients import add_client, list_clients, revoke_client
-from service.access.tokens import ASSERTION_TYPE, GRANT_TYPE
+from service.access.clients import add_client, list_clients, replace_client_keys, revoke_client
+from service.access.tokens import (
+    ASSERTION_TYPE,
+    GRANT_TYPE,
+    rotate_signing_key,
+    signing_key_states,
+)
 from service.audit.trail import recover
 from service.errors import ApiError
 from service.infra import migrate
@@ -27,7 +33,7 @@ from service.reads.audit_log import AuditLog
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The `client` and `token` subcommands."""
+    """The `client`, `keys`, `token` and `audit` subcommands."""
     client = sub.add_parser("client", help="register, list or revoke API clients")
     actions = client.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="register a client and the public keys it signs with")
@@ -39,6 +45,25 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     actions.add_parser("list", help="every client, its scopes and key ids")
     revoke = actions.add_parser("revoke", help="refuse the client's assertions from now on")
     revoke.add_argument("name")
+    rekey = actions.add_parser(
+        "keys", help="replace a client's public keys (list old and new keys while it changes)"
+    )
+    rekey.add_argument("name")
+    new_keys = rekey.add_mutually_exclusive_group(required=True)
+    new_keys.add_argument("--jwks", type=Path, help="a JSON Web Key Set file (public keys)")
+    new_keys.add_argument("--jwks-url", help="where the client publishes its JWKS")
+    signing = sub.add_parser("keys", help="the keys this service signs its access tokens with")
+    signing_actions = signing.add_subparsers(dest="action", required=True)
+    signing_actions.add_parser("list", help="every signing key: kid, created, signing or verifying")
+    rotate = signing_actions.add_parser(
+        "rotate",
+        help="sign with a new key; retire keys outlived for 15 minutes (their tokens expired)",
+    )
+    rotate.add_argument(
+        "--retire-now",
+        action="store_true",
+        help="retire every older key at once (a leaked key): all outstanding tokens stop working",
+    )
     token = sub.add_parser("token", help="mint a client assertion, exchange it, print a token")
     token.add_argument("name")
     token.add_argument("--key", type=Path, required=True, help="the client's private JWK")
@@ -110,7 +135,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         engine = make_engine(settings)
         migrate.upgrade(engine)
         try:
-            if args.action == "add":
+            if args.command == "keys":
+                _signing_keys(engine, args)
+            elif args.action == "add":
                 jwks = json.loads(args.jwks.read_text("utf-8")) if args.jwks else None
                 made = add_client(
                     engine,
@@ -126,6 +153,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     state = "revoked" if c.revoked else "active"
                     keys = c.jwks_url or ", ".join(c.key_ids)
                     print(f"{c.name}\t{state}\t{' '.join(c.scopes)}\tkeys: {keys}")
+            elif args.action == "keys":
+                jwks = json.loads(args.jwks.read_text("utf-8")) if args.jwks else None
+                changed = replace_client_keys(
+                    engine,
+                    args.name,
+                    jwks=jwks,
+                    jwks_url=args.jwks_url,
+                    allow_private=settings.webhook_allow_private,
+                )
+                print(
+                    f"client {changed.name}: keys {changed.jwks_url or ', '.join(changed.key_ids)}"
+                )
             else:
                 revoke_client(engine, args.name)
                 print(f"client {args.name} revoked")
@@ -135,6 +174,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"trialbridge: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _signing_keys(engine: Engine, args: argparse.Namespace) -> None:
+    """`keys list` and `keys rotate`."""
+    if args.action == "rotate":
+        kid, retired = rotate_signing_key(engine, retire_now=args.retire_now)
+        print(f"signing with {kid} (every process within a minute)")
+        for old in retired:
+            print(f"retired {old}")
+        return
+    for key in signing_key_states(engine):
+        role = "signing" if key.signing else "verifying"
+        print(f"{key.kid}\t{key.created_at.isoformat()}\t{role}")
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> str:

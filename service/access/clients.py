@@ -92,6 +92,26 @@ def add_client(
     return list_clients(engine, only=name)[0]
 
 
+def replace_client_keys(
+    engine: Engine,
+    name: str,
+    *,
+    jwks: dict[str, Any] | None = None,
+    jwks_url: str | None = None,
+    allow_private: bool = False,
+) -> Client:
+    """Rotate a client's keys: the new JWKS (holding old and new keys during the change) or URL."""
+    if (jwks is None) == (jwks_url is None):
+        raise ApiError(400, "invalid_client", "give the client's JWKS or its JWKS URL, not both")
+    if jwks_url is not None:
+        check_url(jwks_url, allow_private=allow_private)
+    checked = _checked_jwks(jwks) if jwks is not None else None
+    with writing(engine) as session:
+        if not api_clients.set_client_keys(session, name, checked, jwks_url):
+            raise ApiError(404, "client_not_found", f"no active client {name!r}")
+    return list_clients(engine, only=name)[0]
+
+
 def list_clients(engine: Engine, only: str | None = None) -> list[Client]:
     """Every client (or one), by name."""
     with reading(engine) as session:

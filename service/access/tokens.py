@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from joserfc import jwt
@@ -43,6 +44,11 @@ GRANT_TYPE = "client_credentials"
 CLIENT_REFUSED = "client authentication failed"
 # A revoked client's tokens stop working within this long on every replica.
 REVOCATION_CHECK_SECONDS = 1.0
+# every process re-reads the signing keys this often: a rotation or a retirement reaches it by then
+KEY_RELOAD_SECONDS = 60.0
+# a rotated-out key verifies until every token it signed has expired in every process:
+# reload (60 s) + the longest token lifetime (300 s) + the largest clock skew (300 s), rounded up
+RETIRE_AFTER = dt.timedelta(minutes=15)
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
@@ -95,14 +101,16 @@ class TokenService:
     # -- our signing key --------------------------------------------------------------------------
 
     def _signing(self, *, reload: bool = False) -> tuple[ECKey, KeySet]:
-        """The signing key and every key's public half, made once per deployment.
+        """The signing key (the newest stored) and every key's public half, read again each minute.
 
-        Processes starting together on an empty database may each store a key; every process
-        then signs with the oldest stored key, and reloads the keys when a token names a `kid`
-        it has not seen, so all of them accept each other's tokens.
+        Processes starting together on an empty database may each store a key; each signs with
+        the newest it read, and reloads the keys when a token names a `kid` it has not seen, so
+        all of them accept each other's tokens. `trialbridge keys rotate` adds a newer key, which
+        every process signs with after its next reload; retired keys stop verifying by then too.
         """
         with self._lock:
-            if self._keys is not None and not reload:
+            fresh = time.monotonic() - self._loaded_at < KEY_RELOAD_SECONDS
+            if self._keys is not None and fresh and not reload:
                 return self._keys
         with reading(self.engine) as session:
             rows = api_clients.signing_keys(session)
@@ -124,9 +132,9 @@ class TokenService:
         keys = [ECKey.import_key(json.loads(r.private_jwk)) for r in rows]
         public = KeySet([ECKey.import_key(k.as_dict(private=False)) for k in keys])
         with self._lock:
-            self._keys = (keys[0], public)
+            self._keys = (keys[-1], public)
             self._loaded_at = time.monotonic()
-        return keys[0], public
+        return keys[-1], public
 
     def _public_for(self, kid: object) -> KeySet:
         """Our public keys, reloaded (at most once a second) when `kid` is not among them."""
@@ -304,6 +312,53 @@ class TokenService:
         if not valid:
             raise refused
         return Principal(str(who), Scopes.of(scopes))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeyState:
+    """One of our signing keys: its id, when it was made, and whether tokens are signed with it."""
+
+    kid: str
+    created_at: dt.datetime
+    signing: bool
+
+
+def signing_key_states(engine: Engine) -> list[SigningKeyState]:
+    """Our signing keys, oldest first; the last signs, the others only verify until retired."""
+    with reading(engine) as session:
+        rows = api_clients.signing_keys(session)
+    return [
+        SigningKeyState(r.kid, r.created_at, signing=n == len(rows) - 1) for n, r in enumerate(rows)
+    ]
+
+
+def rotate_signing_key(
+    engine: Engine, *, retire_now: bool = False, now: dt.datetime | None = None
+) -> tuple[str, list[str]]:
+    """Add a new signing key and retire the keys it outlived: (the new kid, the retired kids).
+
+    A key is retired once a newer key has existed for RETIRE_AFTER, so no token it signed is
+    still valid anywhere; `retire_now` retires every older key at once (a leaked key), which
+    ends the sessions of every client until they ask for a new token.
+    """
+    at = now or utcnow()
+    key = ECKey.generate_key("P-384", parameters={"use": "sig", "alg": TOKEN_ALGORITHM})
+    private = ECKey.import_key({**key.as_dict(private=True), "kid": key.thumbprint()})
+    with writing(engine) as session:
+        rows = api_clients.signing_keys(session)
+        # a key is outlived from the moment the next key was made
+        retired = [
+            old.kid
+            for old, newer in pairwise(rows)
+            if retire_now or at - newer.created_at >= RETIRE_AFTER
+        ]
+        if retire_now and rows:  # the newest too: it has no newer key to pair with
+            retired.append(rows[-1].kid)
+        api_clients.delete_signing_keys(session, retired)
+        api_clients.insert_signing_key(
+            session, str(private.kid), json.dumps(private.as_dict(private=True)), at
+        )
+    return str(private.kid), retired
 
 
 def _addressed_to(claims: Mapping[str, Any], audience: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
@@ -46,6 +47,16 @@ def revoke_client(session: Session, name: str, now: dt.datetime) -> bool:
     return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
+def set_client_keys(session: Session, name: str, jwks: str | None, jwks_url: str | None) -> bool:
+    """Replace an active client's public keys (or their URL); False when there is no such client."""
+    done = session.execute(
+        update(_CLIENT)
+        .where(_CLIENT.c.name == name, _CLIENT.c.revoked_at.is_(None))
+        .values(jwks=jwks, jwks_url=jwks_url)
+    )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
 def remember_assertion(
     session: Session, client: str, jti: str, expires_at: dt.datetime, now: dt.datetime
 ) -> bool:
@@ -70,8 +81,14 @@ _KEEP = dt.timedelta(minutes=10)
 
 
 def signing_keys(session: Session) -> list[Any]:
-    """The token signing keys, oldest first (the one every process signs with comes first)."""
+    """The token signing keys, oldest first (every process signs with the last)."""
     return list(session.execute(select(_KEY).order_by(_KEY.c.created_at, _KEY.c.kid)))
+
+
+def delete_signing_keys(session: Session, kids: Sequence[str]) -> None:
+    """Retire keys: tokens they signed are refused from now on."""
+    if kids:
+        session.execute(delete(_KEY).where(_KEY.c.kid.in_(list(kids))))
 
 
 def insert_signing_key(session: Session, kid: str, private_jwk: str, now: dt.datetime) -> None:
