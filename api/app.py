@@ -17,6 +17,7 @@ from api.audit import AuditRequests
 from api.auth import router as auth_router
 from api.cors import Cors
 from api.deviation_routes import router as deviation_router
+from api.docs_pages import docs_router
 from api.fhir_routes import audit_router
 from api.fhir_routes import open_router as fhir_open_router
 from api.fhir_routes import router as fhir_router
@@ -117,6 +118,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="FHIR R4 ingest and trial events for NCT06088771 and the dupilumab-cirAE cohort",
         version="0.1.0",
         lifespan=lifespan,
+        # ours instead (api/docs_pages.py): no CDN, no inline script; the scheme is a bearer
+        # token, so Swagger UI has no OAuth redirect to come back to
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     errors.install(app)
     app.add_middleware(errors.ApiBodyLimit)
@@ -133,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deviation_router)
     app.include_router(outcome_router)
     app.include_router(metrics_router)
+    app.include_router(docs_router())
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# HTML pages that load their scripts and styles (Swagger UI, ReDoc): no API-strict policy there.
-_PAGES = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
 _ALWAYS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]
-# An API answer is data, never a page: no scripts, no framing.
+# An API answer is data, never a page: no scripts, no framing. The documentation pages
+# (api/docs_pages.py) send a policy of their own, which is kept.
 _API_POLICY = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 
 
@@ -39,7 +38,7 @@ class SecurityHeaders:
                 headers = list(message.get("headers", []))
                 present = {k.lower() for k, _ in headers}
                 extra = [h for h in _ALWAYS if h[0] not in present]
-                if path not in _PAGES and _API_POLICY[0] not in present:
+                if _API_POLICY[0] not in present:
                     extra.append(_API_POLICY)
                 if _patient_data(path) and b"cache-control" not in present:
                     extra.append((b"cache-control", b"no-store"))
