@@ -24,6 +24,7 @@ from api.fhir_routes import router as fhir_router
 from api.host_guard import HostGuard
 from api.metrics import router as metrics_router
 from api.outcome_routes import router as outcome_router
+from api.rate_limit import RateLimit, RateLimits
 from api.security_headers import SecurityHeaders
 from api.study_routes import router as study_router
 from service.access.clients import bootstrap_admin
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(migrate.upgrade, engine)
         app.state.settings = conf
         app.state.engine = engine
+        app.state.rate_limits = RateLimits.for_settings(conf)
         app.state.tokens = TokenService(
             engine,
             lifetime_seconds=conf.token_lifetime_seconds,
@@ -127,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(errors.ApiBodyLimit)
     app.add_middleware(HostGuard)  # a Host that may not shape URLs is refused before anything runs
+    app.add_middleware(RateLimit)  # inside the audit and the headers (429s recorded), before routes
     app.add_middleware(SecurityHeaders)  # on every answer, refusals included
     app.add_middleware(AuditRequests)  # inside the request log: records carry the request id
     app.add_middleware(Cors)  # preflights are answered before anything is audited

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import TOKEN_PATH
 from api.errors import is_fhir_path, render
-from api.request_log import REQUEST_ID, route_of
+from api.request_log import REQUEST_ID, route_of, route_path
 from service.audit.events import ANONYMOUS, Action, AuditNote, Entity, audit_event
 from service.audit.trail import AuditTrail
 from service.errors import DatabaseUnavailableError
@@ -118,12 +118,6 @@ def describe(scope: Scope, note: AuditNote) -> tuple[Action, str, list[Entity]]:
     )
 
 
-def _route_path(scope: Scope) -> str:
-    """The path the app routes on: without the root path a proxy or a mount put in front."""
-    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
-    return path[len(root) :] if root and path.startswith(root) else path
-
-
 class AuditRequests:
     """ASGI middleware: one AuditEvent per audited request, committed before the answer starts."""
 
@@ -131,7 +125,7 @@ class AuditRequests:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not audited(_route_path(scope)):
+        if scope["type"] != "http" or not audited(route_path(scope)):
             await self.app(scope, receive, send)
             return
         peer = scope.get("client")
@@ -166,7 +160,7 @@ class AuditRequests:
                     await record(message["status"])
                 except DatabaseUnavailableError as exc:
                     refused = True
-                    fhir = is_fhir_path(_route_path(scope))
+                    fhir = is_fhir_path(route_path(scope))
                     await render(exc, fhir=fhir)(scope, receive, send)
                     return
             await send(message)

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from api.rate_limit import charge_client
 from service.access.clients import ADMIN_SCOPES
 from service.access.scopes import PLAIN, Interaction, Scopes, StudyAction
 from service.access.tokens import ASSERTION_ALGORITHMS, Principal, TokenService
@@ -43,6 +44,7 @@ async def principal(request: Request, _: Annotated[object, Depends(_BEARER)] = N
         if not _loopback(peer):
             raise AuthError(401, "invalid_token", "authentication is off: loopback clients only")
         request.state.client = "local"
+        charge_client(request, "local")
         return Principal("local", _EVERYTHING)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -50,6 +52,7 @@ async def principal(request: Request, _: Annotated[object, Depends(_BEARER)] = N
     tokens: TokenService = request.app.state.tokens
     who = await run_in_threadpool(tokens.verify, token.strip())
     request.state.client = who.client  # for the access log
+    charge_client(request, who.client)  # keyed on the verified client: no one spends another's
     return who
 
 

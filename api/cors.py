@@ -18,7 +18,15 @@ _HEADERS = [
     "prefer",
     "x-request-id",
 ]
-_EXPOSED = ["location", "etag", "last-modified", "x-request-id", "www-authenticate", "link"]
+_EXPOSED = [
+    "location",
+    "etag",
+    "last-modified",
+    "x-request-id",
+    "www-authenticate",
+    "link",
+    "retry-after",
+]
 
 
 class Cors:

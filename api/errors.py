@@ -24,6 +24,7 @@ from service.errors import (
     DatabaseUnavailableError,
     FhirError,
     OAuthError,
+    RateLimitedError,
     TrialbridgeError,
 )
 
@@ -145,6 +146,11 @@ def render(exc: TrialbridgeError, *, fhir: bool) -> Response:
             code = "login" if exc.status == 401 else "forbidden"
             return outcome_response(exc.status, [Issue(code, exc.message)], headers)
         return json_error(exc.status, exc.code, exc.message, headers=headers)
+    if isinstance(exc, RateLimitedError):  # RFC 6585 §4; FHIR's issue type for it: throttled
+        headers = {"Retry-After": str(exc.retry_after)}
+        if fhir:
+            return outcome_response(exc.status, [Issue("throttled", str(exc))], headers)
+        return json_error(exc.status, "rate_limited", str(exc), headers=headers)
     if isinstance(exc, DatabaseUnavailableError) and not fhir:
         return json_error(exc.status, "database_unavailable", "the database is unavailable")
     if isinstance(exc, FhirError):

@@ -76,6 +76,12 @@ def route_of(scope: Scope) -> str:
     return template if isinstance(template, str) else "(no route)"
 
 
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: without the root path a proxy or a mount put in front."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 class RequestLog:
     """ASGI middleware: a request id on every line and in `X-Request-Id`, then the access line."""
 

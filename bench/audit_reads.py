@@ -8,7 +8,7 @@ in rounds that alternate between the two (so a shared machine's drift touches bo
 passes that start the two processes in opposite orders (geometric mean of the two). The ratio
 audited ÷ baseline is the read path's speed kept; the target is >= 0.9 (at most 10 % slower).
 Measured at one client thread (every read waits for its own commit) and at several (commits are
-shared). Authentication is off (loopback) on both: the token check is not what this measures.
+shared). Authentication and the rate limits are off on both: neither is what this measures.
 
 It is a measurement, not a test: it exits 0 whether or not the target is met.
 
@@ -59,6 +59,9 @@ def service(app: str, database_url: str, log_path: Path) -> Iterator[str]:
         "TRIALBRIDGE_AUTH_DISABLED": "true",
         "TRIALBRIDGE_WEBHOOK_INTERVAL_SECONDS": "0",
         "TRIALBRIDGE_LOG_LEVEL": "WARNING",
+        # one client reading flat out is what is measured: no request budget may refuse it
+        "TRIALBRIDGE_RATE_LIMIT_CLIENT_PER_SECOND": "0",
+        "TRIALBRIDGE_RATE_LIMIT_ADDRESS_PER_SECOND": "0",
     }
     command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("wb") as log:

@@ -84,3 +84,16 @@ class OAuthError(TrialbridgeError):
         self.status = status
         self.error = error
         self.description = description
+
+
+class RateLimitedError(TrialbridgeError):
+    """A client or address that spent its request budget: 429, and when to come back."""
+
+    status = 429
+
+    def __init__(self, retry_after: int, whose: Literal["client", "address"]) -> None:
+        super().__init__(
+            f"too many requests from this {whose}; retry after {retry_after} second(s)"
+        )
+        self.retry_after = retry_after
+        self.whose = whose

@@ -131,6 +131,24 @@ class Settings(BaseSettings):
         description="The local journal of audit records not yet in the database; keep it on a "
         "persistent volume (default: beside the SQLite database, else under ./var/audit-spool)",
     )
+    rate_limit_client_per_second: float = Field(
+        default=200.0,
+        ge=0,
+        le=1_000_000,
+        description="Requests per second each authenticated client may make (per process); 0: off",
+    )
+    rate_limit_client_burst: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Requests a client may make at once"
+    )
+    rate_limit_address_per_second: float = Field(
+        default=400.0,
+        ge=0,
+        le=1_000_000,
+        description="Requests per second from each network address (per process); 0: off",
+    )
+    rate_limit_address_burst: int = Field(
+        default=2000, ge=1, le=1_000_000, description="Requests an address may make at once"
+    )
     admin_key_file: Path | None = Field(
         default=None,
         description="Where the first start writes the local admin client's private key "
