@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
+import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,13 +30,14 @@ from service.infra import metrics, migrate
 from service.infra.db import make_engine
 from service.infra.process import settle_process
 from service.infra.settings import Settings
-from service.notifications.webhooks import deliver_due, policy_from
+from service.notifications.webhooks import Dispatcher, deliver_due, policy_from
 from service.protocol.schema import ProtocolError
 from service.protocol.terminology import TerminologyError
 from service.repositories import trial_events
 from service.repositories.unit_of_work import unit_of_work
 
 _SUFFIXES = (".json", ".ndjson")
+log = logging.getLogger(__name__)
 
 
 def _files(paths: Sequence[str]) -> Iterator[Path]:
@@ -119,8 +123,8 @@ def cmd_load(settings: Settings, paths: Sequence[str], derivation: Derivation) -
     return 1 if errors else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `trialbridge` console script."""
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand and option (the deploy files' commands are checked against it)."""
     parser = argparse.ArgumentParser(prog="trialbridge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
@@ -132,7 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("migrate", help="bring the database schema to the latest revision")
     load = sub.add_parser("load", help="load FHIR bundle JSON / NDJSON files or folders")
     load.add_argument("paths", nargs="+", metavar="PATH")
-    sub.add_parser("deliver", help="deliver due webhook notifications once (cron-friendly)")
+    deliver = sub.add_parser(
+        "deliver", help="deliver due webhook notifications once (cron-friendly), or --loop"
+    )
+    deliver.add_argument(
+        "--loop",
+        action="store_true",
+        help="keep delivering every TRIALBRIDGE_WEBHOOK_INTERVAL_SECONDS until SIGTERM "
+        "(a deliverer process beside servers that do not deliver; no HTTP)",
+    )
     reevaluate = sub.add_parser(
         "reevaluate",
         help="re-screen every candidate and re-check deviations as of today (daily from cron)",
@@ -148,7 +160,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="recompute every trial event and subject (after an upgrade or a value-set change)",
     )
     cli_access.add_parsers(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+class _Stop(Exception):  # noqa: N818 - a signal, not an error
+    """SIGTERM or SIGINT arrived."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def deliver_until_stopped(settings: Settings) -> int:
+    """The deliverer process: the servers' webhook dispatcher in the foreground until SIGTERM."""
+    if settings.webhook_interval_seconds <= 0:
+        print(
+            "trialbridge: deliver --loop needs TRIALBRIDGE_WEBHOOK_INTERVAL_SECONDS above 0",
+            file=sys.stderr,
+        )
+        return 2
+    engine = make_engine(settings)
+    if settings.auto_migrate:  # else the dispatcher waits for the release step's schema
+        migrate.upgrade(engine)
+    dispatcher = Dispatcher(engine, policy_from(settings), settings.webhook_interval_seconds)
+    dispatcher.start()
+    log.info(
+        "delivering webhook notifications every %s s until SIGTERM",
+        settings.webhook_interval_seconds,
+    )
+    try:
+        # The handler runs in this (main) thread, which does nothing but sleep: the exception
+        # cannot land inside anything that needs finishing. The dispatcher thread is stopped after.
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop_signal, _raise_stop)
+        while True:
+            time.sleep(3600)
+    except _Stop as stop:
+        log.info("%s: finishing the delivery in progress, then stopping", stop)
+    finally:
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop_signal, signal.SIG_DFL)  # a second signal stops at once
+        dispatcher.stop()
+        engine.dispose()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `trialbridge` console script."""
+    args = build_parser().parse_args(argv)
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -177,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine.dispose()
         print(f"remapped: {totals['events']} event(s), {totals['subjects']} subject(s)")
         return 0
+    if args.command == "deliver" and args.loop:
+        return deliver_until_stopped(settings)
     if args.command == "deliver":
         engine = make_engine(settings)
         migrate.upgrade(engine)

@@ -7,18 +7,25 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from pathlib import Path
 
 import httpx
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from service.infra.settings import Settings
 from tests.conftest import FHIR_JSON, free_port
 from tests.kit.fhir import entry, patient, transaction, viable_tumour
 from tests.kit.live import served
+from tests.kit.lock import locked
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+PYPROJECT_DEPENDENCIES = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+    "dependencies"
+]
 
 
 def test_wheel_contains_what_the_image_needs(tmp_path: Path) -> None:
@@ -33,6 +40,12 @@ def test_wheel_contains_what_the_image_needs(tmp_path: Path) -> None:
         names = set(archive.namelist())
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         scripts = archive.read(entry_points).decode()
+        metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        requires = [
+            Requirement(line.removeprefix("Requires-Dist: "))
+            for line in archive.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist: ")
+        ]
     for required in (
         "api/app.py",
         "api/cli.py",
@@ -53,6 +66,14 @@ def test_wheel_contains_what_the_image_needs(tmp_path: Path) -> None:
     ):
         assert required in names
     assert "trialbridge = api.cli:main" in scripts
+    # The image installs requirements.lock, then this wheel with --no-deps: the lock must pin
+    # every requirement the wheel declares (test extras aside), at a version it accepts.
+    pins = locked()
+    needed = [r for r in requires if r.marker is None or "extra" not in str(r.marker)]
+    assert len(needed) == len(PYPROJECT_DEPENDENCIES)
+    for requirement in needed:
+        pin = pins[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(pin.version, prereleases=True), requirement
 
 
 def _transaction(*observations: dict[str, object]) -> bytes:
