@@ -100,6 +100,7 @@ def policy_from(settings: Settings) -> DeliveryPolicy:
         max_attempts=settings.webhook_max_attempts,
         backoff_base_seconds=settings.webhook_backoff_seconds,
         allow_private=settings.webhook_allow_private,
+        lease_margin_seconds=settings.webhook_lease_margin_seconds,
     )
 
 
