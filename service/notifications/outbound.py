@@ -81,9 +81,8 @@ class Destination:
 
 def destination(url: httpx.URL, *, allow_private: bool) -> Destination:
     """Resolve the URL's host once; refuse it if any address is internal, unless allowed."""
-    host = url.raw_host.decode(
-        "ascii"
-    )  # the IDNA form the HTTP client would dial; IPv6 unbracketed
+    # The name as the HTTP client dials it: IDNA-encoded, an IPv6 address without brackets.
+    host = url.raw_host.decode("ascii")
     try:
         addresses = [str(ipaddress.ip_address(host))]
     except ValueError:
