@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine
 
 from service.infra.settings import Settings
-from service.notifications import webhooks
+from service.notifications import outbound
 from tests.conftest import LiveServer, counts, refuse_server_errors, start_server, stop_server
 from tests.test_deviation_api import NCT, deviations, late_surgery_subject, one
 
@@ -34,7 +34,7 @@ def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
 @pytest.fixture
 def public_dns(monkeypatch: pytest.MonkeyPatch) -> None:
     """Receiver host names resolve to a public address (the server runs in this process)."""
-    monkeypatch.setattr(webhooks, "resolve_host", lambda host: ["93.184.216.34"])
+    monkeypatch.setattr(outbound, "resolve_host", lambda host: ["93.184.216.34"])
 
 
 @pytest.fixture

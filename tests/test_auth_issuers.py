@@ -20,11 +20,13 @@ import pytest
 import respx
 
 from service.access.clients import add_client
+from service.access.keysets import KeySets
 from service.errors import ApiError
 from service.infra.settings import Settings, TrustedIssuer
-from service.notifications import webhooks
+from service.notifications import outbound
 from tests.kit.auth import assertion, bearer, ec_key, jwks, rsa_key, signed, token_request
 from tests.kit.live import served
+from tests.kit.receiver import receiving
 
 FILE_ISSUER = "https://idp.hospital.example"
 URL_ISSUER = "https://login.partner.example"
@@ -57,7 +59,7 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> None:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return PUBLIC[host]
 
-    monkeypatch.setattr(webhooks, "resolve_host", resolve)
+    monkeypatch.setattr(outbound, "resolve_host", resolve)
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +150,23 @@ def test_a_client_may_publish_its_keys_at_a_url(app: App) -> None:
             app.url, assertion(ec_key("ctms-1"), "ctms", token_url), "system/Patient.rs"
         )
         assert (forged.status_code, forged.json()["error"]) == (401, "invalid_client")
+
+
+def test_a_jwks_url_is_fetched_from_the_address_it_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key set's host is resolved once, by the check, and the fetch connects to that answer
+    (this machine, internal addresses allowed) with the URL's name in `Host`; the HTTP client
+    never resolves the name again (a second answer could be an internal address)."""
+    asked: list[str] = []
+
+    def resolve(host: str) -> list[str]:
+        asked.append(host)
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(outbound, "resolve_host", resolve)
+    with receiving(answer=json.dumps(jwks(URL_KEY)).encode()) as here:
+        keys = KeySets(allow_private=True).from_url(here.url("keys.partner.example", "/jwks.json"))
+    assert [key.kid for key in keys] == ["partner-1"]
+    assert asked == ["keys.partner.example"]
+    [arrival] = here.arrivals
+    assert (arrival.method, arrival.path) == ("GET", "/jwks.json")
+    assert arrival.headers["host"] == f"keys.partner.example:{here.port}"

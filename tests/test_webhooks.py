@@ -2,7 +2,7 @@
 
 The app runs for real (both backends) with its dispatcher off, so each test drives `deliver_due`
 itself with a chosen `now`. Only the receiver is mocked (respx patches httpx in this process), and
-DNS is stubbed at `service.notifications.webhooks.resolve_host`.
+DNS is stubbed at `service.notifications.outbound.resolve_host`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +32,7 @@ from sqlmodel import Session
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
-from service.notifications import webhooks
+from service.notifications import outbound
 from service.notifications.webhooks import DeliveryPolicy, Dispatcher, deliver_due
 from service.repositories import webhook_outbox
 from tests.conftest import FHIR_JSON, start_server, stop_server
@@ -40,6 +41,7 @@ from tests.kit.client import put_resources
 from tests.kit.clock import FROZEN_INSTANT
 from tests.kit.evidence import cited
 from tests.kit.live import Live, api_client, fhir_client, live_app
+from tests.kit.receiver import Arrival, issue_certificate, receiving
 
 NCT = "NCT06088771"
 
@@ -59,9 +61,10 @@ DNS = {
     HOST: [PUBLIC],
     "intranet.example.org": ["10.1.2.3"],
     "mixed.example.org": [PUBLIC, "192.168.7.1"],
+    "nat64.example.org": ["64:ff9b::a00:1"],  # AAAA only: NAT64 of 10.0.0.1
 }
 SECRET_A = "receiver-a-shared-secret-0001"
-REAL_RESOLVER = webhooks.resolve_host  # captured at import, before any test stubs it
+REAL_RESOLVER = outbound.resolve_host  # captured at import, before any test stubs it
 
 
 # -- the app, DNS and the outbox -------------------------------------------------------------------------
@@ -77,7 +80,7 @@ def fake_dns(host: str) -> list[str]:
 @pytest.fixture(autouse=True)
 def dns(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test resolves names through fake_dns."""
-    monkeypatch.setattr(webhooks, "resolve_host", fake_dns)
+    monkeypatch.setattr(outbound, "resolve_host", fake_dns)
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +284,7 @@ def test_subscription_create_list_delete(api: httpx.Client) -> None:
         ("http://localhost:8080/hooks", "url_not_allowed"),
         ("https://intranet.example.org/hooks", "url_not_allowed"),
         ("https://mixed.example.org/hooks", "url_not_allowed"),
+        ("https://nat64.example.org/hooks", "url_not_allowed"),
     ],
     ids=[
         "ftp",
@@ -301,6 +305,7 @@ def test_subscription_create_list_delete(api: httpx.Client) -> None:
         "localhost",
         "resolves-private",
         "resolves-public-and-private",
+        "resolves-nat64-of-private",
     ],
 )
 def test_bad_urls_are_refused(api: httpx.Client, url: str, code: str) -> None:
@@ -315,7 +320,7 @@ def test_host_name_idna_cannot_encode_is_a_400(
     api: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With real name resolution, a host like `a..b` makes IDNA raise: that is a bad URL, not a 500."""
-    monkeypatch.setattr(webhooks, "resolve_host", REAL_RESOLVER)
+    monkeypatch.setattr(outbound, "resolve_host", REAL_RESOLVER)
     response = api.post(
         "/subscriptions", json={"url": "https://a..b/hooks", "events": ["deviation.opened"]}
     )
@@ -563,6 +568,140 @@ def test_url_is_checked_again_at_delivery(
     assert row.last_error == (
         f"url refused: {HOST} resolves to an internal address (10.9.8.7); "
         "set TRIALBRIDGE_WEBHOOK_ALLOW_PRIVATE=true to allow it"
+    )
+
+
+REBOUND = "hooks.example"  # a receiver's name in the pinning tests
+
+
+def pinned_delivery_setup(
+    api: httpx.Client, fhir: httpx.Client, monkeypatch: pytest.MonkeyPatch, url: str
+) -> list[str]:
+    """Subscribe `url` (its name public when checked), queue one notification; from then on the
+    name resolves to 127.0.0.1. The hosts looked up at delivery, in order."""
+    monkeypatch.setitem(DNS, REBOUND, [PUBLIC])
+    subscribe(api, url, ["deviation.opened"], SECRET_A)
+    put_resources(fhir, *enrolled("p1"))
+    monkeypatch.setitem(DNS, REBOUND, ["127.0.0.1"])
+    asked: list[str] = []
+
+    def counting(host: str) -> list[str]:
+        asked.append(host)
+        return fake_dns(host)
+
+    monkeypatch.setattr(outbound, "resolve_host", counting)
+    return asked
+
+
+def signed_arrival(arrival: Arrival) -> bool:
+    """The receiver's check of a real request's signature."""
+    request = httpx.Request(
+        "POST", "http://receiver", headers=arrival.headers, content=arrival.body
+    )
+    return verify(SECRET_A, request)
+
+
+def test_delivery_connects_to_the_address_it_checked_with_the_host_name(
+    live: Live, api: httpx.Client, fhir: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One resolution per delivery and the connection goes to its answer (here this machine, with
+    internal receivers allowed), while `Host` names the URL's host: the HTTP client never
+    resolves the name again. A checked address that refuses falls to the next one checked."""
+    with receiving() as here:
+        asked = pinned_delivery_setup(api, fhir, monkeypatch, here.url(REBOUND))
+        monkeypatch.setitem(DNS, REBOUND, ["127.0.0.2", "127.0.0.1"])  # nothing on .2's port
+        allowed = dataclasses.replace(POLICY, allow_private=True)
+        assert deliver_due(live.engine, allowed, now=lambda: T0) == {
+            "delivered": 1,
+            "retry": 0,
+            "failed": 0,
+        }
+    assert asked == [REBOUND]
+    [arrival] = here.arrivals
+    assert arrival.headers["host"] == f"{REBOUND}:{here.port}"
+    assert arrival.path == "/hooks"
+    assert arrival.key == outbox(live.engine)[0].idempotency_key
+    assert signed_arrival(arrival)
+
+
+def test_a_name_rebound_after_the_check_is_not_followed(
+    live: Live, api: httpx.Client, fhir: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name is public when checked, 127.0.0.1 when resolved again. Delivery
+    dials the public address it checked, and nothing reaches the internal service listening on
+    the URL's port at 127.0.0.1."""
+    with receiving() as internal, receiving() as public:
+        asked = pinned_delivery_setup(api, fhir, monkeypatch, internal.url(REBOUND))
+        monkeypatch.setitem(DNS, REBOUND, [PUBLIC])  # what the check sees
+        real_connect = socket.create_connection
+        dialed: list[tuple[str, int]] = []
+
+        def network(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+            """The network as this machine sees it: the public address routes to `public`; the
+            name itself, resolved by the system now, is 127.0.0.1 (the rebinding)."""
+            host, port = address[0], address[1]
+            dialed.append((host, port))
+            routed = ("127.0.0.1", public.port) if host == PUBLIC else ("127.0.0.1", port)
+            return real_connect(routed, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "create_connection", network)
+        assert deliver_due(live.engine, POLICY, now=lambda: T0) == {
+            "delivered": 1,
+            "retry": 0,
+            "failed": 0,
+        }
+        monkeypatch.setattr(socket, "create_connection", real_connect)
+    assert asked == [REBOUND]
+    assert dialed == [(PUBLIC, internal.port)]
+    assert internal.arrivals == []
+    [arrival] = public.arrivals
+    assert arrival.headers["host"] == f"{REBOUND}:{internal.port}"
+    assert signed_arrival(arrival)
+
+
+def test_https_delivery_checks_the_host_names_certificate_at_the_pinned_address(
+    live: Live,
+    api: httpx.Client,
+    fhir: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Connected to an address, TLS still asks for the URL's name (SNI) and verifies the
+    certificate against it: one for another name is refused."""
+    good = issue_certificate(tmp_path, REBOUND)
+    monkeypatch.setenv("SSL_CERT_FILE", str(good.ca_file))  # the deployment trusts this CA
+    allowed = dataclasses.replace(POLICY, allow_private=True)
+    with receiving(tls=good.server) as here:
+        asked = pinned_delivery_setup(api, fhir, monkeypatch, here.url(REBOUND, scheme="https"))
+        assert deliver_due(live.engine, allowed, now=lambda: T0)["delivered"] == 1
+    assert asked == [REBOUND]
+    assert here.server_names == [REBOUND]
+    [arrival] = here.arrivals
+    assert arrival.headers["host"] == f"{REBOUND}:{here.port}"
+    assert signed_arrival(arrival)
+
+    (tmp_path / "other").mkdir()
+    other = issue_certificate(tmp_path / "other", "other.example")
+    monkeypatch.setenv("SSL_CERT_FILE", str(other.ca_file))
+    with live.engine.begin() as conn:
+        conn.execute(text("UPDATE webhook_outbox SET delivered_at = NULL"))
+    with receiving(tls=other.server) as impostor:
+        with live.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE webhook_subscription SET url = :u"),
+                {"u": impostor.url(REBOUND, scheme="https")},
+            )
+        later = T0 + dt.timedelta(minutes=5)
+        assert deliver_due(live.engine, allowed, now=lambda: later) == {
+            "delivered": 0,
+            "retry": 1,
+            "failed": 0,
+        }
+    assert impostor.server_names == [REBOUND]
+    assert impostor.arrivals == []
+    [row] = outbox(live.engine)
+    assert row.last_error.startswith("ConnectError: [SSL: CERTIFICATE_VERIFY_FAILED]"), (
+        row.last_error
     )
 
 

@@ -17,7 +17,7 @@ from service.access.scopes import is_scope
 from service.errors import ApiError
 from service.infra.clock import utcnow
 from service.infra.db import reading, writing
-from service.notifications.webhooks import check_url
+from service.notifications.outbound import check_url
 from service.repositories import api_clients
 
 log = logging.getLogger(__name__)

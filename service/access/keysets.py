@@ -1,7 +1,7 @@
 """Public key sets to verify signatures with: from a file, or fetched from a URL and cached.
 
 A URL is fetched under the webhook rules (http(s) only, no credentials, no internal addresses
-unless allowed), with a short timeout, and kept for five minutes so a key rotation is picked up
+unless allowed; the connection goes to the address that was checked), with a short timeout, and kept for five minutes so a key rotation is picked up
 without a restart.
 """
 
@@ -17,7 +17,7 @@ import httpx
 from joserfc.jwk import KeySet
 
 from service.errors import ApiError
-from service.notifications.webhooks import check_url
+from service.notifications.outbound import check_form, pinned_client
 
 CACHE_SECONDS = 300.0
 TIMEOUT_SECONDS = 5.0
@@ -46,8 +46,11 @@ class KeySets:
         """The key set at a URL, fetched under the outbound-URL rules."""
 
         def fetch() -> KeySet:
-            check_url(url, allow_private=self.allow_private)
-            answer = httpx.get(url, timeout=TIMEOUT_SECONDS, follow_redirects=False)
+            check_form(url)
+            with pinned_client(
+                allow_private=self.allow_private, timeout=TIMEOUT_SECONDS
+            ) as client:  # resolved once and checked; connects to the checked address
+                answer = client.get(url, follow_redirects=False)
             answer.raise_for_status()
             return _parsed(answer.json())
 

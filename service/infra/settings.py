@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     webhook_interval_seconds: float = Field(
         default=2.0, ge=0, le=3600, description="Outbox delivery poll interval; 0 = off"
     )
+    webhook_lease_margin_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How much longer than its timeout a notification in flight stays leased to "
+        "the process sending it; after a crash another process sends it again once this passes",
+    )
     api_default_limit: int = Field(default=50, ge=1, le=1000)
     api_max_limit: int = Field(default=500, ge=1, le=10000)
     auth_disabled: bool = Field(

@@ -5,18 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import Engine
@@ -27,6 +24,7 @@ from service.infra import metrics, migrate
 from service.infra.clock import utcnow
 from service.infra.db import session_scope
 from service.infra.settings import Settings
+from service.notifications.outbound import check_form, check_url, pinned_client
 from service.privacy.evidence import EvidenceCodec, minimised
 from service.repositories import webhook_outbox
 
@@ -34,77 +32,12 @@ log = logging.getLogger(__name__)
 
 EVENT_TYPES = ("deviation.opened", "deviation.resolved", "eligibility.changed")
 SIGNATURE_HEADER = "X-Trialbridge-Signature"
-MAX_URL_LENGTH = 2000  # webhook_subscription.url
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """HMAC-SHA256 over `timestamp.body`: receivers recompute it with the shared secret."""
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
-
-
-def resolve_host(host: str) -> list[str]:
-    """The addresses a host name resolves to (a seam: tests stand in for DNS here)."""
-    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None)})
-
-
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """IPv4 addresses an IPv6 one reaches: mapped, NAT64, 6to4, Teredo, IPv4-compatible."""
-    found = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
-    if ip.teredo is not None:
-        found.extend(ip.teredo)
-    if ip in _NAT64 or (ip.packed[:12] == bytes(12) and int(ip) > 0xFFFF):
-        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    return found
-
-
-def _internal(address: str) -> bool:
-    """Not a public address, or an IPv6 one that carries a non-public IPv4 inside it."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if not ip.is_global:
-        return True
-    return isinstance(ip, ipaddress.IPv6Address) and any(
-        not v4.is_global for v4 in _embedded_ipv4(ip)
-    )
-
-
-def check_url(url: str, *, allow_private: bool) -> None:
-    """Refuse URLs that are not http(s), carry credentials, or reach internal addresses."""
-    if len(url) > MAX_URL_LENGTH:  # the column's size: longer would be a database error
-        raise ApiError(400, "invalid_url", f"the webhook url is longer than {MAX_URL_LENGTH}")
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ApiError(400, "invalid_url", "the webhook url must be an absolute http(s) URL")
-    if parts.username or parts.password:
-        raise ApiError(400, "invalid_url", "the webhook url must not carry credentials")
-    try:  # what the HTTP client would refuse at every delivery must be refused now
-        _ = parts.port
-        httpx.URL(url)
-    except (ValueError, httpx.InvalidURL) as exc:
-        raise ApiError(400, "invalid_url", f"the webhook url is malformed: {exc}") from None
-    if allow_private:
-        return
-    host = parts.hostname
-    try:
-        addresses = [str(ipaddress.ip_address(host))]
-    except ValueError:
-        if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
-            raise ApiError(400, "url_not_allowed", f"{host} is an internal host") from None
-        try:
-            addresses = resolve_host(host)
-        except (OSError, UnicodeError) as exc:  # IDNA refuses empty or over-long labels
-            raise ApiError(400, "invalid_url", f"{host} does not resolve") from exc
-    bad = [a for a in addresses if _internal(a)]
-    if bad:
-        raise ApiError(
-            400,
-            "url_not_allowed",
-            f"{host} resolves to an internal address ({bad[0]}); "
-            "set TRIALBRIDGE_WEBHOOK_ALLOW_PRIVATE=true to allow it",
-        )
 
 
 # -- subscriptions ------------------------------------------------------------------------------------
@@ -167,6 +100,7 @@ def policy_from(settings: Settings) -> DeliveryPolicy:
         max_attempts=settings.webhook_max_attempts,
         backoff_base_seconds=settings.webhook_backoff_seconds,
         allow_private=settings.webhook_allow_private,
+        lease_margin_seconds=settings.webhook_lease_margin_seconds,
     )
 
 
@@ -189,8 +123,8 @@ def _post(
     """One attempt; None on a 2xx, else the reason it failed."""
     body = _payload(row, codec)
     timestamp = str(int(time.time()))
-    try:
-        check_url(row.url, allow_private=policy.allow_private)  # DNS may have changed since
+    try:  # the client resolves the host again (DNS may have changed), checks it, dials that
+        check_form(row.url)
         response = client.post(
             row.url,
             content=body,
@@ -234,7 +168,9 @@ def deliver_due(
             return tally
     lease = dt.timedelta(seconds=policy.timeout_seconds + policy.lease_margin_seconds)
     codec = EvidenceCodec(engine)
-    with httpx.Client() as client:
+    with pinned_client(
+        allow_private=policy.allow_private, timeout=policy.timeout_seconds
+    ) as client:
         for _ in range(limit):
             row = _claim(engine, now(), lease)
             if row is None:

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,21 +84,40 @@ def fhir_client(live: Live) -> Iterator[httpx.Client]:
         yield client
 
 
+@dataclass(frozen=True)
+class ServerProcess:
+    """One running `trialbridge serve` process and its base URL."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+
+
 @contextmanager
 def server_processes(database_url: str, count: int, spool: Path) -> Iterator[list[str]]:
     """`count` real `trialbridge serve` processes on one database (authentication off, loopback),
     each with its own audit journal under `spool`; their base URLs."""
-    started: list[tuple[subprocess.Popen[bytes], str]] = []
+    with running_servers(database_url, count, spool) as servers:
+        yield [server.url for server in servers]
+
+
+@contextmanager
+def running_servers(
+    database_url: str, count: int, spool: Path, env: Mapping[str, str] | None = None
+) -> Iterator[list[ServerProcess]]:
+    """As `server_processes`, with more `TRIALBRIDGE_*` settings in `env` (webhook delivery is off
+    unless it sets an interval), yielding the processes too (a test may kill one)."""
+    started: list[ServerProcess] = []
     try:
         for n in range(count):
             port = free_port()
-            env = {
+            variables = {
                 **os.environ,
                 "TRIALBRIDGE_DATABASE_URL": database_url,
                 "TRIALBRIDGE_AUDIT_SPOOL_DIR": str(spool / str(n)),
                 "TRIALBRIDGE_AUTH_DISABLED": "true",
                 "TRIALBRIDGE_WEBHOOK_INTERVAL_SECONDS": "0",
                 "TRIALBRIDGE_MODEL_CHECK_PROCESSES": "0",
+                **(env or {}),
             }
             command = [
                 str(Path(sys.executable).parent / "trialbridge"),
@@ -107,20 +126,21 @@ def server_processes(database_url: str, count: int, spool: Path) -> Iterator[lis
                 str(port),
             ]
             process = subprocess.Popen(
-                command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                command, env=variables, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
-            started.append((process, f"http://127.0.0.1:{port}"))
-        for process, base in started:
-            _wait_ready(process, base)
-        yield [base for _, base in started]
+            started.append(ServerProcess(process, f"http://127.0.0.1:{port}"))
+        for server in started:
+            _wait_ready(server.process, server.url)
+        yield list(started)
     finally:
-        for process, _ in started:
-            process.terminate()
-        for process, _ in started:
+        for server in started:
+            if server.process.poll() is None:
+                server.process.terminate()
+        for server in started:
             try:
-                process.wait(timeout=30)
+                server.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                server.process.kill()
 
 
 def _wait_ready(process: subprocess.Popen[bytes], base: str) -> None:
