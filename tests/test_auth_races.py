@@ -11,7 +11,7 @@ from joserfc.jwk import ECKey
 
 from service.access.clients import add_client, bootstrap_admin, list_clients
 from service.access.scopes import Scopes
-from service.access.tokens import TokenService
+from service.access.tokens import TokenService, signing_key_states
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
@@ -28,6 +28,7 @@ def test_replicas_starting_together_accept_each_others_tokens(new_database: Any)
     for grant in grants:
         for replica in replicas:
             assert replica.verify(grant.access_token).client == "ehr"
+    assert len(signing_key_states(engine)) == 1  # the first key is made once, under a lock
     engine.dispose()
 
 

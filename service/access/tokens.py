@@ -24,7 +24,6 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet
 from joserfc.jws import extract_compact
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
 
 from service.access.keysets import KeySets, KeySetUnavailable
 from service.access.scopes import Scopes
@@ -103,10 +102,11 @@ class TokenService:
     def _signing(self, *, reload: bool = False) -> tuple[ECKey, KeySet]:
         """The signing key (the newest stored) and every key's public half, read again each minute.
 
-        Processes starting together on an empty database may each store a key; each signs with
-        the newest it read, and reloads the keys when a token names a `kid` it has not seen, so
-        all of them accept each other's tokens. `trialbridge keys rotate` adds a newer key, which
-        every process signs with after its next reload; retired keys stop verifying by then too.
+        Processes starting together on an empty database store one key between them (the first
+        is made under a lock), and a process reloads the keys when a token names a `kid` it has
+        not seen (at most once a second), so all of them accept each other's tokens.
+        `trialbridge keys rotate` adds a newer key, which every process signs with after its next
+        reload; retired keys stop verifying by then too.
         """
         with self._lock:
             fresh = time.monotonic() - self._loaded_at < KEY_RELOAD_SECONDS
@@ -117,16 +117,15 @@ class TokenService:
         if not rows:
             key = ECKey.generate_key("P-384", parameters={"use": "sig", "alg": TOKEN_ALGORITHM})
             private = ECKey.import_key({**key.as_dict(private=True), "kid": key.thumbprint()})
-            try:
-                with writing(self.engine) as session:
+            with writing(self.engine) as session:
+                api_clients.lock_signing_keys(session)
+                if not api_clients.signing_keys(session):
                     api_clients.insert_signing_key(
                         session,
                         str(private.kid),
                         json.dumps(private.as_dict(private=True)),
                         self.clock(),
                     )
-            except IntegrityError:
-                pass  # stored already: use what is stored
             with reading(self.engine) as session:
                 rows = api_clients.signing_keys(session)
         keys = [ECKey.import_key(json.loads(r.private_jwk)) for r in rows]

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -83,6 +83,19 @@ _KEEP = dt.timedelta(minutes=10)
 def signing_keys(session: Session) -> list[Any]:
     """The token signing keys, oldest first (every process signs with the last)."""
     return list(session.execute(select(_KEY).order_by(_KEY.c.created_at, _KEY.c.kid)))
+
+
+_FIRST_KEY_LOCK = 0x7472_6B65_7930  # "trkey0": one advisory lock id for the first key
+
+
+def lock_signing_keys(session: Session) -> None:
+    """Serialise processes that may make the first key, so an empty database gets one key only.
+
+    PostgreSQL: a transaction advisory lock, after which the next read sees what the holder
+    stored. SQLite writers are serialised already (BEGIN IMMEDIATE).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _FIRST_KEY_LOCK})
 
 
 def delete_signing_keys(session: Session, kids: Sequence[str]) -> None:
