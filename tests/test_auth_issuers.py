@@ -19,8 +19,9 @@ import httpx
 import pytest
 import respx
 
+from service.access import keysets
 from service.access.clients import add_client
-from service.access.keysets import KeySets
+from service.access.keysets import KeySets, KeySetUnavailable
 from service.errors import ApiError
 from service.infra.settings import Settings, TrustedIssuer
 from service.notifications import outbound
@@ -170,3 +171,16 @@ def test_a_jwks_url_is_fetched_from_the_address_it_checked(monkeypatch: pytest.M
     [arrival] = here.arrivals
     assert (arrival.method, arrival.path) == ("GET", "/jwks.json")
     assert arrival.headers["host"] == f"keys.partner.example:{here.port}"
+
+
+def test_a_jwks_url_answering_more_than_a_key_set_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key-set host that streams megabytes does not fill memory: the fetch stops at the cap."""
+    monkeypatch.setattr(outbound, "resolve_host", lambda host: ["127.0.0.1"])
+    padded = {**jwks(URL_KEY), "padding": "x" * (keysets.MAX_JWKS_BYTES + 1)}
+    with (
+        receiving(answer=json.dumps(padded).encode()) as here,
+        pytest.raises(KeySetUnavailable, match="larger than"),
+    ):
+        KeySets(allow_private=True).from_url(here.url("keys.partner.example", "/jwks.json"))

@@ -1,8 +1,8 @@
 """Public key sets to verify signatures with: from a file, or fetched from a URL and cached.
 
 A URL is fetched under the webhook rules (http(s) only, no credentials, no internal addresses
-unless allowed; the connection goes to the address that was checked), with a short timeout, and kept for five minutes so a key rotation is picked up
-without a restart.
+unless allowed; the connection goes to the address that was checked), with a short timeout and
+a size cap, and kept for five minutes so a key rotation is picked up without a restart.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from service.notifications.outbound import check_form, pinned_client
 
 CACHE_SECONDS = 300.0
 TIMEOUT_SECONDS = 5.0
+MAX_JWKS_BYTES = 256 * 1024  # a JWKS of a few dozen keys is a few KiB; more is not a key set
 
 
 def _parsed(raw: Any) -> KeySet:
@@ -28,6 +29,16 @@ def _parsed(raw: Any) -> KeySet:
     if any(k.is_private for k in keys):
         raise ValueError("a JWKS for verification holds public keys only")
     return keys
+
+
+def _capped(answer: httpx.Response) -> bytes:
+    """The body, read no further than MAX_JWKS_BYTES (a hostile server cannot fill memory)."""
+    body = bytearray()
+    for chunk in answer.iter_bytes():
+        body += chunk
+        if len(body) > MAX_JWKS_BYTES:
+            raise ValueError(f"the key set is larger than {MAX_JWKS_BYTES} bytes")
+    return bytes(body)
 
 
 class KeySets:
@@ -47,12 +58,12 @@ class KeySets:
 
         def fetch() -> KeySet:
             check_form(url)
-            with pinned_client(
-                allow_private=self.allow_private, timeout=TIMEOUT_SECONDS
-            ) as client:  # resolved once and checked; connects to the checked address
-                answer = client.get(url, follow_redirects=False)
-            answer.raise_for_status()
-            return _parsed(answer.json())
+            # resolved once and checked; connects to the checked address
+            pinned = pinned_client(allow_private=self.allow_private, timeout=TIMEOUT_SECONDS)
+            with pinned as client, client.stream("GET", url, follow_redirects=False) as answer:
+                answer.raise_for_status()
+                body = _capped(answer)
+            return _parsed(json.loads(body))
 
         return self._cached(f"url:{url}", fetch)
 
