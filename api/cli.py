@@ -97,7 +97,7 @@ def _record(result: EntryResult, where: str, tally: Counter[str], errors: list[s
 def cmd_load(settings: Settings, paths: Sequence[str], derivation: Derivation) -> int:
     """Load bundle JSON / NDJSON files or folders through the same ingest as the API."""
     engine = make_engine(settings)
-    migrate.upgrade(engine)
+    migrate.prepare(engine, auto_migrate=settings.auto_migrate)
     store = FhirService(engine, settings, derivation)
     settle_process()
     try:
@@ -207,6 +207,15 @@ def deliver_until_stopped(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trialbridge` console script."""
+    try:
+        return _run(argv)
+    except migrate.SchemaNotReady as exc:
+        print(f"trialbridge: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """Parse the command line and carry the command out."""
     args = build_parser().parse_args(argv)
     try:
         settings = Settings()
@@ -229,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if args.command == "remap":
         engine = make_engine(settings)
-        migrate.upgrade(engine)
+        migrate.prepare(engine, auto_migrate=settings.auto_migrate)
         with unit_of_work(engine) as uow:
             remap_all(catalog.derivation, uow)
             totals = trial_events.totals(uow.session)
@@ -240,14 +249,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return deliver_until_stopped(settings)
     if args.command == "deliver":
         engine = make_engine(settings)
-        migrate.upgrade(engine)
+        migrate.prepare(engine, auto_migrate=settings.auto_migrate)
         tally = deliver_due(engine, policy_from(settings))
         engine.dispose()
         print(", ".join(f"{n} {k}" for k, n in tally.items()))
         return 0
     if args.command == "reevaluate":
         engine = make_engine(settings)
-        migrate.upgrade(engine)
+        migrate.prepare(engine, auto_migrate=settings.auto_migrate)
         if args.as_of is not None:
             moment = dt.datetime.combine(args.as_of, dt.time(12), tzinfo=dt.UTC)
             catalog.derivation.clock = lambda: moment

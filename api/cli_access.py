@@ -106,7 +106,7 @@ def export_audit(
     last one's seq)."""
     engine = make_engine(settings)
     try:
-        migrate.upgrade(engine)
+        migrate.prepare(engine, auto_migrate=settings.auto_migrate)
         recover(engine, settings.spool_dir())  # what a crashed process journaled is exported too
         written, last = 0, after_seq
         log = AuditLog(engine, default_count=1, max_count=1)
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"exported {written} audit record(s){follow}", file=sys.stderr)
             return 0
         engine = make_engine(settings)
-        migrate.upgrade(engine)
+        migrate.prepare(engine, auto_migrate=settings.auto_migrate)
         try:
             if args.command == "keys":
                 _signing_keys(engine, args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 
 from service.infra.db import make_engine
 from service.infra.settings import Settings
@@ -134,3 +134,24 @@ def test_remap_recomputes_the_same_events_and_subjects(
     assert result.returncode == 0, result.stderr
     assert result.stdout == "remapped: 2 event(s), 1 subject(s)\n"
     assert _store_counts(url) == before
+
+
+def test_commands_leave_the_schema_to_the_release_step_when_auto_migration_is_off(
+    new_database: object, tmp_path: Path
+) -> None:
+    """With TRIALBRIDGE_AUTO_MIGRATE=false only `trialbridge migrate` changes the schema; other
+    commands on a schema behind the release stop before writing, naming the step to run."""
+    url = str(new_database("sqlite"))  # type: ignore[operator]
+    off = {"TRIALBRIDGE_AUTO_MIGRATE": "false"}
+    for command in (("reevaluate",), ("client", "list")):
+        refused = run_trialbridge(url, *command, cwd=tmp_path, env=off)
+        assert refused.returncode == 2, refused.stderr
+        assert "run `trialbridge migrate`" in refused.stderr
+    engine = _engine(url)
+    try:
+        assert inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+    assert run_trialbridge(url, "migrate", cwd=tmp_path, env=off).returncode == 0
+    after = run_trialbridge(url, "reevaluate", cwd=tmp_path, env=off)
+    assert (after.returncode, after.stdout) == (0, "re-evaluated 0 patient(s)\n"), after.stderr

@@ -51,6 +51,25 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         conn.commit()
 
 
+class SchemaNotReady(Exception):  # noqa: N818 (a condition, not an API error)
+    """The schema is not at this release's head and this process may not migrate it."""
+
+
+def prepare(engine: Engine, *, auto_migrate: bool) -> None:
+    """Migrate, or with auto-migration off (the release step migrates) check the schema is at
+    head, so a command never writes into a schema older than its code."""
+    if auto_migrate:
+        upgrade(engine)
+        return
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        engine.dispose()  # the caller stops here: leave no connection open
+        raise SchemaNotReady(
+            f"the database schema is at {current or 'no revision'}, this release needs {head}: "
+            "run `trialbridge migrate` (TRIALBRIDGE_AUTO_MIGRATE is false)"
+        )
+
+
 def downgrade(engine: Engine, revision: str) -> None:
     """Take the schema back to `revision` (used by the migration round-trip test)."""
     with _migration_connection(engine) as conn:
