@@ -191,6 +191,32 @@ def test_collection_is_an_atomic_upsert(fhir: httpx.Client, engine: Engine) -> N
     assert counts(engine)["fhir_resource_version"] == 2
 
 
+def test_a_collection_carrying_a_resource_again_stores_successive_versions(
+    fhir: httpx.Client,
+) -> None:
+    """bdl-7 aside, feeds repeat a resource as it changes: each copy is a version, in order."""
+    copies = [kit.patient(mrn="v", id="v", gender=g) for g in ("male", "female", "other")]
+    body = kit.transaction(
+        {"fullUrl": "http://hospital.example/fhir/Patient/v", "resource": copies[0]},
+        {"fullUrl": "http://hospital.example/fhir/Patient/w", "resource": kit.patient(id="w")},
+        {"fullUrl": "http://hospital.example/fhir/Patient/v", "resource": copies[1]},
+        {"fullUrl": "http://hospital.example/fhir/Patient/v", "resource": copies[2]},
+        type="collection",
+    )
+    result = _post(fhir, body).json()
+    assert [e["response"]["location"] for e in result["entry"]] == [
+        "Patient/v/_history/1",
+        "Patient/w/_history/1",
+        "Patient/v/_history/2",
+        "Patient/v/_history/3",
+    ]
+    assert [fhir.get(f"/Patient/v/_history/{n}").json()["gender"] for n in (1, 2, 3)] == [
+        "male",
+        "female",
+        "other",
+    ]
+
+
 def test_message_stores_everything_but_the_header(fhir: httpx.Client, engine: Engine) -> None:
     header = {
         "resourceType": "MessageHeader",

@@ -438,19 +438,14 @@ def apply_upserts(uow: UnitOfWork, entries: list[Entry], ctx: WriteContext) -> l
     """Upsert entries in order; a resource carried twice (FHIR bdl-7) becomes successive versions."""
     known = {e.full_url: "/".join(upsert_identity(e)) for e in entries if e.full_url}
     generations: list[list[Entry]] = []
-    for e in entries:
+    level_of: dict[tuple[str, str], int] = {}  # identity -> the last generation holding it
+    for e in entries:  # one pass: the n-th copy of a resource goes to the n-th generation
         key = upsert_identity(e)
-        level = next(
-            (
-                i
-                for i in range(len(generations) - 1, -1, -1)
-                if key in {upsert_identity(x) for x in generations[i]}
-            ),
-            -1,
-        )
-        if level + 1 == len(generations):
+        level = level_of.get(key, -1) + 1
+        level_of[key] = level
+        if level == len(generations):
             generations.append([])
-        generations[level + 1].append(e)
+        generations[level].append(e)
     results: dict[int, EntryResult] = {}
     for generation in generations:
         for e, result in zip(generation, apply_entries(uow, generation, ctx, known), strict=True):
