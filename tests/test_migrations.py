@@ -17,7 +17,7 @@ def test_models_and_migrations_agree_and_round_trip(new_database: Any, kind: str
     engine = make_engine(Settings(database_url=new_database(kind)))
     assert migrate.current_revision(engine) is None
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == "0008"
+    assert migrate.current_revision(engine) == "0009"
     assert migrate.drift(engine) == []  # what `alembic check` verifies
     migrate.downgrade(engine, "base")
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
@@ -30,7 +30,7 @@ def test_upgrade_is_idempotent(new_database: Any) -> None:
     engine = make_engine(Settings(database_url=new_database("postgres")))
     migrate.upgrade(engine)
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == "0008"
+    assert migrate.current_revision(engine) == "0009"
     engine.dispose()
 
 

@@ -121,7 +121,7 @@ def test_image_command_serves_a_fresh_sqlite_database(tmp_path: Path) -> None:
         ready = _first_readyz(proc, base, log)
         assert ready.json() == {
             "status": "ready",
-            "schema_revision": "0008",
+            "schema_revision": "0009",
             "model_checks": "idle",
         }
         assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
@@ -181,7 +181,7 @@ def test_serve_leaves_the_schema_to_a_release_step_when_told(tmp_path: Path) -> 
         )
         ready = httpx.get(f"{base}/readyz", timeout=10)
         assert ready.status_code == 200
-        assert ready.json()["schema_revision"] == "0008"
+        assert ready.json()["schema_revision"] == "0009"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -198,6 +198,7 @@ class DeviationRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_deviation_study_subject", "study_id", "subject_id"),
         Index("ix_deviation_study_status", "study_id", "status"),
+        Index("ix_deviation_study_id", "study_id", "id"),  # pages in id order, no sort
     )
 
     id: str = Field(primary_key=True, max_length=40)
