@@ -260,3 +260,51 @@ def test_input_order_does_not_change_the_result() -> None:
         rng.shuffle(shuffled_cases)
         rng.shuffle(shuffled_controls)
         assert match(SETTINGS, shuffled_cases, shuffled_controls, "control_2") == expected
+
+
+def _brute_force(
+    cases: list[CirAESubject], controls: list[CirAESubject]
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The method as CLINICAL.md states it, scanning every control for every case."""
+    used: set[str] = set()
+    sets = []
+    for case in sorted(cases, key=lambda c: c.subject_id):
+        ranked = sorted(
+            (d, c.subject_id)
+            for c in controls
+            if c.subject_id not in used
+            and _keys(c) == _keys(case)
+            and (d := distance(SETTINGS.calipers, case, c)) is not None
+        )
+        chosen = tuple(sid for _, sid in ranked[: SETTINGS.ratio])
+        used.update(chosen)
+        if chosen:
+            sets.append((case.subject_id, chosen))
+    return tuple(sets)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_the_indexed_search_picks_what_a_scan_of_every_control_picks(seed: int) -> None:
+    """The caliper-box index is a speed-up only: ages on and just past the caliper edges, equal
+    distances and unknown ages give the same sets as a scan of the whole pool."""
+    rng = random.Random(seed)
+    cases, controls = _random_cohort(seed)
+    edge = float(SETTINGS.calipers.age_years)
+    for i, case in enumerate(cases[:20]):  # controls exactly on, and just beyond, the age caliper
+        if case.age_years is None:
+            continue
+        for j, delta in enumerate((edge, -edge, edge + 0.01, -(edge + 0.01), 0.0)):
+            controls.append(
+                _subject(
+                    f"E-{i:02d}-{j}",
+                    "control_2",
+                    sex=case.sex,
+                    race=case.race,
+                    icb_type=case.icb_type,
+                    age=case.age_years + delta,
+                    charlson=case.charlson + rng.choice((-1, 0, 1)),
+                    year=case.icb_year + rng.choice((-2, -1, 0, 1, 2)),
+                )
+            )
+    result = match(SETTINGS, cases, controls, "control_2")
+    assert tuple((s.case, s.controls) for s in result.sets) == _brute_force(cases, controls)

@@ -10,10 +10,15 @@ Method (the protocol's **choice** "greedy_nearest_neighbour_without_replacement"
   term is 0. Ties go to the smaller control subject id.
 * Cases are taken in subject-id order; each takes its `ratio` nearest eligible controls still unused
   (without replacement). Input order therefore never changes the result.
+
+Controls are indexed by exact key, ICB year and Charlson, each block sorted by age, so a case
+looks only at the few nearest controls of each block in its caliper box (a bisection and a short
+walk per block) instead of the whole pool: O(n log n) in all.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections import Counter
 from collections.abc import Sequence
@@ -76,14 +81,78 @@ def _unique_ids(subjects: Sequence[CirAESubject], what: str) -> None:
         raise ValueError(f"duplicate {what} subject ids: {dupes}")
 
 
-def _pick(
-    settings: Matching, case: CirAESubject, pool: Sequence[CirAESubject], used: set[str]
-) -> tuple[str, ...]:
+class _Pool:
+    """Controls by (exact key, ICB year, Charlson), each block sorted by age then subject id.
+
+    Inside a block the year and Charlson terms of the distance are fixed, so the nearest controls
+    are the nearest in age: a case walks outward from its age in each block of its caliper box
+    and stops once it holds `ratio` unused controls and the next is farther (ties kept).
+    """
+
+    def __init__(self, controls: Sequence[CirAESubject], exact: Sequence[str]) -> None:
+        self.exact = exact
+        blocks: dict[tuple[ExactKey, int, int], list[CirAESubject]] = {}
+        for c in controls:
+            if c.age_years is not None:  # an unknown age never passes the age caliper
+                blocks.setdefault((_exact_key(c, exact), c.icb_year, c.charlson), []).append(c)
+        self.blocks = {k: sorted(v, key=_by_age) for k, v in blocks.items()}
+        self.ages = {k: [_age(c) for c in v] for k, v in self.blocks.items()}
+
+    def near(self, case: CirAESubject, settings: Matching, used: set[str]) -> list[CirAESubject]:
+        """Candidates holding the case's `ratio` nearest unused eligible controls (and ties)."""
+        if case.age_years is None:
+            return []
+        calipers = settings.calipers
+        key, age = _exact_key(case, self.exact), _exact(case.age_years)
+        found: list[CirAESubject] = []
+        for year in range(case.icb_year - calipers.icb_year, case.icb_year + calipers.icb_year + 1):
+            low, high = case.charlson - calipers.charlson, case.charlson + calipers.charlson
+            for charlson in range(low, high + 1):
+                block = self.blocks.get((key, year, charlson))
+                if block is not None:
+                    ages = self.ages[(key, year, charlson)]
+                    found += _nearest_in_block(block, ages, age, settings.ratio, used)
+        return found
+
+
+def _age(control: CirAESubject) -> Fraction:
+    return _exact(control.age_years or 0.0)
+
+
+def _by_age(control: CirAESubject) -> tuple[Fraction, str]:
+    return _age(control), control.subject_id
+
+
+def _nearest_in_block(
+    block: list[CirAESubject], ages: list[Fraction], age: Fraction, ratio: int, used: set[str]
+) -> list[CirAESubject]:
+    """Unused controls of one block nearest in age: `ratio` of them and every tie of the last."""
+    right = bisect.bisect_left(ages, age)
+    left = right - 1
+    taken: list[CirAESubject] = []
+    last: Fraction | None = None
+    while left >= 0 or right < len(block):
+        go_left = right >= len(block) or (left >= 0 and age - ages[left] <= ages[right] - age)
+        index = left if go_left else right
+        delta = abs(ages[index] - age)
+        if len(taken) >= ratio and last is not None and delta > last:
+            break
+        if go_left:
+            left -= 1
+        else:
+            right += 1
+        if block[index].subject_id not in used:
+            taken.append(block[index])
+            last = delta
+    return taken
+
+
+def _pick(settings: Matching, case: CirAESubject, pool: _Pool, used: set[str]) -> tuple[str, ...]:
     """The case's `ratio` nearest unused eligible controls, nearest first (ties: subject id)."""
     ranked = sorted(
         (d, c.subject_id)
-        for c in pool
-        if c.subject_id not in used and (d := distance(settings.calipers, case, c)) is not None
+        for c in pool.near(case, settings, used)
+        if (d := distance(settings.calipers, case, c)) is not None
     )
     return tuple(subject_id for _, subject_id in ranked[: settings.ratio])
 
@@ -100,14 +169,12 @@ def match(
         raise ValueError(f"controls not in group {control_group!r}: {wrong}")
     _unique_ids(cases, "case")
     _unique_ids(controls, "control")
-    pools: dict[ExactKey, list[CirAESubject]] = {}
-    for control in sorted(controls, key=lambda c: c.subject_id):
-        pools.setdefault(_exact_key(control, settings.exact), []).append(control)
+    pool = _Pool(controls, settings.exact)
     used: set[str] = set()
     sets: list[MatchedSet] = []
     unmatched: list[str] = []
     for case in sorted(cases, key=lambda c: c.subject_id):
-        chosen = _pick(settings, case, pools.get(_exact_key(case, settings.exact), []), used)
+        chosen = _pick(settings, case, pool, used)
         used.update(chosen)
         if chosen:
             sets.append(MatchedSet(case=case.subject_id, controls=chosen))
