@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,12 +13,22 @@ from service.infra.db import make_engine
 from service.infra.settings import Settings
 
 
+def test_head_is_the_newest_packaged_migration() -> None:
+    """Other tests compare with head_revision(); this one pins it, so a new migration is a choice."""
+    newest = max(
+        p.name
+        for p in (Path(migrate.__file__).parents[2] / "migrations" / "versions").glob("0*.py")
+    )
+    assert newest.startswith("0009_")
+    assert migrate.head_revision() == "0009"
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_models_and_migrations_agree_and_round_trip(new_database: Any, kind: str) -> None:
     engine = make_engine(Settings(database_url=new_database(kind)))
     assert migrate.current_revision(engine) is None
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == "0009"
+    assert migrate.current_revision(engine) == migrate.head_revision()
     assert migrate.drift(engine) == []  # what `alembic check` verifies
     migrate.downgrade(engine, "base")
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
@@ -30,7 +41,7 @@ def test_upgrade_is_idempotent(new_database: Any) -> None:
     engine = make_engine(Settings(database_url=new_database("postgres")))
     migrate.upgrade(engine)
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == "0009"
+    assert migrate.current_revision(engine) == migrate.head_revision()
     engine.dispose()
 
 

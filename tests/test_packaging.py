@@ -15,6 +15,7 @@ import httpx
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from service.infra import migrate
 from service.infra.settings import Settings
 from tests.conftest import FHIR_JSON, free_port
 from tests.kit.fhir import entry, patient, transaction, viable_tumour
@@ -121,7 +122,7 @@ def test_image_command_serves_a_fresh_sqlite_database(tmp_path: Path) -> None:
         ready = _first_readyz(proc, base, log)
         assert ready.json() == {
             "status": "ready",
-            "schema_revision": "0009",
+            "schema_revision": migrate.head_revision(),
             "model_checks": "idle",
         }
         assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
@@ -167,7 +168,8 @@ def test_serve_leaves_the_schema_to_a_release_step_when_told(tmp_path: Path) -> 
         assert unready.json()["error"] == {
             "status": 503,
             "code": "schema_not_current",
-            "message": "database schema at revision none, this release needs 0008: "
+            "message": "database schema at revision none, "
+            f"this release needs {migrate.head_revision()}: "
             "run `trialbridge migrate`",
             "details": [],
         }
@@ -181,7 +183,7 @@ def test_serve_leaves_the_schema_to_a_release_step_when_told(tmp_path: Path) -> 
         )
         ready = httpx.get(f"{base}/readyz", timeout=10)
         assert ready.status_code == 200
-        assert ready.json()["schema_revision"] == "0009"
+        assert ready.json()["schema_revision"] == migrate.head_revision()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
