@@ -106,7 +106,8 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
     ],
     # control 1: nivolumab + ipilimumab on one day → combination; an eczema before ICB is not the
     # cirAE; the AE pruritus is (outcome 'recovering' is not in the resolution table → none);
-    # dupilumab only before ICB start (history, not exposure from ICB start on: no exclusion);
+    # (CLINICAL.md revision 2: the 2019 dupilumab this patient had is gone from the fixture: a
+    # control never received dupilumab, so it would exclude p2; tests/test_cirae_rev2.py has it);
     # topical hydrocortisone is not systemic; melanoma stage IV before ICB (the later IIIB is
     # ignored); the C78 recorded after ICB does not enter Charlson; race text only → case-folded.
     "p2": [
@@ -161,9 +162,6 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
             onset="2019-01-01",
             clinical="resolved",
             verification=None,
-        ),
-        kit.medication_administration(
-            id="p2-dupi", patient="p2", medication="dupilumab 300 MG", effective="2019-06-01"
         ),
         kit.adverse_event(
             id="p2-itch", patient="p2", event="Pruritus", date="2020-07-15", outcome="recovering"
@@ -388,7 +386,7 @@ def test_dupilumab_subject_in_full() -> None:
 
 
 def test_combination_control_1_in_full() -> None:
-    """Same-day nivolumab + ipilimumab; a pre-ICB eczema and pre-ICB dupilumab do not count."""
+    """Same-day nivolumab + ipilimumab; a pre-ICB eczema does not count."""
     assert COHORT["p2"] == CirAESubject(
         patient_id="p2",
         subject_id="S-2",
@@ -492,13 +490,13 @@ def test_onset_before_icb_counts_when_the_protocol_allows_it() -> None:
     )
     cohort = {s.patient_id: s for s in build_cohort(loose, _patients())}
     assert (cohort["p3"].group, cohort["p3"].cirae_onset) == ("control_1", D(2021, 12, 1))
-    # p2's eczema (2019) becomes the cirAE, so the 2019 dupilumab now follows it.
+    # p2's eczema (2019) becomes the cirAE (p2 has no dupilumab since revision 2's fixture).
     assert (cohort["p2"].group, cohort["p2"].cirae_onset, cohort["p2"].resolution) == (
-        "dupilumab",
+        "control_1",
         D(2019, 1, 1),
         "complete",
     )
-    assert cohort["p2"].dupilumab_start == D(2019, 6, 1)
+    assert cohort["p2"].dupilumab_start is None
 
 
 def test_membership_must_equal_the_icb_classes() -> None:
@@ -629,7 +627,7 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
             verification=None,
         ),
     ],
-    # dupilumab taken from before ICB start until after the cirAE → dupilumab from onset.
+    # dupilumab taken from before ICB start until after the cirAE → excluded (revision 2).
     "e2": [
         *_base("e2"),
         kit.medication_statement(
@@ -647,7 +645,7 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
             verification=None,
         ),
     ],
-    # dupilumab before the cirAE and again after it → dupilumab group, from the later dose.
+    # dupilumab before the cirAE and again after it → excluded (revision 2: first given before).
     "e3": [
         *_base("e3"),
         kit.medication_administration(
@@ -664,7 +662,7 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
             verification=None,
         ),
     ],
-    # dupilumab that ended before ICB start → control 1 (no exposure from ICB start on).
+    # dupilumab that ended before ICB start → excluded (revision 2: controls never had any).
     "e4": [
         *_base("e4"),
         kit.medication_statement(
@@ -880,12 +878,16 @@ def test_exclusions_are_reported_with_reasons() -> None:
         Exclusion("E-d5", "death before ICB start"),
         Exclusion("E-d6", "death before ICB start"),
         Exclusion("E-e1", "dupilumab before cirAE onset"),
+        # CLINICAL.md revision 2: dupilumab first given before the cirAE fits no group
+        Exclusion("E-e2", "dupilumab before cirAE onset"),
+        Exclusion("E-e3", "dupilumab before cirAE onset"),
+        Exclusion("E-e4", "dupilumab before cirAE onset"),
         Exclusion("E-e5", "dupilumab without a date: group indeterminate"),
         Exclusion("E-m1", "ICB without a day-precision date: no time origin"),
     )
     assert [s.subject_id for s in EDGE.subjects] == [
-        "E-a1", "E-c1", "E-c2", "E-c4", "E-c6", "E-d1", "E-d2", "E-d3", "E-d7", "E-e2", "E-e3",
-        "E-e4", "E-g1", "E-g2", "E-g3", "E-k1", "E-k2", "E-k3", "E-r1", "E-r2", "E-r3", "E-r4",
+        "E-a1", "E-c1", "E-c2", "E-c4", "E-c6", "E-d1", "E-d2", "E-d3", "E-d7",
+        "E-g1", "E-g2", "E-g3", "E-k1", "E-k2", "E-k3", "E-r1", "E-r2", "E-r3", "E-r4",
     ]  # fmt: skip
 
 
@@ -939,22 +941,9 @@ def test_cirae_onset_known_to_the_month_or_year() -> None:
     assert (EDGES["c6"].group, EDGES["c6"].cirae_onset) == ("control_1", D(2022, 1, 1))
 
 
-def test_dupilumab_exposure_intervals() -> None:
-    """Exposure reaching onset → dupilumab from max(start, onset); ended before ICB → control 1."""
-    e2, e3, e4 = EDGES["e2"], EDGES["e3"], EDGES["e4"]
-    assert (e2.group, e2.cirae_onset, e2.dupilumab_start) == (
-        "dupilumab",
-        D(2021, 4, 10),
-        D(2021, 4, 10),
-    )
-    assert e2.evidence == (
-        _ref("MedicationAdministration", "e2-icb"),
-        _ref("Condition", "e2-rash"),
-        _ref("MedicationStatement", "e2-dupi"),
-    )
-    assert (e3.group, e3.dupilumab_start) == ("dupilumab", D(2021, 5, 1))
-    assert e3.evidence[2] == _ref("MedicationAdministration", "e3-dupi2")
-    assert (e4.group, e4.dupilumab_start) == ("control_1", None)
+def test_dupilumab_before_the_cirae_fits_no_group() -> None:
+    """Revision 2: a course running across onset, an earlier dose, or one before ICB → excluded."""
+    assert {"e2", "e3", "e4"}.isdisjoint(EDGES)
 
 
 def test_glucocorticoid_running_at_icb_start_counts() -> None:

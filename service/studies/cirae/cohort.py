@@ -8,7 +8,7 @@ Decisions (each also noted where it is made):
 * Who is reported: a patient with no ICB at all is not in the cohort. Every ICB-treated patient is
   either a subject or an `Exclusion` with the first reason found, checked in this order: ICB only
   coarsely dated (no time origin); death without a date; death before ICB start; cirAE group
-  indeterminate; dupilumab only before cirAE onset; undated dupilumab.
+  indeterminate; dupilumab that fits no group (CLINICAL.md revision 2, below).
 * Dates: a date is the interval of days it can mean ([first, last]; one day for a day or a time).
   "Known on or before a day" means last <= that day (Charlson history, stage, cancer type).
 * cirAE onset: a cirAE is after ICB initiation when its whole interval is on or after ICB start
@@ -16,13 +16,13 @@ Decisions (each also noted where it is made):
   only onset on the first of that month: the earliest it can be). Wholly before → not the cirAE. An
   interval containing ICB start, or no date, makes the group indeterminate (excluded) unless another
   cirAE is known to start on or after ICB start, which is then the index cirAE.
-* Dupilumab: each administration, order or statement is an exposure interval from its date's first
-  day to its end's last day (no end: its date's last day, i.e. only the day or interval recorded).
-  Exposure reaching cirAE onset → dupilumab group, dupilumab_start = max(exposure start, onset);
-  exposure only between ICB start and onset → excluded ("dupilumab before cirAE onset": neither
-  group of CLINICAL.md); exposure that ended before ICB start (and before onset) is history and
-  ignored; an undated dupilumab record with no exposure reaching onset → excluded (control 1 cannot
-  be shown); no cirAE → control 2 whatever dupilumab was given.
+* Dupilumab (CLINICAL.md revision 2): the dupilumab group is first given dupilumab (any
+  administration, order or statement) on or after cirAE onset, from that record's first day; the
+  controls never received any dupilumab, ever (control 1: cirAE; control 2: no cirAE). Any other
+  dupilumab user is excluded with the reason: dupilumab without a cirAE (another indication: asthma,
+  atopic dermatitis, the NCT06088771 regimen); a dupilumab record before cirAE onset (before ICB
+  start included; a course running across onset started before it); a dupilumab record dated only to
+  a month or year containing onset, or not dated at all (the first dose cannot be placed).
 * Resolution is read from the index cirAE only: Condition.clinicalStatus, or AdverseEvent.outcome,
   looked up in the protocol's resolution table; no status, or one the table does not list → "none"
   (CLINICAL.md: "otherwise none"). Subjects without a cirAE have no resolution (None).
@@ -293,35 +293,29 @@ def _resolution(protocol: CohortProtocol, cirae: TrialEvent) -> Resolution:
     return protocol.cohort.resolution.get(status, "none")
 
 
-def _dupilumab_spans(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> list[_Span]:
-    """Every dated dupilumab exposure as the days it can cover."""
+def _dupilumab_group(
+    protocol: CohortProtocol, events: Sequence[TrialEvent], onset: dt.date | None
+) -> tuple[_Dated | None, str | None]:
+    """The first dupilumab record when it comes on/after cirAE onset, else why no group fits.
+
+    CLINICAL.md: the dupilumab group is first given dupilumab after cirAE onset; the controls
+    never received any dupilumab (before ICB start included); everyone else is excluded.
+    """
     given = _drugs(events, protocol.cohort.treatment_valueset)
-    return [s for e in given if (s := _span(e)) is not None]
-
-
-def _dupilumab(
-    protocol: CohortProtocol, events: Sequence[TrialEvent], onset: dt.date
-) -> _Dated | None:
-    """The first dupilumab exposure reaching cirAE onset, started no earlier than onset."""
-    return _earliest_dated(
-        _Dated(s.event, max(s.first, onset))
-        for s in _dupilumab_spans(protocol, events)
-        if s.last >= onset
-    )
-
-
-def _dupilumab_before_onset(
-    protocol: CohortProtocol, events: Sequence[TrialEvent], icb_start: dt.date, onset: dt.date
-) -> bool:
-    """Dupilumab between ICB start and cirAE onset: exposure CLINICAL.md's groups do not allow."""
-    origin = min(icb_start, onset)
-    return any(origin <= s.last < onset for s in _dupilumab_spans(protocol, events))
-
-
-def _undated_dupilumab(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> bool:
-    """Whether a dupilumab record has no date, so control 1 ('no dupilumab') cannot be shown."""
-    given = _drugs(events, protocol.cohort.treatment_valueset)
-    return any(e.date is None for e in given)
+    if not given:
+        return None, None
+    if onset is None:
+        return None, "dupilumab without a cirAE (another indication)"
+    dates = [e.date for e in given]
+    if any(d is None for d in dates):
+        return None, "dupilumab without a date: group indeterminate"
+    if any(d is not None and d.last < onset for d in dates):
+        return None, "dupilumab before cirAE onset"
+    if any(d is not None and d.first < onset for d in dates):
+        return None, (
+            "dupilumab dated only to a month or year containing cirAE onset: group indeterminate"
+        )
+    return _earliest_dated(_Dated(e, e.date.first) for e in given if e.date is not None), None
 
 
 def _group(cirae: _Dated | None, dupilumab: _Dated | None) -> Group:
@@ -523,20 +517,16 @@ def _exclusion_reason(
     icb_start: dt.date,
     death: dt.date | None,
     cirae: _Dated | None,
-    dupilumab: _Dated | None,
+    dupilumab_reason: str | None,
 ) -> str | None:
     """Why an ICB-treated patient cannot be analysed (the first reason found), else None."""
     if death is None and _undated_death(events):
         return "death recorded without a date"
     if death is not None and death < icb_start:
         return "death before ICB start"
-    if cirae is None:
-        return _indeterminate_cirae(protocol, events, icb_start)
-    if dupilumab is None and _dupilumab_before_onset(protocol, events, icb_start, cirae.day):
-        return "dupilumab before cirAE onset"
-    if dupilumab is None and _undated_dupilumab(protocol, events):
-        return "dupilumab without a date: group indeterminate"
-    return None
+    if cirae is None and (indeterminate := _indeterminate_cirae(protocol, events, icb_start)):
+        return indeterminate
+    return dupilumab_reason
 
 
 def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclusion | None:
@@ -551,8 +541,10 @@ def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclu
     last_fact = _last_fact(events, start)
     death = _death(events, last_fact)
     cirae = _index_cirae(protocol, events, start)
-    dupilumab = _dupilumab(protocol, events, cirae.day) if cirae is not None else None
-    reason = _exclusion_reason(protocol, events, start, death, cirae, dupilumab)
+    dupilumab, dupilumab_reason = _dupilumab_group(
+        protocol, events, cirae.day if cirae is not None else None
+    )
+    reason = _exclusion_reason(protocol, events, start, death, cirae, dupilumab_reason)
     if reason is not None:
         return Exclusion(patient.subject_id, reason)
     demographics = _demographics(events)
