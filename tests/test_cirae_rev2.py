@@ -13,10 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
+from service.protocol.terminology import build_terminology
 from tests.conftest import LiveServer
 from tests.kit import fhir as kit
 from tests.kit.client import put_resources
+from tests.kit.mapping import events_of
 
+TERMS = build_terminology()
 STUDY = "cirae-dupilumab"
 Resources = list[dict[str, Any]]
 
@@ -131,3 +134,158 @@ def test_13_controls_never_received_dupilumab(api: httpx.Client, fhir: httpx.Cli
             (ids["2021-01-12"], "dupilumab before cirAE onset"),
         ]
     )
+
+
+# -- 14. what a cirAE is: exclusions, and onset over the charted date -----------------------------
+
+L58 = kit.coded(kit.ICD10CM, "L58.0", "Acute radiodermatitis", text="Radiation dermatitis, chest")
+
+ONSET_PATIENTS: dict[str, Resources] = {
+    # radiation dermatitis after ICB, by name and by ICD-10-CM L58 (text saying "dermatitis"), and
+    # as an AdverseEvent: not cirAEs (control 2).
+    "rt": [
+        *_patient("rt", "2021-02-01"),
+        _skin("rt", "rd", "Radiation dermatitis", onset="2021-03-01"),
+    ],
+    "rt-coded": [
+        *_patient("rt-coded", "2021-02-02"),
+        _skin("rt-coded", "rd", L58, onset="2021-03-01"),
+    ],
+    "rt-ae": [
+        *_patient("rt-ae", "2021-02-03"),
+        kit.adverse_event(
+            id="rt-ae-rd", patient="rt-ae", event="Radiation dermatitis", date="2021-03-01"
+        ),
+    ],
+    # an infected eczema (a skin infection) after ICB: not a cirAE (control 2).
+    "infection": [
+        *_patient("infection", "2021-02-04"),
+        _skin("infection", "ecz", "Infected eczema", onset="2021-03-01"),
+    ],
+    # radiation dermatitis on day 10, then a maculopapular rash on day 40: the rash is the cirAE.
+    "rt-rash": [
+        *_patient("rt-rash", "2021-02-05"),
+        _skin("rt-rash", "rd", "Radiation dermatitis", onset="2021-02-15"),
+        _skin("rt-rash", "rash", "Maculopapular rash", onset="2021-03-17"),
+    ],
+    # atopic dermatitis "since childhood", charted after ICB start: pre-existing (control 2).
+    "ad-childhood": [
+        *_patient("ad-childhood", "2021-02-08"),
+        _skin(
+            "ad-childhood",
+            "ad",
+            "Atopic dermatitis",
+            recorded="2021-04-01",
+            onsetString="since childhood",
+        ),
+    ],
+    # atopic dermatitis with onset at age 6, charted after ICB start: pre-existing (control 2).
+    "ad-age": [
+        *_patient("ad-age", "2021-02-09"),
+        _skin(
+            "ad-age",
+            "ad",
+            "Atopic dermatitis",
+            recorded="2021-04-01",
+            onsetAge={
+                "value": 6,
+                "unit": "years",
+                "system": "http://unitsofmeasure.org",
+                "code": "a",
+            },
+        ),
+    ],
+    # eczema since 1990, and the same eczema charted again after ICB with no onset: pre-existing.
+    "ecz-again": [
+        *_patient("ecz-again", "2021-02-10"),
+        _skin("ecz-again", "ecz", "Eczema", onset="1990-05-01"),
+        _skin("ecz-again", "ecz2", "eczema", recorded="2021-04-01"),
+    ],
+    # pruritus with no onset at all, charted 20 days after ICB: the charted date is the onset.
+    "charted": [
+        *_patient("charted", "2021-02-11"),
+        _skin("charted", "itch", "Pruritus", recorded="2021-03-03"),
+    ],
+    # an onset in words that place it nowhere, charted after ICB: the onset exists, so the charted
+    # date does not stand in for it; the group cannot be told (excluded).
+    "vague": [
+        *_patient("vague", "2021-02-15"),
+        _skin(
+            "vague", "rash", "Lichenoid dermatitis", recorded="2021-04-01", onsetString="gradual"
+        ),
+    ],
+    # a rash with onset on day 15, charted on day 45: onset counts, not the charted date.
+    "late-chart": [
+        *_patient("late-chart", "2021-02-12"),
+        _skin(
+            "late-chart", "rash", "Maculopapular rash", onset="2021-02-27", recorded="2021-03-29"
+        ),
+    ],
+}
+
+
+def test_14_radiation_dermatitis_and_pre_existing_skin_disease_are_not_cirae(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Exclusion value set; onset[x] over recordedDate; a pre-existing condition charted later."""
+    _post(fhir, ONSET_PATIENTS)
+    ids = _subject_ids(api)
+    out = _outcomes(api)["outcomes"]
+    assert out["excluded"] == {
+        "n": 1,
+        "subjects": [
+            {
+                "subject_id": ids.pop("2021-02-15"),
+                "reason": "cirAE without a date: group indeterminate",
+            }
+        ],
+    }
+    rows = {r["subject_id"]: r for r in out["subjects"]}
+    found = {day: (rows[sid]["group"], rows[sid]["cirae_onset_day"]) for day, sid in ids.items()}
+    assert found == {
+        "2021-02-01": ("control_2", None),  # radiation dermatitis (name)
+        "2021-02-02": ("control_2", None),  # L58.0
+        "2021-02-03": ("control_2", None),  # radiation dermatitis AE
+        "2021-02-04": ("control_2", None),  # infected eczema
+        "2021-02-05": ("control_1", 40),  # the rash, not the radiation dermatitis (day 10)
+        "2021-02-08": ("control_2", None),  # atopic dermatitis since childhood
+        "2021-02-09": ("control_2", None),  # atopic dermatitis from age 6
+        "2021-02-10": ("control_2", None),  # eczema since 1990 charted again
+        "2021-02-11": ("control_1", 20),  # no onset: recordedDate
+        "2021-02-12": ("control_1", 15),  # onset, not the charted day 45
+    }
+    assert out["groups"] == {"dupilumab": 0, "control_1": 3, "control_2": 7}
+
+
+@pytest.mark.parametrize(
+    ("onset", "expected"),
+    [
+        ({"onsetDateTime": "2021-03"}, {"type": "dateTime", "start": "2021-03"}),
+        ({"onsetPeriod": {"end": "2010"}}, {"type": "Period", "start": None, "end": "2010"}),
+        (
+            {"onsetAge": {"value": 18, "code": "mo", "system": "http://unitsofmeasure.org"}},
+            {"type": "Age", "age_years": [1.5, 19 / 12]},
+        ),
+        (
+            {"onsetRange": {"low": {"value": 2, "unit": "years"}}},
+            {"type": "Range", "age_years": [2.0, None]},
+        ),
+        (
+            {"onsetString": "In infancy"},
+            {"type": "String", "text": "In infancy", "start": None, "age_years": [0.0, 18.0]},
+        ),
+        (
+            {"onsetString": "2015"},
+            {"type": "String", "text": "2015", "start": "2015", "age_years": None},
+        ),
+        ({}, None),
+    ],
+)
+def test_14_the_condition_event_keeps_its_onset(
+    onset: dict[str, Any], expected: dict[str, Any] | None
+) -> None:
+    """The mapper says which onset[x] was stated, so recordedDate never passes for an onset."""
+    resource = _skin("x", "rash", "Pruritus", recorded="2021-04-01", **onset)
+    [event] = events_of(TERMS, [resource])
+    assert event.values["onset"] == expected
+    assert event.values["recorded_date"] == "2021-04-01"

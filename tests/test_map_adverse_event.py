@@ -159,6 +159,7 @@ def test_all_values_of_a_graded_cirae() -> None:
         "outcome": "resolved",
         "suspect_medications": ["cemiplimab-rwlc 350 MG in 7 ML Injection", "Dupixent 300 mg pen"],
         "resolution_date": "2025-04-02",
+        "recorded_date": None,
     }
     assert [(c.concept, c.matched_by, c.text) for c in event.concepts] == [
         ("cutaneous_irae", "name", "Maculopapular rash, trunk")
@@ -295,6 +296,7 @@ def test_official_example() -> None:
             "outcome": None,
             "suspect_medications": [],
             "resolution_date": None,
+            "recorded_date": None,
         },
         "concepts": [
             match_json("cutaneous_irae", "name", "This was a mild rash on the left forearm")

@@ -149,6 +149,8 @@ def test_cirae_with_month_onset_keeps_the_month() -> None:
         "is_adverse_event": False,
         "grade": None,
         "stage": [],
+        "onset": {"type": "dateTime", "start": "2025-06"},
+        "recorded_date": "2025-02-10",
     }
 
 
@@ -329,6 +331,8 @@ def test_official_example_f002_nsclc() -> None:
             "stage": [
                 {"coding": [{"system": kit.SNOMED, "code": "258219007", "display": "stage II"}]}
             ],
+            "onset": {"type": "dateTime", "start": "2011-05-05"},
+            "recorded_date": "2012-06-03",
         },
         "concepts": [
             {

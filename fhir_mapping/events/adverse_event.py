@@ -17,7 +17,7 @@ from fhir_mapping.events.context import MappingContext
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.partial_dates import first_date, parse_partial_date
 from fhir_mapping.references import parse_reference
-from fhir_mapping.terminology import codings, concept_texts
+from fhir_mapping.terminology import ConceptMatch, codings, concept_texts
 
 # CLINICAL.md: all three MedDRA system spellings are accepted (plus any system ending in MDRAE).
 MEDDRA_SYSTEMS = frozenset({"https://www.meddra.org", "http://terminology.hl7.org/CodeSystem/mdr"})
@@ -212,6 +212,18 @@ def _suspect_medications(resource: dict[str, Any], ctx: MappingContext) -> list[
     return list(dict.fromkeys(names))
 
 
+def skin_qualified(matches: list[ConceptMatch]) -> tuple[ConceptMatch, ...]:
+    """The matches, keeping the cirAE exclusion set only where it qualifies a cirAE term.
+
+    "Radiation dermatitis" is a skin term that is not a cirAE; a burn or a sepsis that is no skin
+    term at all needs no such note.
+    """
+    found = {m.concept for m in matches}
+    if "cutaneous_irae" in found:
+        return tuple(matches)
+    return tuple(m for m in matches if m.concept != "cutaneous_irae_excluded")
+
+
 def _patient_id(resource: dict[str, Any], ctx: MappingContext) -> str | None:
     """The subject's Patient id; a subject typed as a Group, Practitioner… has none."""
     subject = resource.get("subject")
@@ -240,8 +252,11 @@ def map_adverse_event(
         "outcome": _first_code(resource.get("outcome")),
         "suspect_medications": _suspect_medications(resource, ctx),
         "resolution_date": resolution,
+        "recorded_date": resource.get("recordedDate")
+        if isinstance(resource.get("recordedDate"), str)
+        else None,
     }
-    match = ctx.terminology.match("cutaneous_irae", event)
+    skin = ctx.terminology.matches(event, ("cutaneous_irae", "cutaneous_irae_excluded"))
     return [
         TrialEvent(
             kind=EventKind.ADVERSE_EVENT,
@@ -252,6 +267,6 @@ def map_adverse_event(
             ),
             end=parse_partial_date(resolution),
             values=values,
-            concepts=(match,) if match else (),
+            concepts=skin_qualified(skin),
         )
     ]

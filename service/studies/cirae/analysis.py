@@ -8,6 +8,7 @@ immortal-time bias towards the treated group; the glucocorticoid term, time-vary
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -68,6 +69,36 @@ def km_groups(cohort: Sequence[CirAESubject]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _day_of(subject: CirAESubject, day: dt.date | None) -> int | None:
+    """Days from ICB initiation (day 0), the Cox models' time scale."""
+    return (day - subject.icb_start).days if day is not None else None
+
+
+def analysis_listing(cohort: Sequence[CirAESubject]) -> list[dict[str, Any]]:
+    """One pseudonymous row per analysed subject: group, covariates, times (days from ICB), events."""
+    return [
+        {
+            "subject_id": s.subject_id,
+            "group": s.group,
+            "icb_year": s.icb_year,
+            "icb_type": s.icb_type,
+            "sex": s.sex,
+            "race": s.race,
+            "age_years": round(s.age_years, 1) if s.age_years is not None else None,
+            "charlson": s.charlson,
+            "cancer_type": s.cancer_type,
+            "stage": s.stage,
+            "cirae_onset_day": _day_of(s, s.cirae_onset),
+            "resolution": s.resolution,
+            "dupilumab_start_day": _day_of(s, s.dupilumab_start),
+            "glucocorticoid_start_day": _day_of(s, s.glucocorticoid_start),
+            "os_days": s.os_days,
+            "died": s.died,
+        }
+        for s in sorted(cohort, key=lambda s: s.subject_id)
+    ]
 
 
 def matching_settings(settings: Matching) -> dict[str, Any]:
@@ -197,4 +228,5 @@ def cirae_outcomes(
             for g in curves
         },
         "km_groups": curves,
+        "subjects": analysis_listing(cohort),
     }

@@ -11,11 +11,21 @@ Decisions (each also noted where it is made):
   indeterminate; dupilumab that fits no group (CLINICAL.md revision 2, below).
 * Dates: a date is the interval of days it can mean ([first, last]; one day for a day or a time).
   "Known on or before a day" means last <= that day (Charlson history, stage, cancer type).
-* cirAE onset: a cirAE is after ICB initiation when its whole interval is on or after ICB start
-  (the ICB start day itself counts as after); its onset is then the interval's first day (a month-
-  only onset on the first of that month: the earliest it can be). Wholly before → not the cirAE. An
-  interval containing ICB start, or no date, makes the group indeterminate (excluded) unless another
-  cirAE is known to start on or after ICB start, which is then the index cirAE.
+* cirAE records: Conditions and AdverseEvents in the cirAE value set and not in its exclusion
+  value set (radiation dermatitis L58, burns, skin infections: CLINICAL.md revision 2).
+* cirAE onset is onset[x] (AdverseEvent: date, then detected); a Condition's recordedDate counts
+  only when it states no onset[x] at all. An onsetAge or onsetRange is placed on the patient's own
+  calendar (birth date + age: "5 years" is any day from the 5th to the 6th birthday), an onsetString
+  that is a date is that date and one naming childhood is before age 18, an onsetPeriod with an end
+  only is some day up to that end; any other onset cannot be placed. A Condition dated only by when
+  it was charted, whose term (a code or the case-folded text) is one a record places before ICB
+  start, is that pre-existing condition charted again, not a cirAE.
+* cirAE timing: a cirAE is after ICB initiation when its whole onset interval is on or after ICB
+  start (the ICB start day itself counts as after); its onset is then the interval's first day (a
+  month-only onset on the first of that month: the earliest it can be). Wholly before → pre-existing,
+  not the cirAE. An interval containing ICB start, or an onset that cannot be placed, makes the group
+  indeterminate (excluded) unless another cirAE is known to start on or after ICB start, which is
+  then the index cirAE.
 * Dupilumab (CLINICAL.md revision 2): the dupilumab group is first given dupilumab (any
   administration, order or statement) on or after cirAE onset, from that record's first day; the
   controls never received any dupilumab, ever (control 1: cirAE; control 2: no cirAE). Any other
@@ -64,6 +74,7 @@ from typing import Any
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.observation import parse_tnm
 from fhir_mapping.partial_dates import PartialDate, parse_partial_date
+from fhir_mapping.terminology import codings, concept_texts
 from service.infra.clock import shift_day
 from service.studies.cirae.charlson import charlson_indices, normalise_code
 from service.studies.cirae.membership import cohort_membership
@@ -253,33 +264,119 @@ def _icb_type(protocol: CohortProtocol, events: Sequence[TrialEvent], start: dt.
 # -- cirAE and dupilumab ---------------------------------------------------------------------------
 
 
-def _cirae_events(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> list[TrialEvent]:
-    """Conditions and AdverseEvents in the protocol's cirAE value set, dated or not."""
-    valueset = protocol.cohort.cirae_valueset
-    return [e for e in events if e.kind in _CIRAE_KINDS and valueset in e.concept_ids]
+@dataclass(frozen=True, slots=True)
+class _Skin:
+    """A record in the cirAE value set and the days its onset can mean (None: cannot be placed)."""
+
+    event: TrialEvent
+    onset: tuple[dt.date, dt.date] | None
+    charted_only: bool  # a Condition with no onset[x]: dated by its recordedDate alone
+
+
+def _shift_years(day: dt.date, years: float) -> dt.date:
+    """`day` plus a (fractional) number of years of 365.25 days, held at the calendar's ends."""
+    return shift_day(day, round(years * _DAYS_PER_YEAR))
+
+
+def _days_of(date: PartialDate | None) -> tuple[dt.date, dt.date] | None:
+    """The first and last day a recorded date can mean."""
+    return (date.first, date.last) if date is not None else None
+
+
+def _onset_days(event: TrialEvent, birth: PartialDate | None) -> tuple[dt.date, dt.date] | None:
+    """When a skin record began: onset[x] (an age on the patient's own calendar), else the date.
+
+    CLINICAL.md: onset is onset[x] (or AdverseEvent.date); recordedDate only when no onset exists.
+    """
+    if event.kind is not EventKind.CONDITION or "onset" not in event.values:
+        return _days_of(event.date)  # AdverseEvent: date, detected, then recordedDate
+    onset = event.values["onset"]
+    if not isinstance(onset, dict):  # no onset[x]: the charted date is all there is
+        return _days_of(event.date)
+    start = parse_partial_date(onset.get("start"))
+    if start is not None:
+        same = event.date is not None and event.date.text == start.text
+        return _days_of(event.date if same else start)
+    end = parse_partial_date(onset.get("end"))
+    if end is not None:  # a Period with an end only: some day up to that end
+        return dt.date.min, end.last
+    ages = onset.get("age_years")
+    if isinstance(ages, list) and len(ages) == 2 and birth is not None:
+        low, high = ages
+        first = _shift_years(birth.first, low) if isinstance(low, int | float) else birth.first
+        last = (
+            shift_day(_shift_years(birth.last, high), -1)
+            if isinstance(high, int | float)
+            else dt.date.max
+        )
+        return first, max(first, last)
+    return None  # an onset that cannot be placed (text, or an age without a birth date)
+
+
+def _term_keys(event: TrialEvent) -> frozenset[tuple[str, ...]]:
+    """A skin record's term as codes and case-folded texts (two records share a term if any key)."""
+    concept = event.values.get("code" if event.kind is EventKind.CONDITION else "term")
+    keys: set[tuple[str, ...]] = set()
+    for coding in codings(concept):
+        system, code = coding.get("system"), coding.get("code")
+        if isinstance(system, str) and isinstance(code, str):
+            keys.add(("code", system, code.strip()))
+    keys.update(("text", " ".join(t.split()).casefold()) for t in concept_texts(concept))
+    return frozenset(keys)
+
+
+def _cirae_records(
+    protocol: CohortProtocol,
+    events: Sequence[TrialEvent],
+    icb_start: dt.date,
+    birth: PartialDate | None,
+) -> list[_Skin]:
+    """Skin records that can be a cirAE, dated or not.
+
+    Out: terms of the exclusion value set (radiation dermatitis, burns, skin infections), and a
+    Condition dated only by when it was charted whose term is one already known before ICB start
+    (pre-existing atopic dermatitis charted again after ICB start is the same old condition).
+    """
+    wanted = protocol.cohort.cirae_valueset
+    unwanted = protocol.cohort.cirae_exclusion_valueset
+    records = [
+        _Skin(
+            e,
+            _onset_days(e, birth),
+            e.kind is EventKind.CONDITION and e.values.get("onset", {}) is None,
+        )
+        for e in events
+        if e.kind in _CIRAE_KINDS and wanted in e.concept_ids and unwanted not in e.concept_ids
+    ]
+    known_before = {
+        key
+        for r in records
+        if r.onset is not None and r.onset[1] < icb_start
+        for key in _term_keys(r.event)
+    }
+    return [r for r in records if not (r.charted_only and _term_keys(r.event) & known_before)]
 
 
 def _index_cirae(
-    protocol: CohortProtocol, events: Sequence[TrialEvent], icb_start: dt.date
+    protocol: CohortProtocol, records: Sequence[_Skin], icb_start: dt.date
 ) -> _Dated | None:
     """The earliest cirAE wholly on/after ICB start (if the protocol says so), at its first day."""
     after_only = protocol.cohort.cirae_onset_after_icb
     return _earliest_dated(
-        _Dated(e, e.date.first)
-        for e in _cirae_events(protocol, events)
-        if e.date is not None and (not after_only or e.date.first >= icb_start)
+        _Dated(r.event, r.onset[0])
+        for r in records
+        if r.onset is not None and (not after_only or r.onset[0] >= icb_start)
     )
 
 
 def _indeterminate_cirae(
-    protocol: CohortProtocol, events: Sequence[TrialEvent], icb_start: dt.date
+    protocol: CohortProtocol, records: Sequence[_Skin], icb_start: dt.date
 ) -> str | None:
     """Why a cirAE neither before nor after ICB start leaves the group unknown, else None."""
-    dates = [e.date for e in _cirae_events(protocol, events)]
-    if any(date is None for date in dates):
+    if any(r.onset is None for r in records):
         return "cirAE without a date: group indeterminate"
     after_only = protocol.cohort.cirae_onset_after_icb
-    if after_only and any(d is not None and d.first < icb_start <= d.last for d in dates):
+    if after_only and any(r.onset and r.onset[0] < icb_start <= r.onset[1] for r in records):
         return "cirAE dated only to a month or year containing ICB start: group indeterminate"
     return None
 
@@ -514,6 +611,7 @@ def _undated_death(events: Sequence[TrialEvent]) -> bool:
 def _exclusion_reason(
     protocol: CohortProtocol,
     events: Sequence[TrialEvent],
+    records: Sequence[_Skin],
     icb_start: dt.date,
     death: dt.date | None,
     cirae: _Dated | None,
@@ -524,7 +622,7 @@ def _exclusion_reason(
         return "death recorded without a date"
     if death is not None and death < icb_start:
         return "death before ICB start"
-    if cirae is None and (indeterminate := _indeterminate_cirae(protocol, events, icb_start)):
+    if cirae is None and (indeterminate := _indeterminate_cirae(protocol, records, icb_start)):
         return indeterminate
     return dupilumab_reason
 
@@ -540,14 +638,16 @@ def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclu
     start = facts.day1
     last_fact = _last_fact(events, start)
     death = _death(events, last_fact)
-    cirae = _index_cirae(protocol, events, start)
+    demographics = _demographics(events)
+    birth = parse_partial_date(demographics.get("birth_date"))
+    records = _cirae_records(protocol, events, start, birth)
+    cirae = _index_cirae(protocol, records, start)
     dupilumab, dupilumab_reason = _dupilumab_group(
         protocol, events, cirae.day if cirae is not None else None
     )
-    reason = _exclusion_reason(protocol, events, start, death, cirae, dupilumab_reason)
+    reason = _exclusion_reason(protocol, events, records, start, death, cirae, dupilumab_reason)
     if reason is not None:
         return Exclusion(patient.subject_id, reason)
-    demographics = _demographics(events)
     subject = CirAESubject(
         patient_id=patient.patient_id,
         subject_id=patient.subject_id,

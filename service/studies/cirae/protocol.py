@@ -48,6 +48,8 @@ class CohortStudy(Strict):
 
     icb_classes: IcbClasses
     cirae_valueset: str
+    # skin terms that are never a cirAE (radiation dermatitis, burns, skin infections)
+    cirae_exclusion_valueset: str
     cirae_onset_after_icb: bool
     treatment_valueset: str
     groups: tuple[Literal["dupilumab", "control_1", "control_2"], ...]
