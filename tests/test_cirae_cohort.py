@@ -105,7 +105,7 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
         kit.encounter(id="p1-visit", patient="p1", start="2022-06-01", end="2022-06-01"),
     ],
     # control 1: nivolumab + ipilimumab on one day → combination; an eczema before ICB is not the
-    # cirAE; the AE pruritus is (outcome 'recovering' is not in the resolution table → none);
+    # cirAE; the AE pruritus is (outcome 'recovering' → partial, CLINICAL.md revision 2);
     # (CLINICAL.md revision 2: the 2019 dupilumab this patient had is gone from the fixture: a
     # control never received dupilumab, so it would exclude p2; tests/test_cirae_rev2.py has it);
     # topical hydrocortisone is not systemic; melanoma stage IV before ICB (the later IIIB is
@@ -400,7 +400,7 @@ def test_combination_control_1_in_full() -> None:
         cancer_type="C43",
         stage="IV",
         cirae_onset=D(2020, 7, 15),
-        resolution="none",
+        resolution="partial",  # revision 2: AE outcome 'recovering' is a partial resolution
         dupilumab_start=None,
         glucocorticoid_start=None,
         death=D(2021, 2, 1),
@@ -490,11 +490,12 @@ def test_onset_before_icb_counts_when_the_protocol_allows_it() -> None:
     )
     cohort = {s.patient_id: s for s in build_cohort(loose, _patients())}
     assert (cohort["p3"].group, cohort["p3"].cirae_onset) == ("control_1", D(2021, 12, 1))
-    # p2's eczema (2019) becomes the cirAE (p2 has no dupilumab since revision 2's fixture).
+    # p2's eczema (2019) becomes the cirAE (p2 has no dupilumab since revision 2's fixture); the
+    # episode's latest status is the 2020 pruritus, recovering (revision 2: partial).
     assert (cohort["p2"].group, cohort["p2"].cirae_onset, cohort["p2"].resolution) == (
         "control_1",
         D(2019, 1, 1),
-        "complete",
+        "partial",
     )
     assert cohort["p2"].dupilumab_start is None
 

@@ -289,3 +289,114 @@ def test_14_the_condition_event_keeps_its_onset(
     [event] = events_of(TERMS, [resource])
     assert event.values["onset"] == expected
     assert event.values["recorded_date"] == "2021-04-01"
+
+
+# -- 15. resolution: the latest status of the episode, AdverseEvent.outcome read ------------------
+
+
+def _ae(
+    pid: str, rid: str, term: str, date: str, outcome: str | None, **extra: Any
+) -> dict[str, Any]:
+    """An AdverseEvent of a skin term with an HL7 adverse-event-outcome code."""
+    return kit.adverse_event(
+        id=f"{pid}-{rid}", patient=pid, event=term, date=date, outcome=outcome, **extra
+    )
+
+
+RESOLUTION_PATIENTS: dict[str, Resources] = {
+    # AdverseEvent outcomes alone: recovering / resolvedWithSequelae → partial; resolved →
+    # complete; fatal → none.
+    "recovering": [
+        *_patient("recovering", "2021-03-01"),
+        _ae("recovering", "ae", "Pruritus", "2021-03-20", "recovering"),
+    ],
+    "sequelae": [
+        *_patient("sequelae", "2021-03-02"),
+        _ae("sequelae", "ae", "Maculopapular rash", "2021-03-20", "resolvedWithSequelae"),
+    ],
+    "ae-resolved": [
+        *_patient("ae-resolved", "2021-03-03"),
+        _ae("ae-resolved", "ae", "Maculopapular rash", "2021-03-20", "resolved"),
+    ],
+    "fatal": [
+        *_patient("fatal", "2021-03-04"),
+        _ae("fatal", "ae", "Stevens-Johnson syndrome", "2021-03-20", "fatal"),
+    ],
+    # the first record active, a later record of the same rash resolved (abated on 5 May): complete,
+    # resolved 65 days after ICB start.
+    "later-resolved": [
+        *_patient("later-resolved", "2021-03-05"),
+        _skin(
+            "later-resolved",
+            "rash",
+            "Maculopapular rash",
+            onset="2021-03-20",
+            recorded="2021-03-20",
+        ),
+        _skin(
+            "later-resolved",
+            "rash2",
+            "Maculopapular rash",
+            clinical="resolved",
+            onset="2021-03-20",
+            recorded="2021-05-10",
+            abatementDateTime="2021-05-09",
+        ),
+    ],
+    # resolved, then the skin flares again (a later AE, ongoing): none.
+    "flare": [
+        *_patient("flare", "2021-03-08"),
+        _skin(
+            "flare",
+            "rash",
+            "Lichenoid dermatitis",
+            clinical="resolved",
+            onset="2021-03-20",
+            abatementDateTime="2021-04-10",
+        ),
+        _ae("flare", "ae", "Lichenoid dermatitis", "2021-06-01", "ongoing"),
+    ],
+    # an active Condition, then an AE of the same term recovering: partial.
+    "cond-then-ae": [
+        *_patient("cond-then-ae", "2021-03-09"),
+        _skin("cond-then-ae", "ecz", "Eczematous dermatitis", onset="2021-03-20"),
+        _ae("cond-then-ae", "ae", "Eczematous dermatitis", "2021-03-30", "recovering"),
+    ],
+    # remission → partial.
+    "remission": [
+        *_patient("remission", "2021-03-10"),
+        _skin("remission", "bp", "Bullous pemphigoid", clinical="remission", onset="2021-03-20"),
+    ],
+    # an AE with no outcome at all → none.
+    "no-status": [
+        *_patient("no-status", "2021-03-11"),
+        _ae("no-status", "ae", "Pruritus", "2021-03-20", None),
+    ],
+}
+
+
+def test_15_resolution_is_the_latest_status_of_the_episode(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Resolution by hand from CLINICAL.md: 2 complete, 4 partial, 3 none; 6 of 9 resolved."""
+    _post(fhir, RESOLUTION_PATIENTS)
+    ids = _subject_ids(api)
+    out = _outcomes(api)["outcomes"]
+    rows = {r["subject_id"]: r for r in out["subjects"]}
+    found = {
+        day: (rows[sid]["resolution"], rows[sid]["resolution_day"]) for day, sid in ids.items()
+    }
+    assert found == {
+        "2021-03-01": ("partial", None),  # recovering
+        "2021-03-02": ("partial", None),  # resolvedWithSequelae
+        "2021-03-03": ("complete", None),  # resolved (no resolution date given)
+        "2021-03-04": ("none", None),  # fatal
+        "2021-03-05": ("complete", 65),  # the later record: resolved, abated 2021-05-09
+        "2021-03-08": ("none", None),  # resolved, then a later ongoing flare
+        "2021-03-09": ("partial", None),  # the later AE: recovering
+        "2021-03-10": ("partial", None),  # remission
+        "2021-03-11": ("none", None),  # no outcome
+    }
+    resolution = out["resolution"]
+    assert resolution["categories"] == {"complete": 2, "partial": 4, "none": 3}
+    assert (resolution["overall"]["successes"], resolution["overall"]["n"]) == (6, 9)

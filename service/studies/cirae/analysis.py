@@ -46,8 +46,10 @@ def resolution_summary(cohort: Sequence[CirAESubject], level: float) -> dict[str
         return proportion_ci(resolved, len(subjects), level)
 
     return {
-        "definition": "complete or partial resolution among patients with a cirAE "
-        "(a cirAE without a recorded status counts as none)",
+        "definition": "complete or partial resolution among patients with a cirAE, from the "
+        "latest status of the index cirAE episode (Condition.clinicalStatus, "
+        "AdverseEvent.outcome of its records and of later cirAE records; a cirAE without a "
+        "recorded status counts as none)",
         "categories": {k: counts.get(k, 0) for k in ("complete", "partial", "none")},
         "overall": rate(with_cirae),
         "by_group": {
@@ -92,6 +94,7 @@ def analysis_listing(cohort: Sequence[CirAESubject]) -> list[dict[str, Any]]:
             "stage": s.stage,
             "cirae_onset_day": _day_of(s, s.cirae_onset),
             "resolution": s.resolution,
+            "resolution_day": _day_of(s, s.resolution_date),
             "dupilumab_start_day": _day_of(s, s.dupilumab_start),
             "glucocorticoid_start_day": _day_of(s, s.glucocorticoid_start),
             "os_days": s.os_days,

@@ -381,13 +381,61 @@ def _indeterminate_cirae(
     return None
 
 
-def _resolution(protocol: CohortProtocol, cirae: TrialEvent) -> Resolution:
-    """The protocol's category for the cirAE's status (clinicalStatus / AE outcome); else 'none'."""
-    key = "clinical_status" if cirae.kind is EventKind.CONDITION else "outcome"
-    status = cirae.values.get(key)
-    if not isinstance(status, str):
-        return "none"
-    return protocol.cohort.resolution.get(status, "none")
+_RESOLUTION_RANK: dict[Resolution, int] = {"none": 0, "partial": 1, "complete": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class _Status:
+    """The resolution a record states, and the day it stated it."""
+
+    resolution: Resolution
+    day: dt.date
+    event: TrialEvent
+
+
+def _stated(protocol: CohortProtocol, record: _Skin) -> _Status | None:
+    """What one record says of the episode: its status and the latest day it is dated by.
+
+    A Condition's clinicalStatus or an AdverseEvent's outcome, through the protocol's tables (a
+    status they do not list: none); a record without a status says nothing. Its day is the latest
+    of its abatement / resolution date, the day it was charted and its onset.
+    """
+    event = record.event
+    tables = protocol.cohort.resolution
+    if event.kind is EventKind.CONDITION:
+        status, table = event.values.get("clinical_status"), tables.clinical_status
+    else:
+        status, table = event.values.get("outcome"), tables.adverse_event_outcome
+    if not isinstance(status, str) or record.onset is None:
+        return None
+    days = [record.onset[0]]
+    days += [
+        d.first for d in (event.end, parse_partial_date(event.values.get("recorded_date"))) if d
+    ]
+    return _Status(table.get(status, "none"), max(days), event)
+
+
+def _resolution(
+    protocol: CohortProtocol, records: Sequence[_Skin], index: _Dated
+) -> _Status | None:
+    """The latest status of the index cirAE episode (CLINICAL.md revision 2), None if none stated.
+
+    The episode is every cirAE record starting on or after the index onset (the index and later
+    records of the same or another cirAE term). The latest stated status wins; records stating
+    theirs on the same day: the furthest resolution (a resolution charted that day is news).
+    """
+    stated = [
+        status
+        for r in records
+        if r.onset is not None
+        and r.onset[0] >= index.day
+        and (status := _stated(protocol, r)) is not None
+    ]
+    return max(
+        stated,
+        key=lambda s: (s.day, _RESOLUTION_RANK[s.resolution], _source_key(s.event.source)),
+        default=None,
+    )
 
 
 def _dupilumab_group(
@@ -648,6 +696,8 @@ def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclu
     reason = _exclusion_reason(protocol, events, records, start, death, cirae, dupilumab_reason)
     if reason is not None:
         return Exclusion(patient.subject_id, reason)
+    status = _resolution(protocol, records, cirae) if cirae is not None else None
+    resolved = status is not None and status.resolution != "none"
     subject = CirAESubject(
         patient_id=patient.patient_id,
         subject_id=patient.subject_id,
@@ -661,15 +711,23 @@ def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclu
         cancer_type=_cancer_type(events, start),
         stage=_stage(events, start),
         cirae_onset=cirae.day if cirae is not None else None,
-        resolution=_resolution(protocol, cirae.event) if cirae is not None else None,
+        resolution=(status.resolution if status else "none") if cirae is not None else None,
         dupilumab_start=dupilumab.day if dupilumab is not None else None,
         glucocorticoid_start=_glucocorticoid_start(protocol, events, start),
         death=death,
         last_seen=max(last_fact, death) if death is not None else last_fact,
-        evidence=(
-            facts.evidence[0],
-            *(d.event.source for d in (cirae, dupilumab) if d is not None),
+        evidence=tuple(
+            dict.fromkeys(
+                (
+                    facts.evidence[0],
+                    *(d.event.source for d in (cirae, dupilumab) if d is not None),
+                    *((status.event.source,) if status is not None else ()),
+                )
+            )
         ),
+        resolution_date=status.event.end.first
+        if status is not None and resolved and status.event.end is not None
+        else None,
     )
     return _Draft(subject, _history_codes(events, start))
 

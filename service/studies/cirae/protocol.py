@@ -43,6 +43,16 @@ class Glucocorticoid(Strict):
     window_years: int = Field(ge=1)
 
 
+ResolutionCategory = Literal["complete", "partial", "none"]
+
+
+class ResolutionTables(Strict):
+    """The latest status of a cirAE episode → its resolution (CLINICAL.md; a status not listed: none)."""
+
+    clinical_status: dict[str, ResolutionCategory]  # Condition.clinicalStatus codes
+    adverse_event_outcome: dict[str, ResolutionCategory]  # AdverseEvent.outcome codes
+
+
 class CohortStudy(Strict):
     """The retrospective cohort: who is in it and how it is analysed."""
 
@@ -59,7 +69,7 @@ class CohortStudy(Strict):
     charlson_weighting: Literal["charlson", "quan"]
     # **choice**: ICB classes first given within this many days of initiation make it a combination.
     icb_combination_window_days: int = Field(ge=0)
-    resolution: dict[str, Literal["complete", "partial", "none"]]
+    resolution: ResolutionTables
     glucocorticoid: Glucocorticoid
     adjustment: tuple[
         Literal["sex", "race", "age", "icb_type", "charlson", "cancer_type", "stage"], ...

@@ -35,6 +35,8 @@ class CirAESubject:
     death: dt.date | None
     last_seen: dt.date
     evidence: tuple[SourceRef, ...] = ()
+    # when the cirAE resolved (complete or partial): the deciding record's abatement/resolution date
+    resolution_date: dt.date | None = None
 
     @property
     def icb_year(self) -> int:
