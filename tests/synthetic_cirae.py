@@ -290,13 +290,20 @@ def _cirae(truth: Truth, index: int) -> list[dict[str, Any]]:
 
 
 def _glucocorticoid(truth: Truth, index: int) -> list[dict[str, Any]]:
-    """Oral prednisone: an administration for most patients, an order for every third one."""
+    """Oral prednisone: daily administrations for most patients, an order for every third one.
+
+    A course, not a single dose (CLINICAL.md revision 2: a single-day dose is not a course): up to
+    5 daily doses, none after the last day of follow-up (the start is before it, so at least 2).
+    """
     day = truth.glucocorticoid_start
     if day is None:
         return []
     if index % 3:
+        days = [day + dt.timedelta(days=k) for k in range(5)]
         return [
-            _administration(truth, "prednisone", "prednisone 20 MG oral tablet", day, "oral", 40)
+            _administration(truth, f"prednisone-{k}", "prednisone 20 MG oral tablet", d, "oral", 40)
+            for k, d in enumerate(days)
+            if d <= truth.last_contact
         ]
     return [
         kit.medication_request(

@@ -206,7 +206,8 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
         ),
     ],
     # control 1: cemiplimab, then ipilimumab 28 days later (outside 21 days) → PD-1;
-    # bullous pemphigoid in remission → partial; IV dexamethasone exactly 2 years after start counts;
+    # bullous pemphigoid in remission → partial; one IV dexamethasone dose exactly 2 years after
+    # start (revision 2: a single-day dose is not a course);
     # no Patient resource → no sex, race or age; no cancer condition → unknown.
     "p4": [
         kit.medication_administration(
@@ -432,7 +433,9 @@ def test_second_class_outside_the_window_is_not_combination() -> None:
     assert (s.icb_type, s.group, s.resolution) == ("PD-1", "control_1", "partial")
     assert (s.sex, s.race, s.age_years) == (None, None, None)
     assert (s.cancer_type, s.stage, s.charlson) == ("unknown", "unknown", 0)
-    assert s.glucocorticoid_start == D(2021, 2, 1)  # exactly 2 years: inside the window
+    # revision 2: the one IV dexamethasone dose (exactly 2 years after ICB start) is a single-day
+    # dose, not a course (tests/test_cirae_rev2.py checks the window edge with courses).
+    assert s.glucocorticoid_start is None
     assert s.cirae_onset == D(2019, 5, 5)
 
 
@@ -705,8 +708,8 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
             effectivePeriod=kit.period("2020-12-01", "2021-03-10"),
         ),
     ],
-    # an open-ended order before ICB start, a course ended the day before ICB start, and a
-    # month-only statement (cannot time the covariate) → unexposed.
+    # an open-ended order before ICB start and a course ended the day before ICB start → not
+    # exposure; a month-only statement → placed on the 1st of its month, flagged (revision 2).
     "g2": [
         *_base("g2"),
         kit.medication_request(
@@ -950,7 +953,11 @@ def test_dupilumab_before_the_cirae_fits_no_group() -> None:
 def test_glucocorticoid_running_at_icb_start_counts() -> None:
     """A course overlapping the window counts from max(start, ICB start); open-ended: if inside."""
     assert EDGES["g1"].glucocorticoid_start == D(2021, 3, 1)
-    assert EDGES["g2"].glucocorticoid_start is None
+    assert EDGES["g2"].glucocorticoid_start == D(2021, 5, 1)  # revision 2: was ignored
+    assert (
+        EDGES["g2"].glucocorticoid_flag
+        == "a month-precision record placed at the start of its period"
+    )
     assert EDGES["g3"].glucocorticoid_start == D(2021, 6, 1)
 
 

@@ -400,3 +400,140 @@ def test_15_resolution_is_the_latest_status_of_the_episode(
     resolution = out["resolution"]
     assert resolution["categories"] == {"complete": 2, "partial": 4, "none": 3}
     assert (resolution["overall"]["successes"], resolution["overall"]["n"]) == (6, 9)
+
+
+# -- 16. glucocorticoid courses ----------------------------------------------------------------------
+
+DEX = "dexamethasone 8 MG/2ML injection"
+PRED = "prednisone 20 MG oral tablet"
+
+
+def _pred_order(pid: str, rid: str, start: str, end: str, route: str = "oral") -> dict[str, Any]:
+    """A prednisone order over [start, end] (dosageInstruction.timing.repeat.boundsPeriod)."""
+    return kit.medication_request(
+        id=f"{pid}-{rid}",
+        patient=pid,
+        medication=PRED,
+        authored=start,
+        dosageInstruction=[
+            {
+                "route": {"text": route},
+                "timing": {"repeat": {"boundsPeriod": kit.period(start, end)}},
+            }
+        ],
+    )
+
+
+GC_PATIENTS: dict[str, Resources] = {
+    # one antiemetic dexamethasone dose on the ICB day: not a course → unexposed.
+    "antiemetic": [
+        *_patient("antiemetic", "2021-04-05"),
+        _dose("antiemetic", "dex", DEX, "2021-04-05", "IV"),
+    ],
+    # a single dose with every ICB cycle (days 0, 21, 42): single days → unexposed.
+    "cycles": [
+        *_patient("cycles", "2021-04-06"),
+        *(
+            _dose("cycles", f"dex{k}", DEX, d, "IV")
+            for k, d in enumerate(["2021-04-06", "2021-04-27", "2021-05-18"])
+        ),
+    ],
+    # the antiemetic dose on day 0, then a prednisone course ordered for days 50–63: day 50.
+    "dex-then-course": [
+        *_patient("dex-then-course", "2021-04-07"),
+        _dose("dex-then-course", "dex", DEX, "2021-04-07", "IV"),
+        _pred_order("dex-then-course", "pred", "2021-05-27", "2021-06-09"),
+    ],
+    # doses on two consecutive days (days 10 and 11) are a course (min_course_days = 2): day 10.
+    "two-days": [
+        *_patient("two-days", "2021-04-08"),
+        _dose("two-days", "p1", PRED, "2021-04-18", "oral"),
+        _dose("two-days", "p2", PRED, "2021-04-19", "oral"),
+    ],
+    # doses two days apart (days 10 and 12: course_gap_days = 1) are two single doses: unexposed.
+    "gap": [
+        *_patient("gap", "2021-04-09"),
+        _dose("gap", "p1", PRED, "2021-04-19", "oral"),
+        _dose("gap", "p2", PRED, "2021-04-21", "oral"),
+    ],
+    # a MedicationStatement known to the month (June 2021, ICB 12 April): placed on 1 June, day 50,
+    # and flagged.
+    "month": [
+        *_patient("month", "2021-04-12"),
+        kit.medication_statement(
+            id="month-pred",
+            patient="month",
+            medication=PRED,
+            route="oral",
+            effectivePeriod=kit.period("2021-06"),
+        ),
+    ],
+    # a MedicationStatement of the month ICB started in (April 2021, ICB 13 April): exposed from
+    # ICB start (day 0), flagged.
+    "month-of-icb": [
+        *_patient("month-of-icb", "2021-04-13"),
+        kit.medication_statement(
+            id="month-of-icb-pred",
+            patient="month-of-icb",
+            medication=PRED,
+            route="oral",
+            effectivePeriod=kit.period("2021-04"),
+        ),
+    ],
+    # an administration known to the year only: one dose on an unknown day, never a course.
+    "year-dose": [
+        *_patient("year-dose", "2021-04-14"),
+        _dose("year-dose", "p", PRED, "2022", "oral"),
+    ],
+    # a course starting exactly 2 years after ICB start (the window's last day): day 730.
+    "edge-in": [
+        *_patient("edge-in", "2021-04-15"),
+        _pred_order("edge-in", "pred", "2023-04-15", "2023-04-28"),
+    ],
+    # a course starting one day later: outside the window, unexposed.
+    "edge-out": [
+        *_patient("edge-out", "2021-04-16"),
+        _pred_order("edge-out", "pred", "2023-04-17", "2023-04-30"),
+    ],
+    # a topical course: not systemic, unexposed.
+    "topical": [
+        *_patient("topical", "2021-04-19"),
+        kit.medication_request(
+            id="topical-hc",
+            patient="topical",
+            medication="hydrocortisone 1 % topical cream",
+            authored="2021-05-01",
+            dosageInstruction=[
+                {"timing": {"repeat": {"boundsPeriod": kit.period("2021-05-01", "2021-05-14")}}}
+            ],
+        ),
+    ],
+}
+
+
+def test_16_glucocorticoid_exposure_starts_with_a_course(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Single-day doses do not switch exposure on; a month-precision statement does, flagged."""
+    _post(fhir, GC_PATIENTS)
+    ids = _subject_ids(api)
+    out = _outcomes(api)["outcomes"]
+    rows = {r["subject_id"]: r for r in out["subjects"]}
+    found = {
+        day: (rows[sid]["glucocorticoid_start_day"], rows[sid]["glucocorticoid_flag"])
+        for day, sid in ids.items()
+    }
+    month = "a month-precision record placed at the start of its period"
+    assert found == {
+        "2021-04-05": (None, None),  # one antiemetic dose on the ICB day
+        "2021-04-06": (None, None),  # one dose per cycle
+        "2021-04-07": (50, None),  # the prednisone course, not the day-0 dose
+        "2021-04-08": (10, None),  # two consecutive days
+        "2021-04-09": (None, None),  # two days apart
+        "2021-04-12": (50, month),  # June 2021 → 1 June
+        "2021-04-13": (0, month),  # April 2021, the month of ICB start
+        "2021-04-14": (None, None),  # a year-dated dose
+        "2021-04-15": (730, None),  # the window's last day
+        "2021-04-16": (None, None),  # one day past the window
+        "2021-04-19": (None, None),  # topical
+    }

@@ -97,6 +97,7 @@ def analysis_listing(cohort: Sequence[CirAESubject]) -> list[dict[str, Any]]:
             "resolution_day": _day_of(s, s.resolution_date),
             "dupilumab_start_day": _day_of(s, s.dupilumab_start),
             "glucocorticoid_start_day": _day_of(s, s.glucocorticoid_start),
+            "glucocorticoid_flag": s.glucocorticoid_flag,
             "os_days": s.os_days,
             "died": s.died,
         }

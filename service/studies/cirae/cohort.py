@@ -36,12 +36,15 @@ Decisions (each also noted where it is made):
 * Resolution is read from the index cirAE only: Condition.clinicalStatus, or AdverseEvent.outcome,
   looked up in the protocol's resolution table; no status, or one the table does not list → "none"
   (CLINICAL.md: "otherwise none"). Subjects without a cirAE have no resolution (None).
-* Glucocorticoids: an exposure with a day-precision start counts when [start, end] overlaps
-  [ICB start, the same calendar date `window_years` later] (29 Feb → 28 Feb), from max(start, ICB
-  start): a course running at ICB start counts from ICB start. An open-ended order or statement (no
-  end) is its start day only, so it counts only when it starts inside the window (its length is
-  unknown, and assuming it ran on would date any old prescription from ICB start). An unknown route
-  counts as systemic, only "local" is out; a start coarser than a day cannot time the covariate.
+* Glucocorticoids (CLINICAL.md revision 2): exposure starts on the first day of a systemic course
+  overlapping [ICB start, the same calendar date `window_years` later] (29 Feb → 28 Feb), from
+  max(course start, ICB start): a course running at ICB start counts from ICB start. Records join
+  into a course when at most `course_gap_days` apart; a course covers at least `min_course_days`
+  days (**choice**: a single-day dose, antiemetic or premedication dexamethasone, is not one) or
+  holds an open-ended order or statement (a course of unknown length, counted from its start day
+  only, so only when it starts inside the window). A month- or year-precision order or statement is
+  placed at the start of its period (**choice**, flagged on the subject); a coarsely dated
+  administration is one dose. An unknown route counts as systemic, only "local" is out.
 * Age is (ICB start − birth date) / 365.25 days; a birth date known only to the month or year is
   taken at the middle of that month or year; a birth date after ICB start (a negative age) is a data
   error and gives None.
@@ -144,15 +147,6 @@ class _Dated:
     day: dt.date
 
 
-@dataclass(frozen=True, slots=True)
-class _Span:
-    """The days a drug exposure can cover, so exposure running across a boundary is seen."""
-
-    event: TrialEvent
-    first: dt.date
-    last: dt.date
-
-
 # -- small helpers -------------------------------------------------------------------------------
 
 
@@ -211,14 +205,6 @@ def _add_years(day: dt.date, years: int) -> dt.date:
 def _drugs(events: Iterable[TrialEvent], valueset: str) -> list[TrialEvent]:
     """Administrations and orders/statements of a drug value set."""
     return [e for e in events if e.kind in _DRUG_KINDS and valueset in e.concept_ids]
-
-
-def _span(event: TrialEvent) -> _Span | None:
-    """From the date's first day to the end's (else the date's) last day; None when undated."""
-    if event.date is None:
-        return None
-    stop = event.end if event.end is not None else event.date
-    return _Span(event, event.date.first, max(event.date.first, stop.last))
 
 
 def _is_request(event: TrialEvent) -> bool:
@@ -608,22 +594,98 @@ def _stage(events: Sequence[TrialEvent], icb_start: dt.date) -> str:
 # -- follow-up: glucocorticoids, death, last data point -------------------------------------------
 
 
-def _glucocorticoid_start(
+@dataclass(frozen=True, slots=True)
+class _Course:
+    """Days of glucocorticoid exposure joined from records (a course, or a single dose)."""
+
+    first: dt.date
+    last: dt.date
+    open_ended: bool  # an order or statement with no end: a course of unknown length
+    coarse: str | None  # the precision of a month- or year-dated record in it
+
+
+@dataclass(frozen=True, slots=True)
+class GlucocorticoidExposure:
+    """When systemic glucocorticoid exposure starts in the window, and how sure that day is."""
+
+    start: dt.date | None
+    flag: str | None = None
+
+
+def _gc_spans(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> list[_Course]:
+    """Each systemic glucocorticoid record as the days it covers (not yet joined into courses).
+
+    An administration is its day (or its effectivePeriod); an order or statement runs from its
+    start to its end, or is its start day only when open-ended (its length is unknown, and assuming
+    it ran on would date any old prescription from ICB start). A month- or year-precision record is
+    placed at the start of its period (**choice**, flagged) and covers that period; a coarsely dated
+    administration is one dose on an unknown day and never a course.
+    """
+    settings = protocol.cohort.glucocorticoid
+    spans: list[_Course] = []
+    for e in _drugs(events, settings.valueset):
+        if settings.systemic_only and e.values.get("route_class") == "local":
+            continue
+        if e.date is None:
+            continue
+        administered = e.kind is EventKind.DRUG_ADMINISTRATION
+        coarse = e.date.precision if e.date.day is None else None
+        if coarse is not None and (administered or settings.coarse_dates == "ignore"):
+            continue
+        open_ended = not administered and e.end is None
+        if e.end is not None:
+            last = max(e.date.first, e.end.last)
+        else:
+            last = e.date.last if coarse is not None else e.date.first
+        spans.append(_Course(e.date.first, last, open_ended, coarse))
+    return spans
+
+
+def _courses(spans: Sequence[_Course], gap_days: int) -> list[_Course]:
+    """Spans joined when the next starts at most `gap_days` after the last day so far."""
+    joined: list[_Course] = []
+    for span in sorted(spans, key=lambda c: (c.first, c.last)):
+        if joined and (span.first - joined[-1].last).days <= gap_days:
+            current = joined[-1]
+            joined[-1] = _Course(
+                current.first,
+                max(current.last, span.last),
+                current.open_ended or span.open_ended,
+                current.coarse or span.coarse,
+            )
+        else:
+            joined.append(span)
+    return joined
+
+
+def glucocorticoid_exposure(
     protocol: CohortProtocol, events: Sequence[TrialEvent], icb_start: dt.date
-) -> dt.date | None:
-    """First day of systemic glucocorticoid exposure in [ICB start, +window] (the Cox covariate)."""
+) -> GlucocorticoidExposure:
+    """First day of a systemic glucocorticoid course in [ICB start, +window] (the Cox covariate).
+
+    CLINICAL.md revision 2: exposure starts at the first day of a course; a single-day dose is not
+    a course (**choice**: `min_course_days`); a course running at ICB start counts from ICB start.
+    """
     settings = protocol.cohort.glucocorticoid
     window_end = _add_years(icb_start, settings.window_years)
-    starts = [
-        max(s.first, icb_start)
-        for e in _drugs(events, settings.valueset)
-        if not (settings.systemic_only and e.values.get("route_class") == "local")
-        and _day(e) is not None
-        and (s := _span(e)) is not None
-        and s.first <= window_end
-        and s.last >= icb_start
+    courses = [
+        c
+        for c in _courses(_gc_spans(protocol, events), settings.course_gap_days)
+        if (c.open_ended or (c.last - c.first).days + 1 >= settings.min_course_days)
+        and c.first <= window_end
+        and c.last >= icb_start
     ]
-    return min(starts, default=None)
+    first = min(
+        courses, key=lambda c: (max(c.first, icb_start), c.coarse is not None), default=None
+    )
+    if first is None:
+        return GlucocorticoidExposure(None)
+    flag = (
+        f"a {first.coarse}-precision record placed at the start of its period"
+        if first.coarse is not None
+        else None
+    )
+    return GlucocorticoidExposure(max(first.first, icb_start), flag)
 
 
 def _last_fact(events: Sequence[TrialEvent], icb_start: dt.date) -> dt.date:
@@ -697,6 +759,7 @@ def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclu
     if reason is not None:
         return Exclusion(patient.subject_id, reason)
     status = _resolution(protocol, records, cirae) if cirae is not None else None
+    glucocorticoids = glucocorticoid_exposure(protocol, events, start)
     resolved = status is not None and status.resolution != "none"
     subject = CirAESubject(
         patient_id=patient.patient_id,
@@ -713,7 +776,8 @@ def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclu
         cirae_onset=cirae.day if cirae is not None else None,
         resolution=(status.resolution if status else "none") if cirae is not None else None,
         dupilumab_start=dupilumab.day if dupilumab is not None else None,
-        glucocorticoid_start=_glucocorticoid_start(protocol, events, start),
+        glucocorticoid_start=glucocorticoids.start,
+        glucocorticoid_flag=glucocorticoids.flag,
         death=death,
         last_seen=max(last_fact, death) if death is not None else last_fact,
         evidence=tuple(

@@ -36,11 +36,19 @@ class IcbClasses(Strict):
 
 
 class Glucocorticoid(Strict):
-    """Systemic glucocorticoid exposure, a time-varying covariate."""
+    """Systemic glucocorticoid exposure, a time-varying covariate starting at the first course."""
 
     valueset: str
     systemic_only: bool
     window_years: int = Field(ge=1)
+    # **choice**: a course covers at least this many days (2: a single-day dose, antiemetic or
+    # premedication dexamethasone, is not a course).
+    min_course_days: int = Field(ge=1)
+    # records of days at most this far apart are one course (1: consecutive days).
+    course_gap_days: int = Field(ge=1)
+    # **choice**: a month- or year-precision record is placed at the start of its period (and
+    # flagged), or ignored.
+    coarse_dates: Literal["period_start", "ignore"]
 
 
 ResolutionCategory = Literal["complete", "partial", "none"]
