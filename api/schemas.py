@@ -407,7 +407,9 @@ class CohortOutcomesOut(BaseModel):
     )
     outcomes: dict[str, Any] = Field(
         description="NCT06088771: counts, mpr, pcr, time_to_surgery, feasibility, safety, efs, os, "
-        "subjects, swimmer. cirae-dupilumab: groups, resolution, matching, cox, survival, km_groups.",
+        "subjects, swimmer. cirae-dupilumab: protocol, groups, resolution, matching, cox (per "
+        "control group: primary, matched_sets, unadjusted, fixed_group models), survival, "
+        "km_groups, excluded, subjects (the pseudonymous analysis listing).",
         examples=[
             {
                 "mpr": {

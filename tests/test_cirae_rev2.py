@@ -7,19 +7,43 @@ pseudonymous subject id of each hand-written patient without the API revealing w
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import itertools
+import math
+import statistics
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
+from lifelines import CoxPHFitter, CoxTimeVaryingFitter
 
+from fhir_mapping.events.model import TrialEvent
 from service.protocol.terminology import build_terminology
+from service.studies.cirae.analysis import analyse, matched_population
+from service.studies.cirae.cohort import CohortPatient, build_cohort
+from service.studies.cirae.cox import (
+    FIXED_GROUP,
+    PRIMARY,
+    Interval,
+    build_design,
+    fit_cox,
+    tv_intervals,
+)
+from service.studies.cirae.matching import match
+from service.studies.cirae.records import CirAESubject, Group
+from service.studies.cirae.results import CoxFit, DupilumabCoding, ModelSpec
 from tests.conftest import LiveServer
 from tests.kit import fhir as kit
 from tests.kit.client import put_resources
 from tests.kit.mapping import events_of
+from tests.kit.protocols import cohort_protocol
+from tests.synthetic_cirae import PLANTED_DUPILUMAB_HR, SyntheticCohort, generate_time_varying
 
 TERMS = build_terminology()
+PROTOCOL = cohort_protocol(TERMS)
 STUDY = "cirae-dupilumab"
 Resources = list[dict[str, Any]]
 
@@ -537,3 +561,420 @@ def test_16_glucocorticoid_exposure_starts_with_a_course(
         "2021-04-16": (None, None),  # one day past the window
         "2021-04-19": (None, None),  # topical
     }
+
+
+# -- 17. dupilumab time-varying from its first dose; a model that respects the matched sets --------
+
+TIGHT = {"precision": 1e-10, "r_precision": 1e-14}  # the service's convergence (cox.FIT_OPTIONS)
+ICB_SETS = dt.date(2021, 6, 1)
+# Eight matched sets, each (case, control, control): (OS days, died, dupilumab day, glucocorticoid
+# course day). Every cirAE starts on day 10. Case k is 40 + 6k years old at ICB start, its
+# controls 1 and 2 years older: each case's own controls are its nearest (the next set is 4+
+# years away), so 1:2 matching (calipers age ±5, Charlson ±1, year ±1) makes exactly these sets.
+SetRow = tuple[int, bool, int | None, int | None]
+SETS: tuple[tuple[SetRow, SetRow, SetRow], ...] = (
+    ((400, True, 160, None), (150, True, None, 50), (620, False, None, None)),
+    ((820, True, 25, 100), (300, True, None, None), (510, True, None, 200)),
+    ((95, True, 40, None), (700, False, None, 60), (240, True, None, None)),
+    ((1000, False, 250, 300), (130, True, None, None), (460, True, None, 20)),
+    ((330, True, 20, 150), (880, True, None, None), (205, True, None, 90)),
+    ((560, True, 45, None), (75, True, None, None), (390, False, None, 120)),
+    ((710, False, 300, 400), (270, True, None, 30), (640, True, None, None)),
+    ((180, True, 60, 70), (930, True, None, None), (350, True, None, 250)),
+)  # fmt: skip
+
+
+def _set_member(k: int, j: int) -> tuple[str, dt.date, int]:
+    """Patient id, ICB start and age in days at ICB start of member j (0 = case) of set k."""
+    icb = ICB_SETS + dt.timedelta(days=3 * k + j)
+    age_days = round((40 + 6 * k + j) * 365.25)
+    return f"m{k}-{j}", icb, age_days
+
+
+def _on(icb: dt.date, days: int) -> str:
+    """The ISO day `days` after ICB start."""
+    return (icb + dt.timedelta(days=days)).isoformat()
+
+
+def _set_patients() -> dict[str, Resources]:
+    """The 24 patients as FHIR: ICB, cirAE, dupilumab, a prednisone course, death or a last visit."""
+    out: dict[str, Resources] = {}
+    for k, members in enumerate(SETS):
+        for j, (os_days, died, dupilumab, gc) in enumerate(members):
+            pid, icb, age_days = _set_member(k, j)
+            death = {"deceasedDateTime": _on(icb, os_days)} if died else {}
+            resources = [
+                kit.patient(
+                    id=pid,
+                    gender="female",
+                    birth_date=(icb - dt.timedelta(days=age_days)).isoformat(),
+                    extension=[kit.us_core_race(code="2106-3", display="White")],
+                    **death,
+                ),
+                kit.medication_administration(
+                    id=f"{pid}-icb", patient=pid, medication="pembrolizumab 200 MG", effective=icb
+                ),
+                _skin(pid, "rash", "Maculopapular rash", onset=_on(icb, 10)),
+            ]
+            if dupilumab is not None:
+                resources.append(
+                    _dose(pid, "dupi", "Dupixent 300 MG/2ML", _on(icb, dupilumab), "SC")
+                )
+            if gc is not None:
+                resources.append(_pred_order(pid, "pred", _on(icb, gc), _on(icb, gc + 13)))
+            if not died:
+                resources.append(
+                    kit.encounter(
+                        id=f"{pid}-visit",
+                        patient=pid,
+                        start=_on(icb, os_days),
+                        end=_on(icb, os_days),
+                    )
+                )
+            out[pid] = resources
+    return out
+
+
+def _long_table(*, dupilumab_fixed: bool) -> pd.DataFrame:
+    """The (start, stop] table written from SETS: split where dupilumab or glucocorticoids start."""
+    rows = []
+    for k, members in enumerate(SETS):
+        for j, (os_days, died, dupilumab, gc) in enumerate(members):
+            pid, _, age_days = _set_member(k, j)
+            cuts = sorted({c for c in (dupilumab, gc) if c is not None and 0 < c < os_days})
+            bounds = [0, *cuts, os_days]
+            for start, stop in itertools.pairwise(bounds):
+                if dupilumab_fixed:
+                    dupi = int(j == 0)
+                else:
+                    dupi = int(dupilumab is not None and dupilumab <= start)
+                rows.append(
+                    {
+                        "id": pid,
+                        "set": k,
+                        "start": start,
+                        "stop": stop,
+                        "died": int(died and stop == os_days),
+                        "dupilumab": dupi,
+                        "glucocorticoid": int(gc is not None and gc <= start),
+                        "age": age_days / 365.25,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _lifelines(table: pd.DataFrame, terms: list[str], *, strata: bool = False) -> pd.DataFrame:
+    """lifelines' CoxTimeVaryingFitter on the hand-written table (its summary by term)."""
+    columns = ["id", "start", "stop", "died", *terms, *(["set"] if strata else [])]
+    fitted = CoxTimeVaryingFitter(alpha=0.05).fit(
+        table[columns],
+        event_col="died",
+        start_col="start",
+        stop_col="stop",
+        id_col="id",
+        strata=["set"] if strata else None,
+        fit_options=TIGHT,
+    )
+    summary: pd.DataFrame = fitted.summary
+    return summary
+
+
+def _same_terms(model: dict[str, Any], reference: pd.DataFrame, terms: list[str]) -> None:
+    """The service's HR, CI and p per term equal lifelines' on the hand-written table."""
+    for term in terms:
+        got = model[term] if term in ("dupilumab", "glucocorticoid") else model["covariates"][term]
+        row = reference.loc[term]
+        assert got["estimable"] is True, (term, got)
+        assert got["hr"] == pytest.approx(row["exp(coef)"], abs=2e-6), term
+        assert got["ci_lower"] == pytest.approx(row["exp(coef) lower 95%"], abs=2e-6), term
+        assert got["ci_upper"] == pytest.approx(row["exp(coef) upper 95%"], abs=2e-6), term
+        assert got["p"] == pytest.approx(row["p"], rel=1e-5), term
+
+
+def test_17_time_varying_dupilumab_and_matched_sets_match_lifelines(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Primary (time-varying), matched-set (stratified), unadjusted and fixed-group models over
+    HTTP equal lifelines fits on the (start, stop] table written from the same 24 patients."""
+    _post(fhir, _set_patients())
+    ids = _subject_ids(api)
+    sid = {
+        _set_member(k, j)[0]: ids[_set_member(k, j)[1].isoformat()]
+        for k in range(len(SETS))
+        for j in range(3)
+    }
+    out = _outcomes(api)["outcomes"]
+    assert out["groups"] == {"dupilumab": 8, "control_1": 16, "control_2": 0}
+    matching = out["matching"]["control_1"]
+    assert {(s["case"], frozenset(s["controls"])) for s in matching["matched_sets"]} == {
+        (sid[f"m{k}-0"], frozenset({sid[f"m{k}-1"], sid[f"m{k}-2"]})) for k in range(len(SETS))
+    }
+    numbers = {s["case"]: s["set"] for s in matching["matched_sets"]}
+    rows = {r["subject_id"]: r for r in out["subjects"]}
+    for k in range(len(SETS)):
+        for j in range(3):
+            assert rows[sid[f"m{k}-{j}"]]["matched_set"] == {
+                "control_1": numbers[sid[f"m{k}-0"]],
+                "control_2": None,
+            }
+    models = out["cox"]["control_1"]
+    assert [
+        models[m]["role"] for m in ("primary", "matched_sets", "unadjusted", "fixed_group")
+    ] == [
+        "primary",
+        "supplementary",
+        "supplementary",
+        "sensitivity",
+    ]
+    assert models["fixed_group"]["label"].startswith("Sensitivity analysis")
+    time_varying = _long_table(dupilumab_fixed=False)
+    fixed = _long_table(dupilumab_fixed=True)
+    adjusted = ["dupilumab", "glucocorticoid", "age"]
+
+    primary = models["primary"]
+    assert (primary["estimable"], primary["n_subjects"], primary["n_events"]) == (True, 24, 19)
+    assert primary["n_rows"] == len(time_varying)
+    assert primary["method"]["time_varying"] == ["dupilumab", "glucocorticoid"]
+    assert primary["dropped_terms"] == [
+        {"term": "sex", "reason": "one level only ('female')"},
+        {"term": "race", "reason": "one level only ('2106-3')"},
+        {"term": "icb_type", "reason": "one level only ('PD-1')"},
+        {"term": "cancer_type", "reason": "one level only ('unknown')"},
+        {"term": "stage", "reason": "one level only ('unknown')"},
+        {"term": "charlson", "reason": "constant in the data (always 0)"},
+    ]
+    _same_terms(primary, _lifelines(time_varying, adjusted), adjusted)
+
+    stratified = models["matched_sets"]
+    assert (stratified["estimable"], stratified["n_strata"]) == (True, 8)
+    assert stratified["method"]["stratified_by"] == "matched set"
+    _same_terms(stratified, _lifelines(time_varying, adjusted, strata=True), adjusted)
+
+    unadjusted = models["unadjusted"]
+    assert unadjusted["glucocorticoid"] is None
+    assert unadjusted["covariates"] == {}
+    _same_terms(unadjusted, _lifelines(time_varying, ["dupilumab"]), ["dupilumab"])
+
+    sensitivity = models["fixed_group"]
+    assert sensitivity["method"]["time_varying"] == ["glucocorticoid"]
+    _same_terms(sensitivity, _lifelines(fixed, adjusted), adjusted)
+    # deaths on days 75–150 fall before three cases' first dose (days 160–300): the fixed group
+    # credits that time to dupilumab, and its HR is lower
+    assert sensitivity["dupilumab"]["hr"] < primary["dupilumab"]["hr"]
+
+
+def _record(
+    sid: str,
+    group: Group,
+    days: int,
+    died: bool,
+    *,
+    dupilumab: int | None = None,
+    gc: int | None = None,
+) -> CirAESubject:
+    """A hand-built analysis record: ICB on 2021-06-01, follow-up `days`, death or censoring."""
+    icb = ICB_SETS
+    return CirAESubject(
+        patient_id=sid,
+        subject_id=sid,
+        group=group,
+        icb_start=icb,
+        icb_type="PD-1",
+        sex="female",
+        race="2106-3",
+        age_years=60.0,
+        charlson=0,
+        cancer_type="C34",
+        stage="IV",
+        cirae_onset=icb + dt.timedelta(days=5) if group != "control_2" else None,
+        resolution="none" if group != "control_2" else None,
+        dupilumab_start=icb + dt.timedelta(days=dupilumab) if dupilumab is not None else None,
+        glucocorticoid_start=icb + dt.timedelta(days=gc) if gc is not None else None,
+        death=icb + dt.timedelta(days=days) if died else None,
+        last_seen=icb + dt.timedelta(days=days),
+    )
+
+
+@pytest.mark.parametrize(
+    ("dupilumab", "gc", "days", "died", "coding", "expected"),
+    [
+        # dupilumab from day 40, glucocorticoids from day 90, death on day 200
+        (
+            40,
+            90,
+            200,
+            True,
+            "time_varying",
+            [(0, 40, 0, 0, False), (40, 90, 0, 1, False), (90, 200, 1, 1, True)],
+        ),
+        # the fixed group: dupilumab over the whole follow-up
+        (40, 90, 200, True, "fixed_group", [(0, 90, 0, 1, False), (90, 200, 1, 1, True)]),
+        # both on one day: one switch
+        (60, 60, 100, False, "time_varying", [(0, 60, 0, 0, False), (60, 100, 1, 1, False)]),
+        # dupilumab on the death day: that death is unexposed
+        (100, None, 100, True, "time_varying", [(0, 100, 0, 0, True)]),
+    ],
+)
+def test_17_counting_process_intervals(
+    dupilumab: int,
+    gc: int | None,
+    days: int,
+    died: bool,
+    coding: DupilumabCoding,
+    expected: list[Any],
+) -> None:
+    """(start, stop] rows: a covariate switching on at day c is 0 on (·, c] and 1 after."""
+    subject = _record("d", "dupilumab", days, died, dupilumab=dupilumab, gc=gc)
+    assert tv_intervals(subject, dupilumab=coding) == tuple(
+        Interval(float(a), float(b), g, e, d) for a, b, g, d, e in expected
+    )
+
+
+def test_17_stratified_time_fixed_model_equals_coxph_with_strata() -> None:
+    """With nothing time-varying the matched-set model is CoxPHFitter(strata=) on the same rows."""
+    rows = [  # set, id, group, days, died
+        (1, "a1", "dupilumab", 120, True), (1, "a2", "control_1", 80, True), (1, "a3", "control_1", 300, False),
+        (2, "b1", "dupilumab", 400, False), (2, "b2", "control_1", 150, True), (2, "b3", "control_1", 210, True),
+        (3, "c1", "dupilumab", 90, True), (3, "c2", "control_1", 60, True), (3, "c3", "control_1", 500, True),
+        (4, "d1", "dupilumab", 260, True), (4, "d2", "control_1", 330, True), (4, "d3", "control_1", 45, True),
+        (5, "e1", "dupilumab", 600, True), (5, "e2", "control_1", 240, False), (5, "e3", "control_1", 100, True),
+    ]  # fmt: skip
+    subjects = [_record(sid, group, days, died) for _, sid, group, days, died in rows]  # type: ignore[arg-type]
+    spec = ModelSpec(
+        name="matched_sets",
+        label="stratified, fixed group, nothing time-varying",
+        role="supplementary",
+        dupilumab="fixed_group",
+        stratified_by_matched_set=True,
+        glucocorticoid=False,
+        adjusted=False,
+        design="test",
+    )
+    fit = fit_cox(
+        spec,
+        subjects,
+        (),
+        0.95,
+        min_events_per_parameter=1,
+        strata={sid: f"s{k}" for k, sid, *_ in rows},
+    )
+    table = pd.DataFrame(
+        [
+            {"set": k, "days": days, "died": int(died), "dupilumab": int(g == "dupilumab")}
+            for k, _, g, days, died in rows
+        ]
+    )
+    reference = CoxPHFitter(alpha=0.05).fit(
+        table, duration_col="days", event_col="died", strata=["set"], fit_options=TIGHT
+    )
+    row = reference.summary.loc["dupilumab"]
+    assert fit.estimable is True
+    assert (fit.n_subjects, fit.n_events, fit.n_strata, fit.n_rows) == (15, 12, 5, 15)
+    assert fit.dupilumab is not None
+    assert fit.dupilumab.hr == pytest.approx(row["exp(coef)"], abs=2e-6)
+    assert fit.dupilumab.ci_lower == pytest.approx(row["exp(coef) lower 95%"], abs=2e-6)
+    assert fit.dupilumab.ci_upper == pytest.approx(row["exp(coef) upper 95%"], abs=2e-6)
+    assert fit.dupilumab.p == pytest.approx(row["p"], rel=1e-5)
+
+
+def test_17_a_term_constant_within_every_matched_set_is_dropped() -> None:
+    """Exact matching keys do not vary inside a set: a stratified model cannot estimate them."""
+    rows = [("s1", "a1", "dupilumab", 120, True, "female"), ("s1", "a2", "control_1", 80, True, "female"),
+            ("s2", "b1", "dupilumab", 90, True, "male"), ("s2", "b2", "control_1", 300, True, "male"),
+            ("s3", "c1", "dupilumab", 200, True, "male"), ("s3", "c2", "control_1", 60, True, "male")]  # fmt: skip
+    subjects = [
+        dataclasses.replace(_record(sid, group, days, died, dupilumab=30), sex=sex)  # type: ignore[arg-type]
+        for _, sid, group, days, died, sex in rows
+    ]
+    design = build_design(
+        subjects, ("sex",), strata={sid: k for k, sid, *_ in rows}, glucocorticoid=False
+    )
+    assert design.terms == ("dupilumab",)
+    assert design.dropped == (
+        {"term": "sex=female", "reason": "constant within every matched set"},
+    )
+
+
+# -- 17. a planted dupilumab HR of 0.74, dupilumab only for patients alive on its day ----------------
+
+
+def _cohort_of(synthetic: SyntheticCohort) -> list[CirAESubject]:
+    """The synthetic FHIR through the real mappers and cohort builder."""
+    by_patient: dict[str, list[TrialEvent]] = {}
+    for event in events_of(TERMS, synthetic.resources):
+        assert event.patient_id is not None
+        by_patient.setdefault(event.patient_id, []).append(event)
+    cohort = build_cohort(PROTOCOL, [CohortPatient(p, p, e) for p, e in sorted(by_patient.items())])
+    truth = {t.patient_id: t for t in synthetic.truth}
+    assert [(s.group, s.dupilumab_start, s.glucocorticoid_start, s.death) for s in cohort] == [
+        (t.group, t.dupilumab_start, t.glucocorticoid_start, t.death)
+        for t in (truth[s.patient_id] for s in cohort)
+    ]
+    return cohort
+
+
+def _dupilumab_hr(fit: CoxFit) -> float:
+    assert fit.estimable, fit.reason
+    assert fit.dupilumab is not None
+    assert fit.dupilumab.hr is not None
+    return fit.dupilumab.hr
+
+
+def test_17_planted_dupilumab_hr_a_few_seeds() -> None:
+    """3 seeds of 2000 patients, the primary and fixed-group models vs both control groups.
+
+    One fit's log-HR has a standard error near 0.1, so a few seeds pin the mean only loosely: the
+    mean log-HR of the 6 primary fits is within 0.15 of log 0.74 (the slow test over 20 seeds
+    holds the issue's 0.05 on the HR). What a few seeds do show: in every fit the fixed-group
+    model, which credits a case's time before its first dose to dupilumab, gives the lower HR.
+    (Seeds 0–2: primary 0.787, 0.822, 0.788, 0.796, 0.951, 0.838; fixed group 0.743, 0.724,
+    0.751, 0.716, 0.902, 0.750.)
+    """
+    primary: list[float] = []
+    for seed in (0, 1, 2):
+        cohort = _cohort_of(generate_time_varying(2000, seed))
+        cases = [s for s in cohort if s.group == "dupilumab"]
+        for control_group in ("control_1", "control_2"):
+            controls = [s for s in cohort if s.group == control_group]
+            matched = match(PROTOCOL.cohort.matching, cases, controls, control_group)
+            population = matched_population(matched, cohort)
+            adjustment = PROTOCOL.cohort.adjustment
+            hr = _dupilumab_hr(fit_cox(PRIMARY, population, adjustment, 0.95))
+            fixed = _dupilumab_hr(fit_cox(FIXED_GROUP, population, adjustment, 0.95))
+            assert fixed < hr, (seed, control_group, fixed, hr)
+            primary.append(hr)
+    mean_log = statistics.mean(math.log(hr) for hr in primary)
+    assert abs(mean_log - math.log(PLANTED_DUPILUMAB_HR)) < 0.15, primary
+
+
+@pytest.mark.slow
+def test_17_planted_dupilumab_hr_over_20_seeds() -> None:
+    """Issue 18: over 20 seeds of 2000 patients the mean primary-model dupilumab HR is within 0.05
+    of 0.74 (the whole analysis, both comparisons), and the glucocorticoid HR within 0.15 of 2.0.
+
+    Seeds 0–19 give 0.777 vs control 1 and 0.760 vs control 2 (fixed group: 0.741 and 0.671;
+    glucocorticoids 2.03 and 1.98). The small excess vs control 1 is the time before cirAE onset,
+    which every subject of that comparison survived: over 60 seeds of the whole cirAE population,
+    unmatched, the HR was 0.760, and 0.752 with entry at cirAE onset.
+    """
+    primary: dict[str, list[float]] = {"control_1": [], "control_2": []}
+    gc: dict[str, list[float]] = {"control_1": [], "control_2": []}
+    for seed in range(20):
+        analysis = analyse(PROTOCOL, _cohort_of(generate_time_varying(2000, seed)))
+        for control_group in primary:
+            fit = analysis.comparisons[control_group].models["primary"]  # type: ignore[index]
+            primary[control_group].append(_dupilumab_hr(fit))
+            assert fit.glucocorticoid is not None
+            assert fit.glucocorticoid.hr is not None
+            gc[control_group].append(fit.glucocorticoid.hr)
+    for control_group in primary:
+        mean = statistics.mean(primary[control_group])
+        assert abs(mean - PLANTED_DUPILUMAB_HR) < 0.05, (
+            control_group,
+            mean,
+            primary[control_group],
+        )
+        assert abs(statistics.mean(gc[control_group]) - 2.0) < 0.15, (
+            control_group,
+            gc[control_group],
+        )
