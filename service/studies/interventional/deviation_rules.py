@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from fhir_mapping.events.medication_exposure import ExposureSpan, exposure_span
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.partial_dates import study_day
 from service.infra.clock import shift_day
@@ -338,9 +339,12 @@ def _followup(
 
 
 def _prohibited(events: Sequence[TrialEvent], ctx: SubjectContext, as_of: dt.date) -> list[Finding]:
+    """Systemic immunosuppression exposed between Day 1 and surgery (an interval: a course
+    ordered before Day 1 and running past it counts), unless it treats an irAE."""
     if ctx.day1 is None:
         return []
-    op = surgery(events, ctx.day1)
+    day1 = ctx.day1
+    op = surgery(events, day1)
     end = (_day(op) if op else None) or as_of
     irae_onsets = sorted(
         d
@@ -353,7 +357,7 @@ def _prohibited(events: Sequence[TrialEvent], ctx: SubjectContext, as_of: dt.dat
             )
         )
         and (d := _day(e)) is not None
-        and d >= ctx.day1
+        and d >= day1
     )
     out: list[Finding] = []
     for e in events:
@@ -364,24 +368,35 @@ def _prohibited(events: Sequence[TrialEvent], ctx: SubjectContext, as_of: dt.dat
             or e.values.get("route_class") == "local"
         ):
             continue
-        day = _day(e)
-        if day is None or not ctx.day1 <= day <= end:
+        span = exposure_span(e)
+        if span is None or not span.surely_overlaps(day1, end):
             continue
-        if any(onset <= day for onset in irae_onsets):
+        if any(onset <= span.earliest_start for onset in irae_onsets):
             continue  # treatment of an immune-related adverse event is allowed
-        sd = _sd(day, ctx.day1)
+        day = span.first_sure_day(day1)
+        sd = _sd(day, day1)
         name = e.values.get("medication") or "immunosuppressant"
         out.append(
             Finding(
                 "prohibited_medication",
                 f"{e.source.resource_type}/{e.source.resource_id}",
-                f"{name} on Day {sd}, between Day 1 and surgery, with no immune-related adverse event before it",
+                f"{name} {_exposure_days(span, day1)}, between Day 1 and surgery, with no "
+                "immune-related adverse event before it",
                 sd,
                 day,
                 (e.source,),
             )
         )
     return out
+
+
+def _exposure_days(span: ExposureSpan, day1: dt.date) -> str:
+    """'on Day 5' for one day; 'from Day -3 to Day 14' (or '…, ongoing') for a course."""
+    start = _sd(span.earliest_start, day1)
+    if span.ongoing:
+        return f"from Day {start}, ongoing"
+    stop = _sd(span.latest_end, day1)
+    return f"on Day {start}" if start == stop else f"from Day {start} to Day {stop}"
 
 
 def detect(

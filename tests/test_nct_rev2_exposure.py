@@ -1,0 +1,521 @@
+"""NCT06088771, CLINICAL.md revision 2: exposure intervals, the irAE exemption, biopsy cores, site
+dates and EFS (issue 18, defects 7–11). Known answers worked out by hand from CLINICAL.md, over HTTP.
+
+Every subject is enrolled on 2025-03-03 (ResearchSubject.period.start) and gets both study drugs on
+2025-03-10 (Day 1), so Day 1 is the same whether it is anchored on enrollment or on the first dose.
+Unless a test says otherwise a subject follows the schedule: three core needle biopsies on Day -20,
+a stool sample on Day -5, surgery on Day 18 and a visit 30 days later. The derivation's clock is
+2025-06-30 12:00Z: every window has closed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from fhir_mapping.events.medication_exposure import duration_days, exposure_span
+from fhir_mapping.events.model import TrialEvent
+from service.protocol.terminology import build_terminology
+from service.studies.interventional.eligibility import evaluate
+from tests.kit import fhir as kit
+from tests.kit.client import put_resources
+from tests.kit.evidence import cited
+from tests.kit.live import Live, api_client, fhir_client, live_app
+from tests.kit.mapping import events_of, single
+from tests.kit.protocols import trial_protocol
+
+TERMS = build_terminology()
+PROTOCOL = trial_protocol(TERMS)
+
+NCT = "NCT06088771"
+ENROLLED = dt.date(2025, 3, 3)  # Day -7
+DAY1 = dt.date(2025, 3, 10)
+NOW = dt.datetime(2025, 6, 30, 12, 0, tzinfo=dt.UTC)
+SYRINGE = "dupilumab 300 MG in 2 ML Prefilled Syringe"
+SURGERY = "Right upper lobectomy"
+PRED = kit.PREDNISONE  # "predniSONE 20 MG Oral Tablet"
+MTX = "methotrexate 2.5 MG Oral Tablet"
+MEDROL = "methylprednisolone sodium succinate 125 MG Injection"
+
+Resources = list[dict[str, Any]]
+Row = tuple[
+    str, str, int | None, str, str, tuple[str, ...]
+]  # number, rule, day, date, message, refs
+
+
+def day(n: int) -> dt.date:
+    """The calendar date of study day n (CDISC: no Day 0)."""
+    return DAY1 + dt.timedelta(days=n - 1 if n > 0 else n)
+
+
+def before_enrollment(days: int) -> dt.date:
+    """The date `days` days before the enrollment day."""
+    return ENROLLED - dt.timedelta(days=days)
+
+
+# -- a server of our own, whose derivation clock the tests set ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live(backend: str, new_database: Any) -> Iterator[Live]:
+    """The real app over HTTP (site time zone: the default, UTC), "now" under the test's control."""
+    with live_app(str(new_database(backend)), NOW) as state:
+        yield state
+
+
+@pytest.fixture
+def api(live: Live) -> Iterator[httpx.Client]:
+    """A client on /api/v1 of an empty store, with the clock at NOW."""
+    with api_client(live, NOW) as client:
+        yield client
+
+
+@pytest.fixture
+def fhir(live: Live, api: httpx.Client) -> Iterator[httpx.Client]:
+    """A client on /fhir of the same (emptied) store."""
+    with fhir_client(live) as client:
+        yield client
+
+
+# -- FHIR (every resource id starts with its patient's id) ---------------------------------------------
+
+
+def subject(
+    pid: str,
+    number: str,
+    *,
+    surgery_on: str | dt.date | None = None,
+    biopsies: int = 3,
+    extra: Resources | None = None,
+) -> Resources:
+    """An enrolled subject who follows the schedule (surgery on Day 18 unless told otherwise)."""
+    surgery_at = surgery_on if surgery_on is not None else day(18)
+    out: Resources = [
+        kit.research_study(),
+        kit.patient(id=pid, mrn=f"MRN-{pid}", gender="female", birth_date="1956-02-11"),
+        kit.research_subject(id=f"{pid}-rs", patient=pid, number=number, start=ENROLLED),
+        kit.dose(
+            id=f"{pid}-dupi-a",
+            patient=pid,
+            drug=SYRINGE,
+            amount=300,
+            when="2025-03-10T09:00:00-04:00",
+        ),
+        kit.dose(
+            id=f"{pid}-dupi-b",
+            patient=pid,
+            drug=SYRINGE,
+            amount=300,
+            when="2025-03-10T09:05:00-04:00",
+        ),
+        kit.dose(
+            id=f"{pid}-cemi",
+            patient=pid,
+            drug="Libtayo 350 MG",
+            amount=350,
+            when="2025-03-10T10:00:00-04:00",
+        ),
+        kit.specimen(id=f"{pid}-stool", patient=pid, type="Stool specimen", collected=day(-5)),
+        kit.procedure(id=f"{pid}-surgery", patient=pid, code=SURGERY, performed=surgery_at),
+        kit.encounter(id=f"{pid}-postop", patient=pid, start=f"{day(18 + 30)}T10:00:00-04:00"),
+    ]
+    out += [
+        kit.procedure(
+            id=f"{pid}-cnb-{i}",
+            patient=pid,
+            code="CT-guided core needle biopsy of lung",
+            performed=day(-20),
+        )
+        for i in range(1, biopsies + 1)
+    ]
+    return out + (extra or [])
+
+
+def work_up(pid: str) -> Resources:
+    """A screening work-up that settles every criterion but exclusion 8 in the patient's favour."""
+    return [
+        kit.condition(id=f"{pid}-dx", patient=pid, code=kit.NSCLC, onset="2025-01-20"),
+        kit.condition(id=f"{pid}-htn", patient=pid, code=kit.HYPERTENSION, onset="2016-02-02"),
+        kit.observation(
+            id=f"{pid}-t",
+            patient=pid,
+            code=kit.T_CLINICAL,
+            effective="2025-02-12",
+            valueCodeableConcept={"text": "cT2a"},
+        ),
+        kit.observation(
+            id=f"{pid}-m",
+            patient=pid,
+            code=kit.M_CLINICAL,
+            effective="2025-02-12",
+            valueCodeableConcept=kit.coded(kit.AJCC, "cM0", "cM0"),
+        ),
+        kit.service_request(
+            id=f"{pid}-sr",
+            patient=pid,
+            code=kit.LOBECTOMY,
+            authored="2025-02-25",
+            occurrence="2025-03-27",
+        ),
+        *(
+            kit.genomic_variant(
+                id=f"{pid}-{name}", patient=pid, gene=gene, present=False, effective="2025-02-14"
+            )
+            for name, gene in (("egfr", kit.EGFR), ("alk", kit.ALK), ("ros1", kit.ROS1))
+        ),
+        kit.smoking_status(
+            id=f"{pid}-smk",
+            patient=pid,
+            finding=kit.coded(kit.SNOMED, "8517006", "Ex-smoker"),
+            effective="2025-02-03",
+        ),
+    ]
+
+
+# -- reading the API -----------------------------------------------------------------------------------
+
+
+def get_json(api: httpx.Client, path: str, **params: Any) -> dict[str, Any]:
+    """A 200 JSON body."""
+    response = api.get(path, params=params)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def subject_id(api: httpx.Client, number: str) -> str:
+    """The pseudonymous subject id of a subject number."""
+    subjects = get_json(api, f"/studies/{NCT}/subjects", subject_number=number)["subjects"]
+    assert len(subjects) == 1, subjects
+    found: str = subjects[0]["subject_id"]
+    return found
+
+
+def deviation_rows(api: httpx.Client) -> list[Row]:
+    """The whole deviation log as rows, evidence resolved, sorted by subject number and rule."""
+    body = get_json(api, f"/studies/{NCT}/deviations", limit=500)
+    numbers = {
+        s["subject_id"]: s["subject_number"]
+        for s in get_json(api, f"/studies/{NCT}/subjects", limit=500)["subjects"]
+    }
+    rows = [
+        (
+            numbers[d["subject_id"]],
+            d["rule"],
+            d["study_day"],
+            d["date"],
+            d["message"],
+            tuple(e["reference"] for e in cited(api, NCT, d["evidence"])),
+        )
+        for d in body["deviations"]
+    ]
+    return sorted(rows, key=lambda r: (r[0], r[1], r[2] or 0, r[5]))
+
+
+def eligibility(api: httpx.Client, number: str) -> dict[str, Any]:
+    """A subject's stored eligibility, evidence resolved."""
+    sid = subject_id(api, number)
+    body: dict[str, Any] = cited(
+        api, NCT, get_json(api, f"/studies/{NCT}/subjects/{sid}/eligibility")
+    )
+    return body
+
+
+def criterion(body: dict[str, Any], criterion_id: str) -> tuple[str, str, list[tuple[str, str]]]:
+    """(verdict, reason, [(reference, value)]) of one criterion."""
+    [found] = [c for c in body["criteria"] if c["id"] == criterion_id]
+    return (
+        found["verdict"],
+        found["reason"],
+        [(e["reference"], e["value"]) for e in found["evidence"]],
+    )
+
+
+def prohibited(
+    number: str, start: int, stop: int | None, name: str, ref: str, first: int = 1
+) -> Row:
+    """The prohibited_medication row of a course from Day `start` to Day `stop` (None: ongoing)."""
+    if stop is None:
+        days = f"from Day {start}, ongoing"
+    elif start == stop:
+        days = f"on Day {start}"
+    else:
+        days = f"from Day {start} to Day {stop}"
+    return (
+        number,
+        "prohibited_medication",
+        first,
+        day(first).isoformat(),
+        f"{name} {days}, between Day 1 and surgery, with no immune-related adverse event before it",
+        (f"{ref}/_history/1",),
+    )
+
+
+# -- 7. exposure is an interval -----------------------------------------------------------------------
+
+
+def test_a_taper_authored_66_days_before_enrollment_for_21_days_is_within_8_weeks(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Exclusion 8: authored on E-66 for 21 days, the taper runs E-66..E-46, inside E-56..E-1: met."""
+    taper = kit.medication_request(
+        id="p1-taper",
+        patient="p1",
+        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        status="completed",
+        authored=before_enrollment(66),
+        dosageInstruction=[
+            {
+                "text": "40 mg daily, tapering over three weeks",
+                "route": kit.ORAL,
+                "timing": {
+                    "repeat": {
+                        "boundsDuration": {
+                            "value": 21,
+                            "unit": "days",
+                            "system": kit.UCUM,
+                            "code": "d",
+                        },
+                        "frequency": 1,
+                        "period": 1,
+                        "periodUnit": "d",
+                    }
+                },
+            }
+        ],
+    )
+    put_resources(fhir, *subject("p1", "001-001", extra=[*work_up("p1"), taper]))
+    body = eligibility(api, "001-001")
+    assert criterion(body, "immunomodulators") == (
+        "met",
+        f"{PRED} 66 days before the reference day 2025-03-03",
+        [("MedicationRequest/p1-taper/_history/1", f"{PRED} 66 days before")],
+    )
+    # every other criterion is settled in the patient's favour: the taper alone excludes
+    assert (body["overall"], body["at_enrollment"]) == ("ineligible", "ineligible")
+    assert body["counts"] == {"met": 5, "not_met": 4, "unknown": 0}
+
+
+def test_a_year_only_date_is_not_inside_the_window(api: httpx.Client, fhir: httpx.Client) -> None:
+    """'2025' may be in E-56..E-1 (2025-01-06..2025-03-02) or not: unknown, never met."""
+    statement = kit.medication_statement(
+        id="p1-pred-2025",
+        patient="p1",
+        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        route=kit.ORAL,
+        effectiveDateTime="2025",
+    )
+    put_resources(fhir, *subject("p1", "001-001", extra=[*work_up("p1"), statement]))
+    body = eligibility(api, "001-001")
+    assert criterion(body, "immunomodulators") == (
+        "unknown",
+        f"{PRED} dated 2025 may fall in the 56 days before 2025-03-03",
+        [("MedicationStatement/p1-pred-2025/_history/1", f"{PRED} dated 2025")],
+    )
+    assert (body["overall"], body["at_enrollment"]) == ("indeterminate", "indeterminate")
+    assert body["missing"] == ["the exact dates of the listed drugs"]
+
+
+def test_courses_running_into_day_1_are_prohibited_medication(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """An order, a statement and an infusion that start before Day 1 and run into it are each a
+    deviation on Day 1; a course that ended on Day -2 is not."""
+    order = kit.medication_request(
+        id="p1-pred-order",
+        patient="p1",
+        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        authored=day(-3),
+        dosageInstruction=[
+            {
+                "route": kit.ORAL,
+                "timing": {"repeat": {"boundsPeriod": kit.period(day(-3), day(14))}},
+            }
+        ],
+    )
+    statement = kit.medication_statement(
+        id="p1-mtx",
+        patient="p1",
+        medication=MTX,
+        route=kit.ORAL,
+        effectivePeriod=kit.period(day(-6), day(2)),
+    )
+    infusion = kit.medication_administration(
+        id="p1-medrol",
+        patient="p1",
+        medication=MEDROL,
+        route="Intravenous",
+        dose=kit.quantity(125, "mg"),
+        effectivePeriod=kit.period("2025-03-09T23:00:00-04:00", "2025-03-10T01:00:00-04:00"),
+    )
+    finished = kit.medication_statement(
+        id="p1-pred-done",
+        patient="p1",
+        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        route=kit.ORAL,
+        effectivePeriod=kit.period(day(-6), day(-2)),
+    )
+    put_resources(fhir, *subject("p1", "001-001", extra=[order, statement, infusion, finished]))
+    assert deviation_rows(api) == [
+        prohibited("001-001", -1, 1, MEDROL, "MedicationAdministration/p1-medrol"),
+        prohibited("001-001", -3, 14, PRED, "MedicationRequest/p1-pred-order"),
+        prohibited("001-001", -6, 2, MTX, "MedicationStatement/p1-mtx"),
+    ]
+
+
+# -- 7, pure: the interval a record stands for --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("duration", "days"),
+    [
+        ({"value": 21, "unit": "days", "system": kit.UCUM, "code": "d"}, 21),
+        ({"value": 3, "unit": "weeks", "system": kit.UCUM, "code": "wk"}, 21),
+        ({"value": 12, "unit": "h", "system": kit.UCUM, "code": "h"}, 1),
+        ({"value": 1.5, "unit": "d", "system": kit.UCUM, "code": "d"}, 2),
+        ({"value": 1, "unit": "month", "system": kit.UCUM, "code": "mo"}, 31),  # 30.4375 days
+        ({"value": 10, "unit": "days"}, 10),  # no code: the unit word
+        ({"value": 2, "unit": "cycles"}, None),
+        ({"value": 0, "unit": "d", "system": kit.UCUM, "code": "d"}, None),
+        ({"unit": "d", "system": kit.UCUM, "code": "d"}, None),
+    ],
+)
+def test_duration_in_calendar_days(duration: dict[str, Any], days: int | None) -> None:
+    """A Duration covers ceil(value × UCUM days) days: 21 d, 3 wk = 21; 12 h = 1; 1 mo = 31."""
+    assert duration_days(duration) == days
+
+
+def _order(**extra: Any) -> TrialEvent:
+    """The one event of a prednisone order with these elements."""
+    resource = kit.medication_request(
+        id="rx", medication=kit.coded(kit.RXNORM, "312617", PRED), authored="2025-01-06", **extra
+    )
+    return single(events_of(TERMS, [resource]))
+
+
+def _bounds(days: int, sequence: int | None = None) -> dict[str, Any]:
+    duration = {"value": days, "unit": "d", "system": kit.UCUM, "code": "d"}
+    dosage: dict[str, Any] = {"timing": {"repeat": {"boundsDuration": duration}}}
+    return {**dosage, "sequence": sequence} if sequence is not None else dosage
+
+
+@pytest.mark.parametrize(
+    ("extra", "course", "last"),
+    [
+        ({"dosageInstruction": [_bounds(21)]}, 21, "2025-01-26"),
+        # a taper in three steps one after the other: 7 + 7 + 7 days
+        ({"dosageInstruction": [_bounds(7, 1), _bounds(7, 2), _bounds(7, 3)]}, 21, "2025-01-26"),
+        # two dosages of one step run together: the longer one
+        ({"dosageInstruction": [_bounds(7, 1), _bounds(10, 1)]}, 10, "2025-01-15"),
+        (
+            {"dispenseRequest": {"expectedSupplyDuration": {"value": 30, "unit": "days"}}},
+            30,
+            "2025-02-04",
+        ),
+        # an end date wins over a length
+        (
+            {
+                "dosageInstruction": [
+                    {"timing": {"repeat": {"boundsPeriod": kit.period("2025-01-06", "2025-01-08")}}}
+                ],
+                "dispenseRequest": {"expectedSupplyDuration": {"value": 30, "unit": "days"}},
+            },
+            None,
+            "2025-01-08",
+        ),
+    ],
+    ids=[
+        "bounds-duration",
+        "sequential-taper",
+        "concurrent-dosages",
+        "dispense-duration",
+        "period",
+    ],
+)
+def test_a_course_runs_from_its_start_for_its_length(
+    extra: dict[str, Any], course: int | None, last: str
+) -> None:
+    """Started on 2025-01-06, a 21-day course's last day is 2025-01-26 (start + 21 - 1)."""
+    event = _order(**extra)
+    assert event.values["course_days"] == course
+    span = exposure_span(event)
+    assert span is not None
+    assert (span.earliest_start, span.latest_start) == (dt.date(2025, 1, 6),) * 2
+    assert (span.earliest_end, span.latest_end, span.ongoing) == (
+        dt.date.fromisoformat(last),
+        dt.date.fromisoformat(last),
+        False,
+    )
+
+
+def test_an_open_active_order_runs_on_and_a_completed_one_is_one_day() -> None:
+    """No end and no length: an active order is ongoing; a completed one covers its day only."""
+    active = exposure_span(_order())
+    done = exposure_span(_order(status="completed"))
+    assert active is not None
+    assert done is not None
+    assert (active.ongoing, done.ongoing) == (True, False)
+    assert (done.earliest_end, done.latest_end) == (dt.date(2025, 1, 6),) * 2
+
+
+def _exclusion_8(*resources: dict[str, Any]) -> tuple[str, str]:
+    """Exclusion 8's verdict and reason for a patient enrolled on 2025-03-03."""
+    result = evaluate(
+        PROTOCOL,
+        events_of(TERMS, resources),
+        as_of=dt.date(2025, 3, 31),
+        enrolled_on=ENROLLED,
+        day1=DAY1,
+    )
+    [found] = [c for c in result.criteria if c.criterion.id == "immunomodulators"]
+    return found.verdict, found.reason
+
+
+def _taper(authored: dt.date, days: int) -> dict[str, Any]:
+    return kit.medication_request(
+        id="taper",
+        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        status="completed",
+        authored=authored,
+        dosageInstruction=[{"route": kit.ORAL, **_bounds(days)}],
+    )
+
+
+def _reported(effective: str) -> dict[str, Any]:
+    return kit.medication_statement(
+        id="said",
+        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        route=kit.ORAL,
+        effectiveDateTime=effective,
+    )
+
+
+NO_DRUG = ("not_met", "no listed drug in the 56 days before 2025-03-03")
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [
+        # E-65 + 10 days: last day E-56, the window's first day
+        (_taper(before_enrollment(65), 10), ("met", f"{PRED} 65 days before the reference day 2025-03-03")),
+        # E-66 + 10 days: last day E-57, the day before the window
+        (_taper(before_enrollment(66), 10), NO_DRUG),
+        # February 2025 lies wholly inside 2025-01-06..2025-03-02
+        (_reported("2025-02"), ("met", f"{PRED} 30 days before the reference day 2025-03-03")),
+        # January 2025 straddles the window's first day
+        (_reported("2025-01"), ("unknown", f"{PRED} dated 2025-01 may fall in the 56 days before 2025-03-03")),
+        (_reported("2024-10"), NO_DRUG),
+        (_reported("2024"), NO_DRUG),
+    ],
+    ids=["course-ends-on-E-56", "course-ends-on-E-57", "month-inside", "month-straddles", "month-before", "year-before"],
+)  # fmt: skip
+def test_exclusion_8_window_edges_with_intervals_and_partial_dates(
+    resource: dict[str, Any], expected: tuple[str, str]
+) -> None:
+    """The window is E-56..E-1: a course counts when it overlaps it; a partial date straddling
+    its edge is unknown, one wholly inside is met, one wholly outside is not."""
+    assert _exclusion_8(resource) == expected
