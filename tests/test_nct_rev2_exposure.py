@@ -20,7 +20,9 @@ import pytest
 from fhir_mapping.events.medication_exposure import duration_days, exposure_span
 from fhir_mapping.events.model import TrialEvent
 from service.protocol.terminology import build_terminology
+from service.studies.interventional.deviation_rules import SubjectContext, detect
 from service.studies.interventional.eligibility import evaluate
+from service.studies.interventional.protocol import DeviationRule
 from tests.kit import fhir as kit
 from tests.kit.client import put_resources
 from tests.kit.evidence import cited
@@ -367,6 +369,123 @@ def test_courses_running_into_day_1_are_prohibited_medication(
     ]
 
 
+# -- 8. prohibited medication: the irAE exemption and the peri-operative dose --------------------------
+
+CAUSALITY = f"{kit.HL7}/adverse-event-causality-assess"
+COPD = kit.coded(kit.ICD10CM, "J44.1", "Chronic obstructive pulmonary disease with exacerbation")
+DEXAMETHASONE_IV = "dexamethasone sodium phosphate 4 MG/ML Injectable Solution"
+ROUTE_IV = kit.coded(kit.SNOMED, "47625008", "Intravenous route")
+
+
+def suspect(drug: str, code: str, display: str) -> dict[str, Any]:
+    """A suspectEntity naming a drug, with a causality assessment."""
+    return {
+        "instance": {"display": drug},
+        "causality": [{"assessment": kit.coded(CAUSALITY, code, display)}],
+    }
+
+
+def pred_order(pid: str, rid: str, on: dt.date, **extra: Any) -> dict[str, Any]:
+    """A one-day prednisone order."""
+    return kit.medication_request(
+        id=rid,
+        patient=pid,
+        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        status="completed",
+        authored=on,
+        dosageInstruction=[{"route": kit.ORAL}],
+        **extra,
+    )
+
+
+def test_only_an_immune_related_adverse_event_exempts_immunosuppression(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """p1: nausea (cemiplimab 'unlikely') on Day 3, then prednisone for COPD on Day 5: a deviation.
+    p2: immune-mediated pneumonitis on Day 6, prednisone on Day 7: treatment of an irAE.
+    p3: prednisone on Day 8 whose reasonReference is an immune-related colitis charted on Day 9."""
+    nausea = kit.adverse_event(
+        id="p1-nausea",
+        patient="p1",
+        event="Nausea",
+        date=day(3),
+        grade="1",
+        suspectEntity=[suspect("Libtayo 350 MG", "unlikely", "Unlikely")],
+    )
+    copd = pred_order("p1", "p1-pred", day(5), reasonCode=[COPD])
+    pneumonitis = kit.adverse_event(
+        id="p2-pneumonitis", patient="p2", event="Immune-mediated pneumonitis", date=day(6)
+    )
+    colitis = kit.condition(
+        id="p3-colitis",
+        patient="p3",
+        code="Immune-related colitis",
+        onset=day(9),
+        recorded=day(10),
+    )
+    put_resources(fhir, *subject("p1", "001-001", extra=[nausea, copd]))
+    put_resources(
+        fhir, *subject("p2", "001-002", extra=[pneumonitis, pred_order("p2", "p2-pred", day(7))])
+    )
+    put_resources(
+        fhir,
+        *subject(
+            "p3",
+            "001-003",
+            extra=[
+                colitis,
+                pred_order(
+                    "p3", "p3-pred", day(8), reasonReference=[kit.reference("Condition/p3-colitis")]
+                ),
+            ],
+        ),
+    )
+    assert deviation_rows(api) == [
+        prohibited("001-001", 5, 5, PRED, "MedicationRequest/p1-pred", first=5),
+    ]
+
+
+def test_a_single_iv_dexamethasone_dose_on_the_surgery_day_is_peri_operative(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Choice: IV dexamethasone on the surgery day (Day 18) is not a deviation; the same dose on
+    Day 17, or by mouth on the surgery day, is."""
+
+    def dex(
+        pid: str, when: str, route: dict[str, Any], drug: str = DEXAMETHASONE_IV
+    ) -> dict[str, Any]:
+        return kit.medication_administration(
+            id=f"{pid}-dex",
+            patient=pid,
+            medication=drug,
+            effective=when,
+            dose=kit.quantity(8, "mg"),
+            route=route,
+        )
+
+    surgery_day = day(18).isoformat()
+    put_resources(
+        fhir,
+        *subject("p1", "001-001", extra=[dex("p1", f"{surgery_day}T07:40:00-04:00", ROUTE_IV)]),
+    )
+    put_resources(
+        fhir, *subject("p2", "001-002", extra=[dex("p2", f"{day(17)}T21:00:00-04:00", ROUTE_IV)])
+    )
+    oral = "dexamethasone 4 MG Oral Tablet"
+    put_resources(
+        fhir,
+        *subject(
+            "p3", "001-003", extra=[dex("p3", f"{surgery_day}T06:30:00-04:00", kit.ORAL, oral)]
+        ),
+    )
+    assert deviation_rows(api) == [
+        prohibited(
+            "001-002", 17, 17, DEXAMETHASONE_IV, "MedicationAdministration/p2-dex", first=17
+        ),
+        prohibited("001-003", 18, 18, oral, "MedicationAdministration/p3-dex", first=18),
+    ]
+
+
 # -- 7, pure: the interval a record stands for --------------------------------------------------------
 
 
@@ -519,3 +638,137 @@ def test_exclusion_8_window_edges_with_intervals_and_partial_dates(
     """The window is E-56..E-1: a course counts when it overlaps it; a partial date straddling
     its edge is unknown, one wholly inside is met, one wholly outside is not."""
     assert _exclusion_8(resource) == expected
+
+
+# -- 8, pure: what says a drug treats an irAE, and the peri-operative choice -----------------------------
+
+
+def test_the_adverse_event_records_which_suspects_are_related() -> None:
+    """R4 causality (coded or productRelatedness) and the backport IG's entityRelatedness."""
+    ae = kit.adverse_event(
+        id="ae",
+        event="Pneumonitis",
+        date="2025-03-20",
+        suspectEntity=[
+            suspect("Libtayo 350 MG", "probably-likely", "Probably/Likely"),
+            suspect("Dupixent 300 MG", "unlikely", "Unlikely"),
+            {
+                "instance": {"display": "prednisone"},
+                "causality": [{"productRelatedness": "not related"}],
+            },
+        ],
+        extension=[
+            {
+                "url": f"{kit.AE_BACKPORT}/suspect-entity",
+                "extension": [
+                    {"url": "instance", "valueCodeableConcept": {"text": "dupilumab 300 MG/2ML"}},
+                    {
+                        "url": "causality",
+                        "extension": [
+                            {
+                                "url": "entityRelatedness",
+                                "valueCodeableConcept": {"text": "Possibly Related"},
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    )
+    event = single(events_of(TERMS, [ae]))
+    assert event.values["related_suspects"] == [
+        {"medication": "Libtayo 350 MG", "drugs": ["cemiplimab", "pd1_inhibitor"]},
+        {"medication": "dupilumab 300 MG/2ML", "drugs": ["dupilumab"]},
+    ]
+    assert event.concept_ids == frozenset()  # "Pneumonitis" alone does not say immune-related
+
+
+@pytest.mark.parametrize(
+    ("resource", "immune_related"),
+    [
+        (kit.adverse_event(id="a", event="Immune-mediated hepatitis"), True),
+        (kit.adverse_event(id="a", event="Colitis", category=[{"text": "irAE"}]), True),
+        (kit.adverse_event(id="a", event="Colitis, not immune-related"), False),
+        (kit.condition(id="c", code="Immune related thyroiditis"), True),
+        (kit.condition(id="c", code=COPD), False),
+    ],
+)
+def test_immune_related_by_term_or_category(resource: dict[str, Any], immune_related: bool) -> None:
+    """The irAE value set matches an AdverseEvent's term or category, or a Condition's code."""
+    event = single(events_of(TERMS, [resource]))
+    assert ("immune_related_ae" in event.concept_ids) is immune_related
+
+
+def _deviations(*extra: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """(rule, study day) of p1's deviations as of 2025-06-30, p1 following the schedule."""
+    events = events_of(TERMS, subject("p1", "001-001", extra=list(extra)))
+    context = SubjectContext(
+        day1=DAY1,
+        enrolled_on=ENROLLED,
+        status="on-study",
+        eligible_at_enrollment="indeterminate",
+        enrollment_source=None,
+    )
+    return [(f.rule, f.study_day) for f in detect(PROTOCOL, events, context, as_of=NOW.date())]
+
+
+def test_a_reason_that_is_not_an_irae_does_not_exempt() -> None:
+    """prednisone whose reasonReference is COPD (Day 2) is prohibited; naming an irAE is not."""
+    copd = kit.condition(id="p1-copd", patient="p1", code=COPD, onset=day(2))
+    colitis = kit.condition(
+        id="p1-colitis", patient="p1", code="Immune-related colitis", onset=day(2)
+    )
+
+    def pred(reason: str) -> dict[str, Any]:
+        return pred_order("p1", "p1-pred", day(4), reasonReference=[kit.reference(reason)])
+
+    assert _deviations(copd, pred("Condition/p1-copd")) == [("prohibited_medication", 4)]
+    assert _deviations(colitis, pred("Condition/p1-colitis")) == []
+
+
+def test_an_immune_related_condition_without_a_link_does_not_exempt() -> None:
+    """CLINICAL.md names an AdverseEvent starting before the drug; a problem-list Condition needs
+    the drug's reasonReference (a Condition recorded as an adverse event counts like one)."""
+    colitis = kit.condition(
+        id="p1-colitis", patient="p1", code="Immune-related colitis", onset=day(2)
+    )
+    as_ae = {**colitis, "category": [{"text": "Adverse event"}]}
+    pred = pred_order("p1", "p1-pred", day(4))
+    assert _deviations(colitis, pred) == [("prohibited_medication", 4)]
+    assert _deviations(as_ae, pred) == []
+
+
+def test_a_course_on_the_surgery_day_and_after_is_not_single_day() -> None:
+    """IV dexamethasone from the surgery day for three days is a course, not a peri-operative dose."""
+    course = kit.medication_request(
+        id="p1-dex",
+        patient="p1",
+        medication=DEXAMETHASONE_IV,
+        authored=day(18),
+        dosageInstruction=[
+            {
+                "route": ROUTE_IV,
+                "timing": {"repeat": {"boundsPeriod": kit.period(day(18), day(20))}},
+            }
+        ],
+    )
+    assert _deviations(course) == [("prohibited_medication", 18)]
+
+
+@pytest.mark.parametrize(
+    ("rule", "error"),
+    [
+        ({"code": "prohibited_medication"}, "needs `irae_valueset`"),
+        ({"code": "dose_extra", "irae_valueset": "immune_related_ae"}, "takes no `irae_valueset`"),
+        (
+            {"code": "surgery_window", "perioperative": [{"valueset": "dexamethasone"}]},
+            "takes no `irae_valueset` or `perioperative`",
+        ),
+    ],
+)
+def test_only_prohibited_medication_takes_irae_and_perioperative_settings(
+    rule: dict[str, Any], error: str
+) -> None:
+    """The irAE value set is required where it is read and refused where it would be ignored."""
+    with pytest.raises(ValueError, match=error):
+        DeviationRule.model_validate({"severity": "major", "description": "x", **rule})

@@ -19,6 +19,7 @@ CONDITION_CONCEPTS = (
     "metastatic_disease",
     "autoimmune_disease",
     "cutaneous_irae",
+    "immune_related_ae",
 )
 _ICD10_SYSTEMS = frozenset({ICD10CM, ICD10})
 _ADVERSE_EVENT = re.compile(r"(?<![a-z0-9])adverse[\s\-_]*events?(?![a-z0-9])", re.IGNORECASE)

@@ -26,7 +26,9 @@ from fhir_mapping.events.common import (
     is_void,
     medication_concept,
     medication_text,
+    reasons,
     route_class,
+    route_matches,
     status_of,
 )
 from fhir_mapping.events.context import MappingContext
@@ -163,6 +165,7 @@ def _exposure(
     matches = drug_matches(medication, ctx)
     if route_match:
         matches.append(route_match)
+    matches += route_matches(route, ctx)
     values: dict[str, Any] = {
         "resource_type": source.resource_type,
         "medication": medication_text(medication),
@@ -172,6 +175,7 @@ def _exposure(
         "route_class": route_cls,
         "dose": _first_dose(dosages),
         "course_days": course_days if end is None else None,
+        "reasons": reasons(resource, ctx),
     }
     return [
         TrialEvent(
