@@ -486,6 +486,67 @@ def test_a_single_iv_dexamethasone_dose_on_the_surgery_day_is_peri_operative(
     ]
 
 
+# -- 9. biopsy cores, not procedures -------------------------------------------------------------------
+
+COLLECTION_PROCEDURE = (
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-Specimen.collection.procedure"
+)
+CORE = "Lung tissue, core needle biopsy"
+
+
+def biopsy(pid: str, n: int, cores: int) -> Resources:
+    """Core needle biopsy n on Day -20, and the `cores` Specimens it collected (R5's
+    Specimen.collection.procedure as its R4 cross-version extension)."""
+    procedure = kit.procedure(
+        id=f"{pid}-bx{n}",
+        patient=pid,
+        code="CT-guided core needle biopsy of lung",
+        performed=day(-20),
+    )
+    specimens = [
+        kit.specimen(
+            id=f"{pid}-bx{n}-core{i}",
+            patient=pid,
+            type=CORE,
+            collection={
+                "collectedDateTime": day(-20).isoformat(),
+                "extension": [
+                    {
+                        "url": COLLECTION_PROCEDURE,
+                        "valueReference": kit.reference(f"Procedure/{pid}-bx{n}"),
+                    }
+                ],
+            },
+        )
+        for i in range(1, cores + 1)
+    ]
+    return [procedure, *specimens]
+
+
+def test_biopsy_cores_are_counted_not_procedures(api: httpx.Client, fhir: httpx.Client) -> None:
+    """p1: one biopsy yielding four cores (4, inside 3–6). p2: one biopsy, eight cores (8 > 6).
+    p3: a biopsy with two cores and one with no linked Specimen (2 + 1 = 3)."""
+    put_resources(fhir, *subject("p1", "001-001", biopsies=0, extra=biopsy("p1", 1, 4)))
+    put_resources(fhir, *subject("p2", "001-002", biopsies=0, extra=biopsy("p2", 1, 8)))
+    put_resources(
+        fhir,
+        *subject("p3", "001-003", biopsies=0, extra=[*biopsy("p3", 1, 2), *biopsy("p3", 2, 0)]),
+    )
+    assert deviation_rows(api) == [
+        (
+            "001-002",
+            "screening_biopsy_count",
+            None,
+            day(-1).isoformat(),
+            "8 core needle biopsies in the screening window Day -28 to Day -1; plan 3–6",
+            (
+                "Procedure/p2-bx1/_history/1",
+                *(f"Specimen/p2-bx1-core{i}/_history/1" for i in range(1, 9)),
+            ),
+        )
+    ]
+
+
 # -- 7, pure: the interval a record stands for --------------------------------------------------------
 
 
@@ -699,9 +760,9 @@ def test_immune_related_by_term_or_category(resource: dict[str, Any], immune_rel
     assert ("immune_related_ae" in event.concept_ids) is immune_related
 
 
-def _deviations(*extra: dict[str, Any]) -> list[tuple[str, int | None]]:
+def _deviations(*extra: dict[str, Any], biopsies: int = 3) -> list[tuple[str, int | None]]:
     """(rule, study day) of p1's deviations as of 2025-06-30, p1 following the schedule."""
-    events = events_of(TERMS, subject("p1", "001-001", extra=list(extra)))
+    events = events_of(TERMS, subject("p1", "001-001", biopsies=biopsies, extra=list(extra)))
     context = SubjectContext(
         day1=DAY1,
         enrolled_on=ENROLLED,
@@ -772,3 +833,34 @@ def test_only_prohibited_medication_takes_irae_and_perioperative_settings(
     """The irAE value set is required where it is read and refused where it would be ignored."""
     with pytest.raises(ValueError, match=error):
         DeviationRule.model_validate({"severity": "major", "description": "x", **rule})
+
+
+# -- 9, pure: which Specimens are a biopsy's cores ---------------------------------------------------------
+
+
+def test_a_specimen_names_the_procedure_that_collected_it() -> None:
+    """The cross-version extension on Specimen.collection (or, leniently, on the Specimen)."""
+    on_collection, *_ = biopsy("p1", 1, 1)[1:]
+    on_root = {
+        **kit.specimen(id="s2", type=CORE, collected=day(-20)),
+        "extension": [
+            {"url": COLLECTION_PROCEDURE, "valueReference": kit.reference("Procedure/bx9")}
+        ],
+    }
+    unlinked = kit.specimen(id="s3", type=CORE, collected=day(-20))
+    found = [
+        single(events_of(TERMS, [r])).values["procedure"]
+        for r in (on_collection, on_root, unlinked)
+    ]
+    assert found == ["p1-bx1", "bx9", None]
+
+
+def test_aliquots_of_a_core_are_not_more_cores() -> None:
+    """A Specimen derived from another (a parent) is not a new core: 3 cores + 2 aliquots = 3."""
+    procedure, *cores = biopsy("p1", 1, 3)
+    parent = [kit.reference(f"Specimen/{cores[0]['id']}")]
+    aliquots = [{**cores[0], "id": f"p1-aliquot{i}", "parent": parent} for i in (1, 2)]
+    assert _deviations(procedure, *cores, *aliquots, biopsies=0) == []
+    assert _deviations(procedure, *cores[:2], *aliquots, biopsies=0) == [
+        ("screening_biopsy_count", None)
+    ]

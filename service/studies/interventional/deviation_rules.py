@@ -262,18 +262,24 @@ def _screening(
         and _performed(e)
         and in_window(e)
     ]
+    cores = biopsy_cores(biopsies, events)
+    count = sum(max(1, len(cores[b.source.resource_id])) for b in biopsies)
     out: list[Finding] = []
     rng = screening.core_biopsies
-    if not rng.min <= len(biopsies) <= rng.max:
+    if not rng.min <= count <= rng.max:
         out.append(
             Finding(
                 "screening_biopsy_count",
                 "screening",
-                f"{len(biopsies)} core needle {'biopsy' if len(biopsies) == 1 else 'biopsies'} "
+                f"{count} core needle {'biopsy' if count == 1 else 'biopsies'} "
                 f"in the {label}; plan {rng.min}–{rng.max}",
                 None,
                 shift_day(ctx.day1, -1),
-                tuple(e.source for e in biopsies),
+                tuple(
+                    source
+                    for b in biopsies
+                    for source in (b.source, *(c.source for c in cores[b.source.resource_id]))
+                ),
             )
         )
     stool = [
@@ -295,6 +301,24 @@ def _screening(
             )
         )
     return out
+
+
+def biopsy_cores(
+    biopsies: Sequence[TrialEvent], events: Sequence[TrialEvent]
+) -> dict[str, list[TrialEvent]]:
+    """The cores each biopsy Procedure yielded: the Specimens it collected (by id), aliquots
+    (specimens with a parent) left out. A biopsy with none counts as one core."""
+    wanted = {b.source.resource_id for b in biopsies}
+    cores: dict[str, list[TrialEvent]] = {rid: [] for rid in wanted}
+    for e in events:
+        procedure = e.values.get("procedure")
+        if (
+            e.kind is EventKind.SPECIMEN_COLLECTION
+            and procedure in wanted
+            and not e.values.get("parent")
+        ):
+            cores[procedure].append(e)
+    return cores
 
 
 def _followup(
