@@ -95,8 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         model_checks = ModelChecks.for_settings(conf)
         app.state.store = FhirService(engine, conf, catalog.derivation, model_checks)
-        app.state.studies = StudyReader(engine, catalog.protocols)
-        app.state.reports = CohortReports(engine, catalog.protocols)
+        app.state.studies = StudyReader(engine, catalog.protocols, conf.site_zone())
+        app.state.reports = CohortReports(engine, catalog.protocols, conf.site_zone())
         app.state.deviations = DeviationLog(
             engine, catalog.protocols, allow_private_webhooks=conf.webhook_allow_private
         )

@@ -258,7 +258,8 @@ def _run(argv: Sequence[str] | None) -> int:
         engine = make_engine(settings)
         migrate.prepare(engine, auto_migrate=settings.auto_migrate)
         if args.as_of is not None:
-            moment = dt.datetime.combine(args.as_of, dt.time(12), tzinfo=dt.UTC)
+            # noon of that day at the site: its site-local day is the day asked for
+            moment = dt.datetime.combine(args.as_of, dt.time(12), tzinfo=settings.site_zone())
             catalog.derivation.clock = lambda: moment
         with unit_of_work(engine) as uow:
             patients = reevaluate_all(catalog.derivation, uow)

@@ -13,17 +13,21 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
 from fhir_mapping.events.medication_exposure import duration_days, exposure_span
 from fhir_mapping.events.model import TrialEvent
+from fhir_mapping.partial_dates import in_zone, parse_partial_date, site_date
+from service.infra.settings import Settings
 from service.protocol.terminology import build_terminology
 from service.studies.interventional.deviation_rules import SubjectContext, detect
 from service.studies.interventional.eligibility import evaluate
 from service.studies.interventional.protocol import DeviationRule
 from tests.kit import fhir as kit
+from tests.kit.cli import run_trialbridge
 from tests.kit.client import put_resources
 from tests.kit.evidence import cited
 from tests.kit.live import Live, api_client, fhir_client, live_app
@@ -547,6 +551,128 @@ def test_biopsy_cores_are_counted_not_procedures(api: httpx.Client, fhir: httpx.
     ]
 
 
+# -- 10. dates in the site's time zone -----------------------------------------------------------------
+
+SITE = "America/New_York"  # UTC-5 in January
+WINTER_DAY1 = dt.date(2025, 1, 6)
+# 03:30Z on 2025-06-30 is still 2025-06-29 (23:30 EDT) at the site
+SITE_NOW = dt.datetime(2025, 6, 30, 3, 30, tzinfo=dt.UTC)
+
+
+def winter_day(n: int) -> dt.date:
+    """Study day n of a subject whose Day 1 is 2025-01-06."""
+    return WINTER_DAY1 + dt.timedelta(days=n - 1 if n > 0 else n)
+
+
+@pytest.fixture(scope="module")
+def live_site(backend: str, new_database: Any) -> Iterator[Live]:
+    """A second app whose site is in New York (TRIALBRIDGE_SITE_TIMEZONE)."""
+    with live_app(str(new_database(backend)), SITE_NOW, site_timezone=SITE) as state:
+        yield state
+
+
+def winter_subject(pid: str, number: str) -> Resources:
+    """Enrolled 2024-12-30, dosed 2025-01-06 (Day 1), surgery charted at 2025-01-28T02:30:00Z:
+    21:30 on 2025-01-27 in New York, Day 22, the window's last day."""
+    return [
+        kit.research_study(),
+        kit.patient(id=pid, mrn=f"MRN-{pid}", gender="male", birth_date="1950-07-04"),
+        kit.research_subject(id=f"{pid}-rs", patient=pid, number=number, start=winter_day(-7)),
+        kit.dose(
+            id=f"{pid}-dupi-a",
+            patient=pid,
+            drug=SYRINGE,
+            amount=300,
+            when="2025-01-06T09:00:00-05:00",
+        ),
+        kit.dose(
+            id=f"{pid}-dupi-b",
+            patient=pid,
+            drug=SYRINGE,
+            amount=300,
+            when="2025-01-06T09:05:00-05:00",
+        ),
+        # 10:00 in New York, charted in UTC: the same day either way
+        kit.dose(
+            id=f"{pid}-cemi",
+            patient=pid,
+            drug="Libtayo 350 MG",
+            amount=350,
+            when="2025-01-06T15:00:00Z",
+        ),
+        *(
+            kit.procedure(
+                id=f"{pid}-cnb-{i}",
+                patient=pid,
+                code="CT-guided core needle biopsy of lung",
+                performed=winter_day(-20),
+            )
+            for i in (1, 2, 3)
+        ),
+        kit.specimen(
+            id=f"{pid}-stool", patient=pid, type="Stool specimen", collected=winter_day(-5)
+        ),
+        kit.procedure(
+            id=f"{pid}-surgery", patient=pid, code=SURGERY, performed="2025-01-28T02:30:00Z"
+        ),
+        kit.encounter(id=f"{pid}-postop", patient=pid, start="2025-02-26T10:00:00-05:00"),
+    ]
+
+
+def test_a_utc_timestamp_is_the_site_s_calendar_day(live_site: Live) -> None:
+    """At a New York site, surgery charted at 02:30Z on 2025-01-28 is 2025-01-27, Day 22: no
+    surgery_window deviation, on time; and "today" (eligibility as of) is the site's day."""
+    with api_client(live_site, SITE_NOW) as api, fhir_client(live_site) as fhir:
+        put_resources(fhir, *winter_subject("p1", "001-001"))
+        assert deviation_rows(api) == []
+        sid = subject_id(api, "001-001")
+        outcomes = get_json(api, f"/studies/{NCT}/subjects/{sid}/outcomes")
+        assert (
+            outcomes["day1"],
+            outcomes["time_to_surgery_days"],
+            outcomes["on_time_surgery"],
+        ) == (
+            "2025-01-06",
+            21,
+            True,
+        )
+        assert (outcomes["surgery"]["date"], outcomes["surgery"]["study_day"]) == ("2025-01-27", 22)
+        stored = get_json(api, f"/studies/{NCT}/subjects/{sid}/eligibility")
+        assert stored["as_of"] == "2025-06-29"  # 23:30 in New York, though 03:30Z on the 30th
+        timeline = get_json(api, f"/studies/{NCT}/subjects/{sid}/timeline")
+        [surgery] = [e for e in timeline["events"] if e["kind"] == "lung_resection"]
+        assert (surgery["study_day"], surgery["date"]["value"]) == (22, "2025-01-28T02:30:00Z")
+
+
+def test_the_same_chart_at_a_utc_site_is_day_23(api: httpx.Client, fhir: httpx.Client) -> None:
+    """With the default site zone (UTC) the same surgery is 2025-01-28, Day 23: outside the window."""
+    put_resources(fhir, *winter_subject("p1", "001-001"))
+    assert deviation_rows(api) == [
+        (
+            "001-001",
+            "surgery_window",
+            23,
+            "2025-01-28",
+            "surgery on Day 23; window Day 15–22",
+            ("Procedure/p1-surgery/_history/1",),
+        )
+    ]
+
+
+def test_an_unknown_site_time_zone_stops_start_up(tmp_path: Any) -> None:
+    """A bad TRIALBRIDGE_SITE_TIMEZONE is refused before anything runs, naming the variable."""
+    done = run_trialbridge(
+        f"sqlite:///{tmp_path / 'tz.db'}",
+        "reevaluate",
+        env={"TRIALBRIDGE_SITE_TIMEZONE": "Mars/Olympus_Mons"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert (
+        "TRIALBRIDGE_SITE_TIMEZONE 'Mars/Olympus_Mons' is not an IANA time zone name" in done.stderr
+    )
+    assert not (tmp_path / "tz.db").exists()  # stopped before opening the database
+
+
 # -- 7, pure: the interval a record stands for --------------------------------------------------------
 
 
@@ -864,3 +990,37 @@ def test_aliquots_of_a_core_are_not_more_cores() -> None:
     assert _deviations(procedure, *cores[:2], *aliquots, biopsies=0) == [
         ("screening_biopsy_count", None)
     ]
+
+
+# -- 10, pure: one conversion to the site's calendar ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "zone", "day"),
+    [
+        ("2025-01-28T02:30:00Z", SITE, "2025-01-27"),  # UTC: the site's day
+        ("2025-01-28T02:30:00+00:00", SITE, "2025-01-27"),  # an offset of zero is UTC too
+        ("2025-01-28T02:30:00Z", "UTC", "2025-01-28"),
+        ("2025-01-28T02:30:00Z", "Asia/Tokyo", "2025-01-28"),  # 11:30 in Tokyo
+        ("2025-01-27T21:30:00-05:00", "Asia/Tokyo", "2025-01-27"),  # its own offset: its own day
+        ("2025-01-27T23:30:00+14:00", SITE, "2025-01-27"),
+        ("2025-01-28", SITE, "2025-01-28"),  # a date is a calendar day already
+    ],
+)
+def test_in_zone_moves_only_utc_timestamps(text: str, zone: str, day: str) -> None:
+    """CLINICAL.md: a timestamp keeps its own offset; the site's zone is for UTC ones."""
+    parsed = parse_partial_date(text)
+    assert parsed is not None
+    local = in_zone(parsed, ZoneInfo(zone))
+    assert (local.first, local.last, local.text) == (dt.date.fromisoformat(day),) * 2 + (text,)
+
+
+def test_site_today_and_settings() -> None:
+    """'Today' is the site's day at the instant; the setting defaults to UTC and refuses bad names."""
+    assert site_date(SITE_NOW, ZoneInfo(SITE)) == dt.date(2025, 6, 29)
+    assert site_date(SITE_NOW, dt.UTC) == dt.date(2025, 6, 30)
+    assert str(Settings(site_timezone=SITE).site_zone()) == SITE
+    assert Settings().site_timezone == "UTC"
+    for bad in ("Mars/Olympus_Mons", "America", "utc", "", "../etc/passwd"):
+        with pytest.raises(ValueError, match="is not an IANA time zone name"):
+            Settings(site_timezone=bad)

@@ -6,6 +6,7 @@ changed (the event and subject tables' fingerprint moves). Each replica keeps it
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import threading
 from typing import Any
@@ -27,9 +28,12 @@ from service.studies.registry import kind_of
 class CohortReports:
     """Cohort outcomes and figures per study, cached until the study's data changes."""
 
-    def __init__(self, engine: Engine, protocols: dict[str, StudyProtocol]) -> None:
+    def __init__(
+        self, engine: Engine, protocols: dict[str, StudyProtocol], zone: dt.tzinfo = dt.UTC
+    ) -> None:
         self.engine = engine
         self.protocols = protocols
+        self.zone = zone  # the site's time zone: events are read in its calendar
         self._locks = {study_id: threading.Lock() for study_id in protocols}
         self._cache: dict[str, tuple[tuple[Any, ...], CohortReport]] = {}
 
@@ -76,7 +80,7 @@ class CohortReports:
             cached = self._cache.get(protocol.id)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-            stamp, rows, events = read(self.engine, lambda s: _load(s, protocol.id))
+            stamp, rows, events = read(self.engine, lambda s: _load(s, protocol.id, self.zone))
             report = _compute(protocol, rows, events)
             report.computed_at = utcnow()
             self._cache[protocol.id] = (stamp, report)
@@ -91,9 +95,11 @@ def _compute(protocol: StudyProtocol, rows: list[Any], events: dict[str, Any]) -
     return kind_of(protocol).cohort_report(protocol, members)
 
 
-def _load(session: Session, study_id: str) -> tuple[tuple[Any, ...], list[Any], dict[str, Any]]:
+def _load(
+    session: Session, study_id: str, zone: dt.tzinfo
+) -> tuple[tuple[Any, ...], list[Any], dict[str, Any]]:
     """The fingerprint, subjects and events, read in one session so they agree."""
     stamp = study_subjects.fingerprint(session, study_id)
     rows = study_subjects.study_subjects(session, study_id)
-    events = trial_events.events_of(session, [r.patient_id for r in rows])
+    events = trial_events.events_of(session, [r.patient_id for r in rows], zone=zone)
     return stamp, rows, events
