@@ -18,20 +18,24 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
+from fhir_mapping.events.data_point import map_diagnostic_report
 from fhir_mapping.events.medication_exposure import duration_days, exposure_span
-from fhir_mapping.events.model import TrialEvent
+from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.json_codec import loads
 from fhir_mapping.partial_dates import in_zone, parse_partial_date, site_date
 from service.infra.settings import Settings
 from service.protocol.terminology import build_terminology
 from service.studies.interventional.deviation_rules import SubjectContext, detect
 from service.studies.interventional.eligibility import evaluate
 from service.studies.interventional.protocol import DeviationRule
+from service.studies.interventional.subject_outcomes import event_free_survival, last_data_point
+from tests.conftest import TEST_DATA
 from tests.kit import fhir as kit
 from tests.kit.cli import run_trialbridge
 from tests.kit.client import put_resources
 from tests.kit.evidence import cited
 from tests.kit.live import Live, api_client, fhir_client, live_app
-from tests.kit.mapping import events_of, single
+from tests.kit.mapping import context, events_of, single
 from tests.kit.protocols import trial_protocol
 
 TERMS = build_terminology()
@@ -673,6 +677,123 @@ def test_an_unknown_site_time_zone_stops_start_up(tmp_path: Any) -> None:
     assert not (tmp_path / "tz.db").exists()  # stopped before opening the database
 
 
+# -- 11. event-free survival: recurrence Conditions and the last data point ----------------------------
+
+BRAIN_MET = kit.coded(kit.ICD10CM, "C79.31", "Secondary malignant neoplasm of brain")
+NODES = kit.coded(
+    kit.ICD10CM,
+    "C77.1",
+    "Secondary and unspecified malignant neoplasm of intrathoracic lymph nodes",
+)
+
+
+def outcomes(api: httpx.Client, number: str) -> dict[str, Any]:
+    """A subject's per-subject outcomes, evidence resolved."""
+    sid = subject_id(api, number)
+    body: dict[str, Any] = cited(api, NCT, get_json(api, f"/studies/{NCT}/subjects/{sid}/outcomes"))
+    return body
+
+
+def survival(body: dict[str, Any], which: str) -> tuple[Any, ...]:
+    """(days, event, censored, event_type, date, evidence reference) of EFS or OS."""
+    t = body[which]
+    evidence = t["evidence"]["reference"] if t["evidence"] else None
+    return (t["days"], t["event"], t["censored"], t["event_type"], t["date"], evidence)
+
+
+def test_efs_a_distant_metastasis_after_surgery_is_a_recurrence(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """p1: brain metastasis (C79.31) with onset 2025-06-01, after surgery on 2025-03-27: an EFS
+    event at 83 days. p3: nodal disease (C77.1) after surgery is not distant: no event, censored
+    at its onset (a data point), 83 days."""
+    put_resources(
+        fhir,
+        *subject(
+            "p1",
+            "001-001",
+            extra=[kit.condition(id="p1-met", patient="p1", code=BRAIN_MET, onset="2025-06-01")],
+        ),
+    )
+    put_resources(
+        fhir,
+        *subject(
+            "p3",
+            "001-003",
+            extra=[kit.condition(id="p3-nodes", patient="p3", code=NODES, onset="2025-06-01")],
+        ),
+    )
+    p1, p3 = (outcomes(api, n) for n in ("001-001", "001-003"))
+    assert survival(p1, "efs") == (
+        83,
+        True,
+        False,
+        "progression_or_recurrence",
+        "2025-06-01",
+        "Condition/p1-met/_history/1",
+    )
+    assert survival(p1, "os") == (
+        83,
+        False,
+        True,
+        None,
+        "2025-06-01",
+        "Condition/p1-met/_history/1",
+    )
+    assert survival(p3, "efs") == (
+        83,
+        False,
+        True,
+        None,
+        "2025-06-01",
+        "Condition/p3-nodes/_history/1",
+    )
+
+
+def test_efs_is_censored_at_the_last_performed_fact(api: httpx.Client, fhir: httpx.Client) -> None:
+    """p2: no event; a lab on 2025-05-20 and a CT report on 2025-06-10 are data points, a
+    procedure in preparation on 2025-06-25 and a biopsy ordered for 2025-07-15 are not: EFS and
+    OS are censored at 2025-06-10, 92 days after Day 1."""
+    lab = kit.observation(
+        id="p2-hb",
+        patient="p2",
+        code=kit.coded(kit.LOINC, "718-7", "Hemoglobin [Mass/volume] in Blood"),
+        effective="2025-05-20T08:10:00-04:00",
+        valueQuantity=kit.quantity(12.9, "g/dL"),
+    )
+    ct = {
+        "resourceType": "DiagnosticReport",
+        "id": "p2-ct",
+        "status": "final",
+        "code": kit.coded(kit.LOINC, "24627-2", "CT Chest"),
+        "subject": kit.reference("Patient/p2"),
+        "effectiveDateTime": "2025-06-10T14:00:00-04:00",
+        "conclusion": "No evidence of recurrence.",
+    }
+    planned = kit.procedure(
+        id="p2-bronch",
+        patient="p2",
+        code="Bronchoscopy",
+        status="preparation",
+        performed="2025-06-25",
+    )
+    ordered = kit.service_request(
+        id="p2-bx-order",
+        patient="p2",
+        code="CT-guided core needle biopsy of lung",
+        authored="2025-06-10",
+        occurrence="2025-07-15",
+    )
+    put_resources(fhir, *subject("p2", "001-002", extra=[lab, ct, planned, ordered]))
+    p2 = outcomes(api, "001-002")
+    censored_at_ct = (92, False, True, None, "2025-06-10", "DiagnosticReport/p2-ct/_history/1")
+    assert (survival(p2, "efs"), survival(p2, "os")) == (censored_at_ct, censored_at_ct)
+    # without the report, the lab is the last data point (71 days)
+    fhir.delete("DiagnosticReport/p2-ct").raise_for_status()
+    censored_at_lab = (71, False, True, None, "2025-05-20", "Observation/p2-hb/_history/1")
+    assert survival(outcomes(api, "001-002"), "efs") == censored_at_lab
+
+
 # -- 7, pure: the interval a record stands for --------------------------------------------------------
 
 
@@ -1024,3 +1145,101 @@ def test_site_today_and_settings() -> None:
     for bad in ("Mars/Olympus_Mons", "America", "utc", "", "../etc/passwd"):
         with pytest.raises(ValueError, match="is not an IANA time zone name"):
             Settings(site_timezone=bad)
+
+
+# -- 11, pure: what a data point is, and when a metastasis is a recurrence -----------------------------
+
+
+def test_the_official_diagnostic_reports_are_data_points() -> None:
+    """Every HL7 DiagnosticReport example (all final) is one data point on its effective date (when
+    the patient was examined), not on the later `issued` date."""
+    found = {}
+    for path in sorted((TEST_DATA / "fhir-r4-examples").glob("DiagnosticReport-*.json")):
+        resource = loads(path.read_bytes())
+        events = map_diagnostic_report(
+            resource, SourceRef("DiagnosticReport", resource["id"], 1), context(TERMS)
+        )
+        found[resource["id"]] = [(e.kind, e.date.text if e.date else None) for e in events]
+    assert found == {
+        "102": [(EventKind.DATA_POINT, "2008-06-17")],
+        "example-pgx": [(EventKind.DATA_POINT, "2016-10-15T12:34:56+11:00")],
+        "f201": [(EventKind.DATA_POINT, "2012-12-01T12:00:00+01:00")],
+        "gingival-mass": [(EventKind.DATA_POINT, "2017-03-02")],
+        "pap": [(EventKind.DATA_POINT, "2013-02-11T10:33:33+11:00")],
+        "ultrasound": [(EventKind.DATA_POINT, "2012-12-01T12:00:00+01:00")],
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "kinds"),
+    [
+        ("final", [EventKind.DATA_POINT]),
+        ("preliminary", [EventKind.DATA_POINT]),
+        ("amended", [EventKind.DATA_POINT]),
+        ("registered", []),  # ordered, no result yet
+        ("cancelled", []),
+        ("entered-in-error", []),
+    ],
+)
+def test_a_lab_is_a_data_point_once_resulted(status: str, kinds: list[EventKind]) -> None:
+    """A heart rate maps to no trial event but is a data point; not before it has a result."""
+    heart_rate = kit.observation(
+        id="hr",
+        code=kit.coded(kit.LOINC, "8867-4", "Heart rate"),
+        status=status,
+        effective="2025-05-20T08:10:00-04:00",
+        valueQuantity=kit.quantity(72, "/min"),
+    )
+    assert [e.kind for e in events_of(TERMS, [heart_rate])] == kinds
+
+
+def _last(*resources: dict[str, Any]) -> str | None:
+    """The last data point's day (ISO) of these resources, from Day 1 = 2025-03-10."""
+    found = last_data_point(events_of(TERMS, resources), DAY1)
+    return found[0].isoformat() if found else None
+
+
+@pytest.mark.parametrize(
+    ("resource", "last"),
+    [
+        (kit.procedure(id="x", code="Bronchoscopy", performed="2025-06-25"), "2025-06-25"),
+        (kit.procedure(id="x", code="Bronchoscopy", status="preparation", performed="2025-06-25"), None),
+        (kit.service_request(id="x", code=SURGERY, authored="2025-05-01", occurrence="2025-06-25"), None),
+        (kit.encounter(id="x", status="planned", start="2025-06-25"), None),
+        (kit.encounter(id="x", klass="IMP", start="2025-06-20", end="2025-06-25"), "2025-06-25"),
+        (kit.medication_request(id="x", medication=PRED, authored="2025-06-25"), None),
+        (kit.medication_statement(id="x", medication=PRED, status="intended", effectiveDateTime="2025-06-25"), None),
+        (kit.medication_statement(id="x", medication=PRED, effectiveDateTime="2025-06-25"), "2025-06-25"),
+        (kit.dose(id="x", drug=PRED, amount=20, when="2025-06-25"), "2025-06-25"),
+        (kit.adverse_event(id="x", event="Fatigue", date="2025-06-25"), "2025-06-25"),
+        (kit.condition(id="x", code=kit.HYPERTENSION, onset="2025-06-25"), "2025-06-25"),
+        (kit.condition(id="x", code=kit.HYPERTENSION, recorded="2025-06-25"), "2025-06-25"),
+        (kit.specimen(id="x", type="Blood", collected="2025-06-25"), "2025-06-25"),
+        (kit.encounter(id="x", start="2025-03-01"), None),  # before Day 1
+    ],
+    ids=[
+        "performed-procedure", "procedure-in-preparation", "service-request", "planned-visit",
+        "finished-stay-ends", "order", "intended-use", "reported-use", "administration", "adverse-event", "condition-onset",
+        "condition-recorded", "specimen", "before-day-1",
+    ],
+)  # fmt: skip
+def test_only_performed_facts_are_data_points(resource: dict[str, Any], last: str | None) -> None:
+    """CLINICAL.md: any performed, dated fact; never a planned one."""
+    assert _last(resource) == last
+
+
+def test_a_distant_metastasis_before_surgery_is_not_a_recurrence() -> None:
+    """C79.31 found on Day 10, before surgery on Day 18, is not a recurrence (nor, alone,
+    progression); the same after surgery is."""
+    base = subject("p1", "001-001")
+
+    def efs(onset: dt.date) -> tuple[bool, int | None]:
+        met = kit.condition(id="p1-met", patient="p1", code=BRAIN_MET, onset=onset)
+        t = event_free_survival(
+            events_of(TERMS, [*base, met]), DAY1, recurrence_valueset="distant_metastasis"
+        )
+        return t.event, t.days
+
+    assert efs(day(10)) == (False, 47)  # censored at the post-operative visit (Day 48)
+    assert efs(day(18)) == (False, 47)  # found at surgery: not after it
+    assert efs(day(19)) == (True, 18)

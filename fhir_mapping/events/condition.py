@@ -17,6 +17,7 @@ CONDITION_CONCEPTS = (
     "nsclc",
     "lung_cancer",
     "metastatic_disease",
+    "distant_metastasis",
     "autoimmune_disease",
     "cutaneous_irae",
     "immune_related_ae",

@@ -32,6 +32,7 @@ class EventKind(StrEnum):
     DISEASE_STATUS = "disease_status"
     ADVERSE_EVENT = "adverse_event"
     ENCOUNTER = "encounter"
+    DATA_POINT = "data_point"  # a dated result with no other trial meaning: seen on that day
 
 
 @dataclass(frozen=True, slots=True)

@@ -204,6 +204,9 @@ class TrialOutcomes(Strict):
     pcr_without_nodal_information: Literal["not_evaluable"]
     viable_tumour_valueset: str
     efs_events: tuple[Literal["progression_precluding_surgery", "recurrence", "death"], ...]
+    # A Condition in this value set (distant secondary malignancy, C78–C79) with onset after surgery
+    # is a recurrence.
+    recurrence_condition_valueset: str
     censoring: Literal["last_data_point"]
     high_grade_ae_min: int = Field(ge=1, le=5)
     survival_timepoints_months: tuple[int, ...]
