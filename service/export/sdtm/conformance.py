@@ -259,6 +259,8 @@ class _Checker:
         )
         for i, row in enumerate(rows, start=1):
             who = row.get("USUBJID")
+            if who not in reference:
+                continue  # no DM record to count days from (subject_in_dm reports it)
             rf = reference.get(who)
             rfstdtc = rf if isinstance(rf, str) else None
             for v in days:
