@@ -640,3 +640,27 @@ def test_cli_writes_every_file_and_checks_them(
     assert result.stdout.splitlines()[-1] == "check: 0 error(s), 0 warning(s)"
     with (out / "ex.json").open() as fh:
         assert json.load(fh)["records"] == 5
+
+
+def test_each_export_request_is_audited_as_a_study_read(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """One AuditEvent per file fetched: a read (R) of the study, naming the route template."""
+    marks = {"sdtm-audit-ae": f"{EXPORT}/ae.xpt", "sdtm-audit-define": f"{EXPORT}/define.xml"}
+    for mark, path in marks.items():
+        assert api.get(path, headers={"X-Request-Id": mark}).status_code == 200
+    found = fhir.get("/AuditEvent", params={"entity": f"urn:trialbridge:study|{NCT}"}).json()
+    seen = {}
+    for entry in found.get("entry", []):
+        event = entry["resource"]
+        ids = {
+            e["what"]["identifier"]["value"]
+            for e in event["entity"]
+            if e.get("what", {}).get("identifier", {}).get("system") == "urn:trialbridge:request-id"
+        }
+        for mark in ids & set(marks):
+            seen[mark] = (event["action"], event["subtype"][0]["code"])
+    assert seen == {
+        "sdtm-audit-ae": ("R", "GET /api/v1/studies/{study_id}/export/sdtm/{file}"),
+        "sdtm-audit-define": ("R", "GET /api/v1/studies/{study_id}/export/sdtm/define.xml"),
+    }
