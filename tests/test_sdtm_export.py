@@ -10,6 +10,7 @@ drug" or "first study drug on or after enrollment".
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import math
@@ -26,7 +27,9 @@ import pyreadstat
 import pytest
 from sqlalchemy import Engine
 
+from fhir_mapping.partial_dates import parse_partial_date
 from service.export.sdtm.conformance import check
+from service.export.sdtm.dates import Epochs, is_iso8601, sdtm_study_day
 from service.export.sdtm.export import SdtmExporter
 from service.export.sdtm.metadata import metadata
 from service.export.sdtm.model import Dataset, Package
@@ -664,3 +667,49 @@ def test_each_export_request_is_audited_as_a_study_read(
         "sdtm-audit-ae": ("R", "GET /api/v1/studies/{study_id}/export/sdtm/{file}"),
         "sdtm-audit-define": ("R", "GET /api/v1/studies/{study_id}/export/sdtm/define.xml"),
     }
+
+
+# -- dates, study days and epochs (pure) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dtc", "day"),
+    [
+        ("2025-03-09T23:59:00-04:00", -1),  # the day before Day 1 is Day -1: no Day 0
+        ("2025-03-10", 1),
+        ("2025-03-10T00:01:00+14:00", 1),  # the date part as recorded, whatever the offset
+        ("2024-03-10", -365),  # 2024 is a leap year: 365 days before
+        ("2025-03", None),  # partial: no study day
+        ("2025", None),
+        (None, None),
+    ],
+)
+def test_study_day_by_the_cdisc_rule(dtc: str | None, day: int | None) -> None:
+    """--DY from the date parts, Day 1 = RFSTDTC 2025-03-10."""
+    assert sdtm_study_day(dtc, "2025-03-10") == day
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        ("2024-02-29", True),
+        ("2025-02-29", False),  # no such day
+        ("2025-03-10T09:00", True),
+        ("2025-03-10T09:00:00.125Z", True),
+        ("2025-3-10", False),
+        ("03/14/2025", False),
+        ("2025-03-10 09:00", False),
+    ],
+)
+def test_iso8601(text: str, valid: bool) -> None:
+    """The conformance check's ISO 8601: reduced precision from the right, real calendar days."""
+    assert is_iso8601(text) is valid
+
+
+def test_epoch_of_a_partial_date_needs_one_epoch_for_its_whole_span() -> None:
+    """Screening from 2025-02-10, treatment 2025-03-10 to 2025-03-27, follow-up after."""
+    epochs = Epochs(dt.date(2025, 2, 10), dt.date(2025, 3, 10), dt.date(2025, 3, 27))
+    assert [epochs.of(parse_partial_date(t)) for t in ("2025-02-09", "2025-02-10", "2025-03-09",
+            "2025-03-27", "2025-03-28", "2025-04", "2025-03", "2014")] == [
+        None, "SCREENING", "SCREENING", "TREATMENT", "FOLLOW-UP", "FOLLOW-UP", None, None,
+    ]  # fmt: skip

@@ -89,7 +89,7 @@ def _codelist(mdv: ET.Element, cl: Codelist, design: StudyDesign, ct: str) -> No
 def define_xml(package: Package, meta: Metadata) -> bytes:
     """The define.xml of one export (UTF-8, with its XML declaration)."""
     study = package.study_id
-    design: StudyDesign = package.design
+    design = package.design
     root = ET.Element(
         _q(ODM, "ODM"),
         {

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 from sqlalchemy import Engine
@@ -17,7 +17,7 @@ from service.export.sdtm import formats
 from service.export.sdtm.conformance import Finding, check
 from service.export.sdtm.define_xml import define_xml
 from service.export.sdtm.domains import SubjectRecord, Tabulation
-from service.export.sdtm.metadata import DATASETS, metadata, study_design
+from service.export.sdtm.metadata import DATASETS, StudyDesign, metadata, study_design
 from service.export.sdtm.model import Dataset, Package
 from service.infra.clock import utcnow
 from service.protocol.schema import StudyProtocol
@@ -83,7 +83,7 @@ class SdtmExporter:
     engine: Engine
     protocols: dict[str, StudyProtocol]
 
-    def _plan(self, study_id: str) -> tuple[StudyProtocol, TabulationPlan, Any]:
+    def _plan(self, study_id: str) -> tuple[StudyProtocol, TabulationPlan, StudyDesign]:
         protocol, tabulation = capability(self.protocols, study_id, "tabulation", "SDTM tabulation")
         design = study_design(protocol.id)
         if design is None:

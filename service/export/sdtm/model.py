@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from service.export.sdtm.metadata import DomainSpec
+from service.export.sdtm.metadata import DomainSpec, StudyDesign
 
 Value = str | int | float | None
 Row = dict[str, Value]
@@ -37,4 +36,4 @@ class Package:
     study_id: str
     created: str  # ISO 8601 instant (UTC), the same in every file of the package
     datasets: Mapping[str, Dataset]
-    design: Any  # the StudyDesign it was made with (define.xml reads it)
+    design: StudyDesign  # what the study's FHIR did not say (define.xml reads it)
