@@ -124,6 +124,11 @@ class _Watch:
     retry_at: float = 0.0
 
 
+def kind_report(protocol: StudyProtocol, members: Sequence[Member]) -> CohortReport:
+    """The study kind's cohort report (what the refresher computes unless told otherwise)."""
+    return kind_of(protocol).cohort_report(protocol, members)
+
+
 class _LeaseKeeper:
     """Renews a study's lease while its computation runs; notes when the lease was lost."""
 
@@ -208,6 +213,8 @@ class CohortRefresher:
             :64
         ]
         self.basis = {study_id: basis_of(p) for study_id, p in self.protocols.items()}
+        # the computation itself; a test may wrap it to act while a computation runs
+        self.report_of: Callable[[StudyProtocol, Sequence[Member]], CohortReport] = kind_report
         self._lock = threading.Lock()
         self._watch: dict[str, _Watch] = {}
         self._forced: dict[str, int] = {}
@@ -394,7 +401,7 @@ class CohortRefresher:
             # the change numbers first: the data read after them reflects at least those changes
             ids = read(self.engine, lambda s: cohort_snapshots.pending_ids(s, study_id))
             members = read(self.engine, lambda s: _members(s, study_id))
-            report = kind_of(protocol).cohort_report(protocol, members)
+            report = self.report_of(protocol, members)
             del members
             body = to_json(minimised(report.body, lambda cited: self.seal(study_id, cited)))
             figures = _figures(study_id, report)

@@ -7,9 +7,11 @@ made it stale, and, before the first snapshot exists, answers 503 `cohort_not_re
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -22,6 +24,17 @@ from service.reads.results import CohortOutcomes, StudyRef
 from service.repositories import cohort_snapshots
 from service.repositories.cohort_snapshots import SnapshotHead
 from service.stats.plots import MEDIA_TYPES, RenderedFigure
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotStatus:
+    """A study's snapshot at a glance, for metrics: its time, staleness and waiting changes."""
+
+    study_id: str
+    computed_at: dt.datetime | None  # None: no snapshot yet
+    compute_seconds: float | None
+    stale: bool
+    pending_changes: int
 
 
 def outcomes_etag(head: SnapshotHead, stale: bool) -> str:
@@ -103,6 +116,33 @@ class CohortReports:
                 body=body,
             )
         return None
+
+    def status(self) -> list[SnapshotStatus]:
+        """Every study's snapshot state (two queries, whatever the number of studies)."""
+
+        def load(
+            session: Session,
+        ) -> tuple[dict[str, SnapshotHead], dict[str, cohort_snapshots.Pending]]:
+            heads = {h.study_id: h for h in cohort_snapshots.snapshot_heads(session)}
+            return heads, cohort_snapshots.pending(session)
+
+        heads, pending = read(self.engine, load)
+        out = []
+        for study_id in sorted(self.protocols):
+            head, waiting = heads.get(study_id), pending.get(study_id)
+            stale = (
+                head is None or waiting is not None or head.basis != self.refresher.basis[study_id]
+            )
+            out.append(
+                SnapshotStatus(
+                    study_id,
+                    head.computed_at if head is not None else None,
+                    head.compute_seconds if head is not None else None,
+                    stale,
+                    waiting.count if waiting is not None else 0,
+                )
+            )
+        return out
 
     def plot(self, study_id: str, name: str, fmt: str) -> RenderedFigure:
         """One figure of the study's last snapshot, as PNG or SVG."""

@@ -206,9 +206,12 @@ def acquire_lease(
     dialect = session.get_bind().dialect.name
     make = postgresql.insert if dialect == "postgresql" else sqlite.insert
     made = session.execute(
-        make(_LEASE).values(study_id=study_id, owner=owner, until=until).on_conflict_do_nothing()
+        make(_LEASE)
+        .values(study_id=study_id, owner=owner, until=until)
+        .on_conflict_do_nothing()
+        .returning(c.study_id)  # psycopg reports no row count for a conflict clause
     )
-    return int(made.rowcount) == 1  # type: ignore[attr-defined]
+    return made.first() is not None
 
 
 def renew_lease(session: Session, study_id: str, owner: str, until: dt.datetime) -> bool:
