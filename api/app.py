@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from api import errors, request_log
 from api.audit import AuditRequests
 from api.auth import router as auth_router
+from api.client_limits import BodyDeadline
 from api.cors import Cors
 from api.deviation_routes import router as deviation_router
 from api.docs_pages import docs_router
@@ -145,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_oauth2_redirect_url=None,
     )
     errors.install(app)
+    app.add_middleware(BodyDeadline)  # innermost: it bounds every read of a body, 408 after
     app.add_middleware(errors.ApiBodyLimit)
     app.add_middleware(HostGuard)  # a Host that may not shape URLs is refused before anything runs
     app.add_middleware(RateLimit)  # inside the audit and the headers (429s recorded), before routes

@@ -331,6 +331,10 @@ def _run(argv: Sequence[str] | None) -> int:
         access_log=False,  # uvicorn's prints paths and query strings; ours (request_log) does not
         # a worker still importing on a busy host answers no ping; uvicorn's 5 s kills it in a loop
         timeout_worker_healthcheck=60,
+        # a deadline on each request head, a cut-off for bodies, the connection cap
+        # (TRIALBRIDGE_HEADER_TIMEOUT_SECONDS, _BODY_TIMEOUT_SECONDS, _MAX_CONNECTIONS)
+        http="api.client_limits:GuardedHttpToolsProtocol",
+        timeout_keep_alive=settings.keep_alive_seconds,
     )
     return 0
 

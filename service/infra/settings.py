@@ -181,6 +181,33 @@ class Settings(BaseSettings):
     rate_limit_address_burst: int = Field(
         default=2000, ge=1, le=1_000_000, description="Requests an address may make at once"
     )
+    header_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A request's line and headers must arrive within this many seconds of the "
+        "connection opening (or of their first byte on a kept-alive connection); `serve` only",
+    )
+    body_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=86400,
+        description="A request's body must arrive within this many seconds of its headers; "
+        "else 408",
+    )
+    keep_alive_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="An idle kept-alive connection closes after this many seconds; `serve` only",
+    )
+    max_connections: int = Field(
+        default=500,
+        ge=0,
+        le=1_000_000,
+        description="Open connections per server process; a request on one more gets 503 "
+        "(probes excepted); 0: no cap; `serve` only",
+    )
     admin_key_file: Path | None = Field(
         default=None,
         description="Where the first start writes the local admin client's private key "
