@@ -41,6 +41,7 @@ from service.infra.settings import Settings
 from service.notifications.webhooks import Dispatcher, policy_from
 from service.privacy.evidence import EvidenceCodec
 from service.reads.audit_log import AuditLog
+from service.reads.cohort_refresher import CohortRefresher
 from service.reads.cohort_reports import CohortReports
 from service.reads.deviation_log import DeviationLog
 from service.reads.study_reader import StudyReader
@@ -97,7 +98,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model_checks = ModelChecks.for_settings(conf)
         app.state.store = FhirService(engine, conf, catalog.derivation, model_checks)
         app.state.studies = StudyReader(engine, catalog.protocols)
-        app.state.reports = CohortReports(engine, catalog.protocols)
+        evidence: EvidenceCodec = app.state.evidence
+        refresher = CohortRefresher(
+            engine,
+            catalog.protocols,
+            evidence.seal,
+            interval_seconds=conf.cohort_refresh_interval_seconds,
+            debounce_seconds=conf.cohort_debounce_seconds,
+            max_delay_seconds=conf.cohort_max_delay_seconds,
+        )
+        catalog.derivation.on_studies_changed = refresher.notice
+        app.state.reports = CohortReports(
+            engine,
+            catalog.protocols,
+            refresher,
+            fresh_timeout_seconds=conf.cohort_fresh_timeout_seconds,
+        )
         app.state.deviations = DeviationLog(
             engine, catalog.protocols, allow_private_webhooks=conf.webhook_allow_private
         )
@@ -106,9 +122,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dispatcher = Dispatcher(engine, policy_from(conf), conf.webhook_interval_seconds)
             dispatcher.start()
         await run_in_threadpool(settle_process)
+        refresher.start()
         try:
             yield
         finally:
+            await run_in_threadpool(refresher.stop)
             if dispatcher is not None:
                 dispatcher.stop()
             await run_in_threadpool(model_checks.close)

@@ -23,6 +23,7 @@ from service.errors import (
     AuthError,
     DatabaseUnavailableError,
     FhirError,
+    NotReadyError,
     OAuthError,
     RateLimitedError,
     TrialbridgeError,
@@ -175,6 +176,9 @@ def render(exc: TrialbridgeError, *, fhir: bool) -> Response:
         if fhir:
             return outcome_response(exc.status, exc.issues)
         return json_error(exc.status, exc.issues[0].code, str(exc))
+    if isinstance(exc, NotReadyError):
+        headers = {"Retry-After": str(exc.retry_after)}
+        return json_error(exc.status, exc.code, exc.message, exc.details, headers=headers)
     if isinstance(exc, ApiError):
         return json_error(exc.status, exc.code, exc.message, exc.details)
     if fhir:
