@@ -393,7 +393,14 @@ class CohortOutcomesOut(BaseModel):
     study: dict[str, str] = Field(
         examples=[{"id": "NCT06088771", "version": "1.0.0", "kind": "interventional"}]
     )
-    computed_at: str
+    computed_at: str = Field(description="When the snapshot served was computed (UTC)")
+    data_as_of: int = Field(
+        description="The number of the last change the snapshot reflects; numbers only grow"
+    )
+    stale: bool = Field(
+        description="True when a change since (or another protocol or release) is not reflected "
+        "yet; the background refresher is computing or will compute a new snapshot"
+    )
     plots: dict[str, dict[str, str]] = Field(
         description="Figure name → format → URL",
         examples=[
