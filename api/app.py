@@ -19,6 +19,7 @@ from api.client_limits import BodyDeadline
 from api.cors import Cors
 from api.deviation_routes import router as deviation_router
 from api.docs_pages import docs_router
+from api.export_routes import router as export_router
 from api.fhir_routes import audit_router
 from api.fhir_routes import open_router as fhir_open_router
 from api.fhir_routes import router as fhir_router
@@ -32,6 +33,7 @@ from service.access.clients import bootstrap_admin
 from service.access.tokens import TokenService
 from service.audit.trail import AuditTrail
 from service.derivation.catalog import load_catalog
+from service.export.sdtm.export import SdtmExporter
 from service.fhir.interactions import FhirService
 from service.fhir.validation_workers import ModelChecks
 from service.infra import metrics, migrate
@@ -114,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             refresher,
             fresh_timeout_seconds=conf.cohort_fresh_timeout_seconds,
         )
+        app.state.sdtm = SdtmExporter(engine, catalog.protocols)
         app.state.deviations = DeviationLog(
             engine, catalog.protocols, allow_private_webhooks=conf.webhook_allow_private
         )
@@ -161,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(study_router)
     app.include_router(deviation_router)
     app.include_router(outcome_router)
+    app.include_router(export_router)
     app.include_router(metrics_router)
     app.include_router(docs_router())
 

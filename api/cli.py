@@ -18,7 +18,7 @@ import orjson
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from api import cli_access, request_log
+from api import cli_access, cli_export, request_log
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import decode_text, loads
 from service.derivation.catalog import load_catalog
@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     refresh.add_argument("--force", action="store_true", help="recompute every study, stale or not")
     cli_access.add_parsers(sub)
+    cli_export.add_parser(sub)
     return parser
 
 
@@ -268,12 +269,14 @@ def _run(argv: Sequence[str] | None) -> int:
     ):
         print(f"trialbridge: {refusal}", file=sys.stderr)
         return 2
-    if args.command in ("serve", "load", "remap", "reevaluate", "refresh-cohorts"):
+    if args.command in ("serve", "load", "remap", "reevaluate", "refresh-cohorts", "export"):
         try:
             catalog = load_catalog(settings)  # fail before serving, naming the file and key
         except (ProtocolError, TerminologyError) as exc:
             print(f"trialbridge: {exc}", file=sys.stderr)
             return 2
+    if args.command == "export":
+        return cli_export.run(args, settings, catalog.protocols)
     if args.command == "remap":
         engine = make_engine(settings)
         migrate.prepare(engine, auto_migrate=settings.auto_migrate)

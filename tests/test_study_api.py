@@ -487,6 +487,8 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
         "/api/v1/studies/{study_id}/deviations",
         "/api/v1/studies/{study_id}/deviations/{deviation_id}",
         "/api/v1/studies/{study_id}/evidence/{evidence_id}",
+        "/api/v1/studies/{study_id}/export/sdtm/define.xml",
+        "/api/v1/studies/{study_id}/export/sdtm/{file}",
         "/api/v1/subscriptions",
         "/api/v1/subscriptions/{subscription_id}",
     }
