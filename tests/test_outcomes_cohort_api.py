@@ -84,7 +84,7 @@ def test_trial_cohort_outcomes_from_posted_fhir(api: httpx.Client) -> None:
     response = api.get("/studies/NCT06088771/outcomes")
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["study"] == {"id": "NCT06088771", "version": "1.0.0", "kind": "interventional"}
+    assert body["study"] == {"id": "NCT06088771", "version": "2.0.0", "kind": "interventional"}
     assert set(body["plots"]) == {"efs", "os", "swimmer"}
     assert body["plots"]["os"]["svg"] == "/api/v1/studies/NCT06088771/outcomes/plots/os.svg"
     out = body["outcomes"]

@@ -37,9 +37,11 @@ class FollowUp(Strict):
 
 
 class Schedule(Strict):
-    """When things happen, relative to Day 1 = the first study-drug administration."""
+    """When things happen, relative to Day 1 = the first study-drug dose on or after enrollment."""
 
-    day1: Literal["first_study_drug_administration"]
+    day1: Literal["first_study_drug_on_or_after_enrollment"]
+    # Without an enrollment date: the first day one of these study drugs (ids) is given.
+    day1_without_enrollment: tuple[str, ...] = Field(min_length=1)
     study_drugs: tuple[StudyDrug, ...] = Field(min_length=1)
     dose_tolerance_pct: Decimal = Field(ge=0, le=100)
     screening: Screening
@@ -217,4 +219,8 @@ class TrialProtocol(StudyProtocol):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
                 raise ValueError(f"{what}: duplicate id(s) {dupes}")
+        drugs = {d.id for d in self.schedule.study_drugs}
+        unknown = sorted(set(self.schedule.day1_without_enrollment) - drugs)
+        if unknown:
+            raise ValueError(f"schedule.day1_without_enrollment: not a study drug id {unknown}")
         return self

@@ -1,0 +1,274 @@
+"""NCT06088771 after CLINICAL.md revision 2: each corrected definition as a known answer over HTTP.
+
+Every subject below starts from one hand-checked work-up that settles all nine criteria in the
+patient's favour (eligible, 4 met and 5 not met) and keeps to the schedule: enrolled 2025-03-03,
+three core needle biopsies on Day -20, a stool sample on Day -5, cemiplimab 350 mg and dupilumab
+2 × 300 mg on Day 1 (2025-03-10), a lobectomy on Day 18 and a post-operative visit 30 days later.
+So a clean subject has no deviation at all, and each test changes only what its definition is about.
+The expected answers are worked out from CLINICAL.md revision 2, not read from the code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+from tests.kit import fhir as kit
+from tests.kit.client import put_resources
+from tests.kit.evidence import cited
+
+NCT = "NCT06088771"
+ENROLLED = dt.date(2025, 3, 3)
+DAY1 = dt.date(2025, 3, 10)
+STUDY = kit.research_study()
+SYRINGE = "dupilumab 300 MG in 2 ML Prefilled Syringe"
+
+Resources = list[dict[str, Any]]
+
+
+def day(n: int) -> dt.date:
+    """The calendar date of study day n (CDISC: no Day 0)."""
+    return DAY1 + dt.timedelta(days=n - 1 if n > 0 else n)
+
+
+SURGERY = day(18)  # 2025-03-27
+POST_OP = SURGERY + dt.timedelta(days=30)  # 2025-04-26, the last data point of a clean subject
+
+
+@pytest.fixture
+def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
+    """A client on /api/v1 of an empty store (the `fhir` fixture empties it)."""
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=60) as client:
+        yield client
+
+
+# -- FHIR: one clean subject, varied per test (every resource id starts with the patient id) ------
+
+
+def work_up(pid: str) -> Resources:
+    """Screening data that settles every criterion in the patient's favour."""
+    return [
+        kit.patient(id=pid, mrn=f"MRN-{pid}", gender="female", birth_date="1956-02-11"),
+        kit.condition(id=f"{pid}-dx", patient=pid, code=kit.NSCLC, onset="2025-01-20"),
+        kit.observation(
+            id=f"{pid}-t",
+            patient=pid,
+            code=kit.T_CLINICAL,
+            effective="2025-02-12",
+            valueCodeableConcept={"text": "cT2a"},
+        ),
+        kit.observation(
+            id=f"{pid}-m",
+            patient=pid,
+            code=kit.M_CLINICAL,
+            effective="2025-02-12",
+            valueCodeableConcept=kit.coded(kit.AJCC, "cM0", "cM0"),
+        ),
+        kit.service_request(
+            id=f"{pid}-sr",
+            patient=pid,
+            code=kit.LOBECTOMY,
+            authored="2025-02-25",
+            occurrence=SURGERY,
+        ),
+        *(
+            kit.procedure(
+                id=f"{pid}-cnb-{i}",
+                patient=pid,
+                code="CT-guided core needle biopsy of lung",
+                performed=day(-20),
+            )
+            for i in (1, 2, 3)
+        ),
+        *(
+            kit.genomic_variant(
+                id=f"{pid}-{gene['coding'][0]['display'].lower()}",
+                patient=pid,
+                gene=gene,
+                present=False,
+                effective="2025-02-14",
+            )
+            for gene in (kit.EGFR, kit.ALK, kit.ROS1)
+        ),
+        kit.smoking_status(
+            id=f"{pid}-smk",
+            patient=pid,
+            finding=kit.coded(kit.SNOMED, "8517006", "Ex-smoker"),
+            effective="2025-02-03",
+        ),
+    ]
+
+
+def on_study(pid: str, number: str, *, start: dt.date | None = ENROLLED) -> Resources:
+    """Enrollment and the schedule kept: Day-1 doses, stool, surgery on Day 18, the post-op visit."""
+    return [
+        kit.research_subject(id=f"{pid}-rs", patient=pid, number=number, start=start),
+        kit.dose(
+            id=f"{pid}-dupi-a", patient=pid, drug=SYRINGE, amount=300, when=f"{DAY1}T09:00:00-04:00"
+        ),
+        kit.dose(
+            id=f"{pid}-dupi-b", patient=pid, drug=SYRINGE, amount=300, when=f"{DAY1}T09:05:00-04:00"
+        ),
+        kit.dose(
+            id=f"{pid}-cemi",
+            patient=pid,
+            drug="Libtayo 350 MG",
+            amount=350,
+            when=f"{DAY1}T10:00:00-04:00",
+        ),
+        kit.specimen(id=f"{pid}-stool", patient=pid, type="Stool specimen", collected=day(-5)),
+        kit.procedure(
+            id=f"{pid}-surgery", patient=pid, code="Right upper lobectomy", performed=SURGERY
+        ),
+        kit.encounter(id=f"{pid}-postop", patient=pid, start=f"{POST_OP}T10:00:00-04:00"),
+    ]
+
+
+def subject(pid: str, number: str, *extra: dict[str, Any], **enrollment: Any) -> Resources:
+    """A clean enrolled subject plus the records a test adds or replaces (same id replaces)."""
+    by_id = {r["id"]: r for r in (*work_up(pid), *on_study(pid, number, **enrollment))}
+    by_id |= {r["id"]: r for r in extra}
+    return list(by_id.values())
+
+
+# -- reading the trial API ---------------------------------------------------------------------------
+
+
+def get_json(api: httpx.Client, path: str, **params: Any) -> dict[str, Any]:
+    """A 200 JSON body."""
+    response = api.get(path, params=params)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def subject_row(api: httpx.Client, number: str) -> dict[str, Any]:
+    """The subject list's row of one subject number."""
+    rows = get_json(api, f"/studies/{NCT}/subjects", subject_number=number)["subjects"]
+    assert len(rows) == 1
+    row: dict[str, Any] = rows[0]
+    return row
+
+
+def eligibility(api: httpx.Client, sid: str, **params: Any) -> dict[str, Any]:
+    """A subject's eligibility, its evidence resolved to the versions it cites."""
+    body: dict[str, Any] = cited(
+        api, NCT, get_json(api, f"/studies/{NCT}/subjects/{sid}/eligibility", **params)
+    )
+    return body
+
+
+def criterion(body: dict[str, Any], criterion_id: str) -> dict[str, Any]:
+    """One criterion of an eligibility body."""
+    found: list[dict[str, Any]] = [c for c in body["criteria"] if c["id"] == criterion_id]
+    assert len(found) == 1
+    return found[0]
+
+
+def cites(found: dict[str, Any]) -> list[tuple[str, str]]:
+    """A criterion's evidence as (reference, value)."""
+    return [(e["reference"], e["value"]) for e in found["evidence"]]
+
+
+def deviations(api: httpx.Client, sid: str) -> list[tuple[str, str]]:
+    """The subject's deviation log as (rule, message)."""
+    body = get_json(api, f"/studies/{NCT}/deviations", subject=sid, limit=500)
+    return [(d["rule"], d["message"]) for d in body["deviations"]]
+
+
+def outcomes(api: httpx.Client, sid: str) -> dict[str, Any]:
+    """The subject's endpoints."""
+    return get_json(api, f"/studies/{NCT}/subjects/{sid}/outcomes")
+
+
+def timeline(api: httpx.Client, sid: str) -> list[tuple[int | None, str | None, str]]:
+    """The subject's timeline as (study day, date, kind)."""
+    body = get_json(api, f"/studies/{NCT}/subjects/{sid}/timeline")
+    return [(e["study_day"], (e["date"] or {}).get("value"), e["kind"]) for e in body["events"]]
+
+
+def clean(api: httpx.Client, sid: str) -> None:
+    """What a clean subject shows: eligible then and now, no deviation, surgery on Day 18."""
+    body = eligibility(api, sid)
+    assert (body["overall"], body["at_enrollment"]) == ("eligible", "eligible")
+    assert body["counts"] == {"met": 4, "not_met": 5, "unknown": 0}
+    assert deviations(api, sid) == []
+    out = outcomes(api, sid)
+    assert (out["day1"], out["time_to_surgery_days"], out["on_time_surgery"]) == (
+        DAY1.isoformat(),
+        17,
+        True,
+    )
+    assert out["surgery"]["study_day"] == 18
+    last = (POST_OP - DAY1).days  # 47: censored at the post-operative visit
+    for endpoint in ("efs", "os"):
+        got = out[endpoint]
+        assert (got["days"], got["event"], got["date"]) == (last, False, POST_OP.isoformat())
+
+
+# -- 1. Day 1 is anchored on enrollment ------------------------------------------------------------
+
+ATOPIC_DUPILUMAB = dt.date(2024, 3, 4)  # a year before enrollment, for atopic dermatitis
+
+
+def atopic_dermatitis(pid: str) -> Resources:
+    """Dupilumab for atopic dermatitis a year before enrollment, and the diagnosis."""
+    return [
+        kit.condition(
+            id=f"{pid}-ad",
+            patient=pid,
+            code=kit.coded(kit.ICD10CM, "L20.9", "Atopic dermatitis, unspecified"),
+            onset="2015-06-01",
+        ),
+        kit.dose(
+            id=f"{pid}-dupi-ad",
+            patient=pid,
+            drug="Dupixent 300 MG/2ML Prefilled Syringe",
+            amount=300,
+            when=ATOPIC_DUPILUMAB,
+            route=kit.SUBCUTANEOUS,
+        ),
+    ]
+
+
+def test_day1_is_the_first_study_drug_on_or_after_enrollment(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Dupilumab a year before enrollment is prior medication: Day 1 stays 2025-03-10, no deviation."""
+    put_resources(fhir, STUDY, *subject("a1", "101-001", *atopic_dermatitis("a1")))
+    row = subject_row(api, "101-001")
+    assert (row["enrolled_on"], row["day1"]) == (ENROLLED.isoformat(), DAY1.isoformat())
+    sid = row["subject_id"]
+    clean(api, sid)
+    # the old dose is on the timeline before Day 1 (date − Day 1, no Day 0): Day -371
+    prior = (ATOPIC_DUPILUMAB - DAY1).days
+    assert prior == -371
+    assert (prior, ATOPIC_DUPILUMAB.isoformat(), "drug_administration") in timeline(api, sid)
+    # exclusion 8 counts it as prior medication, outside the 56 days before enrollment
+    immuno = criterion(eligibility(api, sid), "immunomodulators")
+    assert (immuno["verdict"], immuno["reason"]) == (
+        "not_met",
+        "no listed drug in the 56 days before 2025-03-03",
+    )
+
+
+def test_day1_without_an_enrollment_date_is_the_first_cemiplimab_day(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """No enrollment date: Day 1 is the first day cemiplimab is given, not the old dupilumab day."""
+    put_resources(fhir, STUDY, *subject("a2", "101-002", *atopic_dermatitis("a2"), start=None))
+    row = subject_row(api, "101-002")
+    assert (row["enrolled_on"], row["day1"]) == (None, DAY1.isoformat())
+    sid = row["subject_id"]
+    assert deviations(api, sid) == []
+    out = outcomes(api, sid)
+    assert (out["day1"], out["time_to_surgery_days"], out["efs"]["days"]) == (
+        DAY1.isoformat(),
+        17,
+        (POST_OP - DAY1).days,
+    )
