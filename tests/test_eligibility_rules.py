@@ -635,7 +635,7 @@ METASTATIC_CASES = [
 
 @pytest.mark.parametrize("case", METASTATIC_CASES)
 def test_metastatic_disease(case: Case) -> None:
-    """Exclusion 6: M1 category, secondary malignancy (C77–C79) or stage IV; M0 or a lower group rule it out."""
+    """Exclusion 6: M1 category, distant secondary malignancy (C78–C79) or stage IV; M0 or a lower group rule it out."""
     check("metastatic", case)
 
 

@@ -17,10 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
+from service.protocol.terminology import build_terminology
+from service.studies.cirae.cohort import CohortPatient, build_cohort
+from service.studies.interventional.eligibility import EligibilityResult, evaluate
 from tests.conftest import LiveServer
 from tests.kit import fhir as kit
 from tests.kit.client import put_resources
 from tests.kit.evidence import cited
+from tests.kit.mapping import events_of
+from tests.kit.protocols import cohort_protocol, trial_protocol
 
 NCT = "NCT06088771"
 ENROLLED = dt.date(2025, 3, 3)
@@ -100,6 +105,16 @@ def work_up(pid: str) -> Resources:
             patient=pid,
             finding=kit.coded(kit.SNOMED, "8517006", "Ex-smoker"),
             effective="2025-02-03",
+        ),
+        # a medication history: prednisone 63 days before enrollment, outside the 56-day window
+        kit.dose(
+            id=f"{pid}-pred",
+            patient=pid,
+            drug=kit.PREDNISONE,
+            code="312617",
+            amount=40,
+            when=ENROLLED - dt.timedelta(days=63),
+            route=kit.ORAL,
         ),
     ]
 
@@ -272,3 +287,164 @@ def test_day1_without_an_enrollment_date_is_the_first_cemiplimab_day(
         17,
         (POST_OP - DAY1).days,
     )
+
+
+# -- 2. metastatic disease comes only from the cancer -----------------------------------------------
+
+
+def staged(pid: str, rid: str, code: dict[str, Any], stage: str) -> dict[str, Any]:
+    """A condition whose Condition.stage summary says `stage`."""
+    return kit.condition(
+        id=f"{pid}-{rid}",
+        patient=pid,
+        code=code,
+        onset="2024-11-02",
+        stage=[{"summary": {"text": stage}}],
+    )
+
+
+PRESSURE_ULCER = kit.coded(kit.ICD10CM, "L89.154", "Pressure ulcer of sacral region, stage 4")
+CKD_4 = kit.coded(kit.ICD10CM, "N18.4", "Chronic kidney disease, stage 4 (severe)")
+# ICD-10-CM's title for C77.1, and the shorter display some feeds send with the same code
+C77_1 = kit.coded(
+    kit.ICD10CM,
+    "C77.1",
+    "Secondary and unspecified malignant neoplasm of intrathoracic lymph nodes",
+)
+C77_1_SHORT = kit.coded(
+    kit.ICD10CM, "C77.1", "Secondary malignant neoplasm of intrathoracic lymph nodes"
+)
+
+
+def test_only_the_cancer_makes_metastatic_disease(api: httpx.Client, fhir: httpx.Client) -> None:
+    """A stage 4 pressure ulcer or kidney disease, and C77.1 nodes, are not metastases; stage IVA lung cancer is."""
+    put_resources(
+        fhir,
+        STUDY,
+        *subject(
+            "b1",
+            "102-001",
+            staged("b1", "ulcer", PRESSURE_ULCER, "Stage 4"),
+            staged("b1", "ckd", CKD_4, "Stage 4"),
+        ),
+        *subject("b2", "102-002", kit.condition(id="b2-n", patient="b2", code=C77_1)),
+        *subject("b3", "102-003", kit.condition(id="b3-n", patient="b3", code=C77_1_SHORT)),
+        # the lung cancer's own stage IVA is metastatic disease
+        *subject("b4", "102-004", staged("b4", "dx", kit.NSCLC, "Stage IVA")),
+    )
+    for pid, number in (("b1", "102-001"), ("b2", "102-002"), ("b3", "102-003")):
+        sid = subject_row(api, number)["subject_id"]
+        clean(api, sid)
+        metastatic = criterion(eligibility(api, sid), "metastatic")
+        assert (metastatic["verdict"], metastatic["reason"]) == (
+            "not_met",
+            "no distant metastasis (M0)",
+        )
+        assert cites(metastatic) == [(f"Observation/{pid}-m/_history/1", "M0")]
+    sid = subject_row(api, "102-004")["subject_id"]
+    body = eligibility(api, sid)
+    assert (body["overall"], body["at_enrollment"]) == ("ineligible", "ineligible")
+    metastatic = criterion(body, "metastatic")
+    assert (metastatic["verdict"], metastatic["reason"]) == (
+        "met",
+        "metastatic disease: stage IVA",
+    )
+    assert cites(metastatic) == [("Condition/b4-dx/_history/1", "stage IVA")]
+    assert deviations(api, sid) == [
+        ("ineligible_enrolled", "enrolled on 2025-03-03 while ineligible on that day")
+    ]
+
+
+# -- pure known answers (the real mappers, then the evaluator or the cohort builder) ---------------
+
+TERMS = build_terminology()
+TRIAL = trial_protocol(TERMS)
+CIRAE = cohort_protocol(TERMS)
+
+
+def screened(
+    *resources: dict[str, Any], as_of: dt.date = dt.date(2025, 3, 31)
+) -> EligibilityResult:
+    """Eligibility of one enrolled patient (2025-03-03, Day 1 2025-03-10) on mapped resources."""
+    return evaluate(
+        TRIAL, events_of(TERMS, resources), as_of=as_of, enrolled_on=ENROLLED, day1=DAY1
+    )
+
+
+def verdict(result: EligibilityResult, criterion_id: str) -> tuple[str, str]:
+    """(verdict, reason) of one criterion."""
+    (found,) = [c for c in result.criteria if c.criterion.id == criterion_id]
+    return found.verdict, found.reason
+
+
+M0 = kit.observation(
+    id="m", code=kit.M_CLINICAL, effective="2025-02-12", valueCodeableConcept={"text": "cM0"}
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        pytest.param(
+            "Mediastinal lymph node metastases",
+            ("not_met", "no distant metastasis (M0)"),
+            id="nodal-by-name",
+        ),
+        pytest.param(
+            kit.coded(kit.ICD10CM, "C77.1", text="Metastatic NSCLC, hilar nodes"),
+            ("not_met", "no distant metastasis (M0)"),
+            id="C77-code-with-a-metastatic-text",
+        ),
+        pytest.param(
+            "Metastases to bone and mediastinal lymph nodes",
+            ("met", "metastatic disease: Metastases to bone and mediastinal lymph nodes"),
+            id="a-distant-site-named-too",
+        ),
+        pytest.param(
+            kit.LUNG_METASTASIS,
+            ("met", "metastatic disease: C78.01"),
+            id="C78.01",
+        ),
+        pytest.param(
+            kit.coded(kit.ICD10CM, "C79.51", "Secondary malignant neoplasm of bone"),
+            ("met", "metastatic disease: C79.51"),
+            id="C79.51",
+        ),
+    ],
+)
+def test_nodal_disease_is_not_metastatic(code: Any, expected: tuple[str, str]) -> None:
+    """C77 and lymph-node wording are N disease; C78–C79 and a named distant site are metastases."""
+    result = screened(M0, kit.condition(id="c", code=code, onset="2025-02-01"))
+    assert verdict(result, "metastatic") == expected
+
+
+def cirae_stage(*history: dict[str, Any]) -> str:
+    """The cirAE cohort's stage covariate of one patient (pembrolizumab from 2021-03-01)."""
+    resources = [
+        kit.patient(id="p1", gender="female", birth_date="1960-03-01"),
+        kit.medication_administration(
+            id="p1-icb", medication="pembrolizumab 200 MG", effective="2021-03-01"
+        ),
+        *history,
+    ]
+    (built,) = build_cohort(CIRAE, [CohortPatient("p1", "S-1", events_of(TERMS, resources))])
+    return built.stage
+
+
+def test_cirae_stage_covariate_is_the_cancers() -> None:
+    """Stage IIIA lung cancer, then a stage 4 pressure ulcer before ICB: the covariate is III."""
+    lung = kit.condition(
+        id="p1-lung",
+        code=kit.coded(kit.ICD10CM, "C34.90", text="Lung adenocarcinoma"),
+        onset="2020-11-15",
+        stage=[{"summary": {"text": "Stage IIIA"}}],
+    )
+    ulcer = kit.condition(
+        id="p1-ulcer",
+        code=PRESSURE_ULCER,
+        onset="2021-02-01",
+        stage=[{"summary": {"text": "Stage 4"}}],
+    )
+    assert cirae_stage(lung) == "III"
+    assert cirae_stage(lung, ulcer) == "III"
+    assert cirae_stage(ulcer) == "unknown"

@@ -17,6 +17,7 @@ CONDITION_CONCEPTS = (
     "nsclc",
     "lung_cancer",
     "metastatic_disease",
+    "regional_nodal_disease",
     "autoimmune_disease",
     "cutaneous_irae",
 )

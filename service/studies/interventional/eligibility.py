@@ -339,6 +339,14 @@ def _stage_groups(summary: Any) -> list[str]:
     return found
 
 
+def _distant(c: MetastaticDisease, event: TrialEvent) -> bool:
+    """A distant secondary malignancy: coded so (C78–C79), or named so and not nodal (C77)."""
+    found = [m for m in event.concepts if m.concept == c.condition_valueset]
+    if any(m.matched_by == "code" for m in found):
+        return True
+    return bool(found) and c.nodal_valueset not in event.concept_ids
+
+
 def _metastatic(
     c: MetastaticDisease, events: Sequence[TrialEvent], ref: dt.date
 ) -> CriterionResult:
@@ -356,9 +364,11 @@ def _metastatic(
         if e.values.get("category") in c.stage_groups
     ]
     for e in _of(events, EventKind.CONDITION):
-        if c.condition_valueset in e.concept_ids:
+        if _distant(c, e):
             hits.append(Evidence(e, _concept_text(e, c.condition_valueset)))
             continue
+        if not e.concept_ids & set(c.cancer_valuesets):
+            continue  # a pressure ulcer's or a kidney disease's stage is not the cancer's
         stated = [g for s in e.values.get("stage") or () for g in _stage_groups(s)]
         metastatic = [g for g in stated if g in c.stage_groups]
         if metastatic:

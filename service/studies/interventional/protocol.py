@@ -105,12 +105,16 @@ class ConditionHistory(_Criterion):
 
 
 class MetastaticDisease(_Criterion):
-    """Exclusion 6: M1 category, a secondary malignancy, or a stage IV group."""
+    """Exclusion 6: M1 category, a distant secondary malignancy, or stage IV of the cancer."""
 
     rule: Literal["metastatic_disease"]
     m_categories: tuple[str, ...] = Field(min_length=1)
     stage_groups: tuple[str, ...] = Field(min_length=1)
     condition_valueset: str
+    # regional lymph nodes (C77): never metastatic, even when named like a secondary malignancy
+    nodal_valueset: str
+    # the conditions whose Condition.stage is the cancer's stage (a pressure ulcer's is not)
+    cancer_valuesets: tuple[str, ...] = Field(min_length=1)
 
 
 class DriverAlteration(_Criterion):
