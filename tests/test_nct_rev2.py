@@ -355,6 +355,41 @@ def test_only_the_cancer_makes_metastatic_disease(api: httpx.Client, fhir: httpx
     ]
 
 
+# -- 3. eligibility is judged from pre-treatment staging --------------------------------------------
+
+
+def pathological_t(pid: str, value: str) -> dict[str, Any]:
+    """The resected specimen's T category, reported on 2025-04-09 (Day 31)."""
+    return kit.observation(
+        id=f"{pid}-pt",
+        patient=pid,
+        code=kit.T_PATHOLOGICAL,
+        effective="2025-04-09",
+        valueCodeableConcept={"text": value},
+    )
+
+
+def test_post_treatment_staging_never_changes_eligibility(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """ypT0 after a complete response, or a pT1a after Day 1, leaves the cT2a verdict: eligible."""
+    put_resources(
+        fhir,
+        STUDY,
+        *subject("c1", "103-001", pathological_t("c1", "ypT0")),
+        *subject("c2", "103-002", pathological_t("c2", "pT1a")),
+    )
+    for pid, number in (("c1", "103-001"), ("c2", "103-002")):
+        sid = subject_row(api, number)["subject_id"]
+        clean(api, sid)
+        for as_of in (None, "2025-05-31"):
+            body = eligibility(api, sid, **({"as_of": as_of} if as_of else {}))
+            assert (body["overall"], body["at_enrollment"]) == ("eligible", "eligible")
+            stage = criterion(body, "stage")
+            assert (stage["verdict"], stage["reason"]) == ("met", "T2a is at least T1b")
+            assert cites(stage) == [(f"Observation/{pid}-t/_history/1", "cT2a")]
+
+
 # -- pure known answers (the real mappers, then the evaluator or the cohort builder) ---------------
 
 TERMS = build_terminology()
@@ -448,3 +483,26 @@ def test_cirae_stage_covariate_is_the_cancers() -> None:
     assert cirae_stage(lung) == "III"
     assert cirae_stage(lung, ulcer) == "III"
     assert cirae_stage(ulcer) == "unknown"
+
+
+def t_observation(
+    value: str, effective: str, code: dict[str, Any] = kit.T_CLINICAL
+) -> dict[str, Any]:
+    """A T category Observation."""
+    return kit.observation(
+        id=f"t-{effective}", code=code, effective=effective, valueCodeableConcept={"text": value}
+    )
+
+
+def test_stage_is_read_from_pre_treatment_staging() -> None:
+    """Only non-y T categories known by enrollment count; a candidate's upfront pT counts."""
+    ct2a = t_observation("cT2a", "2025-02-12")
+    assert verdict(screened(ct2a), "stage") == ("met", "T2a is at least T1b")
+    later_ct1a = t_observation("cT1a", "2025-03-05")  # after enrollment, before Day 1
+    assert verdict(screened(ct2a, later_ct1a), "stage") == ("met", "T2a is at least T1b")
+    yct0 = t_observation("ycT0", "2025-02-20")  # a post-therapy category, even before enrollment
+    assert verdict(screened(ct2a, yct0), "stage") == ("met", "T2a is at least T1b")
+    # not enrolled, no Day 1: a resection's pT1a is the staging there is (below T1b)
+    upfront = t_observation("pT1a", "2025-02-20", kit.T_PATHOLOGICAL)
+    candidate = evaluate(TRIAL, events_of(TERMS, [ct2a, upfront]), as_of=dt.date(2025, 3, 31))
+    assert verdict(candidate, "stage") == ("not_met", "T1a is below T1b")

@@ -208,12 +208,31 @@ def _t_ranks(category: str, order: Sequence[str]) -> list[int]:
     ]
 
 
+def _pre_treatment(event: TrialEvent, ref: dt.date) -> bool:
+    """Pre-treatment staging: no y (post-therapy) category, nothing known after the reference day.
+
+    The reference day is enrollment (else Day 1): for an enrolled subject the stage that counts is
+    the one at enrollment, so a ypT0 after a complete response, or a pT after Day 1, changes nothing.
+    """
+    if str(event.values.get("prefix") or "").startswith("y"):
+        return False
+    known = _known_date(event)
+    return known is None or known <= ref
+
+
 def _t_category(c: TCategoryAtLeast, events: Sequence[TrialEvent], ref: dt.date) -> CriterionResult:
-    t_events = [e for e in _of(events, EventKind.TNM_CATEGORY) if e.values.get("axis") == "T"]
-    latest = _latest(t_events)
+    recorded = [e for e in _of(events, EventKind.TNM_CATEGORY) if e.values.get("axis") == "T"]
+    latest = _latest([e for e in recorded if _pre_treatment(e, ref)])
     if latest is None:
+        later = ", ".join(str(e.values.get("raw") or e.values.get("category")) for e in recorded)
         return CriterionResult(
-            c, "unknown", "no primary tumour (T) category recorded", (), "clinical T category"
+            c,
+            "unknown",
+            f"no pre-treatment T category ({later} is post-treatment staging)"
+            if later
+            else "no primary tumour (T) category recorded",
+            (),
+            "clinical T category",
         )
     category = latest.values.get("category")
     shown = str(latest.values.get("raw") or category)
