@@ -390,6 +390,56 @@ def test_post_treatment_staging_never_changes_eligibility(
             assert cites(stage) == [(f"Observation/{pid}-t/_history/1", "cT2a")]
 
 
+# -- 4. small-cell histology alone does not meet inclusion 1 ----------------------------------------
+
+SMALL_CELL = kit.coded(kit.SNOMED, "254632001", "Small cell carcinoma of lung")
+
+
+def test_small_cell_histology_alone_is_not_nsclc(api: httpx.Client, fhir: httpx.Client) -> None:
+    """Small cell by SNOMED code, by text only, or beside an ICD-10 C34: inclusion 1 not met."""
+    c34 = kit.LUNG_CANCER_C34_90
+    put_resources(
+        fhir,
+        STUDY,
+        *subject(
+            "d1",
+            "104-001",
+            kit.condition(id="d1-dx", patient="d1", code=SMALL_CELL, onset="2025-01-20"),
+        ),
+        *subject(
+            "d2",
+            "104-002",
+            kit.condition(id="d2-dx", patient="d2", code="SCLC, limited", onset="2025-01-20"),
+        ),
+        *subject(
+            "d3",
+            "104-003",
+            kit.condition(id="d3-dx", patient="d3", code=c34, onset="2025-01-20"),
+            kit.condition(id="d3-sc", patient="d3", code=SMALL_CELL, onset="2025-01-24"),
+        ),
+    )
+    expected = {
+        "d1": ("d1-dx", "2025-01-20", "254632001"),
+        "d2": ("d2-dx", "2025-01-20", "SCLC, limited"),
+        "d3": ("d3-sc", "2025-01-24", "254632001"),
+    }
+    for pid, (rid, onset, value) in expected.items():
+        sid = subject_row(api, f"104-00{pid[1]}")["subject_id"]
+        body = eligibility(api, sid)
+        assert (body["overall"], body["at_enrollment"]) == ("ineligible", "ineligible")
+        assert body["counts"] == {"met": 3, "not_met": 6, "unknown": 0}
+        nsclc = criterion(body, "nsclc")
+        assert (nsclc["verdict"], nsclc["reason"], nsclc["missing"]) == (
+            "not_met",
+            f"small cell lung cancer recorded on {onset}, no NSCLC",
+            None,
+        )
+        assert cites(nsclc) == [(f"Condition/{rid}/_history/1", value)]
+        assert deviations(api, sid) == [
+            ("ineligible_enrolled", "enrolled on 2025-03-03 while ineligible on that day")
+        ]
+
+
 # -- pure known answers (the real mappers, then the evaluator or the cohort builder) ---------------
 
 TERMS = build_terminology()
@@ -506,3 +556,20 @@ def test_stage_is_read_from_pre_treatment_staging() -> None:
     upfront = t_observation("pT1a", "2025-02-20", kit.T_PATHOLOGICAL)
     candidate = evaluate(TRIAL, events_of(TERMS, [ct2a, upfront]), as_of=dt.date(2025, 3, 31))
     assert verdict(candidate, "stage") == ("not_met", "T1a is below T1b")
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        pytest.param(SMALL_CELL, "not_met", id="small-cell-SNOMED"),
+        pytest.param("Small cell lung carcinoma", "not_met", id="small-cell-text"),
+        pytest.param("Oat cell carcinoma of right upper lobe", "not_met", id="oat-cell"),
+        pytest.param("Non-small cell carcinoma of lung", "met", id="non-small-cell-text"),
+        pytest.param("NSCLC", "met", id="NSCLC-abbreviation"),
+        pytest.param(kit.LUNG_CANCER_C34_90, "unknown", id="C34-without-histology"),
+    ],
+)
+def test_small_cell_is_told_from_non_small_cell(code: Any, expected: str) -> None:
+    """'Small cell' inside 'non-small cell' is NSCLC; small cell alone is not; C34 alone is unknown."""
+    result = screened(kit.condition(id="dx", code=code, onset="2025-01-20"))
+    assert verdict(result, "nsclc")[0] == expected

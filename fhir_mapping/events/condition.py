@@ -15,6 +15,7 @@ from fhir_mapping.terminology import ICD10, ICD10CM, codings
 # The value sets a Condition's code is tested against, in the order events list them.
 CONDITION_CONCEPTS = (
     "nsclc",
+    "small_cell_lung_cancer",
     "lung_cancer",
     "metastatic_disease",
     "regional_nodal_disease",

@@ -176,6 +176,14 @@ def _nsclc(c: NsclcDiagnosis, events: Sequence[TrialEvent], ref: dt.date) -> Cri
             f"NSCLC recorded{_when(first)}",
             tuple(Evidence(e, _concept_text(e, c.nsclc_valueset)) for e in nsclc),
         )
+    small = [e for e in conditions if c.small_cell_valueset in e.concept_ids]
+    if small:
+        return CriterionResult(
+            c,
+            "not_met",
+            f"small cell lung cancer recorded{_when(small[0])}, no NSCLC",
+            tuple(Evidence(e, _concept_text(e, c.small_cell_valueset)) for e in small),
+        )
     lung = [e for e in conditions if c.lung_cancer_valueset in e.concept_ids]
     if lung:
         verdict: Verdict = c.lung_cancer_without_histology
@@ -543,11 +551,11 @@ def evaluate(
 
 
 def is_candidate(protocol: TrialProtocol, events: Sequence[TrialEvent], is_subject: bool) -> bool:
-    """Screened: a lung-cancer (or NSCLC) condition, or a ResearchSubject for the study."""
+    """Screened: a lung-cancer (NSCLC, small cell) condition, or a ResearchSubject for the study."""
     if is_subject:
         return True
     wanted: set[str] = set()
     for c in protocol.eligibility:
         if isinstance(c, NsclcDiagnosis):
-            wanted |= {c.nsclc_valueset, c.lung_cancer_valueset}
+            wanted |= {c.nsclc_valueset, c.small_cell_valueset, c.lung_cancer_valueset}
     return any(e.kind is EventKind.CONDITION and e.concept_ids & wanted for e in events)

@@ -62,10 +62,12 @@ class _Criterion(Strict):
 
 
 class NsclcDiagnosis(_Criterion):
-    """Inclusion 1: NSCLC by code or histology; ICD-10 C34 alone is a **choice**."""
+    """Inclusion 1: NSCLC by code or histology (small cell: not met); C34 alone is a **choice**."""
 
     rule: Literal["nsclc_diagnosis"]
     nsclc_valueset: str
+    # small-cell histology with no NSCLC record: not met
+    small_cell_valueset: str
     lung_cancer_valueset: str
     lung_cancer_without_histology: Fallback
 
