@@ -440,6 +440,31 @@ def test_small_cell_histology_alone_is_not_nsclc(api: httpx.Client, fhir: httpx.
         ]
 
 
+# -- 5. smoking history is cumulative ----------------------------------------------------------------
+
+NEVER = kit.coded(kit.SNOMED, "266919005", "Never smoker")
+EX_SMOKER = kit.coded(kit.SNOMED, "8517006", "Ex-smoker")
+
+
+def test_a_later_never_smoker_record_does_not_erase_a_smoking_history(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """Ex-smoker on 2025-02-03, "never smoker" on 2025-02-20: a smoking history, citing both."""
+    never = kit.smoking_status(id="e1-never", patient="e1", finding=NEVER, effective="2025-02-20")
+    put_resources(fhir, STUDY, *subject("e1", "105-001", never))
+    sid = subject_row(api, "105-001")["subject_id"]
+    clean(api, sid)
+    smoking = criterion(eligibility(api, sid), "never_smoker")
+    assert (smoking["verdict"], smoking["reason"]) == (
+        "not_met",
+        "current or former smoker on 2025-02-03; a never-smoker record does not erase a smoking history",
+    )
+    assert cites(smoking) == [
+        ("Observation/e1-smk/_history/1", "ever"),
+        ("Observation/e1-never/_history/1", "never"),
+    ]
+
+
 # -- pure known answers (the real mappers, then the evaluator or the cohort builder) ---------------
 
 TERMS = build_terminology()
@@ -573,3 +598,40 @@ def test_small_cell_is_told_from_non_small_cell(code: Any, expected: str) -> Non
     """'Small cell' inside 'non-small cell' is NSCLC; small cell alone is not; C34 alone is unknown."""
     result = screened(kit.condition(id="dx", code=code, onset="2025-01-20"))
     assert verdict(result, "nsclc")[0] == expected
+
+
+def smoking(finding: Any, effective: str) -> dict[str, Any]:
+    """A smoking-status Observation."""
+    return kit.smoking_status(id=f"smk-{effective}", finding=finding, effective=effective)
+
+
+UNKNOWN_IF_SMOKED = kit.coded(kit.SNOMED, "266927001", "Unknown if ever smoked")
+
+
+@pytest.mark.parametrize(
+    ("records", "expected"),
+    [
+        pytest.param([(NEVER, "2024-01-05")], "met", id="never-only"),
+        pytest.param(
+            [(NEVER, "2024-01-05"), (EX_SMOKER, "2025-02-03")], "not_met", id="never-then-ex"
+        ),
+        pytest.param(
+            [(EX_SMOKER, "2024-01-05"), (NEVER, "2025-02-03")], "not_met", id="ex-then-never"
+        ),
+        pytest.param(
+            [(EX_SMOKER, "2024-01-05"), (UNKNOWN_IF_SMOKED, "2025-02-03")],
+            "not_met",
+            id="ex-then-unknown",
+        ),
+        pytest.param(
+            [(NEVER, "2024-01-05"), (UNKNOWN_IF_SMOKED, "2025-02-03")],
+            "met",
+            id="never-then-unknown",
+        ),
+        pytest.param([(UNKNOWN_IF_SMOKED, "2025-02-03")], "unknown", id="unknown-only"),
+    ],
+)
+def test_smoking_history_is_cumulative(records: list[tuple[Any, str]], expected: str) -> None:
+    """Any ex-smoker or smoker record is a history; only never-smoker records alone make a never smoker."""
+    result = screened(*(smoking(finding, when) for finding, when in records))
+    assert verdict(result, "never_smoker")[0] == expected

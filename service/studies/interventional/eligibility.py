@@ -151,6 +151,12 @@ def _latest(events: Sequence[TrialEvent]) -> TrialEvent | None:
     return events[-1] if events else None
 
 
+def _chronological(event: TrialEvent) -> tuple[Any, ...]:
+    """Date order (undated last), then by source, so evidence lists do not depend on storage order."""
+    when = event.date.sort_key() if event.date else (dt.date.max,)
+    return (when, event.source.resource_id, event.source.version_id)
+
+
 def _when(event: TrialEvent) -> str:
     return f" on {event.date.text}" if event.date else ""
 
@@ -496,8 +502,19 @@ def _recent_medication(
 
 def _never_smoker(c: NeverSmoker, events: Sequence[TrialEvent], ref: dt.date) -> CriterionResult:
     recorded = _of(events, EventKind.SMOKING_STATUS)
-    known = [e for e in recorded if e.values.get("status") in ("never", "ever")]
-    latest = _latest(known or recorded)  # a later "unknown" does not erase a known status
+    ever = [e for e in recorded if e.values.get("status") == "ever"]
+    never = [e for e in recorded if e.values.get("status") == "never"]
+    # Smoking history is cumulative: a "never" record, before or after, is a charting error.
+    if ever:
+        first = min(ever, key=_chronological)
+        cited = sorted(ever + never, key=_chronological)
+        reason = "current or former smoker"
+        if never:
+            reason += f"{_when(first)}; a never-smoker record does not erase a smoking history"
+        return CriterionResult(
+            c, "not_met", reason, tuple(Evidence(e, str(e.values["status"])) for e in cited)
+        )
+    latest = _latest(never or recorded)  # a later "unknown" does not erase a known status
     if latest is None:
         return CriterionResult(
             c, "unknown", "no smoking status recorded", (), "smoking status (LOINC 72166-2)"
@@ -506,8 +523,6 @@ def _never_smoker(c: NeverSmoker, events: Sequence[TrialEvent], ref: dt.date) ->
     shown = str(status or "unreadable")
     if status == "never":
         return CriterionResult(c, "met", "never smoker", (Evidence(latest, shown),))
-    if status == "ever":
-        return CriterionResult(c, "not_met", "current or former smoker", (Evidence(latest, shown),))
     return CriterionResult(
         c, "unknown", "smoking status unknown", (Evidence(latest, shown),), "a known smoking status"
     )
