@@ -465,6 +465,64 @@ def test_a_later_never_smoker_record_does_not_erase_a_smoking_history(
     ]
 
 
+# -- 6. a variant of uncertain significance (or benign) does not exclude ---------------------------
+
+SIGNIFICANCE = kit.coded(kit.LOINC, "53037-8", "Genetic variation clinical significance [Imp]")
+UNCERTAIN = kit.coded(kit.LOINC, "LA26333-7", "Uncertain significance")
+BENIGN = kit.coded(kit.LOINC, "LA6675-8", "Benign")
+PATHOGENIC = kit.coded(kit.LOINC, "LA6668-3", "Pathogenic")
+LIKELY_PATHOGENIC = kit.coded(kit.LOINC, "LA26332-9", "Likely pathogenic")
+
+
+def variant(
+    rid: str, gene: dict[str, Any], significance: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """An mCODE genomic variant: present, with its clinical-significance component."""
+    return kit.observation(
+        id=rid,
+        code=kit.GENETIC_VARIANT,
+        effective="2025-02-14",
+        component=[
+            {"code": kit.GENE_STUDIED, "valueCodeableConcept": gene},
+            {"code": SIGNIFICANCE, "valueCodeableConcept": significance},
+        ],
+        valueCodeableConcept=kit.PRESENT,
+        **extra,
+    )
+
+
+def test_a_variant_of_uncertain_significance_does_not_exclude(
+    api: httpx.Client, fhir: httpx.Client
+) -> None:
+    """EGFR VUS or ALK benign variant: unknown for that gene (indeterminate), never an exclusion."""
+    put_resources(
+        fhir,
+        STUDY,
+        *subject("f1", "106-001", variant("f1-egfr", kit.EGFR, UNCERTAIN, patient="f1")),
+        *subject("f2", "106-002", variant("f2-alk", kit.ALK, BENIGN, patient="f2")),
+    )
+    expected = {
+        "106-001": ("f1-egfr", "EGFR", "Uncertain significance"),
+        "106-002": ("f2-alk", "ALK", "Benign"),
+    }
+    for number, (rid, gene, said) in expected.items():
+        sid = subject_row(api, number)["subject_id"]
+        body = eligibility(api, sid)
+        assert (body["overall"], body["at_enrollment"]) == ("indeterminate", "indeterminate")
+        assert body["counts"] == {"met": 4, "not_met": 4, "unknown": 1}
+        driver = criterion(body, "driver")
+        shown = f"{gene} variant: {said} (specimen not stated)"
+        assert (driver["verdict"], driver["reason"], driver["missing"]) == (
+            "unknown",
+            f"{shown}, not an activating alteration",
+            f"{gene} testing (tissue or ctDNA)",
+        )
+        assert cites(driver)[-1] == (f"Observation/{rid}/_history/1", shown)
+        assert len(cites(driver)) == 3  # the two other genes' negative results, then the variant
+        assert body["missing"] == [f"{gene} testing (tissue or ctDNA)"]
+        assert deviations(api, sid) == []
+
+
 # -- pure known answers (the real mappers, then the evaluator or the cohort builder) ---------------
 
 TERMS = build_terminology()
@@ -635,3 +693,50 @@ def test_smoking_history_is_cumulative(records: list[tuple[Any, str]], expected:
     """Any ex-smoker or smoker record is a history; only never-smoker records alone make a never smoker."""
     result = screened(*(smoking(finding, when) for finding, when in records))
     assert verdict(result, "never_smoker")[0] == expected
+
+
+def egfr_absent() -> dict[str, Any]:
+    """An EGFR result with no variant found."""
+    return kit.genomic_variant(id="egfr-neg", gene=kit.EGFR, present=False, effective="2025-02-01")
+
+
+NEGATIVE_ALK_ROS1 = [
+    kit.genomic_variant(id=f"{g}-neg", gene=gene, present=False, effective="2025-02-01")
+    for g, gene in (("alk", kit.ALK), ("ros1", kit.ROS1))
+]
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        pytest.param([variant("v", kit.EGFR, PATHOGENIC)], "met", id="pathogenic"),
+        pytest.param([variant("v", kit.EGFR, LIKELY_PATHOGENIC)], "met", id="likely-pathogenic"),
+        pytest.param([variant("v", kit.EGFR, UNCERTAIN)], "unknown", id="uncertain"),
+        pytest.param(
+            [variant("v", kit.EGFR, kit.coded(kit.LOINC, "LA26334-5", "Likely benign"))],
+            "unknown",
+            id="likely-benign",
+        ),
+        pytest.param([variant("v", kit.EGFR, {"text": "VUS"})], "unknown", id="VUS-abbreviation"),
+        pytest.param(
+            [
+                kit.observation(
+                    id="v",
+                    code="EGFR mutation analysis",
+                    effective="2025-02-14",
+                    valueString="EGFR p.V1010M, variant of uncertain significance",
+                )
+            ],
+            "unknown",
+            id="uncertain-in-the-value-text",
+        ),
+        # a negative EGFR test settles the gene; the VUS reported beside it is not activating
+        pytest.param(
+            [variant("v", kit.EGFR, UNCERTAIN), egfr_absent()], "not_met", id="VUS-and-negative"
+        ),
+    ],
+)
+def test_only_activating_variants_exclude(resources: list[dict[str, Any]], expected: str) -> None:
+    """Pathogenic or likely pathogenic → met; uncertain, benign, likely benign → unknown, never met."""
+    result = screened(*resources, *NEGATIVE_ALK_ROS1)
+    assert verdict(result, "driver")[0] == expected

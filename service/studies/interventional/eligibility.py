@@ -428,6 +428,8 @@ def _driver(c: DriverAlteration, events: Sequence[TrialEvent], ref: dt.date) -> 
     findings = _of(events, EventKind.GENOMIC_FINDING)
     positive: list[Evidence] = []
     negative: dict[str, Evidence] = {}
+    # a variant of uncertain significance, benign or likely benign is not activating: unknown
+    uncertain: dict[str, Evidence] = {}
     for e in findings:
         genes = [g for g in e.values.get("genes") or () if g in c.genes]
         where = e.values.get("specimen_kind") or "specimen not stated"
@@ -436,6 +438,12 @@ def _driver(c: DriverAlteration, events: Sequence[TrialEvent], ref: dt.date) -> 
                 positive.append(Evidence(e, f"{gene} positive ({where})"))
             elif e.values.get("result") == "negative":
                 negative.setdefault(gene, Evidence(e, f"{gene} negative ({where})"))
+            elif e.values.get("result") == "not_activating":
+                said = next(
+                    (m.text or m.code for m in e.concepts if m.concept == "variant_not_activating"),
+                    "not activating",
+                )
+                uncertain.setdefault(gene, Evidence(e, f"{gene} variant: {said} ({where})"))
     if positive:
         return CriterionResult(c, "met", f"driver alteration: {positive[0].value}", tuple(positive))
     untested = [g for g in c.genes if g not in negative]
@@ -446,11 +454,16 @@ def _driver(c: DriverAlteration, events: Sequence[TrialEvent], ref: dt.date) -> 
             "no driver alteration: " + ", ".join(f"{g} negative" for g in c.genes),
             tuple(negative.values()),
         )
+    unclear = [g for g in untested if g in uncertain]
+    missing = [g for g in untested if g not in uncertain]
+    reasons = [f"{uncertain[g].value}, not an activating alteration" for g in unclear]
+    if missing:
+        reasons.append(f"no result for {', '.join(missing)}")
     return CriterionResult(
         c,
         "unknown",
-        f"no result for {', '.join(untested)}",
-        tuple(negative.values()),
+        "; ".join(reasons),
+        (*negative.values(), *(uncertain[g] for g in unclear)),
         f"{'/'.join(untested)} testing (tissue or ctDNA)",
     )
 
