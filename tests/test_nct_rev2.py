@@ -11,13 +11,16 @@ The expected answers are worked out from CLINICAL.md revision 2, not read from t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import random
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
 from typing import Any
 
 import httpx
 import pytest
 
 from service.protocol.terminology import build_terminology
+from service.stats import survival
 from service.studies.cirae.cohort import CohortPatient, build_cohort
 from service.studies.interventional.eligibility import EligibilityResult, evaluate
 from tests.conftest import LiveServer
@@ -523,6 +526,47 @@ def test_a_variant_of_uncertain_significance_does_not_exclude(
         assert deviations(api, sid) == []
 
 
+# -- 12. the KM median where S(t) sits exactly at 0.5: R survival's midpoint ---------------------
+
+
+def died_on_day(pid: str, number: str, days: int) -> Resources:
+    """A clean subject who died `days` after Day 1."""
+    resources = subject(pid, number)
+    resources[0] = {
+        **resources[0],
+        "deceasedDateTime": (DAY1 + dt.timedelta(days=days)).isoformat(),
+    }
+    return resources
+
+
+def followed_to_day(pid: str, number: str, days: int) -> Resources:
+    """A clean subject last seen (a visit) `days` after Day 1, alive."""
+    when = DAY1 + dt.timedelta(days=days)
+    visit = kit.encounter(id=f"{pid}-visit", patient=pid, start=f"{when}T10:00:00-04:00")
+    return subject(pid, number, visit)
+
+
+def test_km_median_on_a_flat_half_is_the_midpoint(api: httpx.Client, fhir: httpx.Client) -> None:
+    """Deaths on days 100, 200, 1000, 1300, censored 1400 and 1500: S = 1/2 on [1000, 1300) → 1150."""
+    put_resources(
+        fhir,
+        STUDY,
+        *died_on_day("g1", "112-001", 100),
+        *died_on_day("g2", "112-002", 200),
+        *died_on_day("g3", "112-003", 1000),
+        *died_on_day("g4", "112-004", 1300),
+        *followed_to_day("g5", "112-005", 1400),
+        *followed_to_day("g6", "112-006", 1500),
+    )
+    # by hand: S = 5/6, 4/6, then 3/6 = 1/2 exactly from day 1000 until the death on day 1300
+    assert Fraction(5, 6) * Fraction(4, 5) * Fraction(3, 4) == Fraction(1, 2)
+    out = get_json(api, f"/studies/{NCT}/outcomes")["outcomes"]
+    for endpoint in ("efs", "os"):
+        km = out[endpoint]
+        assert (km["n"], km["events"], km["censored"]) == (6, 4, 2)
+        assert (km["median_days"], km["median_months"]) == (1150.0, round(1150 / (365.25 / 12), 2))
+
+
 # -- pure known answers (the real mappers, then the evaluator or the cohort builder) ---------------
 
 TERMS = build_terminology()
@@ -740,3 +784,66 @@ def test_only_activating_variants_exclude(resources: list[dict[str, Any]], expec
     """Pathogenic or likely pathogenic → met; uncertain, benign, likely benign → unknown, never met."""
     result = screened(*resources, *NEGATIVE_ALK_ROS1)
     assert verdict(result, "driver")[0] == expected
+
+
+def exact_median(durations: Sequence[int], events: Sequence[bool]) -> float | None:
+    """CLINICAL.md's KM median in exact arithmetic: the first t with S(t) <= 1/2; where S(t) = 1/2
+    on a flat stretch, its midpoint (to the next drop, or to the last follow-up)."""
+    times = sorted(set(durations))
+    survival, curve = Fraction(1), []
+    for t in times:
+        at_risk = sum(d >= t for d in durations)
+        deaths = sum(d == t and e for d, e in zip(durations, events, strict=True))
+        survival *= 1 - Fraction(deaths, at_risk)
+        curve.append((t, survival))
+    reached = next(((t, s) for t, s in curve if s <= Fraction(1, 2)), None)
+    if reached is None:
+        return None
+    if reached[1] < Fraction(1, 2):
+        return float(reached[0])
+    below = next((t for t, s in curve if s < Fraction(1, 2)), max(durations))
+    return (reached[0] + below) / 2
+
+
+@pytest.mark.parametrize(
+    ("durations", "events", "median"),
+    [
+        pytest.param(
+            [100, 200, 1000, 1300, 1400, 1500], [1, 1, 1, 1, 0, 0], 1150.0, id="5/6*4/5*3/4"
+        ),
+        pytest.param([500, 1000, 1300, 1400], [1, 1, 1, 0], 1150.0, id="exactly-half"),
+        pytest.param(
+            [100, 200, 300, 400], [1, 1, 0, 0], 300.0, id="ends-on-half: to last follow-up"
+        ),
+        pytest.param([100, 200, 300], [1, 1, 0], 200.0, id="below-half: the textbook time"),
+        pytest.param([100, 200, 300, 400], [1, 0, 0, 0], None, id="never-half"),
+    ],
+)
+def test_km_median_follows_r_survfit(
+    durations: list[int], events: list[int], median: float | None
+) -> None:
+    """Hand-worked medians: a flat stretch at exactly 1/2 gives its midpoint (R survfit)."""
+    flags = [bool(e) for e in events]
+    assert exact_median(durations, flags) == median
+    assert survival.kaplan_meier(durations, flags)["median_days"] == median
+
+
+def test_km_median_agrees_with_exact_arithmetic_on_tied_data() -> None:
+    """300 small cohorts with ties (flat halves are common): the service equals the exact median."""
+    rng = random.Random(20261231)
+    flats = 0
+    for _ in range(300):
+        n = rng.choice((2, 4, 6, 8, 10, 12))
+        durations = [rng.randint(1, 12) * 10 for _ in range(n)]
+        events = [rng.random() < 0.7 for _ in range(n)]
+        want = exact_median(durations, events)
+        flats += want is not None and want % 10 != 0
+        assert survival.kaplan_meier(durations, events)["median_days"] == want, (durations, events)
+    assert flats > 20  # the midpoint case was exercised
+
+
+def test_survfit_median_reads_bands_with_nan() -> None:
+    """An undefined band value (NaN) is skipped, as R's approx drops NA points."""
+    nan = float("nan")
+    assert survival.survfit_median([0, 10, 20, 30], [1.0, nan, 0.5, 0.2]) == 25.0
+    assert survival.survfit_median([0, 10], [1.0, nan]) is None
