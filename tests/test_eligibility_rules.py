@@ -269,7 +269,7 @@ STAGE_CASES = [
         Case(
             [t_category(id="t", code=kit.T_PATHOLOGICAL, valueCodeableConcept={"text": "ypT2a"})],
             "unknown",  # CLINICAL.md rev 2: eligibility is judged from pre-treatment staging
-            "no pre-treatment T category (ypT2a is post-treatment staging)",
+            "no pre-treatment T category (post-treatment or later staging not counted: ypT2a)",
             [],
             "clinical T category",
         ),

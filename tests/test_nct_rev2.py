@@ -677,6 +677,10 @@ def test_stage_is_read_from_pre_treatment_staging() -> None:
     assert verdict(screened(ct2a), "stage") == ("met", "T2a is at least T1b")
     later_ct1a = t_observation("cT1a", "2025-03-05")  # after enrollment, before Day 1
     assert verdict(screened(ct2a, later_ct1a), "stage") == ("met", "T2a is at least T1b")
+    assert verdict(screened(later_ct1a), "stage") == (
+        "unknown",
+        "no pre-treatment T category (post-treatment or later staging not counted: cT1a)",
+    )
     yct0 = t_observation("ycT0", "2025-02-20")  # a post-therapy category, even before enrollment
     assert verdict(screened(ct2a, yct0), "stage") == ("met", "T2a is at least T1b")
     # not enrolled, no Day 1: a resection's pT1a is the staging there is (below T1b)

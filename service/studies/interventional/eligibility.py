@@ -242,7 +242,7 @@ def _t_category(c: TCategoryAtLeast, events: Sequence[TrialEvent], ref: dt.date)
         return CriterionResult(
             c,
             "unknown",
-            f"no pre-treatment T category ({later} is post-treatment staging)"
+            f"no pre-treatment T category (post-treatment or later staging not counted: {later})"
             if later
             else "no primary tumour (T) category recorded",
             (),
