@@ -108,7 +108,9 @@ class Subject(BaseModel):
     subject_number: str | None = Field(description="The study's own number", examples=["001-003"])
     status: str = Field(examples=["on-study", "included"])
     enrolled_on: str | None = Field(examples=["2025-03-03"])
-    day1: str | None = Field(description="First study-drug day (Day 1)", examples=["2025-03-10"])
+    day1: str | None = Field(
+        description="First study-drug day on or after enrollment (Day 1)", examples=["2025-03-10"]
+    )
     updated_at: str
 
 

@@ -83,7 +83,7 @@ def _exact(k: int, n: int) -> tuple[float, float]:
 def test_trial_cohort_outcomes_from_posted_fhir(api: httpx.Client) -> None:
     """4 enrolled, 3 dosed, 3 operated on Day 18; MPR 1/3; 1 death; figures from stored events."""
     body = fresh_outcomes(api, "NCT06088771")
-    assert body["study"] == {"id": "NCT06088771", "version": "1.0.0", "kind": "interventional"}
+    assert body["study"] == {"id": "NCT06088771", "version": "2.0.0", "kind": "interventional"}
     assert set(body["plots"]) == {"efs", "os", "swimmer"}
     assert body["plots"]["os"]["svg"] == "/api/v1/studies/NCT06088771/outcomes/plots/os.svg"
     out = body["outcomes"]

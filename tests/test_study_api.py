@@ -112,7 +112,7 @@ def test_studies_are_listed_with_their_protocol_versions(api: httpx.Client) -> N
         "studies": [
             {
                 "id": NCT,
-                "version": "1.0.0",
+                "version": "2.0.0",
                 "title": response.json()["studies"][0]["title"],
                 "kind": "interventional",
             },
@@ -133,6 +133,8 @@ def test_study_exposes_every_choice_as_a_setting(api: httpx.Client) -> None:
     settings = body["settings"]
     schedule = settings["schedule"]
     assert schedule["surgery_window"] == {"start": 15, "end": 22}
+    assert schedule["day1"] == "first_study_drug_on_or_after_enrollment"
+    assert schedule["day1_without_enrollment"] == ["cemiplimab"]
     assert schedule["dose_tolerance_pct"] == "10"
     assert schedule["screening"]["window_days_before_day1"] == 28
     assert schedule["screening"]["core_biopsies"] == {"min": 3, "max": 6}

@@ -15,8 +15,10 @@ from fhir_mapping.terminology import ICD10, ICD10CM, codings
 # The value sets a Condition's code is tested against, in the order events list them.
 CONDITION_CONCEPTS = (
     "nsclc",
+    "small_cell_lung_cancer",
     "lung_cancer",
     "metastatic_disease",
+    "regional_nodal_disease",
     "autoimmune_disease",
     "cutaneous_irae",
 )
