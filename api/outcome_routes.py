@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api import views
-from api.auth import readable_study
-from api.deps import ReportsDep, SealDep, reject_nul
+from api.auth import PrincipalDep, readable_study, require
+from api.deps import ReportsDep, reject_nul
 from api.fhir_http import if_none_match
-from api.schemas import ERRORS, CohortOutcomesOut
+from api.schemas import ERRORS, CohortOutcomesOut, ErrorBody
 
 router = APIRouter(
     prefix="/api/v1",
@@ -25,13 +25,39 @@ router = APIRouter(
     "/studies/{study_id}/outcomes",
     response_model=CohortOutcomesOut,
     summary="Cohort outcomes: rates with exact CIs, Kaplan–Meier, Cox models",
+    responses={
+        304: {"description": "Unchanged since the ETag sent in If-None-Match"},
+        503: {
+            "model": ErrorBody,
+            "description": "`cohort_not_ready`: no snapshot computed yet; `cohort_not_fresh`: "
+            "`fresh=true` timed out (both with Retry-After); `database_unavailable`",
+        },
+    },
 )
 async def study_outcomes(
-    request: Request, reports: ReportsDep, seal: SealDep, study_id: str
-) -> dict[str, Any]:
-    """Computed from every subject's current events; cached until the data changes."""
-    found = await run_in_threadpool(lambda: reports.outcomes(study_id))
-    return views.cohort_outcomes(found, seal)
+    request: Request,
+    reports: ReportsDep,
+    who: PrincipalDep,
+    study_id: str,
+    fresh: Annotated[
+        bool,
+        Query(description="Wait (bounded) for a snapshot reflecting every change; admin only"),
+    ] = False,
+) -> Response:
+    """The last snapshot computed in the background, with `computed_at`, `data_as_of` and
+    `stale`; never waits for a computation unless an admin asks for `fresh=true`."""
+    if fresh:
+        require(who, who.scopes.admin, "admin")
+    sent = request.headers.get("if-none-match")
+    found = await run_in_threadpool(
+        lambda: reports.outcomes(
+            study_id, fresh=fresh, unchanged=lambda etag: if_none_match(sent, etag)
+        )
+    )
+    headers = {"ETag": found.etag, "Cache-Control": "no-cache"}
+    if found.body is None:
+        return Response(status_code=304, headers=headers)
+    return Response(views.cohort_outcomes(found), media_type="application/json", headers=headers)
 
 
 @router.get(
@@ -44,7 +70,8 @@ async def study_outcomes(
     },
 )
 async def study_plot(request: Request, reports: ReportsDep, study_id: str, plot: str) -> Response:
-    """KM curves (efs, os) with CI band, censor marks and numbers at risk; the swimmer plot."""
+    """KM curves (efs, os) with CI band, censor marks and numbers at risk; the swimmer plot,
+    as rendered with the study's last snapshot."""
     name, _, fmt = plot.rpartition(".")
     figure = await run_in_threadpool(lambda: reports.plot(study_id, name, fmt))
     headers = {"ETag": figure.etag, "Cache-Control": "no-cache"}

@@ -108,7 +108,9 @@ class Subject(BaseModel):
     subject_number: str | None = Field(description="The study's own number", examples=["001-003"])
     status: str = Field(examples=["on-study", "included"])
     enrolled_on: str | None = Field(examples=["2025-03-03"])
-    day1: str | None = Field(description="First study-drug day (Day 1)", examples=["2025-03-10"])
+    day1: str | None = Field(
+        description="First study-drug day on or after enrollment (Day 1)", examples=["2025-03-10"]
+    )
     updated_at: str
 
 
@@ -393,7 +395,14 @@ class CohortOutcomesOut(BaseModel):
     study: dict[str, str] = Field(
         examples=[{"id": "NCT06088771", "version": "1.0.0", "kind": "interventional"}]
     )
-    computed_at: str
+    computed_at: str = Field(description="When the snapshot served was computed (UTC)")
+    data_as_of: int = Field(
+        description="The number of the last change the snapshot reflects; numbers only grow"
+    )
+    stale: bool = Field(
+        description="True when a change since (or another protocol or release) is not reflected "
+        "yet; the background refresher is computing or will compute a new snapshot"
+    )
     plots: dict[str, dict[str, str]] = Field(
         description="Figure name → format → URL",
         examples=[

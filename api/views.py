@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -145,11 +146,15 @@ def candidate_eligibility(e: CandidateEligibility, seal: Seal) -> dict[str, Any]
     }
 
 
-def cohort_outcomes(o: CohortOutcomes, seal: Seal) -> dict[str, Any]:
-    """GET /studies/{id}/outcomes: the figures and where to fetch each plot."""
-    return {
+def cohort_outcomes(o: CohortOutcomes) -> bytes:
+    """GET /studies/{id}/outcomes: the snapshot's header, where to fetch each plot, and the
+    stored outcomes JSON spliced in as it is (megabytes are not decoded to be encoded again)."""
+    assert o.body is not None, "a 304 has no body"
+    header = {
         "study": {**_study(o.study), "kind": o.kind},
         "computed_at": iso_utc(o.computed_at),
+        "data_as_of": o.data_as_of,
+        "stale": o.stale,
         "plots": {
             name: {
                 fmt: f"/api/v1/studies/{o.study.id}/outcomes/plots/{name}.{fmt}"
@@ -157,8 +162,9 @@ def cohort_outcomes(o: CohortOutcomes, seal: Seal) -> dict[str, Any]:
             }
             for name in o.plots
         },
-        "outcomes": minimised(dict(o.outcomes), seal),
     }
+    start = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+    return f'{start[:-1]},"outcomes":{o.body}}}'.encode()
 
 
 def deviation_page(page: DeviationPage, seal: Seal) -> dict[str, Any]:

@@ -113,13 +113,18 @@ class CandidateEligibility:
 
 @dataclass(frozen=True, slots=True)
 class CohortOutcomes:
-    """A study's cohort outcomes, the figures it offers, and when they were computed."""
+    """A study's cohort snapshot: when it was computed, the change it reflects, whether a later
+    change made it stale, its figures, its validator, and the outcomes as stored JSON (evidence
+    already sealed; None when the client's copy is current)."""
 
     study: StudyRef
     kind: str
     computed_at: dt.datetime
+    data_as_of: int
+    stale: bool
     plots: Sequence[str]
-    outcomes: Mapping[str, Any]
+    etag: str
+    body: str | None
 
 
 @dataclass(frozen=True, slots=True)
