@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         model_checks = ModelChecks.for_settings(conf)
         app.state.store = FhirService(engine, conf, catalog.derivation, model_checks)
-        app.state.studies = StudyReader(engine, catalog.protocols)
+        app.state.studies = StudyReader(engine, catalog.protocols, conf.site_zone())
         evidence: EvidenceCodec = app.state.evidence
         refresher = CohortRefresher(
             engine,
@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             interval_seconds=conf.cohort_refresh_interval_seconds,
             debounce_seconds=conf.cohort_debounce_seconds,
             max_delay_seconds=conf.cohort_max_delay_seconds,
+            zone=conf.site_zone(),
         )
         catalog.derivation.on_studies_changed = refresher.notice
         app.state.reports = CohortReports(
@@ -116,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             refresher,
             fresh_timeout_seconds=conf.cohort_fresh_timeout_seconds,
         )
-        app.state.sdtm = SdtmExporter(engine, catalog.protocols)
+        app.state.sdtm = SdtmExporter(engine, catalog.protocols, conf.site_zone())
         app.state.deviations = DeviationLog(
             engine, catalog.protocols, allow_private_webhooks=conf.webhook_allow_private
         )

@@ -220,7 +220,9 @@ def cmd_refresh_cohorts(
     engine = make_engine(settings)
     migrate.prepare(engine, auto_migrate=settings.auto_migrate)
     evidence = EvidenceCodec(engine)
-    refresher = CohortRefresher(engine, protocols, evidence.seal, interval_seconds=0)
+    refresher = CohortRefresher(
+        engine, protocols, evidence.seal, interval_seconds=0, zone=settings.site_zone()
+    )
     done = {r.study_id: r for r in refresher.run_pass(everything=True, force=force)}
     failed = False
     for study_id in sorted(protocols):
@@ -301,7 +303,8 @@ def _run(argv: Sequence[str] | None) -> int:
         engine = make_engine(settings)
         migrate.prepare(engine, auto_migrate=settings.auto_migrate)
         if args.as_of is not None:
-            moment = dt.datetime.combine(args.as_of, dt.time(12), tzinfo=dt.UTC)
+            # noon of that day at the site: its site-local day is the day asked for
+            moment = dt.datetime.combine(args.as_of, dt.time(12), tzinfo=settings.site_zone())
             catalog.derivation.clock = lambda: moment
         with unit_of_work(engine) as uow:
             patients = reevaluate_all(catalog.derivation, uow)

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace, settings: Settings, protocols: dict[str, Study
     try:
         migrate.prepare(engine, auto_migrate=settings.auto_migrate)
         try:
-            package = SdtmExporter(engine, protocols).package(args.study)
+            package = SdtmExporter(engine, protocols, settings.site_zone()).package(args.study)
         except ApiError as exc:
             print(f"trialbridge export sdtm: {exc.message}", file=sys.stderr)
             return 2

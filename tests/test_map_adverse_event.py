@@ -160,6 +160,7 @@ def test_all_values_of_a_graded_cirae() -> None:
         "seriousness": "non-serious",
         "outcome": "resolved",
         "suspect_medications": ["cemiplimab-rwlc 350 MG in 7 ML Injection", "Dupixent 300 mg pen"],
+        "related_suspects": [],  # no causality assessed
         "resolution_date": "2025-04-02",
     }
     assert [(c.concept, c.matched_by, c.text) for c in event.concepts] == [
@@ -298,6 +299,7 @@ def test_official_example() -> None:
             "seriousness": "Non-serious",
             "outcome": None,
             "suspect_medications": [],
+            "related_suspects": [],
             "resolution_date": None,
         },
         "concepts": [

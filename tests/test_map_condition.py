@@ -62,12 +62,12 @@ def _concepts(event: TrialEvent) -> list[tuple[Any, ...]]:
         ),
         pytest.param(
             kit.LUNG_METASTASIS,
-            [("metastatic_disease", "code", "C78.01")],
+            [("metastatic_disease", "code", "C78.01"), ("distant_metastasis", "code", "C78.01")],
             id="C78.01-lung-metastasis",
         ),
         pytest.param(
             kit.BONE_METASTASIS,
-            [("metastatic_disease", "code", "C79.51")],
+            [("metastatic_disease", "code", "C79.51"), ("distant_metastasis", "code", "C79.51")],
             id="C79.51-bone-metastasis",
         ),
         pytest.param(

@@ -19,8 +19,10 @@ CONDITION_CONCEPTS = (
     "lung_cancer",
     "metastatic_disease",
     "regional_nodal_disease",
+    "distant_metastasis",
     "autoimmune_disease",
     "cutaneous_irae",
+    "immune_related_ae",
 )
 _ICD10_SYSTEMS = frozenset({ICD10CM, ICD10})
 _ADVERSE_EVENT = re.compile(r"(?<![a-z0-9])adverse[\s\-_]*events?(?![a-z0-9])", re.IGNORECASE)

@@ -83,8 +83,9 @@ def _lexical(number: Any) -> str:
     return text if isinstance(text, str) else str(number)
 
 
-def _effective(resource: dict[str, Any]) -> tuple[PartialDate | None, PartialDate | None]:
-    """(date, end): effectiveDateTime, effectivePeriod, effectiveInstant, else issued."""
+def effective_dates(resource: dict[str, Any]) -> tuple[PartialDate | None, PartialDate | None]:
+    """(date, end): effectiveDateTime, effectivePeriod, effectiveInstant, else issued (an
+    Observation's or a DiagnosticReport's)."""
     start, end = period_bounds(resource.get("effectivePeriod"))
     when = first_date(resource.get("effectiveDateTime"))
     if when is None and start is not None:
@@ -458,7 +459,7 @@ def map_observation(
         values, extra = _disease_status_values(resource, ctx)
     if kind is not EventKind.SMOKING_STATUS:
         values["status"] = status
-    date, end = _effective(resource)
+    date, end = effective_dates(resource)
     return [
         TrialEvent(
             kind=kind,

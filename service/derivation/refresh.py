@@ -86,9 +86,11 @@ class Derivation:
         base_url: str | None = None,
         pseudonym_key: str | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        site_zone: dt.tzinfo = dt.UTC,
     ) -> None:
         self.protocols = protocols
         self.clock = clock  # "now" for time-relative rules; a test or a backfill may set it
+        self.site_zone = site_zone  # whose calendar days the rules count in
         self.terminology_dir = terminology_dir
         self.base_url = base_url
         self._pseudonym_key = pseudonym_key.encode() if pseudonym_key else None
@@ -246,7 +248,9 @@ class Derivation:
             return
         session = uow.session
         brief = membership_events()  # what decides membership and candidacy, nothing more
-        events = trial_events.events_of(session, patient_ids, brief, uow.stored_events)
+        events = trial_events.events_of(
+            session, patient_ids, brief, uow.stored_events, zone=self.site_zone
+        )
         existing = study_subjects.subjects_of(session, patient_ids)
         key = self.pseudonym_key(uow)
         now = self.clock()
@@ -289,6 +293,7 @@ class Derivation:
                 facts={p: facts_of[(study_id, p)] for p in patient_ids},
                 key=key,
                 now=now,
+                zone=self.site_zone,
             )
             refresh(uow, protocol, batch)
         self._mark_changed(uow, changed)

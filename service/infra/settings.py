@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, available_timezones
 
 from pydantic import (
     AliasChoices,
@@ -36,6 +39,12 @@ class TrustedIssuer(BaseModel):
         if (self.jwks_file is None) == (self.jwks_url is None):
             raise ValueError(f"issuer {self.issuer}: give exactly one of jwks_file and jwks_url")
         return self
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> frozenset[str]:
+    """The IANA zone names this Python can load (the OS database, else the tzdata package)."""
+    return frozenset(available_timezones())
 
 
 class Settings(BaseSettings):
@@ -181,6 +190,11 @@ class Settings(BaseSettings):
     rate_limit_address_burst: int = Field(
         default=2000, ge=1, le=1_000_000, description="Requests an address may make at once"
     )
+    site_timezone: str = Field(
+        default="UTC",
+        description="IANA time zone of the site (America/New_York): a UTC timestamp's calendar "
+        "day, and today, are the site's",
+    )
     header_timeout_seconds: float = Field(
         default=30.0,
         gt=0,
@@ -222,6 +236,18 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} is not a directory")
         return value
 
+    @field_validator("site_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        """An unknown zone name stops start-up; dates would otherwise fall on the wrong day."""
+        if value not in _zone_names():
+            shown = value if len(value) <= 64 else value[:64] + "…"
+            raise ValueError(
+                f"TRIALBRIDGE_SITE_TIMEZONE {shown!r} is not an IANA time zone name "
+                "(such as America/New_York, Europe/Paris or UTC)"
+            )
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
@@ -247,6 +273,10 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("TRIALBRIDGE_BASE_URL must be an absolute http(s) URL")
         return value.rstrip("/") if value else value
+
+    def site_zone(self) -> dt.tzinfo:
+        """The site's time zone (validated at start-up)."""
+        return ZoneInfo(self.site_timezone)
 
     @property
     def is_sqlite(self) -> bool:

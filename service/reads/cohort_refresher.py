@@ -160,10 +160,11 @@ class _LeaseKeeper:
                 return
 
 
-def _members(session: Session, study_id: str) -> list[Member]:
-    """The study's subjects with all their events, read in one session."""
+def _members(session: Session, study_id: str, zone: dt.tzinfo) -> list[Member]:
+    """The study's subjects with all their events (dated in the site's calendar), read in one
+    session."""
     rows = study_subjects.study_subjects(session, study_id)
-    events = trial_events.events_of(session, [r.patient_id for r in rows])
+    events = trial_events.events_of(session, [r.patient_id for r in rows], zone=zone)
     return [
         Member(r.patient_id, r.subject_id, r.status, r.day1, events[r.patient_id]) for r in rows
     ]
@@ -202,9 +203,11 @@ class CohortRefresher:
         debounce_seconds: float = 1.0,
         max_delay_seconds: float = 30.0,
         owner: str | None = None,
+        zone: dt.tzinfo = dt.UTC,
     ) -> None:
         self.engine = engine
         self.protocols = dict(protocols)
+        self.zone = zone  # the site's time zone: events are read in its calendar
         self.seal = seal
         self.interval = interval_seconds
         self.debounce = debounce_seconds
@@ -400,7 +403,7 @@ class CohortRefresher:
         try:
             # the change numbers first: the data read after them reflects at least those changes
             ids = read(self.engine, lambda s: cohort_snapshots.pending_ids(s, study_id))
-            members = read(self.engine, lambda s: _members(s, study_id))
+            members = read(self.engine, lambda s: _members(s, study_id, self.zone))
             report = self.report_of(protocol, members)
             del members
             body = to_json(minimised(report.body, lambda cited: self.seal(study_id, cited)))

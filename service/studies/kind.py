@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.partial_dates import site_date
 from service.protocol.schema import StudyProtocol
 from service.repositories.unit_of_work import UnitOfWork
 from service.stats.plots import Draw, RenderedFigure
@@ -61,7 +62,8 @@ class SubjectBatch:
 
     `brief` holds only the membership event kinds; `facts` is this study's membership verdict
     per patient (None: not a subject). `key` is the pseudonym key, so subject and deviation ids
-    are stable.
+    are stable. `zone` is the site's time zone: events read for the batch are dated in it, and
+    `today` is its calendar day at `now`.
     """
 
     patient_ids: Sequence[str]
@@ -69,6 +71,12 @@ class SubjectBatch:
     facts: Mapping[str, SubjectFacts | None]
     key: bytes
     now: dt.datetime
+    zone: dt.tzinfo = dt.UTC
+
+    @property
+    def today(self) -> dt.date:
+        """The site's calendar day at `now`."""
+        return site_date(self.now, self.zone)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,10 +60,11 @@ class CheckReport:
         )
 
 
-def _load(session: Session, study_id: str) -> list[SubjectRecord]:
-    """Every subject of the study with all of its events, read in one session."""
+def _load(session: Session, study_id: str, zone: dt.tzinfo) -> list[SubjectRecord]:
+    """Every subject of the study with all of its events (dated in the site's calendar), read in
+    one session."""
     rows = study_subjects.study_subjects(session, study_id)
-    events = trial_events.events_of(session, [r.patient_id for r in rows])
+    events = trial_events.events_of(session, [r.patient_id for r in rows], zone=zone)
     return [
         SubjectRecord(
             subject_id=r.subject_id,
@@ -82,6 +84,7 @@ class SdtmExporter:
 
     engine: Engine
     protocols: dict[str, StudyProtocol]
+    zone: dt.tzinfo = dt.UTC  # the site's time zone: events are read in its calendar
 
     def _plan(self, study_id: str) -> tuple[StudyProtocol, TabulationPlan, StudyDesign]:
         protocol, tabulation = capability(self.protocols, study_id, "tabulation", "SDTM tabulation")
@@ -93,7 +96,7 @@ class SdtmExporter:
     def package(self, study_id: str) -> Package:
         """Every dataset of the study, made now from the stored subjects and events."""
         protocol, plan, design = self._plan(study_id)
-        subjects = read(self.engine, lambda s: _load(s, protocol.id))
+        subjects = read(self.engine, lambda s: _load(s, protocol.id, self.zone))
         meta = metadata()
         rows = Tabulation(protocol.id, plan, design, meta).build(subjects)
         datasets = {name: Dataset(meta.domains[name], rows[name]) for name in DATASETS}

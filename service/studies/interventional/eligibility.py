@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fhir_mapping.events.medication_exposure import exposure_span
 from fhir_mapping.events.model import EventKind, TrialEvent
 from fhir_mapping.events.observation import parse_tnm
 from fhir_mapping.partial_dates import parse_partial_date
@@ -471,32 +472,41 @@ def _driver(c: DriverAlteration, events: Sequence[TrialEvent], ref: dt.date) -> 
 def _recent_medication(
     c: RecentMedication, events: Sequence[TrialEvent], ref: dt.date
 ) -> CriterionResult:
-    start = shift_day(ref, -c.days_before_enrollment)
+    """Exposure is an interval: a course overlapping the N days before the reference day counts.
+
+    A partial date that may fall inside or outside the window (a year-only statement) leaves the
+    criterion unknown, never met.
+    """
+    window = (shift_day(ref, -c.days_before_enrollment), shift_day(ref, -1))
     drugs = [
         e for e in events if e.kind in (EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE)
     ]
     hits: list[Evidence] = []
+    maybe: list[Evidence] = []
     for e in drugs:
         matched = [v for v in c.valuesets if v in e.concept_ids]
         if not matched or (c.systemic_only and e.values.get("route_class") == "local"):
             continue
-        if e.date is None:
+        span = exposure_span(e)
+        if span is None or e.date is None:
             continue
-        first = e.date.first
-        last = e.end.last if e.end else e.date.last
-        ongoing = (
-            e.kind is EventKind.DRUG_EXPOSURE
-            and e.end is None
-            and e.values.get("status") in ("active", "on-hold")
-        )
-        if first < ref and (last >= start or ongoing):
-            days = (ref - first).days
-            hits.append(
-                Evidence(e, f"{e.values.get('medication') or matched[0]} {days} days before")
-            )
+        name = e.values.get("medication") or matched[0]
+        if span.surely_overlaps(*window):
+            hits.append(Evidence(e, f"{name} {(ref - e.date.first).days} days before"))
+        elif span.may_overlap(*window):
+            maybe.append(Evidence(e, f"{name} dated {e.date.text}"))
     if hits:
         return CriterionResult(
             c, "met", f"{hits[0].value} the reference day {ref.isoformat()}", tuple(hits)
+        )
+    if maybe:
+        return CriterionResult(
+            c,
+            "unknown",
+            f"{maybe[0].value} may fall in the {c.days_before_enrollment} days before "
+            f"{ref.isoformat()}",
+            tuple(maybe),
+            "the exact dates of the listed drugs",
         )
     if drugs:
         return CriterionResult(

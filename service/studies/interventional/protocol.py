@@ -168,12 +168,39 @@ DeviationCode = Literal[
 ]
 
 
+class PerioperativeDose(Strict):
+    """**Choice**: a single-day dose of this drug on the surgery day (by this route, when given)
+    is peri-operative (anaesthesia premedication, PONV prophylaxis), not prohibited medication."""
+
+    valueset: str
+    route_valueset: str | None = None
+
+
 class DeviationRule(Strict):
-    """One deviation rule the protocol uses, with its severity (a **choice**)."""
+    """One deviation rule the protocol uses, with its severity (a **choice**).
+
+    `prohibited_medication` also names the irAE value set (`irae_valueset`) and the doses that
+    are peri-operative (`perioperative`); no other rule takes them. An AdverseEvent or Condition is
+    immune-related when its term or category is in `irae_valueset`, or (an AdverseEvent) when a
+    suspect in a study drug's value set is assessed as related (the `causality_related` value
+    set). A drug treats it when it names it in `reasonReference`, or starts on or after its onset
+    (itself on or after Day 1).
+    """
 
     code: DeviationCode
     severity: Literal["major", "minor"]
     description: str = Field(min_length=1)
+    irae_valueset: str | None = None
+    perioperative: tuple[PerioperativeDose, ...] = ()
+
+    @model_validator(mode="after")
+    def _own_settings(self) -> DeviationRule:
+        prohibited = self.code == "prohibited_medication"
+        if prohibited and self.irae_valueset is None:
+            raise ValueError("prohibited_medication needs `irae_valueset` (what an irAE is)")
+        if not prohibited and (self.irae_valueset is not None or self.perioperative):
+            raise ValueError(f"{self.code} takes no `irae_valueset` or `perioperative` settings")
+        return self
 
 
 class TrialOutcomes(Strict):
@@ -185,6 +212,9 @@ class TrialOutcomes(Strict):
     pcr_without_nodal_information: Literal["not_evaluable"]
     viable_tumour_valueset: str
     efs_events: tuple[Literal["progression_precluding_surgery", "recurrence", "death"], ...]
+    # A Condition in this value set (distant secondary malignancy, C78–C79) with onset after surgery
+    # is a recurrence.
+    recurrence_condition_valueset: str
     censoring: Literal["last_data_point"]
     high_grade_ae_min: int = Field(ge=1, le=5)
     survival_timepoints_months: tuple[int, ...]

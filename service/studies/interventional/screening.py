@@ -43,7 +43,9 @@ def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBa
         )
     if not candidates:
         return
-    full = trial_events.events_of(session, [p for p, _ in candidates], stored=uow.stored_events)
+    full = trial_events.events_of(
+        session, [p for p, _ in candidates], stored=uow.stored_events, zone=batch.zone
+    )
     for patient_id, facts in candidates:
         subject_id = pseudonym(batch.key, study_id, patient_id)
         values = screening_row(
@@ -53,6 +55,7 @@ def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBa
             patient_id=patient_id,
             facts=facts,
             now=batch.now,
+            today=batch.today,
         )
         old = stored.get(patient_id)
         eligibility_results.save_eligibility(session, values, old is not None)
@@ -80,7 +83,7 @@ def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBa
                 eligible_at_enrollment=values["at_enrollment"],
                 enrollment_source=facts.evidence[0] if facts.evidence else None,
             )
-            findings = detect(protocol, full[patient_id], context, as_of=batch.now.date())
+            findings = detect(protocol, full[patient_id], context, as_of=batch.today)
         sync_subject(
             session,
             protocol,
@@ -100,11 +103,12 @@ def screening_row(
     patient_id: str,
     facts: SubjectFacts | None,
     now: dt.datetime,
+    today: dt.date,
 ) -> dict[str, Any]:
-    """The stored screening result: as of today, plus the verdict on the enrollment day."""
+    """The stored screening result: as of today (the site's day), plus the verdict on the
+    enrollment day."""
     enrolled_on = facts.enrolled_on if facts else None
     day1 = facts.day1 if facts else None
-    today = now.date()
     result = evaluate(protocol, events, as_of=today, enrolled_on=enrolled_on, day1=day1)
     at_enrollment = None
     if enrolled_on is not None and enrolled_on <= today:
