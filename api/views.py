@@ -25,6 +25,7 @@ from service.reads.results import (
 )
 from service.repositories.webhook_outbox import Subscription
 from service.stats.plots import MEDIA_TYPES
+from service.studies.flow import ConsortFlow, FlowBox, FlowCount
 
 _HEADER_KEYS = ("kind", "id", "version", "title", "sources")
 Seal = Callable[[Cited], str]  # a study's evidence ids (service.privacy.evidence)
@@ -145,8 +146,37 @@ def candidate_eligibility(e: CandidateEligibility, seal: Seal) -> dict[str, Any]
     }
 
 
+def _counts(found: tuple[FlowCount, ...]) -> list[dict[str, Any]]:
+    return [{"reason": c.reason, "n": c.n} for c in found]
+
+
+def _box(box: FlowBox) -> dict[str, Any]:
+    return {
+        "key": box.key,
+        "label": box.label,
+        "n": box.n,
+        "definition": box.definition,
+        "excluded": _counts(box.excluded),
+        "added": _counts(box.added),
+    }
+
+
+def flow(f: ConsortFlow) -> dict[str, Any]:
+    """A CONSORT-style flow: stages of boxes, each with its exclusions and additions by reason."""
+    return {
+        "title": f.title,
+        "stages": [
+            {"key": s.key, "label": s.label, "boxes": [_box(b) for b in s.boxes]} for s in f.stages
+        ],
+        "notes": list(f.notes),
+    }
+
+
 def cohort_outcomes(o: CohortOutcomes, seal: Seal) -> dict[str, Any]:
-    """GET /studies/{id}/outcomes: the figures and where to fetch each plot."""
+    """GET /studies/{id}/outcomes: the figures, the flow of patients, where to fetch each plot."""
+    outcomes = minimised(dict(o.outcomes), seal)
+    if o.flow is not None:
+        outcomes["flow"] = flow(o.flow)
     return {
         "study": {**_study(o.study), "kind": o.kind},
         "computed_at": iso_utc(o.computed_at),
@@ -157,7 +187,7 @@ def cohort_outcomes(o: CohortOutcomes, seal: Seal) -> dict[str, Any]:
             }
             for name in o.plots
         },
-        "outcomes": minimised(dict(o.outcomes), seal),
+        "outcomes": outcomes,
     }
 
 

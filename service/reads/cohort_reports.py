@@ -6,7 +6,9 @@ changed (the event and subject tables' fingerprint moves). Each replica keeps it
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
 import threading
 from typing import Any
 
@@ -18,9 +20,9 @@ from service.infra.clock import utcnow
 from service.protocol.schema import StudyProtocol
 from service.reads.access import find_protocol, read
 from service.reads.results import CohortOutcomes, StudyRef
-from service.repositories import study_subjects, trial_events
+from service.repositories import eligibility_results, study_subjects, trial_events
 from service.stats.plots import MEDIA_TYPES, RenderedFigure
-from service.studies.kind import CohortReport, Member
+from service.studies.kind import CohortData, CohortReport, Member, Screened
 from service.studies.registry import kind_of
 
 
@@ -43,6 +45,7 @@ class CohortReports:
             computed_at=report.computed_at or utcnow(),
             plots=sorted(report.plots),
             outcomes=report.body,
+            flow=report.flow,
         )
 
     def plot(self, study_id: str, name: str, fmt: str) -> RenderedFigure:
@@ -68,7 +71,7 @@ class CohortReports:
 
     def _report(self, protocol: StudyProtocol) -> CohortReport:
         """The cached report while the data is unchanged; else recomputed once per study."""
-        stamp = read(self.engine, lambda s: study_subjects.fingerprint(s, protocol.id))
+        stamp = read(self.engine, lambda s: _fingerprint(s, protocol.id))
         cached = self._cache.get(protocol.id)
         if cached is not None and cached[0] == stamp:
             return cached[1]
@@ -76,24 +79,53 @@ class CohortReports:
             cached = self._cache.get(protocol.id)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-            stamp, rows, events = read(self.engine, lambda s: _load(s, protocol.id))
-            report = _compute(protocol, rows, events)
+            stamp, rows, events, screened = read(self.engine, lambda s: _load(s, protocol.id))
+            report = _compute(protocol, rows, events, screened)
             report.computed_at = utcnow()
             self._cache[protocol.id] = (stamp, report)
             return report
 
 
-def _compute(protocol: StudyProtocol, rows: list[Any], events: dict[str, Any]) -> CohortReport:
-    """The study's report from its subject rows and their events, by the study's kind."""
+def _compute(
+    protocol: StudyProtocol, rows: list[Any], events: dict[str, Any], screened: list[Any]
+) -> CohortReport:
+    """The study's report from its subject rows, their events and the screening list."""
     members = [
         Member(r.patient_id, r.subject_id, r.status, r.day1, events[r.patient_id]) for r in rows
     ]
-    return kind_of(protocol).cohort_report(protocol, members)
+    data = CohortData(members, [_screened(r) for r in screened])
+    return kind_of(protocol).cohort_report(protocol, data)
 
 
-def _load(session: Session, study_id: str) -> tuple[tuple[Any, ...], list[Any], dict[str, Any]]:
-    """The fingerprint, subjects and events, read in one session so they agree."""
-    stamp = study_subjects.fingerprint(session, study_id)
+def _screened(row: Any) -> Screened:
+    """A stored screening row as the kinds read it (criteria from its stored payload)."""
+    payload = json.loads(row.payload)
+    criteria = payload.get("criteria") if isinstance(payload, dict) else None
+    as_of = row.as_of if isinstance(row.as_of, dt.date) else dt.date.fromisoformat(str(row.as_of))
+    return Screened(
+        patient_id=row.patient_id,
+        subject_id=row.subject_id,
+        overall=row.overall,
+        at_enrollment=row.at_enrollment,
+        as_of=as_of,
+        criteria=tuple(c for c in criteria or () if isinstance(c, dict)),
+    )
+
+
+def _fingerprint(session: Session, study_id: str) -> tuple[Any, ...]:
+    """Moves when the study's subjects, their events or its screening list change."""
+    return (
+        *study_subjects.fingerprint(session, study_id),
+        *eligibility_results.fingerprint(session, study_id),
+    )
+
+
+def _load(
+    session: Session, study_id: str
+) -> tuple[tuple[Any, ...], list[Any], dict[str, Any], list[Any]]:
+    """The fingerprint, subjects, events and screening rows, read in one session so they agree."""
+    stamp = _fingerprint(session, study_id)
     rows = study_subjects.study_subjects(session, study_id)
     events = trial_events.events_of(session, [r.patient_id for r in rows])
-    return stamp, rows, events
+    screened = eligibility_results.study_eligibility(session, study_id)
+    return stamp, rows, events, screened

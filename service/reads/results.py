@@ -13,6 +13,7 @@ from typing import Any
 
 from fhir_mapping.events.model import TrialEvent
 from service.protocol.schema import StudyProtocol
+from service.studies.flow import ConsortFlow
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ class CohortOutcomes:
     computed_at: dt.datetime
     plots: Sequence[str]
     outcomes: Mapping[str, Any]
+    flow: ConsortFlow | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from fhir_mapping.events.model import EventKind
 from service.stats.plots import Curves, km_figure
 from service.studies.cirae.analysis import cirae_outcomes
 from service.studies.cirae.cohort import CohortPatient, build_cohort_report
 from service.studies.cirae.membership import cohort_membership
 from service.studies.cirae.protocol import CohortProtocol
-from service.studies.kind import CohortReport, Member, StudyKind
+from service.studies.kind import CohortData, CohortReport, StudyKind
 
 
-def cirae_report(protocol: CohortProtocol, members: Sequence[Member]) -> CohortReport:
+def cirae_report(protocol: CohortProtocol, cohort: CohortData) -> CohortReport:
     """Groups, resolution, matching, Cox models, KM of OS by group."""
-    patients = [CohortPatient(m.patient_id, m.subject_id, m.events) for m in members]
+    patients = [CohortPatient(m.patient_id, m.subject_id, m.events) for m in cohort.members]
     built = build_cohort_report(protocol, patients)
     figures = cirae_outcomes(protocol, built.subjects)
     figures["excluded"] = {

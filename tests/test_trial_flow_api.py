@@ -1,0 +1,136 @@
+"""NCT06088771's CONSORT-style flow over HTTP: eleven hand-built patients, counts worked out by hand.
+
+Patients (every one a screening candidate; CLINICAL.md study 1):
+
+| id | eligibility                      | ResearchSubject | dosed | surgery | viable % | reaches   |
+|----|----------------------------------|-----------------|-------|---------|----------|-----------|
+| e1 | eligible                         | on-study        | yes   | Day 18  | 5        | evaluable |
+| e2 | eligible                         | on-study        | yes   | Day 18  | —        | operated  |
+| e3 | eligible                         | on-study        | yes   | —       | —        | dosed     |
+| e4 | eligible                         | on-study        | yes   | — (died)| —        | dosed     |
+| e5 | eligible                         | on-study        | no    | —       | —        | enrolled  |
+| e6 | eligible                         | screening       | no    | —       | —        | eligible  |
+| c1 | eligible                         | none            | no    | —       | —        | eligible  |
+| x1 | exclusion 5 met (RA) at enrolment| on-study        | yes   | Day 18  | 0        | evaluable |
+| i1 | exclusion 5 met (RA)             | none            | no    | —       | —        | screened  |
+| i2 | inclusion 2 not met (cT1a)       | none            | no    | —       | —        | screened  |
+| n1 | C34.90 only: criterion 1 unknown | none            | no    | —       | —        | screened  |
+
+Screened 11 → eligible 7 (−2 exclusion 5, −1 inclusion 2, −1 indeterminate) → enrolled 6 (−e6,
+−c1, +x1 enrolled although not eligible) → dosed 5 (−e5) → operated 3 (−e3 no resection, −e4 died
+before surgery) → evaluable 2 (−e2 no percent viable tumour).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+from tests.kit import fhir as kit
+from tests.kit import nct
+from tests.kit.client import put_resources
+
+RA = "not eligible: exclusion 5 met (Autoimmune condition, active or history)"
+T1A = "not eligible: inclusion 2 not met (Primary tumour stage T1b or higher)"
+C34 = "eligibility indeterminate: criterion 1 unknown (Non-small cell lung cancer)"
+
+
+def _cohort() -> list[dict[str, Any]]:
+    out: nct.Resources = {"rs-nct": kit.research_study()}
+    for pid in ("e1", "e2", "e3", "e4", "e5", "e6", "c1", "x1", "i1", "i2"):
+        out |= nct.work_up(pid)
+    for pid in ("e1", "e2", "e3", "e4", "e5", "x1"):
+        out |= nct.enrollment(pid)
+    out |= nct.enrollment("e6", status="screening")
+    for pid in ("e1", "e2", "e3", "e4", "x1"):
+        out |= nct.day1_doses(pid)
+    for pid in ("e1", "e2", "x1"):
+        out |= nct.surgery(pid)
+    out |= nct.viable_tumour("e1", 5) | nct.viable_tumour("x1", 0)
+    out["e4"]["deceasedDateTime"] = "2025-03-20"
+    out |= nct.autoimmune("x1") | nct.autoimmune("i1")
+    out["i2-t"]["valueCodeableConcept"] = {"text": "cT1a"}
+    out |= {
+        "n1": kit.patient(id="n1", gender="male", birth_date="1950-05-05"),
+        "n1-dx": nct.problem(
+            id="n1-dx", patient="n1", code=kit.LUNG_CANCER_C34_90, onset="2025-01-20"
+        ),
+    }
+    return list(out.values())
+
+
+@pytest.fixture
+def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
+    """A client on /api/v1 over the eleven patients of the table above."""
+    put_resources(fhir, *_cohort())
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=120) as client:
+        yield client
+
+
+def _box(stage: dict[str, Any]) -> dict[str, Any]:
+    assert len(stage["boxes"]) == 1, stage
+    box: dict[str, Any] = stage["boxes"][0]
+    return box
+
+
+def _reasons(found: list[dict[str, Any]]) -> dict[str, int]:
+    return {c["reason"]: c["n"] for c in found}
+
+
+def test_trial_flow_counts_and_reasons(api: httpx.Client) -> None:
+    """Each step's count, exclusions and additions are the hand-worked ones; they reconcile."""
+    response = api.get("/studies/NCT06088771/outcomes")
+    assert response.status_code == 200, response.text
+    out = response.json()["outcomes"]
+    flow = out["flow"]
+    assert flow["title"] == "NCT06088771: flow of patients"
+    boxes = [_box(s) for s in flow["stages"]]
+    assert [(b["key"], b["n"]) for b in boxes] == [
+        ("screened", 11),
+        ("eligible", 7),
+        ("enrolled", 6),
+        ("dosed", 5),
+        ("operated", 3),
+        ("evaluable", 2),
+    ]
+    screened, eligible, enrolled, dosed, operated, evaluable = boxes
+    assert (screened["excluded"], screened["added"]) == ([], [])
+    assert _reasons(eligible["excluded"]) == {RA: 2, T1A: 1, C34: 1}
+    assert eligible["added"] == []
+    assert _reasons(enrolled["excluded"]) == {
+        "not enrolled (ResearchSubject status screening)": 1,
+        "not enrolled (no ResearchSubject for the study)": 1,
+    }
+    assert _reasons(enrolled["added"]) == {RA: 1}
+    assert _reasons(dosed["excluded"]) == {"not dosed (no study-drug administration)": 1}
+    assert _reasons(operated["excluded"]) == {
+        "no lung resection recorded": 1,
+        "died before surgery": 1,
+    }
+    assert _reasons(evaluable["excluded"]) == {
+        "MPR not evaluable (percent viable tumour of the resected primary not recorded)": 1
+    }
+    for before, after in itertools.pairwise(boxes):
+        lost = sum(c["n"] for c in after["excluded"])
+        gained = sum(c["n"] for c in after["added"])
+        assert before["n"] - lost + gained == after["n"], after["key"]
+    counts = out["counts"]
+    assert (counts["dosed"], counts["operated"], counts["with_response_assessment"]) == (5, 3, 2)
+    assert all(b["definition"] for b in boxes)
+    assert len(flow["notes"]) == 3
+
+
+def test_flow_follows_the_screening_list(api: httpx.Client, fhir: httpx.Client) -> None:
+    """A new candidate who is not a subject moves only the screening counts (cache invalidated)."""
+    first = api.get("/studies/NCT06088771/outcomes").json()["outcomes"]["flow"]
+    assert _box(first["stages"][0])["n"] == 11
+    put_resources(fhir, *nct.work_up("c2").values())
+    flow = api.get("/studies/NCT06088771/outcomes").json()["outcomes"]["flow"]
+    assert [_box(s)["n"] for s in flow["stages"]] == [12, 8, 6, 5, 3, 2]
+    enrolled = _box(flow["stages"][2])
+    assert _reasons(enrolled["excluded"])["not enrolled (no ResearchSubject for the study)"] == 2
