@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api import views
 from api.auth import readable_study
-from api.deps import ReportsDep, SealDep, reject_nul
+from api.deps import ReportsDep, SealDep, SettingsDep, reject_nul
 from api.fhir_http import if_none_match
-from api.schemas import ERRORS, CohortOutcomesOut
+from api.schemas import ERRORS, CohortOutcomesOut, ListingPageOut
 
 router = APIRouter(
     prefix="/api/v1",
@@ -32,6 +32,25 @@ async def study_outcomes(
     """Computed from every subject's current events; cached until the data changes."""
     found = await run_in_threadpool(lambda: reports.outcomes(study_id))
     return views.cohort_outcomes(found, seal)
+
+
+@router.get(
+    "/studies/{study_id}/outcomes/subjects",
+    response_model=ListingPageOut,
+    summary="The per-subject analysis listing behind the cohort outcomes, a page at a time",
+)
+async def study_listing(
+    reports: ReportsDep,
+    seal: SealDep,
+    settings: SettingsDep,
+    study_id: str,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="Page size")] = None,
+) -> dict[str, Any]:
+    """Pseudonymous rows in subject-id order, from the same cached computation as the outcomes."""
+    size = min(limit or settings.api_default_limit, settings.api_max_limit)
+    page = await run_in_threadpool(lambda: reports.listing(study_id, cursor=cursor, limit=size))
+    return views.listing_page(page, seal)
 
 
 @router.get(

@@ -15,6 +15,7 @@ from service.reads.results import (
     CohortOutcomes,
     DeviationDetail,
     DeviationPage,
+    ListingPage,
     ScreeningPage,
     StudyRef,
     Subject,
@@ -24,6 +25,7 @@ from service.reads.results import (
     TimelineEntry,
 )
 from service.repositories.webhook_outbox import Subscription
+from service.stats.balance import BalancePanel, BalanceRow, BalanceTable, ContinuousSummary, Smd
 from service.stats.plots import MEDIA_TYPES
 from service.studies.flow import ConsortFlow, FlowBox, FlowCount
 
@@ -172,11 +174,93 @@ def flow(f: ConsortFlow) -> dict[str, Any]:
     }
 
 
+_SMD_DECIMALS = 6
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, _SMD_DECIMALS) if value is not None else None
+
+
+def _continuous(c: ContinuousSummary) -> dict[str, Any]:
+    return {
+        "n": c.n,
+        "missing": c.missing,
+        **{
+            k: _round(getattr(c, k))
+            for k in ("mean", "sd", "median", "q1", "q3", "minimum", "maximum")
+        },
+    }
+
+
+def _smd(smd: Smd) -> dict[str, Any]:
+    return {
+        "value": _round(smd.value),
+        "balanced": smd.balanced,
+        "per_level": {level: _round(v) for level, v in smd.per_level},
+        "reason": smd.reason,
+    }
+
+
+def _balance_row(row: BalanceRow, panel: BalancePanel) -> dict[str, Any]:
+    by_group: dict[str, Any] = {}
+    for i, group in enumerate(panel.groups):
+        if row.kind == "continuous":
+            by_group[group.key] = _continuous(row.continuous[i])
+        else:
+            by_group[group.key] = [
+                {"level": c.level, "label": c.label, "n": c.n, "proportion": _round(c.proportion)}
+                for c in row.categorical[i]
+            ]
+    return {
+        "name": row.name,
+        "label": row.label,
+        "kind": row.kind,
+        "by_group": by_group,
+        "smd": {s.comparison: _smd(s) for s in row.smds},
+    }
+
+
+def table1(t: BalanceTable) -> dict[str, Any]:
+    """Table 1: baseline characteristics per panel and group, SMDs per comparison."""
+    return {
+        "title": t.title,
+        "threshold": t.threshold,
+        "methods": dict(t.methods),
+        "panels": [
+            {
+                "key": p.key,
+                "title": p.title,
+                "groups": [{"key": g.key, "label": g.label, "n": g.n} for g in p.groups],
+                "comparisons": [
+                    {"key": c.key, "label": c.label, "first": c.first, "second": c.second}
+                    for c in p.comparisons
+                ],
+                "rows": [_balance_row(r, p) for r in p.rows],
+            }
+            for p in t.panels
+        ],
+    }
+
+
+def listing_page(page: ListingPage, seal: Seal) -> dict[str, Any]:
+    """GET /studies/{id}/outcomes/subjects: per-subject analysis rows, paged."""
+    return {
+        "study": _study(page.study),
+        "computed_at": iso_utc(page.computed_at),
+        "subjects": [
+            minimised({"subject_id": r.subject_id, **dict(r.fields)}, seal) for r in page.rows
+        ],
+        "next_cursor": page.next_cursor,
+    }
+
+
 def cohort_outcomes(o: CohortOutcomes, seal: Seal) -> dict[str, Any]:
     """GET /studies/{id}/outcomes: the figures, the flow of patients, where to fetch each plot."""
     outcomes = minimised(dict(o.outcomes), seal)
     if o.flow is not None:
         outcomes["flow"] = flow(o.flow)
+    if o.table1 is not None:
+        outcomes["table1"] = table1(o.table1)
     return {
         "study": {**_study(o.study), "kind": o.kind},
         "computed_at": iso_utc(o.computed_at),

@@ -134,3 +134,19 @@ def test_flow_follows_the_screening_list(api: httpx.Client, fhir: httpx.Client) 
     assert [_box(s)["n"] for s in flow["stages"]] == [12, 8, 6, 5, 3, 2]
     enrolled = _box(flow["stages"][2])
     assert _reasons(enrolled["excluded"])["not enrolled (no ResearchSubject for the study)"] == 2
+
+
+def test_trial_listing_pages_through_the_subjects(api: httpx.Client) -> None:
+    """The seven ResearchSubjects (e1–e6, x1), one row each, two pages of four and three."""
+    first = api.get("/studies/NCT06088771/outcomes/subjects", params={"limit": 4}).json()
+    assert len(first["subjects"]) == 4
+    second = api.get(
+        "/studies/NCT06088771/outcomes/subjects",
+        params={"limit": 4, "cursor": first["next_cursor"]},
+    ).json()
+    rows = first["subjects"] + second["subjects"]
+    assert second["next_cursor"] is None
+    assert len(rows) == 7
+    assert [r["subject_id"] for r in rows] == sorted(r["subject_id"] for r in rows)
+    assert sum(r["dosed"] for r in rows) == 5
+    assert sorted(r["status"] for r in rows) == ["on-study"] * 6 + ["screening"]

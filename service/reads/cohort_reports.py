@@ -19,7 +19,8 @@ from service.errors import ApiError
 from service.infra.clock import utcnow
 from service.protocol.schema import StudyProtocol
 from service.reads.access import find_protocol, read
-from service.reads.results import CohortOutcomes, StudyRef
+from service.reads.paging import decode_cursor, encode_cursor
+from service.reads.results import CohortOutcomes, ListingPage, StudyRef
 from service.repositories import eligibility_results, study_subjects, trial_events
 from service.stats.plots import MEDIA_TYPES, RenderedFigure
 from service.studies.kind import CohortData, CohortReport, Member, Screened
@@ -46,6 +47,22 @@ class CohortReports:
             plots=sorted(report.plots),
             outcomes=report.body,
             flow=report.flow,
+            table1=report.table1,
+        )
+
+    def listing(self, study_id: str, *, cursor: str | None, limit: int) -> ListingPage:
+        """A page of the study's per-subject analysis listing, in subject-id order."""
+        protocol = find_protocol(self.protocols, study_id)
+        after = decode_cursor(cursor) if cursor is not None else None
+        report = self._report(protocol)
+        rows = [r for r in report.listing if after is None or r.subject_id > after]
+        page = rows[:limit]
+        more = len(rows) > limit
+        return ListingPage(
+            study=StudyRef.of(protocol),
+            computed_at=report.computed_at or utcnow(),
+            rows=page,
+            next_cursor=encode_cursor(page[-1].subject_id) if more and page else None,
         )
 
     def plot(self, study_id: str, name: str, fmt: str) -> RenderedFigure:

@@ -13,7 +13,9 @@ from typing import Any
 
 from fhir_mapping.events.model import TrialEvent
 from service.protocol.schema import StudyProtocol
+from service.stats.balance import BalanceTable
 from service.studies.flow import ConsortFlow
+from service.studies.kind import ListingRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,17 @@ class CohortOutcomes:
     plots: Sequence[str]
     outcomes: Mapping[str, Any]
     flow: ConsortFlow | None = None
+    table1: BalanceTable | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListingPage:
+    """One page of a study's per-subject analysis listing (from the cached cohort report)."""
+
+    study: StudyRef
+    computed_at: dt.datetime
+    rows: Sequence[ListingRow]
+    next_cursor: str | None
 
 
 @dataclass(frozen=True, slots=True)

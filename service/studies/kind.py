@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from service.protocol.schema import StudyProtocol
 from service.repositories.unit_of_work import UnitOfWork
+from service.stats.balance import BalanceTable
 from service.stats.plots import Draw, RenderedFigure
 from service.studies.flow import ConsortFlow
 
@@ -106,11 +107,20 @@ class CohortData:
     screened: Sequence[Screened] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class ListingRow:
+    """One subject's row of a study's analysis listing: pseudonymous id, no dates of birth or names."""
+
+    subject_id: str
+    fields: Mapping[str, Any]
+
+
 @dataclass(slots=True)
 class CohortReport:
     """A study's cohort outcomes (JSON-ready) and its figures, each drawn on first request.
 
-    `flow` is the CONSORT-style flow of patients (typed; api/ shapes it).
+    The typed parts api/ shapes: `flow` (CONSORT-style flow of patients), `table1` (baseline
+    characteristics with SMDs) and `listing` (per-subject analysis rows, in subject-id order).
     """
 
     body: dict[str, Any]
@@ -118,6 +128,8 @@ class CohortReport:
     computed_at: dt.datetime | None = None  # set by whoever computed it
     rendered: dict[tuple[str, str], RenderedFigure] = field(default_factory=dict)
     flow: ConsortFlow | None = None
+    table1: BalanceTable | None = None
+    listing: tuple[ListingRow, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from service.studies.interventional.membership import trial_membership
 from service.studies.interventional.protocol import TrialProtocol
 from service.studies.interventional.screening import refresh_screening
 from service.studies.interventional.subject_outcomes import subject_outcomes
-from service.studies.kind import CohortData, CohortReport, StudyKind
+from service.studies.kind import CohortData, CohortReport, ListingRow, StudyKind
 
 
 def trial_report(protocol: TrialProtocol, cohort: CohortData) -> CohortReport:
@@ -33,6 +33,10 @@ def trial_report(protocol: TrialProtocol, cohort: CohortData) -> CohortReport:
             "swimmer": lambda fmt: swimmer_plot(data.swimmer, fmt=fmt),
         },
         flow=trial_flow(protocol, cohort, figures["subjects"]),
+        listing=tuple(
+            ListingRow(r["subject_id"], {k: v for k, v in r.items() if k != "subject_id"})
+            for r in sorted(figures["subjects"], key=lambda r: str(r["subject_id"]))
+        ),
     )
 
 
