@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import views
+from api import report_html, views
 from api.auth import readable_study
 from api.deps import ReportsDep, SealDep, SettingsDep, reject_nul
 from api.fhir_http import if_none_match
@@ -51,6 +52,19 @@ async def study_listing(
     size = min(limit or settings.api_default_limit, settings.api_max_limit)
     page = await run_in_threadpool(lambda: reports.listing(study_id, cursor=cursor, limit=size))
     return views.listing_page(page, seal)
+
+
+@router.get(
+    "/studies/{study_id}/outcomes/report.html",
+    summary="The outcomes as a self-contained HTML report (flow, Table 1, models, KM figures)",
+    response_class=HTMLResponse,
+    responses={200: {"content": {"text/html": {}}, "description": "The report"}},
+)
+async def study_report(reports: ReportsDep, study_id: str) -> HTMLResponse:
+    """Inline CSS and figures, no script or external asset; aggregates only, no identifiers."""
+    found = await run_in_threadpool(lambda: reports.document(study_id))
+    page = await run_in_threadpool(lambda: report_html.render(found))
+    return HTMLResponse(page, headers={"Content-Security-Policy": report_html.POLICY})
 
 
 @router.get(

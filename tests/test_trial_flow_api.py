@@ -1,6 +1,6 @@
 """NCT06088771's CONSORT-style flow over HTTP: eleven hand-built patients, counts worked out by hand.
 
-Patients (every one a screening candidate; CLINICAL.md study 1):
+Patients (`tests.kit.nct.flow_cohort`; every one a screening candidate; CLINICAL.md study 1):
 
 | id | eligibility                      | ResearchSubject | dosed | surgery | viable % | reaches   |
 |----|----------------------------------|-----------------|-------|---------|----------|-----------|
@@ -31,7 +31,6 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
-from tests.kit import fhir as kit
 from tests.kit import nct
 from tests.kit.client import put_resources
 
@@ -40,34 +39,10 @@ T1A = "not eligible: inclusion 2 not met (Primary tumour stage T1b or higher)"
 C34 = "eligibility indeterminate: criterion 1 unknown (Non-small cell lung cancer)"
 
 
-def _cohort() -> list[dict[str, Any]]:
-    out: nct.Resources = {"rs-nct": kit.research_study()}
-    for pid in ("e1", "e2", "e3", "e4", "e5", "e6", "c1", "x1", "i1", "i2"):
-        out |= nct.work_up(pid)
-    for pid in ("e1", "e2", "e3", "e4", "e5", "x1"):
-        out |= nct.enrollment(pid)
-    out |= nct.enrollment("e6", status="screening")
-    for pid in ("e1", "e2", "e3", "e4", "x1"):
-        out |= nct.day1_doses(pid)
-    for pid in ("e1", "e2", "x1"):
-        out |= nct.surgery(pid)
-    out |= nct.viable_tumour("e1", 5) | nct.viable_tumour("x1", 0)
-    out["e4"]["deceasedDateTime"] = "2025-03-20"
-    out |= nct.autoimmune("x1") | nct.autoimmune("i1")
-    out["i2-t"]["valueCodeableConcept"] = {"text": "cT1a"}
-    out |= {
-        "n1": kit.patient(id="n1", gender="male", birth_date="1950-05-05"),
-        "n1-dx": nct.problem(
-            id="n1-dx", patient="n1", code=kit.LUNG_CANCER_C34_90, onset="2025-01-20"
-        ),
-    }
-    return list(out.values())
-
-
 @pytest.fixture
 def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
     """A client on /api/v1 over the eleven patients of the table above."""
-    put_resources(fhir, *_cohort())
+    put_resources(fhir, *nct.flow_cohort())
     with httpx.Client(base_url=f"{server.url}/api/v1", timeout=120) as client:
         yield client
 

@@ -20,9 +20,10 @@ from service.infra.clock import utcnow
 from service.protocol.schema import StudyProtocol
 from service.reads.access import find_protocol, read
 from service.reads.paging import decode_cursor, encode_cursor
-from service.reads.results import CohortOutcomes, ListingPage, StudyRef
+from service.reads.results import CohortDocument, CohortOutcomes, ListingPage, StudyRef
 from service.repositories import eligibility_results, study_subjects, trial_events
 from service.stats.plots import MEDIA_TYPES, RenderedFigure
+from service.studies.document import figures_of
 from service.studies.kind import CohortData, CohortReport, Member, Screened
 from service.studies.registry import kind_of
 
@@ -65,26 +66,28 @@ class CohortReports:
             next_cursor=encode_cursor(page[-1].subject_id) if more and page else None,
         )
 
+    def document(self, study_id: str) -> CohortDocument:
+        """The study's report document and every figure it shows, as SVG (404 without one)."""
+        protocol = find_protocol(self.protocols, study_id)
+        report = self._report(protocol)
+        if report.document is None:
+            raise ApiError(404, "not_applicable", f"study {study_id} has no report document")
+        document = report.document()
+        names = [n for s in document.sections for n in figures_of((s,))]
+        return CohortDocument(
+            study=StudyRef.of(protocol),
+            kind=protocol.kind,
+            computed_at=report.computed_at or utcnow(),
+            document=document,
+            figures={n: _figure(report, study_id, n, "svg").body for n in dict.fromkeys(names)},
+        )
+
     def plot(self, study_id: str, name: str, fmt: str) -> RenderedFigure:
         """One figure of the study as PNG or SVG."""
         protocol = find_protocol(self.protocols, study_id)
         if fmt not in MEDIA_TYPES:
             raise ApiError(404, "plot_not_found", f"no format {fmt!r}; known: png, svg")
-        report = self._report(protocol)
-        draw = report.plots.get(name)
-        if draw is None:
-            known = ", ".join(sorted(report.plots))
-            raise ApiError(
-                404, "plot_not_found", f"study {study_id} has no plot {name!r}; known: {known}"
-            )
-        key = (name, fmt)
-        figure = report.rendered.get(key)
-        if figure is None:
-            body = draw("png" if fmt == "png" else "svg")
-            digest = hashlib.sha256(body).hexdigest()[:32]
-            figure = RenderedFigure(body, MEDIA_TYPES[fmt], f'"{digest}"')
-            report.rendered[key] = figure
-        return figure
+        return _figure(self._report(protocol), study_id, name, fmt)
 
     def _report(self, protocol: StudyProtocol) -> CohortReport:
         """The cached report while the data is unchanged; else recomputed once per study."""
@@ -101,6 +104,24 @@ class CohortReports:
             report.computed_at = utcnow()
             self._cache[protocol.id] = (stamp, report)
             return report
+
+
+def _figure(report: CohortReport, study_id: str, name: str, fmt: str) -> RenderedFigure:
+    """One figure of a computed report, rendered once per format and kept with the report."""
+    draw = report.plots.get(name)
+    if draw is None:
+        known = ", ".join(sorted(report.plots))
+        raise ApiError(
+            404, "plot_not_found", f"study {study_id} has no plot {name!r}; known: {known}"
+        )
+    key = (name, fmt)
+    figure = report.rendered.get(key)
+    if figure is None:
+        body = draw("png" if fmt == "png" else "svg")
+        digest = hashlib.sha256(body).hexdigest()[:32]
+        figure = RenderedFigure(body, MEDIA_TYPES[fmt], f'"{digest}"')
+        report.rendered[key] = figure
+    return figure
 
 
 def _compute(

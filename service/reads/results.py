@@ -14,6 +14,7 @@ from typing import Any
 from fhir_mapping.events.model import TrialEvent
 from service.protocol.schema import StudyProtocol
 from service.stats.balance import BalanceTable
+from service.studies.document import ReportDocument
 from service.studies.flow import ConsortFlow
 from service.studies.kind import ListingRow
 
@@ -163,3 +164,17 @@ class DeviationDetail:
     deviation: Mapping[str, Any]
     version: int
     history: Sequence[HistoryEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class CohortDocument:
+    """A study's report document, with its figures rendered as SVG, and when it was computed.
+
+    `computed_at` is the data cut-off: the report reflects the data the service held then.
+    """
+
+    study: StudyRef
+    kind: str
+    computed_at: dt.datetime
+    document: ReportDocument
+    figures: Mapping[str, bytes]

@@ -20,6 +20,7 @@ from service.protocol.schema import StudyProtocol
 from service.repositories.unit_of_work import UnitOfWork
 from service.stats.balance import BalanceTable
 from service.stats.plots import Draw, RenderedFigure
+from service.studies.document import ReportDocument
 from service.studies.flow import ConsortFlow
 
 # The width of study_subject.subject_number: a longer identifier is no subject number (it stays in
@@ -120,7 +121,8 @@ class CohortReport:
     """A study's cohort outcomes (JSON-ready) and its figures, each drawn on first request.
 
     The typed parts api/ shapes: `flow` (CONSORT-style flow of patients), `table1` (baseline
-    characteristics with SMDs) and `listing` (per-subject analysis rows, in subject-id order).
+    characteristics with SMDs), `listing` (per-subject analysis rows, in subject-id order) and
+    `document` (the report a statistician attaches to a manuscript).
     """
 
     body: dict[str, Any]
@@ -130,6 +132,8 @@ class CohortReport:
     flow: ConsortFlow | None = None
     table1: BalanceTable | None = None
     listing: tuple[ListingRow, ...] = ()
+    # the report document (report.html), built when first asked for
+    document: Callable[[], ReportDocument] | None = None
 
 
 @dataclass(frozen=True)

@@ -133,3 +133,26 @@ def viable_tumour(pid: str, percent: int) -> Resources:
             valueQuantity=kit.quantity(percent, "%"),
         )
     )
+
+
+def flow_cohort() -> list[dict[str, Any]]:
+    """Eleven candidates, one per row of tests/test_trial_flow_api.py's table."""
+    out: Resources = {"rs-nct": kit.research_study()}
+    for pid in ("e1", "e2", "e3", "e4", "e5", "e6", "c1", "x1", "i1", "i2"):
+        out |= work_up(pid)
+    for pid in ("e1", "e2", "e3", "e4", "e5", "x1"):
+        out |= enrollment(pid)
+    out |= enrollment("e6", status="screening")
+    for pid in ("e1", "e2", "e3", "e4", "x1"):
+        out |= day1_doses(pid)
+    for pid in ("e1", "e2", "x1"):
+        out |= surgery(pid)
+    out |= viable_tumour("e1", 5) | viable_tumour("x1", 0)
+    out["e4"]["deceasedDateTime"] = "2025-03-20"
+    out |= autoimmune("x1") | autoimmune("i1")
+    out["i2-t"]["valueCodeableConcept"] = {"text": "cT1a"}
+    out |= {
+        "n1": kit.patient(id="n1", gender="male", birth_date="1950-05-05"),
+        "n1-dx": problem(id="n1-dx", patient="n1", code=kit.LUNG_CANCER_C34_90, onset="2025-01-20"),
+    }
+    return list(out.values())

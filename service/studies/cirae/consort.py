@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from service.studies.cirae.cohort import Exclusion
-from service.studies.cirae.labels import group_label
+from service.studies.cirae.labels import group_label, words
 from service.studies.cirae.records import CirAESubject, Group, MatchedSet
 from service.studies.flow import ConsortFlow, FlowBox, FlowCount, FlowStage, counts
 
@@ -63,10 +63,10 @@ def _analysed(control: Group, matched_n: int, model: Mapping[str, Any] | None) -
     ]
     n = model.get("n_subjects")
     analysed = int(n) if isinstance(n, int) else matched_n - len(left)
-    excluded = list(counts(f"left out of the model: {r}" for r in left))
+    excluded = list(counts(f"left out of the model: {words(r)}" for r in left))
     definition = "the matched patients the adjusted Cox model used"
     if model and not model.get("estimable", True):
-        definition += f" (model not estimable: {model.get('reason')})"
+        definition += f" (model not estimable: {words(str(model.get('reason')))})"
     return _box(
         f"analysed_{control}", f"Analysed: {_versus(control)}", analysed, definition, excluded
     )

@@ -8,6 +8,7 @@ from service.studies.cirae.analysis import cirae_outcomes
 from service.studies.cirae.cohort import CohortPatient, build_cohort_report
 from service.studies.cirae.membership import cohort_membership
 from service.studies.cirae.protocol import CohortProtocol
+from service.studies.cirae.report import cirae_document
 from service.studies.cirae.reporting import ORIGIN, group_curves, report_additions
 from service.studies.kind import CohortData, CohortReport, StudyKind
 
@@ -32,6 +33,7 @@ def cirae_report(protocol: CohortProtocol, cohort: CohortData) -> CohortReport:
         flow=added.flow,
         table1=added.table1,
         listing=added.listing,
+        document=lambda: cirae_document(protocol, figures, added.flow, added.table1),
     )
 
 

@@ -6,6 +6,7 @@ category name; cancer types (ICD-10 categories) by the site, with the code kept 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 GROUP_LABELS: Mapping[str, str] = {
@@ -84,3 +85,11 @@ def race_label(race: str | None) -> str:
 def cancer_label(code: str) -> str:
     """An ICD-10 category with its site when known."""
     return "Unknown" if code == "unknown" else CANCER_LABELS.get(code, code)
+
+
+_CODES = re.compile(r"\b(control_1|control_2)\b")
+
+
+def words(text: str) -> str:
+    """Free text from the analysis (reasons, caveats) with group codes in words."""
+    return _CODES.sub(lambda m: group_label(m.group(1)), text)

@@ -14,6 +14,7 @@ from service.studies.interventional.consort import trial_flow
 from service.studies.interventional.eligibility import evaluate
 from service.studies.interventional.membership import trial_membership
 from service.studies.interventional.protocol import TrialProtocol
+from service.studies.interventional.report import trial_document
 from service.studies.interventional.screening import refresh_screening
 from service.studies.interventional.subject_outcomes import subject_outcomes
 from service.studies.kind import CohortData, CohortReport, ListingRow, StudyKind
@@ -25,6 +26,7 @@ def trial_report(protocol: TrialProtocol, cohort: CohortData) -> CohortReport:
     figures, data = cohort_report(protocol, subjects)
     level = data.level
     efs, os_ = data.km["efs"], data.km["os"]
+    flow = trial_flow(protocol, cohort, figures["subjects"])
     return CohortReport(
         figures,
         {
@@ -32,11 +34,12 @@ def trial_report(protocol: TrialProtocol, cohort: CohortData) -> CohortReport:
             "os": km_figure([os_], f"{protocol.id}: overall survival", level, "Day 1"),
             "swimmer": lambda fmt: swimmer_plot(data.swimmer, fmt=fmt),
         },
-        flow=trial_flow(protocol, cohort, figures["subjects"]),
+        flow=flow,
         listing=tuple(
             ListingRow(r["subject_id"], {k: v for k, v in r.items() if k != "subject_id"})
             for r in sorted(figures["subjects"], key=lambda r: str(r["subject_id"]))
         ),
+        document=lambda: trial_document(protocol, figures, flow),
     )
 
 
