@@ -57,7 +57,7 @@ async def study_listing(
 @router.get(
     "/studies/{study_id}/outcomes/report.html",
     summary="The outcomes as a self-contained HTML report (flow, Table 1, models, KM figures)",
-    response_class=HTMLResponse,
+    response_class=Response,  # errors stay JSON bodies in the OpenAPI document
     responses={200: {"content": {"text/html": {}}, "description": "The report"}},
 )
 async def study_report(reports: ReportsDep, study_id: str) -> HTMLResponse:

@@ -483,6 +483,8 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
         "/api/v1/studies/{study_id}/subjects/{subject_id}/outcomes",
         "/api/v1/studies/{study_id}/outcomes",
         "/api/v1/studies/{study_id}/outcomes/plots/{plot}",
+        "/api/v1/studies/{study_id}/outcomes/subjects",
+        "/api/v1/studies/{study_id}/outcomes/report.html",
         "/api/v1/studies/{study_id}/deviations",
         "/api/v1/studies/{study_id}/deviations/{deviation_id}",
         "/api/v1/studies/{study_id}/evidence/{evidence_id}",
