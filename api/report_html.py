@@ -150,6 +150,7 @@ def _section(section: Section, svgs: dict[str, bytes], depth: int) -> str:
 def render(found: CohortDocument) -> str:
     """The whole page: title, what it reports on and as of when, the sections, the notes."""
     doc = found.document
+    assert doc is not None, "a 304 has no body"
     svgs = dict(found.figures)
     meta = (
         ("Study", found.study.id),
@@ -157,7 +158,17 @@ def render(found: CohortDocument) -> str:
         (
             "Data cut-off",
             f"{iso_utc(found.computed_at)} (the data the service held when these results were "
-            "computed)",
+            f"computed: every change up to number {found.data_as_of})",
+        ),
+        *(
+            (
+                (
+                    "Note",
+                    "Data changed since this cut-off; a newer report is being computed.",
+                ),
+            )
+            if found.stale
+            else ()
         ),
     )
     meta_html = "".join(f"<dt>{_text(k)}</dt><dd>{_text(v)}</dd>" for k, v in meta)

@@ -108,7 +108,9 @@ class Subject(BaseModel):
     subject_number: str | None = Field(description="The study's own number", examples=["001-003"])
     status: str = Field(examples=["on-study", "included"])
     enrolled_on: str | None = Field(examples=["2025-03-03"])
-    day1: str | None = Field(description="First study-drug day (Day 1)", examples=["2025-03-10"])
+    day1: str | None = Field(
+        description="First study-drug day on or after enrollment (Day 1)", examples=["2025-03-10"]
+    )
     updated_at: str
 
 
@@ -393,7 +395,14 @@ class CohortOutcomesOut(BaseModel):
     study: dict[str, str] = Field(
         examples=[{"id": "NCT06088771", "version": "1.0.0", "kind": "interventional"}]
     )
-    computed_at: str
+    computed_at: str = Field(description="When the snapshot served was computed (UTC)")
+    data_as_of: int = Field(
+        description="The number of the last change the snapshot reflects; numbers only grow"
+    )
+    stale: bool = Field(
+        description="True when a change since (or another protocol or release) is not reflected "
+        "yet; the background refresher is computing or will compute a new snapshot"
+    )
     plots: dict[str, dict[str, str]] = Field(
         description="Figure name → format → URL",
         examples=[
@@ -432,10 +441,14 @@ class CohortOutcomesOut(BaseModel):
 
 
 class ListingPageOut(BaseModel):
-    """One page of a study's per-subject analysis listing (pseudonymous; no dates for the cohort)."""
+    """One page of a study's per-subject analysis listing (pseudonymous; no dates for the cohort),
+    from the same snapshot as the outcomes."""
 
     study: StudyRef
     computed_at: str
+    data_as_of: int = Field(description="The last change the snapshot reflects")
+    stale: bool = Field(description="A later change is not reflected yet")
+    next_cursor: str | None
     subjects: list[dict[str, Any]] = Field(
         description="One row per subject: `subject_id` and the study kind's analysis fields "
         "(README)",
@@ -451,4 +464,3 @@ class ListingPageOut(BaseModel):
             }
         ],
     )
-    next_cursor: str | None

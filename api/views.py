@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +26,7 @@ from service.reads.results import (
     TimelineEntry,
 )
 from service.repositories.webhook_outbox import Subscription
-from service.stats.balance import BalancePanel, BalanceRow, BalanceTable, ContinuousSummary, Smd
 from service.stats.plots import MEDIA_TYPES
-from service.studies.flow import ConsortFlow, FlowBox, FlowCount
 
 _HEADER_KEYS = ("kind", "id", "version", "title", "sources")
 Seal = Callable[[Cited], str]  # a study's evidence ids (service.privacy.evidence)
@@ -148,122 +147,30 @@ def candidate_eligibility(e: CandidateEligibility, seal: Seal) -> dict[str, Any]
     }
 
 
-def _counts(found: tuple[FlowCount, ...]) -> list[dict[str, Any]]:
-    return [{"reason": c.reason, "n": c.n} for c in found]
-
-
-def _box(box: FlowBox) -> dict[str, Any]:
-    return {
-        "key": box.key,
-        "label": box.label,
-        "n": box.n,
-        "definition": box.definition,
-        "excluded": _counts(box.excluded),
-        "added": _counts(box.added),
-    }
-
-
-def flow(f: ConsortFlow) -> dict[str, Any]:
-    """A CONSORT-style flow: stages of boxes, each with its exclusions and additions by reason."""
-    return {
-        "title": f.title,
-        "stages": [
-            {"key": s.key, "label": s.label, "boxes": [_box(b) for b in s.boxes]} for s in f.stages
-        ],
-        "notes": list(f.notes),
-    }
-
-
-_SMD_DECIMALS = 6
-
-
-def _round(value: float | None) -> float | None:
-    return round(value, _SMD_DECIMALS) if value is not None else None
-
-
-def _continuous(c: ContinuousSummary) -> dict[str, Any]:
-    return {
-        "n": c.n,
-        "missing": c.missing,
-        **{
-            k: _round(getattr(c, k))
-            for k in ("mean", "sd", "median", "q1", "q3", "minimum", "maximum")
-        },
-    }
-
-
-def _smd(smd: Smd) -> dict[str, Any]:
-    return {
-        "value": _round(smd.value),
-        "balanced": smd.balanced,
-        "per_level": {level: _round(v) for level, v in smd.per_level},
-        "reason": smd.reason,
-    }
-
-
-def _balance_row(row: BalanceRow, panel: BalancePanel) -> dict[str, Any]:
-    by_group: dict[str, Any] = {}
-    for i, group in enumerate(panel.groups):
-        if row.kind == "continuous":
-            by_group[group.key] = _continuous(row.continuous[i])
-        else:
-            by_group[group.key] = [
-                {"level": c.level, "label": c.label, "n": c.n, "proportion": _round(c.proportion)}
-                for c in row.categorical[i]
-            ]
-    return {
-        "name": row.name,
-        "label": row.label,
-        "kind": row.kind,
-        "by_group": by_group,
-        "smd": {s.comparison: _smd(s) for s in row.smds},
-    }
-
-
-def table1(t: BalanceTable) -> dict[str, Any]:
-    """Table 1: baseline characteristics per panel and group, SMDs per comparison."""
-    return {
-        "title": t.title,
-        "threshold": t.threshold,
-        "methods": dict(t.methods),
-        "panels": [
-            {
-                "key": p.key,
-                "title": p.title,
-                "groups": [{"key": g.key, "label": g.label, "n": g.n} for g in p.groups],
-                "comparisons": [
-                    {"key": c.key, "label": c.label, "first": c.first, "second": c.second}
-                    for c in p.comparisons
-                ],
-                "rows": [_balance_row(r, p) for r in p.rows],
-            }
-            for p in t.panels
-        ],
-    }
-
-
-def listing_page(page: ListingPage, seal: Seal) -> dict[str, Any]:
-    """GET /studies/{id}/outcomes/subjects: per-subject analysis rows, paged."""
-    return {
+def listing_page(page: ListingPage) -> bytes:
+    """GET /studies/{id}/outcomes/subjects: a page of the snapshot's per-subject rows, spliced in
+    as stored (evidence sealed when the snapshot was computed)."""
+    assert page.rows is not None, "a 304 has no body"
+    header = {
         "study": _study(page.study),
         "computed_at": iso_utc(page.computed_at),
-        "subjects": [
-            minimised({"subject_id": r.subject_id, **dict(r.fields)}, seal) for r in page.rows
-        ],
+        "data_as_of": page.data_as_of,
+        "stale": page.stale,
         "next_cursor": page.next_cursor,
     }
+    start = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+    return f'{start[:-1]},"subjects":[{",".join(page.rows)}]}}'.encode()
 
 
-def cohort_outcomes(o: CohortOutcomes, seal: Seal) -> dict[str, Any]:
-    """GET /studies/{id}/outcomes: the figures, the flow of patients, where to fetch each plot."""
-    outcomes = minimised(dict(o.outcomes), seal)
-    if o.flow is not None:
-        outcomes["flow"] = flow(o.flow)
-    if o.table1 is not None:
-        outcomes["table1"] = table1(o.table1)
-    return {
+def cohort_outcomes(o: CohortOutcomes) -> bytes:
+    """GET /studies/{id}/outcomes: the snapshot's header, where to fetch each plot, and the
+    stored outcomes JSON spliced in as it is (megabytes are not decoded to be encoded again)."""
+    assert o.body is not None, "a 304 has no body"
+    header = {
         "study": {**_study(o.study), "kind": o.kind},
         "computed_at": iso_utc(o.computed_at),
+        "data_as_of": o.data_as_of,
+        "stale": o.stale,
         "plots": {
             name: {
                 fmt: f"/api/v1/studies/{o.study.id}/outcomes/plots/{name}.{fmt}"
@@ -271,8 +178,9 @@ def cohort_outcomes(o: CohortOutcomes, seal: Seal) -> dict[str, Any]:
             }
             for name in o.plots
         },
-        "outcomes": outcomes,
     }
+    start = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+    return f'{start[:-1]},"outcomes":{o.body}}}'.encode()
 
 
 def deviation_page(page: DeviationPage, seal: Seal) -> dict[str, Any]:

@@ -148,6 +148,7 @@ def test_cirae_with_month_onset_keeps_the_month() -> None:
         "icd10": [],
         "is_adverse_event": False,
         "grade": None,
+        "grade_source": None,
         "stage": [],
     }
 
@@ -326,6 +327,7 @@ def test_official_example_f002_nsclc() -> None:
             "icd10": [],
             "is_adverse_event": False,
             "grade": None,
+            "grade_source": None,
             "stage": [
                 {"coding": [{"system": kit.SNOMED, "code": "258219007", "display": "stage II"}]}
             ],

@@ -107,10 +107,10 @@ def has_grade_extension(resource: dict[str, Any]) -> bool:
     return any(_url_ends(ext, GRADE_URL_SUFFIXES) for ext in _extensions(resource))
 
 
-def ctcae_grade(
+def graded_by(
     resource: dict[str, Any], ctx: MappingContext, *, fallback_severity: bool = False
-) -> int | None:
-    """The CTCAE grade from the grade extensions (first readable one), else None."""
+) -> tuple[int | None, str | None]:
+    """The CTCAE grade from the grade extensions (first readable one) and that extension's url."""
     suffix_groups: list[tuple[str, ...]] = [GRADE_URL_SUFFIXES]
     if fallback_severity:
         suffix_groups.append(_SEVERITY_OR_GRADE)
@@ -119,8 +119,8 @@ def ctcae_grade(
             if _url_ends(ext, suffixes):
                 grade = _grade_from_value(ext, ctx)
                 if grade is not None:
-                    return grade
-    return None
+                    return grade, str(ext["url"])
+    return None, None
 
 
 def meddra_code(concept: Any) -> str | None:
@@ -231,11 +231,14 @@ def map_adverse_event(
         return []
     event = resource.get("event")
     resolution = _resolution_text(resource)
+    grade, grade_source = graded_by(resource, ctx, fallback_severity=True)
     values: dict[str, Any] = {
         "term": concept_json(event),
         "term_text": _term_text(event),
         "meddra": meddra_code(event),
-        "grade": ctcae_grade(resource, ctx, fallback_severity=True),
+        "grade": grade,
+        "grade_source": grade_source,  # the extension url the grade was read from
+        "severity": _first_code(resource.get("severity")),  # mild | moderate | severe
         "seriousness": _first_code(resource.get("seriousness")),
         "outcome": _first_code(resource.get("outcome")),
         "suspect_medications": _suspect_medications(resource, ctx),

@@ -232,10 +232,38 @@ def _genes(resource: dict[str, Any], ctx: MappingContext) -> list[ConceptMatch]:
     return [found[c] for c in _GENES if c in found]
 
 
+def _significance(resource: dict[str, Any], ctx: MappingContext) -> list[ConceptMatch]:
+    """The clinical significance stated: pathogenic, or not activating (uncertain, benign).
+
+    Read from a clinical-significance component (LOINC 53037-8), then the interpretation and the
+    value ("Variant of uncertain significance"); not activating is tested first.
+    """
+    sources: list[Any] = [
+        as_dict(component).get("valueCodeableConcept")
+        for component in _items(resource.get("component"))
+        if ctx.terminology.match("variant_significance", as_dict(component).get("code"))
+    ]
+    sources += [i for i in _items(resource.get("interpretation")) if isinstance(i, dict)]
+    sources.append(_value_concept(resource))
+    for concept_id in ("variant_not_activating", "variant_pathogenic"):
+        for source in sources:
+            match = ctx.terminology.match(concept_id, source) if source is not None else None
+            if match is not None:
+                return [match]
+    return []
+
+
 def _result(
     resource: dict[str, Any], ctx: MappingContext
 ) -> tuple[str | None, ConceptMatch | None]:
-    """'positive' | 'negative' from the value, else the interpretation; negative is tested first."""
+    """'positive' | 'negative' from the value, else the interpretation; negative is tested first.
+
+    A variant of uncertain significance, benign or likely benign is 'not_activating' whatever its
+    presence says; a pathogenic one is 'positive' when the value says nothing.
+    """
+    significance = _significance(resource, ctx)
+    if significance and significance[0].concept == "variant_not_activating":
+        return "not_activating", significance[0]
     interpretations = [i for i in _items(resource.get("interpretation")) if isinstance(i, dict)]
     for source in (_value_concept(resource), *interpretations):
         if source is None:
@@ -246,6 +274,8 @@ def _result(
         positive = ctx.terminology.match("result_positive", source)
         if positive is not None:
             return "positive", positive
+    if significance:
+        return "positive", significance[0]
     return None, None
 
 

@@ -117,6 +117,31 @@ class Settings(BaseSettings):
         description="How much longer than its timeout a notification in flight stays leased to "
         "the process sending it; after a crash another process sends it again once this passes",
     )
+    cohort_refresh_interval_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="How often each server process looks for studies other processes changed and "
+        "recomputes stale cohort snapshots; 0: this process computes only for ?fresh=true",
+    )
+    cohort_debounce_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="How long a study must go without changes before its cohort is recomputed",
+    )
+    cohort_max_delay_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=86400,
+        description="Under steady writes, recompute a stale study after this long anyway",
+    )
+    cohort_fresh_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How long GET …/outcomes?fresh=true waits for a fresh snapshot before 503",
+    )
     api_default_limit: int = Field(default=50, ge=1, le=1000)
     api_max_limit: int = Field(default=500, ge=1, le=10000)
     auth_disabled: bool = Field(
@@ -155,6 +180,33 @@ class Settings(BaseSettings):
     )
     rate_limit_address_burst: int = Field(
         default=2000, ge=1, le=1_000_000, description="Requests an address may make at once"
+    )
+    header_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A request's line and headers must arrive within this many seconds of the "
+        "connection opening (or of their first byte on a kept-alive connection); `serve` only",
+    )
+    body_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=86400,
+        description="A request's body must arrive within this many seconds of its headers; "
+        "else 408",
+    )
+    keep_alive_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="An idle kept-alive connection closes after this many seconds; `serve` only",
+    )
+    max_connections: int = Field(
+        default=500,
+        ge=0,
+        le=1_000_000,
+        description="Open connections per server process; a request on one more gets 503 "
+        "(probes excepted); 0: no cap; `serve` only",
     )
     admin_key_file: Path | None = Field(
         default=None,

@@ -24,7 +24,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -346,3 +346,73 @@ def balance_panel(
         comparisons=tuple(comparisons),
         rows=tuple(_row(v, groups, comparisons, threshold) for v in variables),
     )
+
+
+# -- JSON (the form stored with a cohort snapshot and served under outcomes.table1) --------------
+
+_SMD_DECIMALS = 6
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, _SMD_DECIMALS) if value is not None else None
+
+
+def _continuous_json(c: ContinuousSummary) -> dict[str, Any]:
+    return {
+        "n": c.n,
+        "missing": c.missing,
+        **{
+            k: _round(getattr(c, k))
+            for k in ("mean", "sd", "median", "q1", "q3", "minimum", "maximum")
+        },
+    }
+
+
+def _smd_json(smd: Smd) -> dict[str, Any]:
+    return {
+        "value": _round(smd.value),
+        "balanced": smd.balanced,
+        "per_level": {level: _round(v) for level, v in smd.per_level},
+        "reason": smd.reason,
+    }
+
+
+def _row_json(row: BalanceRow, panel: BalancePanel) -> dict[str, Any]:
+    by_group: dict[str, Any] = {}
+    for i, group in enumerate(panel.groups):
+        if row.kind == "continuous":
+            by_group[group.key] = _continuous_json(row.continuous[i])
+        else:
+            by_group[group.key] = [
+                {"level": c.level, "label": c.label, "n": c.n, "proportion": _round(c.proportion)}
+                for c in row.categorical[i]
+            ]
+    return {
+        "name": row.name,
+        "label": row.label,
+        "kind": row.kind,
+        "by_group": by_group,
+        "smd": {s.comparison: _smd_json(s) for s in row.smds},
+    }
+
+
+def table_to_json(t: BalanceTable) -> dict[str, Any]:
+    """Table 1: baseline characteristics per panel and group, SMDs per comparison (6 decimals)."""
+    return {
+        "title": t.title,
+        "threshold": t.threshold,
+        "methods": dict(t.methods),
+        "panels": [
+            {
+                "key": p.key,
+                "title": p.title,
+                "groups": [{"key": g.key, "label": g.label, "n": g.n} for g in p.groups],
+                "comparisons": [
+                    {"key": c.key, "label": c.label, "first": c.first, "second": c.second}
+                    for c in p.comparisons
+                ],
+                "rows": [_row_json(r, p) for r in p.rows],
+            }
+            for p in t.panels
+        ],
+    }

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from service.studies.flow import ConsortFlow
+from service.studies.flow import ConsortFlow, FlowBox, FlowCount, FlowStage
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +84,118 @@ def figures_of(blocks: tuple[Block, ...]) -> list[str]:
             names = [block.plot]
         found += [n for n in names if n not in found]
     return found
+
+
+# -- stored form (a snapshot keeps the document; report.html renders it when read) -------------------
+
+
+def flow_to_json(flow: ConsortFlow) -> dict[str, Any]:
+    """A flow as JSON: stages of boxes, each with its exclusions and additions by reason."""
+
+    def box(b: FlowBox) -> dict[str, Any]:
+        return {
+            "key": b.key,
+            "label": b.label,
+            "n": b.n,
+            "definition": b.definition,
+            "excluded": [{"reason": c.reason, "n": c.n} for c in b.excluded],
+            "added": [{"reason": c.reason, "n": c.n} for c in b.added],
+        }
+
+    return {
+        "title": flow.title,
+        "stages": [
+            {"key": s.key, "label": s.label, "boxes": [box(b) for b in s.boxes]}
+            for s in flow.stages
+        ],
+        "notes": list(flow.notes),
+    }
+
+
+def flow_from_json(found: dict[str, Any]) -> ConsortFlow:
+    """The flow `flow_to_json` wrote."""
+
+    def box(b: dict[str, Any]) -> FlowBox:
+        return FlowBox(
+            b["key"],
+            b["label"],
+            int(b["n"]),
+            b["definition"],
+            tuple(FlowCount(c["reason"], int(c["n"])) for c in b["excluded"]),
+            tuple(FlowCount(c["reason"], int(c["n"])) for c in b["added"]),
+        )
+
+    return ConsortFlow(
+        found["title"],
+        tuple(
+            FlowStage(s["key"], s["label"], tuple(box(b) for b in s["boxes"]))
+            for s in found["stages"]
+        ),
+        tuple(found["notes"]),
+    )
+
+
+def _block_to_json(block: Block) -> dict[str, Any]:
+    if isinstance(block, Paragraph):
+        return {"type": "paragraph", "text": block.text}
+    if isinstance(block, Table):
+        return {
+            "type": "table",
+            "caption": block.caption,
+            "columns": list(block.columns),
+            "rows": [
+                {"cells": list(r.cells), "heading": r.heading, "indent": r.indent}
+                for r in block.rows
+            ],
+            "notes": list(block.notes),
+        }
+    if isinstance(block, Figure):
+        return {"type": "figure", "plot": block.plot, "caption": block.caption}
+    if isinstance(block, FlowBlock):
+        return {"type": "flow", "flow": flow_to_json(block.flow)}
+    return {
+        "type": "section",
+        "heading": block.heading,
+        "blocks": [_block_to_json(b) for b in block.blocks],
+    }
+
+
+def _block_from_json(found: dict[str, Any]) -> Block:
+    kind = found["type"]
+    if kind == "paragraph":
+        return Paragraph(found["text"])
+    if kind == "table":
+        rows = tuple(
+            Row(tuple(r["cells"]), bool(r["heading"]), bool(r["indent"])) for r in found["rows"]
+        )
+        return Table(found["caption"], tuple(found["columns"]), rows, tuple(found["notes"]))
+    if kind == "figure":
+        return Figure(found["plot"], found["caption"])
+    if kind == "flow":
+        return FlowBlock(flow_from_json(found["flow"]))
+    return _section_from_json(found)
+
+
+def _section_from_json(found: dict[str, Any]) -> Section:
+    return Section(found["heading"], tuple(_block_from_json(b) for b in found["blocks"]))
+
+
+def document_to_json(doc: ReportDocument) -> dict[str, Any]:
+    """A report document as JSON (stored with the cohort snapshot)."""
+    return {
+        "title": doc.title,
+        "sections": [_block_to_json(s) for s in doc.sections],
+        "notes": list(doc.notes),
+    }
+
+
+def document_from_json(found: dict[str, Any]) -> ReportDocument:
+    """The document `document_to_json` wrote."""
+    return ReportDocument(
+        found["title"],
+        tuple(_section_from_json(s) for s in found["sections"]),
+        tuple(found["notes"]),
+    )
 
 
 # -- formatting ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
@@ -136,13 +137,39 @@ class CohortReport:
     document: Callable[[], ReportDocument] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StudyTreatment:
+    """A protocol-specified study treatment, as a tabulation (SDTM EX) needs it."""
+
+    id: str  # the protocol's name for it ("cemiplimab")
+    valueset: str  # the value set its administrations match
+    dose: Decimal  # the planned dose on its day, in `unit`
+    unit: str  # "mg"
+    route: str  # the protocol's route ("IV", "SC")
+
+
+@dataclass(frozen=True, slots=True)
+class TabulationPlan:
+    """What a tabulation export (SDTM) asks of a study kind, so it never reads the protocol model.
+
+    `screening_days`: the screening epoch starts this many days before Day 1 (or at enrollment,
+    if earlier). `treatment_end`: the last day of the treatment epoch of one subject (its events
+    and Day 1 in), None while it is open; later dated records are follow-up.
+    """
+
+    treatments: tuple[StudyTreatment, ...]
+    screening_days: int
+    treatment_end: Callable[[Sequence[TrialEvent], dt.date | None], dt.date | None]
+
+
 @dataclass(frozen=True)
 class StudyKind(Generic[P]):
     """One kind of study: its protocol model and what the service asks of it.
 
     The optional parts are capabilities: a kind without `screening` has no eligibility endpoints,
     without `deviation_rules` no deviation log, without `subject_outcomes` no per-subject
-    endpoints; the study API answers 404 `not_applicable` for them.
+    endpoints, without `tabulation` no SDTM export; the study API answers 404 `not_applicable`
+    for them.
     """
 
     name: str  # the `kind` protocol files name
@@ -153,11 +180,14 @@ class StudyKind(Generic[P]):
     # the event kinds `membership` (and `refresh`'s candidacy check) read: only these are loaded
     membership_events: frozenset[EventKind]
     cohort_report: Callable[[P, CohortData], CohortReport]
-    refresh: Callable[[UnitOfWork, P, SubjectBatch], None] | None = None
+    # True when it changed what the cohort report reads beyond the subjects (a screening list)
+    refresh: Callable[[UnitOfWork, P, SubjectBatch], bool] | None = None
     screening: Callable[[P, Sequence[TrialEvent], dt.date], dict[str, Any]] | None = None
     subject_outcomes: Callable[[P, Sequence[TrialEvent], dt.date | None], dict[str, Any]] | None = (
         None
     )
     deviation_rules: Callable[[P], tuple[str, ...]] | None = None
+    # a tabulation (SDTM) export: the study treatments and epochs of the protocol
+    tabulation: Callable[[P], TabulationPlan] | None = None
     # patients with events of these kinds are re-evaluated daily (time-relative verdicts)
     reevaluate_events: frozenset[EventKind] = frozenset()

@@ -49,6 +49,9 @@ Decisions (each also noted where it is made):
   diagnosed on or before ICB start; else the earliest one that may be diagnosed within 90 days after
   ICB start (a diagnosis made during the ICB work-up); else "unknown". Undated diagnoses cannot be
   placed and are not used.
+* Stage: the latest stage group known by ICB start, from a TNM stage-group Observation or the
+  Condition.stage of a primary malignancy (the ICD-10 categories of cancer type); the stage of any
+  other condition (a stage 4 pressure ulcer, stage 4 kidney disease) is never cancer stage.
 * Ties (same day) are broken by the source reference, so the result does not depend on event order.
 """
 
@@ -430,7 +433,9 @@ def _collapse_stage(group: Any) -> str | None:
 
 
 def _condition_stage(event: TrialEvent) -> str | None:
-    """The stage group a Condition.stage summary states (its text, displays, then codes)."""
+    """The stage group a cancer's Condition.stage states (a pressure ulcer's stage 4 is not one)."""
+    if not any(_primary_category(code) for code in _icd10(event)):
+        return None
     for summary in event.values.get("stage") or ():
         if not isinstance(summary, dict):
             continue

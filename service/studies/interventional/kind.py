@@ -11,13 +11,21 @@ from fhir_mapping.required_codes import REQUIRED_CODES
 from service.stats.plots import km_figure, swimmer_plot
 from service.studies.interventional.cohort_statistics import CohortInput, cohort_report
 from service.studies.interventional.consort import trial_flow
+from service.studies.interventional.deviation_rules import surgery
 from service.studies.interventional.eligibility import evaluate
 from service.studies.interventional.membership import trial_membership
 from service.studies.interventional.protocol import TrialProtocol
 from service.studies.interventional.report import trial_document
 from service.studies.interventional.screening import refresh_screening
 from service.studies.interventional.subject_outcomes import subject_outcomes
-from service.studies.kind import CohortData, CohortReport, ListingRow, StudyKind
+from service.studies.kind import (
+    CohortData,
+    CohortReport,
+    ListingRow,
+    StudyKind,
+    StudyTreatment,
+    TabulationPlan,
+)
 
 
 def trial_report(protocol: TrialProtocol, cohort: CohortData) -> CohortReport:
@@ -63,6 +71,24 @@ def deviation_rules(protocol: TrialProtocol) -> tuple[str, ...]:
     return tuple(sorted(str(d.code) for d in protocol.deviations))
 
 
+def surgery_day(events: Sequence[TrialEvent], day1: dt.date | None) -> dt.date | None:
+    """The day of the study's surgery (the one the outcomes use): the treatment epoch's last day."""
+    op = surgery(events, day1)
+    return op.date.day if op is not None and op.date is not None else None
+
+
+def tabulation_plan(protocol: TrialProtocol) -> TabulationPlan:
+    """The study drugs and epochs an SDTM export needs (neoadjuvant: treatment ends at surgery)."""
+    return TabulationPlan(
+        treatments=tuple(
+            StudyTreatment(d.id, d.valueset, d.dose_mg, "mg", d.route)
+            for d in protocol.schedule.study_drugs
+        ),
+        screening_days=protocol.schedule.screening.window_days_before_day1,
+        treatment_end=surgery_day,
+    )
+
+
 INTERVENTIONAL: StudyKind[TrialProtocol] = StudyKind(
     name="interventional",
     title="interventional study",
@@ -79,5 +105,6 @@ INTERVENTIONAL: StudyKind[TrialProtocol] = StudyKind(
     screening=eligibility_on,
     subject_outcomes=subject_outcomes,
     deviation_rules=deviation_rules,
+    tabulation=tabulation_plan,
     reevaluate_events=frozenset({EventKind.CONDITION, EventKind.ENROLLMENT}),
 )

@@ -37,9 +37,11 @@ class FollowUp(Strict):
 
 
 class Schedule(Strict):
-    """When things happen, relative to Day 1 = the first study-drug administration."""
+    """When things happen, relative to Day 1 = the first study-drug dose on or after enrollment."""
 
-    day1: Literal["first_study_drug_administration"]
+    day1: Literal["first_study_drug_on_or_after_enrollment"]
+    # Without an enrollment date: the first day one of these study drugs (ids) is given.
+    day1_without_enrollment: tuple[str, ...] = Field(min_length=1)
     study_drugs: tuple[StudyDrug, ...] = Field(min_length=1)
     dose_tolerance_pct: Decimal = Field(ge=0, le=100)
     screening: Screening
@@ -60,10 +62,12 @@ class _Criterion(Strict):
 
 
 class NsclcDiagnosis(_Criterion):
-    """Inclusion 1: NSCLC by code or histology; ICD-10 C34 alone is a **choice**."""
+    """Inclusion 1: NSCLC by code or histology (small cell: not met); C34 alone is a **choice**."""
 
     rule: Literal["nsclc_diagnosis"]
     nsclc_valueset: str
+    # small-cell histology with no NSCLC record: not met
+    small_cell_valueset: str
     lung_cancer_valueset: str
     lung_cancer_without_histology: Fallback
 
@@ -103,12 +107,16 @@ class ConditionHistory(_Criterion):
 
 
 class MetastaticDisease(_Criterion):
-    """Exclusion 6: M1 category, a secondary malignancy, or a stage IV group."""
+    """Exclusion 6: M1 category, a distant secondary malignancy, or stage IV of the cancer."""
 
     rule: Literal["metastatic_disease"]
     m_categories: tuple[str, ...] = Field(min_length=1)
     stage_groups: tuple[str, ...] = Field(min_length=1)
     condition_valueset: str
+    # regional lymph nodes (C77): never metastatic, even when named like a secondary malignancy
+    nodal_valueset: str
+    # the conditions whose Condition.stage is the cancer's stage (a pressure ulcer's is not)
+    cancer_valuesets: tuple[str, ...] = Field(min_length=1)
 
 
 class DriverAlteration(_Criterion):
@@ -217,4 +225,8 @@ class TrialProtocol(StudyProtocol):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
                 raise ValueError(f"{what}: duplicate id(s) {dupes}")
+        drugs = {d.id for d in self.schedule.study_drugs}
+        unknown = sorted(set(self.schedule.day1_without_enrollment) - drugs)
+        if unknown:
+            raise ValueError(f"schedule.day1_without_enrollment: not a study drug id {unknown}")
         return self
