@@ -29,9 +29,11 @@ from scipy.stats import CensoredData, logrank
 from tests.conftest import LiveServer
 from tests.kit import fhir as kit
 from tests.kit.client import put_resources
+from tests.kit.cohort import fresh_listing, fresh_outcomes
 from tests.synthetic_cirae import SyntheticCohort, Truth, generate
 
-STUDY = "/studies/cirae-dupilumab"
+CIRAE = "cirae-dupilumab"
+STUDY = f"/studies/{CIRAE}"
 SYNTHETIC = generate(150, seed=11)
 CONTROLS = ("control_1", "control_2")
 
@@ -73,10 +75,7 @@ def _listing(api: httpx.Client, limit: int = 40) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     cursor: str | None = None
     while True:
-        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
-        page = api.get(f"{STUDY}/outcomes/subjects", params=params)
-        assert page.status_code == 200, page.text
-        body = page.json()
+        body = fresh_listing(api, CIRAE, limit=limit, cursor=cursor)
         assert len(body["subjects"]) <= limit
         rows += body["subjects"]
         cursor = body["next_cursor"]
@@ -111,19 +110,19 @@ def _row(panel: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _medians_by_lifelines(durations: Sequence[float], events: Sequence[bool]) -> set[float]:
-    """lifelines' KM median (the first time S(t) <= 0.5). Where S(t) sits exactly at 0.5 on a
-    flat stretch, R's survfit reports the stretch's midpoint (CLINICAL.md's convention, being
-    brought in concurrently): both are accepted there, and only there."""
+    """The KM median by CLINICAL.md rev 2 from lifelines' curve: the first time S(t) <= 0.5,
+    except where S(t) sits at 0.5 (within sqrt(eps)) on a flat stretch that later drops below it:
+    then R's survfit midpoint of the stretch, and only that (a set of one, to read as `in`)."""
     kmf = KaplanMeierFitter().fit(durations, events)
     median = float(kmf.median_survival_time_)
     curve = kmf.survival_function_.iloc[:, 0]
-    at_half = curve[np.isclose(curve.to_numpy(), 0.5)]
+    at_half = curve[np.isclose(curve.to_numpy(), 0.5, rtol=0.0, atol=math.sqrt(2.2e-16))]
     if at_half.empty:
         return {median}
     start = float(at_half.index[0])
     later = curve[curve.index > at_half.index[-1]]
     end = float(later.index[0]) if not later.empty and later.iloc[0] < 0.5 else math.inf
-    return {median, (start + end) / 2} if math.isfinite(end) else {median}
+    return {(start + end) / 2} if math.isfinite(end) else {median}
 
 
 # -- the synthetic cohort -------------------------------------------------------------------------------
@@ -131,7 +130,7 @@ def _medians_by_lifelines(durations: Sequence[float], events: Sequence[bool]) ->
 
 def test_table1_smds_match_hand_computations(api: httpx.Client) -> None:
     """Before matching from the truth; after matching on the reported matched sets."""
-    out = api.get(f"{STUDY}/outcomes").json()["outcomes"]
+    out = fresh_outcomes(api, CIRAE)["outcomes"]
     table = out["table1"]
     assert table["threshold"] == 0.1
     assert [p["key"] for p in table["panels"]] == [
@@ -206,7 +205,7 @@ def test_table1_smds_match_hand_computations(api: httpx.Client) -> None:
 
 def test_matched_comparisons_against_lifelines_and_scipy(api: httpx.Client) -> None:
     """Sizes, deaths, reverse-KM follow-up, KM medians, log-rank and unadjusted HRs."""
-    out = api.get(f"{STUDY}/outcomes").json()["outcomes"]
+    out = fresh_outcomes(api, CIRAE)["outcomes"]
     listing = {r["subject_id"]: r for r in _listing(api)}
     for control in CONTROLS:
         comparison = out["comparisons"][control]
@@ -316,7 +315,7 @@ def test_matched_comparisons_against_lifelines_and_scipy(api: httpx.Client) -> N
 
 def test_flow_counts_and_listing(api: httpx.Client) -> None:
     """ICB recipients → cohort → cirAE → groups → matched → analysed, reconciled with the truth."""
-    out = api.get(f"{STUDY}/outcomes").json()["outcomes"]
+    out = fresh_outcomes(api, CIRAE)["outcomes"]
     flow = out["flow"]
     stages = {s["key"]: {b["key"]: b for b in s["boxes"]} for s in flow["stages"]}
     assert list(stages) == ["icb", "cohort", "cirae", "groups", "matched", "analysed"]
@@ -488,7 +487,7 @@ def test_cirae_description_and_glucocorticoids_by_hand(
     """Terms, grades, times and resolution of the index cirAE; glucocorticoid timing by group."""
     put_resources(fhir, *_hand_cohort())
     with httpx.Client(base_url=f"{server.url}/api/v1", timeout=120) as api:
-        out = api.get(f"{STUDY}/outcomes").json()["outcomes"]
+        out = fresh_outcomes(api, CIRAE)["outcomes"]
     assert out["groups"] == {"dupilumab": 1, "control_1": 2, "control_2": 1}
     d = out["cirae_description"]
     assert d["n"] == {"dupilumab": 1, "control_1": 2}

@@ -186,10 +186,11 @@ def test_the_outcomes_body_is_the_documented_shape(manual: Manual) -> None:
     assert body["study"] == {"id": CIRAE, "version": "1.0.0", "kind": "cohort"}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", body["computed_at"])
     assert body["plots"] == {
-        "os": {
-            "png": f"/api/v1/studies/{CIRAE}/outcomes/plots/os.png",
-            "svg": f"/api/v1/studies/{CIRAE}/outcomes/plots/os.svg",
+        name: {
+            "png": f"/api/v1/studies/{CIRAE}/outcomes/plots/{name}.png",
+            "svg": f"/api/v1/studies/{CIRAE}/outcomes/plots/{name}.svg",
         }
+        for name in ("os", "os_matched_control_1", "os_matched_control_2")
     }
     assert sum(body["outcomes"]["groups"].values()) == 1
     png = manual.api.get(f"/studies/{CIRAE}/outcomes/plots/os.png")

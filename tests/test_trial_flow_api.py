@@ -33,7 +33,9 @@ import pytest
 from tests.conftest import LiveServer
 from tests.kit import nct
 from tests.kit.client import put_resources
+from tests.kit.cohort import fresh_listing, fresh_outcomes
 
+NCT = "NCT06088771"
 RA = "not eligible: exclusion 5 met (Autoimmune condition, active or history)"
 T1A = "not eligible: inclusion 2 not met (Primary tumour stage T1b or higher)"
 C34 = "eligibility indeterminate: criterion 1 unknown (Non-small cell lung cancer)"
@@ -59,9 +61,7 @@ def _reasons(found: list[dict[str, Any]]) -> dict[str, int]:
 
 def test_trial_flow_counts_and_reasons(api: httpx.Client) -> None:
     """Each step's count, exclusions and additions are the hand-worked ones; they reconcile."""
-    response = api.get("/studies/NCT06088771/outcomes")
-    assert response.status_code == 200, response.text
-    out = response.json()["outcomes"]
+    out = fresh_outcomes(api, NCT)["outcomes"]
     flow = out["flow"]
     assert flow["title"] == "NCT06088771: flow of patients"
     boxes = [_box(s) for s in flow["stages"]]
@@ -101,11 +101,14 @@ def test_trial_flow_counts_and_reasons(api: httpx.Client) -> None:
 
 
 def test_flow_follows_the_screening_list(api: httpx.Client, fhir: httpx.Client) -> None:
-    """A new candidate who is not a subject moves only the screening counts (cache invalidated)."""
-    first = api.get("/studies/NCT06088771/outcomes").json()["outcomes"]["flow"]
-    assert _box(first["stages"][0])["n"] == 11
+    """A new candidate who is not a subject moves only the screening counts: the write changes
+    no subject row, yet it marks the snapshot stale (the flow reads the screening list)."""
+    first = fresh_outcomes(api, NCT)
+    assert _box(first["outcomes"]["flow"]["stages"][0])["n"] == 11
     put_resources(fhir, *nct.work_up("c2").values())
-    flow = api.get("/studies/NCT06088771/outcomes").json()["outcomes"]["flow"]
+    again = fresh_outcomes(api, NCT)
+    assert again["data_as_of"] > first["data_as_of"]
+    flow = again["outcomes"]["flow"]
     assert [_box(s)["n"] for s in flow["stages"]] == [12, 8, 6, 5, 3, 2]
     enrolled = _box(flow["stages"][2])
     assert _reasons(enrolled["excluded"])["not enrolled (no ResearchSubject for the study)"] == 2
@@ -113,12 +116,13 @@ def test_flow_follows_the_screening_list(api: httpx.Client, fhir: httpx.Client) 
 
 def test_trial_listing_pages_through_the_subjects(api: httpx.Client) -> None:
     """The seven ResearchSubjects (e1–e6, x1), one row each, two pages of four and three."""
-    first = api.get("/studies/NCT06088771/outcomes/subjects", params={"limit": 4}).json()
+    first = fresh_listing(api, NCT, limit=4)
     assert len(first["subjects"]) == 4
-    second = api.get(
-        "/studies/NCT06088771/outcomes/subjects",
-        params={"limit": 4, "cursor": first["next_cursor"]},
-    ).json()
+    second = fresh_listing(api, NCT, limit=4, cursor=first["next_cursor"])
+    assert (second["computed_at"], second["data_as_of"]) == (
+        first["computed_at"],
+        first["data_as_of"],
+    )
     rows = first["subjects"] + second["subjects"]
     assert second["next_cursor"] is None
     assert len(rows) == 7
