@@ -34,6 +34,7 @@ from service.infra.settings import Settings
 from tests.conftest import FHIR_JSON
 from tests.kit import fhir as kit
 from tests.kit.auth import access_token, assertion, bearer, ec_key, jwks, token_request
+from tests.kit.cohort import settle
 from tests.kit.live import served
 
 NCT = "NCT06088771"
@@ -255,6 +256,7 @@ def test_thirty_requests_by_two_clients_leave_one_audit_event_each(audited: Audi
 
 def test_the_report_and_the_listing_are_audited_like_the_outcomes(audited: Audited) -> None:
     """One AuditEvent each, naming the route; another study's report is refused and recorded."""
+    settle(audited.app, NCT)  # in process: no request, so nothing audited
     script = (
         (f"/api/v1/studies/{NCT}/outcomes/report.html", 200, "0"),
         (f"/api/v1/studies/{NCT}/outcomes/subjects", 200, "0"),

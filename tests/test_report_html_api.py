@@ -23,6 +23,7 @@ from tests.conftest import LiveServer
 from tests.kit import fhir as kit
 from tests.kit import nct
 from tests.kit.client import put_resources
+from tests.kit.cohort import fresh_outcomes, fresh_report
 from tests.synthetic_cirae import generate
 
 CIRAE = "/studies/cirae-dupilumab"
@@ -117,11 +118,10 @@ class Page(HTMLParser):
 
 
 def _page(api: httpx.Client, study: str) -> tuple[Page, str, httpx.Response]:
-    response = api.get(f"{study}/outcomes/report.html")
-    assert response.status_code == 200, response.text[:2000]
+    response = fresh_report(api, study.removeprefix("/studies/"))
     assert response.headers["content-type"] == "text/html; charset=utf-8"
     assert response.headers["content-security-policy"] == POLICY
-    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["cache-control"] == "no-cache"
     assert response.text.startswith("<!DOCTYPE html>")
     page = Page()
     page.feed(response.text)
@@ -174,12 +174,13 @@ def _smd_cell(smd: dict[str, Any]) -> str:
 
 def test_cirae_report_says_what_the_outcomes_say(cirae_api: httpx.Client) -> None:
     """Flow, Table 1, hazard ratios and figures as in the JSON; words, not codes; no identifiers."""
-    body = cirae_api.get(f"{CIRAE}/outcomes").json()
+    body = fresh_outcomes(cirae_api, CIRAE.removeprefix("/studies/"))
     out = body["outcomes"]
     page, text, response = _page(cirae_api, CIRAE)
     _self_contained(page, response.text)
     assert "Protocol version 1.0.0" in text
     assert f"Data cut-off {body['computed_at']}" in text
+    assert f"every change up to number {body['data_as_of']})" in text
     # the flow: every box's label and count
     for stage in out["flow"]["stages"]:
         for box in stage["boxes"]:
@@ -237,12 +238,13 @@ def test_trial_report_flow_tables_and_figures(server: LiveServer, fhir: httpx.Cl
     """The eleven-patient flow of tests/test_trial_flow_api.py in the page; EFS and OS figures."""
     put_resources(fhir, *nct.flow_cohort())
     with httpx.Client(base_url=f"{server.url}/api/v1", timeout=120) as api:
-        body = api.get(f"{TRIAL}/outcomes").json()
+        body = fresh_outcomes(api, TRIAL.removeprefix("/studies/"))
         page, text, response = _page(api, TRIAL)
         subjects = api.get(f"{TRIAL}/subjects").json()["subjects"]
     _self_contained(page, response.text)
-    assert "Protocol version 1.0.0" in text
+    assert "Protocol version 2.0.0" in text
     assert f"Data cut-off {body['computed_at']}" in text
+    assert f"every change up to number {body['data_as_of']})" in text
     for label, n in (
         ("Screened", 11),
         ("Eligible", 7),
@@ -277,7 +279,7 @@ def test_a_cohort_without_dupilumab_reports_not_estimable_in_words(
     for body in generate(6, seed=7).bundles(6):
         assert fhir.post("", content=json.dumps(body)).status_code == 200
     with httpx.Client(base_url=f"{server.url}/api/v1", timeout=120) as api:
-        out = api.get(f"{CIRAE}/outcomes").json()["outcomes"]
+        out = fresh_outcomes(api, CIRAE.removeprefix("/studies/"))["outcomes"]
         page, text, response = _page(api, CIRAE)
     assert out["groups"] == {"dupilumab": 0, "control_1": 3, "control_2": 3}
     assert out["cox"]["control_1"]["reason"] == "the dupilumab group is empty"
