@@ -416,7 +416,8 @@ class CohortOutcomesOut(BaseModel):
     )
     outcomes: dict[str, Any] = Field(
         description="NCT06088771: counts, mpr, pcr, time_to_surgery, feasibility, safety, efs, os, "
-        "subjects, swimmer. cirae-dupilumab: groups, resolution, matching, cox, survival, km_groups.",
+        "subjects, swimmer, flow. cirae-dupilumab: groups, resolution, matching, cox, survival, "
+        "km_groups, excluded, comparisons, cirae_description, glucocorticoids, table1, flow.",
         examples=[
             {
                 "mpr": {
@@ -434,6 +435,32 @@ class CohortOutcomesOut(BaseModel):
                     },
                 },
                 "os": {"n": 3, "events": 1, "censored": 2, "median_days": None},
+            }
+        ],
+    )
+
+
+class ListingPageOut(BaseModel):
+    """One page of a study's per-subject analysis listing (pseudonymous; no dates for the cohort),
+    from the same snapshot as the outcomes."""
+
+    study: StudyRef
+    computed_at: str
+    data_as_of: int = Field(description="The last change the snapshot reflects")
+    stale: bool = Field(description="A later change is not reflected yet")
+    next_cursor: str | None
+    subjects: list[dict[str, Any]] = Field(
+        description="One row per subject: `subject_id` and the study kind's analysis fields "
+        "(README)",
+        examples=[
+            {
+                "subject_id": "S-ABCDEFGHIJKLMNOP",
+                "group": "dupilumab",
+                "group_label": "Dupilumab",
+                "matched_sets": {"control_1": {"set": 1, "role": "case"}, "control_2": None},
+                "icb_year": 2020,
+                "os_days": 731,
+                "died": False,
             }
         ],
     )

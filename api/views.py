@@ -16,6 +16,7 @@ from service.reads.results import (
     CohortOutcomes,
     DeviationDetail,
     DeviationPage,
+    ListingPage,
     ScreeningPage,
     StudyRef,
     Subject,
@@ -144,6 +145,21 @@ def candidate_eligibility(e: CandidateEligibility, seal: Seal) -> dict[str, Any]
         **minimised(dict(e.verdicts), seal),
         "at_enrollment": e.at_enrollment,
     }
+
+
+def listing_page(page: ListingPage) -> bytes:
+    """GET /studies/{id}/outcomes/subjects: a page of the snapshot's per-subject rows, spliced in
+    as stored (evidence sealed when the snapshot was computed)."""
+    assert page.rows is not None, "a 304 has no body"
+    header = {
+        "study": _study(page.study),
+        "computed_at": iso_utc(page.computed_at),
+        "data_as_of": page.data_as_of,
+        "stale": page.stale,
+        "next_cursor": page.next_cursor,
+    }
+    start = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+    return f'{start[:-1]},"subjects":[{",".join(page.rows)}]}}'.encode()
 
 
 def cohort_outcomes(o: CohortOutcomes) -> bytes:

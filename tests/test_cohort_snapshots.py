@@ -23,13 +23,13 @@ from service.infra.settings import Settings
 from service.protocol.schema import StudyProtocol
 from service.reads.cohort_refresher import kind_report
 from service.reads.cohort_reports import CohortReports
-from service.studies.kind import CohortReport, Member
+from service.studies.kind import CohortData, CohortReport
 from tests.conftest import FHIR_JSON, clear_store
 from tests.kit import fhir as kit
 from tests.kit.auth import access_token, bearer, ec_key, jwks
 from tests.kit.cli import run_trialbridge
 from tests.kit.client import put_resources
-from tests.kit.cohort import fresh_outcomes, fresh_response, settle
+from tests.kit.cohort import fresh_listing, fresh_outcomes, fresh_report, fresh_response, settle
 from tests.kit.live import Served, running_servers, served
 from tests.test_metrics import scrape, value
 
@@ -99,7 +99,12 @@ def manual(manual_server: tuple[Served, str]) -> Iterator[Manual]:
 
 def test_before_the_first_snapshot_reads_answer_503_cohort_not_ready(manual: Manual) -> None:
     """No snapshot yet: the documented error body and Retry-After; the reader never computes."""
-    for path in (f"/studies/{NCT}/outcomes", f"/studies/{NCT}/outcomes/plots/efs.svg"):
+    for path in (
+        f"/studies/{NCT}/outcomes",
+        f"/studies/{NCT}/outcomes/plots/efs.svg",
+        f"/studies/{NCT}/outcomes/subjects",
+        f"/studies/{NCT}/outcomes/report.html",
+    ):
         answer = manual.api.get(path)
         assert answer.status_code == 503, answer.text
         assert answer.json() == {"error": NOT_READY}
@@ -135,6 +140,50 @@ def test_a_write_makes_the_snapshot_stale_until_a_refresh_pass(manual: Manual) -
     assert after["stale"] is False
     assert after["data_as_of"] == int(computed[1]) > before["data_as_of"]
     assert subjects_in(after) == 1
+
+
+def test_the_listing_and_the_report_are_served_from_the_snapshot(manual: Manual) -> None:
+    """After a write, the listing and report.html still show the last snapshot (stale, same
+    cut-off, the old rows) and answer the outcomes' ETag; `fresh=true` shows the new data."""
+    put_resources(manual.fhir, *enrolled("a"))
+    outcomes = fresh_response(manual.api, NCT)
+    listing = fresh_listing(manual.api, NCT)
+    report = fresh_report(manual.api, NCT)
+    tag = outcomes.headers["etag"]
+    assert listing["stale"] is False
+    assert (listing["computed_at"], listing["data_as_of"]) == (
+        outcomes.json()["computed_at"],
+        outcomes.json()["data_as_of"],
+    )
+    assert len(listing["subjects"]) == 1
+    assert report.headers["etag"] == tag
+    cut_off = (
+        f"{outcomes.json()['computed_at']} (the data the service held when these results were "
+        f"computed: every change up to number {outcomes.json()['data_as_of']})"
+    )
+    assert cut_off in report.text
+    for path in ("subjects", "report.html"):
+        again = manual.api.get(f"/studies/{NCT}/outcomes/{path}", headers={"If-None-Match": tag})
+        assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", tag)
+
+    put_resources(manual.fhir, *enrolled("b"))
+    stale = manual.api.get(f"/studies/{NCT}/outcomes/subjects")
+    assert stale.status_code == 200
+    assert stale.headers["etag"] != tag
+    body = stale.json()
+    assert (body["stale"], body["data_as_of"], len(body["subjects"])) == (
+        True,
+        listing["data_as_of"],
+        1,
+    )
+    old_page = manual.api.get(f"/studies/{NCT}/outcomes/report.html")
+    assert old_page.headers["etag"] == stale.headers["etag"]
+    assert cut_off in old_page.text
+    assert "Data changed since this cut-off" in old_page.text
+    assert "Data changed since this cut-off" not in report.text
+    newer = fresh_listing(manual.api, NCT)
+    assert (newer["stale"], len(newer["subjects"])) == (False, 2)
+    assert newer["data_as_of"] > listing["data_as_of"]
 
 
 def test_data_as_of_advances_with_each_change_and_not_with_a_no_op(manual: Manual) -> None:
@@ -186,10 +235,11 @@ def test_the_outcomes_body_is_the_documented_shape(manual: Manual) -> None:
     assert body["study"] == {"id": CIRAE, "version": "1.0.0", "kind": "cohort"}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", body["computed_at"])
     assert body["plots"] == {
-        "os": {
-            "png": f"/api/v1/studies/{CIRAE}/outcomes/plots/os.png",
-            "svg": f"/api/v1/studies/{CIRAE}/outcomes/plots/os.svg",
+        name: {
+            "png": f"/api/v1/studies/{CIRAE}/outcomes/plots/{name}.png",
+            "svg": f"/api/v1/studies/{CIRAE}/outcomes/plots/{name}.svg",
         }
+        for name in ("os", "os_matched_control_1", "os_matched_control_2")
     }
     assert sum(body["outcomes"]["groups"].values()) == 1
     png = manual.api.get(f"/studies/{CIRAE}/outcomes/plots/os.png")
@@ -246,14 +296,14 @@ class Interloper:
     seen_before_second: dict[str, Any] = field(default_factory=dict)
     error: list[str] = field(default_factory=list)
 
-    def __call__(self, protocol: StudyProtocol, members: Sequence[Member]) -> CohortReport:
+    def __call__(self, protocol: StudyProtocol, cohort: CohortData) -> CohortReport:
         if protocol.id == NCT:
-            self.members.append(len(members))
+            self.members.append(len(cohort.members))
             try:
                 self._act(len(self.members))
             except Exception as exc:  # reported by the test, not lost in the refresher's log
                 self.error.append(repr(exc))
-        return kind_report(protocol, members)
+        return kind_report(protocol, cohort)
 
     def _act(self, call: int) -> None:
         if call == 1:

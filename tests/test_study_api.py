@@ -486,6 +486,8 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
         "/api/v1/studies/{study_id}/subjects/{subject_id}/outcomes",
         "/api/v1/studies/{study_id}/outcomes",
         "/api/v1/studies/{study_id}/outcomes/plots/{plot}",
+        "/api/v1/studies/{study_id}/outcomes/subjects",
+        "/api/v1/studies/{study_id}/outcomes/report.html",
         "/api/v1/studies/{study_id}/deviations",
         "/api/v1/studies/{study_id}/deviations/{deviation_id}",
         "/api/v1/studies/{study_id}/evidence/{evidence_id}",
@@ -497,7 +499,13 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
     plot = "/api/v1/studies/{study_id}/outcomes/plots/{plot}"
     for path in paths - {"/api/v1/subscriptions/{subscription_id}"}:
         responses = schema["paths"][path]["get"]["responses"]
-        cached = {"304"} if path in (plot, "/api/v1/studies/{study_id}/outcomes") else set()
+        snapshot = {
+            plot,
+            "/api/v1/studies/{study_id}/outcomes",
+            "/api/v1/studies/{study_id}/outcomes/subjects",
+            "/api/v1/studies/{study_id}/outcomes/report.html",
+        }
+        cached = {"304"} if path in snapshot else set()
         negotiated = {"406"} if path == "/api/v1/studies/{study_id}/deviations" else set()
         assert set(responses) == {"200", "400", "404", "422", "503"} | cached | negotiated
         assert responses["404"]["content"]["application/json"]["schema"] == {

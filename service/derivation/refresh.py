@@ -295,7 +295,8 @@ class Derivation:
                 now=now,
                 zone=self.site_zone,
             )
-            refresh(uow, protocol, batch)
+            if refresh(uow, protocol, batch):
+                changed.add(study_id)  # its screening list is a cohort input too
         self._mark_changed(uow, changed)
 
     def _mark_changed(self, uow: UnitOfWork, studies: set[str]) -> None:

@@ -375,6 +375,19 @@ class CohortSnapshot(SQLModel, table=True):
     digest: str = Field(max_length=64)  # of everything the body shows but `stale`
     plots: str = Field(sa_column=Column(Text(), nullable=False))  # JSON list of figure names
     body: str = Field(sa_column=Column(Text(), nullable=False))  # the outcomes JSON
+    # the report document JSON (report.html renders it); None: the kind has none
+    document: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
+
+
+class CohortListing(SQLModel, table=True):
+    """One subject's row of a study's snapshot listing (evidence sealed), paged by subject id."""
+
+    __tablename__ = "cohort_listing"
+
+    study_id: str = Field(primary_key=True, max_length=64)
+    subject_id: str = Field(primary_key=True, max_length=64)
+    digest: str = Field(max_length=64)  # the snapshot the row belongs to
+    body: str = Field(sa_column=Column(Text(), nullable=False))
 
 
 class CohortFigure(SQLModel, table=True):

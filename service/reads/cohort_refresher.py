@@ -38,10 +38,12 @@ from service.infra.db import writing
 from service.privacy.evidence import Cited, minimised
 from service.protocol.schema import StudyProtocol
 from service.reads.access import read
-from service.repositories import cohort_snapshots, study_subjects, trial_events
-from service.repositories.cohort_snapshots import Figure, SnapshotHead
+from service.repositories import cohort_snapshots, eligibility_results, study_subjects, trial_events
+from service.repositories.cohort_snapshots import Figure, ListingRow, SnapshotHead
+from service.stats.balance import table_to_json
 from service.stats.plots import MEDIA_TYPES
-from service.studies.kind import CohortReport, Member
+from service.studies.document import document_to_json, flow_to_json
+from service.studies.kind import CohortData, CohortReport, Member, Screened
 from service.studies.registry import kind_of
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,9 @@ def to_json(value: Any) -> str:
     )
 
 
-def snapshot_digest(head: SnapshotHead, body: str) -> str:
-    """The validator of everything a snapshot's answer shows except `stale`."""
+def snapshot_digest(head: SnapshotHead, body: str, *more: str) -> str:
+    """The validator of everything a snapshot's answers show except `stale` (`more`: the listing
+    and the report document stored with it)."""
     h = hashlib.sha256()
     for part in (
         head.study_id,
@@ -98,6 +101,7 @@ def snapshot_digest(head: SnapshotHead, body: str) -> str:
         iso_utc(head.computed_at),
         head.plots,
         body,
+        *more,
     ):
         h.update(part.encode())
         h.update(b"\x1f")
@@ -124,9 +128,9 @@ class _Watch:
     retry_at: float = 0.0
 
 
-def kind_report(protocol: StudyProtocol, members: Sequence[Member]) -> CohortReport:
+def kind_report(protocol: StudyProtocol, cohort: CohortData) -> CohortReport:
     """The study kind's cohort report (what the refresher computes unless told otherwise)."""
-    return kind_of(protocol).cohort_report(protocol, members)
+    return kind_of(protocol).cohort_report(protocol, cohort)
 
 
 class _LeaseKeeper:
@@ -160,14 +164,66 @@ class _LeaseKeeper:
                 return
 
 
-def _members(session: Session, study_id: str, zone: dt.tzinfo) -> list[Member]:
-    """The study's subjects with all their events (dated in the site's calendar), read in one
-    session."""
+def _cohort(session: Session, study_id: str, zone: dt.tzinfo) -> CohortData:
+    """The study's subjects with their events (in the site's calendar) and its screening list."""
     rows = study_subjects.study_subjects(session, study_id)
     events = trial_events.events_of(session, [r.patient_id for r in rows], zone=zone)
-    return [
+    members = [
         Member(r.patient_id, r.subject_id, r.status, r.day1, events[r.patient_id]) for r in rows
     ]
+    screened = eligibility_results.study_eligibility(session, study_id)
+    return CohortData(members, [_screened(r) for r in screened])
+
+
+def _screened(row: Any) -> Screened:
+    """A stored screening row as the kinds read it (criteria from its stored payload)."""
+    payload = json.loads(row.payload)
+    criteria = payload.get("criteria") if isinstance(payload, dict) else None
+    as_of = row.as_of if isinstance(row.as_of, dt.date) else dt.date.fromisoformat(str(row.as_of))
+    return Screened(
+        patient_id=row.patient_id,
+        subject_id=row.subject_id,
+        overall=row.overall,
+        at_enrollment=row.at_enrollment,
+        as_of=as_of,
+        criteria=tuple(c for c in criteria or () if isinstance(c, dict)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A computed report in the form a snapshot stores (evidence sealed)."""
+
+    body: str
+    plots: str
+    figures: list[Figure]
+    listing: list[ListingRow]
+    document: str | None
+
+
+def _stored(study_id: str, report: CohortReport, seal: Seal) -> _Stored:
+    """The report's outcomes (with its flow and Table 1), listing and document as stored JSON."""
+
+    def sealed(value: Any) -> Any:
+        return minimised(value, lambda cited: seal(study_id, cited))
+
+    outcomes = dict(report.body)
+    if report.flow is not None:
+        outcomes["flow"] = flow_to_json(report.flow)
+    if report.table1 is not None:
+        outcomes["table1"] = table_to_json(report.table1)
+    listing = [
+        ListingRow(r.subject_id, to_json(sealed({"subject_id": r.subject_id, **dict(r.fields)})))
+        for r in report.listing
+    ]
+    document = report.document() if report.document is not None else None
+    return _Stored(
+        body=to_json(sealed(outcomes)),
+        plots=to_json(sorted(report.plots)),
+        figures=_figures(study_id, report),
+        listing=listing,
+        document=to_json(document_to_json(document)) if document is not None else None,
+    )
 
 
 def _figures(study_id: str, report: CohortReport) -> list[Figure]:
@@ -217,7 +273,7 @@ class CohortRefresher:
         ]
         self.basis = {study_id: basis_of(p) for study_id, p in self.protocols.items()}
         # the computation itself; a test may wrap it to act while a computation runs
-        self.report_of: Callable[[StudyProtocol, Sequence[Member]], CohortReport] = kind_report
+        self.report_of: Callable[[StudyProtocol, CohortData], CohortReport] = kind_report
         self._lock = threading.Lock()
         self._watch: dict[str, _Watch] = {}
         self._forced: dict[str, int] = {}
@@ -403,16 +459,13 @@ class CohortRefresher:
         try:
             # the change numbers first: the data read after them reflects at least those changes
             ids = read(self.engine, lambda s: cohort_snapshots.pending_ids(s, study_id))
-            members = read(self.engine, lambda s: _members(s, study_id, self.zone))
-            report = self.report_of(protocol, members)
-            del members
-            body = to_json(minimised(report.body, lambda cited: self.seal(study_id, cited)))
-            figures = _figures(study_id, report)
-            plots = to_json(sorted(report.plots))
+            cohort = read(self.engine, lambda s: _cohort(s, study_id, self.zone))
+            report = self.report_of(protocol, cohort)
+            del cohort
+            stored = _stored(study_id, report, self.seal)
+            del report
             seconds = time.perf_counter() - started
-            data_as_of = (
-                None if keeper.lost else self._store(protocol, ids, body, plots, figures, seconds)
-            )
+            data_as_of = None if keeper.lost else self._store(protocol, ids, stored, seconds)
         except Exception:
             metrics.COHORT_COMPUTATIONS.labels(study_id, "failed").inc()
             log.exception("computing the cohort outcomes of %s failed", study_id)
@@ -435,9 +488,7 @@ class CohortRefresher:
         self,
         protocol: StudyProtocol,
         ids: Sequence[int],
-        body: str,
-        plots: str,
-        figures: Sequence[Figure],
+        stored: _Stored,
         seconds: float,
     ) -> int | None:
         """Store the snapshot and consume its changes, if the lease is still ours."""
@@ -457,10 +508,19 @@ class CohortRefresher:
                 computed_at=utcnow(),
                 compute_seconds=round(seconds, 3),
                 digest="",
-                plots=plots,
+                plots=stored.plots,
             )
-            head = dataclasses.replace(head, digest=snapshot_digest(head, body))
-            cohort_snapshots.store_snapshot(session, head, body, figures)
+            listing = "\n".join(r.body for r in stored.listing)
+            digest = snapshot_digest(head, stored.body, listing, stored.document or "")
+            head = dataclasses.replace(head, digest=digest)
+            cohort_snapshots.store_snapshot(
+                session,
+                head,
+                stored.body,
+                stored.figures,
+                document=stored.document,
+                listing=stored.listing,
+            )
         return data_as_of
 
     # -- fresh ------------------------------------------------------------------------------------

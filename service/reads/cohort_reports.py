@@ -20,10 +20,12 @@ from service.errors import ApiError, NotReadyError
 from service.protocol.schema import StudyProtocol
 from service.reads.access import find_protocol, read
 from service.reads.cohort_refresher import CohortRefresher
-from service.reads.results import CohortOutcomes, StudyRef
+from service.reads.paging import decode_cursor, encode_cursor
+from service.reads.results import CohortDocument, CohortOutcomes, ListingPage, StudyRef
 from service.repositories import cohort_snapshots
 from service.repositories.cohort_snapshots import SnapshotHead
 from service.stats.plots import MEDIA_TYPES, RenderedFigure
+from service.studies.document import document_from_json, figures_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,109 @@ class CohortReports:
         self, study_id: str, *, fresh: bool = False, unchanged: Callable[[str], bool] | None = None
     ) -> CohortOutcomes:
         """The study's last snapshot; its body is None when `unchanged(etag)` (a 304)."""
+        protocol = self._protocol(study_id, fresh)
+        found = read(self.engine, lambda s: self._read(s, protocol, unchanged))
+        if found is None:
+            raise self._not_ready(study_id)
+        return found
+
+    def listing(
+        self,
+        study_id: str,
+        *,
+        cursor: str | None,
+        limit: int,
+        fresh: bool = False,
+        unchanged: Callable[[str], bool] | None = None,
+    ) -> ListingPage:
+        """A page of the last snapshot's per-subject listing, in subject-id order; its rows are
+        None when `unchanged(etag)` (a 304: the page of a snapshot never changes)."""
+        protocol = self._protocol(study_id, fresh)
+        after = decode_cursor(cursor) if cursor is not None else None
+
+        def load(session: Session) -> ListingPage | None:
+            for _ in range(3):  # a snapshot replaced between the reads: read the new one
+                head, stale = self._head(session, protocol.id)
+                if head is None:
+                    return None
+                etag = outcomes_etag(head, stale)
+                rows: list[cohort_snapshots.ListingRow] | None = None
+                if unchanged is None or not unchanged(etag):
+                    rows = cohort_snapshots.listing_rows(
+                        session, protocol.id, head.digest, after, limit + 1
+                    )
+                    again = cohort_snapshots.snapshot_head(session, protocol.id)
+                    if again is None or again.digest != head.digest:
+                        continue
+                page = (rows or [])[:limit]
+                more = rows is not None and len(rows) > limit
+                return ListingPage(
+                    study=StudyRef(protocol.id, head.protocol_version),
+                    computed_at=head.computed_at,
+                    data_as_of=head.data_as_of,
+                    stale=stale,
+                    etag=etag,
+                    rows=[r.body for r in page] if rows is not None else None,
+                    next_cursor=encode_cursor(page[-1].subject_id) if more and page else None,
+                )
+            return None
+
+        found = read(self.engine, load)
+        if found is None:
+            raise self._not_ready(study_id)
+        return found
+
+    def document(
+        self,
+        study_id: str,
+        *,
+        fresh: bool = False,
+        unchanged: Callable[[str], bool] | None = None,
+    ) -> CohortDocument:
+        """The last snapshot's report document and the SVG of every figure it shows (404 for a
+        kind without one); the document is None when `unchanged(etag)` (a 304)."""
+        protocol = self._protocol(study_id, fresh)
+
+        def load(session: Session) -> CohortDocument | None:
+            for _ in range(3):
+                head, stale = self._head(session, protocol.id)
+                if head is None:
+                    return None
+                etag = outcomes_etag(head, stale)
+                found, text = cohort_snapshots.snapshot_document(session, protocol.id, head.digest)
+                if not found:
+                    continue
+                if text is None:
+                    raise ApiError(
+                        404, "not_applicable", f"study {protocol.id} has no report document"
+                    )
+                document = None
+                figures: dict[str, bytes] = {}
+                if unchanged is None or not unchanged(etag):
+                    document = document_from_json(json.loads(text))
+                    for name in figures_of(document.sections):
+                        figure = cohort_snapshots.figure(session, protocol.id, name, "svg")
+                        if figure is not None:
+                            figures[name] = figure.body
+                return CohortDocument(
+                    study=StudyRef(protocol.id, head.protocol_version),
+                    kind=protocol.kind,
+                    computed_at=head.computed_at,
+                    data_as_of=head.data_as_of,
+                    stale=stale,
+                    etag=etag,
+                    document=document,
+                    figures=figures,
+                )
+            return None
+
+        found = read(self.engine, load)
+        if found is None:
+            raise self._not_ready(study_id)
+        return found
+
+    def _protocol(self, study_id: str, fresh: bool) -> StudyProtocol:
+        """The study's protocol (404 if unknown), after waiting for a fresh snapshot if asked."""
         protocol = find_protocol(self.protocols, study_id)
         if fresh and self.refresher.wait_fresh(study_id, self.fresh_timeout) is None:
             raise NotReadyError(
@@ -76,14 +181,24 @@ class CohortReports:
                 f"{self.fresh_timeout:g} s; it is still being computed",
                 self.retry_after,
             )
-        found = read(self.engine, lambda s: self._read(s, protocol, unchanged))
-        if found is None:
-            raise NotReadyError(
-                "cohort_not_ready",
-                f"the cohort outcomes of {study_id} have not been computed yet",
-                self.retry_after,
-            )
-        return found
+        return protocol
+
+    def _not_ready(self, study_id: str) -> NotReadyError:
+        return NotReadyError(
+            "cohort_not_ready",
+            f"the cohort outcomes of {study_id} have not been computed yet",
+            self.retry_after,
+        )
+
+    def _head(self, session: Session, study_id: str) -> tuple[SnapshotHead | None, bool]:
+        """The study's snapshot head and whether a change or another basis made it stale."""
+        head = cohort_snapshots.snapshot_head(session, study_id)
+        if head is None:
+            return None, True
+        stale = head.basis != self.refresher.basis[study_id] or cohort_snapshots.has_pending(
+            session, study_id
+        )
+        return head, stale
 
     def _read(
         self,
@@ -93,12 +208,9 @@ class CohortReports:
     ) -> CohortOutcomes | None:
         study_id = protocol.id
         for _ in range(3):  # a snapshot replaced between the two reads: read the new one
-            head = cohort_snapshots.snapshot_head(session, study_id)
+            head, stale = self._head(session, study_id)
             if head is None:
                 return None
-            stale = head.basis != self.refresher.basis[study_id] or cohort_snapshots.has_pending(
-                session, study_id
-            )
             etag = outcomes_etag(head, stale)
             body = None
             if unchanged is None or not unchanged(etag):
@@ -158,11 +270,7 @@ class CohortReports:
 
         head, figure = read(self.engine, load)
         if head is None:
-            raise NotReadyError(
-                "cohort_not_ready",
-                f"the cohort outcomes of {study_id} have not been computed yet",
-                self.retry_after,
-            )
+            raise self._not_ready(study_id)
         names = json.loads(head.plots)
         if name not in names:
             known = ", ".join(sorted(names))

@@ -13,6 +13,7 @@ from typing import Any
 
 from fhir_mapping.events.model import TrialEvent
 from service.protocol.schema import StudyProtocol
+from service.studies.document import ReportDocument
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,20 @@ class CohortOutcomes:
 
 
 @dataclass(frozen=True, slots=True)
+class ListingPage:
+    """One page of a study's per-subject analysis listing, read from the last snapshot: each row
+    as stored JSON (evidence already sealed), with the snapshot's time, change and validator."""
+
+    study: StudyRef
+    computed_at: dt.datetime
+    data_as_of: int
+    stale: bool
+    etag: str
+    rows: Sequence[str] | None  # None when the client's copy is current (a 304)
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class DeviationPage:
     """One page of a study's deviation log (each deviation in its wire form)."""
 
@@ -153,3 +168,21 @@ class DeviationDetail:
     deviation: Mapping[str, Any]
     version: int
     history: Sequence[HistoryEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class CohortDocument:
+    """A study's report document from its last snapshot, with its figures as SVG.
+
+    `computed_at` and `data_as_of` are the data cut-off: the report reflects the data the service
+    held when the snapshot was computed (every change up to number `data_as_of`).
+    """
+
+    study: StudyRef
+    kind: str
+    computed_at: dt.datetime
+    data_as_of: int
+    stale: bool
+    etag: str
+    document: ReportDocument | None  # None when the client's copy is current (a 304)
+    figures: Mapping[str, bytes]

@@ -15,13 +15,20 @@ from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from service.infra.tables import CohortFigure, CohortLease, CohortSnapshot, StudyChange
+from service.infra.tables import (
+    CohortFigure,
+    CohortLease,
+    CohortListing,
+    CohortSnapshot,
+    StudyChange,
+)
 from service.repositories.sql import chunks
 
 _CHANGE = StudyChange.__table__  # type: ignore[attr-defined]
 _SNAPSHOT = CohortSnapshot.__table__  # type: ignore[attr-defined]
 _FIGURE = CohortFigure.__table__  # type: ignore[attr-defined]
 _LEASE = CohortLease.__table__  # type: ignore[attr-defined]
+_LISTING = CohortListing.__table__  # type: ignore[attr-defined]
 
 
 # -- the change log -------------------------------------------------------------------------------
@@ -133,6 +140,41 @@ def snapshot_body(session: Session, study_id: str, digest: str) -> str | None:
     return str(found) if found is not None else None
 
 
+def snapshot_document(session: Session, study_id: str, digest: str) -> tuple[bool, str | None]:
+    """(found, document JSON) of the snapshot with this digest; found is False once another
+    replaced it, the document None when the study kind has no report document."""
+    c = _SNAPSHOT.c
+    row = session.execute(
+        select(c.document).where(c.study_id == study_id, c.digest == digest)
+    ).one_or_none()
+    if row is None:
+        return False, None
+    return True, (str(row.document) if row.document is not None else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ListingRow:
+    """One stored listing row: its subject id (the page key) and its JSON."""
+
+    subject_id: str
+    body: str
+
+
+def listing_rows(
+    session: Session, study_id: str, digest: str, after: str | None, limit: int
+) -> list[ListingRow]:
+    """Up to `limit` rows of the snapshot's listing after subject id `after`, in subject-id order
+    (a range scan of the primary key)."""
+    c = _LISTING.c
+    where = [c.study_id == study_id, c.digest == digest]
+    if after is not None:
+        where.append(c.subject_id > after)
+    rows = session.execute(
+        select(c.subject_id, c.body).where(*where).order_by(c.subject_id).limit(limit)
+    ).all()
+    return [ListingRow(str(r.subject_id), str(r.body)) for r in rows]
+
+
 @dataclass(frozen=True, slots=True)
 class Figure:
     """One rendered figure of a snapshot."""
@@ -144,9 +186,15 @@ class Figure:
 
 
 def store_snapshot(
-    session: Session, head: SnapshotHead, body: str, figures: Sequence[Figure]
+    session: Session,
+    head: SnapshotHead,
+    body: str,
+    figures: Sequence[Figure],
+    *,
+    document: str | None = None,
+    listing: Sequence[ListingRow] = (),
 ) -> None:
-    """Replace the study's snapshot and its figures."""
+    """Replace the study's snapshot, its figures, its listing rows and its report document."""
     values = {
         "study_id": head.study_id,
         "protocol_version": head.protocol_version,
@@ -157,6 +205,7 @@ def store_snapshot(
         "digest": head.digest,
         "plots": head.plots,
         "body": body,
+        "document": document,
     }
     session.execute(delete(_SNAPSHOT).where(_SNAPSHOT.c.study_id == head.study_id))
     session.execute(insert(_SNAPSHOT), [values])
@@ -173,6 +222,20 @@ def store_snapshot(
                     "body": f.body,
                 }
                 for f in figures
+            ],
+        )
+    session.execute(delete(_LISTING).where(_LISTING.c.study_id == head.study_id))
+    for part in chunks(list(listing)):
+        session.execute(
+            insert(_LISTING),
+            [
+                {
+                    "study_id": head.study_id,
+                    "subject_id": r.subject_id,
+                    "digest": head.digest,
+                    "body": r.body,
+                }
+                for r in part
             ],
         )
 

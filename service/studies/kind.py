@@ -20,7 +20,10 @@ from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.partial_dates import site_date
 from service.protocol.schema import StudyProtocol
 from service.repositories.unit_of_work import UnitOfWork
+from service.stats.balance import BalanceTable
 from service.stats.plots import Draw, RenderedFigure
+from service.studies.document import ReportDocument
+from service.studies.flow import ConsortFlow
 
 # The width of study_subject.subject_number: a longer identifier is no subject number (it stays in
 # the resource), so the same ResearchSubject is accepted alike on SQLite and PostgreSQL.
@@ -90,14 +93,56 @@ class Member:
     events: Sequence[TrialEvent]
 
 
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """One screening candidate's stored result, as a cohort report reads it.
+
+    `criteria` are the stored verdicts (id, number, type, title, verdict, ...) as of `as_of`;
+    `at_enrollment` is the overall status on the enrollment day (None when not enrolled).
+    """
+
+    patient_id: str
+    subject_id: str
+    overall: str
+    at_enrollment: str | None
+    as_of: dt.date
+    criteria: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CohortData:
+    """What a cohort report is computed from: the subjects and the screening list."""
+
+    members: Sequence[Member]
+    screened: Sequence[Screened] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ListingRow:
+    """One subject's row of a study's analysis listing: pseudonymous id, no dates of birth or names."""
+
+    subject_id: str
+    fields: Mapping[str, Any]
+
+
 @dataclass(slots=True)
 class CohortReport:
-    """A study's cohort outcomes (JSON-ready) and its figures, each drawn on first request."""
+    """A study's cohort outcomes (JSON-ready) and its figures, each drawn on first request.
+
+    The typed parts api/ shapes: `flow` (CONSORT-style flow of patients), `table1` (baseline
+    characteristics with SMDs), `listing` (per-subject analysis rows, in subject-id order) and
+    `document` (the report a statistician attaches to a manuscript).
+    """
 
     body: dict[str, Any]
     plots: dict[str, Draw]
     computed_at: dt.datetime | None = None  # set by whoever computed it
     rendered: dict[tuple[str, str], RenderedFigure] = field(default_factory=dict)
+    flow: ConsortFlow | None = None
+    table1: BalanceTable | None = None
+    listing: tuple[ListingRow, ...] = ()
+    # the report document (report.html), built when first asked for
+    document: Callable[[], ReportDocument] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +187,9 @@ class StudyKind(Generic[P]):
     membership: Callable[[P, Sequence[TrialEvent]], SubjectFacts | None]
     # the event kinds `membership` (and `refresh`'s candidacy check) read: only these are loaded
     membership_events: frozenset[EventKind]
-    cohort_report: Callable[[P, Sequence[Member]], CohortReport]
-    refresh: Callable[[UnitOfWork, P, SubjectBatch], None] | None = None
+    cohort_report: Callable[[P, CohortData], CohortReport]
+    # True when it changed what the cohort report reads beyond the subjects (a screening list)
+    refresh: Callable[[UnitOfWork, P, SubjectBatch], bool] | None = None
     screening: Callable[[P, Sequence[TrialEvent], dt.date], dict[str, Any]] | None = None
     subject_outcomes: Callable[[P, Sequence[TrialEvent], dt.date | None], dict[str, Any]] | None = (
         None

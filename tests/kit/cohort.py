@@ -50,3 +50,41 @@ def settle(app: FastAPI, *studies: str, timeout: float = 120) -> None:
     assert isinstance(reports, CohortReports)
     for study in studies:
         assert reports.refresher.wait_fresh(study, timeout) is not None, study
+
+
+def fresh_get(
+    client: httpx.Client,
+    study: str,
+    part: str,
+    params: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """GET a part of the study's snapshot (`subjects`, `report.html`) with `fresh=true`: 200,
+    reflecting every write made before the call."""
+    response = client.get(
+        f"{outcomes_path(client, study)}/{part}",
+        params={**(params or {}), "fresh": "true"},
+        headers=headers,
+        timeout=300,
+    )
+    assert response.status_code == 200, response.text[:2000]
+    return response
+
+
+def fresh_listing(
+    client: httpx.Client, study: str, *, limit: int | None = None, cursor: str | None = None
+) -> dict[str, Any]:
+    """One page of the study's per-subject listing from a snapshot reflecting every write."""
+    params: dict[str, Any] = {}
+    if limit is not None:
+        params["limit"] = limit
+    if cursor is not None:
+        params["cursor"] = cursor
+    body: dict[str, Any] = fresh_get(client, study, "subjects", params).json()
+    assert body["stale"] is False, "a write ran concurrently with the fresh read"
+    return body
+
+
+def fresh_report(client: httpx.Client, study: str) -> httpx.Response:
+    """The study's report.html from a snapshot reflecting every write."""
+    return fresh_get(client, study, "report.html")

@@ -18,9 +18,23 @@ from service.studies.interventional.protocol import TrialProtocol
 from service.studies.kind import SubjectBatch, SubjectFacts, pseudonym
 
 
-def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBatch) -> None:
-    """Re-screen the candidates among these patients as of today; drop non-candidates."""
+def _flow_key(overall: str, at_enrollment: str | None, payload: str) -> tuple[Any, ...]:
+    """What the cohort's flow of patients reads from a screening row (not its date)."""
+    found = json.loads(payload)
+    criteria = found.get("criteria") if isinstance(found, dict) else None
+    verdicts = tuple(
+        (str(c.get("id")), str(c.get("verdict"))) for c in criteria or () if isinstance(c, dict)
+    )
+    return overall, at_enrollment, verdicts
+
+
+def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBatch) -> bool:
+    """Re-screen the candidates among these patients as of today; drop non-candidates.
+
+    True when the screening list changed as the cohort's flow reads it (a snapshot goes stale).
+    """
     session = uow.session
+    changed = False
     study_id = protocol.id
     stored = eligibility_results.eligibility_of(session, study_id, batch.patient_ids)
     candidates: list[tuple[str, SubjectFacts | None]] = []
@@ -31,6 +45,7 @@ def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBa
             continue
         if patient_id in stored:
             eligibility_results.delete_eligibility(session, study_id, patient_id)
+            changed = True
         # not a candidate (so not a subject): any deviations it had are resolved
         sync_subject(
             session,
@@ -42,7 +57,7 @@ def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBa
             now=batch.now,
         )
     if not candidates:
-        return
+        return changed
     full = trial_events.events_of(
         session, [p for p, _ in candidates], stored=uow.stored_events, zone=batch.zone
     )
@@ -59,6 +74,9 @@ def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBa
         )
         old = stored.get(patient_id)
         eligibility_results.save_eligibility(session, values, old is not None)
+        new_key = _flow_key(values["overall"], values["at_enrollment"], values["payload"])
+        if old is None or _flow_key(old.overall, old.at_enrollment, old.payload) != new_key:
+            changed = True
         if old is None or old.overall != values["overall"]:
             before = old.overall if old is not None else None
             webhook_outbox.enqueue(
@@ -93,6 +111,7 @@ def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBa
             findings=findings,
             now=batch.now,
         )
+    return changed
 
 
 def screening_row(
