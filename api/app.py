@@ -15,9 +15,11 @@ from starlette.concurrency import run_in_threadpool
 from api import errors, request_log
 from api.audit import AuditRequests
 from api.auth import router as auth_router
+from api.client_limits import BodyDeadline
 from api.cors import Cors
 from api.deviation_routes import router as deviation_router
 from api.docs_pages import docs_router
+from api.export_routes import router as export_router
 from api.fhir_routes import audit_router
 from api.fhir_routes import open_router as fhir_open_router
 from api.fhir_routes import router as fhir_router
@@ -31,6 +33,7 @@ from service.access.clients import bootstrap_admin
 from service.access.tokens import TokenService
 from service.audit.trail import AuditTrail
 from service.derivation.catalog import load_catalog
+from service.export.sdtm.export import SdtmExporter
 from service.fhir.interactions import FhirService
 from service.fhir.validation_workers import ModelChecks
 from service.infra import metrics, migrate
@@ -40,6 +43,7 @@ from service.infra.settings import Settings
 from service.notifications.webhooks import Dispatcher, policy_from
 from service.privacy.evidence import EvidenceCodec
 from service.reads.audit_log import AuditLog
+from service.reads.cohort_refresher import CohortRefresher
 from service.reads.cohort_reports import CohortReports
 from service.reads.deviation_log import DeviationLog
 from service.reads.study_reader import StudyReader
@@ -95,8 +99,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         model_checks = ModelChecks.for_settings(conf)
         app.state.store = FhirService(engine, conf, catalog.derivation, model_checks)
-        app.state.studies = StudyReader(engine, catalog.protocols)
-        app.state.reports = CohortReports(engine, catalog.protocols)
+        app.state.studies = StudyReader(engine, catalog.protocols, conf.site_zone())
+        evidence: EvidenceCodec = app.state.evidence
+        refresher = CohortRefresher(
+            engine,
+            catalog.protocols,
+            evidence.seal,
+            interval_seconds=conf.cohort_refresh_interval_seconds,
+            debounce_seconds=conf.cohort_debounce_seconds,
+            max_delay_seconds=conf.cohort_max_delay_seconds,
+            zone=conf.site_zone(),
+        )
+        catalog.derivation.on_studies_changed = refresher.notice
+        app.state.reports = CohortReports(
+            engine,
+            catalog.protocols,
+            refresher,
+            fresh_timeout_seconds=conf.cohort_fresh_timeout_seconds,
+        )
+        app.state.sdtm = SdtmExporter(engine, catalog.protocols, conf.site_zone())
         app.state.deviations = DeviationLog(
             engine, catalog.protocols, allow_private_webhooks=conf.webhook_allow_private
         )
@@ -105,9 +126,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dispatcher = Dispatcher(engine, policy_from(conf), conf.webhook_interval_seconds)
             dispatcher.start()
         await run_in_threadpool(settle_process)
+        refresher.start()
         try:
             yield
         finally:
+            await run_in_threadpool(refresher.stop)
             if dispatcher is not None:
                 dispatcher.stop()
             await run_in_threadpool(model_checks.close)
@@ -127,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_oauth2_redirect_url=None,
     )
     errors.install(app)
+    app.add_middleware(BodyDeadline)  # innermost: it bounds every read of a body, 408 after
     app.add_middleware(errors.ApiBodyLimit)
     app.add_middleware(HostGuard)  # a Host that may not shape URLs is refused before anything runs
     app.add_middleware(RateLimit)  # inside the audit and the headers (429s recorded), before routes
@@ -141,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(study_router)
     app.include_router(deviation_router)
     app.include_router(outcome_router)
+    app.include_router(export_router)
     app.include_router(metrics_router)
     app.include_router(docs_router())
 

@@ -1,4 +1,4 @@
-"""`trialbridge serve | migrate | load | client | keys | token ...` — the service's command line."""
+"""`trialbridge serve | migrate | load | refresh-cohorts | client | ...`: the command line."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import orjson
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from api import cli_access, request_log
+from api import cli_access, cli_export, request_log
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import decode_text, loads
 from service.derivation.catalog import load_catalog
@@ -31,8 +31,10 @@ from service.infra.db import make_engine
 from service.infra.process import settle_process
 from service.infra.settings import Settings
 from service.notifications.webhooks import Dispatcher, deliver_due, policy_from
-from service.protocol.schema import ProtocolError
+from service.privacy.evidence import EvidenceCodec
+from service.protocol.schema import ProtocolError, StudyProtocol
 from service.protocol.terminology import TerminologyError
+from service.reads.cohort_refresher import CohortRefresher
 from service.repositories import trial_events
 from service.repositories.unit_of_work import unit_of_work
 
@@ -159,7 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         "remap",
         help="recompute every trial event and subject (after an upgrade or a value-set change)",
     )
+    refresh = sub.add_parser(
+        "refresh-cohorts",
+        help="compute the cohort snapshot of every stale study now, once (no debounce)",
+    )
+    refresh.add_argument("--force", action="store_true", help="recompute every study, stale or not")
     cli_access.add_parsers(sub)
+    cli_export.add_parser(sub)
     return parser
 
 
@@ -205,6 +213,39 @@ def deliver_until_stopped(settings: Settings) -> int:
     return 0
 
 
+def cmd_refresh_cohorts(
+    settings: Settings, protocols: dict[str, StudyProtocol], force: bool
+) -> int:
+    """One refresh pass: stale studies (or all, `force`) computed now; a line per study."""
+    engine = make_engine(settings)
+    migrate.prepare(engine, auto_migrate=settings.auto_migrate)
+    evidence = EvidenceCodec(engine)
+    refresher = CohortRefresher(
+        engine, protocols, evidence.seal, interval_seconds=0, zone=settings.site_zone()
+    )
+    done = {r.study_id: r for r in refresher.run_pass(everything=True, force=force)}
+    failed = False
+    for study_id in sorted(protocols):
+        result = done.get(study_id)
+        if result is None or result.outcome == "fresh":
+            head = refresher.fresh_head(study_id)
+            as_of = head.data_as_of if head is not None else None
+            print(f"{study_id}: fresh, data as of change {as_of}")
+        elif result.outcome == "computed":
+            print(
+                f"{study_id}: computed in {result.seconds:.2f} s, "
+                f"data as of change {result.data_as_of}"
+            )
+        elif result.outcome == "busy":
+            print(f"{study_id}: another process is computing it")
+        else:
+            failed = True
+            reason = "the lease was lost" if result.outcome == "lost" else "see the log"
+            print(f"{study_id}: {result.outcome} ({reason})")
+    engine.dispose()
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trialbridge` console script."""
     try:
@@ -230,12 +271,14 @@ def _run(argv: Sequence[str] | None) -> int:
     ):
         print(f"trialbridge: {refusal}", file=sys.stderr)
         return 2
-    if args.command in ("serve", "load", "remap", "reevaluate"):
+    if args.command in ("serve", "load", "remap", "reevaluate", "refresh-cohorts", "export"):
         try:
             catalog = load_catalog(settings)  # fail before serving, naming the file and key
         except (ProtocolError, TerminologyError) as exc:
             print(f"trialbridge: {exc}", file=sys.stderr)
             return 2
+    if args.command == "export":
+        return cli_export.run(args, settings, catalog.protocols)
     if args.command == "remap":
         engine = make_engine(settings)
         migrate.prepare(engine, auto_migrate=settings.auto_migrate)
@@ -245,6 +288,8 @@ def _run(argv: Sequence[str] | None) -> int:
         engine.dispose()
         print(f"remapped: {totals['events']} event(s), {totals['subjects']} subject(s)")
         return 0
+    if args.command == "refresh-cohorts":
+        return cmd_refresh_cohorts(settings, catalog.protocols, args.force)
     if args.command == "deliver" and args.loop:
         return deliver_until_stopped(settings)
     if args.command == "deliver":
@@ -258,7 +303,8 @@ def _run(argv: Sequence[str] | None) -> int:
         engine = make_engine(settings)
         migrate.prepare(engine, auto_migrate=settings.auto_migrate)
         if args.as_of is not None:
-            moment = dt.datetime.combine(args.as_of, dt.time(12), tzinfo=dt.UTC)
+            # noon of that day at the site: its site-local day is the day asked for
+            moment = dt.datetime.combine(args.as_of, dt.time(12), tzinfo=settings.site_zone())
             catalog.derivation.clock = lambda: moment
         with unit_of_work(engine) as uow:
             patients = reevaluate_all(catalog.derivation, uow)
@@ -291,6 +337,10 @@ def _run(argv: Sequence[str] | None) -> int:
         access_log=False,  # uvicorn's prints paths and query strings; ours (request_log) does not
         # a worker still importing on a busy host answers no ping; uvicorn's 5 s kills it in a loop
         timeout_worker_healthcheck=60,
+        # a deadline on each request head, a cut-off for bodies, the connection cap
+        # (TRIALBRIDGE_HEADER_TIMEOUT_SECONDS, _BODY_TIMEOUT_SECONDS, _MAX_CONNECTIONS)
+        http="api.client_limits:GuardedHttpToolsProtocol",
+        timeout_keep_alive=settings.keep_alive_seconds,
     )
     return 0
 

@@ -8,6 +8,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 
 from service.errors import ApiError
+from service.export.sdtm.export import SdtmExporter
 from service.fhir.interactions import FhirService
 from service.infra.settings import Settings
 from service.privacy.evidence import Cited, EvidenceCodec
@@ -67,6 +68,7 @@ ReaderDep = Annotated[StudyReader, Depends(_state("studies", StudyReader))]
 ReportsDep = Annotated[CohortReports, Depends(_state("reports", CohortReports))]
 DeviationLogDep = Annotated[DeviationLog, Depends(_state("deviations", DeviationLog))]
 AuditLogDep = Annotated[AuditLog, Depends(_state("audit_log", AuditLog))]
+SdtmDep = Annotated[SdtmExporter, Depends(_state("sdtm", SdtmExporter))]
 BaseDep = Annotated[str, Depends(fhir_base)]
 
 

@@ -23,6 +23,7 @@ from service.errors import (
     AuthError,
     DatabaseUnavailableError,
     FhirError,
+    NotReadyError,
     OAuthError,
     RateLimitedError,
     TrialbridgeError,
@@ -30,7 +31,13 @@ from service.errors import (
 
 log = logging.getLogger(__name__)
 
-_HTTP_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported", 415: "not-supported"}
+_HTTP_CODES = {
+    404: "not-found",
+    405: "not-supported",
+    406: "not-supported",
+    408: "timeout",
+    415: "not-supported",
+}
 # FastAPI's 400 when json.loads fails other than with JSONDecodeError (bytes that are not UTF-8,
 # nesting deep enough for a RecursionError); malformed JSON itself is a 422 validation error.
 _UNPARSEABLE_BODY = "There was an error parsing the body"
@@ -66,6 +73,18 @@ class BodyTooLarge(StarletteHTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the request body exceeds the limit of {limit} bytes")
+
+
+class BodyTimeout(StarletteHTTPException):
+    """Raised while waiting for a body past TRIALBRIDGE_BODY_TIMEOUT_SECONDS (api/client_limits)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            408,
+            f"the request body did not arrive within {seconds:g} s",
+            # RFC 9110 §15.5.9: the rest of the body is not read, so the connection cannot go on
+            headers={"Connection": "close"},
+        )
 
 
 class ApiBodyLimit:
@@ -157,6 +176,9 @@ def render(exc: TrialbridgeError, *, fhir: bool) -> Response:
         if fhir:
             return outcome_response(exc.status, exc.issues)
         return json_error(exc.status, exc.issues[0].code, str(exc))
+    if isinstance(exc, NotReadyError):
+        headers = {"Retry-After": str(exc.retry_after)}
+        return json_error(exc.status, exc.code, exc.message, exc.details, headers=headers)
     if isinstance(exc, ApiError):
         return json_error(exc.status, exc.code, exc.message, exc.details)
     if fhir:
@@ -202,6 +224,8 @@ def install(app: FastAPI) -> None:
             )
         if isinstance(exc, BodyTooLarge):
             return json_error(413, "body_too_large", str(exc.detail))
+        if isinstance(exc, BodyTimeout):
+            return json_error(408, "request_timeout", str(exc.detail), headers=headers)
         return json_error(exc.status_code, "http_error", str(exc.detail), headers=headers or None)
 
     @app.exception_handler(RequestValidationError)

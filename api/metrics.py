@@ -31,6 +31,7 @@ from service.fhir.ingest import EntryResult
 from service.infra import metrics
 from service.infra.clock import utcnow
 from service.notifications.webhooks import outbox_backlog
+from service.reads.cohort_reports import SnapshotStatus
 from service.repositories.webhook_outbox import Backlog
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,10 @@ class ScrapeTime(Collector):
         )
         if backlog is not None:
             yield from _outbox(backlog)
+            try:
+                yield from _cohorts(self.state.reports.status())
+            except SQLAlchemyError:
+                log.warning("metrics: the database did not answer the cohort snapshot query")
         checks = self.state.store.model_checks
         current = checks.state()
         family = GaugeMetricFamily(
@@ -101,6 +106,39 @@ def _outbox(backlog: Backlog) -> Iterator[Metric]:
         "Notifications given up after their last attempt",
         value=backlog.failed,
     )
+
+
+def _cohorts(snapshots: list[SnapshotStatus]) -> Iterator[Metric]:
+    """Per study: how old its snapshot is, whether it is stale, how many changes wait for it."""
+    age = GaugeMetricFamily(
+        "trialbridge_cohort_snapshot_age_seconds",
+        "Time since the study's cohort snapshot was computed (no sample before the first)",
+        labels=["study"],
+    )
+    stale = GaugeMetricFamily(
+        "trialbridge_cohort_snapshot_stale",
+        "1 when the study's cohort snapshot misses a change (or none exists yet), else 0",
+        labels=["study"],
+    )
+    took = GaugeMetricFamily(
+        "trialbridge_cohort_snapshot_compute_seconds",
+        "How long the computation of the study's current cohort snapshot took (any process)",
+        labels=["study"],
+    )
+    pending = GaugeMetricFamily(
+        "trialbridge_cohort_changes_pending",
+        "Writes that changed the study and that no cohort snapshot reflects yet",
+        labels=["study"],
+    )
+    now = utcnow()
+    for s in snapshots:
+        if s.computed_at is not None:
+            age.add_metric([s.study_id], max((now - s.computed_at).total_seconds(), 0.0))
+        if s.compute_seconds is not None:
+            took.add_metric([s.study_id], s.compute_seconds)
+        stale.add_metric([s.study_id], 1.0 if s.stale else 0.0)
+        pending.add_metric([s.study_id], float(s.pending_changes))
+    yield from (age, took, stale, pending)
 
 
 def _exposition(request: Request) -> bytes:

@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api import views
-from api.auth import readable_study
-from api.deps import ReportsDep, SealDep, reject_nul
+from api import report_html, views
+from api.auth import PrincipalDep, readable_study, require
+from api.deps import ReportsDep, SettingsDep, reject_nul
 from api.fhir_http import if_none_match
-from api.schemas import ERRORS, CohortOutcomesOut
+from api.schemas import ERRORS, CohortOutcomesOut, ErrorBody, ListingPageOut
+from service.access.tokens import Principal
+
+FreshQuery = Annotated[
+    bool, Query(description="Wait (bounded) for a snapshot reflecting every change; admin only")
+]
+SNAPSHOT_RESPONSES: dict[int | str, dict[str, object]] = {
+    304: {"description": "Unchanged since the ETag sent in If-None-Match"},
+    503: {
+        "model": ErrorBody,
+        "description": "`cohort_not_ready`: no snapshot computed yet; `cohort_not_fresh`: "
+        "`fresh=true` timed out (both with Retry-After); `database_unavailable`",
+    },
+}
+
+
+def _check_fresh(who: Principal, fresh: bool) -> None:
+    if fresh:
+        require(who, who.scopes.admin, "admin")
+
 
 router = APIRouter(
     prefix="/api/v1",
@@ -25,13 +44,99 @@ router = APIRouter(
     "/studies/{study_id}/outcomes",
     response_model=CohortOutcomesOut,
     summary="Cohort outcomes: rates with exact CIs, Kaplan–Meier, Cox models",
+    responses=SNAPSHOT_RESPONSES,
 )
 async def study_outcomes(
-    request: Request, reports: ReportsDep, seal: SealDep, study_id: str
-) -> dict[str, Any]:
-    """Computed from every subject's current events; cached until the data changes."""
-    found = await run_in_threadpool(lambda: reports.outcomes(study_id))
-    return views.cohort_outcomes(found, seal)
+    request: Request,
+    reports: ReportsDep,
+    who: PrincipalDep,
+    study_id: str,
+    fresh: FreshQuery = False,
+) -> Response:
+    """The last snapshot computed in the background, with `computed_at`, `data_as_of` and
+    `stale`; never waits for a computation unless an admin asks for `fresh=true`."""
+    _check_fresh(who, fresh)
+    sent = request.headers.get("if-none-match")
+    found = await run_in_threadpool(
+        lambda: reports.outcomes(
+            study_id, fresh=fresh, unchanged=lambda etag: if_none_match(sent, etag)
+        )
+    )
+    headers = {"ETag": found.etag, "Cache-Control": "no-cache"}
+    if found.body is None:
+        return Response(status_code=304, headers=headers)
+    return Response(views.cohort_outcomes(found), media_type="application/json", headers=headers)
+
+
+@router.get(
+    "/studies/{study_id}/outcomes/subjects",
+    response_model=ListingPageOut,
+    summary="The per-subject analysis listing behind the cohort outcomes, a page at a time",
+    responses=SNAPSHOT_RESPONSES,
+)
+async def study_listing(
+    request: Request,
+    reports: ReportsDep,
+    who: PrincipalDep,
+    settings: SettingsDep,
+    study_id: str,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
+    limit: Annotated[int | None, Query(ge=1, description="Page size")] = None,
+    fresh: FreshQuery = False,
+) -> Response:
+    """Pseudonymous rows in subject-id order, stored with the same snapshot as the outcomes."""
+    _check_fresh(who, fresh)
+    size = min(limit or settings.api_default_limit, settings.api_max_limit)
+    sent = request.headers.get("if-none-match")
+    page = await run_in_threadpool(
+        lambda: reports.listing(
+            study_id,
+            cursor=cursor,
+            limit=size,
+            fresh=fresh,
+            unchanged=lambda etag: if_none_match(sent, etag),
+        )
+    )
+    headers = {"ETag": page.etag, "Cache-Control": "no-cache"}
+    if page.rows is None:
+        return Response(status_code=304, headers=headers)
+    return Response(views.listing_page(page), media_type="application/json", headers=headers)
+
+
+@router.get(
+    "/studies/{study_id}/outcomes/report.html",
+    summary="The outcomes as a self-contained HTML report (flow, Table 1, models, KM figures)",
+    response_class=Response,  # errors stay JSON bodies in the OpenAPI document
+    responses={
+        200: {"content": {"text/html": {}}, "description": "The report"},
+        **SNAPSHOT_RESPONSES,
+    },
+)
+async def study_report(
+    request: Request,
+    reports: ReportsDep,
+    who: PrincipalDep,
+    study_id: str,
+    fresh: FreshQuery = False,
+) -> Response:
+    """The last snapshot's report document: inline CSS and figures, no script or external asset;
+    aggregates only, no identifiers; the data cut-off is the snapshot's."""
+    _check_fresh(who, fresh)
+    sent = request.headers.get("if-none-match")
+    found = await run_in_threadpool(
+        lambda: reports.document(
+            study_id, fresh=fresh, unchanged=lambda etag: if_none_match(sent, etag)
+        )
+    )
+    headers = {
+        "ETag": found.etag,
+        "Cache-Control": "no-cache",
+        "Content-Security-Policy": report_html.POLICY,
+    }
+    if found.document is None:
+        return Response(status_code=304, headers=headers)
+    page = await run_in_threadpool(lambda: report_html.render(found))
+    return Response(page, media_type="text/html; charset=utf-8", headers=headers)
 
 
 @router.get(
@@ -44,7 +149,8 @@ async def study_outcomes(
     },
 )
 async def study_plot(request: Request, reports: ReportsDep, study_id: str, plot: str) -> Response:
-    """KM curves (efs, os) with CI band, censor marks and numbers at risk; the swimmer plot."""
+    """KM curves (efs, os) with CI band, censor marks and numbers at risk; the swimmer plot,
+    as rendered with the study's last snapshot."""
     name, _, fmt = plot.rpartition(".")
     figure = await run_in_threadpool(lambda: reports.plot(study_id, name, fmt))
     headers = {"ETag": figure.etag, "Cache-Control": "no-cache"}

@@ -108,7 +108,9 @@ class Subject(BaseModel):
     subject_number: str | None = Field(description="The study's own number", examples=["001-003"])
     status: str = Field(examples=["on-study", "included"])
     enrolled_on: str | None = Field(examples=["2025-03-03"])
-    day1: str | None = Field(description="First study-drug day (Day 1)", examples=["2025-03-10"])
+    day1: str | None = Field(
+        description="First study-drug day on or after enrollment (Day 1)", examples=["2025-03-10"]
+    )
     updated_at: str
 
 
@@ -393,7 +395,14 @@ class CohortOutcomesOut(BaseModel):
     study: dict[str, str] = Field(
         examples=[{"id": "NCT06088771", "version": "1.0.0", "kind": "interventional"}]
     )
-    computed_at: str
+    computed_at: str = Field(description="When the snapshot served was computed (UTC)")
+    data_as_of: int = Field(
+        description="The number of the last change the snapshot reflects; numbers only grow"
+    )
+    stale: bool = Field(
+        description="True when a change since (or another protocol or release) is not reflected "
+        "yet; the background refresher is computing or will compute a new snapshot"
+    )
     plots: dict[str, dict[str, str]] = Field(
         description="Figure name → format → URL",
         examples=[
@@ -407,9 +416,10 @@ class CohortOutcomesOut(BaseModel):
     )
     outcomes: dict[str, Any] = Field(
         description="NCT06088771: counts, mpr, pcr, time_to_surgery, feasibility, safety, efs, os, "
-        "subjects, swimmer. cirae-dupilumab: protocol, groups, resolution, matching, cox (per "
-        "control group: primary, matched_sets, unadjusted, fixed_group models), survival, "
-        "km_groups, excluded, subjects (the pseudonymous analysis listing).",
+        "subjects, swimmer, flow. cirae-dupilumab: protocol, groups, resolution, matching, cox "
+        "(per control group: primary, matched_sets, unadjusted, fixed_group models), survival, "
+        "km_groups, excluded, subjects (the analysis listing), comparisons, cirae_description, "
+        "glucocorticoids, table1, flow.",
         examples=[
             {
                 "mpr": {
@@ -427,6 +437,32 @@ class CohortOutcomesOut(BaseModel):
                     },
                 },
                 "os": {"n": 3, "events": 1, "censored": 2, "median_days": None},
+            }
+        ],
+    )
+
+
+class ListingPageOut(BaseModel):
+    """One page of a study's per-subject analysis listing (pseudonymous; no dates for the cohort),
+    from the same snapshot as the outcomes."""
+
+    study: StudyRef
+    computed_at: str
+    data_as_of: int = Field(description="The last change the snapshot reflects")
+    stale: bool = Field(description="A later change is not reflected yet")
+    next_cursor: str | None
+    subjects: list[dict[str, Any]] = Field(
+        description="One row per subject: `subject_id` and the study kind's analysis fields "
+        "(README)",
+        examples=[
+            {
+                "subject_id": "S-ABCDEFGHIJKLMNOP",
+                "group": "dupilumab",
+                "group_label": "Dupilumab",
+                "matched_sets": {"control_1": {"set": 1, "role": "case"}, "control_2": None},
+                "icb_year": 2020,
+                "os_days": 731,
+                "died": False,
             }
         ],
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from service.reads.results import (
     CohortOutcomes,
     DeviationDetail,
     DeviationPage,
+    ListingPage,
     ScreeningPage,
     StudyRef,
     Subject,
@@ -145,11 +147,30 @@ def candidate_eligibility(e: CandidateEligibility, seal: Seal) -> dict[str, Any]
     }
 
 
-def cohort_outcomes(o: CohortOutcomes, seal: Seal) -> dict[str, Any]:
-    """GET /studies/{id}/outcomes: the figures and where to fetch each plot."""
-    return {
+def listing_page(page: ListingPage) -> bytes:
+    """GET /studies/{id}/outcomes/subjects: a page of the snapshot's per-subject rows, spliced in
+    as stored (evidence sealed when the snapshot was computed)."""
+    assert page.rows is not None, "a 304 has no body"
+    header = {
+        "study": _study(page.study),
+        "computed_at": iso_utc(page.computed_at),
+        "data_as_of": page.data_as_of,
+        "stale": page.stale,
+        "next_cursor": page.next_cursor,
+    }
+    start = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+    return f'{start[:-1]},"subjects":[{",".join(page.rows)}]}}'.encode()
+
+
+def cohort_outcomes(o: CohortOutcomes) -> bytes:
+    """GET /studies/{id}/outcomes: the snapshot's header, where to fetch each plot, and the
+    stored outcomes JSON spliced in as it is (megabytes are not decoded to be encoded again)."""
+    assert o.body is not None, "a 304 has no body"
+    header = {
         "study": {**_study(o.study), "kind": o.kind},
         "computed_at": iso_utc(o.computed_at),
+        "data_as_of": o.data_as_of,
+        "stale": o.stale,
         "plots": {
             name: {
                 fmt: f"/api/v1/studies/{o.study.id}/outcomes/plots/{name}.{fmt}"
@@ -157,8 +178,9 @@ def cohort_outcomes(o: CohortOutcomes, seal: Seal) -> dict[str, Any]:
             }
             for name in o.plots
         },
-        "outcomes": minimised(dict(o.outcomes), seal),
     }
+    start = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+    return f'{start[:-1]},"outcomes":{o.body}}}'.encode()
 
 
 def deviation_page(page: DeviationPage, seal: Seal) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import calendar
 import datetime as dt
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 Precision = Literal["year", "month", "day", "time"]
@@ -117,6 +117,26 @@ def period_bounds(period: Any) -> tuple[PartialDate | None, PartialDate | None]:
     if not isinstance(period, dict):
         return None, None
     return parse_partial_date(period.get("start")), parse_partial_date(period.get("end"))
+
+
+def site_date(moment: dt.datetime, zone: dt.tzinfo) -> dt.date:
+    """The site's calendar day at an instant (the one conversion every site-local day goes through)."""
+    return moment.astimezone(zone).date()
+
+
+@functools.lru_cache(maxsize=65536)
+def in_zone(date: PartialDate, zone: dt.tzinfo) -> PartialDate:
+    """A recorded date as the site's calendar day (CLINICAL.md, Schedule).
+
+    A timestamp in UTC (`Z`, or an offset of zero) becomes the site's day at that instant:
+    02:30Z is 21:30 the evening before in New York. A timestamp with another offset keeps the day
+    it was recorded on (its own offset), and a date without a time is already a calendar day.
+    """
+    instant = date.instant
+    if date.precision != "time" or instant is None or instant.utcoffset() != dt.timedelta(0):
+        return date
+    day = site_date(instant, zone)
+    return date if day == date.first else replace(date, first=day, last=day)
 
 
 def study_day(day: dt.date, day1: dt.date) -> int:

@@ -53,6 +53,14 @@ class ApiError(TrialbridgeError):
         self.details = details or []
 
 
+class NotReadyError(ApiError):
+    """A result that is being computed off the request path: 503, and when to ask again."""
+
+    def __init__(self, code: str, message: str, retry_after: int) -> None:
+        super().__init__(503, code, message)
+        self.retry_after = retry_after
+
+
 class DatabaseUnavailableError(FhirError):
     """The database could not be reached; during a write, nothing was written.
 

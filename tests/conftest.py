@@ -52,6 +52,15 @@ STORE_TABLES = (
     "fhir_resource",
 )
 AUDIT_TABLES = ("audit_record", "audit_entity")
+# The cohort read model, kept by each server's background refresher: cleared with the store (its
+# leases too, so a computation in flight over the old data is discarded), counted by its own tests.
+COHORT_TABLES = (
+    "cohort_figure",
+    "cohort_listing",
+    "cohort_snapshot",
+    "cohort_lease",
+    "study_change",
+)
 FHIR_JSON = {"content-type": "application/fhir+json"}
 
 
@@ -181,7 +190,7 @@ def server(database_url: str) -> Iterator[LiveServer]:
 def clear_store(engine: Engine) -> None:
     """Empty every store table (children first)."""
     with engine.begin() as conn:
-        for table in STORE_TABLES:
+        for table in STORE_TABLES + COHORT_TABLES:
             conn.execute(text(f"DELETE FROM {table}"))
 
 
@@ -208,9 +217,10 @@ def fhir(server: LiveServer, engine: Engine) -> Iterator[httpx.Client]:
 
 
 def counts(engine: Engine) -> dict[str, int]:
-    """Rows in every store table (the audit trail, which every request adds to, has its own tests)."""
+    """Rows in every store table (the audit trail and the cohort snapshots, which change on their
+    own, have their own tests)."""
     from sqlmodel import Session
 
     with Session(engine) as session:
         found = fhir_versions.table_counts(session)
-    return {t: n for t, n in found.items() if t not in AUDIT_TABLES}
+    return {t: n for t, n in found.items() if t not in AUDIT_TABLES + COHORT_TABLES}

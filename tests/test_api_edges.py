@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from service.infra.settings import Settings
 from service.notifications import outbound
 from tests.conftest import LiveServer, counts, refuse_server_errors, start_server, stop_server
+from tests.kit.cohort import fresh_outcomes
 from tests.test_deviation_api import NCT, deviations, late_surgery_subject, one
 
 SUBSCRIPTION = {"url": "https://ctms.example.org/hooks", "events": ["deviation.opened"]}
@@ -348,6 +349,7 @@ def test_filters_that_could_only_match_nothing_are_422(
 def test_plot_if_none_match_compares_weakly_lists_and_star(api: httpx.Client) -> None:
     """`W/"tag"`, a list naming the tag, and `*` are all "unchanged" (RFC 9110 13.1.2)."""
     url = f"/studies/{NCT}/outcomes/plots/efs.svg"
+    fresh_outcomes(api, NCT)
     first = api.get(url)
     assert first.status_code == 200, first.text
     tag = first.headers["etag"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +34,7 @@ from service.infra.settings import Settings
 from tests.conftest import FHIR_JSON
 from tests.kit import fhir as kit
 from tests.kit.auth import access_token, assertion, bearer, ec_key, jwks, token_request
+from tests.kit.cohort import settle
 from tests.kit.live import served
 
 NCT = "NCT06088771"
@@ -250,6 +252,25 @@ def test_thirty_requests_by_two_clients_leave_one_audit_event_each(audited: Audi
         assert client_agent["requestor"] is True
         assert client_agent["network"] == {"address": "127.0.0.1", "type": "2"}
         assert event["type"]["code"] == "rest"
+
+
+def test_the_report_and_the_listing_are_audited_like_the_outcomes(audited: Audited) -> None:
+    """One AuditEvent each, naming the route; another study's report is refused and recorded."""
+    settle(audited.app, NCT)  # in process: no request, so nothing audited
+    script = (
+        (f"/api/v1/studies/{NCT}/outcomes/report.html", 200, "0"),
+        (f"/api/v1/studies/{NCT}/outcomes/subjects", 200, "0"),
+        ("/api/v1/studies/cirae-dupilumab/outcomes/report.html", 404, "4"),
+    )
+    before = len(audited.events())
+    expected: dict[str, tuple[str, str, str, str]] = {}
+    for path, status, outcome in script:
+        rid, answer = audited.call("monitor", "GET", path)
+        assert answer.status_code == status, answer.text[:500]
+        route = re.sub(r"/studies/[^/]+/", "/studies/{study_id}/", path)
+        expected[rid] = ("monitor", "R", outcome, f"GET {route}")
+    events = audited.events()[before:]
+    assert {_request_id(e): _summary(e) for e in events} == expected
 
 
 def test_a_write_records_its_audit_event_and_provenance_with_the_versions(

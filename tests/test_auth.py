@@ -221,6 +221,10 @@ def test_a_study_token_sees_its_study_only(secured: Secured) -> None:
         f"/api/v1/studies/{NCT}/subjects",
         f"/api/v1/studies/{NCT}/deviations",
         f"/api/v1/studies/{NCT}/outcomes",
+        f"/api/v1/studies/{NCT}/outcomes/subjects",
+        f"/api/v1/studies/{NCT}/outcomes/report.html",
+        f"/api/v1/studies/{NCT}/export/sdtm/dm.json",
+        f"/api/v1/studies/{NCT}/export/sdtm/define.xml",
     ):
         hidden = secured.get(path, secured.tokens["stats"])
         assert hidden.status_code == 404, path
@@ -235,6 +239,9 @@ def test_a_study_token_sees_its_study_only(secured: Secured) -> None:
     )
     mine = secured.get(f"/api/v1/studies/{NCT}/subjects", secured.tokens["monitor"])
     assert mine.status_code == 200
+    export = secured.get(f"/api/v1/studies/{NCT}/export/sdtm/dm.json", secured.tokens["monitor"])
+    assert (export.status_code, export.json()["name"]) == (200, "DM")
+    assert secured.get(f"/api/v1/studies/{NCT}/export/sdtm/dm.json").status_code == 401
     assert secured.get("/api/v1/studies", secured.tokens["ehr"]).json() == {"studies": []}
 
 

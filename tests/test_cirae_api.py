@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import LiveServer
 from tests.kit.client import put_resources
+from tests.kit.cohort import fresh_outcomes
 from tests.kit.fhir import medication_administration, patient
 from tests.synthetic_cirae import SyntheticCohort, generate
 
@@ -35,9 +36,7 @@ def test_planted_glucocorticoid_hazard_ratio_through_the_service(
 ) -> None:
     """600 patients posted as FHIR: groups as generated; GC HR 2.0 recovered in both models."""
     _post_all(fhir, SYNTHETIC)
-    response = api.get("/studies/cirae-dupilumab/outcomes")
-    assert response.status_code == 200, response.text[:2000]
-    body = response.json()
+    body = fresh_outcomes(api, "cirae-dupilumab")
     assert body["study"]["kind"] == "cohort"
     out = body["outcomes"]
     assert out["groups"] == dict(Counter(t.group for t in SYNTHETIC.truth))
@@ -72,9 +71,7 @@ def test_a_tiny_cohort_is_not_estimable_not_an_error(api: httpx.Client, fhir: ht
         effective="2021-03-01",
     )
     put_resources(fhir, undated_death, icb)
-    response = api.get("/studies/cirae-dupilumab/outcomes")
-    assert response.status_code == 200, response.text
-    out = response.json()["outcomes"]
+    out = fresh_outcomes(api, "cirae-dupilumab")["outcomes"]
     assert out["groups"] == {"dupilumab": 0, "control_1": 3, "control_2": 3}
     excluded = out["excluded"]
     assert excluded["n"] == 1

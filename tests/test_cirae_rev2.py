@@ -38,6 +38,7 @@ from service.studies.cirae.results import CoxFit, DupilumabCoding, ModelSpec
 from tests.conftest import LiveServer
 from tests.kit import fhir as kit
 from tests.kit.client import put_resources
+from tests.kit.cohort import fresh_listing, fresh_outcomes
 from tests.kit.mapping import events_of
 from tests.kit.protocols import cohort_protocol
 from tests.synthetic_cirae import PLANTED_DUPILUMAB_HR, SyntheticCohort, generate_time_varying
@@ -81,10 +82,20 @@ def _post(fhir: httpx.Client, patients: dict[str, Resources]) -> None:
 
 
 def _outcomes(api: httpx.Client) -> dict[str, Any]:
-    response = api.get(f"/studies/{STUDY}/outcomes")
-    assert response.status_code == 200, response.text[:2000]
-    body: dict[str, Any] = response.json()
-    return body
+    """The outcomes from a snapshot reflecting every write so far."""
+    return fresh_outcomes(api, STUDY)
+
+
+def _listing(api: httpx.Client) -> dict[str, dict[str, Any]]:
+    """The per-subject analysis listing (every page), by subject id."""
+    rows: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        page = fresh_listing(api, STUDY, cursor=cursor)
+        rows += page["subjects"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return {r["subject_id"]: r for r in rows}
 
 
 def _subject_ids(api: httpx.Client) -> dict[str, str]:
@@ -264,8 +275,10 @@ def test_14_radiation_dermatitis_and_pre_existing_skin_disease_are_not_cirae(
             }
         ],
     }
-    rows = {r["subject_id"]: r for r in out["subjects"]}
-    found = {day: (rows[sid]["group"], rows[sid]["cirae_onset_day"]) for day, sid in ids.items()}
+    rows = _listing(api)
+    found = {
+        day: (rows[sid]["group"], rows[sid]["days_to_cirae_onset"]) for day, sid in ids.items()
+    }
     assert found == {
         "2021-02-01": ("control_2", None),  # radiation dermatitis (name)
         "2021-02-02": ("control_2", None),  # L58.0
@@ -406,9 +419,9 @@ def test_15_resolution_is_the_latest_status_of_the_episode(
     _post(fhir, RESOLUTION_PATIENTS)
     ids = _subject_ids(api)
     out = _outcomes(api)["outcomes"]
-    rows = {r["subject_id"]: r for r in out["subjects"]}
+    rows = _listing(api)
     found = {
-        day: (rows[sid]["resolution"], rows[sid]["resolution_day"]) for day, sid in ids.items()
+        day: (rows[sid]["resolution"], rows[sid]["days_to_resolution"]) for day, sid in ids.items()
     }
     assert found == {
         "2021-03-01": ("partial", None),  # recovering
@@ -519,6 +532,32 @@ GC_PATIENTS: dict[str, Resources] = {
         *_patient("edge-out", "2021-04-16"),
         _pred_order("edge-out", "pred", "2023-04-17", "2023-04-30"),
     ],
+    # a 21-day prednisone course (boundsDuration) ordered 10 days before ICB start: it runs at
+    # ICB start, so exposure from day 0.
+    "duration": [
+        *_patient("duration", "2021-04-20"),
+        kit.medication_request(
+            id="duration-pred",
+            patient="duration",
+            medication=PRED,
+            authored="2021-04-10",
+            dosageInstruction=[
+                {
+                    "route": {"text": "oral"},
+                    "timing": {
+                        "repeat": {
+                            "boundsDuration": {
+                                "value": 21,
+                                "unit": "d",
+                                "system": "http://unitsofmeasure.org",
+                                "code": "d",
+                            }
+                        }
+                    },
+                }
+            ],
+        ),
+    ],
     # a topical course: not systemic, unexposed.
     "topical": [
         *_patient("topical", "2021-04-19"),
@@ -541,10 +580,9 @@ def test_16_glucocorticoid_exposure_starts_with_a_course(
     """Single-day doses do not switch exposure on; a month-precision statement does, flagged."""
     _post(fhir, GC_PATIENTS)
     ids = _subject_ids(api)
-    out = _outcomes(api)["outcomes"]
-    rows = {r["subject_id"]: r for r in out["subjects"]}
+    rows = _listing(api)
     found = {
-        day: (rows[sid]["glucocorticoid_start_day"], rows[sid]["glucocorticoid_flag"])
+        day: (rows[sid]["days_to_glucocorticoid"], rows[sid]["glucocorticoid_flag"])
         for day, sid in ids.items()
     }
     month = "a month-precision record placed at the start of its period"
@@ -560,6 +598,7 @@ def test_16_glucocorticoid_exposure_starts_with_a_course(
         "2021-04-15": (730, None),  # the window's last day
         "2021-04-16": (None, None),  # one day past the window
         "2021-04-19": (None, None),  # topical
+        "2021-04-20": (0, None),  # a 21-day course running at ICB start
     }
 
 
@@ -710,11 +749,11 @@ def test_17_time_varying_dupilumab_and_matched_sets_match_lifelines(
         (sid[f"m{k}-0"], frozenset({sid[f"m{k}-1"], sid[f"m{k}-2"]})) for k in range(len(SETS))
     }
     numbers = {s["case"]: s["set"] for s in matching["matched_sets"]}
-    rows = {r["subject_id"]: r for r in out["subjects"]}
+    rows = _listing(api)
     for k in range(len(SETS)):
         for j in range(3):
-            assert rows[sid[f"m{k}-{j}"]]["matched_set"] == {
-                "control_1": numbers[sid[f"m{k}-0"]],
+            assert rows[sid[f"m{k}-{j}"]]["matched_sets"] == {
+                "control_1": {"set": numbers[sid[f"m{k}-0"]], "role": "control" if j else "case"},
                 "control_2": None,
             }
     models = out["cox"]["control_1"]

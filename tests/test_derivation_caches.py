@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -165,10 +166,12 @@ def test_events_read_back_in_the_writing_session_are_the_events_decoded_later(
             apply_entries(uow, entries, ctx)
             derivation.after_write(uow)
             mapped = {id(e) for e in uow.stored_events.values()}
-            in_session = trial_events.events_of(session, patients, stored=uow.stored_events)
+            in_session = trial_events.events_of(
+                session, patients, stored=uow.stored_events, zone=dt.UTC
+            )
             uow.commit()
         with Session(engine) as session:
-            decoded = trial_events.events_of(session, patients)
+            decoded = trial_events.events_of(session, patients, zone=dt.UTC)
             stored = session.execute(text("SELECT count(*) FROM trial_event")).scalar_one()
         served = [e for events in in_session.values() for e in events]
         assert len(served) == len(mapped) == stored  # every event came from memory, none decoded

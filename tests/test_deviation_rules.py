@@ -608,9 +608,33 @@ def test_prednisone_between_day1_and_surgery_is_prohibited() -> None:
     ]
 
 
+def _related_rash(onset: dt.date) -> dict[str, Any]:
+    """An AdverseEvent rash with cemiplimab as a suspect assessed probably related: an irAE."""
+    return kit.adverse_event(
+        id="rash",
+        event="Maculopapular rash",
+        date=onset,
+        suspectEntity=[
+            {
+                "instance": {"reference": "Medication/cemi", "display": "Libtayo 350 MG"},
+                "causality": [
+                    {
+                        "assessment": kit.coded(
+                            f"{kit.HL7}/adverse-event-causality-assess",
+                            "probably-likely",
+                            "Probably/Likely",
+                        )
+                    }
+                ],
+            }
+        ],
+    )
+
+
 def test_prednisone_after_an_irae_onset_is_allowed() -> None:
-    """Treating an immune-related adverse event (rash on Day 2) is not a protocol deviation."""
-    rash = kit.condition(id="rash", code={"text": "Maculopapular rash"}, onset=day(2))
+    """Treating an immune-related adverse event (rash on Day 2, cemiplimab probably related) is
+    not a protocol deviation (CLINICAL.md rev 2: the record must say the AE is immune-related)."""
+    rash = _related_rash(day(2))
     base = with_(
         on_protocol(),
         rash,
@@ -621,7 +645,7 @@ def test_prednisone_after_an_irae_onset_is_allowed() -> None:
 
 def test_prednisone_before_the_irae_onset_is_still_prohibited() -> None:
     """An irAE that starts after the steroid does not justify it."""
-    rash = kit.condition(id="rash", code={"text": "Maculopapular rash"}, onset=day(4))
+    rash = _related_rash(day(4))
     base = with_(
         on_protocol(),
         rash,

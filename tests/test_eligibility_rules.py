@@ -268,9 +268,10 @@ STAGE_CASES = [
     pytest.param(
         Case(
             [t_category(id="t", code=kit.T_PATHOLOGICAL, valueCodeableConcept={"text": "ypT2a"})],
-            "met",
-            "T2a is at least T1b",
-            [("Observation", "t", "1", "ypT2a")],
+            "unknown",  # CLINICAL.md rev 2: eligibility is judged from pre-treatment staging
+            "no pre-treatment T category (post-treatment or later staging not counted: ypT2a)",
+            [],
+            "clinical T category",
         ),
         id="ypT2a",
     ),
@@ -635,7 +636,7 @@ METASTATIC_CASES = [
 
 @pytest.mark.parametrize("case", METASTATIC_CASES)
 def test_metastatic_disease(case: Case) -> None:
-    """Exclusion 6: M1 category, secondary malignancy (C77–C79) or stage IV; M0 or a lower group rule it out."""
+    """Exclusion 6: M1 category, distant secondary malignancy (C78–C79) or stage IV; M0 or a lower group rule it out."""
     check("metastatic", case)
 
 
@@ -1159,7 +1160,7 @@ def test_nothing_known_is_indeterminate() -> None:
 
 
 def test_data_dated_after_as_of_is_ignored() -> None:
-    """A May EGFR result and a May metastasis do not count as of March; they do as of May."""
+    """A May EGFR result and a May metastasis do not count as of March; they do as of May (the T stays the enrollment's)."""
     patient = eligible_patient()
     later = [
         egfr(id="egfr-may", present=True, effective="2025-05-12", specimen=PLASMA),
@@ -1180,7 +1181,8 @@ def test_data_dated_after_as_of_is_ignored() -> None:
         ("Observation", "egfr-may", "1", "EGFR positive (ctDNA)")
     ]
     assert evidence(criterion(may, "metastatic")) == [("Condition", "met-may", "1", "C79.51")]
-    assert evidence(criterion(may, "stage")) == [("Observation", "t-may", "1", "cT1a")]
+    # CLINICAL.md rev 2: an enrolled subject's stage is the one at enrollment, May's cT1a is not
+    assert evidence(criterion(may, "stage")) == [("Observation", "t", "1", "cT2a")]
 
 
 def test_an_order_counts_from_when_it_was_written() -> None:

@@ -62,12 +62,12 @@ def _concepts(event: TrialEvent) -> list[tuple[Any, ...]]:
         ),
         pytest.param(
             kit.LUNG_METASTASIS,
-            [("metastatic_disease", "code", "C78.01")],
+            [("metastatic_disease", "code", "C78.01"), ("distant_metastasis", "code", "C78.01")],
             id="C78.01-lung-metastasis",
         ),
         pytest.param(
             kit.BONE_METASTASIS,
-            [("metastatic_disease", "code", "C79.51")],
+            [("metastatic_disease", "code", "C79.51"), ("distant_metastasis", "code", "C79.51")],
             id="C79.51-bone-metastasis",
         ),
         pytest.param(
@@ -148,6 +148,7 @@ def test_cirae_with_month_onset_keeps_the_month() -> None:
         "icd10": [],
         "is_adverse_event": False,
         "grade": None,
+        "grade_source": None,
         "stage": [],
         "onset": {"type": "dateTime", "start": "2025-06"},
         "recorded_date": "2025-02-10",
@@ -328,6 +329,7 @@ def test_official_example_f002_nsclc() -> None:
             "icd10": [],
             "is_adverse_event": False,
             "grade": None,
+            "grade_source": None,
             "stage": [
                 {"coding": [{"system": kit.SNOMED, "code": "258219007", "display": "stage II"}]}
             ],

@@ -362,6 +362,8 @@ def test_request_values_exactly() -> None:
             "intent": "order",
             "route_class": "systemic",
             "dose": {"value": "0.04", "unit": "g", "code": "g", "mg": "40", "flag": None},
+            "course_days": None,  # the course has an end date
+            "reasons": [],
         },
         "concepts": [
             match_json("systemic_glucocorticoid", "name", "Prednisone 5 MG Oral Tablet"),
@@ -603,6 +605,8 @@ def test_synthea_nsclc_patient_medication_requests() -> None:
             "intent": "order",
             "route_class": None,
             "dose": None,
+            "course_days": None,
+            "reasons": [],
         },
         "concepts": [],
         "source": source_json("MedicationRequest", "45ff735c-2ad8-a96c-a1fa-79a5ea4a9a59"),

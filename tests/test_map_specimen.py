@@ -107,6 +107,7 @@ def test_stool_specimen_exactly() -> None:
             },
             "status": "available",
             "parent": [],
+            "procedure": None,  # no collecting Procedure named
         },
         "concepts": [match_json("stool_specimen", "name", "Stool")],
         "source": source_json("Specimen", "sp1"),

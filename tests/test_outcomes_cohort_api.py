@@ -13,6 +13,7 @@ from scipy.stats import binomtest
 from tests.conftest import LiveServer
 from tests.kit import fhir as kit
 from tests.kit.client import put_resources
+from tests.kit.cohort import fresh_outcomes
 
 
 def _subject(
@@ -81,10 +82,8 @@ def _exact(k: int, n: int) -> tuple[float, float]:
 
 def test_trial_cohort_outcomes_from_posted_fhir(api: httpx.Client) -> None:
     """4 enrolled, 3 dosed, 3 operated on Day 18; MPR 1/3; 1 death; figures from stored events."""
-    response = api.get("/studies/NCT06088771/outcomes")
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["study"] == {"id": "NCT06088771", "version": "1.0.0", "kind": "interventional"}
+    body = fresh_outcomes(api, "NCT06088771")
+    assert body["study"] == {"id": "NCT06088771", "version": "2.0.0", "kind": "interventional"}
     assert set(body["plots"]) == {"efs", "os", "swimmer"}
     assert body["plots"]["os"]["svg"] == "/api/v1/studies/NCT06088771/outcomes/plots/os.svg"
     out = body["outcomes"]
@@ -103,11 +102,15 @@ def test_trial_cohort_outcomes_from_posted_fhir(api: httpx.Client) -> None:
 
 
 def test_report_follows_new_data(api: httpx.Client, fhir: httpx.Client) -> None:
-    """The cached report is recomputed once a write changes the study's events."""
-    first = api.get("/studies/NCT06088771/outcomes").json()
-    assert api.get("/studies/NCT06088771/outcomes").json()["computed_at"] == first["computed_at"]
+    """The snapshot is served as it is until a write changes the study's events."""
+    first = fresh_outcomes(api, "NCT06088771")
+    again = api.get("/studies/NCT06088771/outcomes").json()
+    assert (again["computed_at"], again["data_as_of"]) == (
+        first["computed_at"],
+        first["data_as_of"],
+    )
     put_resources(fhir, *_subject("e", dosed=True, viable=0, died=None))
-    second = api.get("/studies/NCT06088771/outcomes").json()["outcomes"]
+    second = fresh_outcomes(api, "NCT06088771")["outcomes"]
     assert (second["counts"]["subjects"], second["counts"]["dosed"]) == (5, 4)
     assert second["mpr"]["rate"]["successes"] == 2
 
@@ -120,11 +123,11 @@ def test_report_follows_an_update_of_the_newest_resource(
     viable = next(r for r in resources if r["id"] == "e-viable")
     put_resources(fhir, *[r for r in resources if r is not viable])
     put_resources(fhir, viable)  # its event is now the newest row
-    before = api.get("/studies/NCT06088771/outcomes").json()["outcomes"]
+    before = fresh_outcomes(api, "NCT06088771")["outcomes"]
     assert before["mpr"]["rate"]["successes"] == 2
     changed = {**viable, "valueQuantity": {**viable["valueQuantity"], "value": 60}}
     assert fhir.put("Observation/e-viable", json=changed).status_code == 200
-    after = api.get("/studies/NCT06088771/outcomes").json()["outcomes"]
+    after = fresh_outcomes(api, "NCT06088771")["outcomes"]
     assert after["mpr"]["rate"]["successes"] == 1
     assert (after["mpr"]["met"], after["mpr"]["not_met"]) == (1, 2)
 
@@ -132,6 +135,7 @@ def test_report_follows_an_update_of_the_newest_resource(
 @pytest.mark.parametrize("name", ["efs", "os", "swimmer"])
 def test_plots_render_as_png_and_svg(api: httpx.Client, name: str) -> None:
     """Each figure is a real PNG and a parseable SVG, with an ETag that answers 304 when unchanged."""
+    fresh_outcomes(api, "NCT06088771")
     png = api.get(f"/studies/NCT06088771/outcomes/plots/{name}.png")
     assert png.status_code == 200, png.text
     assert png.headers["content-type"] == "image/png"
@@ -162,6 +166,8 @@ def test_plots_render_as_png_and_svg(api: httpx.Client, name: str) -> None:
 )
 def test_unknown_plots_and_studies_are_404(api: httpx.Client, path: str, code: str) -> None:
     """Unknown figures, formats and studies answer the documented error body."""
+    fresh_outcomes(api, "NCT06088771")
+    fresh_outcomes(api, "cirae-dupilumab")
     response = api.get(path)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == code

@@ -16,6 +16,7 @@ from service.studies.interventional.subject_outcomes import subject_outcomes
 from tests.conftest import LiveServer
 from tests.kit import fhir as kit
 from tests.kit.client import put_resources
+from tests.kit.cohort import fresh_outcomes
 from tests.kit.mapping import events_of
 from tests.kit.protocols import trial_protocol
 
@@ -323,9 +324,7 @@ def test_cohort_endpoint_answers_with_a_death_before_day1(
 ) -> None:
     """A posted death dated before Day 1 once made the cohort 500; now it is listed, not fitted."""
     _enroll(fhir, [dict(_base()[0], deceasedDateTime="2025-03-01"), *_base()[1:]])
-    response = api.get("/studies/NCT06088771/outcomes")
-    assert response.status_code == 200, response.text
-    out = response.json()["outcomes"]
+    out = fresh_outcomes(api, "NCT06088771")["outcomes"]
     subject_id = out["subjects"][0]["subject_id"]
     reason = "death recorded before Day 1 (2025-03-01)"
     for key in ("os", "efs"):

@@ -101,12 +101,12 @@ def test_a_site_protocol_replaces_the_packaged_one(tmp_path: Path) -> None:
     (tmp_path / "nct.toml").write_text(
         _nct_text()
         .replace("start = 15, end = 22", "start = 8, end = 22")
-        .replace('version = "1.0.0"', 'version = "1.0.0-site"')
+        .replace('version = "2.0.0"', 'version = "2.0.0-site"')
     )
     protocols = load_protocols(TERMS, tmp_path)
     nct = protocols["NCT06088771"]
     assert isinstance(nct, TrialProtocol)
-    assert nct.version == "1.0.0-site"
+    assert nct.version == "2.0.0-site"
     assert nct.schedule.surgery_window.start == 8
 
 

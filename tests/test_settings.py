@@ -12,6 +12,13 @@ def test_defaults() -> None:
     settings = Settings(_env_file=None)
     assert settings.max_body_bytes == 50 * 1024 * 1024
     assert settings.is_sqlite
+    # slow clients: 30 s for a request head, 120 s for its body, 5 s idle, 500 connections
+    assert (
+        settings.header_timeout_seconds,
+        settings.body_timeout_seconds,
+        settings.keep_alive_seconds,
+        settings.max_connections,
+    ) == (30.0, 120.0, 5, 500)
 
 
 def test_postgres_urls_use_psycopg() -> None:
@@ -28,6 +35,10 @@ def test_postgres_urls_use_psycopg() -> None:
         ("database_url", "sqlite://relative.db", "sqlite:///"),
         ("max_body_bytes", 0, "greater than 0"),
         ("base_url", "fhir.example.org", "absolute"),
+        ("header_timeout_seconds", 0, "greater than 0"),
+        ("body_timeout_seconds", -1, "greater than 0"),
+        ("keep_alive_seconds", 0, "greater than or equal to 1"),
+        ("max_connections", -1, "greater than or equal to 0"),
     ],
 )
 def test_bad_values_are_refused(field: str, value: object, needle: str) -> None:

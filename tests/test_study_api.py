@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from service.infra.settings import Settings
 from tests.conftest import LiveServer, counts, start_server, stop_server
 from tests.kit import fhir as kit
+from tests.kit.cohort import fresh_outcomes
 from tests.kit.evidence import cited
 
 NCT = "NCT06088771"
@@ -111,7 +112,7 @@ def test_studies_are_listed_with_their_protocol_versions(api: httpx.Client) -> N
         "studies": [
             {
                 "id": NCT,
-                "version": "1.0.0",
+                "version": "2.0.0",
                 "title": response.json()["studies"][0]["title"],
                 "kind": "interventional",
             },
@@ -132,6 +133,8 @@ def test_study_exposes_every_choice_as_a_setting(api: httpx.Client) -> None:
     settings = body["settings"]
     schedule = settings["schedule"]
     assert schedule["surgery_window"] == {"start": 15, "end": 22}
+    assert schedule["day1"] == "first_study_drug_on_or_after_enrollment"
+    assert schedule["day1_without_enrollment"] == ["cemiplimab"]
     assert schedule["dose_tolerance_pct"] == "10"
     assert schedule["screening"]["window_days_before_day1"] == 28
     assert schedule["screening"]["core_biopsies"] == {"min": 3, "max": 6}
@@ -483,16 +486,26 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
         "/api/v1/studies/{study_id}/subjects/{subject_id}/outcomes",
         "/api/v1/studies/{study_id}/outcomes",
         "/api/v1/studies/{study_id}/outcomes/plots/{plot}",
+        "/api/v1/studies/{study_id}/outcomes/subjects",
+        "/api/v1/studies/{study_id}/outcomes/report.html",
         "/api/v1/studies/{study_id}/deviations",
         "/api/v1/studies/{study_id}/deviations/{deviation_id}",
         "/api/v1/studies/{study_id}/evidence/{evidence_id}",
+        "/api/v1/studies/{study_id}/export/sdtm/define.xml",
+        "/api/v1/studies/{study_id}/export/sdtm/{file}",
         "/api/v1/subscriptions",
         "/api/v1/subscriptions/{subscription_id}",
     }
     plot = "/api/v1/studies/{study_id}/outcomes/plots/{plot}"
     for path in paths - {"/api/v1/subscriptions/{subscription_id}"}:
         responses = schema["paths"][path]["get"]["responses"]
-        cached = {"304"} if path == plot else set()
+        snapshot = {
+            plot,
+            "/api/v1/studies/{study_id}/outcomes",
+            "/api/v1/studies/{study_id}/outcomes/subjects",
+            "/api/v1/studies/{study_id}/outcomes/report.html",
+        }
+        cached = {"304"} if path in snapshot else set()
         negotiated = {"406"} if path == "/api/v1/studies/{study_id}/deviations" else set()
         assert set(responses) == {"200", "400", "404", "422", "503"} | cached | negotiated
         assert responses["404"]["content"]["application/json"]["schema"] == {
@@ -553,6 +566,8 @@ def test_dates_at_the_ends_of_the_calendar_are_stored_and_derived(
     [subject] = _subjects(api)["subjects"]
     assert subject["day1"] == day
     sid = subject["subject_id"]
+    fresh_outcomes(api, NCT)
+    fresh_outcomes(api, "cirae-dupilumab")
     for path in (
         f"/studies/{NCT}/subjects/{sid}/timeline",
         f"/studies/{NCT}/subjects/{sid}/eligibility",

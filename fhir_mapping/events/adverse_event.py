@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fhir_mapping.events.common import (
+    DRUG_CONCEPTS,
     as_dict,
     concept_json,
     is_void,
@@ -107,10 +108,10 @@ def has_grade_extension(resource: dict[str, Any]) -> bool:
     return any(_url_ends(ext, GRADE_URL_SUFFIXES) for ext in _extensions(resource))
 
 
-def ctcae_grade(
+def graded_by(
     resource: dict[str, Any], ctx: MappingContext, *, fallback_severity: bool = False
-) -> int | None:
-    """The CTCAE grade from the grade extensions (first readable one), else None."""
+) -> tuple[int | None, str | None]:
+    """The CTCAE grade from the grade extensions (first readable one) and that extension's url."""
     suffix_groups: list[tuple[str, ...]] = [GRADE_URL_SUFFIXES]
     if fallback_severity:
         suffix_groups.append(_SEVERITY_OR_GRADE)
@@ -119,8 +120,8 @@ def ctcae_grade(
             if _url_ends(ext, suffixes):
                 grade = _grade_from_value(ext, ctx)
                 if grade is not None:
-                    return grade
-    return None
+                    return grade, str(ext["url"])
+    return None, None
 
 
 def meddra_code(concept: Any) -> str | None:
@@ -167,8 +168,11 @@ def _resolution_text(resource: dict[str, Any]) -> str | None:
     return None
 
 
-def _suspect_label(reference: Any, resource: dict[str, Any], ctx: MappingContext) -> str | None:
-    """A medicine's name from a suspect reference: its display, else the resolved resource's code."""
+def _suspect_concept(
+    reference: Any, resource: dict[str, Any], ctx: MappingContext
+) -> dict[str, Any] | None:
+    """A medicine a suspect reference names, as a CodeableConcept: its display, else the resolved
+    resource's code; None for a suspect that is not a medicine (a Procedure, a Device)."""
     ref = as_dict(reference)
     target = ref.get("reference")
     declared = ref.get("type")
@@ -178,25 +182,61 @@ def _suspect_label(reference: Any, resource: dict[str, Any], ctx: MappingContext
     if rtype is not None and rtype not in _MEDICINE_TYPES:
         return None
     if isinstance(ref.get("display"), str):
-        return str(ref["display"])
+        return {"text": ref["display"]}
     found = ctx.resolve(ref, resource, _MEDICINE_TYPES)
     if found is None or found.resource is None:
         return None
     content = found.resource
     if found.resource_type in ("Medication", "Substance"):
-        return medication_text(as_dict(content.get("code")) or None)
+        return as_dict(content.get("code")) or None
     if found.resource_type == "Immunization":
-        return medication_text(as_dict(content.get("vaccineCode")) or None)
-    return medication_text(medication_concept(content, ctx))
+        return as_dict(content.get("vaccineCode")) or None
+    return medication_concept(content, ctx)
 
 
-def _suspect_medications(resource: dict[str, Any], ctx: MappingContext) -> list[str]:
-    """Names of the suspected medicines: R4 suspectEntity and the backport suspect-entity extension."""
-    names: list[str] = []
+def _causality_related(assessments: list[Any], ctx: MappingContext) -> bool:
+    """Whether any causality assessment (coded, or a relatedness text) says related."""
+    return any(
+        ctx.terminology.match("causality_related", a) is not None
+        for a in assessments
+        if isinstance(a, dict)
+    )
+
+
+def _r4_assessments(entity: dict[str, Any]) -> list[Any]:
+    """R4 suspectEntity.causality: each assessment, and productRelatedness as a text."""
+    out: list[Any] = []
+    for causality in _items(entity.get("causality")):
+        causality = as_dict(causality)
+        out.append(causality.get("assessment"))
+        if isinstance(causality.get("productRelatedness"), str):
+            out.append({"text": causality["productRelatedness"]})
+    return out
+
+
+def _backport_assessments(ext: dict[str, Any]) -> list[Any]:
+    """The backport IG's suspect-entity causality parts (entityRelatedness, assessment …)."""
+    out: list[Any] = []
+    for part in _extensions(ext):
+        if part["url"] != "causality":
+            continue
+        for item in _extensions(part):
+            if isinstance(item.get("valueCodeableConcept"), dict):
+                out.append(item["valueCodeableConcept"])
+            elif isinstance(item.get("valueString"), str):
+                out.append({"text": item["valueString"]})
+    return out
+
+
+def _suspects(resource: dict[str, Any], ctx: MappingContext) -> list[tuple[dict[str, Any], bool]]:
+    """Each suspected medicine and whether its causality is assessed as related: R4
+    suspectEntity and the backport suspect-entity extension."""
+    found: list[tuple[dict[str, Any], bool]] = []
     for entity in _items(resource.get("suspectEntity")):
-        label = _suspect_label(as_dict(entity).get("instance"), resource, ctx)
-        if label is not None:
-            names.append(label)
+        entity = as_dict(entity)
+        concept = _suspect_concept(entity.get("instance"), resource, ctx)
+        if concept is not None:
+            found.append((concept, _causality_related(_r4_assessments(entity), ctx)))
     for ext in _extensions(resource):
         if not _url_ends(ext, ("suspect-entity",)):
             continue
@@ -204,12 +244,32 @@ def _suspect_medications(resource: dict[str, Any], ctx: MappingContext) -> list[
             if part["url"] != "instance":
                 continue
             if isinstance(part.get("valueReference"), dict):
-                label = _suspect_label(part["valueReference"], resource, ctx)
+                concept = _suspect_concept(part["valueReference"], resource, ctx)
             else:
-                label = medication_text(as_dict(part.get("valueCodeableConcept")) or None)
-            if label is not None:
-                names.append(label)
-    return list(dict.fromkeys(names))
+                concept = as_dict(part.get("valueCodeableConcept")) or None
+            if concept is not None:
+                found.append((concept, _causality_related(_backport_assessments(ext), ctx)))
+    return found
+
+
+def _related_suspects(
+    suspects: list[tuple[dict[str, Any], bool]], ctx: MappingContext
+) -> list[dict[str, Any]]:
+    """The suspects assessed as related, with the drug value sets they are in (study drugs …)."""
+    out: list[dict[str, Any]] = []
+    for concept, related in suspects:
+        if related:
+            drugs = [m.concept for m in ctx.terminology.matches(concept, DRUG_CONCEPTS)]
+            out.append({"medication": medication_text(concept), "drugs": drugs})
+    return out
+
+
+def _immune_related(resource: dict[str, Any], ctx: MappingContext) -> ConceptMatch | None:
+    """The irAE value set, matched on the event term, else on a category."""
+    found = ctx.terminology.match("immune_related_ae", resource.get("event"))
+    for category in _items(resource.get("category")):
+        found = found or ctx.terminology.match("immune_related_ae", category)
+    return found
 
 
 def skin_qualified(matches: list[ConceptMatch]) -> tuple[ConceptMatch, ...]:
@@ -243,20 +303,30 @@ def map_adverse_event(
         return []
     event = resource.get("event")
     resolution = _resolution_text(resource)
+    suspects = _suspects(resource, ctx)
+    grade, grade_source = graded_by(resource, ctx, fallback_severity=True)
     values: dict[str, Any] = {
         "term": concept_json(event),
         "term_text": _term_text(event),
         "meddra": meddra_code(event),
-        "grade": ctcae_grade(resource, ctx, fallback_severity=True),
+        "grade": grade,
+        "grade_source": grade_source,  # the extension url the grade was read from
+        "severity": _first_code(resource.get("severity")),  # mild | moderate | severe
         "seriousness": _first_code(resource.get("seriousness")),
         "outcome": _first_code(resource.get("outcome")),
-        "suspect_medications": _suspect_medications(resource, ctx),
+        "suspect_medications": list(
+            dict.fromkeys(
+                name for concept, _ in suspects if (name := medication_text(concept)) is not None
+            )
+        ),
+        "related_suspects": _related_suspects(suspects, ctx),
         "resolution_date": resolution,
         "recorded_date": resource.get("recordedDate")
         if isinstance(resource.get("recordedDate"), str)
         else None,
     }
     skin = ctx.terminology.matches(event, ("cutaneous_irae", "cutaneous_irae_excluded"))
+    immune = _immune_related(resource, ctx)
     return [
         TrialEvent(
             kind=EventKind.ADVERSE_EVENT,
@@ -267,6 +337,6 @@ def map_adverse_event(
             ),
             end=parse_partial_date(resolution),
             values=values,
-            concepts=skin_qualified(skin),
+            concepts=(*skin_qualified(skin), *((immune,) if immune is not None else ())),
         )
     ]

@@ -20,7 +20,14 @@ DRUG_CONCEPTS = (
     "systemic_glucocorticoid",
     "immunosuppressant",
     "biologic_immunomodulator",
+    "dexamethasone",  # a peri-operative dose is a protocol choice (NCT06088771)
 )
+
+# Routes read from the route element itself (never from the dose form): the peri-operative
+# dexamethasone choice names the intravenous route.
+ROUTE_CONCEPTS = ("route_intravenous",)
+# What a drug record may name as the reason it was given: the adverse event it treats.
+REASON_TYPES = ("AdverseEvent", "Condition")
 
 # UCUM mass units → factor to milligrams (exact decimals; the lexical dose is kept alongside).
 _MG_FACTORS: dict[str, Decimal] = {
@@ -128,6 +135,22 @@ def route_class(
         if systemic:
             return "systemic", systemic
     return None, None
+
+
+def route_matches(route: Any, ctx: MappingContext) -> list[ConceptMatch]:
+    """The route value sets the route element itself is in (intravenous …)."""
+    return ctx.terminology.matches(route, ROUTE_CONCEPTS) if isinstance(route, dict) else []
+
+
+def reasons(resource: dict[str, Any], ctx: MappingContext) -> list[str]:
+    """`Type/id` of the AdverseEvents and Conditions the record names in `reasonReference`."""
+    found: list[str] = []
+    items = resource.get("reasonReference")
+    for ref in items if isinstance(items, list) else ():
+        target = ctx.resolve(ref, resource, REASON_TYPES, fetch=False)
+        if target is not None and target.resource_id is not None:
+            found.append(f"{target.resource_type}/{target.resource_id}")
+    return list(dict.fromkeys(found))
 
 
 def concept_json(concept: Any) -> dict[str, Any] | None:

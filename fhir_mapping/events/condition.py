@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fhir_mapping.events.adverse_event import ctcae_grade, has_grade_extension, skin_qualified
+from fhir_mapping.events.adverse_event import graded_by, has_grade_extension, skin_qualified
 from fhir_mapping.events.common import as_dict, concept_json, is_void
 from fhir_mapping.events.context import MappingContext
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
@@ -15,11 +15,15 @@ from fhir_mapping.terminology import ICD10, ICD10CM, codings
 # The value sets a Condition's code is tested against, in the order events list them.
 CONDITION_CONCEPTS = (
     "nsclc",
+    "small_cell_lung_cancer",
     "lung_cancer",
     "metastatic_disease",
+    "regional_nodal_disease",
+    "distant_metastasis",
     "autoimmune_disease",
     "cutaneous_irae",
     "cutaneous_irae_excluded",
+    "immune_related_ae",
 )
 _ICD10_SYSTEMS = frozenset({ICD10CM, ICD10})
 _ADVERSE_EVENT = re.compile(r"(?<![a-z0-9])adverse[\s\-_]*events?(?![a-z0-9])", re.IGNORECASE)
@@ -158,6 +162,7 @@ def map_condition(
     onset_start, _ = period_bounds(resource.get("onsetPeriod"))
     _, abatement_end = period_bounds(resource.get("abatementPeriod"))
     graded = has_grade_extension(resource)
+    grade, grade_source = graded_by(resource, ctx) if graded else (None, None)
     values: dict[str, Any] = {
         "code": concept_json(code),
         "clinical_status": _code_of(resource.get("clinicalStatus")),
@@ -165,7 +170,8 @@ def map_condition(
         "categories": _category_codes(resource),
         "icd10": _icd10_codes(code),
         "is_adverse_event": graded or _category_says_adverse_event(resource),
-        "grade": ctcae_grade(resource, ctx) if graded else None,
+        "grade": grade,
+        "grade_source": grade_source,  # the extension url the grade was read from
         "stage": [
             summary
             for stage in _items(resource.get("stage"))

@@ -12,7 +12,9 @@ from fhir_mapping.events.common import (
     is_void,
     medication_concept,
     medication_text,
+    reasons,
     route_class,
+    route_matches,
     status_of,
 )
 from fhir_mapping.events.context import MappingContext
@@ -37,6 +39,7 @@ def map_medication_administration(
     matches = drug_matches(medication, ctx)
     if route_match:
         matches.append(route_match)
+    matches += route_matches(dosage.get("route"), ctx)
     values: dict[str, Any] = {
         "medication": medication_text(medication),
         "medication_code": concept_json(medication),
@@ -44,6 +47,7 @@ def map_medication_administration(
         "dose": dose_in_mg(dosage.get("dose")),
         "route": concept_json(dosage.get("route")),
         "route_class": route,
+        "reasons": reasons(resource, ctx),
     }
     return [
         TrialEvent(

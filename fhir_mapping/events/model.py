@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from fhir_mapping.partial_dates import PartialDate, parse_partial_date
+from fhir_mapping.partial_dates import PartialDate, in_zone, parse_partial_date
 from fhir_mapping.terminology import ConceptMatch
 
 
@@ -31,6 +32,7 @@ class EventKind(StrEnum):
     DISEASE_STATUS = "disease_status"
     ADVERSE_EVENT = "adverse_event"
     ENCOUNTER = "encounter"
+    DATA_POINT = "data_point"  # a dated result with no other trial meaning: seen on that day
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,14 @@ class TrialEvent:
     def concept_ids(self) -> frozenset[str]:
         """The value sets this event's coded content belongs to."""
         return frozenset(c.concept for c in self.concepts)
+
+    def in_zone(self, zone: dt.tzinfo) -> TrialEvent:
+        """The event with its dates as the site's calendar days (see `partial_dates.in_zone`)."""
+        date = in_zone(self.date, zone) if self.date is not None else None
+        end = in_zone(self.end, zone) if self.end is not None else None
+        if date is self.date and end is self.end:
+            return self
+        return replace(self, date=date, end=end)
 
     def to_json(self) -> dict[str, Any]:
         """The wire shape (study day is added by whoever knows Day 1)."""

@@ -83,8 +83,9 @@ def _lexical(number: Any) -> str:
     return text if isinstance(text, str) else str(number)
 
 
-def _effective(resource: dict[str, Any]) -> tuple[PartialDate | None, PartialDate | None]:
-    """(date, end): effectiveDateTime, effectivePeriod, effectiveInstant, else issued."""
+def effective_dates(resource: dict[str, Any]) -> tuple[PartialDate | None, PartialDate | None]:
+    """(date, end): effectiveDateTime, effectivePeriod, effectiveInstant, else issued (an
+    Observation's or a DiagnosticReport's)."""
     start, end = period_bounds(resource.get("effectivePeriod"))
     when = first_date(resource.get("effectiveDateTime"))
     if when is None and start is not None:
@@ -232,10 +233,38 @@ def _genes(resource: dict[str, Any], ctx: MappingContext) -> list[ConceptMatch]:
     return [found[c] for c in _GENES if c in found]
 
 
+def _significance(resource: dict[str, Any], ctx: MappingContext) -> list[ConceptMatch]:
+    """The clinical significance stated: pathogenic, or not activating (uncertain, benign).
+
+    Read from a clinical-significance component (LOINC 53037-8), then the interpretation and the
+    value ("Variant of uncertain significance"); not activating is tested first.
+    """
+    sources: list[Any] = [
+        as_dict(component).get("valueCodeableConcept")
+        for component in _items(resource.get("component"))
+        if ctx.terminology.match("variant_significance", as_dict(component).get("code"))
+    ]
+    sources += [i for i in _items(resource.get("interpretation")) if isinstance(i, dict)]
+    sources.append(_value_concept(resource))
+    for concept_id in ("variant_not_activating", "variant_pathogenic"):
+        for source in sources:
+            match = ctx.terminology.match(concept_id, source) if source is not None else None
+            if match is not None:
+                return [match]
+    return []
+
+
 def _result(
     resource: dict[str, Any], ctx: MappingContext
 ) -> tuple[str | None, ConceptMatch | None]:
-    """'positive' | 'negative' from the value, else the interpretation; negative is tested first."""
+    """'positive' | 'negative' from the value, else the interpretation; negative is tested first.
+
+    A variant of uncertain significance, benign or likely benign is 'not_activating' whatever its
+    presence says; a pathogenic one is 'positive' when the value says nothing.
+    """
+    significance = _significance(resource, ctx)
+    if significance and significance[0].concept == "variant_not_activating":
+        return "not_activating", significance[0]
     interpretations = [i for i in _items(resource.get("interpretation")) if isinstance(i, dict)]
     for source in (_value_concept(resource), *interpretations):
         if source is None:
@@ -246,6 +275,8 @@ def _result(
         positive = ctx.terminology.match("result_positive", source)
         if positive is not None:
             return "positive", positive
+    if significance:
+        return "positive", significance[0]
     return None, None
 
 
@@ -428,7 +459,7 @@ def map_observation(
         values, extra = _disease_status_values(resource, ctx)
     if kind is not EventKind.SMOKING_STATUS:
         values["status"] = status
-    date, end = _effective(resource)
+    date, end = effective_dates(resource)
     return [
         TrialEvent(
             kind=kind,

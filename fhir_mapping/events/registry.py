@@ -8,6 +8,7 @@ from typing import Any
 from fhir_mapping.events.adverse_event import map_adverse_event
 from fhir_mapping.events.condition import map_condition
 from fhir_mapping.events.context import MappingContext
+from fhir_mapping.events.data_point import map_diagnostic_report, map_observation_or_data_point
 from fhir_mapping.events.encounter import map_encounter
 from fhir_mapping.events.medication_administration import map_medication_administration
 from fhir_mapping.events.medication_exposure import (
@@ -15,7 +16,6 @@ from fhir_mapping.events.medication_exposure import (
     map_medication_statement,
 )
 from fhir_mapping.events.model import SourceRef, TrialEvent
-from fhir_mapping.events.observation import map_observation
 from fhir_mapping.events.patient import map_patient
 from fhir_mapping.events.procedure import map_procedure, map_service_request
 from fhir_mapping.events.research_subject import map_research_subject
@@ -26,11 +26,12 @@ Mapper = Callable[[dict[str, Any], SourceRef, MappingContext], list[TrialEvent]]
 MAPPERS: dict[str, Mapper] = {
     "AdverseEvent": map_adverse_event,
     "Condition": map_condition,
+    "DiagnosticReport": map_diagnostic_report,
     "Encounter": map_encounter,
     "MedicationAdministration": map_medication_administration,
     "MedicationRequest": map_medication_request,
     "MedicationStatement": map_medication_statement,
-    "Observation": map_observation,
+    "Observation": map_observation_or_data_point,
     "Patient": map_patient,
     "Procedure": map_procedure,
     "ResearchSubject": map_research_subject,

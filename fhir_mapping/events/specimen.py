@@ -12,6 +12,11 @@ from fhir_mapping.terminology import ConceptMatch
 
 # Collection method or site wording that makes an untyped specimen a tissue (biopsy) specimen.
 _TISSUE_HINTS = ("tissue_specimen", "core_needle_biopsy", "lung_biopsy")
+# R4 has no Specimen → Procedure element: R5's Specimen.collection.procedure, as its cross-version
+# extension (on Specimen.collection; a feed that puts it on the Specimen itself is read too).
+COLLECTION_PROCEDURE_URL = (
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-Specimen.collection.procedure"
+)
 
 
 def _specimen_type(resource: dict[str, Any], ctx: MappingContext) -> tuple[str, list[ConceptMatch]]:
@@ -40,6 +45,20 @@ def _patient_id(resource: dict[str, Any], ctx: MappingContext) -> str | None:
     return ctx.patient_id(subject, resource)
 
 
+def _collected_by(resource: dict[str, Any], ctx: MappingContext) -> str | None:
+    """The id of the Procedure that collected the specimen (a biopsy's cores), when linked."""
+    for element in (as_dict(resource.get("collection")), resource):
+        items = element.get("extension")
+        for ext in items if isinstance(items, list) else ():
+            if isinstance(ext, dict) and ext.get("url") == COLLECTION_PROCEDURE_URL:
+                found = ctx.resolve(
+                    ext.get("valueReference"), resource, ("Procedure",), fetch=False
+                )
+                if found is not None and found.resource_id is not None:
+                    return found.resource_id
+    return None
+
+
 def map_specimen(
     resource: dict[str, Any], source: SourceRef, ctx: MappingContext
 ) -> list[TrialEvent]:
@@ -60,6 +79,7 @@ def map_specimen(
             for p in (parents if isinstance(parents, list) else ())
             if isinstance(p, dict) and isinstance(p.get("reference"), str)
         ],
+        "procedure": _collected_by(resource, ctx),
     }
     return [
         TrialEvent(

@@ -31,5 +31,6 @@ def load_catalog(settings: Settings) -> Catalog:
         terminology_dir=settings.terminology_dir,
         base_url=settings.base_url,
         pseudonym_key=key,
+        site_zone=settings.site_zone(),
     )
     return Catalog(protocols, terminology, derivation)

@@ -24,7 +24,13 @@ from service.infra import metrics
 from service.infra.clock import utcnow
 from service.protocol.schema import StudyProtocol
 from service.protocol.terminology import VALUESET_URL_PREFIX, build_terminology
-from service.repositories import fhir_versions, service_secrets, study_subjects, trial_events
+from service.repositories import (
+    cohort_snapshots,
+    fhir_versions,
+    service_secrets,
+    study_subjects,
+    trial_events,
+)
 from service.repositories.fhir_versions import Key, Written
 from service.repositories.unit_of_work import UnitOfWork
 from service.studies.kind import SubjectBatch, SubjectFacts, pseudonym
@@ -80,15 +86,19 @@ class Derivation:
         base_url: str | None = None,
         pseudonym_key: str | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        site_zone: dt.tzinfo = dt.UTC,
     ) -> None:
         self.protocols = protocols
         self.clock = clock  # "now" for time-relative rules; a test or a backfill may set it
+        self.site_zone = site_zone  # whose calendar days the rules count in
         self.terminology_dir = terminology_dir
         self.base_url = base_url
         self._pseudonym_key = pseudonym_key.encode() if pseudonym_key else None
         self._lock = threading.Lock()
         self._terminology = build_terminology(terminology_dir)
         self._generation: tuple[int, Any] = (0, None)
+        # told, after the commit, which studies' cohort inputs a write changed (the refresher)
+        self.on_studies_changed: Callable[[frozenset[str]], None] | None = None
 
     # -- terminology ------------------------------------------------------------------------------
 
@@ -226,25 +236,37 @@ class Derivation:
             uow.after_commit(keep)  # a generated key counts once it is stored
         return key
 
-    def refresh_subjects(self, uow: UnitOfWork, patient_ids: Sequence[str]) -> None:
-        """Recompute every study's membership for these patients, then each kind's refresh."""
+    def refresh_subjects(
+        self, uow: UnitOfWork, patient_ids: Sequence[str], *, events_changed: bool = True
+    ) -> None:
+        """Recompute every study's membership for these patients, then each kind's refresh.
+
+        `events_changed`: the patients' events were just rewritten (a write), not only re-read (a
+        daily re-evaluation); either way a study whose subject rows change is marked changed.
+        """
         if not patient_ids:
             return
         session = uow.session
         brief = membership_events()  # what decides membership and candidacy, nothing more
-        events = trial_events.events_of(session, patient_ids, brief, uow.stored_events)
+        events = trial_events.events_of(
+            session, patient_ids, brief, uow.stored_events, zone=self.site_zone
+        )
         existing = study_subjects.subjects_of(session, patient_ids)
         key = self.pseudonym_key(uow)
         now = self.clock()
         facts_of: dict[tuple[str, str], SubjectFacts | None] = {}
+        changed: set[str] = set()
         for study_id, protocol in sorted(self.protocols.items()):
             for patient_id in patient_ids:
                 facts = membership(protocol, events.get(patient_id, []))
                 facts_of[(study_id, patient_id)] = facts
                 row = existing.get((study_id, patient_id))
+                if events_changed and (facts is not None or row is not None):
+                    changed.add(study_id)  # a subject's events are cohort inputs
                 if facts is None:
                     if row is not None:
                         study_subjects.delete_subject(session, study_id, patient_id)
+                        changed.add(study_id)
                     continue
                 values = {
                     "study_id": study_id,
@@ -260,6 +282,7 @@ class Derivation:
                 study_subjects.upsert_subject(
                     session, {**values, "updated_at": now}, row is not None
                 )
+                changed.add(study_id)
         for study_id, protocol in sorted(self.protocols.items()):
             refresh = kind_of(protocol).refresh
             if refresh is None:
@@ -270,8 +293,22 @@ class Derivation:
                 facts={p: facts_of[(study_id, p)] for p in patient_ids},
                 key=key,
                 now=now,
+                zone=self.site_zone,
             )
-            refresh(uow, protocol, batch)
+            if refresh(uow, protocol, batch):
+                changed.add(study_id)  # its screening list is a cohort input too
+        self._mark_changed(uow, changed)
+
+    def _mark_changed(self, uow: UnitOfWork, studies: set[str]) -> None:
+        """One change row per study per transaction, written last (cohort snapshots go stale)."""
+        new = studies - uow.changed_studies
+        if not new:
+            return
+        cohort_snapshots.record_changes(uow.session, new)
+        if not uow.changed_studies and self.on_studies_changed is not None:
+            tell = self.on_studies_changed
+            uow.after_commit(lambda: tell(frozenset(uow.changed_studies)))
+        uow.changed_studies |= new
 
 
 def remap_all(derivation: Derivation, uow: UnitOfWork) -> None:
@@ -283,5 +320,5 @@ def remap_all(derivation: Derivation, uow: UnitOfWork) -> None:
 def reevaluate_all(derivation: Derivation, uow: UnitOfWork) -> int:
     """Re-screen every candidate as of today (time passing changes time-relative verdicts)."""
     patients = trial_events.patients_with_events(uow.session, reevaluate_events())
-    derivation.refresh_subjects(uow, patients)
+    derivation.refresh_subjects(uow, patients, events_changed=False)
     return len(patients)

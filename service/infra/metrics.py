@@ -49,6 +49,17 @@ DERIVATION_SECONDS = Histogram(
     "Time a write spends mapping what it changed into trial events and re-evaluating subjects",
     buckets=_LATENCY_BUCKETS,
 )
+COHORT_COMPUTE_SECONDS = Histogram(
+    "trialbridge_cohort_compute_seconds",
+    "Time one background computation of a study's cohort outcomes took (load, compute, figures)",
+    ["study"],
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+)
+COHORT_COMPUTATIONS = Counter(
+    "trialbridge_cohort_computations",
+    "Cohort computations by outcome: stored, discarded (the lease was lost), failed",
+    ["study", "outcome"],
+)
 WEBHOOK_DELIVERIES = Counter(
     "trialbridge_webhook_deliveries",
     "Webhook delivery attempts by outcome (delivered, retry, failed)",

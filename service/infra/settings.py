@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, available_timezones
 
 from pydantic import (
     AliasChoices,
@@ -36,6 +39,12 @@ class TrustedIssuer(BaseModel):
         if (self.jwks_file is None) == (self.jwks_url is None):
             raise ValueError(f"issuer {self.issuer}: give exactly one of jwks_file and jwks_url")
         return self
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> frozenset[str]:
+    """The IANA zone names this Python can load (the OS database, else the tzdata package)."""
+    return frozenset(available_timezones())
 
 
 class Settings(BaseSettings):
@@ -117,6 +126,31 @@ class Settings(BaseSettings):
         description="How much longer than its timeout a notification in flight stays leased to "
         "the process sending it; after a crash another process sends it again once this passes",
     )
+    cohort_refresh_interval_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="How often each server process looks for studies other processes changed and "
+        "recomputes stale cohort snapshots; 0: this process computes only for ?fresh=true",
+    )
+    cohort_debounce_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description="How long a study must go without changes before its cohort is recomputed",
+    )
+    cohort_max_delay_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=86400,
+        description="Under steady writes, recompute a stale study after this long anyway",
+    )
+    cohort_fresh_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How long GET …/outcomes?fresh=true waits for a fresh snapshot before 503",
+    )
     api_default_limit: int = Field(default=50, ge=1, le=1000)
     api_max_limit: int = Field(default=500, ge=1, le=10000)
     auth_disabled: bool = Field(
@@ -156,6 +190,38 @@ class Settings(BaseSettings):
     rate_limit_address_burst: int = Field(
         default=2000, ge=1, le=1_000_000, description="Requests an address may make at once"
     )
+    site_timezone: str = Field(
+        default="UTC",
+        description="IANA time zone of the site (America/New_York): a UTC timestamp's calendar "
+        "day, and today, are the site's",
+    )
+    header_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="A request's line and headers must arrive within this many seconds of the "
+        "connection opening (or of their first byte on a kept-alive connection); `serve` only",
+    )
+    body_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=86400,
+        description="A request's body must arrive within this many seconds of its headers; "
+        "else 408",
+    )
+    keep_alive_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="An idle kept-alive connection closes after this many seconds; `serve` only",
+    )
+    max_connections: int = Field(
+        default=500,
+        ge=0,
+        le=1_000_000,
+        description="Open connections per server process; a request on one more gets 503 "
+        "(probes excepted); 0: no cap; `serve` only",
+    )
     admin_key_file: Path | None = Field(
         default=None,
         description="Where the first start writes the local admin client's private key "
@@ -168,6 +234,18 @@ class Settings(BaseSettings):
         """A configured folder that is missing is a deployment error, caught at start-up."""
         if value is not None and not value.is_dir():
             raise ValueError(f"{value} is not a directory")
+        return value
+
+    @field_validator("site_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        """An unknown zone name stops start-up; dates would otherwise fall on the wrong day."""
+        if value not in _zone_names():
+            shown = value if len(value) <= 64 else value[:64] + "…"
+            raise ValueError(
+                f"TRIALBRIDGE_SITE_TIMEZONE {shown!r} is not an IANA time zone name "
+                "(such as America/New_York, Europe/Paris or UTC)"
+            )
         return value
 
     @field_validator("database_url")
@@ -195,6 +273,10 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("TRIALBRIDGE_BASE_URL must be an absolute http(s) URL")
         return value.rstrip("/") if value else value
+
+    def site_zone(self) -> dt.tzinfo:
+        """The site's time zone (validated at start-up)."""
+        return ZoneInfo(self.site_timezone)
 
     @property
     def is_sqlite(self) -> bool:

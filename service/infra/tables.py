@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -336,3 +337,76 @@ class AuditEntity(SQLModel, table=True):
 
     record_id: str = Field(primary_key=True, max_length=64)
     entity: str = Field(primary_key=True, max_length=300, index=True)
+
+
+class StudyChange(SQLModel, table=True):
+    """One committed write that changed a study's cohort inputs, until a snapshot reflects it.
+
+    Writers only insert (no row every writer must lock); the cohort refresher deletes the rows a
+    snapshot consumed. Ids grow and are never reused: a snapshot's `data_as_of` is the highest.
+    """
+
+    __tablename__ = "study_change"
+    __table_args__ = (
+        Index("ix_study_change_study", "study_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    study_id: str = Field(max_length=64)
+
+
+class CohortSnapshot(SQLModel, table=True):
+    """A study's last computed cohort outcomes, as served (evidence already sealed)."""
+
+    __tablename__ = "cohort_snapshot"
+
+    study_id: str = Field(primary_key=True, max_length=64)
+    protocol_version: str = Field(max_length=64)
+    basis: str = Field(max_length=64)  # digest of the protocol and release that computed it
+    data_as_of: int = Field(sa_column=Column(BigInteger(), nullable=False))
+    computed_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    compute_seconds: float
+    digest: str = Field(max_length=64)  # of everything the body shows but `stale`
+    plots: str = Field(sa_column=Column(Text(), nullable=False))  # JSON list of figure names
+    body: str = Field(sa_column=Column(Text(), nullable=False))  # the outcomes JSON
+    # the report document JSON (report.html renders it); None: the kind has none
+    document: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
+
+
+class CohortListing(SQLModel, table=True):
+    """One subject's row of a study's snapshot listing (evidence sealed), paged by subject id."""
+
+    __tablename__ = "cohort_listing"
+
+    study_id: str = Field(primary_key=True, max_length=64)
+    subject_id: str = Field(primary_key=True, max_length=64)
+    digest: str = Field(max_length=64)  # the snapshot the row belongs to
+    body: str = Field(sa_column=Column(Text(), nullable=False))
+
+
+class CohortFigure(SQLModel, table=True):
+    """A figure of a study's snapshot, rendered when the snapshot was computed."""
+
+    __tablename__ = "cohort_figure"
+
+    study_id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(primary_key=True, max_length=64)
+    format: str = Field(primary_key=True, max_length=8)
+    etag: str = Field(max_length=80)
+    body: bytes = Field(sa_column=Column(LargeBinary(), nullable=False))
+
+
+class CohortLease(SQLModel, table=True):
+    """Which process computes a study's cohort now; another may take over once `until` passed."""
+
+    __tablename__ = "cohort_lease"
+
+    study_id: str = Field(primary_key=True, max_length=64)
+    owner: str = Field(max_length=64)
+    until: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

@@ -15,7 +15,7 @@ from service.studies.registry import kind_of
 
 T = TypeVar("T")
 # the optional parts of a StudyKind (see service.studies.kind)
-Feature = Literal["screening", "subject_outcomes", "deviation_rules"]
+Feature = Literal["screening", "subject_outcomes", "deviation_rules", "tabulation"]
 
 
 def find_protocol(protocols: dict[str, StudyProtocol], study_id: str) -> StudyProtocol:

@@ -1,99 +1,286 @@
-"""Study-level outcomes and figures, computed from every subject's stored events.
+"""Study-level outcomes and figures, served from the snapshots the cohort refresher stores.
 
-A report reads the whole study, so it is cached per study and recomputed only when the data
-changed (the event and subject tables' fingerprint moves). Each replica keeps its own cache.
+A read never computes a cohort: it answers the last snapshot, says whether a change since has
+made it stale, and, before the first snapshot exists, answers 503 `cohort_not_ready`. Only
+`fresh=True` (an admin's request) waits, bounded, for a snapshot reflecting every change so far.
 """
 
 from __future__ import annotations
 
-import hashlib
-import threading
-from typing import Any
+import datetime as dt
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from service.errors import ApiError
-from service.infra.clock import utcnow
+from service.errors import ApiError, NotReadyError
 from service.protocol.schema import StudyProtocol
 from service.reads.access import find_protocol, read
-from service.reads.results import CohortOutcomes, StudyRef
-from service.repositories import study_subjects, trial_events
+from service.reads.cohort_refresher import CohortRefresher
+from service.reads.paging import decode_cursor, encode_cursor
+from service.reads.results import CohortDocument, CohortOutcomes, ListingPage, StudyRef
+from service.repositories import cohort_snapshots
+from service.repositories.cohort_snapshots import SnapshotHead
 from service.stats.plots import MEDIA_TYPES, RenderedFigure
-from service.studies.kind import CohortReport, Member
-from service.studies.registry import kind_of
+from service.studies.document import document_from_json, figures_of
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotStatus:
+    """A study's snapshot at a glance, for metrics: its time, staleness and waiting changes."""
+
+    study_id: str
+    computed_at: dt.datetime | None  # None: no snapshot yet
+    compute_seconds: float | None
+    stale: bool
+    pending_changes: int
+
+
+def outcomes_etag(head: SnapshotHead, stale: bool) -> str:
+    """The answer's validator: the snapshot's digest, and whether it is stale (the body says)."""
+    return f'"{head.digest}-{"stale" if stale else "fresh"}"'
 
 
 class CohortReports:
-    """Cohort outcomes and figures per study, cached until the study's data changes."""
+    """Cohort outcomes and figures per study, read from the stored snapshots."""
 
-    def __init__(self, engine: Engine, protocols: dict[str, StudyProtocol]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        protocols: dict[str, StudyProtocol],
+        refresher: CohortRefresher,
+        *,
+        fresh_timeout_seconds: float = 60.0,
+    ) -> None:
         self.engine = engine
         self.protocols = protocols
-        self._locks = {study_id: threading.Lock() for study_id in protocols}
-        self._cache: dict[str, tuple[tuple[Any, ...], CohortReport]] = {}
+        self.refresher = refresher
+        self.fresh_timeout = fresh_timeout_seconds
 
-    def outcomes(self, study_id: str) -> CohortOutcomes:
-        """The study's cohort outcomes and the names of its figures."""
+    @property
+    def retry_after(self) -> int:
+        """When to ask again for a snapshot that is being computed: a debounce and a poll."""
+        wait = self.refresher.debounce + (self.refresher.interval or 0.0)
+        return max(1, math.ceil(wait))
+
+    def outcomes(
+        self, study_id: str, *, fresh: bool = False, unchanged: Callable[[str], bool] | None = None
+    ) -> CohortOutcomes:
+        """The study's last snapshot; its body is None when `unchanged(etag)` (a 304)."""
+        protocol = self._protocol(study_id, fresh)
+        found = read(self.engine, lambda s: self._read(s, protocol, unchanged))
+        if found is None:
+            raise self._not_ready(study_id)
+        return found
+
+    def listing(
+        self,
+        study_id: str,
+        *,
+        cursor: str | None,
+        limit: int,
+        fresh: bool = False,
+        unchanged: Callable[[str], bool] | None = None,
+    ) -> ListingPage:
+        """A page of the last snapshot's per-subject listing, in subject-id order; its rows are
+        None when `unchanged(etag)` (a 304: the page of a snapshot never changes)."""
+        protocol = self._protocol(study_id, fresh)
+        after = decode_cursor(cursor) if cursor is not None else None
+
+        def load(session: Session) -> ListingPage | None:
+            for _ in range(3):  # a snapshot replaced between the reads: read the new one
+                head, stale = self._head(session, protocol.id)
+                if head is None:
+                    return None
+                etag = outcomes_etag(head, stale)
+                rows: list[cohort_snapshots.ListingRow] | None = None
+                if unchanged is None or not unchanged(etag):
+                    rows = cohort_snapshots.listing_rows(
+                        session, protocol.id, head.digest, after, limit + 1
+                    )
+                    again = cohort_snapshots.snapshot_head(session, protocol.id)
+                    if again is None or again.digest != head.digest:
+                        continue
+                page = (rows or [])[:limit]
+                more = rows is not None and len(rows) > limit
+                return ListingPage(
+                    study=StudyRef(protocol.id, head.protocol_version),
+                    computed_at=head.computed_at,
+                    data_as_of=head.data_as_of,
+                    stale=stale,
+                    etag=etag,
+                    rows=[r.body for r in page] if rows is not None else None,
+                    next_cursor=encode_cursor(page[-1].subject_id) if more and page else None,
+                )
+            return None
+
+        found = read(self.engine, load)
+        if found is None:
+            raise self._not_ready(study_id)
+        return found
+
+    def document(
+        self,
+        study_id: str,
+        *,
+        fresh: bool = False,
+        unchanged: Callable[[str], bool] | None = None,
+    ) -> CohortDocument:
+        """The last snapshot's report document and the SVG of every figure it shows (404 for a
+        kind without one); the document is None when `unchanged(etag)` (a 304)."""
+        protocol = self._protocol(study_id, fresh)
+
+        def load(session: Session) -> CohortDocument | None:
+            for _ in range(3):
+                head, stale = self._head(session, protocol.id)
+                if head is None:
+                    return None
+                etag = outcomes_etag(head, stale)
+                found, text = cohort_snapshots.snapshot_document(session, protocol.id, head.digest)
+                if not found:
+                    continue
+                if text is None:
+                    raise ApiError(
+                        404, "not_applicable", f"study {protocol.id} has no report document"
+                    )
+                document = None
+                figures: dict[str, bytes] = {}
+                if unchanged is None or not unchanged(etag):
+                    document = document_from_json(json.loads(text))
+                    for name in figures_of(document.sections):
+                        figure = cohort_snapshots.figure(session, protocol.id, name, "svg")
+                        if figure is not None:
+                            figures[name] = figure.body
+                return CohortDocument(
+                    study=StudyRef(protocol.id, head.protocol_version),
+                    kind=protocol.kind,
+                    computed_at=head.computed_at,
+                    data_as_of=head.data_as_of,
+                    stale=stale,
+                    etag=etag,
+                    document=document,
+                    figures=figures,
+                )
+            return None
+
+        found = read(self.engine, load)
+        if found is None:
+            raise self._not_ready(study_id)
+        return found
+
+    def _protocol(self, study_id: str, fresh: bool) -> StudyProtocol:
+        """The study's protocol (404 if unknown), after waiting for a fresh snapshot if asked."""
         protocol = find_protocol(self.protocols, study_id)
-        report = self._report(protocol)
-        return CohortOutcomes(
-            study=StudyRef.of(protocol),
-            kind=protocol.kind,
-            computed_at=report.computed_at or utcnow(),
-            plots=sorted(report.plots),
-            outcomes=report.body,
+        if fresh and self.refresher.wait_fresh(study_id, self.fresh_timeout) is None:
+            raise NotReadyError(
+                "cohort_not_fresh",
+                f"no snapshot of {study_id} reflecting every change was computed within "
+                f"{self.fresh_timeout:g} s; it is still being computed",
+                self.retry_after,
+            )
+        return protocol
+
+    def _not_ready(self, study_id: str) -> NotReadyError:
+        return NotReadyError(
+            "cohort_not_ready",
+            f"the cohort outcomes of {study_id} have not been computed yet",
+            self.retry_after,
         )
 
+    def _head(self, session: Session, study_id: str) -> tuple[SnapshotHead | None, bool]:
+        """The study's snapshot head and whether a change or another basis made it stale."""
+        head = cohort_snapshots.snapshot_head(session, study_id)
+        if head is None:
+            return None, True
+        stale = head.basis != self.refresher.basis[study_id] or cohort_snapshots.has_pending(
+            session, study_id
+        )
+        return head, stale
+
+    def _read(
+        self,
+        session: Session,
+        protocol: StudyProtocol,
+        unchanged: Callable[[str], bool] | None,
+    ) -> CohortOutcomes | None:
+        study_id = protocol.id
+        for _ in range(3):  # a snapshot replaced between the two reads: read the new one
+            head, stale = self._head(session, study_id)
+            if head is None:
+                return None
+            etag = outcomes_etag(head, stale)
+            body = None
+            if unchanged is None or not unchanged(etag):
+                body = cohort_snapshots.snapshot_body(session, study_id, head.digest)
+                if body is None:
+                    continue
+            return CohortOutcomes(
+                study=StudyRef(study_id, head.protocol_version),
+                kind=protocol.kind,
+                computed_at=head.computed_at,
+                data_as_of=head.data_as_of,
+                stale=stale,
+                plots=tuple(json.loads(head.plots)),
+                etag=etag,
+                body=body,
+            )
+        return None
+
+    def status(self) -> list[SnapshotStatus]:
+        """Every study's snapshot state (two queries, whatever the number of studies)."""
+
+        def load(
+            session: Session,
+        ) -> tuple[dict[str, SnapshotHead], dict[str, cohort_snapshots.Pending]]:
+            heads = {h.study_id: h for h in cohort_snapshots.snapshot_heads(session)}
+            return heads, cohort_snapshots.pending(session)
+
+        heads, pending = read(self.engine, load)
+        out = []
+        for study_id in sorted(self.protocols):
+            head, waiting = heads.get(study_id), pending.get(study_id)
+            stale = (
+                head is None or waiting is not None or head.basis != self.refresher.basis[study_id]
+            )
+            out.append(
+                SnapshotStatus(
+                    study_id,
+                    head.computed_at if head is not None else None,
+                    head.compute_seconds if head is not None else None,
+                    stale,
+                    waiting.count if waiting is not None else 0,
+                )
+            )
+        return out
+
     def plot(self, study_id: str, name: str, fmt: str) -> RenderedFigure:
-        """One figure of the study as PNG or SVG."""
-        protocol = find_protocol(self.protocols, study_id)
+        """One figure of the study's last snapshot, as PNG or SVG."""
+        find_protocol(self.protocols, study_id)
         if fmt not in MEDIA_TYPES:
             raise ApiError(404, "plot_not_found", f"no format {fmt!r}; known: png, svg")
-        report = self._report(protocol)
-        draw = report.plots.get(name)
-        if draw is None:
-            known = ", ".join(sorted(report.plots))
+
+        def load(session: Session) -> tuple[SnapshotHead | None, cohort_snapshots.Figure | None]:
+            head = cohort_snapshots.snapshot_head(session, study_id)
+            if head is None:
+                return None, None
+            return head, cohort_snapshots.figure(session, study_id, name, fmt)
+
+        head, figure = read(self.engine, load)
+        if head is None:
+            raise self._not_ready(study_id)
+        names = json.loads(head.plots)
+        if name not in names:
+            known = ", ".join(sorted(names))
             raise ApiError(
                 404, "plot_not_found", f"study {study_id} has no plot {name!r}; known: {known}"
             )
-        key = (name, fmt)
-        figure = report.rendered.get(key)
         if figure is None:
-            body = draw("png" if fmt == "png" else "svg")
-            digest = hashlib.sha256(body).hexdigest()[:32]
-            figure = RenderedFigure(body, MEDIA_TYPES[fmt], f'"{digest}"')
-            report.rendered[key] = figure
-        return figure
-
-    def _report(self, protocol: StudyProtocol) -> CohortReport:
-        """The cached report while the data is unchanged; else recomputed once per study."""
-        stamp = read(self.engine, lambda s: study_subjects.fingerprint(s, protocol.id))
-        cached = self._cache.get(protocol.id)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        with self._locks[protocol.id]:  # concurrent requests wait for one computation
-            cached = self._cache.get(protocol.id)
-            if cached is not None and cached[0] == stamp:
-                return cached[1]
-            stamp, rows, events = read(self.engine, lambda s: _load(s, protocol.id))
-            report = _compute(protocol, rows, events)
-            report.computed_at = utcnow()
-            self._cache[protocol.id] = (stamp, report)
-            return report
-
-
-def _compute(protocol: StudyProtocol, rows: list[Any], events: dict[str, Any]) -> CohortReport:
-    """The study's report from its subject rows and their events, by the study's kind."""
-    members = [
-        Member(r.patient_id, r.subject_id, r.status, r.day1, events[r.patient_id]) for r in rows
-    ]
-    return kind_of(protocol).cohort_report(protocol, members)
-
-
-def _load(session: Session, study_id: str) -> tuple[tuple[Any, ...], list[Any], dict[str, Any]]:
-    """The fingerprint, subjects and events, read in one session so they agree."""
-    stamp = study_subjects.fingerprint(session, study_id)
-    rows = study_subjects.study_subjects(session, study_id)
-    events = trial_events.events_of(session, [r.patient_id for r in rows])
-    return stamp, rows, events
+            raise NotReadyError(
+                "cohort_not_ready",
+                f"figure {name}.{fmt} of {study_id} could not be drawn with the last snapshot",
+                self.retry_after,
+            )
+        return RenderedFigure(figure.body, MEDIA_TYPES[fmt], figure.etag)

@@ -13,6 +13,7 @@ from typing import Any
 
 from fhir_mapping.events.model import TrialEvent
 from service.protocol.schema import StudyProtocol
+from service.studies.document import ReportDocument
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +114,32 @@ class CandidateEligibility:
 
 @dataclass(frozen=True, slots=True)
 class CohortOutcomes:
-    """A study's cohort outcomes, the figures it offers, and when they were computed."""
+    """A study's cohort snapshot: when it was computed, the change it reflects, whether a later
+    change made it stale, its figures, its validator, and the outcomes as stored JSON (evidence
+    already sealed; None when the client's copy is current)."""
 
     study: StudyRef
     kind: str
     computed_at: dt.datetime
+    data_as_of: int
+    stale: bool
     plots: Sequence[str]
-    outcomes: Mapping[str, Any]
+    etag: str
+    body: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListingPage:
+    """One page of a study's per-subject analysis listing, read from the last snapshot: each row
+    as stored JSON (evidence already sealed), with the snapshot's time, change and validator."""
+
+    study: StudyRef
+    computed_at: dt.datetime
+    data_as_of: int
+    stale: bool
+    etag: str
+    rows: Sequence[str] | None  # None when the client's copy is current (a 304)
+    next_cursor: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,3 +168,21 @@ class DeviationDetail:
     deviation: Mapping[str, Any]
     version: int
     history: Sequence[HistoryEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class CohortDocument:
+    """A study's report document from its last snapshot, with its figures as SVG.
+
+    `computed_at` and `data_as_of` are the data cut-off: the report reflects the data the service
+    held when the snapshot was computed (every change up to number `data_as_of`).
+    """
+
+    study: StudyRef
+    kind: str
+    computed_at: dt.datetime
+    data_as_of: int
+    stale: bool
+    etag: str
+    document: ReportDocument | None  # None when the client's copy is current (a 304)
+    figures: Mapping[str, bytes]

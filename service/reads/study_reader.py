@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from fhir_mapping.events.model import TrialEvent
-from fhir_mapping.partial_dates import parse_partial_date, study_day
+from fhir_mapping.partial_dates import in_zone, parse_partial_date, study_day
 from service.errors import ApiError
 from service.infra.clock import utcnow
 from service.protocol.schema import StudyProtocol
@@ -72,6 +72,7 @@ class StudyReader:
 
     engine: Engine
     protocols: dict[str, StudyProtocol]
+    zone: dt.tzinfo = dt.UTC  # the site's time zone: events are read in its calendar
 
     def protocol(self, study_id: str) -> StudyProtocol:
         """The protocol of a study this deployment serves, else 404."""
@@ -87,7 +88,9 @@ class StudyReader:
             row = study_subjects.find_subject(session, study_id, subject_id)
             if row is None:
                 return None, []
-            return row, trial_events.events_of(session, [row.patient_id])[row.patient_id]
+            return row, trial_events.events_of(session, [row.patient_id], zone=self.zone)[
+                row.patient_id
+            ]
 
         row, events = self._read(work)
         if row is None:
@@ -189,13 +192,15 @@ class StudyReader:
         protocol, screening = capability(
             self.protocols, study_id, "screening", "eligibility criteria"
         )
-        day = parse_as_of(as_of) if as_of is not None else None
+        day = parse_as_of(as_of, self.zone) if as_of is not None else None
 
         def work(session: Session) -> tuple[Any, list[TrialEvent]]:
             row = eligibility_results.find_eligibility(session, study_id, subject_id)
             if row is None or day is None:
                 return row, []
-            return row, trial_events.events_of(session, [row.patient_id])[row.patient_id]
+            return row, trial_events.events_of(session, [row.patient_id], zone=self.zone)[
+                row.patient_id
+            ]
 
         row, events = self._read(work)
         if row is None:
@@ -223,9 +228,11 @@ AS_OF_FIRST = dt.date(1900, 1, 1)
 AS_OF_LAST = dt.date(9000, 12, 31)
 
 
-def parse_as_of(text: str) -> dt.date:
-    """An as-of day: a full date, or a dateTime with its zone (its local day is used)."""
+def parse_as_of(text: str, zone: dt.tzinfo = dt.UTC) -> dt.date:
+    """An as-of day: a full date, or a dateTime with its zone (its local day is used; a UTC one's
+    day is the site's, in `zone`)."""
     parsed = parse_partial_date(text) if text.isascii() else None  # `\d` also matches '٢'
+    parsed = in_zone(parsed, zone) if parsed is not None else None
     zoned = parsed is not None and (parsed.precision != "time" or _ZONE.search(text) is not None)
     if (
         parsed is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from service.infra.tables import (
@@ -59,3 +59,19 @@ def find_eligibility(session: Session, study_id: str, subject_id: str) -> Any | 
     return session.execute(
         select(_ELIGIBILITY).where(c.study_id == study_id, c.subject_id == subject_id)
     ).first()
+
+
+def study_eligibility(session: Session, study_id: str) -> list[Any]:
+    """Every stored screening result of the study (a cohort report's flow reads them all)."""
+    c = _ELIGIBILITY.c
+    query = select(_ELIGIBILITY).where(c.study_id == study_id).order_by(c.patient_id)
+    return list(session.execute(query))
+
+
+def fingerprint(session: Session, study_id: str) -> tuple[Any, ...]:
+    """Moves whenever the study's screening list changes (count, latest computation)."""
+    c = _ELIGIBILITY.c
+    row = session.execute(
+        select(func.count(), func.max(c.computed_at)).where(c.study_id == study_id)
+    ).one()
+    return tuple(row)

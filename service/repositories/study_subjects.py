@@ -5,16 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlmodel import Session
 
-from service.infra.tables import (
-    StudySubject,
-    TrialEventRow,
-)
+from service.infra.tables import StudySubject
 from service.repositories.sql import chunks, delete_per_patient, save_per_patient
 
-_EVENT = TrialEventRow.__table__  # type: ignore[attr-defined]
 _SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
 
 
@@ -73,20 +69,3 @@ def study_subjects(session: Session, study_id: str) -> list[Any]:
     return list(
         session.execute(select(_SUBJECT).where(c.study_id == study_id).order_by(c.subject_id))
     )
-
-
-def fingerprint(session: Session, study_id: str) -> tuple[Any, ...]:
-    """Moves whenever the study's subjects or any of their events change (a cache key).
-
-    Event ids are never reused (migration 0005), so a replaced event raises the id sum even when
-    the count stays; a removed one lowers the count. Subjects: count and latest change.
-    """
-    e, s = _EVENT.c, _SUBJECT.c
-    members = select(s.patient_id).where(s.study_id == study_id)
-    events = session.execute(
-        select(func.count(), func.coalesce(func.sum(e.pk), 0)).where(e.patient_id.in_(members))
-    ).one()
-    subjects = session.execute(
-        select(func.count(), func.max(s.updated_at)).where(s.study_id == study_id)
-    ).one()
-    return (*events, *subjects)

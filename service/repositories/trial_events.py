@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -138,8 +139,10 @@ def events_of(
     patient_ids: Sequence[str],
     kinds: Sequence[EventKind] | None = None,
     stored: dict[str, TrialEvent] | None = None,
+    *,
+    zone: dt.tzinfo,
 ) -> dict[str, list[TrialEvent]]:
-    """Events per patient, optionally only some kinds.
+    """Events per patient, optionally only some kinds, dated in the site's calendar (`zone`).
 
     Events in `stored` (those this unit of work inserted) are not decoded again: the same payload
     is the same event.
@@ -155,7 +158,7 @@ def events_of(
             event = stored.get(payload)
             if event is None or event.patient_id != patient_id:
                 event = TrialEvent.from_json(orjson.loads(payload), patient_id)
-            out[patient_id].append(event)
+            out[patient_id].append(event.in_zone(zone))
     return out
 
 

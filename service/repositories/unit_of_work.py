@@ -33,6 +33,8 @@ class UnitOfWork:
     stored_events: dict[str, TrialEvent] = field(default_factory=dict)
     # the pseudonym key, once read or generated in this transaction
     pseudonym_key: bytes | None = None
+    # studies whose cohort inputs this transaction changed (one change row each, see derivation)
+    changed_studies: set[str] = field(default_factory=set)
     _after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def record(self, rows: Sequence[VersionRow]) -> None:
@@ -66,6 +68,7 @@ class UnitOfWork:
         """Roll back and forget everything this transaction held: its writes, events and waiters."""
         self.session.rollback()
         self.written, self.stored_events, self.pseudonym_key = {}, {}, None
+        self.changed_studies = set()
         self.versions = []
         self._after_commit.clear()
 

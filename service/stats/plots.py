@@ -164,14 +164,23 @@ def _at_risk_table(
     ticks: Sequence[float],
     rows: Sequence[tuple[str, str, list[int]]],
 ) -> None:
-    """Numbers at risk under the x axis: one row per curve, one column per tick."""
-    table.set_axis_off()
+    """Numbers at risk under the x axis: one row per curve, one column per tick.
+
+    The curve names are the table's y tick labels, so the layout makes room for long names
+    ("cirAE, no dupilumab") instead of cutting them at the figure's edge.
+    """
+    table.spines[:].set_visible(False)
+    table.tick_params(axis="x", bottom=False, labelbottom=False)
+    table.tick_params(axis="y", left=False, pad=16)
+    table.set_ylim(0, 1)
     where = blended_transform_factory(table.transData, table.transAxes)
     label_at = blended_transform_factory(table.transAxes, table.transAxes)
     table.text(0, 1.0, "Number at risk", transform=label_at, ha="left", va="top", weight="bold")
-    for i, (label, colour, counts) in enumerate(rows):
-        y = 1.0 - (i + 1.4) / (len(rows) + 1)
-        table.text(-0.04, y, label, transform=label_at, ha="right", va="center", color=colour)
+    ys = [1.0 - (i + 1.4) / (len(rows) + 1) for i in range(len(rows))]
+    table.set_yticks(ys, [label for label, _, _ in rows])
+    for label, (_, colour, _) in zip(table.get_yticklabels(), rows, strict=True):
+        label.set_color(colour)
+    for y, (_, _, counts) in zip(ys, rows, strict=True):
         for tick, count in zip(ticks, counts, strict=True):
             table.text(tick, y, str(count), transform=where, ha="center", va="center")
 

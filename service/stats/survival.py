@@ -3,17 +3,21 @@
 Numbers: probabilities, rates and times are rounded to `DECIMALS` decimal places so the wire shape
 is stable and readable; anything not estimable is None, with a reason or note saying why.
 Kaplan–Meier comes from lifelines (product-limit estimate; pointwise CIs by lifelines' default
-exponential Greenwood, i.e. log(-log), method; median CI from those bands).
+exponential Greenwood, i.e. log(-log), method). The median and its CI are read from the curve and
+the bands with R survival's convention (`quantile.survfit`), the one biostatisticians check
+against: the first time S(t) <= 0.5, except where S(t) is 0.5 (within sqrt(machine epsilon)) on a
+flat stretch, which gives the midpoint of that stretch (to the last follow-up if the curve ends
+there). 5/6 · 4/5 · 3/4 is 0.5000000000000001 in floating point: lifelines alone skips that stretch.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from lifelines import KaplanMeierFitter
-from lifelines.utils import median_survival_times
 from scipy.stats import binomtest
 
 DECIMALS = 4
@@ -21,6 +25,8 @@ DECIMALS = 4
 # convention of survival reports, so 12 months = 365.25 days.
 DAYS_PER_MONTH = 365.25 / 12
 KM_CI_METHOD = "log(-log) (exponential Greenwood), lifelines default"
+# R survival's tolerance for "S(t) is exactly the quantile" (quantile.survfit: sqrt(.Machine$double.eps)).
+R_TOLERANCE = math.sqrt(sys.float_info.epsilon)
 
 
 def _num(value: Any) -> float | None:
@@ -87,11 +93,36 @@ def at_risk(fitter: KaplanMeierFitter, time: float) -> int:
     return int(table["at_risk"].iloc[0] - gone)
 
 
+def survfit_median(times: Sequence[float], survival: Sequence[float]) -> float | None:
+    """The median of a step curve as R's survfit reports it; None when S(t) never reaches 0.5.
+
+    The first time S(t) <= 0.5; where S(t) sits at 0.5 (within R_TOLERANCE) the midpoint between
+    that time and the next drop below it, or the last time on the curve if it never drops.
+    `times` ascend from the curve's start; NaN values (an undefined band) are skipped.
+    """
+    points = [(float(t), float(v)) for t, v in zip(times, survival, strict=True) if v == v]
+    if not points:
+        return None
+    last_time = float(times[-1])
+    steps: list[tuple[float, float]] = []
+    seen: set[float] = set()
+    for t, v in points:  # the first time of each level (R drops repeated values: the censorings)
+        if v not in seen:
+            seen.add(v)
+            steps.append((t, v))
+    reached = next((t for t, v in steps if v <= 0.5 + R_TOLERANCE), None)
+    if reached is None:
+        return None
+    below = next((t for t, v in steps if v <= 0.5 - R_TOLERANCE), None)
+    return (reached + (below if below is not None else last_time)) / 2
+
+
 def _median(fitter: KaplanMeierFitter) -> dict[str, Any]:
     """The median survival time and its CI; a bound the band never crosses is None, with a note."""
-    median = _num(fitter.median_survival_time_)
-    bounds = median_survival_times(fitter.confidence_interval_)
-    lower, upper = (_num(v) for v in bounds.iloc[0].tolist())
+    times = [float(t) for t in fitter.survival_function_.index]
+    median = _num(survfit_median(times, fitter.survival_function_.iloc[:, 0].tolist()))
+    bands = fitter.confidence_interval_
+    lower, upper = (_num(survfit_median(times, bands.iloc[:, i].tolist())) for i in (0, 1))
     missing = [name for name, v in (("lower", lower), ("upper", upper)) if v is None]
     note = (
         f"{' and '.join(missing)} confidence bound not reached (survival band stays above 0.5)"

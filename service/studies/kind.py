@@ -13,12 +13,17 @@ import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.partial_dates import site_date
 from service.protocol.schema import StudyProtocol
 from service.repositories.unit_of_work import UnitOfWork
+from service.stats.balance import BalanceTable
 from service.stats.plots import Draw, RenderedFigure
+from service.studies.document import ReportDocument
+from service.studies.flow import ConsortFlow
 
 # The width of study_subject.subject_number: a longer identifier is no subject number (it stays in
 # the resource), so the same ResearchSubject is accepted alike on SQLite and PostgreSQL.
@@ -60,7 +65,8 @@ class SubjectBatch:
 
     `brief` holds only the membership event kinds; `facts` is this study's membership verdict
     per patient (None: not a subject). `key` is the pseudonym key, so subject and deviation ids
-    are stable.
+    are stable. `zone` is the site's time zone: events read for the batch are dated in it, and
+    `today` is its calendar day at `now`.
     """
 
     patient_ids: Sequence[str]
@@ -68,6 +74,12 @@ class SubjectBatch:
     facts: Mapping[str, SubjectFacts | None]
     key: bytes
     now: dt.datetime
+    zone: dt.tzinfo = dt.UTC
+
+    @property
+    def today(self) -> dt.date:
+        """The site's calendar day at `now`."""
+        return site_date(self.now, self.zone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +93,81 @@ class Member:
     events: Sequence[TrialEvent]
 
 
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """One screening candidate's stored result, as a cohort report reads it.
+
+    `criteria` are the stored verdicts (id, number, type, title, verdict, ...) as of `as_of`;
+    `at_enrollment` is the overall status on the enrollment day (None when not enrolled).
+    """
+
+    patient_id: str
+    subject_id: str
+    overall: str
+    at_enrollment: str | None
+    as_of: dt.date
+    criteria: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CohortData:
+    """What a cohort report is computed from: the subjects and the screening list."""
+
+    members: Sequence[Member]
+    screened: Sequence[Screened] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ListingRow:
+    """One subject's row of a study's analysis listing: pseudonymous id, no dates of birth or names."""
+
+    subject_id: str
+    fields: Mapping[str, Any]
+
+
 @dataclass(slots=True)
 class CohortReport:
-    """A study's cohort outcomes (JSON-ready) and its figures, each drawn on first request."""
+    """A study's cohort outcomes (JSON-ready) and its figures, each drawn on first request.
+
+    The typed parts api/ shapes: `flow` (CONSORT-style flow of patients), `table1` (baseline
+    characteristics with SMDs), `listing` (per-subject analysis rows, in subject-id order) and
+    `document` (the report a statistician attaches to a manuscript).
+    """
 
     body: dict[str, Any]
     plots: dict[str, Draw]
     computed_at: dt.datetime | None = None  # set by whoever computed it
     rendered: dict[tuple[str, str], RenderedFigure] = field(default_factory=dict)
+    flow: ConsortFlow | None = None
+    table1: BalanceTable | None = None
+    listing: tuple[ListingRow, ...] = ()
+    # the report document (report.html), built when first asked for
+    document: Callable[[], ReportDocument] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StudyTreatment:
+    """A protocol-specified study treatment, as a tabulation (SDTM EX) needs it."""
+
+    id: str  # the protocol's name for it ("cemiplimab")
+    valueset: str  # the value set its administrations match
+    dose: Decimal  # the planned dose on its day, in `unit`
+    unit: str  # "mg"
+    route: str  # the protocol's route ("IV", "SC")
+
+
+@dataclass(frozen=True, slots=True)
+class TabulationPlan:
+    """What a tabulation export (SDTM) asks of a study kind, so it never reads the protocol model.
+
+    `screening_days`: the screening epoch starts this many days before Day 1 (or at enrollment,
+    if earlier). `treatment_end`: the last day of the treatment epoch of one subject (its events
+    and Day 1 in), None while it is open; later dated records are follow-up.
+    """
+
+    treatments: tuple[StudyTreatment, ...]
+    screening_days: int
+    treatment_end: Callable[[Sequence[TrialEvent], dt.date | None], dt.date | None]
 
 
 @dataclass(frozen=True)
@@ -97,7 +176,8 @@ class StudyKind(Generic[P]):
 
     The optional parts are capabilities: a kind without `screening` has no eligibility endpoints,
     without `deviation_rules` no deviation log, without `subject_outcomes` no per-subject
-    endpoints; the study API answers 404 `not_applicable` for them.
+    endpoints, without `tabulation` no SDTM export; the study API answers 404 `not_applicable`
+    for them.
     """
 
     name: str  # the `kind` protocol files name
@@ -107,12 +187,15 @@ class StudyKind(Generic[P]):
     membership: Callable[[P, Sequence[TrialEvent]], SubjectFacts | None]
     # the event kinds `membership` (and `refresh`'s candidacy check) read: only these are loaded
     membership_events: frozenset[EventKind]
-    cohort_report: Callable[[P, Sequence[Member]], CohortReport]
-    refresh: Callable[[UnitOfWork, P, SubjectBatch], None] | None = None
+    cohort_report: Callable[[P, CohortData], CohortReport]
+    # True when it changed what the cohort report reads beyond the subjects (a screening list)
+    refresh: Callable[[UnitOfWork, P, SubjectBatch], bool] | None = None
     screening: Callable[[P, Sequence[TrialEvent], dt.date], dict[str, Any]] | None = None
     subject_outcomes: Callable[[P, Sequence[TrialEvent], dt.date | None], dict[str, Any]] | None = (
         None
     )
     deviation_rules: Callable[[P], tuple[str, ...]] | None = None
+    # a tabulation (SDTM) export: the study treatments and epochs of the protocol
+    tabulation: Callable[[P], TabulationPlan] | None = None
     # patients with events of these kinds are re-evaluated daily (time-relative verdicts)
     reevaluate_events: frozenset[EventKind] = frozenset()

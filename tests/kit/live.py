@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -57,9 +58,10 @@ def served(settings: Settings) -> Iterator[Served]:
 
 
 @contextmanager
-def live_app(database_url: str, now: dt.datetime) -> Iterator[Live]:
-    """The real app over HTTP with webhook delivery off and "now" under the test's control."""
-    settings = Settings(database_url=database_url, webhook_interval_seconds=0)
+def live_app(database_url: str, now: dt.datetime, **more: Any) -> Iterator[Live]:
+    """The real app over HTTP with webhook delivery off and "now" under the test's control;
+    `more` are further settings (site_timezone="America/New_York" …)."""
+    settings = Settings(database_url=database_url, webhook_interval_seconds=0, **more)
     with served(settings) as running:
         derivation = running.app.state.store.derivation
         assert isinstance(derivation, Derivation)

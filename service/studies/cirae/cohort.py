@@ -62,6 +62,9 @@ Decisions (each also noted where it is made):
   diagnosed on or before ICB start; else the earliest one that may be diagnosed within 90 days after
   ICB start (a diagnosis made during the ICB work-up); else "unknown". Undated diagnoses cannot be
   placed and are not used.
+* Stage: the latest stage group known by ICB start, from a TNM stage-group Observation or the
+  Condition.stage of a primary malignancy (the ICD-10 categories of cancer type); the stage of any
+  other condition (a stage 4 pressure ulcer, stage 4 kidney disease) is never cancer stage.
 * Ties (same day) are broken by the source reference, so the result does not depend on event order.
 """
 
@@ -74,6 +77,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fhir_mapping.events.medication_exposure import exposure_span
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.observation import parse_tnm
 from fhir_mapping.partial_dates import PartialDate, parse_partial_date
@@ -555,7 +559,9 @@ def _collapse_stage(group: Any) -> str | None:
 
 
 def _condition_stage(event: TrialEvent) -> str | None:
-    """The stage group a Condition.stage summary states (its text, displays, then codes)."""
+    """The stage group a cancer's Condition.stage states (a pressure ulcer's stage 4 is not one)."""
+    if not any(_primary_category(code) for code in _icd10(event)):
+        return None
     for summary in event.values.get("stage") or ():
         if not isinstance(summary, dict):
             continue
@@ -616,7 +622,8 @@ def _gc_spans(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> list[_C
     """Each systemic glucocorticoid record as the days it covers (not yet joined into courses).
 
     An administration is its day (or its effectivePeriod); an order or statement runs from its
-    start to its end, or is its start day only when open-ended (its length is unknown, and assuming
+    start to its end (or for its course length: boundsDuration, expected supply), or is its start
+    day only when open-ended (its length is unknown, and assuming
     it ran on would date any old prescription from ICB start). A month- or year-precision record is
     placed at the start of its period (**choice**, flagged) and covers that period; a coarsely dated
     administration is one dose on an unknown day and never a course.
@@ -632,9 +639,12 @@ def _gc_spans(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> list[_C
         coarse = e.date.precision if e.date.day is None else None
         if coarse is not None and (administered or settings.coarse_dates == "ignore"):
             continue
-        open_ended = not administered and e.end is None
-        if e.end is not None:
-            last = max(e.date.first, e.end.last)
+        span = exposure_span(e)  # its end, or its course length (boundsDuration, supply)
+        course = e.values.get("course_days")
+        bounded = e.end is not None or (isinstance(course, int) and not isinstance(course, bool))
+        open_ended = not administered and not bounded
+        if bounded and span is not None:
+            last = max(e.date.first, span.latest_end)
         else:
             last = e.date.last if coarse is not None else e.date.first
         spans.append(_Course(e.date.first, last, open_ended, coarse))

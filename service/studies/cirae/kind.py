@@ -2,32 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from fhir_mapping.events.model import EventKind
-from service.stats.plots import Curves, km_figure
+from service.stats.plots import km_figure
 from service.studies.cirae.analysis import cirae_outcomes
 from service.studies.cirae.cohort import CohortPatient, build_cohort_report
 from service.studies.cirae.membership import cohort_membership
 from service.studies.cirae.protocol import CohortProtocol
-from service.studies.kind import CohortReport, Member, StudyKind
+from service.studies.cirae.report import cirae_document
+from service.studies.cirae.reporting import ORIGIN, group_curves, report_additions
+from service.studies.kind import CohortData, CohortReport, StudyKind
 
 
-def cirae_report(protocol: CohortProtocol, members: Sequence[Member]) -> CohortReport:
-    """Groups, resolution, matching, Cox models, KM of OS by group."""
-    patients = [CohortPatient(m.patient_id, m.subject_id, m.events) for m in members]
+def cirae_report(protocol: CohortProtocol, cohort: CohortData) -> CohortReport:
+    """Groups, resolution, matching, Cox models, KM of OS by group; Table 1, the matched
+    comparisons, the cirAE description, the flow of patients and the listing (reporting.py)."""
+    patients = [CohortPatient(m.patient_id, m.subject_id, m.events) for m in cohort.members]
     built = build_cohort_report(protocol, patients)
     figures = cirae_outcomes(protocol, built.subjects)
     figures["excluded"] = {
         "n": len(built.excluded),
         "subjects": [{"subject_id": e.subject_id, "reason": e.reason} for e in built.excluded],
     }
-    curves: Curves = [
-        (g["label"], g["durations_days"], g["events"]) for g in figures["km_groups"] if g["events"]
-    ]
+    added = report_additions(protocol, patients, built, figures)
+    figures.update(added.body)
+    curves = group_curves(figures["km_groups"])
     title = "Overall survival from ICB initiation, by group"
     return CohortReport(
-        figures, {"os": km_figure(curves, title, figures["confidence_level"], "ICB initiation")}
+        figures,
+        {"os": km_figure(curves, title, figures["confidence_level"], ORIGIN), **added.plots},
+        flow=added.flow,
+        table1=added.table1,
+        listing=added.listing,
+        document=lambda: cirae_document(protocol, figures, added.flow, added.table1),
     )
 
 

@@ -1,7 +1,7 @@
 """The cirAE analysis as the JSON body of its cohort outcomes (plain data, no NaN, no inf).
 
-The study kind's `cohort_report` hands this body to the API, which makes cited sources opaque
-(`api/views.py`); the typed results it is made from are in `results.py`.
+The study kind's `cohort_report` hands this body to the API (the per-subject listing is served
+apart, `listing.py`); the typed results it is made from are in `results.py`.
 """
 
 from __future__ import annotations
@@ -178,40 +178,6 @@ def resolution_json(summary: ResolutionSummary) -> dict[str, Any]:
     }
 
 
-def _day_of(subject: CirAESubject, day: Any) -> int | None:
-    """Days from ICB initiation (day 0), the Cox models' time scale."""
-    return (day - subject.icb_start).days if day is not None else None
-
-
-def listing_json(analysis: CirAEAnalysis) -> list[dict[str, Any]]:
-    """One pseudonymous row per analysed subject: group, matched sets, covariates, times, events."""
-    sets = {g: c.matched_set for g, c in analysis.comparisons.items()}
-    return [
-        {
-            "subject_id": s.subject_id,
-            "group": s.group,
-            "matched_set": {g: sets[g].get(s.subject_id) for g in CONTROL_GROUPS if g in sets},
-            "icb_year": s.icb_year,
-            "icb_type": s.icb_type,
-            "sex": s.sex,
-            "race": s.race,
-            "age_years": round(s.age_years, 1) if s.age_years is not None else None,
-            "charlson": s.charlson,
-            "cancer_type": s.cancer_type,
-            "stage": s.stage,
-            "cirae_onset_day": _day_of(s, s.cirae_onset),
-            "resolution": s.resolution,
-            "resolution_day": _day_of(s, s.resolution_date),
-            "dupilumab_start_day": _day_of(s, s.dupilumab_start),
-            "glucocorticoid_start_day": _day_of(s, s.glucocorticoid_start),
-            "glucocorticoid_flag": s.glucocorticoid_flag,
-            "os_days": s.os_days,
-            "died": s.died,
-        }
-        for s in sorted(analysis.subjects, key=lambda s: s.subject_id)
-    ]
-
-
 def km_groups_json(subjects: Sequence[CirAESubject]) -> list[dict[str, Any]]:
     """Per-group OS data (days from ICB initiation, death flags) for the Kaplan–Meier plot."""
     out = []
@@ -243,5 +209,4 @@ def outcomes_json(analysis: CirAEAnalysis) -> dict[str, Any]:
         },
         "survival": {g: dict(s) for g, s in analysis.survival.items()},
         "km_groups": km_groups_json(analysis.subjects),
-        "subjects": listing_json(analysis),
     }

@@ -13,10 +13,11 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from fhir_mapping.events.medication_exposure import ExposureSpan, exposure_span
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.partial_dates import study_day
 from service.infra.clock import shift_day
-from service.studies.interventional.protocol import DeviationCode, TrialProtocol
+from service.studies.interventional.protocol import DeviationCode, DeviationRule, TrialProtocol
 
 # ResearchSubject statuses that mean the patient was actually enrolled.
 ENROLLED_STATUSES = frozenset(
@@ -261,18 +262,24 @@ def _screening(
         and _performed(e)
         and in_window(e)
     ]
+    cores = biopsy_cores(biopsies, events)
+    count = sum(max(1, len(cores[b.source.resource_id])) for b in biopsies)
     out: list[Finding] = []
     rng = screening.core_biopsies
-    if not rng.min <= len(biopsies) <= rng.max:
+    if not rng.min <= count <= rng.max:
         out.append(
             Finding(
                 "screening_biopsy_count",
                 "screening",
-                f"{len(biopsies)} core needle {'biopsy' if len(biopsies) == 1 else 'biopsies'} "
+                f"{count} core needle {'biopsy' if count == 1 else 'biopsies'} "
                 f"in the {label}; plan {rng.min}–{rng.max}",
                 None,
                 shift_day(ctx.day1, -1),
-                tuple(e.source for e in biopsies),
+                tuple(
+                    source
+                    for b in biopsies
+                    for source in (b.source, *(c.source for c in cores[b.source.resource_id]))
+                ),
             )
         )
     stool = [
@@ -294,6 +301,24 @@ def _screening(
             )
         )
     return out
+
+
+def biopsy_cores(
+    biopsies: Sequence[TrialEvent], events: Sequence[TrialEvent]
+) -> dict[str, list[TrialEvent]]:
+    """The cores each biopsy Procedure yielded: the Specimens it collected (by id), aliquots
+    (specimens with a parent) left out. A biopsy with none counts as one core."""
+    wanted = {b.source.resource_id for b in biopsies}
+    cores: dict[str, list[TrialEvent]] = {rid: [] for rid in wanted}
+    for e in events:
+        procedure = e.values.get("procedure")
+        if (
+            e.kind is EventKind.SPECIMEN_COLLECTION
+            and procedure in wanted
+            and not e.values.get("parent")
+        ):
+            cores[procedure].append(e)
+    return cores
 
 
 def _followup(
@@ -337,24 +362,65 @@ def _followup(
     ]
 
 
-def _prohibited(events: Sequence[TrialEvent], ctx: SubjectContext, as_of: dt.date) -> list[Finding]:
-    if ctx.day1 is None:
-        return []
-    op = surgery(events, ctx.day1)
-    end = (_day(op) if op else None) or as_of
-    irae_onsets = sorted(
-        d
-        for e in events
-        if (
-            e.kind is EventKind.ADVERSE_EVENT
-            or (
-                e.kind is EventKind.CONDITION
-                and ("cutaneous_irae" in e.concept_ids or e.values.get("is_adverse_event"))
-            )
-        )
-        and (d := _day(e)) is not None
-        and d >= ctx.day1
+def _immune_related(event: TrialEvent, irae_valueset: str, study_drugs: frozenset[str]) -> bool:
+    """An AdverseEvent or Condition whose term or category is in the irAE value set, or an
+    AdverseEvent with a study drug among its suspects assessed as related."""
+    if event.kind not in (EventKind.ADVERSE_EVENT, EventKind.CONDITION):
+        return False
+    if irae_valueset in event.concept_ids:
+        return True
+    related = event.values.get("related_suspects") or ()
+    return any(
+        isinstance(s, dict) and study_drugs.intersection(s.get("drugs") or ()) for s in related
     )
+
+
+def _treats_irae(
+    drug: TrialEvent, span: ExposureSpan, iraes: Sequence[TrialEvent], day1: dt.date
+) -> bool:
+    """The record says the drug treats an irAE: it names one (AdverseEvent or Condition) as its
+    reason, or starts on or after the onset of an immune-related adverse event (an AdverseEvent,
+    or a Condition recorded as one) that began on or after Day 1."""
+    named = set(drug.values.get("reasons") or ())
+    for ae in iraes:
+        if f"{ae.source.resource_type}/{ae.source.resource_id}" in named:
+            return True
+        onset = _day(ae)
+        is_ae = ae.kind is EventKind.ADVERSE_EVENT or bool(ae.values.get("is_adverse_event"))
+        if is_ae and onset is not None and day1 <= onset <= span.earliest_start:
+            return True
+    return False
+
+
+def _perioperative(
+    rule: DeviationRule, drug: TrialEvent, span: ExposureSpan, surgery_day: dt.date | None
+) -> bool:
+    """**Choice**: a single-day dose of a listed drug (by its route) on the surgery day."""
+    if surgery_day is None or span.ongoing:
+        return False
+    one_day = span.earliest_start == span.latest_end == surgery_day
+    return one_day and any(
+        p.valueset in drug.concept_ids
+        and (p.route_valueset is None or p.route_valueset in drug.concept_ids)
+        for p in rule.perioperative
+    )
+
+
+def _prohibited(
+    protocol: TrialProtocol, events: Sequence[TrialEvent], ctx: SubjectContext, as_of: dt.date
+) -> list[Finding]:
+    """Systemic immunosuppression exposed between Day 1 and surgery (an interval: a course
+    ordered before Day 1 and running past it counts), unless it treats an irAE or is a
+    peri-operative dose on the surgery day."""
+    rule = next((d for d in protocol.deviations if d.code == "prohibited_medication"), None)
+    if ctx.day1 is None or rule is None or rule.irae_valueset is None:
+        return []
+    day1 = ctx.day1
+    op = surgery(events, day1)
+    op_day = _day(op) if op else None
+    end = op_day or as_of
+    study_drugs = frozenset(d.valueset for d in protocol.schedule.study_drugs)
+    iraes = [e for e in events if _immune_related(e, rule.irae_valueset, study_drugs)]
     out: list[Finding] = []
     for e in events:
         if e.kind not in (EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE):
@@ -364,24 +430,35 @@ def _prohibited(events: Sequence[TrialEvent], ctx: SubjectContext, as_of: dt.dat
             or e.values.get("route_class") == "local"
         ):
             continue
-        day = _day(e)
-        if day is None or not ctx.day1 <= day <= end:
+        span = exposure_span(e)
+        if span is None or not span.surely_overlaps(day1, end):
             continue
-        if any(onset <= day for onset in irae_onsets):
-            continue  # treatment of an immune-related adverse event is allowed
-        sd = _sd(day, ctx.day1)
+        if _treats_irae(e, span, iraes, day1) or _perioperative(rule, e, span, op_day):
+            continue
+        day = span.first_sure_day(day1)
+        sd = _sd(day, day1)
         name = e.values.get("medication") or "immunosuppressant"
         out.append(
             Finding(
                 "prohibited_medication",
                 f"{e.source.resource_type}/{e.source.resource_id}",
-                f"{name} on Day {sd}, between Day 1 and surgery, with no immune-related adverse event before it",
+                f"{name} {_exposure_days(span, day1)}, between Day 1 and surgery, with no "
+                "immune-related adverse event before it",
                 sd,
                 day,
                 (e.source,),
             )
         )
     return out
+
+
+def _exposure_days(span: ExposureSpan, day1: dt.date) -> str:
+    """'on Day 5' for one day; 'from Day -3 to Day 14' (or '…, ongoing') for a course."""
+    start = _sd(span.earliest_start, day1)
+    if span.ongoing:
+        return f"from Day {start}, ongoing"
+    stop = _sd(span.latest_end, day1)
+    return f"on Day {start}" if start == stop else f"from Day {start} to Day {stop}"
 
 
 def detect(
@@ -403,7 +480,7 @@ def detect(
         + _surgery_window(protocol, known, schedule, as_of)
         + _screening(protocol, known, schedule)
         + _followup(protocol, known, schedule, as_of)
-        + _prohibited(known, schedule, as_of)
+        + _prohibited(protocol, known, schedule, as_of)
     )
     wanted = {d.code for d in protocol.deviations}
     return [f for f in found if f.rule in wanted]

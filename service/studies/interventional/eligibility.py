@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fhir_mapping.events.medication_exposure import exposure_span
 from fhir_mapping.events.model import EventKind, TrialEvent
 from fhir_mapping.events.observation import parse_tnm
 from fhir_mapping.partial_dates import parse_partial_date
@@ -151,6 +152,12 @@ def _latest(events: Sequence[TrialEvent]) -> TrialEvent | None:
     return events[-1] if events else None
 
 
+def _chronological(event: TrialEvent) -> tuple[Any, ...]:
+    """Date order (undated last), then by source, so evidence lists do not depend on storage order."""
+    when = event.date.sort_key() if event.date else (dt.date.max,)
+    return (when, event.source.resource_id, event.source.version_id)
+
+
 def _when(event: TrialEvent) -> str:
     return f" on {event.date.text}" if event.date else ""
 
@@ -175,6 +182,14 @@ def _nsclc(c: NsclcDiagnosis, events: Sequence[TrialEvent], ref: dt.date) -> Cri
             "met",
             f"NSCLC recorded{_when(first)}",
             tuple(Evidence(e, _concept_text(e, c.nsclc_valueset)) for e in nsclc),
+        )
+    small = [e for e in conditions if c.small_cell_valueset in e.concept_ids]
+    if small:
+        return CriterionResult(
+            c,
+            "not_met",
+            f"small cell lung cancer recorded{_when(small[0])}, no NSCLC",
+            tuple(Evidence(e, _concept_text(e, c.small_cell_valueset)) for e in small),
         )
     lung = [e for e in conditions if c.lung_cancer_valueset in e.concept_ids]
     if lung:
@@ -208,12 +223,31 @@ def _t_ranks(category: str, order: Sequence[str]) -> list[int]:
     ]
 
 
+def _pre_treatment(event: TrialEvent, ref: dt.date) -> bool:
+    """Pre-treatment staging: no y (post-therapy) category, nothing known after the reference day.
+
+    The reference day is enrollment (else Day 1): for an enrolled subject the stage that counts is
+    the one at enrollment, so a ypT0 after a complete response, or a pT after Day 1, changes nothing.
+    """
+    if str(event.values.get("prefix") or "").startswith("y"):
+        return False
+    known = _known_date(event)
+    return known is None or known <= ref
+
+
 def _t_category(c: TCategoryAtLeast, events: Sequence[TrialEvent], ref: dt.date) -> CriterionResult:
-    t_events = [e for e in _of(events, EventKind.TNM_CATEGORY) if e.values.get("axis") == "T"]
-    latest = _latest(t_events)
+    recorded = [e for e in _of(events, EventKind.TNM_CATEGORY) if e.values.get("axis") == "T"]
+    latest = _latest([e for e in recorded if _pre_treatment(e, ref)])
     if latest is None:
+        later = ", ".join(str(e.values.get("raw") or e.values.get("category")) for e in recorded)
         return CriterionResult(
-            c, "unknown", "no primary tumour (T) category recorded", (), "clinical T category"
+            c,
+            "unknown",
+            f"no pre-treatment T category (post-treatment or later staging not counted: {later})"
+            if later
+            else "no primary tumour (T) category recorded",
+            (),
+            "clinical T category",
         )
     category = latest.values.get("category")
     shown = str(latest.values.get("raw") or category)
@@ -339,6 +373,14 @@ def _stage_groups(summary: Any) -> list[str]:
     return found
 
 
+def _distant(c: MetastaticDisease, event: TrialEvent) -> bool:
+    """A distant secondary malignancy: coded so (C78–C79), or named so and not nodal (C77)."""
+    found = [m for m in event.concepts if m.concept == c.condition_valueset]
+    if any(m.matched_by == "code" for m in found):
+        return True
+    return bool(found) and c.nodal_valueset not in event.concept_ids
+
+
 def _metastatic(
     c: MetastaticDisease, events: Sequence[TrialEvent], ref: dt.date
 ) -> CriterionResult:
@@ -356,9 +398,11 @@ def _metastatic(
         if e.values.get("category") in c.stage_groups
     ]
     for e in _of(events, EventKind.CONDITION):
-        if c.condition_valueset in e.concept_ids:
+        if _distant(c, e):
             hits.append(Evidence(e, _concept_text(e, c.condition_valueset)))
             continue
+        if not e.concept_ids & set(c.cancer_valuesets):
+            continue  # a pressure ulcer's or a kidney disease's stage is not the cancer's
         stated = [g for s in e.values.get("stage") or () for g in _stage_groups(s)]
         metastatic = [g for g in stated if g in c.stage_groups]
         if metastatic:
@@ -385,6 +429,8 @@ def _driver(c: DriverAlteration, events: Sequence[TrialEvent], ref: dt.date) -> 
     findings = _of(events, EventKind.GENOMIC_FINDING)
     positive: list[Evidence] = []
     negative: dict[str, Evidence] = {}
+    # a variant of uncertain significance, benign or likely benign is not activating: unknown
+    uncertain: dict[str, Evidence] = {}
     for e in findings:
         genes = [g for g in e.values.get("genes") or () if g in c.genes]
         where = e.values.get("specimen_kind") or "specimen not stated"
@@ -393,6 +439,12 @@ def _driver(c: DriverAlteration, events: Sequence[TrialEvent], ref: dt.date) -> 
                 positive.append(Evidence(e, f"{gene} positive ({where})"))
             elif e.values.get("result") == "negative":
                 negative.setdefault(gene, Evidence(e, f"{gene} negative ({where})"))
+            elif e.values.get("result") == "not_activating":
+                said = next(
+                    (m.text or m.code for m in e.concepts if m.concept == "variant_not_activating"),
+                    "not activating",
+                )
+                uncertain.setdefault(gene, Evidence(e, f"{gene} variant: {said} ({where})"))
     if positive:
         return CriterionResult(c, "met", f"driver alteration: {positive[0].value}", tuple(positive))
     untested = [g for g in c.genes if g not in negative]
@@ -403,11 +455,16 @@ def _driver(c: DriverAlteration, events: Sequence[TrialEvent], ref: dt.date) -> 
             "no driver alteration: " + ", ".join(f"{g} negative" for g in c.genes),
             tuple(negative.values()),
         )
+    unclear = [g for g in untested if g in uncertain]
+    missing = [g for g in untested if g not in uncertain]
+    reasons = [f"{uncertain[g].value}, not an activating alteration" for g in unclear]
+    if missing:
+        reasons.append(f"no result for {', '.join(missing)}")
     return CriterionResult(
         c,
         "unknown",
-        f"no result for {', '.join(untested)}",
-        tuple(negative.values()),
+        "; ".join(reasons),
+        (*negative.values(), *(uncertain[g] for g in unclear)),
         f"{'/'.join(untested)} testing (tissue or ctDNA)",
     )
 
@@ -415,32 +472,41 @@ def _driver(c: DriverAlteration, events: Sequence[TrialEvent], ref: dt.date) -> 
 def _recent_medication(
     c: RecentMedication, events: Sequence[TrialEvent], ref: dt.date
 ) -> CriterionResult:
-    start = shift_day(ref, -c.days_before_enrollment)
+    """Exposure is an interval: a course overlapping the N days before the reference day counts.
+
+    A partial date that may fall inside or outside the window (a year-only statement) leaves the
+    criterion unknown, never met.
+    """
+    window = (shift_day(ref, -c.days_before_enrollment), shift_day(ref, -1))
     drugs = [
         e for e in events if e.kind in (EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE)
     ]
     hits: list[Evidence] = []
+    maybe: list[Evidence] = []
     for e in drugs:
         matched = [v for v in c.valuesets if v in e.concept_ids]
         if not matched or (c.systemic_only and e.values.get("route_class") == "local"):
             continue
-        if e.date is None:
+        span = exposure_span(e)
+        if span is None or e.date is None:
             continue
-        first = e.date.first
-        last = e.end.last if e.end else e.date.last
-        ongoing = (
-            e.kind is EventKind.DRUG_EXPOSURE
-            and e.end is None
-            and e.values.get("status") in ("active", "on-hold")
-        )
-        if first < ref and (last >= start or ongoing):
-            days = (ref - first).days
-            hits.append(
-                Evidence(e, f"{e.values.get('medication') or matched[0]} {days} days before")
-            )
+        name = e.values.get("medication") or matched[0]
+        if span.surely_overlaps(*window):
+            hits.append(Evidence(e, f"{name} {(ref - e.date.first).days} days before"))
+        elif span.may_overlap(*window):
+            maybe.append(Evidence(e, f"{name} dated {e.date.text}"))
     if hits:
         return CriterionResult(
             c, "met", f"{hits[0].value} the reference day {ref.isoformat()}", tuple(hits)
+        )
+    if maybe:
+        return CriterionResult(
+            c,
+            "unknown",
+            f"{maybe[0].value} may fall in the {c.days_before_enrollment} days before "
+            f"{ref.isoformat()}",
+            tuple(maybe),
+            "the exact dates of the listed drugs",
         )
     if drugs:
         return CriterionResult(
@@ -459,8 +525,19 @@ def _recent_medication(
 
 def _never_smoker(c: NeverSmoker, events: Sequence[TrialEvent], ref: dt.date) -> CriterionResult:
     recorded = _of(events, EventKind.SMOKING_STATUS)
-    known = [e for e in recorded if e.values.get("status") in ("never", "ever")]
-    latest = _latest(known or recorded)  # a later "unknown" does not erase a known status
+    ever = [e for e in recorded if e.values.get("status") == "ever"]
+    never = [e for e in recorded if e.values.get("status") == "never"]
+    # Smoking history is cumulative: a "never" record, before or after, is a charting error.
+    if ever:
+        first = min(ever, key=_chronological)
+        cited = sorted(ever + never, key=_chronological)
+        reason = "current or former smoker"
+        if never:
+            reason += f"{_when(first)}; a never-smoker record does not erase a smoking history"
+        return CriterionResult(
+            c, "not_met", reason, tuple(Evidence(e, str(e.values["status"])) for e in cited)
+        )
+    latest = _latest(never or recorded)  # a later "unknown" does not erase a known status
     if latest is None:
         return CriterionResult(
             c, "unknown", "no smoking status recorded", (), "smoking status (LOINC 72166-2)"
@@ -469,8 +546,6 @@ def _never_smoker(c: NeverSmoker, events: Sequence[TrialEvent], ref: dt.date) ->
     shown = str(status or "unreadable")
     if status == "never":
         return CriterionResult(c, "met", "never smoker", (Evidence(latest, shown),))
-    if status == "ever":
-        return CriterionResult(c, "not_met", "current or former smoker", (Evidence(latest, shown),))
     return CriterionResult(
         c, "unknown", "smoking status unknown", (Evidence(latest, shown),), "a known smoking status"
     )
@@ -514,11 +589,11 @@ def evaluate(
 
 
 def is_candidate(protocol: TrialProtocol, events: Sequence[TrialEvent], is_subject: bool) -> bool:
-    """Screened: a lung-cancer (or NSCLC) condition, or a ResearchSubject for the study."""
+    """Screened: a lung-cancer (NSCLC, small cell) condition, or a ResearchSubject for the study."""
     if is_subject:
         return True
     wanted: set[str] = set()
     for c in protocol.eligibility:
         if isinstance(c, NsclcDiagnosis):
-            wanted |= {c.nsclc_valueset, c.lung_cancer_valueset}
+            wanted |= {c.nsclc_valueset, c.small_cell_valueset, c.lung_cancer_valueset}
     return any(e.kind is EventKind.CONDITION and e.concept_ids & wanted for e in events)

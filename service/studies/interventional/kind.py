@@ -10,20 +10,31 @@ from fhir_mapping.events.model import EventKind, TrialEvent
 from fhir_mapping.required_codes import REQUIRED_CODES
 from service.stats.plots import km_figure, swimmer_plot
 from service.studies.interventional.cohort_statistics import CohortInput, cohort_report
+from service.studies.interventional.consort import trial_flow
+from service.studies.interventional.deviation_rules import surgery
 from service.studies.interventional.eligibility import evaluate
 from service.studies.interventional.membership import trial_membership
 from service.studies.interventional.protocol import TrialProtocol
+from service.studies.interventional.report import trial_document
 from service.studies.interventional.screening import refresh_screening
 from service.studies.interventional.subject_outcomes import subject_outcomes
-from service.studies.kind import CohortReport, Member, StudyKind
+from service.studies.kind import (
+    CohortData,
+    CohortReport,
+    ListingRow,
+    StudyKind,
+    StudyTreatment,
+    TabulationPlan,
+)
 
 
-def trial_report(protocol: TrialProtocol, members: Sequence[Member]) -> CohortReport:
-    """Cohort figures, KM of EFS and OS, and the swimmer plot."""
-    subjects = [CohortInput(m.subject_id, m.status, m.day1, m.events) for m in members]
+def trial_report(protocol: TrialProtocol, cohort: CohortData) -> CohortReport:
+    """Cohort figures, KM of EFS and OS, the swimmer plot, and the flow of patients."""
+    subjects = [CohortInput(m.subject_id, m.status, m.day1, m.events) for m in cohort.members]
     figures, data = cohort_report(protocol, subjects)
     level = data.level
     efs, os_ = data.km["efs"], data.km["os"]
+    flow = trial_flow(protocol, cohort, figures["subjects"])
     return CohortReport(
         figures,
         {
@@ -31,6 +42,12 @@ def trial_report(protocol: TrialProtocol, members: Sequence[Member]) -> CohortRe
             "os": km_figure([os_], f"{protocol.id}: overall survival", level, "Day 1"),
             "swimmer": lambda fmt: swimmer_plot(data.swimmer, fmt=fmt),
         },
+        flow=flow,
+        listing=tuple(
+            ListingRow(r["subject_id"], {k: v for k, v in r.items() if k != "subject_id"})
+            for r in sorted(figures["subjects"], key=lambda r: str(r["subject_id"]))
+        ),
+        document=lambda: trial_document(protocol, figures, flow),
     )
 
 
@@ -54,6 +71,24 @@ def deviation_rules(protocol: TrialProtocol) -> tuple[str, ...]:
     return tuple(sorted(str(d.code) for d in protocol.deviations))
 
 
+def surgery_day(events: Sequence[TrialEvent], day1: dt.date | None) -> dt.date | None:
+    """The day of the study's surgery (the one the outcomes use): the treatment epoch's last day."""
+    op = surgery(events, day1)
+    return op.date.day if op is not None and op.date is not None else None
+
+
+def tabulation_plan(protocol: TrialProtocol) -> TabulationPlan:
+    """The study drugs and epochs an SDTM export needs (neoadjuvant: treatment ends at surgery)."""
+    return TabulationPlan(
+        treatments=tuple(
+            StudyTreatment(d.id, d.valueset, d.dose_mg, "mg", d.route)
+            for d in protocol.schedule.study_drugs
+        ),
+        screening_days=protocol.schedule.screening.window_days_before_day1,
+        treatment_end=surgery_day,
+    )
+
+
 INTERVENTIONAL: StudyKind[TrialProtocol] = StudyKind(
     name="interventional",
     title="interventional study",
@@ -70,5 +105,6 @@ INTERVENTIONAL: StudyKind[TrialProtocol] = StudyKind(
     screening=eligibility_on,
     subject_outcomes=subject_outcomes,
     deviation_rules=deviation_rules,
+    tabulation=tabulation_plan,
     reevaluate_events=frozenset({EventKind.CONDITION, EventKind.ENROLLMENT}),
 )

@@ -37,9 +37,11 @@ class FollowUp(Strict):
 
 
 class Schedule(Strict):
-    """When things happen, relative to Day 1 = the first study-drug administration."""
+    """When things happen, relative to Day 1 = the first study-drug dose on or after enrollment."""
 
-    day1: Literal["first_study_drug_administration"]
+    day1: Literal["first_study_drug_on_or_after_enrollment"]
+    # Without an enrollment date: the first day one of these study drugs (ids) is given.
+    day1_without_enrollment: tuple[str, ...] = Field(min_length=1)
     study_drugs: tuple[StudyDrug, ...] = Field(min_length=1)
     dose_tolerance_pct: Decimal = Field(ge=0, le=100)
     screening: Screening
@@ -60,10 +62,12 @@ class _Criterion(Strict):
 
 
 class NsclcDiagnosis(_Criterion):
-    """Inclusion 1: NSCLC by code or histology; ICD-10 C34 alone is a **choice**."""
+    """Inclusion 1: NSCLC by code or histology (small cell: not met); C34 alone is a **choice**."""
 
     rule: Literal["nsclc_diagnosis"]
     nsclc_valueset: str
+    # small-cell histology with no NSCLC record: not met
+    small_cell_valueset: str
     lung_cancer_valueset: str
     lung_cancer_without_histology: Fallback
 
@@ -103,12 +107,16 @@ class ConditionHistory(_Criterion):
 
 
 class MetastaticDisease(_Criterion):
-    """Exclusion 6: M1 category, a secondary malignancy, or a stage IV group."""
+    """Exclusion 6: M1 category, a distant secondary malignancy, or stage IV of the cancer."""
 
     rule: Literal["metastatic_disease"]
     m_categories: tuple[str, ...] = Field(min_length=1)
     stage_groups: tuple[str, ...] = Field(min_length=1)
     condition_valueset: str
+    # regional lymph nodes (C77): never metastatic, even when named like a secondary malignancy
+    nodal_valueset: str
+    # the conditions whose Condition.stage is the cancer's stage (a pressure ulcer's is not)
+    cancer_valuesets: tuple[str, ...] = Field(min_length=1)
 
 
 class DriverAlteration(_Criterion):
@@ -160,12 +168,39 @@ DeviationCode = Literal[
 ]
 
 
+class PerioperativeDose(Strict):
+    """**Choice**: a single-day dose of this drug on the surgery day (by this route, when given)
+    is peri-operative (anaesthesia premedication, PONV prophylaxis), not prohibited medication."""
+
+    valueset: str
+    route_valueset: str | None = None
+
+
 class DeviationRule(Strict):
-    """One deviation rule the protocol uses, with its severity (a **choice**)."""
+    """One deviation rule the protocol uses, with its severity (a **choice**).
+
+    `prohibited_medication` also names the irAE value set (`irae_valueset`) and the doses that
+    are peri-operative (`perioperative`); no other rule takes them. An AdverseEvent or Condition is
+    immune-related when its term or category is in `irae_valueset`, or (an AdverseEvent) when a
+    suspect in a study drug's value set is assessed as related (the `causality_related` value
+    set). A drug treats it when it names it in `reasonReference`, or starts on or after its onset
+    (itself on or after Day 1).
+    """
 
     code: DeviationCode
     severity: Literal["major", "minor"]
     description: str = Field(min_length=1)
+    irae_valueset: str | None = None
+    perioperative: tuple[PerioperativeDose, ...] = ()
+
+    @model_validator(mode="after")
+    def _own_settings(self) -> DeviationRule:
+        prohibited = self.code == "prohibited_medication"
+        if prohibited and self.irae_valueset is None:
+            raise ValueError("prohibited_medication needs `irae_valueset` (what an irAE is)")
+        if not prohibited and (self.irae_valueset is not None or self.perioperative):
+            raise ValueError(f"{self.code} takes no `irae_valueset` or `perioperative` settings")
+        return self
 
 
 class TrialOutcomes(Strict):
@@ -177,6 +212,9 @@ class TrialOutcomes(Strict):
     pcr_without_nodal_information: Literal["not_evaluable"]
     viable_tumour_valueset: str
     efs_events: tuple[Literal["progression_precluding_surgery", "recurrence", "death"], ...]
+    # A Condition in this value set (distant secondary malignancy, C78–C79) with onset after surgery
+    # is a recurrence.
+    recurrence_condition_valueset: str
     censoring: Literal["last_data_point"]
     high_grade_ae_min: int = Field(ge=1, le=5)
     survival_timepoints_months: tuple[int, ...]
@@ -217,4 +255,8 @@ class TrialProtocol(StudyProtocol):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
                 raise ValueError(f"{what}: duplicate id(s) {dupes}")
+        drugs = {d.id for d in self.schedule.study_drugs}
+        unknown = sorted(set(self.schedule.day1_without_enrollment) - drugs)
+        if unknown:
+            raise ValueError(f"schedule.day1_without_enrollment: not a study drug id {unknown}")
         return self

@@ -18,9 +18,23 @@ from service.studies.interventional.protocol import TrialProtocol
 from service.studies.kind import SubjectBatch, SubjectFacts, pseudonym
 
 
-def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBatch) -> None:
-    """Re-screen the candidates among these patients as of today; drop non-candidates."""
+def _flow_key(overall: str, at_enrollment: str | None, payload: str) -> tuple[Any, ...]:
+    """What the cohort's flow of patients reads from a screening row (not its date)."""
+    found = json.loads(payload)
+    criteria = found.get("criteria") if isinstance(found, dict) else None
+    verdicts = tuple(
+        (str(c.get("id")), str(c.get("verdict"))) for c in criteria or () if isinstance(c, dict)
+    )
+    return overall, at_enrollment, verdicts
+
+
+def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBatch) -> bool:
+    """Re-screen the candidates among these patients as of today; drop non-candidates.
+
+    True when the screening list changed as the cohort's flow reads it (a snapshot goes stale).
+    """
     session = uow.session
+    changed = False
     study_id = protocol.id
     stored = eligibility_results.eligibility_of(session, study_id, batch.patient_ids)
     candidates: list[tuple[str, SubjectFacts | None]] = []
@@ -31,6 +45,7 @@ def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBa
             continue
         if patient_id in stored:
             eligibility_results.delete_eligibility(session, study_id, patient_id)
+            changed = True
         # not a candidate (so not a subject): any deviations it had are resolved
         sync_subject(
             session,
@@ -42,8 +57,10 @@ def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBa
             now=batch.now,
         )
     if not candidates:
-        return
-    full = trial_events.events_of(session, [p for p, _ in candidates], stored=uow.stored_events)
+        return changed
+    full = trial_events.events_of(
+        session, [p for p, _ in candidates], stored=uow.stored_events, zone=batch.zone
+    )
     for patient_id, facts in candidates:
         subject_id = pseudonym(batch.key, study_id, patient_id)
         values = screening_row(
@@ -53,9 +70,13 @@ def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBa
             patient_id=patient_id,
             facts=facts,
             now=batch.now,
+            today=batch.today,
         )
         old = stored.get(patient_id)
         eligibility_results.save_eligibility(session, values, old is not None)
+        new_key = _flow_key(values["overall"], values["at_enrollment"], values["payload"])
+        if old is None or _flow_key(old.overall, old.at_enrollment, old.payload) != new_key:
+            changed = True
         if old is None or old.overall != values["overall"]:
             before = old.overall if old is not None else None
             webhook_outbox.enqueue(
@@ -80,7 +101,7 @@ def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBa
                 eligible_at_enrollment=values["at_enrollment"],
                 enrollment_source=facts.evidence[0] if facts.evidence else None,
             )
-            findings = detect(protocol, full[patient_id], context, as_of=batch.now.date())
+            findings = detect(protocol, full[patient_id], context, as_of=batch.today)
         sync_subject(
             session,
             protocol,
@@ -90,6 +111,7 @@ def refresh_screening(uow: UnitOfWork, protocol: TrialProtocol, batch: SubjectBa
             findings=findings,
             now=batch.now,
         )
+    return changed
 
 
 def screening_row(
@@ -100,11 +122,12 @@ def screening_row(
     patient_id: str,
     facts: SubjectFacts | None,
     now: dt.datetime,
+    today: dt.date,
 ) -> dict[str, Any]:
-    """The stored screening result: as of today, plus the verdict on the enrollment day."""
+    """The stored screening result: as of today (the site's day), plus the verdict on the
+    enrollment day."""
     enrolled_on = facts.enrolled_on if facts else None
     day1 = facts.day1 if facts else None
-    today = now.date()
     result = evaluate(protocol, events, as_of=today, enrolled_on=enrolled_on, day1=day1)
     at_enrollment = None
     if enrolled_on is not None and enrolled_on <= today:

@@ -108,11 +108,46 @@ class Death:
         return self.day.isoformat() if self.day else "no date"
 
 
+# Procedure statuses of one that took place (started at least); `preparation` is a plan.
+PERFORMED_PROCEDURE = frozenset({"completed", "in-progress", "on-hold", "stopped"})
+
+
+def is_data_point(event: TrialEvent) -> bool:
+    """A performed, dated fact (Encounter, Observation, DiagnosticReport, performed Procedure,
+    administration, Condition, AdverseEvent …), never a planned one: a ServiceRequest, a
+    Procedure in preparation, a medication order (its date may be a planned start) or an
+    intended use."""
+    values = event.values
+    if values.get("planned") or isinstance(values.get("intent"), str):
+        return False
+    if event.source.resource_type == "Procedure":
+        return values.get("status") in PERFORMED_PROCEDURE
+    return not (event.kind is EventKind.DRUG_EXPOSURE and values.get("status") == "intended")
+
+
+def _data_point_day(event: TrialEvent) -> dt.date | None:
+    """The latest day a fact covers: a finished stay's last day, else its date's day."""
+    day = _day(event)
+    if (
+        day is not None
+        and event.kind is EventKind.ENCOUNTER
+        and event.values.get("status") == "finished"
+        and event.end is not None
+        and event.end.day is not None
+    ):
+        return max(day, event.end.day)
+    return day
+
+
 def last_data_point(
     events: Sequence[TrialEvent], day1: dt.date
 ) -> tuple[dt.date, TrialEvent] | None:
-    """The latest dated fact about the subject on or after Day 1 (the censoring day)."""
-    dated = [(d, e) for e in events if (d := _day(e)) is not None and d >= day1]
+    """The latest performed, dated fact about the subject on or after Day 1 (the censoring day)."""
+    dated = [
+        (d, e)
+        for e in events
+        if is_data_point(e) and (d := _data_point_day(e)) is not None and d >= day1
+    ]
     return max(dated, key=lambda p: (p[0], p[1].source.resource_id)) if dated else None
 
 
@@ -162,8 +197,13 @@ def overall_survival(events: Sequence[TrialEvent], day1: dt.date) -> TimeToEvent
     return _death_outcome(death, day1) if death else _censored(events, day1)
 
 
-def _progression(events: Sequence[TrialEvent], day1: dt.date) -> TimeToEvent | None:
-    """The first progression or recurrence on or after Day 1, as an EFS event."""
+def _progression(
+    events: Sequence[TrialEvent], day1: dt.date, recurrence_valueset: str | None
+) -> TimeToEvent | None:
+    """The first progression or recurrence on or after Day 1, as an EFS event: a disease-status
+    Observation saying so, or a distant metastasis Condition (C78–C79) with onset after surgery."""
+    op = surgery(events, day1)
+    op_day = _day(op) if op else None
     hits = [
         (day, e.source.resource_id, e)
         for e in events
@@ -172,19 +212,32 @@ def _progression(events: Sequence[TrialEvent], day1: dt.date) -> TimeToEvent | N
         and (day := _day(e)) is not None
         and day >= day1
     ]
+    if recurrence_valueset is not None and op_day is not None:
+        hits += [
+            (day, e.source.resource_id, e)
+            for e in events
+            if e.kind is EventKind.CONDITION
+            and recurrence_valueset in e.concept_ids
+            and (day := _day(e)) is not None
+            and day > op_day
+        ]
     if not hits:
         return None
     day, _, source = min(hits, key=lambda h: (h[0], h[1]))
     return TimeToEvent((day - day1).days, True, "progression_or_recurrence", day, source)
 
 
-def event_free_survival(events: Sequence[TrialEvent], day1: dt.date) -> TimeToEvent:
-    """Progression or recurrence on or after Day 1, or death; otherwise censored."""
+def event_free_survival(
+    events: Sequence[TrialEvent], day1: dt.date, *, recurrence_valueset: str | None = None
+) -> TimeToEvent:
+    """Progression or recurrence on or after Day 1 (a recurrence Condition in
+    `recurrence_valueset` with onset after surgery counts), or death; otherwise censored."""
     death = first_death(events, day1)
     if death is not None and death.day is not None and death.day < day1:
         return _death_outcome(death, day1)  # dead before Day 1 per the record: no EFS time either
     died = _death_outcome(death, day1) if death else None
-    timed = [t for t in (died, _progression(events, day1)) if t is not None and t.days is not None]
+    progressed = _progression(events, day1, recurrence_valueset)
+    timed = [t for t in (died, progressed) if t is not None and t.days is not None]
     if timed:
         return min(timed, key=lambda t: (t.days, t.event_type or ""))
     return died or _censored(events, day1)
@@ -368,7 +421,9 @@ def subject_outcomes(
         if surgery_day is not None
         else None,
         **response,
-        "efs": event_free_survival(events, day1).to_json(),
+        "efs": event_free_survival(
+            events, day1, recurrence_valueset=protocol.outcomes.recurrence_condition_valueset
+        ).to_json(),
         "os": overall_survival(events, day1).to_json(),
         "safety": safety(protocol, events, day1),
     }

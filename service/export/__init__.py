@@ -1,0 +1,1 @@
+"""Exports of study data in standards other systems read (CDISC SDTM)."""
