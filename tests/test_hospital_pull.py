@@ -17,6 +17,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 from sqlalchemy import Engine
 
+from api import cli
 from service.fhir.interactions import FhirService
 from service.fhir.pull.client import (
     ASSERTION_TYPE,
@@ -31,6 +32,7 @@ from service.infra.db import reading
 from service.infra.settings import Settings
 from service.repositories import source_pulls
 from tests.conftest import LiveServer, clear_store
+from tests.kit.live import served
 
 BASE = "https://fhir.hospital.test/r4"
 FILES = "https://files.hospital.test"
@@ -433,3 +435,93 @@ def test_a_wrong_sources_file_is_refused_naming_the_source_and_key(
     with pytest.raises(SourceConfigError) as refused:
         load_sources(path)
     assert str(refused.value) == f"{path}: {message}"
+
+
+def _hospital_for_everyone(rsa: RSAKey) -> Hospital:
+    hospital = Hospital(RSAKey.import_key(rsa.as_dict(private=False)))
+    hospital.manifest = _manifest(
+        T1,
+        [
+            ("Patient", f"{FILES}/out/Patient.ndjson"),
+            ("Condition", f"{BASE}/files/Condition.ndjson"),
+        ],
+    )
+    return hospital
+
+
+def test_sync_endpoint_runs_the_pull_as_a_job_with_progress(
+    database_url: str, engine: Engine, sources_file: Path, rsa: RSAKey
+) -> None:
+    clear_store(engine)
+    hospital = _hospital_for_everyone(rsa)
+    settings = Settings(
+        database_url=database_url,
+        sources_file=sources_file,
+        pull_max_wait_seconds=0,
+        webhook_interval_seconds=0,
+    )
+    with (
+        served(settings) as app,
+        respx.mock(assert_all_called=False) as mock,
+        httpx.Client(base_url=f"{app.url}/api/v1", timeout=60) as api,
+    ):
+        mock.route(host="127.0.0.1").pass_through()
+        mock.route().mock(side_effect=hospital.router.handler)
+        assert api.post("/sources/nowhere/sync").json()["error"]["code"] == "source_not_found"
+        started = api.post("/sources/general/sync")
+        assert started.status_code == 202
+        job = started.json()
+        assert started.headers["location"] == f"/api/v1/sources/general/sync/{job['job_id']}"
+        assert job["status"] == "running"
+        app.app.state.pulls.wait("general", timeout=60)
+        done = api.get(f"/sources/general/sync/{job['job_id']}").json()
+        assert (
+            api.get("/sources/general/sync/no-such-job").json()["error"]["code"] == "job_not_found"
+        )
+    assert done["status"] == "succeeded"
+    assert done["error"] is None
+    assert done["progress"]["by_type"] == {"Patient": 2, "Condition": 2}
+    assert done["progress"]["line_errors"] == [
+        {
+            "file": "file 2 (Condition) Condition.ndjson",
+            "line": 2,
+            "status": 400,
+            "code": "structure",
+        }
+    ]
+    assert done["progress"]["transaction_time"] == T1
+    assert done["message"] == "done: 4 created, 1 rejected; next pull asks _since=" + T1
+    assert _stored_since(engine) == T1
+
+
+def test_pull_command_prints_progress_and_rejected_lines(
+    database_url: str,
+    engine: Engine,
+    sources_file: Path,
+    rsa: RSAKey,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    clear_store(engine)
+    hospital = _hospital_for_everyone(rsa)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("TRIALBRIDGE_SOURCES_FILE", str(sources_file))
+    monkeypatch.setenv("TRIALBRIDGE_PULL_MAX_WAIT_SECONDS", "0")
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route().mock(side_effect=hospital.router.handler)
+        code = cli.main(["pull", "general"])
+        assert cli.main(["pull", "elsewhere"]) == 2
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out.splitlines() == [
+        "general: export accepted; waiting for the source to prepare the files",
+        "general: source busy: 10%",
+        f"general: export ready: 2 file(s) as of {T1}",
+        "general: file 1 (Patient) Patient.ndjson: ingested (2 created)",
+        "general: file 2 (Condition) Condition.ndjson: ingested (4 created, 1 rejected)",
+        f"general: done: 4 created, 1 rejected; next pull asks _since={T1}",
+    ]
+    assert err.splitlines()[0].startswith(
+        "file 2 (Condition) Condition.ndjson:2: 400 line 2: malformed JSON"
+    )
+    assert err.splitlines()[1] == "trialbridge pull: no source 'elsewhere' (known: general)"
