@@ -14,7 +14,7 @@ import httpx
 import pytest
 import respx
 from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import ECKey, RSAKey
 from sqlalchemy import Engine
 
 from api import cli
@@ -525,3 +525,34 @@ def test_pull_command_prints_progress_and_rejected_lines(
         "file 2 (Condition) Condition.ndjson:2: 400 line 2: malformed JSON"
     )
     assert err.splitlines()[1] == "trialbridge pull: no source 'elsewhere' (known: general)"
+
+
+def test_a_p384_key_signs_es384_assertions(tmp_path: Path) -> None:
+    key = ECKey.generate_key("P-384")
+    path = tmp_path / "sources.json"
+    path.write_text(
+        json.dumps(
+            {
+                "source": [
+                    {
+                        "id": "ec",
+                        "base_url": BASE,
+                        "client_id": CLIENT,
+                        "private_key_jwk": {**key.as_dict(private=True), "kid": "ec-1"},
+                        "token_url": TOKEN_URL,
+                        "patients": ["hp1"],
+                    }
+                ]
+            }
+        )
+    )
+    source = load_sources(path)["ec"]
+    assert source.algorithm == "ES384"
+    client = HospitalClient(source, RetryPolicy())
+    token = jwt.decode(client.assertion(TOKEN_URL), key, algorithms=["ES384"])
+    assert (token.header["alg"], token.header["kid"]) == ("ES384", "ec-1")
+    assert (token.claims["iss"], token.claims["sub"], token.claims["aud"]) == (
+        CLIENT,
+        CLIENT,
+        TOKEN_URL,
+    )
