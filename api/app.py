@@ -28,6 +28,7 @@ from api.metrics import router as metrics_router
 from api.outcome_routes import router as outcome_router
 from api.rate_limit import RateLimit, RateLimits
 from api.security_headers import SecurityHeaders
+from api.source_routes import router as source_router
 from api.study_routes import router as study_router
 from service.access.clients import bootstrap_admin
 from service.access.tokens import TokenService
@@ -35,6 +36,7 @@ from service.audit.trail import AuditTrail
 from service.derivation.catalog import load_catalog
 from service.export.sdtm.export import SdtmExporter
 from service.fhir.interactions import FhirService
+from service.fhir.pull.jobs import SourcePulls
 from service.fhir.validation_workers import ModelChecks
 from service.infra import metrics, migrate
 from service.infra.db import make_engine
@@ -100,6 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model_checks = ModelChecks.for_settings(conf)
         app.state.store = FhirService(engine, conf, catalog.derivation, model_checks)
         app.state.studies = StudyReader(engine, catalog.protocols, conf.site_zone())
+        # a broken sources file stops start-up, naming the source and key
+        app.state.pulls = SourcePulls(engine, app.state.store, conf)
         evidence: EvidenceCodec = app.state.evidence
         refresher = CohortRefresher(
             engine,
@@ -166,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deviation_router)
     app.include_router(outcome_router)
     app.include_router(export_router)
+    app.include_router(source_router)
     app.include_router(metrics_router)
     app.include_router(docs_router())
 

@@ -18,7 +18,7 @@ import orjson
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from api import cli_access, cli_export, request_log
+from api import cli_access, cli_export, cli_pull, request_log
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import decode_text, loads
 from service.derivation.catalog import load_catalog
@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("--force", action="store_true", help="recompute every study, stale or not")
     cli_access.add_parsers(sub)
     cli_export.add_parser(sub)
+    cli_pull.add_parser(sub)
     return parser
 
 
@@ -271,7 +272,15 @@ def _run(argv: Sequence[str] | None) -> int:
     ):
         print(f"trialbridge: {refusal}", file=sys.stderr)
         return 2
-    if args.command in ("serve", "load", "remap", "reevaluate", "refresh-cohorts", "export"):
+    if args.command in (
+        "serve",
+        "load",
+        "remap",
+        "reevaluate",
+        "refresh-cohorts",
+        "export",
+        "pull",
+    ):
         try:
             catalog = load_catalog(settings)  # fail before serving, naming the file and key
         except (ProtocolError, TerminologyError) as exc:
@@ -279,6 +288,8 @@ def _run(argv: Sequence[str] | None) -> int:
             return 2
     if args.command == "export":
         return cli_export.run(args, settings, catalog.protocols)
+    if args.command == "pull":
+        return cli_pull.run(args, settings, catalog.derivation)
     if args.command == "remap":
         engine = make_engine(settings)
         migrate.prepare(engine, auto_migrate=settings.auto_migrate)

@@ -495,9 +495,14 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
         "/api/v1/studies/{study_id}/export/sdtm/{file}",
         "/api/v1/subscriptions",
         "/api/v1/subscriptions/{subscription_id}",
+        "/api/v1/sources/{source_id}/sync",
+        "/api/v1/sources/{source_id}/sync/{job_id}",
     }
     plot = "/api/v1/studies/{study_id}/outcomes/plots/{plot}"
-    for path in paths - {"/api/v1/subscriptions/{subscription_id}"}:
+    for path in paths - {
+        "/api/v1/subscriptions/{subscription_id}",
+        "/api/v1/sources/{source_id}/sync",
+    }:
         responses = schema["paths"][path]["get"]["responses"]
         snapshot = {
             plot,

@@ -227,6 +227,41 @@ class Settings(BaseSettings):
         description="Where the first start writes the local admin client's private key "
         "(default: beside the SQLite database)",
     )
+    sources_file: Path | None = Field(
+        default=None,
+        description="TOML or JSON file naming the hospital FHIR servers `trialbridge pull` and "
+        "POST /api/v1/sources/{id}/sync pull from",
+    )
+    pull_max_retries: int = Field(
+        default=5,
+        ge=0,
+        le=100,
+        description="Retries of one request to a hospital source (429, 503, network) before the "
+        "pull gives up",
+    )
+    pull_max_wait_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        le=3600,
+        description="Longest wait a hospital's Retry-After may ask for (longer asks are capped)",
+    )
+    pull_poll_limit: int = Field(
+        default=720,
+        ge=1,
+        le=100_000,
+        description="Status polls of one $export before the pull gives up",
+    )
+    pull_timeout_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="Timeout of each request to a hospital source"
+    )
+
+    @field_validator("sources_file")
+    @classmethod
+    def _existing_file(cls, value: Path | None) -> Path | None:
+        """A configured sources file that is missing is a deployment error, caught at start-up."""
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
 
     @field_validator("protocol_dir", "terminology_dir")
     @classmethod

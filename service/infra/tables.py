@@ -410,3 +410,27 @@ class CohortLease(SQLModel, table=True):
     study_id: str = Field(primary_key=True, max_length=64)
     owner: str = Field(max_length=64)
     until: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class SourceState(SQLModel, table=True):
+    """Per hospital source: the `transactionTime` of its last complete pull, the next `_since`."""
+
+    __tablename__ = "source_state"
+
+    source_id: str = Field(primary_key=True, max_length=64)
+    transaction_time: str = Field(max_length=64)
+    updated_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class PullJob(SQLModel, table=True):
+    """One pull from a hospital source started through the API: its state and progress."""
+
+    __tablename__ = "pull_job"
+
+    id: str = Field(primary_key=True, max_length=36)
+    source_id: str = Field(max_length=64, index=True)
+    status: str = Field(max_length=16)
+    started_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    finished_at: dt.datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    progress: str = Field(sa_column=Column(Text(), nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(Text()))

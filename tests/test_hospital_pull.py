@@ -1,0 +1,558 @@
+"""Pulling from a hospital FHIR server: respx plays the hospital (SMART Backend Services token
+endpoint, Bulk Data `$export`, NDJSON files); what the pull ingests is read back through /fhir."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import respx
+from joserfc import jwt
+from joserfc.jwk import ECKey, RSAKey
+from sqlalchemy import Engine
+
+from api import cli
+from service.fhir.interactions import FhirService
+from service.fhir.pull.client import (
+    ASSERTION_TYPE,
+    HospitalClient,
+    PullError,
+    RefusedUrlError,
+    RetryPolicy,
+)
+from service.fhir.pull.jobs import SourcePulls
+from service.fhir.pull.sources import SourceConfigError, load_sources
+from service.infra.db import reading
+from service.infra.settings import Settings
+from service.repositories import source_pulls
+from tests.conftest import LiveServer, clear_store
+from tests.kit.live import served
+
+BASE = "https://fhir.hospital.test/r4"
+FILES = "https://files.hospital.test"
+EVIL = "https://evil.example"
+TOKEN_URL = f"{BASE}/auth/token"
+CLIENT = "trialbridge-at-hospital"
+T1 = "2027-01-01T02:00:00.000Z"
+T2 = "2027-01-01T03:00:00.000Z"
+
+
+def _line(resource: dict[str, Any]) -> str:
+    return json.dumps(resource)
+
+
+PATIENTS = [
+    {"resourceType": "Patient", "id": f"hp{i}", "gender": "female", "birthDate": f"1960-01-0{i}"}
+    for i in (1, 2)
+]
+CONDITIONS = [
+    {
+        "resourceType": "Condition",
+        "id": f"hc{i}",
+        "subject": {"reference": "Patient/hp1"},
+        "code": {"text": "asthma"},
+    }
+    for i in (1, 2)
+]
+OBSERVATIONS = [
+    {
+        "resourceType": "Observation",
+        "id": f"ho{i}",
+        "status": "final",
+        "code": {"text": "body weight"},
+        "subject": {"reference": "Patient/hp2"},
+    }
+    for i in (1, 2)
+]
+MALFORMED = '{"resourceType": "Condition", "id": "hc9", '
+
+
+class Hospital:
+    """The hospital's FHIR and authorization servers, as respx routes with their own checks."""
+
+    def __init__(self, public_key: RSAKey) -> None:
+        self.public_key = public_key
+        self.clock = time.time
+        self.router = respx.Router(assert_all_called=False, assert_all_mocked=True)
+        self.jtis: set[str] = set()
+        self.issued: list[str] = []
+        self.revoked: set[str] = set()
+        self.kickoffs: list[dict[str, list[str]]] = []
+        self.polls = 0
+        self.manifest: dict[str, Any] = {}
+        self.condition_attempts = 0
+        self.observation_attempts = 0
+        r = self.router
+        r.get(f"{BASE}/.well-known/smart-configuration").respond(
+            200, json={"token_endpoint": TOKEN_URL, "grant_types_supported": ["client_credentials"]}
+        )
+        r.post(TOKEN_URL).mock(side_effect=self.token)
+        r.get(f"{BASE}/Group/trial-g1/$export").mock(side_effect=self.kickoff)
+        r.get(f"{BASE}/$export-status/job").mock(side_effect=self.status)
+        r.get(f"{FILES}/out/Patient.ndjson").mock(
+            side_effect=self.authorized(lambda: "\n".join(map(_line, PATIENTS)) + "\n")
+        )
+        r.get(f"{BASE}/files/Condition.ndjson").mock(side_effect=self.conditions)
+        r.get(f"{FILES}/out/Observation.ndjson").mock(side_effect=self.observations)
+        self.evil = r.get(url__startswith=EVIL).respond(200, text="")
+
+    def token(self, request: httpx.Request) -> httpx.Response:
+        """Checks the client assertion's signature and claims as a SMART server must."""
+        form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
+        assert form["grant_type"] == "client_credentials"
+        assert form["client_assertion_type"] == ASSERTION_TYPE
+        assert form["scope"] == "system/*.rs"
+        token = jwt.decode(form["client_assertion"], self.public_key, algorithms=["RS384"])
+        assert token.header["alg"] == "RS384"
+        assert token.header["kid"] == "hospital-key-1"
+        claims = token.claims
+        now = self.clock()
+        assert claims["iss"] == claims["sub"] == CLIENT
+        assert claims["aud"] == TOKEN_URL
+        assert now - 5 < claims["exp"] <= now + 300
+        assert claims["jti"] not in self.jtis
+        self.jtis.add(claims["jti"])
+        issued = f"tok-{len(self.issued) + 1}"
+        self.issued.append(issued)
+        return httpx.Response(
+            200, json={"access_token": issued, "token_type": "bearer", "expires_in": 300}
+        )
+
+    def valid(self, request: httpx.Request) -> bool:
+        auth = request.headers.get("authorization", "")
+        token = auth.removeprefix("Bearer ")
+        return auth.startswith("Bearer ") and token in self.issued and token not in self.revoked
+
+    def authorized(self, body: Any) -> Any:
+        def answer(request: httpx.Request) -> httpx.Response:
+            if not self.valid(request):
+                return httpx.Response(401)
+            return httpx.Response(200, text=body())
+
+        return answer
+
+    def kickoff(self, request: httpx.Request) -> httpx.Response:
+        assert self.valid(request)
+        assert request.headers["prefer"] == "respond-async"
+        self.kickoffs.append(parse_qs(request.url.query.decode()))
+        self.polls = 0
+        return httpx.Response(202, headers={"Content-Location": f"{BASE}/$export-status/job"})
+
+    def status(self, request: httpx.Request) -> httpx.Response:
+        assert self.valid(request)
+        self.polls += 1
+        if self.polls == 1:
+            return httpx.Response(202, headers={"Retry-After": "2", "X-Progress": "10%"})
+        if self.polls == 2:
+            return httpx.Response(202, headers={"Retry-After": "1"})
+        return httpx.Response(200, json=self.manifest)
+
+    def conditions(self, request: httpx.Request) -> httpx.Response:
+        assert self.valid(request)
+        self.condition_attempts += 1
+        if self.condition_attempts == 1:
+            return httpx.Response(429, headers={"Retry-After": "1"})
+        lines = [_line(CONDITIONS[0]), MALFORMED, _line(CONDITIONS[1])]
+        # the token expires at the hospital once the Condition file is out
+        self.revoked.update(self.issued)
+        return httpx.Response(200, text="\n".join(lines) + "\n")
+
+    def observations(self, request: httpx.Request) -> httpx.Response:
+        self.observation_attempts += 1
+        if not self.valid(request):
+            return httpx.Response(401)
+        return httpx.Response(200, text="\n".join(map(_line, OBSERVATIONS)))
+
+
+def _manifest(transaction_time: str, outputs: list[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "transactionTime": transaction_time,
+        "request": f"{BASE}/Group/trial-g1/$export",
+        "requiresAccessToken": True,
+        "output": [{"type": t, "url": u} for t, u in outputs],
+        "error": [],
+    }
+
+
+@pytest.fixture
+def rsa() -> RSAKey:
+    return RSAKey.import_key({**RSAKey.generate_key(2048).as_dict(private=True)})
+
+
+@pytest.fixture
+def sources_file(tmp_path: Path, rsa: RSAKey) -> Path:
+    (tmp_path / "hospital.pem").write_bytes(rsa.as_pem(private=True))
+    path = tmp_path / "sources.toml"
+    path.write_text(
+        f"""
+[[source]]
+id = "general"
+base_url = "{BASE}/"
+client_id = "{CLIENT}"
+private_key_file = "hospital.pem"
+key_id = "hospital-key-1"
+group_id = "trial-g1"
+types = ["Patient", "Condition", "Observation"]
+file_host = "{FILES}"
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def pulls(engine: Engine, database_url: str, sources_file: Path) -> SourcePulls:
+    clear_store(engine)
+    settings = Settings(database_url=database_url, sources_file=sources_file, pull_max_retries=3)
+    store = FhirService(engine, settings)
+    return SourcePulls(engine, store, settings, sleep=lambda s: None)
+
+
+def _totals(fhir: httpx.Client) -> dict[str, int]:
+    return {t: fhir.get(f"/{t}").json()["total"] for t in ("Patient", "Condition", "Observation")}
+
+
+def test_pull_exports_polls_downloads_and_pulls_since_last_time(
+    fhir: httpx.Client, server: LiveServer, pulls: SourcePulls, rsa: RSAKey
+) -> None:
+    hospital = Hospital(RSAKey.import_key(rsa.as_dict(private=False)))
+    hospital.manifest = _manifest(
+        T1,
+        [
+            ("Patient", f"{FILES}/out/Patient.ndjson"),
+            ("Condition", f"{BASE}/files/Condition.ndjson"),
+            ("Observation", f"{EVIL}/steal/Observation.ndjson"),
+            ("Observation", f"{FILES}/out/Observation.ndjson"),
+        ],
+    )
+    waits: list[float] = []
+    pulls.transport = httpx.MockTransport(hospital.router.handler)
+    pulls.sleep = waits.append
+    said: list[str] = []
+
+    report = pulls.pull("general", say=lambda message, _report: said.append(message))
+
+    assert _totals(fhir) == {"Patient": 2, "Condition": 2, "Observation": 2}
+    assert report.by_type == Counter({"Patient": 2, "Condition": 2, "Observation": 2})
+    assert report.changes == Counter({"created": 6})
+    assert [(e.file, e.line, e.status) for e in report.line_errors] == [
+        ("file 2 (Condition) Condition.ndjson", 2, 400)
+    ]
+    assert report.refused == [
+        "file 3 (Observation): refused, https://evil.example is outside the source"
+    ]
+    assert (report.files_total, report.files_done) == (4, 4)
+    assert report.transaction_time == T1
+    assert report.since is None
+    # two polls waited as Retry-After asked (2 s, 1 s), the 429 on the Condition file 1 s
+    assert waits == [2.0, 1.0, 1.0]
+    # the token expired at the hospital: the Observation file's 401 cost one new token
+    assert hospital.issued == ["tok-1", "tok-2"]
+    assert (hospital.condition_attempts, hospital.observation_attempts) == (2, 2)
+    assert hospital.evil.call_count == 0
+    hosts = {call.request.url.host for call in hospital.router.calls}
+    assert hosts == {"fhir.hospital.test", "files.hospital.test"}
+    assert hospital.kickoffs == [{"_type": ["Patient,Condition,Observation"]}]
+    assert said[-1] == (
+        "done: 6 created, 1 refused file(s), 1 rejected; next pull asks _since=" + T1
+    )
+
+    # the second pull asks only what changed since the first manifest's transactionTime
+    hospital.manifest = _manifest(T2, [("Patient", f"{FILES}/out/Patient.ndjson")])
+    waits.clear()
+    second = pulls.pull("general")
+    assert hospital.kickoffs[1] == {"_type": ["Patient,Condition,Observation"], "_since": [T1]}
+    assert (second.since, second.transaction_time) == (T1, T2)
+    assert second.changes == Counter({"unchanged": 2})
+    assert _totals(fhir) == {"Patient": 2, "Condition": 2, "Observation": 2}
+    third_since = pulls.pull("general").since
+    assert third_since == T2
+    assert {call.request.url.host for call in hospital.router.calls} == {
+        "fhir.hospital.test",
+        "files.hospital.test",
+    }
+
+
+def _stored_since(engine: Engine) -> str | None:
+    with reading(engine) as session:
+        return source_pulls.transaction_time(session, "general")
+
+
+def test_a_token_is_renewed_shortly_before_it_expires(sources_file: Path, rsa: RSAKey) -> None:
+    hospital = Hospital(RSAKey.import_key(rsa.as_dict(private=False)))
+    source = load_sources(sources_file)["general"]
+    now = [time.time()]
+    hospital.clock = lambda: now[0]  # one clock for both sides
+    client = HospitalClient(
+        source,
+        RetryPolicy(sleep=lambda s: None),
+        transport=httpx.MockTransport(hospital.router.handler),
+        clock=lambda: now[0],
+    )
+    assert client.token() == "tok-1"
+    now[0] += 269  # 31 s left of 300: still good
+    assert client.token() == "tok-1"
+    now[0] += 1  # 30 s left: renewed before anything is refused
+    assert client.token() == "tok-2"
+    assert len(hospital.jtis) == 2
+
+
+def test_gives_up_after_the_configured_retries_and_keeps_the_last_transaction_time(
+    engine: Engine, pulls: SourcePulls, rsa: RSAKey
+) -> None:
+    hospital = Hospital(RSAKey.import_key(rsa.as_dict(private=False)))
+    busy = hospital.router.get(f"{BASE}/$export-status/job").respond(
+        503, headers={"Retry-After": "7"}
+    )
+    waits: list[float] = []
+    pulls.transport = httpx.MockTransport(hospital.router.handler)
+    pulls.sleep = waits.append
+    with pytest.raises(PullError) as refused:
+        pulls.pull("general")
+    assert str(refused.value) == (
+        "gave up on the $export status after 4 attempt(s): last answer HTTP 503"
+    )
+    assert busy.call_count == 4
+    assert waits == [7.0, 7.0, 7.0]
+    assert _stored_since(engine) is None
+
+
+def test_a_status_url_on_another_host_is_refused_and_never_requested(
+    pulls: SourcePulls, rsa: RSAKey
+) -> None:
+    hospital = Hospital(RSAKey.import_key(rsa.as_dict(private=False)))
+    hospital.router.get(f"{BASE}/Group/trial-g1/$export").respond(
+        202, headers={"Content-Location": f"{EVIL}/status"}
+    )
+    pulls.transport = httpx.MockTransport(hospital.router.handler)
+    with pytest.raises(RefusedUrlError) as refused:
+        pulls.pull("general")
+    assert str(refused.value) == (
+        "refused the $export status URL at https://evil.example: outside the source's base URL "
+        "and declared file host"
+    )
+    assert hospital.evil.call_count == 0
+
+
+def test_without_export_it_searches_each_type_following_next_links_of_the_source_only(
+    fhir: httpx.Client, engine: Engine, pulls: SourcePulls, rsa: RSAKey
+) -> None:
+    hospital = Hospital(RSAKey.import_key(rsa.as_dict(private=False)))
+    r = hospital.router
+    r.get(f"{BASE}/Group/trial-g1/$export").respond(404)
+    r.get(f"{BASE}/Group/trial-g1").respond(
+        200,
+        json={
+            "resourceType": "Group",
+            "type": "person",
+            "actual": True,
+            "member": [
+                {"entity": {"reference": "Patient/hp1"}},
+                {"entity": {"reference": "Patient/hp2"}},
+            ],
+        },
+    )
+
+    def bundle(resources: list[dict[str, Any]], next_url: str | None = None) -> dict[str, Any]:
+        links = [{"relation": "next", "url": next_url}] if next_url else []
+        return {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "link": links,
+            "entry": [{"resource": x, "search": {"mode": "match"}} for x in resources],
+        }
+
+    seen: list[tuple[str, str]] = []
+
+    def search(request: httpx.Request) -> httpx.Response:
+        assert hospital.valid(request)
+        path, query = request.url.path, request.url.query.decode()
+        seen.append((path.removeprefix("/r4/"), query))
+        if path.endswith("/Patient"):
+            return httpx.Response(200, json=bundle(PATIENTS))
+        if path.endswith("/Condition") and "hp1" in query:
+            return httpx.Response(200, json=bundle(CONDITIONS[:1], f"{BASE}/Condition?page=2"))
+        if path.endswith("/Condition") and "page=2" in query:
+            return httpx.Response(200, json=bundle(CONDITIONS[1:], f"{EVIL}/Condition?page=3"))
+        if path.endswith("/Observation") and "hp2" in query:
+            return httpx.Response(200, json=bundle(OBSERVATIONS))
+        return httpx.Response(200, json=bundle([]))
+
+    for rtype in ("Patient", "Condition", "Observation"):
+        r.get(f"{BASE}/{rtype}").mock(side_effect=search)
+    pulls.transport = httpx.MockTransport(r.handler)
+
+    report = pulls.pull("general")
+
+    assert report.mode == "search"
+    assert _totals(fhir) == {"Patient": 2, "Condition": 2, "Observation": 2}
+    assert report.refused == ["Condition search: refused a next link to https://evil.example"]
+    assert hospital.evil.call_count == 0
+    assert seen == [
+        ("Patient", "_id=hp1%2Chp2"),
+        ("Condition", "patient=Patient%2Fhp1"),
+        ("Condition", "page=2"),
+        ("Condition", "patient=Patient%2Fhp2"),
+        ("Observation", "patient=Patient%2Fhp1"),
+        ("Observation", "patient=Patient%2Fhp2"),
+    ]
+    since = _stored_since(engine)
+    assert since == report.transaction_time
+    seen.clear()
+    pulls.pull("general")
+    assert seen[0] == ("Patient", f"_id=hp1%2Chp2&_lastUpdated=ge{since}".replace(":", "%3A"))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("source = 3", "expected a list `source` of sources"),
+        (
+            "[[source]]\nid = 'a b'",
+            "source[0].id: Value error, id must be 1-64 of A-Z a-z 0-9 . _ -",
+        ),
+        (
+            f"[[source]]\nid = 'a'\nbase_url = '{BASE}'\nclient_id = 'c'\n"
+            "private_key_jwk = {kty = 'oct', k = 'AAAA'}\ngroup_id = 'g'",
+            "source[0]: Value error, the private key is neither an RSA nor a P-384 EC key (PEM or JWK)",
+        ),
+        (
+            "[[source]]\nid = 'a'\nbase_url = 'ftp://x'\nclient_id = 'c'\ngroup_id = 'g'",
+            "source[0].base_url: Value error, base_url must be an absolute http(s) URL",
+        ),
+    ],
+)
+def test_a_wrong_sources_file_is_refused_naming_the_source_and_key(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    path = tmp_path / "sources.toml"
+    path.write_text(body)
+    with pytest.raises(SourceConfigError) as refused:
+        load_sources(path)
+    assert str(refused.value) == f"{path}: {message}"
+
+
+def _hospital_for_everyone(rsa: RSAKey) -> Hospital:
+    hospital = Hospital(RSAKey.import_key(rsa.as_dict(private=False)))
+    hospital.manifest = _manifest(
+        T1,
+        [
+            ("Patient", f"{FILES}/out/Patient.ndjson"),
+            ("Condition", f"{BASE}/files/Condition.ndjson"),
+        ],
+    )
+    return hospital
+
+
+def test_sync_endpoint_runs_the_pull_as_a_job_with_progress(
+    database_url: str, engine: Engine, sources_file: Path, rsa: RSAKey
+) -> None:
+    clear_store(engine)
+    hospital = _hospital_for_everyone(rsa)
+    settings = Settings(
+        database_url=database_url,
+        sources_file=sources_file,
+        pull_max_wait_seconds=0,
+        webhook_interval_seconds=0,
+    )
+    with (
+        served(settings) as app,
+        respx.mock(assert_all_called=False) as mock,
+        httpx.Client(base_url=f"{app.url}/api/v1", timeout=60) as api,
+    ):
+        mock.route(host="127.0.0.1").pass_through()
+        mock.route().mock(side_effect=hospital.router.handler)
+        assert api.post("/sources/nowhere/sync").json()["error"]["code"] == "source_not_found"
+        started = api.post("/sources/general/sync")
+        assert started.status_code == 202
+        job = started.json()
+        assert started.headers["location"] == f"/api/v1/sources/general/sync/{job['job_id']}"
+        assert job["status"] == "running"
+        app.app.state.pulls.wait("general", timeout=60)
+        done = api.get(f"/sources/general/sync/{job['job_id']}").json()
+        assert (
+            api.get("/sources/general/sync/no-such-job").json()["error"]["code"] == "job_not_found"
+        )
+    assert done["status"] == "succeeded"
+    assert done["error"] is None
+    assert done["progress"]["by_type"] == {"Patient": 2, "Condition": 2}
+    assert done["progress"]["line_errors"] == [
+        {
+            "file": "file 2 (Condition) Condition.ndjson",
+            "line": 2,
+            "status": 400,
+            "code": "structure",
+        }
+    ]
+    assert done["progress"]["transaction_time"] == T1
+    assert done["message"] == "done: 4 created, 1 rejected; next pull asks _since=" + T1
+    assert _stored_since(engine) == T1
+
+
+def test_pull_command_prints_progress_and_rejected_lines(
+    database_url: str,
+    engine: Engine,
+    sources_file: Path,
+    rsa: RSAKey,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    clear_store(engine)
+    hospital = _hospital_for_everyone(rsa)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("TRIALBRIDGE_SOURCES_FILE", str(sources_file))
+    monkeypatch.setenv("TRIALBRIDGE_PULL_MAX_WAIT_SECONDS", "0")
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route().mock(side_effect=hospital.router.handler)
+        code = cli.main(["pull", "general"])
+        assert cli.main(["pull", "elsewhere"]) == 2
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out.splitlines() == [
+        "general: export accepted; waiting for the source to prepare the files",
+        "general: source busy: 10%",
+        f"general: export ready: 2 file(s) as of {T1}",
+        "general: file 1 (Patient) Patient.ndjson: ingested (2 created)",
+        "general: file 2 (Condition) Condition.ndjson: ingested (4 created, 1 rejected)",
+        f"general: done: 4 created, 1 rejected; next pull asks _since={T1}",
+    ]
+    assert err.splitlines()[0].startswith(
+        "file 2 (Condition) Condition.ndjson:2: 400 line 2: malformed JSON"
+    )
+    assert err.splitlines()[1] == "trialbridge pull: no source 'elsewhere' (known: general)"
+
+
+def test_a_p384_key_signs_es384_assertions(tmp_path: Path) -> None:
+    key = ECKey.generate_key("P-384")
+    path = tmp_path / "sources.json"
+    path.write_text(
+        json.dumps(
+            {
+                "source": [
+                    {
+                        "id": "ec",
+                        "base_url": BASE,
+                        "client_id": CLIENT,
+                        "private_key_jwk": {**key.as_dict(private=True), "kid": "ec-1"},
+                        "token_url": TOKEN_URL,
+                        "patients": ["hp1"],
+                    }
+                ]
+            }
+        )
+    )
+    source = load_sources(path)["ec"]
+    assert source.algorithm == "ES384"
+    client = HospitalClient(source, RetryPolicy())
+    token = jwt.decode(client.assertion(TOKEN_URL), key, algorithms=["ES384"])
+    assert (token.header["alg"], token.header["kid"]) == ("ES384", "ec-1")
+    assert (token.claims["iss"], token.claims["sub"], token.claims["aud"]) == (
+        CLIENT,
+        CLIENT,
+        TOKEN_URL,
+    )
