@@ -416,8 +416,10 @@ class CohortOutcomesOut(BaseModel):
     )
     outcomes: dict[str, Any] = Field(
         description="NCT06088771: counts, mpr, pcr, time_to_surgery, feasibility, safety, efs, os, "
-        "subjects, swimmer, flow. cirae-dupilumab: groups, resolution, matching, cox, survival, "
-        "km_groups, excluded, comparisons, cirae_description, glucocorticoids, table1, flow.",
+        "subjects, swimmer, flow. cirae-dupilumab: protocol, groups, resolution, matching, cox "
+        "(per control group: primary, matched_sets, unadjusted, fixed_group models), survival, "
+        "km_groups, excluded, subjects (the analysis listing), comparisons, cirae_description, "
+        "glucocorticoids, table1, flow.",
         examples=[
             {
                 "mpr": {

@@ -13,7 +13,8 @@ Who is drawn (CLINICAL.md, both studies):
   ResearchSubject, cemiplimab 350 mg IV and dupilumab 2 × 300 mg SC on Day 1 (RxNorm clinical-drug
   codings, or the name alone), lung resection, percent viable tumour, non-cutaneous AdverseEvents,
   the follow-up visit, some deaths. Cemiplimab is a PD-1 inhibitor, so each subject is also in
-  the cirAE cohort, in control 2 (no cirAE; dupilumab without a cirAE does not matter there).
+  the cirAE cohort, where it fits no group (CLINICAL.md revision 2: the controls never received
+  dupilumab) and is excluded ("dupilumab without a cirAE (another indication)").
 * NCT06088771 candidates: the same work-up with no ResearchSubject and no study drugs.
 * ICB patients of the cirAE cohort: first ICB dose(s) (PD-1, PD-L1, CTLA-4 or ipilimumab +
   nivolumab), the cancer with its stage, comorbidities (ICD-10-CM), a cutaneous irAE (Condition or
@@ -425,7 +426,7 @@ def draw_patient(seed: int, index: int) -> Drawn:
     group = None
     if kind in ("nct_subject", "nct_candidate"):
         _nct(w, kind == "nct_subject")
-        group = "control_2" if kind == "nct_subject" else None  # cemiplimab is an ICB; no cirAE
+        group = None  # cemiplimab is an ICB; dupilumab with no cirAE: excluded from the groups
     elif kind == "icb":
         group = rng.choices([g for g, _ in CIRAE_GROUPS], weights=[p for _, p in CIRAE_GROUPS])[0]
         _icb(w, group)
@@ -470,7 +471,8 @@ class Plan:
             "nct06088771_subjects": self.kinds["nct_subject"],
             "nct06088771_candidates": self.kinds["nct_candidate"],
             "cirae_groups": {g: self.cirae_groups[g] for g, _ in CIRAE_GROUPS},
-            "cirae_excluded": 0,
+            # NCT06088771 subjects: dupilumab without a cirAE (CLINICAL.md revision 2)
+            "cirae_excluded": self.kinds["nct_subject"],
             "kinds": dict(sorted(self.kinds.items())),
             "resource_types": dict(sorted(self.resource_types.items())),
         }

@@ -290,13 +290,20 @@ def _cirae(truth: Truth, index: int) -> list[dict[str, Any]]:
 
 
 def _glucocorticoid(truth: Truth, index: int) -> list[dict[str, Any]]:
-    """Oral prednisone: an administration for most patients, an order for every third one."""
+    """Oral prednisone: daily administrations for most patients, an order for every third one.
+
+    A course, not a single dose (CLINICAL.md revision 2: a single-day dose is not a course): up to
+    5 daily doses, none after the last day of follow-up (the start is before it, so at least 2).
+    """
     day = truth.glucocorticoid_start
     if day is None:
         return []
     if index % 3:
+        days = [day + dt.timedelta(days=k) for k in range(5)]
         return [
-            _administration(truth, "prednisone", "prednisone 20 MG oral tablet", day, "oral", 40)
+            _administration(truth, f"prednisone-{k}", "prednisone 20 MG oral tablet", d, "oral", 40)
+            for k, d in enumerate(days)
+            if d <= truth.last_contact
         ]
     return [
         kit.medication_request(
@@ -348,4 +355,121 @@ def generate(n: int = 600, seed: int = 20250612) -> SyntheticCohort:
         seed=seed,
         truth=truth,
         per_patient=tuple(patient_resources(t, i) for i, t in enumerate(truth)),
+    )
+
+
+# -- time-varying dupilumab: a planted dupilumab HR, exposure only for patients alive then -------
+
+PLANTED_DUPILUMAB_HR = 0.74
+CIRAE_PROBABILITY = 0.5  # a cirAE is planned for half the patients …
+DUPILUMAB_PROBABILITY = 0.3  # … and dupilumab for 30 % of those
+CIRAE_ONSET_DAYS = (1, 120)
+DUPILUMAB_DELAY_DAYS = (0, 60)  # dupilumab this many days after cirAE onset
+GC_PLANNED_PROBABILITY = 0.5
+
+
+def _piecewise_days(rng: random.Random, changes: list[tuple[int, float]]) -> int:
+    """Whole days to death when the hazard is multiplied by each factor from its day on.
+
+    Memorylessness: in each stretch between change days draw an exponential time at that
+    stretch's rate; a draw past the stretch's end continues at the next rate from there.
+    """
+    rate, start = BASELINE_HAZARD_PER_DAY, 0.0
+    for day, factor in sorted(changes):
+        draw = rng.expovariate(rate)
+        if start + draw <= day:
+            return max(1, math.ceil(start + draw))
+        rate, start = rate * factor, float(day)
+    return max(1, math.ceil(start + rng.expovariate(rate)))
+
+
+def _draw_time_varying(rng: random.Random, index: int, dupilumab_hr: float, gc_hr: float) -> Truth:
+    """One patient: a planned cirAE and dupilumab that happen only while the patient is alive.
+
+    Hazard λ · gc_hr (after the first glucocorticoid day) · dupilumab_hr (after the first
+    dupilumab dose, given only to a patient alive on its planned day). A patient dying before the
+    planned cirAE has none (control 2); one dying before the planned dupilumab has a cirAE but
+    no dupilumab (control 1). So the groups are defined by later events, as in real data.
+    """
+    patient_id = f"syn-tv-{index:04d}"
+    sex = rng.choice(("female", "male"))
+    race = _weighted(rng, tuple((code, w) for code, _, w in RACES))
+    icb_type = "combination" if rng.random() < 0.15 else "PD-1"
+    icb_start = ICB_FIRST_DAY + dt.timedelta(
+        days=rng.randint(0, (ICB_LAST_DAY - ICB_FIRST_DAY).days)
+    )
+    birth_date = icb_start - dt.timedelta(days=round(rng.uniform(60, 66) * 365.25))
+    cancer = _weighted(rng, tuple((code, w) for code, _, w in CANCERS))
+    stage = _weighted(rng, STAGES)
+    comorbidities = tuple(c for c, _ in COMORBIDITIES if rng.random() < COMORBIDITY_PROBABILITY)
+    onset_plan = rng.randint(*CIRAE_ONSET_DAYS) if rng.random() < CIRAE_PROBABILITY else None
+    dupi_plan = (
+        onset_plan + rng.randint(*DUPILUMAB_DELAY_DAYS)
+        if onset_plan is not None and rng.random() < DUPILUMAB_PROBABILITY
+        else None
+    )
+    gc_plan = rng.randint(1, GC_LAST_DAY) if rng.random() < GC_PLANNED_PROBABILITY else None
+    changes = [(gc_plan, gc_hr)] if gc_plan is not None else []
+    if dupi_plan is not None:
+        changes.append((dupi_plan, dupilumab_hr))  # applies only if alive then (memoryless)
+    death_day = _piecewise_days(rng, changes)
+    censor_day = _censoring_days(rng, icb_start)
+    end_day = min(death_day, censor_day)
+    onset_day = onset_plan if onset_plan is not None and onset_plan < end_day else None
+    dupi_day = (
+        dupi_plan
+        if dupi_plan is not None and onset_day is not None and dupi_plan < end_day
+        else None
+    )
+    group = (
+        "dupilumab"
+        if dupi_day is not None
+        else "control_1"
+        if onset_day is not None
+        else "control_2"
+    )
+    status = _weighted(rng, RESOLUTION_STATUSES) if onset_day is not None else None
+    start = icb_start
+    return Truth(
+        patient_id=patient_id,
+        group=group,
+        icb_type=icb_type,
+        icb_start=icb_start,
+        sex=sex,
+        race=race,
+        birth_date=birth_date,
+        cancer_icd10=cancer,
+        stage=stage,
+        comorbidities=comorbidities,
+        cirae_onset=start + dt.timedelta(days=onset_day) if onset_day is not None else None,
+        cirae_status=status,
+        dupilumab_start=start + dt.timedelta(days=dupi_day) if dupi_day is not None else None,
+        glucocorticoid_start=(
+            start + dt.timedelta(days=gc_plan)
+            if gc_plan is not None and gc_plan < end_day
+            else None
+        ),
+        death=start + dt.timedelta(days=death_day) if death_day <= censor_day else None,
+        last_contact=start + dt.timedelta(days=end_day),
+    )
+
+
+def generate_time_varying(
+    n: int = 2000,
+    seed: int = 0,
+    *,
+    dupilumab_hr: float = PLANTED_DUPILUMAB_HR,
+    gc_hr: float = GC_HR,
+) -> SyntheticCohort:
+    """`n` patients with a planted time-varying dupilumab HR and glucocorticoid HR (seeded)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = random.Random(seed)
+    truth = tuple(_draw_time_varying(rng, i, dupilumab_hr, gc_hr) for i in range(n))
+    return SyntheticCohort(
+        seed=seed,
+        truth=truth,
+        per_patient=tuple(patient_resources(t, i) for i, t in enumerate(truth)),
+        gc_hr=gc_hr,
+        dupilumab_hr=dupilumab_hr,
     )

@@ -107,4 +107,9 @@ def test_the_service_finds_the_planned_cohorts(
         assert len(listed["subjects"]) == plan["nct06088771_subjects"]
         cirae = fresh_outcomes(api, "cirae-dupilumab")["outcomes"]
     assert cirae["groups"] == plan["cirae_groups"]
-    assert cirae["excluded"]["n"] == plan["cirae_excluded"] == 0
+    # CLINICAL.md revision 2: the NCT06088771 subjects (cemiplimab + dupilumab, no cirAE) fit no
+    # cirAE group and are excluded with the reason
+    assert cirae["excluded"]["n"] == plan["cirae_excluded"] == plan["nct06088771_subjects"]
+    assert {e["reason"] for e in cirae["excluded"]["subjects"]} == {
+        "dupilumab without a cirAE (another indication)"
+    }

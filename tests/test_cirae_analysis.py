@@ -135,7 +135,7 @@ def test_time_varying_split_edges(
 def test_group_hr_matches_an_independent_time_fixed_fit() -> None:
     """No glucocorticoids: HR, CI and p equal a CoxPHFitter fit on the table written out by hand."""
     out = cirae_outcomes(UNADJUSTED, _fixed_cohort())
-    model = out["cox"]["control_1"]
+    model = out["cox"]["control_1"]["fixed_group"]  # revision 2: the sensitivity model
     by_hand = pd.DataFrame(
         {
             "days": [100, 250, 400, 180, 90, 150, 300, 60, 500, 220, 350, 130],
@@ -175,7 +175,7 @@ def test_group_hr_matches_an_independent_time_fixed_fit() -> None:
 def test_time_varying_fit_matches_a_hand_written_long_table() -> None:
     """With glucocorticoids the model is the one lifelines fits on the split written out by hand."""
     out = cirae_outcomes(UNADJUSTED, _fixed_cohort(GC_DAYS), min_events_per_parameter=1)
-    model = out["cox"]["control_1"]
+    model = out["cox"]["control_1"]["fixed_group"]  # revision 2: the sensitivity model
     rows = [  # id, start, stop, died, dupilumab, glucocorticoid
         ("d1", 0, 40, 0, 1, 0),
         ("d1", 40, 100, 1, 1, 1),
@@ -277,7 +277,7 @@ def test_no_deaths_is_not_estimable() -> None:
     """Without a death there is no partial likelihood to maximise."""
     cohort = [_subject(sid, g, days, False) for sid, g, days, _ in FIXED]
     out = cirae_outcomes(PROTOCOL, cohort)
-    model = out["cox"]["control_1"]
+    model = out["cox"]["control_1"]["primary"]
     assert (model["estimable"], model["reason"]) == (False, "no deaths in the model population")
     assert (model["n_subjects"], model["n_events"]) == (12, 0)
     _json_safe(out)
@@ -287,8 +287,8 @@ def test_an_empty_group_is_not_estimable() -> None:
     """No control_2 subjects: that comparison is not estimable; no cases: neither is."""
     out = cirae_outcomes(PROTOCOL, _fixed_cohort())
     assert out["groups"] == {"dupilumab": 4, "control_1": 8, "control_2": 0}
-    assert out["cox"]["control_2"]["estimable"] is False
-    assert out["cox"]["control_2"]["reason"] == "the control_2 group is empty"
+    assert out["cox"]["control_2"]["primary"]["estimable"] is False
+    assert out["cox"]["control_2"]["primary"]["reason"] == "the control_2 group is empty"
     assert out["matching"]["control_2"] == {
         "control_group": "control_2",
         "estimable": False,
@@ -296,7 +296,7 @@ def test_an_empty_group_is_not_estimable() -> None:
     }
     no_cases = cirae_outcomes(PROTOCOL, [s for s in _fixed_cohort() if s.group != "dupilumab"])
     for control_group in ("control_1", "control_2"):
-        assert no_cases["cox"][control_group]["reason"] == "the dupilumab group is empty"
+        assert no_cases["cox"][control_group]["primary"]["reason"] == "the dupilumab group is empty"
     _json_safe(out)
     _json_safe(no_cases)
 
@@ -304,7 +304,7 @@ def test_an_empty_group_is_not_estimable() -> None:
 def test_glucocorticoid_for_everyone_is_dropped_and_said() -> None:
     """Everyone exposed from day 0: the covariate is constant, dropped, and the output says so."""
     out = cirae_outcomes(UNADJUSTED, _fixed_cohort({sid: 0 for sid, *_ in FIXED}))
-    model = out["cox"]["control_1"]
+    model = out["cox"]["control_1"]["primary"]
     assert model["estimable"] is True
     assert model["dropped_terms"] == [
         {"term": "glucocorticoid", "reason": "constant in the data (always 1)"}
@@ -323,7 +323,7 @@ def test_perfect_separation_is_not_estimable() -> None:
         _subject(f"c{i:02d}", "control_1", 400 + i, False) for i in range(12)
     ]
     out = cirae_outcomes(UNADJUSTED, cohort)
-    model = out["cox"]["control_1"]
+    model = out["cox"]["control_1"]["primary"]
     assert model["estimable"] is False
     assert model["reason"].startswith("dupilumab: log-HR ")
     assert model["reason"].endswith(
@@ -342,7 +342,9 @@ def test_separated_adjustment_covariate_is_a_caveat_not_a_failure() -> None:
     staged = UNADJUSTED.model_copy(
         update={"cohort": UNADJUSTED.cohort.model_copy(update={"adjustment": ("stage", "sex")})}
     )
-    model = cirae_outcomes(staged, cohort, min_events_per_parameter=1)["cox"]["control_1"]
+    model = cirae_outcomes(staged, cohort, min_events_per_parameter=1)["cox"]["control_1"][
+        "primary"
+    ]
     assert model["estimable"] is True
     assert model["dupilumab"]["estimable"] is True
     assert model["glucocorticoid"]["estimable"] is True
@@ -361,8 +363,11 @@ def test_no_matched_case_is_not_estimable() -> None:
     out = cirae_outcomes(PROTOCOL, cohort)
     assert out["matching"]["control_1"]["unmatched_cases"] == ["d1", "d2", "d3", "d4"]
     assert out["matching"]["control_1"]["sets"] == 0
-    assert out["cox"]["control_1"]["estimable"] is False
-    assert out["cox"]["control_1"]["reason"] == "no dupilumab case matched a control_1 subject"
+    assert out["cox"]["control_1"]["primary"]["estimable"] is False
+    assert (
+        out["cox"]["control_1"]["primary"]["reason"]
+        == "no dupilumab case matched a control_1 subject"
+    )
     _json_safe(out)
 
 
@@ -371,7 +376,7 @@ def test_too_few_deaths_per_parameter_is_not_estimable() -> None:
     cohort = [
         _subject(sid, g, days, sid in ("d1", "c1", "c2"), gc_day=None) for sid, g, days, _ in FIXED
     ]
-    model = cirae_outcomes(UNADJUSTED, cohort)["cox"]["control_1"]
+    model = cirae_outcomes(UNADJUSTED, cohort)["cox"]["control_1"]["primary"]
     assert model["estimable"] is False
     assert model["reason"] == (
         "3 deaths for 1 estimated parameter(s): fewer than 5 deaths per parameter"
@@ -455,7 +460,7 @@ def test_planted_glucocorticoid_hazard_ratio_is_recovered() -> None:
     by_id = {s.subject_id: s for s in cohort}
     calipers = PROTOCOL.cohort.matching.calipers
     for control_group in ("control_1", "control_2"):
-        model = out["cox"][control_group]
+        model = out["cox"][control_group]["primary"]
         gc = model["glucocorticoid"]
         assert model["estimable"] is True, model.get("reason")
         assert model["dropped_terms"] == []

@@ -41,7 +41,7 @@ def test_planted_glucocorticoid_hazard_ratio_through_the_service(
     out = body["outcomes"]
     assert out["groups"] == dict(Counter(t.group for t in SYNTHETIC.truth))
     for control_group in ("control_1", "control_2"):
-        model = out["cox"][control_group]
+        model = out["cox"][control_group]["primary"]
         assert model["estimable"] is True, model.get("reason")
         gc = model["glucocorticoid"]
         assert gc["ci_lower"] <= 2.0 <= gc["ci_upper"], gc
@@ -77,7 +77,7 @@ def test_a_tiny_cohort_is_not_estimable_not_an_error(api: httpx.Client, fhir: ht
     assert excluded["n"] == 1
     assert excluded["subjects"][0]["reason"] == "death recorded without a date"
     for control_group in ("control_1", "control_2"):
-        model = out["cox"][control_group]
+        model = out["cox"][control_group]["primary"]
         assert model["estimable"] is False
         assert model["reason"] == "the dupilumab group is empty"
     svg = api.get("/studies/cirae-dupilumab/outcomes/plots/os.svg")

@@ -105,8 +105,9 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
         kit.encounter(id="p1-visit", patient="p1", start="2022-06-01", end="2022-06-01"),
     ],
     # control 1: nivolumab + ipilimumab on one day → combination; an eczema before ICB is not the
-    # cirAE; the AE pruritus is (outcome 'recovering' is not in the resolution table → none);
-    # dupilumab only before ICB start (history, not exposure from ICB start on: no exclusion);
+    # cirAE; the AE pruritus is (outcome 'recovering' → partial, CLINICAL.md revision 2);
+    # (CLINICAL.md revision 2: the 2019 dupilumab this patient had is gone from the fixture: a
+    # control never received dupilumab, so it would exclude p2; tests/test_cirae_rev2.py has it);
     # topical hydrocortisone is not systemic; melanoma stage IV before ICB (the later IIIB is
     # ignored); the C78 recorded after ICB does not enter Charlson; race text only → case-folded.
     "p2": [
@@ -162,9 +163,6 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
             clinical="resolved",
             verification=None,
         ),
-        kit.medication_administration(
-            id="p2-dupi", patient="p2", medication="dupilumab 300 MG", effective="2019-06-01"
-        ),
         kit.adverse_event(
             id="p2-itch", patient="p2", event="Pruritus", date="2020-07-15", outcome="recovering"
         ),
@@ -208,7 +206,8 @@ RESOURCES: dict[str, list[dict[str, Any]]] = {
         ),
     ],
     # control 1: cemiplimab, then ipilimumab 28 days later (outside 21 days) → PD-1;
-    # bullous pemphigoid in remission → partial; IV dexamethasone exactly 2 years after start counts;
+    # bullous pemphigoid in remission → partial; one IV dexamethasone dose exactly 2 years after
+    # start (revision 2: a single-day dose is not a course);
     # no Patient resource → no sex, race or age; no cancer condition → unknown.
     "p4": [
         kit.medication_administration(
@@ -388,7 +387,7 @@ def test_dupilumab_subject_in_full() -> None:
 
 
 def test_combination_control_1_in_full() -> None:
-    """Same-day nivolumab + ipilimumab; a pre-ICB eczema and pre-ICB dupilumab do not count."""
+    """Same-day nivolumab + ipilimumab; a pre-ICB eczema does not count."""
     assert COHORT["p2"] == CirAESubject(
         patient_id="p2",
         subject_id="S-2",
@@ -402,7 +401,7 @@ def test_combination_control_1_in_full() -> None:
         cancer_type="C43",
         stage="IV",
         cirae_onset=D(2020, 7, 15),
-        resolution="none",
+        resolution="partial",  # revision 2: AE outcome 'recovering' is a partial resolution
         dupilumab_start=None,
         glucocorticoid_start=None,
         death=D(2021, 2, 1),
@@ -434,7 +433,9 @@ def test_second_class_outside_the_window_is_not_combination() -> None:
     assert (s.icb_type, s.group, s.resolution) == ("PD-1", "control_1", "partial")
     assert (s.sex, s.race, s.age_years) == (None, None, None)
     assert (s.cancer_type, s.stage, s.charlson) == ("unknown", "unknown", 0)
-    assert s.glucocorticoid_start == D(2021, 2, 1)  # exactly 2 years: inside the window
+    # revision 2: the one IV dexamethasone dose (exactly 2 years after ICB start) is a single-day
+    # dose, not a course (tests/test_cirae_rev2.py checks the window edge with courses).
+    assert s.glucocorticoid_start is None
     assert s.cirae_onset == D(2019, 5, 5)
 
 
@@ -492,13 +493,14 @@ def test_onset_before_icb_counts_when_the_protocol_allows_it() -> None:
     )
     cohort = {s.patient_id: s for s in build_cohort(loose, _patients())}
     assert (cohort["p3"].group, cohort["p3"].cirae_onset) == ("control_1", D(2021, 12, 1))
-    # p2's eczema (2019) becomes the cirAE, so the 2019 dupilumab now follows it.
+    # p2's eczema (2019) becomes the cirAE (p2 has no dupilumab since revision 2's fixture); the
+    # episode's latest status is the 2020 pruritus, recovering (revision 2: partial).
     assert (cohort["p2"].group, cohort["p2"].cirae_onset, cohort["p2"].resolution) == (
-        "dupilumab",
+        "control_1",
         D(2019, 1, 1),
-        "complete",
+        "partial",
     )
-    assert cohort["p2"].dupilumab_start == D(2019, 6, 1)
+    assert cohort["p2"].dupilumab_start is None
 
 
 def test_membership_must_equal_the_icb_classes() -> None:
@@ -629,7 +631,7 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
             verification=None,
         ),
     ],
-    # dupilumab taken from before ICB start until after the cirAE → dupilumab from onset.
+    # dupilumab taken from before ICB start until after the cirAE → excluded (revision 2).
     "e2": [
         *_base("e2"),
         kit.medication_statement(
@@ -647,7 +649,7 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
             verification=None,
         ),
     ],
-    # dupilumab before the cirAE and again after it → dupilumab group, from the later dose.
+    # dupilumab before the cirAE and again after it → excluded (revision 2: first given before).
     "e3": [
         *_base("e3"),
         kit.medication_administration(
@@ -664,7 +666,7 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
             verification=None,
         ),
     ],
-    # dupilumab that ended before ICB start → control 1 (no exposure from ICB start on).
+    # dupilumab that ended before ICB start → excluded (revision 2: controls never had any).
     "e4": [
         *_base("e4"),
         kit.medication_statement(
@@ -706,8 +708,8 @@ EDGE_RESOURCES: dict[str, list[dict[str, Any]]] = {
             effectivePeriod=kit.period("2020-12-01", "2021-03-10"),
         ),
     ],
-    # an open-ended order before ICB start, a course ended the day before ICB start, and a
-    # month-only statement (cannot time the covariate) → unexposed.
+    # an open-ended order before ICB start and a course ended the day before ICB start → not
+    # exposure; a month-only statement → placed on the 1st of its month, flagged (revision 2).
     "g2": [
         *_base("g2"),
         kit.medication_request(
@@ -880,12 +882,16 @@ def test_exclusions_are_reported_with_reasons() -> None:
         Exclusion("E-d5", "death before ICB start"),
         Exclusion("E-d6", "death before ICB start"),
         Exclusion("E-e1", "dupilumab before cirAE onset"),
+        # CLINICAL.md revision 2: dupilumab first given before the cirAE fits no group
+        Exclusion("E-e2", "dupilumab before cirAE onset"),
+        Exclusion("E-e3", "dupilumab before cirAE onset"),
+        Exclusion("E-e4", "dupilumab before cirAE onset"),
         Exclusion("E-e5", "dupilumab without a date: group indeterminate"),
         Exclusion("E-m1", "ICB without a day-precision date: no time origin"),
     )
     assert [s.subject_id for s in EDGE.subjects] == [
-        "E-a1", "E-c1", "E-c2", "E-c4", "E-c6", "E-d1", "E-d2", "E-d3", "E-d7", "E-e2", "E-e3",
-        "E-e4", "E-g1", "E-g2", "E-g3", "E-k1", "E-k2", "E-k3", "E-r1", "E-r2", "E-r3", "E-r4",
+        "E-a1", "E-c1", "E-c2", "E-c4", "E-c6", "E-d1", "E-d2", "E-d3", "E-d7",
+        "E-g1", "E-g2", "E-g3", "E-k1", "E-k2", "E-k3", "E-r1", "E-r2", "E-r3", "E-r4",
     ]  # fmt: skip
 
 
@@ -939,28 +945,19 @@ def test_cirae_onset_known_to_the_month_or_year() -> None:
     assert (EDGES["c6"].group, EDGES["c6"].cirae_onset) == ("control_1", D(2022, 1, 1))
 
 
-def test_dupilumab_exposure_intervals() -> None:
-    """Exposure reaching onset → dupilumab from max(start, onset); ended before ICB → control 1."""
-    e2, e3, e4 = EDGES["e2"], EDGES["e3"], EDGES["e4"]
-    assert (e2.group, e2.cirae_onset, e2.dupilumab_start) == (
-        "dupilumab",
-        D(2021, 4, 10),
-        D(2021, 4, 10),
-    )
-    assert e2.evidence == (
-        _ref("MedicationAdministration", "e2-icb"),
-        _ref("Condition", "e2-rash"),
-        _ref("MedicationStatement", "e2-dupi"),
-    )
-    assert (e3.group, e3.dupilumab_start) == ("dupilumab", D(2021, 5, 1))
-    assert e3.evidence[2] == _ref("MedicationAdministration", "e3-dupi2")
-    assert (e4.group, e4.dupilumab_start) == ("control_1", None)
+def test_dupilumab_before_the_cirae_fits_no_group() -> None:
+    """Revision 2: a course running across onset, an earlier dose, or one before ICB → excluded."""
+    assert {"e2", "e3", "e4"}.isdisjoint(EDGES)
 
 
 def test_glucocorticoid_running_at_icb_start_counts() -> None:
     """A course overlapping the window counts from max(start, ICB start); open-ended: if inside."""
     assert EDGES["g1"].glucocorticoid_start == D(2021, 3, 1)
-    assert EDGES["g2"].glucocorticoid_start is None
+    assert EDGES["g2"].glucocorticoid_start == D(2021, 5, 1)  # revision 2: was ignored
+    assert (
+        EDGES["g2"].glucocorticoid_flag
+        == "a month-precision record placed at the start of its period"
+    )
     assert EDGES["g3"].glucocorticoid_start == D(2021, 6, 1)
 
 

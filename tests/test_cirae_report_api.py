@@ -217,7 +217,7 @@ def test_matched_comparisons_against_lifelines_and_scipy(api: httpx.Client) -> N
         set_of = {sid: i for i, s in enumerate(sets, 1) for sid in (s["case"], *s["controls"])}
         rows = [listing[sid] for sid in set_of]
         assert comparison["matched_sets"] == len(sets)
-        assert comparison["n"] == len(rows) == out["cox"][control]["n_subjects"]
+        assert comparison["n"] == len(rows) == out["cox"][control]["primary"]["n_subjects"]
         assert comparison["deaths"] == sum(r["died"] for r in rows)
         for group in ("dupilumab", control):
             mine = [r for r in rows if r["group"] == group]
@@ -306,7 +306,7 @@ def test_matched_comparisons_against_lifelines_and_scipy(api: httpx.Client) -> N
         varying = comparison["hazard_ratios"]["unadjusted_time_varying"]
         assert varying["hr"] == pytest.approx(math.exp(tv.params_["x"]), abs=2e-6)
         adjusted = comparison["hazard_ratios"]["adjusted"]
-        model = out["cox"][control]
+        model = out["cox"][control]["primary"]  # revision 2: the primary model
         if model["estimable"]:
             assert adjusted["hr"] == model["dupilumab"]["hr"]
         else:
@@ -344,7 +344,7 @@ def test_flow_counts_and_listing(api: httpx.Client) -> None:
         not_chosen = sizes[control] - matching["matched_controls"]
         assert lost.get(f"{label} patients not selected as controls", 0) == not_chosen
         analysed = stages["analysed"][f"analysed_{control}"]
-        assert analysed["n"] == out["cox"][control]["n_subjects"] == box["n"]
+        assert analysed["n"] == out["cox"][control]["primary"]["n_subjects"] == box["n"]
         assert analysed["excluded"] == []
     # the listing: every analysed subject once, in order, pseudonymous and without dates
     rows = _listing(api, limit=37)
@@ -372,6 +372,8 @@ def test_flow_counts_and_listing(api: httpx.Client) -> None:
         "days_to_dupilumab",
         "days_to_glucocorticoid",
         "resolution",
+        "days_to_resolution",  # revision 2
+        "glucocorticoid_flag",  # revision 2
         "os_days",
         "died",
     }

@@ -232,7 +232,7 @@ def test_the_outcomes_body_is_the_documented_shape(manual: Manual) -> None:
     put_resources(manual.fhir, *enrolled("a", icb=True))
     body = fresh_outcomes(manual.api, CIRAE)
     assert list(body) == ["study", "computed_at", "data_as_of", "stale", "plots", "outcomes"]
-    assert body["study"] == {"id": CIRAE, "version": "1.0.0", "kind": "cohort"}
+    assert body["study"] == {"id": CIRAE, "version": "2.0.0", "kind": "cohort"}  # revision 2
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", body["computed_at"])
     assert body["plots"] == {
         name: {

@@ -162,6 +162,7 @@ def test_all_values_of_a_graded_cirae() -> None:
         "suspect_medications": ["cemiplimab-rwlc 350 MG in 7 ML Injection", "Dupixent 300 mg pen"],
         "related_suspects": [],  # no causality assessed
         "resolution_date": "2025-04-02",
+        "recorded_date": None,
     }
     assert [(c.concept, c.matched_by, c.text) for c in event.concepts] == [
         ("cutaneous_irae", "name", "Maculopapular rash, trunk")
@@ -301,6 +302,7 @@ def test_official_example() -> None:
             "suspect_medications": [],
             "related_suspects": [],
             "resolution_date": None,
+            "recorded_date": None,
         },
         "concepts": [
             match_json("cutaneous_irae", "name", "This was a mild rash on the left forearm")

@@ -150,6 +150,8 @@ def test_cirae_with_month_onset_keeps_the_month() -> None:
         "grade": None,
         "grade_source": None,
         "stage": [],
+        "onset": {"type": "dateTime", "start": "2025-06"},
+        "recorded_date": "2025-02-10",
     }
 
 
@@ -331,6 +333,8 @@ def test_official_example_f002_nsclc() -> None:
             "stage": [
                 {"coding": [{"system": kit.SNOMED, "code": "258219007", "display": "stage II"}]}
             ],
+            "onset": {"type": "dateTime", "start": "2011-05-05"},
+            "recorded_date": "2012-06-03",
         },
         "concepts": [
             {

@@ -178,7 +178,7 @@ def test_cirae_report_says_what_the_outcomes_say(cirae_api: httpx.Client) -> Non
     out = body["outcomes"]
     page, text, response = _page(cirae_api, CIRAE)
     _self_contained(page, response.text)
-    assert "Protocol version 1.0.0" in text
+    assert "Protocol version 2.0.0" in text  # CLINICAL.md revision 2
     assert f"Data cut-off {body['computed_at']}" in text
     assert f"every change up to number {body['data_as_of']})" in text
     # the flow: every box's label and count
@@ -282,7 +282,7 @@ def test_a_cohort_without_dupilumab_reports_not_estimable_in_words(
         out = fresh_outcomes(api, CIRAE.removeprefix("/studies/"))["outcomes"]
         page, text, response = _page(api, CIRAE)
     assert out["groups"] == {"dupilumab": 0, "control_1": 3, "control_2": 3}
-    assert out["cox"]["control_1"]["reason"] == "the dupilumab group is empty"
+    assert out["cox"]["control_1"]["primary"]["reason"] == "the dupilumab group is empty"
     _self_contained(page, response.text)
     assert "Dupilumab n = 0" in text
     assert "not estimable (the dupilumab group is empty)" in text

@@ -118,7 +118,7 @@ def test_studies_are_listed_with_their_protocol_versions(api: httpx.Client) -> N
             },
             {
                 "id": "cirae-dupilumab",
-                "version": "1.0.0",
+                "version": "2.0.0",
                 "title": response.json()["studies"][1]["title"],
                 "kind": "cohort",
             },

@@ -272,6 +272,18 @@ def _immune_related(resource: dict[str, Any], ctx: MappingContext) -> ConceptMat
     return found
 
 
+def skin_qualified(matches: list[ConceptMatch]) -> tuple[ConceptMatch, ...]:
+    """The matches, keeping the cirAE exclusion set only where it qualifies a cirAE term.
+
+    "Radiation dermatitis" is a skin term that is not a cirAE; a burn or a sepsis that is no skin
+    term at all needs no such note.
+    """
+    found = {m.concept for m in matches}
+    if "cutaneous_irae" in found:
+        return tuple(matches)
+    return tuple(m for m in matches if m.concept != "cutaneous_irae_excluded")
+
+
 def _patient_id(resource: dict[str, Any], ctx: MappingContext) -> str | None:
     """The subject's Patient id; a subject typed as a Group, Practitioner… has none."""
     subject = resource.get("subject")
@@ -309,12 +321,12 @@ def map_adverse_event(
         ),
         "related_suspects": _related_suspects(suspects, ctx),
         "resolution_date": resolution,
+        "recorded_date": resource.get("recordedDate")
+        if isinstance(resource.get("recordedDate"), str)
+        else None,
     }
-    matches = [
-        m
-        for m in (ctx.terminology.match("cutaneous_irae", event), _immune_related(resource, ctx))
-        if m is not None
-    ]
+    skin = ctx.terminology.matches(event, ("cutaneous_irae", "cutaneous_irae_excluded"))
+    immune = _immune_related(resource, ctx)
     return [
         TrialEvent(
             kind=EventKind.ADVERSE_EVENT,
@@ -325,6 +337,6 @@ def map_adverse_event(
             ),
             end=parse_partial_date(resolution),
             values=values,
-            concepts=tuple(matches),
+            concepts=(*skin_qualified(skin), *((immune,) if immune is not None else ())),
         )
     ]

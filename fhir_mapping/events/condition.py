@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fhir_mapping.events.adverse_event import graded_by, has_grade_extension
+from fhir_mapping.events.adverse_event import graded_by, has_grade_extension, skin_qualified
 from fhir_mapping.events.common import as_dict, concept_json, is_void
 from fhir_mapping.events.context import MappingContext
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
-from fhir_mapping.partial_dates import first_date, period_bounds
+from fhir_mapping.partial_dates import first_date, parse_partial_date, period_bounds
 from fhir_mapping.terminology import ICD10, ICD10CM, codings
 
 # The value sets a Condition's code is tested against, in the order events list them.
@@ -22,15 +22,41 @@ CONDITION_CONCEPTS = (
     "distant_metastasis",
     "autoimmune_disease",
     "cutaneous_irae",
+    "cutaneous_irae_excluded",
     "immune_related_ae",
 )
 _ICD10_SYSTEMS = frozenset({ICD10CM, ICD10})
 _ADVERSE_EVENT = re.compile(r"(?<![a-z0-9])adverse[\s\-_]*events?(?![a-z0-9])", re.IGNORECASE)
+# An Age quantity's unit (UCUM code, else the unit text) in years.
+_AGE_UNIT_YEARS = {
+    "a": 1.0,
+    "y": 1.0,
+    "yr": 1.0,
+    "yrs": 1.0,
+    "year": 1.0,
+    "years": 1.0,
+    "mo": 1 / 12,
+    "month": 1 / 12,
+    "months": 1 / 12,
+    "wk": 7 / 365.25,
+    "week": 7 / 365.25,
+    "weeks": 7 / 365.25,
+    "d": 1 / 365.25,
+    "day": 1 / 365.25,
+    "days": 1 / 365.25,
+}
+# onsetString naming childhood ("since childhood", "infancy"): an onset before age 18.
+_CHILDHOOD_YEARS = (0.0, 18.0)
 
 
 def _items(value: Any) -> list[Any]:
     """The value when it is a JSON array, else an empty one (malformed input maps to nothing)."""
     return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str | None:
+    """A string element as written, else None."""
+    return value if isinstance(value, str) else None
 
 
 def _code_of(concept: Any) -> str | None:
@@ -72,6 +98,50 @@ def _category_says_adverse_event(resource: dict[str, Any]) -> bool:
     return False
 
 
+def _age(quantity: Any) -> tuple[float, float] | None:
+    """An Age as [years, years + one unit): "5 a" is any day from the 5th to the 6th birthday."""
+    quantity = as_dict(quantity)
+    value = quantity.get("value")
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        return None
+    for unit in (quantity.get("code"), quantity.get("unit")):
+        if isinstance(unit, str) and (per := _AGE_UNIT_YEARS.get(unit.strip().lower())):
+            return float(value) * per, (float(value) + 1) * per
+    return None
+
+
+def _onset(resource: dict[str, Any], ctx: MappingContext) -> dict[str, Any] | None:
+    """Which onset[x] the Condition states and what it says, or None when it states none.
+
+    The event's date falls back to recordedDate when onset[x] carries no date; this keeps the
+    onset itself, so a study can tell a charted date from an onset (an onsetAge, an onset in
+    childhood, a Period with an end only) and place the onset on the patient's own calendar.
+    """
+    if isinstance(resource.get("onsetDateTime"), str):
+        return {"type": "dateTime", "start": resource["onsetDateTime"]}
+    if isinstance(resource.get("onsetPeriod"), dict):
+        period = resource["onsetPeriod"]
+        return {"type": "Period", "start": period.get("start"), "end": period.get("end")}
+    if isinstance(resource.get("onsetAge"), dict):
+        age = _age(resource["onsetAge"])
+        return {"type": "Age", "age_years": list(age) if age is not None else None}
+    if isinstance(resource.get("onsetRange"), dict):
+        low = _age(resource["onsetRange"].get("low"))
+        high = _age(resource["onsetRange"].get("high"))
+        ages = [low[0] if low else None, high[1] if high else None]
+        return {"type": "Range", "age_years": ages if any(a is not None for a in ages) else None}
+    text = resource.get("onsetString")
+    if isinstance(text, str):
+        childhood = ctx.terminology.match("childhood_onset", {"text": text}) is not None
+        return {
+            "type": "String",
+            "text": text,
+            "start": text.strip() if parse_partial_date(text.strip()) else None,
+            "age_years": list(_CHILDHOOD_YEARS) if childhood else None,
+        }
+    return None
+
+
 def _patient_id(resource: dict[str, Any], ctx: MappingContext) -> str | None:
     """The subject's Patient id; a subject typed as a Group has none."""
     subject = resource.get("subject")
@@ -107,6 +177,8 @@ def map_condition(
             for stage in _items(resource.get("stage"))
             if (summary := concept_json(as_dict(stage).get("summary"))) is not None
         ],
+        "onset": _onset(resource, ctx),
+        "recorded_date": _text(resource.get("recordedDate")),
     }
     return [
         TrialEvent(
@@ -118,6 +190,6 @@ def map_condition(
             or first_date(resource.get("recordedDate")),
             end=first_date(resource.get("abatementDateTime")) or abatement_end,
             values=values,
-            concepts=tuple(ctx.terminology.matches(code, CONDITION_CONCEPTS)),
+            concepts=skin_qualified(ctx.terminology.matches(code, CONDITION_CONCEPTS)),
         )
     ]

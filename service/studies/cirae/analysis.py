@@ -1,9 +1,18 @@
 """Study 2 (dupilumab for cutaneous irAEs): group sizes, resolution, matching, KM and Cox models.
 
-The Cox modelling decisions are in service.studies.cirae.cox. One caveat of the design the study defines is
-stated in every model's output: the groups are fixed at ICB initiation but defined by later events
-(a dupilumab case had to live until its cirAE and its dupilumab), so the group hazard ratio carries
-immortal-time bias towards the treated group; the glucocorticoid term, time-varying, does not.
+For each control group the dupilumab cases are matched to controls, and four Cox models of OS
+from ICB initiation are fitted on the matched population (service.studies.cirae.cox holds the
+modelling decisions):
+
+- `primary`: dupilumab exposure time-varying from its first dose (CLINICAL.md revision 2: the
+  groups are defined by later events, so a fixed group would credit a case's survival until its
+  cirAE and its dupilumab to dupilumab), glucocorticoids time-varying, adjusted;
+- `matched_sets`: the same terms, stratified by matched set (the model that respects the matching);
+- `unadjusted`: the time-varying dupilumab term alone;
+- `fixed_group`: the group fixed at ICB initiation, the sensitivity analysis CLINICAL.md keeps,
+  labelled with its immortal-time bias.
+
+`analyse` returns typed results (results.py); `cirae_outcomes` is their JSON (wire.py).
 """
 
 from __future__ import annotations
@@ -13,12 +22,25 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.stats.survival import km_in_months, proportion_ci
-from service.studies.cirae.cox import GC_TERM, cox_model, not_estimable
+from service.studies.cirae.cox import MODELS, fit_cox, not_estimable
 from service.studies.cirae.matching import match
-from service.studies.cirae.protocol import CohortProtocol, Matching
+from service.studies.cirae.protocol import CohortProtocol
 from service.studies.cirae.records import CirAESubject, Group, MatchResult
+from service.studies.cirae.results import (
+    CirAEAnalysis,
+    Comparison,
+    Proportion,
+    ResolutionSummary,
+)
+from service.studies.cirae.wire import km_groups_json, outcomes_json
 
+GROUPS: tuple[Group, ...] = ("dupilumab", "control_1", "control_2")
 CONTROL_GROUPS: tuple[Group, ...] = ("control_1", "control_2")
+RESOLUTION_DEFINITION = (
+    "complete or partial resolution among patients with a cirAE, from the latest status of the "
+    "index cirAE episode (Condition.clinicalStatus, AdverseEvent.outcome of its records and of "
+    "later cirAE records; a cirAE without a recorded status counts as none)"
+)
 
 
 def _level(protocol: CohortProtocol) -> float:
@@ -29,74 +51,37 @@ def _level(protocol: CohortProtocol) -> float:
 # -- descriptive parts -----------------------------------------------------------------------------
 
 
-def group_sizes(cohort: Sequence[CirAESubject]) -> dict[str, int]:
+def group_sizes(cohort: Sequence[CirAESubject]) -> dict[Group, int]:
     """Subjects per group, every group listed even when empty (an empty group is a finding)."""
     counts = Counter(s.group for s in cohort)
-    return {g: counts.get(g, 0) for g in ("dupilumab", "control_1", "control_2")}
+    return {g: counts.get(g, 0) for g in GROUPS}
 
 
-def resolution_summary(cohort: Sequence[CirAESubject], level: float) -> dict[str, Any]:
+def _proportion(successes: int, n: int, level: float) -> Proportion:
+    """An exact (Clopper–Pearson) proportion, typed."""
+    return Proportion(**proportion_ci(successes, n, level))
+
+
+def resolution_summary(cohort: Sequence[CirAESubject], level: float) -> ResolutionSummary:
     """Complete-or-partial resolution among patients with a cirAE, overall and per cirAE group."""
     with_cirae = [s for s in cohort if s.cirae_onset is not None]
     counts = Counter(s.resolution or "none" for s in with_cirae)
 
-    def rate(subjects: Sequence[CirAESubject]) -> dict[str, Any]:
+    def rate(subjects: Sequence[CirAESubject]) -> Proportion:
         resolved = sum(s.resolution in ("complete", "partial") for s in subjects)
-        return proportion_ci(resolved, len(subjects), level)
+        return _proportion(resolved, len(subjects), level)
 
-    return {
-        "definition": "complete or partial resolution among patients with a cirAE "
-        "(a cirAE without a recorded status counts as none)",
-        "categories": {k: counts.get(k, 0) for k in ("complete", "partial", "none")},
-        "overall": rate(with_cirae),
-        "by_group": {
-            g: rate([s for s in with_cirae if s.group == g]) for g in ("dupilumab", "control_1")
-        },
-    }
+    return ResolutionSummary(
+        definition=RESOLUTION_DEFINITION,
+        categories={k: counts.get(k, 0) for k in ("complete", "partial", "none")},
+        overall=rate(with_cirae),
+        by_group={g: rate([s for s in with_cirae if s.group == g]) for g in GROUPS[:2]},
+    )
 
 
 def km_groups(cohort: Sequence[CirAESubject]) -> list[dict[str, Any]]:
     """Per-group OS data (days from ICB initiation, death flags) for the Kaplan–Meier plot."""
-    out = []
-    for g in ("dupilumab", "control_1", "control_2"):
-        members = sorted((s for s in cohort if s.group == g), key=lambda s: s.subject_id)
-        out.append(
-            {
-                "label": g,
-                "durations_days": [s.os_days for s in members],
-                "events": [s.died for s in members],
-            }
-        )
-    return out
-
-
-def matching_settings(settings: Matching) -> dict[str, Any]:
-    """The matching settings as plain JSON numbers (the protocol keeps the age caliper a Decimal)."""
-    return {
-        "ratio": settings.ratio,
-        "exact": list(settings.exact),
-        "calipers": {
-            "age_years": float(settings.calipers.age_years),
-            "charlson": settings.calipers.charlson,
-            "icb_year": settings.calipers.icb_year,
-        },
-        "method": settings.method,
-    }
-
-
-def matching_summary(result: MatchResult, settings: Matching, n_cases: int) -> dict[str, Any]:
-    """What the matching did: sets, matched controls, and the cases it could not serve fully."""
-    sets = [s for s in result.sets if s.controls]
-    return {
-        "control_group": result.control_group,
-        "settings": matching_settings(settings),
-        "cases": n_cases,
-        "sets": len(sets),
-        "matched_controls": sum(len(s.controls) for s in sets),
-        "unmatched_cases": sorted(result.unmatched_cases),
-        "partially_matched_cases": sorted(result.partially_matched),
-        "matched_sets": [{"case": s.case, "controls": list(s.controls)} for s in sets],
-    }
+    return km_groups_json(cohort)
 
 
 def matched_population(result: MatchResult, cohort: Sequence[CirAESubject]) -> list[CirAESubject]:
@@ -106,59 +91,110 @@ def matched_population(result: MatchResult, cohort: Sequence[CirAESubject]) -> l
     return sorted(chosen, key=lambda s: (s.group != "dupilumab", s.subject_id))
 
 
+def matched_sets(result: MatchResult) -> dict[str, int]:
+    """Subject id → matched set number (1, 2, … over the sets that found a control)."""
+    numbered = [s for s in result.sets if s.controls]
+    return {
+        member: number
+        for number, s in enumerate(numbered, start=1)
+        for member in (s.case, *s.controls)
+    }
+
+
 # -- the whole analysis ------------------------------------------------------------------------------
 
 
-def _comparison(
+def _not_estimable_comparison(control_group: Group, n_cases: int, reason: str) -> Comparison:
+    """A comparison that cannot be made: every model says why."""
+    return Comparison(
+        control_group=control_group,
+        estimable=False,
+        reason=reason,
+        n_cases=n_cases,
+        matching=None,
+        population=(),
+        matched_set={},
+        models={spec.name: not_estimable(spec, reason) for spec in MODELS},
+    )
+
+
+def compare(
     protocol: CohortProtocol,
     cohort: Sequence[CirAESubject],
     control_group: Group,
     min_events_per_parameter: int,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Matching summary and Cox model for dupilumab vs one control group."""
-    settings = protocol.cohort.matching
+) -> Comparison:
+    """Matching and the four Cox models for dupilumab vs one control group."""
     cases = [s for s in cohort if s.group == "dupilumab"]
     controls = [s for s in cohort if s.group == control_group]
-    label = f"dupilumab vs {control_group}"
-    method = {
-        "comparison": label,
-        "population": "matched set (cases with at least one matched control, and their controls)",
-        "time_origin": "ICB initiation",
-        "time_varying": [GC_TERM],
-        "glucocorticoid_coding": "0 up to the first systemic glucocorticoid day, 1 after it "
-        "(a death on that day counts as unexposed)",
-        "adjustment": list(protocol.cohort.adjustment),
-        "reference_level_rule": "most frequent level in the model population "
-        "(ties: alphabetical first); a missing category is the level 'unknown'",
-        "ties": "Efron",
-        "design_caveat": "groups are fixed at ICB initiation but defined by later events (a "
-        "dupilumab case lived until its cirAE and its dupilumab): the group hazard ratio carries "
-        "immortal-time bias in favour of dupilumab; matched sets are not used as strata",
-    }
     if not cases or not controls:
         empty = "dupilumab" if not cases else control_group
-        reason = f"the {empty} group is empty"
-        return (
-            {"control_group": control_group, "estimable": False, "reason": reason},
-            {**method, **not_estimable(reason, n_subjects=0, n_events=0)},
-        )
-    result = match(settings, cases, controls, control_group)
+        return _not_estimable_comparison(control_group, len(cases), f"the {empty} group is empty")
+    result = match(protocol.cohort.matching, cases, controls, control_group)
     population = matched_population(result, cohort)
-    model = (
-        cox_model(
-            population,
-            protocol.cohort.adjustment,
-            _level(protocol),
-            min_events_per_parameter=min_events_per_parameter,
-        )
-        if population
-        else not_estimable(
-            f"no dupilumab case matched a {control_group} subject", n_subjects=0, n_events=0
-        )
+    sets = matched_sets(result)
+    strata = {subject_id: f"set-{number}" for subject_id, number in sets.items()}
+    level = _level(protocol)
+    if population:
+        models = {
+            spec.name: fit_cox(
+                spec,
+                population,
+                protocol.cohort.adjustment,
+                level,
+                min_events_per_parameter=min_events_per_parameter,
+                strata=strata,
+            )
+            for spec in MODELS
+        }
+    else:
+        reason = f"no dupilumab case matched a {control_group} subject"
+        models = {spec.name: not_estimable(spec, reason) for spec in MODELS}
+    return Comparison(
+        control_group=control_group,
+        estimable=True,
+        reason=None,
+        n_cases=len(cases),
+        matching=result,
+        population=tuple(population),
+        matched_set=sets,
+        models=models,
     )
-    return (
-        {**matching_summary(result, settings, len(cases)), "estimable": True},
-        {**method, **model},
+
+
+def analyse(
+    protocol: CohortProtocol,
+    cohort: Sequence[CirAESubject],
+    *,
+    min_events_per_parameter: int | None = None,
+) -> CirAEAnalysis:
+    """Everything study 2 reports, as typed results computed from the cohort."""
+    level = _level(protocol)
+    if min_events_per_parameter is None:
+        min_events_per_parameter = protocol.cohort.min_events_per_parameter
+    comparisons = {
+        g: compare(protocol, cohort, g, min_events_per_parameter) for g in CONTROL_GROUPS
+    }
+    survival = {}
+    for g in GROUPS:
+        members = sorted((s for s in cohort if s.group == g), key=lambda s: s.subject_id)
+        survival[g] = km_in_months(
+            g,
+            [s.os_days for s in members],
+            [s.died for s in members],
+            months=protocol.cohort.survival_timepoints_months,
+            level=level,
+        )
+    return CirAEAnalysis(
+        protocol_id=protocol.id,
+        protocol_version=protocol.version,
+        confidence_level=level,
+        matching_settings=protocol.cohort.matching,
+        subjects=tuple(sorted(cohort, key=lambda s: s.subject_id)),
+        groups=group_sizes(cohort),
+        resolution=resolution_summary(cohort, level),
+        comparisons=comparisons,
+        survival=survival,
     )
 
 
@@ -169,32 +205,6 @@ def cirae_outcomes(
     min_events_per_parameter: int | None = None,
 ) -> dict[str, Any]:
     """Everything study 2 reports, as JSON-safe data (no NaN, no inf) computed from the cohort."""
-    level = _level(protocol)
-    if min_events_per_parameter is None:
-        min_events_per_parameter = protocol.cohort.min_events_per_parameter
-    matching: dict[str, Any] = {}
-    cox: dict[str, Any] = {}
-    for control_group in CONTROL_GROUPS:
-        matching[control_group], cox[control_group] = _comparison(
-            protocol, cohort, control_group, min_events_per_parameter
-        )
-    curves = km_groups(cohort)
-    return {
-        "protocol": {"id": protocol.id, "version": protocol.version},
-        "confidence_level": level,
-        "groups": group_sizes(cohort),
-        "resolution": resolution_summary(cohort, level),
-        "matching": matching,
-        "cox": cox,
-        "survival": {
-            g["label"]: km_in_months(
-                g["label"],
-                g["durations_days"],
-                g["events"],
-                months=protocol.cohort.survival_timepoints_months,
-                level=level,
-            )
-            for g in curves
-        },
-        "km_groups": curves,
-    }
+    return outcomes_json(
+        analyse(protocol, cohort, min_events_per_parameter=min_events_per_parameter)
+    )

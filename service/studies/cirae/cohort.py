@@ -8,30 +8,43 @@ Decisions (each also noted where it is made):
 * Who is reported: a patient with no ICB at all is not in the cohort. Every ICB-treated patient is
   either a subject or an `Exclusion` with the first reason found, checked in this order: ICB only
   coarsely dated (no time origin); death without a date; death before ICB start; cirAE group
-  indeterminate; dupilumab only before cirAE onset; undated dupilumab.
+  indeterminate; dupilumab that fits no group (CLINICAL.md revision 2, below).
 * Dates: a date is the interval of days it can mean ([first, last]; one day for a day or a time).
   "Known on or before a day" means last <= that day (Charlson history, stage, cancer type).
-* cirAE onset: a cirAE is after ICB initiation when its whole interval is on or after ICB start
-  (the ICB start day itself counts as after); its onset is then the interval's first day (a month-
-  only onset on the first of that month: the earliest it can be). Wholly before → not the cirAE. An
-  interval containing ICB start, or no date, makes the group indeterminate (excluded) unless another
-  cirAE is known to start on or after ICB start, which is then the index cirAE.
-* Dupilumab: each administration, order or statement is an exposure interval from its date's first
-  day to its end's last day (no end: its date's last day, i.e. only the day or interval recorded).
-  Exposure reaching cirAE onset → dupilumab group, dupilumab_start = max(exposure start, onset);
-  exposure only between ICB start and onset → excluded ("dupilumab before cirAE onset": neither
-  group of CLINICAL.md); exposure that ended before ICB start (and before onset) is history and
-  ignored; an undated dupilumab record with no exposure reaching onset → excluded (control 1 cannot
-  be shown); no cirAE → control 2 whatever dupilumab was given.
+* cirAE records: Conditions and AdverseEvents in the cirAE value set and not in its exclusion
+  value set (radiation dermatitis L58, burns, skin infections: CLINICAL.md revision 2).
+* cirAE onset is onset[x] (AdverseEvent: date, then detected); a Condition's recordedDate counts
+  only when it states no onset[x] at all. An onsetAge or onsetRange is placed on the patient's own
+  calendar (birth date + age: "5 years" is any day from the 5th to the 6th birthday), an onsetString
+  that is a date is that date and one naming childhood is before age 18, an onsetPeriod with an end
+  only is some day up to that end; any other onset cannot be placed. A Condition dated only by when
+  it was charted, whose term (a code or the case-folded text) is one a record places before ICB
+  start, is that pre-existing condition charted again, not a cirAE.
+* cirAE timing: a cirAE is after ICB initiation when its whole onset interval is on or after ICB
+  start (the ICB start day itself counts as after); its onset is then the interval's first day (a
+  month-only onset on the first of that month: the earliest it can be). Wholly before → pre-existing,
+  not the cirAE. An interval containing ICB start, or an onset that cannot be placed, makes the group
+  indeterminate (excluded) unless another cirAE is known to start on or after ICB start, which is
+  then the index cirAE.
+* Dupilumab (CLINICAL.md revision 2): the dupilumab group is first given dupilumab (any
+  administration, order or statement) on or after cirAE onset, from that record's first day; the
+  controls never received any dupilumab, ever (control 1: cirAE; control 2: no cirAE). Any other
+  dupilumab user is excluded with the reason: dupilumab without a cirAE (another indication: asthma,
+  atopic dermatitis, the NCT06088771 regimen); a dupilumab record before cirAE onset (before ICB
+  start included; a course running across onset started before it); a dupilumab record dated only to
+  a month or year containing onset, or not dated at all (the first dose cannot be placed).
 * Resolution is read from the index cirAE only: Condition.clinicalStatus, or AdverseEvent.outcome,
   looked up in the protocol's resolution table; no status, or one the table does not list → "none"
   (CLINICAL.md: "otherwise none"). Subjects without a cirAE have no resolution (None).
-* Glucocorticoids: an exposure with a day-precision start counts when [start, end] overlaps
-  [ICB start, the same calendar date `window_years` later] (29 Feb → 28 Feb), from max(start, ICB
-  start): a course running at ICB start counts from ICB start. An open-ended order or statement (no
-  end) is its start day only, so it counts only when it starts inside the window (its length is
-  unknown, and assuming it ran on would date any old prescription from ICB start). An unknown route
-  counts as systemic, only "local" is out; a start coarser than a day cannot time the covariate.
+* Glucocorticoids (CLINICAL.md revision 2): exposure starts on the first day of a systemic course
+  overlapping [ICB start, the same calendar date `window_years` later] (29 Feb → 28 Feb), from
+  max(course start, ICB start): a course running at ICB start counts from ICB start. Records join
+  into a course when at most `course_gap_days` apart; a course covers at least `min_course_days`
+  days (**choice**: a single-day dose, antiemetic or premedication dexamethasone, is not one) or
+  holds an open-ended order or statement (a course of unknown length, counted from its start day
+  only, so only when it starts inside the window). A month- or year-precision order or statement is
+  placed at the start of its period (**choice**, flagged on the subject); a coarsely dated
+  administration is one dose. An unknown route counts as systemic, only "local" is out.
 * Age is (ICB start − birth date) / 365.25 days; a birth date known only to the month or year is
   taken at the middle of that month or year; a birth date after ICB start (a negative age) is a data
   error and gives None.
@@ -64,9 +77,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fhir_mapping.events.medication_exposure import exposure_span
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.events.observation import parse_tnm
 from fhir_mapping.partial_dates import PartialDate, parse_partial_date
+from fhir_mapping.terminology import codings, concept_texts
 from service.infra.clock import shift_day
 from service.studies.cirae.charlson import charlson_indices, normalise_code
 from service.studies.cirae.membership import cohort_membership
@@ -136,15 +151,6 @@ class _Dated:
     day: dt.date
 
 
-@dataclass(frozen=True, slots=True)
-class _Span:
-    """The days a drug exposure can cover, so exposure running across a boundary is seen."""
-
-    event: TrialEvent
-    first: dt.date
-    last: dt.date
-
-
 # -- small helpers -------------------------------------------------------------------------------
 
 
@@ -205,14 +211,6 @@ def _drugs(events: Iterable[TrialEvent], valueset: str) -> list[TrialEvent]:
     return [e for e in events if e.kind in _DRUG_KINDS and valueset in e.concept_ids]
 
 
-def _span(event: TrialEvent) -> _Span | None:
-    """From the date's first day to the end's (else the date's) last day; None when undated."""
-    if event.date is None:
-        return None
-    stop = event.end if event.end is not None else event.date
-    return _Span(event, event.date.first, max(event.date.first, stop.last))
-
-
 def _is_request(event: TrialEvent) -> bool:
     """An order, plan or proposal: its date may be a planned start, not a day of contact."""
     return isinstance(event.values.get("intent"), str)
@@ -256,75 +254,203 @@ def _icb_type(protocol: CohortProtocol, events: Sequence[TrialEvent], start: dt.
 # -- cirAE and dupilumab ---------------------------------------------------------------------------
 
 
-def _cirae_events(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> list[TrialEvent]:
-    """Conditions and AdverseEvents in the protocol's cirAE value set, dated or not."""
-    valueset = protocol.cohort.cirae_valueset
-    return [e for e in events if e.kind in _CIRAE_KINDS and valueset in e.concept_ids]
+@dataclass(frozen=True, slots=True)
+class _Skin:
+    """A record in the cirAE value set and the days its onset can mean (None: cannot be placed)."""
+
+    event: TrialEvent
+    onset: tuple[dt.date, dt.date] | None
+    charted_only: bool  # a Condition with no onset[x]: dated by its recordedDate alone
+
+
+def _shift_years(day: dt.date, years: float) -> dt.date:
+    """`day` plus a (fractional) number of years of 365.25 days, held at the calendar's ends."""
+    return shift_day(day, round(years * _DAYS_PER_YEAR))
+
+
+def _days_of(date: PartialDate | None) -> tuple[dt.date, dt.date] | None:
+    """The first and last day a recorded date can mean."""
+    return (date.first, date.last) if date is not None else None
+
+
+def _onset_days(event: TrialEvent, birth: PartialDate | None) -> tuple[dt.date, dt.date] | None:
+    """When a skin record began: onset[x] (an age on the patient's own calendar), else the date.
+
+    CLINICAL.md: onset is onset[x] (or AdverseEvent.date); recordedDate only when no onset exists.
+    """
+    if event.kind is not EventKind.CONDITION or "onset" not in event.values:
+        return _days_of(event.date)  # AdverseEvent: date, detected, then recordedDate
+    onset = event.values["onset"]
+    if not isinstance(onset, dict):  # no onset[x]: the charted date is all there is
+        return _days_of(event.date)
+    start = parse_partial_date(onset.get("start"))
+    if start is not None:
+        same = event.date is not None and event.date.text == start.text
+        return _days_of(event.date if same else start)
+    end = parse_partial_date(onset.get("end"))
+    if end is not None:  # a Period with an end only: some day up to that end
+        return dt.date.min, end.last
+    ages = onset.get("age_years")
+    if isinstance(ages, list) and len(ages) == 2 and birth is not None:
+        low, high = ages
+        first = _shift_years(birth.first, low) if isinstance(low, int | float) else birth.first
+        last = (
+            shift_day(_shift_years(birth.last, high), -1)
+            if isinstance(high, int | float)
+            else dt.date.max
+        )
+        return first, max(first, last)
+    return None  # an onset that cannot be placed (text, or an age without a birth date)
+
+
+def _term_keys(event: TrialEvent) -> frozenset[tuple[str, ...]]:
+    """A skin record's term as codes and case-folded texts (two records share a term if any key)."""
+    concept = event.values.get("code" if event.kind is EventKind.CONDITION else "term")
+    keys: set[tuple[str, ...]] = set()
+    for coding in codings(concept):
+        system, code = coding.get("system"), coding.get("code")
+        if isinstance(system, str) and isinstance(code, str):
+            keys.add(("code", system, code.strip()))
+    keys.update(("text", " ".join(t.split()).casefold()) for t in concept_texts(concept))
+    return frozenset(keys)
+
+
+def _cirae_records(
+    protocol: CohortProtocol,
+    events: Sequence[TrialEvent],
+    icb_start: dt.date,
+    birth: PartialDate | None,
+) -> list[_Skin]:
+    """Skin records that can be a cirAE, dated or not.
+
+    Out: terms of the exclusion value set (radiation dermatitis, burns, skin infections), and a
+    Condition dated only by when it was charted whose term is one already known before ICB start
+    (pre-existing atopic dermatitis charted again after ICB start is the same old condition).
+    """
+    wanted = protocol.cohort.cirae_valueset
+    unwanted = protocol.cohort.cirae_exclusion_valueset
+    records = [
+        _Skin(
+            e,
+            _onset_days(e, birth),
+            e.kind is EventKind.CONDITION and e.values.get("onset", {}) is None,
+        )
+        for e in events
+        if e.kind in _CIRAE_KINDS and wanted in e.concept_ids and unwanted not in e.concept_ids
+    ]
+    known_before = {
+        key
+        for r in records
+        if r.onset is not None and r.onset[1] < icb_start
+        for key in _term_keys(r.event)
+    }
+    return [r for r in records if not (r.charted_only and _term_keys(r.event) & known_before)]
 
 
 def _index_cirae(
-    protocol: CohortProtocol, events: Sequence[TrialEvent], icb_start: dt.date
+    protocol: CohortProtocol, records: Sequence[_Skin], icb_start: dt.date
 ) -> _Dated | None:
     """The earliest cirAE wholly on/after ICB start (if the protocol says so), at its first day."""
     after_only = protocol.cohort.cirae_onset_after_icb
     return _earliest_dated(
-        _Dated(e, e.date.first)
-        for e in _cirae_events(protocol, events)
-        if e.date is not None and (not after_only or e.date.first >= icb_start)
+        _Dated(r.event, r.onset[0])
+        for r in records
+        if r.onset is not None and (not after_only or r.onset[0] >= icb_start)
     )
 
 
 def _indeterminate_cirae(
-    protocol: CohortProtocol, events: Sequence[TrialEvent], icb_start: dt.date
+    protocol: CohortProtocol, records: Sequence[_Skin], icb_start: dt.date
 ) -> str | None:
     """Why a cirAE neither before nor after ICB start leaves the group unknown, else None."""
-    dates = [e.date for e in _cirae_events(protocol, events)]
-    if any(date is None for date in dates):
+    if any(r.onset is None for r in records):
         return "cirAE without a date: group indeterminate"
     after_only = protocol.cohort.cirae_onset_after_icb
-    if after_only and any(d is not None and d.first < icb_start <= d.last for d in dates):
+    if after_only and any(r.onset and r.onset[0] < icb_start <= r.onset[1] for r in records):
         return "cirAE dated only to a month or year containing ICB start: group indeterminate"
     return None
 
 
-def _resolution(protocol: CohortProtocol, cirae: TrialEvent) -> Resolution:
-    """The protocol's category for the cirAE's status (clinicalStatus / AE outcome); else 'none'."""
-    key = "clinical_status" if cirae.kind is EventKind.CONDITION else "outcome"
-    status = cirae.values.get(key)
-    if not isinstance(status, str):
-        return "none"
-    return protocol.cohort.resolution.get(status, "none")
+_RESOLUTION_RANK: dict[Resolution, int] = {"none": 0, "partial": 1, "complete": 2}
 
 
-def _dupilumab_spans(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> list[_Span]:
-    """Every dated dupilumab exposure as the days it can cover."""
-    given = _drugs(events, protocol.cohort.treatment_valueset)
-    return [s for e in given if (s := _span(e)) is not None]
+@dataclass(frozen=True, slots=True)
+class _Status:
+    """The resolution a record states, and the day it stated it."""
+
+    resolution: Resolution
+    day: dt.date
+    event: TrialEvent
 
 
-def _dupilumab(
-    protocol: CohortProtocol, events: Sequence[TrialEvent], onset: dt.date
-) -> _Dated | None:
-    """The first dupilumab exposure reaching cirAE onset, started no earlier than onset."""
-    return _earliest_dated(
-        _Dated(s.event, max(s.first, onset))
-        for s in _dupilumab_spans(protocol, events)
-        if s.last >= onset
+def _stated(protocol: CohortProtocol, record: _Skin) -> _Status | None:
+    """What one record says of the episode: its status and the latest day it is dated by.
+
+    A Condition's clinicalStatus or an AdverseEvent's outcome, through the protocol's tables (a
+    status they do not list: none); a record without a status says nothing. Its day is the latest
+    of its abatement / resolution date, the day it was charted and its onset.
+    """
+    event = record.event
+    tables = protocol.cohort.resolution
+    if event.kind is EventKind.CONDITION:
+        status, table = event.values.get("clinical_status"), tables.clinical_status
+    else:
+        status, table = event.values.get("outcome"), tables.adverse_event_outcome
+    if not isinstance(status, str) or record.onset is None:
+        return None
+    days = [record.onset[0]]
+    days += [
+        d.first for d in (event.end, parse_partial_date(event.values.get("recorded_date"))) if d
+    ]
+    return _Status(table.get(status, "none"), max(days), event)
+
+
+def _resolution(
+    protocol: CohortProtocol, records: Sequence[_Skin], index: _Dated
+) -> _Status | None:
+    """The latest status of the index cirAE episode (CLINICAL.md revision 2), None if none stated.
+
+    The episode is every cirAE record starting on or after the index onset (the index and later
+    records of the same or another cirAE term). The latest stated status wins; records stating
+    theirs on the same day: the furthest resolution (a resolution charted that day is news).
+    """
+    stated = [
+        status
+        for r in records
+        if r.onset is not None
+        and r.onset[0] >= index.day
+        and (status := _stated(protocol, r)) is not None
+    ]
+    return max(
+        stated,
+        key=lambda s: (s.day, _RESOLUTION_RANK[s.resolution], _source_key(s.event.source)),
+        default=None,
     )
 
 
-def _dupilumab_before_onset(
-    protocol: CohortProtocol, events: Sequence[TrialEvent], icb_start: dt.date, onset: dt.date
-) -> bool:
-    """Dupilumab between ICB start and cirAE onset: exposure CLINICAL.md's groups do not allow."""
-    origin = min(icb_start, onset)
-    return any(origin <= s.last < onset for s in _dupilumab_spans(protocol, events))
+def _dupilumab_group(
+    protocol: CohortProtocol, events: Sequence[TrialEvent], onset: dt.date | None
+) -> tuple[_Dated | None, str | None]:
+    """The first dupilumab record when it comes on/after cirAE onset, else why no group fits.
 
-
-def _undated_dupilumab(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> bool:
-    """Whether a dupilumab record has no date, so control 1 ('no dupilumab') cannot be shown."""
+    CLINICAL.md: the dupilumab group is first given dupilumab after cirAE onset; the controls
+    never received any dupilumab (before ICB start included); everyone else is excluded.
+    """
     given = _drugs(events, protocol.cohort.treatment_valueset)
-    return any(e.date is None for e in given)
+    if not given:
+        return None, None
+    if onset is None:
+        return None, "dupilumab without a cirAE (another indication)"
+    dates = [e.date for e in given]
+    if any(d is None for d in dates):
+        return None, "dupilumab without a date: group indeterminate"
+    if any(d is not None and d.last < onset for d in dates):
+        return None, "dupilumab before cirAE onset"
+    if any(d is not None and d.first < onset for d in dates):
+        return None, (
+            "dupilumab dated only to a month or year containing cirAE onset: group indeterminate"
+        )
+    return _earliest_dated(_Dated(e, e.date.first) for e in given if e.date is not None), None
 
 
 def _group(cirae: _Dated | None, dupilumab: _Dated | None) -> Group:
@@ -474,22 +600,102 @@ def _stage(events: Sequence[TrialEvent], icb_start: dt.date) -> str:
 # -- follow-up: glucocorticoids, death, last data point -------------------------------------------
 
 
-def _glucocorticoid_start(
+@dataclass(frozen=True, slots=True)
+class _Course:
+    """Days of glucocorticoid exposure joined from records (a course, or a single dose)."""
+
+    first: dt.date
+    last: dt.date
+    open_ended: bool  # an order or statement with no end: a course of unknown length
+    coarse: str | None  # the precision of a month- or year-dated record in it
+
+
+@dataclass(frozen=True, slots=True)
+class GlucocorticoidExposure:
+    """When systemic glucocorticoid exposure starts in the window, and how sure that day is."""
+
+    start: dt.date | None
+    flag: str | None = None
+
+
+def _gc_spans(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> list[_Course]:
+    """Each systemic glucocorticoid record as the days it covers (not yet joined into courses).
+
+    An administration is its day (or its effectivePeriod); an order or statement runs from its
+    start to its end (or for its course length: boundsDuration, expected supply), or is its start
+    day only when open-ended (its length is unknown, and assuming
+    it ran on would date any old prescription from ICB start). A month- or year-precision record is
+    placed at the start of its period (**choice**, flagged) and covers that period; a coarsely dated
+    administration is one dose on an unknown day and never a course.
+    """
+    settings = protocol.cohort.glucocorticoid
+    spans: list[_Course] = []
+    for e in _drugs(events, settings.valueset):
+        if settings.systemic_only and e.values.get("route_class") == "local":
+            continue
+        if e.date is None:
+            continue
+        administered = e.kind is EventKind.DRUG_ADMINISTRATION
+        coarse = e.date.precision if e.date.day is None else None
+        if coarse is not None and (administered or settings.coarse_dates == "ignore"):
+            continue
+        span = exposure_span(e)  # its end, or its course length (boundsDuration, supply)
+        course = e.values.get("course_days")
+        bounded = e.end is not None or (isinstance(course, int) and not isinstance(course, bool))
+        open_ended = not administered and not bounded
+        if bounded and span is not None:
+            last = max(e.date.first, span.latest_end)
+        else:
+            last = e.date.last if coarse is not None else e.date.first
+        spans.append(_Course(e.date.first, last, open_ended, coarse))
+    return spans
+
+
+def _courses(spans: Sequence[_Course], gap_days: int) -> list[_Course]:
+    """Spans joined when the next starts at most `gap_days` after the last day so far."""
+    joined: list[_Course] = []
+    for span in sorted(spans, key=lambda c: (c.first, c.last)):
+        if joined and (span.first - joined[-1].last).days <= gap_days:
+            current = joined[-1]
+            joined[-1] = _Course(
+                current.first,
+                max(current.last, span.last),
+                current.open_ended or span.open_ended,
+                current.coarse or span.coarse,
+            )
+        else:
+            joined.append(span)
+    return joined
+
+
+def glucocorticoid_exposure(
     protocol: CohortProtocol, events: Sequence[TrialEvent], icb_start: dt.date
-) -> dt.date | None:
-    """First day of systemic glucocorticoid exposure in [ICB start, +window] (the Cox covariate)."""
+) -> GlucocorticoidExposure:
+    """First day of a systemic glucocorticoid course in [ICB start, +window] (the Cox covariate).
+
+    CLINICAL.md revision 2: exposure starts at the first day of a course; a single-day dose is not
+    a course (**choice**: `min_course_days`); a course running at ICB start counts from ICB start.
+    """
     settings = protocol.cohort.glucocorticoid
     window_end = _add_years(icb_start, settings.window_years)
-    starts = [
-        max(s.first, icb_start)
-        for e in _drugs(events, settings.valueset)
-        if not (settings.systemic_only and e.values.get("route_class") == "local")
-        and _day(e) is not None
-        and (s := _span(e)) is not None
-        and s.first <= window_end
-        and s.last >= icb_start
+    courses = [
+        c
+        for c in _courses(_gc_spans(protocol, events), settings.course_gap_days)
+        if (c.open_ended or (c.last - c.first).days + 1 >= settings.min_course_days)
+        and c.first <= window_end
+        and c.last >= icb_start
     ]
-    return min(starts, default=None)
+    first = min(
+        courses, key=lambda c: (max(c.first, icb_start), c.coarse is not None), default=None
+    )
+    if first is None:
+        return GlucocorticoidExposure(None)
+    flag = (
+        f"a {first.coarse}-precision record placed at the start of its period"
+        if first.coarse is not None
+        else None
+    )
+    return GlucocorticoidExposure(max(first.first, icb_start), flag)
 
 
 def _last_fact(events: Sequence[TrialEvent], icb_start: dt.date) -> dt.date:
@@ -525,23 +731,20 @@ def _undated_death(events: Sequence[TrialEvent]) -> bool:
 def _exclusion_reason(
     protocol: CohortProtocol,
     events: Sequence[TrialEvent],
+    records: Sequence[_Skin],
     icb_start: dt.date,
     death: dt.date | None,
     cirae: _Dated | None,
-    dupilumab: _Dated | None,
+    dupilumab_reason: str | None,
 ) -> str | None:
     """Why an ICB-treated patient cannot be analysed (the first reason found), else None."""
     if death is None and _undated_death(events):
         return "death recorded without a date"
     if death is not None and death < icb_start:
         return "death before ICB start"
-    if cirae is None:
-        return _indeterminate_cirae(protocol, events, icb_start)
-    if dupilumab is None and _dupilumab_before_onset(protocol, events, icb_start, cirae.day):
-        return "dupilumab before cirAE onset"
-    if dupilumab is None and _undated_dupilumab(protocol, events):
-        return "dupilumab without a date: group indeterminate"
-    return None
+    if cirae is None and (indeterminate := _indeterminate_cirae(protocol, records, icb_start)):
+        return indeterminate
+    return dupilumab_reason
 
 
 def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclusion | None:
@@ -555,12 +758,19 @@ def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclu
     start = facts.day1
     last_fact = _last_fact(events, start)
     death = _death(events, last_fact)
-    cirae = _index_cirae(protocol, events, start)
-    dupilumab = _dupilumab(protocol, events, cirae.day) if cirae is not None else None
-    reason = _exclusion_reason(protocol, events, start, death, cirae, dupilumab)
+    demographics = _demographics(events)
+    birth = parse_partial_date(demographics.get("birth_date"))
+    records = _cirae_records(protocol, events, start, birth)
+    cirae = _index_cirae(protocol, records, start)
+    dupilumab, dupilumab_reason = _dupilumab_group(
+        protocol, events, cirae.day if cirae is not None else None
+    )
+    reason = _exclusion_reason(protocol, events, records, start, death, cirae, dupilumab_reason)
     if reason is not None:
         return Exclusion(patient.subject_id, reason)
-    demographics = _demographics(events)
+    status = _resolution(protocol, records, cirae) if cirae is not None else None
+    glucocorticoids = glucocorticoid_exposure(protocol, events, start)
+    resolved = status is not None and status.resolution != "none"
     subject = CirAESubject(
         patient_id=patient.patient_id,
         subject_id=patient.subject_id,
@@ -574,15 +784,24 @@ def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclu
         cancer_type=_cancer_type(events, start),
         stage=_stage(events, start),
         cirae_onset=cirae.day if cirae is not None else None,
-        resolution=_resolution(protocol, cirae.event) if cirae is not None else None,
+        resolution=(status.resolution if status else "none") if cirae is not None else None,
         dupilumab_start=dupilumab.day if dupilumab is not None else None,
-        glucocorticoid_start=_glucocorticoid_start(protocol, events, start),
+        glucocorticoid_start=glucocorticoids.start,
+        glucocorticoid_flag=glucocorticoids.flag,
         death=death,
         last_seen=max(last_fact, death) if death is not None else last_fact,
-        evidence=(
-            facts.evidence[0],
-            *(d.event.source for d in (cirae, dupilumab) if d is not None),
+        evidence=tuple(
+            dict.fromkeys(
+                (
+                    facts.evidence[0],
+                    *(d.event.source for d in (cirae, dupilumab) if d is not None),
+                    *((status.event.source,) if status is not None else ()),
+                )
+            )
         ),
+        resolution_date=status.event.end.first
+        if status is not None and resolved and status.event.end is not None
+        else None,
     )
     return _Draft(subject, _history_codes(events, start))
 

@@ -9,7 +9,8 @@ Decisions (each also stated in the output):
   indicator flipped (alive at the last data point is the "event", a death censors), so deaths do not
   shorten the follow-up and the median is the potential follow-up.
 * Kaplan–Meier per group (service.stats.survival) and the two-group log-rank test (lifelines).
-* Unadjusted hazard ratios beside the adjusted model of `cox`: (a) the group fixed at ICB
+* Unadjusted hazard ratios beside the adjusted models of `cox` (the primary one, dupilumab
+  time-varying; the one stratified by matched set; the fixed-group sensitivity analysis): (a) the group fixed at ICB
   initiation, as the KM curves compare them (carries the immortal time of the design: a dupilumab
   case lived until its cirAE and its first dose), with model-based and robust (sandwich, clustered
   on matched set) intervals; (b) dupilumab exposure time-varying from the first dose (0 before it,
@@ -218,13 +219,14 @@ def log_rank(population: Sequence[tuple[CirAESubject, int]]) -> dict[str, Any]:
 
 
 def _adjusted_term(model: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The dupilumab term of the adjusted model the analysis reported (see `cox`)."""
+    """The dupilumab term of one model the analysis reported (see `cox`), with its label."""
     if not isinstance(model, Mapping):
         return _not_estimable("no adjusted model")
     term = model.get("dupilumab")
     if not model.get("estimable") or not isinstance(term, Mapping):
         return _not_estimable(str(model.get("reason") or "not estimable"))
-    return {"model": "see `cox` for every term, its design and its caveats", **term}
+    name = model.get("model")
+    return {"model": f"{model.get('label')}; see `cox.<control>.{name}`", **term}
 
 
 def comparison_summary(
@@ -261,7 +263,9 @@ def comparison_summary(
         "unadjusted_time_varying": unadjusted_time_varying(population, level)
         if estimable and deaths_total
         else _not_estimable(reason or "no deaths in the matched population"),
-        "adjusted": _adjusted_term(adjusted),
+        "adjusted": _adjusted_term(adjusted.get("primary") if adjusted else None),
+        "adjusted_matched_sets": _adjusted_term(adjusted.get("matched_sets") if adjusted else None),
+        "adjusted_fixed_group": _adjusted_term(adjusted.get("fixed_group") if adjusted else None),
     }
     return {
         "control_group": control,

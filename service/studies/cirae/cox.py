@@ -1,4 +1,4 @@
-"""Cox proportional hazards for OS from ICB initiation with a time-varying glucocorticoid term.
+"""Cox proportional hazards for OS from ICB initiation on (start, stop] intervals, with strata.
 
 Modelling decisions (the output names each of them next to the numbers they produced):
 
@@ -7,37 +7,46 @@ Modelling decisions (the output names each of them next to the numbers they prod
 - Time origin: ICB initiation; time in days; death is the event; everyone else is censored at the
   last data point (`CirAESubject.os_days`). Zero follow-up is set to `ZERO_FOLLOWUP_DAYS` because a
   Cox risk set cannot hold an interval of length 0.
-- Systemic glucocorticoid exposure is time-varying: 0 on (0, g], 1 on (g, end] where g is the day of
-  the first glucocorticoid (the protocol window is applied upstream, by service.studies.cirae.cohort). Covariate
-  values hold over (start, stop]: a death on day g itself counts as unexposed; g <= 0 means
-  exposed from the start.
-- Covariates: group (dupilumab = 1), glucocorticoid, then the protocol's adjustment set. age and
-  charlson enter as numbers (per year, per point); sex, race, icb_type, cancer_type and stage are
-  one-hot encoded against a reference level = the most frequent level in the model's data (ties:
-  alphabetical first); a missing category is its own level "unknown"; a missing age excludes the
-  subject (complete case). Columns constant in the data, or linearly dependent on earlier columns,
-  are dropped and named with the reason.
-- Minimum events: at least `MIN_EVENTS_PER_PARAMETER` deaths per estimated parameter
+- Counting-process data: each subject's follow-up is split into (start, stop] intervals wherever a
+  time-varying covariate switches on; covariate values hold over (start, stop], so a death on the
+  switching day itself counts as unexposed, and a switch on day <= 0 means exposed from the start.
+  Time-varying: systemic glucocorticoids from the first day of a course (the protocol window is
+  applied upstream, by service.studies.cirae.cohort) and, in every model but the fixed-group one,
+  dupilumab from its first dose (CLINICAL.md revision 2: no immortal time is credited to it).
+- The fixed-group model (dupilumab = 1 for the whole follow-up of a case) is the sensitivity
+  analysis CLINICAL.md asks for: a case had to live until its cirAE and its dupilumab, so this
+  term carries immortal-time bias in favour of dupilumab.
+- Strata: the matched-set model has one baseline hazard per matched set (a case and its controls);
+  a covariate constant within every set has no information there and is dropped, named.
+- Covariates: dupilumab, glucocorticoid, then the protocol's adjustment set. age and charlson enter
+  as numbers (per year, per point); sex, race, icb_type, cancer_type and stage are one-hot encoded
+  against a reference level = the most frequent level in the model's data (ties: alphabetical
+  first); a missing category is its own level "unknown"; a missing age excludes the subject
+  (complete case). Columns constant in the data (within strata), or linearly dependent on earlier
+  columns, are dropped and named with the reason.
+- Minimum events: at least `min_events_per_parameter` deaths per estimated parameter
   (Vittinghoff & McCulloch, Am J Epidemiol 2007;165:710-718: 5-9 events per variable are usually
   adequate for Cox models), else the model is not estimable.
 - Separation / non-convergence: a lifelines ConvergenceError, a non-finite estimate, a standard error
   of the log-HR above `MAX_LOG_HR_SE`, or |log-HR| above `MAX_ABS_LOG_HR` makes the model not
-  estimable when it hits the group or glucocorticoid term, and only that term when it hits an
+  estimable when it hits the dupilumab or glucocorticoid term, and only that term when it hits an
   adjustment covariate. Convergence warnings are reported as caveats.
+- Fitting: lifelines `CoxTimeVaryingFitter` (Efron ties; `strata=` for the matched sets).
 - Proportional-hazards check: Grambsch-Therneau score tests on the Schoenfeld residuals of the
-  fitted time-varying model itself (Efron-weighted risk-set means, time transform = rank of the death
-  times, per-term 1-df statistic as lifelines' `proportional_hazard_test` computes it, global p-df
-  statistic d·uᵀVu / Σ(g-ḡ)²); PH is flagged when a p is below 1 - confidence level.
+  fitted model itself (Efron-weighted risk-set means within each stratum, time transform = rank of
+  the death times, per-term 1-df statistic as lifelines' `proportional_hazard_test` computes it,
+  global p-df statistic d·uᵀVu / Σ(g-ḡ)²); PH is flagged when a p is below 1 - confidence level.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -48,6 +57,17 @@ from lifelines.exceptions import ConvergenceError
 from scipy.stats import chi2, norm
 
 from service.studies.cirae.records import CirAESubject
+from service.studies.cirae.results import (
+    CoxFit,
+    DroppedTerm,
+    DupilumabCoding,
+    ExcludedSubject,
+    ModelSpec,
+    PhCheck,
+    PhTest,
+    TermEstimate,
+)
+from service.studies.cirae.wire import cox_fit_json
 
 MIN_EVENTS_PER_PARAMETER = 5
 MAX_LOG_HR_SE = 5.0
@@ -59,11 +79,62 @@ FIT_OPTIONS = {"precision": 1e-10, "r_precision": 1e-14}
 DECIMALS = 6
 GROUP_TERM = "dupilumab"
 GC_TERM = "glucocorticoid"
+STRATUM = "stratum"
+_LAYOUT = ("id", "start", "stop", "event", STRATUM)
 KEY_TERMS = (GROUP_TERM, GC_TERM)
 NUMERIC_COVARIATES = frozenset({"age", "charlson"})
 # Library-maintenance warnings raised inside lifelines (pandas/numpy API changes) say nothing about
 # the data; every other warning raised while fitting becomes a caveat of the model.
 _LIBRARY_NOISE = (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
+
+_MODELLED = "Cox model of OS from ICB initiation on the matched population"
+PRIMARY = ModelSpec(
+    name="primary",
+    label="Primary: dupilumab exposure time-varying from its first dose, adjusted",
+    role="primary",
+    dupilumab="time_varying",
+    stratified_by_matched_set=False,
+    glucocorticoid=True,
+    adjusted=True,
+    design=f"{_MODELLED}: dupilumab 0 before its first dose and 1 from the day after it (no "
+    "immortal time credited to it), systemic glucocorticoids time-varying, the protocol's "
+    "adjustment set; matched sets not used as strata",
+)
+MATCHED_SETS = ModelSpec(
+    name="matched_sets",
+    label="Stratified by matched set: dupilumab time-varying, adjusted",
+    role="supplementary",
+    dupilumab="time_varying",
+    stratified_by_matched_set=True,
+    glucocorticoid=True,
+    adjusted=True,
+    design=f"{_MODELLED}, one baseline hazard per matched set (a case and its controls): the "
+    "model that respects the matching; terms of the primary model, those constant within every "
+    "set (the exact matching keys) dropped",
+)
+UNADJUSTED = ModelSpec(
+    name="unadjusted",
+    label="Unadjusted: dupilumab exposure time-varying from its first dose",
+    role="supplementary",
+    dupilumab="time_varying",
+    stratified_by_matched_set=False,
+    glucocorticoid=False,
+    adjusted=False,
+    design=f"{_MODELLED}: the time-varying dupilumab term alone",
+)
+FIXED_GROUP = ModelSpec(
+    name="fixed_group",
+    label="Sensitivity analysis: dupilumab group fixed at ICB initiation (immortal-time bias)",
+    role="sensitivity",
+    dupilumab="fixed_group",
+    stratified_by_matched_set=False,
+    glucocorticoid=True,
+    adjusted=True,
+    design=f"{_MODELLED}: dupilumab = 1 over a case's whole follow-up. A case had to live until "
+    "its cirAE and its dupilumab, so this term carries immortal-time bias in favour of "
+    "dupilumab; the time-varying glucocorticoid term does not",
+)
+MODELS: tuple[ModelSpec, ...] = (PRIMARY, MATCHED_SETS, UNADJUSTED, FIXED_GROUP)
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -77,6 +148,7 @@ class Interval:
     stop: float
     glucocorticoid: int
     event: bool
+    dupilumab: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +159,7 @@ class Design:
     terms: tuple[str, ...]
     references: dict[str, str]
     dropped: tuple[dict[str, str], ...]
+    stratified: bool = False
 
 
 class NotEstimableError(Exception):
@@ -111,17 +184,39 @@ def _p(value: Any) -> float | None:
 # -- the long table --------------------------------------------------------------------------------
 
 
-def tv_intervals(subject: CirAESubject) -> tuple[Interval, ...]:
-    """Split follow-up at the first glucocorticoid day: unexposed time must not count as exposed."""
+def _switch_day(subject: CirAESubject, day: Any) -> float | None:
+    """Days from ICB initiation to the day a covariate switches on (None: it never does)."""
+    return float((day - subject.icb_start).days) if day is not None else None
+
+
+def tv_intervals(
+    subject: CirAESubject, *, dupilumab: DupilumabCoding = "time_varying"
+) -> tuple[Interval, ...]:
+    """Split follow-up where glucocorticoids (and time-varying dupilumab) switch on.
+
+    Unexposed time must not count as exposed: a covariate switching on at day c is 0 on (·, c]
+    and 1 on (c, ·); c <= 0 is exposure from the start, c >= the end no exposure at all.
+    """
     end = float(subject.os_days) or ZERO_FOLLOWUP_DAYS
-    if subject.glucocorticoid_start is None:
-        return (Interval(0.0, end, 0, subject.died),)
-    g = float((subject.glucocorticoid_start - subject.icb_start).days)
-    if g <= 0:
-        return (Interval(0.0, end, 1, subject.died),)
-    if g >= end:
-        return (Interval(0.0, end, 0, subject.died),)
-    return (Interval(0.0, g, 0, False), Interval(g, end, 1, subject.died))
+    case = subject.group == "dupilumab"
+    g = _switch_day(subject, subject.glucocorticoid_start)
+    if dupilumab == "fixed_group":
+        d: float | None = float("-inf") if case else None
+    else:
+        d = _switch_day(subject, subject.dupilumab_start) if case else None
+    cuts = sorted({c for c in (g, d) if c is not None and 0 < c < end})
+    bounds = [0.0, *cuts, end]
+    last = len(bounds) - 2
+    return tuple(
+        Interval(
+            start,
+            stop,
+            int(g is not None and g <= start),
+            subject.died and i == last,
+            int(d is not None and d <= start),
+        )
+        for i, (start, stop) in enumerate(itertools.pairwise(bounds))
+    )
 
 
 def _category(subject: CirAESubject, name: str) -> str:
@@ -192,57 +287,90 @@ def _covariate_columns(subjects: Sequence[CirAESubject], adjustment: Sequence[st
 
 
 def long_table(
-    subjects: Sequence[CirAESubject], adjustment: Sequence[str]
+    subjects: Sequence[CirAESubject],
+    adjustment: Sequence[str],
+    *,
+    dupilumab: DupilumabCoding = "time_varying",
+    strata: Mapping[str, str] | None = None,
+    glucocorticoid: bool = True,
 ) -> tuple[pd.DataFrame, _Covariates]:
     """The counting-process table: one row per interval, with every candidate term as a column."""
     covariates = _covariate_columns(subjects, adjustment)
     fixed = covariates.columns
     rows: list[dict[str, Any]] = []
     for i, s in enumerate(subjects):
-        for iv in tv_intervals(s):
+        for iv in tv_intervals(s, dupilumab=dupilumab):
             row: dict[str, Any] = {
                 "id": s.subject_id,
                 "start": iv.start,
                 "stop": iv.stop,
                 "event": int(iv.event),
-                GROUP_TERM: 1.0 if s.group == "dupilumab" else 0.0,
-                GC_TERM: float(iv.glucocorticoid),
+                GROUP_TERM: float(iv.dupilumab),
             }
+            if strata is not None:
+                row[STRATUM] = strata[s.subject_id]
+            if glucocorticoid:
+                row[GC_TERM] = float(iv.glucocorticoid)
             row.update({name: col[i] for name, col in fixed.items()})
             rows.append(row)
     return pd.DataFrame(rows), covariates
 
 
 def _independent_terms(
-    table: pd.DataFrame, candidates: Sequence[str]
+    table: pd.DataFrame, candidates: Sequence[str], *, stratified: bool = False
 ) -> tuple[list[str], list[dict[str, str]]]:
-    """Keep terms that vary and add information, in order; name the rest and why they went."""
+    """Keep terms that vary (within strata) and add information, in order; name the rest and why.
+
+    In a stratified model only variation inside a stratum informs a term, so columns are centred
+    on their stratum means before the checks.
+    """
+    values = table[list(candidates)].astype(float)
+    if stratified:
+        centred = values - values.groupby(table[STRATUM]).transform("mean")
+    else:
+        centred = values - values.mean()
     kept: list[str] = []
     dropped: list[dict[str, str]] = []
     for term in candidates:
-        column = table[term].to_numpy(dtype=float)
-        if np.ptp(column) == 0:
-            dropped.append({"term": term, "reason": f"constant in the data (always {column[0]:g})"})
+        column = centred[term].to_numpy(dtype=float)
+        if np.allclose(column, 0.0, rtol=0.0, atol=1e-12):
+            reason = (
+                "constant within every matched set"
+                if stratified and np.ptp(values[term].to_numpy(dtype=float)) > 0
+                else f"constant in the data (always {values[term].iloc[0]:g})"
+            )
+            dropped.append({"term": term, "reason": reason})
             continue
         trial = [*kept, term]
-        centred = table[trial].to_numpy(dtype=float) - table[trial].to_numpy(dtype=float).mean(0)
-        if np.linalg.matrix_rank(centred) < len(trial):
+        if np.linalg.matrix_rank(centred[trial].to_numpy(dtype=float)) < len(trial):
             dropped.append({"term": term, "reason": "linearly dependent on the terms before it"})
             continue
         kept.append(term)
     return kept, dropped
 
 
-def build_design(subjects: Sequence[CirAESubject], adjustment: Sequence[str]) -> Design:
+def build_design(
+    subjects: Sequence[CirAESubject],
+    adjustment: Sequence[str],
+    *,
+    dupilumab: DupilumabCoding = "time_varying",
+    strata: Mapping[str, str] | None = None,
+    glucocorticoid: bool = True,
+) -> Design:
     """The long table restricted to estimable terms, with reference levels and dropped terms."""
-    table, covariates = long_table(subjects, adjustment)
-    candidates = [c for c in table.columns if c not in ("id", "start", "stop", "event")]
-    terms, dropped = _independent_terms(table, candidates)
+    table, covariates = long_table(
+        subjects, adjustment, dupilumab=dupilumab, strata=strata, glucocorticoid=glucocorticoid
+    )
+    stratified = strata is not None
+    candidates = [c for c in table.columns if c not in _LAYOUT]
+    terms, dropped = _independent_terms(table, candidates, stratified=stratified)
+    layout = [c for c in _LAYOUT if c in table.columns]
     return Design(
-        table=table[["id", "start", "stop", "event", *terms]],
+        table=table[[*layout, *terms]],
         terms=tuple(terms),
         references=covariates.references,
         dropped=(*covariates.single_level, *dropped),
+        stratified=stratified,
     )
 
 
@@ -276,6 +404,7 @@ def fit_time_varying(design: Design, level: float) -> tuple[CoxTimeVaryingFitter
                 start_col="start",
                 stop_col="stop",
                 id_col="id",
+                strata=[STRATUM] if design.stratified else None,
                 fit_options=FIT_OPTIONS,
             )
         )
@@ -296,26 +425,26 @@ def _term_problem(coef: float, se: float) -> str | None:
     return None
 
 
-def term_results(fitter: CoxTimeVaryingFitter, level: float) -> dict[str, dict[str, Any]]:
+def term_results(fitter: CoxTimeVaryingFitter, level: float) -> dict[str, TermEstimate]:
     """HR, CI and Wald p per term; a term that cannot be trusted says so instead of a number."""
     z = float(_normal_quantile(level))
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, TermEstimate] = {}
     for term in fitter.params_.index:
         coef = float(fitter.params_[term])
         se = float(fitter.standard_errors_[term])
         problem = _term_problem(coef, se)
         if problem is not None:
-            out[term] = {"estimable": False, "reason": problem}
+            out[term] = TermEstimate(estimable=False, reason=problem)
             continue
-        out[term] = {
-            "estimable": True,
-            "hr": _num(math.exp(coef)),
-            "ci_lower": _num(math.exp(coef - z * se)),
-            "ci_upper": _num(math.exp(coef + z * se)),
-            "log_hr": _num(coef),
-            "se_log_hr": _num(se),
-            "p": _p(chi2.sf((coef / se) ** 2, 1)),
-        }
+        out[term] = TermEstimate(
+            estimable=True,
+            hr=_num(math.exp(coef)),
+            ci_lower=_num(math.exp(coef - z * se)),
+            ci_upper=_num(math.exp(coef + z * se)),
+            log_hr=_num(coef),
+            se_log_hr=_num(se),
+            p=_p(chi2.sf((coef / se) ** 2, 1)),
+        )
     return out
 
 
@@ -328,26 +457,44 @@ def _normal_quantile(level: float) -> float:
 
 
 def schoenfeld_residuals(
-    x: FloatArray, start: FloatArray, stop: FloatArray, event: BoolArray, beta: FloatArray
+    x: FloatArray,
+    start: FloatArray,
+    stop: FloatArray,
+    event: BoolArray,
+    beta: FloatArray,
+    strata: npt.NDArray[Any] | None = None,
 ) -> tuple[FloatArray, FloatArray]:
-    """Per-death residuals x − Efron-weighted risk-set mean, with death times, in time order."""
+    """Per-death residuals x − Efron-weighted risk-set mean (within the stratum), in time order."""
     phi = np.exp(x @ beta)
-    residuals: list[FloatArray] = []
-    times: list[float] = []
-    for t in np.unique(stop[event]):
-        at_risk = (start < t) & (stop >= t)
-        dead = event & (stop == t)
-        m = int(dead.sum())
-        s0, s1 = phi[at_risk].sum(), phi[at_risk] @ x[at_risk]
-        t0, t1 = phi[dead].sum(), phi[dead] @ x[dead]
-        mean = sum((s1 - k / m * t1) / (s0 - k / m * t0) for k in range(m)) / m
-        for i in np.flatnonzero(dead):
-            residuals.append(x[i] - mean)
-            times.append(float(t))
-    return np.asarray(residuals, dtype=float), np.asarray(times, dtype=float)
+    layers = (
+        np.zeros(len(stop), dtype=int)
+        if strata is None
+        else np.unique(strata, return_inverse=True)[1]
+    )
+    found: list[tuple[float, int, FloatArray]] = []
+    for layer in np.unique(layers):
+        mine = layers == layer
+        for t in np.unique(stop[event & mine]):
+            at_risk = mine & (start < t) & (stop >= t)
+            dead = mine & event & (stop == t)
+            m = int(dead.sum())
+            s0, s1 = phi[at_risk].sum(), phi[at_risk] @ x[at_risk]
+            t0, t1 = phi[dead].sum(), phi[dead] @ x[dead]
+            mean = sum((s1 - k / m * t1) / (s0 - k / m * t0) for k in range(m)) / m
+            found.extend((float(t), int(i), x[i] - mean) for i in np.flatnonzero(dead))
+    found.sort(key=lambda f: (f[0], f[1]))
+    residuals = np.asarray([f[2] for f in found], dtype=float).reshape(len(found), x.shape[1])
+    return residuals, np.asarray([f[0] for f in found], dtype=float)
 
 
-def ph_check(fitter: CoxTimeVaryingFitter, design: Design, level: float) -> dict[str, Any]:
+_PH_METHOD = (
+    "Grambsch-Therneau score test on Schoenfeld residuals of the fitted (start, stop] model "
+    "(Efron risk-set means within each stratum, time transform: rank of death times; per-term "
+    "statistic as lifelines proportional_hazard_test, global test with p degrees of freedom)"
+)
+
+
+def ph_check(fitter: CoxTimeVaryingFitter, design: Design, level: float) -> PhCheck:
     """Grambsch–Therneau tests on the fitted model's own residuals: does any HR drift with time?"""
     terms = list(fitter.params_.index)
     table = design.table
@@ -357,20 +504,16 @@ def ph_check(fitter: CoxTimeVaryingFitter, design: Design, level: float) -> dict
         table["stop"].to_numpy(dtype=float),
         table["event"].to_numpy(dtype=bool),
         fitter.params_.to_numpy(dtype=float),
+        table[STRATUM].to_numpy() if design.stratified else None,
     )
-    base: dict[str, Any] = {
-        "method": "Grambsch-Therneau score test on Schoenfeld residuals of the time-varying "
-        "model (Efron risk-set means, time transform: rank of death times; per-term statistic "
-        "as lifelines proportional_hazard_test, global test with p degrees of freedom)",
-        "alpha": _num(1 - level),
-    }
+    base = PhCheck(method=_PH_METHOD, alpha=_num(1 - level), available=False)
     d = resid.shape[0]
     g = np.arange(1, d + 1, dtype=float) - (d + 1) / 2
     if d < 3:
-        return {**base, "available": False, "reason": f"{d} deaths: too few to test"}
+        return replace(base, reason=f"{d} deaths: too few to test")
     variance = fitter.variance_matrix_.to_numpy(dtype=float)
     if not np.isfinite(variance).all() or (np.diag(variance) <= 0).any():
-        return {**base, "available": False, "reason": "the model's variance matrix is degenerate"}
+        return replace(base, reason="the model's variance matrix is degenerate")
     u = g @ resid
     vu = variance @ u
     scale = float(g @ g)
@@ -378,32 +521,72 @@ def ph_check(fitter: CoxTimeVaryingFitter, design: Design, level: float) -> dict
     global_stat = float(d * u @ vu / scale)
     alpha = 1 - level
     terms_out = {
-        t: {"statistic": _num(s), "df": 1, "p": _p(chi2.sf(s, 1))}
+        t: PhTest(statistic=_num(s), df=1, p=_p(chi2.sf(s, 1)))
         for t, s in zip(terms, per_term.tolist(), strict=True)
     }
     global_p = _p(chi2.sf(global_stat, len(terms)))
-    flagged = [t for t, r in terms_out.items() if r["p"] is not None and r["p"] < alpha]
+    flagged = tuple(t for t, r in terms_out.items() if r.p is not None and r.p < alpha)
     violated = bool(flagged) or (global_p is not None and global_p < alpha)
-    return {
-        **base,
-        "available": True,
-        "terms": terms_out,
-        "global": {"statistic": _num(global_stat), "df": len(terms), "p": global_p},
-        "terms_flagged": flagged,
-        "verdict": (
+    return replace(
+        base,
+        available=True,
+        terms=terms_out,
+        global_test=PhTest(statistic=_num(global_stat), df=len(terms), p=global_p),
+        terms_flagged=flagged,
+        verdict=(
             "proportional hazards questionable"
             if violated
             else "no evidence against proportional hazards"
         ),
-    }
+    )
 
 
 # -- one model --------------------------------------------------------------------------------------
 
 
-def not_estimable(reason: str, **facts: Any) -> dict[str, Any]:
+def not_estimable(
+    spec: ModelSpec, reason: str, *, n_subjects: int = 0, n_events: int = 0
+) -> CoxFit:
     """The one shape every not-estimable model takes."""
-    return {"estimable": False, "reason": reason, **facts}
+    return CoxFit(
+        spec=spec, estimable=False, reason=reason, n_subjects=n_subjects, n_events=n_events
+    )
+
+
+def fit_cox(
+    spec: ModelSpec,
+    subjects: Sequence[CirAESubject],
+    adjustment: Sequence[str],
+    level: float,
+    *,
+    min_events_per_parameter: int = MIN_EVENTS_PER_PARAMETER,
+    strata: Mapping[str, str] | None = None,
+) -> CoxFit:
+    """One OS Cox model as `spec` describes it; never raises on data (not estimable: why)."""
+    if spec.stratified_by_matched_set and strata is None:
+        raise ValueError(f"model {spec.name!r} is stratified by matched set but has no sets")
+    adjustment = adjustment if spec.adjusted else ()
+    kept, excluded = complete_cases(subjects, adjustment)
+    base = CoxFit(
+        spec=spec,
+        estimable=False,
+        reason=None,
+        n_subjects=len(kept),
+        n_events=sum(s.died for s in kept),
+        adjustment=tuple(adjustment),
+        excluded_subjects=tuple(ExcludedSubject(**e) for e in excluded),
+    )
+    try:
+        return _fit(
+            base,
+            kept,
+            adjustment,
+            level,
+            min_events_per_parameter,
+            strata if spec.stratified_by_matched_set else None,
+        )
+    except NotEstimableError as exc:
+        return replace(base, reason=str(exc))
 
 
 def cox_model(
@@ -412,24 +595,31 @@ def cox_model(
     level: float,
     *,
     min_events_per_parameter: int = MIN_EVENTS_PER_PARAMETER,
+    spec: ModelSpec | None = None,
+    strata: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """OS Cox model with time-varying glucocorticoids, group and adjustment; never raises on data."""
-    kept, excluded = complete_cases(subjects, adjustment)
-    facts: dict[str, Any] = {
-        "n_subjects": len(kept),
-        "n_events": sum(s.died for s in kept),
-        "excluded_subjects": excluded,
-    }
-    try:
-        return {**facts, **_fit_report(kept, adjustment, level, min_events_per_parameter)}
-    except NotEstimableError as exc:
-        return {**facts, **not_estimable(str(exc))}
+    """`fit_cox` as the JSON the API shows (the primary model's specification by default)."""
+    fitted = fit_cox(
+        spec or PRIMARY,
+        subjects,
+        adjustment,
+        level,
+        min_events_per_parameter=min_events_per_parameter,
+        strata=strata,
+    )
+    return cox_fit_json(fitted)
 
 
-def _fit_report(
-    subjects: Sequence[CirAESubject], adjustment: Sequence[str], level: float, min_epv: int
-) -> dict[str, Any]:
+def _fit(
+    base: CoxFit,
+    subjects: Sequence[CirAESubject],
+    adjustment: Sequence[str],
+    level: float,
+    min_epv: int,
+    strata: Mapping[str, str] | None,
+) -> CoxFit:
     """The body of an estimable model, or NotEstimableError saying what stands in the way."""
+    spec = base.spec
     groups = Counter(s.group == "dupilumab" for s in subjects)
     if not groups[True] or not groups[False]:
         side = "dupilumab" if not groups[True] else "control"
@@ -437,14 +627,15 @@ def _fit_report(
     events = sum(s.died for s in subjects)
     if events == 0:
         raise NotEstimableError("no deaths in the model population")
-    design = build_design(subjects, adjustment)
-    facts: dict[str, Any] = {
-        "n_rows": len(design.table),
-        "reference_levels": design.references,
-        "dropped_terms": list(design.dropped),
-    }
+    design = build_design(
+        subjects,
+        adjustment,
+        dupilumab=spec.dupilumab,
+        strata=strata,
+        glucocorticoid=spec.glucocorticoid,
+    )
     if GROUP_TERM not in design.terms:
-        raise NotEstimableError("the group indicator does not vary in the model population")
+        raise NotEstimableError("the dupilumab indicator does not vary in the model population")
     if events < min_epv * len(design.terms):
         raise NotEstimableError(
             f"{events} deaths for {len(design.terms)} estimated parameter(s): "
@@ -452,22 +643,25 @@ def _fit_report(
         )
     fitter, caveats = fit_time_varying(design, level)
     terms = term_results(fitter, level)
-    broken = [t for t in KEY_TERMS if t in terms and not terms[t]["estimable"]]
+    key_terms = [t for t in KEY_TERMS if t != GC_TERM or spec.glucocorticoid]
+    broken = [t for t in key_terms if t in terms and not terms[t].estimable]
     if broken:
-        raise NotEstimableError(f"{broken[0]}: {terms[broken[0]]['reason']}")
+        raise NotEstimableError(f"{broken[0]}: {terms[broken[0]].reason}")
     for term in design.dropped:
-        if term["term"] in KEY_TERMS:
-            terms[term["term"]] = {"estimable": False, "reason": f"dropped: {term['reason']}"}
-    return {
-        "estimable": True,
-        "reason": None,
-        **facts,
-        "n_parameters": len(design.terms),
-        "min_events_per_parameter": min_epv,
-        GROUP_TERM: terms[GROUP_TERM],
-        GC_TERM: terms[GC_TERM],
-        "covariates": {t: r for t, r in terms.items() if t not in KEY_TERMS},
-        "caveats": caveats
-        + [f"{t}: {r['reason']}" for t, r in terms.items() if not r["estimable"]],
-        "ph_check": ph_check(fitter, design, level),
-    }
+        if term["term"] in key_terms:
+            terms[term["term"]] = TermEstimate(estimable=False, reason=f"dropped: {term['reason']}")
+    return replace(
+        base,
+        estimable=True,
+        n_rows=len(design.table),
+        n_strata=int(design.table[STRATUM].nunique()) if design.stratified else None,
+        n_parameters=len(design.terms),
+        min_events_per_parameter=min_epv,
+        reference_levels=design.references,
+        dropped_terms=tuple(DroppedTerm(**d) for d in design.dropped),
+        dupilumab=terms[GROUP_TERM],
+        glucocorticoid=terms.get(GC_TERM) if spec.glucocorticoid else None,
+        covariates={t: r for t, r in terms.items() if t not in KEY_TERMS},
+        caveats=tuple(caveats + [f"{t}: {r.reason}" for t, r in terms.items() if not r.estimable]),
+        ph_check=ph_check(fitter, design, level),
+    )

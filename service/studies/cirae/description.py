@@ -9,8 +9,9 @@ Read from the analysis records (service.studies.cirae.cohort) and each patient's
   or after the onset (the episode), "ungraded" when none carries one.
 * Times are whole days: ICB initiation → onset; onset → first dupilumab; dupilumab duration = last
   day of any dupilumab exposure reaching the first dose − the first dose day (0 for one dose);
-  onset → resolution = the index record's end (abatement, AdverseEvent resolution date; its first
-  day) − onset, for a complete or partial resolution with such a date (counted apart otherwise).
+  onset → resolution = the resolution date the cohort found (the end, abatement or AdverseEvent
+  resolution date, of the record stating the episode's latest status: CLINICAL.md revision 2) −
+  onset, for a complete or partial resolution with such a date (counted apart otherwise).
 * Summaries: n, median, quartiles (R type 7), range (service.stats.balance).
 * Glucocorticoids: systemic exposure within the protocol's window as the Cox models use it (the
   subject's first exposure day); timing from ICB initiation, and before or on/after cirAE onset.
@@ -54,7 +55,12 @@ def _source_key(event: TrialEvent) -> tuple[str, str, int]:
 
 def _cirae_records(protocol: CohortProtocol, events: Sequence[TrialEvent]) -> list[TrialEvent]:
     valueset = protocol.cohort.cirae_valueset
-    return [e for e in events if e.kind in _CIRAE_KINDS and valueset in e.concept_ids]
+    unwanted = protocol.cohort.cirae_exclusion_valueset  # radiation dermatitis, burns, infections
+    return [
+        e
+        for e in events
+        if e.kind in _CIRAE_KINDS and valueset in e.concept_ids and unwanted not in e.concept_ids
+    ]
 
 
 def _term(event: TrialEvent) -> str:
@@ -132,8 +138,8 @@ def describe_cirae(
         to_onset[g].append(float((s.cirae_onset - s.icb_start).days))
         resolution[g][s.resolution or "none"] += 1
         if s.resolution in ("complete", "partial"):
-            if index is not None and index.end is not None:
-                to_resolution[g].append(float((index.end.first - s.cirae_onset).days))
+            if s.resolution_date is not None:
+                to_resolution[g].append(float((s.resolution_date - s.cirae_onset).days))
             else:
                 undated_resolution[g] += 1
         if g == "dupilumab" and s.dupilumab_start is not None:
@@ -174,8 +180,8 @@ def describe_cirae(
             g: {**summary(to_resolution[g]), "resolved_without_date": undated_resolution[g]}
             for g in CIRAE_GROUPS
         },
-        "resolution_date_definition": "the index record's end (Condition abatement, "
-        "AdverseEvent resolution date), its first day",
+        "resolution_date_definition": "the end (Condition abatement, AdverseEvent resolution "
+        "date; its first day) of the record stating the episode's latest status",
     }
 
 

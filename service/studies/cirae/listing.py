@@ -59,6 +59,8 @@ def analysis_listing(
                     "days_to_dupilumab": _days(s, s.dupilumab_start),
                     "days_to_glucocorticoid": _days(s, s.glucocorticoid_start),
                     "resolution": s.resolution,
+                    "days_to_resolution": _days(s, s.resolution_date),
+                    "glucocorticoid_flag": s.glucocorticoid_flag,
                     "os_days": s.os_days,
                     "died": s.died,
                 },

@@ -36,11 +36,29 @@ class IcbClasses(Strict):
 
 
 class Glucocorticoid(Strict):
-    """Systemic glucocorticoid exposure, a time-varying covariate."""
+    """Systemic glucocorticoid exposure, a time-varying covariate starting at the first course."""
 
     valueset: str
     systemic_only: bool
     window_years: int = Field(ge=1)
+    # **choice**: a course covers at least this many days (2: a single-day dose, antiemetic or
+    # premedication dexamethasone, is not a course).
+    min_course_days: int = Field(ge=1)
+    # records of days at most this far apart are one course (1: consecutive days).
+    course_gap_days: int = Field(ge=1)
+    # **choice**: a month- or year-precision record is placed at the start of its period (and
+    # flagged), or ignored.
+    coarse_dates: Literal["period_start", "ignore"]
+
+
+ResolutionCategory = Literal["complete", "partial", "none"]
+
+
+class ResolutionTables(Strict):
+    """The latest status of a cirAE episode → its resolution (CLINICAL.md; a status not listed: none)."""
+
+    clinical_status: dict[str, ResolutionCategory]  # Condition.clinicalStatus codes
+    adverse_event_outcome: dict[str, ResolutionCategory]  # AdverseEvent.outcome codes
 
 
 class CohortStudy(Strict):
@@ -48,6 +66,8 @@ class CohortStudy(Strict):
 
     icb_classes: IcbClasses
     cirae_valueset: str
+    # skin terms that are never a cirAE (radiation dermatitis, burns, skin infections)
+    cirae_exclusion_valueset: str
     cirae_onset_after_icb: bool
     treatment_valueset: str
     groups: tuple[Literal["dupilumab", "control_1", "control_2"], ...]
@@ -57,7 +77,7 @@ class CohortStudy(Strict):
     charlson_weighting: Literal["charlson", "quan"]
     # **choice**: ICB classes first given within this many days of initiation make it a combination.
     icb_combination_window_days: int = Field(ge=0)
-    resolution: dict[str, Literal["complete", "partial", "none"]]
+    resolution: ResolutionTables
     glucocorticoid: Glucocorticoid
     adjustment: tuple[
         Literal["sex", "race", "age", "icb_type", "charlson", "cancer_type", "stage"], ...

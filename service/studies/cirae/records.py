@@ -35,6 +35,10 @@ class CirAESubject:
     death: dt.date | None
     last_seen: dt.date
     evidence: tuple[SourceRef, ...] = ()
+    # when the cirAE resolved (complete or partial): the deciding record's abatement/resolution date
+    resolution_date: dt.date | None = None
+    # why glucocorticoid_start is less sure than a day (a month-precision record placed at its start)
+    glucocorticoid_flag: str | None = None
 
     @property
     def icb_year(self) -> int:

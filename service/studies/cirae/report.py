@@ -223,8 +223,9 @@ def _model_blocks(title: str, model: Mapping[str, Any], level: float) -> list[Bl
             ),
             *(_caveat(str(c), references) for c in model.get("caveats") or ()),
         ]
-        if isinstance(model.get("design_caveat"), str):
-            notes.append(f"Design: {model['design_caveat']}.")
+        method = model.get("method")
+        if isinstance(method, Mapping) and isinstance(method.get("design"), str):
+            notes.append(f"Design: {method['design']}.")
         ph = model.get("ph_check")
         if isinstance(ph, Mapping) and ph.get("verdict"):
             notes.append(f"Proportional hazards (Grambsch–Therneau): {ph['verdict']}.")
@@ -239,7 +240,9 @@ def _hr_rows(hazard_ratios: Mapping[str, Any]) -> tuple[Row, ...]:
     labels = (
         ("unadjusted_fixed_group", "Unadjusted, group fixed at ICB initiation"),
         ("unadjusted_time_varying", "Unadjusted, dupilumab exposure time-varying"),
-        ("adjusted", "Adjusted (model below)"),
+        ("adjusted", "Primary: adjusted, dupilumab time-varying (model below)"),
+        ("adjusted_matched_sets", "Adjusted, stratified by matched set (model below)"),
+        ("adjusted_fixed_group", "Sensitivity: adjusted, group fixed at ICB initiation (below)"),
     )
     for key, label in labels:
         hr = hazard_ratios.get(key)
@@ -337,7 +340,12 @@ def _comparison_section(
                 "first dose, free of that bias.",
             ),
         ),
-        *_model_blocks(f"Adjusted Cox model, {versus}", body["cox"].get(control) or {}, level),
+        *(
+            block
+            for model in (body["cox"].get(control) or {}).values()
+            if _is_model(model)
+            for block in _model_blocks(f"{model.get('label')}, {versus}", model, level)
+        ),
         Figure(
             f"os_matched_{control}",
             f"Overall survival from ICB initiation, matched population: {versus}; numbers at risk below",
@@ -468,7 +476,8 @@ def _methods(protocol: CohortProtocol) -> Section:
             Paragraph(
                 "Time origin: ICB initiation (the first administration or order of a PD-1, PD-L1 "
                 "or CTLA-4 inhibitor). Groups: Dupilumab (dupilumab first given on or after the "
-                "cirAE onset); cirAE, no dupilumab; No cirAE."
+                "cirAE onset); cirAE, no dupilumab; No cirAE (the controls never received "
+                "dupilumab; other dupilumab users are excluded with the reason)."
             ),
             Paragraph(
                 f"Matching 1:{m.ratio} of each control group to the dupilumab cases, exact on "
@@ -477,12 +486,18 @@ def _methods(protocol: CohortProtocol) -> Section:
                 f"±{m.calipers.icb_year}; greedy nearest neighbour without replacement."
             ),
             Paragraph(
-                "Cox proportional hazards for overall survival with systemic glucocorticoid "
-                f"exposure within {c.glucocorticoid.window_years} years as a time-varying "
-                "covariate, adjusted for "
+                "Cox proportional hazards for overall survival on (start, stop] intervals. "
+                "Primary model: dupilumab exposure time-varying from its first dose (no immortal "
+                "time credited to it) and systemic glucocorticoid exposure within "
+                f"{c.glucocorticoid.window_years} years time-varying from the first day of a "
+                f"course (a course covers at least {c.glucocorticoid.min_course_days} days: a "
+                "single-day dose is not one), adjusted for "
                 + ", ".join(_ADJUSTMENT.get(a, a) for a in c.adjustment)
                 + "; Efron ties; "
-                f"at least {c.min_events_per_parameter} deaths per parameter."
+                f"at least {c.min_events_per_parameter} deaths per parameter. Beside it: the "
+                "same model stratified by matched set, the time-varying dupilumab term alone, "
+                "and, as a sensitivity analysis, the group fixed at ICB initiation (which "
+                "carries immortal-time bias in favour of dupilumab)."
             ),
         ),
     )

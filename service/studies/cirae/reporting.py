@@ -58,7 +58,9 @@ def report_additions(
     months = protocol.cohort.survival_timepoints_months
     subjects = built.subjects
     matched = matched_sets(figures.get("matching") or {})
-    models = figures.get("cox") or {}
+    cox = figures.get("cox") or {}
+    models = {c: cox.get(c) or {} for c in CONTROLS}  # each: primary, matched_sets, …
+    primary: dict[str, Any] = {c: models[c].get("primary") for c in CONTROLS}
     events = {p.patient_id: p.events for p in patients}
     plots: dict[str, Draw] = {}
     for control in CONTROLS:
@@ -86,7 +88,7 @@ def report_additions(
     return Additions(
         body=body,
         plots=plots,
-        flow=cirae_flow(subjects, built.excluded, matched, models, protocol.cohort.matching.ratio),
+        flow=cirae_flow(subjects, built.excluded, matched, primary, protocol.cohort.matching.ratio),
         table1=baseline_table(subjects, matched),
         listing=analysis_listing(subjects, matched),
     )
