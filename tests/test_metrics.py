@@ -212,8 +212,11 @@ def test_model_check_state_matches_readiness(server: LiveServer) -> None:
     assert states[ready["model_checks"]] == 1.0
 
 
-def test_pool_gauges_follow_the_connections(server: LiveServer) -> None:
-    samples = scrape(server.url)
+def test_pool_gauges_follow_the_connections(database_url: str) -> None:
+    # no cohort refresher polling in the background: only the scrape uses the pool
+    settings = Settings(database_url=database_url, cohort_refresh_interval_seconds=0)
+    with served(settings) as live:
+        samples = scrape(live.url)
     in_use = value(samples, "trialbridge_db_pool_connections_in_use")
     opened = value(samples, "trialbridge_db_pool_connections_open")
     # the scrape's own outbox query had returned its connection before the values were read
