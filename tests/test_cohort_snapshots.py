@@ -104,6 +104,7 @@ def test_before_the_first_snapshot_reads_answer_503_cohort_not_ready(manual: Man
         f"/studies/{NCT}/outcomes/plots/efs.svg",
         f"/studies/{NCT}/outcomes/subjects",
         f"/studies/{NCT}/outcomes/report.html",
+        f"/studies/{NCT}/outcomes/report.pdf",
     ):
         answer = manual.api.get(path)
         assert answer.status_code == 503, answer.text
