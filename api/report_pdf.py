@@ -53,14 +53,14 @@ class _Report(FPDF):
 def _heading(pdf: FPDF, text: str, level: int) -> None:
     pdf.set_font(_FAMILY, "B", _HEADING_SIZES.get(level, 10.0))
     pdf.ln(2 if level > 2 else 4)
-    pdf.multi_cell(0, None, text, new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, None, text, align="L", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(1)
     pdf.set_font(_FAMILY, "", _BODY)
 
 
 def _paragraph(pdf: FPDF, text: str, size: float = _BODY) -> None:
     pdf.set_font(_FAMILY, "", size)
-    pdf.multi_cell(0, None, text, new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, None, text, align="L", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(1.5)
     pdf.set_font(_FAMILY, "", _BODY)
 
@@ -78,7 +78,7 @@ def _box_text(box: FlowBox) -> str:
 
 def _flow(pdf: FPDF, flow: ConsortFlow) -> None:
     pdf.set_font(_FAMILY, "B", _BODY)
-    pdf.multi_cell(0, None, flow.title, new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, None, flow.title, align="L", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font(_FAMILY, "", _BODY)
     for i, stage in enumerate(flow.stages):
         if i:
@@ -101,7 +101,7 @@ def _flow(pdf: FPDF, flow: ConsortFlow) -> None:
 
 def _table(pdf: FPDF, table: Table) -> None:
     pdf.set_font(_FAMILY, "B", _BODY)
-    pdf.multi_cell(0, None, table.caption, new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, None, table.caption, align="L", new_x="LMARGIN", new_y="NEXT")
     pdf.set_font(_FAMILY, "", _BODY - 0.5)
     columns = max(len(table.columns), max((len(r.cells) for r in table.rows), default=0), 1)
     widths = (2.2, *(1.0 for _ in range(columns - 1))) if columns > 2 else None
@@ -193,7 +193,7 @@ def render(found: CohortDocument) -> bytes:
         pdf.set_font(_FAMILY, "B", _BODY)
         pdf.cell(32, 5, key)
         pdf.set_font(_FAMILY, "", _BODY)
-        pdf.multi_cell(0, 5, value, new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(0, 5, value, align="L", new_x="LMARGIN", new_y="NEXT")
     for section in doc.sections:
         _section(pdf, section, pngs, 2)
     _heading(pdf, "Notes", 2)
