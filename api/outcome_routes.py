@@ -1,4 +1,5 @@
-"""Study-level outcomes under /api/v1: cohort statistics as JSON and figures as PNG/SVG."""
+"""Study-level outcomes under /api/v1: cohort statistics as JSON, figures as PNG/SVG, the report
+as HTML and PDF."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api import report_html, views
+from api import report_html, report_pdf, views
 from api.auth import PrincipalDep, readable_study, require
 from api.deps import ReportsDep, SettingsDep, reject_nul
 from api.fhir_http import if_none_match
 from api.schemas import ERRORS, CohortOutcomesOut, ErrorBody, ListingPageOut
 from service.access.tokens import Principal
+from service.reads.results import CohortDocument
 
 FreshQuery = Annotated[
     bool, Query(description="Wait (bounded) for a snapshot reflecting every change; admin only")
@@ -103,6 +105,24 @@ async def study_listing(
     return Response(views.listing_page(page), media_type="application/json", headers=headers)
 
 
+async def _report_document(
+    request: Request, reports: ReportsDep, who: PrincipalDep, study_id: str, fresh: bool, fmt: str
+) -> tuple[CohortDocument, dict[str, str]]:
+    """The snapshot's document for report.html (SVG figures) or report.pdf (PNG figures), with
+    the headers both share; the document is None for a 304."""
+    _check_fresh(who, fresh)
+    sent = request.headers.get("if-none-match")
+    found = await run_in_threadpool(
+        lambda: reports.document(
+            study_id,
+            fresh=fresh,
+            unchanged=lambda etag: if_none_match(sent, etag),
+            figure_format=fmt,
+        )
+    )
+    return found, {"ETag": found.etag, "Cache-Control": "no-cache"}
+
+
 @router.get(
     "/studies/{study_id}/outcomes/report.html",
     summary="The outcomes as a self-contained HTML report (flow, Table 1, models, KM figures)",
@@ -121,22 +141,38 @@ async def study_report(
 ) -> Response:
     """The last snapshot's report document: inline CSS and figures, no script or external asset;
     aggregates only, no identifiers; the data cut-off is the snapshot's."""
-    _check_fresh(who, fresh)
-    sent = request.headers.get("if-none-match")
-    found = await run_in_threadpool(
-        lambda: reports.document(
-            study_id, fresh=fresh, unchanged=lambda etag: if_none_match(sent, etag)
-        )
-    )
-    headers = {
-        "ETag": found.etag,
-        "Cache-Control": "no-cache",
-        "Content-Security-Policy": report_html.POLICY,
-    }
+    found, headers = await _report_document(request, reports, who, study_id, fresh, "svg")
+    headers["Content-Security-Policy"] = report_html.POLICY
     if found.document is None:
         return Response(status_code=304, headers=headers)
     page = await run_in_threadpool(lambda: report_html.render(found))
     return Response(page, media_type="text/html; charset=utf-8", headers=headers)
+
+
+@router.get(
+    "/studies/{study_id}/outcomes/report.pdf",
+    summary="The same report as a PDF (flow, Table 1, models, KM figures)",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/pdf": {}}, "description": "The report, as an attachment"},
+        **SNAPSHOT_RESPONSES,
+    },
+)
+async def study_report_pdf(
+    request: Request,
+    reports: ReportsDep,
+    who: PrincipalDep,
+    study_id: str,
+    fresh: FreshQuery = False,
+) -> Response:
+    """The document of report.html as a PDF to download (named by study and data cut-off);
+    aggregates only, no identifiers; the figures are the snapshot's PNGs."""
+    found, headers = await _report_document(request, reports, who, study_id, fresh, "png")
+    if found.document is None:
+        return Response(status_code=304, headers=headers)
+    headers["Content-Disposition"] = f'attachment; filename="{report_pdf.filename(found)}"'
+    body = await run_in_threadpool(lambda: report_pdf.render(found))
+    return Response(body, media_type="application/pdf", headers=headers)
 
 
 @router.get(

@@ -254,13 +254,16 @@ def test_thirty_requests_by_two_clients_leave_one_audit_event_each(audited: Audi
         assert event["type"]["code"] == "rest"
 
 
-def test_the_report_and_the_listing_are_audited_like_the_outcomes(audited: Audited) -> None:
-    """One AuditEvent each, naming the route; another study's report is refused and recorded."""
+def test_the_reports_and_the_listing_are_audited_like_the_outcomes(audited: Audited) -> None:
+    """One AuditEvent each (HTML and PDF report, listing), naming the route; another study's
+    reports are refused and recorded."""
     settle(audited.app, NCT)  # in process: no request, so nothing audited
     script = (
         (f"/api/v1/studies/{NCT}/outcomes/report.html", 200, "0"),
+        (f"/api/v1/studies/{NCT}/outcomes/report.pdf", 200, "0"),
         (f"/api/v1/studies/{NCT}/outcomes/subjects", 200, "0"),
         ("/api/v1/studies/cirae-dupilumab/outcomes/report.html", 404, "4"),
+        ("/api/v1/studies/cirae-dupilumab/outcomes/report.pdf", 404, "4"),
     )
     before = len(audited.events())
     expected: dict[str, tuple[str, str, str, str]] = {}

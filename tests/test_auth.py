@@ -223,6 +223,7 @@ def test_a_study_token_sees_its_study_only(secured: Secured) -> None:
         f"/api/v1/studies/{NCT}/outcomes",
         f"/api/v1/studies/{NCT}/outcomes/subjects",
         f"/api/v1/studies/{NCT}/outcomes/report.html",
+        f"/api/v1/studies/{NCT}/outcomes/report.pdf",
         f"/api/v1/studies/{NCT}/export/sdtm/dm.json",
         f"/api/v1/studies/{NCT}/export/sdtm/define.xml",
     ):

@@ -8,6 +8,7 @@ the background, once per change even with two server processes on one database.
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pypdf import PdfReader
 
 from service.access.clients import add_client
 from service.infra.settings import Settings
@@ -104,6 +106,7 @@ def test_before_the_first_snapshot_reads_answer_503_cohort_not_ready(manual: Man
         f"/studies/{NCT}/outcomes/plots/efs.svg",
         f"/studies/{NCT}/outcomes/subjects",
         f"/studies/{NCT}/outcomes/report.html",
+        f"/studies/{NCT}/outcomes/report.pdf",
     ):
         answer = manual.api.get(path)
         assert answer.status_code == 503, answer.text
@@ -143,8 +146,8 @@ def test_a_write_makes_the_snapshot_stale_until_a_refresh_pass(manual: Manual) -
 
 
 def test_the_listing_and_the_report_are_served_from_the_snapshot(manual: Manual) -> None:
-    """After a write, the listing and report.html still show the last snapshot (stale, same
-    cut-off, the old rows) and answer the outcomes' ETag; `fresh=true` shows the new data."""
+    """After a write, the listing and the reports (HTML, PDF) still show the last snapshot (stale,
+    same cut-off, the old rows) and answer the outcomes' ETag; `fresh=true` shows the new data."""
     put_resources(manual.fhir, *enrolled("a"))
     outcomes = fresh_response(manual.api, NCT)
     listing = fresh_listing(manual.api, NCT)
@@ -162,7 +165,7 @@ def test_the_listing_and_the_report_are_served_from_the_snapshot(manual: Manual)
         f"computed: every change up to number {outcomes.json()['data_as_of']})"
     )
     assert cut_off in report.text
-    for path in ("subjects", "report.html"):
+    for path in ("subjects", "report.html", "report.pdf"):
         again = manual.api.get(f"/studies/{NCT}/outcomes/{path}", headers={"If-None-Match": tag})
         assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", tag)
 
@@ -181,6 +184,13 @@ def test_the_listing_and_the_report_are_served_from_the_snapshot(manual: Manual)
     assert cut_off in old_page.text
     assert "Data changed since this cut-off" in old_page.text
     assert "Data changed since this cut-off" not in report.text
+    old_pdf = manual.api.get(f"/studies/{NCT}/outcomes/report.pdf")
+    assert old_pdf.headers["etag"] == stale.headers["etag"]
+    pdf_text = " ".join(
+        " ".join(p.extract_text() for p in PdfReader(io.BytesIO(old_pdf.content)).pages).split()
+    )
+    assert cut_off in pdf_text
+    assert "Data changed since this cut-off" in pdf_text
     newer = fresh_listing(manual.api, NCT)
     assert (newer["stale"], len(newer["subjects"])) == (False, 2)
     assert newer["data_as_of"] > listing["data_as_of"]

@@ -488,6 +488,7 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
         "/api/v1/studies/{study_id}/outcomes/plots/{plot}",
         "/api/v1/studies/{study_id}/outcomes/subjects",
         "/api/v1/studies/{study_id}/outcomes/report.html",
+        "/api/v1/studies/{study_id}/outcomes/report.pdf",
         "/api/v1/studies/{study_id}/deviations",
         "/api/v1/studies/{study_id}/deviations/{deviation_id}",
         "/api/v1/studies/{study_id}/evidence/{evidence_id}",
@@ -509,6 +510,7 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
             "/api/v1/studies/{study_id}/outcomes",
             "/api/v1/studies/{study_id}/outcomes/subjects",
             "/api/v1/studies/{study_id}/outcomes/report.html",
+            "/api/v1/studies/{study_id}/outcomes/report.pdf",
         }
         cached = {"304"} if path in snapshot else set()
         negotiated = {"406"} if path == "/api/v1/studies/{study_id}/deviations" else set()

@@ -128,9 +128,11 @@ class CohortReports:
         *,
         fresh: bool = False,
         unchanged: Callable[[str], bool] | None = None,
+        figure_format: str = "svg",
     ) -> CohortDocument:
-        """The last snapshot's report document and the SVG of every figure it shows (404 for a
-        kind without one); the document is None when `unchanged(etag)` (a 304)."""
+        """The last snapshot's report document and every figure it shows in `figure_format`
+        (SVG for the page, PNG for the PDF; 404 for a kind without a document); the document is
+        None when `unchanged(etag)` (a 304)."""
         protocol = self._protocol(study_id, fresh)
 
         def load(session: Session) -> CohortDocument | None:
@@ -151,7 +153,7 @@ class CohortReports:
                 if unchanged is None or not unchanged(etag):
                     document = document_from_json(json.loads(text))
                     for name in figures_of(document.sections):
-                        figure = cohort_snapshots.figure(session, protocol.id, name, "svg")
+                        figure = cohort_snapshots.figure(session, protocol.id, name, figure_format)
                         if figure is not None:
                             figures[name] = figure.body
                 return CohortDocument(

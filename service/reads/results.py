@@ -172,7 +172,7 @@ class DeviationDetail:
 
 @dataclass(frozen=True, slots=True)
 class CohortDocument:
-    """A study's report document from its last snapshot, with its figures as SVG.
+    """A study's report document from its last snapshot, with its figures (SVG or PNG, as asked).
 
     `computed_at` and `data_as_of` are the data cut-off: the report reflects the data the service
     held when the snapshot was computed (every change up to number `data_as_of`).
