@@ -263,3 +263,14 @@ def test_missing_values() -> None:
     assert sex.smds[0].value == pytest.approx(abs(_binary(2 / 3, 1.0)), abs=1e-12)
     with pytest.raises(ValueError, match="not in the panel"):
         balance_panel("p", "P", [], [Comparison("x", "X", "a", "b")], variables)
+
+
+def test_a_diverged_hazard_ratio_has_an_open_interval_not_an_error() -> None:
+    """No events in one group: the fit's log-HR runs off; exp(coef ± z·se) overflows a float."""
+    from service.studies.cirae.comparisons import _hr
+
+    hr = _hr(-25.0, 800.0, 1.96)  # exp(-25 + 1568) is past float range
+    assert hr["ci_upper"] is None
+    assert hr["ci_lower"] == 0.0
+    assert hr["log_hr"] == -25.0
+    assert hr["p"] == pytest.approx(math.erfc((25 / 800) / math.sqrt(2)))  # two-sided normal p

@@ -96,11 +96,19 @@ def _fit_quietly(fit: Any) -> Any:
         return fit()
 
 
+def _exp(value: float) -> float:
+    """exp that saturates: a diverged fit (no events in a group) has an unbounded CI, not a crash."""
+    try:
+        return math.exp(value)
+    except OverflowError:
+        return math.inf
+
+
 def _hr(coef: float, se: float, z: float) -> dict[str, Any]:
     return {
-        "hr": _num(math.exp(coef)),
-        "ci_lower": _num(math.exp(coef - z * se)),
-        "ci_upper": _num(math.exp(coef + z * se)),
+        "hr": _num(_exp(coef)),
+        "ci_lower": _num(_exp(coef - z * se)),
+        "ci_upper": _num(_exp(coef + z * se)),
         "log_hr": _num(coef),
         "se_log_hr": _num(se),
         "p": _p(2 * norm.sf(abs(coef / se))) if se > 0 else None,
