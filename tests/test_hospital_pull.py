@@ -768,3 +768,29 @@ def test_the_expired_lease_of_a_dead_pull_is_taken_over(
         pulls.pull("general")
     assert (busy.value.status, busy.value.code) == (409, "sync_running")
     assert len(hospital.kickoffs) == 1
+
+
+def test_a_server_with_a_pull_interval_pulls_by_itself(
+    database_url: str, engine: Engine, sources_file: Path, rsa: RSAKey
+) -> None:
+    clear_store(engine)
+    hospital = _hospital_for_everyone(rsa)
+    settings = Settings(
+        database_url=database_url,
+        sources_file=sources_file,
+        pull_max_wait_seconds=0,
+        pull_interval_seconds=3600,
+        webhook_interval_seconds=0,
+    )
+    # the hospital answers before the server starts: its scheduler pulls at once
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        mock.route().mock(side_effect=hospital.router.handler)
+        with served(settings) as app:
+            deadline = time.monotonic() + 30
+            while not hospital.kickoffs and time.monotonic() < deadline:
+                time.sleep(0.02)
+            app.app.state.pulls.wait("general", timeout=60)
+    assert hospital.kickoffs == [{"_type": ["Patient,Condition,Observation"]}]
+    assert [(j.status, j.error) for j in _jobs(engine)] == [("succeeded", None)]
+    assert _stored_since(engine) == T1
