@@ -37,6 +37,7 @@ from service.derivation.catalog import load_catalog
 from service.export.sdtm.export import SdtmExporter
 from service.fhir.interactions import FhirService
 from service.fhir.pull.jobs import SourcePulls
+from service.fhir.pull.schedule import PullScheduler
 from service.fhir.validation_workers import ModelChecks
 from service.infra import metrics, migrate
 from service.infra.db import make_engine
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.studies = StudyReader(engine, catalog.protocols, conf.site_zone())
         # a broken sources file stops start-up, naming the source and key
         app.state.pulls = SourcePulls(engine, app.state.store, conf)
+        pull_schedule = PullScheduler(app.state.pulls)
         evidence: EvidenceCodec = app.state.evidence
         refresher = CohortRefresher(
             engine,
@@ -131,9 +133,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dispatcher.start()
         await run_in_threadpool(settle_process)
         refresher.start()
+        pull_schedule.start()
         try:
             yield
         finally:
+            await run_in_threadpool(pull_schedule.stop)
             await run_in_threadpool(refresher.stop)
             if dispatcher is not None:
                 dispatcher.stop()

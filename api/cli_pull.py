@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace, settings: Settings, derivation: Derivation) -> int:
-    """0: pulled cleanly; 1: pulled, with rejected lines or refused files; 2: cannot pull."""
+    """0: pulled cleanly; 1: pulled, with rejected lines or refused files, or failed; 2: cannot
+    pull (configuration); 3: another pull of the source is running."""
     if settings.sources_file is None:
         print("trialbridge pull: TRIALBRIDGE_SOURCES_FILE is not set", file=sys.stderr)
         return 2
@@ -56,7 +57,17 @@ def run(args: argparse.Namespace, settings: Settings, derivation: Derivation) ->
             report = SourcePulls(engine, store, settings, sources).pull(
                 args.source, full=args.full, say=say
             )
-        except (PullError, ApiError) as exc:
+        except ApiError as exc:
+            if exc.code == "sync_running":
+                print(
+                    f"trialbridge pull {args.source}: another pull of this source is running "
+                    "(the server's schedule, an API sync or another command); try again later",
+                    file=sys.stderr,
+                )
+                return 3
+            print(f"trialbridge pull {args.source}: {exc}", file=sys.stderr)
+            return 1
+        except PullError as exc:
             print(f"trialbridge pull {args.source}: {exc}", file=sys.stderr)
             return 1
         for error in report.line_errors:

@@ -3,7 +3,9 @@ endpoint, Bulk Data `$export`, NDJSON files); what the pull ingests is read back
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,9 +17,10 @@ import pytest
 import respx
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from api import cli
+from service.errors import ApiError
 from service.fhir.interactions import FhirService
 from service.fhir.pull.client import (
     ASSERTION_TYPE,
@@ -27,9 +30,12 @@ from service.fhir.pull.client import (
     RetryPolicy,
 )
 from service.fhir.pull.jobs import SourcePulls
+from service.fhir.pull.schedule import PullScheduler
 from service.fhir.pull.sources import SourceConfigError, load_sources
-from service.infra.db import reading
+from service.infra.clock import utcnow
+from service.infra.db import reading, writing
 from service.infra.settings import Settings
+from service.infra.tables import PullJob
 from service.repositories import source_pulls
 from tests.conftest import LiveServer, clear_store
 from tests.kit.live import served
@@ -556,3 +562,235 @@ def test_a_p384_key_signs_es384_assertions(tmp_path: Path) -> None:
         CLIENT,
         TOKEN_URL,
     )
+
+
+# -- the schedule and the lease --------------------------------------------------------------------
+
+
+def _jobs(engine: Engine) -> list[source_pulls.JobRow]:
+    with reading(engine) as session:
+        rows = session.execute(
+            select(PullJob.__table__).order_by(PullJob.__table__.c.started_at)  # type: ignore[attr-defined]
+        ).all()
+    return [source_pulls.JobRow(**row._mapping) for row in rows]
+
+
+def test_the_schedule_pulls_when_due_and_the_second_pull_asks_since(
+    engine: Engine, database_url: str, sources_file: Path, rsa: RSAKey
+) -> None:
+    clear_store(engine)
+    hospital = _hospital_for_everyone(rsa)
+    settings = Settings(
+        database_url=database_url, sources_file=sources_file, pull_interval_seconds=1
+    )
+    pulls = SourcePulls(
+        engine,
+        FhirService(engine, settings),
+        settings,
+        transport=httpx.MockTransport(hospital.router.handler),
+        sleep=lambda s: None,
+    )
+    scheduler = PullScheduler(pulls)
+    assert scheduler.intervals == {"general": 1.0}
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(hospital.kickoffs) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        scheduler.stop()
+    pulls.wait("general", timeout=30)
+    assert hospital.kickoffs == [
+        {"_type": ["Patient,Condition,Observation"]},
+        {"_type": ["Patient,Condition,Observation"], "_since": [T1]},
+    ]
+    jobs = _jobs(engine)
+    assert [(j.status, j.error) for j in jobs] == [("succeeded", None), ("succeeded", None)]
+    gap = (jobs[1].started_at - jobs[0].started_at).total_seconds()
+    assert 1.0 <= gap < 10.0
+    assert _stored_since(engine) == T1
+
+
+def test_a_source_schedule_is_its_own_setting_or_the_global_one(
+    tmp_path: Path, sources_file: Path, engine: Engine, database_url: str
+) -> None:
+    text = sources_file.read_text()
+    entries = {
+        "six-hourly": 'schedule = "PT6H"',
+        "daily-and-a-half": 'schedule = "P1DT12H"',
+        "every-90": "every_seconds = 90",
+        "never": "every_seconds = 0",
+        "default": "",
+    }
+    body = "".join(
+        text.replace('id = "general"', f'id = "{name}"\n{line}') for name, line in entries.items()
+    )
+    path = tmp_path / "scheduled.toml"
+    path.write_text(body)
+    settings = Settings(database_url=database_url, sources_file=path, pull_interval_seconds=600)
+    scheduler = PullScheduler(SourcePulls(engine, FhirService(engine, settings), settings))
+    assert scheduler.intervals == {
+        "daily-and-a-half": 129600.0,
+        "default": 600.0,
+        "every-90": 90.0,
+        "six-hourly": 21600.0,
+    }
+    off = Settings(database_url=database_url, sources_file=sources_file)
+    assert PullScheduler(SourcePulls(engine, FhirService(engine, off), off)).intervals == {}
+    for line, message in [
+        (
+            'schedule = "PT"',
+            "source[0].schedule: Value error, schedule must be an ISO 8601 duration",
+        ),
+        (
+            'schedule = "6h"',
+            "source[0].schedule: Value error, schedule must be an ISO 8601 duration",
+        ),
+        ('schedule = "PT0S"', "source[0].schedule: Value error, schedule must be between 1 second"),
+        (
+            'schedule = "PT1H"\nevery_seconds = 60',
+            "source[0]: Value error, give at most one of every_seconds and schedule",
+        ),
+    ]:
+        wrong = tmp_path / "wrong.toml"
+        wrong.write_text(text.replace('id = "general"', f'id = "general"\n{line}'))
+        with pytest.raises(SourceConfigError) as refused:
+            load_sources(wrong)
+        assert str(refused.value).startswith(f"{wrong}: {message}")
+
+
+def test_one_pull_per_source_across_processes_api_and_command(
+    engine: Engine,
+    database_url: str,
+    sources_file: Path,
+    rsa: RSAKey,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    clear_store(engine)
+    hospital = _hospital_for_everyone(rsa)
+    gate = threading.Event()
+
+    def held(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/$export"):
+            assert gate.wait(60)
+        return hospital.router.handler(request)
+
+    settings = Settings(database_url=database_url, sources_file=sources_file)
+
+    def process() -> SourcePulls:  # what each server process holds
+        return SourcePulls(
+            engine,
+            FhirService(engine, settings),
+            settings,
+            transport=httpx.MockTransport(held),
+            sleep=lambda s: None,
+            lease_seconds=0.3,
+        )
+
+    first, second = process(), process()
+    barrier = threading.Barrier(2)
+    outcomes: dict[int, object] = {}
+
+    def race(i: int, pulls: SourcePulls) -> None:
+        barrier.wait()
+        try:
+            outcomes[i] = pulls.start("general").status
+        except ApiError as exc:
+            outcomes[i] = (exc.status, exc.code)
+
+    racers = [threading.Thread(target=race, args=(i, p)) for i, p in enumerate((first, second))]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(30)
+    assert sorted(map(str, outcomes.values())) == ["(409, 'sync_running')", "running"]
+    winner = first if outcomes[0] == "running" else second
+    # the holder renews its 0.3 s lease: well past it, the source is still held
+    time.sleep(0.8)
+    with pytest.raises(ApiError) as busy:
+        process().start("general")
+    assert (busy.value.status, busy.value.code) == (409, "sync_running")
+    served_settings = Settings(
+        database_url=database_url, sources_file=sources_file, webhook_interval_seconds=0
+    )
+    with (
+        served(served_settings) as app,
+        httpx.Client(base_url=f"{app.url}/api/v1", timeout=60) as api,
+    ):
+        answer = api.post("/sources/general/sync")
+    assert answer.status_code == 409
+    assert answer.json()["error"]["code"] == "sync_running"
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("TRIALBRIDGE_SOURCES_FILE", str(sources_file))
+    assert cli.main(["pull", "general"]) == 3
+    assert capsys.readouterr().err == (
+        "trialbridge pull general: another pull of this source is running (the server's "
+        "schedule, an API sync or another command); try again later\n"
+    )
+    gate.set()
+    winner.wait("general", timeout=60)
+    assert [(j.status, j.error) for j in _jobs(engine)] == [("succeeded", None)]
+    assert len(hospital.kickoffs) == 1
+
+
+def test_the_expired_lease_of_a_dead_pull_is_taken_over(
+    engine: Engine, pulls: SourcePulls, rsa: RSAKey
+) -> None:
+    hospital = _hospital_for_everyone(rsa)
+    pulls.transport = httpx.MockTransport(hospital.router.handler)
+    now = utcnow()
+    with writing(engine) as session:  # a process that died mid-pull, its lease out since 1 s
+        source_pulls.add_job(
+            session,
+            "dead",
+            "general",
+            now - dt.timedelta(minutes=5),
+            "{}",
+            now - dt.timedelta(seconds=1),
+        )
+    report = pulls.pull("general")
+    assert report.transaction_time == T1
+    jobs = _jobs(engine)
+    assert [(j.id == "dead", j.status, j.error) for j in jobs] == [
+        (True, "failed", "abandoned: its process stopped renewing the lease; taken over"),
+        (False, "succeeded", None),
+    ]
+    assert jobs[0].finished_at is not None
+    assert jobs[0].finished_at >= now
+    assert jobs[1].lease_until is None
+    # a live lease is not taken over
+    with writing(engine) as session:
+        source_pulls.add_job(
+            session, "alive", "general", utcnow(), "{}", utcnow() + dt.timedelta(seconds=60)
+        )
+    with pytest.raises(ApiError) as busy:
+        pulls.pull("general")
+    assert (busy.value.status, busy.value.code) == (409, "sync_running")
+    assert len(hospital.kickoffs) == 1
+
+
+def test_a_server_with_a_pull_interval_pulls_by_itself(
+    database_url: str, engine: Engine, sources_file: Path, rsa: RSAKey
+) -> None:
+    clear_store(engine)
+    hospital = _hospital_for_everyone(rsa)
+    settings = Settings(
+        database_url=database_url,
+        sources_file=sources_file,
+        pull_max_wait_seconds=0,
+        pull_interval_seconds=3600,
+        webhook_interval_seconds=0,
+    )
+    # the hospital answers before the server starts: its scheduler pulls at once
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="127.0.0.1").pass_through()
+        mock.route().mock(side_effect=hospital.router.handler)
+        with served(settings) as app:
+            deadline = time.monotonic() + 30
+            while not hospital.kickoffs and time.monotonic() < deadline:
+                time.sleep(0.02)
+            app.app.state.pulls.wait("general", timeout=60)
+    assert hospital.kickoffs == [{"_type": ["Patient,Condition,Observation"]}]
+    assert [(j.status, j.error) for j in _jobs(engine)] == [("succeeded", None)]
+    assert _stored_since(engine) == T1

@@ -254,6 +254,13 @@ class Settings(BaseSettings):
     pull_timeout_seconds: float = Field(
         default=60.0, gt=0, le=3600, description="Timeout of each request to a hospital source"
     )
+    pull_interval_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=31 * 86400,
+        description="Pull every source this often in the background (0: only on demand); a "
+        "source's own `every_seconds` or `schedule` wins",
+    )
 
     @field_validator("sources_file")
     @classmethod

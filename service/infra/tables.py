@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -423,9 +424,19 @@ class SourceState(SQLModel, table=True):
 
 
 class PullJob(SQLModel, table=True):
-    """One pull from a hospital source started through the API: its state and progress."""
+    """One pull from a hospital source (API, schedule or CLI): its state, progress and lease."""
 
     __tablename__ = "pull_job"
+    # the lease: one running job per source, whichever process runs it
+    __table_args__ = (
+        Index(
+            "uq_pull_job_running",
+            "source_id",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+    )
 
     id: str = Field(primary_key=True, max_length=36)
     source_id: str = Field(max_length=64, index=True)
@@ -434,3 +445,4 @@ class PullJob(SQLModel, table=True):
     finished_at: dt.datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     progress: str = Field(sa_column=Column(Text(), nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text()))
+    lease_until: dt.datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))

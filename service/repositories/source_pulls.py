@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlmodel import Session
 
 from service.infra.tables import PullJob, SourceState
@@ -52,10 +52,36 @@ class JobRow:
     finished_at: dt.datetime | None
     progress: str
     error: str | None
+    lease_until: dt.datetime | None = None
 
 
-def add_job(session: Session, job_id: str, source_id: str, now: dt.datetime, progress: str) -> None:
-    """A new running job."""
+def abandon_expired(session: Session, source_id: str, now: dt.datetime) -> int:
+    """Record the source's running job whose lease expired (its process died) as failed."""
+    done = session.execute(
+        update(_JOB)
+        .where(
+            _JOB.c.source_id == source_id,
+            _JOB.c.status == "running",
+            or_(_JOB.c.lease_until.is_(None), _JOB.c.lease_until < now),
+        )
+        .values(
+            status="failed",
+            finished_at=now,
+            error="abandoned: its process stopped renewing the lease; taken over",
+        )
+    )
+    return int(done.rowcount)  # type: ignore[attr-defined]
+
+
+def add_job(
+    session: Session,
+    job_id: str,
+    source_id: str,
+    now: dt.datetime,
+    progress: str,
+    lease_until: dt.datetime,
+) -> None:
+    """A new running job holding the source's lease (IntegrityError: another one runs)."""
     session.execute(
         insert(_JOB),
         [
@@ -65,9 +91,20 @@ def add_job(session: Session, job_id: str, source_id: str, now: dt.datetime, pro
                 "status": "running",
                 "started_at": now,
                 "progress": progress,
+                "lease_until": lease_until,
             }
         ],
     )
+
+
+def renew_lease(session: Session, job_id: str, lease_until: dt.datetime) -> bool:
+    """Extend a running job's lease; False when the job no longer runs (it was taken over)."""
+    done = session.execute(
+        update(_JOB)
+        .where(_JOB.c.id == job_id, _JOB.c.status == "running")
+        .values(lease_until=lease_until)
+    )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
 def update_job(
@@ -79,11 +116,13 @@ def update_job(
     finished_at: dt.datetime | None = None,
     error: str | None = None,
 ) -> None:
-    """Record a job's progress, and its end when it ended."""
+    """Record a job's progress, and its end when it ended (unless it was taken over)."""
     values: dict[str, object] = {"progress": progress}
     if status is not None:
-        values.update(status=status, finished_at=finished_at, error=error)
-    session.execute(update(_JOB).where(_JOB.c.id == job_id).values(**values))
+        values.update(status=status, finished_at=finished_at, error=error, lease_until=None)
+    session.execute(
+        update(_JOB).where(_JOB.c.id == job_id, _JOB.c.status == "running").values(**values)
+    )
 
 
 def job(session: Session, source_id: str, job_id: str) -> JobRow | None:
@@ -100,3 +139,23 @@ def running_job(session: Session, source_id: str) -> str | None:
         select(_JOB.c.id).where(_JOB.c.source_id == source_id, _JOB.c.status == "running")
     ).first()
     return None if row is None else str(row.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Latest:
+    """The newest job of a source: when it started, and until when it holds the lease if it runs."""
+
+    started_at: dt.datetime
+    running: bool
+    lease_until: dt.datetime | None
+
+
+def latest_job(session: Session, source_id: str) -> Latest | None:
+    """The source's newest job (any process, any way it was started), or None."""
+    row = session.execute(
+        select(_JOB.c.started_at, _JOB.c.status, _JOB.c.lease_until)
+        .where(_JOB.c.source_id == source_id)
+        .order_by(_JOB.c.started_at.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else Latest(row.started_at, row.status == "running", row.lease_until)

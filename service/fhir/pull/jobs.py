@@ -1,4 +1,5 @@
-"""Pulls of the configured sources: run now (the CLI), or as a background job (the API)."""
+"""Pulls of the configured sources: run now (the CLI), or as a background job (the API and the
+schedule); each holds its source's lease so that one pull of a source runs at a time."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
 from service.errors import ApiError
 from service.fhir.interactions import FhirService
@@ -26,6 +28,9 @@ from service.infra.settings import Settings
 from service.repositories import source_pulls
 
 log = logging.getLogger(__name__)
+
+# A running job's lease outlives a dead process by at most this long; a live one renews every third.
+LEASE_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +47,40 @@ class JobStatus:
     error: str | None
 
 
+class _LeaseKeeper:
+    """Renews a running job's lease while its pull runs; notes when the lease was lost."""
+
+    def __init__(self, engine: Engine, job_id: str, lease_seconds: float) -> None:
+        self.engine, self.job_id, self.lease_seconds = engine, job_id, lease_seconds
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pull-lease", daemon=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                until = utcnow() + dt.timedelta(seconds=self.lease_seconds)
+                with writing(self.engine) as session:
+                    kept = source_pulls.renew_lease(session, self.job_id, until)
+            except Exception:  # the database may be briefly away; the lease has time left
+                log.warning("renewing a pull lease failed; will retry", exc_info=True)
+                continue
+            if not kept:
+                self.lost = True
+                return
+
+
 class SourcePulls:
-    """The configured sources and their pulls; at most one pull per source in this process."""
+    """The configured sources and their pulls: at most one pull per source across processes
+    (a running `pull_job` row holds the source's lease, renewed while the pull runs)."""
 
     def __init__(
         self,
@@ -54,6 +91,7 @@ class SourcePulls:
         *,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        lease_seconds: float = LEASE_SECONDS,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -63,6 +101,7 @@ class SourcePulls:
         self.sources = sources
         self.transport = transport  # a seam: tests play the hospital here
         self.sleep = sleep
+        self.lease_seconds = lease_seconds
         self._running: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
 
@@ -80,7 +119,17 @@ class SourcePulls:
         full: bool = False,
         say: Callable[[str, PullReport], None] | None = None,
     ) -> PullReport:
-        """Pull the source now, in this thread; PullError when it cannot complete."""
+        """Pull the source now, in this thread, as a job holding the source's lease; 409
+        `sync_running` while another pull of it runs anywhere; PullError when it cannot complete."""
+        self.source(source_id)
+        job_id = self._claim(source_id)
+        report = self._run(source_id, job_id, full, say, reraise=True)
+        assert report is not None
+        return report
+
+    def _pull(
+        self, source_id: str, full: bool, say: Callable[[str, PullReport], None]
+    ) -> PullReport:
         source = self.source(source_id)
         policy = RetryPolicy(
             max_retries=self.settings.pull_max_retries,
@@ -97,16 +146,31 @@ class SourcePulls:
         finally:
             client.close()
 
-    def start(self, source_id: str, *, full: bool = False) -> JobStatus:
-        """Start a pull in a background thread; 409 `sync_running` while one runs."""
-        self.source(source_id)
+    def _claim(self, source_id: str) -> str:
+        """A new running job holding the source's lease (taking over one whose lease expired);
+        409 `sync_running` while another holds it, in this process or any other."""
         job_id = str(uuid.uuid4())
+        now = utcnow()
+        try:
+            with writing(self.engine) as session:
+                if source_pulls.abandon_expired(session, source_id, now):
+                    log.warning("a pull of %s whose process stopped was taken over", source_id)
+                until = now + dt.timedelta(seconds=self.lease_seconds)
+                source_pulls.add_job(session, job_id, source_id, now, _record({}, None), until)
+        except IntegrityError:
+            raise ApiError(
+                409, "sync_running", f"a pull of {source_id} is already running"
+            ) from None
+        return job_id
+
+    def start(self, source_id: str, *, full: bool = False) -> JobStatus:
+        """Start a pull in a background thread; 409 `sync_running` while one runs anywhere."""
+        self.source(source_id)
         with self._lock:
             running = self._running.get(source_id)
             if running is not None and running.is_alive():
                 raise ApiError(409, "sync_running", f"a pull of {source_id} is already running")
-            with writing(self.engine) as session:
-                source_pulls.add_job(session, job_id, source_id, utcnow(), _record({}, None))
+            job_id = self._claim(source_id)
             thread = threading.Thread(
                 target=self._run, args=(source_id, job_id, full), name=f"pull-{source_id}"
             )
@@ -115,32 +179,59 @@ class SourcePulls:
             thread.start()
         return self.status(source_id, job_id)
 
-    def _run(self, source_id: str, job_id: str, full: bool) -> None:
+    def _run(
+        self,
+        source_id: str,
+        job_id: str,
+        full: bool,
+        echo: Callable[[str, PullReport], None] | None = None,
+        *,
+        reraise: bool = False,
+    ) -> PullReport | None:
+        """Run a claimed job to its end, renewing its lease, and record how it ended."""
         last: list[tuple[str, PullReport]] = []
+        keeper = _LeaseKeeper(self.engine, job_id, self.lease_seconds)
 
         def say(message: str, report: PullReport) -> None:
+            if keeper.lost:
+                raise PullError("the pull's lease was lost (another process took the source over)")
             last[:] = [(message, report)]
             with writing(self.engine) as session:
                 source_pulls.update_job(
                     session, job_id, progress=_record(report.as_record(), message)
                 )
+            if echo is not None:
+                echo(message, report)
 
         status, error = "succeeded", None
-        try:
-            report = self.pull(source_id, full=full, say=say)
-            message = last[0][0] if last else None
-            progress = _record(report.as_record(), message)
-        except PullError as exc:
-            status, error = "failed", str(exc)
-            progress = _record(last[0][1].as_record(), last[0][0]) if last else _record({}, None)
-        except Exception:  # a job must always end: record it, and the traceback goes to the log
-            log.exception("pull of a source failed")
-            status, error = "failed", "internal error (see the service log)"
-            progress = _record({}, None)
-        with writing(self.engine) as session:
-            source_pulls.update_job(
-                session, job_id, progress=progress, status=status, finished_at=utcnow(), error=error
-            )
+        report: PullReport | None = None
+        failure: BaseException | None = None
+        with keeper:
+            try:
+                report = self._pull(source_id, full, say)
+                message = last[0][0] if last else None
+                progress = _record(report.as_record(), message)
+            except PullError as exc:
+                status, error, failure = "failed", str(exc), exc
+                progress = (
+                    _record(last[0][1].as_record(), last[0][0]) if last else _record({}, None)
+                )
+            except Exception as exc:  # a job must always end: record it, the traceback to the log
+                log.exception("pull of a source failed")
+                status, error, failure = "failed", "internal error (see the service log)", exc
+                progress = _record({}, None)
+            with writing(self.engine) as session:
+                source_pulls.update_job(
+                    session,
+                    job_id,
+                    progress=progress,
+                    status=status,
+                    finished_at=utcnow(),
+                    error=error,
+                )
+        if reraise and failure is not None:
+            raise failure
+        return report
 
     def status(self, source_id: str, job_id: str) -> JobStatus:
         """A job of the source, or 404 `job_not_found`."""

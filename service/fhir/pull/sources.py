@@ -31,6 +31,21 @@ DEFAULT_TYPES = (
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+_DURATION = re.compile(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?")
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds of an ISO 8601 duration in days, hours, minutes and seconds ("PT6H", "P1DT12H")."""
+    found = _DURATION.fullmatch(text)
+    if found is None or text.endswith("T") or not any(found.groups()):
+        raise ValueError('schedule must be an ISO 8601 duration such as "PT6H", "PT30M" or "P1D"')
+    days, hours, minutes, seconds = (int(g or 0) for g in found.groups())
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if not 1 <= total <= 31 * 86400:
+        raise ValueError("schedule must be between 1 second and 31 days")
+    return total
+
+
 class SourceConfigError(ValueError):
     """The sources file is missing, malformed, or names a source wrongly."""
 
@@ -65,6 +80,16 @@ class HospitalSource(BaseModel):
     file_host: str | None = Field(
         default=None, description="origin NDJSON files may be downloaded from besides base_url"
     )
+    every_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=31 * 86400,
+        description="pull this often in the background (0: never); default "
+        "TRIALBRIDGE_PULL_INTERVAL_SECONDS",
+    )
+    schedule: str | None = Field(
+        default=None, description='the same as an ISO 8601 duration, e.g. "PT6H" or "P1D"'
+    )
 
     @field_validator("id")
     @classmethod
@@ -93,6 +118,13 @@ class HospitalSource(BaseModel):
             raise ValueError("file_host is an origin (scheme://host[:port]), without a path")
         return f"{parts.scheme}://{parts.netloc}"
 
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is not None:
+            duration_seconds(value)
+        return value
+
     @field_validator("types")
     @classmethod
     def _types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -109,6 +141,8 @@ class HospitalSource(BaseModel):
             raise ValueError("give exactly one of private_key_file and private_key_jwk")
         if self.group_id is None and not self.patients:
             raise ValueError("give group_id or patients")
+        if self.every_seconds is not None and self.schedule is not None:
+            raise ValueError("give at most one of every_seconds and schedule")
         self.signing_key()  # an unreadable key is a configuration error, found at load time
         return self
 
@@ -138,6 +172,14 @@ class HospitalSource(BaseModel):
                 raise ValueError("an EC key must be on P-384 (ES384)")
             return key
         raise ValueError("the private key is neither an RSA nor a P-384 EC key (PEM or JWK)")
+
+    def interval_seconds(self, default: float) -> float:
+        """How often the scheduler pulls this source (0: never): its own setting, else `default`."""
+        if self.schedule is not None:
+            return float(duration_seconds(self.schedule))
+        if self.every_seconds is not None:
+            return float(self.every_seconds)
+        return default
 
     @property
     def algorithm(self) -> str:
