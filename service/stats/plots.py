@@ -302,29 +302,24 @@ def swimmer_plot(
     fig = Figure(figsize=(9, max(2.8, 0.4 * len(rows) + 1.6)), layout="constrained")
     ax = fig.add_subplot()
     seen: dict[str, Artist] = {}
+    # One artist per marker kind and one bar container for all subjects (not one per subject):
+    # drawing and layout cost then hardly grow with the cohort (issue 19).
+    points: dict[str, tuple[list[float], list[float]]] = {}
 
     def mark(kind: str, days: Sequence[int], y: float) -> None:
-        """Draw one marker kind on a bar and keep a handle for the legend."""
-        style = MARKERS[kind]
-        xs = [d / scale for d in days]
-        (line,) = ax.plot(
-            xs,
-            [y] * len(xs),
-            ls="none",
-            marker=style.marker,
-            color=style.colour,
-            ms=style.size,
-            mec=style.edge,
-            mew=0.6,
-            zorder=3,
-            clip_on=False,  # a Day-1 dose sits on the axis; don't cut it in half
-        )
-        seen.setdefault(kind, line)
+        """Queue one marker kind on a bar; drawn below as one artist per kind."""
+        xs, ys = points.setdefault(kind, ([], []))
+        xs.extend(d / scale for d in days)
+        ys.extend([y] * len(days))
 
+    bar_y: list[float] = []
+    bar_end: list[float] = []
+    bar_colour: list[str] = []
     for i, row in enumerate(rows):
         y = float(len(rows) - 1 - i)
-        end = _end(row) / scale
-        ax.barh(y, end, left=0, height=0.55, color=MPR_COLOURS.get(row.mpr, "#BBBBBB"), zorder=2)
+        bar_y.append(y)
+        bar_end.append(_end(row) / scale)
+        bar_colour.append(MPR_COLOURS.get(row.mpr, "#BBBBBB"))
         seen.setdefault(f"mpr:{row.mpr}", Patch(color=MPR_COLOURS.get(row.mpr, "#BBBBBB")))
         mark("dose", row.dose_days, y)
         if row.surgery_day is not None:
@@ -337,6 +332,25 @@ def swimmer_plot(
             mark("ongoing", [_end(row)], y)
         if row.problem is not None:
             mark("unknown", [_end(row)], y)
+    ax.barh(bar_y, bar_end, left=0, height=0.55, color=bar_colour, zorder=2)
+    for kind in MARKERS:
+        if kind not in points:
+            continue
+        style = MARKERS[kind]
+        xs, ys = points[kind]
+        (line,) = ax.plot(
+            xs,
+            ys,
+            ls="none",
+            marker=style.marker,
+            color=style.colour,
+            ms=style.size,
+            mec=style.edge,
+            mew=0.6,
+            zorder=3,
+            clip_on=False,  # a Day-1 dose sits on the axis; don't cut it in half
+        )
+        seen[kind] = line
     ax.set_yticks(range(len(rows)), [r.subject_id for r in reversed(rows)])
     ax.set_ylim(-0.7, len(rows) - 0.3)
     longest = max(_end(r) for r in rows) / scale
