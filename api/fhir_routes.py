@@ -20,6 +20,7 @@ from api.fhir_http import (
     json_body,
     prefer_return,
     read_body,
+    read_spooled_body,
     require_media_type,
     resource_headers,
     write_response,
@@ -72,7 +73,12 @@ def _source(request: Request) -> str:
 
 
 def _context(
-    request: Request, store: FhirService, who: Principal, base: str | None = None
+    request: Request,
+    store: FhirService,
+    who: Principal,
+    base: str | None = None,
+    *,
+    keep_content: bool = True,
 ) -> WriteContext:
     """A write for this request: its scopes, its client, and its audit note (same transaction)."""
     return store.context(
@@ -81,6 +87,7 @@ def _context(
         permits=who.scopes.fhir,
         client=who.client,
         audit=for_write(request, who.client),
+        keep_content=keep_content,
     )
 
 
@@ -184,10 +191,13 @@ async def post_bundle(
 ) -> Response:
     """Process a Bundle: transaction (atomic), batch (per entry), collection/message (atomic upsert)."""
     require_media_type(request, JSON_TYPES)
-    raw = await read_body(request, settings.max_body_bytes)
-    ctx = _context(request, store, who, base)
     representation = prefer_return(request, "minimal") == "representation"
-    kind, results = await run_in_threadpool(store.bundle_json, raw, ctx=ctx)
+    ctx = _context(request, store, who, base, keep_content=representation)
+    # a large body waits on disk, not in memory, while it is written (service/fhir/spooled.py)
+    with await read_spooled_body(
+        request, settings.max_body_bytes, settings.large_body_bytes
+    ) as body:
+        kind, results = await run_in_threadpool(store.bundle_json, body, ctx=ctx)
     count_results(results)
     return fhir_response(responses.response_bundle(kind, results, representation=representation))
 

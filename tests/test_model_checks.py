@@ -371,7 +371,7 @@ class _AnswerlessChecks(ModelChecks):
     def wanted(self, raw: bytes) -> bool:
         return True
 
-    def submit(self, raw: bytes) -> PendingVerdicts | None:
+    def submit(self, raw: bytes | str) -> PendingVerdicts | None:
         self.submitted += 1
         return PendingVerdicts(_done(error=BrokenProcessPool("lost")), lambda: None)
 

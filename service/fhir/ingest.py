@@ -52,6 +52,9 @@ class WriteContext:
     # note: the request's AuditEvent is then recorded in the write's own transaction
     client: str = CLI_CLIENT
     audit: AuditNote | None = None
+    # whether results carry the stored content of what was written (a response shows it); off,
+    # a large write frees each version's text once it is stored instead of holding it to the end
+    keep_content: bool = True
 
 
 def record_write(uow: UnitOfWork, ctx: WriteContext) -> None:
@@ -560,7 +563,7 @@ def _version_of(
         rid,
         next_vid,
         ctx.now,
-        row.content,
+        row.content if ctx.keep_content else None,
     )
     return row, result
 
@@ -573,7 +576,7 @@ def _complete(
     ctx: WriteContext,
 ) -> None:
     """Fill in the results of entries that wrote nothing: unchanged, matched, no-op, read."""
-    if unchanged:
+    if unchanged and ctx.keep_content:
         contents = {
             (v.resource_type, v.resource_id): v.content
             for v in fhir_versions.read_current_many(session, [k for _, k in unchanged])
@@ -594,7 +597,7 @@ def _complete(
                 found.resource_id,
                 found.version_id,
                 found.last_updated,
-                found.content,
+                found.content if ctx.keep_content else None,
             )
         elif e.method == "GET":
             results[e.index] = _read_entry(session, e, ctx)

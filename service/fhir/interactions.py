@@ -28,7 +28,7 @@ from fhir_mapping.bundles import (
     settle_models,
 )
 from fhir_mapping.issues import InvalidContentError
-from fhir_mapping.json_codec import loads, loads_text, loads_unguarded
+from fhir_mapping.json_codec import loads, loads_text, loads_unguarded, share_strings
 from fhir_mapping.references import is_valid_id
 from fhir_mapping.resource_types import SUPPORTED_TYPES
 from fhir_mapping.tokens import ascii_int
@@ -46,10 +46,12 @@ from service.fhir.ingest import (
     record_write,
     upsert_identity,
 )
+from service.fhir.spooled import RequestBytes
 from service.fhir.validation_workers import ModelChecks, PendingVerdicts
 from service.infra import metrics
 from service.infra.clock import utcnow
 from service.infra.db import reading
+from service.infra.process import return_free_memory
 from service.infra.settings import Settings
 from service.repositories import fhir_versions
 from service.repositories.fhir_search import search_bundle
@@ -112,12 +114,16 @@ def _parsed_strictly(raw: bytes) -> Any:
 class _ModelGate:
     """Refuses a Bundle whose models failed in the worker: asked before commit, or on error.
 
-    Given `unguarded` (the bytes, parsed here by `loads_unguarded`), it first makes sure `loads`
+    Given `unguarded` (the body, parsed here by `loads_unguarded`), it first makes sure `loads`
     accepts them too: by the worker's answer, or by parsing them here when the worker gave none.
     """
 
     def __init__(
-        self, body: Any, parsed: ParsedBundle, pending: PendingVerdicts, unguarded: bytes | None
+        self,
+        body: Any,
+        parsed: ParsedBundle,
+        pending: PendingVerdicts,
+        unguarded: RequestBytes | None,
     ) -> None:
         self._body, self._parsed, self._pending = body, parsed, pending
         self._unguarded = unguarded
@@ -131,7 +137,7 @@ class _ModelGate:
             if BODY in verdicts:
                 raise FhirError.from_invalid(InvalidContentError(verdicts[BODY]))
             if not self._pending.answered_by_worker:
-                _parsed_strictly(self._unguarded)
+                _parsed_strictly(self._unguarded.read())
             self._unguarded = None  # confirmed
         return settle_models(self._parsed, verdicts)
 
@@ -153,6 +159,10 @@ class FhirService:
         self.settings = settings
         self.derivation = derivation or load_catalog(settings).derivation
         self.model_checks = model_checks or ModelChecks(0, 0)
+
+    def release_memory(self) -> bool:
+        """After a large request: drop memo caches and return free memory to the system."""
+        return return_free_memory(self.derivation.forget_memos)
 
     # -- units of work -------------------------------------------------------------------------
 
@@ -217,6 +227,7 @@ class FhirService:
         permits: Callable[[str, str], bool] | None = None,
         client: str = CLI_CLIENT,
         audit: AuditNote | None = None,
+        keep_content: bool = True,
     ) -> WriteContext:
         """A write context stamped now, for one request (the HTTP request's id when it has one)."""
         return WriteContext(
@@ -231,6 +242,7 @@ class FhirService:
             resolve_conditional_references=conditional_refs,
             require_urn_targets=strict_urns,
             permits=permits,
+            keep_content=keep_content,
         )
 
     # -- single-resource interactions ----------------------------------------------------------
@@ -348,22 +360,40 @@ class FhirService:
         """POST /fhir with a Bundle: the response Bundle type and one result per entry."""
         return self._bundle(body, None, ctx)
 
-    def bundle_json(self, raw: bytes, *, ctx: WriteContext) -> tuple[str, list[EntryResult]]:
+    def bundle_json(
+        self, raw: bytes | RequestBytes, *, ctx: WriteContext
+    ) -> tuple[str, list[EntryResult]]:
         """`bundle` for the request bytes: a large atomic Bundle has its models checked in a worker
-        process while it is written (see `service.fhir.validation_workers`); the answer is the same."""
+        process while it is written (see `service.fhir.validation_workers`); the answer is the same.
+
+        Given a spooled body (`RequestBytes` on disk), its bytes are read once to be parsed and
+        dropped: the worker reads the file itself, and so does a strict re-parse.
+        """
+        source = raw if isinstance(raw, RequestBytes) else RequestBytes(raw)
+        data = source.read()
         # The worker starts on the bytes at once and parses them alongside this thread; if they
         # turn out not to be an atomic Bundle, its answer is never asked for. Since the worker
         # parses them strictly, this thread parses them without the duplicate-key check, at under
         # half the cost, and the worker's answer on the bytes comes before anything is kept.
-        pending = self.model_checks.submit(raw) if self.model_checks.wanted(raw) else None
-        body = loads_unguarded(raw) if pending is not None else None
-        if body is None:
-            return self._bundle(_parsed_strictly(raw), pending, ctx)
+        pending = (
+            self.model_checks.submit(source.for_worker())
+            if self.model_checks.wanted(data)
+            else None
+        )
+        body = loads_unguarded(data) if pending is not None else None
+        strict = body is None
+        if strict:
+            body = _parsed_strictly(data)
+        del data  # a spooled body's bytes are not needed again
+        if source.spooled:  # a large body: its tree is kept whole until the commit
+            share_strings(body)
+        if strict:
+            return self._bundle(body, pending, ctx)
         try:
-            return self._bundle(body, pending, ctx, unguarded=raw)
+            return self._bundle(body, pending, ctx, unguarded=source)
         except FhirError:
             # bytes that `loads` refuses get that answer, whatever else failed
-            _parsed_strictly(raw)
+            _parsed_strictly(source.read())
             raise
 
     def _bundle(
@@ -371,7 +401,7 @@ class FhirService:
         body: Any,
         pending: PendingVerdicts | None,
         ctx: WriteContext,
-        unguarded: bytes | None = None,
+        unguarded: RequestBytes | None = None,
     ) -> tuple[str, list[EntryResult]]:
         try:
             kind, _, _ = bundle_envelope(body)
@@ -380,7 +410,7 @@ class FhirService:
         if kind == "batch":  # checked entry by entry in place; a worker's answer is not needed
             pending = None
             if unguarded is not None:  # nor asked for: parse strictly here
-                body, unguarded = _parsed_strictly(unguarded), None
+                body, unguarded = _parsed_strictly(unguarded.read()), None
         # the envelope passed, so this collects each entry's failure instead of raising
         parsed = parse_bundle(body, check_models=pending is None)
         # Scopes are checked entry by entry where entries are applied (`apply_entries`): a
