@@ -75,7 +75,7 @@ async def check_accept(request: Request) -> None:
         )
 
 
-def _too_large(limit: int) -> FhirError:
+def too_large(limit: int) -> FhirError:
     return FhirError.of(
         413,
         "too-long",
@@ -83,7 +83,7 @@ def _too_large(limit: int) -> FhirError:
     )
 
 
-def _declared_size(request: Request, limit: int) -> int | None:
+def declared_size(request: Request, limit: int) -> int | None:
     """The Content-Length, refused with 413 when over the limit (before reading), 400 when bad."""
     declared = request.headers.get("content-length")
     if declared is None:
@@ -97,34 +97,34 @@ def _declared_size(request: Request, limit: int) -> int | None:
             "Content-Length",
         )
     if size > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     return size
 
 
-def _empty() -> FhirError:
+def empty_body() -> FhirError:
     return FhirError.of(400, "structure", "the request body is empty")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed the limit (before parsing)."""
-    _declared_size(request, limit)
+    declared_size(request, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         chunks.append(chunk)
     body = b"".join(chunks)
     if not body:
-        raise _empty()
+        raise empty_body()
     return body
 
 
 async def read_spooled_body(request: Request, limit: int, spool_over: int) -> RequestBytes:
     """`read_body`, except that a body larger than `spool_over` goes to a temporary file as it
     arrives (never whole in memory); the caller closes it, which deletes the file."""
-    declared = _declared_size(request, limit)
+    declared = declared_size(request, limit)
     chunks: list[bytes] = []
     size = 0
     spooled: RequestBytes | None = None
@@ -136,7 +136,7 @@ async def read_spooled_body(request: Request, limit: int, spool_over: int) -> Re
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise _too_large(limit)
+                raise too_large(limit)
             if out is None and size > spool_over:
                 spooled, fd = RequestBytes.spool()
                 out = os.fdopen(fd, "wb")
@@ -155,7 +155,7 @@ async def read_spooled_body(request: Request, limit: int, spool_over: int) -> Re
             spooled.close()
         raise
     if size == 0:
-        raise _empty()
+        raise empty_body()
     return spooled if spooled is not None else RequestBytes(b"".join(chunks))
 
 

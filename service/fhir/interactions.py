@@ -27,8 +27,9 @@ from fhir_mapping.bundles import (
     resource_entry,
     settle_models,
 )
-from fhir_mapping.issues import InvalidContentError
+from fhir_mapping.issues import InvalidContentError, Issue
 from fhir_mapping.json_codec import loads, loads_text, loads_unguarded, share_strings
+from fhir_mapping.ndjson import RefusedLine
 from fhir_mapping.references import is_valid_id
 from fhir_mapping.resource_types import SUPPORTED_TYPES
 from fhir_mapping.tokens import ascii_int
@@ -63,6 +64,8 @@ T = TypeVar("T")
 # SQLSTATEs that mean "another transaction won, try again": unique, serialization, deadlock.
 _RETRY_SQLSTATES = {"23505", "40001", "40P01"}
 IMPORT_CHUNK = 500
+# A chunk of an import also ends at this many characters of its lines (~20 MB once parsed).
+IMPORT_CHUNK_CHARS = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,51 +465,80 @@ class FhirService:
 
     def import_lines(
         self,
-        lines: Iterable[str],
+        lines: Iterable[str | RefusedLine],
         *,
         ctx: WriteContext,
         progress: Callable[[int], object] | None = None,
     ) -> Iterator[LineOutcome]:
-        """NDJSON: each line upserted on its own merits; written in chunks for speed."""
+        """NDJSON: each line upserted on its own merits, written in chunks; outcomes in line order.
+
+        Lines are taken one at a time and a chunk holds at most `IMPORT_CHUNK` lines and
+        `IMPORT_CHUNK_CHARS` characters, so memory does not grow with the input (a stream of lines
+        is read as it is written). A line may come already refused (too long, not UTF-8).
+        """
         # each chunk records its Provenance; the request's AuditEvent follows the last chunk
         upsert_ctx = replace(
-            ctx, resolve_conditional_references=False, require_urn_targets=False, audit=None
+            ctx,
+            resolve_conditional_references=False,
+            require_urn_targets=False,
+            audit=None,
+            keep_content=False,
         )
-        chunk: list[tuple[int, Entry]] = []
+        pending: list[tuple[int, Entry | EntryResult]] = []
         keys: set[tuple[str, str]] = set()
+        chars = 0
         for number, line in enumerate(lines, start=1):
-            if not line.strip(" \t\r"):  # JSON whitespace only: U+2028 alone is not blank
-                continue
-            try:
-                entry = resource_entry(
-                    loads_text(line, where=f"line {number}: "),
-                    method="UPSERT",
-                    path="",
-                    index=number,
+            if isinstance(line, RefusedLine):
+                pending.append(
+                    (number, failure(FhirError(line.status, [_at_line(line.issue, number)])))
                 )
-            except InvalidContentError as exc:
-                issues = [
-                    i
-                    if i.diagnostics.startswith("line ")
-                    else replace(i, diagnostics=f"line {number}: {i.diagnostics}")
-                    for i in exc.issues
-                ]
-                yield LineOutcome(number, failure(InvalidContentError(issues)))
+            elif not line.strip(" \t\r"):  # JSON whitespace only: U+2028 alone is not blank
                 continue
-            # apply_entries would refuse it too, but only after sinking its whole chunk into
-            # line-by-line retries: leave it out of the chunk instead
-            refused = out_of_scope(entry, upsert_ctx)
-            if refused is not None:
-                yield LineOutcome(number, failure(refused, entry.resource_type))
-                continue
-            key = upsert_identity(entry)
-            if key in keys or len(chunk) >= IMPORT_CHUNK:
-                yield from self._import_chunk(chunk, upsert_ctx, progress)
-                chunk, keys = [], set()
-            chunk.append((number, entry))
-            keys.add(key)
-        if chunk:
-            yield from self._import_chunk(chunk, upsert_ctx, progress)
+            else:
+                item = self._import_entry(line, number, upsert_ctx)
+                key = upsert_identity(item) if isinstance(item, Entry) else None
+                if key is not None and key in keys:  # a second version: after the first's chunk
+                    yield from self._import_pending(pending, upsert_ctx, progress)
+                    pending, keys, chars = [], set(), 0
+                pending.append((number, item))
+                if key is not None:
+                    keys.add(key)
+                chars += len(line)
+            if len(pending) >= IMPORT_CHUNK or chars >= IMPORT_CHUNK_CHARS:
+                yield from self._import_pending(pending, upsert_ctx, progress)
+                pending, keys, chars = [], set(), 0
+        if pending:
+            yield from self._import_pending(pending, upsert_ctx, progress)
+
+    @staticmethod
+    def _import_entry(line: str, number: int, ctx: WriteContext) -> Entry | EntryResult:
+        """The line's entry, or its failure (unparseable, invalid, out of the token's scopes)."""
+        try:
+            entry = resource_entry(
+                loads_text(line, where=f"line {number}: "),
+                method="UPSERT",
+                path="",
+                index=number,
+            )
+        except InvalidContentError as exc:
+            issues = [_at_line(i, number) for i in exc.issues]
+            return failure(InvalidContentError(issues))
+        # apply_entries would refuse it too, but only after sinking its whole chunk into
+        # line-by-line retries: leave it out of the chunk instead
+        refused = out_of_scope(entry, ctx)
+        return entry if refused is None else failure(refused, entry.resource_type)
+
+    def _import_pending(
+        self,
+        pending: list[tuple[int, Entry | EntryResult]],
+        ctx: WriteContext,
+        progress: Callable[[int], object] | None,
+    ) -> Iterator[LineOutcome]:
+        """Write the entries of `pending`; every line's outcome, in line order."""
+        chunk = [(number, item) for number, item in pending if isinstance(item, Entry)]
+        written = {o.line: o.result for o in self._import_chunk(chunk, ctx, progress)}
+        for number, item in pending:
+            yield LineOutcome(number, written[number] if isinstance(item, Entry) else item)
 
     def _import_chunk(
         self,
@@ -514,6 +546,8 @@ class FhirService:
         ctx: WriteContext,
         progress: Callable[[int], object] | None,
     ) -> Iterator[LineOutcome]:
+        if not chunk:
+            return
         try:
             results = self._write(lambda uow: apply_entries(uow, [e for _, e in chunk], ctx), ctx)
         except FhirError:
@@ -580,6 +614,13 @@ class FhirService:
                 400, "invalid", f"a conditional operation on {resource_type} needs search criteria"
             )
         return criteria
+
+
+def _at_line(issue: Issue, number: int) -> Issue:
+    """An issue of one NDJSON line, its diagnostics starting with the line's number."""
+    if issue.diagnostics.startswith("line "):
+        return issue
+    return replace(issue, diagnostics=f"line {number}: {issue.diagnostics}")
 
 
 def _sent_type(bundle: Any, index: int) -> str | None:
