@@ -36,7 +36,6 @@ from api.request_log import route_of
 from fhir_mapping.json_codec import dumps, loads
 from fhir_mapping.ndjson import ndjson_lines
 from service.access.tokens import Principal
-from service.audit.events import Entity
 from service.errors import FhirError
 from service.fhir import responses
 from service.fhir.capability import capability_statement
@@ -48,9 +47,6 @@ from service.fhir.responses import SpooledBundle
 router = APIRouter(
     prefix="/fhir", tags=["FHIR R4"], dependencies=[Depends(check_accept), Depends(principal)]
 )
-
-
-_WRITTEN = ("created", "updated", "deleted")
 
 
 class _ImportTooLargeError(Exception):
@@ -213,12 +209,8 @@ async def import_ndjson(
             for outcome in store.import_lines(
                 ndjson_lines(chunks(), settings.max_import_line_bytes), ctx=ctx
             ):
-                result = outcome.result
-                count_results((result,))
-                if ctx.audit is not None and result.change in _WRITTEN and result.location:
-                    # its AuditEvent follows the chunks: it names what they wrote
-                    ctx.audit.entities.append(Entity(result.location))
-                answer.add(result)
+                count_results((outcome.result,))
+                answer.add(outcome.result)
             if received == 0:
                 raise empty_body()
         except _ImportTooLargeError:

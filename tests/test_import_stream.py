@@ -102,7 +102,24 @@ def test_a_malformed_line_in_a_multi_chunk_import_fails_alone(
     assert first["name"] == [{"text": "Zoë Stream 1"}]
     last = httpx.get(f"{server.url}/fhir/{entries[-1]['location']}").json()
     assert last["identifier"][0]["value"] == f"stream-{lines}"
-    assert provenances(engine, response.headers["x-request-id"]) == 3
+    request_id = response.headers["x-request-id"]
+    assert provenances(engine, request_id) == 3
+    # its AuditEvent names the three chunks' Provenances (each naming its versions), not each line
+    server.app.state.audit.flush()
+    with engine.connect() as conn:
+        records = conn.execute(
+            text("SELECT kind, id, content FROM audit_record WHERE request_id = :r"),
+            {"r": request_id},
+        ).all()
+    named = {
+        e["what"]["reference"]
+        for kind, _, content in records
+        if kind == "AuditEvent"
+        for e in json.loads(content)["entity"]
+        if "reference" in e.get("what", {})
+    }
+    assert named == {f"Provenance/{rid}" for kind, rid, _ in records if kind == "Provenance"}
+    assert sum(1 for kind, _, _ in records if kind == "AuditEvent") == 1
 
 
 def test_a_line_too_long_or_not_utf8_fails_alone(server: Served, engine: Engine) -> None:

@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Literal
 
 from sqlalchemy import text
@@ -55,20 +56,24 @@ class WriteContext:
     # whether results carry the stored content of what was written (a response shows it); off,
     # a large write frees each version's text once it is stored instead of holding it to the end
     keep_content: bool = True
+    # given, each committed write appends the id of its Provenance here (an `$import`'s AuditEvent
+    # names its chunks' Provenances, each naming the versions its chunk wrote)
+    provenance_ids: list[str] | None = None
 
 
 def record_write(uow: UnitOfWork, ctx: WriteContext) -> None:
     """The transaction's Provenance (what it wrote) and the request's AuditEvent, in the transaction."""
     records = []
     if uow.versions:
-        records.append(
-            provenance(
-                client=ctx.client,
-                request_id=ctx.request_id,
-                recorded=ctx.now,
-                targets=uow.versions,
-            )
+        record = provenance(
+            client=ctx.client,
+            request_id=ctx.request_id,
+            recorded=ctx.now,
+            targets=uow.versions,
         )
+        records.append(record)
+        if ctx.provenance_ids is not None:
+            uow.after_commit(partial(ctx.provenance_ids.append, record.id))
     note = ctx.audit
     if note is not None:
         written = [Entity(f"{t}/{i}/_history/{v}") for t, i, v, _ in uow.versions]

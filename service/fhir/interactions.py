@@ -33,7 +33,7 @@ from fhir_mapping.ndjson import RefusedLine
 from fhir_mapping.references import is_valid_id
 from fhir_mapping.resource_types import SUPPORTED_TYPES
 from fhir_mapping.tokens import ascii_int
-from service.audit.events import CLI_CLIENT, AuditNote
+from service.audit.events import CLI_CLIENT, AuditNote, Entity
 from service.derivation.catalog import load_catalog
 from service.derivation.refresh import Derivation
 from service.errors import DatabaseUnavailableError, FhirError
@@ -476,13 +476,17 @@ class FhirService:
         `IMPORT_CHUNK_CHARS` characters, so memory does not grow with the input (a stream of lines
         is read as it is written). A line may come already refused (too long, not UTF-8).
         """
-        # each chunk records its Provenance; the request's AuditEvent follows the last chunk
+        # Each chunk records its Provenance (naming the versions it wrote); the request's
+        # AuditEvent follows the last chunk and names those Provenances: one entity per chunk,
+        # not per line, so it does not grow with the file either.
+        committed: list[str] = []
         upsert_ctx = replace(
             ctx,
             resolve_conditional_references=False,
             require_urn_targets=False,
             audit=None,
             keep_content=False,
+            provenance_ids=committed,
         )
         pending: list[tuple[int, Entry | EntryResult]] = []
         keys: set[tuple[str, str]] = set()
@@ -498,17 +502,17 @@ class FhirService:
                 item = self._import_entry(line, number, upsert_ctx)
                 key = upsert_identity(item) if isinstance(item, Entry) else None
                 if key is not None and key in keys:  # a second version: after the first's chunk
-                    yield from self._import_pending(pending, upsert_ctx, progress)
+                    yield from self._import_pending(pending, upsert_ctx, progress, ctx.audit)
                     pending, keys, chars = [], set(), 0
                 pending.append((number, item))
                 if key is not None:
                     keys.add(key)
                 chars += len(line)
             if len(pending) >= IMPORT_CHUNK or chars >= IMPORT_CHUNK_CHARS:
-                yield from self._import_pending(pending, upsert_ctx, progress)
+                yield from self._import_pending(pending, upsert_ctx, progress, ctx.audit)
                 pending, keys, chars = [], set(), 0
         if pending:
-            yield from self._import_pending(pending, upsert_ctx, progress)
+            yield from self._import_pending(pending, upsert_ctx, progress, ctx.audit)
 
     @staticmethod
     def _import_entry(line: str, number: int, ctx: WriteContext) -> Entry | EntryResult:
@@ -533,10 +537,15 @@ class FhirService:
         pending: list[tuple[int, Entry | EntryResult]],
         ctx: WriteContext,
         progress: Callable[[int], object] | None,
+        audit: AuditNote | None,
     ) -> Iterator[LineOutcome]:
-        """Write the entries of `pending`; every line's outcome, in line order."""
+        """Write the entries of `pending`; every line's outcome, in line order. The request's
+        audit note learns the Provenance of what was committed."""
         chunk = [(number, item) for number, item in pending if isinstance(item, Entry)]
         written = {o.line: o.result for o in self._import_chunk(chunk, ctx, progress)}
+        if audit is not None and ctx.provenance_ids:
+            audit.entities.extend(Entity(f"Provenance/{p}") for p in ctx.provenance_ids)
+            ctx.provenance_ids.clear()
         for number, item in pending:
             yield LineOutcome(number, written[number] if isinstance(item, Entry) else item)
 
