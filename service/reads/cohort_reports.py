@@ -19,7 +19,7 @@ from service.protocol.schema import StudyProtocol
 from service.reads.access import find_protocol, read
 from service.reads.results import CohortOutcomes, StudyRef
 from service.repositories import study_subjects, trial_events
-from service.stats.figures import MEDIA_TYPES, RenderedFigure
+from service.stats.plots import MEDIA_TYPES, RenderedFigure
 from service.studies.kind import CohortReport, Member
 from service.studies.registry import kind_of
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # imported where used: lifelines and scipy cost ~100 MB of every process
-    from lifelines import KaplanMeierFitter
+from lifelines import KaplanMeierFitter
+from lifelines.utils import median_survival_times
+from scipy.stats import binomtest
 
 DECIMALS = 4
 # Survival in months: the mean Gregorian month (a Julian year of 365.25 days / 12), the usual
@@ -47,8 +48,6 @@ def proportion_ci(successes: int, n: int, level: float = 0.95) -> dict[str, Any]
     }
     if n == 0:
         return {**out, "reason": "no subjects"}
-    from scipy.stats import binomtest
-
     ci = binomtest(successes, n).proportion_ci(confidence_level=level, method="exact")
     return {
         **out,
@@ -78,8 +77,6 @@ def km_fitter(
     times, flags = _validated(durations, events)
     if not times:
         raise ValueError("Kaplan–Meier needs at least one subject")
-    from lifelines import KaplanMeierFitter
-
     return KaplanMeierFitter(alpha=1 - level).fit(times, event_observed=flags, label=label)
 
 
@@ -93,8 +90,6 @@ def at_risk(fitter: KaplanMeierFitter, time: float) -> int:
 def _median(fitter: KaplanMeierFitter) -> dict[str, Any]:
     """The median survival time and its CI; a bound the band never crosses is None, with a note."""
     median = _num(fitter.median_survival_time_)
-    from lifelines.utils import median_survival_times
-
     bounds = median_survival_times(fitter.confidence_interval_)
     lower, upper = (_num(v) for v in bounds.iloc[0].tolist())
     missing = [name for name, v in (("lower", lower), ("upper", upper)) if v is None]

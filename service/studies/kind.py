@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from service.protocol.schema import StudyProtocol
 from service.repositories.unit_of_work import UnitOfWork
-from service.stats.figures import Draw, RenderedFigure
+from service.stats.plots import Draw, RenderedFigure
 
 # The width of study_subject.subject_number: a longer identifier is no subject number (it stays in
 # the resource), so the same ResearchSubject is accepted alike on SQLite and PostgreSQL.

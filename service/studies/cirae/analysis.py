@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.stats.survival import km_in_months, proportion_ci
+from service.studies.cirae.cox import GC_TERM, cox_model, not_estimable
 from service.studies.cirae.matching import match
 from service.studies.cirae.protocol import CohortProtocol, Matching
 from service.studies.cirae.records import CirAESubject, Group, MatchResult
@@ -115,9 +116,6 @@ def _comparison(
     min_events_per_parameter: int,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Matching summary and Cox model for dupilumab vs one control group."""
-    # where used: the Cox models bring numpy, pandas, lifelines and scipy (~100 MB a process)
-    from service.studies.cirae.cox import GC_TERM, cox_model, not_estimable
-
     settings = protocol.cohort.matching
     cases = [s for s in cohort if s.group == "dupilumab"]
     controls = [s for s in cohort if s.group == control_group]

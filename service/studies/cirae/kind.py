@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fhir_mapping.events.model import EventKind
-from service.stats.figures import Curves, km_figure
+from service.stats.plots import Curves, km_figure
 from service.studies.cirae.analysis import cirae_outcomes
 from service.studies.cirae.cohort import CohortPatient, build_cohort_report
 from service.studies.cirae.membership import cohort_membership

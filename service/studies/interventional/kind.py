@@ -8,7 +8,7 @@ from typing import Any
 
 from fhir_mapping.events.model import EventKind, TrialEvent
 from fhir_mapping.required_codes import REQUIRED_CODES
-from service.stats.figures import km_figure, swimmer_figure
+from service.stats.plots import km_figure, swimmer_plot
 from service.studies.interventional.cohort_statistics import CohortInput, cohort_report
 from service.studies.interventional.eligibility import evaluate
 from service.studies.interventional.membership import trial_membership
@@ -29,7 +29,7 @@ def trial_report(protocol: TrialProtocol, members: Sequence[Member]) -> CohortRe
         {
             "efs": km_figure([efs], f"{protocol.id}: event-free survival", level, "Day 1"),
             "os": km_figure([os_], f"{protocol.id}: overall survival", level, "Day 1"),
-            "swimmer": swimmer_figure(data.swimmer),
+            "swimmer": lambda fmt: swimmer_plot(data.swimmer, fmt=fmt),
         },
     )
 
