@@ -24,6 +24,7 @@ from api.fhir_routes import audit_router
 from api.fhir_routes import open_router as fhir_open_router
 from api.fhir_routes import router as fhir_router
 from api.host_guard import HostGuard
+from api.large_bodies import LargeBodies, LargeBodyBudget
 from api.metrics import router as metrics_router
 from api.outcome_routes import router as outcome_router
 from api.rate_limit import RateLimit, RateLimits
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         model_checks = ModelChecks.for_settings(conf)
         app.state.store = FhirService(engine, conf, catalog.derivation, model_checks)
+        app.state.large_bodies = LargeBodyBudget.for_settings(conf, app.state.store.release_memory)
         app.state.studies = StudyReader(engine, catalog.protocols, conf.site_zone())
         # a broken sources file stops start-up, naming the source and key
         app.state.pulls = SourcePulls(engine, app.state.store, conf)
@@ -160,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(BodyDeadline)  # innermost: it bounds every read of a body, 408 after
     app.add_middleware(errors.ApiBodyLimit)
+    app.add_middleware(LargeBodies)  # a slot for each large body, taken when the route reads it
     app.add_middleware(HostGuard)  # a Host that may not shape URLs is refused before anything runs
     app.add_middleware(RateLimit)  # inside the audit and the headers (429s recorded), before routes
     app.add_middleware(SecurityHeaders)  # on every answer, refusals included

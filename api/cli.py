@@ -21,6 +21,7 @@ from tqdm import tqdm
 from api import cli_access, cli_export, cli_pull, request_log
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import decode_text, loads
+from fhir_mapping.ndjson import ndjson_lines
 from service.derivation.catalog import load_catalog
 from service.derivation.refresh import Derivation, reevaluate_all, remap_all
 from service.errors import FhirError
@@ -70,12 +71,15 @@ def _count_resources(path: Path) -> int:
 def _load_file(
     store: FhirService, path: Path, bar: tqdm[Never], tally: Counter[str], errors: list[str]
 ) -> None:
-    ctx = store.context(f"cli load {path.name}")
-    text = decode_text(path.read_bytes())
-    if path.suffix == ".ndjson":
-        for outcome in store.import_lines(text.split("\n"), ctx=ctx, progress=bar.update):
-            _record(outcome.result, f"{path}:{outcome.line}", tally, errors)
+    ctx = store.context(f"cli load {path.name}", keep_content=False)
+    if path.suffix == ".ndjson":  # read as it is written, like `$import`: any size of file
+        with path.open("rb") as feed:
+            chunks = iter(lambda: feed.read(1024 * 1024), b"")
+            lines = ndjson_lines(chunks, store.settings.max_import_line_bytes)
+            for outcome in store.import_lines(lines, ctx=ctx, progress=bar.update):
+                _record(outcome.result, f"{path}:{outcome.line}", tally, errors)
         return
+    text = decode_text(path.read_bytes())
     doc = loads(text.encode())
     if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
         _, results = store.bundle(doc, ctx=ctx)

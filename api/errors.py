@@ -14,6 +14,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.fhir_http import outcome_response
+from api.large_bodies import LargeBodiesBusy
 from api.metrics import count_refusal
 from api.request_log import route_of
 from fhir_mapping.issues import InvalidContentError, Issue
@@ -37,6 +38,7 @@ _HTTP_CODES = {
     406: "not-supported",
     408: "timeout",
     415: "not-supported",
+    503: "throttled",  # LargeBodiesBusy: load management, with Retry-After
 }
 # FastAPI's 400 when json.loads fails other than with JSONDecodeError (bytes that are not UTF-8,
 # nesting deep enough for a RecursionError); malformed JSON itself is a 422 validation error.
@@ -226,6 +228,8 @@ def install(app: FastAPI) -> None:
             return json_error(413, "body_too_large", str(exc.detail))
         if isinstance(exc, BodyTimeout):
             return json_error(408, "request_timeout", str(exc.detail), headers=headers)
+        if isinstance(exc, LargeBodiesBusy):
+            return json_error(503, "server_busy", str(exc.detail), headers=headers)
         return json_error(exc.status_code, "http_error", str(exc.detail), headers=headers or None)
 
     @app.exception_handler(RequestValidationError)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, BinaryIO
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -12,6 +13,7 @@ from fhir_mapping.json_codec import dumps
 from fhir_mapping.tokens import ENTITY_TAG, ascii_int
 from service.errors import FhirError
 from service.fhir.ingest import EntryResult
+from service.fhir.spooled import RequestBytes
 from service.infra.clock import http_date
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -73,7 +75,7 @@ async def check_accept(request: Request) -> None:
         )
 
 
-def _too_large(limit: int) -> FhirError:
+def too_large(limit: int) -> FhirError:
     return FhirError.of(
         413,
         "too-long",
@@ -81,31 +83,80 @@ def _too_large(limit: int) -> FhirError:
     )
 
 
+def declared_size(request: Request, limit: int) -> int | None:
+    """The Content-Length, refused with 413 when over the limit (before reading), 400 when bad."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return None
+    size = ascii_int(declared)
+    if size is None:
+        raise FhirError.of(
+            400,
+            "invalid",
+            f"Content-Length {declared!r} is not a number of bytes",
+            "Content-Length",
+        )
+    if size > limit:
+        raise too_large(limit)
+    return size
+
+
+def empty_body() -> FhirError:
+    return FhirError.of(400, "structure", "the request body is empty")
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed the limit (before parsing)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        size = ascii_int(declared)
-        if size is None:
-            raise FhirError.of(
-                400,
-                "invalid",
-                f"Content-Length {declared!r} is not a number of bytes",
-                "Content-Length",
-            )
-        if size > limit:
-            raise _too_large(limit)
+    declared_size(request, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         chunks.append(chunk)
     body = b"".join(chunks)
     if not body:
-        raise FhirError.of(400, "structure", "the request body is empty")
+        raise empty_body()
     return body
+
+
+async def read_spooled_body(request: Request, limit: int, spool_over: int) -> RequestBytes:
+    """`read_body`, except that a body larger than `spool_over` goes to a temporary file as it
+    arrives (never whole in memory); the caller closes it, which deletes the file."""
+    declared = declared_size(request, limit)
+    chunks: list[bytes] = []
+    size = 0
+    spooled: RequestBytes | None = None
+    out: BinaryIO | None = None
+    try:
+        if declared is not None and declared > spool_over:
+            spooled, fd = RequestBytes.spool()
+            out = os.fdopen(fd, "wb")
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            if out is None and size > spool_over:
+                spooled, fd = RequestBytes.spool()
+                out = os.fdopen(fd, "wb")
+                out.writelines(chunks)
+                chunks = []
+            if out is not None:
+                out.write(chunk)  # to the page cache: no wait worth leaving the event loop for
+            else:
+                chunks.append(chunk)
+        if out is not None:
+            out.close()
+    except BaseException:
+        if out is not None:
+            out.close()
+        if spooled is not None:
+            spooled.close()
+        raise
+    if size == 0:
+        raise empty_body()
+    return spooled if spooled is not None else RequestBytes(b"".join(chunks))
 
 
 def fhir_response(

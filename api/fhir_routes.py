@@ -2,43 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 
+from anyio import from_thread
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from api.audit import for_write
 from api.auth import PrincipalDep, principal, require, require_fhir
 from api.deps import AuditLogDep, BaseDep, SettingsDep, StoreDep
 from api.fhir_http import (
+    FHIR_JSON,
     JSON_TYPES,
     NDJSON_TYPES,
     check_accept,
+    declared_size,
+    empty_body,
     fhir_response,
     if_none_match,
     json_body,
     prefer_return,
     read_body,
+    read_spooled_body,
     require_media_type,
     resource_headers,
     write_response,
 )
+from api.large_bodies import mark_streamed
 from api.metrics import count_results
 from api.request_log import route_of
-from fhir_mapping.json_codec import decode_text, dumps, loads
+from fhir_mapping.json_codec import dumps, loads
+from fhir_mapping.ndjson import ndjson_lines
 from service.access.tokens import Principal
-from service.audit.events import Entity
 from service.errors import FhirError
 from service.fhir import responses
 from service.fhir.capability import capability_statement
 from service.fhir.ingest import EntryResult, WriteContext
 from service.fhir.interactions import FhirService
+from service.fhir.responses import SpooledBundle
 
 # Every /fhir answer is JSON: a client that accepts none hears 406 before anything else runs.
 router = APIRouter(
     prefix="/fhir", tags=["FHIR R4"], dependencies=[Depends(check_accept), Depends(principal)]
 )
+
+
+class _ImportTooLargeError(Exception):
+    """A streamed import body grew past TRIALBRIDGE_MAX_IMPORT_BYTES."""
 
 
 def _no_nul(request: Request) -> None:
@@ -72,7 +84,12 @@ def _source(request: Request) -> str:
 
 
 def _context(
-    request: Request, store: FhirService, who: Principal, base: str | None = None
+    request: Request,
+    store: FhirService,
+    who: Principal,
+    base: str | None = None,
+    *,
+    keep_content: bool = True,
 ) -> WriteContext:
     """A write for this request: its scopes, its client, and its audit note (same transaction)."""
     return store.context(
@@ -81,6 +98,7 @@ def _context(
         permits=who.scopes.fhir,
         client=who.client,
         audit=for_write(request, who.client),
+        keep_content=keep_content,
     )
 
 
@@ -156,25 +174,66 @@ async def metadata(request: Request, base: BaseDep) -> Response:
 async def import_ndjson(
     request: Request, store: StoreDep, settings: SettingsDep, who: PrincipalDep
 ) -> Response:
-    """Upsert every line on its own; a batch-response with one entry per line."""
+    """Upsert every line on its own; a batch-response with one entry per line.
+
+    The body is read as it arrives, a line at a time, and written in chunks (each committed on
+    its own); the answer is written to a temporary file as the lines are done. Memory does not
+    grow with the body, and the import takes no large-body slot.
+    """
     require_media_type(request, NDJSON_TYPES)
-    text = decode_text(await read_body(request, settings.max_body_bytes))
-    ctx = _context(request, store, who)
+    limit = settings.max_import_bytes
+    declared_size(request, limit)
+    mark_streamed(request)
+    ctx = _context(request, store, who, keep_content=False)
+    stream = request.stream()
+    received = 0
 
-    def work() -> bytes:
-        outcomes = sorted(store.import_lines(text.split("\n"), ctx=ctx), key=lambda o: o.line)
-        count_results(o.result for o in outcomes)
-        if ctx.audit is not None:  # its AuditEvent follows the chunks: it names what they wrote
-            ctx.audit.entities.extend(
-                Entity(r.location)
-                for o in outcomes
-                if (r := o.result).change in ("created", "updated", "deleted") and r.location
-            )
-        return responses.response_bundle(
-            "batch-response", [o.result for o in outcomes], representation=False
-        )
+    async def next_chunk() -> bytes | None:
+        try:
+            return await anext(stream)
+        except StopAsyncIteration:
+            return None
 
-    return fhir_response(await run_in_threadpool(work))
+    def chunks() -> Iterator[bytes]:
+        """The body's chunks, fetched from the event loop as the import needs them."""
+        nonlocal received
+        while (chunk := from_thread.run(next_chunk)) is not None:
+            received += len(chunk)
+            if received > limit:  # sent without a Content-Length, and found too long late
+                raise _ImportTooLargeError
+            yield chunk
+
+    def work() -> SpooledBundle:
+        answer = SpooledBundle("batch-response")
+        try:
+            for outcome in store.import_lines(
+                ndjson_lines(chunks(), settings.max_import_line_bytes), ctx=ctx
+            ):
+                count_results((outcome.result,))
+                answer.add(outcome.result)
+            if received == 0:
+                raise empty_body()
+        except _ImportTooLargeError:
+            answer.close()
+            raise FhirError.of(
+                413,
+                "too-long",
+                f"the body exceeds the limit of {limit} bytes; its first {answer.entries} "
+                "line(s) with content were handled (each chunk commits on its own), the rest "
+                "was not read: send the rest as another import",
+            ) from None
+        except BaseException:
+            answer.close()
+            raise
+        return answer
+
+    answer = await run_in_threadpool(work)
+    size = answer.finish()
+    return StreamingResponse(
+        iterate_in_threadpool(answer.chunks()),
+        media_type=FHIR_JSON,
+        headers={"Content-Length": str(size)},
+    )
 
 
 @router.post("", summary="Transaction, batch, collection or message Bundle")
@@ -184,10 +243,13 @@ async def post_bundle(
 ) -> Response:
     """Process a Bundle: transaction (atomic), batch (per entry), collection/message (atomic upsert)."""
     require_media_type(request, JSON_TYPES)
-    raw = await read_body(request, settings.max_body_bytes)
-    ctx = _context(request, store, who, base)
     representation = prefer_return(request, "minimal") == "representation"
-    kind, results = await run_in_threadpool(store.bundle_json, raw, ctx=ctx)
+    ctx = _context(request, store, who, base, keep_content=representation)
+    # a large body waits on disk, not in memory, while it is written (service/fhir/spooled.py)
+    with await read_spooled_body(
+        request, settings.max_body_bytes, settings.large_body_bytes
+    ) as body:
+        kind, results = await run_in_threadpool(store.bundle_json, body, ctx=ctx)
     count_results(results)
     return fhir_response(responses.response_bundle(kind, results, representation=representation))
 

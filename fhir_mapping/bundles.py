@@ -443,6 +443,11 @@ def model_verdicts(raw: bytes, claim: Callable[[int], bool] | None = None) -> Ve
         obj = loads(raw)
     except InvalidContentError as exc:
         return {BODY: exc.issues}
+    return entry_verdicts(obj, claim)
+
+
+def entry_verdicts(obj: Any, claim: Callable[[int], bool] | None = None) -> Verdicts:
+    """`model_verdicts` of a Bundle already parsed by `loads`."""
     raw_entries = obj.get("entry") if isinstance(obj, dict) else None
     out: Verdicts = {}
     for i, raw_entry in enumerate(raw_entries if isinstance(raw_entries, list) else []):

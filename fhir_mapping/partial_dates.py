@@ -78,6 +78,11 @@ def parse_partial_date(value: Any) -> PartialDate | None:
     return _parse(value) if isinstance(value, str) else None
 
 
+def forget_parsed_dates() -> None:
+    """Empty the cache of parsed dates (after a large request, so its memory can be returned)."""
+    _parse.cache_clear()
+
+
 @functools.lru_cache(maxsize=65536)
 def _parse(value: str) -> PartialDate | None:
     """The parse itself; feeds repeat the same dates, so results are cached (they are frozen)."""

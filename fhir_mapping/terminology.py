@@ -199,6 +199,10 @@ class Terminology:
                 return ConceptMatch(concept_id, "name", None, None, text)
         return None
 
+    def forget(self) -> None:
+        """Empty the memo (after a large request, so the memory it took can be returned)."""
+        self._memo.clear()
+
     def matches(self, concept: Any, concept_ids: Iterable[str]) -> list[ConceptMatch]:
         """Every listed value set that `concept` belongs to, in the order asked.
 

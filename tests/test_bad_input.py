@@ -629,18 +629,6 @@ def test_chunked_oversize_body_is_refused_before_parsing(
     assert counts(engine) == before
 
 
-def test_oversize_import_is_refused(fhir: httpx.Client, engine: Engine) -> None:
-    before = seed(fhir, engine)
-    line = b'{"resourceType":"Patient","active":true}\n'
-    body = line * (51 * MIB // len(line) + 1)
-    assert len(body) > 51 * MIB
-    response = fhir.post(
-        "/$import", content=body, headers={"content-type": "application/fhir+ndjson"}
-    )
-    assert_outcome(response, 413, "too-long")
-    assert counts(engine) == before
-
-
 # -- $import --------------------------------------------------------------------------------------
 
 

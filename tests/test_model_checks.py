@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,6 +31,7 @@ from fhir_mapping.issues import Issue
 from fhir_mapping.json_codec import loads
 from service.errors import FhirError
 from service.fhir.interactions import FhirService
+from service.fhir.spooled import RequestBytes
 from service.fhir.validation_workers import Claims, ModelChecks, PendingVerdicts, default_processes
 from service.infra import migrate
 from service.infra.db import make_engine
@@ -367,12 +369,14 @@ class _AnswerlessChecks(ModelChecks):
 
     def __init__(self) -> None:
         super().__init__(1, 1)
+        self.sent: list[bytes | str] = []
 
     def wanted(self, raw: bytes) -> bool:
         return True
 
-    def submit(self, raw: bytes) -> PendingVerdicts | None:
+    def submit(self, raw: bytes | str) -> PendingVerdicts | None:
         self.submitted += 1
+        self.sent.append(raw)
         return PendingVerdicts(_done(error=BrokenProcessPool("lost")), lambda: None)
 
 
@@ -390,6 +394,36 @@ def test_without_the_workers_answer_the_bytes_are_parsed_strictly_here(
     kind, results = store.bundle_json(_big_transaction(3), ctx=store.context("test"))
     assert (kind, [r.status for r in results]) == ("transaction-response", [201] * 4)
     assert checks.submitted == 2
+
+
+def _spooled(data: bytes, folder: Path) -> RequestBytes:
+    body, fd = RequestBytes.spool(str(folder))
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    return body
+
+
+def test_a_spooled_body_goes_to_the_worker_by_path_and_is_reparsed_from_its_file(
+    engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    """A large body waits on disk: the worker is sent its path, and without the worker's answer
+    the strict parse reads the file again, with the same refusal as for bytes in memory."""
+    checks = _AnswerlessChecks()
+    store = FhirService(engine, Settings(database_url=database_url), model_checks=checks)
+    empty = _empty(engine)
+    with _spooled(DUPLICATE_KEYS["in one entry"], tmp_path) as refused:
+        with pytest.raises(FhirError) as caught:
+            store.bundle_json(refused, ctx=store.context("test"))
+        assert checks.sent == [str(refused.path)]
+    assert caught.value.status == 400
+    assert "duplicate key(s) 'status'" in caught.value.issues[0].diagnostics
+    assert counts(engine) == empty
+    with _spooled(_big_transaction(3), tmp_path) as accepted:
+        # a response without representations: the results do not keep what was stored
+        kind, results = store.bundle_json(accepted, ctx=store.context("test", keep_content=False))
+    assert (kind, [r.status for r in results]) == ("transaction-response", [201] * 4)
+    assert [r.content for r in results] == [None] * 4
+    assert list(tmp_path.iterdir()) == []  # closing deleted each file
 
 
 def test_small_bundles_stay_in_place(database_url: str) -> None:

@@ -128,6 +128,12 @@ class Derivation:
 
     # -- the hook ---------------------------------------------------------------------------------
 
+    def forget_memos(self) -> None:
+        """Empty the terminology's memo (see `service.infra.process.return_free_memory`)."""
+        with self._lock:
+            terminology = self._terminology
+        terminology.forget()
+
     def after_write(self, uow: UnitOfWork) -> None:
         """Run inside the write transaction, before commit: remap what changed, re-list subjects."""
         written = uow.take_written()

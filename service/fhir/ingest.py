@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Literal
 
 from sqlalchemy import text
@@ -52,20 +53,27 @@ class WriteContext:
     # note: the request's AuditEvent is then recorded in the write's own transaction
     client: str = CLI_CLIENT
     audit: AuditNote | None = None
+    # whether results carry the stored content of what was written (a response shows it); off,
+    # a large write frees each version's text once it is stored instead of holding it to the end
+    keep_content: bool = True
+    # given, each committed write appends the id of its Provenance here (an `$import`'s AuditEvent
+    # names its chunks' Provenances, each naming the versions its chunk wrote)
+    provenance_ids: list[str] | None = None
 
 
 def record_write(uow: UnitOfWork, ctx: WriteContext) -> None:
     """The transaction's Provenance (what it wrote) and the request's AuditEvent, in the transaction."""
     records = []
     if uow.versions:
-        records.append(
-            provenance(
-                client=ctx.client,
-                request_id=ctx.request_id,
-                recorded=ctx.now,
-                targets=uow.versions,
-            )
+        record = provenance(
+            client=ctx.client,
+            request_id=ctx.request_id,
+            recorded=ctx.now,
+            targets=uow.versions,
         )
+        records.append(record)
+        if ctx.provenance_ids is not None:
+            uow.after_commit(partial(ctx.provenance_ids.append, record.id))
     note = ctx.audit
     if note is not None:
         written = [Entity(f"{t}/{i}/_history/{v}") for t, i, v, _ in uow.versions]
@@ -560,7 +568,7 @@ def _version_of(
         rid,
         next_vid,
         ctx.now,
-        row.content,
+        row.content if ctx.keep_content else None,
     )
     return row, result
 
@@ -573,7 +581,7 @@ def _complete(
     ctx: WriteContext,
 ) -> None:
     """Fill in the results of entries that wrote nothing: unchanged, matched, no-op, read."""
-    if unchanged:
+    if unchanged and ctx.keep_content:
         contents = {
             (v.resource_type, v.resource_id): v.content
             for v in fhir_versions.read_current_many(session, [k for _, k in unchanged])
@@ -594,7 +602,7 @@ def _complete(
                 found.resource_id,
                 found.version_id,
                 found.last_updated,
-                found.content,
+                found.content if ctx.keep_content else None,
             )
         elif e.method == "GET":
             results[e.index] = _read_entry(session, e, ctx)

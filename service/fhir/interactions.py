@@ -27,12 +27,13 @@ from fhir_mapping.bundles import (
     resource_entry,
     settle_models,
 )
-from fhir_mapping.issues import InvalidContentError
-from fhir_mapping.json_codec import loads, loads_text, loads_unguarded
+from fhir_mapping.issues import InvalidContentError, Issue
+from fhir_mapping.json_codec import loads, loads_text, loads_unguarded, share_strings
+from fhir_mapping.ndjson import RefusedLine
 from fhir_mapping.references import is_valid_id
 from fhir_mapping.resource_types import SUPPORTED_TYPES
 from fhir_mapping.tokens import ascii_int
-from service.audit.events import CLI_CLIENT, AuditNote
+from service.audit.events import CLI_CLIENT, AuditNote, Entity
 from service.derivation.catalog import load_catalog
 from service.derivation.refresh import Derivation
 from service.errors import DatabaseUnavailableError, FhirError
@@ -46,10 +47,12 @@ from service.fhir.ingest import (
     record_write,
     upsert_identity,
 )
+from service.fhir.spooled import RequestBytes
 from service.fhir.validation_workers import ModelChecks, PendingVerdicts
 from service.infra import metrics
 from service.infra.clock import utcnow
 from service.infra.db import reading
+from service.infra.process import return_free_memory
 from service.infra.settings import Settings
 from service.repositories import fhir_versions
 from service.repositories.fhir_search import search_bundle
@@ -61,6 +64,8 @@ T = TypeVar("T")
 # SQLSTATEs that mean "another transaction won, try again": unique, serialization, deadlock.
 _RETRY_SQLSTATES = {"23505", "40001", "40P01"}
 IMPORT_CHUNK = 500
+# A chunk of an import also ends at this many characters of its lines (~20 MB once parsed).
+IMPORT_CHUNK_CHARS = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +117,16 @@ def _parsed_strictly(raw: bytes) -> Any:
 class _ModelGate:
     """Refuses a Bundle whose models failed in the worker: asked before commit, or on error.
 
-    Given `unguarded` (the bytes, parsed here by `loads_unguarded`), it first makes sure `loads`
+    Given `unguarded` (the body, parsed here by `loads_unguarded`), it first makes sure `loads`
     accepts them too: by the worker's answer, or by parsing them here when the worker gave none.
     """
 
     def __init__(
-        self, body: Any, parsed: ParsedBundle, pending: PendingVerdicts, unguarded: bytes | None
+        self,
+        body: Any,
+        parsed: ParsedBundle,
+        pending: PendingVerdicts,
+        unguarded: RequestBytes | None,
     ) -> None:
         self._body, self._parsed, self._pending = body, parsed, pending
         self._unguarded = unguarded
@@ -131,7 +140,7 @@ class _ModelGate:
             if BODY in verdicts:
                 raise FhirError.from_invalid(InvalidContentError(verdicts[BODY]))
             if not self._pending.answered_by_worker:
-                _parsed_strictly(self._unguarded)
+                _parsed_strictly(self._unguarded.read())
             self._unguarded = None  # confirmed
         return settle_models(self._parsed, verdicts)
 
@@ -153,6 +162,10 @@ class FhirService:
         self.settings = settings
         self.derivation = derivation or load_catalog(settings).derivation
         self.model_checks = model_checks or ModelChecks(0, 0)
+
+    def release_memory(self) -> bool:
+        """After a large request: drop memo caches and return free memory to the system."""
+        return return_free_memory(self.derivation.forget_memos)
 
     # -- units of work -------------------------------------------------------------------------
 
@@ -217,6 +230,7 @@ class FhirService:
         permits: Callable[[str, str], bool] | None = None,
         client: str = CLI_CLIENT,
         audit: AuditNote | None = None,
+        keep_content: bool = True,
     ) -> WriteContext:
         """A write context stamped now, for one request (the HTTP request's id when it has one)."""
         return WriteContext(
@@ -231,6 +245,7 @@ class FhirService:
             resolve_conditional_references=conditional_refs,
             require_urn_targets=strict_urns,
             permits=permits,
+            keep_content=keep_content,
         )
 
     # -- single-resource interactions ----------------------------------------------------------
@@ -348,22 +363,40 @@ class FhirService:
         """POST /fhir with a Bundle: the response Bundle type and one result per entry."""
         return self._bundle(body, None, ctx)
 
-    def bundle_json(self, raw: bytes, *, ctx: WriteContext) -> tuple[str, list[EntryResult]]:
+    def bundle_json(
+        self, raw: bytes | RequestBytes, *, ctx: WriteContext
+    ) -> tuple[str, list[EntryResult]]:
         """`bundle` for the request bytes: a large atomic Bundle has its models checked in a worker
-        process while it is written (see `service.fhir.validation_workers`); the answer is the same."""
+        process while it is written (see `service.fhir.validation_workers`); the answer is the same.
+
+        Given a spooled body (`RequestBytes` on disk), its bytes are read once to be parsed and
+        dropped: the worker reads the file itself, and so does a strict re-parse.
+        """
+        source = raw if isinstance(raw, RequestBytes) else RequestBytes(raw)
+        data = source.read()
         # The worker starts on the bytes at once and parses them alongside this thread; if they
         # turn out not to be an atomic Bundle, its answer is never asked for. Since the worker
         # parses them strictly, this thread parses them without the duplicate-key check, at under
         # half the cost, and the worker's answer on the bytes comes before anything is kept.
-        pending = self.model_checks.submit(raw) if self.model_checks.wanted(raw) else None
-        body = loads_unguarded(raw) if pending is not None else None
-        if body is None:
-            return self._bundle(_parsed_strictly(raw), pending, ctx)
+        pending = (
+            self.model_checks.submit(source.for_worker())
+            if self.model_checks.wanted(data)
+            else None
+        )
+        body = loads_unguarded(data) if pending is not None else None
+        strict = body is None
+        if strict:
+            body = _parsed_strictly(data)
+        del data  # a spooled body's bytes are not needed again
+        if source.spooled:  # a large body: its tree is kept whole until the commit
+            share_strings(body)
+        if strict:
+            return self._bundle(body, pending, ctx)
         try:
-            return self._bundle(body, pending, ctx, unguarded=raw)
+            return self._bundle(body, pending, ctx, unguarded=source)
         except FhirError:
             # bytes that `loads` refuses get that answer, whatever else failed
-            _parsed_strictly(raw)
+            _parsed_strictly(source.read())
             raise
 
     def _bundle(
@@ -371,7 +404,7 @@ class FhirService:
         body: Any,
         pending: PendingVerdicts | None,
         ctx: WriteContext,
-        unguarded: bytes | None = None,
+        unguarded: RequestBytes | None = None,
     ) -> tuple[str, list[EntryResult]]:
         try:
             kind, _, _ = bundle_envelope(body)
@@ -380,7 +413,7 @@ class FhirService:
         if kind == "batch":  # checked entry by entry in place; a worker's answer is not needed
             pending = None
             if unguarded is not None:  # nor asked for: parse strictly here
-                body, unguarded = _parsed_strictly(unguarded), None
+                body, unguarded = _parsed_strictly(unguarded.read()), None
         # the envelope passed, so this collects each entry's failure instead of raising
         parsed = parse_bundle(body, check_models=pending is None)
         # Scopes are checked entry by entry where entries are applied (`apply_entries`): a
@@ -432,51 +465,89 @@ class FhirService:
 
     def import_lines(
         self,
-        lines: Iterable[str],
+        lines: Iterable[str | RefusedLine],
         *,
         ctx: WriteContext,
         progress: Callable[[int], object] | None = None,
     ) -> Iterator[LineOutcome]:
-        """NDJSON: each line upserted on its own merits; written in chunks for speed."""
-        # each chunk records its Provenance; the request's AuditEvent follows the last chunk
+        """NDJSON: each line upserted on its own merits, written in chunks; outcomes in line order.
+
+        Lines are taken one at a time and a chunk holds at most `IMPORT_CHUNK` lines and
+        `IMPORT_CHUNK_CHARS` characters, so memory does not grow with the input (a stream of lines
+        is read as it is written). A line may come already refused (too long, not UTF-8).
+        """
+        # Each chunk records its Provenance (naming the versions it wrote); the request's
+        # AuditEvent follows the last chunk and names those Provenances: one entity per chunk,
+        # not per line, so it does not grow with the file either.
+        committed: list[str] = []
         upsert_ctx = replace(
-            ctx, resolve_conditional_references=False, require_urn_targets=False, audit=None
+            ctx,
+            resolve_conditional_references=False,
+            require_urn_targets=False,
+            audit=None,
+            keep_content=False,
+            provenance_ids=committed,
         )
-        chunk: list[tuple[int, Entry]] = []
+        pending: list[tuple[int, Entry | EntryResult]] = []
         keys: set[tuple[str, str]] = set()
+        chars = 0
         for number, line in enumerate(lines, start=1):
-            if not line.strip(" \t\r"):  # JSON whitespace only: U+2028 alone is not blank
-                continue
-            try:
-                entry = resource_entry(
-                    loads_text(line, where=f"line {number}: "),
-                    method="UPSERT",
-                    path="",
-                    index=number,
+            if isinstance(line, RefusedLine):
+                pending.append(
+                    (number, failure(FhirError(line.status, [_at_line(line.issue, number)])))
                 )
-            except InvalidContentError as exc:
-                issues = [
-                    i
-                    if i.diagnostics.startswith("line ")
-                    else replace(i, diagnostics=f"line {number}: {i.diagnostics}")
-                    for i in exc.issues
-                ]
-                yield LineOutcome(number, failure(InvalidContentError(issues)))
+            elif not line.strip(" \t\r"):  # JSON whitespace only: U+2028 alone is not blank
                 continue
-            # apply_entries would refuse it too, but only after sinking its whole chunk into
-            # line-by-line retries: leave it out of the chunk instead
-            refused = out_of_scope(entry, upsert_ctx)
-            if refused is not None:
-                yield LineOutcome(number, failure(refused, entry.resource_type))
-                continue
-            key = upsert_identity(entry)
-            if key in keys or len(chunk) >= IMPORT_CHUNK:
-                yield from self._import_chunk(chunk, upsert_ctx, progress)
-                chunk, keys = [], set()
-            chunk.append((number, entry))
-            keys.add(key)
-        if chunk:
-            yield from self._import_chunk(chunk, upsert_ctx, progress)
+            else:
+                item = self._import_entry(line, number, upsert_ctx)
+                key = upsert_identity(item) if isinstance(item, Entry) else None
+                if key is not None and key in keys:  # a second version: after the first's chunk
+                    yield from self._import_pending(pending, upsert_ctx, progress, ctx.audit)
+                    pending, keys, chars = [], set(), 0
+                pending.append((number, item))
+                if key is not None:
+                    keys.add(key)
+                chars += len(line)
+            if len(pending) >= IMPORT_CHUNK or chars >= IMPORT_CHUNK_CHARS:
+                yield from self._import_pending(pending, upsert_ctx, progress, ctx.audit)
+                pending, keys, chars = [], set(), 0
+        if pending:
+            yield from self._import_pending(pending, upsert_ctx, progress, ctx.audit)
+
+    @staticmethod
+    def _import_entry(line: str, number: int, ctx: WriteContext) -> Entry | EntryResult:
+        """The line's entry, or its failure (unparseable, invalid, out of the token's scopes)."""
+        try:
+            entry = resource_entry(
+                loads_text(line, where=f"line {number}: "),
+                method="UPSERT",
+                path="",
+                index=number,
+            )
+        except InvalidContentError as exc:
+            issues = [_at_line(i, number) for i in exc.issues]
+            return failure(InvalidContentError(issues))
+        # apply_entries would refuse it too, but only after sinking its whole chunk into
+        # line-by-line retries: leave it out of the chunk instead
+        refused = out_of_scope(entry, ctx)
+        return entry if refused is None else failure(refused, entry.resource_type)
+
+    def _import_pending(
+        self,
+        pending: list[tuple[int, Entry | EntryResult]],
+        ctx: WriteContext,
+        progress: Callable[[int], object] | None,
+        audit: AuditNote | None,
+    ) -> Iterator[LineOutcome]:
+        """Write the entries of `pending`; every line's outcome, in line order. The request's
+        audit note learns the Provenance of what was committed."""
+        chunk = [(number, item) for number, item in pending if isinstance(item, Entry)]
+        written = {o.line: o.result for o in self._import_chunk(chunk, ctx, progress)}
+        if audit is not None and ctx.provenance_ids:
+            audit.entities.extend(Entity(f"Provenance/{p}") for p in ctx.provenance_ids)
+            ctx.provenance_ids.clear()
+        for number, item in pending:
+            yield LineOutcome(number, written[number] if isinstance(item, Entry) else item)
 
     def _import_chunk(
         self,
@@ -484,6 +555,8 @@ class FhirService:
         ctx: WriteContext,
         progress: Callable[[int], object] | None,
     ) -> Iterator[LineOutcome]:
+        if not chunk:
+            return
         try:
             results = self._write(lambda uow: apply_entries(uow, [e for _, e in chunk], ctx), ctx)
         except FhirError:
@@ -550,6 +623,13 @@ class FhirService:
                 400, "invalid", f"a conditional operation on {resource_type} needs search criteria"
             )
         return criteria
+
+
+def _at_line(issue: Issue, number: int) -> Issue:
+    """An issue of one NDJSON line, its diagnostics starting with the line's number."""
+    if issue.diagnostics.startswith("line "):
+        return issue
+    return replace(issue, diagnostics=f"line {number}: {issue.diagnostics}")
 
 
 def _sent_type(bundle: Any, index: int) -> str | None:

@@ -32,10 +32,19 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Literal
 
-from fhir_mapping.bundles import Verdicts, estimated_atomic_entries, model_verdicts
-from service.infra.process import settle_process
+from fhir_mapping.bundles import (
+    BODY,
+    Verdicts,
+    entry_verdicts,
+    estimated_atomic_entries,
+    model_verdicts,
+)
+from fhir_mapping.issues import InvalidContentError
+from fhir_mapping.json_codec import loads
+from service.infra.process import return_free_memory, settle_process
 from service.infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -116,9 +125,28 @@ def _worker_start(cells: Any) -> None:
     _CELLS = cells
 
 
-def _checked_in_worker(raw: bytes, slot: int) -> Verdicts:
-    """A Bundle's verdicts from the front, up to where the request thread took over."""
-    return model_verdicts(raw, Claims(_CELLS, slot).take_front)
+def _checked_in_worker(raw: bytes | str, slot: int) -> Verdicts:
+    """A Bundle's verdicts from the front, up to where the request thread took over.
+
+    `raw` is the body's bytes, or the path of the file a large body was spooled to: read here,
+    its bytes are dropped once parsed, and the memory the Bundle took goes back to the system
+    after the job (a worker lives on between Bundles).
+    """
+    claim = Claims(_CELLS, slot).take_front
+    if not isinstance(raw, str):
+        return model_verdicts(raw, claim)
+    try:
+        return _spooled_verdicts(raw, claim)
+    finally:
+        return_free_memory()
+
+
+def _spooled_verdicts(path: str, claim: Callable[[int], bool]) -> Verdicts:
+    try:
+        obj = loads(Path(path).read_bytes())  # the bytes live only while they are parsed
+    except InvalidContentError as exc:
+        return {BODY: exc.issues}
+    return entry_verdicts(obj, claim)
 
 
 def _worker_ready() -> int:
@@ -200,7 +228,7 @@ class ModelChecks:
         """Whether a request body looks like an atomic Bundle worth sending to a worker."""
         return self.processes > 0 and estimated_atomic_entries(raw) >= self.min_entries
 
-    def submit(self, raw: bytes) -> PendingVerdicts | None:
+    def submit(self, raw: bytes | str) -> PendingVerdicts | None:
         """Start checking a Bundle's models in an idle worker; None means: check them in place."""
         with self._lock:
             pool = self._started()

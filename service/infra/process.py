@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
+from collections.abc import Callable
 
+from fhir_mapping.partial_dates import forget_parsed_dates
+from fhir_mapping.references import parse_reference
 from fhir_mapping.validation import preload_models
+from service.infra.clock import fhir_instant
 
 # A young-generation collection after this many net container allocations instead of 700.
 # A large Bundle allocates millions of dicts and lists that live until its response is sent, so
@@ -24,3 +29,38 @@ def settle_process() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *OLDER_COLLECTION_THRESHOLDS)
+
+
+def _libc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None on another C library."""
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # the loaded C library's
+    except (OSError, AttributeError):  # musl, macOS, Windows: nothing to call
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def return_free_memory(*forget: Callable[[], None]) -> bool:
+    """After a large request: give what it freed back to the system; whether glibc could trim.
+
+    A large request leaves hundreds of MB free inside the process, and two things keep them. The
+    memo caches (parsed references and dates, instants, and those `forget` clears) hold a few
+    thousand small objects made during the request, scattered over the memory it used: CPython
+    frees a 1 MiB arena of small objects only once nothing in it is alive, so those few pin
+    hundreds of arenas. They are dropped (they refill in a few requests). And glibc keeps freed
+    blocks in its heaps (one per thread that allocated) until `malloc_trim(0)` releases every
+    free page of every heap.
+    """
+    parse_reference.cache_clear()
+    forget_parsed_dates()
+    fhir_instant.cache_clear()
+    for clear in forget:
+        clear()
+    gc.collect()
+    if _MALLOC_TRIM is None:
+        return False
+    _MALLOC_TRIM(0)
+    return True

@@ -58,6 +58,34 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL: sqlite:///path or postgresql://user@host/db",
     )
     max_body_bytes: int = Field(default=50 * 1024 * 1024, gt=0, description="Largest request body")
+    large_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        gt=0,
+        description="A body larger than this is large: it takes a large-body slot while it is "
+        "read and answered, and is spooled to a temporary file instead of held in memory",
+    )
+    large_body_slots: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description="Large bodies one process handles at once; 0: no limit",
+    )
+    large_body_wait_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="How long a large body waits for a slot before it is answered 503",
+    )
+    max_import_bytes: int = Field(
+        default=8 * 1024**3,
+        gt=0,
+        description="Largest `$import` body (NDJSON is streamed: memory does not grow with it)",
+    )
+    max_import_line_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        gt=0,
+        description="Longest `$import` line (one resource); a longer one is refused on its own",
+    )
     base_url: str | None = Field(
         default=None, description="Public base URL of /fhir, used in Location and fullUrl"
     )
