@@ -54,11 +54,15 @@ class BodyDeadline:
             await self.app(scope, receive, send)
             return
         seconds: float = scope["app"].state.settings.body_timeout_seconds
-        deadline = asyncio.get_running_loop().time() + seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        # a streamed $import may take longer than any fixed deadline: for it the deadline is the
+        # longest silence between two parts of the body (its size is bounded apart)
+        sliding = str(scope.get("path", "")).endswith("/$import")
         complete = False
 
         async def bounded() -> Message:
-            nonlocal complete
+            nonlocal complete, deadline
             if complete:  # the body is in; waiting for a disconnect has no deadline
                 return await receive()
             try:
@@ -72,6 +76,8 @@ class BodyDeadline:
                 )
                 raise BodyTimeout(seconds) from None
             complete = message["type"] != "http.request" or not message.get("more_body", False)
+            if sliding:
+                deadline = loop.time() + seconds
             return message
 
         await self.app(scope, bounded, send)

@@ -314,6 +314,49 @@ def test_a_body_that_arrives_in_parts_within_the_deadline_is_served(guarded: Ser
     assert answer.json()["identifier"] == [{"system": "urn:mrn", "value": "in-parts"}]
 
 
+def test_a_streamed_import_may_outlast_the_deadline_while_its_parts_keep_coming(
+    guarded: Server,
+) -> None:
+    """$import: the body deadline is the longest silence between parts, not the whole body."""
+    lines = [patient_body(f"import-{i}") for i in range(4)]
+    with guarded.connect() as sock:
+        sock.sendall(
+            head(
+                "POST",
+                "/fhir/$import",
+                "Content-Type: application/fhir+ndjson",
+                "Accept: application/fhir+json",
+                "Transfer-Encoding: chunked",
+            )
+        )
+        for line in lines:  # 4 parts 0.6 s apart: 2.4 s in all, more than twice the deadline
+            part = line + b"\n"
+            sock.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+            time.sleep(DEADLINE * 0.6)
+        sock.sendall(b"0\r\n\r\n")
+        answer = read_answer(sock)
+    assert answer.status == 200, answer.body
+    found = httpx.get(f"{guarded.url}/fhir/Patient", params={"identifier": "urn:mrn|import-3"})
+    assert found.json()["total"] == 1
+
+
+def test_a_streamed_import_that_falls_silent_is_answered_408(guarded: Server) -> None:
+    with guarded.connect() as sock:
+        sock.sendall(
+            head(
+                "POST",
+                "/fhir/$import",
+                "Content-Type: application/fhir+ndjson",
+                "Transfer-Encoding: chunked",
+            )
+        )
+        part = patient_body("import-silent") + b"\n"
+        sock.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        answer = read_answer(sock)  # then nothing more
+    assert answer.status == 408, answer.body
+    assert answer.json()["issue"][0]["code"] == "timeout"
+
+
 def test_a_body_trickling_after_its_answer_is_cut_off(guarded: Server) -> None:
     """Answered without reading its body (no such route), the rest must still come in time:
     each byte would otherwise cancel the keep-alive timer and hold the connection for ever."""
