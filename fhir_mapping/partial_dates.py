@@ -81,6 +81,7 @@ def parse_partial_date(value: Any) -> PartialDate | None:
 def forget_parsed_dates() -> None:
     """Empty the cache of parsed dates (after a large request, so its memory can be returned)."""
     _parse.cache_clear()
+    _site_day.cache_clear()
 
 
 @functools.lru_cache(maxsize=65536)
@@ -130,6 +131,11 @@ def site_date(moment: dt.datetime, zone: dt.tzinfo) -> dt.date:
 
 
 @functools.lru_cache(maxsize=65536)
+def _site_day(instant: dt.datetime, zone: dt.tzinfo) -> dt.date:
+    """`site_date`, remembered: a cohort's events share few instants."""
+    return site_date(instant, zone)
+
+
 def in_zone(date: PartialDate, zone: dt.tzinfo) -> PartialDate:
     """A recorded date as the site's calendar day (CLINICAL.md, Schedule).
 
@@ -140,7 +146,9 @@ def in_zone(date: PartialDate, zone: dt.tzinfo) -> PartialDate:
     instant = date.instant
     if date.precision != "time" or instant is None or instant.utcoffset() != dt.timedelta(0):
         return date
-    day = site_date(instant, zone)
+    # the very object comes back when nothing changes (events_of relies on it: an event in its
+    # zone is the same event); a cache of whole dates would hand back an equal copy instead
+    day = _site_day(instant, zone)
     return date if day == date.first else replace(date, first=day, last=day)
 
 
