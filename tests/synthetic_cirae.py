@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,9 +142,22 @@ def _censoring_days(rng: random.Random, icb_start: dt.date) -> int:
     return admin
 
 
-def _draw(rng: random.Random, index: int) -> Truth:
-    """One patient's characteristics and history (the order of draws is part of the seed contract)."""
-    patient_id = f"syn-cirae-{index:04d}"
+@dataclass(frozen=True, slots=True)
+class _Baseline:
+    """What is drawn first for every patient, before the history (in this order)."""
+
+    sex: str
+    race: str
+    icb_type: str
+    icb_start: dt.date
+    birth_date: dt.date
+    cancer_icd10: str
+    stage: str
+    comorbidities: tuple[str, ...]
+
+
+def _draw_baseline(rng: random.Random) -> _Baseline:
+    """Sex, race, ICB type and start, age, cancer, stage and comorbidities (seed contract order)."""
     sex = rng.choice(("female", "male"))
     race = _weighted(rng, tuple((code, w) for code, _, w in RACES))
     icb_type = "combination" if rng.random() < 0.15 else "PD-1"
@@ -154,10 +168,53 @@ def _draw(rng: random.Random, index: int) -> Truth:
     cancer = _weighted(rng, tuple((code, w) for code, _, w in CANCERS))
     stage = _weighted(rng, STAGES)
     comorbidities = tuple(c for c, _ in COMORBIDITIES if rng.random() < COMORBIDITY_PROBABILITY)
+    return _Baseline(sex, race, icb_type, icb_start, birth_date, cancer, stage, comorbidities)
+
+
+def _truth(
+    patient_id: str,
+    group: str,
+    base: _Baseline,
+    days: dict[str, int | None],
+    status: str | None,
+    death_day: int,
+    censor_day: int,
+) -> Truth:
+    """The Truth of drawn day offsets from ICB initiation (`days`: onset, dupilumab, glucocorticoid,
+    None where there is none); a glucocorticoid on or after the last day of follow-up is not seen."""
+    end_day = min(death_day, censor_day)
+
+    def on(offset: int | None) -> dt.date | None:
+        return base.icb_start + dt.timedelta(days=offset) if offset is not None else None
+
+    gc_day = days["glucocorticoid"]
+    return Truth(
+        patient_id=patient_id,
+        group=group,
+        icb_type=base.icb_type,
+        icb_start=base.icb_start,
+        sex=base.sex,
+        race=base.race,
+        birth_date=base.birth_date,
+        cancer_icd10=base.cancer_icd10,
+        stage=base.stage,
+        comorbidities=base.comorbidities,
+        cirae_onset=on(days["onset"]),
+        cirae_status=status,
+        dupilumab_start=on(days["dupilumab"]),
+        glucocorticoid_start=on(gc_day) if gc_day is not None and gc_day < end_day else None,
+        death=on(death_day) if death_day <= censor_day else None,
+        last_contact=base.icb_start + dt.timedelta(days=end_day),
+    )
+
+
+def _draw(rng: random.Random, index: int) -> Truth:
+    """One patient's characteristics and history (the order of draws is part of the seed contract)."""
+    base = _draw_baseline(rng)
     group = _weighted(rng, GROUPS)
     gc_day = rng.randint(1, GC_LAST_DAY) if rng.random() < GC_PROBABILITY[group] else None
     death_day = _survival_days(rng, gc_day)
-    censor_day = _censoring_days(rng, icb_start)
+    censor_day = _censoring_days(rng, base.icb_start)
     end_day = min(death_day, censor_day)
     onset_day = rng.randint(1, min(90, end_day)) if group != "control_2" else None
     dupi_day = (
@@ -166,27 +223,8 @@ def _draw(rng: random.Random, index: int) -> Truth:
         else None
     )
     status = _weighted(rng, RESOLUTION_STATUSES) if onset_day is not None else None
-    start = icb_start
-    return Truth(
-        patient_id=patient_id,
-        group=group,
-        icb_type=icb_type,
-        icb_start=icb_start,
-        sex=sex,
-        race=race,
-        birth_date=birth_date,
-        cancer_icd10=cancer,
-        stage=stage,
-        comorbidities=comorbidities,
-        cirae_onset=start + dt.timedelta(days=onset_day) if onset_day is not None else None,
-        cirae_status=status,
-        dupilumab_start=start + dt.timedelta(days=dupi_day) if dupi_day is not None else None,
-        glucocorticoid_start=(
-            start + dt.timedelta(days=gc_day) if gc_day is not None and gc_day < end_day else None
-        ),
-        death=start + dt.timedelta(days=death_day) if death_day <= censor_day else None,
-        last_contact=start + dt.timedelta(days=end_day),
-    )
+    days = {"onset": onset_day, "dupilumab": dupi_day, "glucocorticoid": gc_day}
+    return _truth(f"syn-cirae-{index:04d}", group, base, days, status, death_day, censor_day)
 
 
 # -- FHIR resources ---------------------------------------------------------------------------------
@@ -345,17 +383,21 @@ def patient_resources(truth: Truth, index: int) -> tuple[dict[str, Any], ...]:
     )
 
 
-def generate(n: int = 600, seed: int = 20250612) -> SyntheticCohort:
-    """`n` patients drawn from one seeded generator: the same (n, seed) always gives the same data."""
+def _cohort(
+    n: int, seed: int, draw: Callable[[random.Random, int], Truth], **hrs: float
+) -> SyntheticCohort:
+    """`n` patients drawn one after the other from one generator seeded with `seed`."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     rng = random.Random(seed)
-    truth = tuple(_draw(rng, i) for i in range(n))
-    return SyntheticCohort(
-        seed=seed,
-        truth=truth,
-        per_patient=tuple(patient_resources(t, i) for i, t in enumerate(truth)),
-    )
+    truth = tuple(draw(rng, i) for i in range(n))
+    per_patient = tuple(patient_resources(t, i) for i, t in enumerate(truth))
+    return SyntheticCohort(seed=seed, truth=truth, per_patient=per_patient, **hrs)
+
+
+def generate(n: int = 600, seed: int = 20250612) -> SyntheticCohort:
+    """`n` patients drawn from one seeded generator: the same (n, seed) always gives the same data."""
+    return _cohort(n, seed, _draw)
 
 
 # -- time-varying dupilumab: a planted dupilumab HR, exposure only for patients alive then -------
@@ -391,17 +433,7 @@ def _draw_time_varying(rng: random.Random, index: int, dupilumab_hr: float, gc_h
     planned cirAE has none (control 2); one dying before the planned dupilumab has a cirAE but
     no dupilumab (control 1). So the groups are defined by later events, as in real data.
     """
-    patient_id = f"syn-tv-{index:04d}"
-    sex = rng.choice(("female", "male"))
-    race = _weighted(rng, tuple((code, w) for code, _, w in RACES))
-    icb_type = "combination" if rng.random() < 0.15 else "PD-1"
-    icb_start = ICB_FIRST_DAY + dt.timedelta(
-        days=rng.randint(0, (ICB_LAST_DAY - ICB_FIRST_DAY).days)
-    )
-    birth_date = icb_start - dt.timedelta(days=round(rng.uniform(60, 66) * 365.25))
-    cancer = _weighted(rng, tuple((code, w) for code, _, w in CANCERS))
-    stage = _weighted(rng, STAGES)
-    comorbidities = tuple(c for c, _ in COMORBIDITIES if rng.random() < COMORBIDITY_PROBABILITY)
+    base = _draw_baseline(rng)
     onset_plan = rng.randint(*CIRAE_ONSET_DAYS) if rng.random() < CIRAE_PROBABILITY else None
     dupi_plan = (
         onset_plan + rng.randint(*DUPILUMAB_DELAY_DAYS)
@@ -413,7 +445,7 @@ def _draw_time_varying(rng: random.Random, index: int, dupilumab_hr: float, gc_h
     if dupi_plan is not None:
         changes.append((dupi_plan, dupilumab_hr))  # applies only if alive then (memoryless)
     death_day = _piecewise_days(rng, changes)
-    censor_day = _censoring_days(rng, icb_start)
+    censor_day = _censoring_days(rng, base.icb_start)
     end_day = min(death_day, censor_day)
     onset_day = onset_plan if onset_plan is not None and onset_plan < end_day else None
     dupi_day = (
@@ -429,29 +461,8 @@ def _draw_time_varying(rng: random.Random, index: int, dupilumab_hr: float, gc_h
         else "control_2"
     )
     status = _weighted(rng, RESOLUTION_STATUSES) if onset_day is not None else None
-    start = icb_start
-    return Truth(
-        patient_id=patient_id,
-        group=group,
-        icb_type=icb_type,
-        icb_start=icb_start,
-        sex=sex,
-        race=race,
-        birth_date=birth_date,
-        cancer_icd10=cancer,
-        stage=stage,
-        comorbidities=comorbidities,
-        cirae_onset=start + dt.timedelta(days=onset_day) if onset_day is not None else None,
-        cirae_status=status,
-        dupilumab_start=start + dt.timedelta(days=dupi_day) if dupi_day is not None else None,
-        glucocorticoid_start=(
-            start + dt.timedelta(days=gc_plan)
-            if gc_plan is not None and gc_plan < end_day
-            else None
-        ),
-        death=start + dt.timedelta(days=death_day) if death_day <= censor_day else None,
-        last_contact=start + dt.timedelta(days=end_day),
-    )
+    days = {"onset": onset_day, "dupilumab": dupi_day, "glucocorticoid": gc_plan}
+    return _truth(f"syn-tv-{index:04d}", group, base, days, status, death_day, censor_day)
 
 
 def generate_time_varying(
@@ -462,14 +473,8 @@ def generate_time_varying(
     gc_hr: float = GC_HR,
 ) -> SyntheticCohort:
     """`n` patients with a planted time-varying dupilumab HR and glucocorticoid HR (seeded)."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    rng = random.Random(seed)
-    truth = tuple(_draw_time_varying(rng, i, dupilumab_hr, gc_hr) for i in range(n))
-    return SyntheticCohort(
-        seed=seed,
-        truth=truth,
-        per_patient=tuple(patient_resources(t, i) for i, t in enumerate(truth)),
-        gc_hr=gc_hr,
-        dupilumab_hr=dupilumab_hr,
-    )
+
+    def draw(rng: random.Random, index: int) -> Truth:
+        return _draw_time_varying(rng, index, dupilumab_hr, gc_hr)
+
+    return _cohort(n, seed, draw, gc_hr=gc_hr, dupilumab_hr=dupilumab_hr)
