@@ -218,6 +218,14 @@ def fhir(server: LiveServer, engine: Engine) -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture
+def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
+    """A client on /api/v1 of an empty store (the `fhir` fixture empties it); a test module with
+    an `api` of its own (another server, a cohort loaded first) overrides this one."""
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=60) as client:
+        yield client
+
+
 def counts(engine: Engine) -> dict[str, int]:
     """Rows in every store table (the audit trail and the cohort snapshots, which change on their
     own, have their own tests)."""

@@ -18,7 +18,8 @@ from service.infra.settings import Settings
 from service.notifications import outbound
 from tests.conftest import LiveServer, counts, refuse_server_errors, start_server, stop_server
 from tests.kit.cohort import fresh_outcomes
-from tests.test_deviation_api import NCT, deviations, late_surgery_subject, one
+from tests.kit.nct import NCT, deviations
+from tests.test_deviation_api import late_surgery_subject, one
 
 SUBSCRIPTION = {"url": "https://ctms.example.org/hooks", "events": ["deviation.opened"]}
 INVALID = "the request is not valid"

@@ -12,11 +12,9 @@ import csv
 import datetime as dt
 import io
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import text
 
 from service.studies.interventional.deviation_sync import RESOLVED_BY_DATA
@@ -25,11 +23,9 @@ from tests.kit.cli import run_trialbridge
 from tests.kit.client import put_resources
 from tests.kit.clock import FROZEN_INSTANT
 from tests.kit.evidence import cited
-from tests.kit.live import Live, api_client, fhir_client, live_app
+from tests.kit.live import Live, clocked_fixtures
+from tests.kit.nct import NCT, day, deviations
 
-NCT = "NCT06088771"
-
-DAY1 = dt.date(2025, 3, 10)  # every subject's first study-drug day
 ENROLLED = "2025-03-03"
 NOW = dt.datetime(2025, 6, 30, 12, 0, tzinfo=dt.UTC)  # every window of the cohort has closed
 NOW_TEXT = "2025-06-30T12:00:00Z"
@@ -39,33 +35,7 @@ SURGERY = "Right upper lobectomy"
 Resources = list[dict[str, Any]]
 
 
-def day(n: int) -> dt.date:
-    """The calendar date of study day n (CDISC: no Day 0)."""
-    return DAY1 + dt.timedelta(days=n - 1 if n > 0 else n)
-
-
-# -- a server of our own, whose derivation clock the tests set ---------------------------------------
-
-
-@pytest.fixture(scope="module")
-def live(backend: str, new_database: Any) -> Iterator[Live]:
-    """The real app over HTTP with webhook delivery off and "now" under the test's control."""
-    with live_app(str(new_database(backend)), NOW) as state:
-        yield state
-
-
-@pytest.fixture
-def api(live: Live) -> Iterator[httpx.Client]:
-    """A client on /api/v1 of an empty store, with the clock at NOW."""
-    with api_client(live, NOW) as client:
-        yield client
-
-
-@pytest.fixture
-def fhir(live: Live, api: httpx.Client) -> Iterator[httpx.Client]:
-    """A client on /fhir of the same (emptied) store."""
-    with fhir_client(live) as client:
-        yield client
+live, api, fhir = clocked_fixtures(NOW)
 
 
 # -- FHIR builders (every resource id starts with its patient's id) ----------------------------------
@@ -148,16 +118,6 @@ def subject_ids(api: httpx.Client) -> dict[str, str]:
     response = api.get(f"/studies/{NCT}/subjects", params={"limit": 100})
     assert response.status_code == 200, response.text
     return {s["subject_number"]: s["subject_id"] for s in response.json()["subjects"]}
-
-
-def deviations(api: httpx.Client, **params: Any) -> list[dict[str, Any]]:
-    """Every deviation matching the filters (one big page)."""
-    response = api.get(f"/studies/{NCT}/deviations", params={"limit": 500, **params})
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["next_cursor"] is None
-    found: list[dict[str, Any]] = body["deviations"]
-    return found
 
 
 def one(api: httpx.Client, deviation_id: str) -> tuple[dict[str, Any], str]:

@@ -4,45 +4,36 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.conftest import LiveServer
 from tests.kit import fhir as kit
-from tests.kit.client import put_resources
+from tests.kit import nct
+from tests.kit.client import get_json, put_resources
 from tests.kit.clock import FROZEN_DATE
-from tests.kit.evidence import cited
+from tests.kit.nct import (
+    CANDIDATE,
+    ENROLLED,
+    NCT,
+    criterion,
+    eligibility,
+    prednisone,
+    problem,
+    subject_id,
+)
 
-NCT = "NCT06088771"
-
-ENROLLED = dt.date(2025, 3, 3)
 STUDY = kit.research_study(title="Neoadjuvant dupilumab + cemiplimab in resectable NSCLC")
 
 Resources = dict[str, dict[str, Any]]
 
 
-@pytest.fixture
-def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
-    """A client on /api/v1 of an empty store (the `fhir` fixture empties it)."""
-    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=60) as client:
-        yield client
-
-
 # -- FHIR, one patient at a time (every resource id starts with the patient id) ---------------------
 
-candidate = partial(
-    kit.patient,
-    mrn_system="urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14",
-    gender="female",
-    birth_date="1958-11-30",
-)
-problem = partial(kit.condition, category=kit.condition_category("problem-list-item"))
-prednisone = partial(kit.dose, drug=kit.PREDNISONE, code="312617", amount=40, route=kit.ORAL)
+EPIC_MRN = "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14"
+candidate = partial(kit.patient, mrn_system=EPIC_MRN, **CANDIDATE)
 
 
 def before_enrollment(days: int) -> str:
@@ -73,71 +64,18 @@ def enrollment(pid: str, number: str) -> Resources:
 
 
 C34_90 = kit.LUNG_CANCER_C34_90
-C34_90 = kit.coded(
-    kit.ICD10CM, "C34.90", "Malignant neoplasm of unspecified part of unspecified bronchus or lung"
-)
 PLASMA = {"display": "Plasma cell-free DNA"}
 
 
 def work_up(pid: str) -> Resources:
-    """A complete screening work-up settling every criterion in the patient's favour (eligible)."""
-    resources = [
-        candidate(id=pid, mrn=f"MRN{pid.upper()}"),
-        problem(
-            id=f"{pid}-dx", patient=pid, code=kit.NSCLC, onset="2025-01-20", recorded="2025-01-20"
-        ),
-        problem(
-            id=f"{pid}-htn",
-            patient=pid,
-            code=kit.HYPERTENSION,
-            onset="2016-02-02",
-            recorded="2016-02-02",
-        ),
-        kit.observation(
-            id=f"{pid}-t",
-            patient=pid,
-            code=kit.T_CLINICAL,
-            effective="2025-02-12",
-            valueCodeableConcept={"text": "cT2a"},
-        ),
-        kit.observation(
-            id=f"{pid}-m",
-            patient=pid,
-            code=kit.M_CLINICAL,
-            effective="2025-02-12",
-            valueCodeableConcept=kit.coded(kit.AJCC, "cM0", "cM0"),
-        ),
-        kit.service_request(
-            id=f"{pid}-sr",
-            patient=pid,
-            code={**kit.LOBECTOMY, "text": "VATS right upper lobectomy"},
-            authored="2025-02-25",
-            occurrence="2025-03-25",
-        ),
-        kit.procedure(
-            id=f"{pid}-bx",
-            patient=pid,
-            code="CT-guided core needle biopsy, right upper lobe of lung",
-            performed="2025-02-20",
-        ),
-        kit.genomic_variant(
-            id=f"{pid}-egfr", patient=pid, gene=kit.EGFR, present=False, effective="2025-02-14"
-        ),
-        kit.genomic_variant(
-            id=f"{pid}-alk", patient=pid, gene=kit.ALK, present=False, effective="2025-02-14"
-        ),
-        kit.genomic_variant(
-            id=f"{pid}-ros1", patient=pid, gene=kit.ROS1, present=False, effective="2025-02-14"
-        ),
-        prednisone(id=f"{pid}-pred", patient=pid, when=before_enrollment(63)),
-        kit.smoking_status(
-            id=f"{pid}-smk",
-            patient=pid,
-            finding=kit.coded(kit.SNOMED, "8517006", "Former smoker (finding)"),
-            effective="2025-02-03",
-        ),
-    ]
-    return {r["id"]: r for r in resources}
+    """A complete screening work-up settling every criterion in the patient's favour (eligible):
+    the Conditions recorded on their onset day, prednisone 9 weeks before enrollment."""
+    return nct.work_up(
+        pid,
+        patient={"mrn_system": EPIC_MRN, "mrn": f"MRN{pid.upper()}", **CANDIDATE},
+        recorded=True,
+        history=[prednisone(pid, before_enrollment(63))],
+    )
 
 
 def cohort() -> Resources:
@@ -250,7 +188,7 @@ def cohort() -> Resources:
     }
     # i6: prednisone 7 weeks before enrollment, enrolled
     out |= work_up("i6") | enrollment("i6", "001-006")
-    out["i6-pred"] = prednisone(id="i6-pred", patient="i6", when=before_enrollment(49))
+    out["i6-pred"] = prednisone("i6", before_enrollment(49))
     # n1: C34.90 without histology, nothing else
     out |= {
         "n1": candidate(id="n1", mrn="MRNN1"),
@@ -320,14 +258,6 @@ SUBJECT_NUMBERS = {"e1": "001-001", "i6": "001-006", "r1": "001-011"}
 # -- HTTP helpers ------------------------------------------------------------------------------------
 
 
-def get_json(api: httpx.Client, path: str, **params: Any) -> dict[str, Any]:
-    """A 200 JSON body."""
-    response = api.get(path, params=params)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
 def screening(api: httpx.Client, **params: Any) -> list[dict[str, Any]]:
     """Every candidate of the screening list, following the cursor."""
     rows: list[dict[str, Any]] = []
@@ -341,23 +271,9 @@ def screening(api: httpx.Client, **params: Any) -> list[dict[str, Any]]:
             return rows
 
 
-def eligibility(api: httpx.Client, subject_id: str, **params: Any) -> dict[str, Any]:
-    """One candidate's eligibility (stored, or as of a day), its evidence ids resolved."""
-    body = get_json(api, f"/studies/{NCT}/subjects/{subject_id}/eligibility", **params)
-    resolved: dict[str, Any] = cited(api, NCT, body)
-    return resolved
-
-
 def evidence_patients(body: dict[str, Any]) -> set[str]:
     """The patients whose resources are cited as evidence (resource ids start with the patient id)."""
     return {e["id"].split("-")[0] for c in body["criteria"] for e in c["evidence"]}
-
-
-def criterion(body: dict[str, Any], criterion_id: str) -> dict[str, Any]:
-    """One criterion of a subject's eligibility."""
-    found: list[dict[str, Any]] = [c for c in body["criteria"] if c["id"] == criterion_id]
-    assert len(found) == 1
-    return found[0]
 
 
 def rows(found: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
@@ -368,17 +284,9 @@ def rows(found: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     ]
 
 
-def subject_by_number(api: httpx.Client, number: str) -> str:
-    """The pseudonymous subject id of a study subject number."""
-    subjects = get_json(api, f"/studies/{NCT}/subjects", subject_number=number)["subjects"]
-    assert len(subjects) == 1
-    subject_id: str = subjects[0]["subject_id"]
-    return subject_id
-
-
 def identify(api: httpx.Client, candidates: list[dict[str, Any]]) -> dict[str, str]:
     """Patient id → subject id, by cited evidence and, for enrolled patients, by subject number."""
-    by_number = {pid: subject_by_number(api, n) for pid, n in SUBJECT_NUMBERS.items()}
+    by_number = {pid: subject_id(api, n) for pid, n in SUBJECT_NUMBERS.items()}
     found: dict[str, str] = {}
     for row in candidates:
         cited = evidence_patients(eligibility(api, row["subject_id"]))
@@ -505,7 +413,7 @@ def test_as_of_reads_and_corrections(api: httpx.Client, fhir: httpx.Client) -> N
     )
     m1[egfr_may["id"]] = egfr_may
     put_resources(fhir, *({"rs-nct": STUDY} | m1).values())
-    sid = subject_by_number(api, "002-001")
+    sid = subject_id(api, "002-001")
 
     march = eligibility(api, sid, as_of="2025-03-31")
     assert (march["as_of"], march["overall"], march["at_enrollment"]) == (
@@ -587,7 +495,7 @@ def test_at_enrollment_is_the_status_on_the_enrollment_day(
     late["l1-bx"]["performedDateTime"] = "2025-03-05"
     late["l1-sr"]["authoredOn"] = "2025-03-06"
     put_resources(fhir, *({"rs-nct": STUDY} | late).values())
-    sid = subject_by_number(api, "003-001")
+    sid = subject_id(api, "003-001")
     stored = eligibility(api, sid)
     assert (stored["overall"], stored["at_enrollment"]) == ("eligible", "indeterminate")
     on_the_day = eligibility(api, sid, as_of=ENROLLED.isoformat())

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -23,134 +23,55 @@ from service.protocol.terminology import build_terminology
 from service.stats import survival
 from service.studies.cirae.cohort import CohortPatient, build_cohort
 from service.studies.interventional.eligibility import EligibilityResult, evaluate
-from tests.conftest import LiveServer
 from tests.kit import fhir as kit
-from tests.kit.client import put_resources
+from tests.kit import nct
+from tests.kit.client import get_json, put_resources
 from tests.kit.cohort import fresh_outcomes
-from tests.kit.evidence import cited
 from tests.kit.mapping import events_of
+from tests.kit.nct import (
+    DAY1,
+    ENROLLED,
+    EX_SMOKER,
+    NCT,
+    POST_OP,
+    SURGERY,
+    cites,
+    criterion,
+    eligibility,
+    on_study,
+    outcomes,
+    prednisone,
+    subject_row,
+    work_up,
+)
 from tests.kit.protocols import cohort_protocol, trial_protocol
 
-NCT = "NCT06088771"
-ENROLLED = dt.date(2025, 3, 3)
-DAY1 = dt.date(2025, 3, 10)
 STUDY = kit.research_study()
-SYRINGE = "dupilumab 300 MG in 2 ML Prefilled Syringe"
 
 Resources = list[dict[str, Any]]
-
-
-def day(n: int) -> dt.date:
-    """The calendar date of study day n (CDISC: no Day 0)."""
-    return DAY1 + dt.timedelta(days=n - 1 if n > 0 else n)
-
-
-SURGERY = day(18)  # 2025-03-27
-POST_OP = SURGERY + dt.timedelta(days=30)  # 2025-04-26, the last data point of a clean subject
-
-
-@pytest.fixture
-def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
-    """A client on /api/v1 of an empty store (the `fhir` fixture empties it)."""
-    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=60) as client:
-        yield client
 
 
 # -- FHIR: one clean subject, varied per test (every resource id starts with the patient id) ------
 
 
-def work_up(pid: str) -> Resources:
-    """Screening data that settles every criterion in the patient's favour."""
-    return [
-        kit.patient(id=pid, mrn=f"MRN-{pid}", gender="female", birth_date="1956-02-11"),
-        kit.condition(id=f"{pid}-dx", patient=pid, code=kit.NSCLC, onset="2025-01-20"),
-        kit.observation(
-            id=f"{pid}-t",
-            patient=pid,
-            code=kit.T_CLINICAL,
-            effective="2025-02-12",
-            valueCodeableConcept={"text": "cT2a"},
-        ),
-        kit.observation(
-            id=f"{pid}-m",
-            patient=pid,
-            code=kit.M_CLINICAL,
-            effective="2025-02-12",
-            valueCodeableConcept=kit.coded(kit.AJCC, "cM0", "cM0"),
-        ),
-        kit.service_request(
-            id=f"{pid}-sr",
-            patient=pid,
-            code=kit.LOBECTOMY,
-            authored="2025-02-25",
-            occurrence=SURGERY,
-        ),
-        *(
-            kit.procedure(
-                id=f"{pid}-cnb-{i}",
-                patient=pid,
-                code="CT-guided core needle biopsy of lung",
-                performed=day(-20),
-            )
-            for i in (1, 2, 3)
-        ),
-        *(
-            kit.genomic_variant(
-                id=f"{pid}-{gene['coding'][0]['display'].lower()}",
-                patient=pid,
-                gene=gene,
-                present=False,
-                effective="2025-02-14",
-            )
-            for gene in (kit.EGFR, kit.ALK, kit.ROS1)
-        ),
-        kit.smoking_status(
-            id=f"{pid}-smk",
-            patient=pid,
-            finding=kit.coded(kit.SNOMED, "8517006", "Ex-smoker"),
-            effective="2025-02-03",
-        ),
-        # a medication history: prednisone 63 days before enrollment, outside the 56-day window
-        kit.dose(
-            id=f"{pid}-pred",
-            patient=pid,
-            drug=kit.PREDNISONE,
-            code="312617",
-            amount=40,
-            when=ENROLLED - dt.timedelta(days=63),
-            route=kit.ORAL,
-        ),
-    ]
-
-
-def on_study(pid: str, number: str, *, start: dt.date | None = ENROLLED) -> Resources:
-    """Enrollment and the schedule kept: Day-1 doses, stool, surgery on Day 18, the post-op visit."""
-    return [
-        kit.research_subject(id=f"{pid}-rs", patient=pid, number=number, start=start),
-        kit.dose(
-            id=f"{pid}-dupi-a", patient=pid, drug=SYRINGE, amount=300, when=f"{DAY1}T09:00:00-04:00"
-        ),
-        kit.dose(
-            id=f"{pid}-dupi-b", patient=pid, drug=SYRINGE, amount=300, when=f"{DAY1}T09:05:00-04:00"
-        ),
-        kit.dose(
-            id=f"{pid}-cemi",
-            patient=pid,
-            drug="Libtayo 350 MG",
-            amount=350,
-            when=f"{DAY1}T10:00:00-04:00",
-        ),
-        kit.specimen(id=f"{pid}-stool", patient=pid, type="Stool specimen", collected=day(-5)),
-        kit.procedure(
-            id=f"{pid}-surgery", patient=pid, code="Right upper lobectomy", performed=SURGERY
-        ),
-        kit.encounter(id=f"{pid}-postop", patient=pid, start=f"{POST_OP}T10:00:00-04:00"),
-    ]
-
-
 def subject(pid: str, number: str, *extra: dict[str, Any], **enrollment: Any) -> Resources:
-    """A clean enrolled subject plus the records a test adds or replaces (same id replaces)."""
-    by_id = {r["id"]: r for r in (*work_up(pid), *on_study(pid, number, **enrollment))}
+    """A clean enrolled subject plus the records a test adds or replaces (same id replaces).
+
+    Its screening: three core needle biopsies on Day -20, no hypertension, and a medication
+    history of prednisone 63 days before enrollment, outside the 56-day window."""
+    by_id = work_up(
+        pid,
+        patient={"mrn": f"MRN-{pid}", "gender": "female", "birth_date": "1956-02-11"},
+        problem_list=False,
+        hypertension=False,
+        resection_text=None,
+        resection_on=SURGERY,
+        core_biopsies=3,
+        history=(),
+        smoker=EX_SMOKER,
+    )
+    by_id[f"{pid}-pred"] = prednisone(pid, ENROLLED - dt.timedelta(days=63))
+    by_id |= on_study(pid, number, **enrollment)
     by_id |= {r["id"]: r for r in extra}
     return list(by_id.values())
 
@@ -158,51 +79,9 @@ def subject(pid: str, number: str, *extra: dict[str, Any], **enrollment: Any) ->
 # -- reading the trial API ---------------------------------------------------------------------------
 
 
-def get_json(api: httpx.Client, path: str, **params: Any) -> dict[str, Any]:
-    """A 200 JSON body."""
-    response = api.get(path, params=params)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def subject_row(api: httpx.Client, number: str) -> dict[str, Any]:
-    """The subject list's row of one subject number."""
-    rows = get_json(api, f"/studies/{NCT}/subjects", subject_number=number)["subjects"]
-    assert len(rows) == 1
-    row: dict[str, Any] = rows[0]
-    return row
-
-
-def eligibility(api: httpx.Client, sid: str, **params: Any) -> dict[str, Any]:
-    """A subject's eligibility, its evidence resolved to the versions it cites."""
-    body: dict[str, Any] = cited(
-        api, NCT, get_json(api, f"/studies/{NCT}/subjects/{sid}/eligibility", **params)
-    )
-    return body
-
-
-def criterion(body: dict[str, Any], criterion_id: str) -> dict[str, Any]:
-    """One criterion of an eligibility body."""
-    found: list[dict[str, Any]] = [c for c in body["criteria"] if c["id"] == criterion_id]
-    assert len(found) == 1
-    return found[0]
-
-
-def cites(found: dict[str, Any]) -> list[tuple[str, str]]:
-    """A criterion's evidence as (reference, value)."""
-    return [(e["reference"], e["value"]) for e in found["evidence"]]
-
-
 def deviations(api: httpx.Client, sid: str) -> list[tuple[str, str]]:
     """The subject's deviation log as (rule, message)."""
-    body = get_json(api, f"/studies/{NCT}/deviations", subject=sid, limit=500)
-    return [(d["rule"], d["message"]) for d in body["deviations"]]
-
-
-def outcomes(api: httpx.Client, sid: str) -> dict[str, Any]:
-    """The subject's endpoints."""
-    return get_json(api, f"/studies/{NCT}/subjects/{sid}/outcomes")
+    return [(d["rule"], d["message"]) for d in nct.deviations(api, subject=sid)]
 
 
 def timeline(api: httpx.Client, sid: str) -> list[tuple[int | None, str | None, str]]:
@@ -447,7 +326,6 @@ def test_small_cell_histology_alone_is_not_nsclc(api: httpx.Client, fhir: httpx.
 # -- 5. smoking history is cumulative ----------------------------------------------------------------
 
 NEVER = kit.coded(kit.SNOMED, "266919005", "Never smoker")
-EX_SMOKER = kit.coded(kit.SNOMED, "8517006", "Ex-smoker")
 
 
 def test_a_later_never_smoker_record_does_not_erase_a_smoking_history(

@@ -31,23 +31,36 @@ from service.studies.interventional.protocol import DeviationRule
 from service.studies.interventional.subject_outcomes import event_free_survival, last_data_point
 from tests.conftest import TEST_DATA
 from tests.kit import fhir as kit
+from tests.kit import nct
 from tests.kit.cli import run_trialbridge
-from tests.kit.client import put_resources
+from tests.kit.client import get_json, put_resources
 from tests.kit.evidence import cited
-from tests.kit.live import Live, api_client, fhir_client, live_app
+from tests.kit.live import Live, api_client, clocked_fixtures, fhir_client, live_app
 from tests.kit.mapping import context, events_of, single
+from tests.kit.nct import (
+    DAY1,
+    ENROLLED,
+    EX_SMOKER,
+    NCT,
+    cites,
+    core_biopsy_procedures,
+    criterion,
+    day,
+    eligibility,
+    on_study,
+    study_doses,
+    subject_id,
+    subject_numbers,
+)
 from tests.kit.protocols import trial_protocol
 
 TERMS = build_terminology()
 PROTOCOL = trial_protocol(TERMS)
 
-NCT = "NCT06088771"
-ENROLLED = dt.date(2025, 3, 3)  # Day -7
-DAY1 = dt.date(2025, 3, 10)
 NOW = dt.datetime(2025, 6, 30, 12, 0, tzinfo=dt.UTC)
-SYRINGE = "dupilumab 300 MG in 2 ML Prefilled Syringe"
 SURGERY = "Right upper lobectomy"
 PRED = kit.PREDNISONE  # "predniSONE 20 MG Oral Tablet"
+PRED_RXNORM = kit.coded(kit.RXNORM, "312617", PRED)
 MTX = "methotrexate 2.5 MG Oral Tablet"
 MEDROL = "methylprednisolone sodium succinate 125 MG Injection"
 
@@ -55,11 +68,6 @@ Resources = list[dict[str, Any]]
 Row = tuple[
     str, str, int | None, str, str, tuple[str, ...]
 ]  # number, rule, day, date, message, refs
-
-
-def day(n: int) -> dt.date:
-    """The calendar date of study day n (CDISC: no Day 0)."""
-    return DAY1 + dt.timedelta(days=n - 1 if n > 0 else n)
 
 
 def before_enrollment(days: int) -> dt.date:
@@ -70,148 +78,48 @@ def before_enrollment(days: int) -> dt.date:
 # -- a server of our own, whose derivation clock the tests set ---------------------------------------
 
 
-@pytest.fixture(scope="module")
-def live(backend: str, new_database: Any) -> Iterator[Live]:
-    """The real app over HTTP (site time zone: the default, UTC), "now" under the test's control."""
-    with live_app(str(new_database(backend)), NOW) as state:
-        yield state
-
-
-@pytest.fixture
-def api(live: Live) -> Iterator[httpx.Client]:
-    """A client on /api/v1 of an empty store, with the clock at NOW."""
-    with api_client(live, NOW) as client:
-        yield client
-
-
-@pytest.fixture
-def fhir(live: Live, api: httpx.Client) -> Iterator[httpx.Client]:
-    """A client on /fhir of the same (emptied) store."""
-    with fhir_client(live) as client:
-        yield client
+live, api, fhir = clocked_fixtures(NOW)
 
 
 # -- FHIR (every resource id starts with its patient's id) ---------------------------------------------
 
 
 def subject(
-    pid: str,
-    number: str,
-    *,
-    surgery_on: str | dt.date | None = None,
-    biopsies: int = 3,
-    extra: Resources | None = None,
+    pid: str, number: str, *, biopsies: int = 3, extra: Resources | None = None
 ) -> Resources:
-    """An enrolled subject who follows the schedule (surgery on Day 18 unless told otherwise)."""
-    surgery_at = surgery_on if surgery_on is not None else day(18)
-    out: Resources = [
+    """An enrolled subject who follows the schedule (`biopsies` core needle biopsies on Day -20)."""
+    return [
         kit.research_study(),
         kit.patient(id=pid, mrn=f"MRN-{pid}", gender="female", birth_date="1956-02-11"),
-        kit.research_subject(id=f"{pid}-rs", patient=pid, number=number, start=ENROLLED),
-        kit.dose(
-            id=f"{pid}-dupi-a",
-            patient=pid,
-            drug=SYRINGE,
-            amount=300,
-            when="2025-03-10T09:00:00-04:00",
-        ),
-        kit.dose(
-            id=f"{pid}-dupi-b",
-            patient=pid,
-            drug=SYRINGE,
-            amount=300,
-            when="2025-03-10T09:05:00-04:00",
-        ),
-        kit.dose(
-            id=f"{pid}-cemi",
-            patient=pid,
-            drug="Libtayo 350 MG",
-            amount=350,
-            when="2025-03-10T10:00:00-04:00",
-        ),
-        kit.specimen(id=f"{pid}-stool", patient=pid, type="Stool specimen", collected=day(-5)),
-        kit.procedure(id=f"{pid}-surgery", patient=pid, code=SURGERY, performed=surgery_at),
-        kit.encounter(id=f"{pid}-postop", patient=pid, start=f"{day(18 + 30)}T10:00:00-04:00"),
+        *on_study(pid, number, surgery=SURGERY).values(),
+        *core_biopsy_procedures(pid, biopsies).values(),
+        *(extra or []),
     ]
-    out += [
-        kit.procedure(
-            id=f"{pid}-cnb-{i}",
-            patient=pid,
-            code="CT-guided core needle biopsy of lung",
-            performed=day(-20),
-        )
-        for i in range(1, biopsies + 1)
-    ]
-    return out + (extra or [])
 
 
 def work_up(pid: str) -> Resources:
     """A screening work-up that settles every criterion but exclusion 8 in the patient's favour."""
-    return [
-        kit.condition(id=f"{pid}-dx", patient=pid, code=kit.NSCLC, onset="2025-01-20"),
-        kit.condition(id=f"{pid}-htn", patient=pid, code=kit.HYPERTENSION, onset="2016-02-02"),
-        kit.observation(
-            id=f"{pid}-t",
-            patient=pid,
-            code=kit.T_CLINICAL,
-            effective="2025-02-12",
-            valueCodeableConcept={"text": "cT2a"},
-        ),
-        kit.observation(
-            id=f"{pid}-m",
-            patient=pid,
-            code=kit.M_CLINICAL,
-            effective="2025-02-12",
-            valueCodeableConcept=kit.coded(kit.AJCC, "cM0", "cM0"),
-        ),
-        kit.service_request(
-            id=f"{pid}-sr",
-            patient=pid,
-            code=kit.LOBECTOMY,
-            authored="2025-02-25",
-            occurrence="2025-03-27",
-        ),
-        *(
-            kit.genomic_variant(
-                id=f"{pid}-{name}", patient=pid, gene=gene, present=False, effective="2025-02-14"
-            )
-            for name, gene in (("egfr", kit.EGFR), ("alk", kit.ALK), ("ros1", kit.ROS1))
-        ),
-        kit.smoking_status(
-            id=f"{pid}-smk",
-            patient=pid,
-            finding=kit.coded(kit.SNOMED, "8517006", "Ex-smoker"),
-            effective="2025-02-03",
-        ),
-    ]
+    return list(
+        nct.work_up(
+            pid,
+            patient=None,
+            problem_list=False,
+            resection_text=None,
+            resection_on="2025-03-27",
+            core_biopsies=0,
+            history=(),
+            smoker=EX_SMOKER,
+        ).values()
+    )
 
 
 # -- reading the API -----------------------------------------------------------------------------------
 
 
-def get_json(api: httpx.Client, path: str, **params: Any) -> dict[str, Any]:
-    """A 200 JSON body."""
-    response = api.get(path, params=params)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def subject_id(api: httpx.Client, number: str) -> str:
-    """The pseudonymous subject id of a subject number."""
-    subjects = get_json(api, f"/studies/{NCT}/subjects", subject_number=number)["subjects"]
-    assert len(subjects) == 1, subjects
-    found: str = subjects[0]["subject_id"]
-    return found
-
-
 def deviation_rows(api: httpx.Client) -> list[Row]:
     """The whole deviation log as rows, evidence resolved, sorted by subject number and rule."""
-    body = get_json(api, f"/studies/{NCT}/deviations", limit=500)
-    numbers = {
-        s["subject_id"]: s["subject_number"]
-        for s in get_json(api, f"/studies/{NCT}/subjects", limit=500)["subjects"]
-    }
+    found = nct.deviations(api)
+    numbers = subject_numbers(api)
     rows = [
         (
             numbers[d["subject_id"]],
@@ -221,28 +129,9 @@ def deviation_rows(api: httpx.Client) -> list[Row]:
             d["message"],
             tuple(e["reference"] for e in cited(api, NCT, d["evidence"])),
         )
-        for d in body["deviations"]
+        for d in found
     ]
     return sorted(rows, key=lambda r: (r[0], r[1], r[2] or 0, r[5]))
-
-
-def eligibility(api: httpx.Client, number: str) -> dict[str, Any]:
-    """A subject's stored eligibility, evidence resolved."""
-    sid = subject_id(api, number)
-    body: dict[str, Any] = cited(
-        api, NCT, get_json(api, f"/studies/{NCT}/subjects/{sid}/eligibility")
-    )
-    return body
-
-
-def criterion(body: dict[str, Any], criterion_id: str) -> tuple[str, str, list[tuple[str, str]]]:
-    """(verdict, reason, [(reference, value)]) of one criterion."""
-    [found] = [c for c in body["criteria"] if c["id"] == criterion_id]
-    return (
-        found["verdict"],
-        found["reason"],
-        [(e["reference"], e["value"]) for e in found["evidence"]],
-    )
 
 
 def prohibited(
@@ -275,7 +164,7 @@ def test_a_taper_authored_66_days_before_enrollment_for_21_days_is_within_8_week
     taper = kit.medication_request(
         id="p1-taper",
         patient="p1",
-        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        medication=PRED_RXNORM,
         status="completed",
         authored=before_enrollment(66),
         dosageInstruction=[
@@ -299,8 +188,9 @@ def test_a_taper_authored_66_days_before_enrollment_for_21_days_is_within_8_week
         ],
     )
     put_resources(fhir, *subject("p1", "001-001", extra=[*work_up("p1"), taper]))
-    body = eligibility(api, "001-001")
-    assert criterion(body, "immunomodulators") == (
+    body = eligibility(api, subject_id(api, "001-001"))
+    immuno = criterion(body, "immunomodulators")
+    assert (immuno["verdict"], immuno["reason"], cites(immuno)) == (
         "met",
         f"{PRED} 66 days before the reference day 2025-03-03",
         [("MedicationRequest/p1-taper/_history/1", f"{PRED} 66 days before")],
@@ -315,13 +205,14 @@ def test_a_year_only_date_is_not_inside_the_window(api: httpx.Client, fhir: http
     statement = kit.medication_statement(
         id="p1-pred-2025",
         patient="p1",
-        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        medication=PRED_RXNORM,
         route=kit.ORAL,
         effectiveDateTime="2025",
     )
     put_resources(fhir, *subject("p1", "001-001", extra=[*work_up("p1"), statement]))
-    body = eligibility(api, "001-001")
-    assert criterion(body, "immunomodulators") == (
+    body = eligibility(api, subject_id(api, "001-001"))
+    immuno = criterion(body, "immunomodulators")
+    assert (immuno["verdict"], immuno["reason"], cites(immuno)) == (
         "unknown",
         f"{PRED} dated 2025 may fall in the 56 days before 2025-03-03",
         [("MedicationStatement/p1-pred-2025/_history/1", f"{PRED} dated 2025")],
@@ -338,7 +229,7 @@ def test_courses_running_into_day_1_are_prohibited_medication(
     order = kit.medication_request(
         id="p1-pred-order",
         patient="p1",
-        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        medication=PRED_RXNORM,
         authored=day(-3),
         dosageInstruction=[
             {
@@ -365,7 +256,7 @@ def test_courses_running_into_day_1_are_prohibited_medication(
     finished = kit.medication_statement(
         id="p1-pred-done",
         patient="p1",
-        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        medication=PRED_RXNORM,
         route=kit.ORAL,
         effectivePeriod=kit.period(day(-6), day(-2)),
     )
@@ -398,7 +289,7 @@ def pred_order(pid: str, rid: str, on: dt.date, **extra: Any) -> dict[str, Any]:
     return kit.medication_request(
         id=rid,
         patient=pid,
-        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        medication=PRED_RXNORM,
         status="completed",
         authored=on,
         dosageInstruction=[{"route": kit.ORAL}],
@@ -565,7 +456,7 @@ SITE_NOW = dt.datetime(2025, 6, 30, 3, 30, tzinfo=dt.UTC)
 
 def winter_day(n: int) -> dt.date:
     """Study day n of a subject whose Day 1 is 2025-01-06."""
-    return WINTER_DAY1 + dt.timedelta(days=n - 1 if n > 0 else n)
+    return day(n, WINTER_DAY1)
 
 
 @pytest.fixture(scope="module")
@@ -582,37 +473,11 @@ def winter_subject(pid: str, number: str) -> Resources:
         kit.research_study(),
         kit.patient(id=pid, mrn=f"MRN-{pid}", gender="male", birth_date="1950-07-04"),
         kit.research_subject(id=f"{pid}-rs", patient=pid, number=number, start=winter_day(-7)),
-        kit.dose(
-            id=f"{pid}-dupi-a",
-            patient=pid,
-            drug=SYRINGE,
-            amount=300,
-            when="2025-01-06T09:00:00-05:00",
-        ),
-        kit.dose(
-            id=f"{pid}-dupi-b",
-            patient=pid,
-            drug=SYRINGE,
-            amount=300,
-            when="2025-01-06T09:05:00-05:00",
-        ),
-        # 10:00 in New York, charted in UTC: the same day either way
-        kit.dose(
-            id=f"{pid}-cemi",
-            patient=pid,
-            drug="Libtayo 350 MG",
-            amount=350,
-            when="2025-01-06T15:00:00Z",
-        ),
-        *(
-            kit.procedure(
-                id=f"{pid}-cnb-{i}",
-                patient=pid,
-                code="CT-guided core needle biopsy of lung",
-                performed=winter_day(-20),
-            )
-            for i in (1, 2, 3)
-        ),
+        # 10:00 in New York for cemiplimab, charted in UTC: the same day either way
+        *study_doses(
+            pid, WINTER_DAY1, ("09:00:00-05:00", "09:05:00-05:00", "2025-01-06T15:00:00Z")
+        ).values(),
+        *core_biopsy_procedures(pid, 3, on=winter_day(-20)).values(),
         kit.specimen(
             id=f"{pid}-stool", patient=pid, type="Stool specimen", collected=winter_day(-5)
         ),
@@ -630,7 +495,7 @@ def test_a_utc_timestamp_is_the_site_s_calendar_day(live_site: Live) -> None:
         put_resources(fhir, *winter_subject("p1", "001-001"))
         assert deviation_rows(api) == []
         sid = subject_id(api, "001-001")
-        outcomes = get_json(api, f"/studies/{NCT}/subjects/{sid}/outcomes")
+        outcomes = nct.outcomes(api, sid)
         assert (
             outcomes["day1"],
             outcomes["time_to_surgery_days"],
@@ -690,7 +555,7 @@ NODES = kit.coded(
 def outcomes(api: httpx.Client, number: str) -> dict[str, Any]:
     """A subject's per-subject outcomes, evidence resolved."""
     sid = subject_id(api, number)
-    body: dict[str, Any] = cited(api, NCT, get_json(api, f"/studies/{NCT}/subjects/{sid}/outcomes"))
+    body: dict[str, Any] = cited(api, NCT, nct.outcomes(api, sid))
     return body
 
 
@@ -819,7 +684,7 @@ def test_duration_in_calendar_days(duration: dict[str, Any], days: int | None) -
 def _order(**extra: Any) -> TrialEvent:
     """The one event of a prednisone order with these elements."""
     resource = kit.medication_request(
-        id="rx", medication=kit.coded(kit.RXNORM, "312617", PRED), authored="2025-01-06", **extra
+        id="rx", medication=PRED_RXNORM, authored="2025-01-06", **extra
     )
     return single(events_of(TERMS, [resource]))
 
@@ -905,7 +770,7 @@ def _exclusion_8(*resources: dict[str, Any]) -> tuple[str, str]:
 def _taper(authored: dt.date, days: int) -> dict[str, Any]:
     return kit.medication_request(
         id="taper",
-        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        medication=PRED_RXNORM,
         status="completed",
         authored=authored,
         dosageInstruction=[{"route": kit.ORAL, **_bounds(days)}],
@@ -915,7 +780,7 @@ def _taper(authored: dt.date, days: int) -> dict[str, Any]:
 def _reported(effective: str) -> dict[str, Any]:
     return kit.medication_statement(
         id="said",
-        medication=kit.coded(kit.RXNORM, "312617", PRED),
+        medication=PRED_RXNORM,
         route=kit.ORAL,
         effectiveDateTime=effective,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,7 +12,6 @@ import pytest
 from fhir_mapping.events.model import TrialEvent
 from service.protocol.terminology import build_terminology
 from service.studies.interventional.subject_outcomes import subject_outcomes
-from tests.conftest import LiveServer
 from tests.kit import fhir as kit
 from tests.kit.client import put_resources
 from tests.kit.cohort import fresh_outcomes
@@ -283,13 +281,6 @@ def test_without_day1_only_time_free_endpoints_are_given() -> None:
 
 
 # -- over HTTP -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
-    """A client on /api/v1 of an empty store."""
-    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=60) as client:
-        yield client
 
 
 def _enroll(fhir: httpx.Client, resources: list[dict[str, Any]]) -> None:

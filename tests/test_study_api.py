@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,6 @@ from tests.kit.cohort import fresh_outcomes
 from tests.kit.evidence import cited
 
 NCT = "NCT06088771"
-
-
-@pytest.fixture
-def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
-    """A client on /api/v1 of an empty store (the `fhir` fixture empties it)."""
-    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=60) as client:
-        yield client
 
 
 member = partial(kit.patient, gender="female", birth_date="1961-04-02")

@@ -16,7 +16,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,7 +40,7 @@ from tests.kit import fhir as kit
 from tests.kit.client import put_resources
 from tests.kit.clock import FROZEN_INSTANT
 from tests.kit.evidence import cited
-from tests.kit.live import Live, api_client, fhir_client, live_app
+from tests.kit.live import Live, clocked_fixtures
 from tests.kit.receiver import Arrival, issue_certificate, receiving
 
 NCT = "NCT06088771"
@@ -83,25 +83,7 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(outbound, "resolve_host", fake_dns)
 
 
-@pytest.fixture(scope="module")
-def live(backend: str, new_database: Any) -> Iterator[Live]:
-    """The real app over HTTP with webhook delivery off and "now" under the test's control."""
-    with live_app(str(new_database(backend)), NOW) as state:
-        yield state
-
-
-@pytest.fixture
-def api(live: Live) -> Iterator[httpx.Client]:
-    """A client on /api/v1 of an empty store, with the clock at NOW."""
-    with api_client(live, NOW) as client:
-        yield client
-
-
-@pytest.fixture
-def fhir(live: Live, api: httpx.Client) -> Iterator[httpx.Client]:
-    """A client on /fhir of the same (emptied) store."""
-    with fhir_client(live) as client:
-        yield client
+live, api, fhir = clocked_fixtures(NOW)
 
 
 def outbox(engine: Engine) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Writing FHIR to the live server over HTTP the way feeds do: one transaction of PUTs."""
+"""The live server over HTTP: writing FHIR the way feeds do (one transaction of PUTs), reading JSON."""
 
 from __future__ import annotations
 
@@ -16,3 +16,11 @@ def put_resources(
     response = fhir.post("", content=put_all(*resources))
     assert response.status_code == status, response.text
     return response
+
+
+def get_json(api: httpx.Client, path: str, **params: Any) -> dict[str, Any]:
+    """The JSON body of a GET that must answer 200."""
+    response = api.get(path, params=params)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
@@ -84,6 +85,31 @@ def fhir_client(live: Live) -> Iterator[httpx.Client]:
     """A client on /fhir of the same store."""
     with httpx.Client(base_url=f"{live.url}/fhir", headers=FHIR_JSON, timeout=60) as client:
         yield client
+
+
+def clocked_fixtures(now: dt.datetime) -> tuple[Any, Any, Any]:
+    """The `live`, `api` and `fhir` fixtures of a test module with an app of its own whose clock
+    stands at `now`: `live, api, fhir = clocked_fixtures(NOW)` at the module's top level."""
+
+    @pytest.fixture(scope="module")
+    def live(backend: str, new_database: Any) -> Iterator[Live]:
+        """The real app over HTTP with webhook delivery off and "now" under the test's control."""
+        with live_app(str(new_database(backend)), now) as state:
+            yield state
+
+    @pytest.fixture
+    def api(live: Live) -> Iterator[httpx.Client]:
+        """A client on /api/v1 of an empty store, with the clock at `now`."""
+        with api_client(live, now) as client:
+            yield client
+
+    @pytest.fixture
+    def fhir(live: Live, api: httpx.Client) -> Iterator[httpx.Client]:
+        """A client on /fhir of the same (emptied) store."""
+        with fhir_client(live) as client:
+            yield client
+
+    return live, api, fhir
 
 
 @dataclass(frozen=True)
