@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import httpx
@@ -33,7 +32,16 @@ Resources = dict[str, dict[str, Any]]
 # -- FHIR, one patient at a time (every resource id starts with the patient id) ---------------------
 
 EPIC_MRN = "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14"
-candidate = partial(kit.patient, mrn_system=EPIC_MRN, **CANDIDATE)
+
+
+def candidate(pid: str) -> dict[str, Any]:
+    """A screening candidate's Patient, MRN{PID} in the hospital's MRN system."""
+    return kit.patient(id=pid, mrn_system=EPIC_MRN, mrn=f"MRN{pid.upper()}", **CANDIDATE)
+
+
+def charted(pid: str, rid: str, code: dict[str, Any], on: str) -> dict[str, Any]:
+    """A problem-list Condition with onset `on`, recorded the same day."""
+    return problem(id=f"{pid}-{rid}", patient=pid, code=code, onset=on, recorded=on)
 
 
 def before_enrollment(days: int) -> str:
@@ -86,18 +94,13 @@ def cohort() -> Resources:
     # e2: NSCLC by histology name, T3 coded, resection in preparation, biopsy ordered, stage IIIA,
     # one NGS panel negative for all three genes, only a topical steroid, current smoker
     e2 = work_up("e2")
-    e2["e2-dx"] = problem(
-        id="e2-dx",
-        patient="e2",
-        code=kit.coded(
-            kit.ICD10CM,
-            "C34.11",
-            "Malignant neoplasm of upper lobe, right bronchus or lung",
-            text="Adenocarcinoma of lung",
-        ),
-        onset="2025-01-20",
-        recorded="2025-01-20",
+    adenocarcinoma = kit.coded(
+        kit.ICD10CM,
+        "C34.11",
+        "Malignant neoplasm of upper lobe, right bronchus or lung",
+        text="Adenocarcinoma of lung",
     )
+    e2["e2-dx"] = charted("e2", "dx", adenocarcinoma, "2025-01-20")
     e2["e2-t"]["valueCodeableConcept"] = kit.coded(kit.AJCC, "cT3", "cT3")
     e2["e2-sr"] = kit.procedure(
         id="e2-sr",
@@ -144,13 +147,7 @@ def cohort() -> Resources:
     out |= e2
     # i1: rheumatoid arthritis
     out |= work_up("i1")
-    out["i1-ra"] = problem(
-        id="i1-ra",
-        patient="i1",
-        code=kit.RHEUMATOID_ARTHRITIS,
-        onset="2019-06-01",
-        recorded="2019-06-01",
-    )
+    out["i1-ra"] = charted("i1", "ra", kit.RHEUMATOID_ARTHRITIS, "2019-06-01")
     # i2: cT1a
     out |= work_up("i2")
     out["i2-t"]["valueCodeableConcept"] = {"text": "cT1a"}
@@ -174,27 +171,17 @@ def cohort() -> Resources:
     )
     # i5: NSCLC and a bone metastasis, nothing else
     out |= {
-        "i5": candidate(id="i5", mrn="MRNI5"),
-        "i5-dx": problem(
-            id="i5-dx", patient="i5", code=kit.NSCLC, onset="2025-01-20", recorded="2025-01-20"
-        ),
-        "i5-met": problem(
-            id="i5-met",
-            patient="i5",
-            code=kit.LUNG_METASTASIS,
-            onset="2025-01-20",
-            recorded="2025-01-20",
-        ),
+        "i5": candidate("i5"),
+        "i5-dx": charted("i5", "dx", kit.NSCLC, "2025-01-20"),
+        "i5-met": charted("i5", "met", kit.LUNG_METASTASIS, "2025-01-20"),
     }
     # i6: prednisone 7 weeks before enrollment, enrolled
     out |= work_up("i6") | enrollment("i6", "001-006")
     out["i6-pred"] = prednisone("i6", before_enrollment(49))
     # n1: C34.90 without histology, nothing else
     out |= {
-        "n1": candidate(id="n1", mrn="MRNN1"),
-        "n1-dx": problem(
-            id="n1-dx", patient="n1", code=C34_90, onset="2025-01-20", recorded="2025-01-20"
-        ),
+        "n1": candidate("n1"),
+        "n1-dx": charted("n1", "dx", C34_90, "2025-01-20"),
     }
     # n2: no smoking status
     n2 = work_up("n2")
@@ -205,17 +192,11 @@ def cohort() -> Resources:
     del n3["n3-alk"], n3["n3-ros1"]
     out |= n3
     # r1: a ResearchSubject and Day-1 doses, no clinical data: a candidate by enrollment alone
-    out |= {"r1": candidate(id="r1", mrn="MRNR1")} | enrollment("r1", "001-011")
+    out |= {"r1": candidate("r1")} | enrollment("r1", "001-011")
     # x1: no lung cancer and no ResearchSubject: not a candidate
     out |= {
-        "x1": candidate(id="x1", mrn="MRNX1"),
-        "x1-htn": problem(
-            id="x1-htn",
-            patient="x1",
-            code=kit.HYPERTENSION,
-            onset="2025-01-20",
-            recorded="2025-01-20",
-        ),
+        "x1": candidate("x1"),
+        "x1-htn": charted("x1", "htn", kit.HYPERTENSION, "2025-01-20"),
         "x1-smk": kit.smoking_status(
             id="x1-smk",
             patient="x1",
@@ -463,13 +444,7 @@ def test_as_of_reads_and_corrections(api: httpx.Client, fhir: httpx.Client) -> N
 def test_metastasis_found_in_may(api: httpx.Client, fhir: httpx.Client) -> None:
     """A bone metastasis with onset in May leaves the March answer eligible and makes May's ineligible."""
     m2 = work_up("m2")
-    m2["m2-met"] = problem(
-        id="m2-met",
-        patient="m2",
-        code=kit.BONE_METASTASIS,
-        onset="2025-05-20",
-        recorded="2025-05-20",
-    )
+    m2["m2-met"] = charted("m2", "met", kit.BONE_METASTASIS, "2025-05-20")
     put_resources(fhir, *m2.values())
     (row,) = screening(api)
     sid = row["subject_id"]
@@ -523,10 +498,8 @@ def test_eligibility_errors_have_the_documented_codes(
         fhir,
         *(
             {
-                "n1": candidate(id="n1", mrn="MRNN1"),
-                "n1-dx": problem(
-                    id="n1-dx", patient="n1", code=C34_90, onset="2025-01-20", recorded="2025-01-20"
-                ),
+                "n1": candidate("n1"),
+                "n1-dx": charted("n1", "dx", C34_90, "2025-01-20"),
             }
         ).values(),
     )

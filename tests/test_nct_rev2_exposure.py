@@ -154,6 +154,17 @@ def prohibited(
     )
 
 
+def screened_with(
+    api: httpx.Client, fhir: httpx.Client, record: dict[str, Any]
+) -> tuple[dict[str, Any], tuple[str, str, list[tuple[str, str]]]]:
+    """p1 (001-001) posted with the work-up and `record`: the stored eligibility, and exclusion 8
+    as (verdict, reason, [(reference, value)])."""
+    put_resources(fhir, *subject("p1", "001-001", extra=[*work_up("p1"), record]))
+    body = eligibility(api, subject_id(api, "001-001"))
+    found = criterion(body, "immunomodulators")
+    return body, (found["verdict"], found["reason"], cites(found))
+
+
 # -- 7. exposure is an interval -----------------------------------------------------------------------
 
 
@@ -187,10 +198,8 @@ def test_a_taper_authored_66_days_before_enrollment_for_21_days_is_within_8_week
             }
         ],
     )
-    put_resources(fhir, *subject("p1", "001-001", extra=[*work_up("p1"), taper]))
-    body = eligibility(api, subject_id(api, "001-001"))
-    immuno = criterion(body, "immunomodulators")
-    assert (immuno["verdict"], immuno["reason"], cites(immuno)) == (
+    body, immunomodulators = screened_with(api, fhir, taper)
+    assert immunomodulators == (
         "met",
         f"{PRED} 66 days before the reference day 2025-03-03",
         [("MedicationRequest/p1-taper/_history/1", f"{PRED} 66 days before")],
@@ -209,10 +218,8 @@ def test_a_year_only_date_is_not_inside_the_window(api: httpx.Client, fhir: http
         route=kit.ORAL,
         effectiveDateTime="2025",
     )
-    put_resources(fhir, *subject("p1", "001-001", extra=[*work_up("p1"), statement]))
-    body = eligibility(api, subject_id(api, "001-001"))
-    immuno = criterion(body, "immunomodulators")
-    assert (immuno["verdict"], immuno["reason"], cites(immuno)) == (
+    body, immunomodulators = screened_with(api, fhir, statement)
+    assert immunomodulators == (
         "unknown",
         f"{PRED} dated 2025 may fall in the 56 days before 2025-03-03",
         [("MedicationStatement/p1-pred-2025/_history/1", f"{PRED} dated 2025")],

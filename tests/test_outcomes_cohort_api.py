@@ -12,6 +12,7 @@ from scipy.stats import binomtest
 
 from tests.conftest import LiveServer
 from tests.kit import fhir as kit
+from tests.kit import nct
 from tests.kit.client import put_resources
 from tests.kit.cohort import fresh_outcomes
 
@@ -39,21 +40,9 @@ def _subject(
                 dose=kit.quantity(mg, "mg"),
             )
         )
-    out.append(
-        kit.procedure(
-            id=f"{pid}-lob", patient=pid, code="Left lower lobectomy", performed="2025-03-27"
-        )
-    )
+    out += nct.surgery(pid).values()
     if viable is not None:
-        out.append(
-            kit.observation(
-                id=f"{pid}-viable",
-                patient=pid,
-                code="Percent viable tumor, primary",
-                effective="2025-04-02",
-                valueQuantity=kit.quantity(viable, "%"),
-            )
-        )
+        out += nct.viable_tumour(pid, viable).values()
     return out
 
 

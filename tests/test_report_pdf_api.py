@@ -70,14 +70,7 @@ def test_trial_pdf_says_what_the_html_report_says(server: LiveServer, fhir: http
     assert "Protocol version 2.0.0" in text
     assert f"Data cut-off {body['computed_at']}" in text
     assert f"every change up to number {body['data_as_of']})" in text
-    for label, n in (
-        ("Screened", 11),
-        ("Eligible", 7),
-        ("Enrolled", 6),
-        ("Dosed", 5),
-        ("Operated", 3),
-        ("Evaluable", 2),
-    ):
+    for label, n in nct.FLOW_COUNTS:
         assert f"{label} n = {n}" in text, label
         assert f"{label} n = {n}" in " ".join(re.sub(r"<[^>]+>", " ", html.text).split())
     assert "not eligible: exclusion 5 met (Autoimmune condition, active or history): 2" in text

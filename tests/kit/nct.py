@@ -254,6 +254,17 @@ def viable_tumour(pid: str, percent: int) -> Resources:
     )
 
 
+# flow_cohort's CONSORT counts, worked out by hand in tests/test_trial_flow_api.py's table
+FLOW_COUNTS = (
+    ("Screened", 11),
+    ("Eligible", 7),
+    ("Enrolled", 6),
+    ("Dosed", 5),
+    ("Operated", 3),
+    ("Evaluable", 2),
+)
+
+
 def flow_cohort() -> list[dict[str, Any]]:
     """Eleven candidates, one per row of tests/test_trial_flow_api.py's table."""
     out: Resources = {"rs-nct": kit.research_study()}
