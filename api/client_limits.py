@@ -36,6 +36,7 @@ from api.rate_limit import EXEMPT
 from api.request_log import route_of
 from api.security_headers import SecurityHeaders
 from fhir_mapping.issues import Issue
+from service.infra import metrics
 from service.infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class BodyDeadline:
                     seconds,
                     route_of(scope),
                 )
+                metrics.count_slow_client("body_timeout")
                 raise BodyTimeout(seconds) from None
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             if sliding:
@@ -191,6 +193,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _note_refusal(self) -> None:
         """One warning at the first refusal, then at most one a minute with the count."""
+        metrics.count_connection_refused()
         cls = GuardedHttpToolsProtocol
         cls._refused += 1
         now = self.loop.time()
@@ -219,6 +222,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 head.extend([name, b": ", value, b"\r\n"])
             head.append(b"content-length: 0\r\nconnection: close\r\n\r\n")
             self.transport.write(b"".join(head))
+            metrics.count_slow_client("head_timeout")
         self.transport.close()  # a connection that sent nothing is idle: it just closes
 
     def _body_late(self) -> None:
@@ -229,4 +233,5 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 "connection closed",
                 self.body_timeout,
             )
+            metrics.count_slow_client("body_trickle")
             self.transport.close()
