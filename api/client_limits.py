@@ -15,6 +15,9 @@ process. Two pieces bound that:
   off at the same body deadline; and a request on a connection beyond
   `TRIALBRIDGE_MAX_CONNECTIONS` is answered 503 with `Retry-After`, except the probes and the
   scrape, which must keep answering a busy process (a refused liveness probe restarts it).
+
+Each refusal and cut-off is counted for /metrics (`service.infra.metrics`): the connection cap's
+503s, and the head deadline's 408, the body deadline's 408 and the trickle's cut-off by reason.
 """
 
 from __future__ import annotations
