@@ -103,7 +103,7 @@ def test_importing_the_app_and_the_command_line_loads_no_statistics_library(
 def test_the_check_sees_a_statistics_library_when_one_is_imported(tmp_path: Path) -> None:
     """The probe itself works: the figure module does load matplotlib."""
     (found,) = _run("import api.app, service.stats.plots\n" + REPORT, tmp_path)
-    assert found == ["lifelines", "matplotlib", "numpy", "pandas", "scipy"]
+    assert "matplotlib" in found  # what else it pulls in may change; that one it draws with
 
 
 @pytest.mark.slow
