@@ -148,8 +148,9 @@ def running_servers(
         for server in started:
             try:
                 server.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # e.g. a cohort computation still running
                 server.process.kill()
+                server.process.wait(timeout=30)  # reaped: no ResourceWarning for a live child
 
 
 def _wait_ready(process: subprocess.Popen[bytes], base: str) -> None:
