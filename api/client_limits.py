@@ -15,6 +15,9 @@ process. Two pieces bound that:
   off at the same body deadline; and a request on a connection beyond
   `TRIALBRIDGE_MAX_CONNECTIONS` is answered 503 with `Retry-After`, except the probes and the
   scrape, which must keep answering a busy process (a refused liveness probe restarts it).
+
+Each refusal and cut-off is counted for /metrics (`service.infra.metrics`): the connection cap's
+503s, and the head deadline's 408, the body deadline's 408 and the trickle's cut-off by reason.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from api.rate_limit import EXEMPT
 from api.request_log import route_of
 from api.security_headers import SecurityHeaders
 from fhir_mapping.issues import Issue
+from service.infra import metrics
 from service.infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,7 @@ class BodyDeadline:
                     seconds,
                     route_of(scope),
                 )
+                metrics.count_slow_client("body_timeout")
                 raise BodyTimeout(seconds) from None
             complete = message["type"] != "http.request" or not message.get("more_body", False)
             if sliding:
@@ -191,6 +196,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _note_refusal(self) -> None:
         """One warning at the first refusal, then at most one a minute with the count."""
+        metrics.count_connection_refused()
         cls = GuardedHttpToolsProtocol
         cls._refused += 1
         now = self.loop.time()
@@ -219,6 +225,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 head.extend([name, b": ", value, b"\r\n"])
             head.append(b"content-length: 0\r\nconnection: close\r\n\r\n")
             self.transport.write(b"".join(head))
+            metrics.count_slow_client("head_timeout")
         self.transport.close()  # a connection that sent nothing is idle: it just closes
 
     def _body_late(self) -> None:
@@ -229,4 +236,5 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 "connection closed",
                 self.body_timeout,
             )
+            metrics.count_slow_client("body_trickle")
             self.transport.close()

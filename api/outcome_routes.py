@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api import report_html, report_pdf, views
+from api import report_html, views
 from api.auth import PrincipalDep, readable_study, require
 from api.deps import ReportsDep, SettingsDep, reject_nul
 from api.fhir_http import if_none_match
@@ -170,6 +170,8 @@ async def study_report_pdf(
     found, headers = await _report_document(request, reports, who, study_id, fresh, "png")
     if found.document is None:
         return Response(status_code=304, headers=headers)
+    from api import report_pdf  # where used: fpdf2 and its fonts stay out of start-up
+
     headers["Content-Disposition"] = f'attachment; filename="{report_pdf.filename(found)}"'
     body = await run_in_threadpool(lambda: report_pdf.render(found))
     return Response(body, media_type="application/pdf", headers=headers)

@@ -9,12 +9,12 @@ the same bytes.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import re
 from pathlib import Path
 
-import matplotlib
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
@@ -23,7 +23,16 @@ from service.reads.results import CohortDocument
 from service.studies.document import Block, Figure, FlowBlock, Paragraph, Section, Table
 from service.studies.flow import ConsortFlow, FlowBox
 
-_FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+def _matplotlib_data() -> Path:
+    """matplotlib's data folder (its `get_data_path()`), found without importing matplotlib."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("matplotlib is not installed: its DejaVu fonts set the PDF's text")
+    return Path(next(iter(spec.submodule_search_locations))) / "mpl-data"
+
+
+_FONTS = _matplotlib_data() / "fonts" / "ttf"
 _FAMILY = "DejaVu"
 _HEADING_SIZES = {1: 18.0, 2: 14.0, 3: 12.0}
 _BODY = 9.0

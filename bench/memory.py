@@ -2,7 +2,9 @@
 
 For each workload a fresh service process is started (`python -m uvicorn api.app:app`, a new
 SQLite file or a scratch PostgreSQL database, authentication off on loopback), warmed up with one
-small transaction and one small import, and its peak-RSS mark is reset (`/proc/PID/clear_refs`).
+small transaction and one small import, left until its cohort snapshots are fresh (the refresher's
+first computation, which loads the statistics libraries, would otherwise fall inside the peak),
+and its peak-RSS mark is reset (`/proc/PID/clear_refs`).
 Then one request is sent and the process's peak (`VmHWM`) is read, with its RSS a few seconds
 after the answer (what it kept):
 
@@ -35,6 +37,7 @@ from typing import Any
 
 import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import (  # a sibling script, not a package
@@ -217,6 +220,23 @@ def _warm_up(client: httpx.Client, templates: Sequence[BundleTemplate]) -> None:
         raise SystemExit(f"warm-up import answered {answer.status_code}: {answer.text[:300]}")
 
 
+def cohorts_settled(base_url: str, timeout: float = 900.0) -> bool:
+    """Wait until no study's cohort snapshot is stale (/metrics): the refresher's computations
+    (the first of which loads the statistics libraries) must not land inside the measured peak."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = httpx.get(f"{base_url}/metrics", timeout=30).text
+        stale = [
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "trialbridge_cohort_snapshot_stale"
+        ]
+        if (stale and not any(stale)) or time.monotonic() > deadline:
+            return bool(stale) and not any(stale)
+        time.sleep(1.0)
+
+
 def measure(
     name: str,
     base_url: str,
@@ -229,6 +249,8 @@ def measure(
     with httpx.Client(base_url=base_url, timeout=httpx.Timeout(3600)) as client:
         _warm_up(client, templates)
         model_checks_settled(base_url)
+        if not cohorts_settled(base_url):
+            print("warning: a cohort snapshot was still stale when measuring", file=sys.stderr)
         time.sleep(SETTLE_SECONDS)
         workers = _children(proc.pid)
         for pid in (proc.pid, *workers):

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
 
@@ -27,6 +28,7 @@ BIN = Path(sys.executable).parent
 DEADLINE = 1.0  # seconds, for the head, the body and idle kept-alive connections
 SLACK = 4.0  # a loaded test machine may be late by this much, never early
 EARLY = 0.9  # a deadline measured from the client's side may look this much shorter
+CUT_OFF_REASONS = ("head_timeout", "body_timeout", "body_trickle")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,26 @@ class Server:
     def guard_records(self, since: int) -> list[dict[str, Any]]:
         """The lines the slow-client guards wrote after `since`."""
         return [r for r in self.records(since) if r["logger"] == "api.client_limits"]
+
+    def guard_counts(self) -> dict[str, float]:
+        """The guards' counters, scraped from /metrics and parsed with prometheus-client's parser:
+        `refused` (the connection cap) and one entry per cut-off reason."""
+        answer = httpx.get(f"{self.url}/metrics", timeout=30)
+        assert answer.status_code == 200, answer.text
+        counts: dict[str, float] = {}
+        for family in text_string_to_metric_families(answer.text):
+            for sample in family.samples:
+                if sample.name == "trialbridge_connections_refused_total":
+                    counts["refused"] = sample.value
+                elif sample.name == "trialbridge_slow_clients_cut_off_total":
+                    counts[sample.labels["reason"]] = sample.value
+        assert set(counts) == {"refused", *CUT_OFF_REASONS}, counts  # every series from the start
+        return counts
+
+    def guard_growth(self, before: dict[str, float]) -> dict[str, float]:
+        """Which guard counters grew since `before`, and by how much."""
+        after = self.guard_counts()
+        return {name: after[name] - before[name] for name in after if after[name] != before[name]}
 
 
 def _serve(folder: Path, **env: str) -> Iterator[Server]:
@@ -192,6 +214,7 @@ def patient_body(mrn: str) -> bytes:
 
 
 def test_a_head_that_stalls_half_way_is_answered_408_and_closed(guarded: Server) -> None:
+    counted = guarded.guard_counts()
     since = guarded.log_size()
     with guarded.connect() as sock:
         sock.sendall(b"GET /api/v1/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # no blank line
@@ -206,9 +229,11 @@ def test_a_head_that_stalls_half_way_is_answered_408_and_closed(guarded: Server)
     assert [r["message"] for r in guarded.guard_records(since)] == [
         "request head not received within 1 s: answered 408, connection closed"
     ]
+    assert guarded.guard_growth(counted) == {"head_timeout": 1}
 
 
 def test_a_connection_that_sends_nothing_is_closed_without_an_answer(guarded: Server) -> None:
+    counted = guarded.guard_counts()
     since = guarded.log_size()
     with guarded.connect() as sock:
         opened = time.monotonic()
@@ -218,6 +243,7 @@ def test_a_connection_that_sends_nothing_is_closed_without_an_answer(guarded: Se
     assert data == b""
     assert EARLY * DEADLINE <= waited < DEADLINE + SLACK
     assert guarded.guard_records(since) == []  # an idle connection is no event
+    assert guarded.guard_growth(counted) == {}  # nor is it counted
 
 
 def test_the_next_head_on_a_kept_alive_connection_has_its_own_deadline(guarded: Server) -> None:
@@ -248,6 +274,7 @@ def test_the_next_head_on_a_kept_alive_connection_has_its_own_deadline(guarded: 
 def test_a_body_that_stalls_is_answered_408_in_the_routes_error_shape(
     guarded: Server, path: str, content_type: str, partial: bytes
 ) -> None:
+    counted = guarded.guard_counts()
     since = guarded.log_size()
     with guarded.connect() as sock:
         sock.sendall(
@@ -293,6 +320,7 @@ def test_a_body_that_stalls_is_answered_408_in_the_routes_error_shape(
     assert [(r["route"], r["status"]) for r in access] == [(route, 408)]
     assert not [r for r in guarded.records(since) if r["level"] in ("WARNING", "ERROR")]
     assert "Traceback" not in guarded.log.read_text()
+    assert guarded.guard_growth(counted) == {"body_timeout": 1}
 
 
 def test_a_body_that_arrives_in_parts_within_the_deadline_is_served(guarded: Server) -> None:
@@ -341,6 +369,7 @@ def test_a_streamed_import_may_outlast_the_deadline_while_its_parts_keep_coming(
 
 
 def test_a_streamed_import_that_falls_silent_is_answered_408(guarded: Server) -> None:
+    counted = guarded.guard_counts()
     with guarded.connect() as sock:
         sock.sendall(
             head(
@@ -355,11 +384,13 @@ def test_a_streamed_import_that_falls_silent_is_answered_408(guarded: Server) ->
         answer = read_answer(sock)  # then nothing more
     assert answer.status == 408, answer.body
     assert answer.json()["issue"][0]["code"] == "timeout"
+    assert guarded.guard_growth(counted) == {"body_timeout": 1}
 
 
 def test_a_body_trickling_after_its_answer_is_cut_off(guarded: Server) -> None:
     """Answered without reading its body (no such route), the rest must still come in time:
     each byte would otherwise cancel the keep-alive timer and hold the connection for ever."""
+    counted = guarded.guard_counts()
     since = guarded.log_size()
     with guarded.connect() as sock:
         sock.sendall(head("POST", "/nowhere", "Content-Length: 1000") + b"abc")
@@ -387,6 +418,7 @@ def test_a_body_trickling_after_its_answer_is_cut_off(guarded: Server) -> None:
     assert [r["message"] for r in guarded.guard_records(since)] == [
         "request body still arriving 1 s after its head, after the answer: connection closed"
     ]
+    assert guarded.guard_growth(counted) == {"body_trickle": 1}
 
 
 # --- idle connections --------------------------------------------------------------------------
@@ -409,6 +441,7 @@ def test_an_idle_kept_alive_connection_closes_after_the_keep_alive_time(guarded:
 
 
 def test_normal_requests_are_unaffected(guarded: Server) -> None:
+    counted = guarded.guard_counts()
     with httpx.Client(base_url=guarded.url, timeout=30) as client:
         created = client.post(
             "/fhir/Patient",
@@ -420,6 +453,7 @@ def test_normal_requests_are_unaffected(guarded: Server) -> None:
         assert found.status_code == 200
         assert found.json()["total"] == 1
         assert client.get("/api/v1/studies").status_code == 200
+    assert guarded.guard_growth(counted) == {}
 
 
 # --- the connection cap --------------------------------------------------------------------------
@@ -428,6 +462,7 @@ def test_normal_requests_are_unaffected(guarded: Server) -> None:
 def test_a_request_beyond_the_connection_cap_gets_503_and_the_others_are_served(
     capped: Server,
 ) -> None:
+    counted = capped.guard_counts()
     since = capped.log_size()
     bodies = [patient_body(f"cap-{n}") for n in range(CAP)]
     held = [capped.connect() for _ in bodies]
@@ -471,6 +506,8 @@ def test_a_request_beyond_the_connection_cap_gets_503_and_the_others_are_served(
         with capped.connect() as probe:  # probes are answered however busy the process is
             probe.sendall(head("GET", "/healthz"))
             assert read_answer(probe).status == 200
+        # the scrape is answered too, and counts the two refusals (not the probe, nor itself)
+        assert capped.guard_growth(counted) == {"refused": 2}
 
         for sock, body in zip(held, bodies, strict=True):
             sock.sendall(body[10:])

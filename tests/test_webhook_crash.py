@@ -129,3 +129,60 @@ def test_a_process_killed_mid_delivery_costs_one_repeat_with_the_same_key(
 def _outbox(engine: Any) -> list[Any]:
     with Session(engine) as session:
         return webhook_outbox.outbox_state(session)
+
+
+SLOW = {
+    "TRIALBRIDGE_WEBHOOK_ALLOW_PRIVATE": "true",
+    "TRIALBRIDGE_WEBHOOK_INTERVAL_SECONDS": "0.1",
+    # a lease of 5 + 1 s: one process sending all 16 notifications one after the other behind a
+    # receiver that takes 0.5 s each would outlast a lease taken for them at once
+    "TRIALBRIDGE_WEBHOOK_TIMEOUT_SECONDS": "5",
+    "TRIALBRIDGE_WEBHOOK_LEASE_MARGIN_SECONDS": "1",
+}
+SLOW_NOTIFICATIONS = 16
+
+
+@pytest.mark.slow
+def test_two_replicas_of_two_workers_behind_a_slow_receiver_deliver_each_notification_once(
+    new_database: Any, tmp_path: Path
+) -> None:
+    """Issue 17: with `--workers 2` and a slow receiver, 20 notifications arrived 32 times.
+    Four delivering processes (two replicas of `serve --workers 2`) on PostgreSQL: each arrives
+    exactly once."""
+    database_url = str(new_database("postgres"))
+    engine = make_engine(Settings(database_url=database_url))
+    migrate.upgrade(engine)
+    try:
+        with (
+            receiving(delay_seconds=0.5) as receiver,
+            running_servers(database_url, 2, tmp_path, SLOW, workers=2) as replicas,
+        ):
+            with httpx.Client(base_url=replicas[0].url, timeout=60) as client:
+                created = client.post(
+                    "/api/v1/subscriptions",
+                    json={
+                        "url": receiver.url(),
+                        "events": ["eligibility.changed"],
+                        "secret": SECRET,
+                    },
+                )
+                assert created.status_code == 201, created.text
+                written = client.post(
+                    "/fhir", content=candidates(SLOW_NOTIFICATIONS), headers=FHIR_JSON
+                )
+                assert written.status_code == 200, written.text
+            deadline = time.monotonic() + 120
+            while not all(r.delivered_at is not None for r in _outbox(engine)):
+                assert time.monotonic() < deadline, "the notifications were not all delivered"
+                time.sleep(0.2)
+            time.sleep(7)  # longer than a lease: a repeat sent by another process would be seen
+            assert all(r.process.poll() is None for r in replicas)
+        rows = _outbox(engine)
+        assert len(rows) == SLOW_NOTIFICATIONS
+        keys = Counter(a.key for a in receiver.arrivals)
+        assert keys == {r.idempotency_key: 1 for r in rows}
+        assert len(receiver.arrivals) == SLOW_NOTIFICATIONS
+        assert all(signed(a) for a in receiver.arrivals)
+        assert [(r.attempts, r.last_error) for r in rows] == [(1, None)] * SLOW_NOTIFICATIONS
+    finally:
+        engine.dispose()

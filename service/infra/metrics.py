@@ -65,6 +65,22 @@ WEBHOOK_DELIVERIES = Counter(
     "Webhook delivery attempts by outcome (delivered, retry, failed)",
     ["outcome"],
 )
+CONNECTIONS_REFUSED = Counter(
+    "trialbridge_connections_refused",
+    "Requests answered 503 (and their connection closed) because the process was over its "
+    "connection cap (TRIALBRIDGE_MAX_CONNECTIONS)",
+)
+# why a slow client was cut off: its head or body missed its deadline (408), or the rest of a body
+# still trickled in after the answer (the connection is closed)
+SLOW_CLIENT_REASONS = ("head_timeout", "body_timeout", "body_trickle")
+SLOW_CLIENTS_CUT_OFF = Counter(
+    "trialbridge_slow_clients_cut_off",
+    "Connections cut off for slowness, by reason: head_timeout and body_timeout (answered 408), "
+    "body_trickle (body still arriving after the answer, closed)",
+    ["reason"],
+)
+for _reason in SLOW_CLIENT_REASONS:  # every reason is scraped from the start, at 0
+    SLOW_CLIENTS_CUT_OFF.labels(_reason)
 DB_CONNECTIONS_IN_USE = Gauge(
     "trialbridge_db_pool_connections_in_use",
     "Database connections checked out of the pools of the live processes",
@@ -117,6 +133,16 @@ def count_written(versions: Iterable[tuple[str, str, int, bool]]) -> None:
     )
     for (resource_type, change), n in tally.items():
         RESOURCES_WRITTEN.labels(resource_type, change).inc(n)
+
+
+def count_connection_refused() -> None:
+    """Count one request refused by the connection cap."""
+    CONNECTIONS_REFUSED.inc()
+
+
+def count_slow_client(reason: str) -> None:
+    """Count one connection cut off for slowness (one of `SLOW_CLIENT_REASONS`)."""
+    SLOW_CLIENTS_CUT_OFF.labels(reason).inc()
 
 
 def count_refused(resource_type: str | None) -> None:

@@ -41,7 +41,7 @@ from service.reads.access import read
 from service.repositories import cohort_snapshots, eligibility_results, study_subjects, trial_events
 from service.repositories.cohort_snapshots import Figure, ListingRow, SnapshotHead
 from service.stats.balance import table_to_json
-from service.stats.plots import MEDIA_TYPES
+from service.stats.figures import MEDIA_TYPES
 from service.studies.document import document_to_json, flow_to_json
 from service.studies.kind import CohortData, CohortReport, Member, Screened
 from service.studies.registry import kind_of

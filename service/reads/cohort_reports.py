@@ -24,7 +24,7 @@ from service.reads.paging import decode_cursor, encode_cursor
 from service.reads.results import CohortDocument, CohortOutcomes, ListingPage, StudyRef
 from service.repositories import cohort_snapshots
 from service.repositories.cohort_snapshots import SnapshotHead
-from service.stats.plots import MEDIA_TYPES, RenderedFigure
+from service.stats.figures import MEDIA_TYPES, RenderedFigure
 from service.studies.document import document_from_json, figures_of
 
 

@@ -26,8 +26,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
-import numpy as np
-
 T = TypeVar("T")
 Kind = Literal["continuous", "categorical"]
 UNKNOWN = "unknown"
@@ -159,6 +157,8 @@ class BalanceTable:
 
 def _sd(values: Sequence[float]) -> float | None:
     """Sample SD (n − 1); None below two values."""
+    import numpy as np  # where used: numpy stays out of a server's start-up
+
     if len(values) < 2:
         return None
     return float(np.std(np.asarray(values, dtype=float), ddof=1))
@@ -168,6 +168,8 @@ def smd_continuous(
     first: Sequence[float], second: Sequence[float]
 ) -> tuple[float | None, str | None]:
     """(mean₁ − mean₂) / √((s₁² + s₂²) / 2), or None with the reason it is not computable."""
+    import numpy as np  # where used: numpy stays out of a server's start-up
+
     if not first or not second:
         return None, "an empty group"
     s1, s2 = _sd(first), _sd(second)
@@ -190,6 +192,8 @@ def smd_level(p1: float, p2: float) -> float | None:
 
 def smd_categorical(p1: Sequence[float], p2: Sequence[float]) -> float:
     """Yang & Dalton's multi-level SMD of two level-proportion vectors (same level order)."""
+    import numpy as np  # where used: numpy stays out of a server's start-up
+
     seen = [i for i in range(len(p1)) if p1[i] > 0 or p2[i] > 0]
     if len(seen) < 2:
         return 0.0
@@ -220,6 +224,8 @@ def _numbers(variable: Variable[T], records: Sequence[T]) -> tuple[list[float], 
 
 def continuous_summary(values: Sequence[float], missing: int) -> ContinuousSummary:
     """n, missing, mean, SD, median, quartiles and range of the recorded values."""
+    import numpy as np  # where used: numpy stays out of a server's start-up
+
     if not values:
         return ContinuousSummary(0, missing, None, None, None, None, None, None, None)
     array = np.asarray(values, dtype=float)

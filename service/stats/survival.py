@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lifelines import KaplanMeierFitter
-from scipy.stats import binomtest
+if TYPE_CHECKING:  # imported where used: lifelines and scipy cost ~100 MB of every process
+    from lifelines import KaplanMeierFitter
 
 DECIMALS = 4
 # Survival in months: the mean Gregorian month (a Julian year of 365.25 days / 12), the usual
@@ -54,6 +54,8 @@ def proportion_ci(successes: int, n: int, level: float = 0.95) -> dict[str, Any]
     }
     if n == 0:
         return {**out, "reason": "no subjects"}
+    from scipy.stats import binomtest
+
     ci = binomtest(successes, n).proportion_ci(confidence_level=level, method="exact")
     return {
         **out,
@@ -83,6 +85,8 @@ def km_fitter(
     times, flags = _validated(durations, events)
     if not times:
         raise ValueError("Kaplan–Meier needs at least one subject")
+    from lifelines import KaplanMeierFitter
+
     return KaplanMeierFitter(alpha=1 - level).fit(times, event_observed=flags, label=label)
 
 

@@ -21,7 +21,7 @@ from fhir_mapping.partial_dates import site_date
 from service.protocol.schema import StudyProtocol
 from service.repositories.unit_of_work import UnitOfWork
 from service.stats.balance import BalanceTable
-from service.stats.plots import Draw, RenderedFigure
+from service.stats.figures import Draw, RenderedFigure
 from service.studies.document import ReportDocument
 from service.studies.flow import ConsortFlow
 

@@ -130,10 +130,15 @@ def server_processes(database_url: str, count: int, spool: Path) -> Iterator[lis
 
 @contextmanager
 def running_servers(
-    database_url: str, count: int, spool: Path, env: Mapping[str, str] | None = None
+    database_url: str,
+    count: int,
+    spool: Path,
+    env: Mapping[str, str] | None = None,
+    workers: int = 1,
 ) -> Iterator[list[ServerProcess]]:
     """As `server_processes`, with more `TRIALBRIDGE_*` settings in `env` (webhook delivery is off
-    unless it sets an interval), yielding the processes too (a test may kill one)."""
+    unless it sets an interval) and `serve --workers`, yielding the processes too (a test may kill
+    one)."""
     started: list[ServerProcess] = []
     try:
         for n in range(count):
@@ -152,6 +157,8 @@ def running_servers(
                 "serve",
                 "--port",
                 str(port),
+                "--workers",
+                str(workers),
             ]
             process = subprocess.Popen(
                 command, env=variables, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -167,12 +174,13 @@ def running_servers(
         for server in started:
             try:
                 server.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # e.g. a cohort computation still running
                 server.process.kill()
+                server.process.wait(timeout=30)  # reaped: no ResourceWarning for a live child
 
 
 def _wait_ready(process: subprocess.Popen[bytes], base: str) -> None:
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180  # several processes starting on a busy 2-core machine
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"the server at {base} exited with {process.returncode}")

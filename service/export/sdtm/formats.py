@@ -14,14 +14,15 @@ import math
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
-import pandas as pd
-import pyreadstat
 
 from service.export.sdtm.metadata import Variable
 from service.export.sdtm.model import Dataset, Package, Value
+
+if TYPE_CHECKING:  # pandas and pyreadstat are imported by the XPORT writer, not at start-up
+    import pandas as pd
 
 DATASET_JSON_VERSION = "1.1.0"
 ORIGINATOR = "trialbridge"
@@ -136,6 +137,8 @@ def schema_errors(document: Any) -> list[str]:
 
 
 def _frame(ds: Dataset) -> pd.DataFrame:
+    import pandas as pd
+
     data: dict[str, Any] = {}
     for v in ds.spec.variables:
         values = [row.get(v.name) for row in ds.rows]
@@ -150,6 +153,8 @@ def _frame(ds: Dataset) -> pd.DataFrame:
 
 def write_xpt(ds: Dataset, path: Path) -> None:
     """The dataset as a SAS XPORT version 5 file (names ≤ 8, labels ≤ 40, text ≤ 200)."""
+    import pyreadstat  # with pandas, ~50 MB a process that may never export
+
     pyreadstat.write_xport(
         _frame(ds),
         str(path),

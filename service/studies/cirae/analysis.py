@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.stats.survival import km_in_months, proportion_ci
-from service.studies.cirae.cox import MODELS, fit_cox, not_estimable
 from service.studies.cirae.matching import match
 from service.studies.cirae.protocol import CohortProtocol
 from service.studies.cirae.records import CirAESubject, Group, MatchResult
@@ -106,6 +105,8 @@ def matched_sets(result: MatchResult) -> dict[str, int]:
 
 def _not_estimable_comparison(control_group: Group, n_cases: int, reason: str) -> Comparison:
     """A comparison that cannot be made: every model says why."""
+    from service.studies.cirae.cox import MODELS, not_estimable  # where used, like compare's
+
     return Comparison(
         control_group=control_group,
         estimable=False,
@@ -125,6 +126,9 @@ def compare(
     min_events_per_parameter: int,
 ) -> Comparison:
     """Matching and the four Cox models for dupilumab vs one control group."""
+    # where used: the Cox models bring numpy, pandas, lifelines and scipy (~100 MB a process)
+    from service.studies.cirae.cox import MODELS, fit_cox, not_estimable
+
     cases = [s for s in cohort if s.group == "dupilumab"]
     controls = [s for s in cohort if s.group == control_group]
     if not cases or not controls:

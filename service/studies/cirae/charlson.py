@@ -22,31 +22,43 @@ Two library defects are contained here, nowhere else:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
-import pandas.core.common
-import pandas.errors
-
-if not hasattr(pandas.core.common, "SettingWithCopyWarning"):
-    pandas.core.common.SettingWithCopyWarning = pandas.errors.SettingWithCopyWarning
-
-with warnings.catch_warnings():
-    import comorbidipy
-    from comorbidipy.weights import weights as library_weights
+if TYPE_CHECKING:
+    import pandas as pd
 
 Weighting = Literal["charlson", "quan"]
 
 _MAPPING = "charlson_icd10_quan"
 _QUAN_2011_AIDS_WEIGHT = 4  # Quan 2011, Table 3 (AIDS/HIV); see the module docstring
-_LIBRARY_WARNINGS = (
-    pandas.errors.SettingWithCopyWarning,
-    FutureWarning,
-    DeprecationWarning,
-    pandas.errors.PerformanceWarning,
-)
+
+
+@functools.cache
+def _library() -> tuple[ModuleType, ModuleType, Any, tuple[type[Warning], ...]]:
+    """pandas, comorbidipy, its weights and the warnings it may raise: imported on first use
+    (pandas is ~50 MB of a process that may never compute a Charlson index)."""
+    import pandas
+    import pandas.core.common
+    import pandas.errors
+
+    if not hasattr(pandas.core.common, "SettingWithCopyWarning"):
+        pandas.core.common.SettingWithCopyWarning = pandas.errors.SettingWithCopyWarning
+
+    with warnings.catch_warnings():
+        import comorbidipy
+        from comorbidipy.weights import weights as library_weights
+
+    noise = (
+        pandas.errors.SettingWithCopyWarning,
+        FutureWarning,
+        DeprecationWarning,
+        pandas.errors.PerformanceWarning,
+    )
+    return pandas, comorbidipy, library_weights, noise
 
 
 def normalise_code(code: str) -> str:
@@ -56,10 +68,11 @@ def normalise_code(code: str) -> str:
 
 def _score_frame(frame: pd.DataFrame, weighting: Weighting) -> pd.DataFrame:
     """comorbidipy on (id, code) rows, its pandas warnings ignored only when raised from comorbidipy."""
+    _, comorbidipy, _, noise = _library()
     with warnings.catch_warnings():
-        for category in _LIBRARY_WARNINGS:
+        for category in noise:
             warnings.filterwarnings("ignore", category=category, module=r"comorbidipy(\.|$)")
-        return comorbidipy.comorbidity(
+        scored: pd.DataFrame = comorbidipy.comorbidity(
             frame,
             id="id",
             code="code",
@@ -70,12 +83,14 @@ def _score_frame(frame: pd.DataFrame, weighting: Weighting) -> pd.DataFrame:
             weighting=weighting,
             assign0=True,
         )
+    return scored
 
 
 def _aids_correction(weighting: Weighting) -> int:
     """Points to add per AIDS/HIV flag so the "quan" weighting matches Quan 2011 (0 when it already does)."""
     if weighting != "quan":
         return 0
+    library_weights = _library()[2]
     return _QUAN_2011_AIDS_WEIGHT - int(library_weights[_MAPPING]["quan"]["aids"])
 
 
@@ -94,10 +109,11 @@ def charlson_indices(
     )
     if not rows:
         return result
-    frame = pd.DataFrame(rows, columns=["id", "code"])
+    pandas = _library()[0]
+    frame = pandas.DataFrame(rows, columns=["id", "code"])
     scored = _score_frame(frame, weighting)
     extra = _aids_correction(weighting)
-    aids = scored["aids"] if "aids" in scored.columns else pd.Series(0, index=scored.index)
+    aids = scored["aids"] if "aids" in scored.columns else pandas.Series(0, index=scored.index)
     for patient, score, has_aids in zip(
         scored["id"], scored["comorbidity_score"], aids, strict=True
     ):

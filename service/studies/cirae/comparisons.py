@@ -25,12 +25,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pandas as pd
-from lifelines import CoxPHFitter, CoxTimeVaryingFitter
-from lifelines.exceptions import ConvergenceError
-from lifelines.statistics import logrank_test
-from scipy.stats import norm
-
 from service.stats.survival import DAYS_PER_MONTH, kaplan_meier, km_in_months
 from service.studies.cirae.labels import group_label
 from service.studies.cirae.records import CirAESubject, Group, MatchedSet
@@ -105,6 +99,8 @@ def _exp(value: float) -> float:
 
 
 def _hr(coef: float, se: float, z: float) -> dict[str, Any]:
+    from scipy.stats import norm  # where used: scipy, pandas, lifelines stay out of start-up
+
     return {
         "hr": _num(_exp(coef)),
         "ci_lower": _num(_exp(coef - z * se)),
@@ -123,6 +119,11 @@ def unadjusted_fixed(
     population: Sequence[tuple[CirAESubject, int]], level: float
 ) -> dict[str, Any]:
     """Cox with the group alone (fixed at ICB initiation); model-based and clustered intervals."""
+    import pandas as pd
+    from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceError
+    from scipy.stats import norm
+
     table = pd.DataFrame(
         {
             "time": [_end(s) for s, _ in population],
@@ -181,6 +182,11 @@ def unadjusted_time_varying(
     population: Sequence[tuple[CirAESubject, int]], level: float
 ) -> dict[str, Any]:
     """Cox with dupilumab exposure alone, time-varying from the first dose (no immortal time)."""
+    import pandas as pd
+    from lifelines import CoxTimeVaryingFitter
+    from lifelines.exceptions import ConvergenceError
+    from scipy.stats import norm
+
     rows = [{"id": s.subject_id, **row} for s, _ in population for row in _exposure_rows(s)]
     table = pd.DataFrame(rows)
     if table["dupilumab"].nunique() < 2:
@@ -211,6 +217,8 @@ def log_rank(population: Sequence[tuple[CirAESubject, int]]) -> dict[str, Any]:
     controls = [s for s, _ in population if s.group != "dupilumab"]
     if not cases or not controls:
         return {"statistic": None, "df": 1, "p": None, "reason": "a group is empty"}
+    from lifelines.statistics import logrank_test
+
     result = logrank_test(
         [float(s.os_days) for s in cases],
         [float(s.os_days) for s in controls],

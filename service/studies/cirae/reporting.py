@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.stats.balance import BalanceTable
-from service.stats.plots import Curves, Draw, km_figure
+from service.stats.figures import Curves, Draw, km_figure
 from service.studies.cirae.cohort import CohortBuild, CohortPatient
 from service.studies.cirae.comparisons import comparison_summary, matched_population
 from service.studies.cirae.consort import cirae_flow
