@@ -249,7 +249,11 @@ def _check_columns(x: FloatArray, event: BoolArray, names: tuple[str, ...]) -> N
 
 
 def _solve(negative_hessian: FloatArray, gradient: FloatArray) -> FloatArray:
-    """(−H)⁻¹g as lifelines solves it (a positive-definite solve); failures as ConvergenceError."""
+    """(−H)⁻¹g as lifelines solves it (a positive-definite solve).
+
+    Non-finite input is a ConvergenceError; a singular matrix is scipy's LinAlgError, itself a
+    ValueError, passed on as lifelines passes it on.
+    """
     from scipy.linalg import solve
 
     try:
@@ -260,11 +264,6 @@ def _solve(negative_hessian: FloatArray, gradient: FloatArray) -> FloatArray:
                 f"hessian or gradient contains nan or inf value(s). Convergence halted. {exc}"
             ) from exc
         raise
-    except np.linalg.LinAlgError as exc:
-        raise ConvergenceError(
-            "Convergence halted due to matrix inversion problems. Suspicion is high colinearity. "
-            f"{exc}"
-        ) from exc
 
 
 def fit_cox(
@@ -281,8 +280,9 @@ def fit_cox(
 ) -> CoxArrays:
     """Maximise the Efron partial likelihood of (start, stop] rows, within strata.
 
-    `strata` holds any labels (one per row); `names` only label the warnings. Raises
-    ConvergenceError when a step cannot be computed and ValueError for impossible intervals.
+    `strata` holds any labels (one per row); `names` only label the warnings. Raises a ValueError
+    when a step cannot be computed (ConvergenceError, or numpy's LinAlgError for a singular
+    Hessian) and for impossible intervals.
     """
     x = np.asarray(x, dtype=float)
     start, stop = np.asarray(start, dtype=float), np.asarray(stop, dtype=float)
