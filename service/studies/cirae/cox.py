@@ -322,6 +322,15 @@ def long_table(
     return pd.DataFrame(rows), covariates
 
 
+def _rank(r_columns: FloatArray, rows: int) -> int:
+    """numpy.linalg.matrix_rank of the rows×k matrix whose QR factor has these R columns."""
+    singular = np.linalg.svd(r_columns, compute_uv=False)
+    if not singular.size:
+        return 0
+    tolerance = singular.max() * max(rows, r_columns.shape[1]) * np.finfo(float).eps
+    return int((singular > tolerance).sum())
+
+
 def _independent_terms(
     table: pd.DataFrame, candidates: Sequence[str], *, stratified: bool = False
 ) -> tuple[list[str], list[dict[str, str]]]:
@@ -335,10 +344,18 @@ def _independent_terms(
         centred = values - values.groupby(table[STRATUM]).transform("mean")
     else:
         centred = values - values.mean()
+    matrix = centred.to_numpy(dtype=float)
+    # The rank of any set of columns of `matrix` is that of the same columns of R in its QR
+    # decomposition (Q has orthonormal columns, so the singular values are the same): a K×K
+    # matrix per check instead of rows×K. numpy's default tolerance, for the original shape.
+    r_factor: FloatArray = (
+        np.asarray(np.linalg.qr(matrix, mode="r")) if len(candidates) else np.zeros((0, 0))
+    )
+    column_of = {term: i for i, term in enumerate(candidates)}
     kept: list[str] = []
     dropped: list[dict[str, str]] = []
     for term in candidates:
-        column = centred[term].to_numpy(dtype=float)
+        column = matrix[:, column_of[term]]
         if np.allclose(column, 0.0, rtol=0.0, atol=1e-12):
             reason = (
                 "constant within every matched set"
@@ -347,8 +364,8 @@ def _independent_terms(
             )
             dropped.append({"term": term, "reason": reason})
             continue
-        trial = [*kept, term]
-        if np.linalg.matrix_rank(centred[trial].to_numpy(dtype=float)) < len(trial):
+        trial = [column_of[t] for t in (*kept, term)]
+        if _rank(r_factor[:, trial], len(matrix)) < len(trial):
             dropped.append({"term": term, "reason": "linearly dependent on the terms before it"})
             continue
         kept.append(term)
