@@ -14,7 +14,8 @@ Decisions (each also stated in the output):
   initiation, as the KM curves compare them (carries the immortal time of the design: a dupilumab
   case lived until its cirAE and its first dose), with model-based and robust (sandwich, clustered
   on matched set) intervals; (b) dupilumab exposure time-varying from the first dose (0 before it,
-  1 after; a death on that day counts as unexposed), free of that immortal time. Cox, Efron ties;
+  1 after; a death on that day counts as unexposed), free of that immortal time. Cox, Efron ties
+  (lifelines' CoxPHFitter for (a); (b) on arrays, service.stats.cox_fit, lifelines' algorithm);
   zero follow-up is set to 0.5 day, as in the adjusted models.
 """
 
@@ -25,6 +26,9 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from service.stats.cox_fit import fit_cox
 from service.stats.survival import DAYS_PER_MONTH, kaplan_meier, km_in_months
 from service.studies.cirae.labels import group_label
 from service.studies.cirae.records import CirAESubject, Group, MatchedSet
@@ -99,7 +103,7 @@ def _exp(value: float) -> float:
 
 
 def _hr(coef: float, se: float, z: float) -> dict[str, Any]:
-    from scipy.stats import norm  # where used: scipy, pandas, lifelines stay out of start-up
+    from scipy.stats import norm
 
     return {
         "hr": _num(_exp(coef)),
@@ -182,37 +186,41 @@ def unadjusted_time_varying(
     population: Sequence[tuple[CirAESubject, int]], level: float
 ) -> dict[str, Any]:
     """Cox with dupilumab exposure alone, time-varying from the first dose (no immortal time)."""
-    import pandas as pd
-    from lifelines import CoxTimeVaryingFitter
-    from lifelines.exceptions import ConvergenceError
     from scipy.stats import norm
 
-    rows = [{"id": s.subject_id, **row} for s, _ in population for row in _exposure_rows(s)]
-    table = pd.DataFrame(rows)
-    if table["dupilumab"].nunique() < 2:
+    rows = [row for s, _ in population for row in _exposure_rows(s)]
+    exposure = np.array([r["dupilumab"] for r in rows], dtype=float)
+    if len(np.unique(exposure)) < 2:
         return _not_estimable("dupilumab exposure does not vary in the matched population")
     z = float(norm.ppf(1 - (1 - level) / 2))
     try:
-        fitter = _fit_quietly(
-            lambda: CoxTimeVaryingFitter(alpha=1 - level).fit(
-                table, event_col="event", start_col="start", stop_col="stop", id_col="id"
+        fitted = _fit_quietly(
+            lambda: fit_cox(
+                exposure[:, None],
+                np.array([r["start"] for r in rows], dtype=float),
+                np.array([r["stop"] for r in rows], dtype=float),
+                np.array([r["event"] for r in rows], dtype=bool),
+                names=("dupilumab",),
             )
         )
-    except (ConvergenceError, ValueError, ZeroDivisionError, ArithmeticError) as exc:
+    except (ValueError, ZeroDivisionError, ArithmeticError) as exc:
         return _not_estimable(f"the model did not converge ({' '.join(str(exc).split())[:200]})")
-    result = _hr(float(fitter.params_["dupilumab"]), float(fitter.standard_errors_["dupilumab"]), z)
+    with np.errstate(invalid="ignore"):
+        result = _hr(float(fitted.params[0]), float(fitted.standard_errors[0]), z)
     return {
         "estimable": result["hr"] is not None,
         "reason": None if result["hr"] is not None else "non-finite estimate",
         "model": "Cox, dupilumab exposure alone, time-varying from the first dose "
         "(0 before, 1 after; a death on that day counts as unexposed), Efron ties",
-        "n_rows": len(table),
+        "n_rows": len(rows),
         **result,
     }
 
 
 def log_rank(population: Sequence[tuple[CirAESubject, int]]) -> dict[str, Any]:
     """Two-group log-rank test of OS, dupilumab cases against their matched controls."""
+    from lifelines.statistics import logrank_test
+
     cases = [s for s, _ in population if s.group == "dupilumab"]
     controls = [s for s, _ in population if s.group != "dupilumab"]
     if not cases or not controls:

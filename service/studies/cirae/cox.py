@@ -27,11 +27,13 @@ Modelling decisions (the output names each of them next to the numbers they prod
 - Minimum events: at least `min_events_per_parameter` deaths per estimated parameter
   (Vittinghoff & McCulloch, Am J Epidemiol 2007;165:710-718: 5-9 events per variable are usually
   adequate for Cox models), else the model is not estimable.
-- Separation / non-convergence: a lifelines ConvergenceError, a non-finite estimate, a standard error
+- Separation / non-convergence: a ConvergenceError of the fit, a non-finite estimate, a standard error
   of the log-HR above `MAX_LOG_HR_SE`, or |log-HR| above `MAX_ABS_LOG_HR` makes the model not
   estimable when it hits the dupilumab or glucocorticoid term, and only that term when it hits an
   adjustment covariate. Convergence warnings are reported as caveats.
-- Fitting: lifelines `CoxTimeVaryingFitter` (Efron ties; `strata=` for the matched sets).
+- Fitting: `service.stats.cox_fit` (Efron ties, risk sets within the matched sets when stratified):
+  lifelines' `CoxTimeVaryingFitter` algorithm step for step, on numpy arrays with sorted cumulative
+  sums instead of a mask per death time and a pandas split per stratum (issue 19).
 - Proportional-hazards check: Grambsch-Therneau score tests on the Schoenfeld residuals of the
   fitted model itself (Efron-weighted risk-set means within each stratum, time transform = rank of
   the death times, per-term 1-df statistic as lifelines' `proportional_hazard_test` computes it,
@@ -47,15 +49,14 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
-from lifelines import CoxTimeVaryingFitter
-from lifelines.exceptions import ConvergenceError
-from scipy.stats import chi2, norm
 
+from service.stats.cox_fit import ConvergenceError, CoxArrays
+from service.stats.cox_fit import fit_cox as fit_arrays
+from service.stats.cox_fit import schoenfeld_residuals as _schoenfeld
 from service.studies.cirae.records import CirAESubject
 from service.studies.cirae.results import (
     CoxFit,
@@ -69,13 +70,16 @@ from service.studies.cirae.results import (
 )
 from service.studies.cirae.wire import cox_fit_json
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 MIN_EVENTS_PER_PARAMETER = 5
 MAX_LOG_HR_SE = 5.0
 MAX_ABS_LOG_HR = 10.0
 ZERO_FOLLOWUP_DAYS = 0.5
 # lifelines stops at a Newton decrement of 1e-7, which leaves ~1e-5 in the coefficients; the
 # reported numbers have 6 decimals, so the fit is run to convergence (a few more cheap iterations).
-FIT_OPTIONS = {"precision": 1e-10, "r_precision": 1e-14}
+FIT_PRECISION = 1e-10
 DECIMALS = 6
 GROUP_TERM = "dupilumab"
 GC_TERM = "glucocorticoid"
@@ -295,6 +299,8 @@ def long_table(
     glucocorticoid: bool = True,
 ) -> tuple[pd.DataFrame, _Covariates]:
     """The counting-process table: one row per interval, with every candidate term as a column."""
+    import pandas as pd
+
     covariates = _covariate_columns(subjects, adjustment)
     fixed = covariates.columns
     rows: list[dict[str, Any]] = []
@@ -316,6 +322,15 @@ def long_table(
     return pd.DataFrame(rows), covariates
 
 
+def _rank(r_columns: FloatArray, rows: int) -> int:
+    """numpy.linalg.matrix_rank of the rows×k matrix whose QR factor has these R columns."""
+    singular = np.linalg.svd(r_columns, compute_uv=False)
+    if not singular.size:
+        return 0
+    tolerance = singular.max() * max(rows, r_columns.shape[1]) * np.finfo(float).eps
+    return int((singular > tolerance).sum())
+
+
 def _independent_terms(
     table: pd.DataFrame, candidates: Sequence[str], *, stratified: bool = False
 ) -> tuple[list[str], list[dict[str, str]]]:
@@ -329,10 +344,18 @@ def _independent_terms(
         centred = values - values.groupby(table[STRATUM]).transform("mean")
     else:
         centred = values - values.mean()
+    matrix = centred.to_numpy(dtype=float)
+    # The rank of any set of columns of `matrix` is that of the same columns of R in its QR
+    # decomposition (Q has orthonormal columns, so the singular values are the same): a K×K
+    # matrix per check instead of rows×K. numpy's default tolerance, for the original shape.
+    r_factor: FloatArray = (
+        np.asarray(np.linalg.qr(matrix, mode="r")) if len(candidates) else np.zeros((0, 0))
+    )
+    column_of = {term: i for i, term in enumerate(candidates)}
     kept: list[str] = []
     dropped: list[dict[str, str]] = []
     for term in candidates:
-        column = centred[term].to_numpy(dtype=float)
+        column = matrix[:, column_of[term]]
         if np.allclose(column, 0.0, rtol=0.0, atol=1e-12):
             reason = (
                 "constant within every matched set"
@@ -341,8 +364,8 @@ def _independent_terms(
             )
             dropped.append({"term": term, "reason": reason})
             continue
-        trial = [*kept, term]
-        if np.linalg.matrix_rank(centred[trial].to_numpy(dtype=float)) < len(trial):
+        trial = [column_of[t] for t in (*kept, term)]
+        if _rank(r_factor[:, trial], len(matrix)) < len(trial):
             dropped.append({"term": term, "reason": "linearly dependent on the terms before it"})
             continue
         kept.append(term)
@@ -384,8 +407,16 @@ def _caveat(warning: warnings.WarningMessage) -> str:
     return f"{warning.category.__name__}: {' '.join(sentences[:2])[:300]}"
 
 
-def _quietly(fit: Callable[[], CoxTimeVaryingFitter]) -> tuple[CoxTimeVaryingFitter, list[str]]:
-    """Run one lifelines fit, turning its warnings into caveats instead of letting them escape."""
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    """A fitted model: the terms in order with their estimates and variance matrix."""
+
+    terms: tuple[str, ...]
+    arrays: CoxArrays
+
+
+def _quietly(fit: Callable[[], CoxArrays]) -> tuple[CoxArrays, list[str]]:
+    """Run one fit, turning its warnings into caveats instead of letting them escape."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fitted = fit()
@@ -393,24 +424,30 @@ def _quietly(fit: Callable[[], CoxTimeVaryingFitter]) -> tuple[CoxTimeVaryingFit
     return fitted, list(dict.fromkeys(caveats))
 
 
-def fit_time_varying(design: Design, level: float) -> tuple[CoxTimeVaryingFitter, list[str]]:
-    """Fit the Cox model on the long table; lifelines failures become NotEstimableError."""
-    fitter = CoxTimeVaryingFitter(alpha=1 - level)
+def fit_time_varying(design: Design, level: float) -> tuple[Fitted, list[str]]:
+    """Fit the Cox model on the long table; fitting failures become NotEstimableError.
+
+    `level` is not used by the fit itself (the intervals are built from the variance later); it is
+    kept so callers state the level a model is reported at.
+    """
+    table = design.table
+    terms = design.terms
     try:
-        return _quietly(
-            lambda: fitter.fit(
-                design.table,
-                event_col="event",
-                start_col="start",
-                stop_col="stop",
-                id_col="id",
-                strata=[STRATUM] if design.stratified else None,
-                fit_options=FIT_OPTIONS,
+        arrays, caveats = _quietly(
+            lambda: fit_arrays(
+                table[list(terms)].to_numpy(dtype=float),
+                table["start"].to_numpy(dtype=float),
+                table["stop"].to_numpy(dtype=float),
+                table["event"].to_numpy(dtype=bool),
+                strata=table[STRATUM].to_numpy() if design.stratified else None,
+                names=terms,
+                precision=FIT_PRECISION,
             )
         )
     except (ConvergenceError, np.linalg.LinAlgError, ValueError, ZeroDivisionError) as exc:
         first = " ".join(str(exc).split())[:240]
         raise NotEstimableError(f"the model did not converge ({first})") from exc
+    return Fitted(terms, arrays), caveats
 
 
 def _term_problem(coef: float, se: float) -> str | None:
@@ -425,13 +462,17 @@ def _term_problem(coef: float, se: float) -> str | None:
     return None
 
 
-def term_results(fitter: CoxTimeVaryingFitter, level: float) -> dict[str, TermEstimate]:
+def term_results(fitter: Fitted, level: float) -> dict[str, TermEstimate]:
     """HR, CI and Wald p per term; a term that cannot be trusted says so instead of a number."""
+    from scipy.stats import chi2
+
     z = float(_normal_quantile(level))
     out: dict[str, TermEstimate] = {}
-    for term in fitter.params_.index:
-        coef = float(fitter.params_[term])
-        se = float(fitter.standard_errors_[term])
+    with np.errstate(invalid="ignore"):
+        errors = fitter.arrays.standard_errors
+    for i, term in enumerate(fitter.terms):
+        coef = float(fitter.arrays.params[i])
+        se = float(errors[i])
         problem = _term_problem(coef, se)
         if problem is not None:
             out[term] = TermEstimate(estimable=False, reason=problem)
@@ -450,6 +491,8 @@ def term_results(fitter: CoxTimeVaryingFitter, level: float) -> dict[str, TermEs
 
 def _normal_quantile(level: float) -> float:
     """The two-sided normal quantile for a confidence level (1.959964 for 95 %)."""
+    from scipy.stats import norm
+
     return float(norm.ppf(1 - (1 - level) / 2))
 
 
@@ -465,26 +508,7 @@ def schoenfeld_residuals(
     strata: npt.NDArray[Any] | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """Per-death residuals x − Efron-weighted risk-set mean (within the stratum), in time order."""
-    phi = np.exp(x @ beta)
-    layers = (
-        np.zeros(len(stop), dtype=int)
-        if strata is None
-        else np.unique(strata, return_inverse=True)[1]
-    )
-    found: list[tuple[float, int, FloatArray]] = []
-    for layer in np.unique(layers):
-        mine = layers == layer
-        for t in np.unique(stop[event & mine]):
-            at_risk = mine & (start < t) & (stop >= t)
-            dead = mine & event & (stop == t)
-            m = int(dead.sum())
-            s0, s1 = phi[at_risk].sum(), phi[at_risk] @ x[at_risk]
-            t0, t1 = phi[dead].sum(), phi[dead] @ x[dead]
-            mean = sum((s1 - k / m * t1) / (s0 - k / m * t0) for k in range(m)) / m
-            found.extend((float(t), int(i), x[i] - mean) for i in np.flatnonzero(dead))
-    found.sort(key=lambda f: (f[0], f[1]))
-    residuals = np.asarray([f[2] for f in found], dtype=float).reshape(len(found), x.shape[1])
-    return residuals, np.asarray([f[0] for f in found], dtype=float)
+    return _schoenfeld(x, start, stop, event, beta, strata)
 
 
 _PH_METHOD = (
@@ -494,16 +518,18 @@ _PH_METHOD = (
 )
 
 
-def ph_check(fitter: CoxTimeVaryingFitter, design: Design, level: float) -> PhCheck:
+def ph_check(fitter: Fitted, design: Design, level: float) -> PhCheck:
     """Grambsch–Therneau tests on the fitted model's own residuals: does any HR drift with time?"""
-    terms = list(fitter.params_.index)
+    from scipy.stats import chi2
+
+    terms = list(fitter.terms)
     table = design.table
     resid, _ = schoenfeld_residuals(
         table[terms].to_numpy(dtype=float),
         table["start"].to_numpy(dtype=float),
         table["stop"].to_numpy(dtype=float),
         table["event"].to_numpy(dtype=bool),
-        fitter.params_.to_numpy(dtype=float),
+        fitter.arrays.params,
         table[STRATUM].to_numpy() if design.stratified else None,
     )
     base = PhCheck(method=_PH_METHOD, alpha=_num(1 - level), available=False)
@@ -511,7 +537,7 @@ def ph_check(fitter: CoxTimeVaryingFitter, design: Design, level: float) -> PhCh
     g = np.arange(1, d + 1, dtype=float) - (d + 1) / 2
     if d < 3:
         return replace(base, reason=f"{d} deaths: too few to test")
-    variance = fitter.variance_matrix_.to_numpy(dtype=float)
+    variance = fitter.arrays.variance
     if not np.isfinite(variance).all() or (np.diag(variance) <= 0).any():
         return replace(base, reason="the model's variance matrix is degenerate")
     u = g @ resid
