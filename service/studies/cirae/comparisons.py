@@ -26,9 +26,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
-from service.stats.cox_fit import fit_cox
 from service.stats.survival import DAYS_PER_MONTH, kaplan_meier, km_in_months
 from service.studies.cirae.labels import group_label
 from service.studies.cirae.records import CirAESubject, Group, MatchedSet
@@ -186,7 +183,10 @@ def unadjusted_time_varying(
     population: Sequence[tuple[CirAESubject, int]], level: float
 ) -> dict[str, Any]:
     """Cox with dupilumab exposure alone, time-varying from the first dose (no immortal time)."""
+    import numpy as np  # where used: start-up imports no statistics library
     from scipy.stats import norm
+
+    from service.stats.cox_fit import fit_cox
 
     rows = [row for s, _ in population for row in _exposure_rows(s)]
     exposure = np.array([r["dupilumab"] for r in rows], dtype=float)
@@ -225,7 +225,6 @@ def log_rank(population: Sequence[tuple[CirAESubject, int]]) -> dict[str, Any]:
     controls = [s for s, _ in population if s.group != "dupilumab"]
     if not cases or not controls:
         return {"statistic": None, "df": 1, "p": None, "reason": "a group is empty"}
-    from lifelines.statistics import logrank_test
 
     result = logrank_test(
         [float(s.os_days) for s in cases],
