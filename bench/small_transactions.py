@@ -110,6 +110,8 @@ def profiled(pid: int, out: Path | None) -> Iterator[None]:
         yield
         return
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
     command = [spy, "record", "--subprocesses", "--pid", str(pid), "--rate", "200"]
     command += ["--format", "raw", "--output", str(out), "--nonblocking"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
