@@ -1,25 +1,36 @@
 """One-patient transactions (17 small entries, an interface engine's shape) over real HTTP, as a
 share of the raw fhir.resources validation rate of the same resources.
 
-The service runs as a separate process (`python -m uvicorn api.app:app`, authentication off on
-loopback, SQLite by default or a scratch PostgreSQL database). One client POSTs transaction
-Bundles of a Patient and 16 Observations (fresh ids each) for `--seconds`, after a warm-up; then
-the same resources are validated in this process with
-`get_fhir_model_class(type).model_validate_json(raw)`. Rounds alternate so machine drift touches
-both sides. It prints both rates and their ratio (issue 19's target: 0.3 with one client on SQLite).
-A measurement, not a test. Run from the repository root:
+Two configurations, each with its ratio from one run (issue 19's targets):
 
-    .venv/bin/python bench/small_transactions.py [--seconds 10] [--backend sqlite|postgres]
+* `sqlite`: one client, the service as one process (`python -m uvicorn api.app:app`) on a fresh
+  SQLite file; target 0.3.
+* `postgres`: four concurrent clients (threads, one keep-alive connection each), the service as
+  `trialbridge serve --workers 2` on a scratch PostgreSQL database; target 0.5.
+
+Authentication is off (loopback), as in the other benchmarks. Clients POST transaction Bundles of a Patient and 16
+Observations (fresh ids each, made before the clock starts) for `--seconds`, after a warm-up;
+then the same resources are validated in this process, one thread, with
+`get_fhir_model_class(type).model_validate_json(raw)`. Rounds alternate so machine drift touches
+both sides. `--profile DIR` records the service with py-spy (`--subprocesses`, collapsed stacks)
+during the timed rounds. A measurement, not a test. Run from the repository root:
+
+    .venv/bin/python bench/small_transactions.py [--seconds 12] [--config sqlite,postgres]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,26 +39,127 @@ from fhir.resources.R4B import get_fhir_model_class
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bundle_sizes import bundle, database  # a sibling script, not a package
-from ingest import HEADERS, running_service
+from ingest import (
+    HEADERS,
+    REPO,
+    _free_port,
+    _stop,
+    _wait_healthy,
+    running_service,
+)
 
 ENTRIES = 17
 ROUNDS = 3
+# Bundles made ahead for each client and round: more than any client posts in a round.
+BUNDLES_PER_SECOND = 600
 
 
-def post_round(client: httpx.Client, seconds: float) -> tuple[int, float, list[bytes]]:
+@dataclass(frozen=True)
+class Config:
+    """One measured configuration."""
+
+    name: str
+    backend: str
+    clients: int
+    workers: int
+    target: float
+
+
+CONFIGS = {
+    "sqlite": Config("sqlite", "sqlite", clients=1, workers=1, target=0.3),
+    "postgres": Config("postgres", "postgres", clients=4, workers=2, target=0.5),
+}
+
+
+@contextlib.contextmanager
+def served(config: Config, url: str, workdir: Path) -> Iterator[tuple[str, int]]:
+    """The service as the configuration runs it: (base URL, pid of its top process)."""
+    log_path = workdir / "service.log"
+    if config.workers == 1:
+        with running_service(url, log_path, None) as base:
+            yield base, _listener_pid(base)
+        return
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": url, "TRIALBRIDGE_AUTH_DISABLED": "true"}
+    command = [sys.executable, "-m", "api.cli", "serve", "--port", str(port)]
+    command += ["--workers", str(config.workers)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_healthy(base, proc, log_path)
+            yield base, proc.pid
+        finally:
+            _stop(proc)
+
+
+def _listener_pid(base: str) -> int:
+    """The pid of the process listening on the base URL's port (the uvicorn we started)."""
+    port = base.rsplit(":", 1)[1]
+    out = subprocess.run(
+        ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=False
+    ).stdout
+    marker = "pid="
+    return int(out.split(marker, 1)[1].split(",", 1)[0]) if marker in out else 0
+
+
+@contextlib.contextmanager
+def profiled(pid: int, out: Path | None) -> Iterator[None]:
+    """py-spy on the service (and its worker processes) while the block runs."""
+    if out is None or pid == 0:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+    command = [spy, "record", "--subprocesses", "--pid", str(pid), "--rate", "200"]
+    command += ["--format", "raw", "--output", str(out), "--nonblocking"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        yield
+    finally:
+        proc.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        proc.wait(timeout=60)
+
+
+def post_round(base: str, clients: int, seconds: float) -> tuple[int, float, list[bytes]]:
     """(resources written, seconds taken, the Bundles posted) for one timed round."""
-    bodies = [bundle("transaction", ENTRIES) for _ in range(int(seconds * 400))]
-    written, started = 0, time.perf_counter()
-    posted = []
-    for body in bodies:
-        answer = client.post("/fhir", content=body)
-        if answer.status_code != 200:
-            raise SystemExit(f"POST answered {answer.status_code}: {answer.text[:300]}")
-        written += ENTRIES
-        posted.append(body)
-        if time.perf_counter() - started >= seconds:
-            break
-    return written, time.perf_counter() - started, posted
+    ahead = [
+        [bundle("transaction", ENTRIES) for _ in range(int(seconds * BUNDLES_PER_SECOND))]
+        for _ in range(clients)
+    ]
+    posted: list[list[bytes]] = [[] for _ in range(clients)]
+    failures: list[str] = []
+    start = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=base, headers=HEADERS, timeout=60) as http:
+            http.get("/healthz")  # connected before the clock starts
+            start.wait()
+            for body in ahead[n]:
+                answer = http.post("/fhir", content=body)
+                if answer.status_code != 200:
+                    failures.append(f"POST answered {answer.status_code}: {answer.text[:300]}")
+                    return
+                posted[n].append(body)
+                if time.perf_counter() >= stop_at[0]:
+                    return
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    started = time.perf_counter()
+    stop_at[0] = started + seconds
+    start.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise SystemExit(failures[0])
+    done = [b for bodies in posted for b in bodies]
+    return len(done) * ENTRIES, elapsed, done
 
 
 def validate_round(bundles: list[bytes]) -> tuple[int, float]:
@@ -63,30 +175,48 @@ def validate_round(bundles: list[bytes]) -> tuple[int, float]:
     return len(payloads), time.perf_counter() - started
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Measure and print."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
-    args = parser.parse_args(argv)
-    served = validated = 0
+def measure(config: Config, seconds: float, profile_dir: Path | None) -> tuple[float, float]:
+    """(end-to-end resources/s, raw validation resources/s) for one configuration."""
+    served_n = validated = 0
     served_s = validated_s = 0.0
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        url = stack.enter_context(database(args.backend, tmp))
-        base = stack.enter_context(running_service(url, tmp / "service.log", 0))
-        client = stack.enter_context(httpx.Client(base_url=base, headers=HEADERS, timeout=60))
-        post_round(client, 2.0)  # warm-up
-        for _ in range(ROUNDS):
-            n, s, posted = post_round(client, args.seconds / ROUNDS)
-            served, served_s = served + n, served_s + s
-            n, s = validate_round(posted)
-            validated, validated_s = validated + n, validated_s + s
-    end_to_end, raw = served / served_s, validated / validated_s
-    print(f"backend: {args.backend}, one client, {ENTRIES} entries a transaction")
-    print(f"end to end: {end_to_end:8.0f} resources/s")
-    print(f"validation: {raw:8.0f} resources/s")
-    print(f"ratio:      {end_to_end / raw:8.2f}")
+        url = stack.enter_context(database(config.backend, tmp))
+        base, pid = stack.enter_context(served(config, url, tmp))
+        post_round(base, config.clients, 3.0)  # warm-up: every worker process imports and warms
+        out = profile_dir / f"{config.name}.collapsed.txt" if profile_dir else None
+        with profiled(pid, out):
+            for _ in range(ROUNDS):
+                n, s, posted = post_round(base, config.clients, seconds / ROUNDS)
+                served_n, served_s = served_n + n, served_s + s
+                n, s = validate_round(posted)
+                validated, validated_s = validated + n, validated_s + s
+    return served_n / served_s, validated / validated_s
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure and print."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--config", default="sqlite,postgres", help="sqlite, postgres or both")
+    parser.add_argument("--profile", type=Path, default=None, help="folder for py-spy profiles")
+    args = parser.parse_args(argv)
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    for name in args.config.split(","):
+        config = CONFIGS[name.strip()]
+        end_to_end, raw = measure(config, args.seconds, args.profile)
+        print(
+            f"{config.backend}: {config.clients} client(s), {config.workers} worker(s), "
+            f"{ENTRIES} entries a transaction"
+        )
+        print(f"  end to end: {end_to_end:8.0f} resources/s")
+        print(f"  validation: {raw:8.0f} resources/s")
+        print(f"  ratio:      {end_to_end / raw:8.2f}   (target {config.target})")
+    load = os.getloadavg()
+    print(f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return 0
 
 

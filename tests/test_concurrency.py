@@ -136,3 +136,34 @@ def test_unreachable_database_is_a_transient_error() -> None:
     with pytest.raises(FhirError) as caught:
         store.create("Patient", patient(mrn="x"), if_none_exist=None, ctx=store.context("test"))
     assert (caught.value.status, caught.value.issues[0].code) == (503, "transient")
+
+
+def _backend_pid(engine: Engine) -> int:
+    with engine.connect() as conn:
+        pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+    return int(pid)
+
+
+def test_a_pooled_connection_is_pinged_after_idling_and_replaced_when_dead(
+    new_database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that died while idle in the pool is replaced before a request gets it."""
+    from service.infra import db
+
+    url = new_database("postgres")
+    engine = make_engine(Settings(database_url=url, db_pool_size=1))
+    migrate.upgrade(engine)
+    try:
+        first = _backend_pid(engine)
+        assert _backend_pid(engine) == first  # used again at once: the pool keeps it
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+        monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)  # it has idled long enough
+        store = FhirService(engine, Settings(database_url=url))
+        made = store.create(
+            "Patient", patient(mrn="after-ping"), if_none_exist=None, ctx=store.context("test")
+        )
+        assert made.status == 201
+        assert _backend_pid(engine) != first
+    finally:
+        engine.dispose()

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlmodel import Session
 
 from service.infra.clock import iso_utc
@@ -15,12 +15,15 @@ from service.repositories.sql import compact_json
 
 _DEV = DeviationRow.__table__  # type: ignore[attr-defined]
 _HIST = DeviationHistoryRow.__table__  # type: ignore[attr-defined]
+# built once, parameters bound at execution (every write's derivation runs it)
+_DEVIATIONS_OF = select(_DEV).where(
+    _DEV.c.study_id == bindparam("study"), _DEV.c.patient_id == bindparam("patient")
+)
 
 
 def deviations_of(session: Session, study_id: str, patient_id: str) -> dict[str, Any]:
     """Every deviation ever raised for one subject, by id."""
-    c = _DEV.c
-    rows = session.execute(select(_DEV).where(c.study_id == study_id, c.patient_id == patient_id))
+    rows = session.execute(_DEVIATIONS_OF, {"study": study_id, "patient": patient_id})
     return {r.id: r for r in rows}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlmodel import Session
 
 from service.infra.tables import (
@@ -16,16 +16,18 @@ from service.repositories.sql import chunks, delete_per_patient, save_per_patien
 
 _SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
 _ELIGIBILITY = EligibilityRow.__table__  # type: ignore[attr-defined]
+# built once, parameters bound at execution (every write's derivation runs it)
+_ELIGIBILITY_OF = select(_ELIGIBILITY).where(
+    _ELIGIBILITY.c.study_id == bindparam("study"),
+    _ELIGIBILITY.c.patient_id.in_(bindparam("patients", expanding=True)),
+)
 
 
 def eligibility_of(session: Session, study_id: str, patient_ids: Sequence[str]) -> dict[str, Any]:
     """Stored eligibility rows of these patients, by patient id."""
-    c = _ELIGIBILITY.c
     out: dict[str, Any] = {}
     for chunk in chunks(list(patient_ids)):
-        rows = session.execute(
-            select(_ELIGIBILITY).where(c.study_id == study_id, c.patient_id.in_(list(chunk)))
-        )
+        rows = session.execute(_ELIGIBILITY_OF, {"study": study_id, "patients": list(chunk)})
         out.update((r.patient_id, r) for r in rows)
     return out
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, bindparam, delete, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel
 
@@ -111,14 +111,19 @@ def load_heads(session: Session, keys: Iterable[Key]) -> dict[Key, Head]:
         if conn.dialect.name == "postgresql":
             rows: Iterable[Any] = _pg_heads(conn, rtype, ids)
         else:
-            rows = session.execute(
-                select(*(_HEAD.c[name] for name in _HEAD_COLUMNS)).where(
-                    _HEAD.c.resource_type == rtype, _HEAD.c.resource_id.in_(ids)
-                )
-            )
+            rows = session.execute(_HEADS_OF, {"rtype": rtype, "ids": ids})
         for rt, rid, vid, last_updated, digest, deleted in rows:
             out[(rt, rid)] = Head(vid, last_updated, digest, deleted)
     return out
+
+
+def _heads_of() -> Any:
+    """Built once (with its parameters bound at execution): building a statement per call
+    cost more than running it."""
+    return select(*(_HEAD.c[name] for name in _HEAD_COLUMNS)).where(
+        _HEAD.c.resource_type == bindparam("rtype"),
+        _HEAD.c.resource_id.in_(bindparam("ids", expanding=True)),
+    )
 
 
 def _pg_heads(conn: Connection, rtype: str, ids: list[str]) -> list[tuple[Any, ...]]:
@@ -248,6 +253,10 @@ _HEAD_COLUMNS = (
     "deleted",
 )
 _VERSION_COLUMNS = (*_HEAD_COLUMNS, "content", "source", "request_id")
+_HEADS_OF = _heads_of()
+_VALUESET_GENERATION = select(func.count(), func.max(_HEAD.c.last_updated)).where(
+    _HEAD.c.resource_type == "ValueSet"
+)
 _IDENT_COLUMNS = ("resource_type", "resource_id", "system", "value")
 _REF_COLUMNS = ("resource_type", "resource_id", "param", "target_type", "target_id")
 _MOVE_HEAD = (
@@ -370,10 +379,7 @@ def table_counts(session: Session) -> dict[str, int]:
 
 def valueset_generation(session: Session) -> tuple[int, dt.datetime | None]:
     """(count, newest lastUpdated) of ValueSet heads: changes whenever a ValueSet is written."""
-    c = _HEAD.c
-    row = session.execute(
-        select(func.count(), func.max(c.last_updated)).where(c.resource_type == "ValueSet")
-    ).one()
+    row = session.execute(_VALUESET_GENERATION).one()
     newest = row[1]
     if isinstance(newest, dt.datetime) and newest.tzinfo is None:
         newest = newest.replace(tzinfo=dt.UTC)

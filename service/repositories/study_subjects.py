@@ -5,21 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlmodel import Session
 
 from service.infra.tables import StudySubject
 from service.repositories.sql import chunks, delete_per_patient, save_per_patient
 
 _SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
+# built once, parameters bound at execution (every write's derivation runs it)
+_SUBJECTS_OF = select(_SUBJECT).where(
+    _SUBJECT.c.patient_id.in_(bindparam("patients", expanding=True))
+)
 
 
 def subjects_of(session: Session, patient_ids: Sequence[str]) -> dict[tuple[str, str], Any]:
     """Current subject rows for these patients, keyed by (study, patient)."""
     out: dict[tuple[str, str], Any] = {}
-    c = _SUBJECT.c
     for chunk in chunks(list(patient_ids)):
-        for row in session.execute(select(_SUBJECT).where(c.patient_id.in_(list(chunk)))):
+        for row in session.execute(_SUBJECTS_OF, {"patients": list(chunk)}):
             out[(row.study_id, row.patient_id)] = row
     return out
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlmodel import Session
 
 from fhir_mapping.events.model import EventKind, TrialEvent
@@ -25,6 +25,19 @@ _EVENT = TrialEventRow.__table__  # type: ignore[attr-defined]
 _DEP = EventDependency.__table__  # type: ignore[attr-defined]
 _SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
 _IDENT = ResourceIdentifier.__table__  # type: ignore[attr-defined]
+
+
+# Built once, parameters bound at execution: building a statement per call cost more than
+# running it (these run in every write's derivation).
+_DEPENDENTS = select(_DEP.c.source_type, _DEP.c.source_id).where(
+    _DEP.c.target.in_(bindparam("targets", expanding=True))
+)
+_EVENTS_OF = (
+    select(_EVENT.c.patient_id, _EVENT.c.payload)
+    .where(_EVENT.c.patient_id.in_(bindparam("patients", expanding=True)))
+    .order_by(_EVENT.c.pk)
+)
+_EVENTS_OF_KINDS = _EVENTS_OF.where(_EVENT.c.kind.in_(bindparam("kinds", expanding=True)))
 
 
 def identifier_target(value: str) -> str:
@@ -57,9 +70,8 @@ def dependents(session: Session, targets: Iterable[str]) -> set[Key]:
         )
         return {(r[0], r[1]) for r in rows}
     out: set[Key] = set()
-    c = _DEP.c
     for chunk in chunks(wanted):
-        rows = session.execute(select(c.source_type, c.source_id).where(c.target.in_(list(chunk))))
+        rows = session.execute(_DEPENDENTS, {"targets": list(chunk)})
         out.update((r.source_type, r.source_id) for r in rows)
     return out
 
@@ -149,12 +161,10 @@ def events_of(
     """
     out: dict[str, list[TrialEvent]] = {p: [] for p in patient_ids}
     stored = stored or {}
-    c = _EVENT.c
+    query = _EVENTS_OF if kinds is None else _EVENTS_OF_KINDS
+    wanted = {} if kinds is None else {"kinds": [k.value for k in kinds]}
     for chunk in chunks(list(patient_ids)):
-        query = select(c.patient_id, c.payload).where(c.patient_id.in_(list(chunk)))
-        if kinds is not None:
-            query = query.where(c.kind.in_([k.value for k in kinds]))
-        for patient_id, payload in session.execute(query.order_by(c.pk)):
+        for patient_id, payload in session.execute(query, {"patients": list(chunk), **wanted}):
             event = stored.get(payload)
             if event is None or event.patient_id != patient_id:
                 event = TrialEvent.from_json(orjson.loads(payload), patient_id)
