@@ -26,7 +26,7 @@ from service.reads.results import (
     TimelineEntry,
 )
 from service.repositories.webhook_outbox import Subscription
-from service.stats.plots import MEDIA_TYPES
+from service.stats.figures import MEDIA_TYPES
 
 _HEADER_KEYS = ("kind", "id", "version", "title", "sources")
 Seal = Callable[[Cited], str]  # a study's evidence ids (service.privacy.evidence)

@@ -5,7 +5,8 @@ A write that changes a study's cohort inputs adds a row to `study_change` in its
 (its own writes at once, other processes' when it polls), waits until a study has been quiet for
 the debounce time (or stale for the longest delay), takes the study's lease so that one process
 computes it at a time, computes from the stored events, and stores the snapshot (outcomes JSON
-with evidence sealed, and every figure rendered) while deleting exactly the change rows it saw.
+with evidence sealed, and each figure's data: figures are drawn when first read, not here) while
+deleting exactly the change rows it saw.
 A change committed during the computation keeps its row, so the new snapshot is stale and
 another pass follows. Reads (`cohort_reports`) only read snapshots.
 """
@@ -41,7 +42,6 @@ from service.reads.access import read
 from service.repositories import cohort_snapshots, eligibility_results, study_subjects, trial_events
 from service.repositories.cohort_snapshots import Figure, ListingRow, SnapshotHead
 from service.stats.balance import table_to_json
-from service.stats.plots import MEDIA_TYPES
 from service.studies.document import document_to_json, flow_to_json
 from service.studies.kind import CohortData, CohortReport, Member, Screened
 from service.studies.registry import kind_of
@@ -196,7 +196,7 @@ class _Stored:
 
     body: str
     plots: str
-    figures: list[Figure]
+    figures: dict[str, str]  # name -> the figure's data (FigureData JSON)
     listing: list[ListingRow]
     document: str | None
 
@@ -220,25 +220,10 @@ def _stored(study_id: str, report: CohortReport, seal: Seal) -> _Stored:
     return _Stored(
         body=to_json(sealed(outcomes)),
         plots=to_json(sorted(report.plots)),
-        figures=_figures(study_id, report),
+        figures={name: data.to_json() for name, data in sorted(report.plots.items())},
         listing=listing,
         document=to_json(document_to_json(document)) if document is not None else None,
     )
-
-
-def _figures(study_id: str, report: CohortReport) -> list[Figure]:
-    """Every figure of the report in every format; one that fails to draw is left out, logged."""
-    out: list[Figure] = []
-    for name, draw in sorted(report.plots.items()):
-        for fmt in MEDIA_TYPES:
-            try:
-                body = draw("png" if fmt == "png" else "svg")
-            except Exception:
-                log.exception("drawing figure %s.%s of %s failed", name, fmt, study_id)
-                continue
-            etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
-            out.append(Figure(name, fmt, etag, body))
-    return out
 
 
 class CohortRefresher:
@@ -511,13 +496,18 @@ class CohortRefresher:
                 plots=stored.plots,
             )
             listing = "\n".join(r.body for r in stored.listing)
-            digest = snapshot_digest(head, stored.body, listing, stored.document or "")
+            figures = "\n".join(f"{name}\x1f{data}" for name, data in stored.figures.items())
+            digest = snapshot_digest(head, stored.body, listing, stored.document or "", figures)
             head = dataclasses.replace(head, digest=digest)
             cohort_snapshots.store_snapshot(
                 session,
                 head,
                 stored.body,
-                stored.figures,
+                # each figure's data, tagged with the snapshot it belongs to (drawn when read)
+                [
+                    Figure(name, cohort_snapshots.FIGURE_DATA, digest, data.encode())
+                    for name, data in stored.figures.items()
+                ],
                 document=stored.document,
                 listing=stored.listing,
             )

@@ -8,9 +8,8 @@ fixed hash salt and carry no date; PNG carries no software/version text.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import matplotlib as mpl
 import numpy as np
@@ -25,56 +24,11 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import Locator, MaxNLocator, MultipleLocator
 from matplotlib.transforms import blended_transform_factory
 
+from service.stats.figures import MEDIA_TYPES as MEDIA_TYPES
+from service.stats.figures import SWIMMER_TITLE, Format
+from service.stats.figures import Curves as Curves
+from service.stats.figures import SwimmerRow as SwimmerRow
 from service.stats.survival import DAYS_PER_MONTH, at_risk, km_fitter
-
-Format = Literal["png", "svg"]
-MEDIA_TYPES: dict[str, str] = {"png": "image/png", "svg": "image/svg+xml"}
-# A figure not drawn yet: drawing costs tens of milliseconds, so it waits for its first request.
-Draw = Callable[[Format], bytes]
-Curves = list[tuple[str, Sequence[float], Sequence[bool]]]
-
-
-@dataclass(frozen=True, slots=True)
-class RenderedFigure:
-    """A rendered figure and the validator clients cache it by."""
-
-    body: bytes
-    media_type: str
-    etag: str
-
-
-@dataclass(frozen=True, slots=True)
-class SwimmerRow:
-    """One dosed subject's timeline in days since Day 1 (Day 1 = day 0, like the KM time axis)."""
-
-    subject_id: str
-    dose_days: tuple[int, ...]
-    surgery_day: int | None
-    last_followup_day: int
-    efs_event_day: int | None
-    efs_event_type: str | None
-    efs_censored: bool
-    death_day: int | None
-    os_censored: bool
-    mpr: str
-    problem: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The wire shape."""
-        return {
-            "subject_id": self.subject_id,
-            "dose_days": list(self.dose_days),
-            "surgery_day": self.surgery_day,
-            "last_followup_day": self.last_followup_day,
-            "efs_event_day": self.efs_event_day,
-            "efs_event_type": self.efs_event_type,
-            "efs_censored": self.efs_censored,
-            "death_day": self.death_day,
-            "os_censored": self.os_censored,
-            "mpr": self.mpr,
-            "problem": self.problem,
-        }
-
 
 # Set once at import, never toggled per call (rc_context is not thread-safe); a site's own salt wins.
 if mpl.rcParams["svg.hashsalt"] is None:
@@ -293,7 +247,7 @@ def swimmer_plot(
     *,
     fmt: Format,
     time_unit: str = "months",
-    title: str = "Subject timelines from Day 1",
+    title: str = SWIMMER_TITLE,
 ) -> bytes:
     """One bar per subject from Day 1 to last follow-up, coloured by MPR, with event markers."""
     if not rows:
@@ -373,8 +327,3 @@ def swimmer_plot(
         frameon=False,
     )
     return _render(fig, fmt)
-
-
-def km_figure(curves: Curves, title: str, level: float, origin: str) -> Draw:
-    """A deferred Kaplan–Meier figure: drawn on the first request for it."""
-    return lambda fmt: km_plot(curves, title=title, fmt=fmt, level=level, origin=origin)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fhir_mapping.events.model import EventKind
-from service.stats.plots import km_figure
+from service.stats.figures import km_figure
 from service.studies.cirae.analysis import cirae_outcomes
 from service.studies.cirae.cohort import CohortPatient, build_cohort_report
 from service.studies.cirae.membership import cohort_membership

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from fhir_mapping.events.model import EventKind, TrialEvent
-from service.stats.plots import SwimmerRow
+from service.stats.figures import SwimmerRow
 from service.stats.survival import km_in_months, proportion_ci
 from service.studies.interventional.protocol import TrialProtocol
 from service.studies.interventional.subject_outcomes import (

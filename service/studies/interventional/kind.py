@@ -8,7 +8,7 @@ from typing import Any
 
 from fhir_mapping.events.model import EventKind, TrialEvent
 from fhir_mapping.required_codes import REQUIRED_CODES
-from service.stats.plots import km_figure, swimmer_plot
+from service.stats.figures import km_figure, swimmer_figure
 from service.studies.interventional.cohort_statistics import CohortInput, cohort_report
 from service.studies.interventional.consort import trial_flow
 from service.studies.interventional.deviation_rules import surgery
@@ -40,7 +40,7 @@ def trial_report(protocol: TrialProtocol, cohort: CohortData) -> CohortReport:
         {
             "efs": km_figure([efs], f"{protocol.id}: event-free survival", level, "Day 1"),
             "os": km_figure([os_], f"{protocol.id}: overall survival", level, "Day 1"),
-            "swimmer": lambda fmt: swimmer_plot(data.swimmer, fmt=fmt),
+            "swimmer": swimmer_figure(data.swimmer),
         },
         flow=flow,
         listing=tuple(
