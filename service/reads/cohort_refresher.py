@@ -36,6 +36,7 @@ from sqlmodel import Session
 from service.infra import metrics, migrate
 from service.infra.clock import iso_utc, utcnow
 from service.infra.db import writing
+from service.infra.process import collector_paused
 from service.privacy.evidence import Cited, minimised
 from service.protocol.schema import StudyProtocol
 from service.reads.access import read
@@ -444,11 +445,12 @@ class CohortRefresher:
         try:
             # the change numbers first: the data read after them reflects at least those changes
             ids = read(self.engine, lambda s: cohort_snapshots.pending_ids(s, study_id))
-            cohort = read(self.engine, lambda s: _cohort(s, study_id, self.zone))
-            report = self.report_of(protocol, cohort)
-            del cohort
-            stored = _stored(study_id, report, self.seal)
-            del report
+            with collector_paused():  # a large, live, acyclic build: collections only cost
+                cohort = read(self.engine, lambda s: _cohort(s, study_id, self.zone))
+                report = self.report_of(protocol, cohort)
+                del cohort
+                stored = _stored(study_id, report, self.seal)
+                del report
             seconds = time.perf_counter() - started
             data_as_of = None if keeper.lost else self._store(protocol, ids, stored, seconds)
         except Exception:
