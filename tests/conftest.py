@@ -56,11 +56,13 @@ STORE_TABLES = (
 AUDIT_TABLES = ("audit_record", "audit_entity")
 # The cohort read model, kept by each server's background refresher: cleared with the store (its
 # leases too, so a computation in flight over the old data is discarded), counted by its own tests.
+# The lease first: a background refresher storing a snapshot holds its lease row, then writes the
+# snapshot tables; emptying them in the same order cannot deadlock with it (PostgreSQL did).
 COHORT_TABLES = (
+    "cohort_lease",
     "cohort_figure",
     "cohort_listing",
     "cohort_snapshot",
-    "cohort_lease",
     "study_change",
 )
 FHIR_JSON = {"content-type": "application/fhir+json"}

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from pypdf import PdfReader
+from sqlalchemy import text
 
 from service.access.clients import add_client
 from service.infra.settings import Settings
@@ -254,6 +255,33 @@ def test_the_outcomes_body_is_the_documented_shape(manual: Manual) -> None:
     assert sum(body["outcomes"]["groups"].values()) == 1
     png = manual.api.get(f"/studies/{CIRAE}/outcomes/plots/os.png")
     assert (png.status_code, png.content[:8]) == (200, b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_snapshot_stores_figure_data_and_reads_draw_each_figure_once(manual: Manual) -> None:
+    """A refresh stores each figure's data, no rendering; the first read draws it, later reads
+    of the same snapshot answer the kept drawing with the same ETag, and a new snapshot's
+    figure has a new ETag (an old one no longer answers 304)."""
+    put_resources(manual.fhir, *enrolled("a"))
+    fresh_outcomes(manual.api, NCT)
+    with manual.running.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT name, format FROM cohort_figure WHERE study_id = :s ORDER BY name"),
+            {"s": NCT},
+        ).all()
+    assert [tuple(r) for r in rows] == [("efs", "data"), ("os", "data"), ("swimmer", "data")]
+    cache = manual.running.app.state.reports.figures
+    url = f"/studies/{NCT}/outcomes/plots/os.svg"
+    before = cache.draws
+    first, again = manual.api.get(url), manual.api.get(url)
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert (again.content, again.headers["etag"]) == (first.content, first.headers["etag"])
+    assert cache.draws == before + 1
+    put_resources(manual.fhir, *enrolled("b"))
+    fresh_outcomes(manual.api, NCT)
+    after = manual.api.get(url, headers={"If-None-Match": first.headers["etag"]})
+    assert after.status_code == 200
+    assert after.headers["etag"] != first.headers["etag"]
+    assert cache.draws == before + 2
 
 
 # -- fresh=true is for admins ------------------------------------------------------------------------

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import gc
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from fhir_mapping.partial_dates import forget_parsed_dates
 from fhir_mapping.references import parse_reference
@@ -29,6 +31,36 @@ def settle_process() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *OLDER_COLLECTION_THRESHOLDS)
+
+
+_paused = 0  # pauses in progress (threads)
+_enabled_before = False  # whether the collector ran before the first of them
+_pause_lock = threading.Lock()
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: for a computation that builds a large, live,
+    acyclic structure (a cohort's decoded events and per-subject results).
+
+    Each collection would walk everything built so far and free nothing; with them a cohort
+    computation took two to three times as long (docs/performance.md, Cohorts). Reference
+    counting still frees everything acyclic; cycles made inside wait for the first collection
+    after it. Nested and concurrent pauses keep the collector off until the last one ends.
+    """
+    global _paused, _enabled_before
+    with _pause_lock:
+        if _paused == 0:
+            _enabled_before = gc.isenabled()
+            gc.disable()
+        _paused += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _paused -= 1
+            if _paused == 0 and _enabled_before:
+                gc.enable()
 
 
 def _libc_trim() -> Callable[[int], int] | None:

@@ -5,7 +5,8 @@ A write that changes a study's cohort inputs adds a row to `study_change` in its
 (its own writes at once, other processes' when it polls), waits until a study has been quiet for
 the debounce time (or stale for the longest delay), takes the study's lease so that one process
 computes it at a time, computes from the stored events, and stores the snapshot (outcomes JSON
-with evidence sealed, and every figure rendered) while deleting exactly the change rows it saw.
+with evidence sealed, and each figure's data: figures are drawn when first read, not here) while
+deleting exactly the change rows it saw.
 A change committed during the computation keeps its row, so the new snapshot is stale and
 another pass follows. Reads (`cohort_reports`) only read snapshots.
 """
@@ -35,13 +36,13 @@ from sqlmodel import Session
 from service.infra import metrics, migrate
 from service.infra.clock import iso_utc, utcnow
 from service.infra.db import writing
+from service.infra.process import collector_paused
 from service.privacy.evidence import Cited, minimised
 from service.protocol.schema import StudyProtocol
 from service.reads.access import read
 from service.repositories import cohort_snapshots, eligibility_results, study_subjects, trial_events
 from service.repositories.cohort_snapshots import Figure, ListingRow, SnapshotHead
 from service.stats.balance import table_to_json
-from service.stats.figures import MEDIA_TYPES
 from service.studies.document import document_to_json, flow_to_json
 from service.studies.kind import CohortData, CohortReport, Member, Screened
 from service.studies.registry import kind_of
@@ -196,7 +197,7 @@ class _Stored:
 
     body: str
     plots: str
-    figures: list[Figure]
+    figures: dict[str, str]  # name -> the figure's data (FigureData JSON)
     listing: list[ListingRow]
     document: str | None
 
@@ -220,25 +221,10 @@ def _stored(study_id: str, report: CohortReport, seal: Seal) -> _Stored:
     return _Stored(
         body=to_json(sealed(outcomes)),
         plots=to_json(sorted(report.plots)),
-        figures=_figures(study_id, report),
+        figures={name: data.to_json() for name, data in sorted(report.plots.items())},
         listing=listing,
         document=to_json(document_to_json(document)) if document is not None else None,
     )
-
-
-def _figures(study_id: str, report: CohortReport) -> list[Figure]:
-    """Every figure of the report in every format; one that fails to draw is left out, logged."""
-    out: list[Figure] = []
-    for name, draw in sorted(report.plots.items()):
-        for fmt in MEDIA_TYPES:
-            try:
-                body = draw("png" if fmt == "png" else "svg")
-            except Exception:
-                log.exception("drawing figure %s.%s of %s failed", name, fmt, study_id)
-                continue
-            etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
-            out.append(Figure(name, fmt, etag, body))
-    return out
 
 
 class CohortRefresher:
@@ -459,11 +445,12 @@ class CohortRefresher:
         try:
             # the change numbers first: the data read after them reflects at least those changes
             ids = read(self.engine, lambda s: cohort_snapshots.pending_ids(s, study_id))
-            cohort = read(self.engine, lambda s: _cohort(s, study_id, self.zone))
-            report = self.report_of(protocol, cohort)
-            del cohort
-            stored = _stored(study_id, report, self.seal)
-            del report
+            with collector_paused():  # a large, live, acyclic build: collections only cost
+                cohort = read(self.engine, lambda s: _cohort(s, study_id, self.zone))
+                report = self.report_of(protocol, cohort)
+                del cohort
+                stored = _stored(study_id, report, self.seal)
+                del report
             seconds = time.perf_counter() - started
             data_as_of = None if keeper.lost else self._store(protocol, ids, stored, seconds)
         except Exception:
@@ -511,13 +498,18 @@ class CohortRefresher:
                 plots=stored.plots,
             )
             listing = "\n".join(r.body for r in stored.listing)
-            digest = snapshot_digest(head, stored.body, listing, stored.document or "")
+            figures = "\n".join(f"{name}\x1f{data}" for name, data in stored.figures.items())
+            digest = snapshot_digest(head, stored.body, listing, stored.document or "", figures)
             head = dataclasses.replace(head, digest=digest)
             cohort_snapshots.store_snapshot(
                 session,
                 head,
                 stored.body,
-                stored.figures,
+                # each figure's data, tagged with the snapshot it belongs to (drawn when read)
+                [
+                    Figure(name, cohort_snapshots.FIGURE_DATA, digest, data.encode())
+                    for name, data in stored.figures.items()
+                ],
                 document=stored.document,
                 listing=stored.listing,
             )

@@ -3,12 +3,16 @@
 A read never computes a cohort: it answers the last snapshot, says whether a change since has
 made it stale, and, before the first snapshot exists, answers 503 `cohort_not_ready`. Only
 `fresh=True` (an admin's request) waits, bounded, for a snapshot reflecting every change so far.
+Figures are drawn from the snapshot's figure data on their first read and kept per process
+(service.reads.figure_cache); their ETag follows the snapshot.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,12 +24,20 @@ from service.errors import ApiError, NotReadyError
 from service.protocol.schema import StudyProtocol
 from service.reads.access import find_protocol, read
 from service.reads.cohort_refresher import CohortRefresher
+from service.reads.figure_cache import FigureCache
 from service.reads.paging import decode_cursor, encode_cursor
 from service.reads.results import CohortDocument, CohortOutcomes, ListingPage, StudyRef
 from service.repositories import cohort_snapshots
 from service.repositories.cohort_snapshots import SnapshotHead
-from service.stats.figures import MEDIA_TYPES, RenderedFigure
+from service.stats.figures import MEDIA_TYPES, FigureData, Format, RenderedFigure
 from service.studies.document import document_from_json, figures_of
+
+log = logging.getLogger(__name__)
+
+
+def figure_etag(figure: cohort_snapshots.Figure, fmt: str) -> str:
+    """A figure's validator: the snapshot its data belongs to, the figure and the format."""
+    return f'"{figure.etag}-{figure.name}.{fmt}"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +66,13 @@ class CohortReports:
         refresher: CohortRefresher,
         *,
         fresh_timeout_seconds: float = 60.0,
+        figures: FigureCache | None = None,
     ) -> None:
         self.engine = engine
         self.protocols = protocols
         self.refresher = refresher
         self.fresh_timeout = fresh_timeout_seconds
+        self.figures = figures if figures is not None else FigureCache()
 
     @property
     def retry_after(self) -> int:
@@ -134,6 +148,7 @@ class CohortReports:
         (SVG for the page, PNG for the PDF; 404 for a kind without a document); the document is
         None when `unchanged(etag)` (a 304)."""
         protocol = self._protocol(study_id, fresh)
+        stored: dict[str, cohort_snapshots.Figure] = {}
 
         def load(session: Session) -> CohortDocument | None:
             for _ in range(3):
@@ -149,13 +164,17 @@ class CohortReports:
                         404, "not_applicable", f"study {protocol.id} has no report document"
                     )
                 document = None
-                figures: dict[str, bytes] = {}
                 if unchanged is None or not unchanged(etag):
                     document = document_from_json(json.loads(text))
-                    for name in figures_of(document.sections):
-                        figure = cohort_snapshots.figure(session, protocol.id, name, figure_format)
-                        if figure is not None:
-                            figures[name] = figure.body
+                    stored.clear()
+                    stored.update(
+                        cohort_snapshots.figures(
+                            session,
+                            protocol.id,
+                            figures_of(document.sections),
+                            cohort_snapshots.FIGURE_DATA,
+                        )
+                    )
                 return CohortDocument(
                     study=StudyRef(protocol.id, head.protocol_version),
                     kind=protocol.kind,
@@ -164,14 +183,34 @@ class CohortReports:
                     stale=stale,
                     etag=etag,
                     document=document,
-                    figures=figures,
+                    figures={},
                 )
             return None
 
         found = read(self.engine, load)
         if found is None:
             raise self._not_ready(study_id)
-        return found
+        if found.document is None:
+            return found
+        fmt: Format = "png" if figure_format == "png" else "svg"
+        drawn: dict[str, bytes] = {}
+        for name, figure in stored.items():  # drawn outside the read: no connection held meanwhile
+            body = self._drawn(protocol.id, figure, fmt)
+            if body is not None:
+                drawn[name] = body
+        return dataclasses.replace(found, figures=drawn)
+
+    def _drawn(self, study_id: str, figure: cohort_snapshots.Figure, fmt: Format) -> bytes | None:
+        """A stored figure's data drawn in `fmt` (kept per process); None if it cannot be drawn."""
+        try:
+            return self.figures.get(
+                (study_id, figure.etag, figure.name, fmt),
+                lambda: FigureData.from_json(figure.body),
+                fmt,
+            )
+        except Exception:
+            log.exception("drawing figure %s.%s of %s failed", figure.name, fmt, study_id)
+            return None
 
     def _protocol(self, study_id: str, fresh: bool) -> StudyProtocol:
         """The study's protocol (404 if unknown), after waiting for a fresh snapshot if asked."""
@@ -268,7 +307,8 @@ class CohortReports:
             head = cohort_snapshots.snapshot_head(session, study_id)
             if head is None:
                 return None, None
-            return head, cohort_snapshots.figure(session, study_id, name, fmt)
+            data = cohort_snapshots.FIGURE_DATA
+            return head, cohort_snapshots.figure(session, study_id, name, data)
 
         head, figure = read(self.engine, load)
         if head is None:
@@ -279,10 +319,13 @@ class CohortReports:
             raise ApiError(
                 404, "plot_not_found", f"study {study_id} has no plot {name!r}; known: {known}"
             )
-        if figure is None:
+        body = None
+        if figure is not None:
+            body = self._drawn(study_id, figure, "png" if fmt == "png" else "svg")
+        if figure is None or body is None:
             raise NotReadyError(
                 "cohort_not_ready",
                 f"figure {name}.{fmt} of {study_id} could not be drawn with the last snapshot",
                 self.retry_after,
             )
-        return RenderedFigure(figure.body, MEDIA_TYPES[fmt], figure.etag)
+        return RenderedFigure(body, MEDIA_TYPES[fmt], figure_etag(figure, fmt))

@@ -175,9 +175,15 @@ def listing_rows(
     return [ListingRow(str(r.subject_id), str(r.body)) for r in rows]
 
 
+# The `format` of a figure row holding the figure's data (what it draws), not a rendering: a
+# refresh stores only these, tagged (in `etag`) with the digest of the snapshot they belong to;
+# reads draw PNG or SVG from them (service.reads.cohort_reports).
+FIGURE_DATA = "data"
+
+
 @dataclass(frozen=True, slots=True)
 class Figure:
-    """One rendered figure of a snapshot."""
+    """One stored figure of a snapshot: its data (format `FIGURE_DATA`) or a rendering."""
 
     name: str
     format: str
@@ -241,7 +247,7 @@ def store_snapshot(
 
 
 def figure(session: Session, study_id: str, name: str, fmt: str) -> Figure | None:
-    """One figure of the study's snapshot."""
+    """One stored figure of the study's snapshot (`fmt` FIGURE_DATA: its data)."""
     c = _FIGURE.c
     row = session.execute(
         select(c.name, c.format, c.etag, c.body).where(
@@ -249,6 +255,19 @@ def figure(session: Session, study_id: str, name: str, fmt: str) -> Figure | Non
         )
     ).one_or_none()
     return Figure(row.name, row.format, row.etag, bytes(row.body)) if row is not None else None
+
+
+def figures(session: Session, study_id: str, names: Sequence[str], fmt: str) -> dict[str, Figure]:
+    """Several stored figures of the study's snapshot in one query, by name."""
+    c = _FIGURE.c
+    if not names:
+        return {}
+    rows = session.execute(
+        select(c.name, c.format, c.etag, c.body).where(
+            c.study_id == study_id, c.format == fmt, c.name.in_(sorted(set(names)))
+        )
+    ).all()
+    return {r.name: Figure(r.name, r.format, r.etag, bytes(r.body)) for r in rows}
 
 
 # -- leases ---------------------------------------------------------------------------------------

@@ -24,15 +24,10 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import Locator, MaxNLocator, MultipleLocator
 from matplotlib.transforms import blended_transform_factory
 
-# what this module defined before service.stats.figures held it (imported from there: the names
-# need no matplotlib); kept here so existing imports keep working
 from service.stats.figures import MEDIA_TYPES as MEDIA_TYPES
+from service.stats.figures import SWIMMER_TITLE, Format
 from service.stats.figures import Curves as Curves
-from service.stats.figures import Draw as Draw
-from service.stats.figures import Format as Format
-from service.stats.figures import RenderedFigure as RenderedFigure
 from service.stats.figures import SwimmerRow as SwimmerRow
-from service.stats.figures import km_figure as km_figure
 from service.stats.survival import DAYS_PER_MONTH, at_risk, km_fitter
 
 # Set once at import, never toggled per call (rc_context is not thread-safe); a site's own salt wins.
@@ -252,7 +247,7 @@ def swimmer_plot(
     *,
     fmt: Format,
     time_unit: str = "months",
-    title: str = "Subject timelines from Day 1",
+    title: str = SWIMMER_TITLE,
 ) -> bytes:
     """One bar per subject from Day 1 to last follow-up, coloured by MPR, with event markers."""
     if not rows:

@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
@@ -21,7 +21,7 @@ from fhir_mapping.partial_dates import site_date
 from service.protocol.schema import StudyProtocol
 from service.repositories.unit_of_work import UnitOfWork
 from service.stats.balance import BalanceTable
-from service.stats.figures import Draw, RenderedFigure
+from service.stats.figures import FigureData
 from service.studies.document import ReportDocument
 from service.studies.flow import ConsortFlow
 
@@ -127,7 +127,8 @@ class ListingRow:
 
 @dataclass(slots=True)
 class CohortReport:
-    """A study's cohort outcomes (JSON-ready) and its figures, each drawn on first request.
+    """A study's cohort outcomes (JSON-ready) and its figures' data (each figure is drawn from
+    its stored data when first asked for, not when the cohort is computed).
 
     The typed parts api/ shapes: `flow` (CONSORT-style flow of patients), `table1` (baseline
     characteristics with SMDs), `listing` (per-subject analysis rows, in subject-id order) and
@@ -135,9 +136,8 @@ class CohortReport:
     """
 
     body: dict[str, Any]
-    plots: dict[str, Draw]
+    plots: dict[str, FigureData]
     computed_at: dt.datetime | None = None  # set by whoever computed it
-    rendered: dict[tuple[str, str], RenderedFigure] = field(default_factory=dict)
     flow: ConsortFlow | None = None
     table1: BalanceTable | None = None
     listing: tuple[ListingRow, ...] = ()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.stats.balance import BalanceTable
-from service.stats.figures import Curves, Draw, km_figure
+from service.stats.figures import Curves, FigureData, km_figure
 from service.studies.cirae.cohort import CohortBuild, CohortPatient
 from service.studies.cirae.comparisons import comparison_summary, matched_population
 from service.studies.cirae.consort import cirae_flow
@@ -32,7 +32,7 @@ class Additions:
     """The parts added to the cirAE report: JSON sections, figures and the typed parts."""
 
     body: dict[str, Any]
-    plots: dict[str, Draw]
+    plots: dict[str, FigureData]
     flow: ConsortFlow
     table1: BalanceTable
     listing: tuple[ListingRow, ...]
@@ -62,7 +62,7 @@ def report_additions(
     models = {c: cox.get(c) or {} for c in CONTROLS}  # each: primary, matched_sets, …
     primary: dict[str, Any] = {c: models[c].get("primary") for c in CONTROLS}
     events = {p.patient_id: p.events for p in patients}
-    plots: dict[str, Draw] = {}
+    plots: dict[str, FigureData] = {}
     for control in CONTROLS:
         population = [s for s, _ in matched_population(subjects, matched[control])]
         curves: Curves = [

@@ -74,8 +74,8 @@ class _Evaluated:
 
 def _evaluate(protocol: TrialProtocol, subjects: Sequence[CohortInput]) -> list[_Evaluated]:
     """Per-subject endpoints once, in subject_id order (deterministic output)."""
-    ids = [s.subject_id for s in subjects]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    seen = Counter(s.subject_id for s in subjects)  # one pass: `list.count` per id was O(n²)
+    dupes = sorted(i for i, n in seen.items() if n > 1)
     if dupes:
         raise ValueError(f"duplicate subject_id(s): {dupes}")
     return [
