@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlmodel import Session
 
 from service.infra.tables import StudySubject
@@ -27,6 +27,15 @@ def subjects_of(session: Session, patient_ids: Sequence[str]) -> dict[tuple[str,
 def upsert_subject(session: Session, values: dict[str, Any], exists: bool) -> None:
     """Insert or update one subject row."""
     save_per_patient(session, _SUBJECT, values, exists)
+
+
+def renew_read_tokens(session: Session, patient_ids: Sequence[str], token: str) -> None:
+    """Give these patients' subject rows (every study) a new read token: cached reads go stale."""
+    c = _SUBJECT.c
+    for chunk in chunks(sorted(patient_ids)):
+        session.execute(
+            update(_SUBJECT).where(c.patient_id.in_(list(chunk))).values(read_token=token)
+        )
 
 
 def delete_subject(session: Session, study_id: str, patient_id: str) -> None:
