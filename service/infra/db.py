@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
@@ -165,6 +165,16 @@ def reading(engine: Engine) -> Iterator[Session]:
     try:
         with Session(engine) as session:
             yield session
+    except OperationalError as exc:
+        raise DatabaseUnavailableError("read") from exc
+
+
+@contextmanager
+def reading_rows(engine: Engine) -> Iterator[Connection]:
+    """`reading` without an ORM session, for a hot single-row lookup (a per-request check)."""
+    try:
+        with engine.connect() as conn:
+            yield conn
     except OperationalError as exc:
         raise DatabaseUnavailableError("read") from exc
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlmodel import Session
 
 from service.infra.tables import StudySubject
@@ -70,6 +70,17 @@ def find_subject(session: Session, study_id: str, subject_id: str) -> Any | None
     return session.execute(
         select(_SUBJECT).where(c.study_id == study_id, c.subject_id == subject_id)
     ).first()
+
+
+_READ_TOKEN = select(_SUBJECT.c.read_token).where(
+    _SUBJECT.c.study_id == bindparam("study_id"), _SUBJECT.c.subject_id == bindparam("subject_id")
+)
+
+
+def read_token(conn: Connection, study_id: str, subject_id: str) -> tuple[bool, str | None]:
+    """(whether the subject exists, its read token): the check before a cached answer."""
+    row = conn.execute(_READ_TOKEN, {"study_id": study_id, "subject_id": subject_id}).first()
+    return (False, None) if row is None else (True, row[0])
 
 
 def study_subjects(session: Session, study_id: str) -> list[Any]:
