@@ -74,10 +74,14 @@ def _trialbridge(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "trialbridge"), *args]
 
 
-def _env(database_url: str, workdir: Path) -> dict[str, str]:
+AUTH_OFF = {"TRIALBRIDGE_AUTH_DISABLED": "true"}  # --no-auth: loopback, no token to verify
+
+
+def _env(database_url: str, workdir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     return {
         **os.environ,
         **SERVICE_ENV,
+        **(extra or {}),
         "DATABASE_URL": database_url,
         "TRIALBRIDGE_AUDIT_SPOOL_DIR": str(workdir / "audit-spool"),
     }
@@ -128,14 +132,18 @@ def prepare(database_url: str, workdir: Path, patients: int) -> None:
 
 
 @contextlib.contextmanager
-def serving(database_url: str, workdir: Path) -> Iterator[tuple[str, int]]:
+def serving(database_url: str, workdir: Path, auth: bool) -> Iterator[tuple[str, int]]:
     """`trialbridge serve` (one worker) on a free port: (base URL, its pid)."""
     port = _free_port()
     log_path = workdir / "serve.log"
     command = _trialbridge("serve", "--host", "127.0.0.1", "--port", str(port))
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            command, cwd=REPO, env=_env(database_url, workdir), stdout=log, stderr=subprocess.STDOUT
+            command,
+            cwd=REPO,
+            env=_env(database_url, workdir, None if auth else AUTH_OFF),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             base = f"http://127.0.0.1:{port}"
@@ -145,8 +153,10 @@ def serving(database_url: str, workdir: Path) -> Iterator[tuple[str, int]]:
             _stop(proc)
 
 
-def token(base: str, database_url: str, workdir: Path) -> str:
+def token(base: str, database_url: str, workdir: Path, auth: bool = True) -> str:
     """An access token, exchanged for a signed client assertion like any client does."""
+    if not auth:
+        return "none"  # authentication is off: the header is ignored
     out = _run(
         _trialbridge(
             "token",
@@ -186,6 +196,10 @@ def endpoints(base: str, bearer: str) -> dict[str, list[str]]:
         )
         cohort = _ids(client, f"/api/v1/studies/{COHORT}/subjects", "subjects", "subject_id")
         found = {
+            # the floor: the lightest authenticated, audited API read (no database), and the
+            # lightest answer of the stack at all (no authentication, not audited)
+            "studies-list": ["/api/v1/studies"],
+            "healthz": ["/healthz"],
             "timeline": [f"/api/v1/studies/{STUDY}/subjects/{s}/timeline" for s in subjects],
             "outcomes": [f"/api/v1/studies/{STUDY}/subjects/{s}/outcomes" for s in subjects],
             "eligibility": [
@@ -270,6 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "connections": args.connections,
         "rate": args.rate,
+        "authentication": not args.no_auth,
         "machine": dict(machine_facts(DEFAULT_POSTGRES)),
         "commit": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
@@ -282,14 +297,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             prepare(url, workdir, args.patients)
             print(f"loaded {args.patients} patients in {time.perf_counter() - started:.0f} s")
-            with serving(url, workdir) as (base, pid):
-                found = endpoints(base, token(base, url, workdir))
+            with serving(url, workdir, not args.no_auth) as (base, pid):
+                found = endpoints(base, token(base, url, workdir, not args.no_auth))
                 only = args.endpoints.split(",") if args.endpoints else list(found)
                 for name in only:
                     paths = found[name]
                     paths_file = workdir / f"{name}.paths"
                     paths_file.write_text("\n".join(paths) + "\n")
-                    bearer = token(base, url, workdir)
+                    bearer = token(base, url, workdir, not args.no_auth)
                     wrk(base, paths_file, bearer, seconds=1, connections=2, rate=None)  # warm
                     entry: dict[str, Any] = {"subjects": len(paths)}
                     entry["load_before_max"] = load_average()
@@ -351,8 +366,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--endpoints", help="comma-separated subset (timeline,outcomes,...)")
     parser.add_argument("--label", default="run")
     parser.add_argument("--profile", help="py-spy record the server during this endpoint's run")
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="authentication off (loopback): what a cache of verified tokens would approach",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 patients, 2 s runs")
     args = parser.parse_args(argv)
+    if args.no_auth:
+        args.label += "-noauth"
     if args.quick:
         args.patients, args.seconds = 60, 2.0
     return args

@@ -269,7 +269,8 @@ class StudyReader:
         """`render` of the candidate's stored result, served again while the stored row is the
         same (its content is the version)."""
         protocol, _ = capability(self.protocols, study_id, "screening", "eligibility criteria")
-        row = self._read(lambda s: eligibility_results.find_eligibility(s, study_id, subject_id))
+        with reading_rows(self.engine) as conn:  # the hot path: one row, no ORM session
+            row = eligibility_results.find_eligibility(conn, study_id, subject_id)
         if row is None:
             raise ApiError(
                 404,

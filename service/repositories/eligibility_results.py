@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlmodel import Session
 
 from service.infra.tables import (
@@ -53,7 +53,7 @@ def list_eligibility(
     return list(session.execute(query.order_by(c.subject_id).limit(limit)))
 
 
-def find_eligibility(session: Session, study_id: str, subject_id: str) -> Any | None:
+def find_eligibility(session: Session | Connection, study_id: str, subject_id: str) -> Any | None:
     """One candidate's stored result by subject id."""
     c = _ELIGIBILITY.c
     return session.execute(
