@@ -51,6 +51,7 @@ from service.reads.cohort_refresher import CohortRefresher
 from service.reads.cohort_reports import CohortReports
 from service.reads.deviation_log import DeviationLog
 from service.reads.study_reader import StudyReader
+from service.reads.subject_cache import SubjectCache
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model_checks = ModelChecks.for_settings(conf)
         app.state.store = FhirService(engine, conf, catalog.derivation, model_checks)
         app.state.large_bodies = LargeBodyBudget.for_settings(conf, app.state.store.release_memory)
-        app.state.studies = StudyReader(engine, catalog.protocols, conf.site_zone())
+        app.state.studies = StudyReader(
+            engine,
+            catalog.protocols,
+            conf.site_zone(),
+            SubjectCache(conf.subject_cache_mb * 1024 * 1024),
+        )
         # a broken sources file stops start-up, naming the source and key
         app.state.pulls = SourcePulls(engine, app.state.store, conf)
         pull_schedule = PullScheduler(app.state.pulls)

@@ -47,8 +47,11 @@ def fhir_base(request: Request) -> str:
     return settings.base_url or str(request.base_url).rstrip("/") + "/fhir"
 
 
-def reject_nul(request: Request) -> None:
-    """PostgreSQL cannot hold or compare U+0000: refuse it before any query sees it (not a 500)."""
+async def reject_nul(request: Request) -> None:
+    """PostgreSQL cannot hold or compare U+0000: refuse it before any query sees it (not a 500).
+
+    `async` though it awaits nothing: FastAPI runs a plain `def` dependency in a worker thread,
+    a thread hand-off per request that costs more than the check."""
     for name, value in request.path_params.items():
         if "\x00" in str(value):
             code, what = _NOT_FOUND.get(name, ("http_error", "resource"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api import views
@@ -24,6 +24,7 @@ from api.schemas import (
 )
 from service.audit.events import Entity
 from service.errors import ApiError
+from service.infra.clock import utcnow
 
 router = APIRouter(
     prefix="/api/v1",
@@ -77,10 +78,14 @@ async def list_subjects(
 )
 async def subject_timeline(
     reader: ReaderDep, seal: SealDep, study_id: str, subject_id: str
-) -> dict[str, Any]:
+) -> Response:
     """Every event with its date (and precision), study day, values and evidence id."""
-    found = await run_in_threadpool(lambda: reader.timeline(study_id, subject_id))
-    return views.timeline(found, seal)
+    answer = await run_in_threadpool(
+        lambda: reader.timeline_answer(
+            study_id, subject_id, lambda found: views.timeline_answer(found, seal)
+        )
+    )
+    return Response(answer.at(utcnow()), media_type="application/json")
 
 
 @router.get(
@@ -121,8 +126,15 @@ async def subject_eligibility(
         str | None,
         Query(description="A day (2025-03-15) or zoned dateTime; data dated later is ignored"),
     ] = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | Response:
     """Stored result (kept current on ingest) by default; computed on demand for a given as_of."""
+    if as_of is None:
+        stored = await run_in_threadpool(
+            lambda: reader.stored_eligibility_answer(
+                study_id, subject_id, lambda found: views.eligibility_answer(found, seal)
+            )
+        )
+        return Response(stored, media_type="application/json")
     found = await run_in_threadpool(lambda: reader.subject_eligibility(study_id, subject_id, as_of))
     return views.candidate_eligibility(found, seal)
 
@@ -134,10 +146,14 @@ async def subject_eligibility(
 )
 async def subject_outcomes(
     reader: ReaderDep, seal: SealDep, study_id: str, subject_id: str
-) -> dict[str, Any]:
+) -> Response:
     """Computed from the subject's current events, with the evidence of each endpoint."""
-    found = await run_in_threadpool(lambda: reader.outcomes(study_id, subject_id))
-    return views.subject_endpoints(found, seal)
+    answer = await run_in_threadpool(
+        lambda: reader.outcomes_answer(
+            study_id, subject_id, lambda found: views.endpoints_answer(found, seal)
+        )
+    )
+    return Response(answer.at(utcnow()), media_type="application/json")
 
 
 @router.get(

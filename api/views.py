@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from pydantic import TypeAdapter
+
+from api import schemas
 from service.infra.clock import iso_utc
 from service.privacy.ages import whole_years
 from service.privacy.evidence import Cited, minimised
@@ -115,6 +120,56 @@ def subject_endpoints(o: SubjectEndpoints, seal: Seal) -> dict[str, Any]:
         "computed_at": iso_utc(o.computed_at),
         **minimised(dict(o.endpoints), seal),
     }
+
+
+# stands for `computed_at` in a rendered answer; random, so no value of the data can be it
+_NOW_MARK = f"computed-at-{uuid.uuid4().hex}"
+_TIMELINE = TypeAdapter(schemas.Timeline)
+_ENDPOINTS = TypeAdapter(schemas.SubjectOutcomesOut)
+_ELIGIBILITY = TypeAdapter(schemas.EligibilityOut)
+
+
+def _as_served(adapter: TypeAdapter[Any], body: dict[str, Any]) -> bytes:
+    """The bytes FastAPI sends for `body` under this response model (validated, then dumped)."""
+    return adapter.dump_json(adapter.validate_python(body), by_alias=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Stamped:
+    """A rendered answer whose `computed_at` is the moment of each request that serves it."""
+
+    head: bytes
+    tail: bytes
+
+    def __len__(self) -> int:
+        return len(self.head) + len(self.tail)
+
+    def at(self, moment: dt.datetime) -> bytes:
+        """The answer as computed at `moment` (its data is current: see subject_cache)."""
+        return b"".join((self.head, b'"', iso_utc(moment).encode(), b'"', self.tail))
+
+    @classmethod
+    def of(cls, adapter: TypeAdapter[Any], body: dict[str, Any]) -> Stamped:
+        raw = _as_served(adapter, {**body, "computed_at": _NOW_MARK})
+        head, mark, tail = raw.partition(f'"{_NOW_MARK}"'.encode())
+        assert mark, "the answer has a computed_at"
+        assert _NOW_MARK.encode() not in tail, "and only one"
+        return cls(head, tail)
+
+
+def timeline_answer(t: Timeline, seal: Seal) -> Stamped:
+    """The timeline as served (Timeline), to be stamped with each request's time."""
+    return Stamped.of(_TIMELINE, timeline(t, seal))
+
+
+def endpoints_answer(o: SubjectEndpoints, seal: Seal) -> Stamped:
+    """The subject's endpoints as served (SubjectOutcomesOut), stamped at each request."""
+    return Stamped.of(_ENDPOINTS, subject_endpoints(o, seal))
+
+
+def eligibility_answer(e: CandidateEligibility, seal: Seal) -> bytes:
+    """A stored screening result as served (EligibilityOut); its time is the stored one."""
+    return _as_served(_ELIGIBILITY, candidate_eligibility(e, seal))
 
 
 def screening_page(page: ScreeningPage) -> dict[str, Any]:

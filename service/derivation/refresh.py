@@ -303,6 +303,8 @@ class Derivation:
             )
             if refresh(uow, protocol, batch):
                 changed.add(study_id)  # its screening list is a cohort input too
+        # cached timelines and outcomes of these subjects (service.reads.subject_cache) go stale
+        study_subjects.renew_read_tokens(session, patient_ids, secrets.token_hex(16))
         self._mark_changed(uow, changed)
 
     def _mark_changed(self, uow: UnitOfWork, studies: set[str]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlmodel import Session
 
@@ -194,6 +194,16 @@ def reading(engine: Engine) -> Iterator[Session]:
     try:
         with Session(engine) as session:
             yield session
+    except OperationalError as exc:
+        raise DatabaseUnavailableError("read") from exc
+
+
+@contextmanager
+def reading_rows(engine: Engine) -> Iterator[Connection]:
+    """`reading` without an ORM session, for a hot single-row lookup (a per-request check)."""
+    try:
+        with engine.connect() as conn:
+            yield conn
     except OperationalError as exc:
         raise DatabaseUnavailableError("read") from exc
 

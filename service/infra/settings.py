@@ -179,6 +179,13 @@ class Settings(BaseSettings):
         le=3600,
         description="How long GET …/outcomes?fresh=true waits for a fresh snapshot before 503",
     )
+    subject_cache_mb: int = Field(
+        default=64,
+        ge=0,
+        le=65536,
+        description="Memory per server process for rendered per-subject timelines, outcomes and "
+        "eligibility (served again while the subject's data is unchanged); 0: off",
+    )
     api_default_limit: int = Field(default=50, ge=1, le=1000)
     api_max_limit: int = Field(default=500, ge=1, le=10000)
     auth_disabled: bool = Field(

@@ -159,6 +159,8 @@ class StudySubject(SQLModel, table=True):
     enrolled_on: dt.date | None = Field(default=None, sa_column=Column(Date(), nullable=True))
     day1: dt.date | None = Field(default=None, sa_column=Column(Date(), nullable=True))
     updated_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    # renewed by every write that re-derives the patient: cached per-subject reads key on it
+    read_token: str | None = Field(default=None, max_length=32)
 
 
 class ServiceSecret(SQLModel, table=True):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -16,6 +16,7 @@ from fhir_mapping.events.model import TrialEvent
 from fhir_mapping.partial_dates import in_zone, parse_partial_date, study_day
 from service.errors import ApiError
 from service.infra.clock import utcnow
+from service.infra.db import reading_rows
 from service.protocol.schema import StudyProtocol
 from service.reads.access import capability, find_protocol, read
 from service.reads.paging import decode_cursor, encode_cursor
@@ -30,10 +31,13 @@ from service.reads.results import (
     Timeline,
     TimelineEntry,
 )
+from service.reads.subject_cache import SubjectCache
 from service.repositories import eligibility_results, study_subjects, trial_events
 from service.studies.registry import kind_of
 
 T = TypeVar("T")
+R = TypeVar("R")  # a rendered answer (the API's JSON bytes), kept in the subject cache
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 
 
 def subject_statuses(protocol: StudyProtocol) -> frozenset[str]:
@@ -73,6 +77,8 @@ class StudyReader:
     engine: Engine
     protocols: dict[str, StudyProtocol]
     zone: dt.tzinfo = dt.UTC  # the site's time zone: events are read in its calendar
+    # rendered per-subject answers of this process (service.reads.subject_cache)
+    cache: SubjectCache[Any] = field(default_factory=lambda: SubjectCache(DEFAULT_CACHE_BYTES))
 
     def protocol(self, study_id: str) -> StudyProtocol:
         """The protocol of a study this deployment serves, else 404."""
@@ -98,6 +104,45 @@ class StudyReader:
                 404, "subject_not_found", f"no subject {subject_id!r} in study {study_id}"
             )
         return row, events
+
+    def _rendered(
+        self,
+        read: str,
+        study_id: str,
+        subject_id: str,
+        render: Callable[[Any, list[TrialEvent]], R],
+    ) -> R:
+        """`render(row, events)` of a subject, or what it gave while the row's read token is the
+        one it was given with (the token and the events are read in one session, token first:
+        the events are at least as new as the token says)."""
+        key = (read, study_id, subject_id)
+        with reading_rows(self.engine) as conn:  # the hot path: one indexed row, no ORM session
+            exists, token = study_subjects.read_token(conn, study_id, subject_id)
+        cached = self.cache.get(key, token) if exists and token is not None else None
+        if cached is not None:
+            return cast(R, cached)
+
+        def work(session: Session) -> tuple[Any, Any, list[TrialEvent]]:
+            row = study_subjects.find_subject(session, study_id, subject_id)
+            if row is None:
+                return None, None, []
+            hit = self.cache.get(key, row.read_token) if row.read_token is not None else None
+            if hit is not None:
+                return row, hit, []
+            events = trial_events.events_of(session, [row.patient_id], zone=self.zone)
+            return row, None, events[row.patient_id]
+
+        row, hit, events = self._read(work)
+        if row is None:
+            raise ApiError(
+                404, "subject_not_found", f"no subject {subject_id!r} in study {study_id}"
+            )
+        if hit is not None:
+            return cast(R, hit)
+        value = render(row, events)
+        if row.read_token is not None:
+            self.cache.put(key, row.read_token, value)
+        return value
 
     def subjects(
         self,
@@ -146,6 +191,39 @@ class StudyReader:
             StudyRef.of(protocol), _subject(row), utcnow(), [_entry(e, row.day1) for e in ordered]
         )
 
+    def timeline_answer(self, study_id: str, subject_id: str, render: Callable[[Timeline], R]) -> R:
+        """`render` of the subject's timeline, served again while the subject's data is unchanged
+        (its `computed_at` is for the caller to set: the answer is current at each request)."""
+        protocol = self.protocol(study_id)
+
+        def build(row: Any, events: list[TrialEvent]) -> R:
+            ordered = sorted(events, key=_timeline_key)
+            return render(
+                Timeline(
+                    StudyRef.of(protocol),
+                    _subject(row),
+                    utcnow(),
+                    [_entry(e, row.day1) for e in ordered],
+                )
+            )
+
+        return self._rendered("timeline", study_id, subject_id, build)
+
+    def outcomes_answer(
+        self, study_id: str, subject_id: str, render: Callable[[SubjectEndpoints], R]
+    ) -> R:
+        """`render` of the subject's endpoints, served again while the subject's data is
+        unchanged (as `timeline_answer`)."""
+        protocol, outcomes_of = capability(
+            self.protocols, study_id, "subject_outcomes", "per-subject trial outcomes"
+        )
+
+        def build(row: Any, events: list[TrialEvent]) -> R:
+            endpoints = outcomes_of(protocol, events, row.day1)
+            return render(SubjectEndpoints(StudyRef.of(protocol), subject_id, utcnow(), endpoints))
+
+        return self._rendered("outcomes", study_id, subject_id, build)
+
     def outcomes(self, study_id: str, subject_id: str) -> SubjectEndpoints:
         """Per-subject endpoints: time to surgery, MPR, pCR, EFS, OS, safety."""
         protocol, outcomes_of = capability(
@@ -185,6 +263,29 @@ class StudyReader:
             StudyRef.of(protocol), candidates, encode_cursor(page[-1].subject_id) if more else None
         )
 
+    def stored_eligibility_answer(
+        self, study_id: str, subject_id: str, render: Callable[[CandidateEligibility], R]
+    ) -> R:
+        """`render` of the candidate's stored result, served again while the stored row is the
+        same (its content is the version)."""
+        protocol, _ = capability(self.protocols, study_id, "screening", "eligibility criteria")
+        with reading_rows(self.engine) as conn:  # the hot path: one row, no ORM session
+            row = eligibility_results.find_eligibility(conn, study_id, subject_id)
+        if row is None:
+            raise ApiError(
+                404,
+                "subject_not_found",
+                f"no screening candidate {subject_id!r} in study {study_id}",
+            )
+        key = ("eligibility", study_id, subject_id)
+        version: Hashable = (row.computed_at, row.at_enrollment, row.payload)
+        hit = self.cache.get(key, version)
+        if hit is not None:
+            return cast(R, hit)
+        value = render(_stored_eligibility(protocol, subject_id, row))
+        self.cache.put(key, version, value)
+        return value
+
     def subject_eligibility(
         self, study_id: str, subject_id: str, as_of: str | None
     ) -> CandidateEligibility:
@@ -210,15 +311,19 @@ class StudyReader:
                 f"no screening candidate {subject_id!r} in study {study_id}",
             )
         if day is None:
-            stored = json.loads(row.payload)
-            stored.pop("at_enrollment", None)
-            return CandidateEligibility(
-                StudyRef.of(protocol), subject_id, row.computed_at, stored, row.at_enrollment
-            )
+            return _stored_eligibility(protocol, subject_id, row)
         verdicts = screening(protocol, events, day)
         return CandidateEligibility(
             StudyRef.of(protocol), subject_id, utcnow(), verdicts, row.at_enrollment
         )
+
+
+def _stored_eligibility(protocol: StudyProtocol, subject_id: str, row: Any) -> CandidateEligibility:
+    stored = json.loads(row.payload)
+    stored.pop("at_enrollment", None)
+    return CandidateEligibility(
+        StudyRef.of(protocol), subject_id, row.computed_at, stored, row.at_enrollment
+    )
 
 
 _ZONE = re.compile(r"(?:Z|[+-]\d{2}:\d{2})$")

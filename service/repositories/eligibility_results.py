@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlmodel import Session
 
 from service.infra.tables import (
@@ -55,7 +55,7 @@ def list_eligibility(
     return list(session.execute(query.order_by(c.subject_id).limit(limit)))
 
 
-def find_eligibility(session: Session, study_id: str, subject_id: str) -> Any | None:
+def find_eligibility(session: Session | Connection, study_id: str, subject_id: str) -> Any | None:
     """One candidate's stored result by subject id."""
     c = _ELIGIBILITY.c
     return session.execute(

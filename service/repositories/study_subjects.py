@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select, update
 from sqlmodel import Session
 
 from service.infra.tables import StudySubject
@@ -30,6 +30,15 @@ def subjects_of(session: Session, patient_ids: Sequence[str]) -> dict[tuple[str,
 def upsert_subject(session: Session, values: dict[str, Any], exists: bool) -> None:
     """Insert or update one subject row."""
     save_per_patient(session, _SUBJECT, values, exists)
+
+
+def renew_read_tokens(session: Session, patient_ids: Sequence[str], token: str) -> None:
+    """Give these patients' subject rows (every study) a new read token: cached reads go stale."""
+    c = _SUBJECT.c
+    for chunk in chunks(sorted(patient_ids)):
+        session.execute(
+            update(_SUBJECT).where(c.patient_id.in_(list(chunk))).values(read_token=token)
+        )
 
 
 def delete_subject(session: Session, study_id: str, patient_id: str) -> None:
@@ -64,6 +73,17 @@ def find_subject(session: Session, study_id: str, subject_id: str) -> Any | None
     return session.execute(
         select(_SUBJECT).where(c.study_id == study_id, c.subject_id == subject_id)
     ).first()
+
+
+_READ_TOKEN = select(_SUBJECT.c.read_token).where(
+    _SUBJECT.c.study_id == bindparam("study_id"), _SUBJECT.c.subject_id == bindparam("subject_id")
+)
+
+
+def read_token(conn: Connection, study_id: str, subject_id: str) -> tuple[bool, str | None]:
+    """(whether the subject exists, its read token): the check before a cached answer."""
+    row = conn.execute(_READ_TOKEN, {"study_id": study_id, "subject_id": subject_id}).first()
+    return (False, None) if row is None else (True, row[0])
 
 
 def study_subjects(session: Session, study_id: str) -> list[Any]:

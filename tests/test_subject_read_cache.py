@@ -1,0 +1,216 @@
+"""Cached per-subject answers (service.reads.subject_cache) equal freshly computed ones after
+every kind of write that changes them: a new event, a correction, a deletion, on both backends,
+and after a write through another server process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import BaseModel, TypeAdapter
+from sqlalchemy import Engine, text
+
+from api import schemas, views
+from service.derivation.catalog import load_catalog
+from service.privacy.evidence import EvidenceCodec
+from service.reads.study_reader import StudyReader
+from service.reads.subject_cache import SubjectCache
+from tests.conftest import FHIR_JSON, LiveServer, start_server, stop_server
+from tests.kit import fhir as kit
+from tests.test_study_api import _enrolled_patient
+
+NCT = "NCT06088771"
+READS = ("timeline", "outcomes", "eligibility")
+
+
+@pytest.fixture
+def api(server: LiveServer, fhir: httpx.Client) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=60) as client:
+        yield client
+
+
+def _served(api: httpx.Client, subject_id: str, read: str) -> dict[str, Any]:
+    answer = api.get(f"/studies/{NCT}/subjects/{subject_id}/{read}")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/json"
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def _fresh(server: LiveServer, engine: Engine, subject_id: str, read: str) -> dict[str, Any]:
+    """The answer computed now from the database, by the uncached service path and views."""
+    catalog = load_catalog(server.settings)
+    reader = StudyReader(engine, catalog.protocols, server.settings.site_zone(), SubjectCache(0))
+    codec = EvidenceCodec(engine)
+
+    def seal(cited: Any) -> str:
+        return codec.seal(NCT, cited)
+
+    if read == "timeline":
+        return views.timeline(reader.timeline(NCT, subject_id), seal)
+    if read == "outcomes":
+        return views.subject_endpoints(reader.outcomes(NCT, subject_id), seal)
+    return views.candidate_eligibility(reader.subject_eligibility(NCT, subject_id, None), seal)
+
+
+MODELS: dict[str, type[BaseModel]] = {
+    "timeline": schemas.Timeline,
+    "outcomes": schemas.SubjectOutcomesOut,
+    "eligibility": schemas.EligibilityOut,
+}
+
+
+def _same(served: dict[str, Any], fresh: dict[str, Any], read: str) -> None:
+    """Equal once `fresh` went through the route's response model, as the uncached route sent
+    it (defaults filled in, wire types)."""
+    adapter = TypeAdapter(MODELS[read])
+    wire = json.loads(adapter.dump_json(adapter.validate_python(fresh)))
+    if read != "eligibility":  # the time of the request, in both
+        served, wire = dict(served), dict(wire)
+        served.pop("computed_at")
+        wire.pop("computed_at")
+    assert served == wire
+
+
+def _token(engine: Engine, subject_id: str) -> str:
+    with engine.connect() as conn:
+        token = conn.execute(
+            text("SELECT read_token FROM study_subject WHERE subject_id = :s"), {"s": subject_id}
+        ).scalar_one()
+    assert isinstance(token, str)
+    assert len(token) == 32
+    return token
+
+
+def _all_served(api: httpx.Client, subject_id: str) -> dict[str, dict[str, Any]]:
+    return {read: _served(api, subject_id, read) for read in READS}
+
+
+def _check_current(
+    api: httpx.Client, server: LiveServer, engine: Engine, subject_id: str
+) -> dict[str, dict[str, Any]]:
+    """Every read twice (the second from the cache), each equal to a fresh computation."""
+    first = _all_served(api, subject_id)
+    again = _all_served(api, subject_id)
+    for read in READS:
+        _same(again[read], first[read], read)
+        _same(again[read], _fresh(server, engine, subject_id, read), read)
+    return again
+
+
+def _kinds(timeline: dict[str, Any]) -> list[str]:
+    return [e["kind"] for e in timeline["events"]]
+
+
+AE = kit.adverse_event(
+    id="p1-ae", event="Pneumonitis", date="2025-04-02", grade="3", outcome="resolved"
+)
+
+
+def test_cached_reads_follow_a_new_event_a_correction_and_a_deletion(
+    api: httpx.Client, fhir: httpx.Client, server: LiveServer, engine: Engine
+) -> None:
+    """Each write renews the subject's read token; what is served is what a fresh computation
+    gives, before and after, and the change the write made shows in it."""
+    _enrolled_patient(fhir)
+    subject_id = api.get(f"/studies/{NCT}/subjects").json()["subjects"][0]["subject_id"]
+    before = _check_current(api, server, engine, subject_id)
+    token = _token(engine, subject_id)
+    assert _kinds(before["timeline"]).count("adverse_event") == 0
+
+    # a new event
+    assert fhir.put("/AdverseEvent/p1-ae", json=AE).status_code == 201
+    assert _token(engine, subject_id) != token
+    token = _token(engine, subject_id)
+    added = _check_current(api, server, engine, subject_id)
+    assert _kinds(added["timeline"]).count("adverse_event") == 1
+    assert len(added["timeline"]["events"]) == len(before["timeline"]["events"]) + 1
+    assert added["outcomes"]["safety"] != before["outcomes"]["safety"]
+
+    # a correction: the lobectomy was on Day 22, not Day 18
+    lobectomy = kit.procedure(
+        id="p1-lob", code="Right upper lobectomy", performed="2025-03-31T10:00:00-05:00"
+    )
+    assert fhir.put("/Procedure/p1-lob", json=lobectomy).status_code == 200
+    assert _token(engine, subject_id) != token
+    token = _token(engine, subject_id)
+    corrected = _check_current(api, server, engine, subject_id)
+    resection = [e for e in corrected["timeline"]["events"] if e["kind"] == "lung_resection"]
+    assert [e["study_day"] for e in resection] == [22]
+    assert (
+        added["outcomes"]["time_to_surgery_days"],
+        corrected["outcomes"]["time_to_surgery_days"],
+    ) == (17, 21)
+
+    # a deletion
+    assert fhir.delete("/AdverseEvent/p1-ae").status_code in (200, 204)
+    assert _token(engine, subject_id) != token
+    deleted = _check_current(api, server, engine, subject_id)
+    assert _kinds(deleted["timeline"]).count("adverse_event") == 0
+    assert deleted["outcomes"]["safety"] == before["outcomes"]["safety"]
+
+
+def test_a_write_through_another_process_is_seen(
+    api: httpx.Client, fhir: httpx.Client, server: LiveServer, engine: Engine
+) -> None:
+    """The token is in the database: a server whose cache holds a subject's answers serves the
+    new ones after another server wrote."""
+    _enrolled_patient(fhir)
+    subject_id = api.get(f"/studies/{NCT}/subjects").json()["subjects"][0]["subject_id"]
+    cached = _check_current(api, server, engine, subject_id)
+    other, thread, url = start_server(server.settings)
+    try:
+        with httpx.Client(base_url=f"{url}/fhir", headers=FHIR_JSON, timeout=60) as client:
+            assert client.put("/AdverseEvent/p1-ae", json=AE).status_code == 201
+    finally:
+        stop_server(other, thread)
+    now = _check_current(api, server, engine, subject_id)
+    assert len(now["timeline"]["events"]) == len(cached["timeline"]["events"]) + 1
+
+
+def test_a_subject_rederived_from_scratch_is_not_served_from_before(
+    api: httpx.Client, fhir: httpx.Client, server: LiveServer, engine: Engine
+) -> None:
+    """Emptied and loaded again (same pseudonymous id), the subject gets a new token: the
+    answers cached before are not served."""
+    _enrolled_patient(fhir)
+    subject_id = api.get(f"/studies/{NCT}/subjects").json()["subjects"][0]["subject_id"]
+    first = _check_current(api, server, engine, subject_id)
+    with engine.begin() as conn:  # the subject row goes with its events, as on an erasure
+        conn.execute(text("DELETE FROM study_subject"))
+    assert api.get(f"/studies/{NCT}/subjects/{subject_id}/timeline").status_code == 404
+    _enrolled_patient(fhir)
+    fhir.put("/AdverseEvent/p1-ae", json=AE)
+    again = _check_current(api, server, engine, subject_id)
+    assert len(again["timeline"]["events"]) == len(first["timeline"]["events"]) + 1
+
+
+class _Bytes(bytes):
+    pass
+
+
+def test_the_cache_keeps_one_version_per_key_and_a_byte_budget() -> None:
+    """A pure check of the LRU: a wrong version misses, the least recently used goes first,
+    and an answer over a quarter of the budget is not kept."""
+    cache: SubjectCache[bytes] = SubjectCache(100)
+    cache.put("a", 1, b"x" * 20)
+    cache.put("b", 1, b"y" * 20)
+    assert cache.get("a", 2) is None
+    assert cache.get("a", 1) == b"x" * 20  # a is now the most recently used
+    cache.put("b", 2, b"z" * 20)  # replaces b's version 1
+    assert cache.size_bytes == 40
+    for key in ("c", "d", "e"):
+        cache.put(key, 1, b"w" * 20)
+    assert cache.size_bytes == 100
+    cache.put("f", 1, b"v" * 20)  # over budget: a is the least recently used (b was re-put)
+    assert cache.get("a", 1) is None
+    assert cache.get("b", 2) == b"z" * 20
+    assert cache.size_bytes == 100
+    cache.put("g", 1, b"u" * 26)  # over 100 // 4
+    assert cache.get("g", 1) is None
+    off: SubjectCache[bytes] = SubjectCache(0)
+    off.put("a", 1, b"x")
+    assert off.get("a", 1) is None
