@@ -262,10 +262,18 @@ class SourcePulls:
         )
 
     def wait(self, source_id: str, timeout: float | None = None) -> None:
-        """Until this process's pull of the source ends (tests and shutdown)."""
+        """Until this process's pull of the source ends, or (started on a job queue) until no
+        pull of it runs (tests and shutdown)."""
         thread = self._running.get(source_id)
         if thread is not None:
             thread.join(timeout)
+            return
+        deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
+        while time.monotonic() < deadline:
+            with reading(self.engine) as session:
+                if source_pulls.running_job(session, source_id) is None:
+                    return
+            time.sleep(0.05)
 
 
 def _record(progress: dict[str, Any], message: str | None) -> str:
