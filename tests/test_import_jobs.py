@@ -365,7 +365,7 @@ def _wait_for(engine: Engine, job_id: str, what: str, seconds: float = 120) -> d
             ).scalar_one()
         if found:
             row = job_row(engine, job_id)
-            if what == "checkpoint" and 0 < row["lines"][0] and row["status"] == "running":
+            if what == "checkpoint" and row["lines"][0] > 0 and row["status"] == "running":
                 return row
             if what == "end" and row["status"] in ("succeeded", "failed", "cancelled"):
                 return row
@@ -396,6 +396,8 @@ def test_a_killed_worker_s_job_resumes_from_its_checkpoint_exactly_once(
         with worker(url, **knobs):
             _wait_for(running.engine, job_id, "end")
         done = finished(client, kicked.headers["content-location"]).json()
+        assert job_row(running.engine, job_id)["attempts"] == 2
+        assert stored(running.engine, "k") == (total, total)  # every line written exactly once
     assert done["status"] == "succeeded"
     assert done["output"][0]["outcomes"] == {
         "created": total,
@@ -403,8 +405,6 @@ def test_a_killed_worker_s_job_resumes_from_its_checkpoint_exactly_once(
         "unchanged": 0,
         "failed": 0,
     }
-    assert job_row(running.engine, job_id)["attempts"] == 2
-    assert stored(running.engine, "k") == (total, total)  # every line written exactly once
 
 
 @pytest.mark.slow
