@@ -45,7 +45,8 @@ VERSION = PYPROJECT["project"]["version"]
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 # Variables the image's processes read that are not trialbridge settings.
 OTHER_PROCESS_VARIABLES = {"MPLCONFIGDIR", "PYTHONUNBUFFERED"}
-APP_SERVICES = ("migrate", "api", "deliverer")  # compose services running the trialbridge image
+# compose services running the trialbridge image
+APP_SERVICES = ("migrate", "api", "deliverer", "worker")
 
 
 # -- reading the files ------------------------------------------------------------------------------
@@ -363,9 +364,11 @@ def test_every_command_is_one_the_cli_parses() -> None:
         "compose migrate": "migrate",
         "compose api": "serve",
         "compose deliverer": "deliver --loop",
+        "compose worker": "worker",
         "Job/trialbridge-migrate": "migrate",
         "Deployment/trialbridge-api": "serve",
         "Deployment/trialbridge-deliverer": "deliver --loop",
+        "Deployment/trialbridge-worker": "worker",
         "CronJob/trialbridge-reevaluate": "reevaluate",
     }
 
