@@ -19,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
+from service.access.clients import add_client
 from service.fhir.interactions import FhirService
 from service.infra import migrate
 from service.infra.db import make_engine
@@ -26,6 +27,7 @@ from service.infra.settings import Settings
 from service.jobs.bulk import BulkJobs, JobInput
 from service.jobs.queue import ensure_schema
 from tests.conftest import free_port
+from tests.kit.auth import access_token, bearer, ec_key, jwks
 from tests.kit.cli import TRIALBRIDGE
 from tests.kit.live import served
 
@@ -474,3 +476,73 @@ def test_the_job_queue_schema_is_applied_once(new_database: Any) -> None:
     assert ensure_schema(engine) is False
     assert migrate.drift(engine) == []  # procrastinate's tables are not ours
     engine.dispose()
+
+
+def test_a_job_belongs_to_its_client_and_writes_with_its_token_s_scopes(
+    new_database: Any,
+) -> None:
+    keys = {name: ec_key(name) for name in ("feeder", "ehr", "ops")}
+    scopes = {"feeder": "system/Patient.cu", "ehr": "system/*.cruds", "ops": "admin"}
+    settings = Settings(
+        database_url=str(new_database("sqlite")), auth_disabled=False, webhook_interval_seconds=0
+    )
+    with served(settings) as running:
+        for name, key in keys.items():
+            add_client(running.engine, name, [scopes[name]], jwks=jwks(key))
+        tokens = {
+            name: bearer(access_token(running.url, key, name, scopes[name]))
+            for name, key in keys.items()
+        }
+        body = (
+            patients("o", 2)
+            + b'{"resourceType": "Observation", "id": "o-obs", "status": "final", '
+            + b'"code": {"text": "x"}}\n'
+        )
+        with httpx.Client(base_url=running.url, timeout=60) as client:
+            anonymous = client.post("/fhir/$import", content=body, headers=ASYNC_NDJSON)
+            kicked = client.post(
+                "/fhir/$import", content=body, headers={**ASYNC_NDJSON, **tokens["feeder"]}
+            )
+            assert kicked.status_code == 202, kicked.text
+            status_url = kicked.headers["content-location"]
+            done = finished_as(client, status_url, tokens["feeder"])
+            others = {
+                "ehr GET": client.get(status_url, headers=tokens["ehr"]).status_code,
+                "ehr DELETE": client.delete(status_url, headers=tokens["ehr"]).status_code,
+                "ehr errors": client.get(
+                    f"{status_url}/errors/0", headers=tokens["ehr"]
+                ).status_code,
+                "no token": client.get(status_url).status_code,
+                "ops GET": client.get(status_url, headers=tokens["ops"]).status_code,
+            }
+            errors = client.get(done["error"][0]["url"], headers=tokens["feeder"])
+        assert stored(running.engine, "o") == (2, 2)
+    assert anonymous.status_code == 401
+    assert done["output"][0]["outcomes"] == {
+        "created": 2,
+        "updated": 0,
+        "unchanged": 0,
+        "failed": 1,
+    }
+    assert others == {
+        "ehr GET": 404,
+        "ehr DELETE": 404,
+        "ehr errors": 404,
+        "no token": 401,
+        "ops GET": 200,
+    }
+    [outcome] = [json.loads(line) for line in errors.text.splitlines()]
+    assert outcome["issue"][0]["code"] == "forbidden"
+    assert outcome["issue"][0]["diagnostics"].startswith("line 3: ")
+
+
+def finished_as(client: httpx.Client, status_url: str, auth: dict[str, str]) -> dict[str, Any]:
+    """`finished`, with a token."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        answer = client.get(status_url, headers=auth)
+        if answer.status_code == 200:
+            return dict(answer.json())
+        assert answer.status_code == 202, answer.text
+        time.sleep(0.1)
+    raise AssertionError("the job did not finish")
