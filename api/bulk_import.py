@@ -8,6 +8,7 @@ body become a bulk job on the job queue. A status URL belongs to the client that
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -40,6 +41,7 @@ from service.infra.settings import Settings
 from service.jobs.bulk import BulkJobs, JobInput, JobView
 from service.jobs.queue import JobQueue
 
+log = logging.getLogger(__name__)
 STATUS_PATH = "/$import-status"
 router = APIRouter(
     prefix="/fhir",
@@ -157,7 +159,10 @@ async def kick_off(request: Request, who: Principal, base: str) -> Response:
     job_id = await run_in_threadpool(
         lambda: jobs.create(inputs, owner=who.client, scopes=str(who.scopes), request_id=request_id)
     )
-    await run_in_threadpool(queue.submit_bulk, job_id)
+    try:
+        await run_in_threadpool(queue.submit_bulk, job_id)
+    except Exception:  # the job is stored as queued: a sweeper submits it again
+        log.warning("submitting bulk job %s failed; it waits for the next sweep", job_id)
     return Response(status_code=202, headers={"Content-Location": f"{base}{STATUS_PATH}/{job_id}"})
 
 

@@ -546,3 +546,30 @@ def finished_as(client: httpx.Client, status_url: str, auth: dict[str, str]) -> 
         assert answer.status_code == 202, answer.text
         time.sleep(0.1)
     raise AssertionError("the job did not finish")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_worker_stopped_with_sigterm_leaves_its_job_at_a_checkpoint_for_another(
+    new_database: Any, tmp_path: Path
+) -> None:
+    url = str(new_database("postgres"))
+    total = 1500
+    settings = Settings(database_url=url, webhook_interval_seconds=0, import_spool_dir=tmp_path)
+    knobs = {"import_job_chunk_lines": "10", "job_lease_seconds": "600"}  # no lease runs out
+    with served(settings) as running, httpx.Client(base_url=running.url, timeout=60) as client:
+        kicked = client.post("/fhir/$import", content=patients("t", total), headers=ASYNC_NDJSON)
+        job_id = kicked.headers["content-location"].rsplit("/", 1)[1]
+        with worker(url, **knobs) as first:
+            _wait_for(running.engine, job_id, "checkpoint")
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(60) == 0
+        left = job_row(running.engine, job_id)
+        assert left["status"] == "running"
+        assert 0 < left["lines"][0] < total
+        with worker(url, **knobs):  # resumes at once: the lease was released, not left to expire
+            _wait_for(running.engine, job_id, "end", seconds=300)
+        done = finished(client, kicked.headers["content-location"]).json()
+        assert job_row(running.engine, job_id)["attempts"] == 2
+        assert stored(running.engine, "t") == (total, total)
+    assert done["output"][0]["outcomes"]["created"] == total

@@ -45,6 +45,10 @@ READ_BYTES = 1024 * 1024
 COUNTED = ("created", "updated", "unchanged", "failed")
 
 
+class StoppingError(Exception):
+    """This process is stopping: leave the job at its checkpoint for another runner."""
+
+
 class LeaseLostError(Exception):
     """Another runner took the job over (this one stopped renewing in time): stop, write nothing."""
 
@@ -191,6 +195,8 @@ class BulkJobs:
         self.engine = engine
         self.store = store
         self.settings = store.settings
+        # set when the process stops: running jobs leave at their next chunk, lease released
+        self.stopping = threading.Event()
 
     # -- creating and following ---------------------------------------------------------------
 
@@ -287,6 +293,11 @@ class BulkJobs:
                 status = ran.all_inputs()
             except LeaseLostError:
                 log.warning("bulk job %s was taken over by another runner", job_id)
+                return None
+            except StoppingError:
+                with writing(self.engine) as session:  # free to claim at once, from its checkpoint
+                    bulk_jobs.renew(session, job_id, runner, utcnow())
+                log.info("bulk job %s left at its checkpoint: this process is stopping", job_id)
                 return None
             except DatabaseUnavailableError:
                 # left running: its lease expires and a runner resumes it from its checkpoint
@@ -389,6 +400,8 @@ class _Run:
         """Commit the chunk's lines with the checkpoint after `last`; False when cancelled."""
         if self.keeper.lost:
             raise LeaseLostError
+        if self.jobs.stopping.is_set():
+            raise StoppingError
         if self._cancelled():
             return False
         entries = [(n, e) for n, e in chunk.items if isinstance(e, Entry)]

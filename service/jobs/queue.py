@@ -14,9 +14,11 @@ fences a runner whose lease was taken over).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import queue
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,6 +108,7 @@ class InProcessQueue:
     def stop(self) -> None:
         """Stop the threads after the jobs they run reach their next chunk or end."""
         self._stop.set()
+        self.jobs.stopping.set()  # a running job leaves at its checkpoint; resumed at next start
         for _ in range(self.threads):
             self._work.put(None)
         for thread in self._started:
@@ -263,23 +266,41 @@ class Sweeper:
 
 def run_worker(jobs: BulkJobs, pulls: SourcePulls | None, database_url: str) -> None:
     """A job worker in the foreground until SIGTERM/SIGINT: procrastinate runs the tasks; a
-    sweeper re-defers jobs whose runner died."""
+    sweeper re-defers jobs whose runner died. On the signal, a running bulk job leaves at its
+    next chunk (its lease released, so another worker resumes it at once) and the worker ends."""
     _runtime[:] = [_Runtime(jobs, pulls)]
     deferrer = ProcrastinateQueue(database_url)
     sweeper = Sweeper(jobs, deferrer.submit_bulk, max(jobs.settings.job_lease_seconds / 2, 0.5))
     sweeper.start()
     try:
-        worker = procrastinate_app(database_url)
-        worker.run_worker(
-            queues=[QUEUE],
-            name="trialbridge-worker",
-            fetch_job_polling_interval=1.0,
-            delete_jobs="successful",
-            install_signal_handlers=True,
-        )
+        asyncio.run(_work(procrastinate_app(database_url), jobs))
     finally:
         sweeper.stop()
         deferrer.stop()
+
+
+async def _work(app: Any, jobs: BulkJobs) -> None:
+    async with app.open_async():
+        task = asyncio.create_task(
+            app.run_worker_async(
+                queues=[QUEUE],
+                name="trialbridge-worker",
+                fetch_job_polling_interval=1.0,
+                delete_jobs="successful",
+                install_signal_handlers=False,
+            )
+        )
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            log.info("stopping: the running job leaves at its next chunk")
+            jobs.stopping.set()
+            task.cancel()  # procrastinate then waits for the running task
+
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, stop)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def make_queue(jobs: BulkJobs, pulls: SourcePulls | None) -> JobQueue:
