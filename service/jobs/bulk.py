@@ -303,6 +303,9 @@ class BulkJobs:
                 # left running: its lease expires and a runner resumes it from its checkpoint
                 log.warning("bulk job %s stopped: the database is unavailable", job_id)
                 return None
+            except OSError as exc:  # an input gone (a spool not shared with this worker?)
+                log.warning("bulk job %s cannot read an input: %s", job_id, type(exc).__name__)
+                status, error = "failed", "an input could not be read by the job's runner"
             except Exception:  # a job must end: recorded, the traceback to the log
                 log.exception("bulk job failed")
                 status, error = "failed", "internal error (see the service log)"
