@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from api import errors, request_log
 from api.audit import AuditRequests
 from api.auth import router as auth_router
+from api.bulk_import import router as bulk_import_router
 from api.client_limits import BodyDeadline
 from api.cors import Cors
 from api.deviation_routes import router as deviation_router
@@ -44,6 +45,8 @@ from service.infra import metrics, migrate
 from service.infra.db import make_engine
 from service.infra.process import settle_process
 from service.infra.settings import Settings
+from service.jobs.bulk import BulkJobs
+from service.jobs.queue import ensure_schema, make_queue
 from service.notifications.webhooks import Dispatcher, policy_from
 from service.privacy.evidence import EvidenceCodec
 from service.reads.audit_log import AuditLog
@@ -74,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.watch_pool(engine)
         if conf.auto_migrate:
             await run_in_threadpool(migrate.upgrade, engine)
+            await run_in_threadpool(ensure_schema, engine)  # the job queue's (PostgreSQL)
         app.state.settings = conf
         app.state.engine = engine
         app.state.rate_limits = RateLimits.for_settings(conf)
@@ -113,6 +117,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         # a broken sources file stops start-up, naming the source and key
         app.state.pulls = SourcePulls(engine, app.state.store, conf)
+        app.state.bulk_jobs = BulkJobs(engine, app.state.store)
+        job_queue = make_queue(app.state.bulk_jobs, app.state.pulls)
+        app.state.job_queue = job_queue
+        app.state.pulls.launcher = job_queue.submit_pull  # pulls run on the job queue
         pull_schedule = PullScheduler(app.state.pulls)
         evidence: EvidenceCodec = app.state.evidence
         refresher = CohortRefresher(
@@ -142,10 +150,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(settle_process)
         refresher.start()
         pull_schedule.start()
+        job_queue.start()  # in-process: resumes unfinished jobs; procrastinate: workers run them
         try:
             yield
         finally:
             await run_in_threadpool(pull_schedule.stop)
+            await run_in_threadpool(job_queue.stop)
             await run_in_threadpool(refresher.stop)
             if dispatcher is not None:
                 dispatcher.stop()
@@ -178,6 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(fhir_open_router)  # /fhir/metadata before /fhir/{resource_type}
     app.include_router(audit_router)  # so are /fhir/AuditEvent and /fhir/Provenance
+    app.include_router(bulk_import_router)  # and /fhir/$import-status/{id}
     app.include_router(fhir_router)
     app.include_router(study_router)
     app.include_router(deviation_router)

@@ -21,16 +21,19 @@ from tqdm import tqdm
 from api import cli_access, cli_export, cli_pull, request_log
 from fhir_mapping.issues import InvalidContentError
 from fhir_mapping.json_codec import decode_text, loads
-from fhir_mapping.ndjson import ndjson_lines
+from service.audit.events import CLI_CLIENT
 from service.derivation.catalog import load_catalog
 from service.derivation.refresh import Derivation, reevaluate_all, remap_all
 from service.errors import FhirError
 from service.fhir.ingest import EntryResult
 from service.fhir.interactions import FhirService
+from service.fhir.pull.jobs import SourcePulls
 from service.infra import metrics, migrate
 from service.infra.db import make_engine
 from service.infra.process import settle_process
 from service.infra.settings import Settings
+from service.jobs.bulk import BulkJobs, JobInput
+from service.jobs.queue import ensure_schema, run_worker
 from service.notifications.webhooks import Dispatcher, deliver_due, policy_from
 from service.privacy.evidence import EvidenceCodec
 from service.protocol.schema import ProtocolError, StudyProtocol
@@ -71,14 +74,10 @@ def _count_resources(path: Path) -> int:
 def _load_file(
     store: FhirService, path: Path, bar: tqdm[Never], tally: Counter[str], errors: list[str]
 ) -> None:
-    ctx = store.context(f"cli load {path.name}", keep_content=False)
-    if path.suffix == ".ndjson":  # read as it is written, like `$import`: any size of file
-        with path.open("rb") as feed:
-            chunks = iter(lambda: feed.read(1024 * 1024), b"")
-            lines = ndjson_lines(chunks, store.settings.max_import_line_bytes)
-            for outcome in store.import_lines(lines, ctx=ctx, progress=bar.update):
-                _record(outcome.result, f"{path}:{outcome.line}", tally, errors)
+    if path.suffix == ".ndjson":  # a bulk job run here, like an asynchronous `$import`: any size
+        _load_ndjson(store, path, bar, tally, errors)
         return
+    ctx = store.context(f"cli load {path.name}", keep_content=False)
     text = decode_text(path.read_bytes())
     doc = loads(text.encode())
     if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
@@ -89,6 +88,26 @@ def _load_file(
         return
     for outcome in store.import_lines([text.replace("\n", " ")], ctx=ctx, progress=bar.update):
         _record(outcome.result, str(path), tally, errors)
+
+
+def _load_ndjson(
+    store: FhirService, path: Path, bar: tqdm[Never], tally: Counter[str], errors: list[str]
+) -> None:
+    """The file as a bulk job run in this process: chunks committed with their checkpoint."""
+    jobs = BulkJobs(store.engine, store)
+    item = JobInput(url=str(path), path=str(path.resolve()))
+    job_id = jobs.create([item], owner=CLI_CLIENT, kind="load")
+    jobs.run(job_id, progress=bar.update)
+    view = jobs.view(job_id)
+    assert view is not None
+    if view.status != "succeeded":
+        raise FhirError.of(500, "exception", view.error or f"the load job {view.status}")
+    for change, n in view.checkpoint.outcomes[0].items():
+        if n:
+            tally["rejected" if change == "failed" else change] += n
+    for line, status, outcome in jobs.errors(job_id, 0):
+        reasons = [i.get("diagnostics", "") for i in orjson.loads(outcome).get("issue", [])]
+        errors.append(f"{path}:{line}: {status} {'; '.join(reasons)}")
 
 
 def _record(result: EntryResult, where: str, tally: Counter[str], errors: list[str]) -> None:
@@ -139,7 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
-    sub.add_parser("migrate", help="bring the database schema to the latest revision")
+    sub.add_parser(
+        "migrate",
+        help="bring the database schema to the latest revision (and, on PostgreSQL, add the job "
+        "queue's schema)",
+    )
+    sub.add_parser(
+        "worker",
+        help="run bulk jobs (asynchronous $import, pulls) from the PostgreSQL job queue until "
+        "SIGTERM; on SQLite jobs run in the server",
+    )
     load = sub.add_parser("load", help="load FHIR bundle JSON / NDJSON files or folders")
     load.add_argument("paths", nargs="+", metavar="PATH")
     deliver = sub.add_parser(
@@ -251,6 +279,31 @@ def cmd_refresh_cohorts(
     return 1 if failed else 0
 
 
+def cmd_worker(settings: Settings, derivation: Derivation) -> int:
+    """A job worker (PostgreSQL): procrastinate runs bulk jobs and pulls until SIGTERM."""
+    if settings.jobs_in_process():
+        print(
+            "trialbridge worker: with this database, bulk jobs run in the server process "
+            "(TRIALBRIDGE_JOB_BACKEND resolves to in-process); no worker is needed",
+            file=sys.stderr,
+        )
+        return 0
+    engine = make_engine(settings)
+    migrate.prepare(engine, auto_migrate=settings.auto_migrate)
+    if settings.auto_migrate:
+        ensure_schema(engine)
+    store = FhirService(engine, settings, derivation)
+    pulls = SourcePulls(engine, store, settings)
+    jobs = BulkJobs(engine, store)
+    settle_process()
+    log.info("job worker started (procrastinate queue on PostgreSQL)")
+    try:
+        run_worker(jobs, pulls, settings.database_url)
+    finally:
+        engine.dispose()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `trialbridge` console script."""
     try:
@@ -284,6 +337,7 @@ def _run(argv: Sequence[str] | None) -> int:
         "refresh-cohorts",
         "export",
         "pull",
+        "worker",
     ):
         try:
             catalog = load_catalog(settings)  # fail before serving, naming the file and key
@@ -329,16 +383,20 @@ def _run(argv: Sequence[str] | None) -> int:
     if args.command == "migrate":
         engine = make_engine(settings)
         migrate.upgrade(engine)
+        ensure_schema(engine)
         print(f"database at revision {migrate.current_revision(engine)}")
         engine.dispose()
         return 0
     if args.command == "load":
         return cmd_load(settings, args.paths, catalog.derivation)
+    if args.command == "worker":
+        return cmd_worker(settings, catalog.derivation)
     import uvicorn
 
     if settings.auto_migrate:  # once, before any of --workers N starts
         engine = make_engine(settings)
         migrate.upgrade(engine)
+        ensure_schema(engine)
         engine.dispose()
     os.environ["TRIALBRIDGE_BIND_HOST"] = args.host  # the Host a client may name by default
     if args.workers > 1:  # the workers' metrics meet in files, so any one of them answers for all

@@ -12,6 +12,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from api.audit import for_write
 from api.auth import PrincipalDep, principal, require, require_fhir
+from api.bulk_import import kick_off, wants_async
 from api.deps import AuditLogDep, BaseDep, SettingsDep, StoreDep
 from api.fhir_http import (
     FHIR_JSON,
@@ -172,14 +173,17 @@ async def metadata(request: Request, base: BaseDep) -> Response:
 
 @router.post("/$import", summary="Import NDJSON (one resource per line)")
 async def import_ndjson(
-    request: Request, store: StoreDep, settings: SettingsDep, who: PrincipalDep
+    request: Request, store: StoreDep, settings: SettingsDep, base: BaseDep, who: PrincipalDep
 ) -> Response:
     """Upsert every line on its own; a batch-response with one entry per line.
 
     The body is read as it arrives, a line at a time, and written in chunks (each committed on
     its own); the answer is written to a temporary file as the lines are done. Memory does not
-    grow with the body, and the import takes no large-body slot.
+    grow with the body, and the import takes no large-body slot. With `Prefer: respond-async`
+    the import is a job instead (api/bulk_import.py): 202 and a status URL.
     """
+    if wants_async(request):
+        return await kick_off(request, who, base)
     require_media_type(request, NDJSON_TYPES)
     limit = settings.max_import_bytes
     declared_size(request, limit)

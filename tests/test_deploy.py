@@ -45,7 +45,8 @@ VERSION = PYPROJECT["project"]["version"]
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 # Variables the image's processes read that are not trialbridge settings.
 OTHER_PROCESS_VARIABLES = {"MPLCONFIGDIR", "PYTHONUNBUFFERED"}
-APP_SERVICES = ("migrate", "api", "deliverer")  # compose services running the trialbridge image
+# compose services running the trialbridge image
+APP_SERVICES = ("migrate", "api", "deliverer", "worker")
 
 
 # -- reading the files ------------------------------------------------------------------------------
@@ -363,9 +364,11 @@ def test_every_command_is_one_the_cli_parses() -> None:
         "compose migrate": "migrate",
         "compose api": "serve",
         "compose deliverer": "deliver --loop",
+        "compose worker": "worker",
         "Job/trialbridge-migrate": "migrate",
         "Deployment/trialbridge-api": "serve",
         "Deployment/trialbridge-deliverer": "deliver --loop",
+        "Deployment/trialbridge-worker": "worker",
         "CronJob/trialbridge-reevaluate": "reevaluate",
     }
 
@@ -427,6 +430,7 @@ def test_each_process_gets_the_settings_its_role_needs(monkeypatch: pytest.Monke
     roles = {
         "api": ["compose api", "Deployment/trialbridge-api"],
         "deliverer": ["compose deliverer", "Deployment/trialbridge-deliverer"],
+        "worker": ["compose worker", "Deployment/trialbridge-worker"],
         "job": ["compose migrate", "Job/trialbridge-migrate", "CronJob/trialbridge-reevaluate"],
     }
     environments = {f"compose {k}": v for k, v in compose_environments().items()}
@@ -442,6 +446,11 @@ def test_each_process_gets_the_settings_its_role_needs(monkeypatch: pytest.Monke
         assert made[where].webhook_interval_seconds == 0, where
     for where in roles["deliverer"]:
         assert made[where].webhook_interval_seconds > 0, where
+    for api, worker in zip(roles["api"], roles["worker"], strict=True):
+        # the API spools asynchronous $import bodies where the worker reads them
+        assert made[api].import_spool_dir is not None, api
+        assert made[api].import_spool_dir == made[worker].import_spool_dir, worker
+        assert made[worker].jobs_in_process() is False, worker
 
 
 def test_read_only_roots_have_a_writable_place_for_what_each_process_writes(

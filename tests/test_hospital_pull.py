@@ -465,6 +465,7 @@ def test_sync_endpoint_runs_the_pull_as_a_job_with_progress(
         sources_file=sources_file,
         pull_max_wait_seconds=0,
         webhook_interval_seconds=0,
+        job_backend="in-process",  # the pull runs on this process's job queue, under respx
     )
     with (
         served(settings) as app,
@@ -781,6 +782,7 @@ def test_a_server_with_a_pull_interval_pulls_by_itself(
         pull_max_wait_seconds=0,
         pull_interval_seconds=3600,
         webhook_interval_seconds=0,
+        job_backend="in-process",  # the scheduled pull runs on this process's job queue
     )
     # the hospital answers before the server starts: its scheduler pulls at once
     with respx.mock(assert_all_called=False) as mock:

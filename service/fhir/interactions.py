@@ -514,6 +514,37 @@ class FhirService:
         if pending:
             yield from self._import_pending(pending, upsert_ctx, progress, ctx.audit)
 
+    def import_entry(self, line: str, number: int, ctx: WriteContext) -> Entry | EntryResult:
+        """One NDJSON line as an upsert entry, or its failure (a bulk job's own chunking)."""
+        return self._import_entry(line, number, ctx)
+
+    @staticmethod
+    def import_context(ctx: WriteContext) -> WriteContext:
+        """The context `import_lines` writes its lines with (plain upserts, no audit note)."""
+        return replace(
+            ctx,
+            resolve_conditional_references=False,
+            require_urn_targets=False,
+            audit=None,
+            keep_content=False,
+        )
+
+    def write_entries(
+        self,
+        entries: list[Entry],
+        ctx: WriteContext,
+        then: Callable[[UnitOfWork, list[EntryResult]], None],
+    ) -> list[EntryResult]:
+        """Upsert entries in one unit of work and run `then` in the same transaction (a bulk
+        job's checkpoint commits with the lines it counts, or not at all)."""
+
+        def work(uow: UnitOfWork) -> list[EntryResult]:
+            results = apply_entries(uow, entries, ctx)
+            then(uow, results)
+            return results
+
+        return self._write(work, ctx)
+
     @staticmethod
     def _import_entry(line: str, number: int, ctx: WriteContext) -> Entry | EntryResult:
         """The line's entry, or its failure (unparseable, invalid, out of the token's scopes)."""

@@ -92,8 +92,13 @@ def head_revision() -> str | None:
 def drift(engine: Engine) -> list[object]:
     """Differences between the models and the migrated database; empty when they agree."""
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": _ours})
         return list(compare_metadata(ctx, SQLModel.metadata))
+
+
+def _ours(name: str | None, kind: str, _parents: object) -> bool:
+    """The job queue's tables (procrastinate's schema, applied by its own step) are not ours."""
+    return not (kind == "table" and (name or "").startswith("procrastinate_"))
 
 
 def revision(engine: Engine, message: str) -> None:

@@ -86,6 +86,35 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest `$import` line (one resource); a longer one is refused on its own",
     )
+    job_backend: Literal["auto", "in-process", "procrastinate"] = Field(
+        default="auto",
+        description="Where bulk jobs (asynchronous `$import`, pulls) run: `procrastinate` (a "
+        "queue in the same PostgreSQL, run by `trialbridge worker`), `in-process` (a thread of "
+        "each server); `auto`: procrastinate on PostgreSQL, in-process on SQLite",
+    )
+    job_lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A running bulk job's lease: a job whose runner stopped renewing it this "
+        "long is resumed from its last checkpoint by another runner",
+    )
+    import_job_chunk_lines: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description="Lines an asynchronous `$import` commits (with its checkpoint) at a time",
+    )
+    import_folder: Path | None = Field(
+        default=None,
+        description="The folder whose files an asynchronous `$import` may name as `file:` URLs "
+        "(none: file URLs are refused)",
+    )
+    import_spool_dir: Path | None = Field(
+        default=None,
+        description="Where asynchronous `$import` bodies wait on disk for their job (shared by "
+        "the servers and job workers; default beside the SQLite database, else ./var)",
+    )
     base_url: str | None = Field(
         default=None, description="Public base URL of /fhir, used in Location and fullUrl"
     )
@@ -384,6 +413,22 @@ class Settings(BaseSettings):
         # one journal per database: two deployments sharing ./var never mix their records
         named = hashlib.sha256(self.database_url.encode()).hexdigest()[:16]
         return Path("var") / "audit-spool" / named
+
+    def bulk_spool_dir(self) -> Path:
+        """Where this deployment keeps asynchronous `$import` bodies until their job ends."""
+        if self.import_spool_dir is not None:
+            return self.import_spool_dir
+        database = self.sqlite_path()
+        if database is not None:
+            return database.parent / f"{database.stem}-import-spool"
+        named = hashlib.sha256(self.database_url.encode()).hexdigest()[:16]
+        return Path("var") / "import-spool" / named
+
+    def jobs_in_process(self) -> bool:
+        """Bulk jobs run in the server's own thread (SQLite default), not on procrastinate."""
+        if self.job_backend == "auto":
+            return self.is_sqlite
+        return self.job_backend == "in-process"
 
     def sqlite_path(self) -> Path | None:
         """File behind a SQLite URL, or None for in-memory/PostgreSQL."""

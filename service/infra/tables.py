@@ -448,3 +448,42 @@ class PullJob(SQLModel, table=True):
     progress: str = Field(sa_column=Column(Text(), nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text()))
     lease_until: dt.datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+
+
+class BulkJob(SQLModel, table=True):
+    """An asynchronous `$import` (or a CLI load): its inputs, its checkpoint and its outcome.
+
+    The checkpoint is written in the same transaction as the lines it counts, so a job resumed
+    after a crash starts after the last committed line and never writes a line twice.
+    """
+
+    __tablename__ = "bulk_job"
+
+    id: str = Field(primary_key=True, max_length=36)
+    kind: str = Field(max_length=16)
+    owner: str = Field(max_length=200, index=True)
+    status: str = Field(max_length=16, index=True)
+    cancel_requested: bool = Field(default=False)
+    created_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    started_at: dt.datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    finished_at: dt.datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    # who runs it (a token new at each claim) and until when: a dead runner's job is taken over
+    runner: str | None = Field(default=None, max_length=36)
+    lease_until: dt.datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    attempts: int = Field(default=0)
+    # JSON: the inputs (url, path, spooled), the checkpoint, the outcomes per input
+    inputs: str = Field(sa_column=Column(Text(), nullable=False))
+    checkpoint: str = Field(sa_column=Column(Text(), nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(Text()))
+
+
+class BulkJobError(SQLModel, table=True):
+    """One rejected line of a bulk job, as the OperationOutcome its errors NDJSON serves."""
+
+    __tablename__ = "bulk_job_error"
+
+    job_id: str = Field(primary_key=True, max_length=36)
+    input_index: int = Field(primary_key=True)
+    line: int = Field(primary_key=True)
+    status: int
+    outcome: str = Field(sa_column=Column(Text(), nullable=False))

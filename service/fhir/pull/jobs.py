@@ -104,6 +104,8 @@ class SourcePulls:
         self.lease_seconds = lease_seconds
         self._running: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
+        # given, `start` hands each claimed pull to it (the job queue) instead of a thread here
+        self.launcher: Callable[[str, str, bool], None] | None = None
 
     def source(self, source_id: str) -> HospitalSource:
         """The source, or 404 `source_not_found`."""
@@ -171,6 +173,9 @@ class SourcePulls:
             if running is not None and running.is_alive():
                 raise ApiError(409, "sync_running", f"a pull of {source_id} is already running")
             job_id = self._claim(source_id)
+            if self.launcher is not None:
+                self.launcher(source_id, job_id, full)
+                return self.status(source_id, job_id)
             thread = threading.Thread(
                 target=self._run, args=(source_id, job_id, full), name=f"pull-{source_id}"
             )
@@ -178,6 +183,10 @@ class SourcePulls:
             self._running[source_id] = thread
             thread.start()
         return self.status(source_id, job_id)
+
+    def run_claimed(self, source_id: str, job_id: str, full: bool) -> None:
+        """Run a pull `start` claimed, in this thread (a job queue's task)."""
+        self._run(source_id, job_id, full)
 
     def _run(
         self,
@@ -253,10 +262,18 @@ class SourcePulls:
         )
 
     def wait(self, source_id: str, timeout: float | None = None) -> None:
-        """Until this process's pull of the source ends (tests and shutdown)."""
+        """Until this process's pull of the source ends, or (started on a job queue) until no
+        pull of it runs (tests and shutdown)."""
         thread = self._running.get(source_id)
         if thread is not None:
             thread.join(timeout)
+            return
+        deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
+        while time.monotonic() < deadline:
+            with reading(self.engine) as session:
+                if source_pulls.running_job(session, source_id) is None:
+                    return
+            time.sleep(0.05)
 
 
 def _record(progress: dict[str, Any], message: str | None) -> str:

@@ -1,0 +1,1 @@
+"""Bulk jobs (asynchronous `$import`, CLI loads, hospital pulls) and the queues that run them."""
