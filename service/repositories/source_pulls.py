@@ -133,6 +133,14 @@ def job(session: Session, source_id: str, job_id: str) -> JobRow | None:
     return None if row is None else JobRow(**row._mapping)
 
 
+def running_job(session: Session, source_id: str) -> str | None:
+    """The id of the source's running job, if one runs."""
+    row = session.execute(
+        select(_JOB.c.id).where(_JOB.c.source_id == source_id, _JOB.c.status == "running")
+    ).first()
+    return None if row is None else str(row.id)
+
+
 @dataclass(frozen=True, slots=True)
 class Latest:
     """The newest job of a source: when it started, and until when it holds the lease if it runs."""
