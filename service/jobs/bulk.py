@@ -36,6 +36,7 @@ from service.fhir.ingest import EntryResult, WriteContext, failure, upsert_ident
 from service.fhir.interactions import IMPORT_CHUNK_CHARS, FhirService
 from service.infra.clock import utcnow
 from service.infra.db import reading, writing
+from service.infra.leases import LeaseKeeper
 from service.repositories import bulk_jobs
 from service.repositories.unit_of_work import UnitOfWork
 
@@ -157,37 +158,6 @@ def _tally(
     return counts, errors
 
 
-class _LeaseKeeper:
-    """Renews a running job's lease while it runs; notes when the lease was lost."""
-
-    def __init__(self, engine: Engine, job_id: str, runner: str, seconds: float) -> None:
-        self.engine, self.job_id, self.runner, self.seconds = engine, job_id, runner, seconds
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bulk-job-lease", daemon=True)
-
-    def __enter__(self) -> _LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.seconds / 3):
-            try:
-                until = utcnow() + dt.timedelta(seconds=self.seconds)
-                with writing(self.engine) as session:
-                    kept = bulk_jobs.renew(session, self.job_id, self.runner, until)
-            except Exception:  # the database may be briefly away; the lease has time left
-                log.warning("renewing a bulk job's lease failed; will retry", exc_info=True)
-                continue
-            if not kept:
-                self.lost = True
-                return
-
-
 class BulkJobs:
     """Create, run, follow and cancel bulk jobs (any process: the state is in the database)."""
 
@@ -287,7 +257,12 @@ class BulkJobs:
         assert row is not None
         document = json.loads(row.inputs)
         status, error = "succeeded", None
-        with _LeaseKeeper(self.engine, job_id, runner, seconds) as keeper:
+        with LeaseKeeper(
+            self.engine,
+            lambda session, until: bulk_jobs.renew(session, job_id, runner, until),
+            seconds,
+            "bulk job",
+        ) as keeper:
             try:
                 ran = _Run(self, job_id, runner, view, document, keeper, progress)
                 status = ran.all_inputs()
@@ -332,7 +307,7 @@ class _Run:
         runner: str,
         view: JobView,
         document: dict[str, Any],
-        keeper: _LeaseKeeper,
+        keeper: LeaseKeeper,
         progress: Callable[[int], object] | None,
     ) -> None:
         self.jobs, self.job_id, self.runner = jobs, job_id, runner

@@ -36,6 +36,7 @@ from sqlmodel import Session
 from service.infra import metrics, migrate
 from service.infra.clock import iso_utc, utcnow
 from service.infra.db import writing
+from service.infra.leases import LeaseKeeper
 from service.infra.process import collector_paused
 from service.privacy.evidence import Cited, minimised
 from service.protocol.schema import StudyProtocol
@@ -132,37 +133,6 @@ class _Watch:
 def kind_report(protocol: StudyProtocol, cohort: CohortData) -> CohortReport:
     """The study kind's cohort report (what the refresher computes unless told otherwise)."""
     return kind_of(protocol).cohort_report(protocol, cohort)
-
-
-class _LeaseKeeper:
-    """Renews a study's lease while its computation runs; notes when the lease was lost."""
-
-    def __init__(self, engine: Engine, study_id: str, owner: str) -> None:
-        self.engine, self.study_id, self.owner = engine, study_id, owner
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cohort-lease", daemon=True)
-
-    def __enter__(self) -> _LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(LEASE_SECONDS / 3):
-            try:
-                until = utcnow() + dt.timedelta(seconds=LEASE_SECONDS)
-                with writing(self.engine) as session:
-                    kept = cohort_snapshots.renew_lease(session, self.study_id, self.owner, until)
-            except Exception:  # the database may be briefly away: the store checks the lease
-                log.warning("renewing a cohort lease failed; will retry", exc_info=True)
-                continue
-            if not kept:
-                self.lost = True
-                return
 
 
 def _cohort(session: Session, study_id: str, zone: dt.tzinfo) -> CohortData:
@@ -424,7 +394,14 @@ class CohortRefresher:
         if not taken:
             return Refreshed(study_id, "busy")
         try:
-            with _LeaseKeeper(self.engine, study_id, self.owner) as keeper:
+            with LeaseKeeper(
+                self.engine,
+                lambda session, until: cohort_snapshots.renew_lease(
+                    session, study_id, self.owner, until
+                ),
+                LEASE_SECONDS,
+                "cohort",
+            ) as keeper:
                 if not force:
                     head = self.fresh_head(study_id)
                     if head is not None:  # another process stored it while we waited
@@ -439,7 +416,7 @@ class CohortRefresher:
             with self._stored:
                 self._stored.notify_all()
 
-    def _compute(self, study_id: str, keeper: _LeaseKeeper) -> Refreshed:
+    def _compute(self, study_id: str, keeper: LeaseKeeper) -> Refreshed:
         protocol = self.protocols[study_id]
         started = time.perf_counter()
         try:

@@ -24,6 +24,7 @@ from service.fhir.pull.client import HospitalClient, PullError, RetryPolicy
 from service.fhir.pull.sources import HospitalSource, load_sources
 from service.infra.clock import utcnow
 from service.infra.db import reading, writing
+from service.infra.leases import LeaseKeeper
 from service.infra.settings import Settings
 from service.repositories import source_pulls
 
@@ -45,37 +46,6 @@ class JobStatus:
     progress: dict[str, Any]
     message: str | None
     error: str | None
-
-
-class _LeaseKeeper:
-    """Renews a running job's lease while its pull runs; notes when the lease was lost."""
-
-    def __init__(self, engine: Engine, job_id: str, lease_seconds: float) -> None:
-        self.engine, self.job_id, self.lease_seconds = engine, job_id, lease_seconds
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pull-lease", daemon=True)
-
-    def __enter__(self) -> _LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
-            try:
-                until = utcnow() + dt.timedelta(seconds=self.lease_seconds)
-                with writing(self.engine) as session:
-                    kept = source_pulls.renew_lease(session, self.job_id, until)
-            except Exception:  # the database may be briefly away; the lease has time left
-                log.warning("renewing a pull lease failed; will retry", exc_info=True)
-                continue
-            if not kept:
-                self.lost = True
-                return
 
 
 class SourcePulls:
@@ -199,7 +169,12 @@ class SourcePulls:
     ) -> PullReport | None:
         """Run a claimed job to its end, renewing its lease, and record how it ended."""
         last: list[tuple[str, PullReport]] = []
-        keeper = _LeaseKeeper(self.engine, job_id, self.lease_seconds)
+        keeper = LeaseKeeper(
+            self.engine,
+            lambda session, until: source_pulls.renew_lease(session, job_id, until),
+            self.lease_seconds,
+            "pull",
+        )
 
         def say(message: str, report: PullReport) -> None:
             if keeper.lost:
