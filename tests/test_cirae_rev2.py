@@ -604,7 +604,8 @@ def test_16_glucocorticoid_exposure_starts_with_a_course(
 
 # -- 17. dupilumab time-varying from its first dose; a model that respects the matched sets --------
 
-TIGHT = {"precision": 1e-10, "r_precision": 1e-14}  # the service's convergence (cox.FIT_OPTIONS)
+# lifelines reference fits converge as tightly as the service (cox.FIT_PRECISION)
+TIGHT = {"precision": 1e-10, "r_precision": 1e-14}
 ICB_SETS = dt.date(2021, 6, 1)
 # Eight matched sets, each (case, control, control): (OS days, died, dupilumab day, glucocorticoid
 # course day). Every cirAE starts on day 10. Case k is 40 + 6k years old at ICB start, its
