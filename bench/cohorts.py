@@ -19,7 +19,14 @@ snapshot reads and list pages ≤ 250 ms. A measurement, not a test: it exits 0 
 figures, and non-zero only when it could not measure (a load that rejected resources, a snapshot
 that does not hold the planned subjects).
 
-    .venv/bin/python bench/cohorts.py [--sizes 1000,10000] [--backend sqlite] [--quick]
+    .venv/bin/python bench/cohorts.py [--sizes 1000,10000] [--backend sqlite] [--quick] [--keep DIR]
+
+`--keep DIR` keeps each size's generated files and loaded database (a SQLite file under DIR, a
+PostgreSQL database named `bench_cohorts_<size>_loaded`) and reuses them on later runs: a 10^5 load
+takes longer than everything else, and it does not change with the code that computes cohorts. A
+reused load reports the ingest figures of the run that made it; recomputation and reads always run
+on a copy (the SQLite file copied, the PostgreSQL database cloned from it as a template), migrated
+to the code being measured.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import itertools
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,6 +49,7 @@ from typing import Any
 
 import httpx
 import orjson
+import psycopg
 from fhir.resources.R4B import get_fhir_model_class
 from generate import write_cohort
 from ingest import (
@@ -51,6 +60,7 @@ from ingest import (
     running_service,
     sqlite_database,
 )
+from psycopg import sql
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_PATIENTS = 200
@@ -172,10 +182,8 @@ def check_snapshots(client: httpx.Client, plan: dict[str, Any]) -> None:
         )
 
 
-def bench_backend(
-    backend: str, database_url: str, folder: Path, plan: dict[str, Any], args: argparse.Namespace
-) -> Result:
-    """Load, validate, recompute, read: one size on one database."""
+def load_backend(database_url: str, folder: Path, plan: dict[str, Any]) -> tuple[float, float]:
+    """Migrate and load the generated files: (load seconds, validation seconds right after)."""
     _run(_trialbridge("migrate"), database_url, folder.parent)
     out, load_seconds, _ = _run(
         _trialbridge("load", *map(str, sorted(folder.glob("part-*.ndjson")))),
@@ -184,8 +192,27 @@ def bench_backend(
     )
     if f"{plan['resources']} created" not in out:
         raise BenchError(f"load did not create {plan['resources']} resources: {out.strip()}")
-    valid = validation_seconds(folder)
-    print(f"  {backend}: loaded {plan['resources']} resources in {load_seconds:.1f} s", flush=True)
+    return load_seconds, validation_seconds(folder)
+
+
+def bench_backend(
+    backend: str,
+    database_url: str,
+    folder: Path,
+    plan: dict[str, Any],
+    args: argparse.Namespace,
+    loaded: tuple[float, float] | None = None,
+) -> Result:
+    """Load (unless `loaded` gives an earlier load's figures), validate, recompute, read."""
+    if loaded is None:
+        load_seconds, valid = load_backend(database_url, folder, plan)
+        print(
+            f"  {backend}: loaded {plan['resources']} resources in {load_seconds:.1f} s", flush=True
+        )
+    else:
+        load_seconds, valid = loaded
+        _run(_trialbridge("migrate"), database_url, folder.parent)  # to the code being measured
+        print(f"  {backend}: reusing a load of {load_seconds:.1f} s", flush=True)
     out, _, rss = _run(_trialbridge("refresh-cohorts", "--force"), database_url, folder.parent)
     computed = {m[1]: float(m[2]) for m in _COMPUTED.finditer(out)}
     if set(computed) != set(STUDIES):
@@ -275,6 +302,78 @@ def print_growth(results: Sequence[Result]) -> None:
         _table(["backend", "sizes", "figure", "growth", "per x10", f"<= {GROWTH_TARGET:g}"], rows)
 
 
+def generated(folder: Path, size: int) -> dict[str, Any]:
+    """The size's generated cohort (written now, or found where an earlier run kept it)."""
+    plan_path = folder / "plan.json"
+    if plan_path.exists():
+        plan: dict[str, Any] = orjson.loads(plan_path.read_bytes())
+        if plan["patients"] == size and plan["seed"] == SEED:
+            print(f"{size} patients: reusing {folder}", flush=True)
+            return plan
+        raise BenchError(f"{folder} holds another cohort; remove it or choose another --keep")
+    start = time.perf_counter()
+    plan = write_cohort(folder, size, SEED, "ndjson", per_file=200).as_json()
+    plan_path.write_bytes(orjson.dumps(plan, option=orjson.OPT_INDENT_2))
+    print(
+        f"{size} patients: {plan['resources']} resources generated in "
+        f"{time.perf_counter() - start:.1f} s; NCT06088771 subjects "
+        f"{plan['nct06088771_subjects']}, cirAE groups {plan['cirae_groups']}",
+        flush=True,
+    )
+    return plan
+
+
+def bench_kept(
+    backend: str, postgres_url: str, folder: Path, plan: dict[str, Any], args: argparse.Namespace
+) -> Result:
+    """One size on one backend, loading once into a kept database and measuring on a copy."""
+    size = plan["patients"]
+    record = folder.parent / f"{backend}-{size}-load.json"
+    loaded_name = f"bench_cohorts_{size}_loaded"
+    loaded_file = folder.parent / f"{backend}-{size}" / "loaded.db"
+    if not record.exists():
+        if backend == "sqlite":
+            loaded_file.parent.mkdir(exist_ok=True)
+            loaded_file.unlink(missing_ok=True)
+            url = f"sqlite:///{loaded_file}"
+        else:
+            _admin(postgres_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", loaded_name)
+            _admin(postgres_url, "CREATE DATABASE {}", loaded_name)
+            url = f"{postgres_url}/{loaded_name}"
+        load_seconds, valid = load_backend(url, folder, plan)
+        print(
+            f"  {backend}: loaded {plan['resources']} resources in {load_seconds:.1f} s", flush=True
+        )
+        record.write_bytes(orjson.dumps({"load s": load_seconds, "validation s": valid}))
+    kept = orjson.loads(record.read_bytes())
+    loaded = (float(kept["load s"]), float(kept["validation s"]))
+    if backend == "sqlite":
+        work = loaded_file.with_name("work.db")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{work}{suffix}").unlink(missing_ok=True)
+        for suffix in ("", "-wal"):  # the file and any WAL the loading process left behind
+            if Path(f"{loaded_file}{suffix}").exists():
+                shutil.copyfile(f"{loaded_file}{suffix}", f"{work}{suffix}")
+        try:
+            return bench_backend(backend, f"sqlite:///{work}", folder, plan, args, loaded)
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{work}{suffix}").unlink(missing_ok=True)
+    work_name = f"bench_cohorts_{size}_work"
+    _admin(postgres_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", work_name)
+    _admin(postgres_url, "CREATE DATABASE {} TEMPLATE {}", work_name, loaded_name)
+    try:
+        return bench_backend(backend, f"{postgres_url}/{work_name}", folder, plan, args, loaded)
+    finally:
+        _admin(postgres_url, "DROP DATABASE IF EXISTS {} WITH (FORCE)", work_name)
+
+
+def _admin(postgres_url: str, statement: str, *names: str) -> None:
+    """One statement on the server's maintenance database, names quoted as identifiers."""
+    with psycopg.connect(f"{postgres_url}/postgres", autocommit=True) as conn:
+        conn.execute(sql.SQL(statement).format(*map(sql.Identifier, names)))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", default="1000", help="patients, comma-separated (default 1000)")
@@ -285,6 +384,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--backend", choices=("sqlite", "postgresql"), action="append", help="default: both"
     )
     parser.add_argument("--json", type=Path, help="also write the results here (bench/results/…)")
+    parser.add_argument(
+        "--keep", type=Path, help="keep generated files and loaded databases here, and reuse them"
+    )
     args = parser.parse_args(argv)
     try:
         args.sizes = [QUICK_PATIENTS] if args.quick else [int(s) for s in args.sizes.split(",")]
@@ -305,17 +407,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name + ':':16}{fact}")
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-cohorts-") as tmp:
+        root = args.keep or Path(tmp)
         for size in sorted(args.sizes):
-            folder = Path(tmp) / f"cohort-{size}"
-            start = time.perf_counter()
-            plan = write_cohort(folder, size, SEED, "ndjson", per_file=200).as_json()
-            print(
-                f"{size} patients: {plan['resources']} resources generated in "
-                f"{time.perf_counter() - start:.1f} s; NCT06088771 subjects "
-                f"{plan['nct06088771_subjects']}, cirAE groups {plan['cirae_groups']}",
-                flush=True,
-            )
+            folder = root / f"cohort-{size}"
+            plan = generated(folder, size)
             for backend in args.backend:
+                if args.keep is not None:
+                    results.append(bench_kept(backend, postgres_url, folder, plan, args))
+                    continue
                 database = (
                     sqlite_database(folder.parent / f"{backend}-{size}")
                     if backend == "sqlite"
