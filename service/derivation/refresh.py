@@ -26,6 +26,7 @@ from service.protocol.schema import StudyProtocol
 from service.protocol.terminology import VALUESET_URL_PREFIX, build_terminology
 from service.repositories import (
     cohort_snapshots,
+    derivation_locks,
     fhir_versions,
     service_secrets,
     study_subjects,
@@ -50,12 +51,21 @@ class _RecordingLookup:
     session: Session
     known: fhir_versions.Written = field(default_factory=dict)
     targets: set[str] = field(default_factory=set)
+    locked: set[str] = field(default_factory=set)  # read-locked already in this transaction
+
+    def _lock(self, target: str) -> None:
+        """A concurrent writer of the target commits first, or finds this mapping's dependency."""
+        if target not in self.locked:
+            derivation_locks.lock_read(self.session, [target])
+            self.locked.add(target)
 
     def by_id(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
         """The current content of a stored resource (just written, or read back)."""
-        self.targets.add(f"{resource_type}/{resource_id}")
+        target = f"{resource_type}/{resource_id}"
+        self.targets.add(target)
         if (resource_type, resource_id) in self.known:
             return self.known[(resource_type, resource_id)].resource
+        self._lock(target)
         found = fhir_versions.read_version(self.session, resource_type, resource_id)
         if found is None or found.content is None:
             return None
@@ -66,7 +76,9 @@ class _RecordingLookup:
         self, resource_types: tuple[str, ...], system: str | None, value: str
     ) -> tuple[str, str, dict[str, Any]] | None:
         """The single current resource of those types carrying this identifier."""
-        self.targets.add(trial_events.identifier_target(value))
+        target = trial_events.identifier_target(value)
+        self.targets.add(target)
+        self._lock(target)
         hits = trial_events.identifier_matches(self.session, resource_types, system, value)
         if len(hits) != 1:
             return None
@@ -145,16 +157,17 @@ class Derivation:
     def _derive(self, uow: UnitOfWork, written: Written) -> None:
         session = uow.session
         terminology, changed = self.terminology(uow)
+        targets = {f"{t}/{i}" for t, i in written} | {
+            trial_events.identifier_target(value)
+            for w in written.values()
+            for _, value in w.identifiers
+        }
+        # a mapping reading what this transaction wrote commits first, or waits and reads it
+        derivation_locks.lock_written(session, targets)
         if changed or any(t == "ValueSet" for t, _ in written):
             keys = set(fhir_versions.all_keys(session, sorted(MAPPERS))) | set(written)
         else:
-            keys = set(written)
-            targets = {f"{t}/{i}" for t, i in keys} | {
-                trial_events.identifier_target(value)
-                for w in written.values()
-                for _, value in w.identifiers
-            }
-            keys |= trial_events.dependents(session, targets)
+            keys = set(written) | trial_events.dependents(session, targets)
         self.remap(uow, sorted(keys), terminology, written)
 
     def remap(
@@ -253,6 +266,9 @@ class Derivation:
         if not patient_ids:
             return
         session = uow.session
+        # Another transaction deriving these patients finishes first, and the reads below see its
+        # committed events and rows: no write skew (service.repositories.derivation_locks).
+        derivation_locks.lock_patients(session, patient_ids)
         brief = membership_events()  # what decides membership and candidacy, nothing more
         events = trial_events.events_of(
             session, patient_ids, brief, uow.stored_events, zone=self.site_zone

@@ -1,0 +1,154 @@
+"""Concurrent writes derive what the same writes one after the other derive (PostgreSQL).
+
+Under READ COMMITTED each writer's derivation reads only what others have committed. Transaction A
+writes and derives, and stays open while B writes, derives and commits (or waits for A); then A
+commits. Without the derivation locks each derives without the other's rows and the subject ends
+incomplete (write skew): a patient's enrollment and Day-1 dose, or a ResearchSubject and the
+ResearchStudy that makes it an enrollment in NCT06088771. SQLite is not concerned: its writers
+are serialised (BEGIN IMMEDIATE).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlmodel import Session
+
+from fhir_mapping.bundles import resource_entry
+from service.derivation.catalog import load_catalog
+from service.derivation.refresh import Derivation
+from service.fhir.ingest import WriteContext, apply_entries
+from service.infra import migrate
+from service.infra.clock import utcnow
+from service.infra.db import make_engine
+from service.infra.settings import Settings
+from service.repositories import derivation_locks
+from service.repositories.unit_of_work import UnitOfWork
+from tests.kit import fhir as kit
+from tests.kit import nct
+
+pytestmark = [pytest.mark.postgres]
+
+PID = "p-race"
+
+
+def _write(engine: Engine, derivation: Derivation, resource: dict[str, Any]) -> UnitOfWork:
+    """Store `resource` and derive, in a transaction left open (the caller commits it)."""
+    uow = UnitOfWork(Session(engine))
+    entry = resource_entry(resource, method="PUT", path="", resource_id=resource["id"])
+    apply_entries(uow, [entry], WriteContext(now=utcnow(), source="test", request_id="r"))
+    derivation.after_write(uow)
+    return uow
+
+
+def _commit(uow: UnitOfWork) -> None:
+    try:
+        uow.commit()
+    finally:
+        uow.session.close()
+
+
+def _waiting_on_a_lock(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        )
+
+
+def _interleaved(
+    new_database: Any, stored: list[dict[str, Any]], first: dict[str, Any], second: dict[str, Any]
+) -> list[tuple[str, str, str]]:
+    """`stored` committed; then `first` written and derived, and held open while `second` is
+    written, derived and committed (or waits for `first`); then `first` commits. The subjects."""
+    settings = Settings(database_url=new_database("postgres"))
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    derivation = load_catalog(settings).derivation
+    try:
+        for resource in stored:
+            _commit(_write(engine, derivation, resource))
+        held = _write(engine, derivation, first)  # derived, not committed
+        errors: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                _commit(_write(engine, derivation, second))
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        deadline = time.monotonic() + 120  # a guard against a hang, not a timed assertion
+        while thread.is_alive() and not _waiting_on_a_lock(engine):
+            assert time.monotonic() < deadline, "the second writer neither ended nor waited"
+            time.sleep(0.01)
+        _commit(held)
+        thread.join(120)
+        assert not thread.is_alive()
+        assert errors == []
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT study_id, enrolled_on, day1 FROM study_subject WHERE patient_id = :p "
+                    "AND study_id = :s"
+                ),
+                {"p": PID, "s": nct.NCT},
+            ).all()
+        return [(s, str(e), str(d)) for s, e, d in rows]
+    finally:
+        engine.dispose()
+
+
+def test_two_writes_of_one_patient_derive_the_subject_from_both(new_database: Any) -> None:
+    # the enrollment gives the subject, the dose its Day 1: each writer alone sees only its own
+    subjects = _interleaved(
+        new_database,
+        [kit.patient(id=PID, gender="female"), kit.research_study()],
+        nct.enrollment(PID)[f"{PID}-rs"],
+        nct.study_doses(PID)[f"{PID}-cemi"],
+    )
+    assert subjects == [(nct.NCT, str(nct.ENROLLED), str(nct.DAY1))]
+
+
+def test_an_enrollment_written_with_its_study_names_the_study(new_database: Any) -> None:
+    # the ResearchSubject is for NCT06088771 only by its ResearchStudy, written at the same time
+    subjects = _interleaved(
+        new_database,
+        [kit.patient(id=PID, gender="female")],
+        kit.research_study(),
+        nct.enrollment(PID)[f"{PID}-rs"],
+    )
+    assert subjects == [(nct.NCT, str(nct.ENROLLED), "None")]
+
+
+def test_a_write_of_many_patients_takes_one_lock_instead_of_one_each(new_database: Any) -> None:
+    # PostgreSQL's lock table is shared and bounded: a large write must not fill it
+    engine = make_engine(Settings(database_url=new_database("postgres")))
+    few = [f"p{n}" for n in range(derivation_locks.MANY)]
+    held = text(
+        "SELECT mode, count(*) FROM pg_locks WHERE locktype = 'advisory' "
+        "AND pid = pg_backend_pid() GROUP BY mode ORDER BY mode"
+    )
+    try:
+        counts = []
+        for patients in ([], few, [*few, "one more"]):
+            with Session(engine) as session:
+                derivation_locks.lock_patients(session, patients)
+                counts.append([tuple(r) for r in session.execute(held)])
+                session.rollback()
+        assert counts == [
+            [],
+            [("ExclusiveLock", derivation_locks.MANY), ("ShareLock", 1)],
+            [("ExclusiveLock", 1)],
+        ]
+    finally:
+        engine.dispose()
