@@ -217,16 +217,16 @@ class _Decoder:
     def __call__(self, payload: str, patient_id: str) -> TrialEvent:
         data = orjson.loads(payload)
         src = data["source"]
-        kind = _KINDS.get(data["kind"])
-        concepts = data.get("concepts")
+        kind = _KINDS.get(data["kind"]) or EventKind(data["kind"])
+        date, end, concepts = data.get("date"), data.get("end"), data.get("concepts")
         return TrialEvent(
-            kind=kind if kind is not None else EventKind(data["kind"]),
-            patient_id=patient_id,
-            source=SourceRef(src["resource_type"], src["id"], int(src["version"])),
-            date=self.date(data.get("date")),
-            end=self.date(data.get("end")),
-            values=data.get("values") or {},
-            concepts=tuple(self.concept(c) for c in concepts) if concepts else (),
+            kind,
+            patient_id,
+            SourceRef(src["resource_type"], src["id"], int(src["version"])),
+            self.date(date) if date is not None else None,
+            self.date(end) if end is not None else None,
+            data.get("values") or {},
+            tuple(self.concept(c) for c in concepts) if concepts else (),
         )
 
 
