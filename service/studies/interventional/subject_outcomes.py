@@ -412,9 +412,14 @@ def _term(event: TrialEvent) -> str | None:
 
 
 def subject_outcomes(
-    protocol: TrialProtocol, events: Sequence[TrialEvent], day1: dt.date | None
+    protocol: TrialProtocol,
+    events: Sequence[TrialEvent],
+    day1: dt.date | None,
+    *,
+    last: LastPoint = _UNKNOWN,
 ) -> dict[str, Any]:
-    """Every per-subject endpoint; without Day 1 only what needs no time origin."""
+    """Every per-subject endpoint; without Day 1 only what needs no time origin (`last`: the
+    last data point from Day 1, when the caller has it already)."""
     op = surgery(events, day1)
     op_day = _day(op) if op else None
     response = pathological_response(protocol, events, op_day)
@@ -432,7 +437,8 @@ def subject_outcomes(
         }
     window = protocol.schedule.surgery_window
     surgery_day = study_day(op_day, day1) if op_day else None
-    last = last_data_point(events, day1)  # both survival endpoints censor at it: found once
+    if last is _UNKNOWN:  # both survival endpoints censor at it: found once
+        last = last_data_point(events, day1)
     return {
         "day1": day1.isoformat(),
         "time_to_surgery_days": (op_day - day1).days if op_day else None,
