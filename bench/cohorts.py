@@ -11,6 +11,9 @@ file; a scratch PostgreSQL database on --postgres, created and dropped here):
 * reads over HTTP (`uvicorn api.app:app`, authentication and rate limits off, background refresh
   off so nothing recomputes while timing): the first page of NCT06088771 subjects and deviations,
   and each study's outcomes snapshot, `--reads` times each, median and p95;
+* writes into the loaded database: one client posting one-patient transactions (a Patient and 16
+  Observations, `bench/small_transactions.py`'s Bundles) for `--write-seconds`, ÷ fhir.resources
+  validation of the same resources right after (does a write slow down as the tables grow?);
 * growth: each figure at one size ÷ the same figure at the previous size, and that ratio per ×10
   of data (r ** (1 / log10(size ratio))), against the issue-19 target ≤ 12× per ×10.
 
@@ -61,6 +64,7 @@ from ingest import (
     sqlite_database,
 )
 from psycopg import sql
+from small_transactions import post_round, validate_round
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_PATIENTS = 200
@@ -97,6 +101,9 @@ class Result:
     compute_seconds: dict[str, float]
     refresh_rss_mb: float
     reads: dict[str, Latency]
+    small_tx: tuple[
+        float, float
+    ]  # one-patient transactions into the loaded database: (res/s, valid/s)
 
     @property
     def ingest_rate(self) -> float:
@@ -111,6 +118,7 @@ class Result:
         out = {"load s": self.load_seconds, "refresh RSS MB": self.refresh_rss_mb}
         out |= {f"{study} compute s": s for study, s in self.compute_seconds.items()}
         out |= {f"{name} p50 ms": r.median for name, r in self.reads.items()}
+        out["1-patient tx ms/resource"] = 1000 / self.small_tx[0]
         return out
 
 
@@ -168,6 +176,15 @@ def time_reads(client: httpx.Client, path: str, reads: int) -> Latency:
     return Latency(
         statistics.median(times), times[min(len(times) - 1, math.ceil(0.95 * len(times)) - 1)]
     )
+
+
+def time_small_transactions(base_url: str, seconds: float) -> tuple[float, float]:
+    """One client posting one-patient transactions into the loaded database for `seconds`:
+    (resources/s, fhir.resources validation/s of the same resources right after)."""
+    post_round(base_url, 1, min(2.0, seconds))  # warm-up
+    written, taken, posted = post_round(base_url, 1, seconds)
+    validated, validation_taken = validate_round(posted)
+    return written / taken, validated / validation_taken
 
 
 def check_snapshots(client: httpx.Client, plan: dict[str, Any]) -> None:
@@ -234,6 +251,7 @@ def bench_backend(
                 "cirAE outcomes": "/api/v1/studies/cirae-dupilumab/outcomes",
             }
             reads = {name: time_reads(client, path, args.reads) for name, path in paths.items()}
+            small_tx = time_small_transactions(base_url, args.write_seconds)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -241,8 +259,9 @@ def bench_backend(
             else:
                 os.environ[key] = value
     return Result(
-        backend, plan["patients"], plan["resources"], load_seconds, valid, computed, rss, reads
-    )
+        backend, plan["patients"], plan["resources"], load_seconds, valid, computed, rss, reads,
+        small_tx,
+    )  # fmt: skip
 
 
 # -- reporting --------------------------------------------------------------------------------------
@@ -264,7 +283,7 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def print_results(results: Sequence[Result]) -> None:
     head = ["backend", "patients", "resources", "load s", "ingest/s", "valid/s", "ratio",
             "NCT s", "cirAE s", "RSS MB", "subj p50/p95", "dev p50/p95", "NCT out p50/p95",
-            "cirAE out p50/p95"]  # fmt: skip
+            "cirAE out p50/p95", "1-pt tx/s", "ratio"]  # fmt: skip
     rows = [
         [
             r.backend,
@@ -278,6 +297,8 @@ def print_results(results: Sequence[Result]) -> None:
             f"{r.compute_seconds['cirae-dupilumab']:.2f}",
             f"{r.refresh_rss_mb:.0f}",
             *(f"{lat.median:.1f}/{lat.p95:.1f}" for lat in r.reads.values()),
+            f"{r.small_tx[0]:.0f}",
+            f"{r.small_tx[0] / r.small_tx[1]:.2f}",
         ]
         for r in results
     ]
@@ -379,6 +400,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="1000", help="patients, comma-separated (default 1000)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_PATIENTS} patients, 10 reads")
     parser.add_argument("--reads", type=int, default=50, help="timed GETs of each read")
+    parser.add_argument(
+        "--write-seconds", type=float, default=6.0, help="one-patient transactions, one client"
+    )
     parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="server URL, no database")
     parser.add_argument(
         "--backend", choices=("sqlite", "postgresql"), action="append", help="default: both"
@@ -393,7 +417,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     except ValueError:
         parser.error("--sizes takes whole numbers separated by commas")
     if args.quick:
-        args.reads = 10
+        args.reads, args.write_seconds = 10, 2.0
     if min(args.sizes) < 1 or args.reads < 1:
         parser.error("sizes and --reads must be at least 1")
     args.backend = args.backend or ["sqlite", "postgresql"]

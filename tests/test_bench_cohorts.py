@@ -30,7 +30,7 @@ def test_quick_run_prints_a_row_per_backend() -> None:
     for row, backend in zip(rows, ("sqlite", "postgresql"), strict=True):
         cells = row.split()
         assert cells[:2] == [backend, "200"], row
-        assert len(cells) == 14, row
+        assert len(cells) == 16, row
         assert all(re.fullmatch(r"[0-9.]+(/[0-9.]+)?", c) for c in cells[2:]), row
     assert lines[header + 3] == ""
     assert lines[header + 4].startswith("targets at 10^5 patients")
