@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,7 +34,7 @@ ZONE = ZoneInfo("America/New_York")
 @pytest.fixture(scope="module")
 def loaded(
     backend: str, new_database: Any, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Engine, Settings]:
+) -> Iterator[tuple[Engine, Settings]]:
     """A generated cohort (60 patients of seed 5: subjects, candidates, every cirAE group) loaded
     with `trialbridge load`, as the benchmarks load theirs."""
     folder = tmp_path_factory.mktemp("generated")
@@ -44,7 +45,9 @@ def loaded(
     done = run_trialbridge(url, "load", *files, cwd=folder)
     assert done.returncode == 0, done.stderr[-2000:]
     settings = Settings(database_url=url)
-    return make_engine(settings), settings
+    engine = make_engine(settings)
+    yield engine, settings
+    engine.dispose()
 
 
 def _plain_cohort(engine: Engine, study_id: str) -> CohortData:
