@@ -758,12 +758,12 @@ def glucocorticoid_exposure(
 
 def _last_fact(events: Sequence[TrialEvent], icb_start: dt.date) -> dt.date:
     """The latest day the patient is known to have been seen, never before ICB initiation."""
-    days = [
-        d
-        for e in events
-        if e.kind not in _NOT_FACTS and not _is_request(e) and (d := _day(e)) is not None
-    ]
-    return max([icb_start, *days])
+    latest = icb_start
+    for e in events:  # one pass, the cheap tests first: most events are not later days
+        day = e.date.day if e.date is not None else None
+        if day is not None and day > latest and e.kind not in _NOT_FACTS and not _is_request(e):
+            latest = day
+    return latest
 
 
 def _death(events: Sequence[TrialEvent], last_fact: dt.date) -> dt.date | None:
