@@ -18,6 +18,10 @@ lifelines 0.30 step for step, so the numbers are the ones its fit gives:
   non-convergence, and the same errors (`ConvergenceError`, a ValueError) when a step cannot be
   computed.
 
+`fit_cox_ph` is lifelines' `CoxPHFitter` the same way (right-censored rows, one start), with the
+sandwich variance clustered on a label that `cluster_col` gives, its score residuals in O(n) (two
+running sums) where lifelines sums over every earlier row for each row (O(n²)).
+
 The arrays also give the Schoenfeld residuals (x minus the Efron-weighted risk-set mean of each
 death) at the estimate, for the proportional-hazards check.
 """
