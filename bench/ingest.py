@@ -60,7 +60,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from psycopg import sql
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "synthea-10"
+DEFAULT_DATA = REPO / "tests" / "data" / "synthea-10"  # the copy kept with its licence
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 TARGET_RATIO = 0.6
 QUICK_SECONDS = 3.0

@@ -8,7 +8,7 @@ and its peak-RSS mark is reset (`/proc/PID/clear_refs`).
 Then one request is sent and the process's peak (`VmHWM`) is read, with its RSS a few seconds
 after the answer (what it kept):
 
-* a transaction Bundle of ~50 MB: Synthea patients (`../shared/data/synthea-10`) repeated with
+* a transaction Bundle of ~50 MB: Synthea patients (`tests/data/synthea-10`) repeated with
   fresh ids, every entry a `PUT Type/id`; printed as peak growth ÷ body size (target ≤ 8);
 * `$import` of ~45 MB of NDJSON (the same resources, one a line), and with `--large` of ~450 MB;
   printed as the peak in MB (target for 450 MB: ≤ 300 MB, and no growth with the file).

@@ -1,0 +1,52 @@
+"""The other benchmarks as smoke runs: each still runs end to end and prints its figure.
+
+A benchmark that nobody runs rots quietly (a renamed setting, a changed answer); these runs are
+too short to measure anything, so they check only that the bench finishes and prints the line
+its readers look for. bench/cohorts.py has its own (tests/test_bench_cohorts.py).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# bench script and arguments -> a line the run must print (a regular expression)
+RUNS = {
+    "ingest": (
+        ["ingest.py", "--quick", "--backend", "sqlite"],
+        r"^sqlite: \d+ res/s end-to-end, validation-only \d+ res/s, ratio \d\.\d\d ",
+    ),
+    "small_transactions": (
+        ["small_transactions.py", "--seconds", "1.5", "--config", "sqlite"],
+        r"^\s+ratio:\s+\d+\.\d\d\s+\(target 0\.3\)$",
+    ),
+    "matching": (
+        ["matching.py", "--sizes", "1000"],
+        r"^\s+1000\s+20\s+\d+\s+\d+\.\d\d",
+    ),
+    "bundle_sizes": (
+        ["bundle_sizes.py", "--sizes", "100,200", "--backend", "sqlite"],
+        r"^transaction\s+200\s+\d+\.\d\d\s+\d+\.\d{3}\s+\d+\.\d\d$",
+    ),
+    "audit_reads": (
+        ["audit_reads.py", "--seconds", "1", "--backend", "sqlite", "--threads", "1"],
+        r"^sqlite\s+1\s+\d+\s+\d+\s+\d+\.\d\d\s+>= 0\.9 (met|MISSED)$",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_bench_runs_and_prints_its_figure(name: str) -> None:
+    """Exit 0 and the figure's line, from the repository's own data only."""
+    args, expected = RUNS[name]
+    command = [sys.executable, str(REPO / "bench" / args[0]), *args[1:]]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(expected, done.stdout, re.MULTILINE), done.stdout[-3000:]
