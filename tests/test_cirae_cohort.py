@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections import Counter
 from typing import Any
 
 import pytest
 
-from fhir_mapping.events.model import SourceRef, TrialEvent
+from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from service.protocol.terminology import build_terminology
 from service.studies.cirae.cohort import (
     CohortBuild,
     CohortPatient,
     Exclusion,
+    _by_kind,
     _icb_type,
     build_cohort,
     build_cohort_report,
@@ -988,3 +990,37 @@ def test_icb_type_without_an_icb_class_is_an_error() -> None:
         ValueError, match="ICB started on 2021-03-01 but no ICB class starts by 2021-03-22"
     ):
         _icb_type(PROTOCOL, [], D(2021, 3, 1))
+
+
+def test_each_rule_reads_the_kinds_it_needs_in_canonical_order() -> None:
+    """Splitting a patient's events by kind once (then sorting each part) gives each rule the
+    same events in the same order as filtering the whole list sorted by source, kind and date."""
+    kinds = {
+        "drugs": {EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE},
+        "skin": {EventKind.CONDITION, EventKind.ADVERSE_EVENT},
+        "conditions": {EventKind.CONDITION},
+        "staged": {EventKind.TNM_CATEGORY, EventKind.CONDITION},
+        "deaths": {EventKind.DEATH},
+        "demographics": {EventKind.DEMOGRAPHICS},
+    }
+    rng = random.Random(7)
+    checked: Counter[str] = Counter()
+    for patient in _patients() + _edge_patients():
+        events = list(patient.events)
+        rng.shuffle(events)
+        whole = sorted(
+            events,
+            key=lambda e: (
+                e.source.resource_type,
+                e.source.resource_id,
+                e.source.version_id,
+                e.kind.value,
+                e.date.text if e.date else "",
+            ),
+        )
+        parts = _by_kind(events)
+        for name, wanted in kinds.items():
+            expected = [e for e in whole if e.kind in wanted]
+            assert getattr(parts, name) == expected, (patient.patient_id, name)
+            checked[name] += len(expected)
+    assert all(checked[name] > 0 for name in kinds)  # every part held events somewhere

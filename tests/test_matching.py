@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 from decimal import Decimal
 from fractions import Fraction
@@ -308,3 +309,82 @@ def test_the_indexed_search_picks_what_a_scan_of_every_control_picks(seed: int) 
             )
     result = match(SETTINGS, cases, controls, "control_2")
     assert tuple((s.case, s.controls) for s in result.sets) == _brute_force(cases, controls)
+
+
+def test_near_ties_that_floats_cannot_tell_apart_are_ranked_exactly() -> None:
+    """Two controls one float step apart in age, a year off the case: their float distances are
+    equal, so a float ranking would fall back on the subject id and pick the farther one. The
+    exact fallback picks the nearer one, as exact arithmetic does."""
+    settings = SETTINGS.model_copy(update={"ratio": 1})
+    case = _subject("CASE", "dupilumab", age=0.5, year=2020)
+    nearer_age = 0.6
+    farther_age = math.nextafter(nearer_age, math.inf)
+    farther = _subject("C-1", "control_2", age=farther_age, year=2021)
+    nearer = _subject("C-2", "control_2", age=nearer_age, year=2021)
+    caliper = float(settings.calipers.age_years)
+    # the premise: floats see a tie, exact arithmetic does not
+    assert (farther_age - 0.5) / caliper + 1 == (nearer_age - 0.5) / caliper + 1
+    exact_near, exact_far = (distance(settings.calipers, case, c) for c in (nearer, farther))
+    assert exact_near is not None
+    assert exact_far is not None
+    assert exact_near < exact_far
+    result = match(settings, [case], [farther, nearer], "control_2")
+    assert result.sets == (MatchedSet("CASE", ("C-2",)),)
+
+
+def test_exact_ties_still_go_to_the_smaller_subject_id_across_blocks() -> None:
+    """A year off and a Charlson point off weigh the same: at the same age they are an exact tie
+    (in floats too), settled by subject id; with ratio 2 both are taken, nearest first."""
+    case = _subject("CASE", "dupilumab", age=61.3, charlson=2, year=2020)
+    by_year = _subject("C-9", "control_2", age=62.1, charlson=2, year=2021)
+    by_charlson = _subject("C-5", "control_2", age=62.1, charlson=3, year=2020)
+    nearest = _subject("C-7", "control_2", age=61.3 + 0.25, charlson=2, year=2020)
+    one = SETTINGS.model_copy(update={"ratio": 1})
+    assert match(one, [case], [by_year, by_charlson], "control_2").sets == (
+        MatchedSet("CASE", ("C-5",)),
+    )
+    two = SETTINGS.model_copy(update={"ratio": 2})
+    assert match(two, [case], [by_year, by_charlson, nearest], "control_2").sets == (
+        MatchedSet("CASE", ("C-7", "C-5")),
+    )
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_near_ties_pick_what_a_scan_of_every_control_picks(seed: int) -> None:
+    """Controls at float steps from each other, mirrored ages (a ± δ), a year off against a
+    Charlson point off at the same age, and ages a float step either side of the age caliper:
+    the sets equal those of an exact scan of every control."""
+    rng = random.Random(seed)
+    cases, controls = _random_cohort(seed)
+    edge = float(SETTINGS.calipers.age_years)
+    for i, case in enumerate(cases[:25]):
+        if case.age_years is None:
+            continue
+        a = case.age_years
+        delta = rng.choice((0.37, 1.1, 2.5))
+        ages = [
+            a + delta,
+            a - delta,
+            math.nextafter(a + delta, math.inf),
+            math.nextafter(a - delta, -math.inf),
+            a + edge,
+            math.nextafter(a + edge, math.inf),
+            math.nextafter(a - edge, math.inf),
+        ]
+        offsets = [(0, 0), (0, 0), (1, 0), (0, 1), (0, 0), (0, 0), (1, 1)]
+        for j, (age, (dy, dc)) in enumerate(zip(ages, offsets, strict=True)):
+            controls.append(
+                _subject(
+                    f"N-{i:02d}-{j}-{rng.randint(0, 9)}",
+                    "control_2",
+                    sex=case.sex,
+                    race=case.race,
+                    icb_type=case.icb_type,
+                    age=age,
+                    charlson=case.charlson + dc * rng.choice((-1, 1)),
+                    year=case.icb_year + dy * rng.choice((-1, 1)),
+                )
+            )
+    result = match(SETTINGS, cases, controls, "control_2")
+    assert tuple((s.case, s.controls) for s in result.sets) == _brute_force(cases, controls)
+    assert sum(len(s.controls) for s in result.sets) > 40  # the near ties were competed for

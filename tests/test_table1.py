@@ -274,3 +274,21 @@ def test_a_diverged_hazard_ratio_has_an_open_interval_not_an_error() -> None:
     assert hr["ci_lower"] == 0.0
     assert hr["log_hr"] == -25.0
     assert hr["p"] == pytest.approx(math.erfc((25 / 800) / math.sqrt(2)))  # two-sided normal p
+
+
+def test_levels_are_counted_per_distinct_value_without_merging_true_and_one() -> None:
+    """Values are counted once per distinct (type, value) and then turned into levels: 1 and 1.0
+    are the level "1", True stays "True", None and blank text are "unknown"."""
+    values: list[Any] = [1, 1.0, True, None, " ", "a", 1]
+    variable: Variable[Any] = Variable("v", "V", "categorical", lambda r: r)
+    panel = balance_panel(
+        "p",
+        "P",
+        [GroupData("x", "X", values), GroupData("y", "Y", ["a", "a"])],
+        [Comparison("x_vs_y", "X vs Y", "x", "y")],
+        [variable],
+    )
+    row = panel.rows[0]
+    assert [level for level, _ in row.levels] == ["1", "True", "a", "unknown"]
+    assert [c.n for c in row.categorical[0]] == [3, 1, 1, 2]
+    assert [c.n for c in row.categorical[1]] == [0, 0, 2, 0]

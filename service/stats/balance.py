@@ -252,9 +252,19 @@ def _level(value: float | str | None) -> str:
     return str(value)
 
 
-def _levels(variable: Variable[T], groups: Sequence[GroupData[T]]) -> list[str]:
+def _tally(variable: Variable[T], records: Sequence[T]) -> Counter[str]:
+    """Records per level: the raw values counted first (keyed by type too, so True and 1 stay
+    apart), then each distinct value turned into its level once."""
+    raw = Counter((type(v), v) for v in map(variable.value, records))
+    tally: Counter[str] = Counter()
+    for (_, value), n in raw.items():
+        tally[_level(value)] += n
+    return tally
+
+
+def _levels(variable: Variable[T], tallies: Sequence[Counter[str]]) -> list[str]:
     """Every level seen in the panel: the variable's order first, then alphabetical, unknown last."""
-    seen = {_level(variable.value(r)) for g in groups for r in g.records}
+    seen = {level for tally in tallies for level in tally}
     ordered = [lv for lv in variable.level_order if lv in seen]
     rest = sorted(seen - set(ordered) - {UNKNOWN})
     return ordered + rest + ([UNKNOWN] if UNKNOWN in seen and UNKNOWN not in ordered else [])
@@ -307,11 +317,11 @@ def _row(
             (),
             tuple(smds),
         )
-    levels = _levels(variable, groups)
+    tallies = [_tally(variable, g.records) for g in groups]
+    levels = _levels(variable, tallies)
     by_group: dict[str, list[int]] = {}
     tables: list[tuple[LevelCount, ...]] = []
-    for g in groups:
-        tally = Counter(_level(variable.value(r)) for r in g.records)
+    for g, tally in zip(groups, tallies, strict=True):
         counts = [tally.get(lv, 0) for lv in levels]
         by_group[g.key] = counts
         total = len(g.records)

@@ -159,11 +159,65 @@ def _source_key(source: SourceRef) -> tuple[str, str, int]:
     return source.resource_type, source.resource_id, source.version_id
 
 
-def _canonical(events: Iterable[TrialEvent]) -> list[TrialEvent]:
-    """Events in a fixed order, so 'first found' choices (e.g. membership's) are deterministic."""
-    return sorted(
-        events,
-        key=lambda e: (*_source_key(e.source), e.kind.value, e.date.text if e.date else ""),
+def _canonical_key(e: TrialEvent) -> tuple[str, str, int, str, str]:
+    """A fixed order of events, so 'first found' choices (e.g. membership's) are deterministic."""
+    source = e.source
+    return (
+        source.resource_type,
+        source.resource_id,
+        source.version_id,
+        e.kind.value,
+        e.date.text if e.date else "",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _ByKind:
+    """A patient's events split once by the kinds each rule reads, each part in canonical order.
+
+    Sorting a part equals filtering the sorted whole (a stable sort of the same keys), so every
+    rule sees what it saw when it scanned all the events; visits and lab results (most events)
+    are never sorted: only the last data point reads them, and it takes a maximum.
+    """
+
+    drugs: list[TrialEvent]  # administrations, orders and statements
+    skin: list[TrialEvent]  # Conditions and AdverseEvents (the cirAE candidates)
+    conditions: list[TrialEvent]
+    staged: list[TrialEvent]  # TNM categories and Conditions (cancer stage)
+    deaths: list[TrialEvent]
+    demographics: list[TrialEvent]
+
+
+def _by_kind(events: Iterable[TrialEvent]) -> _ByKind:
+    """One pass over the events, then a sort of the small parts the rules read."""
+    drugs: list[TrialEvent] = []
+    skin: list[TrialEvent] = []
+    staged: list[TrialEvent] = []
+    deaths: list[TrialEvent] = []
+    demographics: list[TrialEvent] = []
+    for e in events:
+        kind = e.kind
+        if kind in _DRUG_KINDS:
+            drugs.append(e)
+        elif kind is EventKind.CONDITION:
+            skin.append(e)
+            staged.append(e)
+        elif kind is EventKind.ADVERSE_EVENT:
+            skin.append(e)
+        elif kind is EventKind.TNM_CATEGORY:
+            staged.append(e)
+        elif kind is EventKind.DEATH:
+            deaths.append(e)
+        elif kind is EventKind.DEMOGRAPHICS:
+            demographics.append(e)
+    skin.sort(key=_canonical_key)
+    return _ByKind(
+        drugs=sorted(drugs, key=_canonical_key),
+        skin=skin,
+        conditions=[e for e in skin if e.kind is EventKind.CONDITION],
+        staged=sorted(staged, key=_canonical_key),
+        deaths=sorted(deaths, key=_canonical_key),
+        demographics=sorted(demographics, key=_canonical_key),
     )
 
 
@@ -208,7 +262,11 @@ def _add_years(day: dt.date, years: int) -> dt.date:
 
 def _drugs(events: Iterable[TrialEvent], valueset: str) -> list[TrialEvent]:
     """Administrations and orders/statements of a drug value set."""
-    return [e for e in events if e.kind in _DRUG_KINDS and valueset in e.concept_ids]
+    return [
+        e
+        for e in events
+        if e.kind in _DRUG_KINDS and any(c.concept == valueset for c in e.concepts)
+    ]
 
 
 def _is_request(event: TrialEvent) -> bool:
@@ -700,12 +758,12 @@ def glucocorticoid_exposure(
 
 def _last_fact(events: Sequence[TrialEvent], icb_start: dt.date) -> dt.date:
     """The latest day the patient is known to have been seen, never before ICB initiation."""
-    days = [
-        d
-        for e in events
-        if e.kind not in _NOT_FACTS and not _is_request(e) and (d := _day(e)) is not None
-    ]
-    return max([icb_start, *days])
+    latest = icb_start
+    for e in events:  # one pass, the cheap tests first: most events are not later days
+        day = e.date.day if e.date is not None else None
+        if day is not None and day > latest and e.kind not in _NOT_FACTS and not _is_request(e):
+            latest = day
+    return latest
 
 
 def _death(events: Sequence[TrialEvent], last_fact: dt.date) -> dt.date | None:
@@ -749,40 +807,42 @@ def _exclusion_reason(
 
 def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclusion | None:
     """One patient as a subject (Charlson still 0) or an exclusion; None when no ICB was given."""
-    events = _canonical(patient.events)
-    facts = cohort_membership(protocol, events)
+    parts = _by_kind(patient.events)
+    facts = cohort_membership(protocol, parts.drugs)
     if facts is None:
         return None
     if facts.day1 is None:
         return Exclusion(patient.subject_id, "ICB without a day-precision date: no time origin")
     start = facts.day1
-    last_fact = _last_fact(events, start)
-    death = _death(events, last_fact)
-    demographics = _demographics(events)
+    last_fact = _last_fact(patient.events, start)  # a maximum: any order
+    death = _death(parts.deaths, last_fact)
+    demographics = _demographics(parts.demographics)
     birth = parse_partial_date(demographics.get("birth_date"))
-    records = _cirae_records(protocol, events, start, birth)
+    records = _cirae_records(protocol, parts.skin, start, birth)
     cirae = _index_cirae(protocol, records, start)
     dupilumab, dupilumab_reason = _dupilumab_group(
-        protocol, events, cirae.day if cirae is not None else None
+        protocol, parts.drugs, cirae.day if cirae is not None else None
     )
-    reason = _exclusion_reason(protocol, events, records, start, death, cirae, dupilumab_reason)
+    reason = _exclusion_reason(
+        protocol, parts.deaths, records, start, death, cirae, dupilumab_reason
+    )
     if reason is not None:
         return Exclusion(patient.subject_id, reason)
     status = _resolution(protocol, records, cirae) if cirae is not None else None
-    glucocorticoids = glucocorticoid_exposure(protocol, events, start)
+    glucocorticoids = glucocorticoid_exposure(protocol, parts.drugs, start)
     resolved = status is not None and status.resolution != "none"
     subject = CirAESubject(
         patient_id=patient.patient_id,
         subject_id=patient.subject_id,
         group=_group(cirae, dupilumab),
         icb_start=start,
-        icb_type=_icb_type(protocol, events, start),
+        icb_type=_icb_type(protocol, parts.drugs, start),
         sex=_text(demographics.get("gender")),
         race=_race(demographics),
         age_years=_age_years(demographics, start),
         charlson=0,
-        cancer_type=_cancer_type(events, start),
-        stage=_stage(events, start),
+        cancer_type=_cancer_type(parts.conditions, start),
+        stage=_stage(parts.staged, start),
         cirae_onset=cirae.day if cirae is not None else None,
         resolution=(status.resolution if status else "none") if cirae is not None else None,
         dupilumab_start=dupilumab.day if dupilumab is not None else None,
@@ -803,7 +863,7 @@ def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclu
         if status is not None and resolved and status.event.end is not None
         else None,
     )
-    return _Draft(subject, _history_codes(events, start))
+    return _Draft(subject, _history_codes(parts.conditions, start))
 
 
 def build_cohort_report(protocol: CohortProtocol, patients: Sequence[CohortPatient]) -> CohortBuild:

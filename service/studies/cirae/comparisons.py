@@ -15,7 +15,8 @@ Decisions (each also stated in the output):
   case lived until its cirAE and its first dose), with model-based and robust (sandwich, clustered
   on matched set) intervals; (b) dupilumab exposure time-varying from the first dose (0 before it,
   1 after; a death on that day counts as unexposed), free of that immortal time. Cox, Efron ties
-  (lifelines' CoxPHFitter for (a); (b) on arrays, service.stats.cox_fit, lifelines' algorithm);
+  (both on arrays, service.stats.cox_fit, following lifelines' CoxPHFitter for (a) and its
+  CoxTimeVaryingFitter for (b) step for step);
   zero follow-up is set to 0.5 day, as in the adjusted models.
 """
 
@@ -120,34 +121,29 @@ def unadjusted_fixed(
     population: Sequence[tuple[CirAESubject, int]], level: float
 ) -> dict[str, Any]:
     """Cox with the group alone (fixed at ICB initiation); model-based and clustered intervals."""
-    import pandas as pd
-    from lifelines import CoxPHFitter
-    from lifelines.exceptions import ConvergenceError
+    import numpy as np  # where used: start-up imports no statistics library
     from scipy.stats import norm
 
-    table = pd.DataFrame(
-        {
-            "time": [_end(s) for s, _ in population],
-            "event": [int(s.died) for s, _ in population],
-            "dupilumab": [1.0 if s.group == "dupilumab" else 0.0 for s, _ in population],
-            "set": [number for _, number in population],
-        }
-    )
+    from service.stats.cox_fit import fit_cox_ph
+
     z = float(norm.ppf(1 - (1 - level) / 2))
     try:
-        plain = _fit_quietly(
-            lambda: CoxPHFitter(alpha=1 - level).fit(
-                table[["time", "event", "dupilumab"]], "time", "event"
+        fitted = _fit_quietly(
+            lambda: fit_cox_ph(
+                np.array([[1.0 if s.group == "dupilumab" else 0.0] for s, _ in population]),
+                np.array([_end(s) for s, _ in population], dtype=float),
+                np.array([s.died for s, _ in population], dtype=bool),
+                clusters=np.array([number for _, number in population]),
+                names=("dupilumab",),
             )
         )
-        robust = _fit_quietly(
-            lambda: CoxPHFitter(alpha=1 - level).fit(table, "time", "event", cluster_col="set")
-        )
-    except (ConvergenceError, ValueError, ZeroDivisionError, ArithmeticError) as exc:
+    except (ValueError, ZeroDivisionError, ArithmeticError) as exc:
         return _not_estimable(f"the model did not converge ({' '.join(str(exc).split())[:200]})")
-    coef = float(plain.params_["dupilumab"])
-    model = _hr(coef, float(plain.standard_errors_["dupilumab"]), z)
-    clustered = _hr(coef, float(robust.standard_errors_["dupilumab"]), z)
+    coef = float(fitted.params[0])
+    robust_se = fitted.robust_standard_errors
+    with np.errstate(invalid="ignore"):
+        model = _hr(coef, float(fitted.standard_errors[0]), z)
+        clustered = _hr(coef, float(robust_se[0]) if robust_se is not None else math.nan, z)
     return {
         "estimable": model["hr"] is not None,
         "reason": None if model["hr"] is not None else "non-finite estimate",

@@ -223,15 +223,14 @@ def tv_intervals(
     )
 
 
+_CATEGORICAL = frozenset({"sex", "race", "icb_type", "cancer_type", "stage"})
+
+
 def _category(subject: CirAESubject, name: str) -> str:
     """A categorical covariate's level; missing is its own level so no subject is lost to it."""
-    value = {
-        "sex": subject.sex,
-        "race": subject.race,
-        "icb_type": subject.icb_type,
-        "cancer_type": subject.cancer_type,
-        "stage": subject.stage,
-    }[name]
+    if name not in _CATEGORICAL:
+        raise KeyError(name)
+    value = getattr(subject, name)
     return value if value else "unknown"
 
 
@@ -303,23 +302,39 @@ def long_table(
 
     covariates = _covariate_columns(subjects, adjustment)
     fixed = covariates.columns
-    rows: list[dict[str, Any]] = []
+    # built column by column (one list per column, the subject's row index per interval), not a
+    # dict per row: the same table, in the same column order and dtypes
+    ids: list[str] = []
+    owner: list[int] = []
+    starts: list[float] = []
+    stops: list[float] = []
+    events: list[int] = []
+    exposed: list[float] = []
+    treated: list[float] = []
     for i, s in enumerate(subjects):
         for iv in tv_intervals(s, dupilumab=dupilumab):
-            row: dict[str, Any] = {
-                "id": s.subject_id,
-                "start": iv.start,
-                "stop": iv.stop,
-                "event": int(iv.event),
-                GROUP_TERM: float(iv.dupilumab),
-            }
-            if strata is not None:
-                row[STRATUM] = strata[s.subject_id]
-            if glucocorticoid:
-                row[GC_TERM] = float(iv.glucocorticoid)
-            row.update({name: col[i] for name, col in fixed.items()})
-            rows.append(row)
-    return pd.DataFrame(rows), covariates
+            ids.append(s.subject_id)
+            owner.append(i)
+            starts.append(iv.start)
+            stops.append(iv.stop)
+            events.append(int(iv.event))
+            exposed.append(float(iv.dupilumab))
+            treated.append(float(iv.glucocorticoid))
+    columns: dict[str, Any] = {
+        "id": ids,
+        "start": np.array(starts, dtype=float),
+        "stop": np.array(stops, dtype=float),
+        "event": np.array(events, dtype=np.int64),
+        GROUP_TERM: np.array(exposed, dtype=float),
+    }
+    if strata is not None:
+        columns[STRATUM] = [strata[subject_id] for subject_id in ids]
+    if glucocorticoid:
+        columns[GC_TERM] = np.array(treated, dtype=float)
+    rows = np.array(owner, dtype=np.int64)
+    for name, col in fixed.items():
+        columns[name] = np.asarray(col, dtype=float)[rows]
+    return pd.DataFrame(columns), covariates
 
 
 def _rank(r_columns: FloatArray, rows: int) -> int:

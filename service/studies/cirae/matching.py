@@ -13,15 +13,20 @@ Method (the protocol's **choice** "greedy_nearest_neighbour_without_replacement"
 
 Controls are indexed by exact key, ICB year and Charlson, each block sorted by age, so a case
 looks only at the few nearest controls of each block in its caliper box (a bisection and a short
-walk per block) instead of the whole pool: O(n log n) in all.
+walk per block) instead of the whole pool: O(n log n) in all. The walk and the ranking run in
+floats; candidates whose float distances lie within 1e-9 of each other (ties and near ties) and
+ages within rounding of the age caliper are settled in exact rational arithmetic (`distance`), so
+the picks are exactly those of exact arithmetic.
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
@@ -81,12 +86,18 @@ def _unique_ids(subjects: Sequence[CirAESubject], what: str) -> None:
         raise ValueError(f"duplicate {what} subject ids: {dupes}")
 
 
+# Float distances are sums of three shares of at most 1 computed from ages below ~150 years: their
+# rounding error is below 1e-13. Two candidates closer than this are a near tie and ranked exactly.
+_NEAR_TIE = 1e-9
+
+
 class _Pool:
     """Controls by (exact key, ICB year, Charlson), each block sorted by age then subject id.
 
     Inside a block the year and Charlson terms of the distance are fixed, so the nearest controls
     are the nearest in age: a case walks outward from its age in each block of its caliper box
-    and stops once it holds `ratio` unused controls and the next is farther (ties kept).
+    and stops once it holds `ratio` unused controls and the next is farther (ties kept, and
+    near ties in float arithmetic, which the ranking settles exactly).
     """
 
     def __init__(self, controls: Sequence[CirAESubject], exact: Sequence[str]) -> None:
@@ -95,15 +106,16 @@ class _Pool:
         for c in controls:
             if c.age_years is not None:  # an unknown age never passes the age caliper
                 blocks.setdefault((_exact_key(c, exact), c.icb_year, c.charlson), []).append(c)
+        # floats compare exactly (as the rationals they are): the order is the exact one
         self.blocks = {k: sorted(v, key=_by_age) for k, v in blocks.items()}
-        self.ages = {k: [_age(c) for c in v] for k, v in self.blocks.items()}
+        self.ages = {k: [float(c.age_years or 0.0) for c in v] for k, v in self.blocks.items()}
 
     def near(self, case: CirAESubject, settings: Matching, used: set[str]) -> list[CirAESubject]:
         """Candidates holding the case's `ratio` nearest unused eligible controls (and ties)."""
         if case.age_years is None:
             return []
         calipers = settings.calipers
-        key, age = _exact_key(case, self.exact), _exact(case.age_years)
+        key, age = _exact_key(case, self.exact), float(case.age_years)
         found: list[CirAESubject] = []
         for year in range(case.icb_year - calipers.icb_year, case.icb_year + calipers.icb_year + 1):
             low, high = case.charlson - calipers.charlson, case.charlson + calipers.charlson
@@ -115,27 +127,24 @@ class _Pool:
         return found
 
 
-def _age(control: CirAESubject) -> Fraction:
-    return _exact(control.age_years or 0.0)
-
-
-def _by_age(control: CirAESubject) -> tuple[Fraction, str]:
-    return _age(control), control.subject_id
+def _by_age(control: CirAESubject) -> tuple[float, str]:
+    return float(control.age_years or 0.0), control.subject_id
 
 
 def _nearest_in_block(
-    block: list[CirAESubject], ages: list[Fraction], age: Fraction, ratio: int, used: set[str]
+    block: list[CirAESubject], ages: list[float], age: float, ratio: int, used: set[str]
 ) -> list[CirAESubject]:
-    """Unused controls of one block nearest in age: `ratio` of them and every tie of the last."""
+    """Unused controls of one block nearest in age: `ratio` of them and every tie of the last
+    (a float difference within `_NEAR_TIE` of the last counts as a tie: a superset is harmless)."""
     right = bisect.bisect_left(ages, age)
     left = right - 1
     taken: list[CirAESubject] = []
-    last: Fraction | None = None
+    last: float | None = None
     while left >= 0 or right < len(block):
         go_left = right >= len(block) or (left >= 0 and age - ages[left] <= ages[right] - age)
         index = left if go_left else right
         delta = abs(ages[index] - age)
-        if len(taken) >= ratio and last is not None and delta > last:
+        if len(taken) >= ratio and last is not None and delta > last + _NEAR_TIE:
             break
         if go_left:
             left -= 1
@@ -143,18 +152,78 @@ def _nearest_in_block(
             right += 1
         if block[index].subject_id not in used:
             taken.append(block[index])
-            last = delta
+            if last is None or delta > last:
+                last = delta
     return taken
 
 
+@dataclass(frozen=True, slots=True)
+class _FloatCalipers:
+    """The calipers as floats, for the fast path (`distance` stays the exact definition)."""
+
+    age: float
+    charlson: int
+    year: int
+
+    @classmethod
+    def of(cls, calipers: Calipers) -> _FloatCalipers:
+        return cls(float(calipers.age_years), calipers.charlson, calipers.icb_year)
+
+
+def _float_distance(
+    calipers: Calipers, fast: _FloatCalipers, case: CirAESubject, control: CirAESubject
+) -> float | None:
+    """The distance in floats; the exact one's float when an age lies within rounding of its
+    caliper's edge (so eligibility is always decided exactly)."""
+    if case.age_years is None or control.age_years is None:
+        return None
+    delta_charlson = abs(case.charlson - control.charlson)
+    delta_year = abs(case.icb_year - control.icb_year)
+    if delta_charlson > fast.charlson or delta_year > fast.year:
+        return None
+    delta_age = abs(case.age_years - control.age_years)
+    if abs(delta_age - fast.age) <= _FLOAT_MARGIN:  # on the edge: decide it exactly
+        exact = distance(calipers, case, control)
+        return None if exact is None else float(exact)
+    if delta_age > fast.age:
+        return None
+    age = delta_age / fast.age if fast.age else 0.0
+    charlson = delta_charlson / fast.charlson if fast.charlson else 0.0
+    year = delta_year / fast.year if fast.year else 0.0
+    return age + charlson + year
+
+
 def _pick(settings: Matching, case: CirAESubject, pool: _Pool, used: set[str]) -> tuple[str, ...]:
-    """The case's `ratio` nearest unused eligible controls, nearest first (ties: subject id)."""
-    ranked = sorted(
-        (d, c.subject_id)
-        for c in pool.near(case, settings, used)
-        if (d := distance(settings.calipers, case, c)) is not None
+    """The case's `ratio` nearest unused eligible controls, nearest first (ties: subject id).
+
+    Ranked in floats; when two of the candidates that can be picked lie within `_NEAR_TIE` of each
+    other (a tie, or a difference floats may get wrong), those candidates are ranked in exact
+    arithmetic, so the picks are the ones exact arithmetic makes.
+    """
+    calipers, ratio = settings.calipers, settings.ratio
+    fast = _FloatCalipers.of(calipers)
+    by_id: dict[str, CirAESubject] = {}
+    ranked: list[tuple[float, str]] = []
+    for c in pool.near(case, settings, used):
+        d = _float_distance(calipers, fast, case, c)
+        if d is not None:
+            ranked.append((d, c.subject_id))
+            by_id[c.subject_id] = c
+    ranked.sort()
+    if len(ranked) <= ratio and all(b[0] - a[0] > _NEAR_TIE for a, b in itertools.pairwise(ranked)):
+        return tuple(subject_id for _, subject_id in ranked)
+    # every candidate that can be among the first `ratio` in exact arithmetic
+    bound = ranked[min(ratio, len(ranked)) - 1][0] + _NEAR_TIE
+    contenders = [r for r in ranked if r[0] <= bound]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(contenders)]
+    if len(contenders) == ratio and all(gap > _NEAR_TIE for gap in gaps):
+        return tuple(subject_id for _, subject_id in contenders)
+    exact = sorted(
+        (exact_distance, subject_id)
+        for _, subject_id in contenders
+        if (exact_distance := distance(calipers, case, by_id[subject_id])) is not None
     )
-    return tuple(subject_id for _, subject_id in ranked[: settings.ratio])
+    return tuple(subject_id for _, subject_id in exact[:ratio])
 
 
 def match(

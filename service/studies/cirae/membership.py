@@ -18,7 +18,7 @@ def cohort_membership(
         e
         for e in events
         if e.kind in (EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE)
-        and e.concept_ids & wanted
+        and any(c.concept in wanted for c in e.concepts)
     ]
     if not exposures:
         return None
