@@ -30,6 +30,7 @@ from decimal import Decimal
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -146,9 +147,18 @@ def _cohort(session: Session, study_id: str, zone: dt.tzinfo) -> CohortData:
     return CohortData(members, [_screened(r) for r in screened])
 
 
+def _json(text: str) -> Any:
+    """A stored JSON text: orjson (a cohort's screening list is 10^4+ rows), or the standard
+    library for what orjson refuses and `json.dumps` may have written (NaN, huge integers)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def _screened(row: Any) -> Screened:
     """A stored screening row as the kinds read it (criteria from its stored payload)."""
-    payload = json.loads(row.payload)
+    payload = _json(row.payload)
     criteria = payload.get("criteria") if isinstance(payload, dict) else None
     as_of = row.as_of if isinstance(row.as_of, dt.date) else dt.date.fromisoformat(str(row.as_of))
     return Screened(

@@ -24,6 +24,7 @@ from service.stats.survival import km_in_months, proportion_ci
 from service.studies.interventional.protocol import TrialProtocol
 from service.studies.interventional.subject_outcomes import (
     TREATMENT_EMERGENT,
+    LastPoint,
     last_data_point,
     subject_outcomes,
 )
@@ -65,6 +66,7 @@ class _Evaluated:
 
     subject: CohortInput
     out: dict[str, Any]
+    last: LastPoint = None  # the last data point from Day 1 (endpoints and swimmer row share it)
 
     @property
     def dosed(self) -> bool:
@@ -78,10 +80,11 @@ def _evaluate(protocol: TrialProtocol, subjects: Sequence[CohortInput]) -> list[
     dupes = sorted(i for i, n in seen.items() if n > 1)
     if dupes:
         raise ValueError(f"duplicate subject_id(s): {dupes}")
-    return [
-        _Evaluated(s, subject_outcomes(protocol, s.events, s.day1))
-        for s in sorted(subjects, key=lambda s: s.subject_id)
-    ]
+    out = []
+    for s in sorted(subjects, key=lambda s: s.subject_id):
+        last = last_data_point(s.events, s.day1) if s.day1 is not None else None
+        out.append(_Evaluated(s, subject_outcomes(protocol, s.events, s.day1, last=last), last))
+    return out
 
 
 def _level(protocol: TrialProtocol) -> float:
@@ -242,7 +245,7 @@ def _problem(efs: Mapping[str, Any], os_: Mapping[str, Any]) -> str | None:
 def _swimmer_row(protocol: TrialProtocol, e: _Evaluated, day1: dt.date) -> SwimmerRow:
     """One dosed subject's timeline, from the endpoints already computed."""
     efs, os_ = e.out["efs"], e.out["os"]
-    last = last_data_point(e.subject.events, day1)
+    last = e.last
     return SwimmerRow(
         subject_id=e.subject.subject_id,
         dose_days=tuple(_dose_days(protocol, e.subject.events, day1)),

@@ -139,9 +139,13 @@ def _data_point_day(event: TrialEvent) -> dt.date | None:
     return day
 
 
-def last_data_point(
-    events: Sequence[TrialEvent], day1: dt.date
-) -> tuple[dt.date, TrialEvent] | None:
+# The last data point of a subject (its day and event), None when there is none.
+LastPoint = tuple[dt.date, TrialEvent] | None
+# `last` not given: the callee finds it (a subject's endpoints share one search).
+_UNKNOWN: Any = object()
+
+
+def last_data_point(events: Sequence[TrialEvent], day1: dt.date) -> LastPoint:
     """The latest performed, dated fact about the subject on or after Day 1 (the censoring day)."""
     dated = [
         (d, e)
@@ -161,9 +165,13 @@ def _death(event: TrialEvent, alive_on: dt.date) -> Death:
     return Death(date.day_not_before(alive_on), date.text, event)
 
 
-def first_death(events: Sequence[TrialEvent], day1: dt.date) -> Death | None:
-    """The earliest dated death; an undated one only when no death has a date."""
-    last = last_data_point(events, day1)
+def first_death(
+    events: Sequence[TrialEvent], day1: dt.date, *, last: LastPoint = _UNKNOWN
+) -> Death | None:
+    """The earliest dated death; an undated one only when no death has a date (`last`: the
+    last data point, when the caller has it already)."""
+    if last is _UNKNOWN:
+        last = last_data_point(events, day1)
     alive_on = last[0] if last else day1
     deaths = sorted(
         (_death(e, alive_on) for e in events if e.kind is EventKind.DEATH),
@@ -183,18 +191,25 @@ def _death_outcome(death: Death, day1: dt.date) -> TimeToEvent:
     return TimeToEvent(days, True, "death", death.day, death.source, None, death.imputed_from)
 
 
-def _censored(events: Sequence[TrialEvent], day1: dt.date) -> TimeToEvent:
+def _censored(
+    events: Sequence[TrialEvent], day1: dt.date, last: LastPoint = _UNKNOWN
+) -> TimeToEvent:
     """No event: censored at the last data point (Day 1 itself when there is none)."""
-    last = last_data_point(events, day1)
+    if last is _UNKNOWN:
+        last = last_data_point(events, day1)
     if last is None:
         return TimeToEvent(0, False, None, day1, None)
     return TimeToEvent((last[0] - day1).days, False, None, last[0], last[1])
 
 
-def overall_survival(events: Sequence[TrialEvent], day1: dt.date) -> TimeToEvent:
+def overall_survival(
+    events: Sequence[TrialEvent], day1: dt.date, *, last: LastPoint = _UNKNOWN
+) -> TimeToEvent:
     """Death from Day 1; otherwise censored at the last data point."""
-    death = first_death(events, day1)
-    return _death_outcome(death, day1) if death else _censored(events, day1)
+    if last is _UNKNOWN:
+        last = last_data_point(events, day1)
+    death = first_death(events, day1, last=last)
+    return _death_outcome(death, day1) if death else _censored(events, day1, last)
 
 
 def _progression(
@@ -228,11 +243,17 @@ def _progression(
 
 
 def event_free_survival(
-    events: Sequence[TrialEvent], day1: dt.date, *, recurrence_valueset: str | None = None
+    events: Sequence[TrialEvent],
+    day1: dt.date,
+    *,
+    recurrence_valueset: str | None = None,
+    last: LastPoint = _UNKNOWN,
 ) -> TimeToEvent:
     """Progression or recurrence on or after Day 1 (a recurrence Condition in
     `recurrence_valueset` with onset after surgery counts), or death; otherwise censored."""
-    death = first_death(events, day1)
+    if last is _UNKNOWN:
+        last = last_data_point(events, day1)
+    death = first_death(events, day1, last=last)
     if death is not None and death.day is not None and death.day < day1:
         return _death_outcome(death, day1)  # dead before Day 1 per the record: no EFS time either
     died = _death_outcome(death, day1) if death else None
@@ -240,7 +261,7 @@ def event_free_survival(
     timed = [t for t in (died, progressed) if t is not None and t.days is not None]
     if timed:
         return min(timed, key=lambda t: (t.days, t.event_type or ""))
-    return died or _censored(events, day1)
+    return died or _censored(events, day1, last)
 
 
 def pathological_response(
@@ -391,9 +412,14 @@ def _term(event: TrialEvent) -> str | None:
 
 
 def subject_outcomes(
-    protocol: TrialProtocol, events: Sequence[TrialEvent], day1: dt.date | None
+    protocol: TrialProtocol,
+    events: Sequence[TrialEvent],
+    day1: dt.date | None,
+    *,
+    last: LastPoint = _UNKNOWN,
 ) -> dict[str, Any]:
-    """Every per-subject endpoint; without Day 1 only what needs no time origin."""
+    """Every per-subject endpoint; without Day 1 only what needs no time origin (`last`: the
+    last data point from Day 1, when the caller has it already)."""
     op = surgery(events, day1)
     op_day = _day(op) if op else None
     response = pathological_response(protocol, events, op_day)
@@ -411,6 +437,8 @@ def subject_outcomes(
         }
     window = protocol.schedule.surgery_window
     surgery_day = study_day(op_day, day1) if op_day else None
+    if last is _UNKNOWN:  # both survival endpoints censor at it: found once
+        last = last_data_point(events, day1)
     return {
         "day1": day1.isoformat(),
         "time_to_surgery_days": (op_day - day1).days if op_day else None,
@@ -422,8 +450,11 @@ def subject_outcomes(
         else None,
         **response,
         "efs": event_free_survival(
-            events, day1, recurrence_valueset=protocol.outcomes.recurrence_condition_valueset
+            events,
+            day1,
+            recurrence_valueset=protocol.outcomes.recurrence_condition_valueset,
+            last=last,
         ).to_json(),
-        "os": overall_survival(events, day1).to_json(),
+        "os": overall_survival(events, day1, last=last).to_json(),
         "safety": safety(protocol, events, day1),
     }

@@ -1,0 +1,117 @@
+"""The cohort refresher's loading path gives the same cohort, and so the same reports, as the
+plain decoding it replaced (every event of every member through `TrialEvent.from_json`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+from sqlalchemy import Engine, text
+
+from fhir_mapping.events.model import TrialEvent
+from service.derivation.catalog import load_catalog
+from service.infra.db import make_engine
+from service.infra.settings import Settings
+from service.reads.access import read
+from service.reads.cohort_refresher import _cohort, _screened, _stored, kind_report
+from service.studies.kind import CohortData, Member
+from tests.kit.cli import run_trialbridge
+
+REPO = Path(__file__).resolve().parents[1]
+GENERATOR = REPO / "bench" / "generate.py"
+STUDIES = ("NCT06088771", "cirae-dupilumab")
+# The site's zone (the generated dates are calendar days, so it moves none of them).
+ZONE = ZoneInfo("America/New_York")
+
+
+@pytest.fixture(scope="module")
+def loaded(
+    backend: str, new_database: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Engine, Settings]]:
+    """A generated cohort (60 patients of seed 5: subjects, candidates, every cirAE group) loaded
+    with `trialbridge load`, as the benchmarks load theirs."""
+    folder = tmp_path_factory.mktemp("generated")
+    command = [sys.executable, str(GENERATOR), "--out", str(folder), "--patients", "60"]
+    subprocess.run([*command, "--seed", "5"], check=True, capture_output=True, timeout=120)
+    url = str(new_database(backend))
+    files = [str(p) for p in sorted(folder.glob("part-*.ndjson"))]
+    done = run_trialbridge(url, "load", *files, cwd=folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    settings = Settings(database_url=url)
+    engine = make_engine(settings)
+    yield engine, settings
+    engine.dispose()
+
+
+def _plain_cohort(engine: Engine, study_id: str) -> CohortData:
+    """The cohort as the refresher read it before: whole rows, every payload decoded in full."""
+    with engine.connect() as conn:
+        subjects = conn.execute(
+            text(
+                "SELECT patient_id, subject_id, status, day1 FROM study_subject "
+                "WHERE study_id = :s ORDER BY subject_id"
+            ),
+            {"s": study_id},
+        ).all()
+        events: dict[str, list[TrialEvent]] = {r.patient_id: [] for r in subjects}
+        for row in conn.execute(text("SELECT patient_id, payload FROM trial_event ORDER BY pk")):
+            if row.patient_id in events:
+                event = TrialEvent.from_json(orjson.loads(row.payload), row.patient_id)
+                events[row.patient_id].append(event.in_zone(ZONE))
+        screened = conn.execute(
+            text("SELECT * FROM eligibility_result WHERE study_id = :s ORDER BY patient_id"),
+            {"s": study_id},
+        ).all()
+    members = [
+        Member(
+            r.patient_id,
+            r.subject_id,
+            r.status,
+            r.day1
+            if isinstance(r.day1, dt.date) or r.day1 is None
+            else dt.date.fromisoformat(r.day1),
+            events[r.patient_id],
+        )
+        for r in subjects
+    ]
+    return CohortData(members, [_screened(r) for r in screened])
+
+
+def _seal(study_id: str, cited: Any) -> str:
+    """A deterministic stand-in for evidence sealing (the cited source, as text)."""
+    return repr(cited)
+
+
+@pytest.mark.parametrize("study_id", STUDIES)
+def test_loaded_cohort_and_report_equal_those_of_plain_decoding(
+    loaded: tuple[Engine, Settings], study_id: str
+) -> None:
+    """Same members (ids, status, Day 1, every event equal, in the same order), same screening
+    list, and the same stored report (outcomes, figures' data, listing, document)."""
+    engine, settings = loaded
+    protocol = load_catalog(settings).protocols[study_id]
+    plain = _plain_cohort(engine, study_id)
+    cohort = read(engine, lambda s: _cohort(s, study_id, ZONE))
+    assert len(cohort.members) == len(plain.members) > 0
+    assert len(cohort.screened) == len(plain.screened)
+    if study_id == "NCT06088771":
+        assert len(plain.screened) > 0
+    for new, old in zip(cohort.members, plain.members, strict=True):
+        assert (new.patient_id, new.subject_id, new.status, new.day1) == (
+            old.patient_id,
+            old.subject_id,
+            old.status,
+            old.day1,
+        )
+        assert list(new.events) == list(old.events)
+    assert list(cohort.screened) == list(plain.screened)
+    new_report = _stored(study_id, kind_report(protocol, cohort), _seal)
+    old_report = _stored(study_id, kind_report(protocol, plain), _seal)
+    assert new_report == old_report
