@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             skew_seconds=conf.clock_skew_seconds,
             issuers=conf.auth_issuers,
             allow_private=conf.webhook_allow_private,
+            cache_entries=conf.token_cache_entries,
         )
         if conf.auth_disabled:
             log.warning(

@@ -54,8 +54,10 @@ class _ImportTooLargeError(Exception):
     """A streamed import body grew past TRIALBRIDGE_MAX_IMPORT_BYTES."""
 
 
-def _no_nul(request: Request) -> None:
-    """An id with U+0000 names no record (PostgreSQL cannot even compare it): 404, not a 500."""
+async def _no_nul(request: Request) -> None:
+    """An id with U+0000 names no record (PostgreSQL cannot even compare it): 404, not a 500.
+
+    `async`: FastAPI runs a plain `def` dependency in a worker thread (a hand-off per request)."""
     for value in request.path_params.values():
         if "\x00" in str(value):
             raise FhirError.of(404, "not-found", "no record has an id with U+0000")

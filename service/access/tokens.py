@@ -10,10 +10,12 @@ access tokens of at most five minutes signed by a key kept in the database (so r
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -49,6 +51,10 @@ KEY_RELOAD_SECONDS = 60.0
 # reload (60 s) + the longest token lifetime (300 s) + the largest clock skew (300 s), rounded up
 RETIRE_AFTER = dt.timedelta(minutes=15)
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# verified tokens kept per process (a repeat token skips only the signature check)
+TOKEN_CACHE_ENTRIES = 4096
+TOKEN_CACHE_BYTES = 4 * 1024 * 1024
+_ENTRY_OVERHEAD = 600  # bytes an entry costs besides its strings (digest, tuple, dict, Principal)
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,69 @@ def _now_s(now: dt.datetime) -> int:
     return int(now.timestamp())
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token whose signature was checked: the claims every use checks again, and its key."""
+
+    principal: Principal
+    claims: Mapping[str, Any]
+    kid: str
+    exp: int
+    size: int
+
+
+class VerifiedTokens:
+    """Tokens whose signature this process checked, by the SHA-256 of the token (never the token).
+
+    Bounded in entries and in bytes (least recently used out first); an entry goes at the token's
+    `exp`, and with its key when the key is retired. Only the signature check is skipped: times,
+    issuer, audience and revocation are checked on every use.
+    """
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, digest: bytes, now_s: int) -> _Verified | None:
+        """The entry of a token verified before and not yet at its `exp`."""
+        with self._lock:
+            hit = self._entries.get(digest)
+            if hit is None:
+                return None
+            if hit.exp <= now_s:
+                self._drop(digest)
+                return None
+            self._entries.move_to_end(digest)
+            return hit
+
+    def put(self, digest: bytes, entry: _Verified) -> None:
+        """Keep a verified token, evicting the least recently used past either bound."""
+        if entry.size > self.max_bytes or self.max_entries <= 0:
+            return
+        with self._lock:
+            if digest in self._entries:
+                self._drop(digest)
+            self._entries[digest] = entry
+            self.bytes += entry.size
+            while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+                self._drop(next(iter(self._entries)))
+
+    def keep_kids(self, kids: frozenset[str]) -> None:
+        """Forget every token signed by a key no longer among ours (retired)."""
+        with self._lock:
+            for digest in [d for d, e in self._entries.items() if e.kid not in kids]:
+                self._drop(digest)
+
+    def _drop(self, digest: bytes) -> None:
+        self.bytes -= self._entries.pop(digest).size
+
+
 class TokenService:
     """Issues and verifies this deployment's access tokens."""
 
@@ -85,6 +154,8 @@ class TokenService:
         issuers: Sequence[TrustedIssuer] = (),
         allow_private: bool = False,
         clock: Callable[[], dt.datetime] = utcnow,
+        cache_entries: int = TOKEN_CACHE_ENTRIES,
+        cache_bytes: int = TOKEN_CACHE_BYTES,
     ) -> None:
         self.engine = engine
         self.issuers = {i.issuer: i for i in issuers if i.issuer != ISSUER}
@@ -94,7 +165,9 @@ class TokenService:
         self.clock = clock
         self._lock = threading.Lock()
         self._keys: tuple[ECKey, KeySet] | None = None
+        self._kids: frozenset[str] = frozenset()
         self._loaded_at = 0.0
+        self.verified = VerifiedTokens(cache_entries, cache_bytes)
         self._revoked: dict[str, tuple[float, bool]] = {}  # client -> (checked at, revoked)
 
     # -- our signing key --------------------------------------------------------------------------
@@ -130,9 +203,12 @@ class TokenService:
                 rows = api_clients.signing_keys(session)
         keys = [ECKey.import_key(json.loads(r.private_jwk)) for r in rows]
         public = KeySet([ECKey.import_key(k.as_dict(private=False)) for k in keys])
+        kids = frozenset(str(k.kid) for k in keys)
         with self._lock:
             self._keys = (keys[-1], public)
+            self._kids = kids
             self._loaded_at = time.monotonic()
+        self.verified.keep_kids(kids)  # tokens of a retired key go with it
         return keys[-1], public
 
     def _public_for(self, kid: object) -> KeySet:
@@ -237,6 +313,16 @@ class TokenService:
 
     def verify(self, token: str) -> Principal:
         """The principal of a bearer token, or 401 `invalid_token` (the reason is not echoed)."""
+        digest = hashlib.sha256(token.encode()).digest()
+        now = _now_s(self.clock())
+        hit = self.verified.get(digest, now)
+        if hit is not None:
+            self._signing()  # the keys as of the last minute: a retired key's entries are gone
+            with self._lock:
+                known = hit.kid in self._kids
+            if known and self._admits(hit.claims):
+                return hit.principal
+            raise AuthError(401, "invalid_token", "the access token is not valid")
         issuer = _unverified_claims(token).get("iss") if token.count(".") == 2 else None
         trusted = self.issuers.get(issuer) if isinstance(issuer, str) else None
         if trusted is not None:
@@ -248,16 +334,48 @@ class TokenService:
         except (JoseError, ValueError, KeyError, TypeError) as exc:
             raise AuthError(401, "invalid_token", "the access token is not valid") from exc
         claims = decoded.claims
-        valid = (
+        if not self._admits(claims):
+            raise AuthError(401, "invalid_token", "the access token is not valid")
+        who = Principal(claims["sub"], Scopes.parse(claims["scope"]))
+        if isinstance(kid, str) and claims["exp"] > now:  # kept until its exp, not after
+            kept = {k: claims.get(k) for k in ("iss", "aud", "sub", "scope", "exp", "nbf", "iat")}
+            size = _ENTRY_OVERHEAD + len(claims["sub"]) + len(claims["scope"]) + len(kid)
+            self.verified.put(digest, _Verified(who, kept, kid, claims["exp"], size))
+        return who
+
+    def cached(self, token: str) -> Principal | None:
+        """A repeat token's principal without any I/O (on the event loop), or None: then only
+        `verify` (in a thread) can tell, because the token, the keys or the client's revocation
+        state was not known to this process recently enough."""
+        if not self.verified:
+            return None
+        hit = self.verified.get(hashlib.sha256(token.encode()).digest(), _now_s(self.clock()))
+        if hit is None:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            keys_fresh = self._keys is not None and now - self._loaded_at < KEY_RELOAD_SECONDS
+            known = hit.kid in self._kids
+            revoked = self._revoked.get(hit.principal.client)
+        if not (keys_fresh and known) or revoked is None:
+            return None
+        if now - revoked[0] >= REVOCATION_CHECK_SECONDS or revoked[1]:
+            return None
+        return hit.principal if self._valid(hit.claims) else None
+
+    def _valid(self, claims: Mapping[str, Any]) -> bool:
+        """Our own token's claims: our issuer, our audience, a client, scopes, current times."""
+        return (
             claims.get("iss") == ISSUER
             and claims.get("aud") == AUDIENCE
             and isinstance(claims.get("sub"), str)
             and isinstance(claims.get("scope"), str)
             and self._current(claims)
         )
-        if not valid or self._is_revoked(claims["sub"]):
-            raise AuthError(401, "invalid_token", "the access token is not valid")
-        return Principal(claims["sub"], Scopes.parse(claims["scope"]))
+
+    def _admits(self, claims: Mapping[str, Any]) -> bool:
+        """Valid claims of a client not revoked (asked of the database at most once a second)."""
+        return self._valid(claims) and not self._is_revoked(claims["sub"])
 
     def _current(self, claims: Mapping[str, Any]) -> bool:
         """An access token's times: `exp` required and not past, `nbf`/`iat` not ahead (skew)."""
@@ -287,7 +405,10 @@ class TokenService:
         return revoked
 
     def _verify_external(self, token: str, trusted: TrustedIssuer) -> Principal:
-        """A token of a configured authorization server: its keys, algorithms and audience."""
+        """A token of a configured authorization server: its keys, algorithms and audience.
+
+        Never kept in `verified`: the issuer's key set changes on its schedule (its JWKS URL, kept
+        5 minutes, or its file), not ours, so no key retirement here would forget its tokens."""
         refused = AuthError(401, "invalid_token", "the access token is not valid")
         try:
             if trusted.jwks_file is not None:

@@ -227,6 +227,13 @@ class Settings(BaseSettings):
     clock_skew_seconds: int = Field(
         default=60, ge=0, le=300, description="Tolerance on exp, nbf and iat of tokens"
     )
+    token_cache_entries: int = Field(
+        default=4096,
+        ge=0,
+        le=1_000_000,
+        description="Verified access tokens each process keeps (by SHA-256, never the token) so a "
+        "repeat token skips only the signature check; 0: off",
+    )
     auth_issuers: tuple[TrustedIssuer, ...] = Field(
         default=(),
         description="external authorization servers whose tokens are accepted (JSON list)",
