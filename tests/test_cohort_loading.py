@@ -1,5 +1,6 @@
 """The cohort refresher's loading path gives the same cohort, and so the same reports, as the
-plain decoding it replaced (every event of every member through `TrialEvent.from_json`)."""
+plain decoding it replaced (every event of every member through `TrialEvent.from_json`); and its
+streamed path (a kind's members reduced chunk by chunk, their events dropped) the same reports."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ from service.infra.db import make_engine
 from service.infra.settings import Settings
 from service.reads.access import read
 from service.reads.cohort_refresher import _cohort, _screened, _stored, kind_report
+from service.repositories import sql, trial_events
+from service.studies.cirae.reduction import reduce_member
 from service.studies.kind import CohortData, Member
+from service.studies.registry import kind_of
 from tests.kit.cli import run_trialbridge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,3 +119,64 @@ def test_loaded_cohort_and_report_equal_those_of_plain_decoding(
     new_report = _stored(study_id, kind_report(protocol, cohort), _seal)
     old_report = _stored(study_id, kind_report(protocol, plain), _seal)
     assert new_report == old_report
+
+
+@pytest.mark.parametrize("chunk", [7, 400])
+def test_streamed_cohort_gives_the_plain_report(
+    loaded: tuple[Engine, Settings], chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cirAE reduces its members as their chunk is read (7: six chunks, the last of 5; 400: one):
+    the records equal the plain members' reductions, in subject order, and the stored report
+    (outcomes, figures' data, listing, document) equals the plain one."""
+    monkeypatch.setattr(sql, "CHUNK", chunk)
+    engine, settings = loaded
+    study_id = "cirae-dupilumab"
+    protocol = load_catalog(settings).protocols[study_id]
+    assert kind_of(protocol).reduce_member is reduce_member
+    plain = _plain_cohort(engine, study_id)
+    streamed = read(engine, lambda s: _cohort(s, study_id, ZONE, protocol))
+    assert streamed.members == ()
+    assert streamed.records is not None
+    assert len(streamed.records) == len(plain.members) == 40
+    assert list(streamed.records) == [reduce_member(protocol, m) for m in plain.members]
+    assert sum(r.episode is not None for r in streamed.records) > 0  # cirAE subjects described
+    assert list(streamed.screened) == list(plain.screened)
+    new_report = _stored(study_id, kind_report(protocol, streamed), _seal)
+    old_report = _stored(study_id, kind_report(protocol, plain), _seal)
+    assert new_report == old_report
+
+
+def test_a_kind_without_a_reduction_keeps_its_members(loaded: tuple[Engine, Settings]) -> None:
+    """NCT06088771 has no `reduce_member`: given its protocol, the refresher still hands its
+    report every member with all of its events."""
+    engine, settings = loaded
+    study_id = "NCT06088771"
+    protocol = load_catalog(settings).protocols[study_id]
+    assert kind_of(protocol).reduce_member is None
+    cohort = read(engine, lambda s: _cohort(s, study_id, ZONE, protocol))
+    plain = _plain_cohort(engine, study_id)
+    assert cohort.records is None
+    assert [(m.patient_id, list(m.events)) for m in cohort.members] == [
+        (m.patient_id, list(m.events)) for m in plain.members
+    ]
+
+
+def test_events_by_chunk_yields_each_chunk_of_patients_once(
+    loaded: tuple[Engine, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One dict per chunk of 7 patients (every patient a key, even without events), together
+    the events `events_of` reads, in the same order."""
+    monkeypatch.setattr(sql, "CHUNK", 7)
+    engine, _ = loaded
+    with engine.connect() as conn:
+        ids = [r[0] for r in conn.execute(text("SELECT DISTINCT patient_id FROM trial_event"))]
+    ids = [*sorted(ids), "no-such-patient"]
+
+    def both(session: Any) -> tuple[list[dict[str, list[TrialEvent]]], dict[str, Any]]:
+        chunks = list(trial_events.events_by_chunk(session, ids, zone=ZONE))
+        return chunks, trial_events.events_of(session, ids, zone=ZONE)
+
+    chunks, whole = read(engine, both)
+    assert [list(c) for c in chunks] == [ids[i : i + 7] for i in range(0, len(ids), 7)]
+    assert {p: e for c in chunks for p, e in c.items()} == whole
+    assert chunks[-1]["no-such-patient"] == []

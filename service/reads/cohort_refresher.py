@@ -136,15 +136,40 @@ def kind_report(protocol: StudyProtocol, cohort: CohortData) -> CohortReport:
     return kind_of(protocol).cohort_report(protocol, cohort)
 
 
-def _cohort(session: Session, study_id: str, zone: dt.tzinfo) -> CohortData:
-    """The study's subjects with their events (in the site's calendar) and its screening list."""
+def _cohort(
+    session: Session, study_id: str, zone: dt.tzinfo, protocol: StudyProtocol | None = None
+) -> CohortData:
+    """The study's subjects with their events (in the site's calendar) and its screening list;
+    with the `protocol` of a kind that reduces its members, their records instead (`_records`)."""
     rows = study_subjects.study_subjects(session, study_id)
+    reduce = kind_of(protocol).reduce_member if protocol is not None else None
+    screened = [_screened(r) for r in eligibility_results.study_eligibility(session, study_id)]
+    if protocol is not None and reduce is not None:
+        return CohortData((), screened, _records(session, rows, zone, protocol, reduce))
     events = trial_events.events_of(session, [r.patient_id for r in rows], zone=zone)
     members = [
         Member(r.patient_id, r.subject_id, r.status, r.day1, events[r.patient_id]) for r in rows
     ]
-    screened = eligibility_results.study_eligibility(session, study_id)
-    return CohortData(members, [_screened(r) for r in screened])
+    return CohortData(members, screened)
+
+
+def _records(
+    session: Session,
+    rows: Sequence[Any],
+    zone: dt.tzinfo,
+    protocol: StudyProtocol,
+    reduce: Callable[[Any, Member], Any],
+) -> list[Any]:
+    """Each member reduced as soon as its chunk of events is read, its events dropped then: the
+    process holds one chunk's events and the records, not every member's events."""
+    records: list[Any] = []
+    done = 0
+    for events in trial_events.events_by_chunk(session, [r.patient_id for r in rows], zone=zone):
+        chunk, done = rows[done : done + len(events)], done + len(events)  # a patient once a study
+        for r in chunk:
+            member = Member(r.patient_id, r.subject_id, r.status, r.day1, events.pop(r.patient_id))
+            records.append(reduce(protocol, member))
+    return records
 
 
 def _json(text: str) -> Any:
@@ -433,7 +458,7 @@ class CohortRefresher:
             # the change numbers first: the data read after them reflects at least those changes
             ids = read(self.engine, lambda s: cohort_snapshots.pending_ids(s, study_id))
             with collector_paused():  # a large, live, acyclic build: collections only cost
-                cohort = read(self.engine, lambda s: _cohort(s, study_id, self.zone))
+                cohort = read(self.engine, lambda s: _cohort(s, study_id, self.zone, protocol))
                 report = self.report_of(protocol, cohort)
                 del cohort
                 stored = _stored(study_id, report, self.seal)

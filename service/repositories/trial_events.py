@@ -39,7 +39,15 @@ _DEPENDENTS = select(_DEP.c.source_type, _DEP.c.source_id).where(
 def _payloads(
     session: Session, patient_ids: Sequence[str], kinds: Sequence[str] | None
 ) -> Iterator[tuple[str, str]]:
-    """(patient, payload) of these patients' events (of these kinds), in stored order per chunk,
+    """(patient, payload) of these patients' events (of these kinds), in stored order per chunk."""
+    for _, rows in _payload_chunks(session, patient_ids, kinds):
+        yield from rows
+
+
+def _payload_chunks(
+    session: Session, patient_ids: Sequence[str], kinds: Sequence[str] | None
+) -> Iterator[tuple[Sequence[str], Sequence[tuple[str, str]]]]:
+    """Each chunk of patients with the (patient, payload) rows of its events, in stored order,
     through the driver's own cursor: a cohort reads 10^5-10^6 rows, and a SQLAlchemy row each
     cost more than the driver's tuple (the statement is the one the Core query compiled to)."""
     conn = session.connection()
@@ -63,7 +71,7 @@ def _payloads(
             cursor.execute(
                 f"SELECT patient_id, payload FROM trial_event WHERE {where} ORDER BY pk", params
             )
-            yield from cursor.fetchall()
+            yield chunk, cursor.fetchall()
     finally:
         cursor.close()
 
@@ -198,6 +206,20 @@ def events_of(
         else:
             out[patient_id].append(event.in_zone(zone))
     return out
+
+
+def events_by_chunk(
+    session: Session, patient_ids: Sequence[str], *, zone: dt.tzinfo
+) -> Iterator[dict[str, list[TrialEvent]]]:
+    """`events_of` one chunk of patients at a time (every patient of the chunk a key), so a
+    caller that reduces each patient's events at once holds one chunk's events, not a cohort's."""
+    decode = _Decoder(zone)  # shared by the chunks: dates and concepts recur across patients
+    for chunk, rows in _payload_chunks(session, patient_ids, None):
+        out: dict[str, list[TrialEvent]] = {p: [] for p in chunk}
+        for patient_id, payload in rows:
+            out[patient_id].append(decode(payload, patient_id))
+        del rows
+        yield out
 
 
 _KINDS: dict[str, EventKind] = {k.value: k for k in EventKind}

@@ -111,10 +111,15 @@ class Screened:
 
 @dataclass(frozen=True, slots=True)
 class CohortData:
-    """What a cohort report is computed from: the subjects and the screening list."""
+    """What a cohort report is computed from: the subjects and the screening list.
+
+    `records`: for a kind with `reduce_member`, each member reduced as it was read (in `members`'
+    order; `members` is then empty), so the members' events were never all held at once.
+    """
 
     members: Sequence[Member]
     screened: Sequence[Screened] = ()
+    records: Sequence[Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +182,10 @@ class StudyKind(Generic[P]):
     The optional parts are capabilities: a kind without `screening` has no eligibility endpoints,
     without `deviation_rules` no deviation log, without `subject_outcomes` no per-subject
     endpoints, without `tabulation` no SDTM export; the study API answers 404 `not_applicable`
-    for them.
+    for them. With `reduce_member` (pure: a member with its events → a compact record of what its
+    cohort report reads) the refresher reads the members chunk by chunk, reduces each at once and
+    drops its events, and `cohort_report` gets the records (`CohortData.records`); without it,
+    every member with all of its events.
     """
 
     name: str  # the `kind` protocol files name
@@ -199,3 +207,5 @@ class StudyKind(Generic[P]):
     tabulation: Callable[[P], TabulationPlan] | None = None
     # patients with events of these kinds are re-evaluated daily (time-relative verdicts)
     reevaluate_events: frozenset[EventKind] = frozenset()
+    # a member (with its events) as the compact record its cohort report reads (streamed loading)
+    reduce_member: Callable[[P, Member], Any] | None = None

@@ -866,13 +866,37 @@ def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclu
     return _Draft(subject, _history_codes(parts.conditions, start))
 
 
-def build_cohort_report(protocol: CohortProtocol, patients: Sequence[CohortPatient]) -> CohortBuild:
-    """Every ICB-treated patient as a subject or a reported exclusion, by subject id."""
-    _check_membership(protocol)
-    dupes = sorted(i for i, n in Counter(p.subject_id for p in patients).items() if n > 1)
+@dataclass(frozen=True, slots=True)
+class PatientOutcome:
+    """One patient's part of the cohort, from its events alone (before the batched Charlson call):
+    a subject draft, an exclusion, or None (no ICB). Holds no events."""
+
+    subject_id: str
+    outcome: _Draft | Exclusion | None
+
+    @property
+    def subject(self) -> CirAESubject | None:
+        """The subject (Charlson still 0), when the patient is one."""
+        return self.outcome.subject if isinstance(self.outcome, _Draft) else None
+
+
+def patient_outcome(protocol: CohortProtocol, patient: CohortPatient) -> PatientOutcome:
+    """What the cohort keeps of one patient (pure; the patient's events can be dropped after)."""
+    return PatientOutcome(patient.subject_id, _subject(protocol, patient))
+
+
+def _check_unique(subject_ids: Sequence[str]) -> None:
+    """A subject id names one patient: the report is keyed on it."""
+    dupes = sorted(i for i, n in Counter(subject_ids).items() if n > 1)
     if dupes:
         raise ValueError(f"duplicate subject ids: {dupes}")
-    outcomes = [o for p in patients if (o := _subject(protocol, p)) is not None]
+
+
+def assemble_cohort(protocol: CohortProtocol, patients: Sequence[PatientOutcome]) -> CohortBuild:
+    """The cohort from every patient's outcome: Charlson indices, subjects and exclusions by id."""
+    _check_membership(protocol)
+    _check_unique([p.subject_id for p in patients])
+    outcomes = [p.outcome for p in patients if p.outcome is not None]
     drafts = [o for o in outcomes if isinstance(o, _Draft)]
     excluded = [o for o in outcomes if isinstance(o, Exclusion)]
     charlson = charlson_indices(
@@ -884,6 +908,13 @@ def build_cohort_report(protocol: CohortProtocol, patients: Sequence[CohortPatie
         subjects=tuple(sorted(subjects, key=lambda s: s.subject_id)),
         excluded=tuple(sorted(excluded, key=lambda x: x.subject_id)),
     )
+
+
+def build_cohort_report(protocol: CohortProtocol, patients: Sequence[CohortPatient]) -> CohortBuild:
+    """Every ICB-treated patient as a subject or a reported exclusion, by subject id."""
+    _check_membership(protocol)
+    _check_unique([p.subject_id for p in patients])  # before any patient's rules run
+    return assemble_cohort(protocol, [patient_outcome(protocol, p) for p in patients])
 
 
 def build_cohort(protocol: CohortProtocol, patients: Sequence[CohortPatient]) -> list[CirAESubject]:

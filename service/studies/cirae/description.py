@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fhir_mapping.events.model import EventKind, TrialEvent
@@ -112,10 +113,39 @@ def _dupilumab_last_day(
     return (max(reaching) - first).days if reaching else 0
 
 
+@dataclass(frozen=True, slots=True)
+class Episode:
+    """What the description reads of a cirAE subject's events: the index cirAE's term, the
+    episode's highest grade, and the dupilumab duration (dupilumab group)."""
+
+    term: str
+    worst_grade: int | None
+    dupilumab_days: int | None
+
+
+def describes(subject: CirAESubject) -> bool:
+    """Whether `describe_cirae` reads this subject's events (a cirAE group, an onset)."""
+    return subject.group in CIRAE_GROUPS and subject.cirae_onset is not None
+
+
+def episode(
+    protocol: CohortProtocol, subject: CirAESubject, events: Sequence[TrialEvent]
+) -> Episode:
+    """The subject's episode from its events (pure: kept when the events are dropped)."""
+    index, records = _index(protocol, subject, events)
+    return Episode(
+        term=_term(index) if index is not None else "term not recorded",
+        worst_grade=max((gr for e in records if (gr := _grade(e)) is not None), default=None),
+        dupilumab_days=_dupilumab_last_day(protocol, subject, events)
+        if subject.group == "dupilumab"
+        else None,
+    )
+
+
 def describe_cirae(
     protocol: CohortProtocol,
     subjects: Sequence[CirAESubject],
-    events: Mapping[str, Sequence[TrialEvent]],
+    episodes: Mapping[str, Episode],
 ) -> dict[str, Any]:
     """Terms, grades, timing and resolution of the index cirAE, by group (JSON-ready)."""
     terms: dict[str, Counter[str]] = {g: Counter() for g in CIRAE_GROUPS}
@@ -130,10 +160,9 @@ def describe_cirae(
         if s.group not in CIRAE_GROUPS or s.cirae_onset is None:
             continue
         g = s.group
-        mine = events.get(s.patient_id, ())
-        index, episode = _index(protocol, s, mine)
-        terms[g][_term(index) if index is not None else "term not recorded"] += 1
-        worst = max((gr for e in episode if (gr := _grade(e)) is not None), default=None)
+        found = episodes.get(s.patient_id) or episode(protocol, s, ())
+        terms[g][found.term] += 1
+        worst = found.worst_grade
         grades[g][str(worst) if worst is not None else "ungraded"] += 1
         to_onset[g].append(float((s.cirae_onset - s.icb_start).days))
         resolution[g][s.resolution or "none"] += 1
@@ -144,7 +173,7 @@ def describe_cirae(
                 undated_resolution[g] += 1
         if g == "dupilumab" and s.dupilumab_start is not None:
             onset_to_dupilumab.append(float((s.dupilumab_start - s.cirae_onset).days))
-            last = _dupilumab_last_day(protocol, s, mine)
+            last = found.dupilumab_days
             if last is not None:
                 duration.append(float(last))
     all_terms = sorted(

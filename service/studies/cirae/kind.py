@@ -5,9 +5,9 @@ from __future__ import annotations
 from fhir_mapping.events.model import EventKind
 from service.stats.figures import km_figure
 from service.studies.cirae.analysis import cirae_outcomes
-from service.studies.cirae.cohort import CohortPatient, build_cohort_report
 from service.studies.cirae.membership import cohort_membership
 from service.studies.cirae.protocol import CohortProtocol
+from service.studies.cirae.reduction import cohort_of, reduce_member
 from service.studies.cirae.report import cirae_document
 from service.studies.cirae.reporting import ORIGIN, group_curves, report_additions
 from service.studies.kind import CohortData, CohortReport, StudyKind
@@ -15,15 +15,20 @@ from service.studies.kind import CohortData, CohortReport, StudyKind
 
 def cirae_report(protocol: CohortProtocol, cohort: CohortData) -> CohortReport:
     """Groups, resolution, matching, Cox models, KM of OS by group; Table 1, the matched
-    comparisons, the cirAE description, the flow of patients and the listing (reporting.py)."""
-    patients = [CohortPatient(m.patient_id, m.subject_id, m.events) for m in cohort.members]
-    built = build_cohort_report(protocol, patients)
+    comparisons, the cirAE description, the flow of patients and the listing (reporting.py);
+    from the members' records when the refresher streamed them, else from the members."""
+    records = (
+        cohort.records
+        if cohort.records is not None
+        else [reduce_member(protocol, m) for m in cohort.members]
+    )
+    built, episodes = cohort_of(protocol, records)
     figures = cirae_outcomes(protocol, built.subjects)
     figures["excluded"] = {
         "n": len(built.excluded),
         "subjects": [{"subject_id": e.subject_id, "reason": e.reason} for e in built.excluded],
     }
-    added = report_additions(protocol, patients, built, figures)
+    added = report_additions(protocol, episodes, built, figures)
     figures.update(added.body)
     curves = group_curves(figures["km_groups"])
     title = "Overall survival from ICB initiation, by group"
@@ -45,4 +50,5 @@ CIRAE_COHORT: StudyKind[CohortProtocol] = StudyKind(
     membership=cohort_membership,
     membership_events=frozenset({EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE}),
     cohort_report=cirae_report,
+    reduce_member=reduce_member,
 )

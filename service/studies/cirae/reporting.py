@@ -13,10 +13,10 @@ from typing import Any
 
 from service.stats.balance import BalanceTable
 from service.stats.figures import Curves, FigureData, km_figure
-from service.studies.cirae.cohort import CohortBuild, CohortPatient
+from service.studies.cirae.cohort import CohortBuild
 from service.studies.cirae.comparisons import comparison_summary, matched_population
 from service.studies.cirae.consort import cirae_flow
-from service.studies.cirae.description import describe_cirae, describe_glucocorticoids
+from service.studies.cirae.description import Episode, describe_cirae, describe_glucocorticoids
 from service.studies.cirae.labels import group_label
 from service.studies.cirae.listing import analysis_listing
 from service.studies.cirae.protocol import CohortProtocol
@@ -49,11 +49,12 @@ def group_curves(km_groups: Sequence[Mapping[str, Any]]) -> Curves:
 
 def report_additions(
     protocol: CohortProtocol,
-    patients: Sequence[CohortPatient],
+    episodes: Mapping[str, Episode],
     built: CohortBuild,
     figures: Mapping[str, Any],
 ) -> Additions:
-    """Table 1, the comparisons, the descriptions, the flow, the listing and matched KM figures."""
+    """Table 1, the comparisons, the descriptions, the flow, the listing and matched KM figures
+    (`episodes`: what the cirAE description reads of each cirAE subject's events, by patient)."""
     level = float(protocol.cohort.confidence_level)
     months = protocol.cohort.survival_timepoints_months
     subjects = built.subjects
@@ -61,7 +62,6 @@ def report_additions(
     cox = figures.get("cox") or {}
     models = {c: cox.get(c) or {} for c in CONTROLS}  # each: primary, matched_sets, …
     primary: dict[str, Any] = {c: models[c].get("primary") for c in CONTROLS}
-    events = {p.patient_id: p.events for p in patients}
     plots: dict[str, FigureData] = {}
     for control in CONTROLS:
         population = [s for s, _ in matched_population(subjects, matched[control])]
@@ -82,7 +82,7 @@ def report_additions(
             )
             for c in CONTROLS
         },
-        "cirae_description": describe_cirae(protocol, subjects, events),
+        "cirae_description": describe_cirae(protocol, subjects, episodes),
         "glucocorticoids": describe_glucocorticoids(protocol, subjects),
     }
     return Additions(
