@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import pytest
 import respx
 from sqlalchemy import Engine
 
+from service.fhir import ingest
 from tests.conftest import counts
 from tests.kit import fhir as kit
 
@@ -400,3 +402,36 @@ def test_a_ten_thousand_entry_transaction_is_stored_whole(
     found = fhir.get("/Observation", params={"subject": f"Patient/{patient_id}", "_count": "0"})
     assert found.json()["total"] == 9_999
     assert counts(engine)["fhir_resource"] == 10_000
+
+
+def test_versions_written_in_slices_move_heads_and_indexes_as_one_write(
+    fhir: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slices of 2: updates, creates and a delete fall in different slices of one transaction.
+    monkeypatch.setattr(ingest, "VERSIONS_PER_WRITE", 2)
+    first = kit.transaction(
+        *(kit.put_entry(kit.patient(id=f"s{i}", mrn=f"m{i}")) for i in range(3))
+    )
+    assert kit.statuses(_post(fhir, first).json()) == ["201 Created"] * 3
+    second = kit.transaction(
+        kit.put_entry(kit.patient(id="s0", mrn="n0")),
+        kit.put_entry(kit.patient(id="s3", mrn="m3")),
+        kit.entry(method="DELETE", url="Patient/s1"),
+        kit.put_entry(kit.patient(id="s2", mrn="n2")),
+        kit.put_entry(kit.patient(id="s4", mrn="m4")),
+    )
+    result = _post(fhir, second).json()
+    assert kit.statuses(result) == [
+        "200 OK",
+        "201 Created",
+        "204 No Content",
+        "200 OK",
+        "201 Created",
+    ]
+    assert fhir.get("Patient/s1").status_code == 410
+    assert fhir.get("Patient/s2").json()["meta"]["versionId"] == "2"
+    found = fhir.get("Patient", params={"identifier": f"{kit.MRN}|n0"}).json()
+    assert [e["resource"]["id"] for e in found.get("entry", [])] == ["s0"]
+    stale = fhir.get("Patient", params={"identifier": f"{kit.MRN}|m2"}).json()
+    assert stale.get("entry", []) == []
+    assert fhir.get("Patient/s4").json()["identifier"][0]["value"] == "m4"

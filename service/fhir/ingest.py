@@ -461,6 +461,10 @@ def apply_upserts(uow: UnitOfWork, entries: list[Entry], ctx: WriteContext) -> l
     return [results[e.index] for e in entries]
 
 
+# how many versions are serialised and written together (see `apply_entries`)
+VERSIONS_PER_WRITE = 1000
+
+
 def apply_entries(
     uow: UnitOfWork,
     entries: list[Entry],
@@ -478,16 +482,21 @@ def apply_entries(
             raise refused
     plans, writes, heads = _plan(session, entries, ctx, known_urls)
     results: dict[int, EntryResult] = {}
-    rows: list[fhir_versions.VersionRow] = []
     unchanged: list[tuple[int, Key]] = []
-    for p in writes:
-        row, results[p.entry.index] = _version_of(p, heads, ctx)
-        if row is not None:
-            rows.append(row)
-        elif results[p.entry.index].change == "unchanged":
-            unchanged.append((p.entry.index, (p.entry.resource_type or "", p.target_id or "")))
-    fhir_versions.write_versions(session, rows, heads, source=ctx.source, request_id=ctx.request_id)
-    uow.record(rows)
+    # Versions are serialised and written a slice at a time: the stored JSON of every entry held
+    # at once would cost about the body's size again on top of its parsed tree (issue 17).
+    for start in range(0, len(writes), VERSIONS_PER_WRITE):
+        rows: list[fhir_versions.VersionRow] = []
+        for p in writes[start : start + VERSIONS_PER_WRITE]:
+            row, results[p.entry.index] = _version_of(p, heads, ctx)
+            if row is not None:
+                rows.append(row)
+            elif results[p.entry.index].change == "unchanged":
+                unchanged.append((p.entry.index, (p.entry.resource_type or "", p.target_id or "")))
+        fhir_versions.write_versions(
+            session, rows, heads, source=ctx.source, request_id=ctx.request_id
+        )
+        uow.record(rows)
     _complete(session, plans, results, unchanged, ctx)
     return [results[e.index] for e in entries]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -153,17 +154,17 @@ def insert_events(
     session: Session,
     events: Sequence[TrialEvent],
     deps: Iterable[tuple[str, str, str]],
-    stored: dict[str, TrialEvent],
+    stored: dict[bytes, TrialEvent],
 ) -> None:
     """Store events (payload = their wire shape) and what they were computed from.
 
-    Each event is also put in `stored` under its payload, so reading it back in the same unit of
-    work needs no decoding (see `events_of`).
+    Each event is also put in `stored` under its payload's digest, so reading it back in the same
+    unit of work needs no decoding (see `events_of`).
     """
     rows = []
     for seq, e in enumerate(events):
         payload = orjson.dumps(e.to_json()).decode()
-        stored[payload] = e
+        stored[payload_key(payload)] = e
         rows.append(
             (
                 e.source.resource_type,
@@ -182,11 +183,17 @@ def insert_events(
     )
 
 
+def payload_key(payload: str) -> bytes:
+    """What `stored` events are found by: a digest, since the payloads themselves, kept for a whole
+    large write, cost about as much as the events (issue 17's memory target)."""
+    return hashlib.blake2b(payload.encode(), digest_size=16).digest()
+
+
 def events_of(
     session: Session,
     patient_ids: Sequence[str],
     kinds: Sequence[EventKind] | None = None,
-    stored: dict[str, TrialEvent] | None = None,
+    stored: dict[bytes, TrialEvent] | None = None,
     *,
     zone: dt.tzinfo,
 ) -> dict[str, list[TrialEvent]]:
@@ -200,7 +207,7 @@ def events_of(
     decode = _Decoder(zone)
     wanted = None if kinds is None else [k.value for k in kinds]
     for patient_id, payload in _payloads(session, patient_ids, wanted):
-        event = stored.get(payload)
+        event = stored.get(payload_key(payload)) if stored else None
         if event is None or event.patient_id != patient_id:
             out[patient_id].append(decode(payload, patient_id))
         else:

@@ -29,8 +29,8 @@ class UnitOfWork:
     written: Written = field(default_factory=dict)
     # every version written, (type, id, version, deleted), kept for the Provenance at the end
     versions: list[tuple[str, str, int, bool]] = field(default_factory=list)
-    # {payload: event} of the events stored here: reading them back needs no decoding
-    stored_events: dict[str, TrialEvent] = field(default_factory=dict)
+    # {payload digest: event} of the events stored here: reading them back needs no decoding
+    stored_events: dict[bytes, TrialEvent] = field(default_factory=dict)
     # the pseudonym key, once read or generated in this transaction
     pseudonym_key: bytes | None = None
     # studies whose cohort inputs this transaction changed (one change row each, see derivation)
