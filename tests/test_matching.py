@@ -58,6 +58,22 @@ def _subject(
     )
 
 
+def _control_like(
+    case: CirAESubject, sid: str, *, age: float, charlson: int, year: int
+) -> CirAESubject:
+    """A 1:2 control sharing the case's exact-match keys (sex, race, ICB type)."""
+    return _subject(
+        sid,
+        "control_2",
+        sex=case.sex,
+        race=case.race,
+        icb_type=case.icb_type,
+        age=age,
+        charlson=charlson,
+        year=year,
+    )
+
+
 # -- hand-built known answers --------------------------------------------------------------------
 
 
@@ -296,12 +312,9 @@ def test_the_indexed_search_picks_what_a_scan_of_every_control_picks(seed: int) 
             continue
         for j, delta in enumerate((edge, -edge, edge + 0.01, -(edge + 0.01), 0.0)):
             controls.append(
-                _subject(
+                _control_like(
+                    case,
                     f"E-{i:02d}-{j}",
-                    "control_2",
-                    sex=case.sex,
-                    race=case.race,
-                    icb_type=case.icb_type,
                     age=case.age_years + delta,
                     charlson=case.charlson + rng.choice((-1, 0, 1)),
                     year=case.icb_year + rng.choice((-2, -1, 0, 1, 2)),
@@ -374,12 +387,9 @@ def test_near_ties_pick_what_a_scan_of_every_control_picks(seed: int) -> None:
         offsets = [(0, 0), (0, 0), (1, 0), (0, 1), (0, 0), (0, 0), (1, 1)]
         for j, (age, (dy, dc)) in enumerate(zip(ages, offsets, strict=True)):
             controls.append(
-                _subject(
+                _control_like(
+                    case,
                     f"N-{i:02d}-{j}-{rng.randint(0, 9)}",
-                    "control_2",
-                    sex=case.sex,
-                    race=case.race,
-                    icb_type=case.icb_type,
                     age=age,
                     charlson=case.charlson + dc * rng.choice((-1, 1)),
                     year=case.icb_year + dy * rng.choice((-1, 1)),

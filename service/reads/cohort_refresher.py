@@ -162,13 +162,14 @@ def _records(
 ) -> list[Any]:
     """Each member reduced as soon as its chunk of events is read, its events dropped then: the
     process holds one chunk's events and the records, not every member's events."""
+    row_of = {r.patient_id: r for r in rows}  # a patient is a study's subject once
     records: list[Any] = []
-    done = 0
-    for events in trial_events.events_by_chunk(session, [r.patient_id for r in rows], zone=zone):
-        chunk, done = rows[done : done + len(events)], done + len(events)  # a patient once a study
-        for r in chunk:
-            member = Member(r.patient_id, r.subject_id, r.status, r.day1, events.pop(r.patient_id))
-            records.append(reduce(protocol, member))
+    for events in trial_events.events_by_chunk(session, list(row_of), zone=zone):
+        for patient_id in list(events):  # the chunk's patients, in the rows' order
+            r, own = row_of[patient_id], events.pop(patient_id)  # its events go once reduced
+            records.append(
+                reduce(protocol, Member(patient_id, r.subject_id, r.status, r.day1, own))
+            )
     return records
 
 

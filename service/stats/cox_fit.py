@@ -43,6 +43,12 @@ STEP_SIZE = 0.95
 PRECISION = 1e-8
 MAX_STEPS = 50
 LOW_VARIANCE = 1e-4
+# both Newton loops' warning when the log-likelihood nears 0 with a large step (lifelines' text)
+SEPARATION_WARNING = (
+    "The log-likelihood is getting suspiciously close to 0 and the delta is still large. There "
+    "may be complete separation in the dataset. This may result in incorrect inference of "
+    "coefficients."
+)
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -331,13 +337,7 @@ def fit_cox(
         elif steps >= max_steps or size <= 0.0001:
             completed = False
         elif abs(log_lik) < 0.0001 and norm_delta > 1.0:
-            warnings.warn(
-                "The log-likelihood is getting suspiciously close to 0 and the delta is still "
-                "large. There may be complete separation in the dataset. This may result in "
-                "incorrect inference of coefficients.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+            warnings.warn(SEPARATION_WARNING, ConvergenceWarning, stacklevel=2)
             completed = False
         else:
             stop_now = False
@@ -523,13 +523,7 @@ def fit_cox_ph(
         elif steps >= max_steps or size <= 0.00001:
             completed = False
         elif abs(log_lik) < 0.0001 and norm_delta > 1.0:
-            warnings.warn(
-                "The log-likelihood is getting suspiciously close to 0 and the delta is still "
-                "large. There may be complete separation in the dataset. This may result in "
-                "incorrect inference of coefficients.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+            warnings.warn(SEPARATION_WARNING, ConvergenceWarning, stacklevel=2)
             completed = False
         else:
             stop_now = False
