@@ -283,7 +283,6 @@ def test_a_write_records_its_audit_event_and_provenance_with_the_versions(
     rid, created = audited.call("ehr", "PUT", f"/fhir/Patient/{pid}", kit.patient(id=pid))
     assert created.status_code == 201, created.text
     event = next(e for e in audited.events() if _request_id(e) == rid)
-    assert _references(event) == [f"Patient/{pid}/_history/1"]
     assert "outcomeDesc" not in event  # recorded in the write's transaction, before any status
     provenance = [
         p
@@ -291,6 +290,8 @@ def test_a_write_records_its_audit_event_and_provenance_with_the_versions(
         if p["entity"][0]["what"]["identifier"]["value"] == rid
     ]
     assert [p["target"] for p in provenance] == [[{"reference": f"Patient/{pid}/_history/1"}]]
+    # the AuditEvent names the write's Provenance, which names the version
+    assert _references(event) == [f"Provenance/{provenance[0]['id']}"]
     assert provenance[0]["agent"][0]["who"]["identifier"]["value"] == "ehr"
     assert provenance[0]["activity"]["coding"][0]["code"] == "CREATE"
     with audited.engine.connect() as conn:  # the version and its records: one request, one write
@@ -302,6 +303,45 @@ def test_a_write_records_its_audit_event_and_provenance_with_the_versions(
             {"id": pid},
         ).scalar_one()
     assert stamped == rid
+
+
+def test_a_transactions_audit_event_leads_through_its_provenance_to_exactly_its_versions(
+    audited: Audited,
+) -> None:
+    pid = f"t-{uuid.uuid4().hex[:8]}"
+    audited.call("ehr", "PUT", f"/fhir/Patient/{pid}-u", kit.patient(id=f"{pid}-u"))
+    transaction = kit.bundle(
+        kit.put_entry(kit.patient(id=f"{pid}-a")),  # created: version 1
+        kit.put_entry(kit.patient(id=f"{pid}-u", mrn=f"MRN-{pid}")),  # changed: version 2
+        kit.put_entry(kit.observation(id=f"o-{pid}", code="Hemoglobin", patient=f"{pid}-a")),
+        kit.entry(method="GET", url=f"Patient/{pid}-a"),  # a read writes no version
+    )
+    rid, answer = audited.call("ehr", "POST", "/fhir", transaction)
+    assert answer.status_code == 200, answer.text
+    written = {
+        f"Patient/{pid}-a/_history/1",
+        f"Patient/{pid}-u/_history/2",
+        f"Observation/o-{pid}/_history/1",
+    }
+    event = next(e for e in audited.events() if _request_id(e) == rid)
+    (named,) = _references(event)  # one entity for the whole write, whatever its size
+    assert named.startswith("Provenance/")
+    _, read = audited.call("auditor", "GET", f"/fhir/{named}")
+    assert read.status_code == 200, read.text
+    provenance = read.json()
+    assert provenance["entity"][0]["what"]["identifier"]["value"] == rid
+    targets = [t["reference"] for t in provenance["target"]]
+    assert (len(targets), set(targets)) == (3, written)
+    # each resource written finds the write's AuditEvent, through the Provenance
+    for version in sorted(written):
+        resource = version.split("/_history/")[0]
+        _, found = audited.call("auditor", "GET", f"/fhir/AuditEvent?entity={resource}&agent=ehr")
+        assert rid in {_request_id(e["resource"]) for e in found.json()["entry"]}, resource
+    # and only that one: the auditor's read of the Provenance named it, but touched no patient
+    _, found = audited.call("auditor", "GET", f"/fhir/AuditEvent?entity=Patient/{pid}-a")
+    assert [_request_id(e["resource"]) for e in found.json()["entry"]] == [rid]
+    _, direct = audited.call("auditor", "GET", f"/fhir/AuditEvent?entity={named}")
+    assert len(direct.json()["entry"]) == 2  # the write's, and the auditor's read of it
 
 
 def test_a_refused_write_has_an_audit_event_and_no_provenance(audited: Audited) -> None:

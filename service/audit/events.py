@@ -250,11 +250,10 @@ def provenance(
         activity = "UPDATE"
     else:
         activity = None  # a mixed transaction: each target's own history says which
-    references = [Entity(f"{t}/{i}/_history/{v}") for t, i, v, _ in targets]
     resource: dict[str, Any] = {
         "resourceType": "Provenance",
         "id": rid,
-        "target": [{"reference": e.reference} for e in references],
+        "target": _TARGETS,
         "recorded": fhir_instant(recorded),
         **(
             {
@@ -291,5 +290,20 @@ def provenance(
             }
         ],
     }
-    content = orjson.dumps(resource).decode()
-    return Recorded(rid, "Provenance", recorded, client, request_id, content, _keys(references))
+    # The targets' JSON is written straight into the text: a Bundle's Provenance names tens of
+    # thousands of versions, and a dict per target would be built only to be serialised.
+    head, tail = orjson.dumps(resource).split(_TARGETS_JSON, 1)  # the first: before any text sent
+    content = b"".join((head, _targets_json(targets), tail)).decode()
+    keys = tuple(dict.fromkeys(clean(f"{t}/{i}", 300) for t, i, _, _ in targets))
+    return Recorded(rid, "Provenance", recorded, client, request_id, content, keys)
+
+
+_TARGETS = "\x00targets"  # where the targets go in the serialised Provenance
+_TARGETS_JSON = orjson.dumps(_TARGETS)
+
+
+def _targets_json(targets: Sequence[tuple[str, str, int, bool]]) -> bytes:
+    """`[{"reference": "Type/id/_history/n"}, …]` as JSON, without a dict per target."""
+    return b"[%b]" % b",".join(
+        b'{"reference":%b}' % orjson.dumps(f"{t}/{i}/_history/{v}") for t, i, v, _ in targets
+    )

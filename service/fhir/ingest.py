@@ -62,8 +62,14 @@ class WriteContext:
 
 
 def record_write(uow: UnitOfWork, ctx: WriteContext) -> None:
-    """The transaction's Provenance (what it wrote) and the request's AuditEvent, in the transaction."""
+    """The transaction's Provenance (what it wrote) and the request's AuditEvent, in the transaction.
+
+    The AuditEvent names the Provenance, which names every version written: one entity instead of
+    one per version (a 50 MB Bundle writes ~45 000), and the trail still resolves to exactly the
+    versions this request wrote (`AuditEvent?entity=` searches through it, see `audit_records`).
+    """
     records = []
+    written: list[Entity] = []
     if uow.versions:
         record = provenance(
             client=ctx.client,
@@ -72,11 +78,11 @@ def record_write(uow: UnitOfWork, ctx: WriteContext) -> None:
             targets=uow.versions,
         )
         records.append(record)
+        written.append(Entity(f"Provenance/{record.id}"))
         if ctx.provenance_ids is not None:
             uow.after_commit(partial(ctx.provenance_ids.append, record.id))
     note = ctx.audit
     if note is not None:
-        written = [Entity(f"{t}/{i}/_history/{v}") for t, i, v, _ in uow.versions]
         records.append(
             audit_event(
                 note,

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
@@ -88,12 +88,36 @@ def _conditions(query: AuditQuery) -> list[ColumnElement[bool]]:
     if query.agents:
         where.append(c.agent.in_(query.agents))
     if query.entities:
+        named = c.id.in_(select(_ENTITY.c.record_id).where(_ENTITY.c.entity.in_(query.entities)))
         where.append(
-            c.id.in_(select(_ENTITY.c.record_id).where(_ENTITY.c.entity.in_(query.entities)))
+            or_(named, _through_provenance(query.entities)) if query.kind == "AuditEvent" else named
         )
     for op, instant in query.recorded:
         where.append(c.recorded >= instant if op == ">=" else c.recorded < instant)
     return where
+
+
+def _through_provenance(entities: Sequence[str]) -> ColumnElement[bool]:
+    """An AuditEvent naming the Provenance of its own request that names one of these.
+
+    A write's AuditEvent names its Provenance (an `$import`'s, one per chunk) rather than each
+    version written. The request ids must agree: a read of a Provenance names it too, and that
+    read touched no resource it names.
+    """
+    event, target = _ENTITY.alias("event"), _ENTITY.alias("target")
+    written, request = _RECORD.alias("written"), _RECORD.alias("request")
+    found: ColumnElement[bool] = _RECORD.c.id.in_(
+        select(event.c.record_id)
+        .join(written, event.c.entity == literal("Provenance/").concat(written.c.id))
+        .join(target, target.c.record_id == written.c.id)
+        .join(request, request.c.id == event.c.record_id)
+        .where(
+            target.c.entity.in_(entities),
+            written.c.kind == "Provenance",
+            request.c.request_id == written.c.request_id,
+        )
+    )
+    return found
 
 
 def search(session: Session, query: AuditQuery) -> tuple[list[tuple[str, str]], int, int | None]:
