@@ -128,15 +128,11 @@ class _ModelGate:
         pending: PendingVerdicts,
         unguarded: RequestBytes | None,
     ) -> None:
-        self._body: Any = body
-        self._parsed: ParsedBundle | None = parsed
-        self._pending = pending
+        self._body, self._parsed, self._pending = body, parsed, pending
         self._unguarded = unguarded
 
     def settled(self) -> ParsedBundle:
         """The Bundle as if it had been parsed strictly and its models checked in place."""
-        if self._parsed is None:
-            raise AssertionError("the gate was asked after it let go of the Bundle")
         verdicts = self._pending.result(
             owed_checker(self._body, self._parsed), len(self._body["entry"])
         )
@@ -150,10 +146,6 @@ class _ModelGate:
 
     def __call__(self) -> None:
         _refuse(self.settled())
-
-    def release(self) -> None:
-        """The Bundle passed: its tree is not needed again."""
-        self._body = self._parsed = None
 
 
 class FhirService:
@@ -182,7 +174,6 @@ class FhirService:
         work: Callable[[UnitOfWork], T],
         ctx: WriteContext,
         gate: Callable[[], None] | None = None,
-        release: Callable[[], None] | None = None,
     ) -> T:
         """Run `work` and the derivation in one transaction; `gate` may still refuse the commit.
 
@@ -190,13 +181,8 @@ class FhirService:
         commit, and also first when the work fails, so a client hears of invalid content before
         anything the invalid content ran into, just as if it had been checked first. Derivation
         keeps nothing of a transaction that does not commit (caches and reports wait for it).
-
-        `release` lets go of the input once it is written, derived and checked, so the audit
-        records are built in the memory it held (a large Bundle's parsed tree): the work cannot be
-        run again after that, so a conflict past that point is answered 409 instead of retried.
         """
         attempts = self.settings.write_retries
-        released = False
         for attempt in range(1, attempts + 1):
             try:
                 with unit_of_work(self.engine) as uow:
@@ -209,15 +195,11 @@ class FhirService:
                         raise
                     if gate is not None:
                         gate()  # raising here rolls the whole unit of work back
-                    uow.stored_events.clear()  # derivation is done: its lookups are not needed
-                    if release is not None:
-                        released = True
-                        release()
                     record_write(uow, ctx)
                     uow.after_commit(partial(metrics.count_written, list(uow.versions)))
                     return result
             except DBAPIError as exc:  # IntegrityError and OperationalError among them
-                if _retryable(exc) and attempt < attempts and not released:
+                if _retryable(exc) and attempt < attempts:
                     time.sleep(random.uniform(0, 0.02 * 2**attempt))
                     continue
                 if _retryable(exc):
@@ -379,7 +361,7 @@ class FhirService:
 
     def bundle(self, body: Any, *, ctx: WriteContext) -> tuple[str, list[EntryResult]]:
         """POST /fhir with a Bundle: the response Bundle type and one result per entry."""
-        return self._bundle([body], None, ctx)
+        return self._bundle(body, None, ctx)
 
     def bundle_json(
         self, raw: bytes | RequestBytes, *, ctx: WriteContext
@@ -406,14 +388,12 @@ class FhirService:
         if strict:
             body = _parsed_strictly(data)
         del data  # a spooled body's bytes are not needed again
-        if source.spooled:  # a large body: its tree is kept until it is written and checked
+        if source.spooled:  # a large body: its tree is kept whole until the commit
             share_strings(body)
-        tree, large = [body], source.spooled
-        del body  # `_bundle` holds the only reference, so that it can let go of it
         if strict:
-            return self._bundle(tree, pending, ctx, release=large)
+            return self._bundle(body, pending, ctx)
         try:
-            return self._bundle(tree, pending, ctx, unguarded=source, release=large)
+            return self._bundle(body, pending, ctx, unguarded=source)
         except FhirError:
             # bytes that `loads` refuses get that answer, whatever else failed
             _parsed_strictly(source.read())
@@ -421,16 +401,11 @@ class FhirService:
 
     def _bundle(
         self,
-        tree: list[Any],
+        body: Any,
         pending: PendingVerdicts | None,
         ctx: WriteContext,
         unguarded: RequestBytes | None = None,
-        *,
-        release: bool = False,
     ) -> tuple[str, list[EntryResult]]:
-        """`tree` holds the parsed body and is emptied; `release`: an atomic Bundle's tree is let
-        go of once written and checked, before its audit records are built (see `_write`)."""
-        body = tree.pop()
         try:
             kind, _, _ = bundle_envelope(body)
         except InvalidContentError as exc:
@@ -451,23 +426,15 @@ class FhirService:
         gate = None if pending is None else _ModelGate(body, parsed, pending, unguarded)
         if parsed.failures:
             _refuse(parsed if gate is None else gate.settled())
-        entries, kind = parsed.entries, parsed.kind
-        del body, parsed  # from here on `entries` and the gate hold the tree
-
-        def let_go() -> None:
-            entries.clear()  # the entries' resources are the tree's own dicts
-            if gate is not None:
-                gate.release()
-
-        done = let_go if release else None
-        if kind == "transaction":
+        entries = parsed.entries
+        if parsed.kind == "transaction":
             return "transaction-response", self._write(
-                lambda uow: apply_entries(uow, entries, ctx), ctx, gate, done
+                lambda uow: apply_entries(uow, entries, ctx), ctx, gate
             )
         # collection / message: one atomic upsert, conditional references kept as sent
         upsert_ctx = replace(ctx, resolve_conditional_references=False)
         return "transaction-response", self._write(
-            lambda uow: apply_upserts(uow, entries, upsert_ctx), upsert_ctx, gate, done
+            lambda uow: apply_upserts(uow, entries, upsert_ctx), upsert_ctx, gate
         )
 
     def _batch(
