@@ -35,17 +35,25 @@ def sqlite_server(new_database: Any) -> Iterator[tuple[str, str]]:
     engine = make_engine(Settings(database_url=url))
     migrate.upgrade(engine)
     engine.dispose()
-    server, thread, base = start_server(Settings(database_url=url))
+    # no background cohort refresh: only the writes' own statements are examined
+    server, thread, base = start_server(
+        Settings(database_url=url, cohort_refresh_interval_seconds=0)
+    )
     yield f"{base}/fhir", url.removeprefix("sqlite:///")
     stop_server(server, thread)
 
 
 def _statements_while(path: str, post: Any) -> list[tuple[str, Any]]:
-    """The single-row statements (not executemany) run on the database at `path` during `post`."""
+    """The single-row statements (not executemany) that write transactions ran on the database at
+    `path` during `post`."""
     seen: list[tuple[str, Any]] = []
 
     def note(conn: Any, _cursor: Any, statement: str, params: Any, _ctx: Any, many: bool) -> None:
-        if not many and conn.engine.url.database == path:
+        if (
+            not many
+            and conn.engine.url.database == path
+            and conn.get_execution_options().get("trialbridge_write")
+        ):
             seen.append((statement, params))
 
     event.listen(Engine, "before_cursor_execute", note)
