@@ -1,4 +1,4 @@
-"""One-patient transactions into a copy of a loaded SQLite database, as a share of validation.
+"""One-patient transactions into a copy of a loaded database, as a share of validation.
 
 `bench/cohorts.py` measures the same figure once per size as part of a whole cohort run; this
 script measures only it, on a copy of a database that run kept (`--keep`), so that two checkouts
@@ -24,11 +24,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import _free_port, _stop, _wait_healthy  # a sibling script, not a package
+from ingest import (  # a sibling script, not a package
+    DEFAULT_POSTGRES,
+    _free_port,
+    _stop,
+    _wait_healthy,
+)
 from small_transactions import post_round, validate_round
 
 SERVICE_ENV = {
@@ -46,14 +52,40 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def served_copy(database: Path, checkout: Path, workdir: Path) -> Iterator[tuple[str, int]]:
+def database_copy(database: str, workdir: Path) -> Iterator[str]:
+    """The URL of a fresh copy: of a SQLite file, or of a PostgreSQL database given as
+    `postgresql:NAME` (a `CREATE DATABASE … TEMPLATE NAME` on the benchmarks' server, dropped
+    after; nobody may be connected to NAME meanwhile)."""
+    if not database.startswith("postgresql:"):
+        copy = workdir / "copy.db"
+        for suffix in ("", "-wal"):
+            if Path(f"{database}{suffix}").exists():
+                shutil.copyfile(f"{database}{suffix}", f"{copy}{suffix}")
+        yield f"sqlite:///{copy}"
+        return
+    import psycopg  # only this case needs it
+
+    template, name = database.split(":", 1)[1], f"bench_writes_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{DEFAULT_POSTGRES}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield f"{DEFAULT_POSTGRES}/{name}"
+    finally:
+        with psycopg.connect(f"{DEFAULT_POSTGRES}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def served_copy(database: str, checkout: Path, workdir: Path) -> Iterator[tuple[str, int]]:
     """A migrated copy of the database served by the checkout: (base URL, service pid)."""
-    copy = workdir / "copy.db"
-    for suffix in ("", "-wal"):
-        if Path(f"{database}{suffix}").exists():
-            shutil.copyfile(f"{database}{suffix}", f"{copy}{suffix}")
+    with database_copy(database, workdir) as url, _served(url, checkout, workdir) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def _served(url: str, checkout: Path, workdir: Path) -> Iterator[tuple[str, int]]:
     python = checkout / ".venv" / "bin" / "python"
-    env = {**os.environ, **SERVICE_ENV, "DATABASE_URL": f"sqlite:///{copy}"}
+    env = {**os.environ, **SERVICE_ENV, "DATABASE_URL": url}
     subprocess.run(
         [str(python), "-m", "api.cli", "migrate"], cwd=checkout, env=env, check=True,
         capture_output=True,
@@ -74,7 +106,7 @@ def served_copy(database: Path, checkout: Path, workdir: Path) -> Iterator[tuple
             _stop(proc)
 
 
-def measure(database: Path, checkout: Path, seconds: float) -> dict[str, float]:
+def measure(database: str, checkout: Path, seconds: float) -> dict[str, float]:
     """One round: rate, validation rate, ratio, service CPU ms per transaction, load."""
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         with served_copy(database, checkout, Path(tmp)) as (base, pid):
@@ -97,7 +129,9 @@ def measure(database: Path, checkout: Path, seconds: float) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure each checkout in turn, `--rounds` times, and print one line per measurement."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("database", type=Path, help="a loaded SQLite file (read, never written)")
+    parser.add_argument(
+        "database", help="a loaded SQLite file, or postgresql:NAME (read, never written)"
+    )
     parser.add_argument(
         "--checkout", type=Path, action="append", help="a checkout with its own .venv (repeat)"
     )
