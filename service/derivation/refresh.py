@@ -278,6 +278,7 @@ class Derivation:
         now = self.clock()
         facts_of: dict[tuple[str, str], SubjectFacts | None] = {}
         changed: set[str] = set()
+        with_rows = {patient_id for _, patient_id in existing}  # whose read tokens to renew
         for study_id, protocol in sorted(self.protocols.items()):
             for patient_id in patient_ids:
                 facts = membership(protocol, events.get(patient_id, []))
@@ -304,6 +305,7 @@ class Derivation:
                 study_subjects.upsert_subject(
                     session, {**values, "updated_at": now}, row is not None
                 )
+                with_rows.add(patient_id)
                 changed.add(study_id)
         for study_id, protocol in sorted(self.protocols.items()):
             refresh = kind_of(protocol).refresh
@@ -319,8 +321,10 @@ class Derivation:
             )
             if refresh(uow, protocol, batch):
                 changed.add(study_id)  # its screening list is a cohort input too
-        # cached timelines and outcomes of these subjects (service.reads.subject_cache) go stale
-        study_subjects.renew_read_tokens(session, patient_ids, secrets.token_hex(16))
+        # cached timelines and outcomes of these subjects (service.reads.subject_cache) go stale;
+        # a patient who is nobody's subject has no row to renew (no statement for most writes)
+        if with_rows:
+            study_subjects.renew_read_tokens(session, sorted(with_rows), secrets.token_hex(16))
         self._mark_changed(uow, changed)
 
     def _mark_changed(self, uow: UnitOfWork, studies: set[str]) -> None:

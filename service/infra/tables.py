@@ -149,6 +149,8 @@ class StudySubject(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("study_id", "subject_id", name="uq_study_subject_subject_id"),
         Index("ix_study_subject_number", "study_id", "subject_number"),
+        # a write reads and renews one patient's rows in every study (migration 0016)
+        Index("ix_study_subject_patient", "patient_id"),
     )
 
     study_id: str = Field(primary_key=True, max_length=64)
@@ -203,6 +205,7 @@ class DeviationRow(SQLModel, table=True):
         Index("ix_deviation_study_subject", "study_id", "subject_id"),
         Index("ix_deviation_study_status", "study_id", "status"),
         Index("ix_deviation_study_id", "study_id", "id"),  # pages in id order, no sort
+        Index("ix_deviation_study_patient", "study_id", "patient_id"),  # a write's look-up
     )
 
     id: str = Field(primary_key=True, max_length=40)

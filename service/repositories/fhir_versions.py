@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select
+from sqlalchemy import Connection, delete, func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel
 
@@ -107,23 +108,22 @@ def load_heads(session: Session, keys: Iterable[Key]) -> dict[Key, Head]:
     """Current heads of the given resources, in as few queries as possible."""
     conn = session.connection()
     out: dict[Key, Head] = {}
-    for rtype, ids in by_type(keys):
-        if conn.dialect.name == "postgresql":
-            rows: Iterable[Any] = _pg_heads(conn, rtype, ids)
-        else:
-            rows = session.execute(_HEADS_OF, {"rtype": rtype, "ids": ids})
+    if conn.dialect.name == "postgresql":
+        groups: Iterable[Iterable[Any]] = (_pg_heads(conn, t, ids) for t, ids in by_type(keys))
+    else:
+        groups = _sqlite_heads(session, sorted(set(keys)))
+    for rows in groups:
         for rt, rid, vid, last_updated, digest, deleted in rows:
             out[(rt, rid)] = Head(vid, last_updated, digest, deleted)
     return out
 
 
-def _heads_of() -> Any:
-    """Built once (with its parameters bound at execution): building a statement per call
-    cost more than running it."""
-    return select(*(_HEAD.c[name] for name in _HEAD_COLUMNS)).where(
-        _HEAD.c.resource_type == bindparam("rtype"),
-        _HEAD.c.resource_id.in_(bindparam("ids", expanding=True)),
-    )
+def _sqlite_heads(session: Session, keys: list[Key]) -> Iterator[Iterable[Any]]:
+    """Every type in one statement of one parameter (a JSON list of keys), CHUNK keys at a time:
+    a small write's two or three look-ups were each a statement built with an IN list per call.
+    SQLite searches the primary key once per key (`tests/test_write_plans.py`)."""
+    for i in range(0, len(keys), CHUNK):
+        yield session.execute(_SQLITE_HEADS_OF, {"keys": json.dumps(keys[i : i + CHUNK])})
 
 
 def _pg_heads(conn: Connection, rtype: str, ids: list[str]) -> list[tuple[Any, ...]]:
@@ -253,7 +253,10 @@ _HEAD_COLUMNS = (
     "deleted",
 )
 _VERSION_COLUMNS = (*_HEAD_COLUMNS, "content", "source", "request_id")
-_HEADS_OF = _heads_of()
+_SQLITE_HEADS_OF = text(
+    f"SELECT {', '.join(_HEAD_COLUMNS)} FROM fhir_resource WHERE (resource_type, resource_id) IN "
+    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:keys))"
+).columns(*(_HEAD.c[name] for name in _HEAD_COLUMNS))
 _VALUESET_GENERATION = select(func.count(), func.max(_HEAD.c.last_updated)).where(
     _HEAD.c.resource_type == "ValueSet"
 )
