@@ -4,10 +4,11 @@
 time a candidate's stored result is written (service.repositories.eligibility_results). A process
 that cached a candidate's stored eligibility answer serves it again only while the token it read
 is unchanged: the hit path reads one indexed column instead of the whole stored row. Rows that
-exist already get a token here.
+exist already get a token here. Developed on 0015; it follows 0016 (per-patient lookups indexed,
+another branch), which must be merged first.
 
 Revision ID: 0017
-Revises: 0015
+Revises: 0016
 Create Date: 2026-12-04
 """
 
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0017"
-down_revision: str | None = "0015"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
