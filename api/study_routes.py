@@ -80,11 +80,14 @@ async def subject_timeline(
     reader: ReaderDep, seal: SealDep, study_id: str, subject_id: str
 ) -> Response:
     """Every event with its date (and precision), study day, values and evidence id."""
-    answer = await run_in_threadpool(
-        lambda: reader.timeline_answer(
-            study_id, subject_id, lambda found: views.timeline_answer(found, seal)
+    # a kept answer whose read token is current needs no worker thread (SQLite)
+    answer: views.Stamped | None = reader.timeline_kept(study_id, subject_id)
+    if answer is None:
+        answer = await run_in_threadpool(
+            lambda: reader.timeline_answer(
+                study_id, subject_id, lambda found: views.timeline_answer(found, seal)
+            )
         )
-    )
     return Response(answer.at(utcnow()), media_type="application/json")
 
 
@@ -129,11 +132,13 @@ async def subject_eligibility(
 ) -> dict[str, Any] | Response:
     """Stored result (kept current on ingest) by default; computed on demand for a given as_of."""
     if as_of is None:
-        stored = await run_in_threadpool(
-            lambda: reader.stored_eligibility_answer(
-                study_id, subject_id, lambda found: views.eligibility_answer(found, seal)
+        stored: bytes | None = reader.stored_eligibility_kept(study_id, subject_id)  # as above
+        if stored is None:
+            stored = await run_in_threadpool(
+                lambda: reader.stored_eligibility_answer(
+                    study_id, subject_id, lambda found: views.eligibility_answer(found, seal)
+                )
             )
-        )
         return Response(stored, media_type="application/json")
     found = await run_in_threadpool(lambda: reader.subject_eligibility(study_id, subject_id, as_of))
     return views.candidate_eligibility(found, seal)
@@ -148,11 +153,13 @@ async def subject_outcomes(
     reader: ReaderDep, seal: SealDep, study_id: str, subject_id: str
 ) -> Response:
     """Computed from the subject's current events, with the evidence of each endpoint."""
-    answer = await run_in_threadpool(
-        lambda: reader.outcomes_answer(
-            study_id, subject_id, lambda found: views.endpoints_answer(found, seal)
+    answer: views.Stamped | None = reader.outcomes_kept(study_id, subject_id)  # as above
+    if answer is None:
+        answer = await run_in_threadpool(
+            lambda: reader.outcomes_answer(
+                study_id, subject_id, lambda found: views.endpoints_answer(found, seal)
+            )
         )
-    )
     return Response(answer.at(utcnow()), media_type="application/json")
 
 

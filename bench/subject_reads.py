@@ -257,12 +257,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def profiling(pid: int, out: Path, seconds: float) -> Iterator[None]:
-    """py-spy record of the server while the block runs (a flame graph SVG)."""
+def profiling(pid: int, out: Path, seconds: float, fmt: str = "flamegraph") -> Iterator[None]:
+    """py-spy record of the server while the block runs (a flame graph SVG, or `raw`: collapsed
+    stacks, one per line with its sample count, for summing by function)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         raise BenchError("--profile needs py-spy: .venv/bin/pip install py-spy")
     command = [spy, "record", "--pid", str(pid), "--output", str(out), "--rate", "250"]
+    command += ["--format", fmt]
     command += ["--duration", str(max(1, round(seconds))), "--nonblocking"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -308,9 +310,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     wrk(base, paths_file, bearer, seconds=1, connections=2, rate=None)  # warm
                     entry: dict[str, Any] = {"subjects": len(paths)}
                     entry["load_before_max"] = load_average()
-                    flame = RESULTS / f"subject-reads-{args.label}-{name}.svg"
+                    suffix = "svg" if args.profile_format == "flamegraph" else "txt"
+                    flame = RESULTS / f"subject-reads-{args.label}-{name}.{suffix}"
                     with (
-                        profiling(pid, flame, args.seconds)
+                        profiling(pid, flame, args.seconds, args.profile_format)
                         if args.profile == name
                         else contextlib.nullcontext()
                     ):
@@ -366,6 +369,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--endpoints", help="comma-separated subset (timeline,outcomes,...)")
     parser.add_argument("--label", default="run")
     parser.add_argument("--profile", help="py-spy record the server during this endpoint's run")
+    parser.add_argument(
+        "--profile-format",
+        choices=("flamegraph", "raw"),
+        default="flamegraph",
+        help="py-spy's output: an SVG flame graph, or raw collapsed stacks (.txt)",
+    )
     parser.add_argument(
         "--no-auth",
         action="store_true",

@@ -11,6 +11,11 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
+from api.app import create_app
+from api.auth import router as auth_router
+from api.bulk_import import router as bulk_import_router
+from api.fhir_routes import audit_router, open_router
+from api.fhir_routes import router as fhir_router
 from service.infra.settings import Settings
 from tests.conftest import LiveServer, counts, start_server, stop_server
 from tests.kit import fhir as kit
@@ -579,3 +584,29 @@ def test_dates_at_the_ends_of_the_calendar_are_stored_and_derived(
     ):
         answer = api.get(path)
         assert answer.status_code == 200, (path, answer.text[:500])
+
+
+def _head(template: str) -> str:
+    """A route template's literal start: every path it matches begins with it."""
+    return template.split("{", 1)[0]
+
+
+def test_study_routes_tried_first_cannot_take_a_path_of_a_router_declared_before_them() -> None:
+    """Routing tries the study routes first (api.app.routing_order): that changes no answer only
+    if no route declared before them matches a path they match. Two templates can match one path
+    only if one's literal start begins the other's; the OpenAPI document keeps the declared order."""
+    app = create_app()
+    paths = list(app.openapi()["paths"])
+    first_study = next(n for n, p in enumerate(paths) if p.startswith("/api/v1/studies"))
+    before, study = paths[:first_study], [p for p in paths if p.startswith("/api/v1/studies")]
+    assert len(before) == 14  # /auth (2), /fhir (12), as declared
+    assert paths.index("/api/v1/studies/{study_id}/subjects/{subject_id}/timeline") > first_study
+    routers = (auth_router, open_router, audit_router, bulk_import_router, fhir_router)
+    hidden = [getattr(r, "path", "") for router in routers for r in router.routes]  # and /fhir/
+    before += [p for p in hidden if p not in before]
+    assert len(before) == 15
+    for template in study:
+        for earlier in before:
+            a, b = _head(template), _head(earlier)
+            assert not a.startswith(b), (template, earlier)
+            assert not b.startswith(a), (template, earlier)

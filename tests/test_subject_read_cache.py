@@ -5,21 +5,28 @@ and after a write through another server process."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 
-from api import schemas, views
+from api import schemas, study_routes, views
 from service.derivation.catalog import load_catalog
+from service.infra.db import make_engine
+from service.infra.loop_reads import LoopReads
+from service.infra.settings import Settings
 from service.privacy.evidence import EvidenceCodec
 from service.reads.study_reader import StudyReader
 from service.reads.subject_cache import SubjectCache
 from tests.conftest import FHIR_JSON, LiveServer, start_server, stop_server
 from tests.kit import fhir as kit
+from tests.kit.client import put_resources
 from tests.test_study_api import _enrolled_patient
 
 NCT = "NCT06088771"
@@ -75,10 +82,10 @@ def _same(served: dict[str, Any], fresh: dict[str, Any], read: str) -> None:
     assert served == wire
 
 
-def _token(engine: Engine, subject_id: str) -> str:
+def _token(engine: Engine, subject_id: str, table: str = "study_subject") -> str:
     with engine.connect() as conn:
         token = conn.execute(
-            text("SELECT read_token FROM study_subject WHERE subject_id = :s"), {"s": subject_id}
+            text(f"SELECT read_token FROM {table} WHERE subject_id = :s"), {"s": subject_id}
         ).scalar_one()
     assert isinstance(token, str)
     assert len(token) == 32
@@ -214,3 +221,160 @@ def test_the_cache_keeps_one_version_per_key_and_a_byte_budget() -> None:
     off: SubjectCache[bytes] = SubjectCache(0)
     off.put("a", 1, b"x")
     assert off.get("a", 1) is None
+
+
+# A lung-cancer candidate (NSCLC, confirmed, no clinical status): indeterminate; a rheumatoid
+# arthritis diagnosis is an exclusion that is met: ineligible (as in test_webhooks).
+CANDIDATE = partial(kit.condition, patient="p9", onset="2025-01-15", clinical=None)
+
+
+def _eligibility(api: httpx.Client, server: LiveServer, engine: Engine, subject_id: str) -> Any:
+    """The stored result read twice (the second from the cache), each equal to a fresh one."""
+    first = _served(api, subject_id, "eligibility")
+    again = _served(api, subject_id, "eligibility")
+    assert again == first
+    _same(again, _fresh(server, engine, subject_id, "eligibility"), "eligibility")
+    return again
+
+
+def test_a_stored_result_has_its_own_read_token_and_a_change_through_another_process_is_seen(
+    api: httpx.Client, fhir: httpx.Client, server: LiveServer, engine: Engine
+) -> None:
+    """Every write of a candidate's stored result renews the row's own read token; a server that
+    cached the answer serves the changed result written through another server process."""
+    put_resources(
+        fhir, kit.patient(id="p9", gender="female"), CANDIDATE(id="p9-dx", code=kit.NSCLC)
+    )
+    candidates = api.get(f"/studies/{NCT}/eligibility").json()["candidates"]
+    assert len(candidates) == 1
+    subject_id = candidates[0]["subject_id"]
+    first = _eligibility(api, server, engine, subject_id)
+    assert first["overall"] == "indeterminate"
+    token = _token(engine, subject_id, "eligibility_result")
+
+    # a write through this server that re-screens the candidate: a new token
+    put_resources(fhir, kit.patient(id="p9", gender="female", birth_date="1960"))
+    assert _token(engine, subject_id, "eligibility_result") != token
+    token = _token(engine, subject_id, "eligibility_result")
+    assert _eligibility(api, server, engine, subject_id)["overall"] == "indeterminate"
+
+    # the exclusion, written through another process: the cached answer is not served again
+    other, thread, url = start_server(server.settings)
+    try:
+        with httpx.Client(base_url=f"{url}/fhir", headers=FHIR_JSON, timeout=60) as client:
+            put_resources(client, CANDIDATE(id="p9-ra", code=kit.RHEUMATOID_ARTHRITIS))
+    finally:
+        stop_server(other, thread)
+    assert _token(engine, subject_id, "eligibility_result") != token
+    changed = _eligibility(api, server, engine, subject_id)
+    assert changed["overall"] == "ineligible"
+    assert changed != first
+
+
+def test_a_current_kept_answer_needs_no_worker_thread_on_sqlite(
+    api: httpx.Client,
+    fhir: httpx.Client,
+    server: LiveServer,
+    engine: Engine,
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SQLite: a kept answer whose token is current is served from the event loop, and one whose
+    token moved is read again in a worker thread, current. PostgreSQL: every read takes the thread
+    (its lookup is a network round trip)."""
+    _enrolled_patient(fhir)
+    put_resources(
+        fhir, kit.patient(id="p9", gender="female"), CANDIDATE(id="p9-dx", code=kit.NSCLC)
+    )
+    subject_id = api.get(f"/studies/{NCT}/subjects").json()["subjects"][0]["subject_id"]
+    candidates = api.get(f"/studies/{NCT}/eligibility").json()["candidates"]
+    (candidate,) = {c["subject_id"] for c in candidates} - {subject_id}  # p9
+    paths = [(subject_id, "timeline"), (subject_id, "outcomes"), (candidate, "eligibility")]
+    threaded: list[str] = []
+    run = study_routes.run_in_threadpool  # type: ignore[attr-defined]
+
+    async def counting(work: Any) -> Any:
+        threaded.append("thread")
+        return await run(work)
+
+    monkeypatch.setattr(study_routes, "run_in_threadpool", counting)
+    for who, read in paths:  # may be kept from an earlier test: read it once to be sure
+        _served(api, who, read)
+    threaded.clear()
+    for who, read in paths:
+        _same(_served(api, who, read), _fresh(server, engine, who, read), read)
+    assert len(threaded) == (0 if backend == "sqlite" else 3)
+
+    # a new event and a new diagnosis: every token moves, each answer is read again, once
+    assert api.get(f"/studies/{NCT}/subjects/{subject_id}/timeline").json()["events"]
+    fhir.put("/AdverseEvent/p1-ae", json=AE)
+    put_resources(fhir, CANDIDATE(id="p9-ra", code=kit.RHEUMATOID_ARTHRITIS))
+    threaded.clear()
+    for who, read in paths:
+        _same(_served(api, who, read), _fresh(server, engine, who, read), read)
+    assert len(threaded) == 3
+    threaded.clear()
+    for who, read in paths:
+        _served(api, who, read)
+    assert len(threaded) == (0 if backend == "sqlite" else 3)
+    assert _served(api, candidate, "eligibility")["overall"] == "ineligible"
+
+
+def _sqlite_with_row(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT)")
+        conn.execute("INSERT INTO t VALUES ('a', 'one')")
+
+
+LOOKUP = "SELECT v FROM t WHERE k = ?"
+
+
+def test_loop_lookups_see_each_commit_and_never_wait_for_a_lock(tmp_path: Path) -> None:
+    """Each lookup sees what was committed before it (no read transaction is left open between
+    lookups); a lock SQLite would wait for gives "not known here" at once (busy_timeout 0), and
+    the next lookup after it is answered again."""
+    path = tmp_path / "loop.db"
+    _sqlite_with_row(path)
+    engine = make_engine(Settings(database_url=f"sqlite:///{path}"))  # WAL, as the service runs
+    with engine.begin() as conn:
+        conn.execute(text("SELECT 1"))
+    reads = LoopReads(engine)
+    assert reads.enabled
+    assert reads.scalar(LOOKUP, ("a",)) == "one"
+    assert reads.scalar(LOOKUP, ("b",)) is None
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE t SET v = 'two' WHERE k = 'a'"))
+    assert reads.scalar(LOOKUP, ("a",)) == "two"
+    raw = reads._connection()
+    assert raw is not None
+    assert raw.execute("PRAGMA busy_timeout").fetchone() == (0,)
+    assert raw.execute("PRAGMA query_only").fetchone() == (1,)
+    engine.dispose()
+    reads.close()
+
+    # a rollback-journal database under an exclusive lock: readers would have to wait
+    plain = tmp_path / "plain.db"
+    _sqlite_with_row(plain)
+    holder = sqlite3.connect(plain, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    locked = LoopReads(make_engine(Settings(database_url=f"sqlite:///{plain}")))
+    assert locked.scalar(LOOKUP, ("a",)) is None
+    holder.execute("ROLLBACK")
+    assert locked.scalar(LOOKUP, ("a",)) == "one"
+    holder.close()
+    locked.close()
+
+
+def test_loop_lookups_answer_nothing_for_a_missing_file_memory_or_postgresql(
+    tmp_path: Path,
+) -> None:
+    """A missing file is not created (a lookup is never a new empty database); an in-memory
+    database and PostgreSQL are not looked up on the loop at all."""
+    gone = tmp_path / "gone.db"
+    missing = LoopReads(make_engine(Settings(database_url=f"sqlite:///{gone}")))
+    assert missing.enabled
+    assert missing.scalar(LOOKUP, ("a",)) is None
+    assert not gone.exists()
+    assert not LoopReads(create_engine("sqlite://")).enabled
+    postgres = make_engine(Settings(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    assert not LoopReads(postgres).enabled

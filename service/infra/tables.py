@@ -195,6 +195,8 @@ class EligibilityRow(SQLModel, table=True):
     as_of: dt.date = Field(sa_column=Column(Date(), nullable=False))
     computed_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     payload: str = Field(sa_column=Column(Text(), nullable=False))
+    # renewed by every write of the row: the cached stored-eligibility answer keys on it
+    read_token: str | None = Field(default=None, max_length=32)
 
 
 class DeviationRow(SQLModel, table=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -17,6 +17,7 @@ from fhir_mapping.partial_dates import in_zone, parse_partial_date, study_day
 from service.errors import ApiError
 from service.infra.clock import utcnow
 from service.infra.db import reading_rows
+from service.infra.loop_reads import LoopReads
 from service.protocol.schema import StudyProtocol
 from service.reads.access import capability, find_protocol, read
 from service.reads.paging import decode_cursor, encode_cursor
@@ -79,6 +80,11 @@ class StudyReader:
     zone: dt.tzinfo = dt.UTC  # the site's time zone: events are read in its calendar
     # rendered per-subject answers of this process (service.reads.subject_cache)
     cache: SubjectCache[Any] = field(default_factory=lambda: SubjectCache(DEFAULT_CACHE_BYTES))
+    # the read-token check of a cached answer, made on the event loop (SQLite only)
+    loop_reads: LoopReads = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "loop_reads", LoopReads(self.engine))  # frozen: set once here
 
     def protocol(self, study_id: str) -> StudyProtocol:
         """The protocol of a study this deployment serves, else 404."""
@@ -143,6 +149,33 @@ class StudyReader:
         if row.read_token is not None:
             self.cache.put(key, row.read_token, value)
         return value
+
+    def _kept(self, read: str, study_id: str, subject_id: str, token_sql: str) -> Any | None:
+        """The answer kept for `read` of this subject if the read token it was rendered at is
+        still the stored one, asked without waiting (on the event loop); None when that is not
+        known here (nothing kept, another token, PostgreSQL, a lock): the caller reads in a worker
+        thread (`timeline_answer` and the others), which checks the token again."""
+        if not self.loop_reads.enabled or not self.cache.holds((read, study_id, subject_id)):
+            return None
+        token = self.loop_reads.scalar(token_sql, (study_id, subject_id))
+        return None if token is None else self.cache.get((read, study_id, subject_id), token)
+
+    def timeline_kept(self, study_id: str, subject_id: str) -> Any | None:
+        """`timeline_answer`'s kept answer while it is current, without waiting, else None."""
+        self.protocol(study_id)  # an unknown study is a 404 as on the full path
+        return self._kept("timeline", study_id, subject_id, study_subjects.READ_TOKEN_SQLITE)
+
+    def outcomes_kept(self, study_id: str, subject_id: str) -> Any | None:
+        """`outcomes_answer`'s kept answer while it is current, without waiting, else None."""
+        capability(self.protocols, study_id, "subject_outcomes", "per-subject trial outcomes")
+        return self._kept("outcomes", study_id, subject_id, study_subjects.READ_TOKEN_SQLITE)
+
+    def stored_eligibility_kept(self, study_id: str, subject_id: str) -> Any | None:
+        """`stored_eligibility_answer`'s kept answer while it is current, without waiting."""
+        capability(self.protocols, study_id, "screening", "eligibility criteria")
+        return self._kept(
+            "eligibility", study_id, subject_id, eligibility_results.READ_TOKEN_SQLITE
+        )
 
     def subjects(
         self,
@@ -266,10 +299,15 @@ class StudyReader:
     def stored_eligibility_answer(
         self, study_id: str, subject_id: str, render: Callable[[CandidateEligibility], R]
     ) -> R:
-        """`render` of the candidate's stored result, served again while the stored row is the
-        same (its content is the version)."""
+        """`render` of the candidate's stored result, served again while the stored row holds the
+        read token it was rendered at (every write of the row gives it a new one)."""
         protocol, _ = capability(self.protocols, study_id, "screening", "eligibility criteria")
-        with reading_rows(self.engine) as conn:  # the hot path: one row, no ORM session
+        key = ("eligibility", study_id, subject_id)
+        with reading_rows(self.engine) as conn:  # the hot path: one indexed column, no ORM
+            exists, token = eligibility_results.read_token(conn, study_id, subject_id)
+            cached = self.cache.get(key, token) if exists and token is not None else None
+            if cached is not None:
+                return cast(R, cached)
             row = eligibility_results.find_eligibility(conn, study_id, subject_id)
         if row is None:
             raise ApiError(
@@ -277,13 +315,10 @@ class StudyReader:
                 "subject_not_found",
                 f"no screening candidate {subject_id!r} in study {study_id}",
             )
-        key = ("eligibility", study_id, subject_id)
-        version: Hashable = (row.computed_at, row.at_enrollment, row.payload)
-        hit = self.cache.get(key, version)
-        if hit is not None:
-            return cast(R, hit)
+        # the token and the content come from one row, read together
         value = render(_stored_eligibility(protocol, subject_id, row))
-        self.cache.put(key, version, value)
+        if row.read_token is not None:
+            self.cache.put(key, row.read_token, value)
         return value
 
     def subject_eligibility(

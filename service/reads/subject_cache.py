@@ -7,7 +7,7 @@ so an answer rendered from data read together with token T is current for as lon
 still holds T: a read looks the token up (one indexed row) and serves the stored bytes, or
 renders, stores and serves. Tokens are random and never reused, so a subject deleted and
 re-derived, or another process's write, can never revive an old answer. The stored screening
-result (eligibility) keys on the stored row's content itself.
+result (eligibility) keys on its own row's `read_token`, renewed by every write of that row.
 
 Bounded by bytes, least recently used first out; each process has its own.
 """
@@ -46,6 +46,10 @@ class SubjectCache(Generic[V]):
                 return None
             self._entries.move_to_end(key)
             return found[1]
+
+    def holds(self, key: Hashable) -> bool:
+        """Whether some version of `key` is kept (a lookup of its current version may pay)."""
+        return key in self._entries
 
     def put(self, key: Hashable, version: Hashable, value: V) -> None:
         """Keep `value` as the answer of `key` at `version` (replacing any other version)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,8 +34,9 @@ def eligibility_of(session: Session, study_id: str, patient_ids: Sequence[str]) 
 
 
 def save_eligibility(session: Session, values: dict[str, Any], exists: bool) -> None:
-    """Insert or replace one candidate's result."""
-    save_per_patient(session, _ELIGIBILITY, values, exists)
+    """Insert or replace one candidate's result, with a new read token: cached reads go stale."""
+    fresh = {**values, "read_token": secrets.token_hex(16)}
+    save_per_patient(session, _ELIGIBILITY, fresh, exists)
 
 
 def delete_eligibility(session: Session, study_id: str, patient_id: str) -> None:
@@ -61,6 +63,25 @@ def find_eligibility(session: Session | Connection, study_id: str, subject_id: s
     return session.execute(
         select(_ELIGIBILITY).where(c.study_id == study_id, c.subject_id == subject_id)
     ).first()
+
+
+_READ_TOKEN = select(_ELIGIBILITY.c.read_token).where(
+    _ELIGIBILITY.c.study_id == bindparam("study_id"),
+    _ELIGIBILITY.c.subject_id == bindparam("subject_id"),
+)
+
+
+# The same lookup in SQLite's own SQL, for service.infra.loop_reads (on the event loop)
+READ_TOKEN_SQLITE = (
+    "SELECT read_token FROM eligibility_result WHERE study_id = ? AND subject_id = ?"
+)
+
+
+def read_token(conn: Connection, study_id: str, subject_id: str) -> tuple[bool, str | None]:
+    """(whether the candidate has a stored result, its read token): the check before a cached
+    answer (one indexed row, one column)."""
+    row = conn.execute(_READ_TOKEN, {"study_id": study_id, "subject_id": subject_id}).first()
+    return (False, None) if row is None else (True, row[0])
 
 
 def study_eligibility(session: Session, study_id: str) -> list[Any]:

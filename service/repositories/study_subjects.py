@@ -80,6 +80,10 @@ _READ_TOKEN = select(_SUBJECT.c.read_token).where(
 )
 
 
+# The same lookup in SQLite's own SQL, for service.infra.loop_reads (on the event loop)
+READ_TOKEN_SQLITE = "SELECT read_token FROM study_subject WHERE study_id = ? AND subject_id = ?"
+
+
 def read_token(conn: Connection, study_id: str, subject_id: str) -> tuple[bool, str | None]:
     """(whether the subject exists, its read token): the check before a cached answer."""
     row = conn.execute(_READ_TOKEN, {"study_id": study_id, "subject_id": subject_id}).first()
