@@ -16,7 +16,7 @@ import orjson
 import pytest
 from sqlalchemy import Engine, text
 
-from fhir_mapping.events.model import EventKind, TrialEvent
+from fhir_mapping.events.model import TrialEvent
 from service.derivation.catalog import load_catalog
 from service.infra.db import make_engine
 from service.infra.settings import Settings
@@ -24,7 +24,6 @@ from service.reads.access import read
 from service.reads.cohort_refresher import _cohort, _screened, _stored, kind_report
 from service.repositories import sql, trial_events
 from service.studies.cirae.reduction import reduce_member
-from service.studies.interventional.subject_outcomes import last_data_point
 from service.studies.kind import CohortData, Member
 from service.studies.registry import kind_of
 from tests.kit.cli import run_trialbridge
@@ -148,104 +147,18 @@ def test_streamed_cohort_gives_the_plain_report(
 
 
 def test_a_kind_without_a_reduction_keeps_its_members(loaded: tuple[Engine, Settings]) -> None:
-    """NCT06088771 has no `reduce_member`: given its protocol, the refresher hands its report
-    every member with every event, but of lab and imaging results (`data_point`, read only for
-    the last data point) only the latest ones: in stored order, the same last data point, and the
-    same stored report as with every event."""
+    """NCT06088771 has no `reduce_member`: given its protocol, the refresher still hands its
+    report every member with all of its events."""
     engine, settings = loaded
     study_id = "NCT06088771"
     protocol = load_catalog(settings).protocols[study_id]
-    kind = kind_of(protocol)
-    assert kind.reduce_member is None
-    assert kind.latest_only_events == {EventKind.DATA_POINT}
+    assert kind_of(protocol).reduce_member is None
     cohort = read(engine, lambda s: _cohort(s, study_id, ZONE, protocol))
     plain = _plain_cohort(engine, study_id)
     assert cohort.records is None
-    assert [m.patient_id for m in cohort.members] == [m.patient_id for m in plain.members]
-    dropped = 0
-    for new, old in zip(cohort.members, plain.members, strict=True):
-        others = [e for e in old.events if e.kind is not EventKind.DATA_POINT]
-        assert [e for e in new.events if e.kind is not EventKind.DATA_POINT] == others
-        points = [e for e in new.events if e.kind is EventKind.DATA_POINT]
-        assert points == [e for e in old.events if e in points]  # a subset, in stored order
-        dropped += len(old.events) - len(new.events)
-        if old.day1 is not None:
-            assert last_data_point(new.events, old.day1) == last_data_point(old.events, old.day1)
-    assert dropped > 0  # the generated subjects have several results each
-    new_report = _stored(study_id, kind_report(protocol, cohort), _seal)
-    old_report = _stored(study_id, kind_report(protocol, plain), _seal)
-    assert new_report == old_report
-
-
-def _every_third_day(event: TrialEvent) -> dt.date | None:
-    """A stand-in `latest_day`: only events on a day divisible by 3 (in ordinal) count."""
-    day = event.date.day if event.date is not None else None
-    return day if day is not None and day.toordinal() % 3 == 0 else None
-
-
-@pytest.mark.parametrize("counts", [_every_third_day, lambda e: None], ids=["some", "none"])
-@pytest.mark.parametrize("chunk", [3, 400])
-def test_latest_only_keeps_what_could_be_latest_and_every_other_event(
-    loaded: tuple[Engine, Settings],
-    monkeypatch: pytest.MonkeyPatch,
-    counts: Any,
-    chunk: int,
-) -> None:
-    """Over every patient (chunks of 3 and 400): every event of the other kinds, in order; of the
-    latest-only kind a subset in order, holding the latest counted day whenever one exists (every
-    event when none counts, the callable's latest day otherwise)."""
-    monkeypatch.setattr(sql, "CHUNK", chunk)
-    engine, _ = loaded
-    with engine.connect() as conn:
-        ids = sorted(
-            r[0] for r in conn.execute(text("SELECT DISTINCT patient_id FROM trial_event"))
-        )
-    ids.append("no-such-patient")
-    latest = frozenset({EventKind.DATA_POINT})
-
-    def both(session: Any) -> tuple[dict[str, list[TrialEvent]], dict[str, list[TrialEvent]]]:
-        some = trial_events.events_latest_only(session, ids, latest, counts, zone=ZONE)
-        return some, trial_events.events_of(session, ids, zone=ZONE)
-
-    some, whole = read(engine, both)
-    assert list(some) == ids
-    assert some["no-such-patient"] == []
-    kept_fewer = 0
-    for patient in ids:
-        every, kept = whole[patient], some[patient]
-        assert [e for e in kept if e.kind not in latest] == [
-            e for e in every if e.kind not in latest
-        ]
-        assert kept == [e for e in every if e in kept]
-        days = [d for e in every if e.kind in latest and (d := counts(e)) is not None]
-        kept_days = [d for e in kept if e.kind in latest and (d := counts(e)) is not None]
-        assert max(kept_days, default=None) == max(days, default=None)
-        if not days:
-            assert kept == every
-        kept_fewer += len(kept) < len(every)
-    if counts is _every_third_day:
-        assert kept_fewer > 0
-
-
-def test_latest_only_refuses_a_day_far_from_the_event(loaded: tuple[Engine, Settings]) -> None:
-    """A `latest_day` more than a day from the event's own day would make the pruning unsound:
-    it fails loudly instead."""
-    engine, _ = loaded
-    with engine.connect() as conn:
-        ids = sorted(
-            r[0] for r in conn.execute(text("SELECT DISTINCT patient_id FROM trial_event"))
-        )
-
-    def later(event: TrialEvent) -> dt.date | None:
-        return event.date.first + dt.timedelta(days=5) if event.date is not None else None
-
-    with pytest.raises(ValueError, match="counted on"):
-        read(
-            engine,
-            lambda s: trial_events.events_latest_only(
-                s, ids, frozenset({EventKind.DATA_POINT}), later, zone=ZONE
-            ),
-        )
+    assert [(m.patient_id, list(m.events)) for m in cohort.members] == [
+        (m.patient_id, list(m.events)) for m in plain.members
+    ]
 
 
 def test_events_by_chunk_yields_each_chunk_of_patients_once(

@@ -142,18 +142,11 @@ def _cohort(
     """The study's subjects with their events (in the site's calendar) and its screening list;
     with the `protocol` of a kind that reduces its members, their records instead (`_records`)."""
     rows = study_subjects.study_subjects(session, study_id)
-    kind = kind_of(protocol) if protocol is not None else None
-    reduce = kind.reduce_member if kind is not None else None
+    reduce = kind_of(protocol).reduce_member if protocol is not None else None
     screened = [_screened(r) for r in eligibility_results.study_eligibility(session, study_id)]
     if protocol is not None and reduce is not None:
         return CohortData((), screened, _records(session, rows, zone, protocol, reduce))
-    patients = [r.patient_id for r in rows]
-    if kind is not None and kind.latest_only_events and kind.latest_day is not None:
-        events = trial_events.events_latest_only(
-            session, patients, kind.latest_only_events, kind.latest_day, zone=zone
-        )
-    else:
-        events = trial_events.events_of(session, patients, zone=zone)
+    events = trial_events.events_of(session, [r.patient_id for r in rows], zone=zone)
     members = [
         Member(r.patient_id, r.subject_id, r.status, r.day1, events[r.patient_id]) for r in rows
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -212,136 +212,6 @@ def events_of(
             out[patient_id].append(decode(payload, patient_id))
         else:
             out[patient_id].append(event.in_zone(zone))
-    return out
-
-
-# A stored `first_day` is the event's recorded day; its day in the site's calendar differs only for
-# a UTC timestamp, by at most one day (`partial_dates.in_zone`). Two, to spare any doubt.
-LATEST_MARGIN = dt.timedelta(days=2)
-
-
-def events_latest_only(
-    session: Session,
-    patient_ids: Sequence[str],
-    latest_kinds: frozenset[EventKind],
-    latest_day: Callable[[TrialEvent], dt.date | None],
-    *,
-    zone: dt.tzinfo,
-) -> dict[str, list[TrialEvent]]:
-    """`events_of` every kind, except that of `latest_kinds` only the events that could hold each
-    patient's latest `latest_day` are decoded and kept (in stored order among the others).
-
-    For a reader that uses those kinds for nothing but that latest day (the interventional study's
-    last data point: lab and imaging results are ~24 % of its members' events). `latest_day(e)`
-    is the day an event counts for (None: it does not count) and must lie within a day of the
-    event's own first day (checked). The others are read no further than their `first_day`
-    column: per patient, rows are decoded from the latest `first_day` down to LATEST_MARGIN before
-    the latest day found (all of them when none counts).
-    """
-    out: dict[str, list[TrialEvent]] = {}
-    decode = _Decoder(zone)
-    latest = sorted(k.value for k in latest_kinds)
-    conn = session.connection()
-    postgres = conn.dialect.name == "postgresql"
-    cursor = conn.connection.cursor()
-    try:
-        for chunk in chunks(list(patient_ids)):
-            if postgres:
-                patients, kinds_in = "patient_id = ANY(%s)", "kind = ANY(%s)"
-                params: tuple[Any, ...] = (list(chunk), latest)
-            else:
-                patients = f"patient_id IN ({', '.join('?' * len(chunk))})"
-                kinds_in = f"kind IN ({', '.join('?' * len(latest))})"
-                params = (*chunk, *latest)
-            cursor.execute(
-                f"SELECT pk, patient_id, first_day FROM trial_event WHERE {patients} AND {kinds_in}",
-                params,
-            )
-            dated: dict[str, list[tuple[dt.date, int]]] = {}
-            for pk, patient_id, first_day in cursor.fetchall():
-                if first_day is not None:  # undated: no day of its own, so never the latest
-                    day = first_day if isinstance(first_day, dt.date) else _iso_day(first_day)
-                    dated.setdefault(patient_id, []).append((day, pk))
-            kept = _latest_rows(cursor, postgres, dated, decode, latest_day)
-            cursor.execute(
-                f"SELECT pk, patient_id, payload FROM trial_event WHERE {patients} "
-                f"AND NOT ({kinds_in}) ORDER BY pk",
-                params,
-            )
-            merged: dict[str, list[tuple[int, TrialEvent]]] = {p: [] for p in chunk}
-            for pk, patient_id, payload in cursor.fetchall():
-                merged[patient_id].append((pk, decode(payload, patient_id)))
-            for patient_id in chunk:
-                both = merged[patient_id] + kept.get(patient_id, [])
-                both.sort(key=lambda pair: pair[0])
-                out[patient_id] = [event for _, event in both]
-    finally:
-        cursor.close()
-    return out
-
-
-def _iso_day(text: str) -> dt.date:
-    """A SQLite Date column's text (`YYYY-MM-DD`)."""
-    return dt.date.fromisoformat(text[:10])
-
-
-def _latest_rows(
-    cursor: Any,
-    postgres: bool,
-    dated: Mapping[str, list[tuple[dt.date, int]]],
-    decode: _Decoder,
-    latest_day: Callable[[TrialEvent], dt.date | None],
-) -> dict[str, list[tuple[int, TrialEvent]]]:
-    """Per patient, (pk, event) of its latest-only rows that could hold its latest day: from its
-    (first_day, pk) rows, newest first, those down to LATEST_MARGIN before the latest day found,
-    decoded in rounds (one statement per round for the whole chunk)."""
-    rows = {p: sorted(r, reverse=True) for p, r in dated.items()}
-    decoded: dict[str, list[tuple[int, TrialEvent]]] = {p: [] for p in rows}
-    best: dict[str, dt.date | None] = dict.fromkeys(rows)
-    done = dict.fromkeys(rows, 0)  # how many of each patient's rows are decoded
-    floor = {p: _before(r[0][0]) for p, r in rows.items()}
-    while True:
-        wanted: dict[int, str] = {}
-        for p, r in rows.items():
-            i = done[p]
-            if i >= len(r) or (best[p] is not None and r[i][0] < floor[p]):
-                continue
-            batch = [pk for day, pk in r[i:] if day >= floor[p]]
-            done[p] = i + len(batch)
-            wanted.update(dict.fromkeys(batch, p))
-        if not wanted:
-            return decoded
-        for pk, payload in _payloads_by_pk(cursor, postgres, list(wanted)):
-            p = wanted[pk]
-            event = decode(payload, p)
-            day = latest_day(event)
-            if day is not None:
-                own = event.date.first if event.date is not None else None
-                if own is None or abs(day - own) > dt.timedelta(days=1):
-                    raise ValueError(f"{event.source}: counted on {day}, recorded on {own}")
-                found = best[p]
-                best[p] = day if found is None or day > found else found
-            decoded[p].append((pk, event))
-        for p in rows:  # the next round's floor: the latest day found, or every remaining row
-            found = best[p]
-            floor[p] = _before(found) if found is not None else dt.date.min
-
-
-def _before(day: dt.date) -> dt.date:
-    """LATEST_MARGIN before `day` (the calendar's first day at the least)."""
-    return day - LATEST_MARGIN if day > dt.date.min + LATEST_MARGIN else dt.date.min
-
-
-def _payloads_by_pk(cursor: Any, postgres: bool, pks: Sequence[int]) -> list[tuple[int, str]]:
-    """(pk, payload) of these rows."""
-    out: list[tuple[int, str]] = []
-    for chunk in chunks(sorted(pks)):
-        if postgres:
-            cursor.execute("SELECT pk, payload FROM trial_event WHERE pk = ANY(%s)", (list(chunk),))
-        else:
-            marks = ", ".join("?" * len(chunk))
-            cursor.execute(f"SELECT pk, payload FROM trial_event WHERE pk IN ({marks})", chunk)
-        out.extend(cursor.fetchall())
     return out
 
 

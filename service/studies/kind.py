@@ -209,8 +209,3 @@ class StudyKind(Generic[P]):
     reevaluate_events: frozenset[EventKind] = frozenset()
     # a member (with its events) as the compact record its cohort report reads (streamed loading)
     reduce_member: Callable[[P, Member], Any] | None = None
-    # event kinds the cohort report reads for nothing but each member's latest `latest_day` (the
-    # day an event counts for, None if it does not; within a day of the event's own day): the
-    # refresher loads only those that could hold it (`trial_events.events_latest_only`)
-    latest_only_events: frozenset[EventKind] = frozenset()
-    latest_day: Callable[[TrialEvent], dt.date | None] | None = None

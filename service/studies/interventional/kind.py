@@ -17,7 +17,7 @@ from service.studies.interventional.membership import trial_membership
 from service.studies.interventional.protocol import TrialProtocol
 from service.studies.interventional.report import trial_document
 from service.studies.interventional.screening import refresh_screening
-from service.studies.interventional.subject_outcomes import data_point_day, subject_outcomes
+from service.studies.interventional.subject_outcomes import subject_outcomes
 from service.studies.kind import (
     CohortData,
     CohortReport,
@@ -107,9 +107,4 @@ INTERVENTIONAL: StudyKind[TrialProtocol] = StudyKind(
     deviation_rules=deviation_rules,
     tabulation=tabulation_plan,
     reevaluate_events=frozenset({EventKind.CONDITION, EventKind.ENROLLMENT}),
-    # lab and imaging results (~24 % of the subjects' events) count only as the last data point,
-    # which censors EFS and OS: of those only the latest are loaded (encounters are read by the
-    # follow-up deviation rule too, and a stay's end can be later than its first day)
-    latest_only_events=frozenset({EventKind.DATA_POINT}),
-    latest_day=data_point_day,
 )

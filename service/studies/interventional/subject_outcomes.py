@@ -139,11 +139,6 @@ def _data_point_day(event: TrialEvent) -> dt.date | None:
     return day
 
 
-def data_point_day(event: TrialEvent) -> dt.date | None:
-    """The day an event counts for as a data point (None when it is not one, or has no day)."""
-    return _data_point_day(event) if is_data_point(event) else None
-
-
 # The last data point of a subject (its day and event), None when there is none.
 LastPoint = tuple[dt.date, TrialEvent] | None
 # `last` not given: the callee finds it (a subject's endpoints share one search).
