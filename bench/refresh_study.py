@@ -3,7 +3,9 @@
 Runs the refresher's `refresh(study, force=True)` in this process (what `trialbridge
 refresh-cohorts --force` does for each study) and reports the seconds the refresher measured, the
 part of them spent loading the cohort (`_cohort`: subjects, events, screening list) and computing
-the report, and the process's peak RSS. The code measured is whatever `service` this interpreter
+the report, the CPU seconds of that refresh and of the whole process (user + system, from
+`resource.getrusage`: on a shared machine wall seconds include waiting for a core, CPU seconds do
+not), and the process's peak RSS. The code measured is whatever `service` this interpreter
 imports, so the same script measures two checkouts alternately:
 
     DATABASE_URL=sqlite:////tmp/copy.db /work/main/.venv/bin/python bench/refresh_study.py NCT06088771
@@ -52,6 +54,12 @@ def _commit() -> str:
     return f"{root.name}@{out.stdout.strip()}"
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds this process has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     """Refresh one study, print one JSON line of its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -96,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.warm:
         refresher.refresh(args.study, force=True)
         parts.update(load=0.0, report=0.0)
+    cpu_before = _cpu_seconds()
     result = refresher.refresh(args.study, force=True)
+    refresh_cpu = _cpu_seconds() - cpu_before
     engine.dispose()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
@@ -109,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": round(result.seconds, 2),
                 "load_seconds": round(parts["load"], 2),
                 "report_seconds": round(parts["report"], 2),
+                "cpu_seconds": round(refresh_cpu, 2),
+                "process_cpu_seconds": round(_cpu_seconds(), 2),
                 "peak_rss_mb": round(rss_mb),
                 "loadavg_before": [round(x, 2) for x in load],
                 "loadavg_after": [round(x, 2) for x in os.getloadavg()],

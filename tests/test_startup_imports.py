@@ -123,3 +123,56 @@ def test_a_server_serving_fhir_writes_and_reads_loads_no_statistics_library(
     )
     assert answers == [201, 200, 200, 200, 200, 200]
     assert found == []
+
+
+REFRESH = """
+import json
+from service.derivation.catalog import load_catalog
+from service.infra import migrate
+from service.infra.db import make_engine
+from service.infra.settings import Settings
+from service.privacy.evidence import EvidenceCodec
+from service.reads.cohort_refresher import CohortRefresher
+from service.stats import survival
+
+calls = {"km_fit": 0, "clopper_pearson": 0}
+for name in list(calls):  # count the statistics computed, so the check knows they ran
+    def counted(*args, _f=getattr(survival, name), _name=name):
+        calls[_name] += 1
+        return _f(*args)
+    setattr(survival, name, counted)
+settings = Settings()
+engine = make_engine(settings)
+migrate.prepare(engine, auto_migrate=True)
+protocols = load_catalog(settings).protocols
+refresher = CohortRefresher(
+    engine, protocols, EvidenceCodec(engine).seal, interval_seconds=0, zone=settings.site_zone()
+)
+outcome = refresher.refresh("NCT06088771", force=True).outcome
+print(json.dumps([outcome, calls["km_fit"], calls["clopper_pearson"]]))
+"""
+
+
+@pytest.mark.slow
+def test_an_nct06088771_refresh_imports_neither_lifelines_nor_scipy_stats(
+    tmp_path: Path,
+) -> None:
+    """Its Kaplan–Meier curves and exact CIs come from numpy and scipy.special (issue 19: the two
+    libraries cost 3–5 s of a process's first computation); only drawing a figure needs lifelines."""
+    from tests.kit.cli import run_trialbridge
+
+    generated = tmp_path / "generated"
+    generator = [sys.executable, str(REPO / "bench" / "generate.py"), "--out", str(generated)]
+    subprocess.run([*generator, "--patients", "60", "--seed", "5"], check=True, capture_output=True)
+    url = f"sqlite:///{tmp_path}/trialbridge.db"
+    files = [str(p) for p in sorted(generated.glob("part-*.ndjson"))]
+    done = run_trialbridge(url, "load", *files, cwd=generated)
+    assert done.returncode == 0, done.stderr[-2000:]
+    probe = "import json, sys\nprint(json.dumps(sorted(m for m in sys.modules if m in WANTED)))\n"
+    wanted = ("lifelines", "matplotlib", "numpy", "scipy.special", "scipy.stats")
+    code = REFRESH + probe.replace("WANTED", repr(wanted))
+    (outcome, km_fits, intervals), found = _run(code, tmp_path, DATABASE_URL=url)
+    assert outcome == "computed"
+    assert km_fits >= 2  # the EFS and OS curves
+    assert intervals >= 2  # the response rates' CIs
+    assert found == ["numpy", "scipy.special"]

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+import random
+from statistics import NormalDist
 
+import numpy as np
 import pytest
 from lifelines import KaplanMeierFitter
 from lifelines.utils import median_survival_times
-from scipy.stats import beta
+from scipy.stats import beta, binomtest
 
+from service.stats import survival
 from service.stats.survival import (
     DAYS_PER_MONTH,
     DECIMALS,
     at_risk,
+    clopper_pearson,
     kaplan_meier,
+    km_fit,
     km_fitter,
     km_in_months,
     proportion_ci,
@@ -243,3 +249,173 @@ def test_fitter_and_at_risk_for_plots() -> None:
     assert fitter.survival_function_.columns.tolist() == ["efs"]
     assert fitter.alpha == pytest.approx(0.1)
     assert [at_risk(fitter, t) for t in (0, 2, 2.5, 3, 3.5, 8, 8.5)] == [5, 5, 4, 4, 2, 1, 0]
+
+
+# -- the estimator on arrays (issue 19: no lifelines or scipy.stats in a cohort recomputation) ---------
+
+
+def _textbook_km(
+    durations: list[float], events: list[bool], level: float
+) -> list[tuple[float, int, float, float, float]]:
+    """Product-limit S(t), Greenwood's variance and the log(-log) band, written from the formulas
+    (Kalbfleisch & Prentice; R survfit's conf.type = "log-log"): per event time (t, at risk, S,
+    lower, upper). Where S = 0 the band is [0, 0]."""
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    out = []
+    s, greenwood = 1.0, 0.0
+    for t in sorted({d for d, e in zip(durations, events, strict=True) if e}):
+        n = sum(1 for d in durations if d >= t)
+        d = sum(1 for x, e in zip(durations, events, strict=True) if e and x == t)
+        s *= (n - d) / n
+        if s == 0:
+            out.append((t, n, 0.0, 0.0, 0.0))
+            continue
+        greenwood += d / (n * (n - d))
+        se = math.sqrt(greenwood) / abs(math.log(s))
+        centre = math.log(-math.log(s))
+        lower = math.exp(-math.exp(centre + z * se))
+        upper = math.exp(-math.exp(centre - z * se))
+        out.append((t, n, s, lower, upper))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("durations", "events", "level"),
+    [
+        # ties among events (two at 1, two at 3) and a censoring tied with events at 3
+        ([1, 1, 2, 3, 3, 3, 4, 6], [True, True, False, True, True, False, True, False], 0.95),
+        # the hand case above: censoring at an event time (3), last observation censored
+        (HAND_T, HAND_E, 0.95),
+        # every subject has the event (ties at 2): S falls to 0 at 4
+        ([1, 2, 2, 4], [True, True, True, True], 0.9),
+        # an event at time 0 (Day 1 itself), then censorings and events
+        ([0, 0, 5, 7, 7, 9, 12], [True, False, True, False, True, True, False], 0.99),
+    ],
+)
+def test_km_landmarks_match_the_textbook_formulas(
+    durations: list[float], events: list[bool], level: float
+) -> None:
+    """S(t), its log(-log) Greenwood band and the numbers at risk at each event time (and just
+    after it) equal the formulas computed independently here, to the printed precision."""
+    expected = _textbook_km([float(d) for d in durations], events, level)
+    times = [t for t, *_ in expected]
+    out = kaplan_meier(durations, events, level=level, timepoints_days=times)
+    for (t, n, s, lower, upper), point in zip(expected, out["timepoints"], strict=True):
+        assert point["days"] == t
+        assert point["survival"] == pytest.approx(s, abs=TOL)
+        assert point["ci_lower"] == pytest.approx(lower, abs=TOL)
+        assert point["ci_upper"] == pytest.approx(upper, abs=TOL)
+        assert point["at_risk"] == n
+
+
+def test_km_hand_case_band_at_day_3() -> None:
+    """At t = 3 of the hand case: S = 0.6, Greenwood Σ d/(n(n−d)) = 1/20 + 1/12 = 2/15, so the
+    log(-log) band is exp(−exp(log(−log 0.6) ± 1.96·sqrt(2/15)/|log 0.6|)) = [0.1257, 0.8818]."""
+    point = kaplan_meier(HAND_T, HAND_E, timepoints_days=[3])["timepoints"][0]
+    assert (point["survival"], point["ci_lower"], point["ci_upper"]) == (0.6, 0.1257, 0.8818)
+
+
+def test_km_zero_event_group_and_all_event_group() -> None:
+    """No events: S = 1 with band [1, 1] to the last follow-up; every subject an event: S = 0 from
+    the last event on, with band [0, 0], and a median at the first time S <= 0.5."""
+    none = kaplan_meier([2, 4, 4, 9], [False] * 4, timepoints_days=[0, 4, 9])
+    assert [(p["survival"], p["ci_lower"], p["ci_upper"]) for p in none["timepoints"]] == [
+        (1.0, 1.0, 1.0)
+    ] * 3
+    assert [p["at_risk"] for p in none["timepoints"]] == [4, 3, 1]
+    every = kaplan_meier([1, 2, 2, 4], [True] * 4, timepoints_days=[1, 2, 4, 100])
+    assert [p["survival"] for p in every["timepoints"]] == [0.75, 0.25, 0.0, 0.0]
+    assert [(p["ci_lower"], p["ci_upper"]) for p in every["timepoints"][2:]] == [(0.0, 0.0)] * 2
+    assert (every["median_days"], every["events"], every["censored"]) == (2.0, 4, 0)
+
+
+def _random_cohort(rng: random.Random) -> tuple[list[float], list[bool], float]:
+    """Follow-up times with many ties (small grids), some at 0, half-days, any event share."""
+    n = rng.choice([1, 2, 3, 7, 25, 120, 900])
+    grid = rng.choice([4, 30, 400, 5000])
+    half = rng.random() < 0.3
+    durations = [rng.randrange(grid) + (0.5 if half else 0.0) for _ in range(n)]
+    share = rng.choice([0.0, 0.1, 0.5, 0.9, 1.0])
+    return durations, [rng.random() < share for _ in range(n)], rng.choice([0.8, 0.9, 0.95, 0.99])
+
+
+def test_km_fit_gives_lifelines_floats_bit_for_bit() -> None:
+    """The same times, numbers at risk and removed, S(t) and bands, equal as floats (not only to
+    the printed precision), over 400 seeded cohorts with ties, zero and all-event groups."""
+    rng = random.Random(19)
+    for _ in range(400):
+        durations, events, level = _random_cohort(rng)
+        ours = km_fit(durations, events, level)
+        theirs = KaplanMeierFitter(alpha=1 - level).fit(durations, events)
+        table = theirs.event_table
+        assert np.array_equal(ours.times, theirs.survival_function_.index.to_numpy())
+        assert np.array_equal(ours.at_risk, table["at_risk"].to_numpy())
+        assert np.array_equal(ours.removed, table["removed"].to_numpy())
+        assert np.array_equal(ours.survival, theirs.survival_function_.iloc[:, 0].to_numpy())
+        assert np.array_equal(ours.lower, theirs.confidence_interval_.iloc[:, 0].to_numpy())
+        assert np.array_equal(ours.upper, theirs.confidence_interval_.iloc[:, 1].to_numpy())
+
+
+def test_km_summary_equals_the_one_lifelines_gave() -> None:
+    """`kaplan_meier`'s whole output equals what it gave when it read lifelines' fitter (medians,
+    bands' medians, landmarks, numbers at risk), over 200 seeded cohorts."""
+    rng = random.Random(20)
+    for _ in range(200):
+        durations, events, level = _random_cohort(rng)
+        landmarks = sorted(rng.uniform(0, max(durations) * 1.2) for _ in range(4))
+        fitter = km_fitter(durations, events, "all", level)
+        times = fitter.survival_function_.index.tolist()
+        bands = fitter.confidence_interval_
+        out = kaplan_meier(durations, events, level=level, timepoints_days=landmarks)
+        assert out["median_days"] == _round(
+            survival.survfit_median(times, fitter.survival_function_.iloc[:, 0].tolist())
+        )
+        assert out["median_ci"]["lower_days"] == _round(
+            survival.survfit_median(times, bands.iloc[:, 0].tolist())
+        )
+        assert out["median_ci"]["upper_days"] == _round(
+            survival.survfit_median(times, bands.iloc[:, 1].tolist())
+        )
+        estimates = fitter.survival_function_at_times(landmarks).tolist()
+        banded = bands.reindex(landmarks, method="ffill")
+        for point, t, s, (lo, hi) in zip(
+            out["timepoints"], landmarks, estimates, banded.itertuples(index=False), strict=True
+        ):
+            if point["reason"] is None:
+                assert (point["survival"], point["ci_lower"], point["ci_upper"]) == (
+                    _round(s),
+                    _round(lo),
+                    _round(hi),
+                )
+            assert point["at_risk"] == at_risk(fitter, t)
+
+
+def _round(value: float | None) -> float | None:
+    """The summary's rounding (DECIMALS places)."""
+    return None if value is None else round(float(value), DECIMALS)
+
+
+@pytest.mark.parametrize("level", [0.9, 0.95, 0.99])
+def test_clopper_pearson_equals_scipy_binomtest_to_the_printed_precision(level: float) -> None:
+    """Every k of every n up to 40, and sampled k of cohort-sized n: the same rounded bounds as
+    scipy.stats' `binomtest(...).proportion_ci(method="exact")`, 0/n and n/n included."""
+    rng = random.Random(int(level * 100))
+    cases = [(k, n) for n in range(1, 41) for k in range(n + 1)]
+    for n in (585, 5908, 25815):
+        cases += [(k, n) for k in {0, 1, 2, n - 2, n - 1, n, *rng.sample(range(n + 1), 12)}]
+    for k, n in cases:
+        reference = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+        lower, upper = clopper_pearson(k, n, level)
+        assert (_round(lower), _round(upper)) == (_round(reference.low), _round(reference.high))
+
+
+def test_clopper_pearson_edges_are_pinned() -> None:
+    """0/n has lower bound exactly 0 and n/n upper bound exactly 1 (no root search there); 0/1
+    and 1/1 at 95 %: upper 1 − 0.025 = 0.975 and lower 0.025."""
+    assert clopper_pearson(0, 7, 0.95)[0] == 0.0
+    assert clopper_pearson(7, 7, 0.95)[1] == 1.0
+    none_of_one, one_of_one = clopper_pearson(0, 1, 0.95), clopper_pearson(1, 1, 0.95)
+    assert none_of_one[0] == 0.0
+    assert none_of_one[1] == pytest.approx(0.975, abs=1e-12)
+    assert one_of_one[0] == pytest.approx(0.025, abs=1e-12)
+    assert one_of_one[1] == 1.0

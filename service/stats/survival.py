@@ -2,12 +2,16 @@
 
 Numbers: probabilities, rates and times are rounded to `DECIMALS` decimal places so the wire shape
 is stable and readable; anything not estimable is None, with a reason or note saying why.
-Kaplan–Meier comes from lifelines (product-limit estimate; pointwise CIs by lifelines' default
-exponential Greenwood, i.e. log(-log), method). The median and its CI are read from the curve and
-the bands with R survival's convention (`quantile.survfit`), the one biostatisticians check
-against: the first time S(t) <= 0.5, except where S(t) is 0.5 (within sqrt(machine epsilon)) on a
-flat stretch, which gives the midpoint of that stretch (to the last follow-up if the curve ends
-there). 5/6 · 4/5 · 3/4 is 0.5000000000000001 in floating point: lifelines alone skips that stretch.
+Kaplan–Meier is lifelines' product-limit estimate with its default pointwise CIs (exponential
+Greenwood, i.e. log(-log)), computed here on numpy arrays with lifelines' own operations in its
+order (`_fit`), so the floats are the ones lifelines gives (tests compare them bit for bit): a
+cohort recomputation then imports numpy and `scipy.special` only, not lifelines and scipy.stats
+(3–5 s of a process's first computation, issue 19). The plots still draw with lifelines
+(`km_fitter`). The median and its CI are read from the curve and the bands with R survival's
+convention (`quantile.survfit`), the one biostatisticians check against: the first time
+S(t) <= 0.5, except where S(t) is 0.5 (within sqrt(machine epsilon)) on a flat stretch, which gives
+the midpoint of that stretch (to the last follow-up if the curve ends there). 5/6 · 4/5 · 3/4 is
+0.5000000000000001 in floating point: lifelines alone skips that stretch.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: lifelines and scipy cost ~100 MB of every process
+    import numpy as np
+    import numpy.typing as npt
     from lifelines import KaplanMeierFitter
 
 DECIMALS = 4
@@ -54,15 +61,24 @@ def proportion_ci(successes: int, n: int, level: float = 0.95) -> dict[str, Any]
     }
     if n == 0:
         return {**out, "reason": "no subjects"}
-    from scipy.stats import binomtest
-
-    ci = binomtest(successes, n).proportion_ci(confidence_level=level, method="exact")
+    lower, upper = clopper_pearson(successes, n, level)
     return {
         **out,
         "rate": _num(successes / n),
-        "ci_lower": _num(ci.low),
-        "ci_upper": _num(ci.high),
+        "ci_lower": _num(lower),
+        "ci_upper": _num(upper),
     }
+
+
+def clopper_pearson(successes: int, n: int, level: float) -> tuple[float, float]:
+    """The exact two-sided bounds as beta quantiles (the roots scipy.stats' `binomtest` searches
+    for), pinned at 0 for 0/n and 1 for n/n: `scipy.special` only, not scipy.stats' import."""
+    from scipy.special import betainccinv, betaincinv
+
+    alpha = (1 - level) / 2  # as binomtest's exact interval halves it
+    lower = 0.0 if successes == 0 else float(betaincinv(successes, n - successes + 1, alpha))
+    upper = 1.0 if successes == n else float(betainccinv(successes + 1, n - successes, alpha))
+    return lower, upper
 
 
 def _validated(
@@ -88,6 +104,65 @@ def km_fitter(
     from lifelines import KaplanMeierFitter
 
     return KaplanMeierFitter(alpha=1 - level).fit(times, event_observed=flags, label=label)
+
+
+@dataclass(frozen=True, slots=True)
+class KmFit:
+    """One Kaplan–Meier fit as lifelines holds it: per time of its event table (0, then every
+    distinct follow-up time), the numbers at risk and removed, S(t) and its CI band."""
+
+    times: npt.NDArray[np.float64]
+    at_risk: npt.NDArray[np.int64]
+    removed: npt.NDArray[np.int64]
+    survival: npt.NDArray[np.float64]
+    lower: npt.NDArray[np.float64]
+    upper: npt.NDArray[np.float64]
+    last_follow_up: float
+
+    def at_risk_at(self, time: float) -> int:
+        """Subjects still at risk just before `time` (follow-up >= time), as `at_risk` counts."""
+        return int(self.at_risk[0] - self.removed[self.times < time].sum())
+
+    def index_at(self, time: float) -> int:
+        """The row in force at `time` (the last event-table time <= `time`; -1 before the first)."""
+        import numpy as np
+
+        return int(np.searchsorted(self.times, time, side="right")) - 1
+
+
+def km_fit(times: Sequence[float], flags: Sequence[bool], level: float) -> KmFit:
+    """lifelines' `KaplanMeierFitter(alpha=1 - level).fit(times, flags)`, its operations in its
+    order on numpy arrays (event table, `_additive_estimate` with its `_additive_f` and
+    `_additive_var`, `_bounds`), so S(t) and the bands are the same floats (needs n >= 1)."""
+    import numpy as np
+    from scipy.special import ndtri  # scipy.stats' norm.ppf is ndtri(q) * 1.0 + 0.0
+
+    durations = np.asarray(times, dtype=float)
+    observed = np.asarray(flags, dtype=bool)
+    # The event table: births at 0 (no late entry), then every distinct follow-up time.
+    grid, row = np.unique(np.concatenate(([0.0], durations)), return_inverse=True)
+    row = row[1:]
+    removed = np.bincount(row, minlength=len(grid)).astype(np.int64)
+    deaths = np.bincount(row, weights=observed, minlength=len(grid)).astype(np.int64)
+    entered = np.zeros(len(grid), dtype=np.int64)
+    entered[0] = len(durations)
+    gone_before = np.concatenate(([0], np.cumsum(removed)[:-1]))
+    at_risk = np.cumsum(entered) - gone_before
+    population = at_risk  # lifelines' at_risk - entrances with the first entrance set to 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_survival = np.cumsum(np.log(population - deaths) - np.log(population))
+        unsigned = population.astype("uint64")
+        variance = deaths / (unsigned * (unsigned - deaths))
+        variance[variance == np.inf] = 0
+        cumulative_sq = np.cumsum(variance)
+        survival = np.exp(log_survival)
+        z = ndtri(1 - (1 - level) / 2)
+        v = np.log(survival)
+        lower = np.exp(-np.exp(np.log(-v) - z * np.sqrt(cumulative_sq) / v))
+        upper = np.exp(-np.exp(np.log(-v) + z * np.sqrt(cumulative_sq) / v))
+    lower[np.isnan(lower)] = 1.0  # lifelines' fillna(1.0): S = 1, where log(-log) is undefined
+    upper[np.isnan(upper)] = 1.0
+    return KmFit(grid, at_risk, removed, survival, lower, upper, float(durations.max()))
 
 
 def at_risk(fitter: KaplanMeierFitter, time: float) -> int:
@@ -121,12 +196,11 @@ def survfit_median(times: Sequence[float], survival: Sequence[float]) -> float |
     return (reached + (below if below is not None else last_time)) / 2
 
 
-def _median(fitter: KaplanMeierFitter) -> dict[str, Any]:
+def _median(fit: KmFit) -> dict[str, Any]:
     """The median survival time and its CI; a bound the band never crosses is None, with a note."""
-    times = [float(t) for t in fitter.survival_function_.index]
-    median = _num(survfit_median(times, fitter.survival_function_.iloc[:, 0].tolist()))
-    bands = fitter.confidence_interval_
-    lower, upper = (_num(survfit_median(times, bands.iloc[:, i].tolist())) for i in (0, 1))
+    times = fit.times.tolist()
+    median = _num(survfit_median(times, fit.survival.tolist()))
+    lower, upper = (_num(survfit_median(times, band.tolist())) for band in (fit.lower, fit.upper))
     missing = [name for name, v in (("lower", lower), ("upper", upper)) if v is None]
     note = (
         f"{' and '.join(missing)} confidence bound not reached (survival band stays above 0.5)"
@@ -140,31 +214,31 @@ def _median(fitter: KaplanMeierFitter) -> dict[str, Any]:
     }
 
 
-def _reached_zero(fitter: KaplanMeierFitter) -> bool:
+def _reached_zero(fit: KmFit) -> bool:
     """The curve ended at 0: everyone had the event, so S(t) = 0 is known for every later t."""
-    return float(fitter.survival_function_.iloc[-1, 0]) == 0.0
+    return float(fit.survival[-1]) == 0.0
 
 
-def _at_times(fitter: KaplanMeierFitter, times: Sequence[float]) -> list[dict[str, Any]]:
+def _at_times(fit: KmFit, times: Sequence[float]) -> list[dict[str, Any]]:
     """Survival with CI at each time; past a censored last follow-up the curve says nothing.
 
     Past the last observation the estimate is only known when that observation ended the curve
     at 0 (an event with no one left at risk): it stays 0, with lifelines' band there, [0, 0].
     """
-    last = float(fitter.durations.max())
-    known_after_last = _reached_zero(fitter)
-    estimates = fitter.survival_function_at_times(list(times)).tolist()
-    bands = fitter.confidence_interval_.reindex(list(times), method="ffill")
+    last = fit.last_follow_up
+    known_after_last = _reached_zero(fit)
     out = []
-    for t, s, (lo, hi) in zip(times, estimates, bands.itertuples(index=False), strict=True):
+    for t in times:
         beyond = t > last and not known_after_last
+        i = fit.index_at(t)  # lifelines' `asof` / ffill: the step in force at t (None before 0)
+        s, lo, hi = (None, None, None) if i < 0 else (fit.survival[i], fit.lower[i], fit.upper[i])
         out.append(
             {
                 "days": _num(t),
                 "survival": None if beyond else _num(s),
                 "ci_lower": None if beyond else _num(lo),
                 "ci_upper": None if beyond else _num(hi),
-                "at_risk": at_risk(fitter, t),
+                "at_risk": fit.at_risk_at(t),
                 "reason": "beyond follow-up" if beyond else None,
             }
         )
@@ -213,14 +287,14 @@ def kaplan_meier(
             ],
             "at_risk": [{"days": _num(t), "at_risk": 0} for t in [0.0, *points]],
         }
-    fitter = km_fitter(times, flags, label, level)
+    fit = km_fit(times, flags, level)
     return {
         **base,
         "estimable": True,
         "reason": None,
-        **_median(fitter),
-        "timepoints": _at_times(fitter, points),
-        "at_risk": [{"days": _num(t), "at_risk": at_risk(fitter, t)} for t in [0.0, *points]],
+        **_median(fit),
+        "timepoints": _at_times(fit, points),
+        "at_risk": [{"days": _num(t), "at_risk": fit.at_risk_at(t)} for t in [0.0, *points]],
     }
 
 
