@@ -3,7 +3,7 @@
 Runs the refresher's `refresh(study, force=True)` in this process (what `trialbridge
 refresh-cohorts --force` does for each study) and reports the seconds the refresher measured, the
 part of them spent loading the cohort (`_cohort`: subjects, events, screening list) and computing
-the report, and the process's peak RSS. The code measured is whatever `service` this interpreter
+the report, the process's peak RSS and its CPU seconds (user + system, from its start). The code measured is whatever `service` this interpreter
 imports, so the same script measures two checkouts alternately:
 
     DATABASE_URL=sqlite:////tmp/copy.db /work/main/.venv/bin/python bench/refresh_study.py NCT06088771
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         parts.update(load=0.0, report=0.0)
     result = refresher.refresh(args.study, force=True)
     engine.dispose()
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss_mb = usage.ru_maxrss / 1024
     print(
         json.dumps(
             {
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                 "load_seconds": round(parts["load"], 2),
                 "report_seconds": round(parts["report"], 2),
                 "peak_rss_mb": round(rss_mb),
+                # the whole process's CPU (imports included): less inflated by a busy machine
+                "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
                 "loadavg_before": [round(x, 2) for x in load],
                 "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             }
