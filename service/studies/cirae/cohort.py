@@ -119,6 +119,9 @@ class CohortPatient:
     patient_id: str
     subject_id: str
     events: Sequence[TrialEvent]
+    # the latest day seen in events left out of `events` (streamed visits and lab results: they
+    # count only for last_seen), None when none were left out
+    seen: dt.date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -857,8 +860,11 @@ def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclu
         return Exclusion(patient.subject_id, "ICB without a day-precision date: no time origin")
     start = facts.day1
     drug_sets = parts.drug_sets
-    # `_last_fact`: the latest fact, never before ICB start
-    last_fact = start if parts.latest_fact is None else max(start, parts.latest_fact)
+    # `_last_fact`: the latest fact, in the events or the days seen left out of them, never
+    # before ICB start
+    last_fact = max(
+        (d for d in (start, parts.latest_fact, patient.seen) if d is not None), default=start
+    )
     death = _death(parts.deaths, last_fact)
     demographics = _demographics(parts.demographics)
     birth = parse_partial_date(demographics.get("birth_date"))
