@@ -105,6 +105,20 @@ def test_batch_equals_single() -> None:
     assert charlson_indices(patients) == {"a": 3, "b": 0, "c": 6, "d": 0, "e": 7, "f": 1}
 
 
+def test_patients_sharing_a_history_each_get_its_index() -> None:
+    """Patients whose codes are the same set (written differently, repeated, in another order)
+    each get that set's index, and a set one code away its own (published weights: MI 1 +
+    diabetes with end-organ damage 2 = 3; with metastatic lung cancer + 6 = 9)."""
+    patients = {
+        "a": ["I21.4", "E11.2"],
+        "b": ["e11.2", "I214", "I21.4"],
+        "c": ["E11.2", "I21.4", "C34.90", "C78.00"],
+        "d": ["C78.00", "I21.4", "C34.90", "E11.2"],
+        "e": ["I21.4"],
+    }
+    assert charlson_indices(patients) == {"a": 3, "b": 3, "c": 9, "d": 9, "e": 1}
+
+
 def test_empty_batch() -> None:
     """No patients, no scores; patients without codes score 0 without a library call."""
     assert charlson_indices({}) == {}

@@ -16,7 +16,8 @@ import orjson
 import pytest
 from sqlalchemy import Engine, text
 
-from fhir_mapping.events.model import TrialEvent
+from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
+from fhir_mapping.partial_dates import parse_partial_date
 from service.derivation.catalog import load_catalog
 from service.infra.db import make_engine
 from service.infra.settings import Settings
@@ -180,3 +181,29 @@ def test_events_by_chunk_yields_each_chunk_of_patients_once(
     assert [list(c) for c in chunks] == [ids[i : i + 7] for i in range(0, len(ids), 7)]
     assert {p: e for c in chunks for p, e in c.items()} == whole
     assert chunks[-1]["no-such-patient"] == []
+
+
+def test_a_kind_read_only_for_its_day_gives_the_day_its_event_would() -> None:
+    """A visit or lab result streamed for its day only (`days_only`) gives the day its decoded
+    event gives as a day seen (cirAE's last data point): 01:30Z on 3 July is 2 July in New York,
+    a month-precision result and a request give no day, and a patient keeps its latest day."""
+    source = SourceRef("Observation", "o", 1)
+
+    def stored(kind: EventKind, date: str, values: dict[str, Any]) -> dict[str, Any]:
+        event = TrialEvent(kind, "p", source, parse_partial_date(date), None, values)
+        data: dict[str, Any] = orjson.loads(orjson.dumps(event.to_json()))  # as stored
+        return data
+
+    rows = [
+        (stored(EventKind.DATA_POINT, "2022-07-03T01:30:00Z", {}), dt.date(2022, 7, 2)),
+        (stored(EventKind.ENCOUNTER, "2022-07-03T01:30:00+02:00", {}), dt.date(2022, 7, 3)),
+        (stored(EventKind.DATA_POINT, "2022-08", {}), None),
+        (stored(EventKind.DATA_POINT, "2022-09-01", {"intent": "order"}), None),
+        (stored(EventKind.ENCOUNTER, "2022-06-30", {"class": "AMB"}), dt.date(2022, 6, 30)),
+    ]
+    decode = trial_events._Decoder(ZONE)
+    for data, day in rows:
+        event = decode.event(data, "p")
+        request = isinstance(event.values.get("intent"), str)
+        as_event = None if request or event.date is None else event.date.day
+        assert decode.day_seen(data) == as_event == day, data

@@ -34,6 +34,7 @@ import orjson
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from fhir_mapping.events.model import EventKind
 from service.infra import metrics, migrate
 from service.infra.clock import iso_utc, utcnow
 from service.infra.db import writing
@@ -142,10 +143,12 @@ def _cohort(
     """The study's subjects with their events (in the site's calendar) and its screening list;
     with the `protocol` of a kind that reduces its members, their records instead (`_records`)."""
     rows = study_subjects.study_subjects(session, study_id)
-    reduce = kind_of(protocol).reduce_member if protocol is not None else None
+    kind = kind_of(protocol) if protocol is not None else None
+    reduce = kind.reduce_member if kind is not None else None
     screened = [_screened(r) for r in eligibility_results.study_eligibility(session, study_id)]
-    if protocol is not None and reduce is not None:
-        return CohortData((), screened, _records(session, rows, zone, protocol, reduce))
+    if protocol is not None and kind is not None and reduce is not None:
+        records = _records(session, rows, zone, protocol, reduce, kind.days_only_events)
+        return CohortData((), screened, records)
     events = trial_events.events_of(session, [r.patient_id for r in rows], zone=zone)
     members = [
         Member(r.patient_id, r.subject_id, r.status, r.day1, events[r.patient_id]) for r in rows
@@ -159,17 +162,21 @@ def _records(
     zone: dt.tzinfo,
     protocol: StudyProtocol,
     reduce: Callable[[Any, Member], Any],
+    days_only: frozenset[EventKind] = frozenset(),
 ) -> list[Any]:
     """Each member reduced as soon as its chunk of events is read, its events dropped then: the
-    process holds one chunk's events and the records, not every member's events."""
+    process holds one chunk's events and the records, not every member's events. Events of the
+    `days_only` kinds are never built: the member has their latest day seen instead."""
     row_of = {r.patient_id: r for r in rows}  # a patient is a study's subject once
     records: list[Any] = []
-    for events in trial_events.events_by_chunk(session, list(row_of), zone=zone):
+    chunks = trial_events.events_and_days_by_chunk(
+        session, list(row_of), zone=zone, days_only=days_only
+    )
+    for events, seen in chunks:
         for patient_id in list(events):  # the chunk's patients, in the rows' order
             r, own = row_of[patient_id], events.pop(patient_id)  # its events go once reduced
-            records.append(
-                reduce(protocol, Member(patient_id, r.subject_id, r.status, r.day1, own))
-            )
+            member = Member(patient_id, r.subject_id, r.status, r.day1, own, seen.get(patient_id))
+            records.append(reduce(protocol, member))
     return records
 
 

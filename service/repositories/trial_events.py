@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -220,13 +220,37 @@ def events_by_chunk(
 ) -> Iterator[dict[str, list[TrialEvent]]]:
     """`events_of` one chunk of patients at a time (every patient of the chunk a key), so a
     caller that reduces each patient's events at once holds one chunk's events, not a cohort's."""
+    for events, _ in events_and_days_by_chunk(session, patient_ids, zone=zone, days_only=()):
+        yield events
+
+
+def events_and_days_by_chunk(
+    session: Session,
+    patient_ids: Sequence[str],
+    *,
+    zone: dt.tzinfo,
+    days_only: Collection[EventKind],
+) -> Iterator[tuple[dict[str, list[TrialEvent]], dict[str, dt.date]]]:
+    """`events_by_chunk`, but the events of the `days_only` kinds are not built: each patient's
+    latest day among them (day precision or finer, site calendar; requests, an `intent` in their
+    values, are not a day seen) instead, for a caller that reads those kinds only for that day
+    (a visit or a lab result: most of a cohort's events, so building each cost more than its use).
+    Patients with no such day have no key in the second mapping."""
     decode = _Decoder(zone)  # shared by the chunks: dates and concepts recur across patients
+    days_kinds = frozenset(k.value for k in days_only)
     for chunk, rows in _payload_chunks(session, patient_ids, None):
         out: dict[str, list[TrialEvent]] = {p: [] for p in chunk}
+        days: dict[str, dt.date] = {}
         for patient_id, payload in rows:
-            out[patient_id].append(decode(payload, patient_id))
+            data = orjson.loads(payload)
+            if data["kind"] not in days_kinds:
+                out[patient_id].append(decode.event(data, patient_id))
+            elif (day := decode.day_seen(data)) is not None:
+                latest = days.get(patient_id)
+                if latest is None or day > latest:
+                    days[patient_id] = day
         del rows
-        yield out
+        yield out, days
 
 
 _KINDS: dict[str, EventKind] = {k.value: k for k in EventKind}
@@ -267,7 +291,20 @@ class _Decoder:
         return found
 
     def __call__(self, payload: str, patient_id: str) -> TrialEvent:
-        data = orjson.loads(payload)
+        return self.event(orjson.loads(payload), patient_id)
+
+    def day_seen(self, data: Mapping[str, Any]) -> dt.date | None:
+        """The day a decoded event would give as a day seen: its date's day (day precision or
+        finer), unless it is a request (`intent` a string in its values); else None."""
+        values = data.get("values")
+        if isinstance(values, Mapping) and isinstance(values.get("intent"), str):
+            return None
+        date = data.get("date")
+        parsed = self.date(date) if date is not None else None
+        return parsed.day if parsed is not None else None
+
+    def event(self, data: Mapping[str, Any], patient_id: str) -> TrialEvent:
+        """The event of a stored payload already parsed."""
         src = data["source"]
         kind = _KINDS.get(data["kind"]) or EventKind(data["kind"])
         date, end, concepts = data.get("date"), data.get("end"), data.get("concepts")

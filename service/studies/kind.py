@@ -91,6 +91,9 @@ class Member:
     status: str
     day1: dt.date | None
     events: Sequence[TrialEvent]
+    # streamed for a kind with `days_only_events`: those kinds are not in `events`, only their
+    # latest day seen is (day precision or finer, not a request; None: none, or not streamed)
+    seen: dt.date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,3 +212,6 @@ class StudyKind(Generic[P]):
     reevaluate_events: frozenset[EventKind] = frozenset()
     # a member (with its events) as the compact record its cohort report reads (streamed loading)
     reduce_member: Callable[[P, Member], Any] | None = None
+    # event kinds `reduce_member` reads only as days the patient was seen: streamed, they are not
+    # built as events, the member gets their latest day instead (`Member.seen`)
+    days_only_events: frozenset[EventKind] = frozenset()

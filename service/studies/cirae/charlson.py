@@ -97,27 +97,30 @@ def _aids_correction(weighting: Weighting) -> int:
 def charlson_indices(
     codes_by_patient: Mapping[str, Iterable[str]], weighting: Weighting = "charlson"
 ) -> dict[str, int]:
-    """Every patient's index from one DataFrame call (cohorts have thousands); no codes → 0."""
+    """Every patient's index from one DataFrame call (cohorts have thousands); no codes → 0.
+
+    An index depends only on the patient's set of codes, so each distinct set is scored once
+    (a cohort of 10^5 patients has a few hundred distinct histories).
+    """
     result = dict.fromkeys(codes_by_patient, 0)
-    rows = sorted(
-        {
-            (patient, code)
-            for patient, codes in codes_by_patient.items()
-            for code in map(normalise_code, codes)
-            if code
-        }
-    )
-    if not rows:
+    patients_of: dict[frozenset[str], list[str]] = {}
+    for patient, codes in codes_by_patient.items():
+        history = frozenset(code for code in map(normalise_code, codes) if code)
+        if history:
+            patients_of.setdefault(history, []).append(patient)
+    if not patients_of:
         return result
+    histories = list(patients_of)
+    rows = sorted((i, code) for i, history in enumerate(histories) for code in history)
     pandas = _library()[0]
     frame = pandas.DataFrame(rows, columns=["id", "code"])
     scored = _score_frame(frame, weighting)
     extra = _aids_correction(weighting)
     aids = scored["aids"] if "aids" in scored.columns else pandas.Series(0, index=scored.index)
-    for patient, score, has_aids in zip(
-        scored["id"], scored["comorbidity_score"], aids, strict=True
-    ):
-        result[str(patient)] = round(float(score)) + extra * round(float(has_aids))
+    for i, score, has_aids in zip(scored["id"], scored["comorbidity_score"], aids, strict=True):
+        index = round(float(score)) + extra * round(float(has_aids))
+        for patient in patients_of[histories[int(i)]]:
+            result[patient] = index
     return result
 
 

@@ -71,10 +71,11 @@ Decisions (each also noted where it is made):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fhir_mapping.events.medication_exposure import exposure_span
@@ -92,6 +93,7 @@ _DRUG_KINDS = frozenset({EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE}
 _CIRAE_KINDS = frozenset({EventKind.CONDITION, EventKind.ADVERSE_EVENT})
 # Kinds that are not a day the patient was seen: the birth date, and the death (imputed from facts).
 _NOT_FACTS = frozenset({EventKind.DEMOGRAPHICS, EventKind.DEATH})
+_DAY_PRECISIONS = frozenset({"day", "time"})  # a PartialDate's `day`: day-precision or finer
 _STAGE = re.compile(r"IV|III|II|I|0")
 # Malignant neoplasm categories (C00–C97, and ICD-10-CM's primary neuroendocrine C7A); the ones that
 # are never the cancer treated: non-melanoma skin (C44) and secondary ones (C77–C79, ICD-10-CM C7B).
@@ -117,6 +119,9 @@ class CohortPatient:
     patient_id: str
     subject_id: str
     events: Sequence[TrialEvent]
+    # the latest day seen in events left out of `events` (streamed visits and lab results: they
+    # count only for last_seen), None when none were left out
+    seen: dt.date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +178,12 @@ def _canonical_key(e: TrialEvent) -> tuple[str, str, int, str, str]:
 
 @dataclass(frozen=True, slots=True)
 class _ByKind:
-    """A patient's events split once by the kinds each rule reads, each part in canonical order.
+    """A patient's events in one pass: split by the kinds each rule reads, each part in
+    canonical order, with what several rules read of them worked out once.
 
     Sorting a part equals filtering the sorted whole (a stable sort of the same keys), so every
     rule sees what it saw when it scanned all the events; visits and lab results (most events)
-    are never sorted: only the last data point reads them, and it takes a maximum.
+    are never sorted: only the last data point reads them, a maximum taken in the same pass.
     """
 
     drugs: list[TrialEvent]  # administrations, orders and statements
@@ -186,17 +192,35 @@ class _ByKind:
     staged: list[TrialEvent]  # TNM categories and Conditions (cancer stage)
     deaths: list[TrialEvent]
     demographics: list[TrialEvent]
+    # the latest day-precision fact (`_last_fact` before its floor at ICB start), None if none
+    latest_fact: dt.date | None = None
+    # each value set's drug records, in canonical order (what `_drugs` filters out of `drugs`)
+    drug_sets: Mapping[str, list[TrialEvent]] = field(default_factory=dict)
 
 
 def _by_kind(events: Iterable[TrialEvent]) -> _ByKind:
-    """One pass over the events, then a sort of the small parts the rules read."""
+    """One pass over the events (their split and the last data point), then a sort of the small
+    parts the rules read and one look at each drug's value sets."""
     drugs: list[TrialEvent] = []
     skin: list[TrialEvent] = []
     staged: list[TrialEvent] = []
     deaths: list[TrialEvent] = []
     demographics: list[TrialEvent] = []
+    latest: dt.date | None = None
     for e in events:
         kind = e.kind
+        date = e.date
+        # the last data point (`_last_fact`): the cheap tests first, most events are not later days
+        if (
+            date is not None
+            and date.precision in _DAY_PRECISIONS
+            and (latest is None or date.first > latest)
+            and kind not in _NOT_FACTS
+            and not _is_request(e)
+        ):
+            latest = date.first
+        if kind is EventKind.DATA_POINT or kind is EventKind.ENCOUNTER:
+            continue  # read only for the last data point
         if kind in _DRUG_KINDS:
             drugs.append(e)
         elif kind is EventKind.CONDITION:
@@ -211,13 +235,20 @@ def _by_kind(events: Iterable[TrialEvent]) -> _ByKind:
         elif kind is EventKind.DEMOGRAPHICS:
             demographics.append(e)
     skin.sort(key=_canonical_key)
+    drugs.sort(key=_canonical_key)
+    drug_sets: dict[str, list[TrialEvent]] = {}
+    for e in drugs:
+        for concept in dict.fromkeys(c.concept for c in e.concepts):
+            drug_sets.setdefault(concept, []).append(e)
     return _ByKind(
-        drugs=sorted(drugs, key=_canonical_key),
+        drugs=drugs,
         skin=skin,
         conditions=[e for e in skin if e.kind is EventKind.CONDITION],
         staged=sorted(staged, key=_canonical_key),
         deaths=sorted(deaths, key=_canonical_key),
         demographics=sorted(demographics, key=_canonical_key),
+        latest_fact=latest,
+        drug_sets=drug_sets,
     )
 
 
@@ -288,8 +319,20 @@ def _check_membership(protocol: CohortProtocol) -> None:
         )
 
 
+def _drug_sets(events: Iterable[TrialEvent]) -> Mapping[str, list[TrialEvent]]:
+    """Each value set's drug records among the events (`_by_kind`'s `drug_sets`)."""
+    return _by_kind(events).drug_sets
+
+
 def _icb_type(protocol: CohortProtocol, events: Sequence[TrialEvent], start: dt.date) -> IcbType:
     """The class started, or 'combination' when several start within the window of initiation."""
+    return _icb_type_of(protocol, _drug_sets(events), start)
+
+
+def _icb_type_of(
+    protocol: CohortProtocol, drug_sets: Mapping[str, Sequence[TrialEvent]], start: dt.date
+) -> IcbType:
+    """`_icb_type` from the drug records by value set."""
     classes = protocol.cohort.icb_classes
     limit = shift_day(start, protocol.cohort.icb_combination_window_days)
     labelled: tuple[tuple[IcbType, str], ...] = (
@@ -300,7 +343,7 @@ def _icb_type(protocol: CohortProtocol, events: Sequence[TrialEvent], start: dt.
     started = [
         label
         for label, valueset in labelled
-        if (first := _first_day(_drugs(events, valueset))) is not None and first <= limit
+        if (first := _first_day(drug_sets.get(valueset, ()))) is not None and first <= limit
     ]
     if not started:
         raise ValueError(
@@ -583,8 +626,10 @@ def _history_codes(events: Sequence[TrialEvent], icb_start: dt.date) -> tuple[st
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _primary_category(code: str) -> str | None:
-    """The 3-character category of a primary malignancy that can be the cancer type, else None."""
+    """The 3-character category of a primary malignancy that can be the cancer type, else None
+    (pure, remembered: the history, the cancer type and the stage each ask it of every code)."""
     category = normalise_code(code)[:3]
     if not _PRIMARY.fullmatch(category) or category in _NOT_CANCER_TYPE or category > "C97":
         return None
@@ -807,21 +852,28 @@ def _exclusion_reason(
 
 def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclusion | None:
     """One patient as a subject (Charlson still 0) or an exclusion; None when no ICB was given."""
-    parts = _by_kind(patient.events)
+    parts = _by_kind(patient.events)  # the one pass over every event
     facts = cohort_membership(protocol, parts.drugs)
     if facts is None:
         return None
     if facts.day1 is None:
         return Exclusion(patient.subject_id, "ICB without a day-precision date: no time origin")
     start = facts.day1
-    last_fact = _last_fact(patient.events, start)  # a maximum: any order
+    drug_sets = parts.drug_sets
+    # `_last_fact`: the latest fact, in the events or the days seen left out of them, never
+    # before ICB start
+    last_fact = max(
+        (d for d in (start, parts.latest_fact, patient.seen) if d is not None), default=start
+    )
     death = _death(parts.deaths, last_fact)
     demographics = _demographics(parts.demographics)
     birth = parse_partial_date(demographics.get("birth_date"))
     records = _cirae_records(protocol, parts.skin, start, birth)
     cirae = _index_cirae(protocol, records, start)
     dupilumab, dupilumab_reason = _dupilumab_group(
-        protocol, parts.drugs, cirae.day if cirae is not None else None
+        protocol,
+        drug_sets.get(protocol.cohort.treatment_valueset, []),
+        cirae.day if cirae is not None else None,
     )
     reason = _exclusion_reason(
         protocol, parts.deaths, records, start, death, cirae, dupilumab_reason
@@ -829,14 +881,16 @@ def _subject(protocol: CohortProtocol, patient: CohortPatient) -> _Draft | Exclu
     if reason is not None:
         return Exclusion(patient.subject_id, reason)
     status = _resolution(protocol, records, cirae) if cirae is not None else None
-    glucocorticoids = glucocorticoid_exposure(protocol, parts.drugs, start)
+    glucocorticoids = glucocorticoid_exposure(
+        protocol, drug_sets.get(protocol.cohort.glucocorticoid.valueset, []), start
+    )
     resolved = status is not None and status.resolution != "none"
     subject = CirAESubject(
         patient_id=patient.patient_id,
         subject_id=patient.subject_id,
         group=_group(cirae, dupilumab),
         icb_start=start,
-        icb_type=_icb_type(protocol, parts.drugs, start),
+        icb_type=_icb_type_of(protocol, drug_sets, start),
         sex=_text(demographics.get("gender")),
         race=_race(demographics),
         age_years=_age_years(demographics, start),

@@ -51,4 +51,6 @@ CIRAE_COHORT: StudyKind[CohortProtocol] = StudyKind(
     membership_events=frozenset({EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE}),
     cohort_report=cirae_report,
     reduce_member=reduce_member,
+    # visits and lab results are read only for the last data point (cohort.py: `last_seen`)
+    days_only_events=frozenset({EventKind.DATA_POINT, EventKind.ENCOUNTER}),
 )

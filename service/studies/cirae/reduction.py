@@ -35,7 +35,7 @@ class MemberRecord:
 
 def reduce_member(protocol: CohortProtocol, member: Member) -> MemberRecord:
     """The member's cohort outcome and cirAE episode, from one look at its events."""
-    patient = CohortPatient(member.patient_id, member.subject_id, member.events)
+    patient = CohortPatient(member.patient_id, member.subject_id, member.events, member.seen)
     outcome = patient_outcome(protocol, patient)
     subject = outcome.subject
     found = (
