@@ -135,7 +135,7 @@ from service.privacy.evidence import EvidenceCodec
 from service.reads.cohort_refresher import CohortRefresher
 from service.stats import survival
 
-calls = {"km_fit": 0, "clopper_pearson": 0}
+calls = {name: 0 for name in COUNTED}
 for name in list(calls):  # count the statistics computed, so the check knows they ran
     def counted(*args, _f=getattr(survival, name), _name=name):
         calls[_name] += 1
@@ -148,17 +148,32 @@ protocols = load_catalog(settings).protocols
 refresher = CohortRefresher(
     engine, protocols, EvidenceCodec(engine).seal, interval_seconds=0, zone=settings.site_zone()
 )
-outcome = refresher.refresh("NCT06088771", force=True).outcome
-print(json.dumps([outcome, calls["km_fit"], calls["clopper_pearson"]]))
+outcome = refresher.refresh(STUDY, force=True).outcome
+print(json.dumps([outcome, [calls[name] for name in COUNTED]]))
 """
 
 
 @pytest.mark.slow
-def test_an_nct06088771_refresh_imports_neither_lifelines_nor_scipy_stats(
+@pytest.mark.parametrize(
+    ("study", "counted", "at_least", "found_libraries"),
+    [
+        # the EFS and OS curves; the response rates' exact CIs
+        ("NCT06088771", ("km_fit", "clopper_pearson"), (2, 2), ["numpy", "scipy.special"]),
+        # a matched comparison's follow-up and two groups' curves; its log-rank test (the Cox
+        # models run on pandas tables with scipy.linalg's solve)
+        ("cirae-dupilumab", ("km_fit", "log_rank"), (3, 1), ["numpy", "pandas", "scipy.special"]),
+    ],
+)
+def test_a_cohort_refresh_imports_neither_lifelines_nor_scipy_stats(
     tmp_path: Path,
+    study: str,
+    counted: tuple[str, ...],
+    at_least: tuple[int, ...],
+    found_libraries: list[str],
 ) -> None:
-    """Its Kaplan–Meier curves and exact CIs come from numpy and scipy.special (issue 19: the two
-    libraries cost 3–5 s of a process's first computation); only drawing a figure needs lifelines."""
+    """Curves, tests and CIs come from numpy and scipy.special (issue 19: the two libraries cost
+    3–5 s of a process's first computation; issue 17: ~55 MB an idle server keeps for life); only
+    drawing a figure needs lifelines."""
     from tests.kit.cli import run_trialbridge
 
     generated = tmp_path / "generated"
@@ -169,10 +184,14 @@ def test_an_nct06088771_refresh_imports_neither_lifelines_nor_scipy_stats(
     done = run_trialbridge(url, "load", *files, cwd=generated)
     assert done.returncode == 0, done.stderr[-2000:]
     probe = "import json, sys\nprint(json.dumps(sorted(m for m in sys.modules if m in WANTED)))\n"
-    wanted = ("lifelines", "matplotlib", "numpy", "scipy.special", "scipy.stats")
-    code = REFRESH + probe.replace("WANTED", repr(wanted))
-    (outcome, km_fits, intervals), found = _run(code, tmp_path, DATABASE_URL=url)
+    wanted = ("lifelines", "matplotlib", "numpy", "pandas", "scipy.special", "scipy.stats")
+    code = (
+        f"STUDY, COUNTED = {study!r}, {counted!r}\n"
+        + REFRESH
+        + probe.replace("WANTED", repr(wanted))
+    )
+    (outcome, calls), found = _run(code, tmp_path, DATABASE_URL=url)
     assert outcome == "computed"
-    assert km_fits >= 2  # the EFS and OS curves
-    assert intervals >= 2  # the response rates' CIs
-    assert found == ["numpy", "scipy.special"]
+    ran = dict(zip(counted, calls, strict=True))
+    assert all(n >= least for n, least in zip(calls, at_least, strict=True)), ran
+    assert found == found_libraries

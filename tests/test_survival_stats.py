@@ -419,3 +419,101 @@ def test_clopper_pearson_edges_are_pinned() -> None:
     assert none_of_one[1] == pytest.approx(0.975, abs=1e-12)
     assert one_of_one[0] == pytest.approx(0.025, abs=1e-12)
     assert one_of_one[1] == 1.0
+
+
+# -- the log-rank test and the distribution tails (no lifelines or scipy.stats in a recomputation) --
+
+
+def _chi2_1_sf(x: float) -> float:
+    """P(χ²₁ > x) = P(|Z| > √x) = erfc(√(x/2)): the standard library's, not scipy's."""
+    return math.erfc(math.sqrt(x / 2))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "statistic"),
+    [
+        # worked by hand: deaths at 1 (A), 2 (B), 3 (B), 4 (A); A censored at 3, B at 5.
+        # O_A − E_A = 2 − (3/6 + 2/5 + 2/4 + 1/2) = 0.1; V = .25 + .24 + .25 + .25 = 0.99
+        ([(1, True), (3, False), (4, True)], [(2, True), (3, True), (5, False)], 0.01 / 0.99),
+        # three tied deaths at 2 (two in A) among four at risk: E_A = 3·2/4 = 1.5, the variance
+        # 3·(1/2)(1/2)·(4 − 3)/(4 − 1) = 0.25, so U = (2 − 1.5)² / 0.25 = 1
+        ([(2, True), (2, True)], [(2, True), (4, False)], 1.0),
+        # no death at all: no information, U = 0 and p = 1 (as lifelines answers it)
+        ([(3, False)], [(4, False), (5, False)], 0.0),
+        # the only death when A has left (n_A = 0): no information
+        ([(1, False)], [(2, True), (3, False)], 0.0),
+    ],
+)
+def test_log_rank_known_answers(
+    a: list[tuple[float, bool]], b: list[tuple[float, bool]], statistic: float
+) -> None:
+    """U = (O_A − E_A)² / V with the hypergeometric variance, computed by hand."""
+    result = survival.log_rank(
+        [t for t, _ in a], [e for _, e in a], [t for t, _ in b], [e for _, e in b]
+    )
+    assert result.statistic == pytest.approx(statistic, rel=1e-12, abs=1e-15)
+    assert result.p == pytest.approx(_chi2_1_sf(statistic), rel=1e-12)
+
+
+def test_log_rank_equals_lifelines_and_scipy_on_random_cohorts() -> None:
+    """400 seeded two-group cohorts (ties, censoring at death times, groups without deaths): the
+    statistic and p equal lifelines' `logrank_test` and scipy.stats' `logrank` to round-off."""
+    from lifelines.statistics import logrank_test
+    from scipy.stats import CensoredData, logrank
+
+    rng = random.Random(19)
+    compared = 0
+    for _ in range(400):
+        a_times, a_events, _ = _random_cohort(rng)
+        b_times, b_events, _ = _random_cohort(rng)
+        ours = survival.log_rank(a_times, a_events, b_times, b_events)
+        theirs = logrank_test(
+            a_times, b_times, event_observed_A=a_events, event_observed_B=b_events
+        )
+        # the O − E sum cancels: each side's round-off is ~1e-14 of the expected count
+        assert ours.statistic == pytest.approx(float(theirs.test_statistic), rel=1e-9, abs=1e-12)
+        assert ours.p == pytest.approx(float(theirs.p_value), rel=1e-9)
+
+        def censored(times: list[float], events: list[bool]) -> CensoredData:
+            return CensoredData(
+                uncensored=[t for t, e in zip(times, events, strict=True) if e],
+                right=[t for t, e in zip(times, events, strict=True) if not e],
+            )
+
+        other = logrank(censored(a_times, a_events), censored(b_times, b_events))
+        if math.isnan(other.statistic):  # no death with both groups at risk: zero variance
+            assert (ours.statistic, ours.p) == (0.0, 1.0)
+            continue
+        compared += 1
+        assert ours.statistic == pytest.approx(float(other.statistic) ** 2, rel=1e-9, abs=1e-12)
+        assert ours.p == pytest.approx(float(other.pvalue), rel=1e-9)
+    assert compared > 300  # most cohorts have deaths: the second comparison ran
+
+
+def test_log_rank_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="durations must be finite"):
+        survival.log_rank([1.0, -2.0], [True, False], [3.0], [True])
+    with pytest.raises(ValueError, match="2 durations but 1 event flags"):
+        survival.log_rank([1.0, 2.0], [True], [3.0], [True])
+
+
+def test_normal_and_chi2_tails_are_scipy_stats_floats_bit_for_bit() -> None:
+    """norm.ppf, norm.sf and chi2.sf as scipy.stats computes them, over their whole range."""
+    from scipy.stats import chi2, norm
+
+    from service.stats import distributions
+
+    rng = np.random.default_rng(17)
+    xs = [*rng.normal(0, 4, 3000).tolist(), 0.0, 1e-300, 40.0, -40.0, math.inf, -math.inf]
+    for x in xs:
+        assert distributions.normal_sf(x) == float(norm.sf(x))
+        for df in (1, 2, 5):
+            assert distributions.chi2_sf(abs(x), df) == float(chi2.sf(abs(x), df))
+    assert distributions.chi2_sf(-1.0, 1) == float(chi2.sf(-1.0, 1)) == 1.0
+    for q in [*rng.random(3000).tolist(), 0.0, 1.0, 0.5, 1e-300]:
+        assert distributions.normal_quantile(q) == float(norm.ppf(q))
+    for level in (0.8, 0.9, 0.95, 0.99):
+        assert distributions.two_sided_normal_quantile(level) == float(
+            norm.ppf(1 - (1 - level) / 2)
+        )
+    assert distributions.two_sided_normal_quantile(0.95) == pytest.approx(1.959964, abs=1e-6)

@@ -8,7 +8,7 @@ Decisions (each also stated in the output):
 * Median follow-up: reverse Kaplan–Meier (Schemper & Smith 1996): the same times with the event
   indicator flipped (alive at the last data point is the "event", a death censors), so deaths do not
   shorten the follow-up and the median is the potential follow-up.
-* Kaplan–Meier per group (service.stats.survival) and the two-group log-rank test (lifelines).
+* Kaplan–Meier per group and the two-group log-rank test (both service.stats.survival).
 * Unadjusted hazard ratios beside the adjusted models of `cox` (the primary one, dupilumab
   time-varying; the one stratified by matched set; the fixed-group sensitivity analysis): (a) the group fixed at ICB
   initiation, as the KM curves compare them (carries the immortal time of the design: a dupilumab
@@ -27,6 +27,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from service.stats import survival
+from service.stats.distributions import normal_sf, two_sided_normal_quantile
 from service.stats.survival import DAYS_PER_MONTH, kaplan_meier, km_in_months
 from service.studies.cirae.labels import group_label
 from service.studies.cirae.records import CirAESubject, Group, MatchedSet
@@ -101,15 +103,13 @@ def _exp(value: float) -> float:
 
 
 def _hr(coef: float, se: float, z: float) -> dict[str, Any]:
-    from scipy.stats import norm
-
     return {
         "hr": _num(_exp(coef)),
         "ci_lower": _num(_exp(coef - z * se)),
         "ci_upper": _num(_exp(coef + z * se)),
         "log_hr": _num(coef),
         "se_log_hr": _num(se),
-        "p": _p(2 * norm.sf(abs(coef / se))) if se > 0 else None,
+        "p": _p(2 * normal_sf(abs(coef / se))) if se > 0 else None,
     }
 
 
@@ -122,11 +122,10 @@ def unadjusted_fixed(
 ) -> dict[str, Any]:
     """Cox with the group alone (fixed at ICB initiation); model-based and clustered intervals."""
     import numpy as np  # where used: start-up imports no statistics library
-    from scipy.stats import norm
 
     from service.stats.cox_fit import fit_cox_ph
 
-    z = float(norm.ppf(1 - (1 - level) / 2))
+    z = two_sided_normal_quantile(level)
     try:
         fitted = _fit_quietly(
             lambda: fit_cox_ph(
@@ -180,7 +179,6 @@ def unadjusted_time_varying(
 ) -> dict[str, Any]:
     """Cox with dupilumab exposure alone, time-varying from the first dose (no immortal time)."""
     import numpy as np  # where used: start-up imports no statistics library
-    from scipy.stats import norm
 
     from service.stats.cox_fit import fit_cox
 
@@ -188,7 +186,7 @@ def unadjusted_time_varying(
     exposure = np.array([r["dupilumab"] for r in rows], dtype=float)
     if len(np.unique(exposure)) < 2:
         return _not_estimable("dupilumab exposure does not vary in the matched population")
-    z = float(norm.ppf(1 - (1 - level) / 2))
+    z = two_sided_normal_quantile(level)
     try:
         fitted = _fit_quietly(
             lambda: fit_cox(
@@ -215,24 +213,23 @@ def unadjusted_time_varying(
 
 def log_rank(population: Sequence[tuple[CirAESubject, int]]) -> dict[str, Any]:
     """Two-group log-rank test of OS, dupilumab cases against their matched controls."""
-    from lifelines.statistics import logrank_test
-
     cases = [s for s, _ in population if s.group == "dupilumab"]
     controls = [s for s, _ in population if s.group != "dupilumab"]
     if not cases or not controls:
         return {"statistic": None, "df": 1, "p": None, "reason": "a group is empty"}
 
-    result = logrank_test(
+    result = survival.log_rank(
         [float(s.os_days) for s in cases],
+        [s.died for s in cases],
         [float(s.os_days) for s in controls],
-        event_observed_A=[s.died for s in cases],
-        event_observed_B=[s.died for s in controls],
+        [s.died for s in controls],
     )
     return {
-        "statistic": _num(result.test_statistic),
+        "statistic": _num(result.statistic),
         "df": 1,
-        "p": _p(result.p_value),
-        "method": "log-rank (lifelines), dupilumab cases vs matched controls",
+        "p": _p(result.p),
+        "method": "log-rank (Mantel–Haenszel, hypergeometric variance), dupilumab cases vs "
+        "matched controls",
         "reason": None,
     }
 

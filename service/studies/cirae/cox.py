@@ -57,6 +57,7 @@ import numpy.typing as npt
 from service.stats.cox_fit import ConvergenceError, CoxArrays
 from service.stats.cox_fit import fit_cox as fit_arrays
 from service.stats.cox_fit import schoenfeld_residuals as _schoenfeld
+from service.stats.distributions import chi2_sf, two_sided_normal_quantile
 from service.studies.cirae.records import CirAESubject
 from service.studies.cirae.results import (
     CoxFit,
@@ -479,9 +480,7 @@ def _term_problem(coef: float, se: float) -> str | None:
 
 def term_results(fitter: Fitted, level: float) -> dict[str, TermEstimate]:
     """HR, CI and Wald p per term; a term that cannot be trusted says so instead of a number."""
-    from scipy.stats import chi2
-
-    z = float(_normal_quantile(level))
+    z = two_sided_normal_quantile(level)
     out: dict[str, TermEstimate] = {}
     with np.errstate(invalid="ignore"):
         errors = fitter.arrays.standard_errors
@@ -499,16 +498,9 @@ def term_results(fitter: Fitted, level: float) -> dict[str, TermEstimate]:
             ci_upper=_num(math.exp(coef + z * se)),
             log_hr=_num(coef),
             se_log_hr=_num(se),
-            p=_p(chi2.sf((coef / se) ** 2, 1)),
+            p=_p(chi2_sf((coef / se) ** 2, 1)),
         )
     return out
-
-
-def _normal_quantile(level: float) -> float:
-    """The two-sided normal quantile for a confidence level (1.959964 for 95 %)."""
-    from scipy.stats import norm
-
-    return float(norm.ppf(1 - (1 - level) / 2))
 
 
 # -- proportional-hazards check ---------------------------------------------------------------------
@@ -535,8 +527,6 @@ _PH_METHOD = (
 
 def ph_check(fitter: Fitted, design: Design, level: float) -> PhCheck:
     """Grambsch–Therneau tests on the fitted model's own residuals: does any HR drift with time?"""
-    from scipy.stats import chi2
-
     terms = list(fitter.terms)
     table = design.table
     resid, _ = schoenfeld_residuals(
@@ -562,10 +552,10 @@ def ph_check(fitter: Fitted, design: Design, level: float) -> PhCheck:
     global_stat = float(d * u @ vu / scale)
     alpha = 1 - level
     terms_out = {
-        t: PhTest(statistic=_num(s), df=1, p=_p(chi2.sf(s, 1)))
+        t: PhTest(statistic=_num(s), df=1, p=_p(chi2_sf(s, 1)))
         for t, s in zip(terms, per_term.tolist(), strict=True)
     }
-    global_p = _p(chi2.sf(global_stat, len(terms)))
+    global_p = _p(chi2_sf(global_stat, len(terms)))
     flagged = tuple(t for t, r in terms_out.items() if r.p is not None and r.p < alpha)
     violated = bool(flagged) or (global_p is not None and global_p < alpha)
     return replace(
