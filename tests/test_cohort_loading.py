@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -181,6 +183,49 @@ def test_events_by_chunk_yields_each_chunk_of_patients_once(
     assert [list(c) for c in chunks] == [ids[i : i + 7] for i in range(0, len(ids), 7)]
     assert {p: e for c in chunks for p, e in c.items()} == whole
     assert chunks[-1]["no-such-patient"] == []
+
+
+def test_the_next_chunk_is_fetched_ahead_and_an_early_close_leaves_the_session_usable(
+    loaded: tuple[Engine, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the caller holds one chunk, the next one's statement has already been sent on the
+    helper thread (the database works while Python decodes); a caller that stops after the first
+    chunk gets its session back in a usable state, on both backends (issue 19)."""
+    monkeypatch.setattr(sql, "CHUNK", 7)
+    engine, _ = loaded
+    with engine.connect() as conn:
+        ids = sorted(
+            r[0] for r in conn.execute(text("SELECT DISTINCT patient_id FROM trial_event"))
+        )
+    assert len(ids) > 14  # three chunks at least
+    fetched: list[tuple[str, str]] = []  # (thread, first patient of the chunk), as sent
+    original = trial_events._fetch_payloads
+
+    def noted(cursor: Any, postgres: bool, chunk: Any, kinds: Any) -> Any:
+        fetched.append((threading.current_thread().name, chunk[0]))
+        return original(cursor, postgres, chunk, kinds)
+
+    monkeypatch.setattr(trial_events, "_fetch_payloads", noted)
+
+    def first_then_query(session: Any) -> tuple[list[str], list[tuple[str, str]], int]:
+        stream = trial_events.events_by_chunk(session, ids, zone=ZONE)
+        first = next(stream)
+        deadline = time.monotonic() + 10
+        while len(fetched) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # the fetch ahead runs on its own thread
+        time.sleep(0.05)  # and nothing beyond it starts while the caller holds the first chunk
+        sent = list(fetched)
+        stream.close()
+        count = session.execute(text("SELECT COUNT(*) FROM trial_event")).scalar_one()
+        return list(first), sent, count
+
+    first, sent, count = read(engine, first_then_query)
+    assert first == ids[:7]
+    assert [patient for _, patient in sent] == [ids[0], ids[7]]
+    assert all(thread.startswith("event-prefetch") for thread, _ in sent)
+    assert fetched == sent  # closing did not fetch the third chunk
+    with engine.connect() as conn:
+        assert count == conn.execute(text("SELECT COUNT(*) FROM trial_event")).scalar_one()
 
 
 def test_a_kind_read_only_for_its_day_gives_the_day_its_event_would() -> None:

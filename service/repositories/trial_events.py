@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -47,34 +49,65 @@ def _payloads(
 
 def _payload_chunks(
     session: Session, patient_ids: Sequence[str], kinds: Sequence[str] | None
-) -> Iterator[tuple[Sequence[str], Sequence[tuple[str, str]]]]:
+) -> Generator[tuple[Sequence[str], Sequence[tuple[str, str]]], None, None]:
     """Each chunk of patients with the (patient, payload) rows of its events, in stored order,
     through the driver's own cursor: a cohort reads 10^5-10^6 rows, and a SQLAlchemy row each
-    cost more than the driver's tuple (the statement is the one the Core query compiled to)."""
+    cost more than the driver's tuple (the statement is the one the Core query compiled to).
+
+    With more than one chunk, the next chunk is fetched on one helper thread while the caller
+    works on the current one: the database (PostgreSQL's own process, SQLite's page reads with
+    the GIL released) works on the other core instead of waiting for the decoding, and the
+    decoding does not wait for the database. The connection is still used by one thread at a
+    time (the caller must not use the session until it has consumed or closed the iterator)."""
     conn = session.connection()
     postgres = conn.dialect.name == "postgresql"
     cursor = conn.connection.cursor()
+
+    def fetch(chunk: Sequence[str]) -> list[tuple[str, str]]:
+        return _fetch_payloads(cursor, postgres, chunk, kinds)
+
+    todo = list(chunks(list(patient_ids)))
     try:
-        for chunk in chunks(list(patient_ids)):
-            if postgres:  # one array parameter each: one statement text, prepared once
-                where = "patient_id = ANY(%s)" + (
-                    " AND kind = ANY(%s)" if kinds is not None else ""
-                )
-                params: tuple[Any, ...] = (
-                    list(chunk),
-                    *([list(kinds)] if kinds is not None else []),
-                )
-            else:
-                where = f"patient_id IN ({', '.join('?' * len(chunk))})"
-                if kinds is not None:
-                    where += f" AND kind IN ({', '.join('?' * len(kinds))})"
-                params = (*chunk, *(kinds or ()))
-            cursor.execute(
-                f"SELECT patient_id, payload FROM trial_event WHERE {where} ORDER BY pk", params
-            )
-            yield chunk, cursor.fetchall()
+        if len(todo) <= 1:  # a write's few patients: no thread
+            for chunk in todo:
+                yield chunk, fetch(chunk)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-prefetch") as pool:
+            pending = pool.submit(fetch, todo[0])
+            try:
+                for i, chunk in enumerate(todo):
+                    rows = pending.result()
+                    if i + 1 < len(todo):
+                        pending = pool.submit(fetch, todo[i + 1])
+                    yield chunk, rows
+                    del rows
+            finally:  # closed early or failed: let the fetch in flight finish before the cursor goes
+                if not pending.cancel():
+                    _settled(pending)
     finally:
         cursor.close()
+
+
+def _fetch_payloads(
+    cursor: Any, postgres: bool, chunk: Sequence[str], kinds: Sequence[str] | None
+) -> list[tuple[str, str]]:
+    """One chunk's (patient, payload) rows, in stored order."""
+    if postgres:  # one array parameter each: one statement text, prepared once
+        where = "patient_id = ANY(%s)" + (" AND kind = ANY(%s)" if kinds is not None else "")
+        params: tuple[Any, ...] = (list(chunk), *([list(kinds)] if kinds is not None else []))
+    else:
+        where = f"patient_id IN ({', '.join('?' * len(chunk))})"
+        if kinds is not None:
+            where += f" AND kind IN ({', '.join('?' * len(kinds))})"
+        params = (*chunk, *(kinds or ()))
+    cursor.execute(f"SELECT patient_id, payload FROM trial_event WHERE {where} ORDER BY pk", params)
+    return list(cursor.fetchall())
+
+
+def _settled(future: Future[Any]) -> None:
+    """Wait for a fetch the caller no longer wants; its error, if any, is not the caller's."""
+    with contextlib.suppress(Exception):
+        future.result()
 
 
 def identifier_target(value: str) -> str:
@@ -217,11 +250,13 @@ def events_of(
 
 def events_by_chunk(
     session: Session, patient_ids: Sequence[str], *, zone: dt.tzinfo
-) -> Iterator[dict[str, list[TrialEvent]]]:
+) -> Generator[dict[str, list[TrialEvent]], None, None]:
     """`events_of` one chunk of patients at a time (every patient of the chunk a key), so a
     caller that reduces each patient's events at once holds one chunk's events, not a cohort's."""
-    for events, _ in events_and_days_by_chunk(session, patient_ids, zone=zone, days_only=()):
-        yield events
+    stream = events_and_days_by_chunk(session, patient_ids, zone=zone, days_only=())
+    with contextlib.closing(stream):  # closed early, it closes its fetch ahead at once
+        for events, _ in stream:
+            yield events
 
 
 def events_and_days_by_chunk(
@@ -230,7 +265,7 @@ def events_and_days_by_chunk(
     *,
     zone: dt.tzinfo,
     days_only: Collection[EventKind],
-) -> Iterator[tuple[dict[str, list[TrialEvent]], dict[str, dt.date]]]:
+) -> Generator[tuple[dict[str, list[TrialEvent]], dict[str, dt.date]], None, None]:
     """`events_by_chunk`, but the events of the `days_only` kinds are not built: each patient's
     latest day among them (day precision or finer, site calendar; requests, an `intent` in their
     values, are not a day seen) instead, for a caller that reads those kinds only for that day
@@ -238,19 +273,21 @@ def events_and_days_by_chunk(
     Patients with no such day have no key in the second mapping."""
     decode = _Decoder(zone)  # shared by the chunks: dates and concepts recur across patients
     days_kinds = frozenset(k.value for k in days_only)
-    for chunk, rows in _payload_chunks(session, patient_ids, None):
-        out: dict[str, list[TrialEvent]] = {p: [] for p in chunk}
-        days: dict[str, dt.date] = {}
-        for patient_id, payload in rows:
-            data = orjson.loads(payload)
-            if data["kind"] not in days_kinds:
-                out[patient_id].append(decode.event(data, patient_id))
-            elif (day := decode.day_seen(data)) is not None:
-                latest = days.get(patient_id)
-                if latest is None or day > latest:
-                    days[patient_id] = day
-        del rows
-        yield out, days
+    fetched = _payload_chunks(session, patient_ids, None)
+    with contextlib.closing(fetched):  # closed early, the fetch ahead ends before we return
+        for chunk, rows in fetched:
+            out: dict[str, list[TrialEvent]] = {p: [] for p in chunk}
+            days: dict[str, dt.date] = {}
+            for patient_id, payload in rows:
+                data = orjson.loads(payload)
+                if data["kind"] not in days_kinds:
+                    out[patient_id].append(decode.event(data, patient_id))
+                elif (day := decode.day_seen(data)) is not None:
+                    latest = days.get(patient_id)
+                    if latest is None or day > latest:
+                        days[patient_id] = day
+            del rows
+            yield out, days
 
 
 _KINDS: dict[str, EventKind] = {k.value: k for k in EventKind}
