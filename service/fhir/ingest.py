@@ -8,7 +8,6 @@ rewritten, and only then are versions written, in bulk. Reads (GET entries) see 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -16,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal
 
-from sqlalchemy import text
 from sqlmodel import Session
 
 from fhir_mapping.bundles import Entry
@@ -27,7 +25,7 @@ from fhir_mapping.tokens import ascii_int
 from service.audit.events import CLI_CLIENT, AuditNote, Entity, audit_event, provenance
 from service.errors import FhirError
 from service.infra.clock import fhir_instant
-from service.repositories import fhir_versions
+from service.repositories import create_locks, fhir_versions
 from service.repositories.audit_records import insert_records
 from service.repositories.fhir_search import match_ids, search_bundle
 from service.repositories.fhir_versions import Key
@@ -230,27 +228,18 @@ def _criteria_key(resource_type: str, criteria: list[tuple[str, str]]) -> str:
 
 def _claim_criteria(session: Session, entries: list[Entry]) -> None:
     """Serialise the writers that may create on the same criteria, so a search-then-create
-    cannot run twice at once and create two (PostgreSQL: transaction-scoped advisory locks on
-    the criteria's hash, taken in one order; waiting writers search again after the holder
-    commits, and find what it created). SQLite writers are serialised already (BEGIN
-    IMMEDIATE). Criteria written differently (`identifier=X`, `identifier=sys|X`) are not
-    recognised as the same: the lock is on the text.
+    cannot run twice at once and create two (`create_locks`: waiting writers search again after
+    the holder commits, and find what it created). Criteria written differently
+    (`identifier=X`, `identifier=sys|X`) are not recognised as the same: the lock is on the text.
     """
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    keys = sorted(
-        {
-            int.from_bytes(
-                hashlib.sha256(_criteria_key(e.resource_type or "", c).encode()).digest()[:8],
-                "big",
-                signed=True,
-            )
+    create_locks.lock_criteria(
+        session,
+        (
+            _criteria_key(e.resource_type or "", c)
             for e in entries
             if (c := _criteria(e)) is not None
-        }
+        ),
     )
-    for key in keys:
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def _refuse_repeated_criteria(entries: list[Entry]) -> None:
