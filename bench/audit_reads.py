@@ -22,7 +22,6 @@ import contextlib
 import math
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,13 +32,11 @@ from pathlib import Path
 import httpx
 from ingest import (
     DEFAULT_POSTGRES,
-    REPO,
     _free_port,
-    _stop,
-    _wait_healthy,
     machine_facts,
     postgres_database,
     sqlite_database,
+    started,
 )
 
 TARGET_RATIO = 0.9
@@ -64,14 +61,8 @@ def service(app: str, database_url: str, log_path: Path) -> Iterator[str]:
         "TRIALBRIDGE_RATE_LIMIT_ADDRESS_PER_SECOND": "0",
     }
     command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_healthy(base, proc, log_path)
-            yield base
-        finally:
-            _stop(proc)
+    with started(command, env, log_path, port) as (base, _):
+        yield base
 
 
 def store_patients(base: str) -> list[str]:

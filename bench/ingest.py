@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -258,6 +258,28 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
+def started(
+    command: Sequence[str],
+    env: Mapping[str, str],
+    log_path: Path,
+    port: int,
+    cwd: Path = REPO,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start a server command listening on `port` (its output to `log_path`), wait until its
+    /healthz answers 200, yield (base URL, process), and stop it after: every bench's server."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            list(command), cwd=cwd, env=dict(env), stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            base_url = f"http://127.0.0.1:{port}"
+            _wait_healthy(base_url, proc, log_path)
+            yield base_url, proc
+        finally:
+            _stop(proc)
+
+
+@contextlib.contextmanager
 def running_service(
     database_url: str, log_path: Path, model_check_processes: int | None = None
 ) -> Iterator[str]:
@@ -269,14 +291,8 @@ def running_service(
         env["TRIALBRIDGE_MODEL_CHECK_PROCESSES"] = str(model_check_processes)
     command = [sys.executable, "-m", "uvicorn", "api.app:app"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            base_url = f"http://127.0.0.1:{port}"
-            _wait_healthy(base_url, proc, log_path)
-            yield base_url
-        finally:
-            _stop(proc)
+    with started(command, env, log_path, port) as (base_url, _):
+        yield base_url
 
 
 @contextlib.contextmanager

@@ -45,15 +45,13 @@ from ingest import (  # a sibling script, not a package
     DEFAULT_DATA,
     DEFAULT_POSTGRES,
     HEADERS,
-    REPO,
     BundleTemplate,
     _free_port,
-    _stop,
-    _wait_healthy,
     load_patients,
     model_checks_settled,
     postgres_database,
     sqlite_database,
+    started,
 )
 
 MB = 1_000_000
@@ -196,15 +194,8 @@ def service(
     }
     command = [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--timeout-keep-alive", "600"]
-    log_path = workdir / "service.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            base_url = f"http://127.0.0.1:{port}"
-            _wait_healthy(base_url, proc, log_path)
-            yield base_url, proc
-        finally:
-            _stop(proc)
+    with started(command, env, workdir / "service.log", port) as served:
+        yield served
 
 
 def _warm_up(client: httpx.Client, templates: Sequence[BundleTemplate]) -> None:

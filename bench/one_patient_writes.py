@@ -32,8 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import (  # a sibling script, not a package
     DEFAULT_POSTGRES,
     _free_port,
-    _stop,
-    _wait_healthy,
+    started,
 )
 from small_transactions import post_round, validate_round
 
@@ -93,17 +92,9 @@ def _served(url: str, checkout: Path, workdir: Path) -> Iterator[tuple[str, int]
     port = _free_port()
     log_path = workdir / "service.log"
     command = [str(python), "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1"]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*command, "--port", str(port)], cwd=checkout, env=env, stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_healthy(base, proc, log_path)
-            yield base, proc.pid
-        finally:
-            _stop(proc)
+    command += ["--port", str(port)]
+    with started(command, env, log_path, port, cwd=checkout) as (base, proc):
+        yield base, proc.pid
 
 
 def measure(database: str, checkout: Path, seconds: float) -> dict[str, float]:

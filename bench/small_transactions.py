@@ -41,11 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bundle_sizes import bundle, database  # a sibling script, not a package
 from ingest import (
     HEADERS,
-    REPO,
     _free_port,
-    _stop,
-    _wait_healthy,
     running_service,
+    started,
 )
 
 ENTRIES = 17
@@ -83,14 +81,8 @@ def served(config: Config, url: str, workdir: Path) -> Iterator[tuple[str, int]]
     env = {**os.environ, "DATABASE_URL": url, "TRIALBRIDGE_AUTH_DISABLED": "true"}
     command = [sys.executable, "-m", "api.cli", "serve", "--port", str(port)]
     command += ["--workers", str(config.workers)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_healthy(base, proc, log_path)
-            yield base, proc.pid
-        finally:
-            _stop(proc)
+    with started(command, env, log_path, port) as (base, proc):
+        yield base, proc.pid
 
 
 def _listener_pid(base: str) -> int:

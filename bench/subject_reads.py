@@ -45,10 +45,9 @@ from ingest import (
     DEFAULT_POSTGRES,
     BenchError,
     _free_port,
-    _stop,
-    _wait_healthy,
     machine_facts,
     postgres_database,
+    started,
 )
 from joserfc.jwk import ECKey
 
@@ -137,20 +136,9 @@ def serving(database_url: str, workdir: Path, auth: bool) -> Iterator[tuple[str,
     port = _free_port()
     log_path = workdir / "serve.log"
     command = _trialbridge("serve", "--host", "127.0.0.1", "--port", str(port))
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=_env(database_url, workdir, None if auth else AUTH_OFF),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_healthy(base, proc, log_path)
-            yield base, proc.pid
-        finally:
-            _stop(proc)
+    env = _env(database_url, workdir, None if auth else AUTH_OFF)
+    with started(command, env, log_path, port) as (base, proc):
+        yield base, proc.pid
 
 
 def token(base: str, database_url: str, workdir: Path, auth: bool = True) -> str:
