@@ -190,7 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=12.0)
-    parser.add_argument("--config", default="sqlite,postgres", help="sqlite, postgres or both")
+    parser.add_argument(
+        "--config",
+        default="sqlite,postgres",
+        help="comma-separated: sqlite, postgres (default: both)",
+    )
     parser.add_argument("--profile", type=Path, default=None, help="folder for py-spy profiles")
     args = parser.parse_args(argv)
     if args.profile:
