@@ -152,3 +152,48 @@ def test_a_write_of_many_patients_takes_one_lock_instead_of_one_each(new_databas
         ]
     finally:
         engine.dispose()
+
+
+LOCAL_PROTOCOL = {"system": "urn:example:hospital:protocols", "value": "LUNG-42"}
+
+
+def _study_with_a_local_number() -> dict[str, Any]:
+    """NCT06088771's ResearchStudy, also carrying the hospital's own protocol number."""
+    study = kit.research_study()
+    study["identifier"] = [*study["identifier"], LOCAL_PROTOCOL]
+    return study
+
+
+def _enrollment_naming_the_study_by_identifier() -> dict[str, Any]:
+    """A ResearchSubject whose `study` is a logical reference by the hospital's protocol number
+    (no id, no NCT number): only the stored ResearchStudy, found through the identifier index,
+    makes it an enrollment in NCT06088771; until that study commits, the look-up misses."""
+    subject = dict(nct.enrollment(PID)[f"{PID}-rs"])
+    subject["study"] = {"type": "ResearchStudy", "identifier": LOCAL_PROTOCOL}
+    return subject
+
+
+def test_an_identifier_look_up_that_missed_is_remapped_when_the_study_commits(
+    new_database: Any,
+) -> None:
+    # the enrollment's mapping finds no study by the protocol number (a miss) and holds the
+    # identifier's lock; the study's writer waits for it, then finds the dependency and remaps
+    subjects = _interleaved(
+        new_database,
+        [kit.patient(id=PID, gender="female")],
+        _enrollment_naming_the_study_by_identifier(),
+        _study_with_a_local_number(),
+    )
+    assert subjects == [(nct.NCT, str(nct.ENROLLED), "None")]
+
+
+def test_an_identifier_look_up_waits_for_the_study_being_written(new_database: Any) -> None:
+    # the other order: the study is written and held; the enrollment's look-up by identifier
+    # waits for it and reads it once committed
+    subjects = _interleaved(
+        new_database,
+        [kit.patient(id=PID, gender="female")],
+        _study_with_a_local_number(),
+        _enrollment_naming_the_study_by_identifier(),
+    )
+    assert subjects == [(nct.NCT, str(nct.ENROLLED), "None")]
