@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.partial_dates import parse_partial_date
@@ -24,8 +24,8 @@ from service.derivation.catalog import load_catalog
 from service.infra.db import make_engine
 from service.infra.settings import Settings
 from service.reads.access import read
-from service.reads.cohort_refresher import _cohort, _screened, _stored, kind_report
-from service.repositories import sql, trial_events
+from service.reads.cohort_refresher import _cohort, _records, _screened, _stored, kind_report
+from service.repositories import sql, study_subjects, trial_events
 from service.studies.cirae.reduction import reduce_member
 from service.studies.kind import CohortData, Member
 from service.studies.registry import kind_of
@@ -185,47 +185,97 @@ def test_events_by_chunk_yields_each_chunk_of_patients_once(
     assert chunks[-1]["no-such-patient"] == []
 
 
-def test_the_next_chunk_is_fetched_ahead_and_an_early_close_leaves_the_session_usable(
+def _patients_with_events(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT DISTINCT patient_id FROM trial_event"))
+        return sorted(r[0] for r in rows)
+
+
+def test_the_next_chunk_is_fetched_ahead_and_closing_waits_for_it(
     loaded: tuple[Engine, Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While the caller holds one chunk, the next one's statement has already been sent on the
-    helper thread (the database works while Python decodes); a caller that stops after the first
-    chunk gets its session back in a usable state, on both backends (issue 19)."""
+    helper thread (the database works while Python decodes); closing the stream early waits for
+    that fetch to end (it is using the connection), fetches nothing more, and leaves the session
+    usable, on both backends (issue 19)."""
     monkeypatch.setattr(sql, "CHUNK", 7)
     engine, _ = loaded
-    with engine.connect() as conn:
-        ids = sorted(
-            r[0] for r in conn.execute(text("SELECT DISTINCT patient_id FROM trial_event"))
-        )
+    ids = _patients_with_events(engine)
     assert len(ids) > 14  # three chunks at least
     fetched: list[tuple[str, str]] = []  # (thread, first patient of the chunk), as sent
+    second_sent, release = threading.Event(), threading.Event()
     original = trial_events._fetch_payloads
 
     def noted(cursor: Any, postgres: bool, chunk: Any, kinds: Any) -> Any:
         fetched.append((threading.current_thread().name, chunk[0]))
+        if len(fetched) == 2:
+            second_sent.set()
+            assert release.wait(30)  # held until the test lets it go
         return original(cursor, postgres, chunk, kinds)
 
     monkeypatch.setattr(trial_events, "_fetch_payloads", noted)
 
-    def first_then_query(session: Any) -> tuple[list[str], list[tuple[str, str]], int]:
+    def first_then_close(session: Any) -> tuple[list[str], bool, bool, int]:
         stream = trial_events.events_by_chunk(session, ids, zone=ZONE)
         first = next(stream)
-        deadline = time.monotonic() + 10
-        while len(fetched) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)  # the fetch ahead runs on its own thread
-        time.sleep(0.05)  # and nothing beyond it starts while the caller holds the first chunk
-        sent = list(fetched)
-        stream.close()
+        assert second_sent.wait(30)  # sent without the caller asking for it
+        closer = threading.Thread(target=stream.close)
+        closer.start()
+        closer.join(0.2)
+        waited = closer.is_alive()  # close() is waiting for the fetch in flight
+        release.set()
+        closer.join(30)
+        closed = not closer.is_alive()
         count = session.execute(text("SELECT COUNT(*) FROM trial_event")).scalar_one()
-        return list(first), sent, count
+        return list(first), waited, closed, count
 
-    first, sent, count = read(engine, first_then_query)
+    first, waited, closed, count = read(engine, first_then_close)
     assert first == ids[:7]
-    assert [patient for _, patient in sent] == [ids[0], ids[7]]
-    assert all(thread.startswith("event-prefetch") for thread, _ in sent)
-    assert fetched == sent  # closing did not fetch the third chunk
+    assert (waited, closed) == (True, True)
+    assert [patient for _, patient in fetched] == [ids[0], ids[7]]  # not the third chunk
+    assert all(thread.startswith("event-prefetch") for thread, _ in fetched)
     with engine.connect() as conn:
         assert count == conn.execute(text("SELECT COUNT(*) FROM trial_event")).scalar_one()
+
+
+def test_a_failing_reduction_ends_the_fetch_ahead_before_the_session_ends(
+    loaded: tuple[Engine, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kind's reduction that raises on the first member: the fetch of the next chunk (slowed
+    here) has ended before the session gives its connection back to the pool, so no statement
+    runs on a connection another request may then hold (issue 19)."""
+    monkeypatch.setattr(sql, "CHUNK", 7)
+    engine, settings = loaded
+    protocol = load_catalog(settings).protocols["cirae-dupilumab"]
+    in_flight: list[int] = [0]
+    at_checkin: list[int] = []
+    original = trial_events._fetch_payloads
+
+    def slowed(cursor: Any, postgres: bool, chunk: Any, kinds: Any) -> Any:
+        in_flight[0] += 1
+        try:
+            time.sleep(0.2)  # the window in which an early check-in would overlap it
+            return original(cursor, postgres, chunk, kinds)
+        finally:
+            in_flight[0] -= 1
+
+    def failing(_protocol: Any, _member: Member) -> Any:
+        raise RuntimeError("the reduction failed")
+
+    def reduce_all(session: Any) -> Any:
+        rows = study_subjects.study_subjects(session, "cirae-dupilumab")
+        assert len(rows) > 7  # a second chunk to fetch ahead
+        return _records(session, rows, ZONE, protocol, failing)
+
+    monkeypatch.setattr(trial_events, "_fetch_payloads", slowed)
+    listener = lambda *_: at_checkin.append(in_flight[0])  # noqa: E731
+    event.listen(engine.pool, "checkin", listener)
+    try:
+        with pytest.raises(RuntimeError, match="the reduction failed"):
+            read(engine, reduce_all)
+    finally:
+        event.remove(engine.pool, "checkin", listener)
+    assert at_checkin == [0]
 
 
 def test_a_kind_read_only_for_its_day_gives_the_day_its_event_would() -> None:

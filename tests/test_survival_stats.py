@@ -510,6 +510,8 @@ def test_normal_and_chi2_tails_are_scipy_stats_floats_bit_for_bit() -> None:
         for df in (1, 2, 5):
             assert distributions.chi2_sf(abs(x), df) == float(chi2.sf(abs(x), df))
     assert distributions.chi2_sf(-1.0, 1) == float(chi2.sf(-1.0, 1)) == 1.0
+    assert math.isnan(distributions.chi2_sf(3.0, 0))
+    assert math.isnan(float(chi2.sf(3.0, 0)))
     for q in [*rng.random(3000).tolist(), 0.0, 1.0, 0.5, 1e-300]:
         assert distributions.normal_quantile(q) == float(norm.ppf(q))
     for level in (0.8, 0.9, 0.95, 0.99):

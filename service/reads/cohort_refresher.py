@@ -13,6 +13,7 @@ another pass follows. Reads (`cohort_reports`) only read snapshots.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -172,11 +173,16 @@ def _records(
     chunks = trial_events.events_and_days_by_chunk(
         session, list(row_of), zone=zone, days_only=days_only
     )
-    for events, seen in chunks:
-        for patient_id in list(events):  # the chunk's patients, in the rows' order
-            r, own = row_of[patient_id], events.pop(patient_id)  # its events go once reduced
-            member = Member(patient_id, r.subject_id, r.status, r.day1, own, seen.get(patient_id))
-            records.append(reduce(protocol, member))
+    # closed here, not when a traceback lets go of this frame: a failing reduction must not leave
+    # the fetch ahead running on the connection after the session has given it back
+    with contextlib.closing(chunks):
+        for events, seen in chunks:
+            for patient_id in list(events):  # the chunk's patients, in the rows' order
+                r, own = row_of[patient_id], events.pop(patient_id)  # its events go once reduced
+                member = Member(
+                    patient_id, r.subject_id, r.status, r.day1, own, seen.get(patient_id)
+                )
+                records.append(reduce(protocol, member))
     return records
 
 

@@ -6,7 +6,7 @@ import contextlib
 import datetime as dt
 import hashlib
 from collections.abc import Collection, Generator, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -43,8 +43,10 @@ def _payloads(
     session: Session, patient_ids: Sequence[str], kinds: Sequence[str] | None
 ) -> Iterator[tuple[str, str]]:
     """(patient, payload) of these patients' events (of these kinds), in stored order per chunk."""
-    for _, rows in _payload_chunks(session, patient_ids, kinds):
-        yield from rows
+    fetched = _payload_chunks(session, patient_ids, kinds)
+    with contextlib.closing(fetched):
+        for _, rows in fetched:
+            yield from rows
 
 
 def _payload_chunks(
@@ -54,11 +56,13 @@ def _payload_chunks(
     through the driver's own cursor: a cohort reads 10^5-10^6 rows, and a SQLAlchemy row each
     cost more than the driver's tuple (the statement is the one the Core query compiled to).
 
-    With more than one chunk, the next chunk is fetched on one helper thread while the caller
-    works on the current one: the database (PostgreSQL's own process, SQLite's page reads with
-    the GIL released) works on the other core instead of waiting for the decoding, and the
-    decoding does not wait for the database. The connection is still used by one thread at a
-    time (the caller must not use the session until it has consumed or closed the iterator)."""
+    With more than one chunk, the chunks are fetched on one helper thread, each next one while
+    the caller works on the current one: the database (PostgreSQL's own process, SQLite's page
+    reads with the GIL released) works on the other core instead of waiting for the decoding, and
+    the decoding does not wait for the database. Two chunks' rows are held at once. The
+    connection is still used by one thread at a time: the caller must not use the session, nor
+    let it end (on error too), before it has consumed or closed the iterator; closing waits for
+    the fetch in flight."""
     conn = session.connection()
     postgres = conn.dialect.name == "postgresql"
     cursor = conn.connection.cursor()
@@ -81,9 +85,8 @@ def _payload_chunks(
                         pending = pool.submit(fetch, todo[i + 1])
                     yield chunk, rows
                     del rows
-            finally:  # closed early or failed: let the fetch in flight finish before the cursor goes
-                if not pending.cancel():
-                    _settled(pending)
+            finally:  # closed early or failed: a fetch not started never starts; leaving the
+                pending.cancel()  # executor waits for one running, before the cursor closes
     finally:
         cursor.close()
 
@@ -102,12 +105,6 @@ def _fetch_payloads(
         params = (*chunk, *(kinds or ()))
     cursor.execute(f"SELECT patient_id, payload FROM trial_event WHERE {where} ORDER BY pk", params)
     return list(cursor.fetchall())
-
-
-def _settled(future: Future[Any]) -> None:
-    """Wait for a fetch the caller no longer wants; its error, if any, is not the caller's."""
-    with contextlib.suppress(Exception):
-        future.result()
 
 
 def identifier_target(value: str) -> str:

@@ -8,6 +8,8 @@ checks, so the floats are the same ones (tests compare them bit for bit).
 
 from __future__ import annotations
 
+import math
+
 
 def normal_quantile(q: float) -> float:
     """The standard normal quantile: scipy.stats' `norm.ppf(q)`."""
@@ -32,6 +34,8 @@ def chi2_sf(x: float, df: int) -> float:
     """The chi-squared upper tail P(X > x) with `df` degrees of freedom: `chi2.sf(x, df)`."""
     from scipy.special import chdtrc
 
+    if not df > 0:  # no such distribution: scipy.stats answers NaN (chdtrc would not)
+        return math.nan
     if x < 0:  # below the support, as scipy.stats answers it (chdtrc itself gives NaN)
         return 1.0
     return float(chdtrc(df, x))

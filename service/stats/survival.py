@@ -183,8 +183,9 @@ def log_rank(
 
     At each distinct death time t with n at risk (n_A in A) and d deaths (d_A in A):
     U = (Σ d_A − d·n_A/n)² / Σ d·(n_A/n)(1 − n_A/n)(n − d)/(n − 1), the hypergeometric variance
-    (its last factor 1 where n = 1), p = P(χ²₁ > U). With no information (no death with both groups
-    at risk) U is 0 and p is 1, as lifelines answers it. Tests compare it with lifelines'
+    (its last factor 1 where n = 1), p = P(χ²₁ > U). With no information (no death while both
+    groups are at risk, or everyone at risk dying at once) U is 0 and p is 1, as lifelines answers
+    it for two non-empty groups (the caller refuses an empty one). Tests compare it with lifelines'
     `logrank_test` and scipy.stats' `logrank` (equal to round-off, 1e-9 relative).
     """
     import numpy as np

@@ -126,7 +126,7 @@ def compare(
     min_events_per_parameter: int,
 ) -> Comparison:
     """Matching and the four Cox models for dupilumab vs one control group."""
-    # where used: the Cox models bring numpy, pandas, lifelines and scipy (~100 MB a process)
+    # where used: the Cox models bring numpy, pandas and scipy.special/linalg (~65 MB a process)
     from service.studies.cirae.cox import MODELS, fit_cox, not_estimable
 
     cases = [s for s in cohort if s.group == "dupilumab"]
