@@ -173,27 +173,14 @@ def _enrollment_naming_the_study_by_identifier() -> dict[str, Any]:
     return subject
 
 
-def test_an_identifier_look_up_that_missed_is_remapped_when_the_study_commits(
-    new_database: Any,
+@pytest.mark.parametrize("enrollment_first", [True, False], ids=["look-up-missed", "study-held"])
+def test_an_enrollment_naming_its_study_by_identifier_is_derived_in_either_order(
+    new_database: Any, enrollment_first: bool
 ) -> None:
-    # the enrollment's mapping finds no study by the protocol number (a miss) and holds the
-    # identifier's lock; the study's writer waits for it, then finds the dependency and remaps
-    subjects = _interleaved(
-        new_database,
-        [kit.patient(id=PID, gender="female")],
-        _enrollment_naming_the_study_by_identifier(),
-        _study_with_a_local_number(),
-    )
-    assert subjects == [(nct.NCT, str(nct.ENROLLED), "None")]
-
-
-def test_an_identifier_look_up_waits_for_the_study_being_written(new_database: Any) -> None:
-    # the other order: the study is written and held; the enrollment's look-up by identifier
-    # waits for it and reads it once committed
-    subjects = _interleaved(
-        new_database,
-        [kit.patient(id=PID, gender="female")],
-        _study_with_a_local_number(),
-        _enrollment_naming_the_study_by_identifier(),
-    )
+    # enrollment first: its mapping finds no study by the protocol number (a miss) and holds the
+    # identifier's lock; the study's writer waits for it, then finds the dependency and remaps.
+    # Study first, held open: the enrollment's look-up waits for it and reads it once committed.
+    enrollment, study = _enrollment_naming_the_study_by_identifier(), _study_with_a_local_number()
+    first, second = (enrollment, study) if enrollment_first else (study, enrollment)
+    subjects = _interleaved(new_database, [kit.patient(id=PID, gender="female")], first, second)
     assert subjects == [(nct.NCT, str(nct.ENROLLED), "None")]
