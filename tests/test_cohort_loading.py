@@ -164,7 +164,7 @@ def test_a_kind_without_a_reduction_keeps_its_members(loaded: tuple[Engine, Sett
     ]
 
 
-def test_events_by_chunk_yields_each_chunk_of_patients_once(
+def test_events_and_days_by_chunk_yields_each_chunk_of_patients_once(
     loaded: tuple[Engine, Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One dict per chunk of 7 patients (every patient a key, even without events), together
@@ -176,7 +176,8 @@ def test_events_by_chunk_yields_each_chunk_of_patients_once(
     ids = [*sorted(ids), "no-such-patient"]
 
     def both(session: Any) -> tuple[list[dict[str, list[TrialEvent]]], dict[str, Any]]:
-        chunks = list(trial_events.events_by_chunk(session, ids, zone=ZONE))
+        streamed = trial_events.events_and_days_by_chunk(session, ids, zone=ZONE, days_only=())
+        chunks = [events for events, _ in streamed]
         return chunks, trial_events.events_of(session, ids, zone=ZONE)
 
     chunks, whole = read(engine, both)
@@ -216,8 +217,8 @@ def test_the_next_chunk_is_fetched_ahead_and_closing_waits_for_it(
     monkeypatch.setattr(trial_events, "_fetch_payloads", noted)
 
     def first_then_close(session: Any) -> tuple[list[str], bool, bool, int]:
-        stream = trial_events.events_by_chunk(session, ids, zone=ZONE)
-        first = next(stream)
+        stream = trial_events.events_and_days_by_chunk(session, ids, zone=ZONE, days_only=())
+        first, _ = next(stream)
         assert second_sent.wait(30)  # sent without the caller asking for it
         closer = threading.Thread(target=stream.close)
         closer.start()

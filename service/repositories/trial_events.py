@@ -104,7 +104,8 @@ def _fetch_payloads(
             where += f" AND kind IN ({', '.join('?' * len(kinds))})"
         params = (*chunk, *(kinds or ()))
     cursor.execute(f"SELECT patient_id, payload FROM trial_event WHERE {where} ORDER BY pk", params)
-    return list(cursor.fetchall())
+    rows: list[tuple[str, str]] = cursor.fetchall()  # the driver's list, not copied
+    return rows
 
 
 def identifier_target(value: str) -> str:
@@ -245,17 +246,6 @@ def events_of(
     return out
 
 
-def events_by_chunk(
-    session: Session, patient_ids: Sequence[str], *, zone: dt.tzinfo
-) -> Generator[dict[str, list[TrialEvent]], None, None]:
-    """`events_of` one chunk of patients at a time (every patient of the chunk a key), so a
-    caller that reduces each patient's events at once holds one chunk's events, not a cohort's."""
-    stream = events_and_days_by_chunk(session, patient_ids, zone=zone, days_only=())
-    with contextlib.closing(stream):  # closed early, it closes its fetch ahead at once
-        for events, _ in stream:
-            yield events
-
-
 def events_and_days_by_chunk(
     session: Session,
     patient_ids: Sequence[str],
@@ -263,11 +253,14 @@ def events_and_days_by_chunk(
     zone: dt.tzinfo,
     days_only: Collection[EventKind],
 ) -> Generator[tuple[dict[str, list[TrialEvent]], dict[str, dt.date]], None, None]:
-    """`events_by_chunk`, but the events of the `days_only` kinds are not built: each patient's
-    latest day among them (day precision or finer, site calendar; requests, an `intent` in their
-    values, are not a day seen) instead, for a caller that reads those kinds only for that day
-    (a visit or a lab result: most of a cohort's events, so building each cost more than its use).
-    Patients with no such day have no key in the second mapping."""
+    """`events_of` one chunk of patients at a time (every patient of the chunk a key), so a
+    caller that reduces each patient's events at once holds one chunk's events, not a cohort's.
+
+    The events of the `days_only` kinds are not built: each patient's latest day among them (day
+    precision or finer, site calendar; requests, an `intent` in their values, are not a day seen)
+    instead, for a caller that reads those kinds only for that day (a visit or a lab result: most
+    of a cohort's events, so building each cost more than its use). Patients with no such day
+    have no key in the second mapping."""
     decode = _Decoder(zone)  # shared by the chunks: dates and concepts recur across patients
     days_kinds = frozenset(k.value for k in days_only)
     fetched = _payload_chunks(session, patient_ids, None)

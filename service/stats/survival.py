@@ -135,7 +135,8 @@ def km_fit(times: Sequence[float], flags: Sequence[bool], level: float) -> KmFit
     order on numpy arrays (event table, `_additive_estimate` with its `_additive_f` and
     `_additive_var`, `_bounds`), so S(t) and the bands are the same floats (needs n >= 1)."""
     import numpy as np
-    from scipy.special import ndtri  # scipy.stats' norm.ppf is ndtri(q) * 1.0 + 0.0
+
+    from service.stats.distributions import two_sided_normal_quantile
 
     durations = np.asarray(times, dtype=float)
     observed = np.asarray(flags, dtype=bool)
@@ -156,7 +157,7 @@ def km_fit(times: Sequence[float], flags: Sequence[bool], level: float) -> KmFit
         variance[variance == np.inf] = 0
         cumulative_sq = np.cumsum(variance)
         survival = np.exp(log_survival)
-        z = ndtri(1 - (1 - level) / 2)
+        z = two_sided_normal_quantile(level)
         v = np.log(survival)
         lower = np.exp(-np.exp(np.log(-v) - z * np.sqrt(cumulative_sq) / v))
         upper = np.exp(-np.exp(np.log(-v) + z * np.sqrt(cumulative_sq) / v))
