@@ -8,21 +8,30 @@ Two configurations, each with its ratio from one run (issue 19's targets):
 * `postgres`: four concurrent clients (threads, one keep-alive connection each), the service as
   `trialbridge serve --workers 2` on a scratch PostgreSQL database; target 0.5.
 
-Authentication is off (loopback), as in the other benchmarks. Clients POST transaction Bundles of a Patient and 16
-Observations (fresh ids each, made before the clock starts) for `--seconds`, after a warm-up;
-then the same resources are validated in this process, one thread, with
-`get_fhir_model_class(type).model_validate_json(raw)`. Rounds alternate so machine drift touches
-both sides. `--profile DIR` records the service with py-spy (`--subprocesses`, collapsed stacks)
-during the timed rounds. A measurement, not a test. Run from the repository root:
+Authentication is off (loopback), as in the other benchmarks. The clients are wrk connections
+(`small_transactions.lua`, one wrk thread each) POSTing transaction Bundles of a Patient and 16
+Observations with fresh ids, for `--seconds` after a warm-up: a C client, so the figure is the
+service's and not the cost of a Python HTTP client sharing its two cores (httpx spent ~1.1 ms of
+CPU per POST, about a seventh of the service's own). Then as many Bundles of the same shape are
+validated in this process, one thread, with `get_fhir_model_class(type).model_validate_json(raw)`.
+Rounds alternate so machine drift touches both sides. Also printed: the service's CPU per
+transaction (its processes and their children, from /proc; PostgreSQL's backends not included)
+and wrk's median and 99th-percentile latency. `--profile DIR` records the service with py-spy
+(`--subprocesses`, collapsed stacks) during the timed rounds. Needs `wrk` (Debian: `apt-get
+install wrk`). A measurement, not a test. Run from the repository root:
 
     .venv/bin/python bench/small_transactions.py [--seconds 12] [--config sqlite,postgres]
+
+`post_round` (httpx clients) stays for bench/cohorts.py and bench/one_patient_writes.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -48,6 +57,7 @@ from ingest import (
 
 ENTRIES = 17
 ROUNDS = 3
+LUA = Path(__file__).resolve().parent / "small_transactions.lua"
 # Bundles made ahead for each client and round: more than any client posts in a round.
 BUNDLES_PER_SECOND = 600
 
@@ -167,23 +177,102 @@ def validate_round(bundles: list[bytes]) -> tuple[int, float]:
     return len(payloads), time.perf_counter() - started
 
 
-def measure(config: Config, seconds: float, profile_dir: Path | None) -> tuple[float, float]:
-    """(end-to-end resources/s, raw validation resources/s) for one configuration."""
-    served_n = validated = 0
-    served_s = validated_s = 0.0
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds so far of a process and every process under it."""
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        child = int(stat.parent.name)
+        children.setdefault(int(fields[1]), []).append(child)
+        ticks[child] = int(fields[11]) + int(fields[12])
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += ticks.get(current, 0)
+        todo.extend(children.get(current, []))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Round:
+    """One timed wrk run."""
+
+    transactions: int
+    seconds: float
+    service_cpu: float
+    p50_ms: float
+    p99_ms: float
+
+
+def wrk_round(base: str, clients: int, seconds: float, pid: int) -> Round:
+    """`clients` wrk connections (one thread each) POSTing for `seconds`; every answer a 200."""
+    command = ["wrk", f"-t{clients}", f"-c{clients}", f"-d{max(1, round(seconds))}s"]
+    command += ["--timeout", "30s", "-s", str(LUA), f"{base}/fhir", "--"]
+    command += [str(ENTRIES), str(random.randrange(2**30))]
+    cpu_before = tree_cpu_seconds(pid)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    service_cpu = tree_cpu_seconds(pid) - cpu_before
+    line = next((x for x in done.stdout.splitlines() if x.startswith("SMALL_TX ")), None)
+    if done.returncode != 0 or line is None:
+        raise SystemExit(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    result = json.loads(line.removeprefix("SMALL_TX "))
+    statuses = {int(code): n for code, n in result["statuses"].items()}
+    if set(statuses) - {200} or result["socket_errors"]:
+        raise SystemExit(f"not every POST answered 200: {result}")
+    return Round(
+        statuses.get(200, 0),
+        result["seconds"],
+        service_cpu,
+        result["p50_ms"],
+        result["p99_ms"],
+    )
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One configuration's figures."""
+
+    end_to_end: float  # resources/s
+    validation: float  # resources/s, raw fhir.resources on one thread
+    cpu_ms: float  # the service's CPU per transaction
+    p50_ms: float  # the median round's
+    p99_ms: float  # the worst round's
+
+
+def measure(config: Config, seconds: float, profile_dir: Path | None) -> Measured:
+    """End-to-end and raw validation rates, and the service's CPU, for one configuration."""
+    served_n = validated = transactions = 0
+    served_s = validated_s = cpu = 0.0
+    medians: list[float] = []
+    worst = 0.0
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         url = stack.enter_context(database(config.backend, tmp))
         base, pid = stack.enter_context(served(config, url, tmp))
-        post_round(base, config.clients, 3.0)  # warm-up: every worker process imports and warms
+        wrk_round(base, config.clients, 3.0, pid)  # warm-up: every worker process imports, warms
         out = profile_dir / f"{config.name}.collapsed.txt" if profile_dir else None
         with profiled(pid, out):
             for _ in range(ROUNDS):
-                n, s, posted = post_round(base, config.clients, seconds / ROUNDS)
-                served_n, served_s = served_n + n, served_s + s
-                n, s = validate_round(posted)
+                done = wrk_round(base, config.clients, seconds / ROUNDS, pid)
+                transactions += done.transactions
+                served_n, served_s = served_n + done.transactions * ENTRIES, served_s + done.seconds
+                cpu += done.service_cpu
+                medians.append(done.p50_ms)
+                worst = max(worst, done.p99_ms)
+                same_shape = [bundle("transaction", ENTRIES) for _ in range(done.transactions)]
+                n, s = validate_round(same_shape)
                 validated, validated_s = validated + n, validated_s + s
-    return served_n / served_s, validated / validated_s
+    return Measured(
+        served_n / served_s,
+        validated / validated_s,
+        1000 * cpu / max(transactions, 1),
+        sorted(medians)[len(medians) // 2],
+        worst,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,16 +290,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if shutil.which("wrk") is None:
+        print(
+            "bench/small_transactions.py needs wrk (Debian: apt-get install wrk)", file=sys.stderr
+        )
+        return 2
     for name in args.config.split(","):
         config = CONFIGS[name.strip()]
-        end_to_end, raw = measure(config, args.seconds, args.profile)
+        m = measure(config, args.seconds, args.profile)
         print(
             f"{config.backend}: {config.clients} client(s), {config.workers} worker(s), "
             f"{ENTRIES} entries a transaction"
         )
-        print(f"  end to end: {end_to_end:8.0f} resources/s")
-        print(f"  validation: {raw:8.0f} resources/s")
-        print(f"  ratio:      {end_to_end / raw:8.2f}   (target {config.target})")
+        print(f"  end to end: {m.end_to_end:8.0f} resources/s")
+        print(f"  validation: {m.validation:8.0f} resources/s")
+        print(f"  ratio:      {m.end_to_end / m.validation:8.2f}   (target {config.target})")
+        print(f"  service CPU per transaction: {m.cpu_ms:.2f} ms")
+        print(f"  latency: median {m.p50_ms:.2f} ms, 99th percentile {m.p99_ms:.2f} ms")
     load = os.getloadavg()
     print(f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return 0

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session
@@ -21,7 +22,9 @@ from sqlmodel import Session
 from fhir_mapping.bundles import resource_entry
 from service.derivation.catalog import load_catalog
 from service.derivation.refresh import Derivation
+from service.fhir import interactions
 from service.fhir.ingest import WriteContext, apply_entries
+from service.fhir.interactions import FhirService
 from service.infra import migrate
 from service.infra.clock import utcnow
 from service.infra.db import make_engine
@@ -184,3 +187,79 @@ def test_an_enrollment_naming_its_study_by_identifier_is_derived_in_either_order
     first, second = (enrollment, study) if enrollment_first else (study, enrollment)
     subjects = _interleaved(new_database, [kit.patient(id=PID, gender="female")], first, second)
     assert subjects == [(nct.NCT, str(nct.ENROLLED), "None")]
+
+
+def test_writers_that_read_what_the_other_writes_deadlock_and_both_land(
+    new_database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each transaction writes a Medication and a MedicationRequest naming the *other's*
+    # Medication. Both hold their writes' target locks (exclusive) before either mapping asks
+    # for the other's Medication (shared): a cycle across two statements, which the key order
+    # within one statement cannot prevent. PostgreSQL breaks it (SQLSTATE 40P01); the write path
+    # retries the victim, which then reads the winner's committed Medication. (The victim's
+    # error used to be swallowed as a mapper failure, and the aborted transaction then failed.)
+    settings = Settings(database_url=new_database("postgres"))
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    store = FhirService(engine, settings)
+    both_wrote = threading.Barrier(2, timeout=60)
+    waited: set[int] = set()
+    real_lock_read = derivation_locks.lock_read
+
+    def lock_read_once_both_wrote(session: Session, targets: Any) -> None:
+        if threading.get_ident() not in waited:  # the first attempt only: a retry goes on
+            waited.add(threading.get_ident())
+            both_wrote.wait()
+        real_lock_read(session, targets)
+
+    monkeypatch.setattr(derivation_locks, "lock_read", lock_read_once_both_wrote)
+    refused: list[str | None] = []
+    real_retryable = interactions._retryable
+
+    def noting_retryable(exc: BaseException) -> bool:
+        refused.append(getattr(getattr(exc, "orig", None), "sqlstate", None))
+        return real_retryable(exc)
+
+    monkeypatch.setattr(interactions, "_retryable", noting_retryable)
+    names = {"a": "Libtayo 350 MG/7 ML Injection", "b": "Dupixent 300 MG/2 ML Injection"}
+
+    def transaction(mine: str, other: str) -> bytes:
+        return kit.put_all(
+            kit.medication(id=f"med-{mine}", code=names[mine]),
+            kit.medication_request(
+                id=f"mr-{mine}",
+                patient=f"p-{mine}",
+                medicationReference={"reference": f"Medication/med-{other}"},
+            ),
+        )
+
+    answers: dict[str, Any] = {}
+
+    def write(mine: str, other: str) -> None:
+        try:
+            ctx = store.context("test")
+            answers[mine] = store.bundle_json(transaction(mine, other), ctx=ctx)[0]
+        except BaseException as exc:  # reported by the assertion below
+            answers[mine] = exc
+
+    threads = [threading.Thread(target=write, args=pair) for pair in (("a", "b"), ("b", "a"))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert [t.is_alive() for t in threads] == [False, False]
+        assert answers == {"a": "transaction-response", "b": "transaction-response"}
+        assert refused == ["40P01"]  # one deadlock, one victim, retried once
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT source_id, payload FROM trial_event "
+                    "WHERE source_type = 'MedicationRequest' ORDER BY source_id"
+                )
+            ).all()
+        drugs = {r.source_id: orjson.loads(r.payload)["values"]["medication"] for r in rows}
+        # each request is mapped with the other transaction's Medication, whoever won
+        assert drugs == {"mr-a": names["b"], "mr-b": names["a"]}
+    finally:
+        engine.dispose()
