@@ -24,8 +24,10 @@ from service.fhir.interactions import FhirService
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
+from service.jobs import bulk
 from service.jobs.bulk import BulkJobs, JobInput
 from service.jobs.queue import ensure_schema
+from service.repositories import planner_statistics
 from tests.conftest import free_port
 from tests.kit.auth import access_token, bearer, ec_key, jwks
 from tests.kit.cli import TRIALBRIDGE
@@ -573,3 +575,52 @@ def test_a_worker_stopped_with_sigterm_leaves_its_job_at_a_checkpoint_for_anothe
         assert job_row(running.engine, job_id)["attempts"] == 2
         assert stored(running.engine, "t") == (total, total)
     assert done["output"][0]["outcomes"]["created"] == total
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_load_refreshes_the_planners_statistics_each_time_the_store_has_doubled(
+    kind: str, new_database: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # From an empty store: a refresh once 3 chunks are written, then once the store has doubled
+    # since (6 chunks); 10 chunks stop short of the next doubling (12). PostgreSQL's planner then
+    # holds statistics taken of 6 chunks' rows (without them its default estimates chose a
+    # sequential scan of every event per chunk, and a 10^5 load slowed as the table grew).
+    monkeypatch.setattr(bulk, "ANALYZE_EVERY", 3 * CHUNK)
+    refreshed_at: list[int] = []
+    real_refresh = planner_statistics.refresh
+
+    def counting_refresh(session: Any) -> bool:
+        count = text("SELECT count(*) FROM fhir_resource")
+        refreshed_at.append(int(session.execute(count).scalar_one()))
+        return real_refresh(session)
+
+    monkeypatch.setattr(planner_statistics, "refresh", counting_refresh)
+    settings = Settings(database_url=str(new_database(kind)), import_job_chunk_lines=CHUNK)
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    feed = tmp_path / "feed.ndjson"
+    feed.write_bytes(patients("g", 10 * CHUNK))
+    jobs = BulkJobs(engine, FhirService(engine, settings))
+    try:
+        job_id = jobs.create([JobInput(url="feed", path=str(feed))], owner="test")
+        assert jobs.run(job_id) == "succeeded"
+        assert refreshed_at == [3 * CHUNK, 6 * CHUNK]
+        if kind == "postgres":
+            with engine.connect() as conn:
+                estimates: dict[str, float] = dict(
+                    conn.execute(
+                        text(
+                            "SELECT relname, reltuples FROM pg_class WHERE relname IN "
+                            "('fhir_resource', 'fhir_identifier', 'trial_event') "
+                            "AND relkind = 'r'"
+                        )
+                    ).all()
+                )
+            # one Patient, one identifier and one demographics event per line
+            assert estimates == {
+                "fhir_resource": 6 * CHUNK,
+                "fhir_identifier": 6 * CHUNK,
+                "trial_event": 6 * CHUNK,
+            }
+    finally:
+        engine.dispose()

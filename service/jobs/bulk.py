@@ -37,13 +37,17 @@ from service.fhir.interactions import IMPORT_CHUNK_CHARS, FhirService
 from service.infra.clock import utcnow
 from service.infra.db import reading, writing
 from service.infra.leases import LeaseKeeper
-from service.repositories import bulk_jobs
+from service.repositories import bulk_jobs, planner_statistics
 from service.repositories.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
 READ_BYTES = 1024 * 1024
 COUNTED = ("created", "updated", "unchanged", "failed")
+# A job refreshes the planner's statistics each time it has written this many resources, or as
+# many as the store held at the last refresh if that is more (so at most ~log2 of the growth
+# times): see `service.repositories.planner_statistics`.
+ANALYZE_EVERY = 10_000
 
 
 class StoppingError(Exception):
@@ -324,6 +328,9 @@ class _Run:
         ctx: WriteContext = self.store.import_context(base)
         self.ctx = replace(ctx, request_id=str(document.get("request_id") or job_id))
         self.chunk_lines = jobs.settings.import_job_chunk_lines
+        with reading(jobs.engine) as session:
+            self.analysed_at = planner_statistics.stored_resources(session)
+        self.since_analysis = 0  # resources this run wrote since the statistics were refreshed
 
     def all_inputs(self) -> str:
         """Every input from where the checkpoint left it; `succeeded` or `cancelled`."""
@@ -420,6 +427,21 @@ class _Run:
 
         self.store.write_entries([e for _, e in entries], self.ctx, then)
         self.checkpoint = holder[0]
+        self._grown(len(entries))
+
+    def _grown(self, written: int) -> None:
+        """Refresh the planner's statistics once the store has grown enough since the last time."""
+        self.since_analysis += written
+        if self.since_analysis < max(ANALYZE_EVERY, self.analysed_at):
+            return
+        with writing(self.jobs.engine) as session:
+            analysed = planner_statistics.refresh(session)
+        if analysed:
+            log.info(
+                "bulk job: planner statistics refreshed after %d resources", self.since_analysis
+            )
+        self.analysed_at += self.since_analysis
+        self.since_analysis = 0
 
     def _one_by_one(
         self, index: int, items: list[tuple[int, Entry | EntryResult]], last: int
