@@ -15,8 +15,8 @@ service's and not the cost of a Python HTTP client sharing its two cores (httpx 
 CPU per POST, about a seventh of the service's own). Then as many Bundles of the same shape are
 validated in this process, one thread, with `get_fhir_model_class(type).model_validate_json(raw)`.
 Rounds alternate so machine drift touches both sides. Also printed: the service's CPU per
-transaction (its processes and their children, from /proc; PostgreSQL's backends not included)
-and wrk's median and 99th-percentile latency. `--profile DIR` records the service with py-spy
+transaction (its processes and their children, from /proc), PostgreSQL's (every process of the
+local server, so run it on a quiet one) and wrk's median and 99th-percentile latency. `--profile DIR` records the service with py-spy
 (`--subprocesses`, collapsed stacks) during the timed rounds. Needs `wrk` (Debian: `apt-get
 install wrk`). A measurement, not a test. Run from the repository root:
 
@@ -44,6 +44,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import psycopg
 from fhir.resources.R4B import get_fhir_model_class
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -204,18 +205,31 @@ class Round:
     transactions: int
     seconds: float
     service_cpu: float
+    database_cpu: float
     p50_ms: float
     p99_ms: float
 
 
-def wrk_round(base: str, clients: int, seconds: float, pid: int) -> Round:
+def postmaster_pid(url: str) -> int:
+    """The local PostgreSQL server's top process (its backends' parent); 0 when not on this host."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    stat = Path(f"/proc/{row[0] if row else 0}/stat")
+    if not stat.exists():
+        return 0
+    return int(stat.read_text().rpartition(")")[2].split()[1])
+
+
+def wrk_round(base: str, clients: int, seconds: float, pid: int, database_pid: int = 0) -> Round:
     """`clients` wrk connections (one thread each) POSTing for `seconds`; every answer a 200."""
     command = ["wrk", f"-t{clients}", f"-c{clients}", f"-d{max(1, round(seconds))}s"]
     command += ["--timeout", "30s", "-s", str(LUA), f"{base}/fhir", "--"]
     command += [str(ENTRIES), str(random.randrange(2**30))]
     cpu_before = tree_cpu_seconds(pid)
+    database_before = tree_cpu_seconds(database_pid) if database_pid else 0.0
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     service_cpu = tree_cpu_seconds(pid) - cpu_before
+    database_cpu = tree_cpu_seconds(database_pid) - database_before if database_pid else 0.0
     line = next((x for x in done.stdout.splitlines() if x.startswith("SMALL_TX ")), None)
     if done.returncode != 0 or line is None:
         raise SystemExit(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -227,6 +241,7 @@ def wrk_round(base: str, clients: int, seconds: float, pid: int) -> Round:
         statuses.get(200, 0),
         result["seconds"],
         service_cpu,
+        database_cpu,
         result["p50_ms"],
         result["p99_ms"],
     )
@@ -239,6 +254,7 @@ class Measured:
     end_to_end: float  # resources/s
     validation: float  # resources/s, raw fhir.resources on one thread
     cpu_ms: float  # the service's CPU per transaction
+    database_cpu_ms: float | None  # PostgreSQL's (all its processes), when it runs on this host
     p50_ms: float  # the median round's
     p99_ms: float  # the worst round's
 
@@ -246,21 +262,23 @@ class Measured:
 def measure(config: Config, seconds: float, profile_dir: Path | None) -> Measured:
     """End-to-end and raw validation rates, and the service's CPU, for one configuration."""
     served_n = validated = transactions = 0
-    served_s = validated_s = cpu = 0.0
+    served_s = validated_s = cpu = database_cpu = 0.0
     medians: list[float] = []
     worst = 0.0
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         url = stack.enter_context(database(config.backend, tmp))
         base, pid = stack.enter_context(served(config, url, tmp))
+        database_pid = postmaster_pid(url) if config.backend == "postgres" else 0
         wrk_round(base, config.clients, 3.0, pid)  # warm-up: every worker process imports, warms
         out = profile_dir / f"{config.name}.collapsed.txt" if profile_dir else None
         with profiled(pid, out):
             for _ in range(ROUNDS):
-                done = wrk_round(base, config.clients, seconds / ROUNDS, pid)
+                done = wrk_round(base, config.clients, seconds / ROUNDS, pid, database_pid)
                 transactions += done.transactions
                 served_n, served_s = served_n + done.transactions * ENTRIES, served_s + done.seconds
                 cpu += done.service_cpu
+                database_cpu += done.database_cpu
                 medians.append(done.p50_ms)
                 worst = max(worst, done.p99_ms)
                 same_shape = [bundle("transaction", ENTRIES) for _ in range(done.transactions)]
@@ -270,6 +288,7 @@ def measure(config: Config, seconds: float, profile_dir: Path | None) -> Measure
         served_n / served_s,
         validated / validated_s,
         1000 * cpu / max(transactions, 1),
+        1000 * database_cpu / max(transactions, 1) if database_pid else None,
         sorted(medians)[len(medians) // 2],
         worst,
     )
@@ -306,6 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  validation: {m.validation:8.0f} resources/s")
         print(f"  ratio:      {m.end_to_end / m.validation:8.2f}   (target {config.target})")
         print(f"  service CPU per transaction: {m.cpu_ms:.2f} ms")
+        if m.database_cpu_ms is not None:
+            print(
+                f"  PostgreSQL CPU per transaction: {m.database_cpu_ms:.2f} ms (all its processes)"
+            )
         print(f"  latency: median {m.p50_ms:.2f} ms, 99th percentile {m.p99_ms:.2f} ms")
     load = os.getloadavg()
     print(f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -44,10 +44,6 @@ log = logging.getLogger(__name__)
 
 READ_BYTES = 1024 * 1024
 COUNTED = ("created", "updated", "unchanged", "failed")
-# A job refreshes the planner's statistics each time it has written this many resources, or as
-# many as the store held at the last refresh if that is more (so at most ~log2 of the growth
-# times): see `service.repositories.planner_statistics`.
-ANALYZE_EVERY = 10_000
 
 
 class StoppingError(Exception):
@@ -328,9 +324,6 @@ class _Run:
         ctx: WriteContext = self.store.import_context(base)
         self.ctx = replace(ctx, request_id=str(document.get("request_id") or job_id))
         self.chunk_lines = jobs.settings.import_job_chunk_lines
-        with reading(jobs.engine) as session:
-            self.analysed_at = planner_statistics.stored_resources(session)
-        self.since_analysis = 0  # resources this run wrote since the statistics were refreshed
 
     def all_inputs(self) -> str:
         """Every input from where the checkpoint left it; `succeeded` or `cancelled`."""
@@ -430,18 +423,9 @@ class _Run:
         self._grown(len(entries))
 
     def _grown(self, written: int) -> None:
-        """Refresh the planner's statistics once the store has grown enough since the last time."""
-        self.since_analysis += written
-        if self.since_analysis < max(ANALYZE_EVERY, self.analysed_at):
-            return
-        with writing(self.jobs.engine) as session:
-            analysed = planner_statistics.refresh(session)
-        if analysed:
-            log.info(
-                "bulk job: planner statistics refreshed after %d resources", self.since_analysis
-            )
-        self.analysed_at += self.since_analysis
-        self.since_analysis = 0
+        """A bulk load outgrows PostgreSQL's planner statistics: refreshed as the store doubles."""
+        if planner_statistics.note_written(self.jobs.engine, written):
+            log.info("bulk job: planner statistics refreshed")
 
     def _one_by_one(
         self, index: int, items: list[tuple[int, Entry | EntryResult]], last: int
