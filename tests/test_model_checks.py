@@ -427,8 +427,14 @@ def test_a_spooled_body_goes_to_the_worker_by_path_and_is_reparsed_from_its_file
 
 
 def test_small_bundles_stay_in_place(database_url: str) -> None:
+    # (alone in the process a smaller one may go: see the next test)
     checks = ModelChecks.for_settings(
-        Settings(database_url=database_url, model_check_processes=2, model_check_min_entries=20)
+        Settings(
+            database_url=database_url,
+            model_check_processes=2,
+            model_check_min_entries=20,
+            model_check_min_entries_alone=20,
+        )
     )
     assert (checks.processes, checks.min_entries) == (2, 20)
     patients = [kit.post_entry(kit.patient(mrn=f"s-{i}")) for i in range(20)]
@@ -437,6 +443,64 @@ def test_small_bundles_stay_in_place(database_url: str) -> None:
     assert checks.wanted(kit.transaction(*patients, type="collection"))
     assert not checks.wanted(kit.transaction(*patients, type="batch"))
     assert not ModelChecks(0, 1).wanted(kit.transaction(*patients * 500))
+
+
+def test_a_small_bundle_goes_to_a_worker_only_while_it_is_the_one_being_written(
+    database_url: str,
+) -> None:
+    checks = ModelChecks.for_settings(
+        Settings(
+            database_url=database_url,
+            model_check_processes=1,
+            model_check_min_entries=20,
+            model_check_min_entries_alone=10,
+        )
+    )
+    assert (checks.min_entries, checks.min_entries_alone) == (20, 10)
+    patients = [kit.post_entry(kit.patient(mrn=f"a-{i}")) for i in range(20)]
+    small, tiny, large = (kit.transaction(*patients[:n]) for n in (17, 9, 20))
+    with checks.writing():  # this Bundle, alone in the process
+        assert (checks.wanted(small), checks.wanted(tiny), checks.wanted(large)) == (
+            True,
+            False,
+            True,
+        )
+        with checks.writing():  # and another one written at the same time
+            assert (checks.wanted(small), checks.wanted(large)) == (False, True)
+        assert checks.wanted(small)  # alone again
+    assert ModelChecks(1, 20).min_entries_alone == 20  # not given: small Bundles stay in place
+
+
+def test_a_one_patient_transaction_is_checked_in_the_worker_when_alone(
+    engine: Engine, database_url: str
+) -> None:
+    settings = Settings(
+        database_url=database_url,
+        model_check_processes=1,
+        model_check_min_entries=20,
+        model_check_min_entries_alone=10,
+    )
+    checks = ModelChecks.for_settings(settings)
+    store = FhirService(engine, settings, model_checks=checks)
+    try:
+        assert checks.wait_ready(120)
+        clear_store(engine)
+        alone, beside = (
+            kit.transaction(*[kit.post_entry(kit.patient(mrn=f"{who}-{i}")) for i in range(17)])
+            for who in ("alone", "beside")
+        )
+        kind, results = store.bundle_json(alone, ctx=store.context("test"))
+        assert (kind, [r.status for r in results], checks.submitted) == (
+            "transaction-response",
+            [201] * 17,
+            1,
+        )
+        _wait_idle(checks)
+        with checks.writing():  # another request of this process is writing a Bundle
+            kind, results = store.bundle_json(beside, ctx=store.context("test"))
+        assert ([r.status for r in results], checks.submitted) == ([201] * 17, 1)
+    finally:
+        checks.close()
 
 
 @pytest.mark.parametrize(("cpus", "expected"), [({0}, 0), ({0, 1}, 1), (set(range(16)), 1)])

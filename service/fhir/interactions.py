@@ -372,6 +372,12 @@ class FhirService:
         Given a spooled body (`RequestBytes` on disk), its bytes are read once to be parsed and
         dropped: the worker reads the file itself, and so does a strict re-parse.
         """
+        with self.model_checks.writing():
+            return self._bundle_bytes(raw, ctx)
+
+    def _bundle_bytes(
+        self, raw: bytes | RequestBytes, ctx: WriteContext
+    ) -> tuple[str, list[EntryResult]]:
         source = raw if isinstance(raw, RequestBytes) else RequestBytes(raw)
         data = source.read()
         # The worker starts on the bytes at once and parses them alongside this thread; if they

@@ -155,6 +155,12 @@ class Settings(BaseSettings):
     model_check_min_entries: int = Field(
         default=20, ge=1, description="Smallest Bundle whose models go to a worker process"
     )
+    model_check_min_entries_alone: int = Field(
+        default=10,
+        ge=1,
+        description="Smallest Bundle whose models go to a worker process while no other Bundle "
+        "is being written in this process (a second core is then likely idle)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     protocol_dir: Path | None = Field(
         default=None, description="Folder of site protocol files (*.toml); same id replaces"
