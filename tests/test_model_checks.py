@@ -426,16 +426,19 @@ def test_a_spooled_body_goes_to_the_worker_by_path_and_is_reparsed_from_its_file
     assert list(tmp_path.iterdir()) == []  # closing deleted each file
 
 
+def _thresholds(database_url: str, processes: int, alone: int) -> Settings:
+    """Settings sending Bundles of 20 entries or more to a worker, and `alone` when alone."""
+    return Settings(
+        database_url=database_url,
+        model_check_processes=processes,
+        model_check_min_entries=20,
+        model_check_min_entries_alone=alone,
+    )
+
+
 def test_small_bundles_stay_in_place(database_url: str) -> None:
     # (alone in the process a smaller one may go: see the next test)
-    checks = ModelChecks.for_settings(
-        Settings(
-            database_url=database_url,
-            model_check_processes=2,
-            model_check_min_entries=20,
-            model_check_min_entries_alone=20,
-        )
-    )
+    checks = ModelChecks.for_settings(_thresholds(database_url, processes=2, alone=20))
     assert (checks.processes, checks.min_entries) == (2, 20)
     patients = [kit.post_entry(kit.patient(mrn=f"s-{i}")) for i in range(20)]
     assert not checks.wanted(kit.transaction(*patients[:19]))
@@ -448,14 +451,7 @@ def test_small_bundles_stay_in_place(database_url: str) -> None:
 def test_a_small_bundle_goes_to_a_worker_only_while_it_is_the_one_being_written(
     database_url: str,
 ) -> None:
-    checks = ModelChecks.for_settings(
-        Settings(
-            database_url=database_url,
-            model_check_processes=1,
-            model_check_min_entries=20,
-            model_check_min_entries_alone=10,
-        )
-    )
+    checks = ModelChecks.for_settings(_thresholds(database_url, processes=1, alone=10))
     assert (checks.min_entries, checks.min_entries_alone) == (20, 10)
     patients = [kit.post_entry(kit.patient(mrn=f"a-{i}")) for i in range(20)]
     small, tiny, large = (kit.transaction(*patients[:n]) for n in (17, 9, 20))
@@ -474,12 +470,7 @@ def test_a_small_bundle_goes_to_a_worker_only_while_it_is_the_one_being_written(
 def test_a_one_patient_transaction_is_checked_in_the_worker_when_alone(
     engine: Engine, database_url: str
 ) -> None:
-    settings = Settings(
-        database_url=database_url,
-        model_check_processes=1,
-        model_check_min_entries=20,
-        model_check_min_entries_alone=10,
-    )
+    settings = _thresholds(database_url, processes=1, alone=10)
     checks = ModelChecks.for_settings(settings)
     store = FhirService(engine, settings, model_checks=checks)
     try:
