@@ -160,12 +160,15 @@ def running_servers(
                 "--workers",
                 str(workers),
             ]
-            process = subprocess.Popen(
-                command, env=variables, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+            log_path = spool / f"server-{n}.log"  # read back when it fails to start
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(
+                    command, env=variables, stdout=log, stderr=subprocess.STDOUT
+                )
             started.append(ServerProcess(process, f"http://127.0.0.1:{port}"))
-        for server in started:
-            _wait_ready(server.process, server.url)
+        for n, server in enumerate(started):
+            _wait_ready(server.process, server.url, spool / f"server-{n}.log")
         yield list(started)
     finally:
         for server in started:
@@ -179,11 +182,14 @@ def running_servers(
                 server.process.wait(timeout=30)  # reaped: no ResourceWarning for a live child
 
 
-def _wait_ready(process: subprocess.Popen[bytes], base: str) -> None:
+def _wait_ready(process: subprocess.Popen[bytes], base: str, log_path: Path | None = None) -> None:
     deadline = time.monotonic() + 180  # several processes starting on a busy 2-core machine
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"the server at {base} exited with {process.returncode}")
+            said = log_path.read_text(errors="replace")[-3000:] if log_path else ""
+            raise AssertionError(
+                f"the server at {base} exited with {process.returncode}; its log ends:\n{said}"
+            )
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return
