@@ -217,7 +217,9 @@ def postmaster_pid(url: str) -> int:
     stat = Path(f"/proc/{row[0] if row else 0}/stat")
     if not stat.exists():
         return 0
-    return int(stat.read_text().rpartition(")")[2].split()[1])
+    parent = int(stat.read_text().rpartition(")")[2].split()[1])
+    comm = Path(f"/proc/{parent}/comm")  # a server in another pid namespace is not ours to see
+    return parent if comm.exists() and comm.read_text().strip() in {"postgres", "postmaster"} else 0
 
 
 def wrk_round(base: str, clients: int, seconds: float, pid: int, database_pid: int = 0) -> Round:
@@ -229,7 +231,9 @@ def wrk_round(base: str, clients: int, seconds: float, pid: int, database_pid: i
     database_before = tree_cpu_seconds(database_pid) if database_pid else 0.0
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     service_cpu = tree_cpu_seconds(pid) - cpu_before
+    # (a process that ended during the round takes its CPU with it: an under-count, never over)
     database_cpu = tree_cpu_seconds(database_pid) - database_before if database_pid else 0.0
+    database_cpu = max(database_cpu, 0.0)
     line = next((x for x in done.stdout.splitlines() if x.startswith("SMALL_TX ")), None)
     if done.returncode != 0 or line is None:
         raise SystemExit(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")

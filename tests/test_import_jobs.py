@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from service.access.clients import add_client
 from service.fhir.interactions import FhirService
@@ -624,5 +625,35 @@ def test_a_load_refreshes_the_planners_statistics_each_time_the_store_has_double
                 "fhir_identifier": 6 * CHUNK,
                 "trial_event": 6 * CHUNK,
             }
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_refresh_that_fails_leaves_the_load_as_it_was(
+    new_database: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    # statistics are an optimisation: an ANALYZE refused (a lock timeout, a missing privilege
+    # raised as an error) is logged, and the job goes on and succeeds with every line written
+    monkeypatch.setattr(planner_statistics, "ANALYZE_EVERY", 2 * CHUNK)
+    attempts: list[int] = []
+
+    def refused(session: Any) -> bool:
+        attempts.append(1)
+        raise OperationalError("ANALYZE", {}, Exception("canceling statement due to lock timeout"))
+
+    monkeypatch.setattr(planner_statistics, "refresh", refused)
+    settings = Settings(database_url=str(new_database("postgres")), import_job_chunk_lines=CHUNK)
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    feed = tmp_path / "feed.ndjson"
+    feed.write_bytes(patients("f", 5 * CHUNK))
+    jobs = BulkJobs(engine, FhirService(engine, settings))
+    try:
+        job_id = jobs.create([JobInput(url="feed", path=str(feed))], owner="test")
+        assert jobs.run(job_id) == "succeeded"
+        assert stored(engine, "f") == (5 * CHUNK, 5 * CHUNK)
+        assert len(attempts) == 2  # after 2 and 4 chunks: a failure waits for as much growth
+        assert caplog.text.count("planner statistics not refreshed: Exception") == 2
     finally:
         engine.dispose()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from fhir_mapping.events.context import MappingContext
@@ -220,8 +220,8 @@ class Derivation:
     ) -> list[TrialEvent]:
         try:
             return map_resource(source.resource_type, content, source, ctx)
-        except SQLAlchemyError:
-            # the store's look-ups failed (a deadlock, a lost connection), not the mapper: the
+        except DBAPIError:
+            # the database refused a look-up (a deadlock, a lost connection), not the mapper: the
             # transaction is aborted, so the write path must see it (and retry a deadlock)
             raise
         except Exception:  # a mapper bug must not refuse valid FHIR; the resource stays stored

@@ -366,8 +366,9 @@ class FhirService:
     def bundle_json(
         self, raw: bytes | RequestBytes, *, ctx: WriteContext
     ) -> tuple[str, list[EntryResult]]:
-        """`bundle` for the request bytes: a large atomic Bundle has its models checked in a worker
-        process while it is written (see `service.fhir.validation_workers`); the answer is the same.
+        """`bundle` for the request bytes: an atomic Bundle (a large one, or a small one while it is
+        the only one this process is writing) has its models checked in a worker process while it
+        is written (see `service.fhir.validation_workers`); the answer is the same.
 
         Given a spooled body (`RequestBytes` on disk), its bytes are read once to be parsed and
         dropped: the worker reads the file itself, and so does a strict re-parse.

@@ -1,4 +1,4 @@
-"""fhir.resources model checks of large Bundles in worker processes, while the request is written.
+"""fhir.resources model checks of atomic Bundles in worker processes, while the request is written.
 
 Model validation is the largest single cost of an ingest and it holds the GIL, so in one process
 it cannot overlap with anything. A worker process parses the same request bytes and checks every
@@ -12,7 +12,9 @@ checks entries from the end of the Bundle while the worker goes on from the fron
 one entry at a time in a small shared array (`Claims`), until they meet.
 
 A Bundle goes to a worker only when one is idle: a queue would hold the request's transaction
-(and SQLite's write lock) open while it waits. Until the workers have loaded the models, and
+(and SQLite's write lock) open while it waits. Large Bundles go whenever one is; small ones (a
+one-patient transaction) only while no other Bundle is being written in this process (see
+`ModelChecks.wanted`). Until the workers have loaded the models, and
 whenever a worker has died or failed, Bundles are checked in place, so nothing waits on a start-up
 and a lost worker costs speed, never a request.
 
@@ -246,10 +248,10 @@ class ModelChecks:
         """Whether a request body looks like an atomic Bundle worth sending to a worker.
 
         A large one always is. A small one (a one-patient transaction) only while it is the one
-        Bundle this process is writing: a second core is then likely idle, and the worker takes
-        its ~1 ms of model checks off the request's path (one client on SQLite: ~15 % more
-        transactions a second); with concurrent writers every core is busy, and the hand-off
-        would only add work.
+        Bundle this process is writing (`writing`; a caller outside it counts as alone): a second
+        core is then likely idle, and the worker takes its ~1 ms of model checks off the request's
+        path. Only this process's Bundles are counted, not other server processes, single-resource
+        writes or bulk jobs: a heuristic for "another core is free", not a measure of it.
         """
         if self.processes <= 0:
             return False

@@ -12,14 +12,19 @@ without statistics, so it is left alone.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
+from service.errors import DatabaseUnavailableError
 from service.infra.db import reading, writing
+
+log = logging.getLogger(__name__)
 
 # What the write path and derivation look rows up in by a selective key (patient, resource,
 # reference target, identifier, dependency target, subject).
@@ -36,6 +41,9 @@ GROWN_TABLES = (
 )
 # Statistics are refreshed once this many resources were written since the last refresh, or as
 # many as the statistics describe if that is more: at most ~log2 of the store's growth times.
+# (Updates count as growth too: an over-estimate that costs an early refresh at worst.) ANALYZE
+# needs the tables' owner (or, from PostgreSQL 17, the MAINTAIN privilege); another role gets a
+# warning from the server and the statistics stay as they were.
 ANALYZE_EVERY = 10_000
 
 
@@ -81,14 +89,23 @@ def note_written(engine: Engine, resources: int) -> bool:
     with _GROWTH_LOCK:
         growth = _GROWTH.setdefault(engine, _Growth())
     with growth.lock:
-        if growth.described is None:
-            with reading(engine) as session:
-                growth.described = stored_resources(session)
         growth.since += resources
-        if growth.since < max(ANALYZE_EVERY, growth.described):
+        try:
+            if growth.described is None:
+                with reading(engine) as session:
+                    growth.described = stored_resources(session)
+            if growth.since < max(ANALYZE_EVERY, growth.described):
+                return False
+            growth.since = 0  # refreshed or not, the next try waits for as much growth again
+            with writing(engine) as session:
+                refresh(session)
+                growth.described = stored_resources(session)
+        except (DBAPIError, DatabaseUnavailableError) as exc:
+            # statistics are an optimisation: never the failure of a load whose chunk committed
+            cause = exc.__cause__ if isinstance(exc, DatabaseUnavailableError) else exc
+            log.warning(
+                "planner statistics not refreshed: %s",
+                type(getattr(cause, "orig", cause)).__name__,
+            )
             return False
-        with writing(engine) as session:
-            refresh(session)
-            growth.described = stored_resources(session)
-        growth.since = 0
     return True
