@@ -206,10 +206,16 @@ def test_writers_that_read_what_the_other_writes_deadlock_and_both_land(
     waited: set[int] = set()
     real_lock_read = derivation_locks.lock_read
 
+    broken: list[BaseException] = []  # a mapping swallows what is not the database's error
+
     def lock_read_once_both_wrote(session: Session, targets: Any) -> None:
         if threading.get_ident() not in waited:  # the first attempt only: a retry goes on
             waited.add(threading.get_ident())
-            both_wrote.wait()
+            try:
+                both_wrote.wait()
+            except threading.BrokenBarrierError as exc:
+                broken.append(exc)
+                raise
         real_lock_read(session, targets)
 
     monkeypatch.setattr(derivation_locks, "lock_read", lock_read_once_both_wrote)
@@ -249,6 +255,7 @@ def test_writers_that_read_what_the_other_writes_deadlock_and_both_land(
         for t in threads:
             t.join(120)
         assert [t.is_alive() for t in threads] == [False, False]
+        assert broken == []  # both writers reached their mapping's read while holding their writes
         assert answers == {"a": "transaction-response", "b": "transaction-response"}
         assert refused == ["40P01"]  # one deadlock, one victim, retried once
         with engine.connect() as conn:
