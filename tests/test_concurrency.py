@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
+from sqlmodel import Session
 
 from service.errors import FhirError
 from service.fhir.interactions import FhirService
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
+from service.repositories.service_secrets import get_or_create_secret
 from tests.conftest import POSTGRES_ADMIN_URL, counts
 from tests.kit.fhir import entry, patient, post_entry, transaction, viable_tumour
 from tests.kit.store import store_counts
@@ -167,3 +170,44 @@ def test_a_pooled_connection_is_pinged_after_idling_and_replaced_when_dead(
         assert _backend_pid(engine) != first
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_two_first_askers_of_a_service_secret_both_get_the_one_stored(new_database: Any) -> None:
+    # Two servers starting on a new database both make the evidence key at once. The second's
+    # insert waits for the first's transaction; it must then read the first's key, not fail on
+    # the unique key (which stopped that server's start-up: `serve` exited 3).
+    engine = make_engine(Settings(database_url=new_database("postgres")))
+    migrate.upgrade(engine)
+    first = Session(engine)
+    try:
+        assert get_or_create_secret(first, "test-key", lambda: "first's") == "first's"
+        with ThreadPoolExecutor(1) as pool:
+
+            def second() -> str:
+                with Session(engine) as session:
+                    value = get_or_create_secret(session, "test-key", lambda: "second's")
+                    session.commit()
+                    return value
+
+            answer = pool.submit(second)
+            deadline = time.monotonic() + 60  # a guard against a hang, not a timed assertion
+            while not answer.done() and not _waiting_on_a_lock(engine):
+                assert time.monotonic() < deadline, "the second asker neither ended nor waited"
+                time.sleep(0.01)
+            first.commit()
+            assert answer.result(60) == "first's"
+    finally:
+        first.close()
+        engine.dispose()
+
+
+def _waiting_on_a_lock(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )
+        ).scalar_one()
+    return bool(waiting)

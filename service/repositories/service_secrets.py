@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from service.infra.tables import ServiceSecret
@@ -13,10 +14,16 @@ _SECRET = ServiceSecret.__table__  # type: ignore[attr-defined]
 
 
 def get_or_create_secret(session: Session, name: str, make: Callable[[], str]) -> str:
-    """A service secret, created once; a concurrent creator makes this unit of work retry."""
-    row = session.execute(select(_SECRET.c.value).where(_SECRET.c.name == name)).first()
+    """A service secret, created once: whoever asks first stores it, and every other asker gets
+    the stored one. Two processes starting on a new database ask at the same moment: the second
+    insert waits for the first transaction and then does nothing (no unique-key failure that
+    would stop a server's start-up), and the read after it finds the winner's secret."""
+    query = select(_SECRET.c.value).where(_SECRET.c.name == name)
+    row = session.execute(query).first()
     if row is not None:
         return str(row.value)
-    value = str(make())
-    session.execute(insert(_SECRET), [{"name": name, "value": value}])
-    return value
+    dialect = session.get_bind().dialect.name
+    make_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stored = make_insert(_SECRET).values(name=name, value=str(make()))
+    session.execute(stored.on_conflict_do_nothing(index_elements=["name"]))
+    return str(session.execute(query).scalar_one())
