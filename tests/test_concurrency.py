@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event
 from sqlmodel import Session
 
 from service.errors import FhirError
@@ -20,6 +20,7 @@ from service.infra.settings import Settings
 from service.repositories.service_secrets import get_or_create_secret
 from tests.conftest import POSTGRES_ADMIN_URL, counts
 from tests.kit.fhir import entry, patient, post_entry, transaction, viable_tumour
+from tests.kit.pg_activity import waiting_on_a_lock
 from tests.kit.store import store_counts
 
 P_URN = "urn:uuid:0b7c2a4e-5f6d-4e3c-8b2a-9d8e7f6a5b01"
@@ -192,7 +193,7 @@ def test_two_first_askers_of_a_service_secret_both_get_the_one_stored(new_databa
 
             answer = pool.submit(second)
             deadline = time.monotonic() + 60  # a guard against a hang, not a timed assertion
-            while not answer.done() and not _waiting_on_a_lock(engine):
+            while not answer.done() and not waiting_on_a_lock(engine):
                 assert time.monotonic() < deadline, "the second asker neither ended nor waited"
                 time.sleep(0.01)
             first.commit()
@@ -200,14 +201,3 @@ def test_two_first_askers_of_a_service_secret_both_get_the_one_stored(new_databa
     finally:
         first.close()
         engine.dispose()
-
-
-def _waiting_on_a_lock(engine: Engine) -> bool:
-    with engine.connect() as conn:
-        waiting = conn.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock'"
-            )
-        ).scalar_one()
-    return bool(waiting)

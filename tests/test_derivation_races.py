@@ -33,6 +33,7 @@ from service.repositories import derivation_locks
 from service.repositories.unit_of_work import UnitOfWork
 from tests.kit import fhir as kit
 from tests.kit import nct
+from tests.kit.pg_activity import waiting_on_a_lock
 
 pytestmark = [pytest.mark.postgres]
 
@@ -53,18 +54,6 @@ def _commit(uow: UnitOfWork) -> None:
         uow.commit()
     finally:
         uow.session.close()
-
-
-def _waiting_on_a_lock(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'"
-                )
-            ).scalar_one()
-        )
 
 
 def _interleaved(
@@ -91,7 +80,7 @@ def _interleaved(
         thread = threading.Thread(target=other)
         thread.start()
         deadline = time.monotonic() + 120  # a guard against a hang, not a timed assertion
-        while thread.is_alive() and not _waiting_on_a_lock(engine):
+        while thread.is_alive() and not waiting_on_a_lock(engine):
             assert time.monotonic() < deadline, "the second writer neither ended nor waited"
             time.sleep(0.01)
         _commit(held)

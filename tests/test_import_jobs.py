@@ -591,10 +591,10 @@ def test_a_load_refreshes_the_planners_statistics_each_time_the_store_has_double
     refreshed_at: list[int] = []
     real_refresh = planner_statistics.refresh
 
-    def counting_refresh(session: Any) -> bool:
+    def counting_refresh(session: Any) -> None:
         count = text("SELECT count(*) FROM fhir_resource")
         refreshed_at.append(int(session.execute(count).scalar_one()))
-        return real_refresh(session)
+        real_refresh(session)
 
     monkeypatch.setattr(planner_statistics, "refresh", counting_refresh)
     settings = Settings(database_url=str(new_database(kind)), import_job_chunk_lines=CHUNK)
@@ -638,7 +638,7 @@ def test_a_refresh_that_fails_leaves_the_load_as_it_was(
     monkeypatch.setattr(planner_statistics, "ANALYZE_EVERY", 2 * CHUNK)
     attempts: list[int] = []
 
-    def refused(session: Any) -> bool:
+    def refused(session: Any) -> None:
         attempts.append(1)
         raise OperationalError("ANALYZE", {}, Exception("canceling statement due to lock timeout"))
 

@@ -47,18 +47,14 @@ GROWN_TABLES = (
 ANALYZE_EVERY = 10_000
 
 
-def refresh(session: Session) -> bool:
-    """ANALYZE the grown tables (a sample of each, not a scan); False where there is nothing to do."""
-    if session.get_bind().dialect.name != "postgresql":
-        return False
+def refresh(session: Session) -> None:
+    """ANALYZE the grown tables (a sample of each, not a scan; PostgreSQL)."""
     session.execute(text(f"ANALYZE {', '.join(GROWN_TABLES)}"))
-    return True
 
 
 def stored_resources(session: Session) -> int:
-    """The stored resources the statistics describe (0 before the first analysis): cheap to ask."""
-    if session.get_bind().dialect.name != "postgresql":
-        return 0
+    """The stored resources the statistics describe (0 before the first analysis; PostgreSQL):
+    cheap to ask."""
     found = session.execute(
         text("SELECT reltuples FROM pg_class WHERE oid = CAST('fhir_resource' AS regclass)")
     ).scalar_one()
