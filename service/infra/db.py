@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -20,9 +22,11 @@ from service.infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# The committing writer checkpoints only when the background checkpointer has fallen this far
-# behind (pages of 4 KiB): a safety net, not the normal path.
-WAL_AUTOCHECKPOINT_PAGES = 16384
+# The committing writer checkpoints only when the log has grown this long (pages of 4 KiB, 128 MiB)
+# because the background checkpointer could not start it afresh: a safety net, not the normal path.
+WAL_AUTOCHECKPOINT_PAGES = 32768
+# How long a statement waits for another connection's lock before failing with "locked".
+BUSY_TIMEOUT_MS = 30_000
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -31,7 +35,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     cur.close()
 
@@ -39,14 +43,21 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 WRITE = {"trialbridge_write": True}
 
 
-def _sqlite_begin(conn: Any) -> None:
+def _sqlite_begin(checkpointer: WalCheckpointer | None, conn: Any) -> None:
     # Writers BEGIN IMMEDIATE: they take the write lock up front and queue instead of failing to
     # upgrade a read lock; readers BEGIN DEFERRED and, with WAL, never wait for a writer.
     write = conn.get_execution_options().get("trialbridge_write", False)
+    if write and checkpointer is not None:
+        checkpointer.wait_for_restart_pass()
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 CHECKPOINT_INTERVAL_SECONDS = 0.25
+# A checkpoint that leaves the WAL at least this long (frames of ~4 KiB) is followed by a restart
+# pass, which waits at most RESTART_WAIT_MS for a writer already in its transaction.
+RESTART_AFTER_FRAMES = 8192
+RESTART_WAIT_MS = 20
+RESTART_POLL_SECONDS = 0.0002
 
 
 class WalCheckpointer:
@@ -58,11 +69,21 @@ class WalCheckpointer:
     anyone wait. Durability is unchanged: it is decided at commit, not at checkpoint. At most
     one checkpoint runs per CHECKPOINT_INTERVAL_SECONDS: one after every small write cost a
     quarter of the rate of one-patient transactions (the checkpoint's fsync on every commit).
+
+    Under steady writes a PASSIVE checkpoint never ends with the whole log copied (writers append
+    while it copies), and SQLite starts the log again from its beginning only when a writer finds
+    it whole copied; so the log grew to the safety net's size, and then one writer's commit paid
+    for a checkpoint of all it had not copied: 20–50 ms, once every ~100 one-patient writes. So
+    a long log gets a restart pass: this process's writers wait at `BEGIN` (a `RESTART`
+    checkpoint would have them wait in SQLite's busy handler, which sleeps 1, 2, 5, 10 ms…),
+    the one in its transaction finishes, the few frames appended meanwhile are copied, and the
+    next writer starts the log afresh.
     """
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._lock = threading.Lock()
+        self._restart_pass = threading.Lock()  # held while no writer of this process may begin
         self._wake = threading.Event()
         self._stop: threading.Event | None = None
         self._thread: threading.Thread | None = None
@@ -90,7 +111,9 @@ class WalCheckpointer:
 
     def _run(self, stop: threading.Event) -> None:
         try:
-            conn = sqlite3.connect(self._path, timeout=30, check_same_thread=False)
+            conn = sqlite3.connect(
+                self._path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             log.warning("WAL checkpointer not started for %s: %s", self._path, exc)
             return
@@ -104,20 +127,66 @@ class WalCheckpointer:
         finally:
             conn.close()
 
+    def wait_for_restart_pass(self) -> None:
+        """A writer of this process is about to begin: not during a restart pass."""
+        with self._restart_pass:
+            pass
+
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as exc:  # the writers' own safety-net checkpoint still applies
+            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if row is not None and row[0] == 0 and row[1] >= RESTART_AFTER_FRAMES:
+                self._restart(conn)
+        except (sqlite3.Error, OSError) as exc:  # the writers' own safety net still applies
             log.warning("WAL checkpoint of %s failed: %s", self._path, exc)
+
+    def _restart(self, conn: sqlite3.Connection) -> None:
+        """Copy the rest of the log while no writer appends, so the next one starts it afresh."""
+        # The pass ends by syncing the database file; what the PASSIVE one copied is synced now,
+        # before writers wait, so that they wait for the few pages of the pass only.
+        _sync_file(self._path)
+        with self._restart_pass:
+            # The writer already in its transaction finishes first. Polled, not left to SQLite's
+            # busy handler, whose sleeps (1, 2, 5 ms…) would hold the waiting writers longer.
+            conn.execute("PRAGMA busy_timeout=0")
+            try:
+                deadline = time.monotonic() + RESTART_WAIT_MS / 1000
+                while not _write_lock_free(conn):
+                    if time.monotonic() > deadline:
+                        return  # a long write (or another process's): next time
+                    time.sleep(RESTART_POLL_SECONDS)
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
+def _write_lock_free(conn: sqlite3.Connection) -> bool:
+    """Whether no connection holds the database's write lock (taken and given back at once)."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:  # SQLITE_BUSY
+        return False
+    conn.execute("ROLLBACK")
+    return True
+
+
+def _sync_file(path: str) -> None:
+    """fdatasync(2) a file by name: flushes its dirty pages whoever wrote them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 _CHECKPOINTERS: weakref.WeakKeyDictionary[Engine, WalCheckpointer] = weakref.WeakKeyDictionary()
 
 
-def _attach_checkpointer(engine: Engine, path: str) -> None:
+def _attach_checkpointer(engine: Engine, path: str) -> WalCheckpointer:
     checkpointer = WalCheckpointer(path)
     _CHECKPOINTERS[engine] = checkpointer
     event.listen(engine, "engine_disposed", lambda _engine: checkpointer.stop())
+    return checkpointer
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -132,9 +201,8 @@ def make_engine(settings: Settings) -> Engine:
             hide_parameters=True,  # error messages must not quote stored values (patient data)
         )
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
-        if path is not None:
-            _attach_checkpointer(engine, str(path))
+        checkpointer = None if path is None else _attach_checkpointer(engine, str(path))
+        event.listen(engine, "begin", partial(_sqlite_begin, checkpointer))
         return engine
     engine = create_engine(
         settings.database_url,
