@@ -58,6 +58,10 @@ CHECKPOINT_INTERVAL_SECONDS = 0.25
 RESTART_AFTER_FRAMES = 8192
 RESTART_WAIT_MS = 20
 RESTART_POLL_SECONDS = 0.0002
+# When more than this many frames were appended during a PASSIVE checkpoint (a large write), they
+# are copied by another one, up to RESTART_CATCH_UP_PASSES times, before writers are held back.
+RESTART_HELD_FRAMES = 2048
+RESTART_CATCH_UP_PASSES = 2
 
 
 class WalCheckpointer:
@@ -134,9 +138,15 @@ class WalCheckpointer:
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
-            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if row is not None and row[0] == 0 and row[1] >= RESTART_AFTER_FRAMES:
-                self._restart(conn)
+            row = _passive(conn)
+            if row[0] != 0 or row[1] < RESTART_AFTER_FRAMES:
+                return
+            for _ in range(RESTART_CATCH_UP_PASSES):  # a large write meanwhile: copied unheld
+                again = _passive(conn)
+                if again[0] != 0 or again[1] - row[1] <= RESTART_HELD_FRAMES:
+                    break
+                row = again
+            self._restart(conn)
         except (sqlite3.Error, OSError) as exc:  # the writers' own safety net still applies
             log.warning("WAL checkpoint of %s failed: %s", self._path, exc)
 
@@ -158,6 +168,12 @@ class WalCheckpointer:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             finally:
                 conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
+def _passive(conn: sqlite3.Connection) -> tuple[int, int]:
+    """A PASSIVE checkpoint: (busy, frames in the log), busy when another checkpoint runs."""
+    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return (1, 0) if row is None else (int(row[0]), int(row[1]))
 
 
 def _write_lock_free(conn: sqlite3.Connection) -> bool:
