@@ -1,5 +1,5 @@
-"""The SQLite WAL starts again from its beginning under steady writes, and writers never wait long
-for a checkpoint (service/infra/db.py, WalCheckpointer)."""
+"""SQLite under steady writes (service/infra/db.py): the WAL starts again from its beginning, a
+writer never waits long for a checkpoint, and writes reuse the connection whose cache is warm."""
 
 from __future__ import annotations
 
@@ -104,5 +104,23 @@ def test_writers_wait_at_begin_while_a_restart_pass_runs(tmp_path: Path) -> None
         thread.join(5.0)
         with db.reading(engine) as session:
             assert session.execute(text("SELECT count(*) FROM t")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_writes_reuse_the_connection_used_last(tmp_path: Path) -> None:
+    """SQLite drops a connection's page cache when another connection wrote since: the pool hands
+    out the one used last (its cache still valid), not the least recently used one."""
+    engine = _engine(tmp_path / "lifo.db")
+    try:
+        with engine.connect() as first, engine.connect() as second:  # two in the pool
+            used_last = first.connection.dbapi_connection  # returned after `second`
+            assert second.connection.dbapi_connection is not used_last
+        seen = []
+        for _ in range(4):
+            with db.session_scope(engine) as session:
+                session.execute(text("INSERT INTO t (body) VALUES ('w')"))
+                seen.append(session.connection().connection.dbapi_connection)
+        assert all(conn is used_last for conn in seen)
     finally:
         engine.dispose()
