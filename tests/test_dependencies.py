@@ -23,7 +23,9 @@ def _calls(dependant: Dependant) -> Iterator[Any]:
 
 def _is_async(call: Any) -> bool:
     method = type(call).__call__ if not inspect.isfunction(call) else None  # a class instance
-    return inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(method)
+    return any(
+        inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in (call, method)
+    )
 
 
 def _routers(app_routes: list[Any]) -> Iterator[APIRouter]:

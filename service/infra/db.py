@@ -22,9 +22,9 @@ from service.infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# The committing writer checkpoints only when the log has grown this long (pages of 4 KiB, 128 MiB)
+# The committing writer checkpoints only when the log has grown this long (pages of 4 KiB, 64 MiB)
 # because the background checkpointer could not start it afresh: a safety net, not the normal path.
-WAL_AUTOCHECKPOINT_PAGES = 32768
+WAL_AUTOCHECKPOINT_PAGES = 16384
 # How long a statement waits for another connection's lock before failing with "locked".
 BUSY_TIMEOUT_MS = 30_000
 
@@ -44,8 +44,8 @@ WRITE = {"trialbridge_write": True}
 
 
 def _sqlite_begin(checkpointer: WalCheckpointer | None, conn: Any) -> None:
-    # Writers BEGIN IMMEDIATE: they take the write lock up front and queue instead of failing to
-    # upgrade a read lock; readers BEGIN DEFERRED and, with WAL, never wait for a writer.
+    """Writers BEGIN IMMEDIATE, queueing for the write lock instead of failing to upgrade a read
+    lock (and not while a restart pass holds them); readers BEGIN DEFERRED and never wait."""
     write = conn.get_execution_options().get("trialbridge_write", False)
     if write and checkpointer is not None:
         checkpointer.wait_for_restart_pass()
@@ -53,11 +53,15 @@ def _sqlite_begin(checkpointer: WalCheckpointer | None, conn: Any) -> None:
 
 
 CHECKPOINT_INTERVAL_SECONDS = 0.25
-# A checkpoint that leaves the WAL at least this long (frames of ~4 KiB) is followed by a restart
-# pass, which waits at most RESTART_WAIT_MS for a writer already in its transaction.
-RESTART_AFTER_FRAMES = 8192
+# A checkpoint that leaves the WAL at least this long (frames of ~4 KiB: 16 MiB) is followed by a
+# restart pass, which waits at most RESTART_WAIT_MS for a writer already in its transaction.
+RESTART_AFTER_FRAMES = 4096
 RESTART_WAIT_MS = 20
+# How often the held pass looks whether the writer in its transaction has committed: often, as
+# this process's other writers wait meanwhile; each look is one BEGIN IMMEDIATE, a few µs.
 RESTART_POLL_SECONDS = 0.0002
+# Checkpoints let pass, at most, while a reader keeps the log from starting afresh.
+RESTART_MAX_BACKOFF = 32
 # When more than this many frames were appended during a PASSIVE checkpoint (a large write), they
 # are copied by another one, up to RESTART_CATCH_UP_PASSES times, before writers are held back.
 RESTART_HELD_FRAMES = 2048
@@ -75,19 +79,27 @@ class WalCheckpointer:
     quarter of the rate of one-patient transactions (the checkpoint's fsync on every commit).
 
     Under steady writes a PASSIVE checkpoint never ends with the whole log copied (writers append
-    while it copies), and SQLite starts the log again from its beginning only when a writer finds
-    it whole copied; so the log grew to the safety net's size, and then one writer's commit paid
-    for a checkpoint of all it had not copied: 20–50 ms, once every ~100 one-patient writes. So
-    a long log gets a restart pass: this process's writers wait at `BEGIN` (a `RESTART`
-    checkpoint would have them wait in SQLite's busy handler, which sleeps 1, 2, 5, 10 ms…),
-    the one in its transaction finishes, the few frames appended meanwhile are copied, and the
-    next writer starts the log afresh.
+    while it copies), and SQLite starts the log again from its beginning only when a writer
+    begins on a whole-copied log that no reader's snapshot still uses; so the log grew to the
+    safety net's size, and then one writer's commit paid for a checkpoint of all it had not
+    copied: 20–50 ms, once every ~100 one-patient writes. So a long log gets a restart pass: the
+    database file is synced first, unheld; then this process's writers wait at `BEGIN` (a
+    `RESTART` checkpoint would leave them in SQLite's busy handler, which sleeps 1, 2, 5, 10 ms…)
+    while the writer already in its transaction finishes (polled, at most RESTART_WAIT_MS) and
+    the frames appended meanwhile are copied and synced (5–15 ms of waiting in all on the
+    development machine); the next writer starts the log afresh. A pass that cannot copy the
+    whole log (a reader's older snapshot) makes the next ones wait longer.
     """
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._restart_pass = threading.Lock()  # held while no writer of this process may begin
+        self._writers_held = threading.Lock()  # held while no writer of this process may begin
+        # Checkpoints to let pass before holding writers again: doubled each time a hold could
+        # not copy the whole log (a reader's snapshot lies in it, so SQLite cannot start it
+        # afresh either), back to 0 once one could.
+        self._backoff = 0
+        self._skip = 0  # checkpoints still to let pass
         self._wake = threading.Event()
         self._stop: threading.Event | None = None
         self._thread: threading.Thread | None = None
@@ -132,30 +144,48 @@ class WalCheckpointer:
             conn.close()
 
     def wait_for_restart_pass(self) -> None:
-        """A writer of this process is about to begin: not during a restart pass."""
-        with self._restart_pass:
+        """A writer of this process is about to begin: not while writers are held."""
+        with self._writers_held:
             pass
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
-            row = _passive(conn)
-            if row[0] != 0 or row[1] < RESTART_AFTER_FRAMES:
+            busy, log_frames = _passive(conn)
+            if busy:  # another connection's checkpoint is running
+                return
+            if log_frames < RESTART_AFTER_FRAMES or self._should_wait():
                 return
             for _ in range(RESTART_CATCH_UP_PASSES):  # a large write meanwhile: copied unheld
-                again = _passive(conn)
-                if again[0] != 0 or again[1] - row[1] <= RESTART_HELD_FRAMES:
+                busy, again = _passive(conn)
+                if busy:
+                    return
+                if again - log_frames <= RESTART_HELD_FRAMES:
                     break
-                row = again
-            self._restart(conn)
+                log_frames = again
+            else:
+                return  # writes outpace the copy: the writers' own checkpoint has its turn
+            whole = self._restart(conn)
+            if whole is not None:  # it ran: a reader in the log made it copy less, back off
+                self._backoff = 0 if whole else min(max(1, 2 * self._backoff), RESTART_MAX_BACKOFF)
+                self._skip = self._backoff
         except (sqlite3.Error, OSError) as exc:  # the writers' own safety net still applies
             log.warning("WAL checkpoint of %s failed: %s", self._path, exc)
 
-    def _restart(self, conn: sqlite3.Connection) -> None:
-        """Copy the rest of the log while no writer appends, so the next one starts it afresh."""
-        # The pass ends by syncing the database file; what the PASSIVE one copied is synced now,
-        # before writers wait, so that they wait for the few pages of the pass only.
-        _sync_file(self._path)
-        with self._restart_pass:
+    def _should_wait(self) -> bool:
+        """Whether to let this checkpoint pass without holding writers (see `_backoff`)."""
+        if self._skip > 0:
+            self._skip -= 1
+            return True
+        return False
+
+    def _restart(self, conn: sqlite3.Connection) -> bool | None:
+        """Copy the rest of the log while no writer of this process begins: whether all of it
+        was copied (a reader's older snapshot keeps frames back), None when it gave up waiting."""
+        # The pass ends by syncing the database file: what the PASSIVE checkpoints copied is
+        # synced now, before writers are held, so that they wait for the pass's few pages only
+        # (20–25 ms a hold otherwise, on this development machine's disk).
+        _sync_database_file(self._path)
+        with self._writers_held:
             # The writer already in its transaction finishes first. Polled, not left to SQLite's
             # busy handler, whose sleeps (1, 2, 5 ms…) would hold the waiting writers longer.
             conn.execute("PRAGMA busy_timeout=0")
@@ -163,36 +193,51 @@ class WalCheckpointer:
                 deadline = time.monotonic() + RESTART_WAIT_MS / 1000
                 while not _write_lock_free(conn):
                     if time.monotonic() > deadline:
-                        return  # a long write (or another process's): next time
+                        return None  # a long write (or another process's): next time
                     time.sleep(RESTART_POLL_SECONDS)
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                busy, log_frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                return not busy and copied == log_frames
             finally:
+                if conn.in_transaction:  # the probe's ROLLBACK failed: never keep the lock
+                    conn.rollback()
                 conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
-def _passive(conn: sqlite3.Connection) -> tuple[int, int]:
-    """A PASSIVE checkpoint: (busy, frames in the log), busy when another checkpoint runs."""
-    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    return (1, 0) if row is None else (int(row[0]), int(row[1]))
+# Descriptors of database files opened to fdatasync them, by (device, inode): never closed. Closing
+# any descriptor of a file drops every POSIX lock this process holds on it, SQLite's included, and
+# another process would then take this one for gone (and delete the WAL it is still writing to).
+# SQLite keeps its own descriptors the same way; this is at most one more per database file.
+_SYNC_FDS: dict[tuple[int, int], int] = {}
+_SYNC_FDS_LOCK = threading.Lock()
+
+
+def _sync_database_file(path: str) -> None:
+    """fdatasync(2) the database file, whichever connection wrote its dirty pages."""
+    found = os.stat(path)
+    key = (found.st_dev, found.st_ino)
+    with _SYNC_FDS_LOCK:
+        fd = _SYNC_FDS.get(key)
+        if fd is None:
+            fd = _SYNC_FDS[key] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    os.fdatasync(fd)
+
+
+def _passive(conn: sqlite3.Connection) -> tuple[bool, int]:
+    """A PASSIVE checkpoint: (busy: another checkpoint was running, frames in the log)."""
+    busy, log_frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return bool(busy), int(log_frames)
 
 
 def _write_lock_free(conn: sqlite3.Connection) -> bool:
     """Whether no connection holds the database's write lock (taken and given back at once)."""
     try:
         conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError:  # SQLITE_BUSY
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            raise
         return False
     conn.execute("ROLLBACK")
     return True
-
-
-def _sync_file(path: str) -> None:
-    """fdatasync(2) a file by name: flushes its dirty pages whoever wrote them."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
 
 
 _CHECKPOINTERS: weakref.WeakKeyDictionary[Engine, WalCheckpointer] = weakref.WeakKeyDictionary()
@@ -211,14 +256,16 @@ def make_engine(settings: Settings) -> Engine:
         path = settings.sqlite_path()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+        # A file's pool hands out the connection used last: SQLite empties a connection's page
+        # cache when another one has written since, so the pool's default (its least recently
+        # used one) made every one-patient write read ~180 pages back. (An in-memory database
+        # has a pool of its own, without the choice.)
+        pool: dict[str, Any] = {} if path is None else {"pool_use_lifo": True}
         engine = create_engine(
             settings.database_url,
             connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
             hide_parameters=True,  # error messages must not quote stored values (patient data)
-            # The connection used last is used next: SQLite empties a connection's page cache
-            # when another one has written since, so taking the pool's least recently used one
-            # (the default) made every one-patient write read ~180 pages back (pread(2) calls).
-            pool_use_lifo=True,
+            **pool,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         checkpointer = None if path is None else _attach_checkpointer(engine, str(path))
