@@ -192,6 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 dispatcher.stop()
             await run_in_threadpool(model_checks.close)
             await run_in_threadpool(app.state.audit.stop)
+            await app.state.studies.loop_reads.aclose()
             engine.dispose()
             metrics.process_ended()
 

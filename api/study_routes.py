@@ -80,8 +80,8 @@ async def subject_timeline(
     reader: ReaderDep, seal: SealDep, study_id: str, subject_id: str
 ) -> Response:
     """Every event with its date (and precision), study day, values and evidence id."""
-    # a kept answer whose read token is current needs no worker thread (SQLite)
-    answer: views.Stamped | None = reader.timeline_kept(study_id, subject_id)
+    # a kept answer whose read token is current needs no worker thread
+    answer: views.Stamped | None = await reader.timeline_kept(study_id, subject_id)
     if answer is None:
         answer = await run_in_threadpool(
             lambda: reader.timeline_answer(
@@ -132,7 +132,9 @@ async def subject_eligibility(
 ) -> dict[str, Any] | Response:
     """Stored result (kept current on ingest) by default; computed on demand for a given as_of."""
     if as_of is None:
-        stored: bytes | None = reader.stored_eligibility_kept(study_id, subject_id)  # as above
+        stored: bytes | None = await reader.stored_eligibility_kept(
+            study_id, subject_id
+        )  # as above
         if stored is None:
             stored = await run_in_threadpool(
                 lambda: reader.stored_eligibility_answer(
@@ -153,7 +155,7 @@ async def subject_outcomes(
     reader: ReaderDep, seal: SealDep, study_id: str, subject_id: str
 ) -> Response:
     """Computed from the subject's current events, with the evidence of each endpoint."""
-    answer: views.Stamped | None = reader.outcomes_kept(study_id, subject_id)  # as above
+    answer: views.Stamped | None = await reader.outcomes_kept(study_id, subject_id)  # as above
     if answer is None:
         answer = await run_in_threadpool(
             lambda: reader.outcomes_answer(

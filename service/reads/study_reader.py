@@ -80,7 +80,7 @@ class StudyReader:
     zone: dt.tzinfo = dt.UTC  # the site's time zone: events are read in its calendar
     # rendered per-subject answers of this process (service.reads.subject_cache)
     cache: SubjectCache[Any] = field(default_factory=lambda: SubjectCache(DEFAULT_CACHE_BYTES))
-    # the read-token check of a cached answer, made on the event loop (SQLite only)
+    # the read-token check of a cached answer, made on the event loop
     loop_reads: LoopReads = field(init=False)
 
     def __post_init__(self) -> None:
@@ -150,31 +150,31 @@ class StudyReader:
             self.cache.put(key, row.read_token, value)
         return value
 
-    def _kept(self, read: str, study_id: str, subject_id: str, token_sql: str) -> Any | None:
+    async def _kept(self, read: str, study_id: str, subject_id: str, token_sql: str) -> Any | None:
         """The answer kept for `read` of this subject if the read token it was rendered at is
-        still the stored one, asked without waiting (on the event loop); None when that is not
-        known here (nothing kept, another token, PostgreSQL, a lock): the caller reads in a worker
-        thread (`timeline_answer` and the others), which checks the token again."""
+        still the stored one, asked on the event loop; None when that is not known here (nothing
+        kept, another token, a lock, a failed lookup): the caller reads in a worker thread
+        (`timeline_answer` and the others), which checks the token again."""
         if not self.loop_reads.enabled or not self.cache.holds((read, study_id, subject_id)):
             return None
-        token = self.loop_reads.scalar(token_sql, (study_id, subject_id))
+        token = await self.loop_reads.lookup(token_sql, (study_id, subject_id))
         return None if token is None else self.cache.get((read, study_id, subject_id), token)
 
-    def timeline_kept(self, study_id: str, subject_id: str) -> Any | None:
-        """`timeline_answer`'s kept answer while it is current, without waiting, else None."""
+    async def timeline_kept(self, study_id: str, subject_id: str) -> Any | None:
+        """`timeline_answer`'s kept answer while it is current, without a thread, else None."""
         self.protocol(study_id)  # an unknown study is a 404 as on the full path
-        return self._kept("timeline", study_id, subject_id, study_subjects.READ_TOKEN_SQLITE)
+        return await self._kept("timeline", study_id, subject_id, study_subjects.READ_TOKEN_SQL)
 
-    def outcomes_kept(self, study_id: str, subject_id: str) -> Any | None:
-        """`outcomes_answer`'s kept answer while it is current, without waiting, else None."""
+    async def outcomes_kept(self, study_id: str, subject_id: str) -> Any | None:
+        """`outcomes_answer`'s kept answer while it is current, without a thread, else None."""
         capability(self.protocols, study_id, "subject_outcomes", "per-subject trial outcomes")
-        return self._kept("outcomes", study_id, subject_id, study_subjects.READ_TOKEN_SQLITE)
+        return await self._kept("outcomes", study_id, subject_id, study_subjects.READ_TOKEN_SQL)
 
-    def stored_eligibility_kept(self, study_id: str, subject_id: str) -> Any | None:
-        """`stored_eligibility_answer`'s kept answer while it is current, without waiting."""
+    async def stored_eligibility_kept(self, study_id: str, subject_id: str) -> Any | None:
+        """`stored_eligibility_answer`'s kept answer while it is current, without a thread."""
         capability(self.protocols, study_id, "screening", "eligibility criteria")
-        return self._kept(
-            "eligibility", study_id, subject_id, eligibility_results.READ_TOKEN_SQLITE
+        return await self._kept(
+            "eligibility", study_id, subject_id, eligibility_results.READ_TOKEN_SQL
         )
 
     def subjects(
