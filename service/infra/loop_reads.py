@@ -81,7 +81,9 @@ class LoopReads:
                 cursor = await conn.execute(sql.replace("?", "%s"), params)
                 rows = await cursor.fetchall()
         except (psycopg.Error, OSError, TimeoutError) as exc:
-            log.info("event-loop lookup not answered (%s): the worker thread reads", type(exc))
+            log.info(
+                "event-loop lookup not answered (%s): the worker thread reads", type(exc).__name__
+            )
             await self._drop_postgres()
             return None
         return rows[0][0] if len(rows) == 1 else None
