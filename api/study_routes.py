@@ -132,9 +132,8 @@ async def subject_eligibility(
 ) -> dict[str, Any] | Response:
     """Stored result (kept current on ingest) by default; computed on demand for a given as_of."""
     if as_of is None:
-        stored: bytes | None = await reader.stored_eligibility_kept(
-            study_id, subject_id
-        )  # as above
+        # as above
+        stored: bytes | None = await reader.stored_eligibility_kept(study_id, subject_id)
         if stored is None:
             stored = await run_in_threadpool(
                 lambda: reader.stored_eligibility_answer(

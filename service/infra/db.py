@@ -150,13 +150,13 @@ class WalCheckpointer:
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
-            busy, log_frames = _passive(conn)
+            busy, log_frames, _ = _passive(conn)
             if busy:  # another connection's checkpoint is running
                 return
             if log_frames < RESTART_AFTER_FRAMES or self._should_wait():
                 return
             for _ in range(RESTART_CATCH_UP_PASSES):  # a large write meanwhile: copied unheld
-                busy, again = _passive(conn)
+                busy, again, _ = _passive(conn)
                 if busy:
                     return
                 if again - log_frames <= RESTART_HELD_FRAMES:
@@ -195,7 +195,7 @@ class WalCheckpointer:
                     if time.monotonic() > deadline:
                         return None  # a long write (or another process's): next time
                     time.sleep(RESTART_POLL_SECONDS)
-                busy, log_frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                busy, log_frames, copied = _passive(conn)
                 return not busy and copied == log_frames
             finally:
                 if conn.in_transaction:  # the probe's ROLLBACK failed: never keep the lock
@@ -222,10 +222,11 @@ def _sync_database_file(path: str) -> None:
     os.fdatasync(fd)
 
 
-def _passive(conn: sqlite3.Connection) -> tuple[bool, int]:
-    """A PASSIVE checkpoint: (busy: another checkpoint was running, frames in the log)."""
-    busy, log_frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    return bool(busy), int(log_frames)
+def _passive(conn: sqlite3.Connection) -> tuple[bool, int, int]:
+    """A PASSIVE checkpoint: (busy: another checkpoint was running, frames in the log, frames
+    copied)."""
+    busy, log_frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return bool(busy), int(log_frames), int(copied)
 
 
 def _write_lock_free(conn: sqlite3.Connection) -> bool:

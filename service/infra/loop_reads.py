@@ -110,9 +110,7 @@ class LoopReads:
 
     async def _drop_postgres(self) -> None:
         conn, self._pg = self._pg, None
-        if conn is None:
-            return
-        if conn.closed:
+        if conn is None or conn.closed:
             return
         try:
             if self._pg_loop is asyncio.get_running_loop():

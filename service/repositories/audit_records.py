@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, func, literal, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from service.infra.tables import AuditEntity, AuditRecord
 from service.repositories import fhir_versions
+from service.repositories.sql import insert_on_conflict
 
 _RECORD = AuditRecord.__table__  # type: ignore[attr-defined]
 _ENTITY = AuditEntity.__table__  # type: ignore[attr-defined]
@@ -57,15 +57,13 @@ def insert_records(
         return
     keys = [(r.id, key) for r in records for key in r.entities]
     if idempotent:
-        dialect = session.get_bind().dialect.name
-        make = postgresql.insert if dialect == "postgresql" else sqlite.insert
         session.execute(
-            make(_RECORD).on_conflict_do_nothing(),
+            insert_on_conflict(session, _RECORD).on_conflict_do_nothing(),
             [dict(zip(_RECORD_COLUMNS, _row(r), strict=True)) for r in records],
         )
         if keys:
             session.execute(
-                make(_ENTITY).on_conflict_do_nothing(),
+                insert_on_conflict(session, _ENTITY).on_conflict_do_nothing(),
                 [{"record_id": i, "entity": k} for i, k in keys],
             )
         return

@@ -12,7 +12,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, exists, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from service.infra.tables import (
@@ -22,7 +21,7 @@ from service.infra.tables import (
     CohortSnapshot,
     StudyChange,
 )
-from service.repositories.sql import chunks
+from service.repositories.sql import chunks, insert_on_conflict
 
 _CHANGE = StudyChange.__table__  # type: ignore[attr-defined]
 _SNAPSHOT = CohortSnapshot.__table__  # type: ignore[attr-defined]
@@ -285,10 +284,8 @@ def acquire_lease(
     )
     if int(taken.rowcount) == 1:  # type: ignore[attr-defined]
         return True
-    dialect = session.get_bind().dialect.name
-    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
     made = session.execute(
-        make(_LEASE)
+        insert_on_conflict(session, _LEASE)
         .values(study_id=study_id, owner=owner, until=until)
         .on_conflict_do_nothing()
         .returning(c.study_id)  # psycopg reports no row count for a conflict clause

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 from service.infra.tables import ServiceSecret
+from service.repositories.sql import insert_on_conflict
 
 _SECRET = ServiceSecret.__table__  # type: ignore[attr-defined]
 
@@ -22,8 +22,6 @@ def get_or_create_secret(session: Session, name: str, make: Callable[[], str]) -
     row = session.execute(query).first()
     if row is not None:
         return str(row.value)
-    dialect = session.get_bind().dialect.name
-    make_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stored = make_insert(_SECRET).values(name=name, value=str(make()))
+    stored = insert_on_conflict(session, _SECRET).values(name=name, value=str(make()))
     session.execute(stored.on_conflict_do_nothing(index_elements=["name"]))
     return str(session.execute(query).scalar_one())

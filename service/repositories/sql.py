@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Table, delete, insert, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 # Bound parameters per IN-list: under SQLite's limit, and plans stay cheap on PostgreSQL.
@@ -22,6 +23,12 @@ def chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
 def compact_json(value: Any) -> str:
     """Stable, compact JSON for text columns (sorted keys; dates as their ISO text)."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def insert_on_conflict(session: Session, table: Table) -> Any:
+    """An INSERT of this session's dialect, which takes `on_conflict_do_nothing` (both backends)."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
 def save_per_patient(session: Session, table: Table, values: dict[str, Any], exists: bool) -> None:
