@@ -185,16 +185,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            await run_in_threadpool(pull_schedule.stop)
-            await run_in_threadpool(job_queue.stop)
-            await run_in_threadpool(refresher.stop)
-            if dispatcher is not None:
-                dispatcher.stop()
-            await run_in_threadpool(model_checks.close)
-            await run_in_threadpool(app.state.audit.stop)
-            await app.state.studies.loop_reads.aclose()
-            engine.dispose()
-            metrics.process_ended()
+            try:
+                await run_in_threadpool(pull_schedule.stop)
+                await run_in_threadpool(job_queue.stop)
+                await run_in_threadpool(refresher.stop)
+                if dispatcher is not None:
+                    dispatcher.stop()
+                await run_in_threadpool(model_checks.close)
+                await run_in_threadpool(app.state.audit.stop)
+            finally:  # the database connections are closed whatever stopping the others raised
+                await app.state.studies.loop_reads.aclose()
+                engine.dispose()
+                metrics.process_ended()
 
     app = FastAPI(
         title="trialbridge",
