@@ -74,8 +74,8 @@ def test_a_restart_pass_gives_up_on_a_long_write(tmp_path: Path) -> None:
         free = threading.Event()
 
         def begin() -> None:
-            checkpointer.wait_for_restart_pass()
-            free.set()
+            with checkpointer.writer_beginning():
+                free.set()
 
         threading.Thread(target=begin, daemon=True).start()
         assert free.wait(1.0)
@@ -116,7 +116,8 @@ def test_writers_wait_at_begin_while_a_restart_pass_runs(tmp_path: Path) -> None
         began.set()
 
     try:
-        with checkpointer._writers_held:
+        with checkpointer._writers_held(1.0) as began_before:
+            assert began_before  # no writer was past the gate
             thread = threading.Thread(target=write, daemon=True)
             thread.start()
             assert not began.wait(0.3)  # held at BEGIN
@@ -126,6 +127,55 @@ def test_writers_wait_at_begin_while_a_restart_pass_runs(tmp_path: Path) -> None
         with db.reading(engine) as session:
             assert session.execute(text("SELECT count(*) FROM t")).scalar_one() == 1
     finally:
+        engine.dispose()
+
+
+def test_a_restart_pass_does_not_probe_ahead_of_a_writer_past_the_gate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer of this process that passed the gate before it closed begins first: the pass
+    takes the write lock to probe only once that writer's BEGIN has returned (had the probe
+    come first, the writer would sleep in SQLite's busy handler while the pass copies), and it
+    gives up, gate open again, if that writer's BEGIN does not return within RESTART_WAIT_MS."""
+    path = tmp_path / "ahead.db"
+    engine = _engine(path)
+    checkpointer = db.WalCheckpointer(str(path))
+    mine = sqlite3.connect(path, timeout=db.BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+    probes: list[int] = []
+    probe = db._write_lock_free
+
+    def counted(conn: sqlite3.Connection) -> bool:
+        probes.append(1)
+        return probe(conn)
+
+    monkeypatch.setattr(db, "_write_lock_free", counted)
+    try:
+        monkeypatch.setattr(db, "RESTART_WAIT_MS", 5000)
+        ran: list[bool | None] = []
+        with checkpointer.writer_beginning():  # past the gate, its BEGIN not returned yet
+            attempt = threading.Thread(target=lambda: ran.append(checkpointer._restart(mine)))
+            attempt.start()
+            time.sleep(0.2)
+            assert probes == []
+        attempt.join(5.0)
+        assert ran == [True]
+        assert probes == [1]
+
+        monkeypatch.setattr(db, "RESTART_WAIT_MS", 50)
+        with checkpointer.writer_beginning():  # its BEGIN never returns while the pass waits
+            checkpointer_ran = checkpointer._restart(mine)
+        assert checkpointer_ran is None
+        assert probes == [1]
+        began = threading.Event()
+
+        def begin() -> None:  # the gate is open again
+            with checkpointer.writer_beginning():
+                began.set()
+
+        threading.Thread(target=begin, daemon=True).start()
+        assert began.wait(1.0)
+    finally:
+        mine.close()
         engine.dispose()
 
 

@@ -48,7 +48,9 @@ def _sqlite_begin(checkpointer: WalCheckpointer | None, conn: Any) -> None:
     lock (and not while a restart pass holds them); readers BEGIN DEFERRED and never wait."""
     write = conn.get_execution_options().get("trialbridge_write", False)
     if write and checkpointer is not None:
-        checkpointer.wait_for_restart_pass()
+        with checkpointer.writer_beginning():
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
@@ -94,7 +96,13 @@ class WalCheckpointer:
     def __init__(self, path: str) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._writers_held = threading.Lock()  # held while no writer of this process may begin
+        # Writers of this process pass this gate to BEGIN: closed (`_held`) during a restart
+        # pass; `_beginning` counts those past it whose BEGIN IMMEDIATE has not returned yet, so
+        # the pass's own probe of the write lock never slips in ahead of one (which would leave
+        # that writer in SQLite's busy handler, sleeping 1, 2, 5 ms… while the pass copies).
+        self._gate = threading.Condition()
+        self._held = False
+        self._beginning = 0
         # Checkpoints to let pass before holding writers again: doubled each time a hold could
         # not copy the whole log (a reader's snapshot lies in it, so SQLite cannot start it
         # afresh either), back to 0 once one could.
@@ -143,10 +151,34 @@ class WalCheckpointer:
         finally:
             conn.close()
 
-    def wait_for_restart_pass(self) -> None:
-        """A writer of this process is about to begin: not while writers are held."""
-        with self._writers_held:
-            pass
+    @contextmanager
+    def writer_beginning(self) -> Iterator[None]:
+        """Around a writer's BEGIN IMMEDIATE: not while writers are held, and counted until it
+        has returned (the writer then holds the lock, or has failed to)."""
+        with self._gate:
+            while self._held:
+                self._gate.wait()
+            self._beginning += 1
+        try:
+            yield
+        finally:
+            with self._gate:
+                self._beginning -= 1
+                if not self._beginning:
+                    self._gate.notify_all()
+
+    @contextmanager
+    def _writers_held(self, timeout: float) -> Iterator[bool]:
+        """Close the gate; yields whether the writers already past it began within `timeout`."""
+        with self._gate:
+            self._held = True
+            began = self._gate.wait_for(lambda: not self._beginning, timeout)
+        try:
+            yield began
+        finally:
+            with self._gate:
+                self._held = False
+                self._gate.notify_all()
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
@@ -185,12 +217,14 @@ class WalCheckpointer:
         # synced now, before writers are held, so that they wait for the pass's few pages only
         # (20–25 ms a hold otherwise, on this development machine's disk).
         _sync_database_file(self._path)
-        with self._writers_held:
+        deadline = time.monotonic() + RESTART_WAIT_MS / 1000
+        with self._writers_held(RESTART_WAIT_MS / 1000) as began:
+            if not began:
+                return None  # a writer past the gate still waits for the lock (another process)
             # The writer already in its transaction finishes first. Polled, not left to SQLite's
             # busy handler, whose sleeps (1, 2, 5 ms…) would hold the waiting writers longer.
             conn.execute("PRAGMA busy_timeout=0")
             try:
-                deadline = time.monotonic() + RESTART_WAIT_MS / 1000
                 while not _write_lock_free(conn):
                     if time.monotonic() > deadline:
                         return None  # a long write (or another process's): next time
