@@ -34,6 +34,10 @@ RUNS = {
         ["bundle_sizes.py", "--sizes", "100,200", "--backend", "sqlite"],
         r"^transaction\s+200\s+\d+\.\d\d\s+\d+\.\d{3}\s+\d+\.\d\d$",
     ),
+    "write_pages": (
+        ["write_pages.py", "--warm", "20", "--count", "10"],
+        r"^sqlite: \d+\.\d WAL pages of \d+ bytes a transaction$",
+    ),
     "audit_reads": (
         ["audit_reads.py", "--seconds", "1", "--backend", "sqlite", "--threads", "1"],
         r"^sqlite\s+1\s+\d+\s+\d+\s+\d+\.\d\d\s+>= 0\.9 (met|MISSED)$",
