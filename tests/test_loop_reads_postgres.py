@@ -182,6 +182,33 @@ def test_a_lookup_past_its_bound_is_given_up_and_its_connection_comes_back(
     assert connections == 1
 
 
+def test_with_every_connection_held_by_an_overdue_query_a_lookup_does_not_wait_a_turn(
+    lookups: PostgresLookups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once each connection's query has been given up on (a server answering nothing in time), a
+    lookup goes to the thread path at once: it would otherwise wait out its whole bound for a turn
+    on every cached read. When those queries end, lookups are answered on the loop again."""
+    monkeypatch.setattr(loop_reads, "LOOKUP_TIMEOUT_SECONDS", 0.2)
+    width = loop_reads.MAX_CONNECTIONS
+
+    async def steps() -> tuple[list[Any], int, Any, Any]:
+        given_up = [await lookups.lookup(SLOW, (f"s{i}", 1.5)) for i in range(width)]
+        overdue = len(lookups._overdue)
+        # a bound long enough to outlast the slow queries: waiting a turn would answer "x"
+        monkeypatch.setattr(loop_reads, "LOOKUP_TIMEOUT_SECONDS", 10)
+        skipped = await lookups.lookup(SLOW, ("x", 0))
+        await lookups.settled()
+        again = await lookups.lookup(SLOW, ("y", 0))
+        await lookups.aclose()
+        return given_up, overdue, skipped, again
+
+    given_up, overdue, skipped, again = asyncio.run(steps())
+    assert given_up == [None] * width
+    assert overdue == width
+    assert skipped is None
+    assert again == "y"
+
+
 def test_a_request_cancelled_mid_lookup_leaves_a_usable_connection(
     lookups: PostgresLookups,
 ) -> None:

@@ -96,7 +96,9 @@ class PostgresLookups:
     has answered (the statement timeout ends it within STATEMENT_TIMEOUT_MS). A connection is kept
     only if it is healthy and idle after its lookup, whatever the error was; a lost connection or
     a failed connect sends the waiting lookups to the thread path and stops new connections for
-    RECONNECT_AFTER_SECONDS.
+    RECONNECT_AFTER_SECONDS. While every connection is held by a query already given up on (a
+    server answering nothing in time), a lookup goes to the thread path at once instead of
+    waiting out its bound for a turn.
     """
 
     def __init__(self, connect_kwargs: dict[str, Any]) -> None:
@@ -106,6 +108,7 @@ class PostgresLookups:
         self._waiting: collections.deque[asyncio.Future[_Conn | None]] = collections.deque()
         self._open = 0  # idle, in use, or being opened
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._overdue: set[asyncio.Task[Any]] = set()  # given up on, query still running
         self._retry_at = 0.0
 
     @property
@@ -128,6 +131,9 @@ class PostgresLookups:
         elif self._open < MAX_CONNECTIONS and time.monotonic() >= self._retry_at:
             conn = None  # the task opens one
             self._open += 1
+        elif self._open and len(self._overdue) >= self._open:
+            log.debug("every event-loop connection is held by an overdue query: thread path")
+            return None
         elif self._open:
             try:
                 conn = await self._turn(deadline)
@@ -144,6 +150,8 @@ class PostgresLookups:
         done, _pending = await asyncio.wait((task,), timeout=max(deadline - loop.time(), 0))
         if not done:
             log.info("event-loop lookup not answered in time: the worker thread reads")
+            self._overdue.add(task)
+            task.add_done_callback(self._overdue.discard)
             return None
         rows: list[tuple[Any, ...]] | None = task.result()
         return rows[0][0] if rows is not None and len(rows) == 1 else None
@@ -217,6 +225,7 @@ class PostgresLookups:
         for conn in self._idle:
             conn.pgconn.finish()
         self._idle, self._open, self._tasks, self._loop = [], 0, set(), loop
+        self._overdue = set()
         self._waiting.clear()
 
     async def settled(self) -> None:
