@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -668,6 +669,32 @@ def test_a_busy_worker_and_the_request_thread_share_a_bundle() -> None:
         assert pending.result(in_place, len(obj["entry"])) == expected
         assert here == list(range(len(obj["entry"]) - 1, len(obj["entry"]) - 1 - len(here), -1))
         assert here  # some, from the back down, in order
+    finally:
+        checks.close()
+
+
+def test_the_worker_starts_on_a_bundle_while_the_request_thread_holds_the_gil() -> None:
+    """The request thread writes a Bundle to the worker's pipe itself: no helper thread of the
+    server's, which would first need the GIL the request thread holds while it walks and writes
+    the Bundle, stands between the submit and the worker starting (a ProcessPoolExecutor's two
+    did: a one-patient transaction's worker started ~0.7 ms late, docs/performance.md)."""
+    checks = ModelChecks(1, 1)
+    try:
+        assert checks.wait_ready(120)
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(5.0)  # no other thread of this process runs while this one spins
+        try:
+            pending = checks.submit(_big_transaction(2000))
+            assert pending is not None
+            deadline = time.monotonic() + 2.0
+            while pending._claims is not None and pending._claims.front() == 0:
+                if time.monotonic() > deadline:
+                    break
+            claimed = pending._claims.front() if pending._claims is not None else 0
+        finally:
+            sys.setswitchinterval(switch)
+        assert claimed > 0  # the worker had parsed the Bundle and begun its entries meanwhile
+        assert pending.result(lambda only: pytest.fail("the worker answers")) == {}
     finally:
         checks.close()
 

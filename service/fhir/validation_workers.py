@@ -14,9 +14,12 @@ one entry at a time in a small shared array (`Claims`), until they meet.
 A Bundle goes to a worker only when one is idle: a queue would hold the request's transaction
 (and SQLite's write lock) open while it waits. Large Bundles go whenever one is; small ones (a
 one-patient transaction) only while no other Bundle is being written in this process (see
-`ModelChecks.wanted`). Until the workers have loaded the models, and
-whenever a worker has died or failed, Bundles are checked in place, so nothing waits on a start-up
-and a lost worker costs speed, never a request.
+`ModelChecks.wanted`). The request thread writes the bytes to the idle worker's pipe itself, so
+the worker starts at once: a `ProcessPoolExecutor` hands each job to two helper threads of its
+own first, which need the GIL the request thread is holding, and a one-patient transaction's
+worker started ~0.7 ms late that way (docs/performance.md). Until the workers have loaded the
+models, and whenever a worker has died or failed, Bundles are checked in place, so nothing waits
+on a start-up and a lost worker costs speed, never a request.
 
 The workers are spawned, so they import the server's main module: the service's own entry points
 (`trialbridge`, `uvicorn api.app:app`) are safe; a script embedding the app must guard its start
@@ -28,13 +31,17 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,9 +159,138 @@ def _spooled_verdicts(path: str, claim: Callable[[int], bool]) -> Verdicts:
     return entry_verdicts(obj, claim)
 
 
-def _worker_ready() -> int:
-    """A first job: done once the initializer has loaded the models, so the worker is warm."""
-    return os.getpid()
+# How long `close` waits for a worker to finish its job and stop before it is terminated.
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+def _worker_main(conn: Connection, cells: Any) -> None:
+    """A worker's life: load the models, say so, then answer one Bundle at a time until told to
+    stop (an empty message) or its server goes away (the pipe closes)."""
+    _worker_start(cells)
+    conn.send_bytes(pickle.dumps(("ready", os.getpid())))
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not message:
+            return
+        raw, slot = pickle.loads(message)
+        reply: tuple[str, Any]
+        try:
+            reply = ("ok", _checked_in_worker(raw, slot))
+        except Exception as exc:  # the job failed, not the worker: its server checks in place
+            reply = ("error", exc)
+        try:
+            data = pickle.dumps(reply)
+        except Exception as exc:  # an exception that does not pickle: say which it was
+            data = pickle.dumps(
+                ("error", RuntimeError(f"model check failed: {type(exc).__name__}"))
+            )
+        conn.send_bytes(data)
+
+
+@dataclass(eq=False)
+class _Worker:
+    """One worker process, the server's end of its pipe, and the job it is answering."""
+
+    process: BaseProcess
+    conn: Connection
+    ready: Future[int] = field(default_factory=Future)
+    job: Future[Verdicts] | None = None
+
+
+class _PipePool:
+    """Worker processes, each fed through its own pipe by the request thread that has a job for
+    it, and answered through a thread of the server's that waits on that pipe (without the GIL)
+    and completes the job's future."""
+
+    def __init__(self, processes: int, cells: Any) -> None:
+        context = multiprocessing.get_context("spawn")  # never fork a threaded server
+        self.workers: list[_Worker] = []
+        try:
+            for slot in range(processes):
+                self._start(context, slot, cells)
+        except BaseException:
+            self.shutdown(wait=False)
+            raise
+
+    def _start(self, context: Any, slot: int, cells: Any) -> None:
+        """Start the worker of `slot` and the thread that reads its answers."""
+        ours, theirs = context.Pipe(duplex=True)
+        process = context.Process(
+            target=_worker_main,
+            args=(theirs, cells),
+            name=f"trialbridge-model-check-{slot}",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()  # the worker holds its end: its exit is our end-of-file
+        worker = _Worker(process, ours)
+        self.workers.append(worker)
+        threading.Thread(
+            target=self._answers, args=(worker,), name=process.name, daemon=True
+        ).start()
+
+    def submit(self, slot: int, raw: bytes | str) -> Future[Verdicts]:
+        """Send a Bundle to the (idle) worker of `slot`; OSError or ValueError when it is gone."""
+        worker = self.workers[slot]
+        future: Future[Verdicts] = Future()
+        future.set_running_or_notify_cancel()
+        worker.job = future
+        try:
+            worker.conn.send_bytes(pickle.dumps((raw, slot)))
+        except BaseException:
+            worker.job = None
+            raise
+        return future
+
+    def _answers(self, worker: _Worker) -> None:
+        """Complete the worker's futures as its answers arrive; when its pipe ends (it stopped or
+        died), fail what it still owed with BrokenProcessPool."""
+        while True:
+            try:
+                data = worker.conn.recv_bytes()
+            except (EOFError, OSError):
+                break
+            try:
+                kind, value = pickle.loads(data)
+            except Exception as exc:  # e.g. an exception class that does not unpickle
+                kind, value = "error", RuntimeError(f"unreadable answer: {type(exc).__name__}")
+            if kind == "ready":
+                worker.ready.set_result(value)
+                continue
+            job, worker.job = worker.job, None
+            if job is None:
+                continue
+            if kind == "ok":
+                job.set_result(value)
+            else:
+                job.set_exception(
+                    value if isinstance(value, Exception) else RuntimeError("model check failed")
+                )
+        lost = BrokenProcessPool("a model-check worker ended")
+        for owed in (worker.ready, worker.job):
+            if owed is not None and not owed.done():
+                owed.set_exception(lost)
+        worker.job = None
+        worker.process.join(STOP_TIMEOUT_SECONDS)  # no zombie left behind
+        worker.conn.close()
+
+    def shutdown(self, *, wait: bool) -> None:
+        """Stop the workers: after their current job (`wait`), or at once."""
+        for worker in self.workers:
+            if wait:
+                with suppress(OSError, ValueError):
+                    worker.conn.send_bytes(b"")
+            elif worker.process.is_alive():
+                worker.process.terminate()
+        if wait:
+            for worker in self.workers:
+                worker.process.join(STOP_TIMEOUT_SECONDS)
+                if worker.process.is_alive():
+                    worker.process.terminate()
+                    worker.process.join(STOP_TIMEOUT_SECONDS)
 
 
 InPlace = Callable[[Iterable[int] | None], Verdicts]
@@ -216,7 +352,7 @@ class ModelChecks:
         self.submitted = 0  # Bundles sent to a worker so far (for operators and tests)
         # Re-entrant: cancelling a pool's jobs runs their done-callbacks in the cancelling thread.
         self._lock = threading.RLock()
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: _PipePool | None = None
         self._warm: list[Future[int]] = []
         self._jobs: dict[Future[Verdicts], int] = {}  # in flight: their claims slot
         self._cells: Any = None  # the current pool's shared claims, two cells per worker
@@ -272,8 +408,8 @@ class ModelChecks:
             claims = Claims(self._cells, slot)
             claims.reset()
             try:
-                future = pool.submit(_checked_in_worker, raw, slot)
-            except RuntimeError:  # a worker died (BrokenProcessPool), or we are shutting down
+                future = pool.submit(slot, raw)
+            except (OSError, ValueError):  # the worker died: its pipe is broken or closed
                 self._discard()
                 return None
             self._jobs[future] = slot
@@ -313,7 +449,7 @@ class ModelChecks:
         with self._lock:
             return [f.result() for f in self._warm if f.done() and f.exception() is None]
 
-    def lost(self, pool: ProcessPoolExecutor) -> None:
+    def lost(self, pool: _PipePool) -> None:
         """A worker of `pool` died or failed: drop that pool (once); a later Bundle starts anew."""
         with self._lock:
             if pool is self._pool:
@@ -326,7 +462,7 @@ class ModelChecks:
             self._closed = True
             pool, self._pool, self._warm, self._jobs = self._pool, None, [], {}
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True)
 
     def _job_done(self, future: Future[Verdicts]) -> None:
         """A worker is free again (a job of a dropped pool is simply not in the set any more)."""
@@ -344,24 +480,23 @@ class ModelChecks:
             return False
         return True
 
-    def _started(self) -> ProcessPoolExecutor | None:
+    def _started(self) -> _PipePool | None:
         """The current pool, started if there is none (unless off, closed or backing off)."""
         if self.processes <= 0 or self._closed or time.monotonic() < self._retry_at:
             return None
         if self._pool is None:
-            context = multiprocessing.get_context("spawn")  # never fork a threaded server
-            self._cells = context.RawArray("q", 2 * self.processes)
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.processes,
-                mp_context=context,
-                initializer=_worker_start,
-                initargs=(self._cells,),
-            )
-            self._warm = [self._pool.submit(_worker_ready) for _ in range(self.processes)]
+            self._cells = multiprocessing.get_context("spawn").RawArray("q", 2 * self.processes)
+            try:
+                self._pool = _PipePool(self.processes, self._cells)
+            except OSError:  # no process could be started (limits, memory): in place for now
+                log.exception("model-check workers could not be started")
+                self._retry_at = time.monotonic() + RESTART_BACKOFF_SECONDS
+                return None
+            self._warm = [worker.ready for worker in self._pool.workers]
         return self._pool
 
     def _discard(self) -> None:
         """Drop the current pool without waiting for it (its jobs are cancelled or abandoned)."""
         pool, self._pool, self._warm, self._jobs = self._pool, None, [], {}
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=False)
