@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -23,7 +25,6 @@ from api import cli
 from service.errors import ApiError
 from service.fhir.interactions import FhirService
 from service.fhir.pull.client import (
-    ASSERTION_TYPE,
     HospitalClient,
     PullError,
     RefusedUrlError,
@@ -38,152 +39,25 @@ from service.infra.settings import Settings
 from service.infra.tables import PullJob
 from service.repositories import source_pulls
 from tests.conftest import LiveServer, clear_store
+from tests.kit.hospital import (
+    BASE,
+    CLIENT,
+    CONDITIONS,
+    EVIL,
+    FILES,
+    OBSERVATIONS,
+    PATIENTS,
+    T1,
+    T2,
+    TOKEN_URL,
+    Hospital,
+    hospital_for_everyone,
+    manifest,
+)
 from tests.kit.live import served
+from tests.test_import_jobs import _env
 
-BASE = "https://fhir.hospital.test/r4"
-FILES = "https://files.hospital.test"
-EVIL = "https://evil.example"
-TOKEN_URL = f"{BASE}/auth/token"
-CLIENT = "trialbridge-at-hospital"
-T1 = "2027-01-01T02:00:00.000Z"
-T2 = "2027-01-01T03:00:00.000Z"
-
-
-def _line(resource: dict[str, Any]) -> str:
-    return json.dumps(resource)
-
-
-PATIENTS = [
-    {"resourceType": "Patient", "id": f"hp{i}", "gender": "female", "birthDate": f"1960-01-0{i}"}
-    for i in (1, 2)
-]
-CONDITIONS = [
-    {
-        "resourceType": "Condition",
-        "id": f"hc{i}",
-        "subject": {"reference": "Patient/hp1"},
-        "code": {"text": "asthma"},
-    }
-    for i in (1, 2)
-]
-OBSERVATIONS = [
-    {
-        "resourceType": "Observation",
-        "id": f"ho{i}",
-        "status": "final",
-        "code": {"text": "body weight"},
-        "subject": {"reference": "Patient/hp2"},
-    }
-    for i in (1, 2)
-]
-MALFORMED = '{"resourceType": "Condition", "id": "hc9", '
-
-
-class Hospital:
-    """The hospital's FHIR and authorization servers, as respx routes with their own checks."""
-
-    def __init__(self, public_key: RSAKey) -> None:
-        self.public_key = public_key
-        self.clock = time.time
-        self.router = respx.Router(assert_all_called=False, assert_all_mocked=True)
-        self.jtis: set[str] = set()
-        self.issued: list[str] = []
-        self.revoked: set[str] = set()
-        self.kickoffs: list[dict[str, list[str]]] = []
-        self.polls = 0
-        self.manifest: dict[str, Any] = {}
-        self.condition_attempts = 0
-        self.observation_attempts = 0
-        r = self.router
-        r.get(f"{BASE}/.well-known/smart-configuration").respond(
-            200, json={"token_endpoint": TOKEN_URL, "grant_types_supported": ["client_credentials"]}
-        )
-        r.post(TOKEN_URL).mock(side_effect=self.token)
-        r.get(f"{BASE}/Group/trial-g1/$export").mock(side_effect=self.kickoff)
-        r.get(f"{BASE}/$export-status/job").mock(side_effect=self.status)
-        r.get(f"{FILES}/out/Patient.ndjson").mock(
-            side_effect=self.authorized(lambda: "\n".join(map(_line, PATIENTS)) + "\n")
-        )
-        r.get(f"{BASE}/files/Condition.ndjson").mock(side_effect=self.conditions)
-        r.get(f"{FILES}/out/Observation.ndjson").mock(side_effect=self.observations)
-        self.evil = r.get(url__startswith=EVIL).respond(200, text="")
-
-    def token(self, request: httpx.Request) -> httpx.Response:
-        """Checks the client assertion's signature and claims as a SMART server must."""
-        form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
-        assert form["grant_type"] == "client_credentials"
-        assert form["client_assertion_type"] == ASSERTION_TYPE
-        assert form["scope"] == "system/*.rs"
-        token = jwt.decode(form["client_assertion"], self.public_key, algorithms=["RS384"])
-        assert token.header["alg"] == "RS384"
-        assert token.header["kid"] == "hospital-key-1"
-        claims = token.claims
-        now = self.clock()
-        assert claims["iss"] == claims["sub"] == CLIENT
-        assert claims["aud"] == TOKEN_URL
-        assert now - 5 < claims["exp"] <= now + 300
-        assert claims["jti"] not in self.jtis
-        self.jtis.add(claims["jti"])
-        issued = f"tok-{len(self.issued) + 1}"
-        self.issued.append(issued)
-        return httpx.Response(
-            200, json={"access_token": issued, "token_type": "bearer", "expires_in": 300}
-        )
-
-    def valid(self, request: httpx.Request) -> bool:
-        auth = request.headers.get("authorization", "")
-        token = auth.removeprefix("Bearer ")
-        return auth.startswith("Bearer ") and token in self.issued and token not in self.revoked
-
-    def authorized(self, body: Any) -> Any:
-        def answer(request: httpx.Request) -> httpx.Response:
-            if not self.valid(request):
-                return httpx.Response(401)
-            return httpx.Response(200, text=body())
-
-        return answer
-
-    def kickoff(self, request: httpx.Request) -> httpx.Response:
-        assert self.valid(request)
-        assert request.headers["prefer"] == "respond-async"
-        self.kickoffs.append(parse_qs(request.url.query.decode()))
-        self.polls = 0
-        return httpx.Response(202, headers={"Content-Location": f"{BASE}/$export-status/job"})
-
-    def status(self, request: httpx.Request) -> httpx.Response:
-        assert self.valid(request)
-        self.polls += 1
-        if self.polls == 1:
-            return httpx.Response(202, headers={"Retry-After": "2", "X-Progress": "10%"})
-        if self.polls == 2:
-            return httpx.Response(202, headers={"Retry-After": "1"})
-        return httpx.Response(200, json=self.manifest)
-
-    def conditions(self, request: httpx.Request) -> httpx.Response:
-        assert self.valid(request)
-        self.condition_attempts += 1
-        if self.condition_attempts == 1:
-            return httpx.Response(429, headers={"Retry-After": "1"})
-        lines = [_line(CONDITIONS[0]), MALFORMED, _line(CONDITIONS[1])]
-        # the token expires at the hospital once the Condition file is out
-        self.revoked.update(self.issued)
-        return httpx.Response(200, text="\n".join(lines) + "\n")
-
-    def observations(self, request: httpx.Request) -> httpx.Response:
-        self.observation_attempts += 1
-        if not self.valid(request):
-            return httpx.Response(401)
-        return httpx.Response(200, text="\n".join(map(_line, OBSERVATIONS)))
-
-
-def _manifest(transaction_time: str, outputs: list[tuple[str, str]]) -> dict[str, Any]:
-    return {
-        "transactionTime": transaction_time,
-        "request": f"{BASE}/Group/trial-g1/$export",
-        "requiresAccessToken": True,
-        "output": [{"type": t, "url": u} for t, u in outputs],
-        "error": [],
-    }
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -227,7 +101,7 @@ def test_pull_exports_polls_downloads_and_pulls_since_last_time(
     fhir: httpx.Client, server: LiveServer, pulls: SourcePulls, rsa: RSAKey
 ) -> None:
     hospital = Hospital(RSAKey.import_key(rsa.as_dict(private=False)))
-    hospital.manifest = _manifest(
+    hospital.manifest = manifest(
         T1,
         [
             ("Patient", f"{FILES}/out/Patient.ndjson"),
@@ -269,7 +143,7 @@ def test_pull_exports_polls_downloads_and_pulls_since_last_time(
     )
 
     # the second pull asks only what changed since the first manifest's transactionTime
-    hospital.manifest = _manifest(T2, [("Patient", f"{FILES}/out/Patient.ndjson")])
+    hospital.manifest = manifest(T2, [("Patient", f"{FILES}/out/Patient.ndjson")])
     waits.clear()
     second = pulls.pull("general")
     assert hospital.kickoffs[1] == {"_type": ["Patient,Condition,Observation"], "_since": [T1]}
@@ -443,23 +317,27 @@ def test_a_wrong_sources_file_is_refused_naming_the_source_and_key(
     assert str(refused.value) == f"{path}: {message}"
 
 
-def _hospital_for_everyone(rsa: RSAKey) -> Hospital:
-    hospital = Hospital(RSAKey.import_key(rsa.as_dict(private=False)))
-    hospital.manifest = _manifest(
-        T1,
-        [
-            ("Patient", f"{FILES}/out/Patient.ndjson"),
-            ("Condition", f"{BASE}/files/Condition.ndjson"),
-        ],
-    )
-    return hospital
+def _assert_everyone_pulled(done: dict[str, Any]) -> None:
+    """A sync job's answer after `hospital_for_everyone`'s export: two Patients, two Conditions
+    and the malformed Condition line rejected."""
+    assert done["status"] == "succeeded"
+    assert done["error"] is None
+    assert done["progress"]["by_type"] == {"Patient": 2, "Condition": 2}
+    assert done["progress"]["line_errors"] == [
+        {
+            "file": "file 2 (Condition) Condition.ndjson",
+            "line": 2,
+            "status": 400,
+            "code": "structure",
+        }
+    ]
 
 
 def test_sync_endpoint_runs_the_pull_as_a_job_with_progress(
     database_url: str, engine: Engine, sources_file: Path, rsa: RSAKey
 ) -> None:
     clear_store(engine)
-    hospital = _hospital_for_everyone(rsa)
+    hospital = hospital_for_everyone(rsa)
     settings = Settings(
         database_url=database_url,
         sources_file=sources_file,
@@ -485,17 +363,7 @@ def test_sync_endpoint_runs_the_pull_as_a_job_with_progress(
         assert (
             api.get("/sources/general/sync/no-such-job").json()["error"]["code"] == "job_not_found"
         )
-    assert done["status"] == "succeeded"
-    assert done["error"] is None
-    assert done["progress"]["by_type"] == {"Patient": 2, "Condition": 2}
-    assert done["progress"]["line_errors"] == [
-        {
-            "file": "file 2 (Condition) Condition.ndjson",
-            "line": 2,
-            "status": 400,
-            "code": "structure",
-        }
-    ]
+    _assert_everyone_pulled(done)
     assert done["progress"]["transaction_time"] == T1
     assert done["message"] == "done: 4 created, 1 rejected; next pull asks _since=" + T1
     assert _stored_since(engine) == T1
@@ -510,7 +378,7 @@ def test_pull_command_prints_progress_and_rejected_lines(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     clear_store(engine)
-    hospital = _hospital_for_everyone(rsa)
+    hospital = hospital_for_everyone(rsa)
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("TRIALBRIDGE_SOURCES_FILE", str(sources_file))
     monkeypatch.setenv("TRIALBRIDGE_PULL_MAX_WAIT_SECONDS", "0")
@@ -580,7 +448,7 @@ def test_the_schedule_pulls_when_due_and_the_second_pull_asks_since(
     engine: Engine, database_url: str, sources_file: Path, rsa: RSAKey
 ) -> None:
     clear_store(engine)
-    hospital = _hospital_for_everyone(rsa)
+    hospital = hospital_for_everyone(rsa)
     settings = Settings(
         database_url=database_url, sources_file=sources_file, pull_interval_seconds=1
     )
@@ -669,7 +537,7 @@ def test_one_pull_per_source_across_processes_api_and_command(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     clear_store(engine)
-    hospital = _hospital_for_everyone(rsa)
+    hospital = hospital_for_everyone(rsa)
     gate = threading.Event()
 
     def held(request: httpx.Request) -> httpx.Response:
@@ -738,7 +606,7 @@ def test_one_pull_per_source_across_processes_api_and_command(
 def test_the_expired_lease_of_a_dead_pull_is_taken_over(
     engine: Engine, pulls: SourcePulls, rsa: RSAKey
 ) -> None:
-    hospital = _hospital_for_everyone(rsa)
+    hospital = hospital_for_everyone(rsa)
     pulls.transport = httpx.MockTransport(hospital.router.handler)
     now = utcnow()
     with writing(engine) as session:  # a process that died mid-pull, its lease out since 1 s
@@ -775,7 +643,7 @@ def test_a_server_with_a_pull_interval_pulls_by_itself(
     database_url: str, engine: Engine, sources_file: Path, rsa: RSAKey
 ) -> None:
     clear_store(engine)
-    hospital = _hospital_for_everyone(rsa)
+    hospital = hospital_for_everyone(rsa)
     settings = Settings(
         database_url=database_url,
         sources_file=sources_file,
@@ -796,3 +664,63 @@ def test_a_server_with_a_pull_interval_pulls_by_itself(
     assert hospital.kickoffs == [{"_type": ["Patient,Condition,Observation"]}]
     assert [(j.status, j.error) for j in _jobs(engine)] == [("succeeded", None)]
     assert _stored_since(engine) == T1
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_on_postgresql_a_sync_is_pulled_by_a_trialbridge_worker_process(
+    new_database: Any, tmp_path: Path, sources_file: Path, rsa: RSAKey
+) -> None:
+    """On PostgreSQL the server only puts a sync on the procrastinate queue; a separate
+    `trialbridge worker` process (the hospital mocked with respx inside it, tests/kit/
+    hospital_worker.py) pulls it, with the same outcome as the in-process job above."""
+    url = str(new_database("postgres"))
+    settings = Settings(
+        database_url=url,
+        sources_file=sources_file,
+        pull_max_wait_seconds=0,
+        webhook_interval_seconds=0,
+    )
+    assert not settings.jobs_in_process()
+    key_file, record_file = tmp_path / "hospital-key.json", tmp_path / "hospital-saw.json"
+    key_file.write_text(json.dumps(rsa.as_dict(private=False)))
+    env = _env(url, sources_file=str(sources_file), pull_max_wait_seconds="0")
+    with (
+        served(settings) as app,
+        httpx.Client(base_url=f"{app.url}/api/v1", timeout=60) as api,
+    ):
+        started = api.post("/sources/general/sync")
+        assert started.status_code == 202
+        job_id = started.json()["job_id"]
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tests.kit.hospital_worker", str(key_file), str(record_file)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while (done := api.get(f"/sources/general/sync/{job_id}").json())["status"] == (
+                "running"
+            ):
+                assert worker.poll() is None, "the worker stopped"
+                assert time.monotonic() < deadline, "the pull did not finish"
+                time.sleep(0.2)
+            fhir_totals = {
+                t: httpx.get(f"{app.url}/fhir/{t}").json()["total"]
+                for t in ("Patient", "Condition", "Observation")
+            }
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            _, errors = worker.communicate(timeout=60)
+        assert worker.returncode == 0, errors.decode()[-2000:]
+        since = _stored_since(app.engine)
+    _assert_everyone_pulled(done)
+    assert done["message"] == "done: 4 created, 1 rejected; next pull asks _since=" + T1
+    assert fhir_totals == {"Patient": 2, "Condition": 2, "Observation": 0}
+    assert since == T1
+    saw = json.loads(record_file.read_text())  # the requests came from the worker's process
+    assert saw["kickoffs"] == [{"_type": ["Patient,Condition,Observation"]}]
+    assert saw["issued"] == ["tok-1"]  # one token: it expires only once the last file is out
+    assert saw["hosts"] == ["fhir.hospital.test", "files.hospital.test"]
