@@ -31,6 +31,7 @@ from fhir_mapping.bundles import owed_checker, parse_bundle
 from fhir_mapping.issues import Issue
 from fhir_mapping.json_codec import loads
 from service.errors import FhirError
+from service.fhir import validation_workers
 from service.fhir.interactions import FhirService
 from service.fhir.spooled import RequestBytes
 from service.fhir.validation_workers import Claims, ModelChecks, PendingVerdicts, default_processes
@@ -697,6 +698,27 @@ def test_the_worker_starts_on_a_bundle_while_the_request_thread_holds_the_gil() 
         assert pending.result(lambda only: pytest.fail("the worker answers")) == {}
     finally:
         checks.close()
+
+
+def test_workers_that_cannot_start_leave_bundles_in_place(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server where no worker process can start (a daemonic parent, process limits) checks
+    Bundles in place and says so once; the next attempt waits for the back-off."""
+    started: list[int] = []
+
+    def refuse(self: Any, processes: int, cells: Any) -> None:
+        started.append(processes)
+        raise AssertionError("daemonic processes are not allowed to have children")
+
+    monkeypatch.setattr(validation_workers._PipePool, "__init__", refuse)
+    checks = ModelChecks(1, 1)
+    assert checks.submit(b"{}") is None
+    assert checks.state() == "failed"
+    assert checks.submit(b"{}") is None  # backing off: no second attempt yet
+    assert started == [1]
+    assert caplog.text.count("model-check workers could not be started") == 1
+    checks.close()
 
 
 def test_a_bundle_goes_to_a_worker_only_when_one_is_idle() -> None:

@@ -485,11 +485,11 @@ class ModelChecks:
         if self.processes <= 0 or self._closed or time.monotonic() < self._retry_at:
             return None
         if self._pool is None:
-            self._cells = multiprocessing.get_context("spawn").RawArray("q", 2 * self.processes)
             try:
+                self._cells = multiprocessing.get_context("spawn").RawArray("q", 2 * self.processes)
                 self._pool = _PipePool(self.processes, self._cells)
-            except OSError:  # no process could be started (limits, memory): in place for now
-                log.exception("model-check workers could not be started")
+            except Exception:  # no process could start (limits, memory, a daemonic server)
+                log.exception("model-check workers could not be started; checking in place")
                 self._retry_at = time.monotonic() + RESTART_BACKOFF_SECONDS
                 return None
             self._warm = [worker.ready for worker in self._pool.workers]
