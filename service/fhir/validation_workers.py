@@ -232,18 +232,16 @@ class _PipePool:
             target=self._answers, args=(worker,), name=process.name, daemon=True
         ).start()
 
-    def submit(self, slot: int, raw: bytes | str) -> Future[Verdicts]:
-        """Send a Bundle to the (idle) worker of `slot`; OSError or ValueError when it is gone."""
+    def submit(self, slot: int, raw: bytes | str, future: Future[Verdicts]) -> None:
+        """Send a Bundle to the (idle) worker of `slot`, its answer to complete `future` (which
+        must be running); OSError or ValueError when the worker is gone."""
         worker = self.workers[slot]
-        future: Future[Verdicts] = Future()
-        future.set_running_or_notify_cancel()
         worker.job = future
         try:
             worker.conn.send_bytes(pickle.dumps((raw, slot)))
         except BaseException:
             worker.job = None
             raise
-        return future
 
     def _answers(self, worker: _Worker) -> None:
         """Complete the worker's futures as its answers arrive; when its pipe ends (it stopped or
@@ -399,7 +397,14 @@ class ModelChecks:
         return alone and entries >= self.min_entries_alone
 
     def submit(self, raw: bytes | str) -> PendingVerdicts | None:
-        """Start checking a Bundle's models in an idle worker; None means: check them in place."""
+        """Start checking a Bundle's models in an idle worker; None means: check them in place.
+
+        The worker's slot is taken under the lock, the bytes are written outside it: a body of up
+        to `large_body_bytes` takes milliseconds to pass through the pipe, and every Bundle
+        request asks the lock (`writing`, `wanted`) meanwhile.
+        """
+        future: Future[Verdicts] = Future()
+        future.set_running_or_notify_cancel()
         with self._lock:
             pool = self._started()
             if pool is None or len(self._jobs) >= self.processes or not self._warmed():
@@ -407,12 +412,16 @@ class ModelChecks:
             slot = min(set(range(self.processes)) - set(self._jobs.values()))
             claims = Claims(self._cells, slot)
             claims.reset()
-            try:
-                future = pool.submit(slot, raw)
-            except (OSError, ValueError):  # the worker died: its pipe is broken or closed
-                self._discard()
-                return None
             self._jobs[future] = slot
+        try:
+            pool.submit(slot, raw, future)
+        except (OSError, ValueError):  # the worker died: its pipe is broken or closed
+            with self._lock:
+                self._jobs.pop(future, None)
+                if pool is self._pool:
+                    self._discard()
+            return None
+        with self._lock:
             self.submitted += 1
         future.add_done_callback(self._job_done)
         return PendingVerdicts(future, lambda: self.lost(pool), claims)
