@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
@@ -43,6 +44,8 @@ from service.jobs.queue import JobQueue
 
 log = logging.getLogger(__name__)
 STATUS_PATH = "/$import-status"
+# An `$import` body spooled in the database is stored in pieces of about this size.
+SPOOL_PIECE_BYTES = 1024 * 1024
 router = APIRouter(
     prefix="/fhir",
     tags=["FHIR R4: bulk import"],
@@ -110,10 +113,13 @@ def parameters_inputs(body: Any, folder: Path | None) -> list[JobInput]:
     return inputs
 
 
-async def spool_body(request: Request, settings: Settings) -> JobInput:
-    """The NDJSON body written to the spool folder as it arrives (memory stays flat)."""
+async def spool_body(request: Request, settings: Settings, jobs: BulkJobs) -> JobInput:
+    """The NDJSON body stored as it arrives (memory stays flat): in the database when jobs run
+    on the PostgreSQL queue (any worker reads it), else in the spool folder."""
     limit = settings.max_import_bytes
     declared_size(request, limit)
+    if settings.spools_in_database():
+        return await _spool_in_database(request, limit, jobs)
     folder = settings.bulk_spool_dir()
     await run_in_threadpool(folder.mkdir, parents=True, exist_ok=True)
     fd, name = await run_in_threadpool(
@@ -135,6 +141,36 @@ async def spool_body(request: Request, settings: Settings) -> JobInput:
     return JobInput(url="body", path=name, spooled=True)
 
 
+async def _spool_in_database(request: Request, limit: int, jobs: BulkJobs) -> JobInput:
+    """The body in pieces of SPOOL_PIECE_BYTES, each stored as it fills; all of them deleted
+    again if the body is refused or cut off (the job is only created for a whole body)."""
+    spool_id = str(uuid.uuid4())
+    pending = bytearray()
+    size = seq = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            pending += chunk
+            if len(pending) >= SPOOL_PIECE_BYTES:
+                await run_in_threadpool(jobs.spool_piece, spool_id, seq, bytes(pending))
+                pending.clear()
+                seq += 1
+        if size == 0:
+            raise empty_body()
+        if pending:
+            await run_in_threadpool(jobs.spool_piece, spool_id, seq, bytes(pending))
+    except BaseException:
+        if seq or pending:
+            try:
+                await run_in_threadpool(jobs.drop_spool, spool_id)
+            except Exception:  # the database is away: the orphan sweep deletes it later
+                log.warning("a refused $import body stays spooled until the orphan sweep")
+        raise
+    return JobInput(url="body", path="", spooled=True, spool_id=spool_id)
+
+
 async def kick_off(request: Request, who: Principal, base: str) -> Response:
     """202 with the status URL; the job runs on the job queue."""
     settings: Settings = request.app.state.settings
@@ -143,7 +179,7 @@ async def kick_off(request: Request, who: Principal, base: str) -> Response:
     kind, _ = media_type(request)
     if kind in NDJSON_TYPES:
         mark_streamed(request)
-        inputs = [await spool_body(request, settings)]
+        inputs = [await spool_body(request, settings, jobs)]
     elif kind in JSON_TYPES:
         body = await run_in_threadpool(loads, await read_body(request, settings.max_body_bytes))
         inputs = parameters_inputs(body, settings.import_folder)

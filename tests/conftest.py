@@ -35,6 +35,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 STORE_TABLES = (
+    "import_spool",
     "bulk_job_error",
     "bulk_job",
     "pull_job",

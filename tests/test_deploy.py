@@ -447,9 +447,9 @@ def test_each_process_gets_the_settings_its_role_needs(monkeypatch: pytest.Monke
     for where in roles["deliverer"]:
         assert made[where].webhook_interval_seconds > 0, where
     for api, worker in zip(roles["api"], roles["worker"], strict=True):
-        # the API spools asynchronous $import bodies where the worker reads them
-        assert made[api].import_spool_dir is not None, api
-        assert made[api].import_spool_dir == made[worker].import_spool_dir, worker
+        # the API spools asynchronous $import bodies in the database, where any worker reads them
+        assert made[api].spools_in_database(), api
+        assert made[worker].spools_in_database(), worker
         assert made[worker].jobs_in_process() is False, worker
 
 

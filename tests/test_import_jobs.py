@@ -4,6 +4,7 @@ on procrastinate, run by real `trialbridge worker` processes)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, bindparam, text
 from sqlalchemy.exc import OperationalError
 
 from service.access.clients import add_client
@@ -25,6 +26,7 @@ from service.fhir.interactions import FhirService
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
+from service.infra.tables import UTCDateTime
 from service.jobs.bulk import BulkJobs, JobInput
 from service.jobs.queue import ensure_schema
 from service.repositories import planner_statistics
@@ -156,8 +158,23 @@ def deployment(backend: str, new_database: Any, tmp_path: Path) -> Iterator[Depl
         if backend == "sqlite":
             yield Deployment(running.url, running.engine, url, folder)
         else:
-            with worker(url, **knobs, import_spool_dir=str(tmp_path / "spool")):
+            with worker(url, **knobs):  # no folder shared with the server
                 yield Deployment(running.url, running.engine, url, folder)
+
+
+def spooled(deployment: Deployment, tmp_path: Path) -> int:
+    """`$import` bodies still spooled: files on SQLite (jobs in the server), pieces in the
+    database on PostgreSQL (jobs on the queue: the worker shares no folder with the server)."""
+    with deployment.engine.connect() as conn:
+        pieces = conn.execute(text("SELECT count(*) FROM import_spool")).scalar_one()
+    folder = tmp_path / "spool"
+    files = len(list(folder.iterdir())) if folder.exists() else 0
+    if deployment.database_url.startswith("sqlite"):
+        assert pieces == 0
+        assert folder.exists()  # the body was spooled there
+        return files
+    assert not folder.exists()  # nothing was spooled to files
+    return int(pieces)
 
 
 def test_async_import_reports_outcomes_per_line_and_is_idempotent_on_retry(
@@ -193,7 +210,7 @@ def test_async_import_reports_outcomes_per_line_and_is_idempotent_on_retry(
         assert outcomes[0]["issue"][0]["diagnostics"].startswith("line 21: ")
         assert outcomes[1]["issue"][0]["diagnostics"].startswith("line 23: ")
         assert stored(deployment.engine, "a") == (21, 21)
-        assert not list((tmp_path / "spool").iterdir())  # the spooled body is gone
+        assert spooled(deployment, tmp_path) == 0  # the spooled body is gone
 
         again = client.post("/fhir/$import", content=body, headers=ASYNC_NDJSON)
         retried = finished(client, again.headers["content-location"]).json()
@@ -657,3 +674,125 @@ def test_a_refresh_that_fails_leaves_the_load_as_it_was(
         assert caplog.text.count("planner statistics not refreshed: Exception") == 2
     finally:
         engine.dispose()
+
+
+def _pieces(engine: Engine) -> list[tuple[str, int, bytes]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT spool_id, seq, data FROM import_spool ORDER BY 1, 2"))
+        return [(str(r[0]), int(r[1]), bytes(r[2])) for r in rows]
+
+
+def _padded(prefix: str, count: int) -> bytes:
+    """`count` Patients of ~2 KB each (a long extension value) as NDJSON."""
+    pad = [{"url": "urn:test:pad", "valueString": "x" * 2000}]
+    return b"".join(
+        json.dumps(
+            {"resourceType": "Patient", "id": f"{prefix}-{n}", "extension": pad},
+            separators=(",", ":"),
+        ).encode()
+        + b"\n"
+        for n in range(1, count + 1)
+    )
+
+
+def _chunked(body: bytes, size: int = 65536) -> Iterator[bytes]:
+    """The body in pieces, so it is sent without a Content-Length (chunked)."""
+    for i in range(0, len(body), size):
+        yield body[i : i + size]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_an_async_body_waits_in_the_database_for_a_worker_that_shares_no_folder(
+    new_database: Any, tmp_path: Path
+) -> None:
+    """Jobs on the PostgreSQL queue: the server stores an `$import` body in the database as it
+    arrives (in pieces of about a megabyte, exactly the bytes sent) and writes no file; a worker
+    with a spool folder of its own runs the job from those pieces; they are deleted when the job
+    ends, and when a queued job is cancelled."""
+    url = str(new_database("postgres"))
+    settings = Settings(
+        database_url=url,
+        webhook_interval_seconds=0,
+        import_job_chunk_lines=200,
+        import_spool_dir=tmp_path / "server-spool",
+    )
+    body = _padded("db", 1200)  # ~2.5 MB: more than one piece
+    assert len(body) > 2 * 1024 * 1024
+    with served(settings) as running, httpx.Client(base_url=running.url, timeout=120) as client:
+        kept = client.post("/fhir/$import", content=_chunked(body), headers=ASYNC_NDJSON)
+        assert kept.status_code == 202, kept.text
+        stored_pieces = _pieces(running.engine)
+        assert len({spool for spool, _, _ in stored_pieces}) == 1
+        assert [seq for _, seq, _ in stored_pieces] == list(range(len(stored_pieces)))
+        assert len(stored_pieces) >= 2
+        assert all(len(data) >= 1024 * 1024 for _, _, data in stored_pieces[:-1])
+        assert b"".join(data for _, _, data in stored_pieces) == body
+        assert not (tmp_path / "server-spool").exists()
+
+        dropped = client.post("/fhir/$import", content=patients("gone", 5), headers=ASYNC_NDJSON)
+        assert len(_pieces(running.engine)) == len(stored_pieces) + 1
+        assert client.delete(dropped.headers["content-location"]).status_code == 202
+        assert _pieces(running.engine) == stored_pieces  # the cancelled job's body is gone
+
+        with worker(url, import_spool_dir=str(tmp_path / "worker-spool")):
+            done = finished(client, kept.headers["content-location"]).json()
+        assert done["status"] == "succeeded"
+        assert done["output"][0]["outcomes"] == {
+            "created": 1200,
+            "updated": 0,
+            "unchanged": 0,
+            "failed": 0,
+        }
+        assert stored(running.engine, "db") == (1200, 1200)
+        assert _pieces(running.engine) == []
+        assert not (tmp_path / "worker-spool").exists()
+
+
+@pytest.mark.postgres
+def test_a_body_refused_while_it_arrives_leaves_nothing_spooled(new_database: Any) -> None:
+    """Over the size limit part-way (no Content-Length to refuse it by): 413, and the pieces
+    already stored are deleted with it; no job."""
+    url = str(new_database("postgres"))
+    body = _padded("big", 1000)
+    settings = Settings(
+        database_url=url, webhook_interval_seconds=0, max_import_bytes=len(body) * 3 // 4
+    )
+    assert len(body) * 3 // 4 > 1024 * 1024  # a piece was stored before the limit was reached
+    with served(settings) as running, httpx.Client(base_url=running.url, timeout=60) as client:
+        refused = client.post("/fhir/$import", content=_chunked(body), headers=ASYNC_NDJSON)
+        assert refused.status_code == 413
+        assert refused.json()["issue"][0]["code"] == "too-long"
+        assert _pieces(running.engine) == []
+        with running.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM bulk_job")).scalar_one() == 0
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_the_sweep_deletes_only_bodies_no_job_names_and_a_day_old(
+    kind: str, new_database: Any
+) -> None:
+    """A body whose server stopped while receiving it has no job: swept once a day old. A body
+    a job still waits for, and one still arriving, stay."""
+    settings = Settings(database_url=str(new_database(kind)))
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    jobs = BulkJobs(engine, FhirService(engine, settings))
+    jobs.spool_piece("orphan", 0, b"a")
+    jobs.spool_piece("orphan", 1, b"b")
+    jobs.spool_piece("waited-for", 0, b"c")
+    jobs.create(
+        [JobInput(url="body", path="", spooled=True, spool_id="waited-for")], owner="tester"
+    )
+    jobs.spool_piece("arriving", 0, b"d")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE import_spool SET created_at = :old WHERE spool_id <> 'arriving'"
+            ).bindparams(bindparam("old", type_=UTCDateTime())),
+            {"old": dt.datetime(2020, 1, 1, tzinfo=dt.UTC)},
+        )
+    assert jobs.sweep_spools() == 1
+    assert sorted({spool for spool, _, _ in _pieces(engine)}) == ["arriving", "waited-for"]
+    assert jobs.sweep_spools() == 0
+    engine.dispose()

@@ -19,8 +19,8 @@ def test_head_is_the_newest_packaged_migration() -> None:
         p.name
         for p in (Path(migrate.__file__).parents[2] / "migrations" / "versions").glob("0*.py")
     )
-    assert newest.startswith("0017_")
-    assert migrate.head_revision() == "0017"
+    assert newest.startswith("0018_")
+    assert migrate.head_revision() == "0018"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])

@@ -110,10 +110,17 @@ class Settings(BaseSettings):
         description="The folder whose files an asynchronous `$import` may name as `file:` URLs "
         "(none: file URLs are refused)",
     )
+    import_spool: Literal["auto", "database", "files"] = Field(
+        default="auto",
+        description="Where asynchronous `$import` bodies wait for their job: `database` (a "
+        "table: any job worker reads what any server received), `files` (TRIALBRIDGE_IMPORT_"
+        "SPOOL_DIR, which the servers and job workers must then share); `auto` = database when "
+        "jobs run on the PostgreSQL queue, files when they run in the server",
+    )
     import_spool_dir: Path | None = Field(
         default=None,
-        description="Where asynchronous `$import` bodies wait on disk for their job (shared by "
-        "the servers and job workers; default beside the SQLite database, else ./var)",
+        description="Where asynchronous `$import` bodies wait on disk for their job when they "
+        "are spooled to files (default beside the SQLite database, else ./var)",
     )
     base_url: str | None = Field(
         default=None, description="Public base URL of /fhir, used in Location and fullUrl"
@@ -436,6 +443,12 @@ class Settings(BaseSettings):
             return database.parent / f"{database.stem}-import-spool"
         named = hashlib.sha256(self.database_url.encode()).hexdigest()[:16]
         return Path("var") / "import-spool" / named
+
+    def spools_in_database(self) -> bool:
+        """Asynchronous `$import` bodies wait in the database (`import_spool`), not in files."""
+        if self.import_spool == "auto":
+            return not self.jobs_in_process()
+        return self.import_spool == "database"
 
     def jobs_in_process(self) -> bool:
         """Bulk jobs run in the server's own thread (SQLite default), not on procrastinate."""

@@ -492,3 +492,18 @@ class BulkJobError(SQLModel, table=True):
     line: int = Field(primary_key=True)
     status: int
     outcome: str = Field(sa_column=Column(Text(), nullable=False))
+
+
+class ImportSpoolChunk(SQLModel, table=True):
+    """A piece of an asynchronous `$import` body, kept until its job ends.
+
+    Spooled here rather than on disk when jobs run on the PostgreSQL queue, so a job worker on
+    any machine reads what any server received: no volume shared by the servers and workers.
+    """
+
+    __tablename__ = "import_spool"
+
+    spool_id: str = Field(primary_key=True, max_length=36)
+    seq: int = Field(primary_key=True)
+    created_at: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    data: bytes = Field(sa_column=Column(LargeBinary(), nullable=False))

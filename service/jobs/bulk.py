@@ -37,13 +37,16 @@ from service.fhir.interactions import IMPORT_CHUNK_CHARS, FhirService
 from service.infra.clock import utcnow
 from service.infra.db import reading, writing
 from service.infra.leases import LeaseKeeper
-from service.repositories import bulk_jobs, planner_statistics
+from service.repositories import bulk_jobs, import_spools, planner_statistics
 from service.repositories.unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
 READ_BYTES = 1024 * 1024
 COUNTED = ("created", "updated", "unchanged", "failed")
+# A body spooled in the database that no unfinished job names after this long was being received
+# when its server stopped: the sweep deletes it.
+ORPHAN_SPOOL_AGE = dt.timedelta(days=1)
 
 
 class StoppingError(Exception):
@@ -57,11 +60,13 @@ class LeaseLostError(Exception):
 @dataclass(frozen=True, slots=True)
 class JobInput:
     """One NDJSON input: the URL the client named (or `body`), the file read, whether the file is
-    a spooled body the job deletes when it ends."""
+    a spooled body the job deletes when it ends; a body spooled in the database has no file but
+    its `spool_id` (see `BulkJobs.spool_piece`)."""
 
     url: str
     path: str
     spooled: bool = False
+    spool_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -182,7 +187,10 @@ class BulkJobs:
         """A new queued job over these inputs; `scopes` (the token's) bound what it may write."""
         job_id = str(uuid.uuid4())
         document = {
-            "inputs": [{"url": i.url, "path": i.path, "spooled": i.spooled} for i in inputs],
+            "inputs": [
+                {"url": i.url, "path": i.path, "spooled": i.spooled, "spool_id": i.spool_id}
+                for i in inputs
+            ],
             "scopes": scopes,
             "request_id": request_id or job_id,
         }
@@ -225,6 +233,35 @@ class BulkJobs:
         view = self.view(job_id)
         if view is not None and view.status == "cancelled":
             self._drop_spools(view.inputs)
+
+    def spool_piece(self, spool_id: str, seq: int, data: bytes) -> None:
+        """Store piece `seq` of a body as it arrives (each in a transaction of its own, so a slow
+        upload holds no transaction open)."""
+        with writing(self.engine) as session:
+            import_spools.append(session, spool_id, seq, data, utcnow())
+
+    def drop_spool(self, spool_id: str) -> None:
+        """Delete a body that will have no job (refused or cut off while it arrived)."""
+        with writing(self.engine) as session:
+            import_spools.drop(session, [spool_id])
+
+    def sweep_spools(self) -> int:
+        """Delete bodies spooled in the database that no unfinished job names and that began
+        arriving over ORPHAN_SPOOL_AGE ago (their server stopped mid-upload); how many."""
+        with writing(self.engine) as session:
+            old = set(import_spools.started_before(session, utcnow() - ORPHAN_SPOOL_AGE))
+            if not old:
+                return 0
+            named = {
+                i.get("spool_id")
+                for document in bulk_jobs.open_documents(session)
+                for i in json.loads(document)["inputs"]
+            }
+            orphans = old - named
+            import_spools.drop(session, orphans)
+        if orphans:
+            log.info("import spool: deleted %d body(ies) that no job names", len(orphans))
+        return len(orphans)
 
     def errors(self, job_id: str, input_index: int) -> Iterator[tuple[int, int, str]]:
         """An input's rejected lines: line, HTTP status, OperationOutcome JSON; in line order."""
@@ -289,12 +326,29 @@ class BulkJobs:
         self._drop_spools(view.inputs)
         return status
 
-    @staticmethod
-    def _drop_spools(inputs: list[JobInput]) -> None:
+    def _drop_spools(self, inputs: list[JobInput]) -> None:
+        stored = [item.spool_id for item in inputs if item.spool_id is not None]
+        if stored:
+            with writing(self.engine) as session:
+                import_spools.drop(session, stored)
         for item in inputs:
-            if item.spooled:
+            if item.spooled and item.spool_id is None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(item.path)
+
+    def pieces(self, spool_id: str) -> Iterator[bytes]:
+        """A body spooled in the database, piece by piece (one short read each: memory stays
+        flat); FileNotFoundError when it is gone, as for a spooled file."""
+        seq = 0
+        while True:
+            with reading(self.engine) as session:
+                data = import_spools.piece(session, spool_id, seq)
+            if data is None:
+                if seq == 0:
+                    raise FileNotFoundError("the spooled body is gone")
+                return
+            yield data
+            seq += 1
 
 
 class _Run:
@@ -328,7 +382,7 @@ class _Run:
     def all_inputs(self) -> str:
         """Every input from where the checkpoint left it; `succeeded` or `cancelled`."""
         for index, item in enumerate(self.view.inputs):
-            if not self._input(index, Path(item.path)):
+            if not self._input(index, item):
                 return "cancelled"
         return "succeeded"
 
@@ -336,15 +390,19 @@ class _Run:
         with reading(self.jobs.engine) as session:
             return bulk_jobs.cancel_requested(session, self.job_id)
 
-    def _input(self, index: int, path: Path) -> bool:
+    def _input(self, index: int, source: JobInput) -> bool:
         """One input from its checkpoint; False when the job was cancelled."""
         done = self.checkpoint.lines[index]
         if self.progress is not None and done:
             self.progress(done)
         chunk = _Chunk()
         last = done
-        with path.open("rb") as feed:
-            chunks = iter(lambda: feed.read(READ_BYTES), b"")
+        with contextlib.ExitStack() as stack:
+            if source.spool_id is not None:
+                chunks: Iterator[bytes] = self.jobs.pieces(source.spool_id)
+            else:
+                feed = stack.enter_context(Path(source.path).open("rb"))
+                chunks = iter(lambda: feed.read(READ_BYTES), b"")
             lines = ndjson_lines(chunks, self.jobs.settings.max_import_line_bytes)
             for number, line in enumerate(lines, start=1):
                 if number <= done:

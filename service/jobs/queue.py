@@ -126,6 +126,7 @@ class InProcessQueue:
             try:
                 for job_id in self.jobs.unfinished():
                     self.submit_bulk(job_id)
+                self.jobs.sweep_spools()
             except Exception:  # not migrated yet, or the database briefly away
                 log.debug("looking for unfinished jobs failed; will retry", exc_info=True)
             self._stop.wait(self.sweep_seconds)
@@ -238,7 +239,8 @@ class ProcrastinateQueue:
 
 
 class Sweeper:
-    """Re-submits the bulk jobs no runner holds (a worker was killed), every half lease."""
+    """Re-submits the bulk jobs no runner holds (a worker was killed), every half lease, and
+    deletes the spooled bodies no job will read (`BulkJobs.sweep_spools`)."""
 
     def __init__(self, jobs: BulkJobs, submit: Callable[[str], None], seconds: float) -> None:
         self.jobs, self.submit, self.seconds = jobs, submit, seconds
@@ -259,6 +261,7 @@ class Sweeper:
             try:
                 for job_id in self.jobs.unfinished():
                     self.submit(job_id)
+                self.jobs.sweep_spools()  # bodies whose server stopped while receiving them
             except Exception:
                 log.warning("re-submitting unfinished jobs failed; will retry", exc_info=True)
             self._stop.wait(self.seconds)

@@ -103,6 +103,12 @@ def unfinished(session: Session, now: dt.datetime, kind: str | None = None) -> l
     return [str(r.id) for r in session.execute(query)]
 
 
+def open_documents(session: Session) -> list[str]:
+    """The inputs documents of every job not finished yet (queued or running)."""
+    rows = session.execute(select(_JOB.c.inputs).where(_JOB.c.status.in_(["queued", "running"])))
+    return [str(r[0]) for r in rows]
+
+
 def renew(session: Session, job_id: str, runner: str, until: dt.datetime) -> bool:
     """Extend the runner's lease; False when the job is no longer this runner's."""
     done = session.execute(
