@@ -209,6 +209,76 @@ def test_with_every_connection_held_by_an_overdue_query_a_lookup_does_not_wait_a
     assert again == "y"
 
 
+def test_aclose_closes_every_connection_even_those_in_use_or_handed_over(
+    lookups: PostgresLookups, name: str
+) -> None:
+    """aclose while lookups run and one waits its turn: the waiting one goes to the thread path,
+    the running ones answer and their connections are closed as they end (none is kept idle
+    after aclose), and a lookup afterwards opens none."""
+    width = loop_reads.MAX_CONNECTIONS
+
+    async def steps() -> tuple[list[Any], int, Any]:
+        running = [
+            asyncio.create_task(lookups.lookup(SLOW, (f"r{i}", 0.3))) for i in range(width + 1)
+        ]
+        await asyncio.sleep(0.05)
+        await lookups.aclose()
+        answers = list(await asyncio.gather(*running))
+        after = await lookups.lookup(SLOW, ("late", 0))
+        return answers, lookups.connections, after
+
+    answers, connections, after = asyncio.run(steps())
+    assert sorted(a for a in answers if a is not None) == [f"r{i}" for i in range(width)]
+    assert answers.count(None) == 1  # the one that waited its turn
+    assert connections == 0
+    assert after is None
+    assert _backends(name) == 0
+
+
+def test_a_parameter_the_driver_cannot_encode_is_not_known_here(
+    lookups: PostgresLookups, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lone surrogate cannot be sent to the server: the lookup answers "not known here" (the
+    thread path decides), instead of raising into the request; the connection serves on."""
+
+    async def steps() -> tuple[Any, Any, Any]:
+        pid = await lookups.lookup(PID, ())
+        odd = await lookups.lookup("SELECT ?::text", ("\udcff",))
+        again = await lookups.lookup(PID, ())
+        await lookups.aclose()
+        return pid, odd, again
+
+    with caplog.at_level(logging.INFO, logger=loop_reads.__name__):
+        pid, odd, again = asyncio.run(steps())
+    assert odd is None
+    assert again == pid
+    assert "UnicodeEncodeError" in caplog.text
+
+
+def test_a_request_cancelled_mid_lookup_leaves_its_query_counted_as_overdue(
+    lookups: PostgresLookups, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests cancelled while their queries run (a client gone) leave those queries holding
+    the connections: with all of them so held, the next lookup does not wait a turn."""
+    width = loop_reads.MAX_CONNECTIONS
+
+    async def steps() -> tuple[int, Any]:
+        waiting = [asyncio.create_task(lookups.lookup(SLOW, (f"c{i}", 1.5))) for i in range(width)]
+        await asyncio.sleep(0.3)  # all connected and running
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        overdue = len(lookups._overdue)
+        monkeypatch.setattr(loop_reads, "LOOKUP_TIMEOUT_SECONDS", 10)
+        skipped = await lookups.lookup(SLOW, ("x", 0))  # a turn would come: it would say "x"
+        await lookups.aclose()
+        return overdue, skipped
+
+    overdue, skipped = asyncio.run(steps())
+    assert overdue == width
+    assert skipped is None
+
+
 def test_a_request_cancelled_mid_lookup_leaves_a_usable_connection(
     lookups: PostgresLookups,
 ) -> None:

@@ -110,6 +110,8 @@ class PostgresLookups:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._overdue: set[asyncio.Task[Any]] = set()  # given up on, query still running
         self._retry_at = 0.0
+        self._closing = False  # aclose has begun: connections are closed, not kept
+        self._generation = 0  # bumped by _forget: a task of an earlier one counts nothing here
 
     @property
     def connections(self) -> int:
@@ -125,6 +127,8 @@ class PostgresLookups:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._forget(loop)
+        if self._closing:
+            return None
         deadline = loop.time() + LOOKUP_TIMEOUT_SECONDS
         if self._idle:
             conn: _Conn | None = self._idle.pop()
@@ -144,14 +148,17 @@ class PostgresLookups:
                 return None
         else:  # none open, and not trying again yet
             return None
-        task = loop.create_task(self._run(conn, query, params))
+        task = loop.create_task(self._run(conn, query, params, self._generation))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        done, _pending = await asyncio.wait((task,), timeout=max(deadline - loop.time(), 0))
+        try:
+            done, _pending = await asyncio.wait((task,), timeout=max(deadline - loop.time(), 0))
+        finally:
+            if not task.done():  # past the bound, or the request was cancelled: given up on
+                self._overdue.add(task)
+                task.add_done_callback(self._overdue.discard)
         if not done:
             log.info("event-loop lookup not answered in time: the worker thread reads")
-            self._overdue.add(task)
-            task.add_done_callback(self._overdue.discard)
             return None
         rows: list[tuple[Any, ...]] | None = task.result()
         return rows[0][0] if rows is not None and len(rows) == 1 else None
@@ -170,14 +177,16 @@ class PostgresLookups:
             turn.cancel()
             raise
 
-    async def _run(self, conn: _Conn | None, query: str, params: tuple[Any, ...]) -> Any:
+    async def _run(
+        self, conn: _Conn | None, query: str, params: tuple[Any, ...], generation: int
+    ) -> Any:
         """Open a connection if given none, run the query, and give the connection back."""
         try:
             if conn is None:
                 conn = await psycopg.AsyncConnection.connect(autocommit=True, **self._kwargs)
             cursor = await conn.execute(query, params)
             return await cursor.fetchall()
-        except (psycopg.Error, OSError) as exc:
+        except Exception as exc:  # psycopg's, the network's, or a parameter it cannot encode
             # the class and SQLSTATE only: a message can quote connection parameters
             log.info(
                 "event-loop lookup not answered (%s, SQLSTATE %s): the worker thread reads",
@@ -186,13 +195,15 @@ class PostgresLookups:
             )
             return None
         finally:
-            await self._give_back(conn)
+            await self._give_back(conn, generation)
 
-    async def _give_back(self, conn: _Conn | None) -> None:
-        """Keep a connection that can serve the next lookup; close any other."""
-        ours = asyncio.get_running_loop() is self._loop
+    async def _give_back(self, conn: _Conn | None, generation: int) -> None:
+        """Keep a connection that can serve the next lookup; close any other (all of them once
+        aclose has begun)."""
+        ours = generation == self._generation and asyncio.get_running_loop() is self._loop
         if (
             ours
+            and not self._closing
             and conn is not None
             and not conn.closed
             and not conn.broken
@@ -227,6 +238,8 @@ class PostgresLookups:
         self._idle, self._open, self._tasks, self._loop = [], 0, set(), loop
         self._overdue = set()
         self._waiting.clear()
+        self._closing = False
+        self._generation += 1
 
     async def settled(self) -> None:
         """Wait for the lookups still running, given up on or not (each ends by its statement
@@ -236,11 +249,23 @@ class PostgresLookups:
 
     async def aclose(self) -> None:
         """Close the connections (at shutdown, on the loop that used them), after the lookups
-        still running have ended."""
+        still running have ended; no lookup on this loop opens or keeps one afterwards."""
         if self._loop is not asyncio.get_running_loop():
             self._forget(asyncio.get_running_loop())
             return
-        await self.settled()
+        self._closing = True
+        while self._waiting:  # lookups waiting a turn: to the thread path
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+        # each running lookup closes its connection as it ends (a waiter handed one just
+        # before may have started one more): wait for them all, within the statement timeout
+        deadline = asyncio.get_running_loop().time() + STATEMENT_TIMEOUT_MS / 1000 + 1
+        while self._tasks:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await asyncio.wait(set(self._tasks), timeout=left)
         idle, self._idle = self._idle, []
         for conn in idle:
             self._open -= 1
