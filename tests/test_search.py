@@ -136,3 +136,33 @@ def test_bad_search_parameters_are_refused(
 def test_unknown_resource_type_is_404(fhir: httpx.Client) -> None:
     response = fhir.get("/Composition?_id=x")
     assert (response.status_code, response.json()["issue"][0]["code"]) == (404, "not-supported")
+
+
+def test_a_search_past_the_bounds_is_the_client_s_400_not_a_503(seeded: httpx.Client) -> None:
+    """1,000 `_id` parameters made SQLite refuse the query, answered as "database unavailable"
+    (503, retry later); the same search, or a parameter of too many values, is now refused as the
+    client's (400 too-costly, naming the parameter) before it reaches the database, in a search
+    and in a Bundle's conditional entry alike. Up to the bounds, searches are answered."""
+    many = "&".join(f"_id=x{i}" for i in range(1000))
+    refused = seeded.get(f"/Patient?{many}")
+    assert refused.status_code == 400
+    assert refused.json()["issue"][0]["code"] == "too-costly"
+    assert refused.json()["issue"][0]["expression"] == ["_id"]
+    values = ",".join(f"x{i}" for i in range(101))
+    too_wide = seeded.get(f"/Patient?_id={values}")
+    assert too_wide.status_code == 400
+    assert too_wide.json()["issue"][0]["code"] == "too-costly"
+    in_bundle = seeded.post(
+        "",
+        json={
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [{"request": {"method": "GET", "url": f"Patient?{many}"}}],
+        },
+    )
+    assert in_bundle.status_code == 200
+    assert in_bundle.json()["entry"][0]["response"]["status"].startswith("400")
+    at_bounds = "&".join(
+        ["_id=a,b"] * 49 + ["_id=" + ",".join(["a"] + [f"y{i}" for i in range(99)])]
+    )
+    assert _ids(seeded.get(f"/Patient?{at_bounds}").json()) == ["a"]

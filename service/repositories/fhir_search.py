@@ -27,6 +27,11 @@ _REF = ResourceReference.__table__  # type: ignore[attr-defined]
 COMMON_PARAMS = ("_id", "identifier", "_lastUpdated")
 _CONTROL_PARAMS = {"_count", "_cursor", "_format", "_pretty", "_total"}
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
+# Bounds on one search: each parameter is a condition of the query and each value a term of it;
+# past SQLite's expression limits a query fails as "database unavailable" (503) instead of the
+# client's 400, so a search is refused before it is built.
+MAX_SEARCH_PARAMS = 50
+MAX_SEARCH_VALUES = 100
 
 
 def supported_params(resource_type: str) -> list[str]:
@@ -157,6 +162,20 @@ def parse_search(
             continue
         if base in _CONTROL_PARAMS:
             continue
+        if raw.count(",") >= MAX_SEARCH_VALUES:
+            raise FhirError.of(
+                400,
+                "too-costly",
+                f"search parameter {base}: more than {MAX_SEARCH_VALUES} values",
+                base,
+            )
+        if len(query.echo) >= MAX_SEARCH_PARAMS:
+            raise FhirError.of(
+                400,
+                "too-costly",
+                f"more than {MAX_SEARCH_PARAMS} search parameters in one search",
+                base,
+            )
         query.echo.append((name, raw))
         if base == "_id" and not modifier:
             ids = [i for i in raw.split(",") if i]
