@@ -204,7 +204,8 @@ async def kick_off(request: Request, who: Principal, base: str) -> Response:
 
 def _visible(jobs: BulkJobs, job_id: str, who: Principal) -> JobView:
     """The job if it is this client's (or the client is an admin); 404 otherwise."""
-    view = jobs.view(job_id) if len(job_id) <= 36 else None
+    # a job id is a UUID: anything longer, or with U+0000 (PostgreSQL cannot compare it), is none
+    view = jobs.view(job_id) if len(job_id) <= 36 and "\x00" not in job_id else None
     if view is None or view.kind != "import" or (view.owner != who.client and not who.scopes.admin):
         raise FhirError.of(404, "not-found", "no such import job")
     return view

@@ -796,3 +796,18 @@ def test_the_sweep_deletes_only_bodies_no_job_names_and_a_day_old(
     assert sorted({spool for spool, _, _ in _pieces(engine)}) == ["arriving", "waited-for"]
     assert jobs.sweep_spools() == 0
     engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_job_id_with_nul_names_no_job(kind: str, new_database: Any) -> None:
+    """U+0000 in an `$import` job id: 404 not-found on both databases (PostgreSQL cannot even
+    compare it; this was a 500 there, found by fuzzing), for the status, its cancel and errors."""
+    settings = Settings(database_url=str(new_database(kind)), webhook_interval_seconds=0)
+    with served(settings) as running, httpx.Client(base_url=running.url, timeout=60) as client:
+        answers = [
+            client.get("/fhir/$import-status/%00"),
+            client.delete("/fhir/$import-status/a%00b"),
+            client.get("/fhir/$import-status/%00/errors/0"),
+        ]
+    assert [a.status_code for a in answers] == [404, 404, 404]
+    assert [a.json()["issue"][0]["code"] for a in answers] == ["not-found"] * 3
