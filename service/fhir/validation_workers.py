@@ -348,7 +348,8 @@ class ModelChecks:
         self.min_entries_alone = min_entries if min_entries_alone is None else min_entries_alone
         self._writing = 0  # Bundles being written in this process now (see `writing`)
         self.submitted = 0  # Bundles sent to a worker so far (for operators and tests)
-        # Re-entrant: cancelling a pool's jobs runs their done-callbacks in the cancelling thread.
+        # Re-entrant, so that a job's done-callback (`_job_done`) run by a thread already holding
+        # it cannot deadlock.
         self._lock = threading.RLock()
         self._pool: _PipePool | None = None
         self._warm: list[Future[int]] = []

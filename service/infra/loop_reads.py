@@ -214,12 +214,16 @@ class PostgresLookups:
         if ours:
             self._open -= 1
             self._retry_at = time.monotonic() + RECONNECT_AFTER_SECONDS
-            while self._waiting:  # to the thread path: this server or its network is in trouble
-                turn = self._waiting.popleft()
-                if not turn.done():
-                    turn.set_result(None)
+            self._turn_away()  # this server or its network is in trouble
         if conn is not None:
             await _close(conn)
+
+    def _turn_away(self) -> None:
+        """Send every lookup waiting its turn to the thread path."""
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
 
     def _release(self, conn: _Conn) -> None:
         """Hand a connection to the first lookup still waiting, or keep it idle."""
@@ -254,10 +258,7 @@ class PostgresLookups:
             self._forget(asyncio.get_running_loop())
             return
         self._closing = True
-        while self._waiting:  # lookups waiting a turn: to the thread path
-            turn = self._waiting.popleft()
-            if not turn.done():
-                turn.set_result(None)
+        self._turn_away()
         # each running lookup closes its connection as it ends (a waiter handed one just
         # before may have started one more): wait for them all, within the statement timeout
         deadline = asyncio.get_running_loop().time() + STATEMENT_TIMEOUT_MS / 1000 + 1
