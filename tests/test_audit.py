@@ -344,6 +344,48 @@ def test_a_transactions_audit_event_leads_through_its_provenance_to_exactly_its_
     assert len(direct.json()["entry"]) == 2  # the write's, and the auditor's read of it
 
 
+def test_a_provenance_is_found_by_target_through_the_versions_that_name_it(
+    audited: Audited,
+) -> None:
+    pid = f"v-{uuid.uuid4().hex[:8]}"
+    first, _ = audited.call("ehr", "PUT", f"/fhir/Patient/{pid}", kit.patient(id=pid))
+    second, changed = audited.call(
+        "ehr", "PUT", f"/fhir/Patient/{pid}", kit.patient(id=pid, mrn=f"MRN-{pid}")
+    )
+    assert changed.status_code == 200, changed.text
+    by_request = {
+        p["entity"][0]["what"]["identifier"]["value"]: p["id"] for p in audited.events("Provenance")
+    }
+    with audited.engine.connect() as conn:
+        named = conn.execute(
+            text(
+                "SELECT version_id, provenance_id FROM fhir_resource_version "
+                "WHERE resource_type = 'Patient' AND resource_id = :id ORDER BY version_id"
+            ),
+            {"id": pid},
+        ).all()
+        entity_rows = conn.execute(
+            text("SELECT count(*) FROM audit_entity WHERE record_id IN (:a, :b)"),
+            {"a": by_request[first], "b": by_request[second]},
+        ).scalar_one()
+    # each version names the Provenance of the request that wrote it, which has no entity rows
+    assert [tuple(r) for r in named] == [(1, by_request[first]), (2, by_request[second])]
+    assert entity_rows == 0
+    _, found = audited.call("auditor", "GET", f"/fhir/Provenance?target=Patient/{pid}")
+    assert [e["resource"]["id"] for e in found.json()["entry"]] == [
+        by_request[second],
+        by_request[first],
+    ]
+    _, both = audited.call(
+        "auditor", "GET", f"/fhir/Provenance?target=Patient/{pid},Patient/{pid}-none"
+    )
+    assert both.json()["total"] == 2
+    _, none = audited.call("auditor", "GET", f"/fhir/Provenance?target=Patient/{pid}-none")
+    assert none.json()["total"] == 0
+    _, events = audited.call("auditor", "GET", f"/fhir/AuditEvent?entity=Patient/{pid}&agent=ehr")
+    assert {_request_id(e["resource"]) for e in events.json()["entry"]} == {first, second}
+
+
 def test_a_refused_write_has_an_audit_event_and_no_provenance(audited: Audited) -> None:
     pid = f"r-{uuid.uuid4().hex[:8]}"
     before = len(audited.events("Provenance"))

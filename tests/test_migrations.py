@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import inspect, text
+from sqlmodel import Session
 
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
+from service.repositories import audit_records
 
 
 def test_head_is_the_newest_packaged_migration() -> None:
@@ -19,8 +21,8 @@ def test_head_is_the_newest_packaged_migration() -> None:
         p.name
         for p in (Path(migrate.__file__).parents[2] / "migrations" / "versions").glob("0*.py")
     )
-    assert newest.startswith("0018_")
-    assert migrate.head_revision() == "0018"
+    assert newest.startswith("0019_")
+    assert migrate.head_revision() == "0019"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -83,4 +85,65 @@ def test_0006_drops_what_only_writes_paid_for_and_keeps_the_rows(
     assert [tuple(r) for r in kept] == [("p1", "7")]
     migrate.downgrade(engine, "0005")
     assert shape() == (both, 1, 1)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_0019_finds_old_provenances_by_entity_rows_and_new_ones_by_version(
+    new_database: Any, kind: str
+) -> None:
+    engine = make_engine(Settings(database_url=new_database(kind)))
+    version = (
+        "INSERT INTO fhir_resource_version (resource_type, resource_id, version_id, last_updated,"
+        " content_hash, deleted, content, source, request_id{extra}) VALUES ('Patient', 'p1', :v,"
+        " '2026-01-01 00:00:00', 'h', false, '{{}}', 's', :r{value})"
+    )
+    record = (
+        "INSERT INTO audit_record (id, kind, recorded, agent, request_id, content)"
+        " VALUES (:id, :kind, '2026-01-01 00:00:00', 'ehr', :r, '{}')"
+    )
+    migrate.upgrade(engine, "0018")
+    with engine.begin() as conn:  # written as before: the Provenance names its target by row
+        conn.execute(text(version.format(extra="", value="")), {"v": 1, "r": "r1"})
+        conn.execute(text(record), {"id": "prov-old", "kind": "Provenance", "r": "r1"})
+        conn.execute(text(record), {"id": "event-old", "kind": "AuditEvent", "r": "r1"})
+        conn.execute(
+            text("INSERT INTO audit_entity (record_id, entity) VALUES (:i, :e)"),
+            [
+                {"i": "prov-old", "e": "Patient/p1"},
+                {"i": "event-old", "e": "Provenance/prov-old"},
+            ],
+        )
+    migrate.upgrade(engine)
+    with engine.begin() as conn:  # written now: the version names its Provenance
+        conn.execute(
+            text(version.format(extra=", provenance_id", value=", :p")),
+            {"v": 2, "r": "r2", "p": "prov-new"},
+        )
+        conn.execute(text(record), {"id": "prov-new", "kind": "Provenance", "r": "r2"})
+        conn.execute(text(record), {"id": "event-new", "kind": "AuditEvent", "r": "r2"})
+        conn.execute(
+            text("INSERT INTO audit_entity (record_id, entity) VALUES (:i, :e)"),
+            {"i": "event-new", "e": "Provenance/prov-new"},
+        )
+
+    def found(kind: str) -> list[str]:
+        with Session(engine) as session:
+            page, total, _ = audit_records.search(
+                session, audit_records.AuditQuery(kind, entities=("Patient/p1",))
+            )
+        assert total == len(page)
+        return sorted(record_id for record_id, _ in page)
+
+    assert found("Provenance") == ["prov-new", "prov-old"]
+    assert found("AuditEvent") == ["event-new", "event-old"]
+    migrate.downgrade(engine, "0018")  # the new Provenance gets the entity row it lacked
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT record_id, entity FROM audit_entity WHERE record_id LIKE 'prov-%'")
+        ).all()
+    assert sorted(tuple(r) for r in rows) == [
+        ("prov-new", "Patient/p1"),
+        ("prov-old", "Patient/p1"),
+    ]
     engine.dispose()

@@ -234,14 +234,15 @@ def _keys(entities: Sequence[Entity]) -> tuple[str, ...]:
 
 
 def provenance(
+    rid: str,
     *,
     client: str,
     request_id: str,
     recorded: dt.datetime,
     targets: Sequence[tuple[str, str, int, bool]],
 ) -> Recorded:
-    """The Provenance of one write transaction: who wrote which versions (type, id, version, deleted)."""
-    rid = new_id()
+    """The Provenance `rid` of one write transaction: who wrote which versions (type, id, version,
+    deleted). It is searched by target through the versions, which name it (no entity rows)."""
     if all(deleted for *_, deleted in targets):
         activity: str | None = "DELETE"
     elif all(vid == 1 for _, _, vid, _ in targets):
@@ -294,8 +295,7 @@ def provenance(
     # thousands of versions, and a dict per target would be built only to be serialised.
     head, tail = orjson.dumps(resource).split(_TARGETS_JSON, 1)  # the first: before any text sent
     content = b"".join((head, _targets_json(targets), tail)).decode()
-    keys = tuple(dict.fromkeys(clean(f"{t}/{i}", 300) for t, i, _, _ in targets))
-    return Recorded(rid, "Provenance", recorded, client, request_id, content, keys)
+    return Recorded(rid, "Provenance", recorded, client, request_id, content, ())
 
 
 _TARGETS = "\x00targets"  # where the targets go in the serialised Provenance

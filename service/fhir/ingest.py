@@ -70,6 +70,7 @@ def record_write(uow: UnitOfWork, ctx: WriteContext) -> None:
     written: list[Entity] = []
     if uow.versions:
         record = provenance(
+            uow.provenance_id,
             client=ctx.client,
             request_id=ctx.request_id,
             recorded=ctx.now,
@@ -489,7 +490,12 @@ def apply_entries(
             elif results[p.entry.index].change == "unchanged":
                 unchanged.append((p.entry.index, (p.entry.resource_type or "", p.target_id or "")))
         fhir_versions.write_versions(
-            session, rows, heads, source=ctx.source, request_id=ctx.request_id
+            session,
+            rows,
+            heads,
+            source=ctx.source,
+            request_id=ctx.request_id,
+            provenance_id=uow.provenance_id,
         )
         uow.record(rows)
     _complete(session, plans, results, unchanged, ctx)

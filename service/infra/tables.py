@@ -54,6 +54,9 @@ class ResourceVersion(SQLModel, table=True):
     content: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
     source: str = Field(max_length=200)
     request_id: str = Field(max_length=36, index=True)
+    # the Provenance that recorded this version (`Provenance?target=` reads it by the primary
+    # key); empty for versions written before revision 0019, whose Provenance has entity rows
+    provenance_id: str | None = Field(default=None, max_length=64)
 
 
 class ResourceHead(SQLModel, table=True):

@@ -7,15 +7,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, func, literal, or_, select
+from sqlalchemy import ColumnElement, Subquery, and_, func, literal, or_, select
 from sqlmodel import Session
 
-from service.infra.tables import AuditEntity, AuditRecord
+from service.infra.tables import AuditEntity, AuditRecord, ResourceVersion
 from service.repositories import fhir_versions
 from service.repositories.sql import insert_on_conflict
 
 _RECORD = AuditRecord.__table__  # type: ignore[attr-defined]
 _ENTITY = AuditEntity.__table__  # type: ignore[attr-defined]
+_VERSION = ResourceVersion.__table__  # type: ignore[attr-defined]
 EXPORT_BATCH = 1000
 
 
@@ -87,12 +88,47 @@ def _conditions(query: AuditQuery) -> list[ColumnElement[bool]]:
         where.append(c.agent.in_(query.agents))
     if query.entities:
         named = c.id.in_(select(_ENTITY.c.record_id).where(_ENTITY.c.entity.in_(query.entities)))
-        where.append(
-            or_(named, _through_provenance(query.entities)) if query.kind == "AuditEvent" else named
-        )
+        versions = _versions_of(query.entities)
+        if query.kind == "AuditEvent":
+            through = [_through_provenance(query.entities)]
+            if versions is not None:
+                through.append(_through_version_provenance(versions))
+            where.append(or_(named, *through))
+        elif versions is not None:
+            where.append(or_(named, c.id.in_(select(versions.c.provenance_id))))
+        else:
+            where.append(named)
     for op, instant in query.recorded:
         where.append(c.recorded >= instant if op == ">=" else c.recorded < instant)
     return where
+
+
+def _versions_of(entities: Sequence[str]) -> Subquery | None:
+    """The stored versions of the `Type/id` entities (None when none is one), with the Provenance
+    that recorded each: how a write since revision 0019 is found by what it wrote."""
+    keys = {(t, i) for t, _, i in (e.partition("/") for e in entities if e.count("/") == 1)}
+    if not keys:
+        return None
+    v = _VERSION.c
+    return (
+        select(v.provenance_id, v.request_id)
+        .where(or_(*(and_(v.resource_type == t, v.resource_id == i) for t, i in sorted(keys))))
+        .where(v.provenance_id.is_not(None))
+        .subquery()
+    )
+
+
+def _through_version_provenance(versions: Subquery) -> ColumnElement[bool]:
+    """An AuditEvent naming the Provenance its own request wrote one of these versions under
+    (the request ids agree, as in `_through_provenance`)."""
+    event, request = _ENTITY.alias("event"), _RECORD.alias("request")
+    found: ColumnElement[bool] = _RECORD.c.id.in_(
+        select(event.c.record_id)
+        .join(versions, event.c.entity == literal("Provenance/").concat(versions.c.provenance_id))
+        .join(request, request.c.id == event.c.record_id)
+        .where(request.c.request_id == versions.c.request_id)
+    )
+    return found
 
 
 def _through_provenance(entities: Sequence[str]) -> ColumnElement[bool]:

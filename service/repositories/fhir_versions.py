@@ -201,8 +201,10 @@ def write_versions(
     *,
     source: str,
     request_id: str,
+    provenance_id: str,
 ) -> None:
-    """Insert versions, move heads and replace index rows, in bulk.
+    """Insert versions, move heads and replace index rows, in bulk; each version names the
+    Provenance that will record it (`provenance_id`), which is how a search by target finds it.
 
     The primary key of fhir_resource_version (type, id, version) is what makes concurrent writers
     safe: the second writer of version n+1 fails with an integrity error and its unit of work is
@@ -219,7 +221,7 @@ def write_versions(
         conn,
         _VERSION,
         _VERSION_COLUMNS,
-        [(*_head_tuple(r, instant), r.content, source, request_id) for r in rows],
+        [(*_head_tuple(r, instant), r.content, source, request_id, provenance_id) for r in rows],
     )
     moved = [r for r in rows if (r.resource_type, r.resource_id) in heads]
     new_heads = [
@@ -252,7 +254,7 @@ _HEAD_COLUMNS = (
     "content_hash",
     "deleted",
 )
-_VERSION_COLUMNS = (*_HEAD_COLUMNS, "content", "source", "request_id")
+_VERSION_COLUMNS = (*_HEAD_COLUMNS, "content", "source", "request_id", "provenance_id")
 _SQLITE_HEADS_OF = text(
     f"SELECT {', '.join(_HEAD_COLUMNS)} FROM fhir_resource WHERE (resource_type, resource_id) IN "
     "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:keys))"

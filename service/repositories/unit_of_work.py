@@ -8,6 +8,7 @@ learn of a rolled-back write register with `after_commit`.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ class UnitOfWork:
     written: Written = field(default_factory=dict)
     # every version written, (type, id, version, deleted), kept for the Provenance at the end
     versions: list[tuple[str, str, int, bool]] = field(default_factory=list)
+    # the id of that Provenance, chosen before the first version is written: each version row
+    # names it (see `fhir_versions.write_versions`)
+    provenance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     # {payload digest: event} of the events stored here: reading them back needs no decoding
     stored_events: dict[bytes, TrialEvent] = field(default_factory=dict)
     # the pseudonym key, once read or generated in this transaction
