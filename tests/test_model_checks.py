@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -697,6 +698,65 @@ def test_the_worker_starts_on_a_bundle_while_the_request_thread_holds_the_gil() 
         assert claimed > 0  # the worker had parsed the Bundle and begun its entries meanwhile
         assert pending.result(lambda only: pytest.fail("the worker answers")) == {}
     finally:
+        checks.close()
+
+
+def test_a_worker_that_stops_answering_is_given_up_after_the_stall_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(validation_workers, "STALL_SECONDS", 0.2)
+    claims = Claims(_cells(), 0)
+    claims.reset()
+    assert claims.take_front(0)  # the worker holds entry 0, then never answers
+    lost: list[bool] = []
+    asked: list[Any] = []
+
+    def in_place(only: Any) -> dict[int, list[Issue]]:
+        asked.append(only)
+        return {0: [Issue("value", "here")]} if only is None else {}
+
+    pending = PendingVerdicts(Future(), lambda: lost.append(True), claims)
+    started = time.monotonic()
+    assert pending.result(in_place, 3) == {0: [Issue("value", "here")]}
+    assert 0.2 <= time.monotonic() - started < 10
+    assert asked == [[2], [1], None]  # its own share, then (given up) every entry here
+    assert lost == [True]  # the pool is dropped
+    assert not pending.answered_by_worker
+
+
+def test_a_worker_stopped_mid_bundle_is_killed_and_the_bundle_checked_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(validation_workers, "STALL_SECONDS", 1.0)
+    obj = json.loads(_big_transaction(1500))
+    for i in (1, 1500):
+        obj["entry"][i]["resource"]["effectiveDateTime"] = NO_ZONE
+    raw = json.dumps(obj).encode()
+    check_here = owed_checker(loads(raw), parse_bundle(loads(raw), check_models=False))
+    expected = check_here(None)
+    assert sorted(expected) == [1, 1500]
+    checks = ModelChecks(1, 1)
+    pid = 0
+    try:
+        assert checks.wait_ready(120)
+        (pid,) = checks.worker_pids()
+        pending = checks.submit(raw)
+        assert pending is not None
+        assert pending._claims is not None
+        deadline = time.monotonic() + 30
+        while pending._claims.front() == 0 and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        assert pending._claims.front() > 0  # the worker is checking entries
+        os.kill(pid, signal.SIGSTOP)
+        assert pending.result(check_here, len(obj["entry"])) == expected
+        assert not pending.answered_by_worker
+        with pytest.raises(ProcessLookupError):  # killed although stopped (SIGTERM would wait)
+            _wait_gone(pid)
+        assert checks.state() == "idle"  # dropped: the next Bundle starts a new pool
+    finally:
+        if pid:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         checks.close()
 
 

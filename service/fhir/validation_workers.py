@@ -61,6 +61,10 @@ log = logging.getLogger(__name__)
 
 # After a pool failed to start, Bundles are checked in place this long before the next attempt.
 RESTART_BACKOFF_SECONDS = 30.0
+# How long a request waits for the worker once it has checked the rest of the Bundle itself: the
+# worker then owes at most the entry it is on and its answer (milliseconds). A worker stopped or
+# stuck that long is killed and its pool dropped, and the request checks the Bundle in place.
+STALL_SECONDS = 30.0
 
 State = Literal["off", "idle", "starting", "ready", "failed"]
 
@@ -282,12 +286,12 @@ class _PipePool:
                 with suppress(OSError, ValueError):
                     worker.conn.send_bytes(b"")
             elif worker.process.is_alive():
-                worker.process.terminate()
+                worker.process.kill()  # SIGKILL: a stopped worker never acts on SIGTERM
         if wait:
             for worker in self.workers:
                 worker.process.join(STOP_TIMEOUT_SECONDS)
                 if worker.process.is_alive():
-                    worker.process.terminate()
+                    worker.process.kill()
                     worker.process.join(STOP_TIMEOUT_SECONDS)
 
 
@@ -323,11 +327,21 @@ class PendingVerdicts:
             if self._claims is not None and self._claims.all_taken_back():
                 self._result = here  # checked here from first to last: no need to wait
                 return self._result
+            # its front meets our back; without claims it checks the whole Bundle: no bound
+            bound = None if self._claims is None else STALL_SECONDS
             try:
-                self._result = {**here, **self._future.result()}  # its front meets our back
+                self._result = {**here, **self._future.result(bound)}
                 self.answered_by_worker = True
             except (BrokenProcessPool, CancelledError):  # the worker died, or its pool was dropped
                 log.warning("a model-check worker was lost; checking this Bundle in place")
+                self._on_lost()
+                self._result = in_place(None)
+            except TimeoutError:  # stopped (SIGSTOP, a frozen cgroup) or stuck on one entry
+                log.warning(
+                    "a model-check worker did not answer in %.0f s; dropping its pool and "
+                    "checking this Bundle in place",
+                    STALL_SECONDS,
+                )
                 self._on_lost()
                 self._result = in_place(None)
             except Exception:  # the job itself failed: never the client's fault, keep the pool
