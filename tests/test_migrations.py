@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from sqlmodel import Session
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
-from service.repositories import audit_records
+from service.repositories import audit_records, fhir_versions
 
 
 def test_head_is_the_newest_packaged_migration() -> None:
@@ -21,8 +22,8 @@ def test_head_is_the_newest_packaged_migration() -> None:
         p.name
         for p in (Path(migrate.__file__).parents[2] / "migrations" / "versions").glob("0*.py")
     )
-    assert newest.startswith("0019_")
-    assert migrate.head_revision() == "0019"
+    assert newest.startswith("0020_")
+    assert migrate.head_revision() == "0020"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -78,7 +79,7 @@ def test_0006_drops_what_only_writes_paid_for_and_keeps_the_rows(
         )
     both = {"ix_fhir_resource_type_updated", "ix_fhir_resource_type_hash"}
     assert shape() == (both, 1, 1)
-    migrate.upgrade(engine)
+    migrate.upgrade(engine, "0006")
     assert shape() == ({"ix_fhir_resource_type_updated"}, 0, 0)
     with engine.connect() as conn:
         kept = conn.execute(text("SELECT resource_id, value FROM fhir_identifier")).all()
@@ -146,4 +147,94 @@ def test_0019_finds_old_provenances_by_entity_rows_and_new_ones_by_version(
         ("prov-new", "Patient/p1"),
         ("prov-old", "Patient/p1"),
     ]
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_0020_numbers_the_heads_and_index_rows_follow_their_owner(
+    new_database: Any, kind: str
+) -> None:
+    engine = make_engine(Settings(database_url=new_database(kind)))
+    migrate.upgrade(engine, "0019")
+    with engine.begin() as conn:  # written as before: index rows name their owner by its id
+        for rtype, rid in (("Patient", "p1"), ("Observation", "o1"), ("Observation", "o2")):
+            conn.execute(
+                text(
+                    "INSERT INTO fhir_resource (resource_type, resource_id, version_id,"
+                    " last_updated, content_hash, deleted) VALUES (:t, :i, 1,"
+                    " '2026-01-01 00:00:00', 'h', false)"
+                ),
+                {"t": rtype, "i": rid},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO fhir_identifier (resource_type, resource_id, system, value)"
+                " VALUES ('Patient', 'p1', 'urn:mrn', '7')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO fhir_reference (resource_type, resource_id, param, target_type,"
+                " target_id) VALUES (:i_type, :i, 'subject', 'Patient', 'p1')"
+            ),
+            [{"i_type": "Observation", "i": "o1"}, {"i_type": "Observation", "i": "o2"}],
+        )
+    migrate.upgrade(engine)
+    assert migrate.drift(engine) == []
+
+    def index_rows() -> list[tuple[Any, ...]]:
+        with engine.connect() as conn:
+            return [
+                tuple(r)
+                for r in conn.execute(
+                    text(
+                        "SELECT x.resource_id, x.owner_rid = h.rid, x.target_id FROM"
+                        " (SELECT resource_type, resource_id, owner_rid, target_id"
+                        " FROM fhir_reference UNION ALL SELECT resource_type, resource_id,"
+                        " owner_rid, value FROM fhir_identifier) x JOIN fhir_resource h"
+                        " ON h.resource_type = x.resource_type AND h.resource_id = x.resource_id"
+                        " ORDER BY 1, 3"
+                    )
+                )
+            ]
+
+    with engine.connect() as conn:
+        numbered = conn.execute(text("SELECT rid FROM fhir_resource")).scalars().all()
+    assert len(set(numbered)) == 3
+    assert None not in numbered
+    assert index_rows() == [("o1", True, "p1"), ("o2", True, "p1"), ("p1", True, "7")]
+    # an update replaces its own rows only; a new head is numbered after every existing one
+    with Session(engine) as session:
+        heads = fhir_versions.load_heads(session, [("Observation", "o1"), ("Observation", "o3")])
+        now = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
+        rows = [
+            fhir_versions.VersionRow(
+                "Observation", oid, version, now, "h2", "{}", [], [("subject", "Patient", "p9")]
+            )
+            for oid, version in (("o1", 2), ("o3", 1))
+        ]
+        fhir_versions.write_versions(
+            session, rows, heads, source="test", request_id="r", provenance_id="p"
+        )
+        session.commit()
+    assert index_rows() == [
+        ("o1", True, "p9"),
+        ("o2", True, "p1"),
+        ("o3", True, "p9"),
+        ("p1", True, "7"),
+    ]
+    with engine.connect() as conn:
+        newest = conn.execute(
+            text("SELECT rid FROM fhir_resource WHERE resource_id = 'o3'")
+        ).scalar_one()
+    assert newest > max(numbered)
+    migrate.downgrade(engine, "0019")
+    with engine.connect() as conn:
+        kept = conn.execute(
+            text("SELECT resource_id, target_id FROM fhir_reference ORDER BY 1")
+        ).all()
+    assert [tuple(r) for r in kept] == [("o1", "p9"), ("o2", "p1"), ("o3", "p9")]
+    assert "ix_fhir_reference_owner" in {
+        str(i["name"]) for i in inspect(engine).get_indexes("fhir_reference")
+    }
     engine.dispose()

@@ -40,6 +40,10 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
+# 64-bit row ids; on SQLite an INTEGER (its integers are 64-bit whatever the declared type)
+_ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
 class ResourceVersion(SQLModel, table=True):
     """One version of one resource, with the JSON exactly as stored and served."""
 
@@ -63,7 +67,10 @@ class ResourceHead(SQLModel, table=True):
     """The current version of each resource; the target of search and the write lock."""
 
     __tablename__ = "fhir_resource"
-    __table_args__ = (Index("ix_fhir_resource_type_updated", "resource_type", "last_updated"),)
+    __table_args__ = (
+        Index("ix_fhir_resource_type_updated", "resource_type", "last_updated"),
+        Index("uq_fhir_resource_rid", "rid", unique=True),
+    )
 
     resource_type: str = Field(primary_key=True, max_length=64)
     resource_id: str = Field(primary_key=True, max_length=64)
@@ -71,6 +78,9 @@ class ResourceHead(SQLModel, table=True):
     last_updated: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     content_hash: str = Field(max_length=64)
     deleted: bool = Field(default=False)
+    # a sequential row id, handed out when the head is created (`fhir_versions.write_versions`):
+    # index rows name their owner by it, so their owner index grows at its end (0020)
+    rid: int = Field(sa_column=Column(_ROW_ID, nullable=False))
 
 
 class ResourceIdentifier(SQLModel, table=True):
@@ -83,12 +93,13 @@ class ResourceIdentifier(SQLModel, table=True):
     __tablename__ = "fhir_identifier"
     __table_args__ = (
         Index("ix_fhir_identifier_lookup", "resource_type", "value", "system"),
-        Index("ix_fhir_identifier_owner", "resource_type", "resource_id"),
+        Index("ix_fhir_identifier_owner_rid", "owner_rid"),
     )
 
     pk: int | None = Field(default=None, primary_key=True)
     resource_type: str = Field(max_length=64)
     resource_id: str = Field(max_length=64)
+    owner_rid: int = Field(sa_column=Column(_ROW_ID, nullable=False))  # the owner head's `rid`
     system: str | None = Field(default=None, max_length=1024)
     value: str = Field(max_length=1024)
 
@@ -102,12 +113,13 @@ class ResourceReference(SQLModel, table=True):
     __tablename__ = "fhir_reference"
     __table_args__ = (
         Index("ix_fhir_reference_lookup", "resource_type", "param", "target_type", "target_id"),
-        Index("ix_fhir_reference_owner", "resource_type", "resource_id"),
+        Index("ix_fhir_reference_owner_rid", "owner_rid"),
     )
 
     pk: int | None = Field(default=None, primary_key=True)
     resource_type: str = Field(max_length=64)
     resource_id: str = Field(max_length=64)
+    owner_rid: int = Field(sa_column=Column(_ROW_ID, nullable=False))  # the owner head's `rid`
     param: str = Field(max_length=64)
     target_type: str = Field(max_length=64)
     target_id: str = Field(max_length=64)

@@ -37,6 +37,7 @@ class Head:
     last_updated: dt.datetime
     content_hash: str
     deleted: bool
+    rid: int  # its row id: how its identifier and reference rows name it
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +114,8 @@ def load_heads(session: Session, keys: Iterable[Key]) -> dict[Key, Head]:
     else:
         groups = _sqlite_heads(session, sorted(set(keys)))
     for rows in groups:
-        for rt, rid, vid, last_updated, digest, deleted in rows:
-            out[(rt, rid)] = Head(vid, last_updated, digest, deleted)
+        for rtype, rid, vid, last_updated, digest, deleted, row_id in rows:
+            out[(rtype, rid)] = Head(vid, last_updated, digest, deleted, row_id)
     return out
 
 
@@ -129,7 +130,7 @@ def _sqlite_heads(session: Session, keys: list[Key]) -> Iterator[Iterable[Any]]:
 def _pg_heads(conn: Connection, rtype: str, ids: list[str]) -> list[tuple[Any, ...]]:
     """One array parameter instead of an IN list: a single statement text, prepared once."""
     rows = conn.exec_driver_sql(
-        f"SELECT {', '.join(_HEAD_COLUMNS)} FROM fhir_resource "
+        f"SELECT {', '.join(_HEAD_READ)} FROM fhir_resource "
         "WHERE resource_type = %s AND resource_id = ANY(%s)",
         (rtype, ids),
     )
@@ -205,6 +206,7 @@ def write_versions(
 ) -> None:
     """Insert versions, move heads and replace index rows, in bulk; each version names the
     Provenance that will record it (`provenance_id`), which is how a search by target finds it.
+    A new head gets the next row ids (`_next_row_ids`), and its index rows name it by that.
 
     The primary key of fhir_resource_version (type, id, version) is what makes concurrent writers
     safe: the second writer of version n+1 fails with an integrity error and its unit of work is
@@ -224,10 +226,23 @@ def write_versions(
         [(*_head_tuple(r, instant), r.content, source, request_id, provenance_id) for r in rows],
     )
     moved = [r for r in rows if (r.resource_type, r.resource_id) in heads]
-    new_heads = [
-        _head_tuple(r, instant) for r in rows if (r.resource_type, r.resource_id) not in heads
-    ]
-    _bulk_insert(conn, _HEAD, _HEAD_COLUMNS, new_heads)
+    created = [r for r in rows if (r.resource_type, r.resource_id) not in heads]
+    row_ids = {
+        (r.resource_type, r.resource_id): heads[(r.resource_type, r.resource_id)].rid for r in moved
+    }
+    row_ids.update(
+        zip(
+            ((r.resource_type, r.resource_id) for r in created),
+            _next_row_ids(conn, len(created)),
+            strict=True,
+        )
+    )
+    _bulk_insert(
+        conn,
+        _HEAD,
+        _HEAD_READ,
+        [(*_head_tuple(r, instant), row_ids[(r.resource_type, r.resource_id)]) for r in created],
+    )
     if moved:
         conn.exec_driver_sql(
             _MOVE_HEAD.format(p=_mark(conn)),
@@ -243,7 +258,9 @@ def write_versions(
                 for r in moved
             ],
         )
-    _replace_indexes(session, moved, rows)
+    _replace_indexes(
+        conn, [row_ids[(r.resource_type, r.resource_id)] for r in moved], rows, row_ids
+    )
 
 
 _HEAD_COLUMNS = (
@@ -254,16 +271,19 @@ _HEAD_COLUMNS = (
     "content_hash",
     "deleted",
 )
+_HEAD_READ = (*_HEAD_COLUMNS, "rid")
 _VERSION_COLUMNS = (*_HEAD_COLUMNS, "content", "source", "request_id", "provenance_id")
 _SQLITE_HEADS_OF = text(
-    f"SELECT {', '.join(_HEAD_COLUMNS)} FROM fhir_resource WHERE (resource_type, resource_id) IN "
+    f"SELECT {', '.join(_HEAD_READ)} FROM fhir_resource WHERE (resource_type, resource_id) IN "
     "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:keys))"
-).columns(*(_HEAD.c[name] for name in _HEAD_COLUMNS))
+).columns(*(_HEAD.c[name] for name in _HEAD_READ))
+# PostgreSQL hands out row ids from this sequence (migration 0020)
+ROW_ID_SEQUENCE = "fhir_resource_rid_seq"
 _VALUESET_GENERATION = select(func.count(), func.max(_HEAD.c.last_updated)).where(
     _HEAD.c.resource_type == "ValueSet"
 )
-_IDENT_COLUMNS = ("resource_type", "resource_id", "system", "value")
-_REF_COLUMNS = ("resource_type", "resource_id", "param", "target_type", "target_id")
+_IDENT_COLUMNS = ("resource_type", "resource_id", "owner_rid", "system", "value")
+_REF_COLUMNS = ("resource_type", "resource_id", "owner_rid", "param", "target_type", "target_id")
 _MOVE_HEAD = (
     "UPDATE fhir_resource SET version_id = {p}, last_updated = {p}, content_hash = {p}, "
     "deleted = {p} WHERE resource_type = {p} AND resource_id = {p}"
@@ -349,27 +369,44 @@ def _bulk_insert(
         raise DBAPIError.instance(statement, None, exc, dbapi_error) from exc
 
 
+def _next_row_ids(conn: Connection, count: int) -> list[int]:
+    """`count` row ids no head has: from the sequence on PostgreSQL; on SQLite the largest plus
+    one onwards, which no other writer can take meanwhile (writers hold the database's lock from
+    BEGIN IMMEDIATE, see `service.infra.db`)."""
+    if not count:
+        return []
+    if conn.dialect.name == "postgresql":
+        found = conn.exec_driver_sql(
+            f"SELECT nextval('{ROW_ID_SEQUENCE}') FROM generate_series(1, %s)", (count,)
+        )
+        return [int(r[0]) for r in found]
+    largest = conn.exec_driver_sql("SELECT max(rid) FROM fhir_resource").scalar()
+    return list(range(int(largest or 0) + 1, int(largest or 0) + 1 + count))
+
+
 def _replace_indexes(
-    session: Session, moved: Sequence[VersionRow], rows: Sequence[VersionRow]
+    conn: Connection,
+    moved: Sequence[int],
+    rows: Sequence[VersionRow],
+    row_ids: dict[Key, int],
 ) -> None:
+    """Drop the identifier and reference rows of the heads that moved (by their row ids), then
+    add those of every live version written."""
     for table in (_IDENT, _REF):
-        for rtype, ids in by_type([(r.resource_type, r.resource_id) for r in moved]):
-            session.execute(
-                delete(table).where(table.c.resource_type == rtype, table.c.resource_id.in_(ids))
-            )
-    live = [r for r in rows if not r.deleted]
-    conn = session.connection()
+        for i in range(0, len(moved), CHUNK):
+            conn.execute(delete(table).where(table.c.owner_rid.in_(moved[i : i + CHUNK])))
+    live = [(r, row_ids[(r.resource_type, r.resource_id)]) for r in rows if not r.deleted]
     _bulk_insert(
         conn,
         _IDENT,
         _IDENT_COLUMNS,
-        [(r.resource_type, r.resource_id, s, v) for r in live for s, v in r.identifiers],
+        [(r.resource_type, r.resource_id, rid, s, v) for r, rid in live for s, v in r.identifiers],
     )
     _bulk_insert(
         conn,
         _REF,
         _REF_COLUMNS,
-        [(r.resource_type, r.resource_id, *ref) for r in live for ref in r.references],
+        [(r.resource_type, r.resource_id, rid, *ref) for r, rid in live for ref in r.references],
     )
 
 
