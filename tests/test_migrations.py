@@ -22,8 +22,8 @@ def test_head_is_the_newest_packaged_migration() -> None:
         p.name
         for p in (Path(migrate.__file__).parents[2] / "migrations" / "versions").glob("0*.py")
     )
-    assert newest.startswith("0020_")
-    assert migrate.head_revision() == "0020"
+    assert newest.startswith("0021_")
+    assert migrate.head_revision() == "0021"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -105,6 +105,13 @@ def test_0019_finds_old_provenances_by_entity_rows_and_new_ones_by_version(
     )
     migrate.upgrade(engine, "0018")
     with engine.begin() as conn:  # written as before: the Provenance names its target by row
+        conn.execute(
+            text(
+                "INSERT INTO fhir_resource (resource_type, resource_id, version_id, last_updated,"
+                " content_hash, deleted) VALUES ('Patient', 'p1', 1, '2026-01-01 00:00:00', 'h',"
+                " false)"
+            )
+        )
         conn.execute(text(version.format(extra="", value="")), {"v": 1, "r": "r1"})
         conn.execute(text(record), {"id": "prov-old", "kind": "Provenance", "r": "r1"})
         conn.execute(text(record), {"id": "event-old", "kind": "AuditEvent", "r": "r1"})
@@ -118,7 +125,12 @@ def test_0019_finds_old_provenances_by_entity_rows_and_new_ones_by_version(
     migrate.upgrade(engine)
     with engine.begin() as conn:  # written now: the version names its Provenance
         conn.execute(
-            text(version.format(extra=", provenance_id", value=", :p")),
+            text(
+                version.format(
+                    extra=", provenance_id, rid",
+                    value=", :p, (SELECT rid FROM fhir_resource WHERE resource_id = 'p1')",
+                )
+            ),
             {"v": 2, "r": "r2", "p": "prov-new"},
         )
         conn.execute(text(record), {"id": "prov-new", "kind": "Provenance", "r": "r2"})

@@ -49,9 +49,11 @@ class ResourceVersion(SQLModel, table=True):
 
     __tablename__ = "fhir_resource_version"
 
-    resource_type: str = Field(primary_key=True, max_length=64)
-    resource_id: str = Field(primary_key=True, max_length=64)
+    # keyed by the head's sequential row id (0021): a new resource's version appends to the key
+    rid: int = Field(sa_column=Column(_ROW_ID, primary_key=True))
     version_id: int = Field(primary_key=True)
+    resource_type: str = Field(max_length=64)
+    resource_id: str = Field(max_length=64)
     last_updated: dt.datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     content_hash: str = Field(max_length=64)
     deleted: bool = Field(default=False)

@@ -10,13 +10,14 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Subquery, and_, func, literal, or_, select
 from sqlmodel import Session
 
-from service.infra.tables import AuditEntity, AuditRecord, ResourceVersion
+from service.infra.tables import AuditEntity, AuditRecord, ResourceHead, ResourceVersion
 from service.repositories import fhir_versions
 from service.repositories.sql import insert_on_conflict
 
 _RECORD = AuditRecord.__table__  # type: ignore[attr-defined]
 _ENTITY = AuditEntity.__table__  # type: ignore[attr-defined]
 _VERSION = ResourceVersion.__table__  # type: ignore[attr-defined]
+_HEAD = ResourceHead.__table__  # type: ignore[attr-defined]
 EXPORT_BATCH = 1000
 
 
@@ -109,10 +110,12 @@ def _versions_of(entities: Sequence[str]) -> Subquery | None:
     keys = {(t, i) for t, _, i in (e.partition("/") for e in entities if e.count("/") == 1)}
     if not keys:
         return None
-    v = _VERSION.c
+    v, h = _VERSION.c, _HEAD.c
     return (
         select(v.provenance_id, v.request_id)
-        .where(or_(*(and_(v.resource_type == t, v.resource_id == i) for t, i in sorted(keys))))
+        .select_from(_HEAD)
+        .join(_VERSION, v.rid == h.rid)
+        .where(or_(*(and_(h.resource_type == t, h.resource_id == i) for t, i in sorted(keys))))
         .where(v.provenance_id.is_not(None))
         .subquery()
     )

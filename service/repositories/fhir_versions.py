@@ -144,15 +144,14 @@ def _stored_versions() -> Any:
     )
 
 
-def _current_versions() -> Any:
-    """Versions joined to their head: only the current one of each resource."""
+def _through_heads(current: bool) -> Any:
+    """Versions joined to their head, found by type and id on the head (versions are keyed by its
+    row id, 0021); `current`: only the head's own version."""
     v = _VERSION.c
-    return _stored_versions().join(
-        _HEAD,
-        (_HEAD.c.resource_type == v.resource_type)
-        & (_HEAD.c.resource_id == v.resource_id)
-        & (_HEAD.c.version_id == v.version_id),
-    )
+    on = _HEAD.c.rid == v.rid
+    if current:
+        on = on & (_HEAD.c.version_id == v.version_id)
+    return _stored_versions().select_from(_HEAD).join(_VERSION, on)
 
 
 # The largest version_id the column holds (INTEGER: 32 bits on PostgreSQL).
@@ -167,27 +166,26 @@ def read_version(
     A version_id the column cannot hold is no stored version: None, without asking the database
     (which would refuse the parameter: out of range on PostgreSQL, too large for SQLite).
     """
-    v = _VERSION.c
     if version_id is not None and not 0 < version_id <= MAX_VERSION_ID:
         return None
-    if version_id is None:
-        query = _current_versions()
-    else:
-        query = _stored_versions().where(v.version_id == version_id)
+    query = _through_heads(current=version_id is None)
+    if version_id is not None:
+        query = query.where(_VERSION.c.version_id == version_id)
+    h = _HEAD.c
     row = session.execute(
-        query.where(v.resource_type == resource_type, v.resource_id == resource_id)
+        query.where(h.resource_type == resource_type, h.resource_id == resource_id)
     ).first()
     return None if row is None else StoredVersion(*row)
 
 
 def read_current_many(session: Session, keys: Sequence[Key]) -> list[StoredVersion]:
     """Current, non-deleted versions for keys, in the order given."""
-    v = _VERSION.c
+    h = _HEAD.c
     found: dict[Key, StoredVersion] = {}
     for rtype, ids in by_type(keys):
         rows = session.execute(
-            _current_versions().where(
-                v.resource_type == rtype, v.resource_id.in_(ids), v.deleted.is_(False)
+            _through_heads(current=True).where(
+                h.resource_type == rtype, h.resource_id.in_(ids), h.deleted.is_(False)
             )
         )
         for r in rows:
@@ -208,9 +206,10 @@ def write_versions(
     Provenance that will record it (`provenance_id`), which is how a search by target finds it.
     A new head gets the next row ids (`_next_row_ids`), and its index rows name it by that.
 
-    The primary key of fhir_resource_version (type, id, version) is what makes concurrent writers
-    safe: the second writer of version n+1 fails with an integrity error and its unit of work is
-    retried, never check-then-insert. Rows go straight to the driver (executemany, or COPY on
+    The primary keys are what make concurrent writers safe, never check-then-insert: the second
+    writer of version n+1 of a resource fails on the version's (rid, version), the second creator
+    of a resource on the head's (type, id); either fails with an integrity error and its unit of
+    work is retried. Rows go straight to the driver (executemany, or COPY on
     PostgreSQL, where a duplicate key fails the COPY just the same): at thousands of rows per
     request the Core compiler would cost more than the SQL.
     """
@@ -219,12 +218,6 @@ def write_versions(
     conn = session.connection()
     instant = _instant_binder(conn)
     source = source[:200]
-    _bulk_insert(
-        conn,
-        _VERSION,
-        _VERSION_COLUMNS,
-        [(*_head_tuple(r, instant), r.content, source, request_id, provenance_id) for r in rows],
-    )
     moved = [r for r in rows if (r.resource_type, r.resource_id) in heads]
     created = [r for r in rows if (r.resource_type, r.resource_id) not in heads]
     row_ids = {
@@ -236,6 +229,22 @@ def write_versions(
             _next_row_ids(conn, len(created)),
             strict=True,
         )
+    )
+    _bulk_insert(
+        conn,
+        _VERSION,
+        _VERSION_COLUMNS,
+        [
+            (
+                *_head_tuple(r, instant),
+                r.content,
+                source,
+                request_id,
+                provenance_id,
+                row_ids[(r.resource_type, r.resource_id)],
+            )
+            for r in rows
+        ],
     )
     _bulk_insert(
         conn,
@@ -272,7 +281,7 @@ _HEAD_COLUMNS = (
     "deleted",
 )
 _HEAD_READ = (*_HEAD_COLUMNS, "rid")
-_VERSION_COLUMNS = (*_HEAD_COLUMNS, "content", "source", "request_id", "provenance_id")
+_VERSION_COLUMNS = (*_HEAD_COLUMNS, "content", "source", "request_id", "provenance_id", "rid")
 _SQLITE_HEADS_OF = text(
     f"SELECT {', '.join(_HEAD_READ)} FROM fhir_resource WHERE (resource_type, resource_id) IN "
     "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:keys))"
