@@ -250,3 +250,21 @@ def test_0020_numbers_the_heads_and_index_rows_follow_their_owner(
         str(i["name"]) for i in inspect(engine).get_indexes("fhir_reference")
     }
     engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_0021_refuses_a_store_with_a_version_but_no_head(new_database: Any, kind: str) -> None:
+    engine = make_engine(Settings(database_url=new_database(kind)))
+    migrate.upgrade(engine, "0020")
+    with engine.begin() as conn:  # only a change made outside trialbridge leaves such a row
+        conn.execute(
+            text(
+                "INSERT INTO fhir_resource_version (resource_type, resource_id, version_id,"
+                " last_updated, content_hash, deleted, content, source, request_id) VALUES"
+                " ('Patient', 'lost', 1, '2026-01-01 00:00:00', 'h', false, '{}', 's', 'r')"
+            )
+        )
+    with pytest.raises(RuntimeError, match="1 resource versions have no current head"):
+        migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == "0020"  # and nothing of 0021 was applied
+    engine.dispose()
