@@ -33,6 +33,25 @@ def _row_id() -> sa.types.TypeEngine[int]:
 
 
 def upgrade() -> None:
+    # 0021 keys versions by their head's row id: a version without a head (only a store changed
+    # outside trialbridge has one; heads are never deleted) is refused here, before anything
+    # changes (SQLite commits each revision on its own)
+    orphans = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT count(*) FROM fhir_resource_version v WHERE NOT EXISTS (SELECT 1 FROM "
+                "fhir_resource h WHERE h.resource_type = v.resource_type "
+                "AND h.resource_id = v.resource_id)"
+            )
+        )
+        .scalar_one()
+    )
+    if orphans:
+        raise RuntimeError(
+            f"{orphans} resource versions have no current head: the store was changed outside "
+            "trialbridge; restore it from a backup before upgrading"
+        )
     postgres = op.get_bind().dialect.name == "postgresql"
     op.add_column("fhir_resource", sa.Column("rid", _row_id(), nullable=True))
     if postgres:
@@ -50,8 +69,8 @@ def upgrade() -> None:
             f"WHERE h.resource_type = {table}.resource_type "
             f"AND h.resource_id = {table}.resource_id)"
         )
-        # a row whose head is missing was never reachable (no search returns a resource without
-        # one): nothing could ever replace it
+        # a search row whose head is missing (a store changed outside trialbridge) never matched
+        # anything (a search returns heads) and nothing could replace it: it is dropped
         op.execute(f"DELETE FROM {table} WHERE owner_rid IS NULL")
         with op.batch_alter_table(table) as batch:
             batch.alter_column("owner_rid", existing_type=_row_id(), nullable=False)

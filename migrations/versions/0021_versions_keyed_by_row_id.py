@@ -53,10 +53,6 @@ _SQLITE_TABLE = """CREATE TABLE {name} (
 	provenance_id VARCHAR(64),{rid}
 	PRIMARY KEY ({key})
 )"""
-_OWNER_RID = (
-    f"(SELECT h.rid FROM fhir_resource h WHERE h.resource_type = {_TABLE}.resource_type "
-    f"AND h.resource_id = {_TABLE}.resource_id)"
-)
 
 
 def _sqlite_copy(key: Sequence[str], with_rid: bool) -> None:
@@ -68,11 +64,18 @@ def _sqlite_copy(key: Sequence[str], with_rid: bool) -> None:
             key=", ".join(key),
         )
     )
-    op.execute(
-        f"INSERT INTO _{_TABLE}_new ({columns}{', rid' if with_rid else ''}) "
-        f"SELECT {columns}{', ' + _OWNER_RID if with_rid else ''} FROM {_TABLE} "
-        f"ORDER BY {', '.join(key) if not with_rid else _OWNER_RID + ', version_id'}"
-    )
+    if with_rid:  # heads in `rid` order (their unique index), each one's versions by the old key
+        selected = ", ".join(f"v.{c}" for c in _COLUMNS)
+        op.execute(
+            f"INSERT INTO _{_TABLE}_new ({columns}, rid) SELECT {selected}, h.rid "
+            f"FROM fhir_resource h JOIN {_TABLE} v ON v.resource_type = h.resource_type "
+            "AND v.resource_id = h.resource_id ORDER BY h.rid, v.version_id"
+        )
+    else:
+        op.execute(
+            f"INSERT INTO _{_TABLE}_new ({columns}) SELECT {columns} FROM {_TABLE} "
+            "ORDER BY resource_type, resource_id, version_id"
+        )
     op.drop_index("ix_fhir_resource_version_request_id", table_name=_TABLE)
     op.execute(f"DROP TABLE {_TABLE}")
     op.execute(f"ALTER TABLE _{_TABLE}_new RENAME TO {_TABLE}")
@@ -80,21 +83,7 @@ def _sqlite_copy(key: Sequence[str], with_rid: bool) -> None:
 
 
 def upgrade() -> None:
-    orphans = (
-        op.get_bind()
-        .execute(
-            sa.text(
-                f"SELECT count(*) FROM {_TABLE} v WHERE NOT EXISTS (SELECT 1 FROM fhir_resource h "
-                "WHERE h.resource_type = v.resource_type AND h.resource_id = v.resource_id)"
-            )
-        )
-        .scalar_one()
-    )
-    if orphans:  # every write stores a head with its versions, and no head is ever deleted
-        raise RuntimeError(
-            f"{orphans} resource versions have no current head: the store was changed outside "
-            "trialbridge; restore it from a backup before upgrading"
-        )
+    # (0020 has checked that every version has its head, before changing anything)
     if op.get_bind().dialect.name != "postgresql":
         _sqlite_copy(_NEW_KEY, with_rid=True)
         return
