@@ -712,16 +712,44 @@ def test_a_worker_that_stops_answering_is_given_up_after_the_stall_bound(
     asked: list[Any] = []
 
     def in_place(only: Any) -> dict[int, list[Issue]]:
-        asked.append(only)
-        return {0: [Issue("value", "here")]} if only is None else {}
+        indexes = list(only)
+        asked.append(indexes)
+        return {i: [Issue("value", f"here {i}")] for i in indexes if i in (0, 2)}
 
     pending = PendingVerdicts(Future(), lambda: lost.append(True), claims)
     started = time.monotonic()
-    assert pending.result(in_place, 3) == {0: [Issue("value", "here")]}
+    assert pending.result(in_place, 3) == {
+        0: [Issue("value", "here 0")],
+        2: [Issue("value", "here 2")],
+    }
     assert 0.2 <= time.monotonic() - started < 10
-    assert asked == [[2], [1], None]  # its own share, then (given up) every entry here
+    assert asked == [[2], [1], [0]]  # its own share, then (given up) only what the worker held
     assert lost == [True]  # the pool is dropped
     assert not pending.answered_by_worker
+
+
+def test_a_lost_worker_leaves_its_entries_and_the_gap_to_be_checked_here() -> None:
+    claims = Claims(_cells(), 0)
+    claims.reset()
+    assert claims.take_front(0)
+    assert claims.take_front(1)  # the worker is on entry 1 when it dies
+    future: Future[dict[int, list[Issue]]] = Future()
+    asked: list[list[int]] = []
+    lost: list[bool] = []
+
+    def in_place(only: Any) -> dict[int, list[Issue]]:
+        indexes = list(only)
+        asked.append(indexes)
+        if indexes == [5]:  # the pipe ends while this thread checks its first entry
+            future.set_exception(BrokenProcessPool("worker died"))
+        return {i: [Issue("value", f"here {i}")] for i in indexes if i in (1, 3, 5)}
+
+    pending = PendingVerdicts(future, lambda: lost.append(True), claims)
+    verdicts = pending.result(in_place, 6)
+    # the worker's entries and the ones between them and this thread's share: nothing left out
+    assert asked == [[5], [0, 1, 2, 3, 4]]
+    assert sorted(verdicts) == [1, 3, 5]
+    assert lost == [True]
 
 
 def test_a_worker_stopped_mid_bundle_is_killed_and_the_bundle_checked_here(

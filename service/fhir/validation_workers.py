@@ -123,6 +123,10 @@ class Claims:
         """Entries below this were (or are being) checked by the worker."""
         return int(self._cells[self._front])
 
+    def back(self) -> int:
+        """Entries from this one on were (or are being) checked by the request thread."""
+        return int(self._cells[self._back])
+
     def all_taken_back(self) -> bool:
         """The request thread has claimed every entry (the worker had not started on any)."""
         return int(self._cells[self._back]) == 0
@@ -335,7 +339,7 @@ class PendingVerdicts:
             except (BrokenProcessPool, CancelledError):  # the worker died, or its pool was dropped
                 log.warning("a model-check worker was lost; checking this Bundle in place")
                 self._on_lost()
-                self._result = in_place(None)
+                self._result = self._rest_here(here, in_place, entries)
             except TimeoutError:  # stopped (SIGSTOP, a frozen cgroup) or stuck on one entry
                 log.warning(
                     "a model-check worker did not answer in %.0f s; dropping its pool and "
@@ -343,11 +347,18 @@ class PendingVerdicts:
                     STALL_SECONDS,
                 )
                 self._on_lost()
-                self._result = in_place(None)
+                self._result = self._rest_here(here, in_place, entries)
             except Exception:  # the job itself failed: never the client's fault, keep the pool
                 log.exception("a model-check job failed; checking this Bundle in place")
-                self._result = in_place(None)
+                self._result = self._rest_here(here, in_place, entries)
         return self._result
+
+    def _rest_here(self, here: Verdicts, in_place: InPlace, entries: int) -> Verdicts:
+        """The worker's answer is lost: check here what it owed, every entry below those this
+        thread has checked already (`here`), or all of them without claims."""
+        if self._claims is None or entries <= 0:
+            return in_place(None)
+        return {**here, **in_place(range(min(self._claims.back(), entries)))}
 
 
 class ModelChecks:
