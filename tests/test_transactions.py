@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -10,8 +11,10 @@ import respx
 from sqlalchemy import Engine
 
 from service.fhir import ingest
-from tests.conftest import counts
+from service.infra.settings import Settings
+from tests.conftest import FHIR_JSON, counts
 from tests.kit import fhir as kit
+from tests.kit.live import served
 
 P_URN = "urn:uuid:6d1bd0a8-0a8e-4b8e-9f3a-1f6f0c1e2a01"
 O_URN = "urn:uuid:6d1bd0a8-0a8e-4b8e-9f3a-1f6f0c1e2a02"
@@ -435,3 +438,36 @@ def test_versions_written_in_slices_move_heads_and_indexes_as_one_write(
     stale = fhir.get("Patient", params={"identifier": f"{kit.MRN}|m2"}).json()
     assert stale.get("entry", []) == []
     assert fhir.get("Patient/s4").json()["identifier"][0]["value"] == "m4"
+
+
+def test_a_bundle_carries_at_most_the_configured_reads(backend: str, new_database: Any) -> None:
+    settings = Settings(
+        database_url=new_database(backend), bundle_max_reads=3, webhook_interval_seconds=0
+    )
+    with (
+        served(settings) as running,
+        httpx.Client(base_url=f"{running.url}/fhir", headers=FHIR_JSON, timeout=60) as fhir,
+    ):
+        assert fhir.put("/Patient/r1", json=kit.patient(id="r1")).status_code == 201
+        reads = [
+            kit.entry(method="GET", url="Patient/r1"),
+            kit.entry(method="GET", url="Patient?_id=r1"),
+            kit.entry(method="GET", url="Patient?_id=none"),
+        ]
+        for kind in ("batch", "transaction"):
+            at_most = fhir.post("", content=kit.transaction(*reads, type=kind))
+            assert at_most.status_code == 200, at_most.text
+            assert len(at_most.json()["entry"]) == 3
+            one_more = kit.transaction(
+                kit.put_entry(kit.patient(id=f"w-{kind}")),
+                *reads,
+                kit.entry(method="GET", url="Patient/r1"),
+                type=kind,
+            )
+            refused = fhir.post("", content=one_more)
+            assert refused.status_code == 400, refused.text
+            (issue,) = refused.json()["issue"]
+            assert (issue["code"], issue["expression"]) == ("too-costly", ["Bundle.entry"])
+            assert "4 GET entries; at most 3" in issue["diagnostics"]
+            # refused whole, before anything ran: the write in it was not made
+            assert fhir.get(f"/Patient/w-{kind}").status_code == 404

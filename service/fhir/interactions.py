@@ -423,6 +423,15 @@ class FhirService:
                 body, unguarded = _parsed_strictly(unguarded.read()), None
         # the envelope passed, so this collects each entry's failure instead of raising
         parsed = parse_bundle(body, check_models=pending is None)
+        reads = sum(1 for e in parsed.entries if e.method == "GET")
+        if reads > self.settings.bundle_max_reads:  # each costs a query: one request, no bound
+            raise FhirError.of(
+                400,
+                "too-costly",
+                f"the Bundle carries {reads} GET entries; at most "
+                f"{self.settings.bundle_max_reads} may be read in one Bundle",
+                "Bundle.entry",
+            )
         # Scopes are checked entry by entry where entries are applied (`apply_entries`): a
         # refused entry fails alone in a batch and sinks a transaction whole.
         if ctx.audit is not None:

@@ -152,6 +152,13 @@ class Settings(BaseSettings):
     search_max_count: int = Field(default=1000, ge=1, le=10000)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     write_retries: int = Field(default=5, ge=1, le=50, description="Attempts on a write conflict")
+    bundle_max_reads: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most GET entries (reads and searches) one batch or transaction Bundle may "
+        "carry; more is refused 400 too-costly before any runs",
+    )
     model_check_processes: int | None = Field(
         default=None,
         ge=0,
