@@ -129,7 +129,7 @@ class Claims:
 
     def all_taken_back(self) -> bool:
         """The request thread has claimed every entry (the worker had not started on any)."""
-        return int(self._cells[self._back]) == 0
+        return self.back() == 0
 
 
 _CELLS: Any = None  # the worker's view of the pool's shared claims

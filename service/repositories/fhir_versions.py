@@ -71,6 +71,11 @@ class VersionRow:
         """A version without content is a deletion."""
         return self.content is None
 
+    @property
+    def key(self) -> Key:
+        """(type, id): the resource this is a version of."""
+        return (self.resource_type, self.resource_id)
+
 
 @dataclass(frozen=True, slots=True)
 class WrittenVersion:
@@ -130,7 +135,7 @@ def _sqlite_heads(session: Session, keys: list[Key]) -> Iterator[Iterable[Any]]:
 def _pg_heads(conn: Connection, rtype: str, ids: list[str]) -> list[tuple[Any, ...]]:
     """One array parameter instead of an IN list: a single statement text, prepared once."""
     rows = conn.exec_driver_sql(
-        f"SELECT {', '.join(_HEAD_READ)} FROM fhir_resource "
+        f"SELECT {', '.join(_HEAD_STORED)} FROM fhir_resource "
         "WHERE resource_type = %s AND resource_id = ANY(%s)",
         (rtype, ids),
     )
@@ -218,18 +223,10 @@ def write_versions(
     conn = session.connection()
     instant = _instant_binder(conn)
     source = source[:200]
-    moved = [r for r in rows if (r.resource_type, r.resource_id) in heads]
-    created = [r for r in rows if (r.resource_type, r.resource_id) not in heads]
-    row_ids = {
-        (r.resource_type, r.resource_id): heads[(r.resource_type, r.resource_id)].rid for r in moved
-    }
-    row_ids.update(
-        zip(
-            ((r.resource_type, r.resource_id) for r in created),
-            _next_row_ids(conn, len(created)),
-            strict=True,
-        )
-    )
+    moved = [r for r in rows if r.key in heads]
+    created = [r for r in rows if r.key not in heads]
+    row_ids = {r.key: heads[r.key].rid for r in moved}
+    row_ids.update(zip((r.key for r in created), _next_row_ids(conn, len(created)), strict=True))
     _bulk_insert(
         conn,
         _VERSION,
@@ -241,7 +238,7 @@ def write_versions(
                 source,
                 request_id,
                 provenance_id,
-                row_ids[(r.resource_type, r.resource_id)],
+                row_ids[r.key],
             )
             for r in rows
         ],
@@ -249,8 +246,8 @@ def write_versions(
     _bulk_insert(
         conn,
         _HEAD,
-        _HEAD_READ,
-        [(*_head_tuple(r, instant), row_ids[(r.resource_type, r.resource_id)]) for r in created],
+        _HEAD_STORED,
+        [(*_head_tuple(r, instant), row_ids[r.key]) for r in created],
     )
     if moved:
         conn.exec_driver_sql(
@@ -267,9 +264,7 @@ def write_versions(
                 for r in moved
             ],
         )
-    _replace_indexes(
-        conn, [row_ids[(r.resource_type, r.resource_id)] for r in moved], rows, row_ids
-    )
+    _replace_indexes(conn, [row_ids[r.key] for r in moved], rows, row_ids)
 
 
 _HEAD_COLUMNS = (
@@ -280,12 +275,12 @@ _HEAD_COLUMNS = (
     "content_hash",
     "deleted",
 )
-_HEAD_READ = (*_HEAD_COLUMNS, "rid")
+_HEAD_STORED = (*_HEAD_COLUMNS, "rid")
 _VERSION_COLUMNS = (*_HEAD_COLUMNS, "content", "source", "request_id", "provenance_id", "rid")
 _SQLITE_HEADS_OF = text(
-    f"SELECT {', '.join(_HEAD_READ)} FROM fhir_resource WHERE (resource_type, resource_id) IN "
+    f"SELECT {', '.join(_HEAD_STORED)} FROM fhir_resource WHERE (resource_type, resource_id) IN "
     "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:keys))"
-).columns(*(_HEAD.c[name] for name in _HEAD_READ))
+).columns(*(_HEAD.c[name] for name in _HEAD_STORED))
 # PostgreSQL hands out row ids from this sequence (migration 0020)
 ROW_ID_SEQUENCE = "fhir_resource_rid_seq"
 _VALUESET_GENERATION = select(func.count(), func.max(_HEAD.c.last_updated)).where(
@@ -389,8 +384,8 @@ def _next_row_ids(conn: Connection, count: int) -> list[int]:
             f"SELECT nextval('{ROW_ID_SEQUENCE}') FROM generate_series(1, %s)", (count,)
         )
         return [int(r[0]) for r in found]
-    largest = conn.exec_driver_sql("SELECT max(rid) FROM fhir_resource").scalar()
-    return list(range(int(largest or 0) + 1, int(largest or 0) + 1 + count))
+    first = int(conn.exec_driver_sql("SELECT max(rid) FROM fhir_resource").scalar() or 0) + 1
+    return list(range(first, first + count))
 
 
 def _replace_indexes(
@@ -404,7 +399,7 @@ def _replace_indexes(
     for table in (_IDENT, _REF):
         for i in range(0, len(moved), CHUNK):
             conn.execute(delete(table).where(table.c.owner_rid.in_(moved[i : i + CHUNK])))
-    live = [(r, row_ids[(r.resource_type, r.resource_id)]) for r in rows if not r.deleted]
+    live = [(r, row_ids[r.key]) for r in rows if not r.deleted]
     _bulk_insert(
         conn,
         _IDENT,

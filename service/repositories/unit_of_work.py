@@ -44,11 +44,7 @@ class UnitOfWork:
     def record(self, rows: Sequence[VersionRow]) -> None:
         """Remember the versions just written (their content is current by construction)."""
         self.written.update(
-            (
-                (r.resource_type, r.resource_id),
-                WrittenVersion(r.version_id, r.resource, r.identifiers),
-            )
-            for r in rows
+            (r.key, WrittenVersion(r.version_id, r.resource, r.identifiers)) for r in rows
         )
         self.versions.extend(
             (r.resource_type, r.resource_id, r.version_id, r.deleted) for r in rows
