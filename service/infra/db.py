@@ -18,6 +18,7 @@ from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlmodel import Session
 
 from service.errors import DatabaseUnavailableError
+from service.infra import driver
 from service.infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,9 @@ def _sqlite_begin(checkpointer: WalCheckpointer | None, conn: Any) -> None:
     write = conn.get_execution_options().get("trialbridge_write", False)
     if write and checkpointer is not None:
         with checkpointer.writer_beginning():
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            driver.execute(conn, "BEGIN IMMEDIATE")
         return
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    driver.execute(conn, "BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 CHECKPOINT_INTERVAL_SECONDS = 0.25
@@ -343,10 +344,21 @@ def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
         raise DisconnectionError("the pooled connection did not answer a ping") from exc
 
 
+_WRITERS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+
+
+def _writer(engine: Engine) -> Engine:
+    """The engine with the write option (`_sqlite_begin`), made once: each copy costs ~10 µs."""
+    found = _WRITERS.get(engine)
+    if found is None:
+        found = _WRITERS[engine] = engine.execution_options(**WRITE)
+    return found
+
+
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """One unit of work that writes: commit on success, roll back on any error."""
-    with Session(engine.execution_options(**WRITE), expire_on_commit=False) as session:
+    with Session(_writer(engine), expire_on_commit=False) as session:
         try:
             yield session
             session.commit()

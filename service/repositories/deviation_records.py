@@ -6,25 +6,23 @@ import datetime as dt
 import json
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlmodel import Session
 
+from service.infra import driver
 from service.infra.clock import iso_utc
 from service.infra.tables import DeviationHistoryRow, DeviationRow
 from service.repositories.sql import compact_json
 
 _DEV = DeviationRow.__table__  # type: ignore[attr-defined]
 _HIST = DeviationHistoryRow.__table__  # type: ignore[attr-defined]
-# built once, parameters bound at execution (every write's derivation runs it)
-_DEVIATIONS_OF = select(_DEV).where(
-    _DEV.c.study_id == bindparam("study"), _DEV.c.patient_id == bindparam("patient")
-)
 
 
 def deviations_of(session: Session, study_id: str, patient_id: str) -> dict[str, Any]:
     """Every deviation ever raised for one subject, by id."""
-    rows = session.execute(_DEVIATIONS_OF, {"study": study_id, "patient": patient_id})
-    return {r.id: r for r in rows}
+    conn = session.connection()  # every write's derivation runs this: straight to the driver
+    where = f"study_id = {driver.mark(conn)} AND patient_id = {driver.mark(conn)}"
+    return {r.id: r for r in driver.table_rows(conn, _DEV, where, (study_id, patient_id))}
 
 
 def insert_deviation(session: Session, values: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, select
 from sqlmodel import Session
 
+from service.infra import driver
 from service.infra.tables import (
     EligibilityRow,
     StudySubject,
@@ -17,18 +18,17 @@ from service.repositories.sql import chunks, delete_per_patient, save_per_patien
 
 _SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
 _ELIGIBILITY = EligibilityRow.__table__  # type: ignore[attr-defined]
-# built once, parameters bound at execution (every write's derivation runs it)
-_ELIGIBILITY_OF = select(_ELIGIBILITY).where(
-    _ELIGIBILITY.c.study_id == bindparam("study"),
-    _ELIGIBILITY.c.patient_id.in_(bindparam("patients", expanding=True)),
-)
 
 
 def eligibility_of(session: Session, study_id: str, patient_ids: Sequence[str]) -> dict[str, Any]:
     """Stored eligibility rows of these patients, by patient id."""
+    conn = session.connection()  # every write's derivation runs this: straight to the driver
+    where = f"study_id = {driver.mark(conn)} AND {driver.one_of(conn, 'patient_id')}"
     out: dict[str, Any] = {}
     for chunk in chunks(list(patient_ids)):
-        rows = session.execute(_ELIGIBILITY_OF, {"study": study_id, "patients": list(chunk)})
+        rows = driver.table_rows(
+            conn, _ELIGIBILITY, where, (study_id, driver.list_param(conn, chunk))
+        )
         out.update((r.patient_id, r) for r in rows)
     return out
 

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Connection, func, select
 from sqlmodel import Session, SQLModel
 
+from service.infra import driver
 from service.infra.tables import (
     ResourceHead,
     ResourceIdentifier,
@@ -117,24 +117,27 @@ def load_heads(session: Session, keys: Iterable[Key]) -> dict[Key, Head]:
     if conn.dialect.name == "postgresql":
         groups: Iterable[Iterable[Any]] = (_pg_heads(conn, t, ids) for t, ids in by_type(keys))
     else:
-        groups = _sqlite_heads(session, sorted(set(keys)))
+        groups = _sqlite_heads(conn, sorted(set(keys)))
     for rows in groups:
         for rtype, rid, vid, last_updated, digest, deleted, row_id in rows:
             out[(rtype, rid)] = Head(vid, last_updated, digest, deleted, row_id)
     return out
 
 
-def _sqlite_heads(session: Session, keys: list[Key]) -> Iterator[Iterable[Any]]:
+def _sqlite_heads(conn: Connection, keys: list[Key]) -> Iterator[Iterable[Any]]:
     """Every type in one statement of one parameter (a JSON list of keys), CHUNK keys at a time:
     a small write's two or three look-ups were each a statement built with an IN list per call.
     SQLite searches the primary key once per key (`tests/test_write_plans.py`)."""
+    instant = instant_reader(conn)
     for i in range(0, len(keys), CHUNK):
-        yield session.execute(_SQLITE_HEADS_OF, {"keys": json.dumps(keys[i : i + CHUNK])})
+        rows = driver.fetch_all(conn, _SQLITE_HEADS_OF, (json.dumps(keys[i : i + CHUNK]),))
+        yield [(*r[:3], instant(r[3]), r[4], bool(r[5]), r[6]) for r in rows]
 
 
 def _pg_heads(conn: Connection, rtype: str, ids: list[str]) -> list[tuple[Any, ...]]:
     """One array parameter instead of an IN list: a single statement text, prepared once."""
-    rows = conn.exec_driver_sql(
+    rows = driver.fetch_all(
+        conn,
         f"SELECT {', '.join(_HEAD_STORED)} FROM fhir_resource "
         "WHERE resource_type = %s AND resource_id = ANY(%s)",
         (rtype, ids),
@@ -250,8 +253,9 @@ def write_versions(
         [(*_head_tuple(r, instant), row_ids[r.key]) for r in created],
     )
     if moved:
-        conn.exec_driver_sql(
-            _MOVE_HEAD.format(p=_mark(conn)),
+        driver.execute_many(
+            conn,
+            _MOVE_HEAD.format(p=driver.mark(conn)),
             [
                 (
                     r.version_id,
@@ -277,14 +281,14 @@ _HEAD_COLUMNS = (
 )
 _HEAD_STORED = (*_HEAD_COLUMNS, "rid")
 _VERSION_COLUMNS = (*_HEAD_COLUMNS, "content", "source", "request_id", "provenance_id", "rid")
-_SQLITE_HEADS_OF = text(
+_SQLITE_HEADS_OF = (
     f"SELECT {', '.join(_HEAD_STORED)} FROM fhir_resource WHERE (resource_type, resource_id) IN "
-    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:keys))"
-).columns(*(_HEAD.c[name] for name in _HEAD_STORED))
+    "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))"
+)
 # PostgreSQL hands out row ids from this sequence (migration 0020)
 ROW_ID_SEQUENCE = "fhir_resource_rid_seq"
-_VALUESET_GENERATION = select(func.count(), func.max(_HEAD.c.last_updated)).where(
-    _HEAD.c.resource_type == "ValueSet"
+_VALUESET_GENERATION = (
+    "SELECT count(*), max(last_updated) FROM fhir_resource WHERE resource_type = 'ValueSet'"
 )
 _IDENT_COLUMNS = ("resource_type", "resource_id", "owner_rid", "system", "value")
 _REF_COLUMNS = ("resource_type", "resource_id", "owner_rid", "param", "target_type", "target_id")
@@ -292,11 +296,6 @@ _MOVE_HEAD = (
     "UPDATE fhir_resource SET version_id = {p}, last_updated = {p}, content_hash = {p}, "
     "deleted = {p} WHERE resource_type = {p} AND resource_id = {p}"
 )
-
-
-def _mark(conn: Connection) -> str:
-    """The driver's positional placeholder (sqlite3: ?, psycopg: %s)."""
-    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
 
 def instant_binder(session: Session) -> Callable[[dt.datetime], Any]:
@@ -320,6 +319,19 @@ def _instant_binder(conn: Connection) -> Callable[[dt.datetime], Any]:
     return bind
 
 
+def instant_reader(conn: Connection) -> Callable[[Any], dt.datetime]:
+    """A timestamp as the driver returns it (SQLite: SQLAlchemy's text) made what the column
+    type makes it: an aware datetime in UTC."""
+    dialect = conn.dialect
+    column_type = _HEAD.c.last_updated.type
+    process: Callable[[Any], dt.datetime] | None = column_type.dialect_impl(
+        dialect
+    ).result_processor(dialect, None)
+    if process is None:
+        return lambda value: value
+    return process
+
+
 def _head_tuple(r: VersionRow, instant: Callable[[dt.datetime], Any]) -> tuple[Any, ...]:
     """The columns a version shares with its head, in _HEAD_COLUMNS order."""
     return (
@@ -336,11 +348,10 @@ def _execute_many(
     conn: Connection, table: Any, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
     """A plain multi-row INSERT through the driver's executemany (psycopg pipelines it)."""
-    if rows:
-        marks = ", ".join([_mark(conn)] * len(columns))
-        conn.exec_driver_sql(
-            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})", list(rows)
-        )
+    marks = ", ".join([driver.mark(conn)] * len(columns))
+    driver.execute_many(
+        conn, f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})", rows
+    )
 
 
 def bulk_insert(
@@ -361,16 +372,13 @@ def _bulk_insert(
         return
     statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
     dbapi_conn: Any = conn.connection.dbapi_connection
-    dbapi_error = conn.dialect.loaded_dbapi.Error
     try:
         with dbapi_conn.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
                 copy.write_row(row)
-    except dbapi_error as exc:
+    except conn.dialect.loaded_dbapi.Error as exc:
         # Same exception types as every other statement, so the retry and 503 logic hold.
-        if conn.dialect.is_disconnect(exc, dbapi_conn, None):
-            conn.invalidate(exc)
-        raise DBAPIError.instance(statement, None, exc, dbapi_error) from exc
+        raise driver.translated(conn, statement, exc) from exc
 
 
 def _next_row_ids(conn: Connection, count: int) -> list[int]:
@@ -380,11 +388,11 @@ def _next_row_ids(conn: Connection, count: int) -> list[int]:
     if not count:
         return []
     if conn.dialect.name == "postgresql":
-        found = conn.exec_driver_sql(
-            f"SELECT nextval('{ROW_ID_SEQUENCE}') FROM generate_series(1, %s)", (count,)
+        found = driver.fetch_all(
+            conn, f"SELECT nextval('{ROW_ID_SEQUENCE}') FROM generate_series(1, %s)", (count,)
         )
         return [int(r[0]) for r in found]
-    first = int(conn.exec_driver_sql("SELECT max(rid) FROM fhir_resource").scalar() or 0) + 1
+    first = int(driver.fetch_all(conn, "SELECT max(rid) FROM fhir_resource")[0][0] or 0) + 1
     return list(range(first, first + count))
 
 
@@ -398,7 +406,11 @@ def _replace_indexes(
     add those of every live version written."""
     for table in (_IDENT, _REF):
         for i in range(0, len(moved), CHUNK):
-            conn.execute(delete(table).where(table.c.owner_rid.in_(moved[i : i + CHUNK])))
+            driver.execute(
+                conn,
+                f"DELETE FROM {table.name} WHERE {driver.one_of(conn, 'owner_rid')}",
+                (driver.list_param(conn, moved[i : i + CHUNK]),),
+            )
     live = [(r, row_ids[r.key]) for r in rows if not r.deleted]
     _bulk_insert(
         conn,
@@ -425,11 +437,9 @@ def table_counts(session: Session) -> dict[str, int]:
 
 def valueset_generation(session: Session) -> tuple[int, dt.datetime | None]:
     """(count, newest lastUpdated) of ValueSet heads: changes whenever a ValueSet is written."""
-    row = session.execute(_VALUESET_GENERATION).one()
-    newest = row[1]
-    if isinstance(newest, dt.datetime) and newest.tzinfo is None:
-        newest = newest.replace(tzinfo=dt.UTC)
-    return int(row[0]), newest
+    conn = session.connection()
+    count, newest = driver.fetch_all(conn, _VALUESET_GENERATION)[0]
+    return int(count), instant_reader(conn)(newest)
 
 
 def all_keys(session: Session, resource_types: Sequence[str]) -> list[Key]:

@@ -8,21 +8,20 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, select, update
 from sqlmodel import Session
 
+from service.infra import driver
 from service.infra.tables import StudySubject
 from service.repositories.sql import chunks, delete_per_patient, save_per_patient
 
 _SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
-# built once, parameters bound at execution (every write's derivation runs it)
-_SUBJECTS_OF = select(_SUBJECT).where(
-    _SUBJECT.c.patient_id.in_(bindparam("patients", expanding=True))
-)
 
 
 def subjects_of(session: Session, patient_ids: Sequence[str]) -> dict[tuple[str, str], Any]:
     """Current subject rows for these patients, keyed by (study, patient)."""
+    conn = session.connection()  # every write's derivation runs this: straight to the driver
+    where = driver.one_of(conn, "patient_id")
     out: dict[tuple[str, str], Any] = {}
     for chunk in chunks(list(patient_ids)):
-        for row in session.execute(_SUBJECTS_OF, {"patients": list(chunk)}):
+        for row in driver.table_rows(conn, _SUBJECT, where, (driver.list_param(conn, chunk),)):
             out[(row.study_id, row.patient_id)] = row
     return out
 

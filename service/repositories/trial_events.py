@@ -10,12 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import delete, func, select
 from sqlmodel import Session
 
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.partial_dates import PartialDate, in_zone, parse_partial_date
 from fhir_mapping.terminology import ConceptMatch
+from service.infra import driver
 from service.infra.tables import (
     EventDependency,
     ResourceIdentifier,
@@ -30,13 +31,6 @@ _EVENT = TrialEventRow.__table__  # type: ignore[attr-defined]
 _DEP = EventDependency.__table__  # type: ignore[attr-defined]
 _SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
 _IDENT = ResourceIdentifier.__table__  # type: ignore[attr-defined]
-
-
-# Built once, parameters bound at execution: building a statement per call cost more than
-# running it (these run in every write's derivation).
-_DEPENDENTS = select(_DEP.c.source_type, _DEP.c.source_id).where(
-    _DEP.c.target.in_(bindparam("targets", expanding=True))
-)
 
 
 def _payloads(
@@ -129,18 +123,15 @@ def identifier_matches(
 
 def dependents(session: Session, targets: Iterable[str]) -> set[Key]:
     """Sources whose events were computed from any of these targets."""
-    wanted = sorted(targets)
     conn = session.connection()
-    if conn.dialect.name == "postgresql":  # one array parameter: one statement text, prepared once
-        rows: Iterable[Any] = conn.exec_driver_sql(
-            "SELECT source_type, source_id FROM trial_event_dependency WHERE target = ANY(%s)",
-            (wanted,),
-        )
-        return {(r[0], r[1]) for r in rows}
+    sql = "SELECT source_type, source_id FROM trial_event_dependency WHERE " + driver.one_of(
+        conn, "target"
+    )
     out: set[Key] = set()
-    for chunk in chunks(wanted):
-        rows = session.execute(_DEPENDENTS, {"targets": list(chunk)})
-        out.update((r.source_type, r.source_id) for r in rows)
+    for chunk in chunks(sorted(targets)):
+        out.update(
+            (r[0], r[1]) for r in driver.fetch_all(conn, sql, (driver.list_param(conn, chunk),))
+        )
     return out
 
 

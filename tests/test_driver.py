@@ -1,0 +1,181 @@
+"""The write path's statements straight on the driver (`service.infra.driver`), on both backends.
+
+They skip SQLAlchemy's per-statement work, so what SQLAlchemy would have done is asserted here:
+the same values back (dates, aware datetimes, booleans), its exception types with parameters
+hidden, a lost connection invalidated and replaced, and every statement still shown to anything
+listening to statements.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, event, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlmodel import Session
+
+from service.infra import driver
+from service.infra.db import make_engine
+from service.infra.settings import Settings
+from service.infra.tables import DeviationRow, StudySubject
+from service.repositories import deviation_records, study_subjects
+from tests.conftest import POSTGRES_ADMIN_URL
+
+_SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
+_DEV = DeviationRow.__table__  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    """A transaction that is rolled back at the end: nothing stays in the shared database."""
+    with Session(engine) as s:
+        yield s
+        s.rollback()
+
+
+def _subject(patient_id: str, study_id: str = "NCT06088771") -> dict[str, Any]:
+    return {
+        "study_id": study_id,
+        "patient_id": patient_id,
+        "subject_id": f"S-{uuid.uuid4().hex[:10]}",
+        "subject_number": "101-004",
+        "status": "enrolled",
+        "enrolled_on": dt.date(2024, 3, 5),
+        "day1": dt.date(2024, 3, 12),
+        "updated_at": dt.datetime(2024, 3, 12, 9, 30, 15, 250000, tzinfo=dt.UTC),
+    }
+
+
+def test_rows_come_back_as_sqlalchemy_gives_them(session: Session) -> None:
+    """Dates, aware datetimes and strings equal what a Core SELECT returns, by attribute name."""
+    patients = [f"p-{uuid.uuid4().hex}" for _ in range(3)]
+    for p in patients:
+        study_subjects.upsert_subject(session, _subject(p), exists=False)
+    session.execute(
+        _SUBJECT.update().where(_SUBJECT.c.patient_id == patients[2]).values(enrolled_on=None)
+    )
+    fast = study_subjects.subjects_of(session, [*patients, "nobody"])
+    core = {
+        (r.study_id, r.patient_id): r
+        for r in session.execute(select(_SUBJECT).where(_SUBJECT.c.patient_id.in_(patients)))
+    }
+    assert set(fast) == set(core) == {("NCT06088771", p) for p in patients}
+    for key, row in core.items():
+        assert fast[key]._asdict() == row._asdict()
+    first = fast[("NCT06088771", patients[0])]
+    assert first.enrolled_on == dt.date(2024, 3, 5)
+    assert first.updated_at == dt.datetime(2024, 3, 12, 9, 30, 15, 250000, tzinfo=dt.UTC)
+    assert first.updated_at.tzinfo is not None
+    assert fast[("NCT06088771", patients[2])].enrolled_on is None
+
+
+def test_deviation_rows_match_core(session: Session) -> None:
+    """A row with integers, a date, datetimes and text: the same as SQLAlchemy's, field by field."""
+    patient = f"p-{uuid.uuid4().hex}"
+    now = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
+    dev_id = f"dev-{uuid.uuid4().hex}"
+    values: dict[str, Any] = {
+        "id": dev_id,
+        "study_id": "NCT06088771",
+        "patient_id": patient,
+        "subject_id": "S-1",
+        "rule": "surgery-window",
+        "cause": "Procedure/x",
+        "status": "open",
+        "severity": "major",
+        "message": "surgery on day 50",
+        "study_day": 50,
+        "occurred_on": dt.date(2024, 4, 30),
+        "evidence": "{}",
+        "detected_at": now,
+        "updated_at": now,
+        "version": 1,
+    }
+    deviation_records.insert_deviation(session, values)
+    fast = deviation_records.deviations_of(session, "NCT06088771", patient)
+    core = session.execute(select(_DEV).where(_DEV.c.patient_id == patient)).one()
+    assert list(fast) == [dev_id]
+    assert fast[dev_id]._asdict() == core._asdict()
+    assert fast[dev_id].study_day == 50
+    assert fast[dev_id].occurred_on == dt.date(2024, 4, 30)
+
+
+def test_a_duplicate_key_is_sqlalchemys_integrity_error_without_its_values(
+    session: Session,
+) -> None:
+    """The write path retries and answers 409 on IntegrityError; the message lists no parameter
+    (PostgreSQL's own DETAIL names the conflicting key, as it does through SQLAlchemy)."""
+    conn = session.connection()
+    secret = f"patient-{uuid.uuid4().hex}"
+    row = ("NCT06088771", secret, f"S-{uuid.uuid4().hex[:8]}", "enrolled", "2024-01-01 00:00:00")
+    sql = (
+        "INSERT INTO study_subject (study_id, patient_id, subject_id, status, updated_at, "
+        f"read_token) VALUES ({', '.join([driver.mark(conn)] * 6)})"
+    )
+    with pytest.raises(IntegrityError) as caught:
+        driver.execute_many(conn, sql, [(*row, "t1"), (*row, "t2")])
+    message = str(caught.value)
+    assert "INSERT INTO study_subject" in message
+    assert "parameters:" not in message
+    assert secret not in message.split("[SQL:")[1]
+    assert caught.value.connection_invalidated is False
+
+
+def test_one_of_takes_any_length_in_one_parameter(session: Session) -> None:
+    """One statement text for 1 or 900 values, and only the listed values match."""
+    conn = session.connection()
+    patients = [f"p-{uuid.uuid4().hex}" for _ in range(5)]
+    for p in patients:
+        study_subjects.upsert_subject(session, _subject(p), exists=False)
+    where = driver.one_of(conn, "patient_id")
+    for wanted in (patients[:1], patients[1:4] + [f"x{i}" for i in range(900)]):
+        rows = driver.table_rows(conn, _SUBJECT, where, (driver.list_param(conn, wanted),))
+        assert sorted(r.patient_id for r in rows) == sorted(set(wanted) & set(patients))
+
+
+def test_listeners_see_every_statement(session: Session) -> None:
+    """With a statement listener (as tests and instrumentation use), the statements go through
+    SQLAlchemy, which shows them; the answers are the same."""
+    conn = session.connection()
+    patient = f"p-{uuid.uuid4().hex}"
+    study_subjects.upsert_subject(session, _subject(patient), exists=False)
+    quiet = study_subjects.subjects_of(session, [patient])
+    seen: list[str] = []
+
+    def note(*args: Any) -> None:
+        seen.append(args[2])
+
+    event.listen(Engine, "before_cursor_execute", note)
+    try:
+        assert driver.observed(conn)
+        heard = study_subjects.subjects_of(session, [patient])
+    finally:
+        event.remove(Engine, "before_cursor_execute", note)
+    assert not driver.observed(conn)
+    assert len(seen) == 1
+    assert seen[0].startswith("SELECT study_id, patient_id")
+    assert {k: v._asdict() for k, v in heard.items()} == {k: v._asdict() for k, v in quiet.items()}
+
+
+def test_a_lost_connection_is_invalidated_and_replaced() -> None:
+    """A PostgreSQL backend ended under a transaction: the error says the connection was
+    invalidated, and the pool hands out a working one next. (SQLite has no connection to lose.)"""
+    engine = make_engine(Settings(database_url=POSTGRES_ADMIN_URL))
+    try:
+        with Session(engine) as s:
+            conn = s.connection()
+            pid = driver.fetch_all(conn, "SELECT pg_backend_pid()")[0][0]
+            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with pytest.raises(DBAPIError) as caught:
+                driver.fetch_all(conn, "SELECT 1")
+            assert caught.value.connection_invalidated is True
+        with Session(engine) as s:
+            assert driver.fetch_all(s.connection(), "SELECT 1") == [(1,)]
+    finally:
+        engine.dispose()
