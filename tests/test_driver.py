@@ -162,20 +162,42 @@ def test_listeners_see_every_statement(session: Session) -> None:
     assert {k: v._asdict() for k, v in heard.items()} == {k: v._asdict() for k, v in quiet.items()}
 
 
-def test_a_lost_connection_is_invalidated_and_replaced() -> None:
-    """A PostgreSQL backend ended under a transaction: the error says the connection was
-    invalidated, and the pool hands out a working one next. (SQLite has no connection to lose.)"""
+def test_a_lost_connection_is_invalidated_with_the_pools_older_ones() -> None:
+    """PostgreSQL restarted under a pool of two: the statement that meets the dead connection says
+    it was invalidated, and the other pooled connection (as dead, and returned less than a
+    second ago, so not pinged) is replaced too, as SQLAlchemy does: the next session works.
+    (SQLite has no server connection to lose.)"""
     engine = make_engine(Settings(database_url=POSTGRES_ADMIN_URL))
     try:
-        with Session(engine) as s:
-            conn = s.connection()
-            pid = driver.fetch_all(conn, "SELECT pg_backend_pid()")[0][0]
-            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        with Session(engine) as first, Session(engine) as second:
+            pids = [
+                driver.fetch_all(s.connection(), "SELECT pg_backend_pid()")[0][0]
+                for s in (first, second)
+            ]
+        assert len(set(pids)) == 2
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            for pid in pids:
                 admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with Session(engine) as s:
             with pytest.raises(DBAPIError) as caught:
-                driver.fetch_all(conn, "SELECT 1")
+                driver.fetch_all(s.connection(), "SELECT 1")
             assert caught.value.connection_invalidated is True
         with Session(engine) as s:
             assert driver.fetch_all(s.connection(), "SELECT 1") == [(1,)]
     finally:
         engine.dispose()
+
+
+def test_an_interrupt_mid_statement_invalidates_the_connection(session: Session) -> None:
+    """An interrupt inside a statement leaves the connection in an unknown state: it is dropped,
+    never handed out again, as SQLAlchemy does; the interrupt itself goes on up."""
+    conn = session.connection()
+
+    def interrupted() -> None:
+        with driver.cursor(conn, "SELECT 1") as found:
+            found.execute("SELECT 1")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    assert conn.invalidated

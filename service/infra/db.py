@@ -344,14 +344,17 @@ def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
         raise DisconnectionError("the pooled connection did not answer a ping") from exc
 
 
-_WRITERS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+_WRITER = "_trialbridge_writer"
 
 
 def _writer(engine: Engine) -> Engine:
-    """The engine with the write option (`_sqlite_begin`), made once: each copy costs ~10 µs."""
-    found = _WRITERS.get(engine)
+    """The engine with the write option (`_sqlite_begin`), made once per engine (each copy costs
+    ~10 µs) and kept on it: a cycle the collector frees with the engine, where a cache keyed by
+    the engine would keep every engine alive (the copy refers to it)."""
+    found: Engine | None = getattr(engine, _WRITER, None)
     if found is None:
-        found = _WRITERS[engine] = engine.execution_options(**WRITE)
+        found = engine.execution_options(**WRITE)
+        setattr(engine, _WRITER, found)
     return found
 
 

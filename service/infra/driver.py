@@ -3,11 +3,13 @@
 SQLAlchemy's own work for one statement (execution context, events, result metadata) is ~20 µs,
 about as much as SQLite needs to run a small one, and a one-patient write runs a dozen or more.
 The statements here skip it and keep what matters of it: they run on the connection and in the
-transaction the session began, a driver error is raised as SQLAlchemy's own exception type (so the
-retry, 409 and 503 logic holds) with its parameters hidden (they may be patient data), a lost
-connection is invalidated, and whenever anything listens to statements (`before_cursor_execute`:
-tests that EXPLAIN every statement or cut a connection mid-write, instrumentation) they go through
-SQLAlchemy after all, which tells the listener.
+transaction the session began; a failure goes through SQLAlchemy's own error handling (`raised`),
+so a driver error is its exception type (the retry, 409 and 503 logic holds) without the
+parameters (they may be patient data), and a lost connection is invalidated with the pool's older
+ones; and whenever anything listens to statement events (`before_cursor_execute`: tests that
+EXPLAIN every statement or cut a connection mid-write, instrumentation) they go through SQLAlchemy
+after all, which tells the listener. SQLAlchemy's statement echo (`echo=True`, its engine logger at
+INFO) does not show them; the service never turns it on (statements may quote patient data).
 
 Parameters are positional: `mark(conn)` is the driver's placeholder. Values go in and come out as
 the driver has them, so a caller converts what SQLAlchemy's column types would have (see
@@ -21,10 +23,9 @@ import json
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection, Dialect, Table
-from sqlalchemy.exc import DBAPIError, StatementError
 
 Row = tuple[Any, ...]
 
@@ -57,9 +58,9 @@ def fetch_all(conn: Connection, sql: str, params: Sequence[Any] = ()) -> list[Ro
     """Every row of one statement, as tuples."""
     if observed(conn):
         return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(params))]
-    with _cursor(conn, sql) as cursor:
-        cursor.execute(sql, params)
-        return list(cursor.fetchall())
+    with cursor(conn, sql) as found:
+        found.execute(sql, params)
+        return list(found.fetchall())
 
 
 def table_rows(conn: Connection, table: Table, where: str, params: Sequence[Any]) -> list[Any]:
@@ -99,9 +100,9 @@ def execute(conn: Connection, sql: str, params: Sequence[Any] = ()) -> int:
     """One statement that returns no rows; its row count."""
     if observed(conn):
         return int(conn.exec_driver_sql(sql, tuple(params)).rowcount)
-    with _cursor(conn, sql) as cursor:
-        cursor.execute(sql, params)
-        return int(cursor.rowcount)
+    with cursor(conn, sql) as found:
+        found.execute(sql, params)
+        return int(found.rowcount)
 
 
 def execute_many(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -111,37 +112,35 @@ def execute_many(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> N
     if observed(conn):
         conn.exec_driver_sql(sql, list(rows))
         return
-    with _cursor(conn, sql) as cursor:
-        cursor.executemany(sql, rows)
+    with cursor(conn, sql) as found:
+        found.executemany(sql, rows)
 
 
 @contextmanager
-def _cursor(conn: Connection, sql: str) -> Iterator[Any]:
-    """A cursor of the connection's driver connection; its errors as SQLAlchemy's."""
+def cursor(conn: Connection, sql: str) -> Iterator[Any]:
+    """A cursor of the connection's driver connection, for `sql`; whatever goes wrong in the block
+    is handled as SQLAlchemy handles a failed statement (see `raised`)."""
     dbapi_conn: Any = conn.connection.dbapi_connection
+    found: Any = None
     try:
-        cursor = dbapi_conn.cursor()
-        try:
-            yield cursor
-        finally:
-            cursor.close()
-    except conn.dialect.loaded_dbapi.Error as exc:
-        raise translated(conn, sql, exc) from exc
+        found = dbapi_conn.cursor()
+        yield found
+    except GeneratorExit:  # the block never finished (the generator was dropped)
+        if found is not None:
+            found.close()
+        raise
+    except BaseException as exc:
+        raised(conn, sql, exc, found)  # closes the cursor, or invalidates the whole connection
+    found.close()
 
 
-def translated(conn: Connection, sql: str, exc: Any) -> StatementError:
-    """A driver error as SQLAlchemy raises it (IntegrityError, OperationalError, …), parameters
-    hidden; a lost connection is invalidated, as SQLAlchemy does, so the pool replaces it."""
-    dbapi_conn = conn.connection.dbapi_connection
-    lost = conn.dialect.is_disconnect(exc, dbapi_conn, None)
-    if lost:
-        conn.invalidate(exc)
-    error: StatementError = DBAPIError.instance(
-        sql,
-        None,
-        exc,
-        conn.dialect.loaded_dbapi.Error,
-        hide_parameters=True,
-        connection_invalidated=lost,
-    )
-    return error
+def raised(conn: Connection, sql: str, exc: BaseException, found: Any = None) -> NoReturn:
+    """Raise `exc` as SQLAlchemy would have for this statement, by SQLAlchemy's own handler: a
+    driver error as its exception type (IntegrityError, OperationalError, …) with the parameters
+    left out, the `handle_error` events, and on a lost connection (or an interrupt mid-statement)
+    this connection invalidated and every other the pool opened before it replaced.
+
+    The handler is a private method of SQLAlchemy's `Connection` (stable through 2.0 and 2.1);
+    `tests/test_driver.py` holds what it does here, so an upgrade that changes it fails there.
+    """
+    conn._handle_dbapi_exception(exc, sql, None, found, None)

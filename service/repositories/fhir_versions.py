@@ -371,14 +371,10 @@ def _bulk_insert(
         _execute_many(conn, table, columns, rows)
         return
     statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-    dbapi_conn: Any = conn.connection.dbapi_connection
-    try:
-        with dbapi_conn.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in rows:
-                copy.write_row(row)
-    except conn.dialect.loaded_dbapi.Error as exc:
-        # Same exception types as every other statement, so the retry and 503 logic hold.
-        raise driver.translated(conn, statement, exc) from exc
+    # failures as every other statement's, so the retry and 503 logic hold (`driver.raised`)
+    with driver.cursor(conn, statement) as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def _next_row_ids(conn: Connection, count: int) -> list[int]:
