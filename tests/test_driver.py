@@ -23,7 +23,7 @@ from service.infra import driver
 from service.infra.db import make_engine
 from service.infra.settings import Settings
 from service.infra.tables import DeviationRow, StudySubject
-from service.repositories import deviation_records, study_subjects
+from service.repositories import deviation_records, fhir_versions, study_subjects
 from tests.conftest import POSTGRES_ADMIN_URL
 
 _SUBJECT = StudySubject.__table__  # type: ignore[attr-defined]
@@ -201,3 +201,33 @@ def test_an_interrupt_mid_statement_invalidates_the_connection(session: Session)
     with pytest.raises(KeyboardInterrupt):
         interrupted()
     assert conn.invalidated
+
+
+def test_current_versions_read_as_before(session: Session) -> None:
+    """`read_current_many` (every search page, every re-derivation of dependents) on the driver:
+    the current version of each live head, an aware UTC time, in the order asked; a deleted head
+    and an unknown id are left out; a moved head gives its newer version."""
+    ids = [f"drv-{uuid.uuid4().hex[:16]}" for _ in range(3)]
+    t1 = dt.datetime(2024, 6, 1, 8, 0, 0, 125000, tzinfo=dt.UTC)
+    t2 = t1 + dt.timedelta(hours=1)
+
+    def row(rid: str, vid: int, at: dt.datetime, content: str | None) -> fhir_versions.VersionRow:
+        return fhir_versions.VersionRow("Observation", rid, vid, at, f"h{vid}", content, [], [])
+
+    def write(rows: list[fhir_versions.VersionRow]) -> None:
+        heads = fhir_versions.load_heads(session, [r.key for r in rows])
+        fhir_versions.write_versions(
+            session, rows, heads, source="test", request_id="r", provenance_id=uuid.uuid4().hex
+        )
+
+    write([row(i, 1, t1, f'{{"id":"{i}","v":1}}') for i in ids])
+    write([row(ids[0], 2, t2, f'{{"id":"{ids[0]}","v":2}}'), row(ids[2], 2, t2, None)])
+    found = fhir_versions.read_current_many(
+        session, [("Observation", i) for i in (ids[2], "nobody", ids[1], ids[0])]
+    )
+    assert [(v.resource_id, v.version_id) for v in found] == [(ids[1], 1), (ids[0], 2)]
+    assert found[0].last_updated == t1
+    assert found[1].last_updated == t2
+    assert found[1].last_updated.tzinfo is not None
+    assert [v.deleted for v in found] == [False, False]
+    assert found[1].content == f'{{"id":"{ids[0]}","v":2}}'

@@ -187,18 +187,27 @@ def read_version(
 
 
 def read_current_many(session: Session, keys: Sequence[Key]) -> list[StoredVersion]:
-    """Current, non-deleted versions for keys, in the order given."""
-    h = _HEAD.c
+    """Current, non-deleted versions for keys, in the order given (straight to the driver: a
+    write that re-derives a resource's dependents runs this, and so does every search page)."""
+    conn = session.connection()
+    instant = instant_reader(conn)
+    sql = _CURRENT_OF.format(p=driver.mark(conn), ids=driver.one_of(conn, "h.resource_id"))
     found: dict[Key, StoredVersion] = {}
     for rtype, ids in by_type(keys):
-        rows = session.execute(
-            _through_heads(current=True).where(
-                h.resource_type == rtype, h.resource_id.in_(ids), h.deleted.is_(False)
-            )
-        )
-        for r in rows:
-            found[(r.resource_type, r.resource_id)] = StoredVersion(*r)
+        for t, i, vid, last_updated, deleted, content in driver.fetch_all(
+            conn, sql, (rtype, driver.list_param(conn, ids), False)
+        ):
+            found[(t, i)] = StoredVersion(t, i, vid, instant(last_updated), bool(deleted), content)
     return [found[k] for k in keys if k in found]
+
+
+# the head's own version of heads of one type (`_through_heads(current=True)` as driver SQL)
+_CURRENT_OF = (
+    "SELECT v.resource_type, v.resource_id, v.version_id, v.last_updated, v.deleted, v.content "
+    "FROM fhir_resource h JOIN fhir_resource_version v "
+    "ON v.rid = h.rid AND v.version_id = h.version_id "
+    "WHERE h.resource_type = {p} AND {ids} AND h.deleted = {p}"
+)
 
 
 def write_versions(

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
@@ -137,27 +137,26 @@ def dependents(session: Session, targets: Iterable[str]) -> set[Key]:
 
 def patients_of(session: Session, keys: Sequence[Key]) -> set[str]:
     """Patients that currently have events from these sources."""
+    conn = session.connection()  # every write that changes a resource runs this
+    sql = (
+        "SELECT DISTINCT patient_id FROM trial_event WHERE source_type = "
+        f"{driver.mark(conn)} AND {driver.one_of(conn, 'source_id')} AND patient_id IS NOT NULL"
+    )
     out: set[str] = set()
-    c = _EVENT.c
     for rtype, ids in fhir_versions.by_type(keys):
-        rows = session.execute(
-            select(c.patient_id)
-            .where(c.source_type == rtype, c.source_id.in_(list(ids)), c.patient_id.is_not(None))
-            .distinct()
-        )
-        out.update(r.patient_id for r in rows)
+        out.update(r[0] for r in driver.fetch_all(conn, sql, (rtype, driver.list_param(conn, ids))))
     return out
 
 
 def delete_events(session: Session, keys: Sequence[Key]) -> None:
     """Forget the events and dependencies of these sources."""
+    conn = session.connection()  # every write that changes a resource runs this
+    where = f"source_type = {driver.mark(conn)} AND {driver.one_of(conn, 'source_id')}"
     for rtype, ids in fhir_versions.by_type(keys):
-        session.execute(
-            delete(_EVENT).where(_EVENT.c.source_type == rtype, _EVENT.c.source_id.in_(list(ids)))
-        )
-        session.execute(
-            delete(_DEP).where(_DEP.c.source_type == rtype, _DEP.c.source_id.in_(list(ids)))
-        )
+        for table in ("trial_event", "trial_event_dependency"):
+            driver.execute(
+                conn, f"DELETE FROM {table} WHERE {where}", (rtype, driver.list_param(conn, ids))
+            )
 
 
 _EVENT_COLUMNS = (
