@@ -58,9 +58,8 @@ def fetch_all(conn: Connection, sql: str, params: Sequence[Any] = ()) -> list[Ro
     """Every row of one statement, as tuples."""
     if observed(conn):
         return [tuple(r) for r in conn.exec_driver_sql(sql, tuple(params))]
-    with cursor(conn, sql) as found:
-        found.execute(sql, params)
-        return list(found.fetchall())
+    rows: list[Row] = _run(conn, sql, params, _ROWS)
+    return rows
 
 
 def table_rows(conn: Connection, table: Table, where: str, params: Sequence[Any]) -> list[Any]:
@@ -100,9 +99,7 @@ def execute(conn: Connection, sql: str, params: Sequence[Any] = ()) -> int:
     """One statement that returns no rows; its row count."""
     if observed(conn):
         return int(conn.exec_driver_sql(sql, tuple(params)).rowcount)
-    with cursor(conn, sql) as found:
-        found.execute(sql, params)
-        return int(found.rowcount)
+    return int(_run(conn, sql, params, _COUNT))
 
 
 def execute_many(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -112,8 +109,30 @@ def execute_many(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> N
     if observed(conn):
         conn.exec_driver_sql(sql, list(rows))
         return
-    with cursor(conn, sql) as found:
-        found.executemany(sql, rows)
+    _run(conn, sql, rows, _MANY)
+
+
+_ROWS, _COUNT, _MANY = range(3)
+
+
+def _run(conn: Connection, sql: str, params: Any, what: int) -> Any:
+    """One statement on a cursor of its own: its rows, its row count, or (executemany) nothing;
+    a failure as SQLAlchemy handles it (`raised`). Inline rather than `cursor`: a context manager
+    per statement cost more than the rest of this path."""
+    dbapi_conn: Any = conn.connection.dbapi_connection
+    found: Any = None
+    try:
+        found = dbapi_conn.cursor()
+        if what == _MANY:
+            found.executemany(sql, params)
+            out = None
+        else:
+            found.execute(sql, params)
+            out = found.fetchall() if what == _ROWS else found.rowcount
+    except BaseException as exc:
+        raised(conn, sql, exc, found)  # closes the cursor, or invalidates the whole connection
+    found.close()
+    return out
 
 
 @contextmanager
