@@ -231,3 +231,36 @@ def test_current_versions_read_as_before(session: Session) -> None:
     assert found[1].last_updated.tzinfo is not None
     assert [v.deleted for v in found] == [False, False]
     assert found[1].content == f'{{"id":"{ids[0]}","v":2}}'
+
+
+def test_rows_written_are_stored_as_core_stores_them(session: Session) -> None:
+    """`insert_row` and `update_rows` bind dates, aware datetimes and nulls as a Core INSERT and
+    UPDATE do: the stored values (SQLite: their text) are identical, so every reader agrees."""
+    conn = session.connection()
+    core_id, fast_id = f"p-{uuid.uuid4().hex}", f"p-{uuid.uuid4().hex}"
+    values = _subject("?") | {
+        "updated_at": dt.datetime(
+            2024, 3, 12, 10, 30, 15, 250000, tzinfo=dt.timezone(dt.timedelta(hours=1))
+        )
+    }
+    session.execute(_SUBJECT.insert(), [values | {"patient_id": core_id, "subject_id": "S-core"}])
+    driver.insert_row(conn, _SUBJECT, values | {"patient_id": fast_id, "subject_id": "S-fast"})
+    stored = "SELECT enrolled_on, day1, updated_at, subject_number, read_token FROM study_subject "
+    where = f"WHERE patient_id = {driver.mark(conn)}"
+    core_raw = driver.fetch_all(conn, stored + where, (core_id,))
+    fast_raw = driver.fetch_all(conn, stored + where, (fast_id,))
+    assert fast_raw == core_raw
+    assert len(fast_raw) == 1
+    later = {"day1": dt.date(2024, 3, 19), "subject_number": None}
+    session.execute(_SUBJECT.update().where(_SUBJECT.c.patient_id == core_id).values(later))
+    changed = driver.update_rows(
+        conn, _SUBJECT, later, {"study_id": "NCT06088771", "patient_id": fast_id}
+    )
+    assert changed == 1
+    assert driver.fetch_all(conn, stored + where, (fast_id,)) == driver.fetch_all(
+        conn, stored + where, (core_id,)
+    )
+    row = study_subjects.subjects_of(session, [fast_id])[("NCT06088771", fast_id)]
+    assert row.day1 == dt.date(2024, 3, 19)
+    assert row.updated_at == dt.datetime(2024, 3, 12, 9, 30, 15, 250000, tzinfo=dt.UTC)
+    assert row.subject_number is None

@@ -85,6 +85,42 @@ def _shape(dialect: Dialect, table: Table) -> tuple[str, Callable[[Row], Any]]:
     return _select_all(table), make
 
 
+def insert_row(conn: Connection, table: Table, values: dict[str, Any]) -> None:
+    """One row into `table`, each value bound as its column type binds it (SQLite's text forms of
+    dates and times, UTC for aware datetimes), as a Core INSERT would."""
+    names = tuple(values)
+    marks = ", ".join([mark(conn)] * len(names))
+    sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})"
+    execute(conn, sql, _bound(conn.dialect, table, names)(values))
+
+
+def update_rows(
+    conn: Connection, table: Table, values: dict[str, Any], where: dict[str, Any]
+) -> int:
+    """Set `values` on the rows whose `where` columns equal the given values, bound as the
+    column types bind them; how many rows."""
+    p = mark(conn)
+    sql = (
+        f"UPDATE {table.name} SET {', '.join(f'{n} = {p}' for n in values)} "
+        f"WHERE {' AND '.join(f'{n} = {p}' for n in where)}"
+    )
+    bound = [
+        *_bound(conn.dialect, table, tuple(values))(values),
+        *_bound(conn.dialect, table, tuple(where))(where),
+    ]
+    return execute(conn, sql, bound)
+
+
+@functools.lru_cache(maxsize=128)
+def _bound(
+    dialect: Dialect, table: Table, names: tuple[str, ...]
+) -> Callable[[dict[str, Any]], list[Any]]:
+    """What makes the driver's parameters of these columns from Python values."""
+    processors = [table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names]
+    steps = [(n, p or _same) for n, p in zip(names, processors, strict=True)]
+    return lambda values: [step(values[n]) for n, step in steps]
+
+
 def _select_all(table: Table) -> str:
     """Every column named, in the table's order (the named row's fields)."""
     return f"SELECT {', '.join(c.name for c in table.columns)} FROM {table.name}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, exists, func, insert, select, update
 from sqlmodel import Session
 
+from service.infra import driver
 from service.infra.tables import (
     CohortFigure,
     CohortLease,
@@ -35,9 +36,11 @@ _LISTING = CohortListing.__table__  # type: ignore[attr-defined]
 
 def record_changes(session: Session, study_ids: Iterable[str]) -> None:
     """One change row per study, in the writer's transaction: O(1), no scan, no shared row."""
-    rows = [{"study_id": s} for s in sorted(set(study_ids))]
-    if rows:
-        session.execute(insert(_CHANGE), rows)
+    conn = session.connection()  # every write that touches a subject runs this
+    rows = [(s,) for s in sorted(set(study_ids))]
+    driver.execute_many(
+        conn, f"INSERT INTO study_change (study_id) VALUES ({driver.mark(conn)})", rows
+    )
 
 
 @dataclass(frozen=True, slots=True)

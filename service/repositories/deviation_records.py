@@ -27,7 +27,7 @@ def deviations_of(session: Session, study_id: str, patient_id: str) -> dict[str,
 
 def insert_deviation(session: Session, values: dict[str, Any]) -> None:
     """A newly detected deviation."""
-    session.execute(insert(_DEV), [values])
+    driver.insert_row(session.connection(), _DEV, values)
 
 
 def update_deviation(

@@ -6,9 +6,11 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, insert, update
+from sqlalchemy import Table, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
+
+from service.infra import driver
 
 # Bound parameters per IN-list: under SQLite's limit, and plans stay cheap on PostgreSQL.
 CHUNK = 400
@@ -32,16 +34,14 @@ def insert_on_conflict(session: Session, table: Table) -> Any:
 
 
 def save_per_patient(session: Session, table: Table, values: dict[str, Any], exists: bool) -> None:
-    """Insert or update one row of a (study_id, patient_id)-keyed table."""
+    """Insert or update one row of a (study_id, patient_id)-keyed table (straight to the driver:
+    every write that re-screens a candidate or moves a subject runs this)."""
+    conn = session.connection()
     if exists:
-        c = table.c
-        session.execute(
-            update(table)
-            .where(c.study_id == values["study_id"], c.patient_id == values["patient_id"])
-            .values(values)
-        )
+        key = {"study_id": values["study_id"], "patient_id": values["patient_id"]}
+        driver.update_rows(conn, table, values, key)
     else:
-        session.execute(insert(table), [values])
+        driver.insert_row(conn, table, values)
 
 
 def delete_per_patient(session: Session, table: Table, study_id: str, patient_id: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, select
 from sqlmodel import Session
 
 from service.infra import driver
@@ -33,11 +33,13 @@ def upsert_subject(session: Session, values: dict[str, Any], exists: bool) -> No
 
 def renew_read_tokens(session: Session, patient_ids: Sequence[str], token: str) -> None:
     """Give these patients' subject rows (every study) a new read token: cached reads go stale."""
-    c = _SUBJECT.c
+    conn = session.connection()  # every write that touches a subject runs this
+    sql = (
+        f"UPDATE study_subject SET read_token = {driver.mark(conn)} "
+        f"WHERE {driver.one_of(conn, 'patient_id')}"
+    )
     for chunk in chunks(sorted(patient_ids)):
-        session.execute(
-            update(_SUBJECT).where(c.patient_id.in_(list(chunk))).values(read_token=token)
-        )
+        driver.execute(conn, sql, (token, driver.list_param(conn, chunk)))
 
 
 def delete_subject(session: Session, study_id: str, patient_id: str) -> None:
