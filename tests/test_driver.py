@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import Engine, event, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlmodel import Session
 
 from service.infra import driver
@@ -264,3 +264,20 @@ def test_rows_written_are_stored_as_core_stores_them(session: Session) -> None:
     assert row.day1 == dt.date(2024, 3, 19)
     assert row.updated_at == dt.datetime(2024, 3, 12, 9, 30, 15, 250000, tzinfo=dt.UTC)
     assert row.subject_number is None
+
+
+def test_a_value_its_column_refuses_fails_as_in_core(session: Session) -> None:
+    """A naive datetime is refused by the column type (timezone-aware datetimes only), as
+    SQLAlchemy's StatementError, like a Core INSERT; nothing is written."""
+    conn = session.connection()
+    patient = f"p-{uuid.uuid4().hex}"
+    naive = _subject(patient) | {"updated_at": dt.datetime(2024, 3, 12, 9, 30)}
+    with pytest.raises(StatementError) as fast:
+        driver.insert_row(conn, _SUBJECT, naive)
+    with pytest.raises(StatementError) as core:
+        session.execute(_SUBJECT.insert(), [naive])
+    assert type(fast.value) is type(core.value)
+    assert "naive datetime refused" in str(fast.value)
+    assert study_subjects.subjects_of(session, [patient]) == {}
+    with pytest.raises(ValueError, match="non-null"):
+        driver.update_rows(conn, _SUBJECT, {"status": "x"}, {"patient_id": None})

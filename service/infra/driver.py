@@ -11,9 +11,10 @@ EXPLAIN every statement or cut a connection mid-write, instrumentation) they go 
 after all, which tells the listener. SQLAlchemy's statement echo (`echo=True`, its engine logger at
 INFO) does not show them; the service never turns it on (statements may quote patient data).
 
-Parameters are positional: `mark(conn)` is the driver's placeholder. Values go in and come out as
-the driver has them, so a caller converts what SQLAlchemy's column types would have (see
-`fhir_versions.instant_reader`).
+Parameters are positional: `mark(conn)` is the driver's placeholder. `fetch_all`, `execute` and
+`execute_many` take and give values as the driver has them, so a caller converts what SQLAlchemy's
+column types would (see `fhir_versions.instant_reader`); `table_rows`, `insert_row` and
+`update_rows` do it by the table's column types.
 """
 
 from __future__ import annotations
@@ -91,24 +92,32 @@ def insert_row(conn: Connection, table: Table, values: dict[str, Any]) -> None:
     names = tuple(values)
     marks = ", ".join([mark(conn)] * len(names))
     sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks})"
-    execute(conn, sql, _bound(conn.dialect, table, names)(values))
+    execute(conn, sql, _binding(conn, sql, table, values))
 
 
 def update_rows(
     conn: Connection, table: Table, values: dict[str, Any], where: dict[str, Any]
 ) -> int:
-    """Set `values` on the rows whose `where` columns equal the given values, bound as the
-    column types bind them; how many rows."""
+    """Set `values` on the rows whose `where` columns equal the given (non-null) values, bound as
+    the column types bind them; how many rows."""
+    if not values or not where or any(v is None for v in where.values()):
+        raise ValueError("update_rows needs values to set and non-null values to match")
     p = mark(conn)
     sql = (
         f"UPDATE {table.name} SET {', '.join(f'{n} = {p}' for n in values)} "
         f"WHERE {' AND '.join(f'{n} = {p}' for n in where)}"
     )
-    bound = [
-        *_bound(conn.dialect, table, tuple(values))(values),
-        *_bound(conn.dialect, table, tuple(where))(where),
-    ]
+    bound = [*_binding(conn, sql, table, values), *_binding(conn, sql, table, where)]
     return execute(conn, sql, bound)
+
+
+def _binding(conn: Connection, sql: str, table: Table, values: dict[str, Any]) -> list[Any]:
+    """The driver's parameters of these values; a value its column type refuses (a naive
+    datetime, a date that is not one) fails as SQLAlchemy's StatementError, as in Core."""
+    try:
+        return _bound(conn.dialect, table, tuple(values))(values)
+    except Exception as exc:
+        raised(conn, sql, exc)
 
 
 @functools.lru_cache(maxsize=128)

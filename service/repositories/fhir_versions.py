@@ -189,6 +189,8 @@ def read_version(
 def read_current_many(session: Session, keys: Sequence[Key]) -> list[StoredVersion]:
     """Current, non-deleted versions for keys, in the order given (straight to the driver: a
     write that re-derives a resource's dependents runs this, and so does every search page)."""
+    if not keys:
+        return []
     conn = session.connection()
     instant = instant_reader(conn)
     sql = _CURRENT_OF.format(p=driver.mark(conn), ids=driver.one_of(conn, "h.resource_id"))

@@ -137,6 +137,8 @@ def dependents(session: Session, targets: Iterable[str]) -> set[Key]:
 
 def patients_of(session: Session, keys: Sequence[Key]) -> set[str]:
     """Patients that currently have events from these sources."""
+    if not keys:
+        return set()
     conn = session.connection()  # every write that changes a resource runs this
     sql = (
         "SELECT DISTINCT patient_id FROM trial_event WHERE source_type = "
@@ -150,6 +152,8 @@ def patients_of(session: Session, keys: Sequence[Key]) -> set[str]:
 
 def delete_events(session: Session, keys: Sequence[Key]) -> None:
     """Forget the events and dependencies of these sources."""
+    if not keys:
+        return
     conn = session.connection()  # every write that changes a resource runs this
     where = f"source_type = {driver.mark(conn)} AND {driver.one_of(conn, 'source_id')}"
     for rtype, ids in fhir_versions.by_type(keys):
