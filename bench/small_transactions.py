@@ -308,6 +308,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated: sqlite, postgres (default: both)",
     )
     parser.add_argument("--profile", type=Path, default=None, help="folder for py-spy profiles")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="also write the figures as JSON here (e.g. bench/results/small-transactions-LABEL.json)",
+    )
     args = parser.parse_args(argv)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -318,9 +324,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bench/small_transactions.py needs wrk (Debian: apt-get install wrk)", file=sys.stderr
         )
         return 2
+    written: dict[str, object] = {"load_at_start": list(load), "seconds": args.seconds}
     for name in args.config.split(","):
         config = CONFIGS[name.strip()]
         m = measure(config, args.seconds, args.profile)
+        written[config.name] = {
+            "clients": config.clients,
+            "workers": config.workers,
+            "entries": ENTRIES,
+            "end_to_end_resources_per_s": round(m.end_to_end),
+            "validation_resources_per_s": round(m.validation),
+            "ratio": round(m.end_to_end / m.validation, 3),
+            "target": config.target,
+            "service_cpu_ms_per_tx": round(m.cpu_ms, 3),
+            "database_cpu_ms_per_tx": None
+            if m.database_cpu_ms is None
+            else round(m.database_cpu_ms, 3),
+            "p50_ms": m.p50_ms,
+            "p99_ms": m.p99_ms,
+        }
         print(
             f"{config.backend}: {config.clients} client(s), {config.workers} worker(s), "
             f"{ENTRIES} entries a transaction"
@@ -336,6 +358,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  latency: median {m.p50_ms:.2f} ms, 99th percentile {m.p99_ms:.2f} ms")
     load = os.getloadavg()
     print(f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if args.out is not None:
+        written["load_at_end"] = list(load)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(written, indent=2) + "\n")
+        print(f"figures written to {args.out}")
     return 0
 
 

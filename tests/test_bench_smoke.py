@@ -7,6 +7,7 @@ its readers look for. bench/cohorts.py has its own (tests/test_bench_cohorts.py)
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -43,6 +44,23 @@ RUNS = {
         r"^sqlite\s+1\s+\d+\s+\d+\s+\d+\.\d\d\s+>= 0\.9 (met|MISSED)$",
     ),
 }
+
+
+@pytest.mark.slow
+def test_small_transactions_writes_its_figures(tmp_path: Path) -> None:
+    """`--out` keeps the run's figures as JSON (bench/results/), the printed ratio among them."""
+    out = tmp_path / "small.json"
+    command = [sys.executable, str(REPO / "bench" / "small_transactions.py")]
+    command += ["--seconds", "1.5", "--config", "sqlite", "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())["sqlite"]
+    printed = re.search(r"^\s+ratio:\s+(\d+\.\d\d)", done.stdout, re.MULTILINE)
+    assert printed is not None, done.stdout[-3000:]
+    assert abs(figures["ratio"] - float(printed.group(1))) <= 0.0055  # 3 places vs 2 printed
+    assert figures["clients"] == 1
+    assert figures["target"] == 0.3
+    assert figures["end_to_end_resources_per_s"] > 0
 
 
 @pytest.mark.slow
