@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Dialect, func, select
 from sqlmodel import Session, SQLModel
 
 from service.infra import driver
@@ -118,9 +119,10 @@ def load_heads(session: Session, keys: Iterable[Key]) -> dict[Key, Head]:
         groups: Iterable[Iterable[Any]] = (_pg_heads(conn, t, ids) for t, ids in by_type(keys))
     else:
         groups = _sqlite_heads(conn, sorted(set(keys)))
+    instant = instant_reader(conn)  # both backends' rows are the driver's
     for rows in groups:
         for rtype, rid, vid, last_updated, digest, deleted, row_id in rows:
-            out[(rtype, rid)] = Head(vid, last_updated, digest, deleted, row_id)
+            out[(rtype, rid)] = Head(vid, instant(last_updated), digest, bool(deleted), row_id)
     return out
 
 
@@ -128,21 +130,18 @@ def _sqlite_heads(conn: Connection, keys: list[Key]) -> Iterator[Iterable[Any]]:
     """Every type in one statement of one parameter (a JSON list of keys), CHUNK keys at a time:
     a small write's two or three look-ups were each a statement built with an IN list per call.
     SQLite searches the primary key once per key (`tests/test_write_plans.py`)."""
-    instant = instant_reader(conn)
     for i in range(0, len(keys), CHUNK):
-        rows = driver.fetch_all(conn, _SQLITE_HEADS_OF, (json.dumps(keys[i : i + CHUNK]),))
-        yield [(*r[:3], instant(r[3]), r[4], bool(r[5]), r[6]) for r in rows]
+        yield driver.fetch_all(conn, _SQLITE_HEADS_OF, (json.dumps(keys[i : i + CHUNK]),))
 
 
 def _pg_heads(conn: Connection, rtype: str, ids: list[str]) -> list[tuple[Any, ...]]:
     """One array parameter instead of an IN list: a single statement text, prepared once."""
-    rows = driver.fetch_all(
+    return driver.fetch_all(
         conn,
         f"SELECT {', '.join(_HEAD_STORED)} FROM fhir_resource "
         "WHERE resource_type = %s AND resource_id = ANY(%s)",
         (rtype, ids),
     )
-    return [(*r[:3], r[3].astimezone(dt.UTC), *r[4:]) for r in rows]
 
 
 def _stored_versions() -> Any:
@@ -333,7 +332,12 @@ def _instant_binder(conn: Connection) -> Callable[[dt.datetime], Any]:
 def instant_reader(conn: Connection) -> Callable[[Any], dt.datetime]:
     """A timestamp as the driver returns it (SQLite: SQLAlchemy's text) made what the column
     type makes it: an aware datetime in UTC."""
-    dialect = conn.dialect
+    return _instant_reader(conn.dialect)
+
+
+@functools.lru_cache(maxsize=8)
+def _instant_reader(dialect: Dialect) -> Callable[[Any], dt.datetime]:
+    """`instant_reader` for one dialect, made once (each write reads instants several times)."""
     column_type = _HEAD.c.last_updated.type
     process: Callable[[Any], dt.datetime] | None = column_type.dialect_impl(
         dialect
