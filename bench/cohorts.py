@@ -57,6 +57,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from generate import write_cohort
 from ingest import (
     DEFAULT_POSTGRES,
+    MEASURED_SERVICE_ENV,
     BenchError,
     machine_facts,
     postgres_database,
@@ -72,12 +73,7 @@ SEED = 1
 STUDIES = ("NCT06088771", "cirae-dupilumab")
 TARGETS_AT_1E5 = {"NCT06088771": 10.0, "cirae-dupilumab": 30.0}
 GROWTH_TARGET = 12.0
-SERVICE_ENV = {
-    "TRIALBRIDGE_AUTH_DISABLED": "true",
-    "TRIALBRIDGE_COHORT_REFRESH_INTERVAL_SECONDS": "0",
-    "TRIALBRIDGE_RATE_LIMIT_CLIENT_PER_SECOND": "0",
-    "TRIALBRIDGE_RATE_LIMIT_ADDRESS_PER_SECOND": "0",
-}
+SERVICE_ENV = {**MEASURED_SERVICE_ENV, "TRIALBRIDGE_COHORT_REFRESH_INTERVAL_SECONDS": "0"}
 _COMPUTED = re.compile(r"^(\S+): computed in ([0-9.]+) s", re.MULTILINE)
 
 

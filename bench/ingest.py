@@ -279,14 +279,24 @@ def started(
             _stop(proc)
 
 
+# What a measured service runs with. Loopback only, so authentication may be off: the token check
+# is not what is measured. The per-client and per-address rate limits (200 and 400 requests/s by
+# default) are a policy against one client flooding a shared server, not a cost: one benchmark
+# client posting faster than that would get 429s, so they are off too.
+MEASURED_SERVICE_ENV = {
+    "TRIALBRIDGE_AUTH_DISABLED": "true",
+    "TRIALBRIDGE_RATE_LIMIT_CLIENT_PER_SECOND": "0",
+    "TRIALBRIDGE_RATE_LIMIT_ADDRESS_PER_SECOND": "0",
+}
+
+
 @contextlib.contextmanager
 def running_service(
     database_url: str, log_path: Path, model_check_processes: int | None = None
 ) -> Iterator[str]:
     """`python -m uvicorn api.app:app` on a free port; yields its base URL, stops it after."""
     port = _free_port()
-    # loopback only, so authentication may be off: the token check is not what this measures
-    env = {**os.environ, "DATABASE_URL": database_url, "TRIALBRIDGE_AUTH_DISABLED": "true"}
+    env = {**os.environ, **MEASURED_SERVICE_ENV, "DATABASE_URL": database_url}
     if model_check_processes is not None:
         env["TRIALBRIDGE_MODEL_CHECK_PROCESSES"] = str(model_check_processes)
     command = [sys.executable, "-m", "uvicorn", "api.app:app"]

@@ -31,17 +31,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import (  # a sibling script, not a package
     DEFAULT_POSTGRES,
+    MEASURED_SERVICE_ENV,
     _free_port,
     started,
 )
 from small_transactions import post_round, validate_round
 
-SERVICE_ENV = {
-    "TRIALBRIDGE_AUTH_DISABLED": "true",  # loopback only, as in the other benchmarks
-    "TRIALBRIDGE_COHORT_REFRESH_INTERVAL_SECONDS": "0",
-    "TRIALBRIDGE_RATE_LIMIT_CLIENT_PER_SECOND": "0",
-    "TRIALBRIDGE_RATE_LIMIT_ADDRESS_PER_SECOND": "0",
-}
+SERVICE_ENV = {**MEASURED_SERVICE_ENV, "TRIALBRIDGE_COHORT_REFRESH_INTERVAL_SECONDS": "0"}
 
 
 def _cpu_seconds(pid: int) -> float:

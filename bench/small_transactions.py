@@ -8,17 +8,18 @@ Two configurations, each with its ratio from one run (issue 19's targets):
 * `postgres`: four concurrent clients (threads, one keep-alive connection each), the service as
   `trialbridge serve --workers 2` on a scratch PostgreSQL database; target 0.5.
 
-Authentication is off (loopback), as in the other benchmarks. The clients are wrk connections
-(`small_transactions.lua`, one wrk thread each) POSTing transaction Bundles of a Patient and 16
-Observations with fresh ids, for `--seconds` after a warm-up: a C client, so the figure is the
-service's and not the cost of a Python HTTP client sharing its two cores (httpx spent ~1.1 ms of
-CPU per POST, about a seventh of the service's own). Then as many Bundles of the same shape are
-validated in this process, one thread, with `get_fhir_model_class(type).model_validate_json(raw)`.
-Rounds alternate so machine drift touches both sides. Also printed: the service's CPU per
-transaction (its processes and their children, from /proc), PostgreSQL's (every process of the
-local server, so run it on a quiet one) and wrk's median and 99th-percentile latency. `--profile DIR` records the service with py-spy
-(`--subprocesses`, collapsed stacks) during the timed rounds. Needs `wrk` (Debian: `apt-get
-install wrk`). A measurement, not a test. Run from the repository root:
+Authentication and the rate limits are off (loopback, one client), as in the other benchmarks. The
+clients are wrk connections (`small_transactions.lua`, one wrk thread each) POSTing transaction
+Bundles of a Patient and 16 Observations with fresh ids, for `--seconds` after a warm-up: a C
+client, so the figure is the service's and not the cost of a Python HTTP client sharing its two
+cores (httpx spent ~1.1 ms of CPU per POST, about a seventh of the service's own). Then as many
+Bundles of the same shape are validated in this process, one thread, with
+`get_fhir_model_class(type).model_validate_json(raw)`. Rounds alternate so machine drift touches
+both sides. Also printed: the service's CPU per transaction (its processes and their children, from
+/proc), PostgreSQL's (every process of the local server, so run it on a quiet one) and wrk's median
+and 99th-percentile latency. `--profile DIR` records the service with py-spy (`--subprocesses`,
+collapsed stacks) during the timed rounds. Needs `wrk` (Debian: `apt-get install wrk`). A
+measurement, not a test. Run from the repository root:
 
     .venv/bin/python bench/small_transactions.py [--seconds 12] [--config sqlite,postgres]
 
@@ -51,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bundle_sizes import bundle, database  # a sibling script, not a package
 from ingest import (
     HEADERS,
+    MEASURED_SERVICE_ENV,
     _free_port,
     running_service,
     started,
@@ -89,7 +91,7 @@ def served(config: Config, url: str, workdir: Path) -> Iterator[tuple[str, int]]
             yield base, _listener_pid(base)
         return
     port = _free_port()
-    env = {**os.environ, "DATABASE_URL": url, "TRIALBRIDGE_AUTH_DISABLED": "true"}
+    env = {**os.environ, **MEASURED_SERVICE_ENV, "DATABASE_URL": url}
     command = [sys.executable, "-m", "api.cli", "serve", "--port", str(port)]
     command += ["--workers", str(config.workers)]
     with started(command, env, log_path, port) as (base, proc):

@@ -392,13 +392,19 @@ def bundle_envelope(obj: Any) -> tuple[BundleKind, list[Any], int]:
     return kind, raw_entries, start
 
 
-def parse_bundle(obj: Any, *, check_models: bool = True) -> ParsedBundle:
+def parse_bundle(
+    obj: Any,
+    *,
+    check_models: bool = True,
+    envelope: tuple[BundleKind, list[Any], int] | None = None,
+) -> ParsedBundle:
     """Bundle type, its valid entries, and the entries that failed (with why) — in entry order.
 
     `check_models=False` leaves every entry's fhir.resources model check to the caller, who must
-    settle it (`model_verdicts`, `settle_models`) before keeping anything.
+    settle it (`model_verdicts`, `settle_models`) before keeping anything. `envelope` is
+    `bundle_envelope(obj)` when the caller has it already (its model check is not cheap).
     """
-    kind, raw_entries, start = bundle_envelope(obj)
+    kind, raw_entries, start = envelope if envelope is not None else bundle_envelope(obj)
     entries: list[Entry] = []
     failures: list[tuple[int, InvalidContentError]] = []
     owed: set[int] | None = None if check_models else set()

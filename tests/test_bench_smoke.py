@@ -7,6 +7,7 @@ its readers look for. bench/cohorts.py has its own (tests/test_bench_cohorts.py)
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import subprocess
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from service.infra.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,3 +75,16 @@ def test_bench_runs_and_prints_its_figure(name: str) -> None:
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(expected, done.stdout, re.MULTILINE), done.stdout[-3000:]
+
+
+def test_measured_services_run_without_rate_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One benchmark client posts faster than a client may by default (200 requests/s): the
+    services the benchmarks start turn the limits off, or a faster service would measure 429s."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    ingest = importlib.import_module("ingest")  # a bench script, not a package
+    for name, value in ingest.MEASURED_SERVICE_ENV.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.rate_limit_client_per_second == 0
+    assert settings.rate_limit_address_per_second == 0
+    assert settings.auth_disabled is True

@@ -414,15 +414,16 @@ class FhirService:
         unguarded: RequestBytes | None = None,
     ) -> tuple[str, list[EntryResult]]:
         try:
-            kind, _, _ = bundle_envelope(body)
+            envelope = bundle_envelope(body)
         except InvalidContentError as exc:
             raise FhirError.from_invalid(exc) from exc
-        if kind == "batch":  # checked entry by entry in place; a worker's answer is not needed
+        if envelope[0] == "batch":  # checked entry by entry in place; no worker's answer needed
             pending = None
             if unguarded is not None:  # nor asked for: parse strictly here
                 body, unguarded = _parsed_strictly(unguarded.read()), None
+                envelope = bundle_envelope(body)  # the same checks: its entries are new objects
         # the envelope passed, so this collects each entry's failure instead of raising
-        parsed = parse_bundle(body, check_models=pending is None)
+        parsed = parse_bundle(body, check_models=pending is None, envelope=envelope)
         reads = sum(1 for e in parsed.entries if e.method == "GET")
         if reads > self.settings.bundle_max_reads:  # each costs a query: one request, no bound
             raise FhirError.of(
