@@ -6,15 +6,26 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from api import report_html, views
 from api.auth import PrincipalDep, readable_study, require
 from api.deps import ReportsDep, SettingsDep, reject_nul
 from api.fhir_http import if_none_match
-from api.schemas import ERRORS, CohortOutcomesOut, ErrorBody, ListingPageOut
+from api.schemas import (
+    ERRORS,
+    CohortOutcomesOut,
+    ErrorBody,
+    ExcludedPageOut,
+    ListingPageOut,
+    SwimmerPageOut,
+)
 from service.access.tokens import Principal
+from service.infra.settings import Settings
+from service.reads.cohort_reports import CohortReports
 from service.reads.results import CohortDocument
+from service.studies.kind import ListingName
 
 FreshQuery = Annotated[
     bool, Query(description="Wait (bounded) for a snapshot reflecting every change; admin only")
@@ -70,23 +81,72 @@ async def study_outcomes(
     return Response(views.cohort_outcomes(found), media_type="application/json", headers=headers)
 
 
-@router.get(
-    "/studies/{study_id}/outcomes/subjects",
-    response_model=ListingPageOut,
-    summary="The per-subject analysis listing behind the cohort outcomes, a page at a time",
-    responses=SNAPSHOT_RESPONSES,
+CursorQuery = Annotated[str | None, Query(description="`next_cursor` of the previous page")]
+LimitQuery = Annotated[int | None, Query(ge=1, description="Page size")]
+
+
+def _listing_route(name: ListingName, page: type[BaseModel], summary: str, doc: str) -> None:
+    """GET …/outcomes/{name}: a page of one of the snapshot's listings (the three differ only in
+    their rows, so one endpoint serves each)."""
+
+    async def endpoint(
+        request: Request,
+        reports: ReportsDep,
+        who: PrincipalDep,
+        settings: SettingsDep,
+        study_id: str,
+        cursor: CursorQuery = None,
+        limit: LimitQuery = None,
+        fresh: FreshQuery = False,
+    ) -> Response:
+        return await _listing(request, reports, who, settings, study_id, cursor, limit, fresh, name)
+
+    endpoint.__doc__ = doc
+    router.add_api_route(
+        f"/studies/{{study_id}}/outcomes/{name}",
+        endpoint,
+        methods=["GET"],
+        name="study_listing" if name == "subjects" else f"study_{name}",
+        response_model=page,
+        summary=summary,
+        responses=SNAPSHOT_RESPONSES,
+    )
+
+
+_listing_route(
+    "subjects",
+    ListingPageOut,
+    "The per-subject analysis listing behind the cohort outcomes, a page at a time",
+    "Pseudonymous rows in subject-id order, stored with the same snapshot as the outcomes.",
 )
-async def study_listing(
+_listing_route(
+    "swimmer",
+    SwimmerPageOut,
+    "The swimmer plot's rows (one per dosed subject), a page at a time",
+    "Days since Day 1 in subject-id order, from the snapshot the outcomes and the swimmer plot "
+    "come from; 404 `not_applicable` for a study kind without a swimmer plot.",
+)
+_listing_route(
+    "excluded",
+    ExcludedPageOut,
+    "The subjects the analysis leaves out, with why, a page at a time",
+    "Pseudonymous ids and reasons in subject-id order (the outcomes count them by reason); 404 "
+    "`not_applicable` for a study kind that excludes no one from its analysis.",
+)
+
+
+async def _listing(
     request: Request,
-    reports: ReportsDep,
-    who: PrincipalDep,
-    settings: SettingsDep,
+    reports: CohortReports,
+    who: Principal,
+    settings: Settings,
     study_id: str,
-    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
-    limit: Annotated[int | None, Query(ge=1, description="Page size")] = None,
-    fresh: FreshQuery = False,
+    cursor: str | None,
+    limit: int | None,
+    fresh: bool,
+    name: ListingName,
 ) -> Response:
-    """Pseudonymous rows in subject-id order, stored with the same snapshot as the outcomes."""
+    """A page of one of the snapshot's listings, with the snapshot's ETag (304 when unchanged)."""
     _check_fresh(who, fresh)
     size = min(limit or settings.api_default_limit, settings.api_max_limit)
     sent = request.headers.get("if-none-match")
@@ -97,6 +157,7 @@ async def study_listing(
             limit=size,
             fresh=fresh,
             unchanged=lambda etag: if_none_match(sent, etag),
+            name=name,
         )
     )
     headers = {"ETag": page.etag, "Cache-Control": "no-cache"}

@@ -416,10 +416,12 @@ class CohortOutcomesOut(BaseModel):
     )
     outcomes: dict[str, Any] = Field(
         description="NCT06088771: counts, mpr, pcr, time_to_surgery, feasibility, safety, efs, os, "
-        "subjects, swimmer, flow. cirae-dupilumab: protocol, groups, resolution, matching, cox "
-        "(per control group: primary, matched_sets, unadjusted, fixed_group models), survival, "
-        "km_groups, excluded, subjects (the analysis listing), comparisons, cirae_description, "
-        "glucocorticoids, table1, flow.",
+        "flow. cirae-dupilumab: protocol, groups, resolution, matching, cox (per control group: "
+        "primary, matched_sets, unadjusted, fixed_group models), survival, km_groups, excluded "
+        "(n, by_reason), comparisons, cirae_description, glucocorticoids, table1, flow. "
+        "Summaries only, the same size whatever the cohort's: the per-subject rows are paged at "
+        "…/outcomes/subjects, …/outcomes/swimmer (NCT06088771) and …/outcomes/excluded "
+        "(cirae-dupilumab).",
         examples=[
             {
                 "mpr": {
@@ -442,15 +444,20 @@ class CohortOutcomesOut(BaseModel):
     )
 
 
-class ListingPageOut(BaseModel):
-    """One page of a study's per-subject analysis listing (pseudonymous; no dates for the cohort),
-    from the same snapshot as the outcomes."""
+class _SnapshotPage(BaseModel):
+    """What every page of a snapshot's listings carries beside its rows."""
 
     study: StudyRef
     computed_at: str
     data_as_of: int = Field(description="The last change the snapshot reflects")
     stale: bool = Field(description="A later change is not reflected yet")
     next_cursor: str | None
+
+
+class ListingPageOut(_SnapshotPage):
+    """One page of a study's per-subject analysis listing (pseudonymous; no dates for the cohort),
+    from the same snapshot as the outcomes."""
+
     subjects: list[dict[str, Any]] = Field(
         description="One row per subject: `subject_id` and the study kind's analysis fields "
         "(README)",
@@ -465,4 +472,38 @@ class ListingPageOut(BaseModel):
                 "died": False,
             }
         ],
+    )
+
+
+class SwimmerPageOut(_SnapshotPage):
+    """One page of NCT06088771's swimmer rows (the swimmer plot's data: one per dosed subject, in
+    days since Day 1, Day 1 = day 0), from the same snapshot as the outcomes."""
+
+    swimmer: list[dict[str, Any]] = Field(
+        description="One row per dosed subject, in subject-id order",
+        examples=[
+            {
+                "subject_id": "S-ABCDEFGHIJKLMNOP",
+                "dose_days": [0, 21],
+                "surgery_day": 42,
+                "last_followup_day": 120,
+                "efs_event_day": None,
+                "efs_event_type": None,
+                "efs_censored": True,
+                "death_day": None,
+                "os_censored": True,
+                "mpr": "met",
+                "problem": None,
+            }
+        ],
+    )
+
+
+class ExcludedPageOut(_SnapshotPage):
+    """One page of the subjects cirae-dupilumab's analysis leaves out, each with its reason, from
+    the same snapshot as the outcomes."""
+
+    excluded: list[dict[str, Any]] = Field(
+        description="One row per subject left out, in subject-id order",
+        examples=[{"subject_id": "S-ABCDEFGHIJKLMNOP", "reason": "death recorded without a date"}],
     )

@@ -203,8 +203,9 @@ def candidate_eligibility(e: CandidateEligibility, seal: Seal) -> dict[str, Any]
 
 
 def listing_page(page: ListingPage) -> bytes:
-    """GET /studies/{id}/outcomes/subjects: a page of the snapshot's per-subject rows, spliced in
-    as stored (evidence sealed when the snapshot was computed)."""
+    """GET /studies/{id}/outcomes/subjects (…/swimmer, …/excluded): a page of one of the
+    snapshot's listings, its rows under the listing's name, spliced in as stored (evidence sealed
+    when the snapshot was computed)."""
     assert page.rows is not None, "a 304 has no body"
     header = {
         "study": _study(page.study),
@@ -214,7 +215,7 @@ def listing_page(page: ListingPage) -> bytes:
         "next_cursor": page.next_cursor,
     }
     start = json.dumps(header, separators=(",", ":"), ensure_ascii=False)
-    return f'{start[:-1]},"subjects":[{",".join(page.rows)}]}}'.encode()
+    return f'{start[:-1]},"{page.name}":[{",".join(page.rows)}]}}'.encode()
 
 
 def cohort_outcomes(o: CohortOutcomes) -> bytes:

@@ -369,6 +369,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="authentication off (loopback): what a cache of verified tokens would approach",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 patients, 2 s runs")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the results' JSON file (default: bench/results/subject-reads-BACKEND-LABEL.json)",
+    )
     args = parser.parse_args(argv)
     if args.no_auth:
         args.label += "-noauth"
@@ -397,10 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{TARGET_RATE:.0f}); p99 at {args.rate:.0f}/s {p99:.2f} ms "
             f"({'met' if p99 <= TARGET_P99_MS else 'NOT met'} ≤ {TARGET_P99_MS:.0f} ms)"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"subject-reads-{args.backend}-{args.label}.json"
+    out = args.out or RESULTS / f"subject-reads-{args.backend}-{args.label}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {out.relative_to(REPO)}")
+    print(f"results: {out}")
     return 0
 
 

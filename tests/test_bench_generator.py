@@ -14,7 +14,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from tests.conftest import LiveServer
-from tests.kit.cohort import fresh_outcomes
+from tests.kit.cohort import every_row, fresh_outcomes
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATOR = REPO / "bench" / "generate.py"
@@ -110,6 +110,8 @@ def test_the_service_finds_the_planned_cohorts(
     # CLINICAL.md revision 2: the NCT06088771 subjects (cemiplimab + dupilumab, no cirAE) fit no
     # cirAE group and are excluded with the reason
     assert cirae["excluded"]["n"] == plan["cirae_excluded"] == plan["nct06088771_subjects"]
-    assert {e["reason"] for e in cirae["excluded"]["subjects"]} == {
-        "dupilumab without a cirAE (another indication)"
-    }
+    reason = "dupilumab without a cirAE (another indication)"
+    assert cirae["excluded"]["by_reason"] == {reason: plan["nct06088771_subjects"]}
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=300) as api:
+        excluded = every_row(api, "cirae-dupilumab", "excluded")
+    assert [e["reason"] for e in excluded] == [reason] * plan["nct06088771_subjects"]

@@ -42,6 +42,10 @@ RUNS = {
         ["write_pages.py", "--warm", "20", "--count", "10"],
         r"^sqlite: \d+\.\d WAL pages of \d+ bytes a transaction$",
     ),
+    "subject_reads": (
+        ["subject_reads.py", "--quick", "--endpoints", "timeline", "--out", "/dev/null"],
+        r"^timeline: \d+ req/s \((met|NOT met) ≥ 1000\); p99 at 500/s \d+\.\d\d ms ",
+    ),
     "audit_reads": (
         ["audit_reads.py", "--seconds", "1", "--backend", "sqlite", "--threads", "1"],
         r"^sqlite\s+1\s+\d+\s+\d+\s+\d+\.\d\d\s+>= 0\.9 (met|MISSED)$",

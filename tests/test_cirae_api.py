@@ -48,7 +48,7 @@ def test_planted_glucocorticoid_hazard_ratio_through_the_service(
         assert gc["ci_lower"] > 1.0, gc
         matching = out["matching"][control_group]
         assert model["n_subjects"] == matching["sets"] + matching["matched_controls"]
-    assert out["excluded"] == {"n": 0, "subjects": []}
+    assert out["excluded"] == {"n": 0, "by_reason": {}}
     survival = out["survival"]
     assert {g: s["n"] for g, s in survival.items()} == out["groups"]
     png = api.get("/studies/cirae-dupilumab/outcomes/plots/os.png")
@@ -73,9 +73,10 @@ def test_a_tiny_cohort_is_not_estimable_not_an_error(api: httpx.Client, fhir: ht
     put_resources(fhir, undated_death, icb)
     out = fresh_outcomes(api, "cirae-dupilumab")["outcomes"]
     assert out["groups"] == {"dupilumab": 0, "control_1": 3, "control_2": 3}
-    excluded = out["excluded"]
-    assert excluded["n"] == 1
-    assert excluded["subjects"][0]["reason"] == "death recorded without a date"
+    assert out["excluded"] == {"n": 1, "by_reason": {"death recorded without a date": 1}}
+    listed = api.get("/studies/cirae-dupilumab/outcomes/excluded").json()
+    assert [r["reason"] for r in listed["excluded"]] == ["death recorded without a date"]
+    assert listed["excluded"][0]["subject_id"].startswith("S-")  # pseudonymous, never the FHIR id
     for control_group in ("control_1", "control_2"):
         model = out["cox"][control_group]["primary"]
         assert model["estimable"] is False

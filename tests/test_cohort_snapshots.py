@@ -106,6 +106,7 @@ def test_before_the_first_snapshot_reads_answer_503_cohort_not_ready(manual: Man
         f"/studies/{NCT}/outcomes",
         f"/studies/{NCT}/outcomes/plots/efs.svg",
         f"/studies/{NCT}/outcomes/subjects",
+        f"/studies/{NCT}/outcomes/swimmer",
         f"/studies/{NCT}/outcomes/report.html",
         f"/studies/{NCT}/outcomes/report.pdf",
     ):
@@ -166,7 +167,7 @@ def test_the_listing_and_the_report_are_served_from_the_snapshot(manual: Manual)
         f"computed: every change up to number {outcomes.json()['data_as_of']})"
     )
     assert cut_off in report.text
-    for path in ("subjects", "report.html", "report.pdf"):
+    for path in ("subjects", "swimmer", "report.html", "report.pdf"):
         again = manual.api.get(f"/studies/{NCT}/outcomes/{path}", headers={"If-None-Match": tag})
         assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", tag)
 
@@ -195,6 +196,39 @@ def test_the_listing_and_the_report_are_served_from_the_snapshot(manual: Manual)
     newer = fresh_listing(manual.api, NCT)
     assert (newer["stale"], len(newer["subjects"])) == (False, 2)
     assert newer["data_as_of"] > listing["data_as_of"]
+
+
+def test_fresh_waits_at_most_its_timeout_then_answers_503_cohort_not_fresh(
+    manual: Manual,
+) -> None:
+    """While another process holds the study's computation lease, `fresh=true` cannot get a fresh
+    snapshot: after `TRIALBRIDGE_COHORT_FRESH_TIMEOUT_SECONDS` it answers 503 `cohort_not_fresh`
+    with Retry-After (never waits longer); once the lease is gone it computes and answers 200."""
+    fresh_outcomes(manual.api, NCT)
+    put_resources(manual.fhir, *enrolled("a"))  # a change the snapshot does not reflect yet
+    reports = manual.running.app.state.reports
+    assert isinstance(reports, CohortReports)
+    timeout, reports.fresh_timeout = reports.fresh_timeout, 0.5
+    lease = {"s": NCT, "o": "another-process", "u": "2999-01-01 00:00:00+00:00"}
+    try:
+        with manual.running.engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO cohort_lease (study_id, owner, until) VALUES (:s, :o, :u)"),
+                lease,
+            )
+        started = time.monotonic()
+        answer = manual.api.get(f"/studies/{NCT}/outcomes", params={"fresh": "true"})
+        waited = time.monotonic() - started
+        assert (answer.status_code, answer.json()["error"]["code"]) == (503, "cohort_not_fresh")
+        assert answer.headers["retry-after"] == "1"
+        assert 0.5 <= waited < 30  # bounded by the timeout (30: a loaded CI machine's margin)
+        stale = manual.api.get(f"/studies/{NCT}/outcomes").json()  # the old snapshot meanwhile
+        assert (stale["stale"], subjects_in(stale)) == (True, 0)
+    finally:
+        with manual.running.engine.begin() as conn:
+            conn.execute(text("DELETE FROM cohort_lease WHERE study_id = :s"), {"s": NCT})
+        reports.fresh_timeout = timeout
+    assert subjects_in(fresh_outcomes(manual.api, NCT)) == 1
 
 
 def test_data_as_of_advances_with_each_change_and_not_with_a_no_op(manual: Manual) -> None:

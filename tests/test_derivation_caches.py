@@ -24,6 +24,7 @@ from service.infra.settings import Settings
 from service.repositories import trial_events
 from service.repositories.unit_of_work import UnitOfWork
 from tests.conftest import TEST_DATA
+from tests.kit import fhir as kit
 
 SITE_VALUESET = {
     "resourceType": "ValueSet",
@@ -202,3 +203,37 @@ def test_a_date_already_in_the_site_calendar_is_the_same_object_after_the_caches
     assert again == first
     assert again is not first
     assert in_zone(again, zone) is again
+
+
+def test_a_rolled_back_write_leaves_no_study_change(new_database: Any, backend: str) -> None:
+    """A write marks the studies it changed in its own transaction (issue 19: the per-study change
+    sequence): one that rolls back after its derivation marked NCT06088771 changed leaves no
+    change row, so no snapshot goes stale for it; the same write committed leaves its rows."""
+    engine, derivation = _fresh(new_database, backend)
+    ctx = WriteContext(now=utcnow(), source="test", request_id="r")
+    resources = [
+        kit.research_study(),
+        kit.patient(id="p1", gender="female", birth_date="1960-01-01"),
+        kit.research_subject(id="p1-rs", patient="p1", start="2025-03-03"),
+    ]
+
+    def changes(session: Any) -> int:
+        return int(session.execute(text("SELECT count(*) FROM study_change")).scalar_one())
+
+    try:
+        marked = []
+        for outcome in ("rollback", "commit"):
+            entries = [
+                resource_entry(r, method="PUT", path="", resource_id=r["id"]) for r in resources
+            ]
+            with Session(engine) as session:
+                uow = UnitOfWork(session)
+                apply_entries(uow, entries, ctx)
+                derivation.after_write(uow)
+                marked.append((sorted(uow.changed_studies), changes(session)))
+                uow.rollback() if outcome == "rollback" else uow.commit()
+            with Session(engine) as session:
+                assert changes(session) == (0 if outcome == "rollback" else marked[-1][1])
+        assert marked == [(["NCT06088771"], 1)] * 2  # one change row per study changed
+    finally:
+        engine.dispose()

@@ -22,8 +22,8 @@ def test_head_is_the_newest_packaged_migration() -> None:
         p.name
         for p in (Path(migrate.__file__).parents[2] / "migrations" / "versions").glob("0*.py")
     )
-    assert newest.startswith("0021_")
-    assert migrate.head_revision() == "0021"
+    assert newest.startswith("0022_")
+    assert migrate.head_revision() == "0022"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -269,4 +269,62 @@ def test_0020_refuses_a_store_with_a_version_but_no_head(new_database: Any, kind
     # before anything of 0020 or 0021 was applied, on SQLite too (one transaction per revision)
     assert migrate.current_revision(engine) == "0019"
     assert "rid" not in {c["name"] for c in inspect(engine).get_columns("fhir_resource")}
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_0022_names_each_listing_row_s_listing_and_drops_the_old_snapshots(
+    new_database: Any, kind: str
+) -> None:
+    """Snapshots are derived data: 0022 drops them (a new layout, computed again) and keys the
+    listing rows by (study, listing, subject); a downgrade drops them again, keyed as before."""
+    engine = make_engine(Settings(database_url=new_database(kind)))
+    migrate.upgrade(engine, "0021")
+    snapshot = (
+        "INSERT INTO cohort_snapshot (study_id, protocol_version, basis, data_as_of, computed_at,"
+        " compute_seconds, digest, plots, body) VALUES ('NCT06088771', '1', 'b', 3,"
+        " '2026-12-05 00:00:00+00:00', 0.5, 'd', '[]', '{}')"
+    )
+    with engine.begin() as conn:
+        conn.execute(text(snapshot))
+        conn.execute(
+            text(
+                "INSERT INTO cohort_listing (study_id, subject_id, digest, body)"
+                " VALUES ('NCT06088771', 'S-1', 'd', '{}')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO cohort_figure (study_id, name, format, etag, body)"
+                " VALUES ('NCT06088771', 'os', 'data', 'd', :b)"
+            ),
+            {"b": b"{}"},
+        )
+
+    def counts() -> tuple[int, int, int]:
+        with engine.connect() as conn:
+            return tuple(  # type: ignore[return-value]
+                int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one())
+                for t in ("cohort_snapshot", "cohort_listing", "cohort_figure")
+            )
+
+    def key() -> list[str]:
+        return list(inspect(engine).get_pk_constraint("cohort_listing")["constrained_columns"])
+
+    assert (counts(), key()) == ((1, 1, 1), ["study_id", "subject_id"])
+    migrate.upgrade(engine, "0022")
+    assert (counts(), key()) == ((0, 0, 0), ["study_id", "listing", "subject_id"])
+    with engine.begin() as conn:
+        conn.execute(text(snapshot))
+        for listing in ("subjects", "swimmer"):  # one subject in two listings
+            conn.execute(
+                text(
+                    "INSERT INTO cohort_listing (study_id, listing, subject_id, digest, body)"
+                    " VALUES ('NCT06088771', :l, 'S-1', 'd', '{}')"
+                ),
+                {"l": listing},
+            )
+    assert counts() == (1, 2, 0)
+    migrate.downgrade(engine, "0021")
+    assert (counts(), key()) == ((0, 0, 0), ["study_id", "subject_id"])
     engine.dispose()

@@ -87,7 +87,38 @@ def test_trial_cohort_outcomes_from_posted_fhir(api: httpx.Client) -> None:
     assert out["feasibility"]["successes"] == 3
     assert out["time_to_surgery"]["median_days"] == 17
     assert (out["os"]["n"], out["os"]["events"], out["os"]["censored"]) == (3, 1, 2)
-    assert len(out["swimmer"]) == 3
+    # summaries only: the per-subject and swimmer rows are paged at their own endpoints
+    assert not {"subjects", "swimmer"} & set(out)
+    swimmer = api.get("/studies/NCT06088771/outcomes/swimmer").json()
+    assert (swimmer["data_as_of"], swimmer["next_cursor"]) == (body["data_as_of"], None)
+    rows = swimmer["swimmer"]
+    assert len(rows) == 3  # the dosed subjects, in subject-id order
+    assert [r["subject_id"] for r in rows] == sorted(r["subject_id"] for r in rows)
+    assert [r["surgery_day"] for r in rows] == [17, 17, 17]  # Day 18, Day 1 being day 0
+    assert sorted(r["mpr"] for r in rows) == ["met", "not_evaluable", "not_met"]
+    assert sum(r["death_day"] is not None for r in rows) == 1
+    listed = api.get("/studies/NCT06088771/outcomes/subjects").json()["subjects"]
+    assert len(listed) == 4  # every subject, dosed or not
+    assert {r["subject_id"] for r in rows} < {r["subject_id"] for r in listed}
+
+
+def test_swimmer_rows_are_paged_and_a_cohort_study_has_none(api: httpx.Client) -> None:
+    """Pages of one row follow each other by cursor to the same rows as one page; the cirAE
+    cohort has no swimmer plot (404 not_applicable), NCT06088771 excludes no one that way."""
+    fresh_outcomes(api, "NCT06088771")
+    whole = api.get("/studies/NCT06088771/outcomes/swimmer").json()["swimmer"]
+    paged, cursor = [], None
+    for _ in range(len(whole) + 1):
+        params = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = api.get("/studies/NCT06088771/outcomes/swimmer", params=params).json()
+        paged += page["swimmer"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert (len(whole), paged) == (3, whole)
+    for study, listing in (("cirae-dupilumab", "swimmer"), ("NCT06088771", "excluded")):
+        answer = api.get(f"/studies/{study}/outcomes/{listing}")
+        assert (answer.status_code, answer.json()["error"]["code"]) == (404, "not_applicable")
 
 
 def test_report_follows_new_data(api: httpx.Client, fhir: httpx.Client) -> None:

@@ -14,7 +14,7 @@ from service.protocol.terminology import build_terminology
 from service.studies.interventional.subject_outcomes import subject_outcomes
 from tests.kit import fhir as kit
 from tests.kit.client import put_resources
-from tests.kit.cohort import fresh_outcomes
+from tests.kit.cohort import every_row, fresh_outcomes
 from tests.kit.mapping import events_of
 from tests.kit.protocols import trial_protocol
 
@@ -316,7 +316,8 @@ def test_cohort_endpoint_answers_with_a_death_before_day1(
     """A posted death dated before Day 1 once made the cohort 500; now it is listed, not fitted."""
     _enroll(fhir, [dict(_base()[0], deceasedDateTime="2025-03-01"), *_base()[1:]])
     out = fresh_outcomes(api, "NCT06088771")["outcomes"]
-    subject_id = out["subjects"][0]["subject_id"]
+    (listed,) = every_row(api, "NCT06088771", "subjects")
+    subject_id = listed["subject_id"]
     reason = "death recorded before Day 1 (2025-03-01)"
     for key in ("os", "efs"):
         assert (out[key]["n"], out[key]["estimable"]) == (0, False)

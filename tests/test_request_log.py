@@ -109,14 +109,18 @@ def test_no_patient_data_reaches_a_log_line_or_a_study_answer(
             f"/api/v1/studies/{NCT}/eligibility",
             f"/api/v1/studies/{NCT}/deviations",
             f"/api/v1/studies/{NCT}/outcomes",
+            f"/api/v1/studies/{NCT}/outcomes/subjects",
+            f"/api/v1/studies/{NCT}/outcomes/swimmer",
         )
     ]
-    assert [a.status_code for a in answers] == [200] * 8
+    assert [a.status_code for a in answers] == [200] * 10
     for answer in answers:
         for secret in (*SECRETS, BIRTH_DATE, *fhir_ids):
             at = answer.text.find(secret)
             assert at < 0, (answer.url, secret, answer.text[max(0, at - 300) : at + 60])
-    assert sid in answers[7].text  # the cohort answer lists the subject, by its pseudonym only
+    # the cohort's listing names the subject, by its pseudonym only; the outcomes count it
+    assert [r["subject_id"] for r in answers[8].json()["subjects"]] == [sid]
+    assert answers[7].json()["outcomes"]["counts"]["subjects"] == 1
     assert '"age_at_enrollment":65' in answers[2].text  # born 1959-08-14, enrolled 2025-02-24
 
     # Evidence ids name the resource only for a token that may read it under /fhir.
@@ -157,6 +161,8 @@ def test_no_patient_data_reaches_a_log_line_or_a_study_answer(
         ("GET", "/api/v1/studies/{study_id}/eligibility", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/deviations", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/outcomes", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/outcomes/subjects", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/outcomes/swimmer", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/evidence/{evidence_id}", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/evidence/{evidence_id}", 403, "stats"),
         ("GET", "/api/v1/studies/{study_id}/evidence/{evidence_id}", 404, "ehr"),

@@ -484,6 +484,8 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
         "/api/v1/studies/{study_id}/outcomes",
         "/api/v1/studies/{study_id}/outcomes/plots/{plot}",
         "/api/v1/studies/{study_id}/outcomes/subjects",
+        "/api/v1/studies/{study_id}/outcomes/swimmer",
+        "/api/v1/studies/{study_id}/outcomes/excluded",
         "/api/v1/studies/{study_id}/outcomes/report.html",
         "/api/v1/studies/{study_id}/outcomes/report.pdf",
         "/api/v1/studies/{study_id}/deviations",
@@ -506,6 +508,8 @@ def test_openapi_documents_the_study_api_and_its_error_shape(server: LiveServer)
             plot,
             "/api/v1/studies/{study_id}/outcomes",
             "/api/v1/studies/{study_id}/outcomes/subjects",
+            "/api/v1/studies/{study_id}/outcomes/swimmer",
+            "/api/v1/studies/{study_id}/outcomes/excluded",
             "/api/v1/studies/{study_id}/outcomes/report.html",
             "/api/v1/studies/{study_id}/outcomes/report.pdf",
         }

@@ -405,11 +405,13 @@ class CohortSnapshot(SQLModel, table=True):
 
 
 class CohortListing(SQLModel, table=True):
-    """One subject's row of a study's snapshot listing (evidence sealed), paged by subject id."""
+    """One subject's row of one of a study's snapshot listings (`subjects`, `swimmer`, `excluded`;
+    evidence sealed), paged by subject id."""
 
     __tablename__ = "cohort_listing"
 
     study_id: str = Field(primary_key=True, max_length=64)
+    listing: str = Field(primary_key=True, max_length=16)
     subject_id: str = Field(primary_key=True, max_length=64)
     digest: str = Field(max_length=64)  # the snapshot the row belongs to
     body: str = Field(sa_column=Column(Text(), nullable=False))

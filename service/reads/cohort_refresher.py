@@ -69,9 +69,15 @@ def _release() -> str:
         return "unknown"
 
 
+# How a snapshot is laid out; a new layout makes every stored snapshot stale (computed again).
+# 2: per-subject and swimmer rows in listings of their own, not in the outcomes body.
+SNAPSHOT_LAYOUT = 2
+
+
 def basis_of(protocol: StudyProtocol) -> str:
-    """What a snapshot was computed under: the protocol as loaded and the release computing it."""
-    text = f"{protocol.model_dump_json()}\x1f{_release()}"
+    """What a snapshot was computed under: the protocol as loaded, the release computing it and
+    the snapshot layout."""
+    text = f"{protocol.model_dump_json()}\x1f{_release()}\x1f{SNAPSHOT_LAYOUT}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -217,12 +223,12 @@ class _Stored:
     body: str
     plots: str
     figures: dict[str, str]  # name -> the figure's data (FigureData JSON)
-    listing: list[ListingRow]
+    listings: dict[str, list[ListingRow]]  # listing name -> its rows, in subject-id order
     document: str | None
 
 
 def _stored(study_id: str, report: CohortReport, seal: Seal) -> _Stored:
-    """The report's outcomes (with its flow and Table 1), listing and document as stored JSON."""
+    """The report's outcomes (with its flow and Table 1), listings and document as stored JSON."""
 
     def sealed(value: Any) -> Any:
         return minimised(value, lambda cited: seal(study_id, cited))
@@ -232,16 +238,22 @@ def _stored(study_id: str, report: CohortReport, seal: Seal) -> _Stored:
         outcomes["flow"] = flow_to_json(report.flow)
     if report.table1 is not None:
         outcomes["table1"] = table_to_json(report.table1)
-    listing = [
-        ListingRow(r.subject_id, to_json(sealed({"subject_id": r.subject_id, **dict(r.fields)})))
-        for r in report.listing
-    ]
+    listings: dict[str, list[ListingRow]] = {
+        name: [
+            ListingRow(
+                r.subject_id, to_json(sealed({"subject_id": r.subject_id, **dict(r.fields)}))
+            )
+            for r in rows
+        ]
+        for name, rows in report.listings().items()
+        if rows
+    }
     document = report.document() if report.document is not None else None
     return _Stored(
         body=to_json(sealed(outcomes)),
         plots=to_json(sorted(report.plots)),
         figures={name: data.to_json() for name, data in sorted(report.plots.items())},
-        listing=listing,
+        listings=listings,
         document=to_json(document_to_json(document)) if document is not None else None,
     )
 
@@ -523,7 +535,9 @@ class CohortRefresher:
                 digest="",
                 plots=stored.plots,
             )
-            listing = "\n".join(r.body for r in stored.listing)
+            listing = "\n".join(
+                f"{name}\x1f{r.body}" for name, rows in stored.listings.items() for r in rows
+            )
             figures = "\n".join(f"{name}\x1f{data}" for name, data in stored.figures.items())
             digest = snapshot_digest(head, stored.body, listing, stored.document or "", figures)
             head = dataclasses.replace(head, digest=digest)
@@ -537,7 +551,7 @@ class CohortRefresher:
                     for name, data in stored.figures.items()
                 ],
                 document=stored.document,
-                listing=stored.listing,
+                listings=stored.listings,
             )
         return data_as_of
 

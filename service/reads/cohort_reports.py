@@ -31,6 +31,8 @@ from service.repositories import cohort_snapshots
 from service.repositories.cohort_snapshots import SnapshotHead
 from service.stats.figures import MEDIA_TYPES, FigureData, Format, RenderedFigure
 from service.studies.document import document_from_json, figures_of
+from service.studies.kind import ListingName
+from service.studies.registry import kind_of
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +100,19 @@ class CohortReports:
         limit: int,
         fresh: bool = False,
         unchanged: Callable[[str], bool] | None = None,
+        name: ListingName = "subjects",
     ) -> ListingPage:
-        """A page of the last snapshot's per-subject listing, in subject-id order; its rows are
-        None when `unchanged(etag)` (a 304: the page of a snapshot never changes)."""
+        """A page of one of the last snapshot's listings (`name`: the per-subject analysis rows,
+        the swimmer plot's, or the subjects left out), in subject-id order; its rows are None when
+        `unchanged(etag)` (a 304: the page of a snapshot never changes). 404 for a kind that keeps
+        no such listing."""
+        kind = kind_of(find_protocol(self.protocols, study_id))
+        if name not in kind.listings:
+            raise ApiError(
+                404,
+                "not_applicable",
+                f"study {study_id} is a {kind.title}: it has no {name} listing",
+            )
         protocol = self._protocol(study_id, fresh)
         after = decode_cursor(cursor) if cursor is not None else None
 
@@ -113,7 +125,7 @@ class CohortReports:
                 rows: list[cohort_snapshots.ListingRow] | None = None
                 if unchanged is None or not unchanged(etag):
                     rows = cohort_snapshots.listing_rows(
-                        session, protocol.id, head.digest, after, limit + 1
+                        session, protocol.id, head.digest, after, limit + 1, listing=name
                     )
                     again = cohort_snapshots.snapshot_head(session, protocol.id)
                     if again is None or again.digest != head.digest:
@@ -121,6 +133,7 @@ class CohortReports:
                 page = (rows or [])[:limit]
                 more = rows is not None and len(rows) > limit
                 return ListingPage(
+                    name=name,
                     study=StudyRef(protocol.id, head.protocol_version),
                     computed_at=head.computed_at,
                     data_as_of=head.data_as_of,

@@ -14,6 +14,7 @@ from typing import Any
 from fhir_mapping.events.model import TrialEvent
 from service.protocol.schema import StudyProtocol
 from service.studies.document import ReportDocument
+from service.studies.kind import ListingName
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +131,11 @@ class CohortOutcomes:
 
 @dataclass(frozen=True, slots=True)
 class ListingPage:
-    """One page of a study's per-subject analysis listing, read from the last snapshot: each row
-    as stored JSON (evidence already sealed), with the snapshot's time, change and validator."""
+    """One page of one of a study's listings (the per-subject analysis rows, the swimmer plot's,
+    or the subjects left out), read from the last snapshot: each row as stored JSON (evidence
+    already sealed), with the snapshot's time, change and validator."""
 
+    name: ListingName
     study: StudyRef
     computed_at: dt.datetime
     data_as_of: int

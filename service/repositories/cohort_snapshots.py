@@ -8,7 +8,7 @@ transaction that stores the snapshot, so a change committed meanwhile stays and 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, exists, func, insert, select, update
@@ -163,12 +163,18 @@ class ListingRow:
 
 
 def listing_rows(
-    session: Session, study_id: str, digest: str, after: str | None, limit: int
+    session: Session,
+    study_id: str,
+    digest: str,
+    after: str | None,
+    limit: int,
+    *,
+    listing: str = "subjects",
 ) -> list[ListingRow]:
-    """Up to `limit` rows of the snapshot's listing after subject id `after`, in subject-id order
-    (a range scan of the primary key)."""
+    """Up to `limit` rows of one of the snapshot's listings after subject id `after`, in
+    subject-id order (a range scan of the primary key)."""
     c = _LISTING.c
-    where = [c.study_id == study_id, c.digest == digest]
+    where = [c.study_id == study_id, c.listing == listing, c.digest == digest]
     if after is not None:
         where.append(c.subject_id > after)
     rows = session.execute(
@@ -200,9 +206,10 @@ def store_snapshot(
     figures: Sequence[Figure],
     *,
     document: str | None = None,
-    listing: Sequence[ListingRow] = (),
+    listings: Mapping[str, Sequence[ListingRow]] | None = None,
 ) -> None:
-    """Replace the study's snapshot, its figures, its listing rows and its report document."""
+    """Replace the study's snapshot, its figures, its listings' rows (by listing name) and its
+    report document."""
     values = {
         "study_id": head.study_id,
         "protocol_version": head.protocol_version,
@@ -233,19 +240,21 @@ def store_snapshot(
             ],
         )
     session.execute(delete(_LISTING).where(_LISTING.c.study_id == head.study_id))
-    for part in chunks(list(listing)):
-        session.execute(
-            insert(_LISTING),
-            [
-                {
-                    "study_id": head.study_id,
-                    "subject_id": r.subject_id,
-                    "digest": head.digest,
-                    "body": r.body,
-                }
-                for r in part
-            ],
-        )
+    for name, rows in sorted((listings or {}).items()):
+        for part in chunks(list(rows)):
+            session.execute(
+                insert(_LISTING),
+                [
+                    {
+                        "study_id": head.study_id,
+                        "listing": name,
+                        "subject_id": r.subject_id,
+                        "digest": head.digest,
+                        "body": r.body,
+                    }
+                    for r in part
+                ],
+            )
 
 
 def figure(session: Session, study_id: str, name: str, fmt: str) -> Figure | None:

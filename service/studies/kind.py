@@ -14,7 +14,7 @@ import hmac
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from fhir_mapping.events.model import EventKind, SourceRef, TrialEvent
 from fhir_mapping.partial_dates import site_date
@@ -125,6 +125,12 @@ class CohortData:
     records: Sequence[Any] | None = None
 
 
+# The per-subject listings a cohort snapshot can keep: the analysis listing, the swimmer plot's
+# rows, and the subjects left out of the analysis with why (GET …/outcomes/subjects, …/swimmer,
+# …/excluded).
+ListingName = Literal["subjects", "swimmer", "excluded"]
+
+
 @dataclass(frozen=True, slots=True)
 class ListingRow:
     """One subject's row of a study's analysis listing: pseudonymous id, no dates of birth or names."""
@@ -149,8 +155,16 @@ class CohortReport:
     flow: ConsortFlow | None = None
     table1: BalanceTable | None = None
     listing: tuple[ListingRow, ...] = ()
+    # the swimmer plot's rows, one per dosed subject in subject-id order (a kind with the plot)
+    swimmer: tuple[ListingRow, ...] = ()
+    # the subjects the analysis leaves out, each with its reason, in subject-id order
+    excluded: tuple[ListingRow, ...] = ()
     # the report document (report.html), built when first asked for
     document: Callable[[], ReportDocument] | None = None
+
+    def listings(self) -> dict[ListingName, tuple[ListingRow, ...]]:
+        """The listings the snapshot keeps, by name (each paged at its own endpoint)."""
+        return {"subjects": self.listing, "swimmer": self.swimmer, "excluded": self.excluded}
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,3 +229,6 @@ class StudyKind(Generic[P]):
     # event kinds `reduce_member` reads only as days the patient was seen: streamed, they are not
     # built as events, the member gets their latest day instead (`Member.seen`)
     days_only_events: frozenset[EventKind] = frozenset()
+    # the per-subject listings its snapshots keep, each paged at its own endpoint (never in the
+    # outcomes body, which stays the same size whatever the cohort's)
+    listings: frozenset[ListingName] = frozenset({"subjects"})

@@ -85,6 +85,21 @@ def fresh_listing(
     return body
 
 
+def every_row(client: httpx.Client, study: str, listing: str) -> list[dict[str, Any]]:
+    """Every row of one of the snapshot's listings (`subjects`, `swimmer`, `excluded`), page by
+    page, from a snapshot reflecting every write made before the call."""
+    rows: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params = {"limit": 500, **({"cursor": cursor} if cursor is not None else {})}
+        page = fresh_get(client, study, listing, params).json()
+        assert page["stale"] is False, "a write ran concurrently with the fresh read"
+        rows += page[listing]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return rows
+
+
 def fresh_report(client: httpx.Client, study: str) -> httpx.Response:
     """The study's report.html from a snapshot reflecting every write."""
     return fresh_get(client, study, "report.html")

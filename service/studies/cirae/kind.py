@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from fhir_mapping.events.model import EventKind
 from service.stats.figures import km_figure
 from service.studies.cirae.analysis import cirae_outcomes
@@ -10,7 +12,7 @@ from service.studies.cirae.protocol import CohortProtocol
 from service.studies.cirae.reduction import cohort_of, reduce_member
 from service.studies.cirae.report import cirae_document
 from service.studies.cirae.reporting import ORIGIN, group_curves, report_additions
-from service.studies.kind import CohortData, CohortReport, StudyKind
+from service.studies.kind import CohortData, CohortReport, ListingRow, StudyKind
 
 
 def cirae_report(protocol: CohortProtocol, cohort: CohortData) -> CohortReport:
@@ -24,9 +26,10 @@ def cirae_report(protocol: CohortProtocol, cohort: CohortData) -> CohortReport:
     )
     built, episodes = cohort_of(protocol, records)
     figures = cirae_outcomes(protocol, built.subjects)
+    # who is left out, and why: counted here, listed at its own endpoint (…/outcomes/excluded)
     figures["excluded"] = {
         "n": len(built.excluded),
-        "subjects": [{"subject_id": e.subject_id, "reason": e.reason} for e in built.excluded],
+        "by_reason": dict(sorted(Counter(e.reason for e in built.excluded).items())),
     }
     added = report_additions(protocol, episodes, built, figures)
     figures.update(added.body)
@@ -38,6 +41,10 @@ def cirae_report(protocol: CohortProtocol, cohort: CohortData) -> CohortReport:
         flow=added.flow,
         table1=added.table1,
         listing=added.listing,
+        excluded=tuple(
+            ListingRow(e.subject_id, {"reason": e.reason})
+            for e in sorted(built.excluded, key=lambda e: e.subject_id)
+        ),
         document=lambda: cirae_document(protocol, figures, added.flow, added.table1),
     )
 
@@ -50,6 +57,7 @@ CIRAE_COHORT: StudyKind[CohortProtocol] = StudyKind(
     membership=cohort_membership,
     membership_events=frozenset({EventKind.DRUG_ADMINISTRATION, EventKind.DRUG_EXPOSURE}),
     cohort_report=cirae_report,
+    listings=frozenset({"subjects", "excluded"}),
     reduce_member=reduce_member,
     # visits and lab results are read only for the last data point (cohort.py: `last_seen`)
     days_only_events=frozenset({EventKind.DATA_POINT, EventKind.ENCOUNTER}),

@@ -35,8 +35,10 @@ def trial_report(protocol: TrialProtocol, cohort: CohortData) -> CohortReport:
     level = data.level
     efs, os_ = data.km["efs"], data.km["os"]
     flow = trial_flow(protocol, cohort, figures["subjects"])
+    # a row per subject and per dosed subject: listings paged at their own endpoints, not the body
+    body = {k: v for k, v in figures.items() if k not in ("subjects", "swimmer")}
     return CohortReport(
-        figures,
+        body,
         {
             "efs": km_figure([efs], f"{protocol.id}: event-free survival", level, "Day 1"),
             "os": km_figure([os_], f"{protocol.id}: overall survival", level, "Day 1"),
@@ -46,6 +48,12 @@ def trial_report(protocol: TrialProtocol, cohort: CohortData) -> CohortReport:
         listing=tuple(
             ListingRow(r["subject_id"], {k: v for k, v in r.items() if k != "subject_id"})
             for r in sorted(figures["subjects"], key=lambda r: str(r["subject_id"]))
+        ),
+        swimmer=tuple(
+            ListingRow(
+                row.subject_id, {k: v for k, v in row.to_json().items() if k != "subject_id"}
+            )
+            for row in sorted(data.swimmer, key=lambda row: row.subject_id)
         ),
         document=lambda: trial_document(protocol, figures, flow),
     )
@@ -101,6 +109,7 @@ INTERVENTIONAL: StudyKind[TrialProtocol] = StudyKind(
         {EventKind.ENROLLMENT, EventKind.DRUG_ADMINISTRATION, EventKind.CONDITION}
     ),
     cohort_report=trial_report,
+    listings=frozenset({"subjects", "swimmer"}),
     refresh=refresh_screening,
     screening=eligibility_on,
     subject_outcomes=subject_outcomes,
