@@ -86,8 +86,7 @@ LimitQuery = Annotated[int | None, Query(ge=1, description="Page size")]
 
 
 def _listing_route(name: ListingName, page: type[BaseModel], summary: str, doc: str) -> None:
-    """GET …/outcomes/{name}: a page of one of the snapshot's listings (the three differ only in
-    their rows, so one endpoint serves each)."""
+    """GET …/outcomes/{name}: one endpoint for each listing, which differ only in their rows."""
 
     async def endpoint(
         request: Request,
@@ -131,7 +130,8 @@ _listing_route(
     ExcludedPageOut,
     "The subjects the analysis leaves out, with why, a page at a time",
     "Pseudonymous ids and reasons in subject-id order (the outcomes count them by reason); 404 "
-    "`not_applicable` for a study kind that excludes no one from its analysis.",
+    "`not_applicable` for a study kind without this listing (NCT06088771 names the subjects its "
+    "survival curves leave out in the outcomes, under `efs.excluded` and `os.excluded`).",
 )
 
 

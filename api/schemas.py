@@ -419,7 +419,7 @@ class CohortOutcomesOut(BaseModel):
         "flow. cirae-dupilumab: protocol, groups, resolution, matching, cox (per control group: "
         "primary, matched_sets, unadjusted, fixed_group models), survival, km_groups, excluded "
         "(n, by_reason), comparisons, cirae_description, glucocorticoids, table1, flow. "
-        "Summaries only, the same size whatever the cohort's: the per-subject rows are paged at "
+        "Summaries: the per-subject rows are paged at "
         "…/outcomes/subjects, …/outcomes/swimmer (NCT06088771) and …/outcomes/excluded "
         "(cirae-dupilumab).",
         examples=[
@@ -480,7 +480,8 @@ class SwimmerPageOut(_SnapshotPage):
     days since Day 1, Day 1 = day 0), from the same snapshot as the outcomes."""
 
     swimmer: list[dict[str, Any]] = Field(
-        description="One row per dosed subject, in subject-id order",
+        description="One row per dosed subject, in subject-id order; `problem` says in words "
+        "what kept an endpoint from being placed (it may quote the date recorded)",
         examples=[
             {
                 "subject_id": "S-ABCDEFGHIJKLMNOP",

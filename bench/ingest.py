@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import json
 import os
 import platform
 import queue
@@ -571,6 +572,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help="the service's TRIALBRIDGE_MODEL_CHECK_PROCESSES (default: its own; 0 = in place)",
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="also write the figures as JSON here (e.g. bench/results/ingest-LABEL.json)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds = QUICK_SECONDS
@@ -607,6 +614,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for result in results:
         print(result.summary())
+    if args.out is not None:
+        written = {
+            "machine": dict(machine_facts(postgres_url)),
+            "seconds": args.seconds,
+            "concurrency": args.concurrency,
+            "target": TARGET_RATIO,
+            **{
+                r.backend: {
+                    "bundles": r.bundles,
+                    "resources": r.resources,
+                    "end_to_end_resources_per_s": round(r.end_to_end),
+                    "validation_resources_per_s": round(r.validation),
+                    "ratio": round(r.ratio, 3),
+                }
+                for r in results
+            },
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(written, indent=2) + "\n")
+        print(f"figures written to {args.out}")
     return 0
 
 

@@ -22,10 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 # bench script and arguments -> a line the run must print (a regular expression)
 RUNS = {
-    "ingest": (
-        ["ingest.py", "--quick", "--backend", "sqlite"],
-        r"^sqlite: \d+ res/s end-to-end, validation-only \d+ res/s, ratio \d\.\d\d ",
-    ),
     "small_transactions": (
         ["small_transactions.py", "--seconds", "1.5", "--config", "sqlite"],
         r"^\s+ratio:\s+\d+\.\d\d\s+\(target 0\.3\)$",
@@ -68,6 +64,28 @@ def test_small_transactions_writes_its_figures(tmp_path: Path) -> None:
     assert figures["clients"] == 1
     assert figures["target"] == 0.3
     assert figures["end_to_end_resources_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_ingest_prints_and_writes_its_figures(tmp_path: Path) -> None:
+    """bench/ingest.py --quick: the ratio line, and the same figures as JSON with `--out`."""
+    out = tmp_path / "ingest.json"
+    command = [sys.executable, str(REPO / "bench" / "ingest.py"), "--quick", "--backend"]
+    command += ["sqlite", "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = re.search(
+        r"^sqlite: (\d+) res/s end-to-end, validation-only (\d+) res/s, ratio (\d\.\d\d) ",
+        done.stdout,
+        re.MULTILINE,
+    )
+    assert printed is not None, done.stdout[-3000:]
+    figures = json.loads(out.read_text())
+    sqlite = figures["sqlite"]
+    assert str(sqlite["end_to_end_resources_per_s"]) == printed.group(1)
+    assert str(sqlite["validation_resources_per_s"]) == printed.group(2)
+    assert abs(sqlite["ratio"] - float(printed.group(3))) <= 0.0055  # 3 places vs 2 printed
+    assert (figures["target"], "postgresql" in figures) == (0.6, False)
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from service.reads.access import read
 from service.reads.cohort_refresher import _cohort, _records, _screened, _stored, kind_report
 from service.repositories import sql, study_subjects, trial_events
 from service.studies.cirae.reduction import reduce_member
-from service.studies.kind import CohortData, Member
+from service.studies.kind import CohortData, CohortReport, ListingRow, Member
 from service.studies.registry import kind_of
 from tests.kit.cli import run_trialbridge
 
@@ -119,8 +119,8 @@ def test_loaded_cohort_and_report_equal_those_of_plain_decoding(
         )
         assert list(new.events) == list(old.events)
     assert list(cohort.screened) == list(plain.screened)
-    new_report = _stored(study_id, kind_report(protocol, cohort), _seal)
-    old_report = _stored(study_id, kind_report(protocol, plain), _seal)
+    new_report = _stored(study_id, kind_report(protocol, cohort), _seal, kind_of(protocol).listings)
+    old_report = _stored(study_id, kind_report(protocol, plain), _seal, kind_of(protocol).listings)
     assert new_report == old_report
 
 
@@ -144,8 +144,10 @@ def test_streamed_cohort_gives_the_plain_report(
     assert list(streamed.records) == [reduce_member(protocol, m) for m in plain.members]
     assert sum(r.episode is not None for r in streamed.records) > 0  # cirAE subjects described
     assert list(streamed.screened) == list(plain.screened)
-    new_report = _stored(study_id, kind_report(protocol, streamed), _seal)
-    old_report = _stored(study_id, kind_report(protocol, plain), _seal)
+    new_report = _stored(
+        study_id, kind_report(protocol, streamed), _seal, kind_of(protocol).listings
+    )
+    old_report = _stored(study_id, kind_report(protocol, plain), _seal, kind_of(protocol).listings)
     assert new_report == old_report
 
 
@@ -303,3 +305,16 @@ def test_a_kind_read_only_for_its_day_gives_the_day_its_event_would() -> None:
         request = isinstance(event.values.get("intent"), str)
         as_event = None if request or event.date is None else event.date.day
         assert decode.day_seen(data) == as_event == day, data
+
+
+def test_rows_of_a_listing_the_kind_does_not_serve_are_refused() -> None:
+    """A report with swimmer rows for a kind that serves only `subjects` would store rows no
+    endpoint answers (404 not_applicable): the refresher refuses it instead of storing it."""
+    rows = (ListingRow("S-1", {"dose_days": [0]}),)
+    report = CohortReport({"counts": {}}, {}, swimmer=rows)
+    stored = _stored("x", report, _seal, frozenset({"subjects", "swimmer"}))
+    assert {n: [(r.subject_id, r.body) for r in rows] for n, rows in stored.listings.items()} == {
+        "swimmer": [("S-1", '{"subject_id":"S-1","dose_days":[0]}')]
+    }
+    with pytest.raises(ValueError, match="swimmer"):
+        _stored("x", report, _seal, frozenset({"subjects"}))

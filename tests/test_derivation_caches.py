@@ -231,7 +231,10 @@ def test_a_rolled_back_write_leaves_no_study_change(new_database: Any, backend: 
                 apply_entries(uow, entries, ctx)
                 derivation.after_write(uow)
                 marked.append((sorted(uow.changed_studies), changes(session)))
-                uow.rollback() if outcome == "rollback" else uow.commit()
+                if outcome == "rollback":
+                    uow.rollback()
+                else:
+                    uow.commit()
             with Session(engine) as session:
                 assert changes(session) == (0 if outcome == "rollback" else marked[-1][1])
         assert marked == [(["NCT06088771"], 1)] * 2  # one change row per study changed

@@ -311,9 +311,16 @@ def test_0022_names_each_listing_row_s_listing_and_drops_the_old_snapshots(
     def key() -> list[str]:
         return list(inspect(engine).get_pk_constraint("cohort_listing")["constrained_columns"])
 
-    assert (counts(), key()) == ((1, 1, 1), ["study_id", "subject_id"])
+    def changes() -> list[tuple[int, str]]:
+        with engine.connect() as conn:
+            found = conn.execute(text("SELECT id, study_id FROM study_change ORDER BY id"))
+            return [(int(i), str(s)) for i, s in found]
+
+    assert (counts(), key(), changes()) == ((1, 1, 1), ["study_id", "subject_id"], [])
     migrate.upgrade(engine, "0022")
     assert (counts(), key()) == ((0, 0, 0), ["study_id", "listing", "subject_id"])
+    # the next snapshot reflects change 3 again: data_as_of never goes back
+    assert changes() == [(3, "NCT06088771")]
     with engine.begin() as conn:
         conn.execute(text(snapshot))
         for listing in ("subjects", "swimmer"):  # one subject in two listings
@@ -327,4 +334,5 @@ def test_0022_names_each_listing_row_s_listing_and_drops_the_old_snapshots(
     assert counts() == (1, 2, 0)
     migrate.downgrade(engine, "0021")
     assert (counts(), key()) == ((0, 0, 0), ["study_id", "subject_id"])
+    assert changes() == [(3, "NCT06088771")]  # kept once, though both directions kept it
     engine.dispose()

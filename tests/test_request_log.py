@@ -97,7 +97,8 @@ def test_no_patient_data_reaches_a_log_line_or_a_study_answer(
     subjects = app.call("GET", f"/api/v1/studies/{NCT}/subjects").json()["subjects"]
     sid = subjects[0]["subject_id"]
     deviation = app.call("GET", f"/api/v1/studies/{NCT}/deviations").json()["deviations"][0]["id"]
-    settle(app.served, NCT)  # the cohort answer below holds the patient, not an empty snapshot
+    # the cohort answers below hold the patient, not an empty snapshot
+    settle(app.served, NCT, "cirae-dupilumab")
     answers = [
         app.call("GET", path)
         for path in (
@@ -111,9 +112,10 @@ def test_no_patient_data_reaches_a_log_line_or_a_study_answer(
             f"/api/v1/studies/{NCT}/outcomes",
             f"/api/v1/studies/{NCT}/outcomes/subjects",
             f"/api/v1/studies/{NCT}/outcomes/swimmer",
+            "/api/v1/studies/cirae-dupilumab/outcomes/excluded",
         )
     ]
-    assert [a.status_code for a in answers] == [200] * 10
+    assert [a.status_code for a in answers] == [200] * 11
     for answer in answers:
         for secret in (*SECRETS, BIRTH_DATE, *fhir_ids):
             at = answer.text.find(secret)
@@ -163,6 +165,7 @@ def test_no_patient_data_reaches_a_log_line_or_a_study_answer(
         ("GET", "/api/v1/studies/{study_id}/outcomes", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/outcomes/subjects", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/outcomes/swimmer", 200, "ehr"),
+        ("GET", "/api/v1/studies/{study_id}/outcomes/excluded", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/evidence/{evidence_id}", 200, "ehr"),
         ("GET", "/api/v1/studies/{study_id}/evidence/{evidence_id}", 403, "stats"),
         ("GET", "/api/v1/studies/{study_id}/evidence/{evidence_id}", 404, "ehr"),

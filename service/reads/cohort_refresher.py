@@ -227,8 +227,9 @@ class _Stored:
     document: str | None
 
 
-def _stored(study_id: str, report: CohortReport, seal: Seal) -> _Stored:
-    """The report's outcomes (with its flow and Table 1), listings and document as stored JSON."""
+def _stored(study_id: str, report: CohortReport, seal: Seal, kept: frozenset[str]) -> _Stored:
+    """The report's outcomes (with its flow and Table 1), listings and document as stored JSON;
+    `kept`: the listings its kind serves (rows of another would be stored and never answered)."""
 
     def sealed(value: Any) -> Any:
         return minimised(value, lambda cited: seal(study_id, cited))
@@ -238,6 +239,9 @@ def _stored(study_id: str, report: CohortReport, seal: Seal) -> _Stored:
         outcomes["flow"] = flow_to_json(report.flow)
     if report.table1 is not None:
         outcomes["table1"] = table_to_json(report.table1)
+    unserved = {name for name, rows in report.listings().items() if rows} - kept
+    if unserved:
+        raise ValueError(f"{study_id}: rows for listings its kind does not serve: {unserved}")
     listings: dict[str, list[ListingRow]] = {
         name: [
             ListingRow(
@@ -487,7 +491,7 @@ class CohortRefresher:
                 cohort = read(self.engine, lambda s: _cohort(s, study_id, self.zone, protocol))
                 report = self.report_of(protocol, cohort)
                 del cohort
-                stored = _stored(study_id, report, self.seal)
+                stored = _stored(study_id, report, self.seal, kind_of(protocol).listings)
                 del report
             seconds = time.perf_counter() - started
             data_as_of = None if keeper.lost else self._store(protocol, ids, stored, seconds)

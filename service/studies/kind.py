@@ -229,6 +229,6 @@ class StudyKind(Generic[P]):
     # event kinds `reduce_member` reads only as days the patient was seen: streamed, they are not
     # built as events, the member gets their latest day instead (`Member.seen`)
     days_only_events: frozenset[EventKind] = frozenset()
-    # the per-subject listings its snapshots keep, each paged at its own endpoint (never in the
-    # outcomes body, which stays the same size whatever the cohort's)
+    # the per-subject listings its snapshots keep, each paged at its own endpoint, not in the
+    # outcomes body (which names a subject only as an exception or a matched set)
     listings: frozenset[ListingName] = frozenset({"subjects"})
