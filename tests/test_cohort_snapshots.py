@@ -231,6 +231,25 @@ def test_fresh_waits_at_most_its_timeout_then_answers_503_cohort_not_fresh(
     assert subjects_in(fresh_outcomes(manual.api, NCT)) == 1
 
 
+def test_a_lease_whose_owner_stopped_renewing_it_is_taken_over(manual: Manual) -> None:
+    """A process that died mid-computation leaves its lease behind; once the lease's time has
+    passed, this process computes the study (fresh=true answers 200 with the change in it)."""
+    fresh_outcomes(manual.api, NCT)
+    put_resources(manual.fhir, *enrolled("a"))
+    lapsed = {"s": NCT, "o": "a-process-that-died", "u": "2000-01-01 00:00:00+00:00"}
+    with manual.running.engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO cohort_lease (study_id, owner, until) VALUES (:s, :o, :u)"), lapsed
+        )
+    body = fresh_outcomes(manual.api, NCT)
+    assert (body["stale"], subjects_in(body)) == (False, 1)
+    with manual.running.engine.connect() as conn:
+        owners = conn.execute(
+            text("SELECT owner FROM cohort_lease WHERE study_id = :s"), {"s": NCT}
+        ).scalars()
+        assert "a-process-that-died" not in list(owners)
+
+
 def test_data_as_of_advances_with_each_change_and_not_with_a_no_op(manual: Manual) -> None:
     """Each write that changes the study moves data_as_of; resending the same data changes nothing."""
     put_resources(manual.fhir, *enrolled("a"))
