@@ -416,7 +416,8 @@ class CohortOutcomesOut(BaseModel):
     )
     outcomes: dict[str, Any] = Field(
         description="NCT06088771: counts, mpr, pcr, time_to_surgery, feasibility, safety, efs, os, "
-        "flow. cirae-dupilumab: protocol, groups, resolution, matching, cox (per control group: "
+        "flow. cirae-dupilumab: protocol, groups, resolution, matching (counts: cases, sets, "
+        "matched_controls, unmatched, partially_matched), cox (per control group: "
         "primary, matched_sets, unadjusted, fixed_group models), survival, km_groups, excluded "
         "(n, by_reason), comparisons, cirae_description, glucocorticoids, table1, flow. "
         "Summaries: the per-subject rows are paged at "

@@ -83,6 +83,20 @@ def _listing(api: httpx.Client, limit: int = 40) -> list[dict[str, Any]]:
             return rows
 
 
+def _matched_sets(rows: list[dict[str, Any]], control: str) -> list[tuple[str, list[str]]]:
+    """A comparison's matched sets, (case, controls) in set-number order, from each listed
+    subject's set and role: the outcomes body counts the sets, the listing says who is in them."""
+    members: dict[int, dict[str, list[str]]] = {}
+    for r in rows:
+        found = r["matched_sets"][control]
+        if found is not None:
+            members.setdefault(found["set"], {"case": [], "control": []})[found["role"]].append(
+                r["subject_id"]
+            )
+    assert all(len(m["case"]) == 1 for m in members.values())  # one case a set
+    return [(members[n]["case"][0], sorted(members[n]["control"])) for n in sorted(members)]
+
+
 def _patient_of(api: httpx.Client, subject_id: str) -> str:
     """The FHIR patient behind a subject id, through the timeline's evidence (an SDV lookup)."""
     timeline = api.get(f"{STUDY}/subjects/{subject_id}/timeline").json()
@@ -177,9 +191,11 @@ def test_table1_smds_match_hand_computations(api: httpx.Client) -> None:
     listing = {r["subject_id"]: r for r in _listing(api)}
     by_patient = {t.patient_id: t for t in SYNTHETIC.truth}
     for control in CONTROLS:
-        sets = out["matching"][control]["matched_sets"]
-        cases = [s["case"] for s in sets]
-        controls = [c for s in sets for c in s["controls"]]
+        sets = _matched_sets(list(listing.values()), control)
+        assert "matched_sets" not in out["matching"][control]  # counted in the body, not listed
+        assert len(sets) == out["matching"][control]["sets"]
+        cases = [case for case, _ in sets]
+        controls = [c for _, members in sets for c in members]
         panel = table["panels"][CONTROLS.index(control) + 1]
         assert [(g["key"], g["n"]) for g in panel["groups"]] == [
             ("dupilumab", len(cases)),
@@ -213,8 +229,8 @@ def test_matched_comparisons_against_lifelines_and_scipy(api: httpx.Client) -> N
             comparison["label"]
             == f"Dupilumab vs {'cirAE, no dupilumab' if control == 'control_1' else 'No cirAE'}"
         )
-        sets = [s for s in out["matching"][control]["matched_sets"] if s["controls"]]
-        set_of = {sid: i for i, s in enumerate(sets, 1) for sid in (s["case"], *s["controls"])}
+        sets = _matched_sets(list(listing.values()), control)
+        set_of = {sid: i for i, (case, members) in enumerate(sets, 1) for sid in (case, *members)}
         rows = [listing[sid] for sid in set_of]
         assert comparison["matched_sets"] == len(sets)
         assert comparison["n"] == len(rows) == out["cox"][control]["primary"]["n_subjects"]
@@ -339,7 +355,7 @@ def test_flow_counts_and_listing(api: httpx.Client) -> None:
         lost = {c["reason"]: c["n"] for c in box["excluded"]}
         unmatched = sizes["dupilumab"] - matching["sets"]
         assert lost.get("Dupilumab cases without an eligible control", 0) == unmatched
-        assert len(matching["unmatched_cases"]) == unmatched
+        assert matching["unmatched"] == unmatched
         label = "cirAE, no dupilumab" if control == "control_1" else "No cirAE"
         not_chosen = sizes[control] - matching["matched_controls"]
         assert lost.get(f"{label} patients not selected as controls", 0) == not_chosen

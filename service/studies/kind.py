@@ -230,5 +230,5 @@ class StudyKind(Generic[P]):
     # built as events, the member gets their latest day instead (`Member.seen`)
     days_only_events: frozenset[EventKind] = frozenset()
     # the per-subject listings its snapshots keep, each paged at its own endpoint, not in the
-    # outcomes body (which names a subject only as an exception or a matched set)
+    # outcomes body (which names a subject only as an exception: left out of a curve or a model)
     listings: frozenset[ListingName] = frozenset({"subjects"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from fhir_mapping.events.model import EventKind
 from service.stats.figures import km_figure
@@ -36,7 +37,7 @@ def cirae_report(protocol: CohortProtocol, cohort: CohortData) -> CohortReport:
     curves = group_curves(figures["km_groups"])
     title = "Overall survival from ICB initiation, by group"
     return CohortReport(
-        figures,
+        _served(figures),
         {"os": km_figure(curves, title, figures["confidence_level"], ORIGIN), **added.plots},
         flow=added.flow,
         table1=added.table1,
@@ -47,6 +48,28 @@ def cirae_report(protocol: CohortProtocol, cohort: CohortData) -> CohortReport:
         ),
         document=lambda: cirae_document(protocol, figures, added.flow, added.table1),
     )
+
+
+# What a comparison's matching lists by subject; the body counts them, and the analysis listing
+# gives each subject's set and role (`matched_sets`), so the body does not grow with the cases.
+_LISTED = frozenset({"matched_sets", "unmatched_cases", "partially_matched_cases"})
+
+
+def _served(figures: dict[str, Any]) -> dict[str, Any]:
+    """The outcomes body: the figures with each comparison's matching counted, not listed."""
+    matching = {
+        control: (
+            {k: v for k, v in found.items() if k not in _LISTED}
+            | {
+                "unmatched": len(found["unmatched_cases"]),
+                "partially_matched": len(found["partially_matched_cases"]),
+            }
+            if "matched_sets" in found
+            else found
+        )
+        for control, found in figures["matching"].items()
+    }
+    return {**figures, "matching": matching}
 
 
 CIRAE_COHORT: StudyKind[CohortProtocol] = StudyKind(
