@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
 from service.infra.tables import UTCDateTime
+from service.jobs import bulk
 from service.jobs.bulk import BulkJobs, JobInput
 from service.jobs.queue import ensure_schema
 from service.repositories import planner_statistics
@@ -375,6 +377,51 @@ def test_a_queued_job_is_cancelled_through_its_status_url(new_database: Any) -> 
         with worker(url):  # a worker now finds the job cancelled and writes nothing
             time.sleep(3)
         assert stored(running.engine, "q") == (0, 0)
+
+
+def test_a_running_job_is_cancelled_through_its_status_url(
+    new_database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite, the in-process runner: a job held just before its second chunk (so it is surely
+    running, its first chunk committed) is cancelled by DELETE on its status URL; it stops at that
+    checkpoint, keeps the first chunk, and says `cancelled`."""
+    settings = Settings(
+        database_url=str(new_database("sqlite")),
+        import_job_chunk_lines=CHUNK,
+        webhook_interval_seconds=0,
+    )
+    at_second, go_on = threading.Event(), threading.Event()
+    flush = bulk._Run._flush
+    flushes: list[int] = []
+
+    def held(run: Any, index: int, chunk: Any, last: int) -> bool:
+        flushes.append(last)
+        if len(flushes) == 2:
+            at_second.set()
+            go_on.wait(60)
+        return flush(run, index, chunk, last)
+
+    monkeypatch.setattr(bulk._Run, "_flush", held)
+    with served(settings) as running, httpx.Client(base_url=running.url, timeout=60) as client:
+        kicked = client.post(
+            "/fhir/$import", content=patients("r", 3 * CHUNK), headers=ASYNC_NDJSON
+        )
+        status_url = kicked.headers["content-location"]
+        try:
+            assert at_second.wait(60), "the job never reached its second chunk"
+            busy = client.get(status_url)
+            assert (busy.status_code, busy.headers["x-progress"].split(":")[0]) == (202, "running")
+            assert client.delete(status_url).status_code == 202
+        finally:
+            go_on.set()
+        deadline = time.monotonic() + 60
+        ended = client.get(status_url)
+        while ended.status_code == 202 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            ended = client.get(status_url)
+        assert (ended.status_code, ended.json()["status"]) == (200, "cancelled")
+        assert stored(running.engine, "r") == (CHUNK, CHUNK)  # the first chunk, nothing after
+        assert len(flushes) == 2  # the cancelled second chunk was the last one looked at
 
 
 def _wait_for(engine: Engine, job_id: str, what: str, seconds: float = 120) -> dict[str, Any]:
