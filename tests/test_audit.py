@@ -344,6 +344,33 @@ def test_a_transactions_audit_event_leads_through_its_provenance_to_exactly_its_
     assert len(direct.json()["entry"]) == 2  # the write's, and the auditor's read of it
 
 
+def test_a_read_that_reuses_a_writes_request_id_is_not_taken_for_the_write(
+    audited: Audited,
+) -> None:
+    """A client may send its own X-Request-Id. A read of a write's Provenance sent with the id the
+    write had names the Provenance (`entity=Provenance/…` finds it), but the resources the write
+    wrote find the write's AuditEvent only, not that read."""
+    pid = f"r-{uuid.uuid4().hex[:8]}"
+    rid, answer = audited.call(
+        "ehr", "POST", "/fhir", kit.bundle(kit.put_entry(kit.patient(id=pid)))
+    )
+    assert answer.status_code == 200, answer.text
+    write = next(e for e in audited.events() if _request_id(e) == rid)
+    (named,) = _references(write)
+    again = httpx.get(
+        f"{audited.url}/fhir/{named}",
+        headers={"x-request-id": rid, **bearer(audited.tokens["auditor"])},
+        timeout=30,
+    )
+    assert (again.status_code, again.headers["x-request-id"]) == (200, rid)
+    _, found = audited.call("auditor", "GET", f"/fhir/AuditEvent?entity=Patient/{pid}")
+    entries = [e["resource"] for e in found.json()["entry"]]
+    assert [(e["id"], e["action"]) for e in entries] == [(write["id"], "E")]
+    _, direct = audited.call("auditor", "GET", f"/fhir/AuditEvent?entity={named}")
+    actions = sorted(e["resource"]["action"] for e in direct.json()["entry"])
+    assert actions == ["E", "R"]  # the write, and the read that named it
+
+
 def test_a_provenance_is_found_by_target_through_the_versions_that_name_it(
     audited: Audited,
 ) -> None:

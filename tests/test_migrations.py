@@ -22,8 +22,8 @@ def test_head_is_the_newest_packaged_migration() -> None:
         p.name
         for p in (Path(migrate.__file__).parents[2] / "migrations" / "versions").glob("0*.py")
     )
-    assert newest.startswith("0022_")
-    assert migrate.head_revision() == "0022"
+    assert newest.startswith("0023_")
+    assert migrate.head_revision() == "0023"
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
@@ -122,8 +122,8 @@ def test_0019_finds_old_provenances_by_entity_rows_and_new_ones_by_version(
                 {"i": "event-old", "e": "Provenance/prov-old"},
             ],
         )
-    migrate.upgrade(engine)
-    with engine.begin() as conn:  # written now: the version names its Provenance
+    migrate.upgrade(engine, "0022")
+    with engine.begin() as conn:  # written after 0019: the version names its Provenance
         conn.execute(
             text(
                 version.format(
@@ -139,6 +139,7 @@ def test_0019_finds_old_provenances_by_entity_rows_and_new_ones_by_version(
             text("INSERT INTO audit_entity (record_id, entity) VALUES (:i, :e)"),
             {"i": "event-new", "e": "Provenance/prov-new"},
         )
+    migrate.upgrade(engine)  # 0023: both events get their `wrote:` key, as found before
 
     def found(kind: str) -> list[str]:
         with Session(engine) as session:
@@ -335,4 +336,44 @@ def test_0022_names_each_listing_row_s_listing_and_drops_the_old_snapshots(
     migrate.downgrade(engine, "0021")
     assert (counts(), key()) == ((0, 0, 0), ["study_id", "subject_id"])
     assert changes() == [(3, "NCT06088771")]  # kept once, though both directions kept it
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_0023_keys_each_write_by_the_provenance_it_wrote_and_no_read(
+    new_database: Any, kind: str
+) -> None:
+    """A write recorded before 0023 (its AuditEvent names its Provenance with the same request id)
+    gets the `wrote:` key; a read of that Provenance with another request id does not, nor does
+    a Provenance's own row. Downgrade drops the keys."""
+    engine = make_engine(Settings(database_url=new_database(kind)))
+    migrate.upgrade(engine, "0022")
+    record = (
+        "INSERT INTO audit_record (id, kind, recorded, agent, request_id, content)"
+        " VALUES (:id, :kind, '2026-01-01 00:00:00+00:00', 'ehr', :r, '{}')"
+    )
+    with engine.begin() as conn:
+        conn.execute(text(record), {"id": "prov", "kind": "Provenance", "r": "w"})
+        conn.execute(text(record), {"id": "write", "kind": "AuditEvent", "r": "w"})
+        conn.execute(text(record), {"id": "read", "kind": "AuditEvent", "r": "another"})
+        conn.execute(
+            text("INSERT INTO audit_entity (record_id, entity) VALUES (:i, :e)"),
+            [
+                {"i": "write", "e": "Provenance/prov"},
+                {"i": "read", "e": "Provenance/prov"},
+            ],
+        )
+
+    def keys() -> list[tuple[str, str]]:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT record_id, entity FROM audit_entity")).all()
+        return sorted((str(r[0]), str(r[1])) for r in rows)
+
+    before = [("read", "Provenance/prov"), ("write", "Provenance/prov")]
+    assert keys() == before
+    migrate.upgrade(engine, "0023")
+    assert keys() == [*before, ("write", "wrote:Provenance/prov")]
+    migrate.upgrade(engine, "0023")  # already there: nothing twice
+    migrate.downgrade(engine, "0022")
+    assert keys() == before
     engine.dispose()

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import orjson
 
 from service.infra.clock import fhir_instant
-from service.repositories.audit_records import Recorded
+from service.repositories.audit_records import WROTE, Recorded
 
 Action = Literal["C", "R", "U", "D", "E"]
 ANONYMOUS = "anonymous"  # the agent of a request that presented no valid token
@@ -62,6 +62,12 @@ class Entity:
     reference: str | None = None
     system: str | None = None
     value: str | None = None
+    wrote: bool = False  # the Provenance of what this request wrote (`written_under`)
+
+    @classmethod
+    def written_under(cls, provenance_id: str) -> Entity:
+        """The Provenance recording what this request wrote (also keyed `WROTE` + its key)."""
+        return cls(f"Provenance/{provenance_id}", wrote=True)
 
     @property
     def key(self) -> str:
@@ -229,8 +235,11 @@ def audit_event(
 
 
 def _keys(entities: Sequence[Entity]) -> tuple[str, ...]:
-    """Search keys: each entity once, a versioned reference as its resource (`Type/id`)."""
-    return tuple(dict.fromkeys(clean(e.key.split("/_history/")[0], 300) for e in entities))
+    """Search keys: each entity once, a versioned reference as its resource (`Type/id`), and a
+    written-under Provenance also as `WROTE` + its key."""
+    keys = [clean(e.key.split("/_history/")[0], 300) for e in entities]
+    keys += [WROTE + e.key for e in entities if e.wrote]
+    return tuple(dict.fromkeys(keys))
 
 
 def provenance(

@@ -77,7 +77,7 @@ def record_write(uow: UnitOfWork, ctx: WriteContext) -> None:
             targets=uow.versions,
         )
         records.append(record)
-        written.append(Entity(f"Provenance/{record.id}"))
+        written.append(Entity.written_under(record.id))
         if ctx.provenance_ids is not None:
             uow.after_commit(partial(ctx.provenance_ids.append, record.id))
     note = ctx.audit

@@ -592,7 +592,7 @@ class FhirService:
         chunk = [(number, item) for number, item in pending if isinstance(item, Entry)]
         written = {o.line: o.result for o in self._import_chunk(chunk, ctx, progress)}
         if audit is not None and ctx.provenance_ids:
-            audit.entities.extend(Entity(f"Provenance/{p}") for p in ctx.provenance_ids)
+            audit.entities.extend(Entity.written_under(p) for p in ctx.provenance_ids)
             ctx.provenance_ids.clear()
         for number, item in pending:
             yield LineOutcome(number, written[number] if isinstance(item, Entry) else item)

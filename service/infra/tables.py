@@ -356,7 +356,8 @@ class AuditRecord(SQLModel, table=True):
 
 
 class AuditEntity(SQLModel, table=True):
-    """What an audit record names, for search: `Type/id`, or `system|value` of an identifier."""
+    """What an audit record names, for search: `Type/id`, or `system|value` of an identifier; a
+    write's AuditEvent also `wrote:Provenance/id`, for the Provenance it wrote under."""
 
     __tablename__ = "audit_entity"
 

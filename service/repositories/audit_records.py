@@ -14,6 +14,12 @@ from service.infra.tables import AuditEntity, AuditRecord, ResourceHead, Resourc
 from service.repositories import fhir_versions
 from service.repositories.sql import insert_on_conflict
 
+# The search key that says "this request wrote what that Provenance names", beside the plain
+# `Provenance/id` key a read of the Provenance gets too: `AuditEvent?entity=` finds a write through
+# its Provenance by this key, so a later request that only read the Provenance (even one that reused
+# the write's X-Request-ID) is never taken for the write (migration 0023 added it to older writes).
+WROTE = "wrote:"
+
 _RECORD = AuditRecord.__table__  # type: ignore[attr-defined]
 _ENTITY = AuditEntity.__table__  # type: ignore[attr-defined]
 _VERSION = ResourceVersion.__table__  # type: ignore[attr-defined]
@@ -122,12 +128,15 @@ def _versions_of(entities: Sequence[str]) -> Subquery | None:
 
 
 def _through_version_provenance(versions: Subquery) -> ColumnElement[bool]:
-    """An AuditEvent naming the Provenance its own request wrote one of these versions under
-    (the request ids agree, as in `_through_provenance`)."""
+    """An AuditEvent whose request wrote one of these versions, found by the Provenance it wrote
+    them under (its `WROTE` key; the request ids agree, as in `_through_provenance`)."""
     event, request = _ENTITY.alias("event"), _RECORD.alias("request")
     found: ColumnElement[bool] = _RECORD.c.id.in_(
         select(event.c.record_id)
-        .join(versions, event.c.entity == literal("Provenance/").concat(versions.c.provenance_id))
+        .join(
+            versions,
+            event.c.entity == literal(f"{WROTE}Provenance/").concat(versions.c.provenance_id),
+        )
         .join(request, request.c.id == event.c.record_id)
         .where(request.c.request_id == versions.c.request_id)
     )
@@ -138,14 +147,14 @@ def _through_provenance(entities: Sequence[str]) -> ColumnElement[bool]:
     """An AuditEvent naming the Provenance of its own request that names one of these.
 
     A write's AuditEvent names its Provenance (an `$import`'s, one per chunk) rather than each
-    version written. The request ids must agree: a read of a Provenance names it too, and that
-    read touched no resource it names.
+    version written, keyed `WROTE` + `Provenance/id` as well: a read of a Provenance names it too
+    (plain key only), and that read touched no resource it names. The request ids agree as well.
     """
     event, target = _ENTITY.alias("event"), _ENTITY.alias("target")
     written, request = _RECORD.alias("written"), _RECORD.alias("request")
     found: ColumnElement[bool] = _RECORD.c.id.in_(
         select(event.c.record_id)
-        .join(written, event.c.entity == literal("Provenance/").concat(written.c.id))
+        .join(written, event.c.entity == literal(f"{WROTE}Provenance/").concat(written.c.id))
         .join(target, target.c.record_id == written.c.id)
         .join(request, request.c.id == event.c.record_id)
         .where(
