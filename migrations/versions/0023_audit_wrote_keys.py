@@ -25,13 +25,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # one pass over the entity rows; the AuditEvent and the Provenance are found by their ids
     op.execute(
         "INSERT INTO audit_entity (record_id, entity)"
         " SELECT e.record_id, 'wrote:' || e.entity"
         " FROM audit_entity e"
         " JOIN audit_record r ON r.id = e.record_id AND r.kind = 'AuditEvent'"
-        " JOIN audit_record p ON p.kind = 'Provenance' AND e.entity = 'Provenance/' || p.id"
-        " WHERE r.request_id = p.request_id"
+        " JOIN audit_record p ON p.id = substr(e.entity, 12) AND p.kind = 'Provenance'"
+        " WHERE substr(e.entity, 1, 11) = 'Provenance/' AND r.request_id = p.request_id"
         " AND NOT EXISTS (SELECT 1 FROM audit_entity w"
         " WHERE w.record_id = e.record_id AND w.entity = 'wrote:' || e.entity)"
     )
