@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
 from sqlmodel import Session
 
 from service.infra import migrate
 from service.infra.db import make_engine
 from service.infra.settings import Settings
 from service.repositories import audit_records, fhir_versions
+
+
+def _audit(
+    conn: Connection, records: Sequence[tuple[str, str, str]], entities: Sequence[tuple[str, str]]
+) -> None:
+    """Audit records (id, kind, request id) and their search rows (record id, entity), written
+    straight into the tables as an earlier release left them."""
+    if records:
+        conn.execute(
+            text(
+                "INSERT INTO audit_record (id, kind, recorded, agent, request_id, content)"
+                " VALUES (:id, :kind, '2026-01-01 00:00:00', 'ehr', :r, '{}')"
+            ),
+            [{"id": i, "kind": k, "r": r} for i, k, r in records],
+        )
+    if entities:
+        conn.execute(
+            text("INSERT INTO audit_entity (record_id, entity) VALUES (:i, :e)"),
+            [{"i": i, "e": e} for i, e in entities],
+        )
 
 
 def test_head_is_the_newest_packaged_migration() -> None:
@@ -99,10 +120,6 @@ def test_0019_finds_old_provenances_by_entity_rows_and_new_ones_by_version(
         " content_hash, deleted, content, source, request_id{extra}) VALUES ('Patient', 'p1', :v,"
         " '2026-01-01 00:00:00', 'h', false, '{{}}', 's', :r{value})"
     )
-    record = (
-        "INSERT INTO audit_record (id, kind, recorded, agent, request_id, content)"
-        " VALUES (:id, :kind, '2026-01-01 00:00:00', 'ehr', :r, '{}')"
-    )
     migrate.upgrade(engine, "0018")
     with engine.begin() as conn:  # written as before: the Provenance names its target by row
         conn.execute(
@@ -113,14 +130,10 @@ def test_0019_finds_old_provenances_by_entity_rows_and_new_ones_by_version(
             )
         )
         conn.execute(text(version.format(extra="", value="")), {"v": 1, "r": "r1"})
-        conn.execute(text(record), {"id": "prov-old", "kind": "Provenance", "r": "r1"})
-        conn.execute(text(record), {"id": "event-old", "kind": "AuditEvent", "r": "r1"})
-        conn.execute(
-            text("INSERT INTO audit_entity (record_id, entity) VALUES (:i, :e)"),
-            [
-                {"i": "prov-old", "e": "Patient/p1"},
-                {"i": "event-old", "e": "Provenance/prov-old"},
-            ],
+        _audit(
+            conn,
+            [("prov-old", "Provenance", "r1"), ("event-old", "AuditEvent", "r1")],
+            [("prov-old", "Patient/p1"), ("event-old", "Provenance/prov-old")],
         )
     migrate.upgrade(engine, "0022")
     with engine.begin() as conn:  # written after 0019: the version names its Provenance
@@ -133,11 +146,10 @@ def test_0019_finds_old_provenances_by_entity_rows_and_new_ones_by_version(
             ),
             {"v": 2, "r": "r2", "p": "prov-new"},
         )
-        conn.execute(text(record), {"id": "prov-new", "kind": "Provenance", "r": "r2"})
-        conn.execute(text(record), {"id": "event-new", "kind": "AuditEvent", "r": "r2"})
-        conn.execute(
-            text("INSERT INTO audit_entity (record_id, entity) VALUES (:i, :e)"),
-            {"i": "event-new", "e": "Provenance/prov-new"},
+        _audit(
+            conn,
+            [("prov-new", "Provenance", "r2"), ("event-new", "AuditEvent", "r2")],
+            [("event-new", "Provenance/prov-new")],
         )
     migrate.upgrade(engine)  # 0023: both events get their `wrote:` key, as found before
 
@@ -348,20 +360,15 @@ def test_0023_keys_each_write_by_the_provenance_it_wrote_and_no_read(
     a Provenance's own row. Downgrade drops the keys."""
     engine = make_engine(Settings(database_url=new_database(kind)))
     migrate.upgrade(engine, "0022")
-    record = (
-        "INSERT INTO audit_record (id, kind, recorded, agent, request_id, content)"
-        " VALUES (:id, :kind, '2026-01-01 00:00:00+00:00', 'ehr', :r, '{}')"
-    )
     with engine.begin() as conn:
-        conn.execute(text(record), {"id": "prov", "kind": "Provenance", "r": "w"})
-        conn.execute(text(record), {"id": "write", "kind": "AuditEvent", "r": "w"})
-        conn.execute(text(record), {"id": "read", "kind": "AuditEvent", "r": "another"})
-        conn.execute(
-            text("INSERT INTO audit_entity (record_id, entity) VALUES (:i, :e)"),
+        _audit(
+            conn,
             [
-                {"i": "write", "e": "Provenance/prov"},
-                {"i": "read", "e": "Provenance/prov"},
+                ("prov", "Provenance", "w"),
+                ("write", "AuditEvent", "w"),
+                ("read", "AuditEvent", "x"),
             ],
+            [("write", "Provenance/prov"), ("read", "Provenance/prov")],
         )
 
     def keys() -> list[tuple[str, str]]:

@@ -239,7 +239,8 @@ def _stored(study_id: str, report: CohortReport, seal: Seal, kept: frozenset[str
         outcomes["flow"] = flow_to_json(report.flow)
     if report.table1 is not None:
         outcomes["table1"] = table_to_json(report.table1)
-    unserved = {name for name, rows in report.listings().items() if rows} - kept
+    found = {name: rows for name, rows in report.listings().items() if rows}
+    unserved = set(found) - kept
     if unserved:
         raise ValueError(f"{study_id}: rows for listings its kind does not serve: {unserved}")
     listings: dict[str, list[ListingRow]] = {
@@ -249,8 +250,7 @@ def _stored(study_id: str, report: CohortReport, seal: Seal, kept: frozenset[str
             )
             for r in rows
         ]
-        for name, rows in report.listings().items()
-        if rows
+        for name, rows in found.items()
     }
     document = report.document() if report.document is not None else None
     return _Stored(
